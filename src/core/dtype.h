@@ -1,0 +1,53 @@
+// Element types and devices of a Tensor, and bfloat16 conversion.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace ttt {
+
+enum class DType { F32, F64, BF16 };
+enum class Device { CPU, CUDA };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F64: return "F64";
+    case DType::BF16: return "BF16";
+  }
+  return "?";
+}
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F64: return 8;
+    case DType::BF16: return 2;
+  }
+  return 0;
+}
+inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+// bfloat16 as raw bits; conversion rounds to nearest even (NaN stays NaN).
+struct bf16 {
+  uint16_t bits = 0;
+};
+inline float bf16_to_float(bf16 h) {
+  uint32_t u = uint32_t(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline bf16 float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{uint16_t((u >> 16) | 0x40)};  // quiet NaN
+  uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return bf16{uint16_t((u + rounding) >> 16)};
+}
+
+template <class T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };
+template <> struct dtype_of<bf16> { static constexpr DType value = DType::BF16; };
+
+}  // namespace ttt

@@ -1,0 +1,28 @@
+// safetensors: 8-byte little-endian header length, JSON header, raw little-endian data.
+// Supports F64, F32 and BF16. Malformed or truncated files give a ttt::Error naming the problem.
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace ttt {
+
+struct SafeTensors {
+  std::vector<std::pair<std::string, Tensor>> tensors;  // in file order
+  std::map<std::string, std::string> metadata;           // "__metadata__" (string values)
+
+  bool has(const std::string& name) const;
+  const Tensor& get(const std::string& name) const;  // throws if missing
+  const Tensor* find(const std::string& name) const;
+  void add(const std::string& name, Tensor t);
+};
+
+SafeTensors safetensors_parse(const std::string& bytes, const std::string& origin);
+SafeTensors safetensors_load(const std::string& path);
+std::string safetensors_serialize(const SafeTensors& st);
+void safetensors_save(const std::string& path, const SafeTensors& st);  // atomic
+
+}  // namespace ttt
