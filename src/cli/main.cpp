@@ -20,7 +20,13 @@ struct Command {
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table = {
       {"op lact", {ttt::cli::cmd_op_lact, "run the LaCT memory operator on tensors from a safetensors file"}},
-      {"bench op", {ttt::cli::cmd_bench_op, "time the LaCT operator on the CPU; prints JSON"}},
+      {"op tnt", {ttt::cli::cmd_op_tnt, "run the TNT memory branch on tensors from a safetensors file"}},
+      {"bench op", {ttt::cli::cmd_bench_op, "time the LaCT operator forward and forward+backward; prints JSON"}},
+      {"bench", {ttt::cli::cmd_bench, "benchmarks (ttt bench --help)"}},
+      {"prepare", {ttt::cli::cmd_prepare, "turn text files into train/validation token files"}},
+      {"train", {ttt::cli::cmd_train, "train a model (no flags: the tiny preset on the default corpus)"}},
+      {"eval", {ttt::cli::cmd_eval, "evaluate a checkpoint on validation data; prints JSON"}},
+      {"generate", {ttt::cli::cmd_generate, "generate text from a checkpoint with a constant-memory recurrent state"}},
   };
   return table;
 }
