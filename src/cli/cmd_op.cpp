@@ -1,5 +1,40 @@
+// ttt op lact: the LaCT operator on the user's own tensors.
+#include <cstdio>
+
+#include "cli/args.h"
 #include "cli/commands.h"
-#include "core/error.h"
+#include "core/safetensors.h"
+#include "ttt/lact_op.h"
+
 namespace ttt::cli {
-int cmd_op_lact(const Argv&) { TTT_FAIL("ttt op lact: not implemented yet"); }
+
+int cmd_op_lact(const Argv& argv) {
+  Args a(argv, "op lact");
+  a.value("in", "input safetensors: w0,w1,w2 [B,dh|d,..], q,k,v [B,T,d], lr0,lr1,lr2 [B,T], optional momentum [B,T], grad_o [B,T,d]")
+      .value("out", "output safetensors: o [B,T,d] and grad_<name> of every input when grad_o is given")
+      .value("chunk", "chunk size C", "64")
+      .value("program", "causal | bidirectional", "causal")
+      .value("weight-norm", "post | pre | none", "post")
+      .flag("muon", "orthogonalize each update with Newton-Schulz (NS5)")
+      .value("device", "cpu (cuda: see docs/ARCHITECTURE.md)", "cpu");
+  a.parse();
+  if (a.help_requested()) {
+    std::printf("%s", a.usage().c_str());
+    return 0;
+  }
+  TTT_CHECK(a.has("in"), "ttt op lact: --in is required\n" << a.usage());
+  TTT_CHECK(a.has("out"), "ttt op lact: --out is required\n" << a.usage());
+  TTT_CHECK(a.str("device") == "cpu", "ttt op lact: device '" << a.str("device") << "' is not available in this build");
+  engine::LactOpOptions opt;
+  opt.chunk = a.i64("chunk");
+  opt.program = a.str("program");
+  opt.weight_norm = engine::parse_weight_norm(a.str("weight-norm"));
+  opt.muon = a.on("muon");
+  SafeTensors in = safetensors_load(a.str("in"));
+  SafeTensors out = engine::cpu_backend().lact(in, opt);
+  safetensors_save(a.str("out"), out);
+  std::fprintf(stderr, "ttt op lact: wrote %zu tensors to %s\n", out.tensors.size(), a.str("out").c_str());
+  return 0;
+}
+
 }  // namespace ttt::cli

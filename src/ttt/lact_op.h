@@ -1,0 +1,30 @@
+// The LaCT memory operator on named tensors (what `ttt op lact` runs), behind a backend
+// interface so that a CUDA twin can implement the same contract and be tested against it.
+#pragma once
+#include <string>
+
+#include "core/safetensors.h"
+#include "ttt/memory.h"
+
+namespace ttt::engine {
+
+struct LactOpOptions {
+  int64_t chunk = 64;
+  std::string program = "causal";  // causal | bidirectional
+  WeightNorm weight_norm = WeightNorm::Post;
+  bool muon = false;
+};
+
+// Inputs: w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d], q/k/v [B,T,d], lr0/lr1/lr2 [B,T],
+// optional momentum [B,T] (turns momentum on) and grad_o [B,T,d]; all F64 or all F32.
+// Outputs: o [B,T,d] and, with grad_o, grad_<name> for every input.
+class OpBackend {
+ public:
+  virtual ~OpBackend() = default;
+  virtual const char* name() const = 0;
+  virtual SafeTensors lact(const SafeTensors& inputs, const LactOpOptions& opt) = 0;
+};
+
+OpBackend& cpu_backend();
+
+}  // namespace ttt::engine

@@ -1,0 +1,33 @@
+// TTT programs (spec §4): a list of apply / update / reset operations over token ranges.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ttt::engine {
+
+enum class OpKind { Apply, Update, Reset };
+
+struct ProgramOp {
+  OpKind kind;
+  int64_t begin = 0, end = 0;  // token range [begin, end); unused by Reset
+};
+
+struct Program {
+  int64_t num_tokens = 0;
+  std::vector<ProgramOp> ops;
+  void validate() const;         // ranges inside [0, num_tokens), non-empty
+  std::string to_string() const;  // "apply 0 4; update 0 4; ..."
+  int64_t num_updates() const;
+};
+
+// Causal chunked, "apply then update" per chunk; the last chunk (of the sequence, or of a shard)
+// is apply-only. reset_every > 0 resets the memory at every multiple of it, with chunks aligned
+// to the shard start (TNT local memories).
+Program causal_program(int64_t num_tokens, int64_t chunk, int64_t reset_every = 0);
+// "Update then apply" per chunk (chunk >= num_tokens: update(all) then apply(all)).
+Program bidirectional_program(int64_t num_tokens, int64_t chunk);
+// A user-given list: "apply B E; update B E; reset" separated by ';' or newlines.
+Program parse_program(const std::string& text, int64_t num_tokens);
+
+}  // namespace ttt::engine

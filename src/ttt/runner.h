@@ -1,0 +1,76 @@
+// Runs a TTT program on one memory per (sequence, head): forward, backward and streaming.
+//
+// Forward keeps only the memory states at update/reset points ("versions"). Backward walks the
+// program in reverse; for each operation it records that one operation on a fresh tape from the
+// saved state, seeds the output cotangents (dO of the applied tokens; dW, dS of the state after
+// an update) and runs the tape backward, which yields the cotangents of the state before it and
+// of the operation's inputs. The tape differentiates the inner gradient itself, so the pass is
+// second order and exact.
+#pragma once
+#include <vector>
+
+#include "ttt/memory.h"
+#include "ttt/program.h"
+
+namespace ttt::engine {
+
+// Inputs of one sequence-head. Rows are tokens.
+template <class T>
+struct SequenceInputs {
+  std::vector<ag::Mat<T>> w0;   // initial weights, MemoryConfig::weight_shapes() order
+  ag::Mat<T> q, k, v;           // [T,d]
+  ag::Mat<T> rates;             // [T,rate_columns]
+  ag::Mat<T> momentum_gate;     // [T,1] when cfg.momentum
+  ag::Mat<T> decay_gate;        // [T,1] when cfg.decay
+};
+// Gradients have the same layout as the inputs.
+template <class T>
+using SequenceGrads = SequenceInputs<T>;
+
+// The recurrent state of one memory.
+template <class T>
+struct MemoryState {
+  std::vector<ag::Mat<T>> weights;   // with pre-norm: the unnormalized accumulator
+  std::vector<ag::Mat<T>> momentum;  // empty when momentum is off
+};
+
+template <class T>
+struct SavedStates {
+  std::vector<MemoryState<T>> versions;  // versions[0] = initial; one more per update or reset
+};
+
+template <class T>
+void check_inputs(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in);
+
+template <class T>
+MemoryState<T> initial_state(const MemoryConfig& cfg, const std::vector<ag::Mat<T>>& w0);
+
+// Streaming primitives; the program runner is built from exactly these.
+template <class T>
+ag::Mat<T> state_apply(const MemoryConfig& cfg, const MemoryState<T>& s, const std::vector<ag::Mat<T>>& w0,
+                       const ag::Mat<T>& q);
+template <class T>
+void state_update(const MemoryConfig& cfg, MemoryState<T>& s, const std::vector<ag::Mat<T>>& w0, const ag::Mat<T>& k,
+                  const ag::Mat<T>& v, const ag::Mat<T>& rates, const ag::Mat<T>& momentum_gate,
+                  const ag::Mat<T>& decay_gate);
+
+// o [T,d]; tokens no apply covers are 0; a token applied twice keeps its last output.
+template <class T>
+ag::Mat<T> run_forward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
+                       SavedStates<T>* saved = nullptr);
+template <class T>
+SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
+                              const SavedStates<T>& saved, const ag::Mat<T>& grad_o);
+
+// Batched over sequence x head, threads over the batch (OpenMP).
+template <class T>
+std::vector<ag::Mat<T>> run_forward_batch(const MemoryConfig& cfg, const Program& prog,
+                                          const std::vector<SequenceInputs<T>>& in,
+                                          std::vector<SavedStates<T>>* saved = nullptr);
+template <class T>
+std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const Program& prog,
+                                                 const std::vector<SequenceInputs<T>>& in,
+                                                 const std::vector<SavedStates<T>>& saved,
+                                                 const std::vector<ag::Mat<T>>& grad_o);
+
+}  // namespace ttt::engine

@@ -1,0 +1,331 @@
+// The TTT engine: every input's gradient against float64 central finite differences across
+// memory families, losses, update rules and programs; C = 1 against an independent online loop;
+// float32 against float64.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/rng.h"
+#include "ttt/runner.h"
+
+using namespace ttt;
+using namespace ttt::engine;
+using ag::Mat;
+
+namespace {
+
+template <class T>
+Mat<T> randn(Rng& r, int64_t rows, int64_t cols, double scale) {
+  Mat<T> m(rows, cols);
+  for (auto& x : m.data) x = T(r.normal() * scale);
+  return m;
+}
+template <class T>
+Mat<T> randu(Rng& r, int64_t rows, int64_t cols, double lo, double hi) {
+  Mat<T> m(rows, cols);
+  for (auto& x : m.data) x = T(r.uniform(lo, hi));
+  return m;
+}
+
+SequenceInputs<double> make_inputs(const MemoryConfig& cfg, int64_t n, uint64_t seed) {
+  Rng r(seed);
+  SequenceInputs<double> in;
+  for (auto [rows, cols] : cfg.weight_shapes()) in.w0.push_back(randn<double>(r, rows, cols, 1.0 / std::sqrt(double(cols))));
+  in.q = randn<double>(r, n, cfg.d, 0.6);
+  in.k = randn<double>(r, n, cfg.d, 0.6);
+  in.v = randn<double>(r, n, cfg.d, 0.6);
+  in.rates = randu<double>(r, n, cfg.rate_columns, 0.05, 0.3);
+  if (cfg.momentum) in.momentum_gate = randu<double>(r, n, 1, 0.3, 0.9);
+  if (cfg.decay) in.decay_gate = randu<double>(r, n, 1, 0.02, 0.2);
+  return in;
+}
+
+// All input matrices of a sequence, in a fixed order, for perturbation.
+std::vector<std::pair<std::string, Mat<double>*>> fields(SequenceInputs<double>& in) {
+  std::vector<std::pair<std::string, Mat<double>*>> f;
+  for (size_t i = 0; i < in.w0.size(); ++i) f.push_back({"w0[" + std::to_string(i) + "]", &in.w0[i]});
+  f.push_back({"q", &in.q});
+  f.push_back({"k", &in.k});
+  f.push_back({"v", &in.v});
+  f.push_back({"rates", &in.rates});
+  if (!in.momentum_gate.empty()) f.push_back({"momentum_gate", &in.momentum_gate});
+  if (!in.decay_gate.empty()) f.push_back({"decay_gate", &in.decay_gate});
+  return f;
+}
+
+double loss(const MemoryConfig& cfg, const Program& p, const SequenceInputs<double>& in, const Mat<double>& r) {
+  Mat<double> o = run_forward(cfg, p, in);
+  double l = 0;
+  for (size_t i = 0; i < o.data.size(); ++i) l += o.data[i] * r.data[i];
+  return l;
+}
+
+// Worst relative error ||g - fd|| / ||fd|| over the input tensors.
+double gradient_error(const MemoryConfig& cfg, const Program& p, uint64_t seed, std::string* worst_name = nullptr) {
+  const int64_t n = p.num_tokens;
+  SequenceInputs<double> in = make_inputs(cfg, n, seed);
+  Rng r(seed + 99);
+  Mat<double> go = randn<double>(r, n, cfg.d, 1.0);
+  SavedStates<double> saved;
+  run_forward(cfg, p, in, &saved);
+  SequenceGrads<double> g = run_backward(cfg, p, in, saved, go);
+  auto gf = fields(g);
+  auto inf = fields(in);
+  double worst = 0;
+  const double h = 1e-6;
+  for (size_t f = 0; f < inf.size(); ++f) {
+    Mat<double>& x = *inf[f].second;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.data.size(); ++i) {
+      const double x0 = x.data[i];
+      x.data[i] = x0 + h;
+      const double lp = loss(cfg, p, in, go);
+      x.data[i] = x0 - h;
+      const double lm = loss(cfg, p, in, go);
+      x.data[i] = x0;
+      const double fd = (lp - lm) / (2 * h);
+      const double an = gf[f].second->data[i];
+      num += (an - fd) * (an - fd);
+      den += fd * fd;
+    }
+    const double rel = std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
+    if (rel > worst) {
+      worst = rel;
+      if (worst_name) *worst_name = inf[f].first;
+    }
+  }
+  return worst;
+}
+
+struct Case {
+  std::string name;
+  Family family;
+  Loss loss;
+  bool momentum, muon, decay;
+  WeightNorm wn;
+  int rate_cols;  // 0: one per matrix
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+MemoryConfig config_of(const Case& c) {
+  MemoryConfig cfg;
+  cfg.family = c.family;
+  cfg.loss = c.loss;
+  cfg.d = 4;
+  cfg.dh = c.family == Family::Linear ? 0 : 6;
+  cfg.momentum = c.momentum;
+  cfg.muon = c.muon;
+  cfg.decay = c.decay;
+  cfg.weight_norm = c.wn;
+  cfg.rate_columns = c.rate_cols ? c.rate_cols : cfg.num_weights();
+  return cfg;
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  const Family fams[] = {Family::SwiGLU, Family::MLP, Family::Linear};
+  const Loss losses[] = {Loss::Dot, Loss::MSE};
+  for (Family f : fams)
+    for (Loss l : losses) {
+      std::string base = std::string(family_name(f)) + "_" + loss_name(l);
+      cases.push_back({base + "_plain", f, l, false, false, false, WeightNorm::None, 0});
+      cases.push_back({base + "_momentum", f, l, true, false, false, WeightNorm::None, 0});
+      cases.push_back({base + "_muon", f, l, false, true, false, WeightNorm::None, 0});
+      cases.push_back({base + "_decay", f, l, false, false, true, WeightNorm::None, 1});
+      cases.push_back({base + "_postnorm", f, l, false, false, false, WeightNorm::Post, 0});
+      cases.push_back({base + "_prenorm", f, l, false, false, false, WeightNorm::Pre, 0});
+      cases.push_back({base + "_all_post", f, l, true, true, true, WeightNorm::Post, 0});
+      cases.push_back({base + "_all_pre", f, l, true, true, true, WeightNorm::Pre, 1});
+    }
+  return cases;
+}
+
+}  // namespace
+
+class EngineGradCheck : public ::testing::TestWithParam<Case> {};
+
+TEST_P(EngineGradCheck, CausalChunked) {
+  const MemoryConfig cfg = config_of(GetParam());
+  for (int64_t chunk : {3, 4}) {  // 3 does not divide 10, 5 does not either; 4 leaves a short last chunk
+    std::string worst;
+    double err = gradient_error(cfg, causal_program(10, chunk), 7 + uint64_t(chunk), &worst);
+    EXPECT_LE(err, 1e-6) << GetParam().name << " chunk " << chunk << " worst input " << worst;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFamilies, EngineGradCheck, ::testing::ValuesIn(all_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(EngineGrad, ChunkSizesOneAndAtLeastT) {
+  MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, true, false, false, WeightNorm::Post, 0});
+  for (int64_t chunk : {1, 2, 9, 10, 16}) {
+    std::string worst;
+    EXPECT_LE(gradient_error(cfg, causal_program(9, chunk), 3, &worst), 1e-6) << "chunk " << chunk << " " << worst;
+  }
+}
+
+TEST(EngineGrad, ResetsOnAndOffChunkBoundaries) {
+  MemoryConfig cfg = config_of({"", Family::MLP, Loss::MSE, true, false, true, WeightNorm::None, 1});
+  // chunk 2 with reset every 4 (on boundaries); chunk 3 with reset every 4 (chunks realigned to each shard)
+  for (auto [chunk, reset] : std::vector<std::pair<int64_t, int64_t>>{{2, 4}, {3, 4}, {4, 5}, {1, 3}}) {
+    std::string worst;
+    EXPECT_LE(gradient_error(cfg, causal_program(11, chunk, reset), 5, &worst), 1e-6)
+        << "chunk " << chunk << " reset " << reset << " " << worst;
+  }
+}
+
+TEST(EngineGrad, BidirectionalAndCustomPrograms) {
+  MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, true, true, false, WeightNorm::Pre, 0});
+  std::string worst;
+  EXPECT_LE(gradient_error(cfg, bidirectional_program(8, 3), 11, &worst), 1e-6) << worst;
+  EXPECT_LE(gradient_error(cfg, bidirectional_program(8, 100), 12, &worst), 1e-6) << worst;
+  // View-conditioned style: update on the first tokens, apply on the rest, a reset, and re-application.
+  Program p = parse_program("update 0 5; apply 5 9; reset; update 2 4; apply 0 3; apply 7 9", 9);
+  EXPECT_LE(gradient_error(cfg, p, 13, &worst), 1e-6) << worst;
+}
+
+TEST(EngineProgram, BuildersAndParser) {
+  EXPECT_EQ(causal_program(10, 4).to_string(), "apply 0 4; update 0 4; apply 4 8; update 4 8; apply 8 10");
+  EXPECT_EQ(causal_program(10, 3, 4).to_string(),
+            "apply 0 3; update 0 3; apply 3 4; reset; apply 4 7; update 4 7; apply 7 8; reset; apply 8 10");
+  EXPECT_EQ(bidirectional_program(5, 3).to_string(), "update 0 3; apply 0 3; update 3 5; apply 3 5");
+  EXPECT_THROW(parse_program("apply 0 20", 10), Error);
+  EXPECT_THROW(parse_program("jump 1 2", 10), Error);
+  EXPECT_THROW(parse_program("", 10), Error);
+  EXPECT_THROW(causal_program(10, 0), Error);
+}
+
+// Independent per-token online gradient descent for the SwiGLU memory with the dot-product loss,
+// written from the spec's formulas with plain loops: it must equal the causal program with C = 1.
+TEST(EngineOnline, ChunkOneEqualsPerTokenOnlineGD) {
+  MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, false, false, false, WeightNorm::None, 0});
+  const int64_t n = 12, d = cfg.d, dh = cfg.dh;
+  SequenceInputs<double> in = make_inputs(cfg, n, 21);
+  Mat<double> o = run_forward(cfg, causal_program(n, 1), in);
+  auto silu = [](double z) { return z / (1 + std::exp(-z)); };
+  auto dsilu = [](double z) { double s = 1 / (1 + std::exp(-z)); return s * (1 + z * (1 - s)); };
+  Mat<double> W0 = in.w0[0], W1 = in.w0[1], W2 = in.w0[2];
+  double max_err = 0, max_ref = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    // apply
+    std::vector<double> g(dh), h(dh), a(dh);
+    for (int64_t i = 0; i < dh; ++i) {
+      g[i] = h[i] = 0;
+      for (int64_t j = 0; j < d; ++j) g[i] += W0(i, j) * in.q(t, j), h[i] += W2(i, j) * in.q(t, j);
+      a[i] = silu(g[i]) * h[i];
+    }
+    for (int64_t j = 0; j < d; ++j) {
+      double y = 0;
+      for (int64_t i = 0; i < dh; ++i) y += W1(j, i) * a[i];
+      max_err = std::max(max_err, std::abs(y - o(t, j)));
+      max_ref = std::max(max_ref, std::abs(y));
+    }
+    // update with token t (gradients at the weights before the step)
+    for (int64_t i = 0; i < dh; ++i) {
+      g[i] = h[i] = 0;
+      for (int64_t j = 0; j < d; ++j) g[i] += W0(i, j) * in.k(t, j), h[i] += W2(i, j) * in.k(t, j);
+      a[i] = silu(g[i]) * h[i];
+    }
+    std::vector<double> u(dh, 0);
+    for (int64_t i = 0; i < dh; ++i)
+      for (int64_t j = 0; j < d; ++j) u[i] += W1(j, i) * in.v(t, j);
+    Mat<double> N0 = W0, N1 = W1, N2 = W2;
+    for (int64_t i = 0; i < dh; ++i)
+      for (int64_t j = 0; j < d; ++j) {
+        N0(i, j) += in.rates(t, 0) * u[i] * h[i] * dsilu(g[i]) * in.k(t, j);
+        N2(i, j) += in.rates(t, 2) * u[i] * silu(g[i]) * in.k(t, j);
+        N1(j, i) += in.rates(t, 1) * in.v(t, j) * a[i];
+      }
+    W0 = N0, W1 = N1, W2 = N2;
+  }
+  EXPECT_LE(max_err, 1e-12 * std::max(1.0, max_ref));
+}
+
+TEST(EngineOnline, MSEMlpChunkOneEqualsPerTokenOnlineGD) {
+  MemoryConfig cfg = config_of({"", Family::MLP, Loss::MSE, false, false, false, WeightNorm::None, 1});
+  const int64_t n = 9, d = cfg.d, dh = cfg.dh;
+  SequenceInputs<double> in = make_inputs(cfg, n, 5);
+  Mat<double> o = run_forward(cfg, causal_program(n, 1), in);
+  auto silu = [](double z) { return z / (1 + std::exp(-z)); };
+  auto dsilu = [](double z) { double s = 1 / (1 + std::exp(-z)); return s * (1 + z * (1 - s)); };
+  Mat<double> W1 = in.w0[0], W2 = in.w0[1];
+  auto f = [&](const double* x, std::vector<double>& z, std::vector<double>& y) {
+    z.assign(dh, 0);
+    y.assign(d, 0);
+    for (int64_t i = 0; i < dh; ++i)
+      for (int64_t j = 0; j < d; ++j) z[i] += W1(i, j) * x[j];
+    for (int64_t j = 0; j < d; ++j) {
+      y[j] = x[j];
+      for (int64_t i = 0; i < dh; ++i) y[j] += W2(j, i) * silu(z[i]);
+    }
+  };
+  double max_err = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<double> z, y;
+    f(in.q.row(t), z, y);
+    for (int64_t j = 0; j < d; ++j) max_err = std::max(max_err, std::abs(y[j] - o(t, j)));
+    f(in.k.row(t), z, y);
+    std::vector<double> e(d), ds(dh, 0);
+    for (int64_t j = 0; j < d; ++j) e[j] = 2 * (y[j] - in.v(t, j));
+    for (int64_t i = 0; i < dh; ++i)
+      for (int64_t j = 0; j < d; ++j) ds[i] += W2(j, i) * e[j];
+    const double th = in.rates(t, 0);
+    for (int64_t j = 0; j < d; ++j)
+      for (int64_t i = 0; i < dh; ++i) W2(j, i) -= th * e[j] * silu(z[i]);
+    for (int64_t i = 0; i < dh; ++i)
+      for (int64_t j = 0; j < d; ++j) W1(i, j) -= th * ds[i] * dsilu(z[i]) * in.k(t, j);
+  }
+  EXPECT_LE(max_err, 1e-12);
+}
+
+TEST(EnginePrecision, Float32AgreesWithFloat64) {
+  MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, true, true, false, WeightNorm::Post, 0});
+  cfg.d = 16;
+  cfg.dh = 16;
+  const int64_t n = 64;
+  Program p = causal_program(n, 16);
+  SequenceInputs<double> in = make_inputs(cfg, n, 77);
+  for (auto& x : in.rates.data) x *= 0.1;  // well-conditioned
+  auto to_f = [](const Mat<double>& m) {
+    Mat<float> f(m.rows, m.cols);
+    for (size_t i = 0; i < m.data.size(); ++i) f.data[i] = float(m.data[i]);
+    return f;
+  };
+  SequenceInputs<float> inf;
+  for (auto& w : in.w0) inf.w0.push_back(to_f(w));
+  inf.q = to_f(in.q), inf.k = to_f(in.k), inf.v = to_f(in.v), inf.rates = to_f(in.rates);
+  inf.momentum_gate = to_f(in.momentum_gate);
+  SavedStates<double> sd;
+  SavedStates<float> sf;
+  Mat<double> od = run_forward(cfg, p, in, &sd);
+  Mat<float> of = run_forward(cfg, p, inf, &sf);
+  Rng r(5);
+  Mat<double> go = randn<double>(r, n, cfg.d, 1.0);
+  auto gd = run_backward(cfg, p, in, sd, go);
+  auto gf = run_backward(cfg, p, inf, sf, to_f(go));
+  auto rel = [](const Mat<float>& a, const Mat<double>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < b.data.size(); ++i) num += std::pow(a.data[i] - b.data[i], 2), den += b.data[i] * b.data[i];
+    return std::sqrt(num / den);
+  };
+  EXPECT_LE(rel(of, od), 1e-4);
+  EXPECT_LE(rel(gf.q, gd.q), 1e-4);
+  EXPECT_LE(rel(gf.k, gd.k), 1e-4);
+  EXPECT_LE(rel(gf.v, gd.v), 1e-4);
+  EXPECT_LE(rel(gf.rates, gd.rates), 1e-4);
+  EXPECT_LE(rel(gf.momentum_gate, gd.momentum_gate), 1e-4);
+  for (size_t i = 0; i < gd.w0.size(); ++i) EXPECT_LE(rel(gf.w0[i], gd.w0[i]), 1e-4);
+}
+
+TEST(EngineErrors, BadShapesAreNamed) {
+  MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, true, false, false, WeightNorm::None, 0});
+  SequenceInputs<double> in = make_inputs(cfg, 6, 1);
+  in.k = Mat<double>(5, 4);
+  try {
+    run_forward(cfg, causal_program(6, 2), in);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("k is [5,4]"), std::string::npos) << e.what();
+  }
+}
