@@ -17,3 +17,14 @@ fi
 BUILD_DIR=${TTT_BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$BUILD_DIR" -j "$(nproc)"
+# Default corpus (byte-level tokens of the Linux kernel documentation, ~40 MB, a few seconds): prepared
+# once into data/linux-doc/ (git-ignored). Set TTT_SKIP_CORPUS=1 to skip.
+if [ "${TTT_SKIP_CORPUS:-0}" != "1" ] && [ ! -f data/linux-doc/train.bin ]; then
+  DOC_DIR=$(ls -d /usr/share/doc/linux-doc-*/Documentation 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -n "$DOC_DIR" ] && [ -d "$DOC_DIR" ]; then
+    echo "setup: preparing the default corpus from $DOC_DIR"
+    "$BUILD_DIR/ttt" prepare --input "$DOC_DIR" --out data/linux-doc
+  else
+    echo "setup: warning: no /usr/share/doc/linux-doc-*/Documentation found; default corpus not prepared" >&2
+  fi
+fi

@@ -1,0 +1,75 @@
+// `ttt prepare`: text files -> byte-level train/validation token files (data/tokens.h).
+//
+// Input: one text file, or a directory tree whose regular files are taken recursively in sorted order of
+// their path relative to the input (byte-wise comparison of the '/'-separated path). Each file is one
+// document. Files ending in ".gz" are decompressed with zlib; other files are read as-is. A file whose
+// (decompressed) first 4 KB contain a NUL byte is treated as binary and skipped; NUL bytes further into a
+// text file are dropped (token 0 is the document separator). Empty files are skipped.
+//
+// Split: a document goes to validation iff split_unit(seed, relative path) < val_fraction, where
+// split_unit hashes (seed as 8 little-endian bytes, then the path bytes) with FNV-1a 64, mixes the result
+// with the splitmix64 finalizer and maps the top 53 bits to [0, 1). The assignment of a document thus
+// depends only on the seed and its own path (not on the other files, nor on their order). With >= 2
+// documents both sides get at least one: if validation came out empty, the training document with the
+// smallest split_unit moves to validation; if training came out empty, the validation document with the
+// largest one moves to training. Documents are never split across the two files. A single-document input
+// is split inside the document instead: validation takes the last round(val_fraction * bytes) bytes
+// (at least 1, and at least 1 byte stays in training), with the cut moved back to the start of a UTF-8
+// character where possible.
+//
+// --max-bytes N (N > 0) stops reading once N text bytes have been collected (the document that crosses
+// the limit is truncated to fit); files after that are not read.
+//
+// Output DIR (default data/<basename of the input>, without a ".gz" suffix): train.bin and val.bin
+// (each document followed by the separator token 0, documents in sorted path order) and meta.json with
+// the counts below, the options and "unigram_entropy_bits": the Shannon entropy, in bits per token (= bits
+// per byte for the byte tokenizer), of the unigram distribution of the train tokens, separators included.
+#pragma once
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ttt::data {
+
+struct PrepareOptions {
+  std::string input;
+  std::string out_dir;          // empty: default_out_dir(input)
+  double val_fraction = 0.05;   // in (0, 1)
+  uint64_t seed = 1234;
+  int64_t max_bytes = 0;        // 0: no limit
+  std::ostream* log = nullptr;  // notes on skipped files (first few named), or nothing
+};
+
+struct PrepareResult {
+  std::string out_dir, train_path, val_path, meta_path;
+  uint64_t files_seen = 0;         // regular files found (and read, unless max_bytes stopped early)
+  uint64_t skipped_binary = 0;     // files with NUL in their first 4 KB
+  uint64_t skipped_empty = 0;      // files with no bytes (after decompression)
+  uint64_t nul_bytes_dropped = 0;  // stray NUL bytes removed from text files
+  uint64_t documents = 0;          // documents kept
+  uint64_t bytes = 0;              // text bytes kept (the tokens minus the separators)
+  bool truncated = false;          // max_bytes reached
+  bool single_document_split = false;
+  uint64_t train_documents = 0, val_documents = 0;
+  uint64_t train_tokens = 0, val_tokens = 0;  // separators included
+  double unigram_entropy_bits = 0;            // of the train tokens
+  double seconds = 0;
+};
+
+std::string default_out_dir(const std::string& input);
+// Deterministic value in [0, 1) for a document (see the header comment).
+double split_unit(uint64_t seed, std::string_view relative_path);
+// Shannon entropy (bits/token) of the unigram distribution of byte tokens / of int32 tokens.
+double unigram_entropy_bits(std::string_view byte_tokens);
+double unigram_entropy_bits(const std::vector<int32_t>& tokens);
+
+// Reads the corpus, writes DIR/train.bin, DIR/val.bin, DIR/meta.json. Throws ttt::Error when the input is
+// missing, the corpus holds no text bytes, the options are invalid or the output cannot be written.
+PrepareResult prepare_corpus(const PrepareOptions& opt);
+
+// Multi-line human-readable summary of a result.
+std::string prepare_summary(const PrepareResult& r);
+
+}  // namespace ttt::data

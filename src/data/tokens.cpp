@@ -1,0 +1,170 @@
+#include "data/tokens.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "core/file_io.h"
+
+namespace ttt::data {
+
+namespace {
+
+void put_u32(std::string& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
+}
+void put_u64(std::string& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(char((v >> (8 * i)) & 0xff));
+}
+uint32_t get_u32(const unsigned char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= uint32_t(p[i]) << (8 * i);
+  return v;
+}
+uint64_t get_u64(const unsigned char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= uint64_t(p[i]) << (8 * i);
+  return v;
+}
+
+std::string make_header(uint32_t vocab, uint32_t width, uint64_t n_tokens, uint64_t n_documents, uint64_t checksum) {
+  std::string h(kTokenMagic, sizeof(kTokenMagic));
+  put_u32(h, kTokenFormatVersion);
+  put_u32(h, vocab);
+  put_u32(h, width);
+  put_u32(h, 0);  // reserved
+  put_u64(h, n_tokens);
+  put_u64(h, n_documents);
+  put_u64(h, checksum);
+  return h;
+}
+
+uint64_t count_separators_bytes(std::string_view payload) {
+  uint64_t n = 0;
+  for (char c : payload) n += c == char(kDocSeparator);
+  return n;
+}
+
+}  // namespace
+
+uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= kFnvPrime;
+  }
+  return h;
+}
+
+uint32_t token_width_for_vocab(uint32_t vocab) {
+  if (vocab <= 256u) return 1;
+  if (vocab <= 65536u) return 2;
+  return 4;
+}
+
+std::vector<int32_t> encode_bytes(std::string_view text) {
+  std::vector<int32_t> out(text.size());
+  for (size_t i = 0; i < text.size(); ++i) out[i] = int32_t(static_cast<unsigned char>(text[i]));
+  return out;
+}
+
+std::string decode_bytes(const std::vector<int32_t>& tokens) {
+  std::string out(tokens.size(), '\0');
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    TTT_CHECK(tokens[i] >= 0 && tokens[i] < 256, "decode_bytes: token " << tokens[i] << " at position " << i
+                                                     << " is not a byte (byte-level vocabulary is 0..255)");
+    out[i] = char(static_cast<unsigned char>(tokens[i]));
+  }
+  return out;
+}
+
+std::string serialize_tokens(const TokenFile& tf) {
+  TTT_CHECK(tf.vocab > 0, "token file: vocabulary size must be > 0");
+  TTT_CHECK(!tf.tokens.empty(), "token file: refusing to write zero tokens");
+  const uint32_t width = token_width_for_vocab(tf.vocab);
+  std::string payload;
+  payload.resize(tf.tokens.size() * width);
+  uint64_t seps = 0;
+  for (size_t i = 0; i < tf.tokens.size(); ++i) {
+    const int32_t t = tf.tokens[i];
+    TTT_CHECK(t >= 0 && uint64_t(t) < tf.vocab,
+              "token file: token " << t << " at position " << i << " is outside the vocabulary [0, " << tf.vocab << ")");
+    seps += t == kDocSeparator;
+    const uint32_t u = uint32_t(t);
+    for (uint32_t b = 0; b < width; ++b) payload[i * width + b] = char((u >> (8 * b)) & 0xff);
+  }
+  TTT_CHECK(seps == tf.n_documents, "token file: n_documents is " << tf.n_documents << " but the tokens hold " << seps
+                                                                   << " separator (0) tokens");
+  const uint64_t sum = fnv1a64(payload.data(), payload.size());
+  return make_header(tf.vocab, width, tf.tokens.size(), tf.n_documents, sum) + payload;
+}
+
+std::string serialize_byte_tokens(std::string_view payload, uint64_t n_documents) {
+  TTT_CHECK(!payload.empty(), "token file: refusing to write zero tokens");
+  const uint64_t seps = count_separators_bytes(payload);
+  TTT_CHECK(seps == n_documents, "token file: n_documents is " << n_documents << " but the tokens hold " << seps
+                                                                << " separator (0) tokens");
+  const uint64_t sum = fnv1a64(payload.data(), payload.size());
+  std::string out = make_header(kByteVocab, 1, payload.size(), n_documents, sum);
+  out.append(payload);
+  return out;
+}
+
+TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
+  const std::string where = "token file '" + origin + "'";
+  TTT_CHECK(bytes.size() >= kTokenHeaderBytes, where << ": truncated header (" << bytes.size() << " bytes, the header is "
+                                                     << kTokenHeaderBytes << ")");
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  TTT_CHECK(std::memcmp(p, kTokenMagic, sizeof(kTokenMagic)) == 0,
+            where << ": bad magic (not a TTTTOK token file; expected the bytes \"TTTTOK\\0\\0\")");
+  const uint32_t version = get_u32(p + 8);
+  TTT_CHECK(version == kTokenFormatVersion,
+            where << ": unsupported version " << version << " (this build reads version " << kTokenFormatVersion << ")");
+  const uint32_t vocab = get_u32(p + 12);
+  const uint32_t width = get_u32(p + 16);
+  const uint32_t reserved = get_u32(p + 20);
+  const uint64_t n_tokens = get_u64(p + 24);
+  const uint64_t n_docs = get_u64(p + 32);
+  const uint64_t checksum = get_u64(p + 40);
+  TTT_CHECK(vocab > 0, where << ": vocabulary size is 0");
+  TTT_CHECK(width == token_width_for_vocab(vocab), where << ": token width " << width << " does not match vocabulary "
+                                                         << vocab << " (expected " << token_width_for_vocab(vocab) << ")");
+  TTT_CHECK(reserved == 0, where << ": reserved header field is " << reserved << ", expected 0");
+  TTT_CHECK(n_tokens > 0, where << ": holds zero tokens");
+  const uint64_t avail = bytes.size() - kTokenHeaderBytes;
+  TTT_CHECK(n_tokens <= avail / width && n_tokens * width == avail,
+            where << ": payload size mismatch (header says " << n_tokens << " tokens x " << width << " bytes = "
+                  << (n_tokens <= avail / width ? std::to_string(n_tokens * width) : std::string("more than the file"))
+                  << " bytes, file has " << avail << " payload bytes; truncated or corrupt)");
+  const unsigned char* payload = p + kTokenHeaderBytes;
+  const uint64_t actual = fnv1a64(payload, avail);
+  TTT_CHECK(actual == checksum, where << ": checksum mismatch (header 0x" << std::hex << checksum << ", payload 0x"
+                                      << actual << std::dec << "); the file is corrupt");
+  TokenFile tf;
+  tf.vocab = vocab;
+  tf.n_documents = n_docs;
+  tf.tokens.resize(n_tokens);
+  uint64_t seps = 0;
+  for (uint64_t i = 0; i < n_tokens; ++i) {
+    uint32_t u = 0;
+    for (uint32_t b = 0; b < width; ++b) u |= uint32_t(payload[i * width + b]) << (8 * b);
+    TTT_CHECK(u < vocab, where << ": token " << u << " at position " << i << " is outside the vocabulary [0, " << vocab << ")");
+    tf.tokens[i] = int32_t(u);
+    seps += u == uint32_t(kDocSeparator);
+  }
+  TTT_CHECK(seps == n_docs, where << ": header says " << n_docs << " documents but the payload holds " << seps
+                                  << " separator (0) tokens");
+  return tf;
+}
+
+TokenFile load_tokens(const std::string& path) {
+  TTT_CHECK(file_exists(path), "token file '" << path << "' does not exist (run `ttt prepare --input <text>` first)");
+  return parse_tokens(read_file(path), path);
+}
+
+void save_tokens(const std::string& path, const TokenFile& tf) { write_file_atomic(path, serialize_tokens(tf)); }
+
+void save_byte_tokens(const std::string& path, std::string_view payload, uint64_t n_documents) {
+  write_file_atomic(path, serialize_byte_tokens(payload, n_documents));
+}
+
+}  // namespace ttt::data

@@ -1,0 +1,74 @@
+// Token files ("TTTTOK") and the byte-level tokenizer.
+//
+// Tokenizer: byte level, vocabulary 256, token = byte value (0..255). Token 0 is reserved as the
+// END-OF-DOCUMENT SEPARATOR: every document in a token stream is followed by one 0 token. NUL never
+// occurs in text, so no text byte is lost by this choice; `ttt prepare` skips files that contain NUL in
+// their first 4 KB (binary files) and drops stray NUL bytes found later in a text file, so that 0 appears
+// in a stream only as the separator. The same convention (token 0 = separator) holds for every TTTTOK
+// file, whatever its vocabulary, and the reader checks it: n_documents must equal the number of 0 tokens.
+//
+// Binary layout of a TTTTOK file (all integers little-endian, header 48 bytes, no padding):
+//
+//   offset size  field
+//   0      8     magic        the bytes "TTTTOK\0\0"
+//   8      4     version      u32, = 1
+//   12     4     vocab        u32, vocabulary size (> 0); every token is < vocab
+//   16     4     token_width  u32, bytes per token: 1 if vocab <= 256, 2 if vocab <= 65536, else 4
+//                             (exactly this width; the reader rejects any other)
+//   20     4     reserved     u32, = 0
+//   24     8     n_tokens     u64, number of tokens (> 0)
+//   32     8     n_documents  u64, number of documents = number of separator (0) tokens
+//   40     8     checksum     u64, FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3)
+//                             of the payload bytes exactly as stored
+//   48     ...   payload      n_tokens * token_width bytes; each token an unsigned little-endian
+//                             integer of token_width bytes
+//
+// The file size must be exactly 48 + n_tokens * token_width.
+// Writes are atomic (temp file + fsync + rename). Every malformed file gives a ttt::Error that names the
+// path and the problem (missing file, bad magic, unsupported version, bad width, truncated or oversized
+// payload, checksum mismatch, zero tokens, token out of range, document count mismatch).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ttt::data {
+
+inline constexpr char kTokenMagic[8] = {'T', 'T', 'T', 'T', 'O', 'K', '\0', '\0'};
+inline constexpr uint32_t kTokenFormatVersion = 1;
+inline constexpr size_t kTokenHeaderBytes = 48;
+inline constexpr uint32_t kByteVocab = 256;       // byte-level tokenizer vocabulary
+inline constexpr int32_t kDocSeparator = 0;       // end-of-document token (NUL byte)
+
+struct TokenFile {
+  uint32_t vocab = kByteVocab;
+  uint64_t n_documents = 0;  // number of kDocSeparator tokens in `tokens`
+  std::vector<int32_t> tokens;
+};
+
+// FNV-1a 64-bit hash; `h` lets a hash continue over several buffers.
+inline constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ull;
+inline constexpr uint64_t kFnvPrime = 0x100000001b3ull;
+uint64_t fnv1a64(const void* data, size_t n, uint64_t h = kFnvOffset);
+
+// Bytes per token for a vocabulary size (1, 2 or 4).
+uint32_t token_width_for_vocab(uint32_t vocab);
+
+// Byte-level tokenizer. encode maps each byte to its value (no separator is added); decode maps tokens
+// back to bytes (tokens must be in 0..255; the separator decodes to a NUL byte).
+std::vector<int32_t> encode_bytes(std::string_view text);
+std::string decode_bytes(const std::vector<int32_t>& tokens);
+
+// In-memory (de)serialization; `origin` names the source in error messages.
+std::string serialize_tokens(const TokenFile& tf);
+TokenFile parse_tokens(std::string_view bytes, const std::string& origin);
+// Byte-level fast path: `payload` holds one byte per token (vocab 256); avoids a 4-byte-per-token copy.
+std::string serialize_byte_tokens(std::string_view payload, uint64_t n_documents);
+
+TokenFile load_tokens(const std::string& path);
+void save_tokens(const std::string& path, const TokenFile& tf);                             // atomic
+void save_byte_tokens(const std::string& path, std::string_view payload, uint64_t n_documents);  // atomic
+
+}  // namespace ttt::data

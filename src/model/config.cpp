@@ -1,0 +1,380 @@
+#include "model/config.h"
+
+#include <functional>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/file_io.h"
+
+namespace ttt::model {
+
+using nlohmann::json;
+
+int64_t ModelConfig::mlp_hidden_dim() const {
+  if (mlp_hidden > 0) return mlp_hidden;
+  const int64_t h = (8 * dim) / 3;  // LLaMA rule: int(2 * 4D / 3), rounded up to a multiple of 64
+  return (h + 63) / 64 * 64;
+}
+
+int64_t ModelConfig::n_memories() const {
+  if (arch == "tnt") return (use_global ? 1 : 0) + int64_t(local_chunks.size());
+  return 1;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Presets
+
+std::vector<std::string> preset_names() { return {"tiny", "760m", "3b", "tnt", "titans"}; }
+
+ModelConfig preset(const std::string& name) {
+  ModelConfig c;  // the defaults are the tiny preset
+  if (name == "tiny") return c;
+  if (name == "760m" || name == "3b") {
+    c.arch = "lact";
+    c.vocab_size = 32000;
+    c.dim = name == "760m" ? 1536 : 3072;
+    c.n_layers = 24;
+    c.n_attn_heads = 24;
+    c.n_mem_heads = 4;  // memory head dim 384 (760m) / 768 (3b)
+    c.inter_multi = 1;
+    c.chunk = 2048;
+    c.window = 2048;
+    c.seq_len = 32768;
+    c.rope_theta = 1e6;
+    c.momentum = true;
+    c.muon = name == "3b";
+    return c;
+  }
+  if (name == "tnt" || name == "titans") {
+    c.arch = name;
+    c.memory = "mlp";
+    c.weight_norm = "none";  // Titans-style memories use decay, not weight norm
+    c.momentum = true;
+    c.decay = true;
+    if (name == "tnt") {
+      c.global_chunk = 64;
+      c.local_chunks = {8, 16};
+      c.shard = 128;
+      c.qk_proj = true;
+      c.use_global = true;
+    } else {
+      c.chunk = 16;  // one memory, never reset
+    }
+    return c;
+  }
+  std::ostringstream os;
+  for (auto& n : preset_names()) os << (os.tellp() > 0 ? ", " : "") << n;
+  TTT_FAIL("unknown model preset '" << name << "' (presets: " << os.str() << ")");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Validation
+
+void validate(const ModelConfig& c) {
+  auto pos = [](const char* field, auto v) { TTT_CHECK(v > 0, "model config: " << field << " must be > 0, got " << v); };
+  TTT_CHECK(c.arch == "lact" || c.arch == "tnt" || c.arch == "titans",
+            "model config: arch must be \"lact\", \"tnt\" or \"titans\", got \"" << c.arch << "\"");
+  pos("vocab_size", c.vocab_size);
+  TTT_CHECK(c.vocab_size <= (int64_t(1) << 31) - 1, "model config: vocab_size " << c.vocab_size << " does not fit int32 tokens");
+  pos("dim", c.dim);
+  pos("n_layers", c.n_layers);
+  pos("n_attn_heads", c.n_attn_heads);
+  pos("n_mem_heads", c.n_mem_heads);
+  pos("inter_multi", c.inter_multi);
+  TTT_CHECK(c.dim % c.n_attn_heads == 0,
+            "model config: dim (" << c.dim << ") is not divisible by n_attn_heads (" << c.n_attn_heads << ")");
+  TTT_CHECK(c.dim % c.n_mem_heads == 0,
+            "model config: dim (" << c.dim << ") is not divisible by n_mem_heads (" << c.n_mem_heads << ")");
+  TTT_CHECK(c.head_dim_attn() % 2 == 0, "model config: attention head dim dim / n_attn_heads = "
+                                            << c.head_dim_attn() << " is odd; RoPE needs an even head dim (n_attn_heads "
+                                            << c.n_attn_heads << ")");
+  TTT_CHECK(!c.ttt_rope || c.head_dim_mem() % 2 == 0,
+            "model config: memory head dim dim / n_mem_heads = " << c.head_dim_mem()
+                                                                 << " is odd; ttt_rope needs an even head dim (n_mem_heads "
+                                                                 << c.n_mem_heads << ")");
+  pos("rope_theta", c.rope_theta);
+  pos("chunk", c.chunk);
+  pos("window", c.window);
+  pos("seq_len", c.seq_len);
+  TTT_CHECK(c.weight_norm == "post" || c.weight_norm == "pre" || c.weight_norm == "none",
+            "model config: weight_norm must be \"post\", \"pre\" or \"none\", got \"" << c.weight_norm << "\"");
+  TTT_CHECK(c.memory == "swiglu" || c.memory == "mlp" || c.memory == "linear",
+            "model config: memory must be \"swiglu\", \"mlp\" or \"linear\", got \"" << c.memory << "\"");
+  TTT_CHECK(c.arch != "lact" || c.memory == "swiglu",
+            "model config: arch \"lact\" uses the SwiGLU memory; memory must be \"swiglu\", got \"" << c.memory << "\"");
+  if (c.low_rank_init) {
+    TTT_CHECK(c.memory == "swiglu", "model config: low_rank_init needs memory \"swiglu\", got \"" << c.memory << "\"");
+    pos("low_rank_rank", c.low_rank_rank);
+    TTT_CHECK(c.low_rank_rank <= c.head_dim_mem(), "model config: low_rank_rank (" << c.low_rank_rank
+                                                       << ") exceeds the memory head dim (" << c.head_dim_mem() << ")");
+    pos("low_rank_gain", c.low_rank_gain);
+  }
+  pos("lr_init", c.lr_init);
+  TTT_CHECK(c.mlp_hidden >= 0, "model config: mlp_hidden must be >= 0 (0 = auto), got " << c.mlp_hidden);
+  pos("norm_eps", c.norm_eps);
+  pos("init_std", c.init_std);
+  if (c.arch != "lact") pos("titans_base_lr", c.titans_base_lr);
+  if (c.arch == "tnt") {
+    if (c.use_global) pos("global_chunk", c.global_chunk);
+    TTT_CHECK(c.use_global || !c.local_chunks.empty(),
+              "model config: arch \"tnt\" needs a memory: use_global is false and local_chunks is empty");
+    pos("shard", c.shard);
+    for (size_t i = 0; i < c.local_chunks.size(); ++i) {
+      const int64_t lc = c.local_chunks[i];
+      TTT_CHECK(lc > 0, "model config: local_chunks[" << i << "] must be > 0, got " << lc);
+      TTT_CHECK(c.shard % lc == 0, "model config: shard (" << c.shard << ") is not a multiple of local_chunks[" << i
+                                                          << "] (" << lc << ")");
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// JSON
+
+namespace {
+
+struct Field {
+  const char* name;
+  std::function<json(const ModelConfig&)> get;
+  std::function<void(ModelConfig&, const json&)> set;
+};
+
+template <class T> bool json_is(const json& v);
+template <> bool json_is<int64_t>(const json& v) { return v.is_number_integer(); }
+template <> bool json_is<double>(const json& v) { return v.is_number(); }
+template <> bool json_is<bool>(const json& v) { return v.is_boolean(); }
+template <> bool json_is<std::string>(const json& v) { return v.is_string(); }
+template <> bool json_is<std::vector<int64_t>>(const json& v) {
+  if (!v.is_array()) return false;
+  for (auto& e : v)
+    if (!e.is_number_integer()) return false;
+  return true;
+}
+template <class T> const char* json_type_name();
+template <> const char* json_type_name<int64_t>() { return "an integer"; }
+template <> const char* json_type_name<double>() { return "a number"; }
+template <> const char* json_type_name<bool>() { return "a boolean"; }
+template <> const char* json_type_name<std::string>() { return "a string"; }
+template <> const char* json_type_name<std::vector<int64_t>>() { return "an array of integers"; }
+
+template <class T> Field field(const char* name, T ModelConfig::*m) {
+  return Field{name, [m](const ModelConfig& c) { return json(c.*m); },
+               [m, name](ModelConfig& c, const json& v) {
+                 TTT_CHECK(json_is<T>(v), "model config: key \"" << name << "\" must be " << json_type_name<T>()
+                                                                 << ", got " << v.dump());
+                 c.*m = v.get<T>();
+               }};
+}
+
+const std::vector<Field>& fields() {
+  static const std::vector<Field> f = {
+      field("arch", &ModelConfig::arch),
+      field("vocab_size", &ModelConfig::vocab_size),
+      field("dim", &ModelConfig::dim),
+      field("n_layers", &ModelConfig::n_layers),
+      field("n_attn_heads", &ModelConfig::n_attn_heads),
+      field("n_mem_heads", &ModelConfig::n_mem_heads),
+      field("inter_multi", &ModelConfig::inter_multi),
+      field("chunk", &ModelConfig::chunk),
+      field("window", &ModelConfig::window),
+      field("rope_theta", &ModelConfig::rope_theta),
+      field("ttt_rope", &ModelConfig::ttt_rope),
+      field("v_silu", &ModelConfig::v_silu),
+      field("momentum", &ModelConfig::momentum),
+      field("muon", &ModelConfig::muon),
+      field("weight_norm", &ModelConfig::weight_norm),
+      field("low_rank_init", &ModelConfig::low_rank_init),
+      field("low_rank_rank", &ModelConfig::low_rank_rank),
+      field("low_rank_gain", &ModelConfig::low_rank_gain),
+      field("lr_init", &ModelConfig::lr_init),
+      field("mlp_hidden", &ModelConfig::mlp_hidden),
+      field("seq_len", &ModelConfig::seq_len),
+      field("norm_eps", &ModelConfig::norm_eps),
+      field("init_std", &ModelConfig::init_std),
+      field("memory", &ModelConfig::memory),
+      field("decay", &ModelConfig::decay),
+      field("mem_residual", &ModelConfig::mem_residual),
+      field("titans_base_lr", &ModelConfig::titans_base_lr),
+      field("global_chunk", &ModelConfig::global_chunk),
+      field("local_chunks", &ModelConfig::local_chunks),
+      field("shard", &ModelConfig::shard),
+      field("qk_proj", &ModelConfig::qk_proj),
+      field("use_global", &ModelConfig::use_global),
+  };
+  return f;
+}
+
+}  // namespace
+
+json config_to_json(const ModelConfig& cfg) {
+  json j = json::object();
+  for (const auto& f : fields()) j[f.name] = f.get(cfg);
+  return j;
+}
+
+ModelConfig config_from_json(const json& j) {
+  TTT_CHECK(j.is_object(), "model config: expected a JSON object, got " << j.type_name());
+  ModelConfig c;
+  for (const auto& [key, value] : j.items()) {
+    const Field* f = nullptr;
+    for (const auto& cand : fields())
+      if (key == cand.name) f = &cand;
+    if (!f) {
+      std::ostringstream known;
+      for (const auto& cand : fields()) known << (known.tellp() > 0 ? ", " : "") << cand.name;
+      TTT_FAIL("model config: unknown key \"" << key << "\" (known keys: " << known.str() << ")");
+    }
+    f->set(c, value);
+  }
+  validate(c);
+  return c;
+}
+
+ModelConfig load_config(const std::string& path) {
+  TTT_CHECK(file_exists(path), "model config '" << path << "' does not exist");
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    TTT_FAIL("model config '" << path << "': invalid JSON: " << e.what());
+  }
+  try {
+    return config_from_json(j);
+  } catch (const Error& e) {
+    TTT_FAIL("'" << path << "': " << e.what());
+  }
+}
+
+void save_config(const std::string& path, const ModelConfig& cfg) {
+  write_file_atomic(path, config_to_json(cfg).dump(2) + "\n");
+}
+
+void to_json(json& j, const ModelConfig& cfg) { j = config_to_json(cfg); }
+void from_json(const json& j, ModelConfig& cfg) { cfg = config_from_json(j); }
+
+// ---------------------------------------------------------------------------------------------------
+// Parameter layout.
+//
+// V vocab_size, D dim, L n_layers, H n_mem_heads, d = D/H, dh = d*inter_multi, F mlp_hidden_dim(),
+// M n_memories(), r low_rank_rank. Order as listed; prefix "layers.<i>." for i = 0..L-1.
+//
+//   embed.weight                 [V, D]
+//   per layer:
+//     attn_norm.weight           [D]        RMSNorm before the mixer (init 1)
+//     wqkv                       [D, 3D]    q | k | v along the output (columns 0..D-1 are q)
+//     ttt.q_scale, ttt.q_offset  [D]        memory-branch per-channel scale (init 1) / offset (init 0)
+//     ttt.k_scale, ttt.k_offset  [D]
+//   "lact":
+//     ttt.lr.weight              [D, 3H]    column m*H + h: rate of W_m, head h (m = 0, 1, 2)
+//     ttt.lr.bias                [3H]       (rates softplus(x W + b + softplus⁻¹(lr_init)))
+//     ttt.momentum.weight/.bias  [D, H]/[H] iff momentum
+//     ttt.w0                     [H, dh, d] or, iff low_rank_init, ttt.w0.a [H, dh, r] and ttt.w0.b [H, r, d]
+//                                           (W0 = A B + 0.5 I)
+//     ttt.w1                     [H, d, dh]
+//     ttt.w2                     [H, dh, d] or ttt.w2.a [H, dh, r] and ttt.w2.b [H, r, d]
+//   "titans" / "tnt": memory m = 0..M-1 ("tnt": the global memory first iff use_global, then the locals
+//   in local_chunks order); gate columns m*H + h:
+//     ttt.lr.weight/.bias        [D, M*H]/[M*H]   θ gates
+//     ttt.momentum.weight/.bias  [D, M*H]/[M*H]   iff momentum
+//     ttt.decay.weight/.bias     [D, M*H]/[M*H]   iff decay
+//     memory weights, prefix "ttt." ("titans"), "ttt.global." / "ttt.local.<i>." ("tnt"):
+//       "mlp":    w1 [H, dh, d], w2 [H, d, dh]
+//       "swiglu": w0 [H, dh, d], w1 [H, d, dh], w2 [H, dh, d]
+//       "linear": w  [H, d, d]
+//   all archs:
+//     ttt.o_norm.weight          [D]        per-head RMSNorm of the memory output, per-channel weight
+//     ttt.scale.weight           [D, H]     learnable TTT scale silu(x W_s + b_s), one per head
+//     ttt.scale.bias             [H]
+//     wo                         [D, D]
+//     mlp_norm.weight            [D]
+//     mlp.w_gate                 [D, F]
+//     mlp.w_up                   [D, F]
+//     mlp.w_down                 [F, D]
+//   final_norm.weight            [D]
+//   lm_head.weight               [D, V]     (untied)
+
+std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& c) {
+  validate(c);
+  const int64_t V = c.vocab_size, D = c.dim, H = c.n_mem_heads, d = c.head_dim_mem(), dh = c.mem_hidden_dim();
+  const int64_t F = c.mlp_hidden_dim(), r = c.low_rank_rank, M = c.n_memories();
+  std::vector<std::pair<std::string, Shape>> out;
+  out.emplace_back("embed.weight", Shape{V, D});
+  auto memory_weights = [&](const std::string& p) {
+    if (c.memory == "mlp") {
+      out.emplace_back(p + "w1", Shape{H, dh, d});
+      out.emplace_back(p + "w2", Shape{H, d, dh});
+    } else if (c.memory == "swiglu") {
+      out.emplace_back(p + "w0", Shape{H, dh, d});
+      out.emplace_back(p + "w1", Shape{H, d, dh});
+      out.emplace_back(p + "w2", Shape{H, dh, d});
+    } else {
+      out.emplace_back(p + "w", Shape{H, d, d});
+    }
+  };
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
+    out.emplace_back(p + "attn_norm.weight", Shape{D});
+    out.emplace_back(p + "wqkv", Shape{D, 3 * D});
+    out.emplace_back(p + "ttt.q_scale", Shape{D});
+    out.emplace_back(p + "ttt.q_offset", Shape{D});
+    out.emplace_back(p + "ttt.k_scale", Shape{D});
+    out.emplace_back(p + "ttt.k_offset", Shape{D});
+    if (c.arch == "lact") {
+      out.emplace_back(p + "ttt.lr.weight", Shape{D, 3 * H});
+      out.emplace_back(p + "ttt.lr.bias", Shape{3 * H});
+      if (c.momentum) {
+        out.emplace_back(p + "ttt.momentum.weight", Shape{D, H});
+        out.emplace_back(p + "ttt.momentum.bias", Shape{H});
+      }
+      if (c.low_rank_init) {
+        out.emplace_back(p + "ttt.w0.a", Shape{H, dh, r});
+        out.emplace_back(p + "ttt.w0.b", Shape{H, r, d});
+      } else {
+        out.emplace_back(p + "ttt.w0", Shape{H, dh, d});
+      }
+      out.emplace_back(p + "ttt.w1", Shape{H, d, dh});
+      if (c.low_rank_init) {
+        out.emplace_back(p + "ttt.w2.a", Shape{H, dh, r});
+        out.emplace_back(p + "ttt.w2.b", Shape{H, r, d});
+      } else {
+        out.emplace_back(p + "ttt.w2", Shape{H, dh, d});
+      }
+    } else {
+      out.emplace_back(p + "ttt.lr.weight", Shape{D, M * H});
+      out.emplace_back(p + "ttt.lr.bias", Shape{M * H});
+      if (c.momentum) {
+        out.emplace_back(p + "ttt.momentum.weight", Shape{D, M * H});
+        out.emplace_back(p + "ttt.momentum.bias", Shape{M * H});
+      }
+      if (c.decay) {
+        out.emplace_back(p + "ttt.decay.weight", Shape{D, M * H});
+        out.emplace_back(p + "ttt.decay.bias", Shape{M * H});
+      }
+      if (c.arch == "titans") {
+        memory_weights(p + "ttt.");
+      } else {
+        if (c.use_global) memory_weights(p + "ttt.global.");
+        for (size_t l = 0; l < c.local_chunks.size(); ++l) memory_weights(p + "ttt.local." + std::to_string(l) + ".");
+      }
+    }
+    out.emplace_back(p + "ttt.o_norm.weight", Shape{D});
+    out.emplace_back(p + "ttt.scale.weight", Shape{D, H});
+    out.emplace_back(p + "ttt.scale.bias", Shape{H});
+    out.emplace_back(p + "wo", Shape{D, D});
+    out.emplace_back(p + "mlp_norm.weight", Shape{D});
+    out.emplace_back(p + "mlp.w_gate", Shape{D, F});
+    out.emplace_back(p + "mlp.w_up", Shape{D, F});
+    out.emplace_back(p + "mlp.w_down", Shape{F, D});
+  }
+  out.emplace_back("final_norm.weight", Shape{D});
+  out.emplace_back("lm_head.weight", Shape{D, V});
+  return out;
+}
+
+int64_t parameter_count(const ModelConfig& c) {
+  int64_t n = 0;
+  for (const auto& [name, shape] : parameter_shapes(c)) n += shape_numel(shape);
+  return n;
+}
+
+}  // namespace ttt::model

@@ -1,0 +1,109 @@
+// Model configuration: architecture hyper-parameters, presets, JSON I/O, validation and the exact
+// parameter layout (names and shapes) that the model builds and that checkpoints store.
+//
+// Architectures (spec: /work/shared/spec/ALGORITHMS.md):
+//   "lact"   — the LaCT language model of spec §5: pre-norm blocks, each
+//              x += W_o (WindowAttn(q,k,v) + TTT(q,k,v)),  x += SwiGLU_MLP(RMSNorm(x)),
+//              q,k,v = RMSNorm(x) W_qkv shared by both branches; TTT = SwiGLU fast-weight memory,
+//              dot-product inner loss, causal chunked program with chunk `chunk`.
+//   "titans" — the same hybrid block, with the TTT branch replaced by ONE Titans-style memory
+//              (family `memory`, default "mlp"; MSE inner loss; momentum, decay; rate
+//              θ_t = titans_base_lr · sigmoid(x W_θ + b_θ)), causal chunked with chunk `chunk`, never reset.
+//   "tnt"    — the same hybrid block, with the memory branch of spec §6: a global memory (chunk
+//              `global_chunk`, never reset; present iff use_global) plus one local memory per entry of
+//              `local_chunks` (chunk local_chunks[i], reset to its own learned W⁰ every `shard` tokens),
+//              outputs summed; local memories are read with Q-K projected queries iff qk_proj.
+//              `chunk` is not used by "tnt".
+//
+// In all three, the memory branch prepares its queries/keys as in spec §5 step 3 (per-channel scale and
+// offset, per-head silu + l2-normalization, RoPE iff ttt_rope with base rope_theta; v or silu(v) iff
+// v_silu), its output is o = RMSNorm_d(Σ memories) ⊙ weight (per head over d, per-channel weight D),
+// scaled by the learnable TTT scale silu(x W_s + b_s) (spec §5 step 4: one scalar per memory head,
+// broadcast over the head's d channels), and added to the attention output before W_o.
+//
+// Field relevance: weight_norm, low_rank_*, lr_init apply to "lact" (lr_init: LaCT rates
+// softplus(x W_lr + b_lr + softplus⁻¹(lr_init))); momentum applies to all; muon applies to all (NS5 of
+// the update); decay, titans_base_lr, mem_residual apply to "titans"/"tnt"; global_chunk, local_chunks,
+// shard, qk_proj, use_global apply to "tnt".
+//
+// Shapes: every projection matrix is stored [in, out] (y = x W); fast-weight initial weights of a memory
+// with H heads are one tensor [H, rows, cols] (per head the [rows, cols] matrix of spec §2).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace ttt::model {
+
+struct ModelConfig {
+  std::string arch = "lact";      // "lact" | "tnt" | "titans"
+  int64_t vocab_size = 256;       // V
+  int64_t dim = 128;              // D
+  int64_t n_layers = 4;
+  int64_t n_attn_heads = 4;       // window-attention heads (head dim D / n_attn_heads, must be even: RoPE)
+  int64_t n_mem_heads = 2;        // memory heads H (head dim d = D / H)
+  int64_t inter_multi = 1;        // fast-weight hidden width dh = d * inter_multi
+  int64_t chunk = 64;             // C: memory chunk ("lact", "titans")
+  int64_t window = 64;            // sliding-window attention size
+  double rope_theta = 1e6;        // RoPE base (attention, and the memory branch iff ttt_rope)
+  bool ttt_rope = true;           // RoPE on the memory queries/keys
+  bool v_silu = false;            // memory values silu(v) instead of v
+  bool momentum = true;           // momentum on the fast-weight updates (per-token gate sigmoid(x W_m + b_m))
+  bool muon = false;              // Newton-Schulz orthogonalization of the update
+  std::string weight_norm = "post";  // "post" | "pre" | "none" (spec §3 step 5)
+  bool low_rank_init = false;     // LaCT: W0 and W2 as A B + 0.5 I
+  int64_t low_rank_rank = 32;     // r
+  double low_rank_gain = 0.5;     // init std gain/sqrt(r) (A) and gain/sqrt(d) (B)
+  double lr_init = 0.001;         // base inner learning rate inside softplus⁻¹ (LaCT)
+  int64_t mlp_hidden = 0;         // SwiGLU MLP hidden width F; 0 = auto = round_up(8 D / 3, 64)
+  int64_t seq_len = 256;          // training context T
+  double norm_eps = 1e-6;         // RMSNorm epsilon
+  double init_std = 0.02;         // std of the normal init of embeddings and projections
+  // Titans / TNT.
+  std::string memory = "swiglu";  // memory family: "swiglu" (required by "lact") | "mlp" | "linear"
+  bool decay = true;              // Titans decay W <- (1 - ᾱ) W ("titans", "tnt")
+  bool mem_residual = true;       // MLP memory f(x) = x + W2 silu(W1 x) (spec §2 [choice])
+  double titans_base_lr = 0.01;   // θ base: θ_t = base · sigmoid(x W_θ + b_θ); 0.01 [choice]
+  int64_t global_chunk = 64;      // C_G
+  std::vector<int64_t> local_chunks = {8, 16};  // C_L^(i)
+  int64_t shard = 128;            // S_L: local memories reset every S_L tokens
+  bool qk_proj = true;            // Q-K projection of the local memories' queries
+  bool use_global = true;         // global memory present
+
+  int64_t head_dim_attn() const { return n_attn_heads > 0 ? dim / n_attn_heads : 0; }
+  int64_t head_dim_mem() const { return n_mem_heads > 0 ? dim / n_mem_heads : 0; }
+  int64_t mem_hidden_dim() const { return head_dim_mem() * inter_multi; }  // dh
+  int64_t mlp_hidden_dim() const;  // F (resolves mlp_hidden = 0)
+  // Memories in the branch: 1 for "lact"/"titans"; (use_global ? 1 : 0) + local_chunks.size() for "tnt".
+  int64_t n_memories() const;
+
+  bool operator==(const ModelConfig&) const = default;
+};
+
+// Presets: "tiny" (default; CPU-trainable), "760m", "3b" (LaCT public configs), "tnt", "titans" (tiny-sized).
+ModelConfig preset(const std::string& name);
+std::vector<std::string> preset_names();
+
+// Throws ttt::Error naming the offending field.
+void validate(const ModelConfig& cfg);
+
+// JSON: every field under its own name. Missing keys keep the ModelConfig defaults (the tiny preset);
+// unknown keys and wrongly typed values throw naming the key. config_from_json validates the result.
+nlohmann::json config_to_json(const ModelConfig& cfg);
+ModelConfig config_from_json(const nlohmann::json& j);
+ModelConfig load_config(const std::string& path);
+void save_config(const std::string& path, const ModelConfig& cfg);  // atomic
+
+// nlohmann ADL hooks (j = cfg; cfg = j.get<ModelConfig>()).
+void to_json(nlohmann::json& j, const ModelConfig& cfg);
+void from_json(const nlohmann::json& j, ModelConfig& cfg);
+
+// Every trainable parameter, in a fixed order, with its shape. See config.cpp for the layout.
+std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& cfg);
+int64_t parameter_count(const ModelConfig& cfg);  // sum over parameter_shapes
+
+}  // namespace ttt::model

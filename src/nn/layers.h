@@ -1,0 +1,71 @@
+// Layers of the LaCT language model (docs: spec ALGORITHMS.md §5) as differentiable ops
+// on the autograd tape, each with a hand-written backward.
+//
+// Activations are 2D matrices with one row per token (row-major). Multi-head tensors
+// keep the heads as contiguous column blocks: columns [h*hd, (h+1)*hd) are head h.
+// Every op is checked against float64 finite differences in tests/test_nn.cpp.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "autograd/ops.h"
+
+namespace ttt::nn {
+
+using ag::Var;
+
+// Rows of `table` [V,D] picked by `ids` (length N) -> [N,D]. Backward scatter-adds into the table.
+template <class T>
+Var embedding(ag::Tape<T>& t, Var table, const std::vector<int32_t>& ids);
+
+// x / sqrt(mean(x^2) + eps) * weight, per row. x [N,D], weight [1,D].
+template <class T>
+Var rms_norm(ag::Tape<T>& t, Var x, Var weight, double eps = 1e-6);
+
+// RMSNorm applied separately within each head's column block; weight [1,H*hd] is per channel.
+template <class T>
+Var rms_norm_heads(ag::Tape<T>& t, Var x, Var weight, int64_t heads, double eps = 1e-6);
+
+// Within each head block: x / (||x|| + eps) (the spec's l2n, eps = 1e-5).
+template <class T>
+Var l2norm_heads(ag::Tape<T>& t, Var x, int64_t heads, double eps = 1e-5);
+
+// Rotary embedding per head, "rotate_half" convention: channel i pairs with i + hd/2, angle
+// positions[r] * theta^(-2i/hd). x [N,H*hd], positions has length N (absolute positions), hd even.
+template <class T>
+Var rope(ag::Tape<T>& t, Var x, int64_t heads, const std::vector<int64_t>& positions, double theta);
+
+// Tile sizes of the blockwise attention (queries per block, keys per score tile).
+struct AttentionBlocks {
+  int64_t query = 64;
+  int64_t key = 256;
+};
+
+// Causal sliding-window softmax attention over ONE sequence of N tokens: q, k, v [N,H*hd] -> [N,H*hd].
+// Token t attends to s with t - window < s <= t; scores scaled by 1/sqrt(hd). Flash-style: scores
+// exist only as [query block x key tile] tiles; the backward recomputes them from the saved per-row
+// logsumexp ([N,H] extra memory). window >= N gives full causal attention.
+template <class T>
+Var sliding_window_attention(ag::Tape<T>& t, Var q, Var k, Var v, int64_t heads, int64_t window,
+                             AttentionBlocks blocks = {});
+
+// Mean token cross-entropy of logits [N,V] against targets (length N) -> 1x1. Targets < 0 are ignored
+// (excluded from the mean; the loss is 0 when every target is ignored). per_token_loss, if given,
+// receives each row's loss (0 for ignored rows).
+template <class T>
+Var cross_entropy(ag::Tape<T>& t, Var logits, const std::vector<int32_t>& targets,
+                  std::vector<double>* per_token_loss = nullptr);
+
+// (silu(x Wg) ⊙ (x Wu)) Wd with x [N,D], w_gate/w_up [D,F], w_down [F,D].
+template <class T>
+Var swiglu_mlp(ag::Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down);
+
+// x @ w with x [N,in], w [in,out].
+template <class T>
+Var linear(ag::Tape<T>& t, Var x, Var w);
+
+// x @ w + b with b [1,out].
+template <class T>
+Var linear_bias(ag::Tape<T>& t, Var x, Var w, Var b);
+
+}  // namespace ttt::nn

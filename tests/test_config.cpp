@@ -1,0 +1,217 @@
+// Model config: presets, validation messages, JSON round trip, parameter layout and counts.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <set>
+#include <string>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/file_io.h"
+#include "model/config.h"
+
+using namespace ttt;
+using namespace ttt::model;
+
+namespace {
+
+// Expects validate(cfg) to throw ttt::Error whose message contains `needle`.
+void expect_invalid(const ModelConfig& cfg, const std::string& needle) {
+  try {
+    validate(cfg);
+    ADD_FAILURE() << "validate accepted a config that should fail on '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+  }
+}
+
+ModelConfig modified(const std::string& base, const std::function<void(ModelConfig&)>& f) {
+  ModelConfig c = preset(base);
+  f(c);
+  return c;
+}
+
+}  // namespace
+
+TEST(Config, PresetsValidate) {
+  for (const auto& name : preset_names()) {
+    SCOPED_TRACE(name);
+    ModelConfig c = preset(name);
+    EXPECT_NO_THROW(validate(c));
+    EXPECT_GT(parameter_count(c), 0);
+  }
+  EXPECT_EQ(preset("tiny"), ModelConfig{});
+  ModelConfig m = preset("760m");
+  EXPECT_EQ(m.head_dim_mem(), 384);
+  EXPECT_EQ(m.head_dim_attn(), 64);
+  EXPECT_EQ(m.mlp_hidden_dim(), 4096);
+  EXPECT_FALSE(m.muon);
+  EXPECT_TRUE(m.momentum);
+  ModelConfig b = preset("3b");
+  EXPECT_EQ(b.head_dim_mem(), 768);
+  EXPECT_TRUE(b.muon);
+  EXPECT_EQ(preset("tnt").arch, "tnt");
+  EXPECT_EQ(preset("tnt").n_memories(), 3);
+  EXPECT_EQ(preset("titans").chunk, 16);
+  EXPECT_EQ(preset("tiny").mlp_hidden_dim(), 384);
+}
+
+TEST(Config, UnknownPresetListsPresets) {
+  try {
+    preset("huge");
+    FAIL();
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("huge"), std::string::npos);
+    EXPECT_NE(m.find("760m"), std::string::npos);
+    EXPECT_NE(m.find("titans"), std::string::npos);
+  }
+}
+
+TEST(Config, JsonRoundTrip) {
+  for (const auto& name : preset_names()) {
+    ModelConfig c = preset(name);
+    EXPECT_EQ(config_from_json(config_to_json(c)), c) << name;
+    EXPECT_EQ(config_from_json(nlohmann::json::parse(config_to_json(c).dump())), c) << name;
+  }
+  ModelConfig c = preset("tnt");
+  c.local_chunks = {4, 32};
+  c.titans_base_lr = 0.0123456789;
+  c.low_rank_gain = 0.3;
+  nlohmann::json j = c;  // ADL hook
+  EXPECT_EQ(j.get<ModelConfig>(), c);
+
+  // File round trip (atomic save).
+  const std::string path = (std::filesystem::temp_directory_path() / ("ttt_cfg_" + std::to_string(::getpid()) + ".json")).string();
+  save_config(path, c);
+  EXPECT_EQ(load_config(path), c);
+  std::remove(path.c_str());
+  EXPECT_THROW(load_config(path), Error);
+}
+
+TEST(Config, MissingKeysTakeDefaultsUnknownKeysThrow) {
+  ModelConfig c = config_from_json(nlohmann::json{{"dim", 256}, {"n_layers", 2}});
+  EXPECT_EQ(c.dim, 256);
+  EXPECT_EQ(c.n_layers, 2);
+  EXPECT_EQ(c.chunk, ModelConfig{}.chunk);
+  try {
+    config_from_json(nlohmann::json{{"dim", 128}, {"n_heads", 4}});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("n_heads"), std::string::npos) << e.what();
+  }
+  try {
+    config_from_json(nlohmann::json{{"chunk", "big"}});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("chunk"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(config_from_json(nlohmann::json::array()), Error);
+  EXPECT_THROW(config_from_json(nlohmann::json{{"local_chunks", {8, "x"}}}), Error);
+  // Parsing validates.
+  EXPECT_THROW(config_from_json(nlohmann::json{{"n_mem_heads", 3}}), Error);
+}
+
+TEST(Config, InconsistentShapesThrowNamingTheField) {
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.arch = "rwkv"; }), "arch");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.vocab_size = 0; }), "vocab_size");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.dim = 0; }), "dim");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.n_layers = 0; }), "n_layers");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.n_attn_heads = 3; }), "n_attn_heads");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.n_mem_heads = 3; }), "n_mem_heads");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.n_mem_heads = 0; }), "n_mem_heads");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.inter_multi = 0; }), "inter_multi");
+  // Odd head dims with RoPE: dim 120, 8 attention heads -> 15.
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.dim = 120; c.n_attn_heads = 8; c.n_mem_heads = 2; }),
+                 "n_attn_heads");
+  // dim 120 with 8 memory heads -> 15 (odd) while attention has 4 heads of 30.
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.dim = 120; c.n_attn_heads = 4; c.n_mem_heads = 8; }),
+                 "ttt_rope");
+  EXPECT_NO_THROW(validate(modified("tiny", [](ModelConfig& c) {
+    c.dim = 120; c.n_attn_heads = 4; c.n_mem_heads = 8; c.ttt_rope = false;
+  })));
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.chunk = 0; }), "chunk");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.window = -1; }), "window");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.seq_len = 0; }), "seq_len");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.rope_theta = 0; }), "rope_theta");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.weight_norm = "both"; }), "weight_norm");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.memory = "mlp"; }), "memory");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.low_rank_init = true; c.low_rank_rank = 65; }),
+                 "low_rank_rank");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.low_rank_init = true; c.low_rank_rank = 0; }),
+                 "low_rank_rank");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.lr_init = 0; }), "lr_init");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.mlp_hidden = -4; }), "mlp_hidden");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.norm_eps = 0; }), "norm_eps");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.init_std = -1; }), "init_std");
+  expect_invalid(modified("tnt", [](ModelConfig& c) { c.local_chunks = {8, 0}; }), "local_chunks[1]");
+  expect_invalid(modified("tnt", [](ModelConfig& c) { c.local_chunks = {8, 48}; }), "local_chunks[1]");
+  expect_invalid(modified("tnt", [](ModelConfig& c) { c.shard = 0; }), "shard");
+  expect_invalid(modified("tnt", [](ModelConfig& c) { c.global_chunk = 0; }), "global_chunk");
+  expect_invalid(modified("tnt", [](ModelConfig& c) { c.use_global = false; c.local_chunks.clear(); }), "use_global");
+  expect_invalid(modified("titans", [](ModelConfig& c) { c.titans_base_lr = 0; }), "titans_base_lr");
+  expect_invalid(modified("titans", [](ModelConfig& c) { c.memory = "gru"; }), "memory");
+  // tnt fields are not checked for the other archs.
+  EXPECT_NO_THROW(validate(modified("titans", [](ModelConfig& c) { c.shard = 0; })));
+}
+
+TEST(Config, ParameterLayout) {
+  ModelConfig c = preset("tiny");
+  auto shapes = parameter_shapes(c);
+  std::set<std::string> names;
+  for (auto& [n, s] : shapes) EXPECT_TRUE(names.insert(n).second) << "duplicate " << n;
+  EXPECT_EQ(shapes.front().first, "embed.weight");
+  EXPECT_EQ(shapes.front().second, (Shape{256, 128}));
+  EXPECT_EQ(shapes.back().first, "lm_head.weight");
+  EXPECT_EQ(shapes.back().second, (Shape{128, 256}));
+  EXPECT_TRUE(names.count("layers.0.attn_norm.weight"));
+  EXPECT_TRUE(names.count("layers.3.mlp.w_down"));
+  EXPECT_TRUE(names.count("layers.0.ttt.momentum.weight"));
+  EXPECT_FALSE(names.count("layers.4.wqkv"));
+
+  // Hand count of the tiny LaCT layer: D 128, H 2, d = dh = 64, F 384.
+  const int64_t D = 128, H = 2, d = 64, F = 384, V = 256;
+  const int64_t layer = D + 3 * D * D + 4 * D + (D * 3 * H + 3 * H) + (D * H + H) + 3 * H * d * d + D + (D * H + H) +
+                        D * D + D + 3 * D * F;
+  EXPECT_EQ(parameter_count(c), V * D + 4 * layer + D + D * V);
+
+  // Low rank replaces w0/w2 by A [dh,r], B [r,d]; no momentum drops its projection.
+  ModelConfig lr = c;
+  lr.low_rank_init = true;
+  lr.low_rank_rank = 8;
+  lr.momentum = false;
+  EXPECT_EQ(parameter_count(lr), parameter_count(c) - 4 * (D * H + H) - 4 * 2 * H * (d * d - (d * 8 + 8 * d)));
+
+  // TNT: 3 memories (global + 2 locals) with the MLP family, gates for each.
+  ModelConfig t = preset("tnt");
+  std::set<std::string> tn;
+  for (auto& [n, s] : parameter_shapes(t)) tn.insert(n);
+  EXPECT_TRUE(tn.count("layers.0.ttt.global.w1"));
+  EXPECT_TRUE(tn.count("layers.0.ttt.local.1.w2"));
+  EXPECT_TRUE(tn.count("layers.0.ttt.decay.weight"));
+  for (auto& [n, s] : parameter_shapes(t)) {
+    if (n == "layers.0.ttt.lr.weight") {
+      EXPECT_EQ(s, (Shape{128, 3 * 2}));
+    }
+  }
+  ModelConfig ti = preset("titans");
+  std::set<std::string> tt;
+  for (auto& [n, s] : parameter_shapes(ti)) tt.insert(n);
+  EXPECT_TRUE(tt.count("layers.0.ttt.w1"));
+  EXPECT_FALSE(tt.count("layers.0.ttt.global.w1"));
+}
+
+TEST(Config, LargePresetCounts) {
+  const int64_t n760 = parameter_count(preset("760m"));
+  const int64_t n3b = parameter_count(preset("3b"));
+  std::printf("parameter_count: tiny %lld, 760m %lld, 3b %lld, tnt %lld, titans %lld\n",
+              (long long)parameter_count(preset("tiny")), (long long)n760, (long long)n3b,
+              (long long)parameter_count(preset("tnt")), (long long)parameter_count(preset("titans")));
+  // The LaCT paper calls these 760M and 3B; untied 32000-token embeddings add ~98M / ~197M.
+  EXPECT_GT(n760, 650'000'000);
+  EXPECT_LT(n760, 900'000'000);
+  EXPECT_GT(n3b, 2'600'000'000);
+  EXPECT_LT(n3b, 3'500'000'000);
+}
