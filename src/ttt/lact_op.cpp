@@ -85,8 +85,8 @@ SafeTensors run_lact(const SafeTensors& st, const LactOpOptions& opt) {
   }
   if (momentum)
     out.add("grad_momentum", pack([&](int64_t b) -> const ag::Mat<T>& { return g[size_t(b)].momentum_gate; }, {B, T_}));
-  // Every input tensor gets a gradient; grad_o's own is the output (o is linear in nothing else).
-  out.add("grad_grad_o", Tensor::zeros({B, T_, d}, dt));
+  // Every input gets a gradient of L = sum(o * grad_o); for grad_o itself that is o.
+  out.add("grad_grad_o", out.get("o").clone());
   return out;
 }
 
