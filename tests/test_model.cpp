@@ -116,3 +116,13 @@ TEST(Model, ParamCountMatchesLayoutAndLossIsNearUniformAtInit) {
   double loss = forward<float>(c, p, b, nullptr).loss;
   EXPECT_NEAR(loss, std::log(256.0), 0.3);
 }
+
+TEST(ModelGrad, TntWholeModel) {
+  ModelConfig c = micro("tnt");
+  c.n_layers = 1;
+  c.global_chunk = 4;
+  c.local_chunks = {2, 3};
+  c.shard = 5;
+  std::string worst;
+  EXPECT_LE(model_grad_error(c, &worst), 1e-6) << worst;
+}

@@ -114,3 +114,25 @@ TEST(Generate, DeterministicGivenSeedAndGreedyIsArgmax) {
   EXPECT_EQ(g[0], int32_t(std::max_element(last, last + c.vocab_size) - last));
   EXPECT_THROW(infer::generate(c, p, {72}, 5, infer::SampleOptions{1.0, 0, 1.5, 0}), Error);
 }
+
+TEST(Streaming, TntAcrossChunkAndShardBoundaries) {
+  ModelConfig c = small("tnt");
+  c.global_chunk = 8;
+  c.local_chunks = {2, 3};
+  c.shard = 10;  // not a multiple of 3: the last local chunk of each shard is short
+  c.titans_base_lr = 0.3;
+  EXPECT_LE(parity_error(c, {1}), 1e-4);
+  EXPECT_LE(parity_error(c, {7, 4, 1}), 1e-4);
+}
+
+TEST(Streaming, TntWithoutGlobalOrQkProjection) {
+  ModelConfig c = small("tnt");
+  c.global_chunk = 8;
+  c.local_chunks = {4};
+  c.shard = 12;
+  c.use_global = false;
+  EXPECT_LE(parity_error(c, {1}), 1e-4);
+  c.use_global = true;
+  c.qk_proj = false;
+  EXPECT_LE(parity_error(c, {5}), 1e-4);
+}

@@ -1,5 +1,89 @@
+// ttt eval: validation loss, bits per byte and loss per position bucket of a checkpoint; prints JSON and
+// writes the buckets as CSV.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/file_io.h"
+#include "data/prepare.h"
+#include "data/tokens.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+
 namespace ttt::cli {
-int cmd_eval(const Argv&) { TTT_FAIL("ttt eval: not implemented yet"); }
+
+int cmd_eval(const Argv& argv) {
+  Args a(argv, "eval");
+  a.value("checkpoint", "run directory or its checkpoint/ subdirectory (required)")
+      .value("data", "data directory whose val.bin is evaluated (default: the run's, else data/linux-doc)")
+      .value("context", "tokens per evaluation window (default: the model's seq_len); may exceed it")
+      .value("batches", "forward passes", "8")
+      .value("batch", "windows per forward pass", "8")
+      .value("buckets", "position buckets over the context", "8")
+      .value("csv", "where to write the buckets (default: <checkpoint>/eval_buckets.csv)");
+  a.parse();
+  if (a.help_requested()) {
+    std::fprintf(stdout, "%s", a.usage().c_str());
+    return 0;
+  }
+  TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
+  const std::string ck_arg = a.str("checkpoint");
+  train::LoadedCheckpoint ck = train::load_checkpoint(ck_arg, /*require_state=*/false);
+
+  std::string data_dir = "data/linux-doc";
+  if (a.has("data")) data_dir = a.str("data");
+  else if (ck.has_state) data_dir = ck.state.train.data_dir;
+  const std::string val_path = (std::filesystem::path(data_dir) / "val.bin").string();
+  TTT_CHECK(file_exists(val_path), "ttt eval: no validation tokens at '" << val_path << "' (give --data DIR)");
+  data::TokenFile vf = data::load_tokens(val_path);
+  TTT_CHECK(int64_t(vf.vocab) <= ck.cfg.vocab_size, "ttt eval: '" << val_path << "' has vocabulary " << vf.vocab
+                                                                  << ", larger than the model's " << ck.cfg.vocab_size);
+
+  train::EvalOptions eo;
+  eo.batches = a.i64("batches");
+  eo.batch = a.i64("batch");
+  eo.buckets = a.i64("buckets");
+  eo.context = a.has("context") ? a.i64("context") : ck.cfg.seq_len;
+  TTT_CHECK(eo.batches > 0, "ttt eval: --batches must be > 0, got " << eo.batches);
+  TTT_CHECK(eo.batch > 0, "ttt eval: --batch must be > 0, got " << eo.batch);
+  TTT_CHECK(eo.buckets > 0, "ttt eval: --buckets must be > 0, got " << eo.buckets);
+  TTT_CHECK(eo.context > 0, "ttt eval: --context must be > 0, got " << eo.context);
+  train::EvalResult r = train::evaluate(ck.cfg, ck.params, vf.tokens, eo);
+
+  const std::string csv = a.has("csv") ? a.str("csv") : (std::filesystem::path(ck_arg) / "eval_buckets.csv").string();
+  write_file_atomic(csv, train::buckets_csv(r));
+
+  nlohmann::json j;
+  j["checkpoint"] = ck.dir;
+  if (ck.has_state) j["step"] = ck.state.step;
+  j["data"] = data_dir;
+  j["context"] = r.context;
+  j["trained_seq_len"] = ck.cfg.seq_len;
+  j["windows"] = r.windows;
+  j["tokens"] = r.tokens;
+  j["val_loss"] = r.loss;
+  j["val_bpb"] = r.bpb;
+  if (vf.vocab == data::kByteVocab) {
+    // Unigram entropy of the corpus, for comparison (meta.json of the data directory, if present).
+    const std::string meta = (std::filesystem::path(data_dir) / "meta.json").string();
+    if (file_exists(meta)) {
+      try {
+        auto m = nlohmann::json::parse(read_file(meta));
+        if (m.is_object() && m.contains("unigram_entropy_bits")) j["unigram_entropy_bits"] = m["unigram_entropy_bits"];
+      } catch (const nlohmann::json::exception&) {
+      }
+    }
+  }
+  nlohmann::json bs = nlohmann::json::array();
+  for (const auto& b : r.buckets)
+    bs.push_back({{"start", b.start}, {"end", b.end}, {"loss", b.loss}, {"bpb", b.bpb}, {"tokens", b.tokens}});
+  j["buckets"] = bs;
+  j["csv"] = csv;
+  std::cout << j.dump(2) << std::endl;
+  return 0;
+}
+
 }  // namespace ttt::cli

@@ -16,7 +16,7 @@ int cmd_op_lact(const Argv& argv) {
       .value("program", "causal | bidirectional", "causal")
       .value("weight-norm", "post | pre | none", "post")
       .flag("muon", "orthogonalize each update with Newton-Schulz (NS5)")
-      .value("device", "cpu (cuda: see docs/ARCHITECTURE.md)", "cpu");
+      .value("device", "cpu | cuda (builds with the CUDA toolkit, on an NVIDIA GPU)", "cpu");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
@@ -24,14 +24,19 @@ int cmd_op_lact(const Argv& argv) {
   }
   TTT_CHECK(a.has("in"), "ttt op lact: --in is required\n" << a.usage());
   TTT_CHECK(a.has("out"), "ttt op lact: --out is required\n" << a.usage());
-  TTT_CHECK(a.str("device") == "cpu", "ttt op lact: device '" << a.str("device") << "' is not available in this build");
+  engine::OpBackend* backend = nullptr;
+  if (a.str("device") == "cpu") backend = &engine::cpu_backend();
+#ifdef TTT_HAVE_CUDA
+  else if (a.str("device") == "cuda") backend = &engine::cuda_backend();
+#endif
+  TTT_CHECK(backend, "ttt op lact: device '" << a.str("device") << "' is not available in this build");
   engine::LactOpOptions opt;
   opt.chunk = a.i64("chunk");
   opt.program = a.str("program");
   opt.weight_norm = engine::parse_weight_norm(a.str("weight-norm"));
   opt.muon = a.on("muon");
   SafeTensors in = safetensors_load(a.str("in"));
-  SafeTensors out = engine::cpu_backend().lact(in, opt);
+  SafeTensors out = backend->lact(in, opt);
   safetensors_save(a.str("out"), out);
   std::fprintf(stderr, "ttt op lact: wrote %zu tensors to %s\n", out.tensors.size(), a.str("out").c_str());
   return 0;

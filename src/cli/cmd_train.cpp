@@ -1,5 +1,161 @@
+// ttt train: train a model (src/train/trainer.h). With no flags: the tiny preset on data/linux-doc for a few
+// minutes on a CPU, then a generated sample.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "data/tokens.h"
+#include "infer/generate.h"
+#include "model/config.h"
+#include "train/trainer.h"
+
 namespace ttt::cli {
-int cmd_train(const Argv&) { TTT_FAIL("ttt train: not implemented yet"); }
+
+namespace {
+
+std::string num(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+}  // namespace
+
+int cmd_train(const Argv& argv) {
+  const train::TrainConfig d;
+  Args a(argv, "train");
+  a.value("preset", "model preset (" + [] {
+    std::string s;
+    for (auto& n : model::preset_names()) s += (s.empty() ? "" : ", ") + n;
+    return s;
+  }() + ")", d.preset)
+      .value("config", "JSON model config file (overrides --preset)")
+      .value("data", "data directory with train.bin, val.bin (meta.json); made by `ttt prepare`", d.data_dir)
+      .value("out", "run directory (default: runs/<preset>-<timestamp>)")
+      .value("steps", "optimizer steps (on --resume: a new total)", std::to_string(d.steps))
+      .value("batch", "sequences per micro-batch", std::to_string(d.batch))
+      .value("seq-len", "tokens per training sequence (default: the config's seq_len)")
+      .value("accum", "micro-batches per optimizer step (gradient accumulation)", std::to_string(d.accum))
+      .value("lr", "maximum learning rate", num(d.lr))
+      .value("min-lr-ratio", "final learning rate as a fraction of --lr (cosine decay)", num(d.min_lr_ratio))
+      .value("warmup", "linear warmup steps", std::to_string(d.warmup))
+      .value("weight-decay", "AdamW weight decay (projection matrices only)", num(d.weight_decay))
+      .value("beta1", "AdamW beta1", num(d.beta1))
+      .value("beta2", "AdamW beta2", num(d.beta2))
+      .value("clip", "gradient clipping: maximum global L2 norm (0: off)", num(d.clip))
+      .value("eval-every", "validate every N steps (0: only at the end)", std::to_string(d.eval_every))
+      .value("eval-batches", "validation batches (of --batch windows each)", std::to_string(d.eval_batches))
+      .value("ckpt-every", "checkpoint every N steps (0: only at the end)", std::to_string(d.ckpt_every))
+      .value("log-every", "progress line every N steps", std::to_string(d.log_every))
+      .value("seed", "seed of the initialization and the batch sampler", std::to_string(d.seed))
+      .value("resume", "continue the run in this run (or checkpoint) directory exactly where it stopped")
+      .value("sample-tokens", "tokens of the sample generated at the end (0: no sample)", "200")
+      .value("prompt", "prompt of the final sample", "The kernel ")
+      .value("device", "compute device (only cpu for now)", "cpu")
+      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0");
+  a.parse();
+  if (a.help_requested()) {
+    std::fprintf(stdout, "%s", a.usage().c_str());
+    return 0;
+  }
+  const std::string device = a.str("device");
+  TTT_CHECK(device == "cpu", "ttt train: --device " << device << " is not supported yet; only --device cpu is available");
+
+  train::TrainOptions opt;
+  opt.log = &std::cerr;
+  opt.time_budget_s = a.f64("time-budget");
+  TTT_CHECK(std::isfinite(opt.time_budget_s) && opt.time_budget_s >= 0, "ttt train: --time-budget must be >= 0 seconds");
+  const int64_t sample_tokens = a.i64("sample-tokens");
+  TTT_CHECK(sample_tokens >= 0, "ttt train: --sample-tokens must be >= 0, got " << sample_tokens);
+
+  if (a.has("resume")) {
+    // The run continues with its stored model and training config; only these may change.
+    for (const char* f : {"preset", "config", "data", "out", "batch", "seq-len", "accum", "lr", "min-lr-ratio", "warmup",
+                          "weight-decay", "beta1", "beta2", "clip", "eval-every", "eval-batches", "ckpt-every",
+                          "log-every", "seed"})
+      TTT_CHECK(!a.has(f), "ttt train: --" << f << " cannot be combined with --resume (the run continues with the "
+                                           << "settings stored in its checkpoint; only --steps, --time-budget, "
+                                           << "--sample-tokens, --prompt and --device may be given)");
+    opt.resume = a.str("resume");
+    if (a.has("steps")) {
+      opt.steps_override = a.i64("steps");
+      TTT_CHECK(opt.steps_override > 0, "ttt train: --steps must be > 0, got " << opt.steps_override);
+    }
+  } else {
+    model::ModelConfig cfg;
+    std::string name = a.str("preset");
+    if (a.has("config")) {
+      cfg = model::load_config(a.str("config"));
+      name = std::filesystem::path(a.str("config")).stem().string();
+    } else {
+      cfg = model::preset(name);
+    }
+    train::TrainConfig tc;
+    tc.preset = name;
+    tc.data_dir = a.str("data");
+    tc.device = device;
+    tc.steps = a.i64("steps");
+    tc.batch = a.i64("batch");
+    tc.seq_len = a.has("seq-len") ? a.i64("seq-len") : cfg.seq_len;
+    tc.accum = a.i64("accum");
+    tc.lr = a.f64("lr");
+    tc.min_lr_ratio = a.f64("min-lr-ratio");
+    tc.warmup = a.i64("warmup");
+    tc.weight_decay = a.f64("weight-decay");
+    tc.beta1 = a.f64("beta1");
+    tc.beta2 = a.f64("beta2");
+    tc.clip = a.f64("clip");
+    tc.eval_every = a.i64("eval-every");
+    tc.eval_batches = a.i64("eval-batches");
+    tc.ckpt_every = a.i64("ckpt-every");
+    tc.log_every = a.i64("log-every");
+    const int64_t seed = a.i64("seed");
+    TTT_CHECK(seed >= 0, "ttt train: --seed must be >= 0, got " << seed);
+    tc.seed = uint64_t(seed);
+    train::validate(tc);
+    cfg.seq_len = tc.seq_len;
+    model::validate(cfg);
+    opt.model = cfg;
+    opt.train = tc;
+    opt.out_dir = a.has("out") ? a.str("out") : train::default_run_dir(name);
+  }
+
+  train::TrainResult r = train::train(opt);
+
+  std::printf("trained %lld steps (%lld this run) on %s tokens in %.1f s, %.0f tokens/s; %lld parameters\n",
+              (long long)r.step, (long long)r.steps_this_run, std::to_string(r.tokens_seen).c_str(), r.seconds,
+              r.tokens_per_s, (long long)r.n_params);
+  std::printf("final: train loss %.4f | val_loss %.4f | val_bpb %.4f bits/byte (unigram entropy of the corpus: %.4f bits/byte)\n",
+              r.last_loss, r.val_loss, r.val_bpb, r.unigram_entropy_bits);
+  std::printf("saved run to %s (config.json, metrics.jsonl, checkpoint/)\n", r.run_dir.c_str());
+  if (r.stopped_by_budget) std::printf("stopped by --time-budget; continue with: ttt train --resume %s\n", r.run_dir.c_str());
+  std::fflush(stdout);
+
+  if (sample_tokens > 0) {
+    model::ModelConfig cfg = r.model;
+    // The trained weights are in the checkpoint just written.
+    SafeTensors st = safetensors_load((std::filesystem::path(r.checkpoint_dir) / "model.safetensors").string());
+    model::Params<float> params;
+    model::params_from_safetensors(cfg, params, st, r.checkpoint_dir);
+    infer::SampleOptions so;
+    so.temperature = 0.8;
+    so.seed = 1;
+    const std::string prompt = a.str("prompt");
+    std::printf("\n--- sample (%lld tokens, temperature %.1f) ---\n%s", (long long)sample_tokens, so.temperature,
+                prompt.c_str());
+    std::fflush(stdout);
+    infer::generate(cfg, params, data::encode_bytes(prompt), sample_tokens, so, [](int32_t t) {
+      const char c = char(t == data::kDocSeparator ? '\n' : t);
+      std::fputc(c, stdout);
+      std::fflush(stdout);
+    });
+    std::printf("\n---\n");
+  }
+  return 0;
+}
+
 }  // namespace ttt::cli

@@ -32,38 +32,55 @@ Mat<float> strided(const Mat<float>& m, int64_t nr, int64_t h, int64_t H, int64_
 
 StreamingModel::StreamingModel(const model::ModelConfig& cfg, const model::Params<float>& params)
     : cfg_(cfg), p_(params) {
-  TTT_CHECK(cfg.arch == "lact" || cfg.arch == "titans",
-            "streaming inference for architecture '" << cfg.arch << "' is not available in this build");
-  mem_cfg_ = model::memory_config(cfg, 0);
+  model::validate(cfg);
   reset();
 }
 
 void StreamingModel::reset() {
   pos_ = 0;
   layers_.assign(size_t(cfg_.n_layers), LayerState());
-  const int64_t D = cfg_.dim, H = cfg_.n_mem_heads, C = cfg_.chunk;
-  const int64_t R = mem_cfg_.rate_columns;
-  auto shapes = mem_cfg_.weight_shapes();
+  const int64_t D = cfg_.dim, H = cfg_.n_mem_heads, d = cfg_.head_dim_mem();
+  const int64_t M = cfg_.arch == "tnt" ? cfg_.n_memories() : 1;
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     LayerState& ls = layers_[size_t(l)];
     ls.ring_k = Mat<float>(cfg_.window, D);
     ls.ring_v = Mat<float>(cfg_.window, D);
-    ls.pend_k = Mat<float>(C, D);
-    ls.pend_v = Mat<float>(C, D);
-    ls.pend_rates = Mat<float>(C, R * H);
-    ls.pend_mom = Mat<float>(C, H);
-    ls.pend_decay = Mat<float>(C, H);
-    // Resolve the memory's initial weights (low-rank parameterization included) once.
     Tape<float> t;
     const std::string pre = "layers." + std::to_string(l) + ".";
     model::LayerParams lp{[&](const std::string& n) { return t.constant(p_.at(pre + n)); }};
-    std::vector<Var> w = model::memory_weights(t, cfg_, lp, 0);
-    for (int64_t h = 0; h < H; ++h) {
-      MemoryHeadState hs;
-      for (size_t i = 0; i < w.size(); ++i)
-        hs.w0.push_back(rows_cols(t.val(w[i]), h * shapes[i].first, shapes[i].first, 0, shapes[i].second));
-      hs.state = engine::initial_state(mem_cfg_, hs.w0);
-      ls.heads.push_back(std::move(hs));
+    for (int64_t m = 0; m < M; ++m) {
+      MemoryStream ms;
+      ms.cfg = model::memory_config(cfg_, m);
+      const int64_t R = ms.cfg.rate_columns;
+      if (cfg_.arch == "tnt") {
+        const bool global = cfg_.use_global && m == 0;
+        const int64_t local = cfg_.use_global ? m - 1 : m;
+        ms.chunk = global ? cfg_.global_chunk : cfg_.local_chunks[size_t(local)];
+        ms.shard = global ? 0 : cfg_.shard;
+        ms.qk_proj = !global && cfg_.qk_proj;
+        ms.rate_col0 = m * H;
+        ms.gate_col0 = m * H;
+      } else {
+        ms.chunk = cfg_.chunk;
+      }
+      const int64_t rows = ms.shard > 0 ? std::min(ms.chunk, ms.shard) : ms.chunk;
+      ms.pend_k = Mat<float>(rows, D);
+      ms.pend_v = Mat<float>(rows, D);
+      ms.pend_rates = Mat<float>(rows, R * H);
+      ms.pend_mom = Mat<float>(rows, H);
+      ms.pend_decay = Mat<float>(rows, H);
+      // Resolve the memory's initial weights (low-rank parameterization included) once.
+      std::vector<Var> w = model::memory_weights(t, cfg_, lp, m);
+      auto shapes = ms.cfg.weight_shapes();
+      for (int64_t h = 0; h < H; ++h) {
+        MemoryHeadState hs;
+        for (size_t i = 0; i < w.size(); ++i)
+          hs.w0.push_back(rows_cols(t.val(w[i]), h * shapes[i].first, shapes[i].first, 0, shapes[i].second));
+        hs.state = engine::initial_state(ms.cfg, hs.w0);
+        hs.kk = Mat<float>(ms.qk_proj ? d : 0, ms.qk_proj ? d : 0);
+        ms.heads.push_back(std::move(hs));
+      }
+      ls.memories.push_back(std::move(ms));
     }
   }
 }
@@ -72,23 +89,38 @@ size_t StreamingModel::state_bytes() const {
   size_t n = 0;
   auto add = [&](const Mat<float>& m) { n += m.data.size() * sizeof(float); };
   for (auto& ls : layers_) {
-    add(ls.ring_k), add(ls.ring_v), add(ls.pend_k), add(ls.pend_v), add(ls.pend_rates), add(ls.pend_mom),
-        add(ls.pend_decay);
-    for (auto& h : ls.heads) {
-      for (auto& w : h.state.weights) add(w);
-      for (auto& m : h.state.momentum) add(m);
+    add(ls.ring_k), add(ls.ring_v);
+    for (auto& ms : ls.memories) {
+      add(ms.pend_k), add(ms.pend_v), add(ms.pend_rates), add(ms.pend_mom), add(ms.pend_decay);
+      for (auto& h : ms.heads) {
+        for (auto& w : h.state.weights) add(w);
+        for (auto& m : h.state.momentum) add(m);
+        add(h.kk);
+        n += sizeof(h.ksq);
+      }
     }
   }
   return n;
+}
+
+int64_t StreamingModel::room() const {
+  int64_t r = INT64_MAX;
+  for (auto& ms : layers_[0].memories) {
+    if (ms.shard > 0) {
+      const int64_t off = pos_ % ms.shard;
+      r = std::min({r, ms.chunk - off % ms.chunk, ms.shard - off});
+    } else {
+      r = std::min(r, ms.chunk - pos_ % ms.chunk);
+    }
+  }
+  return r;
 }
 
 Mat<float> StreamingModel::feed(const std::vector<int32_t>& tokens) {
   Mat<float> logits(int64_t(tokens.size()), cfg_.vocab_size);
   size_t i = 0;
   while (i < tokens.size()) {
-    // Up to the next chunk boundary of the memory.
-    const int64_t room = cfg_.chunk - pos_ % cfg_.chunk;
-    const size_t n = std::min(tokens.size() - i, size_t(room));
+    const size_t n = std::min(tokens.size() - i, size_t(room()));
     std::vector<int32_t> block(tokens.begin() + int64_t(i), tokens.begin() + int64_t(i + n));
     Mat<float> lg = feed_block(block);
     std::copy(lg.data.begin(), lg.data.end(), logits.row(int64_t(i)));
@@ -98,9 +130,8 @@ Mat<float> StreamingModel::feed(const std::vector<int32_t>& tokens) {
 }
 
 Mat<float> StreamingModel::feed_block(const std::vector<int32_t>& tokens) {
-  const int64_t n = int64_t(tokens.size()), D = cfg_.dim, W = cfg_.window, C = cfg_.chunk;
+  const int64_t n = int64_t(tokens.size()), D = cfg_.dim, W = cfg_.window;
   const int64_t Ha = cfg_.n_attn_heads, hd = cfg_.head_dim_attn(), H = cfg_.n_mem_heads, d = cfg_.head_dim_mem();
-  const int64_t R = mem_cfg_.rate_columns;
   for (int32_t tok : tokens)
     TTT_CHECK(tok >= 0 && tok < cfg_.vocab_size, "token " << tok << " outside the vocabulary of " << cfg_.vocab_size);
   std::vector<int64_t> positions(static_cast<size_t>(n));
@@ -157,33 +188,74 @@ Mat<float> StreamingModel::feed_block(const std::vector<int32_t>& tokens) {
       }
     }
 
-    // Memory branch: apply with the chunk-start weights, then buffer the chunk's update inputs.
+    // Memory branch: each memory applies with its chunk-start weights, then buffers the chunk's
+    // update inputs; a finished chunk updates, a finished shard resets.
     model::LayerParams lp{[&](const std::string& name) { return L(name); }};
     model::MemoryInputVars mi = model::prepare_memory_inputs(t, cfg_, lp, h, q, k, v, positions);
+    const Mat<float>& mq = t.val(mi.q);
+    const Mat<float>& mk = t.val(mi.k);
     Mat<float> o(n, D);
-    for (int64_t hh = 0; hh < H; ++hh) {
-      MemoryHeadState& hs = ls.heads[size_t(hh)];
-      Mat<float> oh = engine::state_apply(mem_cfg_, hs.state, hs.w0, rows_cols(t.val(mi.q), 0, n, hh * d, d));
-      for (int64_t i = 0; i < n; ++i) std::copy(oh.row(i), oh.row(i) + d, o.row(i) + hh * d);
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = ls.pend_n + i;
-      std::copy(t.val(mi.k).row(i), t.val(mi.k).row(i) + D, ls.pend_k.row(r));
-      std::copy(t.val(mi.v).row(i), t.val(mi.v).row(i) + D, ls.pend_v.row(r));
-      std::copy(t.val(mi.rates).row(i), t.val(mi.rates).row(i) + R * H, ls.pend_rates.row(r));
-      if (mi.momentum.valid()) std::copy(t.val(mi.momentum).row(i), t.val(mi.momentum).row(i) + H, ls.pend_mom.row(r));
-      if (mi.decay.valid()) std::copy(t.val(mi.decay).row(i), t.val(mi.decay).row(i) + H, ls.pend_decay.row(r));
-    }
-    ls.pend_n += n;
-    if (ls.pend_n == C) {  // chunk complete: one update per head
+    for (MemoryStream& ms : ls.memories) {
+      const int64_t R = ms.cfg.rate_columns;
       for (int64_t hh = 0; hh < H; ++hh) {
-        MemoryHeadState& hs = ls.heads[size_t(hh)];
-        engine::state_update(mem_cfg_, hs.state, hs.w0, rows_cols(ls.pend_k, 0, C, hh * d, d),
-                             rows_cols(ls.pend_v, 0, C, hh * d, d), strided(ls.pend_rates, C, hh, H, R),
-                             mem_cfg_.momentum ? rows_cols(ls.pend_mom, 0, C, hh, 1) : Mat<float>(),
-                             mem_cfg_.decay ? rows_cols(ls.pend_decay, 0, C, hh, 1) : Mat<float>());
+        MemoryHeadState& hs = ms.heads[size_t(hh)];
+        Mat<float> qh = rows_cols(mq, 0, n, hh * d, d);
+        if (ms.qk_proj && hs.ksq > 0) {  // q~ = (sum k k^T) q / sum ||k||^2; identity while empty
+          Mat<float> qp(n, d);
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t a = 0; a < d; ++a) {
+              double acc = 0;
+              for (int64_t b2 = 0; b2 < d; ++b2) acc += double(hs.kk(a, b2)) * qh(i, b2);
+              qp(i, a) = float(acc / hs.ksq);
+            }
+          qh = qp;
+        }
+        Mat<float> oh = engine::state_apply(ms.cfg, hs.state, hs.w0, qh);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < d; ++j) o(i, hh * d + j) += oh(i, j);
       }
-      ls.pend_n = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = ms.pend_n + i;
+        std::copy(mk.row(i), mk.row(i) + D, ms.pend_k.row(r));
+        std::copy(t.val(mi.v).row(i), t.val(mi.v).row(i) + D, ms.pend_v.row(r));
+        const float* rr = t.val(mi.rates).row(i) + ms.rate_col0;
+        std::copy(rr, rr + R * H, ms.pend_rates.row(r));
+        if (mi.momentum.valid()) {
+          const float* mr = t.val(mi.momentum).row(i) + ms.gate_col0;
+          std::copy(mr, mr + H, ms.pend_mom.row(r));
+        }
+        if (mi.decay.valid()) {
+          const float* dr = t.val(mi.decay).row(i) + ms.gate_col0;
+          std::copy(dr, dr + H, ms.pend_decay.row(r));
+        }
+      }
+      ms.pend_n += n;
+      const int64_t after = pos_ + n;
+      if (ms.shard > 0 && after % ms.shard == 0) {  // shard finished: back to W0 (its last chunk never updates)
+        for (auto& hs : ms.heads) {
+          hs.state = engine::initial_state(ms.cfg, hs.w0);
+          std::fill(hs.kk.data.begin(), hs.kk.data.end(), 0.0f);
+          hs.ksq = 0;
+        }
+        ms.pend_n = 0;
+      } else if (ms.pend_n == ms.chunk) {  // chunk finished: one update per head
+        const int64_t C = ms.chunk;
+        for (int64_t hh = 0; hh < H; ++hh) {
+          MemoryHeadState& hs = ms.heads[size_t(hh)];
+          Mat<float> kh = rows_cols(ms.pend_k, 0, C, hh * d, d);
+          engine::state_update(ms.cfg, hs.state, hs.w0, kh, rows_cols(ms.pend_v, 0, C, hh * d, d),
+                               strided(ms.pend_rates, C, hh, H, R),
+                               ms.cfg.momentum ? rows_cols(ms.pend_mom, 0, C, hh, 1) : Mat<float>(),
+                               ms.cfg.decay ? rows_cols(ms.pend_decay, 0, C, hh, 1) : Mat<float>());
+          if (ms.qk_proj)
+            for (int64_t i = 0; i < C; ++i)
+              for (int64_t a = 0; a < d; ++a) {
+                hs.ksq += double(kh(i, a)) * kh(i, a);
+                for (int64_t b2 = 0; b2 < d; ++b2) hs.kk(a, b2) += kh(i, a) * kh(i, b2);
+              }
+        }
+        ms.pend_n = 0;
+      }
     }
     Var o_mem = model::finish_memory_output(t, cfg_, lp, h, t.constant(o));
     x = ag::add(t, x, nn::linear(t, ag::add(t, t.constant(o_attn), o_mem), L("wo")));

@@ -17,28 +17,39 @@ class StreamingModel {
  public:
   StreamingModel(const model::ModelConfig& cfg, const model::Params<float>& params);
 
-  // Feeds tokens (any number: split internally at chunk boundaries); returns logits [n, V].
+  // Feeds tokens (any number: split internally at every memory's chunk and shard boundaries);
+  // returns logits [n, V].
   ag::Mat<float> feed(const std::vector<int32_t>& tokens);
   int64_t position() const { return pos_; }
-  // Bytes held by the recurrent state (constant once the ring buffers are full).
+  // Bytes held by the recurrent state (constant: every buffer is allocated at its final size).
   size_t state_bytes() const;
   void reset();
 
  private:
   ag::Mat<float> feed_block(const std::vector<int32_t>& tokens);
+  int64_t room() const;  // tokens until the next chunk or shard boundary of any memory
   struct MemoryHeadState {
     engine::MemoryState<float> state;
-    std::vector<ag::Mat<float>> w0;  // the initial weights of this head (for resets and weight-norm targets)
+    std::vector<ag::Mat<float>> w0;  // the initial weights of this head (resets, weight-norm targets)
+    ag::Mat<float> kk;               // Q-K projection: sum of k k^T over the shard's finished chunks [d,d]
+    double ksq = 0;                  // and the sum of ||k||^2
+  };
+  // One memory of a layer (LaCT / Titans: one; TNT: global + locals).
+  struct MemoryStream {
+    engine::MemoryConfig cfg;
+    int64_t chunk = 0, shard = 0;  // shard 0: never reset
+    bool qk_proj = false;
+    int64_t rate_col0 = 0, gate_col0 = 0;  // first columns of this memory's rates / gates
+    std::vector<MemoryHeadState> heads;
+    ag::Mat<float> pend_k, pend_v, pend_rates, pend_mom, pend_decay;  // the unfinished chunk, pend_n rows
+    int64_t pend_n = 0;
   };
   struct LayerState {
     ag::Mat<float> ring_k, ring_v;  // [window, D], row = position % window
-    std::vector<MemoryHeadState> heads;
-    ag::Mat<float> pend_k, pend_v, pend_rates, pend_mom, pend_decay;  // [chunk, ...], rows used: pend_n
-    int64_t pend_n = 0;
+    std::vector<MemoryStream> memories;
   };
   const model::ModelConfig cfg_;
   const model::Params<float>& p_;
-  engine::MemoryConfig mem_cfg_;
   std::vector<LayerState> layers_;
   int64_t pos_ = 0;
 };

@@ -5,6 +5,7 @@
 #include "autograd/ops.h"
 #include "nn/layers.h"
 #include "ttt/memory_op.h"
+#include "ttt/tnt.h"
 
 namespace ttt::model {
 
@@ -120,15 +121,39 @@ Var finish_memory_output(Tape<T>& t, const ModelConfig& cfg, const LayerParams& 
   return ag::mul(t, normed, ag::matmul(t, gate, t.constant(expand)));
 }
 
+engine::TntOptions tnt_options(const ModelConfig& cfg) {
+  engine::TntOptions o;
+  o.use_global = cfg.use_global;
+  o.global_chunk = cfg.global_chunk;
+  o.local_chunks = cfg.local_chunks;
+  o.shard = cfg.shard;
+  o.qk_proj = cfg.qk_proj;
+  return o;
+}
+
 template <class T>
 Var record_memory_branch(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, Var x, Var q, Var k, Var v,
                          const std::vector<int64_t>& positions, int64_t S, int64_t N) {
-  TTT_CHECK(cfg.arch == "lact" || cfg.arch == "titans",
-            "architecture '" << cfg.arch << "' has no memory branch in this build");
   MemoryInputVars in = prepare_memory_inputs(t, cfg, L, x, q, k, v, positions);
-  const engine::MemoryConfig mc = memory_config(cfg, 0);
-  Var o = engine::memory_op(t, mc, memory_program(cfg, 0, N), S, cfg.n_mem_heads, in.q, in.k, in.v, in.rates,
-                            in.momentum, in.decay, memory_weights(t, cfg, L, 0));
+  const int64_t H = cfg.n_mem_heads;
+  Var o;
+  if (cfg.arch == "tnt") {
+    // Gates of memory m are columns [m*H, (m+1)*H) of the gate projections.
+    std::vector<engine::TntMemoryVars> mems;
+    for (int64_t m = 0; m < cfg.n_memories(); ++m) {
+      engine::TntMemoryVars mv;
+      mv.cfg = memory_config(cfg, m);
+      mv.w0 = memory_weights(t, cfg, L, m);
+      mv.rates = ag::slice_cols(t, in.rates, m * H, (m + 1) * H);
+      if (in.momentum.valid()) mv.momentum_gate = ag::slice_cols(t, in.momentum, m * H, (m + 1) * H);
+      if (in.decay.valid()) mv.decay_gate = ag::slice_cols(t, in.decay, m * H, (m + 1) * H);
+      mems.push_back(mv);
+    }
+    o = engine::tnt_branch(t, tnt_options(cfg), S, H, in.q, in.k, in.v, mems);
+  } else {
+    o = engine::memory_op(t, memory_config(cfg, 0), memory_program(cfg, 0, N), S, H, in.q, in.k, in.v, in.rates,
+                          in.momentum, in.decay, memory_weights(t, cfg, L, 0));
+  }
   return finish_memory_output(t, cfg, L, x, o);
 }
 

@@ -9,6 +9,7 @@
 #include "model/config.h"
 #include "ttt/memory.h"
 #include "ttt/program.h"
+#include "ttt/tnt.h"
 
 namespace ttt::model {
 
@@ -31,6 +32,9 @@ engine::MemoryConfig memory_config(const ModelConfig& cfg, int64_t m);
 std::vector<std::string> memory_weight_names(const ModelConfig& cfg, int64_t m);
 // The program that memory m runs over a sequence of n tokens.
 engine::Program memory_program(const ModelConfig& cfg, int64_t m, int64_t n);
+
+// The TNT options (chunks, shard, Q-K projection, global memory) of an arch "tnt" config.
+engine::TntOptions tnt_options(const ModelConfig& cfg);
 
 // x: the block's normed input [rows, D]; q, k, v: the shared projections [rows, D].
 template <class T>

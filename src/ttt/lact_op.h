@@ -26,5 +26,10 @@ class OpBackend {
 };
 
 OpBackend& cpu_backend();
+#ifdef TTT_HAVE_CUDA
+// The CUDA backend (src/cuda/cuda_backend.cpp): the same contract on the current GPU, F32 (exact fp32 math)
+// or F64 inputs; the CPU twin of its algorithm is ttt/lact_fused.h.
+OpBackend& cuda_backend();
+#endif
 
 }  // namespace ttt::engine

@@ -43,7 +43,7 @@ struct MemoryOpState {
 
 template <class T>
 Var memory_op(Tape<T>& t, const MemoryConfig& cfg, const Program& prog, int64_t S, int64_t H, Var q, Var k, Var v,
-              Var rates, Var momentum_gate, Var decay_gate, const std::vector<Var>& w0) {
+              Var rates, Var momentum_gate, Var decay_gate, const std::vector<Var>& w0, const BatchOptions& batch) {
   const int64_t N = prog.num_tokens, d = cfg.d, R = cfg.rate_columns;
   const Mat<T>& Q = t.val(q);
   TTT_CHECK(Q.rows == S * N && Q.cols == H * d,
@@ -78,7 +78,7 @@ Var memory_op(Tape<T>& t, const MemoryConfig& cfg, const Program& prog, int64_t 
     for (Var w : w0) if (t.requires_grad(w)) return true;
     return (cfg.momentum && t.requires_grad(momentum_gate)) || (cfg.decay && t.requires_grad(decay_gate));
   }();
-  std::vector<Mat<T>> outs = run_forward_batch(cfg, prog, st->inputs, need_grad ? &st->saved : nullptr);
+  std::vector<Mat<T>> outs = run_forward_batch(cfg, prog, st->inputs, need_grad ? &st->saved : nullptr, batch);
   Mat<T> o(S * N, H * d);
   for (int64_t s = 0; s < S; ++s)
     for (int64_t h = 0; h < H; ++h) add_block(o, s * N, h * d, outs[size_t(s * H + h)]);
@@ -88,12 +88,12 @@ Var memory_op(Tape<T>& t, const MemoryConfig& cfg, const Program& prog, int64_t 
   if (cfg.decay) inputs.push_back(decay_gate);
   for (Var w : w0) inputs.push_back(w);
   return t.make(std::move(o), inputs,
-                [cfg, prog, S, H, q, k, v, rates, momentum_gate, decay_gate, w0, st](Tape<T>& t, const Mat<T>& g) {
+                [cfg, prog, S, H, q, k, v, rates, momentum_gate, decay_gate, w0, st, batch](Tape<T>& t, const Mat<T>& g) {
                   const int64_t N = prog.num_tokens, d = cfg.d, R = cfg.rate_columns;
                   std::vector<Mat<T>> go(static_cast<size_t>(S * H));
                   for (int64_t s = 0; s < S; ++s)
                     for (int64_t h = 0; h < H; ++h) go[size_t(s * H + h)] = block(g, s * N, N, h * d, d);
-                  std::vector<SequenceGrads<T>> gr = run_backward_batch(cfg, prog, st->inputs, st->saved, go);
+                  std::vector<SequenceGrads<T>> gr = run_backward_batch(cfg, prog, st->inputs, st->saved, go, batch);
                   auto shapes = cfg.weight_shapes();
                   // Sequential, fixed-order accumulation: results do not depend on thread scheduling.
                   for (int64_t s = 0; s < S; ++s)
@@ -117,8 +117,8 @@ Var memory_op(Tape<T>& t, const MemoryConfig& cfg, const Program& prog, int64_t 
 }
 
 template Var memory_op<float>(Tape<float>&, const MemoryConfig&, const Program&, int64_t, int64_t, Var, Var, Var, Var,
-                              Var, Var, const std::vector<Var>&);
+                              Var, Var, const std::vector<Var>&, const BatchOptions&);
 template Var memory_op<double>(Tape<double>&, const MemoryConfig&, const Program&, int64_t, int64_t, Var, Var, Var,
-                               Var, Var, Var, const std::vector<Var>&);
+                               Var, Var, Var, const std::vector<Var>&, const BatchOptions&);
 
 }  // namespace ttt::engine

@@ -2,6 +2,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <string>
+
 namespace ttt::engine {
 
 using ag::Mat;
@@ -146,13 +149,16 @@ Mat<T> run_forward(const MemoryConfig& cfg, const Program& prog, const SequenceI
   return o;
 }
 
+namespace {
+
+// The reverse pass over the saved states versions[0 .. prog.num_updates()] (a range of a SavedStates).
 template <class T>
-SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
-                              const SavedStates<T>& saved, const Mat<T>& grad_o) {
+SequenceGrads<T> backward_impl(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
+                               const MemoryState<T>* versions, int64_t num_versions, const Mat<T>& grad_o) {
   check_inputs(cfg, prog, in);
   TTT_CHECK(grad_o.rows == prog.num_tokens && grad_o.cols == cfg.d,
             "grad_o is " << grad_o.shape() << ", expected [" << prog.num_tokens << "," << cfg.d << "]");
-  TTT_CHECK(int64_t(saved.versions.size()) == prog.num_updates() + 1,
+  TTT_CHECK(num_versions == prog.num_updates() + 1,
             "saved states do not match the program (run the forward with saving on)");
   const int64_t n = prog.num_tokens;
   SequenceGrads<T> g;
@@ -179,7 +185,7 @@ SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, cons
 
   for (int64_t i = int64_t(prog.ops.size()) - 1; i >= 0; --i) {
     const ProgramOp& op = prog.ops[size_t(i)];
-    const MemoryState<T>& s = saved.versions[size_t(version[size_t(i)])];
+    const MemoryState<T>& s = versions[version[size_t(i)]];
     if (op.kind == OpKind::Reset) {
       for (size_t j = 0; j < ds.weights.size(); ++j) {
         add_into(g.w0[j], ds.weights[j]);
@@ -230,23 +236,157 @@ SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, cons
   return g;
 }
 
+// Rows [b, e) of every per-token input of one sequence-head.
+template <class T>
+SequenceInputs<T> slice_inputs(const MemoryConfig& cfg, const SequenceInputs<T>& in, int64_t b, int64_t e) {
+  SequenceInputs<T> out;
+  out.w0 = in.w0;
+  out.q = rows(in.q, b, e);
+  out.k = rows(in.k, b, e);
+  out.v = rows(in.v, b, e);
+  out.rates = rows(in.rates, b, e);
+  if (cfg.momentum) out.momentum_gate = rows(in.momentum_gate, b, e);
+  if (cfg.decay) out.decay_gate = rows(in.decay_gate, b, e);
+  return out;
+}
+
+template <class T>
+void copy_rows(Mat<T>& dst, int64_t b, const Mat<T>& src) {
+  std::copy(src.data.begin(), src.data.end(), dst.row(b));
+}
+
+// Threads only pay off above a few tens of thousands of multiply-adds per batch; below that (tests,
+// finite differences) the items run on the calling thread, which is also immune to oversubscribed cores.
+bool worth_threads(const MemoryConfig& cfg, int64_t items, int64_t tokens) {
+  return items > 1 && tokens * cfg.d * std::max(cfg.d, cfg.dh) >= (int64_t(1) << 15);
+}
+
+void raise_errors(const std::vector<std::string>& errors, int64_t per_item, int64_t shards) {
+  for (size_t i = 0; i < errors.size(); ++i) {
+    if (errors[i].empty()) continue;
+    const int64_t b = int64_t(i) / per_item;
+    if (shards > 1) TTT_FAIL("sequence-head " << b << ", shard " << int64_t(i) % per_item << ": " << errors[i]);
+    TTT_FAIL("sequence-head " << b << ": " << errors[i]);
+  }
+}
+
+}  // namespace
+
+template <class T>
+SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
+                              const SavedStates<T>& saved, const Mat<T>& grad_o) {
+  return backward_impl(cfg, prog, in, saved.versions.data(), int64_t(saved.versions.size()), grad_o);
+}
+
+std::vector<ProgramShard> split_shards(const Program& prog) {
+  std::vector<ProgramShard> shards(1);
+  int64_t version = 0;
+  for (const auto& op : prog.ops) {
+    if (op.kind == OpKind::Reset) {
+      ++version;
+      shards.emplace_back();
+      shards.back().first_version = version;
+      continue;
+    }
+    ProgramShard& sh = shards.back();
+    if (sh.program.ops.empty()) {
+      sh.begin = op.begin;
+      sh.end = op.end;
+    } else {
+      sh.begin = std::min(sh.begin, op.begin);
+      sh.end = std::max(sh.end, op.end);
+    }
+    sh.program.ops.push_back(op);
+    if (op.kind == OpKind::Update) {
+      ++version;
+      ++sh.num_versions;
+    }
+  }
+  // Splittable iff at least two shards do something and their token hulls do not overlap.
+  std::vector<std::pair<int64_t, int64_t>> hulls;
+  for (const auto& sh : shards)
+    if (!sh.program.ops.empty()) hulls.push_back({sh.begin, sh.end});
+  if (hulls.size() < 2) return {};
+  std::sort(hulls.begin(), hulls.end());
+  for (size_t i = 1; i < hulls.size(); ++i)
+    if (hulls[i].first < hulls[i - 1].second) return {};
+  for (auto& sh : shards) {
+    sh.program.num_tokens = sh.end - sh.begin;
+    for (auto& op : sh.program.ops) {
+      op.begin -= sh.begin;
+      op.end -= sh.begin;
+    }
+  }
+  return shards;
+}
+
 template <class T>
 std::vector<Mat<T>> run_forward_batch(const MemoryConfig& cfg, const Program& prog,
-                                      const std::vector<SequenceInputs<T>>& in, std::vector<SavedStates<T>>* saved) {
+                                      const std::vector<SequenceInputs<T>>& in, std::vector<SavedStates<T>>* saved,
+                                      const BatchOptions& opt) {
   const int64_t nb = int64_t(in.size());
   std::vector<Mat<T>> out(static_cast<size_t>(nb));
   if (saved) saved->assign(size_t(nb), SavedStates<T>());
-  std::vector<std::string> errors(static_cast<size_t>(nb));
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < nb; ++b) {
+  const std::vector<ProgramShard> shards = opt.split_shards ? split_shards(prog) : std::vector<ProgramShard>();
+  if (shards.empty()) {
+    std::vector<std::string> errors(static_cast<size_t>(nb));
+    const bool par = worth_threads(cfg, nb, nb * prog.num_tokens);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int64_t b = 0; b < nb; ++b) {
+      try {
+        out[size_t(b)] = run_forward(cfg, prog, in[size_t(b)], saved ? &(*saved)[size_t(b)] : nullptr);
+      } catch (const std::exception& e) {
+        errors[size_t(b)] = e.what();
+      }
+    }
+    raise_errors(errors, 1, 1);
+    return out;
+  }
+  // Items (sequence-head b, shard j), b-major; shards without operations are skipped.
+  const int64_t ns = int64_t(shards.size());
+  {
+    std::vector<std::string> errors(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) {
+      try {
+        check_inputs(cfg, prog, in[size_t(b)]);
+      } catch (const std::exception& e) {
+        errors[size_t(b)] = e.what();
+      }
+    }
+    raise_errors(errors, 1, 1);
+  }
+  std::vector<Mat<T>> part(static_cast<size_t>(nb * ns));
+  std::vector<SavedStates<T>> part_saved(saved ? static_cast<size_t>(nb * ns) : 0);
+  std::vector<std::string> errors(static_cast<size_t>(nb * ns));
+  const bool par = worth_threads(cfg, nb * ns, nb * prog.num_tokens);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t i = 0; i < nb * ns; ++i) {
+    const ProgramShard& sh = shards[size_t(i % ns)];
+    if (sh.program.ops.empty()) continue;
     try {
-      out[size_t(b)] = run_forward(cfg, prog, in[size_t(b)], saved ? &(*saved)[size_t(b)] : nullptr);
+      part[size_t(i)] = run_forward(cfg, sh.program, slice_inputs(cfg, in[size_t(i / ns)], sh.begin, sh.end),
+                                    saved ? &part_saved[size_t(i)] : nullptr);
     } catch (const std::exception& e) {
-      errors[size_t(b)] = e.what();
+      errors[size_t(i)] = e.what();
     }
   }
-  for (int64_t b = 0; b < nb; ++b)
-    TTT_CHECK(errors[size_t(b)].empty(), "sequence-head " << b << ": " << errors[size_t(b)]);
+  raise_errors(errors, ns, ns);
+  for (int64_t b = 0; b < nb; ++b) {
+    out[size_t(b)] = Mat<T>(prog.num_tokens, cfg.d);
+    if (saved) (*saved)[size_t(b)].versions.reserve(size_t(prog.num_updates() + 1));
+    for (int64_t j = 0; j < ns; ++j) {
+      const ProgramShard& sh = shards[size_t(j)];
+      const size_t i = size_t(b * ns + j);
+      if (!sh.program.ops.empty()) copy_rows(out[size_t(b)], sh.begin, part[i]);
+      if (!saved) continue;
+      auto& versions = (*saved)[size_t(b)].versions;
+      if (sh.program.ops.empty()) {
+        versions.push_back(initial_state(cfg, in[size_t(b)].w0));
+      } else {
+        for (auto& s : part_saved[i].versions) versions.push_back(std::move(s));
+      }
+    }
+  }
   return out;
 }
 
@@ -254,21 +394,84 @@ template <class T>
 std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const Program& prog,
                                                  const std::vector<SequenceInputs<T>>& in,
                                                  const std::vector<SavedStates<T>>& saved,
-                                                 const std::vector<Mat<T>>& grad_o) {
+                                                 const std::vector<Mat<T>>& grad_o, const BatchOptions& opt) {
   const int64_t nb = int64_t(in.size());
   TTT_CHECK(saved.size() == in.size() && grad_o.size() == in.size(), "batched backward: batch sizes differ");
   std::vector<SequenceGrads<T>> out(static_cast<size_t>(nb));
-  std::vector<std::string> errors(static_cast<size_t>(nb));
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < nb; ++b) {
+  const std::vector<ProgramShard> shards = opt.split_shards ? split_shards(prog) : std::vector<ProgramShard>();
+  if (shards.empty()) {
+    std::vector<std::string> errors(static_cast<size_t>(nb));
+    const bool par = worth_threads(cfg, nb, nb * prog.num_tokens);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int64_t b = 0; b < nb; ++b) {
+      try {
+        out[size_t(b)] = run_backward(cfg, prog, in[size_t(b)], saved[size_t(b)], grad_o[size_t(b)]);
+      } catch (const std::exception& e) {
+        errors[size_t(b)] = e.what();
+      }
+    }
+    raise_errors(errors, 1, 1);
+    return out;
+  }
+  const int64_t ns = int64_t(shards.size());
+  {
+    std::vector<std::string> errors(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) {
+      try {
+        check_inputs(cfg, prog, in[size_t(b)]);
+        const Mat<T>& go = grad_o[size_t(b)];
+        TTT_CHECK(go.rows == prog.num_tokens && go.cols == cfg.d,
+                  "grad_o is " << go.shape() << ", expected [" << prog.num_tokens << "," << cfg.d << "]");
+        TTT_CHECK(int64_t(saved[size_t(b)].versions.size()) == prog.num_updates() + 1,
+                  "saved states do not match the program (run the forward with saving on)");
+      } catch (const std::exception& e) {
+        errors[size_t(b)] = e.what();
+      }
+    }
+    raise_errors(errors, 1, 1);
+  }
+  std::vector<SequenceGrads<T>> part(static_cast<size_t>(nb * ns));
+  std::vector<std::string> errors(static_cast<size_t>(nb * ns));
+  const bool par = worth_threads(cfg, nb * ns, nb * prog.num_tokens);
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t i = 0; i < nb * ns; ++i) {
+    const ProgramShard& sh = shards[size_t(i % ns)];
+    if (sh.program.ops.empty()) continue;
+    const int64_t b = i / ns;
     try {
-      out[size_t(b)] = run_backward(cfg, prog, in[size_t(b)], saved[size_t(b)], grad_o[size_t(b)]);
+      part[size_t(i)] = backward_impl(cfg, sh.program, slice_inputs(cfg, in[size_t(b)], sh.begin, sh.end),
+                                      saved[size_t(b)].versions.data() + sh.first_version, sh.num_versions,
+                                      rows(grad_o[size_t(b)], sh.begin, sh.end));
     } catch (const std::exception& e) {
-      errors[size_t(b)] = e.what();
+      errors[size_t(i)] = e.what();
     }
   }
-  for (int64_t b = 0; b < nb; ++b)
-    TTT_CHECK(errors[size_t(b)].empty(), "sequence-head " << b << ": " << errors[size_t(b)]);
+  raise_errors(errors, ns, ns);
+  // Fixed-order assembly. Token rows: each shard owns its hull. W0: summed over the shards from the last
+  // to the first, the order in which the sequential backward meets them.
+  const int64_t n = prog.num_tokens;
+  for (int64_t b = 0; b < nb; ++b) {
+    SequenceGrads<T>& g = out[size_t(b)];
+    for (auto& w : in[size_t(b)].w0) g.w0.emplace_back(w.rows, w.cols);
+    g.q = Mat<T>(n, cfg.d);
+    g.k = Mat<T>(n, cfg.d);
+    g.v = Mat<T>(n, cfg.d);
+    g.rates = Mat<T>(n, cfg.rate_columns);
+    if (cfg.momentum) g.momentum_gate = Mat<T>(n, 1);
+    if (cfg.decay) g.decay_gate = Mat<T>(n, 1);
+    for (int64_t j = ns - 1; j >= 0; --j) {
+      const ProgramShard& sh = shards[size_t(j)];
+      if (sh.program.ops.empty()) continue;
+      const SequenceGrads<T>& x = part[size_t(b * ns + j)];
+      for (size_t w = 0; w < g.w0.size(); ++w) add_into(g.w0[w], x.w0[w]);
+      copy_rows(g.q, sh.begin, x.q);
+      copy_rows(g.k, sh.begin, x.k);
+      copy_rows(g.v, sh.begin, x.v);
+      copy_rows(g.rates, sh.begin, x.rates);
+      if (cfg.momentum) copy_rows(g.momentum_gate, sh.begin, x.momentum_gate);
+      if (cfg.decay) copy_rows(g.decay_gate, sh.begin, x.decay_gate);
+    }
+  }
   return out;
 }
 
@@ -284,10 +487,10 @@ std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const 
                                             const SavedStates<T>&, const Mat<T>&);                                 \
   template std::vector<Mat<T>> run_forward_batch<T>(const MemoryConfig&, const Program&,                           \
                                                     const std::vector<SequenceInputs<T>>&,                         \
-                                                    std::vector<SavedStates<T>>*);                                 \
+                                                    std::vector<SavedStates<T>>*, const BatchOptions&);            \
   template std::vector<SequenceGrads<T>> run_backward_batch<T>(                                                    \
       const MemoryConfig&, const Program&, const std::vector<SequenceInputs<T>>&,                                  \
-      const std::vector<SavedStates<T>>&, const std::vector<Mat<T>>&);
+      const std::vector<SavedStates<T>>&, const std::vector<Mat<T>>&, const BatchOptions&);
 TTT_INSTANTIATE(float)
 TTT_INSTANTIATE(double)
 #undef TTT_INSTANTIATE

@@ -62,15 +62,41 @@ template <class T>
 SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
                               const SavedStates<T>& saved, const ag::Mat<T>& grad_o);
 
-// Batched over sequence x head, threads over the batch (OpenMP).
+// One shard of a program: the operations between two resets, over the tokens [begin, end) they touch,
+// rebased so that `program` covers end - begin tokens. A shard starts from the initial state (W⁰, zero
+// momentum), so shards share nothing and can run in parallel (spec §4, TNT local shard).
+struct ProgramShard {
+  int64_t begin = 0, end = 0;  // token hull of the shard's operations; begin == end: no operations
+  Program program;             // rebased to [0, end - begin); empty ops when the shard has no operations
+  int64_t first_version = 0;   // index of the shard's initial state in the unsplit SavedStates::versions
+  int64_t num_versions = 1;    // 1 + the shard's updates
+};
+
+// Splits a program at its resets. Returns the shards (in program order, empty ones included) when there
+// are at least two non-empty shards and their token hulls are pairwise disjoint (e.g. causal_program with
+// reset_every < num_tokens); otherwise returns nothing and the program must run as one piece.
+std::vector<ProgramShard> split_shards(const Program& prog);
+
+struct BatchOptions {
+  // Run the shards of a program with resets as independent items: threads over (sequence-head, shard).
+  // Off: each sequence-head is one sequential item. Forward outputs and saved states are identical
+  // either way; gradients are identical up to the order of the W⁰ sums (summed over shards in a fixed
+  // order, last shard first, as the sequential backward adds them; bit-identical without weight norm).
+  bool split_shards = true;
+};
+
+// Batched over sequence x head (x shard), threads over the items (OpenMP). Saved states have the
+// unsplit layout either way, so run_backward and run_backward_batch accept both.
 template <class T>
 std::vector<ag::Mat<T>> run_forward_batch(const MemoryConfig& cfg, const Program& prog,
                                           const std::vector<SequenceInputs<T>>& in,
-                                          std::vector<SavedStates<T>>* saved = nullptr);
+                                          std::vector<SavedStates<T>>* saved = nullptr,
+                                          const BatchOptions& opt = {});
 template <class T>
 std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const Program& prog,
                                                  const std::vector<SequenceInputs<T>>& in,
                                                  const std::vector<SavedStates<T>>& saved,
-                                                 const std::vector<ag::Mat<T>>& grad_o);
+                                                 const std::vector<ag::Mat<T>>& grad_o,
+                                                 const BatchOptions& opt = {});
 
 }  // namespace ttt::engine

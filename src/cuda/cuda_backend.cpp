@@ -1,0 +1,117 @@
+// engine::cuda_backend(): the LaCT operator on named tensors (what `ttt op lact --device cuda` runs), on the
+// GPU through cuda/lact_cuda.h. Same inputs, outputs and checks as the CPU backend (ttt/lact_op.cpp).
+#include <set>
+
+#include "cuda/lact_cuda.h"
+#include "ttt/lact_op.h"
+
+namespace ttt::engine {
+
+namespace {
+
+const std::set<std::string> kKnown = {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2", "momentum", "grad_o"};
+
+template <class T>
+SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
+  const Tensor& q = st.get("q");
+  const int64_t B = q.size(0), T_ = q.size(1), d = q.size(2), dh = st.get("w0").size(1);
+  const bool momentum = st.has("momentum"), want_grad = st.has("grad_o");
+  lact::Shape s;
+  s.B = B;
+  s.T = T_;
+  s.d = d;
+  s.dh = dh;
+  s.chunk = opt.chunk;
+  TTT_CHECK(opt.program == "causal" || opt.program == "bidirectional",
+            "unknown program '" << opt.program << "' (expected causal or bidirectional)");
+  s.causal = opt.program == "causal";
+  s.momentum = momentum;
+  s.muon = opt.muon;
+  s.norm = opt.weight_norm == WeightNorm::Post ? lact::Norm::Post
+           : opt.weight_norm == WeightNorm::Pre ? lact::Norm::Pre
+                                                : lact::Norm::None;
+  auto ptr = [&](const char* n) { return st.get(n).data<T>(); };
+  lact::Inputs<T> in{ptr("w0"), ptr("w1"), ptr("w2"), ptr("q"), ptr("k"), ptr("v"), ptr("lr0"), ptr("lr1"), ptr("lr2"),
+                     momentum ? ptr("momentum") : nullptr};
+  const DType dt = dtype_of<T>::value;
+  SafeTensors out;
+  Tensor o = Tensor::empty({B, T_, d}, dt);
+  if (!want_grad) {
+    cuda::lact_host<T>(s, in, o.data<T>(), nullptr, nullptr);
+    out.add("o", o);
+    return out;
+  }
+  Tensor gw0 = Tensor::empty({B, dh, d}, dt), gw1 = Tensor::empty({B, d, dh}, dt), gw2 = Tensor::empty({B, dh, d}, dt);
+  Tensor gq = Tensor::empty({B, T_, d}, dt), gk = Tensor::empty({B, T_, d}, dt), gv = Tensor::empty({B, T_, d}, dt);
+  Tensor gl0 = Tensor::empty({B, T_}, dt), gl1 = Tensor::empty({B, T_}, dt), gl2 = Tensor::empty({B, T_}, dt);
+  Tensor gm = momentum ? Tensor::empty({B, T_}, dt) : Tensor();
+  lact::Grads<T> g{gw0.data<T>(), gw1.data<T>(), gw2.data<T>(), gq.data<T>(), gk.data<T>(), gv.data<T>(),
+                   gl0.data<T>(), gl1.data<T>(), gl2.data<T>(), momentum ? gm.data<T>() : nullptr};
+  cuda::lact_host<T>(s, in, o.data<T>(), ptr("grad_o"), &g);
+  out.add("o", o);
+  out.add("grad_w0", gw0);
+  out.add("grad_w1", gw1);
+  out.add("grad_w2", gw2);
+  out.add("grad_q", gq);
+  out.add("grad_k", gk);
+  out.add("grad_v", gv);
+  out.add("grad_lr0", gl0);
+  out.add("grad_lr1", gl1);
+  out.add("grad_lr2", gl2);
+  if (momentum) out.add("grad_momentum", gm);
+  // Every input gets a gradient of L = sum(o * grad_o); for grad_o itself that is o.
+  out.add("grad_grad_o", out.get("o").clone());
+  return out;
+}
+
+class CudaBackend final : public OpBackend {
+ public:
+  const char* name() const override { return "cuda"; }
+  SafeTensors lact(const SafeTensors& st, const LactOpOptions& opt) override {
+    std::string why;
+    TTT_CHECK(cuda::device_count(&why) > 0, "ttt op lact --device cuda: no usable CUDA device (" << why << ")");
+    for (auto& [name, t] : st.tensors)
+      TTT_CHECK(kKnown.count(name), "unexpected input tensor '" << name << "' (" << t.describe()
+                                                                << "); expected w0, w1, w2, q, k, v, lr0, lr1, lr2, "
+                                                                   "optional momentum and grad_o");
+    for (const char* n : {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2"})
+      TTT_CHECK(st.has(n), "missing input tensor '" << n << "'");
+    const Tensor& q = st.get("q");
+    TTT_CHECK(q.dim() == 3, "q must be [B,T,d], got " << q.describe());
+    const int64_t B = q.size(0), T_ = q.size(1), d = q.size(2);
+    TTT_CHECK(B > 0 && T_ > 0 && d > 0, "q has an empty dimension: " << q.describe());
+    const Tensor& w0 = st.get("w0");
+    TTT_CHECK(w0.dim() == 3, "w0 must be [B,dh,d], got " << w0.describe());
+    const int64_t dh = w0.size(1);
+    TTT_CHECK(dh > 0, "w0 has an empty dimension: " << w0.describe());
+    check_shape(w0, {B, dh, d}, "w0");
+    check_shape(st.get("w1"), {B, d, dh}, "w1");
+    check_shape(st.get("w2"), {B, dh, d}, "w2");
+    check_shape(st.get("k"), {B, T_, d}, "k");
+    check_shape(st.get("v"), {B, T_, d}, "v");
+    for (const char* n : {"lr0", "lr1", "lr2"}) check_shape(st.get(n), {B, T_}, n);
+    if (st.has("momentum")) check_shape(st.get("momentum"), {B, T_}, "momentum");
+    if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, T_, d}, "grad_o");
+    const DType dt = q.dtype();
+    TTT_CHECK(dt == DType::F64 || dt == DType::F32, "inputs must be F64 or F32; q is " << q.describe());
+    for (auto& [name, t] : st.tensors) {
+      TTT_CHECK(t.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
+                                                                        << "' is " << t.describe());
+      TTT_CHECK(t.all_finite(), "input '" << name << "' contains NaN or Inf");
+    }
+    TTT_CHECK(opt.chunk > 0, "--chunk must be positive, got " << opt.chunk);
+    // Contiguous copies: the kernels read plain [B,...] row-major arrays.
+    SafeTensors c;
+    for (auto& [name, t] : st.tensors) c.add(name, t.contiguous());
+    return dt == DType::F64 ? run_lact_cuda<double>(c, opt) : run_lact_cuda<float>(c, opt);
+  }
+};
+
+}  // namespace
+
+OpBackend& cuda_backend() {
+  static CudaBackend backend;
+  return backend;
+}
+
+}  // namespace ttt::engine

@@ -1,0 +1,832 @@
+// CUDA backend of the LaCT operator: CudaOps implements the backend contract of ttt/lact_fused.h with cuBLAS
+// strided-batched GEMMs and the kernels below, so that lact::Fused<CudaOps<T>> runs on the GPU exactly the
+// sequence of steps that the CPU twin (lact_fused.cpp) specifies. Per-element math is the shared TTT_HD code
+// of lact_fused.h. Reductions accumulate in double and are deterministic (fixed two-stage trees).
+#include "cuda/lact_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <sstream>
+#include <type_traits>
+
+namespace ttt::cuda {
+
+#define TTT_CUDA_CHECK(call)                                                                                 \
+  do {                                                                                                       \
+    cudaError_t ttt_e_ = (call);                                                                             \
+    if (ttt_e_ != cudaSuccess)                                                                               \
+      TTT_FAIL("CUDA error " << cudaGetErrorName(ttt_e_) << " (" << cudaGetErrorString(ttt_e_) << ") in "    \
+                             << #call << " at " << __FILE__ << ":" << __LINE__);                             \
+  } while (0)
+
+#define TTT_CUBLAS_CHECK(call)                                                                               \
+  do {                                                                                                       \
+    cublasStatus_t ttt_s_ = (call);                                                                          \
+    if (ttt_s_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+      TTT_FAIL("cuBLAS error " << cublasGetStatusName(ttt_s_) << " (" << cublasGetStatusString(ttt_s_)       \
+                               << ") in " << #call << " at " << __FILE__ << ":" << __LINE__);                \
+  } while (0)
+
+// After every kernel launch: launch-configuration errors and earlier asynchronous faults.
+#define TTT_LAUNCH_CHECK(name)                                                                               \
+  do {                                                                                                       \
+    cudaError_t ttt_e_ = cudaGetLastError();                                                                 \
+    if (ttt_e_ != cudaSuccess)                                                                               \
+      TTT_FAIL("CUDA error " << cudaGetErrorName(ttt_e_) << " (" << cudaGetErrorString(ttt_e_)               \
+                             << ") launching kernel " << name);                                              \
+  } while (0)
+
+namespace {
+
+// ---- allocation tracking ------------------------------------------------------------------------------
+std::atomic<size_t> g_bytes{0};
+std::atomic<size_t> g_peak{0};
+
+void* device_malloc(size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) bytes = 1;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    TTT_FAIL("cudaMalloc of " << bytes << " bytes failed: " << cudaGetErrorString(e) << " (this library holds "
+                              << g_bytes.load() << " bytes; device free " << free_b << " of " << total_b << ")");
+  }
+  const size_t now = (g_bytes += bytes);
+  size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+  return p;
+}
+void device_free(void* p, size_t bytes) {
+  if (!p) return;
+  cudaFree(p);  // never throws from destructors; a failure here leaves nothing to recover
+  g_bytes -= bytes == 0 ? 1 : bytes;
+}
+
+using Acc = double;  // accumulator of every reduction
+constexpr int kThreads = 256;
+constexpr int kMaxSlices = 128;  // blocks per batch item in the first stage of a batched reduction
+
+int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
+int warp_grid(int64_t rows) { return int((rows * 32 + kThreads - 1) / kThreads); }
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- element-wise kernels -----------------------------------------------------------------------------
+template <class T>
+__global__ void k_add(T* dst, const T* src, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] += src[i];
+}
+template <class T>
+__global__ void k_sqrt(T* x, int64_t n) {
+  GRID_STRIDE(i, n) x[i] = lact::sqrt_(x[i]);
+}
+template <class T>
+__global__ void k_axpy_batched(T* D, const T* S, const T* s, int64_t per, int64_t n) {
+  GRID_STRIDE(i, n) D[i] += s[i / per] * S[i];
+}
+template <class T>
+__global__ void k_scale_batched(T* dst, const T* src, const T* s, int64_t per, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = s[i / per] * src[i];
+}
+template <class T>
+__global__ void k_fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t len, int64_t T_, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t b = i / len, t = c0 + i % len;
+    g[b * T_ + t] = val[b] * scale;
+  }
+}
+template <class T>
+__global__ void k_pack_state(const T* w0, const T* w1, const T* w2, T* A, int64_t P, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t b = i / (3 * P), s = (i / P) % 3, e = i % P;
+    const T* src = s == 0 ? w0 : s == 1 ? w2 : w1;
+    A[i] = src[b * P + e];
+  }
+}
+template <class T>
+__global__ void k_unpack_grad(const T* dA, const T* tau, const T* dtau, const T* A0, T* gw0, T* gw1, T* gw2,
+                              lact::Geom g, int64_t n) {
+  const int64_t P = g.P();
+  GRID_STRIDE(i, n) {
+    const int64_t b = i / (3 * P), e = i % P;
+    const int s = int((i / P) % 3);
+    T val = dA[i];
+    if (tau) {
+      const int64_t r = s == 0 ? e / g.d : s == 1 ? g.dh + e / g.d : 2 * g.dh + e / g.dh;
+      const T nrm = tau[b * g.rows() + r];
+      if (nrm != T(0)) val += dtau[b * g.rows() + r] / nrm * A0[i];
+    }
+    T* dst = s == 0 ? gw0 : s == 1 ? gw2 : gw1;
+    dst[b * P + e] = val;
+  }
+}
+template <class T>
+__global__ void k_swiglu(const T* GH, T* a, int64_t dh, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t r = i / dh, j = i % dh;
+    a[i] = lact::swiglu_elem(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j]);
+  }
+}
+template <class T>
+__global__ void k_swiglu_bwd(const T* GH, const T* da, T* dGH, T* a, int64_t dh, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t r = i / dh, j = i % dh;
+    lact::swiglu_elem_bwd(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], da[i], a[i], dGH[r * 2 * dh + j],
+                          dGH[r * 2 * dh + dh + j]);
+  }
+}
+template <class T>
+__global__ void k_update_terms(const T* GH, const T* U, const T* lr0, const T* lr2, int64_t c0, int64_t len,
+                               int64_t T_, int64_t dh, T* a, T* R, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t r = i / dh, j = i % dh, tok = (r / len) * T_ + c0 + r % len;
+    lact::update_elem(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[i], lr0[tok], lr2[tok], a[i],
+                      R[r * 2 * dh + j], R[r * 2 * dh + dh + j]);
+  }
+}
+template <class T>
+__global__ void k_scale_rows(const T* v, const T* lr1, int64_t c0, int64_t len, int64_t T_, int64_t d, T* Vl,
+                             int64_t n) {
+  GRID_STRIDE(i, n) {
+    const int64_t r = i / d, j = i % d, tok = (r / len) * T_ + c0 + r % len;
+    Vl[i] = lr1[tok] * v[tok * d + j];
+  }
+}
+// One warp per token row of the chunk.
+template <class T>
+__global__ void k_update_terms_bwd(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2,
+                                   int64_t c0, int64_t len, int64_t T_, int64_t d, int64_t dh, const T* dR,
+                                   const T* dVl, const T* da, T* dGH, T* dU, T* glr0, T* glr1, T* glr2, T* gv,
+                                   int64_t rows) {
+  const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (r >= rows) return;
+  const int64_t tok = (r / len) * T_ + c0 + r % len;
+  const T l0 = lr0[tok], l1 = lr1[tok], l2 = lr2[tok];
+  Acc s0 = 0, s1 = 0, s2 = 0;
+  for (int64_t j = lane; j < dh; j += 32) {
+    T t0, t2;
+    lact::update_elem_bwd(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[r * dh + j], l0, l2, dR[r * 2 * dh + j],
+                          dR[r * 2 * dh + dh + j], da[r * dh + j], dGH[r * 2 * dh + j], dGH[r * 2 * dh + dh + j],
+                          dU[r * dh + j], t0, t2);
+    s0 += t0;
+    s2 += t2;
+  }
+  for (int64_t j = lane; j < d; j += 32) {
+    const T dv = dVl[r * d + j];
+    s1 += Acc(v[tok * d + j]) * dv;
+    gv[tok * d + j] = l1 * dv;
+  }
+  s0 = warp_sum(s0);
+  s1 = warp_sum(s1);
+  s2 = warp_sum(s2);
+  if (lane == 0) {
+    glr0[tok] = T(s0);
+    glr1[tok] = T(s1);
+    glr2[tok] = T(s2);
+  }
+}
+
+// ---- row-wise kernels over a state [B][3][P] (one warp per row) -------------------------------------------
+template <class T>
+__device__ __forceinline__ T m_at(const T* M, bool ns, const lact::Geom& g, int64_t m, int s, int64_t row,
+                                  int64_t col) {
+  return M[m * g.P() + (ns ? g.state_to_ns(s, row, col) : row * g.slot_cols(s) + col)];
+}
+struct RowRef {
+  int64_t b, r, off, len, row;
+  int s;
+};
+__device__ __forceinline__ bool row_ref(const lact::Geom& g, RowRef& rr, int& lane) {
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  lane = threadIdx.x & 31;
+  if (w >= g.B * g.rows()) return false;
+  rr.b = w / g.rows();
+  rr.r = w % g.rows();
+  rr.off = rr.b * 3 * g.P() + g.row_off(rr.r);
+  rr.len = g.row_len(rr.r);
+  rr.s = g.row_slot(rr.r);
+  rr.row = g.row_in_slot(rr.r);
+  return true;
+}
+template <class T>
+__global__ void k_row_norms(const T* A, T* tau, lact::Geom g) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  Acc ss = 0;
+  for (int64_t j = lane; j < rr.len; j += 32) ss += Acc(A[rr.off + j]) * A[rr.off + j];
+  ss = warp_sum(ss);
+  if (lane == 0) tau[rr.b * g.rows() + rr.r] = T(sqrt(ss));
+}
+template <class T>
+__global__ void k_weight_norm(const T* A, const T* tau, T* E, lact::Geom g) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  Acc ss = 0;
+  for (int64_t j = lane; j < rr.len; j += 32) ss += Acc(A[rr.off + j]) * A[rr.off + j];
+  ss = warp_sum(ss);
+  const T f = tau[rr.b * g.rows() + rr.r] / (T(sqrt(ss)) + T(lact::kRowEps));
+  for (int64_t j = lane; j < rr.len; j += 32) E[rr.off + j] = A[rr.off + j] * f;
+}
+// Row adjoint of y = x tau/(n+eps) (see CpuOps::row_norm_bwd); x is given by a functor of the column.
+template <class T, class X>
+__device__ __forceinline__ void row_norm_bwd_warp(X x, int64_t len, int lane, T tau, const T* dy, T* dx, bool inplace,
+                                                  T* dtau) {
+  Acc ss = 0, dot = 0;
+  for (int64_t j = lane; j < len; j += 32) {
+    const T xj = x(j);
+    ss += Acc(xj) * xj;
+    dot += Acc(dy[j]) * xj;
+  }
+  ss = warp_sum(ss);
+  dot = warp_sum(dot);
+  const T n = T(sqrt(ss)), den = n + T(lact::kRowEps);
+  const T f = tau / den;
+  const T h = n == T(0) ? T(0) : T(dot) * tau / (den * den) / n;
+  for (int64_t j = lane; j < len; j += 32) {
+    const T v = f * dy[j] - h * x(j);
+    if (inplace) dx[j] = v;
+    else dx[j] += v;
+  }
+  if (lane == 0) *dtau += T(dot) / den;
+}
+template <class T>
+__global__ void k_weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, T* dtau, lact::Geom g) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  const T* x = A + rr.off;
+  row_norm_bwd_warp<T>([x](int64_t j) { return x[j]; }, rr.len, lane, tau[rr.b * g.rows() + rr.r], dE + rr.off,
+                       dA + rr.off, false, dtau + rr.b * g.rows() + rr.r);
+}
+template <class T>
+__global__ void k_step(const T* A, const T* M, bool ns, const T* tau, T* An, lact::Geom g) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  const int64_t m = rr.b * 3 + rr.s;
+  T f = T(1);
+  if (tau) {
+    Acc ss = 0;
+    for (int64_t j = lane; j < rr.len; j += 32) {
+      const T z = A[rr.off + j] + m_at(M, ns, g, m, rr.s, rr.row, j);
+      ss += Acc(z) * z;
+    }
+    ss = warp_sum(ss);
+    f = tau[rr.b * g.rows() + rr.r] / (T(sqrt(ss)) + T(lact::kRowEps));
+  }
+  for (int64_t j = lane; j < rr.len; j += 32) An[rr.off + j] = (A[rr.off + j] + m_at(M, ns, g, m, rr.s, rr.row, j)) * f;
+}
+template <class T>
+__global__ void k_step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau, lact::Geom g) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  const int64_t m = rr.b * 3 + rr.s;
+  const T* a = A + rr.off;
+  const lact::Geom gg = g;
+  const RowRef r2 = rr;
+  auto z = [a, M, ns, gg, m, r2](int64_t j) { return a[j] + m_at(M, ns, gg, m, r2.s, r2.row, j); };
+  // dA holds dL/dA_next on entry and dL/dZ on exit (each lane reads its own columns before writing them).
+  row_norm_bwd_warp<T>(z, rr.len, lane, tau[rr.b * g.rows() + rr.r], dA + rr.off, dA + rr.off, true,
+                       dtau + rr.b * g.rows() + rr.r);
+}
+
+// ---- Newton-Schulz layout ------------------------------------------------------------------------------
+template <class T>
+__global__ void k_to_ns(const T* src, T* dst, const T* nrm, lact::Geom g, int64_t n) {
+  const int64_t P = g.P(), q = g.q();
+  GRID_STRIDE(i, n) {
+    const int64_t m = i / P, e = i % P;
+    const int s = int(m % 3);
+    const T f = nrm ? T(1) / (nrm[m] + T(lact::kNsEps)) : T(1);
+    dst[i] = src[m * P + g.ns_to_state(s, e / q, e % q)] * f;
+  }
+}
+template <class T>
+__global__ void k_ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP, lact::Geom g, int64_t n) {
+  const int64_t P = g.P();
+  GRID_STRIDE(i, n) {
+    const int64_t m = i / P, e = i % P;
+    const int s = int(m % 3);
+    const int64_t cols = g.slot_cols(s);
+    const T r = T(1) / (nrm[m] + T(lact::kNsEps));
+    const T h = nrm[m] == T(0) ? T(0) : r * dot[m] / nrm[m];
+    dP[i] = r * dX0[m * P + g.state_to_ns(s, e / cols, e % cols)] - h * Pm[i];
+  }
+}
+
+// ---- batched reductions (two fixed stages: deterministic) ----------------------------------------------
+template <class T>
+__global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {
+  const int64_t b = blockIdx.y;
+  const int slices = gridDim.x;
+  const T* xb = x + b * stride;
+  const T* yb = y ? y + b * stride : nullptr;
+  Acc acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
+    acc += yb ? Acc(xb[i]) * yb[i] : Acc(xb[i]);
+  __shared__ Acc sh[kThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
+    acc = warp_sum(acc);
+    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
+  }
+}
+template <class T>
+__global__ void k_dot_final(const Acc* partial, int slices, T scale, T* out) {
+  const int64_t b = blockIdx.x;
+  Acc acc = 0;
+  for (int i = threadIdx.x; i < slices; i += 32) acc += partial[b * slices + i];
+  acc = warp_sum(acc);
+  if (threadIdx.x == 0) out[b] = T(Acc(scale) * acc);
+}
+
+template <class T>
+__global__ void k_count_nonfinite(const T* x, int64_t n, unsigned long long* count) {
+  unsigned long long c = 0;
+  GRID_STRIDE(i, n) c += isfinite(double(x[i])) ? 0ull : 1ull;
+  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+  if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
+}
+
+__device__ __forceinline__ uint64_t splitmix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+template <class T>
+__global__ void k_random(T* p, int64_t n, uint64_t seed, double lo, double hi, bool normal) {
+  GRID_STRIDE(i, n) {
+    const uint64_t h1 = splitmix(seed ^ splitmix(uint64_t(i) * 2 + 1));
+    const double u1 = (double(h1 >> 11) + 0.5) * 0x1.0p-53;
+    if (normal) {
+      const uint64_t h2 = splitmix(h1 + 0x632BE59BD9B4E019ull);
+      const double u2 = double(h2 >> 11) * 0x1.0p-53;
+      p[i] = T(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) * hi);
+    } else {
+      p[i] = T(lo + (hi - lo) * u1);
+    }
+  }
+}
+
+// ---- the backend --------------------------------------------------------------------------------------
+template <class T>
+struct CublasType;
+template <>
+struct CublasType<float> {
+  static constexpr cudaDataType_t data = CUDA_R_32F;
+};
+template <>
+struct CublasType<double> {
+  static constexpr cudaDataType_t data = CUDA_R_64F;
+};
+
+template <class T>
+class CudaOps {
+ public:
+  using value_type = T;
+  CudaOps(const lact::Geom& g, const LactOptions& opt) : g_(g), opt_(opt) {
+    TTT_CUDA_CHECK(cudaStreamCreate(&stream_));
+    TTT_CUBLAS_CHECK(cublasCreate(&handle_));
+    TTT_CUBLAS_CHECK(cublasSetStream(handle_, stream_));
+    TTT_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+    if (std::is_same<T, double>::value) compute_ = CUBLAS_COMPUTE_64F;
+    else compute_ = opt_.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    partial_ = static_cast<Acc*>(device_malloc(sizeof(Acc) * size_t(3 * g_.B * kMaxSlices)));
+    workspace_bytes_ += sizeof(Acc) * size_t(3 * g_.B * kMaxSlices);
+  }
+  ~CudaOps() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (auto& [p, bytes] : allocs_) device_free(p, bytes);
+    device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
+    if (handle_) cublasDestroy(handle_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  lact::Geom geom() const { return g_; }
+  cudaStream_t stream() const { return stream_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
+  T* alloc(int64_t n) {
+    const size_t bytes = sizeof(T) * size_t(std::max<int64_t>(n, 1));
+    void* p = device_malloc(bytes);
+    allocs_.push_back({p, bytes});
+    workspace_bytes_ += bytes;
+    if (opt_.poison_workspace) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, stream_));
+    return static_cast<T*>(p);
+  }
+  void zero(T* p, int64_t n) { TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), stream_)); }
+  void copy(T* dst, const T* src, int64_t n) {
+    TTT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * size_t(n), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void add(T* dst, const T* src, int64_t n) {
+    k_add<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, n);
+    TTT_LAUNCH_CHECK("add");
+  }
+  void sqrt_inplace(T* x, int64_t n) {
+    k_sqrt<<<grid_for(n), kThreads, 0, stream_>>>(x, n);
+    TTT_LAUNCH_CHECK("sqrt");
+  }
+  void zero_rows(T* p, int64_t cols, int64_t r0, int64_t nr) {
+    if (!p) return;
+    TTT_CUDA_CHECK(cudaMemset2DAsync(p + r0 * cols, sizeof(T) * size_t(g_.T * cols), 0, sizeof(T) * size_t(nr * cols),
+                                     size_t(g_.B), stream_));
+  }
+
+  // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    const cudaDataType_t dt = CublasType<T>::data;
+    TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                int(n), int(m), int(k), &alpha, B, dt, int(ldb), (long long)sB, A, dt,
+                                                int(lda), (long long)sA, &beta, C, dt, int(ldc), (long long)sC,
+                                                int(batch), compute_, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T scale, T* out) {
+    TTT_CHECK(batch <= 3 * g_.B, "batched_dot: batch " << batch << " exceeds the reduction buffer");
+    const int slices = int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+    k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, stream_>>>(x, y, per, stride, partial_);
+    TTT_LAUNCH_CHECK("dot_partial");
+    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
+    TTT_LAUNCH_CHECK("dot_final");
+  }
+  void axpy_batched(T* D, const T* S, const T* s, int64_t per) {
+    const int64_t n = g_.B * per;
+    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(D, S, s, per, n);
+    TTT_LAUNCH_CHECK("axpy_batched");
+  }
+  void scale_batched(T* dst, const T* src, const T* s, int64_t per) {
+    const int64_t n = g_.B * per;
+    k_scale_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, s, per, n);
+    TTT_LAUNCH_CHECK("scale_batched");
+  }
+  void fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t n) {
+    const int64_t total = g_.B * n;
+    k_fill_chunk<<<grid_for(total), kThreads, 0, stream_>>>(g, val, scale, c0, n, g_.T, total);
+    TTT_LAUNCH_CHECK("fill_chunk");
+  }
+  void pack_state(const T* w0, const T* w1, const T* w2, T* A) {
+    const int64_t n = g_.B * 3 * g_.P();
+    k_pack_state<<<grid_for(n), kThreads, 0, stream_>>>(w0, w1, w2, A, g_.P(), n);
+    TTT_LAUNCH_CHECK("pack_state");
+  }
+  void unpack_grad(const T* dA, const T* tau, const T* dtau, const T* A0, T* gw0, T* gw1, T* gw2) {
+    const int64_t n = g_.B * 3 * g_.P();
+    k_unpack_grad<<<grid_for(n), kThreads, 0, stream_>>>(dA, tau, dtau, A0, gw0, gw1, gw2, g_, n);
+    TTT_LAUNCH_CHECK("unpack_grad");
+  }
+  void row_norms(const T* A, T* tau) {
+    k_row_norms<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, g_);
+    TTT_LAUNCH_CHECK("row_norms");
+  }
+  void weight_norm(const T* A, const T* tau, T* E) {
+    k_weight_norm<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, E, g_);
+    TTT_LAUNCH_CHECK("weight_norm");
+  }
+  void weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, T* dtau) {
+    k_weight_norm_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, dE, dA, dtau, g_);
+    TTT_LAUNCH_CHECK("weight_norm_bwd");
+  }
+  void swiglu(const T* GH, T* a, int64_t n) {
+    const int64_t total = g_.B * n * g_.dh;
+    k_swiglu<<<grid_for(total), kThreads, 0, stream_>>>(GH, a, g_.dh, total);
+    TTT_LAUNCH_CHECK("swiglu");
+  }
+  void swiglu_bwd(const T* GH, const T* da, int64_t n, T* dGH, T* a) {
+    const int64_t total = g_.B * n * g_.dh;
+    k_swiglu_bwd<<<grid_for(total), kThreads, 0, stream_>>>(GH, da, dGH, a, g_.dh, total);
+    TTT_LAUNCH_CHECK("swiglu_bwd");
+  }
+  void update_terms(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                    int64_t n, T* a, T* R, T* Vl) {
+    const int64_t t1 = g_.B * n * g_.dh, t2 = g_.B * n * g_.d;
+    k_update_terms<<<grid_for(t1), kThreads, 0, stream_>>>(GH, U, lr0, lr2, c0, n, g_.T, g_.dh, a, R, t1);
+    TTT_LAUNCH_CHECK("update_terms");
+    k_scale_rows<<<grid_for(t2), kThreads, 0, stream_>>>(v, lr1, c0, n, g_.T, g_.d, Vl, t2);
+    TTT_LAUNCH_CHECK("scale_rows");
+  }
+  void update_terms_bwd(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                        int64_t n, const T* dR, const T* dVl, const T* da, T* dGH, T* dU, T* glr0, T* glr1, T* glr2,
+                        T* gv) {
+    const int64_t rows = g_.B * n;
+    k_update_terms_bwd<<<warp_grid(rows), kThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, n, g_.T, g_.d, g_.dh,
+                                                                   dR, dVl, da, dGH, dU, glr0, glr1, glr2, gv, rows);
+    TTT_LAUNCH_CHECK("update_terms_bwd");
+  }
+  void to_ns(const T* src, T* dst, const T* nrm) {
+    const int64_t n = 3 * g_.B * g_.P();
+    k_to_ns<<<grid_for(n), kThreads, 0, stream_>>>(src, dst, nrm, g_, n);
+    TTT_LAUNCH_CHECK("to_ns");
+  }
+  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP) {
+    const int64_t n = 3 * g_.B * g_.P();
+    k_ns_norm_bwd<<<grid_for(n), kThreads, 0, stream_>>>(dX0, Pm, nrm, dot, dP, g_, n);
+    TTT_LAUNCH_CHECK("ns_norm_bwd");
+  }
+  void step(const T* A, const T* M, bool ns, const T* tau, T* An) {
+    k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, An, g_);
+    TTT_LAUNCH_CHECK("step");
+  }
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dtau, g_);
+    TTT_LAUNCH_CHECK("step_bwd");
+  }
+
+ private:
+  lact::Geom g_;
+  LactOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
+  std::vector<std::pair<void*, size_t>> allocs_;
+  Acc* partial_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+template <class T>
+size_t count_nonfinite(const T* p, int64_t n, cudaStream_t st) {
+  if (n == 0) return 0;
+  DeviceBuffer c(sizeof(unsigned long long));
+  TTT_CUDA_CHECK(cudaMemsetAsync(c.as<void>(), 0, sizeof(unsigned long long), st));
+  k_count_nonfinite<<<grid_for(n), kThreads, 0, st>>>(p, n, c.as<unsigned long long>());
+  TTT_LAUNCH_CHECK("count_nonfinite");
+  unsigned long long h = 0;
+  TTT_CUDA_CHECK(cudaMemcpyAsync(&h, c.as<void>(), sizeof(h), cudaMemcpyDeviceToHost, st));
+  TTT_CUDA_CHECK(cudaStreamSynchronize(st));
+  return size_t(h);
+}
+
+}  // namespace
+
+// ---- public API ---------------------------------------------------------------------------------------
+int device_count(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (why) *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+    return 0;
+  }
+  if (n == 0 && why) *why = "cudaGetDeviceCount reports no CUDA device";
+  return n;
+}
+
+std::string device_description() {
+  int dev = 0;
+  TTT_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp p{};
+  TTT_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+  std::ostringstream os;
+  os << p.name << " (sm_" << p.major << p.minor << ", " << p.multiProcessorCount << " SMs, "
+     << double(p.totalGlobalMem) / double(1ull << 30) << " GiB)";
+  return os.str();
+}
+
+size_t tracked_bytes() { return g_bytes.load(); }
+size_t tracked_peak_bytes() { return g_peak.load(); }
+void reset_tracked_peak() { g_peak.store(g_bytes.load()); }
+void device_memory(size_t* used, size_t* total) {
+  size_t f = 0, t = 0;
+  TTT_CUDA_CHECK(cudaMemGetInfo(&f, &t));
+  if (used) *used = t - f;
+  if (total) *total = t;
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : p_(device_malloc(bytes)), bytes_(bytes) {}
+DeviceBuffer::~DeviceBuffer() { device_free(p_, bytes_); }
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    device_free(p_, bytes_);
+    p_ = o.p_;
+    bytes_ = o.bytes_;
+    o.p_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+void DeviceBuffer::upload(const void* host, size_t bytes) {
+  TTT_CHECK(bytes <= bytes_, "DeviceBuffer::upload: " << bytes << " bytes into a buffer of " << bytes_);
+  TTT_CUDA_CHECK(cudaMemcpy(p_, host, bytes, cudaMemcpyHostToDevice));
+}
+void DeviceBuffer::download(void* host, size_t bytes) const {
+  TTT_CHECK(bytes <= bytes_, "DeviceBuffer::download: " << bytes << " bytes from a buffer of " << bytes_);
+  TTT_CUDA_CHECK(cudaMemcpy(host, p_, bytes, cudaMemcpyDeviceToHost));
+}
+void DeviceBuffer::fill_nan() {
+  TTT_CUDA_CHECK(cudaMemset(p_, 0xFF, bytes_));
+  TTT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+template <class T>
+void DeviceBuffer::fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal) {
+  TTT_CHECK(size_t(n) * sizeof(T) <= bytes_, "DeviceBuffer::fill_random: " << n << " elements do not fit");
+  k_random<T><<<grid_for(n), kThreads>>>(as<T>(), n, seed, lo, hi, normal);
+  TTT_LAUNCH_CHECK("random");
+  TTT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+template void DeviceBuffer::fill_random<float>(int64_t, uint64_t, double, double, bool);
+template void DeviceBuffer::fill_random<double>(int64_t, uint64_t, double, double, bool);
+
+template <class T>
+struct LactRunner<T>::Impl {
+  CudaOps<T> ops;
+  lact::Fused<CudaOps<T>> fused;
+  Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt)
+      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad) {}
+};
+
+template <class T>
+LactRunner<T>::LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt) {
+  s.validate();
+  impl_ = std::make_unique<Impl>(s, with_grad, opt);
+  TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
+}
+template <class T>
+LactRunner<T>::~LactRunner() = default;
+template <class T>
+void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o) {
+  impl_->fused.forward(in, o);
+}
+template <class T>
+void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g) {
+  impl_->fused.backward(grad_o, g);
+}
+template <class T>
+void LactRunner<T>::synchronize() {
+  TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
+  TTT_CUDA_CHECK(cudaGetLastError());
+}
+template <class T>
+size_t LactRunner<T>::workspace_bytes() const {
+  return impl_->ops.workspace_bytes();
+}
+template <class T>
+void* LactRunner<T>::stream() const {
+  return impl_->ops.stream();
+}
+
+template <class T>
+void lact_host(const lact::Shape& s, const lact::Inputs<T>& in, T* o, const T* grad_o, const lact::Grads<T>* g,
+               const LactOptions& opt) {
+  s.validate();
+  const bool grad = grad_o != nullptr;
+  TTT_CHECK(!grad || g, "lact_host: grad_o given without gradient outputs");
+  TTT_CHECK(!s.momentum || in.mom, "lact_host: momentum on but no momentum gate");
+  const size_t P = size_t(s.d * s.dh), BT = size_t(s.B * s.T), BTD = BT * size_t(s.d), W = size_t(s.B) * P;
+  auto up = [](const T* h, size_t n) {
+    DeviceBuffer b(n * sizeof(T));
+    b.upload(h, n * sizeof(T));
+    return b;
+  };
+  DeviceBuffer w0 = up(in.w0, W), w1 = up(in.w1, W), w2 = up(in.w2, W);
+  DeviceBuffer q = up(in.q, BTD), k = up(in.k, BTD), v = up(in.v, BTD);
+  DeviceBuffer l0 = up(in.lr0, BT), l1 = up(in.lr1, BT), l2 = up(in.lr2, BT);
+  DeviceBuffer mom = s.momentum ? up(in.mom, BT) : DeviceBuffer();
+  DeviceBuffer go = grad ? up(grad_o, BTD) : DeviceBuffer();
+  auto out = [](size_t n) {
+    DeviceBuffer b(n * sizeof(T));
+    b.fill_nan();
+    return b;
+  };
+  DeviceBuffer od = out(BTD);
+  DeviceBuffer gw0, gw1, gw2, gq, gk, gv, gl0, gl1, gl2, gm;
+  lact::Grads<T> gd;
+  if (grad) {
+    gw0 = out(W), gw1 = out(W), gw2 = out(W), gq = out(BTD), gk = out(BTD), gv = out(BTD);
+    gl0 = out(BT), gl1 = out(BT), gl2 = out(BT);
+    if (s.momentum) gm = out(BT);
+    gd = {gw0.as<T>(), gw1.as<T>(), gw2.as<T>(), gq.as<T>(), gk.as<T>(), gv.as<T>(),
+          gl0.as<T>(), gl1.as<T>(), gl2.as<T>(), s.momentum ? gm.as<T>() : nullptr};
+  }
+  lact::Inputs<T> din{w0.as<T>(), w1.as<T>(), w2.as<T>(), q.as<T>(), k.as<T>(), v.as<T>(),
+                      l0.as<T>(), l1.as<T>(), l2.as<T>(), s.momentum ? mom.as<T>() : nullptr};
+  {
+    LactRunner<T> r(s, grad, opt);
+    r.forward(din, od.as<T>());
+    if (grad) r.backward(go.as<T>(), gd);
+    r.synchronize();
+  }
+  od.download(o, BTD * sizeof(T));
+  if (grad) {
+    gw0.download(g->w0, W * sizeof(T));
+    gw1.download(g->w1, W * sizeof(T));
+    gw2.download(g->w2, W * sizeof(T));
+    gq.download(g->q, BTD * sizeof(T));
+    gk.download(g->k, BTD * sizeof(T));
+    gv.download(g->v, BTD * sizeof(T));
+    gl0.download(g->lr0, BT * sizeof(T));
+    gl1.download(g->lr1, BT * sizeof(T));
+    gl2.download(g->lr2, BT * sizeof(T));
+    if (s.momentum) gm.download(g->mom, BT * sizeof(T));
+  }
+}
+
+LactBenchResult bench_lact(const lact::Shape& s, int repeats, int warmup, const LactOptions& opt, bool skip_forward) {
+  using T = float;
+  s.validate();
+  TTT_CHECK(repeats > 0 && warmup >= 0, "bench_lact: repeats must be positive");
+  LactBenchResult res;
+  res.device = device_description();
+  reset_tracked_peak();
+  const int64_t P = s.d * s.dh, BT = s.B * s.T, BTD = BT * s.d, W = s.B * P;
+  auto buf = [](int64_t n) { return DeviceBuffer(size_t(n) * sizeof(T)); };
+  DeviceBuffer w0 = buf(W), w1 = buf(W), w2 = buf(W), q = buf(BTD), k = buf(BTD), v = buf(BTD);
+  DeviceBuffer l0 = buf(BT), l1 = buf(BT), l2 = buf(BT), mom = s.momentum ? buf(BT) : DeviceBuffer(), go = buf(BTD);
+  // The CPU bench's distributions: weights N(0, 1/cols), q/k/v N(0, 1/d), rates U(0.001, 0.01), gate U(0.5, 0.95).
+  w0.fill_random<T>(W, 11, 0, 1.0 / std::sqrt(double(s.d)), true);
+  w1.fill_random<T>(W, 12, 0, 1.0 / std::sqrt(double(s.dh)), true);
+  w2.fill_random<T>(W, 13, 0, 1.0 / std::sqrt(double(s.d)), true);
+  q.fill_random<T>(BTD, 14, 0, 1.0 / std::sqrt(double(s.d)), true);
+  k.fill_random<T>(BTD, 15, 0, 1.0 / std::sqrt(double(s.d)), true);
+  v.fill_random<T>(BTD, 16, 0, 1.0 / std::sqrt(double(s.d)), true);
+  l0.fill_random<T>(BT, 17, 0.001, 0.01, false);
+  l1.fill_random<T>(BT, 18, 0.001, 0.01, false);
+  l2.fill_random<T>(BT, 19, 0.001, 0.01, false);
+  if (s.momentum) mom.fill_random<T>(BT, 20, 0.5, 0.95, false);
+  go.fill_random<T>(BTD, 21, 0, 1.0, true);
+  DeviceBuffer o = buf(BTD), gw0 = buf(W), gw1 = buf(W), gw2 = buf(W), gq = buf(BTD), gk = buf(BTD), gv = buf(BTD);
+  DeviceBuffer gl0 = buf(BT), gl1 = buf(BT), gl2 = buf(BT), gm = s.momentum ? buf(BT) : DeviceBuffer();
+  lact::Inputs<T> in{w0.as<T>(), w1.as<T>(), w2.as<T>(), q.as<T>(), k.as<T>(), v.as<T>(),
+                     l0.as<T>(), l1.as<T>(), l2.as<T>(), s.momentum ? mom.as<T>() : nullptr};
+  lact::Grads<T> g{gw0.as<T>(), gw1.as<T>(), gw2.as<T>(), gq.as<T>(), gk.as<T>(), gv.as<T>(),
+                   gl0.as<T>(), gl1.as<T>(), gl2.as<T>(), s.momentum ? gm.as<T>() : nullptr};
+
+  cudaEvent_t e0, e1;
+  TTT_CUDA_CHECK(cudaEventCreate(&e0));
+  TTT_CUDA_CHECK(cudaEventCreate(&e1));
+  auto timed = [&](LactRunner<T>& r, auto body) {
+    cudaStream_t st = static_cast<cudaStream_t>(r.stream());
+    TTT_CUDA_CHECK(cudaEventRecord(e0, st));
+    body();
+    TTT_CUDA_CHECK(cudaEventRecord(e1, st));
+    TTT_CUDA_CHECK(cudaEventSynchronize(e1));
+    TTT_CUDA_CHECK(cudaGetLastError());
+    float ms = 0;
+    TTT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return double(ms);
+  };
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  if (!skip_forward) {
+    LactRunner<T> rf(s, false, opt);
+    for (int i = 0; i < warmup; ++i) timed(rf, [&] { rf.forward(in, o.as<T>()); });
+    for (int i = 0; i < repeats; ++i) res.fwd_ms.push_back(timed(rf, [&] { rf.forward(in, o.as<T>()); }));
+    res.fwd_ms_median = median(res.fwd_ms);
+  }
+  {
+    LactRunner<T> rb(s, true, opt);
+    res.workspace_bytes = rb.workspace_bytes();
+    auto run = [&] {
+      rb.forward(in, o.as<T>());
+      rb.backward(go.as<T>(), g);
+    };
+    for (int i = 0; i < warmup; ++i) timed(rb, run);
+    for (int i = 0; i < repeats; ++i) res.fwdbwd_ms.push_back(timed(rb, run));
+    res.fwdbwd_ms_median = median(res.fwdbwd_ms);
+    device_memory(&res.device_used_bytes, &res.device_total_bytes);
+    cudaStream_t st = static_cast<cudaStream_t>(rb.stream());
+    size_t bad = count_nonfinite(o.as<T>(), BTD, st);
+    for (const DeviceBuffer* b : {&gw0, &gw1, &gw2}) bad += count_nonfinite(b->as<T>(), W, st);
+    for (const DeviceBuffer* b : {&gq, &gk, &gv}) bad += count_nonfinite(b->as<T>(), BTD, st);
+    for (const DeviceBuffer* b : {&gl0, &gl1, &gl2}) bad += count_nonfinite(b->as<T>(), BT, st);
+    if (s.momentum) bad += count_nonfinite(gm.as<T>(), BT, st);
+    res.output_finite = bad == 0;
+  }
+  res.tracked_peak_bytes = tracked_peak_bytes();
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return res;
+}
+
+template class LactRunner<float>;
+template class LactRunner<double>;
+template void lact_host<float>(const lact::Shape&, const lact::Inputs<float>&, float*, const float*,
+                               const lact::Grads<float>*, const LactOptions&);
+template void lact_host<double>(const lact::Shape&, const lact::Inputs<double>&, double*, const double*,
+                                const lact::Grads<double>*, const LactOptions&);
+
+}  // namespace ttt::cuda

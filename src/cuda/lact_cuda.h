@@ -1,0 +1,106 @@
+// The LaCT operator on an NVIDIA GPU: the algorithm of ttt/lact_fused.h (the CPU twin is its specification)
+// run by a CUDA backend: fp32 (or fp64) fast-weight state and math, cuBLAS strided-batched GEMMs over the B
+// sequence-heads, small fused element-wise / reduction kernels, one stream. Every buffer is allocated once
+// per runner with cudaMalloc (no managed memory); device memory is linear in T/C (the chunk-boundary states)
+// beyond the inputs and outputs themselves. Every CUDA and cuBLAS call is checked; failures throw
+// ttt::Error naming the call.
+//
+// This header needs no CUDA headers: host code (CLI, tests) includes it freely.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ttt/lact_fused.h"
+
+namespace ttt::cuda {
+
+// Usable CUDA devices; 0 when the driver, the runtime or the device is missing (why, if given, says which).
+int device_count(std::string* why = nullptr);
+// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.2 GiB)" of the current device.
+std::string device_description();
+
+struct LactOptions {
+  // cuBLAS TF32 tensor-core products (CUBLAS_COMPUTE_32F_FAST_TF32) for float; default exact fp32.
+  bool tf32 = false;
+  // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
+  bool poison_workspace = false;
+};
+
+// Bytes this library holds on the device now, and the most it held at once since the last reset.
+size_t tracked_bytes();
+size_t tracked_peak_bytes();
+void reset_tracked_peak();
+// Used device memory as the driver reports it (total - free), and the total.
+void device_memory(size_t* used, size_t* total);
+
+// A device allocation owned by host code.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <class T>
+  T* as() const { return static_cast<T*>(p_); }
+  size_t bytes() const { return bytes_; }
+  void upload(const void* host, size_t bytes);
+  void download(void* host, size_t bytes) const;
+  void fill_nan();
+  // Seeded device-side random fill: uniform in [lo, hi), or normal * hi when normal is set.
+  template <class T>
+  void fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal);
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// The operator on device pointers (layouts of lact_fused.h). Construction allocates everything a run needs;
+// forward() / backward() enqueue the work on the runner's stream and return (synchronize() waits).
+template <class T>
+class LactRunner {
+ public:
+  LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt = {});
+  ~LactRunner();
+  LactRunner(const LactRunner&) = delete;
+  LactRunner& operator=(const LactRunner&) = delete;
+  void forward(const lact::Inputs<T>& in, T* o);
+  void backward(const T* grad_o, const lact::Grads<T>& g);  // after forward() on the same inputs
+  void synchronize();
+  size_t workspace_bytes() const;
+  void* stream() const;  // cudaStream_t
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Host arrays in, host arrays out: copies the inputs to the device, runs, copies the results back. Device
+// outputs are filled with NaN first, so an element no kernel writes comes back as NaN.
+template <class T>
+void lact_host(const lact::Shape& s, const lact::Inputs<T>& in, T* o, const T* grad_o, const lact::Grads<T>* g,
+               const LactOptions& opt = {});
+
+// Timing of the operator with CUDA events on device-resident random inputs.
+struct LactBenchResult {
+  std::string device;
+  std::vector<double> fwd_ms, fwdbwd_ms;  // every timed repetition
+  double fwd_ms_median = 0, fwdbwd_ms_median = 0;
+  size_t tracked_peak_bytes = 0;  // this library's allocations: inputs, outputs, states, work buffers
+  size_t device_used_bytes = 0;   // cudaMemGetInfo total - free after the runs (includes context, cuBLAS)
+  size_t device_total_bytes = 0;
+  size_t workspace_bytes = 0;     // the runner's own buffers (states + chunk work)
+  bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
+};
+// Times the forward alone (no states kept; skipped with skip_forward) and forward+backward, each `repeats`
+// times after `warmup` untimed runs; medians.
+LactBenchResult bench_lact(const lact::Shape& s, int repeats, int warmup, const LactOptions& opt,
+                           bool skip_forward = false);
+
+}  // namespace ttt::cuda

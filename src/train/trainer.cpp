@@ -1,0 +1,432 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <omp.h>
+
+#include "core/error.h"
+#include "core/file_io.h"
+#include "data/prepare.h"
+#include "data/tokens.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+
+namespace ttt::train {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr uint64_t kDataSeedMix = 0xda7a5eed0b5e55edull;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string hms(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const long long t = (long long)std::llround(s);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, (t / 60) % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
+  return buf;
+}
+
+std::string human(double x) {
+  char buf[32];
+  if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", x / 1e6);
+  else if (x >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", x / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", x);
+  return buf;
+}
+
+void say(std::ostream* log, const std::string& s) {
+  if (!log) return;
+  *log << s << '\n';
+  log->flush();
+}
+
+// Keeps the metrics lines of steps <= `step` (a resumed run redoes the later ones).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!file_exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception&) {
+      break;  // a torn last line from a killed process
+    }
+    if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) break;
+    if (j["step"].get<int64_t>() > step) break;
+    kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+json run_config_json(const model::ModelConfig& cfg, const TrainConfig& tc) {
+  return json{{"model", model::config_to_json(cfg)},
+              {"train", train_config_to_json(tc)},
+              {"parameter_count", model::parameter_count(cfg)}};
+}
+
+}  // namespace
+
+Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_size) {
+  std::error_code ec;
+  TTT_CHECK(fs::is_directory(dir, ec), "data directory '" << dir << "' does not exist (prepare one with `ttt prepare --input TEXT --out "
+                                                          << dir << "`; the default corpus comes from scripts/setup.sh)");
+  Corpus c;
+  const std::string tp = (fs::path(dir) / "train.bin").string(), vp = (fs::path(dir) / "val.bin").string(),
+                    mp = (fs::path(dir) / "meta.json").string();
+  TTT_CHECK(file_exists(tp), "data directory '" << dir << "' has no train.bin");
+  TTT_CHECK(file_exists(vp), "data directory '" << dir << "' has no val.bin");
+  data::TokenFile tf = data::load_tokens(tp);
+  data::TokenFile vf = data::load_tokens(vp);
+  TTT_CHECK(tf.vocab == vf.vocab, "'" << tp << "' has vocabulary " << tf.vocab << " but '" << vp << "' has " << vf.vocab);
+  TTT_CHECK(int64_t(tf.vocab) <= vocab_size, "the corpus vocabulary (" << tf.vocab << ") is larger than the model's vocab_size ("
+                                                                       << vocab_size << ")");
+  TTT_CHECK(int64_t(tf.tokens.size()) >= min_window, "'" << tp << "' holds " << tf.tokens.size()
+                                                         << " tokens, fewer than one training window of " << min_window
+                                                         << " (seq_len + 1); use a shorter --seq-len or more data");
+  TTT_CHECK(int64_t(vf.tokens.size()) >= min_window, "'" << vp << "' holds " << vf.tokens.size()
+                                                         << " tokens, fewer than one validation window of " << min_window
+                                                         << " (seq_len + 1); use a shorter --seq-len or more data");
+  c.vocab = tf.vocab;
+  c.train = std::move(tf.tokens);
+  c.val = std::move(vf.tokens);
+  bool have_entropy = false;
+  if (file_exists(mp)) {
+    try {
+      json m = json::parse(read_file(mp));
+      if (m.is_object() && m.contains("unigram_entropy_bits") && m["unigram_entropy_bits"].is_number()) {
+        c.unigram_entropy_bits = m["unigram_entropy_bits"].get<double>();
+        have_entropy = true;
+      }
+    } catch (const json::exception&) {
+      // meta.json is informational only; fall back to computing the entropy.
+    }
+  }
+  if (!have_entropy) c.unigram_entropy_bits = data::unigram_entropy_bits(c.train);
+  return c;
+}
+
+model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences, int64_t len, Rng& rng) {
+  const int64_t n = int64_t(tokens.size());
+  TTT_CHECK(n >= len + 1, "token stream of " << n << " tokens is shorter than one window of " << len + 1);
+  model::Batch b;
+  b.sequences = sequences;
+  b.len = len;
+  b.inputs.resize(size_t(sequences * len));
+  b.targets.resize(size_t(sequences * len));
+  for (int64_t s = 0; s < sequences; ++s) {
+    const int64_t o = int64_t(rng.below(uint64_t(n - len)));  // window [o, o + len] inclusive
+    std::copy(tokens.begin() + o, tokens.begin() + o + len, b.inputs.begin() + s * len);
+    std::copy(tokens.begin() + o + 1, tokens.begin() + o + len + 1, b.targets.begin() + s * len);
+  }
+  return b;
+}
+
+template <class T>
+double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
+                            const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads) {
+  TTT_CHECK(!micro.empty(), "accumulate_gradients: no micro-batches");
+  // Shards: every sequence of every micro-batch, weighted by its share of the step's valid targets.
+  struct Shard {
+    model::Batch batch;
+    double weight = 0;
+  };
+  std::vector<Shard> shards;
+  int64_t total_valid = 0;
+  for (const auto& mb : micro) {
+    TTT_CHECK(mb.sequences > 0 && mb.len > 0 && int64_t(mb.inputs.size()) == mb.sequences * mb.len &&
+                  int64_t(mb.targets.size()) == mb.sequences * mb.len,
+              "accumulate_gradients: malformed micro-batch");
+    for (int64_t s = 0; s < mb.sequences; ++s) {
+      Shard sh;
+      sh.batch.sequences = 1;
+      sh.batch.len = mb.len;
+      sh.batch.inputs.assign(mb.inputs.begin() + s * mb.len, mb.inputs.begin() + (s + 1) * mb.len);
+      sh.batch.targets.assign(mb.targets.begin() + s * mb.len, mb.targets.begin() + (s + 1) * mb.len);
+      int64_t valid = 0;
+      for (int32_t t : sh.batch.targets) valid += t >= 0;
+      if (valid == 0) continue;
+      sh.weight = double(valid);
+      total_valid += valid;
+      shards.push_back(std::move(sh));
+    }
+  }
+  TTT_CHECK(total_valid > 0, "accumulate_gradients: the batch has no valid targets");
+  for (auto& sh : shards) sh.weight /= double(total_valid);
+
+  grads.resize(params.values.size());
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = ag::Mat<T>(params.values[i].rows, params.values[i].cols);
+  // Waves of shards computed in parallel (one thread per shard; the model runs single-threaded inside),
+  // then summed in shard order: the result does not depend on the thread count or on timing.
+  const int64_t n = int64_t(shards.size());
+  const int64_t param_bytes = std::max<int64_t>(1, params.count() * int64_t(sizeof(T)));
+  const int64_t wave = std::max<int64_t>(omp_get_max_threads(), std::min<int64_t>(n, (int64_t(256) << 20) / param_bytes));
+  std::vector<std::vector<ag::Mat<T>>> g(size_t(std::min(wave, n)));
+  std::vector<double> losses(size_t(n), 0.0);
+  for (int64_t w0 = 0; w0 < n; w0 += wave) {
+    const int64_t w1 = std::min(n, w0 + wave);
+    std::exception_ptr err;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t k = w0; k < w1; ++k) {
+      try {
+        losses[size_t(k)] = model::forward<T>(cfg, params, shards[size_t(k)].batch, &g[size_t(k - w0)]).loss;
+      } catch (...) {
+#pragma omp critical(ttt_train_error)
+        if (!err) err = std::current_exception();
+      }
+    }
+    if (err) std::rethrow_exception(err);
+    for (int64_t k = w0; k < w1; ++k) {
+      const T w = T(shards[size_t(k)].weight);
+      const auto& gk = g[size_t(k - w0)];
+      for (size_t i = 0; i < grads.size(); ++i) {
+        T* a = grads[i].data.data();
+        const T* b = gk[i].data.data();
+        for (size_t j = 0; j < grads[i].data.size(); ++j) a[j] += w * b[j];
+      }
+    }
+  }
+  double loss = 0;
+  for (int64_t k = 0; k < n; ++k) loss += shards[size_t(k)].weight * losses[size_t(k)];
+  return loss;
+}
+
+template <class T>
+double clip_grad_norm(std::vector<ag::Mat<T>>& grads, double max_norm) {
+  double ss = 0;
+  for (const auto& m : grads)
+    for (T x : m.data) ss += double(x) * double(x);
+  const double norm = std::sqrt(ss);
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
+    const T scale = T(max_norm / norm);
+    for (auto& m : grads)
+      for (auto& x : m.data) x *= scale;
+  }
+  return norm;
+}
+
+template double accumulate_gradients<float>(const model::ModelConfig&, const model::Params<float>&,
+                                            const std::vector<model::Batch>&, std::vector<ag::Mat<float>>&);
+template double accumulate_gradients<double>(const model::ModelConfig&, const model::Params<double>&,
+                                             const std::vector<model::Batch>&, std::vector<ag::Mat<double>>&);
+template double clip_grad_norm<float>(std::vector<ag::Mat<float>>&, double);
+template double clip_grad_norm<double>(std::vector<ag::Mat<double>>&, double);
+
+std::string default_run_dir(const std::string& preset) {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  const std::string base = "runs/" + (preset.empty() ? std::string("run") : preset) + "-" + buf;
+  // Two runs started in the same second get distinct directories.
+  std::string dir = base;
+  for (int i = 2; fs::exists(dir); ++i) dir = base + "-" + std::to_string(i);
+  return dir;
+}
+
+TrainResult train(const TrainOptions& opt) {
+  const auto t_start = Clock::now();
+  TrainResult res;
+  model::ModelConfig cfg;
+  TrainConfig tc;
+  model::Params<float> params;
+  RunState state;
+  std::string run_dir;
+  const bool resuming = !opt.resume.empty();
+  LoadedCheckpoint ck;
+  if (resuming) {
+    ck = load_checkpoint(opt.resume, /*require_state=*/true);
+    cfg = ck.cfg;
+    state = ck.state;
+    tc = state.train;
+    if (opt.steps_override > 0) {
+      TTT_CHECK(opt.steps_override >= state.step, "--steps " << opt.steps_override << " is below the checkpoint's step "
+                                                             << state.step);
+      tc.steps = opt.steps_override;
+      state.train.steps = tc.steps;
+    }
+    params = std::move(ck.params);
+    const fs::path cd = fs::path(ck.dir);
+    run_dir = cd.filename() == "checkpoint" ? cd.parent_path().string() : cd.string();
+    if (run_dir.empty()) run_dir = ".";
+  } else {
+    cfg = opt.model;
+    tc = opt.train;
+    cfg.seq_len = tc.seq_len;
+    model::validate(cfg);
+    TTT_CHECK(!opt.out_dir.empty(), "train: no run directory given");
+    run_dir = opt.out_dir;
+  }
+  validate(tc);
+  TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
+  const std::string ckpt_dir = (fs::path(run_dir) / "checkpoint").string();
+  const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
+
+  // Data first: a bad corpus should fail before anything is written.
+  Corpus corpus = load_corpus(tc.data_dir, tc.seq_len + 1, cfg.vocab_size);
+
+  Rng data_rng(tc.seed ^ kDataSeedMix);
+  if (!resuming) {
+    TTT_CHECK(!file_exists((fs::path(ckpt_dir) / "state.json").string()),
+              "run directory '" << run_dir << "' already holds a checkpoint; continue it with --resume " << run_dir
+                                << " or choose another --out");
+    std::error_code ec;
+    fs::create_directories(run_dir, ec);
+    TTT_CHECK(!ec, "cannot create run directory '" << run_dir << "': " << ec.message());
+    params = model::make_params<float>(cfg);
+    model::init_params(cfg, params, tc.seed);
+    state = RunState{};
+    state.train = tc;
+    write_file_atomic(metrics_path, "");
+  } else {
+    data_rng.load(state.data_rng);
+    truncate_metrics(metrics_path, state.step);
+  }
+  write_file_atomic((fs::path(run_dir) / "config.json").string(), run_config_json(cfg, tc).dump(2) + "\n");
+
+  AdamWConfig acfg;
+  acfg.beta1 = tc.beta1;
+  acfg.beta2 = tc.beta2;
+  acfg.eps = tc.eps;
+  acfg.weight_decay = tc.weight_decay;
+  std::vector<int64_t> sizes;
+  for (auto& m : params.values) sizes.push_back(m.size());
+  AdamW adam(params.names, sizes, acfg);
+  if (resuming) {
+    load_optimizer(ck.dir, params, state, adam);
+    TTT_CHECK(adam.steps() == state.step, "checkpoint '" << ck.dir << "': optimizer step " << adam.steps()
+                                                         << " differs from the run step " << state.step);
+  }
+  LrSchedule sched{tc.lr, tc.min_lr_ratio, tc.warmup, tc.steps};
+
+  res.run_dir = run_dir;
+  res.checkpoint_dir = ckpt_dir;
+  res.n_params = params.count();
+  res.total_steps = tc.steps;
+  res.unigram_entropy_bits = corpus.unigram_entropy_bits;
+  res.model = cfg;
+  {
+    std::ostringstream os;
+    os << (resuming ? "resuming " : "training ") << tc.preset << " (" << cfg.arch << ", dim " << cfg.dim << ", "
+       << cfg.n_layers << " layers, seq_len " << cfg.seq_len << "): " << res.n_params << " parameters ("
+       << human(double(res.n_params)) << ")\n"
+       << "data " << tc.data_dir << ": " << human(double(corpus.train.size())) << " train / "
+       << human(double(corpus.val.size())) << " val tokens; " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
+       << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
+       << "run directory " << run_dir;
+    if (resuming) os << "; continuing at step " << state.step;
+    say(opt.log, os.str());
+  }
+
+  EvalOptions eo;
+  eo.batches = tc.eval_batches;
+  eo.batch = tc.batch;
+  eo.context = tc.seq_len;
+
+  std::ofstream metrics(metrics_path, std::ios::app);
+  TTT_CHECK(metrics.good(), "cannot open '" << metrics_path << "' for writing");
+
+  const auto t_loop = Clock::now();
+  double train_seconds = 0;
+  int64_t steps_run = 0, last_ckpt_step = resuming ? state.step : -1, last_eval_step = -1;
+  std::vector<ag::Mat<float>> grads;
+  std::vector<model::Batch> micro(size_t(tc.accum));
+  while (state.step < tc.steps) {
+    if (opt.interrupt_after > 0 && steps_run >= opt.interrupt_after) {
+      res.interrupted = true;
+      break;
+    }
+    const auto ts = Clock::now();
+    const double lr = sched.at(state.step);
+    for (auto& b : micro) b = sample_batch(corpus.train, tc.batch, tc.seq_len, data_rng);
+    const double loss = accumulate_gradients(cfg, params, micro, grads);
+    TTT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step " << state.step + 1
+                                                               << "; try a lower --lr or a smaller --clip");
+    const double gnorm = clip_grad_norm(grads, tc.clip);
+    TTT_CHECK(std::isfinite(gnorm), "the gradient norm became " << gnorm << " at step " << state.step + 1
+                                                                << "; try a lower --lr");
+    adam.step(params.values, grads, lr);
+    ++state.step;
+    ++steps_run;
+    state.tokens_seen += tc.tokens_per_step();
+    state.data_rng = data_rng.save();
+    train_seconds += seconds_since(ts);
+    res.last_loss = loss;
+
+    const double elapsed = seconds_since(t_start);
+    const bool budget_hit = opt.time_budget_s > 0 && elapsed >= opt.time_budget_s && state.step < tc.steps;
+    const bool last = state.step == tc.steps || budget_hit;
+    const double tps = double(steps_run * tc.tokens_per_step()) / std::max(train_seconds, 1e-9);
+    json line{{"step", state.step}, {"loss", loss},           {"lr", lr},
+              {"grad_norm", gnorm}, {"tokens", state.tokens_seen}, {"elapsed_s", std::round(elapsed * 1000) / 1000},
+              {"tokens_per_s", std::round(tps)}};
+    if ((tc.eval_every > 0 && state.step % tc.eval_every == 0) || last) {
+      EvalResult ev = evaluate(cfg, params, corpus.val, eo);
+      line["val_loss"] = ev.loss;
+      line["val_bpb"] = ev.bpb;
+      res.val_loss = ev.loss;
+      res.val_bpb = ev.bpb;
+      last_eval_step = state.step;
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "step %lld/%lld | val_loss %.4f | val_bpb %.4f", (long long)state.step,
+                    (long long)tc.steps, ev.loss, ev.bpb);
+      say(opt.log, buf);
+    }
+    metrics << line.dump() << '\n';
+    metrics.flush();
+    if (state.step % tc.log_every == 0 || steps_run == 1 || last) {
+      const double loop_s = seconds_since(t_loop);
+      const double per_step = loop_s / double(steps_run);
+      double eta = double(tc.steps - state.step) * per_step;
+      if (opt.time_budget_s > 0) eta = std::min(eta, std::max(0.0, opt.time_budget_s - elapsed));
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.2f | %s tok/s | %s elapsed | ETA %s",
+                    (long long)state.step, (long long)tc.steps, loss, lr, gnorm, human(tps).c_str(), hms(elapsed).c_str(),
+                    hms(eta).c_str());
+      say(opt.log, buf);
+    }
+    state.elapsed_seconds += seconds_since(ts);
+    if ((tc.ckpt_every > 0 && state.step % tc.ckpt_every == 0) || last) {
+      save_checkpoint(ckpt_dir, cfg, params, adam, state);
+      last_ckpt_step = state.step;
+    }
+    if (budget_hit) {
+      res.stopped_by_budget = true;
+      say(opt.log, "time budget of " + hms(opt.time_budget_s) + " reached at step " + std::to_string(state.step) +
+                       "; continue with --resume " + run_dir);
+      break;
+    }
+  }
+  // A resumed run that was already complete still gets its final evaluation and checkpoint.
+  if (!res.interrupted && last_ckpt_step != state.step) save_checkpoint(ckpt_dir, cfg, params, adam, state);
+  if (!res.interrupted && last_eval_step != state.step) {
+    EvalResult ev = evaluate(cfg, params, corpus.val, eo);
+    res.val_loss = ev.loss;
+    res.val_bpb = ev.bpb;
+  }
+  res.step = state.step;
+  res.tokens_seen = state.tokens_seen;
+  res.steps_this_run = steps_run;
+  res.seconds = seconds_since(t_start);
+  res.tokens_per_s = train_seconds > 0 ? double(steps_run * tc.tokens_per_step()) / train_seconds : 0;
+  return res;
+}
+
+}  // namespace ttt::train

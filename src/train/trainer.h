@@ -1,0 +1,84 @@
+// The training loop as a library function (`ttt train` is a thin front end over train()).
+//
+// Each optimizer step draws `accum` micro-batches of `batch` random windows of seq_len + 1 training tokens
+// (window start uniform over the stream, from a ttt::Rng whose state is the "data position"), averages the
+// gradients over all their tokens (= the gradient of one batch `accum` times larger; see
+// accumulate_gradients for the sequence-parallel computation), clips them to a global L2 norm, and takes one AdamW step with the LR of
+// the warmup + cosine schedule. Every step appends one JSON line to DIR/metrics.jsonl; validation steps
+// add val_loss / val_bpb. Checkpoints go to DIR/checkpoint (see checkpoint.h).
+//
+// Determinism: the model, the optimizer and the sampler are deterministic, and a checkpoint holds the step,
+// the AdamW moments and step count, the sampler's RNG state and the training config; a resumed run
+// therefore reproduces the losses and the final weights of an uninterrupted one bit for bit.
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "model/model.h"
+#include "train/train_config.h"
+
+namespace ttt::train {
+
+struct TrainOptions {
+  model::ModelConfig model;   // ignored on resume (the checkpoint's config is used); seq_len := train.seq_len
+  TrainConfig train;          // ignored on resume (the checkpoint's state.json is used)
+  std::string out_dir;        // run directory of a new run (required unless resuming)
+  std::string resume;         // run directory or checkpoint directory to continue
+  int64_t steps_override = 0; // on resume, > 0: change the total step count (the cosine schedule follows it)
+  double time_budget_s = 0;   // > 0: stop (validate, checkpoint) once this invocation has run this long
+  int64_t interrupt_after = 0;  // test hook: return after this many steps of this invocation without the
+                                // final validation/checkpoint, as if the process had been killed
+  std::ostream* log = nullptr;  // progress lines (flushed), or nothing
+};
+
+struct TrainResult {
+  std::string run_dir, checkpoint_dir;
+  int64_t step = 0, total_steps = 0, tokens_seen = 0, n_params = 0;
+  int64_t steps_this_run = 0;
+  double last_loss = std::numeric_limits<double>::quiet_NaN();
+  double val_loss = std::numeric_limits<double>::quiet_NaN(), val_bpb = std::numeric_limits<double>::quiet_NaN();
+  double seconds = 0;            // wall time of this invocation
+  double tokens_per_s = 0;       // training tokens per second in this invocation
+  double unigram_entropy_bits = std::numeric_limits<double>::quiet_NaN();  // of the training corpus
+  bool stopped_by_budget = false, interrupted = false;
+  model::ModelConfig model;
+};
+
+TrainResult train(const TrainOptions& opt);
+
+// ---- Pieces of the loop, exposed for tests. ----
+
+struct Corpus {
+  std::vector<int32_t> train, val;
+  uint32_t vocab = 256;
+  double unigram_entropy_bits = 0;  // from meta.json, or computed from the train tokens
+};
+// Loads DIR/train.bin and DIR/val.bin (and DIR/meta.json if present); checks that both hold at least
+// one window of min_window tokens and fit the vocabulary.
+Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_size);
+
+// `sequences` random windows of len + 1 tokens: inputs = window[0..len), targets = window[1..len].
+model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences, int64_t len, Rng& rng);
+
+// Loss and gradient of one optimizer step over the micro-batches: the mean cross-entropy over all their
+// valid targets (= the mean of the micro-batch losses when, as in training, every target is valid) and its
+// gradient (one matrix per parameter). Computed one sequence per forward pass, sequences in parallel over
+// the OpenMP threads (the model then runs single-threaded inside each), and summed in sequence order with
+// token-count weights, so the result is deterministic and independent of the thread count.
+template <class T>
+double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
+                            const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads);
+
+// Global L2 norm of all gradients (computed in double); if max_norm > 0 and the norm exceeds it, every
+// gradient is scaled by max_norm / norm. Returns the norm before clipping.
+template <class T>
+double clip_grad_norm(std::vector<ag::Mat<T>>& grads, double max_norm);
+
+// "runs/<preset>-YYYYmmdd-HHMMSS" (local time; "-2", "-3", ... appended if that directory exists).
+std::string default_run_dir(const std::string& preset);
+
+}  // namespace ttt::train

@@ -1,0 +1,310 @@
+// The CPU twin of the CUDA LaCT operator: the backend of lact_fused.h on host memory. Every step is written
+// out here as plain loops; matrix products go through ttt::gemm (OpenBLAS) one head at a time, in the same
+// shapes as the GPU's strided-batched products.
+#include "ttt/lact_fused.h"
+
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "core/blas.h"
+
+namespace ttt::lact {
+
+namespace {
+
+template <class T>
+class CpuOps {
+ public:
+  using value_type = T;
+  explicit CpuOps(const Geom& g) : g_(g) {}
+  Geom geom() const { return g_; }
+
+  // Storage starts as NaN, so that a step reading what no step wrote shows in the results.
+  T* alloc(int64_t n) {
+    store_.emplace_back(new T[size_t(std::max<int64_t>(n, 1))]);
+    std::fill(store_.back().get(), store_.back().get() + n, std::numeric_limits<T>::quiet_NaN());
+    return store_.back().get();
+  }
+  void zero(T* p, int64_t n) { std::fill(p, p + n, T(0)); }
+  void copy(T* dst, const T* src, int64_t n) { std::copy(src, src + n, dst); }
+  void add(T* dst, const T* src, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+  }
+  void sqrt_inplace(T* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
+  }
+  // Rows [r0, r0+nr) of every head of a [B,T,cols] tensor.
+  void zero_rows(T* p, int64_t cols, int64_t r0, int64_t nr) {
+    for (int64_t b = 0; b < g_.B; ++b) std::fill(p + (b * g_.T + r0) * cols, p + (b * g_.T + r0 + nr) * cols, T(0));
+  }
+
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    for (int64_t i = 0; i < batch; ++i)
+      ttt::gemm<T>(ta, tb, m, n, k, alpha, A + i * sA, lda, B + i * sB, ldb, beta, C + i * sC, ldc);
+  }
+
+  // out[b] = scale * sum_i x[b*stride + i] * (y ? y[b*stride + i] : 1), i < per.
+  void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T scale, T* out) {
+    for (int64_t b = 0; b < batch; ++b) {
+      T acc = 0;
+      const T* xb = x + b * stride;
+      if (y) {
+        const T* yb = y + b * stride;
+        for (int64_t i = 0; i < per; ++i) acc += xb[i] * yb[i];
+      } else {
+        for (int64_t i = 0; i < per; ++i) acc += xb[i];
+      }
+      out[b] = scale * acc;
+    }
+  }
+  // D[b] += s[b] * S[b] (per elements a head).
+  void axpy_batched(T* D, const T* S, const T* s, int64_t per) {
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t i = 0; i < per; ++i) D[b * per + i] += s[b] * S[b * per + i];
+  }
+  // dst[b] = s[b] * src[b].
+  void scale_batched(T* dst, const T* src, const T* s, int64_t per) {
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t i = 0; i < per; ++i) dst[b * per + i] = s[b] * src[b * per + i];
+  }
+  // g[b, c0 + i] = val[b] * scale for i < n of a [B,T] tensor.
+  void fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t n) {
+    for (int64_t b = 0; b < g_.B; ++b) std::fill(g + b * g_.T + c0, g + b * g_.T + c0 + n, val[b] * scale);
+  }
+
+  // State layout [B][3][P], slots W0, W2, W1.
+  void pack_state(const T* w0, const T* w1, const T* w2, T* A) {
+    const int64_t P = g_.P();
+    for (int64_t b = 0; b < g_.B; ++b) {
+      copy(A + b * 3 * P, w0 + b * P, P);
+      copy(A + b * 3 * P + P, w2 + b * P, P);
+      copy(A + b * 3 * P + 2 * P, w1 + b * P, P);
+    }
+  }
+  // g_w = dA (slot) + dtau[r] * W0[r,:] / ||W0[r,:]|| (the targets are the row norms of the initial weights).
+  void unpack_grad(const T* dA, const T* tau, const T* dtau, const T* A0, T* gw0, T* gw1, T* gw2) {
+    const int64_t P = g_.P();
+    T* dst[3] = {gw0, gw2, gw1};
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int s = 0; s < 3; ++s) copy(dst[s] + b * P, dA + b * 3 * P + s * P, P);
+    if (!tau) return;
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t r = 0; r < g_.rows(); ++r) {
+        const T nrm = tau[b * g_.rows() + r];
+        if (nrm == T(0)) continue;
+        const T f = dtau[b * g_.rows() + r] / nrm;
+        const int s = g_.row_slot(r);
+        const int64_t len = row_len(r), off = row_off(r) - s * P;
+        const T* a0 = A0 + b * 3 * P + row_off(r);
+        T* out = dst[s] + b * P + off;
+        for (int64_t j = 0; j < len; ++j) out[j] += f * a0[j];
+      }
+  }
+
+  // Row r of a head's state: offset and length (rows of [W0;W2] have d entries, rows of W1 dh).
+  int64_t row_off(int64_t r) const { return g_.row_off(r); }
+  int64_t row_len(int64_t r) const { return g_.row_len(r); }
+  static T norm_of(const T* x, int64_t n) {
+    T acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += x[j] * x[j];
+    return std::sqrt(acc);
+  }
+
+  void row_norms(const T* A, T* tau) {
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t r = 0; r < g_.rows(); ++r)
+        tau[b * g_.rows() + r] = norm_of(A + b * 3 * g_.P() + row_off(r), row_len(r));
+  }
+  // E[r,:] = A[r,:] * tau[r] / (||A[r,:]|| + 1e-5).
+  void weight_norm(const T* A, const T* tau, T* E) {
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t r = 0; r < g_.rows(); ++r) {
+        const T* x = A + b * 3 * g_.P() + row_off(r);
+        T* y = E + b * 3 * g_.P() + row_off(r);
+        const int64_t len = row_len(r);
+        const T f = tau[b * g_.rows() + r] / (norm_of(x, len) + T(kRowEps));
+        for (int64_t j = 0; j < len; ++j) y[j] = x[j] * f;
+      }
+  }
+  // Adjoint of y = x tau / (n + eps), n = ||x||, for one row: dx += dy tau/(n+eps) - (dy.x) tau/(n+eps)^2 x/n,
+  // dtau += (dy.x)/(n+eps). (n = 0: the norm's subgradient 0, as the tape's row_norm.)
+  static void row_norm_bwd(const T* x, int64_t len, T tau, const T* dy, T* dx, T& dtau) {
+    const T n = norm_of(x, len), den = n + T(kRowEps);
+    T dot = 0;
+    for (int64_t j = 0; j < len; ++j) dot += dy[j] * x[j];
+    const T f = tau / den;
+    const T h = n == T(0) ? T(0) : dot * tau / (den * den) / n;
+    for (int64_t j = 0; j < len; ++j) dx[j] += f * dy[j] - h * x[j];
+    dtau += dot / den;
+  }
+  void weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, T* dtau) {
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t r = 0; r < g_.rows(); ++r) {
+        const int64_t o = b * 3 * g_.P() + row_off(r);
+        row_norm_bwd(A + o, row_len(r), tau[b * g_.rows() + r], dE + o, dA + o, dtau[b * g_.rows() + r]);
+      }
+  }
+
+  // Chunk buffers: GH [B][n][2dh] = [g | h]; a, U [B][n][dh]; R [B][n][2dh]; Vl [B][n][d].
+  void swiglu(const T* GH, T* a, int64_t n) {
+    const int64_t dh = g_.dh;
+    for (int64_t r = 0; r < g_.B * n; ++r)
+      for (int64_t j = 0; j < dh; ++j) a[r * dh + j] = swiglu_elem(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j]);
+  }
+  void swiglu_bwd(const T* GH, const T* da, int64_t n, T* dGH, T* a) {
+    const int64_t dh = g_.dh;
+    for (int64_t r = 0; r < g_.B * n; ++r)
+      for (int64_t j = 0; j < dh; ++j)
+        swiglu_elem_bwd(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], da[r * dh + j], a[r * dh + j],
+                        dGH[r * 2 * dh + j], dGH[r * 2 * dh + dh + j]);
+  }
+  // a = silu(g) h; R = [lr0 u h silu'(g) | lr2 u silu(g)]; Vl = lr1 v, for the chunk's tokens c0 + i.
+  void update_terms(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                    int64_t n, T* a, T* R, T* Vl) {
+    const int64_t d = g_.d, dh = g_.dh;
+    for (int64_t r = 0; r < g_.B * n; ++r) {
+      const int64_t b = r / n, t = c0 + r % n, tok = b * g_.T + t;
+      for (int64_t j = 0; j < dh; ++j)
+        update_elem(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[r * dh + j], lr0[tok], lr2[tok], a[r * dh + j],
+                    R[r * 2 * dh + j], R[r * 2 * dh + dh + j]);
+      for (int64_t j = 0; j < d; ++j) Vl[r * d + j] = lr1[tok] * v[tok * d + j];
+    }
+  }
+  // Adjoint of update_terms: dGH, dU; g_lr0/1/2 and g_v (= lr1 dVl) of the chunk's tokens are written.
+  void update_terms_bwd(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                        int64_t n, const T* dR, const T* dVl, const T* da, T* dGH, T* dU, T* glr0, T* glr1, T* glr2,
+                        T* gv) {
+    const int64_t d = g_.d, dh = g_.dh;
+    for (int64_t r = 0; r < g_.B * n; ++r) {
+      const int64_t b = r / n, t = c0 + r % n, tok = b * g_.T + t;
+      T s0 = 0, s2 = 0, s1 = 0;
+      for (int64_t j = 0; j < dh; ++j) {
+        T t0, t2;
+        update_elem_bwd(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[r * dh + j], lr0[tok], lr2[tok],
+                        dR[r * 2 * dh + j], dR[r * 2 * dh + dh + j], da[r * dh + j], dGH[r * 2 * dh + j],
+                        dGH[r * 2 * dh + dh + j], dU[r * dh + j], t0, t2);
+        s0 += t0;
+        s2 += t2;
+      }
+      for (int64_t j = 0; j < d; ++j) {
+        s1 += v[tok * d + j] * dVl[r * d + j];
+        gv[tok * d + j] = lr1[tok] * dVl[r * d + j];
+      }
+      glr0[tok] = s0;
+      glr1[tok] = s1;
+      glr2[tok] = s2;
+    }
+  }
+
+  // NS layout: matrix m = (b, slot s) as [p,q]; element (i,j) is state (j,i) where the slot is transposed.
+  int64_t ns_to_state(int s, int64_t i, int64_t j) const { return g_.ns_to_state(s, i, j); }
+  // dst (NS layout) = src (state layout), times 1/(nrm[m] + 1e-7) when nrm is given.
+  void to_ns(const T* src, T* dst, const T* nrm) {
+    const int64_t P = g_.P(), p = g_.p(), q = g_.q();
+    for (int64_t m = 0; m < 3 * g_.B; ++m) {
+      const int s = int(m % 3);
+      const T f = nrm ? T(1) / (nrm[m] + T(kNsEps)) : T(1);
+      for (int64_t i = 0; i < p; ++i)
+        for (int64_t j = 0; j < q; ++j) dst[m * P + i * q + j] = src[m * P + ns_to_state(s, i, j)] * f;
+    }
+  }
+  // X0 = Pm r, r = 1/(||Pm|| + eps): dPm = r dX0 - r dot Pm / ||Pm|| with dot = <dX0, X0> (NS layout in,
+  // state layout out).
+  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP) {
+    const int64_t P = g_.P(), p = g_.p(), q = g_.q();
+    for (int64_t m = 0; m < 3 * g_.B; ++m) {
+      const int s = int(m % 3);
+      const T r = T(1) / (nrm[m] + T(kNsEps));
+      const T h = nrm[m] == T(0) ? T(0) : r * dot[m] / nrm[m];
+      for (int64_t i = 0; i < p; ++i)
+        for (int64_t j = 0; j < q; ++j) {
+          const int64_t e = m * P + ns_to_state(s, i, j);
+          dP[e] = r * dX0[m * P + i * q + j] - h * Pm[e];
+        }
+    }
+  }
+  // The value of M at state position e of matrix m (M in state or NS layout).
+  T m_at(const T* M, bool ns, int64_t m, int64_t row, int64_t col) const {
+    const int s = int(m % 3);
+    return M[m * g_.P() + (ns ? g_.state_to_ns(s, row, col) : row * g_.slot_cols(s) + col)];
+  }
+  // A_next = A + M, then (tau given: post-norm) each row rescaled to tau.
+  void step(const T* A, const T* M, bool ns, const T* tau, T* An) {
+    std::vector<T> z;
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t r = 0; r < g_.rows(); ++r) {
+        const int64_t len = row_len(r), o = b * 3 * g_.P() + row_off(r);
+        row_sum(A, M, ns, b, r, z);
+        T f = 1;
+        if (tau) f = tau[b * g_.rows() + r] / (norm_of(z.data(), len) + T(kRowEps));
+        for (int64_t j = 0; j < len; ++j) An[o + j] = z[size_t(j)] * f;
+      }
+  }
+  // Post-norm step adjoint: dA (in: dL/dA_next, out: dL/dZ), dtau += .
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+    std::vector<T> z, dz;
+    for (int64_t b = 0; b < g_.B; ++b)
+      for (int64_t r = 0; r < g_.rows(); ++r) {
+        const int64_t len = row_len(r), o = b * 3 * g_.P() + row_off(r);
+        row_sum(A, M, ns, b, r, z);
+        dz.assign(size_t(len), T(0));
+        row_norm_bwd(z.data(), len, tau[b * g_.rows() + r], dA + o, dz.data(), dtau[b * g_.rows() + r]);
+        std::copy(dz.begin(), dz.end(), dA + o);
+      }
+  }
+
+ private:
+  Geom g_;
+  std::vector<std::unique_ptr<T[]>> store_;
+
+  // z = A[row] + M[row] for state row r of head b.
+  void row_sum(const T* A, const T* M, bool ns, int64_t b, int64_t r, std::vector<T>& z) const {
+    const int64_t len = row_len(r), o = b * 3 * g_.P() + row_off(r);
+    const int s = g_.row_slot(r);
+    const int64_t row = g_.row_in_slot(r);
+    z.resize(size_t(len));
+    for (int64_t j = 0; j < len; ++j) z[size_t(j)] = A[o + j] + m_at(M, ns, b * 3 + s, row, j);
+  }
+};
+
+}  // namespace
+
+namespace {
+// Counts what Fused's constructor allocates.
+struct CountOps {
+  using value_type = float;
+  Geom g;
+  int64_t elems = 0;
+  Geom geom() const { return g; }
+  float* alloc(int64_t n) {
+    elems += std::max<int64_t>(n, 1);
+    return nullptr;
+  }
+};
+}  // namespace
+
+int64_t workspace_elements(const Shape& s, bool with_grad) {
+  s.validate();
+  CountOps ops{Geom{s.B, s.T, s.d, s.dh}};
+  Fused<CountOps> f(ops, s, with_grad);
+  return ops.elems;
+}
+
+template <class T>
+void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const Grads<T>* g) {
+  s.validate();
+  Geom geom{s.B, s.T, s.d, s.dh};
+  CpuOps<T> ops(geom);
+  const bool grad = grad_o != nullptr;
+  TTT_CHECK(!grad || g, "fused_cpu: grad_o given without gradient outputs");
+  Fused<CpuOps<T>> f(ops, s, grad);
+  f.forward(in, o);
+  if (grad) f.backward(grad_o, *g);
+}
+
+template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*);
+template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*);
+
+}  // namespace ttt::lact

@@ -1,0 +1,518 @@
+// The LaCT operator (spec §2-§5, §7) written out explicitly, with no tape: forward and a hand-derived
+// backward, batched over B sequence-heads, as a sequence of batched matrix products and small fused
+// element-wise / reduction steps.
+//
+// The algorithm is one template, `Fused<Ops>`, over a backend `Ops` that supplies storage, a row-major
+// strided-batched GEMM and the element-wise kernels. The CPU twin (`CpuOps`, lact_fused.cpp, BLAS through
+// ttt::gemm) is the specification; the CUDA backend (src/cuda/lact_cuda.cu: cuBLAS + kernels) runs the very
+// same sequence of steps on the GPU. This header is plain C++17 so that nvcc compiles it too.
+//
+// Per sequence-head b: SwiGLU memory W0 [dh,d], W1 [d,dh], W2 [dh,d], f_W(x) = W1 (silu(W0 x) * (W2 x)),
+// dot-product inner loss, per-token rates lr0/lr1/lr2, optional momentum (chunk-mean gate), optional Muon
+// (NS5), weight norm post / pre / none. Programs: causal (per chunk apply then update, the last chunk
+// apply-only) and bidirectional (per chunk update then apply).
+//
+// Layouts. Inputs w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d], q/k/v/grad_o [B,T,d], lr0/lr1/lr2/momentum [B,T]
+// (row-major). Inside, a state (weights, momentum, their cotangents) is [B][3][P], P = d*dh, slots in the order
+// W0, W2, W1: per head the first 2*dh rows (of length d) are [W0;W2], so one product X [W0;W2]^T gives
+// [g | h] for a chunk X; then W1 as d rows of length dh. Row-wise quantities (weight-norm targets) are
+// [B][2*dh + d] in the same row order. Chunk work buffers are dense [B][n][cols] for the current chunk
+// length n. Muon works on "NS layout": every update matrix as [p,q], p = min(d,dh), q = max(d,dh), i.e.
+// transposed where rows > cols (spec §3.2), so the 3B matrices are one strided batch.
+//
+// Forward keeps only the states at chunk boundaries (memory linear in T/C); backward walks the program in
+// reverse, recomputes each chunk's intermediates from its saved state and applies the adjoint of every step.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "core/error.h"
+
+namespace ttt::lact {
+
+enum class Norm { None, Post, Pre };
+
+struct Shape {
+  int64_t B = 0, T = 0, d = 0, dh = 0, chunk = 0;
+  bool causal = true;  // false: bidirectional
+  bool momentum = false;
+  bool muon = false;
+  Norm norm = Norm::Post;
+
+  int64_t P() const { return d * dh; }
+  int64_t state_rows() const { return 2 * dh + d; }  // rows of one head's state
+  int64_t num_chunks() const { return (T + chunk - 1) / chunk; }
+  // States kept by a forward with gradients: causal N (the last chunk does not update), bidirectional N + 1.
+  int64_t num_versions() const { return causal ? num_chunks() : num_chunks() + 1; }
+  void validate() const {
+    TTT_CHECK(B > 0 && T > 0 && d > 0 && dh > 0,
+              "lact: sizes must be positive (B=" << B << ", T=" << T << ", d=" << d << ", dh=" << dh << ")");
+    TTT_CHECK(chunk > 0, "lact: chunk size must be positive, got " << chunk);
+  }
+};
+
+// Pointers in the backend's memory space. mom / g_mom only with momentum.
+template <class T>
+struct Inputs {
+  const T *w0 = nullptr, *w1 = nullptr, *w2 = nullptr;
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
+  const T *lr0 = nullptr, *lr1 = nullptr, *lr2 = nullptr, *mom = nullptr;
+};
+template <class T>
+struct Grads {
+  T *w0 = nullptr, *w1 = nullptr, *w2 = nullptr;
+  T *q = nullptr, *k = nullptr, *v = nullptr;
+  T *lr0 = nullptr, *lr1 = nullptr, *lr2 = nullptr, *mom = nullptr;
+};
+
+// Newton-Schulz coefficients (spec §3.2) and the epsilons of the spec.
+inline constexpr double kNs5[5][3] = {{4.0848, -6.8946, 2.9270},
+                                      {3.9505, -6.3029, 2.6377},
+                                      {3.7418, -5.5913, 2.3037},
+                                      {2.8769, -3.1427, 1.2046},
+                                      {2.8366, -3.0525, 1.2012}};
+inline constexpr double kRowEps = 1e-5;
+inline constexpr double kNsEps = 1e-7;
+
+// ---- per-element math shared by the CPU twin and the CUDA kernels (one source of truth) ----------------
+#ifdef __CUDACC__
+#define TTT_HD __host__ __device__ __forceinline__
+#else
+#define TTT_HD inline
+#endif
+TTT_HD float ex_(float x) { return expf(x); }
+TTT_HD double ex_(double x) { return exp(x); }
+TTT_HD float sqrt_(float x) { return sqrtf(x); }
+TTT_HD double sqrt_(double x) { return sqrt(x); }
+template <class T>
+TTT_HD T sigmoid_(T z) {
+  return z >= T(0) ? T(1) / (T(1) + ex_(-z)) : ex_(z) / (T(1) + ex_(z));
+}
+// silu, silu' and silu'' at z, from s = sigmoid(z).
+template <class T>
+TTT_HD T silu_s(T z, T s) { return z * s; }
+template <class T>
+TTT_HD T dsilu_s(T z, T s) { return s * (T(1) + z * (T(1) - s)); }
+template <class T>
+TTT_HD T d2silu_s(T z, T s) { return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s)); }
+
+// The inner gradient of one (token, hidden unit), spec §3 with the minus signs of e = -v and of the step
+// cancelled: from g = (W0 k)_j, h = (W2 k)_j, u = (W1^T v)_j:
+//   a = silu(g) h (the applied activation), r0 = lr0 u h silu'(g), r2 = lr2 u silu(g),
+// so that dW0 = sum_t r0 k^T, dW2 = sum_t r2 k^T, dW1 = sum_t lr1 v a^T.
+template <class T>
+TTT_HD void update_elem(T g, T h, T u, T lr0, T lr2, T& a, T& r0, T& r2) {
+  const T s = sigmoid_(g), sl = silu_s(g, s), ds = dsilu_s(g, s);
+  a = sl * h;
+  r0 = lr0 * u * h * ds;
+  r2 = lr2 * u * sl;
+}
+// Its adjoint: given dr0, dr2 (cotangents of r0, r2) and da (of a), the cotangents of g, h, u, and the terms
+// whose sums over the hidden units are dL/dlr0 and dL/dlr2.
+template <class T>
+TTT_HD void update_elem_bwd(T g, T h, T u, T lr0, T lr2, T dr0, T dr2, T da, T& dg, T& dh, T& du, T& t0, T& t2) {
+  const T s = sigmoid_(g), sl = silu_s(g, s), ds = dsilu_s(g, s), d2s = d2silu_s(g, s);
+  const T p0 = u * h * ds, p2 = u * sl;  // r0 = lr0 p0, r2 = lr2 p2
+  t0 = p0 * dr0;
+  t2 = p2 * dr2;
+  const T dp0 = lr0 * dr0, dp2 = lr2 * dr2;
+  du = dp0 * h * ds + dp2 * sl;
+  dh = dp0 * u * ds + da * sl;
+  const T dsl = dp2 * u + da * h;  // cotangent of silu(g)
+  const T dds = dp0 * u * h;       // cotangent of silu'(g)
+  dg = dsl * ds + dds * d2s;
+}
+// Apply: a = silu(g) h; backward from da.
+template <class T>
+TTT_HD T swiglu_elem(T g, T h) { return silu_s(g, sigmoid_(g)) * h; }
+template <class T>
+TTT_HD void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
+  const T s = sigmoid_(g), sl = silu_s(g, s);
+  a = sl * h;
+  dg = da * h * dsilu_s(g, s);
+  dh = da * sl;
+}
+
+// Geometry the element-wise kernels need.
+struct Geom {
+  int64_t B = 0, T = 0, d = 0, dh = 0;
+  TTT_HD int64_t P() const { return d * dh; }
+  TTT_HD int64_t rows() const { return 2 * dh + d; }
+  TTT_HD int64_t p() const { return d < dh ? d : dh; }  // NS layout [p,q]
+  TTT_HD int64_t q() const { return d < dh ? dh : d; }
+  // Slot s of the state is [rows_s, cols_s]; transposed into NS layout when rows_s > cols_s.
+  TTT_HD int64_t slot_rows(int s) const { return s < 2 ? dh : d; }
+  TTT_HD int64_t slot_cols(int s) const { return s < 2 ? d : dh; }
+  TTT_HD bool slot_transposed(int s) const { return slot_rows(s) > slot_cols(s); }
+  // Row r (< rows()) of a head's state: offset in the head's 3P block, length, slot, row within the slot.
+  TTT_HD int64_t row_off(int64_t r) const { return r < 2 * dh ? r * d : 2 * P() + (r - 2 * dh) * dh; }
+  TTT_HD int64_t row_len(int64_t r) const { return r < 2 * dh ? d : dh; }
+  TTT_HD int row_slot(int64_t r) const { return r < dh ? 0 : r < 2 * dh ? 1 : 2; }
+  TTT_HD int64_t row_in_slot(int64_t r) const { return r < dh ? r : r < 2 * dh ? r - dh : r - 2 * dh; }
+  // Element (i,j) of NS-layout matrix of slot s sits at this offset of the slot in state layout.
+  TTT_HD int64_t ns_to_state(int s, int64_t i, int64_t j) const {
+    return slot_transposed(s) ? j * slot_cols(s) + i : i * slot_cols(s) + j;
+  }
+  // Element (row, col) of slot s (state layout) sits at this offset of the NS-layout matrix.
+  TTT_HD int64_t state_to_ns(int s, int64_t row, int64_t col) const {
+    return slot_transposed(s) ? col * q() + row : row * slot_cols(s) + col;
+  }
+};
+
+// The backend contract. CpuOps (lact_fused.cpp) is its reference implementation, with each step's exact
+// semantics written out; CudaOps (src/cuda/lact_cuda.cu) implements the same with cuBLAS and kernels.
+//
+//   using value_type = T;   Geom geom() const;
+//   T* alloc(int64_t n)      storage owned by the backend until it is destroyed
+//   zero(p, n); copy(dst, src, n); add(dst, src, n) (dst += src); sqrt_inplace(x, n)
+//   zero_rows(p, cols, r0, nr)                    rows [r0,r0+nr) of every head of a [B,T,cols] tensor
+//   gemm(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch)
+//        row-major C[m,n] = alpha op(A) op(B) + beta C for each of `batch` matrices (strides sA, sB, sC)
+//   batched_dot(x, y|null, per, stride, batch, scale, out)   out[b] = scale sum_i x[b stride+i] y[b stride+i]
+//   axpy_batched(D, S, s, per)   D[b] += s[b] S[b];   scale_batched(dst, src, s, per)   dst[b] = s[b] src[b]
+//   fill_chunk(g, val, scale, c0, n)               g[b, c0+i] = val[b] scale for a [B,T] tensor
+//   pack_state(w0, w1, w2, A); unpack_grad(dA, tau|null, dtau, A0, g_w0, g_w1, g_w2)
+//   row_norms(A, tau); weight_norm(A, tau, E); weight_norm_bwd(A, tau, dE, dA (+=), dtau (+=))
+//   swiglu(GH, a, n); swiglu_bwd(GH, da, n, dGH, a)
+//   update_terms(GH, U, v, lr0, lr1, lr2, c0, n, a, R, Vl)
+//   update_terms_bwd(GH, U, v, lr0, lr1, lr2, c0, n, dR, dVl, da, dGH, dU, g_lr0, g_lr1, g_lr2, g_v)
+//   to_ns(src, dst, nrm|null); ns_norm_bwd(dX0, Pm, nrm, dot, dP)
+//   step(A, M, M_in_ns_layout, tau|null, A_next); step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dtau (+=))
+template <class Ops>
+class Fused {
+ public:
+  using T = typename Ops::value_type;
+
+  // with_grad: keep every chunk-boundary state for backward(); otherwise two ping-pong states.
+  Fused(Ops& ops, const Shape& s, bool with_grad) : ops_(ops), s_(s), with_grad_(with_grad) {
+    s_.validate();
+    g_ = ops_.geom();
+    const int64_t B = s_.B, P = s_.P(), C = std::min(s_.chunk, s_.T);
+    const int64_t dh = s_.dh, d = s_.d;
+    nver_ = with_grad_ ? s_.num_versions() : 2;
+    states_ = ops_.alloc(nver_ * B * 3 * P);
+    // With momentum the momentum states are the updates P_c (S_{c+1} = P_c); without it, backward still
+    // wants P_c (it spares recomputing the update's two weight-shaped products), so keep them alike.
+    if (s_.momentum || with_grad_) mstates_ = ops_.alloc(nver_ * B * 3 * P);
+    if (s_.norm != Norm::None) tau_ = ops_.alloc(B * s_.state_rows());
+    if (s_.norm == Norm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
+    D_ = ops_.alloc(B * 3 * P);
+    if (s_.momentum) mbar_ = ops_.alloc(B);
+    GH_ = ops_.alloc(B * C * 2 * dh);
+    U_ = ops_.alloc(B * C * dh);
+    Ak_ = ops_.alloc(B * C * dh);
+    R_ = ops_.alloc(B * C * 2 * dh);
+    Vl_ = ops_.alloc(B * C * d);
+    if (s_.muon) {
+      const int64_t p = g_.p();
+      nrm_ = ops_.alloc(3 * B);
+      for (int i = 0; i < 6; ++i) X_[i] = ops_.alloc(3 * B * P);
+      for (int i = 0; i < 5; ++i) Am_[i] = ops_.alloc(3 * B * p * p);
+      for (int i = 0; i < 5; ++i) Bm_[i] = ops_.alloc(3 * B * p * p);
+    }
+    if (with_grad_) {
+      dA_ = ops_.alloc(B * 3 * P);
+      dE_ = ops_.alloc(B * 3 * P);
+      dP_ = ops_.alloc(B * 3 * P);
+      if (s_.momentum) {
+        dS_ = ops_.alloc(B * 3 * P);
+        dmbar_ = ops_.alloc(B);
+      }
+      if (s_.norm != Norm::None) dtau_ = ops_.alloc(B * s_.state_rows());
+      dGH_ = ops_.alloc(B * C * 2 * dh);
+      dR_ = ops_.alloc(B * C * 2 * dh);
+      dU_ = ops_.alloc(B * C * dh);
+      da_ = ops_.alloc(B * C * dh);
+      dVl_ = ops_.alloc(B * C * d);
+      if (s_.muon) {
+        const int64_t p = g_.p();
+        dXa_ = ops_.alloc(3 * B * P);
+        dXb_ = ops_.alloc(3 * B * P);
+        dBm_ = ops_.alloc(3 * B * p * p);
+        dAm_ = ops_.alloc(3 * B * p * p);
+        nsdot_ = ops_.alloc(3 * B);
+      }
+    }
+  }
+
+  // o [B,T,d]. With gradients on, keeps the states for backward().
+  void forward(const Inputs<T>& in, T* o) {
+    in_ = in;
+    cached_e_ = -1;
+    const int64_t N = s_.num_chunks();
+    ops_.pack_state(in.w0, in.w1, in.w2, state(0));
+    if (s_.norm != Norm::None) ops_.row_norms(state(0), tau_);
+    if (s_.momentum) ops_.zero(mstate(0), s_.B * 3 * s_.P());
+    for (int64_t c = 0; c < N; ++c) {
+      const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
+      const int64_t v = slot(c), vn = slot(c + 1);
+      if (s_.causal) {
+        const T* E = effective(v, c);
+        apply_fwd(E, c0, n, o);
+        if (c + 1 < N) update_fwd(v, vn, E, c0, n);
+      } else {
+        update_fwd(v, vn, effective(v, c), c0, n);
+        apply_fwd(effective(vn, c + 1), c0, n, o);
+      }
+    }
+    forward_done_ = true;
+  }
+
+  // Gradients of L = sum(o * grad_o) with respect to every input, after forward() on the same inputs.
+  void backward(const T* grad_o, const Grads<T>& g) {
+    TTT_CHECK(with_grad_ && forward_done_, "lact: backward() needs a forward() with gradients on first");
+    const int64_t N = s_.num_chunks(), B = s_.B, P = s_.P();
+    go_ = grad_o;
+    ops_.zero(dA_, B * 3 * P);
+    if (s_.momentum) ops_.zero(dS_, B * 3 * P);
+    if (dtau_) ops_.zero(dtau_, B * s_.state_rows());
+    cached_e_ = -1;
+    // Tokens of the causal last chunk take part in no update.
+    if (s_.causal) {
+      const int64_t c0 = (N - 1) * s_.chunk, n = s_.T - c0;
+      ops_.zero_rows(g.k, s_.d, c0, n);
+      ops_.zero_rows(g.v, s_.d, c0, n);
+      ops_.zero_rows(g.lr0, 1, c0, n);
+      ops_.zero_rows(g.lr1, 1, c0, n);
+      ops_.zero_rows(g.lr2, 1, c0, n);
+      if (s_.momentum) ops_.zero_rows(g.mom, 1, c0, n);
+    }
+    // dE_ collects the cotangent of the effective weights of version cur (pre-norm: of N(A_cur));
+    // flush() moves it into dA_, the cotangent of A_cur.
+    int64_t cur = s_.num_versions() - 1;
+    ops_.zero(dE_, B * 3 * P);
+    for (int64_t c = N - 1; c >= 0; --c) {
+      const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
+      if (s_.causal) {
+        if (c + 1 < N) {
+          flush(cur);  // version c+1 complete
+          update_bwd(c, c0, n, g);
+          cur = c;
+        }
+        apply_bwd(effective(c, c), c0, n, g);
+      } else {
+        apply_bwd(effective(c + 1, c + 1), c0, n, g);
+        flush(cur);
+        update_bwd(c, c0, n, g);
+        cur = c;
+      }
+    }
+    flush(cur);
+    ops_.unpack_grad(dA_, s_.norm != Norm::None ? tau_ : nullptr, dtau_, state(0), g.w0, g.w1, g.w2);
+  }
+
+ private:
+  Ops& ops_;
+  Shape s_;
+  Geom g_;
+  bool with_grad_;
+  bool forward_done_ = false;
+  Inputs<T> in_;
+  const T* go_ = nullptr;
+  int64_t nver_ = 0;
+  int64_t cached_e_ = -1;  // version whose N(A) ebuf_ holds (pre-norm, backward)
+  T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
+  T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
+  T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
+  T *dA_ = nullptr, *dE_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
+  T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr, *dVl_ = nullptr;
+  T *dXa_ = nullptr, *dXb_ = nullptr, *dBm_ = nullptr, *dAm_ = nullptr, *nsdot_ = nullptr;
+
+  int64_t slot(int64_t version) const { return with_grad_ ? version : version % 2; }
+  T* state(int64_t slot_index) const { return states_ + slot_index * s_.B * 3 * s_.P(); }
+  T* mstate(int64_t slot_index) const { return mstates_ + slot_index * s_.B * 3 * s_.P(); }
+
+  // The weights the memory applies with (and takes the inner gradient at): A, or with pre-norm N(A).
+  const T* effective(int64_t slot_index, int64_t version) {
+    if (s_.norm != Norm::Pre) return state(slot_index);
+    if (cached_e_ != version) {
+      ops_.weight_norm(state(slot_index), tau_, ebuf_);
+      cached_e_ = version;
+    }
+    return ebuf_;
+  }
+
+  // ---- forward pieces -------------------------------------------------------------------------------
+  // Row-major GEMM over the B heads. Ld/stride helpers: a chunk of an input tensor [B,T,d] starting at c0.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* Bp, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    ops_.gemm(ta, tb, m, n, k, alpha, A, lda, sA, Bp, ldb, sB, beta, C, ldc, sC, batch);
+  }
+  const T* rows_of(const T* x, int64_t c0) const { return x + c0 * s_.d; }
+  T* rows_of(T* x, int64_t c0) const { return x + c0 * s_.d; }
+  int64_t seq_stride() const { return s_.T * s_.d; }
+  int64_t wstride() const { return 3 * s_.P(); }
+  static const T* w02(const T* E) { return E; }
+  const T* w1(const T* E) const { return E + 2 * s_.P(); }
+  T* w1(T* E) const { return E + 2 * s_.P(); }
+
+  // [g|h] = X [W0;W2]^T for the chunk rows X of x: GH [B][n][2dh].
+  void gh(const T* E, const T* x, int64_t c0, int64_t n, T* GH) {
+    const int64_t d = s_.d, dh = s_.dh;
+    gemm(false, true, n, 2 * dh, d, T(1), rows_of(x, c0), d, seq_stride(), w02(E), d, wstride(), T(0), GH, 2 * dh,
+         n * 2 * dh, s_.B);
+  }
+
+  void apply_fwd(const T* E, int64_t c0, int64_t n, T* o) {
+    const int64_t d = s_.d, dh = s_.dh;
+    gh(E, in_.q, c0, n, GH_);
+    ops_.swiglu(GH_, Ak_, n);  // a = silu(g) * h
+    gemm(false, true, n, d, dh, T(1), Ak_, dh, n * dh, w1(E), dh, wstride(), T(0), rows_of(o, c0), d, seq_stride(),
+         s_.B);  // o = a W1^T
+  }
+
+  // The chunk's token-side terms of the inner gradient: GH_ = K [W0;W2]^T, U_ = V W1, then
+  // a = silu(g) h (Ak_), R = [lr0 u h silu'(g) | lr2 u silu(g)] (R_), Vl = lr1 v (Vl_).
+  void update_terms(const T* E, int64_t c0, int64_t n) {
+    const int64_t d = s_.d, dh = s_.dh, B = s_.B;
+    gh(E, in_.k, c0, n, GH_);
+    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh,
+         wstride(), T(0), U_, dh, n * dh, B);  // u = V W1
+    ops_.update_terms(GH_, U_, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, Ak_, R_, Vl_);
+  }
+
+  // The update of chunk c from its start state: D_ = the inner step mixed with momentum (P_c), mbar_, and
+  // with Muon the NS5 iterates. Returns what the step adds (D_ or X_[5]).
+  const T* update_direction(int64_t v, const T* E, int64_t c0, int64_t n) {
+    const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
+    update_terms(E, c0, n);
+    gemm(true, false, 2 * dh, d, n, T(1), R_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0), D_, d,
+         wstride(), B);  // [dW0; dW2] = R^T K
+    gemm(true, false, d, dh, n, T(1), Vl_, d, n * d, Ak_, dh, n * dh, T(0), w1(D_), dh, wstride(),
+         B);  // dW1 = (lr1 V)^T a
+    if (s_.momentum) {
+      ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
+      ops_.axpy_batched(D_, mstate(v), mbar_, 3 * P);  // P = dW + mbar S
+    }
+    if (!s_.muon) return D_;
+    ns5_forward(D_);
+    return X_[5];
+  }
+
+  void ns5_forward(const T* Pm) {
+    const int64_t P = s_.P(), p = g_.p(), q = g_.q(), nb = 3 * s_.B;
+    ops_.batched_dot(Pm, Pm, P, P, nb, T(1), nrm_);
+    ops_.sqrt_inplace(nrm_, nb);
+    ops_.to_ns(Pm, X_[0], nrm_);  // X0 = P / (||P|| + eps), NS layout
+    for (int i = 0; i < 5; ++i) {
+      const T a = T(kNs5[i][0]), b = T(kNs5[i][1]), c = T(kNs5[i][2]);
+      gemm(false, true, p, p, q, T(1), X_[i], q, P, X_[i], q, P, T(0), Am_[i], p, p * p, nb);  // A = X X^T
+      ops_.copy(Bm_[i], Am_[i], nb * p * p);
+      gemm(false, false, p, p, p, c, Am_[i], p, p * p, Am_[i], p, p * p, b, Bm_[i], p, p * p, nb);  // b A + c A A
+      ops_.copy(X_[i + 1], X_[i], nb * P);
+      gemm(false, false, p, q, p, T(1), Bm_[i], p, p * p, X_[i], q, P, a, X_[i + 1], q, P, nb);  // a X + B X
+    }
+  }
+
+  void update_fwd(int64_t v, int64_t vn, const T* E, int64_t c0, int64_t n) {
+    const T* M = update_direction(v, E, c0, n);
+    if (mstates_) ops_.copy(mstate(vn), D_, s_.B * 3 * s_.P());
+    ops_.step(state(v), M, s_.muon, s_.norm == Norm::Post ? tau_ : nullptr, state(vn));
+  }
+
+  // ---- backward pieces ------------------------------------------------------------------------------
+  void flush(int64_t version) {
+    const int64_t n = s_.B * 3 * s_.P();
+    if (s_.norm == Norm::Pre) ops_.weight_norm_bwd(state(version), tau_, dE_, dA_, dtau_);
+    else ops_.add(dA_, dE_, n);
+    ops_.zero(dE_, n);
+  }
+
+  // Cotangents through apply(c) with weights E (dE_ +=), grad_q rows written.
+  void apply_bwd(const T* E, int64_t c0, int64_t n, const Grads<T>& g) {
+    const int64_t d = s_.d, dh = s_.dh, B = s_.B;
+    gh(E, in_.q, c0, n, GH_);
+    gemm(false, false, n, dh, d, T(1), rows_of(go_, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), da_, dh,
+         n * dh, B);                      // da = dO W1
+    ops_.swiglu_bwd(GH_, da_, n, dGH_, Ak_);  // dGH = [da h silu'(g) | da silu(g)], a = silu(g) h
+    gemm(true, false, d, dh, n, T(1), rows_of(go_, c0), d, seq_stride(), Ak_, dh, n * dh, T(1), w1(dE_), dh,
+         wstride(), B);  // dW1 += dO^T a
+    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.q, c0), d, seq_stride(), T(1), dE_,
+         d, wstride(), B);  // d[W0;W2] += dGH^T Q
+    gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(0), rows_of(g.q, c0), d,
+         seq_stride(), B);  // dQ = dGH [W0;W2]
+  }
+
+  // Update of chunk c (version c -> c+1): dA_ holds dL/dA_{c+1} on entry and dL/dA_c (the direct path; the
+  // path through the effective weights goes to dE_) on exit; dS_ likewise for the momentum state.
+  void update_bwd(int64_t c, int64_t c0, int64_t n, const Grads<T>& g) {
+    const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
+    const T* E = effective(c, c);
+    // Recompute the token-side terms; the update P_c itself was kept by forward (as the state c+1 momentum).
+    update_terms(E, c0, n);
+    const T* Pc = mstate(c + 1);
+    if (s_.momentum) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
+    if (s_.muon) ns5_forward(Pc);
+    const T* M = s_.muon ? X_[5] : Pc;
+    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ becomes dZ = dL/dA_c (direct) = dL/dM.
+    if (s_.norm == Norm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dtau_);
+    // Muon: dP from dM through NS5.
+    if (s_.muon) ns5_backward(Pc);
+    else ops_.copy(dP_, dA_, B * 3 * P);
+    // Momentum: P = D + mbar S_c is also the next momentum state.
+    if (s_.momentum) {
+      ops_.add(dP_, dS_, B * 3 * P);
+      ops_.batched_dot(dP_, mstate(c), 3 * P, 3 * P, B, T(1), dmbar_);
+      ops_.scale_batched(dS_, dP_, mbar_, 3 * P);  // dS_c = mbar dP
+      ops_.fill_chunk(g.mom, dmbar_, T(1) / T(n), c0, n);
+    }
+    // The inner gradient: D02 = R^T K, D1 = Vl^T a, with dD = dP_.
+    gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), dP_, d, wstride(), T(0), dR_, 2 * dh,
+         n * 2 * dh, B);  // dR = K dD02^T
+    gemm(false, true, n, d, dh, T(1), Ak_, dh, n * dh, w1(dP_), dh, wstride(), T(0), dVl_, d, n * d,
+         B);  // dVl = a dD1^T
+    gemm(false, false, n, dh, d, T(1), Vl_, d, n * d, w1(dP_), dh, wstride(), T(0), da_, dh, n * dh,
+         B);  // da = Vl dD1
+    ops_.update_terms_bwd(GH_, U_, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, dVl_, da_, dGH_, dU_, g.lr0, g.lr1,
+                          g.lr2, g.v);
+    gemm(false, false, n, d, 2 * dh, T(1), R_, 2 * dh, n * 2 * dh, dP_, d, wstride(), T(0), rows_of(g.k, c0), d,
+         seq_stride(), B);  // dK = R dD02
+    gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(1), rows_of(g.k, c0), d,
+         seq_stride(), B);  // dK += dGH [W0;W2]
+    gemm(false, true, n, d, dh, T(1), dU_, dh, n * dh, w1(E), dh, wstride(), T(1), rows_of(g.v, c0), d, seq_stride(),
+         B);  // dV += dU W1^T
+    // dE_ is zero here (flushed before this update); these are the first contributions of version c.
+    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(1), dE_, d,
+         wstride(), B);  // d[W0;W2] += dGH^T K
+    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), dU_, dh, n * dh, T(1), w1(dE_), dh,
+         wstride(), B);  // dW1 += V^T dU
+  }
+
+  // dM (= dA_, state layout) -> dP_ (state layout) through the five NS steps and the Frobenius scaling.
+  void ns5_backward(const T* Pc) {
+    const int64_t P = s_.P(), p = g_.p(), q = g_.q(), nb = 3 * s_.B;
+    T* dX = dXa_;   // dL/dX_{i+1}
+    T* dXn = dXb_;  // dL/dX_i
+    ops_.to_ns(dA_, dX, nullptr);
+    for (int i = 4; i >= 0; --i) {
+      const T a = T(kNs5[i][0]), b = T(kNs5[i][1]), c = T(kNs5[i][2]);
+      // X' = a X + Bm X
+      gemm(false, true, p, p, q, T(1), dX, q, P, X_[i], q, P, T(0), dBm_, p, p * p, nb);  // dBm = dX' X^T
+      ops_.copy(dXn, dX, nb * P);
+      gemm(true, false, p, q, p, T(1), Bm_[i], p, p * p, dX, q, P, a, dXn, q, P, nb);  // dX = a dX' + Bm^T dX'
+      // Bm = b Am + c Am Am
+      ops_.copy(dAm_, dBm_, nb * p * p);
+      gemm(false, true, p, p, p, c, dBm_, p, p * p, Am_[i], p, p * p, b, dAm_, p, p * p, nb);  // b dBm + c dBm Am^T
+      gemm(true, false, p, p, p, c, Am_[i], p, p * p, dBm_, p, p * p, T(1), dAm_, p, p * p, nb);  // + c Am^T dBm
+      // Am = X X^T
+      gemm(false, false, p, q, p, T(1), dAm_, p, p * p, X_[i], q, P, T(1), dXn, q, P, nb);  // dX += dAm X
+      gemm(true, false, p, q, p, T(1), dAm_, p, p * p, X_[i], q, P, T(1), dXn, q, P, nb);   // dX += dAm^T X
+      std::swap(dX, dXn);
+    }
+    // X0 = P r, r = 1/(||P|| + eps): dP = r dX0 - r <dX0, X0> P / ||P||
+    ops_.batched_dot(dX, X_[0], P, P, nb, T(1), nsdot_);
+    ops_.ns_norm_bwd(dX, Pc, nrm_, nsdot_, dP_);
+  }
+};
+
+// Elements that Fused allocates for a shape (states and work buffers; not the inputs and outputs), e.g. to
+// check that memory stays linear in T/C. The CUDA backend adds a small reduction buffer.
+int64_t workspace_elements(const Shape& s, bool with_grad);
+
+// The CPU twin: Fused<CpuOps<T>> on host arrays (T = float or double). Forward only when grad_o is null.
+template <class T>
+void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr);
+
+}  // namespace ttt::lact

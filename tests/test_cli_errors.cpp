@@ -1,0 +1,212 @@
+// Bad input to the `ttt` binary: a clear message and a non-zero exit, never a crash (signal) or a hang.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "core/file_io.h"
+#include "data/tokens.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
+
+using namespace ttt;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct RunResult {
+  int status = 0;      // raw wait status
+  std::string output;  // stdout + stderr
+};
+
+// Runs `ttt <args>` (under a 60 s timeout) and captures its output.
+RunResult run_cli(const std::string& args) {
+  const std::string cmd = "timeout 60 " + std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
+  RunResult r;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) {
+    r.status = -1;
+    return r;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
+  r.status = pclose(f);
+  return r;
+}
+
+// Non-zero exit with a message containing `word`, no signal, no timeout.
+void expect_clean_failure(const std::string& args, const std::string& word) {
+  SCOPED_TRACE("ttt " + args);
+  RunResult r = run_cli(args);
+  ASSERT_NE(r.status, -1) << "could not run the binary";
+  ASSERT_FALSE(WIFSIGNALED(r.status)) << "killed by signal " << WTERMSIG(r.status) << "\n" << r.output;
+  ASSERT_TRUE(WIFEXITED(r.status));
+  const int code = WEXITSTATUS(r.status);
+  EXPECT_NE(code, 0) << r.output;
+  EXPECT_NE(code, 124) << "timed out (hang)\n" << r.output;
+  EXPECT_LT(code, 124) << "crashed (exit " << code << ", a signal through the shell)\n" << r.output;
+  EXPECT_NE(r.output.find(word), std::string::npos) << "message lacks '" << word << "':\n" << r.output;
+  EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
+}
+
+struct Fixture {
+  fs::path dir;
+  model::ModelConfig cfg;
+};
+
+std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+
+// A temp dir with a small valid checkpoint in run/checkpoint and a valid byte corpus in data/.
+Fixture make_fixture(const std::string& tag) {
+  Fixture f;
+  f.dir = fs::temp_directory_path() / ("ttt_test_cli_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(f.dir);
+  fs::create_directories(f.dir);
+  f.cfg = model::preset("tiny");
+  f.cfg.dim = 16;
+  f.cfg.n_layers = 1;
+  f.cfg.n_attn_heads = 2;
+  f.cfg.n_mem_heads = 2;
+  f.cfg.chunk = 8;
+  f.cfg.window = 8;
+  f.cfg.seq_len = 16;
+  f.cfg.mlp_hidden = 32;
+  model::Params<float> p = model::make_params<float>(f.cfg);
+  model::init_params(f.cfg, p, 1);
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  train::AdamW opt(p.names, sizes, train::AdamWConfig{});
+  train::RunState st;
+  st.train.seq_len = f.cfg.seq_len;
+  st.train.data_dir = (f.dir / "data").string();
+  train::save_checkpoint((f.dir / "run/checkpoint").string(), f.cfg, p, opt, st);
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "some text of a document number " + std::to_string(i) + '\0';
+  fs::create_directories(f.dir / "data");
+  data::save_byte_tokens((f.dir / "data/train.bin").string(), text, 40);
+  data::save_byte_tokens((f.dir / "data/val.bin").string(), text, 40);
+  return f;
+}
+
+void truncate_file(const fs::path& p, double keep) {
+  std::string b = read_file(p.string());
+  write_file_atomic(p.string(), b.substr(0, size_t(double(b.size()) * keep)));
+}
+
+}  // namespace
+
+TEST(CliErrors, ValidFixtureWorks) {
+  Fixture f = make_fixture("ok");
+  RunResult r = run_cli("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data") +
+                        " --batches 1 --batch 2 --csv " + q(f.dir / "b.csv"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("val_bpb"), std::string::npos) << r.output;
+  EXPECT_TRUE(file_exists((f.dir / "b.csv").string()));
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, UnknownFlagForEveryCommand) {
+  for (const char* c : {"train", "eval", "generate", "prepare", "op lact", "op tnt", "bench op"})
+    expect_clean_failure(std::string(c) + " --no-such-flag 1", "unknown flag");
+  expect_clean_failure("bench --no-such-flag 1", "subcommand");  // `bench` alone only names its subcommands
+  expect_clean_failure("frobnicate", "unknown command");
+  expect_clean_failure("train --steps abc", "integer");
+  expect_clean_failure("train --device cuda", "cpu");
+}
+
+TEST(CliErrors, MissingCheckpoint) {
+  Fixture f = make_fixture("missing");
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "nope"), "does not exist");
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "data"), "no checkpoint");
+  expect_clean_failure("train --resume " + q(f.dir / "nope"), "does not exist");
+  expect_clean_failure("eval", "--checkpoint");
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, TruncatedOrCorruptCheckpoint) {
+  Fixture f = make_fixture("trunc");
+  const fs::path ck = f.dir / "run/checkpoint";
+  const std::string good_model = read_file((ck / "model.safetensors").string());
+  truncate_file(ck / "model.safetensors", 0.5);
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "truncated");
+  expect_clean_failure("train --resume " + q(f.dir / "run"), "truncated");
+  write_file_atomic((ck / "model.safetensors").string(), "xyz");
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "safetensors");
+  write_file_atomic((ck / "model.safetensors").string(), good_model);
+
+  const std::string good_opt = read_file((ck / "optimizer.safetensors").string());
+  truncate_file(ck / "optimizer.safetensors", 0.7);
+  expect_clean_failure("train --resume " + q(f.dir / "run"), "optimizer.safetensors");
+  write_file_atomic((ck / "optimizer.safetensors").string(), good_opt);
+
+  const std::string good_state = read_file((ck / "state.json").string());
+  write_file_atomic((ck / "state.json").string(), "{\"step\": ");
+  expect_clean_failure("train --resume " + q(f.dir / "run"), "state.json");
+  write_file_atomic((ck / "state.json").string(), good_state);
+
+  const std::string good_cfg = read_file((ck / "config.json").string());
+  write_file_atomic((ck / "config.json").string(), "this is not json {{{");
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "invalid JSON");
+  // A config that parses but does not fit the weights.
+  model::ModelConfig other = f.cfg;
+  other.dim = 32;
+  model::save_config((ck / "config.json").string(), other);
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "config expects");
+  write_file_atomic((ck / "config.json").string(), good_cfg);
+  fs::remove((ck / "model.safetensors"));
+  expect_clean_failure("eval --checkpoint " + q(ck) + " --data " + q(f.dir / "data"), "model.safetensors");
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, InconsistentModelConfig) {
+  Fixture f = make_fixture("cfg");
+  write_file_atomic((f.dir / "heads.json").string(), "{\"dim\": 30, \"n_attn_heads\": 4}");
+  expect_clean_failure("train --config " + q(f.dir / "heads.json") + " --data " + q(f.dir / "data") + " --out " +
+                           q(f.dir / "r1"),
+                       "divisible");
+  write_file_atomic((f.dir / "garbage.json").string(), "\x01\x02 garbage");
+  expect_clean_failure("train --config " + q(f.dir / "garbage.json") + " --data " + q(f.dir / "data") + " --out " +
+                           q(f.dir / "r2"),
+                       "invalid JSON");
+  write_file_atomic((f.dir / "unknown.json").string(), "{\"dimension\": 64}");
+  expect_clean_failure("train --config " + q(f.dir / "unknown.json") + " --data " + q(f.dir / "data"), "unknown key");
+  expect_clean_failure("train --config " + q(f.dir / "absent.json"), "does not exist");
+  expect_clean_failure("train --preset nosuch --data " + q(f.dir / "data"), "preset");
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, BadTokenFiles) {
+  Fixture f = make_fixture("tok");
+  const fs::path val = f.dir / "data/val.bin", train = f.dir / "data/train.bin";
+  const std::string good = read_file(val.string());
+  std::string flipped = good;
+  flipped[40] = char(flipped[40] ^ 0x01);  // a bit of the stored checksum
+  write_file_atomic(val.string(), flipped);
+  const std::string small = " --steps 1 --batch 1 --seq-len 8 --sample-tokens 0 --data " + q(f.dir / "data");
+  expect_clean_failure("train" + small + " --out " + q(f.dir / "r1"), "checksum");
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "checksum");
+  write_file_atomic(val.string(), good);
+  truncate_file(train, 0.6);
+  expect_clean_failure("train" + small + " --out " + q(f.dir / "r2"), "truncated");
+  fs::remove(train);
+  expect_clean_failure("train" + small + " --out " + q(f.dir / "r3"), "train.bin");
+  write_file_atomic(train.string(), "");
+  expect_clean_failure("train" + small + " --out " + q(f.dir / "r4"), "train.bin");
+  // A corpus shorter than one training window.
+  data::save_byte_tokens(train.string(), std::string("ab\0", 3), 1);
+  expect_clean_failure("train" + small + " --out " + q(f.dir / "r5"), "fewer");
+  expect_clean_failure("train --steps 1 --data " + q(f.dir / "nodata") + " --out " + q(f.dir / "r6"), "does not exist");
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, EmptyCorpusForPrepare) {
+  Fixture f = make_fixture("prep");
+  fs::create_directories(f.dir / "empty");
+  expect_clean_failure("prepare --input " + q(f.dir / "empty") + " --out " + q(f.dir / "out"), "empty");
+  expect_clean_failure("prepare --input " + q(f.dir / "absent") + " --out " + q(f.dir / "out"), "does not exist");
+  fs::remove_all(f.dir);
+}

@@ -1,0 +1,395 @@
+// Training: AdamW, LR schedule, clipping, gradient accumulation, checkpoints, exact resume, loss falling.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+#include <omp.h>
+#include <unistd.h>
+
+#include "core/file_io.h"
+#include "core/rng.h"
+#include "data/tokens.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+#include "train/trainer.h"
+
+using namespace ttt;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string temp_dir(const std::string& tag) {
+  fs::path p = fs::temp_directory_path() / ("ttt_test_train_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+// A small model: dim 32, 2 layers, seq_len 32.
+model::ModelConfig small_cfg() {
+  model::ModelConfig c = model::preset("tiny");
+  c.dim = 32;
+  c.n_layers = 2;
+  c.n_attn_heads = 2;
+  c.n_mem_heads = 2;
+  c.chunk = 16;
+  c.window = 16;
+  c.seq_len = 32;
+  c.mlp_hidden = 64;
+  return c;
+}
+
+// A synthetic byte corpus: a handful of short repetitive "documents".
+std::string make_corpus(const std::string& tag) {
+  const std::string dir = temp_dir(tag);
+  const char* lines[] = {"the kernel maps the page. ", "the driver frees the buffer. ", "a task sleeps on the queue. ",
+                         "the lock protects the list. "};
+  auto build = [&](int docs, uint64_t seed) {
+    Rng r(seed);
+    std::string s;
+    for (int d = 0; d < docs; ++d) {
+      for (int i = 0; i < 12; ++i) s += lines[r.below(4)];
+      s.push_back('\0');
+    }
+    return s;
+  };
+  const std::string tr = build(40, 1), va = build(6, 2);
+  data::save_byte_tokens(dir + "/train.bin", tr, 40);
+  data::save_byte_tokens(dir + "/val.bin", va, 6);
+  return dir;
+}
+
+std::vector<json> read_metrics(const std::string& run_dir) {
+  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+}  // namespace
+
+TEST(Train, AdamWMatchesHandComputedSteps) {
+  // Two 1-element tensors: "lm_head.weight" (decayed) and "embed.weight" (not decayed).
+  train::AdamWConfig c;
+  c.beta1 = 0.9;
+  c.beta2 = 0.999;
+  c.eps = 1e-8;
+  c.weight_decay = 0.1;
+  train::AdamW opt({"lm_head.weight", "embed.weight"}, {1, 1}, c);
+  std::vector<ag::Mat<double>> p = {ag::Mat<double>(1, 1, 1.0), ag::Mat<double>(1, 1, -2.0)};
+  std::vector<ag::Mat<double>> g = {ag::Mat<double>(1, 1, 0.5), ag::Mat<double>(1, 1, -1.0)};
+  const double lr = 0.1;
+  opt.step(p, g, lr);
+  // Step 1: m = 0.1 g, v = 0.001 g^2, bias-corrected m/(1-0.9) = g, v/(1-0.999) = g^2, so the update is
+  // g / (|g| + eps): 0.5 / 0.50000001 and -1 / 1.00000001.
+  // p0 = 1 * (1 - 0.1 * 0.1) - 0.1 * 0.5 / 0.50000001 = 0.99 - 0.099999998 = 0.890000002
+  EXPECT_NEAR(p[0].data[0], 0.890000002, 1e-9);
+  // p1 (no decay) = -2 - 0.1 * (-1 / 1.00000001) = -1.900000001
+  EXPECT_NEAR(p[1].data[0], -1.900000001, 1e-9);
+  EXPECT_NEAR(opt.m()[0][0], 0.05, 1e-9);
+  EXPECT_NEAR(opt.v()[0][0], 0.00025, 1e-10);
+  // Step 2 with g = (0.1, 0.2):
+  //   p0: m = 0.9*0.05 + 0.1*0.1 = 0.055, v = 0.999*0.00025 + 0.001*0.01 = 0.00025975
+  //       m_hat = 0.055 / 0.19 = 0.28947368, v_hat = 0.00025975 / 0.001999 = 0.12993997,
+  //       update = 0.28947368 / (0.36047187 + 1e-8) = 0.80304206
+  //       p0 = 0.890000002 * 0.99 - 0.1 * 0.80304206 = 0.88110000 - 0.08030421 = 0.80079579
+  //   p1: m = 0.9*(-0.1) + 0.1*0.2 = -0.07, v = 0.999*0.001 + 0.001*0.04 = 0.001039
+  //       m_hat = -0.07 / 0.19 = -0.36842105, v_hat = 0.001039 / 0.001999 = 0.51975988,
+  //       update = -0.36842105 / 0.72094374 = -0.51102726, p1 = -1.900000001 + 0.051102726 = -1.84889728
+  g = {ag::Mat<double>(1, 1, 0.1), ag::Mat<double>(1, 1, 0.2)};
+  opt.step(p, g, lr);
+  EXPECT_NEAR(p[0].data[0], 0.80079579, 2e-7);
+  EXPECT_NEAR(p[1].data[0], -1.84889728, 2e-7);
+  EXPECT_EQ(opt.steps(), 2);
+}
+
+TEST(Train, WeightDecayChoice) {
+  for (const char* n : {"layers.0.wqkv", "layers.1.wo", "layers.0.mlp.w_gate", "layers.0.mlp.w_up", "layers.0.mlp.w_down",
+                        "layers.0.ttt.lr.weight", "layers.0.ttt.momentum.weight", "layers.0.ttt.scale.weight",
+                        "lm_head.weight"})
+    EXPECT_TRUE(train::decays(n)) << n;
+  for (const char* n : {"embed.weight", "layers.0.attn_norm.weight", "layers.0.mlp_norm.weight", "final_norm.weight",
+                        "layers.0.ttt.lr.bias", "layers.0.ttt.q_scale", "layers.0.ttt.k_offset", "layers.0.ttt.w0",
+                        "layers.0.ttt.w1", "layers.0.ttt.w2", "layers.0.ttt.o_norm.weight", "layers.0.ttt.scale.bias"})
+    EXPECT_FALSE(train::decays(n)) << n;
+}
+
+TEST(Train, LrScheduleWarmupPeakEnd) {
+  train::LrSchedule s{1e-3, 0.1, 10, 100};
+  EXPECT_DOUBLE_EQ(s.at(0), 1e-4);      // first warmup step
+  EXPECT_DOUBLE_EQ(s.at(4), 5e-4);
+  EXPECT_DOUBLE_EQ(s.at(9), 1e-3);      // end of warmup: peak
+  EXPECT_DOUBLE_EQ(s.at(10), 1e-3);     // cosine starts at the peak
+  EXPECT_NEAR(s.at(99), 1e-4, 1e-15);   // last step: 10% of the peak
+  EXPECT_NEAR(s.at(500), 1e-4, 1e-15);  // and stays there
+  // Half way through the cosine: the mean of peak and floor.
+  train::LrSchedule h{1e-3, 0.1, 0, 101};
+  EXPECT_NEAR(h.at(50), 0.55e-3, 1e-15);
+  for (int64_t i = 10; i < 99; ++i) EXPECT_GT(s.at(i), s.at(i + 1));
+}
+
+TEST(Train, GradientClippingByGlobalNorm) {
+  std::vector<ag::Mat<float>> g = {ag::Mat<float>(1, 2), ag::Mat<float>(1, 1)};
+  g[0].data = {3.0f, 0.0f};
+  g[1].data = {4.0f};
+  auto g2 = g;
+  EXPECT_DOUBLE_EQ(train::clip_grad_norm(g2, 10.0), 5.0);  // below the limit: unchanged
+  EXPECT_EQ(g2[0].data, g[0].data);
+  EXPECT_DOUBLE_EQ(train::clip_grad_norm(g2, 0.0), 5.0);   // 0: off
+  EXPECT_EQ(g2[1].data, g[1].data);
+  EXPECT_DOUBLE_EQ(train::clip_grad_norm(g2, 1.0), 5.0);
+  EXPECT_FLOAT_EQ(g2[0].data[0], 0.6f);
+  EXPECT_FLOAT_EQ(g2[0].data[1], 0.0f);
+  EXPECT_FLOAT_EQ(g2[1].data[0], 0.8f);
+  EXPECT_NEAR(train::clip_grad_norm(g2, 0.0), 1.0, 1e-6);
+}
+
+TEST(Train, AccumulatingTwoMicroBatchesEqualsOneDoubleBatch) {
+  model::ModelConfig c = small_cfg();
+  c.n_layers = 1;
+  model::Params<double> p = model::make_params<double>(c);
+  model::init_params(c, p, 5);
+  std::vector<int32_t> toks(500);
+  Rng r(3);
+  for (auto& t : toks) t = int32_t(r.below(256));
+  Rng s1(7);
+  model::Batch big = train::sample_batch(toks, 4, c.seq_len, s1);
+  model::Batch a, b;
+  for (model::Batch* m : {&a, &b}) {
+    m->sequences = 2;
+    m->len = c.seq_len;
+  }
+  const size_t half = size_t(2 * c.seq_len);
+  a.inputs.assign(big.inputs.begin(), big.inputs.begin() + long(half));
+  a.targets.assign(big.targets.begin(), big.targets.begin() + long(half));
+  b.inputs.assign(big.inputs.begin() + long(half), big.inputs.end());
+  b.targets.assign(big.targets.begin() + long(half), big.targets.end());
+  std::vector<ag::Mat<double>> g_big, g_acc;
+  const double l_big = train::accumulate_gradients(c, p, {big}, g_big);
+  const double l_acc = train::accumulate_gradients(c, p, {a, b}, g_acc);
+  EXPECT_NEAR(l_big, l_acc, 1e-12);
+  ASSERT_EQ(g_big.size(), g_acc.size());
+  double worst = 0;
+  for (size_t i = 0; i < g_big.size(); ++i)
+    for (size_t j = 0; j < g_big[i].data.size(); ++j) {
+      const double x = g_big[i].data[j], y = g_acc[i].data[j];
+      worst = std::max(worst, std::abs(x - y) / (1e-8 + std::abs(x)));
+    }
+  EXPECT_LT(worst, 1e-7);
+}
+
+TEST(Train, GradientsDoNotDependOnTheThreadCount) {
+  model::ModelConfig c = small_cfg();
+  c.n_layers = 1;
+  model::Params<float> p = model::make_params<float>(c);
+  model::init_params(c, p, 8);
+  std::vector<int32_t> toks(400);
+  Rng r(4);
+  for (auto& t : toks) t = int32_t(r.below(256));
+  Rng s(2);
+  std::vector<model::Batch> micro = {train::sample_batch(toks, 3, c.seq_len, s), train::sample_batch(toks, 3, c.seq_len, s)};
+  const int saved = omp_get_max_threads();
+  std::vector<ag::Mat<float>> g1, g2;
+  omp_set_num_threads(1);
+  const double l1 = train::accumulate_gradients(c, p, micro, g1);
+  omp_set_num_threads(2);
+  const double l2 = train::accumulate_gradients(c, p, micro, g2);
+  omp_set_num_threads(saved);
+  EXPECT_EQ(l1, l2);
+  ASSERT_EQ(g1.size(), g2.size());
+  for (size_t i = 0; i < g1.size(); ++i) EXPECT_EQ(g1[i].data, g2[i].data) << p.names[i];
+}
+
+TEST(Train, EvalOffsetsAreEvenlySpacedAndBucketsCoverTheContext) {
+  auto off = train::eval_offsets(1001, 5, 100);
+  EXPECT_EQ(off, (std::vector<int64_t>{0, 225, 450, 675, 900}));
+  EXPECT_THROW(train::eval_offsets(50, 2, 100), Error);
+  model::ModelConfig c = small_cfg();
+  model::Params<float> p = model::make_params<float>(c);
+  model::init_params(c, p, 1);
+  std::vector<int32_t> toks(400);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t(i % 97);
+  train::EvalOptions eo;
+  eo.batches = 2;
+  eo.batch = 2;
+  eo.buckets = 8;
+  eo.context = 40;  // longer than the trained seq_len
+  auto r = train::evaluate(c, p, toks, eo);
+  ASSERT_EQ(r.buckets.size(), 8u);
+  int64_t n = 0;
+  double s = 0;
+  EXPECT_EQ(r.buckets.front().start, 0);
+  EXPECT_EQ(r.buckets.back().end, 40);
+  for (const auto& b : r.buckets) {
+    n += b.tokens;
+    s += b.loss * double(b.tokens);
+  }
+  EXPECT_EQ(n, 4 * 40);
+  EXPECT_NEAR(s / double(n), r.loss, 1e-9);
+  EXPECT_NEAR(r.bpb, r.loss / std::log(2.0), 1e-12);
+  auto r2 = train::evaluate(c, p, toks, eo);
+  EXPECT_EQ(r.loss, r2.loss);  // deterministic
+  EXPECT_NE(train::buckets_csv(r).find("bucket_start,bucket_end,loss,bpb,tokens\n0,5,"), std::string::npos);
+}
+
+TEST(Train, CheckpointRoundTrip) {
+  const std::string dir = temp_dir("ckpt");
+  model::ModelConfig c = small_cfg();
+  model::Params<float> p = model::make_params<float>(c);
+  model::init_params(c, p, 11);
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  train::AdamW opt(p.names, sizes, train::AdamWConfig{});
+  std::vector<ag::Mat<float>> g = p.values;  // any gradient
+  opt.step(p.values, g, 1e-3);
+  opt.step(p.values, g, 1e-3);
+  train::RunState st;
+  st.step = 2;
+  st.tokens_seen = 1234;
+  Rng r(99);
+  r.normal();  // leaves a spare value in the state
+  st.data_rng = r.save();
+  st.train.steps = 10;
+  st.train.seq_len = c.seq_len;
+  st.train.lr = 1.5e-3;
+  train::save_checkpoint(dir + "/checkpoint", c, p, opt, st);
+  EXPECT_TRUE(file_exists(dir + "/checkpoint/state.json"));
+
+  auto ck = train::load_checkpoint(dir, true);  // the run directory resolves to its checkpoint/
+  EXPECT_EQ(ck.dir, dir + "/checkpoint");
+  EXPECT_EQ(ck.cfg, c);
+  ASSERT_TRUE(ck.has_state);
+  EXPECT_EQ(ck.state.step, 2);
+  EXPECT_EQ(ck.state.tokens_seen, 1234);
+  EXPECT_EQ(ck.state.data_rng, st.data_rng);
+  EXPECT_EQ(ck.state.train, st.train);
+  for (size_t i = 0; i < p.values.size(); ++i) EXPECT_EQ(ck.params.values[i].data, p.values[i].data) << p.names[i];
+  train::AdamW opt2(p.names, sizes, train::AdamWConfig{});
+  train::load_optimizer(ck.dir, ck.params, ck.state, opt2);
+  EXPECT_EQ(opt2.steps(), 2);
+  EXPECT_EQ(opt2.m(), opt.m());
+  EXPECT_EQ(opt2.v(), opt.v());
+
+  // A config whose shapes disagree with the weights is reported by name.
+  model::ModelConfig wrong = c;
+  wrong.dim = 64;
+  model::save_config(dir + "/checkpoint/config.json", wrong);
+  try {
+    train::load_checkpoint(dir, false);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config expects"), std::string::npos) << e.what();
+  }
+  model::save_config(dir + "/checkpoint/config.json", c);
+  // A state.json from another step than the weights (an interrupted save) is reported.
+  st.step = 3;
+  write_file_atomic(dir + "/checkpoint/state.json", train::run_state_to_json(st).dump());
+  try {
+    train::load_checkpoint(dir, true);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("inconsistent"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Train, ResumeIsBitIdentical) {
+  const std::string data = make_corpus("resume_data");
+  const std::string base = temp_dir("resume");
+  train::TrainOptions o;
+  o.model = small_cfg();
+  o.train.data_dir = data;
+  o.train.steps = 6;
+  o.train.batch = 2;
+  o.train.seq_len = 32;
+  o.train.lr = 3e-3;
+  o.train.warmup = 2;
+  o.train.eval_every = 2;
+  o.train.eval_batches = 1;
+  o.train.ckpt_every = 3;
+  o.train.log_every = 1;
+  o.train.seed = 5;
+
+  // Uninterrupted.
+  o.out_dir = base + "/full";
+  auto full = train::train(o);
+  EXPECT_EQ(full.step, 6);
+  // Killed after step 4 (its last checkpoint is from step 3), then resumed.
+  o.out_dir = base + "/split";
+  o.interrupt_after = 4;
+  auto part = train::train(o);
+  EXPECT_TRUE(part.interrupted);
+  EXPECT_EQ(part.step, 4);
+  EXPECT_EQ(read_metrics(base + "/split").size(), 4u);
+  train::TrainOptions r;
+  r.resume = base + "/split";
+  auto resumed = train::train(r);
+  EXPECT_EQ(resumed.step, 6);
+  EXPECT_EQ(resumed.steps_this_run, 3);
+
+  auto a = read_metrics(base + "/full"), b = read_metrics(base + "/split");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(a[i]["step"], int64_t(i + 1));
+    EXPECT_EQ(b[i]["step"], int64_t(i + 1));
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["lr"].get<double>(), b[i]["lr"].get<double>());
+    EXPECT_EQ(a[i].contains("val_loss"), b[i].contains("val_loss"));
+    if (a[i].contains("val_loss")) EXPECT_EQ(a[i]["val_loss"].get<double>(), b[i]["val_loss"].get<double>());
+  }
+  EXPECT_TRUE(a[5].contains("val_bpb"));
+  EXPECT_EQ(full.val_loss, resumed.val_loss);
+  EXPECT_EQ(read_file(base + "/full/checkpoint/model.safetensors"), read_file(base + "/split/checkpoint/model.safetensors"));
+  EXPECT_EQ(read_file(base + "/full/checkpoint/optimizer.safetensors"),
+            read_file(base + "/split/checkpoint/optimizer.safetensors"));
+  auto sa = json::parse(read_file(base + "/full/checkpoint/state.json"));
+  auto sb = json::parse(read_file(base + "/split/checkpoint/state.json"));
+  EXPECT_EQ(sa["data_rng"], sb["data_rng"]);
+  EXPECT_EQ(sa["tokens_seen"], sb["tokens_seen"]);
+  // The run directory has the model + train config.
+  auto rc = json::parse(read_file(base + "/full/config.json"));
+  EXPECT_TRUE(rc.contains("model") && rc.contains("train"));
+  // Starting a new run over an existing one is refused.
+  o.out_dir = base + "/full";
+  o.interrupt_after = 0;
+  EXPECT_THROW(train::train(o), Error);
+  fs::remove_all(base);
+  fs::remove_all(data);
+}
+
+TEST(Train, LossFallsOnASyntheticCorpus) {
+  const std::string data = make_corpus("fall_data");
+  const std::string out = temp_dir("fall");
+  train::TrainOptions o;
+  o.model = small_cfg();
+  o.model.n_layers = 1;
+  o.train.data_dir = data;
+  o.train.steps = 40;
+  o.train.batch = 4;
+  o.train.seq_len = 32;
+  o.train.lr = 1e-2;
+  o.train.warmup = 4;
+  o.train.eval_every = 0;
+  o.train.eval_batches = 2;
+  o.train.ckpt_every = 0;
+  o.out_dir = out + "/run";
+  auto res = train::train(o);
+  auto m = read_metrics(out + "/run");
+  ASSERT_EQ(m.size(), 40u);
+  const double first = (m[0]["loss"].get<double>() + m[1]["loss"].get<double>()) / 2;
+  const double last = (m[38]["loss"].get<double>() + m[39]["loss"].get<double>()) / 2;
+  EXPECT_GT(first, 5.0);  // ~ln 256 at init
+  EXPECT_LT(last, first - 2.0) << "first " << first << " last " << last;
+  EXPECT_LT(res.val_bpb, 4.0);
+  EXPECT_TRUE(m[39].contains("val_bpb"));
+  fs::remove_all(out);
+  fs::remove_all(data);
+}
