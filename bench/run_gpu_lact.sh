@@ -7,7 +7,9 @@
 #
 # Usage: bench/run_gpu_lact.sh            (env: TTT = the ttt binary, default build-cuda/ttt;
 #                                           TTT_LIBS = extra library dir for it; OUT = output dir;
-#                                           BUDGET_S = seconds this script may take, default 480)
+#                                           BUDGET_S = seconds this script may take, default 480;
+#                                           TTT_TF32=0 skips ttt's TF32 rows; TORCH_RUNS = space-separated
+#                                           mode:d:muon:tf32:timeout_s, default all eight below)
 # Writes JSON lines to $OUT/bench_ttt.jsonl and $OUT/bench_torch.jsonl, logs to $OUT/*.log, and prints a
 # table last.
 set -u
@@ -43,9 +45,11 @@ bench_ttt --T 32768 --d 384 --dh 384 --muon --repeats 7 --warmup 2
 bench_ttt --T 32768 --d 768 --dh 768 --muon --repeats 5 --warmup 2
 bench_ttt --T 1048576 --d 384 --dh 384 --repeats 3 --warmup 1
 # TF32 tensor-core products (an option; not the default): the same three shapes.
-bench_ttt --T 32768 --d 384 --dh 384 --tf32 --repeats 7 --warmup 2
-bench_ttt --T 32768 --d 384 --dh 384 --muon --tf32 --repeats 7 --warmup 2
-bench_ttt --T 32768 --d 768 --dh 768 --muon --tf32 --repeats 5 --warmup 2
+if [ "${TTT_TF32:-1}" != 0 ]; then
+  bench_ttt --T 32768 --d 384 --dh 384 --tf32 --repeats 7 --warmup 2
+  bench_ttt --T 32768 --d 384 --dh 384 --muon --tf32 --repeats 7 --warmup 2
+  bench_ttt --T 32768 --d 768 --dh 768 --muon --tf32 --repeats 5 --warmup 2
+fi
 
 # ---- PyTorch (eager, torch.compile) ----------------------------------------------------------------------
 PYBENCH=$(mktemp /tmp/lact_torch_bench.XXXXXX.py)
@@ -119,14 +123,12 @@ bench_torch() {  # mode d muon tf32 timeout
     >>"$OUTDIR/bench_torch.log" 2>&1 || echo "torch $1 d=$2 muon=$3 tf32=$4 failed or timed out (see bench_torch.log)" |
     tee -a "$OUTDIR/bench_torch.log"
 }
-bench_torch eager 384 0 0 120
-bench_torch eager 384 1 0 120
-bench_torch eager 768 1 0 150
-bench_torch compile 384 0 0 240
-bench_torch compile 384 1 0 240
-bench_torch compile 768 1 0 240
-bench_torch eager 384 0 1 90
-bench_torch compile 384 0 1 200
+RUNS=${TORCH_RUNS:-"eager:384:0:0:120 eager:384:1:0:120 eager:768:1:0:150 compile:384:0:0:240 compile:384:1:0:240
+  compile:768:1:0:240 eager:384:0:1:90 compile:384:0:1:200"}
+for r in $RUNS; do
+  IFS=: read -r m dd mu tf to <<<"$r"
+  bench_torch "$m" "$dd" "$mu" "$tf" "$to"
+done
 
 # ---- table -----------------------------------------------------------------------------------------------
 python3 - "$OUTDIR" <<'PY'

@@ -3,7 +3,8 @@
 # Usage: scripts/setup.sh            (set TTT_BUILD_DIR to change the build folder, default build/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev zlib1g-dev linux-doc)
+# python3-torch: the independent float64 PyTorch references that tests/reference/ compares against.
+PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev zlib1g-dev linux-doc python3-torch)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,9 @@
 // Training: AdamW, LR schedule, clipping, gradient accumulation, checkpoints, exact resume, loss falling.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include <cmath>
 #include <filesystem>
 #include <sstream>
@@ -174,15 +177,22 @@ TEST(Train, AccumulatingTwoMicroBatchesEqualsOneDoubleBatch) {
   std::vector<ag::Mat<double>> g_big, g_acc;
   const double l_big = train::accumulate_gradients(c, p, {big}, g_big);
   const double l_acc = train::accumulate_gradients(c, p, {a, b}, g_acc);
-  EXPECT_NEAR(l_big, l_acc, 1e-12);
-  ASSERT_EQ(g_big.size(), g_acc.size());
-  double worst = 0;
-  for (size_t i = 0; i < g_big.size(); ++i)
-    for (size_t j = 0; j < g_big[i].data.size(); ++j) {
-      const double x = g_big[i].data[j], y = g_acc[i].data[j];
-      worst = std::max(worst, std::abs(x - y) / (1e-8 + std::abs(x)));
+  // The reference: the model's own forward/backward over the whole batch of 4 in one pass.
+  std::vector<ag::Mat<double>> g_ref;
+  const double l_ref = model::forward<double>(c, p, big, &g_ref).loss;
+  EXPECT_NEAR(l_big, l_ref, 1e-12);
+  EXPECT_NEAR(l_acc, l_ref, 1e-12);
+  ASSERT_EQ(g_ref.size(), g_acc.size());
+  ASSERT_EQ(g_ref.size(), g_big.size());
+  double worst = 0, worst_big = 0;
+  for (size_t i = 0; i < g_ref.size(); ++i)
+    for (size_t j = 0; j < g_ref[i].data.size(); ++j) {
+      const double x = g_ref[i].data[j];
+      worst = std::max(worst, std::abs(x - g_acc[i].data[j]) / (1e-8 + std::abs(x)));
+      worst_big = std::max(worst_big, std::abs(x - g_big[i].data[j]) / (1e-8 + std::abs(x)));
     }
   EXPECT_LT(worst, 1e-7);
+  EXPECT_LT(worst_big, 1e-7);
 }
 
 TEST(Train, GradientsDoNotDependOnTheThreadCount) {
@@ -392,4 +402,81 @@ TEST(Train, LossFallsOnASyntheticCorpus) {
   EXPECT_TRUE(m[39].contains("val_bpb"));
   fs::remove_all(out);
   fs::remove_all(data);
+}
+
+// TNT stage 2: a stage-1 run, then a fine-tune with smaller local chunks that trains only the local
+// memories' own parameters; every frozen element is bit-identical afterwards.
+TEST(Train, Stage2FreezesAllButTheLocalMemories) {
+  const std::string data = make_corpus("stage2_data");
+  const std::string base = temp_dir("stage2");
+  model::ModelConfig cfg = model::preset("tnt");
+  cfg.dim = 16;
+  cfg.n_layers = 1;
+  cfg.n_attn_heads = 2;
+  cfg.n_mem_heads = 2;
+  cfg.window = 8;
+  cfg.global_chunk = 16;
+  cfg.local_chunks = {8, 4};
+  cfg.shard = 16;
+  cfg.mlp_hidden = 32;
+  train::TrainOptions o;
+  o.model = cfg;
+  o.train.data_dir = data;
+  o.train.steps = 40;
+  o.train.batch = 2;
+  o.train.seq_len = 32;
+  o.train.eval_every = 0;
+  o.train.eval_batches = 1;
+  o.train.ckpt_every = 0;
+  o.train.log_every = 100;
+  o.out_dir = base + "/stage1";
+  auto s1 = train::train(o);
+  ASSERT_EQ(s1.step, 40);
+
+  train::TrainOptions o2;
+  o2.train = o.train;
+  o2.train.steps = 0;  // default budget: 5% of stage 1 = 2 steps
+  o2.train.data_dir = "";
+  o2.stage2_from = base + "/stage1";
+  o2.stage2_local_chunks = {1, 2};
+  o2.out_dir = base + "/stage2";
+  auto s2 = train::train(o2);
+  EXPECT_EQ(s2.step, 2);
+  EXPECT_EQ(s2.model.local_chunks, (std::vector<int64_t>{1, 2}));
+
+  auto before = train::load_checkpoint(base + "/stage1", true);
+  auto after = train::load_checkpoint(base + "/stage2", true);
+  EXPECT_EQ(after.state.train.stage, 2);
+  EXPECT_EQ(after.cfg.local_chunks, (std::vector<int64_t>{1, 2}));
+  auto mask = train::trainable_mask(after.cfg, after.params, 2);
+  ASSERT_EQ(mask.size(), before.params.values.size());
+  int64_t frozen = 0, trainable = 0, changed = 0;
+  for (size_t i = 0; i < mask.size(); ++i)
+    for (size_t j = 0; j < mask[i].size(); ++j) {
+      const float a = before.params.values[i].data[j], b = after.params.values[i].data[j];
+      if (!mask[i][j]) {
+        ++frozen;
+        EXPECT_EQ(std::memcmp(&a, &b, sizeof(float)), 0) << before.params.names[i] << "[" << j << "] changed";
+      } else {
+        ++trainable;
+        changed += a != b;
+      }
+    }
+  EXPECT_GT(frozen, 0);
+  EXPECT_GT(trainable, 0);
+  EXPECT_GT(changed, trainable / 2) << "stage 2 should move the local memories' parameters";
+  // The trainable set is exactly the local memories' weights and their gate columns.
+  for (size_t i = 0; i < mask.size(); ++i) {
+    const std::string& n = before.params.names[i];
+    const bool any = std::count(mask[i].begin(), mask[i].end(), 1) > 0;
+    const bool expect_any = n.find("ttt.local.") != std::string::npos || n.find("ttt.lr.") != std::string::npos ||
+                            n.find("ttt.momentum.") != std::string::npos || n.find("ttt.decay.") != std::string::npos;
+    EXPECT_EQ(any, expect_any) << n;
+  }
+  // A chunk list that does not match the number of local memories is refused.
+  train::TrainOptions bad = o2;
+  bad.out_dir = base + "/bad";
+  bad.stage2_local_chunks = {1};
+  EXPECT_THROW(train::train(bad), Error);  // wrong number of local chunk sizes
+  fs::remove_all(base);
 }

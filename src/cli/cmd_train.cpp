@@ -12,6 +12,7 @@
 #include "infer/generate.h"
 #include "model/config.h"
 #include "train/trainer.h"
+#include "ttt/tnt.h"
 
 namespace ttt::cli {
 
@@ -56,6 +57,10 @@ int cmd_train(const Argv& argv) {
       .value("sample-tokens", "tokens of the sample generated at the end (0: no sample)", "200")
       .value("prompt", "prompt of the final sample", "The kernel ")
       .value("device", "compute device (only cpu for now)", "cpu")
+      .value("stage", "1, or 2: TNT stage 2 (fine-tune only the local memories of --from with --local-chunks)", "1")
+      .value("from", "stage 2: the stage-1 run directory")
+      .value("local-chunks", "stage 2: the new local chunk sizes, e.g. 1,2 (one per local memory)")
+      .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
       .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0");
   a.parse();
   if (a.help_requested()) {
@@ -72,6 +77,19 @@ int cmd_train(const Argv& argv) {
   const int64_t sample_tokens = a.i64("sample-tokens");
   TTT_CHECK(sample_tokens >= 0, "ttt train: --sample-tokens must be >= 0, got " << sample_tokens);
 
+  const int64_t stage = a.i64("stage");
+  TTT_CHECK(stage == 1 || stage == 2, "ttt train: --stage must be 1 or 2, got " << stage);
+  if (stage == 1)
+    for (const char* f : {"from", "local-chunks", "stage2-fraction"})
+      TTT_CHECK(!a.has(f), "ttt train: --" << f << " belongs to --stage 2");
+  if (stage == 2) {
+    TTT_CHECK(!a.has("resume"), "ttt train: to continue a stage-2 run use --resume alone (without --stage)");
+    TTT_CHECK(a.has("from") && a.has("local-chunks"),
+              "ttt train: --stage 2 needs --from STAGE1_RUN_DIR and --local-chunks N[,M...]");
+    for (const char* f : {"preset", "config", "seq-len"})
+      TTT_CHECK(!a.has(f), "ttt train: --" << f << " cannot be combined with --stage 2 (the model comes from --from)");
+  }
+
   if (a.has("resume")) {
     // The run continues with its stored model and training config; only these may change.
     for (const char* f : {"preset", "config", "data", "out", "batch", "seq-len", "accum", "lr", "min-lr-ratio", "warmup",
@@ -85,6 +103,31 @@ int cmd_train(const Argv& argv) {
       opt.steps_override = a.i64("steps");
       TTT_CHECK(opt.steps_override > 0, "ttt train: --steps must be > 0, got " << opt.steps_override);
     }
+  } else if (stage == 2) {
+    train::TrainConfig tc;
+    tc.preset = "stage2";
+    tc.data_dir = a.has("data") ? a.str("data") : "";
+    tc.device = device;
+    tc.steps = a.has("steps") ? a.i64("steps") : 0;
+    tc.batch = a.i64("batch");
+    tc.accum = a.i64("accum");
+    tc.lr = a.f64("lr");
+    tc.min_lr_ratio = a.f64("min-lr-ratio");
+    tc.warmup = a.i64("warmup");
+    tc.weight_decay = a.f64("weight-decay");
+    tc.beta1 = a.f64("beta1");
+    tc.beta2 = a.f64("beta2");
+    tc.clip = a.f64("clip");
+    tc.eval_every = a.i64("eval-every");
+    tc.eval_batches = a.i64("eval-batches");
+    tc.ckpt_every = a.i64("ckpt-every");
+    tc.log_every = a.i64("log-every");
+    tc.seed = uint64_t(a.i64("seed"));
+    opt.train = tc;
+    opt.stage2_from = a.str("from");
+    opt.stage2_local_chunks = engine::parse_chunk_list(a.str("local-chunks"), "--local-chunks");
+    opt.stage2_fraction = a.f64("stage2-fraction");
+    opt.out_dir = a.has("out") ? a.str("out") : train::default_run_dir("stage2");
   } else {
     model::ModelConfig cfg;
     std::string name = a.str("preset");

@@ -53,7 +53,9 @@ void AdamW::step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>&
     const double shrink = decay_[i] ? 1.0 - lr * cfg_.weight_decay : 1.0;
     float* m = m_[i].data();
     float* v = v_[i].data();
+    const uint8_t* mask = i < trainable_.size() && !trainable_[i].empty() ? trainable_[i].data() : nullptr;
     for (size_t j = 0; j < p.size(); ++j) {
+      if (mask && !mask[j]) continue;
       const double gj = double(g[j]);
       const double mj = b1 * double(m[j]) + (1.0 - b1) * gj;
       const double vj = b2 * double(v[j]) + (1.0 - b2) * gj * gj;
@@ -63,6 +65,16 @@ void AdamW::step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>&
       p[j] = T(double(p[j]) * shrink - lr * upd);
     }
   }
+}
+
+void AdamW::set_trainable(std::vector<std::vector<uint8_t>> mask) {
+  TTT_CHECK(mask.empty() || mask.size() == m_.size(), "AdamW: trainable mask for " << mask.size() << " tensors, expected "
+                                                                                   << m_.size());
+  for (size_t i = 0; i < mask.size(); ++i)
+    TTT_CHECK(mask[i].empty() || mask[i].size() == m_[i].size(),
+              "AdamW: trainable mask of '" << names_[i] << "' has " << mask[i].size() << " elements, expected "
+                                           << m_[i].size());
+  trainable_ = std::move(mask);
 }
 
 template void AdamW::step<float>(std::vector<ag::Mat<float>>&, const std::vector<ag::Mat<float>>&, double);

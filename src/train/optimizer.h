@@ -48,6 +48,10 @@ class AdamW {
   const std::vector<std::vector<float>>& m() const { return m_; }
   const std::vector<std::vector<float>>& v() const { return v_; }
   bool decayed(size_t i) const { return decay_[i]; }
+  // Per-element trainable mask (one vector per parameter, 1 = trainable; an empty vector: all trainable).
+  // Frozen elements are left exactly as they are: no update, no weight decay, moments untouched.
+  void set_trainable(std::vector<std::vector<uint8_t>> mask);
+  const std::vector<std::vector<uint8_t>>& trainable() const { return trainable_; }
 
   // Moments as safetensors: "m.<param>" and "v.<param>" (F32, the parameter's `shapes`), metadata "step".
   SafeTensors to_safetensors(const std::vector<Shape>& shapes) const;
@@ -59,6 +63,7 @@ class AdamW {
   std::vector<std::string> names_;
   std::vector<bool> decay_;
   std::vector<std::vector<float>> m_, v_;
+  std::vector<std::vector<uint8_t>> trainable_;
   int64_t t_ = 0;
 };
 

@@ -60,6 +60,8 @@ const std::vector<Field>& fields() {
       field("ckpt_every", &TrainConfig::ckpt_every),
       field("log_every", &TrainConfig::log_every),
       field("seed", &TrainConfig::seed),
+      field("stage", &TrainConfig::stage),
+      field("stage1_run", &TrainConfig::stage1_run),
   };
   return f;
 }
@@ -89,6 +91,8 @@ void validate(const TrainConfig& c) {
   nonneg("ckpt_every", c.ckpt_every);
   pos("log_every", c.log_every);
   TTT_CHECK(!c.data_dir.empty(), "train config: data_dir is empty");
+  TTT_CHECK(c.stage == 1 || c.stage == 2, "train config: stage must be 1 or 2, got " << c.stage);
+  TTT_CHECK(c.stage == 1 || !c.stage1_run.empty(), "train config: stage 2 needs stage1_run (the stage-1 run directory)");
 }
 
 json train_config_to_json(const TrainConfig& c) {

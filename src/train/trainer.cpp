@@ -241,6 +241,31 @@ std::string default_run_dir(const std::string& preset) {
   return dir;
 }
 
+std::vector<std::vector<uint8_t>> trainable_mask(const model::ModelConfig& cfg, const model::Params<float>& p,
+                                                 int64_t stage) {
+  std::vector<std::vector<uint8_t>> mask;
+  if (stage == 1) return mask;
+  TTT_CHECK(cfg.arch == "tnt", "stage 2 trains the local memories of a TNT model; arch is \"" << cfg.arch << "\"");
+  const int64_t H = cfg.n_mem_heads, first_local = cfg.use_global ? 1 : 0, M = cfg.n_memories();
+  for (size_t i = 0; i < p.names.size(); ++i) {
+    const std::string& n = p.names[i];
+    const ag::Mat<float>& v = p.values[i];
+    std::vector<uint8_t> m(v.data.size(), 0);
+    auto ends = [&](const std::string& suf) { return n.size() >= suf.size() && n.compare(n.size() - suf.size(), suf.size(), suf) == 0; };
+    if (n.find(".ttt.local.") != std::string::npos) {
+      std::fill(m.begin(), m.end(), 1);
+    } else if (ends("ttt.lr.weight") || ends("ttt.momentum.weight") || ends("ttt.decay.weight") ||
+               ends("ttt.lr.bias") || ends("ttt.momentum.bias") || ends("ttt.decay.bias")) {
+      TTT_CHECK(v.cols == M * H, "stage 2: gate projection '" << n << "' has " << v.cols << " columns, expected "
+                                                              << M * H);
+      for (int64_t r = 0; r < v.rows; ++r)
+        for (int64_t c = first_local * H; c < M * H; ++c) m[size_t(r * v.cols + c)] = 1;
+    }
+    mask.push_back(std::move(m));
+  }
+  return mask;
+}
+
 TrainResult train(const TrainOptions& opt) {
   const auto t_start = Clock::now();
   TrainResult res;
@@ -266,6 +291,30 @@ TrainResult train(const TrainOptions& opt) {
     const fs::path cd = fs::path(ck.dir);
     run_dir = cd.filename() == "checkpoint" ? cd.parent_path().string() : cd.string();
     if (run_dir.empty()) run_dir = ".";
+  } else if (!opt.stage2_from.empty()) {
+    // TNT stage 2: the stage-1 weights with smaller local chunks; only the local memories train.
+    LoadedCheckpoint s1 = load_checkpoint(opt.stage2_from, /*require_state=*/true);
+    cfg = s1.cfg;
+    TTT_CHECK(cfg.arch == "tnt", "stage 2 needs a TNT stage-1 run; '" << opt.stage2_from << "' is arch \""
+                                                                        << cfg.arch << "\"");
+    TTT_CHECK(opt.stage2_local_chunks.size() == cfg.local_chunks.size(),
+              "stage 2: --local-chunks gives " << opt.stage2_local_chunks.size() << " chunk sizes, the stage-1 model has "
+                                               << cfg.local_chunks.size() << " local memories");
+    cfg.local_chunks = opt.stage2_local_chunks;
+    model::validate(cfg);
+    tc = opt.train;
+    tc.stage = 2;
+    tc.stage1_run = opt.stage2_from;
+    tc.seq_len = cfg.seq_len;
+    if (tc.data_dir.empty()) tc.data_dir = s1.state.train.data_dir;
+    if (tc.steps <= 0) {
+      TTT_CHECK(opt.stage2_fraction > 0 && opt.stage2_fraction <= 1,
+                "stage 2: the budget fraction must be in (0, 1], got " << opt.stage2_fraction);
+      tc.steps = std::max<int64_t>(1, std::llround(opt.stage2_fraction * double(s1.state.train.steps)));
+    }
+    params = std::move(s1.params);
+    TTT_CHECK(!opt.out_dir.empty(), "train: no run directory given");
+    run_dir = opt.out_dir;
   } else {
     cfg = opt.model;
     tc = opt.train;
@@ -290,8 +339,10 @@ TrainResult train(const TrainOptions& opt) {
     std::error_code ec;
     fs::create_directories(run_dir, ec);
     TTT_CHECK(!ec, "cannot create run directory '" << run_dir << "': " << ec.message());
-    params = model::make_params<float>(cfg);
-    model::init_params(cfg, params, tc.seed);
+    if (tc.stage == 1) {
+      params = model::make_params<float>(cfg);
+      model::init_params(cfg, params, tc.seed);
+    }
     state = RunState{};
     state.train = tc;
     write_file_atomic(metrics_path, "");
@@ -309,6 +360,8 @@ TrainResult train(const TrainOptions& opt) {
   std::vector<int64_t> sizes;
   for (auto& m : params.values) sizes.push_back(m.size());
   AdamW adam(params.names, sizes, acfg);
+  const std::vector<std::vector<uint8_t>> mask = trainable_mask(cfg, params, tc.stage);
+  adam.set_trainable(mask);
   if (resuming) {
     load_optimizer(ck.dir, params, state, adam);
     TTT_CHECK(adam.steps() == state.step, "checkpoint '" << ck.dir << "': optimizer step " << adam.steps()
@@ -359,6 +412,9 @@ TrainResult train(const TrainOptions& opt) {
     const double loss = accumulate_gradients(cfg, params, micro, grads);
     TTT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step " << state.step + 1
                                                                << "; try a lower --lr or a smaller --clip");
+    for (size_t i = 0; i < mask.size(); ++i)  // frozen elements: no gradient (and none in the clipping norm)
+      for (size_t j = 0; j < mask[i].size(); ++j)
+        if (!mask[i][j]) grads[i].data[j] = 0.0f;
     const double gnorm = clip_grad_norm(grads, tc.clip);
     TTT_CHECK(std::isfinite(gnorm), "the gradient norm became " << gnorm << " at step " << state.step + 1
                                                                 << "; try a lower --lr");

@@ -33,7 +33,19 @@ struct TrainOptions {
   int64_t interrupt_after = 0;  // test hook: return after this many steps of this invocation without the
                                 // final validation/checkpoint, as if the process had been killed
   std::ostream* log = nullptr;  // progress lines (flushed), or nothing
+  // TNT stage 2 (a new run; opt.model is ignored): start from the stage-1 run `stage2_from` with local
+  // chunk sizes `stage2_local_chunks` (one per local memory); train.steps <= 0 means stage2_fraction of
+  // the stage-1 run's steps; an empty train.data_dir means the stage-1 run's data.
+  std::string stage2_from;
+  std::vector<int64_t> stage2_local_chunks;
+  double stage2_fraction = 0.05;
 };
+
+// Which elements of each parameter train in `stage`: stage 1 everything (empty masks); stage 2 (TNT) only
+// the local memories' own parameters: their initial weights (ttt.local.<i>.*) and their columns of the
+// gate projections (ttt.lr / ttt.momentum / ttt.decay weight and bias, columns m*H .. (m+1)*H - 1).
+std::vector<std::vector<uint8_t>> trainable_mask(const model::ModelConfig& cfg, const model::Params<float>& p,
+                                                 int64_t stage);
 
 struct TrainResult {
   std::string run_dir, checkpoint_dir;
