@@ -67,7 +67,7 @@ struct ModelConfig {
   std::string memory = "swiglu";  // memory family: "swiglu" (required by "lact") | "mlp" | "linear"
   bool decay = true;              // Titans decay W <- (1 - ᾱ) W ("titans", "tnt")
   bool mem_residual = true;       // MLP memory f(x) = x + W2 silu(W1 x) (spec §2 [choice])
-  double titans_base_lr = 0.01;   // θ base: θ_t = base · sigmoid(x W_θ + b_θ); 0.01 [choice]
+  double titans_base_lr = 0.003;  // θ base: θ_t = base · sigmoid(x W_θ + b_θ) [choice]; 0.01 diverged (NaN) in a CPU titans run
   int64_t global_chunk = 64;      // C_G
   std::vector<int64_t> local_chunks = {8, 16};  // C_L^(i)
   int64_t shard = 128;            // S_L: local memories reset every S_L tokens
