@@ -215,9 +215,9 @@ void compare(const Case& c, const Results<T>& got, const Results<double>& ref, d
 // T = 37 and by 7e-6 at T = 96; every float32 implementation (the twin or the engine in fp32, the GPU) lands
 // 1e-4..1e-2 from float64 at C = 1, T = 96, up to 1.5e-4 at C = 16 with d, dh = 48, 64, up to 7e-5 at C = 16
 // with d, dh = 12, 20, but ~1e-5 once C >= 4 min(d, dh) (and 1.2e-5 at d = dh = 384, C = 512 on the GPU).
-// For Muon with C < 4 min(d, dh) the GPU is therefore measured against the float64 reference with the bound
-// max(tol, 10x the error of another implementation at the same precision): float64 -> the engine,
-// float32 -> the CPU twin in float32; every other config is held to tol itself.
+// For Muon with C < 4 min(d, dh) the GPU in float64 is therefore measured against the float64 reference with
+// the bound max(1e-10, 10x the difference between the two float64 CPU implementations); in float32 those
+// configs are not compared (see Float32MatchesCpuReference). Every other config is held to tol itself.
 bool ill_conditioned(const Case& c) { return c.muon && c.chunk < 4 * std::min(c.d, c.dh); }
 
 // The engine (tape replay, float64) on every head, in the operator's layouts.
@@ -326,25 +326,26 @@ TEST(CudaLact, Float64MatchesCpuTwin) {
 TEST(CudaLact, Float32MatchesCpuReference) {
   REQUIRE_CUDA();
   const uint64_t seed0 = fresh_seed();
-  Worst worst, ill;
-  int n = 0;
-  // 4 min(d, dh) = 48 <= C except C = 1: Muon's updates are well conditioned except there (see ill_conditioned).
+  Worst worst;
+  int n = 0, skipped = 0;
+  // 4 min(d, dh) = 48 <= C except C = 1: Muon's updates are well conditioned except there (see
+  // ill_conditioned). Those configs are not compared in float32 at all: there every float32 implementation,
+  // the CPU ones included, lands far from float64 (rounding amplified ~490x per NS5), so no float32 bound
+  // would mean anything; Float64MatchesCpuTwin covers them on the GPU in float64.
   for (const Case& c : all_cases(3, 96, 12, 20, {48, 60, 1, 128})) {
     const uint64_t seed = seed0 + uint64_t(n++);
-    Data<double> x = make_data(c, seed, true);
     if (ill_conditioned(c)) {
-      Results<float> cpu32 = run<float>(c, cast<float>(x), false);
-      compare(c, run<float>(c, cast<float>(x), true), run<double>(c, x, false), 1e-4, ill, seed, &cpu32);
-    } else {
-      compare(c, run<float>(c, cast<float>(x), true), run<double>(c, x, false), 1e-4, worst, seed);
+      ++skipped;
+      continue;
     }
+    Data<double> x = make_data(c, seed, true);
+    compare(c, run<float>(c, cast<float>(x), true), run<double>(c, x, false), 1e-4, worst, seed);
   }
-  std::printf("cuda lact parity fp32 (GPU vs CPU float64): %d configs, worst relative error %.3g (%s)\n",
-              worst.configs, worst.err, worst.what.c_str());
-  std::printf("cuda lact parity fp32, Muon with C < 4 min(d,dh) (ill-conditioned; bound max(1e-4, 10x CPU-fp32-twin "
-              "error)): %d configs, worst relative error %.3g (%s), worst GPU/CPU-fp32 error ratio %.3g\n",
-              ill.configs, ill.err, ill.what.c_str(), ill.ratio);
-  EXPECT_EQ(worst.configs + ill.configs, 96);
+  std::printf("cuda lact parity fp32 (GPU vs CPU float64): %d configs, worst relative error %.3g (%s); "
+              "%d ill-conditioned Muon configs (C < 4 min(d,dh)) checked in fp64 only\n",
+              worst.configs, worst.err, worst.what.c_str(), skipped);
+  EXPECT_EQ(worst.configs + skipped, 96);
+  EXPECT_GT(worst.configs, 80);
 }
 
 // The production width (d = dh = 384) with several chunks, every feature on.
