@@ -9,7 +9,6 @@ namespace ttt::engine {
 
 namespace {
 
-const std::set<std::string> kKnown = {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2", "momentum", "grad_o"};
 
 template <class T>
 SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
@@ -70,40 +69,11 @@ class CudaBackend final : public OpBackend {
   SafeTensors lact(const SafeTensors& st, const LactOpOptions& opt) override {
     std::string why;
     TTT_CHECK(cuda::device_count(&why) > 0, "ttt op lact --device cuda: no usable CUDA device (" << why << ")");
-    for (auto& [name, t] : st.tensors)
-      TTT_CHECK(kKnown.count(name), "unexpected input tensor '" << name << "' (" << t.describe()
-                                                                << "); expected w0, w1, w2, q, k, v, lr0, lr1, lr2, "
-                                                                   "optional momentum and grad_o");
-    for (const char* n : {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2"})
-      TTT_CHECK(st.has(n), "missing input tensor '" << n << "'");
-    const Tensor& q = st.get("q");
-    TTT_CHECK(q.dim() == 3, "q must be [B,T,d], got " << q.describe());
-    const int64_t B = q.size(0), T_ = q.size(1), d = q.size(2);
-    TTT_CHECK(B > 0 && T_ > 0 && d > 0, "q has an empty dimension: " << q.describe());
-    const Tensor& w0 = st.get("w0");
-    TTT_CHECK(w0.dim() == 3, "w0 must be [B,dh,d], got " << w0.describe());
-    const int64_t dh = w0.size(1);
-    TTT_CHECK(dh > 0, "w0 has an empty dimension: " << w0.describe());
-    check_shape(w0, {B, dh, d}, "w0");
-    check_shape(st.get("w1"), {B, d, dh}, "w1");
-    check_shape(st.get("w2"), {B, dh, d}, "w2");
-    check_shape(st.get("k"), {B, T_, d}, "k");
-    check_shape(st.get("v"), {B, T_, d}, "v");
-    for (const char* n : {"lr0", "lr1", "lr2"}) check_shape(st.get(n), {B, T_}, n);
-    if (st.has("momentum")) check_shape(st.get("momentum"), {B, T_}, "momentum");
-    if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, T_, d}, "grad_o");
-    const DType dt = q.dtype();
-    TTT_CHECK(dt == DType::F64 || dt == DType::F32, "inputs must be F64 or F32; q is " << q.describe());
-    for (auto& [name, t] : st.tensors) {
-      TTT_CHECK(t.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
-                                                                        << "' is " << t.describe());
-      TTT_CHECK(t.all_finite(), "input '" << name << "' contains NaN or Inf");
-    }
-    TTT_CHECK(opt.chunk > 0, "--chunk must be positive, got " << opt.chunk);
+    const LactShapes sh = validate_lact_inputs(st, opt);
     // Contiguous copies: the kernels read plain [B,...] row-major arrays.
     SafeTensors c;
     for (auto& [name, t] : st.tensors) c.add(name, t.contiguous());
-    return dt == DType::F64 ? run_lact_cuda<double>(c, opt) : run_lact_cuda<float>(c, opt);
+    return sh.dtype == DType::F64 ? run_lact_cuda<double>(c, opt) : run_lact_cuda<float>(c, opt);
   }
 };
 

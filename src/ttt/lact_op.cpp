@@ -94,41 +94,52 @@ class CpuBackend final : public OpBackend {
  public:
   const char* name() const override { return "cpu"; }
   SafeTensors lact(const SafeTensors& st, const LactOpOptions& opt) override {
-    for (auto& [name, t] : st.tensors)
-      TTT_CHECK(kKnown.count(name), "unexpected input tensor '" << name << "' (" << t.describe()
-                                                                << "); expected w0, w1, w2, q, k, v, lr0, lr1, lr2, "
-                                                                   "optional momentum and grad_o");
-    for (const char* n : {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2"})
-      TTT_CHECK(st.has(n), "missing input tensor '" << n << "'");
-    const Tensor& q = st.get("q");
-    TTT_CHECK(q.dim() == 3, "q must be [B,T,d], got " << q.describe());
-    const int64_t B = q.size(0), T_ = q.size(1), d = q.size(2);
-    TTT_CHECK(B > 0 && T_ > 0 && d > 0, "q has an empty dimension: " << q.describe());
-    const Tensor& w0 = st.get("w0");
-    TTT_CHECK(w0.dim() == 3, "w0 must be [B,dh,d], got " << w0.describe());
-    const int64_t dh = w0.size(1);
-    check_shape(w0, {B, dh, d}, "w0");
-    check_shape(st.get("w1"), {B, d, dh}, "w1");
-    check_shape(st.get("w2"), {B, dh, d}, "w2");
-    check_shape(st.get("k"), {B, T_, d}, "k");
-    check_shape(st.get("v"), {B, T_, d}, "v");
-    for (const char* n : {"lr0", "lr1", "lr2"}) check_shape(st.get(n), {B, T_}, n);
-    if (st.has("momentum")) check_shape(st.get("momentum"), {B, T_}, "momentum");
-    if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, T_, d}, "grad_o");
-    const DType dt = q.dtype();
-    TTT_CHECK(dt == DType::F64 || dt == DType::F32,
-              "inputs must be F64 or F32; q is " << q.describe() << " (BF16 is for the CUDA backend)");
-    for (auto& [name, t] : st.tensors) {
-      TTT_CHECK(t.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
-                                                                        << "' is " << t.describe());
-      TTT_CHECK(t.all_finite(), "input '" << name << "' contains NaN or Inf");
-    }
-    TTT_CHECK(opt.chunk > 0, "--chunk must be positive, got " << opt.chunk);
-    return dt == DType::F64 ? run_lact<double>(st, opt) : run_lact<float>(st, opt);
+    const LactShapes sh = validate_lact_inputs(st, opt);
+    return sh.dtype == DType::F64 ? run_lact<double>(st, opt) : run_lact<float>(st, opt);
   }
 };
 
 }  // namespace
+
+LactShapes validate_lact_inputs(const SafeTensors& st, const LactOpOptions& opt) {
+  for (auto& [name, t] : st.tensors)
+    TTT_CHECK(kKnown.count(name), "unexpected input tensor '" << name << "' (" << t.describe()
+                                                              << "); expected w0, w1, w2, q, k, v, lr0, lr1, lr2, "
+                                                                 "optional momentum and grad_o");
+  for (const char* n : {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2"})
+    TTT_CHECK(st.has(n), "missing input tensor '" << n << "'");
+  const Tensor& q = st.get("q");
+  TTT_CHECK(q.dim() == 3, "q must be [B,T,d], got " << q.describe());
+  LactShapes sh;
+  sh.B = q.size(0), sh.T = q.size(1), sh.d = q.size(2);
+  TTT_CHECK(sh.B > 0 && sh.T > 0 && sh.d > 0, "q has an empty dimension: " << q.describe());
+  const Tensor& w0 = st.get("w0");
+  TTT_CHECK(w0.dim() == 3, "w0 must be [B,dh,d], got " << w0.describe());
+  sh.dh = w0.size(1);
+  TTT_CHECK(sh.dh > 0, "w0 has an empty dimension: " << w0.describe());
+  check_shape(w0, {sh.B, sh.dh, sh.d}, "w0");
+  check_shape(st.get("w1"), {sh.B, sh.d, sh.dh}, "w1");
+  check_shape(st.get("w2"), {sh.B, sh.dh, sh.d}, "w2");
+  check_shape(st.get("k"), {sh.B, sh.T, sh.d}, "k");
+  check_shape(st.get("v"), {sh.B, sh.T, sh.d}, "v");
+  for (const char* n : {"lr0", "lr1", "lr2"}) check_shape(st.get(n), {sh.B, sh.T}, n);
+  sh.momentum = st.has("momentum");
+  sh.grad = st.has("grad_o");
+  if (sh.momentum) check_shape(st.get("momentum"), {sh.B, sh.T}, "momentum");
+  if (sh.grad) check_shape(st.get("grad_o"), {sh.B, sh.T, sh.d}, "grad_o");
+  sh.dtype = q.dtype();
+  TTT_CHECK(sh.dtype == DType::F64 || sh.dtype == DType::F32,
+            "inputs must be F64 or F32; q is " << q.describe());
+  for (auto& [name, t] : st.tensors) {
+    TTT_CHECK(t.dtype() == sh.dtype, "all inputs must share one dtype: q is " << dtype_name(sh.dtype) << " but '"
+                                                                            << name << "' is " << t.describe());
+    TTT_CHECK(t.all_finite(), "input '" << name << "' contains NaN or Inf");
+  }
+  TTT_CHECK(opt.chunk > 0, "--chunk must be positive, got " << opt.chunk);
+  TTT_CHECK(opt.program == "causal" || opt.program == "bidirectional",
+            "unknown program '" << opt.program << "' (expected causal or bidirectional)");
+  return sh;
+}
 
 OpBackend& cpu_backend() {
   static CpuBackend backend;

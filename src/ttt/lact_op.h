@@ -26,6 +26,16 @@ class OpBackend {
 };
 
 OpBackend& cpu_backend();
+
+// The shapes every backend sees after validation of the contract above.
+struct LactShapes {
+  int64_t B = 0, T = 0, d = 0, dh = 0;
+  DType dtype = DType::F32;
+  bool momentum = false, grad = false;
+};
+// Validates names, shapes, dtypes (all F64 or all F32), finiteness and options; throws a ttt::Error naming
+// the offending tensor. Every backend calls this first.
+LactShapes validate_lact_inputs(const SafeTensors& inputs, const LactOpOptions& opt);
 #ifdef TTT_HAVE_CUDA
 // The CUDA backend (src/cuda/cuda_backend.cpp): the same contract on the current GPU, F32 (exact fp32 math)
 // or F64 inputs; the CPU twin of its algorithm is ttt/lact_fused.h.
