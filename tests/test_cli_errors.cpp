@@ -210,3 +210,23 @@ TEST(CliErrors, EmptyCorpusForPrepare) {
   expect_clean_failure("prepare --input " + q(f.dir / "absent") + " --out " + q(f.dir / "out"), "does not exist");
   fs::remove_all(f.dir);
 }
+
+TEST(CliErrors, GenerateBadInput) {
+  Fixture f = make_fixture("generate");
+  const std::string run = q(f.dir / "run");
+  // A valid checkpoint generates.
+  RunResult ok = run_cli("generate --checkpoint " + run + " --prompt Hi --max-new-tokens 5 --seed 3");
+  EXPECT_TRUE(WIFEXITED(ok.status) && WEXITSTATUS(ok.status) == 0) << ok.output;
+  expect_clean_failure("generate --prompt Hi", "--checkpoint");
+  expect_clean_failure("generate --checkpoint " + q(f.dir / "nope"), "does not exist");
+  expect_clean_failure("generate --checkpoint " + run + " --max-new-tokens -3", "max_new_tokens");
+  expect_clean_failure("generate --checkpoint " + run + " --top-p 1.5", "top_p");
+  expect_clean_failure("generate --checkpoint " + run + " --temperature -1", "temperature");
+  expect_clean_failure("generate --checkpoint " + run + " --max-new-tokens many", "integer");
+  const fs::path ck = f.dir / "run/checkpoint";
+  truncate_file(ck / "model.safetensors", 0.5);
+  expect_clean_failure("generate --checkpoint " + run, "truncated");
+  write_file_atomic((ck / "config.json").string(), "{\"dim\": 30, \"n_attn_heads\": 4}");
+  expect_clean_failure("generate --checkpoint " + run, "dim");
+  fs::remove_all(f.dir);
+}
