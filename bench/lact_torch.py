@@ -46,33 +46,45 @@ def _t(x):
     return x.transpose(-1, -2)
 
 
-def swiglu_apply(w0, w1, w2, x):
+def _bmm(a, b, mm_dtype=None):
+    """torch.bmm, or with mm_dtype (e.g. torch.bfloat16) on operands cast to it, the result back in a's dtype.
+
+    The bf16 mode of the GPU benchmark: matrix-product operands in bf16 (the products accumulate in fp32 inside
+    cuBLAS; torch rounds their results to bf16 before the cast back), everything else (fast-weight state,
+    momentum, weight norm, NS5 combination, element-wise math) in the inputs' dtype (fp32). No autocast.
+    """
+    if mm_dtype is None or a.dtype == mm_dtype:
+        return torch.bmm(a, b)
+    return torch.bmm(a.to(mm_dtype), b.to(mm_dtype)).to(a.dtype)
+
+
+def swiglu_apply(w0, w1, w2, x, mm_dtype=None):
     """f_W for a batch of token rows. w0, w2: [B,dh,d]; w1: [B,d,dh]; x: [B,n,d] -> [B,n,d]."""
-    g = torch.bmm(x, _t(w0))
-    h = torch.bmm(x, _t(w2))
-    return torch.bmm(F.silu(g) * h, _t(w1))
+    g = _bmm(x, _t(w0), mm_dtype)
+    h = _bmm(x, _t(w2), mm_dtype)
+    return _bmm(F.silu(g) * h, _t(w1), mm_dtype)
 
 
-def chunk_update_direction(w0, w1, w2, k, v, lr0, lr1, lr2):
+def chunk_update_direction(w0, w1, w2, k, v, lr0, lr1, lr2, mm_dtype=None):
     """Update direction dW_i = -sum_t lr_i,t grad_{W_i} l_t for one chunk, closed form (spec section 3).
 
     k, v: [B,n,d]; lr*: [B,n]. Returns (dW0 [B,dh,d], dW1 [B,d,dh], dW2 [B,dh,d]).
     """
-    g = torch.bmm(k, _t(w0))                      # [B,n,dh]
-    h = torch.bmm(k, _t(w2))                      # [B,n,dh]
+    g = _bmm(k, _t(w0), mm_dtype)                 # [B,n,dh]
+    h = _bmm(k, _t(w2), mm_dtype)                 # [B,n,dh]
     sg = torch.sigmoid(g)
     silu_g = g * sg
     dsilu_g = sg * (1.0 + g * (1.0 - sg))
     a = silu_g * h                                # [B,n,dh]
     # e = dl/dy = -v; da = e W1 = -(v W1). The minus signs of e and of the step cancel.
-    u = torch.bmm(v, w1)                          # [B,n,dh]  (u_t = W1^T v_t)
-    dw1 = torch.bmm(_t(v * lr1.unsqueeze(-1)), a)                         # sum lr1 v a^T
-    dw0 = torch.bmm(_t(u * h * dsilu_g * lr0.unsqueeze(-1)), k)           # sum lr0 (u*h*silu'(g)) k^T
-    dw2 = torch.bmm(_t(u * silu_g * lr2.unsqueeze(-1)), k)                # sum lr2 (u*silu(g)) k^T
+    u = _bmm(v, w1, mm_dtype)                     # [B,n,dh]  (u_t = W1^T v_t)
+    dw1 = _bmm(_t(v * lr1.unsqueeze(-1)), a, mm_dtype)                    # sum lr1 v a^T
+    dw0 = _bmm(_t(u * h * dsilu_g * lr0.unsqueeze(-1)), k, mm_dtype)      # sum lr0 (u*h*silu'(g)) k^T
+    dw2 = _bmm(_t(u * silu_g * lr2.unsqueeze(-1)), k, mm_dtype)           # sum lr2 (u*silu(g)) k^T
     return dw0, dw1, dw2
 
 
-def ns5(x):
+def ns5(x, mm_dtype=None):
     """Muon orthogonalization of a batch of matrices [B,r,c] in the input dtype (spec section 3.2)."""
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
@@ -80,9 +92,9 @@ def ns5(x):
     norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True)
     x = x / (norm + NS5_EPS)
     for a, b, c in NS5_COEFFS:
-        A = torch.bmm(x, _t(x))
-        Bm = b * A + c * torch.bmm(A, A)
-        x = a * x + torch.bmm(Bm, x)
+        A = _bmm(x, _t(x), mm_dtype)
+        Bm = b * A + c * _bmm(A, A, mm_dtype)
+        x = a * x + _bmm(Bm, x, mm_dtype)
     if transposed:
         x = _t(x)
     return x
@@ -94,13 +106,15 @@ def row_normalize(w, target):
 
 
 def lact_forward(w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum=None, chunk=64, program="causal",
-                 weight_norm="post", muon=False):
+                 weight_norm="post", muon=False, mm_dtype=None):
     """The LaCT memory operator. Returns o [B,T,d].
 
     w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d]: initial fast weights per sequence-head;
     q, k, v [B,T,d]; lr0, lr1, lr2 [B,T]; momentum [B,T] or None (gate m_t in (0,1); None = no momentum).
     chunk: tokens per chunk (the last chunk may be shorter); program: "causal" | "bidirectional";
     weight_norm: "post" | "pre" | "none"; muon: Newton-Schulz orthogonalization of each update.
+    mm_dtype: None (products in the inputs' dtype) or e.g. torch.bfloat16: the operands of every matrix product
+    cast to it, state and all other math in the inputs' dtype (the bf16 benchmark mode).
     """
     if program not in ("causal", "bidirectional"):
         raise ValueError(f"unknown program {program!r}")
@@ -125,13 +139,13 @@ def lact_forward(w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum=None, chunk=64, pr
 
     def update(state, mom_state, eff, s, e):
         dws = chunk_update_direction(eff[0], eff[1], eff[2], k[:, s:e], v[:, s:e],
-                                     lr0[:, s:e], lr1[:, s:e], lr2[:, s:e])
+                                     lr0[:, s:e], lr1[:, s:e], lr2[:, s:e], mm_dtype)
         if momentum is not None:
             mbar = momentum[:, s:e].mean(dim=1).view(B, 1, 1)
             dws = [dw if S is None else dw + mbar * S for dw, S in zip(dws, mom_state)]
             mom_state = list(dws)
         if muon:
-            dws = [ns5(dw) for dw in dws]
+            dws = [ns5(dw, mm_dtype) for dw in dws]
         state = [w + dw for w, dw in zip(state, dws)]
         if weight_norm == "post":
             state = [row_normalize(w, tg) for w, tg in zip(state, targets)]
@@ -142,14 +156,14 @@ def lact_forward(w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum=None, chunk=64, pr
     for s in range(0, T, chunk):
         e = min(s + chunk, T)
         if program == "causal":
-            outs.append(swiglu_apply(eff[0], eff[1], eff[2], q[:, s:e]))
+            outs.append(swiglu_apply(eff[0], eff[1], eff[2], q[:, s:e], mm_dtype))
             if e < T:
                 state, mom_state = update(state, mom_state, eff, s, e)
                 eff = effective(state)
         else:
             state, mom_state = update(state, mom_state, eff, s, e)
             eff = effective(state)
-            outs.append(swiglu_apply(eff[0], eff[1], eff[2], q[:, s:e]))
+            outs.append(swiglu_apply(eff[0], eff[1], eff[2], q[:, s:e], mm_dtype))
     return torch.cat(outs, dim=1)
 
 
@@ -304,6 +318,8 @@ def main(argv=None):
     p.add_argument("--weight-norm", choices=("post", "pre", "none"), default="post")
     p.add_argument("--muon", action="store_true")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mm-dtype", choices=("same", "bf16"), default="same",
+                   help="bf16: matrix-product operands in bf16, state and other math in the inputs' dtype")
     args = p.parse_args(argv)
 
     try:
@@ -316,7 +332,8 @@ def main(argv=None):
     compute = io_dtype if io_dtype in (torch.float32, torch.float64) else torch.float32
     x = {n: t.to(device=args.device, dtype=compute) for n, t in x.items()}
     grad_o = x.pop("grad_o", None)
-    opts = dict(chunk=args.chunk, program=args.program, weight_norm=args.weight_norm, muon=args.muon)
+    opts = dict(chunk=args.chunk, program=args.program, weight_norm=args.weight_norm, muon=args.muon,
+                mm_dtype=torch.bfloat16 if args.mm_dtype == "bf16" else None)
     if grad_o is None:
         with torch.no_grad():
             result = {"o": lact_forward(**x, **opts)}

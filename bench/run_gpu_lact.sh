@@ -2,14 +2,18 @@
 # GPU benchmark of the LaCT memory operator (spec §5): the CUDA backend of ttt (`ttt bench op --device cuda`)
 # against the same op in PyTorch (bench/lact_torch.py), eager and under torch.compile, at b*H = 4, T = 32768,
 # C = 2048, momentum on: d = dh = 384 with Muon off and on, d = dh = 768 with Muon; plus ttt's forward+backward
-# over 1M tokens (b*H = 4, d = dh = 384, C = 2048). fp32 everywhere (TF32 off in both); every timing is the
-# median of CUDA-event timed repetitions after warm-up runs, each mode warmed up separately.
+# over 1M tokens (b*H = 4, d = dh = 384, C = 2048). fp32 by default (TF32 off in both); with bf16 rows
+# (ttt --precision bf16; torch with bf16 matmul operands, fp32 state: lact_torch.py's mm_dtype) compared
+# like-for-like. Every timing is the median of CUDA-event timed repetitions after warm-up runs, each mode
+# warmed up separately.
 #
 # Usage: bench/run_gpu_lact.sh            (env: TTT = the ttt binary, default build-cuda/ttt;
 #                                           TTT_LIBS = extra library dir for it; OUT = output dir;
 #                                           BUDGET_S = seconds this script may take, default 480;
-#                                           TTT_TF32=0 skips ttt's TF32 rows; TORCH_RUNS = space-separated
-#                                           mode:d:muon:tf32:timeout_s, default all eight below)
+#                                           TTT_TF32=0 skips ttt's TF32 rows, TTT_BF16=0 its bf16 rows;
+#                                           TTT_1M=0 skips the 1M-token row; TORCH_RUNS = space-separated
+#                                           mode:d:muon:math:timeout_s with math 0 (fp32), 1 (tf32) or bf16,
+#                                           default below)
 # Writes JSON lines to $OUT/bench_ttt.jsonl and $OUT/bench_torch.jsonl, logs to $OUT/*.log, and prints a
 # table last.
 set -u
@@ -43,12 +47,16 @@ bench_ttt() {  # extra flags...
 bench_ttt --T 32768 --d 384 --dh 384 --repeats 7 --warmup 2
 bench_ttt --T 32768 --d 384 --dh 384 --muon --repeats 7 --warmup 2
 bench_ttt --T 32768 --d 768 --dh 768 --muon --repeats 5 --warmup 2
-bench_ttt --T 1048576 --d 384 --dh 384 --repeats 3 --warmup 1
+[ "${TTT_1M:-1}" != 0 ] && bench_ttt --T 1048576 --d 384 --dh 384 --repeats 3 --warmup 1
 # TF32 tensor-core products (an option; not the default): the same three shapes.
 if [ "${TTT_TF32:-1}" != 0 ]; then
   bench_ttt --T 32768 --d 384 --dh 384 --tf32 --repeats 7 --warmup 2
   bench_ttt --T 32768 --d 384 --dh 384 --muon --tf32 --repeats 7 --warmup 2
   bench_ttt --T 32768 --d 768 --dh 768 --muon --tf32 --repeats 5 --warmup 2
+fi
+# bf16 matrix inputs, fp32 accumulation and state (issue 5's precision contract); Muon is not offered in bf16.
+if [ "${TTT_BF16:-1}" != 0 ]; then
+  bench_ttt --T 32768 --d 384 --dh 384 --precision bf16 --repeats 7 --warmup 2
 fi
 
 # ---- PyTorch (eager, torch.compile) ----------------------------------------------------------------------
@@ -59,7 +67,8 @@ import torch
 sys.path.insert(0, sys.argv[1])
 import lact_torch as L
 
-mode, d, muon, tf32, out = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1", sys.argv[6]
+mode, d, muon, math, out = sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5], sys.argv[6]
+tf32, bf16 = math == "1", math == "bf16"
 B, T, C = 4, 32768, 2048
 torch.backends.cuda.matmul.allow_tf32 = tf32
 torch.backends.cudnn.allow_tf32 = tf32
@@ -75,7 +84,7 @@ x = {"w0": normal(B, d, d, scale=d ** -0.5), "w1": normal(B, d, d, scale=d ** -0
      "lr0": uniform(0.001, 0.01, B, T), "lr1": uniform(0.001, 0.01, B, T), "lr2": uniform(0.001, 0.01, B, T),
      "momentum": uniform(0.5, 0.95, B, T)}
 go = normal(B, T, d, scale=1.0)
-opts = dict(chunk=C, program="causal", weight_norm="post", muon=muon)
+opts = dict(chunk=C, program="causal", weight_norm="post", muon=muon, mm_dtype=torch.bfloat16 if bf16 else None)
 f = torch.compile(L.lact_forward, dynamic=False) if mode == "compile" else L.lact_forward
 
 def fwd():
@@ -100,7 +109,7 @@ def timed(fn, warmup, repeats):
     return sorted(ms)[len(ms) // 2], ms, warm_s
 
 rec = {"impl": "torch_" + mode, "torch": torch.__version__, "gpu": torch.cuda.get_device_name(),
-       "math": "tf32" if tf32 else "fp32", "bh": B, "T": T, "d": d, "dh": d, "chunk": C, "momentum": True,
+       "math": "bf16" if bf16 else "tf32" if tf32 else "fp32", "bh": B, "T": T, "d": d, "dh": d, "chunk": C, "momentum": True,
        "muon": muon, "weight_norm": "post"}
 reps = 7 if d <= 384 else 5
 torch.cuda.reset_peak_memory_stats()
@@ -114,17 +123,18 @@ with open(out, "a") as fh:
 print(json.dumps({k: rec[k] for k in ("impl", "math", "d", "muon", "fwd_ms", "fwdbwd_ms")}))
 PY
 : >"$OUTDIR/bench_torch.jsonl"
-bench_torch() {  # mode d muon tf32 timeout
+bench_torch() {  # mode d muon math(0|1|bf16) timeout
   local t=$5
-  [ "$(left)" -lt 30 ] && { echo "skip torch $1 d=$2 muon=$3 tf32=$4: out of time budget"; return; }
+  [ "$(left)" -lt 30 ] && { echo "skip torch $1 d=$2 muon=$3 math=$4: out of time budget"; return; }
   [ "$(left)" -lt "$t" ] && t=$(left)
-  echo "== torch $1 d=$2 muon=$3 tf32=$4 (timeout ${t}s)"
+  echo "== torch $1 d=$2 muon=$3 math=$4 (timeout ${t}s)"
   PYTHONUNBUFFERED=1 timeout "$t" python3 "$PYBENCH" "$ROOT/bench" "$1" "$2" "$3" "$4" "$OUTDIR/bench_torch.jsonl" \
-    >>"$OUTDIR/bench_torch.log" 2>&1 || echo "torch $1 d=$2 muon=$3 tf32=$4 failed or timed out (see bench_torch.log)" |
+    >>"$OUTDIR/bench_torch.log" 2>&1 || echo "torch $1 d=$2 muon=$3 math=$4 failed or timed out (see bench_torch.log)" |
     tee -a "$OUTDIR/bench_torch.log"
 }
 RUNS=${TORCH_RUNS:-"eager:384:0:0:120 eager:384:1:0:120 eager:768:1:0:150 compile:384:0:0:240 compile:384:1:0:240
-  compile:768:1:0:240 eager:384:0:1:90 compile:384:0:1:200"}
+  compile:768:1:0:240 eager:384:0:1:90 compile:384:0:1:200 eager:384:0:bf16:90 eager:384:1:bf16:90
+  compile:384:0:bf16:200 compile:384:1:bf16:200"}
 for r in $RUNS; do
   IFS=: read -r m dd mu tf to <<<"$r"
   bench_torch "$m" "$dd" "$mu" "$tf" "$to"

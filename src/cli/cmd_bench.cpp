@@ -314,7 +314,9 @@ int cmd_bench_op(const Argv& argv) {
       .value("repeats", "timed repetitions (median reported)", "3")
       .value("warmup", "untimed warm-up runs", "1")
       .value("device", "cpu | cuda (builds with the CUDA toolkit, on an NVIDIA GPU)", "cpu")
-      .flag("tf32", "cuda: TF32 tensor-core matrix products (default exact fp32)");
+      .flag("tf32", "cuda: TF32 tensor-core matrix products (default exact fp32); same as --precision tf32")
+      .value("precision", "cuda: matrix products in fp32 | tf32 | bf16 (bf16 inputs, fp32 accumulation and state)",
+             "fp32");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
@@ -328,6 +330,13 @@ int cmd_bench_op(const Argv& argv) {
   TTT_CHECK(device_ok, "ttt bench op: device '" << device << "' is not available in this build");
   const bool gpu = device == "cuda";
   TTT_CHECK(gpu || !a.on("tf32"), "ttt bench op: --tf32 needs --device cuda");
+  TTT_CHECK(gpu || a.str("precision") == "fp32", "ttt bench op: --precision other than fp32 needs --device cuda");
+  TTT_CHECK(!a.on("tf32") || a.str("precision") == "fp32" || a.str("precision") == "tf32",
+            "ttt bench op: --tf32 contradicts --precision " << a.str("precision"));
+  const std::string precision = a.on("tf32") ? std::string("tf32") : a.str("precision");
+  TTT_CHECK(!(precision == "bf16" && a.on("muon")),
+            "ttt bench op: --precision bf16 with --muon is not supported (NS5 amplifies bf16 rounding beyond the "
+            "2e-2 parity bound; see docs/PERF.md); use --precision tf32 or fp32");
   // The CUDA bench defaults to the memory of the 760M LaCT layer (spec §5): T 32768, d = dh = 384, C 2048.
   auto pick = [&](const char* name, int64_t gpu_default) { return gpu && !a.has(name) ? gpu_default : a.i64(name); };
   const int64_t B = a.i64("bh"), n = pick("T", 32768), d = pick("d", 384), dh = pick("dh", 384);
@@ -355,7 +364,7 @@ int cmd_bench_op(const Argv& argv) {
       s.norm = wn == engine::WeightNorm::Post ? lact::Norm::Post
                : wn == engine::WeightNorm::Pre ? lact::Norm::Pre
                                                : lact::Norm::None;
-      j = cuda::bench_lact_json(s, repeats, warmup, a.on("tf32"));
+      j = cuda::bench_lact_json(s, repeats, warmup, precision);
 #endif
     } else if (a.str("dtype") == "f32")
       j = bench_lact<float>(B, n, d, dh, c, a.on("muon"), !a.on("no-momentum"), wn, repeats, warmup);

@@ -16,7 +16,9 @@ int cmd_op_lact(const Argv& argv) {
       .value("program", "causal | bidirectional", "causal")
       .value("weight-norm", "post | pre | none", "post")
       .flag("muon", "orthogonalize each update with Newton-Schulz (NS5)")
-      .value("device", "cpu | cuda (builds with the CUDA toolkit, on an NVIDIA GPU)", "cpu");
+      .value("device", "cpu | cuda (builds with the CUDA toolkit, on an NVIDIA GPU)", "cpu")
+      .value("precision", "cuda, F32 inputs: matrix products in fp32 | tf32 | bf16 (bf16 inputs, fp32 accumulation "
+             "and state)", "fp32");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
@@ -35,6 +37,9 @@ int cmd_op_lact(const Argv& argv) {
   opt.program = a.str("program");
   opt.weight_norm = engine::parse_weight_norm(a.str("weight-norm"));
   opt.muon = a.on("muon");
+  opt.precision = a.str("precision");
+  TTT_CHECK(opt.precision == "fp32" || a.str("device") == "cuda",
+            "ttt op lact: --precision " << opt.precision << " needs --device cuda");
   SafeTensors in = safetensors_load(a.str("in"));
   SafeTensors out = backend->lact(in, opt);
   safetensors_save(a.str("out"), out);

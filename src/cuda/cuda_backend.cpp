@@ -1,6 +1,7 @@
 // engine::cuda_backend(): the LaCT operator on named tensors (what `ttt op lact --device cuda` runs), on the
 // GPU through cuda/lact_cuda.h. Same inputs, outputs and checks as the CPU backend (ttt/lact_op.cpp).
 #include <set>
+#include <type_traits>
 
 #include "cuda/lact_cuda.h"
 #include "ttt/lact_op.h"
@@ -33,10 +34,18 @@ SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
   lact::Inputs<T> in{ptr("w0"), ptr("w1"), ptr("w2"), ptr("q"), ptr("k"), ptr("v"), ptr("lr0"), ptr("lr1"), ptr("lr2"),
                      momentum ? ptr("momentum") : nullptr};
   const DType dt = dtype_of<T>::value;
+  const cuda::LactOptions copt = cuda::precision_options(opt.precision);
+  TTT_CHECK((std::is_same<T, float>::value) || opt.precision == "fp32",
+            "ttt op lact --device cuda: --precision " << opt.precision << " needs F32 inputs");
+  // NS5 amplifies the rounding of bf16 operands: gradients land 2e-2..4e-1 from float64 (measured on an
+  // H100), outside the bf16 parity bound, so this combination is not offered.
+  TTT_CHECK(!(opt.muon && opt.precision == "bf16"),
+            "ttt op lact --device cuda: --precision bf16 with Muon is not supported (NS5 amplifies bf16 rounding "
+            "beyond the 2e-2 parity bound); use --precision tf32 or fp32");
   SafeTensors out;
   Tensor o = Tensor::empty({B, T_, d}, dt);
   if (!want_grad) {
-    cuda::lact_host<T>(s, in, o.data<T>(), nullptr, nullptr);
+    cuda::lact_host<T>(s, in, o.data<T>(), nullptr, nullptr, copt);
     out.add("o", o);
     return out;
   }
@@ -46,7 +55,7 @@ SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
   Tensor gm = momentum ? Tensor::empty({B, T_}, dt) : Tensor();
   lact::Grads<T> g{gw0.data<T>(), gw1.data<T>(), gw2.data<T>(), gq.data<T>(), gk.data<T>(), gv.data<T>(),
                    gl0.data<T>(), gl1.data<T>(), gl2.data<T>(), momentum ? gm.data<T>() : nullptr};
-  cuda::lact_host<T>(s, in, o.data<T>(), ptr("grad_o"), &g);
+  cuda::lact_host<T>(s, in, o.data<T>(), ptr("grad_o"), &g, copt);
   out.add("o", o);
   out.add("grad_w0", gw0);
   out.add("grad_w1", gw1);

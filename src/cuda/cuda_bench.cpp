@@ -6,11 +6,10 @@
 
 namespace ttt::cuda {
 
-nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, bool tf32) {
+nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, const std::string& precision) {
   std::string why;
   TTT_CHECK(device_count(&why) > 0, "ttt bench op --device cuda: no usable CUDA device (" << why << ")");
-  LactOptions opt;
-  opt.tf32 = tf32;
+  const LactOptions opt = precision_options(precision);
   LactBenchResult r = bench_lact(s, repeats, warmup, opt);
   const double fwd = r.fwd_ms_median / 1e3, fwdbwd = r.fwdbwd_ms_median / 1e3;
   // FLOPs as the LaCT code counts them (spec §5): forward 18*d*dh*T per head; training 3x.
@@ -21,7 +20,7 @@ nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, bo
           {"device", "cuda"},
           {"gpu", r.device},
           {"dtype", "f32"},
-          {"math", tf32 ? "tf32" : "fp32"},
+          {"math", precision_name(opt)},
           {"threads", 1},
           {"bh", s.B},
           {"T", s.T},

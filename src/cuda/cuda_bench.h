@@ -1,6 +1,7 @@
 // JSON result of `ttt bench op --device cuda` (see cuda_bench.cpp).
 #pragma once
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "ttt/lact_fused.h"
 
@@ -10,6 +11,10 @@ namespace ttt::cuda {
 // weight_norm, repeats, fwd_s, fwd_tokens_per_s, fwd_gflops, fwdbwd_s, fwdbwd_tokens_per_s, fwdbwd_gflops)
 // plus gpu, math, program, warmup, fwd_ms_all, fwdbwd_ms_all, peak_gpu_bytes (this library's allocations),
 // workspace_bytes, gpu_used_bytes / gpu_total_bytes (cudaMemGetInfo) and outputs_finite.
-nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, bool tf32);
+// precision: fp32 | tf32 | bf16 (the "math" field; bf16 = bf16 matrix inputs, fp32 accumulation and state).
+nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, const std::string& precision);
+inline nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, bool tf32) {
+  return bench_lact_json(s, repeats, warmup, std::string(tf32 ? "tf32" : "fp32"));
+}
 
 }  // namespace ttt::cuda

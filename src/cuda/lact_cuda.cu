@@ -5,10 +5,13 @@
 #include "cuda/lact_cuda.h"
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cstdint>
 #include <cmath>
 #include <sstream>
 #include <type_traits>
@@ -88,6 +91,21 @@ __device__ __forceinline__ Acc warp_sum(Acc v) {
 template <class T>
 __global__ void k_add(T* dst, const T* src, int64_t n) {
   GRID_STRIDE(i, n) dst[i] += src[i];
+}
+// bf16 copies of fp32 matrix operands (round to nearest even); doubles are never converted.
+__global__ void k_to_bf16(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, int64_t n) {
+  const int64_t n4 = n / 4;
+  if ((reinterpret_cast<uintptr_t>(src) & 15) == 0 && (reinterpret_cast<uintptr_t>(dst) & 7) == 0) {
+    GRID_STRIDE(i, n4) {
+      const float4 x = reinterpret_cast<const float4*>(src)[i];
+      __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+      reinterpret_cast<__nv_bfloat162*>(dst)[2 * i] = lo;
+      reinterpret_cast<__nv_bfloat162*>(dst)[2 * i + 1] = hi;
+    }
+    GRID_STRIDE(i, n - 4 * n4) dst[4 * n4 + i] = __float2bfloat16_rn(src[4 * n4 + i]);
+  } else {
+    GRID_STRIDE(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+  }
 }
 template <class T>
 __global__ void k_sqrt(T* x, int64_t n) {
@@ -410,8 +428,11 @@ class CudaOps {
     TTT_CUBLAS_CHECK(cublasCreate(&handle_));
     TTT_CUBLAS_CHECK(cublasSetStream(handle_, stream_));
     TTT_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+    TTT_CHECK(!(opt_.tf32 && opt_.bf16), "lact cuda: the tf32 and bf16 options exclude each other");
+    TTT_CHECK(!opt_.bf16 || (std::is_same<T, float>::value), "lact cuda: bf16 matrix inputs need float data");
     if (std::is_same<T, double>::value) compute_ = CUBLAS_COMPUTE_64F;
     else compute_ = opt_.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    bf16_ = opt_.bf16 && std::is_same<T, float>::value;
     partial_ = static_cast<Acc*>(device_malloc(sizeof(Acc) * size_t(3 * g_.B * kMaxSlices)));
     workspace_bytes_ += sizeof(Acc) * size_t(3 * g_.B * kMaxSlices);
   }
@@ -429,13 +450,56 @@ class CudaOps {
   cudaStream_t stream() const { return stream_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
 
-  T* alloc(int64_t n) {
-    const size_t bytes = sizeof(T) * size_t(std::max<int64_t>(n, 1));
+  T* alloc(int64_t n) { return static_cast<T*>(alloc_bytes(sizeof(T) * size_t(std::max<int64_t>(n, 1)))); }
+  void* alloc_bytes(size_t bytes) {
     void* p = device_malloc(bytes);
     allocs_.push_back({p, bytes});
     workspace_bytes_ += bytes;
-    if (opt_.poison_workspace) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, stream_));
-    return static_cast<T*>(p);
+    if (opt_.poison_workspace) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, stream_));  // bf16 0xFFFF: NaN too
+    return p;
+  }
+
+  // ---- bf16 matrix inputs ------------------------------------------------------------------------------
+  // Mirrors: bf16 copies of the [B,T,d] inputs (q, k, v, grad_o), made once per forward / backward, so that
+  // a chunk operand inside one of them is read from its copy. Every other operand (states, chunk buffers,
+  // NS5 iterates) is converted into one of two scratch buffers right before its product.
+  bool bf16() const { return bf16_; }
+  void init_bf16(int64_t chunk, bool with_grad) {
+    if (!bf16_) return;
+    const int64_t C = std::min(chunk, g_.T), BTD = g_.B * g_.T * g_.d;
+    for (int i = 0; i < (with_grad ? 4 : 3); ++i) {
+      mirrors_[size_t(i)].copy = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(BTD)));
+      mirrors_[size_t(i)].n = BTD;
+    }
+    scratch_n_ = std::max<int64_t>(3 * g_.B * g_.P(), g_.B * C * std::max<int64_t>(2 * g_.dh, g_.d));
+    for (auto& sp : scratch_) sp = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(scratch_n_)));
+  }
+  // Mirror slot i (0 q, 1 k, 2 v, 3 grad_o) := bf16(base[0 .. B*T*d)).
+  void set_mirror(int i, const T* base) {
+    if (!bf16_) return;
+    Mirror& m = mirrors_[size_t(i)];
+    TTT_CHECK(m.copy, "lact cuda: bf16 mirror " << i << " not allocated");
+    to_bf16(reinterpret_cast<const float*>(base), m.copy, m.n);
+    m.base = base;
+  }
+
+  // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    if (bf16_) {
+      // Elements each operand spans: (batch-1) strides plus one stored matrix ([rows, cols] with leading dim).
+      const int64_t ra = ta ? k : m, ca = ta ? m : k, rb = tb ? n : k, cb = tb ? k : n;
+      const int64_t ea = (batch - 1) * sA + (ra - 1) * lda + ca, eb = (batch - 1) * sB + (rb - 1) * ldb + cb;
+      const __nv_bfloat16* a16 = operand_bf16(A, ea, 0);
+      const __nv_bfloat16* b16 = (B == A && eb == ea) ? a16 : operand_bf16(B, eb, 1);
+      const float fa = float(alpha), fb = float(beta);
+      TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa, b16,
+          CUDA_R_16BF, int(ldb), (long long)sB, a16, CUDA_R_16BF, int(lda), (long long)sA, &fb, C, CUDA_R_32F,
+          int(ldc), (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
+    gemm_native(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
   }
   void zero(T* p, int64_t n) { TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), stream_)); }
   void copy(T* dst, const T* src, int64_t n) {
@@ -455,9 +519,8 @@ class CudaOps {
                                      size_t(g_.B), stream_));
   }
 
-  // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T.
-  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
-            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+  void gemm_native(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+                   const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
     const cudaDataType_t dt = CublasType<T>::data;
     TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                 int(n), int(m), int(k), &alpha, B, dt, int(ldb), (long long)sB, A, dt,
@@ -564,6 +627,34 @@ class CudaOps {
   std::vector<std::pair<void*, size_t>> allocs_;
   Acc* partial_ = nullptr;
   size_t workspace_bytes_ = 0;
+  // bf16 matrix inputs
+  struct Mirror {
+    const T* base = nullptr;
+    int64_t n = 0;
+    __nv_bfloat16* copy = nullptr;
+  };
+  bool bf16_ = false;
+  std::array<Mirror, 4> mirrors_{};
+  std::array<__nv_bfloat16*, 2> scratch_{};
+  int64_t scratch_n_ = 0;
+
+  void to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
+    k_to_bf16<<<grid_for((n + 3) / 4), kThreads, 0, stream_>>>(src, dst, n);
+    TTT_LAUNCH_CHECK("to_bf16");
+  }
+  // The bf16 operand for the `extent` elements from p: inside a mirror, its copy; else converted into scratch i.
+  const __nv_bfloat16* operand_bf16(const T* p, int64_t extent, int i) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p), e = a + uintptr_t(extent) * sizeof(T);
+    for (const Mirror& m : mirrors_) {
+      if (!m.base) continue;
+      const uintptr_t b = reinterpret_cast<uintptr_t>(m.base);
+      if (a >= b && e <= b + uintptr_t(m.n) * sizeof(T)) return m.copy + (p - m.base);
+    }
+    TTT_CHECK(extent <= scratch_n_, "lact cuda bf16: a matrix operand of " << extent
+                                        << " elements exceeds the conversion buffer (" << scratch_n_ << ")");
+    to_bf16(reinterpret_cast<const float*>(p), scratch_[size_t(i)], extent);
+    return scratch_[size_t(i)];
+  }
 };
 
 template <class T>
@@ -604,6 +695,15 @@ std::string device_description() {
      << double(p.totalGlobalMem) / double(1ull << 30) << " GiB)";
   return os.str();
 }
+
+LactOptions precision_options(const std::string& precision) {
+  LactOptions o;
+  if (precision == "tf32") o.tf32 = true;
+  else if (precision == "bf16") o.bf16 = true;
+  else TTT_CHECK(precision == "fp32", "unknown precision '" << precision << "' (expected fp32, tf32 or bf16)");
+  return o;
+}
+const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
 
 size_t tracked_bytes() { return g_bytes.load(); }
 size_t tracked_peak_bytes() { return g_peak.load(); }
@@ -654,7 +754,9 @@ struct LactRunner<T>::Impl {
   CudaOps<T> ops;
   lact::Fused<CudaOps<T>> fused;
   Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt)
-      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad) {}
+      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad) {
+    ops.init_bf16(s.chunk, with_grad);
+  }
 };
 
 template <class T>
@@ -667,10 +769,16 @@ template <class T>
 LactRunner<T>::~LactRunner() = default;
 template <class T>
 void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o) {
+  if (impl_->ops.bf16()) {  // bf16 copies of the token inputs the chunk products read (backward reuses them)
+    impl_->ops.set_mirror(0, in.q);
+    impl_->ops.set_mirror(1, in.k);
+    impl_->ops.set_mirror(2, in.v);
+  }
   impl_->fused.forward(in, o);
 }
 template <class T>
 void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g) {
+  if (impl_->ops.bf16()) impl_->ops.set_mirror(3, grad_o);
   impl_->fused.backward(grad_o, g);
 }
 template <class T>

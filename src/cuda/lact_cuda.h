@@ -25,9 +25,20 @@ std::string device_description();
 struct LactOptions {
   // cuBLAS TF32 tensor-core products (CUBLAS_COMPUTE_32F_FAST_TF32) for float; default exact fp32.
   bool tf32 = false;
+  // bf16 matrix inputs with fp32 accumulation (float only; issue 5's precision contract): every operand of
+  // the chunk matrix products (q/k/v/grad_o chunks, intermediate activations, bf16 copies of the fp32
+  // weights, states and NS5 iterates) is rounded to bf16 and the products accumulate in fp32
+  // (cublasGemmStridedBatchedEx, CUDA_R_16BF inputs, CUBLAS_COMPUTE_32F, fp32 outputs). The fast-weight state,
+  // momentum, weight-norm math, NS5 accumulation and every reduction and element-wise step stay fp32.
+  // Exclusive with tf32.
+  bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
 };
+
+// "fp32" | "tf32" | "bf16" -> options (throws on anything else); and back.
+LactOptions precision_options(const std::string& precision);
+const char* precision_name(const LactOptions& opt);
 
 // Bytes this library holds on the device now, and the most it held at once since the last reset.
 size_t tracked_bytes();

@@ -13,6 +13,9 @@ struct LactOpOptions {
   std::string program = "causal";  // causal | bidirectional
   WeightNorm weight_norm = WeightNorm::Post;
   bool muon = false;
+  // Matrix products of the CUDA backend on F32 inputs: fp32 | tf32 | bf16 (bf16 inputs, fp32 accumulation and
+  // state). The CPU backend computes in the inputs' dtype and accepts fp32 only.
+  std::string precision = "fp32";
 };
 
 // Inputs: w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d], q/k/v [B,T,d], lr0/lr1/lr2 [B,T],
