@@ -1,0 +1,352 @@
+// The CUDA layer kernels (src/cuda/kernels.h) against their CPU references (src/nn/layers.cpp on the autograd
+// tape in float64, src/train/optimizer.cpp) on fresh random inputs: fp32 on the GPU within 1e-4 relative
+// (||gpu - cpu|| / ||cpu|| per output, in double) of float64 on the CPU, AdamW within 1e-6 relative of the CPU
+// optimizer after 3 steps. Device outputs are filled with NaN before every run, so an element no kernel writes
+// shows as NaN (which never passes). Reductions must be bit-reproducible: each backward runs twice and the
+// results are compared bitwise. Every test skips, saying why, without CUDA in the build or a usable device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "autograd/tape.h"
+#include "core/rng.h"
+#include "nn/layers.h"
+#include "train/optimizer.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/kernels.h"
+#include "cuda/lact_cuda.h"
+#endif
+
+using namespace ttt;
+
+#ifndef TTT_HAVE_CUDA
+
+TEST(CudaKernels, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA toolkit (TTT_HAVE_CUDA unset)"; }
+
+#else
+
+namespace {
+
+#define REQUIRE_CUDA()                                                                     \
+  do {                                                                                     \
+    std::string why_;                                                                      \
+    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_; \
+  } while (0)
+
+constexpr double kTol = 1e-4;
+constexpr double kAdamTol = 1e-6;
+
+uint64_t fresh_seed() {
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+std::vector<float> normal(Rng& r, int64_t n, double s) {
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& e : x) e = float(r.normal() * s);
+  return x;
+}
+std::vector<float> uniform(Rng& r, int64_t n, double lo, double hi) {
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& e : x) e = float(r.uniform(lo, hi));
+  return x;
+}
+ag::Mat<double> mat(const std::vector<float>& v, int64_t rows, int64_t cols) {
+  ag::Mat<double> m(rows, cols);
+  for (size_t i = 0; i < v.size(); ++i) m.data[i] = double(v[i]);
+  return m;
+}
+
+// ||a - ref|| / ||ref|| in double; infinite when a holds a NaN or an Inf.
+template <class R>
+double rel_err(const std::vector<float>& a, const std::vector<R>& ref) {
+  EXPECT_EQ(a.size(), ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(double(a[i]))) return INFINITY;
+    const double d = double(a[i]) - double(ref[i]);
+    num += d * d;
+    den += double(ref[i]) * double(ref[i]);
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// Device buffer helpers: upload a host vector; an output buffer filled with NaN.
+template <class T>
+cuda::DeviceBuffer up(const std::vector<T>& v) {
+  cuda::DeviceBuffer b(std::max<size_t>(1, v.size() * sizeof(T)));
+  if (!v.empty()) b.upload(v.data(), v.size() * sizeof(T));
+  return b;
+}
+cuda::DeviceBuffer nan_buf(size_t bytes) {
+  cuda::DeviceBuffer b(std::max<size_t>(1, bytes));
+  b.fill_nan();
+  return b;
+}
+template <class T>
+std::vector<T> down(const cuda::DeviceBuffer& b, size_t n) {
+  cuda::stream_synchronize();
+  std::vector<T> v(n);
+  if (n) b.download(v.data(), n * sizeof(T));
+  return v;
+}
+
+struct Worst {
+  std::string kernel;
+  double err = 0;
+  std::string what;
+  int cases = 0;
+  void see(double e, const std::string& w) {
+    if (e > err || std::isnan(e)) err = e, what = w;
+  }
+  ~Worst() {
+    std::printf("[kernel summary] %-15s worst relative error %.3e (%s) over %d cases\n", kernel.c_str(), err,
+                what.c_str(), cases);
+  }
+};
+
+#define CHECK_ERR(worst, e, bound, label)                                                       \
+  do {                                                                                          \
+    const double e_ = (e);                                                                      \
+    EXPECT_LE(e_, bound) << label << " (seed " << seed << "): relative error " << e_;           \
+    worst.see(e_, label);                                                                       \
+  } while (0)
+
+// ---- RMSNorm (group = D) and per head ------------------------------------------------------------------------
+void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) {
+  const uint64_t seed = fresh_seed();
+  Rng r(seed);
+  const double eps = 1e-6;
+  const int64_t group = per_head ? D / heads : D;
+  const std::string name = std::string(per_head ? "rms_norm_heads" : "rms_norm") + " N" + std::to_string(N) + " D" +
+                           std::to_string(D) + " group" + std::to_string(group);
+  const std::vector<float> x = normal(r, N * D, r.uniform(0.1, 3.0)), w = uniform(r, D, 0.5, 1.5),
+                           dy = normal(r, N * D, 1.0);
+  // CPU reference in float64.
+  ag::Tape<double> t;
+  ag::Var xv = t.leaf(mat(x, N, D), true), wv = t.leaf(mat(w, 1, D), true);
+  ag::Var yv = per_head ? nn::rms_norm_heads(t, xv, wv, heads, eps) : nn::rms_norm(t, xv, wv, eps);
+  t.grad(yv) = mat(dy, N, D);
+  t.backward();
+  // GPU.
+  cuda::DeviceBuffer xd = up(x), wd = up(w), dyd = up(dy);
+  const size_t ND = size_t(N * D), NG = size_t(N * (D / group));
+  cuda::DeviceBuffer yd = nan_buf(ND * 4), rd = nan_buf(NG * 4), dxd = nan_buf(ND * 4), dwd = nan_buf(size_t(D) * 4);
+  cuda::DeviceBuffer work = nan_buf(cuda::rms_norm_backward_workspace(N, D));
+  if (per_head) {
+    cuda::rms_norm_heads_forward(xd.as<float>(), wd.as<float>(), yd.as<float>(), rd.as<float>(), N, D, heads, eps);
+    cuda::rms_norm_heads_backward(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), dxd.as<float>(),
+                                  dwd.as<float>(), work.as<void>(), N, D, heads);
+  } else {
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), yd.as<float>(), rd.as<float>(), N, D, group, eps);
+    cuda::rms_norm_backward(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), dxd.as<float>(),
+                            dwd.as<float>(), work.as<void>(), N, D, group);
+  }
+  const auto y = down<float>(yd, ND), dx = down<float>(dxd, ND), dw = down<float>(dwd, size_t(D));
+  const auto rinv = down<float>(rd, NG);
+  CHECK_ERR(worst, rel_err(y, t.val(yv).data), kTol, name + " y");
+  CHECK_ERR(worst, rel_err(dx, t.grad(xv).data), kTol, name + " dx");
+  CHECK_ERR(worst, rel_err(dw, t.grad(wv).data), kTol, name + " dw");
+  // rinv itself, against float64.
+  std::vector<double> rref(NG);
+  for (size_t s = 0; s < NG; ++s) {
+    double ss = 0;
+    for (int64_t j = 0; j < group; ++j) ss += double(x[s * size_t(group) + size_t(j)]) * x[s * size_t(group) + size_t(j)];
+    rref[s] = 1.0 / std::sqrt(ss / double(group) + eps);
+  }
+  CHECK_ERR(worst, rel_err(rinv, rref), kTol, name + " rinv");
+  // Bit-reproducible backward: again into fresh NaN buffers.
+  cuda::DeviceBuffer dxd2 = nan_buf(ND * 4), dwd2 = nan_buf(size_t(D) * 4);
+  cuda::rms_norm_backward(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), dxd2.as<float>(),
+                          dwd2.as<float>(), work.as<void>(), N, D, group);
+  const auto dx2 = down<float>(dxd2, ND), dw2 = down<float>(dwd2, size_t(D));
+  EXPECT_EQ(0, std::memcmp(dx.data(), dx2.data(), ND * 4)) << name << ": dx not bit-reproducible";
+  EXPECT_EQ(0, std::memcmp(dw.data(), dw2.data(), size_t(D) * 4)) << name << ": dw not bit-reproducible";
+  ++worst.cases;
+}
+
+}  // namespace
+
+TEST(CudaKernels, RmsNormMatchesCpu) {
+  REQUIRE_CUDA();
+  Worst worst{"rms_norm"};
+  for (auto [N, D] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 8}, {3, 2}, {37, 96}, {33, 250}, {256, 1024}, {100, 4100}, {4097, 64}, {2, 12288}})
+    rms_case(worst, N, D, 1, false);
+}
+
+TEST(CudaKernels, RmsNormHeadsMatchesCpu) {
+  REQUIRE_CUDA();
+  Worst worst{"rms_norm_heads"};
+  for (auto [N, heads, hd] : std::vector<std::array<int64_t, 3>>{
+           {5, 4, 16}, {64, 8, 64}, {33, 3, 50}, {128, 12, 128}, {7, 5, 6}, {1000, 16, 32}})
+    rms_case(worst, N, heads * hd, heads, true);
+}
+
+// ---- RoPE -------------------------------------------------------------------------------------------------------
+TEST(CudaKernels, RopeMatchesCpu) {
+  REQUIRE_CUDA();
+  Worst worst{"rope"};
+  struct C {
+    int64_t N, heads, hd;
+    double theta;
+    int64_t max_pos;
+  };
+  for (const C c : std::vector<C>{{7, 2, 8, 1e4, 16}, {100, 4, 64, 1e4, 8192}, {64, 3, 130, 1e4, 100000},
+                                  {256, 8, 128, 5e5, 32768}, {9, 1, 2, 10.0, 50}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t D = c.heads * c.hd;
+    const std::string name = "rope N" + std::to_string(c.N) + " H" + std::to_string(c.heads) + " hd" +
+                             std::to_string(c.hd) + " theta" + std::to_string(c.theta);
+    const std::vector<float> x = normal(r, c.N * D, 1.0), dy = normal(r, c.N * D, 1.0);
+    std::vector<int64_t> pos(size_t(c.N));
+    for (auto& p : pos) p = int64_t(r.below(uint64_t(c.max_pos)));
+    ag::Tape<double> t;
+    ag::Var xv = t.leaf(mat(x, c.N, D), true);
+    ag::Var yv = nn::rope(t, xv, c.heads, pos, c.theta);
+    t.grad(yv) = mat(dy, c.N, D);
+    t.backward();
+    cuda::DeviceBuffer xd = up(x), dyd = up(dy), pd = up(pos);
+    const size_t ND = size_t(c.N * D);
+    cuda::DeviceBuffer yd = nan_buf(ND * 4), dxd = nan_buf(ND * 4);
+    cuda::rope_forward(xd.as<float>(), yd.as<float>(), pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+    cuda::rope_backward(dyd.as<float>(), dxd.as<float>(), pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+    const auto y = down<float>(yd, ND), dx = down<float>(dxd, ND);
+    CHECK_ERR(worst, rel_err(y, t.val(yv).data), kTol, name + " y");
+    CHECK_ERR(worst, rel_err(dx, t.grad(xv).data), kTol, name + " dx");
+    // In place: forward over x itself gives the same bits.
+    cuda::rope_forward(xd.as<float>(), xd.as<float>(), pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+    const auto yi = down<float>(xd, ND);
+    EXPECT_EQ(0, std::memcmp(y.data(), yi.data(), ND * 4)) << name << ": in-place result differs";
+    ++worst.cases;
+  }
+}
+
+// ---- cross-entropy --------------------------------------------------------------------------------------------
+TEST(CudaKernels, CrossEntropyMatchesCpu) {
+  REQUIRE_CUDA();
+  Worst worst{"cross_entropy"};
+  struct C {
+    int64_t N, V;
+    double ignore_frac, scale;
+  };
+  for (const C c : std::vector<C>{{1, 5, 0.0, 1.0},
+                                  {37, 1000, 0.2, 3.0},
+                                  {128, 32000, 0.1, 5.0},
+                                  {300, 257, 0.5, 10.0},
+                                  {16, 100, 1.0, 1.0},  // every target ignored
+                                  {2048, 50, 0.05, 2.0}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const std::string name = "cross_entropy N" + std::to_string(c.N) + " V" + std::to_string(c.V);
+    const std::vector<float> logits = normal(r, c.N * c.V, c.scale);
+    std::vector<int32_t> targets(size_t(c.N));
+    for (auto& y : targets) y = r.uniform() < c.ignore_frac ? -1 - int32_t(r.below(3)) : int32_t(r.below(uint64_t(c.V)));
+    const float dloss = float(r.uniform(0.2, 2.0));
+    ag::Tape<double> t;
+    ag::Var lv = t.leaf(mat(logits, c.N, c.V), true);
+    std::vector<double> per_row;
+    ag::Var loss = nn::cross_entropy(t, lv, targets, &per_row);
+    t.grad(loss).data[0] = double(dloss);
+    t.backward();
+    std::vector<double> dref = t.has_grad(lv) ? t.grad(lv).data : std::vector<double>(size_t(c.N * c.V), 0.0);
+    int32_t count = 0;
+    for (int32_t y : targets) count += y >= 0;
+
+    cuda::DeviceBuffer ld = up(logits), td = up(targets), dd = up(std::vector<float>{dloss});
+    const size_t NV = size_t(c.N * c.V);
+    cuda::DeviceBuffer lse = nan_buf(size_t(c.N) * 4), rl = nan_buf(size_t(c.N) * 4), lossd = nan_buf(4),
+                       valid = nan_buf(4), dl = nan_buf(NV * 4);
+    cuda::cross_entropy_forward(ld.as<float>(), td.as<int32_t>(), lse.as<float>(), rl.as<float>(), lossd.as<float>(),
+                                valid.as<int32_t>(), c.N, c.V);
+    cuda::cross_entropy_backward(ld.as<float>(), td.as<int32_t>(), lse.as<float>(), valid.as<int32_t>(),
+                                 dd.as<float>(), dl.as<float>(), c.N, c.V);
+    const auto lg = down<float>(lossd, 1), rows = down<float>(rl, size_t(c.N)), dlg = down<float>(dl, NV);
+    const auto vg = down<int32_t>(valid, 1);
+    EXPECT_EQ(vg[0], count) << name << ": valid rows";
+    CHECK_ERR(worst, rel_err(lg, t.val(loss).data), kTol, name + " loss");
+    CHECK_ERR(worst, rel_err(rows, per_row), kTol, name + " row_loss");
+    CHECK_ERR(worst, rel_err(dlg, dref), kTol, name + " dlogits");
+    // Bit-reproducible forward loss.
+    cuda::DeviceBuffer loss2 = nan_buf(4);
+    cuda::cross_entropy_forward(ld.as<float>(), td.as<int32_t>(), lse.as<float>(), nullptr, loss2.as<float>(),
+                                valid.as<int32_t>(), c.N, c.V);
+    const auto lg2 = down<float>(loss2, 1);
+    EXPECT_EQ(0, std::memcmp(lg.data(), lg2.data(), 4)) << name << ": loss not bit-reproducible";
+    ++worst.cases;
+  }
+}
+
+// ---- AdamW ------------------------------------------------------------------------------------------------------
+TEST(CudaKernels, AdamWMatchesCpu) {
+  REQUIRE_CUDA();
+  Worst worst{"adamw"};
+  int64_t bit_diffs = 0, compared = 0;
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool decay = variant & 1, masked = variant & 2;
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t n = 1000 + int64_t(r.below(300000));
+    const std::string name = std::string("adamw n") + std::to_string(n) + (decay ? " decay" : " no-decay") +
+                             (masked ? " masked" : "");
+    train::AdamWConfig cfg;
+    cfg.beta1 = r.uniform(0.8, 0.95);
+    cfg.beta2 = r.uniform(0.9, 0.999);
+    cfg.eps = 1e-8;
+    cfg.weight_decay = r.uniform(0.01, 0.2);
+    const std::string pname = decay ? "lm_head.weight" : "blocks.0.attn_norm.weight";
+    train::AdamW opt({pname}, {n}, cfg);
+    ASSERT_EQ(opt.decayed(0), decay);
+    std::vector<uint8_t> mask;
+    if (masked) {
+      mask.resize(size_t(n));
+      for (auto& b : mask) b = r.uniform() < 0.7;
+      opt.set_trainable({mask});
+    }
+    std::vector<ag::Mat<float>> params(1, ag::Mat<float>(1, n));
+    const auto p0 = normal(r, n, 0.5);
+    params[0].data = p0;
+    cuda::DeviceBuffer pd = up(p0), md = up(std::vector<float>(size_t(n), 0.f)), vd = up(std::vector<float>(size_t(n), 0.f));
+    cuda::DeviceBuffer maskd = up(mask);
+    for (int step = 1; step <= 3; ++step) {
+      const double lr = r.uniform(1e-4, 3e-2);
+      std::vector<ag::Mat<float>> grads(1, ag::Mat<float>(1, n));
+      grads[0].data = normal(r, n, r.uniform(0.01, 2.0));
+      opt.step(params, grads, lr);
+      cuda::DeviceBuffer gd = up(grads[0].data);
+      cuda::AdamWParams a;
+      a.lr = lr;
+      a.beta1 = cfg.beta1;
+      a.beta2 = cfg.beta2;
+      a.eps = cfg.eps;
+      a.weight_decay = cfg.weight_decay;
+      a.step = step;
+      a.decay = decay;
+      cuda::adamw_step(pd.as<float>(), gd.as<float>(), md.as<float>(), vd.as<float>(),
+                       masked ? maskd.as<uint8_t>() : nullptr, n, a);
+    }
+    const auto p = down<float>(pd, size_t(n)), m = down<float>(md, size_t(n)), v = down<float>(vd, size_t(n));
+    CHECK_ERR(worst, rel_err(p, params[0].data), kAdamTol, name + " p");
+    CHECK_ERR(worst, rel_err(m, opt.m()[0]), kAdamTol, name + " m");
+    CHECK_ERR(worst, rel_err(v, opt.v()[0]), kAdamTol, name + " v");
+    for (int64_t j = 0; j < n; ++j) {
+      bit_diffs += std::memcmp(&p[size_t(j)], &params[0].data[size_t(j)], 4) != 0;
+      if (masked && !mask[size_t(j)])
+        EXPECT_EQ(0, std::memcmp(&p[size_t(j)], &p0[size_t(j)], 4)) << name << ": frozen element " << j << " moved";
+    }
+    compared += n;
+    ++worst.cases;
+  }
+  std::printf("[kernel summary] adamw           %lld of %lld parameters differ bitwise from the CPU after 3 steps\n",
+              (long long)bit_diffs, (long long)compared);
+}
+
+#endif  // TTT_HAVE_CUDA
