@@ -462,12 +462,10 @@ TEST(CudaLact, Bf16MatchesCpuReferenceAtWidth384) {
               worst.configs, worst.err, worst.what.c_str());
 }
 
-// The bf16 option through the OpBackend (`ttt op lact --device cuda --precision bf16`): F32 tensors within 2e-2
-// of the float64 CPU backend; F64 inputs refuse it.
-TEST(CudaLact, OpBackendBf16) {
-  REQUIRE_CUDA();
+// Named F64 inputs of the op (B = 2, T = 41, d = 10, dh = 14), momentum and grad_o included.
+SafeTensors random_op_inputs(uint64_t seed) {
   const int64_t B = 2, T = 41, d = 10, dh = 14;
-  Rng r(fresh_seed());
+  Rng r(seed);
   auto tensor = [&](Shape shape, double lo, double hi, bool normal) {
     Tensor t = Tensor::empty(shape, DType::F64);
     double* p = t.data<double>();
@@ -478,10 +476,18 @@ TEST(CudaLact, OpBackendBf16) {
   st.add("w0", tensor({B, dh, d}, 0, 0.3, true));
   st.add("w1", tensor({B, d, dh}, 0, 0.3, true));
   st.add("w2", tensor({B, dh, d}, 0, 0.3, true));
-  for (const char* nm : {"q", "k", "v"}) st.add(nm, tensor({B, T, d}, 0, 0.3, true));
-  for (const char* nm : {"lr0", "lr1", "lr2"}) st.add(nm, tensor({B, T}, 0.01, 0.1, false));
+  for (const char* n : {"q", "k", "v"}) st.add(n, tensor({B, T, d}, 0, 0.3, true));
+  for (const char* n : {"lr0", "lr1", "lr2"}) st.add(n, tensor({B, T}, 0.01, 0.1, false));
   st.add("momentum", tensor({B, T}, 0.5, 0.9, false));
   st.add("grad_o", tensor({B, T, d}, 0, 1, true));
+  return st;
+}
+
+// The bf16 option through the OpBackend (`ttt op lact --device cuda --precision bf16`): F32 tensors within 2e-2
+// of the float64 CPU backend; F64 inputs refuse it.
+TEST(CudaLact, OpBackendBf16) {
+  REQUIRE_CUDA();
+  SafeTensors st = random_op_inputs(fresh_seed());
   engine::LactOpOptions opt;
   opt.chunk = 8;
   opt.weight_norm = engine::WeightNorm::Post;
@@ -515,22 +521,7 @@ TEST(CudaLact, OpBackendBf16) {
 // The OpBackend: cuda_backend() against cpu_backend() on the same named tensors, F64 and F32.
 TEST(CudaLact, OpBackendMatchesCpuBackend) {
   REQUIRE_CUDA();
-  const int64_t B = 2, T = 41, d = 10, dh = 14;
-  Rng r(fresh_seed());
-  auto tensor = [&](Shape shape, double lo, double hi, bool normal) {
-    Tensor t = Tensor::empty(shape, DType::F64);
-    double* p = t.data<double>();
-    for (int64_t i = 0; i < t.numel(); ++i) p[i] = normal ? r.normal() * hi : r.uniform(lo, hi);
-    return t;
-  };
-  SafeTensors st;
-  st.add("w0", tensor({B, dh, d}, 0, 0.3, true));
-  st.add("w1", tensor({B, d, dh}, 0, 0.3, true));
-  st.add("w2", tensor({B, dh, d}, 0, 0.3, true));
-  for (const char* n : {"q", "k", "v"}) st.add(n, tensor({B, T, d}, 0, 0.3, true));
-  for (const char* n : {"lr0", "lr1", "lr2"}) st.add(n, tensor({B, T}, 0.01, 0.1, false));
-  st.add("momentum", tensor({B, T}, 0.5, 0.9, false));
-  st.add("grad_o", tensor({B, T, d}, 0, 1, true));
+  SafeTensors st = random_op_inputs(fresh_seed());
   for (const char* program : {"causal", "bidirectional"}) {
     engine::LactOpOptions opt;
     opt.chunk = 8;

@@ -2,6 +2,7 @@
 // norms, one block per row for the cross-entropy, grid-stride element-wise kernels elsewhere. Every reduction
 // accumulates in double along a fixed tree (warp shuffles, then shared memory), so results are deterministic.
 #include "cuda/kernels.h"
+#include "cuda/check.cuh"
 
 #include <cuda_runtime.h>
 
@@ -13,21 +14,6 @@
 
 namespace ttt::cuda {
 
-#define TTT_KCUDA_CHECK(call)                                                                                \
-  do {                                                                                                       \
-    cudaError_t ttt_e_ = (call);                                                                             \
-    if (ttt_e_ != cudaSuccess)                                                                               \
-      TTT_FAIL("CUDA error " << cudaGetErrorName(ttt_e_) << " (" << cudaGetErrorString(ttt_e_) << ") in "    \
-                             << #call << " at " << __FILE__ << ":" << __LINE__);                             \
-  } while (0)
-
-#define TTT_KLAUNCH_CHECK(name)                                                                              \
-  do {                                                                                                       \
-    cudaError_t ttt_e_ = cudaGetLastError();                                                                 \
-    if (ttt_e_ != cudaSuccess)                                                                               \
-      TTT_FAIL("CUDA error " << cudaGetErrorName(ttt_e_) << " (" << cudaGetErrorString(ttt_e_)               \
-                             << ") launching kernel " << name);                                              \
-  } while (0)
 
 namespace {
 
@@ -212,7 +198,7 @@ void rope_launch(const float* x, float* y, const int64_t* pos, int64_t N, int64_
   TTT_CHECK(theta > 0, name << ": theta must be positive, got " << theta);
   if (N == 0) return;
   k_rope<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(x, y, pos, N, heads, hd, theta, sign);
-  TTT_KLAUNCH_CHECK(name);
+  TTT_LAUNCH_CHECK(name);
 }
 
 // ---- cross-entropy ---------------------------------------------------------------------------------------
@@ -307,7 +293,7 @@ void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int
     k_rms_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
   else
     k_rms_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
-  TTT_KLAUNCH_CHECK("rms_norm_forward");
+  TTT_LAUNCH_CHECK("rms_norm_forward");
 }
 
 size_t rms_norm_backward_workspace(int64_t N, int64_t D) { return size_t(dw_slices(N)) * size_t(D) * sizeof(double); }
@@ -320,20 +306,20 @@ void rms_norm_backward(const float* x, const float* w, const float* rinv, const 
   if (dx && segs > 0) {
     const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
     k_rms_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, dx, segs, D, group);
-    TTT_KLAUNCH_CHECK("rms_norm_backward dx");
+    TTT_LAUNCH_CHECK("rms_norm_backward dx");
   }
   if (dw) {
     TTT_CHECK(work, "rms_norm_backward: dw needs a work buffer of rms_norm_backward_workspace(N, D) bytes");
     if (N == 0) {
-      TTT_KCUDA_CHECK(cudaMemsetAsync(dw, 0, size_t(D) * sizeof(float), st));
+      TTT_CUDA_CHECK(cudaMemsetAsync(dw, 0, size_t(D) * sizeof(float), st));
       return;
     }
     const int64_t slices = dw_slices(N), rows = (N + slices - 1) / slices;
     const dim3 grid(unsigned((D + kThreads - 1) / kThreads), unsigned(slices));
     k_rms_bwd_dw_partial<<<grid, kThreads, 0, st>>>(x, rinv, dy, static_cast<double*>(work), N, D, group, rows);
-    TTT_KLAUNCH_CHECK("rms_norm_backward dw partial");
+    TTT_LAUNCH_CHECK("rms_norm_backward dw partial");
     k_rms_bwd_dw_final<<<grid_for(D), kThreads, 0, st>>>(static_cast<const double*>(work), dw, D, slices);
-    TTT_KLAUNCH_CHECK("rms_norm_backward dw final");
+    TTT_LAUNCH_CHECK("rms_norm_backward dw final");
   }
 }
 
@@ -364,10 +350,10 @@ void cross_entropy_forward(const float* logits, const int32_t* targets, float* l
   if (N > 0) {
     TTT_CHECK(N < (int64_t(1) << 31), "cross_entropy_forward: " << N << " rows");
     k_ce_fwd_rows<<<unsigned(N), kThreads, 0, st>>>(logits, targets, lse, row_loss, V);
-    TTT_KLAUNCH_CHECK("cross_entropy_forward rows");
+    TTT_LAUNCH_CHECK("cross_entropy_forward rows");
   }
   k_ce_fwd_mean<<<1, 1024, 0, st>>>(logits, targets, lse, loss, valid, N, V);
-  TTT_KLAUNCH_CHECK("cross_entropy_forward mean");
+  TTT_LAUNCH_CHECK("cross_entropy_forward mean");
 }
 
 void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const int32_t* valid,
@@ -375,7 +361,7 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
   TTT_CHECK(N >= 0 && V > 0, "cross_entropy_backward: logits [" << N << "," << V << "]");
   if (N == 0) return;
   k_ce_bwd<<<grid_for(N * V), kThreads, 0, as_stream(stream)>>>(logits, targets, lse, valid, dloss, dlogits, N, V);
-  TTT_KLAUNCH_CHECK("cross_entropy_backward");
+  TTT_LAUNCH_CHECK("cross_entropy_backward");
 }
 
 void adamw_step(float* p, const float* g, float* m, float* v, const uint8_t* mask, int64_t n, const AdamWParams& a,
@@ -389,9 +375,9 @@ void adamw_step(float* p, const float* g, float* m, float* v, const uint8_t* mas
   const double shrink = a.decay ? 1.0 - a.lr * a.weight_decay : 1.0;
   k_adamw<<<grid_for(n), kThreads, 0, as_stream(stream)>>>(p, g, m, v, mask, n, a.beta1, 1.0 - a.beta1, a.beta2,
                                                            1.0 - a.beta2, c1, c2, a.eps, a.lr, shrink);
-  TTT_KLAUNCH_CHECK("adamw_step");
+  TTT_LAUNCH_CHECK("adamw_step");
 }
 
-void stream_synchronize(void* stream) { TTT_KCUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
+void stream_synchronize(void* stream) { TTT_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
 
 }  // namespace ttt::cuda

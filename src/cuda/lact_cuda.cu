@@ -3,6 +3,7 @@
 // sequence of steps that the CPU twin (lact_fused.cpp) specifies. Per-element math is the shared TTT_HD code
 // of lact_fused.h. Reductions accumulate in double and are deterministic (fixed two-stage trees).
 #include "cuda/lact_cuda.h"
+#include "cuda/check.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -18,30 +19,6 @@
 
 namespace ttt::cuda {
 
-#define TTT_CUDA_CHECK(call)                                                                                 \
-  do {                                                                                                       \
-    cudaError_t ttt_e_ = (call);                                                                             \
-    if (ttt_e_ != cudaSuccess)                                                                               \
-      TTT_FAIL("CUDA error " << cudaGetErrorName(ttt_e_) << " (" << cudaGetErrorString(ttt_e_) << ") in "    \
-                             << #call << " at " << __FILE__ << ":" << __LINE__);                             \
-  } while (0)
-
-#define TTT_CUBLAS_CHECK(call)                                                                               \
-  do {                                                                                                       \
-    cublasStatus_t ttt_s_ = (call);                                                                          \
-    if (ttt_s_ != CUBLAS_STATUS_SUCCESS)                                                                     \
-      TTT_FAIL("cuBLAS error " << cublasGetStatusName(ttt_s_) << " (" << cublasGetStatusString(ttt_s_)       \
-                               << ") in " << #call << " at " << __FILE__ << ":" << __LINE__);                \
-  } while (0)
-
-// After every kernel launch: launch-configuration errors and earlier asynchronous faults.
-#define TTT_LAUNCH_CHECK(name)                                                                               \
-  do {                                                                                                       \
-    cudaError_t ttt_e_ = cudaGetLastError();                                                                 \
-    if (ttt_e_ != cudaSuccess)                                                                               \
-      TTT_FAIL("CUDA error " << cudaGetErrorName(ttt_e_) << " (" << cudaGetErrorString(ttt_e_)               \
-                             << ") launching kernel " << name);                                              \
-  } while (0)
 
 namespace {
 
