@@ -12,6 +12,9 @@
 #include "data/tokens.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/model_cuda.h"
+#endif
 
 namespace ttt::cli {
 
@@ -22,6 +25,8 @@ int cmd_eval(const Argv& argv) {
       .value("context", "tokens per evaluation window (default: the model's seq_len); may exceed it")
       .value("batches", "forward passes", "8")
       .value("batch", "windows per forward pass", "8")
+      .value("device", "cpu | cuda (arch lact on an NVIDIA GPU)", "cpu")
+      .value("precision", "cuda: matrix products fp32 | tf32 | bf16", "fp32")
       .value("buckets", "position buckets over the context", "8")
       .value("csv", "where to write the buckets (default: <checkpoint>/eval_buckets.csv)");
   a.parse();
@@ -30,6 +35,13 @@ int cmd_eval(const Argv& argv) {
     return 0;
   }
   TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
+  const std::string device = a.str("device");
+  TTT_CHECK(device == "cpu" || device == "cuda", "ttt eval: --device must be cpu or cuda, got '" << device << "'");
+  TTT_CHECK(device == "cuda" || !a.has("precision"), "ttt eval: --precision applies to --device cuda");
+#ifndef TTT_HAVE_CUDA
+  TTT_CHECK(device == "cpu", "ttt eval: --device cuda: this build has no CUDA backend (the CUDA toolkit was not "
+                             "found when it was configured)");
+#endif
   const std::string ck_arg = a.str("checkpoint");
   train::LoadedCheckpoint ck = train::load_checkpoint(ck_arg, /*require_state=*/false);
 
@@ -51,7 +63,18 @@ int cmd_eval(const Argv& argv) {
   TTT_CHECK(eo.batch > 0, "ttt eval: --batch must be > 0, got " << eo.batch);
   TTT_CHECK(eo.buckets > 0, "ttt eval: --buckets must be > 0, got " << eo.buckets);
   TTT_CHECK(eo.context > 0, "ttt eval: --context must be > 0, got " << eo.context);
-  train::EvalResult r = train::evaluate(ck.cfg, ck.params, vf.tokens, eo);
+  train::EvalResult r;
+#ifdef TTT_HAVE_CUDA
+  if (device == "cuda") {
+    cuda::GpuModelOptions go;
+    go.math = cuda::parse_math_mode(a.str("precision"));
+    cuda::GpuModel gm(ck.cfg, go);
+    gm.upload(ck.params);
+    r = train::evaluate_with([&](const model::Batch& b) { return gm.forward(b, false, 1.0, true).token_loss; },
+                             ck.cfg.vocab_size, ck.cfg.seq_len, vf.tokens, eo);
+  } else
+#endif
+    r = train::evaluate(ck.cfg, ck.params, vf.tokens, eo);
 
   const std::string csv = a.has("csv") ? a.str("csv") : (std::filesystem::path(ck_arg) / "eval_buckets.csv").string();
   write_file_atomic(csv, train::buckets_csv(r));
@@ -66,6 +89,7 @@ int cmd_eval(const Argv& argv) {
   j["tokens"] = r.tokens;
   j["val_loss"] = r.loss;
   j["val_bpb"] = r.bpb;
+  j["device"] = device;
   if (vf.vocab == data::kByteVocab) {
     // Unigram entropy of the corpus, for comparison (meta.json of the data directory, if present).
     const std::string meta = (std::filesystem::path(data_dir) / "meta.json").string();

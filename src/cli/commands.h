@@ -10,6 +10,7 @@ int cmd_op_lact(const Argv& args);    // cmd_op.cpp
 int cmd_op_tnt(const Argv& args);     // cmd_op_tnt.cpp
 int cmd_bench_op(const Argv& args);   // cmd_bench.cpp
 int cmd_bench_tnt(const Argv& args);  // cmd_bench.cpp
+int cmd_bench_step(const Argv& args); // cmd_bench_step.cpp
 int cmd_bench(const Argv& args);      // cmd_bench.cpp
 int cmd_prepare(const Argv& args);    // cmd_prepare.cpp
 int cmd_train(const Argv& args);      // cmd_train.cpp

@@ -23,6 +23,7 @@ const std::map<std::string, Command>& commands() {
       {"op tnt", {ttt::cli::cmd_op_tnt, "run the TNT memory branch on tensors from a safetensors file"}},
       {"bench op", {ttt::cli::cmd_bench_op, "time the LaCT operator forward and forward+backward; prints JSON"}},
       {"bench tnt", {ttt::cli::cmd_bench_tnt, "time the TNT branch (sharded vs sequential) and Titans; prints JSON"}},
+      {"bench step", {ttt::cli::cmd_bench_step, "time one training step of a model preset (tokens/s, memory); prints JSON"}},
       {"bench", {ttt::cli::cmd_bench, "benchmarks (ttt bench --help)"}},
       {"prepare", {ttt::cli::cmd_prepare, "turn text files into train/validation token files"}},
       {"train", {ttt::cli::cmd_train, "train a model (no flags: the tiny preset on the default corpus)"}},

@@ -1,5 +1,6 @@
 #include "train/evaluate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
@@ -21,48 +22,54 @@ std::vector<int64_t> eval_offsets(int64_t n_tokens, int64_t n_windows, int64_t c
   return off;
 }
 
-EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
-                    const EvalOptions& opt) {
+namespace {
+
+struct EvalPlan {
+  int64_t L = 0, nb = 0, n_windows = 0;
+  std::vector<int64_t> off;
+};
+
+EvalPlan plan_eval(int64_t vocab, int64_t seq_len, const std::vector<int32_t>& tokens, const EvalOptions& opt) {
   TTT_CHECK(opt.batches > 0, "evaluation batches must be > 0, got " << opt.batches);
   TTT_CHECK(opt.batch > 0, "evaluation batch must be > 0, got " << opt.batch);
   TTT_CHECK(opt.buckets > 0, "evaluation buckets must be > 0, got " << opt.buckets);
-  const int64_t L = opt.context > 0 ? opt.context : cfg.seq_len;
-  const int64_t nb = std::min(opt.buckets, L);
-  const std::vector<int64_t> off = eval_offsets(int64_t(tokens.size()), opt.batches * opt.batch, L);
-  const int64_t n_windows = opt.batches * opt.batch;
-  for (int64_t w = 0; w < n_windows; ++w)
-    for (int64_t i = 0; i <= L; ++i) {
-      const int32_t x = tokens[size_t(off[size_t(w)] + i)];
-      TTT_CHECK(x >= 0 && x < cfg.vocab_size, "token " << x << " at offset " << off[size_t(w)] + i
-                                                       << " is outside the model's vocabulary (" << cfg.vocab_size << ")");
+  EvalPlan pl;
+  pl.L = opt.context > 0 ? opt.context : seq_len;
+  pl.nb = std::min(opt.buckets, pl.L);
+  pl.off = eval_offsets(int64_t(tokens.size()), opt.batches * opt.batch, pl.L);
+  pl.n_windows = opt.batches * opt.batch;
+  for (int64_t w = 0; w < pl.n_windows; ++w)
+    for (int64_t i = 0; i <= pl.L; ++i) {
+      const int32_t x = tokens[size_t(pl.off[size_t(w)] + i)];
+      TTT_CHECK(x >= 0 && x < vocab, "token " << x << " at offset " << pl.off[size_t(w)] + i
+                                              << " is outside the model's vocabulary (" << vocab << ")");
     }
-  // One window per forward, windows in parallel (the model runs single-threaded inside each); the sums
-  // below run in window order, so the result does not depend on the thread count.
-  std::vector<std::vector<double>> tl(static_cast<size_t>(n_windows));
-  std::exception_ptr err;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t w = 0; w < n_windows; ++w) {
-    try {
-      model::Batch batch;
-      batch.sequences = 1;
-      batch.len = L;
-      const auto first = tokens.begin() + off[size_t(w)];
-      batch.inputs.assign(first, first + L);
-      batch.targets.assign(first + 1, first + L + 1);
-      auto r = model::forward<float>(cfg, params, batch, nullptr, true, false);
-      TTT_CHECK(int64_t(r.token_loss.size()) == L, "model returned " << r.token_loss.size() << " token losses, expected " << L);
-      tl[size_t(w)] = std::move(r.token_loss);
-    } catch (...) {
-#pragma omp critical(ttt_eval_error)
-      if (!err) err = std::current_exception();
-    }
+  return pl;
+}
+
+// Windows [w0, w1) as one batch.
+model::Batch window_batch(const EvalPlan& pl, const std::vector<int32_t>& tokens, int64_t w0, int64_t w1) {
+  model::Batch batch;
+  batch.sequences = w1 - w0;
+  batch.len = pl.L;
+  for (int64_t w = w0; w < w1; ++w) {
+    const auto first = tokens.begin() + pl.off[size_t(w)];
+    batch.inputs.insert(batch.inputs.end(), first, first + pl.L);
+    batch.targets.insert(batch.targets.end(), first + 1, first + pl.L + 1);
   }
-  if (err) std::rethrow_exception(err);
+  return batch;
+}
+
+// Sums in window order: the result does not depend on how the windows were computed.
+EvalResult aggregate(const EvalPlan& pl, const std::vector<std::vector<double>>& tl) {
+  const int64_t L = pl.L, nb = pl.nb;
   std::vector<double> bsum(size_t(nb), 0.0);
   std::vector<int64_t> bcount(size_t(nb), 0);
   double total = 0;
   int64_t count = 0;
-  for (int64_t w = 0; w < n_windows; ++w)
+  for (int64_t w = 0; w < pl.n_windows; ++w) {
+    TTT_CHECK(int64_t(tl[size_t(w)].size()) == L, "model returned " << tl[size_t(w)].size()
+                                                                   << " token losses for a window, expected " << L);
     for (int64_t i = 0; i < L; ++i) {
       const double l = tl[size_t(w)][size_t(i)];
       const int64_t k = i * nb / L;
@@ -71,9 +78,10 @@ EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& p
       total += l;
       ++count;
     }
+  }
   EvalResult res;
   res.context = L;
-  res.windows = opt.batches * opt.batch;
+  res.windows = pl.n_windows;
   res.tokens = count;
   res.loss = total / double(count);
   res.bpb = res.loss / std::log(2.0);
@@ -88,6 +96,43 @@ EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& p
     res.buckets.push_back(bk);
   }
   return res;
+}
+
+}  // namespace
+
+EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
+                    const EvalOptions& opt) {
+  const EvalPlan pl = plan_eval(cfg.vocab_size, cfg.seq_len, tokens, opt);
+  // One window per forward, windows in parallel (the model runs single-threaded inside each).
+  std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
+  std::exception_ptr err;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t w = 0; w < pl.n_windows; ++w) {
+    try {
+      auto r = model::forward<float>(cfg, params, window_batch(pl, tokens, w, w + 1), nullptr, true, false);
+      tl[size_t(w)] = std::move(r.token_loss);
+    } catch (...) {
+#pragma omp critical(ttt_eval_error)
+      if (!err) err = std::current_exception();
+    }
+  }
+  if (err) std::rethrow_exception(err);
+  return aggregate(pl, tl);
+}
+
+EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
+                         const std::vector<int32_t>& tokens, const EvalOptions& opt) {
+  const EvalPlan pl = plan_eval(vocab, seq_len, tokens, opt);
+  std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
+  for (int64_t w0 = 0; w0 < pl.n_windows; w0 += opt.batch) {
+    const int64_t w1 = std::min(pl.n_windows, w0 + opt.batch);
+    const std::vector<double> all = losses(window_batch(pl, tokens, w0, w1));
+    TTT_CHECK(int64_t(all.size()) == (w1 - w0) * pl.L, "evaluation: " << all.size() << " token losses for "
+                                                                      << (w1 - w0) * pl.L << " positions");
+    for (int64_t w = w0; w < w1; ++w)
+      tl[size_t(w)].assign(all.begin() + (w - w0) * pl.L, all.begin() + (w - w0 + 1) * pl.L);
+  }
+  return aggregate(pl, tl);
 }
 
 std::string buckets_csv(const EvalResult& r) {

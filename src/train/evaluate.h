@@ -7,6 +7,7 @@
 // forward pass, in parallel over threads; the sums run in window order (thread-count independent).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,12 @@ std::vector<int64_t> eval_offsets(int64_t n_tokens, int64_t n_windows, int64_t c
 
 EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
                     const EvalOptions& opt);
+
+// The same windows and sums with the per-token losses computed by `losses` (e.g. the GPU model), called on
+// batches of up to opt.batch windows; it returns the losses sequence-major (window by window).
+using BatchTokenLosses = std::function<std::vector<double>(const model::Batch&)>;
+EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
+                         const std::vector<int32_t>& tokens, const EvalOptions& opt);
 
 // CSV with header bucket_start,bucket_end,loss,bpb,tokens.
 std::string buckets_csv(const EvalResult& r);

@@ -41,6 +41,9 @@ class AdamW {
   void step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>& grads, double lr);
 
   int64_t steps() const { return t_; }
+  // Counts one step whose arithmetic ran elsewhere (the GPU model's AdamW kernel, with these moments kept on
+  // the device); returns the new step number t.
+  int64_t advance_step() { return ++t_; }
   const AdamWConfig& config() const { return cfg_; }
   const std::vector<std::string>& names() const { return names_; }
   std::vector<std::vector<float>>& m() { return m_; }

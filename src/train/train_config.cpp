@@ -71,8 +71,8 @@ const std::vector<Field>& fields() {
 void validate(const TrainConfig& c) {
   auto pos = [](const char* n, auto v) { TTT_CHECK(v > 0, "train config: " << n << " must be > 0, got " << v); };
   auto nonneg = [](const char* n, auto v) { TTT_CHECK(v >= 0, "train config: " << n << " must be >= 0, got " << v); };
-  TTT_CHECK(c.device == "cpu", "train config: device \"" << c.device
-                                                          << "\" is not supported yet; only \"cpu\" is available");
+  TTT_CHECK(c.device == "cpu" || c.device == "cuda",
+            "train config: device \"" << c.device << "\" is not one of \"cpu\", \"cuda\"");
   pos("steps", c.steps);
   pos("batch", c.batch);
   pos("seq_len", c.seq_len);

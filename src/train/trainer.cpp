@@ -19,6 +19,10 @@
 #include "train/evaluate.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/lact_cuda.h"
+#include "cuda/model_cuda.h"
+#endif
 
 namespace ttt::train {
 
@@ -323,6 +327,8 @@ TrainResult train(const TrainOptions& opt) {
     TTT_CHECK(!opt.out_dir.empty(), "train: no run directory given");
     run_dir = opt.out_dir;
   }
+  tc.device = opt.device;  // a resumed run may continue on another device
+  state.train.device = opt.device;
   validate(tc);
   TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
   const std::string ckpt_dir = (fs::path(run_dir) / "checkpoint").string();
@@ -330,6 +336,22 @@ TrainResult train(const TrainOptions& opt) {
 
   // Data first: a bad corpus should fail before anything is written.
   Corpus corpus = load_corpus(tc.data_dir, tc.seq_len + 1, cfg.vocab_size);
+
+  // The device too, before anything is written.
+  TTT_CHECK(opt.device == "cpu" || opt.device == "cuda", "unknown device '" << opt.device << "' (choose cpu or cuda)");
+  TTT_CHECK(opt.device == "cuda" || opt.precision == "fp32",
+            "--precision " << opt.precision << " applies to --device cuda; the CPU trains in fp32");
+#ifdef TTT_HAVE_CUDA
+  std::unique_ptr<cuda::GpuModel> gpu;
+  if (opt.device == "cuda") {
+    cuda::GpuModelOptions go;
+    go.math = cuda::parse_math_mode(opt.precision);
+    gpu = std::make_unique<cuda::GpuModel>(cfg, go);
+  }
+#else
+  TTT_CHECK(opt.device != "cuda", "--device cuda: this build has no CUDA backend (the CUDA toolkit was not found when "
+                                  "it was configured); rebuild on a machine with the toolkit, or use --device cpu");
+#endif
 
   Rng data_rng(tc.seed ^ kDataSeedMix);
   if (!resuming) {
@@ -368,6 +390,30 @@ TrainResult train(const TrainOptions& opt) {
                                                          << " differs from the run step " << state.step);
   }
   LrSchedule sched{tc.lr, tc.min_lr_ratio, tc.warmup, tc.steps};
+  EvalOptions eo;
+  eo.batches = tc.eval_batches;
+  eo.batch = tc.batch;
+  eo.context = tc.seq_len;
+#ifdef TTT_HAVE_CUDA
+  if (gpu) {
+    gpu->upload(params);
+    gpu->upload_optimizer(adam);
+  }
+  // Host copies of the weights and moments, brought up to date before evaluation/checkpoints on the GPU.
+  auto sync_host = [&](bool with_optimizer) {
+    if (!gpu) return;
+    gpu->download(params);
+    if (with_optimizer) gpu->download_optimizer(adam);
+  };
+  auto run_eval = [&]() -> EvalResult {
+    if (!gpu) return evaluate(cfg, params, corpus.val, eo);
+    return evaluate_with([&](const model::Batch& b) { return gpu->forward(b, false, 1.0, true).token_loss; },
+                         cfg.vocab_size, cfg.seq_len, corpus.val, eo);
+  };
+#else
+  auto sync_host = [&](bool) {};
+  auto run_eval = [&]() -> EvalResult { return evaluate(cfg, params, corpus.val, eo); };
+#endif
 
   res.run_dir = run_dir;
   res.checkpoint_dir = ckpt_dir;
@@ -384,14 +430,12 @@ TrainResult train(const TrainOptions& opt) {
        << human(double(corpus.val.size())) << " val tokens; " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
+#ifdef TTT_HAVE_CUDA
+    if (gpu) os << "\ndevice cuda: " << cuda::device_description() << ", " << opt.precision << " products";
+#endif
     if (resuming) os << "; continuing at step " << state.step;
     say(opt.log, os.str());
   }
-
-  EvalOptions eo;
-  eo.batches = tc.eval_batches;
-  eo.batch = tc.batch;
-  eo.context = tc.seq_len;
 
   std::ofstream metrics(metrics_path, std::ios::app);
   TTT_CHECK(metrics.good(), "cannot open '" << metrics_path << "' for writing");
@@ -409,16 +453,48 @@ TrainResult train(const TrainOptions& opt) {
     const auto ts = Clock::now();
     const double lr = sched.at(state.step);
     for (auto& b : micro) b = sample_batch(corpus.train, tc.batch, tc.seq_len, data_rng);
-    const double loss = accumulate_gradients(cfg, params, micro, grads);
+    double loss = 0, gnorm = 0;
+#ifdef TTT_HAVE_CUDA
+    if (gpu) {
+      // The same step on the GPU: micro-batch gradients weighted by their share of the valid targets.
+      int64_t total_valid = 0;
+      std::vector<int64_t> valid;
+      for (auto& b : micro) {
+        int64_t v = 0;
+        for (int32_t t : b.targets) v += t >= 0;
+        valid.push_back(v);
+        total_valid += v;
+      }
+      TTT_CHECK(total_valid > 0, "the batch has no valid targets");
+      gpu->zero_grad();
+      for (size_t i = 0; i < micro.size(); ++i) {
+        const double w = double(valid[i]) / double(total_valid);
+        loss += w * gpu->forward(micro[i], true, w).loss;
+      }
+    } else
+#endif
+      loss = accumulate_gradients(cfg, params, micro, grads);
     TTT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step " << state.step + 1
                                                                << "; try a lower --lr or a smaller --clip");
-    for (size_t i = 0; i < mask.size(); ++i)  // frozen elements: no gradient (and none in the clipping norm)
-      for (size_t j = 0; j < mask[i].size(); ++j)
-        if (!mask[i][j]) grads[i].data[j] = 0.0f;
-    const double gnorm = clip_grad_norm(grads, tc.clip);
+#ifdef TTT_HAVE_CUDA
+    if (gpu) {
+      gpu->apply_grad_mask(mask);
+      gnorm = gpu->clip_grad_norm(tc.clip);
+    } else
+#endif
+    {
+      for (size_t i = 0; i < mask.size(); ++i)  // frozen elements: no gradient (and none in the clipping norm)
+        for (size_t j = 0; j < mask[i].size(); ++j)
+          if (!mask[i][j]) grads[i].data[j] = 0.0f;
+      gnorm = clip_grad_norm(grads, tc.clip);
+    }
     TTT_CHECK(std::isfinite(gnorm), "the gradient norm became " << gnorm << " at step " << state.step + 1
                                                                 << "; try a lower --lr");
-    adam.step(params.values, grads, lr);
+#ifdef TTT_HAVE_CUDA
+    if (gpu) gpu->adamw_step(adam, lr);
+    else
+#endif
+      adam.step(params.values, grads, lr);
     ++state.step;
     ++steps_run;
     state.tokens_seen += tc.tokens_per_step();
@@ -434,7 +510,7 @@ TrainResult train(const TrainOptions& opt) {
               {"grad_norm", gnorm}, {"tokens", state.tokens_seen}, {"elapsed_s", std::round(elapsed * 1000) / 1000},
               {"tokens_per_s", std::round(tps)}};
     if ((tc.eval_every > 0 && state.step % tc.eval_every == 0) || last) {
-      EvalResult ev = evaluate(cfg, params, corpus.val, eo);
+      EvalResult ev = run_eval();
       line["val_loss"] = ev.loss;
       line["val_bpb"] = ev.bpb;
       res.val_loss = ev.loss;
@@ -460,6 +536,7 @@ TrainResult train(const TrainOptions& opt) {
     }
     state.elapsed_seconds += seconds_since(ts);
     if ((tc.ckpt_every > 0 && state.step % tc.ckpt_every == 0) || last) {
+      sync_host(true);
       save_checkpoint(ckpt_dir, cfg, params, adam, state);
       last_ckpt_step = state.step;
     }
@@ -471,9 +548,10 @@ TrainResult train(const TrainOptions& opt) {
     }
   }
   // A resumed run that was already complete still gets its final evaluation and checkpoint.
+  sync_host(true);
   if (!res.interrupted && last_ckpt_step != state.step) save_checkpoint(ckpt_dir, cfg, params, adam, state);
   if (!res.interrupted && last_eval_step != state.step) {
-    EvalResult ev = evaluate(cfg, params, corpus.val, eo);
+    EvalResult ev = run_eval();
     res.val_loss = ev.loss;
     res.val_bpb = ev.bpb;
   }

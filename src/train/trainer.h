@@ -33,6 +33,10 @@ struct TrainOptions {
   int64_t interrupt_after = 0;  // test hook: return after this many steps of this invocation without the
                                 // final validation/checkpoint, as if the process had been killed
   std::ostream* log = nullptr;  // progress lines (flushed), or nothing
+  // Where the steps run: "cpu" (the autograd model, OpenMP over sequences) or "cuda" (src/cuda/model_cuda.h:
+  // parameters, gradients and AdamW moments on the GPU; checkpoints are the same files either way).
+  std::string device = "cpu";
+  std::string precision = "fp32";  // cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation and state)
   // TNT stage 2 (a new run; opt.model is ignored): start from the stage-1 run `stage2_from` with local
   // chunk sizes `stage2_local_chunks` (one per local memory); train.steps <= 0 means stage2_fraction of
   // the stage-1 run's steps; an empty train.data_dir means the stage-1 run's data.

@@ -1,0 +1,146 @@
+// Row-major products through cuBLAS (column-major): C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T.
+#include "cuda/blas_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda/check.cuh"
+
+namespace ttt::cuda {
+
+MathMode parse_math_mode(const std::string& s) {
+  if (s == "fp32") return MathMode::FP32;
+  if (s == "tf32") return MathMode::TF32;
+  if (s == "bf16") return MathMode::BF16;
+  TTT_FAIL("unknown precision '" << s << "' (choose fp32, tf32 or bf16)");
+}
+const char* math_mode_name(MathMode m) {
+  switch (m) {
+    case MathMode::FP32: return "fp32";
+    case MathMode::TF32: return "tf32";
+    case MathMode::BF16: return "bf16";
+  }
+  return "?";
+}
+
+namespace {
+
+// dst[b][r][c] = bf16(src[b*stride + r*ld + c]) for a batch of rows x cols matrices.
+__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t ld, int64_t stride, __nv_bfloat16* dst,
+                               int64_t rows, int64_t cols, int64_t batch) {
+  const int64_t n = rows * cols * batch;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i % cols, r = (i / cols) % rows, b = i / (rows * cols);
+    dst[i] = __float2bfloat16(src[b * stride + r * ld + c]);
+  }
+}
+
+__global__ void fill_kernel(float* p, float v, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = v;
+}
+
+int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 1 << 20))); }
+
+// A device buffer that grows (stream-ordered reuse is safe: everything runs on one stream).
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+  void* get(size_t want) {
+    if (want > bytes) {
+      if (p) TTT_CUDA_CHECK(cudaFree(p));  // cudaFree synchronizes the device: no use in flight remains
+      p = nullptr;
+      TTT_CUDA_CHECK(cudaMalloc(&p, want));
+      bytes = want;
+    }
+    return p;
+  }
+  ~Scratch() {
+    if (p) cudaFree(p);
+  }
+};
+
+}  // namespace
+
+struct Blas::Impl {
+  cublasHandle_t handle = nullptr;
+  Scratch a, b, ones;
+  int64_t ones_n = 0;
+};
+
+Blas::Blas(MathMode mode) : impl_(std::make_unique<Impl>()), mode_(mode) {
+  TTT_CUBLAS_CHECK(cublasCreate(&impl_->handle));
+  TTT_CUBLAS_CHECK(cublasSetStream(impl_->handle, nullptr));
+  TTT_CUBLAS_CHECK(cublasSetPointerMode(impl_->handle, CUBLAS_POINTER_MODE_HOST));
+}
+Blas::~Blas() {
+  if (impl_ && impl_->handle) cublasDestroy(impl_->handle);
+}
+
+void Blas::gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_batched(ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+                        int64_t sA, const float* B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc,
+                        int64_t sC, int64_t batch) {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  TTT_CHECK(k >= 0, "gemm: negative inner size " << k);
+  if (k == 0) {  // C = beta C
+    TTT_CHECK(beta == 0.0f || beta == 1.0f, "gemm: k = 0 with beta " << beta);
+    if (beta == 0.0f)
+      for (int64_t b = 0; b < batch; ++b)
+        TTT_CUDA_CHECK(cudaMemset2DAsync(C + b * sC, size_t(ldc) * sizeof(float), 0, size_t(n) * sizeof(float),
+                                         size_t(m), nullptr));
+    return;
+  }
+  const cublasOperation_t opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const void* pa = A;
+  const void* pb = B;
+  cudaDataType_t type = CUDA_R_32F;
+  cublasComputeType_t compute = mode_ == MathMode::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  int64_t la = lda, lb = ldb, sa = sA, sb = sB;
+  if (mode_ == MathMode::BF16) {
+    // Stored shapes: A is [m,k] (or [k,m] when ta), B is [k,n] (or [n,k] when tb).
+    const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    auto* a16 = static_cast<__nv_bfloat16*>(impl_->a.get(sizeof(__nv_bfloat16) * size_t(ar * ac * batch)));
+    auto* b16 = static_cast<__nv_bfloat16*>(impl_->b.get(sizeof(__nv_bfloat16) * size_t(br * bc * batch)));
+    to_bf16_kernel<<<grid_for(ar * ac * batch), 256>>>(A, lda, sA, a16, ar, ac, batch);
+    TTT_LAUNCH_CHECK("to_bf16");
+    to_bf16_kernel<<<grid_for(br * bc * batch), 256>>>(B, ldb, sB, b16, br, bc, batch);
+    TTT_LAUNCH_CHECK("to_bf16");
+    pa = a16, pb = b16, la = ac, lb = bc, sa = ar * ac, sb = br * bc;
+    type = CUDA_R_16BF;
+    compute = CUBLAS_COMPUTE_32F;
+  }
+  if (batch == 1) {
+    TTT_CUBLAS_CHECK(cublasGemmEx(impl_->handle, opB, opA, int(n), int(m), int(k), &alpha, pb, type, int(lb), pa, type,
+                                  int(la), &beta, C, CUDA_R_32F, int(ldc), compute, CUBLAS_GEMM_DEFAULT));
+  } else {
+    TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(impl_->handle, opB, opA, int(n), int(m), int(k), &alpha, pb, type,
+                                                int(lb), sb, pa, type, int(la), sa, &beta, C, CUDA_R_32F, int(ldc), sC,
+                                                int(batch), compute, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+void Blas::col_sum(const float* X, int64_t rows, int64_t cols, int64_t ldx, float* y, bool accumulate) {
+  if (cols <= 0) return;
+  if (rows > impl_->ones_n) {
+    float* ones = static_cast<float*>(impl_->ones.get(sizeof(float) * size_t(rows)));
+    fill_kernel<<<grid_for(rows), 256>>>(ones, 1.0f, rows);
+    TTT_LAUNCH_CHECK("fill");
+    impl_->ones_n = rows;
+  }
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  if (rows == 0) {
+    if (!accumulate) TTT_CUDA_CHECK(cudaMemsetAsync(y, 0, sizeof(float) * size_t(cols), nullptr));
+    return;
+  }
+  // Row-major X [rows, cols] is column-major [cols, rows]: y = X^T ones is a plain gemv on it.
+  TTT_CUBLAS_CHECK(cublasSgemv(impl_->handle, CUBLAS_OP_N, int(cols), int(rows), &alpha, X, int(ldx),
+                               static_cast<const float*>(impl_->ones.p), 1, &beta, y, 1));
+}
+
+}  // namespace ttt::cuda

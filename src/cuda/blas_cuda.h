@@ -1,0 +1,45 @@
+// Row-major matrix products on the GPU for the model (cuBLAS underneath), in one of three precisions:
+//   fp32  exact fp32 products (CUBLAS_COMPUTE_32F), the parity mode;
+//   tf32  tensor-core TF32 products with fp32 accumulation;
+//   bf16  operands rounded to bf16 (converted into a scratch buffer right before the product), fp32
+//         accumulation and fp32 outputs: issue 5's "bf16 matrix inputs with fp32 accumulation".
+// Every pointer is a device pointer; work is enqueued on the legacy default stream (which orders it with
+// every blocking stream, e.g. the LaCT runner's). This header needs no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace ttt::cuda {
+
+enum class MathMode { FP32, TF32, BF16 };
+MathMode parse_math_mode(const std::string& s);  // "fp32" | "tf32" | "bf16"; throws otherwise
+const char* math_mode_name(MathMode m);
+
+class Blas {
+ public:
+  explicit Blas(MathMode mode = MathMode::FP32);
+  ~Blas();
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+  MathMode mode() const { return mode_; }
+
+  // C[m,n] = alpha op(A) op(B) + beta C, row-major with leading dimensions; op(A) is [m,k] (A [m,k], or A [k,m]
+  // when ta), op(B) is [k,n].
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+  // The same for `batch` matrices at element strides sA, sB, sC.
+  void gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+                    int64_t sA, const float* B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc,
+                    int64_t sC, int64_t batch);
+  // y[cols] (+)= sum over rows of X[rows, cols] (ld ldx): a product with a ones vector, always exact fp32.
+  void col_sum(const float* X, int64_t rows, int64_t cols, int64_t ldx, float* y, bool accumulate);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  MathMode mode_;
+};
+
+}  // namespace ttt::cuda

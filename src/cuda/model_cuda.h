@@ -1,0 +1,77 @@
+// The language model of src/model (arch "lact": spec §5) on one GPU: forward, backward and the optimizer
+// step with parameters, gradients and AdamW moments resident on the device.
+//
+// What runs where: matrix products through Blas (blas_cuda.h: fp32, tf32 or bf16 operands with fp32
+// accumulation); RMSNorm, RoPE, cross-entropy, AdamW through kernels.h; causal sliding-window attention
+// through attention.h (flash style); the LaCT operator through LactRunner (lact_cuda.h); everything else
+// (memory-branch q/k preparation, gates, SwiGLU, layouts) through model_kernels.h. The backward is written
+// out layer by layer (no tape); it is the adjoint of exactly the forward that src/model/model.cpp records on
+// the CPU tape, and tests/test_cuda_model.cpp holds the two to each other (fp32 <= 1e-4 relative).
+//
+// Memory: the residual stream at every layer input is kept ([L+1] x rows x D); a layer's other activations
+// are recomputed from its input during the backward (one layer's worth of work buffers, reused by all layers),
+// so activation memory is ~ (L + 1) rows D + one layer, not L layers.
+//
+// This header needs no CUDA headers.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda/blas_cuda.h"
+#include "model/model.h"
+#include "train/optimizer.h"
+
+namespace ttt::cuda {
+
+struct GpuModelOptions {
+  MathMode math = MathMode::FP32;  // the model's matrix products and the LaCT operator's (bf16 + Muon: tf32 there)
+  bool poison = false;             // fill every work buffer with NaN when allocated (tests)
+};
+
+// Whether `cfg` can run on the GPU; if not, why (e.g. arch "tnt" / "titans", not on the GPU yet).
+bool gpu_supports(const model::ModelConfig& cfg, std::string* why = nullptr);
+
+class GpuModel {
+ public:
+  explicit GpuModel(const model::ModelConfig& cfg, const GpuModelOptions& opt = {});
+  ~GpuModel();
+  GpuModel(const GpuModel&) = delete;
+  GpuModel& operator=(const GpuModel&) = delete;
+
+  const model::ModelConfig& config() const;
+  void upload(const model::Params<float>& p);     // host -> device parameters
+  void download(model::Params<float>& p) const;   // device -> host (p gets the config's layout)
+
+  struct Result {
+    double loss = 0;                  // mean cross-entropy over the batch's valid targets
+    int64_t valid = 0;                // number of valid targets
+    std::vector<double> token_loss;   // per position, when asked (0 at ignored targets)
+    std::vector<float> logits;        // [rows, V], when asked
+  };
+  // Forward of a batch; with backward, adds grad_scale * d(loss)/d(parameters) into the gradient buffers
+  // (zero_grad() first). Training with accumulation passes grad_scale = valid_of_this_batch / valid_total.
+  Result forward(const model::Batch& b, bool backward, double grad_scale = 1.0, bool want_token_loss = false,
+                 bool want_logits = false);
+  void zero_grad();
+  void download_grads(std::vector<ag::Mat<float>>& g) const;  // one matrix per parameter
+  // Zeroes the gradient of frozen elements (mask as train::trainable_mask; empty: nothing frozen).
+  void apply_grad_mask(const std::vector<std::vector<uint8_t>>& mask);
+  // Global L2 norm of the gradients (double); scales them by max_norm / norm when above max_norm > 0.
+  double clip_grad_norm(double max_norm);
+  // One AdamW step on the device: the arithmetic of train::AdamW::step (its config, decay flags and trainable
+  // mask), with the moments kept on the device; `opt` counts the step. upload_optimizer copies opt's moments to
+  // the device (at the start and after a resume); download_optimizer copies them back (checkpoints).
+  void upload_optimizer(const train::AdamW& opt);
+  void adamw_step(train::AdamW& opt, double lr);
+  void download_optimizer(train::AdamW& opt) const;
+
+  size_t device_bytes() const;  // everything this model holds on the device now
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ttt::cuda

@@ -1,0 +1,478 @@
+// The CUDA sliding-window attention (src/cuda/attention.h) against its CPU reference nn::sliding_window_attention
+// run in float64 on the autograd tape (backward through the tape with a random dO), one sequence at a time, on
+// fresh random inputs. o, lse, dq, dk and dv must be within 1e-4 relative (max |gpu - ref| / max |ref| per output)
+// of float64; lse is checked against a direct float64 log-sum-exp. Where the exact gradient is zero (window 1, or a
+// single token: every row attends only to itself, so dS = P (dO.v - dO.o) = 0 and dq = dk = 0) a relative error
+// means nothing; there the fp32 result, the rounding left over from that cancellation, is divided by the size of
+// the cancelling terms instead (scale * max|dO| * max|v| * max|q, k|, norms per row and head). Device outputs are filled with NaN before
+// every run, so an element no kernel writes shows as NaN (which never passes); columns of a wider leading
+// dimension that belong to nothing must stay NaN (nothing writes outside its rows/heads). The backward must be
+// bit-reproducible, and each gradient must come out bit-identical when asked for alone. A 760m-shape test times
+// forward and backward (CUDA events, median of 5) and spot-checks sampled rows against float64. Every test skips,
+// saying why, without CUDA in the build or a usable device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "autograd/tape.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "nn/layers.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/attention.h"
+#include "cuda/kernels.h"
+#include "cuda/lact_cuda.h"
+#endif
+
+using namespace ttt;
+
+#ifndef TTT_HAVE_CUDA
+
+TEST(CudaAttention, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA toolkit (TTT_HAVE_CUDA unset)"; }
+
+#else
+
+namespace {
+
+#define REQUIRE_CUDA()                                                                     \
+  do {                                                                                     \
+    std::string why_;                                                                      \
+    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_; \
+  } while (0)
+
+constexpr double kTol = 1e-4;
+
+uint64_t fresh_seed() {
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+std::vector<float> normal(Rng& r, size_t n, double s) {
+  std::vector<float> x(n);
+  for (auto& e : x) e = float(r.normal() * s);
+  return x;
+}
+
+// max |a - ref| / max |ref|; infinite when a holds a NaN or an Inf. A reference that is zero up to float64
+// rounding (max |ref| <= 1e-9 * zero_scale) gives max |a - ref| / zero_scale instead.
+double rel_max(const std::vector<float>& a, const std::vector<double>& ref, double zero_scale = 1.0) {
+  EXPECT_EQ(a.size(), ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(double(a[i]))) return INFINITY;
+    num = std::max(num, std::abs(double(a[i]) - ref[i]));
+    den = std::max(den, std::abs(ref[i]));
+  }
+  return den <= 1e-9 * zero_scale ? num / zero_scale : num / den;
+}
+
+cuda::DeviceBuffer up(const std::vector<float>& v) {
+  cuda::DeviceBuffer b(std::max<size_t>(1, v.size() * sizeof(float)));
+  if (!v.empty()) b.upload(v.data(), v.size() * sizeof(float));
+  return b;
+}
+cuda::DeviceBuffer nan_buf(size_t floats) {
+  cuda::DeviceBuffer b(std::max<size_t>(1, floats * sizeof(float)));
+  b.fill_nan();
+  return b;
+}
+std::vector<float> down(const cuda::DeviceBuffer& b, size_t floats) {
+  cuda::stream_synchronize();
+  std::vector<float> v(floats);
+  if (floats) b.download(v.data(), floats * sizeof(float));
+  return v;
+}
+
+// A [rows, ld] host/device buffer holding an operand of `cols` columns at column `off` (several operands may share
+// one buffer: the fused qkv layout).
+struct Strided {
+  int64_t rows, ld, off, cols;
+  float* ptr(const cuda::DeviceBuffer& b) const { return b.as<float>() + off; }
+  // Rows [r0, r0 + n) of the operand as an n x cols float64 matrix.
+  ag::Mat<double> mat(const std::vector<float>& buf, int64_t r0, int64_t n) const {
+    ag::Mat<double> m(n, cols);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < cols; ++c) m.data[size_t(i * cols + c)] = double(buf[size_t((r0 + i) * ld + off + c)]);
+    return m;
+  }
+  std::vector<float> gather(const std::vector<float>& buf) const {
+    std::vector<float> v(size_t(rows * cols));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t c = 0; c < cols; ++c) v[size_t(i * cols + c)] = buf[size_t(i * ld + off + c)];
+    return v;
+  }
+};
+
+struct Case {
+  int64_t S, N, heads, hd, window;
+  bool fused;   // q/k/v in one [rows, 3D] buffer and dq/dk/dv in another
+  int64_t pad;  // separate buffers: leading dimension D + pad
+  std::string name() const {
+    return "S" + std::to_string(S) + " N" + std::to_string(N) + " H" + std::to_string(heads) + " hd" +
+           std::to_string(hd) + " W" + std::to_string(window) + (fused ? " fused" : " pad" + std::to_string(pad));
+  }
+};
+
+// Float64 log-sum-exp of the scaled scores of every (row, head) of one sequence.
+std::vector<double> lse_ref(const ag::Mat<double>& q, const ag::Mat<double>& k, int64_t heads, int64_t window) {
+  const int64_t N = q.rows, hd = q.cols / heads;
+  const double scale = 1.0 / std::sqrt(double(hd));
+  std::vector<double> out(size_t(N * heads));
+  std::vector<double> s;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      s.clear();
+      for (int64_t j = std::max<int64_t>(0, i - window + 1); j <= i; ++j) {
+        double d = 0;
+        for (int64_t c = 0; c < hd; ++c) d += q.data[size_t(i * q.cols + h * hd + c)] * k.data[size_t(j * k.cols + h * hd + c)];
+        s.push_back(d * scale);
+      }
+      const double mx = *std::max_element(s.begin(), s.end());
+      double sum = 0;
+      for (double x : s) sum += std::exp(x - mx);
+      out[size_t(i * heads + h)] = mx + std::log(sum);
+    }
+  return out;
+}
+
+struct Worst {
+  double err = 0;
+  std::string what;
+  int cases = 0;
+  void see(double e, const std::string& w) {
+    if (e > err || std::isnan(e)) err = e, what = w;
+  }
+  ~Worst() {
+    std::printf("[attention summary] worst relative error %.3e (%s) over %d cases\n", err, what.c_str(), cases);
+  }
+};
+
+#define CHECK_ERR(worst, e, tol, label)                                                        \
+  do {                                                                                         \
+    const double e_ = (e);                                                                     \
+    EXPECT_LE(e_, tol) << label << " (seed " << seed << "): relative error " << e_;            \
+    worst.see(e_, label);                                                                      \
+  } while (0)
+
+// Largest L2 norm of a (row, head) segment of an operand.
+double max_head_norm(const Strided& s, const std::vector<float>& buf, int64_t heads) {
+  const int64_t hd = s.cols / heads;
+  double best = 0;
+  for (int64_t i = 0; i < s.rows; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      double n = 0;
+      for (int64_t c = 0; c < hd; ++c) n += std::pow(double(buf[size_t(i * s.ld + s.off + h * hd + c)]), 2);
+      best = std::max(best, std::sqrt(n));
+    }
+  return best;
+}
+
+void attention_case(Worst& worst, const Case& c) {
+  const uint64_t seed = fresh_seed();
+  Rng r(seed);
+  const std::string name = c.name();
+  const int64_t D = c.heads * c.hd, rows = c.S * c.N;
+  const cuda::AttentionShape shape{c.S, c.N, c.heads, c.hd, c.window};
+  // Inputs: q, k, v (fused or separate), dO.
+  const int64_t ld_in = c.fused ? 3 * D : D + c.pad;
+  const Strided qs{rows, ld_in, 0, D}, ks{rows, ld_in, c.fused ? D : 0, D}, vs{rows, ld_in, c.fused ? 2 * D : 0, D};
+  const Strided os{rows, D + c.pad, 0, D}, dos{rows, D + c.pad, 0, D};
+  const double qk_scale = r.uniform(0.5, 2.0);  // sharper or flatter softmax
+  std::vector<float> qkv, qh, kh, vh;
+  if (c.fused) {
+    qkv = normal(r, size_t(rows * ld_in), 1.0);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < 2 * D; ++j) qkv[size_t(i * ld_in + j)] *= float(qk_scale);
+  } else {
+    qh = normal(r, size_t(rows * ld_in), qk_scale), kh = normal(r, size_t(rows * ld_in), qk_scale);
+    vh = normal(r, size_t(rows * ld_in), 1.0);
+  }
+  const std::vector<float> doh = normal(r, size_t(rows * dos.ld), 1.0);
+  const std::vector<float>& qsrc = c.fused ? qkv : qh;
+  const std::vector<float>& ksrc = c.fused ? qkv : kh;
+  const std::vector<float>& vsrc = c.fused ? qkv : vh;
+
+  // CPU reference per sequence, in float64.
+  std::vector<double> o_ref, lse_all, dq_ref, dk_ref, dv_ref;
+  for (int64_t s = 0; s < c.S; ++s) {
+    ag::Tape<double> t;
+    const ag::Mat<double> qm = qs.mat(qsrc, s * c.N, c.N), km = ks.mat(ksrc, s * c.N, c.N);
+    ag::Var qv = t.leaf(qm, true), kv = t.leaf(km, true), vv = t.leaf(vs.mat(vsrc, s * c.N, c.N), true);
+    ag::Var ov = nn::sliding_window_attention(t, qv, kv, vv, c.heads, c.window);
+    t.grad(ov) = dos.mat(doh, s * c.N, c.N);
+    t.backward();
+    const auto append = [](std::vector<double>& dst, const std::vector<double>& src) {
+      dst.insert(dst.end(), src.begin(), src.end());
+    };
+    append(o_ref, t.val(ov).data);
+    append(dq_ref, t.grad(qv).data);
+    append(dk_ref, t.grad(kv).data);
+    append(dv_ref, t.grad(vv).data);
+    append(lse_all, lse_ref(qm, km, c.heads, c.window));
+  }
+
+  // GPU.
+  cuda::DeviceBuffer qkvd, qd, kd, vd;
+  if (c.fused) qkvd = up(qkv);
+  else qd = up(qh), kd = up(kh), vd = up(vh);
+  const cuda::DeviceBuffer& qb = c.fused ? qkvd : qd;
+  const cuda::DeviceBuffer& kb = c.fused ? qkvd : kd;
+  const cuda::DeviceBuffer& vb = c.fused ? qkvd : vd;
+  cuda::DeviceBuffer dod = up(doh);
+  cuda::DeviceBuffer od = nan_buf(size_t(rows * os.ld)), lsed = nan_buf(size_t(rows * c.heads));
+  cuda::DeviceBuffer work = nan_buf(cuda::swa_backward_workspace(shape) / 4);
+  cuda::swa_forward(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
+                    lsed.as<float>());
+  const auto o_all = down(od, size_t(rows * os.ld));
+  const auto lse = down(lsed, size_t(rows * c.heads));
+  CHECK_ERR(worst, rel_max(os.gather(o_all), o_ref), kTol, name + " o");
+  CHECK_ERR(worst, rel_max(lse, lse_all), kTol, name + " lse");
+
+  // Gradients: fused into one [rows, 3D] buffer (the model's layout) or separate ones with ld D + pad.
+  const int64_t ld_g = c.fused ? 3 * D : D + c.pad;
+  const Strided dqs{rows, ld_g, 0, D}, dks{rows, ld_g, c.fused ? D : 0, D}, dvs{rows, ld_g, c.fused ? 2 * D : 0, D};
+  const size_t gsz = size_t(rows * ld_g);
+  struct Grads {
+    std::vector<float> dq, dk, dv;  // whole buffers as downloaded
+  };
+  // want: bit 0 dq, bit 1 dk, bit 2 dv
+  const auto run_bwd = [&](int want) {
+    Grads g;
+    if (c.fused) {
+      cuda::DeviceBuffer buf = nan_buf(gsz);
+      cuda::swa_backward(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
+                         lsed.as<float>(), dod.as<float>(), dos.ld, want & 1 ? dqs.ptr(buf) : nullptr, dqs.ld,
+                         want & 2 ? dks.ptr(buf) : nullptr, dks.ld, want & 4 ? dvs.ptr(buf) : nullptr, dvs.ld,
+                         work.as<void>());
+      g.dq = g.dk = g.dv = down(buf, gsz);
+    } else {
+      cuda::DeviceBuffer bq = nan_buf(gsz), bk = nan_buf(gsz), bv = nan_buf(gsz);
+      cuda::swa_backward(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
+                         lsed.as<float>(), dod.as<float>(), dos.ld, want & 1 ? bq.as<float>() : nullptr, dqs.ld,
+                         want & 2 ? bk.as<float>() : nullptr, dks.ld, want & 4 ? bv.as<float>() : nullptr, dvs.ld,
+                         work.as<void>());
+      g.dq = down(bq, gsz), g.dk = down(bk, gsz), g.dv = down(bv, gsz);
+    }
+    return g;
+  };
+  const Grads g1 = run_bwd(7);
+  const auto dq = dqs.gather(g1.dq), dk = dks.gather(g1.dk), dv = dvs.gather(g1.dv);
+  // The size of the terms of dq and dk before the cancellation in dP - delta (see the top of the file).
+  const double terms = max_head_norm(dos, doh, c.heads) * max_head_norm(vs, vsrc, c.heads) *
+                       std::max(max_head_norm(qs, qsrc, c.heads), max_head_norm(ks, ksrc, c.heads)) /
+                       std::sqrt(double(c.hd));
+  CHECK_ERR(worst, rel_max(dq, dq_ref, terms), kTol, name + " dq");
+  CHECK_ERR(worst, rel_max(dk, dk_ref, terms), kTol, name + " dk");
+  CHECK_ERR(worst, rel_max(dv, dv_ref), kTol, name + " dv");
+  // Nothing written outside the operands: the pad columns of o and of separate gradient buffers stay NaN.
+  if (c.pad > 0) {
+    bool clean = true;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = D; j < D + c.pad; ++j)
+        clean = clean && std::isnan(o_all[size_t(i * os.ld + j)]) && std::isnan(g1.dq[size_t(i * ld_g + j)]) &&
+                std::isnan(g1.dk[size_t(i * ld_g + j)]) && std::isnan(g1.dv[size_t(i * ld_g + j)]);
+    EXPECT_TRUE(clean) << name << ": a kernel wrote into the padding columns";
+  }
+  // Bit-reproducible, and each gradient alone equals the one computed with the others.
+  const Grads g2 = run_bwd(7);
+  EXPECT_EQ(dq, dqs.gather(g2.dq)) << name << ": dq not bit-reproducible";
+  EXPECT_EQ(dk, dks.gather(g2.dk)) << name << ": dk not bit-reproducible";
+  EXPECT_EQ(dv, dvs.gather(g2.dv)) << name << ": dv not bit-reproducible";
+  EXPECT_EQ(dq, dqs.gather(run_bwd(1).dq)) << name << ": dq alone differs";
+  EXPECT_EQ(dk, dks.gather(run_bwd(2).dk)) << name << ": dk alone differs";
+  EXPECT_EQ(dv, dvs.gather(run_bwd(4).dv)) << name << ": dv alone differs";
+  ++worst.cases;
+}
+
+}  // namespace
+
+const std::vector<Case>& cases() {
+  static const std::vector<Case> all{
+      {1, 100, 2, 32, 64, false, 0},    // N not a multiple of the 64-row tile
+      {2, 256, 4, 32, 64, true, 0},     // the tiny preset's attention, fused qkv, two sequences
+      {1, 130, 3, 64, 200, false, 0},   // window > N: full causal
+      {2, 77, 2, 48, 1, false, 3},      // window 1, odd head width, ld not a multiple of 4
+      {1, 300, 2, 64, 100, false, 1},   // window not a multiple of the tile
+      {2, 150, 3, 64, 40, true, 0},     // fused, window < tile
+      {1, 700, 2, 64, 300, false, 0},   // many key tiles per query tile
+      {1, 65, 1, 128, 64, false, 4},    // widest head
+      {3, 33, 2, 7, 2048, false, 0},    // tiny odd head width, window >> N
+      {1, 1, 1, 16, 5, false, 0},       // a single token
+      {2, 129, 5, 96, 65, true, 0}};    // hd between 64 and 128
+  return all;
+}
+
+TEST(CudaAttention, MatchesCpu) {
+  REQUIRE_CUDA();
+  Worst worst;
+  for (const Case& c : cases()) attention_case(worst, c);
+}
+
+TEST(CudaAttention, BackwardBitIdentical) {
+  REQUIRE_CUDA();
+  const uint64_t seed = fresh_seed();
+  Rng r(seed);
+  const cuda::AttentionShape s{2, 1000, 3, 64, 333};
+  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
+  cuda::DeviceBuffer qkv = up(normal(r, size_t(rows * ld), 1.0)), dO = up(normal(r, size_t(rows * D), 1.0));
+  cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
+  cuda::DeviceBuffer work = nan_buf(cuda::swa_backward_workspace(s) / 4);
+  const float* q = qkv.as<float>();
+  cuda::swa_forward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>());
+  std::vector<float> first;
+  for (int run = 0; run < 3; ++run) {
+    cuda::DeviceBuffer g = nan_buf(size_t(rows * ld));
+    float* gp = g.as<float>();
+    cuda::swa_backward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp,
+                       ld, gp + D, ld, gp + 2 * D, ld, work.as<void>());
+    const auto got = down(g, size_t(rows * ld));
+    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "seed " << seed << ": unwritten or non-finite gradient";
+    if (run == 0) first = got;
+    else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "run " << run << " differs";
+  }
+}
+
+TEST(CudaAttention, RejectsBadInput) {
+  // Shape checks come before anything touches the device, so this runs without a GPU too.
+  float dummy = 0;
+  float* p = &dummy;
+  const auto fwd = [&](cuda::AttentionShape s, int64_t ld) {
+    cuda::swa_forward(s, p, ld, p, ld, p, ld, p, ld, p);
+  };
+  const auto bwd = [&](cuda::AttentionShape s, int64_t ld) {
+    cuda::swa_backward(s, p, ld, p, ld, p, ld, p, ld, p, p, ld, p, ld, p, ld, p, ld, p);
+  };
+  EXPECT_THROW(fwd({1, 8, 1, 129, 4}, 129), Error);   // hd > 128
+  EXPECT_THROW(bwd({1, 8, 1, 256, 4}, 256), Error);
+  EXPECT_THROW(fwd({1, 8, 2, 32, 0}, 64), Error);     // window < 1
+  EXPECT_THROW(bwd({1, 8, 2, 32, -3}, 64), Error);
+  EXPECT_THROW(fwd({1, 8, 2, 32, 4}, 63), Error);     // ld < heads * hd
+  EXPECT_THROW(fwd({1, 8, 0, 32, 4}, 64), Error);     // no heads
+  EXPECT_THROW(bwd({1, 8, 2, 0, 4}, 64), Error);      // hd 0
+  EXPECT_THROW(cuda::swa_forward({1, 8, 1, 32, 4}, nullptr, 32, p, 32, p, 32, p, 32, p), Error);
+  EXPECT_THROW(cuda::swa_backward({1, 8, 1, 32, 4}, p, 32, p, 32, p, 32, p, 32, p, p, 32, p, 32, p, 32, p, 32,
+                                  nullptr),
+               Error);  // no workspace
+}
+
+// The 760m preset's attention (one sequence of 32768 tokens, 24 heads of 64, window 2048) on a fused qkv buffer:
+// median time of 5 forward and 5 backward runs, and float64 spot checks of o, lse and dq on sampled rows and of
+// dk, dv on two keys.
+TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
+  REQUIRE_CUDA();
+  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
+  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
+  const uint64_t seed = fresh_seed();
+  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4), dO(size_t(rows * D) * 4);
+  qkv.fill_random<float>(rows * ld, seed, 0, 1.0, true);
+  dO.fill_random<float>(rows * D, seed + 1, 0, 1.0, true);
+  cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads)),
+                     g = nan_buf(size_t(rows * ld)), work = nan_buf(cuda::swa_backward_workspace(s) / 4);
+  const float* q = qkv.as<float>();
+  float* gp = g.as<float>();
+  const auto fwd = [&] { cuda::swa_forward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>()); };
+  const auto bwd = [&] {
+    cuda::swa_backward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp,
+                       ld, gp + D, ld, gp + 2 * D, ld, work.as<void>());
+  };
+  fwd();
+  bwd();
+  std::vector<double> tf, tb;
+  for (int i = 0; i < 5; ++i) tf.push_back(cuda::elapsed_ms(fwd));
+  for (int i = 0; i < 5; ++i) tb.push_back(cuda::elapsed_ms(bwd));
+  std::sort(tf.begin(), tf.end());
+  std::sort(tb.begin(), tb.end());
+  std::printf("[attention 760m] S1 N32768 H24 hd64 W2048 on %s: forward %.2f ms, backward %.2f ms (median of 5; "
+              "forward min %.2f max %.2f, backward min %.2f max %.2f)\n",
+              cuda::device_description().c_str(), tf[2], tb[2], tf[0], tf[4], tb[0], tb[4]);
+
+  // Spot checks in float64.
+  const auto X = down(qkv, size_t(rows * ld)), dOh = down(dO, size_t(rows * D)), Oh = down(o, size_t(rows * D)),
+             Lh = down(lse, size_t(rows * s.heads)), G = down(g, size_t(rows * ld));
+  const double scale = 1.0 / std::sqrt(double(s.hd));
+  const auto at = [&](int64_t row, int64_t part, int64_t h, int64_t c) {
+    return double(X[size_t(row * ld + part * D + h * s.hd + c)]);
+  };
+  // Row i, head h: probabilities over its window, o, lse, delta.
+  struct RowRef {
+    int64_t j0;
+    std::vector<double> p, o;
+    double lse, delta;
+  };
+  const auto row_ref = [&](int64_t i, int64_t h) {
+    RowRef rr;
+    rr.j0 = std::max<int64_t>(0, i - s.window + 1);
+    double mx = -INFINITY;
+    for (int64_t j = rr.j0; j <= i; ++j) {
+      double d = 0;
+      for (int64_t c = 0; c < s.hd; ++c) d += at(i, 0, h, c) * at(j, 1, h, c);
+      rr.p.push_back(d * scale);
+      mx = std::max(mx, d * scale);
+    }
+    double sum = 0;
+    for (double& x : rr.p) sum += (x = std::exp(x - mx));
+    for (double& x : rr.p) x /= sum;
+    rr.lse = mx + std::log(sum);
+    rr.o.assign(size_t(s.hd), 0.0);
+    for (int64_t j = rr.j0; j <= i; ++j)
+      for (int64_t c = 0; c < s.hd; ++c) rr.o[size_t(c)] += rr.p[size_t(j - rr.j0)] * at(j, 2, h, c);
+    rr.delta = 0;
+    for (int64_t c = 0; c < s.hd; ++c) rr.delta += rr.o[size_t(c)] * dOh[size_t(i * D + h * s.hd + c)];
+    return rr;
+  };
+  const auto dp = [&](int64_t i, int64_t j, int64_t h) {
+    double d = 0;
+    for (int64_t c = 0; c < s.hd; ++c) d += dOh[size_t(i * D + h * s.hd + c)] * at(j, 2, h, c);
+    return d;
+  };
+  std::vector<float> o_got, lse_got, dq_got, dk_got, dv_got;
+  std::vector<double> o_want, lse_want, dq_want, dk_want, dv_want;
+  Rng r(seed);
+  for (int t = 0; t < 12; ++t) {
+    const int64_t i = t == 0 ? 0 : t == 1 ? rows - 1 : int64_t(r.below(uint64_t(rows)));
+    const int64_t h = int64_t(r.below(uint64_t(s.heads)));
+    const RowRef rr = row_ref(i, h);
+    lse_got.push_back(Lh[size_t(i * s.heads + h)]), lse_want.push_back(rr.lse);
+    std::vector<double> dq(size_t(s.hd), 0.0);
+    for (int64_t j = rr.j0; j <= i; ++j) {
+      const double ds = rr.p[size_t(j - rr.j0)] * (dp(i, j, h) - rr.delta);
+      for (int64_t c = 0; c < s.hd; ++c) dq[size_t(c)] += scale * ds * at(j, 1, h, c);
+    }
+    for (int64_t c = 0; c < s.hd; ++c) {
+      o_got.push_back(Oh[size_t(i * D + h * s.hd + c)]), o_want.push_back(rr.o[size_t(c)]);
+      dq_got.push_back(G[size_t(i * ld + h * s.hd + c)]), dq_want.push_back(dq[size_t(c)]);
+    }
+  }
+  for (const int64_t j : {int64_t(5), rows - 3000}) {
+    const int64_t h = int64_t(r.below(uint64_t(s.heads)));
+    std::vector<double> dk(size_t(s.hd), 0.0), dv(size_t(s.hd), 0.0);
+    for (int64_t i = j; i < std::min(rows, j + s.window); ++i) {
+      const RowRef rr = row_ref(i, h);
+      const double p = rr.p[size_t(j - rr.j0)], ds = p * (dp(i, j, h) - rr.delta);
+      for (int64_t c = 0; c < s.hd; ++c) {
+        dv[size_t(c)] += p * dOh[size_t(i * D + h * s.hd + c)];
+        dk[size_t(c)] += scale * ds * at(i, 0, h, c);
+      }
+    }
+    for (int64_t c = 0; c < s.hd; ++c) {
+      dk_got.push_back(G[size_t(j * ld + D + h * s.hd + c)]), dk_want.push_back(dk[size_t(c)]);
+      dv_got.push_back(G[size_t(j * ld + 2 * D + h * s.hd + c)]), dv_want.push_back(dv[size_t(c)]);
+    }
+  }
+  Worst worst;
+  CHECK_ERR(worst, rel_max(o_got, o_want), kTol, "760m o");
+  CHECK_ERR(worst, rel_max(lse_got, lse_want), kTol, "760m lse");
+  CHECK_ERR(worst, rel_max(dq_got, dq_want), kTol, "760m dq");
+  CHECK_ERR(worst, rel_max(dk_got, dk_want), kTol, "760m dk");
+  CHECK_ERR(worst, rel_max(dv_got, dv_want), kTol, "760m dv");
+  worst.cases = 1;
+  for (float x : G) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite gradient";
+}
+
+#endif  // TTT_HAVE_CUDA
