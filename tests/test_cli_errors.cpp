@@ -115,7 +115,9 @@ TEST(CliErrors, UnknownFlagForEveryCommand) {
   expect_clean_failure("bench --no-such-flag 1", "subcommand");  // `bench` alone only names its subcommands
   expect_clean_failure("frobnicate", "unknown command");
   expect_clean_failure("train --steps abc", "integer");
-  expect_clean_failure("train --device cuda", "cpu");
+  expect_clean_failure("train --device tpu", "cpu or cuda");
+  expect_clean_failure("eval --checkpoint x --device tpu", "cpu or cuda");
+  expect_clean_failure("train --precision bf16", "--device cuda");
 }
 
 TEST(CliErrors, MissingCheckpoint) {

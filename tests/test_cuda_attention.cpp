@@ -7,7 +7,10 @@
 // the cancelling terms instead (scale * max|dO| * max|v| * max|q, k|, norms per row and head). Device outputs are filled with NaN before
 // every run, so an element no kernel writes shows as NaN (which never passes); columns of a wider leading
 // dimension that belong to nothing must stay NaN (nothing writes outside its rows/heads). The backward must be
-// bit-reproducible, and each gradient must come out bit-identical when asked for alone. A 760m-shape test times
+// bit-reproducible, and each gradient must come out bit-identical when asked for alone. The bf16 tensor-core kernels
+// (swa_forward_bf16 / swa_backward_bf16) go through the same cases and checks with relative L2 error
+// ||gpu - ref|| / ||ref|| <= 2e-2 per output instead (their worst max-abs relative error is printed, not checked; lse errors are taken relative to at least the
+// typical score size, scale |q| |k| / sqrt(hd), since a one-token lse is a single, possibly cancelling, dot product). A 760m-shape test times
 // forward and backward (CUDA events, median of 5) and spot-checks sampled rows against float64. Every test skips,
 // saying why, without CUDA in the build or a usable device.
 #include <gtest/gtest.h>
@@ -47,6 +50,21 @@ namespace {
   } while (0)
 
 constexpr double kTol = 1e-4;
+constexpr double kTolBf16 = 2e-2;  // bf16 kernels: relative L2 error ||gpu - ref|| / ||ref|| per output
+
+// Which kernels a test runs: the fp32 ones (max-abs relative error <= kTol) or the bf16 tensor-core ones
+// (relative L2 error <= kTolBf16; the max-abs relative error is reported beside it).
+struct Impl {
+  bool bf16;
+  void (*fwd)(const cuda::AttentionShape&, const float*, int64_t, const float*, int64_t, const float*, int64_t,
+              float*, int64_t, float*, void*);
+  void (*bwd)(const cuda::AttentionShape&, const float*, int64_t, const float*, int64_t, const float*, int64_t,
+              const float*, int64_t, const float*, const float*, int64_t, float*, int64_t, float*, int64_t, float*,
+              int64_t, void*, void*);
+  const char* name() const { return bf16 ? "bf16" : "fp32"; }
+};
+const Impl kFp32{false, &cuda::swa_forward, &cuda::swa_backward};
+const Impl kBf16{true, &cuda::swa_forward_bf16, &cuda::swa_backward_bf16};
 
 uint64_t fresh_seed() {
   std::random_device rd;
@@ -70,6 +88,22 @@ double rel_max(const std::vector<float>& a, const std::vector<double>& ref, doub
     den = std::max(den, std::abs(ref[i]));
   }
   return den <= 1e-9 * zero_scale ? num / zero_scale : num / den;
+}
+
+// ||a - ref||_2 / max(||ref||_2, floor * sqrt(n)); infinite when a holds a NaN or an Inf. A reference that is zero
+// up to float64 rounding gives max |a - ref| / zero_scale instead (as rel_max).
+double rel_l2(const std::vector<float>& a, const std::vector<double>& ref, double zero_scale = 1.0,
+              double floor = 0.0) {
+  EXPECT_EQ(a.size(), ref.size());
+  double num = 0, den = 0, mx = 0, mref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(double(a[i]))) return INFINITY;
+    const double d = double(a[i]) - ref[i];
+    num += d * d, den += ref[i] * ref[i];
+    mx = std::max(mx, std::abs(d)), mref = std::max(mref, std::abs(ref[i]));
+  }
+  return mref <= 1e-9 * zero_scale ? mx / zero_scale
+                                    : std::sqrt(num) / std::max(std::sqrt(den), floor * std::sqrt(double(a.size())));
 }
 
 cuda::DeviceBuffer up(const std::vector<float>& v) {
@@ -142,14 +176,20 @@ std::vector<double> lse_ref(const ag::Mat<double>& q, const ag::Mat<double>& k, 
 }
 
 struct Worst {
-  double err = 0;
-  std::string what;
+  double err = 0, err_max = 0;  // err: the checked measure; err_max: max-abs relative (bf16: reported only)
+  std::string what, what_max, kind = "relative error";
   int cases = 0;
   void see(double e, const std::string& w) {
     if (e > err || std::isnan(e)) err = e, what = w;
   }
+  void see_max(double e, const std::string& w) {
+    if (e > err_max || std::isnan(e)) err_max = e, what_max = w;
+  }
   ~Worst() {
-    std::printf("[attention summary] worst relative error %.3e (%s) over %d cases\n", err, what.c_str(), cases);
+    std::printf("[attention summary] worst %s %.3e (%s) over %d cases\n", kind.c_str(), err, what.c_str(), cases);
+    if (!what_max.empty())
+      std::printf("[attention summary] worst max-abs relative error %.3e (%s), not checked\n", err_max,
+                  what_max.c_str());
   }
 };
 
@@ -159,6 +199,20 @@ struct Worst {
     EXPECT_LE(e_, tol) << label << " (seed " << seed << "): relative error " << e_;            \
     worst.see(e_, label);                                                                      \
   } while (0)
+
+// fp32: max-abs relative <= kTol. bf16: relative L2 <= kTolBf16, max-abs relative recorded.
+// lse_floor (bf16 lse only): a typical score size. An lse is a log, its near-zero values come from cancelling
+// scores (one token: lse = q.k / sqrt(hd)), whose bf16 rounding error scales with |q| |k|, not with |lse|.
+#define CHECK_IMPL_F(impl, worst, got, ref, zs, lse_floor, label)                              \
+  do {                                                                                         \
+    if ((impl).bf16) {                                                                         \
+      CHECK_ERR(worst, rel_l2(got, ref, zs, lse_floor), kTolBf16, label);                      \
+      worst.see_max(rel_max(got, ref, zs), label);                                             \
+    } else {                                                                                   \
+      CHECK_ERR(worst, rel_max(got, ref, zs), kTol, label);                                    \
+    }                                                                                          \
+  } while (0)
+#define CHECK_IMPL(impl, worst, got, ref, zs, label) CHECK_IMPL_F(impl, worst, got, ref, zs, 0.0, label)
 
 // Largest L2 norm of a (row, head) segment of an operand.
 double max_head_norm(const Strided& s, const std::vector<float>& buf, int64_t heads) {
@@ -173,10 +227,10 @@ double max_head_norm(const Strided& s, const std::vector<float>& buf, int64_t he
   return best;
 }
 
-void attention_case(Worst& worst, const Case& c) {
+void attention_case(const Impl& impl, Worst& worst, const Case& c) {
   const uint64_t seed = fresh_seed();
   Rng r(seed);
-  const std::string name = c.name();
+  const std::string name = std::string(impl.name()) + " " + c.name();
   const int64_t D = c.heads * c.hd, rows = c.S * c.N;
   const cuda::AttentionShape shape{c.S, c.N, c.heads, c.hd, c.window};
   // Inputs: q, k, v (fused or separate), dO.
@@ -227,12 +281,14 @@ void attention_case(Worst& worst, const Case& c) {
   cuda::DeviceBuffer dod = up(doh);
   cuda::DeviceBuffer od = nan_buf(size_t(rows * os.ld)), lsed = nan_buf(size_t(rows * c.heads));
   cuda::DeviceBuffer work = nan_buf(cuda::swa_backward_workspace(shape) / 4);
-  cuda::swa_forward(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
-                    lsed.as<float>());
+  impl.fwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld, lsed.as<float>(),
+           nullptr);
   const auto o_all = down(od, size_t(rows * os.ld));
   const auto lse = down(lsed, size_t(rows * c.heads));
-  CHECK_ERR(worst, rel_max(os.gather(o_all), o_ref), kTol, name + " o");
-  CHECK_ERR(worst, rel_max(lse, lse_all), kTol, name + " lse");
+  CHECK_IMPL(impl, worst, os.gather(o_all), o_ref, 1.0, name + " o");
+  // bf16 lse: errors relative to at least the typical score size scale * |q| |k| / sqrt(hd) (norms per row/head).
+  const double score_size = max_head_norm(qs, qsrc, c.heads) * max_head_norm(ks, ksrc, c.heads) / double(c.hd);
+  CHECK_IMPL_F(impl, worst, lse, lse_all, 1.0, score_size, name + " lse");
 
   // Gradients: fused into one [rows, 3D] buffer (the model's layout) or separate ones with ld D + pad.
   const int64_t ld_g = c.fused ? 3 * D : D + c.pad;
@@ -246,17 +302,17 @@ void attention_case(Worst& worst, const Case& c) {
     Grads g;
     if (c.fused) {
       cuda::DeviceBuffer buf = nan_buf(gsz);
-      cuda::swa_backward(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
-                         lsed.as<float>(), dod.as<float>(), dos.ld, want & 1 ? dqs.ptr(buf) : nullptr, dqs.ld,
-                         want & 2 ? dks.ptr(buf) : nullptr, dks.ld, want & 4 ? dvs.ptr(buf) : nullptr, dvs.ld,
-                         work.as<void>());
+      impl.bwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
+               lsed.as<float>(), dod.as<float>(), dos.ld, want & 1 ? dqs.ptr(buf) : nullptr, dqs.ld,
+               want & 2 ? dks.ptr(buf) : nullptr, dks.ld, want & 4 ? dvs.ptr(buf) : nullptr, dvs.ld,
+               work.as<void>(), nullptr);
       g.dq = g.dk = g.dv = down(buf, gsz);
     } else {
       cuda::DeviceBuffer bq = nan_buf(gsz), bk = nan_buf(gsz), bv = nan_buf(gsz);
-      cuda::swa_backward(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
-                         lsed.as<float>(), dod.as<float>(), dos.ld, want & 1 ? bq.as<float>() : nullptr, dqs.ld,
-                         want & 2 ? bk.as<float>() : nullptr, dks.ld, want & 4 ? bv.as<float>() : nullptr, dvs.ld,
-                         work.as<void>());
+      impl.bwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld,
+               lsed.as<float>(), dod.as<float>(), dos.ld, want & 1 ? bq.as<float>() : nullptr, dqs.ld,
+               want & 2 ? bk.as<float>() : nullptr, dks.ld, want & 4 ? bv.as<float>() : nullptr, dvs.ld,
+               work.as<void>(), nullptr);
       g.dq = down(bq, gsz), g.dk = down(bk, gsz), g.dv = down(bv, gsz);
     }
     return g;
@@ -267,9 +323,9 @@ void attention_case(Worst& worst, const Case& c) {
   const double terms = max_head_norm(dos, doh, c.heads) * max_head_norm(vs, vsrc, c.heads) *
                        std::max(max_head_norm(qs, qsrc, c.heads), max_head_norm(ks, ksrc, c.heads)) /
                        std::sqrt(double(c.hd));
-  CHECK_ERR(worst, rel_max(dq, dq_ref, terms), kTol, name + " dq");
-  CHECK_ERR(worst, rel_max(dk, dk_ref, terms), kTol, name + " dk");
-  CHECK_ERR(worst, rel_max(dv, dv_ref), kTol, name + " dv");
+  CHECK_IMPL(impl, worst, dq, dq_ref, terms, name + " dq");
+  CHECK_IMPL(impl, worst, dk, dk_ref, terms, name + " dk");
+  CHECK_IMPL(impl, worst, dv, dv_ref, 1.0, name + " dv");
   // Nothing written outside the operands: the pad columns of o and of separate gradient buffers stay NaN.
   if (c.pad > 0) {
     bool clean = true;
@@ -311,11 +367,19 @@ const std::vector<Case>& cases() {
 TEST(CudaAttention, MatchesCpu) {
   REQUIRE_CUDA();
   Worst worst;
-  for (const Case& c : cases()) attention_case(worst, c);
+  for (const Case& c : cases()) attention_case(kFp32, worst, c);
 }
 
-TEST(CudaAttention, BackwardBitIdentical) {
+// The bf16 tensor-core kernels on the same cases: relative L2 error <= 2e-2 per output, the same NaN poisoning,
+// padding, reproducibility and gradient-alone checks.
+TEST(CudaAttention, Bf16MatchesCpu) {
   REQUIRE_CUDA();
+  Worst worst;
+  worst.kind = "relative L2 error (bf16)";
+  for (const Case& c : cases()) attention_case(kBf16, worst, c);
+}
+
+void backward_bit_identical(const Impl& impl) {
   const uint64_t seed = fresh_seed();
   Rng r(seed);
   const cuda::AttentionShape s{2, 1000, 3, 64, 333};
@@ -324,18 +388,28 @@ TEST(CudaAttention, BackwardBitIdentical) {
   cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
   cuda::DeviceBuffer work = nan_buf(cuda::swa_backward_workspace(s) / 4);
   const float* q = qkv.as<float>();
-  cuda::swa_forward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>());
+  impl.fwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
   std::vector<float> first;
   for (int run = 0; run < 3; ++run) {
     cuda::DeviceBuffer g = nan_buf(size_t(rows * ld));
     float* gp = g.as<float>();
-    cuda::swa_backward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp,
-                       ld, gp + D, ld, gp + 2 * D, ld, work.as<void>());
+    impl.bwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp, ld,
+             gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
     const auto got = down(g, size_t(rows * ld));
-    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << "seed " << seed << ": unwritten or non-finite gradient";
+    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << impl.name() << " seed " << seed << ": unwritten or non-finite gradient";
     if (run == 0) first = got;
-    else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << "run " << run << " differs";
+    else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << impl.name() << " run " << run << " differs";
   }
+}
+
+TEST(CudaAttention, BackwardBitIdentical) {
+  REQUIRE_CUDA();
+  backward_bit_identical(kFp32);
+}
+
+TEST(CudaAttention, Bf16BackwardBitIdentical) {
+  REQUIRE_CUDA();
+  backward_bit_identical(kBf16);
 }
 
 TEST(CudaAttention, RejectsBadInput) {
@@ -356,6 +430,14 @@ TEST(CudaAttention, RejectsBadInput) {
   EXPECT_THROW(fwd({1, 8, 0, 32, 4}, 64), Error);     // no heads
   EXPECT_THROW(bwd({1, 8, 2, 0, 4}, 64), Error);      // hd 0
   EXPECT_THROW(cuda::swa_forward({1, 8, 1, 32, 4}, nullptr, 32, p, 32, p, 32, p, 32, p), Error);
+  EXPECT_THROW(cuda::swa_forward_bf16({1, 8, 1, 129, 4}, p, 129, p, 129, p, 129, p, 129, p), Error);
+  EXPECT_THROW(cuda::swa_forward_bf16({1, 8, 2, 32, 0}, p, 64, p, 64, p, 64, p, 64, p), Error);
+  EXPECT_THROW(cuda::swa_backward_bf16({1, 8, 2, 32, 4}, p, 63, p, 63, p, 63, p, 63, p, p, 63, p, 63, p, 63, p, 63,
+                                       p),
+               Error);
+  EXPECT_THROW(cuda::swa_backward_bf16({1, 8, 1, 32, 4}, p, 32, p, 32, p, 32, p, 32, p, p, 32, p, 32, p, 32, p, 32,
+                                       nullptr),
+               Error);
   EXPECT_THROW(cuda::swa_backward({1, 8, 1, 32, 4}, p, 32, p, 32, p, 32, p, 32, p, p, 32, p, 32, p, 32, p, 32,
                                   nullptr),
                Error);  // no workspace
@@ -364,8 +446,10 @@ TEST(CudaAttention, RejectsBadInput) {
 // The 760m preset's attention (one sequence of 32768 tokens, 24 heads of 64, window 2048) on a fused qkv buffer:
 // median time of 5 forward and 5 backward runs, and float64 spot checks of o, lse and dq on sampled rows and of
 // dk, dv on two keys.
-TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
-  REQUIRE_CUDA();
+// fp32 timings of the last shape760m(kFp32) run, printed beside the bf16 ones.
+double g_fp32_fwd_ms = 0, g_fp32_bwd_ms = 0;
+
+void shape760m(const Impl& impl) {
   const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
   const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
   const uint64_t seed = fresh_seed();
@@ -376,10 +460,12 @@ TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
                      g = nan_buf(size_t(rows * ld)), work = nan_buf(cuda::swa_backward_workspace(s) / 4);
   const float* q = qkv.as<float>();
   float* gp = g.as<float>();
-  const auto fwd = [&] { cuda::swa_forward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>()); };
+  const auto fwd = [&] {
+    impl.fwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
+  };
   const auto bwd = [&] {
-    cuda::swa_backward(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp,
-                       ld, gp + D, ld, gp + 2 * D, ld, work.as<void>());
+    impl.bwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp, ld,
+             gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
   };
   fwd();
   bwd();
@@ -388,9 +474,16 @@ TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
   for (int i = 0; i < 5; ++i) tb.push_back(cuda::elapsed_ms(bwd));
   std::sort(tf.begin(), tf.end());
   std::sort(tb.begin(), tb.end());
-  std::printf("[attention 760m] S1 N32768 H24 hd64 W2048 on %s: forward %.2f ms, backward %.2f ms (median of 5; "
-              "forward min %.2f max %.2f, backward min %.2f max %.2f)\n",
-              cuda::device_description().c_str(), tf[2], tb[2], tf[0], tf[4], tb[0], tb[4]);
+  std::printf("[attention 760m %s] S1 N32768 H24 hd64 W2048 on %s: forward %.2f ms, backward %.2f ms (median of "
+              "5; forward min %.2f max %.2f, backward min %.2f max %.2f)\n",
+              impl.name(), cuda::device_description().c_str(), tf[2], tb[2], tf[0], tf[4], tb[0], tb[4]);
+  if (impl.bf16) {
+    if (g_fp32_fwd_ms > 0)
+      std::printf("[attention 760m] bf16 vs fp32: forward %.2f vs %.2f ms (x%.2f), backward %.2f vs %.2f ms (x%.2f)\n",
+                  tf[2], g_fp32_fwd_ms, g_fp32_fwd_ms / tf[2], tb[2], g_fp32_bwd_ms, g_fp32_bwd_ms / tb[2]);
+  } else {
+    g_fp32_fwd_ms = tf[2], g_fp32_bwd_ms = tb[2];
+  }
 
   // Spot checks in float64.
   const auto X = down(qkv, size_t(rows * ld)), dOh = down(dO, size_t(rows * D)), Oh = down(o, size_t(rows * D)),
@@ -466,13 +559,27 @@ TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
     }
   }
   Worst worst;
-  CHECK_ERR(worst, rel_max(o_got, o_want), kTol, "760m o");
-  CHECK_ERR(worst, rel_max(lse_got, lse_want), kTol, "760m lse");
-  CHECK_ERR(worst, rel_max(dq_got, dq_want), kTol, "760m dq");
-  CHECK_ERR(worst, rel_max(dk_got, dk_want), kTol, "760m dk");
-  CHECK_ERR(worst, rel_max(dv_got, dv_want), kTol, "760m dv");
+  if (impl.bf16) worst.kind = "relative L2 error (bf16)";
+  const std::string tag = std::string("760m ") + impl.name();
+  CHECK_IMPL(impl, worst, o_got, o_want, 1.0, tag + " o");
+  CHECK_IMPL(impl, worst, lse_got, lse_want, 1.0, tag + " lse");
+  CHECK_IMPL(impl, worst, dq_got, dq_want, 1.0, tag + " dq");
+  CHECK_IMPL(impl, worst, dk_got, dk_want, 1.0, tag + " dk");
+  CHECK_IMPL(impl, worst, dv_got, dv_want, 1.0, tag + " dv");
   worst.cases = 1;
   for (float x : G) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite gradient";
+  for (float x : Oh) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite output";
+}
+
+TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
+  REQUIRE_CUDA();
+  shape760m(kFp32);
+}
+
+// The bf16 kernels at the 760m shape, timed beside the fp32 ones (run just before when both are selected).
+TEST(CudaAttention, Bf16Shape760mTimingAndSpotCheck) {
+  REQUIRE_CUDA();
+  shape760m(kBf16);
 }
 
 #endif  // TTT_HAVE_CUDA

@@ -48,6 +48,20 @@ void swa_backward(const AttentionShape& s, const float* q, int64_t ldq, const fl
                   float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, void* work,
                   void* stream = nullptr);
 
+// The same contract with bf16 tensor-core products (fp32 accumulation, statistics and outputs): q, k, v, dO and
+// the probability / dS tiles are rounded to bf16 as they enter an mma.sync m16n8k16 (flash-attention-2 style,
+// fragments in registers, src/cuda/attention_bf16.cu); softmax statistics, lse, delta and every accumulator stay
+// fp32. Inputs and outputs are the fp32 arrays of swa_forward / swa_backward with the same layouts, checks, head
+// widths (specialised for 32, 64, 128; others zero-padded), determinism (no atomics, bit-reproducible) and
+// workspace (swa_backward_workspace). Accuracy: relative L2 error of order 1e-3..1e-2 against float64 (bf16's 8
+// mantissa bits), not the 1e-4 of the fp32 kernels. The backward expects the o and lse of swa_forward_bf16.
+void swa_forward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
+                      const float* v, int64_t ldv, float* o, int64_t ldo, float* lse, void* stream = nullptr);
+void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
+                       const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
+                       int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
+                       void* work, void* stream = nullptr);
+
 // Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
 // `enqueue` puts on it (waits for the stream).
 double elapsed_ms(const std::function<void()>& enqueue, void* stream = nullptr);

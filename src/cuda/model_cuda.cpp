@@ -178,7 +178,9 @@ struct GpuModel::Impl {
     mk::copy2d(k, 3 * D, B("ka"), D, rows, D);
     rope_forward(B("qa"), B("qa"), pos, rows, Ha, hd, cfg.rope_theta);
     rope_forward(B("ka"), B("ka"), pos, rows, Ha, hd, cfg.rope_theta);
-    swa_forward(AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"));
+    // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
+    (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D,
+                                                                  B("ka"), D, v, 3 * D, B("attn"), D, B("lse"), nullptr);
     // Memory branch inputs (prepare_memory_inputs).
     mk::qk_prep_forward(q, 3 * D, Pl("ttt.q_scale"), Pl("ttt.q_offset"), B("qh"), B("qnorm"), rows, H, d, 1e-5);
     mk::qk_prep_forward(k, 3 * D, Pl("ttt.k_scale"), Pl("ttt.k_offset"), B("kh"), B("knorm"), rows, H, d, 1e-5);
@@ -336,8 +338,9 @@ struct GpuModel::Impl {
     const float* k = B("qkv") + D;
     const float* v = B("qkv") + 2 * D;
     float* dqkv = B("dqkv");
-    swa_backward(AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"),
-                 B("dsum"), D, B("dqa"), D, B("dka"), D, dqkv + 2 * D, 3 * D, B("attn_work"));
+    (opt.math == MathMode::BF16 ? swa_backward_bf16 : swa_backward)(
+        AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"), B("dsum"), D,
+        B("dqa"), D, B("dka"), D, dqkv + 2 * D, 3 * D, B("attn_work"), nullptr);
     rope_backward(B("dqa"), B("dqa"), pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(B("dka"), B("dka"), pos, rows, Ha, hd, cfg.rope_theta);
     mk::copy2d(B("dqa"), D, dqkv, 3 * D, rows, D);
