@@ -13,7 +13,9 @@
 #                                           TTT_TF32=0 skips ttt's TF32 rows, TTT_BF16=0 its bf16 rows;
 #                                           TTT_1M=0 skips the 1M-token row; TORCH_RUNS = space-separated
 #                                           mode:d:muon:math:timeout_s with math 0 (fp32), 1 (tf32) or bf16,
-#                                           default below)
+#                                           default below, most wanted first: torch.compile of a Muon row
+#                                           needs more than 240 s to warm up on an H100)
+# ttt's operator replays CUDA graphs of its forward / backward after the first call (TTT_LACT_GRAPH=0: off).
 # Writes JSON lines to $OUT/bench_ttt.jsonl and $OUT/bench_torch.jsonl, logs to $OUT/*.log, and prints a
 # table last.
 set -u
@@ -35,6 +37,7 @@ if [ -z "$CUBLAS_DIR" ]; then
   [ -n "$f" ] && CUBLAS_DIR=$(dirname "$f")
 fi
 echo "ttt: $TTT; cublas: ${CUBLAS_DIR:-not found}; out: $OUTDIR; budget ${BUDGET_S}s"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader 2>/dev/null
 run_ttt() { LD_LIBRARY_PATH="${TTT_LIBS:-}:${CUBLAS_DIR}:${LD_LIBRARY_PATH:-}" "$TTT" "$@"; }
 
 # ---- ttt (CUDA) ------------------------------------------------------------------------------------------
@@ -132,9 +135,9 @@ bench_torch() {  # mode d muon math(0|1|bf16) timeout
     >>"$OUTDIR/bench_torch.log" 2>&1 || echo "torch $1 d=$2 muon=$3 math=$4 failed or timed out (see bench_torch.log)" |
     tee -a "$OUTDIR/bench_torch.log"
 }
-RUNS=${TORCH_RUNS:-"eager:384:0:0:120 eager:384:1:0:120 eager:768:1:0:150 compile:384:0:0:240 compile:384:1:0:240
-  compile:768:1:0:240 eager:384:0:1:90 compile:384:0:1:200 eager:384:0:bf16:90 eager:384:1:bf16:90
-  compile:384:0:bf16:200 compile:384:1:bf16:200"}
+RUNS=${TORCH_RUNS:-"compile:384:0:bf16:200 eager:384:0:bf16:90 compile:384:0:1:200 compile:384:0:0:240
+  eager:384:0:0:120 eager:384:1:0:120 eager:768:1:0:150 eager:384:0:1:90 eager:384:1:1:90 eager:768:1:1:150
+  compile:384:1:0:300 compile:768:1:0:300"}
 for r in $RUNS; do
   IFS=: read -r m dd mu tf to <<<"$r"
   bench_torch "$m" "$dd" "$mu" "$tf" "$to"

@@ -367,6 +367,7 @@ TEST(CudaModel, TrainsOnGpuAndResumesAcrossDevices) {
   }
   train::TrainOptions o;
   o.model = small_config();
+  o.model.vocab_size = 256;  // byte tokens
   o.model.seq_len = 32;
   o.train.data_dir = data;
   o.train.steps = 6;

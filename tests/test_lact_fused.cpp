@@ -3,9 +3,13 @@
 // programs, weight norms, momentum, Muon and chunkings (dividing T or not, C = 1, C >= T).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "core/rng.h"
 #include "ttt/lact_fused.h"
@@ -301,4 +305,106 @@ TEST(LactFused, WorkspaceLinearInChunks) {
   const int64_t f1m = lact::workspace_elements(s, false);
   s.T = int64_t(1) << 21;
   EXPECT_EQ(lact::workspace_elements(s, false), f1m);
+}
+
+// round_bf16 (the twin's emulation of the CUDA backend's bf16 operands): round to nearest, ties to even, as
+// __float2bfloat16. bf16 keeps 7 fraction bits, so the spacing at 1 is 2^-7.
+TEST(LactFused, RoundBf16KnownValues) {
+  const float u = std::ldexp(1.0f, -7);  // ulp of bf16 at 1
+  EXPECT_EQ(lact::round_bf16(1.0f), 1.0f);
+  EXPECT_EQ(lact::round_bf16(1.0f + std::ldexp(1.0f, -8)), 1.0f);                         // tie, to even (down)
+  EXPECT_EQ(lact::round_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 1.0f + 2 * u);             // tie, to even (up)
+  EXPECT_EQ(lact::round_bf16(1.0f + 3 * std::ldexp(1.0f, -9)), 1.0f + u);                 // above the tie
+  EXPECT_EQ(lact::round_bf16(1.0f + std::ldexp(1.0f, -9)), 1.0f);                         // below the tie
+  EXPECT_EQ(lact::round_bf16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)), 1.0f + u);
+  EXPECT_EQ(lact::round_bf16(-(1.0f + 3 * std::ldexp(1.0f, -9))), -(1.0f + u));           // symmetric
+  EXPECT_EQ(lact::round_bf16(3.140625f), 3.140625f);                                      // representable
+  EXPECT_EQ(lact::round_bf16(3.14159265f), 3.140625f);
+  EXPECT_EQ(lact::round_bf16(0.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(lact::round_bf16(-0.0f)));
+  EXPECT_EQ(lact::round_bf16(INFINITY), INFINITY);
+  EXPECT_EQ(lact::round_bf16(-INFINITY), -INFINITY);
+  EXPECT_EQ(lact::round_bf16(3.4028235e38f), INFINITY);  // FLT_MAX rounds past bf16's largest finite
+  EXPECT_TRUE(std::isnan(lact::round_bf16(std::nanf(""))));
+  EXPECT_EQ(lact::round_bf16(1e-45f), 0.0f);  // smallest subnormal: below half of bf16's
+  // On random floats: idempotent, within half an ulp (2^-8 relative), and only 8 significant bits kept.
+  Rng r(11);
+  for (int i = 0; i < 100000; ++i) {
+    const float x = float(r.normal() * std::exp(r.uniform(-20, 20)));
+    const float y = lact::round_bf16(x);
+    EXPECT_EQ(lact::round_bf16(y), y);
+    EXPECT_LE(std::fabs(double(y) - double(x)), std::ldexp(std::fabs(double(x)), -8) * (1 + 1e-12));
+    uint32_t bits;
+    std::memcpy(&bits, &y, sizeof bits);
+    EXPECT_EQ(bits & 0xffffu, 0u);
+  }
+}
+
+namespace {
+// The twin in T on the inputs x (rounded to T), results widened to double; bf16: with round_operands_bf16.
+// `explicit_flag` passes the flag even when off (to compare with the default argument).
+template <class T>
+std::vector<std::vector<double>> twin(const Case& c, const Data& xd, bool bf16, bool explicit_flag) {
+  auto f = [](const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); };
+  std::vector<T> w0 = f(xd.w0), w1 = f(xd.w1), w2 = f(xd.w2), q = f(xd.q), k = f(xd.k), v = f(xd.v),
+                 lr0 = f(xd.lr0), lr1 = f(xd.lr1), lr2 = f(xd.lr2), mom = f(xd.mom), go = f(xd.go);
+  lact::Shape s;
+  s.B = c.B;
+  s.T = c.T;
+  s.d = c.d;
+  s.dh = c.dh;
+  s.chunk = c.chunk;
+  s.causal = c.causal;
+  s.momentum = c.momentum;
+  s.muon = c.muon;
+  s.norm = c.norm;
+  lact::Inputs<T> in{w0.data(),  w1.data(),  w2.data(),  q.data(), k.data(), v.data(),
+                     lr0.data(), lr1.data(), lr2.data(), c.momentum ? mom.data() : nullptr};
+  const int64_t P = c.d * c.dh, TD = c.T * c.d;
+  std::vector<std::vector<T>> out(11);
+  for (int i : {0, 4, 5, 6}) out[size_t(i)].assign(size_t(c.B * TD), T(0));
+  for (int i : {1, 2, 3}) out[size_t(i)].assign(size_t(c.B * P), T(0));
+  for (int i : {7, 8, 9, 10}) out[size_t(i)].assign(size_t(c.B * c.T), T(0));
+  lact::Grads<T> g{out[1].data(), out[2].data(), out[3].data(), out[4].data(), out[5].data(),
+                   out[6].data(), out[7].data(), out[8].data(), out[9].data(),
+                   c.momentum ? out[10].data() : nullptr};
+  if (bf16 || explicit_flag) lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g, bf16);
+  else lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g);
+  std::vector<std::vector<double>> r(11);
+  for (size_t i = 0; i < 11; ++i) r[i].assign(out[i].begin(), out[i].end());
+  return r;
+}
+}  // namespace
+
+// round_operands_bf16: off (explicitly) is bit for bit the default (the plain BLAS path); on, every output moves
+// into the bf16 regime (relative error against float64 ~1e-3..2e-2, not float32's ~1e-6) and stays finite.
+TEST(LactFused, Bf16OperandEmulation) {
+  double worst_on = 0, best_on = INFINITY;
+  for (bool causal : {true, false})
+    for (bool muon : {false, true}) {
+      Case c{2, 24, 12, 20, 8, causal, true, muon, lact::Norm::Post};
+      const Data x = make_data(c, 500 + uint64_t(causal) * 2 + uint64_t(muon));
+      for (bool dbl : {false, true}) {
+        const auto def = dbl ? twin<double>(c, x, false, false) : twin<float>(c, x, false, false);
+        const auto off = dbl ? twin<double>(c, x, false, true) : twin<float>(c, x, false, true);
+        for (int i = 0; i < 11; ++i)
+          EXPECT_TRUE(def[size_t(i)] == off[size_t(i)]) << c.name() << " " << kNames[i] << " (option off differs)";
+      }
+      if (muon) continue;  // NS5 amplifies bf16 rounding (the CUDA backend refuses bf16 with Muon)
+      const auto ref = twin<double>(c, x, false, false);
+      const auto f32 = twin<float>(c, x, false, false);
+      const auto on = twin<float>(c, x, true, true);
+      const auto on64 = twin<double>(c, x, true, true);
+      for (int i = 0; i < 11; ++i) {
+        const double e32 = rel_err(f32[size_t(i)], ref[size_t(i)]), e = rel_err(on[size_t(i)], ref[size_t(i)]);
+        const double e64 = rel_err(on64[size_t(i)], ref[size_t(i)]);
+        EXPECT_LE(e32, 1e-4) << c.name() << " " << kNames[i];
+        EXPECT_LE(e, 5e-2) << c.name() << " " << kNames[i] << " (bf16 emulation, float)";
+        EXPECT_LE(e64, 5e-2) << c.name() << " " << kNames[i] << " (bf16 emulation, double)";
+        EXPECT_GT(e, 10 * e32) << c.name() << " " << kNames[i] << " (bf16 emulation had no effect)";
+        worst_on = std::max(worst_on, e);
+        best_on = std::min(best_on, e);
+      }
+    }
+  std::printf("lact twin with bf16 operands (float) vs float64: relative errors %.3g .. %.3g\n", best_on, worst_on);
 }

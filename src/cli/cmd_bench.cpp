@@ -15,6 +15,9 @@
 #include "cuda/cuda_bench.h"
 #endif
 #include "ttt/tnt.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/tnt_cuda.h"
+#endif
 
 namespace ttt::cli {
 
@@ -249,6 +252,83 @@ void bench_tnt_at(int64_t S, int64_t n, int64_t d, int64_t dh, const engine::Tnt
   }
 }
 
+#ifdef TTT_HAVE_CUDA
+// `ttt bench tnt --device cuda`: the branch and the Titans baseline on the GPU (cuda::bench_tnt: CUDA events,
+// median of the repetitions after warm-up), one JSON line each, with the FLOP floor of the algorithm's matrix
+// products (titans::tnt_flops) and the rate it reaches.
+void bench_tnt_gpu(int64_t B, int64_t n, int64_t d, int64_t dh, const engine::TntOptions& tnt,
+                   const std::vector<int64_t>& titans_chunks, int repeats, int warmup, bool graphs) {
+  auto shape_of = [&](const engine::TntOptions& o) {
+    titans::TntShape s;
+    s.B = B;
+    s.T = n;
+    s.d = d;
+    s.use_global = o.use_global;
+    s.global_chunk = o.global_chunk;
+    s.local_chunks = o.local_chunks;
+    s.shard = o.shard;
+    s.qk_proj = o.qk_proj;
+    s.dh.assign(size_t(o.num_memories()), dh);
+    return s;
+  };
+  const double tokens = double(B) * double(n);
+  auto run = [&](const char* op, const titans::TntShape& s) {
+    const cuda::TntBenchResult r = cuda::bench_tnt(s, repeats, warmup, graphs);
+    const titans::FlopCount f = titans::tnt_flops(s);
+    const double fwd = r.fwd_ms_median / 1e3, fwdbwd = r.fwdbwd_ms_median / 1e3;
+    nlohmann::json j{{"op", op},
+                     {"device", "cuda"},
+                     {"gpu", r.device},
+                     {"dtype", "f32"},
+                     {"math", "fp32"},
+                     {"cuda_graphs", graphs},
+                     {"bh", B},
+                     {"T", n},
+                     {"d", d},
+                     {"dh", dh},
+                     {"repeats", repeats},
+                     {"warmup", warmup},
+                     {"fwd_s", fwd},
+                     {"fwdbwd_s", fwdbwd},
+                     {"fwd_tokens_per_s", tokens / fwd},
+                     {"fwdbwd_tokens_per_s", tokens / fwdbwd},
+                     {"flops_fwd", f.fwd},
+                     {"flops_fwdbwd", f.fwdbwd},
+                     {"fwd_tflops", f.fwd / fwd / 1e12},
+                     {"fwdbwd_tflops", f.fwdbwd / fwdbwd / 1e12},
+                     {"fwd_ms_all", r.fwd_ms},
+                     {"fwdbwd_ms_all", r.fwdbwd_ms},
+                     {"peak_gpu_bytes", r.tracked_peak_bytes},
+                     {"workspace_bytes", r.workspace_bytes},
+                     {"gpu_used_bytes", r.device_used_bytes},
+                     {"gpu_total_bytes", r.device_total_bytes},
+                     {"outputs_finite", r.output_finite}};
+    return std::make_pair(j, fwdbwd);
+  };
+  auto [j, tnt_fwdbwd] = run("tnt", shape_of(tnt));
+  j["global"] = tnt.use_global;
+  j["global_chunk"] = tnt.global_chunk;
+  j["local_chunks"] = tnt.local_chunks;
+  j["shard"] = tnt.shard;
+  j["shards_per_sequence"] = tnt.shard > 0 ? (n + tnt.shard - 1) / tnt.shard : 1;
+  j["qk_proj"] = tnt.qk_proj;
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+  for (int64_t c : titans_chunks) {
+    engine::TntOptions one;
+    one.use_global = true;
+    one.global_chunk = c;
+    one.local_chunks.clear();
+    one.shard = 0;
+    auto [jt, fb] = run("titans", shape_of(one));
+    jt["chunk"] = c;
+    jt["tnt_fwdbwd_speedup"] = fb / tnt_fwdbwd;  // > 1: the TNT branch is faster
+    std::printf("%s\n", jt.dump().c_str());
+    std::fflush(stdout);
+  }
+}
+#endif
+
 }  // namespace
 
 int cmd_bench_tnt(const Argv& argv) {
@@ -267,7 +347,8 @@ int cmd_bench_tnt(const Argv& argv) {
       .value("dtype", "f32 | f64", "f32")
       .value("repeats", "timed repetitions (median reported)", "3")
       .value("warmup", "untimed warm-up runs", "1")
-      .value("device", "cpu", "cpu");
+      .value("device", "cpu | cuda (cuda defaults: --bh 4 --d 384 --dh 384 --shard 2048 --T 2048,...,32768)", "cpu")
+      .value("graphs", "cuda: on | off: replay each forward / backward as a captured CUDA graph", "on");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
@@ -276,8 +357,16 @@ int cmd_bench_tnt(const Argv& argv) {
                 "chunk size (tnt_fwdbwd_speedup: Titans time / sharded TNT time).\n");
     return 0;
   }
-  TTT_CHECK(a.str("device") == "cpu", "ttt bench tnt: device '" << a.str("device") << "' is not available in this build");
-  const int64_t S = a.i64("bh"), d = a.i64("d"), dh = a.i64("dh");
+  const std::string device = a.str("device");
+  bool device_ok = device == "cpu";
+#ifdef TTT_HAVE_CUDA
+  device_ok = device_ok || device == "cuda";
+#endif
+  TTT_CHECK(device_ok, "ttt bench tnt: device '" << device << "' is not available in this build");
+  const bool gpu = device == "cuda";
+  // The CUDA bench defaults to the memory size of the LaCT bench (b*H 4, d = dh = 384) and S_L = 2048.
+  auto pick = [&](const char* name, int64_t gpu_default) { return gpu && !a.has(name) ? gpu_default : a.i64(name); };
+  const int64_t S = pick("bh", 4), d = pick("d", 384), dh = pick("dh", 384);
   TTT_CHECK(S > 0 && d > 0 && dh > 0, "ttt bench tnt: --bh, --d and --dh must be positive");
   const int repeats = int(a.i64("repeats")), warmup = int(a.i64("warmup"));
   TTT_CHECK(repeats > 0 && warmup >= 0, "ttt bench tnt: --repeats must be positive and --warmup non-negative");
@@ -285,15 +374,23 @@ int cmd_bench_tnt(const Argv& argv) {
   tnt.use_global = !a.on("no-global");
   tnt.global_chunk = a.i64("global-chunk");
   tnt.local_chunks = engine::parse_chunk_list(a.str("local-chunks"), "--local-chunks");
-  tnt.shard = a.i64("shard");
+  tnt.shard = pick("shard", 2048);
   TTT_CHECK(a.str("qk-proj") == "on" || a.str("qk-proj") == "off", "--qk-proj must be on or off");
   tnt.qk_proj = a.str("qk-proj") == "on";
   tnt.validate();
   const std::vector<int64_t> titans = engine::parse_chunk_list(a.str("titans-chunks"), "--titans-chunks");
-  for (int64_t n : parse_list(a.str("T"))) {
+  const std::string Ts = gpu && !a.has("T") ? std::string("2048,4096,8192,16384,32768") : a.str("T");
+  TTT_CHECK(!gpu || a.str("dtype") == "f32", "ttt bench tnt: --device cuda times f32 only");
+  TTT_CHECK(a.str("graphs") == "on" || a.str("graphs") == "off", "ttt bench tnt: --graphs must be on or off");
+  TTT_CHECK(!gpu || a.str("graphs") == "off" || warmup > 0, "ttt bench tnt: --graphs on needs --warmup >= 1");
+  for (int64_t n : parse_list(Ts)) {
     TTT_CHECK(n > 0, "--T values must be positive");
     std::fprintf(stderr, "bench tnt: T %lld ...\n", (long long)n);
-    if (a.str("dtype") == "f32") bench_tnt_at<float>(S, n, d, dh, tnt, titans, repeats, warmup);
+    if (gpu) {
+#ifdef TTT_HAVE_CUDA
+      bench_tnt_gpu(S, n, d, dh, tnt, titans, repeats, warmup, a.str("graphs") == "on");
+#endif
+    } else if (a.str("dtype") == "f32") bench_tnt_at<float>(S, n, d, dh, tnt, titans, repeats, warmup);
     else if (a.str("dtype") == "f64") bench_tnt_at<double>(S, n, d, dh, tnt, titans, repeats, warmup);
     else TTT_FAIL("ttt bench tnt: --dtype must be f32 or f64");
   }

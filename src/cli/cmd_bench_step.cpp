@@ -52,7 +52,8 @@ int cmd_bench_step(const Argv& argv) {
       .value("device", "cpu | cuda", "cpu")
       .value("precision", "cuda: matrix products fp32 | tf32 | bf16", "fp32")
       .value("repeats", "timed steps", "3")
-      .value("warmup", "untimed steps first", "1");
+      .value("warmup", "untimed steps first", "1")
+      .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase");
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
@@ -102,6 +103,19 @@ int cmd_bench_step(const Argv& argv) {
       std::fprintf(stderr, "bench step: %s step %d: %.1f ms, loss %.4f\n", i < warmup ? "warm-up" : "timed", i + 1, t,
                    loss);
       if (i >= warmup) ms.push_back(t);
+    }
+    if (a.on("profile")) {
+      gm.set_profiling(true);
+      const auto t0 = std::chrono::steady_clock::now();
+      step();
+      const double all = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      nlohmann::json ph;
+      double sum = 0;
+      for (auto& [k, v] : gm.phase_ms()) ph[k] = v, sum += v;
+      ph["other"] = all - sum;
+      ph["total"] = all;
+      j["phases_ms"] = ph;
+      gm.set_profiling(false);
     }
     size_t used = 0, total = 0;
     cuda::device_memory(&used, &total);

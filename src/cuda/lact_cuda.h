@@ -3,7 +3,9 @@
 // sequence-heads, small fused element-wise / reduction kernels, one stream. Every buffer is allocated once
 // per runner with cudaMalloc (no managed memory); device memory is linear in T/C (the chunk-boundary states)
 // beyond the inputs and outputs themselves. Every CUDA and cuBLAS call is checked; failures throw
-// ttt::Error naming the call.
+// ttt::Error naming the call. A runner captures its forward() and its backward() into CUDA graphs on their
+// first call and replays them while they are called again on the same pointers (TTT_LACT_GRAPH=0 turns this
+// off); the work stays on the runner's stream, ordered with the legacy default stream as before.
 //
 // This header needs no CUDA headers: host code (CLI, tests) includes it freely.
 #pragma once
@@ -29,8 +31,9 @@ struct LactOptions {
   // the chunk matrix products (q/k/v/grad_o chunks, intermediate activations, bf16 copies of the fp32
   // weights, states and NS5 iterates) is rounded to bf16 and the products accumulate in fp32
   // (cublasGemmStridedBatchedEx, CUDA_R_16BF inputs, CUBLAS_COMPUTE_32F, fp32 outputs). The fast-weight state,
-  // momentum, weight-norm math, NS5 accumulation and every reduction and element-wise step stay fp32.
-  // Exclusive with tf32.
+  // momentum, weight-norm math, NS5 accumulation and every reduction and element-wise step stay fp32; the
+  // element-wise values that only feed products (a, R, lr1 v, their cotangents) are computed in fp32 and
+  // stored only as their bf16 operands. Exclusive with tf32.
   bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -83,6 +84,35 @@ struct GpuModel::Impl {
   std::vector<Buf> xs;  // residual stream at layer inputs, [L+1]
 
   Impl(const ModelConfig& c, const GpuModelOptions& o) : cfg(c), opt(o), blas(o.math) {}
+
+  // Phase timing (set_profiling): the device is synchronized around each timed call, so the phases add up to
+  // wall time; off by default (no synchronization at all then).
+  bool profile = false;
+  std::map<std::string, double> phase_ms;
+  template <class F>
+  void timed(const char* phase, F&& f) {
+    if (!profile) {
+      f();
+      return;
+    }
+    TTT_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    TTT_CUDA_CHECK(cudaDeviceSynchronize());
+    phase_ms[phase] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  template <class... A>
+  void gemm(A&&... a) {
+    timed("products", [&] { blas.gemm(std::forward<A>(a)...); });
+  }
+  template <class... A>
+  void gemm_batched(A&&... a) {
+    timed("products", [&] { blas.gemm_batched(std::forward<A>(a)...); });
+  }
+  template <class... A>
+  void col_sum(A&&... a) {
+    timed("products", [&] { blas.col_sum(std::forward<A>(a)...); });
+  }
 
   float* P(const std::string& name) const { return params.p() + offset[layout.index.at(name)]; }
   float* G(const std::string& name) const { return grads.p() + offset[layout.index.at(name)]; }
@@ -169,7 +199,7 @@ struct GpuModel::Impl {
     const int64_t* pos = pos_dev.as<int64_t>();
     // h = RMSNorm(x); qkv = h Wqkv
     rms_norm_forward(x, Pl("attn_norm.weight"), B("h"), B("rinv1"), rows, D, D, cfg.norm_eps);
-    blas.gemm(false, false, rows, 3 * D, D, 1.0f, B("h"), D, Pl("wqkv"), 3 * D, 0.0f, B("qkv"), 3 * D);
+    gemm(false, false, rows, 3 * D, D, 1.0f, B("h"), D, Pl("wqkv"), 3 * D, 0.0f, B("qkv"), 3 * D);
     const float* q = B("qkv");
     const float* k = B("qkv") + D;
     const float* v = B("qkv") + 2 * D;
@@ -179,8 +209,11 @@ struct GpuModel::Impl {
     rope_forward(B("qa"), B("qa"), pos, rows, Ha, hd, cfg.rope_theta);
     rope_forward(B("ka"), B("ka"), pos, rows, Ha, hd, cfg.rope_theta);
     // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
-    (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D,
-                                                                  B("ka"), D, v, 3 * D, B("attn"), D, B("lse"), nullptr);
+    timed("attention", [&] {
+      (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"),
+                                                                    D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"),
+                                                                    nullptr);
+    });
     // Memory branch inputs (prepare_memory_inputs).
     mk::qk_prep_forward(q, 3 * D, Pl("ttt.q_scale"), Pl("ttt.q_offset"), B("qh"), B("qnorm"), rows, H, d, 1e-5);
     mk::qk_prep_forward(k, 3 * D, Pl("ttt.k_scale"), Pl("ttt.k_offset"), B("kh"), B("knorm"), rows, H, d, 1e-5);
@@ -195,11 +228,11 @@ struct GpuModel::Impl {
       vm = B("vm");
       ldvm = D;
     }
-    blas.gemm(false, false, rows, 3 * H, D, 1.0f, B("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
+    gemm(false, false, rows, 3 * H, D, 1.0f, B("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
     mk::bias_act_forward(B("zlr"), Pl("ttt.lr.bias"), B("rates"), rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
                          mk::Act::Softplus);
     if (cfg.momentum) {
-      blas.gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
+      gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
       mk::bias_act_forward(B("zm"), Pl("ttt.momentum.bias"), B("mom"), rows, H, 0.0, mk::Act::Sigmoid);
     }
     // Per sequence-head layout of the LaCT operator.
@@ -223,31 +256,31 @@ struct GpuModel::Impl {
     in.q = B("qT"), in.k = B("kT"), in.v = B("vT");
     in.lr0 = B("lrT"), in.lr1 = B("lrT") + S * H * N, in.lr2 = B("lrT") + 2 * S * H * N;
     in.mom = cfg.momentum ? B("momT") : nullptr;
-    lact_runner(S, N).forward(in, B("oT"));
+    timed("lact", [&] { lact_runner(S, N).forward(in, B("oT")); });
     mk::batch_to_heads(B("oT"), B("o"), D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
     rms_norm_heads_forward(B("o"), Pl("ttt.o_norm.weight"), B("normed"), B("rinvo"), rows, D, H, cfg.norm_eps);
-    blas.gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.scale.weight"), H, 0.0f, B("zs"), H);
+    gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.scale.weight"), H, 0.0f, B("zs"), H);
     mk::bias_act_forward(B("zs"), Pl("ttt.scale.bias"), B("gate"), rows, H, 0.0, mk::Act::Silu);
     mk::gate_heads_forward(B("normed"), B("gate"), B("sum"), rows, H, d);
     // x + (attn + mem) Wo
     mk::axpy(B("sum"), B("attn"), 1.0f, rows * D);
     mk::copy2d(x, D, B("xmid"), D, rows, D);
-    blas.gemm(false, false, rows, D, D, 1.0f, B("sum"), D, Pl("wo"), D, 1.0f, B("xmid"), D);
+    gemm(false, false, rows, D, D, 1.0f, B("sum"), D, Pl("wo"), D, 1.0f, B("xmid"), D);
     // MLP
     rms_norm_forward(B("xmid"), Pl("mlp_norm.weight"), B("h2"), B("rinv2"), rows, D, D, cfg.norm_eps);
-    blas.gemm(false, false, rows, F, D, 1.0f, B("h2"), D, Pl("mlp.w_gate"), F, 0.0f, B("ga"), F);
-    blas.gemm(false, false, rows, F, D, 1.0f, B("h2"), D, Pl("mlp.w_up"), F, 0.0f, B("up"), F);
+    gemm(false, false, rows, F, D, 1.0f, B("h2"), D, Pl("mlp.w_gate"), F, 0.0f, B("ga"), F);
+    gemm(false, false, rows, F, D, 1.0f, B("h2"), D, Pl("mlp.w_up"), F, 0.0f, B("up"), F);
     mk::swiglu_forward(B("ga"), B("up"), B("mm"), rows * F);
     mk::copy2d(B("xmid"), D, out, D, rows, D);
-    blas.gemm(false, false, rows, D, F, 1.0f, B("mm"), F, Pl("mlp.w_down"), D, 1.0f, out, D);
+    gemm(false, false, rows, D, F, 1.0f, B("mm"), F, Pl("mlp.w_down"), D, 1.0f, out, D);
   }
 
   // ttt.w0 / ttt.w2 of a layer: the parameter itself, or (low rank) A B + 0.5 I per head into buffer `tmp`.
   const float* resolve_weight(const std::string& pre, const std::string& name, const char* tmp) {
     if (!cfg.low_rank_init) return P(pre + name);
     const int64_t r = cfg.low_rank_rank;
-    blas.gemm_batched(false, false, dh, d, r, 1.0f, P(pre + name + ".a"), r, dh * r, P(pre + name + ".b"), d, r * d,
+    gemm_batched(false, false, dh, d, r, 1.0f, P(pre + name + ".a"), r, dh * r, P(pre + name + ".b"), d, r * d,
                       0.0f, B(tmp), d, dh * d, H);
     mk::add_diagonal(B(tmp), H, dh, d, 0.5f);
     return B(tmp);
@@ -261,9 +294,9 @@ struct GpuModel::Impl {
     if (!cfg.low_rank_init) return;
     const int64_t r = cfg.low_rank_rank;
     // W = A B: dA += dW B^T, dB += A^T dW (per head).
-    blas.gemm_batched(false, true, dh, r, d, 1.0f, g, d, dh * d, P(pre + name + ".b"), d, r * d, 1.0f,
+    gemm_batched(false, true, dh, r, d, 1.0f, g, d, dh * d, P(pre + name + ".b"), d, r * d, 1.0f,
                       G(pre + name + ".a"), r, dh * r, H);
-    blas.gemm_batched(true, false, r, d, dh, 1.0f, P(pre + name + ".a"), r, dh * r, g, d, dh * d, 1.0f,
+    gemm_batched(true, false, r, d, dh, 1.0f, P(pre + name + ".a"), r, dh * r, g, d, dh * d, 1.0f,
                       G(pre + name + ".b"), d, r * d, H);
   }
 
@@ -277,13 +310,13 @@ struct GpuModel::Impl {
     const int64_t* pos = pos_dev.as<int64_t>();
     float* dx = B("dx");
     // ---- MLP: out = xmid + swiglu(h2) Wd
-    blas.gemm(true, false, F, D, rows, 1.0f, B("mm"), F, dx, D, 1.0f, Gl("mlp.w_down"), D);
-    blas.gemm(false, true, rows, F, D, 1.0f, dx, D, Pl("mlp.w_down"), D, 0.0f, B("dmm"), F);
+    gemm(true, false, F, D, rows, 1.0f, B("mm"), F, dx, D, 1.0f, Gl("mlp.w_down"), D);
+    gemm(false, true, rows, F, D, 1.0f, dx, D, Pl("mlp.w_down"), D, 0.0f, B("dmm"), F);
     mk::swiglu_backward(B("ga"), B("up"), B("dmm"), B("dga"), B("dup"), rows * F);
-    blas.gemm(true, false, D, F, rows, 1.0f, B("h2"), D, B("dga"), F, 1.0f, Gl("mlp.w_gate"), F);
-    blas.gemm(true, false, D, F, rows, 1.0f, B("h2"), D, B("dup"), F, 1.0f, Gl("mlp.w_up"), F);
-    blas.gemm(false, true, rows, D, F, 1.0f, B("dga"), F, Pl("mlp.w_gate"), F, 0.0f, B("dh2"), D);
-    blas.gemm(false, true, rows, D, F, 1.0f, B("dup"), F, Pl("mlp.w_up"), F, 1.0f, B("dh2"), D);
+    gemm(true, false, D, F, rows, 1.0f, B("h2"), D, B("dga"), F, 1.0f, Gl("mlp.w_gate"), F);
+    gemm(true, false, D, F, rows, 1.0f, B("h2"), D, B("dup"), F, 1.0f, Gl("mlp.w_up"), F);
+    gemm(false, true, rows, D, F, 1.0f, B("dga"), F, Pl("mlp.w_gate"), F, 0.0f, B("dh2"), D);
+    gemm(false, true, rows, D, F, 1.0f, B("dup"), F, Pl("mlp.w_up"), F, 1.0f, B("dh2"), D);
     rms_norm_backward(B("xmid"), Pl("mlp_norm.weight"), B("rinv2"), B("dh2"), B("tmpD"), B("dwD"),
                       norm_work_for(rows, D), rows, D, D);
     mk::axpy(Gl("mlp_norm.weight"), B("dwD"), 1.0f, D);
@@ -291,14 +324,14 @@ struct GpuModel::Impl {
     mk::copy2d(dx, D, dxm, D, rows, D);
     mk::axpy(dxm, B("tmpD"), 1.0f, rows * D);
     // ---- xmid = x + sum Wo
-    blas.gemm(true, false, D, D, rows, 1.0f, B("sum"), D, dxm, D, 1.0f, Gl("wo"), D);
-    blas.gemm(false, true, rows, D, D, 1.0f, dxm, D, Pl("wo"), D, 0.0f, B("dsum"), D);
+    gemm(true, false, D, D, rows, 1.0f, B("sum"), D, dxm, D, 1.0f, Gl("wo"), D);
+    gemm(false, true, rows, D, D, 1.0f, dxm, D, Pl("wo"), D, 0.0f, B("dsum"), D);
     // ---- memory output: sum = attn + normed * gate
     mk::gate_heads_backward(B("normed"), B("gate"), B("dsum"), B("dnormed"), B("dgate"), rows, H, d);
     mk::act_backward(B("zs"), B("dgate"), B("dzs"), rows * H, 0.0, mk::Act::Silu);
-    blas.gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzs"), H, 1.0f, Gl("ttt.scale.weight"), H);
-    blas.col_sum(B("dzs"), rows, H, H, Gl("ttt.scale.bias"), true);
-    blas.gemm(false, true, rows, D, H, 1.0f, B("dzs"), H, Pl("ttt.scale.weight"), H, 0.0f, B("dh"), D);
+    gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzs"), H, 1.0f, Gl("ttt.scale.weight"), H);
+    col_sum(B("dzs"), rows, H, H, Gl("ttt.scale.bias"), true);
+    gemm(false, true, rows, D, H, 1.0f, B("dzs"), H, Pl("ttt.scale.weight"), H, 0.0f, B("dh"), D);
     rms_norm_heads_backward(B("o"), Pl("ttt.o_norm.weight"), B("rinvo"), B("dnormed"), B("do"), B("dwD"),
                             norm_work_for(rows, D), rows, D, H);
     mk::axpy(Gl("ttt.o_norm.weight"), B("dwD"), 1.0f, D);
@@ -309,7 +342,7 @@ struct GpuModel::Impl {
     g.q = B("gqT"), g.k = B("gkT"), g.v = B("gvT");
     g.lr0 = B("glrT"), g.lr1 = B("glrT") + S * H * N, g.lr2 = B("glrT") + 2 * S * H * N;
     g.mom = cfg.momentum ? B("gmomT") : nullptr;
-    lact_runner(S, N).backward(B("doT"), g);
+    timed("lact", [&] { lact_runner(S, N).backward(B("doT"), g); });
     weight_grad(pre, "ttt.w0", B("gw0b"), S);
     weight_grad(pre, "ttt.w2", B("gw2b"), S);
     {
@@ -323,24 +356,26 @@ struct GpuModel::Impl {
     for (int r = 0; r < 3; ++r) mk::batch_to_cols(B("glrT") + r * S * H * N, B("drates"), 3 * H, r * H, S, N, H);
     mk::act_backward(B("zlr"), B("drates"), B("dzlr"), rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
                      mk::Act::Softplus);
-    blas.gemm(true, false, D, 3 * H, rows, 1.0f, B("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
-    blas.col_sum(B("dzlr"), rows, 3 * H, 3 * H, Gl("ttt.lr.bias"), true);
-    blas.gemm(false, true, rows, D, 3 * H, 1.0f, B("dzlr"), 3 * H, Pl("ttt.lr.weight"), 3 * H, 1.0f, B("dh"), D);
+    gemm(true, false, D, 3 * H, rows, 1.0f, B("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
+    col_sum(B("dzlr"), rows, 3 * H, 3 * H, Gl("ttt.lr.bias"), true);
+    gemm(false, true, rows, D, 3 * H, 1.0f, B("dzlr"), 3 * H, Pl("ttt.lr.weight"), 3 * H, 1.0f, B("dh"), D);
     if (cfg.momentum) {
       mk::batch_to_cols(B("gmomT"), B("dmom"), H, 0, S, N, H);
       mk::act_backward(B("zm"), B("dmom"), B("dzm"), rows * H, 0.0, mk::Act::Sigmoid);
-      blas.gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
-      blas.col_sum(B("dzm"), rows, H, H, Gl("ttt.momentum.bias"), true);
-      blas.gemm(false, true, rows, D, H, 1.0f, B("dzm"), H, Pl("ttt.momentum.weight"), H, 1.0f, B("dh"), D);
+      gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
+      col_sum(B("dzm"), rows, H, H, Gl("ttt.momentum.bias"), true);
+      gemm(false, true, rows, D, H, 1.0f, B("dzm"), H, Pl("ttt.momentum.weight"), H, 1.0f, B("dh"), D);
     }
     // ---- attention: overwrites dq, dk (via RoPE's adjoint) and dv of dqkv
     const float* q = B("qkv");
     const float* k = B("qkv") + D;
     const float* v = B("qkv") + 2 * D;
     float* dqkv = B("dqkv");
-    (opt.math == MathMode::BF16 ? swa_backward_bf16 : swa_backward)(
-        AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"), B("dsum"), D,
-        B("dqa"), D, B("dka"), D, dqkv + 2 * D, 3 * D, B("attn_work"), nullptr);
+    timed("attention", [&] {
+      (opt.math == MathMode::BF16 ? swa_backward_bf16 : swa_backward)(
+          AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"), B("dsum"),
+          D, B("dqa"), D, B("dka"), D, dqkv + 2 * D, 3 * D, B("attn_work"), nullptr);
+    });
     rope_backward(B("dqa"), B("dqa"), pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(B("dka"), B("dka"), pos, rows, Ha, hd, cfg.rope_theta);
     mk::copy2d(B("dqa"), D, dqkv, 3 * D, rows, D);
@@ -352,17 +387,17 @@ struct GpuModel::Impl {
     }
     mk::qk_prep_backward(q, 3 * D, Pl("ttt.q_scale"), Pl("ttt.q_offset"), B("qnorm"), B("dqh"), dqkv, 3 * D, B("dz"),
                          B("dzx"), rows, H, d, 1e-5);
-    blas.col_sum(B("dzx"), rows, D, D, Gl("ttt.q_scale"), true);
-    blas.col_sum(B("dz"), rows, D, D, Gl("ttt.q_offset"), true);
+    col_sum(B("dzx"), rows, D, D, Gl("ttt.q_scale"), true);
+    col_sum(B("dz"), rows, D, D, Gl("ttt.q_offset"), true);
     mk::qk_prep_backward(k, 3 * D, Pl("ttt.k_scale"), Pl("ttt.k_offset"), B("knorm"), B("dkh"), dqkv + D, 3 * D,
                          B("dz"), B("dzx"), rows, H, d, 1e-5);
-    blas.col_sum(B("dzx"), rows, D, D, Gl("ttt.k_scale"), true);
-    blas.col_sum(B("dz"), rows, D, D, Gl("ttt.k_offset"), true);
+    col_sum(B("dzx"), rows, D, D, Gl("ttt.k_scale"), true);
+    col_sum(B("dz"), rows, D, D, Gl("ttt.k_offset"), true);
     if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, B("dvm"), dqkv + 2 * D, 3 * D, rows, D);
     else mk::copy2d(B("dvm"), D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
     // ---- qkv = h Wqkv; h = RMSNorm(x)
-    blas.gemm(true, false, D, 3 * D, rows, 1.0f, B("h"), D, dqkv, 3 * D, 1.0f, Gl("wqkv"), 3 * D);
-    blas.gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, Pl("wqkv"), 3 * D, 1.0f, B("dh"), D);
+    gemm(true, false, D, 3 * D, rows, 1.0f, B("h"), D, dqkv, 3 * D, 1.0f, Gl("wqkv"), 3 * D);
+    gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, Pl("wqkv"), 3 * D, 1.0f, B("dh"), D);
     rms_norm_backward(x, Pl("attn_norm.weight"), B("rinv1"), B("dh"), B("tmpD"), B("dwD"), norm_work_for(rows, D),
                       rows, D, D);
     mk::axpy(Gl("attn_norm.weight"), B("dwD"), 1.0f, D);
@@ -466,7 +501,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   mk::embedding_forward(m.P("embed.weight"), m.ids_dev.as<int32_t>(), m.xs[0].p(), rows, D);
   for (int64_t l = 0; l < m.L; ++l) m.layer_forward(l, m.xs[size_t(l)].p(), m.xs[size_t(l + 1)].p(), S, N);
   rms_norm_forward(m.xs[size_t(m.L)].p(), m.P("final_norm.weight"), m.B("hf"), m.B("rinvf"), rows, D, D, m.cfg.norm_eps);
-  m.blas.gemm(false, false, rows, V, D, 1.0f, m.B("hf"), D, m.P("lm_head.weight"), V, 0.0f, m.B("logits"), V);
+  m.gemm(false, false, rows, V, D, 1.0f, m.B("hf"), D, m.P("lm_head.weight"), V, 0.0f, m.B("logits"), V);
   cross_entropy_forward(m.B("logits"), m.tgt_dev.as<int32_t>(), m.B("lse_ce"), m.B("row_loss"), m.loss_dev.as<float>(),
                         m.valid_dev.as<int32_t>(), rows, V);
   float loss = 0;
@@ -488,8 +523,8 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
   cross_entropy_backward(m.B("logits"), m.tgt_dev.as<int32_t>(), m.B("lse_ce"), m.valid_dev.as<int32_t>(),
                          m.dloss.as<float>(), m.B("dlogits"), rows, V);
-  m.blas.gemm(true, false, D, V, rows, 1.0f, m.B("hf"), D, m.B("dlogits"), V, 1.0f, m.G("lm_head.weight"), V);
-  m.blas.gemm(false, true, rows, D, V, 1.0f, m.B("dlogits"), V, m.P("lm_head.weight"), V, 0.0f, m.B("dh"), D);
+  m.gemm(true, false, D, V, rows, 1.0f, m.B("hf"), D, m.B("dlogits"), V, 1.0f, m.G("lm_head.weight"), V);
+  m.gemm(false, true, rows, D, V, 1.0f, m.B("dlogits"), V, m.P("lm_head.weight"), V, 0.0f, m.B("dh"), D);
   rms_norm_backward(m.xs[size_t(m.L)].p(), m.P("final_norm.weight"), m.B("rinvf"), m.B("dh"), m.B("dx"), m.B("dwD"),
                     m.norm_work_for(rows, D), rows, D, D);
   mk::axpy(m.G("final_norm.weight"), m.B("dwD"), 1.0f, D);
@@ -596,5 +631,11 @@ void GpuModel::download_optimizer(train::AdamW& opt) const {
 }
 
 size_t GpuModel::device_bytes() const { return tracked_bytes(); }
+
+void GpuModel::set_profiling(bool on) {
+  impl_->profile = on;
+  impl_->phase_ms.clear();
+}
+std::map<std::string, double> GpuModel::phase_ms() const { return impl_->phase_ms; }
 
 }  // namespace ttt::cuda

@@ -15,6 +15,7 @@
 // This header needs no CUDA headers.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,6 +69,12 @@ class GpuModel {
   void download_optimizer(train::AdamW& opt) const;
 
   size_t device_bytes() const;  // everything this model holds on the device now
+
+  // Phase timing for benchmarks: with profiling on, the device is synchronized around the matrix products,
+  // the attention and the LaCT operator, and their wall times accumulate under "products", "attention" and
+  // "lact" (milliseconds, since set_profiling was last called). Off by default: no synchronization.
+  void set_profiling(bool on);
+  std::map<std::string, double> phase_ms() const;
 
  private:
   struct Impl;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "core/blas.h"
 
@@ -17,7 +18,8 @@ template <class T>
 class CpuOps {
  public:
   using value_type = T;
-  explicit CpuOps(const Geom& g) : g_(g) {}
+  // round_operands_bf16: gemm rounds every element of op(A) and op(B) to bf16 first (see fused_cpu).
+  explicit CpuOps(const Geom& g, bool round_operands_bf16 = false) : g_(g), round_bf16_(round_operands_bf16) {}
   Geom geom() const { return g_; }
 
   // Storage starts as NaN, so that a step reading what no step wrote shows in the results.
@@ -41,8 +43,24 @@ class CpuOps {
 
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
             const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
-    for (int64_t i = 0; i < batch; ++i)
-      ttt::gemm<T>(ta, tb, m, n, k, alpha, A + i * sA, lda, B + i * sB, ldb, beta, C + i * sC, ldc);
+    if (!round_bf16_) {
+      for (int64_t i = 0; i < batch; ++i)
+        ttt::gemm<T>(ta, tb, m, n, k, alpha, A + i * sA, lda, B + i * sB, ldb, beta, C + i * sC, ldc);
+      return;
+    }
+    // bf16 operands: dense rounded copies of the stored matrices (A is [m,k], or [k,m] when transposed).
+    const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    std::vector<T> a16(size_t(std::max<int64_t>(ar * ac, 1))), b16(size_t(std::max<int64_t>(br * bc, 1)));
+    auto rounded = [](const T* src, int64_t rows, int64_t cols, int64_t ld, std::vector<T>& dst) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) dst[size_t(r * cols + c)] = T(round_bf16(float(src[r * ld + c])));
+    };
+    for (int64_t i = 0; i < batch; ++i) {
+      rounded(A + i * sA, ar, ac, lda, a16);
+      rounded(B + i * sB, br, bc, ldb, b16);
+      ttt::gemm<T>(ta, tb, m, n, k, alpha, a16.data(), std::max<int64_t>(ac, 1), b16.data(),
+                   std::max<int64_t>(bc, 1), beta, C + i * sC, ldc);
+    }
   }
 
   // out[b] = scale * sum_i x[b*stride + i] * (y ? y[b*stride + i] : 1), i < per.
@@ -257,6 +275,7 @@ class CpuOps {
 
  private:
   Geom g_;
+  bool round_bf16_ = false;
   std::vector<std::unique_ptr<T[]>> store_;
 
   // z = A[row] + M[row] for state row r of head b.
@@ -293,10 +312,11 @@ int64_t workspace_elements(const Shape& s, bool with_grad) {
 }
 
 template <class T>
-void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const Grads<T>* g) {
+void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const Grads<T>* g,
+               bool round_operands_bf16) {
   s.validate();
   Geom geom{s.B, s.T, s.d, s.dh};
-  CpuOps<T> ops(geom);
+  CpuOps<T> ops(geom, round_operands_bf16);
   const bool grad = grad_o != nullptr;
   TTT_CHECK(!grad || g, "fused_cpu: grad_o given without gradient outputs");
   Fused<CpuOps<T>> f(ops, s, grad);
@@ -304,7 +324,9 @@ void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const
   if (grad) f.backward(grad_o, *g);
 }
 
-template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*);
-template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*);
+template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*,
+                               bool);
+template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*,
+                                bool);
 
 }  // namespace ttt::lact

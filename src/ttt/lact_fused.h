@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -133,6 +134,23 @@ TTT_HD void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
   a = sl * h;
   dg = da * h * dsilu_s(g, s);
   dh = da * sl;
+}
+
+// x rounded to the nearest bfloat16 (ties to even), returned as a float: the value __float2bfloat16 gives,
+// without CUDA. NaN stays NaN (quiet), +-Inf stays, overflow rounds to +-Inf. Host only: the CPU twin's
+// emulation of the CUDA backend's bf16 matrix operands (fused_cpu's round_operands_bf16).
+inline float round_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    u = (u | 0x00400000u) & 0xffff0000u;  // NaN: keep it a (quiet) NaN after truncation
+  } else {
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even, on the low 16 bits
+    u &= 0xffff0000u;
+  }
+  float y;
+  std::memcpy(&y, &u, sizeof y);
+  return y;
 }
 
 // Geometry the element-wise kernels need.
@@ -512,7 +530,11 @@ class Fused {
 int64_t workspace_elements(const Shape& s, bool with_grad);
 
 // The CPU twin: Fused<CpuOps<T>> on host arrays (T = float or double). Forward only when grad_o is null.
+// round_operands_bf16: every element of op(A) and op(B) of every matrix product is first rounded to bf16
+// (round_bf16 of its float value), the products still accumulate in T and everything else is unchanged -- an
+// emulation of the CUDA backend's bf16 option (LactOptions::bf16), e.g. as a yardstick for its error.
 template <class T>
-void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr);
+void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr,
+               bool round_operands_bf16 = false);
 
 }  // namespace ttt::lact

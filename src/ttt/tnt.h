@@ -66,6 +66,10 @@ class TntBackend {
 };
 
 TntBackend& tnt_cpu_backend();
+#ifdef TTT_HAVE_CUDA
+// The same contract on the GPU (src/cuda/tnt_cuda.*: titans::tnt_op run by cuda::TntRunner): F32 or F64.
+TntBackend& tnt_cuda_backend();
+#endif
 
 // Parses "8,16" (also "none" or "" for no local memory).
 std::vector<int64_t> parse_chunk_list(const std::string& s, const std::string& flag);

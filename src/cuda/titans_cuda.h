@@ -1,0 +1,55 @@
+// The Titans memory of TNT on an NVIDIA GPU: the algorithm of ttt/titans_fused.h (the CPU twin is its
+// specification) run by a CUDA backend: fp32 (or fp64) state and math, cuBLAS strided-batched GEMMs over the
+// items (sequence-head x shard) of each group, the shared element functors of titans_fused.h as grid-stride
+// kernels, deterministic two-stage batched dot products, one stream per runner. Every buffer is allocated once
+// per runner (cudaMalloc through DeviceBuffer, tracked); device memory beyond the inputs and outputs is linear in
+// the number of kept chunk-boundary states (all of them, or every K-th with segment recomputation). Every CUDA
+// and cuBLAS call is checked; failures throw ttt::Error naming the call.
+//
+// This header needs no CUDA headers: host code (CLI, tests) includes it freely.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "ttt/titans_fused.h"
+
+namespace ttt::cuda {
+
+struct TitansOptions {
+  // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
+  bool poison_workspace = false;
+  // Capture each forward() / backward() as a CUDA graph on first use and replay it while the pointers are the
+  // same (cuts the launch overhead of the many small steps of small chunks; a call with other pointers
+  // captures anew). The graph runs exactly the kernels and products of the eager path.
+  bool graphs = false;
+};
+
+// One Titans memory (optional resets and Q-K projected queries) on device pointers (layouts of
+// titans_fused.h). Construction allocates everything a run needs; forward() / backward() enqueue the work on
+// the runner's stream and return (synchronize() waits).
+template <class T>
+class TitansRunner {
+ public:
+  TitansRunner(const titans::MemoryShape& s, bool with_grad, const TitansOptions& opt = {});
+  ~TitansRunner();
+  TitansRunner(const TitansRunner&) = delete;
+  TitansRunner& operator=(const TitansRunner&) = delete;
+  void forward(const titans::MemoryInputs<T>& in, T* o);
+  void backward(const T* grad_o, const titans::MemoryGrads<T>& g);  // after forward() on the same inputs
+  void synchronize();
+  size_t workspace_bytes() const;
+  void* stream() const;  // cudaStream_t
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Host arrays in, host arrays out (device outputs filled with NaN first, so an element no kernel writes comes
+// back as NaN). Forward only when grad_o is null.
+template <class T>
+void titans_host(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T* o, const T* grad_o,
+                 const titans::MemoryGrads<T>* g, const TitansOptions& opt = {});
+
+}  // namespace ttt::cuda

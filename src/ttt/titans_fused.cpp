@@ -1,0 +1,304 @@
+// The CPU twin of the CUDA Titans memory / TNT branch: the backend of titans_fused.h on host memory. Matrix
+// products go through ttt::gemm (OpenBLAS) one item at a time, in the same shapes as the GPU's strided-batched
+// products; element steps run the shared functors in a loop.
+#include "ttt/titans_fused.h"
+
+#include <cctype>
+#include <limits>
+#include <string>
+
+#include "core/blas.h"
+#include "core/safetensors.h"
+#include "ttt/tnt.h"
+
+namespace ttt::titans {
+
+namespace {
+
+template <class T>
+class CpuOps {
+ public:
+  using value_type = T;
+
+  // Storage starts as NaN, so that a step reading what no step wrote shows in the results.
+  T* alloc(int64_t n) {
+    store_.emplace_back(new T[size_t(std::max<int64_t>(n, 1))]);
+    std::fill(store_.back().get(), store_.back().get() + std::max<int64_t>(n, 1), std::numeric_limits<T>::quiet_NaN());
+    return store_.back().get();
+  }
+  void zero(T* p, int64_t n) { std::fill(p, p + n, T(0)); }
+  void copy(T* dst, const T* src, int64_t n) { std::copy(src, src + n, dst); }
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    for (int64_t i = 0; i < batch; ++i)
+      ttt::gemm<T>(ta, tb, m, n, k, alpha, A + i * sA, lda, B + i * sB, ldb, beta, C + i * sC, ldc);
+  }
+  void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T* out) {
+    for (int64_t b = 0; b < batch; ++b) {
+      T acc = 0;
+      for (int64_t i = 0; i < per; ++i) acc += x[b * stride + i] * y[b * stride + i];
+      out[b] = acc;
+    }
+  }
+  template <class F>
+  void each(int64_t n, const F& f) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+
+ private:
+  std::vector<std::unique_ptr<T[]>> store_;
+};
+
+}  // namespace
+
+template <class T>
+void memory_cpu(const MemoryShape& s, const MemoryInputs<T>& in, T* o, const T* grad_o, const MemoryGrads<T>* g) {
+  s.validate();
+  const bool grad = grad_o != nullptr;
+  TTT_CHECK(!grad || g, "titans memory_cpu: grad_o given without gradient outputs");
+  CpuOps<T> ops;
+  Memory<CpuOps<T>> m(ops, s, grad);
+  m.forward(in, o);
+  if (grad) m.backward(grad_o, *g);
+}
+
+template <class T>
+void tnt_cpu(const TntShape& s, const TntInputs<T>& in, T* o, const T* grad_o, const TntGrads<T>* g) {
+  s.validate();
+  const bool grad = grad_o != nullptr;
+  TTT_CHECK(!grad || g, "titans tnt_cpu: grad_o given without gradient outputs");
+  TTT_CHECK(int64_t(in.mems.size()) == s.num_memories() && (!grad || int64_t(g->mems.size()) == s.num_memories()),
+            "titans tnt_cpu: parameters of " << in.mems.size() << " memories for " << s.num_memories());
+  const size_t BTd = size_t(s.B * s.T * s.d);
+  const size_t M = size_t(s.num_memories());
+  // Every memory into its own buffers, then sums in memory order (as the GPU does).
+  std::vector<std::vector<T>> om(M, std::vector<T>(BTd)), gq(M), gk(M), gv(M);
+  for (size_t m = 0; m < M; ++m) {
+    MemoryGrads<T> mg;
+    if (grad) {
+      gq[m].resize(BTd);
+      gk[m].resize(BTd);
+      gv[m].resize(BTd);
+      const TntMemoryGrads<T>& p = g->mems[m];
+      mg = {gq[m].data(), gk[m].data(), gv[m].data(), p.w1, p.w2, p.theta, p.eta, p.alpha};
+    }
+    memory_cpu<T>(s.memory(m), memory_inputs(in, m), om[m].data(), grad_o, grad ? &mg : nullptr);
+  }
+  auto sum = [&](T* dst, const std::vector<std::vector<T>>& parts) {
+    std::copy(parts[0].begin(), parts[0].end(), dst);
+    for (size_t m = 1; m < M; ++m)
+      for (size_t i = 0; i < BTd; ++i) dst[i] += parts[m][i];
+  };
+  sum(o, om);
+  if (!grad) return;
+  sum(g->q, gq);
+  sum(g->k, gk);
+  sum(g->v, gv);
+}
+
+FlopCount memory_flops(const MemoryShape& s) {
+  s.validate();
+  FlopCount f;
+  const double dd = double(s.d) * double(s.dh), d2 = double(s.d) * double(s.d);
+  for (const Group& g : make_groups(s.B, s.T, s.period)) {
+    const int64_t N = num_chunks(g.len, s.chunk);
+    const double applied = double(g.items) * double(g.len);
+    const double updated = double(g.items) * double(std::min(g.len, (N - 1) * s.chunk));
+    const double projected = double(g.items) * double(g.len - std::min(g.len, s.chunk));  // chunks c > 0
+    // forward: apply 2 products, update 5 (Z, Y, DS, D1, D2); backward: apply 5, update 5 recomputed + 10.
+    f.fwd += 2 * dd * (2 * applied + 5 * updated);
+    f.fwdbwd += 2 * dd * (2 * applied + 5 * updated + 5 * applied + 15 * updated);
+    if (s.qk) {
+      // forward: q M, the Gram update; backward: g M, the Gram update, k P, two products into P.
+      f.fwd += 2 * d2 * (projected + updated);
+      f.fwdbwd += 2 * d2 * (projected + updated + projected + updated + applied + 2 * projected);
+    }
+  }
+  return f;
+}
+
+FlopCount tnt_flops(const TntShape& s) {
+  FlopCount f;
+  for (size_t m = 0; m < size_t(s.num_memories()); ++m) {
+    const FlopCount x = memory_flops(s.memory(m));
+    f.fwd += x.fwd;
+    f.fwdbwd += x.fwdbwd;
+  }
+  return f;
+}
+
+namespace {
+
+class TwinRunner final : public TntHostRunner {
+ public:
+  void run(const TntShape& s, const TntInputs<double>& in, double* o, const double* go,
+           const TntGrads<double>* g) override {
+    tnt_cpu<double>(s, in, o, go, g);
+  }
+  void run(const TntShape& s, const TntInputs<float>& in, float* o, const float* go,
+           const TntGrads<float>* g) override {
+    tnt_cpu<float>(s, in, o, go, g);
+  }
+};
+
+const char* const kFields[] = {"w1", "w2", "theta", "eta", "alpha"};
+
+bool is_field(const std::string& f) {
+  for (const char* x : kFields)
+    if (f == x) return true;
+  return false;
+}
+// "l<i>_<field>" -> i (no leading zeros), or -1.
+int64_t local_index(const std::string& name) {
+  if (name.size() < 3 || name[0] != 'l' || !std::isdigit(static_cast<unsigned char>(name[1]))) return -1;
+  size_t p = 1;
+  while (p < name.size() && std::isdigit(static_cast<unsigned char>(name[p]))) ++p;
+  if (p >= name.size() || name[p] != '_' || (name[1] == '0' && p > 2) || p > 8) return -1;
+  if (!is_field(name.substr(p + 1))) return -1;
+  return std::stoll(name.substr(1, p - 1));
+}
+std::string prefix_of(const engine::TntOptions& opt, size_t m) {
+  if (opt.use_global && m == 0) return "g_";
+  return "l" + std::to_string(opt.use_global ? m - 1 : m) + "_";
+}
+
+// The checks of the CPU backend (ttt/tnt.cpp), with the same messages.
+void validate_inputs(const SafeTensors& st, const engine::TntOptions& opt) {
+  opt.validate();
+  int64_t locals = 0;
+  for (auto& [name, x] : st.tensors) {
+    if (name == "q" || name == "k" || name == "v" || name == "grad_o") continue;
+    if (name.rfind("g_", 0) == 0 && is_field(name.substr(2))) {
+      TTT_CHECK(opt.use_global, "unexpected input tensor '" << name << "' (" << x.describe()
+                                                            << "): the global memory is off (--no-global)");
+      continue;
+    }
+    const int64_t i = local_index(name);
+    TTT_CHECK(i >= 0, "unexpected input tensor '"
+                          << name << "' (" << x.describe()
+                          << "); expected q, k, v, g_{w1,w2,theta,eta,alpha}, l<i>_{w1,w2,theta,eta,alpha} and "
+                             "optional grad_o");
+    locals = std::max(locals, i + 1);
+  }
+  for (const char* nm : {"q", "k", "v"}) TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "'");
+  if (opt.use_global)
+    for (const char* f : kFields)
+      TTT_CHECK(st.has(std::string("g_") + f),
+                "missing input tensor 'g_" << f << "' of the global memory (or run with --no-global)");
+  for (int64_t i = 0; i < locals; ++i)
+    for (const char* f : kFields) {
+      const std::string nm = "l" + std::to_string(i) + "_" + f;
+      TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "' of local memory " << i << " (the inputs have l"
+                                                     << locals - 1 << "_* tensors, so locals 0.." << locals - 1
+                                                     << " need all of w1, w2, theta, eta, alpha)");
+    }
+  TTT_CHECK(locals == int64_t(opt.local_chunks.size()),
+            "the inputs hold " << locals << " local memor" << (locals == 1 ? "y" : "ies")
+                               << " (l<i>_* tensors) but --local-chunks gives " << opt.local_chunks.size()
+                               << " chunk size" << (opt.local_chunks.size() == 1 ? "" : "s"));
+  const Tensor& q = st.get("q");
+  TTT_CHECK(q.dim() == 3, "tensor 'q' must be [B,T,d], got " << q.describe());
+  const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
+  TTT_CHECK(B > 0 && n > 0 && d > 0, "tensor 'q' has an empty dimension: " << q.describe());
+  const DType dt = q.dtype();
+  TTT_CHECK(dt == DType::F64 || dt == DType::F32, "inputs must be F64 or F32; q is " << q.describe());
+  check_shape(st.get("k"), {B, n, d}, "k");
+  check_shape(st.get("v"), {B, n, d}, "v");
+  if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, n, d}, "grad_o");
+  for (size_t m = 0; m < size_t(opt.num_memories()); ++m) {
+    const std::string p = prefix_of(opt, m);
+    const Tensor& w1 = st.get(p + "w1");
+    TTT_CHECK(w1.dim() == 3 && w1.size(1) > 0,
+              "tensor '" << p << "w1' must be [B,dh,d] = [" << B << ",dh," << d << "], got " << w1.describe());
+    const int64_t dh = w1.size(1);
+    check_shape(w1, {B, dh, d}, p + "w1");
+    check_shape(st.get(p + "w2"), {B, d, dh}, p + "w2");
+    for (const char* g : {"theta", "eta", "alpha"}) check_shape(st.get(p + g), {B, n}, p + g);
+  }
+  for (auto& [name, x] : st.tensors) {
+    TTT_CHECK(x.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
+                                                                       << "' is " << x.describe());
+    TTT_CHECK(x.all_finite(), "input '" << name << "' contains NaN or Inf");
+  }
+}
+
+template <class T>
+SafeTensors run_op(const SafeTensors& st, const engine::TntOptions& opt, TntHostRunner& runner) {
+  const Tensor& qt = st.get("q");
+  const int64_t B = qt.size(0), n = qt.size(1), d = qt.size(2);
+  const bool want_grad = st.has("grad_o");
+  const DType dt = dtype_of<T>::value;
+  TntShape s;
+  s.B = B;
+  s.T = n;
+  s.d = d;
+  s.use_global = opt.use_global;
+  s.global_chunk = opt.global_chunk;
+  s.local_chunks = opt.local_chunks;
+  s.shard = opt.shard;
+  s.qk_proj = opt.qk_proj;
+  auto ptr = [&](const std::string& name) { return st.get(name).data<T>(); };
+  TntInputs<T> in{ptr("q"), ptr("k"), ptr("v"), {}};
+  const size_t M = size_t(opt.num_memories());
+  for (size_t m = 0; m < M; ++m) {
+    const std::string p = prefix_of(opt, m);
+    s.dh.push_back(st.get(p + "w1").size(1));
+    in.mems.push_back({ptr(p + "w1"), ptr(p + "w2"), ptr(p + "theta"), ptr(p + "eta"), ptr(p + "alpha")});
+  }
+  SafeTensors out;
+  Tensor o = Tensor::empty({B, n, d}, dt);
+  if (!want_grad) {
+    runner.run(s, in, o.data<T>(), nullptr, nullptr);
+    out.add("o", o);
+    return out;
+  }
+  // Gradient tensors in input order.
+  std::vector<std::pair<std::string, Tensor>> grads;
+  auto grad_of = [&](const std::string& name) {
+    grads.push_back({"grad_" + name, Tensor::empty(st.get(name).shape(), dt)});
+    return grads.back().second.data<T>();
+  };
+  TntGrads<T> g;
+  g.q = grad_of("q");
+  g.k = grad_of("k");
+  g.v = grad_of("v");
+  for (size_t m = 0; m < M; ++m) {
+    const std::string p = prefix_of(opt, m);
+    TntMemoryGrads<T> mg;
+    mg.w1 = grad_of(p + "w1");
+    mg.w2 = grad_of(p + "w2");
+    mg.theta = grad_of(p + "theta");
+    mg.eta = grad_of(p + "eta");
+    mg.alpha = grad_of(p + "alpha");
+    g.mems.push_back(mg);
+  }
+  runner.run(s, in, o.data<T>(), ptr("grad_o"), &g);
+  out.add("o", o);
+  for (auto& [name, x] : grads) out.add(name, x);
+  out.add("grad_grad_o", o.clone());
+  return out;
+}
+
+}  // namespace
+
+TntHostRunner& tnt_twin_runner() {
+  static TwinRunner r;
+  return r;
+}
+
+SafeTensors tnt_op(const SafeTensors& inputs, const engine::TntOptions& opt, TntHostRunner& runner) {
+  validate_inputs(inputs, opt);
+  SafeTensors c;  // contiguous copies: the runners read plain row-major arrays
+  for (auto& [name, t] : inputs.tensors) c.add(name, t.contiguous());
+  return c.get("q").dtype() == DType::F64 ? run_op<double>(c, opt, runner) : run_op<float>(c, opt, runner);
+}
+
+template void memory_cpu<float>(const MemoryShape&, const MemoryInputs<float>&, float*, const float*,
+                                const MemoryGrads<float>*);
+template void memory_cpu<double>(const MemoryShape&, const MemoryInputs<double>&, double*, const double*,
+                                 const MemoryGrads<double>*);
+template void tnt_cpu<float>(const TntShape&, const TntInputs<float>&, float*, const float*, const TntGrads<float>*);
+template void tnt_cpu<double>(const TntShape&, const TntInputs<double>&, double*, const double*,
+                              const TntGrads<double>*);
+
+}  // namespace ttt::titans

@@ -1,0 +1,888 @@
+// The Titans memory of TNT (spec §2, §3, §4, §6, §7) written out explicitly, with no tape: forward and a
+// hand-derived backward (second order through every update), batched over independent *items*, plus the Q-K
+// projection of TNT's local memories and the whole TNT branch composed from them.
+//
+// Memory (engine::titans_memory_config): per sequence-head b, W1 [dh,d], W2 [d,dh], f_W(x) = x + W2 silu(W1 x)
+// (residual optional), MSE inner loss, one per-token rate θ, momentum with the chunk mean of η, decay with the
+// chunk mean of α; program: causal chunked ("apply then update" per chunk, the last chunk of a shard apply-only)
+// with chunk C and an optional reset period S (reset to W⁰ and zero momentum at every multiple of S, chunks
+// aligned to each shard start, exactly engine::causal_program(T, C, S)).
+//
+// Items. A reset period cuts every sequence-head into independent shards; an *item* is one (sequence-head,
+// shard), and items of equal length form a *group* whose token rows sit at a constant stride, so that every
+// chunk step of a group is one strided-batched matrix product over its items (Group, make_groups). Without a
+// period an item is a whole sequence-head.
+//
+// The algorithm is written once as templates over a backend `Ops` (as lact_fused.h): storage, a row-major
+// strided-batched GEMM, a deterministic batched dot product, and `each(n, f)`, which runs the element functor
+// f(i) for i < n (a loop on the CPU, a grid-stride kernel on the GPU). Every element-wise / per-row step is one
+// functor struct below (TTT_HD code shared by the CPU twin and the CUDA kernels). The CPU twin (`CpuOps`,
+// titans_fused.cpp) is the specification; src/cuda/titans_cuda.cu runs the same templates with cuBLAS.
+//
+// Memory use: forward keeps the state (W, and the momentum S) at chunk boundaries; when all of them would
+// exceed MemoryShape::state_budget_bytes, only every K-th one (K ~ sqrt(chunks), "segments") and backward
+// recomputes a segment's states from its first one before walking it in reverse (spec §7).
+//
+// Layouts. Inputs w1 [B,dh,d], w2 [B,d,dh], q/k/v/grad_o [B,T,d], theta/eta/alpha [B,T], row-major. A state is
+// [items][2P] (P = d*dh): W1 at offset 0, W2 at offset P. Chunk work buffers are [items][n][cols] for the
+// current chunk length n.
+//
+// This header is plain C++17 so that nvcc compiles it too.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/error.h"
+#include "ttt/lact_fused.h"  // TTT_HD and the shared silu / sigmoid helpers
+
+namespace ttt {
+struct SafeTensors;
+namespace engine {
+struct TntOptions;
+}
+}  // namespace ttt
+
+namespace ttt::titans {
+
+// ---- items --------------------------------------------------------------------------------------------
+// Items i < items of one length `len`; item i belongs to sequence-head b0 + i / per_b and its token t
+// (t < len) is the flat token index base + i * stride + t of the [B,T] tensors (row base + ... of [B,T,d]).
+struct Group {
+  int64_t items = 0, b0 = 0, per_b = 1, base = 0, stride = 0, len = 0;
+  TTT_HD int64_t b_of(int64_t i) const { return b0 + i / per_b; }
+  TTT_HD int64_t tok(int64_t i, int64_t t) const { return base + i * stride + t; }
+};
+
+// The groups of B sequence-heads of T tokens cut at every multiple of `period` (0 or >= T: no cut). When the
+// period divides T: one group of B*T/period items; otherwise one group of full shards per sequence-head
+// plus one group of the B tail shards.
+inline std::vector<Group> make_groups(int64_t B, int64_t T, int64_t period) {
+  const int64_t L = period > 0 && period < T ? period : T;
+  const int64_t nfull = T / L, rem = T % L;
+  std::vector<Group> out;
+  if (rem == 0) {
+    out.push_back({B * nfull, 0, nfull, 0, L, L});
+    return out;
+  }
+  if (nfull > 0) {
+    if (B == 1) out.push_back({nfull, 0, nfull, 0, L, L});
+    else
+      for (int64_t b = 0; b < B; ++b) out.push_back({nfull, b, nfull, b * T, L, L});
+  }
+  out.push_back({B, 0, 1, nfull * L, T, rem});
+  return out;
+}
+
+// ---- shapes and pointers --------------------------------------------------------------------------------
+struct MemoryShape {
+  int64_t B = 0, T = 0, d = 0, dh = 0;
+  int64_t chunk = 0;   // C
+  int64_t period = 0;  // S: reset every S tokens; 0: never
+  bool momentum = true, decay = true, residual = true;
+  bool qk = false;     // read with Q-K projected queries (chunk granularity C, reset with the period)
+  // Backward keeps every state when they fit in this many bytes (per group), else every K-th, K ~ sqrt(chunks).
+  double state_budget_bytes = double(int64_t(2) << 30);
+  int64_t segment = 0;  // > 0: force K (tests)
+
+  int64_t P() const { return d * dh; }
+  void validate() const {
+    TTT_CHECK(B > 0 && T > 0 && d > 0 && dh > 0,
+              "titans: sizes must be positive (B=" << B << ", T=" << T << ", d=" << d << ", dh=" << dh << ")");
+    TTT_CHECK(chunk > 0, "titans: chunk size must be positive, got " << chunk);
+    TTT_CHECK(period >= 0, "titans: reset period must be >= 0, got " << period);
+  }
+};
+
+// Pointers in the backend's memory space. eta / alpha only with momentum / decay.
+template <class T>
+struct MemoryInputs {
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
+  const T *w1 = nullptr, *w2 = nullptr;
+  const T *theta = nullptr, *eta = nullptr, *alpha = nullptr;
+};
+// Gradients of L = sum(o * grad_o), every one written in full (eta / alpha: zeros when the gate is off, if
+// given).
+template <class T>
+struct MemoryGrads {
+  T *q = nullptr, *k = nullptr, *v = nullptr;
+  T *w1 = nullptr, *w2 = nullptr;
+  T *theta = nullptr, *eta = nullptr, *alpha = nullptr;
+};
+
+// ---- per-element math (one source of truth for the CPU twin and the CUDA kernels) ------------------------
+namespace fn {
+
+template <class T>
+TTT_HD T silu(T z) { return lact::silu_s(z, lact::sigmoid_(z)); }
+template <class T>
+TTT_HD T dsilu(T z) { return lact::dsilu_s(z, lact::sigmoid_(z)); }
+
+// W[i] = [W1⁰; W2⁰] of item i's sequence-head.                                        n = items * 2P
+template <class T>
+struct InitState {
+  const T *w1, *w2;
+  T* W;
+  Group g;
+  int64_t P;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (2 * P), e = idx % (2 * P), b = g.b_of(i);
+    W[idx] = e < P ? w1[b * P + e] : w2[b * P + e - P];
+  }
+};
+// out[i,c] = mean over chunk c of item i of gate (sq: sum over the chunk of ||x_t||², x rows of width d).
+//                                                                                      n = items * N
+template <class T>
+struct ChunkStat {
+  const T* x;
+  T* out;
+  Group g;
+  int64_t C, N, d;
+  bool sq;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / N, c = idx % N, c0 = c * C;
+    const int64_t n = g.len - c0 < C ? g.len - c0 : C;
+    T acc = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t tok = g.tok(i, c0 + t);
+      if (sq) {
+        for (int64_t j = 0; j < d; ++j) acc += x[tok * d + j] * x[tok * d + j];
+      } else {
+        acc += x[tok];
+      }
+    }
+    out[idx] = sq ? acc : acc / T(n);
+  }
+};
+// z[i,c] = sum of cs[i,c'] over c' < c.                                                 n = items
+template <class T>
+struct ExclusivePrefix {
+  const T* cs;
+  T* z;
+  int64_t N;
+  TTT_HD void operator()(int64_t i) const {
+    T acc = 0;
+    for (int64_t c = 0; c < N; ++c) {
+      z[i * N + c] = acc;
+      acc += cs[i * N + c];
+    }
+  }
+};
+// Rows c0..c0+n of every item of a [B,T,cols] tensor: dst = src (src null: 0).        n = items * n * cols
+template <class T>
+struct CopyRows {
+  T* dst;
+  const T* src;
+  Group g;
+  int64_t c0, n, cols;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * cols), r = (idx / cols) % n, j = idx % cols;
+    const int64_t off = g.tok(i, c0 + r) * cols + j;
+    dst[off] = src ? src[off] : T(0);
+  }
+};
+// S = silu(Z).
+template <class T>
+struct Silu {
+  const T* Z;
+  T* S;
+  TTT_HD void operator()(int64_t i) const { S[i] = silu(Z[i]); }
+};
+// E holds Y = silu(K W1ᵀ) W2ᵀ on entry: E = 2 (Y [+ k] - v) (the MSE output gradient), Bm = θ E.
+//                                                                                      n = items * n * d
+template <class T>
+struct MseErr {
+  T* E;
+  T* Bm;
+  const T *k, *v, *theta;
+  Group g;
+  int64_t c0, n, d;
+  bool residual;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
+    const int64_t tok = g.tok(i, c0 + r);
+    const T y = E[idx] + (residual ? k[tok * d + j] : T(0));
+    const T e = T(2) * (y - v[tok * d + j]);
+    E[idx] = e;
+    Bm[idx] = theta[tok] * e;
+  }
+};
+// DZ = DS silu'(Z), A = θ DZ, DS = E W2.                                               n = items * n * dh
+template <class T>
+struct InnerA {
+  const T *DS, *Z, *theta;
+  T *A, *DZ;
+  Group g;
+  int64_t c0, n, dh;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * dh), r = (idx / dh) % n;
+    const T dz = DS[idx] * dsilu(Z[idx]);
+    DZ[idx] = dz;
+    A[idx] = theta[g.tok(i, c0 + r)] * dz;
+  }
+};
+// The update of chunk c: P = D + η̄ S (momentum), W' = (1 - ᾱ) W + P (decay), S' = P.     n = items * 2P
+template <class T>
+struct Step {
+  const T *W, *S, *D, *eta_bar, *alpha_bar;  // S / eta_bar null: no momentum; alpha_bar null: no decay
+  T *Wn, *Sn;
+  int64_t P2, N, c;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / P2;
+    const T p = D[idx] + (S ? eta_bar[i * N + c] * S[idx] : T(0));
+    const T w = alpha_bar ? (T(1) - alpha_bar[i * N + c]) * W[idx] : W[idx];
+    Wn[idx] = w + p;
+    if (Sn) Sn[idx] = p;
+  }
+};
+// Adjoint of Step, first half: G = dW' + dS' (the cotangent of P).
+template <class T>
+struct StepBwdPre {
+  const T *dW, *dS;
+  T* G;
+  TTT_HD void operator()(int64_t i) const { G[i] = dS ? dW[i] + dS[i] : dW[i]; }
+};
+// Second half (after the dots): dW = (1 - ᾱ) dW', dS = η̄ G.
+template <class T>
+struct StepBwdPost {
+  T *dW, *dS;
+  const T *G, *eta_bar, *alpha_bar;
+  int64_t P2, N, c;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / P2;
+    if (alpha_bar) dW[idx] *= T(1) - alpha_bar[i * N + c];
+    if (dS) dS[idx] = eta_bar[i * N + c] * G[idx];
+  }
+};
+// Gate gradients of the chunk's tokens: dη_t = <G, S>/n, dα_t = -<dW', W>/n.            n = items * n
+template <class T>
+struct FillGates {
+  T *geta, *galpha;
+  const T *etadot, *keepdot;
+  Group g;
+  int64_t c0, n;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / n, r = idx % n, tok = g.tok(i, c0 + r);
+    if (geta) geta[tok] = etadot[i] / T(n);
+    if (galpha) galpha[tok] = -keepdot[i] / T(n);
+  }
+};
+// Adjoint of A = θ DS silu'(Z) (the hidden side): dDS = θ dA silu'(Z), dZ = θ dA DS silu''(Z).
+//                                                                                      n = items * n * dh
+template <class T>
+struct InnerBwdH {
+  const T *Z, *DS, *dA, *theta;
+  T *dDS, *dZ;
+  Group g;
+  int64_t c0, n, dh;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * dh), r = (idx / dh) % n;
+    const T th = theta[g.tok(i, c0 + r)];
+    const T z = Z[idx], s = lact::sigmoid_(z), ds = lact::dsilu_s(z, s), d2 = lact::d2silu_s(z, s);
+    const T da = dA[idx];
+    dDS[idx] = th * da * ds;
+    dZ[idx] = th * da * DS[idx] * d2;
+  }
+};
+// Adjoint of Bm = θ E (the output side): dE = θ dBm.                                     n = items * n * d
+template <class T>
+struct InnerBwdD {
+  const T *dB, *theta;
+  T* dE;
+  Group g;
+  int64_t c0, n, d;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * d), r = (idx / d) % n;
+    dE[idx] = theta[g.tok(i, c0 + r)] * dB[idx];
+  }
+};
+// dθ_t = <DZ_t, dA_t> + <E_t, dBm_t> (the two row dots, computed by batched_dot).         n = items * n
+template <class T>
+struct FillTheta {
+  const T *r1, *r2;
+  T* gtheta;
+  Group g;
+  int64_t c0, n;
+  TTT_HD void operator()(int64_t row) const { gtheta[g.tok(row / n, c0 + row % n)] = r1[row] + r2[row]; }
+};
+// dE -> dY = 2 dE (in place); dv = -dY; dk = dY (residual) or 0 (the GEMMs add the rest).  n = items * n * d
+template <class T>
+struct InnerBwd2 {
+  T *dE, *gk, *gv;
+  Group g;
+  int64_t c0, n, d;
+  bool residual;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
+    const int64_t off = g.tok(i, c0 + r) * d + j;
+    const T y = T(2) * dE[idx];
+    dE[idx] = y;
+    gv[off] = -y;
+    gk[off] = residual ? y : T(0);
+  }
+};
+// dZ (+)= dS silu'(Z).
+template <class T>
+struct DsiluMul {
+  const T *dS, *Z;
+  T* dZ;
+  bool accumulate;
+  TTT_HD void operator()(int64_t i) const { dZ[i] = (accumulate ? dZ[i] : T(0)) + dS[i] * dsilu(Z[i]); }
+};
+// g_w{1,2}[b] += sum over b's items of dW (items in reverse order).                     n = items/per_b * 2P
+template <class T>
+struct ReduceItems {
+  const T* dW;
+  T *gw1, *gw2;
+  Group g;
+  int64_t P;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t bl = idx / (2 * P), e = idx % (2 * P), b = g.b0 + bl;
+    T acc = 0;
+    for (int64_t s = g.per_b - 1; s >= 0; --s) acc += dW[(bl * g.per_b + s) * 2 * P + e];
+    if (e < P) gw1[b * P + e] += acc;
+    else gw2[b * P + e - P] += acc;
+  }
+};
+// Q-K projection: out rows = acc / z (z > 0) or x rows (z = 0: identity).               n = items * n * d
+template <class T>
+struct QkFinalize {
+  const T *acc, *x, *z;
+  T* out;
+  Group g;
+  int64_t c0, n, d, N, c;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
+    const int64_t off = g.tok(i, c0 + r) * d + j;
+    const T zz = z[i * N + c];
+    out[off] = zz > T(0) ? acc[idx] / zz : x[off];
+  }
+};
+// dz[i,c] = -dot[i] / z (z > 0) else 0.                                                  n = items
+template <class T>
+struct QkDz {
+  const T *dot, *z;
+  T* dz;
+  int64_t N, c;
+  TTT_HD void operator()(int64_t i) const {
+    const T zz = z[i * N + c];
+    dz[i * N + c] = zz > T(0) ? -dot[i] / zz : T(0);
+  }
+};
+// Gh = G rows / z (z > 0) else 0.                                                        n = items * n * d
+template <class T>
+struct QkGhat {
+  const T *G, *z;
+  T* Gh;
+  Group g;
+  int64_t c0, n, d, N, c;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
+    const T zz = z[i * N + c];
+    Gh[idx] = zz > T(0) ? G[g.tok(i, c0 + r) * d + j] / zz : T(0);
+  }
+};
+// P[i] += 2 dz[i,c] I.                                                                   n = items * d
+template <class T>
+struct AddDiag {
+  T* P;
+  const T* dz;
+  int64_t d, N, c;
+  TTT_HD void operator()(int64_t idx) const {
+    const int64_t i = idx / d, j = idx % d;
+    P[i * d * d + j * d + j] += T(2) * dz[i * N + c];
+  }
+};
+template <class T>
+struct Add {
+  T* dst;
+  const T* src;
+  TTT_HD void operator()(int64_t i) const { dst[i] += src[i]; }
+};
+
+}  // namespace fn
+
+// ---- the backend contract -------------------------------------------------------------------------------
+//   using value_type = T;
+//   T* alloc(int64_t n)                      storage owned by the backend until it is destroyed
+//   zero(p, n); copy(dst, src, n)
+//   gemm(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch)
+//        row-major C[m,n] = alpha op(A) op(B) + beta C for each of `batch` matrices (strides sA, sB, sC)
+//   batched_dot(x, y, per, stride, batch, out)   out[b] = sum_i x[b stride + i] y[b stride + i], i < per
+//        (batch up to max_dot_batch(shape): the items, or the token rows of a chunk)
+//   each(n, f)                               f(i) for every i < n (f: a functor of namespace fn)
+
+// Chunks of one item of length len with chunk C.
+inline int64_t num_chunks(int64_t len, int64_t C) { return (len + C - 1) / C; }
+
+// Backward keeps the state of every K-th chunk boundary (K = chunks: all of them): all when they fit in
+// s.state_budget_bytes, else K = ceil(sqrt(chunks)); s.segment > 0 forces K.
+inline int64_t segment_length(const MemoryShape& s, const Group& g, size_t elem_bytes) {
+  const int64_t N = num_chunks(g.len, s.chunk);
+  if (s.segment > 0) return std::min(s.segment, N);
+  const double per_version = double(g.items) * double(2 * s.P()) * (s.momentum ? 2.0 : 1.0) * double(elem_bytes);
+  if (per_version * double(N) <= s.state_budget_bytes) return N;
+  return std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(N)))));
+}
+
+// The largest batch a Memory passes to batched_dot: items, or items x chunk rows (the dθ row dots).
+inline int64_t max_dot_batch(const MemoryShape& s) {
+  int64_t m = 1;
+  for (const Group& g : make_groups(s.B, s.T, s.period)) m = std::max(m, g.items * std::min(s.chunk, g.len));
+  return m;
+}
+
+// The Q-K projection of one group (spec §6, as engine::qk_project): q̃_t = (Σ k kᵀ) q_t / Σ ||k||² over the
+// item's tokens before the chunk of t; q̃ = q while that sum is zero.
+template <class Ops>
+class QkGroup {
+ public:
+  using T = typename Ops::value_type;
+  QkGroup(Ops& ops, const Group& g, int64_t d, int64_t chunk, bool with_grad)
+      : ops_(ops), g_(g), d_(d), C_(chunk), N_(num_chunks(g.len, chunk)) {
+    const int64_t nI = g_.items, Cn = std::min(C_, g_.len);
+    M_ = ops_.alloc(nI * d * d);
+    cs_ = ops_.alloc(nI * N_);
+    z_ = ops_.alloc(nI * N_);
+    acc_ = ops_.alloc(nI * Cn * d);
+    if (with_grad) {
+      dz_ = ops_.alloc(nI * N_);
+      dot_ = ops_.alloc(nI);
+    }
+  }
+
+  // out rows (the group's tokens of a [B,T,d] tensor) = q̃.
+  void forward(const T* q, const T* k, T* out) {
+    const int64_t nI = g_.items, d = d_;
+    ops_.each(nI * N_, fn::ChunkStat<T>{k, cs_, g_, C_, N_, d, true});
+    ops_.each(nI, fn::ExclusivePrefix<T>{cs_, z_, N_});
+    ops_.zero(M_, nI * d * d);
+    for (int64_t c = 0; c < N_; ++c) {
+      const int64_t c0 = c * C_, n = std::min(C_, g_.len - c0);
+      if (c > 0)
+        ops_.gemm(false, false, n, d, d, T(1), rows(q, c0), d, sx(), M_, d, d * d, T(0), acc_, d, n * d, nI);
+      ops_.each(nI * n * d, fn::QkFinalize<T>{acc_, q, z_, out, g_, c0, n, d, N_, c});
+      if (c + 1 < N_)
+        ops_.gemm(true, false, d, d, n, T(1), rows(k, c0), d, sx(), rows(k, c0), d, sx(), T(1), M_, d, d * d, nI);
+    }
+  }
+
+  // G: cotangent of q̃ (the group's rows); writes gq and gk rows (assigned). After forward() on q, k.
+  //   dq_t = M_c G_t / z_c;  dz_c = -Σ_t dq_t·q_t / z_c;
+  //   dk_τ = P k_τ with P = Σ over later chunks c of (Ĝ_cᵀ Q_c + Q_cᵀ Ĝ_c + 2 dz_c I), Ĝ = G / z.
+  void backward(const T* q, const T* k, const T* G, T* gq, T* gk) {
+    const int64_t nI = g_.items, d = d_;
+    ops_.zero(M_, nI * d * d);
+    for (int64_t c = 0; c < N_; ++c) {
+      const int64_t c0 = c * C_, n = std::min(C_, g_.len - c0);
+      if (c > 0)
+        ops_.gemm(false, false, n, d, d, T(1), rows(G, c0), d, sx(), M_, d, d * d, T(0), acc_, d, n * d, nI);
+      ops_.each(nI * n * d, fn::QkFinalize<T>{acc_, G, z_, gq, g_, c0, n, d, N_, c});
+      if (c > 0) {
+        ops_.batched_dot(rows(gq, c0), rows(q, c0), n * d, sx(), nI, dot_);
+        ops_.each(nI, fn::QkDz<T>{dot_, z_, dz_, N_, c});
+      }
+      if (c + 1 < N_)
+        ops_.gemm(true, false, d, d, n, T(1), rows(k, c0), d, sx(), rows(k, c0), d, sx(), T(1), M_, d, d * d, nI);
+    }
+    T* P = M_;
+    ops_.zero(P, nI * d * d);
+    for (int64_t c = N_ - 1; c >= 0; --c) {
+      const int64_t c0 = c * C_, n = std::min(C_, g_.len - c0);
+      ops_.gemm(false, false, n, d, d, T(1), rows(k, c0), d, sx(), P, d, d * d, T(0), rows(gk, c0), d, sx(), nI);
+      if (c > 0) {
+        T* Gh = acc_;
+        ops_.each(nI * n * d, fn::QkGhat<T>{G, z_, Gh, g_, c0, n, d, N_, c});
+        ops_.gemm(true, false, d, d, n, T(1), Gh, d, n * d, rows(q, c0), d, sx(), T(1), P, d, d * d, nI);
+        ops_.gemm(true, false, d, d, n, T(1), rows(q, c0), d, sx(), Gh, d, n * d, T(1), P, d, d * d, nI);
+        ops_.each(nI * d, fn::AddDiag<T>{P, dz_, d, N_, c});
+      }
+    }
+  }
+
+ private:
+  Ops& ops_;
+  Group g_;
+  int64_t d_, C_, N_;
+  T *M_ = nullptr, *cs_ = nullptr, *z_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
+  const T* rows(const T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
+  T* rows(T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
+  int64_t sx() const { return g_.stride * d_; }
+};
+
+// The memory over one group: the causal chunked program of every item, forward and backward.
+template <class Ops>
+class MemoryGroup {
+ public:
+  using T = typename Ops::value_type;
+
+  MemoryGroup(Ops& ops, const MemoryShape& s, const Group& g, bool with_grad)
+      : ops_(ops), s_(s), g_(g), with_grad_(with_grad) {
+    const int64_t nI = g_.items, d = s_.d, dh = s_.dh;
+    C_ = s_.chunk;
+    N_ = num_chunks(g_.len, C_);
+    P_ = s_.P();
+    P2_ = 2 * P_;
+    K_ = with_grad_ ? segment_length(s_, g_, sizeof(T)) : N_;
+    const int64_t Cn = std::min(C_, g_.len);
+    if (with_grad_) {
+      const int64_t nck = num_chunks(N_, K_);
+      ckW_ = ops_.alloc(nck * nI * P2_);
+      if (s_.momentum) ckS_ = ops_.alloc(nck * nI * P2_);
+      if (K_ > 1) {
+        segW_ = ops_.alloc(K_ * nI * P2_);
+        if (s_.momentum) segS_ = ops_.alloc(K_ * nI * P2_);
+      }
+    } else {
+      segW_ = ops_.alloc(2 * nI * P2_);
+      if (s_.momentum) segS_ = ops_.alloc(2 * nI * P2_);
+    }
+    if (s_.momentum) ebar_ = ops_.alloc(nI * N_);
+    if (s_.decay) abar_ = ops_.alloc(nI * N_);
+    Z_ = ops_.alloc(nI * Cn * dh);
+    Sg_ = ops_.alloc(nI * Cn * dh);
+    DS_ = ops_.alloc(nI * Cn * dh);
+    A_ = ops_.alloc(nI * Cn * dh);
+    DZ_ = ops_.alloc(nI * Cn * dh);
+    E_ = ops_.alloc(nI * Cn * d);
+    Bm_ = ops_.alloc(nI * Cn * d);
+    D_ = ops_.alloc(nI * P2_);
+    if (with_grad_) {
+      dW_ = ops_.alloc(nI * P2_);
+      if (s_.momentum) dS_ = ops_.alloc(nI * P2_);
+      G_ = ops_.alloc(nI * P2_);
+      dA_ = ops_.alloc(nI * Cn * dh);
+      dSg_ = ops_.alloc(nI * Cn * dh);
+      dDS_ = ops_.alloc(nI * Cn * dh);
+      dZ_ = ops_.alloc(nI * Cn * dh);
+      dB_ = ops_.alloc(nI * Cn * d);
+      dE_ = ops_.alloc(nI * Cn * d);
+      keepdot_ = ops_.alloc(nI);
+      etadot_ = ops_.alloc(nI);
+      rd1_ = ops_.alloc(nI * Cn);
+      rd2_ = ops_.alloc(nI * Cn);
+    }
+  }
+
+  int64_t segment() const { return K_; }
+
+  // o rows of the group's tokens = f_W(query) per the causal program. in: k, v, w1, w2, gates.
+  void forward(const T* query, const MemoryInputs<T>& in, T* o) {
+    q_ = query;
+    in_ = in;
+    const int64_t nI = g_.items;
+    ops_.each(nI * P2_, fn::InitState<T>{in.w1, in.w2, W(0), g_, P_});
+    if (s_.momentum) {
+      ops_.zero(S(0), nI * P2_);
+      ops_.each(nI * N_, fn::ChunkStat<T>{in.eta, ebar_, g_, C_, N_, 1, false});
+    }
+    if (s_.decay) ops_.each(nI * N_, fn::ChunkStat<T>{in.alpha, abar_, g_, C_, N_, 1, false});
+    for (int64_t c = 0; c < N_; ++c) {
+      apply_fwd(c, o);
+      if (c + 1 < N_) update_fwd(c);
+    }
+    forward_done_ = true;
+  }
+
+  // gquery: gradient of the query rows (assigned); g.k, g.v, g.theta, g.eta, g.alpha rows assigned;
+  // g.w1 / g.w2 += this group's contribution.
+  void backward(const T* go, T* gquery, const MemoryGrads<T>& g) {
+    TTT_CHECK(with_grad_ && forward_done_, "titans: backward() needs a forward() with gradients on first");
+    go_ = go;
+    const int64_t nI = g_.items;
+    // Tokens of each item's last chunk take part in no update.
+    const int64_t cl0 = (N_ - 1) * C_, nl = g_.len - cl0;
+    ops_.each(nI * nl * s_.d, fn::CopyRows<T>{g.k, nullptr, g_, cl0, nl, s_.d});
+    ops_.each(nI * nl * s_.d, fn::CopyRows<T>{g.v, nullptr, g_, cl0, nl, s_.d});
+    ops_.each(nI * nl, fn::CopyRows<T>{g.theta, nullptr, g_, cl0, nl, 1});
+    if (g.eta) ops_.each(nI * (s_.momentum ? nl : g_.len), fn::CopyRows<T>{g.eta, nullptr, g_, s_.momentum ? cl0 : 0,
+                                                                           s_.momentum ? nl : g_.len, 1});
+    if (g.alpha) ops_.each(nI * (s_.decay ? nl : g_.len), fn::CopyRows<T>{g.alpha, nullptr, g_, s_.decay ? cl0 : 0,
+                                                                           s_.decay ? nl : g_.len, 1});
+    ops_.zero(dW_, nI * P2_);
+    if (s_.momentum) ops_.zero(dS_, nI * P2_);
+    const int64_t nseg = num_chunks(N_, K_);
+    for (int64_t j = nseg - 1; j >= 0; --j) {
+      const int64_t lo = j * K_, hi = std::min(N_, lo + K_);
+      // The last segment's states are still in place from forward(); recompute the others'.
+      if (j < nseg - 1)
+        for (int64_t c = lo; c + 1 < hi; ++c) update_fwd(c);
+      for (int64_t c = hi - 1; c >= lo; --c) {
+        if (c + 1 < N_) update_bwd(c, g);
+        apply_bwd(c, gquery);
+      }
+    }
+    ops_.each((nI / g_.per_b) * P2_, fn::ReduceItems<T>{dW_, g.w1, g.w2, g_, P_});
+  }
+
+ private:
+  Ops& ops_;
+  MemoryShape s_;
+  Group g_;
+  bool with_grad_;
+  bool forward_done_ = false;
+  int64_t C_ = 0, N_ = 0, P_ = 0, P2_ = 0, K_ = 0;
+  const T* q_ = nullptr;
+  const T* go_ = nullptr;
+  MemoryInputs<T> in_;
+  T *ckW_ = nullptr, *ckS_ = nullptr, *segW_ = nullptr, *segS_ = nullptr, *ebar_ = nullptr, *abar_ = nullptr;
+  T *Z_ = nullptr, *Sg_ = nullptr, *DS_ = nullptr, *A_ = nullptr, *DZ_ = nullptr, *E_ = nullptr, *Bm_ = nullptr;
+  T *D_ = nullptr, *rd1_ = nullptr, *rd2_ = nullptr;
+  T *dW_ = nullptr, *dS_ = nullptr, *G_ = nullptr, *dA_ = nullptr, *dSg_ = nullptr, *dDS_ = nullptr, *dZ_ = nullptr;
+  T *dB_ = nullptr, *dE_ = nullptr, *keepdot_ = nullptr, *etadot_ = nullptr;
+
+  // The state of version c (before chunk c's update): checkpoint c/K when c % K == 0, else segment slot c % K;
+  // without gradients two ping-pong slots.
+  T* W(int64_t c) const {
+    const int64_t n = g_.items * P2_;
+    if (!with_grad_) return segW_ + (c % 2) * n;
+    return c % K_ == 0 ? ckW_ + (c / K_) * n : segW_ + (c % K_) * n;
+  }
+  T* S(int64_t c) const {
+    if (!s_.momentum) return nullptr;
+    const int64_t n = g_.items * P2_;
+    if (!with_grad_) return segS_ + (c % 2) * n;
+    return c % K_ == 0 ? ckS_ + (c / K_) * n : segS_ + (c % K_) * n;
+  }
+  const T* rows(const T* x, int64_t c0) const { return x + g_.tok(0, c0) * s_.d; }
+  T* rows(T* x, int64_t c0) const { return x + g_.tok(0, c0) * s_.d; }
+  int64_t sx() const { return g_.stride * s_.d; }
+  int64_t chunk_len(int64_t c) const { return std::min(C_, g_.len - c * C_); }
+
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC) {
+    ops_.gemm(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, g_.items);
+  }
+
+  // o = [q +] silu(q W1ᵀ) W2ᵀ for chunk c with W_c.
+  void apply_fwd(int64_t c, T* o) {
+    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
+    const T* Wc = W(c);
+    ops_.each(nI * n * d, fn::CopyRows<T>{o, s_.residual ? q_ : nullptr, g_, c0, n, d});
+    gemm(false, true, n, dh, d, T(1), rows(q_, c0), d, sx(), Wc, d, P2_, T(0), Z_, dh, n * dh);
+    ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
+    gemm(false, true, n, d, dh, T(1), Sg_, dh, n * dh, Wc + P_, dh, P2_, T(1), rows(o, c0), d, sx());
+  }
+
+  // Token-side terms of chunk c's inner gradient at W_c: Z = K W1ᵀ, Sg = silu(Z), E = 2(K + Sg W2ᵀ - V),
+  // Bm = θ E, DS = E W2, A = θ DS silu'(Z).
+  void update_terms(int64_t c, const T* Wc) {
+    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
+    gemm(false, true, n, dh, d, T(1), rows(in_.k, c0), d, sx(), Wc, d, P2_, T(0), Z_, dh, n * dh);
+    ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
+    gemm(false, true, n, d, dh, T(1), Sg_, dh, n * dh, Wc + P_, dh, P2_, T(0), E_, d, n * d);
+    ops_.each(nI * n * d, fn::MseErr<T>{E_, Bm_, in_.k, in_.v, in_.theta, g_, c0, n, d, s_.residual});
+    gemm(false, false, n, dh, d, T(1), E_, d, n * d, Wc + P_, dh, P2_, T(0), DS_, dh, n * dh);
+    ops_.each(nI * n * dh, fn::InnerA<T>{DS_, Z_, in_.theta, A_, DZ_, g_, c0, n, dh});
+  }
+
+  // Version c -> c + 1: D = -[Aᵀ K; Bmᵀ Sg], then momentum, decay, step.
+  void update_fwd(int64_t c) {
+    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
+    update_terms(c, W(c));
+    gemm(true, false, dh, d, n, T(-1), A_, dh, n * dh, rows(in_.k, c0), d, sx(), T(0), D_, d, P2_);
+    gemm(true, false, d, dh, n, T(-1), Bm_, d, n * d, Sg_, dh, n * dh, T(0), D_ + P_, dh, P2_);
+    ops_.each(nI * P2_, fn::Step<T>{W(c), S(c), D_, ebar_, abar_, W(c + 1), S(c + 1), P2_, N_, c});
+  }
+
+  // dW_ / dS_ hold dL/dW_{c+1}, dL/dS_{c+1} on entry and (the update's share of) dL/dW_c, dL/dS_c on exit.
+  void update_bwd(int64_t c, const MemoryGrads<T>& g) {
+    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
+    const T* Wc = W(c);
+    update_terms(c, Wc);
+    ops_.each(nI * P2_, fn::StepBwdPre<T>{dW_, dS_, G_});
+    if (s_.decay) ops_.batched_dot(dW_, Wc, P2_, P2_, nI, keepdot_);
+    if (s_.momentum) ops_.batched_dot(G_, S(c), P2_, P2_, nI, etadot_);
+    ops_.each(nI * P2_, fn::StepBwdPost<T>{dW_, dS_, G_, ebar_, abar_, P2_, N_, c});
+    if (s_.momentum || s_.decay)
+      ops_.each(nI * n, fn::FillGates<T>{s_.momentum ? g.eta : nullptr, s_.decay ? g.alpha : nullptr, etadot_,
+                                         keepdot_, g_, c0, n});
+    // The inner gradient D1 = -Aᵀ K, D2 = -Bmᵀ Sg with cotangents G1 = G_, G2 = G_ + P.
+    const T* K = rows(in_.k, c0);
+    const T* G1 = G_;
+    const T* G2 = G_ + P_;
+    gemm(false, true, n, dh, d, T(-1), K, d, sx(), G1, d, P2_, T(0), dA_, dh, n * dh);        // dA = -K G1ᵀ
+    gemm(false, true, n, d, dh, T(-1), Sg_, dh, n * dh, G2, dh, P2_, T(0), dB_, d, n * d);    // dBm = -Sg G2ᵀ
+    gemm(false, false, n, dh, d, T(-1), Bm_, d, n * d, G2, dh, P2_, T(0), dSg_, dh, n * dh);  // dSg = -Bm G2
+    ops_.batched_dot(DZ_, dA_, dh, dh, nI * n, rd1_);  // dθ: row dots
+    ops_.batched_dot(E_, dB_, d, d, nI * n, rd2_);
+    ops_.each(nI * n, fn::FillTheta<T>{rd1_, rd2_, g.theta, g_, c0, n});
+    ops_.each(nI * n * dh, fn::InnerBwdH<T>{Z_, DS_, dA_, in_.theta, dDS_, dZ_, g_, c0, n, dh});
+    ops_.each(nI * n * d, fn::InnerBwdD<T>{dB_, in_.theta, dE_, g_, c0, n, d});
+    gemm(false, true, n, d, dh, T(1), dDS_, dh, n * dh, Wc + P_, dh, P2_, T(1), dE_, d, n * d);    // dE += dDS W2ᵀ
+    gemm(true, false, d, dh, n, T(1), E_, d, n * d, dDS_, dh, n * dh, T(1), dW_ + P_, dh, P2_);    // dW2 += Eᵀ dDS
+    ops_.each(nI * n * d, fn::InnerBwd2<T>{dE_, g.k, g.v, g_, c0, n, d, s_.residual});             // dY; dv; dk
+    gemm(false, false, n, dh, d, T(1), dE_, d, n * d, Wc + P_, dh, P2_, T(1), dSg_, dh, n * dh);   // dSg += dY W2
+    gemm(true, false, d, dh, n, T(1), dE_, d, n * d, Sg_, dh, n * dh, T(1), dW_ + P_, dh, P2_);    // dW2 += dYᵀ Sg
+    ops_.each(nI * n * dh, fn::DsiluMul<T>{dSg_, Z_, dZ_, true});                                  // dZ += dSg silu'
+    gemm(false, false, n, d, dh, T(-1), A_, dh, n * dh, G1, d, P2_, T(1), rows(g.k, c0), d, sx());  // dK -= A G1
+    gemm(false, false, n, d, dh, T(1), dZ_, dh, n * dh, Wc, d, P2_, T(1), rows(g.k, c0), d, sx());  // dK += dZ W1
+    gemm(true, false, dh, d, n, T(1), dZ_, dh, n * dh, K, d, sx(), T(1), dW_, d, P2_);              // dW1 += dZᵀ K
+  }
+
+  // Apply of chunk c with W_c: dW_ += its share, gquery rows assigned.
+  void apply_bwd(int64_t c, T* gquery) {
+    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
+    const T* Wc = W(c);
+    const T* Q = rows(q_, c0);
+    const T* dO = rows(go_, c0);
+    gemm(false, true, n, dh, d, T(1), Q, d, sx(), Wc, d, P2_, T(0), Z_, dh, n * dh);
+    ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
+    gemm(false, false, n, dh, d, T(1), dO, d, sx(), Wc + P_, dh, P2_, T(0), dSg_, dh, n * dh);   // dSg = dO W2
+    gemm(true, false, d, dh, n, T(1), dO, d, sx(), Sg_, dh, n * dh, T(1), dW_ + P_, dh, P2_);    // dW2 += dOᵀ Sg
+    ops_.each(nI * n * dh, fn::DsiluMul<T>{dSg_, Z_, dZ_, false});                               // dZ = dSg silu'
+    gemm(true, false, dh, d, n, T(1), dZ_, dh, n * dh, Q, d, sx(), T(1), dW_, d, P2_);           // dW1 += dZᵀ Q
+    ops_.each(nI * n * d, fn::CopyRows<T>{gquery, s_.residual ? go_ : nullptr, g_, c0, n, d});
+    gemm(false, false, n, d, dh, T(1), dZ_, dh, n * dh, Wc, d, P2_, T(1), rows(gquery, c0), d, sx());  // dQ += dZ W1
+  }
+};
+
+// One memory over all its groups, with the optional Q-K projection of its queries.
+template <class Ops>
+class Memory {
+ public:
+  using T = typename Ops::value_type;
+  Memory(Ops& ops, const MemoryShape& s, bool with_grad) : ops_(ops), s_(s), with_grad_(with_grad) {
+    s_.validate();
+    groups_ = make_groups(s_.B, s_.T, s_.period);
+    for (const Group& g : groups_) {
+      mem_.push_back(std::make_unique<MemoryGroup<Ops>>(ops_, s_, g, with_grad_));
+      if (s_.qk) qk_.push_back(std::make_unique<QkGroup<Ops>>(ops_, g, s_.d, s_.chunk, with_grad_));
+    }
+    const int64_t BTd = s_.B * s_.T * s_.d;
+    if (s_.qk) {
+      qt_ = ops_.alloc(BTd);
+      if (with_grad_) {
+        dqt_ = ops_.alloc(BTd);
+        dk_ = ops_.alloc(BTd);
+      }
+    }
+  }
+  const std::vector<Group>& groups() const { return groups_; }
+  int64_t segment(size_t group) const { return mem_[group]->segment(); }
+
+  void forward(const MemoryInputs<T>& in, T* o) {
+    in_ = in;
+    const T* query = in.q;
+    if (s_.qk) {
+      for (auto& x : qk_) x->forward(in.q, in.k, qt_);
+      query = qt_;
+    }
+    for (auto& m : mem_) m->forward(query, in, o);
+  }
+  void backward(const T* go, const MemoryGrads<T>& g) {
+    const int64_t BP = s_.B * s_.P();
+    ops_.zero(g.w1, BP);
+    ops_.zero(g.w2, BP);
+    for (auto& m : mem_) m->backward(go, s_.qk ? dqt_ : g.q, g);
+    if (s_.qk) {
+      for (auto& x : qk_) x->backward(in_.q, in_.k, dqt_, g.q, dk_);
+      const int64_t BTd = s_.B * s_.T * s_.d;
+      ops_.each(BTd, fn::Add<T>{g.k, dk_});
+    }
+  }
+
+ private:
+  Ops& ops_;
+  MemoryShape s_;
+  bool with_grad_;
+  std::vector<Group> groups_;
+  std::vector<std::unique_ptr<MemoryGroup<Ops>>> mem_;
+  std::vector<std::unique_ptr<QkGroup<Ops>>> qk_;
+  T *qt_ = nullptr, *dqt_ = nullptr, *dk_ = nullptr;
+  MemoryInputs<T> in_;
+};
+
+// ---- the TNT branch (spec §6) ----------------------------------------------------------------------------
+// o = M_G(q) + Σ_i M_L⁽ⁱ⁾(q̃⁽ⁱ⁾): the global memory (chunk global_chunk, never reset) when use_global, then one
+// local memory per local chunk size (reset every `shard` tokens, Q-K projected queries when qk_proj).
+struct TntShape {
+  int64_t B = 0, T = 0, d = 0;
+  bool use_global = true;
+  int64_t global_chunk = 2048;
+  std::vector<int64_t> local_chunks;
+  int64_t shard = 2048;
+  bool qk_proj = true;
+  std::vector<int64_t> dh;  // hidden width of every memory (global first)
+  double state_budget_bytes = double(int64_t(2) << 30);
+  int64_t segment = 0;
+
+  int64_t num_memories() const { return (use_global ? 1 : 0) + int64_t(local_chunks.size()); }
+  MemoryShape memory(size_t m) const {
+    MemoryShape s;
+    s.B = B;
+    s.T = T;
+    s.d = d;
+    s.dh = dh.at(m);
+    const bool global = use_global && m == 0;
+    s.chunk = global ? global_chunk : local_chunks.at(use_global ? m - 1 : m);
+    s.period = global ? 0 : shard;
+    s.qk = !global && qk_proj;
+    s.momentum = s.decay = s.residual = true;
+    s.state_budget_bytes = state_budget_bytes;
+    s.segment = segment;
+    return s;
+  }
+  void validate() const {
+    TTT_CHECK(num_memories() > 0, "tnt: no memory (the global memory is off and no local chunk sizes)");
+    TTT_CHECK(int64_t(dh.size()) == num_memories(),
+              "tnt: " << dh.size() << " hidden widths for " << num_memories() << " memories");
+    for (size_t m = 0; m < size_t(num_memories()); ++m) memory(m).validate();
+  }
+};
+
+template <class T>
+struct TntMemoryParams {
+  const T *w1 = nullptr, *w2 = nullptr, *theta = nullptr, *eta = nullptr, *alpha = nullptr;
+};
+template <class T>
+struct TntMemoryGrads {
+  T *w1 = nullptr, *w2 = nullptr, *theta = nullptr, *eta = nullptr, *alpha = nullptr;
+};
+template <class T>
+struct TntInputs {
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
+  std::vector<TntMemoryParams<T>> mems;
+};
+template <class T>
+struct TntGrads {
+  T *q = nullptr, *k = nullptr, *v = nullptr;
+  std::vector<TntMemoryGrads<T>> mems;
+};
+template <class T>
+MemoryInputs<T> memory_inputs(const TntInputs<T>& in, size_t m) {
+  const TntMemoryParams<T>& p = in.mems.at(m);
+  return {in.q, in.k, in.v, p.w1, p.w2, p.theta, p.eta, p.alpha};
+}
+
+// The CPU twins on host arrays (T = float or double). Forward only when grad_o is null.
+template <class T>
+void memory_cpu(const MemoryShape& s, const MemoryInputs<T>& in, T* o, const T* grad_o = nullptr,
+                const MemoryGrads<T>* g = nullptr);
+template <class T>
+void tnt_cpu(const TntShape& s, const TntInputs<T>& in, T* o, const T* grad_o = nullptr, const TntGrads<T>* g = nullptr);
+
+// The TntBackend contract (ttt/tnt.h) on named tensors, run by a host-array runner: inputs validated as the
+// CPU backend validates them, outputs o and, with grad_o, grad_<name> of every input (grad_grad_o = o).
+class TntHostRunner {
+ public:
+  virtual ~TntHostRunner() = default;
+  virtual void run(const TntShape& s, const TntInputs<double>& in, double* o, const double* go,
+                   const TntGrads<double>* g) = 0;
+  virtual void run(const TntShape& s, const TntInputs<float>& in, float* o, const float* go,
+                   const TntGrads<float>* g) = 0;
+};
+TntHostRunner& tnt_twin_runner();  // tnt_cpu
+SafeTensors tnt_op(const SafeTensors& inputs, const engine::TntOptions& opt, TntHostRunner& runner);
+
+// FLOPs of the algorithm's matrix products (multiply-add = 2), forward and forward+backward, for a memory
+// (without the segment recomputation) and the whole branch: the "FLOP floor" of the benches.
+struct FlopCount {
+  double fwd = 0, fwdbwd = 0;
+};
+FlopCount memory_flops(const MemoryShape& s);
+FlopCount tnt_flops(const TntShape& s);
+
+}  // namespace ttt::titans
