@@ -225,6 +225,31 @@ TEST(CudaModel, ForwardBackwardMatchesCpuFp32) {
          c.inter_multi = 2;
          c.n_attn_heads = 4;
        }},
+      {"titans (mlp memory, chunk 4)", [](model::ModelConfig& c) {
+         c.arch = "titans";
+         c.memory = "mlp";
+         c.weight_norm = "none";
+         c.chunk = 4;
+       }},
+      {"tnt (global 8, locals 2,4, shard 8)", [](model::ModelConfig& c) {
+         c.arch = "tnt";
+         c.memory = "mlp";
+         c.weight_norm = "none";
+         c.global_chunk = 8;
+         c.local_chunks = {2, 4};
+         c.shard = 8;
+         c.seq_len = 21;
+       }},
+      {"tnt without global or Q-K, dh = 2d", [](model::ModelConfig& c) {
+         c.arch = "tnt";
+         c.memory = "mlp";
+         c.weight_norm = "none";
+         c.use_global = false;
+         c.qk_proj = false;
+         c.local_chunks = {3};
+         c.shard = 6;
+         c.inter_multi = 2;
+       }},
   };
   for (const auto& v : variants) {
     model::ModelConfig c = small_config();
@@ -427,8 +452,9 @@ TEST(CudaModel, TrainsOnGpuAndResumesAcrossDevices) {
 
 TEST(CudaModel, RefusesWhatItDoesNotRun) {
   REQUIRE_CUDA();
-  model::ModelConfig tnt = model::preset("tnt");
-  EXPECT_THROW(cuda::GpuModel{tnt}, Error);
+  model::ModelConfig linear = model::preset("titans");
+  linear.memory = "linear";  // the GPU's Titans memory is the MLP one
+  EXPECT_THROW(cuda::GpuModel{linear}, Error);
   const model::ModelConfig cfg = small_config();
   cuda::GpuModel gm(cfg);
   gm.upload(random_params(cfg, 1));

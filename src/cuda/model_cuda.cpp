@@ -15,6 +15,7 @@
 #include "cuda/kernels.h"
 #include "cuda/lact_cuda.h"
 #include "cuda/model_kernels.h"
+#include "cuda/tnt_cuda.h"
 #include "model/memory_branch.h"
 
 namespace ttt::cuda {
@@ -26,10 +27,15 @@ bool gpu_supports(const ModelConfig& cfg, std::string* why) {
     if (why) *why = s;
     return false;
   };
-  if (cfg.arch != "lact")
-    return no("arch \"" + cfg.arch + "\" has no GPU model yet (the GPU runs arch \"lact\"; TNT/Titans train on the CPU)");
   if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
-  if (cfg.memory != "swiglu") return no("LaCT needs memory \"swiglu\"");
+  if (cfg.arch == "lact") {
+    if (cfg.memory != "swiglu") return no("LaCT needs memory \"swiglu\"");
+    return true;
+  }
+  // Titans / TNT: the GPU memory (titans_cuda.h) is the MLP memory with residual, momentum and decay, no Muon.
+  if (cfg.memory != "mlp" || !cfg.mem_residual || !cfg.momentum || !cfg.decay || cfg.muon)
+    return no("arch \"" + cfg.arch + "\" on the GPU needs memory \"mlp\" with mem_residual, momentum and decay on and "
+              "muon off (the Titans memory of spec section 6); this config trains on the CPU");
   return true;
 }
 
@@ -83,7 +89,39 @@ struct GpuModel::Impl {
   DeviceBuffer loss_dev, valid_dev;
   std::vector<Buf> xs;  // residual stream at layer inputs, [L+1]
 
-  Impl(const ModelConfig& c, const GpuModelOptions& o) : cfg(c), opt(o), blas(o.math) {}
+  Impl(const ModelConfig& c, const GpuModelOptions& o) : cfg(c), opt(o), blas(o.math), titans_like(c.arch != "lact") {}
+  bool titans_like;  // arch "titans" / "tnt": the memory branch runs through TntRunner
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
+
+  TntRunner<float>& tnt_runner(int64_t S, int64_t N) {
+    auto key = std::make_pair(S, N);
+    auto it = tnt.find(key);
+    if (it != tnt.end()) return *it->second;
+    titans::TntShape s;
+    s.B = S * H;
+    s.T = N;
+    s.d = d;
+    if (cfg.arch == "titans") {  // one memory, chunk C, never reset
+      s.use_global = true;
+      s.global_chunk = cfg.chunk;
+      s.local_chunks.clear();
+      s.qk_proj = false;
+    } else {
+      s.use_global = cfg.use_global;
+      s.global_chunk = cfg.global_chunk;
+      s.local_chunks = cfg.local_chunks;
+      s.shard = cfg.shard;
+      s.qk_proj = cfg.qk_proj;
+    }
+    s.dh.assign(size_t(s.num_memories()), dh);
+    TitansOptions to;
+    to.poison_workspace = opt.poison;
+    if (tnt.size() >= 2) tnt.erase(tnt.begin());
+    auto r = std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, to);
+    auto& ref = *r;
+    tnt[key] = std::move(r);
+    return ref;
+  }
 
   // Phase timing (set_profiling): the device is synchronized around each timed call, so the phases add up to
   // wall time; off by default (no synchronization at all then).
@@ -157,11 +195,15 @@ struct GpuModel::Impl {
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
     const int64_t BHN = S * H * N;  // = rows * H
     const int64_t W = S * H * dh * d;  // one broadcast weight matrix over all sequence-heads
+    const int64_t M = cfg.n_memories(), gate_cols = std::max<int64_t>(3, M) * H;
     const std::pair<const char*, int64_t> sizes[] = {
         {"h", rows * D},        {"rinv1", rows},        {"qkv", rows * 3 * D},  {"qa", rows * D},
         {"ka", rows * D},       {"attn", rows * D},     {"lse", rows * Ha},     {"qh", rows * D},
         {"kh", rows * D},       {"qnorm", rows * H},    {"knorm", rows * H},    {"vm", rows * D},
-        {"zlr", rows * 3 * H},  {"rates", rows * 3 * H}, {"zm", rows * H},      {"mom", rows * H},
+        {"zlr", rows * gate_cols},      {"rates", rows * gate_cols},    {"zm", rows * gate_cols},       {"mom", rows * gate_cols},
+        {"zd", rows * gate_cols},       {"dec", rows * gate_cols},      {"thT", M * BHN},       {"etT", M * BHN},
+        {"alT", M * BHN},       {"gthT", M * BHN},      {"getT", M * BHN},      {"galT", M * BHN},
+        {"tw1b", M * W},        {"tw2b", M * W},        {"gtw1b", M * W},       {"gtw2b", M * W},
         {"qT", rows * D},       {"kT", rows * D},       {"vT", rows * D},       {"lrT", 3 * BHN},
         {"momT", BHN},          {"w0b", W},             {"w1b", W},             {"w2b", W},
         {"w0f", H * dh * d},    {"w2f", H * dh * d},    {"oT", rows * D},       {"o", rows * D},
@@ -175,7 +217,7 @@ struct GpuModel::Impl {
         {"dzs", rows * H},      {"gw0b", W},            {"gw1b", W},            {"gw2b", W},
         {"gqT", rows * D},      {"gkT", rows * D},      {"gvT", rows * D},      {"glrT", 3 * BHN},
         {"gmomT", BHN},         {"dqh", rows * D},      {"dkh", rows * D},      {"dvm", rows * D},
-        {"drates", rows * 3 * H}, {"dzlr", rows * 3 * H}, {"dmom", rows * H},   {"dzm", rows * H},
+        {"drates", rows * gate_cols},   {"dzlr", rows * gate_cols},     {"dmom", rows * H},     {"dzm", rows * H},
         {"dqkv", rows * 3 * D}, {"dqa", rows * D},      {"dka", rows * D},      {"dh", rows * D},
         {"dz", rows * D},       {"dzx", rows * D},      {"dwD", D},             {"gwf", H * dh * d},
         {"attn_work", int64_t(swa_backward_workspace(AttentionShape{S, N, Ha, hd, cfg.window}) / sizeof(float)) + 1},
@@ -228,35 +270,12 @@ struct GpuModel::Impl {
       vm = B("vm");
       ldvm = D;
     }
-    gemm(false, false, rows, 3 * H, D, 1.0f, B("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
-    mk::bias_act_forward(B("zlr"), Pl("ttt.lr.bias"), B("rates"), rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
-                         mk::Act::Softplus);
-    if (cfg.momentum) {
-      gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
-      mk::bias_act_forward(B("zm"), Pl("ttt.momentum.bias"), B("mom"), rows, H, 0.0, mk::Act::Sigmoid);
-    }
-    // Per sequence-head layout of the LaCT operator.
+    // Per sequence-head layout of the memory operators.
     mk::heads_to_batch(B("qh"), D, B("qT"), S, N, H, d);
     mk::heads_to_batch(B("kh"), D, B("kT"), S, N, H, d);
     mk::heads_to_batch(vm, ldvm, B("vT"), S, N, H, d);
-    for (int r = 0; r < 3; ++r) mk::cols_to_batch(B("rates"), 3 * H, r * H, B("lrT") + r * S * H * N, S, N, H);
-    if (cfg.momentum) mk::cols_to_batch(B("mom"), H, 0, B("momT"), S, N, H);
-    // Initial fast weights, broadcast to every sequence (memory_weights; low rank: A B + 0.5 I).
-    const float* w0 = resolve_weight(pre, "ttt.w0", "w0f");
-    const float* w2 = resolve_weight(pre, "ttt.w2", "w2f");
-    const int64_t per = H * dh * d;
-    for (int64_t s = 0; s < S; ++s) {
-      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w0b") + s * per, w0, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
-      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w1b") + s * per, Pl("ttt.w1"), sizeof(float) * per, cudaMemcpyDeviceToDevice,
-                                     nullptr));
-      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w2b") + s * per, w2, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
-    }
-    lact::Inputs<float> in;
-    in.w0 = B("w0b"), in.w1 = B("w1b"), in.w2 = B("w2b");
-    in.q = B("qT"), in.k = B("kT"), in.v = B("vT");
-    in.lr0 = B("lrT"), in.lr1 = B("lrT") + S * H * N, in.lr2 = B("lrT") + 2 * S * H * N;
-    in.mom = cfg.momentum ? B("momT") : nullptr;
-    timed("lact", [&] { lact_runner(S, N).forward(in, B("oT")); });
+    if (titans_like) titans_forward(pre, S, N);
+    else lact_forward(pre, S, N);
     mk::batch_to_heads(B("oT"), B("o"), D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
     rms_norm_heads_forward(B("o"), Pl("ttt.o_norm.weight"), B("normed"), B("rinvo"), rows, D, H, cfg.norm_eps);
@@ -300,6 +319,133 @@ struct GpuModel::Impl {
                       G(pre + name + ".b"), d, r * d, H);
   }
 
+  // LaCT (arch "lact"): rates softplus(h W_lr + b + softplus^-1(lr_init)) per matrix, momentum gate, the
+  // initial fast weights broadcast to every sequence, the operator (memory_branch.cpp, record_memory_branch).
+  void lact_forward(const std::string& pre, int64_t S, int64_t N) {
+    const int64_t rows = S * N;
+    auto Pl = [&](const char* n) { return P(pre + n); };
+    gemm(false, false, rows, 3 * H, D, 1.0f, B("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
+    mk::bias_act_forward(B("zlr"), Pl("ttt.lr.bias"), B("rates"), rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
+                         mk::Act::Softplus);
+    if (cfg.momentum) {
+      gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
+      mk::bias_act_forward(B("zm"), Pl("ttt.momentum.bias"), B("mom"), rows, H, 0.0, mk::Act::Sigmoid);
+    }
+    for (int r = 0; r < 3; ++r) mk::cols_to_batch(B("rates"), 3 * H, r * H, B("lrT") + r * S * H * N, S, N, H);
+    if (cfg.momentum) mk::cols_to_batch(B("mom"), H, 0, B("momT"), S, N, H);
+    // Initial fast weights, broadcast to every sequence (memory_weights; low rank: A B + 0.5 I).
+    const float* w0 = resolve_weight(pre, "ttt.w0", "w0f");
+    const float* w2 = resolve_weight(pre, "ttt.w2", "w2f");
+    const int64_t per = H * dh * d;
+    for (int64_t s = 0; s < S; ++s) {
+      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w0b") + s * per, w0, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w1b") + s * per, Pl("ttt.w1"), sizeof(float) * per, cudaMemcpyDeviceToDevice,
+                                     nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w2b") + s * per, w2, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
+    }
+    lact::Inputs<float> in;
+    in.w0 = B("w0b"), in.w1 = B("w1b"), in.w2 = B("w2b");
+    in.q = B("qT"), in.k = B("kT"), in.v = B("vT");
+    in.lr0 = B("lrT"), in.lr1 = B("lrT") + S * H * N, in.lr2 = B("lrT") + 2 * S * H * N;
+    in.mom = cfg.momentum ? B("momT") : nullptr;
+    timed("lact", [&] { lact_runner(S, N).forward(in, B("oT")); });
+  }
+  void lact_backward(const std::string& pre, int64_t S, int64_t N) {
+    const int64_t rows = S * N;
+    auto Pl = [&](const char* n) { return P(pre + n); };
+    auto Gl = [&](const char* n) { return G(pre + n); };
+    lact::Grads<float> g;
+    g.w0 = B("gw0b"), g.w1 = B("gw1b"), g.w2 = B("gw2b");
+    g.q = B("gqT"), g.k = B("gkT"), g.v = B("gvT");
+    g.lr0 = B("glrT"), g.lr1 = B("glrT") + S * H * N, g.lr2 = B("glrT") + 2 * S * H * N;
+    g.mom = cfg.momentum ? B("gmomT") : nullptr;
+    timed("lact", [&] { lact_runner(S, N).backward(B("doT"), g); });
+    weight_grad(pre, "ttt.w0", B("gw0b"), S);
+    weight_grad(pre, "ttt.w2", B("gw2b"), S);
+    {
+      const int64_t per = H * dh * d;
+      for (int64_t s = 0; s < S; ++s) mk::axpy(Gl("ttt.w1"), B("gw1b") + s * per, 1.0f, per);
+    }
+    // rates = softplus(h Wlr + b + shift)
+    for (int r = 0; r < 3; ++r) mk::batch_to_cols(B("glrT") + r * S * H * N, B("drates"), 3 * H, r * H, S, N, H);
+    mk::act_backward(B("zlr"), B("drates"), B("dzlr"), rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
+                     mk::Act::Softplus);
+    gemm(true, false, D, 3 * H, rows, 1.0f, B("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
+    col_sum(B("dzlr"), rows, 3 * H, 3 * H, Gl("ttt.lr.bias"), true);
+    gemm(false, true, rows, D, 3 * H, 1.0f, B("dzlr"), 3 * H, Pl("ttt.lr.weight"), 3 * H, 1.0f, B("dh"), D);
+    if (cfg.momentum) {
+      mk::batch_to_cols(B("gmomT"), B("dmom"), H, 0, S, N, H);
+      mk::act_backward(B("zm"), B("dmom"), B("dzm"), rows * H, 0.0, mk::Act::Sigmoid);
+      gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
+      col_sum(B("dzm"), rows, H, H, Gl("ttt.momentum.bias"), true);
+      gemm(false, true, rows, D, H, 1.0f, B("dzm"), H, Pl("ttt.momentum.weight"), H, 1.0f, B("dh"), D);
+    }
+  }
+
+  // Titans / TNT: M memories (global first), each MLP + MSE with momentum and decay; gates theta =
+  // titans_base_lr * sigmoid(h W_lr + b), eta = sigmoid(h W_m + b), alpha = sigmoid(h W_d + b), column
+  // m*H + h for memory m, head h; the branch through TntRunner (tnt_cuda.h), which sums the memories.
+  void titans_forward(const std::string& pre, int64_t S, int64_t N) {
+    const int64_t rows = S * N, M = cfg.n_memories(), MH = M * H, BHN = S * H * N, W = S * H * dh * d;
+    auto Pl = [&](const char* n) { return P(pre + n); };
+    const char* gates[3][4] = {{"ttt.lr.weight", "ttt.lr.bias", "zlr", "rates"},
+                               {"ttt.momentum.weight", "ttt.momentum.bias", "zm", "mom"},
+                               {"ttt.decay.weight", "ttt.decay.bias", "zd", "dec"}};
+    const char* per_batch[3] = {"thT", "etT", "alT"};
+    for (int gi = 0; gi < 3; ++gi) {
+      gemm(false, false, rows, MH, D, 1.0f, B("h"), D, Pl(gates[gi][0]), MH, 0.0f, B(gates[gi][2]), MH);
+      mk::bias_act_forward(B(gates[gi][2]), Pl(gates[gi][1]), B(gates[gi][3]), rows, MH, 0.0, mk::Act::Sigmoid);
+      if (gi == 0) mk::scale(B("rates"), float(cfg.titans_base_lr), rows * MH);
+      for (int64_t m = 0; m < M; ++m) mk::cols_to_batch(B(gates[gi][3]), MH, m * H, B(per_batch[gi]) + m * BHN, S, N, H);
+    }
+    titans::TntInputs<float> in;
+    in.q = B("qT"), in.k = B("kT"), in.v = B("vT");
+    const int64_t per = H * dh * d;
+    for (int64_t m = 0; m < M; ++m) {
+      const auto names = model::memory_weight_names(cfg, m);  // prefix + "w1", "w2"
+      for (int64_t s = 0; s < S; ++s) {
+        TTT_CUDA_CHECK(cudaMemcpyAsync(B("tw1b") + m * W + s * per, P(pre + names[0]), sizeof(float) * per,
+                                       cudaMemcpyDeviceToDevice, nullptr));
+        TTT_CUDA_CHECK(cudaMemcpyAsync(B("tw2b") + m * W + s * per, P(pre + names[1]), sizeof(float) * per,
+                                       cudaMemcpyDeviceToDevice, nullptr));
+      }
+      in.mems.push_back({B("tw1b") + m * W, B("tw2b") + m * W, B("thT") + m * BHN, B("etT") + m * BHN,
+                         B("alT") + m * BHN});
+    }
+    timed("tnt", [&] { tnt_runner(S, N).forward(in, B("oT")); });
+  }
+  void titans_backward(const std::string& pre, int64_t S, int64_t N) {
+    const int64_t rows = S * N, M = cfg.n_memories(), MH = M * H, BHN = S * H * N, W = S * H * dh * d;
+    auto Pl = [&](const char* n) { return P(pre + n); };
+    auto Gl = [&](const char* n) { return G(pre + n); };
+    titans::TntGrads<float> g;
+    g.q = B("gqT"), g.k = B("gkT"), g.v = B("gvT");
+    for (int64_t m = 0; m < M; ++m)
+      g.mems.push_back({B("gtw1b") + m * W, B("gtw2b") + m * W, B("gthT") + m * BHN, B("getT") + m * BHN,
+                        B("galT") + m * BHN});
+    timed("tnt", [&] { tnt_runner(S, N).backward(B("doT"), g); });
+    const int64_t per = H * dh * d;
+    for (int64_t m = 0; m < M; ++m) {
+      const auto names = model::memory_weight_names(cfg, m);
+      for (int64_t s = 0; s < S; ++s) {
+        mk::axpy(G(pre + names[0]), B("gtw1b") + m * W + s * per, 1.0f, per);
+        mk::axpy(G(pre + names[1]), B("gtw2b") + m * W + s * per, 1.0f, per);
+      }
+    }
+    const char* gates[3][3] = {{"ttt.lr.weight", "ttt.lr.bias", "zlr"},
+                               {"ttt.momentum.weight", "ttt.momentum.bias", "zm"},
+                               {"ttt.decay.weight", "ttt.decay.bias", "zd"}};
+    const char* per_batch[3] = {"gthT", "getT", "galT"};
+    for (int gi = 0; gi < 3; ++gi) {
+      for (int64_t m = 0; m < M; ++m) mk::batch_to_cols(B(per_batch[gi]) + m * BHN, B("drates"), MH, m * H, S, N, H);
+      if (gi == 0) mk::scale(B("drates"), float(cfg.titans_base_lr), rows * MH);
+      mk::act_backward(B(gates[gi][2]), B("drates"), B("dzlr"), rows * MH, 0.0, mk::Act::Sigmoid);
+      gemm(true, false, D, MH, rows, 1.0f, B("h"), D, B("dzlr"), MH, 1.0f, Gl(gates[gi][0]), MH);
+      col_sum(B("dzlr"), rows, MH, MH, Gl(gates[gi][1]), true);
+      gemm(false, true, rows, D, MH, 1.0f, B("dzlr"), MH, Pl(gates[gi][0]), MH, 1.0f, B("dh"), D);
+    }
+  }
+
   // Backward of layer l (after layer_forward(l) on the same input x): dx holds d/d(out) on entry and
   // d/d(x) on return. Parameter gradients are accumulated.
   void layer_backward(int64_t l, const float* x, int64_t S, int64_t N) {
@@ -335,37 +481,13 @@ struct GpuModel::Impl {
     rms_norm_heads_backward(B("o"), Pl("ttt.o_norm.weight"), B("rinvo"), B("dnormed"), B("do"), B("dwD"),
                             norm_work_for(rows, D), rows, D, H);
     mk::axpy(Gl("ttt.o_norm.weight"), B("dwD"), 1.0f, D);
-    // ---- the LaCT operator
+    // ---- the memory operator
     mk::heads_to_batch(B("do"), D, B("doT"), S, N, H, d);
-    lact::Grads<float> g;
-    g.w0 = B("gw0b"), g.w1 = B("gw1b"), g.w2 = B("gw2b");
-    g.q = B("gqT"), g.k = B("gkT"), g.v = B("gvT");
-    g.lr0 = B("glrT"), g.lr1 = B("glrT") + S * H * N, g.lr2 = B("glrT") + 2 * S * H * N;
-    g.mom = cfg.momentum ? B("gmomT") : nullptr;
-    timed("lact", [&] { lact_runner(S, N).backward(B("doT"), g); });
-    weight_grad(pre, "ttt.w0", B("gw0b"), S);
-    weight_grad(pre, "ttt.w2", B("gw2b"), S);
-    {
-      const int64_t per = H * dh * d;
-      for (int64_t s = 0; s < S; ++s) mk::axpy(Gl("ttt.w1"), B("gw1b") + s * per, 1.0f, per);
-    }
+    if (titans_like) titans_backward(pre, S, N);
+    else lact_backward(pre, S, N);
     mk::batch_to_heads(B("gqT"), B("dqh"), D, S, N, H, d, false);
     mk::batch_to_heads(B("gkT"), B("dkh"), D, S, N, H, d, false);
     mk::batch_to_heads(B("gvT"), B("dvm"), D, S, N, H, d, false);
-    // rates = softplus(h Wlr + b + shift)
-    for (int r = 0; r < 3; ++r) mk::batch_to_cols(B("glrT") + r * S * H * N, B("drates"), 3 * H, r * H, S, N, H);
-    mk::act_backward(B("zlr"), B("drates"), B("dzlr"), rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
-                     mk::Act::Softplus);
-    gemm(true, false, D, 3 * H, rows, 1.0f, B("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
-    col_sum(B("dzlr"), rows, 3 * H, 3 * H, Gl("ttt.lr.bias"), true);
-    gemm(false, true, rows, D, 3 * H, 1.0f, B("dzlr"), 3 * H, Pl("ttt.lr.weight"), 3 * H, 1.0f, B("dh"), D);
-    if (cfg.momentum) {
-      mk::batch_to_cols(B("gmomT"), B("dmom"), H, 0, S, N, H);
-      mk::act_backward(B("zm"), B("dmom"), B("dzm"), rows * H, 0.0, mk::Act::Sigmoid);
-      gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
-      col_sum(B("dzm"), rows, H, H, Gl("ttt.momentum.bias"), true);
-      gemm(false, true, rows, D, H, 1.0f, B("dzm"), H, Pl("ttt.momentum.weight"), H, 1.0f, B("dh"), D);
-    }
     // ---- attention: overwrites dq, dk (via RoPE's adjoint) and dv of dqkv
     const float* q = B("qkv");
     const float* k = B("qkv") + D;
