@@ -21,14 +21,16 @@ int cmd_generate(const Argv& argv) {
       .value("top-p", "nucleus sampling mass (1: off)", "1.0")
       .value("seed", "sampling seed", "0")
       .flag("stats", "print a JSON line with timing and state size to stderr at the end")
-      .value("device", "cpu", "cpu");
+      .value("device", "cpu (generation runs on the CPU; GPU-trained checkpoints are the same files)", "cpu");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
     return 0;
   }
   TTT_CHECK(a.has("checkpoint"), "ttt generate: --checkpoint DIR is required\n" << a.usage());
-  TTT_CHECK(a.str("device") == "cpu", "ttt generate: device '" << a.str("device") << "' is not available in this build");
+  TTT_CHECK(a.str("device") != "cuda", "ttt generate: --device cuda is not implemented yet; generation runs on the CPU "
+                                       "(--device cpu), from any checkpoint, GPU-trained ones included");
+  TTT_CHECK(a.str("device") == "cpu", "ttt generate: --device must be cpu, got '" << a.str("device") << "'");
   train::LoadedCheckpoint ck = train::load_checkpoint(a.str("checkpoint"), false);
   TTT_CHECK(ck.cfg.vocab_size == 256, "ttt generate: the model's vocabulary is " << ck.cfg.vocab_size
                                                                                  << "; text prompts need byte tokens (256)");
