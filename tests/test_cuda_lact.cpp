@@ -1,8 +1,9 @@
 // The CUDA LaCT operator (src/cuda) against the CPU reference on fresh random inputs: fp64 on the GPU against
 // the float64 CPU twin (<= 1e-10, the same algorithm), fp32 on the GPU against float64 on the CPU (<= 1e-4),
-// the engine itself, the OpBackend and the CLI; the bf16 matrix-input option against float64 (<= 2e-2). Device outputs are filled with NaN before every run and work
-// buffers start as NaN, so an element nothing writes (or a read of one) shows. Every test skips, saying why,
-// when the build has no CUDA or the machine no usable device.
+// the engine itself, the OpBackend and the CLI; the bf16 matrix-input option against float64 (<= 2e-2, or 2x
+// the error of the CPU twin's bf16-operand emulation where that is larger). Device outputs are filled with NaN
+// before every run and work buffers start as NaN, so an element nothing writes (or a read of one) shows. Every
+// test skips, saying why, when the build has no CUDA or the machine no usable device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -116,7 +117,8 @@ Data<T> cast(const Data<double>& x) {
   return {f(x.w0), f(x.w1), f(x.w2), f(x.q), f(x.k), f(x.v), f(x.lr0), f(x.lr1), f(x.lr2), f(x.mom), f(x.go)};
 }
 
-// Runs the operator (GPU when gpu, else the CPU twin), outputs poisoned with NaN first.
+// Runs the operator (GPU when gpu, else the CPU twin), outputs poisoned with NaN first. On the CPU, opt.bf16
+// runs the twin with its bf16-operand emulation (fused_cpu's round_operands_bf16); other options are GPU-only.
 template <class T>
 Results<T> run(const Case& c, const Data<T>& x, bool gpu, const cuda::LactOptions& opt = {}) {
   const lact::Shape s = c.shape();
@@ -136,7 +138,7 @@ Results<T> run(const Case& c, const Data<T>& x, bool gpu, const cuda::LactOption
     o.poison_workspace = true;
     cuda::lact_host<T>(s, in, out.r[0].data(), x.go.data(), &g, o);
   } else {
-    lact::fused_cpu<T>(s, in, out.r[0].data(), x.go.data(), &g);
+    lact::fused_cpu<T>(s, in, out.r[0].data(), x.go.data(), &g, opt.bf16);
   }
   return out;
 }
@@ -168,7 +170,8 @@ struct Worst {
   double err = 0;
   std::string what;
   int configs = 0;
-  double ratio = 0;  // largest error / yardstick (ill-conditioned configs)
+  double ratio = 0;      // largest error / yardstick's error (comparisons with a yardstick)
+  int by_yardstick = 0;  // outputs over tol that the yardstick's bound admitted
   void see(double e, const std::string& w) {
     if (e > err || std::isnan(e)) err = e, what = w;
   }
@@ -187,18 +190,19 @@ double output_err(const Case& c, const Results<T>& got, const Results<double>& r
 }
 
 // Every output within tol of the reference. With a yardstick (another implementation's results at the same
-// precision, for the ill-conditioned configs below), within max(tol, 10x the yardstick's own error).
+// precision, for the ill-conditioned configs below), within max(tol, factor x the yardstick's own error).
 template <class T, class Y = T>
 void compare(const Case& c, const Results<T>& got, const Results<double>& ref, double tol, Worst& worst,
-             uint64_t seed, const Results<Y>* yardstick = nullptr) {
+             uint64_t seed, const Results<Y>* yardstick = nullptr, double factor = 10) {
   for (int i = 0; i < 11; ++i) {
     if (i == 10 && !c.momentum) continue;
     const double e = output_err(c, got, ref, i);
     double bound = tol;
     if (yardstick) {
       const double y = output_err(c, *yardstick, ref, i);
-      bound = std::max(tol, 10 * y);
+      bound = std::max(tol, factor * y);
       if (y > 0) worst.ratio = std::max(worst.ratio, e / y);
+      if (e > tol && e <= bound) ++worst.by_yardstick;
     }
     EXPECT_LE(e, bound) << c.name() << " (seed " << seed << "): " << kNames[i] << " relative error " << e
                         << (yardstick ? " (bound from the yardstick)" : "");
@@ -419,6 +423,14 @@ TEST(CudaLact, Tf32Option) {
 // float64 on the CPU within the bf16 bound 2e-2, never NaN (rel_err is infinite on NaN/Inf), outputs
 // and work buffers poisoned. Muon is not offered with bf16 operands (NS5 amplifies their rounding: measured
 // 0.02-0.42 relative on the gradients even with C >= 4 min(d,dh)); the backend refuses it (tested below).
+// Some outputs are ill-conditioned in bf16 as Muon's are in fp32 (see ill_conditioned): grad_momentum of the
+// bidirectional momentum configs with C = 48 or 60 is a sum of cancelling terms, and about 3% of random seeds
+// put it over 2e-2 (e.g. 0.0210 for bidir_B3_T96_d12_dh20_C60_mom_post, seed 48100932244088824), so the test
+// failed about one run in six. The CPU twin with every product operand rounded to bf16 (fused_cpu's
+// round_operands_bf16, in float) lands on exactly the same 0.0210: the conditioning of that gradient, not a GPU
+// defect. That emulation is therefore the yardstick: each output is held to max(2e-2, 2x the emulation's own
+// error against float64); how many outputs needed the yardstick, and the worst GPU / emulation ratio, are
+// printed.
 TEST(CudaLact, Bf16MatchesCpuReference) {
   REQUIRE_CUDA();
   const uint64_t seed0 = fresh_seed();
@@ -433,11 +445,16 @@ TEST(CudaLact, Bf16MatchesCpuReference) {
       continue;
     }
     Data<double> x = make_data(c, seed, true);
-    compare(c, run<float>(c, cast<float>(x), true, opt), run<double>(c, x, false), 2e-2, worst, seed);
+    const Data<float> xf = cast<float>(x);
+    const Results<float> yardstick = run<float>(c, xf, false, opt);  // the twin, bf16 operands emulated
+    compare(c, run<float>(c, xf, true, opt), run<double>(c, x, false), 2e-2, worst, seed, &yardstick, 2.0);
   }
   std::printf("cuda lact parity bf16 matrix inputs (GPU vs CPU float64): %d configs, worst relative error %.3g (%s); "
               "%d Muon configs not run (bf16 with Muon is refused)\n",
               worst.configs, worst.err, worst.what.c_str(), skipped);
+  std::printf("cuda lact parity bf16: %d outputs over 2e-2 held to 2x the CPU bf16 emulation's error; worst GPU / "
+              "emulation error ratio %.3g\n",
+              worst.by_yardstick, worst.ratio);
   EXPECT_EQ(worst.configs + skipped, 96);
   EXPECT_EQ(worst.configs, 48);
 }
