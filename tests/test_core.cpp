@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "core/blas.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
@@ -31,6 +32,22 @@ TEST(Tensor, Bf16RoundsToNearestEven) {
   float x = 1.0f + 1.0f / 256.0f;  // halfway between two bf16 values: rounds to even (1.0)
   EXPECT_FLOAT_EQ(bf16_to_float(float_to_bf16(x)), 1.0f);
   EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(NAN))));
+}
+
+TEST(Blas, Bf16OperandEmulationRoundsOperandsOnly) {
+  const float a[2] = {1.0f + 1.0f / 512.0f, 3.0f};  // 1 + 2^-9 rounds to 1 in bf16; 3 is exact
+  const float b[2] = {1.0f, 1.0f / 1024.0f};         // 2^-10 is exact
+  float c = 0;
+  gemm<float>(false, false, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, &c, 1);
+  EXPECT_EQ(c, a[0] + 3.0f / 1024.0f);  // off: exact float operands
+  {
+    BF16OperandsEmulation on;
+    EXPECT_TRUE(emulate_bf16_operands());
+    gemm<float>(false, false, 1, 1, 2, 1.0f, a, 2, b, 1, 0.0f, &c, 1);
+    EXPECT_EQ(c, 1.0f + 3.0f / 1024.0f);  // operands rounded, accumulation in float
+  }
+  EXPECT_FALSE(emulate_bf16_operands());
+  EXPECT_EQ(round_to_bf16(1.0f + 3.0f / 512.0f), 1.0f + 1.0f / 128.0f);  // 3/4 of a bf16 step: up
 }
 
 TEST(Rng, DeterministicAndRestorable) {

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/blas.h"
 #include "core/file_io.h"
 #include "core/rng.h"
 #include "data/tokens.h"
@@ -135,8 +136,11 @@ model::Params<double> to_double(const model::Params<float>& p) {
 //        derivative cancels), for any chunk size; elsewhere the CPU's float32 is ~1e-6 from float64 and tol rules.
 //  tf32 / bf16: the gradient of all parameters as one vector (rel_err_norm) within tol; bias-like gradients are
 //        sums over every token of terms that mostly cancel, so a single such tensor's relative error is the
-//        rounding error times the cancellation ratio (up to ~4e-2 measured at tf32) in any reduced-precision
-//        implementation. Each tensor's error is printed.
+//        rounding error times the cancellation ratio (up to ~1e-1 measured in bf16) in any reduced-precision
+//        implementation. Each tensor's error is printed. bf16: the whole gradient measured 1.4e-2..2.1e-2 over
+//        10 seeds on the H100 (2 of 10 above 2e-2), so, as for LaCT's bf16 test, the CPU model is run in float
+//        with every matrix-product operand rounded to bf16 (BF16OperandsEmulation; its attention loops are not
+//        rounded) and the GPU is held to max(tol, 2 x that emulation's own whole-gradient error).
 void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, cuda::MathMode math, double tol) {
   const bool fp32 = math == cuda::MathMode::FP32;
   auto err = [&](const auto& got, const auto& ref) { return fp32 ? rel_err(got, ref) : rel_err_norm(got, ref); };
@@ -148,6 +152,11 @@ void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, c
   auto ref = model::forward<double>(cfg, to_double(p), b, &gref, true, true);
   std::vector<ag::Mat<float>> g32;  // the CPU's own float32, the yardstick of float32's conditioning
   if (fp32) model::forward<float>(cfg, p, b, &g32);
+  std::vector<ag::Mat<float>> g16;  // the CPU in float with bf16-rounded product operands (bf16's yardstick)
+  if (math == cuda::MathMode::BF16) {
+    BF16OperandsEmulation emulate;
+    model::forward<float>(cfg, p, b, &g16);
+  }
 
   cuda::GpuModelOptions o;
   o.math = math;
@@ -164,7 +173,7 @@ void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, c
   EXPECT_LE(err(got.logits, ref.logits.data), tol) << what << ": logits";
   double worst = 0, worst_cpu32 = 0;
   std::string worst_name;
-  std::vector<double> all_got, all_ref;
+  std::vector<double> all_got, all_ref, all_emu;
   for (size_t i = 0; i < g.size(); ++i) {
     const double e = err(g[i].data, gref[i].data);
     if (fp32) {
@@ -174,6 +183,7 @@ void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, c
     } else {
       all_got.insert(all_got.end(), g[i].data.begin(), g[i].data.end());
       all_ref.insert(all_ref.end(), gref[i].data.begin(), gref[i].data.end());
+      if (!g16.empty()) all_emu.insert(all_emu.end(), g16[i].data.begin(), g16[i].data.end());
     }
     if (e > worst) worst = e, worst_name = p.names[i];
   }
@@ -183,10 +193,12 @@ void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, c
                 worst_cpu32);
   } else {
     const double whole = rel_err_norm(all_got, all_ref);
-    EXPECT_LE(whole, tol) << what << ": the whole gradient";
-    std::printf("[ GPU model ] %-32s %s: loss %.2e, whole gradient %.2e, worst tensor %.2e (%s)\n", what.c_str(),
-                cuda::math_mode_name(math), std::fabs(got.loss - ref.loss) / std::fabs(ref.loss), whole, worst,
-                worst_name.c_str());
+    const double emu = all_emu.empty() ? 0.0 : rel_err_norm(all_emu, all_ref);
+    EXPECT_LE(whole, std::max(tol, 2 * emu)) << what << ": the whole gradient (CPU bf16 emulation: " << emu << ")";
+    std::printf("[ GPU model ] %-32s %s: loss %.2e, whole gradient %.2e (CPU bf16 emulation %.2e), worst tensor %.2e "
+                "(%s)\n",
+                what.c_str(), cuda::math_mode_name(math), std::fabs(got.loss - ref.loss) / std::fabs(ref.loss), whole,
+                emu, worst, worst_name.c_str());
   }
 }
 

@@ -8,4 +8,16 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
+// CPU emulation of the GPU's bf16 matrix inputs, for tests: while on, gemm<float> rounds every element of op(A)
+// and op(B) to bf16 (round_to_bf16) before multiplying, accumulating in float as usual. Process-wide (it must
+// reach OpenMP worker threads); off by default. BF16OperandsEmulation turns it on for a scope.
+void set_emulate_bf16_operands(bool on);
+bool emulate_bf16_operands();
+struct BF16OperandsEmulation {
+  BF16OperandsEmulation() { set_emulate_bf16_operands(true); }
+  ~BF16OperandsEmulation() { set_emulate_bf16_operands(false); }
+  BF16OperandsEmulation(const BF16OperandsEmulation&) = delete;
+  BF16OperandsEmulation& operator=(const BF16OperandsEmulation&) = delete;
+};
+
 }  // namespace ttt

@@ -45,6 +45,9 @@ inline bf16 float_to_bf16(float f) {
   return bf16{uint16_t((u + rounding) >> 16)};
 }
 
+// The nearest bf16 value of f as a float (CPU emulations of the GPU's bf16 matrix inputs).
+inline float round_to_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
+
 template <class T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
 template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };

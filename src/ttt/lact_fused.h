@@ -29,6 +29,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace ttt::lact {
@@ -139,19 +140,7 @@ TTT_HD void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
 // x rounded to the nearest bfloat16 (ties to even), returned as a float: the value __float2bfloat16 gives,
 // without CUDA. NaN stays NaN (quiet), +-Inf stays, overflow rounds to +-Inf. Host only: the CPU twin's
 // emulation of the CUDA backend's bf16 matrix operands (fused_cpu's round_operands_bf16).
-inline float round_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    u = (u | 0x00400000u) & 0xffff0000u;  // NaN: keep it a (quiet) NaN after truncation
-  } else {
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even, on the low 16 bits
-    u &= 0xffff0000u;
-  }
-  float y;
-  std::memcpy(&y, &u, sizeof y);
-  return y;
-}
+inline float round_bf16(float x) { return ttt::round_to_bf16(x); }
 
 // Geometry the element-wise kernels need.
 struct Geom {
