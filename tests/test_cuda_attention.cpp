@@ -15,6 +15,8 @@
 // saying why, without CUDA in the build or a usable device.
 #include <gtest/gtest.h>
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -43,12 +45,6 @@ TEST(CudaAttention, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUD
 
 namespace {
 
-#define REQUIRE_CUDA()                                                                     \
-  do {                                                                                     \
-    std::string why_;                                                                      \
-    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_; \
-  } while (0)
-
 constexpr double kTol = 1e-4;
 constexpr double kTolBf16 = 2e-2;  // bf16 kernels: relative L2 error ||gpu - ref|| / ||ref|| per output
 
@@ -65,11 +61,6 @@ struct Impl {
 };
 const Impl kFp32{false, &cuda::swa_forward, &cuda::swa_backward};
 const Impl kBf16{true, &cuda::swa_forward_bf16, &cuda::swa_backward_bf16};
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
 
 std::vector<float> normal(Rng& r, size_t n, double s) {
   std::vector<float> x(n);

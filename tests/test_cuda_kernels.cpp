@@ -6,6 +6,8 @@
 // results are compared bitwise. Every test skips, saying why, without CUDA in the build or a usable device.
 #include <gtest/gtest.h>
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -34,19 +36,8 @@ TEST(CudaKernels, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA 
 
 namespace {
 
-#define REQUIRE_CUDA()                                                                     \
-  do {                                                                                     \
-    std::string why_;                                                                      \
-    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_; \
-  } while (0)
-
 constexpr double kTol = 1e-4;
 constexpr double kAdamTol = 1e-6;
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
 
 std::vector<float> normal(Rng& r, int64_t n, double s) {
   std::vector<float> x(static_cast<size_t>(n));

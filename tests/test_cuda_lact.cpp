@@ -6,6 +6,8 @@
 // test skips, saying why, when the build has no CUDA or the machine no usable device.
 #include <gtest/gtest.h>
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,17 +35,6 @@ TEST(CudaLact, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA too
 #else
 
 namespace {
-
-#define REQUIRE_CUDA()                                                                          \
-  do {                                                                                          \
-    std::string why_;                                                                           \
-    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_;      \
-  } while (0)
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
 
 struct Case {
   int64_t B, T, d, dh, chunk;

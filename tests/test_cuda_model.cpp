@@ -8,6 +8,8 @@
 // is written shows as NaN, which never passes. Every test skips, saying why, without CUDA or a device.
 #include <gtest/gtest.h>
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -40,17 +42,6 @@ TEST(CudaModel, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA to
 #else
 
 namespace {
-
-#define REQUIRE_CUDA()                                                                     \
-  do {                                                                                     \
-    std::string why_;                                                                      \
-    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_; \
-  } while (0)
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
 
 model::ModelConfig small_config() {
   model::ModelConfig c;

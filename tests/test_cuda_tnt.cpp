@@ -7,6 +7,8 @@
 // the machine no usable device.
 #include <gtest/gtest.h>
 
+#include "cuda_test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -34,17 +36,6 @@ TEST(CudaTnt, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA tool
 #else
 
 namespace {
-
-#define REQUIRE_CUDA()                                                                          \
-  do {                                                                                          \
-    std::string why_;                                                                           \
-    if (cuda::device_count(&why_) == 0) GTEST_SKIP() << "no usable CUDA device: " << why_;      \
-  } while (0)
-
-uint64_t fresh_seed() {
-  std::random_device rd;
-  return (uint64_t(rd()) << 32) ^ rd();
-}
 
 titans::TntHostRunner& gpu() {
   static cuda::TntGpuRunner r([] {

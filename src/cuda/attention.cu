@@ -23,6 +23,7 @@
 // these kernels (tile loads, the softmax and the synchronisations are), so it was dropped; a faster tensor-core
 // version would need register-resident fragments (mma.sync with ldmatrix, as flash-attention 2 does).
 #include "cuda/attention.h"
+#include "cuda/attention_host.cuh"
 #include "cuda/check.cuh"
 
 #include <cuda_runtime.h>
@@ -37,21 +38,13 @@ namespace ttt::cuda {
 
 namespace {
 
+using namespace attn;
+
 constexpr int kThreads = 256;
 constexpr int kTile = 64;        // queries per query tile = keys per key tile
 constexpr int kPS = kTile + 4;   // row stride of the [64 x 64] score tiles in shared memory
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
-cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-// Geometry passed by value to every kernel. Positions inside a sequence are int (N < 2^30 is checked).
-struct Geo {
-  int N, heads, hd, window;  // window clamped to N
-  float scale;               // 1/sqrt(hd)
-  float scale_log2;          // log2(e)/sqrt(hd)
-};
 
 template <int HD>
 struct Tiles {
@@ -179,7 +172,6 @@ __device__ __forceinline__ void store_tile(float* __restrict__ g, int64_t ld, in
 }
 
 // Bits of the `vec` argument of the kernels: which inputs allow float4 tile loads.
-enum : int { kVecQ = 1, kVecK = 2, kVecV = 4, kVecDO = 8 };
 
 // ---- forward ---------------------------------------------------------------------------------------------
 template <int HD>
@@ -409,33 +401,6 @@ __global__ void __launch_bounds__(kThreads) k_swa_bwd_dq(Geo g, const float* __r
 }
 
 // ---- host side -------------------------------------------------------------------------------------------
-void check_shape(const char* op, const AttentionShape& s) {
-  TTT_CHECK(s.S >= 0 && s.N >= 0 && s.heads >= 1 && s.hd >= 1,
-            op << ": bad shape S " << s.S << ", N " << s.N << ", heads " << s.heads << ", hd " << s.hd);
-  TTT_CHECK(s.hd <= 128, op << ": head width " << s.hd << " is not supported (at most 128)");
-  TTT_CHECK(s.window >= 1, op << ": window must be >= 1, got " << s.window);
-  TTT_CHECK(s.N < (int64_t(1) << 30), op << ": N = " << s.N << " tokens per sequence is too large");
-  TTT_CHECK(s.heads <= 65535 && s.S <= 65535, op << ": " << s.S << " sequences x " << s.heads
-                                                  << " heads exceed the grid (at most 65535 each)");
-}
-void check_operand(const char* op, const char* name, const void* p, int64_t ld, const AttentionShape& s) {
-  TTT_CHECK(p != nullptr, op << ": " << name << " is null");
-  TTT_CHECK(ld >= s.heads * s.hd, op << ": leading dimension of " << name << " is " << ld << ", less than heads * hd = "
-                                     << s.heads * s.hd);
-}
-bool vec_ok(const float* p, int64_t ld, int64_t hd) { return hd % 4 == 0 && ld % 4 == 0 && aligned16(p); }
-
-Geo make_geo(const AttentionShape& s) {
-  Geo g;
-  g.N = int(s.N);
-  g.heads = int(s.heads);
-  g.hd = int(s.hd);
-  g.window = int(std::min<int64_t>(s.window, std::max<int64_t>(s.N, 1)));
-  const double scale = 1.0 / std::sqrt(double(s.hd));
-  g.scale = float(scale);
-  g.scale_log2 = float(scale * 1.4426950408889634);
-  return g;
-}
 
 // Dynamic shared memory of each kernel.
 template <int HD>
@@ -489,17 +454,9 @@ void bwd_launch(const AttentionShape& s, const Geo& g, const float* q, int64_t l
 
 void swa_forward(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v,
                  int64_t ldv, float* o, int64_t ldo, float* lse, void* stream) {
-  const char* op = "swa_forward";
-  check_shape(op, s);
-  if (s.S == 0 || s.N == 0) return;
-  check_operand(op, "q", q, ldq, s);
-  check_operand(op, "k", k, ldk, s);
-  check_operand(op, "v", v, ldv, s);
-  check_operand(op, "o", o, ldo, s);
-  TTT_CHECK(lse != nullptr, op << ": lse is null");
+  if (!check_forward("swa_forward", s, q, ldq, k, ldk, v, ldv, o, ldo, lse)) return;
   const Geo g = make_geo(s);
-  const int vec = (vec_ok(q, ldq, s.hd) ? kVecQ : 0) | (vec_ok(k, ldk, s.hd) ? kVecK : 0) |
-                  (vec_ok(v, ldv, s.hd) ? kVecV : 0);
+  const int vec = vec_flags(s, q, ldq, k, ldk, v, ldv);
   const cudaStream_t st = as_stream(stream);
   if (s.hd <= 32)
     fwd_launch<32>(s, g, q, ldq, k, ldk, v, ldv, o, ldo, lse, vec, st);
@@ -518,31 +475,18 @@ void swa_backward(const AttentionShape& s, const float* q, int64_t ldq, const fl
                   int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO, int64_t lddo,
                   float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, void* work,
                   void* stream) {
-  const char* op = "swa_backward";
-  check_shape(op, s);
-  if (s.S == 0 || s.N == 0 || (!dq && !dk && !dv)) return;
-  check_operand(op, "q", q, ldq, s);
-  check_operand(op, "k", k, ldk, s);
-  check_operand(op, "v", v, ldv, s);
-  check_operand(op, "o", o, ldo, s);
-  check_operand(op, "dO", dO, lddo, s);
-  if (dq) check_operand(op, "dq", dq, lddq, s);
-  if (dk) check_operand(op, "dk", dk, lddk, s);
-  if (dv) check_operand(op, "dv", dv, lddv, s);
-  TTT_CHECK(lse != nullptr, op << ": lse is null");
-  TTT_CHECK(work != nullptr, op << ": work is null (swa_backward_workspace = " << swa_backward_workspace(s)
-                                << " bytes)");
+  if (!check_backward("swa_backward", s, q, ldq, k, ldk, v, ldv, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk, dv,
+                      lddv, work))
+    return;
   const Geo g = make_geo(s);
   const cudaStream_t st = as_stream(stream);
   float* delta = static_cast<float*>(work);
   const int64_t rows = s.S * s.N;
   const int64_t warps = rows * s.heads, per_block = kThreads / 32;
-  TTT_CHECK((warps + per_block - 1) / per_block < (int64_t(1) << 31), op << ": too many rows");
   k_swa_delta<<<unsigned((warps + per_block - 1) / per_block), kThreads, 0, st>>>(o, ldo, dO, lddo, delta, rows,
                                                                                    int(s.heads), int(s.hd));
   TTT_LAUNCH_CHECK("k_swa_delta");
-  const int vec = (vec_ok(q, ldq, s.hd) ? kVecQ : 0) | (vec_ok(k, ldk, s.hd) ? kVecK : 0) |
-                  (vec_ok(v, ldv, s.hd) ? kVecV : 0) | (vec_ok(dO, lddo, s.hd) ? kVecDO : 0);
+  const int vec = vec_flags(s, q, ldq, k, ldk, v, ldv, dO, lddo);
   if (s.hd <= 32)
     bwd_launch<32>(s, g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
   else if (s.hd <= 64)

@@ -141,86 +141,7 @@ class TwinRunner final : public TntHostRunner {
   }
 };
 
-const char* const kFields[] = {"w1", "w2", "theta", "eta", "alpha"};
-
-bool is_field(const std::string& f) {
-  for (const char* x : kFields)
-    if (f == x) return true;
-  return false;
-}
-// "l<i>_<field>" -> i (no leading zeros), or -1.
-int64_t local_index(const std::string& name) {
-  if (name.size() < 3 || name[0] != 'l' || !std::isdigit(static_cast<unsigned char>(name[1]))) return -1;
-  size_t p = 1;
-  while (p < name.size() && std::isdigit(static_cast<unsigned char>(name[p]))) ++p;
-  if (p >= name.size() || name[p] != '_' || (name[1] == '0' && p > 2) || p > 8) return -1;
-  if (!is_field(name.substr(p + 1))) return -1;
-  return std::stoll(name.substr(1, p - 1));
-}
-std::string prefix_of(const engine::TntOptions& opt, size_t m) {
-  if (opt.use_global && m == 0) return "g_";
-  return "l" + std::to_string(opt.use_global ? m - 1 : m) + "_";
-}
-
-// The checks of the CPU backend (ttt/tnt.cpp), with the same messages.
-void validate_inputs(const SafeTensors& st, const engine::TntOptions& opt) {
-  opt.validate();
-  int64_t locals = 0;
-  for (auto& [name, x] : st.tensors) {
-    if (name == "q" || name == "k" || name == "v" || name == "grad_o") continue;
-    if (name.rfind("g_", 0) == 0 && is_field(name.substr(2))) {
-      TTT_CHECK(opt.use_global, "unexpected input tensor '" << name << "' (" << x.describe()
-                                                            << "): the global memory is off (--no-global)");
-      continue;
-    }
-    const int64_t i = local_index(name);
-    TTT_CHECK(i >= 0, "unexpected input tensor '"
-                          << name << "' (" << x.describe()
-                          << "); expected q, k, v, g_{w1,w2,theta,eta,alpha}, l<i>_{w1,w2,theta,eta,alpha} and "
-                             "optional grad_o");
-    locals = std::max(locals, i + 1);
-  }
-  for (const char* nm : {"q", "k", "v"}) TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "'");
-  if (opt.use_global)
-    for (const char* f : kFields)
-      TTT_CHECK(st.has(std::string("g_") + f),
-                "missing input tensor 'g_" << f << "' of the global memory (or run with --no-global)");
-  for (int64_t i = 0; i < locals; ++i)
-    for (const char* f : kFields) {
-      const std::string nm = "l" + std::to_string(i) + "_" + f;
-      TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "' of local memory " << i << " (the inputs have l"
-                                                     << locals - 1 << "_* tensors, so locals 0.." << locals - 1
-                                                     << " need all of w1, w2, theta, eta, alpha)");
-    }
-  TTT_CHECK(locals == int64_t(opt.local_chunks.size()),
-            "the inputs hold " << locals << " local memor" << (locals == 1 ? "y" : "ies")
-                               << " (l<i>_* tensors) but --local-chunks gives " << opt.local_chunks.size()
-                               << " chunk size" << (opt.local_chunks.size() == 1 ? "" : "s"));
-  const Tensor& q = st.get("q");
-  TTT_CHECK(q.dim() == 3, "tensor 'q' must be [B,T,d], got " << q.describe());
-  const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
-  TTT_CHECK(B > 0 && n > 0 && d > 0, "tensor 'q' has an empty dimension: " << q.describe());
-  const DType dt = q.dtype();
-  TTT_CHECK(dt == DType::F64 || dt == DType::F32, "inputs must be F64 or F32; q is " << q.describe());
-  check_shape(st.get("k"), {B, n, d}, "k");
-  check_shape(st.get("v"), {B, n, d}, "v");
-  if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, n, d}, "grad_o");
-  for (size_t m = 0; m < size_t(opt.num_memories()); ++m) {
-    const std::string p = prefix_of(opt, m);
-    const Tensor& w1 = st.get(p + "w1");
-    TTT_CHECK(w1.dim() == 3 && w1.size(1) > 0,
-              "tensor '" << p << "w1' must be [B,dh,d] = [" << B << ",dh," << d << "], got " << w1.describe());
-    const int64_t dh = w1.size(1);
-    check_shape(w1, {B, dh, d}, p + "w1");
-    check_shape(st.get(p + "w2"), {B, d, dh}, p + "w2");
-    for (const char* g : {"theta", "eta", "alpha"}) check_shape(st.get(p + g), {B, n}, p + g);
-  }
-  for (auto& [name, x] : st.tensors) {
-    TTT_CHECK(x.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
-                                                                       << "' is " << x.describe());
-    TTT_CHECK(x.all_finite(), "input '" << name << "' contains NaN or Inf");
-  }
-}
+std::string prefix_of(const engine::TntOptions& opt, size_t m) { return engine::tnt_input_prefix(opt, m); }
 
 template <class T>
 SafeTensors run_op(const SafeTensors& st, const engine::TntOptions& opt, TntHostRunner& runner) {
@@ -287,7 +208,7 @@ TntHostRunner& tnt_twin_runner() {
 }
 
 SafeTensors tnt_op(const SafeTensors& inputs, const engine::TntOptions& opt, TntHostRunner& runner) {
-  validate_inputs(inputs, opt);
+  engine::validate_tnt_inputs(inputs, opt);
   SafeTensors c;  // contiguous copies: the runners read plain row-major arrays
   for (auto& [name, t] : inputs.tensors) c.add(name, t.contiguous());
   return c.get("q").dtype() == DType::F64 ? run_op<double>(c, opt, runner) : run_op<float>(c, opt, runner);

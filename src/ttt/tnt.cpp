@@ -195,70 +195,77 @@ class CpuTntBackend final : public TntBackend {
  public:
   const char* name() const override { return "cpu"; }
   SafeTensors tnt(const SafeTensors& st, const TntOptions& opt) override {
-    opt.validate();
-    // Names: q, k, v, grad_o, g_<field>, l<i>_<field>.
-    int64_t locals = 0;
-    for (auto& [name, x] : st.tensors) {
-      if (name == "q" || name == "k" || name == "v" || name == "grad_o") continue;
-      if (name.rfind("g_", 0) == 0 && is_field(name.substr(2))) {
-        TTT_CHECK(opt.use_global, "unexpected input tensor '" << name << "' (" << x.describe()
-                                                              << "): the global memory is off (--no-global)");
-        continue;
-      }
-      const int64_t i = local_index(name);
-      TTT_CHECK(i >= 0, "unexpected input tensor '"
-                            << name << "' (" << x.describe()
-                            << "); expected q, k, v, g_{w1,w2,theta,eta,alpha}, l<i>_{w1,w2,theta,eta,alpha} and "
-                               "optional grad_o");
-      locals = std::max(locals, i + 1);
-    }
-    for (const char* nm : {"q", "k", "v"}) TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "'");
-    if (opt.use_global)
-      for (const char* f : kFields)
-        TTT_CHECK(st.has(std::string("g_") + f),
-                  "missing input tensor 'g_" << f << "' of the global memory (or run with --no-global)");
-    for (int64_t i = 0; i < locals; ++i)
-      for (const char* f : kFields) {
-        const std::string nm = "l" + std::to_string(i) + "_" + f;
-        TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "' of local memory " << i << " (the inputs have l"
-                                                       << locals - 1 << "_* tensors, so locals 0.." << locals - 1
-                                                       << " need all of w1, w2, theta, eta, alpha)");
-      }
-    TTT_CHECK(locals == int64_t(opt.local_chunks.size()),
-              "the inputs hold " << locals << " local memor" << (locals == 1 ? "y" : "ies")
-                                 << " (l<i>_* tensors) but --local-chunks gives " << opt.local_chunks.size()
-                                 << " chunk size" << (opt.local_chunks.size() == 1 ? "" : "s"));
-
-    const Tensor& q = st.get("q");
-    TTT_CHECK(q.dim() == 3, "tensor 'q' must be [B,T,d], got " << q.describe());
-    const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
-    TTT_CHECK(B > 0 && n > 0 && d > 0, "tensor 'q' has an empty dimension: " << q.describe());
-    const DType dt = q.dtype();
-    TTT_CHECK(dt == DType::F64 || dt == DType::F32,
-              "inputs must be F64 or F32; q is " << q.describe() << " (BF16 is for a CUDA backend)");
-    check_shape(st.get("k"), {B, n, d}, "k");
-    check_shape(st.get("v"), {B, n, d}, "v");
-    if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, n, d}, "grad_o");
-    for (size_t m = 0; m < size_t(opt.num_memories()); ++m) {
-      const std::string p = prefix_of(opt, m);
-      const Tensor& w1 = st.get(p + "w1");
-      TTT_CHECK(w1.dim() == 3 && w1.size(1) > 0,
-                "tensor '" << p << "w1' must be [B,dh,d] = [" << B << ",dh," << d << "], got " << w1.describe());
-      const int64_t dh = w1.size(1);
-      check_shape(w1, {B, dh, d}, p + "w1");
-      check_shape(st.get(p + "w2"), {B, d, dh}, p + "w2");
-      for (const char* g : {"theta", "eta", "alpha"}) check_shape(st.get(p + g), {B, n}, p + g);
-    }
-    for (auto& [name, x] : st.tensors) {
-      TTT_CHECK(x.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
-                                                                         << "' is " << x.describe());
-      TTT_CHECK(x.all_finite(), "input '" << name << "' contains NaN or Inf");
-    }
+    const DType dt = validate_tnt_inputs(st, opt);
     return dt == DType::F64 ? run_tnt<double>(st, opt) : run_tnt<float>(st, opt);
   }
 };
 
 }  // namespace
+
+DType validate_tnt_inputs(const SafeTensors& st, const TntOptions& opt) {
+  opt.validate();
+  // Names: q, k, v, grad_o, g_<field>, l<i>_<field>.
+  int64_t locals = 0;
+  for (auto& [name, x] : st.tensors) {
+    if (name == "q" || name == "k" || name == "v" || name == "grad_o") continue;
+    if (name.rfind("g_", 0) == 0 && is_field(name.substr(2))) {
+      TTT_CHECK(opt.use_global, "unexpected input tensor '" << name << "' (" << x.describe()
+                                                            << "): the global memory is off (--no-global)");
+      continue;
+    }
+    const int64_t i = local_index(name);
+    TTT_CHECK(i >= 0, "unexpected input tensor '"
+                          << name << "' (" << x.describe()
+                          << "); expected q, k, v, g_{w1,w2,theta,eta,alpha}, l<i>_{w1,w2,theta,eta,alpha} and "
+                             "optional grad_o");
+    locals = std::max(locals, i + 1);
+  }
+  for (const char* nm : {"q", "k", "v"}) TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "'");
+  if (opt.use_global)
+    for (const char* f : kFields)
+      TTT_CHECK(st.has(std::string("g_") + f),
+                "missing input tensor 'g_" << f << "' of the global memory (or run with --no-global)");
+  for (int64_t i = 0; i < locals; ++i)
+    for (const char* f : kFields) {
+      const std::string nm = "l" + std::to_string(i) + "_" + f;
+      TTT_CHECK(st.has(nm), "missing input tensor '" << nm << "' of local memory " << i << " (the inputs have l"
+                                                     << locals - 1 << "_* tensors, so locals 0.." << locals - 1
+                                                     << " need all of w1, w2, theta, eta, alpha)");
+    }
+  TTT_CHECK(locals == int64_t(opt.local_chunks.size()),
+            "the inputs hold " << locals << " local memor" << (locals == 1 ? "y" : "ies")
+                               << " (l<i>_* tensors) but --local-chunks gives " << opt.local_chunks.size()
+                               << " chunk size" << (opt.local_chunks.size() == 1 ? "" : "s"));
+
+  const Tensor& q = st.get("q");
+  TTT_CHECK(q.dim() == 3, "tensor 'q' must be [B,T,d], got " << q.describe());
+  const int64_t B = q.size(0), n = q.size(1), d = q.size(2);
+  TTT_CHECK(B > 0 && n > 0 && d > 0, "tensor 'q' has an empty dimension: " << q.describe());
+  const DType dt = q.dtype();
+  TTT_CHECK(dt == DType::F64 || dt == DType::F32,
+            "inputs must be F64 or F32; q is " << q.describe() << " (BF16 is for a CUDA backend)");
+  check_shape(st.get("k"), {B, n, d}, "k");
+  check_shape(st.get("v"), {B, n, d}, "v");
+  if (st.has("grad_o")) check_shape(st.get("grad_o"), {B, n, d}, "grad_o");
+  for (size_t m = 0; m < size_t(opt.num_memories()); ++m) {
+    const std::string p = prefix_of(opt, m);
+    const Tensor& w1 = st.get(p + "w1");
+    TTT_CHECK(w1.dim() == 3 && w1.size(1) > 0,
+              "tensor '" << p << "w1' must be [B,dh,d] = [" << B << ",dh," << d << "], got " << w1.describe());
+    const int64_t dh = w1.size(1);
+    check_shape(w1, {B, dh, d}, p + "w1");
+    check_shape(st.get(p + "w2"), {B, d, dh}, p + "w2");
+    for (const char* g : {"theta", "eta", "alpha"}) check_shape(st.get(p + g), {B, n}, p + g);
+  }
+  for (auto& [name, x] : st.tensors) {
+    TTT_CHECK(x.dtype() == dt, "all inputs must share one dtype: q is " << dtype_name(dt) << " but '" << name
+                                                                       << "' is " << x.describe());
+    TTT_CHECK(x.all_finite(), "input '" << name << "' contains NaN or Inf");
+  }
+  return dt;
+}
+
+std::string tnt_input_prefix(const TntOptions& opt, size_t m) { return prefix_of(opt, m); }
 
 TntBackend& tnt_cpu_backend() {
   static CpuTntBackend backend;

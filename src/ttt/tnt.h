@@ -66,6 +66,12 @@ class TntBackend {
 };
 
 TntBackend& tnt_cpu_backend();
+
+// The contract's checks, shared by every backend: names, shapes, one dtype (F64 or F32), finite values;
+// throws a ttt::Error naming the offending tensor. Returns the dtype.
+DType validate_tnt_inputs(const SafeTensors& inputs, const TntOptions& opt);
+// The name prefix of memory m's tensors: "g_" (the global memory) or "l<i>_".
+std::string tnt_input_prefix(const TntOptions& opt, size_t m);
 #ifdef TTT_HAVE_CUDA
 // The same contract on the GPU (src/cuda/tnt_cuda.*: titans::tnt_op run by cuda::TntRunner): F32 or F64.
 TntBackend& tnt_cuda_backend();
