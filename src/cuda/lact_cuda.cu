@@ -9,6 +9,7 @@
 // Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
 // TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run).
 #include "cuda/lact_cuda.h"
+#include "cuda/attention.h"  // elapsed_ms
 #include "cuda/check.cuh"
 
 #include <cublas_v2.h>
@@ -16,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <functional>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -1380,20 +1382,8 @@ LactBenchResult bench_lact(const lact::Shape& s, int repeats, int warmup, const 
   lact::Grads<T> g{gw0.as<T>(), gw1.as<T>(), gw2.as<T>(), gq.as<T>(), gk.as<T>(), gv.as<T>(),
                    gl0.as<T>(), gl1.as<T>(), gl2.as<T>(), s.momentum ? gm.as<T>() : nullptr};
 
-  cudaEvent_t e0, e1;
-  TTT_CUDA_CHECK(cudaEventCreate(&e0));
-  TTT_CUDA_CHECK(cudaEventCreate(&e1));
-  auto timed = [&](LactRunner<T>& r, auto body) {
-    cudaStream_t st = static_cast<cudaStream_t>(r.stream());
-    TTT_CUDA_CHECK(cudaEventRecord(e0, st));
-    body();
-    TTT_CUDA_CHECK(cudaEventRecord(e1, st));
-    TTT_CUDA_CHECK(cudaEventSynchronize(e1));
-    TTT_CUDA_CHECK(cudaGetLastError());
-    float ms = 0;
-    TTT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    return double(ms);
-  };
+  // CUDA events on the runner's stream around the enqueued work (attention.h's elapsed_ms).
+  auto timed = [&](LactRunner<T>& r, const std::function<void()>& body) { return elapsed_ms(body, r.stream()); };
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -1459,8 +1449,6 @@ LactBenchResult bench_lact(const lact::Shape& s, int repeats, int warmup, const 
                  precision_name(opt), differ, worst);
   }
   res.tracked_peak_bytes = tracked_peak_bytes();
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   return res;
 }
 

@@ -6,10 +6,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <exception>
 #include <thread>
 
+#include "cuda/attention.h"  // elapsed_ms
 #include "cuda/check.cuh"
 #include "cuda/lact_cuda.h"  // DeviceBuffer, device_description, tracked bytes
 
@@ -320,20 +322,8 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
                        uniform(BT, 0.5, 0.9), uniform(BT, 0.001, 0.01)});
     g.mems.push_back({empty(W), empty(W), empty(BT), empty(BT), empty(BT)});
   }
-  cudaEvent_t e0, e1;
-  TTT_CUDA_CHECK(cudaEventCreate(&e0));
-  TTT_CUDA_CHECK(cudaEventCreate(&e1));
-  auto timed = [&](TntRunner<T>& r, auto body) {
-    cudaStream_t st = static_cast<cudaStream_t>(r.stream());
-    TTT_CUDA_CHECK(cudaEventRecord(e0, st));
-    body();
-    TTT_CUDA_CHECK(cudaEventRecord(e1, st));
-    TTT_CUDA_CHECK(cudaEventSynchronize(e1));
-    TTT_CUDA_CHECK(cudaGetLastError());
-    float ms = 0;
-    TTT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    return double(ms);
-  };
+  // CUDA events on the runner's stream around the enqueued work (attention.h's elapsed_ms).
+  auto timed = [&](TntRunner<T>& r, const std::function<void()>& body) { return elapsed_ms(body, r.stream()); };
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -371,8 +361,6 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
     res.output_finite = bad == 0;
   }
   res.tracked_peak_bytes = tracked_peak_bytes();
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
   return res;
 }
 
