@@ -279,6 +279,33 @@ TEST(LactFused, ForwardOnlyMatchesEngine) {
   }
 }
 
+// The streaming API (generation: token by token, one chunk update at a time) gives the causal forward exactly:
+// every norm, with and without momentum and Muon, T not a multiple of the chunk.
+TEST(LactFused, StreamingMatchesForward) {
+  for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre, lact::Norm::None})
+    for (bool momentum : {true, false})
+      for (bool muon : {false, true}) {
+        Case c{2, 23, 5, 7, 4, true, momentum, muon, norm};
+        Data x = make_data(c, 11);
+        lact::Shape s;
+        s.B = c.B;
+        s.T = c.T;
+        s.d = c.d;
+        s.dh = c.dh;
+        s.chunk = c.chunk;
+        s.causal = true;
+        s.momentum = momentum;
+        s.muon = muon;
+        s.norm = norm;
+        lact::Inputs<double> in{x.w0.data(), x.w1.data(), x.w2.data(), x.q.data(),   x.k.data(),
+                                x.v.data(),  x.lr0.data(), x.lr1.data(), x.lr2.data(), momentum ? x.mom.data() : nullptr};
+        std::vector<double> ref(size_t(c.B * c.T * c.d)), got(ref.size(), std::nan(""));
+        lact::fused_cpu<double>(s, in, ref.data());
+        lact::stream_cpu<double>(s, in, got.data());
+        EXPECT_LE(rel_err(got, ref), 1e-13) << c.name();
+      }
+}
+
 // Memory stays linear in T/C: the saved states grow by one per chunk, the work buffers do not grow with T.
 // At b*H = 4, d = dh = 384, C = 2048, T = 1M (fp32): 512 states of weights + momentum (7.25 GB) plus chunk
 // buffers; with q, k, v, grad_o, o and their gradients (51.5 GB) that fits one 80 GB GPU.

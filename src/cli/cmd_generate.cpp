@@ -6,6 +6,9 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "infer/generate.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/generate_cuda.h"
+#endif
 #include "infer/stream.h"
 #include "train/checkpoint.h"
 
@@ -21,16 +24,19 @@ int cmd_generate(const Argv& argv) {
       .value("top-p", "nucleus sampling mass (1: off)", "1.0")
       .value("seed", "sampling seed", "0")
       .flag("stats", "print a JSON line with timing and state size to stderr at the end")
-      .value("device", "cpu (generation runs on the CPU; GPU-trained checkpoints are the same files)", "cpu");
+      .value("device", "cpu | cuda (cuda: arch lact, token by token in fp32; checkpoints are the same files)", "cpu");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
     return 0;
   }
   TTT_CHECK(a.has("checkpoint"), "ttt generate: --checkpoint DIR is required\n" << a.usage());
-  TTT_CHECK(a.str("device") != "cuda", "ttt generate: --device cuda is not implemented yet; generation runs on the CPU "
-                                       "(--device cpu), from any checkpoint, GPU-trained ones included");
-  TTT_CHECK(a.str("device") == "cpu", "ttt generate: --device must be cpu, got '" << a.str("device") << "'");
+  const std::string device = a.str("device");
+  TTT_CHECK(device == "cpu" || device == "cuda", "ttt generate: --device must be cpu or cuda, got '" << device << "'");
+#ifndef TTT_HAVE_CUDA
+  TTT_CHECK(device == "cpu", "ttt generate: --device cuda: this build has no CUDA backend (the CUDA toolkit was not "
+                             "found when it was configured)");
+#endif
   train::LoadedCheckpoint ck = train::load_checkpoint(a.str("checkpoint"), false);
   TTT_CHECK(ck.cfg.vocab_size == 256, "ttt generate: the model's vocabulary is " << ck.cfg.vocab_size
                                                                                  << "; text prompts need byte tokens (256)");
@@ -49,20 +55,36 @@ int cmd_generate(const Argv& argv) {
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
   std::fflush(stdout);
   auto t0 = std::chrono::steady_clock::now();
-  auto out = infer::generate(ck.cfg, ck.params, tokens, n, opt, [](int32_t tok) {
+  auto print = [](int32_t tok) {
     const char c = char(tok);
     std::fwrite(&c, 1, 1, stdout);
     std::fflush(stdout);
-  });
+  };
+  std::vector<int32_t> out;
+  size_t state_bytes = 0, workspace_bytes = 0;
+#ifdef TTT_HAVE_CUDA
+  if (device == "cuda") {
+    cuda::GpuStreamer gs(ck.cfg, ck.params);
+    state_bytes = gs.state_bytes();
+    workspace_bytes = gs.workspace_bytes();
+    out = infer::generate_with([&](const std::vector<int32_t>& t) { return gs.feed(t); }, ck.cfg.vocab_size, tokens,
+                               n, opt, print);
+  } else
+#endif
+  {
+    out = infer::generate(ck.cfg, ck.params, tokens, n, opt, print);
+    state_bytes = infer::StreamingModel(ck.cfg, ck.params).state_bytes();
+  }
   std::printf("\n");
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (a.on("stats")) {
-    infer::StreamingModel probe(ck.cfg, ck.params);
-    nlohmann::json j = {{"prompt_tokens", tokens.size()},
+    nlohmann::json j = {{"device", device},
+                        {"prompt_tokens", tokens.size()},
                         {"new_tokens", out.size()},
                         {"seconds", secs},
                         {"tokens_per_s", double(tokens.size() + out.size()) / secs},
-                        {"state_bytes", probe.state_bytes()}};
+                        {"state_bytes", state_bytes}};
+    if (device == "cuda") j["workspace_bytes"] = workspace_bytes;
     std::fprintf(stderr, "%s\n", j.dump().c_str());
   }
   return 0;

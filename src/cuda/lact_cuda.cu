@@ -1256,6 +1256,20 @@ LactRunner<T>::LactRunner(const lact::Shape& s, bool with_grad, const LactOption
 template <class T>
 LactRunner<T>::~LactRunner() = default;
 template <class T>
+void LactRunner<T>::stream_init(const T* w0, const T* w1, const T* w2) {
+  TTT_CHECK(!impl_->ops.bf16(), "lact cuda: streaming runs fp32 or tf32 products, not bf16");
+  impl_->fused.stream_init(w0, w1, w2);
+}
+template <class T>
+void LactRunner<T>::stream_apply(const lact::Inputs<T>& in, int64_t r0, int64_t n, T* o) {
+  impl_->fused.stream_apply(in, r0, n, o);
+}
+template <class T>
+void LactRunner<T>::stream_update(const lact::Inputs<T>& in, int64_t n) {
+  impl_->fused.stream_update(in, n);
+}
+
+template <class T>
 void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o) {
   Impl& m = *impl_;
   m.ops.prof().call_begin('F');

@@ -86,6 +86,11 @@ class LactRunner {
   LactRunner& operator=(const LactRunner&) = delete;
   void forward(const lact::Inputs<T>& in, T* o);
   void backward(const T* grad_o, const lact::Grads<T>& g);  // after forward() on the same inputs
+  // Streaming (generation), as lact::Fused::stream_*: build with s.T == s.chunk, causal, with_grad false,
+  // fp32 or tf32; the inputs are the unfinished chunk's [B, chunk, .] device buffers.
+  void stream_init(const T* w0, const T* w1, const T* w2);
+  void stream_apply(const lact::Inputs<T>& in, int64_t r0, int64_t n, T* o);
+  void stream_update(const lact::Inputs<T>& in, int64_t n);
   void synchronize();
   size_t workspace_bytes() const;
   void* stream() const;  // cudaStream_t

@@ -235,6 +235,47 @@ __global__ void add_diag_k(float* W, int64_t batch, int64_t rows, int64_t cols, 
   }
 }
 
+constexpr int kAttendThreads = 128;
+constexpr int64_t kAttendMaxKeys = 8192;
+// One block per head: scores in shared memory, block max and sum (fixed tree), then each thread owns channels.
+__global__ void attend_one_k(const float* q, const float* K, const float* V, int n, int hd, int ld, float scale,
+                             float* o) {
+  extern __shared__ float sc[];  // n scores, then kAttendThreads/32 partials
+  float* red = sc + n;
+  const int h = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nw = blockDim.x / 32;
+  const float* qh = q + h * hd;
+  float mx = -INFINITY;
+  for (int j = tid; j < n; j += blockDim.x) {
+    const float* kj = K + int64_t(j) * ld + h * hd;
+    float acc = 0;
+    for (int c = 0; c < hd; ++c) acc += qh[c] * kj[c];
+    sc[j] = acc * scale;
+    mx = fmaxf(mx, sc[j]);
+  }
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < nw; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();
+  double sum = 0;
+  for (int j = tid; j < n; j += blockDim.x) {
+    sc[j] = expf(sc[j] - mx);
+    sum += sc[j];
+  }
+  sum = warp_sum(sum);
+  if (lane == 0) red[warp] = float(sum);
+  __syncthreads();
+  double total = 0;
+  for (int w = 0; w < nw; ++w) total += red[w];
+  const float inv = float(1.0 / total);
+  for (int c = tid; c < hd; c += blockDim.x) {
+    float acc = 0;
+    for (int j = 0; j < n; ++j) acc += sc[j] * V[int64_t(j) * ld + h * hd + c];
+    o[h * hd + c] = acc * inv;
+  }
+}
+
 constexpr int kPartials = 1024;
 __global__ void sumsq_partial_k(const float* x, int64_t n, double* part) {
   __shared__ double sh[kThreads / 32];
@@ -351,6 +392,18 @@ void swiglu_backward(const float* a, const float* u, const float* dm, float* da,
 void add_diagonal(float* W, int64_t batch, int64_t rows, int64_t cols, float value) {
   add_diag_k<<<grid_for(batch * std::min(rows, cols)), kThreads>>>(W, batch, rows, cols, value);
   TTT_LAUNCH_CHECK("add_diagonal");
+}
+
+void attend_one(const float* q, const float* K, const float* V, int64_t n, int64_t heads, int64_t hd, int64_t ld,
+                float* o) {
+  TTT_CHECK(n >= 1 && n <= kAttendMaxKeys && hd >= 1 && hd <= 128,
+            "attend_one: " << n << " keys of width " << hd << " (at most " << kAttendMaxKeys << " keys, width 128)");
+  const size_t smem = sizeof(float) * size_t(n + kAttendThreads / 32);
+  if (smem > 48 * 1024)
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(attend_one_k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  attend_one_k<<<int(heads), kAttendThreads, smem>>>(q, K, V, int(n), int(hd), int(ld),
+                                                    float(1.0 / std::sqrt(double(hd))), o);
+  TTT_LAUNCH_CHECK("attend_one");
 }
 
 double sum_squares(const float* x, int64_t n) {

@@ -64,6 +64,11 @@ void swiglu_backward(const float* a, const float* u, const float* dm, float* da,
 // W[h][i][i] += value for each of `batch` [rows, cols] matrices, i < min(rows, cols).
 void add_diagonal(float* W, int64_t batch, int64_t rows, int64_t cols, float value);
 
+// One query against n cached keys/values (generation): for each head h, o[h*hd + c] = sum_j softmax_j(q_h . K[j]_h
+// / sqrt(hd)) V[j][h*hd + c] over the rows j < n of K, V [n, ld] (any order: a ring buffer). n <= 8192, hd <= 128.
+void attend_one(const float* q, const float* K, const float* V, int64_t n, int64_t heads, int64_t hd, int64_t ld,
+                float* o);
+
 // Sum of squares of x in double (deterministic two-pass reduction); waits for the result.
 double sum_squares(const float* x, int64_t n);
 // True iff every element is finite; waits.

@@ -20,4 +20,11 @@ std::vector<int32_t> generate(const model::ModelConfig& cfg, const model::Params
                               const std::vector<int32_t>& prompt, int64_t max_new_tokens, const SampleOptions& opt,
                               const std::function<void(int32_t)>& on_token = {});
 
+// The same loop over any streaming model: feed(tokens) returns their logits [n, vocab] (the CPU StreamingModel
+// above, or the GPU's cuda::GpuStreamer).
+using FeedFn = std::function<ag::Mat<float>(const std::vector<int32_t>&)>;
+std::vector<int32_t> generate_with(const FeedFn& feed, int64_t vocab, const std::vector<int32_t>& prompt,
+                                   int64_t max_new_tokens, const SampleOptions& opt,
+                                   const std::function<void(int32_t)>& on_token = {});
+
 }  // namespace ttt::infer

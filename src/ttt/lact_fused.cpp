@@ -324,6 +324,44 @@ void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const
   if (grad) f.backward(grad_o, *g);
 }
 
+template <class T>
+void stream_cpu(const Shape& s, const Inputs<T>& in, T* o) {
+  s.validate();
+  TTT_CHECK(s.causal, "stream_cpu: streaming runs the causal program");
+  const int64_t B = s.B, T_ = s.T, d = s.d, C = s.chunk;
+  Shape cs = s;
+  cs.T = C;
+  CpuOps<T> ops(Geom{B, C, d, s.dh});
+  Fused<CpuOps<T>> f(ops, cs, /*with_grad=*/false);
+  f.stream_init(in.w0, in.w1, in.w2);
+  // The unfinished chunk's buffers [B, C, d] / [B, C], filled token by token as generation would.
+  std::vector<T> q(size_t(B * C * d)), k(q.size()), v(q.size()), out(q.size());
+  std::vector<T> l0(size_t(B * C)), l1(l0.size()), l2(l0.size()), m(l0.size());
+  Inputs<T> ci{in.w0, in.w1, in.w2, q.data(), k.data(), v.data(), l0.data(), l1.data(), l2.data(),
+               s.momentum ? m.data() : nullptr};
+  int64_t pending = 0;
+  for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t src = b * T_ + t, dst = b * C + pending;
+      std::copy(in.q + src * d, in.q + (src + 1) * d, q.begin() + dst * d);
+      std::copy(in.k + src * d, in.k + (src + 1) * d, k.begin() + dst * d);
+      std::copy(in.v + src * d, in.v + (src + 1) * d, v.begin() + dst * d);
+      l0[size_t(dst)] = in.lr0[src], l1[size_t(dst)] = in.lr1[src], l2[size_t(dst)] = in.lr2[src];
+      if (s.momentum) m[size_t(dst)] = in.mom[src];
+    }
+    f.stream_apply(ci, pending, 1, out.data());
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(out.begin() + (b * C + pending) * d, out.begin() + (b * C + pending + 1) * d, o + (b * T_ + t) * d);
+    if (++pending == C) {
+      f.stream_update(ci, C);
+      pending = 0;
+    }
+  }
+}
+
+template void stream_cpu<float>(const Shape&, const Inputs<float>&, float*);
+template void stream_cpu<double>(const Shape&, const Inputs<double>&, double*);
+
 template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*,
                                bool);
 template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*,

@@ -267,6 +267,37 @@ class Fused {
     forward_done_ = true;
   }
 
+  // ---- streaming (generation): the causal program one chunk at a time, state kept inside ---------------
+  // Build with a Shape whose T is the chunk (s.T == s.chunk, causal) and with_grad off; the Inputs tensors
+  // are then [B, chunk, d] / [B, chunk] buffers holding the unfinished chunk's tokens in rows 0..n-1.
+  // stream_init packs the initial weights (and their weight-norm targets) and zeroes the momentum;
+  // stream_apply writes o rows [r0, r0+n) = f_E(q rows [r0, r0+n)) with the weights of the current chunk
+  // start; stream_update takes the chunk's n tokens (rows 0..n-1) and advances the state to the next chunk,
+  // exactly as forward() does between two chunks.
+  void stream_init(const T* w0, const T* w1, const T* w2) {
+    TTT_CHECK(!with_grad_ && s_.causal && s_.T == s_.chunk, "lact: streaming needs T == chunk, causal, no gradients");
+    ops_.pack_state(w0, w1, w2, state(0));
+    if (s_.norm != Norm::None) ops_.row_norms(state(0), tau_);
+    if (s_.momentum) ops_.zero(mstate(0), s_.B * 3 * s_.P());
+    stream_slot_ = 0;
+    stream_version_ = 0;
+    cached_e_ = -1;
+  }
+  void stream_apply(const Inputs<T>& in, int64_t r0, int64_t n, T* o) {
+    TTT_CHECK(r0 >= 0 && n > 0 && r0 + n <= s_.chunk, "lact: stream_apply rows " << r0 << ".." << r0 + n
+                                                                                  << " outside the chunk");
+    in_ = in;
+    apply_fwd(effective(stream_slot_, stream_version_), r0, n, o);
+  }
+  void stream_update(const Inputs<T>& in, int64_t n) {
+    TTT_CHECK(n > 0 && n <= s_.chunk, "lact: stream_update of " << n << " rows (chunk " << s_.chunk << ")");
+    in_ = in;
+    const int64_t next = 1 - stream_slot_;
+    update_fwd(stream_slot_, next, effective(stream_slot_, stream_version_), 0, n);
+    stream_slot_ = next;
+    ++stream_version_;
+  }
+
   // Gradients of L = sum(o * grad_o) with respect to every input, after forward() on the same inputs.
   void backward(const T* grad_o, const Grads<T>& g) {
     TTT_CHECK(with_grad_ && forward_done_, "lact: backward() needs a forward() with gradients on first");
@@ -320,6 +351,7 @@ class Fused {
   const T* go_ = nullptr;
   int64_t nver_ = 0;
   int64_t cached_e_ = -1;  // version whose N(A) ebuf_ holds (pre-norm, backward)
+  int64_t stream_slot_ = 0, stream_version_ = 0;  // streaming: the current state's slot and chunk number
   T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
   T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
@@ -517,6 +549,11 @@ class Fused {
 // Elements that Fused allocates for a shape (states and work buffers; not the inputs and outputs), e.g. to
 // check that memory stays linear in T/C. The CUDA backend adds a small reduction buffer.
 int64_t workspace_elements(const Shape& s, bool with_grad);
+
+// The causal forward through the streaming API (Fused::stream_*), token by token as generation runs it: o must
+// equal fused_cpu's o. The reference usage of the streaming API (and its test).
+template <class T>
+void stream_cpu(const Shape& s, const Inputs<T>& in, T* o);
 
 // The CPU twin: Fused<CpuOps<T>> on host arrays (T = float or double). Forward only when grad_o is null.
 // round_operands_bf16: every element of op(A) and op(B) of every matrix product is first rounded to bf16

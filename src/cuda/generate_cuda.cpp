@@ -1,0 +1,248 @@
+// GpuStreamer (generate_cuda.h): one token at a time through the layers of model::forward, the memory branch
+// through a streaming LactRunner per layer. Each step names the CPU op it mirrors (src/infer/stream.cpp).
+#include "cuda/generate_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <map>
+
+#include "cuda/blas_cuda.h"
+#include "cuda/check.cuh"
+#include "cuda/kernels.h"
+#include "cuda/lact_cuda.h"
+#include "cuda/model_kernels.h"
+
+namespace ttt::cuda {
+
+using model::ModelConfig;
+
+bool gpu_streaming_supports(const ModelConfig& cfg, std::string* why) {
+  auto no = [&](const std::string& s) {
+    if (why) *why = s;
+    return false;
+  };
+  if (cfg.arch != "lact")
+    return no("generation on the GPU runs arch \"lact\" so far; \"" + cfg.arch + "\" generates on the CPU (--device cpu)");
+  if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
+  if (cfg.window > 8192) return no("window " + std::to_string(cfg.window) + " > 8192");
+  return true;
+}
+
+namespace {
+
+lact::Norm lact_norm(const std::string& s) {
+  if (s == "post") return lact::Norm::Post;
+  if (s == "pre") return lact::Norm::Pre;
+  return lact::Norm::None;
+}
+
+// W = A B + 0.5 I per head, on the host (memory_weights' low-rank parameterization).
+std::vector<float> low_rank_weight(const ag::Mat<float>& A, const ag::Mat<float>& B, int64_t H, int64_t rows,
+                                   int64_t cols, int64_t r) {
+  std::vector<float> W(static_cast<size_t>(H * rows * cols), 0.0f);
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        double acc = i == j ? 0.5 : 0.0;
+        for (int64_t t = 0; t < r; ++t) acc += double(A(h * rows + i, t)) * double(B(h * r + t, j));
+        W[size_t((h * rows + i) * cols + j)] = float(acc);
+      }
+  return W;
+}
+
+}  // namespace
+
+struct GpuStreamer::Impl {
+  ModelConfig cfg;
+  Blas blas{MathMode::FP32};
+  int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0, C = 0, W = 0, pos = 0;
+  std::map<std::string, DeviceBuffer> params;  // by name
+  struct Layer {
+    DeviceBuffer ring_k, ring_v;                            // [W, D]
+    DeviceBuffer pq, pk, pv, plr, pmom, po;                 // the unfinished chunk: [H, C, d], [3][H, C], [H, C]
+    std::unique_ptr<LactRunner<float>> lact;
+  };
+  std::vector<Layer> layers;
+  // One-token work buffers.
+  std::map<std::string, DeviceBuffer> work;
+  DeviceBuffer id_dev, pos_dev, rope_pos;
+  size_t state = 0, workspace = 0;
+
+  float* P(const std::string& n) const { return params.at(n).as<float>(); }
+  float* B(const char* n) { return work.at(n).as<float>(); }
+
+  lact::Inputs<float> chunk_inputs(Layer& ly) const {
+    lact::Inputs<float> in;
+    in.q = ly.pq.as<float>(), in.k = ly.pk.as<float>(), in.v = ly.pv.as<float>();
+    in.lr0 = ly.plr.as<float>(), in.lr1 = ly.plr.as<float>() + H * C, in.lr2 = ly.plr.as<float>() + 2 * H * C;
+    in.mom = cfg.momentum ? ly.pmom.as<float>() : nullptr;
+    return in;
+  }
+
+  // Token `id` at position `pos`: writes its logits into `logits` (host, V floats).
+  void step(int32_t id, float* logits) {
+    const int64_t i = pos % C;  // row of this token in the unfinished chunk
+    TTT_CUDA_CHECK(cudaMemcpy(id_dev.as<int32_t>(), &id, sizeof(int32_t), cudaMemcpyHostToDevice));
+    TTT_CUDA_CHECK(cudaMemcpy(pos_dev.as<int64_t>(), &pos, sizeof(int64_t), cudaMemcpyHostToDevice));
+    const int64_t* p = pos_dev.as<int64_t>();
+    float* x = B("x");
+    mk::embedding_forward(P("embed.weight"), id_dev.as<int32_t>(), x, 1, D);
+    for (int64_t l = 0; l < L; ++l) {
+      Layer& ly = layers[size_t(l)];
+      const std::string pre = "layers." + std::to_string(l) + ".";
+      auto Pl = [&](const char* n) { return P(pre + n); };
+      rms_norm_forward(x, Pl("attn_norm.weight"), B("h"), B("rinv"), 1, D, D, cfg.norm_eps);
+      blas.gemm(false, false, 1, 3 * D, D, 1.0f, B("h"), D, Pl("wqkv"), 3 * D, 0.0f, B("qkv"), 3 * D);
+      const float* q = B("qkv");
+      const float* k = B("qkv") + D;
+      const float* v = B("qkv") + 2 * D;
+      // Attention: RoPE'd key and the value into the ring at pos % W, then the query against the last min(pos+1, W).
+      float* kslot = ly.ring_k.as<float>() + (pos % W) * D;
+      mk::copy2d(k, D, kslot, D, 1, D);
+      rope_forward(kslot, kslot, p, 1, Ha, hd, cfg.rope_theta);
+      mk::copy2d(v, D, ly.ring_v.as<float>() + (pos % W) * D, D, 1, D);
+      mk::copy2d(q, D, B("qa"), D, 1, D);
+      rope_forward(B("qa"), B("qa"), p, 1, Ha, hd, cfg.rope_theta);
+      mk::attend_one(B("qa"), ly.ring_k.as<float>(), ly.ring_v.as<float>(), std::min(pos + 1, W), Ha, hd, D, B("attn"));
+      // Memory inputs (prepare_memory_inputs) into row i of the unfinished chunk.
+      mk::qk_prep_forward(q, 3 * D, Pl("ttt.q_scale"), Pl("ttt.q_offset"), B("qh"), B("norm"), 1, H, d, 1e-5);
+      mk::qk_prep_forward(k, 3 * D, Pl("ttt.k_scale"), Pl("ttt.k_offset"), B("kh"), B("norm"), 1, H, d, 1e-5);
+      if (cfg.ttt_rope) {
+        rope_forward(B("qh"), B("qh"), p, 1, H, d, cfg.rope_theta);
+        rope_forward(B("kh"), B("kh"), p, 1, H, d, cfg.rope_theta);
+      }
+      const float* vm = v;
+      if (cfg.v_silu) {
+        mk::silu_strided_forward(v, D, B("vm"), 1, D);
+        vm = B("vm");
+      }
+      blas.gemm(false, false, 1, 3 * H, D, 1.0f, B("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
+      mk::bias_act_forward(B("zlr"), Pl("ttt.lr.bias"), B("rates"), 1, 3 * H, std::log(std::expm1(cfg.lr_init)),
+                           mk::Act::Softplus);
+      // Head h's d values go to row i of [H, C, d]: H rows of d, destination stride C*d.
+      mk::copy2d(B("qh"), d, ly.pq.as<float>() + i * d, C * d, H, d);
+      mk::copy2d(B("kh"), d, ly.pk.as<float>() + i * d, C * d, H, d);
+      mk::copy2d(vm, d, ly.pv.as<float>() + i * d, C * d, H, d);
+      for (int r = 0; r < 3; ++r) mk::copy2d(B("rates") + r * H, 1, ly.plr.as<float>() + r * H * C + i, C, H, 1);
+      if (cfg.momentum) {
+        blas.gemm(false, false, 1, H, D, 1.0f, B("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
+        mk::bias_act_forward(B("zm"), Pl("ttt.momentum.bias"), B("mom"), 1, H, 0.0, mk::Act::Sigmoid);
+        mk::copy2d(B("mom"), 1, ly.pmom.as<float>() + i, C, H, 1);
+      }
+      const lact::Inputs<float> in = chunk_inputs(ly);
+      ly.lact->stream_apply(in, i, 1, ly.po.as<float>());
+      mk::copy2d(ly.po.as<float>() + i * d, C * d, B("o"), d, H, d);  // [H, d] rows = the token's [1, D]
+      // finish_memory_output, then x + (attn + mem) Wo and the MLP.
+      rms_norm_heads_forward(B("o"), Pl("ttt.o_norm.weight"), B("normed"), B("rinvo"), 1, D, H, cfg.norm_eps);
+      blas.gemm(false, false, 1, H, D, 1.0f, B("h"), D, Pl("ttt.scale.weight"), H, 0.0f, B("zs"), H);
+      mk::bias_act_forward(B("zs"), Pl("ttt.scale.bias"), B("gate"), 1, H, 0.0, mk::Act::Silu);
+      mk::gate_heads_forward(B("normed"), B("gate"), B("sum"), 1, H, d);
+      mk::axpy(B("sum"), B("attn"), 1.0f, D);
+      blas.gemm(false, false, 1, D, D, 1.0f, B("sum"), D, Pl("wo"), D, 1.0f, x, D);
+      rms_norm_forward(x, Pl("mlp_norm.weight"), B("h2"), B("rinv"), 1, D, D, cfg.norm_eps);
+      blas.gemm(false, false, 1, F, D, 1.0f, B("h2"), D, Pl("mlp.w_gate"), F, 0.0f, B("ga"), F);
+      blas.gemm(false, false, 1, F, D, 1.0f, B("h2"), D, Pl("mlp.w_up"), F, 0.0f, B("up"), F);
+      mk::swiglu_forward(B("ga"), B("up"), B("mm"), F);
+      blas.gemm(false, false, 1, D, F, 1.0f, B("mm"), F, Pl("mlp.w_down"), D, 1.0f, x, D);
+      // The chunk is complete: update the fast weights (the causal program's update after chunk c).
+      if (i == C - 1) ly.lact->stream_update(in, C);
+    }
+    rms_norm_forward(x, P("final_norm.weight"), B("h"), B("rinv"), 1, D, D, cfg.norm_eps);
+    blas.gemm(false, false, 1, V, D, 1.0f, B("h"), D, P("lm_head.weight"), V, 0.0f, B("logits"), V);
+    TTT_CUDA_CHECK(cudaMemcpy(logits, B("logits"), sizeof(float) * size_t(V), cudaMemcpyDeviceToHost));
+    ++pos;
+  }
+};
+
+GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& params) : impl_(std::make_unique<Impl>()) {
+  model::validate(cfg);
+  std::string why;
+  TTT_CHECK(gpu_streaming_supports(cfg, &why), "GPU generation: " << why);
+  TTT_CHECK(device_count(&why) > 0, "GPU generation: no CUDA device (" << why << ")");
+  Impl& m = *impl_;
+  m.cfg = cfg;
+  m.D = cfg.dim, m.H = cfg.n_mem_heads, m.d = cfg.head_dim_mem(), m.dh = cfg.mem_hidden_dim();
+  m.Ha = cfg.n_attn_heads, m.hd = cfg.head_dim_attn(), m.F = cfg.mlp_hidden_dim(), m.V = cfg.vocab_size;
+  m.L = cfg.n_layers, m.C = cfg.chunk, m.W = cfg.window;
+  TTT_CHECK(params.names == model::make_params<float>(cfg).names, "GPU generation: the parameters do not match the config");
+  for (size_t i = 0; i < params.names.size(); ++i) {
+    const auto& v = params.values[i];
+    DeviceBuffer b(sizeof(float) * size_t(std::max<int64_t>(v.size(), 1)));
+    b.upload(v.data.data(), sizeof(float) * v.data.size());
+    m.params.emplace(params.names[i], std::move(b));
+  }
+  auto buf = [&](int64_t n) {
+    DeviceBuffer b(sizeof(float) * size_t(std::max<int64_t>(n, 1)));
+    TTT_CUDA_CHECK(cudaMemset(b.as<void>(), 0, b.bytes()));
+    return b;
+  };
+  const int64_t D = m.D, H = m.H, d = m.d, C = m.C;
+  for (const auto& [name, n] : std::vector<std::pair<const char*, int64_t>>{
+           {"x", D}, {"h", D}, {"rinv", H + 1}, {"qkv", 3 * D}, {"qa", D}, {"attn", D}, {"qh", D}, {"kh", D},
+           {"norm", H}, {"vm", D}, {"zlr", 3 * H}, {"rates", 3 * H}, {"zm", H}, {"mom", H}, {"o", D},
+           {"normed", D}, {"rinvo", H}, {"zs", H}, {"gate", H}, {"sum", D}, {"h2", D}, {"ga", m.F}, {"up", m.F},
+           {"mm", m.F}, {"logits", m.V}})
+    m.work.emplace(name, buf(n));
+  m.id_dev = DeviceBuffer(sizeof(int32_t));
+  m.pos_dev = DeviceBuffer(sizeof(int64_t));
+  lact::Shape s;
+  s.B = H;
+  s.T = C;
+  s.d = d;
+  s.dh = m.dh;
+  s.chunk = C;
+  s.causal = true;
+  s.momentum = cfg.momentum;
+  s.muon = cfg.muon;
+  s.norm = lact_norm(cfg.weight_norm);
+  for (int64_t l = 0; l < m.L; ++l) {
+    Impl::Layer ly;
+    ly.ring_k = buf(m.W * D);
+    ly.ring_v = buf(m.W * D);
+    ly.pq = buf(H * C * d), ly.pk = buf(H * C * d), ly.pv = buf(H * C * d), ly.po = buf(H * C * d);
+    ly.plr = buf(3 * H * C), ly.pmom = buf(H * C);
+    ly.lact = std::make_unique<LactRunner<float>>(s, /*with_grad=*/false);
+    const std::string pre = "layers." + std::to_string(l) + ".";
+    // Initial fast weights (memory_weights: the parameter, or A B + 0.5 I with low rank).
+    std::vector<DeviceBuffer> resolved;
+    auto weight = [&](const std::string& name) -> const float* {
+      if (!cfg.low_rank_init || name == "ttt.w1") return m.P(pre + name);
+      const auto w = low_rank_weight(params.at(pre + name + ".a"), params.at(pre + name + ".b"), H, m.dh, d,
+                                     cfg.low_rank_rank);
+      resolved.emplace_back(sizeof(float) * w.size());
+      resolved.back().upload(w.data(), sizeof(float) * w.size());
+      return resolved.back().as<float>();
+    };
+    const float* w0 = weight("ttt.w0");
+    const float* w2 = weight("ttt.w2");
+    ly.lact->stream_init(w0, m.P(pre + "ttt.w1"), w2);
+    TTT_CUDA_CHECK(cudaDeviceSynchronize());  // the resolved copies go out of scope
+    // The recurrent state: ring buffers, the unfinished chunk, fast weights (+ momentum, + weight-norm targets).
+    const size_t fast = sizeof(float) * size_t(H * 3 * d * m.dh) * (cfg.momentum ? 2 : 1) +
+                        (s.norm != lact::Norm::None ? sizeof(float) * size_t(H * (2 * m.dh + d)) : 0);
+    m.state += ly.ring_k.bytes() + ly.ring_v.bytes() + ly.pq.bytes() * 3 + ly.plr.bytes() +
+               (cfg.momentum ? ly.pmom.bytes() : 0) + fast;
+    m.workspace += ly.po.bytes() + ly.lact->workspace_bytes();
+    m.layers.push_back(std::move(ly));
+  }
+}
+
+GpuStreamer::~GpuStreamer() = default;
+
+ag::Mat<float> GpuStreamer::feed(const std::vector<int32_t>& tokens) {
+  Impl& m = *impl_;
+  ag::Mat<float> out(int64_t(tokens.size()), m.V);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    TTT_CHECK(tokens[t] >= 0 && tokens[t] < m.V, "GPU generation: token " << tokens[t] << " outside the vocabulary ("
+                                                                          << m.V << ")");
+    m.step(tokens[t], out.row(int64_t(t)));
+  }
+  return out;
+}
+
+int64_t GpuStreamer::position() const { return impl_->pos; }
+size_t GpuStreamer::state_bytes() const { return impl_->state; }
+size_t GpuStreamer::workspace_bytes() const { return impl_->workspace; }
+
+}  // namespace ttt::cuda
