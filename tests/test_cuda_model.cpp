@@ -456,8 +456,8 @@ TEST(CudaModel, TrainsOnGpuAndResumesAcrossDevices) {
 }
 
 // Generation on the GPU (GpuStreamer: token by token, fast weights updated at each chunk end) against the CPU's
-// StreamingModel, itself tested against the full forward (tests/test_stream.cpp): logits within 1e-4 over 15
-// tokens, across chunk boundaries (chunk 4) and past the attention window (5), for the LaCT variants.
+// StreamingModel, itself tested against the full forward (tests/test_stream.cpp): logits within 1e-4 over 21
+// tokens, across chunk and shard boundaries and past the attention window (5), for LaCT, Titans and TNT.
 TEST(CudaModel, StreamingGenerationMatchesCpu) {
   REQUIRE_CUDA();
   struct Variant {
@@ -482,6 +482,30 @@ TEST(CudaModel, StreamingGenerationMatchesCpu) {
          c.n_layers = 3;
          c.inter_multi = 2;
        }},
+      {"titans (mlp memory, chunk 4)", [](model::ModelConfig& c) {
+         c.arch = "titans";
+         c.memory = "mlp";
+         c.weight_norm = "none";
+         c.chunk = 4;
+       }},
+      {"tnt (global 8, locals 2,3, shard 6)", [](model::ModelConfig& c) {
+         c.arch = "tnt";
+         c.memory = "mlp";
+         c.weight_norm = "none";
+         c.global_chunk = 8;
+         c.local_chunks = {2, 3};
+         c.shard = 6;
+       }},
+      {"tnt, no global, no Q-K, dh = 2d", [](model::ModelConfig& c) {
+         c.arch = "tnt";
+         c.memory = "mlp";
+         c.weight_norm = "none";
+         c.use_global = false;
+         c.qk_proj = false;
+         c.local_chunks = {4};
+         c.shard = 8;
+         c.inter_multi = 2;
+       }},
   };
   for (const auto& v : variants) {
     model::ModelConfig cfg = small_config();
@@ -491,17 +515,19 @@ TEST(CudaModel, StreamingGenerationMatchesCpu) {
     const model::Params<float> p = random_params(cfg, seed);
     std::vector<int32_t> tokens;
     Rng r(seed + 3);
-    for (int i = 0; i < 15; ++i) tokens.push_back(int32_t(r.below(uint64_t(cfg.vocab_size))));
+    for (int i = 0; i < 21; ++i) tokens.push_back(int32_t(r.below(uint64_t(cfg.vocab_size))));
     infer::StreamingModel cpu(cfg, p);
     const ag::Mat<float> ref = cpu.feed(tokens);
     cuda::GpuStreamer gpu(cfg, p);
     const ag::Mat<float> got = gpu.feed(tokens);
-    EXPECT_EQ(gpu.position(), 15);
+    EXPECT_EQ(gpu.position(), 21);
     const double e = rel_err(got.data, ref.data);
     EXPECT_LE(e, 1e-4) << v.name;
     std::printf("[ GPU generation ] %-30s logits vs CPU streaming: %.2e\n", v.name, e);
   }
-  EXPECT_THROW(cuda::GpuStreamer(model::preset("tnt"), model::make_params<float>(model::preset("tnt"))), Error);
+  model::ModelConfig linear = model::preset("titans");
+  linear.memory = "linear";  // the GPU's Titans memory is the MLP one
+  EXPECT_THROW(cuda::GpuStreamer(linear, model::make_params<float>(linear)), Error);
 }
 
 TEST(CudaModel, RefusesWhatItDoesNotRun) {

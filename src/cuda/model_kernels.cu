@@ -276,6 +276,55 @@ __global__ void attend_one_k(const float* q, const float* K, const float* V, int
   }
 }
 
+__global__ void qk_project_one_k(const float* q, const float* KK, const double* ksq, float* out, int64_t H, int64_t d) {
+  GRID_STRIDE(e, H * d) {
+    const int64_t h = e / d, a = e % d;
+    if (ksq[h] > 0) {
+      double acc = 0;
+      for (int64_t b = 0; b < d; ++b) acc += double(KK[(h * d + a) * d + b]) * double(q[h * d + b]);
+      out[e] = float(acc / ksq[h]);
+    } else {
+      out[e] = q[e];
+    }
+  }
+}
+__global__ void scaled_error_k(const float* Y, const float* V, const float* scale, float* out, int64_t rows, int64_t d) {
+  GRID_STRIDE(e, rows * d) out[e] = scale[e / d] * (Y[e] - V[e]);
+}
+__global__ void dsilu_mul_k(const float* M, const float* Z, float* out, int64_t n, float factor) {
+  GRID_STRIDE(e, n) out[e] = factor * M[e] * dsilu_f(Z[e]);
+}
+__global__ void row_mean_k(const float* x, int64_t rows, int64_t cols, float* out) {
+  GRID_STRIDE(r, rows) {
+    double acc = 0;
+    for (int64_t c = 0; c < cols; ++c) acc += x[r * cols + c];
+    out[r] = float(acc / double(cols));
+  }
+}
+__global__ void titans_step_k(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H,
+                              int64_t P) {
+  GRID_STRIDE(e, H * P) {
+    const int64_t h = e / P;
+    const float s = D[e] + ebar[h] * S[e];
+    S[e] = s;
+    W[e] = (1.0f - abar[h]) * W[e] + s;
+  }
+}
+__global__ void add_row_sumsq_k(const float* x, int64_t H, int64_t per, double* acc) {
+  __shared__ double sh[kThreads / 32];
+  const int64_t h = blockIdx.x;
+  double a = 0;
+  for (int64_t i = threadIdx.x; i < per; i += blockDim.x) a += double(x[h * per + i]) * double(x[h * per + i]);
+  a = warp_sum(a);
+  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = a;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = 0;
+    for (int w = 0; w < kThreads / 32; ++w) s += sh[w];
+    acc[h] += s;
+  }
+}
+
 constexpr int kPartials = 1024;
 __global__ void sumsq_partial_k(const float* x, int64_t n, double* part) {
   __shared__ double sh[kThreads / 32];
@@ -404,6 +453,31 @@ void attend_one(const float* q, const float* K, const float* V, int64_t n, int64
   attend_one_k<<<int(heads), kAttendThreads, smem>>>(q, K, V, int(n), int(hd), int(ld),
                                                     float(1.0 / std::sqrt(double(hd))), o);
   TTT_LAUNCH_CHECK("attend_one");
+}
+
+void qk_project_one(const float* q, const float* KK, const double* ksq, float* out, int64_t H, int64_t d) {
+  qk_project_one_k<<<grid_for(H * d), kThreads>>>(q, KK, ksq, out, H, d);
+  TTT_LAUNCH_CHECK("qk_project_one");
+}
+void scaled_error(const float* Y, const float* V, const float* scale, float* out, int64_t rows, int64_t d) {
+  scaled_error_k<<<grid_for(rows * d), kThreads>>>(Y, V, scale, out, rows, d);
+  TTT_LAUNCH_CHECK("scaled_error");
+}
+void dsilu_mul(const float* M, const float* Z, float* out, int64_t n, float factor) {
+  dsilu_mul_k<<<grid_for(n), kThreads>>>(M, Z, out, n, factor);
+  TTT_LAUNCH_CHECK("dsilu_mul");
+}
+void row_mean(const float* x, int64_t rows, int64_t cols, float* out) {
+  row_mean_k<<<grid_for(rows), kThreads>>>(x, rows, cols, out);
+  TTT_LAUNCH_CHECK("row_mean");
+}
+void titans_step(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H, int64_t P) {
+  titans_step_k<<<grid_for(H * P), kThreads>>>(W, S, D, ebar, abar, H, P);
+  TTT_LAUNCH_CHECK("titans_step");
+}
+void add_row_sumsq(const float* x, int64_t H, int64_t per, double* acc) {
+  add_row_sumsq_k<<<int(H), kThreads>>>(x, H, per, acc);
+  TTT_LAUNCH_CHECK("add_row_sumsq");
 }
 
 double sum_squares(const float* x, int64_t n) {

@@ -69,6 +69,20 @@ void add_diagonal(float* W, int64_t batch, int64_t rows, int64_t cols, float val
 void attend_one(const float* q, const float* K, const float* V, int64_t n, int64_t heads, int64_t hd, int64_t ld,
                 float* o);
 
+// ---- Titans memory streaming (generation), per head h < H ---------------------------------------------------
+// out_h = (KK_h q_h) / ksq[h] when ksq[h] > 0, else q_h (the Q-K projection; KK [H,d,d], q/out [H*d]).
+void qk_project_one(const float* q, const float* KK, const double* ksq, float* out, int64_t H, int64_t d);
+// out[r, :] = scale[r] * (Y[r, :] - V[r, :]) for rows r < rows of width d.
+void scaled_error(const float* Y, const float* V, const float* scale, float* out, int64_t rows, int64_t d);
+// out = factor * M * silu'(Z), element-wise over n.
+void dsilu_mul(const float* M, const float* Z, float* out, int64_t n, float factor);
+// out[r] = mean of row r of x [rows, cols].
+void row_mean(const float* x, int64_t rows, int64_t cols, float* out);
+// Per head h (P elements each): S = D + ebar[h] S; W = (1 - abar[h]) W + S (momentum, decay, step).
+void titans_step(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H, int64_t P);
+// acc[h] += sum of squares of x[h*per .. (h+1)*per) (in double).
+void add_row_sumsq(const float* x, int64_t H, int64_t per, double* acc);
+
 // Sum of squares of x in double (deterministic two-pass reduction); waits for the result.
 double sum_squares(const float* x, int64_t n);
 // True iff every element is finite; waits.
