@@ -16,8 +16,7 @@
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/attention.h"
-#include "cuda/lact_cuda.h"
+#include "cuda/device.h"
 #include "cuda/model_cuda.h"
 #endif
 

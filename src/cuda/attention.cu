@@ -495,26 +495,4 @@ void swa_backward(const AttentionShape& s, const float* q, int64_t ldq, const fl
     bwd_launch<128>(s, g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
 }
 
-double elapsed_ms(const std::function<void()>& enqueue, void* stream) {
-  const cudaStream_t st = as_stream(stream);
-  cudaEvent_t a, b;
-  TTT_CUDA_CHECK(cudaEventCreate(&a));
-  TTT_CUDA_CHECK(cudaEventCreate(&b));
-  float ms = 0;
-  try {
-    TTT_CUDA_CHECK(cudaEventRecord(a, st));
-    enqueue();
-    TTT_CUDA_CHECK(cudaEventRecord(b, st));
-    TTT_CUDA_CHECK(cudaEventSynchronize(b));
-    TTT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-  } catch (...) {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    throw;
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return double(ms);
-}
-
 }  // namespace ttt::cuda

@@ -25,7 +25,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <functional>
+
+#include "cuda/device.h"  // elapsed_ms (was declared here)
 
 namespace ttt::cuda {
 
@@ -61,9 +62,5 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
                        const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
                        int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
                        void* work, void* stream = nullptr);
-
-// Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
-// `enqueue` puts on it (waits for the stream).
-double elapsed_ms(const std::function<void()>& enqueue, void* stream = nullptr);
 
 }  // namespace ttt::cuda

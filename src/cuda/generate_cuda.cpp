@@ -11,6 +11,7 @@
 #include "cuda/check.cuh"
 #include "cuda/kernels.h"
 #include "cuda/lact_cuda.h"
+#include "cuda/model_cuda.h"  // gpu_supports
 #include "cuda/model_kernels.h"
 #include "model/memory_branch.h"
 
@@ -19,15 +20,12 @@ namespace ttt::cuda {
 using model::ModelConfig;
 
 bool gpu_streaming_supports(const ModelConfig& cfg, std::string* why) {
-  auto no = [&](const std::string& s) {
-    if (why) *why = s;
+  // What the GPU model runs (model_cuda.h), with a window the single-query attention kernel holds.
+  if (!gpu_supports(cfg, why)) return false;
+  if (cfg.window > 8192) {
+    if (why) *why = "window " + std::to_string(cfg.window) + " > 8192";
     return false;
-  };
-  if (cfg.arch != "lact" && (cfg.memory != "mlp" || !cfg.mem_residual || !cfg.momentum || !cfg.decay || cfg.muon))
-    return no("arch \"" + cfg.arch + "\" generates on the GPU with the Titans MLP memory (memory \"mlp\", mem_residual, "
-              "momentum and decay on, muon off); this config generates on the CPU (--device cpu)");
-  if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
-  if (cfg.window > 8192) return no("window " + std::to_string(cfg.window) + " > 8192");
+  }
   return true;
 }
 

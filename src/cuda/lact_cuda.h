@@ -15,14 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device.h"
 #include "ttt/lact_fused.h"
 
 namespace ttt::cuda {
-
-// Usable CUDA devices; 0 when the driver, the runtime or the device is missing (why, if given, says which).
-int device_count(std::string* why = nullptr);
-// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.2 GiB)" of the current device.
-std::string device_description();
 
 struct LactOptions {
   // cuBLAS TF32 tensor-core products (CUBLAS_COMPUTE_32F_FAST_TF32) for float; default exact fp32.
@@ -42,38 +38,6 @@ struct LactOptions {
 // "fp32" | "tf32" | "bf16" -> options (throws on anything else); and back.
 LactOptions precision_options(const std::string& precision);
 const char* precision_name(const LactOptions& opt);
-
-// Bytes this library holds on the device now, and the most it held at once since the last reset.
-size_t tracked_bytes();
-size_t tracked_peak_bytes();
-void reset_tracked_peak();
-// Used device memory as the driver reports it (total - free), and the total.
-void device_memory(size_t* used, size_t* total);
-
-// A device allocation owned by host code.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes);
-  ~DeviceBuffer();
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <class T>
-  T* as() const { return static_cast<T*>(p_); }
-  size_t bytes() const { return bytes_; }
-  void upload(const void* host, size_t bytes);
-  void download(void* host, size_t bytes) const;
-  void fill_nan();
-  // Seeded device-side random fill: uniform in [lo, hi), or normal * hi when normal is set.
-  template <class T>
-  void fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal);
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
 
 // The operator on device pointers (layouts of lact_fused.h). Construction allocates everything a run needs;
 // forward() / backward() enqueue the work on the runner's stream and return (synchronize() waits).

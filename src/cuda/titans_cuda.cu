@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cuda/check.cuh"
-#include "cuda/lact_cuda.h"  // DeviceBuffer (tracked allocations)
+#include "cuda/device.h"  // DeviceBuffer (tracked allocations)
 
 namespace ttt::cuda {
 

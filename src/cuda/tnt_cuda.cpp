@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "cuda/lact_cuda.h"  // device_count
+#include "cuda/device.h"  // device_count
 #include "ttt/tnt.h"
 
 namespace ttt::engine {

@@ -11,9 +11,8 @@
 #include <exception>
 #include <thread>
 
-#include "cuda/attention.h"  // elapsed_ms
 #include "cuda/check.cuh"
-#include "cuda/lact_cuda.h"  // DeviceBuffer, device_description, tracked bytes
+#include "cuda/device.h"  // DeviceBuffer, device_description, tracked bytes
 
 namespace ttt::cuda {
 
@@ -322,7 +321,7 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
                        uniform(BT, 0.5, 0.9), uniform(BT, 0.001, 0.01)});
     g.mems.push_back({empty(W), empty(W), empty(BT), empty(BT), empty(BT)});
   }
-  // CUDA events on the runner's stream around the enqueued work (attention.h's elapsed_ms).
+  // CUDA events on the runner's stream around the enqueued work (device.h's elapsed_ms).
   auto timed = [&](TntRunner<T>& r, const std::function<void()>& body) { return elapsed_ms(body, r.stream()); };
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());

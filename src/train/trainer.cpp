@@ -20,7 +20,7 @@
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/lact_cuda.h"
+#include "cuda/device.h"
 #include "cuda/model_cuda.h"
 #endif
 

@@ -1,0 +1,161 @@
+// device.h: device discovery, tracked allocations, DeviceBuffer, memory figures, CUDA-event timing.
+#include "cuda/device.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <sstream>
+
+#include "cuda/check.cuh"
+
+namespace ttt::cuda {
+
+namespace {
+
+std::atomic<size_t> g_bytes{0};
+std::atomic<size_t> g_peak{0};
+
+constexpr int kThreads = 256;
+int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+__device__ __forceinline__ uint64_t splitmix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+template <class T>
+__global__ void k_random(T* p, int64_t n, uint64_t seed, double lo, double hi, bool normal) {
+  GRID_STRIDE(i, n) {
+    const uint64_t h1 = splitmix(seed ^ splitmix(uint64_t(i) * 2 + 1));
+    const double u1 = (double(h1 >> 11) + 0.5) * 0x1.0p-53;
+    if (normal) {
+      const uint64_t h2 = splitmix(h1 + 0x632BE59BD9B4E019ull);
+      const double u2 = double(h2 >> 11) * 0x1.0p-53;
+      p[i] = T(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) * hi);
+    } else {
+      p[i] = T(lo + (hi - lo) * u1);
+    }
+  }
+}
+
+}  // namespace
+
+void* device_malloc(size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) bytes = 1;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free allocation error
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    TTT_FAIL("cudaMalloc of " << bytes << " bytes failed: " << cudaGetErrorString(e) << " (this library holds "
+                              << g_bytes.load() << " bytes; device free " << free_b << " of " << total_b << ")");
+  }
+  const size_t now = (g_bytes += bytes);
+  size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+  return p;
+}
+void device_free(void* p, size_t bytes) {
+  if (!p) return;
+  cudaFree(p);  // never throws from destructors; a failure here leaves nothing to recover
+  g_bytes -= bytes == 0 ? 1 : bytes;
+}
+
+
+int device_count(std::string* why) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (why) *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+    return 0;
+  }
+  if (n == 0 && why) *why = "cudaGetDeviceCount reports no CUDA device";
+  return n;
+}
+
+std::string device_description() {
+  int dev = 0;
+  TTT_CUDA_CHECK(cudaGetDevice(&dev));
+  cudaDeviceProp p{};
+  TTT_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+  std::ostringstream os;
+  os << p.name << " (sm_" << p.major << p.minor << ", " << p.multiProcessorCount << " SMs, "
+     << double(p.totalGlobalMem) / double(1ull << 30) << " GiB)";
+  return os.str();
+}
+
+size_t tracked_bytes() { return g_bytes.load(); }
+size_t tracked_peak_bytes() { return g_peak.load(); }
+void reset_tracked_peak() { g_peak.store(g_bytes.load()); }
+void device_memory(size_t* used, size_t* total) {
+  size_t f = 0, t = 0;
+  TTT_CUDA_CHECK(cudaMemGetInfo(&f, &t));
+  if (used) *used = t - f;
+  if (total) *total = t;
+}
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : p_(device_malloc(bytes)), bytes_(bytes) {}
+DeviceBuffer::~DeviceBuffer() { device_free(p_, bytes_); }
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    device_free(p_, bytes_);
+    p_ = o.p_;
+    bytes_ = o.bytes_;
+    o.p_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+void DeviceBuffer::upload(const void* host, size_t bytes) {
+  TTT_CHECK(bytes <= bytes_, "DeviceBuffer::upload: " << bytes << " bytes into a buffer of " << bytes_);
+  TTT_CUDA_CHECK(cudaMemcpy(p_, host, bytes, cudaMemcpyHostToDevice));
+}
+void DeviceBuffer::download(void* host, size_t bytes) const {
+  TTT_CHECK(bytes <= bytes_, "DeviceBuffer::download: " << bytes << " bytes from a buffer of " << bytes_);
+  TTT_CUDA_CHECK(cudaMemcpy(host, p_, bytes, cudaMemcpyDeviceToHost));
+}
+void DeviceBuffer::fill_nan() {
+  TTT_CUDA_CHECK(cudaMemset(p_, 0xFF, bytes_));
+  TTT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+template <class T>
+void DeviceBuffer::fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal) {
+  TTT_CHECK(size_t(n) * sizeof(T) <= bytes_, "DeviceBuffer::fill_random: " << n << " elements do not fit");
+  k_random<T><<<grid_for(n), kThreads>>>(as<T>(), n, seed, lo, hi, normal);
+  TTT_LAUNCH_CHECK("random");
+  TTT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+template void DeviceBuffer::fill_random<float>(int64_t, uint64_t, double, double, bool);
+template void DeviceBuffer::fill_random<double>(int64_t, uint64_t, double, double, bool);
+
+double elapsed_ms(const std::function<void()>& enqueue, void* stream) {
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  cudaEvent_t a, b;
+  TTT_CUDA_CHECK(cudaEventCreate(&a));
+  TTT_CUDA_CHECK(cudaEventCreate(&b));
+  float ms = 0;
+  try {
+    TTT_CUDA_CHECK(cudaEventRecord(a, st));
+    enqueue();
+    TTT_CUDA_CHECK(cudaEventRecord(b, st));
+    TTT_CUDA_CHECK(cudaEventSynchronize(b));
+    TTT_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  } catch (...) {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    throw;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return double(ms);
+}
+
+}  // namespace ttt::cuda

@@ -1,0 +1,57 @@
+// The CUDA runtime pieces every part of the backend shares: device discovery, tracked device allocations
+// (DeviceBuffer), memory figures and CUDA-event timing. This header needs no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace ttt::cuda {
+
+// Usable CUDA devices; 0 when the driver, the runtime or the device is missing (why, if given, says which).
+int device_count(std::string* why = nullptr);
+// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.2 GiB)" of the current device.
+std::string device_description();
+
+// Bytes this library holds on the device now, and the most it held at once since the last reset.
+size_t tracked_bytes();
+size_t tracked_peak_bytes();
+void reset_tracked_peak();
+// Used device memory as the driver reports it (total - free), and the total.
+void device_memory(size_t* used, size_t* total);
+
+// A device allocation owned by host code.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <class T>
+  T* as() const { return static_cast<T*>(p_); }
+  size_t bytes() const { return bytes_; }
+  void upload(const void* host, size_t bytes);
+  void download(void* host, size_t bytes) const;
+  void fill_nan();
+  // Seeded device-side random fill: uniform in [lo, hi), or normal * hi when normal is set.
+  template <class T>
+  void fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal);
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Allocation through the tracker (tracked_bytes): throws a ttt::Error naming the size and the free memory on
+// failure; device_free never throws.
+void* device_malloc(size_t bytes);
+void device_free(void* p, size_t bytes);
+
+// Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
+// `enqueue` puts on it (waits for the stream).
+double elapsed_ms(const std::function<void()>& enqueue, void* stream = nullptr);
+
+}  // namespace ttt::cuda
