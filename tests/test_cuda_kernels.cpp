@@ -272,6 +272,11 @@ TEST(CudaKernels, CrossEntropyMatchesCpu) {
                                 valid.as<int32_t>(), c.N, c.V);
     const auto lg2 = down<float>(loss2, 1);
     EXPECT_EQ(0, std::memcmp(lg.data(), lg2.data(), 4)) << name << ": loss not bit-reproducible";
+    // In place (dlogits = logits, as the GPU model runs it): the same bits as into a separate array.
+    cuda::cross_entropy_backward(ld.as<float>(), td.as<int32_t>(), lse.as<float>(), valid.as<int32_t>(),
+                                 dd.as<float>(), ld.as<float>(), c.N, c.V);
+    const auto dlg_inplace = down<float>(ld, NV);
+    EXPECT_EQ(0, std::memcmp(dlg.data(), dlg_inplace.data(), sizeof(float) * NV)) << name << ": in-place dlogits";
     ++worst.cases;
   }
 }

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "core/blas.h"
 #include "core/rng.h"
 #include "model/model.h"
 
@@ -115,6 +116,45 @@ TEST(Model, ParamCountMatchesLayoutAndLossIsNearUniformAtInit) {
   Batch b = random_batch(c, 2, 32, 5);
   double loss = forward<float>(c, p, b, nullptr).loss;
   EXPECT_NEAR(loss, std::log(256.0), 0.3);
+}
+
+// The CPU emulation of the GPU's bf16 residual stream (BF16ActivationsEmulation): off by default and after its
+// scope; on, the loss moves by bf16-rounding size (not zero, not more) and the gradient is the straight-through
+// one, close to the unrounded gradient.
+TEST(Model, Bf16ActivationsEmulationRoundsTheResidualStream) {
+  ModelConfig c = preset("tiny");
+  c.n_layers = 2;
+  c.seq_len = 24;
+  Params<float> p = make_params<float>(c);
+  init_params(c, p, 11);
+  Rng r(12);
+  for (auto& m : p.values)
+    for (auto& x : m.data) x += 0.02f * float(r.normal());
+  const Batch b = random_batch(c, 2, c.seq_len, 13);
+  std::vector<ag::Mat<float>> g_plain, g_emu;
+  EXPECT_FALSE(emulate_bf16_activations());
+  const double plain = forward<float>(c, p, b, &g_plain).loss;
+  double emu = 0;
+  {
+    BF16ActivationsEmulation on;
+    EXPECT_TRUE(emulate_bf16_activations());
+    emu = forward<float>(c, p, b, &g_emu).loss;
+  }
+  EXPECT_FALSE(emulate_bf16_activations());
+  EXPECT_EQ(plain, forward<float>(c, p, b, nullptr).loss);  // off again: exactly the plain model
+  const double dl = std::fabs(emu - plain) / std::fabs(plain);
+  EXPECT_GT(dl, 1e-7) << "the emulation changed nothing";
+  EXPECT_LT(dl, 1e-2);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < g_plain.size(); ++i)
+    for (size_t j = 0; j < g_plain[i].data.size(); ++j) {
+      const double e = double(g_emu[i].data[j]) - g_plain[i].data[j];
+      num += e * e;
+      den += double(g_plain[i].data[j]) * g_plain[i].data[j];
+    }
+  EXPECT_GT(den, 0.0);
+  EXPECT_LT(std::sqrt(num / den), 5e-2) << "straight-through gradient far from the unrounded one";
+  EXPECT_GT(num, 0.0);
 }
 
 TEST(ModelGrad, TntWholeModel) {

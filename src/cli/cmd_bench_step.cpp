@@ -50,6 +50,7 @@ int cmd_bench_step(const Argv& argv) {
       .value("batch", "sequences per step", "1")
       .value("device", "cpu | cuda", "cpu")
       .value("precision", "cuda: matrix products fp32 | tf32 | bf16", "fp32")
+      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32", "bf16")
       .value("repeats", "timed steps", "3")
       .value("warmup", "untimed steps first", "1")
       .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase");
@@ -87,6 +88,9 @@ int cmd_bench_step(const Argv& argv) {
 #ifdef TTT_HAVE_CUDA
     cuda::GpuModelOptions go;
     go.math = cuda::parse_math_mode(a.str("precision"));
+    go.bf16_activations = cuda::parse_activations(a.str("activations"));
+    TTT_CHECK(a.str("precision") == "bf16" || !a.has("activations"),
+              "ttt bench step: --activations applies to --precision bf16");
     cuda::reset_tracked_peak();
     cuda::GpuModel gm(cfg, go);
     gm.upload(p);
@@ -120,6 +124,7 @@ int cmd_bench_step(const Argv& argv) {
     cuda::device_memory(&used, &total);
     j["gpu"] = cuda::device_description();
     j["precision"] = a.str("precision");
+    if (a.str("precision") == "bf16") j["activations"] = a.str("activations");
     j["timer"] = "cuda events";
     j["tracked_peak_bytes"] = cuda::tracked_peak_bytes();
     j["device_used_bytes"] = used;
@@ -128,7 +133,8 @@ int cmd_bench_step(const Argv& argv) {
     TTT_FAIL("ttt bench step: --device cuda: this build has no CUDA backend");
 #endif
   } else {
-    TTT_CHECK(!a.has("precision"), "ttt bench step: --precision applies to --device cuda");
+    TTT_CHECK(!a.has("precision") && !a.has("activations"),
+              "ttt bench step: --precision and --activations apply to --device cuda");
     std::vector<model::Batch> micro = {batch};
     std::vector<ag::Mat<float>> grads;
     for (int i = 0; i < warmup + repeats; ++i) {

@@ -27,6 +27,7 @@ int cmd_eval(const Argv& argv) {
       .value("batch", "windows per forward pass", "8")
       .value("device", "cpu | cuda (arch lact on an NVIDIA GPU)", "cpu")
       .value("precision", "cuda: matrix products fp32 | tf32 | bf16", "fp32")
+      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32", "bf16")
       .value("buckets", "position buckets over the context", "8")
       .value("csv", "where to write the buckets (default: <checkpoint>/eval_buckets.csv)");
   a.parse();
@@ -38,6 +39,7 @@ int cmd_eval(const Argv& argv) {
   const std::string device = a.str("device");
   TTT_CHECK(device == "cpu" || device == "cuda", "ttt eval: --device must be cpu or cuda, got '" << device << "'");
   TTT_CHECK(device == "cuda" || !a.has("precision"), "ttt eval: --precision applies to --device cuda");
+  TTT_CHECK(a.str("precision") == "bf16" || !a.has("activations"), "ttt eval: --activations applies to --precision bf16");
 #ifndef TTT_HAVE_CUDA
   TTT_CHECK(device == "cpu", "ttt eval: --device cuda: this build has no CUDA backend (the CUDA toolkit was not "
                              "found when it was configured)");
@@ -68,6 +70,7 @@ int cmd_eval(const Argv& argv) {
   if (device == "cuda") {
     cuda::GpuModelOptions go;
     go.math = cuda::parse_math_mode(a.str("precision"));
+    go.bf16_activations = cuda::parse_activations(a.str("activations"));
     cuda::GpuModel gm(ck.cfg, go);
     gm.upload(ck.params);
     r = train::evaluate_with([&](const model::Batch& b) { return gm.forward(b, false, 1.0, true).token_loss; },

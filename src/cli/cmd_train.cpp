@@ -64,6 +64,7 @@ int cmd_train(const Argv& argv) {
       .value("device", "compute device: cpu | cuda (arch lact; checkpoints are the same files either way)", "cpu")
       .value("precision", "cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation, state and master weights)",
              "fp32")
+      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32", "bf16")
       .value("stage", "1, or 2: TNT stage 2 (fine-tune only the local memories of --from with --local-chunks)", "1")
       .value("from", "stage 2: the stage-1 run directory")
       .value("local-chunks", "stage 2: the new local chunk sizes, e.g. 1,2 (one per local memory)")
@@ -81,6 +82,8 @@ int cmd_train(const Argv& argv) {
   train::TrainOptions opt;
   opt.device = device;
   opt.precision = a.str("precision");
+  opt.activations = a.str("activations");
+  TTT_CHECK(opt.precision == "bf16" || !a.has("activations"), "ttt train: --activations applies to --precision bf16");
   opt.log = &std::cerr;
   opt.time_budget_s = a.f64("time-budget");
   TTT_CHECK(std::isfinite(opt.time_budget_s) && opt.time_budget_s >= 0, "ttt train: --time-budget must be >= 0 seconds");

@@ -11,6 +11,7 @@ namespace ttt {
 
 namespace {
 std::atomic<bool> g_bf16_operands{false};
+std::atomic<bool> g_bf16_activations{false};
 
 // The rows x cols block of a row-major matrix with leading dimension ld, each element rounded to bf16.
 std::vector<float> rounded(const float* p, int64_t rows, int64_t cols, int64_t ld) {
@@ -23,6 +24,8 @@ std::vector<float> rounded(const float* p, int64_t rows, int64_t cols, int64_t l
 
 void set_emulate_bf16_operands(bool on) { g_bf16_operands.store(on); }
 bool emulate_bf16_operands() { return g_bf16_operands.load(); }
+void set_emulate_bf16_activations(bool on) { g_bf16_activations.store(on); }
+bool emulate_bf16_activations() { return g_bf16_activations.load(); }
 
 template <>
 void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,

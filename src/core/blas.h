@@ -20,4 +20,16 @@ struct BF16OperandsEmulation {
   BF16OperandsEmulation& operator=(const BF16OperandsEmulation&) = delete;
 };
 
+// CPU emulation of the GPU model's bf16 stored activations (GpuModelOptions::bf16_activations): while on,
+// model::forward<float> rounds the residual stream to bf16 where the GPU stores it (the embedding output and
+// every layer output), with a straight-through gradient, as the GPU's fp32 backward does. Off by default.
+void set_emulate_bf16_activations(bool on);
+bool emulate_bf16_activations();
+struct BF16ActivationsEmulation {
+  BF16ActivationsEmulation() { set_emulate_bf16_activations(true); }
+  ~BF16ActivationsEmulation() { set_emulate_bf16_activations(false); }
+  BF16ActivationsEmulation(const BF16ActivationsEmulation&) = delete;
+  BF16ActivationsEmulation& operator=(const BF16ActivationsEmulation&) = delete;
+};
+
 }  // namespace ttt

@@ -78,14 +78,14 @@ Blas::~Blas() {
   if (impl_ && impl_->handle) cublasDestroy(impl_->handle);
 }
 
-void Blas::gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
-                const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+void Blas::gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, Operand A, int64_t lda, Operand B,
+                int64_t ldb, float beta, float* C, int64_t ldc) {
   gemm_batched(ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
-void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
-                        int64_t sA, const float* B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc,
-                        int64_t sC, int64_t batch) {
+void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, Operand A, int64_t lda,
+                        int64_t sA, Operand B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc, int64_t sC,
+                        int64_t batch) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   TTT_CHECK(k >= 0, "gemm: negative inner size " << k);
   if (k == 0) {  // C = beta C
@@ -96,22 +96,30 @@ void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
                                          size_t(m), nullptr));
     return;
   }
+  TTT_CHECK(mode_ == MathMode::BF16 || (!A.is_bf16 && !B.is_bf16),
+            "gemm: a bf16 operand in " << math_mode_name(mode_) << " mode (bf16 operands need MathMode::BF16)");
   const cublasOperation_t opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const void* pa = A;
-  const void* pb = B;
+  const void* pa = A.p;
+  const void* pb = B.p;
   cudaDataType_t type = CUDA_R_32F;
   cublasComputeType_t compute = mode_ == MathMode::TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   int64_t la = lda, lb = ldb, sa = sA, sb = sB;
   if (mode_ == MathMode::BF16) {
-    // Stored shapes: A is [m,k] (or [k,m] when ta), B is [k,n] (or [n,k] when tb).
+    // fp32 operands are rounded into packed scratch; stored shapes: A is [m,k] (or [k,m] when ta), B is [k,n]
+    // (or [n,k] when tb). bf16 operands are used in place with their own leading dimension and stride.
     const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
-    auto* a16 = static_cast<__nv_bfloat16*>(impl_->a.get(sizeof(__nv_bfloat16) * size_t(ar * ac * batch)));
-    auto* b16 = static_cast<__nv_bfloat16*>(impl_->b.get(sizeof(__nv_bfloat16) * size_t(br * bc * batch)));
-    to_bf16_kernel<<<grid_for(ar * ac * batch), 256>>>(A, lda, sA, a16, ar, ac, batch);
-    TTT_LAUNCH_CHECK("to_bf16");
-    to_bf16_kernel<<<grid_for(br * bc * batch), 256>>>(B, ldb, sB, b16, br, bc, batch);
-    TTT_LAUNCH_CHECK("to_bf16");
-    pa = a16, pb = b16, la = ac, lb = bc, sa = ar * ac, sb = br * bc;
+    if (!A.is_bf16) {
+      auto* a16 = static_cast<__nv_bfloat16*>(impl_->a.get(sizeof(__nv_bfloat16) * size_t(ar * ac * batch)));
+      to_bf16_kernel<<<grid_for(ar * ac * batch), 256>>>(static_cast<const float*>(A.p), lda, sA, a16, ar, ac, batch);
+      TTT_LAUNCH_CHECK("to_bf16");
+      pa = a16, la = ac, sa = ar * ac;
+    }
+    if (!B.is_bf16) {
+      auto* b16 = static_cast<__nv_bfloat16*>(impl_->b.get(sizeof(__nv_bfloat16) * size_t(br * bc * batch)));
+      to_bf16_kernel<<<grid_for(br * bc * batch), 256>>>(static_cast<const float*>(B.p), ldb, sB, b16, br, bc, batch);
+      TTT_LAUNCH_CHECK("to_bf16");
+      pb = b16, lb = bc, sb = br * bc;
+    }
     type = CUDA_R_16BF;
     compute = CUBLAS_COMPUTE_32F;
   }

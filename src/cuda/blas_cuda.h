@@ -1,8 +1,9 @@
 // Row-major matrix products on the GPU for the model (cuBLAS underneath), in one of three precisions:
 //   fp32  exact fp32 products (CUBLAS_COMPUTE_32F), the parity mode;
 //   tf32  tensor-core TF32 products with fp32 accumulation;
-//   bf16  operands rounded to bf16 (converted into a scratch buffer right before the product), fp32
-//         accumulation and fp32 outputs: issue 5's "bf16 matrix inputs with fp32 accumulation".
+//   bf16  bf16 operands, fp32 accumulation and fp32 outputs: issue 5's "bf16 matrix inputs with fp32
+//         accumulation". An operand already stored in bf16 (Operand from a bf16 pointer: the GPU model's bf16
+//         activations) is used as it is; an fp32 operand is rounded into a scratch buffer right before the product.
 // Every pointer is a device pointer; work is enqueued on the legacy default stream (which orders it with
 // every blocking stream, e.g. the LaCT runner's). This header needs no CUDA headers.
 #pragma once
@@ -11,7 +12,18 @@
 #include <memory>
 #include <string>
 
+#include "core/dtype.h"
+
 namespace ttt::cuda {
+
+// One matrix operand of a product: fp32, or bf16 (ttt::bf16 has the bits of the device's __nv_bfloat16). A bf16
+// operand is accepted in MathMode::BF16 only (other modes would have to widen it; no caller needs that).
+struct Operand {
+  const void* p = nullptr;
+  bool is_bf16 = false;
+  Operand(const float* f) : p(f) {}                        // NOLINT: implicit, so fp32 call sites read as before
+  Operand(const bf16* h) : p(h), is_bf16(true) {}          // NOLINT
+};
 
 enum class MathMode { FP32, TF32, BF16 };
 MathMode parse_math_mode(const std::string& s);  // "fp32" | "tf32" | "bf16"; throws otherwise
@@ -27,12 +39,12 @@ class Blas {
 
   // C[m,n] = alpha op(A) op(B) + beta C, row-major with leading dimensions; op(A) is [m,k] (A [m,k], or A [k,m]
   // when ta), op(B) is [k,n].
-  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
-            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, Operand A, int64_t lda, Operand B,
+            int64_t ldb, float beta, float* C, int64_t ldc);
   // The same for `batch` matrices at element strides sA, sB, sC.
-  void gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
-                    int64_t sA, const float* B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc,
-                    int64_t sC, int64_t batch);
+  void gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, Operand A, int64_t lda,
+                    int64_t sA, Operand B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc, int64_t sC,
+                    int64_t batch);
   // y[cols] (+)= sum over rows of X[rows, cols] (ld ldx): a product with a ones vector, always exact fp32.
   void col_sum(const float* X, int64_t rows, int64_t cols, int64_t ldx, float* y, bool accumulate);
 

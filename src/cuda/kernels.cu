@@ -4,6 +4,7 @@
 #include "cuda/kernels.h"
 #include "cuda/check.cuh"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -78,9 +79,13 @@ __device__ float block_max(float v) {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // ---- RMSNorm -------------------------------------------------------------------------------------------
-// One warp per segment (row, group) of `group` columns starting at seg * group.
-template <bool kVec>
-__global__ void k_rms_fwd(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
+// One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
+// (the GPU model's bf16 activations: the same float result, rounded once on the store).
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+template <bool kVec, class Out>
+__global__ void k_rms_fwd(const float* __restrict__ x, const float* __restrict__ w, Out* __restrict__ y,
                           float* __restrict__ rinv, int64_t segs, int64_t D, int64_t group, double eps) {
   const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -100,21 +105,19 @@ __global__ void k_rms_fwd(const float* __restrict__ x, const float* __restrict__
   ss = warp_sum(ss);
   const float r = float(1.0 / sqrt(ss / double(group) + eps));
   if (lane == 0) rinv[seg] = r;
-  float* ys = y + off;
+  Out* ys = y + off;
   const float* ws = w + c0;
   if (kVec) {
     for (int64_t j = lane; j < group / 4; j += 32) {
       const float4 a = reinterpret_cast<const float4*>(xs)[j];
       const float4 b = reinterpret_cast<const float4*>(ws)[j];
-      float4 o;
-      o.x = a.x * r * b.x;
-      o.y = a.y * r * b.y;
-      o.z = a.z * r * b.z;
-      o.w = a.w * r * b.w;
-      reinterpret_cast<float4*>(ys)[j] = o;
+      store_out(ys + 4 * j, a.x * r * b.x);
+      store_out(ys + 4 * j + 1, a.y * r * b.y);
+      store_out(ys + 4 * j + 2, a.z * r * b.z);
+      store_out(ys + 4 * j + 3, a.w * r * b.w);
     }
   } else {
-    for (int64_t j = lane; j < group; j += 32) ys[j] = xs[j] * r * ws[j];
+    for (int64_t j = lane; j < group; j += 32) store_out(ys + j, xs[j] * r * ws[j]);
   }
 }
 
@@ -245,9 +248,10 @@ __global__ void k_ce_fwd_mean(const float* __restrict__ logits, const int32_t* _
     *valid = int32_t(cnt);
   }
 }
-__global__ void k_ce_bwd(const float* __restrict__ logits, const int32_t* __restrict__ targets,
-                         const float* __restrict__ lse, const int32_t* __restrict__ valid,
-                         const float* __restrict__ dloss, float* __restrict__ dlogits, int64_t N, int64_t V) {
+// logits and dlogits may be the same array (each element is read, then written, by one thread): no __restrict__.
+__global__ void k_ce_bwd(const float* logits, const int32_t* __restrict__ targets, const float* __restrict__ lse,
+                         const int32_t* __restrict__ valid, const float* __restrict__ dloss, float* dlogits, int64_t N,
+                         int64_t V) {
   const int32_t cnt = *valid;
   const float c = cnt > 0 ? (dloss ? *dloss : 1.f) / float(cnt) : 0.f;
   KGRID_STRIDE(e, N * V) {
@@ -282,8 +286,10 @@ __global__ void k_adamw(float* __restrict__ p, const float* __restrict__ g, floa
 }  // namespace
 
 // ---- public API ------------------------------------------------------------------------------------------
-void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D, int64_t group,
-                      double eps, void* stream) {
+namespace {
+template <class Out>
+void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                     double eps, void* stream) {
   check_group("rms_norm_forward", N, D, group);
   const int64_t segs = N * (D / group);
   if (segs == 0) return;
@@ -294,6 +300,16 @@ void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int
   else
     k_rms_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
   TTT_LAUNCH_CHECK("rms_norm_forward");
+}
+}  // namespace
+
+void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                      double eps, void* stream) {
+  rms_norm_launch(x, w, y, rinv, N, D, group, eps, stream);
+}
+void rms_norm_forward(const float* x, const float* w, bf16* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                      double eps, void* stream) {
+  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, N, D, group, eps, stream);
 }
 
 size_t rms_norm_backward_workspace(int64_t N, int64_t D) { return size_t(dw_slices(N)) * size_t(D) * sizeof(double); }

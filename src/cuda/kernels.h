@@ -14,12 +14,17 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace ttt::cuda {
 
 // ---- RMSNorm over groups of `group` consecutive columns (group = D: plain RMSNorm; group = hd: per head) --
 // x, y [N,D] row-major, w [D] (per channel), rinv [N, D/group] = 1/sqrt(mean(x^2) + eps) per (row, group),
 // saved for the backward. D % group == 0.
 void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                      double eps, void* stream = nullptr);
+// The same with y stored in bf16 (the float result rounded to nearest even): the GPU model's bf16 activations.
+void rms_norm_forward(const float* x, const float* w, bf16* y, float* rinv, int64_t N, int64_t D, int64_t group,
                       double eps, void* stream = nullptr);
 // Bytes of the work buffer rms_norm_backward needs for dw (deterministic two-pass reduction).
 size_t rms_norm_backward_workspace(int64_t N, int64_t D);
@@ -48,6 +53,7 @@ void rope_backward(const float* dy, float* dx, const int64_t* pos, int64_t N, in
 void cross_entropy_forward(const float* logits, const int32_t* targets, float* lse, float* row_loss, float* loss,
                            int32_t* valid, int64_t N, int64_t V, void* stream = nullptr);
 // dlogits [N,V] = (softmax - onehot) * dloss / valid (zero rows for ignored targets; all zero when valid = 0).
+// dlogits may be logits itself (in place: the GPU model keeps one [N,V] array for both).
 // dloss: device scalar (the upstream gradient of the loss), or null for 1.
 void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const int32_t* valid,
                             const float* dloss, float* dlogits, int64_t N, int64_t V, void* stream = nullptr);

@@ -22,6 +22,12 @@ namespace ttt::cuda {
 
 using model::ModelConfig;
 
+bool parse_activations(const std::string& s) {
+  if (s == "bf16") return true;
+  if (s == "fp32") return false;
+  TTT_FAIL("unknown activation storage '" << s << "' (choose bf16 or fp32)");
+}
+
 bool gpu_supports(const ModelConfig& cfg, std::string* why) {
   auto no = [&](const std::string& s) {
     if (why) *why = s;
@@ -59,6 +65,18 @@ struct Buf {
     if (poison) b.fill_nan();
   }
 };
+// The same for bf16 storage (NaN poison: 0xFFFF is a bf16 NaN).
+struct Buf16 {
+  DeviceBuffer b;
+  int64_t n = 0;
+  bf16* p() const { return b.as<bf16>(); }
+  void ensure(int64_t want, bool poison) {
+    if (want <= n) return;
+    b = DeviceBuffer(sizeof(bf16) * size_t(std::max<int64_t>(want, 1)));
+    n = want;
+    if (poison) b.fill_nan();
+  }
+};
 
 }  // namespace
 
@@ -72,6 +90,8 @@ struct GpuModel::Impl {
   int64_t total = 0;
   Buf params, grads, adam_m, adam_v;
   DeviceBuffer masks;           // per-element trainable mask (bytes), when set
+  DeviceBuffer grad_mask;       // apply_grad_mask's mask, flat, and the host copy it was made from
+  std::vector<std::vector<uint8_t>> grad_mask_host;
   bool have_masks = false;
   std::vector<int64_t> mask_offsets;
   DeviceBuffer dloss;           // device scalar: the CE backward's upstream gradient
@@ -87,9 +107,18 @@ struct GpuModel::Impl {
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<LactRunner<float>>> lact;
   DeviceBuffer ids_dev, tgt_dev, pos_dev, emb_order, emb_starts, emb_uniq;
   DeviceBuffer loss_dev, valid_dev;
-  std::vector<Buf> xs;  // residual stream at layer inputs, [L+1]
+  // Residual stream at the layer inputs, [L+1]: fp32 (xs), or bf16 (xs16) with bf16 activations.
+  std::vector<Buf> xs;
+  std::vector<Buf16> xs16;
+  // bf16 activations (GpuModelOptions::bf16_activations with bf16 products): the residual stream kept for the
+  // backward and the activations that are matrix-product operands (h, h2, sum, mm) are stored in bf16, in
+  // bufs16 under the fp32 buffer's name; element-wise work reads and writes fp32.
+  const bool act16;
+  std::map<std::string, Buf16> bufs16;
 
-  Impl(const ModelConfig& c, const GpuModelOptions& o) : cfg(c), opt(o), blas(o.math), titans_like(c.arch != "lact") {}
+  Impl(const ModelConfig& c, const GpuModelOptions& o)
+      : cfg(c), opt(o), blas(o.math), act16(o.math == MathMode::BF16 && o.bf16_activations),
+        titans_like(c.arch != "lact") {}
   bool titans_like;  // arch "titans" / "tnt": the memory branch runs through TntRunner
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
 
@@ -155,6 +184,9 @@ struct GpuModel::Impl {
   float* P(const std::string& name) const { return params.p() + offset[layout.index.at(name)]; }
   float* G(const std::string& name) const { return grads.p() + offset[layout.index.at(name)]; }
   float* B(const std::string& name) { return bufs.at(name).p(); }
+  bf16* B16(const std::string& name) { return bufs16.at(name).p(); }
+  // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
+  Operand X(const std::string& name) { return act16 ? Operand(B16(name)) : Operand(B(name)); }
 
   void need(const std::string& name, int64_t n) { bufs[name].ensure(n, opt.poison); }
   void* norm_work_for(int64_t rows, int64_t cols) {
@@ -197,7 +229,7 @@ struct GpuModel::Impl {
     const int64_t W = S * H * dh * d;  // one broadcast weight matrix over all sequence-heads
     const int64_t M = cfg.n_memories(), gate_cols = std::max<int64_t>(3, M) * H;
     const std::pair<const char*, int64_t> sizes[] = {
-        {"h", rows * D},        {"rinv1", rows},        {"qkv", rows * 3 * D},  {"qa", rows * D},
+        {"rinv1", rows},        {"qkv", rows * 3 * D},  {"qa", rows * D},
         {"ka", rows * D},       {"attn", rows * D},     {"lse", rows * Ha},     {"qh", rows * D},
         {"kh", rows * D},       {"qnorm", rows * H},    {"knorm", rows * H},    {"vm", rows * D},
         {"zlr", rows * gate_cols},      {"rates", rows * gate_cols},    {"zm", rows * gate_cols},       {"mom", rows * gate_cols},
@@ -208,8 +240,8 @@ struct GpuModel::Impl {
         {"momT", BHN},          {"w0b", W},             {"w1b", W},             {"w2b", W},
         {"w0f", H * dh * d},    {"w2f", H * dh * d},    {"oT", rows * D},       {"o", rows * D},
         {"normed", rows * D},   {"rinvo", rows * H},    {"zs", rows * H},       {"gate", rows * H},
-        {"sum", rows * D},      {"xmid", rows * D},     {"h2", rows * D},       {"rinv2", rows},
-        {"ga", rows * F},       {"up", rows * F},       {"mm", rows * F},
+        {"sum", rows * D},      {"xmid", rows * D},     {"rinv2", rows},
+        {"ga", rows * F},       {"up", rows * F},
         // backward
         {"dx", rows * D},       {"dxm", rows * D},      {"tmpD", rows * D},     {"dmm", rows * F},
         {"dga", rows * F},      {"dup", rows * F},      {"dh2", rows * D},      {"dsum", rows * D},
@@ -223,11 +255,41 @@ struct GpuModel::Impl {
         {"attn_work", int64_t(swa_backward_workspace(AttentionShape{S, N, Ha, hd, cfg.window}) / sizeof(float)) + 1},
     };
     for (auto& [name, n] : sizes) need(name, n);
+    const std::pair<const char*, int64_t> operands[] = {{"h", rows * D}, {"h2", rows * D}, {"sum", rows * D},
+                                                         {"mm", rows * F}};
+    for (auto& [name, n] : operands) {
+      if (act16) bufs16[name].ensure(n, opt.poison);
+      else need(name, n);
+    }
+    if (act16) {
+      need("xin", rows * D);
+      need("xout", rows * D);
+    }
     if (rows > cap_rows) {
-      xs.resize(size_t(L + 1));
-      for (auto& x : xs) x.ensure(rows * D, opt.poison);
+      if (act16) {
+        xs16.resize(size_t(L + 1));
+        for (auto& x : xs16) x.ensure(rows * D, opt.poison);
+      } else {
+        xs.resize(size_t(L + 1));
+        for (auto& x : xs) x.ensure(rows * D, opt.poison);
+      }
       cap_rows = rows;
     }
+  }
+
+  // The residual stream at layer l's input (l = L: the final norm's input) as fp32: the kept array, or (bf16
+  // activations) its bf16 copy widened into `xin`.
+  const float* layer_input(int64_t l, int64_t rows) {
+    if (!act16) return xs[size_t(l)].p();
+    mk::from_bf16(xs16[size_t(l)].p(), B("xin"), rows * D);
+    return B("xin");
+  }
+  // Where layer l writes its output (the embedding: l = -1), and keeping it: with bf16 activations the output is
+  // rounded into xs16[l + 1] and `xout` keeps the rounded values, so what follows sees exactly what the backward's
+  // recomputation will read.
+  float* layer_output(int64_t l) { return act16 ? B("xout") : xs[size_t(l + 1)].p(); }
+  void keep_output(int64_t l, int64_t rows) {
+    if (act16) mk::round_store_bf16(B("xout"), xs16[size_t(l + 1)].p(), rows * D);
   }
 
   // ---- one layer ---------------------------------------------------------------------------------------
@@ -240,8 +302,9 @@ struct GpuModel::Impl {
     auto Pl = [&](const char* n) { return P(pre + n); };
     const int64_t* pos = pos_dev.as<int64_t>();
     // h = RMSNorm(x); qkv = h Wqkv
-    rms_norm_forward(x, Pl("attn_norm.weight"), B("h"), B("rinv1"), rows, D, D, cfg.norm_eps);
-    gemm(false, false, rows, 3 * D, D, 1.0f, B("h"), D, Pl("wqkv"), 3 * D, 0.0f, B("qkv"), 3 * D);
+    if (act16) rms_norm_forward(x, Pl("attn_norm.weight"), B16("h"), B("rinv1"), rows, D, D, cfg.norm_eps);
+    else rms_norm_forward(x, Pl("attn_norm.weight"), B("h"), B("rinv1"), rows, D, D, cfg.norm_eps);
+    gemm(false, false, rows, 3 * D, D, 1.0f, X("h"), D, Pl("wqkv"), 3 * D, 0.0f, B("qkv"), 3 * D);
     const float* q = B("qkv");
     const float* k = B("qkv") + D;
     const float* v = B("qkv") + 2 * D;
@@ -279,20 +342,23 @@ struct GpuModel::Impl {
     mk::batch_to_heads(B("oT"), B("o"), D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
     rms_norm_heads_forward(B("o"), Pl("ttt.o_norm.weight"), B("normed"), B("rinvo"), rows, D, H, cfg.norm_eps);
-    gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.scale.weight"), H, 0.0f, B("zs"), H);
+    gemm(false, false, rows, H, D, 1.0f, X("h"), D, Pl("ttt.scale.weight"), H, 0.0f, B("zs"), H);
     mk::bias_act_forward(B("zs"), Pl("ttt.scale.bias"), B("gate"), rows, H, 0.0, mk::Act::Silu);
     mk::gate_heads_forward(B("normed"), B("gate"), B("sum"), rows, H, d);
     // x + (attn + mem) Wo
     mk::axpy(B("sum"), B("attn"), 1.0f, rows * D);
+    if (act16) mk::to_bf16(B("sum"), D, B16("sum"), D, rows, D);
     mk::copy2d(x, D, B("xmid"), D, rows, D);
-    gemm(false, false, rows, D, D, 1.0f, B("sum"), D, Pl("wo"), D, 1.0f, B("xmid"), D);
+    gemm(false, false, rows, D, D, 1.0f, X("sum"), D, Pl("wo"), D, 1.0f, B("xmid"), D);
     // MLP
-    rms_norm_forward(B("xmid"), Pl("mlp_norm.weight"), B("h2"), B("rinv2"), rows, D, D, cfg.norm_eps);
-    gemm(false, false, rows, F, D, 1.0f, B("h2"), D, Pl("mlp.w_gate"), F, 0.0f, B("ga"), F);
-    gemm(false, false, rows, F, D, 1.0f, B("h2"), D, Pl("mlp.w_up"), F, 0.0f, B("up"), F);
-    mk::swiglu_forward(B("ga"), B("up"), B("mm"), rows * F);
+    if (act16) rms_norm_forward(B("xmid"), Pl("mlp_norm.weight"), B16("h2"), B("rinv2"), rows, D, D, cfg.norm_eps);
+    else rms_norm_forward(B("xmid"), Pl("mlp_norm.weight"), B("h2"), B("rinv2"), rows, D, D, cfg.norm_eps);
+    gemm(false, false, rows, F, D, 1.0f, X("h2"), D, Pl("mlp.w_gate"), F, 0.0f, B("ga"), F);
+    gemm(false, false, rows, F, D, 1.0f, X("h2"), D, Pl("mlp.w_up"), F, 0.0f, B("up"), F);
+    if (act16) mk::swiglu_forward(B("ga"), B("up"), B16("mm"), rows * F);
+    else mk::swiglu_forward(B("ga"), B("up"), B("mm"), rows * F);
     mk::copy2d(B("xmid"), D, out, D, rows, D);
-    gemm(false, false, rows, D, F, 1.0f, B("mm"), F, Pl("mlp.w_down"), D, 1.0f, out, D);
+    gemm(false, false, rows, D, F, 1.0f, X("mm"), F, Pl("mlp.w_down"), D, 1.0f, out, D);
   }
 
   // ttt.w0 / ttt.w2 of a layer: the parameter itself, or (low rank) A B + 0.5 I per head into buffer `tmp`.
@@ -324,11 +390,11 @@ struct GpuModel::Impl {
   void lact_forward(const std::string& pre, int64_t S, int64_t N) {
     const int64_t rows = S * N;
     auto Pl = [&](const char* n) { return P(pre + n); };
-    gemm(false, false, rows, 3 * H, D, 1.0f, B("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
+    gemm(false, false, rows, 3 * H, D, 1.0f, X("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
     mk::bias_act_forward(B("zlr"), Pl("ttt.lr.bias"), B("rates"), rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
                          mk::Act::Softplus);
     if (cfg.momentum) {
-      gemm(false, false, rows, H, D, 1.0f, B("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
+      gemm(false, false, rows, H, D, 1.0f, X("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
       mk::bias_act_forward(B("zm"), Pl("ttt.momentum.bias"), B("mom"), rows, H, 0.0, mk::Act::Sigmoid);
     }
     for (int r = 0; r < 3; ++r) mk::cols_to_batch(B("rates"), 3 * H, r * H, B("lrT") + r * S * H * N, S, N, H);
@@ -370,13 +436,13 @@ struct GpuModel::Impl {
     for (int r = 0; r < 3; ++r) mk::batch_to_cols(B("glrT") + r * S * H * N, B("drates"), 3 * H, r * H, S, N, H);
     mk::act_backward(B("zlr"), B("drates"), B("dzlr"), rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
                      mk::Act::Softplus);
-    gemm(true, false, D, 3 * H, rows, 1.0f, B("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
+    gemm(true, false, D, 3 * H, rows, 1.0f, X("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
     col_sum(B("dzlr"), rows, 3 * H, 3 * H, Gl("ttt.lr.bias"), true);
     gemm(false, true, rows, D, 3 * H, 1.0f, B("dzlr"), 3 * H, Pl("ttt.lr.weight"), 3 * H, 1.0f, B("dh"), D);
     if (cfg.momentum) {
       mk::batch_to_cols(B("gmomT"), B("dmom"), H, 0, S, N, H);
       mk::act_backward(B("zm"), B("dmom"), B("dzm"), rows * H, 0.0, mk::Act::Sigmoid);
-      gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
+      gemm(true, false, D, H, rows, 1.0f, X("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
       col_sum(B("dzm"), rows, H, H, Gl("ttt.momentum.bias"), true);
       gemm(false, true, rows, D, H, 1.0f, B("dzm"), H, Pl("ttt.momentum.weight"), H, 1.0f, B("dh"), D);
     }
@@ -393,7 +459,7 @@ struct GpuModel::Impl {
                                {"ttt.decay.weight", "ttt.decay.bias", "zd", "dec"}};
     const char* per_batch[3] = {"thT", "etT", "alT"};
     for (int gi = 0; gi < 3; ++gi) {
-      gemm(false, false, rows, MH, D, 1.0f, B("h"), D, Pl(gates[gi][0]), MH, 0.0f, B(gates[gi][2]), MH);
+      gemm(false, false, rows, MH, D, 1.0f, X("h"), D, Pl(gates[gi][0]), MH, 0.0f, B(gates[gi][2]), MH);
       mk::bias_act_forward(B(gates[gi][2]), Pl(gates[gi][1]), B(gates[gi][3]), rows, MH, 0.0, mk::Act::Sigmoid);
       if (gi == 0) mk::scale(B("rates"), float(cfg.titans_base_lr), rows * MH);
       for (int64_t m = 0; m < M; ++m) mk::cols_to_batch(B(gates[gi][3]), MH, m * H, B(per_batch[gi]) + m * BHN, S, N, H);
@@ -440,7 +506,7 @@ struct GpuModel::Impl {
       for (int64_t m = 0; m < M; ++m) mk::batch_to_cols(B(per_batch[gi]) + m * BHN, B("drates"), MH, m * H, S, N, H);
       if (gi == 0) mk::scale(B("drates"), float(cfg.titans_base_lr), rows * MH);
       mk::act_backward(B(gates[gi][2]), B("drates"), B("dzlr"), rows * MH, 0.0, mk::Act::Sigmoid);
-      gemm(true, false, D, MH, rows, 1.0f, B("h"), D, B("dzlr"), MH, 1.0f, Gl(gates[gi][0]), MH);
+      gemm(true, false, D, MH, rows, 1.0f, X("h"), D, B("dzlr"), MH, 1.0f, Gl(gates[gi][0]), MH);
       col_sum(B("dzlr"), rows, MH, MH, Gl(gates[gi][1]), true);
       gemm(false, true, rows, D, MH, 1.0f, B("dzlr"), MH, Pl(gates[gi][0]), MH, 1.0f, B("dh"), D);
     }
@@ -456,11 +522,11 @@ struct GpuModel::Impl {
     const int64_t* pos = pos_dev.as<int64_t>();
     float* dx = B("dx");
     // ---- MLP: out = xmid + swiglu(h2) Wd
-    gemm(true, false, F, D, rows, 1.0f, B("mm"), F, dx, D, 1.0f, Gl("mlp.w_down"), D);
+    gemm(true, false, F, D, rows, 1.0f, X("mm"), F, dx, D, 1.0f, Gl("mlp.w_down"), D);
     gemm(false, true, rows, F, D, 1.0f, dx, D, Pl("mlp.w_down"), D, 0.0f, B("dmm"), F);
     mk::swiglu_backward(B("ga"), B("up"), B("dmm"), B("dga"), B("dup"), rows * F);
-    gemm(true, false, D, F, rows, 1.0f, B("h2"), D, B("dga"), F, 1.0f, Gl("mlp.w_gate"), F);
-    gemm(true, false, D, F, rows, 1.0f, B("h2"), D, B("dup"), F, 1.0f, Gl("mlp.w_up"), F);
+    gemm(true, false, D, F, rows, 1.0f, X("h2"), D, B("dga"), F, 1.0f, Gl("mlp.w_gate"), F);
+    gemm(true, false, D, F, rows, 1.0f, X("h2"), D, B("dup"), F, 1.0f, Gl("mlp.w_up"), F);
     gemm(false, true, rows, D, F, 1.0f, B("dga"), F, Pl("mlp.w_gate"), F, 0.0f, B("dh2"), D);
     gemm(false, true, rows, D, F, 1.0f, B("dup"), F, Pl("mlp.w_up"), F, 1.0f, B("dh2"), D);
     rms_norm_backward(B("xmid"), Pl("mlp_norm.weight"), B("rinv2"), B("dh2"), B("tmpD"), B("dwD"),
@@ -470,12 +536,12 @@ struct GpuModel::Impl {
     mk::copy2d(dx, D, dxm, D, rows, D);
     mk::axpy(dxm, B("tmpD"), 1.0f, rows * D);
     // ---- xmid = x + sum Wo
-    gemm(true, false, D, D, rows, 1.0f, B("sum"), D, dxm, D, 1.0f, Gl("wo"), D);
+    gemm(true, false, D, D, rows, 1.0f, X("sum"), D, dxm, D, 1.0f, Gl("wo"), D);
     gemm(false, true, rows, D, D, 1.0f, dxm, D, Pl("wo"), D, 0.0f, B("dsum"), D);
     // ---- memory output: sum = attn + normed * gate
     mk::gate_heads_backward(B("normed"), B("gate"), B("dsum"), B("dnormed"), B("dgate"), rows, H, d);
     mk::act_backward(B("zs"), B("dgate"), B("dzs"), rows * H, 0.0, mk::Act::Silu);
-    gemm(true, false, D, H, rows, 1.0f, B("h"), D, B("dzs"), H, 1.0f, Gl("ttt.scale.weight"), H);
+    gemm(true, false, D, H, rows, 1.0f, X("h"), D, B("dzs"), H, 1.0f, Gl("ttt.scale.weight"), H);
     col_sum(B("dzs"), rows, H, H, Gl("ttt.scale.bias"), true);
     gemm(false, true, rows, D, H, 1.0f, B("dzs"), H, Pl("ttt.scale.weight"), H, 0.0f, B("dh"), D);
     rms_norm_heads_backward(B("o"), Pl("ttt.o_norm.weight"), B("rinvo"), B("dnormed"), B("do"), B("dwD"),
@@ -518,7 +584,7 @@ struct GpuModel::Impl {
     if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, B("dvm"), dqkv + 2 * D, 3 * D, rows, D);
     else mk::copy2d(B("dvm"), D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
     // ---- qkv = h Wqkv; h = RMSNorm(x)
-    gemm(true, false, D, 3 * D, rows, 1.0f, B("h"), D, dqkv, 3 * D, 1.0f, Gl("wqkv"), 3 * D);
+    gemm(true, false, D, 3 * D, rows, 1.0f, X("h"), D, dqkv, 3 * D, 1.0f, Gl("wqkv"), 3 * D);
     gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, Pl("wqkv"), 3 * D, 1.0f, B("dh"), D);
     rms_norm_backward(x, Pl("attn_norm.weight"), B("rinv1"), B("dh"), B("tmpD"), B("dwD"), norm_work_for(rows, D),
                       rows, D, D);
@@ -602,8 +668,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.valid += y >= 0;
   }
   m.ensure_rows(rows, S, N);
-  m.need("logits", rows * V);
-  m.need("dlogits", backward ? rows * V : 1);
+  m.need("logits", rows * V);  // and, in place, their gradient
   m.need("hf", rows * D);
   m.need("rinvf", rows);
   m.need("row_loss", rows);
@@ -620,9 +685,15 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = i;
   upload(m.pos_dev, pos.data(), sizeof(int64_t) * size_t(rows));
 
-  mk::embedding_forward(m.P("embed.weight"), m.ids_dev.as<int32_t>(), m.xs[0].p(), rows, D);
-  for (int64_t l = 0; l < m.L; ++l) m.layer_forward(l, m.xs[size_t(l)].p(), m.xs[size_t(l + 1)].p(), S, N);
-  rms_norm_forward(m.xs[size_t(m.L)].p(), m.P("final_norm.weight"), m.B("hf"), m.B("rinvf"), rows, D, D, m.cfg.norm_eps);
+  mk::embedding_forward(m.P("embed.weight"), m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
+  m.keep_output(-1, rows);
+  for (int64_t l = 0; l < m.L; ++l) {
+    m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N);
+    m.keep_output(l, rows);
+  }
+  // The final norm's input: the last layer's output as kept (rounded in place with bf16 activations).
+  const float* x_final = m.layer_output(m.L - 1);
+  rms_norm_forward(x_final, m.P("final_norm.weight"), m.B("hf"), m.B("rinvf"), rows, D, D, m.cfg.norm_eps);
   m.gemm(false, false, rows, V, D, 1.0f, m.B("hf"), D, m.P("lm_head.weight"), V, 0.0f, m.B("logits"), V);
   cross_entropy_forward(m.B("logits"), m.tgt_dev.as<int32_t>(), m.B("lse_ce"), m.B("row_loss"), m.loss_dev.as<float>(),
                         m.valid_dev.as<int32_t>(), rows, V);
@@ -643,17 +714,20 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   // ---- backward
   const float ds = float(grad_scale);
   TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
+  float* dlogits = m.B("logits");  // in place: the logits are not needed after this
   cross_entropy_backward(m.B("logits"), m.tgt_dev.as<int32_t>(), m.B("lse_ce"), m.valid_dev.as<int32_t>(),
-                         m.dloss.as<float>(), m.B("dlogits"), rows, V);
-  m.gemm(true, false, D, V, rows, 1.0f, m.B("hf"), D, m.B("dlogits"), V, 1.0f, m.G("lm_head.weight"), V);
-  m.gemm(false, true, rows, D, V, 1.0f, m.B("dlogits"), V, m.P("lm_head.weight"), V, 0.0f, m.B("dh"), D);
-  rms_norm_backward(m.xs[size_t(m.L)].p(), m.P("final_norm.weight"), m.B("rinvf"), m.B("dh"), m.B("dx"), m.B("dwD"),
+                         m.dloss.as<float>(), dlogits, rows, V);
+  m.gemm(true, false, D, V, rows, 1.0f, m.B("hf"), D, dlogits, V, 1.0f, m.G("lm_head.weight"), V);
+  m.gemm(false, true, rows, D, V, 1.0f, dlogits, V, m.P("lm_head.weight"), V, 0.0f, m.B("dh"), D);
+  rms_norm_backward(x_final, m.P("final_norm.weight"), m.B("rinvf"), m.B("dh"), m.B("dx"), m.B("dwD"),
                     m.norm_work_for(rows, D), rows, D, D);
   mk::axpy(m.G("final_norm.weight"), m.B("dwD"), 1.0f, D);
   for (int64_t l = m.L - 1; l >= 0; --l) {
     // The work buffers hold the last layer's activations already; the others are recomputed from their input.
-    if (l != m.L - 1) m.layer_forward(l, m.xs[size_t(l)].p(), m.xs[size_t(l + 1)].p(), S, N);
-    m.layer_backward(l, m.xs[size_t(l)].p(), S, N);
+    // The recomputation's output (layer_output) is not kept again: it equals what the forward kept.
+    const float* x = m.layer_input(l, rows);
+    if (l != m.L - 1) m.layer_forward(l, x, m.layer_output(l), S, N);
+    m.layer_backward(l, x, S, N);
   }
   // Embedding: rows of the table gathered per distinct id (host-built CSR; fixed order).
   std::vector<int32_t> order(static_cast<size_t>(rows));
@@ -680,15 +754,23 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
 void GpuModel::apply_grad_mask(const std::vector<std::vector<uint8_t>>& mask) {
   Impl& m = *impl_;
   if (mask.empty()) return;
-  // Frozen elements: zero gradient (rare: TNT stage 2, which does not run on the GPU yet); done on the host.
-  std::vector<ag::Mat<float>> g;
-  download_grads(g);
-  for (size_t i = 0; i < mask.size() && i < g.size(); ++i)
-    for (size_t j = 0; j < mask[i].size(); ++j)
-      if (!mask[i][j]) g[i].data[j] = 0.0f;
-  for (size_t i = 0; i < g.size(); ++i)
-    TTT_CUDA_CHECK(cudaMemcpy(m.grads.p() + m.offset[i], g[i].data.data(), sizeof(float) * g[i].size(),
-                              cudaMemcpyHostToDevice));
+  // Frozen elements (TNT stage 2): zero gradient. The mask goes to the device once, flat like the gradients
+  // (all ones where a tensor has no mask), and is reused while the caller passes the same one.
+  TTT_CHECK(mask.size() == m.offset.size(), "GPU model: a gradient mask of " << mask.size() << " tensors for "
+                                                                              << m.offset.size() << " parameters");
+  if (mask != m.grad_mask_host) {
+    std::vector<uint8_t> flat(size_t(m.total), 1);
+    for (size_t i = 0; i < mask.size(); ++i) {
+      const int64_t n = (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i];
+      TTT_CHECK(mask[i].empty() || int64_t(mask[i].size()) == n,
+                "GPU model: the mask of '" << m.layout.names[i] << "' has " << mask[i].size() << " elements, not " << n);
+      std::copy(mask[i].begin(), mask[i].end(), flat.begin() + m.offset[i]);
+    }
+    m.grad_mask = DeviceBuffer(flat.size());
+    m.grad_mask.upload(flat.data(), flat.size());
+    m.grad_mask_host = mask;
+  }
+  mk::zero_where_masked(m.grads.p(), m.grad_mask.as<uint8_t>(), m.total);
 }
 
 double GpuModel::clip_grad_norm(double max_norm) {

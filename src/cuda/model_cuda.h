@@ -10,7 +10,14 @@
 //
 // Memory: the residual stream at every layer input is kept ([L+1] x rows x D); a layer's other activations
 // are recomputed from its input during the backward (one layer's worth of work buffers, reused by all layers),
-// so activation memory is ~ (L + 1) rows D + one layer, not L layers.
+// so activation memory is ~ (L + 1) rows D + one layer, not L layers. The logits' gradient overwrites the logits.
+//
+// Precision: `math` sets the products (fp32 | tf32 | bf16 operands, always fp32 accumulation); parameters,
+// gradients, optimizer moments and fast-weight state are fp32. With bf16 products, bf16_activations (the
+// default) also STORES activations in bf16: the residual stream kept across the step (half the memory) and the
+// activations that feed products (the normed inputs h and h2, the branch sum, the SwiGLU output), which the
+// products then read without a conversion pass; element-wise math runs in fp32 on values read from them, and
+// gradients flow in fp32 (a straight-through rounding, as CPU emulation BF16ActivationsEmulation reproduces).
 //
 // This header needs no CUDA headers.
 #pragma once
@@ -28,8 +35,12 @@ namespace ttt::cuda {
 
 struct GpuModelOptions {
   MathMode math = MathMode::FP32;  // the model's matrix products and the LaCT operator's (bf16 + Muon: tf32 there)
+  bool bf16_activations = true;    // with math BF16: store activations in bf16 (see above); ignored otherwise
   bool poison = false;             // fill every work buffer with NaN when allocated (tests)
 };
+
+// "bf16" -> true, "fp32" -> false (GpuModelOptions::bf16_activations); throws otherwise.
+bool parse_activations(const std::string& s);
 
 // Whether `cfg` can run on the GPU; if not, why (e.g. arch "tnt" / "titans", not on the GPU yet).
 bool gpu_supports(const model::ModelConfig& cfg, std::string* why = nullptr);
@@ -57,7 +68,8 @@ class GpuModel {
                  bool want_logits = false);
   void zero_grad();
   void download_grads(std::vector<ag::Mat<float>>& g) const;  // one matrix per parameter
-  // Zeroes the gradient of frozen elements (mask as train::trainable_mask; empty: nothing frozen).
+  // Zeroes the gradient of frozen elements on the device (mask as train::trainable_mask: one per parameter, each
+  // empty or of the parameter's size; empty list: nothing frozen).
   void apply_grad_mask(const std::vector<std::vector<uint8_t>>& mask);
   // Global L2 norm of the gradients (double); scales them by max_norm / norm when above max_norm > 0.
   double clip_grad_norm(double max_norm);

@@ -2,6 +2,7 @@
 // each and accumulate in double along a fixed shuffle tree, so results are deterministic.
 #include "cuda/model_kernels.h"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -216,8 +217,31 @@ __global__ void gate_bwd_k(const float* x, const float* gate, const float* dout,
   }
 }
 
-__global__ void swiglu_fwd_k(const float* a, const float* u, float* m, int64_t n) {
-  GRID_STRIDE(i, n) m[i] = silu_f(a[i]) * u[i];
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+template <class Out>
+__global__ void swiglu_fwd_k(const float* a, const float* u, Out* m, int64_t n) {
+  GRID_STRIDE(i, n) store_as(m + i, silu_f(a[i]) * u[i]);
+}
+__global__ void to_bf16_k(const float* src, int64_t lds, __nv_bfloat16* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    dst[r * ldd + c] = __float2bfloat16(src[r * lds + c]);
+  }
+}
+__global__ void zero_masked_k(float* p, const uint8_t* mask, int64_t n) {
+  GRID_STRIDE(i, n) if (!mask[i]) p[i] = 0.0f;
+}
+__global__ void from_bf16_k(const __nv_bfloat16* src, float* dst, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = __bfloat162float(src[i]);
+}
+__global__ void round_store_bf16_k(float* x, __nv_bfloat16* dst, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const __nv_bfloat16 h = __float2bfloat16(x[i]);
+    dst[i] = h;
+    x[i] = __bfloat162float(h);
+  }
 }
 __global__ void swiglu_bwd_k(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
   GRID_STRIDE(i, n) {
@@ -433,6 +457,30 @@ void gate_heads_backward(const float* x, const float* gate, const float* dout, f
 void swiglu_forward(const float* a, const float* u, float* m, int64_t n) {
   swiglu_fwd_k<<<grid_for(n), kThreads>>>(a, u, m, n);
   TTT_LAUNCH_CHECK("swiglu_forward");
+}
+void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n) {
+  swiglu_fwd_k<<<grid_for(n), kThreads>>>(a, u, reinterpret_cast<__nv_bfloat16*>(m), n);
+  TTT_LAUNCH_CHECK("swiglu_forward bf16");
+}
+void to_bf16(const float* src, int64_t lds, bf16* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  to_bf16_k<<<grid_for(rows * cols), kThreads>>>(src, lds, reinterpret_cast<__nv_bfloat16*>(dst), ldd, rows, cols);
+  TTT_LAUNCH_CHECK("to_bf16");
+}
+void zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
+  if (n <= 0) return;
+  zero_masked_k<<<grid_for(n), kThreads>>>(p, mask, n);
+  TTT_LAUNCH_CHECK("zero_where_masked");
+}
+void from_bf16(const bf16* src, float* dst, int64_t n) {
+  if (n <= 0) return;
+  from_bf16_k<<<grid_for(n), kThreads>>>(reinterpret_cast<const __nv_bfloat16*>(src), dst, n);
+  TTT_LAUNCH_CHECK("from_bf16");
+}
+void round_store_bf16(float* x, bf16* dst, int64_t n) {
+  if (n <= 0) return;
+  round_store_bf16_k<<<grid_for(n), kThreads>>>(x, reinterpret_cast<__nv_bfloat16*>(dst), n);
+  TTT_LAUNCH_CHECK("round_store_bf16");
 }
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
   swiglu_bwd_k<<<grid_for(n), kThreads>>>(a, u, dm, da, du, n);

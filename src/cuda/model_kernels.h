@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace ttt::cuda::mk {
 
 enum class Act { Identity, Silu, Sigmoid, Softplus };
@@ -17,6 +19,15 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
 void fill(float* p, float value, int64_t n);
 void axpy(float* y, const float* x, float a, int64_t n);  // y += a x
 void scale(float* p, float a, int64_t n);
+void zero_where_masked(float* p, const uint8_t* mask, int64_t n);  // p[i] = 0 where mask[i] == 0
+
+// ---- bf16 storage (the GPU model's bf16 activations; rounding to nearest even, as __float2bfloat16) ----------
+// dst[r, c] = bf16(src[r, c]) for a rows x cols block with leading dimensions.
+void to_bf16(const float* src, int64_t lds, bf16* dst, int64_t ldd, int64_t rows, int64_t cols);
+// dst = float(src), n elements.
+void from_bf16(const bf16* src, float* dst, int64_t n);
+// dst = bf16(x) and x = float(dst): x keeps exactly the value stored (n elements).
+void round_store_bf16(float* x, bf16* dst, int64_t n);
 
 // out[i, :] = table[ids[i], :] (ids on the device, checked on the host beforehand).
 void embedding_forward(const float* table, const int32_t* ids, float* out, int64_t n, int64_t D);
@@ -59,6 +70,7 @@ void gate_heads_backward(const float* x, const float* gate, const float* dout, f
 
 // m = silu(a) * u; backward da = dm * u * silu'(a), du = dm * silu(a).
 void swiglu_forward(const float* a, const float* u, float* m, int64_t n);
+void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n);  // m stored in bf16
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n);
 
 // W[h][i][i] += value for each of `batch` [rows, cols] matrices, i < min(rows, cols).

@@ -346,6 +346,7 @@ TrainResult train(const TrainOptions& opt) {
   if (opt.device == "cuda") {
     cuda::GpuModelOptions go;
     go.math = cuda::parse_math_mode(opt.precision);
+    go.bf16_activations = cuda::parse_activations(opt.activations);
     gpu = std::make_unique<cuda::GpuModel>(cfg, go);
   }
 #else
@@ -431,7 +432,8 @@ TrainResult train(const TrainOptions& opt) {
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
 #ifdef TTT_HAVE_CUDA
-    if (gpu) os << "\ndevice cuda: " << cuda::device_description() << ", " << opt.precision << " products";
+    if (gpu) os << "\ndevice cuda: " << cuda::device_description() << ", " << opt.precision << " products"
+                << (opt.precision == "bf16" ? ", " + opt.activations + " activations" : std::string());
 #endif
     if (resuming) os << "; continuing at step " << state.step;
     say(opt.log, os.str());

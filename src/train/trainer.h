@@ -37,6 +37,7 @@ struct TrainOptions {
   // parameters, gradients and AdamW moments on the GPU; checkpoints are the same files either way).
   std::string device = "cpu";
   std::string precision = "fp32";  // cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation and state)
+  std::string activations = "bf16";  // cuda with bf16 products: stored activations bf16 | fp32 (GpuModelOptions)
   // TNT stage 2 (a new run; opt.model is ignored): start from the stage-1 run `stage2_from` with local
   // chunk sizes `stage2_local_chunks` (one per local memory); train.steps <= 0 means stage2_fraction of
   // the stage-1 run's steps; an empty train.data_dir means the stage-1 run's data.
