@@ -30,6 +30,7 @@
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 #ifdef TTT_HAVE_CUDA
 #include "cuda/lact_cuda.h"
 #include "cuda/generate_cuda.h"
@@ -413,23 +414,8 @@ TEST(CudaModel, WholeTrainingStepMatchesCpu) {
 }
 
 namespace {
-
-std::string temp_dir(const std::string& tag) {
-  namespace fs = std::filesystem;
-  fs::path p = fs::temp_directory_path() / ("ttt_test_cuda_model_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
-
-std::vector<nlohmann::json> metrics(const std::string& run) {
-  std::istringstream in(read_file(run + "/metrics.jsonl"));
-  std::vector<nlohmann::json> out;
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
+std::string temp_dir(const std::string& tag) { return test_util::temp_dir("cuda_model_" + tag); }
+using test_util::read_metrics;
 }  // namespace
 
 // `ttt train --device cuda` end to end on a small corpus: the GPU run follows the CPU run step by step, an
@@ -437,18 +423,7 @@ std::vector<nlohmann::json> metrics(const std::string& run) {
 // resumes on the CPU (and the CPU's on the GPU).
 TEST(CudaModel, TrainsOnGpuAndResumesAcrossDevices) {
   REQUIRE_CUDA();
-  const std::string data = temp_dir("data"), base = temp_dir("runs");
-  {
-    Rng r(3);
-    const char* lines[] = {"the kernel maps the page. ", "the driver frees the buffer. ", "a task sleeps. "};
-    std::string tr, va;
-    for (int d = 0; d < 40; ++d, tr.push_back('\0'))
-      for (int i = 0; i < 12; ++i) tr += lines[r.below(3)];
-    for (int d = 0; d < 6; ++d, va.push_back('\0'))
-      for (int i = 0; i < 12; ++i) va += lines[r.below(3)];
-    data::save_byte_tokens(data + "/train.bin", tr, 40);
-    data::save_byte_tokens(data + "/val.bin", va, 6);
-  }
+  const std::string data = test_util::make_corpus("cuda_model_data"), base = temp_dir("runs");
   train::TrainOptions o;
   o.model = small_config();
   o.model.vocab_size = 256;  // byte tokens
@@ -467,7 +442,7 @@ TEST(CudaModel, TrainsOnGpuAndResumesAcrossDevices) {
   o.out_dir = base + "/gpu";
   const auto gpu = train::train(o);
   ASSERT_EQ(gpu.step, 6);
-  const auto mc = metrics(base + "/cpu"), mg = metrics(base + "/gpu");
+  const auto mc = read_metrics(base + "/cpu"), mg = read_metrics(base + "/gpu");
   ASSERT_EQ(mc.size(), 6u);
   ASSERT_EQ(mg.size(), 6u);
   for (size_t i = 0; i < 6; ++i)  // AdamW's first steps move by ~lr sign(g): fp32 rounding shows after a few steps
@@ -484,7 +459,7 @@ TEST(CudaModel, TrainsOnGpuAndResumesAcrossDevices) {
   r.device = "cuda";
   const auto resumed = train::train(r);
   EXPECT_EQ(resumed.step, 6);
-  const auto ms = metrics(base + "/gpu_split");
+  const auto ms = read_metrics(base + "/gpu_split");
   ASSERT_EQ(ms.size(), 6u);
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ(ms[i]["loss"].get<double>(), mg[i]["loss"].get<double>()) << "step " << i + 1;
   EXPECT_EQ(read_file(base + "/gpu/checkpoint/model.safetensors"),
@@ -555,29 +530,9 @@ TEST(CudaModel, GradientMaskZeroesExactlyTheFrozenElements) {
 // moves the local memories, and follows the CPU's stage 2 (the same steps on the CPU) in loss.
 TEST(CudaModel, Stage2OnGpuFreezesAllButTheLocalMemories) {
   REQUIRE_CUDA();
-  const std::string data = temp_dir("s2data"), base = temp_dir("s2runs");
-  {
-    Rng r(5);
-    const char* lines[] = {"the kernel maps the page. ", "the driver frees the buffer. ", "a task sleeps. "};
-    std::string tr, va;
-    for (int d = 0; d < 40; ++d, tr.push_back('\0'))
-      for (int i = 0; i < 12; ++i) tr += lines[r.below(3)];
-    for (int d = 0; d < 6; ++d, va.push_back('\0'))
-      for (int i = 0; i < 12; ++i) va += lines[r.below(3)];
-    data::save_byte_tokens(data + "/train.bin", tr, 40);
-    data::save_byte_tokens(data + "/val.bin", va, 6);
-  }
-  model::ModelConfig cfg = model::preset("tnt");
+  const std::string data = test_util::make_corpus("cuda_model_s2data"), base = temp_dir("s2runs");
+  model::ModelConfig cfg = test_util::small_tnt_config();
   cfg.vocab_size = 256;
-  cfg.dim = 16;
-  cfg.n_layers = 1;
-  cfg.n_attn_heads = 2;
-  cfg.n_mem_heads = 2;
-  cfg.window = 8;
-  cfg.global_chunk = 16;
-  cfg.local_chunks = {8, 4};
-  cfg.shard = 16;
-  cfg.mlp_hidden = 32;
   cfg.seq_len = 32;
   train::TrainOptions o;
   o.model = cfg;
@@ -602,7 +557,7 @@ TEST(CudaModel, Stage2OnGpuFreezesAllButTheLocalMemories) {
   o2.out_dir = base + "/stage2_gpu";
   const auto gpu = train::train(o2);
   ASSERT_EQ(gpu.step, 4);
-  const auto mc = metrics(base + "/stage2_cpu"), mg = metrics(base + "/stage2_gpu");
+  const auto mc = read_metrics(base + "/stage2_cpu"), mg = read_metrics(base + "/stage2_gpu");
   ASSERT_EQ(mc.size(), 4u);
   ASSERT_EQ(mg.size(), 4u);
   for (size_t i = 0; i < 4; ++i)

@@ -19,19 +19,20 @@
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #include "train/trainer.h"
+#include "train_test_util.h"
 
 using namespace ttt;
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test_util::make_corpus;
+using test_util::read_metrics;
 
 namespace {
+// Scratch directories of this file: ttt_test_train_<tag>_<pid>.
+std::string temp_dir(const std::string& tag) { return test_util::temp_dir("train_" + tag); }
+}  // namespace
 
-std::string temp_dir(const std::string& tag) {
-  fs::path p = fs::temp_directory_path() / ("ttt_test_train_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+namespace {
 
 // A small model: dim 32, 2 layers, seq_len 32.
 model::ModelConfig small_cfg() {
@@ -45,35 +46,6 @@ model::ModelConfig small_cfg() {
   c.seq_len = 32;
   c.mlp_hidden = 64;
   return c;
-}
-
-// A synthetic byte corpus: a handful of short repetitive "documents".
-std::string make_corpus(const std::string& tag) {
-  const std::string dir = temp_dir(tag);
-  const char* lines[] = {"the kernel maps the page. ", "the driver frees the buffer. ", "a task sleeps on the queue. ",
-                         "the lock protects the list. "};
-  auto build = [&](int docs, uint64_t seed) {
-    Rng r(seed);
-    std::string s;
-    for (int d = 0; d < docs; ++d) {
-      for (int i = 0; i < 12; ++i) s += lines[r.below(4)];
-      s.push_back('\0');
-    }
-    return s;
-  };
-  const std::string tr = build(40, 1), va = build(6, 2);
-  data::save_byte_tokens(dir + "/train.bin", tr, 40);
-  data::save_byte_tokens(dir + "/val.bin", va, 6);
-  return dir;
-}
-
-std::vector<json> read_metrics(const std::string& run_dir) {
-  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
-  std::vector<json> out;
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) out.push_back(json::parse(line));
-  return out;
 }
 
 }  // namespace
@@ -409,16 +381,7 @@ TEST(Train, LossFallsOnASyntheticCorpus) {
 TEST(Train, Stage2FreezesAllButTheLocalMemories) {
   const std::string data = make_corpus("stage2_data");
   const std::string base = temp_dir("stage2");
-  model::ModelConfig cfg = model::preset("tnt");
-  cfg.dim = 16;
-  cfg.n_layers = 1;
-  cfg.n_attn_heads = 2;
-  cfg.n_mem_heads = 2;
-  cfg.window = 8;
-  cfg.global_chunk = 16;
-  cfg.local_chunks = {8, 4};
-  cfg.shard = 16;
-  cfg.mlp_hidden = 32;
+  model::ModelConfig cfg = test_util::small_tnt_config();
   train::TrainOptions o;
   o.model = cfg;
   o.train.data_dir = data;

@@ -158,4 +158,32 @@ double elapsed_ms(const std::function<void()>& enqueue, void* stream) {
   return double(ms);
 }
 
+namespace {
+template <class T>
+__global__ void k_count_nonfinite(const T* x, int64_t n, unsigned long long* count) {
+  unsigned long long c = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    c += isfinite(double(x[i])) ? 0ull : 1ull;
+  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+  if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
+}
+}  // namespace
+
+template <class T>
+size_t count_nonfinite(const T* p, int64_t n, void* stream) {
+  if (n <= 0) return 0;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  DeviceBuffer c(sizeof(unsigned long long));
+  TTT_CUDA_CHECK(cudaMemsetAsync(c.as<void>(), 0, sizeof(unsigned long long), st));
+  const int blocks = int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 1 << 16)));
+  k_count_nonfinite<<<blocks, 256, 0, st>>>(p, n, c.as<unsigned long long>());
+  TTT_LAUNCH_CHECK("count_nonfinite");
+  unsigned long long h = 0;
+  TTT_CUDA_CHECK(cudaMemcpyAsync(&h, c.as<void>(), sizeof(h), cudaMemcpyDeviceToHost, st));
+  TTT_CUDA_CHECK(cudaStreamSynchronize(st));
+  return size_t(h);
+}
+template size_t count_nonfinite<float>(const float*, int64_t, void*);
+template size_t count_nonfinite<double>(const double*, int64_t, void*);
+
 }  // namespace ttt::cuda

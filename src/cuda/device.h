@@ -50,6 +50,10 @@ class DeviceBuffer {
 void* device_malloc(size_t bytes);
 void device_free(void* p, size_t bytes);
 
+// Number of non-finite elements of a device array of float or double (waits for `stream`; benches' checks).
+template <class T>
+size_t count_nonfinite(const T* p, int64_t n, void* stream = nullptr);
+
 // Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
 // `enqueue` puts on it (waits for the stream).
 double elapsed_ms(const std::function<void()>& enqueue, void* stream = nullptr);

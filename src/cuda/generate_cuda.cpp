@@ -37,20 +37,6 @@ lact::Norm lact_norm(const std::string& s) {
   return lact::Norm::None;
 }
 
-// W = A B + 0.5 I per head, on the host (memory_weights' low-rank parameterization).
-std::vector<float> low_rank_weight(const ag::Mat<float>& A, const ag::Mat<float>& B, int64_t H, int64_t rows,
-                                   int64_t cols, int64_t r) {
-  std::vector<float> W(static_cast<size_t>(H * rows * cols), 0.0f);
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < cols; ++j) {
-        double acc = i == j ? 0.5 : 0.0;
-        for (int64_t t = 0; t < r; ++t) acc += double(A(h * rows + i, t)) * double(B(h * r + t, j));
-        W[size_t((h * rows + i) * cols + j)] = float(acc);
-      }
-  return W;
-}
-
 }  // namespace
 
 struct GpuStreamer::Impl {
@@ -348,18 +334,23 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
     ly.pq = buf(H * C * d), ly.pk = buf(H * C * d), ly.pv = buf(H * C * d), ly.po = buf(H * C * d);
     ly.plr = buf(3 * H * C), ly.pmom = buf(H * C);
     ly.lact = std::make_unique<LactRunner<float>>(s, /*with_grad=*/false);
-    // Initial fast weights (memory_weights: the parameter, or A B + 0.5 I with low rank).
+    // Initial fast weights: model::memory_weights evaluated once on the host (the parameter, or with low rank
+    // the reference's A B + 0.5 I), then uploaded.
     std::vector<DeviceBuffer> resolved;
-    auto weight = [&](const std::string& name) -> const float* {
-      if (!cfg.low_rank_init || name == "ttt.w1") return m.P(pre + name);
-      const auto w = low_rank_weight(params.at(pre + name + ".a"), params.at(pre + name + ".b"), H, m.dh, d,
-                                     cfg.low_rank_rank);
-      resolved.emplace_back(sizeof(float) * w.size());
-      resolved.back().upload(w.data(), sizeof(float) * w.size());
-      return resolved.back().as<float>();
-    };
-    const float* w0 = weight("ttt.w0");
-    const float* w2 = weight("ttt.w2");
+    const float* w0 = m.P(pre + "ttt.w0");
+    const float* w2 = m.P(pre + "ttt.w2");
+    if (cfg.low_rank_init) {
+      ag::Tape<float> t;
+      model::LayerParams lp{[&](const std::string& n) { return t.constant(params.at(pre + n)); }};
+      const std::vector<ag::Var> w = model::memory_weights(t, cfg, lp, 0);  // w0, w1, w2
+      for (size_t i : {size_t(0), size_t(2)}) {
+        const ag::Mat<float>& v = t.val(w[i]);
+        resolved.emplace_back(sizeof(float) * v.data.size());
+        resolved.back().upload(v.data.data(), sizeof(float) * v.data.size());
+      }
+      w0 = resolved[0].as<float>();
+      w2 = resolved[1].as<float>();
+    }
     ly.lact->stream_init(w0, m.P(pre + "ttt.w1"), w2);
     TTT_CUDA_CHECK(cudaDeviceSynchronize());  // the resolved copies go out of scope
     // The recurrent state: ring buffers, the unfinished chunk, fast weights (+ momentum, + weight-norm targets).

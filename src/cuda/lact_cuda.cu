@@ -10,6 +10,7 @@
 // TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run).
 #include "cuda/lact_cuda.h"
 #include "cuda/check.cuh"
+#include "cuda/graph.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -364,14 +365,6 @@ __global__ void k_dot_final(const Acc* partial, int slices, T scale, T* out) {
   for (int i = threadIdx.x; i < slices; i += 32) acc += partial[b * slices + i];
   acc = warp_sum(acc);
   if (threadIdx.x == 0) out[b] = T(Acc(scale) * acc);
-}
-
-template <class T>
-__global__ void k_count_nonfinite(const T* x, int64_t n, unsigned long long* count) {
-  unsigned long long c = 0;
-  GRID_STRIDE(i, n) c += isfinite(double(x[i])) ? 0ull : 1ull;
-  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
-  if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
 }
 
 // ---- optional profile (env TTT_LACT_PROFILE=1): CUDA events around every backend step --------------------
@@ -1016,18 +1009,6 @@ class CudaOps {
   }
 };
 
-template <class T>
-size_t count_nonfinite(const T* p, int64_t n, cudaStream_t st) {
-  if (n == 0) return 0;
-  DeviceBuffer c(sizeof(unsigned long long));
-  TTT_CUDA_CHECK(cudaMemsetAsync(c.as<void>(), 0, sizeof(unsigned long long), st));
-  k_count_nonfinite<<<grid_for(n), kThreads, 0, st>>>(p, n, c.as<unsigned long long>());
-  TTT_LAUNCH_CHECK("count_nonfinite");
-  unsigned long long h = 0;
-  TTT_CUDA_CHECK(cudaMemcpyAsync(&h, c.as<void>(), sizeof(h), cudaMemcpyDeviceToHost, st));
-  TTT_CUDA_CHECK(cudaStreamSynchronize(st));
-  return size_t(h);
-}
 
 }  // namespace
 
@@ -1061,9 +1042,8 @@ struct LactRunner<T>::Impl {
   CudaOps<T> ops;
   lact::Fused<CudaOps<T>> fused;
   struct GraphCall {
-    std::vector<const void*> key;
-    cudaGraphExec_t exec = nullptr;
-    typename CudaOps<T>::Book post;
+    CachedGraph graph;
+    typename CudaOps<T>::Book post;  // the host bookkeeping the capture left, restored after each replay
   };
   GraphCall gf, gb;
   bool graphs = true;
@@ -1076,59 +1056,28 @@ struct LactRunner<T>::Impl {
   }
   ~Impl() {
     cudaStreamSynchronize(ops.stream());
-    for (GraphCall* g : {&gf, &gb})
-      if (g->exec) cudaGraphExecDestroy(g->exec);
   }
   template <class F>
   void run(GraphCall& gc, const std::vector<const void*>& key, F&& body) {
-    if (!graphs) {
-      body();
-      return;
-    }
     cudaStream_t st = ops.stream();
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    TTT_CUDA_CHECK(cudaStreamIsCapturing(st, &cs));
-    if (cs != cudaStreamCaptureStatusNone) {  // the stream is part of a caller's capture: record into it
+    if (!graphs || stream_is_capturing(st)) {  // a caller's capture: record into it
       body();
       return;
     }
-    if (gc.exec && gc.key == key) {
-      TTT_CUDA_CHECK(cudaGraphLaunch(gc.exec, st));
+    if (gc.graph.replay(st, key)) {
       ops.restore(gc.post);
       return;
     }
-    if (gc.exec) {
-      TTT_CUDA_CHECK(cudaStreamSynchronize(st));
-      cudaGraphExecDestroy(gc.exec);
-      gc.exec = nullptr;
-    }
     const auto pre = ops.snapshot();
-    cudaError_t e = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
-    bool ok = e == cudaSuccess;
-    cudaGraph_t graph = nullptr;
-    if (ok) {
-      try {
-        body();
-      } catch (...) {
-        ok = false;
-      }
-      e = cudaStreamEndCapture(st, &graph);
-    }
-    if (ok && e == cudaSuccess && graph) e = cudaGraphInstantiate(&gc.exec, graph, 0);
-    if (graph) cudaGraphDestroy(graph);
-    if (!ok || e != cudaSuccess || !gc.exec) {
-      cudaGetLastError();  // the failed capture's error; run this call (and every later one) eagerly
-      std::fprintf(stderr, "lact cuda: CUDA graph capture failed (%s); running without graphs\n",
-                   e != cudaSuccess ? cudaGetErrorString(e) : "a step threw during the capture");
-      gc.exec = nullptr;
+    std::string why;
+    if (!gc.graph.capture_and_launch(st, key, body, &why)) {
+      std::fprintf(stderr, "lact cuda: CUDA graph capture failed (%s); running without graphs\n", why.c_str());
       graphs = false;
       ops.restore(pre);
       body();
       return;
     }
-    gc.key = key;
     gc.post = ops.snapshot();
-    TTT_CUDA_CHECK(cudaGraphLaunch(gc.exec, st));
   }
 };
 

@@ -53,30 +53,22 @@ lact::Norm lact_norm(const std::string& s) {
   return lact::Norm::None;
 }
 
-// A device array of floats (or bytes) owned here; poisoned with NaN on allocation when asked.
-struct Buf {
+// A device array of T owned here, grown on demand; poisoned with NaN (all bits set: NaN in fp32 and in bf16) on
+// allocation when asked.
+template <class T>
+struct DeviceArray {
   DeviceBuffer b;
   int64_t n = 0;
-  float* p() const { return b.as<float>(); }
+  T* p() const { return b.as<T>(); }
   void ensure(int64_t want, bool poison) {
     if (want <= n) return;
-    b = DeviceBuffer(sizeof(float) * size_t(std::max<int64_t>(want, 1)));
+    b = DeviceBuffer(sizeof(T) * size_t(std::max<int64_t>(want, 1)));
     n = want;
     if (poison) b.fill_nan();
   }
 };
-// The same for bf16 storage (NaN poison: 0xFFFF is a bf16 NaN).
-struct Buf16 {
-  DeviceBuffer b;
-  int64_t n = 0;
-  bf16* p() const { return b.as<bf16>(); }
-  void ensure(int64_t want, bool poison) {
-    if (want <= n) return;
-    b = DeviceBuffer(sizeof(bf16) * size_t(std::max<int64_t>(want, 1)));
-    n = want;
-    if (poison) b.fill_nan();
-  }
-};
+using Buf = DeviceArray<float>;
+using Buf16 = DeviceArray<bf16>;
 
 }  // namespace
 

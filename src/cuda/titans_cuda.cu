@@ -8,9 +8,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <string>
 #include <vector>
 
 #include "cuda/check.cuh"
+#include "cuda/graph.cuh"
 #include "cuda/device.h"  // DeviceBuffer (tracked allocations)
 
 namespace ttt::cuda {
@@ -160,51 +163,31 @@ class TitansCudaOps {
 }  // namespace
 
 // A captured CUDA graph of one call (forward or backward), valid for the pointers it was captured with.
-struct GraphCache {
-  cudaGraphExec_t exec = nullptr;
-  std::vector<const void*> key;
-  ~GraphCache() {
-    if (exec) cudaGraphExecDestroy(exec);
-  }
-};
-
 template <class T>
 struct TitansRunner<T>::Impl {
   TitansCudaOps<T> ops;
   titans::Memory<TitansCudaOps<T>> mem;
   bool graphs;
-  GraphCache fwd, bwd;
+  CachedGraph fwd, bwd;
+  std::vector<const void*> fkey;  // pointers of the last forward()
   Impl(const titans::MemoryShape& s, bool with_grad, const TitansOptions& opt)
       : ops(titans::max_dot_batch(s), opt), mem(ops, s, with_grad), graphs(opt.graphs) {}
 
   // Runs body() eagerly, or (graphs) replays the graph captured for this key, capturing it first.
   template <class F>
-  void run(GraphCache& cache, const std::vector<const void*>& key, F body) {
-    if (!graphs) {
+  void run(CachedGraph& graph, const std::vector<const void*>& key, F body) {
+    cudaStream_t st = ops.stream();
+    if (!graphs || stream_is_capturing(st)) {
       body();
       return;
     }
-    cudaStream_t st = ops.stream();
-    if (!cache.exec || cache.key != key) {
-      if (cache.exec) cudaGraphExecDestroy(cache.exec);
-      cache.exec = nullptr;
-      TTT_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-      cudaGraph_t graph = nullptr;
-      try {
-        body();
-      } catch (...) {
-        cudaStreamEndCapture(st, &graph);
-        if (graph) cudaGraphDestroy(graph);
-        cudaGetLastError();
-        throw;
-      }
-      TTT_CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-      const cudaError_t e = cudaGraphInstantiate(&cache.exec, graph, 0);
-      cudaGraphDestroy(graph);
-      TTT_CUDA_CHECK(e);
-      cache.key = key;
+    if (graph.replay(st, key)) return;
+    std::string why;
+    if (!graph.capture_and_launch(st, key, body, &why)) {
+      std::fprintf(stderr, "titans cuda: CUDA graph capture failed (%s); running without graphs\n", why.c_str());
+      graphs = false;
+      body();
     }
-    TTT_CUDA_CHECK(cudaGraphLaunch(cache.exec, st));
   }
 };
 
@@ -218,13 +201,13 @@ template <class T>
 TitansRunner<T>::~TitansRunner() = default;
 template <class T>
 void TitansRunner<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
-  impl_->run(impl_->fwd, {in.q, in.k, in.v, in.w1, in.w2, in.theta, in.eta, in.alpha, o},
-             [&] { impl_->mem.forward(in, o); });
+  impl_->fkey = {in.q, in.k, in.v, in.w1, in.w2, in.theta, in.eta, in.alpha, o};
+  impl_->run(impl_->fwd, impl_->fkey, [&] { impl_->mem.forward(in, o); });
 }
 template <class T>
 void TitansRunner<T>::backward(const T* grad_o, const titans::MemoryGrads<T>& g) {
-  // The backward graph also bakes in the forward's inputs: key on the forward graph's key too.
-  std::vector<const void*> key = impl_->fwd.key;
+  // The backward graph also bakes in the forward's inputs: key on the last forward's pointers too.
+  std::vector<const void*> key = impl_->fkey;
   for (const void* p : {static_cast<const void*>(grad_o), static_cast<const void*>(g.q), static_cast<const void*>(g.k),
                         static_cast<const void*>(g.v), static_cast<const void*>(g.w1), static_cast<const void*>(g.w2),
                         static_cast<const void*>(g.theta), static_cast<const void*>(g.eta),

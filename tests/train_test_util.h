@@ -1,0 +1,72 @@
+// Shared by the training tests (CPU and GPU): scratch directories, a synthetic byte corpus, a run's metrics, and
+// the small TNT model of the stage-2 tests.
+#pragma once
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/file_io.h"
+#include "core/rng.h"
+#include "data/tokens.h"
+#include "model/config.h"
+
+namespace ttt::test_util {
+
+// A fresh empty directory under the system temp dir, unique to this process.
+inline std::string temp_dir(const std::string& tag) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::temp_directory_path() / ("ttt_test_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+// A synthetic byte corpus in a fresh directory (train.bin: 40 documents, val.bin: 6): short repetitive "documents"
+// of 12 lines each, so a small model learns something in a few steps.
+inline std::string make_corpus(const std::string& tag) {
+  const std::string dir = temp_dir(tag);
+  const char* lines[] = {"the kernel maps the page. ", "the driver frees the buffer. ", "a task sleeps on the queue. ",
+                         "the lock protects the list. "};
+  auto build = [&](int docs, uint64_t seed) {
+    Rng r(seed);
+    std::string s;
+    for (int d = 0; d < docs; ++d) {
+      for (int i = 0; i < 12; ++i) s += lines[r.below(4)];
+      s.push_back('\0');
+    }
+    return s;
+  };
+  data::save_byte_tokens(dir + "/train.bin", build(40, 1), 40);
+  data::save_byte_tokens(dir + "/val.bin", build(6, 2), 6);
+  return dir;
+}
+
+// The lines of a run's metrics.jsonl.
+inline std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
+  std::istringstream in(read_file(run_dir + "/metrics.jsonl"));
+  std::vector<nlohmann::json> out;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// A small TNT model (one layer, width 16, global chunk 16, locals 8 and 4, shard 16) for stage-2 runs.
+inline model::ModelConfig small_tnt_config() {
+  model::ModelConfig cfg = model::preset("tnt");
+  cfg.dim = 16;
+  cfg.n_layers = 1;
+  cfg.n_attn_heads = 2;
+  cfg.n_mem_heads = 2;
+  cfg.window = 8;
+  cfg.global_chunk = 16;
+  cfg.local_chunks = {8, 4};
+  cfg.shard = 16;
+  cfg.mlp_hidden = 32;
+  return cfg;
+}
+
+}  // namespace ttt::test_util
