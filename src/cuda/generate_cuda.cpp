@@ -337,9 +337,12 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
     // Initial fast weights: model::memory_weights evaluated once on the host (the parameter, or with low rank
     // the reference's A B + 0.5 I), then uploaded.
     std::vector<DeviceBuffer> resolved;
-    const float* w0 = m.P(pre + "ttt.w0");
-    const float* w2 = m.P(pre + "ttt.w2");
-    if (cfg.low_rank_init) {
+    const float* w0 = nullptr;
+    const float* w2 = nullptr;
+    if (!cfg.low_rank_init) {
+      w0 = m.P(pre + "ttt.w0");
+      w2 = m.P(pre + "ttt.w2");
+    } else {
       ag::Tape<float> t;
       model::LayerParams lp{[&](const std::string& n) { return t.constant(params.at(pre + n)); }};
       const std::vector<ag::Var> w = model::memory_weights(t, cfg, lp, 0);  // w0, w1, w2
