@@ -118,6 +118,9 @@ TEST(CliErrors, UnknownFlagForEveryCommand) {
   expect_clean_failure("train --device tpu", "cpu or cuda");
   expect_clean_failure("eval --checkpoint x --device tpu", "cpu or cuda");
   expect_clean_failure("train --precision bf16", "--device cuda");
+  expect_clean_failure("train --activations fp32", "--precision bf16");
+  expect_clean_failure("eval --checkpoint x --activations fp32", "--precision bf16");
+  expect_clean_failure("bench step --activations fp32", "--device cuda");
 }
 
 TEST(CliErrors, MissingCheckpoint) {
