@@ -33,6 +33,9 @@ struct LactOptions {
   bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
+  // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
+  // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
+  bool graphs = true;
 };
 
 // "fp32" | "tf32" | "bf16" -> options (throws on anything else); and back.
