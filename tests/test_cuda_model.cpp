@@ -507,7 +507,8 @@ TEST(CudaModel, GradientMaskZeroesExactlyTheFrozenElements) {
     gm.forward(b, true);
     std::vector<ag::Mat<float>> before, after;
     gm.download_grads(before);
-    gm.apply_grad_mask(mask);
+    gm.set_trainable(mask);
+    gm.apply_grad_mask();
     gm.download_grads(after);
     int64_t zeroed = 0, kept = 0;
     for (size_t i = 0; i < before.size(); ++i)
@@ -523,7 +524,7 @@ TEST(CudaModel, GradientMaskZeroesExactlyTheFrozenElements) {
   }
   std::vector<std::vector<uint8_t>> wrong(p.values.size());
   wrong[0].assign(3, 1);
-  EXPECT_THROW(gm.apply_grad_mask(wrong), Error);
+  EXPECT_THROW(gm.set_trainable(wrong), Error);
 }
 
 // TNT stage 2 on the GPU: from a CPU stage-1 run, the GPU fine-tune keeps every frozen element bit-identical,

@@ -81,9 +81,7 @@ struct GpuModel::Impl {
   std::vector<int64_t> offset;
   int64_t total = 0;
   Buf params, grads, adam_m, adam_v;
-  DeviceBuffer masks;           // per-element trainable mask (bytes), when set
-  DeviceBuffer grad_mask;       // apply_grad_mask's mask, flat, and the host copy it was made from
-  std::vector<std::vector<uint8_t>> grad_mask_host;
+  DeviceBuffer masks;           // per-element trainable mask (bytes, flat like the parameters), when set
   bool have_masks = false;
   std::vector<int64_t> mask_offsets;
   DeviceBuffer dloss;           // device scalar: the CE backward's upstream gradient
@@ -743,26 +741,31 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   return res;
 }
 
-void GpuModel::apply_grad_mask(const std::vector<std::vector<uint8_t>>& mask) {
+void GpuModel::set_trainable(const std::vector<std::vector<uint8_t>>& mask) {
   Impl& m = *impl_;
-  if (mask.empty()) return;
-  // Frozen elements (TNT stage 2): zero gradient. The mask goes to the device once, flat like the gradients
-  // (all ones where a tensor has no mask), and is reused while the caller passes the same one.
-  TTT_CHECK(mask.size() == m.offset.size(), "GPU model: a gradient mask of " << mask.size() << " tensors for "
-                                                                              << m.offset.size() << " parameters");
-  if (mask != m.grad_mask_host) {
-    std::vector<uint8_t> flat(size_t(m.total), 1);
-    for (size_t i = 0; i < mask.size(); ++i) {
-      const int64_t n = (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i];
-      TTT_CHECK(mask[i].empty() || int64_t(mask[i].size()) == n,
-                "GPU model: the mask of '" << m.layout.names[i] << "' has " << mask[i].size() << " elements, not " << n);
-      std::copy(mask[i].begin(), mask[i].end(), flat.begin() + m.offset[i]);
-    }
-    m.grad_mask = DeviceBuffer(flat.size());
-    m.grad_mask.upload(flat.data(), flat.size());
-    m.grad_mask_host = mask;
+  m.have_masks = false;
+  for (auto& t : mask) m.have_masks = m.have_masks || !t.empty();
+  if (!m.have_masks) {
+    m.masks = DeviceBuffer();
+    return;
   }
-  mk::zero_where_masked(m.grads.p(), m.grad_mask.as<uint8_t>(), m.total);
+  TTT_CHECK(mask.size() == m.offset.size(), "GPU model: a trainable mask of " << mask.size() << " tensors for "
+                                                                               << m.offset.size() << " parameters");
+  // One flat byte array like the parameters (all ones where a tensor has no mask), uploaded once.
+  std::vector<uint8_t> flat(size_t(m.total), 1);
+  for (size_t i = 0; i < mask.size(); ++i) {
+    const int64_t n = (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i];
+    TTT_CHECK(mask[i].empty() || int64_t(mask[i].size()) == n,
+              "GPU model: the mask of '" << m.layout.names[i] << "' has " << mask[i].size() << " elements, not " << n);
+    std::copy(mask[i].begin(), mask[i].end(), flat.begin() + m.offset[i]);
+  }
+  m.masks = DeviceBuffer(flat.size());
+  m.masks.upload(flat.data(), flat.size());
+}
+
+void GpuModel::apply_grad_mask() {
+  Impl& m = *impl_;
+  if (m.have_masks) mk::zero_where_masked(m.grads.p(), m.masks.as<uint8_t>(), m.total);
 }
 
 double GpuModel::clip_grad_norm(double max_norm) {
@@ -783,16 +786,7 @@ void GpuModel::upload_optimizer(const train::AdamW& opt) {
     TTT_CUDA_CHECK(cudaMemcpy(m.adam_v.p() + m.offset[i], opt.v()[i].data(), sizeof(float) * opt.v()[i].size(),
                               cudaMemcpyHostToDevice));
   }
-  // Trainable masks as one flat byte array (all ones where a tensor has no mask).
-  m.have_masks = false;
-  for (auto& t : opt.trainable()) m.have_masks = m.have_masks || !t.empty();
-  if (m.have_masks) {
-    std::vector<uint8_t> flat(size_t(m.total), 1);
-    for (size_t i = 0; i < opt.trainable().size(); ++i)
-      std::copy(opt.trainable()[i].begin(), opt.trainable()[i].end(), flat.begin() + m.offset[i]);
-    m.masks = DeviceBuffer(flat.size());
-    m.masks.upload(flat.data(), flat.size());
-  }
+  set_trainable(opt.trainable());
 }
 
 void GpuModel::adamw_step(train::AdamW& opt, double lr) {

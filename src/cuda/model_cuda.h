@@ -68,9 +68,11 @@ class GpuModel {
                  bool want_logits = false);
   void zero_grad();
   void download_grads(std::vector<ag::Mat<float>>& g) const;  // one matrix per parameter
-  // Zeroes the gradient of frozen elements on the device (mask as train::trainable_mask: one per parameter, each
-  // empty or of the parameter's size; empty list: nothing frozen).
-  void apply_grad_mask(const std::vector<std::vector<uint8_t>>& mask);
+  // The trainable elements (mask as train::trainable_mask: one per parameter, each empty or of the parameter's
+  // size; empty list: all trainable), uploaded once; upload_optimizer sets it from the optimizer's. Frozen
+  // elements keep their gradient zeroed by apply_grad_mask and are left untouched by adamw_step.
+  void set_trainable(const std::vector<std::vector<uint8_t>>& mask);
+  void apply_grad_mask();  // zeroes the gradient of frozen elements on the device (nothing without a mask)
   // Global L2 norm of the gradients (double); scales them by max_norm / norm when above max_norm > 0.
   double clip_grad_norm(double max_norm);
   // One AdamW step on the device: the arithmetic of train::AdamW::step (its config, decay flags and trainable

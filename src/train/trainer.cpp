@@ -480,7 +480,7 @@ TrainResult train(const TrainOptions& opt) {
                                                                << "; try a lower --lr or a smaller --clip");
 #ifdef TTT_HAVE_CUDA
     if (gpu) {
-      gpu->apply_grad_mask(mask);
+      gpu->apply_grad_mask();  // the optimizer's trainable mask, on the device since upload_optimizer
       gnorm = gpu->clip_grad_norm(tc.clip);
     } else
 #endif
