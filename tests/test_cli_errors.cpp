@@ -7,51 +7,19 @@
 #include <filesystem>
 #include <string>
 
+#include "cli_test_util.h"
 #include "core/file_io.h"
 #include "data/tokens.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
 
 using namespace ttt;
+using ttt::test::expect_clean_failure;
+using ttt::test::run_cli;
+using ttt::test::RunResult;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct RunResult {
-  int status = 0;      // raw wait status
-  std::string output;  // stdout + stderr
-};
-
-// Runs `ttt <args>` (under a 60 s timeout) and captures its output.
-RunResult run_cli(const std::string& args) {
-  const std::string cmd = "timeout 60 " + std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
-  RunResult r;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) {
-    r.status = -1;
-    return r;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
-  r.status = pclose(f);
-  return r;
-}
-
-// Non-zero exit with a message containing `word`, no signal, no timeout.
-void expect_clean_failure(const std::string& args, const std::string& word) {
-  SCOPED_TRACE("ttt " + args);
-  RunResult r = run_cli(args);
-  ASSERT_NE(r.status, -1) << "could not run the binary";
-  ASSERT_FALSE(WIFSIGNALED(r.status)) << "killed by signal " << WTERMSIG(r.status) << "\n" << r.output;
-  ASSERT_TRUE(WIFEXITED(r.status));
-  const int code = WEXITSTATUS(r.status);
-  EXPECT_NE(code, 0) << r.output;
-  EXPECT_NE(code, 124) << "timed out (hang)\n" << r.output;
-  EXPECT_LT(code, 124) << "crashed (exit " << code << ", a signal through the shell)\n" << r.output;
-  EXPECT_NE(r.output.find(word), std::string::npos) << "message lacks '" << word << "':\n" << r.output;
-  EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
-}
 
 struct Fixture {
   fs::path dir;

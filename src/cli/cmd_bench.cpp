@@ -475,9 +475,4 @@ int cmd_bench_op(const Argv& argv) {
   return 0;
 }
 
-int cmd_bench(const Argv& argv) {
-  TTT_FAIL("ttt bench: use a subcommand: 'ttt bench op' (the LaCT operator) or 'ttt bench tnt' (the TNT branch "
-           "against Titans)");
-}
-
 }  // namespace ttt::cli

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <omp.h>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -12,6 +13,7 @@
 #include "data/tokens.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/memory_budget.h"
 #ifdef TTT_HAVE_CUDA
 #include "cuda/model_cuda.h"
 #endif
@@ -52,10 +54,6 @@ int cmd_eval(const Argv& argv) {
   else if (ck.has_state) data_dir = ck.state.train.data_dir;
   const std::string val_path = (std::filesystem::path(data_dir) / "val.bin").string();
   TTT_CHECK(file_exists(val_path), "ttt eval: no validation tokens at '" << val_path << "' (give --data DIR)");
-  data::TokenFile vf = data::load_tokens(val_path);
-  TTT_CHECK(int64_t(vf.vocab) <= ck.cfg.vocab_size, "ttt eval: '" << val_path << "' has vocabulary " << vf.vocab
-                                                                  << ", larger than the model's " << ck.cfg.vocab_size);
-
   train::EvalOptions eo;
   eo.batches = a.i64("batches");
   eo.batch = a.i64("batch");
@@ -65,6 +63,28 @@ int cmd_eval(const Argv& argv) {
   TTT_CHECK(eo.batch > 0, "ttt eval: --batch must be > 0, got " << eo.batch);
   TTT_CHECK(eo.buckets > 0, "ttt eval: --buckets must be > 0, got " << eo.buckets);
   TTT_CHECK(eo.context > 0, "ttt eval: --context must be > 0, got " << eo.context);
+  {
+    // Before loading and allocating: absurd --batch/--batches/--context or a model too large end here, named.
+    train::MemoryRequest mr;
+    mr.device = device;
+    mr.bf16 = a.str("precision") == "bf16";
+    mr.bf16_activations = mr.bf16 && a.str("activations") == "bf16";
+    mr.threads = omp_get_max_threads();
+    mr.eval_windows = double(eo.batches) * double(eo.batch);
+    mr.eval_context = eo.context;
+    mr.eval_batch = eo.batch;
+    mr.eval_flags = "--batches " + std::to_string(eo.batches) + " x --batch " + std::to_string(eo.batch);
+    if (device == "cpu") mr.token_files = {val_path};
+    train::require_memory("ttt eval", train::estimate_memory(ck.cfg, mr));
+    if (device == "cuda") {
+      train::MemoryRequest host;
+      host.token_files = {val_path};
+      train::require_memory("ttt eval", train::estimate_memory(ck.cfg, host));
+    }
+  }
+  data::TokenFile vf = data::load_tokens(val_path);
+  TTT_CHECK(int64_t(vf.vocab) <= ck.cfg.vocab_size, "ttt eval: '" << val_path << "' has vocabulary " << vf.vocab
+                                                                  << ", larger than the model's " << ck.cfg.vocab_size);
   train::EvalResult r;
 #ifdef TTT_HAVE_CUDA
   if (device == "cuda") {

@@ -1,4 +1,5 @@
 // ttt op lact: the LaCT operator on the user's own tensors.
+#include <cmath>
 #include <cstdio>
 
 #include "cli/args.h"
@@ -7,6 +8,30 @@
 #include "ttt/lact_op.h"
 
 namespace ttt::cli {
+
+void require_finite_outputs(const std::string& command, const SafeTensors& inputs, const SafeTensors& outputs) {
+  std::string bad;
+  int64_t n_bad = 0;
+  for (const auto& [name, t] : outputs.tensors) {
+    const Tensor c = t.contiguous();
+    int64_t n = 0;
+    for (int64_t i = 0; i < c.numel(); ++i) n += !std::isfinite(c.get(i));
+    if (n == 0) continue;
+    bad += (bad.empty() ? "" : ", ") + name + " (" + std::to_string(n) + " of " + std::to_string(c.numel()) + ")";
+    n_bad += n;
+  }
+  if (n_bad == 0) return;
+  double largest = 0;
+  std::string largest_name;
+  for (const auto& [name, t] : inputs.tensors) {
+    const Tensor c = t.contiguous();
+    for (int64_t i = 0; i < c.numel(); ++i)
+      if (std::fabs(c.get(i)) > largest) largest = std::fabs(c.get(i)), largest_name = name;
+  }
+  TTT_FAIL(command << ": the outputs hold NaN/Inf values although every input is finite: " << bad
+                   << "; the arithmetic overflowed (largest input magnitude " << largest << ", in '" << largest_name
+                   << "'); scale the inputs down or use float64. Nothing was written.");
+}
 
 int cmd_op_lact(const Argv& argv) {
   Args a(argv, "op lact");
@@ -42,6 +67,7 @@ int cmd_op_lact(const Argv& argv) {
             "ttt op lact: --precision " << opt.precision << " needs --device cuda");
   SafeTensors in = safetensors_load(a.str("in"));
   SafeTensors out = backend->lact(in, opt);
+  require_finite_outputs("ttt op lact", in, out);
   safetensors_save(a.str("out"), out);
   std::fprintf(stderr, "ttt op lact: wrote %zu tensors to %s\n", out.tensors.size(), a.str("out").c_str());
   return 0;

@@ -52,6 +52,7 @@ int cmd_op_tnt(const Argv& argv) {
   if (device == "cuda") backend = &engine::tnt_cuda_backend();
 #endif
   SafeTensors out = backend->tnt(in, opt);
+  require_finite_outputs("ttt op tnt", in, out);
   safetensors_save(a.str("out"), out);
   std::fprintf(stderr, "ttt op tnt: wrote %zu tensors to %s\n", out.tensors.size(), a.str("out").c_str());
   return 0;

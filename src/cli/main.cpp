@@ -4,6 +4,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -24,7 +25,6 @@ const std::map<std::string, Command>& commands() {
       {"bench op", {ttt::cli::cmd_bench_op, "time the LaCT operator forward and forward+backward; prints JSON"}},
       {"bench tnt", {ttt::cli::cmd_bench_tnt, "time the TNT branch (sharded vs sequential) and Titans; prints JSON"}},
       {"bench step", {ttt::cli::cmd_bench_step, "time one training step of a model preset (tokens/s, memory); prints JSON"}},
-      {"bench", {ttt::cli::cmd_bench, "benchmarks (ttt bench --help)"}},
       {"prepare", {ttt::cli::cmd_prepare, "turn text files into train/validation token files"}},
       {"train", {ttt::cli::cmd_train, "train a model (no flags: the tiny preset on the default corpus)"}},
       {"eval", {ttt::cli::cmd_eval, "evaluate a checkpoint on validation data; prints JSON"}},
@@ -38,10 +38,26 @@ void print_usage() {
   for (auto& [name, c] : commands()) std::fprintf(stderr, "  %-14s %s\n", name.c_str(), c.help);
 }
 
+// The two-word commands of a group ("bench" -> "bench op", "bench step", ...); empty if `group` is none.
+std::vector<std::string> subcommands(const std::string& group) {
+  std::vector<std::string> out;
+  for (auto& [name, c] : commands())
+    if (name.rfind(group + " ", 0) == 0) out.push_back(name);
+  return out;
+}
+
+void print_group_usage(FILE* to, const std::string& group) {
+  std::fprintf(to, "usage: ttt %s <subcommand> [flags]   (ttt %s <subcommand> --help)\n\nsubcommands:\n", group.c_str(),
+               group.c_str());
+  for (auto& name : subcommands(group)) std::fprintf(to, "  %-14s %s\n", name.c_str(), commands().at(name).help);
+}
+
+bool is_help(const std::string& a) { return a == "--help" || a == "-h" || a == "help"; }
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" || std::string(argv[1]) == "help") {
+  if (argc < 2 || is_help(argv[1])) {
     print_usage();
     return argc < 2 ? 2 : 0;
   }
@@ -58,6 +74,17 @@ int main(int argc, char** argv) {
     cmd = &table.at(one);
   }
   if (!cmd) {
+    // A group of two-word commands ("ttt bench", "ttt op --help"): list its subcommands.
+    if (!subcommands(one).empty()) {
+      if (argc >= 3 && is_help(argv[2])) {
+        print_group_usage(stdout, one);
+        return 0;
+      }
+      if (argc < 3) std::fprintf(stderr, "ttt %s: a subcommand is required\n\n", one.c_str());
+      else std::fprintf(stderr, "ttt: unknown subcommand '%s'\n\n", two.c_str());
+      print_group_usage(stderr, one);
+      return 2;
+    }
     std::fprintf(stderr, "ttt: unknown command '%s'\n\n", two.empty() || argv[2][0] == '-' ? one.c_str() : two.c_str());
     print_usage();
     return 2;

@@ -14,6 +14,11 @@
 namespace ttt {
 
 std::string read_file(const std::string& path) {
+  // Only regular files: a directory would read as 0 bytes, a FIFO or device could block forever.
+  struct stat st;
+  TTT_CHECK(::stat(path.c_str(), &st) == 0, "cannot open '" << path << "': " << std::strerror(errno));
+  TTT_CHECK(!S_ISDIR(st.st_mode), "'" << path << "' is a directory, expected a file");
+  TTT_CHECK(S_ISREG(st.st_mode), "'" << path << "' is not a regular file");
   std::ifstream in(path, std::ios::binary);
   TTT_CHECK(in.good(), "cannot open '" << path << "': " << std::strerror(errno));
   std::ostringstream ss;

@@ -238,11 +238,12 @@ struct GpuStreamer::Impl {
   }
 };
 
-GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& params) : impl_(std::make_unique<Impl>()) {
+GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& params) {
   model::validate(cfg);
   std::string why;
   TTT_CHECK(gpu_streaming_supports(cfg, &why), "GPU generation: " << why);
   TTT_CHECK(device_count(&why) > 0, "GPU generation: no CUDA device (" << why << ")");
+  impl_ = std::make_unique<Impl>();  // after the device check: Impl opens a cuBLAS handle
   Impl& m = *impl_;
   m.cfg = cfg;
   m.D = cfg.dim, m.H = cfg.n_mem_heads, m.d = cfg.head_dim_mem(), m.dh = cfg.mem_hidden_dim();

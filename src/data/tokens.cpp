@@ -1,6 +1,7 @@
 #include "data/tokens.h"
 
 #include <cstring>
+#include <fstream>
 
 #include "core/error.h"
 #include "core/file_io.h"
@@ -159,6 +160,21 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
 TokenFile load_tokens(const std::string& path) {
   TTT_CHECK(file_exists(path), "token file '" << path << "' does not exist (run `ttt prepare --input <text>` first)");
   return parse_tokens(read_file(path), path);
+}
+
+TokenFileHeader read_token_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TTT_CHECK(in.good(), "token file '" << path << "' cannot be opened");
+  unsigned char h[kTokenHeaderBytes];
+  in.read(reinterpret_cast<char*>(h), sizeof h);
+  TTT_CHECK(in.gcount() == std::streamsize(sizeof h), "token file '" << path << "': truncated header");
+  TTT_CHECK(std::memcmp(h, kTokenMagic, sizeof(kTokenMagic)) == 0, "token file '" << path << "': bad magic (not a TTTTOK token file)");
+  TokenFileHeader r;
+  r.vocab = get_u32(h + 12);
+  r.token_width = get_u32(h + 16);
+  r.n_tokens = get_u64(h + 24);
+  r.n_documents = get_u64(h + 32);
+  return r;
 }
 
 void save_tokens(const std::string& path, const TokenFile& tf) { write_file_atomic(path, serialize_tokens(tf)); }

@@ -68,6 +68,12 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin);
 std::string serialize_byte_tokens(std::string_view payload, uint64_t n_documents);
 
 TokenFile load_tokens(const std::string& path);
+// The header fields of a token file, read without its payload (checks the magic; the payload is not checked).
+struct TokenFileHeader {
+  uint32_t vocab = 0, token_width = 0;
+  uint64_t n_tokens = 0, n_documents = 0;
+};
+TokenFileHeader read_token_header(const std::string& path);
 void save_tokens(const std::string& path, const TokenFile& tf);                             // atomic
 void save_byte_tokens(const std::string& path, std::string_view payload, uint64_t n_documents);  // atomic
 

@@ -17,6 +17,7 @@
 #include "data/tokens.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/memory_budget.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
 #ifdef TTT_HAVE_CUDA
@@ -333,6 +334,36 @@ TrainResult train(const TrainOptions& opt) {
   TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
   const std::string ckpt_dir = (fs::path(run_dir) / "checkpoint").string();
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
+
+  // Memory next: a config or flags that cannot fit fail here, naming the fields, before anything large is allocated.
+  {
+    MemoryRequest mr;
+    mr.device = opt.device;
+    mr.bf16 = opt.precision == "bf16";
+    mr.bf16_activations = mr.bf16 && opt.activations == "bf16";
+    mr.threads = omp_get_max_threads();
+    mr.train_steps = true;
+    mr.batch = tc.batch;
+    mr.accum = tc.accum;
+    mr.seq_len = tc.seq_len;
+    mr.eval_windows = double(tc.eval_batches) * double(tc.batch);
+    mr.eval_context = tc.seq_len;
+    mr.eval_batch = tc.batch;
+    mr.eval_flags = "--eval-batches " + std::to_string(tc.eval_batches) + " x --batch " + std::to_string(tc.batch);
+    for (const char* f : {"train.bin", "val.bin"})
+      if (file_exists((fs::path(tc.data_dir) / f).string())) mr.token_files.push_back((fs::path(tc.data_dir) / f).string());
+    if (opt.device == "cuda") {
+      require_memory("ttt train", estimate_memory(cfg, mr));
+      // The host still loads the corpus and keeps copies of the weights and moments.
+      MemoryRequest host = mr;
+      host.device = "cpu";
+      host.train_steps = false;
+      host.eval_windows = 0;
+      require_memory("ttt train", estimate_memory(cfg, host));
+    } else {
+      require_memory("ttt train", estimate_memory(cfg, mr));
+    }
+  }
 
   // Data first: a bad corpus should fail before anything is written.
   Corpus corpus = load_corpus(tc.data_dir, tc.seq_len + 1, cfg.vocab_size);

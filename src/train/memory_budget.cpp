@@ -1,0 +1,289 @@
+#include "train/memory_budget.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "data/tokens.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/device.h"
+#endif
+
+namespace ttt::train {
+
+namespace {
+
+// Calibration of the activation terms (see the header comment).
+constexpr double kTapeBytesPerDim = 4 * 70.0;     // per token and layer, times D
+constexpr double kTapeBytesPerHidden = 4 * 11.0;  // per token and layer, times F (SwiGLU MLP hidden width)
+constexpr double kTapeBytesPerVocab = 8.0;        // per token, times V (logits and their gradient)
+constexpr double kTapeBytesPerToken = 2600.0;     // per token, the rest
+constexpr double kForwardOnlyShare = 0.5;         // a forward without gradients keeps about half the tape
+constexpr double kGpuLayerFloatsPerDim = 60.0;    // one layer's work buffers, floats per row, times D
+constexpr double kRuntimeBytes = 256e6;           // BLAS buffers, program, libraries
+
+std::string with_count(double n) {
+  char buf[48];
+  if (n >= 1e9) std::snprintf(buf, sizeof buf, "%.3gB", n / 1e9);
+  else if (n >= 1e6) std::snprintf(buf, sizeof buf, "%.3gM", n / 1e6);
+  else if (n >= 1e3) std::snprintf(buf, sizeof buf, "%.3gk", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", n);
+  return buf;
+}
+
+double shape_elements(const Shape& s) {
+  double n = 1;
+  for (auto d : s) n *= double(d);
+  return n;
+}
+
+// Parameters as a double (no overflow whatever the sizes): the layout of one layer times n_layers, plus the rest.
+double parameter_elements(const model::ModelConfig& cfg) {
+  model::ModelConfig one = cfg;
+  one.n_layers = 1;
+  double per_layer = 0, rest = 0;
+  for (const auto& [name, shape] : model::parameter_shapes(one))
+    (name.rfind("layers.", 0) == 0 ? per_layer : rest) += shape_elements(shape);
+  return rest + double(cfg.n_layers) * per_layer;
+}
+
+// Fast-weight states kept at every chunk boundary (weights and momentum), per sequence: the CPU runner's versions.
+double memory_versions_bytes(const model::ModelConfig& cfg, int64_t T) {
+  const double d = double(cfg.head_dim_mem()), dh = double(cfg.mem_hidden_dim());
+  const double per_head = cfg.memory == "swiglu" ? 3 * dh * d : cfg.memory == "mlp" ? 2 * dh * d : d * d;
+  std::vector<int64_t> chunks;
+  if (cfg.arch == "tnt") {
+    if (cfg.use_global) chunks.push_back(cfg.global_chunk);
+    chunks.insert(chunks.end(), cfg.local_chunks.begin(), cfg.local_chunks.end());
+  } else {
+    chunks.push_back(cfg.chunk);
+  }
+  double versions = 0;
+  for (int64_t c : chunks) versions += std::ceil(double(T) / double(std::max<int64_t>(c, 1))) + 1;
+  return double(cfg.n_layers) * versions * double(cfg.n_mem_heads) * per_head * 4.0 * (cfg.momentum ? 2 : 1);
+}
+
+// The CPU tape of one sequence of T tokens (forward and backward).
+double cpu_tape_bytes(const model::ModelConfig& cfg, int64_t T) {
+  const double per_token = double(cfg.n_layers) * (kTapeBytesPerDim * double(cfg.dim) +
+                                                   kTapeBytesPerHidden * double(cfg.mlp_hidden_dim())) +
+                           kTapeBytesPerVocab * double(cfg.vocab_size) + kTapeBytesPerToken;
+  return double(T) * per_token + memory_versions_bytes(cfg, T);
+}
+
+// The GPU model's buffers for `rows` = sequences x tokens.
+double gpu_activation_bytes(const model::ModelConfig& cfg, double rows, bool bf16_activations) {
+  const double residual = double(cfg.n_layers + 1) * rows * double(cfg.dim) * (bf16_activations ? 2 : 4);
+  const double layer = rows * kGpuLayerFloatsPerDim * double(cfg.dim) * 4;
+  const double logits = rows * double(cfg.vocab_size) * 4;
+  return residual + layer + logits;
+}
+
+std::string model_drivers(const model::ModelConfig& cfg, double P) {
+  std::ostringstream os;
+  os << "n_layers " << cfg.n_layers << ", dim " << cfg.dim << ", vocab_size " << cfg.vocab_size << " ("
+     << with_count(P) << " parameters)";
+  return os.str();
+}
+
+// Bytes from a "512M"/"8G"/"1.5T"/"123456" string (decimal units); < 0 when malformed.
+double parse_size(const std::string& s) {
+  if (s.empty()) return -1;
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  if (errno != 0 || end == s.c_str() || !std::isfinite(v) || v < 0) return -1;
+  const std::string unit(end);
+  double mult = 1;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "K" || unit == "KB") mult = 1e3;
+  else if (unit == "M" || unit == "MB") mult = 1e6;
+  else if (unit == "G" || unit == "GB") mult = 1e9;
+  else if (unit == "T" || unit == "TB") mult = 1e12;
+  else return -1;
+  return v * mult;
+}
+
+// A number from a /proc or /sys file ("max" or a missing file: < 0).
+double read_number_file(const std::string& path, const std::string& key = "") {
+  std::ifstream in(path);
+  if (!in.good()) return -1;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!key.empty()) {
+      if (line.rfind(key, 0) != 0) continue;
+      line = line.substr(key.size());
+    }
+    std::istringstream is(line);
+    double v = 0;
+    std::string unit;
+    if (!(is >> v)) return -1;
+    is >> unit;
+    return unit == "kB" ? v * 1024 : v;
+  }
+  return -1;
+}
+
+}  // namespace
+
+double MemoryEstimate::peak() const {
+  double total = 0;
+  for (const auto& t : peak_terms()) total += t.bytes;
+  return total;
+}
+
+std::vector<MemoryTerm> MemoryEstimate::peak_terms() const {
+  std::vector<MemoryTerm> out = resident;
+  const std::vector<MemoryTerm>* largest = nullptr;
+  double largest_bytes = -1;
+  for (const auto& ph : phases) {
+    double b = 0;
+    for (const auto& t : ph) b += t.bytes;
+    if (b > largest_bytes) largest_bytes = b, largest = &ph;
+  }
+  if (largest) out.insert(out.end(), largest->begin(), largest->end());
+  return out;
+}
+
+std::string format_bytes(double bytes) {
+  char buf[48];
+  if (!std::isfinite(bytes)) return "an unbounded amount";
+  if (bytes >= 1e15) std::snprintf(buf, sizeof buf, "%.3g PB", bytes / 1e15);
+  else if (bytes >= 1e12) std::snprintf(buf, sizeof buf, "%.2f TB", bytes / 1e12);
+  else if (bytes >= 1e9) std::snprintf(buf, sizeof buf, "%.2f GB", bytes / 1e9);
+  else if (bytes >= 1e6) std::snprintf(buf, sizeof buf, "%.1f MB", bytes / 1e6);
+  else std::snprintf(buf, sizeof buf, "%.0f kB", bytes / 1e3);
+  return buf;
+}
+
+MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryRequest& req) {
+  model::validate(cfg);
+  const bool gpu = req.device == "cuda";
+  const double P = parameter_elements(cfg);
+  MemoryEstimate e;
+  e.device = req.device;
+  // On the GPU the model state lives on the device; the host keeps a copy of the weights and moments for checkpoints.
+  if (gpu) {
+    e.resident.push_back({"parameters, gradients and AdamW moments (fp32)" + std::string(req.bf16 ? " and bf16 weight copies" : ""),
+                          model_drivers(cfg, P), P * (req.train_steps ? 16.0 : 4.0) + (req.bf16 ? 2 * P : 0.0)});
+  } else {
+    e.resident.push_back({req.train_steps ? "parameters, gradients and AdamW moments" : "parameters", model_drivers(cfg, P),
+                          P * (req.train_steps ? 16.0 : 4.0)});
+    double corpus = 0;
+    std::string files;
+    for (const auto& f : req.token_files) {
+      const data::TokenFileHeader h = data::read_token_header(f);
+      // In memory as int32 tokens, plus the file's bytes while it is read.
+      corpus += double(h.n_tokens) * (4.0 + double(h.token_width));
+      files += (files.empty() ? "" : ", ") + f + " (" + with_count(double(h.n_tokens)) + " tokens)";
+    }
+    if (corpus > 0) e.resident.push_back({"corpus loaded as 32-bit tokens", files, corpus});
+    e.resident.push_back({"runtime (BLAS buffers, program)", "fixed", kRuntimeBytes});
+  }
+  const int64_t threads = std::max<int64_t>(1, req.threads);
+  if (req.train_steps) {
+    const int64_t seqs = req.batch * req.accum;
+    std::ostringstream drivers;
+    drivers << "batch " << req.batch << " x accum " << req.accum << " sequences of seq_len " << req.seq_len;
+    std::vector<MemoryTerm> step;
+    if (gpu) {
+      step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x seq_len " +
+                                                          std::to_string(req.seq_len) + ", n_layers, dim, vocab_size",
+                      gpu_activation_bytes(cfg, double(req.batch) * double(req.seq_len), req.bf16_activations)});
+    } else {
+      // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
+      // 256 MB of gradient buffers), one tape per thread.
+      const double param_bytes = std::max(1.0, 4 * P);
+      const double wave = std::max(double(threads), std::min(double(seqs), std::floor(256e6 / param_bytes)));
+      const double buffers = std::min(double(seqs), wave);
+      step.push_back({"per-sequence gradient buffers", drivers.str() + ", " + std::to_string(threads) + " threads",
+                      buffers * param_bytes});
+      step.push_back({"activations (autograd tape), one sequence per thread",
+                      "seq_len " + std::to_string(req.seq_len) + ", n_layers, dim, " + std::to_string(threads) + " threads",
+                      double(std::min<int64_t>(threads, seqs)) * cpu_tape_bytes(cfg, req.seq_len)});
+      step.push_back({"batch tokens", drivers.str(), double(seqs) * double(req.seq_len) * 16.0});
+    }
+    e.phases.push_back(step);
+  }
+  if (req.eval_windows > 0) {
+    std::ostringstream drivers;
+    drivers << with_count(req.eval_windows) << " windows (" << req.eval_flags << ") of context " << req.eval_context;
+    std::vector<MemoryTerm> ev;
+    ev.push_back({"per-token losses of the evaluation", drivers.str(), req.eval_windows * double(req.eval_context) * 8.0});
+    if (gpu) {
+      const double rows = double(std::max<int64_t>(1, req.eval_batch)) * double(req.eval_context);
+      ev.push_back({"activations of an evaluation batch", "batch " + std::to_string(req.eval_batch) + " x context " +
+                                                              std::to_string(req.eval_context),
+                    gpu_activation_bytes(cfg, rows, req.bf16_activations)});
+    } else {
+      ev.push_back({"activations (forward tape), one window per thread",
+                    "context " + std::to_string(req.eval_context) + ", n_layers, dim, " + std::to_string(threads) + " threads",
+                    std::min(double(threads), req.eval_windows) * kForwardOnlyShare *
+                        cpu_tape_bytes(cfg, req.eval_context)});
+    }
+    e.phases.push_back(ev);
+  }
+  return e;
+}
+
+double available_memory(const std::string& device, std::string* source) {
+  if (const char* env = std::getenv("TTT_MEMORY_LIMIT")) {
+    const std::string v = env;
+    if (v == "off") {
+      if (source) *source = "TTT_MEMORY_LIMIT=off";
+      return -1;
+    }
+    const double b = parse_size(v);
+    TTT_CHECK(b >= 0, "TTT_MEMORY_LIMIT must be \"off\" or a size such as 8G, 512M or 1000000 bytes, got '" << v << "'");
+    if (source) *source = "TTT_MEMORY_LIMIT=" + v;
+    return b;
+  }
+  if (device == "cuda") {
+#ifdef TTT_HAVE_CUDA
+    if (cuda::device_count() == 0) return -1;  // the device check of the run reports that
+    size_t used = 0, total = 0;
+    cuda::device_memory(&used, &total);
+    if (source) *source = "free memory of the CUDA device";
+    return double(total - used);
+#else
+    return -1;
+#endif
+  }
+  double avail = read_number_file("/proc/meminfo", "MemAvailable:");
+  std::string from = "MemAvailable of /proc/meminfo";
+  // A container's limit (cgroup v2, then v1) can be far below the machine's memory.
+  double limit = read_number_file("/sys/fs/cgroup/memory.max"), usage = read_number_file("/sys/fs/cgroup/memory.current");
+  if (limit < 0) {
+    limit = read_number_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    usage = read_number_file("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+  }
+  if (limit > 0 && limit < 1e18 && usage >= 0 && (avail < 0 || limit - usage < avail)) {
+    avail = std::max(0.0, limit - usage);
+    from = "the cgroup memory limit";
+  }
+  if (source) *source = from;
+  return avail;
+}
+
+void require_memory(const std::string& command, const MemoryEstimate& e) {
+  std::string source;
+  const double avail = available_memory(e.device, &source);
+  const double need = e.peak();
+  if (avail < 0 || need <= avail) return;
+  std::vector<MemoryTerm> terms = e.peak_terms();
+  std::stable_sort(terms.begin(), terms.end(), [](const MemoryTerm& a, const MemoryTerm& b) { return a.bytes > b.bytes; });
+  std::ostringstream os;
+  os << command << ": not enough " << (e.device == "cuda" ? "GPU" : "host") << " memory: the run needs about "
+     << format_bytes(need) << " but " << format_bytes(avail) << " is available (" << source << "). Largest parts:";
+  for (size_t i = 0; i < terms.size() && i < 4; ++i)
+    os << "\n  " << format_bytes(terms[i].bytes) << "  " << terms[i].what << " [" << terms[i].drivers << "]";
+  os << "\nReduce the fields named above (set TTT_MEMORY_LIMIT=off to skip this estimate).";
+  TTT_FAIL(os.str());
+}
+
+}  // namespace ttt::train

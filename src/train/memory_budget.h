@@ -1,0 +1,71 @@
+// Memory estimates made before anything large is allocated, so that a config or flags that cannot fit
+// (n_layers 100000, --batch 1000000, eval --batch 100000000, a corpus larger than RAM) end in a clear error
+// naming the fields, the estimate and the memory available, instead of std::bad_alloc, a CUDA out-of-memory
+// error half-way through, or minutes of swapping.
+//
+// The estimate is the sum of the large allocations of a run, each a term naming the fields that drive it:
+// model state (parameters, gradients, AdamW moments), per-thread gradient buffers and activations, batch
+// tokens, the corpus as loaded, the per-token losses of an evaluation. Runs have phases that do not overlap
+// (a training step, a validation pass); the peak is the resident terms plus the largest phase.
+//
+// Activation sizes are calibrated, not derived: the CPU autograd tape keeps about 4 (70 D + 11 F) bytes per
+// token and layer plus 8 V + 2600 bytes per token (measured on the tiny preset and variants of D, L and V,
+// 2026-11-29: within 5%), a forward without gradients about half of that; the GPU model keeps the residual
+// stream of every layer, one layer's work buffers (~60 D floats per row, from the 760m measurement) and the
+// logits. They are estimates: the check refuses only when the estimate exceeds what is available, and
+// TTT_MEMORY_LIMIT overrides what is available ("off" disables the check; "8G", "512M", ... caps it).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace ttt::train {
+
+struct MemoryTerm {
+  std::string what;     // "parameters, gradients and AdamW moments"
+  std::string drivers;  // the fields it grows with and their values: "n_layers 4, dim 128 (1.02M parameters)"
+  double bytes = 0;
+};
+
+struct MemoryEstimate {
+  std::string device;                           // "cpu" (host memory) | "cuda" (device memory)
+  std::vector<MemoryTerm> resident;             // held for the whole run
+  std::vector<std::vector<MemoryTerm>> phases;  // alternatives that never coexist (a step, a validation pass)
+  double peak() const;                          // resident + the largest phase
+  std::vector<MemoryTerm> peak_terms() const;   // resident + the terms of the largest phase
+};
+
+// What a run needs to size its memory.
+struct MemoryRequest {
+  std::string device = "cpu";      // "cpu" | "cuda"
+  bool bf16 = false;               // cuda: bf16 products (bf16 weight copies)
+  bool bf16_activations = false;   // cuda: activations stored in bf16
+  int64_t threads = 1;             // cpu: OpenMP threads (sequences in flight at once)
+  // Training (train_steps): micro-batch `batch` sequences of `seq_len`, `accum` micro-batches per step.
+  bool train_steps = false;
+  int64_t batch = 0, accum = 1, seq_len = 0;
+  // Evaluation: `eval_windows` windows of `eval_context` tokens, `eval_batch` per forward pass on cuda
+  // (a double: the product of two flags, which may be absurd).
+  double eval_windows = 0;
+  int64_t eval_context = 0, eval_batch = 0;
+  std::string eval_flags;  // how the command's flags set eval_windows, for the message ("--batches 8 x --batch 8")
+  std::vector<std::string> token_files;  // corpus files loaded into memory (sizes read from their headers)
+};
+
+MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryRequest& req);
+
+// Bytes available for `device`: the host's MemAvailable, bounded by the cgroup's memory limit; on cuda the
+// device's free memory. `source` says where the number comes from. Returns < 0 when the check is off
+// (TTT_MEMORY_LIMIT=off) or nothing can be measured (no device).
+double available_memory(const std::string& device, std::string* source);
+
+// Throws a ttt::Error when the estimate exceeds the available memory: the estimate, the terms of the peak
+// (largest first, each with its fields) and the memory available. `command` prefixes the message.
+void require_memory(const std::string& command, const MemoryEstimate& e);
+
+// "1.50 GB" (decimal units, as the progress lines use).
+std::string format_bytes(double bytes);
+
+}  // namespace ttt::train

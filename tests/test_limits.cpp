@@ -1,0 +1,296 @@
+// Size limits before allocating (the memory estimate and its refusals), and the CLI's answers to input that is
+// well-formed but unusable: groups of commands without a subcommand, a directory where a file belongs, finite
+// operator inputs whose arithmetic overflows, a GPU asked for where none exists.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "cli_test_util.h"
+#include "core/file_io.h"
+#include "core/safetensors.h"
+#include "data/tokens.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
+#include "train/memory_budget.h"
+#include "train_test_util.h"
+#ifdef TTT_HAVE_CUDA
+#include "cuda/device.h"
+#endif
+
+using namespace ttt;
+using ttt::test::expect_clean_failure;
+using ttt::test::run_cli;
+using ttt::test::RunResult;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string q(const std::string& p) { return "'" + p + "'"; }
+
+// Sets an environment variable for the scope of a test (children started by run_cli inherit it).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { had_ ? (void)::setenv(name_, old_.c_str(), 1) : (void)::unsetenv(name_); }
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
+double sum_bytes(const std::vector<train::MemoryTerm>& terms) {
+  double s = 0;
+  for (const auto& t : terms) s += t.bytes;
+  return s;
+}
+
+train::MemoryRequest cpu_training(int64_t batch, int64_t seq_len) {
+  train::MemoryRequest r;
+  r.threads = 1;
+  r.train_steps = true;
+  r.batch = batch;
+  r.seq_len = seq_len;
+  r.eval_windows = 4;
+  r.eval_context = seq_len;
+  r.eval_batch = batch;
+  r.eval_flags = "--eval-batches 4 x --batch 1";
+  return r;
+}
+
+// A run directory with a checkpoint of a small lact model (one layer, dim 16) whose data is `data_dir`.
+void write_small_checkpoint(const std::string& run_dir, const std::string& data_dir) {
+  model::ModelConfig cfg = model::preset("tiny");
+  cfg.dim = 16, cfg.n_layers = 1, cfg.n_attn_heads = 2, cfg.n_mem_heads = 2, cfg.chunk = 8, cfg.window = 8, cfg.seq_len = 16;
+  model::Params<float> p = model::make_params<float>(cfg);
+  model::init_params(cfg, p, 1);
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  train::RunState st;
+  st.train.seq_len = cfg.seq_len;
+  st.train.data_dir = data_dir;
+  train::save_checkpoint(run_dir + "/checkpoint", cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st);
+}
+
+}  // namespace
+
+TEST(MemoryBudget, TermsGrowWithTheirFields) {
+  model::ModelConfig cfg = model::preset("tiny");
+  const train::MemoryEstimate base = train::estimate_memory(cfg, cpu_training(1, 256));
+  // The model state term is exactly 16 bytes per parameter (weights, gradients, two AdamW moments).
+  ASSERT_FALSE(base.resident.empty());
+  EXPECT_DOUBLE_EQ(base.resident[0].bytes, 16.0 * double(model::parameter_count(cfg)));
+  EXPECT_NE(base.resident[0].drivers.find("n_layers 4"), std::string::npos) << base.resident[0].drivers;
+  // The peak is the resident terms plus the larger phase, not the sum of the phases.
+  ASSERT_EQ(base.phases.size(), 2u);
+  EXPECT_DOUBLE_EQ(base.peak(), sum_bytes(base.resident) + std::max(sum_bytes(base.phases[0]), sum_bytes(base.phases[1])));
+
+  model::ModelConfig deep = cfg;
+  deep.n_layers = 40;
+  EXPECT_GT(train::estimate_memory(deep, cpu_training(1, 256)).peak(), 5 * base.peak() / 2);
+  EXPECT_GT(train::estimate_memory(cfg, cpu_training(1, 4096)).peak(), base.peak() + 400e6);  // ~200 kB per token
+
+  // Evaluation keeps one double per (window, position).
+  train::MemoryRequest ev;
+  ev.eval_windows = 1e6;
+  ev.eval_context = 1000;
+  ev.eval_flags = "--batches 1000 x --batch 1000";
+  const train::MemoryEstimate e = train::estimate_memory(cfg, ev);
+  ASSERT_EQ(e.phases.size(), 1u);
+  EXPECT_DOUBLE_EQ(e.phases[0][0].bytes, 8e9);
+  EXPECT_NE(e.phases[0][0].drivers.find("--batch 1000"), std::string::npos) << e.phases[0][0].drivers;
+
+  // Sizes that overflow 64-bit integers stay finite doubles: the estimate itself cannot wrap.
+  model::ModelConfig huge = cfg;
+  huge.n_layers = int64_t(1) << 60;
+  EXPECT_GT(train::estimate_memory(huge, cpu_training(1, 256)).peak(), 1e20);
+}
+
+// The estimate against the peak resident memory of a real training run (one thread, seq_len 2048 so that the
+// activations dominate): it must be within a factor 1.5 either way, or the refusals would be wrong.
+TEST(MemoryBudget, EstimateMatchesAMeasuredRun) {
+  // A corpus with room for seq_len 2048 windows in both splits.
+  const std::string data = test_util::temp_dir("membudget_data");
+  std::string text;
+  for (int i = 0; i < 2000; ++i) text += "line " + std::to_string(i) + " of a document about memory estimates\n";
+  text.push_back('\0');
+  data::save_byte_tokens(data + "/train.bin", text, 1);
+  data::save_byte_tokens(data + "/val.bin", text, 1);
+  const std::string out = test_util::temp_dir("membudget_run");
+  const int64_t T = 2048;
+  const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(TTT_CLI_PATH) + " train --steps 1 --batch 1 --seq-len " +
+                          std::to_string(T) + " --eval-batches 1 --eval-every 0 --sample-tokens 0 --data " + q(data) +
+                          " --out " + q(out + "/run") + " > /dev/null 2>&1";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  struct rusage ru {};
+  ASSERT_EQ(::wait4(pid, &status, 0, &ru), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << cmd;
+  const double measured = double(ru.ru_maxrss) * 1024.0;
+
+  train::MemoryRequest r = cpu_training(1, T);
+  r.eval_windows = 1;
+  r.token_files = {data + "/train.bin", data + "/val.bin"};
+  const double estimate = train::estimate_memory(model::preset("tiny"), r).peak();
+  std::printf("memory estimate %.1f MB, measured peak %.1f MB\n", estimate / 1e6, measured / 1e6);
+  EXPECT_GT(estimate, measured / 1.5) << "estimate " << estimate << " measured " << measured;
+  EXPECT_LT(estimate, measured * 1.5) << "estimate " << estimate << " measured " << measured;
+  fs::remove_all(data);
+  fs::remove_all(out);
+}
+
+TEST(MemoryBudget, AvailableMemoryAndItsOverride) {
+  {
+    ScopedEnv env("TTT_MEMORY_LIMIT", "1.5G");
+    std::string source;
+    EXPECT_DOUBLE_EQ(train::available_memory("cpu", &source), 1.5e9);
+    EXPECT_NE(source.find("TTT_MEMORY_LIMIT"), std::string::npos);
+  }
+  {
+    ScopedEnv env("TTT_MEMORY_LIMIT", "off");
+    EXPECT_LT(train::available_memory("cpu", nullptr), 0);
+    // Off: even an absurd estimate passes.
+    model::ModelConfig huge = model::preset("tiny");
+    huge.n_layers = 1000000;
+    EXPECT_NO_THROW(train::require_memory("test", train::estimate_memory(huge, cpu_training(1, 256))));
+  }
+  {
+    ScopedEnv env("TTT_MEMORY_LIMIT", "lots");
+    EXPECT_THROW(train::available_memory("cpu", nullptr), Error);
+  }
+  ::unsetenv("TTT_MEMORY_LIMIT");
+  std::string source;
+  const double host = train::available_memory("cpu", &source);
+  EXPECT_GT(host, 0) << source;
+  EXPECT_LT(host, 1e16) << source;
+}
+
+TEST(MemoryBudget, RefusalNamesFieldsEstimateAndAvailable) {
+  ScopedEnv env("TTT_MEMORY_LIMIT", "2G");
+  model::ModelConfig cfg = model::preset("tiny");
+  cfg.n_layers = 100000;
+  try {
+    train::require_memory("ttt train", train::estimate_memory(cfg, cpu_training(4, 256)));
+    FAIL() << "no refusal";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("ttt train: not enough host memory"), std::string::npos) << m;
+    EXPECT_NE(m.find("n_layers 100000"), std::string::npos) << m;
+    EXPECT_NE(m.find("2.00 GB is available (TTT_MEMORY_LIMIT=2G)"), std::string::npos) << m;
+    EXPECT_NE(m.find("TB"), std::string::npos) << m;  // the estimate, in its unit
+  }
+  // The tiny preset fits in 2 GB.
+  EXPECT_NO_THROW(train::require_memory("ttt train", train::estimate_memory(model::preset("tiny"), cpu_training(4, 256))));
+}
+
+// The reproducers of the issue, through the CLI: each a clear refusal naming the field, before allocating.
+TEST(MemoryBudget, CliRefusesWhatCannotFit) {
+  const std::string data = test_util::make_corpus("membudget_cli");
+  ScopedEnv env("TTT_MEMORY_LIMIT", "8G");  // the same answer on every machine
+  write_file_atomic(data + "/deep.json", "{\"n_layers\": 100000}");
+  expect_clean_failure("train --config " + q(data + "/deep.json") + " --data " + q(data) + " --out " + q(data + "/r1"),
+                       "n_layers 100000");
+  EXPECT_FALSE(fs::exists(data + "/r1")) << "nothing may be written before the refusal";
+  expect_clean_failure("train --batch 1000000 --data " + q(data) + " --out " + q(data + "/r2"), "--batch 1000000");
+  // eval: a valid checkpoint, then an absurd batch.
+  write_small_checkpoint(data + "/run", data);
+  expect_clean_failure("eval --checkpoint " + q(data + "/run") + " --batch 100000000", "--batch 100000000");
+  expect_clean_failure("eval --checkpoint " + q(data + "/run") + " --context 1000000000 --batch 1 --batches 1",
+                       "context 1000000000");
+  {
+    ScopedEnv bad("TTT_MEMORY_LIMIT", "12 apples");
+    expect_clean_failure("eval --checkpoint " + q(data + "/run") + " --batch 1 --batches 1", "TTT_MEMORY_LIMIT");
+  }
+  fs::remove_all(data);
+}
+
+TEST(CliGroups, HelpListsSubcommands) {
+  for (const char* group : {"bench", "op"}) {
+    SCOPED_TRACE(group);
+    RunResult r = run_cli(std::string(group) + " --help");
+    ASSERT_TRUE(WIFEXITED(r.status));
+    EXPECT_EQ(WEXITSTATUS(r.status), 0) << r.output;
+    EXPECT_NE(r.output.find("subcommands"), std::string::npos) << r.output;
+  }
+  RunResult b = run_cli("bench -h");
+  for (const char* sub : {"bench op", "bench tnt", "bench step"}) EXPECT_NE(b.output.find(sub), std::string::npos) << b.output;
+  RunResult o = run_cli("op --help");
+  for (const char* sub : {"op lact", "op tnt"}) EXPECT_NE(o.output.find(sub), std::string::npos) << o.output;
+  // Without a subcommand, or with an unknown one: a usage error that lists them.
+  expect_clean_failure("bench", "bench step");
+  expect_clean_failure("op", "a subcommand is required");
+  expect_clean_failure("op lactx --in a", "unknown subcommand 'op lactx'");
+}
+
+TEST(CliInputs, DirectoryWhereAFileBelongs) {
+  const std::string dir = test_util::temp_dir("dir_as_file");
+  write_small_checkpoint(dir + "/run", dir);
+  const std::string model_file = train::find_checkpoint_dir(dir + "/run") + "/model.safetensors";
+  fs::remove(model_file);
+  fs::create_directories(model_file);
+  expect_clean_failure("eval --checkpoint " + q(dir + "/run"), "is a directory");
+  expect_clean_failure("generate --checkpoint " + q(dir + "/run"), "is a directory");
+  expect_clean_failure("op lact --in " + q(dir) + " --out " + q(dir + "/o.st"), "is a directory");
+  EXPECT_THROW(read_file(dir), Error);
+  fs::remove_all(dir);
+}
+
+// Finite but huge operator inputs: the outputs overflow; the command must say so and write nothing.
+TEST(CliInputs, OperatorOutputsThatOverflowAreRefused) {
+  const std::string dir = test_util::temp_dir("op_overflow");
+  const int64_t B = 1, T = 4, d = 2, dh = 2;
+  auto filled = [](const Shape& s, double v) {
+    Tensor t = Tensor::empty(s, DType::F32);
+    for (int64_t i = 0; i < t.numel(); ++i) t.set(i, v);
+    return t;
+  };
+  SafeTensors in;
+  in.add("w0", filled({B, dh, d}, 1e30));
+  in.add("w1", filled({B, d, dh}, 1e30));
+  in.add("w2", filled({B, dh, d}, 1e30));
+  for (const char* n : {"q", "k", "v"}) in.add(n, filled({B, T, d}, 1e30));
+  for (const char* n : {"lr0", "lr1", "lr2"}) in.add(n, filled({B, T}, 1.0));
+  safetensors_save(dir + "/in.st", in);
+  expect_clean_failure("op lact --chunk 2 --weight-norm none --in " + q(dir + "/in.st") + " --out " + q(dir + "/o.st"),
+                       "NaN/Inf");
+  EXPECT_FALSE(fs::exists(dir + "/o.st"));
+  // Moderate inputs still run.
+  SafeTensors ok;
+  for (const auto& [name, t] : in.tensors) ok.add(name, filled(t.shape(), 0.5));
+  safetensors_save(dir + "/ok.st", ok);
+  RunResult r = run_cli("op lact --chunk 2 --in " + q(dir + "/ok.st") + " --out " + q(dir + "/o.st"));
+  EXPECT_TRUE(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(CliInputs, GenerateOnCudaWithoutAGpu) {
+#ifdef TTT_HAVE_CUDA
+  std::string why;
+  if (cuda::device_count(&why) > 0) GTEST_SKIP() << "a CUDA device is present: this checks the machine without one";
+  const char* expected = "no CUDA device";
+#else
+  const char* expected = "no CUDA backend";
+#endif
+  const std::string dir = test_util::temp_dir("gen_nogpu");
+  write_small_checkpoint(dir + "/run", dir);
+  expect_clean_failure("generate --device cuda --checkpoint " + q(dir + "/run") + " --prompt Hi --max-new-tokens 2",
+                       expected);
+  RunResult r = run_cli("generate --device cuda --checkpoint " + q(dir + "/run") + " --prompt Hi --max-new-tokens 2");
+  EXPECT_EQ(r.output.find("CUBLAS"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
