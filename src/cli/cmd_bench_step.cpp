@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -13,6 +14,7 @@
 #include "core/rng.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "train/memory_budget.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #ifdef TTT_HAVE_CUDA
@@ -69,6 +71,19 @@ int cmd_bench_step(const Argv& argv) {
   const std::string device = a.str("device");
   TTT_CHECK(device == "cpu" || device == "cuda", "ttt bench step: --device must be cpu or cuda");
 
+  // The same estimate as `ttt train` (one micro-batch, no evaluation), checked before anything is allocated and
+  // printed beside the measured peak so that the estimate's calibration stays visible.
+  train::MemoryRequest mr;
+  mr.device = device;
+  mr.bf16 = a.str("precision") == "bf16";
+  mr.bf16_activations = mr.bf16 && a.str("activations") == "bf16";
+  mr.threads = omp_get_max_threads();
+  mr.train_steps = true;
+  mr.batch = S;
+  mr.seq_len = N;
+  const train::MemoryEstimate estimate = train::estimate_memory(cfg, mr);
+  train::require_memory("ttt bench step", estimate);
+
   Rng rng(1234);
   std::fprintf(stderr, "bench step: initializing %lld parameters...\n", (long long)model::parameter_count(cfg));
   model::Params<float> p = model::make_params<float>(cfg);
@@ -80,7 +95,8 @@ int cmd_bench_step(const Argv& argv) {
 
   nlohmann::json j{{"bench", "train_step"}, {"arch", cfg.arch}, {"dim", cfg.dim}, {"layers", cfg.n_layers},
                    {"params", model::parameter_count(cfg)}, {"seq_len", N}, {"batch", S}, {"tokens", S * N},
-                   {"device", device}, {"repeats", repeats}, {"warmup", warmup}};
+                   {"device", device}, {"repeats", repeats}, {"warmup", warmup},
+                   {"memory_estimate_bytes", estimate.peak()}};
   if (a.has("preset") || !a.has("config")) j["preset"] = a.str("preset");
   std::vector<double> ms;
   double loss = 0, gnorm = 0;

@@ -193,7 +193,8 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
     std::vector<MemoryTerm> step;
     if (gpu) {
       step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x seq_len " +
-                                                          std::to_string(req.seq_len) + ", n_layers, dim, vocab_size",
+                                                          std::to_string(req.seq_len) + ", n_layers " +
+                                                          std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim),
                       gpu_activation_bytes(cfg, double(req.batch) * double(req.seq_len), req.bf16_activations)});
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
@@ -203,9 +204,11 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
       const double buffers = std::min(double(seqs), wave);
       step.push_back({"per-sequence gradient buffers", drivers.str() + ", " + std::to_string(threads) + " threads",
                       buffers * param_bytes});
+      const int64_t in_flight = std::min<int64_t>(threads, seqs);
       step.push_back({"activations (autograd tape), one sequence per thread",
-                      "seq_len " + std::to_string(req.seq_len) + ", n_layers, dim, " + std::to_string(threads) + " threads",
-                      double(std::min<int64_t>(threads, seqs)) * cpu_tape_bytes(cfg, req.seq_len)});
+                      "seq_len " + std::to_string(req.seq_len) + ", n_layers " + std::to_string(cfg.n_layers) + ", dim " +
+                          std::to_string(cfg.dim) + "; " + std::to_string(in_flight) + " sequence(s) at once",
+                      double(in_flight) * cpu_tape_bytes(cfg, req.seq_len)});
       step.push_back({"batch tokens", drivers.str(), double(seqs) * double(req.seq_len) * 16.0});
     }
     e.phases.push_back(step);
@@ -221,10 +224,11 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
                                                               std::to_string(req.eval_context),
                     gpu_activation_bytes(cfg, rows, req.bf16_activations)});
     } else {
+      const double in_flight = std::min(double(threads), req.eval_windows);
       ev.push_back({"activations (forward tape), one window per thread",
-                    "context " + std::to_string(req.eval_context) + ", n_layers, dim, " + std::to_string(threads) + " threads",
-                    std::min(double(threads), req.eval_windows) * kForwardOnlyShare *
-                        cpu_tape_bytes(cfg, req.eval_context)});
+                    "context " + std::to_string(req.eval_context) + ", n_layers " + std::to_string(cfg.n_layers) +
+                        ", dim " + std::to_string(cfg.dim) + "; " + with_count(in_flight) + " window(s) at once",
+                    in_flight * kForwardOnlyShare * cpu_tape_bytes(cfg, req.eval_context)});
     }
     e.phases.push_back(ev);
   }
