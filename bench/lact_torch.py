@@ -10,6 +10,9 @@ Operator, per sequence-head b (all batched over b; Python loops only run over ch
   SwiGLU memory   f_W(x) = W1 (silu(W0 x) * (W2 x));  rows as tokens: Y = (silu(X W0^T) * (X W2^T)) W1^T
   inner loss      l_t = -<f_W(k_t), v_t>   (dot product), update direction -sum_t lr_t grad l_t
   then            momentum (S <- dW + mean(m) S; dW <- S), Muon (NS5), step, weight norm (post|pre|none)
+  pre-norm        as the public prenorm operator: an accumulator starts at W0 and takes the steps; the weights
+                  used (to apply and to take the inner gradient) are W0 itself until the first update, then the
+                  accumulator with each row rescaled to its W0 norm
   programs        causal: per chunk apply then update (last chunk apply-only);
                   bidirectional: per chunk update then apply.
 
@@ -128,12 +131,14 @@ def lact_forward(w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum=None, chunk=64, pr
     if weight_norm != "none":
         targets = [torch.linalg.vector_norm(w, dim=-1, keepdim=True) for w in (w0, w1, w2)]
 
-    # state: the weights themselves (post / none) or the unnormalized accumulator (pre).
+    # state: the weights themselves (post / none) or the unnormalized accumulator (pre), which starts at W0.
     state = [w0, w1, w2]
     mom_state = [None, None, None]
 
-    def effective(state):
-        if weight_norm == "pre":
+    def effective(state, updated):
+        # Pre-norm as the public prenorm LaCT operator: W0 itself (unnormalized) until the first update, the
+        # row-normalized copy of the accumulator after it.
+        if weight_norm == "pre" and updated:
             return [row_normalize(s, tg) for s, tg in zip(state, targets)]
         return state
 
@@ -152,17 +157,17 @@ def lact_forward(w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum=None, chunk=64, pr
         return state, mom_state
 
     outs = []
-    eff = effective(state)
+    eff = effective(state, updated=False)
     for s in range(0, T, chunk):
         e = min(s + chunk, T)
         if program == "causal":
             outs.append(swiglu_apply(eff[0], eff[1], eff[2], q[:, s:e], mm_dtype))
             if e < T:
                 state, mom_state = update(state, mom_state, eff, s, e)
-                eff = effective(state)
+                eff = effective(state, updated=True)
         else:
             state, mom_state = update(state, mom_state, eff, s, e)
-            eff = effective(state)
+            eff = effective(state, updated=True)
             outs.append(swiglu_apply(eff[0], eff[1], eff[2], q[:, s:e], mm_dtype))
     return torch.cat(outs, dim=1)
 

@@ -166,12 +166,15 @@ TEST(EngineGrad, ChunkSizesOneAndAtLeastT) {
 }
 
 TEST(EngineGrad, ResetsOnAndOffChunkBoundaries) {
-  MemoryConfig cfg = config_of({"", Family::MLP, Loss::MSE, true, false, true, WeightNorm::None, 1});
-  // chunk 2 with reset every 4 (on boundaries); chunk 3 with reset every 4 (chunks realigned to each shard)
-  for (auto [chunk, reset] : std::vector<std::pair<int64_t, int64_t>>{{2, 4}, {3, 4}, {4, 5}, {1, 3}}) {
-    std::string worst;
-    EXPECT_LE(gradient_error(cfg, causal_program(11, chunk, reset), 5, &worst), 1e-6)
-        << "chunk " << chunk << " reset " << reset << " " << worst;
+  // Pre-norm too: after each reset the memory applies W0 itself again until the shard's first update.
+  for (WeightNorm wn : {WeightNorm::None, WeightNorm::Pre}) {
+    MemoryConfig cfg = config_of({"", Family::MLP, Loss::MSE, true, false, true, wn, 1});
+    // chunk 2 with reset every 4 (on boundaries); chunk 3 with reset every 4 (chunks realigned to each shard)
+    for (auto [chunk, reset] : std::vector<std::pair<int64_t, int64_t>>{{2, 4}, {3, 4}, {4, 5}, {1, 3}}) {
+      std::string worst;
+      EXPECT_LE(gradient_error(cfg, causal_program(11, chunk, reset), 5, &worst), 1e-6)
+          << weight_norm_name(wn) << " chunk " << chunk << " reset " << reset << " " << worst;
+    }
   }
 }
 

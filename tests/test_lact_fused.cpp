@@ -85,7 +85,7 @@ double abs_err(const std::vector<double>& a, const std::vector<double>& ref) {
 
 // The engine on every head; results in the operator's [B,...] layouts, in the order
 // o, w0, w1, w2, q, k, v, lr0, lr1, lr2, mom.
-std::vector<std::vector<double>> engine_reference(const Case& c, const Data& x) {
+engine::MemoryConfig engine_config(const Case& c) {
   engine::MemoryConfig cfg;
   cfg.family = engine::Family::SwiGLU;
   cfg.loss = engine::Loss::Dot;
@@ -97,34 +97,52 @@ std::vector<std::vector<double>> engine_reference(const Case& c, const Data& x) 
                     : c.norm == lact::Norm::Pre ? engine::WeightNorm::Pre
                                                 : engine::WeightNorm::None;
   cfg.rate_columns = 3;
-  engine::Program prog =
-      c.causal ? engine::causal_program(c.T, c.chunk) : engine::bidirectional_program(c.T, c.chunk);
+  return cfg;
+}
+
+// Head b of the data as the engine's inputs.
+engine::SequenceInputs<double> engine_inputs(const Case& c, const Data& x, int64_t b) {
   const int64_t P = c.d * c.dh, TD = c.T * c.d;
   auto mat = [](const std::vector<double>& v, int64_t off, int64_t rows, int64_t cols) {
     ag::Mat<double> m(rows, cols);
     std::copy(v.begin() + off, v.begin() + off + rows * cols, m.data.begin());
     return m;
   };
+  engine::SequenceInputs<double> in;
+  in.w0 = {mat(x.w0, b * P, c.dh, c.d), mat(x.w1, b * P, c.d, c.dh), mat(x.w2, b * P, c.dh, c.d)};
+  in.q = mat(x.q, b * TD, c.T, c.d);
+  in.k = mat(x.k, b * TD, c.T, c.d);
+  in.v = mat(x.v, b * TD, c.T, c.d);
+  in.rates = ag::Mat<double>(c.T, 3);
+  for (int64_t t = 0; t < c.T; ++t) {
+    in.rates(t, 0) = x.lr0[size_t(b * c.T + t)];
+    in.rates(t, 1) = x.lr1[size_t(b * c.T + t)];
+    in.rates(t, 2) = x.lr2[size_t(b * c.T + t)];
+  }
+  if (c.momentum) in.momentum_gate = mat(x.mom, b * c.T, c.T, 1);
+  return in;
+}
+
+// The engine on every head (the case's program, or `program` when given); results in the operator's [B,...]
+// layouts, in the order o, w0, w1, w2, q, k, v, lr0, lr1, lr2, mom.
+std::vector<std::vector<double>> engine_reference(const Case& c, const Data& x,
+                                                  const engine::Program* program = nullptr) {
+  const engine::MemoryConfig cfg = engine_config(c);
+  const engine::Program prog =
+      program ? *program
+              : c.causal ? engine::causal_program(c.T, c.chunk) : engine::bidirectional_program(c.T, c.chunk);
+  const int64_t P = c.d * c.dh, TD = c.T * c.d;
   std::vector<std::vector<double>> out(11);
   for (int i : {0, 4, 5, 6}) out[size_t(i)].resize(size_t(c.B * TD));
   for (int i : {1, 2, 3}) out[size_t(i)].resize(size_t(c.B * P));
   for (int i : {7, 8, 9, 10}) out[size_t(i)].resize(size_t(c.B * c.T));
   for (int64_t b = 0; b < c.B; ++b) {
-    engine::SequenceInputs<double> in;
-    in.w0 = {mat(x.w0, b * P, c.dh, c.d), mat(x.w1, b * P, c.d, c.dh), mat(x.w2, b * P, c.dh, c.d)};
-    in.q = mat(x.q, b * TD, c.T, c.d);
-    in.k = mat(x.k, b * TD, c.T, c.d);
-    in.v = mat(x.v, b * TD, c.T, c.d);
-    in.rates = ag::Mat<double>(c.T, 3);
-    for (int64_t t = 0; t < c.T; ++t) {
-      in.rates(t, 0) = x.lr0[size_t(b * c.T + t)];
-      in.rates(t, 1) = x.lr1[size_t(b * c.T + t)];
-      in.rates(t, 2) = x.lr2[size_t(b * c.T + t)];
-    }
-    if (c.momentum) in.momentum_gate = mat(x.mom, b * c.T, c.T, 1);
+    const engine::SequenceInputs<double> in = engine_inputs(c, x, b);
+    ag::Mat<double> go(c.T, c.d);
+    std::copy(x.go.begin() + b * TD, x.go.begin() + (b + 1) * TD, go.data.begin());
     engine::SavedStates<double> saved;
     ag::Mat<double> o = engine::run_forward(cfg, prog, in, &saved);
-    engine::SequenceGrads<double> g = engine::run_backward(cfg, prog, in, saved, mat(x.go, b * TD, c.T, c.d));
+    engine::SequenceGrads<double> g = engine::run_backward(cfg, prog, in, saved, go);
     auto put = [&](int i, const ag::Mat<double>& m, int64_t off) {
       std::copy(m.data.begin(), m.data.end(), out[size_t(i)].begin() + off);
     };
@@ -142,7 +160,7 @@ std::vector<std::vector<double>> engine_reference(const Case& c, const Data& x) 
   return out;
 }
 
-std::vector<std::vector<double>> fused_result(const Case& c, const Data& x) {
+lact::Shape shape_of(const Case& c) {
   lact::Shape s;
   s.B = c.B;
   s.T = c.T;
@@ -153,17 +171,17 @@ std::vector<std::vector<double>> fused_result(const Case& c, const Data& x) {
   s.momentum = c.momentum;
   s.muon = c.muon;
   s.norm = c.norm;
-  lact::Inputs<double> in;
-  in.w0 = x.w0.data();
-  in.w1 = x.w1.data();
-  in.w2 = x.w2.data();
-  in.q = x.q.data();
-  in.k = x.k.data();
-  in.v = x.v.data();
-  in.lr0 = x.lr0.data();
-  in.lr1 = x.lr1.data();
-  in.lr2 = x.lr2.data();
-  if (c.momentum) in.mom = x.mom.data();
+  return s;
+}
+
+lact::Inputs<double> inputs_of(const Case& c, const Data& x) {
+  return {x.w0.data(), x.w1.data(), x.w2.data(),  x.q.data(),   x.k.data(),
+          x.v.data(),  x.lr0.data(), x.lr1.data(), x.lr2.data(), c.momentum ? x.mom.data() : nullptr};
+}
+
+std::vector<std::vector<double>> fused_result(const Case& c, const Data& x) {
+  const lact::Shape s = shape_of(c);
+  const lact::Inputs<double> in = inputs_of(c, x);
   const double nan = std::nan("");
   const int64_t P = c.d * c.dh, TD = c.T * c.d;
   std::vector<std::vector<double>> out(11);
@@ -258,24 +276,12 @@ TEST(LactFused, MatchesEngineLongerSequence) {
 // Forward without gradients (ping-pong states) gives the same output as with them.
 TEST(LactFused, ForwardOnlyMatchesEngine) {
   for (bool causal : {true, false}) {
-  Case c{2, 23, 5, 7, 4, causal, true, true, lact::Norm::Pre};
-  Data x = make_data(c, 3);
-  auto ref = engine_reference(c, x);
-  lact::Shape s;
-  s.B = c.B;
-  s.T = c.T;
-  s.d = c.d;
-  s.dh = c.dh;
-  s.chunk = c.chunk;
-  s.causal = c.causal;
-  s.momentum = c.momentum;
-  s.muon = c.muon;
-  s.norm = c.norm;
-  lact::Inputs<double> in{x.w0.data(), x.w1.data(), x.w2.data(), x.q.data(),   x.k.data(),
-                          x.v.data(),  x.lr0.data(), x.lr1.data(), x.lr2.data(), x.mom.data()};
-  std::vector<double> o(size_t(c.B * c.T * c.d), std::nan(""));
-  lact::fused_cpu<double>(s, in, o.data());
-  EXPECT_LE(rel_err(o, ref[0]), 1e-12) << c.name();
+    Case c{2, 23, 5, 7, 4, causal, true, true, lact::Norm::Pre};
+    Data x = make_data(c, 3);
+    auto ref = engine_reference(c, x);
+    std::vector<double> o(size_t(c.B * c.T * c.d), std::nan(""));
+    lact::fused_cpu<double>(shape_of(c), inputs_of(c, x), o.data());
+    EXPECT_LE(rel_err(o, ref[0]), 1e-12) << c.name();
   }
 }
 
@@ -287,23 +293,198 @@ TEST(LactFused, StreamingMatchesForward) {
       for (bool muon : {false, true}) {
         Case c{2, 23, 5, 7, 4, true, momentum, muon, norm};
         Data x = make_data(c, 11);
-        lact::Shape s;
-        s.B = c.B;
-        s.T = c.T;
-        s.d = c.d;
-        s.dh = c.dh;
-        s.chunk = c.chunk;
-        s.causal = true;
-        s.momentum = momentum;
-        s.muon = muon;
-        s.norm = norm;
-        lact::Inputs<double> in{x.w0.data(), x.w1.data(), x.w2.data(), x.q.data(),   x.k.data(),
-                                x.v.data(),  x.lr0.data(), x.lr1.data(), x.lr2.data(), momentum ? x.mom.data() : nullptr};
+        const lact::Shape s = shape_of(c);
+        const lact::Inputs<double> in = inputs_of(c, x);
         std::vector<double> ref(size_t(c.B * c.T * c.d)), got(ref.size(), std::nan(""));
         lact::fused_cpu<double>(s, in, ref.data());
         lact::stream_cpu<double>(s, in, got.data());
         EXPECT_LE(rel_err(got, ref), 1e-13) << c.name();
       }
+}
+
+namespace {
+
+// Token rows [t0, t1) of every head of a [B, T, width] tensor.
+std::vector<double> head_rows(const Case& c, const std::vector<double>& v, int64_t width, int64_t t0, int64_t t1) {
+  std::vector<double> out;
+  for (int64_t b = 0; b < c.B; ++b)
+    out.insert(out.end(), v.begin() + (b * c.T + t0) * width, v.begin() + (b * c.T + t1) * width);
+  return out;
+}
+
+// Rows [r0, r1) of a matrix.
+ag::Mat<double> mat_rows(const ag::Mat<double>& m, int64_t r0, int64_t r1) {
+  ag::Mat<double> r(r1 - r0, m.cols);
+  std::copy(m.row(r0), m.row(r0) + (r1 - r0) * m.cols, r.data.begin());
+  return r;
+}
+
+// The data of tokens [t0, t1) (a shard): the per-token tensors cut, the initial weights as they are.
+Data token_range(const Case& c, const Data& x, int64_t t0, int64_t t1) {
+  Data y = x;
+  for (auto [field, width] : {std::pair{&Data::q, c.d}, {&Data::k, c.d}, {&Data::v, c.d}, {&Data::go, c.d},
+                              {&Data::lr0, int64_t(1)}, {&Data::lr1, int64_t(1)}, {&Data::lr2, int64_t(1)},
+                              {&Data::mom, int64_t(1)}})
+    y.*field = head_rows(c, x.*field, width, t0, t1);
+  return y;
+}
+
+// o = W1 (silu(W0 q) * (W2 q)) with the initial weights, for the first n tokens of every head: plain loops.
+std::vector<double> apply_initial_weights(const Case& c, const Data& x, int64_t n) {
+  const int64_t d = c.d, dh = c.dh, P = d * dh;
+  std::vector<double> o(size_t(c.B * n * d), 0.0);
+  std::vector<double> a(static_cast<size_t>(dh));
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t t = 0; t < n; ++t) {
+      const double* q = x.q.data() + (b * c.T + t) * d;
+      for (int64_t i = 0; i < dh; ++i) {
+        double g = 0, h = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          g += x.w0[size_t(b * P + i * d + j)] * q[j];
+          h += x.w2[size_t(b * P + i * d + j)] * q[j];
+        }
+        a[size_t(i)] = g / (1 + std::exp(-g)) * h;
+      }
+      for (int64_t j = 0; j < d; ++j)
+        for (int64_t i = 0; i < dh; ++i)
+          o[size_t((b * n + t) * d + j)] += x.w1[size_t(b * P + j * dh + i)] * a[size_t(i)];
+    }
+  return o;
+}
+
+}  // namespace
+
+// Pre-norm as the public prenorm LaCT operator: the accumulator starts at W⁰ and, until the first update, the
+// memory applies W⁰ itself, not its row-normalized copy (which differs by the 1e-5 of the normalization). So the
+// first chunk's output is the plain apply with W⁰ -- bit for bit that of the same run without weight norm -- in
+// the tape engine, the explicit operator (with and without gradients) and its streaming API; with C >= T no
+// update happens and the whole output is that of no weight norm. The first inner gradient is taken at W⁰ too
+// (what the bidirectional program's first chunk applies with depends on it): after one update the pre-norm
+// accumulator is bit for bit the state of the same update without weight norm.
+TEST(LactFused, PreNormUsesInitialWeightsUntilTheFirstUpdate) {
+  double worst = 0;
+  for (int64_t chunk : {1, 4, 5, 12, 16})  // T = 12
+    for (bool muon : {false, true}) {
+      const Case pre{2, 12, 5, 7, chunk, true, true, muon, lact::Norm::Pre};
+      Case none = pre;
+      none.norm = lact::Norm::None;
+      const Data x = make_data(pre, 40 + uint64_t(chunk));
+      const int64_t n = std::min(chunk, pre.T);
+      auto forward_only = [&](const Case& c, bool streamed) {
+        std::vector<double> o(size_t(c.B * c.T * c.d), std::nan(""));
+        if (streamed) lact::stream_cpu<double>(shape_of(c), inputs_of(c, x), o.data());
+        else lact::fused_cpu<double>(shape_of(c), inputs_of(c, x), o.data());
+        return o;
+      };
+      const struct {
+        const char* name;
+        std::vector<double> pre, none;
+      } runs[] = {{"engine", engine_reference(pre, x)[0], engine_reference(none, x)[0]},
+                  {"fused", fused_result(pre, x)[0], fused_result(none, x)[0]},
+                  {"fused forward only", forward_only(pre, false), forward_only(none, false)},
+                  {"fused streaming", forward_only(pre, true), forward_only(none, true)}};
+      const std::vector<double> plain = apply_initial_weights(pre, x, n);
+      for (const auto& r : runs) {
+        const std::vector<double> first = head_rows(pre, r.pre, pre.d, 0, n);
+        EXPECT_TRUE(first == head_rows(pre, r.none, pre.d, 0, n)) << r.name << " " << pre.name();
+        const double e = rel_err(first, plain);
+        EXPECT_LE(e, 1e-15) << r.name << " " << pre.name();
+        worst = std::max(worst, e);
+        if (chunk >= pre.T) EXPECT_TRUE(r.pre == r.none) << r.name << " " << pre.name();
+      }
+      // The first update (inner gradient at W⁰) through the engine's streaming primitive.
+      const engine::MemoryConfig cfg_pre = engine_config(pre), cfg_none = engine_config(none);
+      const engine::SequenceInputs<double> in = engine_inputs(pre, x, 0);
+      engine::MemoryState<double> s_pre = engine::initial_state(cfg_pre, in.w0);
+      engine::MemoryState<double> s_none = engine::initial_state(cfg_none, in.w0);
+      for (auto [cfg, st] : {std::pair{&cfg_pre, &s_pre}, {&cfg_none, &s_none}})
+        engine::state_update(*cfg, *st, in.w0, mat_rows(in.k, 0, n), mat_rows(in.v, 0, n), mat_rows(in.rates, 0, n),
+                             mat_rows(in.momentum_gate, 0, n), ag::Mat<double>());
+      for (size_t i = 0; i < 3; ++i)
+        EXPECT_TRUE(s_pre.weights[i].data == s_none.weights[i].data) << "weight " << i << " " << pre.name();
+    }
+  std::printf("pre-norm first chunk vs the plain apply with W0 (loops): worst relative error %.3g\n", worst);
+}
+
+// Programs with resets (back to W⁰, i.e. "not updated" again, so the chunk after a reset applies W⁰ itself): the
+// tape engine on causal_program(T, C, S) (sequential and split into shards), the explicit operator on each shard
+// (a shard is a fresh causal run from W⁰; W⁰'s gradient summed over the shards) and streaming -- Fused's stream
+// API re-initialized at every shard start, and the engine's state primitives token by token as
+// infer::StreamingModel runs them -- agree: outputs to 1e-13, gradients to 1e-10.
+TEST(LactFused, PreNormWithResetsEngineFusedAndStreamingAgree) {
+  double worst_o = 0, worst_grad = 0;
+  const int64_t S = 10;  // shards [0,10), [10,20), [20,23): the last one is shorter than a chunk (no update)
+  for (bool muon : {false, true}) {
+    const Case c{2, 23, 5, 7, 4, true, true, muon, lact::Norm::Pre};
+    const Data x = make_data(c, 90 + uint64_t(muon));
+    const engine::Program prog = engine::causal_program(c.T, c.chunk, S);
+    const auto ref = engine_reference(c, x, &prog);
+
+    // The explicit operator, shard by shard.
+    std::vector<std::vector<double>> sharded(11);
+    for (size_t i = 0; i < 11; ++i) sharded[i].assign(ref[i].size(), 0.0);
+    for (int64_t t0 = 0; t0 < c.T; t0 += S) {
+      const int64_t t1 = std::min(c.T, t0 + S);
+      Case sc = c;
+      sc.T = t1 - t0;
+      const auto part = fused_result(sc, token_range(c, x, t0, t1));
+      for (int i = 0; i < 11; ++i) {
+        if (i >= 1 && i <= 3) {  // W⁰: summed over shards
+          for (size_t j = 0; j < part[size_t(i)].size(); ++j) sharded[size_t(i)][j] += part[size_t(i)][j];
+          continue;
+        }
+        const int64_t width = (i == 0 || (i >= 4 && i <= 6)) ? c.d : 1;
+        for (int64_t b = 0; b < c.B; ++b)
+          std::copy(part[size_t(i)].begin() + b * sc.T * width, part[size_t(i)].begin() + (b + 1) * sc.T * width,
+                    sharded[size_t(i)].begin() + (b * c.T + t0) * width);
+      }
+    }
+    for (int i = 0; i < 11; ++i) {
+      const double e = rel_err(sharded[size_t(i)], ref[size_t(i)]);
+      EXPECT_LE(e, i == 0 ? 1e-13 : 1e-10) << c.name() << ": fused by shard, " << kNames[i] << " relative error " << e;
+      double& w = i == 0 ? worst_o : worst_grad;
+      w = std::max(w, e);
+    }
+
+    // Fused's streaming API with a reset (stream_init) at every shard start.
+    std::vector<double> streamed(ref[0].size(), std::nan(""));
+    lact::stream_cpu<double>(shape_of(c), inputs_of(c, x), streamed.data(), S);
+    EXPECT_LE(rel_err(streamed, ref[0]), 1e-13) << c.name() << ": fused streaming with resets";
+    worst_o = std::max(worst_o, rel_err(streamed, ref[0]));
+
+    // The engine: batched and split into shards (each from its own initial state) equals the sequential run, and
+    // its streaming primitives token by token (reset at every shard end, update at every full chunk) too.
+    const engine::MemoryConfig cfg = engine_config(c);
+    std::vector<engine::SequenceInputs<double>> items;
+    for (int64_t b = 0; b < c.B; ++b) items.push_back(engine_inputs(c, x, b));
+    const auto split = engine::run_forward_batch<double>(cfg, prog, items, nullptr, {/*split_shards=*/true});
+    for (int64_t b = 0; b < c.B; ++b) {
+      const engine::SequenceInputs<double>& in = items[size_t(b)];
+      const std::vector<double> head_ref(ref[0].begin() + b * c.T * c.d, ref[0].begin() + (b + 1) * c.T * c.d);
+      EXPECT_TRUE(split[size_t(b)].data == head_ref) << c.name() << ": engine split into shards, head " << b;
+      engine::MemoryState<double> st = engine::initial_state(cfg, in.w0);
+      std::vector<double> o;
+      int64_t pending = 0;
+      for (int64_t t = 0; t < c.T; ++t) {
+        const ag::Mat<double> y = engine::state_apply(cfg, st, in.w0, mat_rows(in.q, t, t + 1));
+        o.insert(o.end(), y.data.begin(), y.data.end());
+        ++pending;
+        if ((t + 1) % S == 0) {
+          st = engine::initial_state(cfg, in.w0);
+          pending = 0;
+        } else if (pending == c.chunk) {
+          const int64_t r0 = t + 1 - pending, r1 = t + 1;
+          engine::state_update(cfg, st, in.w0, mat_rows(in.k, r0, r1), mat_rows(in.v, r0, r1),
+                               mat_rows(in.rates, r0, r1), mat_rows(in.momentum_gate, r0, r1), ag::Mat<double>());
+          pending = 0;
+        }
+      }
+      EXPECT_LE(rel_err(o, head_ref), 1e-13) << c.name() << ": engine streaming primitives, head " << b;
+      worst_o = std::max(worst_o, rel_err(o, head_ref));
+    }
+  }
+  std::printf("pre-norm with resets, against the tape engine: outputs worst relative error %.3g, gradients %.3g\n",
+              worst_o, worst_grad);
 }
 
 // Memory stays linear in T/C: the saved states grow by one per chunk, the work buffers do not grow with T.
@@ -375,16 +556,7 @@ std::vector<std::vector<double>> twin(const Case& c, const Data& xd, bool bf16, 
   auto f = [](const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); };
   std::vector<T> w0 = f(xd.w0), w1 = f(xd.w1), w2 = f(xd.w2), q = f(xd.q), k = f(xd.k), v = f(xd.v),
                  lr0 = f(xd.lr0), lr1 = f(xd.lr1), lr2 = f(xd.lr2), mom = f(xd.mom), go = f(xd.go);
-  lact::Shape s;
-  s.B = c.B;
-  s.T = c.T;
-  s.d = c.d;
-  s.dh = c.dh;
-  s.chunk = c.chunk;
-  s.causal = c.causal;
-  s.momentum = c.momentum;
-  s.muon = c.muon;
-  s.norm = c.norm;
+  const lact::Shape s = shape_of(c);
   lact::Inputs<T> in{w0.data(),  w1.data(),  w2.data(),  q.data(), k.data(), v.data(),
                      lr0.data(), lr1.data(), lr2.data(), c.momentum ? mom.data() : nullptr};
   const int64_t P = c.d * c.dh, TD = c.T * c.d;

@@ -325,7 +325,7 @@ void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const
 }
 
 template <class T>
-void stream_cpu(const Shape& s, const Inputs<T>& in, T* o) {
+void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every) {
   s.validate();
   TTT_CHECK(s.causal, "stream_cpu: streaming runs the causal program");
   const int64_t B = s.B, T_ = s.T, d = s.d, C = s.chunk;
@@ -341,6 +341,10 @@ void stream_cpu(const Shape& s, const Inputs<T>& in, T* o) {
                s.momentum ? m.data() : nullptr};
   int64_t pending = 0;
   for (int64_t t = 0; t < T_; ++t) {
+    if (reset_every > 0 && t > 0 && t % reset_every == 0) {  // a shard start: back to W0, chunks restart
+      f.stream_init(in.w0, in.w1, in.w2);
+      pending = 0;
+    }
     for (int64_t b = 0; b < B; ++b) {
       const int64_t src = b * T_ + t, dst = b * C + pending;
       std::copy(in.q + src * d, in.q + (src + 1) * d, q.begin() + dst * d);
@@ -359,8 +363,8 @@ void stream_cpu(const Shape& s, const Inputs<T>& in, T* o) {
   }
 }
 
-template void stream_cpu<float>(const Shape&, const Inputs<float>&, float*);
-template void stream_cpu<double>(const Shape&, const Inputs<double>&, double*);
+template void stream_cpu<float>(const Shape&, const Inputs<float>&, float*, int64_t);
+template void stream_cpu<double>(const Shape&, const Inputs<double>&, double*, int64_t);
 
 template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*,
                                bool);

@@ -9,7 +9,8 @@
 //
 // Per sequence-head b: SwiGLU memory W0 [dh,d], W1 [d,dh], W2 [dh,d], f_W(x) = W1 (silu(W0 x) * (W2 x)),
 // dot-product inner loss, per-token rates lr0/lr1/lr2, optional momentum (chunk-mean gate), optional Muon
-// (NS5), weight norm post / pre / none. Programs: causal (per chunk apply then update, the last chunk
+// (NS5), weight norm post / pre / none (pre as the public prenorm LaCT operator: W⁰ itself until the first update,
+// the row-normalized accumulator after it). Programs: causal (per chunk apply then update, the last chunk
 // apply-only) and bidirectional (per chunk update then apply).
 //
 // Layouts. Inputs w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d], q/k/v/grad_o [B,T,d], lr0/lr1/lr2/momentum [B,T]
@@ -270,7 +271,8 @@ class Fused {
   // ---- streaming (generation): the causal program one chunk at a time, state kept inside ---------------
   // Build with a Shape whose T is the chunk (s.T == s.chunk, causal) and with_grad off; the Inputs tensors
   // are then [B, chunk, d] / [B, chunk] buffers holding the unfinished chunk's tokens in rows 0..n-1.
-  // stream_init packs the initial weights (and their weight-norm targets) and zeroes the momentum;
+  // stream_init packs the initial weights (and their weight-norm targets) and zeroes the momentum (called
+  // again, it is a reset: the state is "not updated" again);
   // stream_apply writes o rows [r0, r0+n) = f_E(q rows [r0, r0+n)) with the weights of the current chunk
   // start; stream_update takes the chunk's n tokens (rows 0..n-1) and advances the state to the next chunk,
   // exactly as forward() does between two chunks.
@@ -317,7 +319,7 @@ class Fused {
       ops_.zero_rows(g.lr2, 1, c0, n);
       if (s_.momentum) ops_.zero_rows(g.mom, 1, c0, n);
     }
-    // dE_ collects the cotangent of the effective weights of version cur (pre-norm: of N(A_cur));
+    // dE_ collects the cotangent of the effective weights of version cur (pre-norm after an update: of N(A_cur));
     // flush() moves it into dA_, the cotangent of A_cur.
     int64_t cur = s_.num_versions() - 1;
     ops_.zero(dE_, B * 3 * P);
@@ -363,9 +365,13 @@ class Fused {
   T* state(int64_t slot_index) const { return states_ + slot_index * s_.B * 3 * s_.P(); }
   T* mstate(int64_t slot_index) const { return mstates_ + slot_index * s_.B * 3 * s_.P(); }
 
-  // The weights the memory applies with (and takes the inner gradient at): A, or with pre-norm N(A).
+  // Pre-norm as the public prenorm LaCT operator: version 0 (W⁰, no update yet) is used as it is, every later
+  // version as its row-normalized copy N(A).
+  bool normalized(int64_t version) const { return s_.norm == Norm::Pre && version > 0; }
+
+  // The weights the memory applies with (and takes the inner gradient at): A, or N(A) (see normalized()).
   const T* effective(int64_t slot_index, int64_t version) {
-    if (s_.norm != Norm::Pre) return state(slot_index);
+    if (!normalized(version)) return state(slot_index);
     if (cached_e_ != version) {
       ops_.weight_norm(state(slot_index), tau_, ebuf_);
       cached_e_ = version;
@@ -454,7 +460,7 @@ class Fused {
   // ---- backward pieces ------------------------------------------------------------------------------
   void flush(int64_t version) {
     const int64_t n = s_.B * 3 * s_.P();
-    if (s_.norm == Norm::Pre) ops_.weight_norm_bwd(state(version), tau_, dE_, dA_, dtau_);
+    if (normalized(version)) ops_.weight_norm_bwd(state(version), tau_, dE_, dA_, dtau_);
     else ops_.add(dA_, dE_, n);
     ops_.zero(dE_, n);
   }
@@ -551,9 +557,11 @@ class Fused {
 int64_t workspace_elements(const Shape& s, bool with_grad);
 
 // The causal forward through the streaming API (Fused::stream_*), token by token as generation runs it: o must
-// equal fused_cpu's o. The reference usage of the streaming API (and its test).
+// equal fused_cpu's o. The reference usage of the streaming API (and its test). reset_every > 0: back to the
+// initial weights (stream_init) at every multiple of it, chunks restarting there -- the program
+// causal_program(T, chunk, reset_every) of the engine.
 template <class T>
-void stream_cpu(const Shape& s, const Inputs<T>& in, T* o);
+void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every = 0);
 
 // The CPU twin: Fused<CpuOps<T>> on host arrays (T = float or double). Forward only when grad_o is null.
 // round_operands_bf16: every element of op(A) and op(B) of every matrix product is first rounded to bf16

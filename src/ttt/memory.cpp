@@ -84,7 +84,7 @@ Var weight_normalize(Tape<T>& t, Var w, Var w0) {
 template <class T>
 std::vector<Var> effective_weights(Tape<T>& t, const MemoryConfig& cfg, const StateVars& s,
                                    const std::vector<Var>& w_init) {
-  if (cfg.weight_norm != WeightNorm::Pre) return s.weights;
+  if (cfg.weight_norm != WeightNorm::Pre || !s.updated) return s.weights;
   std::vector<Var> out;
   for (size_t i = 0; i < s.weights.size(); ++i) out.push_back(weight_normalize(t, s.weights[i], w_init[i]));
   return out;
@@ -183,6 +183,7 @@ StateVars record_update(Tape<T>& t, const MemoryConfig& cfg, const StateVars& s,
   std::vector<Var> w_eff = effective_weights(t, cfg, s, w_init);
   std::vector<Var> delta = record_inner_step(t, cfg, w_eff, in);
   StateVars out;
+  out.updated = true;
   if (cfg.momentum) {
     Var mbar = ag::mean(t, in.momentum_gate);
     for (size_t i = 0; i < delta.size(); ++i) {

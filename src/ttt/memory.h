@@ -41,10 +41,11 @@ struct MemoryConfig {
 };
 
 // Variables of a memory state on a tape: the weights and (with momentum) the momentum buffers.
-// With pre-norm, `weights` is the unnormalized accumulator.
+// With pre-norm, `weights` is the unnormalized accumulator, which starts at W⁰.
 struct StateVars {
   std::vector<ag::Var> weights;
   std::vector<ag::Var> momentum;  // empty when momentum is off
+  bool updated = false;           // an update happened since W⁰ (initial state or reset)
 };
 
 // Per-chunk update inputs on a tape (rows are the chunk's tokens).
@@ -55,7 +56,9 @@ struct UpdateVars {
   ag::Var decay_gate;     // [n,1] or invalid
 };
 
-// The weights the memory applies with: the state itself, or with pre-norm its row-normalized copy.
+// The weights the memory applies with and takes the inner gradient at: the state itself; with pre-norm, as the
+// public prenorm LaCT operator, W⁰ itself (the state, unnormalized) until the first update and the state's
+// row-normalized copy after it.
 template <class T>
 std::vector<ag::Var> effective_weights(ag::Tape<T>& t, const MemoryConfig& cfg, const StateVars& s,
                                        const std::vector<ag::Var>& w_init);
@@ -73,7 +76,8 @@ std::vector<ag::Var> record_inner_step(ag::Tape<T>& t, const MemoryConfig& cfg, 
 template <class T>
 ag::Var record_ns5(ag::Tape<T>& t, ag::Var m);
 
-// One chunk update of §3: inner step, momentum, Muon, decay, step, weight norm. Returns the new state.
+// One chunk update of §3: inner step, momentum, Muon, decay, step, weight norm. Returns the new state
+// (marked updated).
 template <class T>
 StateVars record_update(ag::Tape<T>& t, const MemoryConfig& cfg, const StateVars& s, const std::vector<ag::Var>& w_init,
                         const UpdateVars& in);

@@ -43,6 +43,7 @@ StateVars state_leaves(Tape<T>& t, const MemoryState<T>& s, bool rg) {
   StateVars sv;
   for (auto& w : s.weights) sv.weights.push_back(t.leaf(w, rg));
   for (auto& m : s.momentum) sv.momentum.push_back(t.leaf(m, rg));
+  sv.updated = s.updated;
   return sv;
 }
 template <class T>
@@ -118,6 +119,7 @@ void state_update(const MemoryConfig& cfg, MemoryState<T>& s, const std::vector<
   StateVars out = record_update(t, cfg, sv, wi, update_leaves(t, cfg, k, v, rates, mg, dg, false));
   for (size_t i = 0; i < out.weights.size(); ++i) s.weights[i] = t.val(out.weights[i]);
   for (size_t i = 0; i < out.momentum.size(); ++i) s.momentum[i] = t.val(out.momentum[i]);
+  s.updated = out.updated;
 }
 
 template <class T>

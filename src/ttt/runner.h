@@ -32,6 +32,7 @@ template <class T>
 struct MemoryState {
   std::vector<ag::Mat<T>> weights;   // with pre-norm: the unnormalized accumulator
   std::vector<ag::Mat<T>> momentum;  // empty when momentum is off
+  bool updated = false;              // an update happened since W⁰ (pre-norm applies W⁰ itself until then)
 };
 
 template <class T>
