@@ -9,6 +9,7 @@
 
 #include "cli_test_util.h"
 #include "core/file_io.h"
+#include "core/safetensors.h"
 #include "data/tokens.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
@@ -28,7 +29,7 @@ struct Fixture {
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 
-// A temp dir with a small valid checkpoint in run/checkpoint and a valid byte corpus in data/.
+// A temp dir with a small valid checkpoint in run/ (run/checkpoint links to it) and a valid byte corpus in data/.
 Fixture make_fixture(const std::string& tag) {
   Fixture f;
   f.dir = fs::temp_directory_path() / ("ttt_test_cli_" + tag + "_" + std::to_string(::getpid()));
@@ -51,7 +52,7 @@ Fixture make_fixture(const std::string& tag) {
   train::RunState st;
   st.train.seq_len = f.cfg.seq_len;
   st.train.data_dir = (f.dir / "data").string();
-  train::save_checkpoint((f.dir / "run/checkpoint").string(), f.cfg, p, opt, st);
+  train::save_run_checkpoint((f.dir / "run").string(), f.cfg, p, opt, st, /*keep=*/1);
   std::string text;
   for (int i = 0; i < 40; ++i) text += "some text of a document number " + std::to_string(i) + '\0';
   fs::create_directories(f.dir / "data");
@@ -201,5 +202,61 @@ TEST(CliErrors, GenerateBadInput) {
   expect_clean_failure("generate --checkpoint " + run, "truncated");
   write_file_atomic((ck / "config.json").string(), "{\"dim\": 30, \"n_attn_heads\": 4}");
   expect_clean_failure("generate --checkpoint " + run, "dim");
+  fs::remove_all(f.dir);
+}
+
+namespace {
+// The fixture's small model as a config file, and the flags of a short training run on its corpus.
+std::string small_train_flags(const Fixture& f) {
+  model::save_config((f.dir / "small.json").string(), f.cfg);
+  return " --config " + q(f.dir / "small.json") + " --data " + q(f.dir / "data") +
+         " --batch 2 --eval-batches 1 --sample-tokens 0";
+}
+}  // namespace
+
+TEST(CliErrors, DivergedTrainingFailsAndSavesNoCheckpoint) {
+  Fixture f = make_fixture("diverge");
+  // The first AdamW step with this LR overflows the weights; the final validation would be NaN.
+  expect_clean_failure("train" + small_train_flags(f) + " --steps 1 --warmup 0 --lr 3e38 --weight-decay 0 --out " +
+                           q(f.dir / "r1"),
+                       "non-finite");
+  EXPECT_THROW(train::load_checkpoint((f.dir / "r1").string(), false), Error) << "a checkpoint of non-finite weights was written";
+  fs::remove_all(f.dir);
+}
+
+// Finite weights so large that the model's activations overflow (what a diverged run used to save): eval and
+// generate fail instead of printing a null loss or sampling from NaN logits.
+TEST(CliErrors, CheckpointWhoseOutputsOverflow) {
+  Fixture f = make_fixture("overflow");
+  const fs::path weights = f.dir / "run/checkpoint/model.safetensors";
+  SafeTensors st = safetensors_load(weights.string());
+  for (auto& [name, t] : st.tensors)
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 3e38f;
+  safetensors_save(weights.string(), st);
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data") + " --batches 1 --batch 2",
+                       "non-finite");
+  expect_clean_failure("generate --checkpoint " + q(f.dir / "run") + " --max-new-tokens 3", "non-finite");
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, BadTrainingFlags) {
+  Fixture f = make_fixture("flags");
+  expect_clean_failure("train" + small_train_flags(f) + " --steps 1 --clip -1 --out " + q(f.dir / "r1"), "clip");
+  expect_clean_failure("train" + small_train_flags(f) + " --steps 1 --keep-checkpoints 0 --out " + q(f.dir / "r2"),
+                       "--keep-checkpoints must be >= 1");
+  fs::remove_all(f.dir);
+}
+
+TEST(CliErrors, ResumeWithAnotherDataset) {
+  Fixture f = make_fixture("resume_data");
+  const RunResult first = run_cli("train" + small_train_flags(f) + " --steps 1 --out " + q(f.dir / "r"));
+  ASSERT_TRUE(WIFEXITED(first.status) && WEXITSTATUS(first.status) == 0) << first.output;
+  // Another corpus: same vocabulary, different text.
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "other words in another document " + std::to_string(i) + '\0';
+  fs::create_directories(f.dir / "other");
+  data::save_byte_tokens((f.dir / "other/train.bin").string(), text, 40);
+  data::save_byte_tokens((f.dir / "other/val.bin").string(), text, 40);
+  expect_clean_failure("train --resume " + q(f.dir / "r") + " --steps 2 --data " + q(f.dir / "other"), "fingerprint");
   fs::remove_all(f.dir);
 }

@@ -2,12 +2,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstring>
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 #include <omp.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/file_io.h"
@@ -46,6 +50,30 @@ model::ModelConfig small_cfg() {
   c.seq_len = 32;
   c.mlp_hidden = 64;
   return c;
+}
+
+// An AdamW with default settings for the parameters `p`.
+train::AdamW default_adamw(const model::Params<float>& p) {
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  return train::AdamW(p.names, sizes, train::AdamWConfig{});
+}
+
+// A short run of the small LaCT model: 4 steps, checkpoints at 2 and 4, validation at the end only; fast
+// enough to repeat in each of the many processes of the fault-injection test.
+train::TrainOptions short_run_options(const std::string& data) {
+  train::TrainOptions o;
+  o.model = test_util::small_lact_config();
+  o.train.data_dir = data;
+  o.train.steps = 4;
+  o.train.batch = 2;
+  o.train.seq_len = o.model.seq_len;
+  o.train.warmup = 1;
+  o.train.eval_every = 0;
+  o.train.eval_batches = 1;
+  o.train.ckpt_every = 2;
+  o.train.log_every = 100;
+  return o;
 }
 
 }  // namespace
@@ -226,9 +254,7 @@ TEST(Train, CheckpointRoundTrip) {
   model::ModelConfig c = small_cfg();
   model::Params<float> p = model::make_params<float>(c);
   model::init_params(c, p, 11);
-  std::vector<int64_t> sizes;
-  for (auto& m : p.values) sizes.push_back(m.size());
-  train::AdamW opt(p.names, sizes, train::AdamWConfig{});
+  train::AdamW opt = default_adamw(p);
   std::vector<ag::Mat<float>> g = p.values;  // any gradient
   opt.step(p.values, g, 1e-3);
   opt.step(p.values, g, 1e-3);
@@ -241,11 +267,13 @@ TEST(Train, CheckpointRoundTrip) {
   st.train.steps = 10;
   st.train.seq_len = c.seq_len;
   st.train.lr = 1.5e-3;
-  train::save_checkpoint(dir + "/checkpoint", c, p, opt, st);
-  EXPECT_TRUE(file_exists(dir + "/checkpoint/state.json"));
+  EXPECT_EQ(train::save_run_checkpoint(dir, c, p, opt, st, /*keep=*/1), dir + "/checkpoints/step-2");
+  EXPECT_TRUE(file_exists(dir + "/checkpoint/state.json"));  // through the link
 
-  auto ck = train::load_checkpoint(dir, true);  // the run directory resolves to its checkpoint/
-  EXPECT_EQ(ck.dir, dir + "/checkpoint");
+  auto ck = train::load_checkpoint(dir, true);  // the run directory resolves to its newest checkpoint
+  EXPECT_EQ(ck.dir, dir + "/checkpoints/step-2");
+  EXPECT_EQ(ck.run_dir, dir);
+  EXPECT_EQ(train::load_checkpoint(dir + "/checkpoint/", true).dir, ck.dir);
   EXPECT_EQ(ck.cfg, c);
   ASSERT_TRUE(ck.has_state);
   EXPECT_EQ(ck.state.step, 2);
@@ -253,7 +281,7 @@ TEST(Train, CheckpointRoundTrip) {
   EXPECT_EQ(ck.state.data_rng, st.data_rng);
   EXPECT_EQ(ck.state.train, st.train);
   for (size_t i = 0; i < p.values.size(); ++i) EXPECT_EQ(ck.params.values[i].data, p.values[i].data) << p.names[i];
-  train::AdamW opt2(p.names, sizes, train::AdamWConfig{});
+  train::AdamW opt2 = default_adamw(p);
   train::load_optimizer(ck.dir, ck.params, ck.state, opt2);
   EXPECT_EQ(opt2.steps(), 2);
   EXPECT_EQ(opt2.m(), opt.m());
@@ -442,4 +470,297 @@ TEST(Train, Stage2FreezesAllButTheLocalMemories) {
   bad.stage2_local_chunks = {1};
   EXPECT_THROW(train::train(bad), Error);  // wrong number of local chunk sizes
   fs::remove_all(base);
+}
+
+TEST(Train, ClipMustNotBeNegative) {
+  train::TrainConfig c;
+  c.clip = 0;  // off
+  EXPECT_NO_THROW(train::validate(c));
+  c.clip = -1;
+  EXPECT_THROW(train::validate(c), Error);
+}
+
+// A run whose weights overflow fails with a clear error and writes no checkpoint of non-finite weights.
+TEST(Train, DivergenceIsAnErrorWithoutACheckpoint) {
+  const std::string data = make_corpus("diverge_data");
+  const std::string base = temp_dir("diverge");
+  train::TrainOptions o = short_run_options(data);
+  o.train.lr = 3e38;  // the first AdamW step moves every weight by ~lr
+  o.train.warmup = 0;
+  o.train.weight_decay = 0;
+  // A run of one step, validated at its end; a longer one validated and saved at every step.
+  for (int64_t ckpt_every : {0, 1}) {
+    o.train.steps = ckpt_every == 0 ? 1 : 3;
+    o.train.ckpt_every = ckpt_every;
+    o.train.eval_every = ckpt_every;
+    o.out_dir = base + "/run" + std::to_string(ckpt_every);
+    try {
+      train::train(o);
+      ADD_FAILURE() << "a diverged run succeeded (ckpt_every " << ckpt_every << ")";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("--lr"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(train::load_checkpoint(o.out_dir, false), Error) << "a checkpoint was written (ckpt_every " << ckpt_every << ")";
+  }
+  fs::remove_all(base);
+  fs::remove_all(data);
+}
+
+namespace {
+
+// Every file and directory name under `dir` (recursively) that contains ".tmp.".
+std::vector<std::string> temp_entries(const std::string& dir) {
+  std::vector<std::string> found;
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it)
+    if (it->path().filename().string().find(".tmp.") != std::string::npos) found.push_back(it->path().string());
+  return found;
+}
+
+// Runs `o` in a child process whose `point`-th I/O point gets `fault`; returns the child's exit code.
+int train_with_fault(const train::TrainOptions& o, int64_t point, IoFault fault) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::alarm(120);            // a hang fails the test instead of blocking it
+    omp_set_num_threads(1);  // the parent's OpenMP threads do not exist in the child
+    inject_io_fault(point, fault);
+    try {
+      train::train(o);
+    } catch (const Error&) {
+      ::_exit(1);
+    } catch (...) {
+      ::_exit(2);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+// A checkpoint is written as one unit: a run killed (or out of disk space) at any I/O point keeps its newest
+// complete checkpoint, loses at most the steps since it, resumes bit-identically, and the next save leaves no
+// temp files.
+TEST(Train, CheckpointSurvivesAFaultAtEveryIoPoint) {
+  const std::string data = make_corpus("fault_data");
+  const std::string base = temp_dir("fault");
+  train::TrainOptions o = short_run_options(data);
+
+  // The I/O points of a run up to its first checkpoint (step 2), then of the whole run (checkpoints at 2 and 4).
+  o.train.steps = 2;
+  o.out_dir = base + "/first";
+  inject_io_fault(0, IoFault::none);
+  train::train(o);
+  const int64_t first_save_points = io_points_counted();
+  o.train.steps = 4;
+  o.out_dir = base + "/full";
+  inject_io_fault(0, IoFault::none);
+  train::train(o);
+  const int64_t run_points = io_points_counted();
+  ASSERT_GT(run_points, first_save_points);
+  std::printf("I/O points: %lld up to the first checkpoint, %lld in the run\n", (long long)first_save_points,
+              (long long)run_points);
+  const std::string weights_at_2 = read_file(base + "/first/checkpoint/model.safetensors");
+  const std::string weights_at_4 = read_file(base + "/full/checkpoint/model.safetensors");
+
+  for (IoFault fault : {IoFault::die, IoFault::enospc}) {
+    int64_t last_step = -1;
+    for (int64_t point = 1; point <= run_points; ++point) {
+      const std::string tag = (fault == IoFault::die ? "die at point " : "ENOSPC at point ") + std::to_string(point);
+      SCOPED_TRACE(tag);
+      o.out_dir = base + "/faulty";
+      const int code = train_with_fault(o, point, fault);
+      ASSERT_EQ(code, fault == IoFault::die ? kIoFaultExitCode : 1);
+
+      // The newest complete checkpoint (if any) is consistent, and no older than the last save that finished.
+      int64_t step = 0;
+      try {
+        const train::LoadedCheckpoint ck = train::load_checkpoint(o.out_dir, /*require_state=*/true);
+        step = ck.state.step;
+        ASSERT_TRUE(step == 2 || step == 4) << step;
+        EXPECT_EQ(read_file(ck.dir + "/model.safetensors"), step == 2 ? weights_at_2 : weights_at_4);
+        train::AdamW opt = default_adamw(ck.params);
+        train::load_optimizer(ck.dir, ck.params, ck.state, opt);
+      } catch (const Error& e) {
+        ASSERT_LE(point, first_save_points) << "no usable checkpoint after the first save completed: " << e.what();
+      }
+      EXPECT_GE(step, last_step) << "a later fault left an older checkpoint";
+      last_step = step;
+
+      // Continuing (or, without a checkpoint, starting over) ends bit-identical to the uninterrupted run.
+      train::TrainOptions again = o;
+      if (step > 0) {
+        again = train::TrainOptions{};
+        again.resume = o.out_dir;
+      }
+      const train::TrainResult r = train::train(again);
+      EXPECT_EQ(r.step, 4);
+      EXPECT_EQ(read_file(o.out_dir + "/checkpoint/model.safetensors"), weights_at_4);
+      EXPECT_EQ(temp_entries(o.out_dir), std::vector<std::string>{});
+      EXPECT_EQ(std::distance(fs::directory_iterator(o.out_dir + "/checkpoints"), fs::directory_iterator()), 1);
+      fs::remove_all(o.out_dir);
+    }
+  }
+  fs::remove_all(base);
+  fs::remove_all(data);
+}
+
+// Non-finite weights are never saved, and the previous checkpoint stays.
+TEST(Train, CheckpointOfNonFiniteWeightsIsRefused) {
+  const std::string dir = temp_dir("nonfinite");
+  model::ModelConfig c = small_cfg();
+  model::Params<float> p = model::make_params<float>(c);
+  model::init_params(c, p, 3);
+  train::AdamW opt = default_adamw(p);
+  train::RunState st;
+  st.train.seq_len = c.seq_len;
+  st.step = 1;
+  train::save_run_checkpoint(dir, c, p, opt, st, 1);
+  p.values[1].data[0] = std::numeric_limits<float>::infinity();
+  st.step = 2;
+  try {
+    train::save_run_checkpoint(dir, c, p, opt, st, 1);
+    ADD_FAILURE() << "non-finite weights were saved";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(p.names[1]), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(train::load_checkpoint(dir, true).state.step, 1);
+  EXPECT_FALSE(fs::exists(dir + "/checkpoints/step-2"));
+  fs::remove_all(dir);
+}
+
+// --keep-checkpoints: the newest K complete checkpoints stay (K stored with the run, changeable on resume); the
+// link names the newest; an older one can be given explicitly; without the link the newest is still found.
+TEST(Train, KeepsTheNewestCheckpoints) {
+  const std::string data = make_corpus("keep_data");
+  const std::string base = temp_dir("keep");
+  train::TrainOptions o = short_run_options(data);
+  o.train.steps = 5;
+  o.train.ckpt_every = 1;
+  o.train.keep_checkpoints = 2;
+  o.out_dir = base + "/run";
+  train::train(o);
+  auto names = [&] {
+    std::vector<std::string> n;
+    for (const auto& e : fs::directory_iterator(base + "/run/checkpoints")) n.push_back(e.path().filename().string());
+    std::sort(n.begin(), n.end());
+    return n;
+  };
+  EXPECT_EQ(names(), (std::vector<std::string>{"step-4", "step-5"}));
+  EXPECT_TRUE(fs::is_symlink(base + "/run/checkpoint"));
+  EXPECT_EQ(fs::read_symlink(base + "/run/checkpoint").string(), "checkpoints/step-5");
+  EXPECT_EQ(train::load_checkpoint(base + "/run", true).state.step, 5);
+  const train::LoadedCheckpoint older = train::load_checkpoint(base + "/run/checkpoints/step-4", true);
+  EXPECT_EQ(older.state.step, 4);
+  EXPECT_EQ(older.run_dir, base + "/run");
+
+  train::TrainOptions r;
+  r.resume = base + "/run";
+  r.steps_override = 8;
+  r.keep_checkpoints_override = 3;
+  train::train(r);
+  EXPECT_EQ(names(), (std::vector<std::string>{"step-6", "step-7", "step-8"}));
+  EXPECT_EQ(train::load_checkpoint(base + "/run", true).state.train.keep_checkpoints, 3);
+
+  // The link lost (a save killed before its first link, or deleted): the newest complete directory is used.
+  fs::remove(base + "/run/checkpoint");
+  EXPECT_EQ(train::load_checkpoint(base + "/run", true).state.step, 8);
+  EXPECT_EQ(train::load_checkpoint(base + "/run/checkpoint", true).state.step, 8);  // names the missing link
+  fs::remove_all(base);
+  fs::remove_all(data);
+}
+
+// A run saved by the previous version (a plain RUN/checkpoint/ directory, with a temp file a killed save left)
+// loads, and resumes bit-identically into the current layout.
+TEST(Train, EarlierVersionCheckpointDirectoryLoadsAndResumes) {
+  const std::string data = make_corpus("legacy_data");
+  const std::string base = temp_dir("legacy");
+  train::TrainOptions o = short_run_options(data);
+  o.out_dir = base + "/full";
+  train::train(o);
+  o.out_dir = base + "/old";
+  o.interrupt_after = 3;  // its last checkpoint is step 2
+  train::train(o);
+  // The previous layout: the checkpoint files right in RUN/checkpoint/.
+  const std::string run = base + "/old";
+  fs::remove(run + "/checkpoint");
+  fs::rename(run + "/checkpoints/step-2", run + "/checkpoint");
+  fs::remove(run + "/checkpoints");
+  write_file_atomic(run + "/checkpoint/optimizer.safetensors.tmp.999999999", "left by a killed save");
+
+  const train::LoadedCheckpoint ck = train::load_checkpoint(run, true);
+  EXPECT_EQ(ck.dir, run + "/checkpoint");
+  EXPECT_EQ(ck.run_dir, run);
+  EXPECT_EQ(ck.state.step, 2);
+  train::TrainOptions r;
+  r.resume = run;
+  EXPECT_EQ(train::train(r).step, 4);
+  EXPECT_EQ(read_file(run + "/checkpoint/model.safetensors"), read_file(base + "/full/checkpoint/model.safetensors"));
+  EXPECT_TRUE(fs::is_symlink(run + "/checkpoint"));
+  EXPECT_EQ(train::load_checkpoint(run, true).dir, run + "/checkpoints/step-4");
+  EXPECT_FALSE(fs::exists(run + "/checkpoints/step-2"));  // kept: the newest 1
+  EXPECT_EQ(temp_entries(run), std::vector<std::string>{});
+  fs::remove_all(base);
+  fs::remove_all(data);
+}
+
+TEST(Train, LossSpikeDetector) {
+  train::LossSpikeDetector d;
+  EXPECT_EQ(d.observe(5.0), 0.0);  // nothing to compare with yet
+  for (double l : {5.2, 4.9, 4.6, 4.8}) EXPECT_EQ(d.observe(l), 0.0);
+  const double avg = d.average();
+  EXPECT_EQ(d.observe(avg * 1.4), 0.0);  // batch noise
+  const double before = d.average();
+  EXPECT_NEAR(d.observe(before * 2.0), 2.0, 1e-12);
+  // The average follows the losses (decay 0.9).
+  EXPECT_NEAR(d.average(), 0.9 * before + 0.1 * before * 2.0, 1e-12);
+}
+
+// A loss spike is marked on the progress line (a run at a learning rate far too high).
+TEST(Train, LossSpikeIsReported) {
+  const std::string data = make_corpus("spike_data");
+  const std::string base = temp_dir("spike");
+  train::TrainOptions o = short_run_options(data);
+  o.train.steps = 40;
+  o.train.ckpt_every = 0;
+  o.train.lr = 1;
+  o.train.warmup = 0;
+  o.train.log_every = 1000;
+  o.out_dir = base + "/run";
+  std::ostringstream log;
+  o.log = &log;
+  const train::TrainResult r = train::train(o);
+  EXPECT_GT(r.loss_spikes, 0) << log.str();
+  EXPECT_NE(log.str().find("warning: loss spike at step"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("LOSS SPIKE"), std::string::npos) << log.str();
+  fs::remove_all(base);
+  fs::remove_all(data);
+}
+
+// A stop request (what the CLI's SIGINT/SIGTERM handler sets) finishes the step, saves a checkpoint even with
+// ckpt_every 0, skips the validation, and the run then continues bit-identically.
+TEST(Train, StopRequestSavesTheStepAndResumes) {
+  const std::string data = make_corpus("stop_data");
+  const std::string base = temp_dir("stop");
+  train::TrainOptions o = short_run_options(data);
+  o.train.ckpt_every = 0;
+  o.out_dir = base + "/full";
+  train::train(o);
+  std::atomic<int> stop{SIGTERM};  // already set: the first step is the last
+  o.out_dir = base + "/stopped";
+  o.stop_signal = &stop;
+  const train::TrainResult r = train::train(o);
+  EXPECT_EQ(r.stop_signal, SIGTERM);
+  EXPECT_EQ(r.step, 1);
+  EXPECT_TRUE(std::isnan(r.val_loss));
+  EXPECT_EQ(train::load_checkpoint(o.out_dir, true).state.step, 1);
+  train::TrainOptions again;
+  again.resume = o.out_dir;
+  EXPECT_EQ(train::train(again).step, 4);
+  EXPECT_EQ(read_file(o.out_dir + "/checkpoint/model.safetensors"), read_file(base + "/full/checkpoint/model.safetensors"));
+  fs::remove_all(base);
+  fs::remove_all(data);
 }

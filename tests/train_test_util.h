@@ -1,5 +1,5 @@
-// Shared by the training tests (CPU and GPU): scratch directories, a synthetic byte corpus, a run's metrics, and
-// the small TNT model of the stage-2 tests.
+// Shared by the training tests (CPU and GPU): scratch directories, a synthetic byte corpus, a run's metrics, a
+// small LaCT model, and the small TNT model of the stage-2 tests.
 #pragma once
 #include <unistd.h>
 
@@ -52,6 +52,20 @@ inline std::vector<nlohmann::json> read_metrics(const std::string& run_dir) {
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));
   return out;
+}
+
+// A small LaCT model (one layer, width 16, chunk 8, window 8, seq_len 16) that trains a step in milliseconds.
+inline model::ModelConfig small_lact_config() {
+  model::ModelConfig cfg = model::preset("tiny");
+  cfg.dim = 16;
+  cfg.n_layers = 1;
+  cfg.n_attn_heads = 2;
+  cfg.n_mem_heads = 2;
+  cfg.chunk = 8;
+  cfg.window = 8;
+  cfg.seq_len = 16;
+  cfg.mlp_hidden = 32;
+  return cfg;
 }
 
 // A small TNT model (one layer, width 16, global chunk 16, locals 8 and 4, shard 16) for stage-2 runs.

@@ -1,5 +1,6 @@
 // ttt eval: validation loss, bits per byte and loss per position bucket of a checkpoint; prints JSON and
 // writes the buckets as CSV.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -98,6 +99,8 @@ int cmd_eval(const Argv& argv) {
   } else
 #endif
     r = train::evaluate(ck.cfg, ck.params, vf.tokens, eo);
+  TTT_CHECK(std::isfinite(r.loss), "ttt eval: the validation loss of checkpoint '" << ck.dir << "' is non-finite ("
+                                       << r.loss << "): its weights overflow on this data");
 
   const std::string csv = a.has("csv") ? a.str("csv") : (std::filesystem::path(ck_arg) / "eval_buckets.csv").string();
   write_file_atomic(csv, train::buckets_csv(r));

@@ -1,7 +1,13 @@
 // ttt train: train a model (src/train/trainer.h). With no flags: the tiny preset on data/linux-doc for a few
-// minutes on a CPU, then a generated sample.
+// minutes on a CPU, then a generated sample. SIGINT/SIGTERM: the first finishes the step, saves a checkpoint
+// and exits with 128 + the signal number, saying how to resume; a second exits at once.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
@@ -28,6 +34,44 @@ std::string num(double v) {
 // so on cuda the default micro-batch is 16 (4x the tokens per step of the CPU default, same steps and LR).
 constexpr int64_t kCudaDefaultBatch = 16;
 
+// The first SIGINT/SIGTERM received, read by the training loop (lock-free, so safe to set in a signal handler
+// that may run on any thread).
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free);
+
+// Only async-signal-safe calls here (write, _exit).
+extern "C" void on_stop_signal(int sig) {
+  auto say = [](const char* s) { [[maybe_unused]] const ssize_t n = ::write(2, s, std::strlen(s)); };
+  if (g_stop_signal.load() != 0) {
+    say("\nsecond interrupt: exiting at once, without a checkpoint of the current step\n");
+    ::_exit(128 + sig);
+  }
+  g_stop_signal.store(sig);
+  say("\ninterrupt: finishing the current step, then saving a checkpoint (signal again to exit at once)\n");
+}
+
+// Routes SIGINT and SIGTERM to on_stop_signal while training; restores the previous handlers after.
+class StopSignalScope {
+ public:
+  StopSignalScope() {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;  // file I/O in progress is not cut short by EINTR
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignalScope() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignalScope(const StopSignalScope&) = delete;
+  StopSignalScope& operator=(const StopSignalScope&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
 }  // namespace
 
 int cmd_train(const Argv& argv) {
@@ -39,7 +83,8 @@ int cmd_train(const Argv& argv) {
     return s;
   }() + ")", d.preset)
       .value("config", "JSON model config file (overrides --preset)")
-      .value("data", "data directory with train.bin, val.bin (meta.json); made by `ttt prepare`", d.data_dir)
+      .value("data", "data directory with train.bin, val.bin (meta.json); made by `ttt prepare`; with --resume: where "
+                     "the run's dataset is now (its fingerprint must match)", d.data_dir)
       .value("out", "run directory (default: runs/<preset>-<timestamp>)")
       .value("steps", "optimizer steps (on --resume: a new total)", std::to_string(d.steps))
       .value("batch", "sequences per micro-batch (default " + std::to_string(d.batch) + " on cpu, " +
@@ -56,6 +101,8 @@ int cmd_train(const Argv& argv) {
       .value("eval-every", "validate every N steps (0: only at the end)", std::to_string(d.eval_every))
       .value("eval-batches", "validation batches (of --batch windows each)", std::to_string(d.eval_batches))
       .value("ckpt-every", "checkpoint every N steps (0: only at the end)", std::to_string(d.ckpt_every))
+      .value("keep-checkpoints", "complete checkpoints kept in RUN/checkpoints/ (besides the one being written)",
+             std::to_string(d.keep_checkpoints))
       .value("log-every", "progress line every N steps", std::to_string(d.log_every))
       .value("seed", "seed of the initialization and the batch sampler", std::to_string(d.seed))
       .value("resume", "continue the run in this run (or checkpoint) directory exactly where it stopped")
@@ -89,6 +136,8 @@ int cmd_train(const Argv& argv) {
   TTT_CHECK(std::isfinite(opt.time_budget_s) && opt.time_budget_s >= 0, "ttt train: --time-budget must be >= 0 seconds");
   const int64_t sample_tokens = a.i64("sample-tokens");
   TTT_CHECK(sample_tokens >= 0, "ttt train: --sample-tokens must be >= 0, got " << sample_tokens);
+  const int64_t keep_checkpoints = a.i64("keep-checkpoints");
+  TTT_CHECK(keep_checkpoints >= 1, "ttt train: --keep-checkpoints must be >= 1, got " << keep_checkpoints);
 
   const int64_t stage = a.i64("stage");
   TTT_CHECK(stage == 1 || stage == 2, "ttt train: --stage must be 1 or 2, got " << stage);
@@ -105,13 +154,16 @@ int cmd_train(const Argv& argv) {
 
   if (a.has("resume")) {
     // The run continues with its stored model and training config; only these may change.
-    for (const char* f : {"preset", "config", "data", "out", "batch", "seq-len", "accum", "lr", "min-lr-ratio", "warmup",
+    for (const char* f : {"preset", "config", "out", "batch", "seq-len", "accum", "lr", "min-lr-ratio", "warmup",
                           "weight-decay", "beta1", "beta2", "clip", "eval-every", "eval-batches", "ckpt-every",
                           "log-every", "seed"})
       TTT_CHECK(!a.has(f), "ttt train: --" << f << " cannot be combined with --resume (the run continues with the "
-                                           << "settings stored in its checkpoint; only --steps, --time-budget, "
-                                           << "--sample-tokens, --prompt and --device may be given)");
+                                           << "settings stored in its checkpoint; only --steps, --keep-checkpoints, "
+                                           << "--data (the same dataset), --time-budget, --sample-tokens, --prompt and "
+                                           << "--device may be given)");
     opt.resume = a.str("resume");
+    if (a.has("data")) opt.data_dir_override = a.str("data");
+    if (a.has("keep-checkpoints")) opt.keep_checkpoints_override = keep_checkpoints;
     if (a.has("steps")) {
       opt.steps_override = a.i64("steps");
       TTT_CHECK(opt.steps_override > 0, "ttt train: --steps must be > 0, got " << opt.steps_override);
@@ -134,6 +186,7 @@ int cmd_train(const Argv& argv) {
     tc.eval_every = a.i64("eval-every");
     tc.eval_batches = a.i64("eval-batches");
     tc.ckpt_every = a.i64("ckpt-every");
+    tc.keep_checkpoints = keep_checkpoints;
     tc.log_every = a.i64("log-every");
     tc.seed = uint64_t(a.i64("seed"));
     opt.train = tc;
@@ -168,6 +221,7 @@ int cmd_train(const Argv& argv) {
     tc.eval_every = a.i64("eval-every");
     tc.eval_batches = a.i64("eval-batches");
     tc.ckpt_every = a.i64("ckpt-every");
+    tc.keep_checkpoints = keep_checkpoints;
     tc.log_every = a.i64("log-every");
     const int64_t seed = a.i64("seed");
     TTT_CHECK(seed >= 0, "ttt train: --seed must be >= 0, got " << seed);
@@ -180,15 +234,32 @@ int cmd_train(const Argv& argv) {
     opt.out_dir = a.has("out") ? a.str("out") : train::default_run_dir(name);
   }
 
-  train::TrainResult r = train::train(opt);
+  g_stop_signal = 0;
+  train::TrainResult r;
+  {
+    const StopSignalScope signals;
+    opt.stop_signal = &g_stop_signal;
+    r = train::train(opt);
+  }
 
   std::printf("trained %lld steps (%lld this run) on %s tokens in %.1f s, %.0f tokens/s; %lld parameters\n",
               (long long)r.step, (long long)r.steps_this_run, std::to_string(r.tokens_seen).c_str(), r.seconds,
               r.tokens_per_s, (long long)r.n_params);
+  std::fflush(stdout);
+  if (r.stop_signal != 0) {
+    std::fprintf(stderr, "interrupted at step %lld; continue with: ttt train --resume %s\n", (long long)r.step,
+                 r.run_dir.c_str());
+    return 128 + r.stop_signal;
+  }
   std::printf("final: train loss %.4f | val_loss %.4f | val_bpb %.4f bits/byte (unigram entropy of the corpus: %.4f bits/byte)\n",
               r.last_loss, r.val_loss, r.val_bpb, r.unigram_entropy_bits);
-  std::printf("saved run to %s (config.json, metrics.jsonl, checkpoint/)\n", r.run_dir.c_str());
+  std::printf("saved run to %s (config.json, metrics.jsonl, checkpoint/ -> checkpoints/step-%lld/)\n", r.run_dir.c_str(),
+              (long long)r.step);
   if (r.stopped_by_budget) std::printf("stopped by --time-budget; continue with: ttt train --resume %s\n", r.run_dir.c_str());
+  if (r.loss_spikes > 0)
+    std::printf("warning: %lld loss spikes in this run (marked LOSS SPIKE on the progress lines); repeated spikes mean "
+                "the learning rate is too high\n",
+                (long long)r.loss_spikes);
   std::fflush(stdout);
 
   if (sample_tokens > 0) {

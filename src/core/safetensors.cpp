@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/file_io.h"
@@ -36,20 +37,46 @@ static DType parse_dtype(const std::string& s, const std::string& origin, const 
   TTT_FAIL(origin << ": tensor '" << name << "' has dtype " << s << "; supported: F64, F32, BF16");
 }
 
-SafeTensors safetensors_parse(const std::string& bytes, const std::string& origin) {
-  TTT_CHECK(bytes.size() >= 8, origin << ": not a safetensors file (" << bytes.size() << " bytes, header length needs 8)");
+namespace {
+
+// The header length (the first 8 bytes, little-endian), checked against the `size` bytes of the whole file.
+uint64_t header_length(const std::string& first_bytes, size_t size, const std::string& origin) {
+  TTT_CHECK(first_bytes.size() >= 8, origin << ": not a safetensors file (" << size << " bytes, header length needs 8)");
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | uint8_t(bytes[size_t(i)]);
-  TTT_CHECK(header_len <= bytes.size() - 8,
-            origin << ": truncated or not a safetensors file (header length " << header_len << " but only "
-                   << bytes.size() - 8 << " bytes follow)");
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | uint8_t(first_bytes[size_t(i)]);
+  TTT_CHECK(header_len <= size - 8, origin << ": truncated or not a safetensors file (header length " << header_len
+                                           << " but only " << size - 8 << " bytes follow)");
+  return header_len;
+}
+
+json parse_header(const char* begin, uint64_t header_len, const std::string& origin) {
   json header;
   try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + int64_t(header_len));
+    header = json::parse(begin, begin + header_len);
   } catch (const std::exception& e) {
     TTT_FAIL(origin << ": malformed safetensors header: " << e.what());
   }
   TTT_CHECK(header.is_object(), origin << ": safetensors header is not a JSON object");
+  return header;
+}
+
+std::map<std::string, std::string> parse_metadata(const json& header, const std::string& origin) {
+  std::map<std::string, std::string> metadata;
+  auto it = header.find("__metadata__");
+  if (it == header.end()) return metadata;
+  TTT_CHECK(it->is_object(), origin << ": __metadata__ is not an object");
+  for (auto m = it->begin(); m != it->end(); ++m) {
+    TTT_CHECK(m->is_string(), origin << ": metadata value for '" << m.key() << "' is not a string");
+    metadata[m.key()] = m->get<std::string>();
+  }
+  return metadata;
+}
+
+}  // namespace
+
+SafeTensors safetensors_parse(const std::string& bytes, const std::string& origin) {
+  const uint64_t header_len = header_length(bytes, bytes.size(), origin);
+  const json header = parse_header(bytes.data() + 8, header_len, origin);
   const size_t data_start = 8 + header_len;
   const size_t data_size = bytes.size() - data_start;
 
@@ -61,15 +88,9 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
   };
   std::vector<Entry> entries;
   SafeTensors st;
+  st.metadata = parse_metadata(header, origin);
   for (auto it = header.begin(); it != header.end(); ++it) {
-    if (it.key() == "__metadata__") {
-      TTT_CHECK(it->is_object(), origin << ": __metadata__ is not an object");
-      for (auto m = it->begin(); m != it->end(); ++m) {
-        TTT_CHECK(m->is_string(), origin << ": metadata value for '" << m.key() << "' is not a string");
-        st.metadata[m.key()] = m->get<std::string>();
-      }
-      continue;
-    }
+    if (it.key() == "__metadata__") continue;
     const json& e = *it;
     TTT_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
               origin << ": tensor '" << it.key() << "' entry lacks dtype/shape/data_offsets");
@@ -109,6 +130,20 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
 }
 
 SafeTensors safetensors_load(const std::string& path) { return safetensors_parse(read_file(path), path); }
+
+std::map<std::string, std::string> safetensors_load_metadata(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  TTT_CHECK(in.good(), "cannot open '" << path << "'");
+  const size_t size = size_t(in.tellg());
+  in.seekg(0);
+  std::string head(std::min<size_t>(size, 8), '\0');
+  in.read(head.data(), std::streamsize(head.size()));
+  const uint64_t header_len = header_length(head, size, path);
+  std::string header(header_len, '\0');
+  in.read(header.data(), std::streamsize(header_len));
+  TTT_CHECK(in.good(), "error reading '" << path << "'");
+  return parse_metadata(parse_header(header.data(), header_len, path), path);
+}
 
 std::string safetensors_serialize(const SafeTensors& st) {
   json header = json::object();

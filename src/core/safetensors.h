@@ -22,6 +22,8 @@ struct SafeTensors {
 
 SafeTensors safetensors_parse(const std::string& bytes, const std::string& origin);
 SafeTensors safetensors_load(const std::string& path);
+// Only the "__metadata__" of a file (reads the header, not the tensors).
+std::map<std::string, std::string> safetensors_load_metadata(const std::string& path);
 std::string safetensors_serialize(const SafeTensors& st);
 void safetensors_save(const std::string& path, const SafeTensors& st);  // atomic
 

@@ -143,6 +143,7 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
   TokenFile tf;
   tf.vocab = vocab;
   tf.n_documents = n_docs;
+  tf.checksum = checksum;
   tf.tokens.resize(n_tokens);
   uint64_t seps = 0;
   for (uint64_t i = 0; i < n_tokens; ++i) {

@@ -46,6 +46,7 @@ struct TokenFile {
   uint32_t vocab = kByteVocab;
   uint64_t n_documents = 0;  // number of kDocSeparator tokens in `tokens`
   std::vector<int32_t> tokens;
+  uint64_t checksum = 0;  // load/parse: the header's (verified) payload checksum; ignored when writing
 };
 
 // FNV-1a 64-bit hash; `h` lets a hash continue over several buffers.

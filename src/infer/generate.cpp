@@ -69,6 +69,10 @@ std::vector<int32_t> generate_with(const FeedFn& feed, int64_t vocab, const std:
   ag::Mat<float> lg = feed(start);
   const float* last = lg.row(lg.rows - 1);
   for (int64_t i = 0; i < max_new_tokens; ++i) {
+    // Weights of a diverged run overflow; sampling would sort NaNs.
+    TTT_CHECK(std::all_of(last, last + vocab, [](float x) { return std::isfinite(x); }),
+              "the model's logits are non-finite at generated token " << i + 1
+                                                                      << ": its weights overflow (the run that trained them diverged)");
     int32_t tok = sample(last, vocab, opt, rng);
     out.push_back(tok);
     if (on_token) on_token(tok);

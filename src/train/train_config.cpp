@@ -58,6 +58,7 @@ const std::vector<Field>& fields() {
       field("eval_every", &TrainConfig::eval_every),
       field("eval_batches", &TrainConfig::eval_batches),
       field("ckpt_every", &TrainConfig::ckpt_every),
+      field("keep_checkpoints", &TrainConfig::keep_checkpoints),
       field("log_every", &TrainConfig::log_every),
       field("seed", &TrainConfig::seed),
       field("stage", &TrainConfig::stage),
@@ -85,10 +86,11 @@ void validate(const TrainConfig& c) {
   TTT_CHECK(c.beta1 >= 0 && c.beta1 < 1, "train config: beta1 must be in [0, 1), got " << c.beta1);
   TTT_CHECK(c.beta2 >= 0 && c.beta2 < 1, "train config: beta2 must be in [0, 1), got " << c.beta2);
   pos("eps", c.eps);
-  TTT_CHECK(std::isfinite(c.clip), "train config: clip must be finite, got " << c.clip);
+  TTT_CHECK(std::isfinite(c.clip) && c.clip >= 0, "train config: clip must be >= 0 (0: off), got " << c.clip);
   nonneg("eval_every", c.eval_every);
   pos("eval_batches", c.eval_batches);
   nonneg("ckpt_every", c.ckpt_every);
+  pos("keep_checkpoints", c.keep_checkpoints);
   pos("log_every", c.log_every);
   TTT_CHECK(!c.data_dir.empty(), "train config: data_dir is empty");
   TTT_CHECK(c.stage == 1 || c.stage == 2, "train config: stage must be 1 or 2, got " << c.stage);

@@ -12,7 +12,7 @@ namespace ttt::train {
 // 2 CPU cores and ends near 2.5 validation bits per byte (1500 steps x 4 x 256 tokens = 1.5M tokens).
 struct TrainConfig {
   std::string preset = "tiny";              // name of the model preset (or config file) the run started from
-  std::string data_dir = "data/linux-doc";  // train.bin, val.bin, meta.json
+  std::string data_dir = "data/linux-doc";  // train.bin, val.bin, meta.json (made absolute when a run starts)
   std::string device = "cpu";
   int64_t steps = 1500;       // optimizer steps (the LR schedule spans them)
   int64_t batch = 4;          // sequences per micro-batch
@@ -23,10 +23,11 @@ struct TrainConfig {
   int64_t warmup = 30;        // linear warmup steps
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  double clip = 1.0;          // global gradient-norm clip (<= 0: off)
+  double clip = 1.0;          // global gradient-norm clip (0: off)
   int64_t eval_every = 250;   // validation every N steps and at the end (0: only at the end)
   int64_t eval_batches = 32;  // validation batches of `batch` windows each (128 windows by default)
   int64_t ckpt_every = 500;   // checkpoint every N steps and at the end (0: only at the end)
+  int64_t keep_checkpoints = 1;  // complete checkpoints kept (besides the one being written)
   int64_t log_every = 10;     // progress line every N steps
   uint64_t seed = 1;          // model init seed; the data RNG is seeded from it too
   // TNT two-stage training (spec §6): stage 2 starts from a stage-1 run, with new local chunk sizes,

@@ -80,6 +80,18 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+// `dir` as an absolute, normalized path without a trailing separator: what a run records, so that it can be
+// continued from any working directory.
+std::string absolute_dir(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  return p.string();
+}
+
+json token_file_fingerprint(const data::TokenFile& f) {
+  return json{{"tokens", f.tokens.size()}, {"documents", f.n_documents}, {"vocab", f.vocab}, {"checksum", f.checksum}};
+}
+
 json run_config_json(const model::ModelConfig& cfg, const TrainConfig& tc) {
   return json{{"model", model::config_to_json(cfg)},
               {"train", train_config_to_json(tc)},
@@ -109,6 +121,7 @@ Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_siz
                                                          << " tokens, fewer than one validation window of " << min_window
                                                          << " (seq_len + 1); use a shorter --seq-len or more data");
   c.vocab = tf.vocab;
+  c.fingerprint = json{{"train.bin", token_file_fingerprint(tf)}, {"val.bin", token_file_fingerprint(vf)}};
   c.train = std::move(tf.tokens);
   c.val = std::move(vf.tokens);
   bool have_entropy = false;
@@ -246,6 +259,13 @@ std::string default_run_dir(const std::string& preset) {
   return dir;
 }
 
+double LossSpikeDetector::observe(double loss) {
+  const double ratio = seen_ >= kWarmupSteps && average_ > 0 && loss > kFactor * average_ ? loss / average_ : 0.0;
+  average_ = seen_ == 0 ? loss : kDecay * average_ + (1 - kDecay) * loss;
+  ++seen_;
+  return ratio;
+}
+
 std::vector<std::vector<uint8_t>> trainable_mask(const model::ModelConfig& cfg, const model::Params<float>& p,
                                                  int64_t stage) {
   std::vector<std::vector<uint8_t>> mask;
@@ -290,12 +310,21 @@ TrainResult train(const TrainOptions& opt) {
       TTT_CHECK(opt.steps_override >= state.step, "--steps " << opt.steps_override << " is below the checkpoint's step "
                                                              << state.step);
       tc.steps = opt.steps_override;
-      state.train.steps = tc.steps;
+    }
+    if (opt.keep_checkpoints_override > 0) tc.keep_checkpoints = opt.keep_checkpoints_override;
+    if (!opt.data_dir_override.empty()) {
+      TTT_CHECK(!state.data_fingerprint.is_null(),
+                "checkpoint '" << ck.dir << "' records no dataset fingerprint (an earlier version of ttt wrote it), so "
+                               << "--data cannot be checked against the run's dataset; resume without --data, from the "
+                               << "directory the run was started in");
+      tc.data_dir = opt.data_dir_override;
+    } else {
+      std::error_code ec;
+      TTT_CHECK(fs::is_directory(tc.data_dir, ec), "the run's data directory '" << tc.data_dir << "' does not exist; "
+                                                   << "give --data DIR with the run's dataset");
     }
     params = std::move(ck.params);
-    const fs::path cd = fs::path(ck.dir);
-    run_dir = cd.filename() == "checkpoint" ? cd.parent_path().string() : cd.string();
-    if (run_dir.empty()) run_dir = ".";
+    run_dir = ck.run_dir;
   } else if (!opt.stage2_from.empty()) {
     // TNT stage 2: the stage-1 weights with smaller local chunks; only the local memories train.
     LoadedCheckpoint s1 = load_checkpoint(opt.stage2_from, /*require_state=*/true);
@@ -309,7 +338,7 @@ TrainResult train(const TrainOptions& opt) {
     model::validate(cfg);
     tc = opt.train;
     tc.stage = 2;
-    tc.stage1_run = opt.stage2_from;
+    tc.stage1_run = absolute_dir(opt.stage2_from);
     tc.seq_len = cfg.seq_len;
     if (tc.data_dir.empty()) tc.data_dir = s1.state.train.data_dir;
     if (tc.steps <= 0) {
@@ -328,11 +357,10 @@ TrainResult train(const TrainOptions& opt) {
     TTT_CHECK(!opt.out_dir.empty(), "train: no run directory given");
     run_dir = opt.out_dir;
   }
+  TTT_CHECK(resuming || opt.data_dir_override.empty(), "train: data_dir_override applies to a resumed run");
   tc.device = opt.device;  // a resumed run may continue on another device
-  state.train.device = opt.device;
   validate(tc);
   TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
-  const std::string ckpt_dir = (fs::path(run_dir) / "checkpoint").string();
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
 
   // Memory next: a config or flags that cannot fit fail here, naming the fields, before anything large is allocated.
@@ -367,6 +395,13 @@ TrainResult train(const TrainOptions& opt) {
 
   // Data first: a bad corpus should fail before anything is written.
   Corpus corpus = load_corpus(tc.data_dir, tc.seq_len + 1, cfg.vocab_size);
+  if (resuming && !state.data_fingerprint.is_null())
+    TTT_CHECK(corpus.fingerprint == state.data_fingerprint,
+              "the dataset in '" << tc.data_dir << "' is not the one the run trained on: its fingerprint "
+                                 << corpus.fingerprint.dump() << " differs from the run's " << state.data_fingerprint.dump()
+                                 << (opt.data_dir_override.empty() ? "; restore it, or give --data DIR with the run's dataset"
+                                                                   : "; give --data the run's dataset"));
+  tc.data_dir = absolute_dir(tc.data_dir);
 
   // The device too, before anything is written.
   TTT_CHECK(opt.device == "cpu" || opt.device == "cuda", "unknown device '" << opt.device << "' (choose cpu or cuda)");
@@ -387,23 +422,26 @@ TrainResult train(const TrainOptions& opt) {
 
   Rng data_rng(tc.seed ^ kDataSeedMix);
   if (!resuming) {
-    TTT_CHECK(!file_exists((fs::path(ckpt_dir) / "state.json").string()),
-              "run directory '" << run_dir << "' already holds a checkpoint; continue it with --resume " << run_dir
-                                << " or choose another --out");
+    TTT_CHECK(!run_has_checkpoint(run_dir), "run directory '" << run_dir << "' already holds a checkpoint; continue it with --resume "
+                                                              << run_dir << " or choose another --out");
     std::error_code ec;
     fs::create_directories(run_dir, ec);
     TTT_CHECK(!ec, "cannot create run directory '" << run_dir << "': " << ec.message());
+    prepare_run_dir(run_dir);
     if (tc.stage == 1) {
       params = model::make_params<float>(cfg);
       model::init_params(cfg, params, tc.seed);
     }
     state = RunState{};
-    state.train = tc;
     write_file_atomic(metrics_path, "");
   } else {
+    prepare_run_dir(run_dir);
+    remove_old_checkpoints(run_dir, state.step, tc.keep_checkpoints);
     data_rng.load(state.data_rng);
     truncate_metrics(metrics_path, state.step);
   }
+  state.train = tc;
+  state.data_fingerprint = corpus.fingerprint;
   write_file_atomic((fs::path(run_dir) / "config.json").string(), run_config_json(cfg, tc).dump(2) + "\n");
 
   AdamWConfig acfg;
@@ -446,9 +484,19 @@ TrainResult train(const TrainOptions& opt) {
   auto sync_host = [&](bool) {};
   auto run_eval = [&]() -> EvalResult { return evaluate(cfg, params, corpus.val, eo); };
 #endif
+  auto diverged = [&](int64_t step, const char* what, double value) {
+    TTT_FAIL("training diverged at step " << step << ": the " << what << " is non-finite (" << value
+                                          << "); try a lower --lr (this run's is " << tc.lr << ")"
+                                          << (tc.clip > 0 ? " or a smaller --clip" : ""));
+  };
+  auto checked_eval = [&]() {
+    EvalResult ev = run_eval();
+    if (!std::isfinite(ev.loss)) diverged(state.step, "validation loss", ev.loss);
+    return ev;
+  };
 
   res.run_dir = run_dir;
-  res.checkpoint_dir = ckpt_dir;
+  res.checkpoint_dir = resuming ? ck.dir : "";
   res.n_params = params.count();
   res.total_steps = tc.steps;
   res.unigram_entropy_bits = corpus.unigram_entropy_bits;
@@ -476,6 +524,12 @@ TrainResult train(const TrainOptions& opt) {
   const auto t_loop = Clock::now();
   double train_seconds = 0;
   int64_t steps_run = 0, last_ckpt_step = resuming ? state.step : -1, last_eval_step = -1;
+  LossSpikeDetector spikes;
+  auto save = [&]() {
+    sync_host(true);  // on the GPU: the weights and moments to the host, where save_run_checkpoint checks them
+    res.checkpoint_dir = save_run_checkpoint(run_dir, cfg, params, adam, state, tc.keep_checkpoints);
+    last_ckpt_step = state.step;
+  };
   std::vector<ag::Mat<float>> grads;
   std::vector<model::Batch> micro(size_t(tc.accum));
   while (state.step < tc.steps) {
@@ -507,8 +561,7 @@ TrainResult train(const TrainOptions& opt) {
     } else
 #endif
       loss = accumulate_gradients(cfg, params, micro, grads);
-    TTT_CHECK(std::isfinite(loss), "the training loss became " << loss << " at step " << state.step + 1
-                                                               << "; try a lower --lr or a smaller --clip");
+    if (!std::isfinite(loss)) diverged(state.step + 1, "training loss", loss);
 #ifdef TTT_HAVE_CUDA
     if (gpu) {
       gpu->apply_grad_mask();  // the optimizer's trainable mask, on the device since upload_optimizer
@@ -521,8 +574,7 @@ TrainResult train(const TrainOptions& opt) {
           if (!mask[i][j]) grads[i].data[j] = 0.0f;
       gnorm = clip_grad_norm(grads, tc.clip);
     }
-    TTT_CHECK(std::isfinite(gnorm), "the gradient norm became " << gnorm << " at step " << state.step + 1
-                                                                << "; try a lower --lr");
+    if (!std::isfinite(gnorm)) diverged(state.step + 1, "gradient norm", gnorm);
 #ifdef TTT_HAVE_CUDA
     if (gpu) gpu->adamw_step(adam, lr);
     else
@@ -534,6 +586,10 @@ TrainResult train(const TrainOptions& opt) {
     state.data_rng = data_rng.save();
     train_seconds += seconds_since(ts);
     res.last_loss = loss;
+    const double loss_average = spikes.average();
+    const double spike = spikes.observe(loss);
+    // An interrupt: no validation, a checkpoint of this step, and out.
+    const bool stopping = opt.stop_signal && opt.stop_signal->load() != 0;
 
     const double elapsed = seconds_since(t_start);
     const bool budget_hit = opt.time_budget_s > 0 && elapsed >= opt.time_budget_s && state.step < tc.steps;
@@ -542,8 +598,8 @@ TrainResult train(const TrainOptions& opt) {
     json line{{"step", state.step}, {"loss", loss},           {"lr", lr},
               {"grad_norm", gnorm}, {"tokens", state.tokens_seen}, {"elapsed_s", std::round(elapsed * 1000) / 1000},
               {"tokens_per_s", std::round(tps)}};
-    if ((tc.eval_every > 0 && state.step % tc.eval_every == 0) || last) {
-      EvalResult ev = run_eval();
+    if (((tc.eval_every > 0 && state.step % tc.eval_every == 0) || last) && !stopping) {
+      EvalResult ev = checked_eval();
       line["val_loss"] = ev.loss;
       line["val_bpb"] = ev.bpb;
       res.val_loss = ev.loss;
@@ -556,7 +612,16 @@ TrainResult train(const TrainOptions& opt) {
     }
     metrics << line.dump() << '\n';
     metrics.flush();
-    if (state.step % tc.log_every == 0 || steps_run == 1 || last) {
+    TTT_CHECK(metrics.good(), "cannot write '" << metrics_path << "' (is the disk full?)");
+    if (spike > 0 && ++res.loss_spikes == 1) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "warning: loss spike at step %lld: %.4f is %.1fx the running average %.4f (spikes are marked on the "
+                    "progress lines; if they repeat, the run is diverging: lower --lr)",
+                    (long long)state.step, loss, spike, loss_average);
+      say(opt.log, buf);
+    }
+    if (state.step % tc.log_every == 0 || steps_run == 1 || last || spike > 0 || stopping) {
       const double loop_s = seconds_since(t_loop);
       const double per_step = loop_s / double(steps_run);
       double eta = double(tc.steps - state.step) * per_step;
@@ -565,13 +630,18 @@ TrainResult train(const TrainOptions& opt) {
       std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.2f | %s tok/s | %s elapsed | ETA %s",
                     (long long)state.step, (long long)tc.steps, loss, lr, gnorm, human(tps).c_str(), hms(elapsed).c_str(),
                     hms(eta).c_str());
-      say(opt.log, buf);
+      std::string progress = buf;
+      if (spike > 0) {
+        std::snprintf(buf, sizeof buf, " | LOSS SPIKE %.1fx avg", spike);
+        progress += buf;
+      }
+      say(opt.log, progress);
     }
     state.elapsed_seconds += seconds_since(ts);
-    if ((tc.ckpt_every > 0 && state.step % tc.ckpt_every == 0) || last) {
-      sync_host(true);
-      save_checkpoint(ckpt_dir, cfg, params, adam, state);
-      last_ckpt_step = state.step;
+    if ((tc.ckpt_every > 0 && state.step % tc.ckpt_every == 0) || last || stopping) save();
+    if (stopping) {
+      res.stop_signal = opt.stop_signal->load();
+      break;
     }
     if (budget_hit) {
       res.stopped_by_budget = true;
@@ -581,10 +651,10 @@ TrainResult train(const TrainOptions& opt) {
     }
   }
   // A resumed run that was already complete still gets its final evaluation and checkpoint.
-  sync_host(true);
-  if (!res.interrupted && last_ckpt_step != state.step) save_checkpoint(ckpt_dir, cfg, params, adam, state);
-  if (!res.interrupted && last_eval_step != state.step) {
-    EvalResult ev = run_eval();
+  const bool ended = !res.interrupted && res.stop_signal == 0;
+  if (ended && last_ckpt_step != state.step) save();
+  if (ended && last_eval_step != state.step) {
+    EvalResult ev = checked_eval();
     res.val_loss = ev.loss;
     res.val_bpb = ev.bpb;
   }

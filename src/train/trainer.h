@@ -5,12 +5,21 @@
 // gradients over all their tokens (= the gradient of one batch `accum` times larger; see
 // accumulate_gradients for the sequence-parallel computation), clips them to a global L2 norm, and takes one AdamW step with the LR of
 // the warmup + cosine schedule. Every step appends one JSON line to DIR/metrics.jsonl; validation steps
-// add val_loss / val_bpb. Checkpoints go to DIR/checkpoint (see checkpoint.h).
+// add val_loss / val_bpb. Checkpoints go to DIR/checkpoints/step-<N>/, DIR/checkpoint links to the newest
+// (see checkpoint.h).
+//
+// Divergence: a non-finite training loss, gradient norm or validation loss, or non-finite weights at a
+// checkpoint, is a ttt::Error naming the step (no checkpoint of such weights is written). A loss spike
+// (LossSpikeDetector) is marked on the progress line, with a warning the first time.
+//
+// Interrupts: when *stop_signal becomes non-zero (a signal handler sets it), the step in progress finishes,
+// a checkpoint is saved and train() returns with TrainResult::stop_signal set.
 //
 // Determinism: the model, the optimizer and the sampler are deterministic, and a checkpoint holds the step,
 // the AdamW moments and step count, the sampler's RNG state and the training config; a resumed run
 // therefore reproduces the losses and the final weights of an uninterrupted one bit for bit.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <ostream>
@@ -29,6 +38,11 @@ struct TrainOptions {
   std::string out_dir;        // run directory of a new run (required unless resuming)
   std::string resume;         // run directory or checkpoint directory to continue
   int64_t steps_override = 0; // on resume, > 0: change the total step count (the cosine schedule follows it)
+  int64_t keep_checkpoints_override = 0;  // on resume, > 0: change train.keep_checkpoints
+  // On resume: the data directory, when it is not (any more) where the run recorded it; its dataset must have
+  // the run's fingerprint (Corpus::fingerprint).
+  std::string data_dir_override;
+  const std::atomic<int>* stop_signal = nullptr;  // see "Interrupts" above
   double time_budget_s = 0;   // > 0: stop (validate, checkpoint) once this invocation has run this long
   int64_t interrupt_after = 0;  // test hook: return after this many steps of this invocation without the
                                 // final validation/checkpoint, as if the process had been killed
@@ -62,6 +76,8 @@ struct TrainResult {
   double tokens_per_s = 0;       // training tokens per second in this invocation
   double unigram_entropy_bits = std::numeric_limits<double>::quiet_NaN();  // of the training corpus
   bool stopped_by_budget = false, interrupted = false;
+  int stop_signal = 0;      // the signal that stopped the run (a checkpoint of `step` was saved), or 0
+  int64_t loss_spikes = 0;  // steps of this invocation whose loss LossSpikeDetector flagged
   model::ModelConfig model;
 };
 
@@ -73,10 +89,30 @@ struct Corpus {
   std::vector<int32_t> train, val;
   uint32_t vocab = 256;
   double unigram_entropy_bits = 0;  // from meta.json, or computed from the train tokens
+  // Identifies the dataset wherever it lies: {"train.bin": {"tokens", "documents", "vocab", "checksum"},
+  // "val.bin": {...}} from the token files' headers (checksum: the payload's FNV-1a as a "0x..." string).
+  nlohmann::json fingerprint;
 };
 // Loads DIR/train.bin and DIR/val.bin (and DIR/meta.json if present); checks that both hold at least
 // one window of min_window tokens and fit the vocabulary.
 Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_size);
+
+// Flags a training loss far above its recent level: a loss above kFactor times the exponential moving average
+// (decay kDecay, started at the first loss) of the earlier ones is a spike. On data/linux-doc, a healthy run of
+// the tiny preset stays below 1.41x (batch noise); one diverging at --lr 1 reaches 1.5x-2.2x. The average
+// starts afresh in each invocation (a resumed run starts it again).
+class LossSpikeDetector {
+ public:
+  static constexpr int64_t kWarmupSteps = 1;  // losses seen before any can be a spike
+  static constexpr double kFactor = 1.5, kDecay = 0.9;
+  // Feeds one step's loss; returns loss / average when it is a spike, else 0.
+  double observe(double loss);
+  double average() const { return average_; }  // of the losses observed so far
+
+ private:
+  double average_ = 0;
+  int64_t seen_ = 0;
+};
 
 // `sequences` random windows of len + 1 tokens: inputs = window[0..len), targets = window[1..len].
 model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences, int64_t len, Rng& rng);
