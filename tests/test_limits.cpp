@@ -79,7 +79,7 @@ void write_small_checkpoint(const std::string& run_dir, const std::string& data_
   train::RunState st;
   st.train.seq_len = cfg.seq_len;
   st.train.data_dir = data_dir;
-  train::save_checkpoint(run_dir + "/checkpoint", cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st);
+  train::save_run_checkpoint(run_dir, cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st, 1);
 }
 
 }  // namespace
@@ -240,7 +240,7 @@ TEST(CliGroups, HelpListsSubcommands) {
 TEST(CliInputs, DirectoryWhereAFileBelongs) {
   const std::string dir = test_util::temp_dir("dir_as_file");
   write_small_checkpoint(dir + "/run", dir);
-  const std::string model_file = train::find_checkpoint_dir(dir + "/run") + "/model.safetensors";
+  const std::string model_file = train::find_checkpoint(dir + "/run").dir + "/model.safetensors";
   fs::remove(model_file);
   fs::create_directories(model_file);
   expect_clean_failure("eval --checkpoint " + q(dir + "/run"), "is a directory");
