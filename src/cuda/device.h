@@ -54,6 +54,9 @@ void device_free(void* p, size_t bytes);
 template <class T>
 size_t count_nonfinite(const T* p, int64_t n, void* stream = nullptr);
 
+// Waits for `stream` (a cudaStream_t; null: the default stream).
+void stream_synchronize(void* stream = nullptr);
+
 // Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
 // `enqueue` puts on it (waits for the stream).
 double elapsed_ms(const std::function<void()>& enqueue, void* stream = nullptr);

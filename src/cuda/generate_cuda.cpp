@@ -9,10 +9,9 @@
 
 #include "cuda/blas_cuda.h"
 #include "cuda/check.cuh"
-#include "cuda/kernels.h"
+#include "cuda/kernels.h"  // every kernel header, by concern
 #include "cuda/lact_cuda.h"
 #include "cuda/model_cuda.h"  // gpu_supports
-#include "cuda/model_kernels.h"
 #include "model/memory_branch.h"
 
 namespace ttt::cuda {

@@ -12,9 +12,8 @@
 
 #include "cuda/attention.h"
 #include "cuda/check.cuh"
-#include "cuda/kernels.h"
+#include "cuda/kernels.h"  // every kernel header, by concern
 #include "cuda/lact_cuda.h"
-#include "cuda/model_kernels.h"
 #include "cuda/tnt_cuda.h"
 #include "model/memory_branch.h"
 
