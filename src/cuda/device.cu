@@ -121,6 +121,7 @@ void DeviceBuffer::fill_nan() {
   TTT_CUDA_CHECK(cudaMemset(p_, 0xFF, bytes_));
   TTT_CUDA_CHECK(cudaDeviceSynchronize());
 }
+void DeviceBuffer::fill_zero() { TTT_CUDA_CHECK(cudaMemset(p_, 0, bytes_)); }
 template <class T>
 void DeviceBuffer::fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal) {
   TTT_CHECK(size_t(n) * sizeof(T) <= bytes_, "DeviceBuffer::fill_random: " << n << " elements do not fit");

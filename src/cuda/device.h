@@ -36,6 +36,7 @@ class DeviceBuffer {
   void upload(const void* host, size_t bytes);
   void download(void* host, size_t bytes) const;
   void fill_nan();
+  void fill_zero();
   // Seeded device-side random fill: uniform in [lo, hi), or normal * hi when normal is set.
   template <class T>
   void fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal);

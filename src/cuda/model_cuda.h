@@ -5,8 +5,8 @@
 // accumulation); causal sliding-window attention through attention.h (flash style); the LaCT operator through
 // LactRunner (lact_cuda.h), the Titans / TNT memories through TntRunner (tnt_cuda.h); everything else through the
 // kernel headers by concern listed in kernels.h (norm, RoPE, loss, optimizer, memory branch, layout and bf16
-// conversion, element-wise, reductions). The backward is written out layer by
-// layer (no tape); it is the adjoint of exactly the forward that src/model/model.cpp records on
+// conversion, element-wise, reductions). Work buffers and parameter views: model_buffers.h. The backward is written
+// out layer by layer (no tape); it is the adjoint of exactly the forward that src/model/model.cpp records on
 // the CPU tape, and tests/test_cuda_model.cpp holds the two to each other (fp32 <= 1e-4 relative).
 //
 // Memory: the residual stream at every layer input is kept ([L+1] x rows x D); a layer's other activations
