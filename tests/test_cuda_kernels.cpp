@@ -1,7 +1,8 @@
 // The CUDA layer kernels (src/cuda/kernels.h) against their CPU references (src/nn/layers.cpp on the autograd
 // tape in float64, src/train/optimizer.cpp) on fresh random inputs: fp32 on the GPU within 1e-4 relative
 // (||gpu - cpu|| / ||cpu|| per output, in double) of float64 on the CPU, AdamW within 1e-6 relative of the CPU
-// optimizer after 3 steps. Device outputs are filled with NaN before every run, so an element no kernel writes
+// optimizer after 3 steps, the float -> bf16 conversion bit for bit with the host's rounding (core/dtype.h).
+// Device outputs are filled with NaN before every run, so an element no kernel writes
 // shows as NaN (which never passes). Reductions must be bit-reproducible: each backward runs twice and the
 // results are compared bitwise. Every test skips, saying why, without CUDA in the build or a usable device.
 #include <gtest/gtest.h>
@@ -343,6 +344,55 @@ TEST(CudaKernels, AdamWMatchesCpu) {
   }
   std::printf("[kernel summary] adamw           %lld of %lld parameters differ bitwise from the CPU after 3 steps\n",
               (long long)bit_diffs, (long long)compared);
+}
+
+// ---- float -> bf16 (mk::to_bf16: the backend's one conversion) ---------------------------------------------------
+// Every walk of the one conversion kernel (contiguous with 16-byte loads, contiguous from an unaligned address,
+// one block with leading dimensions, strided batches into packed or strided destinations) gives the host's
+// round-to-nearest-even (core/dtype.h) bit for bit, ties and infinities included, and writes nothing outside the
+// elements it converts (the destination starts as all-ones bits).
+TEST(CudaKernels, ToBf16MatchesHostRounding) {
+  REQUIRE_CUDA();
+  const uint64_t seed = fresh_seed();
+  Rng r(seed);
+  struct Case {
+    const char* name;
+    int64_t src_offset, lds, src_stride, ldd, dst_stride, rows, cols, batch;
+  };
+  const Case cases[] = {
+      {"contiguous aligned", 0, 1027, 1027, 1027, 1027, 1, 1027, 1},
+      {"contiguous unaligned", 1, 1027, 1027, 1027, 1027, 1, 1027, 1},
+      {"contiguous batch", 0, 12, 60, 12, 60, 5, 12, 3},
+      {"block", 0, 9, 63, 6, 42, 7, 5, 1},
+      {"batch, packed destination", 0, 6, 20, 4, 12, 3, 4, 5},
+      {"batch, strided destination", 3, 7, 40, 5, 30, 4, 5, 2},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.name) + " (seed " + std::to_string(seed) + ")");
+    const int64_t src_n = c.src_offset + (c.batch - 1) * c.src_stride + (c.rows - 1) * c.lds + c.cols;
+    const int64_t dst_n = (c.batch - 1) * c.dst_stride + (c.rows - 1) * c.ldd + c.cols;
+    std::vector<float> src = normal(r, src_n, 3.0);
+    // (source, destination) index of every converted element.
+    std::vector<std::pair<size_t, size_t>> converted;
+    for (int64_t b = 0; b < c.batch; ++b)
+      for (int64_t i = 0; i < c.rows; ++i)
+        for (int64_t j = 0; j < c.cols; ++j)
+          converted.emplace_back(size_t(c.src_offset + b * c.src_stride + i * c.lds + j),
+                                 size_t(b * c.dst_stride + i * c.ldd + j));
+    // Halfway cases (round to even, down and up), large values and infinities among the converted elements.
+    const float special[] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -(1.0f + 1.0f / 256), 3.3e38f, -1e-30f,
+                             INFINITY, -INFINITY};
+    for (size_t i = 0; i < std::size(special); ++i) src[converted[i].first] = special[i];
+    cuda::DeviceBuffer sd = up(src), dd = nan_buf(size_t(dst_n) * sizeof(bf16));
+    cuda::mk::to_bf16(sd.as<float>() + c.src_offset, c.lds, c.src_stride, dd.as<bf16>(), c.ldd, c.dst_stride, c.rows,
+                      c.cols, c.batch);
+    const std::vector<bf16> got = down<bf16>(dd, size_t(dst_n));
+    std::vector<uint16_t> want(size_t(dst_n), 0xFFFF);
+    for (const auto& [from, to] : converted) want[to] = float_to_bf16(src[from]).bits;
+    int64_t wrong = 0;
+    for (int64_t e = 0; e < dst_n; ++e) wrong += got[size_t(e)].bits != want[size_t(e)];
+    EXPECT_EQ(wrong, 0) << "of " << dst_n << " destination elements";
+  }
 }
 
 #endif  // TTT_HAVE_CUDA

@@ -63,4 +63,12 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
                        int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
                        void* work, void* stream = nullptr);
 
+namespace mk {
+// One query against n cached keys/values (generation; attention_one.cu): for each head h, o[h*hd + c] =
+// sum_j softmax_j(q_h . K[j]_h / sqrt(hd)) V[j][h*hd + c] over the rows j < n of K, V [n, ld] (any order: a ring
+// buffer). n <= 8192, hd <= 128. fp32; the legacy default stream.
+void attend_one(const float* q, const float* K, const float* V, int64_t n, int64_t heads, int64_t hd, int64_t ld,
+                float* o);
+}  // namespace mk
+
 }  // namespace ttt::cuda

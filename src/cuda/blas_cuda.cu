@@ -1,12 +1,11 @@
 // Row-major products through cuBLAS (column-major): C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T.
 #include "cuda/blas_cuda.h"
 
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
-
 #include "cuda/check.cuh"
+#include "cuda/elementwise_kernels.h"  // fill (the ones vector of col_sum)
+#include "cuda/layout_kernels.h"       // to_bf16 (fp32 operands of bf16 products)
 
 namespace ttt::cuda {
 
@@ -26,22 +25,6 @@ const char* math_mode_name(MathMode m) {
 }
 
 namespace {
-
-// dst[b][r][c] = bf16(src[b*stride + r*ld + c]) for a batch of rows x cols matrices.
-__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t ld, int64_t stride, __nv_bfloat16* dst,
-                               int64_t rows, int64_t cols, int64_t batch) {
-  const int64_t n = rows * cols * batch;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = i % cols, r = (i / cols) % rows, b = i / (rows * cols);
-    dst[i] = __float2bfloat16(src[b * stride + r * ld + c]);
-  }
-}
-
-__global__ void fill_kernel(float* p, float v, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = v;
-}
-
-int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 1 << 20))); }
 
 // A device buffer that grows (stream-ordered reuse is safe: everything runs on one stream).
 struct Scratch {
@@ -109,15 +92,13 @@ void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
     // (or [n,k] when tb). bf16 operands are used in place with their own leading dimension and stride.
     const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
     if (!A.is_bf16) {
-      auto* a16 = static_cast<__nv_bfloat16*>(impl_->a.get(sizeof(__nv_bfloat16) * size_t(ar * ac * batch)));
-      to_bf16_kernel<<<grid_for(ar * ac * batch), 256>>>(static_cast<const float*>(A.p), lda, sA, a16, ar, ac, batch);
-      TTT_LAUNCH_CHECK("to_bf16");
+      auto* a16 = static_cast<bf16*>(impl_->a.get(sizeof(bf16) * size_t(ar * ac * batch)));
+      mk::to_bf16(static_cast<const float*>(A.p), lda, sA, a16, ac, ar * ac, ar, ac, batch);
       pa = a16, la = ac, sa = ar * ac;
     }
     if (!B.is_bf16) {
-      auto* b16 = static_cast<__nv_bfloat16*>(impl_->b.get(sizeof(__nv_bfloat16) * size_t(br * bc * batch)));
-      to_bf16_kernel<<<grid_for(br * bc * batch), 256>>>(static_cast<const float*>(B.p), ldb, sB, b16, br, bc, batch);
-      TTT_LAUNCH_CHECK("to_bf16");
+      auto* b16 = static_cast<bf16*>(impl_->b.get(sizeof(bf16) * size_t(br * bc * batch)));
+      mk::to_bf16(static_cast<const float*>(B.p), ldb, sB, b16, bc, br * bc, br, bc, batch);
       pb = b16, lb = bc, sb = br * bc;
     }
     type = CUDA_R_16BF;
@@ -137,8 +118,7 @@ void Blas::col_sum(const float* X, int64_t rows, int64_t cols, int64_t ldx, floa
   if (cols <= 0) return;
   if (rows > impl_->ones_n) {
     float* ones = static_cast<float*>(impl_->ones.get(sizeof(float) * size_t(rows)));
-    fill_kernel<<<grid_for(rows), 256>>>(ones, 1.0f, rows);
-    TTT_LAUNCH_CHECK("fill");
+    mk::fill(ones, 1.0f, rows);
     impl_->ones_n = rows;
   }
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;

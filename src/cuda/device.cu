@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cuda/check.cuh"
+#include "cuda/kernel_util.cuh"  // kThreads, grid_for, GRID_STRIDE
 
 namespace ttt::cuda {
 
@@ -15,12 +16,6 @@ namespace {
 
 std::atomic<size_t> g_bytes{0};
 std::atomic<size_t> g_peak{0};
-
-constexpr int kThreads = 256;
-int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
-
-#define GRID_STRIDE(i, n) \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 __device__ __forceinline__ uint64_t splitmix(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -126,6 +121,7 @@ void DeviceBuffer::fill_nan() {
   TTT_CUDA_CHECK(cudaMemset(p_, 0xFF, bytes_));
   TTT_CUDA_CHECK(cudaDeviceSynchronize());
 }
+void DeviceBuffer::fill_zero() { TTT_CUDA_CHECK(cudaMemset(p_, 0, bytes_)); }
 template <class T>
 void DeviceBuffer::fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal) {
   TTT_CHECK(size_t(n) * sizeof(T) <= bytes_, "DeviceBuffer::fill_random: " << n << " elements do not fit");
@@ -135,6 +131,8 @@ void DeviceBuffer::fill_random(int64_t n, uint64_t seed, double lo, double hi, b
 }
 template void DeviceBuffer::fill_random<float>(int64_t, uint64_t, double, double, bool);
 template void DeviceBuffer::fill_random<double>(int64_t, uint64_t, double, double, bool);
+
+void stream_synchronize(void* stream) { TTT_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream))); }
 
 double elapsed_ms(const std::function<void()>& enqueue, void* stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);

@@ -36,6 +36,7 @@ class DeviceBuffer {
   void upload(const void* host, size_t bytes);
   void download(void* host, size_t bytes) const;
   void fill_nan();
+  void fill_zero();
   // Seeded device-side random fill: uniform in [lo, hi), or normal * hi when normal is set.
   template <class T>
   void fill_random(int64_t n, uint64_t seed, double lo, double hi, bool normal);
@@ -53,6 +54,9 @@ void device_free(void* p, size_t bytes);
 // Number of non-finite elements of a device array of float or double (waits for `stream`; benches' checks).
 template <class T>
 size_t count_nonfinite(const T* p, int64_t n, void* stream = nullptr);
+
+// Waits for `stream` (a cudaStream_t; null: the default stream).
+void stream_synchronize(void* stream = nullptr);
 
 // Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
 // `enqueue` puts on it (waits for the stream).

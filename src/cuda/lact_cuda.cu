@@ -7,12 +7,14 @@
 // shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels
 // whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs.
 // Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
-// TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh;
-// the optional profile: lact_profile.cuh; host-array entry point and bench: lact_host.cu.
+// TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh (and
+// the backend's float -> bf16 conversion, layout_kernels.h); the optional profile: lact_profile.cuh; host-array
+// entry point and bench: lact_host.cu.
 #include "cuda/lact_cuda.h"
 #include "cuda/check.cuh"
 #include "cuda/graph.cuh"
 #include "cuda/lact_kernels.cuh"
+#include "cuda/layout_kernels.h"
 #include "cuda/lact_profile.cuh"
 
 #include <cublas_v2.h>
@@ -521,10 +523,10 @@ class CudaOps {
     }
   }
 
+  // bf16 copies of fp32 matrix operands (doubles are never converted).
   void to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
     auto ps_ = prof_->scope("to_bf16");
-    k_to_bf16<<<grid_for((n + 3) / 4), kThreads, 0, stream_>>>(src, dst, n);
-    TTT_LAUNCH_CHECK("to_bf16");
+    mk::to_bf16(src, reinterpret_cast<ttt::bf16*>(dst), n, stream_);
   }
   // The bf16 operand for the `extent` elements from p: inside a mirror, its copy; else the buffer's shadow,
   // after converting the parts of it that are not valid yet.

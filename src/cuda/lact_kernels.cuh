@@ -33,21 +33,6 @@ template <class T>
 __global__ void k_add(T* dst, const T* src, int64_t n) {
   GRID_STRIDE(i, n) dst[i] += src[i];
 }
-// bf16 copies of fp32 matrix operands (round to nearest even); doubles are never converted.
-__global__ void k_to_bf16(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst, int64_t n) {
-  const int64_t n4 = n / 4;
-  if ((reinterpret_cast<uintptr_t>(src) & 15) == 0 && (reinterpret_cast<uintptr_t>(dst) & 7) == 0) {
-    GRID_STRIDE(i, n4) {
-      const float4 x = reinterpret_cast<const float4*>(src)[i];
-      __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-      reinterpret_cast<__nv_bfloat162*>(dst)[2 * i] = lo;
-      reinterpret_cast<__nv_bfloat162*>(dst)[2 * i + 1] = hi;
-    }
-    GRID_STRIDE(i, n - 4 * n4) dst[4 * n4 + i] = __float2bfloat16_rn(src[4 * n4 + i]);
-  } else {
-    GRID_STRIDE(i, n) dst[i] = __float2bfloat16_rn(src[i]);
-  }
-}
 template <class T>
 __global__ void k_sqrt(T* x, int64_t n) {
   GRID_STRIDE(i, n) x[i] = lact::sqrt_(x[i]);

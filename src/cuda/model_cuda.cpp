@@ -1,5 +1,7 @@
 // The GPU model (model_cuda.h): host orchestration of one layer's forward and its hand-written adjoint.
-// Each step names the CPU op it mirrors (src/model/model.cpp, src/model/memory_branch.cpp).
+// Each step names the CPU op it mirrors (src/model/model.cpp, src/model/memory_branch.cpp). Work buffers and
+// parameters are named fields (model_buffers.h): act.* (a layer's activations), grad.* (its gradients), head.*
+// (final norm, LM head, loss), P / G (typed views of the parameters and of their gradients).
 #include "cuda/model_cuda.h"
 
 #include <cuda_runtime.h>
@@ -12,9 +14,16 @@
 
 #include "cuda/attention.h"
 #include "cuda/check.cuh"
-#include "cuda/kernels.h"
+#include "cuda/elementwise_kernels.h"
 #include "cuda/lact_cuda.h"
-#include "cuda/model_kernels.h"
+#include "cuda/layout_kernels.h"
+#include "cuda/loss_kernels.h"
+#include "cuda/memory_kernels.h"
+#include "cuda/model_buffers.h"
+#include "cuda/norm_kernels.h"
+#include "cuda/optimizer_kernels.h"
+#include "cuda/reduction_kernels.h"
+#include "cuda/rope_kernels.h"
 #include "cuda/tnt_cuda.h"
 #include "model/memory_branch.h"
 
@@ -53,23 +62,6 @@ lact::Norm lact_norm(const std::string& s) {
   return lact::Norm::None;
 }
 
-// A device array of T owned here, grown on demand; poisoned with NaN (all bits set: NaN in fp32 and in bf16) on
-// allocation when asked.
-template <class T>
-struct DeviceArray {
-  DeviceBuffer b;
-  int64_t n = 0;
-  T* p() const { return b.as<T>(); }
-  void ensure(int64_t want, bool poison) {
-    if (want <= n) return;
-    b = DeviceBuffer(sizeof(T) * size_t(std::max<int64_t>(want, 1)));
-    n = want;
-    if (poison) b.fill_nan();
-  }
-};
-using Buf = DeviceArray<float>;
-using Buf16 = DeviceArray<bf16>;
-
 }  // namespace
 
 struct GpuModel::Impl {
@@ -80,7 +72,8 @@ struct GpuModel::Impl {
   model::Params<float> layout;  // names, shapes, index (values unused beyond sizes)
   std::vector<int64_t> offset;
   int64_t total = 0;
-  Buf params, grads, adam_m, adam_v;
+  DeviceArray<float> params, grads, adam_m, adam_v;
+  ModelTensors P, G;            // typed views of params and grads, built once (the arrays never move)
   DeviceBuffer masks;           // per-element trainable mask (bytes, flat like the parameters), when set
   bool have_masks = false;
   std::vector<int64_t> mask_offsets;
@@ -91,26 +84,31 @@ struct GpuModel::Impl {
   // Sizes.
   int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0;
 
-  // Work buffers (capacity in rows).
+  // bf16 activations (GpuModelOptions::bf16_activations with bf16 products): the residual stream kept for the
+  // backward and the activations that are matrix-product operands (h, h2, sum, mm) are stored in bf16 (the
+  // *_bf16 fields); element-wise work reads and writes fp32.
+  const bool act16;
+  bool titans_like;  // arch "titans" / "tnt": the memory branch runs through TntRunner
+
+  // Work buffers, sized by the tables of model_buffers.h for the largest batch so far (capacity in rows).
   int64_t cap_rows = 0;
-  std::map<std::string, Buf> bufs;
+  LayerActivationArrays act_arrays;
+  LayerGradientArrays grad_arrays;
+  HeadArrays head_arrays;
+  LayerActivations act;
+  LayerGradients grad;
+  HeadBuffers head;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<LactRunner<float>>> lact;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
   DeviceBuffer ids_dev, tgt_dev, pos_dev, emb_order, emb_starts, emb_uniq;
   DeviceBuffer loss_dev, valid_dev;
-  // Residual stream at the layer inputs, [L+1]: fp32 (xs), or bf16 (xs16) with bf16 activations.
-  std::vector<Buf> xs;
-  std::vector<Buf16> xs16;
-  // bf16 activations (GpuModelOptions::bf16_activations with bf16 products): the residual stream kept for the
-  // backward and the activations that are matrix-product operands (h, h2, sum, mm) are stored in bf16, in
-  // bufs16 under the fp32 buffer's name; element-wise work reads and writes fp32.
-  const bool act16;
-  std::map<std::string, Buf16> bufs16;
+  // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
+  std::vector<DeviceArray<float>> xs;
+  std::vector<DeviceArray<bf16>> xs16;
 
   Impl(const ModelConfig& c, const GpuModelOptions& o)
       : cfg(c), opt(o), blas(o.math), act16(o.math == MathMode::BF16 && o.bf16_activations),
         titans_like(c.arch != "lact") {}
-  bool titans_like;  // arch "titans" / "tnt": the memory branch runs through TntRunner
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
 
   TntRunner<float>& tnt_runner(int64_t S, int64_t N) {
     auto key = std::make_pair(S, N);
@@ -171,14 +169,9 @@ struct GpuModel::Impl {
     timed("products", [&] { blas.col_sum(std::forward<A>(a)...); });
   }
 
-  float* P(const std::string& name) const { return params.p() + offset[layout.index.at(name)]; }
-  float* G(const std::string& name) const { return grads.p() + offset[layout.index.at(name)]; }
-  float* B(const std::string& name) { return bufs.at(name).p(); }
-  bf16* B16(const std::string& name) { return bufs16.at(name).p(); }
   // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
-  Operand X(const std::string& name) { return act16 ? Operand(B16(name)) : Operand(B(name)); }
+  Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
 
-  void need(const std::string& name, int64_t n) { bufs[name].ensure(n, opt.poison); }
   void* norm_work_for(int64_t rows, int64_t cols) {
     const size_t want = rms_norm_backward_workspace(rows, cols);
     if (want > norm_work_bytes) {
@@ -214,47 +207,19 @@ struct GpuModel::Impl {
     return ref;
   }
 
+  // Grows the work buffers (model_buffers.h) and the kept residual stream to a batch of S sequences of N tokens.
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
-    const int64_t BHN = S * H * N;  // = rows * H
-    const int64_t W = S * H * dh * d;  // one broadcast weight matrix over all sequence-heads
-    const int64_t M = cfg.n_memories(), gate_cols = std::max<int64_t>(3, M) * H;
-    const std::pair<const char*, int64_t> sizes[] = {
-        {"rinv1", rows},        {"qkv", rows * 3 * D},  {"qa", rows * D},
-        {"ka", rows * D},       {"attn", rows * D},     {"lse", rows * Ha},     {"qh", rows * D},
-        {"kh", rows * D},       {"qnorm", rows * H},    {"knorm", rows * H},    {"vm", rows * D},
-        {"zlr", rows * gate_cols},      {"rates", rows * gate_cols},    {"zm", rows * gate_cols},       {"mom", rows * gate_cols},
-        {"zd", rows * gate_cols},       {"dec", rows * gate_cols},      {"thT", M * BHN},       {"etT", M * BHN},
-        {"alT", M * BHN},       {"gthT", M * BHN},      {"getT", M * BHN},      {"galT", M * BHN},
-        {"tw1b", M * W},        {"tw2b", M * W},        {"gtw1b", M * W},       {"gtw2b", M * W},
-        {"qT", rows * D},       {"kT", rows * D},       {"vT", rows * D},       {"lrT", 3 * BHN},
-        {"momT", BHN},          {"w0b", W},             {"w1b", W},             {"w2b", W},
-        {"w0f", H * dh * d},    {"w2f", H * dh * d},    {"oT", rows * D},       {"o", rows * D},
-        {"normed", rows * D},   {"rinvo", rows * H},    {"zs", rows * H},       {"gate", rows * H},
-        {"sum", rows * D},      {"xmid", rows * D},     {"rinv2", rows},
-        {"ga", rows * F},       {"up", rows * F},
-        // backward
-        {"dx", rows * D},       {"dxm", rows * D},      {"tmpD", rows * D},     {"dmm", rows * F},
-        {"dga", rows * F},      {"dup", rows * F},      {"dh2", rows * D},      {"dsum", rows * D},
-        {"dnormed", rows * D},  {"do", rows * D},       {"doT", rows * D},      {"dgate", rows * H},
-        {"dzs", rows * H},      {"gw0b", W},            {"gw1b", W},            {"gw2b", W},
-        {"gqT", rows * D},      {"gkT", rows * D},      {"gvT", rows * D},      {"glrT", 3 * BHN},
-        {"gmomT", BHN},         {"dqh", rows * D},      {"dkh", rows * D},      {"dvm", rows * D},
-        {"drates", rows * gate_cols},   {"dzlr", rows * gate_cols},     {"dmom", rows * H},     {"dzm", rows * H},
-        {"dqkv", rows * 3 * D}, {"dqa", rows * D},      {"dka", rows * D},      {"dh", rows * D},
-        {"dz", rows * D},       {"dzx", rows * D},      {"dwD", D},             {"gwf", H * dh * d},
-        {"attn_work", int64_t(swa_backward_workspace(AttentionShape{S, N, Ha, hd, cfg.window}) / sizeof(float)) + 1},
-    };
-    for (auto& [name, n] : sizes) need(name, n);
-    const std::pair<const char*, int64_t> operands[] = {{"h", rows * D}, {"h2", rows * D}, {"sum", rows * D},
-                                                         {"mm", rows * F}};
-    for (auto& [name, n] : operands) {
-      if (act16) bufs16[name].ensure(n, opt.poison);
-      else need(name, n);
-    }
-    if (act16) {
-      need("xin", rows * D);
-      need("xout", rows * D);
-    }
+    ModelDims s;
+    s.rows = rows, s.D = D, s.H = H, s.d = d, s.dh = dh, s.Ha = Ha, s.F = F, s.V = V;
+    s.M = cfg.n_memories();
+    s.BHN = S * H * N;  // = rows * H
+    s.W = S * H * dh * d;
+    s.G = std::max<int64_t>(3, s.M) * H;
+    s.attn_work = int64_t(swa_backward_workspace(AttentionShape{S, N, Ha, hd, cfg.window}) / sizeof(float)) + 1;
+    s.act16 = act16 ? 1 : 0;
+    s.act32 = act16 ? 0 : 1;
+    act = s.grow(act_arrays, opt.poison);
+    grad = s.grow(grad_arrays, opt.poison);
     if (rows > cap_rows) {
       if (act16) {
         xs16.resize(size_t(L + 1));
@@ -265,240 +230,243 @@ struct GpuModel::Impl {
       }
       cap_rows = rows;
     }
+    head = s.grow(head_arrays, opt.poison);
   }
 
   // The residual stream at layer l's input (l = L: the final norm's input) as fp32: the kept array, or (bf16
   // activations) its bf16 copy widened into `xin`.
   const float* layer_input(int64_t l, int64_t rows) {
     if (!act16) return xs[size_t(l)].p();
-    mk::from_bf16(xs16[size_t(l)].p(), B("xin"), rows * D);
-    return B("xin");
+    mk::from_bf16(xs16[size_t(l)].p(), act.xin, rows * D);
+    return act.xin;
   }
   // Where layer l writes its output (the embedding: l = -1), and keeping it: with bf16 activations the output is
   // rounded into xs16[l + 1] and `xout` keeps the rounded values, so what follows sees exactly what the backward's
   // recomputation will read.
-  float* layer_output(int64_t l) { return act16 ? B("xout") : xs[size_t(l + 1)].p(); }
+  float* layer_output(int64_t l) { return act16 ? act.xout : xs[size_t(l + 1)].p(); }
   void keep_output(int64_t l, int64_t rows) {
-    if (act16) mk::round_store_bf16(B("xout"), xs16[size_t(l + 1)].p(), rows * D);
+    if (act16) mk::round_store_bf16(act.xout, xs16[size_t(l + 1)].p(), rows * D);
   }
 
   // ---- one layer ---------------------------------------------------------------------------------------
-  std::string lp(int64_t l) const { return "layers." + std::to_string(l) + "."; }
 
   // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
   void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N) {
     const int64_t rows = S * N;
-    const std::string pre = lp(l);
-    auto Pl = [&](const char* n) { return P(pre + n); };
+    const LayerTensors& lw = P.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
     // h = RMSNorm(x); qkv = h Wqkv
-    if (act16) rms_norm_forward(x, Pl("attn_norm.weight"), B16("h"), B("rinv1"), rows, D, D, cfg.norm_eps);
-    else rms_norm_forward(x, Pl("attn_norm.weight"), B("h"), B("rinv1"), rows, D, D, cfg.norm_eps);
-    gemm(false, false, rows, 3 * D, D, 1.0f, X("h"), D, Pl("wqkv"), 3 * D, 0.0f, B("qkv"), 3 * D);
-    const float* q = B("qkv");
-    const float* k = B("qkv") + D;
-    const float* v = B("qkv") + 2 * D;
+    if (act16) rms_norm_forward(x, lw.attn_norm, act.h_bf16, act.rinv1, rows, D, D, cfg.norm_eps);
+    else rms_norm_forward(x, lw.attn_norm, act.h, act.rinv1, rows, D, D, cfg.norm_eps);
+    gemm(false, false, rows, 3 * D, D, 1.0f, operand(act.h, act.h_bf16), D, lw.wqkv, 3 * D, 0.0f, act.qkv, 3 * D);
+    const float* q = act.qkv;
+    const float* k = act.qkv + D;
+    const float* v = act.qkv + 2 * D;
     // Attention branch: RoPE on copies of q, k; flash sliding-window attention.
-    mk::copy2d(q, 3 * D, B("qa"), D, rows, D);
-    mk::copy2d(k, 3 * D, B("ka"), D, rows, D);
-    rope_forward(B("qa"), B("qa"), pos, rows, Ha, hd, cfg.rope_theta);
-    rope_forward(B("ka"), B("ka"), pos, rows, Ha, hd, cfg.rope_theta);
+    mk::copy2d(q, 3 * D, act.qa, D, rows, D);
+    mk::copy2d(k, 3 * D, act.ka, D, rows, D);
+    rope_forward(act.qa, act.qa, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_forward(act.ka, act.ka, pos, rows, Ha, hd, cfg.rope_theta);
     // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
     timed("attention", [&] {
-      (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"),
-                                                                    D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"),
+      (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, act.qa,
+                                                                    D, act.ka, D, v, 3 * D, act.attn, D, act.lse,
                                                                     nullptr);
     });
     // Memory branch inputs (prepare_memory_inputs).
-    mk::qk_prep_forward(q, 3 * D, Pl("ttt.q_scale"), Pl("ttt.q_offset"), B("qh"), B("qnorm"), rows, H, d, 1e-5);
-    mk::qk_prep_forward(k, 3 * D, Pl("ttt.k_scale"), Pl("ttt.k_offset"), B("kh"), B("knorm"), rows, H, d, 1e-5);
+    mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, act.qh, act.qnorm, rows, H, d, 1e-5);
+    mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, act.kh, act.knorm, rows, H, d, 1e-5);
     if (cfg.ttt_rope) {
-      rope_forward(B("qh"), B("qh"), pos, rows, H, d, cfg.rope_theta);
-      rope_forward(B("kh"), B("kh"), pos, rows, H, d, cfg.rope_theta);
+      rope_forward(act.qh, act.qh, pos, rows, H, d, cfg.rope_theta);
+      rope_forward(act.kh, act.kh, pos, rows, H, d, cfg.rope_theta);
     }
     const float* vm = v;
     int64_t ldvm = 3 * D;
     if (cfg.v_silu) {
-      mk::silu_strided_forward(v, 3 * D, B("vm"), rows, D);
-      vm = B("vm");
+      mk::silu_strided_forward(v, 3 * D, act.vm, rows, D);
+      vm = act.vm;
       ldvm = D;
     }
     // Per sequence-head layout of the memory operators.
-    mk::heads_to_batch(B("qh"), D, B("qT"), S, N, H, d);
-    mk::heads_to_batch(B("kh"), D, B("kT"), S, N, H, d);
-    mk::heads_to_batch(vm, ldvm, B("vT"), S, N, H, d);
-    if (titans_like) titans_forward(pre, S, N);
-    else lact_forward(pre, S, N);
-    mk::batch_to_heads(B("oT"), B("o"), D, S, N, H, d, false);
+    mk::heads_to_batch(act.qh, D, act.qT, S, N, H, d);
+    mk::heads_to_batch(act.kh, D, act.kT, S, N, H, d);
+    mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
+    if (titans_like) titans_forward(l, S, N);
+    else lact_forward(l, S, N);
+    mk::batch_to_heads(act.oT, act.o, D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
-    rms_norm_heads_forward(B("o"), Pl("ttt.o_norm.weight"), B("normed"), B("rinvo"), rows, D, H, cfg.norm_eps);
-    gemm(false, false, rows, H, D, 1.0f, X("h"), D, Pl("ttt.scale.weight"), H, 0.0f, B("zs"), H);
-    mk::bias_act_forward(B("zs"), Pl("ttt.scale.bias"), B("gate"), rows, H, 0.0, mk::Act::Silu);
-    mk::gate_heads_forward(B("normed"), B("gate"), B("sum"), rows, H, d);
+    rms_norm_heads_forward(act.o, lw.o_norm, act.normed, act.rinvo, rows, D, H, cfg.norm_eps);
+    gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
+    mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, mk::Act::Silu);
+    mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
     // x + (attn + mem) Wo
-    mk::axpy(B("sum"), B("attn"), 1.0f, rows * D);
-    if (act16) mk::to_bf16(B("sum"), D, B16("sum"), D, rows, D);
-    mk::copy2d(x, D, B("xmid"), D, rows, D);
-    gemm(false, false, rows, D, D, 1.0f, X("sum"), D, Pl("wo"), D, 1.0f, B("xmid"), D);
+    mk::axpy(act.sum, act.attn, 1.0f, rows * D);
+    if (act16) mk::to_bf16(act.sum, D, act.sum_bf16, D, rows, D);
+    mk::copy2d(x, D, act.xmid, D, rows, D);
+    gemm(false, false, rows, D, D, 1.0f, operand(act.sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
     // MLP
-    if (act16) rms_norm_forward(B("xmid"), Pl("mlp_norm.weight"), B16("h2"), B("rinv2"), rows, D, D, cfg.norm_eps);
-    else rms_norm_forward(B("xmid"), Pl("mlp_norm.weight"), B("h2"), B("rinv2"), rows, D, D, cfg.norm_eps);
-    gemm(false, false, rows, F, D, 1.0f, X("h2"), D, Pl("mlp.w_gate"), F, 0.0f, B("ga"), F);
-    gemm(false, false, rows, F, D, 1.0f, X("h2"), D, Pl("mlp.w_up"), F, 0.0f, B("up"), F);
-    if (act16) mk::swiglu_forward(B("ga"), B("up"), B16("mm"), rows * F);
-    else mk::swiglu_forward(B("ga"), B("up"), B("mm"), rows * F);
-    mk::copy2d(B("xmid"), D, out, D, rows, D);
-    gemm(false, false, rows, D, F, 1.0f, X("mm"), F, Pl("mlp.w_down"), D, 1.0f, out, D);
+    if (act16) rms_norm_forward(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, rows, D, D, cfg.norm_eps);
+    else rms_norm_forward(act.xmid, lw.mlp_norm, act.h2, act.rinv2, rows, D, D, cfg.norm_eps);
+    gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_gate, F, 0.0f, act.ga, F);
+    gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_up, F, 0.0f, act.up, F);
+    if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
+    else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
+    mk::copy2d(act.xmid, D, out, D, rows, D);
+    gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, lw.w_down, D, 1.0f, out, D);
   }
 
   // ttt.w0 / ttt.w2 of a layer: the parameter itself, or (low rank) A B + 0.5 I per head into buffer `tmp`.
-  const float* resolve_weight(const std::string& pre, const std::string& name, const char* tmp) {
-    if (!cfg.low_rank_init) return P(pre + name);
+  const float* resolve_weight(const MemoryWeight& w, float* tmp) {
+    if (!cfg.low_rank_init) return w.full;
     const int64_t r = cfg.low_rank_rank;
-    gemm_batched(false, false, dh, d, r, 1.0f, P(pre + name + ".a"), r, dh * r, P(pre + name + ".b"), d, r * d,
-                      0.0f, B(tmp), d, dh * d, H);
-    mk::add_diagonal(B(tmp), H, dh, d, 0.5f);
-    return B(tmp);
+    gemm_batched(false, false, dh, d, r, 1.0f, w.a, r, dh * r, w.b, d, r * d, 0.0f, tmp, d, dh * d, H);
+    mk::add_diagonal(tmp, H, dh, d, 0.5f);
+    return tmp;
   }
-  // Gradient of ttt.w0 / ttt.w2 from dW [S][H, dh, d] (the broadcast copies): summed over sequences in order.
-  void weight_grad(const std::string& pre, const std::string& name, const float* gb, int64_t S) {
+  // Gradient of ttt.w0 / ttt.w2 (w: the parameter, gw: its gradient) from dW [S][H, dh, d] (the broadcast copies):
+  // summed over sequences in order.
+  void weight_grad(const MemoryWeight& w, const MemoryWeight& gw, const float* gb, int64_t S) {
     const int64_t per = H * dh * d;
-    float* g = cfg.low_rank_init ? B("gwf") : G(pre + name);
+    float* g = cfg.low_rank_init ? grad.gwf : gw.full;
     if (cfg.low_rank_init) TTT_CUDA_CHECK(cudaMemsetAsync(g, 0, sizeof(float) * per, nullptr));
     for (int64_t s = 0; s < S; ++s) mk::axpy(g, gb + s * per, 1.0f, per);
     if (!cfg.low_rank_init) return;
     const int64_t r = cfg.low_rank_rank;
     // W = A B: dA += dW B^T, dB += A^T dW (per head).
-    gemm_batched(false, true, dh, r, d, 1.0f, g, d, dh * d, P(pre + name + ".b"), d, r * d, 1.0f,
-                      G(pre + name + ".a"), r, dh * r, H);
-    gemm_batched(true, false, r, d, dh, 1.0f, P(pre + name + ".a"), r, dh * r, g, d, dh * d, 1.0f,
-                      G(pre + name + ".b"), d, r * d, H);
+    gemm_batched(false, true, dh, r, d, 1.0f, g, d, dh * d, w.b, d, r * d, 1.0f, gw.a, r, dh * r, H);
+    gemm_batched(true, false, r, d, dh, 1.0f, w.a, r, dh * r, g, d, dh * d, 1.0f, gw.b, d, r * d, H);
   }
 
   // LaCT (arch "lact"): rates softplus(h W_lr + b + softplus^-1(lr_init)) per matrix, momentum gate, the
   // initial fast weights broadcast to every sequence, the operator (memory_branch.cpp, record_memory_branch).
-  void lact_forward(const std::string& pre, int64_t S, int64_t N) {
+  void lact_forward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N;
-    auto Pl = [&](const char* n) { return P(pre + n); };
-    gemm(false, false, rows, 3 * H, D, 1.0f, X("h"), D, Pl("ttt.lr.weight"), 3 * H, 0.0f, B("zlr"), 3 * H);
-    mk::bias_act_forward(B("zlr"), Pl("ttt.lr.bias"), B("rates"), rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
+    const LayerTensors& lw = P.layers[size_t(l)];
+    gemm(false, false, rows, 3 * H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.lr_weight, 3 * H, 0.0f, act.zlr, 3 * H);
+    mk::bias_act_forward(act.zlr, lw.lr_bias, act.rates, rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
                          mk::Act::Softplus);
     if (cfg.momentum) {
-      gemm(false, false, rows, H, D, 1.0f, X("h"), D, Pl("ttt.momentum.weight"), H, 0.0f, B("zm"), H);
-      mk::bias_act_forward(B("zm"), Pl("ttt.momentum.bias"), B("mom"), rows, H, 0.0, mk::Act::Sigmoid);
+      gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.momentum_weight, H, 0.0f, act.zm, H);
+      mk::bias_act_forward(act.zm, lw.momentum_bias, act.mom, rows, H, 0.0, mk::Act::Sigmoid);
     }
-    for (int r = 0; r < 3; ++r) mk::cols_to_batch(B("rates"), 3 * H, r * H, B("lrT") + r * S * H * N, S, N, H);
-    if (cfg.momentum) mk::cols_to_batch(B("mom"), H, 0, B("momT"), S, N, H);
+    for (int r = 0; r < 3; ++r) mk::cols_to_batch(act.rates, 3 * H, r * H, act.lrT + r * S * H * N, S, N, H);
+    if (cfg.momentum) mk::cols_to_batch(act.mom, H, 0, act.momT, S, N, H);
     // Initial fast weights, broadcast to every sequence (memory_weights; low rank: A B + 0.5 I).
-    const float* w0 = resolve_weight(pre, "ttt.w0", "w0f");
-    const float* w2 = resolve_weight(pre, "ttt.w2", "w2f");
+    const std::vector<MemoryWeight>& fw = lw.memories[0];  // w0, w1, w2
+    const float* w0 = resolve_weight(fw[0], act.w0f);
+    const float* w2 = resolve_weight(fw[2], act.w2f);
     const int64_t per = H * dh * d;
     for (int64_t s = 0; s < S; ++s) {
-      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w0b") + s * per, w0, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
-      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w1b") + s * per, Pl("ttt.w1"), sizeof(float) * per, cudaMemcpyDeviceToDevice,
+      TTT_CUDA_CHECK(cudaMemcpyAsync(act.w0b + s * per, w0, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(act.w1b + s * per, fw[1].full, sizeof(float) * per, cudaMemcpyDeviceToDevice,
                                      nullptr));
-      TTT_CUDA_CHECK(cudaMemcpyAsync(B("w2b") + s * per, w2, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(act.w2b + s * per, w2, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
     }
     lact::Inputs<float> in;
-    in.w0 = B("w0b"), in.w1 = B("w1b"), in.w2 = B("w2b");
-    in.q = B("qT"), in.k = B("kT"), in.v = B("vT");
-    in.lr0 = B("lrT"), in.lr1 = B("lrT") + S * H * N, in.lr2 = B("lrT") + 2 * S * H * N;
-    in.mom = cfg.momentum ? B("momT") : nullptr;
-    timed("lact", [&] { lact_runner(S, N).forward(in, B("oT")); });
+    in.w0 = act.w0b, in.w1 = act.w1b, in.w2 = act.w2b;
+    in.q = act.qT, in.k = act.kT, in.v = act.vT;
+    in.lr0 = act.lrT, in.lr1 = act.lrT + S * H * N, in.lr2 = act.lrT + 2 * S * H * N;
+    in.mom = cfg.momentum ? act.momT : nullptr;
+    timed("lact", [&] { lact_runner(S, N).forward(in, act.oT); });
   }
-  void lact_backward(const std::string& pre, int64_t S, int64_t N) {
+  void lact_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N;
-    auto Pl = [&](const char* n) { return P(pre + n); };
-    auto Gl = [&](const char* n) { return G(pre + n); };
-    lact::Grads<float> g;
-    g.w0 = B("gw0b"), g.w1 = B("gw1b"), g.w2 = B("gw2b");
-    g.q = B("gqT"), g.k = B("gkT"), g.v = B("gvT");
-    g.lr0 = B("glrT"), g.lr1 = B("glrT") + S * H * N, g.lr2 = B("glrT") + 2 * S * H * N;
-    g.mom = cfg.momentum ? B("gmomT") : nullptr;
-    timed("lact", [&] { lact_runner(S, N).backward(B("doT"), g); });
-    weight_grad(pre, "ttt.w0", B("gw0b"), S);
-    weight_grad(pre, "ttt.w2", B("gw2b"), S);
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const LayerTensors& lg = G.layers[size_t(l)];
+    lact::Grads<float> og;
+    og.w0 = grad.gw0b, og.w1 = grad.gw1b, og.w2 = grad.gw2b;
+    og.q = grad.gqT, og.k = grad.gkT, og.v = grad.gvT;
+    og.lr0 = grad.glrT, og.lr1 = grad.glrT + S * H * N, og.lr2 = grad.glrT + 2 * S * H * N;
+    og.mom = cfg.momentum ? grad.gmomT : nullptr;
+    timed("lact", [&] { lact_runner(S, N).backward(grad.doT, og); });
+    weight_grad(lw.memories[0][0], lg.memories[0][0], grad.gw0b, S);
+    weight_grad(lw.memories[0][2], lg.memories[0][2], grad.gw2b, S);
     {
       const int64_t per = H * dh * d;
-      for (int64_t s = 0; s < S; ++s) mk::axpy(Gl("ttt.w1"), B("gw1b") + s * per, 1.0f, per);
+      for (int64_t s = 0; s < S; ++s) mk::axpy(lg.memories[0][1].full, grad.gw1b + s * per, 1.0f, per);
     }
     // rates = softplus(h Wlr + b + shift)
-    for (int r = 0; r < 3; ++r) mk::batch_to_cols(B("glrT") + r * S * H * N, B("drates"), 3 * H, r * H, S, N, H);
-    mk::act_backward(B("zlr"), B("drates"), B("dzlr"), rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
+    for (int r = 0; r < 3; ++r) mk::batch_to_cols(grad.glrT + r * S * H * N, grad.drates, 3 * H, r * H, S, N, H);
+    mk::act_backward(act.zlr, grad.drates, grad.dzlr, rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
                      mk::Act::Softplus);
-    gemm(true, false, D, 3 * H, rows, 1.0f, X("h"), D, B("dzlr"), 3 * H, 1.0f, Gl("ttt.lr.weight"), 3 * H);
-    col_sum(B("dzlr"), rows, 3 * H, 3 * H, Gl("ttt.lr.bias"), true);
-    gemm(false, true, rows, D, 3 * H, 1.0f, B("dzlr"), 3 * H, Pl("ttt.lr.weight"), 3 * H, 1.0f, B("dh"), D);
+    gemm(true, false, D, 3 * H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, 3 * H, 1.0f, lg.lr_weight, 3 * H);
+    col_sum(grad.dzlr, rows, 3 * H, 3 * H, lg.lr_bias, true);
+    gemm(false, true, rows, D, 3 * H, 1.0f, grad.dzlr, 3 * H, lw.lr_weight, 3 * H, 1.0f, grad.dh, D);
     if (cfg.momentum) {
-      mk::batch_to_cols(B("gmomT"), B("dmom"), H, 0, S, N, H);
-      mk::act_backward(B("zm"), B("dmom"), B("dzm"), rows * H, 0.0, mk::Act::Sigmoid);
-      gemm(true, false, D, H, rows, 1.0f, X("h"), D, B("dzm"), H, 1.0f, Gl("ttt.momentum.weight"), H);
-      col_sum(B("dzm"), rows, H, H, Gl("ttt.momentum.bias"), true);
-      gemm(false, true, rows, D, H, 1.0f, B("dzm"), H, Pl("ttt.momentum.weight"), H, 1.0f, B("dh"), D);
+      mk::batch_to_cols(grad.gmomT, grad.dmom, H, 0, S, N, H);
+      mk::act_backward(act.zm, grad.dmom, grad.dzm, rows * H, 0.0, mk::Act::Sigmoid);
+      gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzm, H, 1.0f, lg.momentum_weight, H);
+      col_sum(grad.dzm, rows, H, H, lg.momentum_bias, true);
+      gemm(false, true, rows, D, H, 1.0f, grad.dzm, H, lw.momentum_weight, H, 1.0f, grad.dh, D);
     }
   }
 
   // Titans / TNT: M memories (global first), each MLP + MSE with momentum and decay; gates theta =
   // titans_base_lr * sigmoid(h W_lr + b), eta = sigmoid(h W_m + b), alpha = sigmoid(h W_d + b), column
   // m*H + h for memory m, head h; the branch through TntRunner (tnt_cuda.h), which sums the memories.
-  void titans_forward(const std::string& pre, int64_t S, int64_t N) {
+  void titans_forward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N, M = cfg.n_memories(), MH = M * H, BHN = S * H * N, W = S * H * dh * d;
-    auto Pl = [&](const char* n) { return P(pre + n); };
-    const char* gates[3][4] = {{"ttt.lr.weight", "ttt.lr.bias", "zlr", "rates"},
-                               {"ttt.momentum.weight", "ttt.momentum.bias", "zm", "mom"},
-                               {"ttt.decay.weight", "ttt.decay.bias", "zd", "dec"}};
-    const char* per_batch[3] = {"thT", "etT", "alT"};
+    const LayerTensors& lw = P.layers[size_t(l)];
+    // Per gate (theta, eta, alpha): weight, bias, pre-activation, activation, per sequence-head layout.
+    const float* gate_weight[3] = {lw.lr_weight, lw.momentum_weight, lw.decay_weight};
+    const float* gate_bias[3] = {lw.lr_bias, lw.momentum_bias, lw.decay_bias};
+    float* gate_z[3] = {act.zlr, act.zm, act.zd};
+    float* gate_y[3] = {act.rates, act.mom, act.dec};
+    float* per_batch[3] = {act.thT, act.etT, act.alT};
     for (int gi = 0; gi < 3; ++gi) {
-      gemm(false, false, rows, MH, D, 1.0f, X("h"), D, Pl(gates[gi][0]), MH, 0.0f, B(gates[gi][2]), MH);
-      mk::bias_act_forward(B(gates[gi][2]), Pl(gates[gi][1]), B(gates[gi][3]), rows, MH, 0.0, mk::Act::Sigmoid);
-      if (gi == 0) mk::scale(B("rates"), float(cfg.titans_base_lr), rows * MH);
-      for (int64_t m = 0; m < M; ++m) mk::cols_to_batch(B(gates[gi][3]), MH, m * H, B(per_batch[gi]) + m * BHN, S, N, H);
+      gemm(false, false, rows, MH, D, 1.0f, operand(act.h, act.h_bf16), D, gate_weight[gi], MH, 0.0f, gate_z[gi], MH);
+      mk::bias_act_forward(gate_z[gi], gate_bias[gi], gate_y[gi], rows, MH, 0.0, mk::Act::Sigmoid);
+      if (gi == 0) mk::scale(act.rates, float(cfg.titans_base_lr), rows * MH);
+      for (int64_t m = 0; m < M; ++m) mk::cols_to_batch(gate_y[gi], MH, m * H, per_batch[gi] + m * BHN, S, N, H);
     }
     titans::TntInputs<float> in;
-    in.q = B("qT"), in.k = B("kT"), in.v = B("vT");
+    in.q = act.qT, in.k = act.kT, in.v = act.vT;
     const int64_t per = H * dh * d;
     for (int64_t m = 0; m < M; ++m) {
-      const auto names = model::memory_weight_names(cfg, m);  // prefix + "w1", "w2"
+      const std::vector<MemoryWeight>& mw = lw.memories[size_t(m)];  // w1, w2
       for (int64_t s = 0; s < S; ++s) {
-        TTT_CUDA_CHECK(cudaMemcpyAsync(B("tw1b") + m * W + s * per, P(pre + names[0]), sizeof(float) * per,
+        TTT_CUDA_CHECK(cudaMemcpyAsync(act.tw1b + m * W + s * per, mw[0].full, sizeof(float) * per,
                                        cudaMemcpyDeviceToDevice, nullptr));
-        TTT_CUDA_CHECK(cudaMemcpyAsync(B("tw2b") + m * W + s * per, P(pre + names[1]), sizeof(float) * per,
+        TTT_CUDA_CHECK(cudaMemcpyAsync(act.tw2b + m * W + s * per, mw[1].full, sizeof(float) * per,
                                        cudaMemcpyDeviceToDevice, nullptr));
       }
-      in.mems.push_back({B("tw1b") + m * W, B("tw2b") + m * W, B("thT") + m * BHN, B("etT") + m * BHN,
-                         B("alT") + m * BHN});
+      in.mems.push_back({act.tw1b + m * W, act.tw2b + m * W, act.thT + m * BHN, act.etT + m * BHN,
+                         act.alT + m * BHN});
     }
-    timed("tnt", [&] { tnt_runner(S, N).forward(in, B("oT")); });
+    timed("tnt", [&] { tnt_runner(S, N).forward(in, act.oT); });
   }
-  void titans_backward(const std::string& pre, int64_t S, int64_t N) {
+  void titans_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N, M = cfg.n_memories(), MH = M * H, BHN = S * H * N, W = S * H * dh * d;
-    auto Pl = [&](const char* n) { return P(pre + n); };
-    auto Gl = [&](const char* n) { return G(pre + n); };
-    titans::TntGrads<float> g;
-    g.q = B("gqT"), g.k = B("gkT"), g.v = B("gvT");
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const LayerTensors& lg = G.layers[size_t(l)];
+    titans::TntGrads<float> og;
+    og.q = grad.gqT, og.k = grad.gkT, og.v = grad.gvT;
     for (int64_t m = 0; m < M; ++m)
-      g.mems.push_back({B("gtw1b") + m * W, B("gtw2b") + m * W, B("gthT") + m * BHN, B("getT") + m * BHN,
-                        B("galT") + m * BHN});
-    timed("tnt", [&] { tnt_runner(S, N).backward(B("doT"), g); });
+      og.mems.push_back({grad.gtw1b + m * W, grad.gtw2b + m * W, grad.gthT + m * BHN, grad.getT + m * BHN,
+                         grad.galT + m * BHN});
+    timed("tnt", [&] { tnt_runner(S, N).backward(grad.doT, og); });
     const int64_t per = H * dh * d;
     for (int64_t m = 0; m < M; ++m) {
-      const auto names = model::memory_weight_names(cfg, m);
+      const std::vector<MemoryWeight>& mg = lg.memories[size_t(m)];  // d w1, d w2
       for (int64_t s = 0; s < S; ++s) {
-        mk::axpy(G(pre + names[0]), B("gtw1b") + m * W + s * per, 1.0f, per);
-        mk::axpy(G(pre + names[1]), B("gtw2b") + m * W + s * per, 1.0f, per);
+        mk::axpy(mg[0].full, grad.gtw1b + m * W + s * per, 1.0f, per);
+        mk::axpy(mg[1].full, grad.gtw2b + m * W + s * per, 1.0f, per);
       }
     }
-    const char* gates[3][3] = {{"ttt.lr.weight", "ttt.lr.bias", "zlr"},
-                               {"ttt.momentum.weight", "ttt.momentum.bias", "zm"},
-                               {"ttt.decay.weight", "ttt.decay.bias", "zd"}};
-    const char* per_batch[3] = {"gthT", "getT", "galT"};
+    // Per gate (theta, eta, alpha): weight, its gradient, bias gradient, pre-activation, per sequence-head gradient.
+    const float* gate_weight[3] = {lw.lr_weight, lw.momentum_weight, lw.decay_weight};
+    float* gate_weight_grad[3] = {lg.lr_weight, lg.momentum_weight, lg.decay_weight};
+    float* gate_bias_grad[3] = {lg.lr_bias, lg.momentum_bias, lg.decay_bias};
+    const float* gate_z[3] = {act.zlr, act.zm, act.zd};
+    const float* per_batch[3] = {grad.gthT, grad.getT, grad.galT};
     for (int gi = 0; gi < 3; ++gi) {
-      for (int64_t m = 0; m < M; ++m) mk::batch_to_cols(B(per_batch[gi]) + m * BHN, B("drates"), MH, m * H, S, N, H);
-      if (gi == 0) mk::scale(B("drates"), float(cfg.titans_base_lr), rows * MH);
-      mk::act_backward(B(gates[gi][2]), B("drates"), B("dzlr"), rows * MH, 0.0, mk::Act::Sigmoid);
-      gemm(true, false, D, MH, rows, 1.0f, X("h"), D, B("dzlr"), MH, 1.0f, Gl(gates[gi][0]), MH);
-      col_sum(B("dzlr"), rows, MH, MH, Gl(gates[gi][1]), true);
-      gemm(false, true, rows, D, MH, 1.0f, B("dzlr"), MH, Pl(gates[gi][0]), MH, 1.0f, B("dh"), D);
+      for (int64_t m = 0; m < M; ++m) mk::batch_to_cols(per_batch[gi] + m * BHN, grad.drates, MH, m * H, S, N, H);
+      if (gi == 0) mk::scale(grad.drates, float(cfg.titans_base_lr), rows * MH);
+      mk::act_backward(gate_z[gi], grad.drates, grad.dzlr, rows * MH, 0.0, mk::Act::Sigmoid);
+      gemm(true, false, D, MH, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, MH, 1.0f, gate_weight_grad[gi],
+           MH);
+      col_sum(grad.dzlr, rows, MH, MH, gate_bias_grad[gi], true);
+      gemm(false, true, rows, D, MH, 1.0f, grad.dzlr, MH, gate_weight[gi], MH, 1.0f, grad.dh, D);
     }
   }
 
@@ -506,84 +474,81 @@ struct GpuModel::Impl {
   // d/d(x) on return. Parameter gradients are accumulated.
   void layer_backward(int64_t l, const float* x, int64_t S, int64_t N) {
     const int64_t rows = S * N;
-    const std::string pre = lp(l);
-    auto Pl = [&](const char* n) { return P(pre + n); };
-    auto Gl = [&](const char* n) { return G(pre + n); };
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const LayerTensors& lg = G.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
-    float* dx = B("dx");
+    float* dx = grad.dx;
     // ---- MLP: out = xmid + swiglu(h2) Wd
-    gemm(true, false, F, D, rows, 1.0f, X("mm"), F, dx, D, 1.0f, Gl("mlp.w_down"), D);
-    gemm(false, true, rows, F, D, 1.0f, dx, D, Pl("mlp.w_down"), D, 0.0f, B("dmm"), F);
-    mk::swiglu_backward(B("ga"), B("up"), B("dmm"), B("dga"), B("dup"), rows * F);
-    gemm(true, false, D, F, rows, 1.0f, X("h2"), D, B("dga"), F, 1.0f, Gl("mlp.w_gate"), F);
-    gemm(true, false, D, F, rows, 1.0f, X("h2"), D, B("dup"), F, 1.0f, Gl("mlp.w_up"), F);
-    gemm(false, true, rows, D, F, 1.0f, B("dga"), F, Pl("mlp.w_gate"), F, 0.0f, B("dh2"), D);
-    gemm(false, true, rows, D, F, 1.0f, B("dup"), F, Pl("mlp.w_up"), F, 1.0f, B("dh2"), D);
-    rms_norm_backward(B("xmid"), Pl("mlp_norm.weight"), B("rinv2"), B("dh2"), B("tmpD"), B("dwD"),
-                      norm_work_for(rows, D), rows, D, D);
-    mk::axpy(Gl("mlp_norm.weight"), B("dwD"), 1.0f, D);
-    float* dxm = B("dxm");
+    gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx, D, 1.0f, lg.w_down, D);
+    gemm(false, true, rows, F, D, 1.0f, dx, D, lw.w_down, D, 0.0f, grad.dmm, F);
+    mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga, grad.dup, rows * F);
+    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, grad.dga, F, 1.0f, lg.w_gate, F);
+    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, grad.dup, F, 1.0f, lg.w_up, F);
+    gemm(false, true, rows, D, F, 1.0f, grad.dga, F, lw.w_gate, F, 0.0f, grad.dh2, D);
+    gemm(false, true, rows, D, F, 1.0f, grad.dup, F, lw.w_up, F, 1.0f, grad.dh2, D);
+    rms_norm_backward(act.xmid, lw.mlp_norm, act.rinv2, grad.dh2, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D,
+                      D);
+    mk::axpy(lg.mlp_norm, grad.dwD, 1.0f, D);
+    float* dxm = grad.dxm;
     mk::copy2d(dx, D, dxm, D, rows, D);
-    mk::axpy(dxm, B("tmpD"), 1.0f, rows * D);
+    mk::axpy(dxm, grad.tmpD, 1.0f, rows * D);
     // ---- xmid = x + sum Wo
-    gemm(true, false, D, D, rows, 1.0f, X("sum"), D, dxm, D, 1.0f, Gl("wo"), D);
-    gemm(false, true, rows, D, D, 1.0f, dxm, D, Pl("wo"), D, 0.0f, B("dsum"), D);
+    gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm, D, 1.0f, lg.wo, D);
+    gemm(false, true, rows, D, D, 1.0f, dxm, D, lw.wo, D, 0.0f, grad.dsum, D);
     // ---- memory output: sum = attn + normed * gate
-    mk::gate_heads_backward(B("normed"), B("gate"), B("dsum"), B("dnormed"), B("dgate"), rows, H, d);
-    mk::act_backward(B("zs"), B("dgate"), B("dzs"), rows * H, 0.0, mk::Act::Silu);
-    gemm(true, false, D, H, rows, 1.0f, X("h"), D, B("dzs"), H, 1.0f, Gl("ttt.scale.weight"), H);
-    col_sum(B("dzs"), rows, H, H, Gl("ttt.scale.bias"), true);
-    gemm(false, true, rows, D, H, 1.0f, B("dzs"), H, Pl("ttt.scale.weight"), H, 0.0f, B("dh"), D);
-    rms_norm_heads_backward(B("o"), Pl("ttt.o_norm.weight"), B("rinvo"), B("dnormed"), B("do"), B("dwD"),
-                            norm_work_for(rows, D), rows, D, H);
-    mk::axpy(Gl("ttt.o_norm.weight"), B("dwD"), 1.0f, D);
+    mk::gate_heads_backward(act.normed, act.gate, grad.dsum, grad.dnormed, grad.dgate, rows, H, d);
+    mk::act_backward(act.zs, grad.dgate, grad.dzs, rows * H, 0.0, mk::Act::Silu);
+    gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
+    col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
+    gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);
+    rms_norm_heads_backward(act.o, lw.o_norm, act.rinvo, grad.dnormed, grad.dO, grad.dwD, norm_work_for(rows, D), rows,
+                            D, H);
+    mk::axpy(lg.o_norm, grad.dwD, 1.0f, D);
     // ---- the memory operator
-    mk::heads_to_batch(B("do"), D, B("doT"), S, N, H, d);
-    if (titans_like) titans_backward(pre, S, N);
-    else lact_backward(pre, S, N);
-    mk::batch_to_heads(B("gqT"), B("dqh"), D, S, N, H, d, false);
-    mk::batch_to_heads(B("gkT"), B("dkh"), D, S, N, H, d, false);
-    mk::batch_to_heads(B("gvT"), B("dvm"), D, S, N, H, d, false);
+    mk::heads_to_batch(grad.dO, D, grad.doT, S, N, H, d);
+    if (titans_like) titans_backward(l, S, N);
+    else lact_backward(l, S, N);
+    mk::batch_to_heads(grad.gqT, grad.dqh, D, S, N, H, d, false);
+    mk::batch_to_heads(grad.gkT, grad.dkh, D, S, N, H, d, false);
+    mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
     // ---- attention: overwrites dq, dk (via RoPE's adjoint) and dv of dqkv
-    const float* q = B("qkv");
-    const float* k = B("qkv") + D;
-    const float* v = B("qkv") + 2 * D;
-    float* dqkv = B("dqkv");
+    const float* q = act.qkv;
+    const float* k = act.qkv + D;
+    const float* v = act.qkv + 2 * D;
+    float* dqkv = grad.dqkv;
     timed("attention", [&] {
       (opt.math == MathMode::BF16 ? swa_backward_bf16 : swa_backward)(
-          AttentionShape{S, N, Ha, hd, cfg.window}, B("qa"), D, B("ka"), D, v, 3 * D, B("attn"), D, B("lse"), B("dsum"),
-          D, B("dqa"), D, B("dka"), D, dqkv + 2 * D, 3 * D, B("attn_work"), nullptr);
+          AttentionShape{S, N, Ha, hd, cfg.window}, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse, grad.dsum,
+          D, grad.dqa, D, grad.dka, D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
     });
-    rope_backward(B("dqa"), B("dqa"), pos, rows, Ha, hd, cfg.rope_theta);
-    rope_backward(B("dka"), B("dka"), pos, rows, Ha, hd, cfg.rope_theta);
-    mk::copy2d(B("dqa"), D, dqkv, 3 * D, rows, D);
-    mk::copy2d(B("dka"), D, dqkv + D, 3 * D, rows, D);
+    rope_backward(grad.dqa, grad.dqa, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_backward(grad.dka, grad.dka, pos, rows, Ha, hd, cfg.rope_theta);
+    mk::copy2d(grad.dqa, D, dqkv, 3 * D, rows, D);
+    mk::copy2d(grad.dka, D, dqkv + D, 3 * D, rows, D);
     // ---- memory q/k/v preparation
     if (cfg.ttt_rope) {
-      rope_backward(B("dqh"), B("dqh"), pos, rows, H, d, cfg.rope_theta);
-      rope_backward(B("dkh"), B("dkh"), pos, rows, H, d, cfg.rope_theta);
+      rope_backward(grad.dqh, grad.dqh, pos, rows, H, d, cfg.rope_theta);
+      rope_backward(grad.dkh, grad.dkh, pos, rows, H, d, cfg.rope_theta);
     }
-    mk::qk_prep_backward(q, 3 * D, Pl("ttt.q_scale"), Pl("ttt.q_offset"), B("qnorm"), B("dqh"), dqkv, 3 * D, B("dz"),
-                         B("dzx"), rows, H, d, 1e-5);
-    col_sum(B("dzx"), rows, D, D, Gl("ttt.q_scale"), true);
-    col_sum(B("dz"), rows, D, D, Gl("ttt.q_offset"), true);
-    mk::qk_prep_backward(k, 3 * D, Pl("ttt.k_scale"), Pl("ttt.k_offset"), B("knorm"), B("dkh"), dqkv + D, 3 * D,
-                         B("dz"), B("dzx"), rows, H, d, 1e-5);
-    col_sum(B("dzx"), rows, D, D, Gl("ttt.k_scale"), true);
-    col_sum(B("dz"), rows, D, D, Gl("ttt.k_offset"), true);
-    if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, B("dvm"), dqkv + 2 * D, 3 * D, rows, D);
-    else mk::copy2d(B("dvm"), D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
+    mk::qk_prep_backward(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, grad.dqh, dqkv, 3 * D, grad.dz, grad.dzx, rows,
+                         H, d, 1e-5);
+    col_sum(grad.dzx, rows, D, D, lg.q_scale, true);
+    col_sum(grad.dz, rows, D, D, lg.q_offset, true);
+    mk::qk_prep_backward(k, 3 * D, lw.k_scale, lw.k_offset, act.knorm, grad.dkh, dqkv + D, 3 * D, grad.dz, grad.dzx,
+                         rows, H, d, 1e-5);
+    col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
+    col_sum(grad.dz, rows, D, D, lg.k_offset, true);
+    if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
+    else mk::copy2d(grad.dvm, D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
     // ---- qkv = h Wqkv; h = RMSNorm(x)
-    gemm(true, false, D, 3 * D, rows, 1.0f, X("h"), D, dqkv, 3 * D, 1.0f, Gl("wqkv"), 3 * D);
-    gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, Pl("wqkv"), 3 * D, 1.0f, B("dh"), D);
-    rms_norm_backward(x, Pl("attn_norm.weight"), B("rinv1"), B("dh"), B("tmpD"), B("dwD"), norm_work_for(rows, D),
-                      rows, D, D);
-    mk::axpy(Gl("attn_norm.weight"), B("dwD"), 1.0f, D);
+    gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv, 3 * D, 1.0f, lg.wqkv, 3 * D);
+    gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
+    rms_norm_backward(x, lw.attn_norm, act.rinv1, grad.dh, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D, D);
+    mk::axpy(lg.attn_norm, grad.dwD, 1.0f, D);
     mk::copy2d(dxm, D, dx, D, rows, D);
-    mk::axpy(dx, B("tmpD"), 1.0f, rows * D);
+    mk::axpy(dx, grad.tmpD, 1.0f, rows * D);
   }
 };
-
 GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
   model::validate(cfg);
   std::string why;
@@ -602,6 +567,8 @@ GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
   m.L = cfg.n_layers;
   m.params.ensure(m.total, false);
   m.grads.ensure(m.total, false);
+  m.P = model_tensors(cfg, m.layout.names, [&](size_t i) { return m.params.p() + m.offset[i]; });
+  m.G = model_tensors(cfg, m.layout.names, [&](size_t i) { return m.grads.p() + m.offset[i]; });
   m.dloss = DeviceBuffer(sizeof(float));
   m.loss_dev = DeviceBuffer(sizeof(float));
   m.valid_dev = DeviceBuffer(sizeof(int32_t));
@@ -658,11 +625,6 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.valid += y >= 0;
   }
   m.ensure_rows(rows, S, N);
-  m.need("logits", rows * V);  // and, in place, their gradient
-  m.need("hf", rows * D);
-  m.need("rinvf", rows);
-  m.need("row_loss", rows);
-  m.need("lse_ce", rows);
   // Token ids, targets, positions.
   auto upload = [](DeviceBuffer& dst, const void* src, size_t bytes) {
     if (dst.bytes() < bytes) dst = DeviceBuffer(std::max<size_t>(bytes, 8));
@@ -675,7 +637,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = i;
   upload(m.pos_dev, pos.data(), sizeof(int64_t) * size_t(rows));
 
-  mk::embedding_forward(m.P("embed.weight"), m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
+  mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
   m.keep_output(-1, rows);
   for (int64_t l = 0; l < m.L; ++l) {
     m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N);
@@ -683,35 +645,35 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   }
   // The final norm's input: the last layer's output as kept (rounded in place with bf16 activations).
   const float* x_final = m.layer_output(m.L - 1);
-  rms_norm_forward(x_final, m.P("final_norm.weight"), m.B("hf"), m.B("rinvf"), rows, D, D, m.cfg.norm_eps);
-  m.gemm(false, false, rows, V, D, 1.0f, m.B("hf"), D, m.P("lm_head.weight"), V, 0.0f, m.B("logits"), V);
-  cross_entropy_forward(m.B("logits"), m.tgt_dev.as<int32_t>(), m.B("lse_ce"), m.B("row_loss"), m.loss_dev.as<float>(),
+  rms_norm_forward(x_final, m.P.final_norm, m.head.hf, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
+  m.gemm(false, false, rows, V, D, 1.0f, m.head.hf, D, m.P.lm_head, V, 0.0f, m.head.logits, V);
+  cross_entropy_forward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.head.row_loss, m.loss_dev.as<float>(),
                         m.valid_dev.as<int32_t>(), rows, V);
   float loss = 0;
   TTT_CUDA_CHECK(cudaMemcpy(&loss, m.loss_dev.as<float>(), sizeof(float), cudaMemcpyDeviceToHost));
   res.loss = double(loss);
   if (want_token_loss) {
     std::vector<float> rl(static_cast<size_t>(rows));
-    TTT_CUDA_CHECK(cudaMemcpy(rl.data(), m.B("row_loss"), sizeof(float) * size_t(rows), cudaMemcpyDeviceToHost));
+    TTT_CUDA_CHECK(cudaMemcpy(rl.data(), m.head.row_loss, sizeof(float) * size_t(rows), cudaMemcpyDeviceToHost));
     res.token_loss.assign(rl.begin(), rl.end());
   }
   if (want_logits) {
     res.logits.resize(size_t(rows * V));
-    TTT_CUDA_CHECK(cudaMemcpy(res.logits.data(), m.B("logits"), sizeof(float) * size_t(rows * V), cudaMemcpyDeviceToHost));
+    TTT_CUDA_CHECK(cudaMemcpy(res.logits.data(), m.head.logits, sizeof(float) * size_t(rows * V), cudaMemcpyDeviceToHost));
   }
   if (!backward || res.valid == 0) return res;
 
   // ---- backward
   const float ds = float(grad_scale);
   TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
-  float* dlogits = m.B("logits");  // in place: the logits are not needed after this
-  cross_entropy_backward(m.B("logits"), m.tgt_dev.as<int32_t>(), m.B("lse_ce"), m.valid_dev.as<int32_t>(),
+  float* dlogits = m.head.logits;  // in place: the logits are not needed after this
+  cross_entropy_backward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.valid_dev.as<int32_t>(),
                          m.dloss.as<float>(), dlogits, rows, V);
-  m.gemm(true, false, D, V, rows, 1.0f, m.B("hf"), D, dlogits, V, 1.0f, m.G("lm_head.weight"), V);
-  m.gemm(false, true, rows, D, V, 1.0f, dlogits, V, m.P("lm_head.weight"), V, 0.0f, m.B("dh"), D);
-  rms_norm_backward(x_final, m.P("final_norm.weight"), m.B("rinvf"), m.B("dh"), m.B("dx"), m.B("dwD"),
+  m.gemm(true, false, D, V, rows, 1.0f, m.head.hf, D, dlogits, V, 1.0f, m.G.lm_head, V);
+  m.gemm(false, true, rows, D, V, 1.0f, dlogits, V, m.P.lm_head, V, 0.0f, m.grad.dh, D);
+  rms_norm_backward(x_final, m.P.final_norm, m.head.rinvf, m.grad.dh, m.grad.dx, m.grad.dwD,
                     m.norm_work_for(rows, D), rows, D, D);
-  mk::axpy(m.G("final_norm.weight"), m.B("dwD"), 1.0f, D);
+  mk::axpy(m.G.final_norm, m.grad.dwD, 1.0f, D);
   for (int64_t l = m.L - 1; l >= 0; --l) {
     // The work buffers hold the last layer's activations already; the others are recomputed from their input.
     // The recomputation's output (layer_output) is not kept again: it equals what the forward kept.
@@ -735,8 +697,8 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   upload(m.emb_order, order.data(), sizeof(int32_t) * order.size());
   upload(m.emb_starts, starts.data(), sizeof(int32_t) * starts.size());
   upload(m.emb_uniq, uniq.data(), sizeof(int32_t) * uniq.size());
-  mk::embedding_backward(m.B("dx"), m.emb_order.as<int32_t>(), m.emb_starts.as<int32_t>(), m.emb_uniq.as<int32_t>(),
-                         int64_t(uniq.size()), m.G("embed.weight"), D);
+  mk::embedding_backward(m.grad.dx, m.emb_order.as<int32_t>(), m.emb_starts.as<int32_t>(), m.emb_uniq.as<int32_t>(),
+                         int64_t(uniq.size()), m.G.embed, D);
   TTT_CUDA_CHECK(cudaDeviceSynchronize());
   return res;
 }

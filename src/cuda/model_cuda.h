@@ -2,9 +2,10 @@
 // step with parameters, gradients and AdamW moments resident on the device.
 //
 // What runs where: matrix products through Blas (blas_cuda.h: fp32, tf32 or bf16 operands with fp32
-// accumulation); RMSNorm, RoPE, cross-entropy, AdamW through kernels.h; causal sliding-window attention
-// through attention.h (flash style); the LaCT operator through LactRunner (lact_cuda.h); everything else
-// (memory-branch q/k preparation, gates, SwiGLU, layouts) through model_kernels.h. The backward is written
+// accumulation); causal sliding-window attention through attention.h (flash style); the LaCT operator through
+// LactRunner (lact_cuda.h), the Titans / TNT memories through TntRunner (tnt_cuda.h); everything else through the
+// kernel headers by concern listed in kernels.h (norm, RoPE, loss, optimizer, memory branch, layout and bf16
+// conversion, element-wise, reductions). Work buffers and parameter views: model_buffers.h. The backward is written
 // out layer by layer (no tape); it is the adjoint of exactly the forward that src/model/model.cpp records on
 // the CPU tape, and tests/test_cuda_model.cpp holds the two to each other (fp32 <= 1e-4 relative).
 //

@@ -15,26 +15,20 @@
 #include "cuda/check.cuh"
 #include "cuda/graph.cuh"
 #include "cuda/device.h"  // DeviceBuffer (tracked allocations)
+#include "cuda/kernel_util.cuh"  // kThreads, grid_for, warp_sum
 
 namespace ttt::cuda {
 
 namespace {
 
 using Acc = double;  // accumulator of the batched dot products
-constexpr int kThreads = 256;
 constexpr int kMaxSlices = 128;  // blocks per batch item in the first stage of a batched dot
-
-int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
 
 template <class F>
 __global__ void k_each(F f, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) f(i);
 }
 
-__device__ __forceinline__ Acc warp_sum(Acc v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 template <class T>
 __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {
   const int64_t b = blockIdx.y;

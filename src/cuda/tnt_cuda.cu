@@ -13,13 +13,11 @@
 
 #include "cuda/check.cuh"
 #include "cuda/device.h"  // DeviceBuffer, device_description, tracked bytes
+#include "cuda/kernel_util.cuh"  // kThreads, grid_for
 
 namespace ttt::cuda {
 
 namespace {
-
-constexpr int kThreads = 256;
-int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
 
 // dst = a + b (in this order; dst may alias a).
 template <class T>

@@ -1,0 +1,34 @@
+// Element-wise kernels of the GPU model and generation (fp32; SwiGLU can store bf16): fills, axpy, scaling, the
+// gradient mask, bias + activation (gates and rates) and their adjoints, strided SiLU, SwiGLU. Each computes what
+// the CPU layer of src/nn, src/autograd or src/model computes (tests/test_cuda_model.cpp checks them through the
+// whole model). Device pointers; the legacy default stream; launches checked (failures throw ttt::Error).
+// This header needs no CUDA headers.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace ttt::cuda::mk {
+
+enum class Act { Identity, Silu, Sigmoid, Softplus };
+
+void fill(float* p, float value, int64_t n);
+void axpy(float* y, const float* x, float a, int64_t n);  // y += a x
+void scale(float* p, float a, int64_t n);
+void zero_where_masked(float* p, const uint8_t* mask, int64_t n);  // p[i] = 0 where mask[i] == 0
+
+// z [rows, cols] += bias (per column; bias may be null), then y = act(z + shift).
+void bias_act_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, double shift, Act act);
+// dz = dy * act'(z + shift).
+void act_backward(const float* z, const float* dy, float* dz, int64_t n, double shift, Act act);
+// y [rows, cols] = silu(x) (x with leading dimension ldx) / dx (+)= dy * silu'(x).
+void silu_strided_forward(const float* x, int64_t ldx, float* y, int64_t rows, int64_t cols);
+void silu_strided_backward(const float* x, int64_t ldx, const float* dy, float* dx, int64_t lddx, int64_t rows,
+                           int64_t cols);
+
+// m = silu(a) * u; backward da = dm * u * silu'(a), du = dm * silu(a).
+void swiglu_forward(const float* a, const float* u, float* m, int64_t n);
+void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n);  // m stored in bf16
+void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n);
+
+}  // namespace ttt::cuda::mk

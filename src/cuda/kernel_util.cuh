@@ -1,0 +1,55 @@
+// What the model's kernel files (*_kernels.cu, attention_one.cu) share: launch geometry, the grid-stride and
+// warp-per-item loops, the warp reduction and the per-element activation math. Included only by .cu files.
+//
+// Naming convention of every kernel file: a host launcher is named for what it computes (`op`, or `op_forward`
+// / `op_backward` for a layer and its adjoint) and checks its arguments, then launches kernels named `k_op`
+// (`k_op_fwd` / `k_op_bwd`, plus `_stage` when one call runs several kernels). Launches use kThreads-thread
+// blocks and grid_for (grid-stride loops) or warp_grid (one warp per item) unless the file says otherwise;
+// every launch is followed by TTT_LAUNCH_CHECK with the launcher's name.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ttt/lact_fused.h"  // sigmoid_, silu_s, dsilu_s: the per-element math shared with the CPU twin
+
+namespace ttt::cuda {
+
+inline constexpr int kThreads = 256;
+inline constexpr int kWarpsPerBlock = kThreads / 32;
+
+inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// Blocks of a grid-stride loop over n elements (at most 2^20 blocks).
+inline int grid_for(int64_t n) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20)));
+}
+// Blocks of a warp-per-item loop over `items` (kWarpsPerBlock items per block, at most 2^20 blocks).
+inline int warp_grid(int64_t items) {
+  return int(std::max<int64_t>(1, std::min<int64_t>((items + kWarpsPerBlock - 1) / kWarpsPerBlock, 1 << 20)));
+}
+
+#define GRID_STRIDE(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+// One warp per item: kWarpsPerBlock warps per block.
+#define WARP_STRIDE(item, n)                                                                   \
+  for (int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; item < (n);      \
+       item += int64_t(gridDim.x) * blockDim.x / 32)
+
+// Sum over the 32 lanes of a warp along a fixed xor tree: every lane gets the same bits.
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Stores a float result: as it is, or rounded to bf16 (nearest even) for the GPU model's bf16 activations.
+__device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+__device__ __forceinline__ float silu_f(float z) { return lact::silu_s(z, lact::sigmoid_(z)); }
+__device__ __forceinline__ float dsilu_f(float z) { return lact::dsilu_s(z, lact::sigmoid_(z)); }
+
+}  // namespace ttt::cuda

@@ -1,0 +1,18 @@
+// Rotary position embedding ("rotate_half" per head) on the GPU, forward and backward (fp32), as the CPU's
+// nn::rope (src/nn/layers.cpp); tests/test_cuda_kernels.cpp checks it. Every pointer is a DEVICE pointer; every
+// call enqueues on the given stream (a cudaStream_t, null: the default stream) and returns; launches are checked
+// and failures throw ttt::Error. This header needs no CUDA headers.
+#pragma once
+#include <cstdint>
+
+namespace ttt::cuda {
+
+// x, y [N, heads*hd], hd even; channel i < hd/2 pairs with i + hd/2, angle pos[r] * theta^(-2i/hd) (angles,
+// cos and sin in double). pos: N int64 positions on the device. In place (x == y) is allowed.
+void rope_forward(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
+                  double theta, void* stream = nullptr);
+// dx = inverse rotation of dy.
+void rope_backward(const float* dy, float* dx, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
+                   double theta, void* stream = nullptr);
+
+}  // namespace ttt::cuda
