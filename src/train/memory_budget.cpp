@@ -25,7 +25,7 @@ constexpr double kTapeBytesPerVocab = 8.0;        // per token, times V (logits 
 constexpr double kTapeBytesPerToken = 2600.0;     // per token, the rest
 constexpr double kForwardOnlyShare = 0.5;         // a forward without gradients keeps about half the tape
 constexpr double kGpuLayerFloatsPerDim = 60.0;    // one layer's work buffers, floats per row, times D
-constexpr double kRuntimeBytes = 256e6;           // BLAS buffers, program, libraries
+constexpr double kRuntimeBytes = 128e6;           // BLAS buffers, program, libraries
 
 std::string with_count(double n) {
   char buf[48];
