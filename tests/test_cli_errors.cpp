@@ -11,6 +11,7 @@
 #include "data/tokens.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
+#include "crafted_files.h"
 
 using namespace ttt;
 namespace fs = std::filesystem;
@@ -233,5 +234,19 @@ TEST(CliErrors, GenerateBadInput) {
   expect_clean_failure("generate --checkpoint " + run, "truncated");
   write_file_atomic((ck / "config.json").string(), "{\"dim\": 30, \"n_attn_heads\": 4}");
   expect_clean_failure("generate --checkpoint " + run, "dim");
+  fs::remove_all(f.dir);
+}
+
+// Issue 10 items 1, 6 and 7: the crafted files of the issue end with a clear error, never a signal.
+TEST(CliErrors, CraftedSizesFromIssue10) {
+  Fixture f = make_fixture("crafted");
+  write_file_atomic((f.dir / "x.st").string(), test::wrapping_lact_safetensors());
+  expect_clean_failure("op lact --in " + q(f.dir / "x.st") + " --out " + q(f.dir / "o.st"), "overflows");
+  write_file_atomic((f.dir / "huge.json").string(), "{\"dim\": 4611686018427387904}");
+  expect_clean_failure("train --config " + q(f.dir / "huge.json") + " --data " + q(f.dir / "data") + " --out " +
+                           q(f.dir / "r"),
+                       "overflows");
+  write_file_atomic((f.dir / "data/val.bin").string(), test::huge_vocab_token_file());
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "2147483647");
   fs::remove_all(f.dir);
 }

@@ -7,8 +7,12 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "crafted_files.h"
+#include "expect_error.h"
 
 using namespace ttt;
+
+using test::expect_error;
 
 TEST(Tensor, ShapesAndConversion) {
   Tensor t = Tensor::zeros({2, 3}, DType::F64);
@@ -106,4 +110,51 @@ TEST(SafeTensors, MalformedAndTruncatedGiveClearErrors) {
   std::string garbage = bytes;
   garbage[9] = '#';
   expect_msg(garbage, "malformed");
+}
+
+// Issue 10 items 1 and 7: element and byte counts of a shape are overflow-checked (never wrapped or signed
+// overflow), so no tensor can have less storage than its shape claims.
+TEST(Tensor, SizeArithmeticIsOverflowChecked) {
+  const int64_t big = int64_t(1) << 32;
+  expect_error([&] { shape_numel({big, big}); }, {"[4294967296,4294967296]", "overflows"});
+  EXPECT_EQ(shape_numel({big, big / 2 - 1, 0}), 0);  // zero elements, every stride fits
+  EXPECT_EQ(shape_numel({big, big / 2 - 1}), big * (big / 2 - 1));
+  // 4 * (2^62 + 1) bytes wraps to 4 in 64-bit arithmetic.
+  const int64_t wraps = (int64_t(1) << 62) + 1;
+  EXPECT_EQ(shape_nbytes({1, wraps}, DType::BF16), size_t(wraps) * 2);
+  expect_error([&] { shape_nbytes({1, wraps}, DType::F32); }, {"F32[1,4611686018427387905]", "bytes"});
+  expect_error([&] { Tensor::empty({1, 1, wraps}, DType::F32); }, {"F32[1,1,4611686018427387905]"});
+  expect_error([&] { Tensor::empty({big, big}, DType::F64); }, {"overflows"});
+  Tensor t = Tensor::zeros({4}, DType::F32);
+  expect_error([&] { t.reshape({-1, big, big}); }, {"cannot reshape"});
+  expect_error([&] { t.reshape({-2, -2}); }, {"cannot reshape"});
+}
+
+// Issue 10 item 1: a crafted file whose shapes' byte sizes wrap past 2^64 is refused by the reader.
+TEST(SafeTensors, ByteSizeThatWrapsIsRejected) {
+  expect_error([] { safetensors_parse(test::wrapping_lact_safetensors(), "x.st"); }, {"x.st", "tensor '", "overflows"});
+  // Element count and byte range must agree exactly.
+  SafeTensors st;
+  st.add("x", Tensor::zeros({2, 3}, DType::F32));
+  std::string bytes = safetensors_serialize(st);
+  const size_t at = bytes.find("[2,3]");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 3] = '2';  // shape [2,2]: 16 bytes, offsets give 24
+  expect_error([&] { safetensors_parse(bytes, "m.st"); }, {"'x'", "needs 16 bytes", "24"});
+}
+
+// Issue 10 item 7: tensors with no element (no storage) round trip; the sanitizer build catches a
+// memcpy to the null storage of such a tensor.
+TEST(SafeTensors, ZeroElementTensorsRoundTrip) {
+  SafeTensors st;
+  st.add("empty", Tensor::zeros({0}, DType::F32));
+  st.add("hollow", Tensor::zeros({2, 0, 3}, DType::BF16));
+  st.add("x", Tensor::zeros({2}, DType::F64));
+  SafeTensors back = safetensors_parse(safetensors_serialize(st), "mem");
+  ASSERT_EQ(back.tensors.size(), 3u);
+  EXPECT_EQ(back.get("empty").shape(), (Shape{0}));
+  EXPECT_EQ(back.get("hollow").shape(), (Shape{2, 0, 3}));
+  EXPECT_EQ(back.get("hollow").nbytes(), 0u);
+  const Tensor copy = back.get("hollow").to(DType::F32).slice(0, 1, 2).clone();
+  EXPECT_EQ(copy.shape(), (Shape{1, 0, 3}));
 }

@@ -443,3 +443,16 @@ TEST(Train, Stage2FreezesAllButTheLocalMemories) {
   EXPECT_THROW(train::train(bad), Error);  // wrong number of local chunk sizes
   fs::remove_all(base);
 }
+
+// Issue 10 item 7: a train config whose tokens per step (batch * accum * seq_len) overflow is refused.
+TEST(Train, ConfigTokensPerStepIsOverflowChecked) {
+  const nlohmann::json j = {{"batch", int64_t(1) << 40}, {"accum", int64_t(1) << 20}, {"seq_len", 1 << 10}};
+  try {
+    train::train_config_from_json(j);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokens per step"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(train::train_config_from_json({{"batch", 1 << 20}, {"accum", 1 << 20}, {"seq_len", 1 << 20}}).tokens_per_step(),
+            int64_t(1) << 60);
+}

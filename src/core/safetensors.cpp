@@ -1,7 +1,6 @@
 #include "core/safetensors.h"
 
 #include <algorithm>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "core/file_io.h"
@@ -88,7 +87,12 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
     en.begin = e["data_offsets"][0].get<size_t>();
     en.end = e["data_offsets"][1].get<size_t>();
     TTT_CHECK(en.begin <= en.end, origin << ": tensor '" << en.name << "' has data_offsets end before begin");
-    const size_t need = size_t(shape_numel(en.shape)) * dtype_size(en.dtype);
+    size_t need = 0;
+    try {
+      need = shape_nbytes(en.shape, en.dtype);
+    } catch (const Error& e) {
+      TTT_FAIL(origin << ": tensor '" << en.name << "': " << e.what());
+    }
     TTT_CHECK(en.end - en.begin == need, origin << ": tensor '" << en.name << "' " << dtype_name(en.dtype)
                                                 << shape_str(en.shape) << " needs " << need << " bytes, offsets give "
                                                 << en.end - en.begin);
@@ -102,7 +106,7 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
               origin << ": tensors '" << entries[i - 1].name << "' and '" << entries[i].name << "' overlap");
   for (auto& en : entries) {
     Tensor t = Tensor::empty(en.shape, en.dtype);
-    std::memcpy(t.raw(), bytes.data() + data_start + en.begin, en.end - en.begin);
+    copy_bytes(t.raw(), bytes.data() + data_start + en.begin, en.end - en.begin);
     st.tensors.emplace_back(en.name, t);
   }
   return st;
