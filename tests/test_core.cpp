@@ -2,8 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/blas.h"
+#include "core/checked.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
@@ -110,6 +112,20 @@ TEST(SafeTensors, MalformedAndTruncatedGiveClearErrors) {
   std::string garbage = bytes;
   garbage[9] = '#';
   expect_msg(garbage, "malformed");
+}
+
+TEST(Checked, ProductsAndSumsThatDoNotFitAreRefused) {
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(mul_if_fits<int64_t>(int64_t(1) << 31, int64_t(1) << 31), int64_t(1) << 62);
+  EXPECT_FALSE(mul_if_fits<int64_t>(int64_t(1) << 32, int64_t(1) << 31));
+  EXPECT_FALSE(mul_if_fits<int64_t>(-2, (int64_t(1) << 62) + 1));
+  EXPECT_FALSE(mul_if_fits<size_t>(size_t(1) << 62, 4));
+  EXPECT_EQ(add_if_fits<int64_t>(max - 1, 1), max);
+  EXPECT_FALSE(add_if_fits<int64_t>(max, 1));
+  EXPECT_EQ(checked_mul<int64_t>(6, 7, "x"), 42);
+  expect_error([&] { checked_mul<int64_t>(max, 2, "model config: dim"); },
+               {"model config: dim: 9223372036854775807 * 2 overflows a 64-bit integer"});
+  expect_error([&] { checked_add<int64_t>(max, max, "count"); }, {"count: ", " + ", "overflows"});
 }
 
 // Issue 10 items 1 and 7: element and byte counts of a shape are overflow-checked (never wrapped or signed
