@@ -100,10 +100,16 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
                                           << " of the data section, which has only " << data_size << " bytes");
     entries.push_back(en);
   }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < entries.size(); ++i)
-    TTT_CHECK(entries[i].begin >= entries[i - 1].end,
-              origin << ": tensors '" << entries[i - 1].name << "' and '" << entries[i].name << "' overlap");
+  // File order; an empty range occupies no byte, so it overlaps nothing (the writer may give it the offset of
+  // the next tensor). Stable, so equal ranges keep the header's order and a write/read round trip keeps it.
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const Entry& a, const Entry& b) { return std::pair(a.begin, a.end) < std::pair(b.begin, b.end); });
+  const Entry* last = nullptr;  // the last non-empty range
+  for (const Entry& en : entries) {
+    if (en.begin == en.end) continue;
+    TTT_CHECK(!last || en.begin >= last->end, origin << ": tensors '" << last->name << "' and '" << en.name << "' overlap");
+    last = &en;
+  }
   for (auto& en : entries) {
     Tensor t = Tensor::empty(en.shape, en.dtype);
     copy_bytes(t.raw(), bytes.data() + data_start + en.begin, en.end - en.begin);

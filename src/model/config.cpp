@@ -405,8 +405,8 @@ int64_t count(const ModelConfig& c, const Layout& shapes) {
 int64_t checked_parameter_count(const ModelConfig& c) {
   const int64_t outer = count(c, layout(c, 0));
   const int64_t per_layer = count(c, layout(c, 1)) - outer;
-  return checked_add(outer, checked_mul(per_layer, c.n_layers, "model config: n_layers (parameters per layer * n_layers)"),
-                     "model config: the parameter count");
+  const int64_t layers = checked_mul(per_layer, c.n_layers, "model config: n_layers (parameters per layer * n_layers)");
+  return checked_add(outer, layers, "model config: the parameter count");
 }
 
 // Every width the layout multiplies, then each tensor and the parameter count, must fit int64 (a crafted
@@ -414,8 +414,10 @@ int64_t checked_parameter_count(const ModelConfig& c) {
 void check_sizes(const ModelConfig& c) {
   checked_mul(int64_t(3), c.dim, "model config: dim (wqkv has 3 * dim columns)");
   c.mlp_hidden_dim();
-  checked_mul(c.head_dim_mem(), c.inter_multi, "model config: inter_multi (memory hidden width dim / n_mem_heads * inter_multi)");
-  checked_mul(c.n_memories(), c.n_mem_heads, "model config: n_mem_heads (gate columns memories * n_mem_heads)");
+  checked_mul(c.head_dim_mem(), c.inter_multi,
+              "model config: inter_multi (memory hidden width dim / n_mem_heads * inter_multi)");
+  checked_mul(c.n_memories(), c.n_mem_heads,
+              "model config: n_mem_heads / local_chunks (gate columns: memories * n_mem_heads)");
   checked_parameter_count(c);
 }
 
