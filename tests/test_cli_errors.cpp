@@ -13,6 +13,7 @@
 #include "data/tokens.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
+#include "crafted_files.h"
 
 using namespace ttt;
 using ttt::test::expect_clean_failure;
@@ -258,5 +259,19 @@ TEST(CliErrors, ResumeWithAnotherDataset) {
   data::save_byte_tokens((f.dir / "other/train.bin").string(), text, 40);
   data::save_byte_tokens((f.dir / "other/val.bin").string(), text, 40);
   expect_clean_failure("train --resume " + q(f.dir / "r") + " --steps 2 --data " + q(f.dir / "other"), "fingerprint");
+  fs::remove_all(f.dir);
+}
+
+// Issue 10 items 1, 6 and 7: the crafted files of the issue end with a clear error, never a signal.
+TEST(CliErrors, CraftedSizesFromIssue10) {
+  Fixture f = make_fixture("crafted");
+  write_file_atomic((f.dir / "x.st").string(), test::wrapping_lact_safetensors());
+  expect_clean_failure("op lact --in " + q(f.dir / "x.st") + " --out " + q(f.dir / "o.st"), "overflows");
+  write_file_atomic((f.dir / "huge.json").string(), "{\"dim\": 4611686018427387904}");
+  expect_clean_failure("train --config " + q(f.dir / "huge.json") + " --data " + q(f.dir / "data") + " --out " +
+                           q(f.dir / "r"),
+                       "overflows");
+  write_file_atomic((f.dir / "data/val.bin").string(), test::huge_vocab_token_file());
+  expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "2147483647");
   fs::remove_all(f.dir);
 }

@@ -8,6 +8,8 @@
 #include <string>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "core/file_io.h"
 #include "model/config.h"
@@ -155,6 +157,38 @@ TEST(Config, InconsistentShapesThrowNamingTheField) {
   expect_invalid(modified("titans", [](ModelConfig& c) { c.memory = "gru"; }), "memory");
   // tnt fields are not checked for the other archs.
   EXPECT_NO_THROW(validate(modified("titans", [](ModelConfig& c) { c.shard = 0; })));
+}
+
+// Issue 10 item 7: sizes derived from a config are overflow-checked (no signed overflow), and the error
+// names the field that makes them too large.
+TEST(Config, HugeSizesFailNamingTheField) {
+  auto expect_json_invalid = [](const std::string& text, std::initializer_list<const char*> needles) {
+    SCOPED_TRACE(text);
+    try {
+      config_from_json(nlohmann::json::parse(text));
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      for (const char* n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    }
+  };
+  expect_json_invalid(R"({"dim": 4611686018427387904})", {"dim", "overflows"});
+  expect_json_invalid(R"({"n_layers": 4611686018427387904})", {"n_layers", "overflows"});
+  expect_json_invalid(R"({"inter_multi": 4611686018427387904})", {"inter_multi", "overflows"});
+  expect_json_invalid(R"({"mlp_hidden": 4611686018427387904})", {"mlp_hidden", "overflows"});
+  expect_json_invalid(R"({"dim": 1099511627776, "mlp_hidden": 64})", {"'layers.0.wqkv'", "dim 1099511627776", "overflows"});
+  expect_json_invalid(R"({"arch": "tnt", "memory": "mlp", "weight_norm": "none", "dim": 4611686018427387904,
+                          "n_attn_heads": 2305843009213693952, "n_mem_heads": 2305843009213693952})",
+                      {"dim", "overflows"});
+}
+
+// parameter_count does not list every layer (a config with 2^40 layers is counted at once).
+TEST(Config, ParameterCountScalesWithoutListingLayers) {
+  ModelConfig big = preset("tiny");
+  big.n_layers = int64_t(1) << 40;
+  const int64_t per_layer = parameter_count(modified("tiny", [](ModelConfig& c) { c.n_layers = 2; })) -
+                            parameter_count(modified("tiny", [](ModelConfig& c) { c.n_layers = 1; }));
+  const int64_t outer = parameter_count(preset("tiny")) - 4 * per_layer;
+  EXPECT_EQ(parameter_count(big), outer + (int64_t(1) << 40) * per_layer);
 }
 
 TEST(Config, ParameterLayout) {

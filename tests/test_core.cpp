@@ -2,13 +2,19 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/blas.h"
+#include "core/checked.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "crafted_files.h"
+#include "expect_error.h"
 
 using namespace ttt;
+
+using test::expect_error;
 
 TEST(Tensor, ShapesAndConversion) {
   Tensor t = Tensor::zeros({2, 3}, DType::F64);
@@ -106,4 +112,82 @@ TEST(SafeTensors, MalformedAndTruncatedGiveClearErrors) {
   std::string garbage = bytes;
   garbage[9] = '#';
   expect_msg(garbage, "malformed");
+}
+
+TEST(Checked, ProductsAndSumsThatDoNotFitAreRefused) {
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  EXPECT_EQ(mul_if_fits<int64_t>(int64_t(1) << 31, int64_t(1) << 31), int64_t(1) << 62);
+  EXPECT_FALSE(mul_if_fits<int64_t>(int64_t(1) << 32, int64_t(1) << 31));
+  EXPECT_FALSE(mul_if_fits<int64_t>(-2, (int64_t(1) << 62) + 1));
+  EXPECT_FALSE(mul_if_fits<size_t>(size_t(1) << 62, 4));
+  EXPECT_EQ(add_if_fits<int64_t>(max - 1, 1), max);
+  EXPECT_FALSE(add_if_fits<int64_t>(max, 1));
+  EXPECT_EQ(checked_mul<int64_t>(6, 7, "x"), 42);
+  expect_error([&] { checked_mul<int64_t>(max, 2, "model config: dim"); },
+               {"model config: dim: 9223372036854775807 * 2 overflows a 64-bit integer"});
+  expect_error([&] { checked_add<int64_t>(max, max, "count"); }, {"count: ", " + ", "overflows"});
+}
+
+// Issue 10 items 1 and 7: element and byte counts of a shape are overflow-checked (never wrapped or signed
+// overflow), so no tensor can have less storage than its shape claims.
+TEST(Tensor, SizeArithmeticIsOverflowChecked) {
+  const int64_t big = int64_t(1) << 32;
+  expect_error([&] { shape_numel({big, big}); }, {"[4294967296,4294967296]", "overflows"});
+  EXPECT_EQ(shape_numel({big, big / 2 - 1, 0}), 0);  // zero elements, every stride fits
+  EXPECT_EQ(shape_numel({big, big / 2 - 1}), big * (big / 2 - 1));
+  // 4 * (2^62 + 1) bytes wraps to 4 in 64-bit arithmetic.
+  const int64_t wraps = (int64_t(1) << 62) + 1;
+  EXPECT_EQ(shape_nbytes({1, wraps}, DType::BF16), size_t(wraps) * 2);
+  expect_error([&] { shape_nbytes({1, wraps}, DType::F32); }, {"F32[1,4611686018427387905]", "bytes"});
+  expect_error([&] { Tensor::empty({1, 1, wraps}, DType::F32); }, {"F32[1,1,4611686018427387905]"});
+  expect_error([&] { Tensor::empty({big, big}, DType::F64); }, {"overflows"});
+  Tensor t = Tensor::zeros({4}, DType::F32);
+  expect_error([&] { t.reshape({-1, big, big}); }, {"cannot reshape"});
+  expect_error([&] { t.reshape({-2, -2}); }, {"cannot reshape"});
+}
+
+// Issue 10 item 1: a crafted file whose shapes' byte sizes wrap past 2^64 is refused by the reader.
+TEST(SafeTensors, ByteSizeThatWrapsIsRejected) {
+  expect_error([] { safetensors_parse(test::wrapping_lact_safetensors(), "x.st"); }, {"x.st", "tensor '", "overflows"});
+  // Element count and byte range must agree exactly.
+  SafeTensors st;
+  st.add("x", Tensor::zeros({2, 3}, DType::F32));
+  std::string bytes = safetensors_serialize(st);
+  const size_t at = bytes.find("[2,3]");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 3] = '2';  // shape [2,2]: 16 bytes, offsets give 24
+  expect_error([&] { safetensors_parse(bytes, "m.st"); }, {"'x'", "needs 16 bytes", "24"});
+}
+
+// Issue 10 item 7: tensors with no element (no storage) round trip; the sanitizer build catches a
+// memcpy to the null storage of such a tensor.
+TEST(SafeTensors, ZeroElementTensorsRoundTrip) {
+  SafeTensors st;
+  st.add("empty", Tensor::zeros({0}, DType::F32));
+  st.add("hollow", Tensor::zeros({2, 0, 3}, DType::BF16));
+  st.add("x", Tensor::zeros({2}, DType::F64));
+  SafeTensors back = safetensors_parse(safetensors_serialize(st), "mem");
+  ASSERT_EQ(back.tensors.size(), 3u);
+  EXPECT_EQ(back.get("empty").shape(), (Shape{0}));
+  EXPECT_EQ(back.get("hollow").shape(), (Shape{2, 0, 3}));
+  EXPECT_EQ(back.get("hollow").nbytes(), 0u);
+  const Tensor copy = back.get("hollow").to(DType::F32).slice(0, 1, 2).clone();
+  EXPECT_EQ(copy.shape(), (Shape{1, 0, 3}));
+  // Found by fuzz_safetensors: an empty tensor shares its offset with the next tensor, and the header lists
+  // that one first ("a" < "b"); the reader took the empty range for an overlap and refused our own file.
+  SafeTensors shared;
+  shared.add("b", Tensor::zeros({0}, DType::F32));
+  shared.add("a", Tensor::zeros({2}, DType::F32));
+  const SafeTensors again = safetensors_parse(safetensors_serialize(shared), "shared.st");
+  EXPECT_EQ(again.get("a").shape(), (Shape{2}));
+  EXPECT_EQ(again.get("b").shape(), (Shape{0}));
+  // Ranges that do overlap are still refused.
+  SafeTensors two;
+  two.add("p", Tensor::zeros({2}, DType::F32));
+  two.add("q", Tensor::zeros({2}, DType::F32));
+  std::string bytes = safetensors_serialize(two);
+  const size_t q_at = bytes.find("[8,16]");
+  ASSERT_NE(q_at, std::string::npos);
+  bytes.replace(q_at, 6, "[4,12]");
+  expect_error([&] { safetensors_parse(bytes, "o.st"); }, {"'p' and 'q' overlap"});
 }

@@ -15,10 +15,13 @@
 #include "core/file_io.h"
 #include "data/prepare.h"
 #include "data/tokens.h"
+#include "crafted_files.h"
+#include "expect_error.h"
 
 using namespace ttt;
 using namespace ttt::data;
 namespace fs = std::filesystem;
+using test::expect_error;
 
 namespace {
 
@@ -48,16 +51,6 @@ void write_gz(const std::string& path, const std::string& bytes) {
   ASSERT_NE(f, nullptr);
   ASSERT_EQ(gzwrite(f, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
   ASSERT_EQ(gzclose(f), Z_OK);
-}
-
-// Expects fn() to throw ttt::Error whose message contains `needle`.
-template <class F> void expect_error(F&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
 }
 
 // Splits a byte-level token stream into its documents (each ends with the separator).
@@ -172,6 +165,19 @@ TEST(Tokens, CorruptFilesThrowClearly) {
     b[32] = 5;  // n_documents 5, payload has 2 separators
     check("docs.bin", b, "documents");
   }
+}
+
+// Issue 10 item 6: token ids are int32, so a vocabulary above 2^31 - 1 is refused by the reader (the file of
+// the issue held an id that a cast turned negative) and by the writer alike; the largest one round trips.
+TEST(Tokens, VocabularyAboveInt32IsRejected) {
+  for (bool issue_checksum : {false, true})
+    expect_error([&] { parse_tokens(test::huge_vocab_token_file(issue_checksum), "huge.bin"); },
+                 {"huge.bin", "vocabulary 4294967295", "2147483647"});
+  expect_error([] { serialize_tokens(TokenFile{2147483648u, 0, {1}}); }, {"vocabulary 2147483648", "2147483647"});
+  const TokenFile largest{2147483647u, 1, {2147483646, 0, 7}};
+  const TokenFile back = parse_tokens(serialize_tokens(largest), "largest.bin");
+  EXPECT_EQ(back.vocab, largest.vocab);
+  EXPECT_EQ(back.tokens, largest.tokens);
 }
 
 TEST(Prepare, DirectoryTreeGzBinaryAndDeterministicSplit) {

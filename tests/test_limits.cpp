@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -110,10 +111,20 @@ TEST(MemoryBudget, TermsGrowWithTheirFields) {
   EXPECT_DOUBLE_EQ(e.phases[0][0].bytes, 8e9);
   EXPECT_NE(e.phases[0][0].drivers.find("--batch 1000"), std::string::npos) << e.phases[0][0].drivers;
 
-  // Sizes that overflow 64-bit integers stay finite doubles: the estimate itself cannot wrap.
+  // The estimate is computed in doubles: terms far beyond 64 bits of bytes stay finite and do not wrap.
   model::ModelConfig huge = cfg;
+  huge.n_layers = int64_t(1) << 40;
+  const double peak = train::estimate_memory(huge, cpu_training(1, 256)).peak();
+  EXPECT_GT(peak, 1e19);  // more bytes than a signed 64-bit integer holds (9.2e18)
+  EXPECT_TRUE(std::isfinite(peak));
+  // A parameter count that does not fit 64 bits is refused by the config's validation, naming the field.
   huge.n_layers = int64_t(1) << 60;
-  EXPECT_GT(train::estimate_memory(huge, cpu_training(1, 256)).peak(), 1e20);
+  try {
+    train::estimate_memory(huge, cpu_training(1, 256));
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("n_layers"), std::string::npos) << e.what();
+  }
 }
 
 // Peak resident bytes of `ttt train` (one thread, one step of one sequence of seq_len T, one validation window).

@@ -249,6 +249,24 @@ TEST(NnAttention, GradientCheck) {
   });
 }
 
+// Issue 10 item 3: the columns a query attends to lie inside the tile, also for a key tile wholly before
+// the query's window (the backward zeroed columns [0, lo) of such a row, writing past it).
+TEST(NnAttention, KeyRangeStaysInTile) {
+  for (int64_t window = 1; window <= 6; ++window)
+    for (int64_t tq = 0; tq < 16; ++tq)
+      for (int64_t k0 = 0; k0 <= tq + 3; ++k0)
+        for (int64_t k1 = k0 + 1; k1 <= k0 + 5; ++k1) {
+          SCOPED_TRACE("window " + std::to_string(window) + " query " + std::to_string(tq) + " tile [" +
+                       std::to_string(k0) + "," + std::to_string(k1) + ")");
+          const nn::KeyRange r = nn::attention_key_range(tq, k0, k1, window);
+          ASSERT_LE(0, r.lo);
+          ASSERT_LE(r.lo, r.hi);
+          ASSERT_LE(r.hi, k1 - k0);
+          for (int64_t j = 0; j < k1 - k0; ++j)
+            EXPECT_EQ(r.lo <= j && j < r.hi, tq - window < k0 + j && k0 + j <= tq) << "column " << j;
+        }
+}
+
 TEST(NnAttention, Float32AgreesWithFloat64) {
   Rng rng(32);
   const int64_t n = 150, heads = 2, hd = 16, d = heads * hd, window = 40;

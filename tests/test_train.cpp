@@ -764,3 +764,31 @@ TEST(Train, StopRequestSavesTheStepAndResumes) {
   fs::remove_all(base);
   fs::remove_all(data);
 }
+
+// Issue 10 item 7: a train config whose tokens per step (batch * accum * seq_len) overflow is refused.
+TEST(Train, ConfigTokensPerStepIsOverflowChecked) {
+  const nlohmann::json j = {{"batch", int64_t(1) << 40}, {"accum", int64_t(1) << 20}, {"seq_len", 1 << 10}};
+  try {
+    train::train_config_from_json(j);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokens per step"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(train::train_config_from_json({{"batch", 1 << 20}, {"accum", 1 << 20}, {"seq_len", 1 << 20}}).tokens_per_step(),
+            int64_t(1) << 60);
+}
+
+// Found by fuzz_train_state: a state.json whose "format" is not a string escaped as a JSON type_error
+// instead of a ttt::Error naming the file.
+TEST(Train, StateWithWrongFormatTypeFailsNamingTheFile) {
+  for (const char* text : {R"({"format": 5})", R"({"format": null, "version": 1})", R"({"format": ["ttt-train-state"]})"}) {
+    SCOPED_TRACE(text);
+    try {
+      train::run_state_from_json(nlohmann::json::parse(text), "run/checkpoint/state.json");
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("run/checkpoint/state.json"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("format"), std::string::npos) << e.what();
+    }
+  }
+}

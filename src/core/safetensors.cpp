@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+
 #include <nlohmann/json.hpp>
 
 #include "core/file_io.h"
@@ -109,7 +110,12 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
     en.begin = e["data_offsets"][0].get<size_t>();
     en.end = e["data_offsets"][1].get<size_t>();
     TTT_CHECK(en.begin <= en.end, origin << ": tensor '" << en.name << "' has data_offsets end before begin");
-    const size_t need = size_t(shape_numel(en.shape)) * dtype_size(en.dtype);
+    size_t need = 0;
+    try {
+      need = shape_nbytes(en.shape, en.dtype);
+    } catch (const Error& e) {
+      TTT_FAIL(origin << ": tensor '" << en.name << "': " << e.what());
+    }
     TTT_CHECK(en.end - en.begin == need, origin << ": tensor '" << en.name << "' " << dtype_name(en.dtype)
                                                 << shape_str(en.shape) << " needs " << need << " bytes, offsets give "
                                                 << en.end - en.begin);
@@ -117,13 +123,19 @@ SafeTensors safetensors_parse(const std::string& bytes, const std::string& origi
                                           << " of the data section, which has only " << data_size << " bytes");
     entries.push_back(en);
   }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < entries.size(); ++i)
-    TTT_CHECK(entries[i].begin >= entries[i - 1].end,
-              origin << ": tensors '" << entries[i - 1].name << "' and '" << entries[i].name << "' overlap");
+  // File order; an empty range occupies no byte, so it overlaps nothing (the writer may give it the offset of
+  // the next tensor). Stable, so equal ranges keep the header's order and a write/read round trip keeps it.
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const Entry& a, const Entry& b) { return std::pair(a.begin, a.end) < std::pair(b.begin, b.end); });
+  const Entry* last = nullptr;  // the last non-empty range
+  for (const Entry& en : entries) {
+    if (en.begin == en.end) continue;
+    TTT_CHECK(!last || en.begin >= last->end, origin << ": tensors '" << last->name << "' and '" << en.name << "' overlap");
+    last = &en;
+  }
   for (auto& en : entries) {
     Tensor t = Tensor::empty(en.shape, en.dtype);
-    std::memcpy(t.raw(), bytes.data() + data_start + en.begin, en.end - en.begin);
+    copy_bytes(t.raw(), bytes.data() + data_start + en.begin, en.end - en.begin);
     st.tensors.emplace_back(en.name, t);
   }
   return st;

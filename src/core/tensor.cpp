@@ -1,7 +1,10 @@
 #include "core/tensor.h"
 
 #include <cmath>
+#include <cstring>
 #include <sstream>
+
+#include "core/checked.h"
 
 namespace ttt {
 
@@ -13,10 +16,29 @@ std::string shape_str(const Shape& s) {
   return os.str();
 }
 
+// Multiplied from the last dimension, as the strides are: every partial product is a stride and must fit
+// too (so [0, 2^40, 2^40] is refused while [2^40, 2^40, 0] has zero elements).
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (auto d : s) n *= d;
+  for (auto d = s.rbegin(); d != s.rend(); ++d) {
+    const std::optional<int64_t> next = mul_if_fits(n, *d);
+    TTT_CHECK(next, "shape " << shape_str(s) << ": the element count overflows a 64-bit integer");
+    n = *next;
+  }
   return n;
+}
+
+size_t shape_nbytes(const Shape& s, DType dtype) {
+  for (auto d : s) TTT_CHECK(d >= 0, "negative dimension in shape " << shape_str(s));
+  const int64_t n = shape_numel(s);
+  const std::optional<size_t> bytes = mul_if_fits(size_t(n), dtype_size(dtype));
+  TTT_CHECK(bytes, dtype_name(dtype) << shape_str(s) << ": the byte size (" << n << " elements x " << dtype_size(dtype)
+                                     << " bytes) overflows a 64-bit integer");
+  return *bytes;
+}
+
+void copy_bytes(void* dst, const void* src, size_t n) {
+  if (n > 0) std::memcpy(dst, src, n);
 }
 
 static Shape contiguous_strides(const Shape& s) {
@@ -30,14 +52,14 @@ static Shape contiguous_strides(const Shape& s) {
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (auto d : shape) TTT_CHECK(d >= 0, "negative dimension in shape " << shape_str(shape));
+  const size_t bytes = shape_nbytes(shape, dtype);
   TTT_CHECK(device == Device::CPU, "Tensor storage on " << device_name(device) << " is managed by the CUDA backend");
   Tensor t;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
   t.device_ = device;
-  t.storage_ = std::make_shared<std::vector<std::byte>>(size_t(shape_numel(shape)) * dtype_size(dtype));
+  t.storage_ = std::make_shared<std::vector<std::byte>>(bytes);
   return t;
 }
 
@@ -107,7 +129,7 @@ Tensor Tensor::to(DType dtype) const {
   Tensor out = empty(shape_, dtype, device_);
   const int64_t n = numel();
   if (dtype == dtype_) {
-    std::memcpy(out.raw(), src.raw(), nbytes());
+    copy_bytes(out.raw(), src.raw(), nbytes());
     return out;
   }
   for (int64_t i = 0; i < n; ++i) out.set(i, src.get(i));
@@ -125,7 +147,9 @@ Tensor Tensor::reshape(const Shape& shape) const {
       TTT_CHECK(infer < 0, "reshape " << shape_str(shape) << ": more than one -1");
       infer = int64_t(i);
     } else {
-      known *= s[i];
+      const std::optional<int64_t> next = mul_if_fits(known, s[i]);
+      TTT_CHECK(s[i] >= 0 && next, "cannot reshape " << describe() << " to " << shape_str(shape));
+      known = *next;
     }
   }
   if (infer >= 0) {
@@ -150,7 +174,7 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
   Tensor c = view.contiguous();
   if (c.storage_ == storage_) {  // already contiguous view: copy so callers own their data
     Tensor out = empty(view.shape_, dtype_, device_);
-    std::memcpy(out.raw(), c.raw(), out.nbytes());
+    copy_bytes(out.raw(), c.raw(), out.nbytes());
     return out;
   }
   return c;

@@ -14,7 +14,12 @@ namespace ttt {
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
+// Element count and byte size of a shape; a product that overflows 64 bits (a crafted file's shape)
+// throws instead of wrapping. shape_nbytes also refuses negative dimensions.
 int64_t shape_numel(const Shape& s);
+size_t shape_nbytes(const Shape& s, DType dtype);
+// memcpy that accepts the null storage of a tensor without elements (memcpy(nullptr, _, 0) is undefined).
+void copy_bytes(void* dst, const void* src, size_t n);
 
 class Tensor {
  public:

@@ -45,6 +45,13 @@ uint64_t count_separators_bytes(std::string_view payload) {
   return n;
 }
 
+// The vocabulary check shared by the writer and the reader (`where` names the file).
+void check_vocab(uint32_t vocab, const std::string& where) {
+  TTT_CHECK(vocab > 0, where << ": vocabulary size is 0");
+  TTT_CHECK(vocab <= kMaxTokenVocab, where << ": vocabulary " << vocab << " exceeds " << kMaxTokenVocab
+                                           << " (2^31 - 1; token ids are 32-bit signed integers)");
+}
+
 }  // namespace
 
 uint64_t fnv1a64(const void* data, size_t n, uint64_t h) {
@@ -79,7 +86,7 @@ std::string decode_bytes(const std::vector<int32_t>& tokens) {
 }
 
 std::string serialize_tokens(const TokenFile& tf) {
-  TTT_CHECK(tf.vocab > 0, "token file: vocabulary size must be > 0");
+  check_vocab(tf.vocab, "token file");
   TTT_CHECK(!tf.tokens.empty(), "token file: refusing to write zero tokens");
   const uint32_t width = token_width_for_vocab(tf.vocab);
   std::string payload;
@@ -126,7 +133,7 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
   const uint64_t n_tokens = get_u64(p + 24);
   const uint64_t n_docs = get_u64(p + 32);
   const uint64_t checksum = get_u64(p + 40);
-  TTT_CHECK(vocab > 0, where << ": vocabulary size is 0");
+  check_vocab(vocab, where);
   TTT_CHECK(width == token_width_for_vocab(vocab), where << ": token width " << width << " does not match vocabulary "
                                                          << vocab << " (expected " << token_width_for_vocab(vocab) << ")");
   TTT_CHECK(reserved == 0, where << ": reserved header field is " << reserved << ", expected 0");

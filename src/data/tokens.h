@@ -12,7 +12,7 @@
 //   offset size  field
 //   0      8     magic        the bytes "TTTTOK\0\0"
 //   8      4     version      u32, = 1
-//   12     4     vocab        u32, vocabulary size (> 0); every token is < vocab
+//   12     4     vocab        u32, vocabulary size, 1 .. 2^31 - 1 (token ids are int32); every token is < vocab
 //   16     4     token_width  u32, bytes per token: 1 if vocab <= 256, 2 if vocab <= 65536, else 4
 //                             (exactly this width; the reader rejects any other)
 //   20     4     reserved     u32, = 0
@@ -26,7 +26,8 @@
 // The file size must be exactly 48 + n_tokens * token_width.
 // Writes are atomic (temp file + fsync + rename). Every malformed file gives a ttt::Error that names the
 // path and the problem (missing file, bad magic, unsupported version, bad width, truncated or oversized
-// payload, checksum mismatch, zero tokens, token out of range, document count mismatch).
+// payload, checksum mismatch, zero tokens, vocabulary above kMaxTokenVocab, token out of range, document count
+// mismatch); the writer refuses what the reader would refuse.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +41,7 @@ inline constexpr char kTokenMagic[8] = {'T', 'T', 'T', 'T', 'O', 'K', '\0', '\0'
 inline constexpr uint32_t kTokenFormatVersion = 1;
 inline constexpr size_t kTokenHeaderBytes = 48;
 inline constexpr uint32_t kByteVocab = 256;       // byte-level tokenizer vocabulary
+inline constexpr uint32_t kMaxTokenVocab = 2147483647u;  // 2^31 - 1: every id < vocab fits the int32 tokens
 inline constexpr int32_t kDocSeparator = 0;       // end-of-document token (NUL byte)
 
 struct TokenFile {

@@ -3,6 +3,7 @@
 #include <functional>
 #include <sstream>
 
+#include "core/checked.h"
 #include "core/error.h"
 #include "core/file_io.h"
 
@@ -12,8 +13,9 @@ using nlohmann::json;
 
 int64_t ModelConfig::mlp_hidden_dim() const {
   if (mlp_hidden > 0) return mlp_hidden;
-  const int64_t h = (8 * dim) / 3;  // LLaMA rule: int(2 * 4D / 3), rounded up to a multiple of 64
-  return (h + 63) / 64 * 64;
+  // LLaMA rule: int(2 * 4D / 3), rounded up to a multiple of 64.
+  const int64_t h = checked_mul(int64_t(8), dim, "model config: dim (the automatic mlp_hidden is 8 * dim / 3)") / 3;
+  return checked_add(h, int64_t(63), "model config: dim (the automatic mlp_hidden is 8 * dim / 3)") / 64 * 64;
 }
 
 int64_t ModelConfig::n_memories() const {
@@ -69,6 +71,10 @@ ModelConfig preset(const std::string& name) {
 
 // ---------------------------------------------------------------------------------------------------
 // Validation
+
+namespace {
+void check_sizes(const ModelConfig& c);
+}
 
 void validate(const ModelConfig& c) {
   auto pos = [](const char* field, auto v) { TTT_CHECK(v > 0, "model config: " << field << " must be > 0, got " << v); };
@@ -126,6 +132,7 @@ void validate(const ModelConfig& c) {
       TTT_CHECK(lc > 0, "model config: local_chunks[" << i << "] must be > 0, got " << lc);
     }
   }
+  check_sizes(c);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -293,11 +300,16 @@ void from_json(const json& j, ModelConfig& cfg) { cfg = config_from_json(j); }
 //   final_norm.weight            [D]
 //   lm_head.weight               [D, V]     (untied)
 
-std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& c) {
-  validate(c);
+namespace {
+
+using Layout = std::vector<std::pair<std::string, Shape>>;
+
+// The layout above with only the first `layers` layers listed (c.n_layers of them for the model; fewer to
+// count parameters without listing every layer). Needs the widths that check_sizes has checked.
+Layout layout(const ModelConfig& c, int64_t layers) {
   const int64_t V = c.vocab_size, D = c.dim, H = c.n_mem_heads, d = c.head_dim_mem(), dh = c.mem_hidden_dim();
   const int64_t F = c.mlp_hidden_dim(), r = c.low_rank_rank, M = c.n_memories();
-  std::vector<std::pair<std::string, Shape>> out;
+  Layout out;
   out.emplace_back("embed.weight", Shape{V, D});
   auto memory_weights = [&](const std::string& p) {
     if (c.memory == "mlp") {
@@ -311,7 +323,7 @@ std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& c
       out.emplace_back(p + "w", Shape{H, d, d});
     }
   };
-  for (int64_t i = 0; i < c.n_layers; ++i) {
+  for (int64_t i = 0; i < layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     out.emplace_back(p + "attn_norm.weight", Shape{D});
     out.emplace_back(p + "wqkv", Shape{D, 3 * D});
@@ -371,10 +383,54 @@ std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& c
   return out;
 }
 
-int64_t parameter_count(const ModelConfig& c) {
+// Overflow-checked parameter count of a layout; a tensor too large names itself and the size fields.
+int64_t count(const ModelConfig& c, const Layout& shapes) {
   int64_t n = 0;
-  for (const auto& [name, shape] : parameter_shapes(c)) n += shape_numel(shape);
+  for (const auto& [name, shape] : shapes) {
+    int64_t numel = 0;
+    try {
+      numel = shape_numel(shape);
+    } catch (const Error& e) {
+      TTT_FAIL("model config: tensor '" << name << "': " << e.what() << " (vocab_size " << c.vocab_size << ", dim "
+                                        << c.dim << ", n_mem_heads " << c.n_mem_heads << ", inter_multi "
+                                        << c.inter_multi << ", mlp_hidden " << c.mlp_hidden_dim() << ", low_rank_rank "
+                                        << c.low_rank_rank << ", memories " << c.n_memories() << ")");
+    }
+    n = checked_add(n, numel, "model config: the parameter count");
+  }
   return n;
+}
+
+// The parameter count from the layout of zero and one layer (every layer has the same shapes).
+int64_t checked_parameter_count(const ModelConfig& c) {
+  const int64_t outer = count(c, layout(c, 0));
+  const int64_t per_layer = count(c, layout(c, 1)) - outer;
+  const int64_t layers = checked_mul(per_layer, c.n_layers, "model config: n_layers (parameters per layer * n_layers)");
+  return checked_add(outer, layers, "model config: the parameter count");
+}
+
+// Every width the layout multiplies, then each tensor and the parameter count, must fit int64 (a crafted
+// config must not reach signed overflow); each error names the field.
+void check_sizes(const ModelConfig& c) {
+  checked_mul(int64_t(3), c.dim, "model config: dim (wqkv has 3 * dim columns)");
+  c.mlp_hidden_dim();
+  checked_mul(c.head_dim_mem(), c.inter_multi,
+              "model config: inter_multi (memory hidden width dim / n_mem_heads * inter_multi)");
+  checked_mul(c.n_memories(), c.n_mem_heads,
+              "model config: n_mem_heads / local_chunks (gate columns: memories * n_mem_heads)");
+  checked_parameter_count(c);
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& c) {
+  validate(c);
+  return layout(c, c.n_layers);
+}
+
+int64_t parameter_count(const ModelConfig& c) {
+  validate(c);
+  return checked_parameter_count(c);
 }
 
 }  // namespace ttt::model

@@ -226,19 +226,20 @@ Var rope(Tape<T>& t, Var x, int64_t heads, const std::vector<int64_t>& positions
 // ---------------------------------------------------------------------------------------------
 // Sliding-window attention
 
+KeyRange attention_key_range(int64_t tq, int64_t k0, int64_t k1, int64_t window) {
+  // Clamped to the tile: a tile wholly before the window gives the empty range at its end, one wholly
+  // after the query the empty range at its start.
+  const int64_t lo = std::clamp(tq - window + 1, k0, k1);
+  const int64_t hi = std::clamp(tq + 1, lo, k1);
+  return {lo - k0, hi - k0};
+}
+
 namespace {
 
 struct AttnGeom {
   int64_t n, d, heads, hd, window, qb, kb, nqb;
 };
 
-// Valid key columns [jlo, jhi) of score row for query tq within the key tile [k0, k1).
-inline void valid_range(int64_t tq, int64_t k0, int64_t k1, int64_t window, int64_t& jlo, int64_t& jhi) {
-  const int64_t lo = std::max(k0, tq - window + 1);
-  const int64_t hi = std::min(k1, tq + 1);
-  jlo = lo - k0;
-  jhi = std::max(hi - k0, jlo);
-}
 
 // Forward of one (head, query block): writes out rows and lse.
 template <class T>
@@ -256,8 +257,7 @@ void attn_forward_block(const AttnGeom& g, int64_t h, int64_t b, T scale, const 
     gemm<T>(false, true, nb, nk, g.hd, scale, Q + q0 * g.d + hc, g.d, K + k0 * g.d + hc, g.d, T(0), S.data(), nk);
     for (int64_t i = 0; i < nb; ++i) {
       T* srow = S.data() + i * nk;
-      int64_t jlo, jhi;
-      valid_range(q0 + i, k0, k1, g.window, jlo, jhi);
+      const auto [jlo, jhi] = attention_key_range(q0 + i, k0, k1, g.window);
       if (jlo >= jhi) {
         std::fill(srow, srow + nk, T(0));
         continue;
@@ -306,12 +306,11 @@ void attn_backward_head(const AttnGeom& g, int64_t h, T scale, const T* Q, const
       gemm<T>(false, true, nb, nk, g.hd, scale, Q + q0 * g.d + hc, g.d, K + k0 * g.d + hc, g.d, T(0), P.data(), nk);
       for (int64_t i = 0; i < nb; ++i) {
         T* prow = P.data() + i * nk;
-        int64_t jlo, jhi;
-        valid_range(q0 + i, k0, k1, g.window, jlo, jhi);
+        const auto [jlo, jhi] = attention_key_range(q0 + i, k0, k1, g.window);
         const T ls = lse[(q0 + i) * g.heads + h];
         for (int64_t j = 0; j < jlo; ++j) prow[j] = T(0);
         for (int64_t j = jlo; j < jhi; ++j) prow[j] = std::exp(prow[j] - ls);
-        for (int64_t j = std::max(jhi, jlo); j < nk; ++j) prow[j] = T(0);
+        for (int64_t j = jhi; j < nk; ++j) prow[j] = T(0);
       }
       if (dV)  // dV += P^T dO
         gemm<T>(true, false, nk, g.hd, nb, T(1), P.data(), nk, dO + q0 * g.d + hc, g.d, T(1), dV + k0 * g.d + hc, g.d);

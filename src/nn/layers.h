@@ -41,6 +41,13 @@ struct AttentionBlocks {
   int64_t key = 256;
 };
 
+// Key columns [lo, hi) of a score tile over keys [k0, k1) that query tq attends to (tq - window < key <= tq);
+// 0 <= lo <= hi <= k1 - k0 for every tile, also one wholly outside the window (then lo == hi).
+struct KeyRange {
+  int64_t lo, hi;
+};
+KeyRange attention_key_range(int64_t tq, int64_t k0, int64_t k1, int64_t window);
+
 // Causal sliding-window softmax attention over ONE sequence of N tokens: q, k, v [N,H*hd] -> [N,H*hd].
 // Token t attends to s with t - window < s <= t; scores scaled by 1/sqrt(hd). Flash-style: scores
 // exist only as [query block x key tile] tiles; the backward recomputes them from the saved per-row

@@ -66,7 +66,9 @@ json run_state_to_json(const RunState& s) {
 
 RunState run_state_from_json(const json& j, const std::string& origin) {
   TTT_CHECK(j.is_object(), origin << ": expected a JSON object");
-  TTT_CHECK(j.value("format", "") == "ttt-train-state", origin << ": not a training state (format is not \"ttt-train-state\")");
+  // Compared as JSON values: a "format" of another type is a mismatch, not a JSON type_error.
+  TTT_CHECK(j.contains("format") && j["format"] == "ttt-train-state",
+            origin << ": not a training state (format is not \"ttt-train-state\")");
   TTT_CHECK(j.contains("version") && j["version"] == 1, origin << ": unsupported state version " << j.value("version", json()).dump());
   RunState s;
   auto integer = [&](const char* key) -> int64_t {

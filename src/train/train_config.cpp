@@ -5,6 +5,7 @@
 #include <sstream>
 #include <vector>
 
+#include "core/checked.h"
 #include "core/error.h"
 
 namespace ttt::train {
@@ -78,6 +79,8 @@ void validate(const TrainConfig& c) {
   pos("batch", c.batch);
   pos("seq_len", c.seq_len);
   pos("accum", c.accum);
+  checked_mul(checked_mul(c.batch, c.accum, "train config: batch * accum"), c.seq_len,
+              "train config: batch * accum * seq_len (tokens per step)");
   TTT_CHECK(std::isfinite(c.lr) && c.lr > 0, "train config: lr must be > 0, got " << c.lr);
   TTT_CHECK(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1, "train config: min_lr_ratio must be in [0, 1], got " << c.min_lr_ratio);
   nonneg("warmup", c.warmup);

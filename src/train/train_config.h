@@ -35,7 +35,7 @@ struct TrainConfig {
   int64_t stage = 1;          // 1 or 2
   std::string stage1_run;     // stage 2: the stage-1 run directory it started from
 
-  int64_t tokens_per_step() const { return batch * accum * seq_len; }
+  int64_t tokens_per_step() const { return batch * accum * seq_len; }  // fits int64 after validate()
   bool operator==(const TrainConfig&) const = default;
 };
 

@@ -1,0 +1,19 @@
+// libFuzzer target: the token-file reader (data::parse_tokens) on arbitrary bytes. The library's own writer
+// must accept whatever the reader accepts, and reproduce the same bytes.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "data/tokens.h"
+#include "fuzz_common.h"
+
+using namespace ttt;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  data::TokenFile tf;
+  if (!fuzz::accepts([&] { tf = data::parse_tokens(bytes, "fuzz.bin"); })) return 0;
+  for (int32_t t : tf.tokens) fuzz::require(t >= 0 && uint64_t(t) < tf.vocab, "every token id is in [0, vocab)");
+  fuzz::require(data::serialize_tokens(tf) == bytes, "the writer reproduces an accepted file");  // must not throw
+  return 0;
+}
