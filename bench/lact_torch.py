@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent PyTorch implementation of the LaCT memory operator (docs: /work/shared/spec/ALGORITHMS.md,
+"""Independent PyTorch implementation of the LaCT memory operator (docs/ALGORITHMS.md,
 sections 2-5 and 7).
 
 It serves two purposes:
@@ -30,7 +30,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-# Newton-Schulz (quintic) coefficients, spec section 3.2.
+# Newton-Schulz (quintic) coefficients, docs/ALGORITHMS.md section 3.2.
 NS5_COEFFS = (
     (4.0848, -6.8946, 2.9270),
     (3.9505, -6.3029, 2.6377),
@@ -69,7 +69,7 @@ def swiglu_apply(w0, w1, w2, x, mm_dtype=None):
 
 
 def chunk_update_direction(w0, w1, w2, k, v, lr0, lr1, lr2, mm_dtype=None):
-    """Update direction dW_i = -sum_t lr_i,t grad_{W_i} l_t for one chunk, closed form (spec section 3).
+    """Update direction dW_i = -sum_t lr_i,t grad_{W_i} l_t for one chunk, closed form (docs/ALGORITHMS.md section 3.1).
 
     k, v: [B,n,d]; lr*: [B,n]. Returns (dW0 [B,dh,d], dW1 [B,d,dh], dW2 [B,dh,d]).
     """
@@ -88,7 +88,7 @@ def chunk_update_direction(w0, w1, w2, k, v, lr0, lr1, lr2, mm_dtype=None):
 
 
 def ns5(x, mm_dtype=None):
-    """Muon orthogonalization of a batch of matrices [B,r,c] in the input dtype (spec section 3.2)."""
+    """Muon orthogonalization of a batch of matrices [B,r,c] in the input dtype (docs/ALGORITHMS.md section 3.2)."""
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = _t(x)

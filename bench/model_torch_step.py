@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""One training step of our LaCT language model (arch "lact", spec section 5; the same layers, parameter shapes and
-memory operator as src/model) written in PyTorch, to time beside `ttt bench step --device cuda --preset 760m`.
+"""One training step of our LaCT language model (arch "lact", docs/ALGORITHMS.md section 5; the same layers,
+parameter shapes and memory operator as src/model) written in PyTorch, to time beside
+`ttt bench step --device cuda --preset 760m`.
 
 Per layer: RMSNorm; qkv = h Wqkv; window attention (RoPE, causal sliding window, flex_attention with a block mask,
 compiled); memory branch (per-channel scale/offset, silu, per-head l2 norm, RoPE on q/k; rates softplus(h W + b +

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GPU benchmark of the LaCT memory operator (spec §5): the CUDA backend of ttt (`ttt bench op --device cuda`)
-# against the same op in PyTorch (bench/lact_torch.py), eager and under torch.compile, at b*H = 4, T = 32768,
-# C = 2048, momentum on: d = dh = 384 with Muon off and on, d = dh = 768 with Muon; plus ttt's forward+backward
-# over 1M tokens (b*H = 4, d = dh = 384, C = 2048). fp32 by default (TF32 off in both); with bf16 rows
-# (ttt --precision bf16; torch with bf16 matmul operands, fp32 state: lact_torch.py's mm_dtype) compared
-# like-for-like. Every timing is the median of CUDA-event timed repetitions after warm-up runs, each mode
-# warmed up separately.
+# GPU benchmark of the LaCT memory operator (docs/ALGORITHMS.md §5.5): the CUDA backend of ttt
+# (`ttt bench op --device cuda`) against the same op in PyTorch (bench/lact_torch.py), eager and under
+# torch.compile, at b*H = 4, T = 32768, C = 2048, momentum on: d = dh = 384 with Muon off and on, d = dh = 768
+# with Muon; plus ttt's forward+backward over 1M tokens (b*H = 4, d = dh = 384, C = 2048). fp32 by default
+# (TF32 off in both); with bf16 rows (ttt --precision bf16; torch with bf16 matmul operands, fp32 state:
+# lact_torch.py's mm_dtype) compared like-for-like. Every timing is the median of CUDA-event timed repetitions
+# after warm-up runs, each mode warmed up separately.
 #
 # Usage: bench/run_gpu_lact.sh            (env: TTT = the ttt binary, default build-cuda/ttt;
 #                                           TTT_LIBS = extra library dir for it; OUT = output dir;

@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
-"""Independent PyTorch implementation of the TNT memory branch (docs: /work/shared/spec/ALGORITHMS.md,
-sections 2-4, 6 and 7), written from the spec: the float64 reference that `ttt op tnt` is checked against
-(tests/reference/check_op_tnt.py).
+"""Independent PyTorch implementation of the TNT memory branch (docs/ALGORITHMS.md, sections 2-4, 6 and 7):
+the float64 reference that `ttt op tnt` is checked against (tests/reference/check_op_tnt.py).
 
 Branch, per sequence-head b (all batched over b; Python loops run over shards and chunks only):
   memories      Titans MLP  f_W(x) = x + W2 silu(W1 x)  (W1 [dh,d], W2 [d,dh]); rows as tokens:

@@ -90,7 +90,7 @@ Data<double> make_data(const Case& c, uint64_t seed, bool round_to_float) {
   x.w0 = normal(c.B * c.dh * c.d, 1.0 / std::sqrt(double(c.d)));
   x.w1 = normal(c.B * c.d * c.dh, 1.0 / std::sqrt(double(c.dh)));
   x.w2 = normal(c.B * c.dh * c.d, 1.0 / std::sqrt(double(c.d)));
-  // Keys and queries of norm about 1, as after LaCT's l2-normalization (spec §5).
+  // Keys and queries of norm about 1, as after LaCT's l2-normalization (docs/ALGORITHMS.md §5.2).
   x.q = normal(c.B * c.T * c.d, 1.0 / std::sqrt(double(c.d)));
   x.k = normal(c.B * c.T * c.d, 1.0 / std::sqrt(double(c.d)));
   x.v = normal(c.B * c.T * c.d, 1.0 / std::sqrt(double(c.d)));

@@ -200,7 +200,7 @@ TEST(EngineProgram, BuildersAndParser) {
 }
 
 // Independent per-token online gradient descent for the SwiGLU memory with the dot-product loss,
-// written from the spec's formulas with plain loops: it must equal the causal program with C = 1.
+// written from the formulas of docs/ALGORITHMS.md §3 with plain loops: it must equal the causal program with C = 1.
 TEST(EngineOnline, ChunkOneEqualsPerTokenOnlineGD) {
   MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, false, false, false, WeightNorm::None, 0});
   const int64_t n = 12, d = cfg.d, dh = cfg.dh;

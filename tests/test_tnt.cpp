@@ -1,4 +1,4 @@
-// TNT (spec §6): the Q-K projection op and the whole memory branch against float64 central finite
+// TNT (docs/ALGORITHMS.md §6): the Q-K projection op and the whole memory branch against float64 central finite
 // differences (every input), shards on and off chunk boundaries, S_L not a multiple of C_L, Q-K projection
 // on/off, no global memory; the sharded (parallel) run against the unsplit sequential run; `op tnt` errors.
 #include <gtest/gtest.h>
@@ -30,7 +30,7 @@ Mat<double> randu(Rng& r, int64_t rows, int64_t cols, double lo, double hi) {
   return m;
 }
 
-// q̃ of one sequence-head by explicit per-token sums (spec §6 as written).
+// q̃ of one sequence-head by explicit per-token sums (docs/ALGORITHMS.md §6.2 as written).
 Mat<double> qk_naive(const Mat<double>& q, const Mat<double>& k, int64_t chunk, int64_t shard) {
   const int64_t n = q.rows, d = q.cols, S = shard > 0 ? shard : n;
   Mat<double> out(n, d);

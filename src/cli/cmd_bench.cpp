@@ -90,7 +90,7 @@ nlohmann::json bench_lact(int64_t B, int64_t n, int64_t d, int64_t dh, int64_t c
     run_forward_batch(cfg, prog, in, &saved);
     run_backward_batch(cfg, prog, in, saved, go);
   });
-  // FLOPs as the LaCT code counts them (spec §5): forward 18*d*dh*T per head; training 3x.
+  // FLOPs as the LaCT code counts them (docs/ALGORITHMS.md §5.5): forward 18*d*dh*T per head; training 3x.
   const double flops_fwd = 18.0 * double(d) * double(dh) * double(n) * double(B);
   const double tokens = double(B) * double(n);
   return {{"op", "lact"},
@@ -434,7 +434,8 @@ int cmd_bench_op(const Argv& argv) {
   TTT_CHECK(!(precision == "bf16" && a.on("muon")),
             "ttt bench op: --precision bf16 with --muon is not supported (NS5 amplifies bf16 rounding beyond the "
             "2e-2 parity bound; see docs/PERF.md); use --precision tf32 or fp32");
-  // The CUDA bench defaults to the memory of the 760M LaCT layer (spec §5): T 32768, d = dh = 384, C 2048.
+  // The CUDA bench defaults to the memory of the 760M LaCT layer (docs/ALGORITHMS.md §5.5):
+  // T 32768, d = dh = 384, C 2048.
   auto pick = [&](const char* name, int64_t gpu_default) { return gpu && !a.has(name) ? gpu_default : a.i64(name); };
   const int64_t B = a.i64("bh"), n = pick("T", 32768), d = pick("d", 384), dh = pick("dh", 384);
   const std::string chunks = gpu && !a.has("chunk") ? std::string("2048") : a.str("chunk");

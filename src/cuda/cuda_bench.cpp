@@ -12,7 +12,7 @@ nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, co
   const LactOptions opt = precision_options(precision);
   LactBenchResult r = bench_lact(s, repeats, warmup, opt);
   const double fwd = r.fwd_ms_median / 1e3, fwdbwd = r.fwdbwd_ms_median / 1e3;
-  // FLOPs as the LaCT code counts them (spec §5): forward 18*d*dh*T per head; training 3x.
+  // FLOPs as the LaCT code counts them (docs/ALGORITHMS.md §5.5): forward 18*d*dh*T per head; training 3x.
   const double flops_fwd = 18.0 * double(s.d) * double(s.dh) * double(s.T) * double(s.B);
   const double tokens = double(s.B) * double(s.T);
   const char* wn = s.norm == lact::Norm::Post ? "post" : s.norm == lact::Norm::Pre ? "pre" : "none";

@@ -50,7 +50,7 @@ bool gpu_supports(const ModelConfig& cfg, std::string* why) {
   // Titans / TNT: the GPU memory (titans_cuda.h) is the MLP memory with residual, momentum and decay, no Muon.
   if (cfg.memory != "mlp" || !cfg.mem_residual || !cfg.momentum || !cfg.decay || cfg.muon)
     return no("arch \"" + cfg.arch + "\" on the GPU needs memory \"mlp\" with mem_residual, momentum and decay on and "
-              "muon off (the Titans memory of spec section 6); this config runs on the CPU");
+              "muon off (the Titans memory of docs/ALGORITHMS.md section 6.3); this config runs on the CPU");
   return true;
 }
 

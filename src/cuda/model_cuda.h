@@ -1,4 +1,4 @@
-// The language model of src/model (arch "lact": spec §5) on one GPU: forward, backward and the optimizer
+// The language model of src/model (arch "lact": docs/ALGORITHMS.md §5) on one GPU: forward, backward and the optimizer
 // step with parameters, gradients and AdamW moments resident on the device.
 //
 // What runs where: matrix products through Blas (blas_cuda.h: fp32, tf32 or bf16 operands with fp32

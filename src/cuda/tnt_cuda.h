@@ -1,4 +1,4 @@
-// The TNT memory branch (spec §6) on an NVIDIA GPU: one TitansRunner per memory (the global one and each
+// The TNT memory branch (docs/ALGORITHMS.md §6) on an NVIDIA GPU: one TitansRunner per memory (the global one and each
 // local one with its resets and Q-K projection), each on its own stream so that the memories run
 // concurrently, joined with events; outputs and the q/k/v gradients summed in memory order on the main stream
 // (deterministic). The CPU twin is titans::tnt_cpu (ttt/titans_fused.h).

@@ -128,7 +128,7 @@ void validate(const ModelConfig& c) {
     for (size_t i = 0; i < c.local_chunks.size(); ++i) {
       const int64_t lc = c.local_chunks[i];
       // shard need not be a multiple of the chunk: chunks restart at every shard start and the
-      // last chunk of a shard is shorter (spec §4, TNT local shard).
+      // last chunk of a shard is shorter (docs/ALGORITHMS.md §4.2).
       TTT_CHECK(lc > 0, "model config: local_chunks[" << i << "] must be > 0, got " << lc);
     }
   }

@@ -1,24 +1,24 @@
 // Model configuration: architecture hyper-parameters, presets, JSON I/O, validation and the exact
 // parameter layout (names and shapes) that the model builds and that checkpoints store.
 //
-// Architectures (spec: /work/shared/spec/ALGORITHMS.md):
-//   "lact"   — the LaCT language model of spec §5: pre-norm blocks, each
+// Architectures (the math: docs/ALGORITHMS.md):
+//   "lact"   — the LaCT language model of §5: pre-norm blocks, each
 //              x += W_o (WindowAttn(q,k,v) + TTT(q,k,v)),  x += SwiGLU_MLP(RMSNorm(x)),
 //              q,k,v = RMSNorm(x) W_qkv shared by both branches; TTT = SwiGLU fast-weight memory,
 //              dot-product inner loss, causal chunked program with chunk `chunk`.
 //   "titans" — the same hybrid block, with the TTT branch replaced by ONE Titans-style memory
 //              (family `memory`, default "mlp"; MSE inner loss; momentum, decay; rate
 //              θ_t = titans_base_lr · sigmoid(x W_θ + b_θ)), causal chunked with chunk `chunk`, never reset.
-//   "tnt"    — the same hybrid block, with the memory branch of spec §6: a global memory (chunk
+//   "tnt"    — the same hybrid block, with the memory branch of §6: a global memory (chunk
 //              `global_chunk`, never reset; present iff use_global) plus one local memory per entry of
 //              `local_chunks` (chunk local_chunks[i], reset to its own learned W⁰ every `shard` tokens),
 //              outputs summed; local memories are read with Q-K projected queries iff qk_proj.
 //              `chunk` is not used by "tnt".
 //
-// In all three, the memory branch prepares its queries/keys as in spec §5 step 3 (per-channel scale and
+// In all three, the memory branch prepares its queries/keys as in §5.2 steps 1-2 (per-channel scale and
 // offset, per-head silu + l2-normalization, RoPE iff ttt_rope with base rope_theta; v or silu(v) iff
 // v_silu), its output is o = RMSNorm_d(Σ memories) ⊙ weight (per head over d, per-channel weight D),
-// scaled by the learnable TTT scale silu(x W_s + b_s) (spec §5 step 4: one scalar per memory head,
+// scaled by the learnable TTT scale silu(x W_s + b_s) (§5.2 step 6: one scalar per memory head,
 // broadcast over the head's d channels), and added to the attention output before W_o.
 //
 // Field relevance: weight_norm, low_rank_*, lr_init apply to "lact" (lr_init: LaCT rates
@@ -27,7 +27,7 @@
 // shard, qk_proj, use_global apply to "tnt".
 //
 // Shapes: every projection matrix is stored [in, out] (y = x W); fast-weight initial weights of a memory
-// with H heads are one tensor [H, rows, cols] (per head the [rows, cols] matrix of spec §2).
+// with H heads are one tensor [H, rows, cols] (per head the [rows, cols] matrix of §2).
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -54,7 +54,7 @@ struct ModelConfig {
   bool v_silu = false;            // memory values silu(v) instead of v
   bool momentum = true;           // momentum on the fast-weight updates (per-token gate sigmoid(x W_m + b_m))
   bool muon = false;              // Newton-Schulz orthogonalization of the update
-  std::string weight_norm = "post";  // "post" | "pre" | "none" (spec §3 step 5)
+  std::string weight_norm = "post";  // "post" | "pre" | "none" (§3.4)
   bool low_rank_init = false;     // LaCT: W0 and W2 as A B + 0.5 I
   int64_t low_rank_rank = 32;     // r
   double low_rank_gain = 0.5;     // init std gain/sqrt(r) (A) and gain/sqrt(d) (B)
@@ -66,7 +66,7 @@ struct ModelConfig {
   // Titans / TNT.
   std::string memory = "swiglu";  // memory family: "swiglu" (required by "lact") | "mlp" | "linear"
   bool decay = true;              // Titans decay W <- (1 - ᾱ) W ("titans", "tnt")
-  bool mem_residual = true;       // MLP memory f(x) = x + W2 silu(W1 x) (spec §2 [choice])
+  bool mem_residual = true;       // MLP memory f(x) = x + W2 silu(W1 x) (§2 [choice])
   double titans_base_lr = 0.003;  // θ base: θ_t = base · sigmoid(x W_θ + b_θ) [choice]; 0.01 diverged (NaN) in a CPU titans run
   int64_t global_chunk = 64;      // C_G
   std::vector<int64_t> local_chunks = {8, 16};  // C_L^(i)

@@ -1,4 +1,4 @@
-// The language model (spec §5): embedding, pre-norm blocks of [window attention + memory branch]
+// The language model (docs/ALGORITHMS.md §5): embedding, pre-norm blocks of [window attention + memory branch]
 // and a SwiGLU MLP, final RMSNorm, untied LM head, cross-entropy. The forward is recorded on the
 // autograd tape; the backward is the tape's. Parameters follow model::parameter_shapes().
 #pragma once

@@ -1,4 +1,4 @@
-// Layers of the LaCT language model (docs: spec ALGORITHMS.md §5) as differentiable ops
+// Layers of the LaCT language model (docs/ALGORITHMS.md §5) as differentiable ops
 // on the autograd tape, each with a hand-written backward.
 //
 // Activations are 2D matrices with one row per token (row-major). Multi-head tensors
@@ -26,7 +26,7 @@ Var rms_norm(ag::Tape<T>& t, Var x, Var weight, double eps = 1e-6);
 template <class T>
 Var rms_norm_heads(ag::Tape<T>& t, Var x, Var weight, int64_t heads, double eps = 1e-6);
 
-// Within each head block: x / (||x|| + eps) (the spec's l2n, eps = 1e-5).
+// Within each head block: x / (||x|| + eps) (l2n of docs/ALGORITHMS.md §1, eps = 1e-5).
 template <class T>
 Var l2norm_heads(ag::Tape<T>& t, Var x, int64_t heads, double eps = 1e-5);
 

@@ -30,7 +30,7 @@ struct TrainConfig {
   int64_t keep_checkpoints = 1;  // complete checkpoints kept (besides the one being written)
   int64_t log_every = 10;     // progress line every N steps
   uint64_t seed = 1;          // model init seed; the data RNG is seeded from it too
-  // TNT two-stage training (spec §6): stage 2 starts from a stage-1 run, with new local chunk sizes,
+  // TNT two-stage training (docs/ALGORITHMS.md §6.4): stage 2 starts from a stage-1 run, with new local chunk sizes,
   // and trains only the local memories' own parameters.
   int64_t stage = 1;          // 1 or 2
   std::string stage1_run;     // stage 2: the stage-1 run directory it started from

@@ -1,5 +1,5 @@
-// The LaCT operator (spec §2-§5, §7) written out explicitly, with no tape: forward and a hand-derived
-// backward, batched over B sequence-heads, as a sequence of batched matrix products and small fused
+// The LaCT operator (docs/ALGORITHMS.md §3, §5.2, §7.2) written out explicitly, with no tape: forward and a
+// hand-derived backward, batched over B sequence-heads, as a sequence of batched matrix products and small fused
 // element-wise / reduction steps.
 //
 // The algorithm is one template, `Fused<Ops>`, over a backend `Ops` that supplies storage, a row-major
@@ -19,7 +19,7 @@
 // [g | h] for a chunk X; then W1 as d rows of length dh. Row-wise quantities (weight-norm targets) are
 // [B][2*dh + d] in the same row order. Chunk work buffers are dense [B][n][cols] for the current chunk
 // length n. Muon works on "NS layout": every update matrix as [p,q], p = min(d,dh), q = max(d,dh), i.e.
-// transposed where rows > cols (spec §3.2), so the 3B matrices are one strided batch.
+// transposed where rows > cols (docs/ALGORITHMS.md §3.2), so the 3B matrices are one strided batch.
 //
 // Forward keeps only the states at chunk boundaries (memory linear in T/C); backward walks the program in
 // reverse, recomputes each chunk's intermediates from its saved state and applies the adjoint of every step.
@@ -70,7 +70,7 @@ struct Grads {
   T *lr0 = nullptr, *lr1 = nullptr, *lr2 = nullptr, *mom = nullptr;
 };
 
-// Newton-Schulz coefficients (spec §3.2) and the epsilons of the spec.
+// Newton-Schulz coefficients (docs/ALGORITHMS.md §3.2) and the epsilons of §3.2 and §3.3.
 inline constexpr double kNs5[5][3] = {{4.0848, -6.8946, 2.9270},
                                       {3.9505, -6.3029, 2.6377},
                                       {3.7418, -5.5913, 2.3037},
@@ -101,8 +101,8 @@ TTT_HD T dsilu_s(T z, T s) { return s * (T(1) + z * (T(1) - s)); }
 template <class T>
 TTT_HD T d2silu_s(T z, T s) { return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s)); }
 
-// The inner gradient of one (token, hidden unit), spec §3 with the minus signs of e = -v and of the step
-// cancelled: from g = (W0 k)_j, h = (W2 k)_j, u = (W1^T v)_j:
+// The inner gradient of one (token, hidden unit), docs/ALGORITHMS.md §3.1 with the minus signs of e = -v and of the
+// step cancelled: from g = (W0 k)_j, h = (W2 k)_j, u = (W1^T v)_j:
 //   a = silu(g) h (the applied activation), r0 = lr0 u h silu'(g), r2 = lr2 u silu(g),
 // so that dW0 = sum_t r0 k^T, dW2 = sum_t r2 k^T, dW1 = sum_t lr1 v a^T.
 template <class T>

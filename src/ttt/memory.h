@@ -1,4 +1,4 @@
-// Fast-weight memories (spec §2), inner losses and the chunk update (spec §3),
+// Fast-weight memories (docs/ALGORITHMS.md §2), inner losses and the chunk update (§3),
 // written as recordings on the autograd tape so that forward and backward share one code path.
 #pragma once
 #include <string>
@@ -67,17 +67,17 @@ std::vector<ag::Var> effective_weights(ag::Tape<T>& t, const MemoryConfig& cfg, 
 template <class T>
 ag::Var record_apply(ag::Tape<T>& t, const MemoryConfig& cfg, const std::vector<ag::Var>& w, ag::Var q);
 
-// The descent direction -sum_t rate_t grad_W loss_t at weights w, one matrix per weight (spec §3).
+// The descent direction -sum_t rate_t grad_W loss_t at weights w, one matrix per weight (§3.1).
 template <class T>
 std::vector<ag::Var> record_inner_step(ag::Tape<T>& t, const MemoryConfig& cfg, const std::vector<ag::Var>& w,
                                        const UpdateVars& in);
 
-// Newton-Schulz orthogonalization (five steps, spec §3.2).
+// Newton-Schulz orthogonalization (five steps, docs/ALGORITHMS.md §3.2).
 template <class T>
 ag::Var record_ns5(ag::Tape<T>& t, ag::Var m);
 
-// One chunk update of §3: inner step, momentum, Muon, decay, step, weight norm. Returns the new state
-// (marked updated).
+// One chunk update of docs/ALGORITHMS.md §3.3: inner step, momentum, Muon, decay, step, weight norm. Returns the new
+// state (marked updated).
 template <class T>
 StateVars record_update(ag::Tape<T>& t, const MemoryConfig& cfg, const StateVars& s, const std::vector<ag::Var>& w_init,
                         const UpdateVars& in);

@@ -1,4 +1,4 @@
-// TTT programs (spec §4): a list of apply / update / reset operations over token ranges.
+// TTT programs (docs/ALGORITHMS.md §4): a list of apply / update / reset operations over token ranges.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -1,4 +1,4 @@
-// The Q-K projection of TNT's local memories (spec §6): a memory trained on keys is read with queries
+// The Q-K projection of TNT's local memories (docs/ALGORITHMS.md §6.2): a memory trained on keys is read with queries
 // projected onto the span of the keys seen so far in the shard,
 //
 //   q̃_t = (Σ_τ k_τ k_τᵀ) q_t / (Σ_τ ||k_τ||²),

@@ -65,7 +65,7 @@ SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, cons
 
 // One shard of a program: the operations between two resets, over the tokens [begin, end) they touch,
 // rebased so that `program` covers end - begin tokens. A shard starts from the initial state (W⁰, zero
-// momentum), so shards share nothing and can run in parallel (spec §4, TNT local shard).
+// momentum), so shards share nothing and can run in parallel (docs/ALGORITHMS.md §4.3).
 struct ProgramShard {
   int64_t begin = 0, end = 0;  // token hull of the shard's operations; begin == end: no operations
   Program program;             // rebased to [0, end - begin); empty ops when the shard has no operations

@@ -1,4 +1,4 @@
-// The Titans memory of TNT (spec §2, §3, §4, §6, §7) written out explicitly, with no tape: forward and a
+// The Titans memory of TNT (docs/ALGORITHMS.md §6.3, §7.3) written out explicitly, with no tape: forward and a
 // hand-derived backward (second order through every update), batched over independent *items*, plus the Q-K
 // projection of TNT's local memories and the whole TNT branch composed from them.
 //
@@ -21,7 +21,7 @@
 //
 // Memory use: forward keeps the state (W, and the momentum S) at chunk boundaries; when all of them would
 // exceed MemoryShape::state_budget_bytes, only every K-th one (K ~ sqrt(chunks), "segments") and backward
-// recomputes a segment's states from its first one before walking it in reverse (spec §7).
+// recomputes a segment's states from its first one before walking it in reverse (docs/ALGORITHMS.md §7.3).
 //
 // Layouts. Inputs w1 [B,dh,d], w2 [B,d,dh], q/k/v/grad_o [B,T,d], theta/eta/alpha [B,T], row-major. A state is
 // [items][2P] (P = d*dh): W1 at offset 0, W2 at offset P. Chunk work buffers are [items][n][cols] for the
@@ -434,8 +434,8 @@ inline int64_t max_dot_batch(const MemoryShape& s) {
   return m;
 }
 
-// The Q-K projection of one group (spec §6, as engine::qk_project): q̃_t = (Σ k kᵀ) q_t / Σ ||k||² over the
-// item's tokens before the chunk of t; q̃ = q while that sum is zero.
+// The Q-K projection of one group (docs/ALGORITHMS.md §6.2, as engine::qk_project): q̃_t = (Σ k kᵀ) q_t / Σ ||k||²
+// over the item's tokens before the chunk of t; q̃ = q while that sum is zero.
 template <class Ops>
 class QkGroup {
  public:
@@ -795,7 +795,7 @@ class Memory {
   MemoryInputs<T> in_;
 };
 
-// ---- the TNT branch (spec §6) ----------------------------------------------------------------------------
+// ---- the TNT branch (docs/ALGORITHMS.md §6) --------------------------------------------------------------
 // o = M_G(q) + Σ_i M_L⁽ⁱ⁾(q̃⁽ⁱ⁾): the global memory (chunk global_chunk, never reset) when use_global, then one
 // local memory per local chunk size (reset every `shard` tokens, Q-K projected queries when qk_proj).
 struct TntShape {

@@ -1,4 +1,4 @@
-// The TNT memory branch (spec §6): one global memory, causal chunked with a large chunk C_G over the
+// The TNT memory branch (docs/ALGORITHMS.md §6): one global memory, causal chunked with a large chunk C_G over the
 // whole sequence (never reset), plus N local memories, each causal chunked with its own chunk C_L⁽ⁱ⁾ and
 // reset to its own learned W⁰ at every multiple of S_L (chunks aligned to the shard start), read with
 // Q-K projected queries (qk_projection.h). Output o_t = M_G(q_t) + Σ_i M_L⁽ⁱ⁾(q̃⁽ⁱ⁾_t).
