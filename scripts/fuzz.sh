@@ -44,7 +44,7 @@ for t in "${TARGETS[@]}"; do
     -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1 -artifact_prefix="$artifacts/" \
     > "$BUILD_DIR/$t.log" 2>&1 || { tail -n 60 "$BUILD_DIR/$t.log"; echo "fuzz: $t FAILED (log $BUILD_DIR/$t.log)"; exit 1; }
   grep -E "^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)" "$BUILD_DIR/$t.log" | sed "s/^/fuzz: $t /"
-  grep -E "^#[0-9]+ +DONE" "$BUILD_DIR/$t.log" | sed "s/^/fuzz: $t /" || true
+  grep -E "^#[0-9]+[[:space:]]+DONE" "$BUILD_DIR/$t.log" | sed "s/^/fuzz: $t /" || true
 done
 echo "fuzz: each target ran up to ${SECONDS_PER_TARGET} s${TTT_FUZZ_RUNS:+ or $TTT_FUZZ_RUNS runs} without a crash"
 echo "fuzz: ${#TARGETS[@]} passed, 0 failed"

@@ -1,5 +1,7 @@
 // safetensors: 8-byte little-endian header length, JSON header, raw little-endian data.
-// Supports F64, F32 and BF16. Malformed or truncated files give a ttt::Error naming the problem.
+// Supports F64, F32 and BF16. Malformed or truncated files give a ttt::Error naming the problem: among
+// others a shape whose byte size overflows 64 bits, a byte range that does not hold exactly the shape's
+// bytes, ranges past the data or overlapping (an empty tensor overlaps nothing).
 #pragma once
 #include <map>
 #include <string>
