@@ -275,3 +275,28 @@ TEST(CliErrors, CraftedSizesFromIssue10) {
   expect_clean_failure("eval --checkpoint " + q(f.dir / "run") + " --data " + q(f.dir / "data"), "2147483647");
   fs::remove_all(f.dir);
 }
+
+// Issue 11: every command that takes --device checks it in one place (backend/registry.h), with the same message.
+TEST(CliErrors, DeviceFlagOfEveryCommand) {
+  for (const char* c : {"train", "eval --checkpoint x", "generate --checkpoint x", "bench step", "bench op",
+                        "bench tnt", "op lact --in x --out y", "op tnt --in x --out y"})
+    expect_clean_failure(std::string(c) + " --device tpu", "--device tpu: unknown device 'tpu' (choose cpu or cuda)");
+  expect_clean_failure("bench op --precision fp16", "--precision must be fp32, tf32 or bf16, got 'fp16'");
+  expect_clean_failure("bench step --precision fp16", "--device cuda");
+  expect_clean_failure("train --precision fp32", "--precision applies to --device cuda");
+}
+
+// Issue 11: the --device help of the commands that run the model says what runs on the GPU: every arch, not
+// "arch lact" alone (as it did).
+TEST(CliErrors, DeviceHelpNamesEveryArchOnTheGpu) {
+  for (const char* c : {"train", "eval", "generate", "bench step"}) {
+    SCOPED_TRACE(c);
+    const RunResult r = run_cli(std::string(c) + " --help");
+    ASSERT_TRUE(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0) << r.output;
+    const size_t at = r.output.find("--device");
+    ASSERT_NE(at, std::string::npos) << r.output;
+    const std::string line = r.output.substr(at, r.output.find("\n  --", at) - at);  // up to the next flag
+    EXPECT_EQ(line.find("arch lact"), std::string::npos) << line;
+    EXPECT_NE(line.find("lact, titans, tnt"), std::string::npos) << line;
+  }
+}

@@ -37,6 +37,9 @@
 #include "cuda/model_cuda.h"
 #endif
 #include "infer/stream.h"
+#include "backend/registry.h"
+#include "infer/generate.h"
+#include "train/evaluate.h"
 
 using namespace ttt;
 
@@ -680,6 +683,121 @@ TEST(CudaModel, RefusesWhatItDoesNotRun) {
   b = random_batch(cfg, 1, 5, 3, false);
   b.targets.pop_back();
   EXPECT_THROW(gm.forward(b, false), Error);
+}
+
+// Issue 11: the CUDA step engine (cuda/engine_cuda.cpp) takes exactly the step the trainer's GPU branch took
+// before the engine existed -- zero_grad, one forward + backward per micro-batch with its share of the valid
+// targets, apply_grad_mask, clip_grad_norm, adamw_step -- bit for bit, for a LaCT model and a TNT stage-2 mask,
+// in fp32 and with bf16 products.
+TEST(CudaModel, StepEngineEqualsTheGpuModelSequence) {
+  REQUIRE_CUDA();
+  struct Case {
+    const char* name;
+    model::ModelConfig cfg;
+    int64_t stage;
+    backend::Precision precision;
+  };
+  model::ModelConfig tnt = test_util::small_tnt_config();
+  tnt.vocab_size = 37;
+  tnt.seq_len = 40;  // past the shard (16) and global chunk (16) boundaries
+  const Case cases[] = {{"lact fp32", small_config(), 1, backend::Precision::FP32},
+                        {"lact bf16", small_config(), 1, backend::Precision::BF16},
+                        {"tnt stage 2 fp32", tnt, 2, backend::Precision::FP32}};
+  for (const Case& c : cases) {
+    const uint64_t seed = fresh_seed();
+    SCOPED_TRACE(std::string(c.name) + " seed " + std::to_string(seed));
+    const model::Params<float> start = random_params(c.cfg, seed);
+    const auto mask = train::trainable_mask(c.cfg, start, c.stage);
+    std::vector<int64_t> sizes;
+    for (auto& m : start.values) sizes.push_back(m.size());
+    model::Params<float> pe = start, pr = start;
+    train::AdamW ae(start.names, sizes, {}), ar(start.names, sizes, {});
+    ae.set_trainable(mask);
+    ar.set_trainable(mask);
+    backend::EngineOptions eo;
+    eo.precision = c.precision;
+    auto engine = backend::make_step_engine("cuda", c.cfg, eo);
+    engine->attach(pe, &ae);
+    cuda::GpuModelOptions go;
+    go.math = c.precision;
+    cuda::GpuModel gm(c.cfg, go);
+    gm.upload(pr);
+    gm.upload_optimizer(ar);
+    for (int step = 0; step < 2; ++step) {
+      const std::vector<model::Batch> micro = {random_batch(c.cfg, 2, c.cfg.seq_len, seed + 10 * step + 1, true),
+                                               random_batch(c.cfg, 3, c.cfg.seq_len, seed + 10 * step + 2, false)};
+      const double lr = 1e-3, clip = 0.5;
+      const backend::StepResult r = engine->train_step(micro, lr, clip);
+      // The trainer's GPU branch before the step engine.
+      int64_t total = 0;
+      std::vector<int64_t> valid;
+      for (auto& b : micro) {
+        int64_t v = 0;
+        for (int32_t t : b.targets) v += t >= 0;
+        valid.push_back(v);
+        total += v;
+      }
+      gm.zero_grad();
+      double loss = 0;
+      for (size_t i = 0; i < micro.size(); ++i) {
+        const double w = double(valid[i]) / double(total);
+        loss += w * gm.forward(micro[i], true, w).loss;
+      }
+      gm.apply_grad_mask();
+      const double gnorm = gm.clip_grad_norm(clip);
+      gm.adamw_step(ar, lr);
+      EXPECT_TRUE(r.applied);
+      EXPECT_EQ(0, std::memcmp(&r.loss, &loss, sizeof loss)) << r.loss << " vs " << loss;
+      EXPECT_EQ(0, std::memcmp(&r.grad_norm, &gnorm, sizeof gnorm)) << r.grad_norm << " vs " << gnorm;
+    }
+    engine->sync_host(true);
+    gm.download(pr);
+    gm.download_optimizer(ar);
+    EXPECT_EQ(ae.steps(), ar.steps());
+    for (size_t i = 0; i < pr.values.size(); ++i) {
+      EXPECT_EQ(0, std::memcmp(pe.values[i].data.data(), pr.values[i].data.data(), sizeof(float) * pr.values[i].data.size()))
+          << pr.names[i];
+      EXPECT_EQ(0, std::memcmp(ae.m()[i].data(), ar.m()[i].data(), sizeof(float) * ar.m()[i].size())) << "m." << pr.names[i];
+      EXPECT_EQ(0, std::memcmp(ae.v()[i].data(), ar.v()[i].data(), sizeof(float) * ar.v()[i].size())) << "v." << pr.names[i];
+    }
+  }
+}
+
+// Evaluation through the CUDA engine equals the evaluation the trainer and `ttt eval` ran on the GPU before
+// (evaluate_with over GpuModel::forward's token losses), bit for bit; the registry's streamer is GpuStreamer.
+TEST(CudaModel, EngineEvaluationAndStreamerEqualTheGpuClasses) {
+  REQUIRE_CUDA();
+  const model::ModelConfig cfg = small_config();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  model::Params<float> p = random_params(cfg, seed);
+  std::vector<int32_t> tokens;
+  Rng r(seed + 1);
+  for (int i = 0; i < 300; ++i) tokens.push_back(int32_t(r.below(uint64_t(cfg.vocab_size))));
+  train::EvalOptions eo;
+  eo.batches = 2;
+  eo.batch = 3;
+  auto engine = backend::make_step_engine("cuda", cfg);
+  engine->attach(p, nullptr);
+  const train::EvalResult a = train::evaluate(*engine, tokens, eo);
+  cuda::GpuModel gm(cfg);
+  gm.upload(p);
+  const train::EvalResult b = train::evaluate_with(
+      [&](const model::Batch& batch) { return gm.forward(batch, false, 1.0, true).token_loss; }, cfg.vocab_size,
+      cfg.seq_len, tokens, eo);
+  EXPECT_EQ(0, std::memcmp(&a.loss, &b.loss, sizeof a.loss)) << a.loss << " vs " << b.loss;
+
+  const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 17);
+  auto streamer = backend::make_streamer("cuda", cfg, p);
+  cuda::GpuStreamer direct(cfg, p);
+  const ag::Mat<float> ls = streamer->feed(prompt), ld = direct.feed(prompt);
+  ASSERT_EQ(ls.data.size(), ld.data.size());
+  EXPECT_EQ(0, std::memcmp(ls.data.data(), ld.data.data(), sizeof(float) * ld.data.size()));
+  EXPECT_EQ(streamer->state_bytes(), direct.state_bytes());
+  EXPECT_GT(streamer->workspace_bytes(), 0u);
+  std::string why;
+  EXPECT_TRUE(backend::device_available("cuda", &why)) << why;
+  EXPECT_GT(backend::device_free_memory("cuda", nullptr), 0);
 }
 
 #endif

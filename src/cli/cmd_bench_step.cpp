@@ -8,19 +8,16 @@
 #include <nlohmann/json.hpp>
 #include <omp.h>
 
+#include "backend/registry.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device_flags.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "train/memory_budget.h"
 #include "train/optimizer.h"
-#include "train/trainer.h"
-#ifdef TTT_HAVE_CUDA
-#include "cuda/device.h"
-#include "cuda/model_cuda.h"
-#endif
 
 namespace ttt::cli {
 
@@ -50,12 +47,11 @@ int cmd_bench_step(const Argv& argv) {
       .value("config", "JSON model config file (overrides --preset)")
       .value("seq-len", "tokens per sequence (default: the config's seq_len)")
       .value("batch", "sequences per step", "1")
-      .value("device", "cpu | cuda", "cpu")
-      .value("precision", "cuda: matrix products fp32 | tf32 | bf16", "fp32")
-      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32", "bf16")
       .value("repeats", "timed steps", "3")
       .value("warmup", "untimed steps first", "1")
       .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase");
+  declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
+  declare_precision_flags(a);
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
@@ -68,15 +64,15 @@ int cmd_bench_step(const Argv& argv) {
   const int repeats = int(a.i64("repeats")), warmup = int(a.i64("warmup"));
   TTT_CHECK(S > 0, "ttt bench step: --batch must be > 0");
   TTT_CHECK(repeats > 0 && warmup >= 0, "ttt bench step: --repeats must be > 0 and --warmup >= 0");
-  const std::string device = a.str("device");
-  TTT_CHECK(device == "cpu" || device == "cuda", "ttt bench step: --device must be cpu or cuda");
+  const std::string device = device_flag(a, "ttt bench step");
+  const backend::EngineOptions engine_options = engine_options_flags(a, "ttt bench step", device);
 
   // The same estimate as `ttt train` (one micro-batch, no evaluation), checked before anything is allocated and
   // printed beside the measured peak so that the estimate's calibration stays visible.
   train::MemoryRequest mr;
   mr.device = device;
-  mr.bf16 = a.str("precision") == "bf16";
-  mr.bf16_activations = mr.bf16 && a.str("activations") == "bf16";
+  mr.bf16 = engine_options.precision == backend::Precision::BF16;
+  mr.bf16_activations = engine_options.bf16_activations();
   mr.threads = omp_get_max_threads();
   mr.train_steps = true;
   mr.batch = S;
@@ -84,6 +80,10 @@ int cmd_bench_step(const Argv& argv) {
   const train::MemoryEstimate estimate = train::estimate_memory(cfg, mr);
   train::require_memory("ttt bench step", estimate);
 
+  // The step of `ttt train`: the device's step engine, its train_step timed (clip 1, lr 1e-4).
+  const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(device, cfg, engine_options);
+  TTT_CHECK(!a.on("profile") || engine->profiles_phases(),
+            "ttt bench step: --profile: device " << device << " has no phase profiling (--device cuda has)");
   Rng rng(1234);
   std::fprintf(stderr, "bench step: initializing %lld parameters...\n", (long long)model::parameter_count(cfg));
   model::Params<float> p = model::make_params<float>(cfg);
@@ -91,7 +91,8 @@ int cmd_bench_step(const Argv& argv) {
   std::vector<int64_t> sizes;
   for (auto& m : p.values) sizes.push_back(m.size());
   train::AdamW adam(p.names, sizes, {});
-  const model::Batch batch = random_batch(S, N, cfg.vocab_size, rng);
+  engine->attach(p, &adam);
+  const std::vector<model::Batch> micro = {random_batch(S, N, cfg.vocab_size, rng)};
 
   nlohmann::json j{{"bench", "train_step"}, {"arch", cfg.arch}, {"dim", cfg.dim}, {"layers", cfg.n_layers},
                    {"params", model::parameter_count(cfg)}, {"seq_len", N}, {"batch", S}, {"tokens", S * N},
@@ -99,77 +100,35 @@ int cmd_bench_step(const Argv& argv) {
                    {"memory_estimate_bytes", estimate.peak()}};
   if (a.has("preset") || !a.has("config")) j["preset"] = a.str("preset");
   std::vector<double> ms;
-  double loss = 0, gnorm = 0;
-  if (device == "cuda") {
-#ifdef TTT_HAVE_CUDA
-    cuda::GpuModelOptions go;
-    go.math = cuda::parse_math_mode(a.str("precision"));
-    go.bf16_activations = cuda::parse_activations(a.str("activations"));
-    TTT_CHECK(a.str("precision") == "bf16" || !a.has("activations"),
-              "ttt bench step: --activations applies to --precision bf16");
-    cuda::reset_tracked_peak();
-    cuda::GpuModel gm(cfg, go);
-    gm.upload(p);
-    gm.upload_optimizer(adam);
-    auto step = [&] {
-      gm.zero_grad();
-      loss = gm.forward(batch, true, 1.0).loss;
-      gnorm = gm.clip_grad_norm(1.0);
-      gm.adamw_step(adam, 1e-4);
-    };
-    for (int i = 0; i < warmup + repeats; ++i) {
-      const double t = cuda::elapsed_ms(step);
-      std::fprintf(stderr, "bench step: %s step %d: %.1f ms, loss %.4f\n", i < warmup ? "warm-up" : "timed", i + 1, t,
-                   loss);
-      if (i >= warmup) ms.push_back(t);
-    }
-    if (a.on("profile")) {
-      gm.set_profiling(true);
-      const auto t0 = std::chrono::steady_clock::now();
-      step();
-      const double all = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      nlohmann::json ph;
-      double sum = 0;
-      for (auto& [k, v] : gm.phase_ms()) ph[k] = v, sum += v;
-      ph["other"] = all - sum;
-      ph["total"] = all;
-      j["phases_ms"] = ph;
-      gm.set_profiling(false);
-    }
-    size_t used = 0, total = 0;
-    cuda::device_memory(&used, &total);
-    j["gpu"] = cuda::device_description();
-    j["precision"] = a.str("precision");
-    if (a.str("precision") == "bf16") j["activations"] = a.str("activations");
-    j["timer"] = "cuda events";
-    j["tracked_peak_bytes"] = cuda::tracked_peak_bytes();
-    j["device_used_bytes"] = used;
-    j["device_total_bytes"] = total;
-#else
-    TTT_FAIL("ttt bench step: --device cuda: this build has no CUDA backend");
-#endif
-  } else {
-    TTT_CHECK(!a.has("precision") && !a.has("activations"),
-              "ttt bench step: --precision and --activations apply to --device cuda");
-    std::vector<model::Batch> micro = {batch};
-    std::vector<ag::Mat<float>> grads;
-    for (int i = 0; i < warmup + repeats; ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      loss = train::accumulate_gradients(cfg, p, micro, grads);
-      gnorm = train::clip_grad_norm(grads, 1.0);
-      adam.step(p.values, grads, 1e-4);
-      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      if (i >= warmup) ms.push_back(t);
-    }
-    j["timer"] = "steady_clock";
+  backend::StepResult step;
+  auto run_step = [&] { step = engine->train_step(micro, 1e-4, 1.0); };
+  for (int i = 0; i < warmup + repeats; ++i) {
+    const double t = engine->time_ms(run_step);
+    std::fprintf(stderr, "bench step: %s step %d: %.1f ms, loss %.4f\n", i < warmup ? "warm-up" : "timed", i + 1, t,
+                 step.loss);
+    if (i >= warmup) ms.push_back(t);
   }
+  if (a.on("profile")) {
+    engine->set_profiling(true);
+    const auto t0 = std::chrono::steady_clock::now();
+    run_step();
+    const double all = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    nlohmann::json ph;
+    double sum = 0;
+    for (auto& [k, v] : engine->phase_ms()) ph[k] = v, sum += v;
+    ph["other"] = all - sum;
+    ph["total"] = all;
+    j["phases_ms"] = ph;
+    engine->set_profiling(false);
+  }
+  j.update(engine->report());
   const double med = median(ms);
   j["step_ms"] = ms;
   j["step_ms_median"] = med;
   j["tokens_per_s"] = med > 0 ? double(S * N) / (med / 1000.0) : 0.0;
-  j["loss"] = loss;
-  j["grad_norm"] = gnorm;
-  j["finite"] = std::isfinite(loss) && std::isfinite(gnorm);
+  j["loss"] = step.loss;
+  j["grad_norm"] = step.grad_norm;
+  j["finite"] = std::isfinite(step.loss) && std::isfinite(step.grad_norm);
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -6,8 +6,10 @@
 #include <iostream>
 #include <omp.h>
 
+#include "backend/registry.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device_flags.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "data/prepare.h"
@@ -15,9 +17,6 @@
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/memory_budget.h"
-#ifdef TTT_HAVE_CUDA
-#include "cuda/model_cuda.h"
-#endif
 
 namespace ttt::cli {
 
@@ -28,25 +27,18 @@ int cmd_eval(const Argv& argv) {
       .value("context", "tokens per evaluation window (default: the model's seq_len); may exceed it")
       .value("batches", "forward passes", "8")
       .value("batch", "windows per forward pass", "8")
-      .value("device", "cpu | cuda (arch lact on an NVIDIA GPU)", "cpu")
-      .value("precision", "cuda: matrix products fp32 | tf32 | bf16", "fp32")
-      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32", "bf16")
       .value("buckets", "position buckets over the context", "8")
       .value("csv", "where to write the buckets (default: <checkpoint>/eval_buckets.csv)");
+  declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
+  declare_precision_flags(a);
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
     return 0;
   }
   TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
-  const std::string device = a.str("device");
-  TTT_CHECK(device == "cpu" || device == "cuda", "ttt eval: --device must be cpu or cuda, got '" << device << "'");
-  TTT_CHECK(device == "cuda" || !a.has("precision"), "ttt eval: --precision applies to --device cuda");
-  TTT_CHECK(a.str("precision") == "bf16" || !a.has("activations"), "ttt eval: --activations applies to --precision bf16");
-#ifndef TTT_HAVE_CUDA
-  TTT_CHECK(device == "cpu", "ttt eval: --device cuda: this build has no CUDA backend (the CUDA toolkit was not "
-                             "found when it was configured)");
-#endif
+  const std::string device = device_flag(a, "ttt eval");
+  const backend::EngineOptions engine_options = engine_options_flags(a, "ttt eval", device);
   const std::string ck_arg = a.str("checkpoint");
   train::LoadedCheckpoint ck = train::load_checkpoint(ck_arg, /*require_state=*/false);
 
@@ -68,8 +60,8 @@ int cmd_eval(const Argv& argv) {
     // Before loading and allocating: absurd --batch/--batches/--context or a model too large end here, named.
     train::MemoryRequest mr;
     mr.device = device;
-    mr.bf16 = a.str("precision") == "bf16";
-    mr.bf16_activations = mr.bf16 && a.str("activations") == "bf16";
+    mr.bf16 = engine_options.precision == backend::Precision::BF16;
+    mr.bf16_activations = engine_options.bf16_activations();
     mr.threads = omp_get_max_threads();
     mr.eval_windows = double(eo.batches) * double(eo.batch);
     mr.eval_context = eo.context;
@@ -77,7 +69,7 @@ int cmd_eval(const Argv& argv) {
     mr.eval_flags = "--batches " + std::to_string(eo.batches) + " x --batch " + std::to_string(eo.batch);
     if (device == "cpu") mr.token_files = {val_path};
     train::require_memory("ttt eval", train::estimate_memory(ck.cfg, mr));
-    if (device == "cuda") {
+    if (device != "cpu") {
       train::MemoryRequest host;
       host.token_files = {val_path};
       train::require_memory("ttt eval", train::estimate_memory(ck.cfg, host));
@@ -86,19 +78,9 @@ int cmd_eval(const Argv& argv) {
   data::TokenFile vf = data::load_tokens(val_path);
   TTT_CHECK(int64_t(vf.vocab) <= ck.cfg.vocab_size, "ttt eval: '" << val_path << "' has vocabulary " << vf.vocab
                                                                   << ", larger than the model's " << ck.cfg.vocab_size);
-  train::EvalResult r;
-#ifdef TTT_HAVE_CUDA
-  if (device == "cuda") {
-    cuda::GpuModelOptions go;
-    go.math = cuda::parse_math_mode(a.str("precision"));
-    go.bf16_activations = cuda::parse_activations(a.str("activations"));
-    cuda::GpuModel gm(ck.cfg, go);
-    gm.upload(ck.params);
-    r = train::evaluate_with([&](const model::Batch& b) { return gm.forward(b, false, 1.0, true).token_loss; },
-                             ck.cfg.vocab_size, ck.cfg.seq_len, vf.tokens, eo);
-  } else
-#endif
-    r = train::evaluate(ck.cfg, ck.params, vf.tokens, eo);
+  const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(device, ck.cfg, engine_options);
+  engine->attach(ck.params, nullptr);
+  const train::EvalResult r = train::evaluate(*engine, vf.tokens, eo);
   TTT_CHECK(std::isfinite(r.loss), "ttt eval: the validation loss of checkpoint '" << ck.dir << "' is non-finite ("
                                        << r.loss << "): its weights overflow on this data");
 

@@ -3,13 +3,11 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "backend/registry.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device_flags.h"
 #include "infer/generate.h"
-#ifdef TTT_HAVE_CUDA
-#include "cuda/generate_cuda.h"
-#endif
-#include "infer/stream.h"
 #include "train/checkpoint.h"
 
 namespace ttt::cli {
@@ -23,20 +21,16 @@ int cmd_generate(const Argv& argv) {
       .value("top-k", "keep the k most likely tokens (0: off)", "0")
       .value("top-p", "nucleus sampling mass (1: off)", "1.0")
       .value("seed", "sampling seed", "0")
-      .flag("stats", "print a JSON line with timing and state size to stderr at the end")
-      .value("device", "cpu | cuda (cuda: arch lact, token by token in fp32; checkpoints are the same files)", "cpu");
+      .flag("stats", "print a JSON line with timing and state size to stderr at the end");
+  declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt), token by token in fp32; checkpoints are "
+                         "the same files on both");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
     return 0;
   }
   TTT_CHECK(a.has("checkpoint"), "ttt generate: --checkpoint DIR is required\n" << a.usage());
-  const std::string device = a.str("device");
-  TTT_CHECK(device == "cpu" || device == "cuda", "ttt generate: --device must be cpu or cuda, got '" << device << "'");
-#ifndef TTT_HAVE_CUDA
-  TTT_CHECK(device == "cpu", "ttt generate: --device cuda: this build has no CUDA backend (the CUDA toolkit was not "
-                             "found when it was configured)");
-#endif
+  const std::string device = device_flag(a, "ttt generate");
   train::LoadedCheckpoint ck = train::load_checkpoint(a.str("checkpoint"), false);
   TTT_CHECK(ck.cfg.vocab_size == 256, "ttt generate: the model's vocabulary is " << ck.cfg.vocab_size
                                                                                  << "; text prompts need byte tokens (256)");
@@ -60,21 +54,8 @@ int cmd_generate(const Argv& argv) {
     std::fwrite(&c, 1, 1, stdout);
     std::fflush(stdout);
   };
-  std::vector<int32_t> out;
-  size_t state_bytes = 0, workspace_bytes = 0;
-#ifdef TTT_HAVE_CUDA
-  if (device == "cuda") {
-    cuda::GpuStreamer gs(ck.cfg, ck.params);
-    state_bytes = gs.state_bytes();
-    workspace_bytes = gs.workspace_bytes();
-    out = infer::generate_with([&](const std::vector<int32_t>& t) { return gs.feed(t); }, ck.cfg.vocab_size, tokens,
-                               n, opt, print);
-  } else
-#endif
-  {
-    out = infer::generate(ck.cfg, ck.params, tokens, n, opt, print);
-    state_bytes = infer::StreamingModel(ck.cfg, ck.params).state_bytes();
-  }
+  const std::unique_ptr<backend::Streamer> streamer = backend::make_streamer(device, ck.cfg, ck.params);
+  const std::vector<int32_t> out = infer::generate(*streamer, tokens, n, opt, print);
   std::printf("\n");
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (a.on("stats")) {
@@ -83,8 +64,8 @@ int cmd_generate(const Argv& argv) {
                         {"new_tokens", out.size()},
                         {"seconds", secs},
                         {"tokens_per_s", double(tokens.size() + out.size()) / secs},
-                        {"state_bytes", state_bytes}};
-    if (device == "cuda") j["workspace_bytes"] = workspace_bytes;
+                        {"state_bytes", streamer->state_bytes()}};
+    if (streamer->workspace_bytes() > 0) j["workspace_bytes"] = streamer->workspace_bytes();
     std::fprintf(stderr, "%s\n", j.dump().c_str());
   }
   return 0;

@@ -2,8 +2,10 @@
 #include <cmath>
 #include <cstdio>
 
+#include "backend/registry.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device_flags.h"
 #include "core/safetensors.h"
 #include "ttt/lact_op.h"
 
@@ -40,9 +42,9 @@ int cmd_op_lact(const Argv& argv) {
       .value("chunk", "chunk size C", "64")
       .value("program", "causal | bidirectional", "causal")
       .value("weight-norm", "post | pre | none", "post")
-      .flag("muon", "orthogonalize each update with Newton-Schulz (NS5)")
-      .value("device", "cpu | cuda (builds with the CUDA toolkit, on an NVIDIA GPU)", "cpu")
-      .value("precision", "cuda, F32 inputs: matrix products in fp32 | tf32 | bf16 (bf16 inputs, fp32 accumulation "
+      .flag("muon", "orthogonalize each update with Newton-Schulz (NS5)");
+  declare_device_flag(a, "cuda: builds with the CUDA toolkit, on an NVIDIA GPU");
+  a.value("precision", "cuda, F32 inputs: matrix products in fp32 | tf32 | bf16 (bf16 inputs, fp32 accumulation "
              "and state)", "fp32");
   a.parse();
   if (a.help_requested()) {
@@ -51,22 +53,18 @@ int cmd_op_lact(const Argv& argv) {
   }
   TTT_CHECK(a.has("in"), "ttt op lact: --in is required\n" << a.usage());
   TTT_CHECK(a.has("out"), "ttt op lact: --out is required\n" << a.usage());
-  engine::OpBackend* backend = nullptr;
-  if (a.str("device") == "cpu") backend = &engine::cpu_backend();
-#ifdef TTT_HAVE_CUDA
-  else if (a.str("device") == "cuda") backend = &engine::cuda_backend();
-#endif
-  TTT_CHECK(backend, "ttt op lact: device '" << a.str("device") << "' is not available in this build");
+  const std::string device = device_flag(a, "ttt op lact");
   engine::LactOpOptions opt;
   opt.chunk = a.i64("chunk");
   opt.program = a.str("program");
   opt.weight_norm = engine::parse_weight_norm(a.str("weight-norm"));
   opt.muon = a.on("muon");
-  opt.precision = a.str("precision");
-  TTT_CHECK(opt.precision == "fp32" || a.str("device") == "cuda",
-            "ttt op lact: --precision " << opt.precision << " needs --device cuda");
+  const backend::Precision precision = backend::parse_precision(a.str("precision"), "ttt op lact: --precision");
+  TTT_CHECK(precision == backend::Precision::FP32 || device != "cpu",
+            "ttt op lact: --precision " << backend::precision_name(precision) << " needs --device cuda");
+  opt.precision = backend::precision_name(precision);
   SafeTensors in = safetensors_load(a.str("in"));
-  SafeTensors out = backend->lact(in, opt);
+  SafeTensors out = backend::operator_backends(device).lact.lact(in, opt);
   require_finite_outputs("ttt op lact", in, out);
   safetensors_save(a.str("out"), out);
   std::fprintf(stderr, "ttt op lact: wrote %zu tensors to %s\n", out.tensors.size(), a.str("out").c_str());

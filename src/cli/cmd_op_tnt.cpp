@@ -1,8 +1,10 @@
 // ttt op tnt: the TNT memory branch (global + local Titans memories, Q-K projection) on the user's tensors.
 #include <cstdio>
 
+#include "backend/registry.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device_flags.h"
 #include "core/safetensors.h"
 #include "ttt/tnt.h"
 
@@ -20,8 +22,8 @@ int cmd_op_tnt(const Argv& argv) {
       .value("shard", "S_L: the local memories (and the Q-K sums) reset at every multiple of it; 0: never", "2048")
       .value("qk-proj", "on | off: read the local memories with Q-K projected queries", "on")
       .flag("no-global", "no global memory (no g_ tensors)")
-      .flag("sequential", "cpu: run the local shards sequentially per sequence-head (same results)")
-      .value("device", "cpu | cuda (builds with the CUDA toolkit, on an NVIDIA GPU; F32 or F64 inputs)", "cpu");
+      .flag("sequential", "cpu: run the local shards sequentially per sequence-head (same results)");
+  declare_device_flag(a, "cuda: builds with the CUDA toolkit, on an NVIDIA GPU; F32 or F64 inputs");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
@@ -29,12 +31,7 @@ int cmd_op_tnt(const Argv& argv) {
   }
   TTT_CHECK(a.has("in"), "ttt op tnt: --in is required\n" << a.usage());
   TTT_CHECK(a.has("out"), "ttt op tnt: --out is required\n" << a.usage());
-  const std::string device = a.str("device");
-  bool device_ok = device == "cpu";
-#ifdef TTT_HAVE_CUDA
-  device_ok = device_ok || device == "cuda";
-#endif
-  TTT_CHECK(device_ok, "ttt op tnt: device '" << device << "' is not available in this build");
+  const std::string device = device_flag(a, "ttt op tnt");
   engine::TntOptions opt;
   opt.use_global = !a.on("no-global");
   opt.global_chunk = a.i64("global-chunk");
@@ -47,11 +44,7 @@ int cmd_op_tnt(const Argv& argv) {
   TTT_CHECK(!opt.use_global || opt.global_chunk > 0, "--global-chunk must be positive, got " << opt.global_chunk);
   TTT_CHECK(opt.shard >= 0, "--shard must be positive (or 0: never reset), got " << opt.shard);
   SafeTensors in = safetensors_load(a.str("in"));
-  engine::TntBackend* backend = &engine::tnt_cpu_backend();
-#ifdef TTT_HAVE_CUDA
-  if (device == "cuda") backend = &engine::tnt_cuda_backend();
-#endif
-  SafeTensors out = backend->tnt(in, opt);
+  SafeTensors out = backend::operator_backends(device).tnt.tnt(in, opt);
   require_finite_outputs("ttt op tnt", in, out);
   safetensors_save(a.str("out"), out);
   std::fprintf(stderr, "ttt op tnt: wrote %zu tensors to %s\n", out.tensors.size(), a.str("out").c_str());

@@ -13,6 +13,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device_flags.h"
 #include "core/error.h"
 #include "data/tokens.h"
 #include "infer/generate.h"
@@ -107,12 +108,10 @@ int cmd_train(const Argv& argv) {
       .value("seed", "seed of the initialization and the batch sampler", std::to_string(d.seed))
       .value("resume", "continue the run in this run (or checkpoint) directory exactly where it stopped")
       .value("sample-tokens", "tokens of the sample generated at the end (0: no sample)", "200")
-      .value("prompt", "prompt of the final sample", "The kernel ")
-      .value("device", "compute device: cpu | cuda (arch lact; checkpoints are the same files either way)", "cpu")
-      .value("precision", "cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation, state and master weights)",
-             "fp32")
-      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32", "bf16")
-      .value("stage", "1, or 2: TNT stage 2 (fine-tune only the local memories of --from with --local-chunks)", "1")
+      .value("prompt", "prompt of the final sample", "The kernel ");
+  declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt); checkpoints are the same files on both");
+  declare_precision_flags(a);
+  a.value("stage", "1, or 2: TNT stage 2 (fine-tune only the local memories of --from with --local-chunks)", "1")
       .value("from", "stage 2: the stage-1 run directory")
       .value("local-chunks", "stage 2: the new local chunk sizes, e.g. 1,2 (one per local memory)")
       .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
@@ -122,15 +121,11 @@ int cmd_train(const Argv& argv) {
     std::fprintf(stdout, "%s", a.usage().c_str());
     return 0;
   }
-  const std::string device = a.str("device");
-  TTT_CHECK(device == "cpu" || device == "cuda", "ttt train: --device must be cpu or cuda, got '" << device << "'");
-  TTT_CHECK(device == "cuda" || !a.has("precision"), "ttt train: --precision applies to --device cuda");
+  const std::string device = device_flag(a, "ttt train");
 
   train::TrainOptions opt;
   opt.device = device;
-  opt.precision = a.str("precision");
-  opt.activations = a.str("activations");
-  TTT_CHECK(opt.precision == "bf16" || !a.has("activations"), "ttt train: --activations applies to --precision bf16");
+  opt.engine = engine_options_flags(a, "ttt train", device);
   opt.log = &std::cerr;
   opt.time_budget_s = a.f64("time-budget");
   TTT_CHECK(std::isfinite(opt.time_budget_s) && opt.time_budget_s >= 0, "ttt train: --time-budget must be >= 0 seconds");

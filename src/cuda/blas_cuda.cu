@@ -9,21 +9,6 @@
 
 namespace ttt::cuda {
 
-MathMode parse_math_mode(const std::string& s) {
-  if (s == "fp32") return MathMode::FP32;
-  if (s == "tf32") return MathMode::TF32;
-  if (s == "bf16") return MathMode::BF16;
-  TTT_FAIL("unknown precision '" << s << "' (choose fp32, tf32 or bf16)");
-}
-const char* math_mode_name(MathMode m) {
-  switch (m) {
-    case MathMode::FP32: return "fp32";
-    case MathMode::TF32: return "tf32";
-    case MathMode::BF16: return "bf16";
-  }
-  return "?";
-}
-
 namespace {
 
 // A device buffer that grows (stream-ordered reuse is safe: everything runs on one stream).

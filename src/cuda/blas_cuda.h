@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "backend/options.h"
 #include "core/dtype.h"
 
 namespace ttt::cuda {
@@ -25,9 +26,9 @@ struct Operand {
   Operand(const bf16* h) : p(h), is_bf16(true) {}          // NOLINT
 };
 
-enum class MathMode { FP32, TF32, BF16 };
-MathMode parse_math_mode(const std::string& s);  // "fp32" | "tf32" | "bf16"; throws otherwise
-const char* math_mode_name(MathMode m);
+// The products' precision: backend::Precision (fp32 | tf32 | bf16), the one enum of the whole program.
+using MathMode = backend::Precision;
+inline const char* math_mode_name(MathMode m) { return backend::precision_name(m); }
 
 class Blas {
  public:

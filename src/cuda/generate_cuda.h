@@ -1,10 +1,10 @@
 // Streaming generation on the GPU with a recurrent state of constant size: the GPU twin of
-// infer::StreamingModel (src/infer/stream.h) for arch "lact". Per layer the device holds a ring buffer of the
-// last `window` attention keys (after RoPE) and values, the fast weights and momentum of every memory head
-// (inside a streaming LactRunner: lact::Fused::stream_*), and the unfinished chunk's queries, keys, values and
-// gates; tokens go through one at a time (fp32), and each chunk updates the fast weights once it is complete,
-// exactly the causal chunked program of training. tests/test_cuda_model.cpp holds its logits to the CPU
-// StreamingModel's.
+// infer::StreamingModel (src/infer/stream.h), both implementations of backend::Streamer, for every arch. Per layer
+// the device holds a ring buffer of the last `window` attention keys (after RoPE) and values, the fast weights and
+// momentum of every memory head (inside a streaming LactRunner: lact::Fused::stream_*), and the unfinished chunk's
+// queries, keys, values and gates; tokens go through one at a time (fp32), and each chunk updates the fast weights
+// once it is complete, exactly the causal chunked program of training. tests/test_cuda_model.cpp holds its logits
+// to the CPU StreamingModel's.
 //
 // This header needs no CUDA headers.
 #pragma once
@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/streamer.h"
 #include "model/model.h"
 
 namespace ttt::cuda {
@@ -19,21 +20,21 @@ namespace ttt::cuda {
 // Whether `cfg` can generate on the GPU; if not, why.
 bool gpu_streaming_supports(const model::ModelConfig& cfg, std::string* why = nullptr);
 
-class GpuStreamer {
+class GpuStreamer final : public backend::Streamer {
  public:
   GpuStreamer(const model::ModelConfig& cfg, const model::Params<float>& params);
-  ~GpuStreamer();
+  ~GpuStreamer() override;
   GpuStreamer(const GpuStreamer&) = delete;
   GpuStreamer& operator=(const GpuStreamer&) = delete;
 
   // Feeds tokens in order; returns their logits [n, V].
-  ag::Mat<float> feed(const std::vector<int32_t>& tokens);
-  int64_t position() const;
+  ag::Mat<float> feed(const std::vector<int32_t>& tokens) override;
+  int64_t position() const override;
   // The recurrent state on the device: ring buffers, the unfinished chunk, fast weights, momentum and weight-norm
   // targets (what the CPU StreamingModel's state_bytes counts); constant after construction.
-  size_t state_bytes() const;
+  size_t state_bytes() const override;
   // Scratch beside it (the operator's chunk work buffers and cuBLAS workspace), also allocated once.
-  size_t workspace_bytes() const;
+  size_t workspace_bytes() const override;
 
  private:
   struct Impl;

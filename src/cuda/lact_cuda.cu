@@ -554,12 +554,14 @@ class CudaOps {
 }  // namespace
 
 // ---- public API ---------------------------------------------------------------------------------------
-LactOptions precision_options(const std::string& precision) {
+LactOptions precision_options(backend::Precision precision) {
   LactOptions o;
-  if (precision == "tf32") o.tf32 = true;
-  else if (precision == "bf16") o.bf16 = true;
-  else TTT_CHECK(precision == "fp32", "unknown precision '" << precision << "' (expected fp32, tf32 or bf16)");
+  o.tf32 = precision == backend::Precision::TF32;
+  o.bf16 = precision == backend::Precision::BF16;
   return o;
+}
+LactOptions precision_options(const std::string& precision) {
+  return precision_options(backend::parse_precision(precision, "the LaCT operator's precision"));
 }
 const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
 

@@ -15,7 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "backend/options.h"
 #include "cuda/device.h"
+#include "cuda/op_backends.h"  // engine::cuda_backend()
 #include "ttt/lact_fused.h"
 
 namespace ttt::cuda {
@@ -38,7 +40,9 @@ struct LactOptions {
   bool graphs = true;
 };
 
-// "fp32" | "tf32" | "bf16" -> options (throws on anything else); and back.
+// The options of a precision; its text "fp32" | "tf32" | "bf16" (backend::parse_precision: throws on anything
+// else); and back.
+LactOptions precision_options(backend::Precision precision);
 LactOptions precision_options(const std::string& precision);
 const char* precision_name(const LactOptions& opt);
 

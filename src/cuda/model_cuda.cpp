@@ -31,12 +31,6 @@ namespace ttt::cuda {
 
 using model::ModelConfig;
 
-bool parse_activations(const std::string& s) {
-  if (s == "bf16") return true;
-  if (s == "fp32") return false;
-  TTT_FAIL("unknown activation storage '" << s << "' (choose bf16 or fp32)");
-}
-
 bool gpu_supports(const ModelConfig& cfg, std::string* why) {
   auto no = [&](const std::string& s) {
     if (why) *why = s;

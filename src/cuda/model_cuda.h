@@ -40,9 +40,6 @@ struct GpuModelOptions {
   bool poison = false;             // fill every work buffer with NaN when allocated (tests)
 };
 
-// "bf16" -> true, "fp32" -> false (GpuModelOptions::bf16_activations); throws otherwise.
-bool parse_activations(const std::string& s);
-
 // Whether `cfg` can run on the GPU; if not, why (e.g. arch "tnt" / "titans", not on the GPU yet).
 bool gpu_supports(const model::ModelConfig& cfg, std::string* why = nullptr);
 

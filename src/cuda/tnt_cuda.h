@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/op_backends.h"  // engine::tnt_cuda_backend()
 #include "cuda/titans_cuda.h"
 
 namespace ttt::cuda {

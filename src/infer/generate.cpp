@@ -49,13 +49,11 @@ std::vector<int32_t> generate(const model::ModelConfig& cfg, const model::Params
                               const std::vector<int32_t>& prompt, int64_t max_new_tokens, const SampleOptions& opt,
                               const std::function<void(int32_t)>& on_token) {
   StreamingModel sm(cfg, params);
-  return generate_with([&](const std::vector<int32_t>& t) { return sm.feed(t); }, cfg.vocab_size, prompt,
-                       max_new_tokens, opt, on_token);
+  return generate(sm, prompt, max_new_tokens, opt, on_token);
 }
 
-std::vector<int32_t> generate_with(const FeedFn& feed, int64_t vocab, const std::vector<int32_t>& prompt,
-                                   int64_t max_new_tokens, const SampleOptions& opt,
-                                   const std::function<void(int32_t)>& on_token) {
+std::vector<int32_t> generate(backend::Streamer& model, const std::vector<int32_t>& prompt, int64_t max_new_tokens,
+                              const SampleOptions& opt, const std::function<void(int32_t)>& on_token) {
   TTT_CHECK(max_new_tokens >= 0, "max_new_tokens must be non-negative, got " << max_new_tokens);
   TTT_CHECK(opt.top_k >= 0, "top_k must be non-negative, got " << opt.top_k);
   TTT_CHECK(opt.top_p > 0 && opt.top_p <= 1, "top_p must be in (0, 1], got " << opt.top_p);
@@ -66,7 +64,8 @@ std::vector<int32_t> generate_with(const FeedFn& feed, int64_t vocab, const std:
   // Pre-fill chunk by chunk (feed splits at chunk boundaries); an empty prompt starts from a
   // document separator (token 0).
   std::vector<int32_t> start = prompt.empty() ? std::vector<int32_t>{0} : prompt;
-  ag::Mat<float> lg = feed(start);
+  ag::Mat<float> lg = model.feed(start);
+  const int64_t vocab = lg.cols;
   const float* last = lg.row(lg.rows - 1);
   for (int64_t i = 0; i < max_new_tokens; ++i) {
     // Weights of a diverged run overflow; sampling would sort NaNs.
@@ -77,7 +76,7 @@ std::vector<int32_t> generate_with(const FeedFn& feed, int64_t vocab, const std:
     out.push_back(tok);
     if (on_token) on_token(tok);
     if (i + 1 == max_new_tokens) break;
-    lg = feed({tok});
+    lg = model.feed({tok});
     last = lg.row(0);
   }
   return out;

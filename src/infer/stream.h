@@ -8,21 +8,23 @@
 #pragma once
 #include <vector>
 
+#include "backend/streamer.h"
 #include "model/model.h"
 #include "ttt/runner.h"
 
 namespace ttt::infer {
 
-class StreamingModel {
+// The CPU's backend::Streamer. It reads `params` in place: they must outlive it.
+class StreamingModel final : public backend::Streamer {
  public:
   StreamingModel(const model::ModelConfig& cfg, const model::Params<float>& params);
 
   // Feeds tokens (any number: split internally at every memory's chunk and shard boundaries);
   // returns logits [n, V].
-  ag::Mat<float> feed(const std::vector<int32_t>& tokens);
-  int64_t position() const { return pos_; }
+  ag::Mat<float> feed(const std::vector<int32_t>& tokens) override;
+  int64_t position() const override { return pos_; }
   // Bytes held by the recurrent state (constant: every buffer is allocated at its final size).
-  size_t state_bytes() const;
+  size_t state_bytes() const override;
   void reset();
 
  private:

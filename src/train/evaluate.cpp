@@ -6,6 +6,9 @@
 #include <exception>
 #include <sstream>
 
+#include <omp.h>
+
+#include "backend/engine.h"
 #include "core/error.h"
 
 namespace ttt::train {
@@ -100,32 +103,55 @@ EvalResult aggregate(const EvalPlan& pl, const std::vector<std::vector<double>>&
 
 }  // namespace
 
-EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
-                    const EvalOptions& opt) {
-  const EvalPlan pl = plan_eval(cfg.vocab_size, cfg.seq_len, tokens, opt);
-  // One window per forward, windows in parallel (the model runs single-threaded inside each).
-  std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
+std::vector<double> cpu_token_losses(const model::ModelConfig& cfg, const model::Params<float>& params,
+                                     const model::Batch& batch) {
+  const int64_t S = batch.sequences, L = batch.len;
+  TTT_CHECK(S > 0 && L > 0 && int64_t(batch.inputs.size()) == S * L && int64_t(batch.targets.size()) == S * L,
+            "evaluation: malformed batch of " << S << " x " << L << " tokens");
+  std::vector<double> out(size_t(S * L));
   std::exception_ptr err;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t w = 0; w < pl.n_windows; ++w) {
+  for (int64_t s = 0; s < S; ++s) {
     try {
-      auto r = model::forward<float>(cfg, params, window_batch(pl, tokens, w, w + 1), nullptr, true, false);
-      tl[size_t(w)] = std::move(r.token_loss);
+      model::Batch one;
+      one.sequences = 1;
+      one.len = L;
+      one.inputs.assign(batch.inputs.begin() + s * L, batch.inputs.begin() + (s + 1) * L);
+      one.targets.assign(batch.targets.begin() + s * L, batch.targets.begin() + (s + 1) * L);
+      const auto r = model::forward<float>(cfg, params, one, nullptr, true, false);
+      TTT_CHECK(int64_t(r.token_loss.size()) == L, "model returned " << r.token_loss.size()
+                                                                    << " token losses for a window, expected " << L);
+      std::copy(r.token_loss.begin(), r.token_loss.end(), out.begin() + s * L);
     } catch (...) {
 #pragma omp critical(ttt_eval_error)
       if (!err) err = std::current_exception();
     }
   }
   if (err) std::rethrow_exception(err);
-  return aggregate(pl, tl);
+  return out;
+}
+
+int64_t cpu_windows_per_call(int64_t batch) { return std::max<int64_t>(batch, omp_get_max_threads()); }
+
+EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
+                    const EvalOptions& opt) {
+  return evaluate_with([&](const model::Batch& b) { return cpu_token_losses(cfg, params, b); }, cfg.vocab_size,
+                       cfg.seq_len, tokens, opt, cpu_windows_per_call(opt.batch));
+}
+
+EvalResult evaluate(backend::StepEngine& engine, const std::vector<int32_t>& tokens, const EvalOptions& opt) {
+  const model::ModelConfig& cfg = engine.config();
+  return evaluate_with([&](const model::Batch& b) { return engine.token_losses(b); }, cfg.vocab_size, cfg.seq_len,
+                       tokens, opt, engine.eval_windows_per_call(opt.batch));
 }
 
 EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
-                         const std::vector<int32_t>& tokens, const EvalOptions& opt) {
+                         const std::vector<int32_t>& tokens, const EvalOptions& opt, int64_t windows_per_call) {
   const EvalPlan pl = plan_eval(vocab, seq_len, tokens, opt);
+  const int64_t group = windows_per_call > 0 ? windows_per_call : opt.batch;
   std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
-  for (int64_t w0 = 0; w0 < pl.n_windows; w0 += opt.batch) {
-    const int64_t w1 = std::min(pl.n_windows, w0 + opt.batch);
+  for (int64_t w0 = 0; w0 < pl.n_windows; w0 += group) {
+    const int64_t w1 = std::min(pl.n_windows, w0 + group);
     const std::vector<double> all = losses(window_batch(pl, tokens, w0, w1));
     TTT_CHECK(int64_t(all.size()) == (w1 - w0) * pl.L, "evaluation: " << all.size() << " token losses for "
                                                                       << (w1 - w0) * pl.L << " positions");

@@ -13,6 +13,10 @@
 
 #include "model/model.h"
 
+namespace ttt::backend {
+class StepEngine;
+}
+
 namespace ttt::train {
 
 struct EvalOptions {
@@ -38,14 +42,28 @@ struct EvalResult {
 // Window start offsets (see the header comment). Throws if the stream is shorter than context + 1.
 std::vector<int64_t> eval_offsets(int64_t n_tokens, int64_t n_windows, int64_t context);
 
+// Every evaluation runs the same way: the windows above in groups, the per-token losses of each group from a
+// function of a batch, then the sums in window order (evaluate_with). The overloads differ only in that function.
+
+// On any device: the step engine's token_losses, on groups of engine.eval_windows_per_call windows.
+EvalResult evaluate(backend::StepEngine& engine, const std::vector<int32_t>& tokens, const EvalOptions& opt);
+
+// On the CPU, the model's own forward (cpu_token_losses) on `params`.
 EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
                     const EvalOptions& opt);
 
-// The same windows and sums with the per-token losses computed by `losses` (e.g. the GPU model), called on
-// batches of up to opt.batch windows; it returns the losses sequence-major (window by window).
+// Per-token losses of every window of `batch` (sequence-major): one window per forward pass, windows in parallel
+// over the OpenMP threads (the model runs single-threaded inside each). What the CPU engine evaluates with.
+std::vector<double> cpu_token_losses(const model::ModelConfig& cfg, const model::Params<float>& params,
+                                     const model::Batch& batch);
+// Windows per cpu_token_losses call when `batch` are asked per forward pass: at least one per thread.
+int64_t cpu_windows_per_call(int64_t batch);
+
+// The windows with the per-token losses computed by `losses`, called on batches of up to windows_per_call
+// windows (0: opt.batch); it returns the losses sequence-major (window by window).
 using BatchTokenLosses = std::function<std::vector<double>(const model::Batch&)>;
 EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
-                         const std::vector<int32_t>& tokens, const EvalOptions& opt);
+                         const std::vector<int32_t>& tokens, const EvalOptions& opt, int64_t windows_per_call = 0);
 
 // CSV with header bucket_start,bucket_end,loss,bpb,tokens.
 std::string buckets_csv(const EvalResult& r);

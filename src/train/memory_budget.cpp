@@ -8,11 +8,9 @@
 #include <fstream>
 #include <sstream>
 
+#include "backend/registry.h"
 #include "core/error.h"
 #include "data/tokens.h"
-#ifdef TTT_HAVE_CUDA
-#include "cuda/device.h"
-#endif
 
 namespace ttt::train {
 
@@ -247,17 +245,7 @@ double available_memory(const std::string& device, std::string* source) {
     if (source) *source = "TTT_MEMORY_LIMIT=" + v;
     return b;
   }
-  if (device == "cuda") {
-#ifdef TTT_HAVE_CUDA
-    if (cuda::device_count() == 0) return -1;  // the device check of the run reports that
-    size_t used = 0, total = 0;
-    cuda::device_memory(&used, &total);
-    if (source) *source = "free memory of the CUDA device";
-    return double(total - used);
-#else
-    return -1;
-#endif
-  }
+  if (device != "cpu") return backend::device_free_memory(device, source);  // -1 without the device: its check reports that
   double avail = read_number_file("/proc/meminfo", "MemAvailable:");
   std::string from = "MemAvailable of /proc/meminfo";
   // A container's limit (cgroup v2, then v1) can be far below the machine's memory.

@@ -56,8 +56,8 @@ struct MemoryRequest {
 
 MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryRequest& req);
 
-// Bytes available for `device`: the host's MemAvailable, bounded by the cgroup's memory limit; on cuda the
-// device's free memory. `source` says where the number comes from. Returns < 0 when the check is off
+// Bytes available for `device`: the host's MemAvailable, bounded by the cgroup's memory limit; on another device
+// its free memory (backend::device_free_memory). `source` says where the number comes from. Returns < 0 when the check is off
 // (TTT_MEMORY_LIMIT=off) or nothing can be measured (no device).
 double available_memory(const std::string& device, std::string* source);
 

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <vector>
 
+#include "backend/registry.h"
 #include "core/checked.h"
 #include "core/error.h"
 
@@ -73,8 +74,8 @@ const std::vector<Field>& fields() {
 void validate(const TrainConfig& c) {
   auto pos = [](const char* n, auto v) { TTT_CHECK(v > 0, "train config: " << n << " must be > 0, got " << v); };
   auto nonneg = [](const char* n, auto v) { TTT_CHECK(v >= 0, "train config: " << n << " must be >= 0, got " << v); };
-  TTT_CHECK(c.device == "cpu" || c.device == "cuda",
-            "train config: device \"" << c.device << "\" is not one of \"cpu\", \"cuda\"");
+  TTT_CHECK(backend::is_device_name(c.device),
+            "train config: device \"" << c.device << "\" is not one of " << backend::device_choices());
   pos("steps", c.steps);
   pos("batch", c.batch);
   pos("seq_len", c.seq_len);

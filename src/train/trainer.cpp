@@ -11,6 +11,7 @@
 
 #include <omp.h>
 
+#include "backend/registry.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "data/prepare.h"
@@ -20,10 +21,6 @@
 #include "train/memory_budget.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
-#ifdef TTT_HAVE_CUDA
-#include "cuda/device.h"
-#include "cuda/model_cuda.h"
-#endif
 
 namespace ttt::train {
 
@@ -156,6 +153,21 @@ model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences,
   return b;
 }
 
+int64_t valid_targets(const model::Batch& b) {
+  int64_t valid = 0;
+  for (int32_t t : b.targets) valid += t >= 0;
+  return valid;
+}
+
+std::vector<double> target_shares(const std::vector<int64_t>& valid) {
+  int64_t total = 0;
+  for (int64_t v : valid) total += v;
+  TTT_CHECK(total > 0, "the batch has no valid targets (every target is negative)");
+  std::vector<double> shares;
+  for (int64_t v : valid) shares.push_back(double(v) / double(total));
+  return shares;
+}
+
 template <class T>
 double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
                             const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads) {
@@ -166,7 +178,7 @@ double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T
     double weight = 0;
   };
   std::vector<Shard> shards;
-  int64_t total_valid = 0;
+  std::vector<int64_t> valid_counts;
   for (const auto& mb : micro) {
     TTT_CHECK(mb.sequences > 0 && mb.len > 0 && int64_t(mb.inputs.size()) == mb.sequences * mb.len &&
                   int64_t(mb.targets.size()) == mb.sequences * mb.len,
@@ -177,16 +189,14 @@ double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T
       sh.batch.len = mb.len;
       sh.batch.inputs.assign(mb.inputs.begin() + s * mb.len, mb.inputs.begin() + (s + 1) * mb.len);
       sh.batch.targets.assign(mb.targets.begin() + s * mb.len, mb.targets.begin() + (s + 1) * mb.len);
-      int64_t valid = 0;
-      for (int32_t t : sh.batch.targets) valid += t >= 0;
+      const int64_t valid = valid_targets(sh.batch);
       if (valid == 0) continue;
-      sh.weight = double(valid);
-      total_valid += valid;
+      valid_counts.push_back(valid);
       shards.push_back(std::move(sh));
     }
   }
-  TTT_CHECK(total_valid > 0, "accumulate_gradients: the batch has no valid targets");
-  for (auto& sh : shards) sh.weight /= double(total_valid);
+  const std::vector<double> shares = target_shares(valid_counts);
+  for (size_t k = 0; k < shards.size(); ++k) shards[k].weight = shares[k];
 
   grads.resize(params.values.size());
   for (size_t i = 0; i < grads.size(); ++i) grads[i] = ag::Mat<T>(params.values[i].rows, params.values[i].cols);
@@ -367,8 +377,8 @@ TrainResult train(const TrainOptions& opt) {
   {
     MemoryRequest mr;
     mr.device = opt.device;
-    mr.bf16 = opt.precision == "bf16";
-    mr.bf16_activations = mr.bf16 && opt.activations == "bf16";
+    mr.bf16 = opt.engine.precision == backend::Precision::BF16;
+    mr.bf16_activations = opt.engine.bf16_activations();
     mr.threads = omp_get_max_threads();
     mr.train_steps = true;
     mr.batch = tc.batch;
@@ -380,7 +390,7 @@ TrainResult train(const TrainOptions& opt) {
     mr.eval_flags = "--eval-batches " + std::to_string(tc.eval_batches) + " x --batch " + std::to_string(tc.batch);
     for (const char* f : {"train.bin", "val.bin"})
       if (file_exists((fs::path(tc.data_dir) / f).string())) mr.token_files.push_back((fs::path(tc.data_dir) / f).string());
-    if (opt.device == "cuda") {
+    if (opt.device != "cpu") {
       require_memory("ttt train", estimate_memory(cfg, mr));
       // The host still loads the corpus and keeps copies of the weights and moments.
       MemoryRequest host = mr;
@@ -404,21 +414,7 @@ TrainResult train(const TrainOptions& opt) {
   tc.data_dir = absolute_dir(tc.data_dir);
 
   // The device too, before anything is written.
-  TTT_CHECK(opt.device == "cpu" || opt.device == "cuda", "unknown device '" << opt.device << "' (choose cpu or cuda)");
-  TTT_CHECK(opt.device == "cuda" || opt.precision == "fp32",
-            "--precision " << opt.precision << " applies to --device cuda; the CPU trains in fp32");
-#ifdef TTT_HAVE_CUDA
-  std::unique_ptr<cuda::GpuModel> gpu;
-  if (opt.device == "cuda") {
-    cuda::GpuModelOptions go;
-    go.math = cuda::parse_math_mode(opt.precision);
-    go.bf16_activations = cuda::parse_activations(opt.activations);
-    gpu = std::make_unique<cuda::GpuModel>(cfg, go);
-  }
-#else
-  TTT_CHECK(opt.device != "cuda", "--device cuda: this build has no CUDA backend (the CUDA toolkit was not found when "
-                                  "it was configured); rebuild on a machine with the toolkit, or use --device cpu");
-#endif
+  const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(opt.device, cfg, opt.engine);
 
   Rng data_rng(tc.seed ^ kDataSeedMix);
   if (!resuming) {
@@ -452,8 +448,7 @@ TrainResult train(const TrainOptions& opt) {
   std::vector<int64_t> sizes;
   for (auto& m : params.values) sizes.push_back(m.size());
   AdamW adam(params.names, sizes, acfg);
-  const std::vector<std::vector<uint8_t>> mask = trainable_mask(cfg, params, tc.stage);
-  adam.set_trainable(mask);
+  adam.set_trainable(trainable_mask(cfg, params, tc.stage));
   if (resuming) {
     load_optimizer(ck.dir, params, state, adam);
     TTT_CHECK(adam.steps() == state.step, "checkpoint '" << ck.dir << "': optimizer step " << adam.steps()
@@ -464,33 +459,15 @@ TrainResult train(const TrainOptions& opt) {
   eo.batches = tc.eval_batches;
   eo.batch = tc.batch;
   eo.context = tc.seq_len;
-#ifdef TTT_HAVE_CUDA
-  if (gpu) {
-    gpu->upload(params);
-    gpu->upload_optimizer(adam);
-  }
-  // Host copies of the weights and moments, brought up to date before evaluation/checkpoints on the GPU.
-  auto sync_host = [&](bool with_optimizer) {
-    if (!gpu) return;
-    gpu->download(params);
-    if (with_optimizer) gpu->download_optimizer(adam);
-  };
-  auto run_eval = [&]() -> EvalResult {
-    if (!gpu) return evaluate(cfg, params, corpus.val, eo);
-    return evaluate_with([&](const model::Batch& b) { return gpu->forward(b, false, 1.0, true).token_loss; },
-                         cfg.vocab_size, cfg.seq_len, corpus.val, eo);
-  };
-#else
-  auto sync_host = [&](bool) {};
-  auto run_eval = [&]() -> EvalResult { return evaluate(cfg, params, corpus.val, eo); };
-#endif
+  // The engine trains `params` and `adam` (on the CPU in place; on a device, copied back by sync_host).
+  engine->attach(params, &adam);
   auto diverged = [&](int64_t step, const char* what, double value) {
     TTT_FAIL("training diverged at step " << step << ": the " << what << " is non-finite (" << value
                                           << "); try a lower --lr (this run's is " << tc.lr << ")"
                                           << (tc.clip > 0 ? " or a smaller --clip" : ""));
   };
   auto checked_eval = [&]() {
-    EvalResult ev = run_eval();
+    EvalResult ev = evaluate(*engine, corpus.val, eo);
     if (!std::isfinite(ev.loss)) diverged(state.step, "validation loss", ev.loss);
     return ev;
   };
@@ -510,10 +487,7 @@ TrainResult train(const TrainOptions& opt) {
        << human(double(corpus.val.size())) << " val tokens; " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
-#ifdef TTT_HAVE_CUDA
-    if (gpu) os << "\ndevice cuda: " << cuda::device_description() << ", " << opt.precision << " products"
-                << (opt.precision == "bf16" ? ", " + opt.activations + " activations" : std::string());
-#endif
+    os << "\ndevice " << opt.device << ": " << engine->description();
     if (resuming) os << "; continuing at step " << state.step;
     say(opt.log, os.str());
   }
@@ -526,11 +500,10 @@ TrainResult train(const TrainOptions& opt) {
   int64_t steps_run = 0, last_ckpt_step = resuming ? state.step : -1, last_eval_step = -1;
   LossSpikeDetector spikes;
   auto save = [&]() {
-    sync_host(true);  // on the GPU: the weights and moments to the host, where save_run_checkpoint checks them
+    engine->sync_host(true);  // on a device: the weights and moments to the host, where save_run_checkpoint checks them
     res.checkpoint_dir = save_run_checkpoint(run_dir, cfg, params, adam, state, tc.keep_checkpoints);
     last_ckpt_step = state.step;
   };
-  std::vector<ag::Mat<float>> grads;
   std::vector<model::Batch> micro(size_t(tc.accum));
   while (state.step < tc.steps) {
     if (opt.interrupt_after > 0 && steps_run >= opt.interrupt_after) {
@@ -540,46 +513,10 @@ TrainResult train(const TrainOptions& opt) {
     const auto ts = Clock::now();
     const double lr = sched.at(state.step);
     for (auto& b : micro) b = sample_batch(corpus.train, tc.batch, tc.seq_len, data_rng);
-    double loss = 0, gnorm = 0;
-#ifdef TTT_HAVE_CUDA
-    if (gpu) {
-      // The same step on the GPU: micro-batch gradients weighted by their share of the valid targets.
-      int64_t total_valid = 0;
-      std::vector<int64_t> valid;
-      for (auto& b : micro) {
-        int64_t v = 0;
-        for (int32_t t : b.targets) v += t >= 0;
-        valid.push_back(v);
-        total_valid += v;
-      }
-      TTT_CHECK(total_valid > 0, "the batch has no valid targets");
-      gpu->zero_grad();
-      for (size_t i = 0; i < micro.size(); ++i) {
-        const double w = double(valid[i]) / double(total_valid);
-        loss += w * gpu->forward(micro[i], true, w).loss;
-      }
-    } else
-#endif
-      loss = accumulate_gradients(cfg, params, micro, grads);
+    const backend::StepResult step = engine->train_step(micro, lr, tc.clip);
+    const double loss = step.loss, gnorm = step.grad_norm;
     if (!std::isfinite(loss)) diverged(state.step + 1, "training loss", loss);
-#ifdef TTT_HAVE_CUDA
-    if (gpu) {
-      gpu->apply_grad_mask();  // the optimizer's trainable mask, on the device since upload_optimizer
-      gnorm = gpu->clip_grad_norm(tc.clip);
-    } else
-#endif
-    {
-      for (size_t i = 0; i < mask.size(); ++i)  // frozen elements: no gradient (and none in the clipping norm)
-        for (size_t j = 0; j < mask[i].size(); ++j)
-          if (!mask[i][j]) grads[i].data[j] = 0.0f;
-      gnorm = clip_grad_norm(grads, tc.clip);
-    }
     if (!std::isfinite(gnorm)) diverged(state.step + 1, "gradient norm", gnorm);
-#ifdef TTT_HAVE_CUDA
-    if (gpu) gpu->adamw_step(adam, lr);
-    else
-#endif
-      adam.step(params.values, grads, lr);
     ++state.step;
     ++steps_run;
     state.tokens_seen += tc.tokens_per_step();

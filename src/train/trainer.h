@@ -2,11 +2,11 @@
 //
 // Each optimizer step draws `accum` micro-batches of `batch` random windows of seq_len + 1 training tokens
 // (window start uniform over the stream, from a ttt::Rng whose state is the "data position"), averages the
-// gradients over all their tokens (= the gradient of one batch `accum` times larger; see
-// accumulate_gradients for the sequence-parallel computation), clips them to a global L2 norm, and takes one AdamW step with the LR of
-// the warmup + cosine schedule. Every step appends one JSON line to DIR/metrics.jsonl; validation steps
-// add val_loss / val_bpb. Checkpoints go to DIR/checkpoints/step-<N>/, DIR/checkpoint links to the newest
-// (see checkpoint.h).
+// gradients over all their tokens (= the gradient of one batch `accum` times larger), clips them to a global L2
+// norm, and takes one AdamW step with the LR of the warmup + cosine schedule: one StepEngine::train_step of the
+// device's engine (backend/registry.h; on the CPU accumulate_gradients, clip_grad_norm and AdamW::step below).
+// Every step appends one JSON line to DIR/metrics.jsonl; validation steps add val_loss / val_bpb. Checkpoints go
+// to DIR/checkpoints/step-<N>/, DIR/checkpoint links to the newest (see checkpoint.h).
 //
 // Divergence: a non-finite training loss, gradient norm or validation loss, or non-finite weights at a
 // checkpoint, is a ttt::Error naming the step (no checkpoint of such weights is written). A loss spike
@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/options.h"
 #include "core/rng.h"
 #include "model/model.h"
 #include "train/train_config.h"
@@ -47,11 +48,10 @@ struct TrainOptions {
   int64_t interrupt_after = 0;  // test hook: return after this many steps of this invocation without the
                                 // final validation/checkpoint, as if the process had been killed
   std::ostream* log = nullptr;  // progress lines (flushed), or nothing
-  // Where the steps run: "cpu" (the autograd model, OpenMP over sequences) or "cuda" (src/cuda/model_cuda.h:
-  // parameters, gradients and AdamW moments on the GPU; checkpoints are the same files either way).
+  // Where the steps run: a device of backend/registry.h ("cpu": the autograd model, OpenMP over sequences;
+  // "cuda": parameters, gradients and AdamW moments on the GPU); checkpoints are the same files on every device.
   std::string device = "cpu";
-  std::string precision = "fp32";  // cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation and state)
-  std::string activations = "bf16";  // cuda with bf16 products: stored activations bf16 | fp32 (GpuModelOptions)
+  backend::EngineOptions engine;  // the device's precision and activation storage (the CPU: fp32 only)
   // TNT stage 2 (a new run; opt.model is ignored): start from the stage-1 run `stage2_from` with local
   // chunk sizes `stage2_local_chunks` (one per local memory); train.steps <= 0 means stage2_fraction of
   // the stage-1 run's steps; an empty train.data_dir means the stage-1 run's data.
@@ -116,6 +116,12 @@ class LossSpikeDetector {
 
 // `sequences` random windows of len + 1 tokens: inputs = window[0..len), targets = window[1..len].
 model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences, int64_t len, Rng& rng);
+
+// Valid targets (>= 0) of a batch.
+int64_t valid_targets(const model::Batch& b);
+// The weights of gradient accumulation, on every device: part i's share valid[i] / sum(valid) of the step's valid
+// targets (parts: micro-batches, or their sequences). Throws when there is no valid target at all.
+std::vector<double> target_shares(const std::vector<int64_t>& valid);
 
 // Loss and gradient of one optimizer step over the micro-batches: the mean cross-entropy over all their
 // valid targets (= the mean of the micro-batch losses when, as in training, every target is valid) and its

@@ -1,5 +1,5 @@
 // The LaCT memory operator on named tensors (what `ttt op lact` runs), behind a backend
-// interface so that a CUDA twin can implement the same contract and be tested against it.
+// interface so that every device implements the same contract and is tested against the CPU's.
 #pragma once
 #include <string>
 
@@ -14,7 +14,8 @@ struct LactOpOptions {
   WeightNorm weight_norm = WeightNorm::Post;
   bool muon = false;
   // Matrix products of the CUDA backend on F32 inputs: fp32 | tf32 | bf16 (bf16 inputs, fp32 accumulation and
-  // state). The CPU backend computes in the inputs' dtype and accepts fp32 only.
+  // state), the text of a backend::Precision (the CLI writes it from the parsed flag; the CUDA backend reads it
+  // with backend::parse_precision). The CPU backend computes in the inputs' dtype and accepts fp32 only.
   std::string precision = "fp32";
 };
 
@@ -39,10 +40,6 @@ struct LactShapes {
 // Validates names, shapes, dtypes (all F64 or all F32), finiteness and options; throws a ttt::Error naming
 // the offending tensor. Every backend calls this first.
 LactShapes validate_lact_inputs(const SafeTensors& inputs, const LactOpOptions& opt);
-#ifdef TTT_HAVE_CUDA
-// The CUDA backend (src/cuda/cuda_backend.cpp): the same contract on the current GPU, F32 (exact fp32 math)
-// or F64 inputs; the CPU twin of its algorithm is ttt/lact_fused.h.
-OpBackend& cuda_backend();
-#endif
+// Other devices' backends: backend::operator_backends(device) (backend/registry.h).
 
 }  // namespace ttt::engine

@@ -72,10 +72,7 @@ TntBackend& tnt_cpu_backend();
 DType validate_tnt_inputs(const SafeTensors& inputs, const TntOptions& opt);
 // The name prefix of memory m's tensors: "g_" (the global memory) or "l<i>_".
 std::string tnt_input_prefix(const TntOptions& opt, size_t m);
-#ifdef TTT_HAVE_CUDA
-// The same contract on the GPU (src/cuda/tnt_cuda.*: titans::tnt_op run by cuda::TntRunner): F32 or F64.
-TntBackend& tnt_cuda_backend();
-#endif
+// Other devices' backends: backend::operator_backends(device) (backend/registry.h).
 
 // Parses "8,16" (also "none" or "" for no local memory).
 std::vector<int64_t> parse_chunk_list(const std::string& s, const std::string& flag);

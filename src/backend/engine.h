@@ -1,0 +1,73 @@
+// The training half of the execution interface: a StepEngine runs the language model of src/model on one
+// device — the optimizer step of `ttt train` and `ttt bench step`, the per-token losses of `ttt eval` and of a
+// run's validation — with the weights (and optimizer state) it was attached to. Each device implements it once
+// (backend/cpu/step_engine_cpu.*; cuda/engine_cuda.*); backend::make_step_engine (registry.h) picks one by device
+// name. The streaming half (generation) is backend/streamer.h.
+//
+// This header needs no CUDA headers.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "backend/options.h"
+#include "model/model.h"
+
+namespace ttt::train {
+class AdamW;
+}
+
+namespace ttt::backend {
+
+struct StepResult {
+  double loss = 0;       // mean cross-entropy over the valid targets of the step's micro-batches
+  double grad_norm = 0;  // global L2 norm of the gradient (frozen elements zeroed) before clipping; NaN if not reached
+  bool applied = false;  // the optimizer step ran (loss and gradient norm were finite)
+};
+
+class StepEngine {
+ public:
+  virtual ~StepEngine() = default;
+  virtual const char* device() const = 0;  // the registry's name: "cpu", "cuda"
+  virtual const model::ModelConfig& config() const = 0;
+  // What runs where, for logs: "the host CPU (2 OpenMP threads), fp32 products", "NVIDIA H200 (...), bf16 products, ...".
+  virtual std::string description() const = 0;
+
+  // The host state the engine computes with: the weights and, to train, the optimizer (its config, decay flags,
+  // trainable mask, moments and step count). Both must outlive the engine. The CPU engine works on them in
+  // place; a device engine copies them to the device here and back in sync_host (attach again after changing
+  // them on the host).
+  virtual void attach(model::Params<float>& params, train::AdamW* optimizer) = 0;
+  // Brings the attached host copies up to date: the weights, and with with_optimizer the AdamW moments (the
+  // optimizer's step count is always current). Needed before a checkpoint; evaluation needs none.
+  virtual void sync_host(bool with_optimizer) = 0;
+
+  // One optimizer step over the micro-batches: the gradient of the mean cross-entropy over all their valid
+  // targets (micro-batches, or their sequences, weighted by their share of them: train::target_shares), the
+  // elements the optimizer's trainable mask freezes zeroed, clipped to global L2 norm `clip` (0: off), then one
+  // AdamW step at learning rate `lr`. A non-finite loss ends the step before the gradient norm, a non-finite
+  // norm before AdamW: the weights then stay as they were (applied = false) and the caller reports the
+  // divergence.
+  virtual StepResult train_step(const std::vector<model::Batch>& micro, double lr, double clip) = 0;
+
+  // Per-token losses of a batch of windows without gradients (sequence-major; 0 at ignored targets): evaluation.
+  virtual std::vector<double> token_losses(const model::Batch& batch) = 0;
+  // How many windows an evaluation hands token_losses at once when `batch` are asked per forward pass: a device
+  // takes `batch` (its memory was sized for that); the CPU at least one per thread (one window per forward).
+  virtual int64_t eval_windows_per_call(int64_t batch) const { return batch; }
+
+  // Benchmarks. time_ms: milliseconds of `work` on the engine's clock (the default: the host's steady clock, with
+  // synchronize() after the work); report(): device facts and memory figures to add to a benchmark's JSON (at
+  // least "timer"); phase profiling (products, attention, memory operator) where the device offers it.
+  virtual void synchronize() {}
+  virtual double time_ms(const std::function<void()>& work);
+  virtual nlohmann::json report() const;
+  virtual bool profiles_phases() const { return false; }
+  virtual void set_profiling(bool on);
+  virtual std::map<std::string, double> phase_ms() const { return {}; }
+};
+
+}  // namespace ttt::backend

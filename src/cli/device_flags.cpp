@@ -1,0 +1,37 @@
+#include "cli/device_flags.h"
+
+#include "backend/registry.h"
+#include "core/error.h"
+
+namespace ttt::cli {
+
+void declare_device_flag(Args& a, const std::string& gpu_note) {
+  std::string names;
+  for (const auto& n : backend::device_names()) names += (names.empty() ? "" : " | ") + n;
+  a.value("device", names + " (" + gpu_note + ")", "cpu");
+}
+
+void declare_precision_flags(Args& a) {
+  a.value("precision", "cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation, state and master weights)", "fp32")
+      .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32",
+             "bf16");
+}
+
+std::string device_flag(const Args& a, const std::string& command) {
+  const std::string device = a.str("device");
+  backend::require_device(device, command + ": --device " + device);
+  return device;
+}
+
+backend::EngineOptions engine_options_flags(const Args& a, const std::string& command, const std::string& device) {
+  TTT_CHECK(device != "cpu" || !a.has("precision"),
+            command << ": --precision applies to --device cuda (the CPU computes in fp32)");
+  backend::EngineOptions o;
+  o.precision = backend::parse_precision(a.str("precision"), command + ": --precision");
+  TTT_CHECK(o.precision == backend::Precision::BF16 || !a.has("activations"),
+            command << ": --activations applies to --device cuda with --precision bf16");
+  o.activations = backend::parse_activation_storage(a.str("activations"), command + ": --activations");
+  return o;
+}
+
+}  // namespace ttt::cli
