@@ -459,9 +459,7 @@ int cmd_bench_op(const Argv& argv) {
       s.causal = true;
       s.momentum = !a.on("no-momentum");
       s.muon = a.on("muon");
-      s.norm = wn == engine::WeightNorm::Post ? lact::Norm::Post
-               : wn == engine::WeightNorm::Pre ? lact::Norm::Pre
-                                               : lact::Norm::None;
+      s.norm = wn;
       j = cuda::bench_lact_json(s, repeats, warmup, precision);
 #endif
     } else if (a.str("dtype") == "f32")
