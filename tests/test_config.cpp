@@ -54,7 +54,7 @@ TEST(Config, PresetsValidate) {
   ModelConfig b = preset("3b");
   EXPECT_EQ(b.head_dim_mem(), 768);
   EXPECT_TRUE(b.muon);
-  EXPECT_EQ(preset("tnt").arch, "tnt");
+  EXPECT_EQ(preset("tnt").arch, Arch::Tnt);
   EXPECT_EQ(preset("tnt").n_memories(), 3);
   EXPECT_EQ(preset("titans").chunk, 16);
   EXPECT_EQ(preset("tiny").mlp_hidden_dim(), 384);
@@ -117,7 +117,6 @@ TEST(Config, MissingKeysTakeDefaultsUnknownKeysThrow) {
 }
 
 TEST(Config, InconsistentShapesThrowNamingTheField) {
-  expect_invalid(modified("tiny", [](ModelConfig& c) { c.arch = "rwkv"; }), "arch");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.vocab_size = 0; }), "vocab_size");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.dim = 0; }), "dim");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.n_layers = 0; }), "n_layers");
@@ -138,8 +137,7 @@ TEST(Config, InconsistentShapesThrowNamingTheField) {
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.window = -1; }), "window");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.seq_len = 0; }), "seq_len");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.rope_theta = 0; }), "rope_theta");
-  expect_invalid(modified("tiny", [](ModelConfig& c) { c.weight_norm = "both"; }), "weight_norm");
-  expect_invalid(modified("tiny", [](ModelConfig& c) { c.memory = "mlp"; }), "memory");
+  expect_invalid(modified("tiny", [](ModelConfig& c) { c.memory = engine::Family::MLP; }), "memory");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.low_rank_init = true; c.low_rank_rank = 65; }),
                  "low_rank_rank");
   expect_invalid(modified("tiny", [](ModelConfig& c) { c.low_rank_init = true; c.low_rank_rank = 0; }),
@@ -154,9 +152,48 @@ TEST(Config, InconsistentShapesThrowNamingTheField) {
   expect_invalid(modified("tnt", [](ModelConfig& c) { c.global_chunk = 0; }), "global_chunk");
   expect_invalid(modified("tnt", [](ModelConfig& c) { c.use_global = false; c.local_chunks.clear(); }), "use_global");
   expect_invalid(modified("titans", [](ModelConfig& c) { c.titans_base_lr = 0; }), "titans_base_lr");
-  expect_invalid(modified("titans", [](ModelConfig& c) { c.memory = "gru"; }), "memory");
   // tnt fields are not checked for the other archs.
   EXPECT_NO_THROW(validate(modified("titans", [](ModelConfig& c) { c.shard = 0; })));
+}
+
+// arch, memory and weight_norm are enums parsed from their names in config_from_json, the one place where config
+// text becomes them; config_to_json writes the names. Bad names and types fail with the messages the string fields
+// had (they were checked by validate()).
+TEST(Config, EnumFieldsAreTheirNamesInJson) {
+  const nlohmann::json tiny = config_to_json(preset("tiny"));
+  EXPECT_EQ(tiny.at("arch"), "lact");
+  EXPECT_EQ(tiny.at("memory"), "swiglu");
+  EXPECT_EQ(tiny.at("weight_norm"), "post");
+  const nlohmann::json tnt = config_to_json(preset("tnt"));
+  EXPECT_EQ(tnt.at("arch"), "tnt");
+  EXPECT_EQ(tnt.at("memory"), "mlp");
+  EXPECT_EQ(tnt.at("weight_norm"), "none");
+  EXPECT_EQ(config_to_json(preset("titans")).at("arch"), "titans");
+  EXPECT_EQ(nlohmann::json(Arch::Titans), "titans");  // the ADL hook: never the enum's number
+  EXPECT_EQ(nlohmann::json(engine::Family::Linear), "linear");
+  EXPECT_EQ(nlohmann::json(engine::WeightNorm::Pre), "pre");
+
+  ModelConfig c = config_from_json(nlohmann::json{{"arch", "titans"}, {"memory", "linear"}, {"weight_norm", "pre"}});
+  EXPECT_EQ(c.arch, Arch::Titans);
+  EXPECT_EQ(c.memory, engine::Family::Linear);
+  EXPECT_EQ(c.weight_norm, engine::WeightNorm::Pre);
+
+  auto expect_message = [](const nlohmann::json& j, const std::string& message) {
+    SCOPED_TRACE(j.dump());
+    try {
+      config_from_json(j);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), message);
+    }
+  };
+  expect_message({{"arch", "rwkv"}}, R"(model config: arch must be "lact", "tnt" or "titans", got "rwkv")");
+  expect_message({{"weight_norm", "both"}}, R"(model config: weight_norm must be "post", "pre" or "none", got "both")");
+  expect_message({{"arch", "titans"}, {"memory", "gru"}},
+                 R"(model config: memory must be "swiglu", "mlp" or "linear", got "gru")");
+  expect_message({{"arch", 3}}, R"(model config: key "arch" must be a string, got 3)");
+  expect_message({{"memory", "mlp"}},
+                 R"(model config: arch "lact" uses the SwiGLU memory; memory must be "swiglu", got "mlp")");
 }
 
 // Issue 10 item 7: sizes derived from a config are overflow-checked (no signed overflow), and the error

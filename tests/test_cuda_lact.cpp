@@ -39,7 +39,7 @@ namespace {
 struct Case {
   int64_t B, T, d, dh, chunk;
   bool causal, momentum, muon;
-  lact::Norm norm;
+  engine::WeightNorm norm;
   lact::Shape shape() const {
     lact::Shape s;
     s.B = B;
@@ -54,7 +54,7 @@ struct Case {
     return s;
   }
   std::string name() const {
-    const char* nn = norm == lact::Norm::Post ? "post" : norm == lact::Norm::Pre ? "pre" : "none";
+    const char* nn = engine::weight_norm_name(norm);
     return std::string(causal ? "causal" : "bidir") + "_B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" +
            std::to_string(d) + "_dh" + std::to_string(dh) + "_C" + std::to_string(chunk) + (momentum ? "_mom" : "") +
            (muon ? "_muon" : "") + "_" + nn;
@@ -224,9 +224,7 @@ Results<double> engine_results(const Case& c, const Data<double>& x) {
   cfg.dh = c.dh;
   cfg.momentum = c.momentum;
   cfg.muon = c.muon;
-  cfg.weight_norm = c.norm == lact::Norm::Post  ? engine::WeightNorm::Post
-                    : c.norm == lact::Norm::Pre ? engine::WeightNorm::Pre
-                                                : engine::WeightNorm::None;
+  cfg.weight_norm = c.norm;
   cfg.rate_columns = 3;
   engine::Program prog = c.causal ? engine::causal_program(c.T, c.chunk) : engine::bidirectional_program(c.T, c.chunk);
   Results<double> ref;
@@ -276,7 +274,7 @@ std::vector<Case> all_cases(int64_t B, int64_t T, int64_t d, int64_t dh, std::ve
   std::vector<Case> cases;
   int i = 0;
   for (bool causal : {true, false})
-    for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre, lact::Norm::None})
+    for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre, engine::WeightNorm::None})
       for (bool momentum : {false, true})
         for (bool muon : {false, true})
           for (int64_t chunk : chunks) {
@@ -350,7 +348,7 @@ TEST(CudaLact, Float32MatchesCpuReferenceAtWidth384) {
   const uint64_t seed0 = fresh_seed();
   Worst worst;
   int n = 0;
-  for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre})
+  for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre})
     for (bool muon : {false, true}) {
       Case c{2, 2048, 384, 384, 512, true, true, muon, norm};
       const uint64_t seed = seed0 + uint64_t(n++);
@@ -369,7 +367,7 @@ TEST(CudaLact, Float32MatchesEngine) {
   Worst worst;
   int n = 0;
   for (bool causal : {true, false})
-    for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre, lact::Norm::None}) {
+    for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre, engine::WeightNorm::None}) {
       // C >= 4 min(d, dh) with d, dh = 12, 20: well-conditioned Muon (the CPU twin in fp32 stays within 3.7e-5
       // of the engine here over 360 seeded configs; at d, dh = 6, 8 even C = 48 reached 1.3e-4).
       Case c{2, 96, 12, 20, 48, causal, true, true, norm};
@@ -385,7 +383,7 @@ TEST(CudaLact, Float32MatchesEngine) {
 // Two runs on the same inputs agree bit for bit (no races, deterministic reductions).
 TEST(CudaLact, Deterministic) {
   REQUIRE_CUDA();
-  Case c{3, 300, 64, 96, 64, true, true, true, lact::Norm::Pre};
+  Case c{3, 300, 64, 96, 64, true, true, true, engine::WeightNorm::Pre};
   Data<float> x = cast<float>(make_data(c, fresh_seed(), true));
   Results<float> a = run<float>(c, x, true), b = run<float>(c, x, true);
   for (int i = 0; i < 11; ++i) EXPECT_TRUE(a.r[size_t(i)] == b.r[size_t(i)]) << kNames[i] << " differs between runs";
@@ -394,7 +392,7 @@ TEST(CudaLact, Deterministic) {
 // TF32 tensor-core products (an option): reported, and held to the TF32 regime (~1e-3), not to fp32's.
 TEST(CudaLact, Tf32Option) {
   REQUIRE_CUDA();
-  Case c{2, 1024, 384, 384, 256, true, true, false, lact::Norm::Post};
+  Case c{2, 1024, 384, 384, 256, true, true, false, engine::WeightNorm::Post};
   const uint64_t seed = fresh_seed();
   Data<double> x = make_data(c, seed, true);
   cuda::LactOptions opt;
@@ -458,7 +456,7 @@ TEST(CudaLact, Bf16MatchesCpuReferenceAtWidth384) {
   opt.bf16 = true;
   Worst worst;
   int n = 0;
-  for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre})
+  for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre})
     for (int64_t chunk : {512, 2048}) {
       Case c{2, 4096, 384, 384, chunk, true, true, false, norm};
       const uint64_t seed = seed0 + uint64_t(n++);

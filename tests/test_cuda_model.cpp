@@ -217,13 +217,13 @@ TEST(CudaModel, ForwardBackwardMatchesCpuFp32) {
   const Variant variants[] = {
       {"default (post-norm, momentum)", [](model::ModelConfig&) {}},
       {"pre-norm + low rank + v_silu", [](model::ModelConfig& c) {
-         c.weight_norm = "pre";
+         c.weight_norm = engine::WeightNorm::Pre;
          c.low_rank_init = true;
          c.low_rank_rank = 4;
          c.v_silu = true;
        }},
       {"no norm, no momentum, no rope", [](model::ModelConfig& c) {
-         c.weight_norm = "none";
+         c.weight_norm = engine::WeightNorm::None;
          c.momentum = false;
          c.ttt_rope = false;
        }},
@@ -242,24 +242,24 @@ TEST(CudaModel, ForwardBackwardMatchesCpuFp32) {
          c.n_attn_heads = 4;
        }},
       {"titans (mlp memory, chunk 4)", [](model::ModelConfig& c) {
-         c.arch = "titans";
-         c.memory = "mlp";
-         c.weight_norm = "none";
+         c.arch = model::Arch::Titans;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
          c.chunk = 4;
        }},
       {"tnt (global 8, locals 2,4, shard 8)", [](model::ModelConfig& c) {
-         c.arch = "tnt";
-         c.memory = "mlp";
-         c.weight_norm = "none";
+         c.arch = model::Arch::Tnt;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
          c.global_chunk = 8;
          c.local_chunks = {2, 4};
          c.shard = 8;
          c.seq_len = 21;
        }},
       {"tnt without global or Q-K, dh = 2d", [](model::ModelConfig& c) {
-         c.arch = "tnt";
-         c.memory = "mlp";
-         c.weight_norm = "none";
+         c.arch = model::Arch::Tnt;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
          c.use_global = false;
          c.qk_proj = false;
          c.local_chunks = {3};
@@ -280,12 +280,12 @@ TEST(CudaModel, Bf16AndTf32ProductsWithin2e2) {
   check_against_cpu(small_config(), "default", cuda::MathMode::BF16, 2e-2);
   check_against_cpu(small_config(), "default, fp32 activations", cuda::MathMode::BF16, 2e-2, false);
   model::ModelConfig titans = small_config();
-  titans.arch = "titans";
-  titans.memory = "mlp";
-  titans.weight_norm = "none";
+  titans.arch = model::Arch::Titans;
+  titans.memory = engine::Family::MLP;
+  titans.weight_norm = engine::WeightNorm::None;
   check_against_cpu(titans, "titans", cuda::MathMode::BF16, 2e-2);
   model::ModelConfig tnt = titans;
-  tnt.arch = "tnt";
+  tnt.arch = model::Arch::Tnt;
   tnt.global_chunk = 8;
   tnt.local_chunks = {2, 4};
   tnt.shard = 8;
@@ -601,13 +601,13 @@ TEST(CudaModel, StreamingGenerationMatchesCpu) {
   const Variant variants[] = {
       {"default (post-norm, momentum)", [](model::ModelConfig&) {}},
       {"pre-norm + low rank + v_silu", [](model::ModelConfig& c) {
-         c.weight_norm = "pre";
+         c.weight_norm = engine::WeightNorm::Pre;
          c.low_rank_init = true;
          c.low_rank_rank = 4;
          c.v_silu = true;
        }},
       {"no norm, no momentum, no rope", [](model::ModelConfig& c) {
-         c.weight_norm = "none";
+         c.weight_norm = engine::WeightNorm::None;
          c.momentum = false;
          c.ttt_rope = false;
        }},
@@ -621,23 +621,23 @@ TEST(CudaModel, StreamingGenerationMatchesCpu) {
          c.chunk = 32;
        }},
       {"titans (mlp memory, chunk 4)", [](model::ModelConfig& c) {
-         c.arch = "titans";
-         c.memory = "mlp";
-         c.weight_norm = "none";
+         c.arch = model::Arch::Titans;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
          c.chunk = 4;
        }},
       {"tnt (global 8, locals 2,3, shard 6)", [](model::ModelConfig& c) {
-         c.arch = "tnt";
-         c.memory = "mlp";
-         c.weight_norm = "none";
+         c.arch = model::Arch::Tnt;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
          c.global_chunk = 8;
          c.local_chunks = {2, 3};
          c.shard = 6;
        }},
       {"tnt, no global, no Q-K, dh = 2d", [](model::ModelConfig& c) {
-         c.arch = "tnt";
-         c.memory = "mlp";
-         c.weight_norm = "none";
+         c.arch = model::Arch::Tnt;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
          c.use_global = false;
          c.qk_proj = false;
          c.local_chunks = {4};
@@ -665,14 +665,14 @@ TEST(CudaModel, StreamingGenerationMatchesCpu) {
     std::printf("[ GPU generation ] %-30s logits vs CPU streaming: %.2e\n", v.name, e);
   }
   model::ModelConfig linear = model::preset("titans");
-  linear.memory = "linear";  // the GPU's Titans memory is the MLP one
+  linear.memory = engine::Family::Linear;  // the GPU's Titans memory is the MLP one
   EXPECT_THROW(cuda::GpuStreamer(linear, model::make_params<float>(linear)), Error);
 }
 
 TEST(CudaModel, RefusesWhatItDoesNotRun) {
   REQUIRE_CUDA();
   model::ModelConfig linear = model::preset("titans");
-  linear.memory = "linear";  // the GPU's Titans memory is the MLP one
+  linear.memory = engine::Family::Linear;  // the GPU's Titans memory is the MLP one
   EXPECT_THROW(cuda::GpuModel{linear}, Error);
   const model::ModelConfig cfg = small_config();
   cuda::GpuModel gm(cfg);

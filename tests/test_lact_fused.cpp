@@ -22,9 +22,9 @@ namespace {
 struct Case {
   int64_t B, T, d, dh, chunk;
   bool causal, momentum, muon;
-  lact::Norm norm;
+  engine::WeightNorm norm;
   std::string name() const {
-    const char* nn = norm == lact::Norm::Post ? "post" : norm == lact::Norm::Pre ? "pre" : "none";
+    const char* nn = engine::weight_norm_name(norm);
     return std::string(causal ? "causal" : "bidir") + "_C" + std::to_string(chunk) + "_T" + std::to_string(T) +
            "_d" + std::to_string(d) + "_dh" + std::to_string(dh) + (momentum ? "_mom" : "") + (muon ? "_muon" : "") +
            "_" + nn;
@@ -93,9 +93,7 @@ engine::MemoryConfig engine_config(const Case& c) {
   cfg.dh = c.dh;
   cfg.momentum = c.momentum;
   cfg.muon = c.muon;
-  cfg.weight_norm = c.norm == lact::Norm::Post  ? engine::WeightNorm::Post
-                    : c.norm == lact::Norm::Pre ? engine::WeightNorm::Pre
-                                                : engine::WeightNorm::None;
+  cfg.weight_norm = c.norm;
   cfg.rate_columns = 3;
   return cfg;
 }
@@ -210,7 +208,7 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   int i = 0;
   for (bool causal : {true, false})
-    for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre, lact::Norm::None})
+    for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre, engine::WeightNorm::None})
       for (bool momentum : {false, true})
         for (bool muon : {false, true})
           for (int64_t chunk : {4, 5, 1, 16}) {
@@ -260,7 +258,7 @@ TEST(LactFused, MatchesEngineFloat64) {
 
 // Larger shapes with several chunks and equal widths (no transposition in NS5), all features on.
 TEST(LactFused, MatchesEngineLongerSequence) {
-  for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre})
+  for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre})
     for (bool causal : {true, false}) {
       Case c{3, 40, 6, 6, 8, causal, true, true, norm};
       Data x = make_data(c, 7);
@@ -276,7 +274,7 @@ TEST(LactFused, MatchesEngineLongerSequence) {
 // Forward without gradients (ping-pong states) gives the same output as with them.
 TEST(LactFused, ForwardOnlyMatchesEngine) {
   for (bool causal : {true, false}) {
-    Case c{2, 23, 5, 7, 4, causal, true, true, lact::Norm::Pre};
+    Case c{2, 23, 5, 7, 4, causal, true, true, engine::WeightNorm::Pre};
     Data x = make_data(c, 3);
     auto ref = engine_reference(c, x);
     std::vector<double> o(size_t(c.B * c.T * c.d), std::nan(""));
@@ -288,7 +286,7 @@ TEST(LactFused, ForwardOnlyMatchesEngine) {
 // The streaming API (generation: token by token, one chunk update at a time) gives the causal forward exactly:
 // every norm, with and without momentum and Muon, T not a multiple of the chunk.
 TEST(LactFused, StreamingMatchesForward) {
-  for (lact::Norm norm : {lact::Norm::Post, lact::Norm::Pre, lact::Norm::None})
+  for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre, engine::WeightNorm::None})
     for (bool momentum : {true, false})
       for (bool muon : {false, true}) {
         Case c{2, 23, 5, 7, 4, true, momentum, muon, norm};
@@ -365,9 +363,9 @@ TEST(LactFused, PreNormUsesInitialWeightsUntilTheFirstUpdate) {
   double worst = 0;
   for (int64_t chunk : {1, 4, 5, 12, 16})  // T = 12
     for (bool muon : {false, true}) {
-      const Case pre{2, 12, 5, 7, chunk, true, true, muon, lact::Norm::Pre};
+      const Case pre{2, 12, 5, 7, chunk, true, true, muon, engine::WeightNorm::Pre};
       Case none = pre;
-      none.norm = lact::Norm::None;
+      none.norm = engine::WeightNorm::None;
       const Data x = make_data(pre, 40 + uint64_t(chunk));
       const int64_t n = std::min(chunk, pre.T);
       auto forward_only = [&](const Case& c, bool streamed) {
@@ -415,7 +413,7 @@ TEST(LactFused, PreNormWithResetsEngineFusedAndStreamingAgree) {
   double worst_o = 0, worst_grad = 0;
   const int64_t S = 10;  // shards [0,10), [10,20), [20,23): the last one is shorter than a chunk (no update)
   for (bool muon : {false, true}) {
-    const Case c{2, 23, 5, 7, 4, true, true, muon, lact::Norm::Pre};
+    const Case c{2, 23, 5, 7, 4, true, true, muon, engine::WeightNorm::Pre};
     const Data x = make_data(c, 90 + uint64_t(muon));
     const engine::Program prog = engine::causal_program(c.T, c.chunk, S);
     const auto ref = engine_reference(c, x, &prog);
@@ -581,7 +579,7 @@ TEST(LactFused, Bf16OperandEmulation) {
   double worst_on = 0, best_on = INFINITY;
   for (bool causal : {true, false})
     for (bool muon : {false, true}) {
-      Case c{2, 24, 12, 20, 8, causal, true, muon, lact::Norm::Post};
+      Case c{2, 24, 12, 20, 8, causal, true, muon, engine::WeightNorm::Post};
       const Data x = make_data(c, 500 + uint64_t(causal) * 2 + uint64_t(muon));
       for (bool dbl : {false, true}) {
         const auto def = dbl ? twin<double>(c, x, false, false) : twin<float>(c, x, false, false);

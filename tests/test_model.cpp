@@ -93,7 +93,7 @@ TEST(ModelGrad, LactWholeModel) {
 TEST(ModelGrad, LactMuonPreNormLowRankVSilu) {
   ModelConfig c = micro("lact");
   c.muon = true;
-  c.weight_norm = "pre";
+  c.weight_norm = engine::WeightNorm::Pre;
   c.low_rank_init = true;
   c.v_silu = true;
   c.n_layers = 1;

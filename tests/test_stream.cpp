@@ -70,7 +70,7 @@ TEST(Streaming, ChunkedPrefillMatchesFullForward) {
 TEST(Streaming, MuonPreNormLowRankMatchesFullForward) {
   ModelConfig c = small("lact");
   c.muon = true;
-  c.weight_norm = "pre";
+  c.weight_norm = engine::WeightNorm::Pre;
   c.low_rank_init = true;
   c.low_rank_rank = 4;
   EXPECT_LE(parity_error(c, {3}), 1e-4);

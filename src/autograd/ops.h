@@ -7,29 +7,11 @@
 
 #include "autograd/tape.h"
 #include "core/blas.h"
+#include "core/scalar_math.h"
 
 namespace ttt::ag {
 
 namespace detail {
-template <class T>
-inline T sigmoid(T z) {
-  return z >= 0 ? T(1) / (T(1) + std::exp(-z)) : std::exp(z) / (T(1) + std::exp(z));
-}
-template <class T>
-inline T silu(T z) { return z * sigmoid(z); }
-template <class T>
-inline T dsilu(T z) {
-  T s = sigmoid(z);
-  return s * (T(1) + z * (T(1) - s));
-}
-template <class T>
-inline T d2silu(T z) {
-  T s = sigmoid(z);
-  return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s));
-}
-template <class T>
-inline T softplus(T z) { return z > T(20) ? z : std::log1p(std::exp(z)); }
-
 // C (+)= op(A) op(B) with shapes checked.
 template <class T>
 Mat<T> mm(const Mat<T>& a, const Mat<T>& b, bool ta, bool tb) {
@@ -268,23 +250,41 @@ Var unary(Tape<T>& t, Var a, F f, DF df) {
   });
 }
 
+// act(a) element-wise, act' in the backward (math::activate, math::activation_grad).
+template <math::Activation A, class T>
+Var activation(Tape<T>& t, Var a) {
+  return unary(t, a, [](T z) { return math::activate(A, z); }, [](T z) { return math::activation_grad(A, z); });
+}
 template <class T>
 Var silu(Tape<T>& t, Var a) {
-  return unary(t, a, [](T z) { return detail::silu(z); }, [](T z) { return detail::dsilu(z); });
+  return activation<math::Activation::Silu>(t, a);
 }
 // silu'(a): needed to write the inner-loss gradient on the tape (second order).
 template <class T>
 Var dsilu(Tape<T>& t, Var a) {
-  return unary(t, a, [](T z) { return detail::dsilu(z); }, [](T z) { return detail::d2silu(z); });
+  return unary(t, a, [](T z) { return math::dsilu(z); }, [](T z) { return math::d2silu(z); });
 }
 template <class T>
 Var sigmoid(Tape<T>& t, Var a) {
-  return unary(t, a, [](T z) { return detail::sigmoid(z); },
-               [](T z) { T s = detail::sigmoid(z); return s * (T(1) - s); });
+  return activation<math::Activation::Sigmoid>(t, a);
 }
 template <class T>
 Var softplus(Tape<T>& t, Var a) {
-  return unary(t, a, [](T z) { return detail::softplus(z); }, [](T z) { return detail::sigmoid(z); });
+  return activation<math::Activation::Softplus>(t, a);
+}
+// A rate or gate from its projection z (math::GateRule): scale · act(z + shift), each step its own op (the shift
+// and the scale only when they change something).
+template <class T>
+Var gate(Tape<T>& t, Var z, const math::GateRule& rule) {
+  Var u = rule.shift != 0 ? add_const(t, z, rule.shift) : z;
+  Var y;
+  switch (rule.act) {
+    case math::Activation::Identity: y = u; break;
+    case math::Activation::Silu: y = silu(t, u); break;
+    case math::Activation::Sigmoid: y = sigmoid(t, u); break;
+    case math::Activation::Softplus: y = softplus(t, u); break;
+  }
+  return rule.scale != 1 ? scale(t, y, rule.scale) : y;
 }
 template <class T>
 Var square(Tape<T>& t, Var a) {

@@ -27,9 +27,7 @@ SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
   s.causal = opt.program == "causal";
   s.momentum = momentum;
   s.muon = opt.muon;
-  s.norm = opt.weight_norm == WeightNorm::Post ? lact::Norm::Post
-           : opt.weight_norm == WeightNorm::Pre ? lact::Norm::Pre
-                                                : lact::Norm::None;
+  s.norm = opt.weight_norm;
   auto ptr = [&](const char* n) { return st.get(n).data<T>(); };
   lact::Inputs<T> in{ptr("w0"), ptr("w1"), ptr("w2"), ptr("q"), ptr("k"), ptr("v"), ptr("lr0"), ptr("lr1"), ptr("lr2"),
                      momentum ? ptr("momentum") : nullptr};

@@ -15,7 +15,6 @@ nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, co
   // FLOPs as the LaCT code counts them (docs/ALGORITHMS.md §5.5): forward 18*d*dh*T per head; training 3x.
   const double flops_fwd = 18.0 * double(s.d) * double(s.dh) * double(s.T) * double(s.B);
   const double tokens = double(s.B) * double(s.T);
-  const char* wn = s.norm == lact::Norm::Post ? "post" : s.norm == lact::Norm::Pre ? "pre" : "none";
   return {{"op", "lact"},
           {"device", "cuda"},
           {"gpu", r.device},
@@ -30,7 +29,7 @@ nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, co
           {"program", s.causal ? "causal" : "bidirectional"},
           {"momentum", s.momentum},
           {"muon", s.muon},
-          {"weight_norm", wn},
+          {"weight_norm", engine::weight_norm_name(s.norm)},
           {"repeats", repeats},
           {"warmup", warmup},
           {"fwd_s", fwd},

@@ -1,5 +1,5 @@
 // Element-wise kernels (elementwise_kernels.h): grid-stride loops, one thread per element; the per-element math
-// of SiLU and sigmoid is the CPU twin's (ttt/lact_fused.h). Naming and launch conventions: kernel_util.cuh.
+// is core/scalar_math.h's, as on the CPU. Naming and launch conventions: kernel_util.cuh.
 #include "cuda/elementwise_kernels.h"
 
 #include <cuda_bf16.h>
@@ -15,30 +15,6 @@ namespace ttt::cuda::mk {
 
 namespace {
 
-__device__ __forceinline__ float softplus_f(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
-
-__device__ __forceinline__ float act_f(Act a, float z) {
-  switch (a) {
-    case Act::Identity: return z;
-    case Act::Silu: return silu_f(z);
-    case Act::Sigmoid: return lact::sigmoid_(z);
-    case Act::Softplus: return softplus_f(z);
-  }
-  return z;
-}
-__device__ __forceinline__ float dact_f(Act a, float z) {
-  switch (a) {
-    case Act::Identity: return 1.0f;
-    case Act::Silu: return dsilu_f(z);
-    case Act::Sigmoid: {
-      const float s = lact::sigmoid_(z);
-      return s * (1.0f - s);
-    }
-    case Act::Softplus: return lact::sigmoid_(z);
-  }
-  return 1.0f;
-}
-
 __global__ void k_fill(float* p, float v, int64_t n) { GRID_STRIDE(i, n) p[i] = v; }
 __global__ void k_axpy(float* y, const float* x, float a, int64_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
 __global__ void k_scale(float* p, float a, int64_t n) { GRID_STRIDE(i, n) p[i] *= a; }
@@ -46,38 +22,39 @@ __global__ void k_zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
   GRID_STRIDE(i, n) if (!mask[i]) p[i] = 0.0f;
 }
 
-__global__ void k_bias_act_fwd(float* z, const float* bias, float* y, int64_t rows, int64_t cols, float shift, Act a) {
+__global__ void k_bias_act_fwd(float* z, const float* bias, float* y, int64_t rows, int64_t cols, float shift,
+                               math::Activation a) {
   GRID_STRIDE(i, rows * cols) {
     float v = z[i];
     if (bias) v += bias[i % cols];
     z[i] = v;
-    y[i] = act_f(a, v + shift);
+    y[i] = math::activate(a, v + shift);
   }
 }
-__global__ void k_act_bwd(const float* z, const float* dy, float* dz, int64_t n, float shift, Act a) {
-  GRID_STRIDE(i, n) dz[i] = dy[i] * dact_f(a, z[i] + shift);
+__global__ void k_act_bwd(const float* z, const float* dy, float* dz, int64_t n, float shift, math::Activation a) {
+  GRID_STRIDE(i, n) dz[i] = dy[i] * math::activation_grad(a, z[i] + shift);
 }
 __global__ void k_silu_strided_fwd(const float* x, int64_t ldx, float* y, int64_t rows, int64_t cols) {
-  GRID_STRIDE(i, rows * cols) y[i] = silu_f(x[(i / cols) * ldx + i % cols]);
+  GRID_STRIDE(i, rows * cols) y[i] = math::silu(x[(i / cols) * ldx + i % cols]);
 }
 __global__ void k_silu_strided_bwd(const float* x, int64_t ldx, const float* dy, float* dx, int64_t lddx, int64_t rows,
                                    int64_t cols) {
   GRID_STRIDE(i, rows * cols) {
     const int64_t r = i / cols, c = i % cols;
-    dx[r * lddx + c] += dy[i] * dsilu_f(x[r * ldx + c]);
+    dx[r * lddx + c] += dy[i] * math::dsilu(x[r * ldx + c]);
   }
 }
 
 template <class Out>
 __global__ void k_swiglu_fwd(const float* a, const float* u, Out* m, int64_t n) {
-  GRID_STRIDE(i, n) store_as(m + i, silu_f(a[i]) * u[i]);
+  GRID_STRIDE(i, n) store_as(m + i, math::silu(a[i]) * u[i]);
 }
 __global__ void k_swiglu_bwd(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
   GRID_STRIDE(i, n) {
-    const float s = lact::sigmoid_(a[i]);
+    const float s = math::sigmoid(a[i]);
     const float g = dm[i];
-    da[i] = g * u[i] * lact::dsilu_s(a[i], s);
-    du[i] = g * lact::silu_s(a[i], s);
+    da[i] = g * u[i] * math::dsilu_from(a[i], s);
+    du[i] = g * math::silu_from(a[i], s);
   }
 }
 
@@ -103,13 +80,22 @@ void zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
   k_zero_where_masked<<<grid_for(n), kThreads>>>(p, mask, n);
   TTT_LAUNCH_CHECK("zero_where_masked");
 }
-void bias_act_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, double shift, Act act) {
+void bias_act_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, double shift,
+                      math::Activation act) {
   k_bias_act_fwd<<<grid_for(rows * cols), kThreads>>>(z, bias, y, rows, cols, float(shift), act);
   TTT_LAUNCH_CHECK("bias_act_forward");
 }
-void act_backward(const float* z, const float* dy, float* dz, int64_t n, double shift, Act act) {
+void act_backward(const float* z, const float* dy, float* dz, int64_t n, double shift, math::Activation act) {
   k_act_bwd<<<grid_for(n), kThreads>>>(z, dy, dz, n, float(shift), act);
   TTT_LAUNCH_CHECK("act_backward");
+}
+void gate_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, const math::GateRule& rule) {
+  bias_act_forward(z, bias, y, rows, cols, rule.shift, rule.act);
+  if (rule.scale != 1) scale(y, float(rule.scale), rows * cols);
+}
+void gate_backward(const float* z, float* dy, float* dz, int64_t n, const math::GateRule& rule) {
+  if (rule.scale != 1) scale(dy, float(rule.scale), n);
+  act_backward(z, dy, dz, n, rule.shift, rule.act);
 }
 void silu_strided_forward(const float* x, int64_t ldx, float* y, int64_t rows, int64_t cols) {
   k_silu_strided_fwd<<<grid_for(rows * cols), kThreads>>>(x, ldx, y, rows, cols);

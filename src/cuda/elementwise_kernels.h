@@ -7,10 +7,9 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "core/scalar_math.h"
 
 namespace ttt::cuda::mk {
-
-enum class Act { Identity, Silu, Sigmoid, Softplus };
 
 void fill(float* p, float value, int64_t n);
 void axpy(float* y, const float* x, float a, int64_t n);  // y += a x
@@ -18,9 +17,15 @@ void scale(float* p, float a, int64_t n);
 void zero_where_masked(float* p, const uint8_t* mask, int64_t n);  // p[i] = 0 where mask[i] == 0
 
 // z [rows, cols] += bias (per column; bias may be null), then y = act(z + shift).
-void bias_act_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, double shift, Act act);
+void bias_act_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, double shift,
+                      math::Activation act);
 // dz = dy * act'(z + shift).
-void act_backward(const float* z, const float* dy, float* dz, int64_t n, double shift, Act act);
+void act_backward(const float* z, const float* dy, float* dz, int64_t n, double shift, math::Activation act);
+// A rate or gate by its rule (math::GateRule) from its projection z [rows, cols]: z += bias (bias may be null), then
+// y = act(z + shift), then y *= scale (when not 1).
+void gate_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, const math::GateRule& rule);
+// Its adjoint: dy *= scale (in place, when not 1), then dz = dy * act'(z + shift).
+void gate_backward(const float* z, float* dy, float* dz, int64_t n, const math::GateRule& rule);
 // y [rows, cols] = silu(x) (x with leading dimension ldx) / dx (+)= dy * silu'(x).
 void silu_strided_forward(const float* x, int64_t ldx, float* y, int64_t rows, int64_t cols);
 void silu_strided_backward(const float* x, int64_t ldx, const float* dy, float* dx, int64_t lddx, int64_t rows,

@@ -37,25 +37,17 @@ bool gpu_streaming_supports(const ModelConfig& cfg, std::string* why) {
   return true;
 }
 
-namespace {
-
-lact::Norm lact_norm(const std::string& s) {
-  if (s == "post") return lact::Norm::Post;
-  if (s == "pre") return lact::Norm::Pre;
-  return lact::Norm::None;
-}
-
-}  // namespace
-
 struct GpuStreamer::Impl {
   ModelConfig cfg;
+  model::BranchSpec branch;  // the memory branch: memories, gate columns, rate rule (model/memory_spec.h)
   Blas blas{MathMode::FP32};
   int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0, C = 0, W = 0, pos = 0;
   std::vector<DeviceBuffer> tensors;  // the parameters, one allocation each, in model::parameter_shapes order
   ModelTensors P;                     // typed views of them, built once
   // One Titans memory of a layer (arch "titans": one; "tnt": global + locals), as the CPU StreamingModel keeps it.
   struct TitansMem {
-    int64_t chunk = 0, shard = 0, col0 = 0, pend = 0;  // shard 0: never reset; col0: its gate columns m*H
+    int64_t chunk = 0, shard = 0, pend = 0;  // chunk, reset period (0: never) from its MemorySpec
+    int64_t rate_col0 = 0, gate_col0 = 0;    // its theta / eta, alpha columns (MemorySpec)
     bool qk = false;
     DeviceBuffer w1, w2, s1, s2, w10, w20;            // weights [H,dh,d] / [H,d,dh], momentum, initial weights
     DeviceBuffer pk, pv, pth, pet, pal;               // the unfinished chunk: [H, chunk, d], [H, chunk]
@@ -88,8 +80,7 @@ struct GpuStreamer::Impl {
   void lact_token(Layer& ly, int64_t l, const float* vm, int64_t i) {
     const LayerTensors& lw = P.layers[size_t(l)];
     blas.gemm(false, false, 1, 3 * H, D, 1.0f, tok.h, D, lw.lr_weight, 3 * H, 0.0f, tok.zlr, 3 * H);
-    mk::bias_act_forward(tok.zlr, lw.lr_bias, tok.rates, 1, 3 * H, std::log(std::expm1(cfg.lr_init)),
-                         mk::Act::Softplus);
+    mk::gate_forward(tok.zlr, lw.lr_bias, tok.rates, 1, 3 * H, branch.rate);
     // Head h's d values go to row i of [H, C, d]: H rows of d, destination stride C*d.
     mk::copy2d(tok.qh, d, ly.pq.as<float>() + i * d, C * d, H, d);
     mk::copy2d(tok.kh, d, ly.pk.as<float>() + i * d, C * d, H, d);
@@ -97,7 +88,7 @@ struct GpuStreamer::Impl {
     for (int r = 0; r < 3; ++r) mk::copy2d(tok.rates + r * H, 1, ly.plr.as<float>() + r * H * C + i, C, H, 1);
     if (cfg.momentum) {
       blas.gemm(false, false, 1, H, D, 1.0f, tok.h, D, lw.momentum_weight, H, 0.0f, tok.zm, H);
-      mk::bias_act_forward(tok.zm, lw.momentum_bias, tok.mom, 1, H, 0.0, mk::Act::Sigmoid);
+      mk::gate_forward(tok.zm, lw.momentum_bias, tok.mom, 1, H, branch.gate);
       mk::copy2d(tok.mom, 1, ly.pmom.as<float>() + i, C, H, 1);
     }
     const lact::Inputs<float> in = chunk_inputs(ly);
@@ -111,15 +102,14 @@ struct GpuStreamer::Impl {
   void titans_token(Layer& ly, int64_t l, const float* vm) {
     const LayerTensors& lw = P.layers[size_t(l)];
     const int64_t M = int64_t(ly.mems.size()), MH = M * H;
-    // Per gate (theta, eta, alpha): weight, bias, activation.
+    // Per gate (theta, eta, alpha): weight, bias, activation, by the branch's rules.
     const float* gate_weight[3] = {lw.lr_weight, lw.momentum_weight, lw.decay_weight};
     const float* gate_bias[3] = {lw.lr_bias, lw.momentum_bias, lw.decay_bias};
     float* gate_y[3] = {ttok.th, ttok.et, ttok.al};
     for (int gi = 0; gi < 3; ++gi) {
       blas.gemm(false, false, 1, MH, D, 1.0f, tok.h, D, gate_weight[gi], MH, 0.0f, ttok.zg, MH);
-      mk::bias_act_forward(ttok.zg, gate_bias[gi], gate_y[gi], 1, MH, 0.0, mk::Act::Sigmoid);
+      mk::gate_forward(ttok.zg, gate_bias[gi], gate_y[gi], 1, MH, gi == 0 ? branch.rate : branch.gate);
     }
-    mk::scale(ttok.th, float(cfg.titans_base_lr), MH);
     TTT_CUDA_CHECK(cudaMemsetAsync(tok.o, 0, sizeof(float) * size_t(D), nullptr));
     const int64_t Pw = d * dh;  // elements of one head's weight matrix
     for (TitansMem& m : ly.mems) {
@@ -137,9 +127,9 @@ struct GpuStreamer::Impl {
       const int64_t Cm = m.chunk, r = m.pend;
       mk::copy2d(tok.kh, d, m.pk.as<float>() + r * d, Cm * d, H, d);
       mk::copy2d(vm, d, m.pv.as<float>() + r * d, Cm * d, H, d);
-      mk::copy2d(ttok.th + m.col0, 1, m.pth.as<float>() + r, Cm, H, 1);
-      mk::copy2d(ttok.et + m.col0, 1, m.pet.as<float>() + r, Cm, H, 1);
-      mk::copy2d(ttok.al + m.col0, 1, m.pal.as<float>() + r, Cm, H, 1);
+      mk::copy2d(ttok.th + m.rate_col0, 1, m.pth.as<float>() + r, Cm, H, 1);
+      mk::copy2d(ttok.et + m.gate_col0, 1, m.pet.as<float>() + r, Cm, H, 1);
+      mk::copy2d(ttok.al + m.gate_col0, 1, m.pal.as<float>() + r, Cm, H, 1);
       ++m.pend;
       if (m.shard > 0 && (pos + 1) % m.shard == 0) {  // shard finished: back to W0 (its last chunk never updates)
         TTT_CUDA_CHECK(cudaMemcpyAsync(m.w1.as<void>(), m.w10.as<void>(), m.w1.bytes(), cudaMemcpyDeviceToDevice, nullptr));
@@ -221,12 +211,12 @@ struct GpuStreamer::Impl {
         mk::silu_strided_forward(v, D, tok.vm, 1, D);
         vm = tok.vm;
       }
-      if (cfg.arch == "lact") lact_token(ly, l, vm, i);
+      if (cfg.arch == model::Arch::Lact) lact_token(ly, l, vm, i);
       else titans_token(ly, l, vm);
       // finish_memory_output, then x + (attn + mem) Wo and the MLP.
       rms_norm_heads_forward(tok.o, lw.o_norm, tok.normed, tok.rinvo, 1, D, H, cfg.norm_eps);
       blas.gemm(false, false, 1, H, D, 1.0f, tok.h, D, lw.scale_weight, H, 0.0f, tok.zs, H);
-      mk::bias_act_forward(tok.zs, lw.scale_bias, tok.gate, 1, H, 0.0, mk::Act::Silu);
+      mk::bias_act_forward(tok.zs, lw.scale_bias, tok.gate, 1, H, 0.0, math::Activation::Silu);
       mk::gate_heads_forward(tok.normed, tok.gate, tok.sum, 1, H, d);
       mk::axpy(tok.sum, tok.attn, 1.0f, D);
       blas.gemm(false, false, 1, D, D, 1.0f, tok.sum, D, lw.wo, D, 1.0f, x, D);
@@ -236,7 +226,7 @@ struct GpuStreamer::Impl {
       mk::swiglu_forward(tok.ga, tok.up, tok.mm, F);
       blas.gemm(false, false, 1, D, F, 1.0f, tok.mm, F, lw.w_down, D, 1.0f, x, D);
       // LaCT: the chunk is complete: update the fast weights (the causal program's update after chunk c).
-      if (cfg.arch == "lact" && i == C - 1) ly.lact->stream_update(chunk_inputs(ly), C);
+      if (cfg.arch == model::Arch::Lact && i == C - 1) ly.lact->stream_update(chunk_inputs(ly), C);
     }
     rms_norm_forward(x, P.final_norm, tok.h, tok.rinv, 1, D, D, cfg.norm_eps);
     blas.gemm(false, false, 1, V, D, 1.0f, tok.h, D, P.lm_head, V, 0.0f, tok.logits, V);
@@ -253,9 +243,12 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
   impl_ = std::make_unique<Impl>();  // after the device check: Impl opens a cuBLAS handle
   Impl& m = *impl_;
   m.cfg = cfg;
+  m.branch = model::branch_spec(cfg);
+  const bool lact = cfg.arch == model::Arch::Lact;
+  const model::MemorySpec& first = m.branch.memories[0];  // LaCT: the memory
   m.D = cfg.dim, m.H = cfg.n_mem_heads, m.d = cfg.head_dim_mem(), m.dh = cfg.mem_hidden_dim();
   m.Ha = cfg.n_attn_heads, m.hd = cfg.head_dim_attn(), m.F = cfg.mlp_hidden_dim(), m.V = cfg.vocab_size;
-  m.L = cfg.n_layers, m.C = cfg.chunk, m.W = cfg.window;
+  m.L = cfg.n_layers, m.C = first.chunk, m.W = cfg.window;
   TTT_CHECK(params.names == model::make_params<float>(cfg).names, "GPU generation: the parameters do not match the config");
   for (size_t i = 0; i < params.names.size(); ++i) {
     const auto& v = params.values[i];
@@ -273,21 +266,11 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
   StreamDims dims;
   dims.D = D, dims.H = H, dims.d = d, dims.dh = m.dh, dims.F = m.F, dims.V = m.V;
   m.tok = dims.allocate(m.tok_arrays);
-  // Titans / TNT memories: their chunk sizes and the work buffers of their token step and chunk update.
-  struct MemSpec {
-    int64_t chunk, shard;
-    bool qk;
-  };
-  std::vector<MemSpec> specs;
-  if (cfg.arch == "titans") specs.push_back({cfg.chunk, 0, false});
-  if (cfg.arch == "tnt") {
-    if (cfg.use_global) specs.push_back({cfg.global_chunk, 0, false});
-    for (int64_t c : cfg.local_chunks) specs.push_back({c, cfg.shard, cfg.qk_proj});
-  }
-  if (!specs.empty()) {
-    dims.MH = int64_t(specs.size()) * H;
+  // Titans / TNT memories: the work buffers of their token step and chunk update.
+  if (!lact) {
+    dims.MH = m.branch.gate_columns;
     dims.C = 1;  // the longest chunk
-    for (auto& sp : specs) dims.C = std::max(dims.C, sp.chunk);
+    for (const model::MemorySpec& mem : m.branch.memories) dims.C = std::max(dims.C, mem.chunk);
     m.ttok = dims.allocate(m.ttok_arrays);
   }
   m.id_dev = DeviceBuffer(sizeof(int32_t));
@@ -299,24 +282,24 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
   s.dh = m.dh;
   s.chunk = C;
   s.causal = true;
-  s.momentum = cfg.momentum;
-  s.muon = cfg.muon;
-  s.norm = lact_norm(cfg.weight_norm);
+  s.momentum = first.config.momentum;
+  s.muon = first.config.muon;
+  s.norm = first.config.weight_norm;
   for (int64_t l = 0; l < m.L; ++l) {
     Impl::Layer ly;
     ly.ring_k = buf(m.W * D);
     ly.ring_v = buf(m.W * D);
     const std::string pre = "layers." + std::to_string(l) + ".";
-    if (cfg.arch != "lact") {
+    if (!lact) {
       const int64_t P = d * m.dh;  // elements of one head's weight matrix
-      for (size_t mi = 0; mi < specs.size(); ++mi) {
+      for (const model::MemorySpec& mem : m.branch.memories) {
         Impl::TitansMem tm;
-        tm.chunk = specs[mi].chunk, tm.shard = specs[mi].shard, tm.qk = specs[mi].qk, tm.col0 = int64_t(mi) * H;
-        const auto names = model::memory_weight_names(cfg, int64_t(mi));
+        tm.chunk = mem.chunk, tm.shard = mem.shard, tm.qk = mem.qk_proj;
+        tm.rate_col0 = mem.rate_col0, tm.gate_col0 = mem.gate_col0;
         tm.w1 = buf(H * P), tm.w2 = buf(H * P), tm.s1 = buf(H * P), tm.s2 = buf(H * P);
         tm.w10 = buf(H * P), tm.w20 = buf(H * P);
-        tm.w10.upload(params.at(pre + names[0]).data.data(), sizeof(float) * size_t(H * P));
-        tm.w20.upload(params.at(pre + names[1]).data.data(), sizeof(float) * size_t(H * P));
+        tm.w10.upload(params.at(pre + mem.weights[0].name).data.data(), sizeof(float) * size_t(H * P));
+        tm.w20.upload(params.at(pre + mem.weights[1].name).data.data(), sizeof(float) * size_t(H * P));
         TTT_CUDA_CHECK(cudaMemcpy(tm.w1.as<void>(), tm.w10.as<void>(), tm.w1.bytes(), cudaMemcpyDeviceToDevice));
         TTT_CUDA_CHECK(cudaMemcpy(tm.w2.as<void>(), tm.w20.as<void>(), tm.w2.bytes(), cudaMemcpyDeviceToDevice));
         tm.pk = buf(H * tm.chunk * d), tm.pv = buf(H * tm.chunk * d);
@@ -348,7 +331,7 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
     } else {
       ag::Tape<float> t;
       model::LayerParams lp{[&](const std::string& n) { return t.constant(params.at(pre + n)); }};
-      const std::vector<ag::Var> w = model::memory_weights(t, cfg, lp, 0);  // w0, w1, w2
+      const std::vector<ag::Var> w = model::memory_weights(t, cfg, lp, first);  // w0, w1, w2
       for (size_t i : {size_t(0), size_t(2)}) {
         const ag::Mat<float>& v = t.val(w[i]);
         resolved.emplace_back(sizeof(float) * v.data.size());
@@ -361,7 +344,7 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
     TTT_CUDA_CHECK(cudaDeviceSynchronize());  // the resolved copies go out of scope
     // The recurrent state: ring buffers, the unfinished chunk, fast weights (+ momentum, + weight-norm targets).
     const size_t fast = sizeof(float) * size_t(H * 3 * d * m.dh) * (cfg.momentum ? 2 : 1) +
-                        (s.norm != lact::Norm::None ? sizeof(float) * size_t(H * (2 * m.dh + d)) : 0);
+                        (s.norm != engine::WeightNorm::None ? sizeof(float) * size_t(H * (2 * m.dh + d)) : 0);
     m.state += ly.ring_k.bytes() + ly.ring_v.bytes() + ly.pq.bytes() * 3 + ly.plr.bytes() +
                (cfg.momentum ? ly.pmom.bytes() : 0) + fast;
     m.workspace += ly.po.bytes() + ly.lact->workspace_bytes();

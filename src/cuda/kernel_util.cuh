@@ -1,5 +1,5 @@
 // What the model's kernel files (*_kernels.cu, attention_one.cu) share: launch geometry, the grid-stride and
-// warp-per-item loops, the warp reduction and the per-element activation math. Included only by .cu files.
+// warp-per-item loops and the warp reduction (the per-element math: core/scalar_math.h). Included only by .cu files.
 //
 // Naming convention of every kernel file: a host launcher is named for what it computes (`op`, or `op_forward`
 // / `op_backward` for a layer and its adjoint) and checks its arguments, then launches kernels named `k_op`
@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "ttt/lact_fused.h"  // sigmoid_, silu_s, dsilu_s: the per-element math shared with the CPU twin
+#include "core/scalar_math.h"  // the per-element math shared with the CPU (silu, sigmoid, activations)
 
 namespace ttt::cuda {
 
@@ -48,8 +48,5 @@ __device__ __forceinline__ double warp_sum(double v) {
 // Stores a float result: as it is, or rounded to bf16 (nearest even) for the GPU model's bf16 activations.
 __device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-
-__device__ __forceinline__ float silu_f(float z) { return lact::silu_s(z, lact::sigmoid_(z)); }
-__device__ __forceinline__ float dsilu_f(float z) { return lact::dsilu_s(z, lact::sigmoid_(z)); }
 
 }  // namespace ttt::cuda

@@ -1,7 +1,8 @@
 // CUDA backend of the LaCT operator: CudaOps implements the backend contract of ttt/lact_fused.h with cuBLAS
 // strided-batched GEMMs and the kernels below, so that lact::Fused<CudaOps<T>> runs on the GPU exactly the
-// sequence of steps that the CPU twin (lact_fused.cpp) specifies. Per-element math is the shared TTT_HD code
-// of lact_fused.h. Reductions accumulate in double and are deterministic (fixed two-stage trees).
+// sequence of steps that the CPU twin (lact_fused.cpp) specifies. Per-element math is the shared TTT_HOST_DEVICE
+// code of lact_fused.h and core/scalar_math.h. Reductions accumulate in double and are deterministic (fixed
+// two-stage trees).
 //
 // Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every buffer has a bf16
 // shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels

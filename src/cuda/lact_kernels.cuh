@@ -1,6 +1,6 @@
 // Kernels of the LaCT operator's CUDA backend (lact_cuda.cu, its only includer): element-wise steps (the shared
-// TTT_HD per-element math of ttt/lact_fused.h), row-wise passes over a state, the Newton-Schulz layout, and
-// batched reductions in two fixed stages (double accumulators: deterministic).
+// TTT_HOST_DEVICE per-element math of ttt/lact_fused.h and core/scalar_math.h), row-wise passes over a state, the
+// Newton-Schulz layout, and batched reductions in two fixed stages (double accumulators: deterministic).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -35,7 +35,7 @@ __global__ void k_add(T* dst, const T* src, int64_t n) {
 }
 template <class T>
 __global__ void k_sqrt(T* x, int64_t n) {
-  GRID_STRIDE(i, n) x[i] = lact::sqrt_(x[i]);
+  GRID_STRIDE(i, n) x[i] = math::sqrt(x[i]);
 }
 template <class T>
 __global__ void k_axpy_batched(T* D, const T* S, const T* s, int64_t per, int64_t n) {

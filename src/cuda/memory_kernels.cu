@@ -24,7 +24,7 @@ __global__ void k_qk_prep_fwd(const float* x, int64_t ldx, const float* scale, c
     double ss = 0;
     for (int64_t j = lane; j < d; j += 32) {
       const int64_t c = h * d + j;
-      const float a = silu_f(x[r * ldx + c] * scale[c] + offset[c]);
+      const float a = math::silu(x[r * ldx + c] * scale[c] + offset[c]);
       ss += double(a) * double(a);
     }
     ss = warp_sum(ss);
@@ -32,7 +32,7 @@ __global__ void k_qk_prep_fwd(const float* x, int64_t ldx, const float* scale, c
     const float inv = 1.0f / (nrm + eps);
     for (int64_t j = lane; j < d; j += 32) {
       const int64_t c = h * d + j;
-      const float a = silu_f(x[r * ldx + c] * scale[c] + offset[c]);
+      const float a = math::silu(x[r * ldx + c] * scale[c] + offset[c]);
       y[r * D + c] = a * inv;
     }
     if (lane == 0) norm[r * H + h] = nrm;
@@ -49,7 +49,7 @@ __global__ void k_qk_prep_bwd(const float* x, int64_t ldx, const float* scale, c
     double dot = 0;
     for (int64_t j = lane; j < d; j += 32) {
       const int64_t c = h * d + j;
-      const float a = silu_f(x[r * ldx + c] * scale[c] + offset[c]);
+      const float a = math::silu(x[r * ldx + c] * scale[c] + offset[c]);
       dot += double(dy[r * D + c]) * double(a);
     }
     dot = warp_sum(dot);
@@ -59,9 +59,9 @@ __global__ void k_qk_prep_bwd(const float* x, int64_t ldx, const float* scale, c
       const int64_t c = h * d + j;
       const float xv = x[r * ldx + c];
       const float z = xv * scale[c] + offset[c];
-      const float a = silu_f(z);
+      const float a = math::silu(z);
       const float da = (dy[r * D + c] - a * cf) * inv;
-      const float g = da * dsilu_f(z);
+      const float g = da * math::dsilu(z);
       dz[r * D + c] = g;
       dzx[r * D + c] = g * xv;
       dx[r * lddx + c] += g * scale[c];
@@ -116,7 +116,7 @@ __global__ void k_scaled_error(const float* Y, const float* V, const float* scal
   GRID_STRIDE(e, rows * d) out[e] = scale[e / d] * (Y[e] - V[e]);
 }
 __global__ void k_dsilu_mul(const float* M, const float* Z, float* out, int64_t n, float factor) {
-  GRID_STRIDE(e, n) out[e] = factor * M[e] * dsilu_f(Z[e]);
+  GRID_STRIDE(e, n) out[e] = factor * M[e] * math::dsilu(Z[e]);
 }
 __global__ void k_titans_step(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H,
                               int64_t P) {

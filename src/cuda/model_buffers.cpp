@@ -4,7 +4,7 @@
 #include <map>
 
 #include "core/error.h"
-#include "model/memory_branch.h"
+#include "model/memory_spec.h"
 
 namespace ttt::cuda {
 
@@ -59,6 +59,7 @@ ModelTensors model_tensors(const model::ModelConfig& cfg, const std::vector<std:
     claimed[it->second] = true;
     return at(it->second);
   };
+  const std::vector<model::MemorySpec> specs = model::memory_specs(cfg);
   ModelTensors t;
   t.embed = find("embed.weight");
   t.final_norm = find("final_norm.weight");
@@ -69,10 +70,10 @@ ModelTensors model_tensors(const model::ModelConfig& cfg, const std::vector<std:
 #define TTT_FIND_TENSOR(name, suffix) lt.name = find(pre + suffix);
     TTT_GPU_LAYER_TENSORS(TTT_FIND_TENSOR)
 #undef TTT_FIND_TENSOR
-    for (int64_t m = 0; m < cfg.n_memories(); ++m) {
+    for (const model::MemorySpec& spec : specs) {
       auto& weights = lt.memories.emplace_back();
-      for (const std::string& n : model::memory_weight_names(cfg, m))
-        weights.push_back({find(pre + n), find(pre + n + ".a"), find(pre + n + ".b")});
+      for (const model::MemoryWeightSpec& w : spec.weights)
+        weights.push_back({find(pre + w.name), find(pre + w.name + ".a"), find(pre + w.name + ".b")});
     }
   }
   for (size_t i = 0; i < names.size(); ++i)

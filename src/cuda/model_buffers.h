@@ -256,7 +256,7 @@ struct StreamDims {
 
 // ---- typed parameter views ------------------------------------------------------------------------------------
 // Per layer, the tensors named "layers.<l>." + the string of each entry (model::parameter_shapes); a tensor the
-// config does not have is null. The memories' weights follow model::memory_weight_names.
+// config does not have is null. The memories' weights follow the memory spec (model/memory_spec.h).
 #define TTT_GPU_LAYER_TENSORS(X)                                                                                   \
   X(attn_norm, "attn_norm.weight")                                                                                \
   X(wqkv, "wqkv")                                                                                                 \
@@ -289,7 +289,7 @@ struct MemoryWeight {
 #define TTT_TENSOR_POINTER(name, suffix) float* name = nullptr;
 struct LayerTensors {
   TTT_GPU_LAYER_TENSORS(TTT_TENSOR_POINTER)
-  // memories[m][i]: weight i of memory m, in the order of model::memory_weight_names (LaCT: one memory w0, w1,
+  // memories[m][i]: weight i of memory m, in the order of its MemorySpec::weights (LaCT: one memory w0, w1,
   // w2; Titans / TNT: per memory w1, w2, global memory first).
   std::vector<std::vector<MemoryWeight>> memories;
 };

@@ -25,7 +25,7 @@
 #include "cuda/reduction_kernels.h"
 #include "cuda/rope_kernels.h"
 #include "cuda/tnt_cuda.h"
-#include "model/memory_branch.h"
+#include "model/memory_spec.h"
 
 namespace ttt::cuda {
 
@@ -37,29 +37,21 @@ bool gpu_supports(const ModelConfig& cfg, std::string* why) {
     return false;
   };
   if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
-  if (cfg.arch == "lact") {
-    if (cfg.memory != "swiglu") return no("LaCT needs memory \"swiglu\"");
+  if (cfg.arch == model::Arch::Lact) {
+    if (cfg.memory != engine::Family::SwiGLU) return no("LaCT needs memory \"swiglu\"");
     return true;
   }
   // Titans / TNT: the GPU memory (titans_cuda.h) is the MLP memory with residual, momentum and decay, no Muon.
-  if (cfg.memory != "mlp" || !cfg.mem_residual || !cfg.momentum || !cfg.decay || cfg.muon)
-    return no("arch \"" + cfg.arch + "\" on the GPU needs memory \"mlp\" with mem_residual, momentum and decay on and "
+  if (cfg.memory != engine::Family::MLP || !cfg.mem_residual || !cfg.momentum || !cfg.decay || cfg.muon)
+    return no(std::string("arch \"") + model::arch_name(cfg.arch) +
+              "\" on the GPU needs memory \"mlp\" with mem_residual, momentum and decay on and "
               "muon off (the Titans memory of docs/ALGORITHMS.md section 6.3); this config runs on the CPU");
   return true;
 }
 
-namespace {
-
-lact::Norm lact_norm(const std::string& s) {
-  if (s == "post") return lact::Norm::Post;
-  if (s == "pre") return lact::Norm::Pre;
-  return lact::Norm::None;
-}
-
-}  // namespace
-
 struct GpuModel::Impl {
   ModelConfig cfg;
+  model::BranchSpec branch;  // the memory branch: memories, gate columns, rate rule (model/memory_spec.h)
   GpuModelOptions opt;
   Blas blas;
   // Parameter layout: one flat array in the order of model::parameter_shapes.
@@ -101,37 +93,37 @@ struct GpuModel::Impl {
   std::vector<DeviceArray<bf16>> xs16;
 
   Impl(const ModelConfig& c, const GpuModelOptions& o)
-      : cfg(c), opt(o), blas(o.math), act16(o.math == MathMode::BF16 && o.bf16_activations),
-        titans_like(c.arch != "lact") {}
+      : cfg(c), branch(model::branch_spec(c)), opt(o), blas(o.math),
+        act16(o.math == MathMode::BF16 && o.bf16_activations), titans_like(c.arch != model::Arch::Lact) {}
+
+  // The operator runner of a batch shape (S sequences of N tokens) from `cache`, made by make() on first use; one
+  // per shape, at most two kept (training and evaluation shapes).
+  template <class Runner, class Make>
+  Runner& cached_runner(std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Runner>>& cache, int64_t S, int64_t N,
+                        Make make) {
+    const auto key = std::make_pair(S, N);
+    auto it = cache.find(key);
+    if (it != cache.end()) return *it->second;
+    if (cache.size() >= 2) cache.erase(cache.begin());
+    std::unique_ptr<Runner> made = make();
+    Runner& runner = *made;
+    cache[key] = std::move(made);
+    return runner;
+  }
 
   TntRunner<float>& tnt_runner(int64_t S, int64_t N) {
-    auto key = std::make_pair(S, N);
-    auto it = tnt.find(key);
-    if (it != tnt.end()) return *it->second;
+    return cached_runner(tnt, S, N, [&] { return make_tnt_runner(S, N); });
+  }
+  std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N) {
     titans::TntShape s;
     s.B = S * H;
     s.T = N;
     s.d = d;
-    if (cfg.arch == "titans") {  // one memory, chunk C, never reset
-      s.use_global = true;
-      s.global_chunk = cfg.chunk;
-      s.local_chunks.clear();
-      s.qk_proj = false;
-    } else {
-      s.use_global = cfg.use_global;
-      s.global_chunk = cfg.global_chunk;
-      s.local_chunks = cfg.local_chunks;
-      s.shard = cfg.shard;
-      s.qk_proj = cfg.qk_proj;
-    }
-    s.dh.assign(size_t(s.num_memories()), dh);
+    s.set_layout(branch.layout);  // "titans": the global memory alone (chunk C, never reset)
+    for (const model::MemorySpec& mem : branch.memories) s.dh.push_back(mem.config.dh);
     TitansOptions to;
     to.poison_workspace = opt.poison;
-    if (tnt.size() >= 2) tnt.erase(tnt.begin());
-    auto r = std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, to);
-    auto& ref = *r;
-    tnt[key] = std::move(r);
-    return ref;
+    return std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, to);
   }
 
   // Phase timing (set_profiling): the device is synchronized around each timed call, so the phases add up to
@@ -176,36 +168,32 @@ struct GpuModel::Impl {
   }
 
   LactRunner<float>& lact_runner(int64_t S, int64_t N) {
-    auto key = std::make_pair(S, N);
-    auto it = lact.find(key);
-    if (it != lact.end()) return *it->second;
+    return cached_runner(lact, S, N, [&] { return make_lact_runner(S, N); });
+  }
+  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N) {
+    const model::MemorySpec& mem = branch.memories[0];
     lact::Shape s;
     s.B = S * H;
     s.T = N;
-    s.d = d;
-    s.dh = dh;
-    s.chunk = cfg.chunk;
+    s.d = mem.config.d;
+    s.dh = mem.config.dh;
+    s.chunk = mem.chunk;
     s.causal = true;
-    s.momentum = cfg.momentum;
-    s.muon = cfg.muon;
-    s.norm = lact_norm(cfg.weight_norm);
+    s.momentum = mem.config.momentum;
+    s.muon = mem.config.muon;
+    s.norm = mem.config.weight_norm;
     LactOptions lo;
     if (opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && cfg.muon)) lo.tf32 = true;
     else if (opt.math == MathMode::BF16) lo.bf16 = true;
     lo.poison_workspace = opt.poison;
-    // One runner per shape; keep at most two (training and evaluation shapes).
-    if (lact.size() >= 2) lact.erase(lact.begin());
-    auto r = std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo);
-    auto& ref = *r;
-    lact[key] = std::move(r);
-    return ref;
+    return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo);
   }
 
   // Grows the work buffers (model_buffers.h) and the kept residual stream to a batch of S sequences of N tokens.
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
     ModelDims s;
     s.rows = rows, s.D = D, s.H = H, s.d = d, s.dh = dh, s.Ha = Ha, s.F = F, s.V = V;
-    s.M = cfg.n_memories();
+    s.M = int64_t(branch.memories.size());
     s.BHN = S * H * N;  // = rows * H
     s.W = S * H * dh * d;
     s.G = std::max<int64_t>(3, s.M) * H;
@@ -291,7 +279,7 @@ struct GpuModel::Impl {
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
     rms_norm_heads_forward(act.o, lw.o_norm, act.normed, act.rinvo, rows, D, H, cfg.norm_eps);
     gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
-    mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, mk::Act::Silu);
+    mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
     mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
     // x + (attn + mem) Wo
     mk::axpy(act.sum, act.attn, 1.0f, rows * D);
@@ -337,11 +325,10 @@ struct GpuModel::Impl {
     const int64_t rows = S * N;
     const LayerTensors& lw = P.layers[size_t(l)];
     gemm(false, false, rows, 3 * H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.lr_weight, 3 * H, 0.0f, act.zlr, 3 * H);
-    mk::bias_act_forward(act.zlr, lw.lr_bias, act.rates, rows, 3 * H, std::log(std::expm1(cfg.lr_init)),
-                         mk::Act::Softplus);
+    mk::gate_forward(act.zlr, lw.lr_bias, act.rates, rows, 3 * H, branch.rate);
     if (cfg.momentum) {
       gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.momentum_weight, H, 0.0f, act.zm, H);
-      mk::bias_act_forward(act.zm, lw.momentum_bias, act.mom, rows, H, 0.0, mk::Act::Sigmoid);
+      mk::gate_forward(act.zm, lw.momentum_bias, act.mom, rows, H, branch.gate);
     }
     for (int r = 0; r < 3; ++r) mk::cols_to_batch(act.rates, 3 * H, r * H, act.lrT + r * S * H * N, S, N, H);
     if (cfg.momentum) mk::cols_to_batch(act.mom, H, 0, act.momT, S, N, H);
@@ -381,25 +368,26 @@ struct GpuModel::Impl {
     }
     // rates = softplus(h Wlr + b + shift)
     for (int r = 0; r < 3; ++r) mk::batch_to_cols(grad.glrT + r * S * H * N, grad.drates, 3 * H, r * H, S, N, H);
-    mk::act_backward(act.zlr, grad.drates, grad.dzlr, rows * 3 * H, std::log(std::expm1(cfg.lr_init)),
-                     mk::Act::Softplus);
+    mk::gate_backward(act.zlr, grad.drates, grad.dzlr, rows * 3 * H, branch.rate);
     gemm(true, false, D, 3 * H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, 3 * H, 1.0f, lg.lr_weight, 3 * H);
     col_sum(grad.dzlr, rows, 3 * H, 3 * H, lg.lr_bias, true);
     gemm(false, true, rows, D, 3 * H, 1.0f, grad.dzlr, 3 * H, lw.lr_weight, 3 * H, 1.0f, grad.dh, D);
     if (cfg.momentum) {
       mk::batch_to_cols(grad.gmomT, grad.dmom, H, 0, S, N, H);
-      mk::act_backward(act.zm, grad.dmom, grad.dzm, rows * H, 0.0, mk::Act::Sigmoid);
+      mk::gate_backward(act.zm, grad.dmom, grad.dzm, rows * H, branch.gate);
       gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzm, H, 1.0f, lg.momentum_weight, H);
       col_sum(grad.dzm, rows, H, H, lg.momentum_bias, true);
       gemm(false, true, rows, D, H, 1.0f, grad.dzm, H, lw.momentum_weight, H, 1.0f, grad.dh, D);
     }
   }
 
-  // Titans / TNT: M memories (global first), each MLP + MSE with momentum and decay; gates theta =
-  // titans_base_lr * sigmoid(h W_lr + b), eta = sigmoid(h W_m + b), alpha = sigmoid(h W_d + b), column
-  // m*H + h for memory m, head h; the branch through TntRunner (tnt_cuda.h), which sums the memories.
+  // Titans / TNT: M memories (global first), each MLP + MSE with momentum and decay; gates by the branch's rules
+  // (theta = titans_base_lr * sigmoid(h W_lr + b), eta = sigmoid(h W_m + b), alpha = sigmoid(h W_d + b)), in the
+  // memory spec's columns (m*H + h for memory m, head h); the branch through TntRunner (tnt_cuda.h), which sums
+  // the memories.
   void titans_forward(int64_t l, int64_t S, int64_t N) {
-    const int64_t rows = S * N, M = cfg.n_memories(), MH = M * H, BHN = S * H * N, W = S * H * dh * d;
+    const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
+    const int64_t W = S * H * dh * d;
     const LayerTensors& lw = P.layers[size_t(l)];
     // Per gate (theta, eta, alpha): weight, bias, pre-activation, activation, per sequence-head layout.
     const float* gate_weight[3] = {lw.lr_weight, lw.momentum_weight, lw.decay_weight};
@@ -409,9 +397,10 @@ struct GpuModel::Impl {
     float* per_batch[3] = {act.thT, act.etT, act.alT};
     for (int gi = 0; gi < 3; ++gi) {
       gemm(false, false, rows, MH, D, 1.0f, operand(act.h, act.h_bf16), D, gate_weight[gi], MH, 0.0f, gate_z[gi], MH);
-      mk::bias_act_forward(gate_z[gi], gate_bias[gi], gate_y[gi], rows, MH, 0.0, mk::Act::Sigmoid);
-      if (gi == 0) mk::scale(act.rates, float(cfg.titans_base_lr), rows * MH);
-      for (int64_t m = 0; m < M; ++m) mk::cols_to_batch(gate_y[gi], MH, m * H, per_batch[gi] + m * BHN, S, N, H);
+      mk::gate_forward(gate_z[gi], gate_bias[gi], gate_y[gi], rows, MH, gi == 0 ? branch.rate : branch.gate);
+      for (const model::MemorySpec& mem : branch.memories)
+        mk::cols_to_batch(gate_y[gi], MH, gi == 0 ? mem.rate_col0 : mem.gate_col0, per_batch[gi] + mem.index * BHN, S,
+                          N, H);
     }
     titans::TntInputs<float> in;
     in.q = act.qT, in.k = act.kT, in.v = act.vT;
@@ -430,7 +419,8 @@ struct GpuModel::Impl {
     timed("tnt", [&] { tnt_runner(S, N).forward(in, act.oT); });
   }
   void titans_backward(int64_t l, int64_t S, int64_t N) {
-    const int64_t rows = S * N, M = cfg.n_memories(), MH = M * H, BHN = S * H * N, W = S * H * dh * d;
+    const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
+    const int64_t W = S * H * dh * d;
     const LayerTensors& lw = P.layers[size_t(l)];
     const LayerTensors& lg = G.layers[size_t(l)];
     titans::TntGrads<float> og;
@@ -454,9 +444,10 @@ struct GpuModel::Impl {
     const float* gate_z[3] = {act.zlr, act.zm, act.zd};
     const float* per_batch[3] = {grad.gthT, grad.getT, grad.galT};
     for (int gi = 0; gi < 3; ++gi) {
-      for (int64_t m = 0; m < M; ++m) mk::batch_to_cols(per_batch[gi] + m * BHN, grad.drates, MH, m * H, S, N, H);
-      if (gi == 0) mk::scale(grad.drates, float(cfg.titans_base_lr), rows * MH);
-      mk::act_backward(gate_z[gi], grad.drates, grad.dzlr, rows * MH, 0.0, mk::Act::Sigmoid);
+      for (const model::MemorySpec& mem : branch.memories)
+        mk::batch_to_cols(per_batch[gi] + mem.index * BHN, grad.drates, MH, gi == 0 ? mem.rate_col0 : mem.gate_col0, S,
+                          N, H);
+      mk::gate_backward(gate_z[gi], grad.drates, grad.dzlr, rows * MH, gi == 0 ? branch.rate : branch.gate);
       gemm(true, false, D, MH, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, MH, 1.0f, gate_weight_grad[gi],
            MH);
       col_sum(grad.dzlr, rows, MH, MH, gate_bias_grad[gi], true);
@@ -491,7 +482,7 @@ struct GpuModel::Impl {
     gemm(false, true, rows, D, D, 1.0f, dxm, D, lw.wo, D, 0.0f, grad.dsum, D);
     // ---- memory output: sum = attn + normed * gate
     mk::gate_heads_backward(act.normed, act.gate, grad.dsum, grad.dnormed, grad.dgate, rows, H, d);
-    mk::act_backward(act.zs, grad.dgate, grad.dzs, rows * H, 0.0, mk::Act::Silu);
+    mk::act_backward(act.zs, grad.dgate, grad.dzs, rows * H, 0.0, math::Activation::Silu);
     gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
     col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
     gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);

@@ -23,9 +23,7 @@ class CudaOperatorBench final : public backend::OperatorBench {
     s.causal = true;
     s.momentum = spec.momentum;
     s.muon = spec.muon;
-    s.norm = spec.weight_norm == engine::WeightNorm::Post  ? lact::Norm::Post
-             : spec.weight_norm == engine::WeightNorm::Pre ? lact::Norm::Pre
-                                                           : lact::Norm::None;
+    s.norm = spec.weight_norm;
     return bench_lact_json(s, spec.repeats, spec.warmup, backend::precision_name(spec.precision));
   }
 

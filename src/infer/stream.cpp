@@ -40,7 +40,7 @@ void StreamingModel::reset() {
   pos_ = 0;
   layers_.assign(size_t(cfg_.n_layers), LayerState());
   const int64_t D = cfg_.dim, H = cfg_.n_mem_heads, d = cfg_.head_dim_mem();
-  const int64_t M = cfg_.arch == "tnt" ? cfg_.n_memories() : 1;
+  const std::vector<model::MemorySpec> specs = model::memory_specs(cfg_);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     LayerState& ls = layers_[size_t(l)];
     ls.ring_k = Mat<float>(cfg_.window, D);
@@ -48,36 +48,25 @@ void StreamingModel::reset() {
     Tape<float> t;
     const std::string pre = "layers." + std::to_string(l) + ".";
     model::LayerParams lp{[&](const std::string& n) { return t.constant(p_.at(pre + n)); }};
-    for (int64_t m = 0; m < M; ++m) {
+    for (const model::MemorySpec& spec : specs) {
       MemoryStream ms;
-      ms.cfg = model::memory_config(cfg_, m);
-      const int64_t R = ms.cfg.rate_columns;
-      if (cfg_.arch == "tnt") {
-        const bool global = cfg_.use_global && m == 0;
-        const int64_t local = cfg_.use_global ? m - 1 : m;
-        ms.chunk = global ? cfg_.global_chunk : cfg_.local_chunks[size_t(local)];
-        ms.shard = global ? 0 : cfg_.shard;
-        ms.qk_proj = !global && cfg_.qk_proj;
-        ms.rate_col0 = m * H;
-        ms.gate_col0 = m * H;
-      } else {
-        ms.chunk = cfg_.chunk;
-      }
-      const int64_t rows = ms.shard > 0 ? std::min(ms.chunk, ms.shard) : ms.chunk;
+      ms.spec = spec;
+      const int64_t R = spec.config.rate_columns;
+      const int64_t rows = spec.shard > 0 ? std::min(spec.chunk, spec.shard) : spec.chunk;
       ms.pend_k = Mat<float>(rows, D);
       ms.pend_v = Mat<float>(rows, D);
       ms.pend_rates = Mat<float>(rows, R * H);
       ms.pend_mom = Mat<float>(rows, H);
       ms.pend_decay = Mat<float>(rows, H);
       // Resolve the memory's initial weights (low-rank parameterization included) once.
-      std::vector<Var> w = model::memory_weights(t, cfg_, lp, m);
-      auto shapes = ms.cfg.weight_shapes();
+      std::vector<Var> w = model::memory_weights(t, cfg_, lp, spec);
+      auto shapes = spec.config.weight_shapes();
       for (int64_t h = 0; h < H; ++h) {
         MemoryHeadState hs;
         for (size_t i = 0; i < w.size(); ++i)
           hs.w0.push_back(rows_cols(t.val(w[i]), h * shapes[i].first, shapes[i].first, 0, shapes[i].second));
-        hs.state = engine::initial_state(ms.cfg, hs.w0);
-        hs.kk = Mat<float>(ms.qk_proj ? d : 0, ms.qk_proj ? d : 0);
+        hs.state = engine::initial_state(spec.config, hs.w0);
+        hs.kk = Mat<float>(spec.qk_proj ? d : 0, spec.qk_proj ? d : 0);
         ms.heads.push_back(std::move(hs));
       }
       ls.memories.push_back(std::move(ms));
@@ -106,11 +95,12 @@ size_t StreamingModel::state_bytes() const {
 int64_t StreamingModel::room() const {
   int64_t r = INT64_MAX;
   for (auto& ms : layers_[0].memories) {
-    if (ms.shard > 0) {
-      const int64_t off = pos_ % ms.shard;
-      r = std::min({r, ms.chunk - off % ms.chunk, ms.shard - off});
+    const model::MemorySpec& s = ms.spec;
+    if (s.shard > 0) {
+      const int64_t off = pos_ % s.shard;
+      r = std::min({r, s.chunk - off % s.chunk, s.shard - off});
     } else {
-      r = std::min(r, ms.chunk - pos_ % ms.chunk);
+      r = std::min(r, s.chunk - pos_ % s.chunk);
     }
   }
   return r;
@@ -196,11 +186,12 @@ Mat<float> StreamingModel::feed_block(const std::vector<int32_t>& tokens) {
     const Mat<float>& mk = t.val(mi.k);
     Mat<float> o(n, D);
     for (MemoryStream& ms : ls.memories) {
-      const int64_t R = ms.cfg.rate_columns;
+      const model::MemorySpec& spec = ms.spec;
+      const int64_t R = spec.config.rate_columns;
       for (int64_t hh = 0; hh < H; ++hh) {
         MemoryHeadState& hs = ms.heads[size_t(hh)];
         Mat<float> qh = rows_cols(mq, 0, n, hh * d, d);
-        if (ms.qk_proj && hs.ksq > 0) {  // q~ = (sum k k^T) q / sum ||k||^2; identity while empty
+        if (spec.qk_proj && hs.ksq > 0) {  // q~ = (sum k k^T) q / sum ||k||^2; identity while empty
           Mat<float> qp(n, d);
           for (int64_t i = 0; i < n; ++i)
             for (int64_t a = 0; a < d; ++a) {
@@ -210,7 +201,7 @@ Mat<float> StreamingModel::feed_block(const std::vector<int32_t>& tokens) {
             }
           qh = qp;
         }
-        Mat<float> oh = engine::state_apply(ms.cfg, hs.state, hs.w0, qh);
+        Mat<float> oh = engine::state_apply(spec.config, hs.state, hs.w0, qh);
         for (int64_t i = 0; i < n; ++i)
           for (int64_t j = 0; j < d; ++j) o(i, hh * d + j) += oh(i, j);
       }
@@ -218,36 +209,36 @@ Mat<float> StreamingModel::feed_block(const std::vector<int32_t>& tokens) {
         const int64_t r = ms.pend_n + i;
         std::copy(mk.row(i), mk.row(i) + D, ms.pend_k.row(r));
         std::copy(t.val(mi.v).row(i), t.val(mi.v).row(i) + D, ms.pend_v.row(r));
-        const float* rr = t.val(mi.rates).row(i) + ms.rate_col0;
+        const float* rr = t.val(mi.rates).row(i) + spec.rate_col0;
         std::copy(rr, rr + R * H, ms.pend_rates.row(r));
         if (mi.momentum.valid()) {
-          const float* mr = t.val(mi.momentum).row(i) + ms.gate_col0;
+          const float* mr = t.val(mi.momentum).row(i) + spec.gate_col0;
           std::copy(mr, mr + H, ms.pend_mom.row(r));
         }
         if (mi.decay.valid()) {
-          const float* dr = t.val(mi.decay).row(i) + ms.gate_col0;
+          const float* dr = t.val(mi.decay).row(i) + spec.gate_col0;
           std::copy(dr, dr + H, ms.pend_decay.row(r));
         }
       }
       ms.pend_n += n;
       const int64_t after = pos_ + n;
-      if (ms.shard > 0 && after % ms.shard == 0) {  // shard finished: back to W0 (its last chunk never updates)
+      if (spec.shard > 0 && after % spec.shard == 0) {  // shard finished: back to W0 (its last chunk never updates)
         for (auto& hs : ms.heads) {
-          hs.state = engine::initial_state(ms.cfg, hs.w0);
+          hs.state = engine::initial_state(spec.config, hs.w0);
           std::fill(hs.kk.data.begin(), hs.kk.data.end(), 0.0f);
           hs.ksq = 0;
         }
         ms.pend_n = 0;
-      } else if (ms.pend_n == ms.chunk) {  // chunk finished: one update per head
-        const int64_t C = ms.chunk;
+      } else if (ms.pend_n == spec.chunk) {  // chunk finished: one update per head
+        const int64_t C = spec.chunk;
         for (int64_t hh = 0; hh < H; ++hh) {
           MemoryHeadState& hs = ms.heads[size_t(hh)];
           Mat<float> kh = rows_cols(ms.pend_k, 0, C, hh * d, d);
-          engine::state_update(ms.cfg, hs.state, hs.w0, kh, rows_cols(ms.pend_v, 0, C, hh * d, d),
+          engine::state_update(spec.config, hs.state, hs.w0, kh, rows_cols(ms.pend_v, 0, C, hh * d, d),
                                strided(ms.pend_rates, C, hh, H, R),
-                               ms.cfg.momentum ? rows_cols(ms.pend_mom, 0, C, hh, 1) : Mat<float>(),
-                               ms.cfg.decay ? rows_cols(ms.pend_decay, 0, C, hh, 1) : Mat<float>());
-          if (ms.qk_proj)
+                               spec.config.momentum ? rows_cols(ms.pend_mom, 0, C, hh, 1) : Mat<float>(),
+                               spec.config.decay ? rows_cols(ms.pend_decay, 0, C, hh, 1) : Mat<float>());
+          if (spec.qk_proj)
             for (int64_t i = 0; i < C; ++i)
               for (int64_t a = 0; a < d; ++a) {
                 hs.ksq += double(kh(i, a)) * kh(i, a);

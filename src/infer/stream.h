@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/streamer.h"
+#include "model/memory_spec.h"
 #include "model/model.h"
 #include "ttt/runner.h"
 
@@ -38,10 +39,7 @@ class StreamingModel final : public backend::Streamer {
   };
   // One memory of a layer (LaCT / Titans: one; TNT: global + locals).
   struct MemoryStream {
-    engine::MemoryConfig cfg;
-    int64_t chunk = 0, shard = 0;  // shard 0: never reset
-    bool qk_proj = false;
-    int64_t rate_col0 = 0, gate_col0 = 0;  // first columns of this memory's rates / gates
+    model::MemorySpec spec;  // chunk, shard (0: never reset), Q-K projection, engine config, gate columns
     std::vector<MemoryHeadState> heads;
     ag::Mat<float> pend_k, pend_v, pend_rates, pend_mom, pend_decay;  // the unfinished chunk, pend_n rows
     int64_t pend_n = 0;

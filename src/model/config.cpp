@@ -1,11 +1,14 @@
 #include "model/config.h"
 
+#include <array>
 #include <functional>
+#include <ostream>
 #include <sstream>
 
 #include "core/checked.h"
 #include "core/error.h"
 #include "core/file_io.h"
+#include "model/memory_spec.h"
 
 namespace ttt::model {
 
@@ -18,10 +21,11 @@ int64_t ModelConfig::mlp_hidden_dim() const {
   return checked_add(h, int64_t(63), "model config: dim (the automatic mlp_hidden is 8 * dim / 3)") / 64 * 64;
 }
 
-int64_t ModelConfig::n_memories() const {
-  if (arch == "tnt") return (use_global ? 1 : 0) + int64_t(local_chunks.size());
-  return 1;
-}
+int64_t ModelConfig::n_memories() const { return branch_layout(*this).num_memories(); }
+
+const char* arch_name(Arch a) { return a == Arch::Lact ? "lact" : a == Arch::Tnt ? "tnt" : "titans"; }
+std::ostream& operator<<(std::ostream& os, Arch a) { return os << arch_name(a); }
+void to_json(json& j, Arch a) { j = arch_name(a); }
 
 // ---------------------------------------------------------------------------------------------------
 // Presets
@@ -32,7 +36,7 @@ ModelConfig preset(const std::string& name) {
   ModelConfig c;  // the defaults are the tiny preset
   if (name == "tiny") return c;
   if (name == "760m" || name == "3b") {
-    c.arch = "lact";
+    c.arch = Arch::Lact;
     c.vocab_size = 32000;
     c.dim = name == "760m" ? 1536 : 3072;
     c.n_layers = 24;
@@ -48,9 +52,9 @@ ModelConfig preset(const std::string& name) {
     return c;
   }
   if (name == "tnt" || name == "titans") {
-    c.arch = name;
-    c.memory = "mlp";
-    c.weight_norm = "none";  // Titans-style memories use decay, not weight norm
+    c.arch = name == "tnt" ? Arch::Tnt : Arch::Titans;
+    c.memory = engine::Family::MLP;
+    c.weight_norm = engine::WeightNorm::None;  // Titans-style memories use decay, not weight norm
     c.momentum = true;
     c.decay = true;
     if (name == "tnt") {
@@ -78,8 +82,6 @@ void check_sizes(const ModelConfig& c);
 
 void validate(const ModelConfig& c) {
   auto pos = [](const char* field, auto v) { TTT_CHECK(v > 0, "model config: " << field << " must be > 0, got " << v); };
-  TTT_CHECK(c.arch == "lact" || c.arch == "tnt" || c.arch == "titans",
-            "model config: arch must be \"lact\", \"tnt\" or \"titans\", got \"" << c.arch << "\"");
   pos("vocab_size", c.vocab_size);
   TTT_CHECK(c.vocab_size <= (int64_t(1) << 31) - 1, "model config: vocab_size " << c.vocab_size << " does not fit int32 tokens");
   pos("dim", c.dim);
@@ -102,14 +104,11 @@ void validate(const ModelConfig& c) {
   pos("chunk", c.chunk);
   pos("window", c.window);
   pos("seq_len", c.seq_len);
-  TTT_CHECK(c.weight_norm == "post" || c.weight_norm == "pre" || c.weight_norm == "none",
-            "model config: weight_norm must be \"post\", \"pre\" or \"none\", got \"" << c.weight_norm << "\"");
-  TTT_CHECK(c.memory == "swiglu" || c.memory == "mlp" || c.memory == "linear",
-            "model config: memory must be \"swiglu\", \"mlp\" or \"linear\", got \"" << c.memory << "\"");
-  TTT_CHECK(c.arch != "lact" || c.memory == "swiglu",
+  TTT_CHECK(c.arch != Arch::Lact || c.memory == engine::Family::SwiGLU,
             "model config: arch \"lact\" uses the SwiGLU memory; memory must be \"swiglu\", got \"" << c.memory << "\"");
   if (c.low_rank_init) {
-    TTT_CHECK(c.memory == "swiglu", "model config: low_rank_init needs memory \"swiglu\", got \"" << c.memory << "\"");
+    TTT_CHECK(c.memory == engine::Family::SwiGLU,
+              "model config: low_rank_init needs memory \"swiglu\", got \"" << c.memory << "\"");
     pos("low_rank_rank", c.low_rank_rank);
     TTT_CHECK(c.low_rank_rank <= c.head_dim_mem(), "model config: low_rank_rank (" << c.low_rank_rank
                                                        << ") exceeds the memory head dim (" << c.head_dim_mem() << ")");
@@ -119,8 +118,8 @@ void validate(const ModelConfig& c) {
   TTT_CHECK(c.mlp_hidden >= 0, "model config: mlp_hidden must be >= 0 (0 = auto), got " << c.mlp_hidden);
   pos("norm_eps", c.norm_eps);
   pos("init_std", c.init_std);
-  if (c.arch != "lact") pos("titans_base_lr", c.titans_base_lr);
-  if (c.arch == "tnt") {
+  if (c.arch != Arch::Lact) pos("titans_base_lr", c.titans_base_lr);
+  if (c.arch == Arch::Tnt) {
     if (c.use_global) pos("global_chunk", c.global_chunk);
     TTT_CHECK(c.use_global || !c.local_chunks.empty(),
               "model config: arch \"tnt\" needs a memory: use_global is false and local_chunks is empty");
@@ -164,18 +163,42 @@ template <> const char* json_type_name<bool>() { return "a boolean"; }
 template <> const char* json_type_name<std::string>() { return "a string"; }
 template <> const char* json_type_name<std::vector<int64_t>>() { return "an array of integers"; }
 
+template <class T> void check_type(const char* name, const json& v) {
+  TTT_CHECK(json_is<T>(v),
+            "model config: key \"" << name << "\" must be " << json_type_name<T>() << ", got " << v.dump());
+}
+
 template <class T> Field field(const char* name, T ModelConfig::*m) {
   return Field{name, [m](const ModelConfig& c) { return json(c.*m); },
                [m, name](ModelConfig& c, const json& v) {
-                 TTT_CHECK(json_is<T>(v), "model config: key \"" << name << "\" must be " << json_type_name<T>()
-                                                                 << ", got " << v.dump());
+                 check_type<T>(name, v);
                  c.*m = v.get<T>();
+               }};
+}
+
+// An enum field, written as its name (name_of); parsing accepts the names of `values` (listed in this order by
+// the error for any other text). The one place where the config's text becomes an enum.
+template <class E, size_t N>
+Field named_field(const char* name, E ModelConfig::*m, std::array<E, N> values, const char* (*name_of)(E)) {
+  return Field{name, [m, name_of](const ModelConfig& c) { return json(name_of(c.*m)); },
+               [m, name, values, name_of](ModelConfig& c, const json& v) {
+                 check_type<std::string>(name, v);
+                 const std::string text = v.get<std::string>();
+                 for (E e : values)
+                   if (text == name_of(e)) {
+                     c.*m = e;
+                     return;
+                   }
+                 std::ostringstream allowed;
+                 for (size_t i = 0; i < N; ++i)
+                   allowed << (i == 0 ? "" : i + 1 == N ? " or " : ", ") << '"' << name_of(values[i]) << '"';
+                 TTT_FAIL("model config: " << name << " must be " << allowed.str() << ", got \"" << text << "\"");
                }};
 }
 
 const std::vector<Field>& fields() {
   static const std::vector<Field> f = {
-      field("arch", &ModelConfig::arch),
+      named_field("arch", &ModelConfig::arch, std::array{Arch::Lact, Arch::Tnt, Arch::Titans}, arch_name),
       field("vocab_size", &ModelConfig::vocab_size),
       field("dim", &ModelConfig::dim),
       field("n_layers", &ModelConfig::n_layers),
@@ -189,7 +212,9 @@ const std::vector<Field>& fields() {
       field("v_silu", &ModelConfig::v_silu),
       field("momentum", &ModelConfig::momentum),
       field("muon", &ModelConfig::muon),
-      field("weight_norm", &ModelConfig::weight_norm),
+      named_field("weight_norm", &ModelConfig::weight_norm,
+                  std::array{engine::WeightNorm::Post, engine::WeightNorm::Pre, engine::WeightNorm::None},
+                  engine::weight_norm_name),
       field("low_rank_init", &ModelConfig::low_rank_init),
       field("low_rank_rank", &ModelConfig::low_rank_rank),
       field("low_rank_gain", &ModelConfig::low_rank_gain),
@@ -198,7 +223,8 @@ const std::vector<Field>& fields() {
       field("seq_len", &ModelConfig::seq_len),
       field("norm_eps", &ModelConfig::norm_eps),
       field("init_std", &ModelConfig::init_std),
-      field("memory", &ModelConfig::memory),
+      named_field("memory", &ModelConfig::memory,
+                  std::array{engine::Family::SwiGLU, engine::Family::MLP, engine::Family::Linear}, engine::family_name),
       field("decay", &ModelConfig::decay),
       field("mem_residual", &ModelConfig::mem_residual),
       field("titans_base_lr", &ModelConfig::titans_base_lr),
@@ -307,22 +333,10 @@ using Layout = std::vector<std::pair<std::string, Shape>>;
 // The layout above with only the first `layers` layers listed (c.n_layers of them for the model; fewer to
 // count parameters without listing every layer). Needs the widths that check_sizes has checked.
 Layout layout(const ModelConfig& c, int64_t layers) {
-  const int64_t V = c.vocab_size, D = c.dim, H = c.n_mem_heads, d = c.head_dim_mem(), dh = c.mem_hidden_dim();
-  const int64_t F = c.mlp_hidden_dim(), r = c.low_rank_rank, M = c.n_memories();
+  const int64_t V = c.vocab_size, D = c.dim, H = c.n_mem_heads, F = c.mlp_hidden_dim(), r = c.low_rank_rank;
+  const BranchSpec branch = branch_spec(c);
   Layout out;
   out.emplace_back("embed.weight", Shape{V, D});
-  auto memory_weights = [&](const std::string& p) {
-    if (c.memory == "mlp") {
-      out.emplace_back(p + "w1", Shape{H, dh, d});
-      out.emplace_back(p + "w2", Shape{H, d, dh});
-    } else if (c.memory == "swiglu") {
-      out.emplace_back(p + "w0", Shape{H, dh, d});
-      out.emplace_back(p + "w1", Shape{H, d, dh});
-      out.emplace_back(p + "w2", Shape{H, dh, d});
-    } else {
-      out.emplace_back(p + "w", Shape{H, d, d});
-    }
-  };
   for (int64_t i = 0; i < layers; ++i) {
     const std::string p = "layers." + std::to_string(i) + ".";
     out.emplace_back(p + "attn_norm.weight", Shape{D});
@@ -331,44 +345,26 @@ Layout layout(const ModelConfig& c, int64_t layers) {
     out.emplace_back(p + "ttt.q_offset", Shape{D});
     out.emplace_back(p + "ttt.k_scale", Shape{D});
     out.emplace_back(p + "ttt.k_offset", Shape{D});
-    if (c.arch == "lact") {
-      out.emplace_back(p + "ttt.lr.weight", Shape{D, 3 * H});
-      out.emplace_back(p + "ttt.lr.bias", Shape{3 * H});
-      if (c.momentum) {
-        out.emplace_back(p + "ttt.momentum.weight", Shape{D, H});
-        out.emplace_back(p + "ttt.momentum.bias", Shape{H});
-      }
-      if (c.low_rank_init) {
-        out.emplace_back(p + "ttt.w0.a", Shape{H, dh, r});
-        out.emplace_back(p + "ttt.w0.b", Shape{H, r, d});
-      } else {
-        out.emplace_back(p + "ttt.w0", Shape{H, dh, d});
-      }
-      out.emplace_back(p + "ttt.w1", Shape{H, d, dh});
-      if (c.low_rank_init) {
-        out.emplace_back(p + "ttt.w2.a", Shape{H, dh, r});
-        out.emplace_back(p + "ttt.w2.b", Shape{H, r, d});
-      } else {
-        out.emplace_back(p + "ttt.w2", Shape{H, dh, d});
-      }
-    } else {
-      out.emplace_back(p + "ttt.lr.weight", Shape{D, M * H});
-      out.emplace_back(p + "ttt.lr.bias", Shape{M * H});
-      if (c.momentum) {
-        out.emplace_back(p + "ttt.momentum.weight", Shape{D, M * H});
-        out.emplace_back(p + "ttt.momentum.bias", Shape{M * H});
-      }
-      if (c.decay) {
-        out.emplace_back(p + "ttt.decay.weight", Shape{D, M * H});
-        out.emplace_back(p + "ttt.decay.bias", Shape{M * H});
-      }
-      if (c.arch == "titans") {
-        memory_weights(p + "ttt.");
-      } else {
-        if (c.use_global) memory_weights(p + "ttt.global.");
-        for (size_t l = 0; l < c.local_chunks.size(); ++l) memory_weights(p + "ttt.local." + std::to_string(l) + ".");
-      }
+    // The memory branch (memory_spec.h): gate projections, then every memory's weights.
+    out.emplace_back(p + "ttt.lr.weight", Shape{D, branch.rate_columns});
+    out.emplace_back(p + "ttt.lr.bias", Shape{branch.rate_columns});
+    if (branch.momentum) {
+      out.emplace_back(p + "ttt.momentum.weight", Shape{D, branch.gate_columns});
+      out.emplace_back(p + "ttt.momentum.bias", Shape{branch.gate_columns});
     }
+    if (branch.decay) {
+      out.emplace_back(p + "ttt.decay.weight", Shape{D, branch.gate_columns});
+      out.emplace_back(p + "ttt.decay.bias", Shape{branch.gate_columns});
+    }
+    for (const MemorySpec& m : branch.memories)
+      for (const MemoryWeightSpec& w : m.weights) {
+        if (w.low_rank) {
+          out.emplace_back(p + w.name + ".a", Shape{H, w.rows, r});
+          out.emplace_back(p + w.name + ".b", Shape{H, r, w.cols});
+        } else {
+          out.emplace_back(p + w.name, Shape{H, w.rows, w.cols});
+        }
+      }
     out.emplace_back(p + "ttt.o_norm.weight", Shape{D});
     out.emplace_back(p + "ttt.scale.weight", Shape{D, H});
     out.emplace_back(p + "ttt.scale.bias", Shape{H});
@@ -434,3 +430,8 @@ int64_t parameter_count(const ModelConfig& c) {
 }
 
 }  // namespace ttt::model
+
+namespace ttt::engine {
+void to_json(nlohmann::json& j, Family f) { j = family_name(f); }
+void to_json(nlohmann::json& j, WeightNorm w) { j = weight_norm_name(w); }
+}  // namespace ttt::engine

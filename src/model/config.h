@@ -24,23 +24,33 @@
 // Field relevance: weight_norm, low_rank_*, lr_init apply to "lact" (lr_init: LaCT rates
 // softplus(x W_lr + b_lr + softplus⁻¹(lr_init))); momentum applies to all; muon applies to all (NS5 of
 // the update); decay, titans_base_lr, mem_residual apply to "titans"/"tnt"; global_chunk, local_chunks,
-// shard, qk_proj, use_global apply to "tnt".
+// shard, qk_proj, use_global apply to "tnt". What the memories of an arch are (roles, chunks, resets, gate
+// columns, parameter names) is derived from these fields in one place: model/memory_spec.h.
 //
 // Shapes: every projection matrix is stored [in, out] (y = x W); fast-weight initial weights of a memory
 // with H heads are one tensor [H, rows, cols] (per head the [rows, cols] matrix of §2).
 #pragma once
 #include <cstdint>
+#include <iosfwd>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/tensor.h"
+#include "ttt/memory_kinds.h"
 
 namespace ttt::model {
 
+// The architectures above. arch, memory and weight_norm are enums in the program and their names in JSON
+// (config_from_json parses them once, config_to_json writes the names).
+enum class Arch { Lact, Tnt, Titans };
+const char* arch_name(Arch a);  // "lact" | "tnt" | "titans"
+std::ostream& operator<<(std::ostream& os, Arch a);
+void to_json(nlohmann::json& j, Arch a);  // the name, as config_to_json writes it
+
 struct ModelConfig {
-  std::string arch = "lact";      // "lact" | "tnt" | "titans"
+  Arch arch = Arch::Lact;
   int64_t vocab_size = 256;       // V
   int64_t dim = 128;              // D
   int64_t n_layers = 4;
@@ -54,7 +64,7 @@ struct ModelConfig {
   bool v_silu = false;            // memory values silu(v) instead of v
   bool momentum = true;           // momentum on the fast-weight updates (per-token gate sigmoid(x W_m + b_m))
   bool muon = false;              // Newton-Schulz orthogonalization of the update
-  std::string weight_norm = "post";  // "post" | "pre" | "none" (§3.4)
+  engine::WeightNorm weight_norm = engine::WeightNorm::Post;  // "post" | "pre" | "none" (§3.4)
   bool low_rank_init = false;     // LaCT: W0 and W2 as A B + 0.5 I
   int64_t low_rank_rank = 32;     // r
   double low_rank_gain = 0.5;     // init std gain/sqrt(r) (A) and gain/sqrt(d) (B)
@@ -64,7 +74,7 @@ struct ModelConfig {
   double norm_eps = 1e-6;         // RMSNorm epsilon
   double init_std = 0.02;         // std of the normal init of embeddings and projections
   // Titans / TNT.
-  std::string memory = "swiglu";  // memory family: "swiglu" (required by "lact") | "mlp" | "linear"
+  engine::Family memory = engine::Family::SwiGLU;  // memory family: "swiglu" (required by "lact") | "mlp" | "linear"
   bool decay = true;              // Titans decay W <- (1 - ᾱ) W ("titans", "tnt")
   bool mem_residual = true;       // MLP memory f(x) = x + W2 silu(W1 x) (§2 [choice])
   double titans_base_lr = 0.003;  // θ base: θ_t = base · sigmoid(x W_θ + b_θ) [choice]; 0.01 diverged (NaN) in a CPU titans run
@@ -91,8 +101,9 @@ std::vector<std::string> preset_names();
 // Throws ttt::Error naming the offending field.
 void validate(const ModelConfig& cfg);
 
-// JSON: every field under its own name. Missing keys keep the ModelConfig defaults (the tiny preset);
-// unknown keys and wrongly typed values throw naming the key. config_from_json validates the result.
+// JSON: every field under its own name (arch, memory, weight_norm as their names). Missing keys keep the ModelConfig
+// defaults (the tiny preset); unknown keys, wrongly typed values and unknown names throw naming the key.
+// config_from_json validates the result.
 nlohmann::json config_to_json(const ModelConfig& cfg);
 ModelConfig config_from_json(const nlohmann::json& j);
 ModelConfig load_config(const std::string& path);
@@ -107,3 +118,9 @@ std::vector<std::pair<std::string, Shape>> parameter_shapes(const ModelConfig& c
 int64_t parameter_count(const ModelConfig& cfg);  // sum over parameter_shapes
 
 }  // namespace ttt::model
+
+namespace ttt::engine {
+// The names, as config_to_json writes them (not nlohmann's default, the enum's number).
+void to_json(nlohmann::json& j, Family f);
+void to_json(nlohmann::json& j, WeightNorm w);
+}  // namespace ttt::engine

@@ -1,7 +1,5 @@
 #include "model/memory_branch.h"
 
-#include <cmath>
-
 #include "autograd/ops.h"
 #include "nn/layers.h"
 #include "ttt/memory_op.h"
@@ -12,46 +10,6 @@ namespace ttt::model {
 using ag::Mat;
 using ag::Tape;
 using ag::Var;
-
-engine::MemoryConfig memory_config(const ModelConfig& cfg, int64_t m) {
-  engine::MemoryConfig mc;
-  mc.d = cfg.head_dim_mem();
-  mc.dh = cfg.mem_hidden_dim();
-  mc.momentum = cfg.momentum;
-  mc.muon = cfg.muon;
-  if (cfg.arch == "lact") {
-    mc.family = engine::Family::SwiGLU;
-    mc.loss = engine::Loss::Dot;
-    mc.weight_norm = engine::parse_weight_norm(cfg.weight_norm);
-    mc.rate_columns = 3;
-  } else {
-    mc.family = engine::parse_family(cfg.memory);
-    mc.loss = engine::Loss::MSE;
-    mc.decay = cfg.decay;
-    mc.mlp_residual = cfg.mem_residual;
-    mc.rate_columns = 1;
-  }
-  (void)m;
-  return mc;
-}
-
-std::vector<std::string> memory_weight_names(const ModelConfig& cfg, int64_t m) {
-  std::string prefix = "ttt.";
-  if (cfg.arch == "tnt") {
-    const int64_t local = cfg.use_global ? m - 1 : m;
-    prefix = local < 0 ? "ttt.global." : "ttt.local." + std::to_string(local) + ".";
-  }
-  std::vector<std::string> out;
-  for (auto& n : memory_config(cfg, m).weight_names()) out.push_back(prefix + n);
-  return out;
-}
-
-engine::Program memory_program(const ModelConfig& cfg, int64_t m, int64_t n) {
-  if (cfg.arch != "tnt") return engine::causal_program(n, cfg.chunk);
-  const int64_t local = cfg.use_global ? m - 1 : m;
-  if (local < 0) return engine::causal_program(n, cfg.global_chunk);
-  return engine::causal_program(n, cfg.local_chunks[size_t(local)], cfg.shard);
-}
 
 template <class T>
 MemoryInputVars prepare_memory_inputs(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, Var x, Var q, Var k,
@@ -69,40 +27,36 @@ MemoryInputVars prepare_memory_inputs(Tape<T>& t, const ModelConfig& cfg, const 
   in.q = qh;
   in.k = kh;
   in.v = cfg.v_silu ? ag::silu(t, v) : v;
-  Var z = nn::linear_bias(t, x, L.get("ttt.lr.weight"), L.get("ttt.lr.bias"));
-  if (cfg.arch == "lact") {
-    // LaCT rates: softplus(x W + b + softplus^-1(lr_init)).
-    const double shift = std::log(std::expm1(cfg.lr_init));
-    in.rates = ag::softplus(t, ag::add_const(t, z, shift));
-  } else {
-    // Titans rates: theta = base * sigmoid(x W + b)   [choice]
-    in.rates = ag::scale(t, ag::sigmoid(t, z), cfg.titans_base_lr);
-  }
-  if (cfg.momentum)
-    in.momentum = ag::sigmoid(t, nn::linear_bias(t, x, L.get("ttt.momentum.weight"), L.get("ttt.momentum.bias")));
-  if (cfg.arch != "lact" && cfg.decay)
-    in.decay = ag::sigmoid(t, nn::linear_bias(t, x, L.get("ttt.decay.weight"), L.get("ttt.decay.bias")));
+  // Rates and gates by the branch's rules (LaCT: softplus(x W + b + softplus^-1(lr_init)); Titans [choice]:
+  // theta = base * sigmoid(x W + b); eta, alpha = sigmoid(x W + b)).
+  const BranchSpec branch = branch_spec(cfg);
+  in.rates = ag::gate(t, nn::linear_bias(t, x, L.get("ttt.lr.weight"), L.get("ttt.lr.bias")), branch.rate);
+  if (branch.momentum)
+    in.momentum =
+        ag::gate(t, nn::linear_bias(t, x, L.get("ttt.momentum.weight"), L.get("ttt.momentum.bias")), branch.gate);
+  if (branch.decay)
+    in.decay = ag::gate(t, nn::linear_bias(t, x, L.get("ttt.decay.weight"), L.get("ttt.decay.bias")), branch.gate);
   return in;
 }
 
 template <class T>
-std::vector<Var> memory_weights(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, int64_t m) {
+std::vector<Var> memory_weights(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, const MemorySpec& spec) {
   std::vector<Var> out;
-  const int64_t H = cfg.n_mem_heads, d = cfg.head_dim_mem(), dh = cfg.mem_hidden_dim(), r = cfg.low_rank_rank;
-  for (auto& name : memory_weight_names(cfg, m)) {
-    const bool low_rank = cfg.arch == "lact" && cfg.low_rank_init && (name == "ttt.w0" || name == "ttt.w2");
-    if (!low_rank) {
-      out.push_back(L.get(name));
+  const int64_t H = cfg.n_mem_heads, r = cfg.low_rank_rank;
+  for (const MemoryWeightSpec& w : spec.weights) {
+    if (!w.low_rank) {
+      out.push_back(L.get(w.name));
       continue;
     }
-    // W = A B + 0.5 I per head (A [dh,r], B [r,d]; I the [dh,d] rectangular identity).
-    Var A = L.get(name + ".a"), B = L.get(name + ".b");
-    Mat<T> eye(dh, d);
-    for (int64_t i = 0; i < std::min(dh, d); ++i) eye(i, i) = T(0.5);
+    // W = A B + 0.5 I per head (A [rows,r], B [r,cols]; I the [rows,cols] rectangular identity).
+    const int64_t rows = w.rows, cols = w.cols;
+    Var A = L.get(w.name + ".a"), B = L.get(w.name + ".b");
+    Mat<T> eye(rows, cols);
+    for (int64_t i = 0; i < std::min(rows, cols); ++i) eye(i, i) = T(0.5);
     Var half_eye = t.constant(eye);
     std::vector<Var> heads;
     for (int64_t h = 0; h < H; ++h)
-      heads.push_back(ag::add(t, ag::matmul(t, ag::slice_rows(t, A, h * dh, (h + 1) * dh),
+      heads.push_back(ag::add(t, ag::matmul(t, ag::slice_rows(t, A, h * rows, (h + 1) * rows),
                                             ag::slice_rows(t, B, h * r, (h + 1) * r)),
                               half_eye));
     out.push_back(H == 1 ? heads[0] : ag::concat_rows(t, heads));
@@ -121,49 +75,39 @@ Var finish_memory_output(Tape<T>& t, const ModelConfig& cfg, const LayerParams& 
   return ag::mul(t, normed, ag::matmul(t, gate, t.constant(expand)));
 }
 
-engine::TntOptions tnt_options(const ModelConfig& cfg) {
-  engine::TntOptions o;
-  o.use_global = cfg.use_global;
-  o.global_chunk = cfg.global_chunk;
-  o.local_chunks = cfg.local_chunks;
-  o.shard = cfg.shard;
-  o.qk_proj = cfg.qk_proj;
-  return o;
-}
-
 template <class T>
 Var record_memory_branch(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, Var x, Var q, Var k, Var v,
-                         const std::vector<int64_t>& positions, int64_t S, int64_t N) {
+                         const std::vector<int64_t>& positions, int64_t S) {
   MemoryInputVars in = prepare_memory_inputs(t, cfg, L, x, q, k, v, positions);
   const int64_t H = cfg.n_mem_heads;
-  Var o;
-  if (cfg.arch == "tnt") {
-    // Gates of memory m are columns [m*H, (m+1)*H) of the gate projections.
-    std::vector<engine::TntMemoryVars> mems;
-    for (int64_t m = 0; m < cfg.n_memories(); ++m) {
-      engine::TntMemoryVars mv;
-      mv.cfg = memory_config(cfg, m);
-      mv.w0 = memory_weights(t, cfg, L, m);
-      mv.rates = ag::slice_cols(t, in.rates, m * H, (m + 1) * H);
-      if (in.momentum.valid()) mv.momentum_gate = ag::slice_cols(t, in.momentum, m * H, (m + 1) * H);
-      if (in.decay.valid()) mv.decay_gate = ag::slice_cols(t, in.decay, m * H, (m + 1) * H);
-      mems.push_back(mv);
-    }
-    o = engine::tnt_branch(t, tnt_options(cfg), S, H, in.q, in.k, in.v, mems);
-  } else {
-    o = engine::memory_op(t, memory_config(cfg, 0), memory_program(cfg, 0, N), S, H, in.q, in.k, in.v, in.rates,
-                          in.momentum, in.decay, memory_weights(t, cfg, L, 0));
+  // Columns [c0, c0 + n) of a gate matrix; the matrix itself when that is all of it (one memory).
+  auto columns = [&](Var m, int64_t c0, int64_t n) {
+    if (!m.valid() || (c0 == 0 && n == t.val(m).cols)) return m;
+    return ag::slice_cols(t, m, c0, c0 + n);
+  };
+  const std::vector<MemorySpec> specs = memory_specs(cfg);
+  std::vector<engine::TntMemoryVars> mems;
+  for (const MemorySpec& spec : specs) {
+    engine::TntMemoryVars mv;
+    mv.cfg = spec.config;
+    mv.w0 = memory_weights(t, cfg, L, spec);
+    mv.rates = columns(in.rates, spec.rate_col0, spec.config.rate_columns * H);
+    mv.momentum_gate = columns(in.momentum, spec.gate_col0, H);
+    mv.decay_gate = columns(in.decay, spec.gate_col0, H);
+    mems.push_back(mv);
   }
-  return finish_memory_output(t, cfg, L, x, o);
+  const std::vector<engine::BranchMemory> places(specs.begin(), specs.end());
+  return finish_memory_output(t, cfg, L, x, engine::branch_sum(t, S, H, in.q, in.k, in.v, places, mems));
 }
 
 #define TTT_INSTANTIATE(T)                                                                                        \
   template MemoryInputVars prepare_memory_inputs<T>(Tape<T>&, const ModelConfig&, const LayerParams&, Var, Var,  \
                                                     Var, Var, const std::vector<int64_t>&);                      \
-  template std::vector<Var> memory_weights<T>(Tape<T>&, const ModelConfig&, const LayerParams&, int64_t);        \
+  template std::vector<Var> memory_weights<T>(Tape<T>&, const ModelConfig&, const LayerParams&,                 \
+                                              const MemorySpec&);                                                \
   template Var finish_memory_output<T>(Tape<T>&, const ModelConfig&, const LayerParams&, Var, Var);              \
   template Var record_memory_branch<T>(Tape<T>&, const ModelConfig&, const LayerParams&, Var, Var, Var, Var,     \
-                                       const std::vector<int64_t>&, int64_t, int64_t);
+                                       const std::vector<int64_t>&, int64_t);
 TTT_INSTANTIATE(float)
 TTT_INSTANTIATE(double)
 #undef TTT_INSTANTIATE

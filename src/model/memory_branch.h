@@ -7,9 +7,7 @@
 
 #include "autograd/tape.h"
 #include "model/config.h"
-#include "ttt/memory.h"
-#include "ttt/program.h"
-#include "ttt/tnt.h"
+#include "model/memory_spec.h"
 
 namespace ttt::model {
 
@@ -18,38 +16,30 @@ struct LayerParams {
   std::function<ag::Var(const std::string&)> get;
 };
 
-// Per-token inputs of the memories of a layer, for rows = tokens.
+// Per-token inputs of the memories of a layer, for rows = tokens (columns: BranchSpec, MemorySpec).
 struct MemoryInputVars {
   ag::Var q, k, v;       // [n, D]: per head l2n(silu(.)) and RoPE applied to q and k
-  ag::Var rates;         // [n, R*H*M] (column (m*R + r)*H + h: memory m, matrix r, head h)
-  ag::Var momentum;      // [n, H*M] or invalid
-  ag::Var decay;         // [n, H*M] or invalid
+  ag::Var rates;         // [n, rate_columns]: memory m's rate r of head h in column rate_col0 + r*H + h
+  ag::Var momentum;      // [n, gate_columns] (memory m, head h: column gate_col0 + h) or invalid
+  ag::Var decay;         // [n, gate_columns] or invalid
 };
-
-// The engine configuration of memory m of the branch (LaCT: SwiGLU + dot loss; Titans: family + MSE).
-engine::MemoryConfig memory_config(const ModelConfig& cfg, int64_t m);
-// Weight-parameter names of memory m (e.g. "ttt.w0", "ttt.global.w1").
-std::vector<std::string> memory_weight_names(const ModelConfig& cfg, int64_t m);
-// The program that memory m runs over a sequence of n tokens.
-engine::Program memory_program(const ModelConfig& cfg, int64_t m, int64_t n);
-
-// The TNT options (chunks, shard, Q-K projection, global memory) of an arch "tnt" config.
-engine::TntOptions tnt_options(const ModelConfig& cfg);
 
 // x: the block's normed input [rows, D]; q, k, v: the shared projections [rows, D].
 template <class T>
 MemoryInputVars prepare_memory_inputs(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, ag::Var x,
                                       ag::Var q, ag::Var k, ag::Var v, const std::vector<int64_t>& positions);
-// The memory weights of memory m as [H*rows, cols] Vars (low-rank parameterization resolved).
+// The weights of one memory as [H*rows, cols] Vars (low-rank parameterization resolved).
 template <class T>
-std::vector<ag::Var> memory_weights(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, int64_t m);
+std::vector<ag::Var> memory_weights(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L,
+                                    const MemorySpec& spec);
 // Memory output o [rows, D] -> per-head RMSNorm, times the learnable scale silu(x W_s + b_s).
 template <class T>
 ag::Var finish_memory_output(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, ag::Var x, ag::Var o);
 
-// The whole branch over S sequences of N tokens (training / full-sequence forward).
+// The whole branch over S sequences of equal length (training / full-sequence forward): every memory of the
+// spec through the engine (engine::branch_sum), outputs summed, then finish_memory_output.
 template <class T>
 ag::Var record_memory_branch(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, ag::Var x, ag::Var q,
-                             ag::Var k, ag::Var v, const std::vector<int64_t>& positions, int64_t S, int64_t N);
+                             ag::Var k, ag::Var v, const std::vector<int64_t>& positions, int64_t S);
 
 }  // namespace ttt::model

@@ -133,7 +133,7 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
                                                  cfg.window));
     Var o_attn = S == 1 ? att[0] : ag::concat_rows(t, att);
     LayerParams lp{[&](const std::string& n) { return L(n); }};
-    Var o_mem = record_memory_branch(t, cfg, lp, h, q, k, v, positions, S, N);
+    Var o_mem = record_memory_branch(t, cfg, lp, h, q, k, v, positions, S);
     x = ag::add(t, x, nn::linear(t, ag::add(t, o_attn, o_mem), L("wo")));
     Var h2 = nn::rms_norm(t, x, L("mlp_norm.weight"), cfg.norm_eps);
     x = ag::add(t, x, nn::swiglu_mlp(t, h2, L("mlp.w_gate"), L("mlp.w_up"), L("mlp.w_down")));

@@ -11,6 +11,7 @@
 #include "backend/registry.h"
 #include "core/error.h"
 #include "data/tokens.h"
+#include "model/memory_spec.h"
 
 namespace ttt::train {
 
@@ -52,17 +53,12 @@ double parameter_elements(const model::ModelConfig& cfg) {
 
 // Fast-weight states kept at every chunk boundary (weights and momentum), per sequence: the CPU runner's versions.
 double memory_versions_bytes(const model::ModelConfig& cfg, int64_t T) {
-  const double d = double(cfg.head_dim_mem()), dh = double(cfg.mem_hidden_dim());
-  const double per_head = cfg.memory == "swiglu" ? 3 * dh * d : cfg.memory == "mlp" ? 2 * dh * d : d * d;
-  std::vector<int64_t> chunks;
-  if (cfg.arch == "tnt") {
-    if (cfg.use_global) chunks.push_back(cfg.global_chunk);
-    chunks.insert(chunks.end(), cfg.local_chunks.begin(), cfg.local_chunks.end());
-  } else {
-    chunks.push_back(cfg.chunk);
-  }
+  const std::vector<model::MemorySpec> specs = model::memory_specs(cfg);
+  if (specs.empty()) return 0;  // not a valid config (validate() says why)
+  double per_head = 0;  // elements of one head's weights (every memory of a branch has the same)
+  for (const auto& w : specs.front().weights) per_head += double(w.rows) * double(w.cols);
   double versions = 0;
-  for (int64_t c : chunks) versions += std::ceil(double(T) / double(std::max<int64_t>(c, 1))) + 1;
+  for (const auto& s : specs) versions += std::ceil(double(T) / double(std::max<int64_t>(s.chunk, 1))) + 1;
   return double(cfg.n_layers) * versions * double(cfg.n_mem_heads) * per_head * 4.0 * (cfg.momentum ? 2 : 1);
 }
 

@@ -280,7 +280,8 @@ std::vector<std::vector<uint8_t>> trainable_mask(const model::ModelConfig& cfg, 
                                                  int64_t stage) {
   std::vector<std::vector<uint8_t>> mask;
   if (stage == 1) return mask;
-  TTT_CHECK(cfg.arch == "tnt", "stage 2 trains the local memories of a TNT model; arch is \"" << cfg.arch << "\"");
+  TTT_CHECK(cfg.arch == model::Arch::Tnt,
+            "stage 2 trains the local memories of a TNT model; arch is \"" << cfg.arch << "\"");
   const int64_t H = cfg.n_mem_heads, first_local = cfg.use_global ? 1 : 0, M = cfg.n_memories();
   for (size_t i = 0; i < p.names.size(); ++i) {
     const std::string& n = p.names[i];
@@ -339,7 +340,7 @@ TrainResult train(const TrainOptions& opt) {
     // TNT stage 2: the stage-1 weights with smaller local chunks; only the local memories train.
     LoadedCheckpoint s1 = load_checkpoint(opt.stage2_from, /*require_state=*/true);
     cfg = s1.cfg;
-    TTT_CHECK(cfg.arch == "tnt", "stage 2 needs a TNT stage-1 run; '" << opt.stage2_from << "' is arch \""
+    TTT_CHECK(cfg.arch == model::Arch::Tnt, "stage 2 needs a TNT stage-1 run; '" << opt.stage2_from << "' is arch \""
                                                                         << cfg.arch << "\"");
     TTT_CHECK(opt.stage2_local_chunks.size() == cfg.local_chunks.size(),
               "stage 2: --local-chunks gives " << opt.stage2_local_chunks.size() << " chunk sizes, the stage-1 model has "

@@ -32,17 +32,19 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/scalar_math.h"
+#include "ttt/memory_kinds.h"
 
 namespace ttt::lact {
 
-enum class Norm { None, Post, Pre };
+using engine::WeightNorm;
 
 struct Shape {
   int64_t B = 0, T = 0, d = 0, dh = 0, chunk = 0;
   bool causal = true;  // false: bidirectional
   bool momentum = false;
   bool muon = false;
-  Norm norm = Norm::Post;
+  WeightNorm norm = WeightNorm::Post;
 
   int64_t P() const { return d * dh; }
   int64_t state_rows() const { return 2 * dh + d; }  // rows of one head's state
@@ -79,35 +81,14 @@ inline constexpr double kNs5[5][3] = {{4.0848, -6.8946, 2.9270},
 inline constexpr double kRowEps = 1e-5;
 inline constexpr double kNsEps = 1e-7;
 
-// ---- per-element math shared by the CPU twin and the CUDA kernels (one source of truth) ----------------
-#ifdef __CUDACC__
-#define TTT_HD __host__ __device__ __forceinline__
-#else
-#define TTT_HD inline
-#endif
-TTT_HD float ex_(float x) { return expf(x); }
-TTT_HD double ex_(double x) { return exp(x); }
-TTT_HD float sqrt_(float x) { return sqrtf(x); }
-TTT_HD double sqrt_(double x) { return sqrt(x); }
-template <class T>
-TTT_HD T sigmoid_(T z) {
-  return z >= T(0) ? T(1) / (T(1) + ex_(-z)) : ex_(z) / (T(1) + ex_(z));
-}
-// silu, silu' and silu'' at z, from s = sigmoid(z).
-template <class T>
-TTT_HD T silu_s(T z, T s) { return z * s; }
-template <class T>
-TTT_HD T dsilu_s(T z, T s) { return s * (T(1) + z * (T(1) - s)); }
-template <class T>
-TTT_HD T d2silu_s(T z, T s) { return s * (T(1) - s) * (T(2) + z * (T(1) - T(2) * s)); }
-
+// ---- per-element math shared by the CPU twin and the CUDA kernels (scalar functions: core/scalar_math.h) -------
 // The inner gradient of one (token, hidden unit), docs/ALGORITHMS.md §3.1 with the minus signs of e = -v and of the
 // step cancelled: from g = (W0 k)_j, h = (W2 k)_j, u = (W1^T v)_j:
 //   a = silu(g) h (the applied activation), r0 = lr0 u h silu'(g), r2 = lr2 u silu(g),
 // so that dW0 = sum_t r0 k^T, dW2 = sum_t r2 k^T, dW1 = sum_t lr1 v a^T.
 template <class T>
-TTT_HD void update_elem(T g, T h, T u, T lr0, T lr2, T& a, T& r0, T& r2) {
-  const T s = sigmoid_(g), sl = silu_s(g, s), ds = dsilu_s(g, s);
+TTT_HOST_DEVICE void update_elem(T g, T h, T u, T lr0, T lr2, T& a, T& r0, T& r2) {
+  const T s = math::sigmoid(g), sl = math::silu_from(g, s), ds = math::dsilu_from(g, s);
   a = sl * h;
   r0 = lr0 * u * h * ds;
   r2 = lr2 * u * sl;
@@ -115,8 +96,10 @@ TTT_HD void update_elem(T g, T h, T u, T lr0, T lr2, T& a, T& r0, T& r2) {
 // Its adjoint: given dr0, dr2 (cotangents of r0, r2) and da (of a), the cotangents of g, h, u, and the terms
 // whose sums over the hidden units are dL/dlr0 and dL/dlr2.
 template <class T>
-TTT_HD void update_elem_bwd(T g, T h, T u, T lr0, T lr2, T dr0, T dr2, T da, T& dg, T& dh, T& du, T& t0, T& t2) {
-  const T s = sigmoid_(g), sl = silu_s(g, s), ds = dsilu_s(g, s), d2s = d2silu_s(g, s);
+TTT_HOST_DEVICE void update_elem_bwd(T g, T h, T u, T lr0, T lr2, T dr0, T dr2, T da, T& dg, T& dh, T& du, T& t0,
+                                     T& t2) {
+  const T s = math::sigmoid(g), sl = math::silu_from(g, s), ds = math::dsilu_from(g, s);
+  const T d2s = math::d2silu_from(g, s);
   const T p0 = u * h * ds, p2 = u * sl;  // r0 = lr0 p0, r2 = lr2 p2
   t0 = p0 * dr0;
   t2 = p2 * dr2;
@@ -129,12 +112,12 @@ TTT_HD void update_elem_bwd(T g, T h, T u, T lr0, T lr2, T dr0, T dr2, T da, T& 
 }
 // Apply: a = silu(g) h; backward from da.
 template <class T>
-TTT_HD T swiglu_elem(T g, T h) { return silu_s(g, sigmoid_(g)) * h; }
+TTT_HOST_DEVICE T swiglu_elem(T g, T h) { return math::silu_from(g, math::sigmoid(g)) * h; }
 template <class T>
-TTT_HD void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
-  const T s = sigmoid_(g), sl = silu_s(g, s);
+TTT_HOST_DEVICE void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
+  const T s = math::sigmoid(g), sl = math::silu_from(g, s);
   a = sl * h;
-  dg = da * h * dsilu_s(g, s);
+  dg = da * h * math::dsilu_from(g, s);
   dh = da * sl;
 }
 
@@ -146,25 +129,25 @@ inline float round_bf16(float x) { return ttt::round_to_bf16(x); }
 // Geometry the element-wise kernels need.
 struct Geom {
   int64_t B = 0, T = 0, d = 0, dh = 0;
-  TTT_HD int64_t P() const { return d * dh; }
-  TTT_HD int64_t rows() const { return 2 * dh + d; }
-  TTT_HD int64_t p() const { return d < dh ? d : dh; }  // NS layout [p,q]
-  TTT_HD int64_t q() const { return d < dh ? dh : d; }
+  TTT_HOST_DEVICE int64_t P() const { return d * dh; }
+  TTT_HOST_DEVICE int64_t rows() const { return 2 * dh + d; }
+  TTT_HOST_DEVICE int64_t p() const { return d < dh ? d : dh; }  // NS layout [p,q]
+  TTT_HOST_DEVICE int64_t q() const { return d < dh ? dh : d; }
   // Slot s of the state is [rows_s, cols_s]; transposed into NS layout when rows_s > cols_s.
-  TTT_HD int64_t slot_rows(int s) const { return s < 2 ? dh : d; }
-  TTT_HD int64_t slot_cols(int s) const { return s < 2 ? d : dh; }
-  TTT_HD bool slot_transposed(int s) const { return slot_rows(s) > slot_cols(s); }
+  TTT_HOST_DEVICE int64_t slot_rows(int s) const { return s < 2 ? dh : d; }
+  TTT_HOST_DEVICE int64_t slot_cols(int s) const { return s < 2 ? d : dh; }
+  TTT_HOST_DEVICE bool slot_transposed(int s) const { return slot_rows(s) > slot_cols(s); }
   // Row r (< rows()) of a head's state: offset in the head's 3P block, length, slot, row within the slot.
-  TTT_HD int64_t row_off(int64_t r) const { return r < 2 * dh ? r * d : 2 * P() + (r - 2 * dh) * dh; }
-  TTT_HD int64_t row_len(int64_t r) const { return r < 2 * dh ? d : dh; }
-  TTT_HD int row_slot(int64_t r) const { return r < dh ? 0 : r < 2 * dh ? 1 : 2; }
-  TTT_HD int64_t row_in_slot(int64_t r) const { return r < dh ? r : r < 2 * dh ? r - dh : r - 2 * dh; }
+  TTT_HOST_DEVICE int64_t row_off(int64_t r) const { return r < 2 * dh ? r * d : 2 * P() + (r - 2 * dh) * dh; }
+  TTT_HOST_DEVICE int64_t row_len(int64_t r) const { return r < 2 * dh ? d : dh; }
+  TTT_HOST_DEVICE int row_slot(int64_t r) const { return r < dh ? 0 : r < 2 * dh ? 1 : 2; }
+  TTT_HOST_DEVICE int64_t row_in_slot(int64_t r) const { return r < dh ? r : r < 2 * dh ? r - dh : r - 2 * dh; }
   // Element (i,j) of NS-layout matrix of slot s sits at this offset of the slot in state layout.
-  TTT_HD int64_t ns_to_state(int s, int64_t i, int64_t j) const {
+  TTT_HOST_DEVICE int64_t ns_to_state(int s, int64_t i, int64_t j) const {
     return slot_transposed(s) ? j * slot_cols(s) + i : i * slot_cols(s) + j;
   }
   // Element (row, col) of slot s (state layout) sits at this offset of the NS-layout matrix.
-  TTT_HD int64_t state_to_ns(int s, int64_t row, int64_t col) const {
+  TTT_HOST_DEVICE int64_t state_to_ns(int s, int64_t row, int64_t col) const {
     return slot_transposed(s) ? col * q() + row : row * slot_cols(s) + col;
   }
 };
@@ -204,8 +187,8 @@ class Fused {
     // With momentum the momentum states are the updates P_c (S_{c+1} = P_c); without it, backward still
     // wants P_c (it spares recomputing the update's two weight-shaped products), so keep them alike.
     if (s_.momentum || with_grad_) mstates_ = ops_.alloc(nver_ * B * 3 * P);
-    if (s_.norm != Norm::None) tau_ = ops_.alloc(B * s_.state_rows());
-    if (s_.norm == Norm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
+    if (s_.norm != WeightNorm::None) tau_ = ops_.alloc(B * s_.state_rows());
+    if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
     if (s_.momentum) mbar_ = ops_.alloc(B);
     GH_ = ops_.alloc(B * C * 2 * dh);
@@ -228,7 +211,7 @@ class Fused {
         dS_ = ops_.alloc(B * 3 * P);
         dmbar_ = ops_.alloc(B);
       }
-      if (s_.norm != Norm::None) dtau_ = ops_.alloc(B * s_.state_rows());
+      if (s_.norm != WeightNorm::None) dtau_ = ops_.alloc(B * s_.state_rows());
       dGH_ = ops_.alloc(B * C * 2 * dh);
       dR_ = ops_.alloc(B * C * 2 * dh);
       dU_ = ops_.alloc(B * C * dh);
@@ -251,7 +234,7 @@ class Fused {
     cached_e_ = -1;
     const int64_t N = s_.num_chunks();
     ops_.pack_state(in.w0, in.w1, in.w2, state(0));
-    if (s_.norm != Norm::None) ops_.row_norms(state(0), tau_);
+    if (s_.norm != WeightNorm::None) ops_.row_norms(state(0), tau_);
     if (s_.momentum) ops_.zero(mstate(0), s_.B * 3 * s_.P());
     for (int64_t c = 0; c < N; ++c) {
       const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
@@ -279,7 +262,7 @@ class Fused {
   void stream_init(const T* w0, const T* w1, const T* w2) {
     TTT_CHECK(!with_grad_ && s_.causal && s_.T == s_.chunk, "lact: streaming needs T == chunk, causal, no gradients");
     ops_.pack_state(w0, w1, w2, state(0));
-    if (s_.norm != Norm::None) ops_.row_norms(state(0), tau_);
+    if (s_.norm != WeightNorm::None) ops_.row_norms(state(0), tau_);
     if (s_.momentum) ops_.zero(mstate(0), s_.B * 3 * s_.P());
     stream_slot_ = 0;
     stream_version_ = 0;
@@ -340,7 +323,7 @@ class Fused {
       }
     }
     flush(cur);
-    ops_.unpack_grad(dA_, s_.norm != Norm::None ? tau_ : nullptr, dtau_, state(0), g.w0, g.w1, g.w2);
+    ops_.unpack_grad(dA_, s_.norm != WeightNorm::None ? tau_ : nullptr, dtau_, state(0), g.w0, g.w1, g.w2);
   }
 
  private:
@@ -367,7 +350,7 @@ class Fused {
 
   // Pre-norm as the public prenorm LaCT operator: version 0 (W⁰, no update yet) is used as it is, every later
   // version as its row-normalized copy N(A).
-  bool normalized(int64_t version) const { return s_.norm == Norm::Pre && version > 0; }
+  bool normalized(int64_t version) const { return s_.norm == WeightNorm::Pre && version > 0; }
 
   // The weights the memory applies with (and takes the inner gradient at): A, or N(A) (see normalized()).
   const T* effective(int64_t slot_index, int64_t version) {
@@ -454,7 +437,7 @@ class Fused {
   void update_fwd(int64_t v, int64_t vn, const T* E, int64_t c0, int64_t n) {
     const T* M = update_direction(v, E, c0, n);
     if (mstates_) ops_.copy(mstate(vn), D_, s_.B * 3 * s_.P());
-    ops_.step(state(v), M, s_.muon, s_.norm == Norm::Post ? tau_ : nullptr, state(vn));
+    ops_.step(state(v), M, s_.muon, s_.norm == WeightNorm::Post ? tau_ : nullptr, state(vn));
   }
 
   // ---- backward pieces ------------------------------------------------------------------------------
@@ -492,7 +475,7 @@ class Fused {
     if (s_.muon) ns5_forward(Pc);
     const T* M = s_.muon ? X_[5] : Pc;
     // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ becomes dZ = dL/dA_c (direct) = dL/dM.
-    if (s_.norm == Norm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dtau_);
+    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dtau_);
     // Muon: dP from dM through NS5.
     if (s_.muon) ns5_backward(Pc);
     else ops_.copy(dP_, dA_, B * 3 * P);

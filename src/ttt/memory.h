@@ -5,19 +5,9 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "ttt/memory_kinds.h"
 
 namespace ttt::engine {
-
-enum class Family { SwiGLU, MLP, Linear };
-enum class Loss { Dot, MSE };
-enum class WeightNorm { None, Post, Pre };
-
-Family parse_family(const std::string& s);
-Loss parse_loss(const std::string& s);
-WeightNorm parse_weight_norm(const std::string& s);
-const char* family_name(Family f);
-const char* loss_name(Loss l);
-const char* weight_norm_name(WeightNorm w);
 
 struct MemoryConfig {
   Family family = Family::SwiGLU;

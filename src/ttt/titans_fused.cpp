@@ -153,11 +153,7 @@ SafeTensors run_op(const SafeTensors& st, const engine::TntOptions& opt, TntHost
   s.B = B;
   s.T = n;
   s.d = d;
-  s.use_global = opt.use_global;
-  s.global_chunk = opt.global_chunk;
-  s.local_chunks = opt.local_chunks;
-  s.shard = opt.shard;
-  s.qk_proj = opt.qk_proj;
+  s.set_layout(opt.layout());
   auto ptr = [&](const std::string& name) { return st.get(name).data<T>(); };
   TntInputs<T> in{ptr("q"), ptr("k"), ptr("v"), {}};
   const size_t M = size_t(opt.num_memories());

@@ -16,7 +16,7 @@
 // The algorithm is written once as templates over a backend `Ops` (as lact_fused.h): storage, a row-major
 // strided-batched GEMM, a deterministic batched dot product, and `each(n, f)`, which runs the element functor
 // f(i) for i < n (a loop on the CPU, a grid-stride kernel on the GPU). Every element-wise / per-row step is one
-// functor struct below (TTT_HD code shared by the CPU twin and the CUDA kernels). The CPU twin (`CpuOps`,
+// functor struct below (TTT_HOST_DEVICE code shared by the CPU twin and the CUDA kernels). The CPU twin (`CpuOps`,
 // titans_fused.cpp) is the specification; src/cuda/titans_cuda.cu runs the same templates with cuBLAS.
 //
 // Memory use: forward keeps the state (W, and the momentum S) at chunk boundaries; when all of them would
@@ -36,7 +36,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "ttt/lact_fused.h"  // TTT_HD and the shared silu / sigmoid helpers
+#include "core/scalar_math.h"  // TTT_HOST_DEVICE, silu, sigmoid
+#include "ttt/branch_layout.h"
 
 namespace ttt {
 struct SafeTensors;
@@ -52,8 +53,8 @@ namespace ttt::titans {
 // (t < len) is the flat token index base + i * stride + t of the [B,T] tensors (row base + ... of [B,T,d]).
 struct Group {
   int64_t items = 0, b0 = 0, per_b = 1, base = 0, stride = 0, len = 0;
-  TTT_HD int64_t b_of(int64_t i) const { return b0 + i / per_b; }
-  TTT_HD int64_t tok(int64_t i, int64_t t) const { return base + i * stride + t; }
+  TTT_HOST_DEVICE int64_t b_of(int64_t i) const { return b0 + i / per_b; }
+  TTT_HOST_DEVICE int64_t tok(int64_t i, int64_t t) const { return base + i * stride + t; }
 };
 
 // The groups of B sequence-heads of T tokens cut at every multiple of `period` (0 or >= T: no cut). When the
@@ -115,11 +116,6 @@ struct MemoryGrads {
 // ---- per-element math (one source of truth for the CPU twin and the CUDA kernels) ------------------------
 namespace fn {
 
-template <class T>
-TTT_HD T silu(T z) { return lact::silu_s(z, lact::sigmoid_(z)); }
-template <class T>
-TTT_HD T dsilu(T z) { return lact::dsilu_s(z, lact::sigmoid_(z)); }
-
 // W[i] = [W1⁰; W2⁰] of item i's sequence-head.                                        n = items * 2P
 template <class T>
 struct InitState {
@@ -127,7 +123,7 @@ struct InitState {
   T* W;
   Group g;
   int64_t P;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (2 * P), e = idx % (2 * P), b = g.b_of(i);
     W[idx] = e < P ? w1[b * P + e] : w2[b * P + e - P];
   }
@@ -141,7 +137,7 @@ struct ChunkStat {
   Group g;
   int64_t C, N, d;
   bool sq;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / N, c = idx % N, c0 = c * C;
     const int64_t n = g.len - c0 < C ? g.len - c0 : C;
     T acc = 0;
@@ -162,7 +158,7 @@ struct ExclusivePrefix {
   const T* cs;
   T* z;
   int64_t N;
-  TTT_HD void operator()(int64_t i) const {
+  TTT_HOST_DEVICE void operator()(int64_t i) const {
     T acc = 0;
     for (int64_t c = 0; c < N; ++c) {
       z[i * N + c] = acc;
@@ -177,7 +173,7 @@ struct CopyRows {
   const T* src;
   Group g;
   int64_t c0, n, cols;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * cols), r = (idx / cols) % n, j = idx % cols;
     const int64_t off = g.tok(i, c0 + r) * cols + j;
     dst[off] = src ? src[off] : T(0);
@@ -188,7 +184,7 @@ template <class T>
 struct Silu {
   const T* Z;
   T* S;
-  TTT_HD void operator()(int64_t i) const { S[i] = silu(Z[i]); }
+  TTT_HOST_DEVICE void operator()(int64_t i) const { S[i] = math::silu(Z[i]); }
 };
 // E holds Y = silu(K W1ᵀ) W2ᵀ on entry: E = 2 (Y [+ k] - v) (the MSE output gradient), Bm = θ E.
 //                                                                                      n = items * n * d
@@ -200,7 +196,7 @@ struct MseErr {
   Group g;
   int64_t c0, n, d;
   bool residual;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t tok = g.tok(i, c0 + r);
     const T y = E[idx] + (residual ? k[tok * d + j] : T(0));
@@ -216,9 +212,9 @@ struct InnerA {
   T *A, *DZ;
   Group g;
   int64_t c0, n, dh;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * dh), r = (idx / dh) % n;
-    const T dz = DS[idx] * dsilu(Z[idx]);
+    const T dz = DS[idx] * math::dsilu(Z[idx]);
     DZ[idx] = dz;
     A[idx] = theta[g.tok(i, c0 + r)] * dz;
   }
@@ -229,7 +225,7 @@ struct Step {
   const T *W, *S, *D, *eta_bar, *alpha_bar;  // S / eta_bar null: no momentum; alpha_bar null: no decay
   T *Wn, *Sn;
   int64_t P2, N, c;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / P2;
     const T p = D[idx] + (S ? eta_bar[i * N + c] * S[idx] : T(0));
     const T w = alpha_bar ? (T(1) - alpha_bar[i * N + c]) * W[idx] : W[idx];
@@ -242,7 +238,7 @@ template <class T>
 struct StepBwdPre {
   const T *dW, *dS;
   T* G;
-  TTT_HD void operator()(int64_t i) const { G[i] = dS ? dW[i] + dS[i] : dW[i]; }
+  TTT_HOST_DEVICE void operator()(int64_t i) const { G[i] = dS ? dW[i] + dS[i] : dW[i]; }
 };
 // Second half (after the dots): dW = (1 - ᾱ) dW', dS = η̄ G.
 template <class T>
@@ -250,7 +246,7 @@ struct StepBwdPost {
   T *dW, *dS;
   const T *G, *eta_bar, *alpha_bar;
   int64_t P2, N, c;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / P2;
     if (alpha_bar) dW[idx] *= T(1) - alpha_bar[i * N + c];
     if (dS) dS[idx] = eta_bar[i * N + c] * G[idx];
@@ -263,7 +259,7 @@ struct FillGates {
   const T *etadot, *keepdot;
   Group g;
   int64_t c0, n;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / n, r = idx % n, tok = g.tok(i, c0 + r);
     if (geta) geta[tok] = etadot[i] / T(n);
     if (galpha) galpha[tok] = -keepdot[i] / T(n);
@@ -277,10 +273,10 @@ struct InnerBwdH {
   T *dDS, *dZ;
   Group g;
   int64_t c0, n, dh;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * dh), r = (idx / dh) % n;
     const T th = theta[g.tok(i, c0 + r)];
-    const T z = Z[idx], s = lact::sigmoid_(z), ds = lact::dsilu_s(z, s), d2 = lact::d2silu_s(z, s);
+    const T z = Z[idx], s = math::sigmoid(z), ds = math::dsilu_from(z, s), d2 = math::d2silu_from(z, s);
     const T da = dA[idx];
     dDS[idx] = th * da * ds;
     dZ[idx] = th * da * DS[idx] * d2;
@@ -293,7 +289,7 @@ struct InnerBwdD {
   T* dE;
   Group g;
   int64_t c0, n, d;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n;
     dE[idx] = theta[g.tok(i, c0 + r)] * dB[idx];
   }
@@ -305,7 +301,7 @@ struct FillTheta {
   T* gtheta;
   Group g;
   int64_t c0, n;
-  TTT_HD void operator()(int64_t row) const { gtheta[g.tok(row / n, c0 + row % n)] = r1[row] + r2[row]; }
+  TTT_HOST_DEVICE void operator()(int64_t row) const { gtheta[g.tok(row / n, c0 + row % n)] = r1[row] + r2[row]; }
 };
 // dE -> dY = 2 dE (in place); dv = -dY; dk = dY (residual) or 0 (the GEMMs add the rest).  n = items * n * d
 template <class T>
@@ -314,7 +310,7 @@ struct InnerBwd2 {
   Group g;
   int64_t c0, n, d;
   bool residual;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t off = g.tok(i, c0 + r) * d + j;
     const T y = T(2) * dE[idx];
@@ -329,7 +325,9 @@ struct DsiluMul {
   const T *dS, *Z;
   T* dZ;
   bool accumulate;
-  TTT_HD void operator()(int64_t i) const { dZ[i] = (accumulate ? dZ[i] : T(0)) + dS[i] * dsilu(Z[i]); }
+  TTT_HOST_DEVICE void operator()(int64_t i) const {
+    dZ[i] = (accumulate ? dZ[i] : T(0)) + dS[i] * math::dsilu(Z[i]);
+  }
 };
 // g_w{1,2}[b] += sum over b's items of dW (items in reverse order).                     n = items/per_b * 2P
 template <class T>
@@ -338,7 +336,7 @@ struct ReduceItems {
   T *gw1, *gw2;
   Group g;
   int64_t P;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t bl = idx / (2 * P), e = idx % (2 * P), b = g.b0 + bl;
     T acc = 0;
     for (int64_t s = g.per_b - 1; s >= 0; --s) acc += dW[(bl * g.per_b + s) * 2 * P + e];
@@ -353,7 +351,7 @@ struct QkFinalize {
   T* out;
   Group g;
   int64_t c0, n, d, N, c;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t off = g.tok(i, c0 + r) * d + j;
     const T zz = z[i * N + c];
@@ -366,7 +364,7 @@ struct QkDz {
   const T *dot, *z;
   T* dz;
   int64_t N, c;
-  TTT_HD void operator()(int64_t i) const {
+  TTT_HOST_DEVICE void operator()(int64_t i) const {
     const T zz = z[i * N + c];
     dz[i * N + c] = zz > T(0) ? -dot[i] / zz : T(0);
   }
@@ -378,7 +376,7 @@ struct QkGhat {
   T* Gh;
   Group g;
   int64_t c0, n, d, N, c;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const T zz = z[i * N + c];
     Gh[idx] = zz > T(0) ? G[g.tok(i, c0 + r) * d + j] / zz : T(0);
@@ -390,7 +388,7 @@ struct AddDiag {
   T* P;
   const T* dz;
   int64_t d, N, c;
-  TTT_HD void operator()(int64_t idx) const {
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / d, j = idx % d;
     P[i * d * d + j * d + j] += T(2) * dz[i * N + c];
   }
@@ -399,7 +397,7 @@ template <class T>
 struct Add {
   T* dst;
   const T* src;
-  TTT_HD void operator()(int64_t i) const { dst[i] += src[i]; }
+  TTT_HOST_DEVICE void operator()(int64_t i) const { dst[i] += src[i]; }
 };
 
 }  // namespace fn
@@ -797,7 +795,8 @@ class Memory {
 
 // ---- the TNT branch (docs/ALGORITHMS.md §6) --------------------------------------------------------------
 // o = M_G(q) + Σ_i M_L⁽ⁱ⁾(q̃⁽ⁱ⁾): the global memory (chunk global_chunk, never reset) when use_global, then one
-// local memory per local chunk size (reset every `shard` tokens, Q-K projected queries when qk_proj).
+// local memory per local chunk size (reset every `shard` tokens, Q-K projected queries when qk_proj); memory m's
+// place is layout().memory(m) (engine::BranchLayout, the mapping the tape branch and the model spec use too).
 struct TntShape {
   int64_t B = 0, T = 0, d = 0;
   bool use_global = true;
@@ -809,17 +808,25 @@ struct TntShape {
   double state_budget_bytes = double(int64_t(2) << 30);
   int64_t segment = 0;
 
-  int64_t num_memories() const { return (use_global ? 1 : 0) + int64_t(local_chunks.size()); }
+  engine::BranchLayout layout() const { return {use_global, global_chunk, local_chunks, shard, qk_proj}; }
+  void set_layout(const engine::BranchLayout& l) {
+    use_global = l.use_global;
+    global_chunk = l.global_chunk;
+    local_chunks = l.local_chunks;
+    shard = l.shard;
+    qk_proj = l.qk_proj;
+  }
+  int64_t num_memories() const { return layout().num_memories(); }
   MemoryShape memory(size_t m) const {
+    const engine::BranchMemory place = layout().memory(m);
     MemoryShape s;
     s.B = B;
     s.T = T;
     s.d = d;
     s.dh = dh.at(m);
-    const bool global = use_global && m == 0;
-    s.chunk = global ? global_chunk : local_chunks.at(use_global ? m - 1 : m);
-    s.period = global ? 0 : shard;
-    s.qk = !global && qk_proj;
+    s.chunk = place.chunk;
+    s.period = place.shard;
+    s.qk = place.qk_proj;
     s.momentum = s.decay = s.residual = true;
     s.state_budget_bytes = state_budget_bytes;
     s.segment = segment;

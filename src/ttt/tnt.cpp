@@ -36,13 +36,6 @@ void TntOptions::validate() const {
   TTT_CHECK(shard >= 0, "shard size S_L must be positive (or 0: never reset), got " << shard);
 }
 
-Program tnt_global_program(const TntOptions& opt, int64_t n) { return causal_program(n, opt.global_chunk); }
-
-Program tnt_local_program(const TntOptions& opt, size_t local, int64_t n) {
-  TTT_CHECK(local < opt.local_chunks.size(), "local memory " << local << " of " << opt.local_chunks.size());
-  return causal_program(n, opt.local_chunks[local], opt.shard);
-}
-
 template <class T>
 Var tnt_branch(Tape<T>& t, const TntOptions& opt, int64_t S, int64_t H, Var q, Var k, Var v,
                const std::vector<TntMemoryVars>& mems) {
@@ -50,27 +43,37 @@ Var tnt_branch(Tape<T>& t, const TntOptions& opt, int64_t S, int64_t H, Var q, V
   TTT_CHECK(int64_t(mems.size()) == opt.num_memories(),
             "TNT branch: " << mems.size() << " memories given, the options describe " << opt.num_memories() << " ("
                            << (opt.use_global ? "global + " : "") << opt.local_chunks.size() << " local)");
+  return branch_sum(t, S, H, q, k, v, opt.layout().memories(), mems, opt.batch);
+}
+
+template <class T>
+Var branch_sum(Tape<T>& t, int64_t S, int64_t H, Var q, Var k, Var v, const std::vector<BranchMemory>& places,
+               const std::vector<TntMemoryVars>& mems, const BatchOptions& batch) {
+  TTT_CHECK(places.size() == mems.size() && !mems.empty(),
+            "memory branch: " << mems.size() << " memories for " << places.size() << " places");
   TTT_CHECK(S > 0 && t.val(q).rows % S == 0, "TNT branch: q has " << t.val(q).rows << " rows, not a multiple of "
                                                                   << S << " sequences");
   const int64_t N = t.val(q).rows / S;
   Var o;
   for (size_t m = 0; m < mems.size(); ++m) {
     const TntMemoryVars& mv = mems[m];
-    const bool global = opt.use_global && m == 0;
-    const size_t local = opt.use_global ? m - 1 : m;
-    Program prog = global ? tnt_global_program(opt, N) : tnt_local_program(opt, local, N);
-    Var qm = q;
-    if (!global && opt.qk_proj) qm = qk_project(t, q, k, S, H, opt.local_chunks[local], opt.shard);
-    Var om = memory_op(t, mv.cfg, prog, S, H, qm, k, v, mv.rates, mv.momentum_gate, mv.decay_gate, mv.w0, opt.batch);
+    const BranchMemory& place = places[m];
+    Var qm = place.qk_proj ? qk_project(t, q, k, S, H, place.chunk, place.shard) : q;
+    Var om = memory_op(t, mv.cfg, causal_program(N, place.chunk, place.shard), S, H, qm, k, v, mv.rates,
+                       mv.momentum_gate, mv.decay_gate, mv.w0, batch);
     o = o.valid() ? ag::add(t, o, om) : om;
   }
   return o;
 }
 
-template Var tnt_branch<float>(Tape<float>&, const TntOptions&, int64_t, int64_t, Var, Var, Var,
-                               const std::vector<TntMemoryVars>&);
-template Var tnt_branch<double>(Tape<double>&, const TntOptions&, int64_t, int64_t, Var, Var, Var,
-                                const std::vector<TntMemoryVars>&);
+#define TTT_INSTANTIATE(T)                                                                                          \
+  template Var tnt_branch<T>(Tape<T>&, const TntOptions&, int64_t, int64_t, Var, Var, Var,                          \
+                             const std::vector<TntMemoryVars>&);                                                    \
+  template Var branch_sum<T>(Tape<T>&, int64_t, int64_t, Var, Var, Var, const std::vector<BranchMemory>&,           \
+                             const std::vector<TntMemoryVars>&, const BatchOptions&);
+TTT_INSTANTIATE(float)
+TTT_INSTANTIATE(double)
+#undef TTT_INSTANTIATE
 
 std::vector<int64_t> parse_chunk_list(const std::string& s, const std::string& flag) {
   std::vector<int64_t> out;
@@ -113,8 +116,8 @@ int64_t local_index(const std::string& name) {
 }
 
 std::string prefix_of(const TntOptions& opt, size_t m) {
-  if (opt.use_global && m == 0) return "g_";
-  return "l" + std::to_string(opt.use_global ? m - 1 : m) + "_";
+  const BranchMemory place = opt.layout().memory(m);
+  return place.global() ? "g_" : "l" + std::to_string(place.local) + "_";
 }
 
 // [B,T,d] -> [T, B*d] (sequence-head b = column block b); [B,T] -> [T, B]; and back.

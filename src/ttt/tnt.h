@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "ttt/branch_layout.h"
 #include "ttt/memory_op.h"
 
 namespace ttt::engine {
@@ -30,12 +31,9 @@ struct TntOptions {
   bool qk_proj = true;                      // read the local memories with Q-K projected queries
   BatchOptions batch;                       // batch.split_shards: local shards as parallel items
   void validate() const;
-  int64_t num_memories() const { return (use_global ? 1 : 0) + int64_t(local_chunks.size()); }
+  BranchLayout layout() const { return {use_global, global_chunk, local_chunks, shard, qk_proj}; }
+  int64_t num_memories() const { return layout().num_memories(); }
 };
-
-// The programs of the branch over n tokens.
-Program tnt_global_program(const TntOptions& opt, int64_t n);
-Program tnt_local_program(const TntOptions& opt, size_t local, int64_t n);
 
 // One memory of the branch on a tape, in memory_op's layout (memory_op.h): w0 one Var per weight
 // matrix [H*rows, cols]; rates [S*N, H] (θ), momentum_gate [S*N, H] (η), decay_gate [S*N, H] (α),
@@ -51,6 +49,12 @@ struct TntMemoryVars {
 template <class T>
 ag::Var tnt_branch(ag::Tape<T>& t, const TntOptions& opt, int64_t sequences, int64_t heads, ag::Var q, ag::Var k,
                    ag::Var v, const std::vector<TntMemoryVars>& mems);
+// The same for memories at any places (branch_layout.h; the model passes its memory spec's): memory m runs
+// causal_program(N, chunk, shard) on queries Q-K projected iff qk_proj; outputs summed in order.
+template <class T>
+ag::Var branch_sum(ag::Tape<T>& t, int64_t sequences, int64_t heads, ag::Var q, ag::Var k, ag::Var v,
+                   const std::vector<BranchMemory>& places, const std::vector<TntMemoryVars>& mems,
+                   const BatchOptions& batch = {});
 
 // Named tensors (B sequence-heads, each with its own initial weights):
 //   q, k, v [B,T,d];  global memory: g_w1 [B,dh,d], g_w2 [B,d,dh], g_theta, g_eta, g_alpha [B,T]
