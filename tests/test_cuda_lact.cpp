@@ -605,4 +605,25 @@ TEST(CudaLact, CliOpLact) {
   fs::remove_all(dir);
 }
 
+// `ttt bench op --device cuda --precision P` times precision P: its JSON "math" field says which ran. (The
+// precision once reached the bench as a `const char*` that a `bool tf32` overload took: bf16 was timed as tf32.)
+TEST(CudaLact, BenchOpTimesThePrecisionAsked) {
+  REQUIRE_CUDA();
+  const char* env = std::getenv("TTT_CLI");
+  const std::string cli = env && *env ? env : TTT_CLI_PATH;
+  if (!std::filesystem::exists(cli)) GTEST_SKIP() << "no ttt binary at " << cli << " (set TTT_CLI)";
+  for (const std::string precision : {"fp32", "tf32", "bf16"}) {
+    const std::string cmd = cli + " bench op --device cuda --precision " + precision +
+                            " --T 64 --d 16 --dh 16 --chunk 16 --repeats 1 --warmup 0 2>/dev/null";
+    FILE* f = popen(cmd.c_str(), "r");
+    ASSERT_NE(f, nullptr) << cmd;
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+    ASSERT_EQ(pclose(f), 0) << cmd << "\n" << out;
+    EXPECT_NE(out.find("\"math\":\"" + precision + "\""), std::string::npos) << cmd << "\n" << out;
+  }
+}
+
 #endif  // TTT_HAVE_CUDA

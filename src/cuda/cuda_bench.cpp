@@ -6,7 +6,7 @@
 
 namespace ttt::cuda {
 
-nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, const std::string& precision) {
+nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, backend::Precision precision) {
   std::string why;
   TTT_CHECK(device_count(&why) > 0, "ttt bench op --device cuda: no usable CUDA device (" << why << ")");
   const LactOptions opt = precision_options(precision);

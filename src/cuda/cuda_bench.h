@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "backend/options.h"
 #include "ttt/lact_fused.h"
 
 namespace ttt::cuda {
@@ -11,10 +12,8 @@ namespace ttt::cuda {
 // weight_norm, repeats, fwd_s, fwd_tokens_per_s, fwd_gflops, fwdbwd_s, fwdbwd_tokens_per_s, fwdbwd_gflops)
 // plus gpu, math, program, warmup, fwd_ms_all, fwdbwd_ms_all, peak_gpu_bytes (this library's allocations),
 // workspace_bytes, gpu_used_bytes / gpu_total_bytes (cudaMemGetInfo) and outputs_finite.
-// precision: fp32 | tf32 | bf16 (the "math" field; bf16 = bf16 matrix inputs, fp32 accumulation and state).
-nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, const std::string& precision);
-inline nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, bool tf32) {
-  return bench_lact_json(s, repeats, warmup, std::string(tf32 ? "tf32" : "fp32"));
-}
+// precision: the "math" field (bf16 = bf16 matrix inputs, fp32 accumulation and state). Typed, not text: a
+// `bool tf32` overload once caught a `const char*` "bf16" by pointer-to-bool conversion and timed tf32.
+nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, backend::Precision precision);
 
 }  // namespace ttt::cuda

@@ -24,7 +24,7 @@ class CudaOperatorBench final : public backend::OperatorBench {
     s.momentum = spec.momentum;
     s.muon = spec.muon;
     s.norm = spec.weight_norm;
-    return bench_lact_json(s, spec.repeats, spec.warmup, backend::precision_name(spec.precision));
+    return bench_lact_json(s, spec.repeats, spec.warmup, spec.precision);
   }
 
   // The branch and the Titans baseline (cuda::bench_tnt), one JSON line each, with the FLOP floor of the
