@@ -8,7 +8,7 @@
 #include <string>
 
 #ifdef TTT_HAVE_CUDA
-#include "cuda/device.h"  // ttt::cuda::device_count
+#include "backend/cuda/device.h"  // ttt::cuda::device_count
 
 // Skips the test, saying why, when no usable CUDA device is present.
 #define REQUIRE_CUDA()                                                                           \

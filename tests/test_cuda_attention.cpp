@@ -1,4 +1,4 @@
-// The CUDA sliding-window attention (src/cuda/attention.h) against its CPU reference nn::sliding_window_attention
+// The CUDA sliding-window attention (src/backend/cuda/attention.h) against its CPU reference nn::sliding_window_attention
 // run in float64 on the autograd tape (backward through the tape with a random dO), one sequence at a time, on
 // fresh random inputs. o, lse, dq, dk and dv must be within 1e-4 relative (max |gpu - ref| / max |ref| per output)
 // of float64; lse is checked against a direct float64 log-sum-exp. Where the exact gradient is zero (window 1, or a
@@ -30,9 +30,9 @@
 #include "core/rng.h"
 #include "nn/layers.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/attention.h"
-#include "cuda/kernels.h"
-#include "cuda/lact_cuda.h"
+#include "backend/cuda/attention.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/lact_cuda.h"
 #endif
 
 using namespace ttt;

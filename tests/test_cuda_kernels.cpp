@@ -1,4 +1,4 @@
-// The CUDA layer kernels (src/cuda/kernels.h) against their CPU references (src/nn/layers.cpp on the autograd
+// The CUDA layer kernels (src/backend/cuda/kernels.h) against their CPU references (src/nn/layers.cpp on the autograd
 // tape in float64, src/train/optimizer.cpp) on fresh random inputs: fp32 on the GPU within 1e-4 relative
 // (||gpu - cpu|| / ||cpu|| per output, in double) of float64 on the CPU, AdamW within 1e-6 relative of the CPU
 // optimizer after 3 steps, the float -> bf16 conversion bit for bit with the host's rounding (core/dtype.h).
@@ -23,8 +23,8 @@
 #include "nn/layers.h"
 #include "train/optimizer.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/kernels.h"
-#include "cuda/lact_cuda.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/lact_cuda.h"
 #endif
 
 using namespace ttt;

@@ -1,4 +1,4 @@
-// The CUDA LaCT operator (src/cuda) against the CPU reference on fresh random inputs: fp64 on the GPU against
+// The CUDA LaCT operator (src/backend/cuda) against the CPU reference on fresh random inputs: fp64 on the GPU against
 // the float64 CPU twin (<= 1e-10, the same algorithm), fp32 on the GPU against float64 on the CPU (<= 1e-4),
 // the engine itself, the OpBackend and the CLI; the bf16 matrix-input option against float64 (<= 2e-2, or 2x
 // the error of the CPU twin's bf16-operand emulation where that is larger). Device outputs are filled with NaN
@@ -23,7 +23,7 @@
 #include "ttt/lact_op.h"
 #include "ttt/runner.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/lact_cuda.h"
+#include "backend/cuda/lact_cuda.h"
 #endif
 
 using namespace ttt;

@@ -1,4 +1,4 @@
-// The GPU model (src/cuda/model_cuda.h) against the CPU model (src/model/model.cpp, the autograd tape) on
+// The GPU model (src/backend/cuda/model_cuda.h) against the CPU model (src/model/model.cpp, the autograd tape) on
 // fresh random parameters and tokens: the loss, per-token losses, logits and every parameter gradient of fp32
 // on the GPU within 1e-4 relative (max |gpu - cpu| / max |cpu| per tensor) of float64 on the CPU (tf32 and bf16
 // products: within 2e-2 in ||gpu - cpu|| / ||cpu||; see check_against_cpu for the exact bounds), for model
@@ -32,9 +32,9 @@
 #include "train/trainer.h"
 #include "train_test_util.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/lact_cuda.h"
-#include "cuda/generate_cuda.h"
-#include "cuda/model_cuda.h"
+#include "backend/cuda/lact_cuda.h"
+#include "backend/cuda/generate_cuda.h"
+#include "backend/cuda/model_cuda.h"
 #endif
 #include "infer/stream.h"
 #include "backend/registry.h"

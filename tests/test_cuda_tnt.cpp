@@ -1,4 +1,4 @@
-// The CUDA Titans memory and TNT branch (src/cuda/titans_cuda.*, tnt_cuda.*) against the CPU twin
+// The CUDA Titans memory and TNT branch (src/backend/cuda/titans_cuda.*, tnt_cuda.*) against the CPU twin
 // (titans_fused.h, itself checked against the tape engine to ~1e-15 in test_titans_fused.cpp) and against the
 // tape engine directly, on fresh random inputs: fp64 on the GPU to <= 1e-10 relative (the same algorithm),
 // fp32 on the GPU against float64 on the CPU to <= 1e-4 (max abs difference / max abs reference); every output
@@ -23,8 +23,8 @@
 #include "ttt/titans_fused.h"
 #include "ttt/tnt.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/lact_cuda.h"
-#include "cuda/tnt_cuda.h"
+#include "backend/cuda/lact_cuda.h"
+#include "backend/cuda/tnt_cuda.h"
 #endif
 
 using namespace ttt;

@@ -22,7 +22,7 @@
 #include "train/memory_budget.h"
 #include "train_test_util.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/device.h"
+#include "backend/cuda/device.h"
 #endif
 
 using namespace ttt;

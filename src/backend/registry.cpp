@@ -1,4 +1,4 @@
-// The only file outside src/cuda that names the CUDA backend: each function below has one branch per device.
+// The only file outside src/backend/cuda that names the CUDA backend: each function below has one branch per device.
 #include "backend/registry.h"
 
 #include <omp.h>
@@ -9,8 +9,8 @@
 #include "core/error.h"
 #include "infer/stream.h"
 #ifdef TTT_HAVE_CUDA
-#include "cuda/device.h"
-#include "cuda/engine_cuda.h"
+#include "backend/cuda/device.h"
+#include "backend/cuda/engine_cuda.h"
 #endif
 
 namespace ttt::backend {

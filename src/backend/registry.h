@@ -1,6 +1,6 @@
 // Devices by name. The registry makes each device's implementation of the execution interface — the step engine
 // (engine.h), the streamer (streamer.h), the operator backends (operators.h) — and answers what a device is and
-// whether this build and machine have it. It is the one place outside src/cuda that knows which backends exist:
+// whether this build and machine have it. It is the one place outside src/backend/cuda that knows which backends exist:
 // registry.cpp is the only file there with #ifdef TTT_HAVE_CUDA. A new backend adds its name to device_names()
 // and one branch to each function of registry.cpp (docs/ARCHITECTURE.md, "Devices: the seam").
 #pragma once

@@ -4,7 +4,7 @@
 //
 // The algorithm is one template, `Fused<Ops>`, over a backend `Ops` that supplies storage, a row-major
 // strided-batched GEMM and the element-wise kernels. The CPU twin (`CpuOps`, lact_fused.cpp, BLAS through
-// ttt::gemm) is the specification; the CUDA backend (src/cuda/lact_cuda.cu: cuBLAS + kernels) runs the very
+// ttt::gemm) is the specification; the CUDA backend (src/backend/cuda/lact_cuda.cu: cuBLAS + kernels) runs the very
 // same sequence of steps on the GPU. This header is plain C++17 so that nvcc compiles it too.
 //
 // Per sequence-head b: SwiGLU memory W0 [dh,d], W1 [d,dh], W2 [dh,d], f_W(x) = W1 (silu(W0 x) * (W2 x)),
@@ -153,7 +153,7 @@ struct Geom {
 };
 
 // The backend contract. CpuOps (lact_fused.cpp) is its reference implementation, with each step's exact
-// semantics written out; CudaOps (src/cuda/lact_cuda.cu) implements the same with cuBLAS and kernels.
+// semantics written out; CudaOps (src/backend/cuda/lact_cuda.cu) implements the same with cuBLAS and kernels.
 //
 //   using value_type = T;   Geom geom() const;
 //   T* alloc(int64_t n)      storage owned by the backend until it is destroyed

@@ -17,7 +17,7 @@
 // strided-batched GEMM, a deterministic batched dot product, and `each(n, f)`, which runs the element functor
 // f(i) for i < n (a loop on the CPU, a grid-stride kernel on the GPU). Every element-wise / per-row step is one
 // functor struct below (TTT_HOST_DEVICE code shared by the CPU twin and the CUDA kernels). The CPU twin (`CpuOps`,
-// titans_fused.cpp) is the specification; src/cuda/titans_cuda.cu runs the same templates with cuBLAS.
+// titans_fused.cpp) is the specification; src/backend/cuda/titans_cuda.cu runs the same templates with cuBLAS.
 //
 // Memory use: forward keeps the state (W, and the momentum S) at chunk boundaries; when all of them would
 // exceed MemoryShape::state_budget_bytes, only every K-th one (K ~ sqrt(chunks), "segments") and backward

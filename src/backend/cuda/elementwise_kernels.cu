@@ -1,0 +1,122 @@
+// Element-wise kernels (elementwise_kernels.h): grid-stride loops, one thread per element; the per-element math
+// is core/scalar_math.h's, as on the CPU. Naming and launch conventions: kernel_util.cuh.
+#include "backend/cuda/elementwise_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/kernel_util.cuh"
+
+namespace ttt::cuda::mk {
+
+namespace {
+
+__global__ void k_fill(float* p, float v, int64_t n) { GRID_STRIDE(i, n) p[i] = v; }
+__global__ void k_axpy(float* y, const float* x, float a, int64_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
+__global__ void k_scale(float* p, float a, int64_t n) { GRID_STRIDE(i, n) p[i] *= a; }
+__global__ void k_zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
+  GRID_STRIDE(i, n) if (!mask[i]) p[i] = 0.0f;
+}
+
+__global__ void k_bias_act_fwd(float* z, const float* bias, float* y, int64_t rows, int64_t cols, float shift,
+                               math::Activation a) {
+  GRID_STRIDE(i, rows * cols) {
+    float v = z[i];
+    if (bias) v += bias[i % cols];
+    z[i] = v;
+    y[i] = math::activate(a, v + shift);
+  }
+}
+__global__ void k_act_bwd(const float* z, const float* dy, float* dz, int64_t n, float shift, math::Activation a) {
+  GRID_STRIDE(i, n) dz[i] = dy[i] * math::activation_grad(a, z[i] + shift);
+}
+__global__ void k_silu_strided_fwd(const float* x, int64_t ldx, float* y, int64_t rows, int64_t cols) {
+  GRID_STRIDE(i, rows * cols) y[i] = math::silu(x[(i / cols) * ldx + i % cols]);
+}
+__global__ void k_silu_strided_bwd(const float* x, int64_t ldx, const float* dy, float* dx, int64_t lddx, int64_t rows,
+                                   int64_t cols) {
+  GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i % cols;
+    dx[r * lddx + c] += dy[i] * math::dsilu(x[r * ldx + c]);
+  }
+}
+
+template <class Out>
+__global__ void k_swiglu_fwd(const float* a, const float* u, Out* m, int64_t n) {
+  GRID_STRIDE(i, n) store_as(m + i, math::silu(a[i]) * u[i]);
+}
+__global__ void k_swiglu_bwd(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
+  GRID_STRIDE(i, n) {
+    const float s = math::sigmoid(a[i]);
+    const float g = dm[i];
+    da[i] = g * u[i] * math::dsilu_from(a[i], s);
+    du[i] = g * math::silu_from(a[i], s);
+  }
+}
+
+}  // namespace
+
+void fill(float* p, float value, int64_t n) {
+  if (n <= 0) return;
+  k_fill<<<grid_for(n), kThreads>>>(p, value, n);
+  TTT_LAUNCH_CHECK("fill");
+}
+void axpy(float* y, const float* x, float a, int64_t n) {
+  if (n <= 0) return;
+  k_axpy<<<grid_for(n), kThreads>>>(y, x, a, n);
+  TTT_LAUNCH_CHECK("axpy");
+}
+void scale(float* p, float a, int64_t n) {
+  if (n <= 0) return;
+  k_scale<<<grid_for(n), kThreads>>>(p, a, n);
+  TTT_LAUNCH_CHECK("scale");
+}
+void zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
+  if (n <= 0) return;
+  k_zero_where_masked<<<grid_for(n), kThreads>>>(p, mask, n);
+  TTT_LAUNCH_CHECK("zero_where_masked");
+}
+void bias_act_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, double shift,
+                      math::Activation act) {
+  k_bias_act_fwd<<<grid_for(rows * cols), kThreads>>>(z, bias, y, rows, cols, float(shift), act);
+  TTT_LAUNCH_CHECK("bias_act_forward");
+}
+void act_backward(const float* z, const float* dy, float* dz, int64_t n, double shift, math::Activation act) {
+  k_act_bwd<<<grid_for(n), kThreads>>>(z, dy, dz, n, float(shift), act);
+  TTT_LAUNCH_CHECK("act_backward");
+}
+void gate_forward(float* z, const float* bias, float* y, int64_t rows, int64_t cols, const math::GateRule& rule) {
+  bias_act_forward(z, bias, y, rows, cols, rule.shift, rule.act);
+  if (rule.scale != 1) scale(y, float(rule.scale), rows * cols);
+}
+void gate_backward(const float* z, float* dy, float* dz, int64_t n, const math::GateRule& rule) {
+  if (rule.scale != 1) scale(dy, float(rule.scale), n);
+  act_backward(z, dy, dz, n, rule.shift, rule.act);
+}
+void silu_strided_forward(const float* x, int64_t ldx, float* y, int64_t rows, int64_t cols) {
+  k_silu_strided_fwd<<<grid_for(rows * cols), kThreads>>>(x, ldx, y, rows, cols);
+  TTT_LAUNCH_CHECK("silu_strided_forward");
+}
+void silu_strided_backward(const float* x, int64_t ldx, const float* dy, float* dx, int64_t lddx, int64_t rows,
+                           int64_t cols) {
+  k_silu_strided_bwd<<<grid_for(rows * cols), kThreads>>>(x, ldx, dy, dx, lddx, rows, cols);
+  TTT_LAUNCH_CHECK("silu_strided_backward");
+}
+void swiglu_forward(const float* a, const float* u, float* m, int64_t n) {
+  k_swiglu_fwd<<<grid_for(n), kThreads>>>(a, u, m, n);
+  TTT_LAUNCH_CHECK("swiglu_forward");
+}
+void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n) {
+  k_swiglu_fwd<<<grid_for(n), kThreads>>>(a, u, reinterpret_cast<__nv_bfloat16*>(m), n);
+  TTT_LAUNCH_CHECK("swiglu_forward bf16");
+}
+void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
+  k_swiglu_bwd<<<grid_for(n), kThreads>>>(a, u, dm, da, du, n);
+  TTT_LAUNCH_CHECK("swiglu_backward");
+}
+
+}  // namespace ttt::cuda::mk

@@ -1,0 +1,693 @@
+// CUDA backend of the LaCT operator: CudaOps implements the backend contract of ttt/lact_fused.h with cuBLAS
+// strided-batched GEMMs and the kernels below, so that lact::Fused<CudaOps<T>> runs on the GPU exactly the
+// sequence of steps that the CPU twin (lact_fused.cpp) specifies. Per-element math is the shared TTT_HOST_DEVICE
+// code of lact_fused.h and core/scalar_math.h. Reductions accumulate in double and are deterministic (fixed
+// two-stage trees).
+//
+// Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every buffer has a bf16
+// shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels
+// whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs.
+// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
+// TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh (and
+// the backend's float -> bf16 conversion, layout_kernels.h); the optional profile: lact_profile.cuh; host-array
+// entry point and bench: lact_host.cu.
+#include "backend/cuda/lact_cuda.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/graph.cuh"
+#include "backend/cuda/lact_kernels.cuh"
+#include "backend/cuda/layout_kernels.h"
+#include "backend/cuda/lact_profile.cuh"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+#include <cstdint>
+#include <cmath>
+#include <sstream>
+#include <type_traits>
+
+namespace ttt::cuda {
+
+namespace {
+
+// ---- the backend --------------------------------------------------------------------------------------
+template <class T>
+struct CublasType;
+template <>
+struct CublasType<float> {
+  static constexpr cudaDataType_t data = CUDA_R_32F;
+};
+template <>
+struct CublasType<double> {
+  static constexpr cudaDataType_t data = CUDA_R_64F;
+};
+
+// Intervals [a, b) of element offsets, sorted, disjoint and merged (the bf16 shadow bookkeeping below).
+struct Ival {
+  int64_t a, b;
+};
+using Ivals = std::vector<Ival>;
+void iv_add(Ivals& v, int64_t a, int64_t b) {
+  if (a >= b) return;
+  Ivals out;
+  out.reserve(v.size() + 1);
+  size_t i = 0;
+  while (i < v.size() && v[i].b < a) out.push_back(v[i++]);
+  while (i < v.size() && v[i].a <= b) {
+    a = std::min(a, v[i].a);
+    b = std::max(b, v[i].b);
+    ++i;
+  }
+  out.push_back({a, b});
+  while (i < v.size()) out.push_back(v[i++]);
+  v.swap(out);
+}
+void iv_sub(Ivals& v, int64_t a, int64_t b) {
+  if (a >= b || v.empty()) return;
+  Ivals out;
+  out.reserve(v.size() + 1);
+  for (const Ival& x : v) {
+    if (x.b <= a || x.a >= b) {
+      out.push_back(x);
+      continue;
+    }
+    if (x.a < a) out.push_back({x.a, a});
+    if (x.b > b) out.push_back({b, x.b});
+  }
+  v.swap(out);
+}
+bool iv_overlaps(const Ivals& v, int64_t a, int64_t b) {
+  for (const Ival& x : v)
+    if (x.a < b && x.b > a) return true;
+  return false;
+}
+// The parts of [a, b) that v does not cover.
+Ivals iv_gaps(const Ivals& v, int64_t a, int64_t b) {
+  Ivals g;
+  int64_t cur = a;
+  for (const Ival& x : v) {
+    if (x.b <= cur) continue;
+    if (x.a >= b) break;
+    if (x.a > cur) g.push_back({cur, x.a});
+    cur = std::max(cur, x.b);
+    if (cur >= b) break;
+  }
+  if (cur < b) g.push_back({cur, b});
+  return g;
+}
+
+template <class T>
+class CudaOps {
+ public:
+  using value_type = T;
+  CudaOps(const lact::Geom& g, const LactOptions& opt) : g_(g), opt_(opt) {
+    TTT_CUDA_CHECK(cudaStreamCreate(&stream_));
+    prof_ = std::make_unique<Prof>(stream_);
+    TTT_CUBLAS_CHECK(cublasCreate(&handle_));
+    TTT_CUBLAS_CHECK(cublasSetStream(handle_, stream_));
+    TTT_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+    TTT_CHECK(!(opt_.tf32 && opt_.bf16), "lact cuda: the tf32 and bf16 options exclude each other");
+    TTT_CHECK(!opt_.bf16 || (std::is_same<T, float>::value), "lact cuda: bf16 matrix inputs need float data");
+    if (std::is_same<T, double>::value) compute_ = CUBLAS_COMPUTE_64F;
+    else compute_ = opt_.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    bf16_ = opt_.bf16 && std::is_same<T, float>::value;
+    partial_ = static_cast<Acc*>(device_malloc(sizeof(Acc) * size_t(3 * g_.B * kMaxSlices)));
+    workspace_bytes_ += sizeof(Acc) * size_t(3 * g_.B * kMaxSlices);
+    // A cuBLAS workspace of our own (the size cuBLAS uses by default on Hopper), so that the products can be
+    // captured into a CUDA graph without cuBLAS allocating during the capture.
+    cublas_ws_ = alloc_bytes(kCublasWorkspace);
+    TTT_CUBLAS_CHECK(cublasSetWorkspace(handle_, cublas_ws_, kCublasWorkspace));
+  }
+  ~CudaOps() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    prof_.reset();
+    for (auto& [p, bytes] : allocs_) device_free(p, bytes);
+    device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
+    if (handle_) cublasDestroy(handle_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  lact::Geom geom() const { return g_; }
+  Prof& prof() { return *prof_; }
+  cudaStream_t stream() const { return stream_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
+  T* alloc(int64_t n) {
+    n = std::max<int64_t>(n, 1);
+    T* p = static_cast<T*>(alloc_bytes(sizeof(T) * size_t(n)));
+    if (bf16_) regions_.push_back(Region{p, n});
+    return p;
+  }
+  void* alloc_bytes(size_t bytes) {
+    void* p = device_malloc(bytes);
+    allocs_.push_back({p, bytes});
+    workspace_bytes_ += bytes;
+    if (opt_.poison_workspace) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, bytes, stream_));  // bf16 0xFFFF: NaN too
+    return p;
+  }
+
+  // ---- bf16 matrix inputs ------------------------------------------------------------------------------
+  // Every matrix operand is read from a bf16 copy ("shadow"):
+  //  * the [B,T,d] inputs q, k, v, grad_o: mirrors, converted once per forward / backward;
+  //  * every buffer the algorithm allocates (states, chunk buffers, NS5 iterates) has a shadow of the same
+  //    layout, with the intervals where it holds bf16(the fp32 value) tracked on the host. Every step of
+  //    this backend that writes fp32 invalidates what it writes; a product converts only what is not valid
+  //    yet (so a state or an update is converted once, however many products read it);
+  //  * the kernels whose outputs feed nothing but matrix products (a, R, Vl, dGH, dU) write the bf16 shadow
+  //    alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
+  //    (a bookkeeping check on the host: it never happens with the algorithm of lact_fused.h);
+  //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together.
+  bool bf16() const { return bf16_; }
+  void init_bf16(int64_t chunk, bool with_grad) {
+    if (!bf16_) return;
+    (void)chunk;
+    const int64_t BTD = g_.B * g_.T * g_.d;
+    for (int i = 0; i < (with_grad ? 4 : 3); ++i) {
+      mirrors_[size_t(i)].copy = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(BTD)));
+      mirrors_[size_t(i)].n = BTD;
+    }
+    // Shadows of every buffer the algorithm allocated (it allocates all of them in its constructor).
+    for (Region& r : regions_)
+      r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(r.n)));
+  }
+  // The host-side bookkeeping of the shadows (what a CUDA graph replay must leave behind as its capture did).
+  struct Book {
+    std::vector<std::pair<Ivals, Ivals>> regions;
+    std::array<const T*, 4> mirror_base{};
+  };
+  Book snapshot() const {
+    Book b;
+    for (const Region& r : regions_) b.regions.push_back({r.valid, r.stale});
+    for (size_t i = 0; i < mirrors_.size(); ++i) b.mirror_base[i] = mirrors_[i].base;
+    return b;
+  }
+  void restore(const Book& b) {
+    if (b.regions.size() != regions_.size()) return;
+    for (size_t i = 0; i < regions_.size(); ++i) regions_[i].valid = b.regions[i].first, regions_[i].stale = b.regions[i].second;
+    for (size_t i = 0; i < mirrors_.size(); ++i) mirrors_[i].base = b.mirror_base[i];
+  }
+  // Mirror slot i (0 q, 1 k, 2 v, 3 grad_o) := bf16(base[0 .. B*T*d)).
+  void set_mirror(int i, const T* base) {
+    if (!bf16_) return;
+    Mirror& m = mirrors_[size_t(i)];
+    TTT_CHECK(m.copy, "lact cuda: bf16 mirror " << i << " not allocated");
+    to_bf16(reinterpret_cast<const float*>(base), m.copy, m.n);
+    m.base = base;
+  }
+
+  // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    if (bf16_) {
+      // Elements each operand spans: (batch-1) strides plus one stored matrix ([rows, cols] with leading dim).
+      const int64_t ra = ta ? k : m, ca = ta ? m : k, rb = tb ? n : k, cb = tb ? k : n;
+      const int64_t ea = (batch - 1) * sA + (ra - 1) * lda + ca, eb = (batch - 1) * sB + (rb - 1) * ldb + cb;
+      const int64_t ec = (batch - 1) * sC + (m - 1) * ldc + n;
+      const __nv_bfloat16* a16 = operand_bf16(A, ea);
+      const __nv_bfloat16* b16 = (B == A && eb == ea) ? a16 : operand_bf16(B, eb);
+      if (beta != T(0)) reads(C, ec);
+      wrote(C, ec);
+      const float fa = float(alpha), fb = float(beta);
+      auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
+      TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa, b16,
+          CUDA_R_16BF, int(ldb), (long long)sB, a16, CUDA_R_16BF, int(lda), (long long)sA, &fb, C, CUDA_R_32F,
+          int(ldc), (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
+    gemm_native(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
+  }
+  std::string gemm_name(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch) const {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "gemm %s%s %lldx%lldx%lld b%lld", ta ? "T" : "N", tb ? "T" : "N", (long long)m,
+                  (long long)n, (long long)k, (long long)batch);
+    return buf;
+  }
+  void zero(T* p, int64_t n) {
+    wrote(p, n);
+    auto ps_ = prof_->scope("memset");
+    TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), stream_));
+  }
+  void copy(T* dst, const T* src, int64_t n) {
+    reads(src, n);
+    wrote(dst, n);
+    auto ps_ = prof_->scope("memcpy");
+    TTT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * size_t(n), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void add(T* dst, const T* src, int64_t n) {
+    reads(src, n);
+    reads(dst, n);
+    wrote(dst, n);
+    auto ps_ = prof_->scope("add");
+    k_add<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, n);
+    TTT_LAUNCH_CHECK("add");
+  }
+  void sqrt_inplace(T* x, int64_t n) {
+    reads(x, n);
+    wrote(x, n);
+    auto ps_ = prof_->scope("sqrt");
+    k_sqrt<<<grid_for(n), kThreads, 0, stream_>>>(x, n);
+    TTT_LAUNCH_CHECK("sqrt");
+  }
+  void zero_rows(T* p, int64_t cols, int64_t r0, int64_t nr) {
+    if (!p) return;
+    auto ps_ = prof_->scope("memset2d");
+    TTT_CUDA_CHECK(cudaMemset2DAsync(p + r0 * cols, sizeof(T) * size_t(g_.T * cols), 0, sizeof(T) * size_t(nr * cols),
+                                     size_t(g_.B), stream_));
+  }
+
+  void gemm_native(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+                   const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    const cudaDataType_t dt = CublasType<T>::data;
+    auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
+    TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                int(n), int(m), int(k), &alpha, B, dt, int(ldb), (long long)sB, A, dt,
+                                                int(lda), (long long)sA, &beta, C, dt, int(ldc), (long long)sC,
+                                                int(batch), compute_, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T scale, T* out) {
+    TTT_CHECK(batch <= 3 * g_.B, "batched_dot: batch " << batch << " exceeds the reduction buffer");
+    reads(x, (batch - 1) * stride + per);
+    if (y) reads(y, (batch - 1) * stride + per);
+    wrote(out, batch);
+    const int slices = int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+    {
+      auto ps_ = prof_->scope("dot_partial");
+      k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, stream_>>>(x, y, per, stride, partial_);
+      TTT_LAUNCH_CHECK("dot_partial");
+    }
+    auto ps2_ = prof_->scope("dot_final");
+    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
+    TTT_LAUNCH_CHECK("dot_final");
+  }
+  void axpy_batched(T* D, const T* S, const T* s, int64_t per) {
+    const int64_t n = g_.B * per;
+    reads(S, n);
+    reads(D, n);
+    wrote(D, n);
+    auto ps_ = prof_->scope("axpy_batched");
+    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(D, S, s, per, n);
+    TTT_LAUNCH_CHECK("axpy_batched");
+  }
+  void scale_batched(T* dst, const T* src, const T* s, int64_t per) {
+    const int64_t n = g_.B * per;
+    reads(src, n);
+    wrote(dst, n);
+    auto ps_ = prof_->scope("scale_batched");
+    k_scale_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, s, per, n);
+    TTT_LAUNCH_CHECK("scale_batched");
+  }
+  void fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t n) {
+    const int64_t total = g_.B * n;
+    auto ps_ = prof_->scope("fill_chunk");
+    k_fill_chunk<<<grid_for(total), kThreads, 0, stream_>>>(g, val, scale, c0, n, g_.T, total);
+    TTT_LAUNCH_CHECK("fill_chunk");
+  }
+  void pack_state(const T* w0, const T* w1, const T* w2, T* A) {
+    const int64_t n = g_.B * 3 * g_.P();
+    wrote(A, n);
+    auto ps_ = prof_->scope("pack_state");
+    k_pack_state<<<grid_for(n), kThreads, 0, stream_>>>(w0, w1, w2, A, g_.P(), n);
+    TTT_LAUNCH_CHECK("pack_state");
+  }
+  void unpack_grad(const T* dA, const T* tau, const T* dtau, const T* A0, T* gw0, T* gw1, T* gw2) {
+    const int64_t n = g_.B * 3 * g_.P();
+    reads(dA, n);
+    auto ps_ = prof_->scope("unpack_grad");
+    k_unpack_grad<<<grid_for(n), kThreads, 0, stream_>>>(dA, tau, dtau, A0, gw0, gw1, gw2, g_, n);
+    TTT_LAUNCH_CHECK("unpack_grad");
+  }
+  void row_norms(const T* A, T* tau) {
+    reads(A, g_.B * 3 * g_.P());
+    wrote(tau, g_.B * g_.rows());
+    auto ps_ = prof_->scope("row_norms");
+    k_row_norms<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, g_);
+    TTT_LAUNCH_CHECK("row_norms");
+  }
+  void weight_norm(const T* A, const T* tau, T* E) {
+    const int64_t n = g_.B * 3 * g_.P();
+    reads(A, n);
+    __nv_bfloat16* E16 = shadow_out(E, n, true);  // E in fp32 and bf16
+    auto ps_ = prof_->scope("weight_norm");
+    k_weight_norm<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, E, E16, g_);
+    TTT_LAUNCH_CHECK("weight_norm");
+  }
+  void weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, T* dtau) {
+    const int64_t n = g_.B * 3 * g_.P();
+    reads(A, n);
+    reads(dE, n);
+    reads(dA, n);
+    wrote(dA, n);
+    wrote(dtau, g_.B * g_.rows());
+    auto ps_ = prof_->scope("weight_norm_bwd");
+    k_weight_norm_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, dE, dA, dtau, g_);
+    TTT_LAUNCH_CHECK("weight_norm_bwd");
+  }
+  void swiglu(const T* GH, T* a, int64_t n) {
+    const int64_t rows = g_.B * n;
+    reads(GH, rows * 2 * g_.dh);
+    auto ps_ = prof_->scope("swiglu");
+    if (bf16_) {
+      __nv_bfloat16* a16 = shadow_out(a, rows * g_.dh, false);
+      k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, a16, int(g_.dh));
+    } else {
+      k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, a, int(g_.dh));
+    }
+    TTT_LAUNCH_CHECK("swiglu");
+  }
+  void swiglu_bwd(const T* GH, const T* da, int64_t n, T* dGH, T* a) {
+    const int64_t rows = g_.B * n;
+    reads(GH, rows * 2 * g_.dh);
+    reads(da, rows * g_.dh);
+    auto ps_ = prof_->scope("swiglu_bwd");
+    if (bf16_) {
+      __nv_bfloat16* dgh16 = shadow_out(dGH, rows * 2 * g_.dh, false);
+      __nv_bfloat16* a16 = shadow_out(a, rows * g_.dh, false);
+      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, da, dgh16, a16, int(g_.dh));
+    } else {
+      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, da, dGH, a, int(g_.dh));
+    }
+    TTT_LAUNCH_CHECK("swiglu_bwd");
+  }
+  void update_terms(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                    int64_t n, T* a, T* R, T* Vl) {
+    const int64_t rows = g_.B * n, d = g_.d, dh = g_.dh;
+    reads(GH, rows * 2 * dh);
+    reads(U, rows * dh);
+    auto ps_ = prof_->scope("update_terms");
+    if (bf16_) {
+      __nv_bfloat16* a16 = shadow_out(a, rows * dh, false);
+      __nv_bfloat16* r16 = shadow_out(R, rows * 2 * dh, false);
+      __nv_bfloat16* v16 = shadow_out(Vl, rows * d, false);
+      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, int(n), g_.T,
+                                                                      int(d), int(dh), a16, r16, v16);
+    } else {
+      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, int(n), g_.T,
+                                                                      int(d), int(dh), a, R, Vl);
+    }
+    TTT_LAUNCH_CHECK("update_terms");
+  }
+  void update_terms_bwd(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                        int64_t n, const T* dR, const T* dVl, const T* da, T* dGH, T* dU, T* glr0, T* glr1, T* glr2,
+                        T* gv) {
+    const int64_t rows = g_.B * n, d = g_.d, dh = g_.dh;
+    reads(GH, rows * 2 * dh);
+    reads(U, rows * dh);
+    reads(dR, rows * 2 * dh);
+    reads(dVl, rows * d);
+    reads(da, rows * dh);
+    auto ps_ = prof_->scope("update_terms_bwd");
+    if (bf16_) {
+      __nv_bfloat16* dgh16 = shadow_out(dGH, rows * 2 * dh, false);
+      __nv_bfloat16* du16 = shadow_out(dU, rows * dh, false);
+      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, n, g_.T, int(d),
+                                                                        int(dh), dR, dVl, da, dgh16, du16, glr0, glr1,
+                                                                        glr2, gv, rows);
+    } else {
+      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, n, g_.T, int(d),
+                                                                        int(dh), dR, dVl, da, dGH, dU, glr0, glr1,
+                                                                        glr2, gv, rows);
+    }
+    TTT_LAUNCH_CHECK("update_terms_bwd");
+  }
+  void to_ns(const T* src, T* dst, const T* nrm) {
+    const int64_t n = 3 * g_.B * g_.P();
+    reads(src, n);
+    wrote(dst, n);
+    auto ps_ = prof_->scope("to_ns");
+    k_to_ns<<<grid_for(n), kThreads, 0, stream_>>>(src, dst, nrm, g_, n);
+    TTT_LAUNCH_CHECK("to_ns");
+  }
+  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP) {
+    const int64_t n = 3 * g_.B * g_.P();
+    reads(dX0, n);
+    reads(Pm, n);
+    wrote(dP, n);
+    auto ps_ = prof_->scope("ns_norm_bwd");
+    k_ns_norm_bwd<<<grid_for(n), kThreads, 0, stream_>>>(dX0, Pm, nrm, dot, dP, g_, n);
+    TTT_LAUNCH_CHECK("ns_norm_bwd");
+  }
+  void step(const T* A, const T* M, bool ns, const T* tau, T* An) {
+    const int64_t n = g_.B * 3 * g_.P();
+    reads(A, n);
+    reads(M, n);
+    __nv_bfloat16* An16 = shadow_out(An, n, true);  // the next state in fp32 and bf16
+    auto ps_ = prof_->scope("step");
+    k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, An, An16, g_);
+    TTT_LAUNCH_CHECK("step");
+  }
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+    const int64_t n = g_.B * 3 * g_.P();
+    reads(A, n);
+    reads(M, n);
+    reads(dA, n);
+    wrote(dA, n);
+    wrote(dtau, g_.B * g_.rows());
+    auto ps_ = prof_->scope("step_bwd");
+    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dtau, g_);
+    TTT_LAUNCH_CHECK("step_bwd");
+  }
+
+ private:
+  lact::Geom g_;
+  LactOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Prof> prof_;
+  cublasHandle_t handle_ = nullptr;
+  cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
+  std::vector<std::pair<void*, size_t>> allocs_;
+  Acc* partial_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  void* cublas_ws_ = nullptr;
+  // bf16 matrix inputs
+  struct Mirror {
+    const T* base = nullptr;
+    int64_t n = 0;
+    __nv_bfloat16* copy = nullptr;
+  };
+  struct Region {
+    T* base = nullptr;
+    int64_t n = 0;
+    __nv_bfloat16* sh = nullptr;  // the shadow
+    Ivals valid;                  // where sh = bf16(fp32 value)
+    Ivals stale;                  // where only sh holds the value (the fp32 buffer was not written)
+  };
+  bool bf16_ = false;
+  std::array<Mirror, 4> mirrors_{};
+  std::vector<Region> regions_;
+
+  Region* region_of(const T* p) {
+    for (Region& r : regions_)
+      if (p >= r.base && p < r.base + r.n) return &r;
+    return nullptr;
+  }
+  // fp32 [p, p+n) was (or is about to be) written: its shadow is out of date there.
+  void wrote(const T* p, int64_t n) {
+    if (!bf16_) return;
+    if (Region* r = region_of(p)) {
+      const int64_t a = p - r->base, b = std::min(a + n, r->n);
+      iv_sub(r->valid, a, b);
+      iv_sub(r->stale, a, b);
+    }
+  }
+  // A kernel writes bf16 [p, p+n) (and with fp32_too the fp32 value as well): the shadow pointer to write.
+  __nv_bfloat16* shadow_out(T* p, int64_t n, bool fp32_too) {
+    if (!bf16_) return nullptr;
+    Region* r = region_of(p);
+    TTT_CHECK(r && r->sh, "lact cuda bf16: no shadow for a buffer written in bf16");
+    const int64_t a = p - r->base, b = a + n;
+    TTT_CHECK(b <= r->n, "lact cuda bf16: a bf16 output runs past its buffer");
+    iv_add(r->valid, a, b);
+    if (fp32_too) iv_sub(r->stale, a, b);
+    else iv_add(r->stale, a, b);
+    return r->sh + a;
+  }
+  // An element-wise step reads fp32 [p, p+n): it must have been written in fp32.
+  void reads(const T* p, int64_t n) {
+    if (!bf16_) return;
+    if (Region* r = region_of(p)) {
+      const int64_t a = p - r->base, b = std::min(a + n, r->n);
+      TTT_CHECK(!iv_overlaps(r->stale, a, b),
+                "lact cuda bf16: an element-wise step reads a value that exists only as bf16 (bookkeeping bug)");
+    }
+  }
+
+  // bf16 copies of fp32 matrix operands (doubles are never converted).
+  void to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
+    auto ps_ = prof_->scope("to_bf16");
+    mk::to_bf16(src, reinterpret_cast<ttt::bf16*>(dst), n, stream_);
+  }
+  // The bf16 operand for the `extent` elements from p: inside a mirror, its copy; else the buffer's shadow,
+  // after converting the parts of it that are not valid yet.
+  const __nv_bfloat16* operand_bf16(const T* p, int64_t extent) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p), e = a + uintptr_t(extent) * sizeof(T);
+    for (const Mirror& m : mirrors_) {
+      if (!m.base) continue;
+      const uintptr_t b = reinterpret_cast<uintptr_t>(m.base);
+      if (a >= b && e <= b + uintptr_t(m.n) * sizeof(T)) return m.copy + (p - m.base);
+    }
+    Region* r = region_of(p);
+    TTT_CHECK(r && r->sh, "lact cuda bf16: a matrix operand outside every known buffer");
+    const int64_t lo = p - r->base, hi = lo + extent;
+    TTT_CHECK(hi <= r->n, "lact cuda bf16: a matrix operand runs past its buffer");
+    for (const Ival& gap : iv_gaps(r->valid, lo, hi)) {
+      TTT_CHECK(!iv_overlaps(r->stale, gap.a, gap.b), "lact cuda bf16: stale operand without a valid shadow");
+      to_bf16(reinterpret_cast<const float*>(r->base + gap.a), r->sh + gap.a, gap.b - gap.a);
+      iv_add(r->valid, gap.a, gap.b);
+    }
+    return r->sh + lo;
+  }
+};
+
+
+}  // namespace
+
+// ---- public API ---------------------------------------------------------------------------------------
+LactOptions precision_options(backend::Precision precision) {
+  LactOptions o;
+  o.tf32 = precision == backend::Precision::TF32;
+  o.bf16 = precision == backend::Precision::BF16;
+  return o;
+}
+LactOptions precision_options(const std::string& precision) {
+  return precision_options(backend::parse_precision(precision, "the LaCT operator's precision"));
+}
+const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
+
+
+namespace {
+// CUDA graphs: each forward() / backward() is captured into a graph on its first call and replayed while it
+// is called on the same pointers (the algorithm's sequence of steps depends on the shape and the pointers
+// only). This removes the host's enqueue work (hundreds of cuBLAS calls and launches per call) and the gaps
+// between small kernels. A replay also restores the host bookkeeping its capture left (the bf16 shadows).
+// One graph per direction is kept: a call on other pointers captures anew. Off with LactOptions::graphs,
+// TTT_LACT_GRAPH=0, TTT_LACT_PROFILE, and after a capture that failed (the call then runs eagerly).
+bool graphs_from_env() {
+  const char* e = std::getenv("TTT_LACT_GRAPH");
+  return !(e && std::string(e) == "0");
+}
+}  // namespace
+
+template <class T>
+struct LactRunner<T>::Impl {
+  CudaOps<T> ops;
+  lact::Fused<CudaOps<T>> fused;
+  struct GraphCall {
+    CachedGraph graph;
+    typename CudaOps<T>::Book post;  // the host bookkeeping the capture left, restored after each replay
+  };
+  GraphCall gf, gb;
+  bool graphs = true;
+  std::vector<const void*> fkey;  // pointers of the last forward()
+
+  Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt)
+      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad) {
+    ops.init_bf16(s.chunk, with_grad);
+    graphs = opt.graphs && graphs_from_env() && !ops.prof().on();
+  }
+  ~Impl() {
+    cudaStreamSynchronize(ops.stream());
+  }
+  template <class F>
+  void run(GraphCall& gc, const std::vector<const void*>& key, F&& body) {
+    cudaStream_t st = ops.stream();
+    if (!graphs || stream_is_capturing(st)) {  // a caller's capture: record into it
+      body();
+      return;
+    }
+    if (gc.graph.replay(st, key)) {
+      ops.restore(gc.post);
+      return;
+    }
+    const auto pre = ops.snapshot();
+    std::string why;
+    if (!gc.graph.capture_and_launch(st, key, body, &why)) {
+      std::fprintf(stderr, "lact cuda: CUDA graph capture failed (%s); running without graphs\n", why.c_str());
+      graphs = false;
+      ops.restore(pre);
+      body();
+      return;
+    }
+    gc.post = ops.snapshot();
+  }
+};
+
+template <class T>
+LactRunner<T>::LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt) {
+  s.validate();
+  impl_ = std::make_unique<Impl>(s, with_grad, opt);
+  TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
+}
+template <class T>
+LactRunner<T>::~LactRunner() = default;
+template <class T>
+void LactRunner<T>::stream_init(const T* w0, const T* w1, const T* w2) {
+  TTT_CHECK(!impl_->ops.bf16(), "lact cuda: streaming runs fp32 or tf32 products, not bf16");
+  impl_->fused.stream_init(w0, w1, w2);
+}
+template <class T>
+void LactRunner<T>::stream_apply(const lact::Inputs<T>& in, int64_t r0, int64_t n, T* o) {
+  impl_->fused.stream_apply(in, r0, n, o);
+}
+template <class T>
+void LactRunner<T>::stream_update(const lact::Inputs<T>& in, int64_t n) {
+  impl_->fused.stream_update(in, n);
+}
+
+template <class T>
+void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o) {
+  Impl& m = *impl_;
+  m.ops.prof().call_begin('F');
+  m.fkey = {in.w0, in.w1, in.w2, in.q, in.k, in.v, in.lr0, in.lr1, in.lr2, in.mom, o};
+  m.run(m.gf, m.fkey, [&] {
+    if (m.ops.bf16()) {  // bf16 copies of the token inputs the chunk products read (backward reuses them)
+      m.ops.set_mirror(0, in.q);
+      m.ops.set_mirror(1, in.k);
+      m.ops.set_mirror(2, in.v);
+    }
+    m.fused.forward(in, o);
+  });
+  m.ops.prof().call_end();
+}
+template <class T>
+void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g) {
+  Impl& m = *impl_;
+  m.ops.prof().call_begin('B');
+  std::vector<const void*> key = m.fkey;
+  key.insert(key.end(), {grad_o, g.w0, g.w1, g.w2, g.q, g.k, g.v, g.lr0, g.lr1, g.lr2, g.mom});
+  m.run(m.gb, key, [&] {
+    if (m.ops.bf16()) m.ops.set_mirror(3, grad_o);
+    m.fused.backward(grad_o, g);
+  });
+  m.ops.prof().call_end();
+}
+template <class T>
+void LactRunner<T>::synchronize() {
+  TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
+  TTT_CUDA_CHECK(cudaGetLastError());
+}
+template <class T>
+size_t LactRunner<T>::workspace_bytes() const {
+  return impl_->ops.workspace_bytes();
+}
+template <class T>
+void* LactRunner<T>::stream() const {
+  return impl_->ops.stream();
+}
+
+template class LactRunner<float>;
+template class LactRunner<double>;
+
+}  // namespace ttt::cuda

@@ -1,0 +1,96 @@
+// The LaCT operator on an NVIDIA GPU: the algorithm of ttt/lact_fused.h (the CPU twin is its specification)
+// run by a CUDA backend: fp32 (or fp64) fast-weight state and math, cuBLAS strided-batched GEMMs over the B
+// sequence-heads, small fused element-wise / reduction kernels, one stream. Every buffer is allocated once
+// per runner with cudaMalloc (no managed memory); device memory is linear in T/C (the chunk-boundary states)
+// beyond the inputs and outputs themselves. Every CUDA and cuBLAS call is checked; failures throw
+// ttt::Error naming the call. A runner captures its forward() and its backward() into CUDA graphs on their
+// first call and replays them while they are called again on the same pointers (TTT_LACT_GRAPH=0 turns this
+// off); the work stays on the runner's stream, ordered with the legacy default stream as before.
+//
+// This header needs no CUDA headers: host code (CLI, tests) includes it freely.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/options.h"
+#include "backend/cuda/device.h"
+#include "backend/cuda/op_backends.h"  // engine::cuda_backend()
+#include "ttt/lact_fused.h"
+
+namespace ttt::cuda {
+
+struct LactOptions {
+  // cuBLAS TF32 tensor-core products (CUBLAS_COMPUTE_32F_FAST_TF32) for float; default exact fp32.
+  bool tf32 = false;
+  // bf16 matrix inputs with fp32 accumulation (float only; issue 5's precision contract): every operand of
+  // the chunk matrix products (q/k/v/grad_o chunks, intermediate activations, bf16 copies of the fp32
+  // weights, states and NS5 iterates) is rounded to bf16 and the products accumulate in fp32
+  // (cublasGemmStridedBatchedEx, CUDA_R_16BF inputs, CUBLAS_COMPUTE_32F, fp32 outputs). The fast-weight state,
+  // momentum, weight-norm math, NS5 accumulation and every reduction and element-wise step stay fp32; the
+  // element-wise values that only feed products (a, R, lr1 v, their cotangents) are computed in fp32 and
+  // stored only as their bf16 operands. Exclusive with tf32.
+  bool bf16 = false;
+  // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
+  bool poison_workspace = false;
+  // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
+  // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
+  bool graphs = true;
+};
+
+// The options of a precision; its text "fp32" | "tf32" | "bf16" (backend::parse_precision: throws on anything
+// else); and back.
+LactOptions precision_options(backend::Precision precision);
+LactOptions precision_options(const std::string& precision);
+const char* precision_name(const LactOptions& opt);
+
+// The operator on device pointers (layouts of lact_fused.h). Construction allocates everything a run needs;
+// forward() / backward() enqueue the work on the runner's stream and return (synchronize() waits).
+template <class T>
+class LactRunner {
+ public:
+  LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt = {});
+  ~LactRunner();
+  LactRunner(const LactRunner&) = delete;
+  LactRunner& operator=(const LactRunner&) = delete;
+  void forward(const lact::Inputs<T>& in, T* o);
+  void backward(const T* grad_o, const lact::Grads<T>& g);  // after forward() on the same inputs
+  // Streaming (generation), as lact::Fused::stream_*: build with s.T == s.chunk, causal, with_grad false,
+  // fp32 or tf32; the inputs are the unfinished chunk's [B, chunk, .] device buffers.
+  void stream_init(const T* w0, const T* w1, const T* w2);
+  void stream_apply(const lact::Inputs<T>& in, int64_t r0, int64_t n, T* o);
+  void stream_update(const lact::Inputs<T>& in, int64_t n);
+  void synchronize();
+  size_t workspace_bytes() const;
+  void* stream() const;  // cudaStream_t
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Host arrays in, host arrays out: copies the inputs to the device, runs, copies the results back. Device
+// outputs are filled with NaN first, so an element no kernel writes comes back as NaN.
+template <class T>
+void lact_host(const lact::Shape& s, const lact::Inputs<T>& in, T* o, const T* grad_o, const lact::Grads<T>* g,
+               const LactOptions& opt = {});
+
+// Timing of the operator with CUDA events on device-resident random inputs.
+struct LactBenchResult {
+  std::string device;
+  std::vector<double> fwd_ms, fwdbwd_ms;  // every timed repetition
+  double fwd_ms_median = 0, fwdbwd_ms_median = 0;
+  size_t tracked_peak_bytes = 0;  // this library's allocations: inputs, outputs, states, work buffers
+  size_t device_used_bytes = 0;   // cudaMemGetInfo total - free after the runs (includes context, cuBLAS)
+  size_t device_total_bytes = 0;
+  size_t workspace_bytes = 0;     // the runner's own buffers (states + chunk work)
+  bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
+};
+// Times the forward alone (no states kept; skipped with skip_forward) and forward+backward, each `repeats`
+// times after `warmup` untimed runs; medians.
+LactBenchResult bench_lact(const lact::Shape& s, int repeats, int warmup, const LactOptions& opt,
+                           bool skip_forward = false);
+
+}  // namespace ttt::cuda

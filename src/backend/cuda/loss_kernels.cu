@@ -1,0 +1,145 @@
+// Cross-entropy kernels (loss_kernels.h): one block per row for the log-sum-exp, one block for the mean, a
+// grid-stride pass for the gradient. Sums accumulate in double along fixed trees (warp shuffles, then shared
+// memory), so results are deterministic. Naming and launch conventions: kernel_util.cuh.
+#include "backend/cuda/loss_kernels.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/error.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/kernel_util.cuh"
+
+namespace ttt::cuda {
+
+namespace {
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide sum / max (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ double block_sum(double v) {
+  __shared__ double sh[32];
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32, nw = blockDim.x / 32;
+  v = warp_sum(v);
+  __syncthreads();
+  if (l == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    double u = l < nw ? sh[l] : 0.0;
+    u = warp_sum(u);
+    if (l == 0) sh[0] = u;
+  }
+  __syncthreads();
+  const double r = sh[0];
+  __syncthreads();
+  return r;
+}
+__device__ float block_max(float v) {
+  __shared__ float sh[32];
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32, nw = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (l == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    float u = l < nw ? sh[l] : -INFINITY;
+    u = warp_max(u);
+    if (l == 0) sh[0] = u;
+  }
+  __syncthreads();
+  const float r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+// Block per row: lse = max + log(sum exp(x - max)) (exp in float, sum in double).
+__global__ void k_cross_entropy_fwd_rows(const float* __restrict__ logits, const int32_t* __restrict__ targets,
+                                         float* __restrict__ lse, float* __restrict__ row_loss, int64_t V) {
+  const int64_t r = blockIdx.x;
+  const int32_t t = targets[r];
+  const float* x = logits + r * V;
+  if (t < 0) {
+    if (threadIdx.x == 0) {
+      lse[r] = 0.f;
+      if (row_loss) row_loss[r] = 0.f;
+    }
+    return;
+  }
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+  mx = block_max(mx);
+  double s = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += double(expf(x[j] - mx));
+  s = block_sum(s);
+  if (threadIdx.x == 0) {
+    const double ls = double(mx) + log(s);
+    lse[r] = float(ls);
+    if (row_loss) row_loss[r] = float(ls - double(x[t]));
+  }
+}
+// One block: mean over the valid rows of lse - x[target], fixed order.
+__global__ void k_cross_entropy_fwd_mean(const float* __restrict__ logits, const int32_t* __restrict__ targets,
+                                         const float* __restrict__ lse, float* __restrict__ loss,
+                                         int32_t* __restrict__ valid, int64_t N, int64_t V) {
+  double acc = 0, cnt = 0;
+  for (int64_t r = threadIdx.x; r < N; r += blockDim.x) {
+    const int32_t t = targets[r];
+    if (t < 0) continue;
+    acc += double(lse[r]) - double(logits[r * V + t]);
+    cnt += 1;
+  }
+  acc = block_sum(acc);
+  cnt = block_sum(cnt);
+  if (threadIdx.x == 0) {
+    *loss = cnt > 0 ? float(acc / cnt) : 0.f;
+    *valid = int32_t(cnt);
+  }
+}
+// logits and dlogits may be the same array (each element is read, then written, by one thread): no __restrict__.
+__global__ void k_cross_entropy_bwd(const float* logits, const int32_t* __restrict__ targets,
+                                    const float* __restrict__ lse, const int32_t* __restrict__ valid,
+                                    const float* __restrict__ dloss, float* dlogits, int64_t N, int64_t V) {
+  const int32_t cnt = *valid;
+  const float c = cnt > 0 ? (dloss ? *dloss : 1.f) / float(cnt) : 0.f;
+  GRID_STRIDE(e, N * V) {
+    const int64_t r = e / V, j = e % V;
+    const int32_t t = targets[r];
+    float g = 0.f;
+    if (t >= 0 && cnt > 0) {
+      g = c * expf(logits[e] - lse[r]);
+      if (j == t) g -= c;
+    }
+    dlogits[e] = g;
+  }
+}
+
+}  // namespace
+
+void cross_entropy_forward(const float* logits, const int32_t* targets, float* lse, float* row_loss, float* loss,
+                           int32_t* valid, int64_t N, int64_t V, void* stream) {
+  TTT_CHECK(N >= 0 && V > 0, "cross_entropy_forward: logits [" << N << "," << V << "]");
+  const cudaStream_t st = as_stream(stream);
+  if (N > 0) {
+    TTT_CHECK(N < (int64_t(1) << 31), "cross_entropy_forward: " << N << " rows");
+    k_cross_entropy_fwd_rows<<<unsigned(N), kThreads, 0, st>>>(logits, targets, lse, row_loss, V);
+    TTT_LAUNCH_CHECK("cross_entropy_forward rows");
+  }
+  k_cross_entropy_fwd_mean<<<1, 1024, 0, st>>>(logits, targets, lse, loss, valid, N, V);
+  TTT_LAUNCH_CHECK("cross_entropy_forward mean");
+}
+
+void cross_entropy_backward(const float* logits, const int32_t* targets, const float* lse, const int32_t* valid,
+                            const float* dloss, float* dlogits, int64_t N, int64_t V, void* stream) {
+  TTT_CHECK(N >= 0 && V > 0, "cross_entropy_backward: logits [" << N << "," << V << "]");
+  if (N == 0) return;
+  k_cross_entropy_bwd<<<grid_for(N * V), kThreads, 0, as_stream(stream)>>>(logits, targets, lse, valid, dloss,
+                                                                           dlogits, N, V);
+  TTT_LAUNCH_CHECK("cross_entropy_backward");
+}
+
+}  // namespace ttt::cuda

@@ -1,0 +1,310 @@
+// The device buffers of the GPU model (model_cuda.cpp) and of GPU generation (generate_cuda.cpp): structs with a
+// named field per buffer, each struct sized from one table, and typed views of the parameters built once.
+//
+// A table lists, per buffer, its name (the field), its element type and its size in elements, written in terms of
+// the dimensions of a Dims struct (ModelDims, StreamDims below). The table expands (X-macro) into
+//   - a view struct of device pointers, one field per entry: what the code uses (e.g. LayerActivations::qkv);
+//   - an arrays struct owning one DeviceArray per entry;
+//   - the sizing (Dims::grow / Dims::allocate) that sizes every array from its entry and sets the view,
+// so a buffer cannot be declared without being allocated, nor allocated at another size than its entry's.
+// Every buffer is its own allocation (cudaMalloc alignment for every pointer, as the kernels' vector paths and
+// cuBLAS expect); a size of 0 allocates nothing (the view's pointer stays null).
+//
+// This header needs no CUDA headers.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "backend/cuda/device.h"
+#include "model/config.h"
+
+namespace ttt::cuda {
+
+// A device array of T, grown on demand (never shrunk); a new allocation is filled with NaN (all bits set: NaN in
+// fp32 and in bf16) when poisoned.
+template <class T>
+struct DeviceArray {
+  DeviceBuffer b;
+  int64_t n = 0;
+  T* p() const { return b.as<T>(); }
+  void ensure(int64_t want, bool poison) {
+    if (want <= n) return;
+    b = DeviceBuffer(sizeof(T) * size_t(std::max<int64_t>(want, 1)));
+    n = want;
+    if (poison) b.fill_nan();
+  }
+};
+
+// ---- the GPU model's work buffers (model_cuda.cpp) ------------------------------------------------------------
+// One layer's buffers, reused by every layer: the forward's activations (kept for that layer's backward) and the
+// backward's gradients; then the final norm, LM head and loss. Dimensions (ModelDims): rows = S*N tokens of the
+// batch, D model width, H memory heads, d memory head width, dh memory hidden width, Ha attention heads, F MLP
+// hidden width, V vocabulary, M memories of the branch, BHN = S*H*N rows of the per sequence-head layout,
+// W = S*H*dh*d (one fast-weight matrix per sequence-head), G = max(3, M)*H gate columns, attn_work floats of the
+// attention backward's workspace, act16 / act32 = 1 when activations are stored in bf16 / fp32 (else 0: the
+// buffer is not allocated). Names ending in T are in the per sequence-head layout [S*H, N, .] of the operators;
+// a "d" prefix is a gradient (dO: of the memory output o), a "g" prefix the memory operator's gradient output.
+#define TTT_GPU_LAYER_ACTIVATIONS(X)                                                                               \
+  X(rinv1, float, rows)               /* 1/rms of the attention norm */                                           \
+  X(qkv, float, rows * 3 * D)         /* h Wqkv: q | k | v */                                                     \
+  X(qa, float, rows * D)              /* attention q after RoPE */                                                \
+  X(ka, float, rows * D)              /* attention k after RoPE */                                                \
+  X(attn, float, rows * D)            /* attention output */                                                      \
+  X(lse, float, rows * Ha)            /* attention log-sum-exp */                                                 \
+  X(qh, float, rows * D)              /* memory queries (prepared, RoPE) */                                       \
+  X(kh, float, rows * D)              /* memory keys */                                                           \
+  X(qnorm, float, rows * H)           /* per-head norms of the q preparation */                                   \
+  X(knorm, float, rows * H)                                                                                       \
+  X(vm, float, rows * D)              /* silu(v) (v_silu) */                                                      \
+  X(zlr, float, rows * G)             /* rate / theta gate pre-activation */                                      \
+  X(rates, float, rows * G)                                                                                       \
+  X(zm, float, rows * G)              /* momentum / eta gate */                                                   \
+  X(mom, float, rows * G)                                                                                         \
+  X(zd, float, rows * G)              /* decay / alpha gate (titans, tnt) */                                      \
+  X(dec, float, rows * G)                                                                                         \
+  X(thT, float, M * BHN)              /* theta, eta, alpha per memory (titans, tnt) */                            \
+  X(etT, float, M * BHN)                                                                                          \
+  X(alT, float, M * BHN)                                                                                          \
+  X(tw1b, float, M * W)               /* Titans initial weights broadcast per sequence, per memory */             \
+  X(tw2b, float, M * W)                                                                                           \
+  X(qT, float, rows * D)              /* operator inputs */                                                       \
+  X(kT, float, rows * D)                                                                                          \
+  X(vT, float, rows * D)                                                                                          \
+  X(lrT, float, 3 * BHN)              /* LaCT rates, one [S*H, N] block per matrix */                             \
+  X(momT, float, BHN)                                                                                             \
+  X(w0b, float, W)                    /* LaCT initial weights broadcast per sequence */                           \
+  X(w1b, float, W)                                                                                                \
+  X(w2b, float, W)                                                                                                \
+  X(w0f, float, H * dh * d)           /* low-rank w0 resolved (A B + 0.5 I) */                                    \
+  X(w2f, float, H * dh * d)                                                                                       \
+  X(oT, float, rows * D)              /* operator output */                                                       \
+  X(o, float, rows * D)                                                                                           \
+  X(normed, float, rows * D)          /* per-head RMSNorm of o */                                                 \
+  X(rinvo, float, rows * H)                                                                                       \
+  X(zs, float, rows * H)              /* output gate pre-activation */                                            \
+  X(gate, float, rows * H)                                                                                        \
+  X(sum, float, rows * D)             /* attn + gated memory output */                                            \
+  X(xmid, float, rows * D)            /* x + sum Wo */                                                            \
+  X(rinv2, float, rows)               /* 1/rms of the MLP norm */                                                 \
+  X(ga, float, rows * F)              /* h2 W_gate */                                                             \
+  X(up, float, rows * F)              /* h2 W_up */                                                               \
+  X(h, float, act32 * rows * D)       /* the product operands: fp32, or bf16 with bf16 activations */             \
+  X(h_bf16, bf16, act16 * rows * D)   /* RMSNorm(x) */                                                            \
+  X(h2, float, act32 * rows * D)                                                                                  \
+  X(h2_bf16, bf16, act16 * rows * D)  /* RMSNorm(xmid) */                                                         \
+  X(sum_bf16, bf16, act16 * rows * D) /* a bf16 copy of sum (sum stays fp32 work space) */                        \
+  X(mm, float, act32 * rows * F)                                                                                  \
+  X(mm_bf16, bf16, act16 * rows * F)  /* silu(ga) up */                                                           \
+  X(xin, float, act16 * rows * D)     /* the layer input widened from the kept bf16 residual stream */            \
+  X(xout, float, act16 * rows * D)    /* the layer output before it is rounded into the kept stream */
+
+#define TTT_GPU_LAYER_GRADIENTS(X)                                                                                 \
+  X(dx, float, rows * D)              /* d(layer output) in, d(layer input) out */                                \
+  X(dxm, float, rows * D)             /* d xmid */                                                                \
+  X(tmpD, float, rows * D)            /* an RMSNorm's dx */                                                       \
+  X(dmm, float, rows * F)                                                                                         \
+  X(dga, float, rows * F)                                                                                         \
+  X(dup, float, rows * F)                                                                                         \
+  X(dh2, float, rows * D)                                                                                         \
+  X(dsum, float, rows * D)                                                                                        \
+  X(dnormed, float, rows * D)                                                                                     \
+  X(dO, float, rows * D)                                                                                          \
+  X(doT, float, rows * D)                                                                                         \
+  X(dgate, float, rows * H)                                                                                       \
+  X(dzs, float, rows * H)                                                                                         \
+  X(gw0b, float, W)                   /* LaCT operator gradients */                                               \
+  X(gw1b, float, W)                                                                                               \
+  X(gw2b, float, W)                                                                                               \
+  X(gqT, float, rows * D)                                                                                         \
+  X(gkT, float, rows * D)                                                                                         \
+  X(gvT, float, rows * D)                                                                                         \
+  X(glrT, float, 3 * BHN)                                                                                         \
+  X(gmomT, float, BHN)                                                                                            \
+  X(gthT, float, M * BHN)             /* Titans / TNT operator gradients */                                       \
+  X(getT, float, M * BHN)                                                                                         \
+  X(galT, float, M * BHN)                                                                                         \
+  X(gtw1b, float, M * W)                                                                                          \
+  X(gtw2b, float, M * W)                                                                                          \
+  X(dqh, float, rows * D)                                                                                         \
+  X(dkh, float, rows * D)                                                                                         \
+  X(dvm, float, rows * D)                                                                                         \
+  X(drates, float, rows * G)                                                                                      \
+  X(dzlr, float, rows * G)            /* d of a gate's pre-activation (each gate in turn) */                      \
+  X(dmom, float, rows * H)                                                                                        \
+  X(dzm, float, rows * H)                                                                                         \
+  X(dqkv, float, rows * 3 * D)                                                                                    \
+  X(dqa, float, rows * D)                                                                                         \
+  X(dka, float, rows * D)                                                                                         \
+  X(dh, float, rows * D)                                                                                          \
+  X(dz, float, rows * D)              /* q/k preparation: d z and d z * x */                                      \
+  X(dzx, float, rows * D)                                                                                         \
+  X(dwD, float, D)                    /* a per-channel weight's gradient */                                       \
+  X(gwf, float, H * dh * d)           /* low-rank: d of the resolved weight, summed over sequences */             \
+  X(attn_work, float, attn_work)      /* attention backward workspace */
+
+#define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
+  X(logits, float, rows * V)          /* and, in place, their gradient */                                         \
+  X(hf, float, rows * D)              /* final RMSNorm */                                                         \
+  X(rinvf, float, rows)                                                                                           \
+  X(row_loss, float, rows)                                                                                        \
+  X(lse_ce, float, rows)              /* cross-entropy log-sum-exp */
+
+// ---- GPU generation's work buffers (generate_cuda.cpp): one token, allocated once and zeroed ----------------------
+// Dimensions (StreamDims): D, H, d, dh, F, V as above; MH = M*H gate columns of the Titans memories; C the
+// longest chunk of a Titans memory. Titans buffers exist for arch "titans" / "tnt" only.
+#define TTT_GPU_TOKEN_BUFFERS(X)                                                                                   \
+  X(x, float, D)                      /* the residual stream */                                                   \
+  X(h, float, D)                      /* RMSNorm(x) (also the final norm's output) */                             \
+  X(rinv, float, H + 1)                                                                                           \
+  X(qkv, float, 3 * D)                                                                                            \
+  X(qa, float, D)                                                                                                 \
+  X(attn, float, D)                                                                                               \
+  X(qh, float, D)                                                                                                 \
+  X(kh, float, D)                                                                                                 \
+  X(norm, float, H)                                                                                               \
+  X(vm, float, D)                                                                                                 \
+  X(zlr, float, 3 * H)                                                                                            \
+  X(rates, float, 3 * H)                                                                                          \
+  X(zm, float, H)                                                                                                 \
+  X(mom, float, H)                                                                                                \
+  X(o, float, D)                      /* memory output */                                                         \
+  X(normed, float, D)                                                                                             \
+  X(rinvo, float, H)                                                                                              \
+  X(zs, float, H)                                                                                                 \
+  X(gate, float, H)                                                                                               \
+  X(sum, float, D)                                                                                                \
+  X(h2, float, D)                                                                                                 \
+  X(ga, float, F)                                                                                                 \
+  X(up, float, F)                                                                                                 \
+  X(mm, float, F)                                                                                                 \
+  X(logits, float, V)
+
+#define TTT_GPU_TITANS_TOKEN_BUFFERS(X)                                                                            \
+  X(zg, float, MH)                    /* a gate's pre-activation */                                               \
+  X(th, float, MH)                    /* theta, eta, alpha of every memory */                                     \
+  X(et, float, MH)                                                                                                \
+  X(al, float, MH)                                                                                                \
+  X(qp, float, D)                     /* Q-K projected query */                                                   \
+  X(tz, float, H * dh)                /* apply: W1 q, silu */                                                     \
+  X(ts, float, H * dh)                                                                                            \
+  X(uz, float, H * C * dh)            /* chunk update: Z, silu(Z), E W2 silu'(Z) */                               \
+  X(us, float, H * C * dh)                                                                                        \
+  X(um, float, H * C * dh)                                                                                        \
+  X(uy, float, H * C * d)             /* Y, E */                                                                  \
+  X(ue, float, H * C * d)                                                                                         \
+  X(ud1, float, H * d * dh)           /* the steps of W1, W2 */                                                   \
+  X(ud2, float, H * d * dh)                                                                                       \
+  X(ebar, float, H)                   /* chunk means of eta, alpha */                                             \
+  X(abar, float, H)
+
+#define TTT_BUFFER_POINTER(name, type, elements) type* name = nullptr;
+#define TTT_BUFFER_ARRAY(name, type, elements) DeviceArray<type> name;
+
+struct LayerActivations {
+  TTT_GPU_LAYER_ACTIVATIONS(TTT_BUFFER_POINTER)
+};
+struct LayerActivationArrays {
+  TTT_GPU_LAYER_ACTIVATIONS(TTT_BUFFER_ARRAY)
+};
+struct LayerGradients {
+  TTT_GPU_LAYER_GRADIENTS(TTT_BUFFER_POINTER)
+};
+struct LayerGradientArrays {
+  TTT_GPU_LAYER_GRADIENTS(TTT_BUFFER_ARRAY)
+};
+struct HeadBuffers {
+  TTT_GPU_HEAD_BUFFERS(TTT_BUFFER_POINTER)
+};
+struct HeadArrays {
+  TTT_GPU_HEAD_BUFFERS(TTT_BUFFER_ARRAY)
+};
+struct TokenBuffers {
+  TTT_GPU_TOKEN_BUFFERS(TTT_BUFFER_POINTER)
+};
+struct TokenArrays {
+  TTT_GPU_TOKEN_BUFFERS(TTT_BUFFER_ARRAY)
+};
+struct TitansTokenBuffers {
+  TTT_GPU_TITANS_TOKEN_BUFFERS(TTT_BUFFER_POINTER)
+};
+struct TitansTokenArrays {
+  TTT_GPU_TITANS_TOKEN_BUFFERS(TTT_BUFFER_ARRAY)
+};
+
+// The dimensions the GPU model's tables are written in (see above).
+struct ModelDims {
+  int64_t rows = 0, D = 0, H = 0, d = 0, dh = 0, Ha = 0, F = 0, V = 0, M = 0, BHN = 0, W = 0, G = 0;
+  int64_t attn_work = 0, act16 = 0, act32 = 0;
+  // Grow every array of a table to its entry's size (never shrinking; new allocations poisoned with NaN when
+  // asked) and return the pointers.
+  LayerActivations grow(LayerActivationArrays& arrays, bool poison) const;
+  LayerGradients grow(LayerGradientArrays& arrays, bool poison) const;
+  HeadBuffers grow(HeadArrays& arrays, bool poison) const;
+};
+
+// The dimensions of GPU generation's tables (see above).
+struct StreamDims {
+  int64_t D = 0, H = 0, d = 0, dh = 0, F = 0, V = 0, MH = 0, C = 0;
+  // Allocate every array of a table at its entry's size (at least one element), zeroed, and return the pointers.
+  TokenBuffers allocate(TokenArrays& arrays) const;
+  TitansTokenBuffers allocate(TitansTokenArrays& arrays) const;
+};
+
+// ---- typed parameter views ------------------------------------------------------------------------------------
+// Per layer, the tensors named "layers.<l>." + the string of each entry (model::parameter_shapes); a tensor the
+// config does not have is null. The memories' weights follow the memory spec (model/memory_spec.h).
+#define TTT_GPU_LAYER_TENSORS(X)                                                                                   \
+  X(attn_norm, "attn_norm.weight")                                                                                \
+  X(wqkv, "wqkv")                                                                                                 \
+  X(q_scale, "ttt.q_scale")                                                                                       \
+  X(q_offset, "ttt.q_offset")                                                                                     \
+  X(k_scale, "ttt.k_scale")                                                                                       \
+  X(k_offset, "ttt.k_offset")                                                                                     \
+  X(lr_weight, "ttt.lr.weight")                                                                                   \
+  X(lr_bias, "ttt.lr.bias")                                                                                       \
+  X(momentum_weight, "ttt.momentum.weight")                                                                       \
+  X(momentum_bias, "ttt.momentum.bias")                                                                           \
+  X(decay_weight, "ttt.decay.weight")                                                                             \
+  X(decay_bias, "ttt.decay.bias")                                                                                 \
+  X(o_norm, "ttt.o_norm.weight")                                                                                  \
+  X(scale_weight, "ttt.scale.weight")                                                                             \
+  X(scale_bias, "ttt.scale.bias")                                                                                 \
+  X(wo, "wo")                                                                                                     \
+  X(mlp_norm, "mlp_norm.weight")                                                                                  \
+  X(w_gate, "mlp.w_gate")                                                                                         \
+  X(w_up, "mlp.w_up")                                                                                             \
+  X(w_down, "mlp.w_down")
+
+// One weight of a memory: the tensor itself, or (LaCT w0 / w2 with low_rank_init) its factors a [H,dh,r], b [H,r,d].
+struct MemoryWeight {
+  float* full = nullptr;
+  float* a = nullptr;
+  float* b = nullptr;
+};
+
+#define TTT_TENSOR_POINTER(name, suffix) float* name = nullptr;
+struct LayerTensors {
+  TTT_GPU_LAYER_TENSORS(TTT_TENSOR_POINTER)
+  // memories[m][i]: weight i of memory m, in the order of its MemorySpec::weights (LaCT: one memory w0, w1,
+  // w2; Titans / TNT: per memory w1, w2, global memory first).
+  std::vector<std::vector<MemoryWeight>> memories;
+};
+#undef TTT_TENSOR_POINTER
+
+struct ModelTensors {
+  float* embed = nullptr;       // embed.weight
+  float* final_norm = nullptr;  // final_norm.weight
+  float* lm_head = nullptr;     // lm_head.weight
+  std::vector<LayerTensors> layers;
+};
+
+// The views of the tensors `names` (model::parameter_shapes order) of `cfg`, tensor i at device pointer at(i).
+// Throws if a tensor of the layout has no field (the table above is out of date).
+ModelTensors model_tensors(const model::ModelConfig& cfg, const std::vector<std::string>& names,
+                           const std::function<float*(size_t)>& at);
+
+}  // namespace ttt::cuda

@@ -1,0 +1,778 @@
+// The GPU model (model_cuda.h): host orchestration of one layer's forward and its hand-written adjoint.
+// Each step names the CPU op it mirrors (src/model/model.cpp, src/model/memory_branch.cpp). Work buffers and
+// parameters are named fields (model_buffers.h): act.* (a layer's activations), grad.* (its gradients), head.*
+// (final norm, LM head, loss), P / G (typed views of the parameters and of their gradients).
+#include "backend/cuda/model_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <numeric>
+
+#include "backend/cuda/attention.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/elementwise_kernels.h"
+#include "backend/cuda/lact_cuda.h"
+#include "backend/cuda/layout_kernels.h"
+#include "backend/cuda/loss_kernels.h"
+#include "backend/cuda/memory_kernels.h"
+#include "backend/cuda/model_buffers.h"
+#include "backend/cuda/norm_kernels.h"
+#include "backend/cuda/optimizer_kernels.h"
+#include "backend/cuda/reduction_kernels.h"
+#include "backend/cuda/rope_kernels.h"
+#include "backend/cuda/tnt_cuda.h"
+#include "model/memory_spec.h"
+
+namespace ttt::cuda {
+
+using model::ModelConfig;
+
+bool gpu_supports(const ModelConfig& cfg, std::string* why) {
+  auto no = [&](const std::string& s) {
+    if (why) *why = s;
+    return false;
+  };
+  if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
+  if (cfg.arch == model::Arch::Lact) {
+    if (cfg.memory != engine::Family::SwiGLU) return no("LaCT needs memory \"swiglu\"");
+    return true;
+  }
+  // Titans / TNT: the GPU memory (titans_cuda.h) is the MLP memory with residual, momentum and decay, no Muon.
+  if (cfg.memory != engine::Family::MLP || !cfg.mem_residual || !cfg.momentum || !cfg.decay || cfg.muon)
+    return no(std::string("arch \"") + model::arch_name(cfg.arch) +
+              "\" on the GPU needs memory \"mlp\" with mem_residual, momentum and decay on and "
+              "muon off (the Titans memory of docs/ALGORITHMS.md section 6.3); this config runs on the CPU");
+  return true;
+}
+
+struct GpuModel::Impl {
+  ModelConfig cfg;
+  model::BranchSpec branch;  // the memory branch: memories, gate columns, rate rule (model/memory_spec.h)
+  GpuModelOptions opt;
+  Blas blas;
+  // Parameter layout: one flat array in the order of model::parameter_shapes.
+  model::Params<float> layout;  // names, shapes, index (values unused beyond sizes)
+  std::vector<int64_t> offset;
+  int64_t total = 0;
+  DeviceArray<float> params, grads, adam_m, adam_v;
+  ModelTensors P, G;            // typed views of params and grads, built once (the arrays never move)
+  DeviceBuffer masks;           // per-element trainable mask (bytes, flat like the parameters), when set
+  bool have_masks = false;
+  std::vector<int64_t> mask_offsets;
+  DeviceBuffer dloss;           // device scalar: the CE backward's upstream gradient
+  DeviceBuffer norm_work;       // rms_norm_backward's work buffer
+  size_t norm_work_bytes = 0;
+
+  // Sizes.
+  int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0;
+
+  // bf16 activations (GpuModelOptions::bf16_activations with bf16 products): the residual stream kept for the
+  // backward and the activations that are matrix-product operands (h, h2, sum, mm) are stored in bf16 (the
+  // *_bf16 fields); element-wise work reads and writes fp32.
+  const bool act16;
+  bool titans_like;  // arch "titans" / "tnt": the memory branch runs through TntRunner
+
+  // Work buffers, sized by the tables of model_buffers.h for the largest batch so far (capacity in rows).
+  int64_t cap_rows = 0;
+  LayerActivationArrays act_arrays;
+  LayerGradientArrays grad_arrays;
+  HeadArrays head_arrays;
+  LayerActivations act;
+  LayerGradients grad;
+  HeadBuffers head;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<LactRunner<float>>> lact;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
+  DeviceBuffer ids_dev, tgt_dev, pos_dev, emb_order, emb_starts, emb_uniq;
+  DeviceBuffer loss_dev, valid_dev;
+  // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
+  std::vector<DeviceArray<float>> xs;
+  std::vector<DeviceArray<bf16>> xs16;
+
+  Impl(const ModelConfig& c, const GpuModelOptions& o)
+      : cfg(c), branch(model::branch_spec(c)), opt(o), blas(o.math),
+        act16(o.math == MathMode::BF16 && o.bf16_activations), titans_like(c.arch != model::Arch::Lact) {}
+
+  // The operator runner of a batch shape (S sequences of N tokens) from `cache`, made by make() on first use; one
+  // per shape, at most two kept (training and evaluation shapes).
+  template <class Runner, class Make>
+  Runner& cached_runner(std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Runner>>& cache, int64_t S, int64_t N,
+                        Make make) {
+    const auto key = std::make_pair(S, N);
+    auto it = cache.find(key);
+    if (it != cache.end()) return *it->second;
+    if (cache.size() >= 2) cache.erase(cache.begin());
+    std::unique_ptr<Runner> made = make();
+    Runner& runner = *made;
+    cache[key] = std::move(made);
+    return runner;
+  }
+
+  TntRunner<float>& tnt_runner(int64_t S, int64_t N) {
+    return cached_runner(tnt, S, N, [&] { return make_tnt_runner(S, N); });
+  }
+  std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N) {
+    titans::TntShape s;
+    s.B = S * H;
+    s.T = N;
+    s.d = d;
+    s.set_layout(branch.layout);  // "titans": the global memory alone (chunk C, never reset)
+    for (const model::MemorySpec& mem : branch.memories) s.dh.push_back(mem.config.dh);
+    TitansOptions to;
+    to.poison_workspace = opt.poison;
+    return std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, to);
+  }
+
+  // Phase timing (set_profiling): the device is synchronized around each timed call, so the phases add up to
+  // wall time; off by default (no synchronization at all then).
+  bool profile = false;
+  std::map<std::string, double> phase_ms;
+  template <class F>
+  void timed(const char* phase, F&& f) {
+    if (!profile) {
+      f();
+      return;
+    }
+    TTT_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    TTT_CUDA_CHECK(cudaDeviceSynchronize());
+    phase_ms[phase] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  template <class... A>
+  void gemm(A&&... a) {
+    timed("products", [&] { blas.gemm(std::forward<A>(a)...); });
+  }
+  template <class... A>
+  void gemm_batched(A&&... a) {
+    timed("products", [&] { blas.gemm_batched(std::forward<A>(a)...); });
+  }
+  template <class... A>
+  void col_sum(A&&... a) {
+    timed("products", [&] { blas.col_sum(std::forward<A>(a)...); });
+  }
+
+  // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
+  Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
+
+  void* norm_work_for(int64_t rows, int64_t cols) {
+    const size_t want = rms_norm_backward_workspace(rows, cols);
+    if (want > norm_work_bytes) {
+      norm_work = DeviceBuffer(want);
+      norm_work_bytes = want;
+    }
+    return norm_work.as<void>();
+  }
+
+  LactRunner<float>& lact_runner(int64_t S, int64_t N) {
+    return cached_runner(lact, S, N, [&] { return make_lact_runner(S, N); });
+  }
+  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N) {
+    const model::MemorySpec& mem = branch.memories[0];
+    lact::Shape s;
+    s.B = S * H;
+    s.T = N;
+    s.d = mem.config.d;
+    s.dh = mem.config.dh;
+    s.chunk = mem.chunk;
+    s.causal = true;
+    s.momentum = mem.config.momentum;
+    s.muon = mem.config.muon;
+    s.norm = mem.config.weight_norm;
+    LactOptions lo;
+    if (opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && cfg.muon)) lo.tf32 = true;
+    else if (opt.math == MathMode::BF16) lo.bf16 = true;
+    lo.poison_workspace = opt.poison;
+    return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo);
+  }
+
+  // Grows the work buffers (model_buffers.h) and the kept residual stream to a batch of S sequences of N tokens.
+  void ensure_rows(int64_t rows, int64_t S, int64_t N) {
+    ModelDims s;
+    s.rows = rows, s.D = D, s.H = H, s.d = d, s.dh = dh, s.Ha = Ha, s.F = F, s.V = V;
+    s.M = int64_t(branch.memories.size());
+    s.BHN = S * H * N;  // = rows * H
+    s.W = S * H * dh * d;
+    s.G = std::max<int64_t>(3, s.M) * H;
+    s.attn_work = int64_t(swa_backward_workspace(AttentionShape{S, N, Ha, hd, cfg.window}) / sizeof(float)) + 1;
+    s.act16 = act16 ? 1 : 0;
+    s.act32 = act16 ? 0 : 1;
+    act = s.grow(act_arrays, opt.poison);
+    grad = s.grow(grad_arrays, opt.poison);
+    if (rows > cap_rows) {
+      if (act16) {
+        xs16.resize(size_t(L + 1));
+        for (auto& x : xs16) x.ensure(rows * D, opt.poison);
+      } else {
+        xs.resize(size_t(L + 1));
+        for (auto& x : xs) x.ensure(rows * D, opt.poison);
+      }
+      cap_rows = rows;
+    }
+    head = s.grow(head_arrays, opt.poison);
+  }
+
+  // The residual stream at layer l's input (l = L: the final norm's input) as fp32: the kept array, or (bf16
+  // activations) its bf16 copy widened into `xin`.
+  const float* layer_input(int64_t l, int64_t rows) {
+    if (!act16) return xs[size_t(l)].p();
+    mk::from_bf16(xs16[size_t(l)].p(), act.xin, rows * D);
+    return act.xin;
+  }
+  // Where layer l writes its output (the embedding: l = -1), and keeping it: with bf16 activations the output is
+  // rounded into xs16[l + 1] and `xout` keeps the rounded values, so what follows sees exactly what the backward's
+  // recomputation will read.
+  float* layer_output(int64_t l) { return act16 ? act.xout : xs[size_t(l + 1)].p(); }
+  void keep_output(int64_t l, int64_t rows) {
+    if (act16) mk::round_store_bf16(act.xout, xs16[size_t(l + 1)].p(), rows * D);
+  }
+
+  // ---- one layer ---------------------------------------------------------------------------------------
+
+  // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
+  void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N) {
+    const int64_t rows = S * N;
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const int64_t* pos = pos_dev.as<int64_t>();
+    // h = RMSNorm(x); qkv = h Wqkv
+    if (act16) rms_norm_forward(x, lw.attn_norm, act.h_bf16, act.rinv1, rows, D, D, cfg.norm_eps);
+    else rms_norm_forward(x, lw.attn_norm, act.h, act.rinv1, rows, D, D, cfg.norm_eps);
+    gemm(false, false, rows, 3 * D, D, 1.0f, operand(act.h, act.h_bf16), D, lw.wqkv, 3 * D, 0.0f, act.qkv, 3 * D);
+    const float* q = act.qkv;
+    const float* k = act.qkv + D;
+    const float* v = act.qkv + 2 * D;
+    // Attention branch: RoPE on copies of q, k; flash sliding-window attention.
+    mk::copy2d(q, 3 * D, act.qa, D, rows, D);
+    mk::copy2d(k, 3 * D, act.ka, D, rows, D);
+    rope_forward(act.qa, act.qa, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_forward(act.ka, act.ka, pos, rows, Ha, hd, cfg.rope_theta);
+    // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
+    timed("attention", [&] {
+      (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, act.qa,
+                                                                    D, act.ka, D, v, 3 * D, act.attn, D, act.lse,
+                                                                    nullptr);
+    });
+    // Memory branch inputs (prepare_memory_inputs).
+    mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, act.qh, act.qnorm, rows, H, d, 1e-5);
+    mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, act.kh, act.knorm, rows, H, d, 1e-5);
+    if (cfg.ttt_rope) {
+      rope_forward(act.qh, act.qh, pos, rows, H, d, cfg.rope_theta);
+      rope_forward(act.kh, act.kh, pos, rows, H, d, cfg.rope_theta);
+    }
+    const float* vm = v;
+    int64_t ldvm = 3 * D;
+    if (cfg.v_silu) {
+      mk::silu_strided_forward(v, 3 * D, act.vm, rows, D);
+      vm = act.vm;
+      ldvm = D;
+    }
+    // Per sequence-head layout of the memory operators.
+    mk::heads_to_batch(act.qh, D, act.qT, S, N, H, d);
+    mk::heads_to_batch(act.kh, D, act.kT, S, N, H, d);
+    mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
+    if (titans_like) titans_forward(l, S, N);
+    else lact_forward(l, S, N);
+    mk::batch_to_heads(act.oT, act.o, D, S, N, H, d, false);
+    // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
+    rms_norm_heads_forward(act.o, lw.o_norm, act.normed, act.rinvo, rows, D, H, cfg.norm_eps);
+    gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
+    mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
+    mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
+    // x + (attn + mem) Wo
+    mk::axpy(act.sum, act.attn, 1.0f, rows * D);
+    if (act16) mk::to_bf16(act.sum, D, act.sum_bf16, D, rows, D);
+    mk::copy2d(x, D, act.xmid, D, rows, D);
+    gemm(false, false, rows, D, D, 1.0f, operand(act.sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
+    // MLP
+    if (act16) rms_norm_forward(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, rows, D, D, cfg.norm_eps);
+    else rms_norm_forward(act.xmid, lw.mlp_norm, act.h2, act.rinv2, rows, D, D, cfg.norm_eps);
+    gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_gate, F, 0.0f, act.ga, F);
+    gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_up, F, 0.0f, act.up, F);
+    if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
+    else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
+    mk::copy2d(act.xmid, D, out, D, rows, D);
+    gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, lw.w_down, D, 1.0f, out, D);
+  }
+
+  // ttt.w0 / ttt.w2 of a layer: the parameter itself, or (low rank) A B + 0.5 I per head into buffer `tmp`.
+  const float* resolve_weight(const MemoryWeight& w, float* tmp) {
+    if (!cfg.low_rank_init) return w.full;
+    const int64_t r = cfg.low_rank_rank;
+    gemm_batched(false, false, dh, d, r, 1.0f, w.a, r, dh * r, w.b, d, r * d, 0.0f, tmp, d, dh * d, H);
+    mk::add_diagonal(tmp, H, dh, d, 0.5f);
+    return tmp;
+  }
+  // Gradient of ttt.w0 / ttt.w2 (w: the parameter, gw: its gradient) from dW [S][H, dh, d] (the broadcast copies):
+  // summed over sequences in order.
+  void weight_grad(const MemoryWeight& w, const MemoryWeight& gw, const float* gb, int64_t S) {
+    const int64_t per = H * dh * d;
+    float* g = cfg.low_rank_init ? grad.gwf : gw.full;
+    if (cfg.low_rank_init) TTT_CUDA_CHECK(cudaMemsetAsync(g, 0, sizeof(float) * per, nullptr));
+    for (int64_t s = 0; s < S; ++s) mk::axpy(g, gb + s * per, 1.0f, per);
+    if (!cfg.low_rank_init) return;
+    const int64_t r = cfg.low_rank_rank;
+    // W = A B: dA += dW B^T, dB += A^T dW (per head).
+    gemm_batched(false, true, dh, r, d, 1.0f, g, d, dh * d, w.b, d, r * d, 1.0f, gw.a, r, dh * r, H);
+    gemm_batched(true, false, r, d, dh, 1.0f, w.a, r, dh * r, g, d, dh * d, 1.0f, gw.b, d, r * d, H);
+  }
+
+  // LaCT (arch "lact"): rates softplus(h W_lr + b + softplus^-1(lr_init)) per matrix, momentum gate, the
+  // initial fast weights broadcast to every sequence, the operator (memory_branch.cpp, record_memory_branch).
+  void lact_forward(int64_t l, int64_t S, int64_t N) {
+    const int64_t rows = S * N;
+    const LayerTensors& lw = P.layers[size_t(l)];
+    gemm(false, false, rows, 3 * H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.lr_weight, 3 * H, 0.0f, act.zlr, 3 * H);
+    mk::gate_forward(act.zlr, lw.lr_bias, act.rates, rows, 3 * H, branch.rate);
+    if (cfg.momentum) {
+      gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.momentum_weight, H, 0.0f, act.zm, H);
+      mk::gate_forward(act.zm, lw.momentum_bias, act.mom, rows, H, branch.gate);
+    }
+    for (int r = 0; r < 3; ++r) mk::cols_to_batch(act.rates, 3 * H, r * H, act.lrT + r * S * H * N, S, N, H);
+    if (cfg.momentum) mk::cols_to_batch(act.mom, H, 0, act.momT, S, N, H);
+    // Initial fast weights, broadcast to every sequence (memory_weights; low rank: A B + 0.5 I).
+    const std::vector<MemoryWeight>& fw = lw.memories[0];  // w0, w1, w2
+    const float* w0 = resolve_weight(fw[0], act.w0f);
+    const float* w2 = resolve_weight(fw[2], act.w2f);
+    const int64_t per = H * dh * d;
+    for (int64_t s = 0; s < S; ++s) {
+      TTT_CUDA_CHECK(cudaMemcpyAsync(act.w0b + s * per, w0, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(act.w1b + s * per, fw[1].full, sizeof(float) * per, cudaMemcpyDeviceToDevice,
+                                     nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(act.w2b + s * per, w2, sizeof(float) * per, cudaMemcpyDeviceToDevice, nullptr));
+    }
+    lact::Inputs<float> in;
+    in.w0 = act.w0b, in.w1 = act.w1b, in.w2 = act.w2b;
+    in.q = act.qT, in.k = act.kT, in.v = act.vT;
+    in.lr0 = act.lrT, in.lr1 = act.lrT + S * H * N, in.lr2 = act.lrT + 2 * S * H * N;
+    in.mom = cfg.momentum ? act.momT : nullptr;
+    timed("lact", [&] { lact_runner(S, N).forward(in, act.oT); });
+  }
+  void lact_backward(int64_t l, int64_t S, int64_t N) {
+    const int64_t rows = S * N;
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const LayerTensors& lg = G.layers[size_t(l)];
+    lact::Grads<float> og;
+    og.w0 = grad.gw0b, og.w1 = grad.gw1b, og.w2 = grad.gw2b;
+    og.q = grad.gqT, og.k = grad.gkT, og.v = grad.gvT;
+    og.lr0 = grad.glrT, og.lr1 = grad.glrT + S * H * N, og.lr2 = grad.glrT + 2 * S * H * N;
+    og.mom = cfg.momentum ? grad.gmomT : nullptr;
+    timed("lact", [&] { lact_runner(S, N).backward(grad.doT, og); });
+    weight_grad(lw.memories[0][0], lg.memories[0][0], grad.gw0b, S);
+    weight_grad(lw.memories[0][2], lg.memories[0][2], grad.gw2b, S);
+    {
+      const int64_t per = H * dh * d;
+      for (int64_t s = 0; s < S; ++s) mk::axpy(lg.memories[0][1].full, grad.gw1b + s * per, 1.0f, per);
+    }
+    // rates = softplus(h Wlr + b + shift)
+    for (int r = 0; r < 3; ++r) mk::batch_to_cols(grad.glrT + r * S * H * N, grad.drates, 3 * H, r * H, S, N, H);
+    mk::gate_backward(act.zlr, grad.drates, grad.dzlr, rows * 3 * H, branch.rate);
+    gemm(true, false, D, 3 * H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, 3 * H, 1.0f, lg.lr_weight, 3 * H);
+    col_sum(grad.dzlr, rows, 3 * H, 3 * H, lg.lr_bias, true);
+    gemm(false, true, rows, D, 3 * H, 1.0f, grad.dzlr, 3 * H, lw.lr_weight, 3 * H, 1.0f, grad.dh, D);
+    if (cfg.momentum) {
+      mk::batch_to_cols(grad.gmomT, grad.dmom, H, 0, S, N, H);
+      mk::gate_backward(act.zm, grad.dmom, grad.dzm, rows * H, branch.gate);
+      gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzm, H, 1.0f, lg.momentum_weight, H);
+      col_sum(grad.dzm, rows, H, H, lg.momentum_bias, true);
+      gemm(false, true, rows, D, H, 1.0f, grad.dzm, H, lw.momentum_weight, H, 1.0f, grad.dh, D);
+    }
+  }
+
+  // Titans / TNT: M memories (global first), each MLP + MSE with momentum and decay; gates by the branch's rules
+  // (theta = titans_base_lr * sigmoid(h W_lr + b), eta = sigmoid(h W_m + b), alpha = sigmoid(h W_d + b)), in the
+  // memory spec's columns (m*H + h for memory m, head h); the branch through TntRunner (tnt_cuda.h), which sums
+  // the memories.
+  void titans_forward(int64_t l, int64_t S, int64_t N) {
+    const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
+    const int64_t W = S * H * dh * d;
+    const LayerTensors& lw = P.layers[size_t(l)];
+    // Per gate (theta, eta, alpha): weight, bias, pre-activation, activation, per sequence-head layout.
+    const float* gate_weight[3] = {lw.lr_weight, lw.momentum_weight, lw.decay_weight};
+    const float* gate_bias[3] = {lw.lr_bias, lw.momentum_bias, lw.decay_bias};
+    float* gate_z[3] = {act.zlr, act.zm, act.zd};
+    float* gate_y[3] = {act.rates, act.mom, act.dec};
+    float* per_batch[3] = {act.thT, act.etT, act.alT};
+    for (int gi = 0; gi < 3; ++gi) {
+      gemm(false, false, rows, MH, D, 1.0f, operand(act.h, act.h_bf16), D, gate_weight[gi], MH, 0.0f, gate_z[gi], MH);
+      mk::gate_forward(gate_z[gi], gate_bias[gi], gate_y[gi], rows, MH, gi == 0 ? branch.rate : branch.gate);
+      for (const model::MemorySpec& mem : branch.memories)
+        mk::cols_to_batch(gate_y[gi], MH, gi == 0 ? mem.rate_col0 : mem.gate_col0, per_batch[gi] + mem.index * BHN, S,
+                          N, H);
+    }
+    titans::TntInputs<float> in;
+    in.q = act.qT, in.k = act.kT, in.v = act.vT;
+    const int64_t per = H * dh * d;
+    for (int64_t m = 0; m < M; ++m) {
+      const std::vector<MemoryWeight>& mw = lw.memories[size_t(m)];  // w1, w2
+      for (int64_t s = 0; s < S; ++s) {
+        TTT_CUDA_CHECK(cudaMemcpyAsync(act.tw1b + m * W + s * per, mw[0].full, sizeof(float) * per,
+                                       cudaMemcpyDeviceToDevice, nullptr));
+        TTT_CUDA_CHECK(cudaMemcpyAsync(act.tw2b + m * W + s * per, mw[1].full, sizeof(float) * per,
+                                       cudaMemcpyDeviceToDevice, nullptr));
+      }
+      in.mems.push_back({act.tw1b + m * W, act.tw2b + m * W, act.thT + m * BHN, act.etT + m * BHN,
+                         act.alT + m * BHN});
+    }
+    timed("tnt", [&] { tnt_runner(S, N).forward(in, act.oT); });
+  }
+  void titans_backward(int64_t l, int64_t S, int64_t N) {
+    const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
+    const int64_t W = S * H * dh * d;
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const LayerTensors& lg = G.layers[size_t(l)];
+    titans::TntGrads<float> og;
+    og.q = grad.gqT, og.k = grad.gkT, og.v = grad.gvT;
+    for (int64_t m = 0; m < M; ++m)
+      og.mems.push_back({grad.gtw1b + m * W, grad.gtw2b + m * W, grad.gthT + m * BHN, grad.getT + m * BHN,
+                         grad.galT + m * BHN});
+    timed("tnt", [&] { tnt_runner(S, N).backward(grad.doT, og); });
+    const int64_t per = H * dh * d;
+    for (int64_t m = 0; m < M; ++m) {
+      const std::vector<MemoryWeight>& mg = lg.memories[size_t(m)];  // d w1, d w2
+      for (int64_t s = 0; s < S; ++s) {
+        mk::axpy(mg[0].full, grad.gtw1b + m * W + s * per, 1.0f, per);
+        mk::axpy(mg[1].full, grad.gtw2b + m * W + s * per, 1.0f, per);
+      }
+    }
+    // Per gate (theta, eta, alpha): weight, its gradient, bias gradient, pre-activation, per sequence-head gradient.
+    const float* gate_weight[3] = {lw.lr_weight, lw.momentum_weight, lw.decay_weight};
+    float* gate_weight_grad[3] = {lg.lr_weight, lg.momentum_weight, lg.decay_weight};
+    float* gate_bias_grad[3] = {lg.lr_bias, lg.momentum_bias, lg.decay_bias};
+    const float* gate_z[3] = {act.zlr, act.zm, act.zd};
+    const float* per_batch[3] = {grad.gthT, grad.getT, grad.galT};
+    for (int gi = 0; gi < 3; ++gi) {
+      for (const model::MemorySpec& mem : branch.memories)
+        mk::batch_to_cols(per_batch[gi] + mem.index * BHN, grad.drates, MH, gi == 0 ? mem.rate_col0 : mem.gate_col0, S,
+                          N, H);
+      mk::gate_backward(gate_z[gi], grad.drates, grad.dzlr, rows * MH, gi == 0 ? branch.rate : branch.gate);
+      gemm(true, false, D, MH, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, MH, 1.0f, gate_weight_grad[gi],
+           MH);
+      col_sum(grad.dzlr, rows, MH, MH, gate_bias_grad[gi], true);
+      gemm(false, true, rows, D, MH, 1.0f, grad.dzlr, MH, gate_weight[gi], MH, 1.0f, grad.dh, D);
+    }
+  }
+
+  // Backward of layer l (after layer_forward(l) on the same input x): dx holds d/d(out) on entry and
+  // d/d(x) on return. Parameter gradients are accumulated.
+  void layer_backward(int64_t l, const float* x, int64_t S, int64_t N) {
+    const int64_t rows = S * N;
+    const LayerTensors& lw = P.layers[size_t(l)];
+    const LayerTensors& lg = G.layers[size_t(l)];
+    const int64_t* pos = pos_dev.as<int64_t>();
+    float* dx = grad.dx;
+    // ---- MLP: out = xmid + swiglu(h2) Wd
+    gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx, D, 1.0f, lg.w_down, D);
+    gemm(false, true, rows, F, D, 1.0f, dx, D, lw.w_down, D, 0.0f, grad.dmm, F);
+    mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga, grad.dup, rows * F);
+    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, grad.dga, F, 1.0f, lg.w_gate, F);
+    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, grad.dup, F, 1.0f, lg.w_up, F);
+    gemm(false, true, rows, D, F, 1.0f, grad.dga, F, lw.w_gate, F, 0.0f, grad.dh2, D);
+    gemm(false, true, rows, D, F, 1.0f, grad.dup, F, lw.w_up, F, 1.0f, grad.dh2, D);
+    rms_norm_backward(act.xmid, lw.mlp_norm, act.rinv2, grad.dh2, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D,
+                      D);
+    mk::axpy(lg.mlp_norm, grad.dwD, 1.0f, D);
+    float* dxm = grad.dxm;
+    mk::copy2d(dx, D, dxm, D, rows, D);
+    mk::axpy(dxm, grad.tmpD, 1.0f, rows * D);
+    // ---- xmid = x + sum Wo
+    gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm, D, 1.0f, lg.wo, D);
+    gemm(false, true, rows, D, D, 1.0f, dxm, D, lw.wo, D, 0.0f, grad.dsum, D);
+    // ---- memory output: sum = attn + normed * gate
+    mk::gate_heads_backward(act.normed, act.gate, grad.dsum, grad.dnormed, grad.dgate, rows, H, d);
+    mk::act_backward(act.zs, grad.dgate, grad.dzs, rows * H, 0.0, math::Activation::Silu);
+    gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
+    col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
+    gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);
+    rms_norm_heads_backward(act.o, lw.o_norm, act.rinvo, grad.dnormed, grad.dO, grad.dwD, norm_work_for(rows, D), rows,
+                            D, H);
+    mk::axpy(lg.o_norm, grad.dwD, 1.0f, D);
+    // ---- the memory operator
+    mk::heads_to_batch(grad.dO, D, grad.doT, S, N, H, d);
+    if (titans_like) titans_backward(l, S, N);
+    else lact_backward(l, S, N);
+    mk::batch_to_heads(grad.gqT, grad.dqh, D, S, N, H, d, false);
+    mk::batch_to_heads(grad.gkT, grad.dkh, D, S, N, H, d, false);
+    mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
+    // ---- attention: overwrites dq, dk (via RoPE's adjoint) and dv of dqkv
+    const float* q = act.qkv;
+    const float* k = act.qkv + D;
+    const float* v = act.qkv + 2 * D;
+    float* dqkv = grad.dqkv;
+    timed("attention", [&] {
+      (opt.math == MathMode::BF16 ? swa_backward_bf16 : swa_backward)(
+          AttentionShape{S, N, Ha, hd, cfg.window}, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse, grad.dsum,
+          D, grad.dqa, D, grad.dka, D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
+    });
+    rope_backward(grad.dqa, grad.dqa, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_backward(grad.dka, grad.dka, pos, rows, Ha, hd, cfg.rope_theta);
+    mk::copy2d(grad.dqa, D, dqkv, 3 * D, rows, D);
+    mk::copy2d(grad.dka, D, dqkv + D, 3 * D, rows, D);
+    // ---- memory q/k/v preparation
+    if (cfg.ttt_rope) {
+      rope_backward(grad.dqh, grad.dqh, pos, rows, H, d, cfg.rope_theta);
+      rope_backward(grad.dkh, grad.dkh, pos, rows, H, d, cfg.rope_theta);
+    }
+    mk::qk_prep_backward(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, grad.dqh, dqkv, 3 * D, grad.dz, grad.dzx, rows,
+                         H, d, 1e-5);
+    col_sum(grad.dzx, rows, D, D, lg.q_scale, true);
+    col_sum(grad.dz, rows, D, D, lg.q_offset, true);
+    mk::qk_prep_backward(k, 3 * D, lw.k_scale, lw.k_offset, act.knorm, grad.dkh, dqkv + D, 3 * D, grad.dz, grad.dzx,
+                         rows, H, d, 1e-5);
+    col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
+    col_sum(grad.dz, rows, D, D, lg.k_offset, true);
+    if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
+    else mk::copy2d(grad.dvm, D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
+    // ---- qkv = h Wqkv; h = RMSNorm(x)
+    gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv, 3 * D, 1.0f, lg.wqkv, 3 * D);
+    gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
+    rms_norm_backward(x, lw.attn_norm, act.rinv1, grad.dh, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D, D);
+    mk::axpy(lg.attn_norm, grad.dwD, 1.0f, D);
+    mk::copy2d(dxm, D, dx, D, rows, D);
+    mk::axpy(dx, grad.tmpD, 1.0f, rows * D);
+  }
+};
+GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
+  model::validate(cfg);
+  std::string why;
+  TTT_CHECK(gpu_supports(cfg, &why), "GPU model: " << why);
+  TTT_CHECK(device_count(&why) > 0, "GPU model: no CUDA device (" << why << ")");
+  impl_ = std::make_unique<Impl>(cfg, opt);
+  Impl& m = *impl_;
+  m.layout = model::make_params<float>(cfg);
+  for (auto& v : m.layout.values) {
+    m.offset.push_back(m.total);
+    m.total += v.size();
+    v = ag::Mat<float>();  // sizes live in `shapes`; no host copy needed
+  }
+  m.D = cfg.dim, m.H = cfg.n_mem_heads, m.d = cfg.head_dim_mem(), m.dh = cfg.mem_hidden_dim();
+  m.Ha = cfg.n_attn_heads, m.hd = cfg.head_dim_attn(), m.F = cfg.mlp_hidden_dim(), m.V = cfg.vocab_size;
+  m.L = cfg.n_layers;
+  m.params.ensure(m.total, false);
+  m.grads.ensure(m.total, false);
+  m.P = model_tensors(cfg, m.layout.names, [&](size_t i) { return m.params.p() + m.offset[i]; });
+  m.G = model_tensors(cfg, m.layout.names, [&](size_t i) { return m.grads.p() + m.offset[i]; });
+  m.dloss = DeviceBuffer(sizeof(float));
+  m.loss_dev = DeviceBuffer(sizeof(float));
+  m.valid_dev = DeviceBuffer(sizeof(int32_t));
+  zero_grad();
+}
+GpuModel::~GpuModel() = default;
+
+const ModelConfig& GpuModel::config() const { return impl_->cfg; }
+
+void GpuModel::upload(const model::Params<float>& p) {
+  Impl& m = *impl_;
+  TTT_CHECK(p.names == m.layout.names, "GPU model: the parameters do not match the config's layout");
+  for (size_t i = 0; i < p.values.size(); ++i) {
+    TTT_CHECK(p.values[i].size() == (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i],
+              "GPU model: parameter '" << p.names[i] << "' has the wrong size");
+    TTT_CUDA_CHECK(cudaMemcpy(m.params.p() + m.offset[i], p.values[i].data.data(), sizeof(float) * p.values[i].size(),
+                              cudaMemcpyHostToDevice));
+  }
+}
+
+void GpuModel::download(model::Params<float>& p) const {
+  const Impl& m = *impl_;
+  p = model::make_params<float>(m.cfg);
+  for (size_t i = 0; i < p.values.size(); ++i)
+    TTT_CUDA_CHECK(cudaMemcpy(p.values[i].data.data(), m.params.p() + m.offset[i], sizeof(float) * p.values[i].size(),
+                              cudaMemcpyDeviceToHost));
+}
+
+void GpuModel::zero_grad() {
+  TTT_CUDA_CHECK(cudaMemsetAsync(impl_->grads.p(), 0, sizeof(float) * size_t(impl_->total), nullptr));
+}
+
+void GpuModel::download_grads(std::vector<ag::Mat<float>>& g) const {
+  const Impl& m = *impl_;
+  model::Params<float> shape = model::make_params<float>(m.cfg);
+  g = std::move(shape.values);
+  for (size_t i = 0; i < g.size(); ++i)
+    TTT_CUDA_CHECK(cudaMemcpy(g[i].data.data(), m.grads.p() + m.offset[i], sizeof(float) * g[i].size(),
+                              cudaMemcpyDeviceToHost));
+}
+
+GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double grad_scale, bool want_token_loss,
+                                   bool want_logits) {
+  Impl& m = *impl_;
+  const int64_t S = b.sequences, N = b.len, rows = S * N, D = m.D, V = m.V;
+  TTT_CHECK(S > 0 && N > 0, "empty batch");
+  TTT_CHECK(int64_t(b.inputs.size()) == rows && int64_t(b.targets.size()) == rows,
+            "batch has " << b.inputs.size() << " inputs and " << b.targets.size() << " targets, expected " << rows);
+  Result res;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t id = b.inputs[size_t(i)], y = b.targets[size_t(i)];
+    TTT_CHECK(id >= 0 && id < V, "embedding: id " << id << " at position " << i << " out of range for vocabulary " << V);
+    TTT_CHECK(y < V, "cross_entropy: target " << y << " at row " << i << " out of range for vocabulary " << V);
+    res.valid += y >= 0;
+  }
+  m.ensure_rows(rows, S, N);
+  // Token ids, targets, positions.
+  auto upload = [](DeviceBuffer& dst, const void* src, size_t bytes) {
+    if (dst.bytes() < bytes) dst = DeviceBuffer(std::max<size_t>(bytes, 8));
+    TTT_CUDA_CHECK(cudaMemcpy(dst.as<void>(), src, bytes, cudaMemcpyHostToDevice));
+  };
+  upload(m.ids_dev, b.inputs.data(), sizeof(int32_t) * size_t(rows));
+  upload(m.tgt_dev, b.targets.data(), sizeof(int32_t) * size_t(rows));
+  std::vector<int64_t> pos(static_cast<size_t>(rows));
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = i;
+  upload(m.pos_dev, pos.data(), sizeof(int64_t) * size_t(rows));
+
+  mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
+  m.keep_output(-1, rows);
+  for (int64_t l = 0; l < m.L; ++l) {
+    m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N);
+    m.keep_output(l, rows);
+  }
+  // The final norm's input: the last layer's output as kept (rounded in place with bf16 activations).
+  const float* x_final = m.layer_output(m.L - 1);
+  rms_norm_forward(x_final, m.P.final_norm, m.head.hf, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
+  m.gemm(false, false, rows, V, D, 1.0f, m.head.hf, D, m.P.lm_head, V, 0.0f, m.head.logits, V);
+  cross_entropy_forward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.head.row_loss, m.loss_dev.as<float>(),
+                        m.valid_dev.as<int32_t>(), rows, V);
+  float loss = 0;
+  TTT_CUDA_CHECK(cudaMemcpy(&loss, m.loss_dev.as<float>(), sizeof(float), cudaMemcpyDeviceToHost));
+  res.loss = double(loss);
+  if (want_token_loss) {
+    std::vector<float> rl(static_cast<size_t>(rows));
+    TTT_CUDA_CHECK(cudaMemcpy(rl.data(), m.head.row_loss, sizeof(float) * size_t(rows), cudaMemcpyDeviceToHost));
+    res.token_loss.assign(rl.begin(), rl.end());
+  }
+  if (want_logits) {
+    res.logits.resize(size_t(rows * V));
+    TTT_CUDA_CHECK(cudaMemcpy(res.logits.data(), m.head.logits, sizeof(float) * size_t(rows * V), cudaMemcpyDeviceToHost));
+  }
+  if (!backward || res.valid == 0) return res;
+
+  // ---- backward
+  const float ds = float(grad_scale);
+  TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
+  float* dlogits = m.head.logits;  // in place: the logits are not needed after this
+  cross_entropy_backward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.valid_dev.as<int32_t>(),
+                         m.dloss.as<float>(), dlogits, rows, V);
+  m.gemm(true, false, D, V, rows, 1.0f, m.head.hf, D, dlogits, V, 1.0f, m.G.lm_head, V);
+  m.gemm(false, true, rows, D, V, 1.0f, dlogits, V, m.P.lm_head, V, 0.0f, m.grad.dh, D);
+  rms_norm_backward(x_final, m.P.final_norm, m.head.rinvf, m.grad.dh, m.grad.dx, m.grad.dwD,
+                    m.norm_work_for(rows, D), rows, D, D);
+  mk::axpy(m.G.final_norm, m.grad.dwD, 1.0f, D);
+  for (int64_t l = m.L - 1; l >= 0; --l) {
+    // The work buffers hold the last layer's activations already; the others are recomputed from their input.
+    // The recomputation's output (layer_output) is not kept again: it equals what the forward kept.
+    const float* x = m.layer_input(l, rows);
+    if (l != m.L - 1) m.layer_forward(l, x, m.layer_output(l), S, N);
+    m.layer_backward(l, x, S, N);
+  }
+  // Embedding: rows of the table gathered per distinct id (host-built CSR; fixed order).
+  std::vector<int32_t> order(static_cast<size_t>(rows));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) { return b.inputs[size_t(a)] < b.inputs[size_t(c)]; });
+  std::vector<int32_t> starts, uniq;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t id = b.inputs[size_t(order[size_t(i)])];
+    if (uniq.empty() || uniq.back() != id) {
+      uniq.push_back(id);
+      starts.push_back(int32_t(i));
+    }
+  }
+  starts.push_back(int32_t(rows));
+  upload(m.emb_order, order.data(), sizeof(int32_t) * order.size());
+  upload(m.emb_starts, starts.data(), sizeof(int32_t) * starts.size());
+  upload(m.emb_uniq, uniq.data(), sizeof(int32_t) * uniq.size());
+  mk::embedding_backward(m.grad.dx, m.emb_order.as<int32_t>(), m.emb_starts.as<int32_t>(), m.emb_uniq.as<int32_t>(),
+                         int64_t(uniq.size()), m.G.embed, D);
+  TTT_CUDA_CHECK(cudaDeviceSynchronize());
+  return res;
+}
+
+void GpuModel::set_trainable(const std::vector<std::vector<uint8_t>>& mask) {
+  Impl& m = *impl_;
+  m.have_masks = false;
+  for (auto& t : mask) m.have_masks = m.have_masks || !t.empty();
+  if (!m.have_masks) {
+    m.masks = DeviceBuffer();
+    return;
+  }
+  TTT_CHECK(mask.size() == m.offset.size(), "GPU model: a trainable mask of " << mask.size() << " tensors for "
+                                                                               << m.offset.size() << " parameters");
+  // One flat byte array like the parameters (all ones where a tensor has no mask), uploaded once.
+  std::vector<uint8_t> flat(size_t(m.total), 1);
+  for (size_t i = 0; i < mask.size(); ++i) {
+    const int64_t n = (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i];
+    TTT_CHECK(mask[i].empty() || int64_t(mask[i].size()) == n,
+              "GPU model: the mask of '" << m.layout.names[i] << "' has " << mask[i].size() << " elements, not " << n);
+    std::copy(mask[i].begin(), mask[i].end(), flat.begin() + m.offset[i]);
+  }
+  m.masks = DeviceBuffer(flat.size());
+  m.masks.upload(flat.data(), flat.size());
+}
+
+void GpuModel::apply_grad_mask() {
+  Impl& m = *impl_;
+  if (m.have_masks) mk::zero_where_masked(m.grads.p(), m.masks.as<uint8_t>(), m.total);
+}
+
+double GpuModel::clip_grad_norm(double max_norm) {
+  Impl& m = *impl_;
+  const double norm = std::sqrt(mk::sum_squares(m.grads.p(), m.total));
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) mk::scale(m.grads.p(), float(max_norm / norm), m.total);
+  return norm;
+}
+
+void GpuModel::upload_optimizer(const train::AdamW& opt) {
+  Impl& m = *impl_;
+  TTT_CHECK(opt.names() == m.layout.names, "GPU model: the optimizer's tensors do not match the parameters");
+  m.adam_m.ensure(m.total, false);
+  m.adam_v.ensure(m.total, false);
+  for (size_t i = 0; i < m.offset.size(); ++i) {
+    TTT_CUDA_CHECK(cudaMemcpy(m.adam_m.p() + m.offset[i], opt.m()[i].data(), sizeof(float) * opt.m()[i].size(),
+                              cudaMemcpyHostToDevice));
+    TTT_CUDA_CHECK(cudaMemcpy(m.adam_v.p() + m.offset[i], opt.v()[i].data(), sizeof(float) * opt.v()[i].size(),
+                              cudaMemcpyHostToDevice));
+  }
+  set_trainable(opt.trainable());
+}
+
+void GpuModel::adamw_step(train::AdamW& opt, double lr) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.adam_m.n >= m.total, "GPU model: upload_optimizer() before adamw_step()");
+  const int64_t t = opt.advance_step();
+  for (size_t i = 0; i < m.offset.size(); ++i) {
+    const int64_t n = (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i];
+    AdamWParams a;
+    a.lr = lr;
+    a.beta1 = opt.config().beta1;
+    a.beta2 = opt.config().beta2;
+    a.eps = opt.config().eps;
+    a.weight_decay = opt.config().weight_decay;
+    a.step = t;
+    a.decay = opt.decayed(i);
+    const uint8_t* mask = m.have_masks ? m.masks.as<uint8_t>() + m.offset[i] : nullptr;
+    cuda::adamw_step(m.params.p() + m.offset[i], m.grads.p() + m.offset[i], m.adam_m.p() + m.offset[i],
+               m.adam_v.p() + m.offset[i], mask, n, a);
+  }
+}
+
+void GpuModel::download_optimizer(train::AdamW& opt) const {
+  const Impl& m = *impl_;
+  TTT_CHECK(m.adam_m.n >= m.total, "GPU model: no optimizer state on the device");
+  for (size_t i = 0; i < m.offset.size(); ++i) {
+    TTT_CUDA_CHECK(cudaMemcpy(opt.m()[i].data(), m.adam_m.p() + m.offset[i], sizeof(float) * opt.m()[i].size(),
+                              cudaMemcpyDeviceToHost));
+    TTT_CUDA_CHECK(cudaMemcpy(opt.v()[i].data(), m.adam_v.p() + m.offset[i], sizeof(float) * opt.v()[i].size(),
+                              cudaMemcpyDeviceToHost));
+  }
+}
+
+size_t GpuModel::device_bytes() const { return tracked_bytes(); }
+
+void GpuModel::set_profiling(bool on) {
+  impl_->profile = on;
+  impl_->phase_ms.clear();
+}
+std::map<std::string, double> GpuModel::phase_ms() const { return impl_->phase_ms; }
+
+}  // namespace ttt::cuda

@@ -1,0 +1,96 @@
+// The language model of src/model (arch "lact": docs/ALGORITHMS.md §5) on one GPU: forward, backward and the optimizer
+// step with parameters, gradients and AdamW moments resident on the device.
+//
+// What runs where: matrix products through Blas (blas_cuda.h: fp32, tf32 or bf16 operands with fp32
+// accumulation); causal sliding-window attention through attention.h (flash style); the LaCT operator through
+// LactRunner (lact_cuda.h), the Titans / TNT memories through TntRunner (tnt_cuda.h); everything else through the
+// kernel headers by concern listed in kernels.h (norm, RoPE, loss, optimizer, memory branch, layout and bf16
+// conversion, element-wise, reductions). Work buffers and parameter views: model_buffers.h. The backward is written
+// out layer by layer (no tape); it is the adjoint of exactly the forward that src/model/model.cpp records on
+// the CPU tape, and tests/test_cuda_model.cpp holds the two to each other (fp32 <= 1e-4 relative).
+//
+// Memory: the residual stream at every layer input is kept ([L+1] x rows x D); a layer's other activations
+// are recomputed from its input during the backward (one layer's worth of work buffers, reused by all layers),
+// so activation memory is ~ (L + 1) rows D + one layer, not L layers. The logits' gradient overwrites the logits.
+//
+// Precision: `math` sets the products (fp32 | tf32 | bf16 operands, always fp32 accumulation); parameters,
+// gradients, optimizer moments and fast-weight state are fp32. With bf16 products, bf16_activations (the
+// default) also STORES activations in bf16: the residual stream kept across the step (half the memory) and the
+// activations that feed products (the normed inputs h and h2, the branch sum, the SwiGLU output), which the
+// products then read without a conversion pass; element-wise math runs in fp32 on values read from them, and
+// gradients flow in fp32 (a straight-through rounding, as CPU emulation BF16ActivationsEmulation reproduces).
+//
+// This header needs no CUDA headers.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/blas_cuda.h"
+#include "model/model.h"
+#include "train/optimizer.h"
+
+namespace ttt::cuda {
+
+struct GpuModelOptions {
+  MathMode math = MathMode::FP32;  // the model's matrix products and the LaCT operator's (bf16 + Muon: tf32 there)
+  bool bf16_activations = true;    // with math BF16: store activations in bf16 (see above); ignored otherwise
+  bool poison = false;             // fill every work buffer with NaN when allocated (tests)
+};
+
+// Whether `cfg` can run on the GPU; if not, why (e.g. arch "tnt" / "titans", not on the GPU yet).
+bool gpu_supports(const model::ModelConfig& cfg, std::string* why = nullptr);
+
+class GpuModel {
+ public:
+  explicit GpuModel(const model::ModelConfig& cfg, const GpuModelOptions& opt = {});
+  ~GpuModel();
+  GpuModel(const GpuModel&) = delete;
+  GpuModel& operator=(const GpuModel&) = delete;
+
+  const model::ModelConfig& config() const;
+  void upload(const model::Params<float>& p);     // host -> device parameters
+  void download(model::Params<float>& p) const;   // device -> host (p gets the config's layout)
+
+  struct Result {
+    double loss = 0;                  // mean cross-entropy over the batch's valid targets
+    int64_t valid = 0;                // number of valid targets
+    std::vector<double> token_loss;   // per position, when asked (0 at ignored targets)
+    std::vector<float> logits;        // [rows, V], when asked
+  };
+  // Forward of a batch; with backward, adds grad_scale * d(loss)/d(parameters) into the gradient buffers
+  // (zero_grad() first). Training with accumulation passes grad_scale = valid_of_this_batch / valid_total.
+  Result forward(const model::Batch& b, bool backward, double grad_scale = 1.0, bool want_token_loss = false,
+                 bool want_logits = false);
+  void zero_grad();
+  void download_grads(std::vector<ag::Mat<float>>& g) const;  // one matrix per parameter
+  // The trainable elements (mask as train::trainable_mask: one per parameter, each empty or of the parameter's
+  // size; empty list: all trainable), uploaded once; upload_optimizer sets it from the optimizer's. Frozen
+  // elements keep their gradient zeroed by apply_grad_mask and are left untouched by adamw_step.
+  void set_trainable(const std::vector<std::vector<uint8_t>>& mask);
+  void apply_grad_mask();  // zeroes the gradient of frozen elements on the device (nothing without a mask)
+  // Global L2 norm of the gradients (double); scales them by max_norm / norm when above max_norm > 0.
+  double clip_grad_norm(double max_norm);
+  // One AdamW step on the device: the arithmetic of train::AdamW::step (its config, decay flags and trainable
+  // mask), with the moments kept on the device; `opt` counts the step. upload_optimizer copies opt's moments to
+  // the device (at the start and after a resume); download_optimizer copies them back (checkpoints).
+  void upload_optimizer(const train::AdamW& opt);
+  void adamw_step(train::AdamW& opt, double lr);
+  void download_optimizer(train::AdamW& opt) const;
+
+  size_t device_bytes() const;  // everything this model holds on the device now
+
+  // Phase timing for benchmarks: with profiling on, the device is synchronized around the matrix products,
+  // the attention and the LaCT operator, and their wall times accumulate under "products", "attention" and
+  // "lact" (milliseconds, since set_profiling was last called). Off by default: no synchronization.
+  void set_profiling(bool on);
+  std::map<std::string, double> phase_ms() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ttt::cuda

@@ -1,0 +1,175 @@
+// RMSNorm kernels (norm_kernels.h): one warp per (row, group) segment for the forward and dx, a two-pass
+// column reduction for dw. Every sum accumulates in double along a fixed tree, so results are deterministic.
+// Naming and launch conventions: kernel_util.cuh.
+#include "backend/cuda/norm_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/error.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/kernel_util.cuh"
+
+namespace ttt::cuda {
+
+namespace {
+
+constexpr int kMaxSlices = 128;  // row slices of the first pass of dw
+
+// One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
+// (the GPU model's bf16 activations: the same float result, rounded once on the store).
+template <bool kVec, class Out>
+__global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restrict__ w, Out* __restrict__ y,
+                               float* __restrict__ rinv, int64_t segs, int64_t D, int64_t group, double eps) {
+  const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (seg >= segs) return;  // whole warps leave together
+  const int64_t off = seg * group;
+  const int64_t c0 = off % D;
+  const float* xs = x + off;
+  double ss = 0;
+  if (kVec) {
+    for (int64_t j = lane; j < group / 4; j += 32) {
+      const float4 a = reinterpret_cast<const float4*>(xs)[j];
+      ss += double(a.x) * a.x + double(a.y) * a.y + double(a.z) * a.z + double(a.w) * a.w;
+    }
+  } else {
+    for (int64_t j = lane; j < group; j += 32) ss += double(xs[j]) * double(xs[j]);
+  }
+  ss = warp_sum(ss);
+  const float r = float(1.0 / sqrt(ss / double(group) + eps));
+  if (lane == 0) rinv[seg] = r;
+  Out* ys = y + off;
+  const float* ws = w + c0;
+  if (kVec) {
+    for (int64_t j = lane; j < group / 4; j += 32) {
+      const float4 a = reinterpret_cast<const float4*>(xs)[j];
+      const float4 b = reinterpret_cast<const float4*>(ws)[j];
+      store_as(ys + 4 * j, a.x * r * b.x);
+      store_as(ys + 4 * j + 1, a.y * r * b.y);
+      store_as(ys + 4 * j + 2, a.z * r * b.z);
+      store_as(ys + 4 * j + 3, a.w * r * b.w);
+    }
+  } else {
+    for (int64_t j = lane; j < group; j += 32) store_as(ys + j, xs[j] * r * ws[j]);
+  }
+}
+
+// dx = r * (a - x * r^2 <a, x> / group),  a = dy ⊙ w
+__global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __restrict__ w,
+                                  const float* __restrict__ rinv, const float* __restrict__ dy, float* __restrict__ dx,
+                                  int64_t segs, int64_t D, int64_t group) {
+  const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (seg >= segs) return;
+  const int64_t off = seg * group, c0 = off % D;
+  const float* xs = x + off;
+  const float* gs = dy + off;
+  const float* ws = w + c0;
+  double dot = 0;
+  for (int64_t j = lane; j < group; j += 32) dot += double(gs[j]) * double(ws[j]) * double(xs[j]);
+  dot = warp_sum(dot);
+  const float r = rinv[seg];
+  const float c = float(double(r) * double(r) * dot / double(group));
+  float* ds = dx + off;
+  for (int64_t j = lane; j < group; j += 32) ds[j] = r * (gs[j] * ws[j] - xs[j] * c);
+}
+
+// dw, pass 1: partial[s, c] = sum over the rows of slice s of dy * x * rinv (thread per column).
+__global__ void k_rms_norm_bwd_dw_partial(const float* __restrict__ x, const float* __restrict__ rinv,
+                                          const float* __restrict__ dy, double* __restrict__ partial, int64_t N,
+                                          int64_t D, int64_t group, int64_t rows_per_slice) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t s = blockIdx.y;
+  if (c >= D) return;
+  const int64_t r0 = s * rows_per_slice, r1 = r0 + rows_per_slice < N ? r0 + rows_per_slice : N;
+  const int64_t ng = D / group, gi = c / group;
+  double acc = 0;
+  for (int64_t r = r0; r < r1; ++r) acc += double(dy[r * D + c]) * double(x[r * D + c]) * double(rinv[r * ng + gi]);
+  partial[s * D + c] = acc;
+}
+// dw, pass 2: dw[c] = sum over slices in order.
+__global__ void k_rms_norm_bwd_dw_final(const double* __restrict__ partial, float* __restrict__ dw, int64_t D,
+                                        int64_t slices) {
+  GRID_STRIDE(c, D) {
+    double acc = 0;
+    for (int64_t s = 0; s < slices; ++s) acc += partial[s * D + c];
+    dw[c] = float(acc);
+  }
+}
+
+int64_t dw_slices(int64_t N) { return std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (N + 31) / 32)); }
+
+void check_group(const char* op, int64_t N, int64_t D, int64_t group) {
+  TTT_CHECK(N >= 0 && D > 0 && group > 0 && D % group == 0,
+            op << ": " << D << " columns are not divisible into groups of " << group << " (N = " << N << ")");
+}
+
+template <class Out>
+void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                     double eps, void* stream) {
+  check_group("rms_norm_forward", N, D, group);
+  const int64_t segs = N * (D / group);
+  if (segs == 0) return;
+  const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
+  if (vec)
+    k_rms_norm_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
+  else
+    k_rms_norm_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
+  TTT_LAUNCH_CHECK("rms_norm_forward");
+}
+
+}  // namespace
+
+void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                      double eps, void* stream) {
+  rms_norm_launch(x, w, y, rinv, N, D, group, eps, stream);
+}
+void rms_norm_forward(const float* x, const float* w, bf16* y, float* rinv, int64_t N, int64_t D, int64_t group,
+                      double eps, void* stream) {
+  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, N, D, group, eps, stream);
+}
+
+size_t rms_norm_backward_workspace(int64_t N, int64_t D) { return size_t(dw_slices(N)) * size_t(D) * sizeof(double); }
+
+void rms_norm_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx, float* dw,
+                       void* work, int64_t N, int64_t D, int64_t group, void* stream) {
+  check_group("rms_norm_backward", N, D, group);
+  const cudaStream_t st = as_stream(stream);
+  const int64_t segs = N * (D / group);
+  if (dx && segs > 0) {
+    const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    k_rms_norm_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, dx, segs, D, group);
+    TTT_LAUNCH_CHECK("rms_norm_backward dx");
+  }
+  if (dw) {
+    TTT_CHECK(work, "rms_norm_backward: dw needs a work buffer of rms_norm_backward_workspace(N, D) bytes");
+    if (N == 0) {
+      TTT_CUDA_CHECK(cudaMemsetAsync(dw, 0, size_t(D) * sizeof(float), st));
+      return;
+    }
+    const int64_t slices = dw_slices(N), rows = (N + slices - 1) / slices;
+    const dim3 grid(unsigned((D + kThreads - 1) / kThreads), unsigned(slices));
+    k_rms_norm_bwd_dw_partial<<<grid, kThreads, 0, st>>>(x, rinv, dy, static_cast<double*>(work), N, D, group, rows);
+    TTT_LAUNCH_CHECK("rms_norm_backward dw partial");
+    k_rms_norm_bwd_dw_final<<<grid_for(D), kThreads, 0, st>>>(static_cast<const double*>(work), dw, D, slices);
+    TTT_LAUNCH_CHECK("rms_norm_backward dw final");
+  }
+}
+
+void rms_norm_heads_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D,
+                            int64_t heads, double eps, void* stream) {
+  TTT_CHECK(heads >= 1 && D % heads == 0, "rms_norm_heads_forward: " << D << " columns, " << heads << " heads");
+  rms_norm_forward(x, w, y, rinv, N, D, D / heads, eps, stream);
+}
+void rms_norm_heads_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx,
+                             float* dw, void* work, int64_t N, int64_t D, int64_t heads, void* stream) {
+  TTT_CHECK(heads >= 1 && D % heads == 0, "rms_norm_heads_backward: " << D << " columns, " << heads << " heads");
+  rms_norm_backward(x, w, rinv, dy, dx, dw, work, N, D, D / heads, stream);
+}
+
+}  // namespace ttt::cuda

@@ -1,0 +1,60 @@
+// RoPE kernel (rope_kernels.h): one thread per (row, pair index), looping over the heads; angles, cos and sin in
+// double. Naming and launch conventions: kernel_util.cuh.
+#include "backend/cuda/rope_kernels.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/error.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/kernel_util.cuh"
+
+namespace ttt::cuda {
+
+namespace {
+
+// sign = +1: rotation, -1: inverse rotation.
+__global__ void k_rope(const float* x, float* y, const int64_t* __restrict__ pos, int64_t N, int64_t heads,
+                       int64_t hd, double theta, float sign) {
+  const int64_t half = hd / 2, D = heads * hd;
+  GRID_STRIDE(e, N * half) {
+    const int64_t r = e / half, i = e % half;
+    const double inv_freq = pow(theta, -2.0 * double(i) / double(hd));
+    const double a = double(pos[r]) * inv_freq;
+    double sd, cd;
+    sincos(a, &sd, &cd);
+    const float c = float(cd), s = sign * float(sd);
+    const float* xr = x + r * D;
+    float* yr = y + r * D;
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t c0 = h * hd;
+      const float x1 = xr[c0 + i], x2 = xr[c0 + half + i];
+      yr[c0 + i] = x1 * c - x2 * s;
+      yr[c0 + half + i] = x2 * c + x1 * s;
+    }
+  }
+}
+
+void rope_launch(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd, double theta,
+                 float sign, void* stream, const char* name) {
+  TTT_CHECK(N >= 0 && heads >= 1 && hd >= 2 && hd % 2 == 0, name << ": head width " << hd << " must be even and > 0, "
+                                                                 << heads << " heads");
+  TTT_CHECK(theta > 0, name << ": theta must be positive, got " << theta);
+  if (N == 0) return;
+  k_rope<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(x, y, pos, N, heads, hd, theta, sign);
+  TTT_LAUNCH_CHECK(name);
+}
+
+}  // namespace
+
+void rope_forward(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd, double theta,
+                  void* stream) {
+  rope_launch(x, y, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
+}
+void rope_backward(const float* dy, float* dx, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
+                   double theta, void* stream) {
+  rope_launch(dy, dx, pos, N, heads, hd, theta, -1.f, stream, "rope_backward");
+}
+
+}  // namespace ttt::cuda

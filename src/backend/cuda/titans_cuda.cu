@@ -1,0 +1,284 @@
+// CUDA backend of the Titans memory: TitansCudaOps implements the backend contract of ttt/titans_fused.h with
+// cuBLAS strided-batched GEMMs, a grid-stride kernel per element functor and deterministic two-stage batched
+// dot products, so that titans::Memory<TitansCudaOps<T>> runs on the GPU exactly the sequence of steps that the
+// CPU twin (titans_fused.cpp) specifies.
+#include "backend/cuda/titans_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/graph.cuh"
+#include "backend/cuda/device.h"  // DeviceBuffer (tracked allocations)
+#include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, warp_sum
+
+namespace ttt::cuda {
+
+namespace {
+
+using Acc = double;  // accumulator of the batched dot products
+constexpr int kMaxSlices = 128;  // blocks per batch item in the first stage of a batched dot
+
+template <class F>
+__global__ void k_each(F f, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) f(i);
+}
+
+template <class T>
+__global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {
+  const int64_t b = blockIdx.y;
+  const int slices = gridDim.x;
+  const T* xb = x + b * stride;
+  const T* yb = y + b * stride;
+  Acc acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
+    acc += Acc(xb[i]) * Acc(yb[i]);
+  __shared__ Acc sh[kThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
+    acc = warp_sum(acc);
+    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
+  }
+}
+template <class T>
+__global__ void k_dot_final(const Acc* partial, int slices, T* out) {
+  const int64_t b = blockIdx.x;
+  Acc acc = 0;
+  for (int i = threadIdx.x; i < slices; i += 32) acc += partial[b * slices + i];
+  acc = warp_sum(acc);
+  if (threadIdx.x == 0) out[b] = T(acc);
+}
+
+template <class T>
+struct CublasType;
+template <>
+struct CublasType<float> {
+  static constexpr cudaDataType_t data = CUDA_R_32F;
+  static constexpr cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+};
+template <>
+struct CublasType<double> {
+  static constexpr cudaDataType_t data = CUDA_R_64F;
+  static constexpr cublasComputeType_t compute = CUBLAS_COMPUTE_64F;
+};
+
+template <class T>
+class TitansCudaOps {
+ public:
+  using value_type = T;
+  TitansCudaOps(int64_t max_batch, const TitansOptions& opt) : opt_(opt), max_batch_(max_batch) {
+    TTT_CUDA_CHECK(cudaStreamCreate(&stream_));
+    TTT_CUBLAS_CHECK(cublasCreate(&handle_));
+    TTT_CUBLAS_CHECK(cublasSetStream(handle_, stream_));
+    TTT_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+    // An explicit cuBLAS workspace, so that no product allocates (CUDA graph capture forbids it).
+    cublas_ws_ = DeviceBuffer(kCublasWorkspace);
+    TTT_CUBLAS_CHECK(cublasSetWorkspace(handle_, cublas_ws_.as<void>(), kCublasWorkspace));
+    partial_ = DeviceBuffer(sizeof(Acc) * size_t(max_batch_ * kMaxSlices));
+    workspace_bytes_ += partial_.bytes() + kCublasWorkspace;
+  }
+  ~TitansCudaOps() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    bufs_.clear();
+    partial_ = DeviceBuffer();
+    if (handle_) cublasDestroy(handle_);
+    cublas_ws_ = DeviceBuffer();
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+  TitansCudaOps(const TitansCudaOps&) = delete;
+  TitansCudaOps& operator=(const TitansCudaOps&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
+  T* alloc(int64_t n) {
+    const size_t bytes = sizeof(T) * size_t(std::max<int64_t>(n, 1));
+    bufs_.emplace_back(bytes);
+    workspace_bytes_ += bytes;
+    if (opt_.poison_workspace) TTT_CUDA_CHECK(cudaMemsetAsync(bufs_.back().as<void>(), 0xFF, bytes, stream_));
+    return bufs_.back().as<T>();
+  }
+  void zero(T* p, int64_t n) {
+    if (n > 0) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), stream_));
+  }
+  void copy(T* dst, const T* src, int64_t n) {
+    if (n > 0)
+      TTT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * size_t(n), cudaMemcpyDeviceToDevice, stream_));
+  }
+  // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
+            const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    if (m <= 0 || n <= 0 || batch <= 0) return;
+    const cudaDataType_t dt = CublasType<T>::data;
+    TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                int(n), int(m), int(k), &alpha, B, dt, int(ldb), (long long)sB, A, dt,
+                                                int(lda), (long long)sA, &beta, C, dt, int(ldc), (long long)sC,
+                                                int(batch), CublasType<T>::compute, CUBLAS_GEMM_DEFAULT));
+  }
+  void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T* out) {
+    TTT_CHECK(batch <= max_batch_, "titans cuda: batched_dot of " << batch << " items exceeds " << max_batch_);
+    const int slices =
+        int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+    for (int64_t b0 = 0; b0 < batch; b0 += 65535) {  // the grid's y extent
+      const int64_t nb = std::min<int64_t>(65535, batch - b0);
+      k_dot_partial<T><<<dim3(unsigned(slices), unsigned(nb)), kThreads, 0, stream_>>>(
+          x + b0 * stride, y + b0 * stride, per, stride, partial_.as<Acc>());
+      TTT_LAUNCH_CHECK("titans dot_partial");
+      k_dot_final<T><<<unsigned(nb), 32, 0, stream_>>>(partial_.as<Acc>(), slices, out + b0);
+      TTT_LAUNCH_CHECK("titans dot_final");
+    }
+  }
+  template <class F>
+  void each(int64_t n, const F& f) {
+    if (n <= 0) return;
+    k_each<F><<<grid_for(n), kThreads, 0, stream_>>>(f, n);
+    TTT_LAUNCH_CHECK("titans element step");
+  }
+
+ private:
+  TitansOptions opt_;
+  int64_t max_batch_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  std::vector<DeviceBuffer> bufs_;
+  DeviceBuffer partial_, cublas_ws_;
+  size_t workspace_bytes_ = 0;
+  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
+};
+
+}  // namespace
+
+// A captured CUDA graph of one call (forward or backward), valid for the pointers it was captured with.
+template <class T>
+struct TitansRunner<T>::Impl {
+  TitansCudaOps<T> ops;
+  titans::Memory<TitansCudaOps<T>> mem;
+  bool graphs;
+  CachedGraph fwd, bwd;
+  std::vector<const void*> fkey;  // pointers of the last forward()
+  Impl(const titans::MemoryShape& s, bool with_grad, const TitansOptions& opt)
+      : ops(titans::max_dot_batch(s), opt), mem(ops, s, with_grad), graphs(opt.graphs) {}
+
+  // Runs body() eagerly, or (graphs) replays the graph captured for this key, capturing it first.
+  template <class F>
+  void run(CachedGraph& graph, const std::vector<const void*>& key, F body) {
+    cudaStream_t st = ops.stream();
+    if (!graphs || stream_is_capturing(st)) {
+      body();
+      return;
+    }
+    if (graph.replay(st, key)) return;
+    std::string why;
+    if (!graph.capture_and_launch(st, key, body, &why)) {
+      std::fprintf(stderr, "titans cuda: CUDA graph capture failed (%s); running without graphs\n", why.c_str());
+      graphs = false;
+      body();
+    }
+  }
+};
+
+template <class T>
+TitansRunner<T>::TitansRunner(const titans::MemoryShape& s, bool with_grad, const TitansOptions& opt) {
+  s.validate();
+  impl_ = std::make_unique<Impl>(s, with_grad, opt);
+  TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
+}
+template <class T>
+TitansRunner<T>::~TitansRunner() = default;
+template <class T>
+void TitansRunner<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
+  impl_->fkey = {in.q, in.k, in.v, in.w1, in.w2, in.theta, in.eta, in.alpha, o};
+  impl_->run(impl_->fwd, impl_->fkey, [&] { impl_->mem.forward(in, o); });
+}
+template <class T>
+void TitansRunner<T>::backward(const T* grad_o, const titans::MemoryGrads<T>& g) {
+  // The backward graph also bakes in the forward's inputs: key on the last forward's pointers too.
+  std::vector<const void*> key = impl_->fkey;
+  for (const void* p : {static_cast<const void*>(grad_o), static_cast<const void*>(g.q), static_cast<const void*>(g.k),
+                        static_cast<const void*>(g.v), static_cast<const void*>(g.w1), static_cast<const void*>(g.w2),
+                        static_cast<const void*>(g.theta), static_cast<const void*>(g.eta),
+                        static_cast<const void*>(g.alpha)})
+    key.push_back(p);
+  impl_->run(impl_->bwd, key, [&] { impl_->mem.backward(grad_o, g); });
+}
+template <class T>
+void TitansRunner<T>::synchronize() {
+  TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
+  TTT_CUDA_CHECK(cudaGetLastError());
+}
+template <class T>
+size_t TitansRunner<T>::workspace_bytes() const {
+  return impl_->ops.workspace_bytes();
+}
+template <class T>
+void* TitansRunner<T>::stream() const {
+  return impl_->ops.stream();
+}
+
+template <class T>
+void titans_host(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T* o, const T* grad_o,
+                 const titans::MemoryGrads<T>* g, const TitansOptions& opt) {
+  s.validate();
+  const bool grad = grad_o != nullptr;
+  TTT_CHECK(!grad || g, "titans_host: grad_o given without gradient outputs");
+  const size_t BT = size_t(s.B * s.T), BTD = BT * size_t(s.d), W = size_t(s.B * s.P());
+  auto up = [](const T* h, size_t n) {
+    DeviceBuffer b(n * sizeof(T));
+    if (h) b.upload(h, n * sizeof(T));
+    return b;
+  };
+  auto out = [](size_t n) {
+    DeviceBuffer b(n * sizeof(T));
+    b.fill_nan();
+    return b;
+  };
+  DeviceBuffer q = up(in.q, BTD), k = up(in.k, BTD), v = up(in.v, BTD), w1 = up(in.w1, W), w2 = up(in.w2, W);
+  DeviceBuffer th = up(in.theta, BT), et = s.momentum ? up(in.eta, BT) : DeviceBuffer(),
+               al = s.decay ? up(in.alpha, BT) : DeviceBuffer();
+  DeviceBuffer go = grad ? up(grad_o, BTD) : DeviceBuffer();
+  DeviceBuffer od = out(BTD);
+  DeviceBuffer gq, gk, gv, gw1, gw2, gth, get, gal;
+  titans::MemoryGrads<T> gd;
+  if (grad) {
+    gq = out(BTD), gk = out(BTD), gv = out(BTD), gw1 = out(W), gw2 = out(W), gth = out(BT);
+    if (g->eta) get = out(BT);
+    if (g->alpha) gal = out(BT);
+    gd = {gq.as<T>(),  gk.as<T>(),  gv.as<T>(),  gw1.as<T>(), gw2.as<T>(), gth.as<T>(),
+          g->eta ? get.as<T>() : nullptr, g->alpha ? gal.as<T>() : nullptr};
+  }
+  titans::MemoryInputs<T> din{q.as<T>(),  k.as<T>(),  v.as<T>(), w1.as<T>(), w2.as<T>(), th.as<T>(),
+                              s.momentum ? et.as<T>() : nullptr, s.decay ? al.as<T>() : nullptr};
+  {
+    TitansRunner<T> r(s, grad, opt);
+    r.forward(din, od.as<T>());
+    if (grad) r.backward(go.as<T>(), gd);
+    r.synchronize();
+  }
+  od.download(o, BTD * sizeof(T));
+  if (!grad) return;
+  gq.download(g->q, BTD * sizeof(T));
+  gk.download(g->k, BTD * sizeof(T));
+  gv.download(g->v, BTD * sizeof(T));
+  gw1.download(g->w1, W * sizeof(T));
+  gw2.download(g->w2, W * sizeof(T));
+  gth.download(g->theta, BT * sizeof(T));
+  if (g->eta) get.download(g->eta, BT * sizeof(T));
+  if (g->alpha) gal.download(g->alpha, BT * sizeof(T));
+}
+
+template class TitansRunner<float>;
+template class TitansRunner<double>;
+template void titans_host<float>(const titans::MemoryShape&, const titans::MemoryInputs<float>&, float*, const float*,
+                                 const titans::MemoryGrads<float>*, const TitansOptions&);
+template void titans_host<double>(const titans::MemoryShape&, const titans::MemoryInputs<double>&, double*,
+                                  const double*, const titans::MemoryGrads<double>*, const TitansOptions&);
+
+}  // namespace ttt::cuda

@@ -1,0 +1,75 @@
+// The TNT memory branch (docs/ALGORITHMS.md §6) on an NVIDIA GPU: one TitansRunner per memory (the global one and each
+// local one with its resets and Q-K projection), each on its own stream so that the memories run
+// concurrently, joined with events; outputs and the q/k/v gradients summed in memory order on the main stream
+// (deterministic). The CPU twin is titans::tnt_cpu (ttt/titans_fused.h).
+//
+// This header needs no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/op_backends.h"  // engine::tnt_cuda_backend()
+#include "backend/cuda/titans_cuda.h"
+
+namespace ttt::cuda {
+
+template <class T>
+class TntRunner {
+ public:
+  TntRunner(const titans::TntShape& s, bool with_grad, const TitansOptions& opt = {});
+  ~TntRunner();
+  TntRunner(const TntRunner&) = delete;
+  TntRunner& operator=(const TntRunner&) = delete;
+  void forward(const titans::TntInputs<T>& in, T* o);
+  void backward(const T* grad_o, const titans::TntGrads<T>& g);  // after forward() on the same inputs
+  void synchronize();
+  size_t workspace_bytes() const;
+  void* stream() const;  // the main stream (cudaStream_t): work enqueued after forward()/backward() on it
+                         // sees their results
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Host arrays in, host arrays out (device outputs filled with NaN first). runs > 1: the same runner runs
+// forward (+ backward) that many times on the same device buffers, the outputs refilled with NaN before each
+// run (with graphs: the first run captures, the others replay); the last run's results come back.
+template <class T>
+void tnt_host(const titans::TntShape& s, const titans::TntInputs<T>& in, T* o, const T* grad_o,
+              const titans::TntGrads<T>* g, const TitansOptions& opt = {}, int runs = 1);
+
+// tnt_host as the runner of titans::tnt_op (what engine::tnt_cuda_backend() runs).
+class TntGpuRunner final : public titans::TntHostRunner {
+ public:
+  explicit TntGpuRunner(const TitansOptions& opt = {}, int runs = 1) : opt_(opt), runs_(runs) {}
+  void run(const titans::TntShape& s, const titans::TntInputs<double>& in, double* o, const double* go,
+           const titans::TntGrads<double>* g) override;
+  void run(const titans::TntShape& s, const titans::TntInputs<float>& in, float* o, const float* go,
+           const titans::TntGrads<float>* g) override;
+
+ private:
+  TitansOptions opt_;
+  int runs_;
+};
+titans::TntHostRunner& tnt_gpu_runner();  // default options
+
+// Timing of the branch (or of one memory: a TntShape with the global memory only) with CUDA events on
+// device-resident random inputs (the CPU bench's distributions).
+struct TntBenchResult {
+  std::string device;
+  std::vector<double> fwd_ms, fwdbwd_ms;  // every timed repetition
+  double fwd_ms_median = 0, fwdbwd_ms_median = 0;
+  size_t tracked_peak_bytes = 0;  // this library's allocations: inputs, outputs, states, work buffers
+  size_t device_used_bytes = 0;   // cudaMemGetInfo total - free after the runs
+  size_t device_total_bytes = 0;
+  size_t workspace_bytes = 0;     // the runner's own buffers (forward + backward runner)
+  bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
+};
+// Times the forward alone (no states kept) and forward+backward, each `repeats` times after `warmup` untimed
+// runs; medians. float. graphs: TitansOptions::graphs (the warm-up captures, the timed runs replay).
+TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs = false);
+
+}  // namespace ttt::cuda
