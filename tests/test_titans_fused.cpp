@@ -242,7 +242,7 @@ SafeTensors tnt_inputs(int64_t B, int64_t T, int64_t d, const std::vector<int64_
   SafeTensors st;
   for (const char* nm : {"q", "k", "v"}) add(st, nm, {B, T, d}, 0, 1.0 / std::sqrt(double(d)), true);
   for (size_t m = 0; m < size_t(opt.num_memories()); ++m) {
-    const std::string p = opt.use_global && m == 0 ? "g_" : "l" + std::to_string(opt.use_global ? m - 1 : m) + "_";
+    const std::string p = engine::tnt_input_prefix(opt, m);
     add(st, p + "w1", {B, dh[m], d}, 0, 1.0 / std::sqrt(double(d)), true);
     add(st, p + "w2", {B, d, dh[m]}, 0, 1.0 / std::sqrt(double(dh[m])), true);
     add(st, p + "theta", {B, T}, 0.01, 0.1, false);
@@ -264,34 +264,36 @@ double tensor_rel_err(const Tensor& a, const Tensor& ref) {
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
+// Branches: global memory on / off, local chunks dividing the shard or not, longer than it, Q-K on / off.
+struct BranchCase {
+  engine::TntOptions opt;
+  int64_t T;
+  std::vector<int64_t> hidden() const {  // dh of every memory
+    std::vector<int64_t> dh = {6, 4, 7};
+    dh.resize(size_t(opt.num_memories()));
+    return dh;
+  }
+};
+engine::TntOptions branch(bool global, int64_t global_chunk, std::vector<int64_t> locals, int64_t shard, bool qk) {
+  return {.use_global = global, .global_chunk = global_chunk, .local_chunks = locals, .shard = shard, .qk_proj = qk};
+}
+const std::vector<BranchCase> kBranchCases = {
+    {branch(true, 16, {8, 16}, 16, true), 40},   {branch(true, 7, {3, 4}, 12, true), 37},
+    {branch(true, 64, {2}, 13, true), 37},       {branch(false, 2048, {3}, 10, true), 32},
+    {branch(true, 5, {1, 3}, 8, false), 30},     {branch(true, 9, {}, 0, true), 33},
+    {branch(false, 2048, {4, 6}, 0, true), 29},  {branch(true, 8, {8}, 7, true), 31},
+    {branch(false, 2048, {5}, 64, true), 27},
+};
+
 }  // namespace
 
 TEST(TitansFused, TntBranchMatchesCpuBackendFloat64) {
-  struct BranchCase {
-    bool global;
-    int64_t global_chunk;
-    std::vector<int64_t> locals;
-    int64_t shard;
-    bool qk;
-    int64_t T;
-  };
-  const std::vector<BranchCase> cases = {
-      {true, 16, {8, 16}, 16, true, 40},  {true, 7, {3, 4}, 12, true, 37}, {true, 64, {2}, 13, true, 37},
-      {false, 0, {3}, 10, true, 32},      {true, 5, {1, 3}, 8, false, 30}, {true, 9, {}, 0, true, 33},
-      {false, 0, {4, 6}, 0, true, 29},    {true, 8, {8}, 7, true, 31},     {false, 0, {5}, 64, true, 27},
-  };
   double worst = 0;
   std::string what;
   int n = 0;
-  for (const BranchCase& bc : cases) {
-    engine::TntOptions opt;
-    opt.use_global = bc.global;
-    opt.global_chunk = bc.global ? bc.global_chunk : 2048;
-    opt.local_chunks = bc.locals;
-    opt.shard = bc.shard;
-    opt.qk_proj = bc.qk;
-    std::vector<int64_t> dh = {6, 4, 7};
-    dh.resize(size_t(opt.num_memories()));
+  for (const BranchCase& bc : kBranchCases) {
+    const engine::TntOptions& opt = bc.opt;
+    const std::vector<int64_t> dh = bc.hidden();
     const SafeTensors st = tnt_inputs(2, bc.T, 5, dh, opt, 500 + uint64_t(n++));
     const SafeTensors ref = engine::tnt_cpu_backend().tnt(st, opt);
     const SafeTensors got = titans::tnt_op(st, opt, titans::tnt_twin_runner());
@@ -329,4 +331,55 @@ TEST(TitansFused, Float32TwinTracksFloat64) {
   for (int i = 0; i < 9; ++i)
     EXPECT_LE(rel_err(std::vector<double>(out[size_t(i)].begin(), out[size_t(i)].end()), ref[size_t(i)]), 1e-4)
         << kNames[i];
+}
+
+// The streaming API (generation: token by token, one chunk update at a time, a reset at every shard start)
+// gives the forward: every memory case with and without Q-K projected queries, and whole TNT branches (the
+// global memory, local memories with resets and Q-K projection).
+TEST(TitansFused, StreamingMatchesForward) {
+  double worst = 0;
+  std::string what;
+  int n = 0;
+  for (const MemCase& c : memory_cases())
+    for (bool qk : {false, true}) {
+      const Data x = make_data(c, 300 + uint64_t(n++));
+      titans::MemoryShape s = c.shape();
+      s.qk = qk;
+      const titans::MemoryInputs<double> in{x.q.data(),     x.k.data(),   x.v.data(),  x.w1.data(), x.w2.data(),
+                                            x.theta.data(), x.eta.data(), x.alpha.data()};
+      std::vector<double> ref(x.q.size(), std::nan("")), got(ref.size(), std::nan(""));
+      titans::memory_cpu<double>(s, in, ref.data());
+      titans::stream_memory_cpu<double>(s, in, got.data());
+      const double e = rel_err(got, ref);
+      const std::string tag = c.name() + (qk ? "_qk" : "");
+      EXPECT_LE(e, 1e-13) << tag;
+      if (e > worst) worst = e, what = tag;
+    }
+  for (const BranchCase& bc : kBranchCases) {
+    const std::vector<int64_t> dh = bc.hidden();
+    titans::TntShape s;
+    s.B = 2;
+    s.T = bc.T;
+    s.d = 5;
+    s.set_layout(bc.opt.layout());
+    s.dh = dh;
+    const SafeTensors st = tnt_inputs(s.B, s.T, s.d, dh, bc.opt, 700 + uint64_t(n++));
+    titans::TntInputs<double> in{st.get("q").data<double>(), st.get("k").data<double>(), st.get("v").data<double>(),
+                                 {}};
+    for (size_t m = 0; m < size_t(s.num_memories()); ++m) {
+      const std::string pre = engine::tnt_input_prefix(bc.opt, m);
+      in.mems.push_back({st.get(pre + "w1").data<double>(), st.get(pre + "w2").data<double>(),
+                         st.get(pre + "theta").data<double>(), st.get(pre + "eta").data<double>(),
+                         st.get(pre + "alpha").data<double>()});
+    }
+    std::vector<double> ref(size_t(s.B * s.T * s.d), std::nan("")), got(ref.size(), std::nan(""));
+    titans::tnt_cpu<double>(s, in, ref.data());
+    titans::stream_tnt_cpu<double>(s, in, got.data());
+    const double e = rel_err(got, ref);
+    const std::string tag = "branch T" + std::to_string(bc.T) + " shard " + std::to_string(bc.opt.shard);
+    EXPECT_LE(e, 1e-13) << tag;
+    if (e > worst) worst = e, what = tag;
+  }
+  std::printf("titans streaming vs forward (float64): %d configs, worst relative error %.3g (%s)\n", n, worst,
+              what.c_str());
 }

@@ -49,6 +49,14 @@ class CpuOps {
   std::vector<std::unique_ptr<T[]>> store_;
 };
 
+// dst = parts[0] + parts[1] + ... (in memory order, as the GPU sums the memories of a branch).
+template <class T>
+void sum_in_memory_order(T* dst, const std::vector<std::vector<T>>& parts) {
+  std::copy(parts[0].begin(), parts[0].end(), dst);
+  for (size_t m = 1; m < parts.size(); ++m)
+    for (size_t i = 0; i < parts[m].size(); ++i) dst[i] += parts[m][i];
+}
+
 }  // namespace
 
 template <class T>
@@ -84,16 +92,62 @@ void tnt_cpu(const TntShape& s, const TntInputs<T>& in, T* o, const T* grad_o, c
     }
     memory_cpu<T>(s.memory(m), memory_inputs(in, m), om[m].data(), grad_o, grad ? &mg : nullptr);
   }
-  auto sum = [&](T* dst, const std::vector<std::vector<T>>& parts) {
-    std::copy(parts[0].begin(), parts[0].end(), dst);
-    for (size_t m = 1; m < M; ++m)
-      for (size_t i = 0; i < BTd; ++i) dst[i] += parts[m][i];
-  };
-  sum(o, om);
+  sum_in_memory_order(o, om);
   if (!grad) return;
-  sum(g->q, gq);
-  sum(g->k, gk);
-  sum(g->v, gv);
+  sum_in_memory_order(g->q, gq);
+  sum_in_memory_order(g->k, gk);
+  sum_in_memory_order(g->v, gv);
+}
+
+template <class T>
+void stream_memory_cpu(const MemoryShape& s, const MemoryInputs<T>& in, T* o) {
+  s.validate();
+  const MemoryShape ss = stream_shape(s);
+  const int64_t B = s.B, T_ = s.T, d = s.d, C = ss.chunk;
+  CpuOps<T> ops;
+  Memory<CpuOps<T>> mem(ops, ss, /*with_grad=*/false);
+  // The recurrent state, outside the memory as generation keeps it.
+  const StreamStateSizes n = stream_state_sizes(ss);
+  std::vector<T> W(size_t(n.W)), S(size_t(n.S)), M(size_t(n.M)), z(size_t(n.z));
+  const StreamState<T> st{W.data(), n.S ? S.data() : nullptr, n.M ? M.data() : nullptr, n.z ? z.data() : nullptr};
+  // The unfinished chunk's buffers [B, C, d] / [B, C], filled token by token; one token's query and output.
+  std::vector<T> k(size_t(B * C * d)), v(k.size()), th(size_t(B * C)), et(th.size()), al(th.size());
+  std::vector<T> q1(size_t(B * d)), o1(q1.size());
+  const MemoryInputs<T> chunk{nullptr, k.data(), v.data(), nullptr, nullptr, th.data(),
+                              s.momentum ? et.data() : nullptr, s.decay ? al.data() : nullptr};
+  mem.stream_init(st, in.w1, in.w2);
+  int64_t pending = 0;
+  for (int64_t t = 0; t < T_; ++t) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t src = b * T_ + t, dst = b * C + pending;
+      std::copy(in.q + src * d, in.q + (src + 1) * d, q1.begin() + b * d);
+      std::copy(in.k + src * d, in.k + (src + 1) * d, k.begin() + dst * d);
+      std::copy(in.v + src * d, in.v + (src + 1) * d, v.begin() + dst * d);
+      th[size_t(dst)] = in.theta[src];
+      if (s.momentum) et[size_t(dst)] = in.eta[src];
+      if (s.decay) al[size_t(dst)] = in.alpha[src];
+    }
+    mem.stream_apply(st, q1.data(), 1, o1.data());
+    for (int64_t b = 0; b < B; ++b) std::copy(o1.begin() + b * d, o1.begin() + (b + 1) * d, o + (b * T_ + t) * d);
+    ++pending;
+    if (s.period > 0 && (t + 1) % s.period == 0) {  // shard finished: back to W0 (its last chunk never updates)
+      mem.stream_init(st, in.w1, in.w2);
+      pending = 0;
+    } else if (pending == C) {  // chunk finished: one update
+      mem.stream_update(st, chunk, C);
+      pending = 0;
+    }
+  }
+}
+
+template <class T>
+void stream_tnt_cpu(const TntShape& s, const TntInputs<T>& in, T* o) {
+  s.validate();
+  TTT_CHECK(int64_t(in.mems.size()) == s.num_memories(),
+            "titans stream_tnt_cpu: parameters of " << in.mems.size() << " memories for " << s.num_memories());
+  std::vector<std::vector<T>> om(size_t(s.num_memories()), std::vector<T>(size_t(s.B * s.T * s.d)));
+  for (size_t m = 0; m < om.size(); ++m) stream_memory_cpu<T>(s.memory(m), memory_inputs(in, m), om[m].data());
+  sum_in_memory_order(o, om);
 }
 
 FlopCount memory_flops(const MemoryShape& s) {
@@ -217,5 +271,9 @@ template void memory_cpu<double>(const MemoryShape&, const MemoryInputs<double>&
 template void tnt_cpu<float>(const TntShape&, const TntInputs<float>&, float*, const float*, const TntGrads<float>*);
 template void tnt_cpu<double>(const TntShape&, const TntInputs<double>&, double*, const double*,
                               const TntGrads<double>*);
+template void stream_memory_cpu<float>(const MemoryShape&, const MemoryInputs<float>&, float*);
+template void stream_memory_cpu<double>(const MemoryShape&, const MemoryInputs<double>&, double*);
+template void stream_tnt_cpu<float>(const TntShape&, const TntInputs<float>&, float*);
+template void stream_tnt_cpu<double>(const TntShape&, const TntInputs<double>&, double*);
 
 }  // namespace ttt::titans

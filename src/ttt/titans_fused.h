@@ -19,13 +19,18 @@
 // functor struct below (TTT_HOST_DEVICE code shared by the CPU twin and the CUDA kernels). The CPU twin (`CpuOps`,
 // titans_fused.cpp) is the specification; src/backend/cuda/titans_cuda.cu runs the same templates with cuBLAS.
 //
+// Streaming (generation): Memory::stream_init / stream_apply / stream_update run the causal program one token
+// and one chunk update at a time on a state the caller keeps (StreamState), with the same chunk update function
+// (MemoryGroup::update) and Q-K projection steps (QkGroup::project / absorb) as forward(); stream_memory_cpu /
+// stream_tnt_cpu are the CPU drivers, GPU generation (src/backend/cuda/generate_cuda.cpp) the CUDA one.
+//
 // Memory use: forward keeps the state (W, and the momentum S) at chunk boundaries; when all of them would
 // exceed MemoryShape::state_budget_bytes, only every K-th one (K ~ sqrt(chunks), "segments") and backward
 // recomputes a segment's states from its first one before walking it in reverse (docs/ALGORITHMS.md §7.3).
 //
 // Layouts. Inputs w1 [B,dh,d], w2 [B,d,dh], q/k/v/grad_o [B,T,d], theta/eta/alpha [B,T], row-major. A state is
 // [items][2P] (P = d*dh): W1 at offset 0, W2 at offset P. Chunk work buffers are [items][n][cols] for the
-// current chunk length n.
+// current chunk length n; per-chunk values of the items (gate means, Q-K normalizers) are [chunks][items].
 //
 // This header is plain C++17 so that nvcc compiles it too.
 #pragma once
@@ -113,6 +118,35 @@ struct MemoryGrads {
   T *theta = nullptr, *eta = nullptr, *alpha = nullptr;
 };
 
+// ---- streaming (generation) -------------------------------------------------------------------------------
+// Memory::stream_* run the causal program one token (or a few) and one chunk update at a time, with the chunk
+// update of forward(). The memory is built with stream_shape(s): T = chunk (its inputs are the unfinished
+// chunk's [B, chunk, .] buffers), no period (a shard start is the caller's stream_init), no gradients. The
+// recurrent state is the caller's storage, so that one Memory (its work buffers) serves any number of streams of
+// its shape, e.g. the same memory of every layer of a model:
+//   W [B][2P]    the fast weights (W1 at offset 0, W2 at offset P, as forward()'s states)
+//   S [B][2P]    the momentum (with momentum; else null)
+//   M [B][d][d]  Σ k kᵀ and z [B] Σ ||k||² over the finished chunks since the last reset (with qk; else null)
+template <class T>
+struct StreamState {
+  T *W = nullptr, *S = nullptr, *M = nullptr, *z = nullptr;
+};
+struct StreamStateSizes {
+  int64_t W = 0, S = 0, M = 0, z = 0;  // elements; 0: not part of the state
+};
+inline StreamStateSizes stream_state_sizes(const MemoryShape& s) {
+  return {s.B * 2 * s.P(), s.momentum ? s.B * 2 * s.P() : 0, s.qk ? s.B * s.d * s.d : 0, s.qk ? s.B : 0};
+}
+// The streaming shape of a memory: one chunk of T = C tokens (C capped at the reset period: a shard's chunks
+// never span more), no period.
+inline MemoryShape stream_shape(const MemoryShape& s) {
+  MemoryShape out = s;
+  out.chunk = s.period > 0 ? std::min(s.chunk, s.period) : s.chunk;
+  out.T = out.chunk;
+  out.period = 0;
+  return out;
+}
+
 // ---- per-element math (one source of truth for the CPU twin and the CUDA kernels) ------------------------
 namespace fn {
 
@@ -128,42 +162,38 @@ struct InitState {
     W[idx] = e < P ? w1[b * P + e] : w2[b * P + e - P];
   }
 };
-// out[i,c] = mean over chunk c of item i of gate (sq: sum over the chunk of ||x_t||², x rows of width d).
-//                                                                                      n = items * N
+// out[c, i] = mean of x over chunk c of item i (one value per token). out is [N][items], so that the gate
+// means of one chunk are a column of `items` values.                                 n = N * items
 template <class T>
-struct ChunkStat {
+struct ChunkMean {
   const T* x;
   T* out;
   Group g;
-  int64_t C, N, d;
-  bool sq;
+  int64_t C;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
-    const int64_t i = idx / N, c = idx % N, c0 = c * C;
+    const int64_t c = idx / g.items, i = idx % g.items, c0 = c * C;
     const int64_t n = g.len - c0 < C ? g.len - c0 : C;
     T acc = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t tok = g.tok(i, c0 + t);
-      if (sq) {
-        for (int64_t j = 0; j < d; ++j) acc += x[tok * d + j] * x[tok * d + j];
-      } else {
-        acc += x[tok];
-      }
-    }
-    out[idx] = sq ? acc : acc / T(n);
+    for (int64_t t = 0; t < n; ++t) acc += x[g.tok(i, c0 + t)];
+    out[idx] = acc / T(n);
   }
 };
-// z[i,c] = sum of cs[i,c'] over c' < c.                                                 n = items
+// The Q-K normalizer after a chunk: z_to[i] = z_from[i] + (sum of ||k_t||² over rows c0..c0+n of item i), the
+// chunk's sum formed first (an exclusive prefix sum over chunk sums). z_to may be z_from.      n = items
 template <class T>
-struct ExclusivePrefix {
-  const T* cs;
-  T* z;
-  int64_t N;
+struct AddKeySquares {
+  const T* k;
+  const T* z_from;
+  T* z_to;
+  Group g;
+  int64_t c0, n, d;
   TTT_HOST_DEVICE void operator()(int64_t i) const {
     T acc = 0;
-    for (int64_t c = 0; c < N; ++c) {
-      z[i * N + c] = acc;
-      acc += cs[i * N + c];
+    for (int64_t t = 0; t < n; ++t) {
+      const T* row = k + g.tok(i, c0 + t) * d;
+      for (int64_t j = 0; j < d; ++j) acc += row[j] * row[j];
     }
+    z_to[i] = z_from[i] + acc;
   }
 };
 // Rows c0..c0+n of every item of a [B,T,cols] tensor: dst = src (src null: 0).        n = items * n * cols
@@ -219,16 +249,18 @@ struct InnerA {
     A[idx] = theta[g.tok(i, c0 + r)] * dz;
   }
 };
-// The update of chunk c: P = D + η̄ S (momentum), W' = (1 - ᾱ) W + P (decay), S' = P.     n = items * 2P
+// The update of one chunk: P = D + η̄ S (momentum), W' = (1 - ᾱ) W + P (decay), S' = P. eta_bar / alpha_bar
+// hold the chunk's gate means per item. Element-wise, so W' / S' may be W / S (an update in place).
+//                                                                                      n = items * 2P
 template <class T>
 struct Step {
   const T *W, *S, *D, *eta_bar, *alpha_bar;  // S / eta_bar null: no momentum; alpha_bar null: no decay
   T *Wn, *Sn;
-  int64_t P2, N, c;
+  int64_t P2;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / P2;
-    const T p = D[idx] + (S ? eta_bar[i * N + c] * S[idx] : T(0));
-    const T w = alpha_bar ? (T(1) - alpha_bar[i * N + c]) * W[idx] : W[idx];
+    const T p = D[idx] + (S ? eta_bar[i] * S[idx] : T(0));
+    const T w = alpha_bar ? (T(1) - alpha_bar[i]) * W[idx] : W[idx];
     Wn[idx] = w + p;
     if (Sn) Sn[idx] = p;
   }
@@ -245,11 +277,11 @@ template <class T>
 struct StepBwdPost {
   T *dW, *dS;
   const T *G, *eta_bar, *alpha_bar;
-  int64_t P2, N, c;
+  int64_t P2;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / P2;
-    if (alpha_bar) dW[idx] *= T(1) - alpha_bar[i * N + c];
-    if (dS) dS[idx] = eta_bar[i * N + c] * G[idx];
+    if (alpha_bar) dW[idx] *= T(1) - alpha_bar[i];
+    if (dS) dS[idx] = eta_bar[i] * G[idx];
   }
 };
 // Gate gradients of the chunk's tokens: dη_t = <G, S>/n, dα_t = -<dW', W>/n.            n = items * n
@@ -344,30 +376,25 @@ struct ReduceItems {
     else gw2[b * P + e - P] += acc;
   }
 };
-// Q-K projection: out rows = acc / z (z > 0) or x rows (z = 0: identity).               n = items * n * d
+// Q-K projection: out rows = acc / z (z > 0) or x rows (z = 0: identity); z per item.   n = items * n * d
 template <class T>
 struct QkFinalize {
   const T *acc, *x, *z;
   T* out;
   Group g;
-  int64_t c0, n, d, N, c;
+  int64_t c0, n, d;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t off = g.tok(i, c0 + r) * d + j;
-    const T zz = z[i * N + c];
-    out[off] = zz > T(0) ? acc[idx] / zz : x[off];
+    out[off] = z[i] > T(0) ? acc[idx] / z[i] : x[off];
   }
 };
-// dz[i,c] = -dot[i] / z (z > 0) else 0.                                                  n = items
+// dz[i] = -dot[i] / z[i] (z > 0) else 0.                                                 n = items
 template <class T>
 struct QkDz {
   const T *dot, *z;
   T* dz;
-  int64_t N, c;
-  TTT_HOST_DEVICE void operator()(int64_t i) const {
-    const T zz = z[i * N + c];
-    dz[i * N + c] = zz > T(0) ? -dot[i] / zz : T(0);
-  }
+  TTT_HOST_DEVICE void operator()(int64_t i) const { dz[i] = z[i] > T(0) ? -dot[i] / z[i] : T(0); }
 };
 // Gh = G rows / z (z > 0) else 0.                                                        n = items * n * d
 template <class T>
@@ -375,22 +402,21 @@ struct QkGhat {
   const T *G, *z;
   T* Gh;
   Group g;
-  int64_t c0, n, d, N, c;
+  int64_t c0, n, d;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
-    const T zz = z[i * N + c];
-    Gh[idx] = zz > T(0) ? G[g.tok(i, c0 + r) * d + j] / zz : T(0);
+    Gh[idx] = z[i] > T(0) ? G[g.tok(i, c0 + r) * d + j] / z[i] : T(0);
   }
 };
-// P[i] += 2 dz[i,c] I.                                                                   n = items * d
+// P[i] += 2 dz[i] I.                                                                     n = items * d
 template <class T>
 struct AddDiag {
   T* P;
   const T* dz;
-  int64_t d, N, c;
+  int64_t d;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / d, j = idx % d;
-    P[i * d * d + j * d + j] += T(2) * dz[i * N + c];
+    P[i * d * d + j * d + j] += T(2) * dz[i];
   }
 };
 template <class T>
@@ -433,7 +459,9 @@ inline int64_t max_dot_batch(const MemoryShape& s) {
 }
 
 // The Q-K projection of one group (docs/ALGORITHMS.md §6.2, as engine::qk_project): q̃_t = (Σ k kᵀ) q_t / Σ ||k||²
-// over the item's tokens before the chunk of t; q̃ = q while that sum is zero.
+// over the item's tokens before the chunk of t; q̃ = q while that sum is zero. The sums M = Σ k kᵀ [items][d][d]
+// and z = Σ ||k||² [items] are the projection's state: project() reads them, absorb() adds a chunk's keys;
+// forward() runs them over the group's chunks, and streaming (Memory::stream_*) over the caller's state.
 template <class Ops>
 class QkGroup {
  public:
@@ -442,28 +470,40 @@ class QkGroup {
       : ops_(ops), g_(g), d_(d), C_(chunk), N_(num_chunks(g.len, chunk)) {
     const int64_t nI = g_.items, Cn = std::min(C_, g_.len);
     M_ = ops_.alloc(nI * d * d);
-    cs_ = ops_.alloc(nI * N_);
-    z_ = ops_.alloc(nI * N_);
+    z_ = ops_.alloc(N_ * nI);
     acc_ = ops_.alloc(nI * Cn * d);
     if (with_grad) {
-      dz_ = ops_.alloc(nI * N_);
+      dz_ = ops_.alloc(N_ * nI);
       dot_ = ops_.alloc(nI);
     }
   }
 
-  // out rows (the group's tokens of a [B,T,d] tensor) = q̃.
+  // out rows c0..c0+n of layout g (the items of this group, any token layout; n <= chunk) = q̃ of q with the
+  // sums M, z. nonzero_sums false: M is known to be zero (no chunk absorbed yet), so q̃ = q without the product.
+  void project(const Group& g, const T* q, int64_t c0, int64_t n, const T* M, const T* z, bool nonzero_sums, T* out) {
+    const int64_t d = d_;
+    if (nonzero_sums)
+      ops_.gemm(false, false, n, d, d, T(1), q + g.tok(0, c0) * d, d, g.stride * d, M, d, d * d, T(0), acc_, d,
+                n * d, g_.items);
+    ops_.each(g_.items * n * d, fn::QkFinalize<T>{acc_, q, z, out, g, c0, n, d});
+  }
+  // The keys of rows c0..c0+n of this group join the sums: M += Kᵀ K, z_to = z_from + Σ ||k||² (z_to may be
+  // z_from).
+  void absorb(const T* k, int64_t c0, int64_t n, T* M, const T* z_from, T* z_to) {
+    add_gram(k, c0, n, M);
+    ops_.each(g_.items, fn::AddKeySquares<T>{k, z_from, z_to, g_, c0, n, d_});
+  }
+
+  // out rows (the group's tokens of a [B,T,d] tensor) = q̃. Keeps z of every chunk (column c: the sum before
+  // chunk c) for backward().
   void forward(const T* q, const T* k, T* out) {
-    const int64_t nI = g_.items, d = d_;
-    ops_.each(nI * N_, fn::ChunkStat<T>{k, cs_, g_, C_, N_, d, true});
-    ops_.each(nI, fn::ExclusivePrefix<T>{cs_, z_, N_});
-    ops_.zero(M_, nI * d * d);
+    const int64_t nI = g_.items;
+    ops_.zero(M_, nI * d_ * d_);
+    ops_.zero(z_, nI);
     for (int64_t c = 0; c < N_; ++c) {
       const int64_t c0 = c * C_, n = std::min(C_, g_.len - c0);
-      if (c > 0)
-        ops_.gemm(false, false, n, d, d, T(1), rows(q, c0), d, sx(), M_, d, d * d, T(0), acc_, d, n * d, nI);
-      ops_.each(nI * n * d, fn::QkFinalize<T>{acc_, q, z_, out, g_, c0, n, d, N_, c});
-      if (c + 1 < N_)
-        ops_.gemm(true, false, d, d, n, T(1), rows(k, c0), d, sx(), rows(k, c0), d, sx(), T(1), M_, d, d * d, nI);
+      project(g_, q, c0, n, M_, z(c), c > 0, out);
+      if (c + 1 < N_) absorb(k, c0, n, M_, z(c), z(c + 1));
     }
   }
 
@@ -475,15 +515,12 @@ class QkGroup {
     ops_.zero(M_, nI * d * d);
     for (int64_t c = 0; c < N_; ++c) {
       const int64_t c0 = c * C_, n = std::min(C_, g_.len - c0);
-      if (c > 0)
-        ops_.gemm(false, false, n, d, d, T(1), rows(G, c0), d, sx(), M_, d, d * d, T(0), acc_, d, n * d, nI);
-      ops_.each(nI * n * d, fn::QkFinalize<T>{acc_, G, z_, gq, g_, c0, n, d, N_, c});
+      project(g_, G, c0, n, M_, z(c), c > 0, gq);  // dq = M G / z: the projection of G
       if (c > 0) {
         ops_.batched_dot(rows(gq, c0), rows(q, c0), n * d, sx(), nI, dot_);
-        ops_.each(nI, fn::QkDz<T>{dot_, z_, dz_, N_, c});
+        ops_.each(nI, fn::QkDz<T>{dot_, z(c), dz_ + c * nI});
       }
-      if (c + 1 < N_)
-        ops_.gemm(true, false, d, d, n, T(1), rows(k, c0), d, sx(), rows(k, c0), d, sx(), T(1), M_, d, d * d, nI);
+      if (c + 1 < N_) add_gram(k, c0, n, M_);
     }
     T* P = M_;
     ops_.zero(P, nI * d * d);
@@ -492,10 +529,10 @@ class QkGroup {
       ops_.gemm(false, false, n, d, d, T(1), rows(k, c0), d, sx(), P, d, d * d, T(0), rows(gk, c0), d, sx(), nI);
       if (c > 0) {
         T* Gh = acc_;
-        ops_.each(nI * n * d, fn::QkGhat<T>{G, z_, Gh, g_, c0, n, d, N_, c});
+        ops_.each(nI * n * d, fn::QkGhat<T>{G, z(c), Gh, g_, c0, n, d});
         ops_.gemm(true, false, d, d, n, T(1), Gh, d, n * d, rows(q, c0), d, sx(), T(1), P, d, d * d, nI);
         ops_.gemm(true, false, d, d, n, T(1), rows(q, c0), d, sx(), Gh, d, n * d, T(1), P, d, d * d, nI);
-        ops_.each(nI * d, fn::AddDiag<T>{P, dz_, d, N_, c});
+        ops_.each(nI * d, fn::AddDiag<T>{P, dz_ + c * nI, d});
       }
     }
   }
@@ -504,10 +541,16 @@ class QkGroup {
   Ops& ops_;
   Group g_;
   int64_t d_, C_, N_;
-  T *M_ = nullptr, *cs_ = nullptr, *z_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
+  T *M_ = nullptr, *z_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
+  T* z(int64_t c) const { return z_ + c * g_.items; }  // [N][items]: z before chunk c
   const T* rows(const T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
   T* rows(T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
   int64_t sx() const { return g_.stride * d_; }
+  // M += Kᵀ K over rows c0..c0+n.
+  void add_gram(const T* k, int64_t c0, int64_t n, T* M) {
+    ops_.gemm(true, false, d_, d_, n, T(1), rows(k, c0), d_, sx(), rows(k, c0), d_, sx(), T(1), M, d_, d_ * d_,
+              g_.items);
+  }
 };
 
 // The memory over one group: the causal chunked program of every item, forward and backward.
@@ -533,12 +576,13 @@ class MemoryGroup {
         segW_ = ops_.alloc(K_ * nI * P2_);
         if (s_.momentum) segS_ = ops_.alloc(K_ * nI * P2_);
       }
-    } else {
-      segW_ = ops_.alloc(2 * nI * P2_);
-      if (s_.momentum) segS_ = ops_.alloc(2 * nI * P2_);
+    } else {  // ping-pong (one state when there is no update)
+      const int64_t slots = std::min<int64_t>(N_, 2);
+      segW_ = ops_.alloc(slots * nI * P2_);
+      if (s_.momentum) segS_ = ops_.alloc(slots * nI * P2_);
     }
-    if (s_.momentum) ebar_ = ops_.alloc(nI * N_);
-    if (s_.decay) abar_ = ops_.alloc(nI * N_);
+    if (s_.momentum) ebar_ = ops_.alloc(N_ * nI);
+    if (s_.decay) abar_ = ops_.alloc(N_ * nI);
     Z_ = ops_.alloc(nI * Cn * dh);
     Sg_ = ops_.alloc(nI * Cn * dh);
     DS_ = ops_.alloc(nI * Cn * dh);
@@ -574,14 +618,41 @@ class MemoryGroup {
     ops_.each(nI * P2_, fn::InitState<T>{in.w1, in.w2, W(0), g_, P_});
     if (s_.momentum) {
       ops_.zero(S(0), nI * P2_);
-      ops_.each(nI * N_, fn::ChunkStat<T>{in.eta, ebar_, g_, C_, N_, 1, false});
+      ops_.each(N_ * nI, fn::ChunkMean<T>{in.eta, ebar_, g_, C_});
     }
-    if (s_.decay) ops_.each(nI * N_, fn::ChunkStat<T>{in.alpha, abar_, g_, C_, N_, 1, false});
+    if (s_.decay) ops_.each(N_ * nI, fn::ChunkMean<T>{in.alpha, abar_, g_, C_});
     for (int64_t c = 0; c < N_; ++c) {
       apply_fwd(c, o);
       if (c + 1 < N_) update_fwd(c);
     }
     forward_done_ = true;
+  }
+
+  // ---- streaming (Memory::stream_*): the state is the caller's -----------------------------------------------
+  // W [items][2P] = [W1⁰; W2⁰] of each item's sequence-head; S (momentum) = 0.
+  void stream_init(T* W, T* S, const T* w1, const T* w2) {
+    ops_.each(g_.items * P2_, fn::InitState<T>{w1, w2, W, g_, P_});
+    if (S) ops_.zero(S, g_.items * P2_);
+  }
+  // The update of the chunk in rows 0..n of the group's [items, chunk, .] inputs, in place on (W, S): the gate
+  // means, then the update that forward() runs between two chunks.
+  void stream_update(T* W, T* S, const MemoryInputs<T>& chunk, int64_t n) {
+    in_ = chunk;
+    Group rows = g_;
+    rows.len = n;  // one chunk of n tokens
+    if (s_.momentum) ops_.each(g_.items, fn::ChunkMean<T>{chunk.eta, ebar_, rows, C_});
+    if (s_.decay) ops_.each(g_.items, fn::ChunkMean<T>{chunk.alpha, abar_, rows, C_});
+    update(W, S, W, S, 0, n, ebar_, abar_);
+  }
+
+  // o rows c0..c0+n of layout g (this group's items, any token layout) = [q +] silu(q W1ᵀ) W2ᵀ with the weights
+  // Wc [items][2P].
+  void apply_rows(const Group& g, const T* Wc, const T* q, int64_t c0, int64_t n, T* o) {
+    const int64_t d = s_.d, dh = s_.dh, nI = g_.items, sq = g.stride * d;
+    ops_.each(nI * n * d, fn::CopyRows<T>{o, s_.residual ? q : nullptr, g, c0, n, d});
+    gemm(false, true, n, dh, d, T(1), q + g.tok(0, c0) * d, d, sq, Wc, d, P2_, T(0), Z_, dh, n * dh);
+    ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
+    gemm(false, true, n, d, dh, T(1), Sg_, dh, n * dh, Wc + P_, dh, P2_, T(1), o + g.tok(0, c0) * d, d, sq);
   }
 
   // gquery: gradient of the query rows (assigned); g.k, g.v, g.theta, g.eta, g.alpha rows assigned;
@@ -654,20 +725,17 @@ class MemoryGroup {
     ops_.gemm(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, g_.items);
   }
 
-  // o = [q +] silu(q W1ᵀ) W2ᵀ for chunk c with W_c.
-  void apply_fwd(int64_t c, T* o) {
-    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
-    const T* Wc = W(c);
-    ops_.each(nI * n * d, fn::CopyRows<T>{o, s_.residual ? q_ : nullptr, g_, c0, n, d});
-    gemm(false, true, n, dh, d, T(1), rows(q_, c0), d, sx(), Wc, d, P2_, T(0), Z_, dh, n * dh);
-    ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
-    gemm(false, true, n, d, dh, T(1), Sg_, dh, n * dh, Wc + P_, dh, P2_, T(1), rows(o, c0), d, sx());
-  }
+  // The gate means of chunk c (per item), null without momentum / decay.
+  const T* eta_bar(int64_t c) const { return ebar_ ? ebar_ + c * g_.items : nullptr; }
+  const T* alpha_bar(int64_t c) const { return abar_ ? abar_ + c * g_.items : nullptr; }
 
-  // Token-side terms of chunk c's inner gradient at W_c: Z = K W1ᵀ, Sg = silu(Z), E = 2(K + Sg W2ᵀ - V),
-  // Bm = θ E, DS = E W2, A = θ DS silu'(Z).
-  void update_terms(int64_t c, const T* Wc) {
-    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
+  // o = [q +] silu(q W1ᵀ) W2ᵀ for chunk c with W_c.
+  void apply_fwd(int64_t c, T* o) { apply_rows(g_, W(c), q_, c * C_, chunk_len(c), o); }
+
+  // Token-side terms of the inner gradient at Wc of the chunk in rows c0..c0+n: Z = K W1ᵀ, Sg = silu(Z),
+  // E = 2(K + Sg W2ᵀ - V), Bm = θ E, DS = E W2, A = θ DS silu'(Z).
+  void update_terms(const T* Wc, int64_t c0, int64_t n) {
+    const int64_t d = s_.d, dh = s_.dh, nI = g_.items;
     gemm(false, true, n, dh, d, T(1), rows(in_.k, c0), d, sx(), Wc, d, P2_, T(0), Z_, dh, n * dh);
     ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
     gemm(false, true, n, d, dh, T(1), Sg_, dh, n * dh, Wc + P_, dh, P2_, T(0), E_, d, n * d);
@@ -676,24 +744,27 @@ class MemoryGroup {
     ops_.each(nI * n * dh, fn::InnerA<T>{DS_, Z_, in_.theta, A_, DZ_, g_, c0, n, dh});
   }
 
-  // Version c -> c + 1: D = -[Aᵀ K; Bmᵀ Sg], then momentum, decay, step.
-  void update_fwd(int64_t c) {
-    const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
-    update_terms(c, W(c));
+  // The chunk update (training and streaming): (Wc, Sc) -> (Wn, Sn) by the chunk in rows c0..c0+n with gate
+  // means ebar / abar per item: D = -[Aᵀ K; Bmᵀ Sg], then momentum, decay, step. Wn / Sn may be Wc / Sc.
+  void update(const T* Wc, const T* Sc, T* Wn, T* Sn, int64_t c0, int64_t n, const T* ebar, const T* abar) {
+    const int64_t d = s_.d, dh = s_.dh, nI = g_.items;
+    update_terms(Wc, c0, n);
     gemm(true, false, dh, d, n, T(-1), A_, dh, n * dh, rows(in_.k, c0), d, sx(), T(0), D_, d, P2_);
     gemm(true, false, d, dh, n, T(-1), Bm_, d, n * d, Sg_, dh, n * dh, T(0), D_ + P_, dh, P2_);
-    ops_.each(nI * P2_, fn::Step<T>{W(c), S(c), D_, ebar_, abar_, W(c + 1), S(c + 1), P2_, N_, c});
+    ops_.each(nI * P2_, fn::Step<T>{Wc, Sc, D_, ebar, abar, Wn, Sn, P2_});
   }
+  // Version c -> c + 1.
+  void update_fwd(int64_t c) { update(W(c), S(c), W(c + 1), S(c + 1), c * C_, chunk_len(c), eta_bar(c), alpha_bar(c)); }
 
   // dW_ / dS_ hold dL/dW_{c+1}, dL/dS_{c+1} on entry and (the update's share of) dL/dW_c, dL/dS_c on exit.
   void update_bwd(int64_t c, const MemoryGrads<T>& g) {
     const int64_t d = s_.d, dh = s_.dh, c0 = c * C_, n = chunk_len(c), nI = g_.items;
     const T* Wc = W(c);
-    update_terms(c, Wc);
+    update_terms(Wc, c0, n);
     ops_.each(nI * P2_, fn::StepBwdPre<T>{dW_, dS_, G_});
     if (s_.decay) ops_.batched_dot(dW_, Wc, P2_, P2_, nI, keepdot_);
     if (s_.momentum) ops_.batched_dot(G_, S(c), P2_, P2_, nI, etadot_);
-    ops_.each(nI * P2_, fn::StepBwdPost<T>{dW_, dS_, G_, ebar_, abar_, P2_, N_, c});
+    ops_.each(nI * P2_, fn::StepBwdPost<T>{dW_, dS_, G_, eta_bar(c), alpha_bar(c), P2_});
     if (s_.momentum || s_.decay)
       ops_.each(nI * n, fn::FillGates<T>{s_.momentum ? g.eta : nullptr, s_.decay ? g.alpha : nullptr, etadot_,
                                          keepdot_, g_, c0, n});
@@ -770,6 +841,38 @@ class Memory {
     }
     for (auto& m : mem_) m->forward(query, in, o);
   }
+  // Streaming (see StreamState). stream_init: W := W⁰ (w1 [B,dh,d], w2 [B,d,dh]), S := 0, the Q-K sums := 0;
+  // called again it is a reset (a shard start).
+  void stream_init(const StreamState<T>& st, const T* w1, const T* w2) {
+    check_stream(st);
+    mem_[0]->stream_init(st.W, st.S, w1, w2);
+    if (s_.qk) {
+      ops_.zero(st.M, s_.B * s_.d * s_.d);
+      ops_.zero(st.z, s_.B);
+    }
+  }
+  // o = f_W(q̃) of n tokens (q, o: [B, n, d], n <= chunk) with the current weights, q̃ the Q-K projection of q
+  // with qk, else q.
+  void stream_apply(const StreamState<T>& st, const T* q, int64_t n, T* o) {
+    check_stream(st);
+    TTT_CHECK(n > 0 && n <= s_.chunk, "titans: stream_apply of " << n << " tokens (chunk " << s_.chunk << ")");
+    const Group tokens{s_.B, 0, 1, 0, n, n};  // [B, n, d]
+    const T* query = q;
+    if (s_.qk) {
+      qk_[0]->project(tokens, q, 0, n, st.M, st.z, /*nonzero_sums=*/true, qt_);
+      query = qt_;
+    }
+    mem_[0]->apply_rows(tokens, st.W, query, 0, n, o);
+  }
+  // The finished chunk in rows 0..n of chunk.k, v, theta, eta, alpha ([B, chunk, .]) updates the state as
+  // forward() does between two chunks; its keys join the Q-K sums.
+  void stream_update(const StreamState<T>& st, const MemoryInputs<T>& chunk, int64_t n) {
+    check_stream(st);
+    TTT_CHECK(n > 0 && n <= s_.chunk, "titans: stream_update of " << n << " tokens (chunk " << s_.chunk << ")");
+    mem_[0]->stream_update(st.W, st.S, chunk, n);
+    if (s_.qk) qk_[0]->absorb(chunk.k, 0, n, st.M, st.z, st.z);
+  }
+
   void backward(const T* go, const MemoryGrads<T>& g) {
     const int64_t BP = s_.B * s_.P();
     ops_.zero(g.w1, BP);
@@ -791,6 +894,13 @@ class Memory {
   std::vector<std::unique_ptr<QkGroup<Ops>>> qk_;
   T *qt_ = nullptr, *dqt_ = nullptr, *dk_ = nullptr;
   MemoryInputs<T> in_;
+
+  void check_stream(const StreamState<T>& st) const {
+    TTT_CHECK(!with_grad_ && s_.period == 0 && s_.T == s_.chunk,
+              "titans: streaming needs a memory built with stream_shape() and no gradients");
+    TTT_CHECK(st.W && (st.S || !s_.momentum) && ((st.M && st.z) || !s_.qk),
+              "titans: stream state without " << (!st.W ? "weights" : !st.S && s_.momentum ? "momentum" : "Q-K sums"));
+  }
 };
 
 // ---- the TNT branch (docs/ALGORITHMS.md §6) --------------------------------------------------------------
@@ -870,6 +980,13 @@ void memory_cpu(const MemoryShape& s, const MemoryInputs<T>& in, T* o, const T* 
                 const MemoryGrads<T>* g = nullptr);
 template <class T>
 void tnt_cpu(const TntShape& s, const TntInputs<T>& in, T* o, const T* grad_o = nullptr, const TntGrads<T>* g = nullptr);
+// The causal forward through the streaming API (Memory::stream_*), token by token as generation runs it, with
+// a reset (stream_init) at every multiple of the period: o must equal memory_cpu's / tnt_cpu's o. The reference
+// usage of the streaming API (and its test).
+template <class T>
+void stream_memory_cpu(const MemoryShape& s, const MemoryInputs<T>& in, T* o);
+template <class T>
+void stream_tnt_cpu(const TntShape& s, const TntInputs<T>& in, T* o);
 
 // The TntBackend contract (ttt/tnt.h) on named tensors, run by a host-array runner: inputs validated as the
 // CPU backend validates them, outputs o and, with grad_o, grad_<name> of every input (grad_grad_o = o).

@@ -1,7 +1,9 @@
 // GpuStreamer (generate_cuda.h): one token at a time through the layers of model::forward, the memory branch
-// through a streaming LactRunner per layer. Each step names the CPU op it mirrors (src/infer/stream.cpp). Work
-// buffers and parameters are named fields (model_buffers.h): tok.* (one token's buffers), ttok.* (the Titans
-// memories' token and chunk-update buffers), P (typed views of the parameters).
+// through the memory operators' streaming APIs: a LactRunner per layer (LaCT), a TitansRunner per memory of the
+// branch shared by the layers (Titans / TNT), each running the chunk update of its training forward. Each step
+// names the CPU op it mirrors (src/infer/stream.cpp). Work buffers and parameters are named fields
+// (model_buffers.h): tok.* (one token's buffers), ttok.* (the Titans memories' token buffers), P (typed views of
+// the parameters).
 #include "backend/cuda/generate_cuda.h"
 
 #include <cuda_runtime.h>
@@ -19,8 +21,8 @@
 #include "backend/cuda/model_buffers.h"
 #include "backend/cuda/model_cuda.h"  // gpu_supports
 #include "backend/cuda/norm_kernels.h"
-#include "backend/cuda/reduction_kernels.h"
 #include "backend/cuda/rope_kernels.h"
+#include "backend/cuda/titans_cuda.h"
 #include "model/memory_branch.h"
 
 namespace ttt::cuda {
@@ -44,14 +46,27 @@ struct GpuStreamer::Impl {
   int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0, C = 0, W = 0, pos = 0;
   std::vector<DeviceBuffer> tensors;  // the parameters, one allocation each, in model::parameter_shapes order
   ModelTensors P;                     // typed views of them, built once
-  // One Titans memory of a layer (arch "titans": one; "tnt": global + locals), as the CPU StreamingModel keeps it.
+  // One Titans memory of a layer (arch "titans": one; "tnt": global + locals), as the CPU StreamingModel keeps it:
+  // its recurrent state (what titans::StreamState points at) and its unfinished chunk. The chunk update and the
+  // apply are its memory's TitansRunner's (titans[m]).
   struct TitansMem {
-    int64_t chunk = 0, shard = 0, pend = 0;  // chunk, reset period (0: never) from its MemorySpec
+    int64_t chunk = 0, shard = 0, pend = 0;  // chunk (of titans::stream_shape), reset period (0: never)
     int64_t rate_col0 = 0, gate_col0 = 0;    // its theta / eta, alpha columns (MemorySpec)
-    bool qk = false;
-    DeviceBuffer w1, w2, s1, s2, w10, w20;            // weights [H,dh,d] / [H,d,dh], momentum, initial weights
-    DeviceBuffer pk, pv, pth, pet, pal;               // the unfinished chunk: [H, chunk, d], [H, chunk]
-    DeviceBuffer kk, ksq;                             // Q-K projection: sum k k^T [H,d,d], sum ||k||^2 [H] (double)
+    const float* w1_init = nullptr;          // initial weights W1⁰ [H,dh,d], W2⁰ [H,d,dh]: the parameters
+    const float* w2_init = nullptr;
+    DeviceBuffer w, s;                       // fast weights and momentum, per head [W1 (dh x d); W2 (d x dh)]
+    DeviceBuffer kk, ksq;                    // Q-K projected memories: sum k k^T [H,d,d], sum ||k||^2 [H] over
+                                             // the shard's finished chunks (else empty)
+    DeviceBuffer pk, pv, pth, pet, pal;      // the unfinished chunk: [H, chunk, d], [H, chunk]
+    titans::StreamState<float> state() const {
+      return {w.as<float>(), s.as<float>(), kk.as<float>(), ksq.as<float>()};
+    }
+    titans::MemoryInputs<float> chunk_inputs() const {
+      titans::MemoryInputs<float> in;
+      in.k = pk.as<float>(), in.v = pv.as<float>();
+      in.theta = pth.as<float>(), in.eta = pet.as<float>(), in.alpha = pal.as<float>();
+      return in;
+    }
   };
   struct Layer {
     DeviceBuffer ring_k, ring_v;                            // [W, D]
@@ -60,6 +75,8 @@ struct GpuStreamer::Impl {
     std::vector<TitansMem> mems;
   };
   std::vector<Layer> layers;
+  // Titans / TNT: per memory of the branch, its streaming runner (work buffers), shared by the layers.
+  std::vector<std::unique_ptr<TitansRunner<float>>> titans;
   // One-token work buffers (model_buffers.h); the Titans ones for arch "titans" / "tnt" only.
   TokenArrays tok_arrays;
   TitansTokenArrays ttok_arrays;
@@ -111,18 +128,12 @@ struct GpuStreamer::Impl {
       mk::gate_forward(ttok.zg, gate_bias[gi], gate_y[gi], 1, MH, gi == 0 ? branch.rate : branch.gate);
     }
     TTT_CUDA_CHECK(cudaMemsetAsync(tok.o, 0, sizeof(float) * size_t(D), nullptr));
-    const int64_t Pw = d * dh;  // elements of one head's weight matrix
-    for (TitansMem& m : ly.mems) {
-      const float* read = tok.qh;
-      if (m.qk) {
-        mk::qk_project_one(tok.qh, m.kk.as<float>(), m.ksq.as<double>(), ttok.qp, H, d);
-        read = ttok.qp;
-      }
-      // o += read + W2 silu(W1 read), per head.
-      blas.gemm_batched(false, true, 1, dh, d, 1.0f, read, d, d, m.w1.as<float>(), d, Pw, 0.0f, ttok.tz, dh, dh, H);
-      mk::silu_strided_forward(ttok.tz, H * dh, ttok.ts, 1, H * dh);
-      mk::axpy(tok.o, read, 1.0f, D);
-      blas.gemm_batched(false, true, 1, d, dh, 1.0f, ttok.ts, dh, dh, m.w2.as<float>(), dh, Pw, 1.0f, tok.o, d, d, H);
+    for (size_t mi = 0; mi < ly.mems.size(); ++mi) {
+      TitansMem& m = ly.mems[mi];
+      TitansRunner<float>& memory = *titans[mi];
+      // o += f_W(q) per head (local memories read the Q-K projected query).
+      memory.stream_apply(m.state(), tok.qh, 1, ttok.mo);
+      mk::axpy(tok.o, ttok.mo, 1.0f, D);
       // The token joins the unfinished chunk (row m.pend of [H, chunk, .]).
       const int64_t Cm = m.chunk, r = m.pend;
       mk::copy2d(tok.kh, d, m.pk.as<float>() + r * d, Cm * d, H, d);
@@ -132,49 +143,15 @@ struct GpuStreamer::Impl {
       mk::copy2d(ttok.al + m.gate_col0, 1, m.pal.as<float>() + r, Cm, H, 1);
       ++m.pend;
       if (m.shard > 0 && (pos + 1) % m.shard == 0) {  // shard finished: back to W0 (its last chunk never updates)
-        TTT_CUDA_CHECK(cudaMemcpyAsync(m.w1.as<void>(), m.w10.as<void>(), m.w1.bytes(), cudaMemcpyDeviceToDevice, nullptr));
-        TTT_CUDA_CHECK(cudaMemcpyAsync(m.w2.as<void>(), m.w20.as<void>(), m.w2.bytes(), cudaMemcpyDeviceToDevice, nullptr));
-        TTT_CUDA_CHECK(cudaMemsetAsync(m.s1.as<void>(), 0, m.s1.bytes(), nullptr));
-        TTT_CUDA_CHECK(cudaMemsetAsync(m.s2.as<void>(), 0, m.s2.bytes(), nullptr));
-        TTT_CUDA_CHECK(cudaMemsetAsync(m.kk.as<void>(), 0, m.kk.bytes(), nullptr));
-        TTT_CUDA_CHECK(cudaMemsetAsync(m.ksq.as<void>(), 0, m.ksq.bytes(), nullptr));
+        memory.stream_init(m.state(), m.w1_init, m.w2_init);
         m.pend = 0;
-      } else if (m.pend == Cm) {
-        titans_update(m);
+      } else if (m.pend == Cm) {  // chunk finished: the training forward's chunk update
+        memory.stream_update(m.state(), m.chunk_inputs(), Cm);
         m.pend = 0;
       }
     }
   }
 
-  // One chunk update of a Titans memory (engine record_update: MLP + MSE, momentum, decay), batched over heads:
-  // Z = K W1^T, s = silu(Z), Y = K + s W2^T, E = theta (Y - V); dW2 = -2 E^T s, dW1 = -(2 (E W2) silu'(Z))^T K;
-  // S = dW + mean(eta) S, W = (1 - mean(alpha)) W + S. Then the Q-K sums take the chunk's keys.
-  void titans_update(TitansMem& m) {
-    const int64_t Cm = m.chunk, Pw = d * dh;
-    float* Z = ttok.uz;
-    float* Sg = ttok.us;
-    float* Y = ttok.uy;
-    float* E = ttok.ue;
-    float* Mm = ttok.um;
-    const float* K = m.pk.as<float>();
-    blas.gemm_batched(false, true, Cm, dh, d, 1.0f, K, d, Cm * d, m.w1.as<float>(), d, Pw, 0.0f, Z, dh, Cm * dh, H);
-    mk::silu_strided_forward(Z, H * Cm * dh, Sg, 1, H * Cm * dh);
-    mk::copy2d(K, H * Cm * d, Y, H * Cm * d, 1, H * Cm * d);
-    blas.gemm_batched(false, true, Cm, d, dh, 1.0f, Sg, dh, Cm * dh, m.w2.as<float>(), dh, Pw, 1.0f, Y, d, Cm * d, H);
-    mk::scaled_error(Y, m.pv.as<float>(), m.pth.as<float>(), E, H * Cm, d);
-    blas.gemm_batched(true, false, d, dh, Cm, -2.0f, E, d, Cm * d, Sg, dh, Cm * dh, 0.0f, ttok.ud2, dh, Pw, H);
-    blas.gemm_batched(false, false, Cm, dh, d, 1.0f, E, d, Cm * d, m.w2.as<float>(), dh, Pw, 0.0f, Mm, dh, Cm * dh, H);
-    mk::dsilu_mul(Mm, Z, Mm, H * Cm * dh, 2.0f);
-    blas.gemm_batched(true, false, dh, d, Cm, -1.0f, Mm, dh, Cm * dh, K, d, Cm * d, 0.0f, ttok.ud1, d, Pw, H);
-    mk::row_mean(m.pet.as<float>(), H, Cm, ttok.ebar);
-    mk::row_mean(m.pal.as<float>(), H, Cm, ttok.abar);
-    mk::titans_step(m.w1.as<float>(), m.s1.as<float>(), ttok.ud1, ttok.ebar, ttok.abar, H, Pw);
-    mk::titans_step(m.w2.as<float>(), m.s2.as<float>(), ttok.ud2, ttok.ebar, ttok.abar, H, Pw);
-    if (m.qk) {
-      blas.gemm_batched(true, false, d, d, Cm, 1.0f, K, d, Cm * d, K, d, Cm * d, 1.0f, m.kk.as<float>(), d, d * d, H);
-      mk::add_row_sumsq(K, H, Cm * d, m.ksq.as<double>());
-    }
-  }
   // Token `id` at position `pos`: writes its logits into `logits` (host, V floats).
   void step(int32_t id, float* logits) {
     const int64_t i = pos % C;  // row of this token in the unfinished chunk
@@ -266,12 +243,24 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
   StreamDims dims;
   dims.D = D, dims.H = H, dims.d = d, dims.dh = m.dh, dims.F = m.F, dims.V = m.V;
   m.tok = dims.allocate(m.tok_arrays);
-  // Titans / TNT memories: the work buffers of their token step and chunk update.
+  // Titans / TNT: the token buffers, and per memory its streaming runner. The memories are those GPU training
+  // runs (TntRunner over titans::TntShape::memory(m), in MemorySpec order), here for one sequence (H items).
+  std::vector<titans::MemoryShape> titans_shapes;  // per memory, before stream_shape (its reset period)
   if (!lact) {
     dims.MH = m.branch.gate_columns;
-    dims.C = 1;  // the longest chunk
-    for (const model::MemorySpec& mem : m.branch.memories) dims.C = std::max(dims.C, mem.chunk);
     m.ttok = dims.allocate(m.ttok_arrays);
+    titans::TntShape ts;
+    ts.B = H;
+    ts.T = 1;  // any: streaming works on one chunk
+    ts.d = d;
+    ts.set_layout(m.branch.layout);
+    for (const model::MemorySpec& mem : m.branch.memories) ts.dh.push_back(mem.config.dh);
+    for (size_t mi = 0; mi < m.branch.memories.size(); ++mi) {
+      titans_shapes.push_back(ts.memory(mi));
+      m.titans.push_back(
+          std::make_unique<TitansRunner<float>>(titans::stream_shape(titans_shapes.back()), /*with_grad=*/false));
+      m.workspace += m.titans.back()->workspace_bytes();
+    }
   }
   m.id_dev = DeviceBuffer(sizeof(int32_t));
   m.pos_dev = DeviceBuffer(sizeof(int64_t));
@@ -291,25 +280,23 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
     ly.ring_v = buf(m.W * D);
     const std::string pre = "layers." + std::to_string(l) + ".";
     if (!lact) {
-      const int64_t P = d * m.dh;  // elements of one head's weight matrix
-      for (const model::MemorySpec& mem : m.branch.memories) {
+      for (size_t mi = 0; mi < m.branch.memories.size(); ++mi) {
+        const model::MemorySpec& mem = m.branch.memories[mi];
+        const titans::MemoryShape stream = titans::stream_shape(titans_shapes[mi]);
+        const titans::StreamStateSizes n = titans::stream_state_sizes(stream);
         Impl::TitansMem tm;
-        tm.chunk = mem.chunk, tm.shard = mem.shard, tm.qk = mem.qk_proj;
+        tm.chunk = stream.chunk, tm.shard = titans_shapes[mi].period;
         tm.rate_col0 = mem.rate_col0, tm.gate_col0 = mem.gate_col0;
-        tm.w1 = buf(H * P), tm.w2 = buf(H * P), tm.s1 = buf(H * P), tm.s2 = buf(H * P);
-        tm.w10 = buf(H * P), tm.w20 = buf(H * P);
-        tm.w10.upload(params.at(pre + mem.weights[0].name).data.data(), sizeof(float) * size_t(H * P));
-        tm.w20.upload(params.at(pre + mem.weights[1].name).data.data(), sizeof(float) * size_t(H * P));
-        TTT_CUDA_CHECK(cudaMemcpy(tm.w1.as<void>(), tm.w10.as<void>(), tm.w1.bytes(), cudaMemcpyDeviceToDevice));
-        TTT_CUDA_CHECK(cudaMemcpy(tm.w2.as<void>(), tm.w20.as<void>(), tm.w2.bytes(), cudaMemcpyDeviceToDevice));
+        const std::vector<MemoryWeight>& w0 = m.P.layers[size_t(l)].memories[mi];  // w1, w2
+        tm.w1_init = w0[0].full, tm.w2_init = w0[1].full;
+        tm.w = buf(n.W);
+        if (n.S > 0) tm.s = buf(n.S);
+        if (n.M > 0) tm.kk = buf(n.M), tm.ksq = buf(n.z);
         tm.pk = buf(H * tm.chunk * d), tm.pv = buf(H * tm.chunk * d);
         tm.pth = buf(H * tm.chunk), tm.pet = buf(H * tm.chunk), tm.pal = buf(H * tm.chunk);
-        tm.kk = buf(tm.qk ? H * d * d : 1);
-        tm.ksq = DeviceBuffer(sizeof(double) * size_t(H));
-        TTT_CUDA_CHECK(cudaMemset(tm.ksq.as<void>(), 0, tm.ksq.bytes()));
-        m.state += tm.w1.bytes() * 4 + tm.pk.bytes() * 2 + tm.pth.bytes() * 3 + (tm.qk ? tm.kk.bytes() : 0) +
-                   tm.ksq.bytes();
-        m.workspace += tm.w10.bytes() * 2;  // the initial weights (reset targets)
+        m.titans[mi]->stream_init(tm.state(), tm.w1_init, tm.w2_init);
+        m.state += tm.w.bytes() + tm.s.bytes() + tm.kk.bytes() + tm.ksq.bytes() + tm.pk.bytes() * 2 +
+                   tm.pth.bytes() * 3;
         ly.mems.push_back(std::move(tm));
       }
       m.state += ly.ring_k.bytes() + ly.ring_v.bytes();

@@ -5,10 +5,10 @@
 //   loss_kernels.h         softmax cross-entropy
 //   optimizer_kernels.h    AdamW
 //   attention.h            sliding-window attention (fp32 and bf16 tensor-core tiles), single-query attention
-//   memory_kernels.h       memory branch: q/k preparation, output gate, Titans streaming steps   (namespace mk)
+//   memory_kernels.h       memory branch: q/k preparation, output gate, low-rank diagonal       (namespace mk)
 //   layout_kernels.h       block copies, head/batch layouts, embedding, float <-> bf16           (namespace mk)
 //   elementwise_kernels.h  fills, axpy, scaling, gradient mask, activations, SwiGLU              (namespace mk)
-//   reduction_kernels.h    sum of squares, row means, per-head sums of squares                   (namespace mk)
+//   reduction_kernels.h    sum of squares (the gradient norm)                                    (namespace mk)
 //
 // The LaCT and Titans operators keep their kernels beside them (lact_kernels.cuh, titans_cuda.cu, tnt_cuda.cu).
 // Naming and launch conventions of the kernel files: kernel_util.cuh. No header here needs CUDA headers.

@@ -100,34 +100,6 @@ __global__ void k_add_diagonal(float* W, int64_t batch, int64_t rows, int64_t co
   }
 }
 
-__global__ void k_qk_project_one(const float* q, const float* KK, const double* ksq, float* out, int64_t H, int64_t d) {
-  GRID_STRIDE(e, H * d) {
-    const int64_t h = e / d, a = e % d;
-    if (ksq[h] > 0) {
-      double acc = 0;
-      for (int64_t b = 0; b < d; ++b) acc += double(KK[(h * d + a) * d + b]) * double(q[h * d + b]);
-      out[e] = float(acc / ksq[h]);
-    } else {
-      out[e] = q[e];
-    }
-  }
-}
-__global__ void k_scaled_error(const float* Y, const float* V, const float* scale, float* out, int64_t rows, int64_t d) {
-  GRID_STRIDE(e, rows * d) out[e] = scale[e / d] * (Y[e] - V[e]);
-}
-__global__ void k_dsilu_mul(const float* M, const float* Z, float* out, int64_t n, float factor) {
-  GRID_STRIDE(e, n) out[e] = factor * M[e] * math::dsilu(Z[e]);
-}
-__global__ void k_titans_step(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H,
-                              int64_t P) {
-  GRID_STRIDE(e, H * P) {
-    const int64_t h = e / P;
-    const float s = D[e] + ebar[h] * S[e];
-    S[e] = s;
-    W[e] = (1.0f - abar[h]) * W[e] + s;
-  }
-}
-
 }  // namespace
 
 void qk_prep_forward(const float* x, int64_t ldx, const float* scale, const float* offset, float* y, float* norm,
@@ -154,22 +126,6 @@ void gate_heads_backward(const float* x, const float* gate, const float* dout, f
 void add_diagonal(float* W, int64_t batch, int64_t rows, int64_t cols, float value) {
   k_add_diagonal<<<grid_for(batch * std::min(rows, cols)), kThreads>>>(W, batch, rows, cols, value);
   TTT_LAUNCH_CHECK("add_diagonal");
-}
-void qk_project_one(const float* q, const float* KK, const double* ksq, float* out, int64_t H, int64_t d) {
-  k_qk_project_one<<<grid_for(H * d), kThreads>>>(q, KK, ksq, out, H, d);
-  TTT_LAUNCH_CHECK("qk_project_one");
-}
-void scaled_error(const float* Y, const float* V, const float* scale, float* out, int64_t rows, int64_t d) {
-  k_scaled_error<<<grid_for(rows * d), kThreads>>>(Y, V, scale, out, rows, d);
-  TTT_LAUNCH_CHECK("scaled_error");
-}
-void dsilu_mul(const float* M, const float* Z, float* out, int64_t n, float factor) {
-  k_dsilu_mul<<<grid_for(n), kThreads>>>(M, Z, out, n, factor);
-  TTT_LAUNCH_CHECK("dsilu_mul");
-}
-void titans_step(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H, int64_t P) {
-  k_titans_step<<<grid_for(H * P), kThreads>>>(W, S, D, ebar, abar, H, P);
-  TTT_LAUNCH_CHECK("titans_step");
 }
 
 }  // namespace ttt::cuda::mk

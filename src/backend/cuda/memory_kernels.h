@@ -1,9 +1,8 @@
 // Memory-branch kernels of the GPU model and generation (fp32): the q/k preparation per head, the per-head output
-// gate, the low-rank initial weights' diagonal, and the pieces of a streaming Titans memory (generation). Each
-// computes what src/model/memory_branch.cpp or the engine computes on the CPU (tests/test_cuda_model.cpp checks
-// them through the whole model and generation). Device pointers; the legacy default stream; launches checked
-// (failures throw ttt::Error). The memory operators themselves are LactRunner (lact_cuda.h) and TntRunner
-// (tnt_cuda.h). This header needs no CUDA headers.
+// gate and the low-rank initial weights' diagonal. Each computes what src/model/memory_branch.cpp computes on the
+// CPU (tests/test_cuda_model.cpp checks them through the whole model and generation). Device pointers; the legacy
+// default stream; launches checked (failures throw ttt::Error). The memory operators themselves are LactRunner
+// (lact_cuda.h), TitansRunner (titans_cuda.h) and TntRunner (tnt_cuda.h). This header needs no CUDA headers.
 #pragma once
 #include <cstdint>
 
@@ -26,15 +25,5 @@ void gate_heads_backward(const float* x, const float* gate, const float* dout, f
 
 // W[h][i][i] += value for each of `batch` [rows, cols] matrices, i < min(rows, cols).
 void add_diagonal(float* W, int64_t batch, int64_t rows, int64_t cols, float value);
-
-// ---- Titans memory streaming (generation), per head h < H ---------------------------------------------------
-// out_h = (KK_h q_h) / ksq[h] when ksq[h] > 0, else q_h (the Q-K projection; KK [H,d,d], q/out [H*d]).
-void qk_project_one(const float* q, const float* KK, const double* ksq, float* out, int64_t H, int64_t d);
-// out[r, :] = scale[r] * (Y[r, :] - V[r, :]) for rows r < rows of width d.
-void scaled_error(const float* Y, const float* V, const float* scale, float* out, int64_t rows, int64_t d);
-// out = factor * M * silu'(Z), element-wise over n.
-void dsilu_mul(const float* M, const float* Z, float* out, int64_t n, float factor);
-// Per head h (P elements each): S = D + ebar[h] S; W = (1 - abar[h]) W + S (momentum, decay, step).
-void titans_step(float* W, float* S, const float* D, const float* ebar, const float* abar, int64_t H, int64_t P);
 
 }  // namespace ttt::cuda::mk

@@ -154,8 +154,8 @@ struct DeviceArray {
   X(lse_ce, float, rows)              /* cross-entropy log-sum-exp */
 
 // ---- GPU generation's work buffers (generate_cuda.cpp): one token, allocated once and zeroed ----------------------
-// Dimensions (StreamDims): D, H, d, dh, F, V as above; MH = M*H gate columns of the Titans memories; C the
-// longest chunk of a Titans memory. Titans buffers exist for arch "titans" / "tnt" only.
+// Dimensions (StreamDims): D, H, d, dh, F, V as above; MH = M*H gate columns of the Titans memories. Titans
+// buffers exist for arch "titans" / "tnt" only (their chunk update's buffers are their TitansRunner's).
 #define TTT_GPU_TOKEN_BUFFERS(X)                                                                                   \
   X(x, float, D)                      /* the residual stream */                                                   \
   X(h, float, D)                      /* RMSNorm(x) (also the final norm's output) */                             \
@@ -188,18 +188,7 @@ struct DeviceArray {
   X(th, float, MH)                    /* theta, eta, alpha of every memory */                                     \
   X(et, float, MH)                                                                                                \
   X(al, float, MH)                                                                                                \
-  X(qp, float, D)                     /* Q-K projected query */                                                   \
-  X(tz, float, H * dh)                /* apply: W1 q, silu */                                                     \
-  X(ts, float, H * dh)                                                                                            \
-  X(uz, float, H * C * dh)            /* chunk update: Z, silu(Z), E W2 silu'(Z) */                               \
-  X(us, float, H * C * dh)                                                                                        \
-  X(um, float, H * C * dh)                                                                                        \
-  X(uy, float, H * C * d)             /* Y, E */                                                                  \
-  X(ue, float, H * C * d)                                                                                         \
-  X(ud1, float, H * d * dh)           /* the steps of W1, W2 */                                                   \
-  X(ud2, float, H * d * dh)                                                                                       \
-  X(ebar, float, H)                   /* chunk means of eta, alpha */                                             \
-  X(abar, float, H)
+  X(mo, float, D)                     /* one memory's output, [H, d] */
 
 #define TTT_BUFFER_POINTER(name, type, elements) type* name = nullptr;
 #define TTT_BUFFER_ARRAY(name, type, elements) DeviceArray<type> name;
@@ -248,7 +237,7 @@ struct ModelDims {
 
 // The dimensions of GPU generation's tables (see above).
 struct StreamDims {
-  int64_t D = 0, H = 0, d = 0, dh = 0, F = 0, V = 0, MH = 0, C = 0;
+  int64_t D = 0, H = 0, d = 0, dh = 0, F = 0, V = 0, MH = 0;
   // Allocate every array of a table at its entry's size (at least one element), zeroed, and return the pointers.
   TokenBuffers allocate(TokenArrays& arrays) const;
   TitansTokenBuffers allocate(TitansTokenArrays& arrays) const;

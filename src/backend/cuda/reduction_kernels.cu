@@ -1,6 +1,6 @@
-// Reduction kernels (reduction_kernels.h): a thread per row for row means; a block per head, and a first pass of
-// at most kPartials blocks for the whole-array sum, each a warp-shuffle tree and then the block's warps in order
-// (double accumulators, no atomics: deterministic). Naming and launch conventions: kernel_util.cuh.
+// Reduction kernels (reduction_kernels.h): a first pass of at most kPartials blocks for the whole-array sum, each
+// a warp-shuffle tree and then the block's warps in order, then the partial sums in order on the host (double
+// accumulators, no atomics: deterministic). Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/reduction_kernels.h"
 
 #include <cuda_runtime.h>
@@ -32,28 +32,6 @@ __global__ void k_sum_squares_partial(const float* x, int64_t n, double* part) {
     part[blockIdx.x] = s;
   }
 }
-__global__ void k_row_mean(const float* x, int64_t rows, int64_t cols, float* out) {
-  GRID_STRIDE(r, rows) {
-    double acc = 0;
-    for (int64_t c = 0; c < cols; ++c) acc += x[r * cols + c];
-    out[r] = float(acc / double(cols));
-  }
-}
-__global__ void k_add_row_sumsq(const float* x, int64_t H, int64_t per, double* acc) {
-  __shared__ double sh[kThreads / 32];
-  const int64_t h = blockIdx.x;
-  double a = 0;
-  for (int64_t i = threadIdx.x; i < per; i += blockDim.x) a += double(x[h * per + i]) * double(x[h * per + i]);
-  a = warp_sum(a);
-  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = a;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double s = 0;
-    for (int w = 0; w < kThreads / 32; ++w) s += sh[w];
-    acc[h] += s;
-  }
-}
-
 }  // namespace
 
 double sum_squares(const float* x, int64_t n) {
@@ -71,14 +49,6 @@ double sum_squares(const float* x, int64_t n) {
   double s = 0;
   for (double v : host) s += v;  // fixed order: deterministic
   return s;
-}
-void row_mean(const float* x, int64_t rows, int64_t cols, float* out) {
-  k_row_mean<<<grid_for(rows), kThreads>>>(x, rows, cols, out);
-  TTT_LAUNCH_CHECK("row_mean");
-}
-void add_row_sumsq(const float* x, int64_t H, int64_t per, double* acc) {
-  k_add_row_sumsq<<<int(H), kThreads>>>(x, H, per, acc);
-  TTT_LAUNCH_CHECK("add_row_sumsq");
 }
 
 }  // namespace ttt::cuda::mk

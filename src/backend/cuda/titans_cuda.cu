@@ -164,8 +164,9 @@ struct TitansRunner<T>::Impl {
   bool graphs;
   CachedGraph fwd, bwd;
   std::vector<const void*> fkey;  // pointers of the last forward()
+  // Only backward() takes batched dot products.
   Impl(const titans::MemoryShape& s, bool with_grad, const TitansOptions& opt)
-      : ops(titans::max_dot_batch(s), opt), mem(ops, s, with_grad), graphs(opt.graphs) {}
+      : ops(with_grad ? titans::max_dot_batch(s) : 1, opt), mem(ops, s, with_grad), graphs(opt.graphs) {}
 
   // Runs body() eagerly, or (graphs) replays the graph captured for this key, capturing it first.
   template <class F>
@@ -208,6 +209,19 @@ void TitansRunner<T>::backward(const T* grad_o, const titans::MemoryGrads<T>& g)
                         static_cast<const void*>(g.alpha)})
     key.push_back(p);
   impl_->run(impl_->bwd, key, [&] { impl_->mem.backward(grad_o, g); });
+}
+template <class T>
+void TitansRunner<T>::stream_init(const titans::StreamState<T>& st, const T* w1, const T* w2) {
+  impl_->mem.stream_init(st, w1, w2);
+}
+template <class T>
+void TitansRunner<T>::stream_apply(const titans::StreamState<T>& st, const T* q, int64_t n, T* o) {
+  impl_->mem.stream_apply(st, q, n, o);
+}
+template <class T>
+void TitansRunner<T>::stream_update(const titans::StreamState<T>& st, const titans::MemoryInputs<T>& chunk,
+                                    int64_t n) {
+  impl_->mem.stream_update(st, chunk, n);
 }
 template <class T>
 void TitansRunner<T>::synchronize() {

@@ -37,6 +37,12 @@ class TitansRunner {
   TitansRunner& operator=(const TitansRunner&) = delete;
   void forward(const titans::MemoryInputs<T>& in, T* o);
   void backward(const T* grad_o, const titans::MemoryGrads<T>& g);  // after forward() on the same inputs
+  // Streaming (generation), as titans::Memory::stream_*: build with titans::stream_shape(...) and with_grad
+  // false. The state (titans::StreamState: device pointers) is the caller's, so one runner (its work buffers)
+  // serves that memory in every layer; q / o are [B, n, d], the chunk inputs [B, chunk, .]. Runs eagerly.
+  void stream_init(const titans::StreamState<T>& st, const T* w1, const T* w2);
+  void stream_apply(const titans::StreamState<T>& st, const T* q, int64_t n, T* o);
+  void stream_update(const titans::StreamState<T>& st, const titans::MemoryInputs<T>& chunk, int64_t n);
   void synchronize();
   size_t workspace_bytes() const;
   void* stream() const;  // cudaStream_t
