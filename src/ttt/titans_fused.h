@@ -178,8 +178,18 @@ struct ChunkMean {
     out[idx] = acc / T(n);
   }
 };
-// The Q-K normalizer after a chunk: z_to[i] = z_from[i] + (sum of ||k_t||² over rows c0..c0+n of item i), the
-// chunk's sum formed first (an exclusive prefix sum over chunk sums). z_to may be z_from.      n = items
+// Sum of ||k_t||² over rows c0..c0+n of item i (the Q-K normalizer's share of one chunk).
+template <class T>
+TTT_HOST_DEVICE T key_squares(const T* k, const Group& g, int64_t i, int64_t c0, int64_t n, int64_t d) {
+  T acc = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const T* row = k + g.tok(i, c0 + t) * d;
+    for (int64_t j = 0; j < d; ++j) acc += row[j] * row[j];
+  }
+  return acc;
+}
+// The Q-K normalizer after one chunk (streaming): z_to[i] = z_from[i] + key_squares of the chunk. z_to may be
+// z_from.                                                                                 n = items
 template <class T>
 struct AddKeySquares {
   const T* k;
@@ -187,13 +197,33 @@ struct AddKeySquares {
   T* z_to;
   Group g;
   int64_t c0, n, d;
+  TTT_HOST_DEVICE void operator()(int64_t i) const { z_to[i] = z_from[i] + key_squares(k, g, i, c0, n, d); }
+};
+// Every chunk's key_squares at once (training): cs[c * items + i].                       n = items * N
+template <class T>
+struct ChunkKeySquares {
+  const T* k;
+  T* cs;
+  Group g;
+  int64_t C, N, d;
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
+    const int64_t c = idx / g.items, i = idx % g.items, c0 = c * C;
+    cs[idx] = key_squares(k, g, i, c0, g.len - c0 < C ? g.len - c0 : C, d);
+  }
+};
+// z[c * items + i] = the sum of cs over the chunks before c, added in chunk order (the same additions as
+// AddKeySquares chunk after chunk, so training and streaming agree bit for bit).           n = items
+template <class T>
+struct ExclusivePrefix {
+  const T* cs;
+  T* z;
+  int64_t N, items;
   TTT_HOST_DEVICE void operator()(int64_t i) const {
     T acc = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      const T* row = k + g.tok(i, c0 + t) * d;
-      for (int64_t j = 0; j < d; ++j) acc += row[j] * row[j];
+    for (int64_t c = 0; c < N; ++c) {
+      z[c * items + i] = acc;
+      acc += cs[c * items + i];
     }
-    z_to[i] = z_from[i] + acc;
   }
 };
 // Rows c0..c0+n of every item of a [B,T,cols] tensor: dst = src (src null: 0).        n = items * n * cols
@@ -471,6 +501,7 @@ class QkGroup {
     const int64_t nI = g_.items, Cn = std::min(C_, g_.len);
     M_ = ops_.alloc(nI * d * d);
     z_ = ops_.alloc(N_ * nI);
+    cs_ = ops_.alloc(N_ * nI);
     acc_ = ops_.alloc(nI * Cn * d);
     if (with_grad) {
       dz_ = ops_.alloc(N_ * nI);
@@ -496,14 +527,17 @@ class QkGroup {
 
   // out rows (the group's tokens of a [B,T,d] tensor) = q̃. Keeps z of every chunk (column c: the sum before
   // chunk c) for backward().
+  // The normalizers of all chunks come first, in two launches (a launch per chunk would cost more than the
+  // arithmetic at small chunks); the Gram sums M grow chunk by chunk as in absorb().
   void forward(const T* q, const T* k, T* out) {
     const int64_t nI = g_.items;
+    ops_.each(nI * N_, fn::ChunkKeySquares<T>{k, cs_, g_, C_, N_, d_});
+    ops_.each(nI, fn::ExclusivePrefix<T>{cs_, z_, N_, nI});
     ops_.zero(M_, nI * d_ * d_);
-    ops_.zero(z_, nI);
     for (int64_t c = 0; c < N_; ++c) {
       const int64_t c0 = c * C_, n = std::min(C_, g_.len - c0);
       project(g_, q, c0, n, M_, z(c), c > 0, out);
-      if (c + 1 < N_) absorb(k, c0, n, M_, z(c), z(c + 1));
+      if (c + 1 < N_) add_gram(k, c0, n, M_);
     }
   }
 
@@ -541,7 +575,7 @@ class QkGroup {
   Ops& ops_;
   Group g_;
   int64_t d_, C_, N_;
-  T *M_ = nullptr, *z_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
+  T *M_ = nullptr, *z_ = nullptr, *cs_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
   T* z(int64_t c) const { return z_ + c * g_.items; }  // [N][items]: z before chunk c
   const T* rows(const T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
   T* rows(T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
