@@ -69,10 +69,9 @@ train::MemoryRequest cpu_training(int64_t batch, int64_t seq_len) {
   return r;
 }
 
-// A run directory with a checkpoint of a small lact model (one layer, dim 16) whose data is `data_dir`.
+// A run directory with a checkpoint of the small lact model of train_test_util.h whose data is `data_dir`.
 void write_small_checkpoint(const std::string& run_dir, const std::string& data_dir) {
-  model::ModelConfig cfg = model::preset("tiny");
-  cfg.dim = 16, cfg.n_layers = 1, cfg.n_attn_heads = 2, cfg.n_mem_heads = 2, cfg.chunk = 8, cfg.window = 8, cfg.seq_len = 16;
+  const model::ModelConfig cfg = test_util::small_lact_config();
   model::Params<float> p = model::make_params<float>(cfg);
   model::init_params(cfg, p, 1);
   std::vector<int64_t> sizes;

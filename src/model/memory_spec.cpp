@@ -1,5 +1,7 @@
 #include "model/memory_spec.h"
 
+#include "ttt/lact_op.h"
+
 namespace ttt::model {
 
 const char* memory_role_name(MemoryRole r) {
@@ -33,23 +35,19 @@ namespace {
 // The engine configuration of every memory of the branch (LaCT: SwiGLU + dot loss, weight norm, one rate per
 // matrix; Titans / TNT: the configured family + MSE loss, decay, residual, one rate).
 engine::MemoryConfig engine_config(const ModelConfig& cfg) {
+  if (cfg.arch == Arch::Lact)
+    return engine::lact_memory_config(cfg.head_dim_mem(), cfg.mem_hidden_dim(), cfg.momentum, cfg.muon,
+                                      cfg.weight_norm);
   engine::MemoryConfig mc;
   mc.d = cfg.head_dim_mem();
   mc.dh = cfg.mem_hidden_dim();
   mc.momentum = cfg.momentum;
   mc.muon = cfg.muon;
-  if (cfg.arch == Arch::Lact) {
-    mc.family = engine::Family::SwiGLU;
-    mc.loss = engine::Loss::Dot;
-    mc.weight_norm = cfg.weight_norm;
-    mc.rate_columns = 3;
-  } else {
-    mc.family = cfg.memory;
-    mc.loss = engine::Loss::MSE;
-    mc.decay = cfg.decay;
-    mc.mlp_residual = cfg.mem_residual;
-    mc.rate_columns = 1;
-  }
+  mc.family = cfg.memory;
+  mc.loss = engine::Loss::MSE;
+  mc.decay = cfg.decay;
+  mc.mlp_residual = cfg.mem_residual;
+  mc.rate_columns = 1;
   return mc;
 }
 

@@ -6,6 +6,19 @@
 
 namespace ttt::engine {
 
+MemoryConfig lact_memory_config(int64_t d, int64_t dh, bool momentum, bool muon, WeightNorm weight_norm) {
+  MemoryConfig cfg;
+  cfg.family = Family::SwiGLU;
+  cfg.loss = Loss::Dot;
+  cfg.d = d;
+  cfg.dh = dh;
+  cfg.momentum = momentum;
+  cfg.muon = muon;
+  cfg.weight_norm = weight_norm;
+  cfg.rate_columns = 3;
+  return cfg;
+}
+
 namespace {
 
 const std::set<std::string> kKnown = {"w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2", "momentum", "grad_o"};
@@ -18,15 +31,7 @@ SafeTensors run_lact(const SafeTensors& st, const LactOpOptions& opt) {
   const bool momentum = st.has("momentum");
   const bool want_grad = st.has("grad_o");
 
-  MemoryConfig cfg;
-  cfg.family = Family::SwiGLU;
-  cfg.loss = Loss::Dot;
-  cfg.d = d;
-  cfg.dh = dh;
-  cfg.momentum = momentum;
-  cfg.muon = opt.muon;
-  cfg.weight_norm = opt.weight_norm;
-  cfg.rate_columns = 3;
+  const MemoryConfig cfg = lact_memory_config(d, dh, momentum, opt.muon, opt.weight_norm);
   Program prog;
   if (opt.program == "causal") prog = causal_program(T_, opt.chunk);
   else if (opt.program == "bidirectional") prog = bidirectional_program(T_, opt.chunk);

@@ -19,6 +19,10 @@ struct LactOpOptions {
   std::string precision = "fp32";
 };
 
+// The LaCT memory (spec of docs/ALGORITHMS.md §5): SwiGLU fast weights, dot-product inner loss, one rate per
+// weight matrix; the one place that says so for the operator, its benchmark and the model's memory spec.
+MemoryConfig lact_memory_config(int64_t d, int64_t dh, bool momentum, bool muon, WeightNorm weight_norm);
+
 // Inputs: w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d], q/k/v [B,T,d], lr0/lr1/lr2 [B,T],
 // optional momentum [B,T] (turns momentum on) and grad_o [B,T,d]; all F64 or all F32.
 // Outputs: o [B,T,d] and, with grad_o, grad_<name> for every input.

@@ -9,6 +9,7 @@
 #include "backend/operators.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "ttt/lact_op.h"
 #include "ttt/runner.h"
 #include "ttt/tnt.h"
 
@@ -32,15 +33,7 @@ template <class T>
 nlohmann::json bench_lact(int64_t B, int64_t n, int64_t d, int64_t dh, int64_t chunk, bool muon, bool momentum,
                           engine::WeightNorm wn, int repeats, int warmup) {
   using namespace engine;
-  MemoryConfig cfg;
-  cfg.family = Family::SwiGLU;
-  cfg.loss = Loss::Dot;
-  cfg.d = d;
-  cfg.dh = dh;
-  cfg.momentum = momentum;
-  cfg.muon = muon;
-  cfg.weight_norm = wn;
-  cfg.rate_columns = 3;
+  const MemoryConfig cfg = lact_memory_config(d, dh, momentum, muon, wn);
   Program prog = causal_program(n, chunk);
   Rng r(1);
   std::vector<SequenceInputs<T>> in(static_cast<size_t>(B));

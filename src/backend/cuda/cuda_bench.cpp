@@ -6,6 +6,16 @@
 
 namespace ttt::cuda {
 
+nlohmann::json bench_json_fields(const OpBenchResult& r) {
+  return {{"fwd_ms_all", r.fwd_ms},
+          {"fwdbwd_ms_all", r.fwdbwd_ms},
+          {"peak_gpu_bytes", r.tracked_peak_bytes},
+          {"workspace_bytes", r.workspace_bytes},
+          {"gpu_used_bytes", r.device_used_bytes},
+          {"gpu_total_bytes", r.device_total_bytes},
+          {"outputs_finite", r.output_finite}};
+}
+
 nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, backend::Precision precision) {
   std::string why;
   TTT_CHECK(device_count(&why) > 0, "ttt bench op --device cuda: no usable CUDA device (" << why << ")");
@@ -15,36 +25,31 @@ nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, ba
   // FLOPs as the LaCT code counts them (docs/ALGORITHMS.md §5.5): forward 18*d*dh*T per head; training 3x.
   const double flops_fwd = 18.0 * double(s.d) * double(s.dh) * double(s.T) * double(s.B);
   const double tokens = double(s.B) * double(s.T);
-  return {{"op", "lact"},
-          {"device", "cuda"},
-          {"gpu", r.device},
-          {"dtype", "f32"},
-          {"math", precision_name(opt)},
-          {"threads", 1},
-          {"bh", s.B},
-          {"T", s.T},
-          {"d", s.d},
-          {"dh", s.dh},
-          {"chunk", s.chunk},
-          {"program", s.causal ? "causal" : "bidirectional"},
-          {"momentum", s.momentum},
-          {"muon", s.muon},
-          {"weight_norm", engine::weight_norm_name(s.norm)},
-          {"repeats", repeats},
-          {"warmup", warmup},
-          {"fwd_s", fwd},
-          {"fwd_tokens_per_s", tokens / fwd},
-          {"fwd_gflops", flops_fwd / fwd / 1e9},
-          {"fwdbwd_s", fwdbwd},
-          {"fwdbwd_tokens_per_s", tokens / fwdbwd},
-          {"fwdbwd_gflops", 3 * flops_fwd / fwdbwd / 1e9},
-          {"fwd_ms_all", r.fwd_ms},
-          {"fwdbwd_ms_all", r.fwdbwd_ms},
-          {"peak_gpu_bytes", r.tracked_peak_bytes},
-          {"workspace_bytes", r.workspace_bytes},
-          {"gpu_used_bytes", r.device_used_bytes},
-          {"gpu_total_bytes", r.device_total_bytes},
-          {"outputs_finite", r.output_finite}};
+  nlohmann::json j{{"op", "lact"},
+                   {"device", "cuda"},
+                   {"gpu", r.device},
+                   {"dtype", "f32"},
+                   {"math", precision_name(opt)},
+                   {"threads", 1},
+                   {"bh", s.B},
+                   {"T", s.T},
+                   {"d", s.d},
+                   {"dh", s.dh},
+                   {"chunk", s.chunk},
+                   {"program", s.causal ? "causal" : "bidirectional"},
+                   {"momentum", s.momentum},
+                   {"muon", s.muon},
+                   {"weight_norm", engine::weight_norm_name(s.norm)},
+                   {"repeats", repeats},
+                   {"warmup", warmup},
+                   {"fwd_s", fwd},
+                   {"fwd_tokens_per_s", tokens / fwd},
+                   {"fwd_gflops", flops_fwd / fwd / 1e9},
+                   {"fwdbwd_s", fwdbwd},
+                   {"fwdbwd_tokens_per_s", tokens / fwdbwd},
+                   {"fwdbwd_gflops", 3 * flops_fwd / fwdbwd / 1e9}};
+  j.update(bench_json_fields(r));
+  return j;
 }
 
 }  // namespace ttt::cuda

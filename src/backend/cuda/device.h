@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace ttt::cuda {
 
@@ -57,6 +58,19 @@ size_t count_nonfinite(const T* p, int64_t n, void* stream = nullptr);
 
 // Waits for `stream` (a cudaStream_t; null: the default stream).
 void stream_synchronize(void* stream = nullptr);
+
+// What a benchmark of an operator on the device measured (bench_lact, bench_tnt; JSON fields by
+// cuda::bench_json_fields).
+struct OpBenchResult {
+  std::string device;
+  std::vector<double> fwd_ms, fwdbwd_ms;  // every timed repetition
+  double fwd_ms_median = 0, fwdbwd_ms_median = 0;
+  size_t tracked_peak_bytes = 0;  // this library's allocations: inputs, outputs, states, work buffers
+  size_t device_used_bytes = 0;   // cudaMemGetInfo total - free after the runs (includes context, cuBLAS)
+  size_t device_total_bytes = 0;
+  size_t workspace_bytes = 0;     // the runner's own buffers
+  bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
+};
 
 // Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that
 // `enqueue` puts on it (waits for the stream).

@@ -78,16 +78,7 @@ void lact_host(const lact::Shape& s, const lact::Inputs<T>& in, T* o, const T* g
                const LactOptions& opt = {});
 
 // Timing of the operator with CUDA events on device-resident random inputs.
-struct LactBenchResult {
-  std::string device;
-  std::vector<double> fwd_ms, fwdbwd_ms;  // every timed repetition
-  double fwd_ms_median = 0, fwdbwd_ms_median = 0;
-  size_t tracked_peak_bytes = 0;  // this library's allocations: inputs, outputs, states, work buffers
-  size_t device_used_bytes = 0;   // cudaMemGetInfo total - free after the runs (includes context, cuBLAS)
-  size_t device_total_bytes = 0;
-  size_t workspace_bytes = 0;     // the runner's own buffers (states + chunk work)
-  bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
-};
+using LactBenchResult = OpBenchResult;
 // Times the forward alone (no states kept; skipped with skip_forward) and forward+backward, each `repeats`
 // times after `warmup` untimed runs; medians.
 LactBenchResult bench_lact(const lact::Shape& s, int repeats, int warmup, const LactOptions& opt,

@@ -68,14 +68,8 @@ class CudaOperatorBench final : public backend::OperatorBench {
                        {"flops_fwd", f.fwd},
                        {"flops_fwdbwd", f.fwdbwd},
                        {"fwd_tflops", f.fwd / fwd / 1e12},
-                       {"fwdbwd_tflops", f.fwdbwd / fwdbwd / 1e12},
-                       {"fwd_ms_all", r.fwd_ms},
-                       {"fwdbwd_ms_all", r.fwdbwd_ms},
-                       {"peak_gpu_bytes", r.tracked_peak_bytes},
-                       {"workspace_bytes", r.workspace_bytes},
-                       {"gpu_used_bytes", r.device_used_bytes},
-                       {"gpu_total_bytes", r.device_total_bytes},
-                       {"outputs_finite", r.output_finite}};
+                       {"fwdbwd_tflops", f.fwdbwd / fwdbwd / 1e12}};
+      j.update(bench_json_fields(r));
       return std::make_pair(j, fwdbwd);
     };
     const engine::TntOptions& tnt = spec.tnt;

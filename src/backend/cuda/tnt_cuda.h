@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cuda/device.h"       // OpBenchResult
 #include "backend/cuda/op_backends.h"  // engine::tnt_cuda_backend()
 #include "backend/cuda/titans_cuda.h"
 
@@ -58,16 +59,7 @@ titans::TntHostRunner& tnt_gpu_runner();  // default options
 
 // Timing of the branch (or of one memory: a TntShape with the global memory only) with CUDA events on
 // device-resident random inputs (the CPU bench's distributions).
-struct TntBenchResult {
-  std::string device;
-  std::vector<double> fwd_ms, fwdbwd_ms;  // every timed repetition
-  double fwd_ms_median = 0, fwdbwd_ms_median = 0;
-  size_t tracked_peak_bytes = 0;  // this library's allocations: inputs, outputs, states, work buffers
-  size_t device_used_bytes = 0;   // cudaMemGetInfo total - free after the runs
-  size_t device_total_bytes = 0;
-  size_t workspace_bytes = 0;     // the runner's own buffers (forward + backward runner)
-  bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
-};
+using TntBenchResult = OpBenchResult;
 // Times the forward alone (no states kept) and forward+backward, each `repeats` times after `warmup` untimed
 // runs; medians. float. graphs: TitansOptions::graphs (the warm-up captures, the timed runs replay).
 TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs = false);
