@@ -284,6 +284,8 @@ TEST(CliErrors, DeviceFlagOfEveryCommand) {
   expect_clean_failure("bench op --precision fp16", "--precision must be fp32, tf32 or bf16, got 'fp16'");
   expect_clean_failure("bench step --precision fp16", "--device cuda");
   expect_clean_failure("train --precision fp32", "--precision applies to --device cuda");
+  expect_clean_failure("bench step --recompute full", "--recompute applies to --device cuda");
+  expect_clean_failure("train --recompute some", "--recompute applies to --device cuda");
 }
 
 // Issue 11: the --device help of the commands that run the model says what runs on the GPU: every arch, not

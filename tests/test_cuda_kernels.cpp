@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "autograd/tape.h"
@@ -366,6 +367,9 @@ TEST(CudaKernels, ToBf16MatchesHostRounding) {
       {"block", 0, 9, 63, 6, 42, 7, 5, 1},
       {"batch, packed destination", 0, 6, 20, 4, 12, 3, 4, 5},
       {"batch, strided destination", 3, 7, 40, 5, 30, 4, 5, 2},
+      {"block, 16-byte walk", 0, 12, 72, 8, 48, 6, 8, 1},
+      {"batch, 16-byte walk", 0, 8, 48, 4, 24, 6, 4, 3},
+      {"batch, 16-byte widths at an unaligned source", 1, 8, 48, 4, 24, 6, 4, 3},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(std::string(c.name) + " (seed " + std::to_string(seed) + ")");
@@ -392,6 +396,68 @@ TEST(CudaKernels, ToBf16MatchesHostRounding) {
     int64_t wrong = 0;
     for (int64_t e = 0; e < dst_n; ++e) wrong += got[size_t(e)].bits != want[size_t(e)];
     EXPECT_EQ(wrong, 0) << "of " << dst_n << " destination elements";
+  }
+}
+
+// ---- block copies and head layouts (mk::copy2d, heads_to_batch, batch_to_heads) ------------------------------
+// Pure data movement, so bit for bit against the host loop; with accumulate, the one float addition per element.
+// The shapes take both walks of the segment copy (16-byte accesses: widths and strides multiples of 4; one
+// element per thread otherwise, or from an unaligned address), and elements outside the copied ones keep their
+// NaN fill.
+TEST(CudaKernels, LayoutCopiesMatchHost) {
+  REQUIRE_CUDA();
+  const uint64_t seed = fresh_seed();
+  Rng r(seed);
+  auto bits_equal = [](const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  };
+  // copy2d: rows x cols with leading dimensions, from an offset into the source.
+  for (const auto& [rows, cols, lds, ldd, off, acc] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>>{
+           {7, 8, 12, 16, 0, false}, {7, 8, 12, 16, 0, true}, {5, 3, 7, 5, 0, false}, {6, 8, 8, 8, 2, true},
+           {1, 1027, 1027, 1027, 0, false}}) {
+    SCOPED_TRACE("copy2d " + std::to_string(rows) + "x" + std::to_string(cols) + " lds " + std::to_string(lds) +
+                 " ldd " + std::to_string(ldd) + " offset " + std::to_string(off) + (acc ? " accumulate" : "") +
+                 " (seed " + std::to_string(seed) + ")");
+    const std::vector<float> src = normal(r, off + rows * lds, 1.0);
+    std::vector<float> dst0 = normal(r, rows * ldd, 1.0);
+    if (!acc)
+      for (auto& e : dst0) e = NAN;
+    std::vector<float> want = dst0;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        const float v = src[size_t(off + i * lds + j)];
+        float& o = want[size_t(i * ldd + j)];
+        o = acc ? o + v : v;
+      }
+    cuda::DeviceBuffer sd = up(src), dd = up(dst0);
+    cuda::mk::copy2d(sd.as<float>() + off, lds, dd.as<float>(), ldd, rows, cols, acc);
+    EXPECT_TRUE(bits_equal(down<float>(dd, want.size()), want));
+  }
+  // [S*N, ld] (head h = columns h*d ..) <-> [S*H, N, d], and back with accumulation.
+  for (const auto& [S, N, H, d, ld] : std::vector<std::array<int64_t, 5>>{{2, 5, 3, 4, 12}, {2, 5, 3, 4, 20},
+                                                                           {1, 7, 2, 3, 6}, {3, 4, 4, 8, 40}}) {
+    SCOPED_TRACE("heads S" + std::to_string(S) + " N" + std::to_string(N) + " H" + std::to_string(H) + " d" +
+                 std::to_string(d) + " ld" + std::to_string(ld) + " (seed " + std::to_string(seed) + ")");
+    const std::vector<float> x = normal(r, S * N * ld, 1.0);
+    std::vector<float> y_want(size_t(S * H * N * d), NAN);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t j = 0; j < d; ++j) y_want[size_t(((s * H + h) * N + i) * d + j)] = x[size_t((s * N + i) * ld + h * d + j)];
+    cuda::DeviceBuffer xd = up(x), yd = nan_buf(y_want.size() * sizeof(float));
+    cuda::mk::heads_to_batch(xd.as<float>(), ld, yd.as<float>(), S, N, H, d);
+    const std::vector<float> y = down<float>(yd, y_want.size());
+    EXPECT_TRUE(bits_equal(y, y_want)) << "heads_to_batch";
+    // batch_to_heads accumulating y into x: every head column gets x + y; the columns beyond H*d stay.
+    std::vector<float> x_want = x;
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t j = 0; j < d; ++j)
+            x_want[size_t((s * N + i) * ld + h * d + j)] += y_want[size_t(((s * H + h) * N + i) * d + j)];
+    cuda::mk::batch_to_heads(yd.as<float>(), xd.as<float>(), ld, S, N, H, d, /*accumulate=*/true);
+    EXPECT_TRUE(bits_equal(down<float>(xd, x_want.size()), x_want)) << "batch_to_heads, accumulate";
   }
 }
 

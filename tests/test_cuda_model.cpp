@@ -318,7 +318,10 @@ TEST(CudaModel, Bf16ActivationsHalveTheStoredActivations) {
   double loss32 = 0, loss16 = 0;
   const int64_t with_fp32 = step_bytes(false, &loss32), with_bf16 = step_bytes(true, &loss16);
   const int64_t R = 2 * cfg.seq_len, D = cfg.dim, F = cfg.mlp_hidden_dim(), L = cfg.n_layers;
-  const int64_t expected = (L + 1) * R * D * 2 + (2 * D + F) * R * 2 - R * D * 2 - 2 * R * D * 4;
+  // The residual stream and h, h2, sum, mm in bf16 (the bf16 copy of sum and the fp32 xin/xout are extra); in
+  // the backward SwiGLU's input gradients in bf16, plus the once-rounded gradient operand (rows x 3D bf16).
+  const int64_t expected = (L + 1) * R * D * 2 + (2 * D + F) * R * 2 - R * D * 2 - 2 * R * D * 4 + 2 * R * F * 2 -
+                           3 * R * D * 2;
   EXPECT_EQ(with_fp32 - with_bf16, expected) << "device bytes: fp32 activations " << with_fp32 << ", bf16 " << with_bf16;
   // Both are the same model: the losses agree to bf16 rounding, and differ (the residual stream is rounded).
   EXPECT_LT(std::fabs(loss16 - loss32) / loss32, 1e-2);
@@ -345,6 +348,46 @@ TEST(CudaModel, GradientsAreBitReproducible) {
   EXPECT_EQ(l1, l2);
   for (size_t i = 0; i < g1.size(); ++i)
     EXPECT_EQ(0, std::memcmp(g1[i].data.data(), g2[i].data.data(), sizeof(float) * g1[i].data.size())) << p.names[i];
+}
+
+// --recompute save-attention (GpuModelOptions::save_attention) keeps each layer's attention output and
+// log-sum-exp from the forward instead of recomputing them in the backward: the attention forward is
+// deterministic, so the loss and every gradient are the same bits as with the full recomputation, in fp32 and
+// with bf16 products; the cost is exactly L x rows x (dim + attention heads) fp32 of device memory.
+TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
+  REQUIRE_CUDA();
+  model::ModelConfig cfg = small_config();
+  cfg.n_layers = 3;
+  const uint64_t seed = fresh_seed();
+  const model::Params<float> p = random_params(cfg, seed);
+  const model::Batch b = random_batch(cfg, 2, cfg.seq_len, seed + 3, false);
+  for (const cuda::MathMode math : {cuda::MathMode::FP32, cuda::MathMode::BF16}) {
+    SCOPED_TRACE(std::string(cuda::math_mode_name(math)) + " (seed " + std::to_string(seed) + ")");
+    auto run = [&](bool save, std::vector<ag::Mat<float>>& g, int64_t* bytes) {
+      const size_t before = cuda::tracked_bytes();
+      cuda::GpuModelOptions o;
+      o.math = math;
+      o.save_attention = save;
+      o.poison = true;
+      cuda::GpuModel gm(cfg, o);
+      gm.upload(p);
+      gm.zero_grad();
+      const double loss = gm.forward(b, true).loss;
+      *bytes = int64_t(cuda::tracked_bytes() - before);
+      gm.download_grads(g);
+      return loss;
+    };
+    std::vector<ag::Mat<float>> g_full, g_saved;
+    int64_t bytes_full = 0, bytes_saved = 0;
+    const double l_full = run(false, g_full, &bytes_full), l_saved = run(true, g_saved, &bytes_saved);
+    EXPECT_EQ(0, std::memcmp(&l_full, &l_saved, sizeof l_full)) << l_full << " vs " << l_saved;
+    ASSERT_EQ(g_full.size(), g_saved.size());
+    for (size_t i = 0; i < g_full.size(); ++i)
+      EXPECT_EQ(0, std::memcmp(g_full[i].data.data(), g_saved[i].data.data(), sizeof(float) * g_full[i].data.size()))
+          << p.names[i];
+    const int64_t rows = 2 * cfg.seq_len;
+    EXPECT_EQ(bytes_saved - bytes_full, cfg.n_layers * rows * (cfg.dim + cfg.n_attn_heads) * 4);
+  }
 }
 
 // One optimizer step as the trainer takes it: two micro-batches averaged by token count, clipping, AdamW.

@@ -126,6 +126,26 @@ TEST(MemoryBudget, TermsGrowWithTheirFields) {
   }
 }
 
+// On the GPU, --recompute save-attention adds one term to the step: every layer's attention output and
+// log-sum-exp in fp32, L x rows x (dim + attention heads) x 4 bytes.
+TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
+  const model::ModelConfig cfg = model::preset("760m");
+  train::MemoryRequest r;
+  r.device = "cuda";
+  r.bf16 = r.bf16_activations = true;
+  r.train_steps = true;
+  r.batch = 2;
+  r.seq_len = 4096;
+  const train::MemoryEstimate full = train::estimate_memory(cfg, r);
+  r.save_attention = true;
+  const train::MemoryEstimate saved = train::estimate_memory(cfg, r);
+  ASSERT_EQ(saved.phases.size(), full.phases.size());
+  ASSERT_EQ(saved.phases[0].size(), full.phases[0].size() + 1);
+  EXPECT_DOUBLE_EQ(saved.phases[0].back().bytes, 24.0 * 2 * 4096 * (1536 + 24) * 4);
+  EXPECT_NE(saved.phases[0].back().what.find("--recompute"), std::string::npos) << saved.phases[0].back().what;
+  EXPECT_DOUBLE_EQ(saved.peak() - full.peak(), saved.phases[0].back().bytes);
+}
+
 // Peak resident bytes of `ttt train` (one thread, one step of one sequence of seq_len T, one validation window).
 double measured_peak_bytes(const std::string& data, const std::string& out, int64_t T) {
   const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(TTT_CLI_PATH) + " train --steps 1 --batch 1 --seq-len " +

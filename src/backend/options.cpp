@@ -28,4 +28,12 @@ ActivationStorage parse_activation_storage(const std::string& text, const std::s
 
 const char* activation_storage_name(ActivationStorage a) { return a == ActivationStorage::BF16 ? "bf16" : "fp32"; }
 
+Recompute parse_recompute(const std::string& text, const std::string& what) {
+  if (text == "full") return Recompute::Full;
+  if (text == "save-attention") return Recompute::SaveAttention;
+  TTT_FAIL(what << " must be full or save-attention, got '" << text << "'");
+}
+
+const char* recompute_name(Recompute r) { return r == Recompute::Full ? "full" : "save-attention"; }
+
 }  // namespace ttt::backend

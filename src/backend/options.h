@@ -15,9 +15,16 @@ enum class Precision { FP32, TF32, BF16 };
 // stored in bf16 (half the memory) or in fp32. Ignored in the other precisions.
 enum class ActivationStorage { BF16, FP32 };
 
+// What the GPU backward recomputes of each layer's forward (the CPU keeps every activation on its tape): the
+// whole layer from its kept input (Full: the least memory), or all of it except the window attention, whose
+// output and log-sum-exp every layer keeps from the forward (SaveAttention, the default: rows x (dim + heads)
+// fp32 per layer more, and no second attention forward). Both give the same bits.
+enum class Recompute { Full, SaveAttention };
+
 struct EngineOptions {
   Precision precision = Precision::FP32;
   ActivationStorage activations = ActivationStorage::BF16;
+  Recompute recompute = Recompute::SaveAttention;
   bool bf16_activations() const { return precision == Precision::BF16 && activations == ActivationStorage::BF16; }
 };
 
@@ -27,5 +34,8 @@ const char* precision_name(Precision p);
 // "bf16" | "fp32"; anything else throws as parse_precision does.
 ActivationStorage parse_activation_storage(const std::string& text, const std::string& what);
 const char* activation_storage_name(ActivationStorage a);
+// "full" | "save-attention"; anything else throws as parse_precision does.
+Recompute parse_recompute(const std::string& text, const std::string& what);
+const char* recompute_name(Recompute r);
 
 }  // namespace ttt::backend

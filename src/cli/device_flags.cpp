@@ -14,7 +14,12 @@ void declare_device_flag(Args& a, const std::string& gpu_note) {
 void declare_precision_flags(Args& a) {
   a.value("precision", "cuda: matrix products fp32 | tf32 | bf16 (fp32 accumulation, state and master weights)", "fp32")
       .value("activations", "cuda, --precision bf16: store activations in bf16 (halves the kept residual stream) | fp32",
-             "bf16");
+             "bf16")
+      .value("recompute",
+             "cuda, training: what the backward recomputes of each layer's forward: full (least memory) | "
+             "save-attention (every layer keeps its attention output: rows x (dim + attention heads) fp32 more per "
+             "layer, one attention forward less)",
+             "save-attention");
 }
 
 std::string device_flag(const Args& a, const std::string& command) {
@@ -31,6 +36,9 @@ backend::EngineOptions engine_options_flags(const Args& a, const std::string& co
   TTT_CHECK(o.precision == backend::Precision::BF16 || !a.has("activations"),
             command << ": --activations applies to --device cuda with --precision bf16");
   o.activations = backend::parse_activation_storage(a.str("activations"), command + ": --activations");
+  TTT_CHECK(device != "cpu" || !a.has("recompute"),
+            command << ": --recompute applies to --device cuda (the CPU keeps every activation on its tape)");
+  o.recompute = backend::parse_recompute(a.str("recompute"), command + ": --recompute");
   return o;
 }
 

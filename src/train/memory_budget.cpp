@@ -190,6 +190,13 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
                                                           std::to_string(req.seq_len) + ", n_layers " +
                                                           std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim),
                       gpu_activation_bytes(cfg, double(req.batch) * double(req.seq_len), req.bf16_activations)});
+      if (req.save_attention)
+        step.push_back({"attention outputs kept per layer (--recompute save-attention; 'full' saves this)",
+                        "batch " + std::to_string(req.batch) + " x seq_len " + std::to_string(req.seq_len) +
+                            ", n_layers " + std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim) +
+                            " + n_attn_heads " + std::to_string(cfg.n_attn_heads),
+                        double(cfg.n_layers) * double(req.batch) * double(req.seq_len) *
+                            double(cfg.dim + cfg.n_attn_heads) * 4.0});
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
       // 256 MB of gradient buffers), one tape per thread.

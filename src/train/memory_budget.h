@@ -42,6 +42,7 @@ struct MemoryRequest {
   std::string device = "cpu";      // "cpu" | "cuda"
   bool bf16 = false;               // cuda: bf16 products (bf16 weight copies)
   bool bf16_activations = false;   // cuda: activations stored in bf16
+  bool save_attention = false;     // cuda, training: every layer keeps its attention output (--recompute)
   int64_t threads = 1;             // cpu: OpenMP threads (sequences in flight at once)
   // Training (train_steps): micro-batch `batch` sequences of `seq_len`, `accum` micro-batches per step.
   bool train_steps = false;

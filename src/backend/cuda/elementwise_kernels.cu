@@ -49,12 +49,13 @@ template <class Out>
 __global__ void k_swiglu_fwd(const float* a, const float* u, Out* m, int64_t n) {
   GRID_STRIDE(i, n) store_as(m + i, math::silu(a[i]) * u[i]);
 }
-__global__ void k_swiglu_bwd(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
+template <class Out>
+__global__ void k_swiglu_bwd(const float* a, const float* u, const float* dm, Out* da, Out* du, int64_t n) {
   GRID_STRIDE(i, n) {
     const float s = math::sigmoid(a[i]);
     const float g = dm[i];
-    da[i] = g * u[i] * math::dsilu_from(a[i], s);
-    du[i] = g * math::silu_from(a[i], s);
+    store_as(da + i, g * u[i] * math::dsilu_from(a[i], s));
+    store_as(du + i, g * math::silu_from(a[i], s));
   }
 }
 
@@ -117,6 +118,11 @@ void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n) {
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
   k_swiglu_bwd<<<grid_for(n), kThreads>>>(a, u, dm, da, du, n);
   TTT_LAUNCH_CHECK("swiglu_backward");
+}
+void swiglu_backward(const float* a, const float* u, const float* dm, bf16* da, bf16* du, int64_t n) {
+  k_swiglu_bwd<<<grid_for(n), kThreads>>>(a, u, dm, reinterpret_cast<__nv_bfloat16*>(da),
+                                          reinterpret_cast<__nv_bfloat16*>(du), n);
+  TTT_LAUNCH_CHECK("swiglu_backward bf16");
 }
 
 }  // namespace ttt::cuda::mk

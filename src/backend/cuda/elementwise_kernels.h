@@ -35,5 +35,7 @@ void silu_strided_backward(const float* x, int64_t ldx, const float* dy, float* 
 void swiglu_forward(const float* a, const float* u, float* m, int64_t n);
 void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n);  // m stored in bf16
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n);
+// da, du stored in bf16 (the GPU model's bf16 activations: they are product operands only).
+void swiglu_backward(const float* a, const float* u, const float* dm, bf16* da, bf16* du, int64_t n);
 
 }  // namespace ttt::cuda::mk

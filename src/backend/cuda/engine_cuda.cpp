@@ -24,6 +24,7 @@ class CudaStepEngine final : public backend::StepEngine {
     GpuModelOptions go;
     go.math = options.precision;
     go.bf16_activations = options.activations == backend::ActivationStorage::BF16;
+    go.save_attention = options.recompute == backend::Recompute::SaveAttention;
     model_ = std::make_unique<GpuModel>(cfg, go);
   }
 
@@ -33,6 +34,7 @@ class CudaStepEngine final : public backend::StepEngine {
     std::string s = device_description() + ", " + backend::precision_name(options_.precision) + " products";
     if (options_.precision == backend::Precision::BF16)
       s += std::string(", ") + backend::activation_storage_name(options_.activations) + " activations";
+    s += std::string(", recompute ") + backend::recompute_name(options_.recompute);
     return s;
   }
 

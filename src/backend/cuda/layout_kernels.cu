@@ -1,11 +1,13 @@
-// Layout and conversion kernels (layout_kernels.h): grid-stride loops, one thread per element (four per thread
-// for contiguous bf16 conversion). Naming and launch conventions: kernel_util.cuh.
+// Layout and conversion kernels (layout_kernels.h): block copies, head layouts and the bf16 conversion are
+// segment copies (k_segments, four elements per thread where the layout allows); the rest grid-stride loops,
+// one thread per element. Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/layout_kernels.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/kernel_util.cuh"
@@ -14,31 +16,130 @@ namespace ttt::cuda::mk {
 
 namespace {
 
-__global__ void k_copy2d(const float* __restrict__ src, int64_t lds, float* __restrict__ dst, int64_t ldd,
-                         int64_t rows, int64_t cols, bool acc) {
-  GRID_STRIDE(i, rows * cols) {
-    const int64_t r = i / cols, c = i % cols;
-    const float v = src[r * lds + c];
-    dst[r * ldd + c] = acc ? dst[r * ldd + c] + v : v;
+// ---- segment copies -------------------------------------------------------------------------------------
+// Every block copy and head-layout change below moves `n_seg` contiguous segments of `w` elements: segment e
+// starts at src + map.src(e) and at dst + map.dst(e). One thread moves kVec elements (a 16-byte load where the
+// layout allows), and the element -> (segment, column) split is one division in Index (32-bit whenever the
+// element count allows): the former one-thread-per-element kernels did three or four 64-bit divisions per
+// element and ran at a fifth of the memory bandwidth (ncu, H200, 2026-11-30).
+struct RowsMap {  // copy2d: segment = row
+  int64_t lds, ldd;
+  __device__ int64_t src(int64_t e) const { return e * lds; }
+  __device__ int64_t dst(int64_t e) const { return e * ldd; }
+};
+// Segment e = (s*N + i)*H + h: head h of token i of sequence s; [S*N, ldx] columns h*d.. <-> [S*H, N, d].
+template <class Index>
+struct HeadsMap {
+  int64_t ldx;
+  Index N, H, d;
+  __device__ int64_t heads(Index e) const { return int64_t(e / H) * ldx + int64_t(e % H) * d; }
+  __device__ int64_t batch(Index e) const {
+    const Index h = e % H, t = e / H, i = t % N, s = t / N;
+    return (int64_t(s * H + h) * N + i) * d;
+  }
+};
+template <class Index>
+struct HeadsToBatchMap : HeadsMap<Index> {
+  __device__ int64_t src(Index e) const { return this->heads(e); }
+  __device__ int64_t dst(Index e) const { return this->batch(e); }
+};
+template <class Index>
+struct BatchToHeadsMap : HeadsMap<Index> {
+  __device__ int64_t src(Index e) const { return this->batch(e); }
+  __device__ int64_t dst(Index e) const { return this->heads(e); }
+};
+
+template <int kVec>
+struct VecOf;
+template <>
+struct VecOf<1> {
+  static __device__ void load(const float* p, float (&v)[1]) { v[0] = *p; }
+};
+template <>
+struct VecOf<4> {
+  static __device__ void load(const float* p, float (&v)[4]) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  }
+};
+template <int kVec>
+__device__ void store_vec(float* p, const float (&v)[kVec], bool acc) {
+  if constexpr (kVec == 4) {
+    float4 x = make_float4(v[0], v[1], v[2], v[3]);
+    if (acc) {
+      const float4 o = *reinterpret_cast<const float4*>(p);
+      x.x += o.x, x.y += o.y, x.z += o.z, x.w += o.w;
+    }
+    *reinterpret_cast<float4*>(p) = x;
+  } else {
+    p[0] = acc ? p[0] + v[0] : v[0];
+  }
+}
+template <int kVec>
+__device__ void store_vec(__nv_bfloat16* p, const float (&v)[kVec], bool) {
+  if constexpr (kVec == 4) {
+    uint2 x;
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+    x.x = *reinterpret_cast<uint32_t*>(&lo), x.y = *reinterpret_cast<uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(p) = x;
+  } else {
+    p[0] = __float2bfloat16_rn(v[0]);
   }
 }
 
-// y[(s*H + h)*N + i][j] = x[(s*N + i)*ldx + h*d + j]
-__global__ void k_heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d) {
-  GRID_STRIDE(e, S * N * H * d) {
-    const int64_t j = e % d, h = (e / d) % H, i = (e / (d * H)) % N, s = e / (d * H * N);
-    y[((s * H + h) * N + i) * d + j] = x[(s * N + i) * ldx + h * d + j];
+template <class Index, int kVec, class Map, class Out>
+__global__ void k_segments(const float* __restrict__ src, Out* __restrict__ dst, Map map, Index n_seg, Index w,
+                           bool acc) {
+  const Index per = w / kVec, total = n_seg * per;
+  for (Index t = Index(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += Index(gridDim.x) * blockDim.x) {
+    const Index e = t / per, c = (t - e * per) * kVec;
+    float v[kVec];
+    VecOf<kVec>::load(src + map.src(e) + c, v);
+    store_vec<kVec>(dst + map.dst(e) + c, v, acc);
   }
 }
-__global__ void k_batch_to_heads(const float* y, float* x, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d,
-                                 bool acc) {
-  GRID_STRIDE(e, S * N * H * d) {
-    const int64_t j = e % d, h = (e / d) % H, i = (e / (d * H)) % N, s = e / (d * H * N);
-    const float v = y[((s * H + h) * N + i) * d + j];
-    float& dst = x[(s * N + i) * ldx + h * d + j];
-    dst = acc ? dst + v : v;
+
+// Launches k_segments with 16-byte accesses when `vec4` (w, every segment offset and both pointers allow it)
+// and 32-bit indices when the element count fits.
+template <template <class> class MapT, class Out, class Fill>
+void launch_segments(const float* src, Out* dst, int64_t n_seg, int64_t w, bool vec4, bool acc, Fill fill,
+                     cudaStream_t st, const char* what) {
+  if (n_seg <= 0 || w <= 0) return;
+  const int64_t n = n_seg * w;
+  const int64_t threads = vec4 ? n / 4 : n;
+  const int grid = grid_for(threads);
+  if (n < (int64_t(1) << 31)) {
+    MapT<uint32_t> map;
+    fill(map);
+    if (vec4) k_segments<uint32_t, 4><<<grid, kThreads, 0, st>>>(src, dst, map, uint32_t(n_seg), uint32_t(w), acc);
+    else k_segments<uint32_t, 1><<<grid, kThreads, 0, st>>>(src, dst, map, uint32_t(n_seg), uint32_t(w), acc);
+  } else {
+    MapT<int64_t> map;
+    fill(map);
+    if (vec4) k_segments<int64_t, 4><<<grid, kThreads, 0, st>>>(src, dst, map, n_seg, w, acc);
+    else k_segments<int64_t, 1><<<grid, kThreads, 0, st>>>(src, dst, map, n_seg, w, acc);
   }
+  TTT_LAUNCH_CHECK(what);
 }
+template <class>
+struct RowsMapT : RowsMap {};
+// to_bf16 of `batch` matrices: segment e = b*rows + r.
+template <class Index>
+struct BatchRowsMapT {
+  Index rows;
+  int64_t lds, ldd, src_stride, dst_stride;
+  __device__ int64_t src(Index e) const { return int64_t(e / rows) * src_stride + int64_t(e % rows) * lds; }
+  __device__ int64_t dst(Index e) const { return int64_t(e / rows) * dst_stride + int64_t(e % rows) * ldd; }
+};
+
+// 16-byte accesses are possible when the width and every stride are multiples of 4 elements and both pointers
+// are 16-byte (fp32) / 8-byte (bf16) aligned.
+bool vec4_ok(const void* src, const void* dst, size_t dst_align, std::initializer_list<int64_t> multiples_of_4) {
+  for (int64_t m : multiples_of_4)
+    if (m % 4 != 0) return false;
+  return aligned16(src) && (reinterpret_cast<uintptr_t>(dst) % dst_align) == 0;
+}
+
 __global__ void k_cols_to_batch(const float* x, int64_t ldx, int64_t col0, float* y, int64_t S, int64_t N, int64_t H) {
   GRID_STRIDE(e, S * N * H) {
     const int64_t h = e % H, i = (e / H) % N, s = e / (H * N);
@@ -68,31 +169,6 @@ __global__ void k_embedding_bwd(const float* dout, const int32_t* order, const i
   }
 }
 
-// How k_to_bf16 walks its elements: any strides; contiguous; contiguous with 16-byte loads and 8-byte stores.
-enum Bf16Walk : int { kStrided, kContiguous, kContiguous4 };
-
-__global__ void k_to_bf16(const float* __restrict__ src, int64_t lds, int64_t src_stride,
-                          __nv_bfloat16* __restrict__ dst, int64_t ldd, int64_t dst_stride, int64_t rows, int64_t cols,
-                          int64_t batch, int walk) {
-  const int64_t n = rows * cols * batch;
-  if (walk == kContiguous4) {
-    const int64_t n4 = n / 4;
-    GRID_STRIDE(i, n4) {
-      const float4 x = reinterpret_cast<const float4*>(src)[i];
-      __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-      reinterpret_cast<__nv_bfloat162*>(dst)[2 * i] = lo;
-      reinterpret_cast<__nv_bfloat162*>(dst)[2 * i + 1] = hi;
-    }
-    GRID_STRIDE(i, n - 4 * n4) dst[4 * n4 + i] = __float2bfloat16_rn(src[4 * n4 + i]);
-  } else if (walk == kContiguous) {
-    GRID_STRIDE(i, n) dst[i] = __float2bfloat16_rn(src[i]);
-  } else {
-    GRID_STRIDE(i, n) {
-      const int64_t c = i % cols, r = (i / cols) % rows, b = i / (rows * cols);
-      dst[b * dst_stride + r * ldd + c] = __float2bfloat16_rn(src[b * src_stride + r * lds + c]);
-    }
-  }
-}
 __global__ void k_from_bf16(const __nv_bfloat16* src, float* dst, int64_t n) {
   GRID_STRIDE(i, n) dst[i] = __bfloat162float(src[i]);
 }
@@ -107,17 +183,24 @@ __global__ void k_round_store_bf16(float* x, __nv_bfloat16* dst, int64_t n) {
 }  // namespace
 
 void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, bool accumulate) {
-  if (rows <= 0 || cols <= 0) return;
-  k_copy2d<<<grid_for(rows * cols), kThreads>>>(src, lds, dst, ldd, rows, cols, accumulate);
-  TTT_LAUNCH_CHECK("copy2d");
+  launch_segments<RowsMapT>(src, dst, rows, cols, vec4_ok(src, dst, 16, {cols, lds, ldd}), accumulate,
+                            [&](RowsMap& m) { m.lds = lds, m.ldd = ldd; }, nullptr, "copy2d");
+}
+template <template <class> class MapT>
+void heads_layout(const float* src, float* dst, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d, bool acc,
+                  const char* what) {
+  launch_segments<MapT>(src, dst, S * N * H, d, vec4_ok(src, dst, 16, {d, ldx}), acc,
+                        [&](auto& m) {
+                          using I = decltype(m.N);
+                          m.ldx = ldx, m.N = I(N), m.H = I(H), m.d = I(d);
+                        },
+                        nullptr, what);
 }
 void heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d) {
-  k_heads_to_batch<<<grid_for(S * N * H * d), kThreads>>>(x, ldx, y, S, N, H, d);
-  TTT_LAUNCH_CHECK("heads_to_batch");
+  heads_layout<HeadsToBatchMap>(x, y, ldx, S, N, H, d, false, "heads_to_batch");
 }
 void batch_to_heads(const float* y, float* x, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d, bool accumulate) {
-  k_batch_to_heads<<<grid_for(S * N * H * d), kThreads>>>(y, x, ldx, S, N, H, d, accumulate);
-  TTT_LAUNCH_CHECK("batch_to_heads");
+  heads_layout<BatchToHeadsMap>(y, x, ldx, S, N, H, d, accumulate, "batch_to_heads");
 }
 void cols_to_batch(const float* x, int64_t ldx, int64_t col0, float* y, int64_t S, int64_t N, int64_t H) {
   k_cols_to_batch<<<grid_for(S * N * H), kThreads>>>(x, ldx, col0, y, S, N, H);
@@ -142,14 +225,26 @@ void embedding_backward(const float* dout, const int32_t* order, const int32_t* 
 void to_bf16(const float* src, int64_t lds, int64_t src_stride, bf16* dst, int64_t ldd, int64_t dst_stride,
              int64_t rows, int64_t cols, int64_t batch, void* stream) {
   if (rows <= 0 || cols <= 0 || batch <= 0) return;
-  const int64_t n = rows * cols * batch;
+  auto* out = reinterpret_cast<__nv_bfloat16*>(dst);
+  const cudaStream_t st = as_stream(stream);
   const bool contiguous =
       lds == cols && ldd == cols && (batch == 1 || (src_stride == rows * cols && dst_stride == rows * cols));
-  const bool four = contiguous && aligned16(src) && (reinterpret_cast<uintptr_t>(dst) & 7) == 0;
-  const int walk = four ? kContiguous4 : contiguous ? kContiguous : kStrided;
-  k_to_bf16<<<grid_for(four ? (n + 3) / 4 : n), kThreads, 0, as_stream(stream)>>>(
-      src, lds, src_stride, reinterpret_cast<__nv_bfloat16*>(dst), ldd, dst_stride, rows, cols, batch, walk);
-  TTT_LAUNCH_CHECK("to_bf16");
+  if (contiguous) {  // one segment: its multiple-of-4 head with 16-byte loads, then the tail
+    const int64_t n = rows * cols * batch, head = n / 4 * 4;
+    const bool vec4 = head > 0 && vec4_ok(src, dst, 8, {});
+    const int64_t first = vec4 ? head : 0;
+    auto one = [](RowsMap& m) { m.lds = 0, m.ldd = 0; };
+    if (first > 0) launch_segments<RowsMapT>(src, out, 1, first, true, false, one, st, "to_bf16");
+    if (n > first) launch_segments<RowsMapT>(src + first, out + first, 1, n - first, false, false, one, st, "to_bf16");
+    return;
+  }
+  launch_segments<BatchRowsMapT>(src, out, batch * rows, cols,
+                                 vec4_ok(src, dst, 8, {cols, lds, ldd, src_stride, dst_stride}), false,
+                                 [&](auto& m) {
+                                   m.rows = decltype(m.rows)(rows);
+                                   m.lds = lds, m.ldd = ldd, m.src_stride = src_stride, m.dst_stride = dst_stride;
+                                 },
+                                 st, "to_bf16");
 }
 void from_bf16(const bf16* src, float* dst, int64_t n) {
   if (n <= 0) return;

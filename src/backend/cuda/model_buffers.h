@@ -107,8 +107,11 @@ struct DeviceArray {
   X(dxm, float, rows * D)             /* d xmid */                                                                \
   X(tmpD, float, rows * D)            /* an RMSNorm's dx */                                                       \
   X(dmm, float, rows * F)                                                                                         \
-  X(dga, float, rows * F)                                                                                         \
-  X(dup, float, rows * F)                                                                                         \
+  X(dga, float, act32 * rows * F)     /* SwiGLU's input gradients: product operands only, so in bf16 with */      \
+  X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
+  X(dga_bf16, bf16, act16 * rows * F)                                                                             \
+  X(dup_bf16, bf16, act16 * rows * F)                                                                             \
+  X(gop16, bf16, act16 * rows * 3 * D) /* a gradient operand of two products (dx, dxm, dqkv), rounded once */     \
   X(dh2, float, rows * D)                                                                                         \
   X(dsum, float, rows * D)                                                                                        \
   X(dnormed, float, rows * D)                                                                                     \

@@ -88,6 +88,11 @@ struct GpuModel::Impl {
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
   DeviceBuffer ids_dev, tgt_dev, pos_dev, emb_order, emb_starts, emb_uniq;
   DeviceBuffer loss_dev, valid_dev;
+  // With opt.save_attention, while a batch runs forward and backward: each layer's attention output [rows, D]
+  // and log-sum-exp [rows, Ha], kept from the forward so that the backward's recomputation skips the attention;
+  // the layer's act.attn / act.lse point here (use_layer_attention). Allocated on the first training batch.
+  std::vector<DeviceArray<float>> attn_kept, lse_kept;
+  bool attention_kept = false;  // this batch keeps them (training with save_attention)
   // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
   std::vector<DeviceArray<float>> xs;
   std::vector<DeviceArray<bf16>> xs16;
@@ -157,6 +162,13 @@ struct GpuModel::Impl {
 
   // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
   Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
+  // A contiguous fp32 gradient that is the operand of two products: with bf16 activations rounded once into
+  // grad.gop16 (the bits Blas would round it to in each product), else itself. Valid until the next call.
+  Operand rounded_once(const float* g, int64_t n) {
+    if (!act16) return Operand(g);
+    mk::to_bf16(g, grad.gop16, n);
+    return Operand(static_cast<const bf16*>(grad.gop16));
+  }
 
   void* norm_work_for(int64_t rows, int64_t cols) {
     const size_t want = rms_norm_backward_workspace(rows, cols);
@@ -215,6 +227,23 @@ struct GpuModel::Impl {
     head = s.grow(head_arrays, opt.poison);
   }
 
+  // Sizes the per-layer attention outputs for a training batch of `rows` (opt.save_attention).
+  void ensure_kept_attention(int64_t rows) {
+    attn_kept.resize(size_t(L));
+    lse_kept.resize(size_t(L));
+    for (int64_t l = 0; l < L; ++l) {
+      attn_kept[size_t(l)].ensure(rows * D, opt.poison);
+      lse_kept[size_t(l)].ensure(rows * Ha, opt.poison);
+    }
+  }
+  // Points act.attn / act.lse at layer l's kept arrays when this batch keeps them (ensure_rows points them back at
+  // the shared buffers for the next batch).
+  void use_layer_attention(int64_t l) {
+    if (!attention_kept) return;
+    act.attn = attn_kept[size_t(l)].p();
+    act.lse = lse_kept[size_t(l)].p();
+  }
+
   // The residual stream at layer l's input (l = L: the final norm's input) as fp32: the kept array, or (bf16
   // activations) its bf16 copy widened into `xin`.
   const float* layer_input(int64_t l, int64_t rows) {
@@ -233,8 +262,10 @@ struct GpuModel::Impl {
   // ---- one layer ---------------------------------------------------------------------------------------
 
   // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
-  void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N) {
+  // `recompute`: the backward's second forward of the layer, which skips the attention when its output was kept.
+  void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N, bool recompute) {
     const int64_t rows = S * N;
+    use_layer_attention(l);
     const LayerTensors& lw = P.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
     // h = RMSNorm(x); qkv = h Wqkv
@@ -250,11 +281,12 @@ struct GpuModel::Impl {
     rope_forward(act.qa, act.qa, pos, rows, Ha, hd, cfg.rope_theta);
     rope_forward(act.ka, act.ka, pos, rows, Ha, hd, cfg.rope_theta);
     // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
-    timed("attention", [&] {
-      (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window}, act.qa,
-                                                                    D, act.ka, D, v, 3 * D, act.attn, D, act.lse,
-                                                                    nullptr);
-    });
+    if (!(recompute && attention_kept))
+      timed("attention", [&] {
+        (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window},
+                                                                      act.qa, D, act.ka, D, v, 3 * D, act.attn, D,
+                                                                      act.lse, nullptr);
+      });
     // Memory branch inputs (prepare_memory_inputs).
     mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, act.qh, act.qnorm, rows, H, d, 1e-5);
     mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, act.kh, act.knorm, rows, H, d, 1e-5);
@@ -459,18 +491,22 @@ struct GpuModel::Impl {
   // d/d(x) on return. Parameter gradients are accumulated.
   void layer_backward(int64_t l, const float* x, int64_t S, int64_t N) {
     const int64_t rows = S * N;
+    use_layer_attention(l);
     const LayerTensors& lw = P.layers[size_t(l)];
     const LayerTensors& lg = G.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
     float* dx = grad.dx;
     // ---- MLP: out = xmid + swiglu(h2) Wd
-    gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx, D, 1.0f, lg.w_down, D);
-    gemm(false, true, rows, F, D, 1.0f, dx, D, lw.w_down, D, 0.0f, grad.dmm, F);
-    mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga, grad.dup, rows * F);
-    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, grad.dga, F, 1.0f, lg.w_gate, F);
-    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, grad.dup, F, 1.0f, lg.w_up, F);
-    gemm(false, true, rows, D, F, 1.0f, grad.dga, F, lw.w_gate, F, 0.0f, grad.dh2, D);
-    gemm(false, true, rows, D, F, 1.0f, grad.dup, F, lw.w_up, F, 1.0f, grad.dh2, D);
+    const Operand dx_op = rounded_once(dx, rows * D);
+    gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx_op, D, 1.0f, lg.w_down, D);
+    gemm(false, true, rows, F, D, 1.0f, dx_op, D, lw.w_down, D, 0.0f, grad.dmm, F);
+    if (act16) mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga_bf16, grad.dup_bf16, rows * F);
+    else mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga, grad.dup, rows * F);
+    const Operand dga = operand(grad.dga, grad.dga_bf16), dup = operand(grad.dup, grad.dup_bf16);
+    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, dga, F, 1.0f, lg.w_gate, F);
+    gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, dup, F, 1.0f, lg.w_up, F);
+    gemm(false, true, rows, D, F, 1.0f, dga, F, lw.w_gate, F, 0.0f, grad.dh2, D);
+    gemm(false, true, rows, D, F, 1.0f, dup, F, lw.w_up, F, 1.0f, grad.dh2, D);
     rms_norm_backward(act.xmid, lw.mlp_norm, act.rinv2, grad.dh2, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D,
                       D);
     mk::axpy(lg.mlp_norm, grad.dwD, 1.0f, D);
@@ -478,8 +514,9 @@ struct GpuModel::Impl {
     mk::copy2d(dx, D, dxm, D, rows, D);
     mk::axpy(dxm, grad.tmpD, 1.0f, rows * D);
     // ---- xmid = x + sum Wo
-    gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm, D, 1.0f, lg.wo, D);
-    gemm(false, true, rows, D, D, 1.0f, dxm, D, lw.wo, D, 0.0f, grad.dsum, D);
+    const Operand dxm_op = rounded_once(dxm, rows * D);
+    gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm_op, D, 1.0f, lg.wo, D);
+    gemm(false, true, rows, D, D, 1.0f, dxm_op, D, lw.wo, D, 0.0f, grad.dsum, D);
     // ---- memory output: sum = attn + normed * gate
     mk::gate_heads_backward(act.normed, act.gate, grad.dsum, grad.dnormed, grad.dgate, rows, H, d);
     mk::act_backward(act.zs, grad.dgate, grad.dzs, rows * H, 0.0, math::Activation::Silu);
@@ -526,8 +563,9 @@ struct GpuModel::Impl {
     if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
     else mk::copy2d(grad.dvm, D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
     // ---- qkv = h Wqkv; h = RMSNorm(x)
-    gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv, 3 * D, 1.0f, lg.wqkv, 3 * D);
-    gemm(false, true, rows, D, 3 * D, 1.0f, dqkv, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
+    const Operand dqkv_op = rounded_once(dqkv, rows * 3 * D);
+    gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv_op, 3 * D, 1.0f, lg.wqkv, 3 * D);
+    gemm(false, true, rows, D, 3 * D, 1.0f, dqkv_op, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
     rms_norm_backward(x, lw.attn_norm, act.rinv1, grad.dh, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D, D);
     mk::axpy(lg.attn_norm, grad.dwD, 1.0f, D);
     mk::copy2d(dxm, D, dx, D, rows, D);
@@ -610,6 +648,8 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.valid += y >= 0;
   }
   m.ensure_rows(rows, S, N);
+  m.attention_kept = backward && m.opt.save_attention;
+  if (m.attention_kept) m.ensure_kept_attention(rows);
   // Token ids, targets, positions.
   auto upload = [](DeviceBuffer& dst, const void* src, size_t bytes) {
     if (dst.bytes() < bytes) dst = DeviceBuffer(std::max<size_t>(bytes, 8));
@@ -625,7 +665,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
   m.keep_output(-1, rows);
   for (int64_t l = 0; l < m.L; ++l) {
-    m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N);
+    m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N, /*recompute=*/false);
     m.keep_output(l, rows);
   }
   // The final norm's input: the last layer's output as kept (rounded in place with bf16 activations).
@@ -663,7 +703,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     // The work buffers hold the last layer's activations already; the others are recomputed from their input.
     // The recomputation's output (layer_output) is not kept again: it equals what the forward kept.
     const float* x = m.layer_input(l, rows);
-    if (l != m.L - 1) m.layer_forward(l, x, m.layer_output(l), S, N);
+    if (l != m.L - 1) m.layer_forward(l, x, m.layer_output(l), S, N, /*recompute=*/true);
     m.layer_backward(l, x, S, N);
   }
   // Embedding: rows of the table gathered per distinct id (host-built CSR; fixed order).

@@ -37,6 +37,8 @@ namespace ttt::cuda {
 struct GpuModelOptions {
   MathMode math = MathMode::FP32;  // the model's matrix products and the LaCT operator's (bf16 + Muon: tf32 there)
   bool bf16_activations = true;    // with math BF16: store activations in bf16 (see above); ignored otherwise
+  bool save_attention = true;      // training: every layer keeps its attention output and log-sum-exp, so the
+                                   // backward's recomputation of the layer skips the attention (same bits)
   bool poison = false;             // fill every work buffer with NaN when allocated (tests)
 };
 
