@@ -81,42 +81,30 @@ std::vector<T> parse_list(const std::string& s) {
   }
 }
 
+// The flag's value read by `parse`; anything it rejects is an error naming the flag and what it expects.
+template <class T>
+T parse_flag(const std::string& command, const std::string& name, const std::string& value, const char* expects,
+             T (*parse)(const std::string&)) {
+  try {
+    return parse(value);
+  } catch (...) {
+    TTT_FAIL("ttt " << command << ": --" << name << " expects " << expects << ", got '" << value << "'");
+  }
+}
+
 }  // namespace
 
 int64_t Args::i64(const std::string& name) const {
-  const std::string s = str(name);
-  try {
-    return parse_whole<int64_t>(s);
-  } catch (...) {
-    TTT_FAIL("ttt " << command_ << ": --" << name << " expects an integer, got '" << s << "'");
-  }
+  return parse_flag(command_, name, str(name), "an integer", parse_whole<int64_t>);
 }
-
 double Args::f64(const std::string& name) const {
-  const std::string s = str(name);
-  try {
-    return parse_whole<double>(s);
-  } catch (...) {
-    TTT_FAIL("ttt " << command_ << ": --" << name << " expects a number, got '" << s << "'");
-  }
+  return parse_flag(command_, name, str(name), "a number", parse_whole<double>);
 }
-
 std::vector<int64_t> Args::i64_list(const std::string& name) const {
-  const std::string s = str(name);
-  try {
-    return parse_list<int64_t>(s);
-  } catch (...) {
-    TTT_FAIL("ttt " << command_ << ": --" << name << " expects a comma-separated list of integers, got '" << s << "'");
-  }
+  return parse_flag(command_, name, str(name), "a comma-separated list of integers", parse_list<int64_t>);
 }
-
 std::vector<double> Args::f64_list(const std::string& name) const {
-  const std::string s = str(name);
-  try {
-    return parse_list<double>(s);
-  } catch (...) {
-    TTT_FAIL("ttt " << command_ << ": --" << name << " expects a comma-separated list of numbers, got '" << s << "'");
-  }
+  return parse_flag(command_, name, str(name), "a comma-separated list of numbers", parse_list<double>);
 }
 
 bool Args::on(const std::string& name) const { return has(name) && !specs_.at(name).takes_value; }
