@@ -1,6 +1,7 @@
 #include "cli/args.h"
 
 #include <sstream>
+#include <type_traits>
 
 namespace ttt::cli {
 
@@ -54,28 +55,56 @@ std::string Args::str(const std::string& name) const {
   return v != values_.end() ? v->second : it->second.def;
 }
 
-int64_t Args::i64(const std::string& name) const {
-  std::string s = str(name);
-  try {
-    size_t pos = 0;
-    long long v = std::stoll(s, &pos);
-    TTT_CHECK(pos == s.size(), "");
-    return v;
-  } catch (...) {
-    TTT_FAIL("ttt " << command_ << ": --" << name << " expects an integer, got '" << s << "'");
+namespace {
+
+// `s` as a whole number of type T (std::stoll / std::stod on all of it); throws on anything else.
+template <class T>
+T parse_whole(const std::string& s) {
+  size_t pos = 0;
+  T v;
+  if constexpr (std::is_integral_v<T>) v = T(std::stoll(s, &pos));
+  else v = T(std::stod(s, &pos));
+  TTT_CHECK(pos == s.size(), "");
+  return v;
+}
+
+// The comma-separated items of `s`, each a whole number.
+template <class T>
+std::vector<T> parse_list(const std::string& s) {
+  std::vector<T> out;
+  size_t begin = 0;
+  while (true) {
+    const size_t comma = s.find(',', begin);
+    out.push_back(parse_whole<T>(s.substr(begin, comma == std::string::npos ? std::string::npos : comma - begin)));
+    if (comma == std::string::npos) return out;
+    begin = comma + 1;
   }
 }
 
-double Args::f64(const std::string& name) const {
-  std::string s = str(name);
+// The flag's value read by `parse`; anything it rejects is an error naming the flag and what it expects.
+template <class T>
+T parse_flag(const std::string& command, const std::string& name, const std::string& value, const char* expects,
+             T (*parse)(const std::string&)) {
   try {
-    size_t pos = 0;
-    double v = std::stod(s, &pos);
-    TTT_CHECK(pos == s.size(), "");
-    return v;
+    return parse(value);
   } catch (...) {
-    TTT_FAIL("ttt " << command_ << ": --" << name << " expects a number, got '" << s << "'");
+    TTT_FAIL("ttt " << command << ": --" << name << " expects " << expects << ", got '" << value << "'");
   }
+}
+
+}  // namespace
+
+int64_t Args::i64(const std::string& name) const {
+  return parse_flag(command_, name, str(name), "an integer", parse_whole<int64_t>);
+}
+double Args::f64(const std::string& name) const {
+  return parse_flag(command_, name, str(name), "a number", parse_whole<double>);
+}
+std::vector<int64_t> Args::i64_list(const std::string& name) const {
+  return parse_flag(command_, name, str(name), "a comma-separated list of integers", parse_list<int64_t>);
+}
+std::vector<double> Args::f64_list(const std::string& name) const {
+  return parse_flag(command_, name, str(name), "a comma-separated list of numbers", parse_list<double>);
 }
 
 bool Args::on(const std::string& name) const { return has(name) && !specs_.at(name).takes_value; }

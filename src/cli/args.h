@@ -24,6 +24,9 @@ class Args {
   std::string str(const std::string& name) const;  // value or default
   int64_t i64(const std::string& name) const;
   double f64(const std::string& name) const;
+  // Comma-separated lists ("1024,4096", "0,0.5,1"): at least one item, each a whole integer / number.
+  std::vector<int64_t> i64_list(const std::string& name) const;
+  std::vector<double> f64_list(const std::string& name) const;
   bool on(const std::string& name) const;  // switch given
   std::string usage() const;
   bool help_requested() const { return help_; }

@@ -1,5 +1,10 @@
-// ttt eval: validation loss, bits per byte and loss per position bucket of a checkpoint; prints JSON and
-// writes the buckets as CSV.
+// ttt eval: a checkpoint's evaluations (docs/EVALUATION.md).
+//   default        validation loss, bits per byte and loss per position bucket over fixed windows; JSON on stdout,
+//                  the buckets as CSV
+//   --full         the whole validation split with a sliding stride; JSON on stdout
+//   --task mqar    multi-query associative recall, generated from --seed; a summary on stdout
+//   --task niah    needle in a haystack over --depths x --lengths; a table on stdout, --heatmap PNG
+// Every mode also writes its JSON to --json OUT.
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -7,100 +12,168 @@
 #include <omp.h>
 
 #include "backend/registry.h"
+#include "backend/streamer.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/device_flags.h"
 #include "core/error.h"
 #include "core/file_io.h"
+#include "core/png.h"
+#include "core/progress.h"
 #include "data/prepare.h"
 #include "data/tokens.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/memory_budget.h"
+#include "train/recall_tasks.h"
 
 namespace ttt::cli {
 
-int cmd_eval(const Argv& argv) {
-  Args a(argv, "eval");
-  a.value("checkpoint", "run directory or its checkpoint/ subdirectory (required)")
-      .value("data", "data directory whose val.bin is evaluated (default: the run's, else data/linux-doc)")
-      .value("context", "tokens per evaluation window (default: the model's seq_len); may exceed it")
-      .value("batches", "forward passes", "8")
-      .value("batch", "windows per forward pass", "8")
-      .value("buckets", "position buckets over the context", "8")
-      .value("csv", "where to write the buckets (default: <checkpoint>/eval_buckets.csv)");
-  declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
-  declare_precision_flags(a);
-  a.parse();
-  if (a.help_requested()) {
-    std::fprintf(stdout, "%s", a.usage().c_str());
-    return 0;
-  }
-  TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
-  const std::string device = device_flag(a, "ttt eval");
-  const backend::EngineOptions engine_options = engine_options_flags(a, "ttt eval", device);
-  const std::string ck_arg = a.str("checkpoint");
-  train::LoadedCheckpoint ck = train::load_checkpoint(ck_arg, /*require_state=*/false);
+namespace {
 
-  std::string data_dir = "data/linux-doc";
-  if (a.has("data")) data_dir = a.str("data");
-  else if (ck.has_state) data_dir = ck.state.train.data_dir;
-  const std::string val_path = (std::filesystem::path(data_dir) / "val.bin").string();
-  TTT_CHECK(file_exists(val_path), "ttt eval: no validation tokens at '" << val_path << "' (give --data DIR)");
-  train::EvalOptions eo;
-  eo.batches = a.i64("batches");
-  eo.batch = a.i64("batch");
-  eo.buckets = a.i64("buckets");
-  eo.context = a.has("context") ? a.i64("context") : ck.cfg.seq_len;
-  TTT_CHECK(eo.batches > 0, "ttt eval: --batches must be > 0, got " << eo.batches);
-  TTT_CHECK(eo.batch > 0, "ttt eval: --batch must be > 0, got " << eo.batch);
-  TTT_CHECK(eo.buckets > 0, "ttt eval: --buckets must be > 0, got " << eo.buckets);
-  TTT_CHECK(eo.context > 0, "ttt eval: --context must be > 0, got " << eo.context);
-  {
-    // Before loading and allocating: absurd --batch/--batches/--context or a model too large end here, named.
-    train::MemoryRequest mr;
-    mr.device = device;
-    mr.bf16 = engine_options.precision == backend::Precision::BF16;
-    mr.bf16_activations = engine_options.bf16_activations();
-    mr.threads = omp_get_max_threads();
-    mr.eval_windows = double(eo.batches) * double(eo.batch);
-    mr.eval_context = eo.context;
-    mr.eval_batch = eo.batch;
-    mr.eval_flags = "--batches " + std::to_string(eo.batches) + " x --batch " + std::to_string(eo.batch);
-    if (device == "cpu") mr.token_files = {val_path};
-    train::require_memory("ttt eval", train::estimate_memory(ck.cfg, mr));
-    if (device != "cpu") {
-      train::MemoryRequest host;
-      host.token_files = {val_path};
-      train::require_memory("ttt eval", train::estimate_memory(ck.cfg, host));
-    }
+enum class Mode { Windows, Full, Mqar, Niah };
+
+const char* mode_name(Mode m) {
+  switch (m) {
+    case Mode::Windows: return "the default evaluation";
+    case Mode::Full: return "--full";
+    case Mode::Mqar: return "--task mqar";
+    case Mode::Niah: return "--task niah";
   }
-  data::TokenFile vf = data::load_tokens(val_path);
-  TTT_CHECK(int64_t(vf.vocab) <= ck.cfg.vocab_size, "ttt eval: '" << val_path << "' has vocabulary " << vf.vocab
-                                                                  << ", larger than the model's " << ck.cfg.vocab_size);
-  const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(device, ck.cfg, engine_options);
-  engine->attach(ck.params, nullptr);
+  return "?";
+}
+
+// Flags of some modes only: given in another, they are refused rather than silently ignored.
+struct ScopedFlag {
+  const char* name;
+  std::vector<Mode> modes;
+};
+const std::vector<ScopedFlag>& scoped_flags() {
+  static const std::vector<ScopedFlag> flags = {
+      {"batches", {Mode::Windows}},
+      {"buckets", {Mode::Windows}},
+      {"csv", {Mode::Windows}},
+      {"batch", {Mode::Windows, Mode::Full}},
+      {"precision", {Mode::Windows, Mode::Full}},
+      {"activations", {Mode::Windows, Mode::Full}},
+      {"stride", {Mode::Full}},
+      {"context", {Mode::Windows, Mode::Full, Mode::Mqar}},
+      {"data", {Mode::Windows, Mode::Full, Mode::Niah}},
+      {"pairs", {Mode::Mqar}},
+      {"key-len", {Mode::Mqar}},
+      {"value-len", {Mode::Mqar}},
+      {"examples", {Mode::Mqar, Mode::Niah}},
+      {"seed", {Mode::Mqar, Mode::Niah}},
+      {"depths", {Mode::Niah}},
+      {"lengths", {Mode::Niah}},
+      {"key-digits", {Mode::Niah}},
+      {"heatmap", {Mode::Niah}},
+  };
+  return flags;
+}
+
+Mode mode_flags(const Args& a) {
+  Mode mode = Mode::Windows;
+  if (a.has("task")) {
+    TTT_CHECK(!a.on("full"), "ttt eval: --full and --task are separate evaluations; give one");
+    const std::string task = a.str("task");
+    if (task == "mqar") mode = Mode::Mqar;
+    else if (task == "niah") mode = Mode::Niah;
+    else TTT_FAIL("ttt eval: --task must be mqar or niah, got '" << task << "'");
+  } else if (a.on("full")) {
+    mode = Mode::Full;
+  }
+  for (const ScopedFlag& f : scoped_flags()) {
+    if (!a.has(f.name) || std::find(f.modes.begin(), f.modes.end(), mode) != f.modes.end()) continue;
+    std::string where;
+    for (Mode m : f.modes) where += (where.empty() ? "" : ", ") + std::string(mode_name(m));
+    TTT_FAIL("ttt eval: --" << f.name << " applies to " << where << ", not to " << mode_name(mode));
+  }
+  return mode;
+}
+
+int64_t positive_flag(const Args& a, const std::string& name) {
+  const int64_t v = a.i64(name);
+  TTT_CHECK(v > 0, "ttt eval: --" << name << " must be > 0, got " << v);
+  return v;
+}
+
+// The checkpoint and where its evaluation runs, shared by every mode.
+struct EvalSetup {
+  std::string device, ck_arg, data_dir, val_path;
+  backend::EngineOptions engine_options;
+  train::LoadedCheckpoint ck;
+};
+
+void require_eval_memory(EvalSetup& s, double windows, int64_t context, int64_t batch, const std::string& flags) {
+  // Before loading and allocating: absurd --batch/--batches/--context or a model too large end here, named.
+  train::MemoryRequest mr;
+  mr.device = s.device;
+  mr.bf16 = s.engine_options.precision == backend::Precision::BF16;
+  mr.bf16_activations = s.engine_options.bf16_activations();
+  mr.threads = omp_get_max_threads();
+  mr.eval_windows = windows;
+  mr.eval_context = context;
+  mr.eval_batch = batch;
+  mr.eval_flags = flags;
+  if (s.device == "cpu") mr.token_files = {s.val_path};
+  train::require_memory("ttt eval", train::estimate_memory(s.ck.cfg, mr));
+  if (s.device != "cpu") {
+    train::MemoryRequest host;
+    host.token_files = {s.val_path};
+    train::require_memory("ttt eval", train::estimate_memory(s.ck.cfg, host));
+  }
+}
+
+data::TokenFile load_val(EvalSetup& s) {
+  data::TokenFile vf = data::load_tokens(s.val_path);
+  TTT_CHECK(int64_t(vf.vocab) <= s.ck.cfg.vocab_size, "ttt eval: '" << s.val_path << "' has vocabulary " << vf.vocab
+                                                                    << ", larger than the model's " << s.ck.cfg.vocab_size);
+  return vf;
+}
+
+nlohmann::json header_json(EvalSetup& s) {
+  nlohmann::json j;
+  j["checkpoint"] = s.ck.dir;
+  if (s.ck.has_state) j["step"] = s.ck.state.step;
+  j["trained_seq_len"] = s.ck.cfg.seq_len;
+  j["device"] = s.device;
+  return j;
+}
+
+void emit_json(const Args& a, const nlohmann::json& j) {
+  if (a.has("json")) write_file_atomic(a.str("json"), j.dump(2) + "\n");
+}
+
+int eval_windows(const Args& a, EvalSetup& s) {
+  train::EvalOptions eo;
+  eo.batches = positive_flag(a, "batches");
+  eo.batch = positive_flag(a, "batch");
+  eo.buckets = positive_flag(a, "buckets");
+  eo.context = a.has("context") ? positive_flag(a, "context") : s.ck.cfg.seq_len;
+  require_eval_memory(s, double(eo.batches) * double(eo.batch), eo.context, eo.batch,
+                      "--batches " + std::to_string(eo.batches) + " x --batch " + std::to_string(eo.batch));
+  const data::TokenFile vf = load_val(s);
+  const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(s.device, s.ck.cfg, s.engine_options);
+  engine->attach(s.ck.params, nullptr);
   const train::EvalResult r = train::evaluate(*engine, vf.tokens, eo);
-  TTT_CHECK(std::isfinite(r.loss), "ttt eval: the validation loss of checkpoint '" << ck.dir << "' is non-finite ("
+  TTT_CHECK(std::isfinite(r.loss), "ttt eval: the validation loss of checkpoint '" << s.ck.dir << "' is non-finite ("
                                        << r.loss << "): its weights overflow on this data");
 
-  const std::string csv = a.has("csv") ? a.str("csv") : (std::filesystem::path(ck_arg) / "eval_buckets.csv").string();
+  const std::string csv =
+      a.has("csv") ? a.str("csv") : (std::filesystem::path(s.ck_arg) / "eval_buckets.csv").string();
   write_file_atomic(csv, train::buckets_csv(r));
 
-  nlohmann::json j;
-  j["checkpoint"] = ck.dir;
-  if (ck.has_state) j["step"] = ck.state.step;
-  j["data"] = data_dir;
+  nlohmann::json j = header_json(s);
+  j["data"] = s.data_dir;
   j["context"] = r.context;
-  j["trained_seq_len"] = ck.cfg.seq_len;
   j["windows"] = r.windows;
   j["tokens"] = r.tokens;
   j["val_loss"] = r.loss;
   j["val_bpb"] = r.bpb;
-  j["device"] = device;
   if (vf.vocab == data::kByteVocab) {
     // Unigram entropy of the corpus, for comparison (meta.json of the data directory, if present).
-    const std::string meta = (std::filesystem::path(data_dir) / "meta.json").string();
+    const std::string meta = (std::filesystem::path(s.data_dir) / "meta.json").string();
     if (file_exists(meta)) {
       try {
         auto m = nlohmann::json::parse(read_file(meta));
@@ -114,8 +187,214 @@ int cmd_eval(const Argv& argv) {
     bs.push_back({{"start", b.start}, {"end", b.end}, {"loss", b.loss}, {"bpb", b.bpb}, {"tokens", b.tokens}});
   j["buckets"] = bs;
   j["csv"] = csv;
+  emit_json(a, j);
   std::cout << j.dump(2) << std::endl;
   return 0;
+}
+
+int eval_full(const Args& a, EvalSetup& s) {
+  train::FullEvalOptions fo;
+  fo.context = a.has("context") ? positive_flag(a, "context") : s.ck.cfg.seq_len;
+  fo.stride = a.has("stride") ? positive_flag(a, "stride") : std::max<int64_t>(1, fo.context / 2);
+  fo.batch = positive_flag(a, "batch");
+  TTT_CHECK(fo.stride <= fo.context, "ttt eval: --stride " << fo.stride << " exceeds the context " << fo.context
+                                                           << " (tokens would go unscored); give 1 .. " << fo.context);
+  const int64_t per_call = s.device == "cpu" ? train::cpu_windows_per_call(fo.batch) : fo.batch;
+  require_eval_memory(s, double(per_call), fo.context, fo.batch, "--batch " + std::to_string(fo.batch));
+  const data::TokenFile vf = load_val(s);
+  // Bits per byte needs the bytes each token covers: known for the byte tokenizer (1, separators 0) only.
+  const bool byte_tokens = vf.vocab == data::kByteVocab;
+  const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(s.device, s.ck.cfg, s.engine_options);
+  engine->attach(s.ck.params, nullptr);
+  ProgressLine progress(std::cerr, "eval --full", "tokens");
+  const train::FullEvalResult r = train::evaluate_full(
+      *engine, vf.tokens, fo, train::byte_token_bytes,
+      [&](int64_t done, int64_t total) { progress.update(done, total); });
+  TTT_CHECK(std::isfinite(r.loss), "ttt eval --full: the loss of checkpoint '" << s.ck.dir << "' is non-finite ("
+                                       << r.loss << "): its weights overflow on this data");
+  nlohmann::json j = header_json(s);
+  j["mode"] = "full";
+  j["data"] = s.data_dir;
+  j["context"] = r.context;
+  j["stride"] = r.stride;
+  j["windows"] = r.windows;
+  j["tokens_scored"] = r.tokens;
+  j["loss_per_token"] = r.loss;
+  j["perplexity_per_token"] = r.perplexity;
+  if (byte_tokens) {
+    j["bytes_scored"] = r.bytes;
+    j["bits_per_byte"] = r.bits_per_byte;
+    j["bits_per_byte_note"] =
+        "byte tokenizer: each token is one byte of text, except the document separators, which count 0 bytes";
+  } else {
+    j["bits_per_byte"] = nullptr;
+    j["bits_per_byte_note"] = "not computed: the tokens are not bytes (vocabulary " + std::to_string(vf.vocab) + ")";
+  }
+  emit_json(a, j);
+  std::cout << j.dump(2) << std::endl;
+  return 0;
+}
+
+// Recall tasks run through the device's streamer, one fresh streamer per example.
+train::StreamerPredictor make_predictor(EvalSetup& s) {
+  return train::StreamerPredictor([&s] { return backend::make_streamer(s.device, s.ck.cfg, s.ck.params); });
+}
+
+nlohmann::json score_json(const train::RecallScore& r) {
+  return {{"accuracy", r.accuracy()},   {"token_accuracy", r.token_accuracy()}, {"answers", r.answers},
+          {"answers_correct", r.answers_correct}, {"answer_tokens", r.tokens}, {"answer_tokens_correct", r.tokens_correct}};
+}
+
+int eval_mqar(const Args& a, EvalSetup& s) {
+  train::MqarOptions mo;
+  mo.pairs = a.i64("pairs");
+  mo.context = a.has("context") ? a.i64("context") : s.ck.cfg.seq_len;
+  mo.examples = a.has("examples") ? a.i64("examples") : mo.examples;
+  mo.key_len = a.i64("key-len");
+  mo.value_len = a.i64("value-len");
+  mo.seed = uint64_t(a.i64("seed"));
+  const train::Encode encode = data::encode_bytes;
+  try {
+    train::validate_mqar(mo, encode);
+  } catch (const Error& e) {
+    TTT_FAIL("ttt eval --task mqar: " << e.what());
+  }
+  const std::vector<train::RecallExample> examples = train::make_mqar(mo, encode);
+  train::StreamerPredictor model = make_predictor(s);
+  ProgressLine progress(std::cerr, "eval --task mqar", "examples");
+  const train::RecallScore r = train::score_examples(model, examples, 0, examples.size(),
+                                                     [&](size_t done, size_t total) { progress.update(done, total); });
+  nlohmann::json j = header_json(s);
+  j["mode"] = "mqar";
+  j["pairs"] = mo.pairs;
+  j["context"] = mo.context;
+  j["examples"] = mo.examples;
+  j["key_len"] = mo.key_len;
+  j["value_len"] = mo.value_len;
+  j["seed"] = mo.seed;
+  j["result"] = score_json(r);
+  j["chance_token_accuracy"] = 0.1;  // a model that knows values are digits but not which
+  emit_json(a, j);
+  std::printf("MQAR: %lld pairs, context %lld, %lld examples (seed %llu)\n", (long long)mo.pairs, (long long)mo.context,
+              (long long)mo.examples, (unsigned long long)mo.seed);
+  std::printf("value-token accuracy %.4f (%lld/%lld; chance 0.1 per digit)\n", r.token_accuracy(),
+              (long long)r.tokens_correct, (long long)r.tokens);
+  std::printf("query accuracy       %.4f (%lld/%lld whole values right)\n", r.accuracy(), (long long)r.answers_correct,
+              (long long)r.answers);
+  return 0;
+}
+
+int eval_niah(const Args& a, EvalSetup& s) {
+  train::NiahOptions no;
+  no.depths = a.f64_list("depths");
+  no.lengths = a.has("lengths") ? a.i64_list("lengths")
+                                : std::vector<int64_t>{s.ck.cfg.seq_len, 4 * s.ck.cfg.seq_len};
+  no.examples = a.has("examples") ? a.i64("examples") : no.examples;
+  no.key_digits = a.i64("key-digits");
+  no.seed = uint64_t(a.i64("seed"));
+  const train::Encode encode = data::encode_bytes;
+  const std::vector<int32_t> haystack = train::haystack_text(load_val(s).tokens);
+  try {
+    train::validate_niah(no, encode, int64_t(haystack.size()));
+  } catch (const Error& e) {
+    TTT_FAIL("ttt eval --task niah: " << e.what() << " (haystack: '" << s.val_path << "')");
+  }
+  train::StreamerPredictor model = make_predictor(s);
+  std::vector<std::vector<train::RecallScore>> cells(no.depths.size(), std::vector<train::RecallScore>(no.lengths.size()));
+  int64_t total_tokens = 0, done_tokens = 0;
+  for (int64_t len : no.lengths) total_tokens += len * no.examples * int64_t(no.depths.size());
+  ProgressLine progress(std::cerr, "eval --task niah", "tokens");
+  for (size_t j = 0; j < no.lengths.size(); ++j)
+    for (size_t i = 0; i < no.depths.size(); ++i)
+      for (int64_t e = 0; e < no.examples; ++e) {
+        const train::RecallExample ex =
+            train::make_niah_example(no, encode, haystack, no.depths[i], no.lengths[j], e);
+        cells[i][j].add(train::score_example(model, ex));
+        done_tokens += no.lengths[j];
+        progress.update(done_tokens, total_tokens);
+      }
+
+  nlohmann::json j = header_json(s);
+  j["mode"] = "niah";
+  j["data"] = s.data_dir;
+  j["depths"] = no.depths;
+  j["lengths"] = no.lengths;
+  j["examples_per_cell"] = no.examples;
+  j["key_digits"] = no.key_digits;
+  j["seed"] = no.seed;
+  nlohmann::json grid = nlohmann::json::array();
+  std::vector<std::vector<double>> accuracy(no.depths.size());
+  for (size_t i = 0; i < no.depths.size(); ++i)
+    for (size_t k = 0; k < no.lengths.size(); ++k) {
+      nlohmann::json c = score_json(cells[i][k]);
+      c["depth"] = no.depths[i];
+      c["length"] = no.lengths[k];
+      grid.push_back(c);
+      accuracy[i].push_back(cells[i][k].accuracy());
+    }
+  j["cells"] = grid;
+  if (a.has("heatmap")) {
+    const train::RgbImage img = train::accuracy_heatmap(accuracy);
+    write_file_atomic(a.str("heatmap"), encode_png_rgb(img.width, img.height, img.pixels));
+    j["heatmap"] = a.str("heatmap");
+  }
+  emit_json(a, j);
+  std::cout << train::niah_table(no, cells);
+  return 0;
+}
+
+}  // namespace
+
+int cmd_eval(const Argv& argv) {
+  Args a(argv, "eval");
+  a.value("checkpoint", "run directory or its checkpoint/ subdirectory (required)")
+      .value("data", "data directory whose val.bin is evaluated (default: the run's, else data/linux-doc)")
+      .value("context", "tokens per window (default: the model's seq_len; may exceed it); --task mqar: tokens per example")
+      .value("batches", "forward passes", "8")
+      .value("batch", "windows per forward pass", "8")
+      .value("buckets", "position buckets over the context", "8")
+      .value("csv", "where to write the buckets (default: <checkpoint>/eval_buckets.csv)")
+      .flag("full", "score the whole validation split once, with a sliding window (--context, --stride)")
+      .value("stride", "--full: window step; each token keeps >= context - stride tokens of left context (default: context / 2)")
+      .value("task", "a synthetic recall task: mqar | niah (docs/EVALUATION.md)")
+      .value("pairs", "--task mqar: key-value pairs per example", "16")
+      .value("key-len", "--task mqar: letters per key", "3")
+      .value("value-len", "--task mqar: digits per value", "2")
+      .value("examples", "--task mqar: examples (default 64); --task niah: examples per depth x length cell (default 4)")
+      .value("seed", "--task mqar|niah: the examples' seed", "0")
+      .value("depths", "--task niah: needle depths in [0, 1]", "0,0.25,0.5,0.75,1")
+      .value("lengths", "--task niah: tokens per example (default: seq_len and 4 x seq_len)")
+      .value("key-digits", "--task niah: digits of the key", "6")
+      .value("heatmap", "--task niah: write the accuracy grid as a PNG heat map")
+      .value("json", "also write the results as JSON to this file");
+  declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
+  declare_precision_flags(a);
+  a.parse();
+  if (a.help_requested()) {
+    std::fprintf(stdout, "%s", a.usage().c_str());
+    return 0;
+  }
+  TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
+  const Mode mode = mode_flags(a);
+  EvalSetup s;
+  s.device = device_flag(a, "ttt eval");
+  s.engine_options = engine_options_flags(a, "ttt eval", s.device);
+  s.ck_arg = a.str("checkpoint");
+  s.ck = train::load_checkpoint(s.ck_arg, /*require_state=*/false);
+  if (mode != Mode::Mqar) {  // MQAR is generated; the others read the validation split
+    s.data_dir = "data/linux-doc";
+    if (a.has("data")) s.data_dir = a.str("data");
+    else if (s.ck.has_state) s.data_dir = s.ck.state.train.data_dir;
+    s.val_path = (std::filesystem::path(s.data_dir) / "val.bin").string();
+    TTT_CHECK(file_exists(s.val_path), "ttt eval: no validation tokens at '" << s.val_path << "' (give --data DIR)");
+  }
+  switch (mode) {
+    case Mode::Windows: return eval_windows(a, s);
+    case Mode::Full: return eval_full(a, s);
+    case Mode::Mqar: return eval_mqar(a, s);
+    case Mode::Niah: return eval_niah(a, s);
+  }
+  return 1;
 }
 
 }  // namespace ttt::cli

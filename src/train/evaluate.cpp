@@ -10,6 +10,7 @@
 
 #include "backend/engine.h"
 #include "core/error.h"
+#include "data/tokens.h"
 
 namespace ttt::train {
 
@@ -50,17 +51,28 @@ EvalPlan plan_eval(int64_t vocab, int64_t seq_len, const std::vector<int32_t>& t
   return pl;
 }
 
+// Appends the window of batch.len inputs from `start` (and its targets, one token later) to the batch.
+void append_window(model::Batch& batch, const std::vector<int32_t>& tokens, int64_t start) {
+  const auto first = tokens.begin() + start;
+  batch.inputs.insert(batch.inputs.end(), first, first + batch.len);
+  batch.targets.insert(batch.targets.end(), first + 1, first + batch.len + 1);
+  ++batch.sequences;
+}
+
 // Windows [w0, w1) as one batch.
 model::Batch window_batch(const EvalPlan& pl, const std::vector<int32_t>& tokens, int64_t w0, int64_t w1) {
   model::Batch batch;
-  batch.sequences = w1 - w0;
   batch.len = pl.L;
-  for (int64_t w = w0; w < w1; ++w) {
-    const auto first = tokens.begin() + pl.off[size_t(w)];
-    batch.inputs.insert(batch.inputs.end(), first, first + pl.L);
-    batch.targets.insert(batch.targets.end(), first + 1, first + pl.L + 1);
-  }
+  for (int64_t w = w0; w < w1; ++w) append_window(batch, tokens, pl.off[size_t(w)]);
   return batch;
+}
+
+// The per-token losses of a batch, checked for their count.
+std::vector<double> batch_losses(const BatchTokenLosses& losses, const model::Batch& batch) {
+  std::vector<double> all = losses(batch);
+  TTT_CHECK(int64_t(all.size()) == batch.sequences * batch.len,
+            "evaluation: " << all.size() << " token losses for " << batch.sequences * batch.len << " positions");
+  return all;
 }
 
 // Sums in window order: the result does not depend on how the windows were computed.
@@ -152,9 +164,7 @@ EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t 
   std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
   for (int64_t w0 = 0; w0 < pl.n_windows; w0 += group) {
     const int64_t w1 = std::min(pl.n_windows, w0 + group);
-    const std::vector<double> all = losses(window_batch(pl, tokens, w0, w1));
-    TTT_CHECK(int64_t(all.size()) == (w1 - w0) * pl.L, "evaluation: " << all.size() << " token losses for "
-                                                                      << (w1 - w0) * pl.L << " positions");
+    const std::vector<double> all = batch_losses(losses, window_batch(pl, tokens, w0, w1));
     for (int64_t w = w0; w < w1; ++w)
       tl[size_t(w)].assign(all.begin() + (w - w0) * pl.L, all.begin() + (w - w0 + 1) * pl.L);
   }
@@ -171,6 +181,75 @@ std::string buckets_csv(const EvalResult& r) {
     os << buf;
   }
   return os.str();
+}
+
+std::vector<SlidingWindow> sliding_windows(int64_t n_tokens, int64_t context, int64_t stride) {
+  TTT_CHECK(context > 0, "evaluation context must be > 0, got " << context);
+  TTT_CHECK(stride > 0 && stride <= context, "evaluation stride must be in [1, context = " << context << "], got " << stride);
+  TTT_CHECK(n_tokens >= 2, "the evaluation needs at least 2 tokens (one target), got " << n_tokens);
+  std::vector<SlidingWindow> out;
+  int64_t scored_end = 0;  // targets 1 .. scored_end are scored
+  for (int64_t start = 0; scored_end < n_tokens - 1; start += stride) {
+    SlidingWindow w;
+    w.start = start;
+    w.len = std::min(context, n_tokens - 1 - start);
+    // Window position i predicts target start + i + 1: score those beyond scored_end.
+    w.first_scored = scored_end - start;
+    scored_end = start + w.len;
+    out.push_back(w);
+  }
+  return out;
+}
+
+int64_t byte_token_bytes(int32_t token) { return token == data::kDocSeparator ? 0 : 1; }
+
+FullEvalResult evaluate_full_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
+                                  const std::vector<int32_t>& tokens, const FullEvalOptions& opt,
+                                  int64_t windows_per_call, const TokenBytes& token_bytes,
+                                  const EvalProgress& progress) {
+  FullEvalResult res;
+  res.context = opt.context > 0 ? opt.context : seq_len;
+  res.stride = opt.stride > 0 ? opt.stride : std::max<int64_t>(1, res.context / 2);
+  TTT_CHECK(opt.batch > 0, "evaluation batch must be > 0, got " << opt.batch);
+  const int64_t n = int64_t(tokens.size());
+  const std::vector<SlidingWindow> windows = sliding_windows(n, res.context, res.stride);
+  for (int64_t i = 0; i < n; ++i)
+    TTT_CHECK(tokens[size_t(i)] >= 0 && tokens[size_t(i)] < vocab,
+              "token " << tokens[size_t(i)] << " at offset " << i << " is outside the model's vocabulary (" << vocab << ")");
+  res.windows = int64_t(windows.size());
+  const int64_t group = windows_per_call > 0 ? windows_per_call : opt.batch;
+  for (size_t w0 = 0; w0 < windows.size();) {
+    // A group: consecutive windows of one length (only the last window may be shorter).
+    size_t w1 = w0 + 1;
+    while (w1 < windows.size() && int64_t(w1 - w0) < group && windows[w1].len == windows[w0].len) ++w1;
+    model::Batch batch;
+    batch.len = windows[w0].len;
+    for (size_t w = w0; w < w1; ++w) append_window(batch, tokens, windows[w].start);
+    const std::vector<double> all = batch_losses(losses, batch);
+    for (size_t w = w0; w < w1; ++w) {
+      const SlidingWindow& win = windows[w];
+      const double* l = all.data() + int64_t(w - w0) * batch.len;
+      for (int64_t i = win.first_scored; i < win.len; ++i) {
+        res.loss_sum += l[i];
+        res.bytes += token_bytes(tokens[size_t(win.start + i + 1)]);
+        ++res.tokens;
+      }
+    }
+    if (progress) progress(res.tokens, n - 1);
+    w0 = w1;
+  }
+  TTT_CHECK(res.tokens == n - 1, "evaluation: scored " << res.tokens << " targets of " << n - 1);
+  res.loss = res.loss_sum / double(res.tokens);
+  res.perplexity = std::exp(res.loss);
+  res.bits_per_byte = res.bytes > 0 ? res.loss_sum / std::log(2.0) / double(res.bytes) : 0.0;
+  return res;
+}
+
+FullEvalResult evaluate_full(backend::StepEngine& engine, const std::vector<int32_t>& tokens, const FullEvalOptions& opt,
+                             const TokenBytes& token_bytes, const EvalProgress& progress) {
+  const model::ModelConfig& cfg = engine.config();
+  return evaluate_full_with([&](const model::Batch& b) { return engine.token_losses(b); }, cfg.vocab_size, cfg.seq_len,
+                            tokens, opt, engine.eval_windows_per_call(opt.batch), token_bytes, progress);
 }
 
 }  // namespace ttt::train

@@ -1,5 +1,6 @@
 // Validation: mean cross-entropy over a fixed, deterministic set of windows of a token stream, with the
-// loss per position bucket (does the model use long context? later positions should have lower loss).
+// loss per position bucket (does the model use long context? later positions should have lower loss); and
+// the whole stream with a sliding stride (`ttt eval --full`, evaluate_full below).
 //
 // Windows: n_windows = batches * batch windows of context + 1 tokens, window i starting at offset
 // floor(i * (n_tokens - context - 1) / max(1, n_windows - 1)) (evenly spaced over the whole stream, the
@@ -67,5 +68,51 @@ EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t 
 
 // CSV with header bucket_start,bucket_end,loss,bpb,tokens.
 std::string buckets_csv(const EvalResult& r);
+
+// ---- The whole stream with a sliding stride (`ttt eval --full`) ----
+//
+// Every target (tokens 1 .. n-1, each predicted from the tokens before it) is scored exactly once. Window k
+// reads tokens [k*stride, k*stride + len) with len = min(context, n - 1 - k*stride) and predicts the next token
+// at each of its positions; it scores only the targets no earlier window reached: window 0 all of its own, window
+// k >= 1 those after position context - stride (so each has at least context - stride + 1 tokens of left
+// context). The last window may be shorter; with stride = context the windows do not overlap.
+struct SlidingWindow {
+  int64_t start = 0;         // first input token
+  int64_t len = 0;           // inputs tokens[start, start+len), targets tokens[start+1, start+len]
+  int64_t first_scored = 0;  // positions [first_scored, len) of the window are scored
+};
+std::vector<SlidingWindow> sliding_windows(int64_t n_tokens, int64_t context, int64_t stride);
+
+struct FullEvalOptions {
+  int64_t context = 0;  // tokens per window (0: the model's seq_len)
+  int64_t stride = 0;   // window step (0: context / 2, at least 1)
+  int64_t batch = 8;    // windows per forward pass (a device's batch; the CPU runs one per thread)
+};
+
+struct FullEvalResult {
+  int64_t context = 0, stride = 0, windows = 0;
+  int64_t tokens = 0;     // targets scored (n - 1)
+  int64_t bytes = 0;      // text bytes those targets cover (token_bytes of each target)
+  double loss_sum = 0;    // nats, summed in target order
+  double loss = 0;        // mean cross-entropy per token (nats)
+  double perplexity = 0;  // exp(loss), per token
+  double bits_per_byte = 0;  // loss_sum / ln 2 / bytes
+};
+
+// Text bytes a token covers, for bits per byte. The byte tokenizer's: 1, except the document separator (0).
+using TokenBytes = std::function<int64_t(int32_t)>;
+int64_t byte_token_bytes(int32_t token);
+// Called after each group of windows with the targets scored so far and the total.
+using EvalProgress = std::function<void(int64_t scored, int64_t total)>;
+
+// The windows in groups of up to windows_per_call of equal length, per-token losses from `losses`, sums in
+// target order (the result does not depend on the grouping or the device's threads).
+FullEvalResult evaluate_full_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
+                                  const std::vector<int32_t>& tokens, const FullEvalOptions& opt,
+                                  int64_t windows_per_call, const TokenBytes& token_bytes,
+                                  const EvalProgress& progress = {});
+// On any device: the step engine's token_losses.
+FullEvalResult evaluate_full(backend::StepEngine& engine, const std::vector<int32_t>& tokens, const FullEvalOptions& opt,
+                             const TokenBytes& token_bytes, const EvalProgress& progress = {});
 
 }  // namespace ttt::train

@@ -14,6 +14,7 @@
 #include "backend/registry.h"
 #include "core/error.h"
 #include "core/file_io.h"
+#include "core/progress.h"
 #include "data/prepare.h"
 #include "data/tokens.h"
 #include "train/checkpoint.h"
@@ -33,23 +34,6 @@ namespace {
 constexpr uint64_t kDataSeedMix = 0xda7a5eed0b5e55edull;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::string hms(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  const long long t = (long long)std::llround(s);
-  char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", t / 3600, (t / 60) % 60, t % 60);
-  else std::snprintf(buf, sizeof buf, "%lld:%02lld", t / 60, t % 60);
-  return buf;
-}
-
-std::string human(double x) {
-  char buf[32];
-  if (x >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", x / 1e6);
-  else if (x >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", x / 1e3);
-  else std::snprintf(buf, sizeof buf, "%.0f", x);
-  return buf;
-}
 
 void say(std::ostream* log, const std::string& s) {
   if (!log) return;
@@ -484,9 +468,9 @@ TrainResult train(const TrainOptions& opt) {
     std::ostringstream os;
     os << (resuming ? "resuming " : "training ") << tc.preset << " (" << cfg.arch << ", dim " << cfg.dim << ", "
        << cfg.n_layers << " layers, seq_len " << cfg.seq_len << "): " << res.n_params << " parameters ("
-       << human(double(res.n_params)) << ")\n"
-       << "data " << tc.data_dir << ": " << human(double(corpus.train.size())) << " train / "
-       << human(double(corpus.val.size())) << " val tokens; " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
+       << format_count(double(res.n_params)) << ")\n"
+       << "data " << tc.data_dir << ": " << format_count(double(corpus.train.size())) << " train / "
+       << format_count(double(corpus.val.size())) << " val tokens; " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
     os << "\ndevice " << opt.device << ": " << engine->description();
@@ -567,8 +551,8 @@ TrainResult train(const TrainOptions& opt) {
       if (opt.time_budget_s > 0) eta = std::min(eta, std::max(0.0, opt.time_budget_s - elapsed));
       char buf[256];
       std::snprintf(buf, sizeof buf, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.2f | %s tok/s | %s elapsed | ETA %s",
-                    (long long)state.step, (long long)tc.steps, loss, lr, gnorm, human(tps).c_str(), hms(elapsed).c_str(),
-                    hms(eta).c_str());
+                    (long long)state.step, (long long)tc.steps, loss, lr, gnorm, format_count(tps).c_str(), format_hms(elapsed).c_str(),
+                    format_hms(eta).c_str());
       std::string progress = buf;
       if (spike > 0) {
         std::snprintf(buf, sizeof buf, " | LOSS SPIKE %.1fx avg", spike);
@@ -584,7 +568,7 @@ TrainResult train(const TrainOptions& opt) {
     }
     if (budget_hit) {
       res.stopped_by_budget = true;
-      say(opt.log, "time budget of " + hms(opt.time_budget_s) + " reached at step " + std::to_string(state.step) +
+      say(opt.log, "time budget of " + format_hms(opt.time_budget_s) + " reached at step " + std::to_string(state.step) +
                        "; continue with --resume " + run_dir);
       break;
     }
