@@ -3,7 +3,8 @@
 # Usage: scripts/setup.sh            (set TTT_BUILD_DIR to change the build folder, default build/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# python3-torch: the independent float64 PyTorch references that tests/reference/ compares against.
+# python3-torch: the independent float64 PyTorch references that tests/reference/ compares against, and the
+# python/ttt_torch package's tests (tests/python; the system Python's torch, no PyPI download).
 # clang, libclang-rt-14-dev (libFuzzer, sanitizer runtimes), libomp-14-dev (OpenMP for clang): the fuzz
 # targets (scripts/fuzz.sh); gcc's sanitizer runtimes (scripts/sanitize.sh) come with build-essential.
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev zlib1g-dev linux-doc python3-torch

@@ -80,7 +80,7 @@ TEST(CliErrors, ValidFixtureWorks) {
 }
 
 TEST(CliErrors, UnknownFlagForEveryCommand) {
-  for (const char* c : {"train", "eval", "generate", "prepare", "op lact", "op tnt", "bench op"})
+  for (const char* c : {"train", "eval", "generate", "logits", "prepare", "op lact", "op tnt", "bench op"})
     expect_clean_failure(std::string(c) + " --no-such-flag 1", "unknown flag");
   expect_clean_failure("bench --no-such-flag 1", "subcommand");  // `bench` alone only names its subcommands
   expect_clean_failure("frobnicate", "unknown command");

@@ -71,15 +71,7 @@ train::MemoryRequest cpu_training(int64_t batch, int64_t seq_len) {
 
 // A run directory with a checkpoint of the small lact model of train_test_util.h whose data is `data_dir`.
 void write_small_checkpoint(const std::string& run_dir, const std::string& data_dir) {
-  const model::ModelConfig cfg = test_util::small_lact_config();
-  model::Params<float> p = model::make_params<float>(cfg);
-  model::init_params(cfg, p, 1);
-  std::vector<int64_t> sizes;
-  for (auto& m : p.values) sizes.push_back(m.size());
-  train::RunState st;
-  st.train.seq_len = cfg.seq_len;
-  st.train.data_dir = data_dir;
-  train::save_run_checkpoint(run_dir, cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st, 1);
+  test_util::write_initial_checkpoint(run_dir, test_util::small_lact_config(), data_dir);
 }
 
 }  // namespace

@@ -13,6 +13,8 @@
 #include "core/rng.h"
 #include "data/tokens.h"
 #include "model/config.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
 
 namespace ttt::test_util {
 
@@ -81,6 +83,20 @@ inline model::ModelConfig small_tnt_config() {
   cfg.shard = 16;
   cfg.mlp_hidden = 32;
   return cfg;
+}
+
+// A run directory with a complete checkpoint of `cfg` at step 0: weights initialized with `seed`, zero AdamW
+// moments, the run's data directory `data_dir`.
+inline void write_initial_checkpoint(const std::string& run_dir, const model::ModelConfig& cfg,
+                                     const std::string& data_dir, uint64_t seed = 1) {
+  model::Params<float> p = model::make_params<float>(cfg);
+  model::init_params(cfg, p, seed);
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  train::RunState st;
+  st.train.seq_len = cfg.seq_len;
+  st.train.data_dir = data_dir;
+  train::save_run_checkpoint(run_dir, cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st, 1);
 }
 
 }  // namespace ttt::test_util

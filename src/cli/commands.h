@@ -17,6 +17,7 @@ int cmd_prepare(const Argv& args);    // cmd_prepare.cpp
 int cmd_train(const Argv& args);      // cmd_train.cpp
 int cmd_eval(const Argv& args);       // cmd_eval.cpp
 int cmd_generate(const Argv& args);   // cmd_generate.cpp
+int cmd_logits(const Argv& args);     // cmd_logits.cpp
 
 // The operator commands (op lact, op tnt) refuse to write non-finite outputs: finite inputs so large that the
 // arithmetic overflows must end in an error, not in a file of NaN/Inf and exit 0. Throws naming the tensors.

@@ -29,6 +29,7 @@ const std::map<std::string, Command>& commands() {
       {"train", {ttt::cli::cmd_train, "train a model (no flags: the tiny preset on the default corpus)"}},
       {"eval", {ttt::cli::cmd_eval, "evaluate a checkpoint on validation data; prints JSON"}},
       {"generate", {ttt::cli::cmd_generate, "generate text from a checkpoint with a constant-memory recurrent state"}},
+      {"logits", {ttt::cli::cmd_logits, "the logits of a checkpoint over a text file, as a safetensors file"}},
   };
   return table;
 }

@@ -6,7 +6,7 @@
 
 namespace ttt {
 
-enum class DType { F32, F64, BF16 };
+enum class DType { F32, F64, BF16, I64 };  // I64: token ids (ttt logits writes `tokens`)
 enum class Device { CPU, CUDA };
 
 inline const char* dtype_name(DType t) {
@@ -14,6 +14,7 @@ inline const char* dtype_name(DType t) {
     case DType::F32: return "F32";
     case DType::F64: return "F64";
     case DType::BF16: return "BF16";
+    case DType::I64: return "I64";
   }
   return "?";
 }
@@ -22,6 +23,7 @@ inline size_t dtype_size(DType t) {
     case DType::F32: return 4;
     case DType::F64: return 8;
     case DType::BF16: return 2;
+    case DType::I64: return 8;
   }
   return 0;
 }
@@ -52,5 +54,6 @@ template <class T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
 template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };
 template <> struct dtype_of<bf16> { static constexpr DType value = DType::BF16; };
+template <> struct dtype_of<int64_t> { static constexpr DType value = DType::I64; };
 
 }  // namespace ttt

@@ -35,7 +35,8 @@ static DType parse_dtype(const std::string& s, const std::string& origin, const 
   if (s == "F32") return DType::F32;
   if (s == "F64") return DType::F64;
   if (s == "BF16") return DType::BF16;
-  TTT_FAIL(origin << ": tensor '" << name << "' has dtype " << s << "; supported: F64, F32, BF16");
+  if (s == "I64") return DType::I64;
+  TTT_FAIL(origin << ": tensor '" << name << "' has dtype " << s << "; supported: F64, F32, BF16, I64");
 }
 
 namespace {

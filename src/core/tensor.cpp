@@ -92,6 +92,7 @@ double Tensor::get(int64_t i) const {
     case DType::F32: return reinterpret_cast<const float*>(raw())[i];
     case DType::F64: return reinterpret_cast<const double*>(raw())[i];
     case DType::BF16: return bf16_to_float(reinterpret_cast<const bf16*>(raw())[i]);
+    case DType::I64: return double(reinterpret_cast<const int64_t*>(raw())[i]);
   }
   return 0;
 }
@@ -101,6 +102,7 @@ void Tensor::set(int64_t i, double v) {
     case DType::F32: reinterpret_cast<float*>(raw())[i] = float(v); break;
     case DType::F64: reinterpret_cast<double*>(raw())[i] = v; break;
     case DType::BF16: reinterpret_cast<bf16*>(raw())[i] = float_to_bf16(float(v)); break;
+    case DType::I64: reinterpret_cast<int64_t*>(raw())[i] = int64_t(v); break;
   }
 }
 

@@ -175,6 +175,8 @@ void params_from_safetensors(const ModelConfig& cfg, Params<T>& p, const SafeTen
                         << "); the weights do not match the config");
     TTT_CHECK(t->shape() == p.shapes[i], origin << ": parameter '" << p.names[i] << "' is " << t->describe()
                                                 << ", the config expects " << shape_str(p.shapes[i]));
+    TTT_CHECK(t->dtype() != DType::I64, origin << ": parameter '" << p.names[i] << "' is " << t->describe()
+                                               << "; parameters are floating point (F32, F64 or BF16)");
     Tensor c = t->to(dtype_of<T>::value);
     std::copy(c.data<T>(), c.data<T>() + c.numel(), p.values[i].data.begin());
     TTT_CHECK(t->all_finite(), origin << ": parameter '" << p.names[i] << "' contains NaN or Inf");

@@ -100,6 +100,10 @@ namespace {
 constexpr const char* kLinkName = "checkpoint";    // RUN/checkpoint: the link to the newest checkpoint
 constexpr const char* kStepsDir = "checkpoints";   // RUN/checkpoints/step-<N>/
 constexpr const char* kStepPrefix = "step-";
+// model.safetensors' metadata "format": "pt" (what Hugging Face loaders accept; since 2026-11-30), or the
+// "ttt-model" of earlier versions, still read; no "format" is read too (bare weights).
+constexpr const char* kModelFormat = "pt";
+constexpr const char* kOldModelFormat = "ttt-model";
 constexpr const char* kCheckpointFiles[] = {"model.safetensors", "config.json", "optimizer.safetensors", "state.json"};
 
 std::string step_dir_name(int64_t step) { return kStepPrefix + std::to_string(step); }
@@ -311,7 +315,7 @@ std::string save_run_checkpoint(const std::string& run_dir, const model::ModelCo
   const fs::path final_dir = run / kStepsDir / step_dir_name(state.step);
   SafeTensors w = model::params_to_safetensors(params);
   w.metadata["step"] = std::to_string(state.step);
-  w.metadata["format"] = "ttt-model";
+  w.metadata["format"] = kModelFormat;
   SafeTensors o = opt.to_safetensors(params.shapes);
   o.metadata["run_step"] = std::to_string(state.step);
   try {
@@ -364,6 +368,10 @@ LoadedCheckpoint load_checkpoint(const std::string& path, bool require_state) {
   c.cfg = model::load_config(cfg_path);
   TTT_CHECK(file_exists(model_path), "checkpoint '" << c.dir << "' has no model.safetensors");
   SafeTensors st = safetensors_load(model_path);
+  if (auto f = st.metadata.find("format"); f != st.metadata.end())
+    TTT_CHECK(f->second == kModelFormat || f->second == kOldModelFormat,
+              model_path << ": metadata \"format\" is \"" << f->second << "\"; ttt reads \"" << kModelFormat
+                         << "\" (or the \"" << kOldModelFormat << "\" of earlier versions)");
   model::params_from_safetensors(c.cfg, c.params, st, model_path);
   c.has_state = file_exists(state_path);
   TTT_CHECK(c.has_state || !require_state, "checkpoint '" << c.dir << "' has no state.json (the save was interrupted, "

@@ -1,7 +1,9 @@
 // Training checkpoints: everything needed to continue a run bit-identically, saved as one unit.
 //
 // A checkpoint is a directory of four files:
-//   model.safetensors      the parameters (F32), metadata {"step": "<step>"}
+//   model.safetensors      the parameters (F32), metadata {"step": "<step>", "format": "pt"} (earlier versions
+//                          wrote "ttt-model", still read; any other "format" is refused naming it); names, shapes
+//                          and layouts: docs/CHECKPOINT_FORMAT.md
 //   config.json            the model config (model::save_config; readable by model::load_config)
 //   optimizer.safetensors  AdamW moments "m.<param>" and "v.<param>" (F32), metadata {"step": "<adam t>",
 //                          "run_step": "<step>"}
