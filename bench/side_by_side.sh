@@ -1,8 +1,10 @@
 #!/bin/bash
 # The public LaCT model's training step and ttt's, in one process tree on one GPU: prints both and the ratio.
+# With --op, first the operators alone: `ttt bench op --device cuda --precision bf16` beside the public
+# block_causal_lact_swiglu (bench/public_lact_op.py) at the same shape (b*H 4, T 32768, d = dh = 384, chunk 2048).
 #
 #   bench/side_by_side.sh --lact-repo DIR [--wheels DIR] [--ttt PATH] [--preset 760m|3b] [--seq-len N]
-#                         [--grad-checkpoint] [-- extra flags for ttt bench step]
+#                         [--grad-checkpoint] [--op] [--no-step] [-- extra flags for ttt bench step]
 #
 # --lact-repo  a checkout of github a1600012888/LaCT (never part of ttt; bring your own)
 # --wheels     a directory of wheels to install first into a temporary target (fla-core and
@@ -11,7 +13,7 @@
 # flash_attn is replaced by bench/flash_attn_standin (flex_attention with a sliding-window block mask).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-lact_repo="" wheels="" ttt="$here/../build/ttt" preset=760m seq_len=32768 ckpt="" extra=()
+lact_repo="" wheels="" ttt="$here/../build/ttt" preset=760m seq_len=32768 ckpt="" op=0 step=1 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --lact-repo) lact_repo=$2; shift 2 ;;
@@ -20,6 +22,8 @@ while [ $# -gt 0 ]; do
     --preset) preset=$2; shift 2 ;;
     --seq-len) seq_len=$2; shift 2 ;;
     --grad-checkpoint) ckpt=--grad-checkpoint; shift ;;
+    --op) op=1; shift ;;
+    --no-step) step=0; shift ;;
     --) shift; extra=("$@"); break ;;
     *) echo "side_by_side.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -32,6 +36,22 @@ if [ -n "$wheels" ]; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 out=$(mktemp -d)
+if [ $op = 1 ]; then
+  echo "== operators: ttt bench op --precision bf16, then the public block_causal_lact_swiglu" >&2
+  "$ttt" bench op --device cuda --precision bf16 --repeats 10 --warmup 3 > "$out/ttt_op.json"
+  python3 "$here/public_lact_op.py" --lact-repo "$lact_repo" > "$out/public_op.json"
+  cat "$out/ttt_op.json" "$out/public_op.json"
+  python3 - "$out/ttt_op.json" "$out/public_op.json" <<'PY'
+import json, sys
+t = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+p = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+tf, tfb = t["fwd_s"] * 1e3, t["fwdbwd_s"] * 1e3
+print(f"op ttt:    fwd {tf:8.3f} ms  fwd+bwd {tfb:8.3f} ms")
+print(f"op public: fwd {p['fwd_ms']:8.3f} ms  fwd+bwd {p['fwdbwd_ms']:8.3f} ms (torch.compile)")
+print(f"op ratio:  fwd {p['fwd_ms'] / tf:.2f}x, fwd+bwd {p['fwdbwd_ms'] / tfb:.2f}x")
+PY
+fi
+[ $step = 1 ] || exit 0
 echo "== ttt bench step --preset $preset (T = $seq_len)" >&2
 "$ttt" bench step --device cuda --preset "$preset" --seq-len "$seq_len" --precision bf16 --repeats 3 --warmup 1 \
   "${extra[@]}" > "$out/ttt.json"
