@@ -219,6 +219,85 @@ TEST(CudaKernels, RopeMatchesCpu) {
     cuda::rope_forward(xd.as<float>(), xd.as<float>(), pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
     const auto yi = down<float>(xd, ND);
     EXPECT_EQ(0, std::memcmp(y.data(), yi.data(), ND * 4)) << name << ": in-place result differs";
+    // Strided: from columns [D, 2D) of a [N, 3D] array into a [N, D] one, and the backward into columns [D, 2D)
+    // of a [N, 3D] array: the same bits as the contiguous calls, nothing written outside those columns.
+    {
+      std::vector<float> wide(size_t(3 * ND), 7.0f);
+      for (int64_t i = 0; i < c.N; ++i)
+        std::copy(x.begin() + i * D, x.begin() + (i + 1) * D, wide.begin() + i * 3 * D + D);
+      cuda::DeviceBuffer wd = up(wide), ys = nan_buf(ND * 4), dxw = up(std::vector<float>(size_t(3 * ND), 7.0f));
+      cuda::rope_forward(wd.as<float>() + D, 3 * D, ys.as<float>(), D, pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+      cuda::rope_backward(dyd.as<float>(), D, dxw.as<float>() + D, 3 * D, pd.as<int64_t>(), c.N, c.heads, c.hd,
+                          c.theta);
+      EXPECT_EQ(0, std::memcmp(y.data(), down<float>(ys, ND).data(), ND * 4)) << name << ": strided source differs";
+      const auto dxs = down<float>(dxw, 3 * ND);
+      for (int64_t i = 0; i < c.N; ++i)
+        for (int64_t j = 0; j < 3 * D; ++j) {
+          const float got = dxs[size_t(i * 3 * D + j)];
+          const float want = j >= D && j < 2 * D ? dx[size_t(i * D + j - D)] : 7.0f;
+          ASSERT_EQ(0, std::memcmp(&got, &want, 4)) << name << ": strided backward at row " << i << " column " << j;
+        }
+    }
+    ++worst.cases;
+  }
+}
+
+// ---- memory q/k preparation (mk::qk_prep_forward / _backward) -------------------------------------------
+// Against the formula in float64 on the host: z = x * scale + offset, a = silu(z), y = a / (||a|| + eps) per
+// (row, head); the backward from dy: da = dy / (n + eps) - a <dy, a> / (n (n + eps)^2), dz = da silu'(z),
+// dzx = dz x, dx += dz scale. Head widths on both walks of the kernels (cached in registers up to 512
+// channels, recomputed beyond), a strided input (the q of [rows, 3D] qkv) and dx accumulated into a strided
+// array.
+TEST(CudaKernels, QkPrepMatchesFloat64) {
+  REQUIRE_CUDA();
+  Worst worst{"qk_prep"};
+  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{{37, 3, 64}, {16, 2, 384}, {9, 2, 600}, {5, 1, 45}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t D = H * d, ld = 3 * D;
+    const double eps = 1e-5;
+    const std::string name = "qk_prep rows" + std::to_string(rows) + " H" + std::to_string(H) + " d" + std::to_string(d);
+    const std::vector<float> x = normal(r, rows * ld, 1.0), scale = uniform(r, D, 0.5, 1.5),
+                             offset = normal(r, D, 0.3), dy = normal(r, rows * D, 1.0), dx0 = normal(r, rows * ld, 1.0);
+    std::vector<double> y_ref(size_t(rows * D)), n_ref(size_t(rows * H)), dz_ref(size_t(rows * D)),
+        dzx_ref(size_t(rows * D));
+    std::vector<double> dx_ref(dx0.begin(), dx0.end());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        std::vector<double> z(static_cast<size_t>(d)), a(static_cast<size_t>(d));
+        double ss = 0, dot = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          const int64_t c = h * d + j;
+          z[size_t(j)] = double(x[size_t(i * ld + c)]) * scale[size_t(c)] + offset[size_t(c)];
+          a[size_t(j)] = z[size_t(j)] / (1 + std::exp(-z[size_t(j)]));
+          ss += a[size_t(j)] * a[size_t(j)];
+          dot += double(dy[size_t(i * D + c)]) * a[size_t(j)];
+        }
+        const double n = std::sqrt(ss);
+        n_ref[size_t(i * H + h)] = n;
+        for (int64_t j = 0; j < d; ++j) {
+          const int64_t c = h * d + j;
+          y_ref[size_t(i * D + c)] = a[size_t(j)] / (n + eps);
+          const double da = dy[size_t(i * D + c)] / (n + eps) - a[size_t(j)] * dot / (n * (n + eps) * (n + eps));
+          const double sg = 1 / (1 + std::exp(-z[size_t(j)]));
+          const double dz = da * (sg + z[size_t(j)] * sg * (1 - sg));
+          dz_ref[size_t(i * D + c)] = dz;
+          dzx_ref[size_t(i * D + c)] = dz * x[size_t(i * ld + c)];
+          dx_ref[size_t(i * ld + c)] += dz * scale[size_t(c)];
+        }
+      }
+    cuda::DeviceBuffer xd = up(x), sd = up(scale), od = up(offset), dyd = up(dy), dxd = up(dx0);
+    cuda::DeviceBuffer yd = nan_buf(size_t(rows * D) * 4), nd = nan_buf(size_t(rows * H) * 4),
+                       dzd = nan_buf(size_t(rows * D) * 4), dzxd = nan_buf(size_t(rows * D) * 4);
+    cuda::mk::qk_prep_forward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), yd.as<float>(), nd.as<float>(), rows,
+                              H, d, eps);
+    cuda::mk::qk_prep_backward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), nd.as<float>(), dyd.as<float>(),
+                               dxd.as<float>(), ld, dzd.as<float>(), dzxd.as<float>(), rows, H, d, eps);
+    CHECK_ERR(worst, rel_err(down<float>(yd, size_t(rows * D)), y_ref), kTol, name + " y");
+    CHECK_ERR(worst, rel_err(down<float>(nd, size_t(rows * H)), n_ref), kTol, name + " norm");
+    CHECK_ERR(worst, rel_err(down<float>(dzd, size_t(rows * D)), dz_ref), kTol, name + " dz");
+    CHECK_ERR(worst, rel_err(down<float>(dzxd, size_t(rows * D)), dzx_ref), kTol, name + " dzx");
+    CHECK_ERR(worst, rel_err(down<float>(dxd, size_t(rows * ld)), dx_ref), kTol, name + " dx");
     ++worst.cases;
   }
 }

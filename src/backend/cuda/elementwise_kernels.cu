@@ -16,7 +16,20 @@ namespace ttt::cuda::mk {
 namespace {
 
 __global__ void k_fill(float* p, float v, int64_t n) { GRID_STRIDE(i, n) p[i] = v; }
-__global__ void k_axpy(float* y, const float* x, float a, int64_t n) { GRID_STRIDE(i, n) y[i] += a * x[i]; }
+__global__ void k_axpy(float* __restrict__ y, const float* __restrict__ x, float a, int64_t n) {
+  ILP_STRIDE(base, n) {
+    float xv[kIlp], yv[kIlp];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      xv[t] = i < n ? x[i] : 0.f;
+      yv[t] = i < n ? y[i] : 0.f;
+    }
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t)
+      if (ILP_INDEX(base, t) < n) y[ILP_INDEX(base, t)] = yv[t] + a * xv[t];
+  }
+}
 __global__ void k_scale(float* p, float a, int64_t n) { GRID_STRIDE(i, n) p[i] *= a; }
 __global__ void k_zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
   GRID_STRIDE(i, n) if (!mask[i]) p[i] = 0.0f;
@@ -46,16 +59,41 @@ __global__ void k_silu_strided_bwd(const float* x, int64_t ldx, const float* dy,
 }
 
 template <class Out>
-__global__ void k_swiglu_fwd(const float* a, const float* u, Out* m, int64_t n) {
-  GRID_STRIDE(i, n) store_as(m + i, math::silu(a[i]) * u[i]);
+__global__ void k_swiglu_fwd(const float* __restrict__ a, const float* __restrict__ u, Out* __restrict__ m,
+                             int64_t n) {
+  ILP_STRIDE(base, n) {
+    float av[kIlp], uv[kIlp];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      av[t] = i < n ? a[i] : 0.f;
+      uv[t] = i < n ? u[i] : 0.f;
+    }
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t)
+      if (ILP_INDEX(base, t) < n) store_as(m + ILP_INDEX(base, t), math::silu(av[t]) * uv[t]);
+  }
 }
 template <class Out>
-__global__ void k_swiglu_bwd(const float* a, const float* u, const float* dm, Out* da, Out* du, int64_t n) {
-  GRID_STRIDE(i, n) {
-    const float s = math::sigmoid(a[i]);
-    const float g = dm[i];
-    store_as(da + i, g * u[i] * math::dsilu_from(a[i], s));
-    store_as(du + i, g * math::silu_from(a[i], s));
+__global__ void k_swiglu_bwd(const float* __restrict__ a, const float* __restrict__ u, const float* __restrict__ dm,
+                             Out* __restrict__ da, Out* __restrict__ du, int64_t n) {
+  ILP_STRIDE(base, n) {
+    float av[kIlp], uv[kIlp], gv[kIlp];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      av[t] = i < n ? a[i] : 0.f;
+      uv[t] = i < n ? u[i] : 0.f;
+      gv[t] = i < n ? dm[i] : 0.f;
+    }
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      if (i >= n) continue;
+      const float s = math::sigmoid(av[t]);
+      store_as(da + i, gv[t] * uv[t] * math::dsilu_from(av[t], s));
+      store_as(du + i, gv[t] * math::silu_from(av[t], s));
+    }
   }
 }
 
@@ -68,7 +106,7 @@ void fill(float* p, float value, int64_t n) {
 }
 void axpy(float* y, const float* x, float a, int64_t n) {
   if (n <= 0) return;
-  k_axpy<<<grid_for(n), kThreads>>>(y, x, a, n);
+  k_axpy<<<grid_ilp(n), kThreads>>>(y, x, a, n);
   TTT_LAUNCH_CHECK("axpy");
 }
 void scale(float* p, float a, int64_t n) {
@@ -108,19 +146,19 @@ void silu_strided_backward(const float* x, int64_t ldx, const float* dy, float* 
   TTT_LAUNCH_CHECK("silu_strided_backward");
 }
 void swiglu_forward(const float* a, const float* u, float* m, int64_t n) {
-  k_swiglu_fwd<<<grid_for(n), kThreads>>>(a, u, m, n);
+  k_swiglu_fwd<<<grid_ilp(n), kThreads>>>(a, u, m, n);
   TTT_LAUNCH_CHECK("swiglu_forward");
 }
 void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n) {
-  k_swiglu_fwd<<<grid_for(n), kThreads>>>(a, u, reinterpret_cast<__nv_bfloat16*>(m), n);
+  k_swiglu_fwd<<<grid_ilp(n), kThreads>>>(a, u, reinterpret_cast<__nv_bfloat16*>(m), n);
   TTT_LAUNCH_CHECK("swiglu_forward bf16");
 }
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
-  k_swiglu_bwd<<<grid_for(n), kThreads>>>(a, u, dm, da, du, n);
+  k_swiglu_bwd<<<grid_ilp(n), kThreads>>>(a, u, dm, da, du, n);
   TTT_LAUNCH_CHECK("swiglu_backward");
 }
 void swiglu_backward(const float* a, const float* u, const float* dm, bf16* da, bf16* du, int64_t n) {
-  k_swiglu_bwd<<<grid_for(n), kThreads>>>(a, u, dm, reinterpret_cast<__nv_bfloat16*>(da),
+  k_swiglu_bwd<<<grid_ilp(n), kThreads>>>(a, u, dm, reinterpret_cast<__nv_bfloat16*>(da),
                                           reinterpret_cast<__nv_bfloat16*>(du), n);
   TTT_LAUNCH_CHECK("swiglu_backward bf16");
 }

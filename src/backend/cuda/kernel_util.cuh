@@ -34,6 +34,15 @@ inline int warp_grid(int64_t items) {
 
 #define GRID_STRIDE(i, n) \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+// Element-wise loops that give each thread kIlp elements per trip (base, base + stride, ...), loaded into
+// registers before any is computed: with one element per thread an H200 has too few bytes in flight and the
+// big element-wise passes ran at about half the memory bandwidth (ncu, 2026-11-30). Launch with grid_ilp(n).
+inline constexpr int kIlp = 4;
+inline int grid_ilp(int64_t n) { return grid_for((n + kIlp - 1) / kIlp); }
+#define ILP_STRIDE(base, n)                                                                           \
+  for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, ilp_stride_ = int64_t(gridDim.x) * blockDim.x; \
+       base < (n); base += kIlp * ilp_stride_)
+#define ILP_INDEX(base, t) ((base) + int64_t(t) * ilp_stride_)
 // One warp per item: kWarpsPerBlock warps per block.
 #define WARP_STRIDE(item, n)                                                                   \
   for (int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; item < (n);      \

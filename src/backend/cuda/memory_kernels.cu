@@ -16,63 +16,124 @@ namespace ttt::cuda::mk {
 
 namespace {
 
-__global__ void k_qk_prep_fwd(const float* x, int64_t ldx, const float* scale, const float* offset, float* y,
-                              float* norm, int64_t rows, int64_t H, int64_t d, float eps) {
+// A lane's elements j = lane, lane + 32, ... of one (row, head) item stay in registers between the passes when
+// d <= 32 * kPerLane (loaded and activated once); wider heads recompute them in the second pass. Both walks add
+// in the same order, so the results do not depend on which one runs.
+constexpr int kPerLane = 16;
+template <bool kCached>
+__global__ void k_qk_prep_fwd(const float* __restrict__ x, int64_t ldx, const float* __restrict__ scale,
+                              const float* __restrict__ offset, float* __restrict__ y, float* __restrict__ norm,
+                              int64_t rows, int64_t H, int64_t d, float eps) {
   const int lane = threadIdx.x % 32;
   WARP_STRIDE(item, rows * H) {
     const int64_t r = item / H, h = item % H, D = H * d;
+    const float* xr = x + r * ldx + h * d;
+    const float* sc = scale + h * d;
+    const float* of = offset + h * d;
+    float* yr = y + r * D + h * d;
+    float a_reg[kCached ? kPerLane : 1];
     double ss = 0;
-    for (int64_t j = lane; j < d; j += 32) {
-      const int64_t c = h * d + j;
-      const float a = math::silu(x[r * ldx + c] * scale[c] + offset[c]);
-      ss += double(a) * double(a);
+#pragma unroll
+    for (int t = 0; t < (kCached ? kPerLane : 1); ++t) a_reg[t] = 0.f;
+    if constexpr (kCached) {
+#pragma unroll
+      for (int t = 0; t < kPerLane; ++t) {
+        const int j = lane + 32 * t;
+        if (j < d) a_reg[t] = math::silu(xr[j] * sc[j] + of[j]);
+      }
+#pragma unroll
+      for (int t = 0; t < kPerLane; ++t)
+        if (lane + 32 * t < d) ss += double(a_reg[t]) * double(a_reg[t]);
+    } else {
+      for (int j = lane; j < d; j += 32) {
+        const float a = math::silu(xr[j] * sc[j] + of[j]);
+        ss += double(a) * double(a);
+      }
     }
     ss = warp_sum(ss);
     const float nrm = float(sqrt(ss));
     const float inv = 1.0f / (nrm + eps);
-    for (int64_t j = lane; j < d; j += 32) {
-      const int64_t c = h * d + j;
-      const float a = math::silu(x[r * ldx + c] * scale[c] + offset[c]);
-      y[r * D + c] = a * inv;
+    if constexpr (kCached) {
+#pragma unroll
+      for (int t = 0; t < kPerLane; ++t) {
+        const int j = lane + 32 * t;
+        if (j < d) yr[j] = a_reg[t] * inv;
+      }
+    } else {
+      for (int j = lane; j < d; j += 32) yr[j] = math::silu(xr[j] * sc[j] + of[j]) * inv;
     }
     if (lane == 0) norm[r * H + h] = nrm;
   }
 }
-__global__ void k_qk_prep_bwd(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
-                              const float* dy, float* dx, int64_t lddx, float* dz, float* dzx, int64_t rows, int64_t H,
-                              int64_t d, float eps) {
+template <bool kCached>
+__global__ void k_qk_prep_bwd(const float* __restrict__ x, int64_t ldx, const float* __restrict__ scale,
+                              const float* __restrict__ offset, const float* __restrict__ norm,
+                              const float* __restrict__ dy, float* __restrict__ dx, int64_t lddx, float* __restrict__ dz,
+                              float* __restrict__ dzx, int64_t rows, int64_t H, int64_t d, float eps) {
   const int lane = threadIdx.x % 32;
+  constexpr int P = kCached ? kPerLane : 1;
   WARP_STRIDE(item, rows * H) {
     const int64_t r = item / H, h = item % H, D = H * d;
+    const float* xr = x + r * ldx + h * d;
+    const float* sc = scale + h * d;
+    const float* of = offset + h * d;
+    const float* dyr = dy + r * D + h * d;
     const float nrm = norm[r * H + h];
     const float inv = 1.0f / (nrm + eps);
+    float x_reg[P], dy_reg[P];
     double dot = 0;
-    for (int64_t j = lane; j < d; j += 32) {
-      const int64_t c = h * d + j;
-      const float a = math::silu(x[r * ldx + c] * scale[c] + offset[c]);
-      dot += double(dy[r * D + c]) * double(a);
+    if constexpr (kCached) {
+#pragma unroll
+      for (int t = 0; t < P; ++t) {
+        const int j = lane + 32 * t;
+        x_reg[t] = j < d ? xr[j] : 0.f;
+        dy_reg[t] = j < d ? dyr[j] : 0.f;
+      }
+#pragma unroll
+      for (int t = 0; t < P; ++t) {
+        const int j = lane + 32 * t;
+        if (j < d) dot += double(dy_reg[t]) * double(math::silu(x_reg[t] * sc[j] + of[j]));
+      }
+    } else {
+      for (int j = lane; j < d; j += 32) dot += double(dyr[j]) * double(math::silu(xr[j] * sc[j] + of[j]));
     }
     dot = warp_sum(dot);
     // da = (dy - a <dy, a> / (n (n + eps))) / (n + eps); the second term is 0 at a = 0.
     const float cf = nrm > 0.0f ? float(dot) * inv / nrm : 0.0f;
-    for (int64_t j = lane; j < d; j += 32) {
-      const int64_t c = h * d + j;
-      const float xv = x[r * ldx + c];
-      const float z = xv * scale[c] + offset[c];
+    auto finish = [&](int j, float xv, float g_out) {
+      const float z = xv * sc[j] + of[j];
       const float a = math::silu(z);
-      const float da = (dy[r * D + c] - a * cf) * inv;
+      const float da = (g_out - a * cf) * inv;
       const float g = da * math::dsilu(z);
-      dz[r * D + c] = g;
-      dzx[r * D + c] = g * xv;
-      dx[r * lddx + c] += g * scale[c];
+      const int64_t c = r * D + h * d + j;
+      dz[c] = g;
+      dzx[c] = g * xv;
+      dx[r * lddx + h * d + j] += g * sc[j];
+    };
+    if constexpr (kCached) {
+#pragma unroll
+      for (int t = 0; t < P; ++t)
+        if (lane + 32 * t < d) finish(lane + 32 * t, x_reg[t], dy_reg[t]);
+    } else {
+      for (int j = lane; j < d; j += 32) finish(j, xr[j], dyr[j]);
     }
   }
 }
 
-__global__ void k_gate_heads_fwd(const float* x, const float* gate, float* out, int64_t rows, int64_t H, int64_t d) {
-  GRID_STRIDE(i, rows * H * d) {
-    const int64_t r = i / (H * d), h = (i / d) % H;
-    out[i] = x[i] * gate[r * H + h];
+// out[(r, h, j)] = x[...] * gate[r * H + h]: the gate index is element / d.
+__global__ void k_gate_heads_fwd(const float* __restrict__ x, const float* __restrict__ gate, float* __restrict__ out,
+                                 int64_t n, int64_t d) {
+  ILP_STRIDE(base, n) {
+    float xv[kIlp], gv[kIlp];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      xv[t] = i < n ? x[i] : 0.f;
+      gv[t] = i < n ? gate[n < (int64_t(1) << 32) ? int64_t(uint32_t(i) / uint32_t(d)) : i / d] : 0.f;
+    }
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t)
+      if (ILP_INDEX(base, t) < n) out[ILP_INDEX(base, t)] = xv[t] * gv[t];
   }
 }
 __global__ void k_gate_heads_bwd(const float* x, const float* gate, const float* dout, float* dx, float* dgate,
@@ -104,18 +165,25 @@ __global__ void k_add_diagonal(float* W, int64_t batch, int64_t rows, int64_t co
 
 void qk_prep_forward(const float* x, int64_t ldx, const float* scale, const float* offset, float* y, float* norm,
                      int64_t rows, int64_t H, int64_t d, double eps) {
-  k_qk_prep_fwd<<<warp_grid(rows * H), kThreads>>>(x, ldx, scale, offset, y, norm, rows, H, d, float(eps));
+  if (d <= 32 * kPerLane)
+    k_qk_prep_fwd<true><<<warp_grid(rows * H), kThreads>>>(x, ldx, scale, offset, y, norm, rows, H, d, float(eps));
+  else
+    k_qk_prep_fwd<false><<<warp_grid(rows * H), kThreads>>>(x, ldx, scale, offset, y, norm, rows, H, d, float(eps));
   TTT_LAUNCH_CHECK("qk_prep_forward");
 }
 void qk_prep_backward(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
                       const float* dy, float* dx, int64_t lddx, float* dz, float* dzx, int64_t rows, int64_t H,
                       int64_t d, double eps) {
-  k_qk_prep_bwd<<<warp_grid(rows * H), kThreads>>>(x, ldx, scale, offset, norm, dy, dx, lddx, dz, dzx, rows, H, d,
-                                                   float(eps));
+  if (d <= 32 * kPerLane)
+    k_qk_prep_bwd<true><<<warp_grid(rows * H), kThreads>>>(x, ldx, scale, offset, norm, dy, dx, lddx, dz, dzx, rows, H,
+                                                         d, float(eps));
+  else
+    k_qk_prep_bwd<false><<<warp_grid(rows * H), kThreads>>>(x, ldx, scale, offset, norm, dy, dx, lddx, dz, dzx, rows,
+                                                          H, d, float(eps));
   TTT_LAUNCH_CHECK("qk_prep_backward");
 }
 void gate_heads_forward(const float* x, const float* gate, float* out, int64_t rows, int64_t H, int64_t d) {
-  k_gate_heads_fwd<<<grid_for(rows * H * d), kThreads>>>(x, gate, out, rows, H, d);
+  k_gate_heads_fwd<<<grid_ilp(rows * H * d), kThreads>>>(x, gate, out, rows * H * d, d);
   TTT_LAUNCH_CHECK("gate_heads_forward");
 }
 void gate_heads_backward(const float* x, const float* gate, const float* dout, float* dx, float* dgate, int64_t rows,

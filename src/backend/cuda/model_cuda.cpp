@@ -275,11 +275,9 @@ struct GpuModel::Impl {
     const float* q = act.qkv;
     const float* k = act.qkv + D;
     const float* v = act.qkv + 2 * D;
-    // Attention branch: RoPE on copies of q, k; flash sliding-window attention.
-    mk::copy2d(q, 3 * D, act.qa, D, rows, D);
-    mk::copy2d(k, 3 * D, act.ka, D, rows, D);
-    rope_forward(act.qa, act.qa, pos, rows, Ha, hd, cfg.rope_theta);
-    rope_forward(act.ka, act.ka, pos, rows, Ha, hd, cfg.rope_theta);
+    // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention.
+    rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
     // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
     if (!(recompute && attention_kept))
       timed("attention", [&] {
@@ -543,10 +541,8 @@ struct GpuModel::Impl {
           AttentionShape{S, N, Ha, hd, cfg.window}, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse, grad.dsum,
           D, grad.dqa, D, grad.dka, D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
     });
-    rope_backward(grad.dqa, grad.dqa, pos, rows, Ha, hd, cfg.rope_theta);
-    rope_backward(grad.dka, grad.dka, pos, rows, Ha, hd, cfg.rope_theta);
-    mk::copy2d(grad.dqa, D, dqkv, 3 * D, rows, D);
-    mk::copy2d(grad.dka, D, dqkv + D, 3 * D, rows, D);
+    rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     // ---- memory q/k/v preparation
     if (cfg.ttt_rope) {
       rope_backward(grad.dqh, grad.dqh, pos, rows, H, d, cfg.rope_theta);

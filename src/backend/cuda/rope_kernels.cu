@@ -15,9 +15,9 @@ namespace ttt::cuda {
 namespace {
 
 // sign = +1: rotation, -1: inverse rotation.
-__global__ void k_rope(const float* x, float* y, const int64_t* __restrict__ pos, int64_t N, int64_t heads,
-                       int64_t hd, double theta, float sign) {
-  const int64_t half = hd / 2, D = heads * hd;
+__global__ void k_rope(const float* x, int64_t ldx, float* y, int64_t ldy, const int64_t* __restrict__ pos, int64_t N,
+                       int64_t heads, int64_t hd, double theta, float sign) {
+  const int64_t half = hd / 2;
   GRID_STRIDE(e, N * half) {
     const int64_t r = e / half, i = e % half;
     const double inv_freq = pow(theta, -2.0 * double(i) / double(hd));
@@ -25,8 +25,8 @@ __global__ void k_rope(const float* x, float* y, const int64_t* __restrict__ pos
     double sd, cd;
     sincos(a, &sd, &cd);
     const float c = float(cd), s = sign * float(sd);
-    const float* xr = x + r * D;
-    float* yr = y + r * D;
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t c0 = h * hd;
       const float x1 = xr[c0 + i], x2 = xr[c0 + half + i];
@@ -36,13 +36,16 @@ __global__ void k_rope(const float* x, float* y, const int64_t* __restrict__ pos
   }
 }
 
-void rope_launch(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd, double theta,
-                 float sign, void* stream, const char* name) {
+void rope_launch(const float* x, int64_t ldx, float* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
+                 int64_t hd, double theta, float sign, void* stream, const char* name) {
   TTT_CHECK(N >= 0 && heads >= 1 && hd >= 2 && hd % 2 == 0, name << ": head width " << hd << " must be even and > 0, "
                                                                  << heads << " heads");
   TTT_CHECK(theta > 0, name << ": theta must be positive, got " << theta);
+  TTT_CHECK(ldx >= heads * hd && ldy >= heads * hd && (x != y || ldx == ldy),
+            name << ": leading dimensions " << ldx << ", " << ldy << " for " << heads << " heads of " << hd
+                 << " (in place needs equal ones)");
   if (N == 0) return;
-  k_rope<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(x, y, pos, N, heads, hd, theta, sign);
+  k_rope<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(x, ldx, y, ldy, pos, N, heads, hd, theta, sign);
   TTT_LAUNCH_CHECK(name);
 }
 
@@ -50,11 +53,19 @@ void rope_launch(const float* x, float* y, const int64_t* pos, int64_t N, int64_
 
 void rope_forward(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd, double theta,
                   void* stream) {
-  rope_launch(x, y, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
+  rope_launch(x, heads * hd, y, heads * hd, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
 }
 void rope_backward(const float* dy, float* dx, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
                    double theta, void* stream) {
-  rope_launch(dy, dx, pos, N, heads, hd, theta, -1.f, stream, "rope_backward");
+  rope_launch(dy, heads * hd, dx, heads * hd, pos, N, heads, hd, theta, -1.f, stream, "rope_backward");
+}
+void rope_forward(const float* x, int64_t ldx, float* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
+                  int64_t hd, double theta, void* stream) {
+  rope_launch(x, ldx, y, ldy, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
+}
+void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const int64_t* pos, int64_t N,
+                   int64_t heads, int64_t hd, double theta, void* stream) {
+  rope_launch(dy, lddy, dx, lddx, pos, N, heads, hd, theta, -1.f, stream, "rope_backward");
 }
 
 }  // namespace ttt::cuda

@@ -14,5 +14,10 @@ void rope_forward(const float* x, float* y, const int64_t* pos, int64_t N, int64
 // dx = inverse rotation of dy.
 void rope_backward(const float* dy, float* dx, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
                    double theta, void* stream = nullptr);
+// The same with leading dimensions (row r of x at x + r * ldx): a strided source or destination without a copy.
+void rope_forward(const float* x, int64_t ldx, float* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
+                  int64_t hd, double theta, void* stream = nullptr);
+void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const int64_t* pos, int64_t N,
+                   int64_t heads, int64_t hd, double theta, void* stream = nullptr);
 
 }  // namespace ttt::cuda
