@@ -246,7 +246,7 @@ TEST(CudaKernels, RopeMatchesCpu) {
 // Against the formula in float64 on the host: z = x * scale + offset, a = silu(z), y = a / (||a|| + eps) per
 // (row, head); the backward from dy: da = dy / (n + eps) - a <dy, a> / (n (n + eps)^2), dz = da silu'(z),
 // dzx = dz x, dx += dz scale. Head widths on both walks of the kernels (cached in registers up to 512
-// channels, recomputed beyond), a strided input (the q of [rows, 3D] qkv) and dx accumulated into a strided
+// channels in the forward, recomputed beyond), a strided input (the q of [rows, 3D] qkv) and dx accumulated into a strided
 // array.
 TEST(CudaKernels, QkPrepMatchesFloat64) {
   REQUIRE_CUDA();
