@@ -17,18 +17,8 @@ namespace {
 
 __global__ void k_fill(float* p, float v, int64_t n) { GRID_STRIDE(i, n) p[i] = v; }
 __global__ void k_axpy(float* __restrict__ y, const float* __restrict__ x, float a, int64_t n) {
-  ILP_STRIDE(base, n) {
-    float xv[kIlp], yv[kIlp];
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t) {
-      const int64_t i = ILP_INDEX(base, t);
-      xv[t] = i < n ? x[i] : 0.f;
-      yv[t] = i < n ? y[i] : 0.f;
-    }
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t)
-      if (ILP_INDEX(base, t) < n) y[ILP_INDEX(base, t)] = yv[t] + a * xv[t];
-  }
+  const float* in[2] = {x, y};
+  ilp_for_each(n, in, [&](int64_t i, const float(&v)[2]) { y[i] = v[1] + a * v[0]; });
 }
 __global__ void k_scale(float* p, float a, int64_t n) { GRID_STRIDE(i, n) p[i] *= a; }
 __global__ void k_zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
@@ -61,40 +51,18 @@ __global__ void k_silu_strided_bwd(const float* x, int64_t ldx, const float* dy,
 template <class Out>
 __global__ void k_swiglu_fwd(const float* __restrict__ a, const float* __restrict__ u, Out* __restrict__ m,
                              int64_t n) {
-  ILP_STRIDE(base, n) {
-    float av[kIlp], uv[kIlp];
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t) {
-      const int64_t i = ILP_INDEX(base, t);
-      av[t] = i < n ? a[i] : 0.f;
-      uv[t] = i < n ? u[i] : 0.f;
-    }
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t)
-      if (ILP_INDEX(base, t) < n) store_as(m + ILP_INDEX(base, t), math::silu(av[t]) * uv[t]);
-  }
+  const float* in[2] = {a, u};
+  ilp_for_each(n, in, [&](int64_t i, const float(&v)[2]) { store_as(m + i, math::silu(v[0]) * v[1]); });
 }
 template <class Out>
 __global__ void k_swiglu_bwd(const float* __restrict__ a, const float* __restrict__ u, const float* __restrict__ dm,
                              Out* __restrict__ da, Out* __restrict__ du, int64_t n) {
-  ILP_STRIDE(base, n) {
-    float av[kIlp], uv[kIlp], gv[kIlp];
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t) {
-      const int64_t i = ILP_INDEX(base, t);
-      av[t] = i < n ? a[i] : 0.f;
-      uv[t] = i < n ? u[i] : 0.f;
-      gv[t] = i < n ? dm[i] : 0.f;
-    }
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t) {
-      const int64_t i = ILP_INDEX(base, t);
-      if (i >= n) continue;
-      const float s = math::sigmoid(av[t]);
-      store_as(da + i, gv[t] * uv[t] * math::dsilu_from(av[t], s));
-      store_as(du + i, gv[t] * math::silu_from(av[t], s));
-    }
-  }
+  const float* in[3] = {a, u, dm};
+  ilp_for_each(n, in, [&](int64_t i, const float(&v)[3]) {
+    const float s = math::sigmoid(v[0]);
+    store_as(da + i, v[2] * v[1] * math::dsilu_from(v[0], s));
+    store_as(du + i, v[2] * math::silu_from(v[0], s));
+  });
 }
 
 }  // namespace

@@ -43,6 +43,23 @@ inline int grid_ilp(int64_t n) { return grid_for((n + kIlp - 1) / kIlp); }
   for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, ilp_stride_ = int64_t(gridDim.x) * blockDim.x; \
        base < (n); base += kIlp * ilp_stride_)
 #define ILP_INDEX(base, t) ((base) + int64_t(t) * ilp_stride_)
+// The element-wise loop of kIlp elements per trip over n elements: loads element i of each of the K inputs into
+// v[0..K), for every i of the trip first, then calls f(i, v) for each of them.
+template <int K, class F>
+__device__ __forceinline__ void ilp_for_each(int64_t n, const float* const (&in)[K], F&& f) {
+  ILP_STRIDE(base, n) {
+    float v[kIlp][K];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+#pragma unroll
+      for (int k = 0; k < K; ++k) v[t][k] = i < n ? in[k][i] : 0.f;
+    }
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t)
+      if (ILP_INDEX(base, t) < n) f(ILP_INDEX(base, t), v[t]);
+  }
+}
 // One warp per item: kWarpsPerBlock warps per block.
 #define WARP_STRIDE(item, n)                                                                   \
   for (int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; item < (n);      \

@@ -102,18 +102,11 @@ __global__ void k_qk_prep_bwd(const float* x, int64_t ldx, const float* scale, c
 // out[(r, h, j)] = x[...] * gate[r * H + h]: the gate index is element / d.
 __global__ void k_gate_heads_fwd(const float* __restrict__ x, const float* __restrict__ gate, float* __restrict__ out,
                                  int64_t n, int64_t d) {
-  ILP_STRIDE(base, n) {
-    float xv[kIlp], gv[kIlp];
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t) {
-      const int64_t i = ILP_INDEX(base, t);
-      xv[t] = i < n ? x[i] : 0.f;
-      gv[t] = i < n ? gate[n < (int64_t(1) << 32) ? int64_t(uint32_t(i) / uint32_t(d)) : i / d] : 0.f;
-    }
-#pragma unroll
-    for (int t = 0; t < kIlp; ++t)
-      if (ILP_INDEX(base, t) < n) out[ILP_INDEX(base, t)] = xv[t] * gv[t];
-  }
+  const float* in[1] = {x};
+  const bool narrow = n < (int64_t(1) << 32);
+  ilp_for_each(n, in, [&](int64_t i, const float(&v)[1]) {
+    out[i] = v[0] * gate[narrow ? int64_t(uint32_t(i) / uint32_t(d)) : i / d];
+  });
 }
 __global__ void k_gate_heads_bwd(const float* x, const float* gate, const float* dout, float* dx, float* dgate,
                                  int64_t rows, int64_t H, int64_t d) {
