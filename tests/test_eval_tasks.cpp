@@ -306,13 +306,13 @@ TEST(RecallTasks, OracleScoresEverythingUniformGuesserScoresChance) {
   mo.examples = 40;
   const auto mqar = train::make_mqar(mo, kBytes);
   InductionOracle oracle;
-  const train::RecallScore o = train::score_examples(oracle, mqar, 0, mqar.size());
+  const train::RecallScore o = train::sum_scores(train::score_examples(oracle, mqar));
   EXPECT_EQ(o.answers, 16 * 40);
   EXPECT_EQ(o.tokens, 2 * 16 * 40);
   EXPECT_EQ(o.accuracy(), 1.0);
   EXPECT_EQ(o.token_accuracy(), 1.0);
   UniformDigits guesser;
-  const train::RecallScore g = train::score_examples(guesser, mqar, 0, mqar.size());
+  const train::RecallScore g = train::sum_scores(train::score_examples(guesser, mqar));
   // 1280 value tokens at chance 0.1: mean 128, standard deviation ~10.7; 4 sigma either side.
   EXPECT_NEAR(g.token_accuracy(), 0.1, 4 * std::sqrt(0.1 * 0.9 / 1280.0));
   EXPECT_NEAR(g.accuracy(), 0.01, 4 * std::sqrt(0.01 * 0.99 / 640.0));
@@ -399,7 +399,8 @@ TEST(RecallTasks, StreamerPredictorIsTheArgmaxOfTheForward) {
   const auto fwd = model::forward<float>(cfg, p, one, nullptr, false, true);
   std::vector<int64_t> positions;
   for (int64_t i = 0; i < one.len; i += 3) positions.push_back(i);
-  train::StreamerPredictor predictor([&] { return backend::make_streamer("cpu", cfg, p); }, /*block=*/7);
+  train::StreamerPredictor predictor([&] { return backend::make_streamer("cpu", cfg, p); }, /*concurrent=*/false,
+                                     /*block=*/7);
   const std::vector<int32_t> got = predictor.predict(tokens, positions);
   ASSERT_EQ(got.size(), positions.size());
   int compared = 0;
@@ -416,6 +417,41 @@ TEST(RecallTasks, StreamerPredictorIsTheArgmaxOfTheForward) {
   EXPECT_EQ(predictor.predict(tokens, positions), got);
   EXPECT_THROW(predictor.predict(tokens, {5, 3}), Error);
   EXPECT_THROW(predictor.predict(tokens, {int64_t(tokens.size())}), Error);
+}
+
+// Examples scored side by side on the threads (a concurrent streamer predictor) score as they do one at a time;
+// an error in one example reaches the caller.
+TEST(RecallTasks, ConcurrentScoringEqualsSerial) {
+  const model::ModelConfig cfg = test_util::small_lact_config();
+  model::Params<float> p = init_model(cfg, 8);
+  for (auto& m : p.values)
+    for (auto& x : m.data) x *= 8;
+  train::MqarOptions mo;
+  mo.pairs = 4;
+  mo.context = 64;
+  mo.examples = 6;
+  const auto examples = train::make_mqar(mo, kBytes);
+  auto make = [&] { return backend::make_streamer("cpu", cfg, p); };
+  train::StreamerPredictor serial(make, false), parallel(make, true);
+  const auto a = train::score_examples(serial, examples);
+  size_t calls = 0, last = 0;
+  const auto b = train::score_examples(parallel, examples, [&](size_t done, size_t total) {
+    ++calls;
+    last = done;
+    EXPECT_EQ(total, examples.size());
+  });
+  ASSERT_EQ(a.size(), examples.size());
+  ASSERT_EQ(b.size(), examples.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, 8);
+    EXPECT_EQ(a[i].tokens_correct, b[i].tokens_correct) << "example " << i;
+    EXPECT_EQ(a[i].answers_correct, b[i].answers_correct) << "example " << i;
+  }
+  EXPECT_EQ(calls, examples.size());
+  EXPECT_EQ(last, examples.size());
+  std::vector<train::RecallExample> bad = examples;
+  bad[3].tokens[0] = int32_t(cfg.vocab_size);  // outside the vocabulary: the streamer refuses it
+  EXPECT_THROW(train::score_examples(parallel, bad), Error);
 }
 
 // ---- The heat map PNG decodes ----

@@ -235,9 +235,11 @@ int eval_full(const Args& a, EvalSetup& s) {
   return 0;
 }
 
-// Recall tasks run through the device's streamer, one fresh streamer per example.
+// Recall tasks run through the device's streamer, one fresh streamer per example; on the CPU examples run side by
+// side on the threads.
 train::StreamerPredictor make_predictor(EvalSetup& s) {
-  return train::StreamerPredictor([&s] { return backend::make_streamer(s.device, s.ck.cfg, s.ck.params); });
+  return train::StreamerPredictor([&s] { return backend::make_streamer(s.device, s.ck.cfg, s.ck.params); },
+                                  /*concurrent=*/s.device == "cpu");
 }
 
 nlohmann::json score_json(const train::RecallScore& r) {
@@ -262,8 +264,8 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   const std::vector<train::RecallExample> examples = train::make_mqar(mo, encode);
   train::StreamerPredictor model = make_predictor(s);
   ProgressLine progress(std::cerr, "eval --task mqar", "examples");
-  const train::RecallScore r = train::score_examples(model, examples, 0, examples.size(),
-                                                     [&](size_t done, size_t total) { progress.update(done, total); });
+  const train::RecallScore r = train::sum_scores(train::score_examples(
+      model, examples, [&](size_t done, size_t total) { progress.update(int64_t(done), int64_t(total)); }));
   nlohmann::json j = header_json(s);
   j["mode"] = "mqar";
   j["pairs"] = mo.pairs;
@@ -299,20 +301,21 @@ int eval_niah(const Args& a, EvalSetup& s) {
   } catch (const Error& e) {
     TTT_FAIL("ttt eval --task niah: " << e.what() << " (haystack: '" << s.val_path << "')");
   }
+  // Every example of the grid, cell by cell (depth-major), then scored together.
+  std::vector<train::RecallExample> examples;
+  for (double depth : no.depths)
+    for (int64_t len : no.lengths)
+      for (int64_t e = 0; e < no.examples; ++e)
+        examples.push_back(train::make_niah_example(no, encode, haystack, depth, len, e));
   train::StreamerPredictor model = make_predictor(s);
+  ProgressLine progress(std::cerr, "eval --task niah", "examples");
+  const std::vector<train::RecallScore> scores = train::score_examples(
+      model, examples, [&](size_t done, size_t total) { progress.update(int64_t(done), int64_t(total)); });
   std::vector<std::vector<train::RecallScore>> cells(no.depths.size(), std::vector<train::RecallScore>(no.lengths.size()));
-  int64_t total_tokens = 0, done_tokens = 0;
-  for (int64_t len : no.lengths) total_tokens += len * no.examples * int64_t(no.depths.size());
-  ProgressLine progress(std::cerr, "eval --task niah", "tokens");
-  for (size_t j = 0; j < no.lengths.size(); ++j)
-    for (size_t i = 0; i < no.depths.size(); ++i)
-      for (int64_t e = 0; e < no.examples; ++e) {
-        const train::RecallExample ex =
-            train::make_niah_example(no, encode, haystack, no.depths[i], no.lengths[j], e);
-        cells[i][j].add(train::score_example(model, ex));
-        done_tokens += no.lengths[j];
-        progress.update(done_tokens, total_tokens);
-      }
+  for (size_t k = 0; k < scores.size(); ++k) {
+    const size_t cell = k / size_t(no.examples);
+    cells[cell / no.lengths.size()][cell % no.lengths.size()].add(scores[k]);
+  }
 
   nlohmann::json j = header_json(s);
   j["mode"] = "niah";
