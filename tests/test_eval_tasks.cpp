@@ -540,13 +540,14 @@ struct EvalRun {
   std::string dir, run, data;
 };
 
-// A small LaCT checkpoint in DIR/run and the synthetic corpus of train_test_util.h.
-EvalRun make_eval_run(const std::string& tag) {
+// A small LaCT checkpoint (vocabulary `vocab`) in DIR/run and the synthetic corpus of train_test_util.h.
+EvalRun make_eval_run(const std::string& tag, int64_t vocab = 256) {
   EvalRun f;
   f.data = test_util::make_corpus(tag + "_data");
   f.dir = test_util::temp_dir(tag);
   f.run = f.dir + "/run";
-  const model::ModelConfig cfg = test_util::small_lact_config();
+  model::ModelConfig cfg = test_util::small_lact_config();
+  cfg.vocab_size = vocab;
   model::Params<float> p = init_model(cfg, 1);
   std::vector<int64_t> sizes;
   for (auto& m : p.values) sizes.push_back(m.size());
@@ -616,4 +617,10 @@ TEST(EvalCli, BadFlagsFailClearly) {
   expect_clean_failure(ck + "--heatmap x.png", "--heatmap applies to --task niah");
   std::filesystem::remove_all(f.dir);
   std::filesystem::remove_all(f.data);
+  // The tasks' text is byte tokens: a model of another vocabulary is refused, not fed bytes as its ids.
+  const EvalRun wide = make_eval_run("eval_cli_vocab", 300);
+  for (const char* task : {"mqar", "niah"})
+    expect_clean_failure("eval --checkpoint '" + wide.run + "' --task " + task, "the model's vocabulary is 300");
+  std::filesystem::remove_all(wide.dir);
+  std::filesystem::remove_all(wide.data);
 }

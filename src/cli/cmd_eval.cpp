@@ -5,6 +5,7 @@
 //   --task mqar    multi-query associative recall, generated from --seed; a summary on stdout
 //   --task niah    needle in a haystack over --depths x --lengths; a table on stdout, --heatmap PNG
 // Every mode also writes its JSON to --json OUT.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -242,6 +243,14 @@ train::StreamerPredictor make_predictor(EvalSetup& s) {
                                   /*concurrent=*/s.device == "cpu");
 }
 
+// The text encoder of the recall tasks: the byte tokenizer's, the one a model of vocabulary 256 reads.
+train::Encode task_encoder(const EvalSetup& s, const char* task) {
+  TTT_CHECK(s.ck.cfg.vocab_size == int64_t(data::kByteVocab),
+            "ttt eval --task " << task << ": the model's vocabulary is " << s.ck.cfg.vocab_size
+                               << "; the recall tasks encode their text with the byte tokenizer (vocabulary 256)");
+  return data::encode_bytes;
+}
+
 nlohmann::json score_json(const train::RecallScore& r) {
   return {{"accuracy", r.accuracy()},   {"token_accuracy", r.token_accuracy()}, {"answers", r.answers},
           {"answers_correct", r.answers_correct}, {"answer_tokens", r.tokens}, {"answer_tokens_correct", r.tokens_correct}};
@@ -255,7 +264,7 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   mo.key_len = a.i64("key-len");
   mo.value_len = a.i64("value-len");
   mo.seed = uint64_t(a.i64("seed"));
-  const train::Encode encode = data::encode_bytes;
+  const train::Encode encode = task_encoder(s, "mqar");
   try {
     train::validate_mqar(mo, encode);
   } catch (const Error& e) {
@@ -294,8 +303,11 @@ int eval_niah(const Args& a, EvalSetup& s) {
   no.examples = a.has("examples") ? a.i64("examples") : no.examples;
   no.key_digits = a.i64("key-digits");
   no.seed = uint64_t(a.i64("seed"));
-  const train::Encode encode = data::encode_bytes;
-  const std::vector<int32_t> haystack = train::haystack_text(load_val(s).tokens);
+  const train::Encode encode = task_encoder(s, "niah");
+  const data::TokenFile vf = load_val(s);
+  TTT_CHECK(vf.vocab == data::kByteVocab, "ttt eval --task niah: '" << s.val_path << "' has vocabulary " << vf.vocab
+                                              << "; the haystack must be byte tokens (vocabulary 256), as the needle is");
+  const std::vector<int32_t> haystack = train::haystack_text(vf.tokens);
   try {
     train::validate_niah(no, encode, int64_t(haystack.size()));
   } catch (const Error& e) {
