@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "backend/registry.h"
@@ -16,6 +17,7 @@
 #include "cli_test_util.h"
 #include "core/file_io.h"
 #include "core/png.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "data/tokens.h"
 #include "infer/stream.h"
@@ -314,7 +316,7 @@ TEST(RecallTasks, OracleScoresEverythingUniformGuesserScoresChance) {
   UniformDigits guesser;
   const train::RecallScore g = train::sum_scores(train::score_examples(guesser, mqar));
   // 1280 value tokens at chance 0.1: mean 128, standard deviation ~10.7; 4 sigma either side.
-  EXPECT_NEAR(g.token_accuracy(), 0.1, 4 * std::sqrt(0.1 * 0.9 / 1280.0));
+  EXPECT_NEAR(g.token_accuracy(), train::kMqarChanceTokenAccuracy, 4 * std::sqrt(0.1 * 0.9 / 1280.0));
   EXPECT_NEAR(g.accuracy(), 0.01, 4 * std::sqrt(0.01 * 0.99 / 640.0));
 
   train::NiahOptions no;
@@ -530,6 +532,24 @@ TEST(Heatmap, PngDecodesToTheAccuracyColours) {
   EXPECT_EQ(pixel(0, 0), (std::vector<int>{32, 32, 32}));  // grid line
   EXPECT_THROW(encode_png_rgb(2, 2, std::vector<uint8_t>(11)), Error);
   EXPECT_THROW(encode_png_rgb(0, 2, {}), Error);
+}
+
+// ---- Progress lines ----
+
+TEST(Progress, FormatsAndThrottles) {
+  EXPECT_EQ(format_hms(59.4), "0:59");
+  EXPECT_EQ(format_hms(3725), "1:02:05");
+  EXPECT_EQ(format_hms(-1), "?");
+  EXPECT_EQ(format_count(950), "950");
+  EXPECT_EQ(format_count(12345), "12.3k");
+  EXPECT_EQ(format_count(4.56e6), "4.56M");
+  std::ostringstream every, quiet;
+  ProgressLine now(every, "eval --full", "tokens", 0.0), later(quiet, "eval --full", "tokens", 3600.0);
+  now.update(5, 10);
+  later.update(5, 10);
+  EXPECT_EQ(every.str().rfind("eval --full: 5/10 tokens (50.0%) | ", 0), 0u) << every.str();
+  EXPECT_NE(every.str().find("elapsed | ETA "), std::string::npos) << every.str();
+  EXPECT_EQ(quiet.str(), "");  // a short run prints nothing
 }
 
 // ---- The command ----

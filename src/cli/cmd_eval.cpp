@@ -284,12 +284,12 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   j["value_len"] = mo.value_len;
   j["seed"] = mo.seed;
   j["result"] = score_json(r);
-  j["chance_token_accuracy"] = 0.1;  // a model that knows values are digits but not which
+  j["chance_token_accuracy"] = train::kMqarChanceTokenAccuracy;
   emit_json(a, j);
   std::printf("MQAR: %lld pairs, context %lld, %lld examples (seed %llu)\n", (long long)mo.pairs, (long long)mo.context,
               (long long)mo.examples, (unsigned long long)mo.seed);
-  std::printf("value-token accuracy %.4f (%lld/%lld; chance 0.1 per digit)\n", r.token_accuracy(),
-              (long long)r.tokens_correct, (long long)r.tokens);
+  std::printf("value-token accuracy %.4f (%lld/%lld; chance %g per digit)\n", r.token_accuracy(),
+              (long long)r.tokens_correct, (long long)r.tokens, train::kMqarChanceTokenAccuracy);
   std::printf("query accuracy       %.4f (%lld/%lld whole values right)\n", r.accuracy(), (long long)r.answers_correct,
               (long long)r.answers);
   return 0;

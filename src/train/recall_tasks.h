@@ -44,6 +44,8 @@ struct MqarOptions {
   int64_t value_len = 2;
   uint64_t seed = 0;
 };
+// Per value token, the accuracy of a model that knows values are digits but not which: 1/10.
+inline constexpr double kMqarChanceTokenAccuracy = 0.1;
 // Throws, naming the flag, when the options are out of range (pairs beyond the distinct keys or the context).
 void validate_mqar(const MqarOptions& opt, const Encode& encode);
 std::vector<RecallExample> make_mqar(const MqarOptions& opt, const Encode& encode);
