@@ -635,6 +635,9 @@ TEST(EvalCli, BadFlagsFailClearly) {
   expect_clean_failure(ck + "--task mqar --stride 3", "--stride applies to --full");
   expect_clean_failure(ck + "--task niah --context 64", "--context applies to");
   expect_clean_failure(ck + "--heatmap x.png", "--heatmap applies to --task niah");
+  // Absurd example counts end in the memory check, before anything is made.
+  expect_clean_failure(ck + "--task mqar --pairs 2 --context 64 --examples 1000000000000", "the examples' tokens and scores");
+  expect_clean_failure(ck + "--task niah --lengths 100 --examples 1000000000000", "not enough host memory");
   std::filesystem::remove_all(f.dir);
   std::filesystem::remove_all(f.data);
   // The tasks' text is byte tokens: a model of another vocabulary is refused, not fed bytes as its ids.

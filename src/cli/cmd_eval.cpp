@@ -243,6 +243,18 @@ train::StreamerPredictor make_predictor(EvalSetup& s) {
                                   /*concurrent=*/s.device == "cpu");
 }
 
+// Host memory of a recall task, checked before its examples are made: the model, the validation split (NIAH) and
+// the examples' tokens and scores, all held until the end.
+void require_task_memory(const EvalSetup& s, double examples, double example_tokens, const std::string& drivers) {
+  train::MemoryRequest host;
+  if (!s.val_path.empty()) host.token_files = {s.val_path};
+  train::MemoryEstimate e = train::estimate_memory(s.ck.cfg, host);
+  e.resident.push_back({"the examples' tokens and scores", drivers,
+                        example_tokens * double(sizeof(int32_t)) +
+                            examples * double(sizeof(train::RecallExample) + sizeof(train::RecallScore))});
+  train::require_memory("ttt eval", e);
+}
+
 // The text encoder of the recall tasks: the byte tokenizer's, the one a model of vocabulary 256 reads.
 train::Encode task_encoder(const EvalSetup& s, const char* task) {
   TTT_CHECK(s.ck.cfg.vocab_size == int64_t(data::kByteVocab),
@@ -270,6 +282,8 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   } catch (const Error& e) {
     TTT_FAIL("ttt eval --task mqar: " << e.what());
   }
+  require_task_memory(s, double(mo.examples), double(mo.examples) * double(mo.context),
+                      "--examples " + std::to_string(mo.examples) + " x --context " + std::to_string(mo.context));
   const std::vector<train::RecallExample> examples = train::make_mqar(mo, encode);
   train::StreamerPredictor model = make_predictor(s);
   ProgressLine progress(std::cerr, "eval --task mqar", "examples");
@@ -313,6 +327,12 @@ int eval_niah(const Args& a, EvalSetup& s) {
   } catch (const Error& e) {
     TTT_FAIL("ttt eval --task niah: " << e.what() << " (haystack: '" << s.val_path << "')");
   }
+  double grid_tokens = 0;
+  for (int64_t len : no.lengths) grid_tokens += double(len);
+  const double n_examples = double(no.examples) * double(no.depths.size()) * double(no.lengths.size());
+  require_task_memory(s, n_examples, grid_tokens * double(no.examples) * double(no.depths.size()),
+                      "--examples " + std::to_string(no.examples) + " x " + std::to_string(no.depths.size()) +
+                          " depths x --lengths (" + std::to_string(int64_t(grid_tokens)) + " tokens)");
   // Every example of the grid, cell by cell (depth-major), then scored together.
   std::vector<train::RecallExample> examples;
   for (double depth : no.depths)
