@@ -635,6 +635,8 @@ TEST(EvalCli, BadFlagsFailClearly) {
   expect_clean_failure(ck + "--task mqar --stride 3", "--stride applies to --full");
   expect_clean_failure(ck + "--task niah --context 64", "--context applies to");
   expect_clean_failure(ck + "--heatmap x.png", "--heatmap applies to --task niah");
+  expect_clean_failure(ck + "--task niah --heatmap /nonexistent/dir/n.png", "the directory '/nonexistent/dir' does not exist");
+  expect_clean_failure(ck + "--full --json /nonexistent/f.json", "--json /nonexistent/f.json");
   // Absurd example counts end in the memory check, before anything is made.
   expect_clean_failure(ck + "--task mqar --pairs 2 --context 64 --examples 1000000000000", "the examples' tokens and scores");
   expect_clean_failure(ck + "--task niah --lengths 100 --examples 1000000000000", "not enough host memory");

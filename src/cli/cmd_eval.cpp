@@ -93,6 +93,16 @@ Mode mode_flags(const Args& a) {
   return mode;
 }
 
+// Output files are written at the end: a directory that does not exist is refused before the evaluation runs.
+void check_output_dirs(const Args& a) {
+  for (const char* flag : {"json", "heatmap", "csv"}) {
+    if (!a.has(flag)) continue;
+    const std::filesystem::path dir = std::filesystem::path(a.str(flag)).parent_path();
+    TTT_CHECK(dir.empty() || std::filesystem::is_directory(dir),
+              "ttt eval: --" << flag << " " << a.str(flag) << ": the directory '" << dir.string() << "' does not exist");
+  }
+}
+
 int64_t positive_flag(const Args& a, const std::string& name) {
   const int64_t v = a.i64(name);
   TTT_CHECK(v > 0, "ttt eval: --" << name << " must be > 0, got " << v);
@@ -411,6 +421,7 @@ int cmd_eval(const Argv& argv) {
   }
   TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
   const Mode mode = mode_flags(a);
+  check_output_dirs(a);
   EvalSetup s;
   s.device = device_flag(a, "ttt eval");
   s.engine_options = engine_options_flags(a, "ttt eval", s.device);
