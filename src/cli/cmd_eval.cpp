@@ -206,7 +206,7 @@ int eval_windows(const Args& a, EvalSetup& s) {
 int eval_full(const Args& a, EvalSetup& s) {
   train::FullEvalOptions fo;
   fo.context = a.has("context") ? positive_flag(a, "context") : s.ck.cfg.seq_len;
-  fo.stride = a.has("stride") ? positive_flag(a, "stride") : std::max<int64_t>(1, fo.context / 2);
+  fo.stride = a.has("stride") ? positive_flag(a, "stride") : 0;  // 0: evaluate_full's default, context / 2
   fo.batch = positive_flag(a, "batch");
   TTT_CHECK(fo.stride <= fo.context, "ttt eval: --stride " << fo.stride << " exceeds the context " << fo.context
                                                            << " (tokens would go unscored); give 1 .. " << fo.context);
