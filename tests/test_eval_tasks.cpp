@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include "backend/registry.h"
@@ -16,6 +17,7 @@
 #include "cli_test_util.h"
 #include "core/file_io.h"
 #include "core/png.h"
+#include "core/progress.h"
 #include "core/rng.h"
 #include "data/tokens.h"
 #include "infer/stream.h"
@@ -306,15 +308,15 @@ TEST(RecallTasks, OracleScoresEverythingUniformGuesserScoresChance) {
   mo.examples = 40;
   const auto mqar = train::make_mqar(mo, kBytes);
   InductionOracle oracle;
-  const train::RecallScore o = train::score_examples(oracle, mqar, 0, mqar.size());
+  const train::RecallScore o = train::sum_scores(train::score_examples(oracle, mqar));
   EXPECT_EQ(o.answers, 16 * 40);
   EXPECT_EQ(o.tokens, 2 * 16 * 40);
   EXPECT_EQ(o.accuracy(), 1.0);
   EXPECT_EQ(o.token_accuracy(), 1.0);
   UniformDigits guesser;
-  const train::RecallScore g = train::score_examples(guesser, mqar, 0, mqar.size());
+  const train::RecallScore g = train::sum_scores(train::score_examples(guesser, mqar));
   // 1280 value tokens at chance 0.1: mean 128, standard deviation ~10.7; 4 sigma either side.
-  EXPECT_NEAR(g.token_accuracy(), 0.1, 4 * std::sqrt(0.1 * 0.9 / 1280.0));
+  EXPECT_NEAR(g.token_accuracy(), train::kMqarChanceTokenAccuracy, 4 * std::sqrt(0.1 * 0.9 / 1280.0));
   EXPECT_NEAR(g.accuracy(), 0.01, 4 * std::sqrt(0.01 * 0.99 / 640.0));
 
   train::NiahOptions no;
@@ -399,7 +401,8 @@ TEST(RecallTasks, StreamerPredictorIsTheArgmaxOfTheForward) {
   const auto fwd = model::forward<float>(cfg, p, one, nullptr, false, true);
   std::vector<int64_t> positions;
   for (int64_t i = 0; i < one.len; i += 3) positions.push_back(i);
-  train::StreamerPredictor predictor([&] { return backend::make_streamer("cpu", cfg, p); }, /*block=*/7);
+  train::StreamerPredictor predictor([&] { return backend::make_streamer("cpu", cfg, p); }, /*concurrent=*/false,
+                                     /*block=*/7);
   const std::vector<int32_t> got = predictor.predict(tokens, positions);
   ASSERT_EQ(got.size(), positions.size());
   int compared = 0;
@@ -416,6 +419,41 @@ TEST(RecallTasks, StreamerPredictorIsTheArgmaxOfTheForward) {
   EXPECT_EQ(predictor.predict(tokens, positions), got);
   EXPECT_THROW(predictor.predict(tokens, {5, 3}), Error);
   EXPECT_THROW(predictor.predict(tokens, {int64_t(tokens.size())}), Error);
+}
+
+// Examples scored side by side on the threads (a concurrent streamer predictor) score as they do one at a time;
+// an error in one example reaches the caller.
+TEST(RecallTasks, ConcurrentScoringEqualsSerial) {
+  const model::ModelConfig cfg = test_util::small_lact_config();
+  model::Params<float> p = init_model(cfg, 8);
+  for (auto& m : p.values)
+    for (auto& x : m.data) x *= 8;
+  train::MqarOptions mo;
+  mo.pairs = 4;
+  mo.context = 64;
+  mo.examples = 6;
+  const auto examples = train::make_mqar(mo, kBytes);
+  auto make = [&] { return backend::make_streamer("cpu", cfg, p); };
+  train::StreamerPredictor serial(make, false), parallel(make, true);
+  const auto a = train::score_examples(serial, examples);
+  size_t calls = 0, last = 0;
+  const auto b = train::score_examples(parallel, examples, [&](size_t done, size_t total) {
+    ++calls;
+    last = done;
+    EXPECT_EQ(total, examples.size());
+  });
+  ASSERT_EQ(a.size(), examples.size());
+  ASSERT_EQ(b.size(), examples.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, 8);
+    EXPECT_EQ(a[i].tokens_correct, b[i].tokens_correct) << "example " << i;
+    EXPECT_EQ(a[i].answers_correct, b[i].answers_correct) << "example " << i;
+  }
+  EXPECT_EQ(calls, examples.size());
+  EXPECT_EQ(last, examples.size());
+  std::vector<train::RecallExample> bad = examples;
+  bad[3].tokens[0] = int32_t(cfg.vocab_size);  // outside the vocabulary: the streamer refuses it
+  EXPECT_THROW(train::score_examples(parallel, bad), Error);
 }
 
 // ---- The heat map PNG decodes ----
@@ -496,6 +534,24 @@ TEST(Heatmap, PngDecodesToTheAccuracyColours) {
   EXPECT_THROW(encode_png_rgb(0, 2, {}), Error);
 }
 
+// ---- Progress lines ----
+
+TEST(Progress, FormatsAndThrottles) {
+  EXPECT_EQ(format_hms(59.4), "0:59");
+  EXPECT_EQ(format_hms(3725), "1:02:05");
+  EXPECT_EQ(format_hms(-1), "?");
+  EXPECT_EQ(format_count(950), "950");
+  EXPECT_EQ(format_count(12345), "12.3k");
+  EXPECT_EQ(format_count(4.56e6), "4.56M");
+  std::ostringstream every, quiet;
+  ProgressLine now(every, "eval --full", "tokens", 0.0), later(quiet, "eval --full", "tokens", 3600.0);
+  now.update(5, 10);
+  later.update(5, 10);
+  EXPECT_EQ(every.str().rfind("eval --full: 5/10 tokens (50.0%) | ", 0), 0u) << every.str();
+  EXPECT_NE(every.str().find("elapsed | ETA "), std::string::npos) << every.str();
+  EXPECT_EQ(quiet.str(), "");  // a short run prints nothing
+}
+
 // ---- The command ----
 
 namespace {
@@ -504,13 +560,14 @@ struct EvalRun {
   std::string dir, run, data;
 };
 
-// A small LaCT checkpoint in DIR/run and the synthetic corpus of train_test_util.h.
-EvalRun make_eval_run(const std::string& tag) {
+// A small LaCT checkpoint (vocabulary `vocab`) in DIR/run and the synthetic corpus of train_test_util.h.
+EvalRun make_eval_run(const std::string& tag, int64_t vocab = 256) {
   EvalRun f;
   f.data = test_util::make_corpus(tag + "_data");
   f.dir = test_util::temp_dir(tag);
   f.run = f.dir + "/run";
-  const model::ModelConfig cfg = test_util::small_lact_config();
+  model::ModelConfig cfg = test_util::small_lact_config();
+  cfg.vocab_size = vocab;
   model::Params<float> p = init_model(cfg, 1);
   std::vector<int64_t> sizes;
   for (auto& m : p.values) sizes.push_back(m.size());
@@ -578,6 +635,17 @@ TEST(EvalCli, BadFlagsFailClearly) {
   expect_clean_failure(ck + "--task mqar --stride 3", "--stride applies to --full");
   expect_clean_failure(ck + "--task niah --context 64", "--context applies to");
   expect_clean_failure(ck + "--heatmap x.png", "--heatmap applies to --task niah");
+  expect_clean_failure(ck + "--task niah --heatmap /nonexistent/dir/n.png", "the directory '/nonexistent/dir' does not exist");
+  expect_clean_failure(ck + "--full --json /nonexistent/f.json", "--json /nonexistent/f.json");
+  // Absurd example counts end in the memory check, before anything is made.
+  expect_clean_failure(ck + "--task mqar --pairs 2 --context 64 --examples 1000000000000", "the examples' tokens and scores");
+  expect_clean_failure(ck + "--task niah --lengths 100 --examples 1000000000000", "not enough host memory");
   std::filesystem::remove_all(f.dir);
   std::filesystem::remove_all(f.data);
+  // The tasks' text is byte tokens: a model of another vocabulary is refused, not fed bytes as its ids.
+  const EvalRun wide = make_eval_run("eval_cli_vocab", 300);
+  for (const char* task : {"mqar", "niah"})
+    expect_clean_failure("eval --checkpoint '" + wide.run + "' --task " + task, "the model's vocabulary is 300");
+  std::filesystem::remove_all(wide.dir);
+  std::filesystem::remove_all(wide.data);
 }

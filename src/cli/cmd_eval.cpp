@@ -5,6 +5,7 @@
 //   --task mqar    multi-query associative recall, generated from --seed; a summary on stdout
 //   --task niah    needle in a haystack over --depths x --lengths; a table on stdout, --heatmap PNG
 // Every mode also writes its JSON to --json OUT.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -90,6 +91,16 @@ Mode mode_flags(const Args& a) {
     TTT_FAIL("ttt eval: --" << f.name << " applies to " << where << ", not to " << mode_name(mode));
   }
   return mode;
+}
+
+// Output files are written at the end: a directory that does not exist is refused before the evaluation runs.
+void check_output_dirs(const Args& a) {
+  for (const char* flag : {"json", "heatmap", "csv"}) {
+    if (!a.has(flag)) continue;
+    const std::filesystem::path dir = std::filesystem::path(a.str(flag)).parent_path();
+    TTT_CHECK(dir.empty() || std::filesystem::is_directory(dir),
+              "ttt eval: --" << flag << " " << a.str(flag) << ": the directory '" << dir.string() << "' does not exist");
+  }
 }
 
 int64_t positive_flag(const Args& a, const std::string& name) {
@@ -195,7 +206,7 @@ int eval_windows(const Args& a, EvalSetup& s) {
 int eval_full(const Args& a, EvalSetup& s) {
   train::FullEvalOptions fo;
   fo.context = a.has("context") ? positive_flag(a, "context") : s.ck.cfg.seq_len;
-  fo.stride = a.has("stride") ? positive_flag(a, "stride") : std::max<int64_t>(1, fo.context / 2);
+  fo.stride = a.has("stride") ? positive_flag(a, "stride") : 0;  // 0: evaluate_full's default, context / 2
   fo.batch = positive_flag(a, "batch");
   TTT_CHECK(fo.stride <= fo.context, "ttt eval: --stride " << fo.stride << " exceeds the context " << fo.context
                                                            << " (tokens would go unscored); give 1 .. " << fo.context);
@@ -235,9 +246,31 @@ int eval_full(const Args& a, EvalSetup& s) {
   return 0;
 }
 
-// Recall tasks run through the device's streamer, one fresh streamer per example.
+// Recall tasks run through the device's streamer, one fresh streamer per example; on the CPU examples run side by
+// side on the threads.
 train::StreamerPredictor make_predictor(EvalSetup& s) {
-  return train::StreamerPredictor([&s] { return backend::make_streamer(s.device, s.ck.cfg, s.ck.params); });
+  return train::StreamerPredictor([&s] { return backend::make_streamer(s.device, s.ck.cfg, s.ck.params); },
+                                  /*concurrent=*/s.device == "cpu");
+}
+
+// Host memory of a recall task, checked before its examples are made: the model, the validation split (NIAH) and
+// the examples' tokens and scores, all held until the end.
+void require_task_memory(const EvalSetup& s, double examples, double example_tokens, const std::string& drivers) {
+  train::MemoryRequest host;
+  if (!s.val_path.empty()) host.token_files = {s.val_path};
+  train::MemoryEstimate e = train::estimate_memory(s.ck.cfg, host);
+  e.resident.push_back({"the examples' tokens and scores", drivers,
+                        example_tokens * double(sizeof(int32_t)) +
+                            examples * double(sizeof(train::RecallExample) + sizeof(train::RecallScore))});
+  train::require_memory("ttt eval", e);
+}
+
+// The text encoder of the recall tasks: the byte tokenizer's, the one a model of vocabulary 256 reads.
+train::Encode task_encoder(const EvalSetup& s, const char* task) {
+  TTT_CHECK(s.ck.cfg.vocab_size == int64_t(data::kByteVocab),
+            "ttt eval --task " << task << ": the model's vocabulary is " << s.ck.cfg.vocab_size
+                               << "; the recall tasks encode their text with the byte tokenizer (vocabulary 256)");
+  return data::encode_bytes;
 }
 
 nlohmann::json score_json(const train::RecallScore& r) {
@@ -253,17 +286,19 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   mo.key_len = a.i64("key-len");
   mo.value_len = a.i64("value-len");
   mo.seed = uint64_t(a.i64("seed"));
-  const train::Encode encode = data::encode_bytes;
+  const train::Encode encode = task_encoder(s, "mqar");
   try {
     train::validate_mqar(mo, encode);
   } catch (const Error& e) {
     TTT_FAIL("ttt eval --task mqar: " << e.what());
   }
+  require_task_memory(s, double(mo.examples), double(mo.examples) * double(mo.context),
+                      "--examples " + std::to_string(mo.examples) + " x --context " + std::to_string(mo.context));
   const std::vector<train::RecallExample> examples = train::make_mqar(mo, encode);
   train::StreamerPredictor model = make_predictor(s);
   ProgressLine progress(std::cerr, "eval --task mqar", "examples");
-  const train::RecallScore r = train::score_examples(model, examples, 0, examples.size(),
-                                                     [&](size_t done, size_t total) { progress.update(done, total); });
+  const train::RecallScore r = train::sum_scores(train::score_examples(
+      model, examples, [&](size_t done, size_t total) { progress.update(int64_t(done), int64_t(total)); }));
   nlohmann::json j = header_json(s);
   j["mode"] = "mqar";
   j["pairs"] = mo.pairs;
@@ -273,12 +308,12 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   j["value_len"] = mo.value_len;
   j["seed"] = mo.seed;
   j["result"] = score_json(r);
-  j["chance_token_accuracy"] = 0.1;  // a model that knows values are digits but not which
+  j["chance_token_accuracy"] = train::kMqarChanceTokenAccuracy;
   emit_json(a, j);
   std::printf("MQAR: %lld pairs, context %lld, %lld examples (seed %llu)\n", (long long)mo.pairs, (long long)mo.context,
               (long long)mo.examples, (unsigned long long)mo.seed);
-  std::printf("value-token accuracy %.4f (%lld/%lld; chance 0.1 per digit)\n", r.token_accuracy(),
-              (long long)r.tokens_correct, (long long)r.tokens);
+  std::printf("value-token accuracy %.4f (%lld/%lld; chance %g per digit)\n", r.token_accuracy(),
+              (long long)r.tokens_correct, (long long)r.tokens, train::kMqarChanceTokenAccuracy);
   std::printf("query accuracy       %.4f (%lld/%lld whole values right)\n", r.accuracy(), (long long)r.answers_correct,
               (long long)r.answers);
   return 0;
@@ -292,27 +327,37 @@ int eval_niah(const Args& a, EvalSetup& s) {
   no.examples = a.has("examples") ? a.i64("examples") : no.examples;
   no.key_digits = a.i64("key-digits");
   no.seed = uint64_t(a.i64("seed"));
-  const train::Encode encode = data::encode_bytes;
-  const std::vector<int32_t> haystack = train::haystack_text(load_val(s).tokens);
+  const train::Encode encode = task_encoder(s, "niah");
+  const data::TokenFile vf = load_val(s);
+  TTT_CHECK(vf.vocab == data::kByteVocab, "ttt eval --task niah: '" << s.val_path << "' has vocabulary " << vf.vocab
+                                              << "; the haystack must be byte tokens (vocabulary 256), as the needle is");
+  const std::vector<int32_t> haystack = train::haystack_text(vf.tokens);
   try {
     train::validate_niah(no, encode, int64_t(haystack.size()));
   } catch (const Error& e) {
     TTT_FAIL("ttt eval --task niah: " << e.what() << " (haystack: '" << s.val_path << "')");
   }
+  double grid_tokens = 0;
+  for (int64_t len : no.lengths) grid_tokens += double(len);
+  const double n_examples = double(no.examples) * double(no.depths.size()) * double(no.lengths.size());
+  require_task_memory(s, n_examples, grid_tokens * double(no.examples) * double(no.depths.size()),
+                      "--examples " + std::to_string(no.examples) + " x " + std::to_string(no.depths.size()) +
+                          " depths x --lengths (" + std::to_string(int64_t(grid_tokens)) + " tokens)");
+  // Every example of the grid, cell by cell (depth-major), then scored together.
+  std::vector<train::RecallExample> examples;
+  for (double depth : no.depths)
+    for (int64_t len : no.lengths)
+      for (int64_t e = 0; e < no.examples; ++e)
+        examples.push_back(train::make_niah_example(no, encode, haystack, depth, len, e));
   train::StreamerPredictor model = make_predictor(s);
+  ProgressLine progress(std::cerr, "eval --task niah", "examples");
+  const std::vector<train::RecallScore> scores = train::score_examples(
+      model, examples, [&](size_t done, size_t total) { progress.update(int64_t(done), int64_t(total)); });
   std::vector<std::vector<train::RecallScore>> cells(no.depths.size(), std::vector<train::RecallScore>(no.lengths.size()));
-  int64_t total_tokens = 0, done_tokens = 0;
-  for (int64_t len : no.lengths) total_tokens += len * no.examples * int64_t(no.depths.size());
-  ProgressLine progress(std::cerr, "eval --task niah", "tokens");
-  for (size_t j = 0; j < no.lengths.size(); ++j)
-    for (size_t i = 0; i < no.depths.size(); ++i)
-      for (int64_t e = 0; e < no.examples; ++e) {
-        const train::RecallExample ex =
-            train::make_niah_example(no, encode, haystack, no.depths[i], no.lengths[j], e);
-        cells[i][j].add(train::score_example(model, ex));
-        done_tokens += no.lengths[j];
-        progress.update(done_tokens, total_tokens);
-      }
+  for (size_t k = 0; k < scores.size(); ++k) {
+    const size_t cell = k / size_t(no.examples);
+    cells[cell / no.lengths.size()][cell % no.lengths.size()].add(scores[k]);
+  }
 
   nlohmann::json j = header_json(s);
   j["mode"] = "niah";
@@ -376,6 +421,7 @@ int cmd_eval(const Argv& argv) {
   }
   TTT_CHECK(a.has("checkpoint"), "ttt eval: --checkpoint DIR is required\n" << a.usage());
   const Mode mode = mode_flags(a);
+  check_output_dirs(a);
   EvalSetup s;
   s.device = device_flag(a, "ttt eval");
   s.engine_options = engine_options_flags(a, "ttt eval", s.device);

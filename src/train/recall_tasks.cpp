@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <iomanip>
 #include <set>
 #include <sstream>
@@ -235,13 +236,30 @@ RecallScore score_example(NextTokenPredictor& model, const RecallExample& ex) {
   return s;
 }
 
-RecallScore score_examples(NextTokenPredictor& model, const std::vector<RecallExample>& examples, size_t begin,
-                           size_t end, const std::function<void(size_t, size_t)>& progress) {
-  RecallScore total;
-  for (size_t i = begin; i < end; ++i) {
-    total.add(score_example(model, examples[i]));
-    if (progress) progress(i + 1 - begin, end - begin);
+std::vector<RecallScore> score_examples(NextTokenPredictor& model, const std::vector<RecallExample>& examples,
+                                        const std::function<void(size_t, size_t)>& progress) {
+  const int64_t n = int64_t(examples.size());
+  std::vector<RecallScore> scores(examples.size());
+  size_t done = 0;
+  std::exception_ptr err;
+#pragma omp parallel for schedule(dynamic, 1) if (model.concurrent())
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      scores[size_t(i)] = score_example(model, examples[size_t(i)]);
+#pragma omp critical(ttt_recall_progress)
+      if (progress) progress(++done, examples.size());
+    } catch (...) {
+#pragma omp critical(ttt_recall_error)
+      if (!err) err = std::current_exception();
+    }
   }
+  if (err) std::rethrow_exception(err);
+  return scores;
+}
+
+RecallScore sum_scores(const std::vector<RecallScore>& scores) {
+  RecallScore total;
+  for (const RecallScore& s : scores) total.add(s);
   return total;
 }
 

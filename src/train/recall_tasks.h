@@ -44,6 +44,8 @@ struct MqarOptions {
   int64_t value_len = 2;
   uint64_t seed = 0;
 };
+// Per value token, the accuracy of a model that knows values are digits but not which: 1/10.
+inline constexpr double kMqarChanceTokenAccuracy = 0.1;
 // Throws, naming the flag, when the options are out of range (pairs beyond the distinct keys or the context).
 void validate_mqar(const MqarOptions& opt, const Encode& encode);
 std::vector<RecallExample> make_mqar(const MqarOptions& opt, const Encode& encode);
@@ -80,17 +82,23 @@ class NextTokenPredictor {
   // For each p of `positions` (ascending, each < tokens.size()): the most likely token after tokens[0..p]
   // (argmax of the logits; ties to the lowest id). Reads nothing beyond the last position asked.
   virtual std::vector<int32_t> predict(const std::vector<int32_t>& tokens, const std::vector<int64_t>& positions) = 0;
+  // Whether predict may run on several threads at once (calls independent of each other).
+  virtual bool concurrent() const { return false; }
 };
 
 // A predictor over a device's streamer (backend/streamer.h): a fresh streamer per sequence, fed in blocks.
+// `concurrent`: make_streamer may be called from several threads and the streamers run side by side (the CPU's).
 class StreamerPredictor final : public NextTokenPredictor {
  public:
   using MakeStreamer = std::function<std::unique_ptr<backend::Streamer>()>;
-  explicit StreamerPredictor(MakeStreamer make, int64_t block = 512) : make_(std::move(make)), block_(block) {}
+  StreamerPredictor(MakeStreamer make, bool concurrent, int64_t block = 512)
+      : make_(std::move(make)), concurrent_(concurrent), block_(block) {}
   std::vector<int32_t> predict(const std::vector<int32_t>& tokens, const std::vector<int64_t>& positions) override;
+  bool concurrent() const override { return concurrent_; }
 
  private:
   MakeStreamer make_;
+  bool concurrent_;
   int64_t block_;
 };
 
@@ -102,9 +110,12 @@ struct RecallScore {
   void add(const RecallScore& o);
 };
 RecallScore score_example(NextTokenPredictor& model, const RecallExample& ex);
-// Examples scored in order; `progress(done, total)` after each.
-RecallScore score_examples(NextTokenPredictor& model, const std::vector<RecallExample>& examples, size_t begin,
-                           size_t end, const std::function<void(size_t, size_t)>& progress = {});
+// The score of each example. With a concurrent model the examples run on the OpenMP threads, one example per
+// thread at a time (a streamer's many small steps scale better so than threaded inside); the scores are the
+// same either way. `progress(done, total)` after each example.
+std::vector<RecallScore> score_examples(NextTokenPredictor& model, const std::vector<RecallExample>& examples,
+                                        const std::function<void(size_t, size_t)>& progress = {});
+RecallScore sum_scores(const std::vector<RecallScore>& scores);
 
 // ---- Report ----
 // NIAH accuracy (whole keys) per depth (rows) x length (columns), as a text table.
