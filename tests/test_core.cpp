@@ -91,6 +91,27 @@ TEST(SafeTensors, RoundTripAllDtypes) {
   EXPECT_EQ(back.get("b").shape(), (Shape{3}));
 }
 
+// I64 (the token ids `ttt logits` writes): exact through a file, and a float that no int64 holds is refused.
+TEST(SafeTensors, I64RoundTripAndOutOfRangeValues) {
+  SafeTensors st;
+  Tensor ids = Tensor::zeros({3}, DType::I64);
+  const int64_t big = (int64_t(1) << 53) + 1;  // not a double: must not pass through one on the way to the file
+  ids.data<int64_t>()[0] = big;
+  ids.data<int64_t>()[1] = -7;
+  ids.set(2, 255.0);
+  st.add("ids", ids);
+  SafeTensors back = safetensors_parse(safetensors_serialize(st), "mem");
+  EXPECT_EQ(back.get("ids").dtype(), DType::I64);
+  EXPECT_EQ(back.get("ids").data<int64_t>()[0], big);
+  EXPECT_EQ(back.get("ids").data<int64_t>()[1], -7);
+  EXPECT_EQ(back.get("ids").data<int64_t>()[2], 255);
+  Tensor f = Tensor::zeros({2}, DType::F32);
+  f.set(1, std::numeric_limits<double>::quiet_NaN());
+  test::expect_error([&] { f.to(DType::I64); }, "does not fit an I64");
+  f.set(1, 1e30);
+  test::expect_error([&] { f.to(DType::I64); }, "does not fit an I64");
+}
+
 TEST(SafeTensors, MalformedAndTruncatedGiveClearErrors) {
   SafeTensors st;
   st.add("x", Tensor::zeros({4, 4}, DType::F32));

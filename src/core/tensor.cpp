@@ -102,7 +102,12 @@ void Tensor::set(int64_t i, double v) {
     case DType::F32: reinterpret_cast<float*>(raw())[i] = float(v); break;
     case DType::F64: reinterpret_cast<double*>(raw())[i] = v; break;
     case DType::BF16: reinterpret_cast<bf16*>(raw())[i] = float_to_bf16(float(v)); break;
-    case DType::I64: reinterpret_cast<int64_t*>(raw())[i] = int64_t(v); break;
+    case DType::I64:
+      // The conversion of a double outside int64's range (or NaN) is undefined: refused instead.
+      TTT_CHECK(v >= -9223372036854775808.0 && v < 9223372036854775808.0,
+                "value " << v << " does not fit an I64 tensor element");
+      reinterpret_cast<int64_t*>(raw())[i] = int64_t(v);
+      break;
   }
 }
 
