@@ -45,8 +45,12 @@ int cmd_eval(const Argv& argv) {
   std::string data_dir = "data/linux-doc";
   if (a.has("data")) data_dir = a.str("data");
   else if (ck.has_state) data_dir = ck.state.train.data_dir;
-  const std::string val_path = (std::filesystem::path(data_dir) / "val.bin").string();
-  TTT_CHECK(file_exists(val_path), "ttt eval: no validation tokens at '" << val_path << "' (give --data DIR)");
+  std::vector<std::string> val_files;
+  try {
+    val_files = data::split_files(data_dir, "val");
+  } catch (const Error& e) {
+    TTT_FAIL("ttt eval: no validation tokens: " << e.what() << " (give --data DIR)");
+  }
   train::EvalOptions eo;
   eo.batches = a.i64("batches");
   eo.batch = a.i64("batch");
@@ -67,20 +71,20 @@ int cmd_eval(const Argv& argv) {
     mr.eval_context = eo.context;
     mr.eval_batch = eo.batch;
     mr.eval_flags = "--batches " + std::to_string(eo.batches) + " x --batch " + std::to_string(eo.batch);
-    if (device == "cpu") mr.token_files = {val_path};
     train::require_memory("ttt eval", train::estimate_memory(ck.cfg, mr));
     if (device != "cpu") {
       train::MemoryRequest host;
-      host.token_files = {val_path};
       train::require_memory("ttt eval", train::estimate_memory(ck.cfg, host));
     }
   }
-  data::TokenFile vf = data::load_tokens(val_path);
-  TTT_CHECK(int64_t(vf.vocab) <= ck.cfg.vocab_size, "ttt eval: '" << val_path << "' has vocabulary " << vf.vocab
-                                                                  << ", larger than the model's " << ck.cfg.vocab_size);
+  const data::TokenSplit val = data::TokenSplit::open(val_files);  // memory-mapped, verified once
+  TTT_CHECK(int64_t(val.vocab()) <= ck.cfg.vocab_size, "ttt eval: the validation split of '" << data_dir << "' has vocabulary "
+                                                           << val.vocab() << ", larger than the model's " << ck.cfg.vocab_size);
+  const data::DatasetInfo info = data::read_dataset_info(data_dir, val.vocab(), val.separator());
+  eo.token_bytes = info.token_bytes;
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(device, ck.cfg, engine_options);
   engine->attach(ck.params, nullptr);
-  const train::EvalResult r = train::evaluate(*engine, vf.tokens, eo);
+  const train::EvalResult r = train::evaluate(*engine, val, eo);
   TTT_CHECK(std::isfinite(r.loss), "ttt eval: the validation loss of checkpoint '" << ck.dir << "' is non-finite ("
                                        << r.loss << "): its weights overflow on this data");
 
@@ -95,20 +99,18 @@ int cmd_eval(const Argv& argv) {
   j["trained_seq_len"] = ck.cfg.seq_len;
   j["windows"] = r.windows;
   j["tokens"] = r.tokens;
-  j["val_loss"] = r.loss;
-  j["val_bpb"] = r.bpb;
-  j["device"] = device;
-  if (vf.vocab == data::kByteVocab) {
-    // Unigram entropy of the corpus, for comparison (meta.json of the data directory, if present).
-    const std::string meta = (std::filesystem::path(data_dir) / "meta.json").string();
-    if (file_exists(meta)) {
-      try {
-        auto m = nlohmann::json::parse(read_file(meta));
-        if (m.is_object() && m.contains("unigram_entropy_bits")) j["unigram_entropy_bits"] = m["unigram_entropy_bits"];
-      } catch (const nlohmann::json::exception&) {
-      }
-    }
+  j["val_loss"] = r.loss;  // nats per token
+  j["val_ppl"] = r.perplexity;
+  j["val_bits_per_token"] = r.bits_per_token;
+  if (r.has_bpb()) {
+    j["val_bpb"] = r.bpb;  // bits per byte of the text the scored tokens cover
+    j["bytes"] = r.bytes;
+  } else {
+    j["val_bpb_note"] = "no token byte table in the dataset's meta.json: bits per byte unknown";
   }
+  j["device"] = device;
+  // Unigram entropy of the training tokens, bits per token (meta.json of the data directory), for comparison.
+  if (info.unigram_entropy_bits >= 0) j["unigram_entropy_bits"] = info.unigram_entropy_bits;
   nlohmann::json bs = nlohmann::json::array();
   for (const auto& b : r.buckets)
     bs.push_back({{"start", b.start}, {"end", b.end}, {"loss", b.loss}, {"bpb", b.bpb}, {"tokens", b.tokens}});

@@ -31,6 +31,8 @@
 #include <string_view>
 #include <vector>
 
+#include "data/loader.h"
+
 namespace ttt::data {
 
 struct PrepareOptions {
@@ -64,6 +66,9 @@ double split_unit(uint64_t seed, std::string_view relative_path);
 // Shannon entropy (bits/token) of the unigram distribution of byte tokens / of int32 tokens.
 double unigram_entropy_bits(std::string_view byte_tokens);
 double unigram_entropy_bits(const std::vector<int32_t>& tokens);
+double unigram_entropy_bits(const TokenSplit& tokens);  // one pass over the split, in bounded memory
+// Shannon entropy (bits) of the distribution counts[i] / total.
+double entropy_from_counts(const std::vector<uint64_t>& counts, uint64_t total);
 
 // Reads the corpus, writes DIR/train.bin, DIR/val.bin, DIR/meta.json. Throws ttt::Error when the input is
 // missing, the corpus holds no text bytes, the options are invalid or the output cannot be written.
