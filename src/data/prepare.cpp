@@ -312,7 +312,9 @@ std::string prepare_summary(const PrepareResult& r) {
   os << "bytes:      " << r.bytes << " (" << format_byte_size(r.bytes) << ")"
      << (r.nul_bytes_dropped ? ", " + std::to_string(r.nul_bytes_dropped) + " stray NUL bytes dropped" : "") << "\n";
   os << "tokens:     " << r.train_tokens << " train, " << r.val_tokens << " validation (byte-level, separators included)\n";
-  os << "entropy:    " << std::fixed << std::setprecision(4) << r.unigram_entropy_bits
+  const uint64_t train_text_bytes = r.train_tokens - r.train_documents;  // separators are tokens without text
+  os << "entropy:    " << std::fixed << std::setprecision(4) << r.unigram_entropy_bits << " bits/token, "
+     << r.unigram_entropy_bits * double(r.train_tokens) / double(std::max<uint64_t>(train_text_bytes, 1))
      << " bits/byte (unigram, train tokens)\n";
   os << "wrote:      " << r.train_path << ", " << r.val_path << ", " << r.meta_path << "\n";
   os << "time:       " << std::setprecision(2) << r.seconds << " s\n";

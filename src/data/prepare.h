@@ -22,8 +22,10 @@
 //
 // Output DIR (default data/<basename of the input>, without a ".gz" suffix): train.bin and val.bin
 // (each document followed by the separator token 0, documents in sorted path order) and meta.json with
-// the counts below, the options and "unigram_entropy_bits": the Shannon entropy, in bits per token (= bits
-// per byte for the byte tokenizer), of the unigram distribution of the train tokens, separators included.
+// the counts below, the options, "token_bytes" (the text bytes of each id: 1, 0 for the separator; what bits per
+// byte divides by, data/loader.h), "train_text_bytes" / "val_text_bytes" (the text bytes of each split) and
+// "unigram_entropy_bits": the Shannon entropy, in bits per token, of the unigram distribution of the train tokens,
+// separators included. Token shards (llm.c, nanoGPT, .npy) go through data/import_shards.h instead.
 #pragma once
 #include <cstdint>
 #include <ostream>
