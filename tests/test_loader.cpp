@@ -433,6 +433,19 @@ TEST(Import, BadShardsGiveClearErrorsWithFileAndOffset) {
   std::vector<uint32_t> one_bad = ids;
   one_bad[600] = 60000;
   expect_import_error("id.bin", llmc_shard(one_bad), {"token 60000 at token index 600", "byte offset 2224"}, 50257);
+  {
+    // A TTTTOK file is not a source shard, and the input directory is not an output directory.
+    fs::create_directories(root + "/tt");
+    write_bytes(root + "/tt/x.bin", serialize_byte_tokens(std::string("ab") + '\0', 1));
+    ImportOptions o;
+    o.input = root + "/tt";
+    o.eot_token = 0;
+    o.out_dir = root + "/tt-out";
+    expect_error([&] { import_token_shards(o); }, {"x.bin", "already a TTTTOK token file"});
+    write_bytes(root + "/tt/x.bin", u16_payload(ids));
+    o.out_dir = root + "/tt/";
+    expect_error([&] { import_token_shards(o); }, {"is the input directory"});
+  }
   ImportOptions no_eot;
   no_eot.input = root + "/id.bin";
   expect_error([&] { import_token_shards(no_eot); }, {"--eot-token", "50256 for GPT-2"});

@@ -198,6 +198,8 @@ SourceShard inspect_shard(const std::string& path, const ShardFormat* forced) {
   } else if (has_extension(path, ".npy")) {
     s.format = ShardFormat::npy;
   } else {
+    TTT_CHECK(!(have_head && std::memcmp(head, kTokenMagic, 6) == 0),
+              where << " is already a TTTTOK token file (ttt's own format); give its directory to `ttt train --data`");
     TTT_CHECK(has_extension(path, ".bin"), where << ": cannot tell the shard format from the name (expected .bin or .npy); "
                                                  << "give --format llmc|nanogpt|npy");
     s.format = have_head && le(head, 4) == kLlmcMagic ? ShardFormat::llmc : ShardFormat::nanogpt;
@@ -335,6 +337,8 @@ ImportResult import_token_shards(const ImportOptions& opt) {
   r.separator = int32_t(opt.eot_token);
 
   r.out_dir = opt.out_dir.empty() ? default_out_dir(opt.input) : opt.out_dir;
+  TTT_CHECK(!fs::is_directory(opt.input, ec) || !fs::equivalent(opt.input, r.out_dir, ec),
+            "ttt prepare: the output directory '" << r.out_dir << "' is the input directory; give --out another one");
   fs::create_directories(r.out_dir, ec);
   TTT_CHECK(!ec && fs::is_directory(r.out_dir), "ttt prepare: cannot create output directory '" << r.out_dir << "'");
   TTT_CHECK(::access(r.out_dir.c_str(), W_OK) == 0, "ttt prepare: output directory '" << r.out_dir << "' is not writable");

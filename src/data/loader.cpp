@@ -98,7 +98,11 @@ TokenSplit TokenSplit::view(const std::vector<int32_t>& tokens, uint32_t vocab, 
   s.header.token_width = 4;
   s.header.separator = separator;
   s.header.n_tokens = tokens.size();
-  for (int32_t t : tokens) s.header.n_documents += t == separator;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    TTT_CHECK(tokens[i] >= 0 && uint32_t(tokens[i]) < vocab,
+              "token " << tokens[i] << " at position " << i << " is outside the vocabulary [0, " << vocab << ")");
+    s.header.n_documents += tokens[i] == separator;
+  }
   split.size_ = s.count;
   split.vocab_ = vocab;
   split.separator_ = separator;

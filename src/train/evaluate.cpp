@@ -166,7 +166,7 @@ EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& p
 
 EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
                     const EvalOptions& opt) {
-  return evaluate(cfg, params, data::TokenSplit::view(tokens, data::kByteVocab), opt);
+  return evaluate(cfg, params, data::TokenSplit::view(tokens, uint32_t(cfg.vocab_size)), opt);
 }
 
 EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt) {

@@ -64,7 +64,7 @@ EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens,
 // On the CPU, the model's own forward (cpu_token_losses) on `params`.
 EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const data::TokenSplit& tokens,
                     const EvalOptions& opt);
-// Tokens held in memory (byte tokens: vocabulary 256, separator 0).
+// Tokens held in memory, as a split of vocabulary cfg.vocab_size with separator 0.
 EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
                     const EvalOptions& opt);
 
