@@ -528,5 +528,25 @@ TEST(Import, TrainingOnImportedShardsReportsNoBitsPerByte) {
   EXPECT_TRUE(m[2].contains("val_loss"));
   EXPECT_NEAR(m[2]["val_ppl"].get<double>(), std::exp(m[2]["val_loss"].get<double>()), 1e-9);
   EXPECT_NEAR(m[2]["val_bits_per_token"].get<double>(), m[2]["val_loss"].get<double>() / std::log(2.0), 1e-12);
+  // `ttt eval` on the same data: per-token metrics, and a note instead of bits per byte.
+  const test::RunResult ev = test::run_cli("eval --checkpoint " + root + "/run --data " + root + "/data");
+  ASSERT_EQ(ev.status, 0) << ev.output;
+  const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
+  EXPECT_FALSE(j.contains("val_bpb")) << ev.output;
+  EXPECT_NE(j["val_bpb_note"].get<std::string>().find("no token byte table"), std::string::npos);
+  EXPECT_NEAR(j["val_ppl"].get<double>(), std::exp(j["val_loss"].get<double>()), 1e-9);
   fs::remove_all(root);
+}
+
+// The window rule is part of the run's stored config: cross_documents round-trips and must be a boolean.
+TEST(Loader, CrossDocumentsIsStoredWithTheRun) {
+  train::TrainConfig c;
+  EXPECT_FALSE(c.cross_documents);
+  c.cross_documents = true;
+  const nlohmann::json j = train::train_config_to_json(c);
+  EXPECT_EQ(j["cross_documents"], true);
+  EXPECT_TRUE(train::train_config_from_json(j).cross_documents);
+  nlohmann::json bad = j;
+  bad["cross_documents"] = 1;
+  expect_error([&] { train::train_config_from_json(bad); }, {"cross_documents", "true or false"});
 }

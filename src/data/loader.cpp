@@ -230,6 +230,8 @@ DatasetInfo read_dataset_info(const std::string& dir, uint32_t vocab, int32_t se
   }
   if (meta.contains("unigram_entropy_bits") && meta["unigram_entropy_bits"].is_number())
     info.unigram_entropy_bits = meta["unigram_entropy_bits"].get<double>();
+  if (meta.contains("train_text_bytes") && meta["train_text_bytes"].is_number_unsigned())
+    info.train_text_bytes = meta["train_text_bytes"].get<int64_t>();
   return info;
 }
 

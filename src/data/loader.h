@@ -21,6 +21,7 @@
 //                                 gets the byte table (1 byte per id, 0 for the separator); any other dataset has
 //                                 no table, and bits per byte is not reported for it.
 //   "unigram_entropy_bits"        Shannon entropy of the train tokens' unigram distribution, bits per token.
+//   "train_text_bytes"            the text bytes the train tokens cover (spares a pass over the split).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -85,6 +86,7 @@ TokenSplit open_split(const std::string& dir, const std::string& split);
 struct DatasetInfo {
   std::vector<uint32_t> token_bytes;  // text bytes of each id; empty: unknown (no bits per byte)
   double unigram_entropy_bits = -1;   // bits per token of the train tokens; < 0: not recorded
+  int64_t train_text_bytes = -1;      // < 0: not recorded
 };
 // `vocab` and `separator`: the dataset's (from its token files), to check and to infer the byte table.
 DatasetInfo read_dataset_info(const std::string& dir, uint32_t vocab, int32_t separator);

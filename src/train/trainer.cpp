@@ -109,7 +109,8 @@ Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_siz
   c.token_bytes = info.token_bytes;
   c.unigram_entropy_bits = info.unigram_entropy_bits >= 0 ? info.unigram_entropy_bits : data::unigram_entropy_bits(c.train);
   if (!c.token_bytes.empty()) {
-    const uint64_t text_bytes = data::covered_bytes(c.train, c.token_bytes, 0, c.train.size());
+    const uint64_t text_bytes = info.train_text_bytes >= 0 ? uint64_t(info.train_text_bytes)
+                                                           : data::covered_bytes(c.train, c.token_bytes, 0, c.train.size());
     if (text_bytes > 0)
       c.unigram_entropy_bits_per_byte = c.unigram_entropy_bits * double(c.train.size()) / double(text_bytes);
   }
@@ -379,7 +380,7 @@ TrainResult train(const TrainOptions& opt) {
     mr.eval_flags = "--eval-batches " + std::to_string(tc.eval_batches) + " x --batch " + std::to_string(tc.batch);
     if (opt.device != "cpu") {
       require_memory("ttt train", estimate_memory(cfg, mr));
-      // The host still loads the corpus and keeps copies of the weights and moments.
+      // The host still maps the corpus and keeps copies of the weights and moments.
       MemoryRequest host = mr;
       host.device = "cpu";
       host.train_steps = false;
