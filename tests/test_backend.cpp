@@ -157,11 +157,12 @@ TEST(Backend, EvaluationThroughTheEngineEqualsTheCpuEvaluate) {
   eo.context = cfg.seq_len;
   auto engine = backend::make_step_engine("cpu", cfg);
   engine->attach(p, nullptr);
-  const train::EvalResult a = train::evaluate(*engine, tokens, eo);
+  const data::TokenSplit split = data::TokenSplit::view(tokens, 256);
+  const train::EvalResult a = train::evaluate(*engine, split, eo);
   const train::EvalResult b = train::evaluate(cfg, p, tokens, eo);
   const train::EvalResult one = train::evaluate_with(
       [&](const model::Batch& batch) { return train::cpu_token_losses(cfg, p, batch); }, cfg.vocab_size, cfg.seq_len,
-      tokens, eo, 1);
+      split, eo, 1);
   for (const train::EvalResult* x : {&b, &one}) {
     EXPECT_EQ(std::memcmp(&a.loss, &x->loss, sizeof a.loss), 0) << a.loss << " vs " << x->loss;
     ASSERT_EQ(a.buckets.size(), x->buckets.size());

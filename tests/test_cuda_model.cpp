@@ -822,12 +822,13 @@ TEST(CudaModel, EngineEvaluationAndStreamerEqualTheGpuClasses) {
   eo.batch = 3;
   auto engine = backend::make_step_engine("cuda", cfg);
   engine->attach(p, nullptr);
-  const train::EvalResult a = train::evaluate(*engine, tokens, eo);
+  const data::TokenSplit split = data::TokenSplit::view(tokens, uint32_t(cfg.vocab_size));
+  const train::EvalResult a = train::evaluate(*engine, split, eo);
   cuda::GpuModel gm(cfg);
   gm.upload(p);
   const train::EvalResult b = train::evaluate_with(
       [&](const model::Batch& batch) { return gm.forward(batch, false, 1.0, true).token_loss; }, cfg.vocab_size,
-      cfg.seq_len, tokens, eo);
+      cfg.seq_len, split, eo);
   EXPECT_EQ(0, std::memcmp(&a.loss, &b.loss, sizeof a.loss)) << a.loss << " vs " << b.loss;
 
   const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 17);

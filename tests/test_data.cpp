@@ -133,8 +133,8 @@ TEST(Tokens, CorruptFilesThrowClearly) {
   }
   {
     std::string b = good;
-    b[8] = 2;
-    check("version.bin", b, "unsupported version 2");
+    b[8] = 3;
+    check("version.bin", b, "unsupported version 3");
   }
   {
     std::string b = good;

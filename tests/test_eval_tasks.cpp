@@ -133,23 +133,35 @@ TEST(FullEval, EqualsBruteForceForwardExactly) {
   fo.context = C;
   fo.stride = S;
   fo.batch = 3;
+  fo.token_bytes.assign(size_t(cfg.vocab_size), 1);  // byte-like tokens: 1 byte each, the separator none
+  fo.token_bytes[size_t(data::kDocSeparator)] = 0;
+  const data::TokenSplit split = data::TokenSplit::view(tokens, uint32_t(cfg.vocab_size));
   for (int64_t per_call : {1, 3, 8}) {
     const train::FullEvalResult r = train::evaluate_full_with(
-        [&](const model::Batch& b) { return train::cpu_token_losses(cfg, p, b); }, cfg.vocab_size, cfg.seq_len, tokens,
-        fo, per_call, train::byte_token_bytes);
+        [&](const model::Batch& b) { return train::cpu_token_losses(cfg, p, b); }, cfg.vocab_size, cfg.seq_len, split,
+        fo, per_call);
     EXPECT_EQ(r.tokens, n - 1);
     EXPECT_EQ(r.loss_sum, sum) << "windows per call " << per_call;
     EXPECT_EQ(r.loss, sum / double(n - 1));
-    EXPECT_EQ(r.bytes, bytes);
+    EXPECT_EQ(r.bytes, uint64_t(bytes));
     EXPECT_DOUBLE_EQ(r.bits_per_byte, sum / std::log(2.0) / double(bytes));
     EXPECT_DOUBLE_EQ(r.perplexity, std::exp(sum / double(n - 1)));
   }
+  // Without a byte table: the same loss, no bits per byte (NaN, never a per-token figure under its name).
+  train::FullEvalOptions no_table = fo;
+  no_table.token_bytes.clear();
+  const train::FullEvalResult u = train::evaluate_full_with(
+      [&](const model::Batch& b) { return train::cpu_token_losses(cfg, p, b); }, cfg.vocab_size, cfg.seq_len, split,
+      no_table, 3);
+  EXPECT_EQ(u.loss_sum, sum);
+  EXPECT_FALSE(u.has_bpb());
+  EXPECT_EQ(u.bytes, 0u);
   // Through the CPU step engine (the path of `ttt eval --full`): the same sums.
   model::Params<float> q = p;
   auto engine = backend::make_step_engine("cpu", cfg);
   engine->attach(q, nullptr);
   std::vector<int64_t> progress;
-  const train::FullEvalResult e = train::evaluate_full(*engine, tokens, fo, train::byte_token_bytes,
+  const train::FullEvalResult e = train::evaluate_full(*engine, split, fo,
                                                        [&](int64_t done, int64_t total) {
                                                          EXPECT_EQ(total, n - 1);
                                                          progress.push_back(done);

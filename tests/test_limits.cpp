@@ -175,7 +175,6 @@ TEST(MemoryBudget, EstimateMatchesMeasuredRuns) {
   auto estimate = [&](int64_t T) {
     train::MemoryRequest r = cpu_training(1, T);
     r.eval_windows = 1;
-    r.token_files = {data + "/train.bin", data + "/val.bin"};
     return train::estimate_memory(model::preset("tiny"), r).peak();
   };
   const double e1024 = estimate(1024), e4096 = estimate(4096);

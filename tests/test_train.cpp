@@ -163,7 +163,7 @@ TEST(Train, AccumulatingTwoMicroBatchesEqualsOneDoubleBatch) {
   Rng r(3);
   for (auto& t : toks) t = int32_t(r.below(256));
   Rng s1(7);
-  model::Batch big = train::sample_batch(toks, 4, c.seq_len, s1);
+  model::Batch big = train::sample_batch(data::TokenSplit::view(toks, 256), 4, c.seq_len, s1);
   model::Batch a, b;
   for (model::Batch* m : {&a, &b}) {
     m->sequences = 2;
@@ -204,7 +204,8 @@ TEST(Train, GradientsDoNotDependOnTheThreadCount) {
   Rng r(4);
   for (auto& t : toks) t = int32_t(r.below(256));
   Rng s(2);
-  std::vector<model::Batch> micro = {train::sample_batch(toks, 3, c.seq_len, s), train::sample_batch(toks, 3, c.seq_len, s)};
+  const data::TokenSplit split = data::TokenSplit::view(toks, 256);
+  std::vector<model::Batch> micro = {train::sample_batch(split, 3, c.seq_len, s), train::sample_batch(split, 3, c.seq_len, s)};
   const int saved = omp_get_max_threads();
   std::vector<ag::Mat<float>> g1, g2;
   omp_set_num_threads(1);
@@ -243,10 +244,40 @@ TEST(Train, EvalOffsetsAreEvenlySpacedAndBucketsCoverTheContext) {
   }
   EXPECT_EQ(n, 4 * 40);
   EXPECT_NEAR(s / double(n), r.loss, 1e-9);
-  EXPECT_NEAR(r.bpb, r.loss / std::log(2.0), 1e-12);
+  EXPECT_NEAR(r.bits_per_token, r.loss / std::log(2.0), 1e-12);
+  EXPECT_NEAR(r.perplexity, std::exp(r.loss), 1e-9);
+  EXPECT_TRUE(std::isnan(r.bpb)) << "no token byte table: bits per byte is not reported";
   auto r2 = train::evaluate(c, p, toks, eo);
   EXPECT_EQ(r.loss, r2.loss);  // deterministic
   EXPECT_NE(train::buckets_csv(r).find("bucket_start,bucket_end,loss,bpb,tokens\n0,5,"), std::string::npos);
+}
+
+// Bits per byte divides the scored targets' loss by the text bytes those targets cover (the byte table gives 0 to
+// the separator), not by the number of tokens.
+TEST(Train, BitsPerByteCountsTheBytesTheScoredTokensCover) {
+  model::ModelConfig c = small_cfg();
+  model::Params<float> p = model::make_params<float>(c);
+  model::init_params(c, p, 1);
+  std::vector<int32_t> toks(400);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t(i % 13);  // a separator (0) every 13 tokens
+  train::EvalOptions eo;
+  eo.batches = 2;
+  eo.batch = 2;
+  eo.context = 40;
+  eo.token_bytes = data::byte_token_lengths();
+  const train::EvalResult r = train::evaluate(c, p, toks, eo);
+  uint64_t bytes = 0;
+  for (int64_t o : train::eval_offsets(400, 4, 40))
+    for (int64_t i = 1; i <= 40; ++i) bytes += toks[size_t(o + i)] != 0;
+  ASSERT_LT(bytes, 160u);  // some targets are separators
+  EXPECT_EQ(r.bytes, bytes);
+  EXPECT_NEAR(r.bpb, r.loss * double(r.tokens) / std::log(2.0) / double(bytes), 1e-12);
+  EXPECT_GT(r.bpb, r.bits_per_token);  // fewer bytes than tokens
+  // Every id 3 bytes long: a third of the bits per token.
+  eo.token_bytes.assign(256, 3);
+  const train::EvalResult r3 = train::evaluate(c, p, toks, eo);
+  EXPECT_NEAR(r3.bpb, r3.bits_per_token / 3, 1e-12);
+  EXPECT_EQ(r3.bytes, 3u * 160u);
 }
 
 TEST(Train, CheckpointRoundTrip) {

@@ -111,7 +111,8 @@ int64_t positive_flag(const Args& a, const std::string& name) {
 
 // The checkpoint and where its evaluation runs, shared by every mode.
 struct EvalSetup {
-  std::string device, ck_arg, data_dir, val_path;
+  std::string device, ck_arg, data_dir;
+  std::vector<std::string> val_files;  // the validation split's token files (data/loader.h)
   backend::EngineOptions engine_options;
   train::LoadedCheckpoint ck;
 };
@@ -127,20 +128,26 @@ void require_eval_memory(EvalSetup& s, double windows, int64_t context, int64_t 
   mr.eval_context = context;
   mr.eval_batch = batch;
   mr.eval_flags = flags;
-  if (s.device == "cpu") mr.token_files = {s.val_path};
   train::require_memory("ttt eval", train::estimate_memory(s.ck.cfg, mr));
   if (s.device != "cpu") {
     train::MemoryRequest host;
-    host.token_files = {s.val_path};
     train::require_memory("ttt eval", train::estimate_memory(s.ck.cfg, host));
   }
 }
 
-data::TokenFile load_val(EvalSetup& s) {
-  data::TokenFile vf = data::load_tokens(s.val_path);
-  TTT_CHECK(int64_t(vf.vocab) <= s.ck.cfg.vocab_size, "ttt eval: '" << s.val_path << "' has vocabulary " << vf.vocab
-                                                                    << ", larger than the model's " << s.ck.cfg.vocab_size);
-  return vf;
+// The validation split, memory-mapped and verified once, and what its dataset records (the byte table).
+struct ValSplit {
+  data::TokenSplit tokens;
+  data::DatasetInfo info;
+};
+ValSplit load_val(EvalSetup& s) {
+  ValSplit v;
+  v.tokens = data::TokenSplit::open(s.val_files);
+  TTT_CHECK(int64_t(v.tokens.vocab()) <= s.ck.cfg.vocab_size,
+            "ttt eval: the validation split of '" << s.data_dir << "' has vocabulary " << v.tokens.vocab()
+                                                  << ", larger than the model's " << s.ck.cfg.vocab_size);
+  v.info = data::read_dataset_info(s.data_dir, v.tokens.vocab(), v.tokens.separator());
+  return v;
 }
 
 nlohmann::json header_json(EvalSetup& s) {
@@ -164,10 +171,11 @@ int eval_windows(const Args& a, EvalSetup& s) {
   eo.context = a.has("context") ? positive_flag(a, "context") : s.ck.cfg.seq_len;
   require_eval_memory(s, double(eo.batches) * double(eo.batch), eo.context, eo.batch,
                       "--batches " + std::to_string(eo.batches) + " x --batch " + std::to_string(eo.batch));
-  const data::TokenFile vf = load_val(s);
+  const ValSplit val = load_val(s);
+  eo.token_bytes = val.info.token_bytes;
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(s.device, s.ck.cfg, s.engine_options);
   engine->attach(s.ck.params, nullptr);
-  const train::EvalResult r = train::evaluate(*engine, vf.tokens, eo);
+  const train::EvalResult r = train::evaluate(*engine, val.tokens, eo);
   TTT_CHECK(std::isfinite(r.loss), "ttt eval: the validation loss of checkpoint '" << s.ck.dir << "' is non-finite ("
                                        << r.loss << "): its weights overflow on this data");
 
@@ -180,19 +188,17 @@ int eval_windows(const Args& a, EvalSetup& s) {
   j["context"] = r.context;
   j["windows"] = r.windows;
   j["tokens"] = r.tokens;
-  j["val_loss"] = r.loss;
-  j["val_bpb"] = r.bpb;
-  if (vf.vocab == data::kByteVocab) {
-    // Unigram entropy of the corpus, for comparison (meta.json of the data directory, if present).
-    const std::string meta = (std::filesystem::path(s.data_dir) / "meta.json").string();
-    if (file_exists(meta)) {
-      try {
-        auto m = nlohmann::json::parse(read_file(meta));
-        if (m.is_object() && m.contains("unigram_entropy_bits")) j["unigram_entropy_bits"] = m["unigram_entropy_bits"];
-      } catch (const nlohmann::json::exception&) {
-      }
-    }
+  j["val_loss"] = r.loss;  // nats per token
+  j["val_ppl"] = r.perplexity;
+  j["val_bits_per_token"] = r.bits_per_token;
+  if (r.has_bpb()) {
+    j["val_bpb"] = r.bpb;  // bits per byte of the text the scored tokens cover
+    j["bytes"] = r.bytes;
+  } else {
+    j["val_bpb_note"] = "no token byte table in the dataset's meta.json: bits per byte unknown";
   }
+  // Unigram entropy of the training tokens, bits per token (meta.json of the data directory), for comparison.
+  if (val.info.unigram_entropy_bits >= 0) j["unigram_entropy_bits"] = val.info.unigram_entropy_bits;
   nlohmann::json bs = nlohmann::json::array();
   for (const auto& b : r.buckets)
     bs.push_back({{"start", b.start}, {"end", b.end}, {"loss", b.loss}, {"bpb", b.bpb}, {"tokens", b.tokens}});
@@ -212,15 +218,14 @@ int eval_full(const Args& a, EvalSetup& s) {
                                                            << " (tokens would go unscored); give 1 .. " << fo.context);
   const int64_t per_call = s.device == "cpu" ? train::cpu_windows_per_call(fo.batch) : fo.batch;
   require_eval_memory(s, double(per_call), fo.context, fo.batch, "--batch " + std::to_string(fo.batch));
-  const data::TokenFile vf = load_val(s);
-  // Bits per byte needs the bytes each token covers: known for the byte tokenizer (1, separators 0) only.
-  const bool byte_tokens = vf.vocab == data::kByteVocab;
+  const ValSplit val = load_val(s);
+  // Bits per byte needs the bytes each token covers: the dataset's byte table (data/loader.h), when it has one.
+  fo.token_bytes = val.info.token_bytes;
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(s.device, s.ck.cfg, s.engine_options);
   engine->attach(s.ck.params, nullptr);
   ProgressLine progress(std::cerr, "eval --full", "tokens");
   const train::FullEvalResult r = train::evaluate_full(
-      *engine, vf.tokens, fo, train::byte_token_bytes,
-      [&](int64_t done, int64_t total) { progress.update(done, total); });
+      *engine, val.tokens, fo, [&](int64_t done, int64_t total) { progress.update(done, total); });
   TTT_CHECK(std::isfinite(r.loss), "ttt eval --full: the loss of checkpoint '" << s.ck.dir << "' is non-finite ("
                                        << r.loss << "): its weights overflow on this data");
   nlohmann::json j = header_json(s);
@@ -231,15 +236,16 @@ int eval_full(const Args& a, EvalSetup& s) {
   j["windows"] = r.windows;
   j["tokens_scored"] = r.tokens;
   j["loss_per_token"] = r.loss;
+  j["bits_per_token"] = r.bits_per_token;
   j["perplexity_per_token"] = r.perplexity;
-  if (byte_tokens) {
+  if (r.has_bpb()) {
     j["bytes_scored"] = r.bytes;
     j["bits_per_byte"] = r.bits_per_byte;
-    j["bits_per_byte_note"] =
-        "byte tokenizer: each token is one byte of text, except the document separators, which count 0 bytes";
+    j["bits_per_byte_note"] = "bits per byte of the text the scored tokens cover (the dataset's token byte table; "
+                              "document separators count 0 bytes)";
   } else {
     j["bits_per_byte"] = nullptr;
-    j["bits_per_byte_note"] = "not computed: the tokens are not bytes (vocabulary " + std::to_string(vf.vocab) + ")";
+    j["bits_per_byte_note"] = "not computed: the dataset records no token byte table";
   }
   emit_json(a, j);
   std::cout << j.dump(2) << std::endl;
@@ -253,12 +259,15 @@ train::StreamerPredictor make_predictor(EvalSetup& s) {
                                   /*concurrent=*/s.device == "cpu");
 }
 
-// Host memory of a recall task, checked before its examples are made: the model, the validation split (NIAH) and
-// the examples' tokens and scores, all held until the end.
-void require_task_memory(const EvalSetup& s, double examples, double example_tokens, const std::string& drivers) {
+// Host memory of a recall task, checked before its examples are made: the model, the haystack text (NIAH: the
+// validation split's tokens in memory) and the examples' tokens and scores, all held until the end.
+void require_task_memory(const EvalSetup& s, double examples, double example_tokens, const std::string& drivers,
+                         double haystack_tokens = 0) {
   train::MemoryRequest host;
-  if (!s.val_path.empty()) host.token_files = {s.val_path};
   train::MemoryEstimate e = train::estimate_memory(s.ck.cfg, host);
+  if (haystack_tokens > 0)
+    e.resident.push_back({"the haystack text (the validation split)", s.data_dir,
+                          haystack_tokens * double(sizeof(int32_t))});
   e.resident.push_back({"the examples' tokens and scores", drivers,
                         example_tokens * double(sizeof(int32_t)) +
                             examples * double(sizeof(train::RecallExample) + sizeof(train::RecallScore))});
@@ -328,21 +337,23 @@ int eval_niah(const Args& a, EvalSetup& s) {
   no.key_digits = a.i64("key-digits");
   no.seed = uint64_t(a.i64("seed"));
   const train::Encode encode = task_encoder(s, "niah");
-  const data::TokenFile vf = load_val(s);
-  TTT_CHECK(vf.vocab == data::kByteVocab, "ttt eval --task niah: '" << s.val_path << "' has vocabulary " << vf.vocab
-                                              << "; the haystack must be byte tokens (vocabulary 256), as the needle is");
-  const std::vector<int32_t> haystack = train::haystack_text(vf.tokens);
+  const ValSplit val = load_val(s);
+  TTT_CHECK(val.tokens.vocab() == data::kByteVocab,
+            "ttt eval --task niah: the validation split of '" << s.data_dir << "' has vocabulary " << val.tokens.vocab()
+                                                              << "; the haystack must be byte tokens (vocabulary 256), as the needle is");
+  const std::vector<int32_t> haystack = train::haystack_text(val.tokens.to_vector());
   try {
     train::validate_niah(no, encode, int64_t(haystack.size()));
   } catch (const Error& e) {
-    TTT_FAIL("ttt eval --task niah: " << e.what() << " (haystack: '" << s.val_path << "')");
+    TTT_FAIL("ttt eval --task niah: " << e.what() << " (haystack: the validation split of '" << s.data_dir << "')");
   }
   double grid_tokens = 0;
   for (int64_t len : no.lengths) grid_tokens += double(len);
   const double n_examples = double(no.examples) * double(no.depths.size()) * double(no.lengths.size());
   require_task_memory(s, n_examples, grid_tokens * double(no.examples) * double(no.depths.size()),
                       "--examples " + std::to_string(no.examples) + " x " + std::to_string(no.depths.size()) +
-                          " depths x --lengths (" + std::to_string(int64_t(grid_tokens)) + " tokens)");
+                          " depths x --lengths (" + std::to_string(int64_t(grid_tokens)) + " tokens)",
+                      double(haystack.size()));
   // Every example of the grid, cell by cell (depth-major), then scored together.
   std::vector<train::RecallExample> examples;
   for (double depth : no.depths)
@@ -431,8 +442,11 @@ int cmd_eval(const Argv& argv) {
     s.data_dir = "data/linux-doc";
     if (a.has("data")) s.data_dir = a.str("data");
     else if (s.ck.has_state) s.data_dir = s.ck.state.train.data_dir;
-    s.val_path = (std::filesystem::path(s.data_dir) / "val.bin").string();
-    TTT_CHECK(file_exists(s.val_path), "ttt eval: no validation tokens at '" << s.val_path << "' (give --data DIR)");
+    try {
+      s.val_files = data::split_files(s.data_dir, "val");
+    } catch (const Error& e) {
+      TTT_FAIL("ttt eval: no validation tokens: " << e.what() << " (give --data DIR)");
+    }
   }
   switch (mode) {
     case Mode::Windows: return eval_windows(a, s);

@@ -1,19 +1,30 @@
-// ttt prepare: text files -> byte-level train/validation token files (see data/prepare.h, data/tokens.h).
+// ttt prepare: text files -> byte-level train/validation token files (see data/prepare.h, data/tokens.h), or existing
+// token shards (llm.c, nanoGPT, .npy) -> TTTTOK shards without re-tokenizing (data/import_shards.h).
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "data/import_shards.h"
 #include "data/prepare.h"
 
 namespace ttt::cli {
 
 int cmd_prepare(const Argv& argv) {
   Args a(argv, "prepare");
-  a.value("input", "text file, or directory tree of text files (.gz decompressed; binary files skipped)")
+  a.value("input", "text file, or directory tree of text files (.gz decompressed; binary files skipped); or token "
+                   "shards: a .bin/.npy file or a directory of them")
       .value("out", "output directory (default: data/<basename of input>)")
-      .value("val-fraction", "fraction of documents that go to validation, in (0, 1)", "0.05")
+      .value("format", "token shards: llmc (llm.c .bin), nanogpt (raw uint16 .bin) or npy (uint16/uint32 .npy); default: "
+                       "detected from the extension and header (.npy, .bin with the llm.c magic, other .bin); text when "
+                       "the input is not .bin/.npy")
+      .value("eot-token", "token shards: the document separator (end-of-text) id, e.g. 50256 for GPT-2 shards")
+      .value("vocab", "token shards: the vocabulary size (default: the largest id + 1, found by one extra pass)")
+      .value("val-fraction", "fraction of documents that go to validation, in (0, 1) (token shards: the end of the "
+                             "stream, unless some shards are named *val*)", "0.05")
       .value("seed", "seed of the deterministic train/validation split", "1234")
       .value("max-bytes", "stop after this many text bytes (0: no limit)", "0");
   a.parse();
@@ -22,8 +33,36 @@ int cmd_prepare(const Argv& argv) {
     return 0;
   }
   TTT_CHECK(a.has("input"), "ttt prepare: --input is required\n" << a.usage());
+  const std::string input = a.str("input");
+  const std::string format = a.str("format");
+  TTT_CHECK(!a.has("format") || format == "text" || format == "llmc" || format == "nanogpt" || format == "npy",
+            "ttt prepare: --format " << format << " is not one of text, llmc, nanogpt, npy");
+  const bool shards = a.has("format") ? format != "text" : data::looks_like_token_shards(input);
+  if (shards) {
+    for (const char* f : {"seed", "max-bytes"})
+      TTT_CHECK(!a.has(f), "ttt prepare: --" << f << " applies to text input, not to token shards");
+    data::ImportOptions opt;
+    opt.input = input;
+    opt.out_dir = a.str("out");
+    if (a.has("format")) {
+      opt.format = data::parse_shard_format(format);
+      opt.format_given = true;
+    }
+    opt.eot_token = a.has("eot-token") ? a.i64("eot-token") : -1;
+    TTT_CHECK(!a.has("eot-token") || opt.eot_token >= 0, "ttt prepare: --eot-token must be >= 0, got " << opt.eot_token);
+    opt.vocab = a.has("vocab") ? a.i64("vocab") : 0;
+    TTT_CHECK(!a.has("vocab") || opt.vocab > 0, "ttt prepare: --vocab must be > 0, got " << opt.vocab);
+    opt.val_fraction = a.f64("val-fraction");
+    opt.progress = &std::cerr;
+    opt.progress_terminal = ::isatty(2) != 0;
+    const data::ImportResult r = data::import_token_shards(opt);
+    std::cout << data::import_summary(r) << std::flush;
+    return 0;
+  }
+  for (const char* f : {"eot-token", "vocab"})
+    TTT_CHECK(!a.has(f), "ttt prepare: --" << f << " applies to token shards (--format llmc|nanogpt|npy), not to text");
   data::PrepareOptions opt;
-  opt.input = a.str("input");
+  opt.input = input;
   opt.out_dir = a.str("out");
   opt.val_fraction = a.f64("val-fraction");
   const int64_t seed = a.i64("seed");

@@ -106,6 +106,8 @@ int cmd_train(const Argv& argv) {
              std::to_string(d.keep_checkpoints))
       .value("log-every", "progress line every N steps", std::to_string(d.log_every))
       .value("seed", "seed of the initialization and the batch sampler", std::to_string(d.seed))
+      .flag("cross-documents", "let training windows run across document separators (default: the targets after a "
+                               "window's first separator are ignored)")
       .value("resume", "continue the run in this run (or checkpoint) directory exactly where it stopped")
       .value("sample-tokens", "tokens of the sample generated at the end (0: no sample)", "200")
       .value("prompt", "prompt of the final sample", "The kernel ");
@@ -151,7 +153,7 @@ int cmd_train(const Argv& argv) {
     // The run continues with its stored model and training config; only these may change.
     for (const char* f : {"preset", "config", "out", "batch", "seq-len", "accum", "lr", "min-lr-ratio", "warmup",
                           "weight-decay", "beta1", "beta2", "clip", "eval-every", "eval-batches", "ckpt-every",
-                          "log-every", "seed"})
+                          "log-every", "seed", "cross-documents"})
       TTT_CHECK(!a.has(f), "ttt train: --" << f << " cannot be combined with --resume (the run continues with the "
                                            << "settings stored in its checkpoint; only --steps, --keep-checkpoints, "
                                            << "--data (the same dataset), --time-budget, --sample-tokens, --prompt and "
@@ -184,6 +186,7 @@ int cmd_train(const Argv& argv) {
     tc.keep_checkpoints = keep_checkpoints;
     tc.log_every = a.i64("log-every");
     tc.seed = uint64_t(a.i64("seed"));
+    tc.cross_documents = a.on("cross-documents");
     opt.train = tc;
     opt.stage2_from = a.str("from");
     opt.stage2_local_chunks = engine::parse_chunk_list(a.str("local-chunks"), "--local-chunks");
@@ -221,6 +224,7 @@ int cmd_train(const Argv& argv) {
     const int64_t seed = a.i64("seed");
     TTT_CHECK(seed >= 0, "ttt train: --seed must be >= 0, got " << seed);
     tc.seed = uint64_t(seed);
+    tc.cross_documents = a.on("cross-documents");
     train::validate(tc);
     cfg.seq_len = tc.seq_len;
     model::validate(cfg);
@@ -246,8 +250,15 @@ int cmd_train(const Argv& argv) {
                  r.run_dir.c_str());
     return 128 + r.stop_signal;
   }
-  std::printf("final: train loss %.4f | val_loss %.4f | val_bpb %.4f bits/byte (unigram entropy of the corpus: %.4f bits/byte)\n",
-              r.last_loss, r.val_loss, r.val_bpb, r.unigram_entropy_bits);
+  std::printf("final: train loss %.4f nats/token | val_loss %.4f nats/token | val_ppl %.3f | ", r.last_loss, r.val_loss,
+              std::exp(r.val_loss));
+  if (r.val_bpb == r.val_bpb)
+    std::printf("val_bpb %.4f bits/byte (unigram entropy of the corpus: %.4f bits/token, %.4f bits/byte)\n", r.val_bpb,
+                r.unigram_entropy_bits, r.unigram_entropy_bits_per_byte);
+  else
+    std::printf("%.4f bits/token; no token byte table, so no bits per byte (unigram entropy of the corpus: %.4f "
+                "bits/token)\n",
+                r.val_loss / std::log(2.0), r.unigram_entropy_bits);
   std::printf("saved run to %s (config.json, metrics.jsonl, checkpoint/ -> checkpoints/step-%lld/)\n", r.run_dir.c_str(),
               (long long)r.step);
   if (r.stopped_by_budget) std::printf("stopped by --time-budget; continue with: ttt train --resume %s\n", r.run_dir.c_str());

@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "data/progress.h"
 #include "data/tokens.h"
 
 namespace fs = std::filesystem;
@@ -65,14 +66,15 @@ uint64_t splitmix_final(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-std::string format_bytes(uint64_t b) {
-  std::ostringstream os;
-  os << std::fixed << std::setprecision(1);
-  if (b >= (1ull << 30)) os << double(b) / double(1ull << 30) << " GiB";
-  else if (b >= (1ull << 20)) os << double(b) / double(1ull << 20) << " MiB";
-  else if (b >= (1ull << 10)) os << double(b) / double(1ull << 10) << " KiB";
-  else os << b << " B";
-  return os.str();
+}  // namespace
+
+std::string default_out_dir(const std::string& input) {
+  std::string s = input;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  std::string base = fs::path(s).filename().string();
+  if (ends_with(base, ".gz") && base.size() > 3) base.resize(base.size() - 3);
+  if (base.empty() || base == "." || base == ".." || base == "/") base = "corpus";
+  return "data/" + base;
 }
 
 double entropy_from_counts(const std::vector<uint64_t>& counts, uint64_t total) {
@@ -84,17 +86,6 @@ double entropy_from_counts(const std::vector<uint64_t>& counts, uint64_t total) 
     h -= p * std::log2(p);
   }
   return h;
-}
-
-}  // namespace
-
-std::string default_out_dir(const std::string& input) {
-  std::string s = input;
-  while (s.size() > 1 && s.back() == '/') s.pop_back();
-  std::string base = fs::path(s).filename().string();
-  if (ends_with(base, ".gz") && base.size() > 3) base.resize(base.size() - 3);
-  if (base.empty() || base == "." || base == ".." || base == "/") base = "corpus";
-  return "data/" + base;
 }
 
 double split_unit(uint64_t seed, std::string_view relative_path) {
@@ -120,6 +111,18 @@ double unigram_entropy_bits(const std::vector<int32_t>& tokens) {
   std::vector<uint64_t> counts(size_t(mx) + 1, 0);
   for (int32_t t : tokens) ++counts[size_t(t)];
   return entropy_from_counts(counts, tokens.size());
+}
+
+double unigram_entropy_bits(const TokenSplit& tokens) {
+  std::vector<uint64_t> counts(tokens.vocab(), 0);
+  constexpr int64_t kPiece = int64_t(1) << 16;
+  std::vector<int32_t> piece(size_t(std::min(kPiece, tokens.size())));
+  for (int64_t pos = 0; pos < tokens.size(); pos += kPiece) {
+    const int64_t n = std::min(kPiece, tokens.size() - pos);
+    tokens.read(pos, n, piece.data());
+    for (int64_t i = 0; i < n; ++i) ++counts[size_t(piece[size_t(i)])];
+  }
+  return entropy_from_counts(counts, uint64_t(tokens.size()));
 }
 
 PrepareResult prepare_corpus(const PrepareOptions& opt) {
@@ -274,6 +277,7 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
       {"tokenizer", "bytes"},
       {"vocab_size", kByteVocab},
       {"separator_token", kDocSeparator},
+      {"token_bytes", byte_token_lengths()},
       {"input", opt.input},
       {"seed", opt.seed},
       {"val_fraction", opt.val_fraction},
@@ -290,6 +294,8 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
       {"val_documents", r.val_documents},
       {"train_tokens", r.train_tokens},
       {"val_tokens", r.val_tokens},
+      {"train_text_bytes", r.train_tokens - r.train_documents},  // every token but the separators is one byte
+      {"val_text_bytes", r.val_tokens - r.val_documents},
       {"unigram_entropy_bits", r.unigram_entropy_bits},
       {"seconds", r.seconds},
   };
@@ -303,10 +309,12 @@ std::string prepare_summary(const PrepareResult& r) {
      << " empty" << (r.truncated ? " (stopped at --max-bytes)" : "") << "\n";
   os << "documents:  " << r.documents << " (" << r.train_documents << " train, " << r.val_documents << " validation"
      << (r.single_document_split ? "; one document split at a byte boundary" : "") << ")\n";
-  os << "bytes:      " << r.bytes << " (" << format_bytes(r.bytes) << ")"
+  os << "bytes:      " << r.bytes << " (" << format_byte_size(r.bytes) << ")"
      << (r.nul_bytes_dropped ? ", " + std::to_string(r.nul_bytes_dropped) + " stray NUL bytes dropped" : "") << "\n";
   os << "tokens:     " << r.train_tokens << " train, " << r.val_tokens << " validation (byte-level, separators included)\n";
-  os << "entropy:    " << std::fixed << std::setprecision(4) << r.unigram_entropy_bits
+  const uint64_t train_text_bytes = r.train_tokens - r.train_documents;  // separators are tokens without text
+  os << "entropy:    " << std::fixed << std::setprecision(4) << r.unigram_entropy_bits << " bits/token, "
+     << r.unigram_entropy_bits * double(r.train_tokens) / double(std::max<uint64_t>(train_text_bytes, 1))
      << " bits/byte (unigram, train tokens)\n";
   os << "wrote:      " << r.train_path << ", " << r.val_path << ", " << r.meta_path << "\n";
   os << "time:       " << std::setprecision(2) << r.seconds << " s\n";

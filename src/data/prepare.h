@@ -22,14 +22,18 @@
 //
 // Output DIR (default data/<basename of the input>, without a ".gz" suffix): train.bin and val.bin
 // (each document followed by the separator token 0, documents in sorted path order) and meta.json with
-// the counts below, the options and "unigram_entropy_bits": the Shannon entropy, in bits per token (= bits
-// per byte for the byte tokenizer), of the unigram distribution of the train tokens, separators included.
+// the counts below, the options, "token_bytes" (the text bytes of each id: 1, 0 for the separator; what bits per
+// byte divides by, data/loader.h), "train_text_bytes" / "val_text_bytes" (the text bytes of each split) and
+// "unigram_entropy_bits": the Shannon entropy, in bits per token, of the unigram distribution of the train tokens,
+// separators included. Token shards (llm.c, nanoGPT, .npy) go through data/import_shards.h instead.
 #pragma once
 #include <cstdint>
 #include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "data/loader.h"
 
 namespace ttt::data {
 
@@ -64,6 +68,9 @@ double split_unit(uint64_t seed, std::string_view relative_path);
 // Shannon entropy (bits/token) of the unigram distribution of byte tokens / of int32 tokens.
 double unigram_entropy_bits(std::string_view byte_tokens);
 double unigram_entropy_bits(const std::vector<int32_t>& tokens);
+double unigram_entropy_bits(const TokenSplit& tokens);  // one pass over the split, in bounded memory
+// Shannon entropy (bits) of the distribution counts[i] / total.
+double entropy_from_counts(const std::vector<uint64_t>& counts, uint64_t total);
 
 // Reads the corpus, writes DIR/train.bin, DIR/val.bin, DIR/meta.json. Throws ttt::Error when the input is
 // missing, the corpus holds no text bytes, the options are invalid or the output cannot be written.

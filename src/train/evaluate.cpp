@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <sstream>
 
 #include <omp.h>
@@ -33,34 +34,41 @@ struct EvalPlan {
   std::vector<int64_t> off;
 };
 
-EvalPlan plan_eval(int64_t vocab, int64_t seq_len, const std::vector<int32_t>& tokens, const EvalOptions& opt) {
+EvalPlan plan_eval(int64_t vocab, int64_t seq_len, const data::TokenSplit& tokens, const EvalOptions& opt) {
   TTT_CHECK(opt.batches > 0, "evaluation batches must be > 0, got " << opt.batches);
   TTT_CHECK(opt.batch > 0, "evaluation batch must be > 0, got " << opt.batch);
   TTT_CHECK(opt.buckets > 0, "evaluation buckets must be > 0, got " << opt.buckets);
   EvalPlan pl;
   pl.L = opt.context > 0 ? opt.context : seq_len;
   pl.nb = std::min(opt.buckets, pl.L);
-  pl.off = eval_offsets(int64_t(tokens.size()), opt.batches * opt.batch, pl.L);
+  pl.off = eval_offsets(tokens.size(), opt.batches * opt.batch, pl.L);
   pl.n_windows = opt.batches * opt.batch;
-  for (int64_t w = 0; w < pl.n_windows; ++w)
+  TTT_CHECK(opt.token_bytes.empty() || opt.token_bytes.size() >= tokens.vocab(),
+            "evaluation: the token byte table has " << opt.token_bytes.size() << " entries for a vocabulary of "
+                                                    << tokens.vocab());
+  std::vector<int32_t> window(size_t(pl.L + 1));
+  for (int64_t w = 0; w < pl.n_windows; ++w) {
+    tokens.read(pl.off[size_t(w)], pl.L + 1, window.data());
     for (int64_t i = 0; i <= pl.L; ++i) {
-      const int32_t x = tokens[size_t(pl.off[size_t(w)] + i)];
+      const int32_t x = window[size_t(i)];
       TTT_CHECK(x >= 0 && x < vocab, "token " << x << " at offset " << pl.off[size_t(w)] + i
                                               << " is outside the model's vocabulary (" << vocab << ")");
     }
+  }
   return pl;
 }
 
 // Appends the window of batch.len inputs from `start` (and its targets, one token later) to the batch.
-void append_window(model::Batch& batch, const std::vector<int32_t>& tokens, int64_t start) {
-  const auto first = tokens.begin() + start;
-  batch.inputs.insert(batch.inputs.end(), first, first + batch.len);
-  batch.targets.insert(batch.targets.end(), first + 1, first + batch.len + 1);
+void append_window(model::Batch& batch, const data::TokenSplit& tokens, int64_t start) {
+  std::vector<int32_t> window(size_t(batch.len + 1));
+  tokens.read(start, batch.len + 1, window.data());
+  batch.inputs.insert(batch.inputs.end(), window.begin(), window.begin() + batch.len);
+  batch.targets.insert(batch.targets.end(), window.begin() + 1, window.end());
   ++batch.sequences;
 }
 
 // Windows [w0, w1) as one batch.
-model::Batch window_batch(const EvalPlan& pl, const std::vector<int32_t>& tokens, int64_t w0, int64_t w1) {
+model::Batch window_batch(const EvalPlan& pl, const data::TokenSplit& tokens, int64_t w0, int64_t w1) {
   model::Batch batch;
   batch.len = pl.L;
   for (int64_t w = w0; w < w1; ++w) append_window(batch, tokens, pl.off[size_t(w)]);
@@ -75,31 +83,48 @@ std::vector<double> batch_losses(const BatchTokenLosses& losses, const model::Ba
   return all;
 }
 
+// Bits per byte of `nats` over `bytes` text bytes; NaN when there is no byte table or no byte.
+double bits_per_byte(double nats, uint64_t bytes, bool have_table) {
+  return have_table && bytes > 0 ? nats / std::log(2.0) / double(bytes) : std::numeric_limits<double>::quiet_NaN();
+}
+
 // Sums in window order: the result does not depend on how the windows were computed.
-EvalResult aggregate(const EvalPlan& pl, const std::vector<std::vector<double>>& tl) {
+EvalResult aggregate(const EvalPlan& pl, const std::vector<std::vector<double>>& tl, const data::TokenSplit& tokens,
+                     const std::vector<uint32_t>& token_bytes) {
   const int64_t L = pl.L, nb = pl.nb;
+  const bool have_table = !token_bytes.empty();
   std::vector<double> bsum(size_t(nb), 0.0);
   std::vector<int64_t> bcount(size_t(nb), 0);
+  std::vector<uint64_t> bbytes(size_t(nb), 0);
   double total = 0;
   int64_t count = 0;
+  uint64_t bytes = 0;
+  std::vector<int32_t> targets(static_cast<size_t>(L), 0);
   for (int64_t w = 0; w < pl.n_windows; ++w) {
     TTT_CHECK(int64_t(tl[size_t(w)].size()) == L, "model returned " << tl[size_t(w)].size()
                                                                    << " token losses for a window, expected " << L);
+    if (have_table) tokens.read(pl.off[size_t(w)] + 1, L, targets.data());
     for (int64_t i = 0; i < L; ++i) {
       const double l = tl[size_t(w)][size_t(i)];
       const int64_t k = i * nb / L;
+      const uint64_t b = have_table ? token_bytes[size_t(targets[size_t(i)])] : 0;
       bsum[size_t(k)] += l;
       bcount[size_t(k)] += 1;
+      bbytes[size_t(k)] += b;
       total += l;
       ++count;
+      bytes += b;
     }
   }
   EvalResult res;
   res.context = L;
   res.windows = pl.n_windows;
   res.tokens = count;
+  res.bytes = bytes;
   res.loss = total / double(count);
-  res.bpb = res.loss / std::log(2.0);
+  res.bits_per_token = res.loss / std::log(2.0);
+  res.perplexity = std::exp(res.loss);
+  res.bpb = bits_per_byte(total, bytes, have_table);
   for (int64_t k = 0; k < nb; ++k) {
     EvalBucket bk;
     // Bucket k holds positions i with floor(i * nb / L) == k.
@@ -107,7 +132,7 @@ EvalResult aggregate(const EvalPlan& pl, const std::vector<std::vector<double>>&
     bk.end = ((k + 1) * L + nb - 1) / nb;
     bk.tokens = bcount[size_t(k)];
     bk.loss = bk.tokens ? bsum[size_t(k)] / double(bk.tokens) : 0.0;
-    bk.bpb = bk.loss / std::log(2.0);
+    bk.bpb = bits_per_byte(bsum[size_t(k)], bbytes[size_t(k)], have_table);
     res.buckets.push_back(bk);
   }
   return res;
@@ -145,20 +170,25 @@ std::vector<double> cpu_token_losses(const model::ModelConfig& cfg, const model:
 
 int64_t cpu_windows_per_call(int64_t batch) { return std::max<int64_t>(batch, omp_get_max_threads()); }
 
-EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
+EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const data::TokenSplit& tokens,
                     const EvalOptions& opt) {
   return evaluate_with([&](const model::Batch& b) { return cpu_token_losses(cfg, params, b); }, cfg.vocab_size,
                        cfg.seq_len, tokens, opt, cpu_windows_per_call(opt.batch));
 }
 
-EvalResult evaluate(backend::StepEngine& engine, const std::vector<int32_t>& tokens, const EvalOptions& opt) {
+EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const std::vector<int32_t>& tokens,
+                    const EvalOptions& opt) {
+  return evaluate(cfg, params, data::TokenSplit::view(tokens, uint32_t(cfg.vocab_size)), opt);
+}
+
+EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt) {
   const model::ModelConfig& cfg = engine.config();
   return evaluate_with([&](const model::Batch& b) { return engine.token_losses(b); }, cfg.vocab_size, cfg.seq_len,
                        tokens, opt, engine.eval_windows_per_call(opt.batch));
 }
 
-EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
-                         const std::vector<int32_t>& tokens, const EvalOptions& opt, int64_t windows_per_call) {
+EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len, const data::TokenSplit& tokens,
+                         const EvalOptions& opt, int64_t windows_per_call) {
   const EvalPlan pl = plan_eval(vocab, seq_len, tokens, opt);
   const int64_t group = windows_per_call > 0 ? windows_per_call : opt.batch;
   std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
@@ -168,7 +198,21 @@ EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t 
     for (int64_t w = w0; w < w1; ++w)
       tl[size_t(w)].assign(all.begin() + (w - w0) * pl.L, all.begin() + (w - w0 + 1) * pl.L);
   }
-  return aggregate(pl, tl);
+  return aggregate(pl, tl, tokens, opt.token_bytes);
+}
+
+std::string eval_summary(const EvalResult& r) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "val_loss %.4f nats/token | ppl %.3f", r.loss, r.perplexity);
+  std::string s = buf;
+  if (r.has_bpb()) {
+    std::snprintf(buf, sizeof buf, " | val_bpb %.4f bits/byte", r.bpb);
+    s += buf;
+  } else {
+    std::snprintf(buf, sizeof buf, " | %.4f bits/token (no token byte table: bits per byte unknown)", r.bits_per_token);
+    s += buf;
+  }
+  return s;
 }
 
 std::string buckets_csv(const EvalResult& r) {
@@ -176,9 +220,13 @@ std::string buckets_csv(const EvalResult& r) {
   os << "bucket_start,bucket_end,loss,bpb,tokens\n";
   char buf[160];
   for (const auto& b : r.buckets) {
-    std::snprintf(buf, sizeof buf, "%lld,%lld,%.6f,%.6f,%lld\n", (long long)b.start, (long long)b.end, b.loss, b.bpb,
-                  (long long)b.tokens);
+    std::snprintf(buf, sizeof buf, "%lld,%lld,%.6f,", (long long)b.start, (long long)b.end, b.loss);
     os << buf;
+    if (b.bpb == b.bpb) {
+      std::snprintf(buf, sizeof buf, "%.6f", b.bpb);
+      os << buf;
+    }
+    os << "," << b.tokens << "\n";
   }
   return os.str();
 }
@@ -201,21 +249,22 @@ std::vector<SlidingWindow> sliding_windows(int64_t n_tokens, int64_t context, in
   return out;
 }
 
-int64_t byte_token_bytes(int32_t token) { return token == data::kDocSeparator ? 0 : 1; }
-
 FullEvalResult evaluate_full_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len,
-                                  const std::vector<int32_t>& tokens, const FullEvalOptions& opt,
-                                  int64_t windows_per_call, const TokenBytes& token_bytes,
-                                  const EvalProgress& progress) {
+                                  const data::TokenSplit& tokens, const FullEvalOptions& opt,
+                                  int64_t windows_per_call, const EvalProgress& progress) {
   FullEvalResult res;
   res.context = opt.context > 0 ? opt.context : seq_len;
   res.stride = opt.stride > 0 ? opt.stride : std::max<int64_t>(1, res.context / 2);
   TTT_CHECK(opt.batch > 0, "evaluation batch must be > 0, got " << opt.batch);
-  const int64_t n = int64_t(tokens.size());
+  const int64_t n = tokens.size();
   const std::vector<SlidingWindow> windows = sliding_windows(n, res.context, res.stride);
-  for (int64_t i = 0; i < n; ++i)
-    TTT_CHECK(tokens[size_t(i)] >= 0 && tokens[size_t(i)] < vocab,
-              "token " << tokens[size_t(i)] << " at offset " << i << " is outside the model's vocabulary (" << vocab << ")");
+  TTT_CHECK(int64_t(tokens.vocab()) <= vocab, "evaluation: the tokens' vocabulary " << tokens.vocab()
+                                                  << " is larger than the model's " << vocab);
+  const std::vector<uint32_t>& token_bytes = opt.token_bytes;
+  const bool have_table = !token_bytes.empty();
+  TTT_CHECK(!have_table || token_bytes.size() >= tokens.vocab(),
+            "evaluation: the token byte table has " << token_bytes.size() << " entries for a vocabulary of "
+                                                    << tokens.vocab());
   res.windows = int64_t(windows.size());
   const int64_t group = windows_per_call > 0 ? windows_per_call : opt.batch;
   for (size_t w0 = 0; w0 < windows.size();) {
@@ -229,9 +278,10 @@ FullEvalResult evaluate_full_with(const BatchTokenLosses& losses, int64_t vocab,
     for (size_t w = w0; w < w1; ++w) {
       const SlidingWindow& win = windows[w];
       const double* l = all.data() + int64_t(w - w0) * batch.len;
+      const int32_t* targets = batch.targets.data() + int64_t(w - w0) * batch.len;
       for (int64_t i = win.first_scored; i < win.len; ++i) {
         res.loss_sum += l[i];
-        res.bytes += token_bytes(tokens[size_t(win.start + i + 1)]);
+        if (have_table) res.bytes += token_bytes[size_t(targets[i])];
         ++res.tokens;
       }
     }
@@ -241,15 +291,16 @@ FullEvalResult evaluate_full_with(const BatchTokenLosses& losses, int64_t vocab,
   TTT_CHECK(res.tokens == n - 1, "evaluation: scored " << res.tokens << " targets of " << n - 1);
   res.loss = res.loss_sum / double(res.tokens);
   res.perplexity = std::exp(res.loss);
-  res.bits_per_byte = res.bytes > 0 ? res.loss_sum / std::log(2.0) / double(res.bytes) : 0.0;
+  res.bits_per_token = res.loss / std::log(2.0);
+  res.bits_per_byte = bits_per_byte(res.loss_sum, res.bytes, have_table);
   return res;
 }
 
-FullEvalResult evaluate_full(backend::StepEngine& engine, const std::vector<int32_t>& tokens, const FullEvalOptions& opt,
-                             const TokenBytes& token_bytes, const EvalProgress& progress) {
+FullEvalResult evaluate_full(backend::StepEngine& engine, const data::TokenSplit& tokens, const FullEvalOptions& opt,
+                             const EvalProgress& progress) {
   const model::ModelConfig& cfg = engine.config();
   return evaluate_full_with([&](const model::Batch& b) { return engine.token_losses(b); }, cfg.vocab_size, cfg.seq_len,
-                            tokens, opt, engine.eval_windows_per_call(opt.batch), token_bytes, progress);
+                            tokens, opt, engine.eval_windows_per_call(opt.batch), progress);
 }
 
 }  // namespace ttt::train

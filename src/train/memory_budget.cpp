@@ -168,15 +168,6 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
   } else {
     e.resident.push_back({req.train_steps ? "parameters, gradients and AdamW moments" : "parameters", model_drivers(cfg, P),
                           P * (req.train_steps ? 16.0 : 4.0)});
-    double corpus = 0;
-    std::string files;
-    for (const auto& f : req.token_files) {
-      const data::TokenFileHeader h = data::read_token_header(f);
-      // In memory as int32 tokens, plus the file's bytes while it is read.
-      corpus += double(h.n_tokens) * (4.0 + double(h.token_width));
-      files += (files.empty() ? "" : ", ") + f + " (" + with_count(double(h.n_tokens)) + " tokens)";
-    }
-    if (corpus > 0) e.resident.push_back({"corpus loaded as 32-bit tokens", files, corpus});
     e.resident.push_back({"runtime (BLAS buffers, program)", "fixed", kRuntimeBytes});
   }
   const int64_t threads = std::max<int64_t>(1, req.threads);

@@ -1,11 +1,11 @@
 // Memory estimates made before anything large is allocated, so that a config or flags that cannot fit
-// (n_layers 100000, --batch 1000000, eval --batch 100000000, a corpus larger than RAM) end in a clear error
+// (n_layers 100000, --batch 1000000, eval --batch 100000000) end in a clear error
 // naming the fields, the estimate and the memory available, instead of std::bad_alloc, a CUDA out-of-memory
 // error half-way through, or minutes of swapping.
 //
 // The estimate is the sum of the large allocations of a run, each a term naming the fields that drive it:
 // model state (parameters, gradients, AdamW moments), per-thread gradient buffers and activations, batch
-// tokens, the corpus as loaded, the per-token losses of an evaluation. Runs have phases that do not overlap
+// tokens, the per-token losses of an evaluation. Runs have phases that do not overlap
 // (a training step, a validation pass); the peak is the resident terms plus the largest phase.
 //
 // Activation sizes are calibrated, not derived: the CPU autograd tape keeps about 4 (70 D + 11 F) bytes per
@@ -52,7 +52,6 @@ struct MemoryRequest {
   double eval_windows = 0;
   int64_t eval_context = 0, eval_batch = 0;
   std::string eval_flags;  // how the command's flags set eval_windows, for the message ("--batches 8 x --batch 8")
-  std::vector<std::string> token_files;  // corpus files loaded into memory (sizes read from their headers)
 };
 
 MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryRequest& req);

@@ -28,6 +28,8 @@ Field field(const char* name, M TrainConfig::*member) {
                  using V = std::remove_cvref_t<decltype(c.*member)>;
                  if constexpr (std::is_same_v<V, std::string>) {
                    TTT_CHECK(v.is_string(), "train config: \"" << name << "\" must be a string, got " << v.type_name());
+                 } else if constexpr (std::is_same_v<V, bool>) {
+                   TTT_CHECK(v.is_boolean(), "train config: \"" << name << "\" must be true or false, got " << v.dump());
                  } else if constexpr (std::is_same_v<V, double>) {
                    TTT_CHECK(v.is_number(), "train config: \"" << name << "\" must be a number, got " << v.type_name());
                  } else if constexpr (std::is_same_v<V, uint64_t>) {
@@ -63,6 +65,7 @@ const std::vector<Field>& fields() {
       field("keep_checkpoints", &TrainConfig::keep_checkpoints),
       field("log_every", &TrainConfig::log_every),
       field("seed", &TrainConfig::seed),
+      field("cross_documents", &TrainConfig::cross_documents),
       field("stage", &TrainConfig::stage),
       field("stage1_run", &TrainConfig::stage1_run),
   };

@@ -30,6 +30,10 @@ struct TrainConfig {
   int64_t keep_checkpoints = 1;  // complete checkpoints kept (besides the one being written)
   int64_t log_every = 10;     // progress line every N steps
   uint64_t seed = 1;          // model init seed; the data RNG is seeded from it too
+  // Training windows stop at a document separator: the targets after the first separator past a window's first
+  // token are ignored (see sample_batch). true: windows run across documents (the separator is then an ordinary
+  // token in the middle of the context).
+  bool cross_documents = false;
   // TNT two-stage training (docs/ALGORITHMS.md §6.4): stage 2 starts from a stage-1 run, with new local chunk sizes,
   // and trains only the local memories' own parameters.
   int64_t stage = 1;          // 1 or 2

@@ -16,6 +16,7 @@
 #include "core/file_io.h"
 #include "core/progress.h"
 #include "data/prepare.h"
+#include "data/progress.h"
 #include "data/tokens.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -69,10 +70,6 @@ std::string absolute_dir(const std::string& dir) {
   return p.string();
 }
 
-json token_file_fingerprint(const data::TokenFile& f) {
-  return json{{"tokens", f.tokens.size()}, {"documents", f.n_documents}, {"vocab", f.vocab}, {"checksum", f.checksum}};
-}
-
 json run_config_json(const model::ModelConfig& cfg, const TrainConfig& tc) {
   return json{{"model", model::config_to_json(cfg)},
               {"train", train_config_to_json(tc)},
@@ -86,53 +83,54 @@ Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_siz
   TTT_CHECK(fs::is_directory(dir, ec), "data directory '" << dir << "' does not exist (prepare one with `ttt prepare --input TEXT --out "
                                                           << dir << "`; the default corpus comes from scripts/setup.sh)");
   Corpus c;
-  const std::string tp = (fs::path(dir) / "train.bin").string(), vp = (fs::path(dir) / "val.bin").string(),
-                    mp = (fs::path(dir) / "meta.json").string();
-  TTT_CHECK(file_exists(tp), "data directory '" << dir << "' has no train.bin");
-  TTT_CHECK(file_exists(vp), "data directory '" << dir << "' has no val.bin");
-  data::TokenFile tf = data::load_tokens(tp);
-  data::TokenFile vf = data::load_tokens(vp);
-  TTT_CHECK(tf.vocab == vf.vocab, "'" << tp << "' has vocabulary " << tf.vocab << " but '" << vp << "' has " << vf.vocab);
-  TTT_CHECK(int64_t(tf.vocab) <= vocab_size, "the corpus vocabulary (" << tf.vocab << ") is larger than the model's vocab_size ("
-                                                                       << vocab_size << ")");
-  TTT_CHECK(int64_t(tf.tokens.size()) >= min_window, "'" << tp << "' holds " << tf.tokens.size()
-                                                         << " tokens, fewer than one training window of " << min_window
-                                                         << " (seq_len + 1); use a shorter --seq-len or more data");
-  TTT_CHECK(int64_t(vf.tokens.size()) >= min_window, "'" << vp << "' holds " << vf.tokens.size()
-                                                         << " tokens, fewer than one validation window of " << min_window
-                                                         << " (seq_len + 1); use a shorter --seq-len or more data");
-  c.vocab = tf.vocab;
-  c.fingerprint = json{{"train.bin", token_file_fingerprint(tf)}, {"val.bin", token_file_fingerprint(vf)}};
-  c.train = std::move(tf.tokens);
-  c.val = std::move(vf.tokens);
-  bool have_entropy = false;
-  if (file_exists(mp)) {
-    try {
-      json m = json::parse(read_file(mp));
-      if (m.is_object() && m.contains("unigram_entropy_bits") && m["unigram_entropy_bits"].is_number()) {
-        c.unigram_entropy_bits = m["unigram_entropy_bits"].get<double>();
-        have_entropy = true;
-      }
-    } catch (const json::exception&) {
-      // meta.json is informational only; fall back to computing the entropy.
-    }
+  c.train = data::open_split(dir, "train");
+  c.val = data::open_split(dir, "val");
+  TTT_CHECK(c.train.vocab() == c.val.vocab() && c.train.separator() == c.val.separator(),
+            "data directory '" << dir << "': the train split has vocabulary " << c.train.vocab() << " and separator "
+                               << c.train.separator() << " but the val split has " << c.val.vocab() << " and "
+                               << c.val.separator());
+  TTT_CHECK(int64_t(c.train.vocab()) <= vocab_size, "the corpus vocabulary (" << c.train.vocab()
+                                                     << ") is larger than the model's vocab_size (" << vocab_size << ")");
+  for (const auto& [split, name] : {std::pair{&c.train, "training"}, std::pair{&c.val, "validation"}})
+    TTT_CHECK(split->size() >= min_window, "data directory '" << dir << "': the " << name << " split holds " << split->size()
+                                                              << " tokens, fewer than one " << name << " window of "
+                                                              << min_window << " (seq_len + 1); use a shorter --seq-len or more data");
+  c.vocab = c.train.vocab();
+  c.fingerprint = c.train.fingerprint();
+  c.fingerprint.update(c.val.fingerprint());
+  const data::DatasetInfo info = data::read_dataset_info(dir, c.vocab, c.train.separator());
+  c.token_bytes = info.token_bytes;
+  c.unigram_entropy_bits = info.unigram_entropy_bits >= 0 ? info.unigram_entropy_bits : data::unigram_entropy_bits(c.train);
+  if (!c.token_bytes.empty()) {
+    const uint64_t text_bytes = info.train_text_bytes >= 0 ? uint64_t(info.train_text_bytes)
+                                                           : data::covered_bytes(c.train, c.token_bytes, 0, c.train.size());
+    if (text_bytes > 0)
+      c.unigram_entropy_bits_per_byte = c.unigram_entropy_bits * double(c.train.size()) / double(text_bytes);
   }
-  if (!have_entropy) c.unigram_entropy_bits = data::unigram_entropy_bits(c.train);
   return c;
 }
 
-model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences, int64_t len, Rng& rng) {
-  const int64_t n = int64_t(tokens.size());
+model::Batch sample_batch(const data::TokenSplit& tokens, int64_t sequences, int64_t len, Rng& rng, bool cross_documents) {
+  const int64_t n = tokens.size();
   TTT_CHECK(n >= len + 1, "token stream of " << n << " tokens is shorter than one window of " << len + 1);
   model::Batch b;
   b.sequences = sequences;
   b.len = len;
   b.inputs.resize(size_t(sequences * len));
   b.targets.resize(size_t(sequences * len));
+  std::vector<int32_t> window(size_t(len + 1));
+  const int32_t separator = tokens.separator();
   for (int64_t s = 0; s < sequences; ++s) {
     const int64_t o = int64_t(rng.below(uint64_t(n - len)));  // window [o, o + len] inclusive
-    std::copy(tokens.begin() + o, tokens.begin() + o + len, b.inputs.begin() + s * len);
-    std::copy(tokens.begin() + o + 1, tokens.begin() + o + len + 1, b.targets.begin() + s * len);
+    tokens.read(o, len + 1, window.data());
+    std::copy(window.begin(), window.begin() + len, b.inputs.begin() + s * len);
+    std::copy(window.begin() + 1, window.end(), b.targets.begin() + s * len);
+    if (cross_documents) continue;
+    for (int64_t i = 1; i < len; ++i)
+      if (window[size_t(i)] == separator) {
+        std::fill(b.targets.begin() + s * len + i, b.targets.begin() + (s + 1) * len, -1);
+        break;
+      }
   }
   return b;
 }
@@ -374,11 +372,9 @@ TrainResult train(const TrainOptions& opt) {
     mr.eval_context = tc.seq_len;
     mr.eval_batch = tc.batch;
     mr.eval_flags = "--eval-batches " + std::to_string(tc.eval_batches) + " x --batch " + std::to_string(tc.batch);
-    for (const char* f : {"train.bin", "val.bin"})
-      if (file_exists((fs::path(tc.data_dir) / f).string())) mr.token_files.push_back((fs::path(tc.data_dir) / f).string());
     if (opt.device != "cpu") {
       require_memory("ttt train", estimate_memory(cfg, mr));
-      // The host still loads the corpus and keeps copies of the weights and moments.
+      // The host still maps the corpus and keeps copies of the weights and moments.
       MemoryRequest host = mr;
       host.device = "cpu";
       host.train_steps = false;
@@ -445,6 +441,7 @@ TrainResult train(const TrainOptions& opt) {
   eo.batches = tc.eval_batches;
   eo.batch = tc.batch;
   eo.context = tc.seq_len;
+  eo.token_bytes = corpus.token_bytes;
   // The engine trains `params` and `adam` (on the CPU in place; on a device, copied back by sync_host).
   engine->attach(params, &adam);
   auto diverged = [&](int64_t step, const char* what, double value) {
@@ -463,6 +460,7 @@ TrainResult train(const TrainOptions& opt) {
   res.n_params = params.count();
   res.total_steps = tc.steps;
   res.unigram_entropy_bits = corpus.unigram_entropy_bits;
+  res.unigram_entropy_bits_per_byte = corpus.unigram_entropy_bits_per_byte;
   res.model = cfg;
   {
     std::ostringstream os;
@@ -470,7 +468,9 @@ TrainResult train(const TrainOptions& opt) {
        << cfg.n_layers << " layers, seq_len " << cfg.seq_len << "): " << res.n_params << " parameters ("
        << format_count(double(res.n_params)) << ")\n"
        << "data " << tc.data_dir << ": " << format_count(double(corpus.train.size())) << " train / "
-       << format_count(double(corpus.val.size())) << " val tokens; " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
+       << format_count(double(corpus.val.size())) << " val tokens (" << corpus.train.shard_count() << " + "
+       << corpus.val.shard_count() << " shards, vocabulary " << corpus.vocab << ", separator " << corpus.train.separator()
+       << (tc.cross_documents ? ", windows cross documents" : "") << "); " << tc.batch << " x " << tc.accum << " x " << tc.seq_len
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
     os << "\ndevice " << opt.device << ": " << engine->description();
@@ -498,7 +498,7 @@ TrainResult train(const TrainOptions& opt) {
     }
     const auto ts = Clock::now();
     const double lr = sched.at(state.step);
-    for (auto& b : micro) b = sample_batch(corpus.train, tc.batch, tc.seq_len, data_rng);
+    for (auto& b : micro) b = sample_batch(corpus.train, tc.batch, tc.seq_len, data_rng, tc.cross_documents);
     const backend::StepResult step = engine->train_step(micro, lr, tc.clip);
     const double loss = step.loss, gnorm = step.grad_norm;
     if (!std::isfinite(loss)) diverged(state.step + 1, "training loss", loss);
@@ -524,14 +524,13 @@ TrainResult train(const TrainOptions& opt) {
     if (((tc.eval_every > 0 && state.step % tc.eval_every == 0) || last) && !stopping) {
       EvalResult ev = checked_eval();
       line["val_loss"] = ev.loss;
-      line["val_bpb"] = ev.bpb;
+      line["val_ppl"] = ev.perplexity;
+      line["val_bits_per_token"] = ev.bits_per_token;
+      if (ev.has_bpb()) line["val_bpb"] = ev.bpb;
       res.val_loss = ev.loss;
       res.val_bpb = ev.bpb;
       last_eval_step = state.step;
-      char buf[160];
-      std::snprintf(buf, sizeof buf, "step %lld/%lld | val_loss %.4f | val_bpb %.4f", (long long)state.step,
-                    (long long)tc.steps, ev.loss, ev.bpb);
-      say(opt.log, buf);
+      say(opt.log, "step " + std::to_string(state.step) + "/" + std::to_string(tc.steps) + " | " + eval_summary(ev));
     }
     metrics << line.dump() << '\n';
     metrics.flush();

@@ -1,11 +1,15 @@
 // The training loop as a library function (`ttt train` is a thin front end over train()).
 //
 // Each optimizer step draws `accum` micro-batches of `batch` random windows of seq_len + 1 training tokens
-// (window start uniform over the stream, from a ttt::Rng whose state is the "data position"), averages the
+// (window start uniform over the split, from a ttt::Rng whose state is the "data position"; the split is read in
+// place from its memory-mapped shards, data/loader.h, so the batches depend on the seed and the tokens, not on how
+// they are sharded; targets past a document separator are ignored unless cross_documents), averages the
 // gradients over all their tokens (= the gradient of one batch `accum` times larger), clips them to a global L2
 // norm, and takes one AdamW step with the LR of the warmup + cosine schedule: one StepEngine::train_step of the
 // device's engine (backend/registry.h; on the CPU accumulate_gradients, clip_grad_norm and AdamW::step below).
-// Every step appends one JSON line to DIR/metrics.jsonl; validation steps add val_loss / val_bpb. Checkpoints go
+// Every step appends one JSON line to DIR/metrics.jsonl; validation steps add val_loss (nats per token), val_ppl
+// (per-token perplexity), val_bits_per_token and, when the dataset has a token byte table, val_bpb (bits per
+// byte of the text the scored tokens cover; absent otherwise, never a per-token figure). Checkpoints go
 // to DIR/checkpoints/step-<N>/, DIR/checkpoint links to the newest (see checkpoint.h).
 //
 // Divergence: a non-finite training loss, gradient norm or validation loss, or non-finite weights at a
@@ -28,6 +32,7 @@
 
 #include "backend/options.h"
 #include "core/rng.h"
+#include "data/loader.h"
 #include "model/model.h"
 #include "train/train_config.h"
 
@@ -71,10 +76,12 @@ struct TrainResult {
   int64_t step = 0, total_steps = 0, tokens_seen = 0, n_params = 0;
   int64_t steps_this_run = 0;
   double last_loss = std::numeric_limits<double>::quiet_NaN();
-  double val_loss = std::numeric_limits<double>::quiet_NaN(), val_bpb = std::numeric_limits<double>::quiet_NaN();
+  double val_loss = std::numeric_limits<double>::quiet_NaN();  // nats per token
+  double val_bpb = std::numeric_limits<double>::quiet_NaN();   // bits per byte; NaN without a token byte table
   double seconds = 0;            // wall time of this invocation
   double tokens_per_s = 0;       // training tokens per second in this invocation
-  double unigram_entropy_bits = std::numeric_limits<double>::quiet_NaN();  // of the training corpus
+  double unigram_entropy_bits = std::numeric_limits<double>::quiet_NaN();  // of the training corpus, bits per token
+  double unigram_entropy_bits_per_byte = std::numeric_limits<double>::quiet_NaN();  // NaN without a byte table
   bool stopped_by_budget = false, interrupted = false;
   int stop_signal = 0;      // the signal that stopped the run (a checkpoint of `step` was saved), or 0
   int64_t loss_spikes = 0;  // steps of this invocation whose loss LossSpikeDetector flagged
@@ -86,15 +93,17 @@ TrainResult train(const TrainOptions& opt);
 // ---- Pieces of the loop, exposed for tests. ----
 
 struct Corpus {
-  std::vector<int32_t> train, val;
+  data::TokenSplit train, val;  // memory-mapped (data/loader.h)
   uint32_t vocab = 256;
-  double unigram_entropy_bits = 0;  // from meta.json, or computed from the train tokens
+  std::vector<uint32_t> token_bytes;  // text bytes of each id (data::DatasetInfo); empty: no bits per byte
+  double unigram_entropy_bits = 0;  // bits per token: from meta.json, or computed from the train tokens
+  double unigram_entropy_bits_per_byte = std::numeric_limits<double>::quiet_NaN();  // NaN without token_bytes
   // Identifies the dataset wherever it lies: {"train.bin": {"tokens", "documents", "vocab", "checksum"},
-  // "val.bin": {...}} from the token files' headers (checksum: the payload's FNV-1a as a "0x..." string).
+  // "val.bin": {...}} from the token files' headers (one entry per shard file; checksum: the payload's FNV-1a).
   nlohmann::json fingerprint;
 };
-// Loads DIR/train.bin and DIR/val.bin (and DIR/meta.json if present); checks that both hold at least
-// one window of min_window tokens and fit the vocabulary.
+// Opens DIR's train and val splits (data/loader.h: train.bin/val.bin or the shards meta.json lists) and
+// DIR/meta.json; checks that both hold at least one window of min_window tokens and fit the vocabulary.
 Corpus load_corpus(const std::string& dir, int64_t min_window, int64_t vocab_size);
 
 // Flags a training loss far above its recent level: a loss above kFactor times the exponential moving average
@@ -114,8 +123,13 @@ class LossSpikeDetector {
   int64_t seen_ = 0;
 };
 
-// `sequences` random windows of len + 1 tokens: inputs = window[0..len), targets = window[1..len].
-model::Batch sample_batch(const std::vector<int32_t>& tokens, int64_t sequences, int64_t len, Rng& rng);
+// `sequences` random windows of len + 1 tokens: inputs = window[0..len), targets = window[1..len]; window start
+// uniform over [0, size - len] of the split (one rng.below per window). Unless cross_documents, a window does not
+// cross a document separator: once an input at position i >= 1 is the separator, targets i.. (the next document)
+// are -1 (ignored by the loss). The separator as a target (the end of a document) and as the first input (the
+// start of the next) stay.
+model::Batch sample_batch(const data::TokenSplit& tokens, int64_t sequences, int64_t len, Rng& rng,
+                          bool cross_documents = false);
 
 // Valid targets (>= 0) of a batch.
 int64_t valid_targets(const model::Batch& b);
