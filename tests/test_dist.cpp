@@ -3,6 +3,7 @@
 // count and the bad setups. The mpirun tests skip, saying why, when the build has no MPI or mpirun is missing.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "cli_test_util.h"
+#include "backend/registry.h"
 #include "core/file_io.h"
 #include "dist/communicator.h"
 #include "dist/data_parallel.h"
@@ -53,6 +55,22 @@ TEST(Dist, EvenCountsAndRankSequences) {
   EXPECT_EQ(r.first, 4);
   EXPECT_EQ(r.last, 8);
   test::expect_error([] { dist::rank_sequences(6, 0, 4); }, "multiple of 4");
+}
+
+TEST(Dist, RankMicroBatchesArePartsOfTheStep) {
+  std::vector<model::Batch> micro(2);
+  for (int i = 0; i < 2; ++i) {
+    micro[size_t(i)].sequences = 3;
+    micro[size_t(i)].len = 1;
+    micro[size_t(i)].inputs = {10 * i, 10 * i + 1, 10 * i + 2};
+    micro[size_t(i)].targets = micro[size_t(i)].inputs;
+  }
+  // 6 sequences over 3 ranks: rank 1 holds sequences 2 and 3, the last of micro-batch 0 and the first of 1.
+  const std::vector<model::Batch> mine = dist::rank_micro_batches(micro, 1, 3);
+  ASSERT_EQ(mine.size(), 2u);
+  EXPECT_EQ(mine[0].inputs, (std::vector<int32_t>{2}));
+  EXPECT_EQ(mine[1].inputs, (std::vector<int32_t>{10}));
+  EXPECT_EQ(dist::rank_micro_batches(micro, 0, 2)[0].inputs, (std::vector<int32_t>{0, 1, 2}));
 }
 
 TEST(Dist, TensorShardsAreContiguousAndBalanced) {
@@ -161,7 +179,7 @@ struct Workspace {
 // --allow-run-as-root; two cores need --oversubscribe. OMP_NUM_THREADS=1: two ranks share the cores.
 test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, const std::string& env = "",
                           int timeout_s = 180) {
-  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout " + std::to_string(timeout_s) + " ";
+  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout -k 2 " + std::to_string(timeout_s) + " ";
   if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
   cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
   test::RunResult r;
@@ -288,10 +306,10 @@ TEST(DistMpi, RanksNotDividingTheBatchFailCleanly) {
   EXPECT_FALSE(fs::exists(w.dir / "run" / "checkpoint"));
 }
 
-TEST(DistMpi, ADeviceWithoutDataParallelismIsRefused) {
+TEST(DistMpi, AMissingGpuEndsEveryRank) {
   SKIP_WITHOUT_MPIRUN();
-  // The CLI refuses --device cuda without a GPU build, or (with one) under several ranks until the CUDA engine
-  // has data parallelism; either way every rank ends with a message.
+  // --device cuda without a CUDA build or without a GPU (this test's machines): every rank ends with a message.
+  if (backend::device_available("cuda")) GTEST_SKIP() << "skipped: this machine has a GPU";
   Workspace w("device");
   test::RunResult r;
   const double s = timed([&] { return run_ranks(w, 2, train_args("run", 2, "--device cuda"), "", 60); }, r);
@@ -329,13 +347,91 @@ TEST(DistMpi, BadTimeoutIsAnError) {
   expect_job_fails(r, "TTT_DIST_TIMEOUT='soon'", s, 50);
 }
 
-TEST(DistCli, TorchrunEnvironmentWithoutMpiIsRefused) {
-  Workspace w("torchrun");
-  const auto r = run_ranks(w, 0, train_args("run", 2), "RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500", 60);
+// ---- torchrun-style environment (TCP through rank 0; no MPI needed) ----
+
+// A port for this test process (ranks of one job share it).
+int test_port(int offset) { return 20000 + int((int64_t(::getpid()) * 8 + offset) % 40000); }
+
+// Starts ranks 1..np-1 in the background and rank 0 in the foreground, with the torchrun variables; the output is
+// rank 0's, then each other rank's log and exit status ("rank R exit N"). The status is rank 0's.
+test::RunResult run_torchrun(const Workspace& w, int np, int port, const std::string& args, const std::string& env = "",
+                             int timeout_s = 120) {
+  std::string cmd = "cd '" + w.dir.string() + "' && export OMP_NUM_THREADS=1 WORLD_SIZE=" + std::to_string(np) +
+                    " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + env + "; ";
+  const std::string ttt = "timeout -k 2 " + std::to_string(timeout_s) + " " + std::string(TTT_CLI_PATH) + " " + args;
+  for (int r = 1; r < np; ++r)
+    cmd += "RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + " " + ttt + " > rank" + std::to_string(r) +
+           ".log 2>&1 & p" + std::to_string(r) + "=$!; ";
+  cmd += "RANK=0 LOCAL_RANK=0 " + ttt + " 2>&1; rc=$?; ";
+  for (int r = 1; r < np; ++r)
+    cmd += "wait $p" + std::to_string(r) + "; echo \"rank " + std::to_string(r) + " exit $?\"; cat rank" +
+           std::to_string(r) + ".log; ";
+  cmd += "exit $rc";
+  test::RunResult r;
+  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
+  if (!f) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
+  r.status = pclose(f);
+  return r;
+}
+
+TEST(DistTcp, TwoRanksEqualOneProcessBitForBit) {
+  Workspace w("tcp2");
+  const auto one = run_ranks(w, 0, train_args("one", 3));
+  ASSERT_EQ(exit_code(one), 0) << one.output;
+  const auto two = run_torchrun(w, 2, test_port(1), train_args("two", 3, "--shard-optimizer"));
+  ASSERT_EQ(exit_code(two), 0) << two.output;
+  EXPECT_NE(two.output.find("data parallel over 2 ranks (tcp)"), std::string::npos) << two.output;
+  EXPECT_NE(two.output.find("rank 1 exit 0"), std::string::npos) << two.output;
+  expect_same_run(w.dir / "one", w.dir / "two");
+}
+
+TEST(DistTcp, ARankDyingEndsEveryRank) {
+  Workspace w("tcpdie");
+  test::RunResult r;
+  const double s = timed([&] {
+    return run_torchrun(w, 2, test_port(2), train_args("run", 4), "TTT_TEST_RANK_FAULT=1:2:exit", 90);
+  }, r);
+  expect_job_fails(r, "the connection closed: the rank ended", s, 80);
+  EXPECT_NE(r.output.find("rank 0 of 2 (tcp)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 1 exit 3"), std::string::npos) << r.output;
+}
+
+TEST(DistTcp, AStuckRankTimesOutWithAMessage) {
+  Workspace w("tcphang");
+  test::RunResult r;
+  const double s = timed([&] {
+    // The stuck rank never returns (a launcher would end it; here `timeout` does: SIGTERM after 15 s, which the
+    // training loop only notes, then SIGKILL).
+    return run_torchrun(w, 2, test_port(3), train_args("run", 4), "TTT_DIST_TIMEOUT=3 TTT_TEST_RANK_FAULT=1:1:hang", 15);
+  }, r);
+  expect_job_fails(r, "TTT_DIST_TIMEOUT", s, 60);
+  EXPECT_NE(r.output.find("rank 0 of 2 (tcp)"), std::string::npos) << r.output;
+}
+
+TEST(DistTcp, AMissingRankTimesOutWithAMessage) {
+  Workspace w("tcpalone");
+  test::RunResult r;
+  // Rank 0 of 2 alone: nobody connects.
+  const double s = timed([&] {
+    return run_ranks(w, 0, train_args("run", 2),
+                     "TTT_DIST_TIMEOUT=2 RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(test_port(4)),
+                     60);
+  }, r);
+  expect_job_fails(r, "waiting for the other ranks to connect", s, 50);
+}
+
+TEST(DistTcp, IncompleteEnvironmentIsRefused) {
+  Workspace w("tcpenv");
+  const auto r = run_ranks(w, 0, train_args("run", 2), "RANK=1 WORLD_SIZE=2 LOCAL_RANK=1", 60);
   ASSERT_TRUE(WIFEXITED(r.status)) << r.output;
   EXPECT_EQ(exit_code(r), 1) << r.output;
-  EXPECT_NE(r.output.find("WORLD_SIZE=2"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("mpirun -np 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("MASTER_ADDR=unset MASTER_PORT=unset"), std::string::npos) << r.output;
+  const auto bad_rank = run_ranks(w, 0, train_args("run", 2), "RANK=2 WORLD_SIZE=2 MASTER_ADDR=x MASTER_PORT=1", 60);
+  EXPECT_EQ(exit_code(bad_rank), 1) << bad_rank.output;
+  EXPECT_NE(bad_rank.output.find("WORLD_SIZE=2 but RANK=2"), std::string::npos) << bad_rank.output;
 }
 
 }  // namespace

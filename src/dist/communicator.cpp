@@ -167,10 +167,16 @@ bool mpi_built() { return true; }
 bool mpi_built() { return false; }
 std::unique_ptr<Communicator> make_mpi_communicator() {
   TTT_FAIL("this process was started by an MPI launcher (mpirun/srun), but this build of ttt has no MPI: install "
-           "libopenmpi-dev (scripts/setup.sh does) and configure again, or run a single process without mpirun");
+           "libopenmpi-dev (scripts/setup.sh does) and configure again, or start the ranks torchrun-style (RANK, "
+           "WORLD_SIZE, MASTER_ADDR, MASTER_PORT)");
 }
-void mpi_abort(int code) { std::exit(code); }
 #endif
+
+void Communicator::abort_job(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::exit(code);  // with TCP: the connections close, and every peer ends with a message
+}
 
 namespace {
 
@@ -179,19 +185,27 @@ std::unique_ptr<Communicator> make_communicator_from_env() {
   // OpenMPI's mpirun, or a PMI/PMIx launcher (srun --mpi=pmix, hydra).
   const bool mpi_launch = env("OMPI_COMM_WORLD_SIZE") || env("PMIX_RANK") || env("PMI_RANK") || env("PMI_SIZE");
   if (mpi_launch) return make_mpi_communicator();
-  // A torchrun/SLURM-style environment with more than one process and no MPI launcher: the ranks have no way to
-  // reach each other through MPI. Refused, naming the variables, rather than training one copy per process.
-  const int64_t world_size = env_int("WORLD_SIZE", 1), slurm_tasks = env_int("SLURM_NTASKS", 1);
-  TTT_CHECK(world_size <= 1,
-            "WORLD_SIZE=" << world_size << " (RANK=" << (env("RANK") ? env("RANK") : "unset")
-                          << "): a torchrun-style launch; ttt's ranks communicate through MPI: start them with `mpirun "
-                          << "-np " << world_size << " ttt train ...` (one node or several, see README \"Several GPUs\"), "
-                          << "or under SLURM with `srun --mpi=pmix`");
-  const bool under_srun = env("SLURM_PROCID") != nullptr && env("SLURM_STEP_ID") != nullptr;
-  TTT_CHECK(!under_srun || slurm_tasks <= 1,
-            "SLURM_NTASKS=" << slurm_tasks << ": srun started " << slurm_tasks << " tasks without PMI; start them with "
-                            << "`srun --mpi=pmix ttt train ...` (or mpirun) so that the ranks can reach each other");
-  return make_single_communicator();
+  // A torchrun-style launch (RANK, WORLD_SIZE), or srun's tasks without PMI (SLURM_PROCID, SLURM_NTASKS; an srun
+  // step has SLURM_STEP_ID, a batch script does not): TCP through rank 0 at MASTER_ADDR:MASTER_PORT.
+  const bool torchrun = env_int("WORLD_SIZE", 1) > 1;
+  const bool srun = !torchrun && env("SLURM_STEP_ID") && env_int("SLURM_NTASKS", 1) > 1;
+  if (!torchrun && !srun) return make_single_communicator();
+  const char* size_var = torchrun ? "WORLD_SIZE" : "SLURM_NTASKS";
+  const char* rank_var = torchrun ? "RANK" : "SLURM_PROCID";
+  const char* local_var = torchrun ? "LOCAL_RANK" : "SLURM_LOCALID";
+  const int64_t size = env_int(size_var, 1), rank = env_int(rank_var, -1);
+  TTT_CHECK(rank >= 0 && rank < size, size_var << "=" << size << " but " << rank_var << "="
+                                                << (env(rank_var) ? env(rank_var) : "unset")
+                                                << ": every rank needs its number in [0, " << size << ")");
+  const int64_t local_rank = env_int(local_var, rank);
+  TTT_CHECK(local_rank >= 0 && local_rank < size, local_var << "=" << local_rank << " is not in [0, " << size << ")");
+  const char* addr = env("MASTER_ADDR");
+  const int64_t port = env_int("MASTER_PORT", -1);
+  TTT_CHECK(addr && port > 0 && port < 65536,
+            size_var << "=" << size << ": the ranks meet at rank 0's MASTER_ADDR and MASTER_PORT, but MASTER_ADDR="
+                     << (addr ? addr : "unset") << " MASTER_PORT=" << (env("MASTER_PORT") ? env("MASTER_PORT") : "unset")
+                     << " (export both; or start the ranks with mpirun)");
+  return make_tcp_communicator(int(rank), int(size), int(local_rank), addr, int(port));
 }
 
 std::unique_ptr<Communicator>& world_slot() {
@@ -215,9 +229,8 @@ std::string error_prefix() {
 
 int end_after_error(int code) {
   if (!world_slot() || world_slot()->size() == 1) return code;
-  std::fflush(stdout);
-  std::fflush(stderr);
-  mpi_abort(code);
+  world_slot()->abort_job(code);
+  return code;  // not reached
 }
 
 }  // namespace ttt::dist

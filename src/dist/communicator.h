@@ -3,8 +3,10 @@
 // the process was started:
 //   - under `mpirun` (OpenMPI: OMPI_COMM_WORLD_SIZE, or PMI/PMIx variables of `srun --mpi=pmix`): MPI, when this
 //     build found MPI (CMake's FindMPI; without it such a start is refused with a clear message);
-//   - under a torchrun-style launcher (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) with WORLD_SIZE > 1:
-//     see make_communicator_from_env in communicator.cpp;
+//   - under a torchrun-style launcher without MPI (RANK, WORLD_SIZE > 1, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; or
+//     srun without PMI: SLURM_PROCID, SLURM_NTASKS > 1, SLURM_LOCALID with MASTER_ADDR and MASTER_PORT exported):
+//     TCP (communicator_tcp.cpp): every rank connects to rank 0 at MASTER_ADDR:MASTER_PORT, and collectives go
+//     through rank 0 (a star: fine for CPU runs and for bootstrapping NCCL, not for bandwidth);
 //   - otherwise: a single process (every collective is a copy).
 // GPU traffic goes through NCCL, bootstrapped over this communicator (src/backend/cuda/nccl_communicator.*).
 //
@@ -14,8 +16,9 @@
 // NCCL's own reduction order is never used for host sums.
 //
 // Timeouts: every collective waits at most collective_timeout_s() (TTT_DIST_TIMEOUT, seconds, default 300) for
-// the other ranks; past it the rank prints which collective timed out and ends the whole job (MPI_Abort): a
-// dead or stuck rank never leaves the others hanging.
+// the other ranks; past it the rank prints which collective timed out and ends the whole job (MPI_Abort; with
+// TCP the rank exits, closing its connections, and a closed connection is an error at once on its peers): a dead
+// or stuck rank never leaves the others hanging.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -36,7 +39,7 @@ void tree_sum(const std::vector<const float*>& parts, float* out, int64_t n);
 class Communicator {
  public:
   virtual ~Communicator() = default;
-  virtual const char* backend() const = 0;  // "single", "mpi"
+  virtual const char* backend() const = 0;  // "single", "mpi", "tcp"
   int rank() const { return rank_; }
   int size() const { return size_; }
   int local_rank() const { return local_rank_; }
@@ -57,11 +60,14 @@ class Communicator {
   void barrier();
   // The largest of the ranks' values (every rank gets it).
   int64_t max_over_ranks(int64_t value);
+  // Ends every rank of the job after an error here (MPI_Abort; TCP and one process: exit).
+  [[noreturn]] virtual void abort_job(int code);
 
  protected:
   Communicator(int rank, int size, int local_rank) : rank_(rank), size_(size), local_rank_(local_rank) {}
   // The backend's primitives on bytes, each bounded by the timeout. all_to_all: send_bytes[d] bytes of `send`
-  // (segments in rank order) go to rank d; recv_bytes[s] bytes from rank s land in `recv` in rank order.
+  // (segments in rank order) go to rank d; recv_bytes[s] bytes from rank s land in `recv` in rank order (the
+  // segment sizes are the same on every rank: segment d is rank d's share).
   virtual void all_to_all_bytes(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
                                 const std::vector<int64_t>& recv_bytes, const char* what) = 0;
   // bytes[r]: rank r's contribution; out: all of them in rank order; root < 0: every rank receives.
@@ -82,11 +88,12 @@ bool mpi_built();
 // Backends (communicator_*.cpp).
 std::unique_ptr<Communicator> make_single_communicator();
 std::unique_ptr<Communicator> make_mpi_communicator();  // refuses when the build has no MPI
-[[noreturn]] void mpi_abort(int code);                   // MPI_Abort on the world (exit without MPI)
+std::unique_ptr<Communicator> make_tcp_communicator(int rank, int size, int local_rank, const std::string& master_addr,
+                                                    int master_port);
 
 // After an error on this rank (the CLI's main): in a job of several ranks, the prefix of its message ("rank 1 of 2
-// (mpi): ") and the end of the whole job (MPI_Abort: mpirun stops every rank and exits non-zero), so that the
-// other ranks never wait for this one; in one process "" and a plain return of `code`.
+// (mpi): ") and the end of the whole job (Communicator::abort_job), so that the other ranks never wait for this
+// one; in one process "" and a plain return of `code`.
 std::string error_prefix();
 int end_after_error(int code);
 

@@ -38,6 +38,12 @@ class MpiCommunicator final : public Communicator {
     if (!finalized) MPI_Finalize();
   }
   const char* backend() const override { return "mpi"; }
+  [[noreturn]] void abort_job(int code) override {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::exit(code);
+  }
 
  protected:
   void all_to_all_bytes(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
@@ -124,8 +130,7 @@ class MpiCommunicator final : public Communicator {
                      "error: %s: the %s waited %g s for the other ranks (TTT_DIST_TIMEOUT) and timed out: a rank died, "
                      "hangs or runs another step; ending every rank of the job\n",
                      describe().c_str(), what, timeout_s_);
-        std::fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 1);
+        abort_job(1);
       }
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(2000));
@@ -157,12 +162,5 @@ std::unique_ptr<Communicator> make_mpi_communicator() {
   return std::make_unique<MpiCommunicator>(rank, size, local_rank);
 }
 
-void mpi_abort(int code) {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
-  std::exit(code);
-}
 
 }  // namespace ttt::dist

@@ -1,5 +1,7 @@
 #include "dist/data_parallel.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace ttt::dist {
@@ -11,6 +13,26 @@ SequenceRange rank_sequences(int64_t sequences, int rank, int ranks) {
                         << " ranks: choose --batch and --accum so that their product is a multiple of " << ranks);
   const int64_t per = sequences / ranks;
   return {rank * per, (rank + 1) * per};
+}
+
+std::vector<model::Batch> rank_micro_batches(const std::vector<model::Batch>& micro, int rank, int ranks) {
+  int64_t total = 0;
+  for (const auto& mb : micro) total += mb.sequences;
+  const SequenceRange mine = rank_sequences(total, rank, ranks);
+  std::vector<model::Batch> out;
+  int64_t at = 0;  // the first sequence of the micro-batch
+  for (const auto& mb : micro) {
+    const int64_t s0 = std::max(mine.first, at) - at, s1 = std::min(mine.last, at + mb.sequences) - at;
+    at += mb.sequences;
+    if (s0 >= s1) continue;
+    model::Batch part;
+    part.sequences = s1 - s0;
+    part.len = mb.len;
+    part.inputs.assign(mb.inputs.begin() + s0 * mb.len, mb.inputs.begin() + s1 * mb.len);
+    part.targets.assign(mb.targets.begin() + s0 * mb.len, mb.targets.begin() + s1 * mb.len);
+    out.push_back(std::move(part));
+  }
+  return out;
 }
 
 std::vector<size_t> tensor_shards(const std::vector<int64_t>& tensor_sizes, int ranks) {

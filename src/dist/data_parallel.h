@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/model.h"
+
 namespace ttt::dist {
 
 // Sequences [first, last) of a step's `sequences` (micro-batches flattened in order) that `rank` of `ranks`
@@ -19,5 +21,8 @@ SequenceRange rank_sequences(int64_t sequences, int rank, int ranks);
 // contiguous and balanced by element count (rank r's first tensor is the one whose start is nearest to r / ranks
 // of all elements). Whole tensors keep the gradient norm's per-tensor sums on one rank each.
 std::vector<size_t> tensor_shards(const std::vector<int64_t>& tensor_sizes, int ranks);
+
+// The sequences rank_sequences gives `rank`, as micro-batches: each micro-batch's part in the range (in order).
+std::vector<model::Batch> rank_micro_batches(const std::vector<model::Batch>& micro, int rank, int ranks);
 
 }  // namespace ttt::dist

@@ -472,6 +472,9 @@ TrainResult train(const TrainOptions& opt_in) {
   TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
 
+  // The device of this rank (cuda: its GPU on the node) before anything is measured or allocated on it.
+  if (ranks) backend::select_device_of_rank(opt.device, ranks->local_rank(), ranks->rank());
+
   // Memory next: a config or flags that cannot fit fail here, naming the fields, before anything large is allocated.
   {
     MemoryRequest mr;
