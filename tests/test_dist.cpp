@@ -175,13 +175,8 @@ struct Workspace {
   ~Workspace() { fs::remove_all(dir); }
 };
 
-// Runs `ttt ARGS` in `w` with `np` ranks (np = 0: one plain process, no mpirun). Root in a container needs
-// --allow-run-as-root; two cores need --oversubscribe. OMP_NUM_THREADS=1: two ranks share the cores.
-test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, const std::string& env = "",
-                          int timeout_s = 180) {
-  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout -k 2 " + std::to_string(timeout_s) + " ";
-  if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
-  cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
+// Runs a shell command line, capturing its output.
+test::RunResult run_shell(const std::string& cmd) {
   test::RunResult r;
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) return {-1, "popen failed"};
@@ -190,6 +185,16 @@ test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, c
   while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
   r.status = pclose(f);
   return r;
+}
+
+// Runs `ttt ARGS` in `w` with `np` ranks (np = 0: one plain process, no mpirun). Root in a container needs
+// --allow-run-as-root; two cores need --oversubscribe. OMP_NUM_THREADS=1: two ranks share the cores.
+test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, const std::string& env = "",
+                          int timeout_s = 180) {
+  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout -k 2 " + std::to_string(timeout_s) + " ";
+  if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
+  cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
+  return run_shell(cmd);
 }
 
 int exit_code(const test::RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
@@ -218,30 +223,33 @@ void expect_same_run(const fs::path& a, const fs::path& b) {
         << f << " differs between " << a << " and " << b;
 }
 
+// Trains `steps` steps in one process (run "one") and on `np` ranks (run "ranks"), and checks that the two runs are
+// the same; returns the ranks' output.
+std::string expect_ranks_equal_one_process(const Workspace& w, int np, int steps) {
+  const auto one = run_ranks(w, 0, train_args("one", steps));
+  EXPECT_EQ(exit_code(one), 0) << one.output;
+  const auto ranks = run_ranks(w, np, train_args("ranks", steps));
+  EXPECT_EQ(exit_code(ranks), 0) << ranks.output;
+  EXPECT_NE(ranks.output.find("data parallel over " + std::to_string(np) + " ranks (mpi)"), std::string::npos)
+      << ranks.output;
+  expect_same_run(w.dir / "one", w.dir / "ranks");
+  return ranks.output;
+}
+
 TEST(DistMpi, TwoRanksEqualOneProcessBitForBit) {
   SKIP_WITHOUT_MPIRUN();
   Workspace w("dp2");
-  const auto one = run_ranks(w, 0, train_args("one", 3));
-  ASSERT_EQ(exit_code(one), 0) << one.output;
-  const auto two = run_ranks(w, 2, train_args("two", 3));
-  ASSERT_EQ(exit_code(two), 0) << two.output;
-  EXPECT_NE(two.output.find("data parallel over 2 ranks (mpi)"), std::string::npos) << two.output;
+  const std::string out = expect_ranks_equal_one_process(w, 2, 3);
   // Rank 0 alone prints: one progress line per step.
   size_t lines = 0;
-  for (size_t at = two.output.find("step 3/3 | loss"); at != std::string::npos; at = two.output.find("step 3/3 | loss", at + 1))
-    ++lines;
-  EXPECT_EQ(lines, 1u) << two.output;
-  expect_same_run(w.dir / "one", w.dir / "two");
+  for (size_t at = out.find("step 3/3 | loss"); at != std::string::npos; at = out.find("step 3/3 | loss", at + 1)) ++lines;
+  EXPECT_EQ(lines, 1u) << out;
 }
 
 TEST(DistMpi, FourRanksEqualOneProcessBitForBit) {
   SKIP_WITHOUT_MPIRUN();
   Workspace w("dp4");
-  const auto one = run_ranks(w, 0, train_args("one", 2));
-  ASSERT_EQ(exit_code(one), 0) << one.output;
-  const auto four = run_ranks(w, 4, train_args("four", 2));
-  ASSERT_EQ(exit_code(four), 0) << four.output;
-  expect_same_run(w.dir / "one", w.dir / "four");
+  expect_ranks_equal_one_process(w, 4, 2);
 }
 
 TEST(DistMpi, ShardedOptimizerEqualsUnsharded) {
@@ -279,6 +287,28 @@ TEST(DistMpi, ResumeOnAnotherRankCount) {
   const auto b2 = run_ranks(w, 2, "train --resume one_two --steps 4 --sample-tokens 0");
   ASSERT_EQ(exit_code(b2), 0) << b2.output;
   expect_same_run(w.dir / "ref", w.dir / "one_two");
+}
+
+// Two GPUs (NCCL) train what one GPU trains: the same batches, the gradient summed in NCCL's order instead of one
+// GPU's, so equal to rounding (fp32 products). Needs a CUDA build, mpirun and two GPUs; skipped otherwise.
+TEST(DistMpi, TwoGpusMatchOneGpu) {
+  SKIP_WITHOUT_MPIRUN();
+  if (!backend::device_available("cuda")) GTEST_SKIP() << "skipped: no CUDA device or no CUDA build";
+  if (std::system("test \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\" -ge 2") != 0)
+    GTEST_SKIP() << "skipped: fewer than two GPUs";
+  Workspace w("gpu2");
+  const std::string flags = "--device cuda --precision fp32";
+  const auto one = run_ranks(w, 0, train_args("one", 3, flags), "NCCL_NVLS_ENABLE=0");
+  ASSERT_EQ(exit_code(one), 0) << one.output;
+  const auto two = run_ranks(w, 2, train_args("two", 3, flags), "NCCL_NVLS_ENABLE=0");
+  ASSERT_EQ(exit_code(two), 0) << two.output;
+  const auto ma = test_util::read_metrics((w.dir / "one").string()), mb = test_util::read_metrics((w.dir / "two").string());
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i)
+    for (const char* key : {"loss", "grad_norm", "val_loss"})
+      if (ma[i].contains(key))
+        EXPECT_NEAR(mb[i][key].get<double>(), ma[i][key].get<double>(), 1e-4 * std::abs(ma[i][key].get<double>()))
+            << key << " at step " << ma[i]["step"];
 }
 
 // A bad setup ends every rank: mpirun exits non-zero with the message, without a hang.
@@ -367,14 +397,7 @@ test::RunResult run_torchrun(const Workspace& w, int np, int port, const std::st
     cmd += "wait $p" + std::to_string(r) + "; echo \"rank " + std::to_string(r) + " exit $?\"; cat rank" +
            std::to_string(r) + ".log; ";
   cmd += "exit $rc";
-  test::RunResult r;
-  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
-  if (!f) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
-  r.status = pclose(f);
-  return r;
+  return run_shell(cmd + " 2>&1");
 }
 
 TEST(DistTcp, TwoRanksEqualOneProcessBitForBit) {
@@ -388,27 +411,27 @@ TEST(DistTcp, TwoRanksEqualOneProcessBitForBit) {
   expect_same_run(w.dir / "one", w.dir / "two");
 }
 
-TEST(DistTcp, ARankDyingEndsEveryRank) {
-  Workspace w("tcpdie");
+// A fault on rank 1 of 2 (`env`: TTT_TEST_RANK_FAULT, ...) ends rank 0 in time, with `word` in its message.
+test::RunResult expect_tcp_fault_ends_job(const std::string& tag, int port_offset, const std::string& env,
+                                          int timeout_s, const std::string& word) {
+  Workspace w(tag);
   test::RunResult r;
-  const double s = timed([&] {
-    return run_torchrun(w, 2, test_port(2), train_args("run", 4), "TTT_TEST_RANK_FAULT=1:2:exit", 90);
-  }, r);
-  expect_job_fails(r, "the connection closed: the rank ended", s, 80);
+  const double s = timed([&] { return run_torchrun(w, 2, test_port(port_offset), train_args("run", 4), env, timeout_s); }, r);
+  expect_job_fails(r, word, s, 80);
   EXPECT_NE(r.output.find("rank 0 of 2 (tcp)"), std::string::npos) << r.output;
+  return r;
+}
+
+TEST(DistTcp, ARankDyingEndsEveryRank) {
+  const auto r = expect_tcp_fault_ends_job("tcpdie", 2, "TTT_TEST_RANK_FAULT=1:2:exit", 90,
+                                           "the connection closed: the rank ended");
   EXPECT_NE(r.output.find("rank 1 exit 3"), std::string::npos) << r.output;
 }
 
 TEST(DistTcp, AStuckRankTimesOutWithAMessage) {
-  Workspace w("tcphang");
-  test::RunResult r;
-  const double s = timed([&] {
-    // The stuck rank never returns (a launcher would end it; here `timeout` does: SIGTERM after 15 s, which the
-    // training loop only notes, then SIGKILL).
-    return run_torchrun(w, 2, test_port(3), train_args("run", 4), "TTT_DIST_TIMEOUT=3 TTT_TEST_RANK_FAULT=1:1:hang", 15);
-  }, r);
-  expect_job_fails(r, "TTT_DIST_TIMEOUT", s, 60);
-  EXPECT_NE(r.output.find("rank 0 of 2 (tcp)"), std::string::npos) << r.output;
+  // The stuck rank never returns (a launcher would end it; here `timeout` does: SIGTERM after 15 s, which the
+  // training loop only notes, then SIGKILL).
+  expect_tcp_fault_ends_job("tcphang", 3, "TTT_DIST_TIMEOUT=3 TTT_TEST_RANK_FAULT=1:1:hang", 15, "TTT_DIST_TIMEOUT");
 }
 
 TEST(DistTcp, AMissingRankTimesOutWithAMessage) {
