@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +24,7 @@
 #include "expect_error.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
 
@@ -287,6 +289,20 @@ TEST(DistMpi, ResumeOnAnotherRankCount) {
   const auto b2 = run_ranks(w, 2, "train --resume one_two --steps 4 --sample-tokens 0");
   ASSERT_EQ(exit_code(b2), 0) << b2.output;
   expect_same_run(w.dir / "ref", w.dir / "one_two");
+}
+
+// A signal to one rank stops every rank after the same step; rank 0 saves that step's checkpoint (the others wait
+// for it before they exit) and the run resumes from it.
+TEST(DistMpi, ASignalToOneRankStopsEveryRankWithACheckpoint) {
+  SKIP_WITHOUT_MPIRUN();
+  Workspace w("signal");
+  const auto r = run_ranks(w, 2, train_args("run", 6), "TTT_TEST_RANK_FAULT=1:3:term");
+  EXPECT_EQ(exit_code(r), 128 + SIGTERM) << r.output;
+  EXPECT_NE(r.output.find("interrupted at step 4; continue with: ttt train --resume run"), std::string::npos) << r.output;
+  EXPECT_EQ(train::load_checkpoint((w.dir / "run").string(), /*require_state=*/true).state.step, 4);
+  const auto resumed = run_ranks(w, 2, "train --resume run --sample-tokens 0");
+  ASSERT_EQ(exit_code(resumed), 0) << resumed.output;
+  EXPECT_EQ(train::load_checkpoint((w.dir / "run").string(), true).state.step, 6);
 }
 
 // Two GPUs (NCCL) train what one GPU trains: the same batches, the gradient summed in NCCL's order instead of one

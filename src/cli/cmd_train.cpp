@@ -75,15 +75,16 @@ class StopSignalScope {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-// The failure tests' hook (TTT_TEST_RANK_FAULT=RANK:STEP:exit|hang, see TrainOptions::fault_rank).
+// The failure tests' hook (TTT_TEST_RANK_FAULT=RANK:STEP:exit|hang|term, see TrainOptions::fault_rank).
 void set_fault_hook(train::TrainOptions& opt) {
   const char* v = std::getenv("TTT_TEST_RANK_FAULT");
   if (!v || !*v) return;
   int rank = -1;
   long long step = 0;
   char kind[8] = {0};
-  TTT_CHECK(std::sscanf(v, "%d:%lld:%7s", &rank, &step, kind) == 3 && (std::string(kind) == "exit" || std::string(kind) == "hang"),
-            "TTT_TEST_RANK_FAULT='" << v << "' must be RANK:STEP:exit or RANK:STEP:hang");
+  const std::string k = std::sscanf(v, "%d:%lld:%7s", &rank, &step, kind) == 3 ? kind : "";
+  TTT_CHECK(k == "exit" || k == "hang" || k == "term",
+            "TTT_TEST_RANK_FAULT='" << v << "' must be RANK:STEP:exit, RANK:STEP:hang or RANK:STEP:term");
   opt.fault_rank = rank;
   opt.fault_step = step;
   opt.fault = kind;

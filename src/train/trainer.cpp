@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include <csignal>
 #include <unistd.h>
 
 #include <omp.h>
@@ -623,6 +624,9 @@ TrainResult train(const TrainOptions& opt_in) {
     // gathers its moments on rank 0 (every rank takes part).
     engine->sync_host(true);
     if (writer) res.checkpoint_dir = save_run_checkpoint(run_dir, cfg, params, adam, state, tc.keep_checkpoints);
+    // The other ranks wait for the save: one that exits first (a signal's stop, exit 128 + N) would make mpirun end
+    // rank 0 in the middle of it.
+    if (ranks) ranks->barrier();
     last_ckpt_step = state.step;
   };
   std::vector<model::Batch> micro(size_t(tc.accum));
@@ -633,6 +637,7 @@ TrainResult train(const TrainOptions& opt_in) {
     }
     if (ranks && ranks->rank() == opt.fault_rank && state.step == opt.fault_step) {
       if (opt.fault == "exit") ::_exit(3);
+      if (opt.fault == "term") ::raise(SIGTERM);  // as if the launcher signalled this rank only
       if (opt.fault == "hang")
         for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     }

@@ -70,8 +70,8 @@ struct TrainOptions {
   // another number of ranks.
   dist::Communicator* ranks = nullptr;
   bool shard_optimizer = false;  // ZeRO-1: each rank keeps the AdamW moments of its own tensors only
-  // Test hook of the failure tests: rank `fault_rank` exits (fault "exit", status 3, without a word) or stops
-  // responding (fault "hang") when it is about to run step `fault_step` + 1.
+  // Test hook of the failure tests: rank `fault_rank` exits (fault "exit", status 3, without a word), stops
+  // responding (fault "hang") or receives SIGTERM (fault "term") when it is about to run step `fault_step` + 1.
   int fault_rank = -1;
   int64_t fault_step = 0;
   std::string fault;
