@@ -14,6 +14,7 @@
 #include <functional>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli_test_util.h"
@@ -90,6 +91,48 @@ TEST(Dist, TensorShardsAreContiguousAndBalanced) {
   EXPECT_EQ(four.front(), 0u);
   EXPECT_EQ(four.back(), 2u);
   for (size_t i = 0; i + 1 < four.size(); ++i) EXPECT_LE(four[i], four[i + 1]);
+}
+
+// Every collective of the TCP backend on 3 ranks (threads of this process): uneven segments, roots other than 0,
+// and the fixed tree order of the sums (3 ranks: r0 + (r1 + r2)).
+TEST(Dist, TcpCollectivesOnThreeRanks) {
+  constexpr int kRanks = 3;
+  const int port = 20000 + int((int64_t(::getpid()) * 8 + 5) % 40000);
+  std::vector<std::string> errors(kRanks);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < kRanks; ++rank)
+    threads.emplace_back([&, rank] {
+      try {
+        auto c = dist::make_tcp_communicator(rank, kRanks, rank, "127.0.0.1", port);
+        EXPECT_EQ(c->rank(), rank);
+        EXPECT_STREQ(c->backend(), "tcp");
+        // Rank r contributes 1, 2^-24, 2^-24 (r = 0, 1, 2) to every element: the tree's order shows in the result.
+        const float mine = rank == 0 ? 1.0f : std::ldexp(1.0f, -24);
+        std::vector<float> data(7, mine);
+        c->all_reduce_sum(data.data(), int64_t(data.size()));
+        for (float x : data) EXPECT_EQ(x, 1.0f + std::ldexp(1.0f, -23));
+        // Reduce-scatter with uneven counts: rank r gets segment r.
+        const std::vector<int64_t> counts = {3, 0, 2};
+        std::vector<float> in(5), out(size_t(counts[size_t(rank)]));
+        for (size_t e = 0; e < in.size(); ++e) in[e] = float(10 * rank + int(e));
+        c->reduce_scatter_sum(in.data(), out.data(), counts);
+        const int64_t first = rank == 0 ? 0 : rank == 1 ? 3 : 3;
+        for (int64_t e = 0; e < counts[size_t(rank)]; ++e) EXPECT_EQ(out[size_t(e)], float(30 + 3 * (first + e)));
+        // Gather to rank 2, broadcast from rank 1, max, barrier.
+        std::vector<float> piece(size_t(rank + 1), float(rank)), all(6, -1.0f);
+        c->gather(piece.data(), all.data(), {1, 2, 3}, 2);
+        if (rank == 2) EXPECT_EQ(all, (std::vector<float>{0, 1, 1, 2, 2, 2}));
+        int64_t value = rank == 1 ? 42 : 0;
+        c->broadcast(&value, sizeof value, 1);
+        EXPECT_EQ(value, 42);
+        EXPECT_EQ(c->max_over_ranks(rank * 5), 10);
+        c->barrier();
+      } catch (const std::exception& e) {
+        errors[size_t(rank)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int rank = 0; rank < kRanks; ++rank) EXPECT_EQ(errors[size_t(rank)], "") << "rank " << rank;
 }
 
 // Random micro-batches of a small model: the steps whose gradient the ranks split.
