@@ -1,5 +1,5 @@
 // The communicator seam of multi-process training: rank, world size, local rank and the collectives that data
-// parallelism needs, on host buffers. One process per device; `make_communicator()` picks the backend from how
+// parallelism needs, on host buffers. One process per device; `world()` picks the backend from how
 // the process was started:
 //   - under `mpirun` (OpenMPI: OMPI_COMM_WORLD_SIZE, or PMI/PMIx variables of `srun --mpi=pmix`): MPI, when this
 //     build found MPI (CMake's FindMPI; without it such a start is refused with a clear message);
