@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -10,7 +11,6 @@
 #include <sstream>
 #include <thread>
 
-#include <csignal>
 #include <unistd.h>
 
 #include <omp.h>
@@ -19,8 +19,8 @@
 #include "core/error.h"
 #include "core/file_io.h"
 #include "data/prepare.h"
-#include "dist/communicator.h"
 #include "data/tokens.h"
+#include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/memory_budget.h"
