@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${TTT_ASAN_BUILD_DIR:-build-asan}
 SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=all"
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DTTT_ENABLE_CUDA=OFF \
+# MPI off: OpenMPI's plugins leak at MPI_Finalize from modules it has unloaded ("<unknown module>" frames that no
+# suppression can name). The multi-process code still runs here through the TCP communicator (tests DistTcp.*);
+# the mpirun tests run in scripts/test.sh.
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DTTT_ENABLE_CUDA=OFF -DTTT_ENABLE_MPI=OFF \
   -DCMAKE_CXX_FLAGS="$SANITIZE -fno-omit-frame-pointer -g1" -DCMAKE_EXE_LINKER_FLAGS="$SANITIZE"
 cmake --build "$BUILD_DIR" -j "$(nproc)"
 # abort_on_error: a report ends the process with SIGABRT, so a `ttt` child that hits one can never pass for a

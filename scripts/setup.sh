@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # python/ttt_torch package's tests (tests/python; the system Python's torch, no PyPI download).
 # clang, libclang-rt-14-dev (libFuzzer, sanitizer runtimes), libomp-14-dev (OpenMP for clang): the fuzz
 # targets (scripts/fuzz.sh); gcc's sanitizer runtimes (scripts/sanitize.sh) come with build-essential.
+# openmpi-bin, libopenmpi-dev: multi-process training (`mpirun -np N ttt train`, src/dist) and its tests.
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev zlib1g-dev linux-doc python3-torch
-      clang libclang-rt-14-dev libomp-14-dev)
+      clang libclang-rt-14-dev libomp-14-dev openmpi-bin libopenmpi-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

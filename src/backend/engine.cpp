@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "dist/communicator.h"
 
 namespace ttt::backend {
 
@@ -14,6 +15,13 @@ double StepEngine::time_ms(const std::function<void()>& work) {
 }
 
 nlohmann::json StepEngine::report() const { return {{"timer", "steady_clock"}}; }
+
+void StepEngine::set_data_parallel(dist::Communicator& ranks, bool shard_optimizer) {
+  TTT_CHECK(ranks.size() == 1, "--device " << device() << " trains in one process only, but this is "
+                                           << ranks.describe() << "; run it without mpirun, or on a device with data "
+                                           << "parallelism (cpu)");
+  (void)shard_optimizer;  // one rank: its shard is the whole optimizer
+}
 
 void StepEngine::set_profiling(bool on) {
   TTT_CHECK(!on, "phase profiling is not available on device " << device());

@@ -19,6 +19,9 @@
 namespace ttt::train {
 class AdamW;
 }
+namespace ttt::dist {
+class Communicator;
+}
 
 namespace ttt::backend {
 
@@ -52,6 +55,16 @@ class StepEngine {
   // norm before AdamW: the weights then stay as they were (applied = false) and the caller reports the
   // divergence.
   virtual StepResult train_step(const std::vector<model::Batch>& micro, double lr, double clip) = 0;
+
+  // Data parallelism (src/dist; `ttt train` started by mpirun): from then on every rank's train_step is handed the
+  // step's whole global batch, computes the gradient of this rank's sequences (dist::rank_sequences) and sums the
+  // ranks' gradients in the communicator's fixed order before the mask, the clipping and AdamW, so that every rank
+  // holds the same weights after the step; the loss and the gradient norm are the global ones. With
+  // `shard_optimizer` (ZeRO-1) each rank keeps the AdamW moments of its own tensors only (dist::tensor_shards),
+  // updates those tensors and all-gathers the weights; sync_host(true) then gathers the whole optimizer state on
+  // rank 0 (a collective: every rank calls it) for its checkpoint. Call before attach. The default accepts a
+  // single rank only (a device without data parallelism says so).
+  virtual void set_data_parallel(dist::Communicator& ranks, bool shard_optimizer);
 
   // Per-token losses of a batch of windows without gradients (sequence-major; 0 at ignored targets): evaluation.
   virtual std::vector<double> token_losses(const model::Batch& batch) = 0;

@@ -11,6 +11,7 @@
 #ifdef TTT_HAVE_CUDA
 #include "backend/cuda/device.h"
 #include "backend/cuda/engine_cuda.h"
+#include "backend/cuda/nccl_communicator.h"
 #endif
 
 namespace ttt::backend {
@@ -84,6 +85,14 @@ double device_free_memory(const std::string& device, std::string* source) {
   }
 #endif
   return -1;
+}
+
+void select_device_of_rank(const std::string& device, int local_rank, int rank) {
+  require_device(device, "--device " + device);
+#ifdef TTT_HAVE_CUDA
+  if (device == kCuda) cuda::select_device_of_rank(local_rank, rank);
+#endif
+  (void)local_rank, (void)rank;  // the CPU: every rank shares the host
 }
 
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,

@@ -32,6 +32,10 @@ double device_free_memory(const std::string& device, std::string* source);
 
 // The step engine of `device` for `cfg` (checks the device, then that it runs `cfg` and `options`), before
 // any weights: attach them next.
+// Data parallelism: the device of a rank, chosen by its rank on the node (cuda: GPU `local_rank`; a rank without
+// a GPU of its own is an error naming both); before anything is allocated on the device.
+void select_device_of_rank(const std::string& device, int local_rank, int rank);
+
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options = {});
 // A streamer of `device` over `params` (which must outlive it on the CPU, whose streamer reads them in place).

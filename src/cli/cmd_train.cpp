@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -16,6 +17,7 @@
 #include "cli/device_flags.h"
 #include "core/error.h"
 #include "data/tokens.h"
+#include "dist/communicator.h"
 #include "infer/generate.h"
 #include "model/config.h"
 #include "train/trainer.h"
@@ -73,6 +75,21 @@ class StopSignalScope {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
+// The failure tests' hook (TTT_TEST_RANK_FAULT=RANK:STEP:exit|hang|term, see TrainOptions::fault_rank).
+void set_fault_hook(train::TrainOptions& opt) {
+  const char* v = std::getenv("TTT_TEST_RANK_FAULT");
+  if (!v || !*v) return;
+  int rank = -1;
+  long long step = 0;
+  char kind[8] = {0};
+  const std::string k = std::sscanf(v, "%d:%lld:%7s", &rank, &step, kind) == 3 ? kind : "";
+  TTT_CHECK(k == "exit" || k == "hang" || k == "term",
+            "TTT_TEST_RANK_FAULT='" << v << "' must be RANK:STEP:exit, RANK:STEP:hang or RANK:STEP:term");
+  opt.fault_rank = rank;
+  opt.fault_step = step;
+  opt.fault = kind;
+}
+
 }  // namespace
 
 int cmd_train(const Argv& argv) {
@@ -117,7 +134,9 @@ int cmd_train(const Argv& argv) {
       .value("from", "stage 2: the stage-1 run directory")
       .value("local-chunks", "stage 2: the new local chunk sizes, e.g. 1,2 (one per local memory)")
       .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
-      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0");
+      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0")
+      .flag("shard-optimizer", "under mpirun: each rank keeps the AdamW moments of its share of the tensors only "
+                               "(ZeRO-1); checkpoints still hold the whole state");
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
@@ -233,6 +252,13 @@ int cmd_train(const Argv& argv) {
     opt.out_dir = a.has("out") ? a.str("out") : train::default_run_dir(name);
   }
 
+  // Under mpirun: one rank per process, data parallel (dist/communicator.h); rank 0 alone prints.
+  dist::Communicator& ranks = dist::world();
+  opt.ranks = &ranks;
+  opt.shard_optimizer = a.on("shard-optimizer");
+  set_fault_hook(opt);
+  const bool writer = ranks.rank() == 0;
+
   g_stop_signal = 0;
   train::TrainResult r;
   {
@@ -241,6 +267,7 @@ int cmd_train(const Argv& argv) {
     r = train::train(opt);
   }
 
+  if (!writer) return r.stop_signal != 0 ? 128 + r.stop_signal : 0;
   std::printf("trained %lld steps (%lld this run) on %s tokens in %.1f s, %.0f tokens/s; %lld parameters\n",
               (long long)r.step, (long long)r.steps_this_run, std::to_string(r.tokens_seen).c_str(), r.seconds,
               r.tokens_per_s, (long long)r.n_params);

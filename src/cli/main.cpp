@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 
 using ttt::cli::Argv;
 
@@ -93,11 +94,9 @@ int main(int argc, char** argv) {
   Argv rest(argv + 1 + consumed, argv + argc);
   try {
     return cmd->run(rest);
-  } catch (const ttt::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    // In a job of several ranks (mpirun): the rank's name first, then the whole job ends (dist/communicator.h).
+    std::fprintf(stderr, "error: %s%s\n", ttt::dist::error_prefix().c_str(), e.what());
+    return ttt::dist::end_after_error(1);
   }
 }

@@ -12,6 +12,7 @@
 #include "backend/engine.h"
 #include "core/error.h"
 #include "data/tokens.h"
+#include "dist/communicator.h"
 
 namespace ttt::train {
 
@@ -181,22 +182,38 @@ EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& p
   return evaluate(cfg, params, data::TokenSplit::view(tokens, uint32_t(cfg.vocab_size)), opt);
 }
 
-EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt) {
+EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt,
+                    dist::Communicator* ranks) {
   const model::ModelConfig& cfg = engine.config();
   return evaluate_with([&](const model::Batch& b) { return engine.token_losses(b); }, cfg.vocab_size, cfg.seq_len,
-                       tokens, opt, engine.eval_windows_per_call(opt.batch));
+                       tokens, opt, engine.eval_windows_per_call(opt.batch), ranks);
 }
 
 EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len, const data::TokenSplit& tokens,
-                         const EvalOptions& opt, int64_t windows_per_call) {
+                         const EvalOptions& opt, int64_t windows_per_call, dist::Communicator* ranks) {
   const EvalPlan pl = plan_eval(vocab, seq_len, tokens, opt);
   const int64_t group = windows_per_call > 0 ? windows_per_call : opt.batch;
   std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
-  for (int64_t w0 = 0; w0 < pl.n_windows; w0 += group) {
-    const int64_t w1 = std::min(pl.n_windows, w0 + group);
+  // This rank's windows [first, last): all of them in one process.
+  const int n_ranks = ranks ? ranks->size() : 1;
+  const std::vector<int64_t> windows = dist::even_counts(pl.n_windows, n_ranks);
+  int64_t first = 0;
+  for (int r = 0; r < (ranks ? ranks->rank() : 0); ++r) first += windows[size_t(r)];
+  const int64_t last = first + windows[size_t(ranks ? ranks->rank() : 0)];
+  for (int64_t w0 = first; w0 < last; w0 += group) {
+    const int64_t w1 = std::min(last, w0 + group);
     const std::vector<double> all = batch_losses(losses, window_batch(pl, tokens, w0, w1));
     for (int64_t w = w0; w < w1; ++w)
       tl[size_t(w)].assign(all.begin() + (w - w0) * pl.L, all.begin() + (w - w0 + 1) * pl.L);
+  }
+  if (n_ranks > 1) {
+    std::vector<double> mine, every(size_t(pl.n_windows * pl.L));
+    for (int64_t w = first; w < last; ++w) mine.insert(mine.end(), tl[size_t(w)].begin(), tl[size_t(w)].end());
+    std::vector<int64_t> counts;
+    for (int64_t c : windows) counts.push_back(c * pl.L);
+    ranks->all_gather(mine.data(), every.data(), counts);
+    for (int64_t w = 0; w < pl.n_windows; ++w)
+      tl[size_t(w)].assign(every.begin() + w * pl.L, every.begin() + (w + 1) * pl.L);
   }
   return aggregate(pl, tl, tokens, opt.token_bytes);
 }

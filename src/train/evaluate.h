@@ -22,6 +22,9 @@
 namespace ttt::backend {
 class StepEngine;
 }
+namespace ttt::dist {
+class Communicator;
+}
 
 namespace ttt::train {
 
@@ -60,7 +63,11 @@ std::vector<int64_t> eval_offsets(int64_t n_tokens, int64_t n_windows, int64_t c
 // function of a batch, then the sums in window order (evaluate_with). The overloads differ only in that function.
 
 // On any device: the step engine's token_losses, on groups of engine.eval_windows_per_call windows.
-EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt);
+// With `ranks` of more than one process (data-parallel training), each rank computes a contiguous share of the
+// windows (dist::even_counts) and the token losses are all-gathered: every rank gets the same result, equal to
+// one process's.
+EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt,
+                    dist::Communicator* ranks = nullptr);
 
 // On the CPU, the model's own forward (cpu_token_losses) on `params`.
 EvalResult evaluate(const model::ModelConfig& cfg, const model::Params<float>& params, const data::TokenSplit& tokens,
@@ -80,7 +87,7 @@ int64_t cpu_windows_per_call(int64_t batch);
 // windows (0: opt.batch); it returns the losses sequence-major (window by window).
 using BatchTokenLosses = std::function<std::vector<double>(const model::Batch&)>;
 EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len, const data::TokenSplit& tokens,
-                         const EvalOptions& opt, int64_t windows_per_call = 0);
+                         const EvalOptions& opt, int64_t windows_per_call = 0, dist::Communicator* ranks = nullptr);
 
 // CSV with header bucket_start,bucket_end,loss,bpb,tokens (loss in nats per token; bpb in bits per byte, empty
 // without a byte table).

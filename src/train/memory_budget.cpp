@@ -190,12 +190,13 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
                             double(cfg.dim + cfg.n_attn_heads) * 4.0});
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
-      // 256 MB of gradient buffers), one tape per thread.
+      // 256 MB of gradient buffers) and the partial sums its reduction tree keeps (at most ceil(log2 seqs) besides
+      // the result), one tape per thread.
       const double param_bytes = std::max(1.0, 4 * P);
       const double wave = std::max(double(threads), std::min(double(seqs), std::floor(256e6 / param_bytes)));
-      const double buffers = std::min(double(seqs), wave);
-      step.push_back({"per-sequence gradient buffers", drivers.str() + ", " + std::to_string(threads) + " threads",
-                      buffers * param_bytes});
+      const double buffers = std::min(double(seqs), wave) + std::ceil(std::log2(double(std::max<int64_t>(1, seqs))));
+      step.push_back({"per-sequence gradient buffers and partial sums",
+                      drivers.str() + ", " + std::to_string(threads) + " threads", buffers * param_bytes});
       const int64_t in_flight = std::min<int64_t>(threads, seqs);
       step.push_back({"activations (autograd tape), one sequence per thread",
                       "seq_len " + std::to_string(req.seq_len) + ", n_layers " + std::to_string(cfg.n_layers) + ", dim " +

@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -37,14 +38,17 @@ AdamW::AdamW(const std::vector<std::string>& names, const std::vector<int64_t>& 
 }
 
 template <class T>
-void AdamW::step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>& grads, double lr) {
+void AdamW::step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>& grads, double lr, size_t first,
+                 size_t last) {
   TTT_CHECK(params.size() == m_.size() && grads.size() == m_.size(),
             "AdamW: " << m_.size() << " tensors, got " << params.size() << " parameters and " << grads.size()
                       << " gradients");
+  last = std::min(last, params.size());
+  TTT_CHECK(first <= last, "AdamW: tensors [" << first << ", " << last << ")");
   ++t_;
   const double b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
   const double c1 = 1.0 - std::pow(b1, double(t_)), c2 = 1.0 - std::pow(b2, double(t_));
-  for (size_t i = 0; i < params.size(); ++i) {
+  for (size_t i = first; i < last; ++i) {
     auto& p = params[i].data;
     const auto& g = grads[i].data;
     TTT_CHECK(p.size() == m_[i].size() && g.size() == m_[i].size(),
@@ -77,8 +81,10 @@ void AdamW::set_trainable(std::vector<std::vector<uint8_t>> mask) {
   trainable_ = std::move(mask);
 }
 
-template void AdamW::step<float>(std::vector<ag::Mat<float>>&, const std::vector<ag::Mat<float>>&, double);
-template void AdamW::step<double>(std::vector<ag::Mat<double>>&, const std::vector<ag::Mat<double>>&, double);
+template void AdamW::step<float>(std::vector<ag::Mat<float>>&, const std::vector<ag::Mat<float>>&, double, size_t,
+                                 size_t);
+template void AdamW::step<double>(std::vector<ag::Mat<double>>&, const std::vector<ag::Mat<double>>&, double, size_t,
+                                  size_t);
 
 SafeTensors AdamW::to_safetensors(const std::vector<Shape>& shapes) const {
   TTT_CHECK(shapes.size() == m_.size(), "AdamW: " << shapes.size() << " shapes for " << m_.size() << " tensors");

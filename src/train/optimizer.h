@@ -36,9 +36,11 @@ class AdamW {
   // names/sizes: one entry per parameter tensor (sizes in elements).
   AdamW(const std::vector<std::string>& names, const std::vector<int64_t>& sizes, const AdamWConfig& cfg);
 
-  // One update of every parameter with its gradient (same order and sizes as at construction).
+  // One update of every parameter with its gradient (same order and sizes as at construction). A sharded
+  // optimizer (ZeRO-1) updates only its tensors [first, last) and may have released the other tensors' moments.
   template <class T>
-  void step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>& grads, double lr);
+  void step(std::vector<ag::Mat<T>>& params, const std::vector<ag::Mat<T>>& grads, double lr, size_t first = 0,
+            size_t last = size_t(-1));
 
   int64_t steps() const { return t_; }
   // Counts one step whose arithmetic ran elsewhere (the GPU model's AdamW kernel, with these moments kept on

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -8,6 +9,9 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
+
+#include <unistd.h>
 
 #include <omp.h>
 
@@ -18,6 +22,7 @@
 #include "data/prepare.h"
 #include "data/progress.h"
 #include "data/tokens.h"
+#include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/memory_budget.h"
@@ -150,84 +155,161 @@ std::vector<double> target_shares(const std::vector<int64_t>& valid) {
   return shares;
 }
 
-template <class T>
-double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
-                            const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads) {
-  TTT_CHECK(!micro.empty(), "accumulate_gradients: no micro-batches");
-  // Shards: every sequence of every micro-batch, weighted by its share of the step's valid targets.
-  struct Shard {
-    model::Batch batch;
-    double weight = 0;
-  };
-  std::vector<Shard> shards;
-  std::vector<int64_t> valid_counts;
+namespace {
+
+// The post-order of the pairwise tree over leaves [lo, hi) (see accumulate_gradient_range): a leaf index, or -1 for
+// "add the top of the stack into the entry below it".
+void tree_program(int64_t lo, int64_t hi, std::vector<int64_t>& ops) {
+  if (hi - lo == 1) {
+    ops.push_back(lo);
+    return;
+  }
+  const int64_t mid = lo + (hi - lo) / 2;
+  tree_program(lo, mid, ops);
+  tree_program(mid, hi, ops);
+  ops.push_back(-1);
+}
+
+}  // namespace
+
+int64_t step_sequences(const std::vector<model::Batch>& micro) {
+  int64_t n = 0;
   for (const auto& mb : micro) {
     TTT_CHECK(mb.sequences > 0 && mb.len > 0 && int64_t(mb.inputs.size()) == mb.sequences * mb.len &&
                   int64_t(mb.targets.size()) == mb.sequences * mb.len,
               "accumulate_gradients: malformed micro-batch");
+    n += mb.sequences;
+  }
+  return n;
+}
+
+template <class T>
+std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, const model::Params<T>& params,
+                                              const std::vector<model::Batch>& micro, int64_t first, int64_t last,
+                                              std::vector<ag::Mat<T>>& grads) {
+  TTT_CHECK(!micro.empty(), "accumulate_gradients: no micro-batches");
+  const int64_t n_all = step_sequences(micro);
+  TTT_CHECK(0 <= first && first < last && last <= n_all,
+            "accumulate_gradients: sequences [" << first << ", " << last << ") of a step of " << n_all);
+  // Every sequence of the step, its share of the step's valid targets, and the batches of [first, last).
+  std::vector<int64_t> valid_counts;
+  std::vector<model::Batch> shards;
+  for (const auto& mb : micro)
     for (int64_t s = 0; s < mb.sequences; ++s) {
-      Shard sh;
-      sh.batch.sequences = 1;
-      sh.batch.len = mb.len;
-      sh.batch.inputs.assign(mb.inputs.begin() + s * mb.len, mb.inputs.begin() + (s + 1) * mb.len);
-      sh.batch.targets.assign(mb.targets.begin() + s * mb.len, mb.targets.begin() + (s + 1) * mb.len);
-      const int64_t valid = valid_targets(sh.batch);
-      if (valid == 0) continue;
+      int64_t valid = 0;
+      for (int64_t i = s * mb.len; i < (s + 1) * mb.len; ++i) valid += mb.targets[size_t(i)] >= 0;
+      const int64_t k = int64_t(valid_counts.size());
       valid_counts.push_back(valid);
+      if (k < first || k >= last) continue;
+      model::Batch sh;
+      sh.sequences = 1;
+      sh.len = mb.len;
+      sh.inputs.assign(mb.inputs.begin() + s * mb.len, mb.inputs.begin() + (s + 1) * mb.len);
+      sh.targets.assign(mb.targets.begin() + s * mb.len, mb.targets.begin() + (s + 1) * mb.len);
       shards.push_back(std::move(sh));
     }
-  }
   const std::vector<double> shares = target_shares(valid_counts);
-  for (size_t k = 0; k < shards.size(); ++k) shards[k].weight = shares[k];
 
-  grads.resize(params.values.size());
-  for (size_t i = 0; i < grads.size(); ++i) grads[i] = ag::Mat<T>(params.values[i].rows, params.values[i].cols);
-  // Waves of shards computed in parallel (one thread per shard; the model runs single-threaded inside),
-  // then summed in shard order: the result does not depend on the thread count or on timing.
-  const int64_t n = int64_t(shards.size());
+  // Leaves are computed in waves in parallel (one thread per sequence; the model runs single-threaded inside), and
+  // consumed in order by the tree: the result does not depend on the thread count or on timing.
+  const int64_t n = last - first;
   const int64_t param_bytes = std::max<int64_t>(1, params.count() * int64_t(sizeof(T)));
   const int64_t wave = std::max<int64_t>(omp_get_max_threads(), std::min<int64_t>(n, (int64_t(256) << 20) / param_bytes));
-  std::vector<std::vector<ag::Mat<T>>> g(size_t(std::min(wave, n)));
-  std::vector<double> losses(size_t(n), 0.0);
-  for (int64_t w0 = 0; w0 < n; w0 += wave) {
-    const int64_t w1 = std::min(n, w0 + wave);
+  std::vector<std::vector<ag::Mat<T>>> leaves(size_t(std::min(wave, n)));
+  std::vector<double> terms(size_t(n), 0.0);
+  int64_t wave_begin = first, wave_end = first;
+  auto compute_wave = [&](int64_t w0) {
+    const int64_t w1 = std::min(last, w0 + wave);
     std::exception_ptr err;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t k = w0; k < w1; ++k) {
+      if (valid_counts[size_t(k)] == 0) continue;
       try {
-        losses[size_t(k)] = model::forward<T>(cfg, params, shards[size_t(k)].batch, &g[size_t(k - w0)]).loss;
+        const double loss = model::forward<T>(cfg, params, shards[size_t(k - first)], &leaves[size_t(k - w0)]).loss;
+        terms[size_t(k - first)] = shares[size_t(k)] * loss;
       } catch (...) {
 #pragma omp critical(ttt_train_error)
         if (!err) err = std::current_exception();
       }
     }
     if (err) std::rethrow_exception(err);
-    for (int64_t k = w0; k < w1; ++k) {
-      const T w = T(shards[size_t(k)].weight);
-      const auto& gk = g[size_t(k - w0)];
-      for (size_t i = 0; i < grads.size(); ++i) {
-        T* a = grads[i].data.data();
-        const T* b = gk[i].data.data();
-        for (size_t j = 0; j < grads[i].data.size(); ++j) a[j] += w * b[j];
+    wave_begin = w0;
+    wave_end = w1;
+  };
+  std::vector<int64_t> program;
+  tree_program(first, last, program);
+  std::vector<std::vector<ag::Mat<T>>> stack;
+  for (int64_t op : program) {
+    if (op >= 0) {
+      if (op >= wave_end) compute_wave(op);
+      std::vector<ag::Mat<T>> leaf = std::move(leaves[size_t(op - wave_begin)]);
+      if (valid_counts[size_t(op)] == 0) {  // no valid target: a zero leaf
+        leaf.clear();
+        for (const auto& p : params.values) leaf.emplace_back(p.rows, p.cols);
+      } else {
+        const T w = T(shares[size_t(op)]);
+        for (auto& m : leaf)
+          for (auto& x : m.data) x = w * x;
+      }
+      stack.push_back(std::move(leaf));
+    } else {
+      std::vector<ag::Mat<T>> right = std::move(stack.back());
+      stack.pop_back();
+      auto& left = stack.back();
+      for (size_t i = 0; i < left.size(); ++i) {
+        T* a = left[i].data.data();
+        const T* b = right[i].data.data();
+        for (size_t j = 0; j < left[i].data.size(); ++j) a[j] = a[j] + b[j];
       }
     }
   }
+  grads = std::move(stack.back());
+  return terms;
+}
+
+double sum_loss_terms(const std::vector<double>& terms) {
   double loss = 0;
-  for (int64_t k = 0; k < n; ++k) loss += shards[size_t(k)].weight * losses[size_t(k)];
+  for (double t : terms) loss += t;
   return loss;
 }
 
 template <class T>
-double clip_grad_norm(std::vector<ag::Mat<T>>& grads, double max_norm) {
-  double ss = 0;
-  for (const auto& m : grads)
-    for (T x : m.data) ss += double(x) * double(x);
-  const double norm = std::sqrt(ss);
-  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
-    const T scale = T(max_norm / norm);
-    for (auto& m : grads)
-      for (auto& x : m.data) x *= scale;
+double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
+                            const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads) {
+  TTT_CHECK(!micro.empty(), "accumulate_gradients: no micro-batches");
+  return sum_loss_terms(accumulate_gradient_range(cfg, params, micro, 0, step_sequences(micro), grads));
+}
+
+template <class T>
+std::vector<double> grad_sum_squares(const std::vector<ag::Mat<T>>& grads, size_t first, size_t last) {
+  std::vector<double> ss;
+  for (size_t i = first; i < last; ++i) {
+    double s = 0;
+    for (T x : grads[i].data) s += double(x) * double(x);
+    ss.push_back(s);
   }
+  return ss;
+}
+
+double global_norm(const std::vector<double>& sum_squares) {
+  double ss = 0;
+  for (double s : sum_squares) ss += s;
+  return std::sqrt(ss);
+}
+
+template <class T>
+void clip_to_norm(std::vector<ag::Mat<T>>& grads, size_t first, size_t last, double norm, double max_norm) {
+  if (!(max_norm > 0 && norm > max_norm && std::isfinite(norm))) return;
+  const T scale = T(max_norm / norm);
+  for (size_t i = first; i < last; ++i)
+    for (auto& x : grads[i].data) x *= scale;
+}
+
+template <class T>
+double clip_grad_norm(std::vector<ag::Mat<T>>& grads, double max_norm) {
+  // Per-tensor sums of squares, then their sum in tensor order: the order a sharded optimizer reproduces.
+  const double norm = global_norm(grad_sum_squares(grads, 0, grads.size()));
+  clip_to_norm(grads, 0, grads.size(), norm, max_norm);
   return norm;
 }
 
@@ -235,6 +317,11 @@ template double accumulate_gradients<float>(const model::ModelConfig&, const mod
                                             const std::vector<model::Batch>&, std::vector<ag::Mat<float>>&);
 template double accumulate_gradients<double>(const model::ModelConfig&, const model::Params<double>&,
                                              const std::vector<model::Batch>&, std::vector<ag::Mat<double>>&);
+template std::vector<double> accumulate_gradient_range<float>(const model::ModelConfig&, const model::Params<float>&,
+                                                             const std::vector<model::Batch>&, int64_t, int64_t,
+                                                             std::vector<ag::Mat<float>>&);
+template std::vector<double> grad_sum_squares<float>(const std::vector<ag::Mat<float>>&, size_t, size_t);
+template void clip_to_norm<float>(std::vector<ag::Mat<float>>&, size_t, size_t, double, double);
 template double clip_grad_norm<float>(std::vector<ag::Mat<float>>&, double);
 template double clip_grad_norm<double>(std::vector<ag::Mat<double>>&, double);
 
@@ -284,8 +371,13 @@ std::vector<std::vector<uint8_t>> trainable_mask(const model::ModelConfig& cfg, 
   return mask;
 }
 
-TrainResult train(const TrainOptions& opt) {
+TrainResult train(const TrainOptions& opt_in) {
   const auto t_start = Clock::now();
+  // One process, or the ranks of a data-parallel job: only rank 0 logs and writes the run directory.
+  dist::Communicator* ranks = opt_in.ranks && opt_in.ranks->size() > 1 ? opt_in.ranks : nullptr;
+  const bool writer = !ranks || ranks->rank() == 0;
+  TrainOptions opt = opt_in;
+  if (!writer) opt.log = nullptr;
   TrainResult res;
   model::ModelConfig cfg;
   TrainConfig tc;
@@ -353,8 +445,18 @@ TrainResult train(const TrainOptions& opt) {
   TTT_CHECK(resuming || opt.data_dir_override.empty(), "train: data_dir_override applies to a resumed run");
   tc.device = opt.device;  // a resumed run may continue on another device
   validate(tc);
+  if (ranks)
+    TTT_CHECK(tc.batch * tc.accum % ranks->size() == 0,
+              "--batch " << tc.batch << " x --accum " << tc.accum << " = " << tc.batch * tc.accum
+                         << " sequences per step cannot be split evenly over " << ranks->size()
+                         << " ranks (mpirun -np " << ranks->size() << "): choose --batch and --accum so that their "
+                         << "product is a multiple of " << ranks->size()
+                         << (resuming ? " (a resumed run keeps its batch: resume on a rank count that divides it)" : ""));
   TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
+
+  // The device of this rank (cuda: its GPU on the node) before anything is measured or allocated on it.
+  if (ranks) backend::select_device_of_rank(opt.device, ranks->local_rank(), ranks->rank());
 
   // Memory next: a config or flags that cannot fit fail here, naming the fields, before anything large is allocated.
   {
@@ -398,8 +500,18 @@ TrainResult train(const TrainOptions& opt) {
   // The device too, before anything is written.
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(opt.device, cfg, opt.engine);
 
+  if (ranks) engine->set_data_parallel(*ranks, opt.shard_optimizer);
+
   Rng data_rng(tc.seed ^ kDataSeedMix);
-  if (!resuming) {
+  if (!resuming && !writer) {
+    if (tc.stage == 1) {
+      params = model::make_params<float>(cfg);
+      model::init_params(cfg, params, tc.seed);
+    }
+    state = RunState{};
+  } else if (resuming && !writer) {
+    data_rng.load(state.data_rng);
+  } else if (!resuming) {
     TTT_CHECK(!run_has_checkpoint(run_dir), "run directory '" << run_dir << "' already holds a checkpoint; continue it with --resume "
                                                               << run_dir << " or choose another --out");
     std::error_code ec;
@@ -420,7 +532,7 @@ TrainResult train(const TrainOptions& opt) {
   }
   state.train = tc;
   state.data_fingerprint = corpus.fingerprint;
-  write_file_atomic((fs::path(run_dir) / "config.json").string(), run_config_json(cfg, tc).dump(2) + "\n");
+  if (writer) write_file_atomic((fs::path(run_dir) / "config.json").string(), run_config_json(cfg, tc).dump(2) + "\n");
 
   AdamWConfig acfg;
   acfg.beta1 = tc.beta1;
@@ -450,7 +562,7 @@ TrainResult train(const TrainOptions& opt) {
                                           << (tc.clip > 0 ? " or a smaller --clip" : ""));
   };
   auto checked_eval = [&]() {
-    EvalResult ev = evaluate(*engine, corpus.val, eo);
+    EvalResult ev = evaluate(*engine, corpus.val, eo, ranks);
     if (!std::isfinite(ev.loss)) diverged(state.step, "validation loss", ev.loss);
     return ev;
   };
@@ -474,20 +586,32 @@ TrainResult train(const TrainOptions& opt) {
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
     os << "\ndevice " << opt.device << ": " << engine->description();
+    if (ranks)
+      os << "\ndata parallel over " << ranks->size() << " ranks (" << ranks->backend() << "): "
+         << tc.batch * tc.accum / ranks->size() << " sequences per rank and step"
+         << (opt.shard_optimizer ? ", optimizer sharded (ZeRO-1)" : "");
     if (resuming) os << "; continuing at step " << state.step;
     say(opt.log, os.str());
   }
 
-  std::ofstream metrics(metrics_path, std::ios::app);
-  TTT_CHECK(metrics.good(), "cannot open '" << metrics_path << "' for writing");
+  std::ofstream metrics;
+  if (writer) {
+    metrics.open(metrics_path, std::ios::app);
+    TTT_CHECK(metrics.good(), "cannot open '" << metrics_path << "' for writing");
+  }
 
   const auto t_loop = Clock::now();
   double train_seconds = 0;
   int64_t steps_run = 0, last_ckpt_step = resuming ? state.step : -1, last_eval_step = -1;
   LossSpikeDetector spikes;
   auto save = [&]() {
-    engine->sync_host(true);  // on a device: the weights and moments to the host, where save_run_checkpoint checks them
-    res.checkpoint_dir = save_run_checkpoint(run_dir, cfg, params, adam, state, tc.keep_checkpoints);
+    // On a device: the weights and moments to the host, where save_run_checkpoint checks them; a sharded optimizer
+    // gathers its moments on rank 0 (every rank takes part).
+    engine->sync_host(true);
+    if (writer) res.checkpoint_dir = save_run_checkpoint(run_dir, cfg, params, adam, state, tc.keep_checkpoints);
+    // The other ranks wait for the save: one that exits first (a signal's stop, exit 128 + N) would make mpirun end
+    // rank 0 in the middle of it.
+    if (ranks) ranks->barrier();
     last_ckpt_step = state.step;
   };
   std::vector<model::Batch> micro(size_t(tc.accum));
@@ -495,6 +619,12 @@ TrainResult train(const TrainOptions& opt) {
     if (opt.interrupt_after > 0 && steps_run >= opt.interrupt_after) {
       res.interrupted = true;
       break;
+    }
+    if (ranks && ranks->rank() == opt.fault_rank && state.step == opt.fault_step) {
+      if (opt.fault == "exit") ::_exit(3);
+      if (opt.fault == "term") ::raise(SIGTERM);  // as if the launcher signalled this rank only
+      if (opt.fault == "hang")
+        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     }
     const auto ts = Clock::now();
     const double lr = sched.at(state.step);
@@ -511,11 +641,17 @@ TrainResult train(const TrainOptions& opt) {
     res.last_loss = loss;
     const double loss_average = spikes.average();
     const double spike = spikes.observe(loss);
-    // An interrupt: no validation, a checkpoint of this step, and out.
-    const bool stopping = opt.stop_signal && opt.stop_signal->load() != 0;
-
+    // An interrupt: no validation, a checkpoint of this step, and out. The ranks agree on both stops (a signal
+    // or the time budget on any rank), so that they all take the same steps.
+    int64_t stop_signal = opt.stop_signal ? opt.stop_signal->load() : 0;
     const double elapsed = seconds_since(t_start);
-    const bool budget_hit = opt.time_budget_s > 0 && elapsed >= opt.time_budget_s && state.step < tc.steps;
+    int64_t budget_over = opt.time_budget_s > 0 && elapsed >= opt.time_budget_s && state.step < tc.steps;
+    if (ranks) {
+      stop_signal = ranks->max_over_ranks(stop_signal);
+      budget_over = ranks->max_over_ranks(budget_over);
+    }
+    const bool stopping = stop_signal != 0;
+    const bool budget_hit = budget_over != 0;
     const bool last = state.step == tc.steps || budget_hit;
     const double tps = double(steps_run * tc.tokens_per_step()) / std::max(train_seconds, 1e-9);
     json line{{"step", state.step}, {"loss", loss},           {"lr", lr},
@@ -532,9 +668,11 @@ TrainResult train(const TrainOptions& opt) {
       last_eval_step = state.step;
       say(opt.log, "step " + std::to_string(state.step) + "/" + std::to_string(tc.steps) + " | " + eval_summary(ev));
     }
-    metrics << line.dump() << '\n';
-    metrics.flush();
-    TTT_CHECK(metrics.good(), "cannot write '" << metrics_path << "' (is the disk full?)");
+    if (writer) {
+      metrics << line.dump() << '\n';
+      metrics.flush();
+      TTT_CHECK(metrics.good(), "cannot write '" << metrics_path << "' (is the disk full?)");
+    }
     if (spike > 0 && ++res.loss_spikes == 1) {
       char buf[256];
       std::snprintf(buf, sizeof buf,
@@ -562,7 +700,7 @@ TrainResult train(const TrainOptions& opt) {
     state.elapsed_seconds += seconds_since(ts);
     if ((tc.ckpt_every > 0 && state.step % tc.ckpt_every == 0) || last || stopping) save();
     if (stopping) {
-      res.stop_signal = opt.stop_signal->load();
+      res.stop_signal = int(stop_signal);
       break;
     }
     if (budget_hit) {

@@ -36,6 +36,10 @@
 #include "model/model.h"
 #include "train/train_config.h"
 
+namespace ttt::dist {
+class Communicator;
+}
+
 namespace ttt::train {
 
 struct TrainOptions {
@@ -63,6 +67,19 @@ struct TrainOptions {
   std::string stage2_from;
   std::vector<int64_t> stage2_local_chunks;
   double stage2_fraction = 0.05;
+  // Data parallelism (`mpirun -np N ttt train`): the ranks of the job, or null for one process. Every rank samples
+  // the same global batch (--batch x --accum sequences, which the ranks must divide) and computes its share
+  // (StepEngine::set_data_parallel); loss, gradient norm, clipping and validation are global; rank 0 alone logs
+  // and writes the run directory (metrics, config, checkpoints of the full state). The result does not depend on
+  // the rank count (bit for bit when it is a power of two; see accumulate_gradients), so a run may resume on
+  // another number of ranks.
+  dist::Communicator* ranks = nullptr;
+  bool shard_optimizer = false;  // ZeRO-1: each rank keeps the AdamW moments of its own tensors only
+  // Test hook of the failure tests: rank `fault_rank` exits (fault "exit", status 3, without a word), stops
+  // responding (fault "hang") or receives SIGTERM (fault "term") when it is about to run step `fault_step` + 1.
+  int fault_rank = -1;
+  int64_t fault_step = 0;
+  std::string fault;
 };
 
 // Which elements of each parameter train in `stage`: stage 1 everything (empty masks); stage 2 (TNT) only
@@ -140,16 +157,43 @@ std::vector<double> target_shares(const std::vector<int64_t>& valid);
 // Loss and gradient of one optimizer step over the micro-batches: the mean cross-entropy over all their
 // valid targets (= the mean of the micro-batch losses when, as in training, every target is valid) and its
 // gradient (one matrix per parameter). Computed one sequence per forward pass, sequences in parallel over
-// the OpenMP threads (the model then runs single-threaded inside each), and summed in sequence order with
-// token-count weights, so the result is deterministic and independent of the thread count.
+// the OpenMP threads (the model then runs single-threaded inside each).
+//
+// The reduction order (fixed, so the result is deterministic and independent of the thread count): the leaves
+// are the step's sequences k = 0..n-1 in order (micro-batch by micro-batch), leaf k = share_k * g_k (share_k:
+// target_shares of the step's sequences, rounded to T; g_k the sequence's gradient), combined by the pairwise
+// tree of recursive halving ([lo, hi) = [lo, mid) + [mid, hi), mid = lo + (hi - lo) / 2, left operand first).
+// The loss is the sum of the terms share_k * loss_k in sequence order (in double).
+//
+// Data parallelism splits the step into contiguous ranges of sequences, one per rank: accumulate_gradient_range
+// computes a range's tree (the tree of its leaves) and returns its loss terms; the ranks' trees are then summed
+// by the same pairwise tree over ranks (dist::Communicator). When the rank count is a power of two, each rank's
+// range is a subtree of the one-process tree and the sum is the one-process gradient bit for bit.
 template <class T>
 double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
                             const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads);
+// Sequences [first, last) of the step's micro-batches (numbered as above): grads := their tree; returns their
+// loss terms share_k * loss_k (0 for a sequence without valid targets), share_k taken over the whole step.
+template <class T>
+std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, const model::Params<T>& params,
+                                              const std::vector<model::Batch>& micro, int64_t first, int64_t last,
+                                              std::vector<ag::Mat<T>>& grads);
+// The sequences of a step's micro-batches (each checked for consistent sizes).
+int64_t step_sequences(const std::vector<model::Batch>& micro);
+// The step's loss from all of its loss terms, summed in sequence order.
+double sum_loss_terms(const std::vector<double>& terms);
 
-// Global L2 norm of all gradients (computed in double); if max_norm > 0 and the norm exceeds it, every
-// gradient is scaled by max_norm / norm. Returns the norm before clipping.
+// Global L2 norm of all gradients (computed in double: per tensor, then the tensors' sums in tensor order); if
+// max_norm > 0 and the norm exceeds it, every gradient is scaled by max_norm / norm. Returns the norm before
+// clipping. Its pieces serve a sharded optimizer, where each rank holds some tensors: the sums of squares of
+// tensors [first, last), the norm from every tensor's sum, and the clipping of tensors [first, last).
 template <class T>
 double clip_grad_norm(std::vector<ag::Mat<T>>& grads, double max_norm);
+template <class T>
+std::vector<double> grad_sum_squares(const std::vector<ag::Mat<T>>& grads, size_t first, size_t last);
+double global_norm(const std::vector<double>& sum_squares);
+template <class T>
+void clip_to_norm(std::vector<ag::Mat<T>>& grads, size_t first, size_t last, double norm, double max_norm);
 
 // "runs/<preset>-YYYYmmdd-HHMMSS" (local time; "-2", "-3", ... appended if that directory exists).
 std::string default_run_dir(const std::string& preset);

@@ -9,7 +9,10 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/generate_cuda.h"
 #include "backend/cuda/model_cuda.h"
+#include "backend/cuda/nccl_communicator.h"
 #include "backend/cuda/op_backends.h"
+#include "dist/communicator.h"
+#include "dist/data_parallel.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 
@@ -50,15 +53,39 @@ class CudaStepEngine final : public backend::StepEngine {
     if (with_optimizer && optimizer_) model_->download_optimizer(*optimizer_);
   }
 
-  backend::StepResult train_step(const std::vector<model::Batch>& micro, double lr, double clip) override {
+  // Data parallelism: this rank's sequences of each step, the gradient summed over the ranks by NCCL (the GPU
+  // was chosen by the rank on its node before the engine was made). ZeRO-1 is the CPU engine's only.
+  void set_data_parallel(dist::Communicator& ranks, bool shard_optimizer) override {
+    if (ranks.size() == 1) return;
+    TTT_CHECK(!shard_optimizer, "--shard-optimizer: the CUDA engine keeps the whole AdamW state on every GPU for now; "
+                                "run without it (or on --device cpu)");
+    ranks_ = &ranks;
+    nccl_ = std::make_unique<NcclGroup>(ranks);
+  }
+
+  backend::StepResult train_step(const std::vector<model::Batch>& global_micro, double lr, double clip) override {
     TTT_CHECK(optimizer_, "CUDA engine: train_step before attach(params, optimizer)");
+    // One process: every micro-batch; several: this rank's part, weighted by its share of the whole step.
+    const std::vector<model::Batch> micro =
+        ranks_ ? dist::rank_micro_batches(global_micro, ranks_->rank(), ranks_->size()) : global_micro;
     std::vector<int64_t> valid;
     for (const auto& b : micro) valid.push_back(train::valid_targets(b));
-    const std::vector<double> shares = train::target_shares(valid);
+    int64_t step_valid = 0;
+    for (const auto& b : global_micro) step_valid += train::valid_targets(b);
+    TTT_CHECK(step_valid > 0, "the batch has no valid targets (every target is negative)");
+    std::vector<double> shares = train::target_shares(valid);
+    if (ranks_)
+      for (size_t i = 0; i < micro.size(); ++i) shares[i] = double(valid[i]) / double(step_valid);
     backend::StepResult r;
     r.grad_norm = std::numeric_limits<double>::quiet_NaN();
     model_->zero_grad();
     for (size_t i = 0; i < micro.size(); ++i) r.loss += shares[i] * model_->forward(micro[i], true, shares[i]).loss;
+    if (ranks_) {  // the step's loss: the ranks' parts summed in rank order; the gradient: NCCL's sum
+      std::vector<double> parts(static_cast<size_t>(ranks_->size()));
+      ranks_->all_gather(&r.loss, parts.data(), std::vector<int64_t>(parts.size(), 1));
+      r.loss = train::sum_loss_terms(parts);
+      nccl_->all_reduce_sum(model_->gradient_data(), model_->gradient_size());
+    }
     if (!std::isfinite(r.loss)) return r;
     model_->apply_grad_mask();  // the optimizer's trainable mask, on the device since attach
     r.grad_norm = model_->clip_grad_norm(clip);
@@ -96,6 +123,8 @@ class CudaStepEngine final : public backend::StepEngine {
   std::unique_ptr<GpuModel> model_;
   model::Params<float>* params_ = nullptr;
   train::AdamW* optimizer_ = nullptr;
+  dist::Communicator* ranks_ = nullptr;  // several ranks, or null
+  std::unique_ptr<NcclGroup> nccl_;
 };
 
 }  // namespace

@@ -620,6 +620,9 @@ void GpuModel::zero_grad() {
   TTT_CUDA_CHECK(cudaMemsetAsync(impl_->grads.p(), 0, sizeof(float) * size_t(impl_->total), nullptr));
 }
 
+float* GpuModel::gradient_data() { return impl_->grads.p(); }
+int64_t GpuModel::gradient_size() const { return impl_->total; }
+
 void GpuModel::download_grads(std::vector<ag::Mat<float>>& g) const {
   const Impl& m = *impl_;
   model::Params<float> shape = model::make_params<float>(m.cfg);

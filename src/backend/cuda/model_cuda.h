@@ -68,6 +68,10 @@ class GpuModel {
                  bool want_logits = false);
   void zero_grad();
   void download_grads(std::vector<ag::Mat<float>>& g) const;  // one matrix per parameter
+  // Every parameter's gradient as one device array (layout order) and its length: what data parallelism sums over
+  // the ranks between the backward and apply_grad_mask.
+  float* gradient_data();
+  int64_t gradient_size() const;
   // The trainable elements (mask as train::trainable_mask: one per parameter, each empty or of the parameter's
   // size; empty list: all trainable), uploaded once; upload_optimizer sets it from the optimizer's. Frozen
   // elements keep their gradient zeroed by apply_grad_mask and are left untouched by adamw_step.
