@@ -29,6 +29,11 @@ namespace ttt::dist {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// memcpy of `bytes` that may be 0 with null pointers (an empty segment).
+void copy_bytes(void* to, const void* from, int64_t bytes) {
+  if (bytes > 0) std::memcpy(to, from, size_t(bytes));
+}
 constexpr uint64_t kHello = 0x7474742d74637031ull;  // "ttt-tcp1": a peer of this protocol
 
 class TcpCommunicator final : public Communicator {
@@ -61,7 +66,8 @@ class TcpCommunicator final : public Communicator {
     // Rank 0 knows every rank's segment sizes: segment d of source s has send_bytes_of(s)[d] bytes, which equals
     // what d expects from s; for the reduce-scatter and all-gather this is counts[d] for every s.
     std::vector<std::vector<char>> from(static_cast<size_t>(n));
-    from[0].assign(static_cast<const char*>(send), static_cast<const char*>(send) + total_send);
+    from[0].resize(size_t(total_send));
+    copy_bytes(from[0].data(), send, total_send);
     for (int s = 1; s < n; ++s) {
       from[size_t(s)].resize(size_t(total_send));
       recv_all(s, from[size_t(s)].data(), total_send, what);
@@ -74,7 +80,7 @@ class TcpCommunicator final : public Communicator {
         const char* seg = from[size_t(s)].data() + offset[size_t(d)];
         out.insert(out.end(), seg, seg + send_bytes[size_t(d)]);
       }
-      if (d == 0) std::memcpy(recv, out.data(), out.size());
+      if (d == 0) copy_bytes(recv, out.data(), int64_t(out.size()));
       else send_all(d, out.data(), int64_t(out.size()), what);
     }
   }
@@ -86,13 +92,13 @@ class TcpCommunicator final : public Communicator {
       all.resize(size_t(total));
       int64_t at = 0;
       for (int s = 0; s < size(); ++s) {
-        if (s == 0) std::memcpy(all.data(), in, size_t(bytes[0]));
+        if (s == 0) copy_bytes(all.data(), in, bytes[0]);
         else recv_all(s, all.data() + at, bytes[size_t(s)], what);
         at += bytes[size_t(s)];
       }
       for (int d = 1; d < size(); ++d)
         if (root < 0 || root == d) send_all(d, all.data(), total, what);
-      if (root <= 0) std::memcpy(out, all.data(), size_t(total));
+      if (root <= 0) copy_bytes(out, all.data(), total);
     } else {
       send_all(0, in, bytes[size_t(rank())], what);
       if (root < 0 || root == rank()) recv_all(0, out, total, what);
