@@ -27,12 +27,13 @@ uint64_t get_u64(const unsigned char* p) {
   return v;
 }
 
-std::string make_header(uint32_t vocab, uint32_t width, uint64_t n_tokens, uint64_t n_documents, uint64_t checksum) {
+std::string make_header(uint32_t vocab, uint32_t width, uint64_t n_tokens, uint64_t n_documents, uint64_t checksum,
+                        uint32_t separator = uint32_t(kDocSeparator)) {
   std::string h(kTokenMagic, sizeof(kTokenMagic));
   put_u32(h, kTokenFormatVersion);
   put_u32(h, vocab);
   put_u32(h, width);
-  put_u32(h, 0);  // reserved
+  put_u32(h, separator);
   put_u64(h, n_tokens);
   put_u64(h, n_documents);
   put_u64(h, checksum);
@@ -89,6 +90,8 @@ std::string serialize_tokens(const TokenFile& tf) {
   check_vocab(tf.vocab, "token file");
   TTT_CHECK(!tf.tokens.empty(), "token file: refusing to write zero tokens");
   const uint32_t width = token_width_for_vocab(tf.vocab);
+  TTT_CHECK(tf.separator >= 0 && uint64_t(tf.separator) < tf.vocab,
+            "token file: separator " << tf.separator << " is outside the vocabulary [0, " << tf.vocab << ")");
   std::string payload;
   payload.resize(tf.tokens.size() * width);
   uint64_t seps = 0;
@@ -96,14 +99,14 @@ std::string serialize_tokens(const TokenFile& tf) {
     const int32_t t = tf.tokens[i];
     TTT_CHECK(t >= 0 && uint64_t(t) < tf.vocab,
               "token file: token " << t << " at position " << i << " is outside the vocabulary [0, " << tf.vocab << ")");
-    seps += t == kDocSeparator;
+    seps += t == tf.separator;
     const uint32_t u = uint32_t(t);
     for (uint32_t b = 0; b < width; ++b) payload[i * width + b] = char((u >> (8 * b)) & 0xff);
   }
   TTT_CHECK(seps == tf.n_documents, "token file: n_documents is " << tf.n_documents << " but the tokens hold " << seps
-                                                                   << " separator (0) tokens");
+                                                                   << " separator (" << tf.separator << ") tokens");
   const uint64_t sum = fnv1a64(payload.data(), payload.size());
-  return make_header(tf.vocab, width, tf.tokens.size(), tf.n_documents, sum) + payload;
+  return make_header(tf.vocab, width, tf.tokens.size(), tf.n_documents, sum, uint32_t(tf.separator)) + payload;
 }
 
 std::string serialize_byte_tokens(std::string_view payload, uint64_t n_documents) {
@@ -125,8 +128,9 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
   TTT_CHECK(std::memcmp(p, kTokenMagic, sizeof(kTokenMagic)) == 0,
             where << ": bad magic (not a TTTTOK token file; expected the bytes \"TTTTOK\\0\\0\")");
   const uint32_t version = get_u32(p + 8);
-  TTT_CHECK(version == kTokenFormatVersion,
-            where << ": unsupported version " << version << " (this build reads version " << kTokenFormatVersion << ")");
+  TTT_CHECK(version == 1 || version == kTokenFormatVersion,
+            where << ": unsupported version " << version << " (this build reads versions 1 and " << kTokenFormatVersion
+                  << ")");
   const uint32_t vocab = get_u32(p + 12);
   const uint32_t width = get_u32(p + 16);
   const uint32_t reserved = get_u32(p + 20);
@@ -136,7 +140,10 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
   check_vocab(vocab, where);
   TTT_CHECK(width == token_width_for_vocab(vocab), where << ": token width " << width << " does not match vocabulary "
                                                          << vocab << " (expected " << token_width_for_vocab(vocab) << ")");
-  TTT_CHECK(reserved == 0, where << ": reserved header field is " << reserved << ", expected 0");
+  // Version 1: the field is reserved (0) and the separator is 0; version 2: it is the separator id.
+  TTT_CHECK(version != 1 || reserved == 0, where << ": reserved header field is " << reserved << ", expected 0");
+  const uint32_t separator = reserved;
+  TTT_CHECK(separator < vocab, where << ": separator " << separator << " is outside the vocabulary [0, " << vocab << ")");
   TTT_CHECK(n_tokens > 0, where << ": holds zero tokens");
   const uint64_t avail = bytes.size() - kTokenHeaderBytes;
   TTT_CHECK(n_tokens <= avail / width && n_tokens * width == avail,
@@ -151,6 +158,7 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
   tf.vocab = vocab;
   tf.n_documents = n_docs;
   tf.checksum = checksum;
+  tf.separator = int32_t(separator);
   tf.tokens.resize(n_tokens);
   uint64_t seps = 0;
   for (uint64_t i = 0; i < n_tokens; ++i) {
@@ -158,10 +166,10 @@ TokenFile parse_tokens(std::string_view bytes, const std::string& origin) {
     for (uint32_t b = 0; b < width; ++b) u |= uint32_t(payload[i * width + b]) << (8 * b);
     TTT_CHECK(u < vocab, where << ": token " << u << " at position " << i << " is outside the vocabulary [0, " << vocab << ")");
     tf.tokens[i] = int32_t(u);
-    seps += u == uint32_t(kDocSeparator);
+    seps += u == separator;
   }
   TTT_CHECK(seps == n_docs, where << ": header says " << n_docs << " documents but the payload holds " << seps
-                                  << " separator (0) tokens");
+                                  << " separator (" << separator << ") tokens");
   return tf;
 }
 
@@ -180,9 +188,17 @@ TokenFileHeader read_token_header(const std::string& path) {
   TokenFileHeader r;
   r.vocab = get_u32(h + 12);
   r.token_width = get_u32(h + 16);
+  r.separator = get_u32(h + 20);  // 0 in version 1 files
   r.n_tokens = get_u64(h + 24);
   r.n_documents = get_u64(h + 32);
   return r;
+}
+
+std::string token_file_header(uint32_t vocab, uint64_t n_tokens, uint64_t n_documents, uint32_t separator,
+                              uint64_t checksum) {
+  check_vocab(vocab, "token file");
+  TTT_CHECK(separator < vocab, "token file: separator " << separator << " is outside the vocabulary [0, " << vocab << ")");
+  return make_header(vocab, token_width_for_vocab(vocab), n_tokens, n_documents, checksum, separator);
 }
 
 void save_tokens(const std::string& path, const TokenFile& tf) { write_file_atomic(path, serialize_tokens(tf)); }
