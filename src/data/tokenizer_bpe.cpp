@@ -395,6 +395,7 @@ class HfBpeTokenizer final : public Tokenizer {
       encode_piece(text, out);
       return;
     }
+    chars.reserve(text.size());
     decode_chars(text, chars);
     const size_t n = chars.size();
     for (size_t i = 0; i < n;) {
@@ -424,22 +425,24 @@ class HfBpeTokenizer final : public Tokenizer {
     if (piece.size() <= kCachedPieceBytes) cache_.emplace(std::string(piece), std::move(ids));
   }
 
-  // Applies the merges: the pair of lowest rank first, the leftmost of equal ones.
+  // Applies the merges: the pair of lowest rank first, the leftmost of equal ones. The rank of each adjacent
+  // pair is looked up once and again only for the two pairs a merge changes.
   void merge(std::vector<int32_t>& ids) const {
-    while (ids.size() > 1) {
-      int32_t best_rank = INT32_MAX, best_id = -1;
-      size_t best_pos = 0;
-      for (size_t i = 0; i + 1 < ids.size(); ++i) {
-        auto it = merges_.find(pair_key(ids[i], ids[i + 1]));
-        if (it != merges_.end() && it->second.rank < best_rank) {
-          best_rank = it->second.rank;
-          best_id = it->second.id;
-          best_pos = i;
-        }
-      }
-      if (best_id < 0) return;
-      ids[best_pos] = best_id;
-      ids.erase(ids.begin() + std::ptrdiff_t(best_pos) + 1);
+    constexpr int32_t kNone = INT32_MAX;
+    auto lookup = [&](size_t i) {
+      auto it = merges_.find(pair_key(ids[i], ids[i + 1]));
+      return it == merges_.end() ? kNone : it->second.rank;
+    };
+    std::vector<int32_t> rank(ids.size() > 1 ? ids.size() - 1 : 0);
+    for (size_t i = 0; i < rank.size(); ++i) rank[i] = lookup(i);
+    while (!rank.empty()) {
+      const size_t pos = size_t(std::min_element(rank.begin(), rank.end()) - rank.begin());
+      if (rank[pos] == kNone) return;
+      ids[pos] = merges_.find(pair_key(ids[pos], ids[pos + 1]))->second.id;
+      ids.erase(ids.begin() + std::ptrdiff_t(pos) + 1);
+      rank.erase(rank.begin() + std::ptrdiff_t(pos));
+      if (pos < rank.size()) rank[pos] = lookup(pos);
+      if (pos > 0) rank[pos - 1] = lookup(pos - 1);
     }
   }
 
