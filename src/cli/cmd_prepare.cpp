@@ -1,4 +1,4 @@
-// ttt prepare: text files -> byte-level train/validation token files (see data/prepare.h, data/tokens.h).
+// ttt prepare: text or jsonl -> train/validation token files with a tokenizer (see data/prepare.h, data/tokenizer.h).
 #include <cstdio>
 #include <iostream>
 
@@ -11,7 +11,14 @@ namespace ttt::cli {
 
 int cmd_prepare(const Argv& argv) {
   Args a(argv, "prepare");
-  a.value("input", "text file, or directory tree of text files (.gz decompressed; binary files skipped)")
+  a.value("input", "text file, or directory tree of text files (.gz decompressed; binary files skipped), or .jsonl")
+      .value("format", "text (each file one document) or jsonl (each line one document); default: jsonl for "
+                       "*.jsonl and *.jsonl.gz, else text")
+      .value("text-field", "jsonl: the string field that holds the document", "text")
+      .value("tokenizer", "tokenizer file: a Hugging Face tokenizer.json (byte-level BPE) or a SentencePiece .model; "
+                          "copied into the output (default: bytes, vocabulary 256)")
+      .value("eot-token", "id of the end-of-text token that separates documents (default: the tokenizer's: bytes 0, "
+                          "<|endoftext|>-like special token, SentencePiece </s>)")
       .value("out", "output directory (default: data/<basename of input>)")
       .value("val-fraction", "fraction of documents that go to validation, in (0, 1)", "0.05")
       .value("seed", "seed of the deterministic train/validation split", "1234")
@@ -30,6 +37,13 @@ int cmd_prepare(const Argv& argv) {
   TTT_CHECK(seed >= 0, "ttt prepare: --seed must be >= 0, got " << seed);
   opt.seed = uint64_t(seed);
   opt.max_bytes = a.i64("max-bytes");
+  opt.format = a.str("format");
+  opt.text_field = a.str("text-field");
+  opt.tokenizer = a.str("tokenizer");
+  if (a.has("eot-token")) {
+    opt.eot_token = a.i64("eot-token");
+    TTT_CHECK(opt.eot_token >= 0, "ttt prepare: --eot-token must be >= 0, got " << opt.eot_token);
+  }
   opt.log = &std::cerr;
   data::PrepareResult r = data::prepare_corpus(opt);
   std::cout << data::prepare_summary(r) << std::flush;
