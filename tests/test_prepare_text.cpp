@@ -1,0 +1,244 @@
+// `ttt prepare`'s text path: jsonl (plain and .gz, --text-field, bad lines named by file and line), a tokenizer
+// (a small byte-level BPE tokenizer.json written here: no Python needed), the separator id, invalid UTF-8, the
+// progress line, the CLI flags.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli_test_util.h"
+#include "core/error.h"
+#include "core/file_io.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
+#include "data/tokens.h"
+#include "expect_error.h"
+#include "temp_dir.h"
+
+using namespace ttt;
+using namespace ttt::data;
+namespace fs = std::filesystem;
+using test::expect_error;
+using test::TempDir;
+
+namespace {
+
+// GPT-2's byte -> character map, as UTF-8 (what byte-level vocabularies are written in).
+std::string byte_char(int b) {
+  uint32_t cp = uint32_t(b);
+  const bool printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  if (!printable) {
+    uint32_t n = 0;
+    for (int k = 0; k < b; ++k)
+      if (!((k >= '!' && k <= '~') || (k >= 0xa1 && k <= 0xac) || (k >= 0xae && k <= 0xff))) ++n;
+    cp = 256 + n;
+  }
+  std::string s;
+  if (cp < 0x80) s.push_back(char(cp));
+  else {
+    s.push_back(char(0xc0 | (cp >> 6)));
+    s.push_back(char(0x80 | (cp & 0x3f)));
+  }
+  return s;
+}
+
+// A byte-level BPE tokenizer.json: the 256 bytes (ids 0..255), <|endoftext|> = 256, merges "t h" -> 257,
+// "th e" -> 258, "Ġ the" -> 259 (Ġ is the space).
+std::string tiny_bpe_json() {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
+  vocab["<|endoftext|>"] = 256;
+  vocab["th"] = 257;
+  vocab["the"] = 258;
+  vocab[byte_char(' ') + "the"] = 259;
+  nlohmann::json j = {
+      {"version", "1.0"},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"added_tokens",
+       {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+         {"normalized", false}, {"special", true}}}},
+      {"model",
+       {{"type", "BPE"}, {"dropout", nullptr}, {"vocab", vocab},
+        {"merges", {"t h", "th e", byte_char(' ') + " the"}}}}};
+  return j.dump();
+}
+
+void write_gz(const std::string& path, const std::string& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(gzwrite(f, bytes.data(), unsigned(bytes.size())), int(bytes.size()));
+  ASSERT_EQ(gzclose(f), Z_OK);
+}
+
+// The documents of a token file, decoded.
+std::vector<std::string> documents(const TokenFile& tf, const Tokenizer& tok) {
+  std::vector<std::string> docs;
+  std::vector<int32_t> cur;
+  for (int32_t t : tf.tokens) {
+    if (t == tf.separator) {
+      docs.push_back(tok.decode(cur));
+      cur.clear();
+    } else {
+      cur.push_back(t);
+    }
+  }
+  return docs;
+}
+
+std::string jsonl_of(const std::vector<std::string>& texts, const std::string& field) {
+  std::string out;
+  for (const auto& t : texts) out += nlohmann::json{{"id", 1}, {field, t}}.dump() + "\n";
+  return out;
+}
+
+}  // namespace
+
+TEST(PrepareText, JsonlDocumentsInOrderPlainAndGz) {
+  TempDir dir("prep_jsonl");
+  std::vector<std::string> texts;
+  for (int i = 0; i < 30; ++i) texts.push_back("document " + std::to_string(i) + ": caf\xc3\xa9 \xe4\xb8\xad\n\tend");
+  std::string body = jsonl_of(texts, "body");
+  body.insert(body.find('\n') + 1, "\n   \r\n");  // blank lines are skipped
+  write_file_atomic(dir / "c.jsonl", body);
+  write_gz(dir / "c.jsonl.gz", body);
+  EXPECT_EQ(detect_format(dir / "c.jsonl"), "jsonl");
+  EXPECT_EQ(detect_format(dir / "c.jsonl.gz"), "jsonl");
+  EXPECT_EQ(detect_format(dir / "c.txt"), "text");
+  for (const char* name : {"c.jsonl", "c.jsonl.gz"}) {
+    PrepareOptions opt;
+    opt.input = dir / name;
+    opt.out_dir = dir / (std::string("out_") + name);
+    opt.text_field = "body";
+    opt.val_fraction = 0.2;
+    const PrepareResult r = prepare_corpus(opt);
+    EXPECT_EQ(r.format, "jsonl");
+    EXPECT_EQ(r.documents, 30u);
+    EXPECT_EQ(r.blank_lines, 2u);
+    const auto tok = make_byte_tokenizer();
+    const TokenFile train = load_tokens(r.train_path), val = load_tokens(r.val_path);
+    auto td = documents(train, *tok), vd = documents(val, *tok);
+    EXPECT_EQ(td.size() + vd.size(), 30u);
+    // Each side keeps input order; a document's side depends on "<file>:<line>" only.
+    size_t ti = 0, vi = 0;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const uint64_t line = i == 0 ? 1 : i + 3;  // two blank lines after the first
+      const bool to_val = split_unit(opt.seed, std::string(name) + ":" + std::to_string(line)) < opt.val_fraction;
+      ASSERT_LT(to_val ? vi : ti, (to_val ? vd : td).size());
+      EXPECT_EQ((to_val ? vd[vi++] : td[ti++]), texts[i]) << i;
+    }
+    const auto meta = nlohmann::json::parse(read_file(r.meta_path));
+    EXPECT_EQ(meta["input_format"], "jsonl");
+    EXPECT_EQ(meta["text_field"], "body");
+    EXPECT_EQ(meta["tokenizer"]["kind"], "bytes");
+    EXPECT_EQ(meta["train_bytes"].get<uint64_t>() + meta["val_bytes"].get<uint64_t>(), r.bytes);
+  }
+}
+
+TEST(PrepareText, JsonlBadLinesNameFileAndLine) {
+  TempDir dir("prep_jsonl_bad");
+  auto prepare = [&](const std::string& body, const std::string& field = "text") {
+    write_file_atomic(dir / "bad.jsonl", body);
+    PrepareOptions opt;
+    opt.input = dir / "bad.jsonl";
+    opt.out_dir = dir / "out";
+    opt.text_field = field;
+    prepare_corpus(opt);
+  };
+  const std::string good = "{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\n";
+  expect_error([&] { prepare(good + "{\"txt\": \"x\"}\n"); }, {"bad.jsonl:3", "no field \"text\"", "--text-field"});
+  expect_error([&] { prepare(good + "{\"text\": \"x\"\n"); }, {"bad.jsonl:3", "invalid JSON"});
+  expect_error([&] { prepare(good + "{\"text\": \"\xff\xfe\"}\n"); }, {"bad.jsonl:3", "UTF-8"});
+  expect_error([&] { prepare(good + "{\"text\": 42}\n"); }, {"bad.jsonl:3", "not a string"});
+  expect_error([&] { prepare(good + "[1, 2]\n"); }, {"bad.jsonl:3", "not a JSON object"});
+  expect_error([&] { prepare(good, "body"); }, {"bad.jsonl:1", "no field \"body\""});
+  PrepareOptions opt;
+  opt.input = dir / "bad.jsonl";
+  opt.format = "xml";
+  expect_error([&] { prepare_corpus(opt); }, {"--format", "xml", "text or jsonl"});
+}
+
+TEST(PrepareText, WithTokenizerRecordsItAndUsesItsSeparator) {
+  TempDir dir("prep_tok");
+  write_file_atomic(dir / "tok.json", tiny_bpe_json());
+  const auto tok = load_tokenizer(dir / "tok.json");
+  ASSERT_EQ(tok->vocab_size(), 260u);
+  ASSERT_EQ(tok->eot_id(), 256);
+  EXPECT_EQ(tok->encode("the the"), (std::vector<int32_t>{258, 259}));
+  // Documents, one of them holding the separator's text (plain text in a corpus: never the separator).
+  std::vector<std::string> texts = {"the cat sat on the mat", "<|endoftext|> is just text here", "\xc3\xa9t\xc3\xa9 the end"};
+  for (int i = 0; i < 20; ++i) texts.push_back("another document number " + std::to_string(i) + " with the words");
+  fs::create_directories(dir / "in");
+  for (size_t i = 0; i < texts.size(); ++i) write_file_atomic(dir / ("in/d" + std::to_string(100 + i) + ".txt"), texts[i]);
+  PrepareOptions opt;
+  opt.input = dir / "in";
+  opt.out_dir = dir / "out";
+  opt.tokenizer = dir / "tok.json";
+  opt.val_fraction = 0.3;
+  const PrepareResult r = prepare_corpus(opt);
+  EXPECT_EQ(r.tokenizer_kind, "hf-bpe");
+  const TokenFile train = load_tokens(r.train_path), val = load_tokens(r.val_path);
+  EXPECT_EQ(train.vocab, 260u);
+  EXPECT_EQ(train.separator, 256);
+  EXPECT_EQ(read_token_header(r.train_path).token_width, 2u);
+  auto td = documents(train, *tok), vd = documents(val, *tok);
+  td.insert(td.end(), vd.begin(), vd.end());
+  std::sort(td.begin(), td.end());
+  std::sort(texts.begin(), texts.end());
+  EXPECT_EQ(td, texts);
+  // The tokenizer is copied and recorded; the data directory loads it back.
+  const auto meta = nlohmann::json::parse(read_file(r.meta_path));
+  EXPECT_EQ(meta["tokenizer"]["kind"], "hf-bpe");
+  EXPECT_EQ(meta["tokenizer"]["file"], "tokenizer.json");
+  EXPECT_EQ(meta["tokenizer"]["eot_id"], 256);
+  EXPECT_EQ(meta["tokenizer"]["vocab"], 260);
+  EXPECT_EQ(read_file(r.out_dir + "/tokenizer.json"), tiny_bpe_json());
+  EXPECT_EQ(meta["train_bytes"].get<uint64_t>() + meta["val_bytes"].get<uint64_t>(), r.bytes);
+  EXPECT_LT(r.train_tokens + r.val_tokens, r.bytes);  // merges happened
+  EXPECT_EQ(load_tokenizer_of_dir(r.out_dir)->eot_id(), 256);
+
+  // --eot-token naming an ordinary token that the text produces is refused, naming the document.
+  opt.eot_token = 'h';
+  opt.out_dir = dir / "out2";
+  expect_error([&] { prepare_corpus(opt); }, {"encodes to the separator id 104", ".txt"});
+  opt.eot_token = 999;
+  expect_error([&] { prepare_corpus(opt); }, {"--eot-token 999", "outside the vocabulary"});
+  // Invalid UTF-8 in a text file: the file and line are named.
+  opt.eot_token = -1;
+  write_file_atomic(dir / "in/d999.txt", "fine line\nbad \xc3( line\n");
+  expect_error([&] { prepare_corpus(opt); }, {"d999.txt:2", "invalid UTF-8"});
+}
+
+TEST(PrepareText, ProgressLineWithEta) {
+  TempDir dir("prep_progress");
+  write_file_atomic(dir / "c.jsonl", jsonl_of({"one", "two", "three", "four"}, "text"));
+  std::ostringstream log;
+  PrepareOptions opt;
+  opt.input = dir / "c.jsonl";
+  opt.out_dir = dir / "out";
+  opt.log = &log;
+  opt.progress_every_s = 0;
+  prepare_corpus(opt);
+  EXPECT_NE(log.str().find("ETA"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("4 documents"), std::string::npos) << log.str();
+}
+
+TEST(PrepareText, CliFlags) {
+  TempDir dir("prep_cli");
+  write_file_atomic(dir / "tok.json", tiny_bpe_json());
+  write_file_atomic(dir / "c.jsonl", jsonl_of({"the first", "the second", "the third"}, "content"));
+  const auto r = test::run_cli("prepare --input " + (dir / "c.jsonl") + " --out " + (dir / "out") + " --tokenizer " +
+                               (dir / "tok.json") + " --text-field content");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("hf-bpe tokenizer, vocabulary 260, separator 256"), std::string::npos) << r.output;
+  test::expect_clean_failure("prepare --input " + (dir / "c.jsonl") + " --out " + (dir / "o2"),
+                             "no field \"text\"");
+  test::expect_clean_failure("prepare --input " + (dir / "c.jsonl") + " --out " + (dir / "o3") + " --tokenizer " +
+                                 (dir / "missing.json"),
+                             "missing.json");
+  test::expect_clean_failure("prepare --input " + (dir / "c.jsonl") + " --format csv", "--format must be text or jsonl");
+  test::expect_clean_failure("prepare --input " + (dir / "c.jsonl") + " --eot-token 5", "byte tokenizer's separator is 0");
+}
