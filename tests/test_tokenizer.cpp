@@ -19,6 +19,7 @@
 #include "data/tokens.h"
 #include "expect_error.h"
 #include "temp_dir.h"
+#include "tiny_tokenizer.h"
 
 using namespace ttt;
 using namespace ttt::data;
@@ -207,6 +208,33 @@ TEST(Tokenizer, StreamDecoderHoldsIncompleteCharacters) {
   EXPECT_EQ(d.push(0xe4), "");
   EXPECT_EQ(d.finish(), "\xe4");
   EXPECT_EQ(d.push(0xff), "\xff");  // never a character: printed as it is
+}
+
+// Any bytes (invalid UTF-8, NUL, lone continuation bytes, special-token fragments) encode and decode back exactly,
+// with both pre-tokenizers; no Python needed (a small tokenizer written by the test).
+TEST(Tokenizer, HfBpeRoundTripsArbitraryBytes) {
+  TempDir dir("tok_rt");
+  for (bool llama3 : {false, true}) {
+    write_file_atomic(dir / "t.json", test::tiny_bpe_json(llama3));
+    const auto tok = load_tokenizer(dir / "t.json");
+    uint64_t state = 42;
+    const std::string alphabet[] = {"a", "T", "h", "e", " ", "  ", "\t", "\n", "\r\n", "'", "'s", "'LL", "1", "23",
+                                    "\xc3\xa9", "\xe4\xb8\xad", "\xf0\x9f\x98\x80", "\xff", "\x80", "\xc3", std::string(1, '\0'),
+                                    "<|endoftext|>", "<|endo", "!", "...", "\xe2\x80\x83", "\xc2\xa0", "the"};
+    for (int round = 0; round < 2000; ++round) {
+      std::string text;
+      const int n = int(state % 24);
+      for (int i = 0; i < n; ++i) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        text += alphabet[(state >> 33) % std::size(alphabet)];
+      }
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      for (bool special : {false, true}) {
+        const auto ids = tok->encode(text, special);
+        ASSERT_EQ(tok->decode(ids), text) << (llama3 ? "llama3" : "gpt2") << " special " << special;
+      }
+    }
+  }
 }
 
 TEST(Tokenizer, HfBpeGpt2MatchesReference) { compare_with_hf("gpt2"); }

@@ -26,8 +26,12 @@ inline std::string byte_char(int b) {
 }
 
 // A byte-level BPE tokenizer.json: the 256 bytes (ids 0..255), <|endoftext|> = 256, merges "t h" -> 257,
-// "th e" -> 258, "Ġ the" -> 259 (Ġ is the space).
-inline std::string tiny_bpe_json() {
+// "th e" -> 258, "Ġ the" -> 259 (Ġ is the space). Pre-tokenizer: GPT-2's ByteLevel, or with `llama3` the Llama-3
+// split pattern then ByteLevel without a regex.
+inline constexpr const char* kLlama3SplitPattern =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+inline std::string tiny_bpe_json(bool llama3 = false) {
   nlohmann::json vocab = nlohmann::json::object();
   for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
   vocab["<|endoftext|>"] = 256;
@@ -37,7 +41,15 @@ inline std::string tiny_bpe_json() {
   nlohmann::json j = {
       {"version", "1.0"},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"pre_tokenizer",
+       llama3 ? nlohmann::json{{"type", "Sequence"},
+                               {"pretokenizers",
+                                {{{"type", "Split"},
+                                  {"pattern", {{"Regex", kLlama3SplitPattern}}},
+                                  {"behavior", "Isolated"},
+                                  {"invert", false}},
+                                 {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}
+              : nlohmann::json{{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
       {"decoder", {{"type", "ByteLevel"}}},
       {"added_tokens",
        {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
