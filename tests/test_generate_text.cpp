@@ -122,6 +122,9 @@ TEST(GenerateText, CliTrainAndGenerateWithTokenizer) {
   EXPECT_EQ(g.output.rfind("the mat", 0), 0u) << g.output;
   EXPECT_NE(g.output.find("\"tokenizer\":\"hf-bpe\""), std::string::npos) << g.output;
   EXPECT_NE(g.output.find("\"prompt_tokens\":5"), std::string::npos) << g.output;  // "the", " ", "m", "a", "t"
+  // eval takes the run's vocabulary (260) as it is.
+  test::RunResult e = test::run_cli("eval --checkpoint " + run + " --batches 1 --batch 1 --csv " + (dir / "b.csv"));
+  EXPECT_EQ(e.status, 0) << e.output;
   test::RunResult f = test::run_cli("generate --checkpoint " + run + " --prompt-file " + (dir / "prompt.txt") +
                                     " --max-new-tokens 4 --repetition-penalty 1.5 --no-stop");
   EXPECT_EQ(f.status, 0) << f.output;

@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "data/tokens.h"
 #include "expect_error.h"
@@ -321,7 +322,34 @@ TEST(Tokenizer, SentencePieceMatchesItsOwnEncoder) {
   const auto lengths = tok->token_byte_lengths();
   EXPECT_EQ(lengths[size_t(tok->eot_id())], 0u);
   expect_error([&] { tok->decode({5, 700}); }, {"token 700", "position 1"});
+  // `ttt prepare` with the model: recorded as sentencepiece, separated by </s>, decoding back to the documents.
+  fs::create_directories(dir / "in");
+  write_file_atomic(dir / "in/a.txt", "The kernel has a scheduler.");
+  write_file_atomic(dir / "in/b.txt", "Patches go to the mailing list.");
+  PrepareOptions po;
+  po.input = dir / "in";
+  po.out_dir = dir / "data";
+  po.tokenizer = dir / "m.model";
+  const PrepareResult pr = prepare_corpus(po);
+  EXPECT_EQ(pr.tokenizer_kind, "sentencepiece");
+  EXPECT_EQ(pr.separator, 2);
+  const TokenFile tf = load_tokens(pr.train_path);
+  EXPECT_EQ(tf.separator, 2);
+  EXPECT_EQ(tf.vocab, 700u);
+  EXPECT_EQ(load_tokenizer_of_dir(pr.out_dir)->kind(), "sentencepiece");
+  EXPECT_EQ(nlohmann::json::parse(read_file(pr.meta_path))["tokenizer"]["file"], "tokenizer.model");
   expect_error([&] { load_tokenizer(dir / "m.model", 700); }, {"--eot-token 700", "m.model"});
+}
+
+TEST(Tokenizer, FindInvalidUtf8) {
+  EXPECT_EQ(find_invalid_utf8("plain ascii"), std::string_view::npos);
+  EXPECT_EQ(find_invalid_utf8("caf\xc3\xa9 \xf0\x9f\x98\x80"), std::string_view::npos);
+  EXPECT_EQ(find_invalid_utf8("ab\xff"), 2u);              // never a lead byte
+  EXPECT_EQ(find_invalid_utf8("a\x80"), 1u);               // lone continuation
+  EXPECT_EQ(find_invalid_utf8("a\xc3"), 1u);               // truncated at the end
+  EXPECT_EQ(find_invalid_utf8("a\xc0\xaf"), 1u);          // overlong '/'
+  EXPECT_EQ(find_invalid_utf8("\xed\xa0\x80"), 0u);      // a surrogate
+  EXPECT_EQ(find_invalid_utf8("x\xf4\x90\x80\x80"), 1u);  // above U+10FFFF
 }
 
 TEST(Tokenizer, BadFilesNameTheFile) {
