@@ -159,6 +159,14 @@ TokenizerRecord install_tokenizer(const Tokenizer& tok, const std::string& token
 
 namespace {
 
+nlohmann::json parse_json_file(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    TTT_FAIL("'" << path << "' is not valid JSON: " << e.what());
+  }
+}
+
 TokenizerRecord record_from_json(const nlohmann::json& j, const std::string& origin) {
   TokenizerRecord r;
   if (j.is_string()) {
@@ -187,23 +195,10 @@ TokenizerRecord record_from_json(const nlohmann::json& j, const std::string& ori
 
 TokenizerRecord tokenizer_record_of_dir(const std::string& dir) {
   const std::string info = (fs::path(dir) / kTokenizerInfoFile).string();
-  if (file_exists(info)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(info));
-    } catch (const nlohmann::json::exception& e) {
-      TTT_FAIL("'" << info << "' is not valid JSON: " << e.what());
-    }
-    return record_from_json(j, "'" + info + "'");
-  }
+  if (file_exists(info)) return record_from_json(parse_json_file(info), "'" + info + "'");
   const std::string meta = (fs::path(dir) / "meta.json").string();
   if (file_exists(meta)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(meta));
-    } catch (const nlohmann::json::exception& e) {
-      TTT_FAIL("'" << meta << "' is not valid JSON: " << e.what());
-    }
+    const nlohmann::json j = parse_json_file(meta);
     if (j.is_object() && j.contains("tokenizer")) return record_from_json(j["tokenizer"], "'" + meta + "'");
   }
   return TokenizerRecord{};

@@ -34,7 +34,7 @@ class Tokenizer {
   virtual int32_t eot_id() const = 0;
   // Text -> ids. With parse_special, the text of a special/added token becomes its id (as the reference
   // libraries do); without it (what `ttt prepare` uses: documents may contain such strings), it is plain text.
-  // No BOS/EOS is added. `origin` names the text in errors.
+  // No BOS/EOS is added.
   virtual std::vector<int32_t> encode(std::string_view text, bool parse_special = false) const = 0;
   // The bytes of one id (special tokens: their text). Throws for an id outside the vocabulary.
   virtual std::string token_bytes(int32_t id) const = 0;
