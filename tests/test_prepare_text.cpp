@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -94,8 +95,45 @@ TEST(PrepareText, JsonlDocumentsInOrderPlainAndGz) {
     EXPECT_EQ(meta["input_format"], "jsonl");
     EXPECT_EQ(meta["text_field"], "body");
     EXPECT_EQ(meta["tokenizer"]["kind"], "bytes");
-    EXPECT_EQ(meta["train_bytes"].get<uint64_t>() + meta["val_bytes"].get<uint64_t>(), r.bytes);
+    EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>() + meta["val_text_bytes"].get<uint64_t>(), r.bytes);
   }
+}
+
+// Two documents and an extreme fraction: a second pass moves one so that each side gets one; one document is split
+// inside (by tokens).
+TEST(PrepareText, SecondPassGivesEachSideADocument) {
+  TempDir dir("prep_jsonl_pass2");
+  write_file_atomic(dir / "tok.json", tiny_bpe_json());
+  write_file_atomic(dir / "two.jsonl", jsonl_of({"the first document", "the second document"}, "text"));
+  write_file_atomic(dir / "one.jsonl", jsonl_of({"the only document, long enough to split in two"}, "text"));
+  const auto tok = load_tokenizer(dir / "tok.json");
+  for (double f : {0.001, 0.999}) {
+    PrepareOptions opt;
+    opt.input = dir / "two.jsonl";
+    opt.out_dir = dir / "out";
+    opt.val_fraction = f;
+    opt.tokenizer = dir / "tok.json";
+    const PrepareResult r = prepare_corpus(opt);
+    EXPECT_EQ(r.train_documents, 1u) << f;
+    EXPECT_EQ(r.val_documents, 1u) << f;
+    EXPECT_EQ(r.documents, 2u) << f;  // counted once, not once per pass
+    auto td = documents(load_tokens(r.train_path), *tok), vd = documents(load_tokens(r.val_path), *tok);
+    ASSERT_EQ(td.size() + vd.size(), 2u);
+    EXPECT_NE(td[0], vd[0]);
+  }
+  PrepareOptions opt;
+  opt.input = dir / "one.jsonl";
+  opt.out_dir = dir / "out1";
+  opt.val_fraction = 0.25;
+  opt.tokenizer = dir / "tok.json";
+  const PrepareResult r = prepare_corpus(opt);
+  EXPECT_TRUE(r.single_document_split);
+  const auto td = documents(load_tokens(r.train_path), *tok), vd = documents(load_tokens(r.val_path), *tok);
+  ASSERT_EQ(td.size(), 1u);
+  ASSERT_EQ(vd.size(), 1u);
+  EXPECT_EQ(td[0] + vd[0], "the only document, long enough to split in two");
+  const uint64_t n = r.train_tokens + r.val_tokens - 2;
+  EXPECT_EQ(r.val_tokens - 1, uint64_t(std::llround(0.25 * double(n))));
 }
 
 TEST(PrepareText, JsonlBadLinesNameFileAndLine) {
@@ -156,8 +194,9 @@ TEST(PrepareText, WithTokenizerRecordsItAndUsesItsSeparator) {
   EXPECT_EQ(meta["tokenizer"]["eot_id"], 256);
   EXPECT_EQ(meta["tokenizer"]["vocab"], 260);
   EXPECT_EQ(read_file(r.out_dir + "/tokenizer.json"), tiny_bpe_json());
-  EXPECT_EQ(meta["train_bytes"].get<uint64_t>() + meta["val_bytes"].get<uint64_t>(), r.bytes);
+  EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>() + meta["val_text_bytes"].get<uint64_t>(), r.bytes);
   EXPECT_LT(r.train_tokens + r.val_tokens, r.bytes);  // merges happened
+  EXPECT_EQ(meta["token_bytes"].get<std::vector<uint32_t>>(), tok->token_byte_lengths());
   EXPECT_EQ(load_tokenizer_of_dir(r.out_dir)->eot_id(), 256);
 
   // --eot-token naming an ordinary token that the text produces is refused, naming the document.

@@ -17,7 +17,6 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
-#include "data/token_writer.h"
 #include "data/tokenizer.h"
 #include "data/tokens.h"
 
@@ -312,16 +311,47 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
 
   const TokenizerRecord record = install_tokenizer(*tok, opt.tokenizer, r.out_dir);
   const std::vector<uint32_t> byte_lengths = tok->token_byte_lengths();
-  TokenFileWriter train(r.train_path, r.vocab, r.separator), val(r.val_path, r.vocab, r.separator);
-  // For the fix-ups of the split: the training document with the smallest unit, the validation one with the largest.
-  struct Candidate {
-    TokenFileWriter::Span span;
-    double unit = 0;
-    bool set = false;
-  } smallest_train, largest_val;
+  // One side of the split: its writer, unigram counts, text bytes, and the document that would move to the other
+  // side if that one stayed empty (train: the smallest split unit; validation: the largest).
+  struct Side {
+    std::unique_ptr<TokenFileWriter> writer;
+    std::vector<uint64_t> counts;
+    uint64_t text_bytes = 0;
+    std::string candidate;
+    double candidate_unit = 0;
+  };
+  Side train, val;
+  auto open_sides = [&] {
+    train.writer.reset();  // first: a new writer reuses the temp name
+    val.writer.reset();
+    train = Side{};
+    val = Side{};
+    train.writer = std::make_unique<TokenFileWriter>(r.train_path, r.vocab, r.separator);
+    val.writer = std::make_unique<TokenFileWriter>(r.val_path, r.vocab, r.separator);
+    train.counts.assign(r.vocab, 0);
+    val.counts.assign(r.vocab, 0);
+  };
+  std::vector<uint32_t> buffer;
+  auto append_to = [&](Side& side, const int32_t* ids, size_t n, const std::string& origin) {
+    buffer.assign(ids, ids + n);
+    for (size_t i = 0; i < n; ++i)
+      TTT_CHECK(ids[i] != r.separator, "ttt prepare: " << origin << ": the text encodes to the separator id "
+                                                       << r.separator << " at token " << i
+                                                       << " (the separator must be a special token that text never "
+                                                       << "produces; see --eot-token)");
+    buffer.push_back(uint32_t(r.separator));
+    side.writer->append(buffer.data(), buffer.size());
+    for (uint32_t t : buffer) {
+      ++side.counts[t];
+      side.text_bytes += byte_lengths[t];
+    }
+  };
+  // Pass 2 (rare: a side came out empty, or there is one document): what changes.
+  std::string move_rel;       // this document goes to the other side
+  bool split_single = false;  // the only document is split inside
+
   uint64_t input_done = 0;
   Progress progress(opt.log, opt.progress_every_s, total_input);
-
   // One document: tokenize, then append to its side.
   auto add_document = [&](std::string& text, const std::string& rel, const std::string& origin) {
     const size_t before = text.size();
@@ -349,113 +379,121 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
                                 << " tokenizer needs UTF-8 text");
     }
     r.bytes += text.size();
-    const std::vector<int32_t> ids = tok->encode(text, /*parse_special=*/false);
-    const double unit = split_unit(opt.seed, rel);
-    const bool to_val = unit < opt.val_fraction;
-    const TokenFileWriter::Span span = (to_val ? val : train).append_document(ids, "ttt prepare: " + origin);
-    Candidate& c = to_val ? largest_val : smallest_train;
-    if (!c.set || (to_val ? unit > c.unit : unit < c.unit)) c = Candidate{span, unit, true};
     ++r.documents;
-    progress.update(input_done, r.documents, train.tokens() + val.tokens());
+    const std::vector<int32_t> ids = tok->encode(text, /*parse_special=*/false);
+    if (split_single) {
+      // Validation takes the last round(val_fraction * n) tokens (at least 1; at least 1 stays in training).
+      const size_t n = ids.size();
+      TTT_CHECK(n >= 2, "ttt prepare: corpus too small to split: a single document of " << n
+                                                                                        << (bytes_kind ? " byte" : " token"));
+      const size_t n_val = std::clamp<size_t>(size_t(std::llround(opt.val_fraction * double(n))), 1, n - 1);
+      size_t cut = n - n_val;
+      if (bytes_kind) {
+        // Move the cut back to a UTF-8 character start (continuation bytes are 10xxxxxx), if that keeps training
+        // non-empty.
+        size_t c = cut;
+        while (c > 1 && (ids[c] & 0xc0) == 0x80 && cut - c < 4) --c;
+        if ((ids[c] & 0xc0) != 0x80) cut = c;
+      }
+      append_to(train, ids.data(), cut, origin);
+      append_to(val, ids.data() + cut, n - cut, origin);
+      return;
+    }
+    const double unit = split_unit(opt.seed, rel);
+    const bool to_val = (unit < opt.val_fraction) != (rel == move_rel);
+    Side& side = to_val ? val : train;
+    const bool first = side.writer->documents() == 0;
+    append_to(side, ids.data(), ids.size(), origin);
+    if (first || (to_val ? unit > side.candidate_unit : unit < side.candidate_unit)) {
+      side.candidate = rel;
+      side.candidate_unit = unit;
+    }
+    progress.update(input_done, r.documents, train.writer->tokens() + val.writer->tokens());
   };
 
-  int named_skips = 0;
-  std::string text, line;
-  for (const auto& [rel, abs] : files) {
-    if (opt.max_bytes > 0 && r.bytes >= uint64_t(opt.max_bytes)) {
-      r.truncated = true;
-      break;
-    }
-    ++r.files_seen;
-    const uint64_t file_bytes = uint64_t(fs::file_size(abs, ec));
-    if (r.format == "text") {
-      text = ends_with(abs, ".gz") ? read_gz(abs) : read_file(abs);
-      if (text.empty()) {
-        ++r.skipped_empty;
-      } else if (std::memchr(text.data(), 0, std::min(text.size(), kBinaryProbeBytes)) != nullptr) {
-        ++r.skipped_binary;
-        if (opt.log && named_skips++ < kMaxNamedSkips) *opt.log << "prepare: skipping binary file " << rel << "\n";
-      } else {
-        input_done += file_bytes;
-        add_document(text, rel, abs);
-        continue;
-      }
-      input_done += file_bytes;
-      continue;
-    }
-    LineReader lines(abs);
-    const uint64_t base = input_done;
-    for (uint64_t line_no = 1; lines.next(line); ++line_no) {
+  // One pass over the corpus.
+  auto read_corpus = [&] {
+    r.files_seen = r.skipped_binary = r.skipped_empty = r.nul_bytes_dropped = r.documents = r.bytes = r.blank_lines = 0;
+    r.truncated = false;
+    input_done = 0;
+    open_sides();
+    int named_skips = 0;
+    std::string text, line;
+    for (const auto& [rel, abs] : files) {
       if (opt.max_bytes > 0 && r.bytes >= uint64_t(opt.max_bytes)) {
         r.truncated = true;
         break;
       }
-      if (line.find_first_not_of(" \t") == std::string::npos) {
-        ++r.blank_lines;
+      ++r.files_seen;
+      const uint64_t file_bytes = uint64_t(fs::file_size(abs, ec));
+      if (r.format == "text") {
+        text = ends_with(abs, ".gz") ? read_gz(abs) : read_file(abs);
+        input_done += file_bytes;
+        if (text.empty()) {
+          ++r.skipped_empty;
+        } else if (std::memchr(text.data(), 0, std::min(text.size(), kBinaryProbeBytes)) != nullptr) {
+          ++r.skipped_binary;
+          if (opt.log && named_skips++ < kMaxNamedSkips && !split_single && move_rel.empty())
+            *opt.log << "prepare: skipping binary file " << rel << "\n";
+        } else {
+          add_document(text, rel, abs);
+        }
         continue;
       }
-      const std::string where = abs + ":" + std::to_string(line_no);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        TTT_FAIL("ttt prepare: " << where << ": invalid JSON (or invalid UTF-8 in a string): " << e.what());
+      LineReader lines(abs);
+      const uint64_t base = input_done;
+      for (uint64_t line_no = 1; lines.next(line); ++line_no) {
+        if (opt.max_bytes > 0 && r.bytes >= uint64_t(opt.max_bytes)) {
+          r.truncated = true;
+          break;
+        }
+        if (line.find_first_not_of(" \t") == std::string::npos) {
+          ++r.blank_lines;
+          continue;
+        }
+        const std::string where = abs + ":" + std::to_string(line_no);
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          TTT_FAIL("ttt prepare: " << where << ": invalid JSON (or invalid UTF-8 in a string): " << e.what());
+        }
+        TTT_CHECK(j.is_object(), "ttt prepare: " << where << ": the line is not a JSON object");
+        auto field = j.find(opt.text_field);
+        TTT_CHECK(field != j.end(), "ttt prepare: " << where << ": no field \"" << opt.text_field
+                                                    << "\" (give the field that holds the text with --text-field)");
+        TTT_CHECK(field->is_string(), "ttt prepare: " << where << ": field \"" << opt.text_field << "\" is a "
+                                                      << field->type_name() << ", not a string");
+        text = field->get<std::string>();
+        input_done = base + lines.compressed_offset();
+        add_document(text, rel + ":" + std::to_string(line_no), where);
       }
-      TTT_CHECK(j.is_object(), "ttt prepare: " << where << ": the line is not a JSON object");
-      auto field = j.find(opt.text_field);
-      TTT_CHECK(field != j.end(), "ttt prepare: " << where << ": no field \"" << opt.text_field
-                                                  << "\" (give the field that holds the text with --text-field)");
-      TTT_CHECK(field->is_string(), "ttt prepare: " << where << ": field \"" << opt.text_field << "\" is a "
-                                                    << field->type_name() << ", not a string");
-      text = field->get<std::string>();
-      input_done = base + lines.compressed_offset();
-      add_document(text, rel + ":" + std::to_string(line_no), where);
+      input_done = base + file_bytes;
     }
-    input_done = base + file_bytes;
-  }
-  if (opt.log && r.skipped_binary > uint64_t(kMaxNamedSkips))
-    *opt.log << "prepare: ... and " << (r.skipped_binary - kMaxNamedSkips) << " more binary files skipped\n";
-  TTT_CHECK(r.bytes > 0, "ttt prepare: empty corpus: no text bytes in '"
-                             << opt.input << "' (" << r.files_seen << " files, " << r.skipped_binary << " binary, "
-                             << r.skipped_empty << " empty)");
-
-  if (r.documents == 1) {
-    // One document: split inside it.
-    const bool in_val = val.documents() == 1;
-    std::vector<int32_t> doc = (in_val ? val : train).take_document(in_val ? largest_val.span : smallest_train.span);
-    const size_t n = doc.size();
-    TTT_CHECK(n >= 2, "ttt prepare: corpus too small to split: a single document of " << n
-                                                                                      << (bytes_kind ? " byte" : " token"));
-    size_t n_val = size_t(std::llround(opt.val_fraction * double(n)));
-    n_val = std::clamp<size_t>(n_val, 1, n - 1);
-    size_t cut = n - n_val;
-    if (bytes_kind) {
-      // Move the cut back to a UTF-8 character start (continuation bytes are 10xxxxxx), if that keeps training
-      // non-empty.
-      size_t c = cut;
-      while (c > 1 && (doc[c] & 0xc0) == 0x80 && cut - c < 4) --c;
-      if ((doc[c] & 0xc0) != 0x80) cut = c;
-    }
-    train.append_document(std::vector<int32_t>(doc.begin(), doc.begin() + std::ptrdiff_t(cut)), "ttt prepare");
-    val.append_document(std::vector<int32_t>(doc.begin() + std::ptrdiff_t(cut), doc.end()), "ttt prepare");
-    r.single_document_split = true;
-  } else if (val.documents() == 0) {
-    val.append_document(train.take_document(smallest_train.span), "ttt prepare");
-  } else if (train.documents() == 0) {
-    train.append_document(val.take_document(largest_val.span), "ttt prepare");
-  }
-  r.train_documents = train.documents();
-  r.val_documents = val.documents();
-  r.train_tokens = train.tokens();
-  r.val_tokens = val.tokens();
-  r.unigram_entropy_bits = entropy_from_counts(train.counts(), train.tokens());
-  auto text_bytes = [&](const TokenFileWriter& w) {
-    uint64_t b = 0;
-    for (size_t id = 0; id < w.counts().size(); ++id) b += w.counts()[id] * byte_lengths[id];
-    return b;
+    if (opt.log && r.skipped_binary > uint64_t(kMaxNamedSkips) && !split_single && move_rel.empty())
+      *opt.log << "prepare: ... and " << (r.skipped_binary - kMaxNamedSkips) << " more binary files skipped\n";
+    TTT_CHECK(r.bytes > 0, "ttt prepare: empty corpus: no text bytes in '"
+                               << opt.input << "' (" << r.files_seen << " files, " << r.skipped_binary << " binary, "
+                               << r.skipped_empty << " empty)");
   };
-  r.train_bytes = text_bytes(train);
-  r.val_bytes = text_bytes(val);
+
+  read_corpus();
+  // Both sides get a document: when one stayed empty (or there is one document), a second pass routes it.
+  if (r.documents == 1) split_single = true;
+  else if (val.writer->documents() == 0) move_rel = train.candidate;
+  else if (train.writer->documents() == 0) move_rel = val.candidate;
+  if (split_single || !move_rel.empty()) {
+    if (opt.log) *opt.log << "prepare: a second pass, so that validation and training each get a document\n";
+    read_corpus();
+  }
+  r.single_document_split = split_single;
+  r.train_documents = train.writer->documents();
+  r.val_documents = val.writer->documents();
+  r.train_tokens = train.writer->tokens();
+  r.val_tokens = val.writer->tokens();
+  r.unigram_entropy_bits = entropy_from_counts(train.counts, r.train_tokens);
+  r.train_text_bytes = train.text_bytes;
+  r.val_text_bytes = val.text_bytes;
   if (progress.printed()) progress.update(input_done, r.documents, r.train_tokens + r.val_tokens);
 
   auto write = [&](const std::string& path, auto&& fn) {
@@ -465,8 +503,8 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
       TTT_FAIL("ttt prepare: cannot write '" << path << "' (output not writable?): " << e.what());
     }
   };
-  write(r.train_path, [&] { train.finish(); });
-  write(r.val_path, [&] { val.finish(); });
+  write(r.train_path, [&] { train.writer->finish(); });
+  write(r.val_path, [&] { val.writer->finish(); });
 
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::json meta = {
@@ -492,8 +530,9 @@ PrepareResult prepare_corpus(const PrepareOptions& opt) {
       {"val_documents", r.val_documents},
       {"train_tokens", r.train_tokens},
       {"val_tokens", r.val_tokens},
-      {"train_bytes", r.train_bytes},
-      {"val_bytes", r.val_bytes},
+      {"token_bytes", byte_lengths},
+      {"train_text_bytes", r.train_text_bytes},
+      {"val_text_bytes", r.val_text_bytes},
       {"unigram_entropy_bits", r.unigram_entropy_bits},
       {"seconds", r.seconds},
   };

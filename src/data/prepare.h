@@ -13,7 +13,7 @@
 // With a tokenizer other than bytes, text must be valid UTF-8 (an error names the file and line otherwise).
 //
 // Memory: documents are streamed; each is tokenized and its tokens appended to train.bin or val.bin as it comes
-// (data/token_writer.h), so memory holds one document (a text file is read whole), not the corpus. A progress
+// (data::TokenFileWriter), so memory holds one document (a text file is read whole), not the corpus. A progress
 // line with the rate and an ETA (from the input bytes read, compressed size for .gz) goes to the log.
 //
 // Split: a document goes to validation iff split_unit(seed, its path) < val_fraction, where split_unit hashes
@@ -32,9 +32,13 @@
 // Output DIR (default data/<basename of the input>, without a ".gz" suffix): train.bin and val.bin (each document
 // followed by the tokenizer's separator, documents in input order), the tokenizer file (tokenizer.json or
 // tokenizer.model) unless bytes, and meta.json with the counts below, the options, "tokenizer" (the record of
-// data/tokenizer.h), "train_bytes"/"val_bytes" (text bytes each split stands for: the sum of the tokens' byte
-// lengths) and "unigram_entropy_bits": the Shannon entropy, in bits per token, of the unigram distribution of the
+// data/tokenizer.h), "token_bytes" (the text bytes of each id: Tokenizer::token_byte_lengths, 0 for special tokens
+// and the separator; what bits per byte divides by), "train_text_bytes"/"val_text_bytes" (the text bytes of each
+// split) and "unigram_entropy_bits": the Shannon entropy, in bits per token, of the unigram distribution of the
 // train tokens, separators included (bits per byte only for the byte tokenizer).
+//
+// A split that came out empty, or a single document, is fixed by a second pass over the input (documents are not
+// held in memory): it routes the one document that moves, or splits the only one.
 #pragma once
 #include <cstdint>
 #include <ostream>
@@ -70,7 +74,7 @@ struct PrepareResult {
   bool single_document_split = false;
   uint64_t train_documents = 0, val_documents = 0;
   uint64_t train_tokens = 0, val_tokens = 0;  // separators included
-  uint64_t train_bytes = 0, val_bytes = 0;    // text bytes the tokens stand for (separators: 0)
+  uint64_t train_text_bytes = 0, val_text_bytes = 0;  // text bytes the tokens stand for (separators: 0)
   double unigram_entropy_bits = 0;            // of the train tokens
   double seconds = 0;
   std::string format;                         // "text" or "jsonl"

@@ -1,6 +1,11 @@
 #include "data/tokens.h"
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
@@ -194,17 +199,70 @@ TokenFileHeader read_token_header(const std::string& path) {
   return r;
 }
 
-std::string token_file_header(uint32_t vocab, uint64_t n_tokens, uint64_t n_documents, uint32_t separator,
-                              uint64_t checksum) {
-  check_vocab(vocab, "token file");
-  TTT_CHECK(separator < vocab, "token file: separator " << separator << " is outside the vocabulary [0, " << vocab << ")");
-  return make_header(vocab, token_width_for_vocab(vocab), n_tokens, n_documents, checksum, separator);
-}
-
 void save_tokens(const std::string& path, const TokenFile& tf) { write_file_atomic(path, serialize_tokens(tf)); }
 
 void save_byte_tokens(const std::string& path, std::string_view payload, uint64_t n_documents) {
   write_file_atomic(path, serialize_byte_tokens(payload, n_documents));
+}
+
+TokenFileWriter::TokenFileWriter(std::string path, uint32_t vocab, int32_t separator)
+    : path_(std::move(path)), temp_(temp_path(path_)), vocab_(vocab), width_(token_width_for_vocab(vocab)),
+      separator_(separator) {
+  check_vocab(vocab, "token file '" + path_ + "'");
+  TTT_CHECK(separator >= 0 && uint64_t(separator) < vocab,
+            "token file '" << path_ << "': separator " << separator << " is outside the vocabulary [0, " << vocab << ")");
+  f_ = std::fopen(temp_.c_str(), "wb");
+  TTT_CHECK(f_ != nullptr, "cannot create '" << temp_ << "': " << std::strerror(errno));
+  buffer_.assign(kTokenHeaderBytes, '\0');  // the header's place; finish() writes it
+}
+
+TokenFileWriter::~TokenFileWriter() {
+  if (f_) {
+    std::fclose(f_);
+    std::remove(temp_.c_str());
+  }
+}
+
+void TokenFileWriter::flush() {
+  TTT_CHECK(std::fwrite(buffer_.data(), 1, buffer_.size(), f_) == buffer_.size(),
+            "cannot write '" << temp_ << "': " << std::strerror(errno) << " (disk full?)");
+  buffer_.clear();
+}
+
+void TokenFileWriter::append(const uint32_t* ids, size_t n) {
+  TTT_CHECK(f_ != nullptr, "token file '" << path_ << "': append after finish");
+  const size_t start = buffer_.size();
+  buffer_.resize(start + n * width_);
+  auto* out = reinterpret_cast<unsigned char*>(buffer_.data() + start);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t u = ids[i];
+    TTT_CHECK(u < vocab_, "token file '" << path_ << "': token " << u << " at position " << n_tokens_ + i
+                                         << " is outside the vocabulary [0, " << vocab_ << ")");
+    n_documents_ += u == uint32_t(separator_);
+    for (uint32_t b = 0; b < width_; ++b) out[i * width_ + b] = (unsigned char)((u >> (8 * b)) & 0xff);
+  }
+  checksum_ = fnv1a64(out, n * width_, checksum_);
+  n_tokens_ += n;
+  if (buffer_.size() >= (size_t(1) << 20)) flush();
+}
+
+void TokenFileWriter::finish() {
+  TTT_CHECK(f_ != nullptr, "token file '" << path_ << "': finished twice");
+  TTT_CHECK(n_tokens_ > 0, "token file '" << path_ << "': refusing to write zero tokens");
+  flush();
+  const std::string header = make_header(vocab_, width_, n_tokens_, n_documents_, checksum_, uint32_t(separator_));
+  const bool ok = std::fseek(f_, 0, SEEK_SET) == 0 && std::fwrite(header.data(), 1, header.size(), f_) == header.size() &&
+                  std::fflush(f_) == 0 && ::fsync(fileno(f_)) == 0;
+  const int err = errno;
+  const bool closed = std::fclose(f_) == 0;
+  f_ = nullptr;
+  if (!ok || !closed) {
+    std::remove(temp_.c_str());
+    TTT_FAIL("cannot write '" << temp_ << "': " << std::strerror(ok ? errno : err) << " (disk full?)");
+  }
+  rename_path(temp_, path_);
+  const std::string dir = std::filesystem::path(path_).parent_path().string();
+  sync_directory(dir.empty() ? "." : dir);
 }
 
 }  // namespace ttt::data

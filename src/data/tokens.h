@@ -33,6 +33,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,8 +83,29 @@ struct TokenFileHeader {
 TokenFileHeader read_token_header(const std::string& path);
 void save_tokens(const std::string& path, const TokenFile& tf);                             // atomic
 void save_byte_tokens(const std::string& path, std::string_view payload, uint64_t n_documents);  // atomic
-// The 48-byte header of a version-2 file (for writers that stream the payload and write the header last).
-std::string token_file_header(uint32_t vocab, uint64_t n_tokens, uint64_t n_documents, uint32_t separator,
-                              uint64_t checksum);
+
+// Writes a token file of any size in bounded memory: ids are appended to the temp file temp_path(path) as they
+// come (checked against the vocabulary; documents = separator ids); finish() writes the header (counts,
+// checksum), fsyncs and renames the file into place. A writer destroyed without finish() removes its temp file.
+class TokenFileWriter {
+ public:
+  TokenFileWriter(std::string path, uint32_t vocab, int32_t separator);
+  ~TokenFileWriter();
+  TokenFileWriter(const TokenFileWriter&) = delete;
+  TokenFileWriter& operator=(const TokenFileWriter&) = delete;
+  void append(const uint32_t* ids, size_t n);
+  uint64_t tokens() const { return n_tokens_; }
+  uint64_t documents() const { return n_documents_; }
+  void finish();  // refuses a file of zero tokens
+
+ private:
+  void flush();
+  std::string path_, temp_;
+  uint32_t vocab_, width_;
+  int32_t separator_;
+  std::FILE* f_ = nullptr;
+  std::string buffer_;
+  uint64_t n_tokens_ = 0, n_documents_ = 0, checksum_ = kFnvOffset;
+};
 
 }  // namespace ttt::data
