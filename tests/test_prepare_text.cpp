@@ -2,7 +2,13 @@
 // (a small byte-level BPE tokenizer.json written here: no Python needed), the separator id, invalid UTF-8, the
 // progress line, the CLI flags.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <zlib.h>
+
+#include <cstdio>
 
 #include <cmath>
 #include <filesystem>
@@ -223,6 +229,39 @@ TEST(PrepareText, ProgressLineWithEta) {
   prepare_corpus(opt);
   EXPECT_NE(log.str().find("ETA"), std::string::npos) << log.str();
   EXPECT_NE(log.str().find("4 documents"), std::string::npos) << log.str();
+}
+
+// Memory is bounded by a document, not the corpus: `ttt prepare` on 64 MB of jsonl stays far below 64 MB of
+// resident memory (the peak of the child process, from wait4).
+TEST(PrepareText, BoundedMemoryOnALargeCorpus) {
+  TempDir dir("prep_big");
+  {
+    std::FILE* f = std::fopen((dir / "big.jsonl").c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::string line;
+    for (int i = 0; i < 64 * 1024; ++i) {
+      line = "{\"text\": \"document " + std::to_string(i) + " " + std::string(1000, char('a' + i % 26)) + "\"}\n";
+      std::fwrite(line.data(), 1, line.size(), f);
+    }
+    std::fclose(f);
+  }
+  const std::string out = dir / "out";
+  const char* argv[] = {TTT_CLI_PATH, "prepare", "--input", nullptr, "--out", out.c_str(), nullptr};
+  const std::string in = dir / "big.jsonl";
+  argv[3] = in.c_str();
+  pid_t pid = 0;
+  posix_spawn_file_actions_t quiet;
+  posix_spawn_file_actions_init(&quiet);
+  posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+  ASSERT_EQ(posix_spawn(&pid, TTT_CLI_PATH, &quiet, nullptr, const_cast<char**>(argv), environ), 0);
+  posix_spawn_file_actions_destroy(&quiet);
+  int status = 0;
+  rusage usage{};
+  ASSERT_EQ(wait4(pid, &status, 0, &usage), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const auto meta = nlohmann::json::parse(read_file(out + "/meta.json"));
+  EXPECT_GT(meta["bytes"].get<uint64_t>(), uint64_t(60) << 20);
+  EXPECT_LT(usage.ru_maxrss, 40 * 1024) << "peak resident memory " << usage.ru_maxrss << " KiB";  // ru_maxrss is in KiB
 }
 
 TEST(PrepareText, CliFlags) {
