@@ -352,6 +352,17 @@ TEST(Tokenizer, FindInvalidUtf8) {
   EXPECT_EQ(find_invalid_utf8("x\xf4\x90\x80\x80"), 1u);  // above U+10FFFF
 }
 
+// A build without SentencePiece refuses .model files saying why (the kind is reported unavailable).
+TEST(Tokenizer, SentencePieceAbsentIsRefusedClearly) {
+  std::string why;
+  if (tokenizer_kind_available("sentencepiece", &why))
+    GTEST_SKIP() << "this build has SentencePiece (configure with -DTTT_WITH_SENTENCEPIECE=OFF to run this test)";
+  EXPECT_NE(why.find("libsentencepiece-dev"), std::string::npos) << why;
+  TempDir dir("tok_nospm");
+  write_file_atomic(dir / "m.model", std::string("\x0a\x05\x0a\x01a", 7));
+  expect_error([&] { load_tokenizer(dir / "m.model"); }, {"m.model", "no SentencePiece", "libsentencepiece-dev"});
+}
+
 TEST(Tokenizer, BadFilesNameTheFile) {
   TempDir dir("tok_bad");
   expect_error([&] { load_tokenizer(dir / "missing.json"); }, {"missing.json", "does not exist"});
