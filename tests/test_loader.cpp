@@ -22,6 +22,7 @@
 #include "data/prepare.h"
 #include "data/tokens.h"
 #include "expect_error.h"
+#include "tiny_tokenizer.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
 
@@ -496,6 +497,39 @@ TEST(Import, CliProgressAndBoundedMemory) {
   const TokenSplit train = open_split(root + "/big", "train"), val = open_split(root + "/big", "val");
   EXPECT_EQ(train.size() + val.size(), int64_t(n));
   EXPECT_EQ(train.vocab(), 50000u);
+  fs::remove_all(root);
+}
+
+// Shards imported with their tokenizer: its vocabulary and end-of-text id are the defaults, the file is copied and
+// recorded, and meta.json gets the byte table and each split's text bytes (so bits per byte is reported).
+TEST(Import, WithTheirTokenizerTheShardsGetAByteTable) {
+  const std::string root = temp_dir("import_tok");
+  write_file_atomic(root + "/tok.json", test::tiny_bpe_json());  // vocabulary 260, <|endoftext|> = 256
+  const std::vector<uint32_t> ids = synthetic_ids(3000, 259, 256, 5);
+  write_bytes(root + "/shard.bin", llmc_shard(ids));
+  const test::RunResult ok = test::run_cli("prepare --input " + root + "/shard.bin --out " + root + "/o --tokenizer " +
+                                           root + "/tok.json");
+  ASSERT_EQ(ok.status, 0) << ok.output;
+  EXPECT_NE(ok.output.find("hf-bpe tokenizer's table"), std::string::npos) << ok.output;
+  const TokenSplit train = open_split(root + "/o", "train"), val = open_split(root + "/o", "val");
+  EXPECT_EQ(train.vocab(), 260u);  // the tokenizer's, not the largest id + 1
+  EXPECT_EQ(train.separator(), 256);
+  EXPECT_TRUE(fs::exists(root + "/o/tokenizer.json"));
+  const nlohmann::json meta = nlohmann::json::parse(read_file(root + "/o/meta.json"));
+  EXPECT_EQ(meta["tokenizer"]["kind"], "hf-bpe");
+  EXPECT_EQ(meta["tokenizer"]["eot_id"], 256);
+  const DatasetInfo info = read_dataset_info(root + "/o", train.vocab(), train.separator());
+  ASSERT_EQ(info.token_bytes.size(), 260u);
+  EXPECT_EQ(info.token_bytes[256], 0u);  // the separator covers no text
+  EXPECT_EQ(info.token_bytes[258], 3u);  // "the"
+  EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>(), covered_bytes(train, info.token_bytes, 0, train.size()));
+  EXPECT_EQ(meta["val_text_bytes"].get<uint64_t>(), covered_bytes(val, info.token_bytes, 0, val.size()));
+  test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o2 --tokenizer " + root +
+                                 "/tok.json --vocab 300",
+                             "differs from the vocabulary 260");
+  test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o3 --tokenizer " + root +
+                                 "/missing.json",
+                             "missing.json");
   fs::remove_all(root);
 }
 
