@@ -64,6 +64,37 @@ std::string jsonl_of(const std::vector<std::string>& texts, const std::string& f
 
 }  // namespace
 
+// The streaming writer: pieces appended, the header written last; ids checked; no file without finish().
+TEST(PrepareText, TokenFileWriterStreams) {
+  TempDir dir("tok_writer");
+  {
+    TokenFileWriter w(dir / "a.bin", 70000, 69999);
+    const uint32_t first[] = {1, 2, 69999};
+    const uint32_t second[] = {65536, 69999};
+    w.append(first, 3);
+    w.append(second, 2);
+    EXPECT_EQ(w.tokens(), 5u);
+    EXPECT_EQ(w.documents(), 2u);
+    EXPECT_FALSE(fs::exists(dir / "a.bin"));
+    w.finish();
+  }
+  const TokenFile tf = load_tokens(dir / "a.bin");
+  EXPECT_EQ(tf.tokens, (std::vector<int32_t>{1, 2, 69999, 65536, 69999}));
+  EXPECT_EQ(tf.separator, 69999);
+  EXPECT_EQ(read_token_header(dir / "a.bin").token_width, 4u);
+  {
+    TokenFileWriter w(dir / "b.bin", 256, 0);
+    const uint32_t bad[] = {5, 256};
+    expect_error([&] { w.append(bad, 2); }, {"b.bin", "token 256 at position 1", "[0, 256)"});
+  }
+  for (const auto& e : fs::directory_iterator(dir.path)) EXPECT_EQ(e.path().filename(), "a.bin");  // no temp left
+  {
+    TokenFileWriter w(dir / "c.bin", 256, 0);
+    expect_error([&] { w.finish(); }, "zero tokens");
+  }
+  expect_error([&] { TokenFileWriter(dir / "d.bin", 256, 256); }, "separator 256 is outside");
+}
+
 TEST(PrepareText, JsonlDocumentsInOrderPlainAndGz) {
   TempDir dir("prep_jsonl");
   std::vector<std::string> texts;
