@@ -92,7 +92,7 @@ TEST(PrepareText, TokenFileWriterStreams) {
     TokenFileWriter w(dir / "c.bin", 256, 0);
     expect_error([&] { w.finish(); }, "zero tokens");
   }
-  expect_error([&] { TokenFileWriter(dir / "d.bin", 256, 256); }, "separator 256 is outside");
+  expect_error([&] { TokenFileWriter(dir / "d.bin", 256, 256); }, "separator (end-of-document) id 256 is outside");
 }
 
 TEST(PrepareText, JsonlDocumentsInOrderPlainAndGz) {
