@@ -530,6 +530,17 @@ TEST(Import, WithTheirTokenizerTheShardsGetAByteTable) {
   test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o3 --tokenizer " + root +
                                  "/missing.json",
                              "missing.json");
+  // One --format for both paths: the text flags are refused for shards, --vocab for text; --format text reads a
+  // .bin as text.
+  test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o4 --eot-token 256 --text-field x",
+                             "--text-field applies to text input, not to token shards");
+  write_file_atomic(root + "/c.txt", "some text\n");
+  test::expect_clean_failure("prepare --input " + root + "/c.txt --out " + root + "/o5 --vocab 300",
+                             "--vocab applies to token shards");
+  write_file_atomic(root + "/text.bin", "plain words in a .bin file\n");
+  const test::RunResult as_text = test::run_cli("prepare --input " + root + "/text.bin --format text --out " + root + "/o6");
+  ASSERT_EQ(as_text.status, 0) << as_text.output;
+  EXPECT_NE(as_text.output.find("bytes tokenizer"), std::string::npos) << as_text.output;
   fs::remove_all(root);
 }
 
