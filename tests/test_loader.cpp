@@ -20,6 +20,7 @@
 #include "data/import_shards.h"
 #include "data/loader.h"
 #include "data/prepare.h"
+#include "data/tokenizer.h"
 #include "data/tokens.h"
 #include "expect_error.h"
 #include "tiny_tokenizer.h"
@@ -256,18 +257,18 @@ TEST(Loader, BadShardsAreNamed) {
 
 TEST(Loader, ByteTableComesFromMetaOrTheByteTokenizer) {
   const std::string dir = temp_dir("bytetable");
-  EXPECT_EQ(read_dataset_info(dir, 256, 0).token_bytes, byte_token_lengths());  // no meta.json: byte tokens
+  EXPECT_EQ(read_dataset_info(dir, 256, 0).token_bytes, make_byte_tokenizer()->token_byte_lengths());  // no meta.json: byte tokens
   EXPECT_TRUE(read_dataset_info(dir, 1000, 999).token_bytes.empty());
   write_file_atomic(dir + "/meta.json", R"({"tokenizer": "bytes", "unigram_entropy_bits": 5.5})");  // version 1 meta
   const DatasetInfo old = read_dataset_info(dir, 256, 0);
-  EXPECT_EQ(old.token_bytes, byte_token_lengths());
+  EXPECT_EQ(old.token_bytes, make_byte_tokenizer()->token_byte_lengths());
   EXPECT_EQ(old.unigram_entropy_bits, 5.5);
   write_file_atomic(dir + "/meta.json", R"({"tokenizer": null})");  // imported shards
   EXPECT_TRUE(read_dataset_info(dir, 256, 0).token_bytes.empty());
   write_file_atomic(dir + "/meta.json", R"({"tokenizer": {"kind": "bpe"}, "token_bytes": [0, 1, 4]})");
   EXPECT_EQ(read_dataset_info(dir, 3, 0).token_bytes, (std::vector<uint32_t>{0, 1, 4}));
-  EXPECT_EQ(byte_token_lengths()[0], 0u);
-  EXPECT_EQ(byte_token_lengths()[65], 1u);
+  EXPECT_EQ(make_byte_tokenizer()->token_byte_lengths()[0], 0u);
+  EXPECT_EQ(make_byte_tokenizer()->token_byte_lengths()[65], 1u);
   fs::remove_all(dir);
 }
 
@@ -282,14 +283,14 @@ TEST(Loader, PrepareRecordsTheByteTableAndTextBytes) {
   o.out_dir = dir + "/out";
   const PrepareResult r = prepare_corpus(o);
   const nlohmann::json meta = nlohmann::json::parse(read_file(r.meta_path));
-  EXPECT_EQ(meta["token_bytes"].get<std::vector<uint32_t>>(), byte_token_lengths());
+  EXPECT_EQ(meta["token_bytes"].get<std::vector<uint32_t>>(), make_byte_tokenizer()->token_byte_lengths());
   EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>() + meta["val_text_bytes"].get<uint64_t>(), r.bytes);
   EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>(), r.train_tokens - r.train_documents);
   EXPECT_EQ(meta["format_version"], 2);
   const std::string summary = prepare_summary(r);
   EXPECT_NE(summary.find(" bits/token, "), std::string::npos) << summary;
   const train::Corpus c = train::load_corpus(o.out_dir, 2, 256);
-  EXPECT_EQ(c.token_bytes, byte_token_lengths());
+  EXPECT_EQ(c.token_bytes, make_byte_tokenizer()->token_byte_lengths());
   EXPECT_NEAR(c.unigram_entropy_bits_per_byte,
               c.unigram_entropy_bits * double(r.train_tokens) / double(r.train_tokens - r.train_documents), 1e-12);
   fs::remove_all(dir);
