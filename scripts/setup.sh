@@ -5,11 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # python3-torch: the independent float64 PyTorch references that tests/reference/ compares against, and the
 # python/ttt_torch package's tests (tests/python; the system Python's torch, no PyPI download).
+# libicu-dev: Unicode classes of the BPE tokenizer; libsentencepiece-dev: SentencePiece tokenizers (optional for the
+# build); sentencepiece (spm_train) and the PyPI package tokenizers (below): the tokenizer tests' references.
 # clang, libclang-rt-14-dev (libFuzzer, sanitizer runtimes), libomp-14-dev (OpenMP for clang): the fuzz
 # targets (scripts/fuzz.sh); gcc's sanitizer runtimes (scripts/sanitize.sh) come with build-essential.
 # openmpi-bin, libopenmpi-dev: multi-process training (`mpirun -np N ttt train`, src/dist) and its tests.
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev libgtest-dev zlib1g-dev linux-doc python3-torch
-      clang libclang-rt-14-dev libomp-14-dev openmpi-bin libopenmpi-dev)
+      libicu-dev libsentencepiece-dev sentencepiece python3-pip clang libclang-rt-14-dev libomp-14-dev openmpi-bin
+      libopenmpi-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The tokenizer tests compare against Hugging Face's tokenizers (tests only; they skip, saying so, without it).
+if ! python3 -c "import tokenizers" 2>/dev/null; then
+  echo "setup: installing the Python package tokenizers (tests only)"
+  python3 -m pip install --quiet tokenizers 2>/dev/null || python3 -m pip install --quiet --break-system-packages tokenizers ||
+    echo "setup: warning: could not install the Python package tokenizers; the tokenizer tests will skip" >&2
 fi
 BUILD_DIR=${TTT_BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release

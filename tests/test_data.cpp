@@ -17,28 +17,15 @@
 #include "data/tokens.h"
 #include "crafted_files.h"
 #include "expect_error.h"
+#include "temp_dir.h"
 
 using namespace ttt;
 using namespace ttt::data;
 namespace fs = std::filesystem;
 using test::expect_error;
+using test::TempDir;
 
 namespace {
-
-// A fresh temporary directory, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("ttt_test_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
-};
 
 void write_text(const std::string& path, const std::string& bytes) {
   fs::create_directories(fs::path(path).parent_path());
@@ -117,6 +104,27 @@ TEST(Tokens, RoundTripAllWidths) {
   EXPECT_THROW(serialize_tokens(TokenFile{256, 0, {}}), Error);          // empty
 }
 
+// Version 2 records the separator id (a tokenizer's end of text); version 1 files read as separator 0.
+TEST(Tokens, SeparatorIdRoundTripsAndVersion1ReadsAsZero) {
+  TokenFile tf{1000, 2, {5, 999, 7, 999}};
+  tf.separator = 999;
+  const std::string bytes = serialize_tokens(tf);
+  EXPECT_EQ(bytes[8], char(kTokenFormatVersion));
+  const TokenFile back = parse_tokens(bytes, "v2");
+  EXPECT_EQ(back.separator, 999);
+  EXPECT_EQ(back.n_documents, 2u);
+  EXPECT_EQ(back.tokens, tf.tokens);
+  tf.n_documents = 0;  // the separator is 999 now: token 0 counts nothing, 999 does
+  expect_error([&] { serialize_tokens(tf); }, "separator (999)");
+  tf.separator = 1000;
+  expect_error([&] { serialize_tokens(tf); }, "separator (end-of-document) id 1000 is outside");
+  std::string v1 = serialize_byte_tokens(std::string("ab") + '\0', 1);
+  v1[8] = 1;
+  const TokenFile old = parse_tokens(v1, "v1");
+  EXPECT_EQ(old.separator, 0);
+  EXPECT_EQ(old.n_documents, 1u);
+}
+
 TEST(Tokens, CorruptFilesThrowClearly) {
   TempDir dir("tokbad");
   const std::string good = serialize_byte_tokens(std::string("hello") + '\0' + "world" + '\0', 2);
@@ -135,6 +143,19 @@ TEST(Tokens, CorruptFilesThrowClearly) {
     std::string b = good;
     b[8] = 3;
     check("version.bin", b, "unsupported version 3");
+  }
+  {
+    // Version 1: the separator field was "reserved" and must be 0.
+    std::string b = good;
+    b[8] = 1;
+    b[20] = 7;
+    check("reserved.bin", b, "reserved header field is 7");
+  }
+  {
+    std::string b = good;
+    b[20] = 0;
+    b[21] = 1;  // separator 256 of vocabulary 256
+    check("separator.bin", b, "separator (end-of-document) id 256 is outside the vocabulary");
   }
   {
     std::string b = good;

@@ -654,10 +654,11 @@ TEST(EvalCli, BadFlagsFailClearly) {
   expect_clean_failure(ck + "--task niah --lengths 100 --examples 1000000000000", "not enough host memory");
   std::filesystem::remove_all(f.dir);
   std::filesystem::remove_all(f.data);
-  // The tasks' text is byte tokens: a model of another vocabulary is refused, not fed bytes as its ids.
-  const EvalRun wide = make_eval_run("eval_cli_vocab", 300);
+  // The tasks' text is encoded with the run's tokenizer (here the data's: bytes): a model whose vocabulary cannot
+  // hold its ids is refused, not fed them. (A BPE run: GenerateText.CliTrainAndGenerateWithTokenizer.)
+  const EvalRun narrow = make_eval_run("eval_cli_vocab", 200);
   for (const char* task : {"mqar", "niah"})
-    expect_clean_failure("eval --checkpoint '" + wide.run + "' --task " + task, "the model's vocabulary is 300");
-  std::filesystem::remove_all(wide.dir);
-  std::filesystem::remove_all(wide.data);
+    expect_clean_failure("eval --checkpoint '" + narrow.run + "' --task " + task, "larger than the model's 200");
+  std::filesystem::remove_all(narrow.dir);
+  std::filesystem::remove_all(narrow.data);
 }

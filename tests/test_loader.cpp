@@ -20,8 +20,10 @@
 #include "data/import_shards.h"
 #include "data/loader.h"
 #include "data/prepare.h"
+#include "data/tokenizer.h"
 #include "data/tokens.h"
 #include "expect_error.h"
+#include "tiny_tokenizer.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
 
@@ -255,18 +257,18 @@ TEST(Loader, BadShardsAreNamed) {
 
 TEST(Loader, ByteTableComesFromMetaOrTheByteTokenizer) {
   const std::string dir = temp_dir("bytetable");
-  EXPECT_EQ(read_dataset_info(dir, 256, 0).token_bytes, byte_token_lengths());  // no meta.json: byte tokens
+  EXPECT_EQ(read_dataset_info(dir, 256, 0).token_bytes, make_byte_tokenizer()->token_byte_lengths());  // no meta.json: byte tokens
   EXPECT_TRUE(read_dataset_info(dir, 1000, 999).token_bytes.empty());
   write_file_atomic(dir + "/meta.json", R"({"tokenizer": "bytes", "unigram_entropy_bits": 5.5})");  // version 1 meta
   const DatasetInfo old = read_dataset_info(dir, 256, 0);
-  EXPECT_EQ(old.token_bytes, byte_token_lengths());
+  EXPECT_EQ(old.token_bytes, make_byte_tokenizer()->token_byte_lengths());
   EXPECT_EQ(old.unigram_entropy_bits, 5.5);
   write_file_atomic(dir + "/meta.json", R"({"tokenizer": null})");  // imported shards
   EXPECT_TRUE(read_dataset_info(dir, 256, 0).token_bytes.empty());
   write_file_atomic(dir + "/meta.json", R"({"tokenizer": {"kind": "bpe"}, "token_bytes": [0, 1, 4]})");
   EXPECT_EQ(read_dataset_info(dir, 3, 0).token_bytes, (std::vector<uint32_t>{0, 1, 4}));
-  EXPECT_EQ(byte_token_lengths()[0], 0u);
-  EXPECT_EQ(byte_token_lengths()[65], 1u);
+  EXPECT_EQ(make_byte_tokenizer()->token_byte_lengths()[0], 0u);
+  EXPECT_EQ(make_byte_tokenizer()->token_byte_lengths()[65], 1u);
   fs::remove_all(dir);
 }
 
@@ -281,14 +283,14 @@ TEST(Loader, PrepareRecordsTheByteTableAndTextBytes) {
   o.out_dir = dir + "/out";
   const PrepareResult r = prepare_corpus(o);
   const nlohmann::json meta = nlohmann::json::parse(read_file(r.meta_path));
-  EXPECT_EQ(meta["token_bytes"].get<std::vector<uint32_t>>(), byte_token_lengths());
+  EXPECT_EQ(meta["token_bytes"].get<std::vector<uint32_t>>(), make_byte_tokenizer()->token_byte_lengths());
   EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>() + meta["val_text_bytes"].get<uint64_t>(), r.bytes);
   EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>(), r.train_tokens - r.train_documents);
   EXPECT_EQ(meta["format_version"], 2);
   const std::string summary = prepare_summary(r);
   EXPECT_NE(summary.find(" bits/token, "), std::string::npos) << summary;
   const train::Corpus c = train::load_corpus(o.out_dir, 2, 256);
-  EXPECT_EQ(c.token_bytes, byte_token_lengths());
+  EXPECT_EQ(c.token_bytes, make_byte_tokenizer()->token_byte_lengths());
   EXPECT_NEAR(c.unigram_entropy_bits_per_byte,
               c.unigram_entropy_bits * double(r.train_tokens) / double(r.train_tokens - r.train_documents), 1e-12);
   fs::remove_all(dir);
@@ -496,6 +498,50 @@ TEST(Import, CliProgressAndBoundedMemory) {
   const TokenSplit train = open_split(root + "/big", "train"), val = open_split(root + "/big", "val");
   EXPECT_EQ(train.size() + val.size(), int64_t(n));
   EXPECT_EQ(train.vocab(), 50000u);
+  fs::remove_all(root);
+}
+
+// Shards imported with their tokenizer: its vocabulary and end-of-text id are the defaults, the file is copied and
+// recorded, and meta.json gets the byte table and each split's text bytes (so bits per byte is reported).
+TEST(Import, WithTheirTokenizerTheShardsGetAByteTable) {
+  const std::string root = temp_dir("import_tok");
+  write_file_atomic(root + "/tok.json", test::tiny_bpe_json());  // vocabulary 260, <|endoftext|> = 256
+  const std::vector<uint32_t> ids = synthetic_ids(3000, 259, 256, 5);
+  write_bytes(root + "/shard.bin", llmc_shard(ids));
+  const test::RunResult ok = test::run_cli("prepare --input " + root + "/shard.bin --out " + root + "/o --tokenizer " +
+                                           root + "/tok.json");
+  ASSERT_EQ(ok.status, 0) << ok.output;
+  EXPECT_NE(ok.output.find("hf-bpe tokenizer's table"), std::string::npos) << ok.output;
+  const TokenSplit train = open_split(root + "/o", "train"), val = open_split(root + "/o", "val");
+  EXPECT_EQ(train.vocab(), 260u);  // the tokenizer's, not the largest id + 1
+  EXPECT_EQ(train.separator(), 256);
+  EXPECT_TRUE(fs::exists(root + "/o/tokenizer.json"));
+  const nlohmann::json meta = nlohmann::json::parse(read_file(root + "/o/meta.json"));
+  EXPECT_EQ(meta["tokenizer"]["kind"], "hf-bpe");
+  EXPECT_EQ(meta["tokenizer"]["eot_id"], 256);
+  const DatasetInfo info = read_dataset_info(root + "/o", train.vocab(), train.separator());
+  ASSERT_EQ(info.token_bytes.size(), 260u);
+  EXPECT_EQ(info.token_bytes[256], 0u);  // the separator covers no text
+  EXPECT_EQ(info.token_bytes[258], 3u);  // "the"
+  EXPECT_EQ(meta["train_text_bytes"].get<uint64_t>(), covered_bytes(train, info.token_bytes, 0, train.size()));
+  EXPECT_EQ(meta["val_text_bytes"].get<uint64_t>(), covered_bytes(val, info.token_bytes, 0, val.size()));
+  test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o2 --tokenizer " + root +
+                                 "/tok.json --vocab 300",
+                             "differs from the vocabulary 260");
+  test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o3 --tokenizer " + root +
+                                 "/missing.json",
+                             "missing.json");
+  // One --format for both paths: the text flags are refused for shards, --vocab for text; --format text reads a
+  // .bin as text.
+  test::expect_clean_failure("prepare --input " + root + "/shard.bin --out " + root + "/o4 --eot-token 256 --text-field x",
+                             "--text-field applies to text input, not to token shards");
+  write_file_atomic(root + "/c.txt", "some text\n");
+  test::expect_clean_failure("prepare --input " + root + "/c.txt --out " + root + "/o5 --vocab 300",
+                             "--vocab applies to token shards");
+  write_file_atomic(root + "/text.bin", "plain words in a .bin file\n");
+  const test::RunResult as_text = test::run_cli("prepare --input " + root + "/text.bin --format text --out " + root + "/o6");
+  ASSERT_EQ(as_text.status, 0) << as_text.output;
+  EXPECT_NE(as_text.output.find("bytes tokenizer"), std::string::npos) << as_text.output;
   fs::remove_all(root);
 }
 

@@ -1,4 +1,4 @@
-// `ttt logits`: its file holds the byte tokens of the input and the logits of the full-sequence forward (also
+// `ttt logits`: its file holds the byte tokens of the input (a run with another tokenizer: test_generate_text.cpp) and the logits of the full-sequence forward (also
 // past seq_len, where the input is fed in blocks); bad inputs end in clear errors. Also the checkpoint's
 // safetensors metadata: "format" "pt" written, the "ttt-model" of earlier versions read, any other refused.
 #include <gtest/gtest.h>
@@ -88,11 +88,12 @@ TEST(Logits, BadInputsEndInClearErrors) {
   expect_clean_failure("logits --checkpoint " + q(run) + " --input " + q(dir + "/in.txt"), "--out");
   expect_clean_failure("logits --checkpoint " + q(run) + " --input " + q(dir + "/in.txt") + out + " --device tpu",
                        "tpu");
-  // A model whose vocabulary is not bytes: no tokenizer for it (yet).
-  model::ModelConfig big = test_util::small_lact_config();
-  big.vocab_size = 300;
-  const std::string run300 = write_checkpoint(dir + "/v300", big);
-  expect_clean_failure("logits --checkpoint " + q(run300) + " --input " + q(dir + "/in.txt") + out, "vocab_size is 300");
+  // A run without a recorded tokenizer reads bytes: a model of vocabulary 200 cannot take them.
+  model::ModelConfig small = test_util::small_lact_config();
+  small.vocab_size = 200;
+  const std::string run200 = write_checkpoint(dir + "/v200", small);
+  expect_clean_failure("logits --checkpoint " + q(run200) + " --input " + q(dir + "/in.txt") + out,
+                       "larger than the model's 200");
   // Logits that cannot fit the memory available are refused before allocation, naming the input's length
   // (200,000 tokens: 0.4 GB of logits and their file, over a limit of 100M).
   write_file_atomic(dir + "/long.txt", std::string(200000, 'a'));

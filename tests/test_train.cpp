@@ -16,6 +16,7 @@
 
 #include "core/file_io.h"
 #include "core/rng.h"
+#include "data/tokenizer.h"
 #include "data/tokens.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
@@ -264,7 +265,7 @@ TEST(Train, BitsPerByteCountsTheBytesTheScoredTokensCover) {
   eo.batches = 2;
   eo.batch = 2;
   eo.context = 40;
-  eo.token_bytes = data::byte_token_lengths();
+  eo.token_bytes = data::make_byte_tokenizer()->token_byte_lengths();
   const train::EvalResult r = train::evaluate(c, p, toks, eo);
   uint64_t bytes = 0;
   for (int64_t o : train::eval_offsets(400, 4, 40))

@@ -17,6 +17,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/device_flags.h"
+#include "cli/run_tokenizer.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/png.h"
@@ -274,12 +275,13 @@ void require_task_memory(const EvalSetup& s, double examples, double example_tok
   train::require_memory("ttt eval", e);
 }
 
-// The text encoder of the recall tasks: the byte tokenizer's, the one a model of vocabulary 256 reads.
-train::Encode task_encoder(const EvalSetup& s, const char* task) {
-  TTT_CHECK(s.ck.cfg.vocab_size == int64_t(data::kByteVocab),
-            "ttt eval --task " << task << ": the model's vocabulary is " << s.ck.cfg.vocab_size
-                               << "; the recall tasks encode their text with the byte tokenizer (vocabulary 256)");
-  return data::encode_bytes;
+// The tokenizer of the recall tasks' text: the run's (cli/run_tokenizer.h), the one the model was trained with.
+std::shared_ptr<const data::Tokenizer> task_tokenizer(const EvalSetup& s, const char* task) {
+  return run_tokenizer(s.ck.run_dir, s.ck.has_state ? s.ck.state.train.data_dir : "", /*override_path=*/"",
+                       s.ck.cfg.vocab_size, std::string("ttt eval --task ") + task);
+}
+train::Encode task_encoder(std::shared_ptr<const data::Tokenizer> tok) {
+  return [tok](std::string_view text) { return tok->encode(text, /*parse_special=*/false); };
 }
 
 nlohmann::json score_json(const train::RecallScore& r) {
@@ -295,7 +297,8 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   mo.key_len = a.i64("key-len");
   mo.value_len = a.i64("value-len");
   mo.seed = uint64_t(a.i64("seed"));
-  const train::Encode encode = task_encoder(s, "mqar");
+  const std::shared_ptr<const data::Tokenizer> tok = task_tokenizer(s, "mqar");
+  const train::Encode encode = task_encoder(tok);
   try {
     train::validate_mqar(mo, encode);
   } catch (const Error& e) {
@@ -317,12 +320,17 @@ int eval_mqar(const Args& a, EvalSetup& s) {
   j["value_len"] = mo.value_len;
   j["seed"] = mo.seed;
   j["result"] = score_json(r);
-  j["chance_token_accuracy"] = train::kMqarChanceTokenAccuracy;
+  // Chance is 1/10 per value token when every token is one digit (bytes); another tokenizer may merge digits.
+  const bool digit_tokens = tok->kind() == "bytes";
+  j["tokenizer"] = tok->kind();
+  j["chance_token_accuracy"] = digit_tokens ? nlohmann::json(train::kMqarChanceTokenAccuracy) : nlohmann::json(nullptr);
   emit_json(a, j);
   std::printf("MQAR: %lld pairs, context %lld, %lld examples (seed %llu)\n", (long long)mo.pairs, (long long)mo.context,
               (long long)mo.examples, (unsigned long long)mo.seed);
-  std::printf("value-token accuracy %.4f (%lld/%lld; chance %g per digit)\n", r.token_accuracy(),
-              (long long)r.tokens_correct, (long long)r.tokens, train::kMqarChanceTokenAccuracy);
+  std::printf("value-token accuracy %.4f (%lld/%lld; %s)\n", r.token_accuracy(), (long long)r.tokens_correct,
+              (long long)r.tokens,
+              digit_tokens ? "chance 0.1 per digit"
+                           : ("chance not computed: the " + tok->kind() + " tokenizer's value tokens may hold several digits").c_str());
   std::printf("query accuracy       %.4f (%lld/%lld whole values right)\n", r.accuracy(), (long long)r.answers_correct,
               (long long)r.answers);
   return 0;
@@ -336,12 +344,15 @@ int eval_niah(const Args& a, EvalSetup& s) {
   no.examples = a.has("examples") ? a.i64("examples") : no.examples;
   no.key_digits = a.i64("key-digits");
   no.seed = uint64_t(a.i64("seed"));
-  const train::Encode encode = task_encoder(s, "niah");
+  const std::shared_ptr<const data::Tokenizer> tok = task_tokenizer(s, "niah");
+  const train::Encode encode = task_encoder(tok);
   const ValSplit val = load_val(s);
-  TTT_CHECK(val.tokens.vocab() == data::kByteVocab,
-            "ttt eval --task niah: the validation split of '" << s.data_dir << "' has vocabulary " << val.tokens.vocab()
-                                                              << "; the haystack must be byte tokens (vocabulary 256), as the needle is");
-  const std::vector<int32_t> haystack = train::haystack_text(val.tokens.to_vector());
+  TTT_CHECK(val.tokens.vocab() == tok->vocab_size() && val.tokens.separator() == tok->eot_id(),
+            "ttt eval --task niah: the validation split of '"
+                << s.data_dir << "' has vocabulary " << val.tokens.vocab() << " and separator " << val.tokens.separator()
+                << "; the haystack must be in the needle's tokenizer (" << tok->kind() << ", vocabulary "
+                << tok->vocab_size() << ", separator " << tok->eot_id() << ")");
+  const std::vector<int32_t> haystack = train::haystack_text(val.tokens.to_vector(), val.tokens.separator());
   try {
     train::validate_niah(no, encode, int64_t(haystack.size()));
   } catch (const Error& e) {

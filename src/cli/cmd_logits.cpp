@@ -1,5 +1,7 @@
 // ttt logits: the model's logits over a text file, for checks from outside (ttt_torch's parity test, other
 // frameworks). Writes OUT.safetensors with `tokens` [T] (I64) and `logits` [T, V] (F32), metadata format "pt".
+// The text is encoded with the run's tokenizer (cli/run_tokenizer.h: the one `ttt train` copied into the run, else
+// its data directory's, else bytes; special tokens written in the text are parsed, as in generate's prompt).
 //
 // The whole input is one sequence (positions 0 .. T-1, no document split), run through the device's streamer
 // (backend::make_streamer: the CPU's infer::StreamingModel or the GPU's) in blocks of the model's seq_len. The
@@ -15,33 +17,19 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/device_flags.h"
+#include "cli/run_tokenizer.h"
 #include "core/error.h"
 #include "core/file_io.h"
 #include "core/safetensors.h"
-#include "data/tokens.h"
 #include "train/checkpoint.h"
 #include "train/memory_budget.h"
 
 namespace ttt::cli {
 
-namespace {
-
-// The checkpoint's tokenizer over `text`. Today every model reads byte tokens (vocab 256); a model with another
-// vocabulary has no tokenizer here yet, and is refused rather than fed byte ids it was not trained on.
-std::vector<int32_t> tokenize_for_model(const model::ModelConfig& cfg, const std::string& text,
-                                        const std::string& origin) {
-  TTT_CHECK(cfg.vocab_size == int64_t(data::kByteVocab),
-            "ttt logits: the model's vocab_size is " << cfg.vocab_size << "; " << origin
-                                                     << " can only be tokenized as bytes (vocab_size 256)");
-  return data::encode_bytes(text);
-}
-
-}  // namespace
-
 int cmd_logits(const Argv& argv) {
   Args a(argv, "logits");
   a.value("checkpoint", "run directory or its checkpoint/ subdirectory (required)")
-      .value("input", "text file to tokenize with the checkpoint's tokenizer (bytes) and run (required)")
+      .value("input", "text file to tokenize with the checkpoint's tokenizer and run (required)")
       .value("out", "output safetensors file: tokens [T] I64 and logits [T, V] F32 (required)");
   declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (the streamer of `ttt generate --device cuda`, fp32)");
   a.parse();
@@ -57,7 +45,12 @@ int cmd_logits(const Argv& argv) {
   train::LoadedCheckpoint ck = train::load_checkpoint(a.str("checkpoint"), /*require_state=*/false);
   const std::string text = read_file(input);
   TTT_CHECK(!text.empty(), "ttt logits: --input '" << input << "' is empty; the model needs at least one token");
-  const std::vector<int32_t> tokens = tokenize_for_model(ck.cfg, text, "--input '" + input + "'");
+  // The run's tokenizer (ttt train copied it there; else its data directory's; else bytes), as generate uses.
+  const std::unique_ptr<data::Tokenizer> tokenizer =
+      run_tokenizer(ck.run_dir, ck.has_state ? ck.state.train.data_dir : "", /*override_path=*/"", ck.cfg.vocab_size,
+                    "ttt logits");
+  const std::vector<int32_t> tokens = tokenizer->encode(text, /*parse_special=*/true);
+  TTT_CHECK(!tokens.empty(), "ttt logits: --input '" << input << "' encodes to no tokens");
   const int64_t T = int64_t(tokens.size()), V = ck.cfg.vocab_size;
   {
     // The tokens and logits live on the host, twice (the result and its serialized file): checked before any

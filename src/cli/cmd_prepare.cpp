@@ -1,5 +1,5 @@
-// ttt prepare: text files -> byte-level train/validation token files (see data/prepare.h, data/tokens.h), or existing
-// token shards (llm.c, nanoGPT, .npy) -> TTTTOK shards without re-tokenizing (data/import_shards.h).
+// ttt prepare: text or jsonl -> train/validation token files with a tokenizer (data/prepare.h, data/tokenizer.h), or
+// existing token shards (llm.c, nanoGPT, .npy) -> TTTTOK shards without re-tokenizing (data/import_shards.h).
 #include <unistd.h>
 
 #include <cstdio>
@@ -15,14 +15,21 @@ namespace ttt::cli {
 
 int cmd_prepare(const Argv& argv) {
   Args a(argv, "prepare");
-  a.value("input", "text file, or directory tree of text files (.gz decompressed; binary files skipped); or token "
-                   "shards: a .bin/.npy file or a directory of them")
+  a.value("input", "text file, or directory tree of text files (.gz decompressed; binary files skipped), or .jsonl; or "
+                   "token shards: a .bin/.npy file or a directory of them")
+      .value("format", "text (each file one document), jsonl (each line one document), or token shards: llmc (llm.c "
+                       ".bin), nanogpt (raw uint16 .bin), npy (uint16/uint32 .npy); default: detected from the extension "
+                       "and header (.npy, .bin with the llm.c magic, other .bin; *.jsonl and *.jsonl.gz; else text)")
+      .value("text-field", "jsonl: the string field that holds the document", "text")
+      .value("tokenizer", "tokenizer file: a Hugging Face tokenizer.json (byte-level BPE) or a SentencePiece .model; "
+                          "copied into the output (default: bytes, vocabulary 256). Token shards: their tokenizer "
+                          "(optional; gives the byte table for bits per byte)")
+      .value("eot-token", "id of the end-of-text token that separates documents (default: the tokenizer's: bytes 0, "
+                          "<|endoftext|>-like special token, SentencePiece </s>); token shards without --tokenizer: "
+                          "required, e.g. 50256 for GPT-2 shards")
+      .value("vocab", "token shards: the vocabulary size (default: the tokenizer's, or the largest id + 1, found by "
+                      "one extra pass)")
       .value("out", "output directory (default: data/<basename of input>)")
-      .value("format", "token shards: llmc (llm.c .bin), nanogpt (raw uint16 .bin) or npy (uint16/uint32 .npy); default: "
-                       "detected from the extension and header (.npy, .bin with the llm.c magic, other .bin); text when "
-                       "the input is not .bin/.npy")
-      .value("eot-token", "token shards: the document separator (end-of-text) id, e.g. 50256 for GPT-2 shards")
-      .value("vocab", "token shards: the vocabulary size (default: the largest id + 1, found by one extra pass)")
       .value("val-fraction", "fraction of documents that go to validation, in (0, 1) (token shards: the end of the "
                              "stream, unless some shards are named *val*)", "0.05")
       .value("seed", "seed of the deterministic train/validation split", "1234")
@@ -35,11 +42,17 @@ int cmd_prepare(const Argv& argv) {
   TTT_CHECK(a.has("input"), "ttt prepare: --input is required\n" << a.usage());
   const std::string input = a.str("input");
   const std::string format = a.str("format");
-  TTT_CHECK(!a.has("format") || format == "text" || format == "llmc" || format == "nanogpt" || format == "npy",
-            "ttt prepare: --format " << format << " is not one of text, llmc, nanogpt, npy");
-  const bool shards = a.has("format") ? format != "text" : data::looks_like_token_shards(input);
+  const bool text_format = format == "text" || format == "jsonl";
+  TTT_CHECK(!a.has("format") || text_format || format == "llmc" || format == "nanogpt" || format == "npy",
+            "ttt prepare: --format " << format << " is not one of text, jsonl, llmc, nanogpt, npy");
+  int64_t eot_token = -1;
+  if (a.has("eot-token")) {
+    eot_token = a.i64("eot-token");
+    TTT_CHECK(eot_token >= 0, "ttt prepare: --eot-token must be >= 0, got " << eot_token);
+  }
+  const bool shards = a.has("format") ? !text_format : data::looks_like_token_shards(input);
   if (shards) {
-    for (const char* f : {"seed", "max-bytes"})
+    for (const char* f : {"seed", "max-bytes", "text-field"})
       TTT_CHECK(!a.has(f), "ttt prepare: --" << f << " applies to text input, not to token shards");
     data::ImportOptions opt;
     opt.input = input;
@@ -48,8 +61,8 @@ int cmd_prepare(const Argv& argv) {
       opt.format = data::parse_shard_format(format);
       opt.format_given = true;
     }
-    opt.eot_token = a.has("eot-token") ? a.i64("eot-token") : -1;
-    TTT_CHECK(!a.has("eot-token") || opt.eot_token >= 0, "ttt prepare: --eot-token must be >= 0, got " << opt.eot_token);
+    opt.eot_token = eot_token;
+    opt.tokenizer = a.str("tokenizer");
     opt.vocab = a.has("vocab") ? a.i64("vocab") : 0;
     TTT_CHECK(!a.has("vocab") || opt.vocab > 0, "ttt prepare: --vocab must be > 0, got " << opt.vocab);
     opt.val_fraction = a.f64("val-fraction");
@@ -59,8 +72,8 @@ int cmd_prepare(const Argv& argv) {
     std::cout << data::import_summary(r) << std::flush;
     return 0;
   }
-  for (const char* f : {"eot-token", "vocab"})
-    TTT_CHECK(!a.has(f), "ttt prepare: --" << f << " applies to token shards (--format llmc|nanogpt|npy), not to text");
+  TTT_CHECK(!a.has("vocab"), "ttt prepare: --vocab applies to token shards (--format llmc|nanogpt|npy), not to text "
+                             "(the vocabulary is the tokenizer's)");
   data::PrepareOptions opt;
   opt.input = input;
   opt.out_dir = a.str("out");
@@ -69,6 +82,10 @@ int cmd_prepare(const Argv& argv) {
   TTT_CHECK(seed >= 0, "ttt prepare: --seed must be >= 0, got " << seed);
   opt.seed = uint64_t(seed);
   opt.max_bytes = a.i64("max-bytes");
+  opt.format = format;
+  opt.text_field = a.str("text-field");
+  opt.tokenizer = a.str("tokenizer");
+  opt.eot_token = eot_token;
   opt.log = &std::cerr;
   data::PrepareResult r = data::prepare_corpus(opt);
   std::cout << data::prepare_summary(r) << std::flush;

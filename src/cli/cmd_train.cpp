@@ -15,7 +15,10 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/device_flags.h"
+#include "cli/run_tokenizer.h"
 #include "core/error.h"
+#include "core/file_io.h"
+#include "data/tokenizer.h"
 #include "data/tokens.h"
 #include "dist/communicator.h"
 #include "infer/generate.h"
@@ -127,7 +130,7 @@ int cmd_train(const Argv& argv) {
                                "window's first separator are ignored)")
       .value("resume", "continue the run in this run (or checkpoint) directory exactly where it stopped")
       .value("sample-tokens", "tokens of the sample generated at the end (0: no sample)", "200")
-      .value("prompt", "prompt of the final sample", "The kernel ");
+      .value("prompt", "prompt of the final sample (default: none, the start of a new document)", "");
   declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt); checkpoints are the same files on both");
   declare_precision_flags(a);
   a.value("stage", "1, or 2: TNT stage 2 (fine-tune only the local memories of --from with --local-chunks)", "1")
@@ -219,6 +222,13 @@ int cmd_train(const Argv& argv) {
       name = std::filesystem::path(a.str("config")).stem().string();
     } else {
       cfg = model::preset(name);
+      // A preset's vocabulary follows the data's tokenizer (a config file states its own).
+      const data::TokenizerRecord tr = data::tokenizer_record_of_dir(a.str("data"));
+      if (tr.kind != "bytes" && int64_t(tr.vocab) != cfg.vocab_size) {
+        std::fprintf(stderr, "train: vocab_size %u (the %s tokenizer of %s) instead of the preset's %lld\n", tr.vocab,
+                     tr.kind.c_str(), a.str("data").c_str(), (long long)cfg.vocab_size);
+        cfg.vocab_size = tr.vocab;
+      }
     }
     train::TrainConfig tc;
     tc.preset = name;
@@ -268,6 +278,12 @@ int cmd_train(const Argv& argv) {
   }
 
   if (!writer) return r.stop_signal != 0 ? 128 + r.stop_signal : 0;
+  // The run keeps the tokenizer of its data (generate and eval find it there).
+  {
+    const nlohmann::json state =
+        nlohmann::json::parse(read_file((std::filesystem::path(r.checkpoint_dir) / "state.json").string()));
+    data::copy_tokenizer_to_run(state.at("train").at("data_dir").get<std::string>(), r.run_dir);
+  }
   std::printf("trained %lld steps (%lld this run) on %s tokens in %.1f s, %.0f tokens/s; %lld parameters\n",
               (long long)r.step, (long long)r.steps_this_run, std::to_string(r.tokens_seen).c_str(), r.seconds,
               r.tokens_per_s, (long long)r.n_params);
@@ -304,15 +320,17 @@ int cmd_train(const Argv& argv) {
     infer::SampleOptions so;
     so.temperature = 0.8;
     so.seed = 1;
+    const std::unique_ptr<data::Tokenizer> tok = run_tokenizer(r.run_dir, "", "", cfg.vocab_size, "ttt train");
     const std::string prompt = a.str("prompt");
-    std::printf("\n--- sample (%lld tokens, temperature %.1f) ---\n%s", (long long)sample_tokens, so.temperature,
-                prompt.c_str());
+    const std::vector<int32_t> prompt_tokens = encode_prompt(*tok, prompt, "ttt train");
+    std::printf("\n--- sample (up to %lld tokens, temperature %.1f, %s tokenizer) ---\n%s", (long long)sample_tokens,
+                so.temperature, tok->kind().c_str(), prompt.c_str());
     std::fflush(stdout);
-    infer::generate(cfg, params, data::encode_bytes(prompt), sample_tokens, so, [](int32_t t) {
-      const char c = char(t == data::kDocSeparator ? '\n' : t);
-      std::fputc(c, stdout);
-      std::fflush(stdout);
-    });
+    generate_text(
+        [&](const infer::SampleOptions& o, const std::function<void(int32_t)>& on_token) {
+          return infer::generate(cfg, params, prompt_tokens, sample_tokens, o, on_token);
+        },
+        *tok, so, /*past_eot=*/false);
     std::printf("\n---\n");
   }
   return 0;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -15,6 +16,7 @@
 #include "core/file_io.h"
 #include "data/prepare.h"
 #include "data/progress.h"
+#include "data/tokenizer.h"
 #include "data/tokens.h"
 
 namespace fs = std::filesystem;
@@ -265,12 +267,19 @@ SourceShard inspect_shard(const std::string& path, const ShardFormat* forced) {
 
 ImportResult import_token_shards(const ImportOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
-  TTT_CHECK(opt.eot_token >= 0, "ttt prepare: importing token shards needs --eot-token ID, the document separator id of "
-                                "their tokenizer (50256 for GPT-2 shards such as llm.c's and nanoGPT's)");
+  // The shards' tokenizer, when given: its end-of-text id and vocabulary are the defaults, its byte table is recorded.
+  std::unique_ptr<Tokenizer> tok;
+  if (!opt.tokenizer.empty()) tok = load_tokenizer(opt.tokenizer, opt.eot_token);
+  const int64_t eot_token = tok ? int64_t(tok->eot_id()) : opt.eot_token;
+  TTT_CHECK(eot_token >= 0, "ttt prepare: importing token shards needs --eot-token ID, the document separator id of "
+                            "their tokenizer (50256 for GPT-2 shards such as llm.c's and nanoGPT's), or --tokenizer");
+  TTT_CHECK(!tok || opt.vocab == 0 || uint64_t(opt.vocab) == tok->vocab_size(),
+            "ttt prepare: --vocab " << opt.vocab << " differs from the vocabulary " << tok->vocab_size() << " of --tokenizer '"
+                                    << opt.tokenizer << "'");
   TTT_CHECK(opt.vocab >= 0 && opt.vocab <= int64_t(kMaxTokenVocab),
             "ttt prepare: --vocab must be in [1, " << kMaxTokenVocab << "] (0: inferred), got " << opt.vocab);
-  TTT_CHECK(opt.vocab == 0 || opt.eot_token < opt.vocab,
-            "ttt prepare: --eot-token " << opt.eot_token << " is outside the vocabulary [0, " << opt.vocab << ") of --vocab");
+  TTT_CHECK(opt.vocab == 0 || eot_token < opt.vocab,
+            "ttt prepare: --eot-token " << eot_token << " is outside the vocabulary [0, " << opt.vocab << ") of --vocab");
   TTT_CHECK(opt.val_fraction > 0 && opt.val_fraction < 1, "ttt prepare: --val-fraction must be in (0, 1), got " << opt.val_fraction);
   std::error_code ec;
   TTT_CHECK(fs::exists(opt.input, ec), "ttt prepare: input '" << opt.input << "' does not exist");
@@ -316,9 +325,9 @@ ImportResult import_token_shards(const ImportOptions& opt) {
     for (const SourceShard& s : shards) b += s.n_tokens * s.width;
     return b;
   }();
-  uint64_t vocab = uint64_t(opt.vocab);
+  uint64_t vocab = tok ? tok->vocab_size() : uint64_t(opt.vocab);
   if (vocab == 0) {
-    uint64_t largest = uint64_t(opt.eot_token), done = 0;
+    uint64_t largest = uint64_t(eot_token), done = 0;
     ProgressLine scan(opt.progress, "prepare: finding the vocabulary (largest id)", total_bytes, opt.progress_terminal);
     for (const SourceShard& s : shards) {
       for_each_piece(s, [&](const uint32_t* ids, size_t n, uint64_t) {
@@ -334,7 +343,8 @@ ImportResult import_token_shards(const ImportOptions& opt) {
     r.vocab_inferred = true;
   }
   r.vocab = uint32_t(vocab);
-  r.separator = int32_t(opt.eot_token);
+  r.separator = int32_t(eot_token);
+  if (tok) r.tokenizer_kind = tok->kind();
 
   r.out_dir = opt.out_dir.empty() ? default_out_dir(opt.input) : opt.out_dir;
   TTT_CHECK(!fs::is_directory(opt.input, ec) || !fs::equivalent(opt.input, r.out_dir, ec),
@@ -346,6 +356,10 @@ ImportResult import_token_shards(const ImportOptions& opt) {
   // Unigram counts of the train tokens, when the vocabulary is small enough to count (8 bytes per id).
   constexpr uint64_t kMaxCountedVocab = uint64_t(1) << 24;
   std::vector<uint64_t> counts(vocab <= kMaxCountedVocab ? size_t(vocab) : 0, 0);
+  const std::vector<uint32_t> token_bytes = tok ? tok->token_byte_lengths() : std::vector<uint32_t>{};
+  auto add_text_bytes = [&](const uint32_t* ids, size_t n, uint64_t& text_bytes) {
+    for (size_t k = 0; k < n && !token_bytes.empty(); ++k) text_bytes += token_bytes[ids[k]];
+  };
   uint64_t train_seen = 0, done = 0;
   ProgressLine progress(opt.progress, "prepare: importing " + std::to_string(shards.size()) + " " + r.format + " shard(s)",
                         total_bytes, opt.progress_terminal);
@@ -357,7 +371,7 @@ ImportResult import_token_shards(const ImportOptions& opt) {
         std::vector<std::string>& names = validation ? r.val_shards : r.train_shards;
         names.push_back(shard_name(validation ? "val" : "train", names.size()));
         w = std::make_unique<TokenFileWriter>((fs::path(r.out_dir) / names.back()).string(), uint32_t(vocab),
-                                              int32_t(opt.eot_token));
+                                              int32_t(eot_token));
       }
       return *w;
     };
@@ -370,10 +384,14 @@ ImportResult import_token_shards(const ImportOptions& opt) {
       if (!s.validation) n_train = size_t(std::min<uint64_t>(n, cut > train_seen ? cut - train_seen : 0));
       if (n_train > 0) {
         writer(false).append(ids, n_train);
+        add_text_bytes(ids, n_train, r.train_text_bytes);
         if (!counts.empty())
           for (size_t k = 0; k < n_train; ++k) ++counts[ids[k]];
       }
-      if (n_train < n) writer(true).append(ids + n_train, n - n_train);
+      if (n_train < n) {
+        writer(true).append(ids + n_train, n - n_train);
+        add_text_bytes(ids + n_train, n - n_train, r.val_text_bytes);
+      }
       if (!s.validation) train_seen += n;
       done += n * s.width;
       progress.update(done);
@@ -395,7 +413,7 @@ ImportResult import_token_shards(const ImportOptions& opt) {
   nlohmann::json meta = {
       {"format", "TTTTOK"},
       {"format_version", kTokenFormatVersion},
-      {"tokenizer", nullptr},
+      {"tokenizer", tok ? install_tokenizer(*tok, opt.tokenizer, r.out_dir).to_json() : nlohmann::json(nullptr)},
       {"source_format", r.format},
       {"input", opt.input},
       {"source_files", r.source_files},
@@ -412,6 +430,11 @@ ImportResult import_token_shards(const ImportOptions& opt) {
       {"seconds", r.seconds},
   };
   if (r.unigram_entropy_bits >= 0) meta["unigram_entropy_bits"] = r.unigram_entropy_bits;
+  if (tok) {
+    meta["token_bytes"] = token_bytes;
+    meta["train_text_bytes"] = r.train_text_bytes;
+    meta["val_text_bytes"] = r.val_text_bytes;
+  }
   write_file_atomic(r.meta_path, meta.dump(2) + "\n");
   return r;
 }
@@ -427,7 +450,11 @@ std::string import_summary(const ImportResult& r) {
   os << "documents:  " << r.train_documents << " train, " << r.val_documents << " validation (separators)\n";
   if (r.unigram_entropy_bits >= 0)
     os << "entropy:    " << r.unigram_entropy_bits << " bits/token (unigram, train tokens)\n";
-  os << "bytes:      no token byte table (imported ids without their tokenizer): bits per byte will not be reported\n";
+  if (r.tokenizer_kind.empty())
+    os << "bytes:      no token byte table (imported ids without --tokenizer): bits per byte will not be reported\n";
+  else
+    os << "bytes:      " << r.train_text_bytes << " train, " << r.val_text_bytes << " validation (text bytes of the "
+       << r.tokenizer_kind << " tokenizer's table)\n";
   os << "wrote:      " << r.out_dir << " (meta.json lists the shards)\n";
   os << "time:       " << r.seconds << " s\n";
   return os.str();

@@ -15,8 +15,10 @@
 //
 // Output DIR: one TTTTOK shard per source shard and split (train-00000.bin, ..., val-00000.bin, ...; a source
 // shard that the val_fraction cut divides gives one of each), and meta.json with "shards" listing them
-// (data/loader.h), the counts, the source, and no token byte table (the ids' text is unknown without the
-// tokenizer: bits per byte is then not reported).
+// (data/loader.h), the counts, the source. With --tokenizer (the shards' tokenizer file: its vocabulary and
+// end-of-text id are the defaults of --vocab and --eot-token), the tokenizer is copied and recorded as `ttt prepare`
+// does for text, with "token_bytes", "train_text_bytes" and "val_text_bytes"; without it there is no token byte
+// table (the ids' text is unknown: bits per byte is then not reported).
 //
 // Memory: the shards are streamed in pieces of kImportPieceTokens tokens (the output writer buffers ~4 MB); nothing
 // holds a whole shard, whatever the input size. Without --vocab, a first pass reads every shard to find the largest
@@ -61,7 +63,8 @@ struct ImportOptions {
   std::string out_dir;      // empty: default_out_dir(input)
   bool format_given = false;
   ShardFormat format = ShardFormat::llmc;
-  int64_t eot_token = -1;   // the document separator id (required, >= 0)
+  int64_t eot_token = -1;   // the document separator id (>= 0; required without a tokenizer)
+  std::string tokenizer;    // the shards' tokenizer file (data/tokenizer.h); empty: none (no byte table)
   int64_t vocab = 0;        // 0: inferred (largest id + 1, at least eot + 1)
   double val_fraction = 0.05;  // used when no shard is named "val"
   std::ostream* progress = nullptr;
@@ -76,6 +79,8 @@ struct ImportResult {
   uint64_t source_files = 0, source_bytes = 0;
   uint64_t train_tokens = 0, val_tokens = 0, train_documents = 0, val_documents = 0;
   bool vocab_inferred = false, val_from_tail = false;
+  std::string tokenizer_kind;                          // empty: imported without a tokenizer
+  uint64_t train_text_bytes = 0, val_text_bytes = 0;  // with a tokenizer: text bytes the tokens stand for
   double unigram_entropy_bits = -1;  // of the train tokens, bits per token (< 0: vocabulary too large to count)
   double seconds = 0;
 };

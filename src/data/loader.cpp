@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "data/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -212,7 +213,7 @@ DatasetInfo read_dataset_info(const std::string& dir, uint32_t vocab, int32_t se
   const std::string meta_path = (fs::path(dir) / "meta.json").string();
   if (meta.is_null()) {
     // Directories written by hand or by tests before meta.json existed: byte tokens.
-    if (vocab == kByteVocab && separator == kDocSeparator) info.token_bytes = byte_token_lengths();
+    if (vocab == kByteVocab && separator == kDocSeparator) info.token_bytes = make_byte_tokenizer()->token_byte_lengths();
     return info;
   }
   if (meta.contains("token_bytes")) {
@@ -226,7 +227,7 @@ DatasetInfo read_dataset_info(const std::string& dir, uint32_t vocab, int32_t se
       info.token_bytes.push_back(tb[i].get<uint32_t>());
     }
   } else if (is_byte_tokenizer(meta) && vocab == kByteVocab && separator == kDocSeparator) {
-    info.token_bytes = byte_token_lengths();
+    info.token_bytes = make_byte_tokenizer()->token_byte_lengths();
   }
   if (meta.contains("unigram_entropy_bits") && meta["unigram_entropy_bits"].is_number())
     info.unigram_entropy_bits = meta["unigram_entropy_bits"].get<double>();

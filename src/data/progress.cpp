@@ -35,22 +35,24 @@ std::string ProgressLine::format(uint64_t done, uint64_t total, double seconds) 
   return os.str();
 }
 
-void ProgressLine::draw(uint64_t done, bool last) {
+void ProgressLine::draw(uint64_t done, bool last, std::string_view detail) {
   if (!out_) return;
+  drawn_ = true;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   *out_ << (terminal_ ? "\r" : "") << what_ << ": " << format(done, total_, seconds);
+  if (!detail.empty()) *out_ << ", " << detail;
   if (!terminal_ || last) *out_ << "\n";
   out_->flush();
 }
 
-void ProgressLine::update(uint64_t done_bytes) {
+void ProgressLine::update(uint64_t done_bytes, std::string_view detail) {
   done_ = done_bytes;
   const auto now = std::chrono::steady_clock::now();
   if (std::chrono::duration<double>(now - last_draw_).count() < interval_s_) return;
   last_draw_ = now;
-  draw(done_bytes, false);
+  draw(done_bytes, false, detail);
 }
 
-void ProgressLine::finish() { draw(std::max(done_, total_), true); }
+void ProgressLine::finish(std::string_view detail) { draw(std::max(done_, total_), true, detail); }
 
 }  // namespace ttt::data

@@ -96,12 +96,6 @@ std::string decode_bytes(const std::vector<int32_t>& tokens) {
   return out;
 }
 
-std::vector<uint32_t> byte_token_lengths() {
-  std::vector<uint32_t> lengths(kByteVocab, 1);
-  lengths[size_t(kDocSeparator)] = 0;
-  return lengths;
-}
-
 std::string serialize_tokens(const TokenFile& tf) {
   check_vocab(tf.vocab, "token file");
   check_separator(tf.separator, tf.vocab, "token file");

@@ -69,10 +69,7 @@ uint32_t token_width_for_vocab(uint32_t vocab);
 // back to bytes (tokens must be in 0..255; the separator decodes to a NUL byte).
 std::vector<int32_t> encode_bytes(std::string_view text);
 std::string decode_bytes(const std::vector<int32_t>& tokens);
-// The text bytes each id of the byte tokenizer stands for: 1, except 0 for the separator (no text). What bits
-// per byte divides by; a tokenizer's own table (its token_byte_lengths()) has the same meaning.
-std::vector<uint32_t> byte_token_lengths();
-
+// The text bytes each id stands for (what bits per byte divides by): Tokenizer::token_byte_lengths() (data/tokenizer.h).
 // In-memory (de)serialization; `origin` names the source in error messages.
 std::string serialize_tokens(const TokenFile& tf);
 TokenFile parse_tokens(std::string_view bytes, const std::string& origin);

@@ -58,21 +58,41 @@ std::vector<int32_t> generate(backend::Streamer& model, const std::vector<int32_
   TTT_CHECK(opt.top_k >= 0, "top_k must be non-negative, got " << opt.top_k);
   TTT_CHECK(opt.top_p > 0 && opt.top_p <= 1, "top_p must be in (0, 1], got " << opt.top_p);
   TTT_CHECK(std::isfinite(opt.temperature) && opt.temperature >= 0, "temperature must be >= 0, got " << opt.temperature);
+  TTT_CHECK(std::isfinite(opt.repetition_penalty) && opt.repetition_penalty > 0,
+            "repetition penalty must be > 0 (1: off), got " << opt.repetition_penalty);
   Rng rng(opt.seed);
   std::vector<int32_t> out;
   if (max_new_tokens == 0) return out;
   // Pre-fill chunk by chunk (feed splits at chunk boundaries); an empty prompt starts from a
-  // document separator (token 0).
-  std::vector<int32_t> start = prompt.empty() ? std::vector<int32_t>{0} : prompt;
+  // document separator.
+  std::vector<int32_t> start = prompt.empty() ? std::vector<int32_t>{opt.separator} : prompt;
   ag::Mat<float> lg = model.feed(start);
   const int64_t vocab = lg.cols;
   const float* last = lg.row(lg.rows - 1);
+  // The tokens of the context, for the repetition penalty.
+  const bool penalize = opt.repetition_penalty != 1.0;
+  std::vector<char> seen(penalize ? size_t(vocab) : 0, 0);
+  std::vector<float> penalized(penalize ? size_t(vocab) : 0);
+  if (penalize)
+    for (int32_t t : prompt)
+      if (t >= 0 && t < vocab) seen[size_t(t)] = 1;
   for (int64_t i = 0; i < max_new_tokens; ++i) {
     // Weights of a diverged run overflow; sampling would sort NaNs.
     TTT_CHECK(std::all_of(last, last + vocab, [](float x) { return std::isfinite(x); }),
               "the model's logits are non-finite at generated token " << i + 1
                                                                       << ": its weights overflow (the run that trained them diverged)");
-    int32_t tok = sample(last, vocab, opt, rng);
+    const float* logits = last;
+    if (penalize) {
+      for (int64_t v = 0; v < vocab; ++v) {
+        const float x = last[v];
+        penalized[size_t(v)] = !seen[size_t(v)] ? x : x > 0 ? float(x / opt.repetition_penalty)
+                                                             : float(x * opt.repetition_penalty);
+      }
+      logits = penalized.data();
+    }
+    int32_t tok = sample(logits, vocab, opt, rng);
+    if (opt.stop_at_separator && tok == opt.separator) break;
+    if (penalize) seen[size_t(tok)] = 1;
     out.push_back(tok);
     if (on_token) on_token(tok);
     if (i + 1 == max_new_tokens) break;

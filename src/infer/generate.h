@@ -14,11 +14,16 @@ struct SampleOptions {
   int64_t top_k = 0;         // 0: off
   double top_p = 1.0;        // 1: off
   uint64_t seed = 0;
+  // > 1 discourages repeats: the logit of every token already in the context (prompt and generated) is divided by
+  // it when positive and multiplied by it when negative (CTRL, Keskar et al. 2019); 1: off.
+  double repetition_penalty = 1.0;
+  int32_t separator = 0;           // the end-of-text id of the tokenizer (data/tokenizer.h)
+  bool stop_at_separator = false;  // end the generation when the separator is sampled (it is not returned)
 };
 
-// Pre-fills the prompt (an empty one: a document separator, token 0) through `model`, then samples
-// max_new_tokens tokens one at a time, feeding each back; on_token (may be empty) sees each new token as soon as
-// it is sampled. Returns the new tokens.
+// Pre-fills the prompt (an empty one: the document separator, opt.separator) through `model`, then samples up to
+// max_new_tokens tokens one at a time, feeding each back (fewer when stop_at_separator and the separator comes);
+// on_token (may be empty) sees each new token as soon as it is sampled. Returns the new tokens.
 std::vector<int32_t> generate(backend::Streamer& model, const std::vector<int32_t>& prompt, int64_t max_new_tokens,
                               const SampleOptions& opt, const std::function<void(int32_t)>& on_token = {});
 

@@ -172,11 +172,11 @@ RecallExample make_niah_example(const NiahOptions& opt, const Encode& encode, co
   return ex;
 }
 
-std::vector<int32_t> haystack_text(const std::vector<int32_t>& tokens) {
+std::vector<int32_t> haystack_text(const std::vector<int32_t>& tokens, int32_t separator) {
   std::vector<int32_t> out;
   out.reserve(tokens.size());
   for (int32_t t : tokens)
-    if (t != data::kDocSeparator) out.push_back(t);
+    if (t != separator) out.push_back(t);
   return out;
 }
 

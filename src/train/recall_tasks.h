@@ -71,8 +71,8 @@ void validate_niah(const NiahOptions& opt, const Encode& encode, int64_t haystac
 // Example `example` (0-based) of the cell (depth, length): `length` tokens.
 RecallExample make_niah_example(const NiahOptions& opt, const Encode& encode, const std::vector<int32_t>& haystack,
                                 double depth, int64_t length, int64_t example);
-// The haystack text of a token stream: the tokens without the document separators.
-std::vector<int32_t> haystack_text(const std::vector<int32_t>& tokens);
+// The haystack text of a token stream: the tokens without the document separators (id `separator`).
+std::vector<int32_t> haystack_text(const std::vector<int32_t>& tokens, int32_t separator);
 
 // ---- Scoring ----
 // The model as seen by the tasks: its greedy next-token predictions.

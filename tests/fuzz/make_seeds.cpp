@@ -62,6 +62,14 @@ int main(int argc, char** argv) {
   put(tok_dir, "vocab32000.bin", data::serialize_tokens({32000, 1, {31999, 7, 0, 256}}));
   put(tok_dir, "vocab100000.bin", data::serialize_tokens({100000, 2, {0, 99999, 65536, 0}}));
 
+  // Text for the BPE encoder: contractions, digits, whitespace runs, Unicode, a special token, invalid UTF-8.
+  const fs::path bpe_dir = root / "fuzz_bpe_encode";
+  put(bpe_dir, "english.txt", "It's the cat's mat, isn't it? They'LL see 12345 cats.\n");
+  put(bpe_dir, "spaces.txt", "  a\t\t b   \r\n\r\n  c   ");
+  put(bpe_dir, "unicode.txt", "caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80 \xd9\xa3\xd9\xa4 e\xcc\x81");
+  put(bpe_dir, "special.txt", "the end<|endoftext|>the start<|endoftext");
+  put(bpe_dir, "invalid.txt", std::string("ok \xff\xfe \xc3( \xe2\x82 end", 15));
+
   const fs::path cfg_dir = root / "fuzz_model_config";
   for (const std::string& name : model::preset_names())
     put(cfg_dir, name + ".json", model::config_to_json(model::preset(name)).dump(2));

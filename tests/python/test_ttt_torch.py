@@ -5,7 +5,8 @@ CheckpointError naming the field or tensor.
 
     /usr/bin/python3 tests/python/test_ttt_torch.py --ttt build/ttt
 
-Run by ctest (CMakeLists.txt); exits 77 (ctest: skipped) when this Python cannot import torch."""
+Run by ctest (CMakeLists.txt); exits 77 (ctest: skipped) when this Python cannot import torch or the corpus
+(linux-doc) is missing."""
 import argparse
 import json
 import os
@@ -289,6 +290,12 @@ class BadCheckpoints(unittest.TestCase):
         eval_loss(ck)
 
 
+# The training corpus: a fixed directory of the Linux documentation (Debian's linux-doc, which scripts/setup.sh
+# installs), not the repository's own docs: the checkpoints trained on it, and the parity measured on them, must not
+# change when the repository's files do (some variants are ill-conditioned in fp32 on some checkpoints).
+CORPUS = "/usr/share/doc/linux-doc-6.1/Documentation/process"
+
+
 def main():
     global TTT, TMP, DATA
     ap = argparse.ArgumentParser()
@@ -296,16 +303,14 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args, rest = ap.parse_known_args()
     TTT = os.path.abspath(args.ttt)
+    if not os.path.isdir(CORPUS):
+        print(f"SKIPPED: the training corpus {CORPUS} is missing; install linux-doc (scripts/setup.sh) to run these tests")
+        return 77
     TMP = tempfile.mkdtemp(prefix="ttt_torch_test_")
     torch.set_num_threads(2)
     try:
-        docs = os.path.join(TMP, "corpus")
-        os.makedirs(docs)
-        for name in sorted(os.listdir(os.path.join(REPO, "docs"))):
-            if name.endswith(".md"):
-                shutil.copy(os.path.join(REPO, "docs", name), docs)
         DATA = os.path.join(TMP, "data")
-        ttt("prepare", "--input", docs, "--out", DATA)
+        ttt("prepare", "--input", CORPUS, "--out", DATA)
         result = unittest.main(argv=[sys.argv[0], *rest], exit=False, verbosity=2).result
         ran, failed = result.testsRun, len(result.failures) + len(result.errors)
         print(f"{ran - failed} passed, {failed} failed")
