@@ -61,7 +61,8 @@ TokenSplit TokenSplit::open(const std::vector<std::string>& paths) {
     auto mapping = std::make_shared<const Mapping>(path);
     // A header that is too short reads as zeros past the end (parse_token_header names the truncation).
     unsigned char header[kTokenHeaderBytes] = {};
-    std::memcpy(header, mapping->bytes, std::min<uint64_t>(mapping->size, kTokenHeaderBytes));
+    if (mapping->size > 0)  // an empty file is not mapped (bytes is null)
+      std::memcpy(header, mapping->bytes, std::min<uint64_t>(mapping->size, kTokenHeaderBytes));
     Shard s;
     s.header = parse_token_header(header, mapping->size, where);
     s.payload = mapping->bytes + kTokenHeaderBytes;
