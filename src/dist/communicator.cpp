@@ -114,7 +114,7 @@ void Communicator::all_reduce_sum(float* data, int64_t n) {
   for (int64_t at = 0; at < n; at += kAllReducePiece) {
     const int64_t len = std::min(kAllReducePiece, n - at);
     const std::vector<int64_t> counts = even_counts(len, size_);
-    std::vector<float> mine(size_t(counts[size_t(rank_)]));
+    std::vector<float> mine(static_cast<size_t>(counts[size_t(rank_)]));
     reduce_scatter_sum(data + at, mine.data(), counts);
     all_gather(mine.data(), data + at, counts);
   }
