@@ -485,16 +485,15 @@ TEST(Import, CliProgressAndBoundedMemory) {
     std::vector<uint16_t> piece(1 << 20, 7);
     f.write(reinterpret_cast<const char*>(piece.data()), std::streamsize(piece.size() * 2));
   }
-  const long small_kib = test_util::child_peak_rss_kib(
-      {"prepare", "--input", root + "/small.bin", "--out", root + "/small", "--format", "nanogpt", "--eot-token", "0"});
-  const long big_kib = test_util::child_peak_rss_kib(
-      {"prepare", "--input", root + "/big.bin", "--out", root + "/big", "--format", "nanogpt", "--eot-token", "0"});
-  ASSERT_GT(small_kib, 0);
-  ASSERT_GT(big_kib, 0);
-  const double grown_mb = double(big_kib - small_kib) / 1024.0;  // ru_maxrss is in KiB
-  std::printf("prepare of a 48 MB nanoGPT file: peak RSS %.1f MB, %.1f MB above a 2 MB file's\n", double(big_kib) / 1024.0,
-              grown_mb);
-  EXPECT_LT(grown_mb, 24.0) << "the importer must stream, not hold the shard";
+  const double small_mb = test_util::prepare_peak_mb("prepare --input " + root + "/small.bin --out " + root +
+                                                     "/small --format nanogpt --eot-token 0");
+  const double big_mb = test_util::prepare_peak_mb("prepare --input " + root + "/big.bin --out " + root +
+                                                   "/big --format nanogpt --eot-token 0");
+  ASSERT_GT(small_mb, 0);
+  ASSERT_GT(big_mb, 0);
+  std::printf("prepare of a 48 MB nanoGPT file: peak RSS %.1f MB, %.1f MB above a 2 MB file's\n", big_mb,
+              big_mb - small_mb);
+  EXPECT_LT(big_mb - small_mb, 24.0) << "the importer must stream, not hold the shard";
   const TokenSplit train = open_split(root + "/big", "train"), val = open_split(root + "/big", "val");
   EXPECT_EQ(train.size() + val.size(), int64_t(n));
   EXPECT_EQ(train.vocab(), 50000u);

@@ -281,16 +281,16 @@ TEST(PrepareText, BoundedMemoryOnALargeCorpus) {
   // A 2-document file first: the difference of the two peaks is what the 64 MB cost.
   write_file_atomic(dir / "small.jsonl", "{\"text\": \"a small document\"}\n{\"text\": \"another one\"}\n");
   const std::string out = dir / "out";
-  const long small_kib =
-      test_util::child_peak_rss_kib({"prepare", "--input", dir / "small.jsonl", "--out", dir / "small_out"});
-  const long big_kib = test_util::child_peak_rss_kib({"prepare", "--input", dir / "big.jsonl", "--out", out});
-  ASSERT_GT(small_kib, 0);
-  ASSERT_GT(big_kib, 0);
+  const double small_mb =
+      test_util::prepare_peak_mb("prepare --input " + (dir / "small.jsonl") + " --out " + (dir / "small_out"));
+  const double big_mb = test_util::prepare_peak_mb("prepare --input " + (dir / "big.jsonl") + " --out " + out);
+  ASSERT_GT(small_mb, 0);
+  ASSERT_GT(big_mb, 0);
   const auto meta = nlohmann::json::parse(read_file(out + "/meta.json"));
   EXPECT_GT(meta["bytes"].get<uint64_t>(), uint64_t(60) << 20);
-  // ru_maxrss is in KiB; holding the text would add > 64 MB.
-  EXPECT_LT(big_kib - small_kib, 32 * 1024) << "peak resident memory " << big_kib << " KiB, " << small_kib
-                                            << " KiB for a 2-document file";
+  // Holding the text would add > 64 MB.
+  EXPECT_LT(big_mb - small_mb, 32.0) << "peak resident memory " << big_mb << " MB, " << small_mb
+                                     << " MB for a 2-document file";
 }
 
 TEST(PrepareText, CliFlags) {

@@ -8,10 +8,24 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/progress.h"
 #include "data/import_shards.h"
 #include "data/prepare.h"
 
 namespace ttt::cli {
+
+namespace {
+
+// "memory:     21.7 MB peak resident" (the bounded-memory promise, checked by the tests), or nothing.
+std::string peak_memory_line() {
+  const int64_t b = peak_resident_bytes();
+  if (b < 0) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "memory:     %.1f MB peak resident\n", double(b) / 1e6);
+  return buf;
+}
+
+}  // namespace
 
 int cmd_prepare(const Argv& argv) {
   Args a(argv, "prepare");
@@ -69,7 +83,7 @@ int cmd_prepare(const Argv& argv) {
     opt.progress = &std::cerr;
     opt.progress_terminal = ::isatty(2) != 0;
     const data::ImportResult r = data::import_token_shards(opt);
-    std::cout << data::import_summary(r) << std::flush;
+    std::cout << data::import_summary(r) << peak_memory_line() << std::flush;
     return 0;
   }
   TTT_CHECK(!a.has("vocab"), "ttt prepare: --vocab applies to token shards (--format llmc|nanogpt|npy), not to text "
@@ -88,7 +102,7 @@ int cmd_prepare(const Argv& argv) {
   opt.eot_token = eot_token;
   opt.log = &std::cerr;
   data::PrepareResult r = data::prepare_corpus(opt);
-  std::cout << data::prepare_summary(r) << std::flush;
+  std::cout << data::prepare_summary(r) << peak_memory_line() << std::flush;
   return 0;
 }
 

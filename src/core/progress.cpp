@@ -23,6 +23,17 @@ std::string format_count(double x) {
   return buf;
 }
 
+int64_t peak_resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kib = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmHWM: %lld kB", &kib) == 1) break;
+  std::fclose(f);
+  return kib < 0 ? -1 : int64_t(kib) * 1024;
+}
+
 ProgressLine::ProgressLine(std::ostream& os, std::string what, std::string unit, double every_seconds)
     : os_(os), what_(std::move(what)), unit_(std::move(unit)), every_(every_seconds), start_(Clock::now()), last_(start_) {}
 

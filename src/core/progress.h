@@ -13,6 +13,10 @@ std::string format_hms(double seconds);
 // A count as "950", "12.3k", "4.56M".
 std::string format_count(double x);
 
+// This process's peak resident memory in bytes (VmHWM of /proc/self/status: its own high-water mark, not the
+// parent's), or -1 where the system does not say.
+int64_t peak_resident_bytes();
+
 class ProgressLine {
  public:
   // Lines "<what>: <done>/<total> <unit> (<p>%) | <rate> <unit>/s | <elapsed> elapsed | ETA <eta>" on `os`.
