@@ -57,10 +57,48 @@ struct Impl {
   void (*bwd)(const cuda::AttentionShape&, const float*, int64_t, const float*, int64_t, const float*, int64_t,
               const float*, int64_t, const float*, const float*, int64_t, float*, int64_t, float*, int64_t, float*,
               int64_t, void*, void*);
-  const char* name() const { return bf16 ? "bf16" : "fp32"; }
+  bool bf16_inputs = false;  // the bf16-operand entry points (hd % 8 == 0 only)
+  const char* name() const { return bf16_inputs ? "bf16-inputs" : bf16 ? "bf16" : "fp32"; }
 };
+// bf16 twins of fp32 operands for the bf16-input kernels: the operand's rows rounded to bf16 (what the
+// fp32-input kernels round them to on load), with the same column offsets and a leading dimension rounded up to 8.
+struct Bf16Twin {
+  cuda::DeviceBuffer buf;
+  int64_t ld = 0;
+  const bf16* p() const { return buf.as<bf16>(); }
+};
+Bf16Twin bf16_twin(const float* src, int64_t ld, int64_t rows, int64_t cols) {
+  Bf16Twin t;
+  t.ld = (ld + 7) / 8 * 8;
+  t.buf = cuda::DeviceBuffer(size_t(std::max<int64_t>(1, rows * t.ld)) * 2);
+  if (rows > 0) cuda::mk::to_bf16(src, ld, t.buf.as<bf16>(), t.ld, rows, cols);
+  return t;
+}
+// The bf16-input kernels behind the fp32 signature of Impl (the conversion is not part of what they time).
+void fwd_bf16_inputs(const cuda::AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
+                     const float* v, int64_t ldv, float* o, int64_t ldo, float* lse, void* st) {
+  const int64_t rows = s.S * s.N, D = s.heads * s.hd;
+  const Bf16Twin tq = bf16_twin(q, ldq, rows, D), tk = bf16_twin(k, ldk, rows, D), tv = bf16_twin(v, ldv, rows, D);
+  cuda::swa_forward_bf16(s, tq.p(), tq.ld, tk.p(), tk.ld, tv.p(), tv.ld, o, ldo, lse, st);
+  cuda::stream_synchronize();
+}
+void bwd_bf16_inputs(const cuda::AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
+                     const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
+                     int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, void*,
+                     void* st) {
+  const int64_t rows = s.S * s.N, D = s.heads * s.hd;
+  const Bf16Twin tq = bf16_twin(q, ldq, rows, D), tk = bf16_twin(k, ldk, rows, D), tv = bf16_twin(v, ldv, rows, D);
+  cuda::DeviceBuffer work(std::max<size_t>(16, cuda::swa_backward_bf16_workspace(s)));
+  work.fill_nan();
+  cuda::swa_backward_bf16(s, tq.p(), tq.ld, tk.p(), tk.ld, tv.p(), tv.ld, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk,
+                          dv, lddv, work.as<void>(), st);
+  cuda::stream_synchronize();
+}
+
 const Impl kFp32{false, &cuda::swa_forward, &cuda::swa_backward};
 const Impl kBf16{true, &cuda::swa_forward_bf16, &cuda::swa_backward_bf16};
+// bf16 kernels fed bf16 operands (cp.async tiles); must give the bits of kBf16 for the same rounded values.
+const Impl kBf16Inputs{true, &fwd_bf16_inputs, &bwd_bf16_inputs, true};
 
 std::vector<float> normal(Rng& r, size_t n, double s) {
   std::vector<float> x(n);
@@ -317,6 +355,24 @@ void attention_case(const Impl& impl, Worst& worst, const Case& c) {
   CHECK_IMPL(impl, worst, dq, dq_ref, terms, name + " dq");
   CHECK_IMPL(impl, worst, dk, dk_ref, terms, name + " dk");
   CHECK_IMPL(impl, worst, dv, dv_ref, 1.0, name + " dv");
+  // bf16 operands: the same bits as the fp32-input bf16 kernels (both round to the same bf16 values, then run one
+  // kernel template).
+  if (impl.bf16_inputs) {
+    cuda::DeviceBuffer o2 = nan_buf(size_t(rows * os.ld)), lse2 = nan_buf(size_t(rows * c.heads));
+    kBf16.fwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, o2.as<float>(), os.ld, lse2.as<float>(),
+              nullptr);
+    EXPECT_EQ(0, std::memcmp(o_all.data(), down(o2, size_t(rows * os.ld)).data(), o_all.size() * 4))
+        << name << ": o differs from the fp32-input bf16 kernel";
+    EXPECT_EQ(0, std::memcmp(lse.data(), down(lse2, size_t(rows * c.heads)).data(), lse.size() * 4))
+        << name << ": lse differs from the fp32-input bf16 kernel";
+    cuda::DeviceBuffer bq = nan_buf(gsz), bk = nan_buf(gsz), bv = nan_buf(gsz);
+    kBf16.bwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld, lsed.as<float>(),
+              dod.as<float>(), dos.ld, dqs.ptr(bq), dqs.ld, dks.ptr(bk), dks.ld, dvs.ptr(bv), dvs.ld, work.as<void>(),
+              nullptr);
+    EXPECT_EQ(dq, dqs.gather(down(bq, gsz))) << name << ": dq differs from the fp32-input bf16 kernel";
+    EXPECT_EQ(dk, dks.gather(down(bk, gsz))) << name << ": dk differs from the fp32-input bf16 kernel";
+    EXPECT_EQ(dv, dvs.gather(down(bv, gsz))) << name << ": dv differs from the fp32-input bf16 kernel";
+  }
   // Nothing written outside the operands: the pad columns of o and of separate gradient buffers stay NaN.
   if (c.pad > 0) {
     bool clean = true;
@@ -368,6 +424,31 @@ TEST(CudaAttention, Bf16MatchesCpu) {
   Worst worst;
   worst.kind = "relative L2 error (bf16)";
   for (const Case& c : cases()) attention_case(kBf16, worst, c);
+}
+
+// The bf16 kernels fed bf16 operands, on every case whose head width is a multiple of 8 (the others are refused,
+// below): the bf16 error bounds, and the bits of the fp32-input bf16 kernels.
+TEST(CudaAttention, Bf16InputsMatchCpuAndFp32Inputs) {
+  REQUIRE_CUDA();
+  Worst worst;
+  worst.kind = "relative L2 error (bf16 inputs)";
+  int run = 0;
+  for (const Case& c : cases())
+    if (c.hd % 8 == 0) attention_case(kBf16Inputs, worst, c), ++run;
+  EXPECT_GE(run, 8) << "too few cases with hd % 8 == 0";
+}
+
+TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
+  REQUIRE_CUDA();
+  cuda::DeviceBuffer b(1 << 16);
+  const bf16* p = b.as<bf16>();
+  float* f = b.as<float>();
+  EXPECT_THROW(cuda::swa_forward_bf16({1, 8, 1, 12, 4}, p, 12, p, 12, p, 12, f, 12, f), Error);   // hd % 8
+  EXPECT_THROW(cuda::swa_forward_bf16({1, 8, 1, 16, 4}, p, 20, p, 16, p, 16, f, 16, f), Error);   // ld % 8
+  EXPECT_THROW(cuda::swa_forward_bf16({1, 8, 1, 16, 4}, p + 1, 16, p, 16, p, 16, f, 16, f), Error);  // alignment
+  EXPECT_THROW(cuda::swa_backward_bf16({1, 8, 1, 16, 4}, p, 16, p, 16, p, 16, f, 16, f, f, 16, f, 16, f, 16, f, 16,
+                                       nullptr),
+               Error);  // no workspace
 }
 
 void backward_bit_identical(const Impl& impl) {
@@ -438,7 +519,7 @@ TEST(CudaAttention, RejectsBadInput) {
 // median time of 5 forward and 5 backward runs, and float64 spot checks of o, lse and dq on sampled rows and of
 // dk, dv on two keys.
 // fp32 timings of the last shape760m(kFp32) run, printed beside the bf16 ones.
-double g_fp32_fwd_ms = 0, g_fp32_bwd_ms = 0;
+double g_fp32_fwd_ms = 0, g_fp32_bwd_ms = 0, g_bf16_fwd_ms = 0, g_bf16_bwd_ms = 0;
 
 void shape760m(const Impl& impl) {
   const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
@@ -451,12 +532,27 @@ void shape760m(const Impl& impl) {
                      g = nan_buf(size_t(rows * ld)), work = nan_buf(cuda::swa_backward_workspace(s) / 4);
   const float* q = qkv.as<float>();
   float* gp = g.as<float>();
+  // bf16 inputs: converted once, outside the timed calls (the model's RoPE writes them).
+  Bf16Twin qkv16;
+  cuda::DeviceBuffer work16;
+  if (impl.bf16_inputs) {
+    qkv16 = bf16_twin(q, ld, rows, ld);
+    work16 = cuda::DeviceBuffer(cuda::swa_backward_bf16_workspace(s));
+  }
+  const bf16* q16 = qkv16.p();
   const auto fwd = [&] {
-    impl.fwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
+    if (impl.bf16_inputs)
+      cuda::swa_forward_bf16(s, q16, ld, q16 + D, ld, q16 + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
+    else
+      impl.fwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
   };
   const auto bwd = [&] {
-    impl.bwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp, ld,
-             gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
+    if (impl.bf16_inputs)
+      cuda::swa_backward_bf16(s, q16, ld, q16 + D, ld, q16 + 2 * D, ld, o.as<float>(), D, lse.as<float>(),
+                              dO.as<float>(), D, gp, ld, gp + D, ld, gp + 2 * D, ld, work16.as<void>(), nullptr);
+    else
+      impl.bwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp, ld,
+               gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
   };
   fwd();
   bwd();
@@ -468,7 +564,13 @@ void shape760m(const Impl& impl) {
   std::printf("[attention 760m %s] S1 N32768 H24 hd64 W2048 on %s: forward %.2f ms, backward %.2f ms (median of "
               "5; forward min %.2f max %.2f, backward min %.2f max %.2f)\n",
               impl.name(), cuda::device_description().c_str(), tf[2], tb[2], tf[0], tf[4], tb[0], tb[4]);
-  if (impl.bf16) {
+  if (impl.bf16_inputs) {
+    if (g_bf16_fwd_ms > 0)
+      std::printf("[attention 760m] bf16 inputs vs fp32 inputs (bf16 kernels): forward %.2f vs %.2f ms (x%.2f), "
+                  "backward %.2f vs %.2f ms (x%.2f)\n",
+                  tf[2], g_bf16_fwd_ms, g_bf16_fwd_ms / tf[2], tb[2], g_bf16_bwd_ms, g_bf16_bwd_ms / tb[2]);
+  } else if (impl.bf16) {
+    g_bf16_fwd_ms = tf[2], g_bf16_bwd_ms = tb[2];
     if (g_fp32_fwd_ms > 0)
       std::printf("[attention 760m] bf16 vs fp32: forward %.2f vs %.2f ms (x%.2f), backward %.2f vs %.2f ms (x%.2f)\n",
                   tf[2], g_fp32_fwd_ms, g_fp32_fwd_ms / tf[2], tb[2], g_fp32_bwd_ms, g_fp32_bwd_ms / tb[2]);
@@ -571,6 +673,12 @@ TEST(CudaAttention, Shape760mTimingAndSpotCheck) {
 TEST(CudaAttention, Bf16Shape760mTimingAndSpotCheck) {
   REQUIRE_CUDA();
   shape760m(kBf16);
+}
+
+// The bf16 kernels on bf16 operands at the 760m shape (the model's path), timed beside the fp32-input ones.
+TEST(CudaAttention, Bf16InputsShape760mTimingAndSpotCheck) {
+  REQUIRE_CUDA();
+  shape760m(kBf16Inputs);
 }
 
 #endif  // TTT_HAVE_CUDA

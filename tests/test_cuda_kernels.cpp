@@ -237,6 +237,14 @@ TEST(CudaKernels, RopeMatchesCpu) {
           const float want = j >= D && j < 2 * D ? dx[size_t(i * D + j - D)] : 7.0f;
           ASSERT_EQ(0, std::memcmp(&got, &want, 4)) << name << ": strided backward at row " << i << " column " << j;
         }
+      // bf16 output (the bf16 attention's q, k): the fp32 result rounded to nearest even, bit for bit.
+      cuda::DeviceBuffer y16(size_t(ND) * 2 + 2);
+      cuda::rope_forward(wd.as<float>() + D, 3 * D, y16.as<bf16>(), D, pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+      cuda::stream_synchronize();
+      std::vector<bf16> got16(static_cast<size_t>(ND));
+      y16.download(got16.data(), size_t(ND) * 2);
+      for (int64_t e = 0; e < ND; ++e)
+        ASSERT_EQ(float_to_bf16(y[size_t(e)]).bits, got16[size_t(e)].bits) << name << ": bf16 output at " << e;
     }
     ++worst.cases;
   }

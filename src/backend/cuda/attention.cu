@@ -476,7 +476,7 @@ void swa_backward(const AttentionShape& s, const float* q, int64_t ldq, const fl
                   float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, void* work,
                   void* stream) {
   if (!check_backward("swa_backward", s, q, ldq, k, ldk, v, ldv, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk, dv,
-                      lddv, work))
+                      lddv, work, swa_backward_workspace(s)))
     return;
   const Geo g = make_geo(s);
   const cudaStream_t st = as_stream(stream);

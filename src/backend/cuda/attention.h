@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "backend/cuda/device.h"  // elapsed_ms (was declared here)
+#include "core/dtype.h"           // bf16
 
 namespace ttt::cuda {
 
@@ -60,6 +61,19 @@ void swa_forward_bf16(const AttentionShape& s, const float* q, int64_t ldq, cons
                       const float* v, int64_t ldv, float* o, int64_t ldo, float* lse, void* stream = nullptr);
 void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
                        const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
+                       int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
+                       void* work, void* stream = nullptr);
+
+// The same kernels on bf16 operands (q, k, v as bf16 bits, e.g. written by the layer that produces them): the
+// values the fp32-input calls above round to on the way into the tiles, copied straight into shared memory
+// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv. The backward rounds
+// dO into its workspace (swa_backward_bf16_workspace bytes, 16-byte aligned) next to delta. bf16 operands need
+// hd % 8 == 0, leading dimensions % 8 == 0 and 16-byte aligned pointers (checked; ttt::Error otherwise).
+void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
+                      int64_t ldv, float* o, int64_t ldo, float* lse, void* stream = nullptr);
+size_t swa_backward_bf16_workspace(const AttentionShape& s);
+void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
+                       const bf16* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
                        int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
                        void* work, void* stream = nullptr);
 

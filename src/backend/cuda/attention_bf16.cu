@@ -16,6 +16,12 @@
 //                    S = Q K^T, dP = dO V^T, dS; dQ += dS K.
 //             Every output row belongs to one warp and is accumulated in a fixed order: no atomics, repeated
 //             runs are bit-identical.
+// Inputs: fp32 (converted to bf16 as each tile is stored in shared memory, through registers) or bf16 (the same
+// bits, copied by cp.async straight into shared memory: no conversion work and no staging registers). Both run
+// the same kernel templates (TileRows below), so the two give bit-identical results for the same bf16 values.
+// Tiles that need no element mask (inside the window, below the diagonal, inside the sequence) run a copy of the
+// tile body without the per-element visibility test. exp2 is the hardware ex2.approx.ftz (results below 2^-126
+// flush to zero; they are under every accumulated sum's rounding).
 // Speed (H100, the 760m shape S=1 N=32768 heads=24 hd=64 window=2048): forward 3.55 ms, backward 11.7 ms
 // including delta (fp32 kernels: 12.9 / 44.3 ms). Error against float64: relative L2 <= ~1e-2 per output.
 // Warps skip key (query) tiles that their 16 rows cannot see; only tiles crossing the causal diagonal, the
@@ -31,6 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -82,6 +89,17 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
                : "memory");
 }
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// 16 bytes global -> shared, asynchronously; src_bytes 0 fills the 16 bytes with zeros (nothing is read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // Lane offsets (bf16 elements, in a tile of row stride SP) of the ldmatrix.x4 addresses:
 //  a_off:  A fragment of rows 0..15, k 0..15 (matrices: rows 0-7|8-15 x k 0-7|8-15)
@@ -96,14 +114,14 @@ __device__ __forceinline__ int bt_off(int lane) { return ((lane % 8) + ((lane / 
 
 // acc[nt] (16 rows x 64 columns) += A (16 rows x HD, fragments a[kk] or from shared a_addr) * B^T where B is a
 // [64 x HD] shared tile at b_addr (row n = output column).
-template <int HD>
-__device__ __forceinline__ void mm_abt(float (&acc)[8][4], const uint32_t (&a_reg)[Cfg<HD>::kRes ? HD / 16 : 1][4],
+template <int HD, bool RES = Cfg<HD>::kRes>
+__device__ __forceinline__ void mm_abt(float (&acc)[8][4], const uint32_t (&a_reg)[RES ? HD / 16 : 1][4],
                                        uint32_t a_addr, uint32_t b_addr) {
   constexpr int SP = Cfg<HD>::SP;
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
     uint32_t a[4];
-    if constexpr (Cfg<HD>::kRes) {
+    if constexpr (RES) {
 #pragma unroll
       for (int u = 0; u < 4; ++u) a[u] = a_reg[kk][u];
     } else {
@@ -175,6 +193,54 @@ struct TileLoader {
   }
 };
 
+// Where a kernel's tiles come from, one interface for both input types:
+//   issue(row0, rows_valid, dst)  start reading rows row0.. (zero past rows_valid and past the head width) for the
+//                                 shared tile dst;
+//   land(dst)                     finish writing dst (fp32: round the registers to bf16 and store them);
+//   kAsyncRows<T>                 the copy is in flight until wait_rows<T>() (bf16: cp.async).
+template <class T, int HD, int ROWS>
+struct TileRows;
+template <class T>
+constexpr bool kAsyncRows = std::is_same_v<T, __nv_bfloat16>;
+
+template <int HD, int ROWS>
+struct TileRows<float, HD, ROWS> {
+  const float* g;
+  int64_t ld;
+  int hd;
+  bool vec;
+  TileLoader<HD, ROWS> regs;
+  __device__ __forceinline__ void issue(int row0, int rows_valid, __nv_bfloat16*) {
+    regs.load(g, ld, row0, rows_valid, hd, vec);
+  }
+  __device__ __forceinline__ void land(__nv_bfloat16* dst) const { regs.store(dst); }
+};
+
+template <int HD, int ROWS>
+struct TileRows<__nv_bfloat16, HD, ROWS> {
+  static constexpr int C8 = HD / 8;  // 16-byte chunks per row
+  static constexpr int PER = (ROWS * C8 + kThreads - 1) / kThreads;
+  const __nv_bfloat16* g;
+  int64_t ld;
+  int hd;  // a multiple of 8 (checked by the host)
+  bool vec;
+  __device__ __forceinline__ void issue(int row0, int rows_valid, __nv_bfloat16* dst) const {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int e = threadIdx.x + i * kThreads, r = e / C8, c = (e % C8) * 8;
+      if (ROWS * C8 % kThreads != 0 && e >= ROWS * C8) break;
+      const bool ok = r < rows_valid && c < hd;
+      cp_async16(dst + r * Cfg<HD>::SP + c, ok ? g + int64_t(row0 + r) * ld + c : g, ok ? 16 : 0);
+    }
+  }
+  __device__ __forceinline__ void land(__nv_bfloat16*) const {}
+};
+
+template <class T>
+__device__ __forceinline__ void wait_rows() {
+  if constexpr (kAsyncRows<T>) cp_async_wait_all();
+}
+
 __device__ __forceinline__ bool visible(int i, int j, const Geo& g) { return i < g.N && j <= i && j > i - g.window; }
 
 
@@ -199,10 +265,15 @@ __device__ __forceinline__ void store_rows(float* __restrict__ dst, int64_t ld, 
 }
 
 // ---- forward ---------------------------------------------------------------------------------------------
-template <int HD>
-__global__ void __launch_bounds__(kThreads, 1)
-    k_swa_fwd_bf16(Geo g, const float* __restrict__ q, int64_t ldq, const float* __restrict__ k, int64_t ldk,
-                   const float* __restrict__ v, int64_t ldv, float* __restrict__ o, int64_t ldo,
+// Blocks per SM the kernels are compiled for (register budget 65536 / (256 threads x blocks)).
+// bf16 inputs need no staging registers: two blocks (16 warps) per SM fit in 128 registers per thread.
+template <class T, int HD>
+constexpr int kFwdBlocks = kAsyncRows<T> && HD <= 64 ? 2 : 1;
+
+template <int HD, class T>
+__global__ void __launch_bounds__(kThreads, kFwdBlocks<T, HD>)
+    k_swa_fwd_bf16(Geo g, const T* __restrict__ q, int64_t ldq, const T* __restrict__ k, int64_t ldk,
+                   const T* __restrict__ v, int64_t ldv, float* __restrict__ o, int64_t ldo,
                    float* __restrict__ lse, int vec) {
   using C = Cfg<HD>;
   constexpr int SP = C::SP;
@@ -213,20 +284,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int q0 = blockIdx.x * kBlk, h = blockIdx.y;
   const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * g.hd;
-  const float* kb = k + base * ldk + col;
-  const float* vb = v + base * ldv + col;
   {
-    TileLoader<HD, kBlk> lq;
-    lq.load(q + base * ldq + col, ldq, q0, min(kBlk, g.N - q0), g.hd, vec & kVecQ);
-    lq.store(Qs);
+    TileRows<T, HD, kBlk> lq{q + base * ldq + col, ldq, g.hd, bool(vec & kVecQ)};
+    lq.issue(q0, min(kBlk, g.N - q0), Qs);
+    lq.land(Qs);
   }
   const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kBlk);
   const int ntiles = (k_end - k_begin + kT - 1) / kT;
-  TileLoader<HD, kT> lk, lv;
-  lk.load(kb, ldk, k_begin, min(kT, g.N - k_begin), g.hd, vec & kVecK);
-  lv.load(vb, ldv, k_begin, min(kT, g.N - k_begin), g.hd, vec & kVecV);
-  lk.store(Ks);
-  lv.store(Vs);
+  using Rows = TileRows<T, HD, kT>;
+  constexpr bool kEarly = kAsyncRows<T> || C::kPrefetch;  // next tile's reads in flight during the math
+  Rows lk{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)}, lv{v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)};
+  lk.issue(k_begin, min(kT, g.N - k_begin), Ks);
+  lv.issue(k_begin, min(kT, g.N - k_begin), Vs);
+  lk.land(Ks);
+  lv.land(Vs);
+  wait_rows<T>();
   __syncthreads();
 
   const int r0 = q0 + warp * 16;  // the warp's first query row
@@ -239,20 +311,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   float acc[C::NT][4];
 #pragma unroll
   for (int n = 0; n < C::NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  // m: running maximum of the raw scores q.k (the scale is applied inside the exponent: one FFMA per element);
+  // l: running sum of the probabilities of the rows r0 + g4 and r0 + g4 + 8, this lane's columns only.
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   for (int it = 0; it < ntiles; ++it) {
     const int k0 = k_begin + it * kT, buf = it & 1;
     const bool has_next = it + 1 < ntiles;
-    if constexpr (C::kPrefetch) {
-      if (has_next) {
-        lk.load(kb, ldk, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecK);
-        lv.load(vb, ldv, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecV);
-      }
+    __nv_bfloat16* Kn = Ks + (buf ^ 1) * kT * SP;
+    __nv_bfloat16* Vn = Vs + (buf ^ 1) * kT * SP;
+    if (kEarly && has_next) {
+      lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
+      lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
     }
     const bool active = r0 < g.N && k0 <= r0 + 15 && k0 + kT - 1 > r0 - g.window;
-    if (active) {
-      const bool full = k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N;
+    const auto tile = [&](auto masked) {
       float s[8][4];
 #pragma unroll
       for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
@@ -262,10 +335,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float x = s[n][e] * g.scale_log2;
-          if (!full && !visible(r0 + g4 + (e / 2) * 8, k0 + n * 8 + 2 * t4 + (e % 2), g)) x = -INFINITY;
-          s[n][e] = x;
-          mx[e / 2] = fmaxf(mx[e / 2], x);
+          if constexpr (decltype(masked)::value) {
+            if (!visible(r0 + g4 + (e / 2) * 8, k0 + n * 8 + 2 * t4 + (e % 2), g)) s[n][e] = -INFINITY;
+          }
+          mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
         }
       float alpha[2], mu[2];
 #pragma unroll
@@ -273,8 +346,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
         const float m_new = fmaxf(m[r], mx[r]);
-        mu[r] = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: stays at zero
-        alpha[r] = exp2f(m[r] - mu[r]);
+        mu[r] = m_new == -INFINITY ? 0.f : m_new * g.scale_log2;  // nothing visible yet: stays at zero
+        alpha[r] = ex2(m[r] * g.scale_log2 - mu[r]);
         m[r] = m_new;
       }
       float sum[2] = {0.f, 0.f};
@@ -282,7 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float p = exp2f(s[n][e] - mu[e / 2]);
+          const float p = ex2(fmaf(s[n][e], g.scale_log2, -mu[e / 2]));
           s[n][e] = p;
           sum[e / 2] += p;
         }
@@ -294,15 +367,21 @@ __global__ void __launch_bounds__(kThreads, 1)
         acc[n][2] *= alpha[1], acc[n][3] *= alpha[1];
       }
       mm_pb<HD>(acc, s, smem_u32(Vs + buf * kT * SP) + bt_off<SP>(lane) * 2);
+    };
+    if (active) {
+      const bool full = k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N;
+      if (full) tile(std::false_type{});
+      else tile(std::true_type{});
     }
     if (has_next) {
-      if constexpr (!C::kPrefetch) {
-        lk.load(kb, ldk, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecK);
-        lv.load(vb, ldv, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecV);
+      if (!kEarly) {
+        lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
+        lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
       }
-      lk.store(Ks + (buf ^ 1) * kT * SP);
-      lv.store(Vs + (buf ^ 1) * kT * SP);
+      lk.land(Kn);
+      lv.land(Vn);
     }
+    wait_rows<T>();
     __syncthreads();
   }
   float inv[2];
@@ -317,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = r0 + g4 + 8 * r;
-      if (i < g.N) lse[(base + i) * g.heads + h] = (m[r] + log2f(l[r])) * kLn2;
+      if (i < g.N) lse[(base + i) * g.heads + h] = (m[r] * g.scale_log2 + log2f(l[r])) * kLn2;
     }
   }
 }
@@ -326,8 +405,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 // delta[row, h] = <bf16(dO), O> over the head's columns (fp32 products and sum). dO rounded as in the tile
 // products dP = bf16(dO) bf16(V)^T, so that delta = sum_j P_j dP_j holds up to the V and P rounding and
 // dS = P (dP - delta) carries no systematic dO-rounding offset (which would bias dq = sum_j dS_j k_j).
+// dO16 (optional, [rows, heads*hd] with leading dimension ld16): bf16(dO), the backward kernels' input.
 __global__ void k_swa_delta_bf16(const float* __restrict__ o, int64_t ldo, const float* __restrict__ dO,
-                                 int64_t lddo, float* __restrict__ delta, int64_t rows, int heads, int hd) {
+                                 int64_t lddo, float* __restrict__ delta, __nv_bfloat16* __restrict__ dO16,
+                                 int64_t ld16, int64_t rows, int heads, int hd) {
   const int64_t idx = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (idx >= rows * heads) return;
@@ -335,16 +416,31 @@ __global__ void k_swa_delta_bf16(const float* __restrict__ o, int64_t ldo, const
   const float* a = o + r * ldo + c0;
   const float* b = dO + r * lddo + c0;
   float acc = 0.f;
-  for (int c = lane; c < hd; c += 32) acc = fmaf(a[c], __bfloat162float(__float2bfloat16_rn(b[c])), acc);
+  for (int c = lane; c < hd; c += 32) {
+    const __nv_bfloat16 d16 = __float2bfloat16_rn(b[c]);
+    if (dO16) dO16[r * ld16 + c0 + c] = d16;
+    acc = fmaf(a[c], __bfloat162float(d16), acc);
+  }
   for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
   if (lane == 0) delta[idx] = acc;
 }
 
+// dq fits two blocks per SM with bf16 inputs (a few bytes spilled).
+template <class T, int HD>
+constexpr int kDqBlocks = kAsyncRows<T> && HD <= 64 ? 2 : 1;
+
+// dk/dv keeps twice dq's accumulators: two blocks per SM (bf16 inputs) only with its K and V fragments re-read
+// from shared memory for every tile instead of held in registers.
+template <class T, int HD>
+constexpr int kDkdvBlocks = 1;
+template <class T, int HD>
+constexpr bool kDkdvResident = Cfg<HD>::kRes && kDkdvBlocks<T, HD> == 1;
+
 // dk, dv of 128 keys (warp: 16 keys); streams the 64-query tiles that see them.
-template <int HD>
-__global__ void __launch_bounds__(kThreads, 1)
-    k_swa_bwd_dkdv_bf16(Geo g, const float* __restrict__ q, int64_t ldq, const float* __restrict__ k, int64_t ldk,
-                        const float* __restrict__ v, int64_t ldv, const float* __restrict__ dO, int64_t lddo,
+template <int HD, class T>
+__global__ void __launch_bounds__(kThreads, kDkdvBlocks<T, HD>)
+    k_swa_bwd_dkdv_bf16(Geo g, const T* __restrict__ q, int64_t ldq, const T* __restrict__ k, int64_t ldk,
+                        const T* __restrict__ v, int64_t ldv, const T* __restrict__ dO, int64_t lddo,
                         const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dk,
                         int64_t lddk, float* __restrict__ dv, int64_t lddv, int vec) {
   using C = Cfg<HD>;
@@ -360,44 +456,48 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int k0 = blockIdx.x * kBlk, h = blockIdx.y;
   const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * g.hd;
   const bool want_dk = dk != nullptr;
-  const float* qb = q + base * ldq + col;
-  const float* db = dO + base * lddo + col;
   {
-    TileLoader<HD, kBlk> lt;
-    lt.load(k + base * ldk + col, ldk, k0, min(kBlk, g.N - k0), g.hd, vec & kVecK);
-    lt.store(Ks);
-    lt.load(v + base * ldv + col, ldv, k0, min(kBlk, g.N - k0), g.hd, vec & kVecV);
-    lt.store(Vs);
+    TileRows<T, HD, kBlk> lk{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)};
+    TileRows<T, HD, kBlk> lv{v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)};
+    lk.issue(k0, min(kBlk, g.N - k0), Ks);
+    lk.land(Ks);
+    lv.issue(k0, min(kBlk, g.N - k0), Vs);
+    lv.land(Vs);
   }
   const int64_t q_lim = int64_t(k0) + kBlk - 1 + g.window;
   const int q_end = q_lim < g.N ? int(q_lim) : g.N;
   const int ntiles = (q_end - k0 + kT - 1) / kT;
-  TileLoader<HD, kT> lq, ld;
-  float pl = 0.f, pd = 0.f;  // lse2 / delta of query k0 + threadIdx.x (threads < 64)
-  const auto load_q = [&](int q0) {
+  using Rows = TileRows<T, HD, kT>;
+  constexpr bool kEarly = kAsyncRows<T> || C::kPrefetch;
+  Rows lq{q + base * ldq + col, ldq, g.hd, bool(vec & kVecQ)}, ld{dO + base * lddo + col, lddo, g.hd,
+                                                                  bool(vec & kVecDO)};
+  float pl = 0.f, pd = 0.f;  // lse2 / delta of query q0 + threadIdx.x (threads < 64)
+  const auto issue_q = [&](int q0, int buf) {
     const int rows = min(kT, g.N - q0);
-    lq.load(qb, ldq, q0, rows, g.hd, vec & kVecQ);
-    ld.load(db, lddo, q0, rows, g.hd, vec & kVecDO);
+    lq.issue(q0, rows, Qs + buf * kT * SP);
+    ld.issue(q0, rows, dOs + buf * kT * SP);
     if (threadIdx.x < kT) {
       const int t = threadIdx.x;
       pl = t < rows ? lse[(base + q0 + t) * g.heads + h] * kLog2e : 0.f;
       pd = t < rows ? delta[(base + q0 + t) * g.heads + h] : 0.f;
     }
   };
-  const auto store_q = [&](int buf) {
-    lq.store(Qs + buf * kT * SP);
-    ld.store(dOs + buf * kT * SP);
+  const auto land_q = [&](int buf) {
+    lq.land(Qs + buf * kT * SP);
+    ld.land(dOs + buf * kT * SP);
     if (threadIdx.x < kT) lse2[buf * kT + threadIdx.x] = pl, dls[buf * kT + threadIdx.x] = pd;
   };
-  load_q(k0);
-  store_q(0);
+  issue_q(k0, 0);
+  land_q(0);
+  wait_rows<T>();
   __syncthreads();
 
   const int j0 = k0 + warp * 16;  // the warp's first key
   const uint32_t ka = smem_u32(Ks) + (warp * 16 * SP + a_off<SP>(lane)) * 2;
   const uint32_t va = smem_u32(Vs) + (warp * 16 * SP + a_off<SP>(lane)) * 2;
-  uint32_t kf[C::kRes ? C::KS : 1][4], vf[C::kRes ? C::KS : 1][4];
-  if constexpr (C::kRes) {
+  constexpr bool kRes = kDkdvResident<T, HD>;
+  uint32_t kf[kRes ? C::KS : 1][4], vf[kRes ? C::KS : 1][4];
+  if constexpr (kRes) {
 #pragma unroll
     for (int kk = 0; kk < C::KS; ++kk) ldsm_x4(kf[kk], ka + kk * 32), ldsm_x4(vf[kk], va + kk * 32);
   }
@@ -410,27 +510,28 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int it = 0; it < ntiles; ++it) {
     const int q0 = k0 + it * kT, buf = it & 1;
     const bool has_next = it + 1 < ntiles;
-    if constexpr (C::kPrefetch) {
-      if (has_next) load_q(q0 + kT);
-    }
+    if (kEarly && has_next) issue_q(q0 + kT, buf ^ 1);
     const bool active = j0 < g.N && q0 + kT - 1 >= j0 && q0 <= j0 + 15 + g.window - 1;
-    if (active) {
-      const bool full = q0 >= j0 + 15 && q0 + kT - 1 < j0 + g.window && q0 + kT - 1 < g.N;
+    const auto tile = [&](auto masked) {
       const uint32_t qt = smem_u32(Qs + buf * kT * SP), dt = smem_u32(dOs + buf * kT * SP);
       const float* l2 = lse2 + buf * kT;
       const float* dl = dls + buf * kT;
       float p[8][4];
 #pragma unroll
       for (int n = 0; n < 8; ++n) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.f;
-      mm_abt<HD>(p, kf, ka, qt + b_off<SP>(lane) * 2);  // rows: keys, columns: queries
+      mm_abt<HD, kRes>(p, kf, ka, qt + b_off<SP>(lane) * 2);  // rows: keys, columns: queries
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
         const float2 lc = *reinterpret_cast<const float2*>(l2 + n * 8 + 2 * t4);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int ic = n * 8 + 2 * t4 + (e % 2);
-          const bool vis = full || visible(q0 + ic, j0 + g4 + (e / 2) * 8, g);
-          p[n][e] = vis ? exp2f(p[n][e] * g.scale_log2 - ((e % 2) ? lc.y : lc.x)) : 0.f;
+          const float x = ex2(fmaf(p[n][e], g.scale_log2, -((e % 2) ? lc.y : lc.x)));
+          if constexpr (decltype(masked)::value) {
+            const int ic = n * 8 + 2 * t4 + (e % 2);
+            p[n][e] = visible(q0 + ic, j0 + g4 + (e / 2) * 8, g) ? x : 0.f;
+          } else {
+            p[n][e] = x;
+          }
         }
       }
       mm_pb<HD>(adv, p, dt + bt_off<SP>(lane) * 2);  // dV += P^T dO
@@ -438,7 +539,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         float dp[8][4];
 #pragma unroll
         for (int n = 0; n < 8; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.f;
-        mm_abt<HD>(dp, vf, va, dt + b_off<SP>(lane) * 2);  // dP^T = V dO^T
+        mm_abt<HD, kRes>(dp, vf, va, dt + b_off<SP>(lane) * 2);  // dP^T = V dO^T
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
           const float2 dc = *reinterpret_cast<const float2*>(dl + n * 8 + 2 * t4);
@@ -447,11 +548,17 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         mm_pb<HD>(adk, dp, qt + bt_off<SP>(lane) * 2);  // dK += dS^T Q
       }
+    };
+    if (active) {
+      const bool full = q0 >= j0 + 15 && q0 + kT - 1 < j0 + g.window && q0 + kT - 1 < g.N;
+      if (full) tile(std::false_type{});
+      else tile(std::true_type{});
     }
     if (has_next) {
-      if constexpr (!C::kPrefetch) load_q(q0 + kT);
-      store_q(buf ^ 1);
+      if (!kEarly) issue_q(q0 + kT, buf ^ 1);
+      land_q(buf ^ 1);
     }
+    wait_rows<T>();
     __syncthreads();
   }
   if (dv) store_rows<HD>(dv + base * lddv + col, lddv, j0, g, adv, 1.f, 1.f);
@@ -459,10 +566,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // dq of 128 queries (warp: 16 queries); streams the 64-key tiles of their windows.
-template <int HD>
-__global__ void __launch_bounds__(kThreads, 1)
-    k_swa_bwd_dq_bf16(Geo g, const float* __restrict__ q, int64_t ldq, const float* __restrict__ k, int64_t ldk,
-                      const float* __restrict__ v, int64_t ldv, const float* __restrict__ dO, int64_t lddo,
+template <int HD, class T>
+__global__ void __launch_bounds__(kThreads, kDqBlocks<T, HD>)
+    k_swa_bwd_dq_bf16(Geo g, const T* __restrict__ q, int64_t ldq, const T* __restrict__ k, int64_t ldk,
+                      const T* __restrict__ v, int64_t ldv, const T* __restrict__ dO, int64_t lddo,
                       const float* __restrict__ lse, const float* __restrict__ delta, float* __restrict__ dq,
                       int64_t lddq, int vec) {
   using C = Cfg<HD>;
@@ -475,22 +582,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
   const int q0 = blockIdx.x * kBlk, h = blockIdx.y;
   const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * g.hd;
-  const float* kb = k + base * ldk + col;
-  const float* vb = v + base * ldv + col;
   {
-    TileLoader<HD, kBlk> lt;
-    lt.load(q + base * ldq + col, ldq, q0, min(kBlk, g.N - q0), g.hd, vec & kVecQ);
-    lt.store(Qs);
-    lt.load(dO + base * lddo + col, lddo, q0, min(kBlk, g.N - q0), g.hd, vec & kVecDO);
-    lt.store(dOs);
+    TileRows<T, HD, kBlk> lq{q + base * ldq + col, ldq, g.hd, bool(vec & kVecQ)};
+    TileRows<T, HD, kBlk> ld{dO + base * lddo + col, lddo, g.hd, bool(vec & kVecDO)};
+    lq.issue(q0, min(kBlk, g.N - q0), Qs);
+    lq.land(Qs);
+    ld.issue(q0, min(kBlk, g.N - q0), dOs);
+    ld.land(dOs);
   }
   const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kBlk);
   const int ntiles = (k_end - k_begin + kT - 1) / kT;
-  TileLoader<HD, kT> lk, lv;
-  lk.load(kb, ldk, k_begin, min(kT, g.N - k_begin), g.hd, vec & kVecK);
-  lv.load(vb, ldv, k_begin, min(kT, g.N - k_begin), g.hd, vec & kVecV);
-  lk.store(Ks);
-  lv.store(Vs);
+  using Rows = TileRows<T, HD, kT>;
+  constexpr bool kEarly = kAsyncRows<T> || C::kPrefetch;
+  Rows lk{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)}, lv{v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)};
+  lk.issue(k_begin, min(kT, g.N - k_begin), Ks);
+  lv.issue(k_begin, min(kT, g.N - k_begin), Vs);
+  lk.land(Ks);
+  lv.land(Vs);
+  wait_rows<T>();
   __syncthreads();
 
   const int r0 = q0 + warp * 16;
@@ -515,15 +624,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int it = 0; it < ntiles; ++it) {
     const int k0 = k_begin + it * kT, buf = it & 1;
     const bool has_next = it + 1 < ntiles;
-    if constexpr (C::kPrefetch) {
-      if (has_next) {
-        lk.load(kb, ldk, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecK);
-        lv.load(vb, ldv, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecV);
-      }
+    __nv_bfloat16* Kn = Ks + (buf ^ 1) * kT * SP;
+    __nv_bfloat16* Vn = Vs + (buf ^ 1) * kT * SP;
+    if (kEarly && has_next) {
+      lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
+      lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
     }
     const bool active = r0 < g.N && k0 <= r0 + 15 && k0 + kT - 1 > r0 - g.window;
-    if (active) {
-      const bool full = k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N;
+    const auto tile = [&](auto masked) {
       const uint32_t kt = smem_u32(Ks + buf * kT * SP), vt = smem_u32(Vs + buf * kT * SP);
       float p[8][4], dp[8][4];
 #pragma unroll
@@ -536,20 +644,28 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const bool vis = full || visible(r0 + g4 + (e / 2) * 8, k0 + n * 8 + 2 * t4 + (e % 2), g);
-          const float pr = vis ? exp2f(p[n][e] * g.scale_log2 - rl[e / 2]) : 0.f;
+          float pr = ex2(fmaf(p[n][e], g.scale_log2, -rl[e / 2]));
+          if constexpr (decltype(masked)::value) {
+            if (!visible(r0 + g4 + (e / 2) * 8, k0 + n * 8 + 2 * t4 + (e % 2), g)) pr = 0.f;
+          }
           dp[n][e] = pr * (dp[n][e] - rd[e / 2]);
         }
       mm_pb<HD>(adq, dp, kt + bt_off<SP>(lane) * 2);  // dQ += dS K
+    };
+    if (active) {
+      const bool full = k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N;
+      if (full) tile(std::false_type{});
+      else tile(std::true_type{});
     }
     if (has_next) {
-      if constexpr (!C::kPrefetch) {
-        lk.load(kb, ldk, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecK);
-        lv.load(vb, ldv, k0 + kT, min(kT, g.N - k0 - kT), g.hd, vec & kVecV);
+      if (!kEarly) {
+        lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
+        lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
       }
-      lk.store(Ks + (buf ^ 1) * kT * SP);
-      lv.store(Vs + (buf ^ 1) * kT * SP);
+      lk.land(Kn);
+      lv.land(Vn);
     }
+    wait_rows<T>();
     __syncthreads();
   }
   store_rows<HD>(dq + base * lddq + col, lddq, r0, g, adq, g.scale, g.scale);
@@ -574,46 +690,90 @@ dim3 grid_of(const AttentionShape& s) {
   return dim3(unsigned((s.N + kBlk - 1) / kBlk), unsigned(s.heads), unsigned(s.S));
 }
 
-template <int HD>
-void fwd_launch(const AttentionShape& s, const Geo& g, const float* q, int64_t ldq, const float* k, int64_t ldk,
-                const float* v, int64_t ldv, float* o, int64_t ldo, float* lse, int vec, cudaStream_t st) {
-  set_smem(k_swa_fwd_bf16<HD>, fwd_smem<HD>());
-  k_swa_fwd_bf16<HD><<<grid_of(s), kThreads, fwd_smem<HD>(), st>>>(g, q, ldq, k, ldk, v, ldv, o, ldo, lse, vec);
+// The operands of one call in the kernels' input type T (float or __nv_bfloat16).
+template <class T>
+struct Operands {
+  const T *q, *k, *v, *dO;
+  int64_t ldq, ldk, ldv, lddo;
+};
+
+template <int HD, class T>
+void fwd_launch(const AttentionShape& s, const Geo& g, const Operands<T>& x, float* o, int64_t ldo, float* lse,
+                int vec, cudaStream_t st) {
+  set_smem(k_swa_fwd_bf16<HD, T>, fwd_smem<HD>());
+  k_swa_fwd_bf16<HD, T><<<grid_of(s), kThreads, fwd_smem<HD>(), st>>>(g, x.q, x.ldq, x.k, x.ldk, x.v, x.ldv, o, ldo,
+                                                                       lse, vec);
   TTT_LAUNCH_CHECK("k_swa_fwd_bf16");
 }
 
-template <int HD>
-void bwd_launch(const AttentionShape& s, const Geo& g, const float* q, int64_t ldq, const float* k, int64_t ldk,
-                const float* v, int64_t ldv, const float* dO, int64_t lddo, const float* lse, const float* delta,
+template <int HD, class T>
+void bwd_launch(const AttentionShape& s, const Geo& g, const Operands<T>& x, const float* lse, const float* delta,
                 float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, int vec, cudaStream_t st) {
   if (dk || dv) {
-    set_smem(k_swa_bwd_dkdv_bf16<HD>, dkdv_smem<HD>());
-    k_swa_bwd_dkdv_bf16<HD><<<grid_of(s), kThreads, dkdv_smem<HD>(), st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse,
-                                                                          delta, dk, lddk, dv, lddv, vec);
+    set_smem(k_swa_bwd_dkdv_bf16<HD, T>, dkdv_smem<HD>());
+    k_swa_bwd_dkdv_bf16<HD, T><<<grid_of(s), kThreads, dkdv_smem<HD>(), st>>>(
+        g, x.q, x.ldq, x.k, x.ldk, x.v, x.ldv, x.dO, x.lddo, lse, delta, dk, lddk, dv, lddv, vec);
     TTT_LAUNCH_CHECK("k_swa_bwd_dkdv_bf16");
   }
   if (dq) {
-    set_smem(k_swa_bwd_dq_bf16<HD>, dq_smem<HD>());
-    k_swa_bwd_dq_bf16<HD><<<grid_of(s), kThreads, dq_smem<HD>(), st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse,
-                                                                      delta, dq, lddq, vec);
+    set_smem(k_swa_bwd_dq_bf16<HD, T>, dq_smem<HD>());
+    k_swa_bwd_dq_bf16<HD, T><<<grid_of(s), kThreads, dq_smem<HD>(), st>>>(
+        g, x.q, x.ldq, x.k, x.ldk, x.v, x.ldv, x.dO, x.lddo, lse, delta, dq, lddq, vec);
     TTT_LAUNCH_CHECK("k_swa_bwd_dq_bf16");
   }
 }
+
+template <class T>
+void forward(const AttentionShape& s, const Operands<T>& x, float* o, int64_t ldo, float* lse, int vec, void* stream) {
+  const Geo g = make_geo(s);
+  const cudaStream_t st = as_stream(stream);
+  if (s.hd <= 32) fwd_launch<32>(s, g, x, o, ldo, lse, vec, st);
+  else if (s.hd <= 64) fwd_launch<64>(s, g, x, o, ldo, lse, vec, st);
+  else fwd_launch<128>(s, g, x, o, ldo, lse, vec, st);
+}
+
+// delta (and, for bf16 inputs, bf16(dO) into dO16) then the dk/dv and dq kernels.
+template <class T>
+void backward(const AttentionShape& s, Operands<T> x, const float* o, int64_t ldo, const float* lse, const float* dO,
+              int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, float* delta,
+              __nv_bfloat16* dO16, int vec, void* stream) {
+  const Geo g = make_geo(s);
+  const cudaStream_t st = as_stream(stream);
+  const int64_t rows = s.S * s.N, D = s.heads * s.hd;
+  const int64_t warps = rows * s.heads, per_block = kThreads / 32;
+  k_swa_delta_bf16<<<unsigned((warps + per_block - 1) / per_block), kThreads, 0, st>>>(
+      o, ldo, dO, lddo, delta, dO16, D, rows, int(s.heads), int(s.hd));
+  TTT_LAUNCH_CHECK("k_swa_delta_bf16");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) x.dO = dO16, x.lddo = D;
+  if (s.hd <= 32) bwd_launch<32>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
+  else if (s.hd <= 64) bwd_launch<64>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
+  else bwd_launch<128>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
+}
+
+// bf16 operands are copied 16 bytes at a time: every row and head must start on a 16-byte boundary.
+void check_bf16_operand(const char* op, const char* name, const bf16* p, int64_t ld, const AttentionShape& s) {
+  TTT_CHECK(s.hd % 8 == 0 && ld % 8 == 0 && aligned16(p),
+            op << ": bf16 operand " << name << " needs a head width and a leading dimension that are multiples of 8"
+               << " and a 16-byte aligned pointer (hd " << s.hd << ", ld " << ld << ")");
+}
+
+const __nv_bfloat16* as_nv(const bf16* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
 
 }  // namespace
 
 void swa_forward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
                       const float* v, int64_t ldv, float* o, int64_t ldo, float* lse, void* stream) {
   if (!check_forward("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse)) return;
-  const Geo g = make_geo(s);
-  const int vec = vec_flags(s, q, ldq, k, ldk, v, ldv);
-  const cudaStream_t st = as_stream(stream);
-  if (s.hd <= 32)
-    fwd_launch<32>(s, g, q, ldq, k, ldk, v, ldv, o, ldo, lse, vec, st);
-  else if (s.hd <= 64)
-    fwd_launch<64>(s, g, q, ldq, k, ldk, v, ldv, o, ldo, lse, vec, st);
-  else
-    fwd_launch<128>(s, g, q, ldq, k, ldk, v, ldv, o, ldo, lse, vec, st);
+  forward<float>(s, {q, k, v, nullptr, ldq, ldk, ldv, 0}, o, ldo, lse, vec_flags(s, q, ldq, k, ldk, v, ldv), stream);
+}
+
+void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
+                      int64_t ldv, float* o, int64_t ldo, float* lse, void* stream) {
+  if (!check_forward("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse)) return;
+  check_bf16_operand("swa_forward_bf16", "q", q, ldq, s);
+  check_bf16_operand("swa_forward_bf16", "k", k, ldk, s);
+  check_bf16_operand("swa_forward_bf16", "v", v, ldv, s);
+  forward<__nv_bfloat16>(s, {as_nv(q), as_nv(k), as_nv(v), nullptr, ldq, ldk, ldv, 0}, o, ldo, lse, 0, stream);
 }
 
 void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
@@ -621,23 +781,33 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
                        int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
                        void* work, void* stream) {
   if (!check_backward("swa_backward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk, dv,
-                      lddv, work))
+                      lddv, work, swa_backward_workspace(s)))
     return;
-  const Geo g = make_geo(s);
-  const cudaStream_t st = as_stream(stream);
-  float* delta = static_cast<float*>(work);
-  const int64_t rows = s.S * s.N;
-  const int64_t warps = rows * s.heads, per_block = kThreads / 32;
-  k_swa_delta_bf16<<<unsigned((warps + per_block - 1) / per_block), kThreads, 0, st>>>(o, ldo, dO, lddo, delta, rows,
-                                                                                        int(s.heads), int(s.hd));
-  TTT_LAUNCH_CHECK("k_swa_delta_bf16");
-  const int vec = vec_flags(s, q, ldq, k, ldk, v, ldv, dO, lddo);
-  if (s.hd <= 32)
-    bwd_launch<32>(s, g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
-  else if (s.hd <= 64)
-    bwd_launch<64>(s, g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
-  else
-    bwd_launch<128>(s, g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
+  backward<float>(s, {q, k, v, dO, ldq, ldk, ldv, lddo}, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk, dv, lddv,
+                  static_cast<float*>(work), nullptr, vec_flags(s, q, ldq, k, ldk, v, ldv, dO, lddo), stream);
+}
+
+size_t swa_backward_bf16_workspace(const AttentionShape& s) {
+  // delta, then bf16(dO) [S*N, heads*hd] on a 16-byte boundary.
+  const size_t delta = (swa_backward_workspace(s) + 15) / 16 * 16;
+  return delta + size_t(s.S * s.N * s.heads * s.hd) * 2;
+}
+
+void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
+                       const bf16* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
+                       int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,
+                       void* work, void* stream) {
+  if (!check_backward("swa_backward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk, dv,
+                      lddv, work, swa_backward_bf16_workspace(s)))
+    return;
+  check_bf16_operand("swa_backward_bf16", "q", q, ldq, s);
+  check_bf16_operand("swa_backward_bf16", "k", k, ldk, s);
+  check_bf16_operand("swa_backward_bf16", "v", v, ldv, s);
+  TTT_CHECK(aligned16(work), "swa_backward_bf16: work must be 16-byte aligned");
+  auto* bytes = static_cast<unsigned char*>(work);
+  auto* dO16 = reinterpret_cast<__nv_bfloat16*>(bytes + (swa_backward_workspace(s) + 15) / 16 * 16);
+  backward<__nv_bfloat16>(s, {as_nv(q), as_nv(k), as_nv(v), nullptr, ldq, ldk, ldv, 0}, o, ldo, lse, dO, lddo, dq,
+                          lddq, dk, lddk, dv, lddv, static_cast<float*>(work), dO16, 0, stream);
 }
 
 }  // namespace ttt::cuda

@@ -57,8 +57,9 @@ inline Geo make_geo(const AttentionShape& s) {
 }
 
 // The forward's checks; false when there is nothing to compute (no rows).
-inline bool check_forward(const char* op, const AttentionShape& s, const float* q, int64_t ldq, const float* k,
-                          int64_t ldk, const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse) {
+// q, k, v: fp32 or bf16 operands (the checks do not read them).
+inline bool check_forward(const char* op, const AttentionShape& s, const void* q, int64_t ldq, const void* k,
+                          int64_t ldk, const void* v, int64_t ldv, const float* o, int64_t ldo, const float* lse) {
   check_shape(op, s);
   if (s.S == 0 || s.N == 0) return false;
   check_operand(op, "q", q, ldq, s);
@@ -69,11 +70,12 @@ inline bool check_forward(const char* op, const AttentionShape& s, const float* 
   return true;
 }
 
-// The backward's checks; false when there is nothing to compute (no rows, or no gradient wanted).
-inline bool check_backward(const char* op, const AttentionShape& s, const float* q, int64_t ldq, const float* k,
-                           int64_t ldk, const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse,
+// The backward's checks; false when there is nothing to compute (no rows, or no gradient wanted). work_bytes: the
+// workspace the call needs (named in the error when work is null).
+inline bool check_backward(const char* op, const AttentionShape& s, const void* q, int64_t ldq, const void* k,
+                           int64_t ldk, const void* v, int64_t ldv, const float* o, int64_t ldo, const float* lse,
                            const float* dO, int64_t lddo, const float* dq, int64_t lddq, const float* dk, int64_t lddk,
-                           const float* dv, int64_t lddv, const void* work) {
+                           const float* dv, int64_t lddv, const void* work, size_t work_bytes) {
   check_shape(op, s);
   if (s.S == 0 || s.N == 0 || (!dq && !dk && !dv)) return false;
   check_operand(op, "q", q, ldq, s);
@@ -85,8 +87,7 @@ inline bool check_backward(const char* op, const AttentionShape& s, const float*
   if (dk) check_operand(op, "dk", dk, lddk, s);
   if (dv) check_operand(op, "dv", dv, lddv, s);
   TTT_CHECK(lse != nullptr, op << ": lse is null");
-  TTT_CHECK(work != nullptr, op << ": work is null (swa_backward_workspace = " << swa_backward_workspace(s)
-                                << " bytes)");
+  TTT_CHECK(work != nullptr, op << ": work is null (the backward needs " << work_bytes << " bytes of workspace)");
   const int64_t warps = s.S * s.N * s.heads, per_block = 256 / 32;
   TTT_CHECK((warps + per_block - 1) / per_block < (int64_t(1) << 31), op << ": too many rows");
   return true;

@@ -209,7 +209,9 @@ struct GpuModel::Impl {
     s.BHN = S * H * N;  // = rows * H
     s.W = S * H * dh * d;
     s.G = std::max<int64_t>(3, s.M) * H;
-    s.attn_work = int64_t(swa_backward_workspace(AttentionShape{S, N, Ha, hd, cfg.window}) / sizeof(float)) + 1;
+    const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+    s.attn_work = int64_t((attention_bf16() ? swa_backward_bf16_workspace(ashape) : swa_backward_workspace(ashape)) /
+                          sizeof(float)) + 1;
     s.act16 = act16 ? 1 : 0;
     s.act32 = act16 ? 0 : 1;
     act = s.grow(act_arrays, opt.poison);
@@ -259,6 +261,24 @@ struct GpuModel::Impl {
     if (act16) mk::round_store_bf16(act.xout, xs16[size_t(l + 1)].p(), rows * D);
   }
 
+  // The attention backward on fp32 operands: fp32 kernels, or the bf16 tensor-core ones converting as they load.
+  using AttentionBackward = void (*)(const AttentionShape&, const float*, int64_t, const float*, int64_t, const float*,
+                                     int64_t, const float*, int64_t, const float*, const float*, int64_t, float*,
+                                     int64_t, float*, int64_t, float*, int64_t, void*, void*);
+  static constexpr AttentionBackward fp32_backward = &swa_backward;
+  static constexpr AttentionBackward fp32_input_bf16_backward = &swa_backward_bf16;
+  // The bf16 attention reads bf16 operands (16-byte rows: hd % 8 == 0); other head widths use its fp32-input form.
+  bool attention_bf16() const { return opt.math == MathMode::BF16 && hd % 8 == 0; }
+  // Where they live: q and v in the two halves of the fp32 qa buffer, k in the first half of ka (both unused as
+  // fp32 in this mode), so the bf16 operands cost no memory.
+  struct AttentionBf16 {
+    bf16 *q, *k, *v;
+  };
+  AttentionBf16 attention_operands(int64_t rows) {
+    auto* qa16 = reinterpret_cast<bf16*>(act.qa);
+    return {qa16, reinterpret_cast<bf16*>(act.ka), qa16 + rows * D};
+  }
+
   // ---- one layer ---------------------------------------------------------------------------------------
 
   // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
@@ -276,15 +296,25 @@ struct GpuModel::Impl {
     const float* k = act.qkv + D;
     const float* v = act.qkv + 2 * D;
     // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention.
-    rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
-    rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
-    // bf16 products: the tensor-core attention (same contract, bf16 operands, fp32 statistics and outputs).
-    if (!(recompute && attention_kept))
-      timed("attention", [&] {
-        (opt.math == MathMode::BF16 ? swa_forward_bf16 : swa_forward)(AttentionShape{S, N, Ha, hd, cfg.window},
-                                                                      act.qa, D, act.ka, D, v, 3 * D, act.attn, D,
-                                                                      act.lse, nullptr);
-      });
+    const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+    if (attention_bf16()) {
+      // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
+      // fp32-input form would round to, without the conversion work inside the attention kernels.
+      const AttentionBf16 a = attention_operands(rows);
+      rope_forward(q, 3 * D, a.q, D, pos, rows, Ha, hd, cfg.rope_theta);
+      rope_forward(k, 3 * D, a.k, D, pos, rows, Ha, hd, cfg.rope_theta);
+      mk::to_bf16(v, 3 * D, a.v, D, rows, D);
+      if (!(recompute && attention_kept))
+        timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
+    } else {
+      rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
+      rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
+      if (!(recompute && attention_kept))
+        timed("attention", [&] {
+          if (opt.math == MathMode::BF16) swa_forward_bf16(ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse);
+          else swa_forward(ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse);
+        });
+    }
     // Memory branch inputs (prepare_memory_inputs).
     mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, act.qh, act.qnorm, rows, H, d, 1e-5);
     mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, act.kh, act.knorm, rows, H, d, 1e-5);
@@ -537,9 +567,16 @@ struct GpuModel::Impl {
     const float* v = act.qkv + 2 * D;
     float* dqkv = grad.dqkv;
     timed("attention", [&] {
-      (opt.math == MathMode::BF16 ? swa_backward_bf16 : swa_backward)(
-          AttentionShape{S, N, Ha, hd, cfg.window}, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse, grad.dsum,
-          D, grad.dqa, D, grad.dka, D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
+      const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+      if (attention_bf16()) {
+        const AttentionBf16 a = attention_operands(S * N);
+        swa_backward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, grad.dsum, D, grad.dqa, D, grad.dka,
+                          D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
+      } else {
+        (opt.math == MathMode::BF16 ? fp32_input_bf16_backward : fp32_backward)(
+            ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse, grad.dsum, D, grad.dqa, D, grad.dka, D,
+            dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
+      }
     });
     rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);

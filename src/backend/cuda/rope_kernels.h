@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"  // bf16
+
 namespace ttt::cuda {
 
 // x, y [N, heads*hd], hd even; channel i < hd/2 pairs with i + hd/2, angle pos[r] * theta^(-2i/hd) (angles,
@@ -19,5 +21,8 @@ void rope_forward(const float* x, int64_t ldx, float* y, int64_t ldy, const int6
                   int64_t hd, double theta, void* stream = nullptr);
 void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const int64_t* pos, int64_t N,
                    int64_t heads, int64_t hd, double theta, void* stream = nullptr);
+// The forward rotation stored in bf16 (the fp32 result rounded to nearest even): the bf16 attention's q and k.
+void rope_forward(const float* x, int64_t ldx, bf16* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
+                  int64_t hd, double theta, void* stream = nullptr);
 
 }  // namespace ttt::cuda
