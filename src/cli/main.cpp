@@ -31,6 +31,7 @@ const std::map<std::string, Command>& commands() {
       {"eval", {ttt::cli::cmd_eval, "evaluate a checkpoint on validation data; prints JSON"}},
       {"generate", {ttt::cli::cmd_generate, "generate text from a checkpoint with a constant-memory recurrent state"}},
       {"logits", {ttt::cli::cmd_logits, "the logits of a checkpoint over a text file, as a safetensors file"}},
+      {"plot", {ttt::cli::cmd_plot, "plot metrics of runs (loss, val_loss, ...) against step, tokens or time as a PNG"}},
   };
   return table;
 }
