@@ -241,6 +241,28 @@ __device__ __forceinline__ void wait_rows() {
   if constexpr (kAsyncRows<T>) cp_async_wait_all();
 }
 
+// The K and V tiles a query block streams (forward, dq): rows row0 .. row0 + kT of both into a pair of buffers.
+template <class T, int HD>
+struct KvStream {
+  TileRows<T, HD, kT> k, v;
+  int N;
+  __device__ __forceinline__ void issue(int row0, __nv_bfloat16* Kd, __nv_bfloat16* Vd) {
+    k.issue(row0, min(kT, N - row0), Kd);
+    v.issue(row0, min(kT, N - row0), Vd);
+  }
+  __device__ __forceinline__ void land(__nv_bfloat16* Kd, __nv_bfloat16* Vd) const {
+    k.land(Kd);
+    v.land(Vd);
+  }
+};
+
+// A tile body instantiated with and without the per-element visibility test.
+template <class Tile>
+__device__ __forceinline__ void masked_if(bool needs_mask, Tile&& tile) {
+  if (needs_mask) tile(std::true_type{});
+  else tile(std::false_type{});
+}
+
 __device__ __forceinline__ bool visible(int i, int j, const Geo& g) { return i < g.N && j <= i && j > i - g.window; }
 
 
@@ -291,13 +313,11 @@ __global__ void __launch_bounds__(kThreads, kFwdBlocks<T, HD>)
   }
   const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kBlk);
   const int ntiles = (k_end - k_begin + kT - 1) / kT;
-  using Rows = TileRows<T, HD, kT>;
   constexpr bool kEarly = kAsyncRows<T> || C::kPrefetch;  // next tile's reads in flight during the math
-  Rows lk{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)}, lv{v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)};
-  lk.issue(k_begin, min(kT, g.N - k_begin), Ks);
-  lv.issue(k_begin, min(kT, g.N - k_begin), Vs);
-  lk.land(Ks);
-  lv.land(Vs);
+  KvStream<T, HD> kv{{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)},
+                     {v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)}, g.N};
+  kv.issue(k_begin, Ks, Vs);
+  kv.land(Ks, Vs);
   wait_rows<T>();
   __syncthreads();
 
@@ -320,10 +340,7 @@ __global__ void __launch_bounds__(kThreads, kFwdBlocks<T, HD>)
     const bool has_next = it + 1 < ntiles;
     __nv_bfloat16* Kn = Ks + (buf ^ 1) * kT * SP;
     __nv_bfloat16* Vn = Vs + (buf ^ 1) * kT * SP;
-    if (kEarly && has_next) {
-      lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
-      lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
-    }
+    if (kEarly && has_next) kv.issue(k0 + kT, Kn, Vn);
     const bool active = r0 < g.N && k0 <= r0 + 15 && k0 + kT - 1 > r0 - g.window;
     const auto tile = [&](auto masked) {
       float s[8][4];
@@ -368,18 +385,11 @@ __global__ void __launch_bounds__(kThreads, kFwdBlocks<T, HD>)
       }
       mm_pb<HD>(acc, s, smem_u32(Vs + buf * kT * SP) + bt_off<SP>(lane) * 2);
     };
-    if (active) {
-      const bool full = k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N;
-      if (full) tile(std::false_type{});
-      else tile(std::true_type{});
-    }
+    // Tiles inside the window, below the diagonal and inside the sequence need no element mask.
+    if (active) masked_if(!(k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N), tile);
     if (has_next) {
-      if (!kEarly) {
-        lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
-        lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
-      }
-      lk.land(Kn);
-      lv.land(Vn);
+      if (!kEarly) kv.issue(k0 + kT, Kn, Vn);
+      kv.land(Kn, Vn);
     }
     wait_rows<T>();
     __syncthreads();
@@ -549,11 +559,7 @@ __global__ void __launch_bounds__(kThreads, kDkdvBlocks<T, HD>)
         mm_pb<HD>(adk, dp, qt + bt_off<SP>(lane) * 2);  // dK += dS^T Q
       }
     };
-    if (active) {
-      const bool full = q0 >= j0 + 15 && q0 + kT - 1 < j0 + g.window && q0 + kT - 1 < g.N;
-      if (full) tile(std::false_type{});
-      else tile(std::true_type{});
-    }
+    if (active) masked_if(!(q0 >= j0 + 15 && q0 + kT - 1 < j0 + g.window && q0 + kT - 1 < g.N), tile);
     if (has_next) {
       if (!kEarly) issue_q(q0 + kT, buf ^ 1);
       land_q(buf ^ 1);
@@ -592,13 +598,11 @@ __global__ void __launch_bounds__(kThreads, kDqBlocks<T, HD>)
   }
   const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kBlk);
   const int ntiles = (k_end - k_begin + kT - 1) / kT;
-  using Rows = TileRows<T, HD, kT>;
-  constexpr bool kEarly = kAsyncRows<T> || C::kPrefetch;
-  Rows lk{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)}, lv{v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)};
-  lk.issue(k_begin, min(kT, g.N - k_begin), Ks);
-  lv.issue(k_begin, min(kT, g.N - k_begin), Vs);
-  lk.land(Ks);
-  lv.land(Vs);
+  constexpr bool kEarly = kAsyncRows<T> || C::kPrefetch;  // next tile's reads in flight during the math
+  KvStream<T, HD> kv{{k + base * ldk + col, ldk, g.hd, bool(vec & kVecK)},
+                     {v + base * ldv + col, ldv, g.hd, bool(vec & kVecV)}, g.N};
+  kv.issue(k_begin, Ks, Vs);
+  kv.land(Ks, Vs);
   wait_rows<T>();
   __syncthreads();
 
@@ -626,10 +630,7 @@ __global__ void __launch_bounds__(kThreads, kDqBlocks<T, HD>)
     const bool has_next = it + 1 < ntiles;
     __nv_bfloat16* Kn = Ks + (buf ^ 1) * kT * SP;
     __nv_bfloat16* Vn = Vs + (buf ^ 1) * kT * SP;
-    if (kEarly && has_next) {
-      lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
-      lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
-    }
+    if (kEarly && has_next) kv.issue(k0 + kT, Kn, Vn);
     const bool active = r0 < g.N && k0 <= r0 + 15 && k0 + kT - 1 > r0 - g.window;
     const auto tile = [&](auto masked) {
       const uint32_t kt = smem_u32(Ks + buf * kT * SP), vt = smem_u32(Vs + buf * kT * SP);
@@ -652,18 +653,11 @@ __global__ void __launch_bounds__(kThreads, kDqBlocks<T, HD>)
         }
       mm_pb<HD>(adq, dp, kt + bt_off<SP>(lane) * 2);  // dQ += dS K
     };
-    if (active) {
-      const bool full = k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N;
-      if (full) tile(std::false_type{});
-      else tile(std::true_type{});
-    }
+    // Tiles inside the window, below the diagonal and inside the sequence need no element mask.
+    if (active) masked_if(!(k0 + kT - 1 <= r0 && k0 > r0 + 15 - g.window && r0 + 15 < g.N), tile);
     if (has_next) {
-      if (!kEarly) {
-        lk.issue(k0 + kT, min(kT, g.N - k0 - kT), Kn);
-        lv.issue(k0 + kT, min(kT, g.N - k0 - kT), Vn);
-      }
-      lk.land(Kn);
-      lv.land(Vn);
+      if (!kEarly) kv.issue(k0 + kT, Kn, Vn);
+      kv.land(Kn, Vn);
     }
     wait_rows<T>();
     __syncthreads();
@@ -757,6 +751,13 @@ void check_bf16_operand(const char* op, const char* name, const bf16* p, int64_t
                << " and a 16-byte aligned pointer (hd " << s.hd << ", ld " << ld << ")");
 }
 
+void check_bf16_operands(const char* op, const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
+                         const bf16* v, int64_t ldv) {
+  check_bf16_operand(op, "q", q, ldq, s);
+  check_bf16_operand(op, "k", k, ldk, s);
+  check_bf16_operand(op, "v", v, ldv, s);
+}
+
 const __nv_bfloat16* as_nv(const bf16* p) { return reinterpret_cast<const __nv_bfloat16*>(p); }
 
 }  // namespace
@@ -770,9 +771,7 @@ void swa_forward_bf16(const AttentionShape& s, const float* q, int64_t ldq, cons
 void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
                       int64_t ldv, float* o, int64_t ldo, float* lse, void* stream) {
   if (!check_forward("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse)) return;
-  check_bf16_operand("swa_forward_bf16", "q", q, ldq, s);
-  check_bf16_operand("swa_forward_bf16", "k", k, ldk, s);
-  check_bf16_operand("swa_forward_bf16", "v", v, ldv, s);
+  check_bf16_operands("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv);
   forward<__nv_bfloat16>(s, {as_nv(q), as_nv(k), as_nv(v), nullptr, ldq, ldk, ldv, 0}, o, ldo, lse, 0, stream);
 }
 
@@ -800,9 +799,7 @@ void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, cons
   if (!check_backward("swa_backward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse, dO, lddo, dq, lddq, dk, lddk, dv,
                       lddv, work, swa_backward_bf16_workspace(s)))
     return;
-  check_bf16_operand("swa_backward_bf16", "q", q, ldq, s);
-  check_bf16_operand("swa_backward_bf16", "k", k, ldk, s);
-  check_bf16_operand("swa_backward_bf16", "v", v, ldv, s);
+  check_bf16_operands("swa_backward_bf16", s, q, ldq, k, ldk, v, ldv);
   TTT_CHECK(aligned16(work), "swa_backward_bf16: work must be 16-byte aligned");
   auto* bytes = static_cast<unsigned char*>(work);
   auto* dO16 = reinterpret_cast<__nv_bfloat16*>(bytes + (swa_backward_workspace(s) + 15) / 16 * 16);
