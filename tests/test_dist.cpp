@@ -93,6 +93,91 @@ TEST(Dist, TensorShardsAreContiguousAndBalanced) {
   for (size_t i = 0; i + 1 < four.size(); ++i) EXPECT_LE(four[i], four[i + 1]);
 }
 
+// The backward's stages: the head first, then the layers from the last, the embedding last.
+TEST(Dist, BackwardStagesFollowTheBackward) {
+  const model::ModelConfig cfg = test_util::small_lact_config();
+  std::vector<std::string> names;
+  for (const auto& [name, shape] : model::parameter_shapes(cfg)) names.push_back(name);
+  const std::vector<int> stages = dist::backward_stages(names, cfg.n_layers);
+  ASSERT_EQ(stages.size(), names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    SCOPED_TRACE(names[i]);
+    if (names[i] == "embed.weight") EXPECT_EQ(stages[i], cfg.n_layers + 1);
+    else if (names[i].rfind("layers.0.", 0) == 0) EXPECT_EQ(stages[i], cfg.n_layers);
+    else if (names[i].rfind("layers." + std::to_string(cfg.n_layers - 1) + ".", 0) == 0) EXPECT_EQ(stages[i], 1);
+    else if (names[i] == "final_norm.weight" || names[i] == "lm_head.weight") EXPECT_EQ(stages[i], 0);
+  }
+  // The layout runs opposite to the backward: stages never increase along it.
+  for (size_t i = 1; i < stages.size(); ++i) EXPECT_LE(stages[i], stages[i - 1]) << names[i];
+}
+
+// Every gradient element is in exactly one bucket, and a bucket is launched only once all its tensors are final.
+void expect_buckets_cover_once(const std::vector<int64_t>& sizes, const std::vector<int>& stages,
+                               const std::vector<dist::GradientBucket>& buckets) {
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  std::vector<int> tensor_hits(sizes.size(), 0), element_hits(size_t(total), 0);
+  int previous_ready = -1;
+  for (const dist::GradientBucket& b : buckets) {
+    EXPECT_GE(b.ready, previous_ready) << "buckets out of launch order";
+    previous_ready = b.ready;
+    int64_t offset = 0;
+    for (size_t i = 0; i < b.first; ++i) offset += sizes[i];
+    EXPECT_EQ(b.offset, offset);
+    int64_t count = 0;
+    for (size_t i = b.first; i < b.last; ++i) {
+      ++tensor_hits[i];
+      count += sizes[i];
+      EXPECT_LE(stages[i], b.ready) << "tensor " << i << " is final after stage " << stages[i];
+    }
+    EXPECT_EQ(b.count, count);
+    for (int64_t e = b.offset; e < b.offset + b.count; ++e) ++element_hits[size_t(e)];
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) EXPECT_EQ(tensor_hits[i], 1) << "tensor " << i;
+  for (size_t e = 0; e < element_hits.size(); ++e) ASSERT_EQ(element_hits[e], 1) << "element " << e;
+}
+
+TEST(Dist, GradientBucketsCoverEveryGradientOnce) {
+  // The small model's layout, with buckets from one tensor's worth to everything.
+  const model::ModelConfig cfg = test_util::small_lact_config();
+  std::vector<std::string> names;
+  std::vector<int64_t> sizes;
+  for (const auto& [name, shape] : model::parameter_shapes(cfg)) names.push_back(name), sizes.push_back(shape_numel(shape));
+  const std::vector<int> stages = dist::backward_stages(names, cfg.n_layers);
+  for (int64_t bytes : {int64_t(0), int64_t(1), int64_t(4096), int64_t(64) << 10, int64_t(25) << 20}) {
+    SCOPED_TRACE(std::to_string(bytes) + " bytes per bucket");
+    const std::vector<dist::GradientBucket> buckets = dist::plan_gradient_buckets(sizes, stages, bytes);
+    expect_buckets_cover_once(sizes, stages, buckets);
+    if (bytes == 0) {  // one all-reduce after the backward
+      ASSERT_EQ(buckets.size(), 1u);
+      EXPECT_EQ(buckets[0].ready, cfg.n_layers + 1);
+    }
+    if (bytes == 1) {  // one bucket per stage: head, each layer, embedding
+      EXPECT_EQ(int64_t(buckets.size()), cfg.n_layers + 2);
+      for (size_t k = 0; k < buckets.size(); ++k) EXPECT_EQ(buckets[k].ready, int(k));
+    }
+  }
+  // Stages out of layout order still cover once (a bucket waits for its latest tensor).
+  const std::vector<int64_t> odd_sizes = {3, 1, 4, 1, 5, 9, 2, 6};
+  const std::vector<int> odd_stages = {2, 0, 3, 1, 1, 0, 2, 0};
+  for (int64_t bytes : {int64_t(0), int64_t(1), int64_t(8), int64_t(20), int64_t(1000)})
+    expect_buckets_cover_once(odd_sizes, odd_stages, dist::plan_gradient_buckets(odd_sizes, odd_stages, bytes));
+}
+
+TEST(Dist, FlatShardsPadToEqualCounts) {
+  const dist::FlatShards s = dist::flat_shards(10, 4);  // 3 per rank, padded to 12
+  EXPECT_EQ(s.per_rank, 3);
+  EXPECT_EQ(s.padded, 12);
+  std::vector<int> hits(10, 0);
+  for (int r = 0; r < 4; ++r)
+    for (int64_t e = s.begin(r); e < s.end(r, 10); ++e) ++hits[size_t(e)];
+  EXPECT_EQ(hits, std::vector<int>(10, 1));
+  EXPECT_EQ(s.end(3, 10), 10);
+  const dist::FlatShards few = dist::flat_shards(5, 4);  // 2 per rank: rank 3 starts past the end and owns nothing
+  EXPECT_EQ(few.begin(3), 6);
+  EXPECT_EQ(few.end(3, 5), few.begin(3));
+}
+
 // Every collective of the TCP backend on 3 ranks (threads of this process): uneven segments, roots other than 0,
 // and the fixed tree order of the sums (3 ranks: r0 + (r1 + r2)).
 TEST(Dist, TcpCollectivesOnThreeRanks) {
