@@ -375,6 +375,13 @@ TEST(DistMpi, TwoRanksEqualOneProcessBitForBit) {
   size_t lines = 0;
   for (size_t at = out.find("step 3/3 | loss"); at != std::string::npos; at = out.find("step 3/3 | loss", at + 1)) ++lines;
   EXPECT_EQ(lines, 1u) << out;
+  // The communication the computation did not hide: on the progress lines and in the metrics of several ranks only.
+  EXPECT_NE(out.find("| comm wait "), std::string::npos) << out;
+  for (const auto& m : test_util::read_metrics((w.dir / "ranks").string())) {
+    ASSERT_TRUE(m.contains("comm_wait_ms")) << m.dump();
+    EXPECT_GE(m["comm_wait_ms"].get<double>(), 0.0);
+  }
+  for (const auto& m : test_util::read_metrics((w.dir / "one").string())) EXPECT_FALSE(m.contains("comm_wait_ms"));
 }
 
 TEST(DistMpi, FourRanksEqualOneProcessBitForBit) {
