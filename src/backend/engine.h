@@ -64,8 +64,9 @@ class StepEngine {
   // step's whole global batch, computes the gradient of this rank's sequences (dist::rank_sequences) and sums the
   // ranks' gradients in the communicator's fixed order before the mask, the clipping and AdamW, so that every rank
   // holds the same weights after the step; the loss and the gradient norm are the global ones. With
-  // `shard_optimizer` (ZeRO-1) each rank keeps the AdamW moments of its own tensors only (dist::tensor_shards),
-  // updates those tensors and all-gathers the weights; sync_host(true) then gathers the whole optimizer state on
+  // `shard_optimizer` (ZeRO-1) each rank keeps the AdamW moments of its own share only (the CPU: whole tensors,
+  // dist::tensor_shards; the GPU: a slice of the flat arrays, dist::flat_shards), updates that share and all-gathers
+  // the weights; sync_host(true) then gathers the whole optimizer state on
   // rank 0 (a collective: every rank calls it) for its checkpoint. Call before attach. The default accepts a
   // single rank only (a device without data parallelism says so).
   virtual void set_data_parallel(dist::Communicator& ranks, bool shard_optimizer);
