@@ -511,8 +511,10 @@ TEST(DistMpi, TwoGpusShardedOptimizerEqualsUnsharded) {
   EXPECT_NE(sharded.output.find("optimizer sharded (ZeRO-1)"), std::string::npos) << sharded.output;
   expect_same_run(w.dir / "plain", w.dir / "sharded", 1e-12);
   // One GPU resumes either checkpoint alike (they are the same files).
-  fs::copy(w.dir / "plain", w.dir / "plain_one", fs::copy_options::recursive);
-  fs::copy(w.dir / "sharded", w.dir / "sharded_one", fs::copy_options::recursive);
+  // (copy_symlinks: the run's `checkpoint` link is relative, and stays a link.)
+  const auto copy = fs::copy_options::recursive | fs::copy_options::copy_symlinks;
+  fs::copy(w.dir / "plain", w.dir / "plain_one", copy);
+  fs::copy(w.dir / "sharded", w.dir / "sharded_one", copy);
   for (const char* run : {"plain_one", "sharded_one"}) {
     const auto r = run_ranks(w, 0, std::string("train --resume ") + run + " --steps 4 --sample-tokens 0", kNcclEnv);
     ASSERT_EQ(exit_code(r), 0) << r.output;
