@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -442,6 +443,36 @@ TEST(DistMpi, ASignalToOneRankStopsEveryRankWithACheckpoint) {
   const auto resumed = run_ranks(w, 2, "train --resume run --sample-tokens 0");
   ASSERT_EQ(exit_code(resumed), 0) << resumed.output;
   EXPECT_EQ(train::load_checkpoint((w.dir / "run").string(), true).state.step, 6);
+}
+
+// `ttt bench step` under mpirun times the data-parallel step (--batch: the global batch); rank 0 alone prints its
+// JSON line, with the rank count and the communication time per timed step.
+TEST(DistMpi, BenchStepRunsDataParallel) {
+  SKIP_WITHOUT_MPIRUN();
+  Workspace w("bench");
+  const auto r = run_ranks(w, 2, "bench step --config small.json --batch 2 --repeats 2 --warmup 0");
+  ASSERT_EQ(exit_code(r), 0) << r.output;
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && line[0] == '{') lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 1u) << r.output;
+  const nlohmann::json& j = lines[0];
+  EXPECT_EQ(j["ranks"], 2);
+  EXPECT_EQ(j["batch"], 2);
+  EXPECT_EQ(j["shard_optimizer"], false);
+  ASSERT_EQ(j["comm_wait_ms"].size(), 2u) << j.dump();
+  for (const auto& ms : j["comm_wait_ms"]) EXPECT_GE(ms.get<double>(), 0.0);
+  EXPECT_TRUE(j["finite"].get<bool>()) << j.dump();
+  // One process: no data-parallel fields.
+  const auto one = run_ranks(w, 0, "bench step --config small.json --batch 2 --repeats 1 --warmup 0");
+  ASSERT_EQ(exit_code(one), 0) << one.output;
+  EXPECT_EQ(one.output.find("comm_wait_ms"), std::string::npos) << one.output;
+  // A global batch the ranks cannot split fails on every rank.
+  const auto bad = run_ranks(w, 2, "bench step --config small.json --batch 3 --repeats 1 --warmup 0", "", 60);
+  EXPECT_NE(exit_code(bad), 0) << bad.output;
+  EXPECT_NE(bad.output.find("--batch 3 (the global batch) cannot be split evenly over 2 ranks"), std::string::npos)
+      << bad.output;
 }
 
 // Why the two-GPU tests cannot run here, or "".
