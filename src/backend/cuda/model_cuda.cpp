@@ -725,6 +725,11 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   if (!backward || res.valid == 0) return res;
 
   // ---- backward
+  // The embedding's index arrays, sized for any batch of these rows before the backward starts: growing them later
+  // would free the old ones, and cudaFree waits for the whole device, a gradient hook's collectives included (which
+  // wait for the other ranks, without the timeout).
+  for (DeviceBuffer* index : {&m.emb_order, &m.emb_starts, &m.emb_uniq})
+    if (index->bytes() < sizeof(int32_t) * size_t(rows + 1)) *index = DeviceBuffer(sizeof(int32_t) * size_t(rows + 1));
   const float ds = float(grad_scale);
   TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
   float* dlogits = m.head.logits;  // in place: the logits are not needed after this
