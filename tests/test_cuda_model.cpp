@@ -3,7 +3,8 @@
 // on the GPU within 1e-4 relative (max |gpu - cpu| / max |cpu| per tensor) of float64 on the CPU (tf32 and bf16
 // products: within 2e-2 in ||gpu - cpu|| / ||cpu||; see check_against_cpu for the exact bounds), for model
 // variants covering every option of the LaCT branch; a whole training step (two accumulated micro-batches,
-// clipping, AdamW) against the CPU trainer's pieces; bitwise reproducibility.
+// clipping, AdamW) against the CPU trainer's pieces; bitwise reproducibility; the pieces of data parallelism on one
+// GPU (the backward's stage hook, the sharded optimizer's ranges).
 // GPU work buffers are filled with NaN when allocated (GpuModelOptions::poison), so anything read before it
 // is written shows as NaN, which never passes. Every test skips, saying why, without CUDA or a device.
 #include <gtest/gtest.h>

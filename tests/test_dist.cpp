@@ -1,6 +1,8 @@
 // Multi-process training (src/dist): the fixed reduction order and the shard bookkeeping in one process, then
 // `mpirun -np N ttt train` against one process (bit for bit), the sharded optimizer, resuming on another rank
-// count and the bad setups. The mpirun tests skip, saying why, when the build has no MPI or mpirun is missing.
+// count and the bad setups; the gradient bucket plan; on two GPUs (skipped, saying why, without them) the bucketed
+// all-reduce against one all-reduce and ZeRO-1 against the unsharded run. The mpirun tests skip, saying why, when
+// the build has no MPI or mpirun is missing.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
