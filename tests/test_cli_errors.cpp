@@ -245,6 +245,9 @@ TEST(CliErrors, BadTrainingFlags) {
   expect_clean_failure("train" + small_train_flags(f) + " --steps 1 --clip -1 --out " + q(f.dir / "r1"), "clip");
   expect_clean_failure("train" + small_train_flags(f) + " --steps 1 --keep-checkpoints 0 --out " + q(f.dir / "r2"),
                        "--keep-checkpoints must be >= 1");
+  for (const char* bad : {"-1", "nan", "2e6"})
+    expect_clean_failure("train" + small_train_flags(f) + " --steps 1 --grad-bucket-mb " + bad + " --out " + q(f.dir / "r3"),
+                         std::string("--grad-bucket-mb must be between 0 and 1000000 megabytes, got ") + bad);
   fs::remove_all(f.dir);
 }
 

@@ -3,7 +3,8 @@
 // on the GPU within 1e-4 relative (max |gpu - cpu| / max |cpu| per tensor) of float64 on the CPU (tf32 and bf16
 // products: within 2e-2 in ||gpu - cpu|| / ||cpu||; see check_against_cpu for the exact bounds), for model
 // variants covering every option of the LaCT branch; a whole training step (two accumulated micro-batches,
-// clipping, AdamW) against the CPU trainer's pieces; bitwise reproducibility.
+// clipping, AdamW) against the CPU trainer's pieces; bitwise reproducibility; the pieces of data parallelism on one
+// GPU (the backward's stage hook, the sharded optimizer's ranges).
 // GPU work buffers are filled with NaN when allocated (GpuModelOptions::poison), so anything read before it
 // is written shows as NaN, which never passes. Every test skips, saying why, without CUDA or a device.
 #include <gtest/gtest.h>
@@ -26,6 +27,7 @@
 #include "core/file_io.h"
 #include "core/rng.h"
 #include "data/tokens.h"
+#include "dist/data_parallel.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
@@ -348,6 +350,126 @@ TEST(CudaModel, GradientsAreBitReproducible) {
   EXPECT_EQ(l1, l2);
   for (size_t i = 0; i < g1.size(); ++i)
     EXPECT_EQ(0, std::memcmp(g1[i].data.data(), g2[i].data.data(), sizeof(float) * g1[i].data.size())) << p.names[i];
+}
+
+// Data parallelism's hook (GpuModel::set_gradient_hook): called once per backward stage in order (the head, the
+// layers from the last, the embedding), and when stage s is reported every tensor that dist::backward_stages puts at
+// a stage <= s already holds its final gradient (what the bucketed all-reduce relies on); the hook changes no bit.
+TEST(CudaModel, GradientHookSeesEachStageFinal) {
+  REQUIRE_CUDA();
+  model::ModelConfig cfg = small_config();
+  cfg.n_layers = 3;
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const model::Params<float> p = random_params(cfg, seed);
+  const model::Batch b = random_batch(cfg, 2, cfg.seq_len, seed + 1, false);
+  const std::vector<int> stages = dist::backward_stages(p.names, cfg.n_layers);
+  cuda::GpuModelOptions opt;
+  opt.poison = true;
+  cuda::GpuModel plain(cfg, opt), hooked(cfg, opt);
+  plain.upload(p);
+  hooked.upload(p);
+  std::vector<int> seen;
+  std::vector<std::vector<ag::Mat<float>>> snapshots;
+  hooked.set_gradient_hook([&](int stage) {
+    seen.push_back(stage);
+    snapshots.emplace_back();
+    hooked.download_grads(snapshots.back());  // waits for the default stream's work so far
+  });
+  plain.zero_grad();
+  hooked.zero_grad();
+  const double loss_plain = plain.forward(b, true).loss, loss_hooked = hooked.forward(b, true).loss;
+  EXPECT_EQ(loss_plain, loss_hooked);
+  std::vector<ag::Mat<float>> final_plain, final_hooked;
+  plain.download_grads(final_plain);
+  hooked.download_grads(final_hooked);
+  std::vector<int> want(size_t(cfg.n_layers + 2));
+  for (size_t s = 0; s < want.size(); ++s) want[s] = int(s);
+  ASSERT_EQ(seen, want);
+  for (size_t i = 0; i < p.names.size(); ++i) {
+    ASSERT_EQ(0, std::memcmp(final_plain[i].data.data(), final_hooked[i].data.data(), sizeof(float) * final_plain[i].size()))
+        << p.names[i];
+    for (int s = stages[i]; s <= cfg.n_layers + 1; ++s)
+      ASSERT_EQ(0, std::memcmp(snapshots[size_t(s)][i].data.data(), final_hooked[i].data.data(),
+                               sizeof(float) * final_hooked[i].size()))
+          << p.names[i] << " (stage " << stages[i] << ") is not final when stage " << s << " is reported";
+  }
+  // The snapshots can tell: the embedding's gradient is still zero when the head is reported.
+  const size_t embed = size_t(std::find(p.names.begin(), p.names.end(), "embed.weight") - p.names.begin());
+  ASSERT_LT(embed, p.names.size());
+  EXPECT_NE(0, std::memcmp(snapshots[0][embed].data.data(), final_hooked[embed].data.data(),
+                           sizeof(float) * final_hooked[embed].size()));
+}
+
+// The pieces of the GPU's sharded optimizer on one GPU: two models owning [0, k) and [k, total) of the flat arrays
+// (k inside a tensor; one with its arrays padded) compose, bit for bit, the whole model's masked AdamW steps, and
+// their slices' sums of squares add up to the whole gradient's.
+TEST(CudaModel, OptimizerRangesComposeTheWholeStep) {
+  REQUIRE_CUDA();
+  const model::ModelConfig cfg = small_config();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const model::Params<float> p = random_params(cfg, seed);
+  std::vector<int64_t> sizes;
+  int64_t total = 0;
+  for (const auto& m : p.values) sizes.push_back(m.size()), total += m.size();
+  const int64_t k = sizes[0] + sizes[1] + sizes[2] / 2;  // inside tensor 2
+  cuda::GpuModel whole(cfg), first(cfg), second(cfg);
+  first.pad_flat_arrays(total + 7);
+  first.set_optimizer_range(0, k);
+  second.set_optimizer_range(k, total);
+  std::vector<train::AdamW> adams;
+  for (int i = 0; i < 3; ++i) adams.emplace_back(p.names, sizes, train::AdamWConfig{});
+  std::vector<std::vector<uint8_t>> mask(p.values.size());
+  mask[2].assign(size_t(sizes[2]), 1);
+  for (size_t j = 0; j < mask[2].size(); j += 3) mask[2][j] = 0;  // frozen elements on both sides of k
+  for (auto& a : adams) a.set_trainable(mask);
+  cuda::GpuModel* models[3] = {&whole, &first, &second};
+  for (int i = 0; i < 3; ++i) {
+    models[i]->upload(p);
+    models[i]->upload_optimizer(adams[size_t(i)]);
+  }
+  for (int step = 0; step < 2; ++step) {
+    const model::Batch b = random_batch(cfg, 2, cfg.seq_len, seed + 10 + uint64_t(step), false);
+    double sums[3] = {0, 0, 0};
+    for (int i = 0; i < 3; ++i) {
+      models[i]->zero_grad();
+      models[i]->forward(b, true);
+      models[i]->apply_grad_mask();
+      sums[i] = i == 0 ? models[i]->grad_sum_squares(0, total) : models[i]->grad_sum_squares(i == 1 ? 0 : k, i == 1 ? k : total);
+      models[i]->adamw_step(adams[size_t(i)], 1e-2);
+    }
+    EXPECT_NEAR(sums[1] + sums[2], sums[0], 1e-12 * sums[0]);
+  }
+  // Flat views of the weights and moments.
+  auto flat = [](const std::vector<ag::Mat<float>>& m) {
+    std::vector<float> out;
+    for (const auto& t : m) out.insert(out.end(), t.data.begin(), t.data.end());
+    return out;
+  };
+  auto flat_moments = [](const std::vector<std::vector<float>>& m) {
+    std::vector<float> out;
+    for (const auto& t : m) out.insert(out.end(), t.begin(), t.end());
+    return out;
+  };
+  std::vector<std::vector<float>> weights, ms, vs;
+  for (int i = 0; i < 3; ++i) {
+    model::Params<float> q;
+    models[i]->download(q);
+    weights.push_back(flat(q.values));
+    models[i]->download_optimizer(adams[size_t(i)]);
+    ms.push_back(flat_moments(adams[size_t(i)].m()));
+    vs.push_back(flat_moments(adams[size_t(i)].v()));
+  }
+  for (int64_t e = 0; e < total; ++e) {
+    const size_t owner = e < k ? 1 : 2, at = size_t(e);
+    ASSERT_EQ(0, std::memcmp(&weights[0][at], &weights[owner][at], sizeof(float))) << "weight " << e;
+    ASSERT_EQ(0, std::memcmp(&ms[0][at], &ms[owner][at], sizeof(float))) << "first moment " << e;
+    ASSERT_EQ(0, std::memcmp(&vs[0][at], &vs[owner][at], sizeof(float))) << "second moment " << e;
+  }
+  // The steps moved the weights (a comparison of unchanged weights would prove nothing).
+  const std::vector<float> initial = flat(p.values);
+  EXPECT_NE(0, std::memcmp(initial.data(), weights[0].data(), sizeof(float) * size_t(total)));
 }
 
 // --recompute save-attention (GpuModelOptions::save_attention) keeps each layer's attention output and

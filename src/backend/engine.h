@@ -29,6 +29,10 @@ struct StepResult {
   double loss = 0;       // mean cross-entropy over the valid targets of the step's micro-batches
   double grad_norm = 0;  // global L2 norm of the gradient (frozen elements zeroed) before clipping; NaN if not reached
   bool applied = false;  // the optimizer step ran (loss and gradient norm were finite)
+  // Several ranks: milliseconds of this step's gradient communication that the computation did not hide (the GPU: how
+  // long the communication stream ran past the end of the backward; the CPU, which does not overlap: the time of its
+  // gradient and weight exchanges). Negative: not measured (one process).
+  double comm_wait_ms = -1;
 };
 
 class StepEngine {
@@ -60,11 +64,16 @@ class StepEngine {
   // step's whole global batch, computes the gradient of this rank's sequences (dist::rank_sequences) and sums the
   // ranks' gradients in the communicator's fixed order before the mask, the clipping and AdamW, so that every rank
   // holds the same weights after the step; the loss and the gradient norm are the global ones. With
-  // `shard_optimizer` (ZeRO-1) each rank keeps the AdamW moments of its own tensors only (dist::tensor_shards),
-  // updates those tensors and all-gathers the weights; sync_host(true) then gathers the whole optimizer state on
+  // `shard_optimizer` (ZeRO-1) each rank keeps the AdamW moments of its own share only (the CPU: whole tensors,
+  // dist::tensor_shards; the GPU: a slice of the flat arrays, dist::flat_shards), updates that share and all-gathers
+  // the weights; sync_host(true) then gathers the whole optimizer state on
   // rank 0 (a collective: every rank calls it) for its checkpoint. Call before attach. The default accepts a
   // single rank only (a device without data parallelism says so).
   virtual void set_data_parallel(dist::Communicator& ranks, bool shard_optimizer);
+  // The size of the gradient buckets that a device overlapping its all-reduce with the backward sums as one
+  // collective each (dist::plan_gradient_buckets; 0: one all-reduce after the backward). Call before
+  // set_data_parallel. The default ignores it (the CPU reduces the whole gradient in its fixed tree order).
+  virtual void set_gradient_buckets(int64_t bytes) { (void)bytes; }
 
   // Per-token losses of a batch of windows without gradients (sequence-major; 0 at ignored targets): evaluation.
   virtual std::vector<double> token_losses(const model::Batch& batch) = 0;

@@ -1,5 +1,7 @@
 // ttt bench step: one training step of a model (forward, backward, gradient clipping, AdamW) on random tokens,
 // timed after warm-up; prints one JSON line: median and every repetition, tokens/s, parameter count, peak memory.
+// Under mpirun the step of a data-parallel `ttt train`: --batch is the global batch, split over the ranks; rank 0
+// prints, adding the rank count and the communication the backward did not hide (comm_wait_ms).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +16,7 @@
 #include "cli/device_flags.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "dist/communicator.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "train/memory_budget.h"
@@ -52,6 +55,7 @@ int cmd_bench_step(const Argv& argv) {
       .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase");
   declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
   declare_precision_flags(a);
+  declare_data_parallel_flags(a);
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
@@ -66,6 +70,16 @@ int cmd_bench_step(const Argv& argv) {
   TTT_CHECK(repeats > 0 && warmup >= 0, "ttt bench step: --repeats must be > 0 and --warmup >= 0");
   const std::string device = device_flag(a, "ttt bench step");
   const backend::EngineOptions engine_options = engine_options_flags(a, "ttt bench step", device);
+  const int64_t bucket_bytes = grad_bucket_bytes_flag(a, "ttt bench step");
+  // Under mpirun: one GPU per rank, chosen before anything is allocated; rank 0 alone reports.
+  dist::Communicator& ranks = dist::world();
+  const bool several = ranks.size() > 1, reporter = ranks.rank() == 0;
+  if (several) {
+    TTT_CHECK(S % ranks.size() == 0, "ttt bench step: --batch " << S << " (the global batch) cannot be split evenly over "
+                                                                << ranks.size() << " ranks: give a multiple of "
+                                                                << ranks.size());
+    backend::select_device_of_rank(device, ranks.local_rank(), ranks.rank());
+  }
 
   // The same estimate as `ttt train` (one micro-batch, no evaluation), checked before anything is allocated and
   // printed beside the measured peak so that the estimate's calibration stays visible.
@@ -85,8 +99,12 @@ int cmd_bench_step(const Argv& argv) {
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(device, cfg, engine_options);
   TTT_CHECK(!a.on("profile") || engine->profiles_phases(),
             "ttt bench step: --profile: device " << device << " has no phase profiling (--device cuda has)");
-  Rng rng(1234);
-  std::fprintf(stderr, "bench step: initializing %lld parameters...\n", (long long)model::parameter_count(cfg));
+  if (several) {
+    engine->set_gradient_buckets(bucket_bytes);
+    engine->set_data_parallel(ranks, a.on("shard-optimizer"));
+  }
+  Rng rng(1234);  // every rank: the same weights and the same global batch
+  if (reporter) std::fprintf(stderr, "bench step: initializing %lld parameters...\n", (long long)model::parameter_count(cfg));
   model::Params<float> p = model::make_params<float>(cfg);
   model::init_params(cfg, p, 1);
   std::vector<int64_t> sizes;
@@ -100,14 +118,15 @@ int cmd_bench_step(const Argv& argv) {
                    {"device", device}, {"repeats", repeats}, {"warmup", warmup},
                    {"memory_estimate_bytes", estimate.peak()}};
   if (a.has("preset") || !a.has("config")) j["preset"] = a.str("preset");
-  std::vector<double> ms;
+  std::vector<double> ms, comm_ms;
   backend::StepResult step;
   auto run_step = [&] { step = engine->train_step(micro, 1e-4, 1.0); };
   for (int i = 0; i < warmup + repeats; ++i) {
     const double t = engine->time_ms(run_step);
-    std::fprintf(stderr, "bench step: %s step %d: %.1f ms, loss %.4f\n", i < warmup ? "warm-up" : "timed", i + 1, t,
-                 step.loss);
-    if (i >= warmup) ms.push_back(t);
+    if (reporter)
+      std::fprintf(stderr, "bench step: %s step %d: %.1f ms, loss %.4f\n", i < warmup ? "warm-up" : "timed", i + 1, t,
+                   step.loss);
+    if (i >= warmup) ms.push_back(t), comm_ms.push_back(step.comm_wait_ms);
   }
   if (a.on("profile")) {
     engine->set_profiling(true);
@@ -130,7 +149,14 @@ int cmd_bench_step(const Argv& argv) {
   j["loss"] = step.loss;
   j["grad_norm"] = step.grad_norm;
   j["finite"] = std::isfinite(step.loss) && std::isfinite(step.grad_norm);
-  std::printf("%s\n", j.dump().c_str());
+  if (several) {
+    j["ranks"] = ranks.size();
+    j["shard_optimizer"] = a.on("shard-optimizer");
+    j["grad_bucket_bytes"] = bucket_bytes;
+    j["comm_wait_ms"] = comm_ms;  // rank 0's, per timed step
+    j["comm_wait_ms_median"] = median(comm_ms);
+  }
+  if (reporter) std::printf("%s\n", j.dump().c_str());
   return 0;
 }
 

@@ -137,9 +137,8 @@ int cmd_train(const Argv& argv) {
       .value("from", "stage 2: the stage-1 run directory")
       .value("local-chunks", "stage 2: the new local chunk sizes, e.g. 1,2 (one per local memory)")
       .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
-      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0")
-      .flag("shard-optimizer", "under mpirun: each rank keeps the AdamW moments of its share of the tensors only "
-                               "(ZeRO-1); checkpoints still hold the whole state");
+      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0");
+  declare_data_parallel_flags(a);
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
@@ -153,6 +152,7 @@ int cmd_train(const Argv& argv) {
   opt.log = &std::cerr;
   opt.time_budget_s = a.f64("time-budget");
   TTT_CHECK(std::isfinite(opt.time_budget_s) && opt.time_budget_s >= 0, "ttt train: --time-budget must be >= 0 seconds");
+  opt.grad_bucket_bytes = grad_bucket_bytes_flag(a, "ttt train");
   const int64_t sample_tokens = a.i64("sample-tokens");
   TTT_CHECK(sample_tokens >= 0, "ttt train: --sample-tokens must be >= 0, got " << sample_tokens);
   const int64_t keep_checkpoints = a.i64("keep-checkpoints");

@@ -1,5 +1,7 @@
 #include "cli/device_flags.h"
 
+#include <cmath>
+
 #include "backend/registry.h"
 #include "core/error.h"
 
@@ -40,6 +42,21 @@ backend::EngineOptions engine_options_flags(const Args& a, const std::string& co
             command << ": --recompute applies to --device cuda (the CPU keeps every activation on its tape)");
   o.recompute = backend::parse_recompute(a.str("recompute"), command + ": --recompute");
   return o;
+}
+
+void declare_data_parallel_flags(Args& a) {
+  a.flag("shard-optimizer", "under mpirun: each rank keeps the AdamW moments of its share of the parameters only "
+                            "(ZeRO-1); checkpoints still hold the whole state")
+      .value("grad-bucket-mb", "under mpirun on cuda: megabytes of gradients per all-reduce, each launched as soon as "
+                               "the backward has finished them, overlapping the rest of it (0: one all-reduce after "
+                               "the backward)", "25");
+}
+
+int64_t grad_bucket_bytes_flag(const Args& a, const std::string& command) {
+  const double mb = a.f64("grad-bucket-mb");
+  TTT_CHECK(std::isfinite(mb) && mb >= 0 && mb <= 1e6,
+            command << ": --grad-bucket-mb must be between 0 and 1000000 megabytes, got " << a.str("grad-bucket-mb"));
+  return int64_t(mb * 1024 * 1024);
 }
 
 }  // namespace ttt::cli

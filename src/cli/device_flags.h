@@ -1,7 +1,8 @@
 // The device flags, one definition for every command: --device (a name of backend/registry.h) for the commands
 // that run the model or an operator, and --precision / --activations for those that run the model (train, eval,
-// bench step). Text becomes backend types here, once, with the messages that name the flag.
+// bench step), and the data-parallel flags of those that train (train, bench step). Text becomes backend types here, once, with the messages that name the flag.
 #pragma once
+#include <cstdint>
 #include <string>
 
 #include "backend/options.h"
@@ -19,5 +20,10 @@ std::string device_flag(const Args& a, const std::string& command);
 // --precision and --activations, checked against `device` (reduced precision needs a GPU device; --activations
 // needs --precision bf16) and parsed.
 backend::EngineOptions engine_options_flags(const Args& a, const std::string& command, const std::string& device);
+
+// Data parallelism under mpirun (train, bench step): declares --shard-optimizer and --grad-bucket-mb (default 25);
+// grad_bucket_bytes_flag checks the latter (0 to 1e6 megabytes) and returns it in bytes.
+void declare_data_parallel_flags(Args& a);
+int64_t grad_bucket_bytes_flag(const Args& a, const std::string& command);
 
 }  // namespace ttt::cli

@@ -1,6 +1,7 @@
 #include "dist/data_parallel.h"
 
 #include <algorithm>
+#include <string>
 
 #include "core/error.h"
 
@@ -52,6 +53,64 @@ std::vector<size_t> tensor_shards(const std::vector<int64_t>& tensor_sizes, int 
     bounds[size_t(r)] = i;
   }
   return bounds;
+}
+
+std::vector<int> backward_stages(const std::vector<std::string>& names, int64_t n_layers) {
+  std::vector<int> stages;
+  const std::string layer = "layers.";
+  for (const std::string& name : names) {
+    if (name.rfind("embed.", 0) == 0) {
+      stages.push_back(int(n_layers) + 1);
+    } else if (name.rfind(layer, 0) == 0) {
+      const int64_t l = std::stoll(name.substr(layer.size()));
+      TTT_CHECK(l >= 0 && l < n_layers, "parameter '" << name << "' names layer " << l << " of " << n_layers);
+      stages.push_back(int(1 + (n_layers - 1 - l)));
+    } else {
+      stages.push_back(0);  // the head: final_norm, lm_head
+    }
+  }
+  return stages;
+}
+
+std::vector<GradientBucket> plan_gradient_buckets(const std::vector<int64_t>& tensor_sizes, const std::vector<int>& stages,
+                                                  int64_t bucket_bytes) {
+  TTT_CHECK(tensor_sizes.size() == stages.size(),
+            "gradient buckets: " << tensor_sizes.size() << " tensors and " << stages.size() << " stages");
+  std::vector<int64_t> starts(1, 0);
+  for (int64_t s : tensor_sizes) starts.push_back(starts.back() + s);
+  std::vector<GradientBucket> buckets;
+  const size_t n = tensor_sizes.size();
+  if (n == 0) return buckets;
+  if (bucket_bytes <= 0) {
+    buckets.push_back({0, n, 0, starts.back(), *std::max_element(stages.begin(), stages.end())});
+    return buckets;
+  }
+  size_t last = n;  // the open bucket is tensors [i, last)
+  for (size_t i = n; i-- > 0;) {
+    const int64_t bytes = (starts[last] - starts[i]) * int64_t(sizeof(float));
+    const bool boundary = i == 0 || stages[i - 1] != stages[i];
+    if (i == 0 || (bytes >= bucket_bytes && boundary)) {
+      const int ready = *std::max_element(stages.begin() + std::ptrdiff_t(i), stages.begin() + std::ptrdiff_t(last));
+      buckets.push_back({i, last, starts[i], starts[last] - starts[i], ready});
+      last = i;
+    }
+  }
+  std::stable_sort(buckets.begin(), buckets.end(),
+                   [](const GradientBucket& a, const GradientBucket& b) { return a.ready < b.ready; });
+  return buckets;
+}
+
+int64_t FlatShards::begin(int rank) const { return int64_t(rank) * per_rank; }
+int64_t FlatShards::end(int rank, int64_t total) const {
+  return std::max(begin(rank), std::min(int64_t(rank + 1) * per_rank, total));  // empty past the end
+}
+
+FlatShards flat_shards(int64_t total, int ranks) {
+  TTT_CHECK(ranks > 0 && total >= 0, "flat_shards: " << total << " elements over " << ranks << " ranks");
+  FlatShards s;
+  s.per_rank = (total + ranks - 1) / ranks;
+  s.padded = s.per_rank * ranks;
+  return s;
 }
 
 }  // namespace ttt::dist

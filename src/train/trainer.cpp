@@ -500,7 +500,10 @@ TrainResult train(const TrainOptions& opt_in) {
   // The device too, before anything is written.
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(opt.device, cfg, opt.engine);
 
-  if (ranks) engine->set_data_parallel(*ranks, opt.shard_optimizer);
+  if (ranks) {
+    engine->set_gradient_buckets(opt.grad_bucket_bytes);
+    engine->set_data_parallel(*ranks, opt.shard_optimizer);
+  }
 
   Rng data_rng(tc.seed ^ kDataSeedMix);
   if (!resuming && !writer) {
@@ -657,6 +660,8 @@ TrainResult train(const TrainOptions& opt_in) {
     json line{{"step", state.step}, {"loss", loss},           {"lr", lr},
               {"grad_norm", gnorm}, {"tokens", state.tokens_seen}, {"elapsed_s", std::round(elapsed * 1000) / 1000},
               {"tokens_per_s", std::round(tps)}};
+    // Several ranks: the step's communication that the computation did not hide (StepResult::comm_wait_ms).
+    if (step.comm_wait_ms >= 0) line["comm_wait_ms"] = std::round(step.comm_wait_ms * 1000) / 1000;
     if (((tc.eval_every > 0 && state.step % tc.eval_every == 0) || last) && !stopping) {
       EvalResult ev = checked_eval();
       line["val_loss"] = ev.loss;
@@ -691,6 +696,10 @@ TrainResult train(const TrainOptions& opt_in) {
                     (long long)state.step, (long long)tc.steps, loss, lr, gnorm, format_count(tps).c_str(), format_hms(elapsed).c_str(),
                     format_hms(eta).c_str());
       std::string progress = buf;
+      if (step.comm_wait_ms >= 0) {
+        std::snprintf(buf, sizeof buf, " | comm wait %.1f ms", step.comm_wait_ms);
+        progress += buf;
+      }
       if (spike > 0) {
         std::snprintf(buf, sizeof buf, " | LOSS SPIKE %.1fx avg", spike);
         progress += buf;

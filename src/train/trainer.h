@@ -75,6 +75,9 @@ struct TrainOptions {
   // another number of ranks.
   dist::Communicator* ranks = nullptr;
   bool shard_optimizer = false;  // ZeRO-1: each rank keeps the AdamW moments of its own tensors only
+  // Bytes of gradients per all-reduce where a device overlaps them with the backward (StepEngine::
+  // set_gradient_buckets; 0: one all-reduce after the backward).
+  int64_t grad_bucket_bytes = int64_t(25) << 20;
   // Test hook of the failure tests: rank `fault_rank` exits (fault "exit", status 3, without a word), stops
   // responding (fault "hang") or receives SIGTERM (fault "term") when it is about to run step `fault_step` + 1.
   int fault_rank = -1;

@@ -6,6 +6,7 @@
 #include "backend/cpu/step_engine_cpu.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -21,6 +22,23 @@
 namespace ttt::backend {
 
 namespace {
+
+// Milliseconds spent in the step's exchanges, added to `total_ms` (which starts at 0 when `on`: several ranks).
+class CommClock {
+ public:
+  CommClock(bool on, double& total_ms) : total_(total_ms) {
+    if (on) total_ = 0;
+  }
+  template <class F>
+  void time(F&& exchange) {
+    const auto t0 = std::chrono::steady_clock::now();
+    exchange();
+    total_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+ private:
+  double& total_;
+};
 
 class CpuStepEngine final : public StepEngine {
  public:
@@ -99,6 +117,7 @@ class CpuStepEngine final : public StepEngine {
     if (!std::isfinite(r.loss)) return r;
     // The tensors this rank finishes: all of them, or its shard.
     size_t first = 0, last = grads_.size();
+    CommClock comm(ranks_ != nullptr, r.comm_wait_ms);  // nothing overlaps here: every exchange is waited for
     if (ranks_) {
       flat_.resize(size_t(params_->count()));
       flatten(grads_, 0, grads_.size(), flat_.data());
@@ -106,10 +125,10 @@ class CpuStepEngine final : public StepEngine {
         first = shards_[size_t(ranks_->rank())];
         last = shards_[size_t(ranks_->rank()) + 1];
         std::vector<float> slice(size_t(elements(first, last)));
-        ranks_->reduce_scatter_sum(flat_.data(), slice.data(), shard_counts(shards_));
+        comm.time([&] { ranks_->reduce_scatter_sum(flat_.data(), slice.data(), shard_counts(shards_)); });
         unflatten(slice.data(), grads_, first, last);
       } else {
-        ranks_->all_reduce_sum(flat_.data(), int64_t(flat_.size()));
+        comm.time([&] { ranks_->all_reduce_sum(flat_.data(), int64_t(flat_.size())); });
         unflatten(flat_.data(), grads_, 0, grads_.size());
       }
     }
@@ -124,7 +143,7 @@ class CpuStepEngine final : public StepEngine {
       std::vector<double> every(grads_.size());
       std::vector<int64_t> counts;
       for (int q = 0; q < ranks_->size(); ++q) counts.push_back(int64_t(shards_[size_t(q) + 1] - shards_[size_t(q)]));
-      ranks_->all_gather(mine.data(), every.data(), counts);
+      comm.time([&] { ranks_->all_gather(mine.data(), every.data(), counts); });
       r.grad_norm = train::global_norm(every);
       train::clip_to_norm(grads_, first, last, r.grad_norm, clip);
     }
@@ -133,7 +152,7 @@ class CpuStepEngine final : public StepEngine {
     if (shard_) {  // every rank's updated tensors to every rank
       std::vector<float> slice(size_t(elements(first, last)));
       flatten(params_->values, first, last, slice.data());
-      ranks_->all_gather(slice.data(), flat_.data(), shard_counts(shards_));
+      comm.time([&] { ranks_->all_gather(slice.data(), flat_.data(), shard_counts(shards_)); });
       unflatten(flat_.data(), params_->values, 0, params_->values.size());
     }
     r.applied = true;

@@ -2,6 +2,8 @@
 // interface to GpuModel, GpuStreamer and the operator backends.
 #include "backend/cuda/engine_cuda.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -15,6 +17,7 @@
 #include "dist/data_parallel.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
+#include "core/tensor.h"
 
 namespace ttt::cuda {
 
@@ -50,17 +53,33 @@ class CudaStepEngine final : public backend::StepEngine {
   void sync_host(bool with_optimizer) override {
     TTT_CHECK(params_, "CUDA engine: sync_host before attach");
     model_->download(*params_);
-    if (with_optimizer && optimizer_) model_->download_optimizer(*optimizer_);
+    if (!with_optimizer || !optimizer_) return;
+    model_->download_optimizer(*optimizer_);  // sharded: this rank's slice of the host moments
+    if (shard_) gather_moments();
   }
 
-  // Data parallelism: this rank's sequences of each step, the gradient summed over the ranks by NCCL (the GPU
-  // was chosen by the rank on its node before the engine was made). ZeRO-1 is the CPU engine's only.
+  // Data parallelism: this rank's sequences of each step, the gradient summed over the ranks by NCCL (the GPU was
+  // chosen by the rank on its node before the engine was made): in buckets overlapped with the last micro-batch's
+  // backward, or, with the sharded optimizer (ZeRO-1), reduce-scattered over the ranks' flat shards after it.
+  void set_gradient_buckets(int64_t bytes) override { bucket_bytes_ = bytes; }
   void set_data_parallel(dist::Communicator& ranks, bool shard_optimizer) override {
     if (ranks.size() == 1) return;
-    TTT_CHECK(!shard_optimizer, "--shard-optimizer: the CUDA engine keeps the whole AdamW state on every GPU for now; "
-                                "run without it (or on --device cpu)");
     ranks_ = &ranks;
     nccl_ = std::make_unique<NcclGroup>(ranks);
+    shard_ = shard_optimizer;
+    const model::ModelConfig& cfg = model_->config();
+    std::vector<std::string> names;
+    std::vector<int64_t> sizes;
+    for (const auto& [name, shape] : model::parameter_shapes(cfg)) names.push_back(name), sizes.push_back(shape_numel(shape));
+    int64_t total = 0;
+    for (int64_t n : sizes) total += n;
+    if (shard_) {
+      shards_ = dist::flat_shards(total, ranks.size());
+      model_->pad_flat_arrays(shards_.padded);
+      model_->set_optimizer_range(shards_.begin(ranks.rank()), shards_.end(ranks.rank(), total));
+    } else {
+      buckets_ = dist::plan_gradient_buckets(sizes, dist::backward_stages(names, cfg.n_layers), bucket_bytes_);
+    }
   }
 
   backend::StepResult train_step(const std::vector<model::Batch>& global_micro, double lr, double clip) override {
@@ -79,18 +98,39 @@ class CudaStepEngine final : public backend::StepEngine {
     backend::StepResult r;
     r.grad_norm = std::numeric_limits<double>::quiet_NaN();
     model_->zero_grad();
-    for (size_t i = 0; i < micro.size(); ++i) r.loss += shares[i] * model_->forward(micro[i], true, shares[i]).loss;
+    const bool overlap = ranks_ && !shard_;
+    launched_ = 0;
+    for (size_t i = 0; i < micro.size(); ++i) {
+      // The gradients are final in the last micro-batch's backward: its stages launch the buckets.
+      if (overlap && i + 1 == micro.size()) model_->set_gradient_hook([this](int stage) { launch_ready_buckets(stage); });
+      r.loss += shares[i] * model_->forward(micro[i], true, shares[i]).loss;
+    }
     if (ranks_) {  // the step's loss: the ranks' parts summed in rank order; the gradient: NCCL's sum
       std::vector<double> parts(static_cast<size_t>(ranks_->size()));
       ranks_->all_gather(&r.loss, parts.data(), std::vector<int64_t>(parts.size(), 1));
       r.loss = train::sum_loss_terms(parts);
-      nccl_->all_reduce_sum(model_->gradient_data(), model_->gradient_size());
+      if (overlap) {
+        model_->set_gradient_hook(nullptr);
+        // A backward that did not run (no valid target in this rank's last micro-batch) launched nothing: the
+        // remaining buckets go now, in the same order as on every other rank.
+        launch_ready_buckets(std::numeric_limits<int>::max());
+        r.comm_wait_ms = nccl_->wait_overlap();
+      } else {
+        const double t0 = host_ms();
+        nccl_->reduce_scatter_sum(model_->gradient_data(), shards_.per_rank);
+        r.comm_wait_ms = host_ms() - t0;
+      }
     }
     if (!std::isfinite(r.loss)) return r;
-    model_->apply_grad_mask();  // the optimizer's trainable mask, on the device since attach
-    r.grad_norm = model_->clip_grad_norm(clip);
+    model_->apply_grad_mask();  // the optimizer's trainable mask (its range), on the device since attach
+    r.grad_norm = shard_ ? sharded_clip(clip) : model_->clip_grad_norm(clip);
     if (!std::isfinite(r.grad_norm)) return r;
     model_->adamw_step(*optimizer_, lr);
+    if (shard_) {  // every rank's updated slice to every rank
+      const double t0 = host_ms();
+      nccl_->all_gather(model_->parameter_data(), shards_.per_rank);
+      r.comm_wait_ms += host_ms() - t0;
+    }
     r.applied = true;
     return r;
   }
@@ -125,6 +165,67 @@ class CudaStepEngine final : public backend::StepEngine {
   train::AdamW* optimizer_ = nullptr;
   dist::Communicator* ranks_ = nullptr;  // several ranks, or null
   std::unique_ptr<NcclGroup> nccl_;
+  int64_t bucket_bytes_ = int64_t(25) << 20;
+  std::vector<dist::GradientBucket> buckets_;  // several ranks without a sharded optimizer: the launch order
+  size_t launched_ = 0;                        // buckets of this step launched so far
+  bool shard_ = false;
+  dist::FlatShards shards_;  // with shard_
+
+  static double host_ms() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
+  // The buckets whose gradients are final once the backward finished `stage`, on the communication stream; after
+  // the last one, the end of compute and communication are marked (NcclGroup::finish_overlap).
+  void launch_ready_buckets(int stage) {
+    if (launched_ == buckets_.size()) return;
+    while (launched_ < buckets_.size() && buckets_[launched_].ready <= stage) {
+      const dist::GradientBucket& b = buckets_[launched_++];
+      nccl_->all_reduce_after_compute(model_->gradient_data() + b.offset, b.count);
+    }
+    if (launched_ == buckets_.size()) nccl_->finish_overlap();
+  }
+
+  // ZeRO-1's clipping: the norm of the whole summed gradient from the ranks' sums of squares of their slices (added
+  // in rank order: the unsharded norm to double rounding, not its bits), each rank scaling its slice.
+  double sharded_clip(double clip) {
+    const int rank = ranks_->rank();
+    const double mine = model_->grad_sum_squares(shards_.begin(rank), shards_.end(rank, model_->gradient_size()));
+    std::vector<double> every(static_cast<size_t>(ranks_->size()));
+    ranks_->all_gather(&mine, every.data(), std::vector<int64_t>(every.size(), 1));
+    double sum = 0;
+    for (double s : every) sum += s;
+    const double norm = std::sqrt(sum);
+    if (clip > 0 && norm > clip && std::isfinite(norm))  // clip_grad_norm's rule and factor
+      model_->scale_grads(float(clip / norm), shards_.begin(rank), shards_.end(rank, model_->gradient_size()));
+    return norm;
+  }
+
+  // The sharded optimizer's checkpoint: every rank's slice of the moments to rank 0's host optimizer (a collective).
+  void gather_moments() {
+    const int64_t total = model_->gradient_size();
+    const int rank = ranks_->rank();
+    std::vector<int64_t> counts;
+    for (int q = 0; q < ranks_->size(); ++q) counts.push_back(shards_.end(q, total) - shards_.begin(q));
+    const bool root = rank == 0;
+    std::vector<float> slice, all(root ? size_t(total) : 0);
+    for (auto* moments : {&optimizer_->m(), &optimizer_->v()}) {
+      slice.clear();
+      int64_t at = 0;  // flat index of the tensor's first element
+      for (const auto& t : *moments) {
+        const int64_t from = std::max(at, shards_.begin(rank)), to = std::min(at + int64_t(t.size()), shards_.end(rank, total));
+        if (to > from) slice.insert(slice.end(), t.begin() + (from - at), t.begin() + (to - at));
+        at += int64_t(t.size());
+      }
+      ranks_->gather(slice.data(), all.data(), counts, 0);
+      if (!root) continue;
+      at = 0;
+      for (auto& t : *moments) {
+        std::copy(all.begin() + at, all.begin() + at + int64_t(t.size()), t.begin());
+        at += int64_t(t.size());
+      }
+    }
+  }
 };
 
 }  // namespace

@@ -15,7 +15,9 @@ namespace ttt::cuda {
 // GpuModel behind StepEngine: parameters, gradients and AdamW moments on the device; the step exactly as
 // `ttt train` ran it on the GPU before the engine existed (zero_grad, one forward + backward per micro-batch with
 // its share of the valid targets, apply_grad_mask, clip_grad_norm, adamw_step); the host copies are written
-// only by sync_host. Benchmarks: CUDA-event timing, phase profiling, tracked memory since construction.
+// only by sync_host. Several ranks: the gradient all-reduced by NCCL in buckets overlapped with the backward, or
+// reduce-scattered for the sharded optimizer (docs/ARCHITECTURE.md, "Several processes"). Benchmarks: CUDA-event
+// timing, phase profiling, tracked memory since construction.
 std::unique_ptr<backend::StepEngine> make_step_engine(const model::ModelConfig& cfg, const backend::EngineOptions& options);
 std::unique_ptr<backend::Streamer> make_streamer(const model::ModelConfig& cfg, const model::Params<float>& params);
 backend::OperatorBackends operator_backends();

@@ -59,7 +59,10 @@ struct GpuModel::Impl {
   std::vector<int64_t> offset;
   int64_t total = 0;
   DeviceArray<float> params, grads, adam_m, adam_v;
-  ModelTensors P, G;            // typed views of params and grads, built once (the arrays never move)
+  ModelTensors P, G;            // typed views of params and grads (rebuilt only by pad_flat_arrays, before upload)
+  int64_t flat = 0;             // elements of params and grads: total, or more (pad_flat_arrays)
+  int64_t opt_begin = 0, opt_end = 0;  // the optimizer's range of the flat arrays (adam_m/adam_v hold it)
+  std::function<void(int)> gradient_hook;  // set_gradient_hook
   DeviceBuffer masks;           // per-element trainable mask (bytes, flat like the parameters), when set
   bool have_masks = false;
   std::vector<int64_t> mask_offsets;
@@ -621,10 +624,8 @@ GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
   m.D = cfg.dim, m.H = cfg.n_mem_heads, m.d = cfg.head_dim_mem(), m.dh = cfg.mem_hidden_dim();
   m.Ha = cfg.n_attn_heads, m.hd = cfg.head_dim_attn(), m.F = cfg.mlp_hidden_dim(), m.V = cfg.vocab_size;
   m.L = cfg.n_layers;
-  m.params.ensure(m.total, false);
-  m.grads.ensure(m.total, false);
-  m.P = model_tensors(cfg, m.layout.names, [&](size_t i) { return m.params.p() + m.offset[i]; });
-  m.G = model_tensors(cfg, m.layout.names, [&](size_t i) { return m.grads.p() + m.offset[i]; });
+  pad_flat_arrays(m.total);
+  m.opt_end = m.total;
   m.dloss = DeviceBuffer(sizeof(float));
   m.loss_dev = DeviceBuffer(sizeof(float));
   m.valid_dev = DeviceBuffer(sizeof(int32_t));
@@ -654,8 +655,44 @@ void GpuModel::download(model::Params<float>& p) const {
 }
 
 void GpuModel::zero_grad() {
-  TTT_CUDA_CHECK(cudaMemsetAsync(impl_->grads.p(), 0, sizeof(float) * size_t(impl_->total), nullptr));
+  TTT_CUDA_CHECK(cudaMemsetAsync(impl_->grads.p(), 0, sizeof(float) * size_t(impl_->flat), nullptr));
 }
+
+void GpuModel::pad_flat_arrays(int64_t padded) {
+  Impl& m = *impl_;
+  TTT_CHECK(padded >= m.total, "GPU model: flat arrays of " << padded << " elements for " << m.total << " parameters");
+  if (padded == m.flat) return;
+  m.params = DeviceArray<float>();
+  m.grads = DeviceArray<float>();
+  m.params.ensure(padded, false);
+  m.grads.ensure(padded, false);
+  m.flat = padded;
+  m.P = model_tensors(m.cfg, m.layout.names, [&](size_t i) { return m.params.p() + m.offset[i]; });
+  m.G = model_tensors(m.cfg, m.layout.names, [&](size_t i) { return m.grads.p() + m.offset[i]; });
+  zero_grad();
+}
+
+void GpuModel::set_optimizer_range(int64_t begin, int64_t end) {
+  Impl& m = *impl_;
+  TTT_CHECK(0 <= begin && begin <= end && end <= m.total,
+            "GPU model: optimizer range [" << begin << ", " << end << ") of " << m.total << " parameters");
+  m.opt_begin = begin;
+  m.opt_end = end;
+  m.adam_m = DeviceArray<float>();
+  m.adam_v = DeviceArray<float>();
+}
+
+float* GpuModel::parameter_data() { return impl_->params.p(); }
+
+double GpuModel::grad_sum_squares(int64_t begin, int64_t end) {
+  return end > begin ? mk::sum_squares(impl_->grads.p() + begin, end - begin) : 0.0;
+}
+
+void GpuModel::scale_grads(float factor, int64_t begin, int64_t end) {
+  if (end > begin) mk::scale(impl_->grads.p() + begin, factor, end - begin);
+}
+
+void GpuModel::set_gradient_hook(std::function<void(int stage)> hook) { impl_->gradient_hook = std::move(hook); }
 
 float* GpuModel::gradient_data() { return impl_->grads.p(); }
 int64_t GpuModel::gradient_size() const { return impl_->total; }
@@ -725,6 +762,11 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   if (!backward || res.valid == 0) return res;
 
   // ---- backward
+  // The embedding's index arrays, sized for any batch of these rows before the backward starts: growing them later
+  // would free the old ones, and cudaFree waits for the whole device, a gradient hook's collectives included (which
+  // wait for the other ranks, without the timeout).
+  for (DeviceBuffer* index : {&m.emb_order, &m.emb_starts, &m.emb_uniq})
+    if (index->bytes() < sizeof(int32_t) * size_t(rows + 1)) *index = DeviceBuffer(sizeof(int32_t) * size_t(rows + 1));
   const float ds = float(grad_scale);
   TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
   float* dlogits = m.head.logits;  // in place: the logits are not needed after this
@@ -735,12 +777,17 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   rms_norm_backward(x_final, m.P.final_norm, m.head.rinvf, m.grad.dh, m.grad.dx, m.grad.dwD,
                     m.norm_work_for(rows, D), rows, D, D);
   mk::axpy(m.G.final_norm, m.grad.dwD, 1.0f, D);
+  const auto stage_done = [&](int64_t stage) {
+    if (m.gradient_hook) m.gradient_hook(int(stage));
+  };
+  stage_done(0);  // the head's gradients are final
   for (int64_t l = m.L - 1; l >= 0; --l) {
     // The work buffers hold the last layer's activations already; the others are recomputed from their input.
     // The recomputation's output (layer_output) is not kept again: it equals what the forward kept.
     const float* x = m.layer_input(l, rows);
     if (l != m.L - 1) m.layer_forward(l, x, m.layer_output(l), S, N, /*recompute=*/true);
     m.layer_backward(l, x, S, N);
+    stage_done(1 + (m.L - 1 - l));
   }
   // Embedding: rows of the table gathered per distinct id (host-built CSR; fixed order).
   std::vector<int32_t> order(static_cast<size_t>(rows));
@@ -760,7 +807,9 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   upload(m.emb_uniq, uniq.data(), sizeof(int32_t) * uniq.size());
   mk::embedding_backward(m.grad.dx, m.emb_order.as<int32_t>(), m.emb_starts.as<int32_t>(), m.emb_uniq.as<int32_t>(),
                          int64_t(uniq.size()), m.G.embed, D);
-  TTT_CUDA_CHECK(cudaDeviceSynchronize());
+  stage_done(m.L + 1);
+  // With a hook, collectives may be running on another stream: wait for the model's own work only.
+  TTT_CUDA_CHECK(m.gradient_hook ? cudaStreamSynchronize(nullptr) : cudaDeviceSynchronize());
   return res;
 }
 
@@ -788,7 +837,8 @@ void GpuModel::set_trainable(const std::vector<std::vector<uint8_t>>& mask) {
 
 void GpuModel::apply_grad_mask() {
   Impl& m = *impl_;
-  if (m.have_masks) mk::zero_where_masked(m.grads.p(), m.masks.as<uint8_t>(), m.total);
+  if (m.have_masks && m.opt_end > m.opt_begin)
+    mk::zero_where_masked(m.grads.p() + m.opt_begin, m.masks.as<uint8_t>() + m.opt_begin, m.opt_end - m.opt_begin);
 }
 
 double GpuModel::clip_grad_norm(double max_norm) {
@@ -798,15 +848,26 @@ double GpuModel::clip_grad_norm(double max_norm) {
   return norm;
 }
 
+// The part of tensor i [offset, offset + n) in the optimizer's range: elements [from, to) of the flat arrays.
+struct RangePart {
+  int64_t from = 0, to = 0;
+};
+static RangePart range_part(int64_t offset, int64_t n, int64_t begin, int64_t end) {
+  return {std::max(offset, begin), std::min(offset + n, end)};
+}
+
 void GpuModel::upload_optimizer(const train::AdamW& opt) {
   Impl& m = *impl_;
   TTT_CHECK(opt.names() == m.layout.names, "GPU model: the optimizer's tensors do not match the parameters");
-  m.adam_m.ensure(m.total, false);
-  m.adam_v.ensure(m.total, false);
+  m.adam_m.ensure(m.opt_end - m.opt_begin, false);
+  m.adam_v.ensure(m.opt_end - m.opt_begin, false);
   for (size_t i = 0; i < m.offset.size(); ++i) {
-    TTT_CUDA_CHECK(cudaMemcpy(m.adam_m.p() + m.offset[i], opt.m()[i].data(), sizeof(float) * opt.m()[i].size(),
+    const RangePart r = range_part(m.offset[i], int64_t(opt.m()[i].size()), m.opt_begin, m.opt_end);
+    if (r.to <= r.from) continue;
+    const size_t bytes = sizeof(float) * size_t(r.to - r.from);
+    TTT_CUDA_CHECK(cudaMemcpy(m.adam_m.p() + (r.from - m.opt_begin), opt.m()[i].data() + (r.from - m.offset[i]), bytes,
                               cudaMemcpyHostToDevice));
-    TTT_CUDA_CHECK(cudaMemcpy(m.adam_v.p() + m.offset[i], opt.v()[i].data(), sizeof(float) * opt.v()[i].size(),
+    TTT_CUDA_CHECK(cudaMemcpy(m.adam_v.p() + (r.from - m.opt_begin), opt.v()[i].data() + (r.from - m.offset[i]), bytes,
                               cudaMemcpyHostToDevice));
   }
   set_trainable(opt.trainable());
@@ -814,10 +875,12 @@ void GpuModel::upload_optimizer(const train::AdamW& opt) {
 
 void GpuModel::adamw_step(train::AdamW& opt, double lr) {
   Impl& m = *impl_;
-  TTT_CHECK(m.adam_m.n >= m.total, "GPU model: upload_optimizer() before adamw_step()");
+  TTT_CHECK(m.adam_m.n >= m.opt_end - m.opt_begin, "GPU model: upload_optimizer() before adamw_step()");
   const int64_t t = opt.advance_step();
   for (size_t i = 0; i < m.offset.size(); ++i) {
     const int64_t n = (i + 1 < m.offset.size() ? m.offset[i + 1] : m.total) - m.offset[i];
+    const RangePart r = range_part(m.offset[i], n, m.opt_begin, m.opt_end);
+    if (r.to <= r.from) continue;
     AdamWParams a;
     a.lr = lr;
     a.beta1 = opt.config().beta1;
@@ -826,19 +889,22 @@ void GpuModel::adamw_step(train::AdamW& opt, double lr) {
     a.weight_decay = opt.config().weight_decay;
     a.step = t;
     a.decay = opt.decayed(i);
-    const uint8_t* mask = m.have_masks ? m.masks.as<uint8_t>() + m.offset[i] : nullptr;
-    cuda::adamw_step(m.params.p() + m.offset[i], m.grads.p() + m.offset[i], m.adam_m.p() + m.offset[i],
-               m.adam_v.p() + m.offset[i], mask, n, a);
+    const uint8_t* mask = m.have_masks ? m.masks.as<uint8_t>() + r.from : nullptr;
+    cuda::adamw_step(m.params.p() + r.from, m.grads.p() + r.from, m.adam_m.p() + (r.from - m.opt_begin),
+                     m.adam_v.p() + (r.from - m.opt_begin), mask, r.to - r.from, a);
   }
 }
 
 void GpuModel::download_optimizer(train::AdamW& opt) const {
   const Impl& m = *impl_;
-  TTT_CHECK(m.adam_m.n >= m.total, "GPU model: no optimizer state on the device");
+  TTT_CHECK(m.adam_m.n >= m.opt_end - m.opt_begin, "GPU model: no optimizer state on the device");
   for (size_t i = 0; i < m.offset.size(); ++i) {
-    TTT_CUDA_CHECK(cudaMemcpy(opt.m()[i].data(), m.adam_m.p() + m.offset[i], sizeof(float) * opt.m()[i].size(),
+    const RangePart r = range_part(m.offset[i], int64_t(opt.m()[i].size()), m.opt_begin, m.opt_end);
+    if (r.to <= r.from) continue;
+    const size_t bytes = sizeof(float) * size_t(r.to - r.from);
+    TTT_CUDA_CHECK(cudaMemcpy(opt.m()[i].data() + (r.from - m.offset[i]), m.adam_m.p() + (r.from - m.opt_begin), bytes,
                               cudaMemcpyDeviceToHost));
-    TTT_CUDA_CHECK(cudaMemcpy(opt.v()[i].data(), m.adam_v.p() + m.offset[i], sizeof(float) * opt.v()[i].size(),
+    TTT_CUDA_CHECK(cudaMemcpy(opt.v()[i].data() + (r.from - m.offset[i]), m.adam_v.p() + (r.from - m.opt_begin), bytes,
                               cudaMemcpyDeviceToHost));
   }
 }

@@ -23,6 +23,7 @@
 // This header needs no CUDA headers.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -72,6 +73,24 @@ class GpuModel {
   // the ranks between the backward and apply_grad_mask.
   float* gradient_data();
   int64_t gradient_size() const;
+  // Data parallelism's overlap (engine_cuda.cpp): `hook(stage)` is called on the host each time the backward has
+  // enqueued the last kernel that writes the gradients of a stage (dist::backward_stages: 0 the head, 1 + (L-1-l)
+  // layer l, L + 1 the embedding), while the rest of the backward is still to come. With a hook, forward() ends by
+  // waiting for the default stream only (not the whole device: what the hook put on other streams is its owner's to
+  // wait for, with a timeout). Null (the default): no hook, and forward() waits for the device as before.
+  void set_gradient_hook(std::function<void(int stage)> hook);
+  // The sharded optimizer (ZeRO-1). pad_flat_arrays: the flat parameter and gradient arrays grow to `padded` (>= the
+  // parameter count) elements, the padding's gradient zero (NCCL moves equal counts per rank); call before upload
+  // (the weights are not kept). set_optimizer_range: the optimizer owns elements [begin, end) of the flat arrays
+  // (default: all): the AdamW moments hold that range only, upload_optimizer / download_optimizer copy its part of
+  // the host moments (the rest of the host moments is not touched), apply_grad_mask and adamw_step act on it only.
+  // Call before upload_optimizer.
+  void pad_flat_arrays(int64_t padded);
+  void set_optimizer_range(int64_t begin, int64_t end);
+  float* parameter_data();
+  // Sum of squares (double, deterministic) of gradient elements [begin, end), and their scaling by `factor`.
+  double grad_sum_squares(int64_t begin, int64_t end);
+  void scale_grads(float factor, int64_t begin, int64_t end);
   // The trainable elements (mask as train::trainable_mask: one per parameter, each empty or of the parameter's
   // size; empty list: all trainable), uploaded once; upload_optimizer sets it from the optimizer's. Frozen
   // elements keep their gradient zeroed by apply_grad_mask and are left untouched by adamw_step.

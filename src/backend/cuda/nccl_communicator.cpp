@@ -5,7 +5,9 @@
 #include <nccl.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -48,10 +50,42 @@ struct NcclGroup::Impl {
   dist::Communicator* host = nullptr;
   ncclComm_t comm = nullptr;
   double timeout_s = 0;
+  // The overlap's communication stream (non-blocking: the legacy default stream where the model computes neither
+  // waits for it nor makes it wait), an untimed event that orders a bucket after its producers, and the two timed
+  // events that measure the communication left after the compute.
+  cudaStream_t comm_stream = nullptr;
+  cudaEvent_t ready = nullptr, compute_done = nullptr, comm_done = nullptr;
 
-  // Waits for the default stream (and the communicator's own progress) until the timeout.
-  void wait(const char* what) {
-    using Clock = std::chrono::steady_clock;
+  using Clock = std::chrono::steady_clock;
+
+  // Past the deadline: the message, the NCCL communicator aborted (its kernels stop spinning) and the job ended.
+  [[noreturn]] void time_out(const char* what) {
+    std::fprintf(stderr,
+                 "error: %s: the GPU %s waited %g s for the other ranks (TTT_DIST_TIMEOUT) and timed out: a rank "
+                 "died, hangs or runs another step; ending every rank of the job\n",
+                 host->describe().c_str(), what, timeout_s);
+    std::fflush(stderr);
+    ncclCommAbort(comm);
+    comm = nullptr;
+    dist::end_after_error(1);
+    std::exit(1);  // not reached: in a job of several ranks end_after_error ends it
+  }
+
+  // A non-blocking communicator may return ncclInProgress from a collective while it enqueues it in the
+  // background: wait until that is done before the next NCCL call.
+  void enqueued(ncclResult_t rc, const char* what) {
+    check_nccl(rc, what, *host);
+    const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
+    for (ncclResult_t state = rc; state == ncclInProgress;) {
+      check_nccl(ncclCommGetAsyncError(comm, &state), "error query", *host);
+      check_nccl(state, what, *host);
+      if (state == ncclInProgress && Clock::now() > deadline) time_out(what);
+      if (state == ncclInProgress) std::this_thread::yield();
+    }
+  }
+
+  // Waits for `stream` (null: the default stream) and the communicator's own progress until the timeout.
+  void wait(const char* what, cudaStream_t stream) {
     const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s);
     auto pause = std::chrono::microseconds(20);
     for (;;) {
@@ -60,20 +94,11 @@ struct NcclGroup::Impl {
       ncclResult_t async = ncclSuccess;
       check_nccl(ncclCommGetAsyncError(comm, &async), "error query", *host);
       check_nccl(async, what, *host);
-      const cudaError_t q = async == ncclSuccess ? cudaStreamQuery(nullptr) : cudaErrorNotReady;
+      const cudaError_t q = async == ncclSuccess ? cudaStreamQuery(stream) : cudaErrorNotReady;
       if (q == cudaSuccess) return;
       TTT_CHECK(q == cudaErrorNotReady, host->describe() << ": CUDA error during the " << what << ": "
                                                         << cudaGetErrorString(q));
-      if (Clock::now() > deadline) {
-        std::fprintf(stderr,
-                     "error: %s: the GPU %s waited %g s for the other ranks (TTT_DIST_TIMEOUT) and timed out: a rank "
-                     "died, hangs or runs another step; ending every rank of the job\n",
-                     host->describe().c_str(), what, timeout_s);
-        std::fflush(stderr);
-        ncclCommAbort(comm);
-        comm = nullptr;
-        dist::end_after_error(1);
-      }
+      if (Clock::now() > deadline) time_out(what);
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
     }
@@ -102,19 +127,70 @@ NcclGroup::NcclGroup(dist::Communicator& host) : impl_(std::make_unique<Impl>())
                                                        << m.timeout_s << " s (TTT_DIST_TIMEOUT): a rank is missing");
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  check_cuda(cudaStreamCreateWithFlags(&m.comm_stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  check_cuda(cudaEventCreateWithFlags(&m.ready, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  check_cuda(cudaEventCreate(&m.compute_done), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&m.comm_done), "cudaEventCreate");
   host.barrier();
 }
 
 NcclGroup::~NcclGroup() {
-  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+  if (!impl_) return;
+  if (impl_->comm) ncclCommDestroy(impl_->comm);
+  for (cudaEvent_t e : {impl_->ready, impl_->compute_done, impl_->comm_done})
+    if (e) cudaEventDestroy(e);
+  if (impl_->comm_stream) cudaStreamDestroy(impl_->comm_stream);
 }
 
 void NcclGroup::all_reduce_sum(float* device_data, int64_t n) {
   Impl& m = *impl_;
   TTT_CHECK(m.comm, "NCCL communicator was aborted");
-  check_nccl(ncclAllReduce(device_data, device_data, size_t(n), ncclFloat, ncclSum, m.comm, nullptr), "all-reduce",
-             *m.host);
-  m.wait("all-reduce of gradients");
+  m.enqueued(ncclAllReduce(device_data, device_data, size_t(n), ncclFloat, ncclSum, m.comm, nullptr), "all-reduce");
+  m.wait("all-reduce of gradients", nullptr);
+}
+
+void NcclGroup::all_reduce_after_compute(float* device_data, int64_t n) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  check_cuda(cudaEventRecord(m.ready, nullptr), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(m.comm_stream, m.ready, 0), "cudaStreamWaitEvent");
+  m.enqueued(ncclAllReduce(device_data, device_data, size_t(n), ncclFloat, ncclSum, m.comm, m.comm_stream),
+             "all-reduce of a gradient bucket");
+}
+
+void NcclGroup::finish_overlap() {
+  Impl& m = *impl_;
+  check_cuda(cudaEventRecord(m.compute_done, nullptr), "cudaEventRecord");
+  check_cuda(cudaEventRecord(m.comm_done, m.comm_stream), "cudaEventRecord");
+}
+
+double NcclGroup::wait_overlap() {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  m.wait("all-reduce of gradient buckets", m.comm_stream);
+  // The compute never waits for another rank, so this wait cannot hang. What comes next on the default stream is
+  // launched after the host saw the communication end, so it reads the sums.
+  check_cuda(cudaEventSynchronize(m.compute_done), "cudaEventSynchronize");
+  float ms = 0;
+  check_cuda(cudaEventElapsedTime(&ms, m.compute_done, m.comm_done), "cudaEventElapsedTime");
+  return std::max(0.0, double(ms));
+}
+
+void NcclGroup::reduce_scatter_sum(float* device_data, int64_t per_rank) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  float* mine = device_data + int64_t(m.host->rank()) * per_rank;  // in place: NCCL's recvbuff = sendbuff + rank * count
+  m.enqueued(ncclReduceScatter(device_data, mine, size_t(per_rank), ncclFloat, ncclSum, m.comm, nullptr),
+             "reduce-scatter");
+  m.wait("reduce-scatter of gradients", nullptr);
+}
+
+void NcclGroup::all_gather(float* device_data, int64_t per_rank) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  const float* mine = device_data + int64_t(m.host->rank()) * per_rank;  // in place: sendbuff = recvbuff + rank * count
+  m.enqueued(ncclAllGather(mine, device_data, size_t(per_rank), ncclFloat, m.comm, nullptr), "all-gather");
+  m.wait("all-gather of weights", nullptr);
 }
 
 #else  // a toolkit without NCCL: the GPU engine trains in one process
@@ -128,6 +204,11 @@ NcclGroup::NcclGroup(dist::Communicator& host) {
 }
 NcclGroup::~NcclGroup() = default;
 void NcclGroup::all_reduce_sum(float*, int64_t) {}
+void NcclGroup::all_reduce_after_compute(float*, int64_t) {}
+void NcclGroup::finish_overlap() {}
+double NcclGroup::wait_overlap() { return 0; }
+void NcclGroup::reduce_scatter_sum(float*, int64_t) {}
+void NcclGroup::all_gather(float*, int64_t) {}
 
 #endif
 

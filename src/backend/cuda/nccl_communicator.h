@@ -1,6 +1,13 @@
 // The GPU side of data parallelism (src/dist): the GPU of each rank and an NCCL communicator over the ranks,
 // bootstrapped through the host communicator (dist::Communicator: rank 0 makes the NCCL id, a broadcast hands it
-// to every rank). The step engine (engine_cuda.cpp) all-reduces its flat gradient array through it.
+// to every rank). The step engine (engine_cuda.cpp) sums its flat gradient array through it: in buckets on a
+// communication stream of its own while the backward runs (all_reduce_after_compute), or, with the sharded optimizer,
+// reduce-scattered and all-gathered on the default stream.
+//
+// Order of the sums: NCCL's reduction order is fixed for a fixed rank count, topology and collective size, so a run is
+// deterministic; with 2 ranks every element is one addition a + b, which is commutative in IEEE arithmetic, so any
+// bucketing (and reduce-scatter) gives the bits of one all-reduce of the whole array. With more ranks NCCL may split
+// and order a bucket's sums differently from a whole-array all-reduce: equal to rounding, not bit for bit.
 //
 // This header needs no CUDA headers.
 #pragma once
@@ -28,6 +35,24 @@ class NcclGroup {
   // and waits for it at most dist::collective_timeout_s(); past that the NCCL communicator is aborted and the job
   // ends with a message. NCCL's order: deterministic for a fixed rank count and topology, not the host's tree.
   void all_reduce_sum(float* device_data, int64_t n);
+
+  // Overlap with the backward. all_reduce_after_compute: sums n floats in place on the communication stream (a
+  // non-blocking stream: the model's legacy default stream does not wait for it), ordered after everything the
+  // default stream has been given so far (an event), and returns at once. finish_overlap (after the last bucket):
+  // records when the default stream's work ends and when the communication stream's does, and makes the default
+  // stream wait for the communication (what comes next, the mask and the clipping, reads the sums).
+  // wait_overlap: waits (at most the timeout, as all_reduce_sum) for the communication stream, and returns the
+  // milliseconds the communication ran past the end of the compute: the part of it the backward did not hide.
+  void all_reduce_after_compute(float* device_data, int64_t n);
+  void finish_overlap();
+  double wait_overlap();
+
+  // The sharded optimizer (ZeRO-1), on the default stream, waited for as all_reduce_sum. reduce_scatter_sum: `data`
+  // holds size() * per_rank floats; afterwards rank r's segment [r * per_rank, (r + 1) * per_rank) holds the sum
+  // over the ranks of that segment (the others are left as they were). all_gather: every rank's segment r of `data`
+  // becomes rank r's segment (in place).
+  void reduce_scatter_sum(float* device_data, int64_t per_rank);
+  void all_gather(float* device_data, int64_t per_rank);
 
  private:
   struct Impl;
