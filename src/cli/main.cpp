@@ -31,6 +31,8 @@ const std::map<std::string, Command>& commands() {
       {"eval", {ttt::cli::cmd_eval, "evaluate a checkpoint on validation data; prints JSON"}},
       {"generate", {ttt::cli::cmd_generate, "generate text from a checkpoint with a constant-memory recurrent state"}},
       {"logits", {ttt::cli::cmd_logits, "the logits of a checkpoint over a text file, as a safetensors file"}},
+      {"export", {ttt::cli::cmd_export, "convert a checkpoint to the public LaCT model (--to lact-hf)"}},
+      {"import", {ttt::cli::cmd_import, "convert a public LaCT model directory into a run (--from lact-hf DIR)"}},
   };
   return table;
 }
