@@ -1,7 +1,8 @@
 // ttt import --from lact-hf DIR --out RUN: a directory of the public LaCT model (config.json, model.safetensors or
 // model.safetensors.index.json with its shards, optionally tokenizer.json / tokenizer.model) as a ttt run
-// directory: a complete checkpoint at step 0 (zero AdamW moments, the default data directory, no dataset fingerprint) that `ttt logits`,
-// `ttt generate`, `ttt eval` read and `ttt train --resume RUN --data DATA --steps N` fine-tunes. The config gets
+// directory: a complete checkpoint at step 0 (zero AdamW moments; the data directory --data, else ttt's default; no
+// dataset fingerprint) that `ttt logits`, `ttt generate`, `ttt eval` read and `ttt train --resume RUN --steps N`
+// fine-tunes (on the data directory recorded at import). The config gets
 // the compatibility switches of the public model (model/lact_hf.h).
 #include <filesystem>
 #include <iostream>
@@ -74,7 +75,7 @@ int cmd_import(const Argv& argv) {
   std::vector<std::string> positional;
   for (size_t i = 0; i < argv.size(); ++i) {
     const std::string& s = argv[i];
-    if ((s == "--from" || s == "--out") && i + 1 < argv.size()) {
+    if ((s == "--from" || s == "--out" || s == "--data") && i + 1 < argv.size()) {
       flags.push_back(s);
       flags.push_back(argv[++i]);
     } else if (s.rfind("-", 0) == 0) {
@@ -86,6 +87,8 @@ int cmd_import(const Argv& argv) {
   Args a(flags, "import");
   a.value("from", "source format: lact-hf, followed by the directory (`--from lact-hf DIR`) (required)")
       .value("out", "run directory to create (must not exist or be empty) (required)")
+      .value("data", "data directory the run fine-tunes on (`ttt train --resume RUN --steps N`; default: "
+                     "ttt's data/linux-doc)")
       .flag("no-tokenizer", "import the weights only, even if DIR has a tokenizer file");
   a.parse();
   if (a.help_requested()) {
@@ -132,10 +135,13 @@ int cmd_import(const Argv& argv) {
       break;
     }
 
-  // Step 0, the default training settings and data directory (as ttt_torch.save writes a new model); no dataset
-  // fingerprint, so fine-tuning takes any --data.
+  // Step 0 and the default training settings (as ttt_torch.save writes a new model), training on --data.
   train::RunState state;
   state.train.preset = "import lact-hf";
+  if (a.has("data")) {
+    TTT_CHECK(fs::is_directory(a.str("data"), ec), "ttt import: --data '" << a.str("data") << "' is not a directory");
+    state.train.data_dir = fs::absolute(a.str("data")).string();
+  }
   state.train.seq_len = cfg.seq_len;
   train::AdamWConfig acfg;
   acfg.beta1 = state.train.beta1;
