@@ -99,6 +99,23 @@ TEST(LactHfSwitches, DefaultsKeepTodaysModel) {
   EXPECT_EQ(logits_of(small(), p, b), logits_of(e, p, b));
 }
 
+TEST(LactHfSwitches, TttNormEpsReachesTheMemoryOutputNorm) {
+  // Only the memory output's RMSNorm takes ttt_norm_eps: a large one changes the logits, and so does norm_eps
+  // with ttt_norm_eps fixed (the other norms); both equal to one value is the plain config with that norm_eps.
+  const Params<double> p = random_params(small(), 4);
+  const Batch b = batch_of(9, 32);
+  ModelConfig big = small();
+  big.ttt_norm_eps = 0.5;
+  EXPECT_NE(logits_of(big, p, b), logits_of(small(), p, b));
+  ModelConfig other = big;
+  other.norm_eps = 1e-3;
+  EXPECT_NE(logits_of(big, p, b), logits_of(other, p, b));
+  ModelConfig same_a = small(), same_b = small();
+  same_a.norm_eps = same_b.norm_eps = 1e-3;
+  same_a.ttt_norm_eps = 1e-3;
+  EXPECT_EQ(logits_of(same_a, p, b), logits_of(same_b, p, b));
+}
+
 TEST(LactHfSwitches, SharedNormIsTheTiledPerChannelWeight) {
   ModelConfig shared = small();
   shared.ttt_norm_shared = true;
