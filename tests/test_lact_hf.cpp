@@ -3,14 +3,22 @@
 // tests/reference/check_lact_hf.py (ctest LactHf.ExportImportParity).
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 
 #include "backend/registry.h"
+#include "cli_test_util.h"
+#include "core/file_io.h"
+#include "data/tokenizer.h"
 #include "model/lact_hf.h"
 #include "model/model.h"
+#include "temp_dir.h"
+#include "tiny_tokenizer.h"
+#include "train/checkpoint.h"
 
 using namespace ttt;
 using namespace ttt::model;
+using ttt::test::TempDir;
 
 namespace {
 
@@ -275,4 +283,66 @@ TEST(LactHf, ImportRefusesMissingWrongAndExtraTensors) {
   EXPECT_NE(e.find("'lm_head.weight'"), std::string::npos) << e;
   const Params<float> tied = lact_hf::import_weights(c, without("lm_head.weight"), true, "F");
   EXPECT_EQ(tied.at("lm_head.weight")(3, 2), p.at("embed.weight")(2, 3));
+}
+
+// A run with a Hugging Face tokenizer: export copies tokenizer.json, import installs it; the imported run's
+// `ttt logits` equal the original's bit for bit. Sharded weights (model.safetensors.index.json) import the same.
+TEST(LactHf, TokenizerAndShardsThroughTheCommands) {
+  TempDir dir("lact_hf_tok");
+  ModelConfig c = public_like();
+  c.vocab_size = 272;  // the tiny BPE has 260 tokens
+  Params<float> p = make_params<float>(c);
+  init_params(c, p, 21);
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  train::RunState st;
+  st.train.seq_len = c.seq_len;
+  const std::string run = dir / "run";
+  train::save_run_checkpoint(run, c, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st, 1);
+  write_file_atomic(dir / "tok.json", test::tiny_bpe_json());
+  const auto tok = data::load_tokenizer(dir / "tok.json");
+  const data::TokenizerRecord rec = data::install_tokenizer(*tok, dir / "tok.json", run);
+  write_file_atomic(run + "/" + data::kTokenizerInfoFile, rec.to_json().dump(2) + "\n");
+
+  test::RunResult r = test::run_cli("export --to lact-hf --checkpoint " + run + " --out " + (dir / "hf"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(read_file(dir / "hf/tokenizer.json"), test::tiny_bpe_json());
+  r = test::run_cli("import --from lact-hf " + (dir / "hf") + " --out " + (dir / "back"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("hf-bpe"), std::string::npos) << r.output;
+  write_file_atomic(dir / "in.txt", "the theme of the thing");
+  for (const char* name : {"run", "back"}) {
+    r = test::run_cli(std::string("logits --checkpoint ") + (dir / name) + " --input " + (dir / "in.txt") + " --out " +
+                      (dir / (std::string(name) + ".safetensors")));
+    ASSERT_EQ(r.status, 0) << r.output;
+  }
+  const SafeTensors a = safetensors_load(dir / "run.safetensors");
+  const SafeTensors b = safetensors_load(dir / "back.safetensors");
+  EXPECT_LT(a.get("tokens").numel(), 22);  // merged tokens: the BPE tokenizer, not bytes
+  ASSERT_EQ(a.get("logits").nbytes(), b.get("logits").nbytes());
+  EXPECT_EQ(0, std::memcmp(a.get("logits").raw(), b.get("logits").raw(), a.get("logits").nbytes()));
+  EXPECT_EQ(0, std::memcmp(a.get("tokens").raw(), b.get("tokens").raw(), a.get("tokens").nbytes()));
+
+  // The same weights in two shards and an index.
+  const SafeTensors all = safetensors_load(dir / "hf/model.safetensors");
+  std::filesystem::create_directories(dir.path / "sharded");
+  SafeTensors s1, s2;
+  nlohmann::json map = nlohmann::json::object();
+  for (size_t i = 0; i < all.tensors.size(); ++i) {
+    (i % 2 ? s2 : s1).add(all.tensors[i].first, all.tensors[i].second);
+    map[all.tensors[i].first] = i % 2 ? "model-00002-of-00002.safetensors" : "model-00001-of-00002.safetensors";
+  }
+  safetensors_save(dir / "sharded/model-00001-of-00002.safetensors", s1);
+  safetensors_save(dir / "sharded/model-00002-of-00002.safetensors", s2);
+  write_file_atomic(dir / "sharded/model.safetensors.index.json", nlohmann::json{{"weight_map", map}}.dump());
+  write_file_atomic(dir / "sharded/config.json", read_file(dir / "hf/config.json"));
+  r = test::run_cli("import --from lact-hf " + (dir / "sharded") + " --out " + (dir / "from_shards"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const train::LoadedCheckpoint x = train::load_checkpoint(dir / "from_shards", false);
+  const train::LoadedCheckpoint y = train::load_checkpoint(dir / "back", false);
+  EXPECT_EQ(x.cfg, y.cfg);
+  for (size_t i = 0; i < x.params.values.size(); ++i) EXPECT_EQ(x.params.values[i].data, y.params.values[i].data);
+  std::filesystem::remove(dir.path / "sharded/model-00002-of-00002.safetensors");
+  test::expect_clean_failure("import --from lact-hf " + (dir / "sharded") + " --out " + (dir / "z"),
+                             "model-00002-of-00002.safetensors");
 }
