@@ -92,7 +92,7 @@ int cmd_import(const Argv& argv) {
       .flag("no-tokenizer", "import the weights only, even if DIR has a tokenizer file");
   a.parse();
   if (a.help_requested()) {
-    std::fprintf(stdout, "usage: ttt import --from lact-hf DIR --out RUN [--no-tokenizer]\n%s", a.usage().c_str());
+    std::fprintf(stdout, "usage: ttt import --from lact-hf DIR --out RUN [--data DATA] [--no-tokenizer]\n%s", a.usage().c_str());
     return 0;
   }
   for (const char* f : {"from", "out"})
