@@ -307,6 +307,7 @@ TEST(LactHf, TokenizerAndShardsThroughTheCommands) {
   test::RunResult r = test::run_cli("export --to lact-hf --checkpoint " + run + " --out " + (dir / "hf"));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(read_file(dir / "hf/tokenizer.json"), test::tiny_bpe_json());
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir / "hf/config.json"))["eos_token_id"], tok->eot_id());
   r = test::run_cli("import --from lact-hf " + (dir / "hf") + " --out " + (dir / "back"));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("hf-bpe"), std::string::npos) << r.output;

@@ -66,6 +66,7 @@ int cmd_export(const Argv& argv) {
   std::string tokenizer_dir;
   const data::TokenizerRecord tok = checkpoint_tokenizer(ck, &tokenizer_dir);
   if (tok.kind != "bytes") data::load_tokenizer_of_dir(tokenizer_dir);  // checks the file and its recorded hash
+  config["eos_token_id"] = tok.eot_id;  // the run's end-of-text token: where Hugging Face generation stops
 
   fs::create_directories(out, ec);
   TTT_CHECK(!ec, "ttt export: cannot create --out '" << out << "': " << ec.message());
