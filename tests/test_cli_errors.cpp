@@ -305,3 +305,74 @@ TEST(CliErrors, DeviceHelpNamesEveryArchOnTheGpu) {
     EXPECT_NE(line.find("lact, titans, tnt"), std::string::npos) << line;
   }
 }
+
+// ttt export --to lact-hf / ttt import --from lact-hf: what they refuse, and that an imported run is accepted by
+// logits, eval and train --resume (fine-tuning). Logit parity: tests/reference/check_lact_hf.py.
+TEST(CliErrors, LactHfExportImport) {
+  Fixture f = make_fixture("lacthf");
+  const std::string run = q(f.dir / "run");
+  // The fixture's model lacks the public model's switches: refused naming the field.
+  expect_clean_failure("export --to lact-hf --checkpoint " + run + " --out " + q(f.dir / "x"), "ttt_norm_shared");
+  expect_clean_failure("export --to onnx --checkpoint " + run + " --out " + q(f.dir / "x"), "lact-hf");
+  expect_clean_failure("export --to lact-hf --checkpoint " + run + " --out " + q(f.dir / "data"), "not an empty directory");
+
+  // A run with the switches exports; its export imports.
+  model::ModelConfig cfg = f.cfg;
+  cfg.ttt_rope_attn_heads = true;
+  cfg.ttt_norm_shared = true;
+  cfg.ttt_norm_eps = 1e-5;
+  model::Params<float> p = model::make_params<float>(cfg);
+  model::init_params(cfg, p, 2);
+  std::vector<int64_t> sizes;
+  for (auto& m : p.values) sizes.push_back(m.size());
+  train::RunState st;
+  st.train.seq_len = cfg.seq_len;
+  st.train.data_dir = (f.dir / "data").string();
+  train::save_run_checkpoint((f.dir / "pub").string(), cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st, 1);
+  RunResult r = run_cli("export --to lact-hf --checkpoint " + q(f.dir / "pub") + " --out " + q(f.dir / "hf"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_cli("import --from lact-hf " + q(f.dir / "hf") + " --out " + q(f.dir / "imported") + " --data " +
+              q(f.dir / "data"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  write_file_atomic((f.dir / "in.txt").string(), "some text of a document");
+  r = run_cli("logits --checkpoint " + q(f.dir / "imported") + " --input " + q(f.dir / "in.txt") + " --out " +
+              q(f.dir / "l.safetensors"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run_cli("train --resume " + q(f.dir / "imported") + " --steps 1 --sample-tokens 0");
+  EXPECT_EQ(r.status, 0) << r.output;
+  expect_clean_failure("import --from lact-hf " + q(f.dir / "hf") + " --out " + q(f.dir / "imported"),
+                       "not an empty directory");
+  expect_clean_failure("import --from lact-hf --out " + q(f.dir / "y"), "expected one directory");
+  expect_clean_failure("import --from gguf " + q(f.dir / "hf") + " --out " + q(f.dir / "y"), "lact-hf");
+  expect_clean_failure("import --from lact-hf " + q(f.dir / "data") + " --out " + q(f.dir / "y"), "config.json");
+
+  // Damaged copies of the exported directory: each refused naming the field or tensor.
+  auto damaged = [&](const std::string& tag, const std::function<void(nlohmann::json&, SafeTensors&)>& damage) {
+    const fs::path d = f.dir / ("bad_" + tag);
+    fs::create_directories(d);
+    nlohmann::json j = nlohmann::json::parse(read_file((f.dir / "hf/config.json").string()));
+    SafeTensors w = safetensors_load((f.dir / "hf/model.safetensors").string());
+    damage(j, w);
+    write_file_atomic((d / "config.json").string(), j.dump());
+    safetensors_save((d / "model.safetensors").string(), w);
+    return "import --from lact-hf " + q(d) + " --out " + q(f.dir / ("out_" + tag));
+  };
+  expect_clean_failure(damaged("qkvbias", [](nlohmann::json& j, SafeTensors&) { j["qkv_bias"] = true; }), "qkv_bias");
+  expect_clean_failure(damaged("qknorm", [](nlohmann::json& j, SafeTensors&) { j["attn_qk_norm"] = true; }),
+                       "attn_qk_norm");
+  expect_clean_failure(damaged("missing",
+                               [](nlohmann::json&, SafeTensors& w) {
+                                 SafeTensors kept;
+                                 for (auto& [n, t] : w.tensors)
+                                   if (n != "model.layers.0.attn.w0") kept.add(n, t);
+                                 w = kept;
+                               }),
+                       "missing tensor 'model.layers.0.attn.w0'");
+  expect_clean_failure(damaged("shape",
+                               [](nlohmann::json&, SafeTensors& w) {
+                                 for (auto& [n, t] : w.tensors)
+                                   if (n == "model.norm.weight") t = Tensor::zeros({3}, DType::F32);
+                               }),
+                       "'model.norm.weight'");
+  fs::remove_all(f.dir);
+}

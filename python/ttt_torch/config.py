@@ -27,6 +27,10 @@ class ModelConfig:
     rope_theta: float = 1e6
     ttt_rope: bool = True
     v_silu: bool = False
+    # Compatibility switches of imported public LaCT models (src/model/config.h).
+    ttt_rope_attn_heads: bool = False
+    ttt_norm_shared: bool = False
+    ttt_norm_eps: float = 0.0
     momentum: bool = True
     muon: bool = False
     weight_norm: str = "post"
@@ -112,7 +116,7 @@ class ModelConfig:
         if self.dim % self.n_attn_heads or self.dim % self.n_mem_heads:
             raise CheckpointError(f"{origin}: dim {self.dim} must be divisible by n_attn_heads {self.n_attn_heads} "
                                   f"and n_mem_heads {self.n_mem_heads}")
-        if self.head_dim_attn % 2 or (self.ttt_rope and self.head_dim_mem % 2):
+        if self.head_dim_attn % 2 or (self.ttt_rope and not self.ttt_rope_attn_heads and self.head_dim_mem % 2):
             raise CheckpointError(f"{origin}: RoPE needs even head dims (dim {self.dim}, n_attn_heads "
                                   f"{self.n_attn_heads}, n_mem_heads {self.n_mem_heads})")
         if self.arch == "lact" and self.memory != "swiglu":
@@ -215,7 +219,7 @@ def parameter_shapes(cfg):
                     out += [(p + name + ".a", (H, rows, r)), (p + name + ".b", (H, r, cols))]
                 else:
                     out.append((p + name, (H, rows, cols)))
-        out += [(p + "ttt.o_norm.weight", (D,)), (p + "ttt.scale.weight", (D, H)), (p + "ttt.scale.bias", (H,)),
+        out += [(p + "ttt.o_norm.weight", (cfg.head_dim_mem if cfg.ttt_norm_shared else D,)), (p + "ttt.scale.weight", (D, H)), (p + "ttt.scale.bias", (H,)),
                 (p + "wo", (D, D)), (p + "mlp_norm.weight", (D,)), (p + "mlp.w_gate", (D, F)),
                 (p + "mlp.w_up", (D, F)), (p + "mlp.w_down", (F, D))]
     out += [("final_norm.weight", (D,)), ("lm_head.weight", (D, V))]

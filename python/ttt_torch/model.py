@@ -94,8 +94,10 @@ class TTTModel(nn.Module):
         H, d = cfg.n_mem_heads, cfg.head_dim_mem
         qh = l2norm(F.silu(q * P("ttt.q_scale") + P("ttt.q_offset")).reshape(B, T, H, d))
         kh = l2norm(F.silu(k * P("ttt.k_scale") + P("ttt.k_offset")).reshape(B, T, H, d))
-        if cfg.ttt_rope:
-            qh, kh = rope(qh, positions, cfg.rope_theta), rope(kh, positions, cfg.rope_theta)
+        if cfg.ttt_rope:  # over the memory heads, or (ttt_rope_attn_heads) the attention heads
+            G = cfg.n_attn_heads if cfg.ttt_rope_attn_heads else H
+            qh = rope(qh.reshape(B, T, G, D // G), positions, cfg.rope_theta).reshape(B, T, H, d)
+            kh = rope(kh.reshape(B, T, G, D // G), positions, cfg.rope_theta).reshape(B, T, H, d)
         vh = (F.silu(v) if cfg.v_silu else v).reshape(B, T, H, d)
         z = torch.matmul(x, P("ttt.lr.weight")) + P("ttt.lr.bias")
         if cfg.arch == "lact":  # softplus(z + softplus^-1(lr_init)) (softplus is z itself above 20, as in ttt)
@@ -121,7 +123,9 @@ class TTTModel(nn.Module):
             om = memory.run(spec, w0, qg, kg, vg, items(r), gates[0], gates[1])
             o = om if o is None else o + om
         o = o.reshape(B, H, T, d).permute(0, 2, 1, 3)  # [B, T, H, d]
-        normed = rms_norm(o, P("ttt.o_norm.weight").reshape(H, d), cfg.norm_eps)
+        # Per-channel weight [D], or (ttt_norm_shared) one [d] for every head; epsilon ttt_norm_eps (0: norm_eps).
+        weight = P("ttt.o_norm.weight").reshape(-1, d).expand(H, d)
+        normed = rms_norm(o, weight, cfg.ttt_norm_eps if cfg.ttt_norm_eps > 0 else cfg.norm_eps)
         gate = F.silu(torch.matmul(x, P("ttt.scale.weight")) + P("ttt.scale.bias"))  # [B, T, H]
         return (normed * gate.unsqueeze(-1)).reshape(B, T, D)
 

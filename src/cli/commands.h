@@ -19,6 +19,8 @@ int cmd_eval(const Argv& args);       // cmd_eval.cpp
 int cmd_generate(const Argv& args);   // cmd_generate.cpp
 int cmd_logits(const Argv& args);     // cmd_logits.cpp
 int cmd_plot(const Argv& args);       // cmd_plot.cpp
+int cmd_export(const Argv& args);     // cmd_export.cpp
+int cmd_import(const Argv& args);     // cmd_import.cpp
 
 // The operator commands (op lact, op tnt) refuse to write non-finite outputs: finite inputs so large that the
 // arithmetic overflows must end in an error, not in a file of NaN/Inf and exit 0. Throws naming the tensors.

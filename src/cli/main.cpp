@@ -32,6 +32,8 @@ const std::map<std::string, Command>& commands() {
       {"generate", {ttt::cli::cmd_generate, "generate text from a checkpoint with a constant-memory recurrent state"}},
       {"logits", {ttt::cli::cmd_logits, "the logits of a checkpoint over a text file, as a safetensors file"}},
       {"plot", {ttt::cli::cmd_plot, "plot metrics of runs (loss, val_loss, ...) against step, tokens or time as a PNG"}},
+      {"export", {ttt::cli::cmd_export, "convert a checkpoint to the public LaCT model (--to lact-hf)"}},
+      {"import", {ttt::cli::cmd_import, "convert a public LaCT model directory into a run (--from lact-hf DIR)"}},
   };
   return table;
 }

@@ -96,7 +96,7 @@ void validate(const ModelConfig& c) {
   TTT_CHECK(c.head_dim_attn() % 2 == 0, "model config: attention head dim dim / n_attn_heads = "
                                             << c.head_dim_attn() << " is odd; RoPE needs an even head dim (n_attn_heads "
                                             << c.n_attn_heads << ")");
-  TTT_CHECK(!c.ttt_rope || c.head_dim_mem() % 2 == 0,
+  TTT_CHECK(!c.ttt_rope || c.ttt_rope_attn_heads || c.head_dim_mem() % 2 == 0,
             "model config: memory head dim dim / n_mem_heads = " << c.head_dim_mem()
                                                                  << " is odd; ttt_rope needs an even head dim (n_mem_heads "
                                                                  << c.n_mem_heads << ")");
@@ -117,6 +117,7 @@ void validate(const ModelConfig& c) {
   pos("lr_init", c.lr_init);
   TTT_CHECK(c.mlp_hidden >= 0, "model config: mlp_hidden must be >= 0 (0 = auto), got " << c.mlp_hidden);
   pos("norm_eps", c.norm_eps);
+  TTT_CHECK(c.ttt_norm_eps >= 0, "model config: ttt_norm_eps must be >= 0 (0 = norm_eps), got " << c.ttt_norm_eps);
   pos("init_std", c.init_std);
   if (c.arch != Arch::Lact) pos("titans_base_lr", c.titans_base_lr);
   if (c.arch == Arch::Tnt) {
@@ -210,6 +211,9 @@ const std::vector<Field>& fields() {
       field("rope_theta", &ModelConfig::rope_theta),
       field("ttt_rope", &ModelConfig::ttt_rope),
       field("v_silu", &ModelConfig::v_silu),
+      field("ttt_rope_attn_heads", &ModelConfig::ttt_rope_attn_heads),
+      field("ttt_norm_shared", &ModelConfig::ttt_norm_shared),
+      field("ttt_norm_eps", &ModelConfig::ttt_norm_eps),
       field("momentum", &ModelConfig::momentum),
       field("muon", &ModelConfig::muon),
       named_field("weight_norm", &ModelConfig::weight_norm,
@@ -316,6 +320,7 @@ void from_json(const json& j, ModelConfig& cfg) { cfg = config_from_json(j); }
 //       "linear": w  [H, d, d]
 //   all archs:
 //     ttt.o_norm.weight          [D]        per-head RMSNorm of the memory output, per-channel weight
+//                                [d]        iff ttt_norm_shared: one weight for every head
 //     ttt.scale.weight           [D, H]     learnable TTT scale silu(x W_s + b_s), one per head
 //     ttt.scale.bias             [H]
 //     wo                         [D, D]
@@ -365,7 +370,7 @@ Layout layout(const ModelConfig& c, int64_t layers) {
           out.emplace_back(p + w.name, Shape{H, w.rows, w.cols});
         }
       }
-    out.emplace_back(p + "ttt.o_norm.weight", Shape{D});
+    out.emplace_back(p + "ttt.o_norm.weight", Shape{c.ttt_norm_shared ? c.head_dim_mem() : D});
     out.emplace_back(p + "ttt.scale.weight", Shape{D, H});
     out.emplace_back(p + "ttt.scale.bias", Shape{H});
     out.emplace_back(p + "wo", Shape{D, D});

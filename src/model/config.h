@@ -16,8 +16,10 @@
 //              `chunk` is not used by "tnt".
 //
 // In all three, the memory branch prepares its queries/keys as in §5.2 steps 1-2 (per-channel scale and
-// offset, per-head silu + l2-normalization, RoPE iff ttt_rope with base rope_theta; v or silu(v) iff
-// v_silu), its output is o = RMSNorm_d(Σ memories) ⊙ weight (per head over d, per-channel weight D),
+// offset, per-head silu + l2-normalization, RoPE iff ttt_rope with base rope_theta, per memory head or, iff
+// ttt_rope_attn_heads, per attention head; v or silu(v) iff v_silu), its output is
+// o = RMSNorm_d(Σ memories) ⊙ weight (per head over d, epsilon mem_norm_eps(); per-channel weight D, or one
+// weight d for every head iff ttt_norm_shared),
 // scaled by the learnable TTT scale silu(x W_s + b_s) (§5.2 step 6: one scalar per memory head,
 // broadcast over the head's d channels), and added to the attention output before W_o.
 //
@@ -62,6 +64,11 @@ struct ModelConfig {
   double rope_theta = 1e6;        // RoPE base (attention, and the memory branch iff ttt_rope)
   bool ttt_rope = true;           // RoPE on the memory queries/keys
   bool v_silu = false;            // memory values silu(v) instead of v
+  // Compatibility switches (the public LaCT model, `ttt import --from lact-hf`; defaults: ttt's own model).
+  bool ttt_rope_attn_heads = false;  // RoPE of the memory q/k over the attention heads (width dim / n_attn_heads)
+                                     // instead of the memory heads (width d)
+  bool ttt_norm_shared = false;   // ttt.o_norm.weight is one [d] weight shared by all memory heads, not [D]
+  double ttt_norm_eps = 0;        // epsilon of the memory output's RMSNorm; 0 = norm_eps
   bool momentum = true;           // momentum on the fast-weight updates (per-token gate sigmoid(x W_m + b_m))
   bool muon = false;              // Newton-Schulz orthogonalization of the update
   engine::WeightNorm weight_norm = engine::WeightNorm::Post;  // "post" | "pre" | "none" (§3.4)
@@ -88,6 +95,8 @@ struct ModelConfig {
   int64_t head_dim_mem() const { return n_mem_heads > 0 ? dim / n_mem_heads : 0; }
   int64_t mem_hidden_dim() const { return head_dim_mem() * inter_multi; }  // dh
   int64_t mlp_hidden_dim() const;  // F (resolves mlp_hidden = 0)
+  double mem_norm_eps() const { return ttt_norm_eps > 0 ? ttt_norm_eps : norm_eps; }  // resolves ttt_norm_eps = 0
+  int64_t mem_rope_heads() const { return ttt_rope_attn_heads ? n_attn_heads : n_mem_heads; }  // RoPE groups of memory q/k
   // Memories in the branch: 1 for "lact"/"titans"; (use_global ? 1 : 0) + local_chunks.size() for "tnt".
   int64_t n_memories() const;
 

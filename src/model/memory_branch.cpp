@@ -21,8 +21,8 @@ MemoryInputVars prepare_memory_inputs(Tape<T>& t, const ModelConfig& cfg, const 
   qh = nn::l2norm_heads(t, ag::silu(t, qh), H);
   kh = nn::l2norm_heads(t, ag::silu(t, kh), H);
   if (cfg.ttt_rope) {
-    qh = nn::rope(t, qh, H, positions, cfg.rope_theta);
-    kh = nn::rope(t, kh, H, positions, cfg.rope_theta);
+    qh = nn::rope(t, qh, cfg.mem_rope_heads(), positions, cfg.rope_theta);
+    kh = nn::rope(t, kh, cfg.mem_rope_heads(), positions, cfg.rope_theta);
   }
   in.q = qh;
   in.k = kh;
@@ -67,7 +67,14 @@ std::vector<Var> memory_weights(Tape<T>& t, const ModelConfig& cfg, const LayerP
 template <class T>
 Var finish_memory_output(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, Var x, Var o) {
   const int64_t H = cfg.n_mem_heads, d = cfg.head_dim_mem();
-  Var normed = nn::rms_norm_heads(t, o, L.get("ttt.o_norm.weight"), H, cfg.norm_eps);
+  Var weight = L.get("ttt.o_norm.weight");
+  if (cfg.ttt_norm_shared) {  // one [d] weight for every head: tiled to [D] (its gradient sums over the heads)
+    Mat<T> tile(d, H * d);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t j = 0; j < d; ++j) tile(j, h * d + j) = T(1);
+    weight = ag::matmul(t, weight, t.constant(tile));
+  }
+  Var normed = nn::rms_norm_heads(t, o, weight, H, cfg.mem_norm_eps());
   Var gate = ag::silu(t, nn::linear_bias(t, x, L.get("ttt.scale.weight"), L.get("ttt.scale.bias")));  // [n,H]
   Mat<T> expand(H, H * d);  // broadcast each head's gate over its d channels
   for (int64_t h = 0; h < H; ++h)

@@ -47,6 +47,9 @@ VARIANTS = {
     "lact_muon_pre_lowrank": dict(BASE, arch="lact", muon=True, weight_norm="pre", low_rank_init=True,
                                   low_rank_rank=4, v_silu=True, inter_multi=2),
     "lact_plain": dict(BASE, arch="lact", momentum=False, weight_norm="none", ttt_rope=False),
+    # The compatibility switches of imported public LaCT models (attention head 8, memory head 16).
+    "lact_public_switches": dict(BASE, arch="lact", n_attn_heads=4, ttt_rope_attn_heads=True, ttt_norm_shared=True,
+                                 ttt_norm_eps=1e-5, v_silu=True),
     "titans": TITANS,
     "titans_linear_muon": dict(TITANS, memory="linear", muon=True, decay=False),
     "titans_swiglu": dict(TITANS, memory="swiglu", momentum=False, mem_residual=False),
