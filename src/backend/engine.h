@@ -65,6 +65,11 @@ class StepEngine {
   // rank 0 (a collective: every rank calls it) for its checkpoint. Call before attach. The default accepts a
   // single rank only (a device without data parallelism says so).
   virtual void set_data_parallel(dist::Communicator& ranks, bool shard_optimizer);
+  // TNT context parallelism (`--context-parallel cp`, model/context_parallel.h; after set_data_parallel, before
+  // attach): the ranks form groups of cp consecutive ranks; each group computes the sequences data parallelism gives
+  // it (dist::rank_sequences over ranks / cp groups), each of its ranks one span of every sequence. The default
+  // accepts cp = 1 only (a device without context parallelism says so).
+  virtual void set_context_parallel(int cp);
 
   // Per-token losses of a batch of windows without gradients (sequence-major; 0 at ignored targets): evaluation.
   virtual std::vector<double> token_losses(const model::Batch& batch) = 0;

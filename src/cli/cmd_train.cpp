@@ -139,7 +139,9 @@ int cmd_train(const Argv& argv) {
       .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
       .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0")
       .flag("shard-optimizer", "under mpirun: each rank keeps the AdamW moments of its share of the tensors only "
-                               "(ZeRO-1); checkpoints still hold the whole state");
+                               "(ZeRO-1); checkpoints still hold the whole state")
+      .value("context-parallel", "TNT under mpirun: split each sequence over this many ranks (spans of whole shards "
+                                 "and global chunks); ranks = data parallel x this", "1");
   a.parse();
   if (a.help_requested()) {
     std::fprintf(stdout, "%s", a.usage().c_str());
@@ -266,6 +268,10 @@ int cmd_train(const Argv& argv) {
   dist::Communicator& ranks = dist::world();
   opt.ranks = &ranks;
   opt.shard_optimizer = a.on("shard-optimizer");
+  const int64_t context_parallel = a.i64("context-parallel");
+  TTT_CHECK(context_parallel >= 1 && context_parallel <= 4096,
+            "--context-parallel must be a rank count from 1 to 4096, got " << context_parallel);
+  opt.context_parallel = int(context_parallel);
   set_fault_hook(opt);
   const bool writer = ranks.rank() == 0;
 

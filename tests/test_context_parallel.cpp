@@ -1,0 +1,266 @@
+// TNT context parallelism (model/context_parallel.h): ranks as threads of this process over the TCP communicator,
+// in float64, against one rank (the loss, every per-token loss and every gradient to 1e-10); then `ttt train
+// --context-parallel` under mpirun against one process, and the setups it refuses.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli_test_util.h"
+#include "core/rng.h"
+#include "dist/communicator.h"
+#include "dist/data_parallel.h"
+#include "expect_error.h"
+#include "model/context_parallel.h"
+#include "model/model.h"
+#include "train/trainer.h"
+#include "train_test_util.h"
+
+using namespace ttt;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Two layers (the second layer's halo depends on the first's), window 8 (a halo of 7 rows), global chunk 16 and
+// shard 16; 64 tokens: two spans of 32 (two global chunks each: the global chain crosses the span boundary).
+model::ModelConfig cp_config() {
+  model::ModelConfig cfg = test_util::small_tnt_config();
+  cfg.n_layers = 2;
+  cfg.seq_len = 64;
+  return cfg;
+}
+
+// `count` micro-batches of `per` random sequences, a few targets ignored (one span has fewer valid targets).
+std::vector<model::Batch> random_steps(const model::ModelConfig& cfg, int64_t count, int64_t per, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<model::Batch> micro;
+  for (int64_t m = 0; m < count; ++m) {
+    model::Batch b;
+    b.sequences = per;
+    b.len = cfg.seq_len;
+    for (int64_t i = 0; i < per * cfg.seq_len; ++i) {
+      b.inputs.push_back(int32_t(rng.below(uint64_t(cfg.vocab_size))));
+      b.targets.push_back(int32_t(rng.below(uint64_t(cfg.vocab_size))));
+    }
+    for (int64_t i = 40; i < 52; ++i) b.targets[size_t(i)] = -1;
+    micro.push_back(std::move(b));
+  }
+  return micro;
+}
+
+// Runs `body(comm)` on `ranks` threads, each with its TCP communicator; returns each rank's error ("" when none).
+std::vector<std::string> on_ranks(int ranks, int port_offset, const std::function<void(dist::Communicator&)>& body) {
+  const int port = 20000 + int((int64_t(::getpid()) * 8 + port_offset) % 40000);
+  std::vector<std::string> errors(static_cast<size_t>(ranks));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < ranks; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        auto c = dist::make_tcp_communicator(r, ranks, r, "127.0.0.1", port);
+        body(*c);
+      } catch (const std::exception& e) {
+        errors[size_t(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+void expect_near_all(const ag::Mat<double>& got, const ag::Mat<double>& want, const std::string& what) {
+  ASSERT_TRUE(got.same_shape(want)) << what;
+  double worst = 0;
+  for (size_t i = 0; i < want.data.size(); ++i)
+    worst = std::max(worst, std::abs(got.data[i] - want.data[i]) / std::max(1.0, std::abs(want.data[i])));
+  EXPECT_LE(worst, 1e-10) << what;
+}
+
+// `ranks` ranks in groups of `cp` (data parallel over ranks / cp groups) compute a step of 4 sequences; their
+// gradients and loss terms summed equal one rank's.
+void expect_context_parallel_equals_one_rank(int ranks, int cp, int port_offset) {
+  const model::ModelConfig cfg = cp_config();
+  model::Params<double> p = model::make_params<double>(cfg);
+  model::init_params(cfg, p, 5);
+  const std::vector<model::Batch> micro = random_steps(cfg, 2, 2, 9);
+  std::vector<ag::Mat<double>> whole;
+  const double loss = train::accumulate_gradients(cfg, p, micro, whole);
+
+  std::vector<std::vector<ag::Mat<double>>> parts(static_cast<size_t>(ranks));
+  std::vector<std::vector<double>> terms(static_cast<size_t>(ranks));
+  const std::vector<std::string> errors = on_ranks(ranks, port_offset, [&](dist::Communicator& c) {
+    const model::ContextSpan span = model::context_span(c, cp, cfg.seq_len);
+    const dist::SequenceRange mine = dist::rank_sequences(4, c.rank() / cp, ranks / cp);
+    terms[size_t(c.rank())] =
+        train::accumulate_gradient_range(cfg, p, micro, mine.first, mine.last, parts[size_t(c.rank())], &span);
+  });
+  for (int r = 0; r < ranks; ++r) ASSERT_EQ(errors[size_t(r)], "") << "rank " << r;
+  double cp_loss = 0;
+  for (const auto& t : terms) cp_loss += train::sum_loss_terms(t);
+  EXPECT_NEAR(cp_loss, loss, 1e-10 * loss);
+  for (size_t i = 0; i < whole.size(); ++i) {
+    ag::Mat<double> sum = parts[0][i];
+    for (int r = 1; r < ranks; ++r)
+      for (size_t e = 0; e < sum.data.size(); ++e) sum.data[e] += parts[size_t(r)][i].data[e];
+    expect_near_all(sum, whole[i], p.names[i]);
+  }
+}
+
+TEST(ContextParallel, TwoRanksEqualOneRankInFloat64) { expect_context_parallel_equals_one_rank(2, 2, 1); }
+
+TEST(ContextParallel, DataTimesContextParallelTwoByTwoEqualsOneRank) { expect_context_parallel_equals_one_rank(4, 2, 2); }
+
+// Every output of the span: each token's loss on its rank is the one-rank forward's at the same position.
+TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) {
+  const model::ModelConfig cfg = cp_config();
+  model::Params<double> p = model::make_params<double>(cfg);
+  model::init_params(cfg, p, 3);
+  const model::Batch batch = random_steps(cfg, 1, 2, 4)[0];
+  const auto ref = model::forward<double>(cfg, p, batch, nullptr, true, false);
+  std::vector<std::vector<double>> token_loss(2);
+  const std::vector<std::string> errors = on_ranks(2, 3, [&](dist::Communicator& c) {
+    const model::ContextSpan span = model::context_span(c, 2, cfg.seq_len);
+    model::Batch mine;
+    mine.sequences = batch.sequences;
+    mine.len = span.span;
+    for (int64_t s = 0; s < batch.sequences; ++s) {
+      const int64_t at = s * cfg.seq_len + span.offset();
+      mine.inputs.insert(mine.inputs.end(), batch.inputs.begin() + at, batch.inputs.begin() + at + span.span);
+      mine.targets.insert(mine.targets.end(), batch.targets.begin() + at, batch.targets.begin() + at + span.span);
+    }
+    token_loss[size_t(c.rank())] = model::forward<double>(cfg, p, mine, nullptr, true, false, &span).token_loss;
+  });
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(errors[size_t(r)], "") << "rank " << r;
+  const int64_t span = cfg.seq_len / 2;
+  for (int64_t s = 0; s < batch.sequences; ++s)
+    for (int r = 0; r < 2; ++r)
+      for (int64_t i = 0; i < span; ++i)
+        EXPECT_NEAR(token_loss[size_t(r)][size_t(s * span + i)], ref.token_loss[size_t(s * cfg.seq_len + r * span + i)],
+                    1e-10)
+            << "sequence " << s << ", rank " << r << ", token " << i;
+}
+
+TEST(ContextParallel, BadSetupsAreRefusedNamingTheFields) {
+  const model::ModelConfig tnt = cp_config();
+  model::check_context_parallel(tnt, 2, 2);
+  model::check_context_parallel(tnt, 2, 4);
+  model::check_context_parallel(test_util::small_lact_config(), 1, 3);  // 1: nothing to split
+  test::expect_error([&] { model::check_context_parallel(test_util::small_lact_config(), 2, 2); },
+                     "needs a TNT model (arch tnt");
+  test::expect_error([&] { model::check_context_parallel(tnt, 2, 3); }, "does not divide the job's 3 rank(s)");
+  test::expect_error([&] { model::check_context_parallel(tnt, 0, 2); }, "--context-parallel must be at least 1");
+  // 64 tokens over 4 ranks: spans of 16 hold one shard and one global chunk; over 8, spans of 8 hold neither.
+  model::check_context_parallel(tnt, 4, 4);
+  test::expect_error([&] { model::check_context_parallel(tnt, 8, 8); }, "seq_len must be a multiple of 128");
+  model::ModelConfig odd = tnt;
+  odd.global_chunk = 32;  // spans of 16 tokens would cut a global chunk in two
+  test::expect_error([&] { model::check_context_parallel(odd, 4, 4); }, "global_chunk 32");
+  model::ModelConfig wide = tnt;
+  wide.window = 40;  // a halo of 39 rows reaches past a span of 32
+  test::expect_error([&] { model::check_context_parallel(wide, 2, 2); }, "window - 1 must be at most the span");
+}
+
+// ---- ttt train --context-parallel ----
+
+std::string mpirun_missing() {
+  if (!dist::mpi_built()) return "this build has no MPI (install libopenmpi-dev and configure again)";
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not on PATH (install openmpi-bin)";
+  return "";
+}
+
+struct CpWorkspace {
+  fs::path dir;
+  explicit CpWorkspace(const std::string& tag) {
+    dir = test_util::temp_dir("cp_" + tag);
+    fs::rename(test_util::make_corpus("cp_" + tag + "_corpus"), dir / "data");
+    model::ModelConfig cfg = cp_config();
+    cfg.n_layers = 1;
+    model::save_config((dir / "tnt.json").string(), cfg);
+    model::save_config((dir / "lact.json").string(), test_util::small_lact_config());
+  }
+  ~CpWorkspace() { fs::remove_all(dir); }
+};
+
+test::RunResult run_in(const CpWorkspace& w, int np, const std::string& args) {
+  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 timeout -k 2 120 ";
+  if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
+  cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
+  test::RunResult r;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
+  r.status = pclose(f);
+  return r;
+}
+
+int exit_code(const test::RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
+
+std::string train_args(const std::string& config, const std::string& out, const std::string& extra) {
+  return "train --config " + config + " --data data --out " + out + " --steps 3 --batch 2 --accum 2 --seq-len 64 "
+         "--clip 0.05 --eval-every 0 --eval-batches 2 --ckpt-every 0 --log-every 1 --sample-tokens 0 " + extra;
+}
+
+// The losses and gradient norms of every step agree with the one-process run's (float32: the spans' sums round in
+// another order).
+void expect_close_runs(const fs::path& a, const fs::path& b) {
+  const auto ma = test_util::read_metrics(a.string()), mb = test_util::read_metrics(b.string());
+  ASSERT_EQ(ma.size(), mb.size());
+  ASSERT_FALSE(ma.empty());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    EXPECT_NEAR(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>(), 1e-5) << "step " << ma[i]["step"];
+    EXPECT_NEAR(ma[i]["grad_norm"].get<double>(), mb[i]["grad_norm"].get<double>(),
+                1e-4 * mb[i]["grad_norm"].get<double>())
+        << "step " << ma[i]["step"];
+  }
+}
+
+TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
+  const std::string why = mpirun_missing();
+  if (!why.empty()) GTEST_SKIP() << "skipped: " << why;
+  CpWorkspace w("train");
+  const auto one = run_in(w, 0, train_args("tnt.json", "one", ""));
+  ASSERT_EQ(exit_code(one), 0) << one.output;
+  const auto two = run_in(w, 2, train_args("tnt.json", "two", "--context-parallel 2"));
+  ASSERT_EQ(exit_code(two), 0) << two.output;
+  EXPECT_NE(two.output.find("context parallel over 2 ranks x data parallel over 1 groups (mpi): spans of 32 tokens"),
+            std::string::npos)
+      << two.output;
+  expect_close_runs(w.dir / "two", w.dir / "one");
+  const auto four = run_in(w, 4, train_args("tnt.json", "four", "--context-parallel 2 --shard-optimizer"));
+  ASSERT_EQ(exit_code(four), 0) << four.output;
+  EXPECT_NE(four.output.find("data parallel over 2 groups"), std::string::npos) << four.output;
+  expect_close_runs(w.dir / "four", w.dir / "one");
+}
+
+// Every rank ends with the message and status 1 (mpirun reports the first failure), no hang.
+void expect_refused(const CpWorkspace& w, int np, const std::string& args, const std::string& words) {
+  const auto r = run_in(w, np, args);
+  ASSERT_TRUE(WIFEXITED(r.status)) << r.output;
+  EXPECT_NE(exit_code(r), 0) << r.output;
+  EXPECT_NE(exit_code(r), 124) << "timed out (hang)\n" << r.output;
+  EXPECT_NE(r.output.find(words), std::string::npos) << "message lacks '" << words << "':\n" << r.output;
+}
+
+TEST(ContextParallelMpi, BadSetupsEndEveryRank) {
+  // One process: no mpirun needed.
+  CpWorkspace w("bad");
+  expect_refused(w, 0, train_args("tnt.json", "a", "--context-parallel 2"), "does not divide the job's 1 rank(s)");
+  expect_refused(w, 0, train_args("lact.json", "b", "--context-parallel 2"), "needs a TNT model (arch tnt");
+  expect_refused(w, 0, train_args("tnt.json", "c", "--context-parallel 0"), "--context-parallel must be a rank count");
+  const std::string why = mpirun_missing();
+  if (!why.empty()) GTEST_SKIP() << "skipped (the mpirun cases): " << why;
+  expect_refused(w, 2, train_args("tnt.json", "d", "--context-parallel 2 --seq-len 48"),
+                 "seq_len 48 does not split over --context-parallel 2");
+  expect_refused(w, 4, train_args("tnt.json", "e", "--context-parallel 2 --batch 3 --accum 1"),
+                 "cannot be split evenly over 2 data-parallel groups");
+  expect_refused(w, 2, train_args("tnt.json", "f", "--context-parallel 2 --device cuda"), "--device cuda");
+}
+
+}  // namespace
