@@ -13,13 +13,13 @@ using ag::Mat;
 using ag::Tape;
 using ag::Var;
 
-ContextSpan context_span(dist::Communicator& comm, int cp, int64_t seq_len) {
+ContextSpan context_span(dist::Communicator& group, int64_t seq_len) {
   ContextSpan s;
-  s.comm = &comm;
-  s.ranks = cp;
-  s.rank = comm.rank() % cp;
-  s.group_first = comm.rank() - s.rank;
-  s.span = seq_len / cp;
+  s.comm = &group;
+  s.ranks = group.size();
+  s.rank = group.rank();
+  s.span = seq_len / s.ranks;
+  TTT_CHECK(s.span * s.ranks == seq_len, "context parallel: " << seq_len << " tokens do not split over " << s.ranks << " ranks");
   return s;
 }
 
@@ -55,14 +55,13 @@ void check_context_parallel(const ModelConfig& cfg, int cp, int world_size) {
 
 namespace {
 
-// Every rank's `n` elements of `mine`; returns the ones of this rank's CP group, in CP rank order.
+// Every rank's `mine` (the same size on each), in CP rank order.
 template <class T>
 std::vector<T> group_gather(const ContextSpan& cp, const std::vector<T>& mine) {
-  const int world = cp.comm->size();
   const int64_t n = int64_t(mine.size());
-  std::vector<T> all(size_t(n * world));
-  cp.comm->all_gather(mine.data(), all.data(), std::vector<int64_t>(size_t(world), n));
-  return std::vector<T>(all.begin() + cp.group_first * n, all.begin() + (cp.group_first + cp.ranks) * n);
+  std::vector<T> all(size_t(n * cp.ranks));
+  cp.comm->all_gather(mine.data(), all.data(), std::vector<int64_t>(size_t(cp.ranks), n));
+  return all;
 }
 
 // The op's backward must run on every rank (it is a collective): allocate its output's gradient now.

@@ -8,11 +8,12 @@
 //     returns the gradient of every gathered row to the rank that owns it.
 // Local memories reset at every shard, so they run on their span alone.
 //
-// Ranks: world rank k is CP rank k % N of data-parallel group k / N. The exchanges are collectives over the whole
-// job (Communicator::all_gather: every rank contributes, each keeps its group's part): host traffic a factor of
-// the data-parallel degree above a sub-communicator's, simple and with the communicator's timeouts. Every rank of
-// the job must record the same ops in the same order (the same model, the same number of sequences), and the
-// backward of each op runs on every rank (its output's gradient is allocated when it is recorded).
+// Ranks: world rank k is CP rank k % N of data-parallel group k / N; each group has its own communicator
+// (Communicator::split: a real MPI sub-communicator under mpirun; emulated over the job's collectives with TCP). The
+// exchanges are the group's all-gathers: the halo gathers every rank's tail rows (each keeps its predecessor's), a
+// factor N above point-to-point traffic and simple, with the communicator's timeouts. Every rank of a group must
+// record the same ops in the same order (the same model, the same number of sequences), and the backward of each op
+// runs on every rank (its output's gradient is allocated when it is recorded).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -27,9 +28,8 @@ class Communicator;
 namespace ttt::model {
 
 struct ContextSpan {
-  dist::Communicator* comm = nullptr;  // the whole job
+  dist::Communicator* comm = nullptr;  // the CP group
   int rank = 0, ranks = 1;             // this rank's place in its CP group and the group's size
-  int group_first = 0;                 // world rank of CP rank 0 of this group
   int64_t span = 0;                    // tokens of each sequence on one rank (= seq_len / ranks)
   // The backward's seed: the gradient of the step's loss with respect to this span's mean loss (its share of the
   // step's valid targets). It weights the loss before the backward, because gradients flow between ranks: a
@@ -38,8 +38,8 @@ struct ContextSpan {
   int64_t offset() const { return int64_t(rank) * span; }  // global position of the span's first token
 };
 
-// The CP group of world rank `world_rank` in a job of `world_size` ranks split `cp` ways, for sequences of seq_len.
-ContextSpan context_span(dist::Communicator& comm, int cp, int64_t seq_len);
+// This rank's span of sequences of seq_len tokens in the CP group `group` (its ranks: one span each, in order).
+ContextSpan context_span(dist::Communicator& group, int64_t seq_len);
 
 // Checks that `cfg` can be split over `cp` ranks of a job of `world_size`: a TNT model, cp dividing the ranks,
 // seq_len splitting into spans of whole local shards and whole global chunks, the attention window's halo within one

@@ -85,6 +85,7 @@ class CpuStepEngine final : public StepEngine {
     TTT_CHECK(cp == 1 || (ranks_ && ranks_->size() % cp == 0),
               "--context-parallel " << cp << " needs a multiple of " << cp << " ranks");
     cp_ = cp;
+    if (cp > 1) cp_group_ = ranks_->split(ranks_->rank() / cp);  // ranks k with the same k / cp
   }
 
   StepResult train_step(const std::vector<model::Batch>& micro, double lr, double clip) override {
@@ -99,9 +100,10 @@ class CpuStepEngine final : public StepEngine {
       // gradient are its spans' parts; the sums below over every rank are the step's).
       const int64_t n = train::step_sequences(micro);
       const dist::SequenceRange mine = dist::rank_sequences(n, ranks_->rank() / cp_, ranks_->size() / cp_);
-      const model::ContextSpan span = model::context_span(*ranks_, cp_, micro.front().len);
+      model::ContextSpan span;
+      if (cp_group_) span = model::context_span(*cp_group_, micro.front().len);
       const std::vector<double> terms =
-          train::accumulate_gradient_range(cfg_, *params_, micro, mine.first, mine.last, grads_, &span);
+          train::accumulate_gradient_range(cfg_, *params_, micro, mine.first, mine.last, grads_, cp_group_ ? &span : nullptr);
       std::vector<double> all_terms(static_cast<size_t>(n * cp_));
       ranks_->all_gather(terms.data(), all_terms.data(), std::vector<int64_t>(size_t(ranks_->size()), mine.last - mine.first));
       r.loss = train::sum_loss_terms(all_terms);
@@ -194,6 +196,7 @@ class CpuStepEngine final : public StepEngine {
   dist::Communicator* ranks_ = nullptr;  // more than one rank, or null
   bool shard_ = false;
   int cp_ = 1;                  // context-parallel group size
+  std::unique_ptr<dist::Communicator> cp_group_;  // this rank's context-parallel group, with cp_ > 1
   std::vector<size_t> shards_;  // tensor_shards bounds, with shard_
   std::vector<float> flat_;     // the gradient, then the weights, as one vector
 };
