@@ -14,9 +14,8 @@ struct RunResult {
   std::string output;  // stdout + stderr
 };
 
-// Runs `ttt <args>` (under a 60 s timeout) and captures its output.
-inline RunResult run_cli(const std::string& args) {
-  const std::string cmd = "timeout 60 " + std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
+// Runs a shell command line, capturing its output (stdout; redirect stderr into it in `cmd`).
+inline RunResult run_shell(const std::string& cmd) {
   RunResult r;
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) {
@@ -28,6 +27,11 @@ inline RunResult run_cli(const std::string& args) {
   while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
   r.status = pclose(f);
   return r;
+}
+
+// Runs `ttt <args>` (under a 60 s timeout) and captures its output.
+inline RunResult run_cli(const std::string& args) {
+  return run_shell("timeout 60 " + std::string(TTT_CLI_PATH) + " " + args + " 2>&1");
 }
 
 // Non-zero exit with a message containing `word`, no signal, no timeout.

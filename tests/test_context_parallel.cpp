@@ -38,24 +38,6 @@ model::ModelConfig cp_config() {
   return cfg;
 }
 
-// `count` micro-batches of `per` random sequences, a few targets ignored (one span has fewer valid targets).
-std::vector<model::Batch> random_steps(const model::ModelConfig& cfg, int64_t count, int64_t per, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<model::Batch> micro;
-  for (int64_t m = 0; m < count; ++m) {
-    model::Batch b;
-    b.sequences = per;
-    b.len = cfg.seq_len;
-    for (int64_t i = 0; i < per * cfg.seq_len; ++i) {
-      b.inputs.push_back(int32_t(rng.below(uint64_t(cfg.vocab_size))));
-      b.targets.push_back(int32_t(rng.below(uint64_t(cfg.vocab_size))));
-    }
-    for (int64_t i = 40; i < 52; ++i) b.targets[size_t(i)] = -1;
-    micro.push_back(std::move(b));
-  }
-  return micro;
-}
-
 // Runs `body(comm)` on `ranks` threads, each with its TCP communicator; returns each rank's error ("" when none).
 std::vector<std::string> on_ranks(int ranks, int port_offset, const std::function<void(dist::Communicator&)>& body) {
   const int port = 20000 + int((int64_t(::getpid()) * 8 + port_offset) % 40000);
@@ -115,7 +97,7 @@ void expect_context_parallel_equals_one_rank(int ranks, int cp, int port_offset)
   const model::ModelConfig cfg = cp_config();
   model::Params<double> p = model::make_params<double>(cfg);
   model::init_params(cfg, p, 5);
-  const std::vector<model::Batch> micro = random_steps(cfg, 2, 2, 9);
+  const std::vector<model::Batch> micro = test_util::random_micro_batches(cfg, 2, 2, 9);
   std::vector<ag::Mat<double>> whole;
   const double loss = train::accumulate_gradients(cfg, p, micro, whole);
 
@@ -149,7 +131,7 @@ TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) {
   const model::ModelConfig cfg = cp_config();
   model::Params<double> p = model::make_params<double>(cfg);
   model::init_params(cfg, p, 3);
-  const model::Batch batch = random_steps(cfg, 1, 2, 4)[0];
+  const model::Batch batch = test_util::random_micro_batches(cfg, 2, 2, 4)[1];
   const auto ref = model::forward<double>(cfg, p, batch, nullptr, true, false);
   std::vector<std::vector<double>> token_loss(2);
   const std::vector<std::string> errors = on_ranks(2, 3, [&](dist::Communicator& c) {
@@ -196,12 +178,6 @@ TEST(ContextParallel, BadSetupsAreRefusedNamingTheFields) {
 
 // ---- ttt train --context-parallel ----
 
-std::string mpirun_missing() {
-  if (!dist::mpi_built()) return "this build has no MPI (install libopenmpi-dev and configure again)";
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not on PATH (install openmpi-bin)";
-  return "";
-}
-
 struct CpWorkspace {
   fs::path dir;
   explicit CpWorkspace(const std::string& tag) {
@@ -219,14 +195,7 @@ test::RunResult run_in(const CpWorkspace& w, int np, const std::string& args) {
   std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 timeout -k 2 120 ";
   if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
   cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
-  test::RunResult r;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
-  r.status = pclose(f);
-  return r;
+  return test::run_shell(cmd);
 }
 
 int exit_code(const test::RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
@@ -251,7 +220,7 @@ void expect_close_runs(const fs::path& a, const fs::path& b) {
 }
 
 TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
-  const std::string why = mpirun_missing();
+  const std::string why = test_util::mpirun_missing();
   if (!why.empty()) GTEST_SKIP() << "skipped: " << why;
   CpWorkspace w("train");
   const auto one = run_in(w, 0, train_args("tnt.json", "one", ""));
@@ -283,7 +252,7 @@ TEST(ContextParallelMpi, BadSetupsEndEveryRank) {
   expect_refused(w, 0, train_args("tnt.json", "a", "--context-parallel 2"), "does not divide the job's 1 rank(s)");
   expect_refused(w, 0, train_args("lact.json", "b", "--context-parallel 2"), "needs a TNT model (arch tnt");
   expect_refused(w, 0, train_args("tnt.json", "c", "--context-parallel 0"), "--context-parallel must be a rank count");
-  const std::string why = mpirun_missing();
+  const std::string why = test_util::mpirun_missing();
   if (!why.empty()) GTEST_SKIP() << "skipped (the mpirun cases): " << why;
   expect_refused(w, 2, train_args("tnt.json", "d", "--context-parallel 2 --seq-len 48"),
                  "seq_len 48 does not split over --context-parallel 2");

@@ -197,16 +197,9 @@ TEST(Dist, ShardedNormPiecesEqualClipGradNorm) {
 
 // ---- mpirun ----
 
-// Why the mpirun tests cannot run here, or "".
-std::string mpirun_missing() {
-  if (!dist::mpi_built()) return "this build has no MPI (install libopenmpi-dev and configure again)";
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not on PATH (install openmpi-bin)";
-  return "";
-}
-
 #define SKIP_WITHOUT_MPIRUN()                                         \
   do {                                                                \
-    const std::string why = mpirun_missing();                         \
+    const std::string why = test_util::mpirun_missing();              \
     if (!why.empty()) GTEST_SKIP() << "skipped: " << why;             \
   } while (0)
 
@@ -221,18 +214,6 @@ struct Workspace {
   ~Workspace() { fs::remove_all(dir); }
 };
 
-// Runs a shell command line, capturing its output.
-test::RunResult run_shell(const std::string& cmd) {
-  test::RunResult r;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
-  r.status = pclose(f);
-  return r;
-}
-
 // Runs `ttt ARGS` in `w` with `np` ranks (np = 0: one plain process, no mpirun). Root in a container needs
 // --allow-run-as-root; two cores need --oversubscribe. OMP_NUM_THREADS=1: two ranks share the cores.
 test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, const std::string& env = "",
@@ -240,7 +221,7 @@ test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, c
   std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout -k 2 " + std::to_string(timeout_s) + " ";
   if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
   cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
-  return run_shell(cmd);
+  return test::run_shell(cmd);
 }
 
 int exit_code(const test::RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
@@ -457,7 +438,7 @@ test::RunResult run_torchrun(const Workspace& w, int np, int port, const std::st
     cmd += "wait $p" + std::to_string(r) + "; echo \"rank " + std::to_string(r) + " exit $?\"; cat rank" +
            std::to_string(r) + ".log; ";
   cmd += "exit $rc";
-  return run_shell(cmd + " 2>&1");
+  return test::run_shell(cmd + " 2>&1");
 }
 
 TEST(DistTcp, TwoRanksEqualOneProcessBitForBit) {
