@@ -191,8 +191,8 @@ struct CpWorkspace {
   ~CpWorkspace() { fs::remove_all(dir); }
 };
 
-test::RunResult run_in(const CpWorkspace& w, int np, const std::string& args) {
-  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 timeout -k 2 120 ";
+test::RunResult run_in(const CpWorkspace& w, int np, const std::string& args, const std::string& env = "") {
+  std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout -k 2 120 ";
   if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
   cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
   return test::run_shell(cmd);
@@ -238,8 +238,9 @@ TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
 }
 
 // Every rank ends with the message and status 1 (mpirun reports the first failure), no hang.
-void expect_refused(const CpWorkspace& w, int np, const std::string& args, const std::string& words) {
-  const auto r = run_in(w, np, args);
+void expect_refused(const CpWorkspace& w, int np, const std::string& args, const std::string& words,
+                    const std::string& env = "") {
+  const auto r = run_in(w, np, args, env);
   ASSERT_TRUE(WIFEXITED(r.status)) << r.output;
   EXPECT_NE(exit_code(r), 0) << r.output;
   EXPECT_NE(exit_code(r), 124) << "timed out (hang)\n" << r.output;
@@ -262,6 +263,17 @@ TEST(ContextParallelMpi, BadSetupsEndEveryRank) {
   expect_refused(w, 2, train_args("tnt.json", "f", "--context-parallel 2 --device cuda"),
                  backend::device_available("cuda") ? "--context-parallel 2 is not implemented on --device cuda"
                                                    : "--device cuda");
+}
+
+// A rank of a context-parallel group that dies or hangs mid-run ends the other: mpirun reports the exit; a stuck
+// rank's partner times out in the group's exchange (the sub-communicator's collectives have the timeout too).
+TEST(ContextParallelMpi, ARankDyingOrHangingEndsTheGroup) {
+  const std::string why = test_util::mpirun_missing();
+  if (!why.empty()) GTEST_SKIP() << "skipped: " << why;
+  CpWorkspace w("fault");
+  expect_refused(w, 2, train_args("tnt.json", "die", "--context-parallel 2"), "exited", "TTT_TEST_RANK_FAULT=1:1:exit");
+  expect_refused(w, 2, train_args("tnt.json", "hang", "--context-parallel 2"), "timed out",
+                 "TTT_DIST_TIMEOUT=3 TTT_TEST_RANK_FAULT=1:1:hang");
 }
 
 }  // namespace
