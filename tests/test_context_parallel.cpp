@@ -40,7 +40,7 @@ model::ModelConfig cp_config() {
 
 // Runs `body(comm)` on `ranks` threads, each with its TCP communicator; returns each rank's error ("" when none).
 std::vector<std::string> on_ranks(int ranks, int port_offset, const std::function<void(dist::Communicator&)>& body) {
-  const int port = 20000 + int((int64_t(::getpid()) * 8 + port_offset) % 40000);
+  const int port = test::test_port(port_offset);
   std::vector<std::string> errors(static_cast<size_t>(ranks));
   std::vector<std::thread> threads;
   for (int r = 0; r < ranks; ++r)
@@ -234,6 +234,19 @@ TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
   const auto four = run_in(w, 4, train_args("tnt.json", "four", "--context-parallel 2 --shard-optimizer"));
   ASSERT_EQ(exit_code(four), 0) << four.output;
   EXPECT_NE(four.output.find("data parallel over 2 groups"), std::string::npos) << four.output;
+  expect_close_runs(w.dir / "four", w.dir / "one");
+}
+
+// Torchrun-style ranks (TCP, the groups emulated over the job's collectives): 4 ranks, DP x CP = 2 x 2.
+TEST(ContextParallelTcp, TrainOnFourRanksEqualsOneProcess) {
+  CpWorkspace w("tcp");
+  const auto one = run_in(w, 0, train_args("tnt.json", "one", ""));
+  ASSERT_EQ(exit_code(one), 0) << one.output;
+  const auto four = test::run_torchrun(w.dir.string(), 4, test::test_port(6), train_args("tnt.json", "four", "--context-parallel 2"));
+  ASSERT_EQ(exit_code(four), 0) << four.output;
+  EXPECT_NE(four.output.find("data parallel over 2 groups (tcp)"), std::string::npos) << four.output;
+  for (int r = 1; r < 4; ++r)
+    EXPECT_NE(four.output.find("rank " + std::to_string(r) + " exit 0"), std::string::npos) << four.output;
   expect_close_runs(w.dir / "four", w.dir / "one");
 }
 
