@@ -62,6 +62,7 @@ TEST(ContextParallel, SplitGroupsRunTheirOwnCollectives) {
   const std::vector<std::string> errors = on_ranks(4, 4, [&](dist::Communicator& c) {
     const std::unique_ptr<dist::Communicator> g = c.split(c.rank() % 2);
     EXPECT_EQ(g->size(), 2);
+    EXPECT_STREQ(g->backend(), "tcp group");
     EXPECT_EQ(g->rank(), c.rank() / 2);
     const double mine[2] = {double(c.rank()), double(10 * c.rank())};
     std::vector<double> all(4);
@@ -285,7 +286,7 @@ TEST(ContextParallelMpi, ARankDyingOrHangingEndsTheGroup) {
   if (!why.empty()) GTEST_SKIP() << "skipped: " << why;
   CpWorkspace w("fault");
   expect_refused(w, 2, train_args("tnt.json", "die", "--context-parallel 2"), "exited", "TTT_TEST_RANK_FAULT=1:1:exit");
-  expect_refused(w, 2, train_args("tnt.json", "hang", "--context-parallel 2"), "timed out",
+  expect_refused(w, 2, train_args("tnt.json", "hang", "--context-parallel 2"), "rank 0 of 2 (mpi group): the all-gather",
                  "TTT_DIST_TIMEOUT=3 TTT_TEST_RANK_FAULT=1:1:hang");
 }
 

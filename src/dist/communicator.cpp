@@ -177,8 +177,11 @@ std::unique_ptr<Communicator> make_mpi_communicator() {
 class GroupCommunicator final : public Communicator {
  public:
   GroupCommunicator(Communicator& parent, std::vector<int> members, int rank)
-      : Communicator(rank, int(members.size()), parent.local_rank()), parent_(parent), members_(std::move(members)) {}
-  const char* backend() const override { return parent_.backend(); }
+      : Communicator(rank, int(members.size()), parent.local_rank()),
+        parent_(parent),
+        members_(std::move(members)),
+        name_(std::string(parent.backend()) + " group") {}
+  const char* backend() const override { return name_.c_str(); }
   [[noreturn]] void abort_job(int code) override {
     parent_.abort_job(code);
     std::exit(code);  // not reached
@@ -237,6 +240,7 @@ class GroupCommunicator final : public Communicator {
 
   Communicator& parent_;
   std::vector<int> members_;  // parent ranks, in order
+  std::string name_;          // "tcp group": a group's rank in messages is its rank in the group
 };
 
 std::unique_ptr<Communicator> Communicator::split(int color) {

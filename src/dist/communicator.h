@@ -44,7 +44,7 @@ void tree_sum(const std::vector<const float*>& parts, float* out, int64_t n);
 class Communicator {
  public:
   virtual ~Communicator() = default;
-  virtual const char* backend() const = 0;  // "single", "mpi", "tcp"
+  virtual const char* backend() const = 0;  // "single", "mpi", "tcp"; a split's: "mpi group", "tcp group", ...
   int rank() const { return rank_; }
   int size() const { return size_; }
   int local_rank() const { return local_rank_; }

@@ -24,7 +24,8 @@ struct Units {
 
 class MpiCommunicator final : public Communicator {
  public:
-  // comm: MPI_COMM_WORLD (this object finalizes MPI at the end), or a split of it (freed at the end).
+  // comm: MPI_COMM_WORLD (this object finalizes MPI at the end), or a split of it (freed at the end; "mpi group" in
+  // messages).
   MpiCommunicator(int rank, int size, int local_rank, MPI_Comm comm = MPI_COMM_WORLD)
       : Communicator(rank, size, local_rank), timeout_s_(collective_timeout_s()), comm_(comm) {
     MPI_Type_contiguous(4, MPI_BYTE, &word_);
@@ -41,7 +42,7 @@ class MpiCommunicator final : public Communicator {
     if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
     else MPI_Finalize();
   }
-  const char* backend() const override { return "mpi"; }
+  const char* backend() const override { return comm_ == MPI_COMM_WORLD ? "mpi" : "mpi group"; }
   [[noreturn]] void abort_job(int code) override {
     std::fflush(stdout);
     std::fflush(stderr);
