@@ -132,7 +132,7 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
     Var ka = nn::rope(t, k, cfg.n_attn_heads, positions, cfg.rope_theta);
     Var va = v;
     int64_t halo = 0;
-    if (cp) {
+    if (cp && cfg.window > 1) {  // window 1: a token sees itself only
       const int64_t h = std::min(cfg.window - 1, N);
       halo = halo_rows(h, *cp);
       ka = with_halo(t, ka, S, h, *cp);
