@@ -201,8 +201,9 @@ test::RunResult run_in(const CpWorkspace& w, int np, const std::string& args, co
 
 int exit_code(const test::RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
 
-std::string train_args(const std::string& config, const std::string& out, const std::string& extra) {
-  return "train --config " + config + " --data data --out " + out + " --steps 3 --batch 2 --accum 2 --seq-len 64 "
+std::string train_args(const std::string& config, const std::string& out, const std::string& extra, int steps = 3) {
+  return "train --config " + config + " --data data --out " + out + " --steps " + std::to_string(steps) +
+         " --batch 2 --accum 2 --seq-len 64 "
          "--clip 0.05 --eval-every 0 --eval-batches 2 --ckpt-every 0 --log-every 1 --sample-tokens 0 " + extra;
 }
 
@@ -236,6 +237,26 @@ TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
   ASSERT_EQ(exit_code(four), 0) << four.output;
   EXPECT_NE(four.output.find("data parallel over 2 groups"), std::string::npos) << four.output;
   expect_close_runs(w.dir / "four", w.dir / "one");
+}
+
+// A context-parallel run resumes in one process and the other way round (checkpoints hold nothing of the split).
+TEST(ContextParallelMpi, ResumeWithAndWithoutContextParallel) {
+  const std::string why = test_util::mpirun_missing();
+  if (!why.empty()) GTEST_SKIP() << "skipped: " << why;
+  CpWorkspace w("resume");
+  const std::string resume = " --steps 3 --sample-tokens 0";
+  ASSERT_EQ(exit_code(run_in(w, 0, train_args("tnt.json", "ref", "", 2))), 0);
+  ASSERT_EQ(exit_code(run_in(w, 0, "train --resume ref" + resume)), 0);
+  const auto a = run_in(w, 2, train_args("tnt.json", "cp_one", "--context-parallel 2", 2));
+  ASSERT_EQ(exit_code(a), 0) << a.output;
+  const auto a2 = run_in(w, 0, "train --resume cp_one" + resume);
+  ASSERT_EQ(exit_code(a2), 0) << a2.output;
+  expect_close_runs(w.dir / "cp_one", w.dir / "ref");
+  ASSERT_EQ(exit_code(run_in(w, 0, train_args("tnt.json", "one_cp", "", 2))), 0);
+  const auto b2 = run_in(w, 2, "train --resume one_cp --context-parallel 2" + resume);
+  ASSERT_EQ(exit_code(b2), 0) << b2.output;
+  EXPECT_NE(b2.output.find("context parallel over 2 ranks"), std::string::npos) << b2.output;
+  expect_close_runs(w.dir / "one_cp", w.dir / "ref");
 }
 
 // Torchrun-style ranks (TCP, the groups emulated over the job's collectives): 4 ranks, DP x CP = 2 x 2.
