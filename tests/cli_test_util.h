@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <string>
@@ -14,9 +15,8 @@ struct RunResult {
   std::string output;  // stdout + stderr
 };
 
-// Runs `ttt <args>` (under a 60 s timeout) and captures its output.
-inline RunResult run_cli(const std::string& args) {
-  const std::string cmd = "timeout 60 " + std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
+// Runs a shell command line, capturing its output (stdout; redirect stderr into it in `cmd`).
+inline RunResult run_shell(const std::string& cmd) {
   RunResult r;
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) {
@@ -28,6 +28,33 @@ inline RunResult run_cli(const std::string& args) {
   while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
   r.status = pclose(f);
   return r;
+}
+
+// Runs `ttt <args>` (under a 60 s timeout) and captures its output.
+inline RunResult run_cli(const std::string& args) {
+  return run_shell("timeout 60 " + std::string(TTT_CLI_PATH) + " " + args + " 2>&1");
+}
+
+// A TCP port for this test process (the ranks of one job share it; offsets tell a process's jobs apart).
+inline int test_port(int offset) { return 20000 + int((int64_t(::getpid()) * 8 + offset) % 40000); }
+
+// `ttt ARGS` on `np` ranks started torchrun-style in directory `dir`: ranks 1..np-1 in the background and rank 0 in
+// the foreground, with the torchrun variables; the output is rank 0's, then each other rank's log and exit status
+// ("rank R exit N"). The status is rank 0's.
+inline RunResult run_torchrun(const std::string& dir, int np, int port, const std::string& args,
+                              const std::string& env = "", int timeout_s = 120) {
+  std::string cmd = "cd '" + dir + "' && export OMP_NUM_THREADS=1 WORLD_SIZE=" + std::to_string(np) +
+                    " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + env + "; ";
+  const std::string ttt = "timeout -k 2 " + std::to_string(timeout_s) + " " + std::string(TTT_CLI_PATH) + " " + args;
+  for (int r = 1; r < np; ++r)
+    cmd += "RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + " " + ttt + " > rank" + std::to_string(r) +
+           ".log 2>&1 & p" + std::to_string(r) + "=$!; ";
+  cmd += "RANK=0 LOCAL_RANK=0 " + ttt + " 2>&1; rc=$?; ";
+  for (int r = 1; r < np; ++r)
+    cmd += "wait $p" + std::to_string(r) + "; echo \"rank " + std::to_string(r) + " exit $?\"; cat rank" +
+           std::to_string(r) + ".log; ";
+  cmd += "exit $rc";
+  return run_shell(cmd + " 2>&1");
 }
 
 // Non-zero exit with a message containing `word`, no signal, no timeout.

@@ -35,24 +35,6 @@ train::AdamW adamw_for(const model::Params<float>& p, const std::vector<std::vec
   return a;
 }
 
-// Random micro-batches of `sequences` windows; the second one has some ignored (negative) targets, so the
-// micro-batches' token weights differ.
-std::vector<model::Batch> micro_batches(const model::ModelConfig& cfg, int64_t count, int64_t sequences, uint64_t seed) {
-  Rng r(seed);
-  std::vector<model::Batch> out;
-  for (int64_t m = 0; m < count; ++m) {
-    model::Batch b;
-    b.sequences = sequences;
-    b.len = cfg.seq_len;
-    for (int64_t i = 0; i < sequences * cfg.seq_len; ++i) {
-      b.inputs.push_back(int32_t(r.below(uint64_t(cfg.vocab_size))));
-      b.targets.push_back(m == 1 && r.below(3) == 0 ? -1 : int32_t(r.below(uint64_t(cfg.vocab_size))));
-    }
-    out.push_back(std::move(b));
-  }
-  return out;
-}
-
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
 }
@@ -70,7 +52,7 @@ void expect_engine_equals_composition(const model::ModelConfig& cfg, int64_t sta
   int clipped = 0;
   for (int step = 0; step < 3; ++step) {
     SCOPED_TRACE("step " + std::to_string(step + 1));
-    const auto micro = micro_batches(cfg, 2, 2, 100 + uint64_t(step));
+    const auto micro = test_util::random_micro_batches(cfg, 2, 2, 100 + uint64_t(step));
     const double lr = 1e-2 * (step + 1);
     const backend::StepResult r = engine->train_step(micro, lr, clip);
     // The trainer's CPU branch before the step engine, verbatim.
@@ -120,7 +102,7 @@ TEST(Backend, NonFiniteLossLeavesTheStateUnchanged) {
   train::AdamW adam = adamw_for(p, {});
   auto engine = backend::make_step_engine("cpu", cfg);
   engine->attach(p, &adam);
-  auto micro = micro_batches(cfg, 1, 1, 7);
+  auto micro = test_util::random_micro_batches(cfg, 1, 1, 7);
   std::fill(micro[0].inputs.begin(), micro[0].inputs.end(), 0);
   const backend::StepResult r = engine->train_step(micro, 1e-2, 1.0);
   EXPECT_FALSE(std::isfinite(r.loss));

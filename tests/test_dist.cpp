@@ -185,7 +185,7 @@ TEST(Dist, FlatShardsPadToEqualCounts) {
 // and the fixed tree order of the sums (3 ranks: r0 + (r1 + r2)).
 TEST(Dist, TcpCollectivesOnThreeRanks) {
   constexpr int kRanks = 3;
-  const int port = 20000 + int((int64_t(::getpid()) * 8 + 5) % 40000);
+  const int port = test::test_port(5);
   std::vector<std::string> errors(kRanks);
   std::vector<std::thread> threads;
   for (int rank = 0; rank < kRanks; ++rank)
@@ -285,16 +285,9 @@ TEST(Dist, ShardedNormPiecesEqualClipGradNorm) {
 
 // ---- mpirun ----
 
-// Why the mpirun tests cannot run here, or "".
-std::string mpirun_missing() {
-  if (!dist::mpi_built()) return "this build has no MPI (install libopenmpi-dev and configure again)";
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not on PATH (install openmpi-bin)";
-  return "";
-}
-
 #define SKIP_WITHOUT_MPIRUN()                                         \
   do {                                                                \
-    const std::string why = mpirun_missing();                         \
+    const std::string why = test_util::mpirun_missing();              \
     if (!why.empty()) GTEST_SKIP() << "skipped: " << why;             \
   } while (0)
 
@@ -309,18 +302,6 @@ struct Workspace {
   ~Workspace() { fs::remove_all(dir); }
 };
 
-// Runs a shell command line, capturing its output.
-test::RunResult run_shell(const std::string& cmd) {
-  test::RunResult r;
-  FILE* f = popen(cmd.c_str(), "r");
-  if (!f) return {-1, "popen failed"};
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
-  r.status = pclose(f);
-  return r;
-}
-
 // Runs `ttt ARGS` in `w` with `np` ranks (np = 0: one plain process, no mpirun). Root in a container needs
 // --allow-run-as-root; two cores need --oversubscribe. OMP_NUM_THREADS=1: two ranks share the cores.
 test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, const std::string& env = "",
@@ -328,7 +309,7 @@ test::RunResult run_ranks(const Workspace& w, int np, const std::string& args, c
   std::string cmd = "cd '" + w.dir.string() + "' && env OMP_NUM_THREADS=1 " + env + " timeout -k 2 " + std::to_string(timeout_s) + " ";
   if (np > 0) cmd += "mpirun -np " + std::to_string(np) + " --allow-run-as-root --oversubscribe --bind-to none ";
   cmd += std::string(TTT_CLI_PATH) + " " + args + " 2>&1";
-  return run_shell(cmd);
+  return test::run_shell(cmd);
 }
 
 int exit_code(const test::RunResult& r) { return WIFEXITED(r.status) ? WEXITSTATUS(r.status) : -1; }
@@ -641,32 +622,11 @@ TEST(DistMpi, BadTimeoutIsAnError) {
 
 // ---- torchrun-style environment (TCP through rank 0; no MPI needed) ----
 
-// A port for this test process (ranks of one job share it).
-int test_port(int offset) { return 20000 + int((int64_t(::getpid()) * 8 + offset) % 40000); }
-
-// Starts ranks 1..np-1 in the background and rank 0 in the foreground, with the torchrun variables; the output is
-// rank 0's, then each other rank's log and exit status ("rank R exit N"). The status is rank 0's.
-test::RunResult run_torchrun(const Workspace& w, int np, int port, const std::string& args, const std::string& env = "",
-                             int timeout_s = 120) {
-  std::string cmd = "cd '" + w.dir.string() + "' && export OMP_NUM_THREADS=1 WORLD_SIZE=" + std::to_string(np) +
-                    " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + env + "; ";
-  const std::string ttt = "timeout -k 2 " + std::to_string(timeout_s) + " " + std::string(TTT_CLI_PATH) + " " + args;
-  for (int r = 1; r < np; ++r)
-    cmd += "RANK=" + std::to_string(r) + " LOCAL_RANK=" + std::to_string(r) + " " + ttt + " > rank" + std::to_string(r) +
-           ".log 2>&1 & p" + std::to_string(r) + "=$!; ";
-  cmd += "RANK=0 LOCAL_RANK=0 " + ttt + " 2>&1; rc=$?; ";
-  for (int r = 1; r < np; ++r)
-    cmd += "wait $p" + std::to_string(r) + "; echo \"rank " + std::to_string(r) + " exit $?\"; cat rank" +
-           std::to_string(r) + ".log; ";
-  cmd += "exit $rc";
-  return run_shell(cmd + " 2>&1");
-}
-
 TEST(DistTcp, TwoRanksEqualOneProcessBitForBit) {
   Workspace w("tcp2");
   const auto one = run_ranks(w, 0, train_args("one", 3));
   ASSERT_EQ(exit_code(one), 0) << one.output;
-  const auto two = run_torchrun(w, 2, test_port(1), train_args("two", 3, "--shard-optimizer"));
+  const auto two = test::run_torchrun(w.dir.string(), 2, test::test_port(1), train_args("two", 3, "--shard-optimizer"));
   ASSERT_EQ(exit_code(two), 0) << two.output;
   EXPECT_NE(two.output.find("data parallel over 2 ranks (tcp)"), std::string::npos) << two.output;
   EXPECT_NE(two.output.find("rank 1 exit 0"), std::string::npos) << two.output;
@@ -678,7 +638,7 @@ test::RunResult expect_tcp_fault_ends_job(const std::string& tag, int port_offse
                                           int timeout_s, const std::string& word) {
   Workspace w(tag);
   test::RunResult r;
-  const double s = timed([&] { return run_torchrun(w, 2, test_port(port_offset), train_args("run", 4), env, timeout_s); }, r);
+  const double s = timed([&] { return test::run_torchrun(w.dir.string(), 2, test::test_port(port_offset), train_args("run", 4), env, timeout_s); }, r);
   expect_job_fails(r, word, s, 80);
   EXPECT_NE(r.output.find("rank 0 of 2 (tcp)"), std::string::npos) << r.output;
   return r;
@@ -702,7 +662,7 @@ TEST(DistTcp, AMissingRankTimesOutWithAMessage) {
   // Rank 0 of 2 alone: nobody connects.
   const double s = timed([&] {
     return run_ranks(w, 0, train_args("run", 2),
-                     "TTT_DIST_TIMEOUT=2 RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(test_port(4)),
+                     "TTT_DIST_TIMEOUT=2 RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(test::test_port(4)),
                      60);
   }, r);
   expect_job_fails(r, "waiting for the other ranks to connect", s, 50);

@@ -1,8 +1,9 @@
 // Shared by the training tests (CPU and GPU): scratch directories, a synthetic byte corpus, a run's metrics, a
-// small LaCT model, and the small TNT model of the stage-2 tests.
+// small LaCT model, the small TNT model of the stage-2 tests, random micro-batches, and why mpirun cannot run.
 #pragma once
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include "core/file_io.h"
 #include "core/rng.h"
 #include "data/tokens.h"
+#include "dist/communicator.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
@@ -97,6 +99,32 @@ inline void write_initial_checkpoint(const std::string& run_dir, const model::Mo
   st.train.seq_len = cfg.seq_len;
   st.train.data_dir = data_dir;
   train::save_run_checkpoint(run_dir, cfg, p, train::AdamW(p.names, sizes, train::AdamWConfig{}), st, 1);
+}
+
+// Random micro-batches of `sequences` windows; the second one has some ignored (negative) targets, so the
+// micro-batches' token weights differ.
+inline std::vector<model::Batch> random_micro_batches(const model::ModelConfig& cfg, int64_t count, int64_t sequences,
+                                                      uint64_t seed) {
+  Rng r(seed);
+  std::vector<model::Batch> out;
+  for (int64_t m = 0; m < count; ++m) {
+    model::Batch b;
+    b.sequences = sequences;
+    b.len = cfg.seq_len;
+    for (int64_t i = 0; i < sequences * cfg.seq_len; ++i) {
+      b.inputs.push_back(int32_t(r.below(uint64_t(cfg.vocab_size))));
+      b.targets.push_back(m == 1 && r.below(3) == 0 ? -1 : int32_t(r.below(uint64_t(cfg.vocab_size))));
+    }
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+// Why the mpirun tests cannot run here, or "".
+inline std::string mpirun_missing() {
+  if (!dist::mpi_built()) return "this build has no MPI (install libopenmpi-dev and configure again)";
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not on PATH (install openmpi-bin)";
+  return "";
 }
 
 }  // namespace ttt::test_util

@@ -23,6 +23,11 @@ void StepEngine::set_data_parallel(dist::Communicator& ranks, bool shard_optimiz
   (void)shard_optimizer;  // one rank: its shard is the whole optimizer
 }
 
+void StepEngine::set_context_parallel(int cp) {
+  TTT_CHECK(cp == 1, "--context-parallel " << cp << " is not implemented on --device " << device()
+                                           << "; TNT context parallelism runs on --device cpu");
+}
+
 void StepEngine::set_profiling(bool on) {
   TTT_CHECK(!on, "phase profiling is not available on device " << device());
 }

@@ -74,6 +74,11 @@ class StepEngine {
   // collective each (dist::plan_gradient_buckets; 0: one all-reduce after the backward). Call before
   // set_data_parallel. The default ignores it (the CPU reduces the whole gradient in its fixed tree order).
   virtual void set_gradient_buckets(int64_t bytes) { (void)bytes; }
+  // TNT context parallelism (`--context-parallel cp`, model/context_parallel.h; after set_data_parallel, before
+  // attach): the ranks form groups of cp consecutive ranks; each group computes the sequences data parallelism gives
+  // it (dist::rank_sequences over ranks / cp groups), each of its ranks one span of every sequence. The default
+  // accepts cp = 1 only (a device without context parallelism says so).
+  virtual void set_context_parallel(int cp);
 
   // Per-token losses of a batch of windows without gradients (sequence-major; 0 at ignored targets): evaluation.
   virtual std::vector<double> token_losses(const model::Batch& batch) = 0;

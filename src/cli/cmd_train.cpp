@@ -137,7 +137,9 @@ int cmd_train(const Argv& argv) {
       .value("from", "stage 2: the stage-1 run directory")
       .value("local-chunks", "stage 2: the new local chunk sizes, e.g. 1,2 (one per local memory)")
       .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
-      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0");
+      .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0")
+      .value("context-parallel", "TNT under mpirun: split each sequence over this many ranks (spans of whole shards "
+                                 "and global chunks); ranks = data parallel x this", "1");
   declare_data_parallel_flags(a);
   a.parse();
   if (a.help_requested()) {
@@ -266,6 +268,10 @@ int cmd_train(const Argv& argv) {
   dist::Communicator& ranks = dist::world();
   opt.ranks = &ranks;
   opt.shard_optimizer = a.on("shard-optimizer");
+  const int64_t context_parallel = a.i64("context-parallel");
+  TTT_CHECK(context_parallel >= 1 && context_parallel <= 4096,
+            "--context-parallel must be a rank count from 1 to 4096, got " << context_parallel);
+  opt.context_parallel = int(context_parallel);
   set_fault_hook(opt);
   const bool writer = ranks.rank() == 0;
 

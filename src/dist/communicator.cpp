@@ -172,6 +172,92 @@ std::unique_ptr<Communicator> make_mpi_communicator() {
 }
 #endif
 
+// A group emulated over its parent's collectives ("Groups" in communicator.h): each primitive is one all-gather of
+// the parent (every parent rank contributes its bytes, sizes exchanged first), of which each rank keeps its group's.
+class GroupCommunicator final : public Communicator {
+ public:
+  GroupCommunicator(Communicator& parent, std::vector<int> members, int rank)
+      : Communicator(rank, int(members.size()), parent.local_rank()),
+        parent_(parent),
+        members_(std::move(members)),
+        name_(std::string(parent.backend()) + " group") {}
+  const char* backend() const override { return name_.c_str(); }
+  [[noreturn]] void abort_job(int code) override {
+    parent_.abort_job(code);
+    std::exit(code);  // not reached
+  }
+
+ protected:
+  void all_to_all_bytes(const void* send, const std::vector<int64_t>& send_bytes, void* recv,
+                        const std::vector<int64_t>& recv_bytes, const char* what) override {
+    // Every member's whole send buffer; segment d of each (the same sizes on every member) goes to member d.
+    int64_t total = 0, before_me = 0;
+    for (size_t d = 0; d < send_bytes.size(); ++d) {
+      if (int(d) < rank()) before_me += send_bytes[d];
+      total += send_bytes[d];
+    }
+    const std::vector<std::vector<char>> from = gather_members(send, total, what);
+    char* out = static_cast<char*>(recv);
+    for (int s = 0; s < size(); ++s) {
+      const int64_t n = recv_bytes[size_t(s)];
+      if (n > 0) std::memcpy(out, from[size_t(s)].data() + before_me, size_t(n));
+      out += n;
+    }
+  }
+  void gather_bytes(const void* in, void* out, const std::vector<int64_t>& bytes, int root, const char* what) override {
+    const std::vector<std::vector<char>> from = gather_members(in, bytes[size_t(rank())], what);
+    if (root >= 0 && root != rank()) return;
+    char* o = static_cast<char*>(out);
+    for (const auto& part : from) {
+      if (!part.empty()) std::memcpy(o, part.data(), part.size());
+      o += part.size();
+    }
+  }
+  void broadcast_bytes(void* data, int64_t bytes, int root) override {
+    const std::vector<std::vector<char>> from = gather_members(data, rank() == root ? bytes : 0, "broadcast");
+    if (rank() != root && bytes > 0) std::memcpy(data, from[size_t(root)].data(), size_t(bytes));
+  }
+  void barrier_impl() override { parent_.barrier_impl(); }
+
+ private:
+  // Every parent rank's `bytes` of `in`; returns those of this group's members, in group order.
+  std::vector<std::vector<char>> gather_members(const void* in, int64_t bytes, const char* what) {
+    const int n = parent_.size();
+    std::vector<int64_t> sizes(static_cast<size_t>(n));
+    parent_.gather_bytes(&bytes, sizes.data(), std::vector<int64_t>(size_t(n), int64_t(sizeof(int64_t))), -1, what);
+    int64_t total = 0;
+    for (int64_t b : sizes) total += b;
+    std::vector<char> all(static_cast<size_t>(total));
+    parent_.gather_bytes(in, all.data(), sizes, -1, what);
+    std::vector<std::vector<char>> mine;
+    for (int m : members_) {
+      int64_t at = 0;
+      for (int r = 0; r < m; ++r) at += sizes[size_t(r)];
+      mine.emplace_back(all.begin() + at, all.begin() + at + sizes[size_t(m)]);
+    }
+    return mine;
+  }
+
+  Communicator& parent_;
+  std::vector<int> members_;  // parent ranks, in order
+  std::string name_;          // "tcp group": a group's rank in messages is its rank in the group
+};
+
+std::unique_ptr<Communicator> Communicator::split(int color) {
+  // Every rank's colour; the members of mine in rank order.
+  std::vector<int64_t> colors(static_cast<size_t>(size_));
+  const int64_t mine = color;
+  gather_typed(&mine, colors.data(), std::vector<int64_t>(size_t(size_), 1), sizeof(int64_t), -1, "split");
+  std::vector<int> members;
+  int my_index = 0;
+  for (int r = 0; r < size_; ++r)
+    if (colors[size_t(r)] == color) {
+      if (r == rank_) my_index = int(members.size());
+      members.push_back(r);
+    }
+  return std::make_unique<GroupCommunicator>(*this, std::move(members), my_index);
+}
+
 void Communicator::abort_job(int code) {
   std::fflush(stdout);
   std::fflush(stderr);

@@ -15,6 +15,11 @@
 // computed by the rank that owns e's segment and so bit-identical on every rank and in every run; MPI's or
 // NCCL's own reduction order is never used for host sums.
 //
+// Groups: split(color) makes a communicator over the ranks of one colour (MPI_Comm_split), for context
+// parallelism's groups. MPI splits its communicator (a real sub-communicator); the other backends emulate the group
+// over their own collectives (every rank of the parent takes part in each group collective, and each keeps its
+// group's part: the groups must then run their collectives in step, as context parallelism's groups do).
+//
 // Timeouts: every collective waits at most collective_timeout_s() (TTT_DIST_TIMEOUT, seconds, default 300) for
 // the other ranks; past it the rank prints which collective timed out and ends the whole job (MPI_Abort; with
 // TCP the rank exits, closing its connections, and a closed connection is an error at once on its peers): a dead
@@ -39,7 +44,7 @@ void tree_sum(const std::vector<const float*>& parts, float* out, int64_t n);
 class Communicator {
  public:
   virtual ~Communicator() = default;
-  virtual const char* backend() const = 0;  // "single", "mpi", "tcp"
+  virtual const char* backend() const = 0;  // "single", "mpi", "tcp"; a split's: "mpi group", "tcp group", ...
   int rank() const { return rank_; }
   int size() const { return size_; }
   int local_rank() const { return local_rank_; }
@@ -62,6 +67,9 @@ class Communicator {
   int64_t max_over_ranks(int64_t value);
   // Ends every rank of the job after an error here (MPI_Abort; TCP and one process: exit).
   [[noreturn]] virtual void abort_job(int code);
+  // A collective of every rank: the communicator of the ranks whose `color` equals this rank's, numbered in rank
+  // order (see "Groups" above). The group's local rank is this rank's local rank.
+  virtual std::unique_ptr<Communicator> split(int color);
 
  protected:
   Communicator(int rank, int size, int local_rank) : rank_(rank), size_(size), local_rank_(local_rank) {}
@@ -76,6 +84,7 @@ class Communicator {
   virtual void barrier_impl() = 0;
 
  private:
+  friend class GroupCommunicator;  // the emulated group runs on its parent's primitives
   void gather_typed(const void* in, void* out, const std::vector<int64_t>& counts, size_t elem, int root, const char* what);
   int rank_ = 0, size_ = 1, local_rank_ = 0;
 };

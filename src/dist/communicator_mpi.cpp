@@ -24,25 +24,40 @@ struct Units {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(int rank, int size, int local_rank) : Communicator(rank, size, local_rank), timeout_s_(collective_timeout_s()) {
+  // comm: MPI_COMM_WORLD (this object finalizes MPI at the end), or a split of it (freed at the end; "mpi group" in
+  // messages).
+  MpiCommunicator(int rank, int size, int local_rank, MPI_Comm comm = MPI_COMM_WORLD)
+      : Communicator(rank, size, local_rank), timeout_s_(collective_timeout_s()), comm_(comm) {
     MPI_Type_contiguous(4, MPI_BYTE, &word_);
     MPI_Type_commit(&word_);
     MPI_Type_contiguous(8, MPI_BYTE, &dword_);
     MPI_Type_commit(&dword_);
   }
   ~MpiCommunicator() override {
-    MPI_Type_free(&word_);
-    MPI_Type_free(&dword_);
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized) MPI_Finalize();
+    if (finalized) return;
+    MPI_Type_free(&word_);
+    MPI_Type_free(&dword_);
+    if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
+    else MPI_Finalize();
   }
-  const char* backend() const override { return "mpi"; }
+  const char* backend() const override { return comm_ == MPI_COMM_WORLD ? "mpi" : "mpi group"; }
   [[noreturn]] void abort_job(int code) override {
     std::fflush(stdout);
     std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, code);
     std::exit(code);
+  }
+  // A real sub-communicator (MPI_Comm_split), its collectives independent of the other groups'.
+  std::unique_ptr<Communicator> split(int color) override {
+    MPI_Comm group;
+    check(MPI_Comm_split(comm_, color, rank(), &group), "split");
+    MPI_Comm_set_errhandler(group, MPI_ERRORS_RETURN);
+    int rank = 0, size = 1;
+    MPI_Comm_rank(group, &rank);
+    MPI_Comm_size(group, &size);
+    return std::make_unique<MpiCommunicator>(rank, size, local_rank(), group);
   }
 
  protected:
@@ -55,7 +70,7 @@ class MpiCommunicator final : public Communicator {
     displacements(send_bytes, u, what, sc, sd);
     displacements(recv_bytes, u, what, rc, rd);
     MPI_Request req;
-    check(MPI_Ialltoallv(send, sc.data(), sd.data(), u.type, recv, rc.data(), rd.data(), u.type, MPI_COMM_WORLD, &req), what);
+    check(MPI_Ialltoallv(send, sc.data(), sd.data(), u.type, recv, rc.data(), rd.data(), u.type, comm_, &req), what);
     wait(req, what);
   }
   void gather_bytes(const void* in, void* out, const std::vector<int64_t>& bytes, int root, const char* what) override {
@@ -64,22 +79,22 @@ class MpiCommunicator final : public Communicator {
     displacements(bytes, u, what, counts, displs);
     MPI_Request req;
     if (root < 0)
-      check(MPI_Iallgatherv(in, counts[size_t(rank())], u.type, out, counts.data(), displs.data(), u.type, MPI_COMM_WORLD,
+      check(MPI_Iallgatherv(in, counts[size_t(rank())], u.type, out, counts.data(), displs.data(), u.type, comm_,
                             &req), what);
     else
       check(MPI_Igatherv(in, counts[size_t(rank())], u.type, out, counts.data(), displs.data(), u.type, root,
-                         MPI_COMM_WORLD, &req), what);
+                         comm_, &req), what);
     wait(req, what);
   }
   void broadcast_bytes(void* data, int64_t bytes, int root) override {
     const Units u = units({bytes}, "broadcast");
     MPI_Request req;
-    check(MPI_Ibcast(data, int(bytes / u.unit), u.type, root, MPI_COMM_WORLD, &req), "broadcast");
+    check(MPI_Ibcast(data, int(bytes / u.unit), u.type, root, comm_, &req), "broadcast");
     wait(req, "broadcast");
   }
   void barrier_impl() override {
     MPI_Request req;
-    check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "barrier");
+    check(MPI_Ibarrier(comm_, &req), "barrier");
     wait(req, "barrier");
   }
 
@@ -138,6 +153,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   double timeout_s_;
+  MPI_Comm comm_;
   MPI_Datatype word_{}, dword_{};
 };
 

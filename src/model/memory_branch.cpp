@@ -84,7 +84,7 @@ Var finish_memory_output(Tape<T>& t, const ModelConfig& cfg, const LayerParams& 
 
 template <class T>
 Var record_memory_branch(Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, Var x, Var q, Var k, Var v,
-                         const std::vector<int64_t>& positions, int64_t S) {
+                         const std::vector<int64_t>& positions, int64_t S, const ContextSpan* cp) {
   MemoryInputVars in = prepare_memory_inputs(t, cfg, L, x, q, k, v, positions);
   const int64_t H = cfg.n_mem_heads;
   // Columns [c0, c0 + n) of a gate matrix; the matrix itself when that is all of it (one memory).
@@ -104,7 +104,31 @@ Var record_memory_branch(Tape<T>& t, const ModelConfig& cfg, const LayerParams& 
     mems.push_back(mv);
   }
   const std::vector<engine::BranchMemory> places(specs.begin(), specs.end());
-  return finish_memory_output(t, cfg, L, x, engine::branch_sum(t, S, H, in.q, in.k, in.v, places, mems));
+  if (!cp || cp->ranks == 1)
+    return finish_memory_output(t, cfg, L, x, engine::branch_sum(t, S, H, in.q, in.k, in.v, places, mems));
+  // Context parallel: memory by memory, in the branch's order (the same sum as branch_sum's).
+  Var o, prefix_q, prefix_k, prefix_v;
+  auto gathered = [&](Var m) { return m.valid() ? gather_prefix(t, m, S, *cp) : m; };
+  for (size_t m = 0; m < mems.size(); ++m) {
+    const bool on_span = places[m].shard > 0 && cp->span % places[m].shard == 0;
+    Var om;
+    if (on_span) {
+      om = engine::branch_sum(t, S, H, in.q, in.k, in.v, {places[m]}, {mems[m]});
+    } else {
+      if (!prefix_q.valid()) {  // shared by every chained memory
+        prefix_q = gathered(in.q);
+        prefix_k = gathered(in.k);
+        prefix_v = gathered(in.v);
+      }
+      engine::TntMemoryVars mv = mems[m];
+      mv.rates = gathered(mv.rates);
+      mv.momentum_gate = gathered(mv.momentum_gate);
+      mv.decay_gate = gathered(mv.decay_gate);
+      om = own_rows(t, engine::branch_sum(t, S, H, prefix_q, prefix_k, prefix_v, {places[m]}, {mv}), S, *cp);
+    }
+    o = o.valid() ? ag::add(t, o, om) : om;
+  }
+  return finish_memory_output(t, cfg, L, x, o);
 }
 
 #define TTT_INSTANTIATE(T)                                                                                        \
@@ -114,7 +138,7 @@ Var record_memory_branch(Tape<T>& t, const ModelConfig& cfg, const LayerParams& 
                                               const MemorySpec&);                                                \
   template Var finish_memory_output<T>(Tape<T>&, const ModelConfig&, const LayerParams&, Var, Var);              \
   template Var record_memory_branch<T>(Tape<T>&, const ModelConfig&, const LayerParams&, Var, Var, Var, Var,     \
-                                       const std::vector<int64_t>&, int64_t);
+                                       const std::vector<int64_t>&, int64_t, const ContextSpan*);
 TTT_INSTANTIATE(float)
 TTT_INSTANTIATE(double)
 #undef TTT_INSTANTIATE

@@ -7,6 +7,7 @@
 
 #include "autograd/tape.h"
 #include "model/config.h"
+#include "model/context_parallel.h"
 #include "model/memory_spec.h"
 
 namespace ttt::model {
@@ -37,9 +38,13 @@ template <class T>
 ag::Var finish_memory_output(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, ag::Var x, ag::Var o);
 
 // The whole branch over S sequences of equal length (training / full-sequence forward): every memory of the
-// spec through the engine (engine::branch_sum), outputs summed, then finish_memory_output.
+// spec through the engine (engine::branch_sum), outputs summed, then finish_memory_output. With `cp` (context
+// parallelism, context_parallel.h) the rows are this rank's span of each sequence (positions: global): a memory
+// that resets at span boundaries runs on the span; one that does not (the global memory) runs on the gathered
+// inputs of the spans up to this one (gather_prefix) and keeps its outputs of this span.
 template <class T>
 ag::Var record_memory_branch(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, ag::Var x, ag::Var q,
-                             ag::Var k, ag::Var v, const std::vector<int64_t>& positions, int64_t S);
+                             ag::Var k, ag::Var v, const std::vector<int64_t>& positions, int64_t S,
+                             const ContextSpan* cp = nullptr);
 
 }  // namespace ttt::model

@@ -96,8 +96,11 @@ void init_params(const ModelConfig& cfg, Params<T>& p, uint64_t seed) {
 
 template <class T>
 ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch& batch, std::vector<Mat<T>>* grads,
-                         bool want_token_loss, bool want_logits) {
+                         bool want_token_loss, bool want_logits, const ContextSpan* cp) {
   const int64_t S = batch.sequences, N = batch.len, D = cfg.dim;
+  if (cp && cp->ranks == 1) cp = nullptr;
+  TTT_CHECK(!cp || N == cp->span, "context-parallel forward: the batch has " << N << " tokens per sequence, the span is "
+                                                                              << (cp ? cp->span : 0));
   TTT_CHECK(S > 0 && N > 0, "empty batch");
   TTT_CHECK(int64_t(batch.inputs.size()) == S * N && int64_t(batch.targets.size()) == S * N,
             "batch has " << batch.inputs.size() << " inputs and " << batch.targets.size() << " targets, expected "
@@ -111,7 +114,7 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
 
   std::vector<int64_t> positions(size_t(S * N));
   for (int64_t s = 0; s < S; ++s)
-    for (int64_t i = 0; i < N; ++i) positions[size_t(s * N + i)] = i;
+    for (int64_t i = 0; i < N; ++i) positions[size_t(s * N + i)] = (cp ? cp->offset() : 0) + i;
 
   const bool bf16_residual = emulate_bf16_activations();
   Var x = nn::embedding(t, P("embed.weight"), batch.inputs);
@@ -122,18 +125,31 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
     Var h = nn::rms_norm(t, x, L("attn_norm.weight"), cfg.norm_eps);
     Var qkv = nn::linear(t, h, L("wqkv"));
     Var q = ag::slice_cols(t, qkv, 0, D), k = ag::slice_cols(t, qkv, D, 2 * D), v = ag::slice_cols(t, qkv, 2 * D, 3 * D);
-    // Window attention branch, one sequence at a time.
+    // Window attention branch, one sequence at a time. Context parallel: the keys and values of each sequence are
+    // preceded by the previous span's last window - 1 (the halo), and so are its queries (rows whose outputs are
+    // dropped: they only keep the two row counts equal).
     Var qa = nn::rope(t, q, cfg.n_attn_heads, positions, cfg.rope_theta);
     Var ka = nn::rope(t, k, cfg.n_attn_heads, positions, cfg.rope_theta);
+    Var va = v;
+    int64_t halo = 0;
+    if (cp && cfg.window > 1) {  // window 1: a token sees itself only
+      const int64_t h = std::min(cfg.window - 1, N);
+      halo = halo_rows(h, *cp);
+      ka = with_halo(t, ka, S, h, *cp);
+      va = with_halo(t, va, S, h, *cp);
+    }
     std::vector<Var> att;
-    for (int64_t s = 0; s < S; ++s)
-      att.push_back(nn::sliding_window_attention(t, ag::slice_rows(t, qa, s * N, (s + 1) * N),
-                                                 ag::slice_rows(t, ka, s * N, (s + 1) * N),
-                                                 ag::slice_rows(t, v, s * N, (s + 1) * N), cfg.n_attn_heads,
-                                                 cfg.window));
+    for (int64_t s = 0; s < S; ++s) {
+      Var qs = ag::slice_rows(t, qa, s * N, (s + 1) * N);
+      if (halo > 0) qs = ag::concat_rows(t, {t.constant(Mat<T>(halo, D)), qs});
+      Var os = nn::sliding_window_attention(t, qs, ag::slice_rows(t, ka, s * (halo + N), (s + 1) * (halo + N)),
+                                            ag::slice_rows(t, va, s * (halo + N), (s + 1) * (halo + N)),
+                                            cfg.n_attn_heads, cfg.window);
+      att.push_back(halo > 0 ? ag::slice_rows(t, os, halo, halo + N) : os);
+    }
     Var o_attn = S == 1 ? att[0] : ag::concat_rows(t, att);
     LayerParams lp{[&](const std::string& n) { return L(n); }};
-    Var o_mem = record_memory_branch(t, cfg, lp, h, q, k, v, positions, S);
+    Var o_mem = record_memory_branch(t, cfg, lp, h, q, k, v, positions, S, cp);
     x = ag::add(t, x, nn::linear(t, ag::add(t, o_attn, o_mem), L("wo")));
     Var h2 = nn::rms_norm(t, x, L("mlp_norm.weight"), cfg.norm_eps);
     x = ag::add(t, x, nn::swiglu_mlp(t, h2, L("mlp.w_gate"), L("mlp.w_up"), L("mlp.w_down")));
@@ -146,7 +162,7 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
   res.loss = double(t.val(loss).data[0]);
   if (want_logits) res.logits = t.val(logits);
   if (rg) {
-    t.grad(loss).data[0] = T(1);
+    t.grad(loss).data[0] = T(cp ? cp->loss_weight : 1.0);
     t.backward();
     grads->resize(pv.size());
     for (size_t i = 0; i < pv.size(); ++i)
@@ -191,7 +207,7 @@ void params_from_safetensors(const ModelConfig& cfg, Params<T>& p, const SafeTen
   template Params<T> make_params<T>(const ModelConfig&);                                                          \
   template void init_params<T>(const ModelConfig&, Params<T>&, uint64_t);                                         \
   template ForwardResult<T> forward<T>(const ModelConfig&, const Params<T>&, const Batch&, std::vector<Mat<T>>*, \
-                                       bool, bool);                                                               \
+                                       bool, bool, const ContextSpan*);                                           \
   template SafeTensors params_to_safetensors<T>(const Params<T>&);                                                \
   template void params_from_safetensors<T>(const ModelConfig&, Params<T>&, const SafeTensors&, const std::string&);
 TTT_INSTANTIATE(float)

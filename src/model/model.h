@@ -9,6 +9,7 @@
 #include "autograd/tape.h"
 #include "core/safetensors.h"
 #include "model/config.h"
+#include "model/context_parallel.h"
 
 namespace ttt::model {
 
@@ -45,9 +46,12 @@ struct ForwardResult {
 };
 
 // Forward (and, when grads != nullptr, backward: grads gets one matrix per parameter).
+// With `cp` (TNT context parallelism, context_parallel.h) the batch holds this rank's span of each sequence (len =
+// cp->span tokens at global positions cp->offset() ..); the loss is the span's mean, and the backward starts from
+// cp->loss_weight, so that grads is this rank's part of the step's gradient (the sum over the group's ranks).
 template <class T>
 ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch& batch, std::vector<ag::Mat<T>>* grads,
-                         bool want_token_loss = false, bool want_logits = false);
+                         bool want_token_loss = false, bool want_logits = false, const ContextSpan* cp = nullptr);
 
 // Safetensors I/O of the parameters (F32 on disk for float models; names and shapes as in the layout).
 template <class T>

@@ -186,13 +186,15 @@ int64_t step_sequences(const std::vector<model::Batch>& micro) {
 template <class T>
 std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, const model::Params<T>& params,
                                               const std::vector<model::Batch>& micro, int64_t first, int64_t last,
-                                              std::vector<ag::Mat<T>>& grads) {
+                                              std::vector<ag::Mat<T>>& grads, const model::ContextSpan* cp) {
   TTT_CHECK(!micro.empty(), "accumulate_gradients: no micro-batches");
   const int64_t n_all = step_sequences(micro);
   TTT_CHECK(0 <= first && first < last && last <= n_all,
             "accumulate_gradients: sequences [" << first << ", " << last << ") of a step of " << n_all);
-  // Every sequence of the step, its share of the step's valid targets, and the batches of [first, last).
-  std::vector<int64_t> valid_counts;
+  if (cp && cp->ranks == 1) cp = nullptr;
+  // Every sequence of the step, its share of the step's valid targets, and the batches of [first, last) (context
+  // parallel: their spans on this rank, and the share of each span's valid targets).
+  std::vector<int64_t> valid_counts, span_valid;
   std::vector<model::Batch> shards;
   for (const auto& mb : micro)
     for (int64_t s = 0; s < mb.sequences; ++s) {
@@ -201,17 +203,26 @@ std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, con
       const int64_t k = int64_t(valid_counts.size());
       valid_counts.push_back(valid);
       if (k < first || k >= last) continue;
+      const int64_t begin = s * mb.len + (cp ? cp->offset() : 0), len = cp ? cp->span : mb.len;
+      TTT_CHECK(!cp || mb.len == cp->span * cp->ranks,
+                "context parallel: sequences of " << mb.len << " tokens, spans of " << cp->span << " on " << cp->ranks
+                                                  << " ranks");
       model::Batch sh;
       sh.sequences = 1;
-      sh.len = mb.len;
-      sh.inputs.assign(mb.inputs.begin() + s * mb.len, mb.inputs.begin() + (s + 1) * mb.len);
-      sh.targets.assign(mb.targets.begin() + s * mb.len, mb.targets.begin() + (s + 1) * mb.len);
+      sh.len = len;
+      sh.inputs.assign(mb.inputs.begin() + begin, mb.inputs.begin() + begin + len);
+      sh.targets.assign(mb.targets.begin() + begin, mb.targets.begin() + begin + len);
+      span_valid.push_back(valid_targets(sh));
       shards.push_back(std::move(sh));
     }
   const std::vector<double> shares = target_shares(valid_counts);
+  int64_t total_valid = 0;
+  for (int64_t v : valid_counts) total_valid += v;
 
   // Leaves are computed in waves in parallel (one thread per sequence; the model runs single-threaded inside), and
-  // consumed in order by the tree: the result does not depend on the thread count or on timing.
+  // consumed in order by the tree: the result does not depend on the thread count or on timing. Context parallel:
+  // one sequence after the other (every forward exchanges rows with the group, in the same order on every rank), the
+  // share applied as the backward's seed (model::forward).
   const int64_t n = last - first;
   const int64_t param_bytes = std::max<int64_t>(1, params.count() * int64_t(sizeof(T)));
   const int64_t wave = std::max<int64_t>(omp_get_max_threads(), std::min<int64_t>(n, (int64_t(256) << 20) / param_bytes));
@@ -221,12 +232,20 @@ std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, con
   auto compute_wave = [&](int64_t w0) {
     const int64_t w1 = std::min(last, w0 + wave);
     std::exception_ptr err;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (cp == nullptr)
     for (int64_t k = w0; k < w1; ++k) {
-      if (valid_counts[size_t(k)] == 0) continue;
+      if (valid_counts[size_t(k)] == 0) continue;  // the same on every rank of a context-parallel group
       try {
-        const double loss = model::forward<T>(cfg, params, shards[size_t(k - first)], &leaves[size_t(k - w0)]).loss;
-        terms[size_t(k - first)] = shares[size_t(k)] * loss;
+        const model::Batch& b = shards[size_t(k - first)];
+        if (cp) {
+          model::ContextSpan span = *cp;
+          span.loss_weight = double(span_valid[size_t(k - first)]) / double(total_valid);
+          const double loss = model::forward<T>(cfg, params, b, &leaves[size_t(k - w0)], false, false, &span).loss;
+          terms[size_t(k - first)] = span.loss_weight * loss;
+        } else {
+          const double loss = model::forward<T>(cfg, params, b, &leaves[size_t(k - w0)]).loss;
+          terms[size_t(k - first)] = shares[size_t(k)] * loss;
+        }
       } catch (...) {
 #pragma omp critical(ttt_train_error)
         if (!err) err = std::current_exception();
@@ -246,7 +265,7 @@ std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, con
       if (valid_counts[size_t(op)] == 0) {  // no valid target: a zero leaf
         leaf.clear();
         for (const auto& p : params.values) leaf.emplace_back(p.rows, p.cols);
-      } else {
+      } else if (!cp) {
         const T w = T(shares[size_t(op)]);
         for (auto& m : leaf)
           for (auto& x : m.data) x = w * x;
@@ -277,7 +296,7 @@ template <class T>
 double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T>& params,
                             const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads) {
   TTT_CHECK(!micro.empty(), "accumulate_gradients: no micro-batches");
-  return sum_loss_terms(accumulate_gradient_range(cfg, params, micro, 0, step_sequences(micro), grads));
+  return sum_loss_terms(accumulate_gradient_range(cfg, params, micro, 0, step_sequences(micro), grads, nullptr));
 }
 
 template <class T>
@@ -319,7 +338,10 @@ template double accumulate_gradients<double>(const model::ModelConfig&, const mo
                                              const std::vector<model::Batch>&, std::vector<ag::Mat<double>>&);
 template std::vector<double> accumulate_gradient_range<float>(const model::ModelConfig&, const model::Params<float>&,
                                                              const std::vector<model::Batch>&, int64_t, int64_t,
-                                                             std::vector<ag::Mat<float>>&);
+                                                             std::vector<ag::Mat<float>>&, const model::ContextSpan*);
+template std::vector<double> accumulate_gradient_range<double>(const model::ModelConfig&, const model::Params<double>&,
+                                                              const std::vector<model::Batch>&, int64_t, int64_t,
+                                                              std::vector<ag::Mat<double>>&, const model::ContextSpan*);
 template std::vector<double> grad_sum_squares<float>(const std::vector<ag::Mat<float>>&, size_t, size_t);
 template void clip_to_norm<float>(std::vector<ag::Mat<float>>&, size_t, size_t, double, double);
 template double clip_grad_norm<float>(std::vector<ag::Mat<float>>&, double);
@@ -445,12 +467,18 @@ TrainResult train(const TrainOptions& opt_in) {
   TTT_CHECK(resuming || opt.data_dir_override.empty(), "train: data_dir_override applies to a resumed run");
   tc.device = opt.device;  // a resumed run may continue on another device
   validate(tc);
+  // Context parallelism first: whether the model splits over the ranks at all.
+  model::check_context_parallel(cfg, opt.context_parallel, ranks ? ranks->size() : 1);
+  // The data-parallel groups (ranks / context_parallel) share the step's sequences.
+  const int dp_groups = ranks ? ranks->size() / opt.context_parallel : 1;
   if (ranks)
-    TTT_CHECK(tc.batch * tc.accum % ranks->size() == 0,
+    TTT_CHECK(tc.batch * tc.accum % dp_groups == 0,
               "--batch " << tc.batch << " x --accum " << tc.accum << " = " << tc.batch * tc.accum
-                         << " sequences per step cannot be split evenly over " << ranks->size()
-                         << " ranks (mpirun -np " << ranks->size() << "): choose --batch and --accum so that their "
-                         << "product is a multiple of " << ranks->size()
+                         << " sequences per step cannot be split evenly over " << dp_groups
+                         << (opt.context_parallel > 1 ? " data-parallel groups (mpirun -np " : " ranks (mpirun -np ")
+                         << ranks->size()
+                         << (opt.context_parallel > 1 ? " / --context-parallel " + std::to_string(opt.context_parallel) : "")
+                         << "): choose --batch and --accum so that their product is a multiple of " << dp_groups
                          << (resuming ? " (a resumed run keeps its batch: resume on a rank count that divides it)" : ""));
   TTT_CHECK(cfg.seq_len == tc.seq_len, "train: model seq_len " << cfg.seq_len << " differs from train seq_len " << tc.seq_len);
   const std::string metrics_path = (fs::path(run_dir) / "metrics.jsonl").string();
@@ -504,6 +532,7 @@ TrainResult train(const TrainOptions& opt_in) {
     engine->set_gradient_buckets(opt.grad_bucket_bytes);
     engine->set_data_parallel(*ranks, opt.shard_optimizer);
   }
+  if (opt.context_parallel > 1) engine->set_context_parallel(opt.context_parallel);
 
   Rng data_rng(tc.seed ^ kDataSeedMix);
   if (!resuming && !writer) {
@@ -589,7 +618,12 @@ TrainResult train(const TrainOptions& opt_in) {
        << " = " << tc.tokens_per_step() << " tokens/step, " << tc.steps << " steps, lr " << tc.lr << "\n"
        << "run directory " << run_dir;
     os << "\ndevice " << opt.device << ": " << engine->description();
-    if (ranks)
+    if (ranks && opt.context_parallel > 1)
+      os << "\ncontext parallel over " << opt.context_parallel << " ranks x data parallel over " << dp_groups
+         << " groups (" << ranks->backend() << "): spans of " << tc.seq_len / opt.context_parallel << " tokens, "
+         << tc.batch * tc.accum / dp_groups << " sequences per group and step"
+         << (opt.shard_optimizer ? ", optimizer sharded (ZeRO-1)" : "");
+    else if (ranks)
       os << "\ndata parallel over " << ranks->size() << " ranks (" << ranks->backend() << "): "
          << tc.batch * tc.accum / ranks->size() << " sequences per rank and step"
          << (opt.shard_optimizer ? ", optimizer sharded (ZeRO-1)" : "");

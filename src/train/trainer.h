@@ -78,6 +78,9 @@ struct TrainOptions {
   // Bytes of gradients per all-reduce where a device overlaps them with the backward (StepEngine::
   // set_gradient_buckets; 0: one all-reduce after the backward).
   int64_t grad_bucket_bytes = int64_t(25) << 20;
+  // TNT context parallelism (model/context_parallel.h): each sequence split over groups of this many consecutive
+  // ranks (ranks = data parallel x context parallel); validation stays data parallel over all ranks, whole windows.
+  int context_parallel = 1;
   // Test hook of the failure tests: rank `fault_rank` exits (fault "exit", status 3, without a word), stops
   // responding (fault "hang") or receives SIGTERM (fault "term") when it is about to run step `fault_step` + 1.
   int fault_rank = -1;
@@ -177,10 +180,13 @@ double accumulate_gradients(const model::ModelConfig& cfg, const model::Params<T
                             const std::vector<model::Batch>& micro, std::vector<ag::Mat<T>>& grads);
 // Sequences [first, last) of the step's micro-batches (numbered as above): grads := their tree; returns their
 // loss terms share_k * loss_k (0 for a sequence without valid targets), share_k taken over the whole step.
+// Context parallel (`cp`, model/context_parallel.h): the same over this rank's span of each sequence, one sequence
+// at a time (the forward exchanges rows with the other ranks of the group); share_k is then the span's share of the
+// step's valid targets and loss_k the span's mean loss, and the sum over the group's ranks is the group's result.
 template <class T>
 std::vector<double> accumulate_gradient_range(const model::ModelConfig& cfg, const model::Params<T>& params,
                                               const std::vector<model::Batch>& micro, int64_t first, int64_t last,
-                                              std::vector<ag::Mat<T>>& grads);
+                                              std::vector<ag::Mat<T>>& grads, const model::ContextSpan* cp = nullptr);
 // The sequences of a step's micro-batches (each checked for consistent sizes).
 int64_t step_sequences(const std::vector<model::Batch>& micro);
 // The step's loss from all of its loss terms, summed in sequence order.

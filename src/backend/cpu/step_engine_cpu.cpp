@@ -3,6 +3,8 @@
 // data parallelism (set_data_parallel) the same composition over the ranks: this rank's range of sequences
 // (train::accumulate_gradient_range), the ranks' gradients summed in the communicator's fixed order, and, with a
 // sharded optimizer, the norm's per-tensor sums gathered and the weights all-gathered after this rank's update.
+// Context parallel (set_context_parallel): the ranks of a group compute the spans of their group's sequences, and
+// the same sums over all ranks combine them.
 #include "backend/cpu/step_engine_cpu.h"
 
 #include <algorithm>
@@ -97,6 +99,12 @@ class CpuStepEngine final : public StepEngine {
     ranks_ = ranks.size() > 1 ? &ranks : nullptr;
     shard_ = ranks_ && shard_optimizer;
   }
+  void set_context_parallel(int cp) override {
+    TTT_CHECK(cp == 1 || (ranks_ && ranks_->size() % cp == 0),
+              "--context-parallel " << cp << " needs a multiple of " << cp << " ranks");
+    cp_ = cp;
+    if (cp > 1) cp_group_ = ranks_->split(ranks_->rank() / cp);  // ranks k with the same k / cp
+  }
 
   StepResult train_step(const std::vector<model::Batch>& micro, double lr, double clip) override {
     TTT_CHECK(params_ && optimizer_, "CPU engine: train_step before attach(params, optimizer)");
@@ -106,11 +114,15 @@ class CpuStepEngine final : public StepEngine {
       r.loss = train::accumulate_gradients(cfg_, *params_, micro, grads_);
     } else {
       release_foreign_moments();  // rank 0 holds them all after a checkpoint
+      // Context parallel: the group of cp ranks shares its sequences, each rank one span of each (its loss terms and
+      // gradient are its spans' parts; the sums below over every rank are the step's).
       const int64_t n = train::step_sequences(micro);
-      const dist::SequenceRange mine = dist::rank_sequences(n, ranks_->rank(), ranks_->size());
+      const dist::SequenceRange mine = dist::rank_sequences(n, ranks_->rank() / cp_, ranks_->size() / cp_);
+      model::ContextSpan span;
+      if (cp_group_) span = model::context_span(*cp_group_, micro.front().len);
       const std::vector<double> terms =
-          train::accumulate_gradient_range(cfg_, *params_, micro, mine.first, mine.last, grads_);
-      std::vector<double> all_terms(static_cast<size_t>(n));
+          train::accumulate_gradient_range(cfg_, *params_, micro, mine.first, mine.last, grads_, cp_group_ ? &span : nullptr);
+      std::vector<double> all_terms(static_cast<size_t>(n * cp_));
       ranks_->all_gather(terms.data(), all_terms.data(), std::vector<int64_t>(size_t(ranks_->size()), mine.last - mine.first));
       r.loss = train::sum_loss_terms(all_terms);
     }
@@ -202,6 +214,8 @@ class CpuStepEngine final : public StepEngine {
   std::vector<ag::Mat<float>> grads_;
   dist::Communicator* ranks_ = nullptr;  // more than one rank, or null
   bool shard_ = false;
+  int cp_ = 1;                  // context-parallel group size
+  std::unique_ptr<dist::Communicator> cp_group_;  // this rank's context-parallel group, with cp_ > 1
   std::vector<size_t> shards_;  // tensor_shards bounds, with shard_
   std::vector<float> flat_;     // the gradient, then the weights, as one vector
 };
