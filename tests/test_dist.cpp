@@ -460,7 +460,7 @@ TEST(DistMpi, BenchStepRunsDataParallel) {
 
 // Why the two-GPU tests cannot run here, or "".
 std::string two_gpus_missing() {
-  const std::string why = mpirun_missing();
+  const std::string why = test_util::mpirun_missing();
   if (!why.empty()) return why;
   if (!backend::device_available("cuda")) return "no CUDA device or no CUDA build";
   if (std::system("test \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\" -ge 2") != 0) return "fewer than two GPUs";
