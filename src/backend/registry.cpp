@@ -95,6 +95,14 @@ void select_device_of_rank(const std::string& device, int local_rank, int rank) 
   (void)local_rank, (void)rank;  // the CPU: every rank shares the host
 }
 
+void select_device(const std::string& device, int index) {
+  require_device(device, "device " + device);
+#ifdef TTT_HAVE_CUDA
+  if (device == kCuda) return cuda::select_device(index);
+#endif
+  TTT_CHECK(index == 0, "device " << device << " has one unit, 0; got index " << index);
+}
+
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options) {
   require_device(device, "--device " + device);

@@ -36,6 +36,9 @@ double device_free_memory(const std::string& device, std::string* source);
 // a GPU of its own is an error naming both); before anything is allocated on the device.
 void select_device_of_rank(const std::string& device, int local_rank, int rank);
 
+// Makes unit `index` of `device` current for this thread (cuda: the GPU of that number; cpu: index 0 only).
+void select_device(const std::string& device, int index);
+
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options = {});
 // A streamer of `device` over `params` (which must outlive it on the CPU, whose streamer reads them in place).
