@@ -12,9 +12,9 @@ no wheel for recent PyTorch. bench/side_by_side.sh runs this and `ttt bench step
 --operator ttt swaps the model's LaCT operator (every variant the layer calls: block_causal_lact_swiglu, the
 prenorm one and the fused Triton ones) for ttt_torch.ops.lact_swiglu (ttt's kernels through libttt_capi.so: build
 target ttt_capi of a CUDA build, found as ttt_torch finds it or at --capi-lib), with its matrix products in
---ttt-precision. --operator both runs, in one process on the same weights and batch: the loss of the unmodified
-model and of the swapped one (their difference is printed), then the timed steps of each; one JSON line per
-operator.
+--ttt-precision (auto: bf16 as the public model's autocast, tf32 with Muon). --operator both runs, in one
+process on the same weights and batch: the loss of the unmodified model and of the swapped one (their difference
+is printed), then the timed steps of each; one JSON line per operator.
 """
 import argparse
 import json
@@ -40,8 +40,9 @@ def main():
     ap.add_argument("--grad-checkpoint", action="store_true", help="recompute each layer in the backward (less memory)")
     ap.add_argument("--operator", default="public", choices=["public", "ttt", "both"],
                     help="the LaCT operator: the public one, ttt_torch.ops.lact_swiglu, or both side by side")
-    ap.add_argument("--ttt-precision", default="tf32", choices=["fp32", "tf32", "bf16"],
-                    help="matrix products of ttt's operator (bf16 is refused with Muon)")
+    ap.add_argument("--ttt-precision", default="auto", choices=["auto", "fp32", "tf32", "bf16"],
+                    help="matrix products of ttt's operator; auto: bf16 (as the public model's autocast), tf32 with "
+                         "Muon (bf16 is not offered with Muon)")
     ap.add_argument("--capi-lib", help="libttt_capi.so of a CUDA build (default: TTT_CAPI_LIB or ttt_torch's search)")
     args = ap.parse_args()
 
@@ -172,8 +173,9 @@ def ttt_operator(ops, name, precision):
     weight_norm = OPERATOR_NAMES[name]
 
     def operator(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size=2048, use_muon=False, momentum=None):
+        chosen = precision if precision != "auto" else ("tf32" if use_muon else "bf16")
         return ops.lact_swiglu(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size=chunk_size, use_muon=use_muon,
-                               momentum=momentum, weight_norm=weight_norm, precision=precision)
+                               momentum=momentum, weight_norm=weight_norm, precision=chosen)
 
     return operator
 

@@ -164,4 +164,36 @@ TEST(CApi, MisuseIsAMessage) {
   ttt_outputs_free(nullptr);
 }
 
+TEST(CApi, DevicePathMisuseIsAMessage) {
+  ttt_lact_device_call call{};
+  call.B = 1, call.T = 4, call.d = 2, call.dh = 3, call.chunk = 2;
+  call.dtype = TTT_F32;
+  call.weight_norm = "post";
+  call.precision = "fp32";
+  call.device = "cpu";
+  ttt_lact_run* run = nullptr;
+  std::string err = ttt_lact_device_forward(&call, nullptr, 1, &run);
+  EXPECT_NE(err.find("host tensors"), std::string::npos) << err;  // the CPU's operator takes host memory
+  EXPECT_EQ(run, nullptr);
+  call.weight_norm = "mid";
+  err = ttt_lact_device_forward(&call, nullptr, 1, &run);
+  EXPECT_NE(err.find("mid"), std::string::npos) << err;
+  call.weight_norm = "post";
+  call.precision = "fp8";
+  err = ttt_lact_device_forward(&call, nullptr, 1, &run);
+  EXPECT_NE(err.find("fp8"), std::string::npos) << err;
+  call.precision = "fp32";
+  call.device = "tpu";
+  err = ttt_lact_device_forward(&call, nullptr, 1, &run);
+  EXPECT_NE(err.find("tpu"), std::string::npos) << err;
+  err = ttt_lact_device_forward(nullptr, nullptr, 1, &run);
+  EXPECT_NE(err.find("required"), std::string::npos) << err;
+  err = ttt_lact_device_forward(&call, nullptr, 1, nullptr);
+  EXPECT_NE(err.find("run is NULL"), std::string::npos) << err;
+  void* grads[10] = {};
+  err = ttt_lact_device_backward(nullptr, nullptr, grads);
+  EXPECT_NE(err.find("required"), std::string::npos) << err;
+  ttt_lact_run_free(nullptr);
+}
+
 }  // namespace

@@ -10,10 +10,11 @@ with the engine from the same sources (CMake target ttt_capi; src/capi/ttt_capi.
 against torch: the library is found, in this order, at $TTT_CAPI_LIB, next to this file, or in a build folder
 of the source tree this package sits in (build*/libttt_capi.so).
 
-Data path: the tensors are copied to host memory (in the compute dtype, C-contiguous) for each call and the
-results copied back to the inputs' device; on a GPU the CUDA backend copies them to the device and back
-(docs/ARCHITECTURE.md, "From PyTorch"). The backward recomputes the forward (nothing is kept between the
-two calls, as with activation checkpointing).
+Data path (docs/ARCHITECTURE.md, "From PyTorch"): lact_swiglu on GPU tensors hands the device pointers and
+torch's current stream to the CUDA operator (no copies; the forward keeps its chunk-boundary states for the
+backward). Everything else (CPU tensors, tnt, or TTT_OPS_STAGING=host) goes through host memory: the tensors are
+copied there (compute dtype, C-contiguous), the operator runs (on a GPU the CUDA backend copies them to the device
+and back), the results come back to the inputs' device, and the backward recomputes the forward.
 """
 import ctypes
 import glob
@@ -26,7 +27,7 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["lact_swiglu", "tnt", "library_path", "available_devices", "OpError"]
 
-CAPI_VERSION = 1  # TTT_CAPI_VERSION of src/capi/ttt_capi.h
+CAPI_VERSION = 2  # TTT_CAPI_VERSION of src/capi/ttt_capi.h
 _F32, _F64 = 0, 1
 _CODE_OF = {torch.float32: _F32, torch.float64: _F64}
 _DTYPE_OF = {_F32: torch.float32, _F64: torch.float64}
@@ -41,6 +42,13 @@ class OpError(RuntimeError):
 class _Tensor(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int32), ("ndim", ctypes.c_int32),
                 ("shape", ctypes.POINTER(ctypes.c_int64)), ("data", ctypes.c_void_p)]
+
+
+class _LactDeviceCall(ctypes.Structure):  # ttt_lact_device_call of src/capi/ttt_capi.h
+    _fields_ = [("B", ctypes.c_int64), ("T", ctypes.c_int64), ("d", ctypes.c_int64), ("dh", ctypes.c_int64),
+                ("chunk", ctypes.c_int64), ("dtype", ctypes.c_int32), ("muon", ctypes.c_int32),
+                ("weight_norm", ctypes.c_char_p), ("precision", ctypes.c_char_p), ("device", ctypes.c_char_p),
+                ("device_index", ctypes.c_int32), ("stream", ctypes.c_void_p), ("inputs", ctypes.c_void_p * 10)]
 
 
 _lib = None
@@ -84,6 +92,13 @@ def _library():
     lib.ttt_op_run.restype = ctypes.c_char_p
     lib.ttt_op_run.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32,
                                ctypes.POINTER(_Tensor), ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]
+    lib.ttt_lact_device_forward.restype = ctypes.c_char_p
+    lib.ttt_lact_device_forward.argtypes = [ctypes.POINTER(_LactDeviceCall), ctypes.c_void_p, ctypes.c_int32,
+                                            ctypes.POINTER(ctypes.c_void_p)]
+    lib.ttt_lact_device_backward.restype = ctypes.c_char_p
+    lib.ttt_lact_device_backward.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p * 10]
+    lib.ttt_lact_run_free.restype = None
+    lib.ttt_lact_run_free.argtypes = [ctypes.c_void_p]
     lib.ttt_outputs_count.restype = ctypes.c_int32
     lib.ttt_outputs_count.argtypes = [ctypes.c_void_p]
     lib.ttt_outputs_get.restype = ctypes.c_char_p
@@ -181,6 +196,69 @@ def _host_inputs(names, inputs, grad_o=None):
     return named
 
 
+def _staged(device):
+    """Whether tensors on `device` travel through host memory (the CPU; TTT_OPS_STAGING=host forces it for GPU
+    tensors too, e.g. to compare the two paths) rather than being handed to the operator where they are."""
+    staging = os.environ.get("TTT_OPS_STAGING", "")
+    if staging not in ("", "host"):
+        raise OpError(f"ttt_torch.ops: TTT_OPS_STAGING={staging!r}: the only setting is 'host' (unset: GPU tensors "
+                      f"go to the operator directly)")
+    return device.type != "cuda" or staging == "host"
+
+
+class _DeviceRun:
+    """A ttt_lact_run: the forward's state on the GPU, kept for the backward; freed with this object."""
+
+    def __init__(self, lib, handle, inputs):
+        self.lib, self.handle, self.inputs = lib, handle, inputs  # inputs: the arrays the run reads, kept alive
+
+    def free(self):
+        if self.handle:
+            self.lib.ttt_lact_run_free(self.handle)
+            self.handle, self.inputs = None, None
+
+    def __del__(self):
+        self.free()
+
+
+def _lact_device_forward(options, names, inputs, with_grad):
+    """o of the LaCT operator on GPU tensors, without copies through the host; the run for the backward."""
+    lib = _library()
+    dtype = _compute_dtype(inputs)
+    arrays = [(t.reshape(t.shape[0], t.shape[1]) if _is_rate(n) else t).detach().to(dtype).contiguous()
+              for n, t in zip(names, inputs)]
+    w0, q = arrays[0], arrays[3]
+    device = q.device
+    call = _LactDeviceCall(B=q.shape[0], T=q.shape[1], d=q.shape[2], dh=w0.shape[1], chunk=options["chunk"],
+                           dtype=_CODE_OF[dtype], muon=int(options["muon"]),
+                           weight_norm=options["weight_norm"].encode(), precision=options["precision"].encode(),
+                           device=b"cuda", device_index=device.index,
+                           stream=torch.cuda.current_stream(device).cuda_stream)
+    for i, t in enumerate(arrays):
+        call.inputs[i] = t.data_ptr()
+    o = torch.empty(q.shape, dtype=dtype, device=device)
+    handle = ctypes.c_void_p()
+    err = lib.ttt_lact_device_forward(ctypes.byref(call), o.data_ptr(), int(with_grad), ctypes.byref(handle))
+    if err is not None:
+        raise OpError(f"ttt_torch.ops.lact_swiglu: {err.decode(errors='replace')}")
+    run = _DeviceRun(lib, handle, arrays)
+    if not with_grad:
+        run.free()
+    return o, run
+
+
+def _lact_device_backward(run, names, inputs, grad_o):
+    arrays = run.inputs
+    grads = [torch.empty_like(a) for a in arrays]
+    pointers = (ctypes.c_void_p * 10)(*[g.data_ptr() for g in grads])
+    g_o = grad_o.detach().to(arrays[3].dtype).contiguous()
+    err = run.lib.ttt_lact_device_backward(run.handle, g_o.data_ptr(), pointers)
+    run.free()
+    if err is not None:
+        raise OpError(f"ttt_torch.ops.lact_swiglu: {err.decode(errors='replace')}")
+    return {"grad_" + n: g for n, g in zip(names, grads)}
+
+
 class _LactFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, options, w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum):
@@ -188,6 +266,11 @@ class _LactFunction(torch.autograd.Function):
         inputs = [w0, w1, w2, q, k, v, lr0, lr1, lr2] + ([momentum] if momentum is not None else [])
         ctx.options, ctx.names = options, names
         ctx.save_for_backward(*inputs)
+        ctx.run = None
+        if not _staged(q.device):
+            o, ctx.run = _lact_device_forward(options, names, inputs, any(ctx.needs_input_grad))
+            _require_finite("lact_swiglu", {"o": o}, dict(zip(names, inputs)))
+            return o.to(v.dtype)
         named = _host_inputs(names, inputs)
         o = _run("lact", options, named, q.device)["o"]
         _require_finite("lact_swiglu", {"o": o}, named)
@@ -197,8 +280,12 @@ class _LactFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_o):
         inputs = ctx.saved_tensors
-        named = _host_inputs(ctx.names, inputs, grad_o)
-        out = _run("lact", ctx.options, named, inputs[0].device)
+        if ctx.run is not None:  # the forward took the direct GPU path
+            out = _lact_device_backward(ctx.run, ctx.names, inputs, grad_o)
+            named = dict(zip(ctx.names, inputs))
+        else:
+            named = _host_inputs(ctx.names, inputs, grad_o)
+            out = _run("lact", ctx.options, named, inputs[0].device)
         _require_finite("lact_swiglu", {n: out["grad_" + n] for n in ctx.names}, named)
         grads = [out["grad_" + n].reshape(t.shape).to(device=t.device, dtype=t.dtype) if need else None
                  for n, t, need in zip(ctx.names, inputs, ctx.needs_input_grad[1:])]
@@ -211,6 +298,9 @@ def _require_finite(fn, outputs, inputs):
     """A NaN/Inf result from finite inputs (the engine checks the inputs) is an overflow: say so, never hand it on."""
     bad = [n for n, t in outputs.items() if not torch.isfinite(t).all()]
     if bad:
+        for n, t in inputs.items():  # the GPU path hands inputs over unchecked: name a non-finite one
+            if not torch.isfinite(t).all():
+                raise OpError(f"ttt_torch.ops.{fn}: input '{n}' contains NaN or Inf")
         largest = max(inputs.items(), key=lambda kv: float(kv[1].abs().max()) if kv[1].numel() else 0.0)
         raise OpError(f"ttt_torch.ops.{fn}: {', '.join(repr(n) for n in bad)} {'holds' if len(bad) == 1 else 'hold'} "
                       f"NaN/Inf although every input is finite: the "

@@ -129,4 +129,14 @@ OperatorBackends operator_backends(const std::string& device) {
   return {engine::cpu_backend(), engine::tnt_cpu_backend(), cpu_operator_bench()};
 }
 
+std::unique_ptr<LactDeviceRun> start_lact_on_device(const std::string& device, const LactDeviceCall& call, void* o,
+                                                    bool with_grad) {
+  require_device(device, "device " + device);
+#ifdef TTT_HAVE_CUDA
+  if (device == kCuda) return cuda::start_lact_on_device(call, o, with_grad);
+#endif
+  (void)call, (void)o, (void)with_grad;
+  TTT_FAIL("device " << device << ": its LaCT operator takes host tensors (operator_backends), not device pointers");
+}
+
 }  // namespace ttt::backend

@@ -46,5 +46,10 @@ std::unique_ptr<Streamer> make_streamer(const std::string& device, const model::
                                         const model::Params<float>& params);
 // The operator backends and benchmarks of `device`.
 OperatorBackends operator_backends(const std::string& device);
+// The LaCT operator on the device's own memory (operators.h: LactDeviceCall), writing o; with_grad keeps what
+// its backward needs. Devices whose memory is the host's have no such path (their operators take host tensors:
+// operator_backends) and refuse, saying so.
+std::unique_ptr<LactDeviceRun> start_lact_on_device(const std::string& device, const LactDeviceCall& call, void* o,
+                                                    bool with_grad);
 
 }  // namespace ttt::backend

@@ -4,7 +4,9 @@
 #include "capi/ttt_capi.h"
 
 #include <cstring>
+#include <array>
 #include <exception>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -18,6 +20,12 @@
 
 struct ttt_outputs {
   ttt::SafeTensors tensors;
+};
+
+struct ttt_lact_run {
+  std::unique_ptr<ttt::backend::LactDeviceRun> run;
+  std::string device;  // the backward may come from another thread (torch's autograd worker): select it again
+  int32_t device_index = 0;
 };
 
 namespace {
@@ -171,6 +179,43 @@ const char* ttt_op_run(const char* op, const char* options_json, const char* dev
     *out = result.release();
   });
 }
+
+const char* ttt_lact_device_forward(const ttt_lact_device_call* call, void* o, int32_t with_grad, ttt_lact_run** run) {
+  return guarded([&] {
+    TTT_CHECK(run, "ttt_lact_device_forward: no place for the run (run is NULL)");
+    *run = nullptr;
+    TTT_CHECK(call && call->device && call->weight_norm && call->precision,
+              "ttt_lact_device_forward: a call with its device, weight_norm and precision is required");
+    ttt::backend::LactDeviceCall c;
+    c.shape.B = call->B, c.shape.T = call->T, c.shape.d = call->d, c.shape.dh = call->dh, c.shape.chunk = call->chunk;
+    c.shape.causal = true;
+    c.shape.muon = call->muon != 0;
+    c.shape.momentum = call->inputs[9] != nullptr;
+    c.shape.norm = ttt::engine::parse_weight_norm(call->weight_norm);
+    c.dtype = to_dtype(call->dtype, "w0");
+    c.precision = ttt::backend::parse_precision(call->precision, "lact: precision");
+    c.stream = call->stream;
+    for (size_t i = 0; i < 10; ++i) c.inputs[i] = call->inputs[i];
+    ttt::backend::select_device(call->device, call->device_index);
+    auto result = std::make_unique<ttt_lact_run>();
+    result->device = call->device;
+    result->device_index = call->device_index;
+    result->run = ttt::backend::start_lact_on_device(call->device, c, o, with_grad != 0);
+    *run = result.release();
+  });
+}
+
+const char* ttt_lact_device_backward(ttt_lact_run* run, const void* grad_o, void* const grads[10]) {
+  return guarded([&] {
+    TTT_CHECK(run && run->run && grads, "ttt_lact_device_backward: a run and its gradient outputs are required");
+    std::array<void*, 10> g;
+    for (size_t i = 0; i < 10; ++i) g[i] = grads[i];
+    ttt::backend::select_device(run->device, run->device_index);
+    run->run->backward(grad_o, g);
+  });
+}
+
+void ttt_lact_run_free(ttt_lact_run* run) { delete run; }
 
 int32_t ttt_outputs_count(const ttt_outputs* outputs) {
   return outputs ? static_cast<int32_t>(outputs->tensors.tensors.size()) : 0;

@@ -9,6 +9,8 @@
  * (ttt/lact_op.h, ttt/tnt.h), in host memory (C-contiguous); the outputs (o, and grad_<name> of every input
  * when grad_o is given) come back in host memory owned by the library until ttt_outputs_free.
  *
+ * CUDA tensors can also skip the host: ttt_lact_device_forward / _backward take device pointers and a stream.
+ *
  * Errors: every function that can fail returns NULL on success or a message (the engine's ttt::Error text,
  * naming the tensor, option or device) that stays valid until the calling thread's next call into this library.
  * No C++ exception crosses this boundary.
@@ -22,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a declaration below changes; bindings refuse a library of another version. */
-#define TTT_CAPI_VERSION 1
+#define TTT_CAPI_VERSION 2
 
 enum ttt_dtype { TTT_F32 = 0, TTT_F64 = 1 };
 
@@ -50,6 +52,33 @@ const char* ttt_capi_devices(void);
  * On success *out holds the outputs (free them with ttt_outputs_free). */
 const char* ttt_op_run(const char* op, const char* options_json, const char* device, int32_t device_index,
                        const ttt_tensor* inputs, int32_t n_inputs, ttt_outputs** out);
+
+/* The LaCT operator on device memory (tensors already on a GPU: no copies). Pointers are contiguous arrays in
+ * the operator's layouts: inputs w0 [B,dh,d], w1 [B,d,dh], w2 [B,dh,d], q, k, v [B,T,d], lr0, lr1, lr2 [B,T],
+ * momentum [B,T] or NULL (no momentum); all of `dtype`. The work runs on the library's stream, ordered after
+ * what `stream` (the caller's cudaStream_t; NULL: the legacy default stream) holds, and `stream` waits for it. */
+typedef struct ttt_lact_device_call {
+  int64_t B, T, d, dh, chunk;
+  int32_t dtype;             /* enum ttt_dtype */
+  int32_t muon;              /* 0 | 1 */
+  const char* weight_norm;   /* "post" | "pre" | "none" */
+  const char* precision;     /* "fp32" | "tf32" | "bf16" (the last two with TTT_F32 only; bf16 not with Muon) */
+  const char* device;        /* "cuda" */
+  int32_t device_index;
+  void* stream;
+  const void* inputs[10];    /* w0, w1, w2, q, k, v, lr0, lr1, lr2, momentum */
+} ttt_lact_device_call;
+
+typedef struct ttt_lact_run ttt_lact_run;
+
+/* Enqueues the forward, writing o [B,T,d]; with with_grad != 0 the run keeps what its backward needs (the inputs
+ * must then stay alive and unchanged until ttt_lact_device_backward). On success *run holds the run: free it with
+ * ttt_lact_run_free (after the backward, or instead of it). */
+const char* ttt_lact_device_forward(const ttt_lact_device_call* call, void* o, int32_t with_grad, ttt_lact_run** run);
+/* Enqueues the gradients of sum(o * grad_o) into grads (the inputs' order and shapes; grads[9] NULL without
+ * momentum), once per run, on the stream given to the forward. */
+const char* ttt_lact_device_backward(ttt_lact_run* run, const void* grad_o, void* const grads[10]);
+void ttt_lact_run_free(ttt_lact_run* run);
 
 int32_t ttt_outputs_count(const ttt_outputs* outputs);
 /* Output i (0 <= i < count) as a ttt_tensor view (name, dtype, shape and data owned by `outputs`). */
