@@ -5,8 +5,9 @@ when there is one:
     (bench/lact_torch.py, bench/tnt_torch.py) over weight norms, Muon, momentum and chunkings;
   * torch.autograd.gradcheck in float64 on small shapes (lact_swiglu: Muon on/off x momentum on/off x post/pre;
     tnt: global + two local memories, local only);
-  * the public calling convention: rates and momentum [b, l, 1], strided views (the public layer's lr chunks),
-    bf16 / mixed dtypes (output in v's dtype, gradients in their inputs' dtypes);
+  * the public calling convention: lact_swiglu against a float64 port of the public operator's loop (post and
+    pre norm, momentum, Muon, the apply-only last chunk), rates and momentum [b, l, 1], strided views (the
+    public layer's lr chunks), bf16 / mixed dtypes (output in v's dtype, gradients in their inputs' dtypes);
   * bad inputs (shape, dtype, device, options, NaN, overflow, missing library) raise a Python exception whose
     message names the tensor or option; never a crash;
   * GPU variants (CUDA tensors: the CUDA kernels) against the CPU's float64 results; skipped without a GPU.
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 
 try:
     import torch
+    import torch.nn.functional as F
 except ImportError as e:
     print(f"SKIPPED: {sys.executable} cannot import torch ({e}); install python3-torch (scripts/setup.sh) to run "
           f"the ttt_torch.ops tests")
@@ -79,7 +81,79 @@ LACT_CONFIGS = [  # (name, d, dh, l, chunk, weight_norm, muon, momentum)
 ]
 
 
+def public_convention_lact(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, use_muon=False, momentum=None,
+                           prenorm=False):
+    """The public block_causal_lact_swiglu / prenorm_block_causal_lact_swiglu as their docstrings and loops state
+    them, written here in float64 without torch.compile or autocast (so Muon's Newton-Schulz runs in float64, not
+    bf16): per chunk of chunk_size tokens except the last, apply the current fast weights to q, then take one
+    step of the negative dot-product loss -v . f(k) with per-token rates (momentum: the chunk mean of the gate
+    times the previous step), optionally orthogonalized, then renormalize every row to its initial norm (prenorm:
+    the accumulated weights are kept unnormalized and the normalized copy is what is applied). The last chunk is
+    only applied. Rates and momentum [b, l, 1]."""
+    def swiglu(a0, a1, a2, x):  # x [b, n, d] -> [b, n, d]
+        return (F.silu(x @ a0.transpose(1, 2)) * (x @ a2.transpose(1, 2))) @ a1.transpose(1, 2)
+
+    def ns5(g):
+        x = g.transpose(1, 2) if g.shape[1] > g.shape[2] else g
+        x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)
+        for a, b_, c in ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
+                         (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)):
+            m = x @ x.transpose(1, 2)
+            x = a * x + (b_ * m + c * m @ m) @ x
+        return x.transpose(1, 2) if g.shape[1] > g.shape[2] else x
+
+    norms = [w.norm(dim=2, keepdim=True) for w in (w0, w1, w2)]
+    applied, kept = [w0, w1, w2], [w0, w1, w2]
+    prev = None
+    l = q.shape[1]
+    out = torch.zeros_like(v)
+    last = 0  # where the apply-only last chunk starts
+    for start in range(0, l - chunk_size, chunk_size):
+        end = start + chunk_size
+        a0, a1, a2 = applied
+        out[:, start:end] = swiglu(a0, a1, a2, q[:, start:end])
+        kc, vc = k[:, start:end], v[:, start:end]
+        g, h = kc @ a0.transpose(1, 2), kc @ a2.transpose(1, 2)   # [b, n, dh]
+        u = vc @ a1                                               # dL/d(hidden) of -v.f: -u; steps cancel the sign
+        hidden = F.silu(g) * h
+        sig = torch.sigmoid(g)
+        dsilu = sig * (1 + g * (1 - sig))
+        steps = [((u * h * dsilu) * lr0[:, start:end]).transpose(1, 2) @ kc,   # w0
+                 (vc * lr1[:, start:end]).transpose(1, 2) @ hidden,            # w1
+                 ((u * F.silu(g)) * lr2[:, start:end]).transpose(1, 2) @ kc]   # w2
+        if momentum is not None:
+            m = momentum[:, start:end].mean(dim=1, keepdim=True)
+            if prev is not None:
+                steps = [s_ + p * m for s_, p in zip(steps, prev)]
+            prev = steps
+        if use_muon:
+            steps = [ns5(s_) for s_ in steps]
+        kept = [w + s_ for w, s_ in zip(kept, steps)]
+        applied = [w / (w.norm(dim=2, keepdim=True) + 1e-5) * n for w, n in zip(kept, norms)]
+        if not prenorm:
+            kept = applied
+        last = end
+    a0, a1, a2 = applied
+    out[:, last:] = swiglu(a0, a1, a2, q[:, last:])
+    return out
+
+
 class LactSwiglu(unittest.TestCase):
+    def test_public_convention(self):
+        # ops.lact_swiglu against the public operator's loop (above), its arguments in the public layouts.
+        for name, d, dh, l, chunk, muon, mom, prenorm in (
+                ("post-mom-C4", 6, 10, 13, 4, False, True, False), ("post-C4-T12", 5, 7, 12, 4, False, False, False),
+                ("pre-mom-muon-C3", 6, 12, 13, 3, True, True, True), ("post-muon-C5", 8, 6, 13, 5, True, False, False),
+                ("pre-C20>T", 4, 8, 13, 20, False, True, True)):
+            with self.subTest(name):
+                x = lact_inputs(2, l, d, dh, momentum=mom, seed=len(name) + 40)
+                args = [x[n] for n in ("w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2")]
+                ref = public_convention_lact(*args, chunk_size=chunk, use_muon=muon, momentum=x.get("momentum"),
+                                             prenorm=prenorm)
+                got = ops.lact_swiglu(*args, chunk_size=chunk, use_muon=muon, momentum=x.get("momentum"),
+                                      weight_norm="pre" if prenorm else "post")
+                self.assertLess(rel(got, ref), F64_TOL)
+
     def test_forward_and_gradients_match_reference_float64(self):
         for name, d, dh, l, chunk, wn, muon, mom in LACT_CONFIGS:
             with self.subTest(name):
