@@ -118,12 +118,13 @@ def _run(op, options, tensors, device):
     """Runs operator `op` on named tensors (host, C-contiguous, float32/float64) on `device` (a torch.device);
     returns the named outputs as host tensors."""
     lib = _library()
-    keep = []  # the shape arrays live until the call returns
+    keep = []  # the names and shape arrays live until the call returns
     arr = (_Tensor * len(tensors))()
     for i, (name, t) in enumerate(tensors.items()):
         shape = (ctypes.c_int64 * t.dim())(*t.shape)
-        keep.append(shape)
-        arr[i] = _Tensor(name.encode(), _CODE_OF[t.dtype], t.dim(), shape, t.data_ptr())
+        encoded = name.encode()
+        keep += [shape, encoded]
+        arr[i] = _Tensor(encoded, _CODE_OF[t.dtype], t.dim(), shape, t.data_ptr())
     index = 0 if device.type == "cpu" else (device.index if device.index is not None else
                                              torch.cuda.current_device())
     handle = ctypes.c_void_p()
