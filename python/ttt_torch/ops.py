@@ -208,15 +208,40 @@ def _staged(device):
 
 
 class _DeviceRun:
-    """A ttt_lact_run: the forward's state on the GPU, kept for the backward; freed with this object."""
+    """The direct GPU path of one lact_swiglu call: the forward's ttt_lact_run (its state on the GPU, kept for the
+    backward and freed by it or with this object), the arrays the operator reads and the call that started it. A
+    second backward of the same graph (retain_graph, gradcheck) starts the run again: a run has one backward."""
 
-    def __init__(self, lib, handle, inputs):
-        self.lib, self.handle, self.inputs = lib, handle, inputs  # inputs: the arrays the run reads, kept alive
+    def __init__(self, lib, call, arrays):
+        self.lib, self.call, self.arrays, self.handle = lib, call, arrays, None
+
+    def start(self, o, with_grad):
+        handle = ctypes.c_void_p()
+        err = self.lib.ttt_lact_device_forward(ctypes.byref(self.call), o.data_ptr(), int(with_grad),
+                                               ctypes.byref(handle))
+        if err is not None:
+            raise OpError(f"ttt_torch.ops.lact_swiglu: {err.decode(errors='replace')}")
+        if with_grad:
+            self.handle = handle
+        else:
+            self.lib.ttt_lact_run_free(handle)
+
+    def backward(self, grad_o):
+        if not self.handle:
+            self.start(torch.empty_like(self.arrays[5]), True)  # the forward again, for this backward
+        grads = [torch.empty_like(a) for a in self.arrays]
+        pointers = (ctypes.c_void_p * 10)(*[g.data_ptr() for g in grads])
+        g_o = grad_o.detach().to(self.arrays[3].dtype).contiguous()
+        err = self.lib.ttt_lact_device_backward(self.handle, g_o.data_ptr(), pointers)
+        self.free()
+        if err is not None:
+            raise OpError(f"ttt_torch.ops.lact_swiglu: {err.decode(errors='replace')}")
+        return grads
 
     def free(self):
         if self.handle:
             self.lib.ttt_lact_run_free(self.handle)
-            self.handle, self.inputs = None, None
+        self.handle = None
 
     def __del__(self):
         self.free()
@@ -224,7 +249,6 @@ class _DeviceRun:
 
 def _lact_device_forward(options, names, inputs, with_grad):
     """o of the LaCT operator on GPU tensors, without copies through the host; the run for the backward."""
-    lib = _library()
     dtype = _compute_dtype(inputs)
     arrays = [(t.reshape(t.shape[0], t.shape[1]) if _is_rate(n) else t).detach().to(dtype).contiguous()
               for n, t in zip(names, inputs)]
@@ -237,27 +261,10 @@ def _lact_device_forward(options, names, inputs, with_grad):
                            stream=torch.cuda.current_stream(device).cuda_stream)
     for i, t in enumerate(arrays):
         call.inputs[i] = t.data_ptr()
+    run = _DeviceRun(_library(), call, arrays)
     o = torch.empty(q.shape, dtype=dtype, device=device)
-    handle = ctypes.c_void_p()
-    err = lib.ttt_lact_device_forward(ctypes.byref(call), o.data_ptr(), int(with_grad), ctypes.byref(handle))
-    if err is not None:
-        raise OpError(f"ttt_torch.ops.lact_swiglu: {err.decode(errors='replace')}")
-    run = _DeviceRun(lib, handle, arrays)
-    if not with_grad:
-        run.free()
-    return o, run
-
-
-def _lact_device_backward(run, names, inputs, grad_o):
-    arrays = run.inputs
-    grads = [torch.empty_like(a) for a in arrays]
-    pointers = (ctypes.c_void_p * 10)(*[g.data_ptr() for g in grads])
-    g_o = grad_o.detach().to(arrays[3].dtype).contiguous()
-    err = run.lib.ttt_lact_device_backward(run.handle, g_o.data_ptr(), pointers)
-    run.free()
-    if err is not None:
-        raise OpError(f"ttt_torch.ops.lact_swiglu: {err.decode(errors='replace')}")
-    return {"grad_" + n: g for n, g in zip(names, grads)}
+    run.start(o, with_grad)
+    return o, (run if with_grad else None)
 
 
 class _LactFunction(torch.autograd.Function):
@@ -282,7 +289,7 @@ class _LactFunction(torch.autograd.Function):
     def backward(ctx, grad_o):
         inputs = ctx.saved_tensors
         if ctx.run is not None:  # the forward took the direct GPU path
-            out = _lact_device_backward(ctx.run, ctx.names, inputs, grad_o)
+            out = {"grad_" + n: g for n, g in zip(ctx.names, ctx.run.backward(grad_o))}
             named = dict(zip(ctx.names, inputs))
         else:
             named = _host_inputs(ctx.names, inputs, grad_o)

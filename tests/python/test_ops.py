@@ -10,12 +10,15 @@ when there is one:
     public layer's lr chunks), bf16 / mixed dtypes (output in v's dtype, gradients in their inputs' dtypes);
   * bad inputs (shape, dtype, device, options, NaN, overflow, missing library) raise a Python exception whose
     message names the tensor or option; never a crash;
+  * the Python side of lact_swiglu's direct GPU path (device pointers, runs kept for the backward, repeated
+    backwards) on the CPU, over a stand-in of the library's device entry points that computes with its CPU operator;
   * GPU variants (CUDA tensors: the CUDA kernels) against the CPU's float64 results; skipped without a GPU.
 
     /usr/bin/python3 tests/python/test_ops.py --lib build/libttt_capi.so
 
 Run by ctest (CMakeLists.txt); exits 77 (ctest: skipped) when this Python cannot import torch."""
 import argparse
+import ctypes
 import os
 import subprocess
 import sys
@@ -372,6 +375,99 @@ class BadInputs(unittest.TestCase):
             self.assertEqual(r.returncode, 3, r.stdout)
             self.assertIn(needle, r.stdout)
             self.assertIn(lib, r.stdout)
+
+
+class _HostBackedDeviceLibrary:
+    """A stand-in for libttt_capi.so's device entry points (ttt_lact_device_forward / _backward / ttt_lact_run_free)
+    over host pointers, computing with the real library's CPU operator: lets the CPU run the Python code of the
+    direct GPU path (struct, pointers, runs, repeated backwards). Every other function is the real library's."""
+    NAMES = ["w0", "w1", "w2", "q", "k", "v", "lr0", "lr1", "lr2", "momentum"]
+
+    def __init__(self, real):
+        self.real, self.runs, self.next_handle = real, {}, 1
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    @staticmethod
+    def view(ptr, shape, dtype):
+        n = 1
+        for s in shape:
+            n *= s
+        ctype = ctypes.c_double if dtype == torch.float64 else ctypes.c_float
+        return torch.frombuffer((ctype * n).from_address(ptr), dtype=dtype).view(*shape)
+
+    def ttt_lact_device_forward(self, call_ref, o_ptr, with_grad, handle_ref):
+        c = call_ref._obj
+        dtype = {0: torch.float32, 1: torch.float64}[c.dtype]
+        shapes = {"w0": (c.B, c.dh, c.d), "w1": (c.B, c.d, c.dh), "w2": (c.B, c.dh, c.d), "q": (c.B, c.T, c.d),
+                  "k": (c.B, c.T, c.d), "v": (c.B, c.T, c.d)}
+        named = {n: self.view(c.inputs[i], shapes.get(n, (c.B, c.T)), dtype).clone()
+                 for i, n in enumerate(self.NAMES) if c.inputs[i]}
+        options = {"chunk": c.chunk, "weight_norm": c.weight_norm.decode(), "muon": bool(c.muon),
+                   "precision": c.precision.decode()}
+        self.view(o_ptr, (c.B, c.T, c.d), dtype).copy_(ops._run("lact", options, named, torch.device("cpu"))["o"])
+        handle_ref._obj.value = self.next_handle
+        self.runs[self.next_handle] = (options, named, with_grad)
+        self.next_handle += 1
+
+    def ttt_lact_device_backward(self, handle, grad_o_ptr, pointers):
+        options, named, with_grad = self.runs.pop(handle.value)  # one backward per run, as the real library
+        assert with_grad
+        q = named["q"]
+        grads = ops._run("lact", options, dict(named, grad_o=self.view(grad_o_ptr, tuple(q.shape), q.dtype).clone()),
+                         torch.device("cpu"))
+        for i, n in enumerate(self.NAMES):
+            if n in named:
+                self.view(pointers[i], tuple(named[n].shape), q.dtype).copy_(grads["grad_" + n])
+
+    def ttt_lact_run_free(self, handle):
+        self.runs.pop(getattr(handle, "value", handle), None)
+
+
+class DirectPathOnTheHost(unittest.TestCase):
+    """The Python side of lact_swiglu's direct GPU path, run on the CPU over _HostBackedDeviceLibrary."""
+
+    def setUp(self):
+        import ttt_torch.ops as module
+        self.module, self.saved = module, (module._lib, module._staged, module._LactDeviceCall, torch.cuda.current_stream)
+        self.fake = _HostBackedDeviceLibrary(module._library())
+
+        class Call(module._LactDeviceCall):  # host tensors have no device index
+            def __init__(self, **kw):
+                super().__init__(**dict(kw, device_index=kw["device_index"] or 0))
+
+        class Stream:
+            cuda_stream = 0
+
+        module._lib, module._staged, module._LactDeviceCall = self.fake, (lambda device: False), Call
+        torch.cuda.current_stream = lambda device=None: Stream()
+
+    def tearDown(self):
+        self.module._lib, self.module._staged, self.module._LactDeviceCall, torch.cuda.current_stream = self.saved
+
+    def test_forward_gradients_and_gradcheck(self):
+        for name, d, dh, l, chunk, wn, muon, mom in LACT_CONFIGS[:6]:
+            with self.subTest(name):
+                x = lact_inputs(2, l, d, dh, momentum=mom, seed=len(name))
+                leaves = {n: t.clone().requires_grad_(True) for n, t in x.items() if n != "grad_o"}
+                o = call_lact(leaves, chunk_size=chunk, use_muon=muon, weight_norm=wn)
+                o_ref, g_ref = reference_lact(x, chunk, wn, muon)
+                self.assertLess(rel(o.detach(), o_ref), F64_TOL)
+                o.backward(x["grad_o"])
+                for n, leaf in leaves.items():
+                    self.assertLess(rel(leaf.grad.reshape(g_ref[n].shape), g_ref[n]), F64_TOL, f"grad of {n}")
+        # gradcheck takes many backwards of one graph: each after the first starts the run again
+        x = lact_inputs(1, 5, 3, 4, seed=8)
+        names = [n for n in x if n != "grad_o"]
+        self.assertTrue(torch.autograd.gradcheck(lambda *ts: call_lact(dict(zip(names, ts)), chunk_size=2),
+                                                 [x[n].clone().requires_grad_(True) for n in names],
+                                                 eps=1e-6, atol=1e-7, rtol=1e-5))
+        import gc
+        gc.collect()
+        self.assertEqual(self.fake.runs, {})  # every run freed with its graph
+        call_lact({n: x[n] for n in names}, chunk_size=2)  # no input wants a gradient: the run is freed at once
+        self.assertEqual(self.fake.runs, {})
 
 
 @unittest.skipUnless(torch.cuda.is_available(), "no CUDA device visible to torch")
