@@ -10,11 +10,12 @@ with the engine from the same sources (CMake target ttt_capi; src/capi/ttt_capi.
 against torch: the library is found, in this order, at $TTT_CAPI_LIB, next to this file, or in a build folder
 of the source tree this package sits in (build*/libttt_capi.so).
 
-Data path (docs/ARCHITECTURE.md, "From PyTorch"): lact_swiglu on GPU tensors hands the device pointers and
-torch's current stream to the CUDA operator (no copies; the forward keeps its chunk-boundary states for the
-backward). Everything else (CPU tensors, tnt, or TTT_OPS_STAGING=host) goes through host memory: the tensors are
-copied there (compute dtype, C-contiguous), the operator runs (on a GPU the CUDA backend copies them to the device
-and back), the results come back to the inputs' device, and the backward recomputes the forward.
+Data path (docs/ARCHITECTURE.md, "From PyTorch"): lact_swiglu on GPU tensors hands the device pointers and torch's
+current stream to the CUDA operator (nothing through the host, only dtype conversions and contiguous copies on the
+GPU where needed; the forward keeps its chunk-boundary states for the backward). Everything else (CPU tensors, tnt,
+or TTT_OPS_STAGING=host) goes through host memory: the tensors are copied there (compute dtype, C-contiguous), the
+operator runs (on a GPU the CUDA backend copies them to the device and back), the results come back to the inputs'
+device, and the backward recomputes the forward.
 """
 import ctypes
 import glob
