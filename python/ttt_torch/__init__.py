@@ -3,6 +3,7 @@
     model = ttt_torch.load("runs/tiny")        # an nn.Module (TTTModel) of the run's newest checkpoint
     logits = model(torch.tensor(list(b"The kernel ")))
     ttt_torch.save(model, "runs/tiny-edited")   # a checkpoint `ttt eval` and `ttt train --resume` accept
+    o = ttt_torch.ops.lact_swiglu(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size=64)   # ttt's operator (ops.py)
 """
 import json
 import os
@@ -10,7 +11,7 @@ import shutil
 
 import torch
 
-from . import safetensors_io
+from . import ops, safetensors_io  # ops: ttt's operators as autograd functions (loads libttt_capi.so when called)
 from .config import ModelConfig, memory_specs, parameter_shapes
 from .errors import CheckpointError
 from .model import TTTModel

@@ -2,6 +2,7 @@
 // (`ttt op lact|tnt`: engine::OpBackend, engine::TntBackend) and their benchmarks (`ttt bench op|tnt`:
 // OperatorBench). backend::operator_backends (registry.h) returns the three of a device in one lookup.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 
 #include "backend/options.h"
 #include "core/dtype.h"
+#include "ttt/lact_fused.h"
 #include "ttt/lact_op.h"
 #include "ttt/tnt.h"
 
@@ -54,5 +56,26 @@ struct OperatorBackends {
 
 // The CPU's (backend/cpu/op_bench_cpu.cpp).
 OperatorBench& cpu_operator_bench();
+
+// The LaCT operator on memory of the device itself (the C ABI's path for tensors already on a GPU: no copies,
+// the caller's stream; registry.h's start_lact_on_device). Pointers are contiguous arrays in the layouts of
+// ttt/lact_fused.h: w0, w1, w2, q, k, v, lr0, lr1, lr2 and momentum (nullptr: no momentum; rates [B,T]).
+struct LactDeviceCall {
+  lact::Shape shape;  // shape.momentum must say whether inputs[9] is given
+  DType dtype = DType::F32;  // F32 | F64
+  Precision precision = Precision::FP32;
+  void* stream = nullptr;  // the caller's stream (cudaStream_t); the work is ordered after what it holds, and it
+                           // waits for the work's end (nullptr: the legacy default stream)
+  std::array<const void*, 10> inputs{};
+};
+// One forward, enqueued by start_lact_on_device; its backward may follow, once, on the same inputs (which must stay
+// alive and unchanged until then). Destroying it releases its work space.
+class LactDeviceRun {
+ public:
+  virtual ~LactDeviceRun() = default;
+  // Enqueues the gradients of sum(o * grad_o) with respect to every input into grads (same order and layouts as
+  // the inputs; grads[9] only with momentum). Only for a run started with gradients.
+  virtual void backward(const void* grad_o, const std::array<void*, 10>& grads) = 0;
+};
 
 }  // namespace ttt::backend

@@ -108,6 +108,14 @@ void require_model_supported(const std::string& device, const model::ModelConfig
   if (cfg.ttt_norm_eps != plain.ttt_norm_eps) refuse("ttt_norm_eps", std::to_string(cfg.ttt_norm_eps));
 }
 
+void select_device(const std::string& device, int index) {
+  require_device(device, "device " + device);
+#ifdef TTT_HAVE_CUDA
+  if (device == kCuda) return cuda::select_device(index);
+#endif
+  TTT_CHECK(index == 0, "device " << device << " has one unit, 0; got index " << index);
+}
+
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options) {
   require_model_supported(device, cfg, "--device " + device);
@@ -134,6 +142,16 @@ OperatorBackends operator_backends(const std::string& device) {
   if (device == kCuda) return cuda::operator_backends();
 #endif
   return {engine::cpu_backend(), engine::tnt_cpu_backend(), cpu_operator_bench()};
+}
+
+std::unique_ptr<LactDeviceRun> start_lact_on_device(const std::string& device, const LactDeviceCall& call, void* o,
+                                                    bool with_grad) {
+  require_device(device, "device " + device);
+#ifdef TTT_HAVE_CUDA
+  if (device == kCuda) return cuda::start_lact_on_device(call, o, with_grad);
+#endif
+  (void)call, (void)o, (void)with_grad;
+  TTT_FAIL("device " << device << ": its LaCT operator takes host tensors (operator_backends), not device pointers");
 }
 
 }  // namespace ttt::backend

@@ -36,6 +36,9 @@ double device_free_memory(const std::string& device, std::string* source);
 // a GPU of its own is an error naming both); before anything is allocated on the device.
 void select_device_of_rank(const std::string& device, int local_rank, int rank);
 
+// Makes unit `index` of `device` current for this thread (cuda: the GPU of that number; cpu: index 0 only).
+void select_device(const std::string& device, int index);
+
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options = {});
 // Refuses a model config that `device`'s model does not implement, naming the field (cuda: the compatibility
@@ -47,5 +50,10 @@ std::unique_ptr<Streamer> make_streamer(const std::string& device, const model::
                                         const model::Params<float>& params);
 // The operator backends and benchmarks of `device`.
 OperatorBackends operator_backends(const std::string& device);
+// The LaCT operator on the device's own memory (operators.h: LactDeviceCall), writing o; with_grad keeps what
+// its backward needs. Devices whose memory is the host's have no such path (their operators take host tensors:
+// operator_backends) and refuse, saying so.
+std::unique_ptr<LactDeviceRun> start_lact_on_device(const std::string& device, const LactDeviceCall& call, void* o,
+                                                    bool with_grad);
 
 }  // namespace ttt::backend

@@ -32,14 +32,8 @@ SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
   lact::Inputs<T> in{ptr("w0"), ptr("w1"), ptr("w2"), ptr("q"), ptr("k"), ptr("v"), ptr("lr0"), ptr("lr1"), ptr("lr2"),
                      momentum ? ptr("momentum") : nullptr};
   const DType dt = dtype_of<T>::value;
-  const cuda::LactOptions copt = cuda::precision_options(opt.precision);
-  TTT_CHECK((std::is_same<T, float>::value) || opt.precision == "fp32",
-            "ttt op lact --device cuda: --precision " << opt.precision << " needs F32 inputs");
-  // NS5 amplifies the rounding of bf16 operands: gradients land 2e-2..4e-1 from float64 (measured on an
-  // H100), outside the bf16 parity bound, so this combination is not offered.
-  TTT_CHECK(!(opt.muon && opt.precision == "bf16"),
-            "ttt op lact --device cuda: --precision bf16 with Muon is not supported (NS5 amplifies bf16 rounding "
-            "beyond the 2e-2 parity bound); use --precision tf32 or fp32");
+  const cuda::LactOptions copt = cuda::offered_precision_options("ttt op lact --device cuda: --precision",
+                                                                  opt.precision, std::is_same<T, float>::value, opt.muon);
   SafeTensors out;
   Tensor o = Tensor::empty({B, T_, d}, dt);
   if (!want_grad) {
@@ -85,6 +79,24 @@ class CudaBackend final : public OpBackend {
 };
 
 }  // namespace
+
+}  // namespace ttt::engine
+
+namespace ttt::cuda {
+
+LactOptions offered_precision_options(const std::string& what, const std::string& precision, bool f32, bool muon) {
+  const LactOptions options = precision_options(precision);
+  TTT_CHECK(f32 || precision == "fp32", what << " " << precision << " needs F32 inputs");
+  // NS5 amplifies the rounding of bf16 operands: gradients land 2e-2..4e-1 from float64 (measured on an
+  // H100), outside the bf16 parity bound, so this combination is not offered.
+  TTT_CHECK(!(muon && precision == "bf16"), what << " bf16 with Muon is not supported (NS5 amplifies bf16 rounding "
+                                                    "beyond the 2e-2 parity bound); use tf32 or fp32");
+  return options;
+}
+
+}  // namespace ttt::cuda
+
+namespace ttt::engine {
 
 OpBackend& cuda_backend() {
   static CudaBackend backend;

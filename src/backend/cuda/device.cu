@@ -76,6 +76,16 @@ int device_count(std::string* why) {
   return n;
 }
 
+void select_device(int index) {
+  std::string why;
+  const int count = device_count(&why);
+  TTT_CHECK(count > 0, "no usable CUDA device (" << why << ")");
+  TTT_CHECK(index >= 0 && index < count,
+            "CUDA device " << index << " does not exist: this process sees " << count << " GPU(s), 0.." << count - 1);
+  const cudaError_t e = cudaSetDevice(index);
+  TTT_CHECK(e == cudaSuccess, "cudaSetDevice(" << index << ") failed: " << cudaGetErrorString(e));
+}
+
 std::string device_description() {
   int dev = 0;
   TTT_CUDA_CHECK(cudaGetDevice(&dev));

@@ -11,6 +11,9 @@ namespace ttt::cuda {
 
 // Usable CUDA devices; 0 when the driver, the runtime or the device is missing (why, if given, says which).
 int device_count(std::string* why = nullptr);
+// Makes GPU `index` (CUDA's numbering in this process) the current device of this thread; an index that is
+// not a device here is an error naming it and the count.
+void select_device(int index);
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.2 GiB)" of the current device.
 std::string device_description();
 

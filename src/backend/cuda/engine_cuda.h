@@ -22,5 +22,8 @@ std::unique_ptr<backend::StepEngine> make_step_engine(const model::ModelConfig& 
 std::unique_ptr<backend::Streamer> make_streamer(const model::ModelConfig& cfg, const model::Params<float>& params);
 backend::OperatorBackends operator_backends();
 backend::OperatorBench& operator_bench();  // the benchmarks of operator_backends() (op_bench_cuda.cpp)
+// The LaCT operator on device pointers (backend::start_lact_on_device; lact_device_run.cpp).
+std::unique_ptr<backend::LactDeviceRun> start_lact_on_device(const backend::LactDeviceCall& call, void* o,
+                                                             bool with_grad);
 
 }  // namespace ttt::cuda

@@ -45,6 +45,9 @@ struct LactOptions {
 LactOptions precision_options(backend::Precision precision);
 LactOptions precision_options(const std::string& precision);
 const char* precision_name(const LactOptions& opt);
+// precision_options(precision) for inputs of F32 (f32) or F64, refusing what is not offered: tf32 or bf16 on F64
+// inputs, bf16 with Muon; `what` starts the message (the command and flag, or the caller).
+LactOptions offered_precision_options(const std::string& what, const std::string& precision, bool f32, bool muon);
 
 // The operator on device pointers (layouts of lact_fused.h). Construction allocates everything a run needs;
 // forward() / backward() enqueue the work on the runner's stream and return (synchronize() waits).
