@@ -40,21 +40,66 @@ struct NoEpilogue {
   __device__ void operator()(int, int) const {}
 };
 
+// store(i, j, Σ_l op(A)[i, l] op(B)[l, j]) for every element of the m x n product, each thread owning a tile of
+// TM rows x TN columns (columns 32 apart, so that a warp's lanes take consecutive columns: A's element is a
+// broadcast and B's row is read contiguously, transposed B being a padded state, see the plan). Per reduction
+// step a thread loads TM + TN operands for TM * TN multiply-adds: the products are bound by these loads (shared
+// memory serves one 32-lane access per clock), so larger tiles are faster while enough threads stay busy.
+// Sums run in l order from zero. No barrier: the caller separates phases.
+template <int TM, int TN, class T, bool TA, bool TB, class Store>
+__device__ __forceinline__ void gemm_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B,
+                                           const Store& store) {
+  const int row_tiles = (m + TM - 1) / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
+  const int work = row_tiles * col_groups * 32;
+  for (int idx = threadIdx.x; idx < work; idx += blockDim.x) {
+    const int lane = idx % 32, group = idx / 32, cg = group % col_groups, rt = group / col_groups;
+    const int i0 = rt * TM, j0 = cg * 32 * TN + lane;
+    T acc[TM][TN];
+#pragma unroll
+    for (int s = 0; s < TM; ++s)
+#pragma unroll
+      for (int t = 0; t < TN; ++t) acc[s][t] = T(0);
+#pragma unroll 2
+    for (int l = 0; l < k; ++l) {
+      T b[TN];
+#pragma unroll
+      for (int t = 0; t < TN; ++t) b[t] = j0 + 32 * t < n ? B(l, j0 + 32 * t) : T(0);
+#pragma unroll
+      for (int s = 0; s < TM; ++s) {
+        const T a = i0 + s < m ? A(i0 + s, l) : T(0);
+#pragma unroll
+        for (int t = 0; t < TN; ++t) acc[s][t] += a * b[t];
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < TM; ++s)
+#pragma unroll
+      for (int t = 0; t < TN; ++t)
+        if (i0 + s < m && j0 + 32 * t < n) store(i0 + s, j0 + 32 * t, acc[s][t]);
+  }
+}
+
+// The tile for an m x n product: the largest of 4x2, 2x2, 1x2, 1x1 that still gives every one of at least
+// 128 threads (a warp per scheduler) a tile.
+template <class T, bool TA, bool TB, class Store>
+__device__ void block_products(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
+  const int outputs = m * n;
+  if (outputs >= 8 * 128 && m >= 4) gemm_tiles<4, 2>(m, n, k, A, B, store);
+  else if (outputs >= 4 * 128 && m >= 2) gemm_tiles<2, 2>(m, n, k, A, B, store);
+  else if (outputs >= 2 * 128 && n > 32) gemm_tiles<1, 2>(m, n, k, A, B, store);
+  else gemm_tiles<1, 1>(m, n, k, A, B, store);
+}
+
 // C[m, n] (row stride ldc) = alpha op(A) op(B) + beta C (beta 0: C is not read), then epi(i, j) by the thread
-// that wrote C[i, j]. No barrier: the caller separates phases. Consecutive threads take consecutive columns j, so
-// A's element is a broadcast and B's row is read contiguously (transposed B: a padded state, see the plan).
+// that wrote C[i, j] (so an element functor can follow its product without a barrier).
 template <class T, bool TA, bool TB, class Epi = NoEpilogue>
 __device__ void block_gemm(int m, int n, int k, T alpha, Operand<T, TA> A, Operand<T, TB> B, T beta, T* C, int ldc,
                            Epi epi = {}) {
-  for (int idx = threadIdx.x; idx < m * n; idx += blockDim.x) {
-    const int i = idx / n, j = idx % n;
-    T acc = 0;
-#pragma unroll 4
-    for (int l = 0; l < k; ++l) acc += A(i, l) * B(l, j);
+  block_products(m, n, k, A, B, [&](int i, int j, T acc) {
     T* c = C + int64_t(i) * ldc + j;
     *c = beta == T(0) ? alpha * acc : alpha * acc + beta * *c;
     epi(i, j);
-  }
+  });
 }
 
 // The padded state layout in a block (W1 [dh][d+1], W2 [d][dh+1]) and the unpadded one of global checkpoints.
@@ -188,22 +233,19 @@ __device__ void chunk_update(const Args<T>& a, const Block<T>& b, const Group& g
   const StateLayout L{d, dh, true};
   const T* Kr = a.k + g1.tok(0, c0) * d;
   const T *A = b.buf[titans::kA], *Bm = b.buf[titans::kBm], *Sg = b.buf[titans::kSg];
-  for (int64_t e = threadIdx.x; e < P2; e += blockDim.x) {
-    T acc = 0;
-    if (e < P) {
-      const int64_t h = e / d, j = e % d;
-      for (int r = 0; r < n; ++r) acc += A[r * dh + h] * Kr[r * d + j];
-    } else {
-      const int64_t j = (e - P) / dh, h = (e - P) % dh;
-      for (int r = 0; r < n; ++r) acc += Bm[r * d + j] * Sg[r * dh + h];
-    }
+  // Element e of D = -[Aᵀ K; Bmᵀ Sg] (unpadded index) meets fn::Step where its product lands.
+  auto step = [&](int64_t e, T acc) {
     const T D = -acc;
     const int64_t w = L.at(e), s = SL.at(e);
     fn::Step<T>{W + w, Sc ? Sc + s : nullptr, &D, b.ebar, a.decay ? b.abar : nullptr, W + w, Sn ? Sn + s : nullptr,
                 P2}(0);
     if (keepW) keepW[e] = W[w];
     if (keepS) keepS[e] = Sn[s];
-  }
+  };
+  block_products(dh, d, n, mat<true>(A, dh), mat<false>(Kr, d),
+                 [&](int h, int j, T acc) { step(int64_t(h) * d + j, acc); });  // D1 = -Aᵀ K [dh, d]
+  block_products(d, dh, n, mat<true>(Bm, d), mat<false>(Sg, dh),
+                 [&](int j, int h, T acc) { step(P + int64_t(j) * dh + h, acc); });  // D2 = -Bmᵀ Sg [d, dh]
   __syncthreads();
 }
 
