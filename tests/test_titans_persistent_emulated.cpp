@@ -5,8 +5,8 @@
 // fn::ReduceItems), against the CPU twin titans::memory_cpu: float64 to <= 1e-12 relative, float32 against
 // float64 to <= 1e-4 (max abs difference / max abs reference), every output and gradient. This checks the
 // kernels' logic (indexing, phase order, aliasing, resets, segments, spilled buffers) on every build, without a
-// GPU; the GPU tests (test_cuda_titans_persistent.cpp) check the compiled kernels. Q-K projection is not part of
-// the kernels (TitansRunner runs QkGroup around them), so these memories read q directly.
+// GPU; the GPU tests (test_cuda_titans_persistent.cpp) check the compiled kernels. Some memories read Q-K
+// projected queries (TNT's local memories), projected inside the kernels.
 #include <gtest/gtest.h>
 
 #include "block_emulation.h"  // first: the surface the device code is written against
@@ -29,13 +29,13 @@ constexpr unsigned kEmulatedThreads = 64;  // two warps: the warp-per-row loops 
 
 struct Case {
   int64_t B, T, d, dh, chunk, period;
-  bool momentum, decay, residual;
+  bool momentum, decay, residual, qk;
   int64_t segment;
   size_t smem;  // shared memory the plan may use (small: buffers spill to the global scratch)
   std::string name() const {
     return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
            std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
-           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") +
+           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") + (qk ? "_qk" : "") +
            (segment ? "_seg" + std::to_string(segment) : "") + "_smem" + std::to_string(smem);
   }
   titans::MemoryShape shape() const {
@@ -49,6 +49,7 @@ struct Case {
     s.momentum = momentum;
     s.decay = decay;
     s.residual = residual;
+    s.qk = qk;
     s.segment = segment;
     return s;
   }
@@ -65,8 +66,9 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   struct PerGroup {
     titans::Group g;
     int64_t K, checkpoints;
-    std::vector<T> ckW, ckS, slotW, slotS, dW, scratch_fwd, scratch_bwd;
+    std::vector<T> ckW, ckS, slotW, slotS, dW, scratch_fwd, scratch_bwd, qk_z, qk_dz;
   };
+  std::vector<T> qt(size_t(s.B * s.T * s.d), nan), dqt(size_t(s.B * s.T * s.d), nan);  // q̃ and its gradient
   std::vector<PerGroup> groups;
   for (const titans::Group& gr : titans::make_groups(s.B, s.T, s.period)) {
     PerGroup pg;
@@ -82,6 +84,8 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     pg.dW = buf(gr.items * P2);
     pg.scratch_fwd = buf(gr.items * plan.fwd.scratch_elements);
     pg.scratch_bwd = buf(gr.items * plan.bwd.scratch_elements);
+    pg.qk_z = buf(gr.items * N);
+    pg.qk_dz = buf(gr.items * N);
     groups.push_back(std::move(pg));
   }
   auto args = [&](PerGroup& pg, const titans::BlockLayout& L, std::vector<T>& scratch) {
@@ -95,7 +99,12 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     a.decay = s.decay;
     a.residual = s.residual;
     a.save = true;
-    a.q = in.q;
+    a.qk = s.qk;
+    a.q = s.qk ? qt.data() : in.q;
+    a.q_in = in.q;
+    a.qt = qt.data();
+    a.qk_z = pg.qk_z.data();
+    a.qk_dz = pg.qk_dz.data();
     a.k = in.k;
     a.v = in.v;
     a.w1 = in.w1;
@@ -130,7 +139,8 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   for (PerGroup& pg : groups) {
     cuda::persistent::Args<T> a = args(pg, plan.bwd, pg.scratch_bwd);
     a.go = go;
-    a.gq = g.q;
+    a.gq = s.qk ? dqt.data() : g.q;
+    a.gq_final = g.q;
     a.gk = g.k;
     a.gv = g.v;
     a.gtheta = g.theta;
@@ -221,13 +231,14 @@ constexpr size_t kBig = 232448;  // an H200's opt-in shared memory per block
 
 TEST(TitansPersistentEmulated, MatchesCpuTwin) {
   const std::vector<Case> cases = {
-      // B  T   d   dh  C   S   mom    decay  res    seg smem
-      {2, 37, 5, 7, 3, 0, true, true, true, 0, kBig},       // odd widths, T % C != 0
-      {2, 40, 6, 4, 8, 13, false, true, false, 2, kBig},    // resets: shards of 13 (tail), no momentum, segments of 2
-      {3, 40, 6, 6, 4, 16, true, false, true, 3, kBig},     // shards dividing T, no decay
-      {2, 30, 5, 6, 3, 0, false, false, true, 1, kBig},     // no gates; every state recomputed from itself
-      {1, 50, 8, 12, 4, 0, true, true, true, 4, 3000},      // buffers spill to the global scratch
-      {2, 36, 64, 64, 8, 18, true, true, true, 0, kBig},    // width 64 (the heads), shards of 18
+      // B  T   d   dh  C   S   mom    decay  res    qk     seg smem
+      {2, 37, 5, 7, 3, 0, true, true, true, false, 0, kBig},      // odd widths, T % C != 0
+      {2, 40, 6, 4, 8, 13, false, true, false, true, 2, kBig},    // shards of 13 (tail), Q-K, no momentum, segments of 2
+      {3, 40, 6, 6, 4, 16, true, false, true, true, 3, kBig},     // shards dividing T, Q-K, no decay
+      {2, 30, 5, 6, 3, 0, false, false, true, false, 1, kBig},    // no gates; every state recomputed from itself
+      {1, 50, 8, 12, 4, 0, true, true, true, true, 4, 3000},      // buffers spill to the global scratch; Q-K, no reset
+      {2, 36, 64, 64, 8, 18, true, true, true, true, 0, kBig},    // width 64 (the heads), shards of 18, Q-K
+      {1, 24, 64, 64, 8, 0, true, true, true, false, 0, kBig},    // width 64 without Q-K
   };
   double w64 = 0, w32 = 0;
   std::string what64, what32;

@@ -37,7 +37,8 @@ titans::MemoryShape shape(int64_t d, int64_t dh, int64_t C, int64_t T = 8192, in
 // not overlap, the spilled ones inside the scratch and do not overlap; once one spills, every later one does.
 void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, size_t elem, bool backward,
                   size_t limit, const std::string& tag) {
-  const int64_t Cr = std::min(s.chunk, s.T), state = titans::padded_state_elements(s);
+  const int64_t longest = s.period > 0 && s.period < s.T ? s.period : s.T;
+  const int64_t Cr = std::min(s.chunk, longest), state = titans::padded_state_elements(s);
   std::vector<std::pair<int64_t, int64_t>> shared, global;
   for (int b = 0; b < titans::kNumBuffers; ++b) {
     const titans::BufferPlace& p = L.buf[size_t(b)];
@@ -46,7 +47,7 @@ void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, si
     const bool is_state = b == titans::kW || b == titans::kS || b == titans::kGradW || b == titans::kGradS ||
                           b == titans::kCot;
     const bool rows_d = b == titans::kE || b == titans::kBm || b == titans::kGradB;
-    EXPECT_EQ(p.elements, is_state ? state : Cr * (rows_d ? s.d : s.dh)) << what;
+    EXPECT_EQ(p.elements, b == titans::kQk ? s.d * s.d : is_state ? state : Cr * (rows_d ? s.d : s.dh)) << what;
     (p.shared ? shared : global).push_back({p.offset, p.offset + p.elements});
     if (p.shared)
       EXPECT_LE(L.scalar_bytes + size_t(p.offset + p.elements) * elem, L.shared_bytes) << what;
@@ -66,6 +67,7 @@ void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, si
   EXPECT_EQ(L.buf[titans::kS].used, !backward && s.momentum) << tag;  // the backward reads S from global memory
   EXPECT_EQ(L.buf[titans::kGradS].used, backward && s.momentum) << tag;
   EXPECT_EQ(L.buf[titans::kCot].used, backward && !s.momentum) << tag;
+  EXPECT_EQ(L.buf[titans::kQk].used, s.qk) << tag;
 }
 
 }  // namespace
@@ -73,7 +75,8 @@ void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, si
 // The memory (d = dh = 64, MLP, momentum) fits on chip in fp32 at C = 8 and 16, its state at C = 64.
 TEST(TitansPersistentPlan, Width64Float32RunsPersistent) {
   for (int64_t C : {8, 16, 64}) {
-    const titans::MemoryShape s = shape(64, 64, C);
+    titans::MemoryShape s = shape(64, 64, C);
+    s.qk = C == 16;  // a TNT local memory's Q-K sums fit too
     const titans::PersistentPlan p = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Automatic);
     const std::string tag = "C " + std::to_string(C) + ": " + p.reason;
     EXPECT_TRUE(p.persistent) << tag;
@@ -146,7 +149,10 @@ TEST(TitansPersistentPlan, LayoutVariants) {
   check_layout(p.fwd, s, 8, false, kH200Smem, "no momentum fwd");
   check_layout(p.bwd, s, 8, true, kH200Smem, "no momentum bwd");
   titans::MemoryShape t = shape(16, 16, 64, 40, 12, true);
+  t.qk = true;  // a local memory: Q-K projected queries, their sums on chip
   p = titans::plan_persistent(t, 4, kH200Smem, KernelChoice::Automatic);
+  check_layout(p.fwd, t, 4, false, kH200Smem, "qk fwd");
+  check_layout(p.bwd, t, 4, true, kH200Smem, "qk bwd");
   EXPECT_EQ(p.chunk_rows, 12);  // shards of 12 tokens
   EXPECT_EQ(p.segment, 1);
   // A limit that holds the states but not every chunk buffer: they spill in priority order.

@@ -33,7 +33,7 @@ KernelChoice kernel_choice_from_env() {
 }
 
 const char* persistent_buffer_name(int b) {
-  static const char* names[kNumBuffers] = {"W", "S", "dW", "dS", "G", "Z", "Sg", "E", "Bm", "DS", "A", "DZ",
+  static const char* names[kNumBuffers] = {"W", "S", "dW", "dS", "G", "M", "Z", "Sg", "E", "Bm", "DS", "A", "DZ",
                                            "dA", "dSg", "dBm"};
   return b >= 0 && b < kNumBuffers ? names[b] : "?";
 }
@@ -54,7 +54,7 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
                               int threads) {
   const int64_t P2 = padded_state_elements(s), Cr = std::min(s.chunk, longest_item(s)), d = s.d, dh = s.dh;
   BlockLayout L;
-  L.scalar_bytes = round16(sizeof(double) * size_t(2 * (threads / 32)) + elem_bytes * size_t(4 + 2 * Cr));
+  L.scalar_bytes = round16(sizeof(double) * size_t(2 * (threads / 32)) + elem_bytes * size_t(6 + 2 * Cr));
   // Placement order = priority (header comment).
   std::array<std::pair<int, int64_t>, kNumBuffers> order{};
   int n = 0;
@@ -66,6 +66,7 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
   } else if (s.momentum) {
     want(kS, P2);
   }
+  if (s.qk) want(kQk, d * d);
   want(kA, Cr * dh);
   want(kZ, Cr * dh);
   want(kSg, Cr * dh);
@@ -78,7 +79,7 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
     want(kGradSg, Cr * dh);
     want(kGradB, Cr * d);
   }
-  const int states = backward ? 3 : (s.momentum ? 2 : 1);
+  const int states = (backward ? 3 : (s.momentum ? 2 : 1)) + (s.qk ? 1 : 0);
   size_t shared = L.scalar_bytes;
   int64_t scratch = 0;
   bool spilled = false;

@@ -6,8 +6,8 @@
 //
 // One thread block per item (sequence-head x shard, titans::Group) keeps the item's state on chip for the whole
 // chunk loop. Its buffers, in placement priority (the first ones are touched by every phase of a chunk step):
-//   forward:  W [2P], S [2P] (momentum), then the chunk buffers Z, Sg, DS, A, DZ [C', dh] and E, Bm [C', d]
-//   backward: W [2P], dW [2P], dS [2P] (momentum; else a cotangent buffer G [2P]), then the chunk buffers of the
+//   forward:  W [2P], S [2P] (momentum), M [d][d] (Q-K projection), then the chunk buffers Z, Sg, DS, A, DZ [C', dh] and E, Bm [C', d]
+//   backward: W [2P], dW [2P], dS [2P] (momentum; else a cotangent buffer G [2P]), M [d][d], then the chunk buffers of the
 //             forward plus dA, dSg [C', dh] and dB [C', d] (dDS, dZ and dE alias dA, DS and dB: their values
 //             are consumed element by element where they are produced)
 // with P = d * dh and C' = min(C, the longest item). A state buffer on chip is padded: W1 [dh][d+1], W2
@@ -36,9 +36,11 @@ KernelChoice kernel_choice_from_env();
 
 // The on-chip buffers of one block (see the header comment).
 // kGradW / kGradS: the adjoints dW, dS; kCot: the cotangent G of the step (without momentum only: with it, G
-// lives in dS's buffer); kDS: E W2 of the inner gradient; kGradA / kGradSg / kGradB: dA, dSg, dBm.
+// lives in dS's buffer); kQk: the Q-K projection's running sums M = Σ k kᵀ [d][d] (with Q-K projected queries;
+// the backward's reverse sweep reuses it for its own sums); kDS: E W2 of the inner gradient; kGradA / kGradSg /
+// kGradB: dA, dSg, dBm.
 enum PersistentBuffer : int {
-  kW, kS, kGradW, kGradS, kCot, kZ, kSg, kE, kBm, kDS, kA, kDZ, kGradA, kGradSg, kGradB, kNumBuffers
+  kW, kS, kGradW, kGradS, kCot, kQk, kZ, kSg, kE, kBm, kDS, kA, kDZ, kGradA, kGradSg, kGradB, kNumBuffers
 };
 const char* persistent_buffer_name(int b);
 
@@ -51,7 +53,8 @@ struct BufferPlace {
 struct BlockLayout {
   std::array<BufferPlace, kNumBuffers> buf{};
   // Always shared, at the start: 2 * warps doubles (block reductions), then T values: the gate means η̄, ᾱ, the
-  // two block dots and the two row dots of every chunk row (4 + 2 C').
+  // two block dots, the Q-K normalizer and a chunk's key squares, and the two row dots of every chunk row
+  // (6 + 2 C').
   size_t scalar_bytes = 0;
   size_t shared_bytes = 0;     // dynamic shared memory of the launch
   int64_t scratch_elements = 0;  // per item, global

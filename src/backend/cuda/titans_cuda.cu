@@ -158,7 +158,7 @@ class TitansCudaOps {
 }  // namespace
 
 // The runner's state: the batched path's titans::Memory (made on first use: the persistent path needs it for
-// streaming only), or the persistent kernels with the Q-K projection's groups around them.
+// streaming only), or the persistent kernels.
 template <class T>
 struct TitansRunner<T>::Impl {
   titans::MemoryShape s;
@@ -168,9 +168,6 @@ struct TitansRunner<T>::Impl {
   std::unique_ptr<titans::Memory<TitansCudaOps<T>>> mem;
   titans::PersistentPlan plan;
   std::unique_ptr<PersistentMemory<T>> fused;
-  std::vector<std::unique_ptr<titans::QkGroup<TitansCudaOps<T>>>> qk;  // persistent path with Q-K projection
-  T *qt = nullptr, *dqt = nullptr, *dk = nullptr;
-  titans::MemoryInputs<T> last_in;
   bool graphs;
   CachedGraph fwd, bwd;
   std::vector<const void*> fkey;  // pointers of the last forward()
@@ -185,16 +182,6 @@ struct TitansRunner<T>::Impl {
       return;
     }
     fused = std::make_unique<PersistentMemory<T>>(s, wg, plan, ops.stream(), o.poison_workspace);
-    if (s.qk) {
-      for (const titans::Group& g : titans::make_groups(s.B, s.T, s.period))
-        qk.push_back(std::make_unique<titans::QkGroup<TitansCudaOps<T>>>(ops, g, s.d, s.chunk, wg));
-      const int64_t BTd = s.B * s.T * s.d;
-      qt = ops.alloc(BTd);
-      if (wg) {
-        dqt = ops.alloc(BTd);
-        dk = ops.alloc(BTd);
-      }
-    }
   }
   titans::Memory<TitansCudaOps<T>>& memory() {
     if (!mem) {
@@ -204,23 +191,12 @@ struct TitansRunner<T>::Impl {
     return *mem;
   }
   void forward(const titans::MemoryInputs<T>& in, T* o) {
-    if (!fused) return memory().forward(in, o);
-    last_in = in;
-    const T* query = in.q;
-    if (s.qk) {
-      for (auto& x : qk) x->forward(in.q, in.k, qt);
-      query = qt;
-    }
-    fused->forward(query, in, o);
+    if (fused) fused->forward(in, o);
+    else memory().forward(in, o);
   }
-  // As titans::Memory::backward.
   void backward(const T* go, const titans::MemoryGrads<T>& g) {
-    if (!fused) return memory().backward(go, g);
-    fused->backward(go, s.qk ? dqt : g.q, g);
-    if (s.qk) {
-      for (auto& x : qk) x->backward(last_in.q, last_in.k, dqt, g.q, dk);
-      ops.each(s.B * s.T * s.d, titans::fn::Add<T>{g.k, dk});
-    }
+    if (fused) fused->backward(go, g);
+    else memory().backward(go, g);
   }
 
   // Runs body() eagerly, or (graphs) replays the graph captured for this key, capturing it first.

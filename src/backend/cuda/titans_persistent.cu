@@ -46,12 +46,13 @@ struct PersistentMemory<T>::Impl {
   struct PerGroup {
     Group g;
     int64_t checkpoints = 0, K = 0;
-    DeviceBuffer ckW, ckS, slotW, slotS, dW, scratch_fwd, scratch_bwd;
+    DeviceBuffer ckW, ckS, slotW, slotS, dW, scratch_fwd, scratch_bwd, qk_z, qk_dz;
   };
+  DeviceBuffer qt, dqt;  // qk: q̃ and its gradient [B,T,d]
   std::vector<PerGroup> groups;
   size_t bytes = 0;
-  // The last forward's query and inputs: the backward reads them again.
-  const T* query = nullptr;
+  // The last forward's inputs: the backward reads them again.
+  bool forward_done = false;
   titans::MemoryInputs<T> in;
 
   Impl(const titans::MemoryShape& shape, bool wg, const titans::PersistentPlan& p, cudaStream_t st, bool poi)
@@ -66,6 +67,10 @@ struct PersistentMemory<T>::Impl {
       pg.K = std::min(plan.segment, N);
       pg.checkpoints = titans::num_chunks(N, pg.K);
       if (plan.fwd.scratch_elements > 0) pg.scratch_fwd = alloc(g.items * plan.fwd.scratch_elements);
+      if (s.qk) {
+        pg.qk_z = alloc(g.items * N);
+        if (with_grad) pg.qk_dz = alloc(g.items * N);
+      }
       if (with_grad) {
         pg.ckW = alloc(g.items * pg.checkpoints * P2);
         pg.slotW = alloc(g.items * pg.K * P2);
@@ -77,6 +82,10 @@ struct PersistentMemory<T>::Impl {
         if (plan.bwd.scratch_elements > 0) pg.scratch_bwd = alloc(g.items * plan.bwd.scratch_elements);
       }
       groups.push_back(std::move(pg));
+    }
+    if (s.qk) {
+      qt = alloc(s.B * s.T * s.d);
+      if (with_grad) dqt = alloc(s.B * s.T * s.d);
     }
     TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_fwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         int(plan.fwd.shared_bytes)));
@@ -100,6 +109,9 @@ struct PersistentMemory<T>::Impl {
     a.decay = s.decay;
     a.residual = s.residual;
     a.save = with_grad;
+    a.qk = s.qk;
+    a.qk_z = pg.qk_z.template as<T>();
+    a.qk_dz = pg.qk_dz.template as<T>();
     a.checkpoints = pg.checkpoints;
     a.ckW = pg.ckW.template as<T>();
     a.ckS = pg.ckS.template as<T>();
@@ -128,13 +140,15 @@ PersistentMemory<T>::~PersistentMemory() {
 }
 
 template <class T>
-void PersistentMemory<T>::forward(const T* query, const titans::MemoryInputs<T>& in, T* o) {
+void PersistentMemory<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
   Impl& x = *impl_;
-  x.query = query;
   x.in = in;
+  x.forward_done = true;
   for (auto& pg : x.groups) {
     Args<T> a = x.args(pg, x.plan.fwd, pg.scratch_fwd.template as<T>());
-    a.q = query;
+    a.q = x.s.qk ? x.qt.template as<T>() : in.q;
+    a.q_in = in.q;
+    a.qt = x.qt.template as<T>();
     a.k = in.k;
     a.v = in.v;
     a.w1 = in.w1;
@@ -149,23 +163,25 @@ void PersistentMemory<T>::forward(const T* query, const titans::MemoryInputs<T>&
 }
 
 template <class T>
-void PersistentMemory<T>::backward(const T* go, T* gquery, const titans::MemoryGrads<T>& g) {
+void PersistentMemory<T>::backward(const T* go, const titans::MemoryGrads<T>& g) {
   Impl& x = *impl_;
   TTT_CHECK(x.with_grad, "titans persistent: backward() needs a memory built with gradients");
-  TTT_CHECK(x.query, "titans persistent: backward() needs a forward() first");
+  TTT_CHECK(x.forward_done, "titans persistent: backward() needs a forward() first");
   const int64_t BP = x.s.B * x.s.P();
   TTT_CUDA_CHECK(cudaMemsetAsync(g.w1, 0, sizeof(T) * size_t(BP), x.stream));
   TTT_CUDA_CHECK(cudaMemsetAsync(g.w2, 0, sizeof(T) * size_t(BP), x.stream));
   for (auto& pg : x.groups) {
     Args<T> a = x.args(pg, x.plan.bwd, pg.scratch_bwd.template as<T>());
-    a.q = x.query;
+    a.q = x.s.qk ? x.qt.template as<T>() : x.in.q;
+    a.q_in = x.in.q;
     a.k = x.in.k;
     a.v = x.in.v;
     a.theta = x.in.theta;
     a.eta = x.in.eta;
     a.alpha = x.in.alpha;
     a.go = go;
-    a.gq = gquery;
+    a.gq = x.s.qk ? x.dqt.template as<T>() : g.q;
+    a.gq_final = g.q;
     a.gk = g.k;
     a.gv = g.v;
     a.gtheta = g.theta;

@@ -11,8 +11,10 @@
 // explicit adjoints of MemoryGroup::update_bwd / apply_bwd chunk by chunk with dW, dS on chip. The per-item dW go
 // to global memory and are summed per sequence-head by fn::ReduceItems, as the batched path does.
 //
-// The Q-K projection of the queries is not in these kernels: TitansRunner (titans_cuda.cu) runs QkGroup around
-// them. Planning (which path, shared memory, segment length) is host code: backend/titans_persistent_plan.h.
+// Q-K projected queries (TNT's local memories) run in the same blocks: the forward projects each chunk's queries
+// with the running sums M = Σ k kᵀ, z = Σ ||k||² (on chip) before applying the memory, and the backward ends with
+// the projection's two sweeps (QkGroup::backward). Planning (which path, shared memory, segment length) is host
+// code: backend/titans_persistent_plan.h.
 //
 // This header needs no CUDA headers.
 #pragma once
@@ -37,11 +39,10 @@ class PersistentMemory {
   ~PersistentMemory();
   PersistentMemory(const PersistentMemory&) = delete;
   PersistentMemory& operator=(const PersistentMemory&) = delete;
-  // o = f_W(query) by the causal program (in: k, v, w1, w2, theta, eta, alpha; in.q is not read).
-  void forward(const T* query, const titans::MemoryInputs<T>& in, T* o);
-  // After forward() on the same inputs: gquery assigned (the query's gradient), g.k, g.v, g.theta, g.eta, g.alpha
-  // assigned, g.w1 / g.w2 assigned (g.q is not written: gquery is).
-  void backward(const T* go, T* gquery, const titans::MemoryGrads<T>& g);
+  // o = f_W(q̃) by the causal program, q̃ the Q-K projection of in.q (qk) or in.q.
+  void forward(const titans::MemoryInputs<T>& in, T* o);
+  // After forward() on the same inputs: every gradient of g assigned (titans::Memory::backward's contract).
+  void backward(const T* go, const titans::MemoryGrads<T>& g);
   size_t workspace_bytes() const;
 
  private:

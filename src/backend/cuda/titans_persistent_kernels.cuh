@@ -124,7 +124,12 @@ struct Args {
   Group g;
   int d, dh, C, K;
   bool momentum, decay, residual, save;  // save: the forward keeps every K-th state (for a backward)
+  bool qk;            // Q-K projected queries: q is q̃ (the forward writes it, from q_in), gq is its gradient
   const T *q, *k, *v, *w1, *w2, *theta, *eta, *alpha;
+  const T* q_in;      // qk: the queries before the projection
+  T* qt;              // qk, forward: q̃ [B,T,d] (the same array as q)
+  T *qk_z, *qk_dz;    // qk: per item and chunk [items][chunks] the normalizer z before the chunk, and dz
+  T* gq_final;        // qk, backward: the gradient of q_in (gq holds that of q̃)
   T* o;
   const T* go;
   T *gq, *gk, *gv, *gtheta, *geta, *galpha;
@@ -144,7 +149,7 @@ template <class T>
 struct Block {
   T* buf[titans::kNumBuffers];
   double* red;  // [2 * warps]
-  T *ebar, *abar, *keepdot, *etadot, *rd1, *rd2;
+  T *ebar, *abar, *keepdot, *etadot, *qz, *qcs, *rd1, *rd2;
 };
 template <class T>
 __device__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
@@ -156,8 +161,10 @@ __device__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
   b.abar = tv + 1;
   b.keepdot = tv + 2;
   b.etadot = tv + 3;
-  b.rd1 = tv + 4;
-  b.rd2 = tv + 4 + a.chunk_rows;
+  b.qz = tv + 4;
+  b.qcs = tv + 5;
+  b.rd1 = tv + 6;
+  b.rd2 = tv + 6 + a.chunk_rows;
   T* base = reinterpret_cast<T*>(smem + a.scalar_bytes);
   T* scr = a.scratch ? a.scratch + int64_t(blockIdx.x) * a.scratch_per_item : nullptr;
   for (int i = 0; i < titans::kNumBuffers; ++i) b.buf[i] = a.shared[i] ? base + a.offset[i] : scr + a.offset[i];
@@ -221,6 +228,38 @@ __device__ void update_terms(const Args<T>& a, const Block<T>& b, const Group& g
   __syncthreads();
 }
 
+// Rows c0..c0+n of out = the Q-K projection of x's rows with the sums M and z (fn::QkFinalize: (x M) / z, x
+// while z = 0; QkGroup::project). nonzero_sums false: M is known to be zero (no chunk absorbed yet). The product
+// passes through the chunk buffer E. No barrier.
+template <class T>
+__device__ void project_rows(const Args<T>& a, const Block<T>& b, const Group& g1, const T* x, const T* M,
+                             const T* z, T* out, int64_t c0, int n, bool nonzero_sums) {
+  const int d = a.d;
+  T* acc = b.buf[titans::kE];
+  const fn::QkFinalize<T> finalize{acc, x, z, out, g1, c0, n, d};
+  if (nonzero_sums)
+    block_products(n, d, d, mat<false>(x + g1.tok(0, c0) * d, d), mat<false>(M, d), [&](int r, int j, T v) {
+      acc[r * d + j] = v;
+      finalize(int64_t(r) * d + j);
+    });
+  else
+    block_each(int64_t(n) * d, finalize);
+}
+
+// The chunk's keys (rows Kr) join the Q-K sums: M += Kᵀ K, z += Σ ||k||² (QkGroup::absorb; the square sum in a
+// fixed-order block reduction). Called by every thread; ends with a barrier.
+template <class T>
+__device__ void absorb_keys(const Args<T>& a, const Block<T>& b, const T* Kr, T* M, int n) {
+  const int d = a.d;
+  block_products(d, d, n, mat<true>(Kr, d), mat<false>(Kr, d),
+                 [&](int i, int j, T v) { M[i * d + j] = v + M[i * d + j]; });
+  double squares = 0;
+  for (int64_t e = threadIdx.x; e < int64_t(n) * d; e += blockDim.x) squares += double(Kr[e]) * double(Kr[e]);
+  block_sum2(squares, 0.0, b.red, b.qcs, b.keepdot);
+  if (threadIdx.x == 0) *b.qz = *b.qz + *b.qcs;
+  __syncthreads();
+}
+
 // The chunk update (MemoryGroup::update) in place on W (on chip): D = -[Aᵀ K; Bmᵀ Sg] element by element, then
 // fn::Step with the chunk's gate means (gate_means before the call). S: the momentum in layout SL (Sc read, Sn
 // written; may be the same). keepW / keepS (unpadded, may be null): copies of the new state. Ends with a barrier.
@@ -261,7 +300,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persisten
   T* S = a.momentum ? b.buf[titans::kS] : nullptr;
   T* ckW = a.save ? a.ckW + int64_t(blockIdx.x) * a.checkpoints * P2 : nullptr;
   T* ckS = a.save && a.momentum ? a.ckS + int64_t(blockIdx.x) * a.checkpoints * P2 : nullptr;
-  // W := [W1⁰; W2⁰] of the item's sequence-head (fn::InitState's layout), S := 0.
+  // W := [W1⁰; W2⁰] of the item's sequence-head (fn::InitState's layout), S := 0; the Q-K sums := 0.
   for (int64_t e = threadIdx.x; e < P2; e += blockDim.x) {
     const T w = e < P ? a.w1[g1.b0 * P + e] : a.w2[g1.b0 * P + e - P];
     W[L.at(e)] = w;
@@ -269,11 +308,21 @@ __global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persisten
     if (ckW) ckW[e] = w;
     if (ckS) ckS[e] = T(0);
   }
+  T* M = a.qk ? b.buf[titans::kQk] : nullptr;
+  if (M)
+    for (int64_t e = threadIdx.x; e < int64_t(d) * d; e += blockDim.x) M[e] = T(0);
+  if (threadIdx.x == 0) *b.qz = T(0);
   __syncthreads();
   T *Z = b.buf[titans::kZ], *Sg = b.buf[titans::kSg];
   for (int64_t c = 0; c < N; ++c) {
     const int64_t c0 = c * a.C;
     const int n = int(imin(a.C, g1.len - c0));
+    const T* Kr = a.k + g1.tok(0, c0) * d;
+    if (M) {  // the chunk's queries through the Q-K projection (QkGroup::project) into q̃ = a.qt rows
+      if (threadIdx.x == 0) a.qk_z[int64_t(blockIdx.x) * N + c] = *b.qz;
+      project_rows(a, b, g1, a.q_in, M, b.qz, a.qt, c0, n, c > 0);
+      __syncthreads();
+    }
     // Apply with W_c: o = [q +] silu(q W1ᵀ) W2ᵀ (MemoryGroup::apply_rows).
     const T* Q = a.q + g1.tok(0, c0) * d;
     block_each(int64_t(n) * d, fn::CopyRows<T>{a.o, a.residual ? a.q : nullptr, g1, c0, n, d});
@@ -283,6 +332,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persisten
     block_gemm(n, d, dh, T(1), mat<false>(Sg, dh), mat<true>(W + L.off2(), L.ld2()), T(1), a.o + g1.tok(0, c0) * d,
                d);
     if (c + 1 < N) gate_means(a, b, g1, c);
+    if (M && c + 1 < N) absorb_keys(a, b, Kr, M, n);  // the chunk's keys join the Q-K sums (ends with a barrier)
     __syncthreads();
     if (c + 1 < N) {
       const bool keep = ckW && (c + 1) % a.K == 0;
@@ -397,6 +447,67 @@ __device__ void apply_bwd(const Args<T>& a, const Block<T>& b, const Group& g1, 
   __syncthreads();
 }
 
+// The Q-K projection's backward for the item (QkGroup::backward), after the memory's: a.gq holds dL/dq̃ (G);
+// writes gq_final = dL/dq rows and adds dL/dk's projection share to gk rows.
+//   dq_t = M_c G_t / z_c;  dz_c = -Σ_t dq_t·q_t / z_c;
+//   dk_τ = P k_τ with P = Σ over later chunks c of (Ĝ_cᵀ Q_c + Q_cᵀ Ĝ_c + 2 dz_c I), Ĝ = G / z.
+template <class T>
+__device__ void qk_backward(const Args<T>& a, const Block<T>& b, const Group& g1, int64_t N) {
+  const int d = a.d;
+  const int64_t dd = int64_t(d) * d;
+  const T* z = a.qk_z + int64_t(blockIdx.x) * N;
+  T* dz = a.qk_dz + int64_t(blockIdx.x) * N;
+  T* M = b.buf[titans::kQk];
+  T* acc = b.buf[titans::kE];
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < dd; e += blockDim.x) M[e] = T(0);
+  __syncthreads();
+  for (int64_t c = 0; c < N; ++c) {  // forward sweep: the sums M grow as in the forward
+    const int64_t c0 = c * a.C;
+    const int n = int(imin(a.C, g1.len - c0));
+    project_rows(a, b, g1, a.gq, M, z + c, a.gq_final, c0, n, c > 0);  // dq = M G / z
+    __syncthreads();
+    if (c > 0) {
+      const T* dq = a.gq_final + g1.tok(0, c0) * d;
+      const T* q = a.q_in + g1.tok(0, c0) * d;
+      double dot = 0;
+      for (int64_t e = threadIdx.x; e < int64_t(n) * d; e += blockDim.x) dot += double(dq[e]) * double(q[e]);
+      block_sum2(dot, 0.0, b.red, b.keepdot, b.etadot);
+      if (threadIdx.x == 0) fn::QkDz<T>{b.keepdot, z + c, dz + c}(0);
+    }
+    if (c + 1 < N) {
+      const T* Kr = a.k + g1.tok(0, c0) * d;
+      block_products(d, d, n, mat<true>(Kr, d), mat<false>(Kr, d),
+                     [&](int i, int j, T v) { M[i * d + j] = v + M[i * d + j]; });
+    }
+    __syncthreads();
+  }
+  T* Pm = M;  // reverse sweep: P over the later chunks
+  for (int64_t e = threadIdx.x; e < dd; e += blockDim.x) Pm[e] = T(0);
+  __syncthreads();
+  for (int64_t c = N - 1; c >= 0; --c) {
+    const int64_t c0 = c * a.C;
+    const int n = int(imin(a.C, g1.len - c0));
+    const T* Kr = a.k + g1.tok(0, c0) * d;
+    T* gk = a.gk + g1.tok(0, c0) * d;
+    block_products(n, d, d, mat<false>(Kr, d), mat<false>(Pm, d),
+                   [&](int r, int j, T v) { gk[r * d + j] = gk[r * d + j] + v; });  // dk = K P, added
+    if (c > 0) block_each(int64_t(n) * d, fn::QkGhat<T>{a.gq, z + c, acc, g1, c0, n, d});
+    __syncthreads();
+    if (c > 0) {
+      const T* q = a.q_in + g1.tok(0, c0) * d;
+      block_products(d, d, n, mat<true>(acc, d), mat<false>(q, d),
+                     [&](int i, int j, T v) { Pm[i * d + j] = v + Pm[i * d + j]; });  // P += Ĝᵀ Q
+      __syncthreads();
+      block_products(d, d, n, mat<true>(q, d), mat<false>(acc, d),
+                     [&](int i, int j, T v) { Pm[i * d + j] = v + Pm[i * d + j]; });  // P += Qᵀ Ĝ
+      __syncthreads();
+      block_each(d, fn::AddDiag<T>{Pm, dz + c, d});  // P += 2 dz I
+      __syncthreads();
+    }
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persistent_bwd(Args<T> a) {
   using namespace titans;
@@ -459,6 +570,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persisten
   }
   T* out = a.dW_items + item * P2;
   for (int64_t e = threadIdx.x; e < P2; e += blockDim.x) out[e] = dW[L.at(e)];
+  if (a.qk) qk_backward(a, b, g1, N);
 }
 
 }  // namespace ttt::cuda::persistent
