@@ -1,7 +1,7 @@
 // The host-side planning of the persistent Titans kernels (backend/titans_persistent_plan.h): which path a memory
 // takes, the shared memory of its blocks, where every on-chip buffer lives (no overlap, inside the launch's shared
-// memory or the item's scratch, the priority order kept), the segment length, and the kernel switch's parsing.
-// Plain host code: runs on every build.
+// memory or the item's scratch, the priority order kept), the segment length, the kernel switch's parsing and
+// `ttt bench tnt`'s flags for it. Plain host code: runs on every build.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/titans_persistent_plan.h"
+#include "cli_test_util.h"
 #include "expect_error.h"
 
 using namespace ttt;
@@ -179,4 +180,13 @@ TEST(TitansPersistentPlan, KernelChoiceParsing) {
   unsetenv("TTT_TITANS_KERNEL");
   EXPECT_EQ(titans::kernel_choice_from_env(), KernelChoice::Automatic);
   if (old) setenv("TTT_TITANS_KERNEL", saved.c_str(), 1);
+}
+
+// `ttt bench tnt`'s kernel and precision flags: a clear message and a non-zero exit for what it cannot do.
+TEST(TitansPersistentPlan, BenchTntFlags) {
+  using ttt::test::expect_clean_failure;
+  expect_clean_failure("bench tnt --T 16 --kernel fused", "--kernel: 'fused' is not a Titans kernel");
+  expect_clean_failure("bench tnt --T 16 --kernel persistent", "needs --device cuda");
+  expect_clean_failure("bench tnt --T 16 --precision fp16", "--precision must be fp32 or bf16");
+  expect_clean_failure("bench tnt --T 16 --precision bf16", "not implemented yet");
 }
