@@ -25,7 +25,8 @@ using namespace ttt;
 
 namespace {
 
-constexpr unsigned kEmulatedThreads = 64;  // two warps: the warp-per-row loops wrap at small row counts
+// Two warps: the warp-per-row loops wrap at small row counts (FullBlock runs the device's 512).
+unsigned emulated_threads = 64;
 
 struct Case {
   int64_t B, T, d, dh, chunk, period;
@@ -131,7 +132,7 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   for (PerGroup& pg : groups) {
     cuda::persistent::Args<T> a = args(pg, plan.fwd, pg.scratch_fwd);
     a.o = o;
-    block_emulation::launch(cuda::persistent::k_titans_persistent_fwd<T>, unsigned(pg.g.items), kEmulatedThreads,
+    block_emulation::launch(cuda::persistent::k_titans_persistent_fwd<T>, unsigned(pg.g.items), emulated_threads,
                             plan.fwd.shared_bytes, a);
   }
   std::fill(g.w1, g.w1 + s.B * P, T(0));
@@ -146,7 +147,7 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    block_emulation::launch(cuda::persistent::k_titans_persistent_bwd<T>, unsigned(pg.g.items), kEmulatedThreads,
+    block_emulation::launch(cuda::persistent::k_titans_persistent_bwd<T>, unsigned(pg.g.items), emulated_threads,
                             plan.bwd.shared_bytes, a);
     const titans::fn::ReduceItems<T> reduce{pg.dW.data(), g.w1, g.w2, pg.g, P};
     for (int64_t i = 0; i < (pg.g.items / pg.g.per_b) * P2; ++i) reduce(i);
@@ -253,4 +254,18 @@ TEST(TitansPersistentEmulated, MatchesCpuTwin) {
   std::printf("persistent kernels emulated on the CPU vs CPU twin: %zu configs, worst fp64 relative error %.3g (%s), "
               "worst fp32 max-abs relative error %.3g (%s)\n",
               cases.size(), w64, what64.c_str(), w32, what32.c_str());
+}
+
+// The device's block size (titans::kPersistentThreads threads, 16 warps) on one small case with every feature.
+TEST(TitansPersistentEmulated, FullBlock) {
+  const Case c{1, 20, 12, 10, 4, 9, true, true, true, true, 2, kBig};
+  emulated_threads = titans::kPersistentThreads;
+  const auto x = inputs(c, 99);
+  const auto ref = run<double>(c, x, false);
+  double worst = 0;
+  std::string what;
+  check(run<double>(c, x, true), ref, 1e-12, false, c.name() + " fp64, 512 threads", worst, what);
+  emulated_threads = 64;
+  std::printf("persistent kernels emulated with 512 threads: worst fp64 relative error %.3g (%s)\n", worst,
+              what.c_str());
 }
