@@ -14,7 +14,7 @@
 #define __device__
 #define __global__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define TTT_DYNAMIC_SMEM(name) unsigned char* name = ::block_emulation::state->smem.data()
 
 namespace block_emulation {

@@ -289,7 +289,7 @@ __device__ void chunk_update(const Args<T>& a, const Block<T>& b, const Group& g
 }
 
 template <class T>
-__global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persistent_fwd(Args<T> a) {
+__global__ void __launch_bounds__(titans::kPersistentThreads, 1) k_titans_persistent_fwd(Args<T> a) {
   TTT_DYNAMIC_SMEM(smem);
   const Block<T> b = make_block(a, smem);
   const Group g1 = item_group(a.g);
@@ -509,7 +509,7 @@ __device__ void qk_backward(const Args<T>& a, const Block<T>& b, const Group& g1
 }
 
 template <class T>
-__global__ void __launch_bounds__(titans::kPersistentThreads) k_titans_persistent_bwd(Args<T> a) {
+__global__ void __launch_bounds__(titans::kPersistentThreads, 1) k_titans_persistent_bwd(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
   const Block<T> b = make_block(a, smem);
