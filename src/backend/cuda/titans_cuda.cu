@@ -163,7 +163,6 @@ template <class T>
 struct TitansRunner<T>::Impl {
   titans::MemoryShape s;
   bool with_grad;
-  TitansOptions opt;
   TitansCudaOps<T> ops;
   std::unique_ptr<titans::Memory<TitansCudaOps<T>>> mem;
   titans::PersistentPlan plan;
@@ -173,7 +172,7 @@ struct TitansRunner<T>::Impl {
   std::vector<const void*> fkey;  // pointers of the last forward()
   // Only backward() takes batched dot products.
   Impl(const titans::MemoryShape& shape, bool wg, const TitansOptions& o)
-      : s(shape), with_grad(wg), opt(o), ops(wg ? titans::max_dot_batch(shape) : 1, o), graphs(o.graphs) {
+      : s(shape), with_grad(wg), ops(wg ? titans::max_dot_batch(shape) : 1, o), graphs(o.graphs) {
     const titans::KernelChoice choice =
         o.kernel == titans::KernelChoice::Automatic ? titans::kernel_choice_from_env() : o.kernel;
     plan = titans::plan_persistent(s, sizeof(T), persistent_smem_limit(), choice);

@@ -4,14 +4,15 @@
 // kernels, deterministic two-stage batched dot products, one stream per runner. Every buffer is allocated once
 // per runner (cudaMalloc through DeviceBuffer, tracked); device memory beyond the inputs and outputs is linear in
 // the number of kept chunk-boundary states (all of them, or every K-th with segment recomputation). Every CUDA
-// and cuBLAS call is checked; failures throw ttt::Error naming the call.
+// and cuBLAS call is checked; failures throw ttt::Error naming the call. Small chunks run instead on the persistent
+// kernels of titans_persistent.h (one block per item, the state on chip across the chunk loop) when the plan
+// (backend/titans_persistent_plan.h) fits: TitansOptions::kernel.
 //
 // This header needs no CUDA headers: host code (CLI, tests) includes it freely.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-
 #include <string>
 
 #include "backend/titans_persistent_plan.h"  // titans::KernelChoice
