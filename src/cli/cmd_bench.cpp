@@ -61,8 +61,8 @@ int cmd_bench_tnt(const Argv& argv) {
   declare_device_flag(a, "cuda defaults: --bh 4 --d 384 --dh 384 --shard 2048 --T 2048,...,32768");
   a.value("graphs", "cuda: on | off: replay each forward / backward as a captured CUDA graph", "on")
       .value("kernel",
-             "cuda: auto | persistent | batched: the Titans memories' kernels (auto: persistent where they fit on "
-             "chip, d and dh <= 128; the JSON's titans_path says what ran)",
+             "cuda: auto | persistent | batched: the Titans memories' kernels (auto: persistent for chunks <= 64 "
+             "and d, dh <= 128 when they fit on chip; the JSON's titans_path says what ran)",
              "auto")
       .value("precision", "cuda: fp32 (the memories' products and state in fp32; bf16 is not implemented yet)",
              "fp32");
