@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/options.h"
+#include "backend/titans_persistent_plan.h"  // titans::KernelChoice
 #include "core/dtype.h"
 #include "ttt/lact_fused.h"
 #include "ttt/lact_op.h"
@@ -36,6 +37,8 @@ struct TntBenchSpec {
   DType dtype = DType::F32;
   int repeats = 3, warmup = 1;
   bool graphs = true;  // devices that can: replay each forward / backward as a captured graph
+  // cuda: the Titans memories' kernels (auto: persistent where the plan fits, backend/titans_persistent_plan.h).
+  titans::KernelChoice kernel = titans::KernelChoice::Automatic;
 };
 
 class OperatorBench {

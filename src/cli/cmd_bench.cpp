@@ -59,7 +59,13 @@ int cmd_bench_tnt(const Argv& argv) {
       .value("repeats", "timed repetitions (median reported)", "3")
       .value("warmup", "untimed warm-up runs", "1");
   declare_device_flag(a, "cuda defaults: --bh 4 --d 384 --dh 384 --shard 2048 --T 2048,...,32768");
-  a.value("graphs", "cuda: on | off: replay each forward / backward as a captured CUDA graph", "on");
+  a.value("graphs", "cuda: on | off: replay each forward / backward as a captured CUDA graph", "on")
+      .value("kernel",
+             "cuda: auto | persistent | batched: the Titans memories' kernels (auto: persistent for chunks <= 64 "
+             "and d, dh <= 128 when they fit on chip; the JSON's titans_path says what ran)",
+             "auto")
+      .value("precision", "cuda: fp32 (the memories' products and state in fp32; bf16 is not implemented yet)",
+             "fp32");
   a.parse();
   if (a.help_requested()) {
     std::printf("%s", a.usage().c_str());
@@ -99,6 +105,14 @@ int cmd_bench_tnt(const Argv& argv) {
   spec.repeats = repeats;
   spec.warmup = warmup;
   spec.graphs = a.str("graphs") == "on";
+  spec.kernel = titans::parse_kernel_choice(a.str("kernel"), "ttt bench tnt: --kernel");
+  TTT_CHECK(gpu || spec.kernel == titans::KernelChoice::Automatic,
+            "ttt bench tnt: --kernel " << a.str("kernel") << " needs --device cuda (the CPU has one path)");
+  TTT_CHECK(a.str("precision") == "fp32" || a.str("precision") == "bf16",
+            "ttt bench tnt: --precision must be fp32 or bf16, got '" << a.str("precision") << "'");
+  TTT_CHECK(a.str("precision") == "fp32",
+            "ttt bench tnt: --precision bf16 (tensor-core products in the persistent Titans kernels) is not "
+            "implemented yet; use --precision fp32");
   backend::OperatorBench& bench = backend::operator_backends(device).bench;
   for (int64_t n : parse_list(Ts)) {
     TTT_CHECK(n > 0, "--T values must be positive");

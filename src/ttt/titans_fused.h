@@ -131,7 +131,7 @@ inline MemoryShape stream_shape(const MemoryShape& s) {
 //   each(n, f)                               f(i) for every i < n (f: a functor of namespace fn)
 
 // Chunks of one item of length len with chunk C.
-inline int64_t num_chunks(int64_t len, int64_t C) { return (len + C - 1) / C; }
+TTT_HOST_DEVICE int64_t num_chunks(int64_t len, int64_t C) { return (len + C - 1) / C; }
 
 // Backward keeps the state of every K-th chunk boundary (K = chunks: all of them): all when they fit in
 // s.state_budget_bytes, else K = ceil(sqrt(chunks)); s.segment > 0 forces K.

@@ -73,6 +73,7 @@ struct OpBenchResult {
   size_t device_total_bytes = 0;
   size_t workspace_bytes = 0;     // the runner's own buffers
   bool output_finite = false;     // o and every gradient free of NaN/Inf after the last run
+  std::string kernel_path;        // Titans / TNT: which kernels ran each memory, and why (TitansRunner::path)
 };
 
 // Benchmark helper: milliseconds between CUDA events recorded on `stream` before and after the work that

@@ -16,6 +16,7 @@
 #include "backend/cuda/graph.cuh"
 #include "backend/cuda/device.h"  // DeviceBuffer (tracked allocations)
 #include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, warp_sum
+#include "backend/cuda/titans_persistent.h"
 
 namespace ttt::cuda {
 
@@ -156,17 +157,46 @@ class TitansCudaOps {
 
 }  // namespace
 
-// A captured CUDA graph of one call (forward or backward), valid for the pointers it was captured with.
+// The runner's state: the batched path's titans::Memory (made on first use: the persistent path needs it for
+// streaming only), or the persistent kernels.
 template <class T>
 struct TitansRunner<T>::Impl {
+  titans::MemoryShape s;
+  bool with_grad;
   TitansCudaOps<T> ops;
-  titans::Memory<TitansCudaOps<T>> mem;
+  std::unique_ptr<titans::Memory<TitansCudaOps<T>>> mem;
+  titans::PersistentPlan plan;
+  std::unique_ptr<PersistentMemory<T>> fused;
   bool graphs;
   CachedGraph fwd, bwd;
   std::vector<const void*> fkey;  // pointers of the last forward()
   // Only backward() takes batched dot products.
-  Impl(const titans::MemoryShape& s, bool with_grad, const TitansOptions& opt)
-      : ops(with_grad ? titans::max_dot_batch(s) : 1, opt), mem(ops, s, with_grad), graphs(opt.graphs) {}
+  Impl(const titans::MemoryShape& shape, bool wg, const TitansOptions& o)
+      : s(shape), with_grad(wg), ops(wg ? titans::max_dot_batch(shape) : 1, o), graphs(o.graphs) {
+    const titans::KernelChoice choice =
+        o.kernel == titans::KernelChoice::Automatic ? titans::kernel_choice_from_env() : o.kernel;
+    plan = titans::plan_persistent(s, sizeof(T), persistent_smem_limit(), choice);
+    if (!plan.persistent) {
+      memory();
+      return;
+    }
+    fused = std::make_unique<PersistentMemory<T>>(s, wg, plan, ops.stream(), o.poison_workspace);
+  }
+  titans::Memory<TitansCudaOps<T>>& memory() {
+    if (!mem) {
+      // The persistent path streams only (a runner of titans::stream_shape, no gradients).
+      mem = std::make_unique<titans::Memory<TitansCudaOps<T>>>(ops, s, fused ? false : with_grad);
+    }
+    return *mem;
+  }
+  void forward(const titans::MemoryInputs<T>& in, T* o) {
+    if (fused) fused->forward(in, o);
+    else memory().forward(in, o);
+  }
+  void backward(const T* go, const titans::MemoryGrads<T>& g) {
+    if (fused) fused->backward(go, g);
+    else memory().backward(go, g);
+  }
 
   // Runs body() eagerly, or (graphs) replays the graph captured for this key, capturing it first.
   template <class F>
@@ -197,7 +227,7 @@ TitansRunner<T>::~TitansRunner() = default;
 template <class T>
 void TitansRunner<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
   impl_->fkey = {in.q, in.k, in.v, in.w1, in.w2, in.theta, in.eta, in.alpha, o};
-  impl_->run(impl_->fwd, impl_->fkey, [&] { impl_->mem.forward(in, o); });
+  impl_->run(impl_->fwd, impl_->fkey, [&] { impl_->forward(in, o); });
 }
 template <class T>
 void TitansRunner<T>::backward(const T* grad_o, const titans::MemoryGrads<T>& g) {
@@ -208,20 +238,20 @@ void TitansRunner<T>::backward(const T* grad_o, const titans::MemoryGrads<T>& g)
                         static_cast<const void*>(g.theta), static_cast<const void*>(g.eta),
                         static_cast<const void*>(g.alpha)})
     key.push_back(p);
-  impl_->run(impl_->bwd, key, [&] { impl_->mem.backward(grad_o, g); });
+  impl_->run(impl_->bwd, key, [&] { impl_->backward(grad_o, g); });
 }
 template <class T>
 void TitansRunner<T>::stream_init(const titans::StreamState<T>& st, const T* w1, const T* w2) {
-  impl_->mem.stream_init(st, w1, w2);
+  impl_->memory().stream_init(st, w1, w2);
 }
 template <class T>
 void TitansRunner<T>::stream_apply(const titans::StreamState<T>& st, const T* q, int64_t n, T* o) {
-  impl_->mem.stream_apply(st, q, n, o);
+  impl_->memory().stream_apply(st, q, n, o);
 }
 template <class T>
 void TitansRunner<T>::stream_update(const titans::StreamState<T>& st, const titans::MemoryInputs<T>& chunk,
                                     int64_t n) {
-  impl_->mem.stream_update(st, chunk, n);
+  impl_->memory().stream_update(st, chunk, n);
 }
 template <class T>
 void TitansRunner<T>::synchronize() {
@@ -230,7 +260,15 @@ void TitansRunner<T>::synchronize() {
 }
 template <class T>
 size_t TitansRunner<T>::workspace_bytes() const {
-  return impl_->ops.workspace_bytes();
+  return impl_->ops.workspace_bytes() + (impl_->fused ? impl_->fused->workspace_bytes() : 0);
+}
+template <class T>
+bool TitansRunner<T>::persistent() const {
+  return impl_->fused != nullptr;
+}
+template <class T>
+const std::string& TitansRunner<T>::path() const {
+  return impl_->plan.reason;
 }
 template <class T>
 void* TitansRunner<T>::stream() const {

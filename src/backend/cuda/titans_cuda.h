@@ -4,14 +4,18 @@
 // kernels, deterministic two-stage batched dot products, one stream per runner. Every buffer is allocated once
 // per runner (cudaMalloc through DeviceBuffer, tracked); device memory beyond the inputs and outputs is linear in
 // the number of kept chunk-boundary states (all of them, or every K-th with segment recomputation). Every CUDA
-// and cuBLAS call is checked; failures throw ttt::Error naming the call.
+// and cuBLAS call is checked; failures throw ttt::Error naming the call. Small chunks run instead on the persistent
+// kernels of titans_persistent.h (one block per item, the state on chip across the chunk loop) when the plan
+// (backend/titans_persistent_plan.h) fits: TitansOptions::kernel.
 //
 // This header needs no CUDA headers: host code (CLI, tests) includes it freely.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
+#include "backend/titans_persistent_plan.h"  // titans::KernelChoice
 #include "ttt/titans_fused.h"
 
 namespace ttt::cuda {
@@ -23,6 +27,10 @@ struct TitansOptions {
   // same (cuts the launch overhead of the many small steps of small chunks; a call with other pointers
   // captures anew). The graph runs exactly the kernels and products of the eager path.
   bool graphs = false;
+  // Which implementation runs forward() / backward() (backend/titans_persistent_plan.h): Automatic takes the
+  // environment's TTT_TITANS_KERNEL when set, else the persistent kernels (titans_persistent.h) when the plan
+  // fits the device, else the batched path. Streaming (stream_*) always runs the batched path.
+  titans::KernelChoice kernel = titans::KernelChoice::Automatic;
 };
 
 // One Titans memory (optional resets and Q-K projected queries) on device pointers (layouts of
@@ -46,6 +54,8 @@ class TitansRunner {
   void synchronize();
   size_t workspace_bytes() const;
   void* stream() const;  // cudaStream_t
+  bool persistent() const;          // forward() / backward() run the persistent kernels
+  const std::string& path() const;  // the plan's reason: which path and why (titans::PersistentPlan::reason)
 
  private:
   struct Impl;

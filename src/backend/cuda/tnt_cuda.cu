@@ -174,6 +174,12 @@ template <class T>
 void* TntRunner<T>::stream() const {
   return impl_->main;
 }
+template <class T>
+std::string TntRunner<T>::path() const {
+  std::string out;
+  for (size_t m = 0; m < impl_->mems.size(); ++m) out += (m ? "; " : "") + impl_->mems[m]->path();
+  return out;
+}
 
 template <class T>
 void tnt_host(const titans::TntShape& s, const titans::TntInputs<T>& in, T* o, const T* grad_o,
@@ -255,7 +261,7 @@ titans::TntHostRunner& tnt_gpu_runner() {
   return r;
 }
 
-TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs) {
+TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs, titans::KernelChoice kernel) {
   using T = float;
   s.validate();
   TTT_CHECK(repeats > 0 && warmup >= 0, "bench_tnt: repeats must be positive");
@@ -307,15 +313,18 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
   {
     TitansOptions opt;
     opt.graphs = graphs;
+    opt.kernel = kernel;
     TntRunner<T> rf(s, false, opt);
     for (int i = 0; i < warmup; ++i) timed(rf, [&] { rf.forward(in, o); });
     for (int i = 0; i < repeats; ++i) res.fwd_ms.push_back(timed(rf, [&] { rf.forward(in, o); }));
     res.fwd_ms_median = median(res.fwd_ms);
     res.workspace_bytes = rf.workspace_bytes();
+    res.kernel_path = rf.path();
   }
   {
     TitansOptions opt;
     opt.graphs = graphs;
+    opt.kernel = kernel;
     TntRunner<T> rb(s, true, opt);
     res.workspace_bytes += rb.workspace_bytes();
     auto run = [&] {

@@ -29,6 +29,7 @@ class TntRunner {
   size_t workspace_bytes() const;
   void* stream() const;  // the main stream (cudaStream_t): work enqueued after forward()/backward() on it
                          // sees their results
+  std::string path() const;  // every memory's TitansRunner::path(), in memory order, "; "-separated
 
  private:
   struct Impl;
@@ -62,6 +63,8 @@ titans::TntHostRunner& tnt_gpu_runner();  // default options
 using TntBenchResult = OpBenchResult;
 // Times the forward alone (no states kept) and forward+backward, each `repeats` times after `warmup` untimed
 // runs; medians. float. graphs: TitansOptions::graphs (the warm-up captures, the timed runs replay).
-TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs = false);
+// kernel: TitansOptions::kernel of every memory (the result's kernel_path says what ran).
+TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs = false,
+                         titans::KernelChoice kernel = titans::KernelChoice::Automatic);
 
 }  // namespace ttt::cuda

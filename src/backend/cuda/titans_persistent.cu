@@ -1,0 +1,207 @@
+// Persistent kernels of the Titans memory (see titans_persistent.h): the host side (buffers, launches, the sum of
+// the items' weight gradients); the device code is titans_persistent_kernels.cuh.
+#include "backend/cuda/titans_persistent.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/device.h"         // DeviceBuffer
+#include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, warp_sum
+#include "backend/cuda/titans_persistent_kernels.cuh"
+
+namespace ttt::cuda {
+
+size_t persistent_smem_limit() {
+  int dev = 0, bytes = 0;
+  TTT_CUDA_CHECK(cudaGetDevice(&dev));
+  TTT_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return size_t(bytes);
+}
+
+namespace {
+
+using titans::Group;
+namespace fn = titans::fn;
+using persistent::Args;
+using persistent::k_titans_persistent_fwd;
+using persistent::k_titans_persistent_bwd;
+
+template <class F>
+__global__ void k_each(F f, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) f(i);
+}
+
+}  // namespace
+
+template <class T>
+struct PersistentMemory<T>::Impl {
+  titans::MemoryShape s;
+  bool with_grad;
+  titans::PersistentPlan plan;
+  cudaStream_t stream;
+  bool poison;
+  struct PerGroup {
+    Group g;
+    int64_t checkpoints = 0, K = 0;
+    DeviceBuffer ckW, ckS, slotW, slotS, dW, scratch_fwd, scratch_bwd, qk_z, qk_dz;
+  };
+  DeviceBuffer qt, dqt;  // qk: q̃ and its gradient [B,T,d]
+  std::vector<PerGroup> groups;
+  size_t bytes = 0;
+  // The last forward's inputs: the backward reads them again.
+  bool forward_done = false;
+  titans::MemoryInputs<T> in;
+
+  Impl(const titans::MemoryShape& shape, bool wg, const titans::PersistentPlan& p, cudaStream_t st, bool poi)
+      : s(shape), with_grad(wg), plan(p), stream(st), poison(poi) {
+    TTT_CHECK(plan.persistent, "titans persistent: a plan for the batched path (" << plan.reason << ")");
+    TTT_CHECK(plan.threads == titans::kPersistentThreads, "titans persistent: plan of " << plan.threads << " threads");
+    const int64_t P2 = 2 * s.P();
+    for (const Group& g : titans::make_groups(s.B, s.T, s.period)) {
+      PerGroup pg;
+      pg.g = g;
+      const int64_t N = titans::num_chunks(g.len, s.chunk);
+      pg.K = std::min(plan.segment, N);
+      pg.checkpoints = titans::num_chunks(N, pg.K);
+      if (plan.fwd.scratch_elements > 0) pg.scratch_fwd = alloc(g.items * plan.fwd.scratch_elements);
+      if (s.qk) {
+        pg.qk_z = alloc(g.items * N);
+        if (with_grad) pg.qk_dz = alloc(g.items * N);
+      }
+      if (with_grad) {
+        pg.ckW = alloc(g.items * pg.checkpoints * P2);
+        pg.slotW = alloc(g.items * pg.K * P2);
+        if (s.momentum) {
+          pg.ckS = alloc(g.items * pg.checkpoints * P2);
+          pg.slotS = alloc(g.items * pg.K * P2);
+        }
+        pg.dW = alloc(g.items * P2);
+        if (plan.bwd.scratch_elements > 0) pg.scratch_bwd = alloc(g.items * plan.bwd.scratch_elements);
+      }
+      groups.push_back(std::move(pg));
+    }
+    if (s.qk) {
+      qt = alloc(s.B * s.T * s.d);
+      if (with_grad) dqt = alloc(s.B * s.T * s.d);
+    }
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_fwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(plan.fwd.shared_bytes)));
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_bwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(plan.bwd.shared_bytes)));
+  }
+  DeviceBuffer alloc(int64_t n) {
+    DeviceBuffer b(sizeof(T) * size_t(std::max<int64_t>(n, 1)));
+    if (poison) TTT_CUDA_CHECK(cudaMemsetAsync(b.template as<void>(), 0xFF, b.bytes(), stream));
+    bytes += b.bytes();
+    return b;
+  }
+  Args<T> args(const PerGroup& pg, const titans::BlockLayout& layout, T* scratch) const {
+    Args<T> a{};
+    a.g = pg.g;
+    a.d = int(s.d);
+    a.dh = int(s.dh);
+    a.C = int(s.chunk);
+    a.K = int(pg.K);
+    a.momentum = s.momentum;
+    a.decay = s.decay;
+    a.residual = s.residual;
+    a.save = with_grad;
+    a.qk = s.qk;
+    a.qk_z = pg.qk_z.template as<T>();
+    a.qk_dz = pg.qk_dz.template as<T>();
+    a.checkpoints = pg.checkpoints;
+    a.ckW = pg.ckW.template as<T>();
+    a.ckS = pg.ckS.template as<T>();
+    a.slotW = pg.slotW.template as<T>();
+    a.slotS = pg.slotS.template as<T>();
+    a.dW_items = pg.dW.template as<T>();
+    a.scratch = scratch;
+    a.scratch_per_item = layout.scratch_elements;
+    for (int i = 0; i < titans::kNumBuffers; ++i) {
+      a.offset[i] = layout.buf[size_t(i)].offset;
+      a.shared[i] = layout.buf[size_t(i)].shared;
+    }
+    a.scalar_bytes = int(layout.scalar_bytes);
+    a.chunk_rows = int(plan.chunk_rows);
+    return a;
+  }
+};
+
+template <class T>
+PersistentMemory<T>::PersistentMemory(const titans::MemoryShape& s, bool with_grad, const titans::PersistentPlan& plan,
+                                      void* stream, bool poison)
+    : impl_(std::make_unique<Impl>(s, with_grad, plan, static_cast<cudaStream_t>(stream), poison)) {}
+template <class T>
+PersistentMemory<T>::~PersistentMemory() {
+  if (impl_) cudaStreamSynchronize(impl_->stream);
+}
+
+template <class T>
+void PersistentMemory<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
+  Impl& x = *impl_;
+  x.in = in;
+  x.forward_done = true;
+  for (auto& pg : x.groups) {
+    Args<T> a = x.args(pg, x.plan.fwd, pg.scratch_fwd.template as<T>());
+    a.q = x.s.qk ? x.qt.template as<T>() : in.q;
+    a.q_in = in.q;
+    a.qt = x.qt.template as<T>();
+    a.k = in.k;
+    a.v = in.v;
+    a.w1 = in.w1;
+    a.w2 = in.w2;
+    a.theta = in.theta;
+    a.eta = in.eta;
+    a.alpha = in.alpha;
+    a.o = o;
+    k_titans_persistent_fwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
+    TTT_LAUNCH_CHECK("titans persistent forward");
+  }
+}
+
+template <class T>
+void PersistentMemory<T>::backward(const T* go, const titans::MemoryGrads<T>& g) {
+  Impl& x = *impl_;
+  TTT_CHECK(x.with_grad, "titans persistent: backward() needs a memory built with gradients");
+  TTT_CHECK(x.forward_done, "titans persistent: backward() needs a forward() first");
+  const int64_t BP = x.s.B * x.s.P();
+  TTT_CUDA_CHECK(cudaMemsetAsync(g.w1, 0, sizeof(T) * size_t(BP), x.stream));
+  TTT_CUDA_CHECK(cudaMemsetAsync(g.w2, 0, sizeof(T) * size_t(BP), x.stream));
+  for (auto& pg : x.groups) {
+    Args<T> a = x.args(pg, x.plan.bwd, pg.scratch_bwd.template as<T>());
+    a.q = x.s.qk ? x.qt.template as<T>() : x.in.q;
+    a.q_in = x.in.q;
+    a.k = x.in.k;
+    a.v = x.in.v;
+    a.theta = x.in.theta;
+    a.eta = x.in.eta;
+    a.alpha = x.in.alpha;
+    a.go = go;
+    a.gq = x.s.qk ? x.dqt.template as<T>() : g.q;
+    a.gq_final = g.q;
+    a.gk = g.k;
+    a.gv = g.v;
+    a.gtheta = g.theta;
+    a.geta = g.eta;
+    a.galpha = g.alpha;
+    k_titans_persistent_bwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
+    TTT_LAUNCH_CHECK("titans persistent backward");
+    const int64_t n = (pg.g.items / pg.g.per_b) * 2 * x.s.P();
+    const fn::ReduceItems<T> reduce{pg.dW.template as<T>(), g.w1, g.w2, pg.g, x.s.P()};
+    k_each<<<grid_for(n), kThreads, 0, x.stream>>>(reduce, n);
+    TTT_LAUNCH_CHECK("titans persistent reduce items");
+  }
+}
+
+template <class T>
+size_t PersistentMemory<T>::workspace_bytes() const {
+  return impl_->bytes;
+}
+
+template class PersistentMemory<float>;
+template class PersistentMemory<double>;
+
+}  // namespace ttt::cuda

@@ -1,0 +1,150 @@
+// Planning of the persistent Titans kernels (see the header).
+#include "backend/titans_persistent_plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace ttt::titans {
+
+KernelChoice parse_kernel_choice(const std::string& text, const std::string& what) {
+  if (text == "auto") return KernelChoice::Automatic;
+  if (text == "persistent") return KernelChoice::Persistent;
+  if (text == "batched") return KernelChoice::Batched;
+  TTT_FAIL(what << ": '" << text << "' is not a Titans kernel (auto | persistent | batched)");
+}
+
+const char* kernel_choice_name(KernelChoice k) {
+  switch (k) {
+    case KernelChoice::Automatic: return "auto";
+    case KernelChoice::Persistent: return "persistent";
+    case KernelChoice::Batched: return "batched";
+  }
+  return "?";
+}
+
+KernelChoice kernel_choice_from_env() {
+  const char* v = std::getenv("TTT_TITANS_KERNEL");
+  if (!v || !*v) return KernelChoice::Automatic;
+  return parse_kernel_choice(v, "TTT_TITANS_KERNEL");
+}
+
+const char* persistent_buffer_name(int b) {
+  static const char* names[kNumBuffers] = {"W", "S", "dW", "dS", "G", "M", "Z", "Sg", "E", "Bm", "DS", "A", "DZ",
+                                           "dA", "dSg", "dBm"};
+  return b >= 0 && b < kNumBuffers ? names[b] : "?";
+}
+
+namespace {
+
+int64_t longest_item(const MemoryShape& s) {
+  int64_t len = 0;
+  for (const Group& g : make_groups(s.B, s.T, s.period)) len = std::max(len, g.len);
+  return len;
+}
+
+size_t round16(size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
+
+BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, bool backward,
+                              int threads) {
+  const int64_t P2 = padded_state_elements(s), Cr = std::min(s.chunk, longest_item(s)), d = s.d, dh = s.dh;
+  BlockLayout L;
+  L.scalar_bytes = round16(sizeof(double) * size_t(2 * (threads / 32)) + elem_bytes * size_t(6 + 2 * Cr));
+  // Placement order = priority (header comment).
+  std::array<std::pair<int, int64_t>, kNumBuffers> order{};
+  int n = 0;
+  auto want = [&](int b, int64_t elements) { order[size_t(n++)] = {b, elements}; };
+  want(kW, P2);
+  if (backward) {
+    want(kGradW, P2);
+    want(s.momentum ? kGradS : kCot, P2);
+  } else if (s.momentum) {
+    want(kS, P2);
+  }
+  if (s.qk) want(kQk, d * d);
+  want(kA, Cr * dh);
+  want(kZ, Cr * dh);
+  want(kSg, Cr * dh);
+  want(kE, Cr * d);
+  want(kBm, Cr * d);
+  want(kDS, Cr * dh);
+  want(kDZ, Cr * dh);
+  if (backward) {
+    want(kGradA, Cr * dh);
+    want(kGradSg, Cr * dh);
+    want(kGradB, Cr * d);
+  }
+  const int states = (backward ? 3 : (s.momentum ? 2 : 1)) + (s.qk ? 1 : 0);
+  size_t shared = L.scalar_bytes;
+  int64_t scratch = 0;
+  bool spilled = false;
+  L.state_on_chip = true;
+  for (int i = 0; i < n; ++i) {
+    auto [b, elements] = order[size_t(i)];
+    BufferPlace& p = L.buf[size_t(b)];
+    p.used = true;
+    p.elements = elements;
+    const size_t bytes = round16(size_t(elements) * elem_bytes);
+    // Keep the order: once a buffer spills, the later (less used) ones spill too.
+    if (!spilled && shared + bytes <= smem_limit) {
+      p.shared = true;
+      p.offset = int64_t(shared - L.scalar_bytes) / int64_t(elem_bytes);
+      shared += bytes;
+    } else {
+      spilled = true;
+      p.shared = false;
+      p.offset = scratch;
+      scratch += int64_t(round16(size_t(elements) * elem_bytes) / elem_bytes);
+      if (i < states) L.state_on_chip = false;
+    }
+  }
+  L.shared_bytes = shared;
+  L.scratch_elements = scratch;
+  L.all_on_chip = !spilled;
+  return L;
+}
+
+PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice) {
+  s.validate();
+  TTT_CHECK(elem_bytes == 4 || elem_bytes == 8, "titans: persistent plan of " << elem_bytes << "-byte elements");
+  PersistentPlan p;
+  p.threads = kPersistentThreads;
+  p.chunk_rows = std::min(s.chunk, longest_item(s));
+  const int64_t N = num_chunks(longest_item(s), s.chunk);
+  p.segment = s.segment > 0 ? std::min(s.segment, N) : std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(N)))));
+  p.fwd = persistent_layout(s, elem_bytes, smem_limit, false, p.threads);
+  p.bwd = persistent_layout(s, elem_bytes, smem_limit, true, p.threads);
+  std::ostringstream why;
+  if (choice == KernelChoice::Batched) {
+    why << "batched (forced)";
+  } else if (s.d > kPersistentMaxWidth || s.dh > kPersistentMaxWidth) {
+    why << "batched: widths d " << s.d << ", dh " << s.dh << " exceed the persistent kernels' " << kPersistentMaxWidth;
+  } else if (p.fwd.scalar_bytes > smem_limit) {
+    why << "batched: " << p.fwd.scalar_bytes << " bytes of block scalars exceed " << smem_limit << " of shared memory";
+  } else if (choice == KernelChoice::Persistent) {
+    p.persistent = true;
+    why << "persistent (forced)";
+  } else if (s.chunk > kPersistentMaxAutoChunk) {
+    why << "batched: chunks of " << s.chunk << " > " << kPersistentMaxAutoChunk
+        << " tokens are enough work per step for the batched products";
+  } else if (!p.fwd.all_on_chip || !p.bwd.state_on_chip) {
+    why << "batched: the " << (p.fwd.all_on_chip ? "backward block's state" : "forward block")
+        << " needs more than " << smem_limit << " bytes of shared memory";
+  } else {
+    p.persistent = true;
+    why << "persistent";
+  }
+  if (p.persistent)
+    why << " (shared memory " << p.fwd.shared_bytes << " / " << p.bwd.shared_bytes << " bytes forward / backward"
+        << (p.fwd.all_on_chip && p.bwd.all_on_chip ? "" : ", some chunk buffers in global scratch")
+        << ", segments of " << p.segment << " chunks)";
+  p.reason = why.str();
+  return p;
+}
+
+}  // namespace ttt::titans

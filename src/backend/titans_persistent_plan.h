@@ -1,0 +1,97 @@
+// Host-side planning of the persistent Titans kernels (src/backend/cuda/titans_persistent.cu): whether a memory
+// runs there or on the batched path (cuBLAS products + one launch per element step, titans_cuda.cu), the shared
+// memory of its forward and backward blocks, where each on-chip buffer lives, and the segment length of the
+// backward's recomputation. Plain host code, compiled in every build, so that the CPU tests check the planning;
+// the kernels only read the plan.
+//
+// One thread block per item (sequence-head x shard, titans::Group) keeps the item's state on chip for the whole
+// chunk loop. Its buffers, in placement priority (the first ones are touched by every phase of a chunk step):
+//   forward:  W [2P], S [2P] (momentum), M [d][d] (Q-K projection), then the chunk buffers Z, Sg, DS, A, DZ [C', dh] and E, Bm [C', d]
+//   backward: W [2P], dW [2P], dS [2P] (momentum; else a cotangent buffer G [2P]), M [d][d], then the chunk buffers of the
+//             forward plus dA, dSg [C', dh] and dB [C', d] (dDS, dZ and dE alias dA, DS and dB: their values
+//             are consumed element by element where they are produced)
+// with P = d * dh and C' = min(C, the longest item). A state buffer on chip is padded: W1 [dh][d+1], W2
+// [d][dh+1] (padded_state_elements), so that the products X W1ᵀ and X W2ᵀ, whose threads walk a column of W,
+// read distinct banks; checkpoints in global memory are unpadded [2P]. Buffers are placed in shared memory in that order while they
+// fit; the rest spill to a per-item global scratch (the kernels address both through generic pointers). The
+// backward reads the momentum states from global memory (the recomputed segment), so S is never on chip there.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "ttt/titans_fused.h"
+
+namespace ttt::titans {
+
+// Which implementation runs a Titans memory on the GPU.
+enum class KernelChoice { Automatic, Persistent, Batched };
+// "auto" | "persistent" | "batched"; anything else is an error naming `what` (the flag or variable).
+KernelChoice parse_kernel_choice(const std::string& text, const std::string& what);
+const char* kernel_choice_name(KernelChoice k);
+// The choice of the environment variable TTT_TITANS_KERNEL (unset or empty: Automatic): how `ttt train` and
+// `ttt bench step` are forced onto either path for A/B timing.
+KernelChoice kernel_choice_from_env();
+
+// The on-chip buffers of one block (see the header comment).
+// kGradW / kGradS: the adjoints dW, dS; kCot: the cotangent G of the step (without momentum only: with it, G
+// lives in dS's buffer); kQk: the Q-K projection's running sums M = Σ k kᵀ [d][d] (with Q-K projected queries;
+// the backward's reverse sweep reuses it for its own sums); kDS: E W2 of the inner gradient; kGradA / kGradSg /
+// kGradB: dA, dSg, dBm.
+enum PersistentBuffer : int {
+  kW, kS, kGradW, kGradS, kCot, kQk, kZ, kSg, kE, kBm, kDS, kA, kDZ, kGradA, kGradSg, kGradB, kNumBuffers
+};
+const char* persistent_buffer_name(int b);
+
+struct BufferPlace {
+  bool used = false;
+  bool shared = false;     // in shared memory, else in the item's global scratch
+  int64_t offset = 0;      // elements from the start of its region (after the scalars in shared memory)
+  int64_t elements = 0;
+};
+struct BlockLayout {
+  std::array<BufferPlace, kNumBuffers> buf{};
+  // Always shared, at the start: 2 * warps doubles (block reductions), then T values: the gate means η̄, ᾱ, the
+  // two block dots, the Q-K normalizer and a chunk's key squares, and the two row dots of every chunk row
+  // (6 + 2 C').
+  size_t scalar_bytes = 0;
+  size_t shared_bytes = 0;     // dynamic shared memory of the launch
+  int64_t scratch_elements = 0;  // per item, global
+  bool state_on_chip = false;  // every state buffer (W, S / W, dW, dS or G) in shared memory
+  bool all_on_chip = false;
+};
+
+struct PersistentPlan {
+  bool persistent = false;
+  std::string reason;       // why this path (one line; the benches and tests print it)
+  int threads = 0;          // per block
+  int64_t chunk_rows = 0;   // C'
+  int64_t segment = 0;      // K: the backward keeps every K-th state and recomputes the others
+  BlockLayout fwd, bwd;
+};
+
+// Elements of a padded state buffer (W1 [dh][d+1] then W2 [d][dh+1]).
+inline int64_t padded_state_elements(const MemoryShape& s) { return s.dh * (s.d + 1) + s.d * (s.dh + 1); }
+
+// The widest head (d and dh) the persistent kernels take: larger widths run the batched path.
+inline constexpr int64_t kPersistentMaxWidth = 128;
+// The longest chunk the automatic choice runs persistent: one block per item does the products of a chunk step on
+// one SM, which pays while chunk steps are latency-bound (small C); long chunks are enough work for the batched
+// path's cuBLAS products over all SMs.
+inline constexpr int64_t kPersistentMaxAutoChunk = 64;
+// Threads per block of the persistent kernels.
+inline constexpr int kPersistentThreads = 512;
+
+// The plan of memory s with elements of elem_bytes (4: float, 8: double) on a device with smem_limit bytes of
+// opt-in shared memory per block. Automatic picks the persistent kernels when the widths are supported, C <=
+// kPersistentMaxAutoChunk, the forward block fits on chip and so does the backward's state (its chunk buffers
+// may spill); Persistent forces them whenever the widths are supported (tests, A/B timing: buffers spill as
+// needed); Batched never. The segment length: s.segment when
+// set, else ceil(sqrt(chunks of the longest item)).
+PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice);
+// The layout alone (both directions), for the tests.
+BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, bool backward,
+                              int threads);
+
+}  // namespace ttt::titans

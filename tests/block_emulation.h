@@ -1,0 +1,75 @@
+// Runs CUDA block-level code on the CPU for tests: one std::thread per CUDA thread of a block, __syncthreads as a
+// barrier of the block, warp_sum as an exchange among the 32 threads of a warp, dynamic shared memory as a host
+// buffer (filled with NaN bytes, so a read of what nothing wrote shows), blocks one after another. Include it
+// before a device-code header written for it (src/backend/cuda/titans_persistent_kernels.cuh), which then
+// compiles with the host compiler. Only what those kernels use is provided.
+#pragma once
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define TTT_DYNAMIC_SMEM(name) unsigned char* name = ::block_emulation::state->smem.data()
+
+namespace block_emulation {
+struct Dim {
+  unsigned x = 0, y = 0, z = 0;
+};
+struct State {
+  std::unique_ptr<std::barrier<>> block;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<double> lanes;
+  std::vector<unsigned char> smem;
+};
+inline State* state = nullptr;
+}  // namespace block_emulation
+
+inline thread_local block_emulation::Dim threadIdx;
+inline block_emulation::Dim blockIdx, blockDim, gridDim;
+
+inline void __syncthreads() { block_emulation::state->block->arrive_and_wait(); }
+// The sum over the calling thread's warp, returned to every lane (lanes added in order: a different rounding
+// from the device's butterfly, well inside the tests' bounds).
+inline double warp_sum(double v) {
+  block_emulation::State& s = *block_emulation::state;
+  const unsigned w = threadIdx.x / 32;
+  s.lanes[threadIdx.x] = v;
+  s.warps[w]->arrive_and_wait();
+  double acc = 0;
+  for (unsigned l = 0; l < 32; ++l) acc += s.lanes[w * 32 + l];
+  s.warps[w]->arrive_and_wait();  // every lane has read before the next call writes
+  return acc;
+}
+
+namespace block_emulation {
+// kernel(args) on `blocks` blocks of `threads` threads (a multiple of 32) with `smem_bytes` of dynamic shared
+// memory.
+template <class Kernel, class Args>
+void launch(Kernel kernel, unsigned blocks, unsigned threads, size_t smem_bytes, const Args& args) {
+  blockDim.x = threads;
+  gridDim.x = blocks;
+  for (unsigned b = 0; b < blocks; ++b) {
+    State s;
+    s.block = std::make_unique<std::barrier<>>(threads);
+    for (unsigned w = 0; w < threads / 32; ++w) s.warps.push_back(std::make_unique<std::barrier<>>(32));
+    s.lanes.assign(threads, 0.0);
+    s.smem.assign(smem_bytes, 0xFF);
+    state = &s;
+    blockIdx.x = b;
+    std::vector<std::thread> team;
+    for (unsigned t = 0; t < threads; ++t)
+      team.emplace_back([&, t] {
+        threadIdx.x = t;
+        kernel(args);
+      });
+    for (auto& th : team) th.join();
+    state = nullptr;
+  }
+}
+}  // namespace block_emulation

@@ -1,0 +1,329 @@
+// The persistent Titans kernels (src/backend/cuda/titans_persistent.*, run by TitansRunner when the plan picks
+// them or TitansOptions::kernel forces them) against the CPU twin (titans::memory_cpu / tnt_cpu, titans_fused.h):
+// the float64 instantiation to <= 1e-12 relative (||got - ref|| / ||ref||), the float32 one against float64 on the
+// CPU to <= 1e-4 (max abs difference / max abs reference, the bound of test_cuda_tnt.cpp), and the persistent
+// against the batched path on the same inputs; every output and gradient (o, grad_q, grad_k, grad_v, grad_w1,
+// grad_w2, grad_theta, grad_eta, grad_alpha). Shapes: head width 64 (and 128 forced, its state spilling to global
+// scratch), chunk sizes 3 / 8 / 16 / 64, momentum and decay on and off, residual off, Q-K projected queries,
+// resets (TNT local memories: several shards per sequence, shards not dividing T), T not a multiple of C nor of
+// the segment length, forced segment lengths. Device outputs start as NaN and work buffers are poisoned with NaN,
+// so an element no kernel writes, or a read of one nothing wrote, shows. Fresh random inputs on every run, the
+// seed printed with every failure. Every test skips, saying why, without CUDA or without a usable device.
+#include <gtest/gtest.h>
+
+#include "cuda_test_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "ttt/titans_fused.h"
+#include "ttt/tnt.h"
+#ifdef TTT_HAVE_CUDA
+#include "backend/cuda/titans_cuda.h"
+#include "backend/cuda/tnt_cuda.h"
+#endif
+
+using namespace ttt;
+
+#ifndef TTT_HAVE_CUDA
+
+TEST(CudaTitansPersistent, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA toolkit (TTT_HAVE_CUDA unset)"; }
+
+#else
+
+namespace {
+
+struct Case {
+  int64_t B, T, d, dh, chunk, period;
+  bool momentum, decay, residual, qk;
+  int64_t segment;
+  std::string name() const {
+    return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
+           std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
+           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") + (qk ? "_qk" : "") +
+           (segment ? "_seg" + std::to_string(segment) : "");
+  }
+  titans::MemoryShape shape() const {
+    titans::MemoryShape s;
+    s.B = B;
+    s.T = T;
+    s.d = d;
+    s.dh = dh;
+    s.chunk = chunk;
+    s.period = period;
+    s.momentum = momentum;
+    s.decay = decay;
+    s.residual = residual;
+    s.qk = qk;
+    s.segment = segment;
+    return s;
+  }
+};
+
+// Cases at width 64 (the heads) and small odd shapes that exercise the generic paths.
+std::vector<Case> cases() {
+  return {
+      // B   T   d   dh  C   S   mom    decay  res    qk     seg
+      {2, 100, 64, 64, 8, 0, true, true, true, false, 0},     // Titans C = 8; T % C != 0; 13 chunks, K = 4
+      {2, 150, 64, 64, 16, 0, false, true, true, false, 0},   // no momentum
+      {2, 200, 64, 64, 64, 0, true, false, true, false, 0},   // C = 64, no decay
+      {2, 150, 64, 64, 8, 48, true, true, true, true, 0},     // TNT local: shards of 48 (tail of 6), Q-K
+      {3, 96, 64, 64, 16, 32, true, true, true, true, 0},     // shards dividing T, Q-K
+      {2, 130, 64, 64, 8, 64, true, true, false, false, 3},   // residual off; forced segments of 3 (8 chunks)
+      {2, 90, 64, 64, 8, 0, false, false, true, false, 5},    // no gates at all; 12 chunks, segments of 5
+      {2, 37, 5, 7, 3, 0, true, true, true, false, 0},        // odd widths
+      {3, 40, 6, 4, 8, 13, false, true, false, true, 2},      // shard not a multiple of C, Q-K, segments of 2
+      {2, 50, 32, 48, 3, 24, true, true, true, true, 1},      // d != dh; every state recomputed from itself
+  };
+}
+
+// o, grad_q, grad_k, grad_v, grad_w1, grad_w2, grad_theta, grad_eta, grad_alpha
+const char* kNames[9] = {"o", "grad_q", "grad_k", "grad_v", "grad_w1", "grad_w2", "grad_theta", "grad_eta",
+                         "grad_alpha"};
+
+std::vector<std::vector<double>> make_inputs(const Case& c, uint64_t seed) {
+  Rng r(seed);
+  const int64_t BTd = c.B * c.T * c.d, P = c.B * c.d * c.dh, BT = c.B * c.T;
+  auto normal = [&](int64_t k, double s) {
+    std::vector<double> v(static_cast<size_t>(k));
+    for (auto& e : v) e = double(float(r.normal() * s));  // float-representable: the fp32 runs see the same values
+    return v;
+  };
+  auto uniform = [&](int64_t k, double lo, double hi) {
+    std::vector<double> v(static_cast<size_t>(k));
+    for (auto& e : v) e = double(float(r.uniform(lo, hi)));
+    return v;
+  };
+  const double sd = 1.0 / std::sqrt(double(c.d));
+  return {normal(BTd, sd), normal(BTd, sd), normal(BTd, sd), normal(P, sd), normal(P, 1.0 / std::sqrt(double(c.dh))),
+          uniform(BT, 0.01, 0.1), uniform(BT, 0.3, 0.9), uniform(BT, 0.01, 0.1), normal(BTd, 1.0)};
+}
+
+enum class Where { Cpu, Persistent, Batched };
+
+template <class T>
+std::vector<std::vector<T>> run(const Case& c, const std::vector<std::vector<double>>& x, Where where) {
+  std::vector<std::vector<T>> in;
+  for (const auto& v : x) in.emplace_back(v.begin(), v.end());
+  const size_t BTd = size_t(c.B * c.T * c.d), P = size_t(c.B * c.d * c.dh), BT = size_t(c.B * c.T);
+  std::vector<std::vector<T>> out(9);
+  const T nan = T(std::nan(""));
+  for (int i : {0, 1, 2, 3}) out[size_t(i)].assign(BTd, nan);
+  for (int i : {4, 5}) out[size_t(i)].assign(P, nan);
+  for (int i : {6, 7, 8}) out[size_t(i)].assign(BT, nan);
+  titans::MemoryInputs<T> mi{in[0].data(), in[1].data(), in[2].data(), in[3].data(),
+                             in[4].data(), in[5].data(), in[6].data(), in[7].data()};
+  titans::MemoryGrads<T> mg{out[1].data(), out[2].data(), out[3].data(), out[4].data(), out[5].data(),
+                            out[6].data(), out[7].data(), out[8].data()};
+  if (where == Where::Cpu) {
+    titans::memory_cpu<T>(c.shape(), mi, out[0].data(), in[8].data(), &mg);
+    return out;
+  }
+  cuda::TitansOptions o;
+  o.poison_workspace = true;
+  o.kernel = where == Where::Persistent ? titans::KernelChoice::Persistent : titans::KernelChoice::Batched;
+  {
+    cuda::TitansRunner<T> probe(c.shape(), true, o);
+    EXPECT_EQ(probe.persistent(), where == Where::Persistent) << c.name() << ": " << probe.path();
+  }
+  cuda::titans_host<T>(c.shape(), mi, out[0].data(), in[8].data(), &mg, o);
+  return out;
+}
+
+struct Err {
+  double rel2 = 0, relmax = 0;
+  bool finite = true;
+  size_t worst_at = 0;  // index of the largest difference
+};
+template <class A, class B>
+Err compare(const std::vector<A>& a, const std::vector<B>& ref) {
+  Err e;
+  double num = 0, den = 0, mx = 0, mref = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double x = double(a[i]), y = double(ref[i]);
+    if (!std::isfinite(x)) {
+      if (e.finite) e.worst_at = i;
+      e.finite = false;
+    }
+    num += (x - y) * (x - y);
+    den += y * y;
+    if (std::abs(x - y) > mx) mx = std::abs(x - y), e.worst_at = e.finite ? i : e.worst_at;
+    mref = std::max(mref, std::abs(y));
+  }
+  e.rel2 = den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+  e.relmax = mref == 0 ? mx : mx / mref;
+  if (!e.finite) e.rel2 = e.relmax = INFINITY;
+  return e;
+}
+
+struct Worst {
+  double err = 0;
+  std::string what;
+  void see(double e, const std::string& w) {
+    if (e > err || std::isnan(e)) err = e, what = w;
+  }
+};
+
+// Every output of got against ref: rel2 (use_max false) or relmax <= tol; the message names the tensor, the first
+// bad element and both values.
+template <class A, class B>
+void check(const std::vector<std::vector<A>>& got, const std::vector<std::vector<B>>& ref, double tol, bool use_max,
+           const std::string& tag, Worst& worst) {
+  for (int i = 0; i < 9; ++i) {
+    const Err e = compare(got[size_t(i)], ref[size_t(i)]);
+    const double x = use_max ? e.relmax : e.rel2;
+    const size_t at = e.worst_at;
+    EXPECT_TRUE(e.finite) << tag << " " << kNames[i] << " holds NaN/Inf (first at element " << at << ")";
+    EXPECT_LE(x, tol) << tag << " " << kNames[i] << ": largest difference at element " << at << " (got "
+                      << double(got[size_t(i)][at]) << ", reference " << double(ref[size_t(i)][at]) << ")";
+    worst.see(x, tag + " " + kNames[i]);
+  }
+}
+
+}  // namespace
+
+// The float64 instantiation runs the twin's algorithm: agreement to rounding.
+TEST(CudaTitansPersistent, Float64MatchesCpuTwin) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  Worst worst;
+  int n = 0;
+  for (const Case& c : cases()) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    const auto x = make_inputs(c, seed);
+    const auto ref = run<double>(c, x, Where::Cpu);
+    const auto got = run<double>(c, x, Where::Persistent);
+    check(got, ref, 1e-12, false, c.name() + " fp64 (seed " + std::to_string(seed) + ")", worst);
+  }
+  std::printf("titans persistent fp64 vs CPU twin: %d configs, worst relative error %.3g (%s)\n", n, worst.err,
+              worst.what.c_str());
+}
+
+// The float32 instantiation against float64 on the CPU, with the bound of the batched path's tests.
+TEST(CudaTitansPersistent, Float32MatchesCpuReference) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  Worst worst;
+  int n = 0;
+  for (const Case& c : cases()) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    const auto x = make_inputs(c, seed);
+    const auto ref = run<double>(c, x, Where::Cpu);
+    const auto got = run<float>(c, x, Where::Persistent);
+    check(got, ref, 1e-4, true, c.name() + " fp32 (seed " + std::to_string(seed) + ")", worst);
+  }
+  std::printf("titans persistent fp32 vs CPU float64 (max abs diff / max abs ref): %d configs, worst %.3g (%s)\n", n,
+              worst.err, worst.what.c_str());
+}
+
+// Persistent and batched paths on the same inputs, on the device: float64 to rounding, float32 within the fp32
+// bound (different summation orders).
+TEST(CudaTitansPersistent, MatchesBatchedPath) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  Worst w64, w32;
+  int n = 0;
+  for (const Case& c : cases()) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    const auto x = make_inputs(c, seed);
+    const std::string tag = c.name() + " (seed " + std::to_string(seed) + ")";
+    check(run<double>(c, x, Where::Persistent), run<double>(c, x, Where::Batched), 1e-12, false, tag + " fp64", w64);
+    check(run<float>(c, x, Where::Persistent), run<float>(c, x, Where::Batched), 1e-4, true, tag + " fp32", w32);
+  }
+  std::printf("titans persistent vs batched: %d configs, worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n", n, w64.err,
+              w64.what.c_str(), w32.err, w32.what.c_str());
+}
+
+// Width 128 (forced: the fp32 state does not fit one SM, so W / S / dW spill to the item's global scratch) and the
+// longest chunk at width 64 with a long sequence (many segments).
+TEST(CudaTitansPersistent, Width128AndLongSequence) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  const std::vector<Case> big = {
+      {1, 40, 128, 128, 8, 0, true, true, true, false, 0},
+      {2, 60, 128, 128, 16, 24, true, true, true, true, 0},
+      {1, 1000, 64, 64, 8, 0, true, true, true, false, 0},  // 125 chunks, segments of 12
+  };
+  Worst w64, w32;
+  int n = 0;
+  for (const Case& c : big) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    const auto x = make_inputs(c, seed);
+    const auto ref = run<double>(c, x, Where::Cpu);
+    const std::string tag = c.name() + " (seed " + std::to_string(seed) + ")";
+    check(run<double>(c, x, Where::Persistent), ref, 1e-12, false, tag + " fp64", w64);
+    check(run<float>(c, x, Where::Persistent), ref, 1e-4, true, tag + " fp32", w32);
+  }
+  std::printf("titans persistent width 128 / long: worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n", w64.err,
+              w64.what.c_str(), w32.err, w32.what.c_str());
+}
+
+// The automatic choice: width 64 in fp32 runs persistent (the memories), width 384 batched.
+TEST(CudaTitansPersistent, AutomaticChoice) {
+  REQUIRE_CUDA();
+  if (std::getenv("TTT_TITANS_KERNEL")) GTEST_SKIP() << "TTT_TITANS_KERNEL is set: the automatic choice is forced";
+  Case c{4, 256, 64, 64, 8, 64, true, true, true, true, 0};
+  cuda::TitansRunner<float> small(c.shape(), true);
+  EXPECT_TRUE(small.persistent()) << small.path();
+  std::printf("d = dh = 64, C = 8, fp32: %s\n", small.path().c_str());
+  c.d = c.dh = 384;
+  cuda::TitansRunner<float> wide(c.shape(), true);
+  EXPECT_FALSE(wide.persistent()) << wide.path();
+  std::printf("d = dh = 384: %s\n", wide.path().c_str());
+}
+
+// The TNT branch (global + local memories with resets and Q-K projection, every memory forced persistent, running
+// concurrently on their streams) against the twin on named tensors, in float64; and CUDA graph replay.
+TEST(CudaTitansPersistent, TntBranchMatchesTwin) {
+  REQUIRE_CUDA();
+  const uint64_t seed = fresh_seed();
+  engine::TntOptions opt;
+  opt.global_chunk = 32;
+  opt.local_chunks = {8, 16};
+  opt.shard = 48;
+  const int64_t B = 2, T = 150, d = 64;
+  const std::vector<int64_t> dh = {64, 64, 32};
+  Rng r(seed);
+  SafeTensors st;
+  auto add = [&](const std::string& name, const Shape& shape, double lo, double hi, bool normal) {
+    Tensor t = Tensor::empty(shape, DType::F64);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<double>()[i] = normal ? r.normal() * hi : r.uniform(lo, hi);
+    st.add(name, t);
+  };
+  for (const char* nm : {"q", "k", "v"}) add(nm, {B, T, d}, 0, 1.0 / std::sqrt(double(d)), true);
+  for (size_t m = 0; m < 3; ++m) {
+    const std::string p = m == 0 ? "g_" : "l" + std::to_string(m - 1) + "_";
+    add(p + "w1", {B, dh[m], d}, 0, 1.0 / std::sqrt(double(d)), true);
+    add(p + "w2", {B, d, dh[m]}, 0, 1.0 / std::sqrt(double(dh[m])), true);
+    add(p + "theta", {B, T}, 0.01, 0.1, false);
+    add(p + "eta", {B, T}, 0.3, 0.9, false);
+    add(p + "alpha", {B, T}, 0.01, 0.1, false);
+  }
+  add("grad_o", {B, T, d}, 0, 1.0, true);
+  const SafeTensors ref = titans::tnt_op(st, opt, titans::tnt_twin_runner());
+  for (bool graphs : {false, true}) {
+    cuda::TitansOptions o;
+    o.poison_workspace = true;
+    o.kernel = titans::KernelChoice::Persistent;
+    o.graphs = graphs;
+    cuda::TntGpuRunner runner(o, graphs ? 3 : 1);
+    const SafeTensors got = titans::tnt_op(st, opt, runner);
+    ASSERT_EQ(got.tensors.size(), ref.tensors.size());
+    for (size_t i = 0; i < ref.tensors.size(); ++i) {
+      const auto& [name, t] = ref.tensors[i];
+      std::vector<double> a(size_t(t.numel())), b(size_t(t.numel()));
+      for (int64_t j = 0; j < t.numel(); ++j) a[size_t(j)] = got.tensors[i].second.get(j), b[size_t(j)] = t.get(j);
+      const Err e = compare(a, b);
+      EXPECT_TRUE(e.finite) << name << (graphs ? " (graphs)" : "") << " seed " << seed;
+      EXPECT_LE(e.rel2, 1e-12) << name << (graphs ? " (graphs)" : "") << " seed " << seed << ", worst element "
+                               << e.worst_at;
+    }
+  }
+}
+
+#endif  // TTT_HAVE_CUDA

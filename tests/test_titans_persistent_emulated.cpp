@@ -1,0 +1,271 @@
+// The persistent Titans kernels' device code (src/backend/cuda/titans_persistent_kernels.cuh) run on the CPU by
+// the block emulation of tests/block_emulation.h (a std::thread per CUDA thread, barriers for __syncthreads, a
+// per-warp exchange for warp_sum, shared memory and every work buffer filled with NaN first), driven as
+// PersistentMemory drives it (the plan's layout, checkpoints every K chunks, segment slots, the items' dW summed by
+// fn::ReduceItems), against the CPU twin titans::memory_cpu: float64 to <= 1e-12 relative, float32 against
+// float64 to <= 1e-4 (max abs difference / max abs reference), every output and gradient. This checks the
+// kernels' logic (indexing, phase order, aliasing, resets, segments, spilled buffers) on every build, without a
+// GPU; the GPU tests (test_cuda_titans_persistent.cpp) check the compiled kernels. Some memories read Q-K
+// projected queries (TNT's local memories), projected inside the kernels.
+#include <gtest/gtest.h>
+
+#include "block_emulation.h"  // first: the surface the device code is written against
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/titans_persistent_kernels.cuh"
+#include "core/rng.h"
+#include "ttt/titans_fused.h"
+
+using namespace ttt;
+
+namespace {
+
+// Two warps: the warp-per-row loops wrap at small row counts (FullBlock runs the device's 512).
+unsigned emulated_threads = 64;
+
+struct Case {
+  int64_t B, T, d, dh, chunk, period;
+  bool momentum, decay, residual, qk;
+  int64_t segment;
+  size_t smem;  // shared memory the plan may use (small: buffers spill to the global scratch)
+  std::string name() const {
+    return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
+           std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
+           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") + (qk ? "_qk" : "") +
+           (segment ? "_seg" + std::to_string(segment) : "") + "_smem" + std::to_string(smem);
+  }
+  titans::MemoryShape shape() const {
+    titans::MemoryShape s;
+    s.B = B;
+    s.T = T;
+    s.d = d;
+    s.dh = dh;
+    s.chunk = chunk;
+    s.period = period;
+    s.momentum = momentum;
+    s.decay = decay;
+    s.residual = residual;
+    s.qk = qk;
+    s.segment = segment;
+    return s;
+  }
+};
+
+// The persistent path of one memory on host arrays, as PersistentMemory::forward / backward run it.
+template <class T>
+void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T* o, const T* go,
+             const titans::MemoryGrads<T>& g, size_t smem) {
+  const titans::PersistentPlan plan = titans::plan_persistent(s, sizeof(T), smem, titans::KernelChoice::Persistent);
+  ASSERT_TRUE(plan.persistent) << plan.reason;
+  const int64_t P = s.P(), P2 = 2 * P;
+  const T nan = T(std::nan(""));
+  struct PerGroup {
+    titans::Group g;
+    int64_t K, checkpoints;
+    std::vector<T> ckW, ckS, slotW, slotS, dW, scratch_fwd, scratch_bwd, qk_z, qk_dz;
+  };
+  std::vector<T> qt(size_t(s.B * s.T * s.d), nan), dqt(size_t(s.B * s.T * s.d), nan);  // q̃ and its gradient
+  std::vector<PerGroup> groups;
+  for (const titans::Group& gr : titans::make_groups(s.B, s.T, s.period)) {
+    PerGroup pg;
+    pg.g = gr;
+    const int64_t N = titans::num_chunks(gr.len, s.chunk);
+    pg.K = std::min(plan.segment, N);
+    pg.checkpoints = titans::num_chunks(N, pg.K);
+    auto buf = [&](int64_t n) { return std::vector<T>(size_t(std::max<int64_t>(n, 1)), nan); };
+    pg.ckW = buf(gr.items * pg.checkpoints * P2);
+    pg.ckS = buf(s.momentum ? gr.items * pg.checkpoints * P2 : 0);
+    pg.slotW = buf(gr.items * pg.K * P2);
+    pg.slotS = buf(s.momentum ? gr.items * pg.K * P2 : 0);
+    pg.dW = buf(gr.items * P2);
+    pg.scratch_fwd = buf(gr.items * plan.fwd.scratch_elements);
+    pg.scratch_bwd = buf(gr.items * plan.bwd.scratch_elements);
+    pg.qk_z = buf(gr.items * N);
+    pg.qk_dz = buf(gr.items * N);
+    groups.push_back(std::move(pg));
+  }
+  auto args = [&](PerGroup& pg, const titans::BlockLayout& L, std::vector<T>& scratch) {
+    cuda::persistent::Args<T> a{};
+    a.g = pg.g;
+    a.d = int(s.d);
+    a.dh = int(s.dh);
+    a.C = int(s.chunk);
+    a.K = int(pg.K);
+    a.momentum = s.momentum;
+    a.decay = s.decay;
+    a.residual = s.residual;
+    a.save = true;
+    a.qk = s.qk;
+    a.q = s.qk ? qt.data() : in.q;
+    a.q_in = in.q;
+    a.qt = qt.data();
+    a.qk_z = pg.qk_z.data();
+    a.qk_dz = pg.qk_dz.data();
+    a.k = in.k;
+    a.v = in.v;
+    a.w1 = in.w1;
+    a.w2 = in.w2;
+    a.theta = in.theta;
+    a.eta = in.eta;
+    a.alpha = in.alpha;
+    a.checkpoints = pg.checkpoints;
+    a.ckW = pg.ckW.data();
+    a.ckS = s.momentum ? pg.ckS.data() : nullptr;
+    a.slotW = pg.slotW.data();
+    a.slotS = s.momentum ? pg.slotS.data() : nullptr;
+    a.dW_items = pg.dW.data();
+    a.scratch = scratch.data();
+    a.scratch_per_item = L.scratch_elements;
+    for (int i = 0; i < titans::kNumBuffers; ++i) {
+      a.offset[i] = L.buf[size_t(i)].offset;
+      a.shared[i] = L.buf[size_t(i)].shared;
+    }
+    a.scalar_bytes = int(L.scalar_bytes);
+    a.chunk_rows = int(plan.chunk_rows);
+    return a;
+  };
+  for (PerGroup& pg : groups) {
+    cuda::persistent::Args<T> a = args(pg, plan.fwd, pg.scratch_fwd);
+    a.o = o;
+    block_emulation::launch(cuda::persistent::k_titans_persistent_fwd<T>, unsigned(pg.g.items), emulated_threads,
+                            plan.fwd.shared_bytes, a);
+  }
+  std::fill(g.w1, g.w1 + s.B * P, T(0));
+  std::fill(g.w2, g.w2 + s.B * P, T(0));
+  for (PerGroup& pg : groups) {
+    cuda::persistent::Args<T> a = args(pg, plan.bwd, pg.scratch_bwd);
+    a.go = go;
+    a.gq = s.qk ? dqt.data() : g.q;
+    a.gq_final = g.q;
+    a.gk = g.k;
+    a.gv = g.v;
+    a.gtheta = g.theta;
+    a.geta = g.eta;
+    a.galpha = g.alpha;
+    block_emulation::launch(cuda::persistent::k_titans_persistent_bwd<T>, unsigned(pg.g.items), emulated_threads,
+                            plan.bwd.shared_bytes, a);
+    const titans::fn::ReduceItems<T> reduce{pg.dW.data(), g.w1, g.w2, pg.g, P};
+    for (int64_t i = 0; i < (pg.g.items / pg.g.per_b) * P2; ++i) reduce(i);
+  }
+}
+
+const char* kNames[9] = {"o", "grad_q", "grad_k", "grad_v", "grad_w1", "grad_w2", "grad_theta", "grad_eta",
+                         "grad_alpha"};
+
+template <class T>
+std::vector<std::vector<T>> run(const Case& c, const std::vector<std::vector<double>>& x, bool emulated) {
+  std::vector<std::vector<T>> in;
+  for (const auto& v : x) in.emplace_back(v.begin(), v.end());
+  const size_t BTd = size_t(c.B * c.T * c.d), P = size_t(c.B * c.d * c.dh), BT = size_t(c.B * c.T);
+  std::vector<std::vector<T>> out(9);
+  const T nan = T(std::nan(""));
+  for (int i : {0, 1, 2, 3}) out[size_t(i)].assign(BTd, nan);
+  for (int i : {4, 5}) out[size_t(i)].assign(P, nan);
+  for (int i : {6, 7, 8}) out[size_t(i)].assign(BT, nan);
+  titans::MemoryInputs<T> mi{in[0].data(), in[1].data(), in[2].data(), in[3].data(),
+                             in[4].data(), in[5].data(), in[6].data(), in[7].data()};
+  titans::MemoryGrads<T> mg{out[1].data(), out[2].data(), out[3].data(), out[4].data(), out[5].data(),
+                            out[6].data(), out[7].data(), out[8].data()};
+  if (emulated)
+    emulate<T>(c.shape(), mi, out[0].data(), in[8].data(), mg, c.smem);
+  else
+    titans::memory_cpu<T>(c.shape(), mi, out[0].data(), in[8].data(), &mg);
+  return out;
+}
+
+template <class A>
+void check(const std::vector<std::vector<A>>& got, const std::vector<std::vector<double>>& ref, double tol,
+           bool use_max, const std::string& tag, double& worst, std::string& worst_what) {
+  for (int t = 0; t < 9; ++t) {
+    const auto& a = got[size_t(t)];
+    const auto& r = ref[size_t(t)];
+    double num = 0, den = 0, mx = 0, mref = 0;
+    size_t at = 0, bad = 0;
+    bool finite = true;
+    for (size_t i = 0; i < r.size(); ++i) {
+      const double x = double(a[i]), y = r[i];
+      if (!std::isfinite(x)) {
+        if (finite) bad = i;
+        finite = false;
+        continue;
+      }
+      num += (x - y) * (x - y);
+      den += y * y;
+      if (std::abs(x - y) >= mx) mx = std::abs(x - y), at = i;
+      mref = std::max(mref, std::abs(y));
+    }
+    EXPECT_TRUE(finite) << tag << " " << kNames[t] << ": NaN/Inf, first at element " << bad;
+    if (!finite) continue;
+    const double e = use_max ? (mref == 0 ? mx : mx / mref) : (den == 0 ? std::sqrt(num) : std::sqrt(num / den));
+    EXPECT_LE(e, tol) << tag << " " << kNames[t] << ": largest difference at element " << at << " (got "
+                      << double(a[at]) << ", reference " << r[at] << ")";
+    if (e > worst) worst = e, worst_what = tag + " " + kNames[t];
+  }
+}
+
+std::vector<std::vector<double>> inputs(const Case& c, uint64_t seed) {
+  Rng r(seed);
+  const int64_t BTd = c.B * c.T * c.d, P = c.B * c.d * c.dh, BT = c.B * c.T;
+  auto normal = [&](int64_t k, double sd) {
+    std::vector<double> v(static_cast<size_t>(k));
+    for (auto& e : v) e = double(float(r.normal() * sd));
+    return v;
+  };
+  auto uniform = [&](int64_t k, double lo, double hi) {
+    std::vector<double> v(static_cast<size_t>(k));
+    for (auto& e : v) e = double(float(r.uniform(lo, hi)));
+    return v;
+  };
+  const double sd = 1.0 / std::sqrt(double(c.d));
+  return {normal(BTd, sd), normal(BTd, sd), normal(BTd, sd), normal(P, sd), normal(P, 1.0 / std::sqrt(double(c.dh))),
+          uniform(BT, 0.01, 0.1), uniform(BT, 0.3, 0.9), uniform(BT, 0.01, 0.1), normal(BTd, 1.0)};
+}
+
+constexpr size_t kBig = 232448;  // an H200's opt-in shared memory per block
+
+}  // namespace
+
+TEST(TitansPersistentEmulated, MatchesCpuTwin) {
+  const std::vector<Case> cases = {
+      // B  T   d   dh  C   S   mom    decay  res    qk     seg smem
+      {2, 37, 5, 7, 3, 0, true, true, true, false, 0, kBig},      // odd widths, T % C != 0
+      {2, 40, 6, 4, 8, 13, false, true, false, true, 2, kBig},    // shards of 13 (tail), Q-K, no momentum, segments of 2
+      {3, 40, 6, 6, 4, 16, true, false, true, true, 3, kBig},     // shards dividing T, Q-K, no decay
+      {2, 30, 5, 6, 3, 0, false, false, true, false, 1, kBig},    // no gates; every state recomputed from itself
+      {1, 50, 8, 12, 4, 0, true, true, true, true, 4, 3000},      // buffers spill to the global scratch; Q-K, no reset
+      {2, 36, 64, 64, 8, 18, true, true, true, true, 0, kBig},    // width 64 (the heads), shards of 18, Q-K
+      {1, 24, 64, 64, 8, 0, true, true, true, false, 0, kBig},    // width 64 without Q-K
+  };
+  double w64 = 0, w32 = 0;
+  std::string what64, what32;
+  uint64_t seed = 1234;
+  for (const Case& c : cases) {
+    const auto x = inputs(c, ++seed);
+    const auto ref = run<double>(c, x, false);
+    const std::string tag = c.name() + " (seed " + std::to_string(seed) + ")";
+    check(run<double>(c, x, true), ref, 1e-12, false, tag + " fp64", w64, what64);
+    check(run<float>(c, x, true), ref, 1e-4, true, tag + " fp32", w32, what32);
+  }
+  std::printf("persistent kernels emulated on the CPU vs CPU twin: %zu configs, worst fp64 relative error %.3g (%s), "
+              "worst fp32 max-abs relative error %.3g (%s)\n",
+              cases.size(), w64, what64.c_str(), w32, what32.c_str());
+}
+
+// The device's block size (titans::kPersistentThreads threads, 16 warps) on one small case with every feature.
+TEST(TitansPersistentEmulated, FullBlock) {
+  const Case c{1, 20, 12, 10, 4, 9, true, true, true, true, 2, kBig};
+  emulated_threads = titans::kPersistentThreads;
+  const auto x = inputs(c, 99);
+  const auto ref = run<double>(c, x, false);
+  double worst = 0;
+  std::string what;
+  check(run<double>(c, x, true), ref, 1e-12, false, c.name() + " fp64, 512 threads", worst, what);
+  emulated_threads = 64;
+  std::printf("persistent kernels emulated with 512 threads: worst fp64 relative error %.3g (%s)\n", worst,
+              what.c_str());
+}
