@@ -4,16 +4,20 @@
 # block_causal_lact_swiglu (bench/public_lact_op.py) at the same shape (b*H 4, T 32768, d = dh = 384, chunk 2048).
 #
 #   bench/side_by_side.sh --lact-repo DIR [--wheels DIR] [--ttt PATH] [--preset 760m|3b] [--seq-len N]
-#                         [--grad-checkpoint] [--op] [--no-step] [-- extra flags for ttt bench step]
+#                         [--grad-checkpoint] [--op] [--no-step] [--public-operator public|ttt|both]
+#                         [--capi-lib PATH] [-- extra flags for ttt bench step]
 #
 # --lact-repo  a checkout of github a1600012888/LaCT (never part of ttt; bring your own)
 # --wheels     a directory of wheels to install first into a temporary target (fla-core and
 #              flash-linear-attention 0.6.0 where the machine lacks them); installed with --no-index --no-deps
 # --ttt        the ttt binary (default: build/ttt)
+# --public-operator  the public model's LaCT operator: its own (default), ttt_torch.ops.lact_swiglu (`ttt`), or
+#              `both`: the public model's step with each, in one process (needs --capi-lib, a CUDA build's
+#              libttt_capi.so, or TTT_CAPI_LIB)
 # flash_attn is replaced by bench/flash_attn_standin (flex_attention with a sliding-window block mask).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-lact_repo="" wheels="" ttt="$here/../build/ttt" preset=760m seq_len=32768 ckpt="" op=0 step=1 extra=()
+lact_repo="" wheels="" ttt="$here/../build/ttt" preset=760m seq_len=32768 ckpt="" op=0 step=1 extra=() pub_op=public capi=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --lact-repo) lact_repo=$2; shift 2 ;;
@@ -24,6 +28,8 @@ while [ $# -gt 0 ]; do
     --grad-checkpoint) ckpt=--grad-checkpoint; shift ;;
     --op) op=1; shift ;;
     --no-step) step=0; shift ;;
+    --public-operator) pub_op=$2; shift 2 ;;
+    --capi-lib) capi=(--capi-lib "$2"); shift 2 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "side_by_side.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -58,14 +64,21 @@ echo "== ttt bench step --preset $preset (T = $seq_len)" >&2
 cat "$out/ttt.json"
 echo "== public LaCT model ($preset config, T = $seq_len)" >&2
 python3 "$here/public_lact_step.py" --lact-repo "$lact_repo" --preset "$preset" --seq-len "$seq_len" $ckpt \
-  > "$out/public.json"
+  --operator "$pub_op" "${capi[@]}" > "$out/public.json"
 cat "$out/public.json"
 python3 - "$out/ttt.json" "$out/public.json" <<'PY'
 import json, sys
 t = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-p = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+lines = [json.loads(l) for l in open(sys.argv[2]).read().strip().splitlines() if l.startswith("{")]
+by_op = {l.get("operator", "public"): l for l in lines}
 tb = t.get("tracked_peak_bytes", 0)
 print(f"ttt:    {t['step_ms_median']:9.1f} ms  {t['tokens_per_s']:10.0f} tokens/s  peak {tb / 1e9:6.1f} GB (tracked)")
-print(f"public: {p['step_ms_median']:9.1f} ms  {p['tokens_per_s']:10.0f} tokens/s  peak {p['peak_bytes'] / 1e9:6.1f} GB (allocated)")
-print(f"ratio:  ttt is {p['step_ms_median'] / t['step_ms_median']:.2f}x the public model's speed")
+for op, p in by_op.items():
+    name = "public" if op == "public" else "public model, ttt's operator"
+    print(f"{name}: {p['step_ms_median']:9.1f} ms  {p['tokens_per_s']:10.0f} tokens/s  peak {p['peak_bytes'] / 1e9:6.1f} GB (allocated)")
+if "public" in by_op:
+    print(f"ratio:  ttt is {by_op['public']['step_ms_median'] / t['step_ms_median']:.2f}x the public model's speed")
+if "public" in by_op and "ttt" in by_op:
+    print(f"operator swap: the public model's step with ttt's operator is "
+          f"{by_op['public']['step_ms_median'] / by_op['ttt']['step_ms_median']:.2f}x its speed with its own")
 PY

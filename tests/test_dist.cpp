@@ -458,10 +458,9 @@ TEST(DistMpi, BenchStepRunsDataParallel) {
       << bad.output;
 }
 
-// Why the two-GPU tests cannot run here, or "".
+// Why the two-GPU tests cannot run here, or "". They launch with mpirun where it exists, else torchrun-style (the GPU
+// machines they run on have no mpirun): run_gpu_ranks.
 std::string two_gpus_missing() {
-  const std::string why = test_util::mpirun_missing();
-  if (!why.empty()) return why;
   if (!backend::device_available("cuda")) return "no CUDA device or no CUDA build";
   if (std::system("test \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\" -ge 2") != 0) return "fewer than two GPUs";
   return "";
@@ -473,6 +472,15 @@ std::string two_gpus_missing() {
     if (!why.empty()) GTEST_SKIP() << "skipped: " << why;     \
   } while (0)
 
+// `np` ranks of `ttt ARGS` in `w`: under mpirun, or without it started torchrun-style (RANK, WORLD_SIZE, LOCAL_RANK,
+// MASTER_ADDR/PORT: the TCP bootstrap), each launch on its own port. np = 0: one plain process.
+test::RunResult run_gpu_ranks(const Workspace& w, int np, const std::string& args, const std::string& env,
+                              int timeout_s = 180) {
+  if (np == 0 || test_util::mpirun_missing().empty()) return run_ranks(w, np, args, env, timeout_s);
+  static int launches = 0;
+  return test::run_torchrun(w.dir.string(), np, test::test_port(100 + launches++), args, env, timeout_s);
+}
+
 // NVLink multicast stays off on the machines these tests run on (NCCL_NVLS_ENABLE=0).
 const std::string kGpuFlags = "--device cuda --precision fp32";
 const std::string kNcclEnv = "NCCL_NVLS_ENABLE=0";
@@ -482,9 +490,9 @@ const std::string kNcclEnv = "NCCL_NVLS_ENABLE=0";
 TEST(DistMpi, TwoGpusMatchOneGpu) {
   SKIP_WITHOUT_TWO_GPUS();
   Workspace w("gpu2");
-  const auto one = run_ranks(w, 0, train_args("one", 3, kGpuFlags), kNcclEnv);
+  const auto one = run_gpu_ranks(w, 0, train_args("one", 3, kGpuFlags), kNcclEnv);
   ASSERT_EQ(exit_code(one), 0) << one.output;
-  const auto two = run_ranks(w, 2, train_args("two", 3, kGpuFlags), kNcclEnv);
+  const auto two = run_gpu_ranks(w, 2, train_args("two", 3, kGpuFlags), kNcclEnv);
   ASSERT_EQ(exit_code(two), 0) << two.output;
   const auto ma = test_util::read_metrics((w.dir / "one").string()), mb = test_util::read_metrics((w.dir / "two").string());
   ASSERT_EQ(ma.size(), mb.size());
@@ -501,9 +509,9 @@ TEST(DistMpi, TwoGpusMatchOneGpu) {
 TEST(DistMpi, TwoGpusBucketedAllReduceEqualsOneShot) {
   SKIP_WITHOUT_TWO_GPUS();
   Workspace w("gpu_buckets");
-  const auto one_shot = run_ranks(w, 2, train_args("one_shot", 3, kGpuFlags + " --grad-bucket-mb 0"), kNcclEnv);
+  const auto one_shot = run_gpu_ranks(w, 2, train_args("one_shot", 3, kGpuFlags + " --grad-bucket-mb 0"), kNcclEnv);
   ASSERT_EQ(exit_code(one_shot), 0) << one_shot.output;
-  const auto bucketed = run_ranks(w, 2, train_args("bucketed", 3, kGpuFlags + " --grad-bucket-mb 0.001"), kNcclEnv);
+  const auto bucketed = run_gpu_ranks(w, 2, train_args("bucketed", 3, kGpuFlags + " --grad-bucket-mb 0.001"), kNcclEnv);
   ASSERT_EQ(exit_code(bucketed), 0) << bucketed.output;
   expect_same_run(w.dir / "one_shot", w.dir / "bucketed");
   EXPECT_NE(bucketed.output.find("| comm wait "), std::string::npos) << bucketed.output;
@@ -518,9 +526,9 @@ TEST(DistMpi, TwoGpusBucketedAllReduceEqualsOneShot) {
 TEST(DistMpi, TwoGpusShardedOptimizerEqualsUnsharded) {
   SKIP_WITHOUT_TWO_GPUS();
   Workspace w("gpu_zero");
-  const auto plain = run_ranks(w, 2, train_args("plain", 3, kGpuFlags), kNcclEnv);
+  const auto plain = run_gpu_ranks(w, 2, train_args("plain", 3, kGpuFlags), kNcclEnv);
   ASSERT_EQ(exit_code(plain), 0) << plain.output;
-  const auto sharded = run_ranks(w, 2, train_args("sharded", 3, kGpuFlags + " --shard-optimizer"), kNcclEnv);
+  const auto sharded = run_gpu_ranks(w, 2, train_args("sharded", 3, kGpuFlags + " --shard-optimizer"), kNcclEnv);
   ASSERT_EQ(exit_code(sharded), 0) << sharded.output;
   EXPECT_NE(sharded.output.find("optimizer sharded (ZeRO-1)"), std::string::npos) << sharded.output;
   expect_same_run(w.dir / "plain", w.dir / "sharded", 1e-12);
@@ -530,14 +538,14 @@ TEST(DistMpi, TwoGpusShardedOptimizerEqualsUnsharded) {
   fs::copy(w.dir / "plain", w.dir / "plain_one", copy);
   fs::copy(w.dir / "sharded", w.dir / "sharded_one", copy);
   for (const char* run : {"plain_one", "sharded_one"}) {
-    const auto r = run_ranks(w, 0, std::string("train --resume ") + run + " --steps 4 --sample-tokens 0", kNcclEnv);
+    const auto r = run_gpu_ranks(w, 0, std::string("train --resume ") + run + " --steps 4 --sample-tokens 0", kNcclEnv);
     ASSERT_EQ(exit_code(r), 0) << r.output;
   }
   expect_same_run(w.dir / "plain_one", w.dir / "sharded_one", 1e-12);
   // Two ranks resume sharded from the whole state (re-sliced), as the unsharded run resumes.
-  const auto more = run_ranks(w, 2, "train --resume sharded --steps 4 --sample-tokens 0 --shard-optimizer", kNcclEnv);
+  const auto more = run_gpu_ranks(w, 2, "train --resume sharded --steps 4 --sample-tokens 0 --shard-optimizer", kNcclEnv);
   ASSERT_EQ(exit_code(more), 0) << more.output;
-  const auto more_plain = run_ranks(w, 2, "train --resume plain --steps 4 --sample-tokens 0", kNcclEnv);
+  const auto more_plain = run_gpu_ranks(w, 2, "train --resume plain --steps 4 --sample-tokens 0", kNcclEnv);
   ASSERT_EQ(exit_code(more_plain), 0) << more_plain.output;
   expect_same_run(w.dir / "plain", w.dir / "sharded", 1e-12);
 }
@@ -606,10 +614,11 @@ TEST(DistMpi, AStuckGpuRankTimesOutWithAMessage) {
   Workspace w("gpu_hang");
   test::RunResult r;
   const double s = timed([&] {
-    return run_ranks(w, 2, train_args("run", 4, kGpuFlags + " --grad-bucket-mb 0.001"),
-                     kNcclEnv + " TTT_DIST_TIMEOUT=5 TTT_TEST_RANK_FAULT=1:1:hang", 120);
+    // 60 s: without mpirun (torchrun-style) the stuck rank itself is ended by `timeout`, as a launcher would.
+    return run_gpu_ranks(w, 2, train_args("run", 4, kGpuFlags + " --grad-bucket-mb 0.001"),
+                         kNcclEnv + " TTT_DIST_TIMEOUT=5 TTT_TEST_RANK_FAULT=1:1:hang", 60);
   }, r);
-  expect_job_fails(r, "timed out", s, 110);
+  expect_job_fails(r, "timed out", s, 70);
 }
 
 TEST(DistMpi, BadTimeoutIsAnError) {
