@@ -73,12 +73,15 @@ void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, si
 
 }  // namespace
 
-// The memory (d = dh = 64, MLP, momentum) fits on chip in fp32 at C = 8 and 16, its state at C = 64.
+// The memory (d = dh = 64, MLP, momentum) fits on chip in fp32 at C = 8 and 16, its state at C = 64; the
+// automatic choice takes it only up to kPersistentMaxAutoChunk (where it measured faster than the batched path).
 TEST(TitansPersistentPlan, Width64Float32RunsPersistent) {
   for (int64_t C : {8, 16, 64}) {
     titans::MemoryShape s = shape(64, 64, C);
     s.qk = C == 16;  // a TNT local memory's Q-K sums fit too
-    const titans::PersistentPlan p = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Automatic);
+    const titans::PersistentPlan automatic = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Automatic);
+    EXPECT_EQ(automatic.persistent, C <= titans::kPersistentMaxAutoChunk) << automatic.reason;
+    const titans::PersistentPlan p = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Persistent);
     const std::string tag = "C " + std::to_string(C) + ": " + p.reason;
     EXPECT_TRUE(p.persistent) << tag;
     EXPECT_NE(p.reason.find("persistent"), std::string::npos) << tag;
@@ -144,14 +147,14 @@ TEST(TitansPersistentPlan, WideHeadsAndForcedBatchedRunBatched) {
 TEST(TitansPersistentPlan, LayoutVariants) {
   titans::MemoryShape s = shape(32, 48, 16, 100, 0, false);
   s.segment = 3;
-  titans::PersistentPlan p = titans::plan_persistent(s, 8, kH200Smem, KernelChoice::Automatic);
+  titans::PersistentPlan p = titans::plan_persistent(s, 8, kH200Smem, KernelChoice::Persistent);
   EXPECT_TRUE(p.persistent) << p.reason;
   EXPECT_EQ(p.segment, 3);
   check_layout(p.fwd, s, 8, false, kH200Smem, "no momentum fwd");
   check_layout(p.bwd, s, 8, true, kH200Smem, "no momentum bwd");
   titans::MemoryShape t = shape(16, 16, 64, 40, 12, true);
   t.qk = true;  // a local memory: Q-K projected queries, their sums on chip
-  p = titans::plan_persistent(t, 4, kH200Smem, KernelChoice::Automatic);
+  p = titans::plan_persistent(t, 4, kH200Smem, KernelChoice::Persistent);
   check_layout(p.fwd, t, 4, false, kH200Smem, "qk fwd");
   check_layout(p.bwd, t, 4, true, kH200Smem, "qk bwd");
   EXPECT_EQ(p.chunk_rows, 12);  // shards of 12 tokens

@@ -77,9 +77,10 @@ inline int64_t padded_state_elements(const MemoryShape& s) { return s.dh * (s.d 
 // The widest head (d and dh) the persistent kernels take: larger widths run the batched path.
 inline constexpr int64_t kPersistentMaxWidth = 128;
 // The longest chunk the automatic choice runs persistent: one block per item does the products of a chunk step on
-// one SM, which pays while chunk steps are latency-bound (small C); long chunks are enough work for the batched
-// path's cuBLAS products over all SMs.
-inline constexpr int64_t kPersistentMaxAutoChunk = 64;
+// one SM with FMA loops, which pays only while chunk steps are latency-bound. Measured on an H200 (docs/PERF.md,
+// 87M configs, d = dh = 64, bf16 steps): C = 8 persistent 2.7x the batched path (titans) and 1.6x (tnt local 8);
+// C = 64 1.1x (titans) but 0.87x (tnt local 64); at the operator level with CUDA graphs C = 16 0.83x, C = 64 0.55x.
+inline constexpr int64_t kPersistentMaxAutoChunk = 8;
 // Threads per block of the persistent kernels.
 inline constexpr int kPersistentThreads = 512;
 

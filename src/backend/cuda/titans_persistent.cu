@@ -87,10 +87,17 @@ struct PersistentMemory<T>::Impl {
       qt = alloc(s.B * s.T * s.d);
       if (with_grad) dqt = alloc(s.B * s.T * s.d);
     }
-    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_fwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(plan.fwd.shared_bytes)));
-    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_bwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(plan.bwd.shared_bytes)));
+    // The attribute is a ceiling shared by every launch of the kernel, and runners of different sizes (TNT's
+    // memories, each enqueued from its own host thread) use it concurrently: set it to the device's limit, never
+    // to one runner's size (a smaller runner built later would refuse a larger one's launches).
+    int device = 0, optin = 0;
+    TTT_CUDA_CHECK(cudaGetDevice(&device));
+    TTT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    TTT_CHECK(plan.fwd.shared_bytes <= size_t(optin) && plan.bwd.shared_bytes <= size_t(optin),
+              "titans persistent: the plan needs " << plan.fwd.shared_bytes << " / " << plan.bwd.shared_bytes
+                                                   << " bytes of shared memory per block, the device allows " << optin);
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_fwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_bwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   }
   DeviceBuffer alloc(int64_t n) {
     DeviceBuffer b(sizeof(T) * size_t(std::max<int64_t>(n, 1)));
