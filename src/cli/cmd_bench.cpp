@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/device_flags.h"
+#include "backend/titans_persistent_plan.h"
 #include "ttt/tnt.h"
 
 namespace ttt::cli {
@@ -61,8 +62,9 @@ int cmd_bench_tnt(const Argv& argv) {
   declare_device_flag(a, "cuda defaults: --bh 4 --d 384 --dh 384 --shard 2048 --T 2048,...,32768");
   a.value("graphs", "cuda: on | off: replay each forward / backward as a captured CUDA graph", "on")
       .value("kernel",
-             "cuda: auto | persistent | batched: the Titans memories' kernels (auto: persistent for chunks <= 64 "
-             "and d, dh <= 128 when they fit on chip; the JSON's titans_path says what ran)",
+             "cuda: auto | persistent | batched: the Titans memories' kernels (auto: persistent for chunks <= " +
+                 std::to_string(titans::kPersistentMaxAutoChunk) +
+                 " and d, dh <= 128 when they fit on chip; the JSON's titans_path says what ran)",
              "auto")
       .value("precision", "cuda: fp32 (the memories' products and state in fp32; bf16 is not implemented yet)",
              "fp32");
