@@ -14,7 +14,9 @@ prenorm one and the fused Triton ones) for ttt_torch.ops.lact_swiglu (ttt's kern
 target ttt_capi of a CUDA build, found as ttt_torch finds it or at --capi-lib), with its matrix products in
 --ttt-precision (auto: bf16 as the public model's autocast, tf32 with Muon). --operator both runs, in one
 process on the same weights and batch: the loss of the unmodified model and of the swapped one (their difference
-is printed), then the timed steps of each; one JSON line per operator.
+is printed), then the timed steps of each; one JSON line per operator. Memory: at
+T = 32768 the public model keeps ~134 GB of activations, so `both` then needs ttt's operator workspace (~10 GB)
+on top: on a 140 GB GPU use --seq-len 16384 or --grad-checkpoint (measured: out of memory in the ttt phase).
 """
 import argparse
 import json

@@ -63,9 +63,13 @@ echo "== ttt bench step --preset $preset (T = $seq_len)" >&2
   "${extra[@]}" > "$out/ttt.json"
 cat "$out/ttt.json"
 echo "== public LaCT model ($preset config, T = $seq_len)" >&2
+# (what it printed is shown and compared even when a later part fails: with --public-operator both, the public
+# operator's line comes first)
+status=0
 python3 "$here/public_lact_step.py" --lact-repo "$lact_repo" --preset "$preset" --seq-len "$seq_len" $ckpt \
-  --operator "$pub_op" "${capi[@]}" > "$out/public.json"
+  --operator "$pub_op" "${capi[@]}" > "$out/public.json" || status=$?
 cat "$out/public.json"
+[ -s "$out/public.json" ] || exit $((status ? status : 1))
 python3 - "$out/ttt.json" "$out/public.json" <<'PY'
 import json, sys
 t = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
@@ -82,3 +86,4 @@ if "public" in by_op and "ttt" in by_op:
     print(f"operator swap: the public model's step with ttt's operator is "
           f"{by_op['public']['step_ms_median'] / by_op['ttt']['step_ms_median']:.2f}x its speed with its own")
 PY
+exit $status

@@ -504,7 +504,7 @@ class Gpu(unittest.TestCase):
         grad_o = x.pop("grad_o")
         outs = []
         for dev in ("cpu", "cuda"):
-            leaves = {n: t.to(dev).requires_grad_(True) for n, t in x.items()}
+            leaves = {n: t.detach().to(dev).requires_grad_(True) for n, t in x.items()}  # new leaves per device
             g, locs = tnt_memories(leaves, len(lcs), ug)
             o = ops.tnt(leaves["q"], leaves["k"], leaves["v"], global_memory=g, local_memories=locs,
                         global_chunk=gc, local_chunks=lcs, shard=shard, qk_proj=qk)
@@ -538,7 +538,7 @@ class Gpu(unittest.TestCase):
         # the default one, against the same chain on the CPU in float64; and a forward without gradients.
         x = lact_inputs(2, 16, 4, 8, dtype=torch.float64, seed=13)
         def chain(dev):
-            leaves = {n: t.to(dev).requires_grad_(True) for n, t in x.items() if n != "grad_o"}
+            leaves = {n: t.detach().to(dev).requires_grad_(True) for n, t in x.items() if n != "grad_o"}
             h = leaves["q"]
             for _ in range(3):
                 h = call_lact(dict(leaves, q=h, k=torch.tanh(h)), chunk_size=4, use_muon=True)
