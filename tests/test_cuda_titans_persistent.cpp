@@ -11,6 +11,7 @@
 // seed printed with every failure. Every test skips, saying why, without CUDA or without a usable device.
 #include <gtest/gtest.h>
 
+#include "titans_test_util.h"
 #include "cuda_test_util.h"
 
 #include <algorithm>
@@ -38,32 +39,7 @@ TEST(CudaTitansPersistent, SkippedWithoutCuda) { GTEST_SKIP() << "built without 
 
 namespace {
 
-struct Case {
-  int64_t B, T, d, dh, chunk, period;
-  bool momentum, decay, residual, qk;
-  int64_t segment;
-  std::string name() const {
-    return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
-           std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
-           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") + (qk ? "_qk" : "") +
-           (segment ? "_seg" + std::to_string(segment) : "");
-  }
-  titans::MemoryShape shape() const {
-    titans::MemoryShape s;
-    s.B = B;
-    s.T = T;
-    s.d = d;
-    s.dh = dh;
-    s.chunk = chunk;
-    s.period = period;
-    s.momentum = momentum;
-    s.decay = decay;
-    s.residual = residual;
-    s.qk = qk;
-    s.segment = segment;
-    return s;
-  }
-};
+using Case = test::TitansCase;
 
 // Cases at width 64 (the issue's heads) and small odd shapes that exercise the generic paths.
 std::vector<Case> cases() {

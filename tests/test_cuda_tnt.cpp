@@ -7,6 +7,7 @@
 // the machine no usable device.
 #include <gtest/gtest.h>
 
+#include "titans_test_util.h"
 #include "cuda_test_util.h"
 
 #include <algorithm>
@@ -235,32 +236,7 @@ TEST(CudaTnt, Float32MatchesCpuReference) {
 
 namespace {
 
-struct MemCase {
-  int64_t B, T, d, dh, chunk, period;
-  bool momentum, decay, residual, qk;
-  int64_t segment;
-  std::string name() const {
-    return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
-           std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
-           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") + (qk ? "_qk" : "") +
-           (segment ? "_seg" + std::to_string(segment) : "");
-  }
-  titans::MemoryShape shape() const {
-    titans::MemoryShape s;
-    s.B = B;
-    s.T = T;
-    s.d = d;
-    s.dh = dh;
-    s.chunk = chunk;
-    s.period = period;
-    s.momentum = momentum;
-    s.decay = decay;
-    s.residual = residual;
-    s.qk = qk;
-    s.segment = segment;
-    return s;
-  }
-};
+using MemCase = test::TitansCase;
 
 // o, grad_q, grad_k, grad_v, grad_w1, grad_w2, grad_theta, grad_eta, grad_alpha
 template <class T>

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "titans_test_util.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "ttt/runner.h"
@@ -21,31 +22,7 @@ using namespace ttt;
 
 namespace {
 
-struct MemCase {
-  int64_t B, T, d, dh, chunk, period;
-  bool momentum, decay, residual;
-  int64_t segment = 0;
-  std::string name() const {
-    return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
-           std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
-           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") +
-           (segment ? "_seg" + std::to_string(segment) : "");
-  }
-  titans::MemoryShape shape() const {
-    titans::MemoryShape s;
-    s.B = B;
-    s.T = T;
-    s.d = d;
-    s.dh = dh;
-    s.chunk = chunk;
-    s.period = period;
-    s.momentum = momentum;
-    s.decay = decay;
-    s.residual = residual;
-    s.segment = segment;
-    return s;
-  }
-};
+using MemCase = test::TitansCase;
 
 // Inputs and results in the operator's layouts; results in the order of kNames.
 const char* kNames[9] = {"o", "grad_q", "grad_k", "grad_v", "grad_w1", "grad_w2", "grad_theta", "grad_eta",

@@ -9,6 +9,7 @@
 // projected queries (TNT's local memories), projected inside the kernels.
 #include <gtest/gtest.h>
 
+#include "titans_test_util.h"
 #include "block_emulation.h"  // first: the surface the device code is written against
 
 #include <algorithm>
@@ -29,31 +30,10 @@ namespace {
 unsigned emulated_threads = 64;
 
 struct Case {
-  int64_t B, T, d, dh, chunk, period;
-  bool momentum, decay, residual, qk;
-  int64_t segment;
+  test::TitansCase m;
   size_t smem;  // shared memory the plan may use (small: buffers spill to the global scratch)
-  std::string name() const {
-    return "B" + std::to_string(B) + "_T" + std::to_string(T) + "_d" + std::to_string(d) + "_dh" +
-           std::to_string(dh) + "_C" + std::to_string(chunk) + "_S" + std::to_string(period) +
-           (momentum ? "_mom" : "") + (decay ? "_decay" : "") + (residual ? "_res" : "") + (qk ? "_qk" : "") +
-           (segment ? "_seg" + std::to_string(segment) : "") + "_smem" + std::to_string(smem);
-  }
-  titans::MemoryShape shape() const {
-    titans::MemoryShape s;
-    s.B = B;
-    s.T = T;
-    s.d = d;
-    s.dh = dh;
-    s.chunk = chunk;
-    s.period = period;
-    s.momentum = momentum;
-    s.decay = decay;
-    s.residual = residual;
-    s.qk = qk;
-    s.segment = segment;
-    return s;
-  }
+  std::string name() const { return m.name() + "_smem" + std::to_string(smem); }
+  titans::MemoryShape shape() const { return m.shape(); }
 };
 
 // The persistent path of one memory on host arrays, as PersistentMemory::forward / backward run it.
@@ -161,7 +141,7 @@ template <class T>
 std::vector<std::vector<T>> run(const Case& c, const std::vector<std::vector<double>>& x, bool emulated) {
   std::vector<std::vector<T>> in;
   for (const auto& v : x) in.emplace_back(v.begin(), v.end());
-  const size_t BTd = size_t(c.B * c.T * c.d), P = size_t(c.B * c.d * c.dh), BT = size_t(c.B * c.T);
+  const size_t BTd = size_t(c.m.B * c.m.T * c.m.d), P = size_t(c.m.B * c.m.d * c.m.dh), BT = size_t(c.m.B * c.m.T);
   std::vector<std::vector<T>> out(9);
   const T nan = T(std::nan(""));
   for (int i : {0, 1, 2, 3}) out[size_t(i)].assign(BTd, nan);
@@ -210,7 +190,7 @@ void check(const std::vector<std::vector<A>>& got, const std::vector<std::vector
 
 std::vector<std::vector<double>> inputs(const Case& c, uint64_t seed) {
   Rng r(seed);
-  const int64_t BTd = c.B * c.T * c.d, P = c.B * c.d * c.dh, BT = c.B * c.T;
+  const int64_t BTd = c.m.B * c.m.T * c.m.d, P = c.m.B * c.m.d * c.m.dh, BT = c.m.B * c.m.T;
   auto normal = [&](int64_t k, double sd) {
     std::vector<double> v(static_cast<size_t>(k));
     for (auto& e : v) e = double(float(r.normal() * sd));
@@ -221,8 +201,8 @@ std::vector<std::vector<double>> inputs(const Case& c, uint64_t seed) {
     for (auto& e : v) e = double(float(r.uniform(lo, hi)));
     return v;
   };
-  const double sd = 1.0 / std::sqrt(double(c.d));
-  return {normal(BTd, sd), normal(BTd, sd), normal(BTd, sd), normal(P, sd), normal(P, 1.0 / std::sqrt(double(c.dh))),
+  const double sd = 1.0 / std::sqrt(double(c.m.d));
+  return {normal(BTd, sd), normal(BTd, sd), normal(BTd, sd), normal(P, sd), normal(P, 1.0 / std::sqrt(double(c.m.dh))),
           uniform(BT, 0.01, 0.1), uniform(BT, 0.3, 0.9), uniform(BT, 0.01, 0.1), normal(BTd, 1.0)};
 }
 
@@ -233,13 +213,13 @@ constexpr size_t kBig = 232448;  // an H200's opt-in shared memory per block
 TEST(TitansPersistentEmulated, MatchesCpuTwin) {
   const std::vector<Case> cases = {
       // B  T   d   dh  C   S   mom    decay  res    qk     seg smem
-      {2, 37, 5, 7, 3, 0, true, true, true, false, 0, kBig},      // odd widths, T % C != 0
-      {2, 40, 6, 4, 8, 13, false, true, false, true, 2, kBig},    // shards of 13 (tail), Q-K, no momentum, segments of 2
-      {3, 40, 6, 6, 4, 16, true, false, true, true, 3, kBig},     // shards dividing T, Q-K, no decay
-      {2, 30, 5, 6, 3, 0, false, false, true, false, 1, kBig},    // no gates; every state recomputed from itself
-      {1, 50, 8, 12, 4, 0, true, true, true, true, 4, 3000},      // buffers spill to the global scratch; Q-K, no reset
-      {2, 36, 64, 64, 8, 18, true, true, true, true, 0, kBig},    // width 64 (the heads), shards of 18, Q-K
-      {1, 24, 64, 64, 8, 0, true, true, true, false, 0, kBig},    // width 64 without Q-K
+      {{2, 37, 5, 7, 3, 0, true, true, true, false, 0}, kBig},      // odd widths, T % C != 0
+      {{2, 40, 6, 4, 8, 13, false, true, false, true, 2}, kBig},    // shards of 13 (tail), Q-K, no momentum, segments of 2
+      {{3, 40, 6, 6, 4, 16, true, false, true, true, 3}, kBig},     // shards dividing T, Q-K, no decay
+      {{2, 30, 5, 6, 3, 0, false, false, true, false, 1}, kBig},    // no gates; every state recomputed from itself
+      {{1, 50, 8, 12, 4, 0, true, true, true, true, 4}, 3000},      // buffers spill to the global scratch; Q-K, no reset
+      {{2, 36, 64, 64, 8, 18, true, true, true, true, 0}, kBig},    // width 64 (the heads), shards of 18, Q-K
+      {{1, 24, 64, 64, 8, 0, true, true, true, false, 0}, kBig},    // width 64 without Q-K
   };
   double w64 = 0, w32 = 0;
   std::string what64, what32;
