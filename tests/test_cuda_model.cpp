@@ -243,6 +243,13 @@ TEST(CudaModel, ForwardBackwardMatchesCpuFp32) {
          c.inter_multi = 2;
          c.n_attn_heads = 4;
        }},
+      {"public LaCT switches: RoPE per attention head, shared ttt_norm, its eps", [](model::ModelConfig& c) {
+         c.n_attn_heads = 4;  // hd 8 != d 16: the switch changes the memory's RoPE
+         c.ttt_rope_attn_heads = true;
+         c.ttt_norm_shared = true;
+         c.ttt_norm_eps = 1e-5;
+         c.v_silu = true;
+       }},
       {"titans (mlp memory, chunk 4)", [](model::ModelConfig& c) {
          c.arch = model::Arch::Titans;
          c.memory = engine::Family::MLP;
@@ -257,6 +264,18 @@ TEST(CudaModel, ForwardBackwardMatchesCpuFp32) {
          c.local_chunks = {2, 4};
          c.shard = 8;
          c.seq_len = 21;
+       }},
+      {"tnt with the public LaCT switches", [](model::ModelConfig& c) {
+         c.arch = model::Arch::Tnt;
+         c.memory = engine::Family::MLP;
+         c.weight_norm = engine::WeightNorm::None;
+         c.global_chunk = 8;
+         c.local_chunks = {2};
+         c.shard = 8;
+         c.n_attn_heads = 4;
+         c.ttt_rope_attn_heads = true;
+         c.ttt_norm_shared = true;
+         c.ttt_norm_eps = 1e-3;
        }},
       {"tnt without global or Q-K, dh = 2d", [](model::ModelConfig& c) {
          c.arch = model::Arch::Tnt;
@@ -796,6 +815,13 @@ TEST(CudaModel, StreamingGenerationMatchesCpu) {
          c.n_mem_heads = 4;
          c.inter_multi = 2;
          c.chunk = 32;
+       }},
+      {"public LaCT switches: RoPE per attention head, shared ttt_norm, its eps", [](model::ModelConfig& c) {
+         c.n_attn_heads = 4;  // hd 8 != d 16: the switch changes the memory's RoPE
+         c.ttt_rope_attn_heads = true;
+         c.ttt_norm_shared = true;
+         c.ttt_norm_eps = 1e-5;
+         c.v_silu = true;
        }},
       {"titans (mlp memory, chunk 4)", [](model::ModelConfig& c) {
          c.arch = model::Arch::Titans;

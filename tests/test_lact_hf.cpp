@@ -165,21 +165,6 @@ TEST(LactHfSwitches, RopeOverAttentionHeadsChangesTheMemoryOnlyWhenHeadsDiffer) 
   EXPECT_EQ(logits_of(on, p, b), logits_of(off, p, b));
 }
 
-TEST(LactHfSwitches, CudaRefusesTheSwitchesNamingTheField) {
-  ModelConfig c = small();
-  c.ttt_norm_shared = true;
-  EXPECT_NE(error_of([&] { backend::make_step_engine("cuda", c); }).find("ttt_norm_shared"), std::string::npos);
-  c = small();
-  c.ttt_rope_attn_heads = true;
-  EXPECT_NE(error_of([&] { backend::make_step_engine("cuda", c); }).find("ttt_rope_attn_heads"), std::string::npos);
-  c = small();
-  c.ttt_norm_eps = 1e-5;
-  const Params<float> p = make_params<float>(c);
-  EXPECT_NE(error_of([&] { backend::make_streamer("cuda", c, p); }).find("ttt_norm_eps"), std::string::npos);
-  EXPECT_NO_THROW(backend::require_model_supported("cuda", small(), "test"));
-  EXPECT_NO_THROW(backend::require_model_supported("cpu", public_like(), "test"));
-}
-
 TEST(LactHf, ConfigRoundTripAndFields) {
   const ModelConfig c = public_like();
   const nlohmann::json j = lact_hf::export_config(c);

@@ -95,19 +95,6 @@ void select_device_of_rank(const std::string& device, int local_rank, int rank) 
   (void)local_rank, (void)rank;  // the CPU: every rank shares the host
 }
 
-void require_model_supported(const std::string& device, const model::ModelConfig& cfg, const std::string& what) {
-  if (device != kCuda) return;
-  const model::ModelConfig plain;  // today's defaults: what the GPU model implements
-  auto refuse = [&](const char* field, const std::string& value) {
-    TTT_FAIL(what << ": the GPU model does not implement the model config's " << field << " = " << value
-                  << " (a compatibility switch of imported public LaCT models; allowed on cuda: the default "
-                  << "false / 0); use --device cpu");
-  };
-  if (cfg.ttt_rope_attn_heads != plain.ttt_rope_attn_heads) refuse("ttt_rope_attn_heads", "true");
-  if (cfg.ttt_norm_shared != plain.ttt_norm_shared) refuse("ttt_norm_shared", "true");
-  if (cfg.ttt_norm_eps != plain.ttt_norm_eps) refuse("ttt_norm_eps", std::to_string(cfg.ttt_norm_eps));
-}
-
 void select_device(const std::string& device, int index) {
   require_device(device, "device " + device);
 #ifdef TTT_HAVE_CUDA
@@ -118,7 +105,6 @@ void select_device(const std::string& device, int index) {
 
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options) {
-  require_model_supported(device, cfg, "--device " + device);
   require_device(device, "--device " + device);
 #ifdef TTT_HAVE_CUDA
   if (device == kCuda) return cuda::make_step_engine(cfg, options);
@@ -128,7 +114,6 @@ std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const mo
 
 std::unique_ptr<Streamer> make_streamer(const std::string& device, const model::ModelConfig& cfg,
                                         const model::Params<float>& params) {
-  require_model_supported(device, cfg, "--device " + device);
   require_device(device, "--device " + device);
 #ifdef TTT_HAVE_CUDA
   if (device == kCuda) return cuda::make_streamer(cfg, params);

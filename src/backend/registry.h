@@ -41,10 +41,6 @@ void select_device(const std::string& device, int index);
 
 std::unique_ptr<StepEngine> make_step_engine(const std::string& device, const model::ModelConfig& cfg,
                                              const EngineOptions& options = {});
-// Refuses a model config that `device`'s model does not implement, naming the field (cuda: the compatibility
-// switches ttt_rope_attn_heads, ttt_norm_shared, ttt_norm_eps of imported public LaCT models run on the CPU
-// only). make_step_engine and make_streamer call it first, before the device's availability.
-void require_model_supported(const std::string& device, const model::ModelConfig& cfg, const std::string& what);
 // A streamer of `device` over `params` (which must outlive it on the CPU, whose streamer reads them in place).
 std::unique_ptr<Streamer> make_streamer(const std::string& device, const model::ModelConfig& cfg,
                                         const model::Params<float>& params);

@@ -46,6 +46,8 @@ struct GpuStreamer::Impl {
   int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0, C = 0, W = 0, pos = 0;
   std::vector<DeviceBuffer> tensors;  // the parameters, one allocation each, in model::parameter_shapes order
   ModelTensors P;                     // typed views of them, built once
+  // ttt_norm_shared: each layer's [d] memory-norm weight tiled to [D] once (P's o_norm points there).
+  std::vector<DeviceBuffer> o_norm_tiled;
   // One Titans memory of a layer (arch "titans": one; "tnt": global + locals), as the CPU StreamingModel keeps it:
   // its recurrent state (what titans::StreamState points at) and its unfinished chunk. The chunk update and the
   // apply are its memory's TitansRunner's (titans[m]).
@@ -179,9 +181,10 @@ struct GpuStreamer::Impl {
       // Memory inputs (prepare_memory_inputs) into row i of the unfinished chunk.
       mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, tok.qh, tok.norm, 1, H, d, 1e-5);
       mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, tok.kh, tok.norm, 1, H, d, 1e-5);
-      if (cfg.ttt_rope) {
-        rope_forward(tok.qh, tok.qh, p, 1, H, d, cfg.rope_theta);
-        rope_forward(tok.kh, tok.kh, p, 1, H, d, cfg.rope_theta);
+      if (cfg.ttt_rope) {  // per memory head, or (ttt_rope_attn_heads) per attention head
+        const int64_t rh = cfg.mem_rope_heads();
+        rope_forward(tok.qh, tok.qh, p, 1, rh, D / rh, cfg.rope_theta);
+        rope_forward(tok.kh, tok.kh, p, 1, rh, D / rh, cfg.rope_theta);
       }
       const float* vm = v;
       if (cfg.v_silu) {
@@ -191,7 +194,7 @@ struct GpuStreamer::Impl {
       if (cfg.arch == model::Arch::Lact) lact_token(ly, l, vm, i);
       else titans_token(ly, l, vm);
       // finish_memory_output, then x + (attn + mem) Wo and the MLP.
-      rms_norm_heads_forward(tok.o, lw.o_norm, tok.normed, tok.rinvo, 1, D, H, cfg.norm_eps);
+      rms_norm_heads_forward(tok.o, lw.o_norm, tok.normed, tok.rinvo, 1, D, H, cfg.mem_norm_eps());
       blas.gemm(false, false, 1, H, D, 1.0f, tok.h, D, lw.scale_weight, H, 0.0f, tok.zs, H);
       mk::bias_act_forward(tok.zs, lw.scale_bias, tok.gate, 1, H, 0.0, math::Activation::Silu);
       mk::gate_heads_forward(tok.normed, tok.gate, tok.sum, 1, H, d);
@@ -234,6 +237,12 @@ GpuStreamer::GpuStreamer(const ModelConfig& cfg, const model::Params<float>& par
     m.tensors.push_back(std::move(b));
   }
   m.P = model_tensors(cfg, params.names, [&](size_t i) { return m.tensors[i].as<float>(); });
+  if (cfg.ttt_norm_shared)
+    for (LayerTensors& lw : m.P.layers) {
+      m.o_norm_tiled.emplace_back(sizeof(float) * size_t(cfg.dim));
+      mk::tile_row(lw.o_norm, m.o_norm_tiled.back().as<float>(), cfg.n_mem_heads, cfg.head_dim_mem());
+      lw.o_norm = m.o_norm_tiled.back().as<float>();
+    }
   auto buf = [&](int64_t n) {
     DeviceBuffer b(sizeof(float) * size_t(std::max<int64_t>(n, 1)));
     TTT_CUDA_CHECK(cudaMemset(b.as<void>(), 0, b.bytes()));

@@ -186,6 +186,7 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
   launch_segments<RowsMapT>(src, dst, rows, cols, vec4_ok(src, dst, 16, {cols, lds, ldd}), accumulate,
                             [&](RowsMap& m) { m.lds = lds, m.ldd = ldd; }, nullptr, "copy2d");
 }
+void tile_row(const float* row, float* out, int64_t copies, int64_t n) { copy2d(row, 0, out, n, copies, n); }
 template <template <class> class MapT>
 void heads_layout(const float* src, float* dst, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d, bool acc,
                   const char* what) {

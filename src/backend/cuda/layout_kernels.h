@@ -11,6 +11,8 @@ namespace ttt::cuda::mk {
 
 // dst[r, c] (+)= src[r, c] for a rows x cols block with leading dimensions.
 void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, int64_t cols, bool accumulate = false);
+// out [copies, n] = `copies` copies of row [n] (a weight shared by heads, spread over the heads' columns).
+void tile_row(const float* row, float* out, int64_t copies, int64_t n);
 
 // Multi-head activations [S*N, ld] (head h = columns [h*d, (h+1)*d)) <-> per sequence-head [S*H, N, d].
 void heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d);

@@ -69,6 +69,7 @@ struct GpuModel::Impl {
   DeviceBuffer dloss;           // device scalar: the CE backward's upstream gradient
   DeviceBuffer norm_work;       // rms_norm_backward's work buffer
   size_t norm_work_bytes = 0;
+  DeviceArray<float> o_norm_tiled;  // ttt_norm_shared: a layer's [d] memory-norm weight tiled to [D] (memory_norm_weight)
 
   // Sizes.
   int64_t D = 0, H = 0, d = 0, dh = 0, Ha = 0, hd = 0, F = 0, V = 0, L = 0;
@@ -171,6 +172,16 @@ struct GpuModel::Impl {
     if (!act16) return Operand(g);
     mk::to_bf16(g, grad.gop16, n);
     return Operand(static_cast<const bf16*>(grad.gop16));
+  }
+
+  // The weight [D] of the memory output's per-head RMSNorm: the layer's own, or with ttt_norm_shared (one [d]
+  // weight for every head, as the public LaCT model has) that weight tiled over the heads; the backward sums its
+  // gradient back over the heads (layer_backward).
+  const float* memory_norm_weight(const LayerTensors& lw) {
+    if (!cfg.ttt_norm_shared) return lw.o_norm;
+    o_norm_tiled.ensure(D, /*poison=*/false);
+    mk::tile_row(lw.o_norm, o_norm_tiled.p(), H, d);
+    return o_norm_tiled.p();
   }
 
   void* norm_work_for(int64_t rows, int64_t cols) {
@@ -321,9 +332,10 @@ struct GpuModel::Impl {
     // Memory branch inputs (prepare_memory_inputs).
     mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, act.qh, act.qnorm, rows, H, d, 1e-5);
     mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, act.kh, act.knorm, rows, H, d, 1e-5);
-    if (cfg.ttt_rope) {
-      rope_forward(act.qh, act.qh, pos, rows, H, d, cfg.rope_theta);
-      rope_forward(act.kh, act.kh, pos, rows, H, d, cfg.rope_theta);
+    if (cfg.ttt_rope) {  // per memory head, or (ttt_rope_attn_heads) per attention head
+      const int64_t rh = cfg.mem_rope_heads();
+      rope_forward(act.qh, act.qh, pos, rows, rh, D / rh, cfg.rope_theta);
+      rope_forward(act.kh, act.kh, pos, rows, rh, D / rh, cfg.rope_theta);
     }
     const float* vm = v;
     int64_t ldvm = 3 * D;
@@ -340,7 +352,7 @@ struct GpuModel::Impl {
     else lact_forward(l, S, N);
     mk::batch_to_heads(act.oT, act.o, D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
-    rms_norm_heads_forward(act.o, lw.o_norm, act.normed, act.rinvo, rows, D, H, cfg.norm_eps);
+    rms_norm_heads_forward(act.o, memory_norm_weight(lw), act.normed, act.rinvo, rows, D, H, cfg.mem_norm_eps());
     gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
     mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
     mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
@@ -554,9 +566,10 @@ struct GpuModel::Impl {
     gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
     col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
     gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);
-    rms_norm_heads_backward(act.o, lw.o_norm, act.rinvo, grad.dnormed, grad.dO, grad.dwD, norm_work_for(rows, D), rows,
-                            D, H);
-    mk::axpy(lg.o_norm, grad.dwD, 1.0f, D);
+    rms_norm_heads_backward(act.o, memory_norm_weight(lw), act.rinvo, grad.dnormed, grad.dO, grad.dwD,
+                            norm_work_for(rows, D), rows, D, H);
+    if (cfg.ttt_norm_shared) col_sum(grad.dwD, H, d, d, lg.o_norm, true);  // the shared [d] weight: sum over heads
+    else mk::axpy(lg.o_norm, grad.dwD, 1.0f, D);
     // ---- the memory operator
     mk::heads_to_batch(grad.dO, D, grad.doT, S, N, H, d);
     if (titans_like) titans_backward(l, S, N);
@@ -585,8 +598,9 @@ struct GpuModel::Impl {
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     // ---- memory q/k/v preparation
     if (cfg.ttt_rope) {
-      rope_backward(grad.dqh, grad.dqh, pos, rows, H, d, cfg.rope_theta);
-      rope_backward(grad.dkh, grad.dkh, pos, rows, H, d, cfg.rope_theta);
+      const int64_t rh = cfg.mem_rope_heads();
+      rope_backward(grad.dqh, grad.dqh, pos, rows, rh, D / rh, cfg.rope_theta);
+      rope_backward(grad.dkh, grad.dkh, pos, rows, rh, D / rh, cfg.rope_theta);
     }
     mk::qk_prep_backward(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, grad.dqh, dqkv, 3 * D, grad.dz, grad.dzx, rows,
                          H, d, 1e-5);
