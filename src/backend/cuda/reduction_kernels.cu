@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -32,18 +34,32 @@ __global__ void k_sum_squares_partial(const float* x, int64_t n, double* part) {
     part[blockIdx.x] = s;
   }
 }
+// The first pass's partial sums: one buffer per device, allocated on first use and kept (a cudaFree per call
+// would wait for the whole device every step; ZeRO-1's clipping calls sum_squares every step). Calls hold
+// partials_lock() while they use it, so host threads never share a buffer at the same time.
+std::mutex& partials_lock() {
+  static std::mutex lock;
+  return lock;
+}
+double* partials_buffer() {  // with partials_lock() held
+  static std::map<int, double*>* by_device = new std::map<int, double*>;  // never freed: ends with the process
+  int device = 0;
+  TTT_CUDA_CHECK(cudaGetDevice(&device));
+  double*& part = (*by_device)[device];
+  if (!part) TTT_CUDA_CHECK(cudaMalloc(&part, sizeof(double) * kPartials));
+  return part;
+}
 }  // namespace
 
 double sum_squares(const float* x, int64_t n) {
   if (n <= 0) return 0.0;
-  double* part = nullptr;
-  TTT_CUDA_CHECK(cudaMalloc(&part, sizeof(double) * kPartials));
+  std::lock_guard<std::mutex> hold(partials_lock());
+  double* part = partials_buffer();
   const int blocks = int(std::min<int64_t>(kPartials, (n + kThreads - 1) / kThreads));
   k_sum_squares_partial<<<blocks, kThreads>>>(x, n, part);
   cudaError_t launch = cudaGetLastError();
   std::vector<double> host(size_t(blocks), 0.0);
   cudaError_t copy = cudaMemcpy(host.data(), part, sizeof(double) * size_t(blocks), cudaMemcpyDeviceToHost);
-  cudaFree(part);
   TTT_CHECK(launch == cudaSuccess && copy == cudaSuccess,
             "sum_squares: " << cudaGetErrorString(launch != cudaSuccess ? launch : copy));
   double s = 0;
