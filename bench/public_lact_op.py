@@ -8,8 +8,10 @@ d = dh = 384, chunk 2048, momentum). Pass your own checkout with --lact-repo; it
 import argparse
 import json
 import os
-import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import cuda_timed  # noqa: E402
 
 
 def main():
@@ -49,23 +51,9 @@ def main():
     def fwd_bwd():
         fwd().float().sum().backward()
 
-    def timed(f):
-        for _ in range(args.warmup):
-            f()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(args.repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            f()
-            b.record()
-            torch.cuda.synchronize()
-            ts.append(a.elapsed_time(b))
-        return statistics.median(ts)
-
     with torch.no_grad():
-        f_ms = timed(fwd)
-    fb_ms = timed(fwd_bwd)
+        f_ms, _ = cuda_timed(fwd, args.warmup, args.repeats)
+    fb_ms, _ = cuda_timed(fwd_bwd, args.warmup, args.repeats)
     print(json.dumps({"bench": "public_lact_op", "bh": B, "T": T, "d": d, "chunk": args.chunk, "muon": args.muon,
                       "momentum": mom is not None, "fwd_ms": f_ms, "fwdbwd_ms": fb_ms,
                       "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}))

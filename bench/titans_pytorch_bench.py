@@ -31,25 +31,12 @@ model's memories: --heads 12 --batch 4 --dh 64 here) for the lines to set beside
 """
 import argparse
 import json
+import os
 import sys
 import time
 
-
-def timed(fn, warmup, repeats):
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ms = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ms.append(a.elapsed_time(b))
-    return sorted(ms)[len(ms) // 2], ms
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_timing import cuda_timed  # noqa: E402
 
 
 def main():
@@ -119,8 +106,8 @@ def main():
                     y.sum().backward()
 
                 torch.cuda.reset_peak_memory_stats()
-                f_med, f_all = timed(fwd, a.warmup, a.repeats)
-                b_med, b_all = timed(fwdbwd, a.warmup, a.repeats)
+                f_med, f_all = cuda_timed(fwd, a.warmup, a.repeats)
+                b_med, b_all = cuda_timed(fwdbwd, a.warmup, a.repeats)
                 tokens = a.batch * T
                 row.update({
                     "fwd_s": f_med / 1e3,

@@ -17,21 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tnt_torch as TT  # noqa: E402
-
-
-def timed(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ms = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ms.append(a.elapsed_time(b))
-    return sorted(ms)[len(ms) // 2], ms
+from cuda_timing import cuda_timed  # noqa: E402
 
 
 def main():
@@ -62,8 +48,8 @@ def main():
                 x = {k: t.to(dev) for k, t in x.items()}
                 go = x.pop("grad_o")
                 leaves = {n: t.detach().requires_grad_(True) for n, t in x.items()}
-                rec["fwd_ms"], rec["fwd_ms_all"] = timed(lambda: TT.tnt_forward(leaves, **opts), 1, a.repeats)
-                rec["fwdbwd_ms"], rec["fwdbwd_ms_all"] = timed(lambda: TT.tnt_forward_backward(x, go, **opts), 1,
+                rec["fwd_ms"], rec["fwd_ms_all"] = cuda_timed(lambda: TT.tnt_forward(leaves, **opts), 1, a.repeats)
+                rec["fwdbwd_ms"], rec["fwdbwd_ms_all"] = cuda_timed(lambda: TT.tnt_forward_backward(x, go, **opts), 1,
                                                                a.repeats)
                 rec["peak_bytes"] = torch.cuda.max_memory_allocated()
             except torch.cuda.OutOfMemoryError:
