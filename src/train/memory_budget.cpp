@@ -88,25 +88,24 @@ double gpu_activation_bytes(const model::ModelConfig& cfg, double rows, bool bf1
 // floats per token of a chunk) and five state-sized buffers.
 double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64_t T, bool bf16) {
   const std::vector<model::MemorySpec> specs = model::memory_specs(cfg);
-  if (specs.empty()) return 0;
-  if (cfg.arch == model::Arch::Lact) {
-    const lact::Shape s = backend::gpu_lact_shape(cfg, batch, T);
-    const double elements = double(lact::workspace_elements(s, /*with_grad=*/true));
-    constexpr double kCublasWorkspace = double(32 << 20);
-    double bytes = 4 * elements + kCublasWorkspace;
-    if (backend::lact_on_bf16_operands(cfg, bf16))  // the shadows, and the copies of q, k, v, grad_o
-      bytes += 2 * elements + 4 * 2.0 * double(s.B) * double(T) * double(s.d);
-    return bytes;
-  }
+  if (specs.empty() || batch <= 0 || T <= 0) return 0;
   const double B = double(batch) * double(cfg.n_mem_heads), d = double(cfg.head_dim_mem()),
                dh = double(cfg.mem_hidden_dim());
   double per_head = 0;
   for (const auto& w : specs.front().weights) per_head += double(w.rows) * double(w.cols);
-  double bytes = double(batch) * memory_versions_bytes(cfg, T) / double(std::max<int64_t>(1, cfg.n_layers));
+  double about = double(batch) * memory_versions_bytes(cfg, T) / double(std::max<int64_t>(1, cfg.n_layers));
   for (const auto& s : specs) {
     const double chunk = double(std::min<int64_t>(std::max<int64_t>(s.chunk, 1), T));
-    bytes += 4.0 * B * (chunk * (12 * dh + 2 * d) + 5 * per_head);
+    about += 4.0 * B * (chunk * (12 * dh + 2 * d) + 5 * per_head);
   }
+  // LaCT's own count, while its element counts stay far inside 64 bits (beyond, the run is absurd anyway).
+  if (cfg.arch != model::Arch::Lact || about > 1e15) return about;
+  const lact::Shape s = backend::gpu_lact_shape(cfg, batch, T);
+  const double elements = double(lact::workspace_elements(s, /*with_grad=*/true));
+  constexpr double kCublasWorkspace = double(32 << 20);
+  double bytes = 4 * elements + kCublasWorkspace;
+  if (backend::lact_on_bf16_operands(cfg, bf16))  // the shadows, and the copies of q, k, v, grad_o
+    bytes += 2 * elements + 4 * 2.0 * double(s.B) * double(T) * double(s.d);
   return bytes;
 }
 
