@@ -526,13 +526,14 @@ TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
   }
 }
 
-// --recompute none keeps every layer's activations and its memory operator's forward state (a runner per layer),
+// --recompute none keeps every layer's activations and its memory operator's forward state (LaCT: a forward record
+// per layer in one runner; Titans / TNT: a runner per layer),
 // so the backward recomputes nothing: the same kernels on the same inputs as the full recomputation and as
 // save-attention, hence the loss and every gradient the same bits at all three levels, for each memory kind (LaCT,
 // Titans, TNT with local memories and shards) in fp32 and with bf16 products. Two micro-batches on one model show
 // that the kept state is rewritten, not reused stale, by the next batch. Memory: level none holds at least the
 // kept table (backend/gpu_layer_activations.h) for every layer but the last beyond what full holds, and for LaCT the
-// memory estimate's two terms of none (kept activations and per-layer runners) are that difference to 1%.
+// memory estimate's two terms of none (kept activations and the records' runner) are that difference to 1%.
 TEST(CudaModel, EveryRecomputeLevelGivesTheSameBits) {
   REQUIRE_CUDA();
   model::ModelConfig lact = small_config();

@@ -80,15 +80,16 @@ double gpu_activation_bytes(const model::ModelConfig& cfg, double rows, bool bf1
   return residual + layer + logits;
 }
 
-// --recompute none: the memory operator runner of one layer for `batch` sequences of T tokens, what it holds from a
-// forward to its backward and its work space. LaCT (cuda/lact_cuda.cu): the buffers lact::Fused allocates
-// (lact::workspace_elements, fp32) and a 32 MiB cuBLAS workspace; with bf16 operands also a bf16 shadow of each of
-// those buffers and bf16 copies of q, k, v and grad_o. Titans / TNT (cuda/tnt_cuda.cu), about: the fast-weight
-// states at every chunk boundary (memory_versions_bytes) and, per memory, chunk work buffers (about 12 dh + 2 d
-// floats per token of a chunk) and five state-sized buffers.
-double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64_t T, bool bf16) {
+// --recompute none: the memory operator runners that keep `records` layers' forward state for `batch` sequences of
+// T tokens, what they hold from a forward to its backward and their work space. LaCT (cuda/lact_cuda.cu): one
+// runner with a record per layer, the buffers lact::Fused allocates for them (lact::workspace_elements, fp32) and a
+// 32 MiB cuBLAS workspace; with bf16 operands also a bf16 shadow of each of those buffers and bf16 copies of q, k, v
+// per record and of grad_o. Titans / TNT (cuda/tnt_cuda.cu): a runner per layer, each about the fast-weight states
+// at every chunk boundary (memory_versions_bytes) and, per memory, chunk work buffers (about 12 dh + 2 d floats per
+// token of a chunk) and five state-sized buffers.
+double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64_t T, bool bf16, int64_t records) {
   const std::vector<model::MemorySpec> specs = model::memory_specs(cfg);
-  if (specs.empty() || batch <= 0 || T <= 0) return 0;
+  if (specs.empty() || batch <= 0 || T <= 0 || records <= 0) return 0;
   const double B = double(batch) * double(cfg.n_mem_heads), d = double(cfg.head_dim_mem()),
                dh = double(cfg.mem_hidden_dim());
   double per_head = 0;
@@ -99,13 +100,13 @@ double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64
     about += 4.0 * B * (chunk * (12 * dh + 2 * d) + 5 * per_head);
   }
   // LaCT's own count, while its element counts stay far inside 64 bits (beyond, the run is absurd anyway).
-  if (cfg.arch != model::Arch::Lact || about > 1e15) return about;
+  if (cfg.arch != model::Arch::Lact || double(records) * about > 1e15) return double(records) * about;
   const lact::Shape s = backend::gpu_lact_shape(cfg, batch, T);
-  const double elements = double(lact::workspace_elements(s, /*with_grad=*/true));
+  const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records));
   constexpr double kCublasWorkspace = double(32 << 20);
   double bytes = 4 * elements + kCublasWorkspace;
-  if (backend::lact_on_bf16_operands(cfg, bf16))  // the shadows, and the copies of q, k, v, grad_o
-    bytes += 2 * elements + 4 * 2.0 * double(s.B) * double(T) * double(s.d);
+  if (backend::lact_on_bf16_operands(cfg, bf16))  // the shadows, and the copies of q, k, v (per record) and grad_o
+    bytes += 2 * elements + double(3 * records + 1) * 2.0 * double(s.B) * double(T) * double(s.d);
   return bytes;
 }
 
@@ -231,10 +232,10 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
                         batch_drivers + ", dim " + std::to_string(cfg.dim) + ", mlp hidden " +
                             std::to_string(cfg.mlp_hidden_dim()),
                         others * double(req.batch) * backend::gpu_kept_layer_bytes(one)});
-        step.push_back({"memory operator state kept per layer (--recompute none: a runner per layer)",
+        step.push_back({"memory operator state kept per layer (--recompute none)",
                         batch_drivers + ", n_mem_heads " + std::to_string(cfg.n_mem_heads) + ", chunk " +
                             std::to_string(cfg.chunk),
-                        others * operator_runner_bytes(cfg, req.batch, req.seq_len, req.bf16)});
+                        operator_runner_bytes(cfg, req.batch, req.seq_len, req.bf16, cfg.n_layers - 1)});
       }
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill

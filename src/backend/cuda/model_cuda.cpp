@@ -100,13 +100,14 @@ struct GpuModel::Impl {
   std::vector<DeviceArray<float>> attn_kept, lse_kept;
   bool attention_kept = false;  // this batch keeps them (training with --recompute save-attention)
   // With --recompute none, while a batch runs forward and backward: every layer but the last keeps its own copy of
-  // what its backward reads (kept_layers: the TTT_GPU_LAYER_KEPT table) and runs its memory operator on a runner
-  // of its own (layer_lact / layer_tnt), which keeps that layer's forward state (chunk-boundary states, bf16
-  // operand copies) until its backward; so the backward recomputes nothing. The last layer's activations are
-  // still in the work buffers and its state in the shared runner when the backward starts. Grown on the first
-  // training batch (runners: made for the training batch shape, remade only when it changes), then reused.
+  // what its backward reads (kept_layers: the TTT_GPU_LAYER_KEPT table) and its memory operator's forward state
+  // (chunk-boundary states, bf16 operand copies) until its backward: LaCT in forward record l of one runner
+  // (layer_lact: the records share its work buffers), Titans / TNT on a runner of its own (layer_tnt); so the
+  // backward recomputes nothing. The last layer's activations are still in the work buffers and its state in the
+  // shared runner when the backward starts. Grown on the first training batch (runners: made for the training
+  // batch shape, remade only when it changes), then reused.
   std::vector<LayerKeptArrays> kept_layers;
-  std::vector<std::unique_ptr<LactRunner<float>>> layer_lact;
+  std::unique_ptr<LactRunner<float>> layer_lact;
   std::vector<std::unique_ptr<TntRunner<float>>> layer_tnt;
   std::pair<int64_t, int64_t> layer_runner_shape{0, 0};
   bool layers_kept = false;  // this batch keeps them (training with --recompute none)
@@ -136,15 +137,17 @@ struct GpuModel::Impl {
   TntRunner<float>& tnt_runner(int64_t S, int64_t N) {
     return cached_runner(tnt, S, N, [&] { return make_tnt_runner(S, N); });
   }
-  // Whether layer l runs on buffers and a runner of its own (--recompute none, every layer but the last).
+  // Whether layer l keeps its own activations and operator state (--recompute none, every layer but the last).
   bool keeps_layer(int64_t l) const { return layers_kept && l < L - 1; }
-  // The memory operator runner of layer l: its own (keeps_layer) or the shared one of the batch shape.
+  // The memory operator runner of layer l: its own (keeps_layer) or the shared one of the batch shape; LaCT: the
+  // runner of the layers' records (keeps_layer, record l) or the shared one (record 0).
   TntRunner<float>& tnt_runner_of(int64_t l, int64_t S, int64_t N) {
     return keeps_layer(l) ? *layer_tnt[size_t(l)] : tnt_runner(S, N);
   }
   LactRunner<float>& lact_runner_of(int64_t l, int64_t S, int64_t N) {
-    return keeps_layer(l) ? *layer_lact[size_t(l)] : lact_runner(S, N);
+    return keeps_layer(l) ? *layer_lact : lact_runner(S, N);
   }
+  int64_t lact_record_of(int64_t l) const { return keeps_layer(l) ? l : 0; }
   std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N) {
     titans::TntShape s;
     s.B = S * H;
@@ -208,13 +211,13 @@ struct GpuModel::Impl {
   LactRunner<float>& lact_runner(int64_t S, int64_t N) {
     return cached_runner(lact, S, N, [&] { return make_lact_runner(S, N); });
   }
-  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N) {
+  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N, int64_t records = 1) {
     const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
     LactOptions lo;
     lo.bf16 = backend::lact_on_bf16_operands(cfg, opt.math == MathMode::BF16);
     lo.tf32 = opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && !lo.bf16);  // bf16 with Muon: tf32
     lo.poison_workspace = opt.poison;
-    return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo);
+    return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo, records);
   }
 
   // Grows the work buffers (model_buffers.h) and the kept residual stream to a batch of S sequences of N tokens.
@@ -258,14 +261,14 @@ struct GpuModel::Impl {
     for (LayerKeptArrays& kept : kept_layers) own_dims.grow(kept, opt.poison, unused);
     const auto shape = std::make_pair(S, N);
     if (layer_runner_shape != shape) {  // another training batch shape: the old runners go first
-      layer_lact.clear();
+      layer_lact.reset();
       layer_tnt.clear();
       layer_runner_shape = shape;
     }
-    for (int64_t l = 0; l + 1 < L; ++l) {
-      if (titans_like && int64_t(layer_tnt.size()) <= l) layer_tnt.push_back(make_tnt_runner(S, N));
-      if (!titans_like && int64_t(layer_lact.size()) <= l) layer_lact.push_back(make_lact_runner(S, N));
-    }
+    if (L < 2) return;
+    if (!titans_like && !layer_lact) layer_lact = make_lact_runner(S, N, /*records=*/L - 1);
+    if (!titans_like) return;
+    for (int64_t l = int64_t(layer_tnt.size()); l + 1 < L; ++l) layer_tnt.push_back(make_tnt_runner(S, N));
   }
   // Points `act` at layer l's activations: the work buffers, with the fields the layer keeps of its own (its
   // attention output with save-attention, everything its backward reads with none) at its own arrays.
@@ -442,7 +445,7 @@ struct GpuModel::Impl {
     in.q = act.qT, in.k = act.kT, in.v = act.vT;
     in.lr0 = act.lrT, in.lr1 = act.lrT + S * H * N, in.lr2 = act.lrT + 2 * S * H * N;
     in.mom = cfg.momentum ? act.momT : nullptr;
-    timed("lact", [&] { lact_runner_of(l, S, N).forward(in, act.oT); });
+    timed("lact", [&] { lact_runner_of(l, S, N).forward(in, act.oT, lact_record_of(l)); });
   }
   void lact_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N;
@@ -453,7 +456,7 @@ struct GpuModel::Impl {
     og.q = grad.gqT, og.k = grad.gkT, og.v = grad.gvT;
     og.lr0 = grad.glrT, og.lr1 = grad.glrT + S * H * N, og.lr2 = grad.glrT + 2 * S * H * N;
     og.mom = cfg.momentum ? grad.gmomT : nullptr;
-    timed("lact", [&] { lact_runner_of(l, S, N).backward(grad.doT, og); });
+    timed("lact", [&] { lact_runner_of(l, S, N).backward(grad.doT, og, lact_record_of(l)); });
     weight_grad(lw.memories[0][0], lg.memories[0][0], grad.gw0b, S);
     weight_grad(lw.memories[0][2], lg.memories[0][2], grad.gw2b, S);
     {

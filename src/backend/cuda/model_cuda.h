@@ -43,8 +43,8 @@ struct GpuModelOptions {
   bool bf16_activations = true;    // with math BF16: store activations in bf16 (see above); ignored otherwise
   // Training: what the backward recomputes (backend::Recompute): the whole layer from its kept input (Full); all
   // but the attention, whose output and log-sum-exp every layer keeps (SaveAttention); nothing (None: every layer
-  // but the last keeps every activation its backward reads and runs its memory operator on a runner of its own,
-  // which keeps its forward state). The same bits at every level.
+  // but the last keeps every activation its backward reads and its memory operator's forward state: a forward
+  // record of one LaCT runner, or a Titans / TNT runner of its own). The same bits at every level.
   backend::Recompute recompute = backend::Recompute::SaveAttention;
   bool poison = false;             // fill every work buffer with NaN when allocated (tests)
 };
