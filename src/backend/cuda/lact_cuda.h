@@ -3,9 +3,10 @@
 // sequence-heads, small fused element-wise / reduction kernels, one stream. Every buffer is allocated once
 // per runner with cudaMalloc (no managed memory); device memory is linear in T/C (the chunk-boundary states)
 // beyond the inputs and outputs themselves. Every CUDA and cuBLAS call is checked; failures throw
-// ttt::Error naming the call. A runner captures its forward() and its backward() into CUDA graphs on their
-// first call and replays them while they are called again on the same pointers (TTT_LACT_GRAPH=0 turns this
-// off); the work stays on the runner's stream, ordered with the legacy default stream as before.
+// ttt::Error naming the call. A runner captures its forward() and its backward() (of each forward record) into
+// CUDA graphs on their first call and replays them while they are called again on the same pointers
+// (TTT_LACT_GRAPH=0 turns this off); the work stays on the runner's stream, ordered with the legacy default
+// stream as before.
 //
 // This header needs no CUDA headers: host code (CLI, tests) includes it freely.
 #pragma once
