@@ -252,3 +252,17 @@ TEST(Backend, PrecisionTextIsParsedOnce) {
   o.precision = backend::Precision::BF16;
   EXPECT_TRUE(o.bf16_activations());
 }
+
+// --recompute's three levels, each name read back as its level; anything else is refused naming all three.
+TEST(Backend, RecomputeLevelsAreParsedOnce) {
+  for (auto r : {backend::Recompute::Full, backend::Recompute::SaveAttention, backend::Recompute::None})
+    EXPECT_EQ(backend::parse_recompute(backend::recompute_name(r), "x"), r);
+  EXPECT_EQ(backend::parse_recompute("none", "--recompute"), backend::Recompute::None);
+  EXPECT_EQ(backend::EngineOptions{}.recompute, backend::Recompute::SaveAttention);
+  try {
+    backend::parse_recompute("some", "ttt train: --recompute");
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "ttt train: --recompute must be full, save-attention or none, got 'some'");
+  }
+}

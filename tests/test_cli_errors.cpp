@@ -289,6 +289,7 @@ TEST(CliErrors, DeviceFlagOfEveryCommand) {
   expect_clean_failure("train --precision fp32", "--precision applies to --device cuda");
   expect_clean_failure("bench step --recompute full", "--recompute applies to --device cuda");
   expect_clean_failure("train --recompute some", "--recompute applies to --device cuda");
+  expect_clean_failure("bench step --recompute none", "--recompute applies to --device cuda");
 }
 
 // Issue 11: the --device help of the commands that run the model says what runs on the GPU: every arch, not

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -446,6 +447,101 @@ TEST(CudaLact, Bf16MatchesCpuReference) {
               worst.by_yardstick, worst.ratio);
   EXPECT_EQ(worst.configs + skipped, 96);
   EXPECT_EQ(worst.configs, 48);
+}
+
+// Forward records (LactRunner with records, what --recompute none keeps one per layer in): three forwards kept at
+// once, then their backwards in reverse, give each record's o and gradients the bits of a runner of its own, in
+// fp32 and with bf16 operands, in two passes (the second replays the records' CUDA graphs). With bf16 operands the
+// three forwards read q and k from one buffer overwritten between them, as the GPU model does: the backward must
+// read only the record's own bf16 copies of them.
+TEST(CudaLact, RecordsGiveEachForwardItsOwnBits) {
+  REQUIRE_CUDA();
+  const uint64_t seed = fresh_seed();
+  constexpr int kRecords = 3;
+  auto upload = [](const std::vector<float>& v) {
+    cuda::DeviceBuffer b(sizeof(float) * std::max<size_t>(v.size(), 1));
+    b.upload(v.data(), sizeof(float) * v.size());
+    return b;
+  };
+  for (const bool bf16 : {false, true})
+    for (const engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre}) {
+      const Case c{2, 40, 12, 20, 8, true, true, false, norm};
+      SCOPED_TRACE(c.name() + (bf16 ? " bf16" : " fp32") + " seed " + std::to_string(seed));
+      cuda::LactOptions opt;
+      opt.bf16 = bf16;
+      opt.poison_workspace = true;
+      const lact::Shape s = c.shape();
+      const size_t P = size_t(c.d * c.dh), BT = size_t(c.B * c.T), BTD = BT * size_t(c.d);
+      const size_t out_size[11] = {BTD, c.B * P, c.B * P, c.B * P, BTD, BTD, BTD, BT, BT, BT, BT};
+      struct Run {
+        Data<float> x;
+        std::vector<cuda::DeviceBuffer> in, out;  // w0 w1 w2 q k v lr0 lr1 lr2 mom go; results as kNames
+      };
+      std::vector<Run> runs(kRecords);
+      for (int r = 0; r < kRecords; ++r) {
+        Run& run = runs[size_t(r)];
+        run.x = cast<float>(make_data(c, seed + uint64_t(r), true));
+        for (const std::vector<float>* v : {&run.x.w0, &run.x.w1, &run.x.w2, &run.x.q, &run.x.k, &run.x.v, &run.x.lr0,
+                                            &run.x.lr1, &run.x.lr2, &run.x.mom, &run.x.go})
+          run.in.push_back(upload(*v));
+        for (size_t i = 0; i < 11; ++i) run.out.emplace_back(sizeof(float) * out_size[i]);
+      }
+      cuda::DeviceBuffer shared_q(sizeof(float) * BTD), shared_k(sizeof(float) * BTD);
+      auto inputs = [&](Run& run, bool shared_qk) {
+        auto p = [&](int i) { return run.in[size_t(i)].as<float>(); };
+        return lact::Inputs<float>{p(0), p(1), p(2), shared_qk ? shared_q.as<float>() : p(3),
+                                   shared_qk ? shared_k.as<float>() : p(4), p(5), p(6), p(7), p(8), p(9)};
+      };
+      auto grads = [](Run& run) {
+        auto p = [&](int i) { return run.out[size_t(i)].as<float>(); };
+        return lact::Grads<float>{p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10)};
+      };
+      auto results = [&](Run& run) {
+        std::vector<std::vector<float>> got(11);
+        for (size_t i = 0; i < 11; ++i) {
+          got[i].resize(out_size[i]);
+          run.out[i].download(got[i].data(), sizeof(float) * out_size[i]);
+        }
+        return got;
+      };
+      auto poison = [](Run& run) {
+        for (cuda::DeviceBuffer& b : run.out) b.fill_nan();
+      };
+      // Each run alone, on a runner of its own.
+      std::vector<std::vector<std::vector<float>>> alone;
+      for (Run& run : runs) {
+        poison(run);
+        cuda::LactRunner<float> own(s, /*with_grad=*/true, opt);
+        own.forward(inputs(run, false), run.out[0].as<float>());
+        own.backward(run.in[10].as<float>(), grads(run));
+        own.synchronize();
+        alone.push_back(results(run));
+      }
+      // The three in records of one runner.
+      cuda::LactRunner<float> kept(s, /*with_grad=*/true, opt, kRecords);
+      for (int pass = 0; pass < 2; ++pass) {
+        SCOPED_TRACE("pass " + std::to_string(pass));
+        for (int r = 0; r < kRecords; ++r) {
+          Run& run = runs[size_t(r)];
+          poison(run);
+          if (bf16) {  // the previous forward is done with the shared q and k before they change
+            kept.synchronize();
+            shared_q.upload(run.x.q.data(), sizeof(float) * BTD);
+            shared_k.upload(run.x.k.data(), sizeof(float) * BTD);
+          }
+          kept.forward(inputs(run, bf16), run.out[0].as<float>(), r);
+        }
+        for (int r = kRecords - 1; r >= 0; --r)
+          kept.backward(runs[size_t(r)].in[10].as<float>(), grads(runs[size_t(r)]), r);
+        kept.synchronize();
+        for (int r = 0; r < kRecords; ++r) {
+          const std::vector<std::vector<float>> got = results(runs[size_t(r)]);
+          for (size_t i = 0; i < 11; ++i)
+            EXPECT_EQ(0, std::memcmp(got[i].data(), alone[size_t(r)][i].data(), sizeof(float) * out_size[i]))
+                << "record " << r << ", " << kNames[i];
+        }
+      }
+    }
 }
 
 // bf16 at the production width d = dh = 384: several chunks, momentum, post and pre norm (no Muon: refused).

@@ -30,6 +30,7 @@
 #include "dist/data_parallel.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
+#include "train/memory_budget.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
@@ -39,6 +40,7 @@
 #include "backend/cuda/model_cuda.h"
 #endif
 #include "infer/stream.h"
+#include "backend/gpu_layer_activations.h"
 #include "backend/registry.h"
 #include "infer/generate.h"
 #include "train/evaluate.h"
@@ -503,7 +505,7 @@ TEST(CudaModel, OptimizerRangesComposeTheWholeStep) {
   EXPECT_NE(0, std::memcmp(initial.data(), weights[0].data(), sizeof(float) * size_t(total)));
 }
 
-// --recompute save-attention (GpuModelOptions::save_attention) keeps each layer's attention output and
+// --recompute save-attention (GpuModelOptions::recompute) keeps each layer's attention output and
 // log-sum-exp from the forward instead of recomputing them in the backward: the attention forward is
 // deterministic, so the loss and every gradient are the same bits as with the full recomputation, in fp32 and
 // with bf16 products; the cost is exactly L x rows x (dim + attention heads) fp32 of device memory.
@@ -520,7 +522,7 @@ TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
       const size_t before = cuda::tracked_bytes();
       cuda::GpuModelOptions o;
       o.math = math;
-      o.save_attention = save;
+      o.recompute = save ? backend::Recompute::SaveAttention : backend::Recompute::Full;
       o.poison = true;
       cuda::GpuModel gm(cfg, o);
       gm.upload(p);
@@ -541,6 +543,89 @@ TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
     const int64_t rows = 2 * cfg.seq_len;
     EXPECT_EQ(bytes_saved - bytes_full, cfg.n_layers * rows * (cfg.dim + cfg.n_attn_heads) * 4);
   }
+}
+
+// --recompute none keeps every layer's activations and its memory operator's forward state (LaCT: a forward record
+// per layer in one runner; Titans / TNT: a runner per layer),
+// so the backward recomputes nothing: the same kernels on the same inputs as the full recomputation and as
+// save-attention, hence the loss and every gradient the same bits at all three levels, for each memory kind (LaCT,
+// Titans, TNT with local memories and shards) in fp32 and with bf16 products. Two micro-batches on one model show
+// that the kept state is rewritten, not reused stale, by the next batch. Memory: level none holds at least the
+// kept table (backend/gpu_layer_activations.h) for every layer but the last beyond what full holds, and for LaCT the
+// memory estimate's two terms of none (kept activations and the records' runner) are that difference to 1%.
+TEST(CudaModel, EveryRecomputeLevelGivesTheSameBits) {
+  REQUIRE_CUDA();
+  model::ModelConfig lact = small_config();
+  lact.n_layers = 3;
+  model::ModelConfig titans = lact;
+  titans.arch = model::Arch::Titans;
+  titans.memory = engine::Family::MLP;
+  titans.weight_norm = engine::WeightNorm::None;
+  model::ModelConfig tnt = titans;
+  tnt.arch = model::Arch::Tnt;
+  tnt.global_chunk = 8;
+  tnt.local_chunks = {2, 4};
+  tnt.shard = 8;
+  tnt.seq_len = 21;
+  const std::pair<const char*, model::ModelConfig> archs[] = {{"lact", lact}, {"titans", titans}, {"tnt", tnt}};
+  const backend::Recompute levels[] = {backend::Recompute::Full, backend::Recompute::SaveAttention,
+                                       backend::Recompute::None};
+  for (const auto& [arch, cfg] : archs)
+    for (const cuda::MathMode math : {cuda::MathMode::FP32, cuda::MathMode::BF16}) {
+      const uint64_t seed = fresh_seed();
+      SCOPED_TRACE(std::string(arch) + " " + cuda::math_mode_name(math) + " (seed " + std::to_string(seed) + ")");
+      const model::Params<float> p = random_params(cfg, seed);
+      const std::vector<model::Batch> micro = {random_batch(cfg, 2, cfg.seq_len, seed + 3, false),
+                                               random_batch(cfg, 2, cfg.seq_len, seed + 4, true)};
+      std::vector<double> losses[3];
+      std::vector<ag::Mat<float>> grads[3];
+      int64_t bytes[3] = {};
+      for (int i = 0; i < 3; ++i) {
+        const size_t before = cuda::tracked_bytes();
+        cuda::GpuModelOptions o;
+        o.math = math;
+        o.recompute = levels[i];
+        o.poison = true;
+        cuda::GpuModel gm(cfg, o);
+        gm.upload(p);
+        gm.zero_grad();
+        for (const model::Batch& b : micro) losses[i].push_back(gm.forward(b, true, 0.5).loss);
+        bytes[i] = int64_t(cuda::tracked_bytes() - before);
+        gm.download_grads(grads[i]);
+      }
+      for (int i = 1; i < 3; ++i) {
+        SCOPED_TRACE(std::string("--recompute ") + backend::recompute_name(levels[i]) + " against full");
+        ASSERT_EQ(losses[i].size(), losses[0].size());
+        for (size_t k = 0; k < losses[0].size(); ++k)
+          EXPECT_EQ(0, std::memcmp(&losses[0][k], &losses[i][k], sizeof(double)))
+              << losses[0][k] << " vs " << losses[i][k];
+        ASSERT_EQ(grads[i].size(), grads[0].size());
+        for (size_t t = 0; t < grads[0].size(); ++t)
+          EXPECT_EQ(0, std::memcmp(grads[0][t].data.data(), grads[i][t].data.data(),
+                                   sizeof(float) * grads[0][t].data.size()))
+              << p.names[t];
+      }
+      const bool act16 = math == cuda::MathMode::BF16;
+      const double kept = backend::gpu_kept_layer_bytes(backend::gpu_layer_dims(cfg, 2, cfg.seq_len, act16));
+      EXPECT_GE(double(bytes[2] - bytes[0]), double(cfg.n_layers - 1) * kept);
+      train::MemoryRequest r;
+      r.device = "cuda";
+      r.bf16 = math == cuda::MathMode::BF16;
+      r.bf16_activations = act16;
+      r.train_steps = true;
+      r.batch = 2;
+      r.seq_len = cfg.seq_len;
+      const double estimated_full = train::estimate_memory(cfg, r).peak();
+      r.recompute = backend::Recompute::None;
+      const double estimated_extra = train::estimate_memory(cfg, r).peak() - estimated_full;
+      std::printf("%s %s: none holds %lld bytes more than full; the estimate says %.0f\n", arch,
+                  cuda::math_mode_name(math), (long long)(bytes[2] - bytes[0]), estimated_extra);
+      if (cfg.arch == model::Arch::Lact)  // Titans / TNT runners: the estimate is a rough one (memory_budget.cpp)
+        EXPECT_NEAR(double(bytes[2] - bytes[0]), estimated_extra, 0.01 * estimated_extra);
+      std::printf("%s %s: device bytes full %lld, save-attention %lld, none %lld (kept activations %.0f per layer)\n",
+                  arch, cuda::math_mode_name(math), (long long)bytes[0], (long long)bytes[1], (long long)bytes[2],
+                  kept);
+    }
 }
 
 // One optimizer step as the trainer takes it: two micro-batches averaged by token count, clipping, AdamW.

@@ -513,6 +513,59 @@ TEST(LactFused, WorkspaceLinearInChunks) {
   EXPECT_EQ(lact::workspace_elements(s, false), f1m);
 }
 
+// Several forwards kept at once in records of one Fused (the GPU model's --recompute none: every layer's forward,
+// then the backwards in reverse, on shared work buffers) give each run the very bits it gets alone, in every
+// program, weight norm, momentum and Muon combination.
+TEST(LactFused, RecordsKeepSeveralForwards) {
+  int checked = 0;
+  for (const Case& c : all_cases()) {
+    SCOPED_TRACE("case " + std::to_string(checked));
+    const lact::Shape s = shape_of(c);
+    const int64_t P = c.d * c.dh, TD = c.T * c.d;
+    std::vector<Data> xs;
+    for (int r = 0; r < 3; ++r) xs.push_back(make_data(c, 5000 + uint64_t(10 * checked + r)));
+    std::vector<std::vector<std::vector<double>>> kept(3);
+    std::vector<lact::Inputs<double>> in;
+    std::vector<double*> o;
+    std::vector<const double*> go;
+    std::vector<lact::Grads<double>> g(3);
+    for (size_t r = 0; r < 3; ++r) {
+      std::vector<std::vector<double>>& out = kept[r];
+      out.resize(11);
+      for (int i : {0, 4, 5, 6}) out[size_t(i)].assign(size_t(c.B * TD), std::nan(""));
+      for (int i : {1, 2, 3}) out[size_t(i)].assign(size_t(c.B * P), std::nan(""));
+      for (int i : {7, 8, 9, 10})
+        out[size_t(i)].assign(size_t(c.B * c.T), c.momentum || i < 10 ? std::nan("") : 0.0);
+      g[r] = {out[1].data(), out[2].data(), out[3].data(), out[4].data(), out[5].data(),
+              out[6].data(), out[7].data(), out[8].data(), out[9].data(), c.momentum ? out[10].data() : nullptr};
+      in.push_back(inputs_of(c, xs[r]));
+      o.push_back(out[0].data());
+      go.push_back(xs[r].go.data());
+    }
+    lact::fused_cpu_records<double>(s, in, o, go, g);
+    for (size_t r = 0; r < 3; ++r) {
+      const std::vector<std::vector<double>> alone = fused_result(c, xs[r]);
+      for (int i = 0; i < 11; ++i) {
+        if (i == 10 && !c.momentum) continue;
+        ASSERT_EQ(alone[size_t(i)].size(), kept[r][size_t(i)].size());
+        EXPECT_EQ(0, std::memcmp(alone[size_t(i)].data(), kept[r][size_t(i)].data(),
+                                 sizeof(double) * alone[size_t(i)].size()))
+            << "run " << r << ", " << kNames[i];
+      }
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 96);
+  // A record needs gradients (a forward without them keeps nothing for a backward).
+  lact::Shape s = shape_of(all_cases().front());
+  EXPECT_THROW(lact::workspace_elements(s, false, 2), Error);
+  // Each record adds its states only: weights and updates at every chunk boundary, and the weight-norm targets.
+  const int64_t one = lact::workspace_elements(s, true), two = lact::workspace_elements(s, true, 2);
+  const int64_t per_record =
+      2 * s.num_versions() * s.B * 3 * s.P() + (s.norm != engine::WeightNorm::None ? s.B * s.state_rows() : 0);
+  EXPECT_EQ(two - one, per_record);
+}
+
 // round_bf16 (the twin's emulation of the CUDA backend's bf16 operands): round to nearest, ties to even, as
 // __float2bfloat16. bf16 keeps 7 fraction bits, so the spacing at 1 is 2^-7.
 TEST(LactFused, RoundBf16KnownValues) {

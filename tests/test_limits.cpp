@@ -129,13 +129,95 @@ TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
   r.batch = 2;
   r.seq_len = 4096;
   const train::MemoryEstimate full = train::estimate_memory(cfg, r);
-  r.save_attention = true;
+  r.recompute = backend::Recompute::SaveAttention;
   const train::MemoryEstimate saved = train::estimate_memory(cfg, r);
   ASSERT_EQ(saved.phases.size(), full.phases.size());
   ASSERT_EQ(saved.phases[0].size(), full.phases[0].size() + 1);
   EXPECT_DOUBLE_EQ(saved.phases[0].back().bytes, 24.0 * 2 * 4096 * (1536 + 24) * 4);
   EXPECT_NE(saved.phases[0].back().what.find("--recompute"), std::string::npos) << saved.phases[0].back().what;
   EXPECT_DOUBLE_EQ(saved.peak() - full.peak(), saved.phases[0].back().bytes);
+}
+
+// --recompute none adds two terms to the step: every layer but the last keeps what its backward reads (the kept
+// table of backend/gpu_layer_activations.h, sized here by hand for the 760m preset with bf16 products and
+// activations) and its own memory operator runner.
+TEST(MemoryBudget, KeptLayersAreTermsOfTheStep) {
+  const model::ModelConfig cfg = model::preset("760m");
+  train::MemoryRequest r;
+  r.device = "cuda";
+  r.bf16 = r.bf16_activations = true;
+  r.train_steps = true;
+  r.batch = 2;
+  r.seq_len = 4096;
+  const train::MemoryEstimate full = train::estimate_memory(cfg, r);
+  r.recompute = backend::Recompute::None;
+  const train::MemoryEstimate none = train::estimate_memory(cfg, r);
+  ASSERT_EQ(none.phases[0].size(), full.phases[0].size() + 2);
+  const train::MemoryTerm& kept = none.phases[0][none.phases[0].size() - 2];
+  const train::MemoryTerm& runners = none.phases[0].back();
+  // Per token of a layer, D 1536, F 4096, 4 memory heads, 24 attention heads, 12 gate columns, one memory:
+  // fp32 9.5 D (qkv 3, qa 1 (bf16 q and v), ka 0.5 (bf16 k), attn, vT, o, normed, xmid: the LaCT operator with bf16
+  // operands reads q and k only as its own bf16 copies) + 2 F (ga, up) + 24 (lse) + 3 x 12 (three gate
+  // pre-activations) + 12 x 4 (qnorm, knorm, theta/eta/alpha, 3 rates, momentum, rinvo, zs, gate) + 2 (the two
+  // norms' 1/rms); bf16 3 D (h, h2, sum) + F (mm). Per sequence: the Titans weight copies, 2 x 4 x 384 x 384 fp32.
+  const double per_token = 4.0 * (9.5 * 1536 + 2 * 4096 + 24 + 3 * 12 + 12 * 4 + 2) + 2.0 * (3 * 1536 + 4096);
+  const double per_sequence = 4096 * per_token + 4.0 * 2 * 4 * 384 * 384;
+  EXPECT_DOUBLE_EQ(kept.bytes, 23 * 2 * per_sequence);
+  EXPECT_NE(kept.what.find("--recompute none"), std::string::npos) << kept.what;
+  EXPECT_NE(runners.what.find("--recompute none"), std::string::npos) << runners.what;
+  // At least, per layer, the fast-weight states of every chunk boundary (2 chunks of 2048: 2 versions, weights and
+  // momentum, 3 matrices of 384 x 384 per head) with their bf16 shadows and the bf16 copies of q, k, v (rows x D
+  // bf16 each); and one bf16 copy of grad_o. At most twice that (the shared work buffers are far smaller).
+  const double states = 2.0 * 2 * 2 * 4 * 3 * 384 * 384 * (4 + 2), copy = 2 * 4096.0 * 1536 * 2;
+  EXPECT_GT(runners.bytes, 23 * (states + 3 * copy) + copy);
+  EXPECT_LT(runners.bytes, 2 * (23 * (states + 3 * copy) + copy));
+  EXPECT_DOUBLE_EQ(none.peak() - full.peak(), kept.bytes + runners.bytes);
+  // Every estimate of a GPU training run carries the peak of each level, its own among them.
+  ASSERT_EQ(none.recompute_peaks.size(), 3u);
+  EXPECT_DOUBLE_EQ(none.recompute_peaks[0].peak, full.peak());
+  EXPECT_DOUBLE_EQ(none.recompute_peaks[2].peak, none.peak());
+  EXPECT_LT(none.recompute_peaks[1].peak, none.peak());
+  r.device = "cpu";
+  EXPECT_TRUE(train::estimate_memory(cfg, r).recompute_peaks.empty());
+}
+
+// A GPU training run that does not fit is refused naming --recompute and the levels that would fit (or that none
+// does).
+TEST(MemoryBudget, RefusalNamesTheRecomputeLevelsThatFit) {
+  const model::ModelConfig cfg = model::preset("760m");
+  train::MemoryRequest r;
+  r.device = "cuda";
+  r.bf16 = r.bf16_activations = true;
+  r.train_steps = true;
+  r.batch = 1;
+  r.seq_len = 8192;
+  r.recompute = backend::Recompute::None;
+  const train::MemoryEstimate e = train::estimate_memory(cfg, r);
+  const double full = e.recompute_peaks[0].peak, saved = e.recompute_peaks[1].peak;
+  ASSERT_LT(saved, e.peak());
+  auto refusal = [&](double limit) {
+    ::setenv("TTT_MEMORY_LIMIT", std::to_string(int64_t(limit)).c_str(), 1);
+    std::string message;
+    try {
+      train::require_memory("ttt bench step", e);
+    } catch (const Error& err) {
+      message = err.what();
+    }
+    ::unsetenv("TTT_MEMORY_LIMIT");
+    return message;
+  };
+  const std::string between = refusal((saved + e.peak()) / 2);
+  EXPECT_NE(between.find("--recompute none needs about " + train::format_bytes(e.peak())), std::string::npos)
+      << between;
+  EXPECT_NE(between.find("the --recompute levels that fit: full (about " + train::format_bytes(full) +
+                         "), save-attention (about " + train::format_bytes(saved) + ")."),
+            std::string::npos)
+      << between;
+  const std::string below = refusal(full / 2);
+  EXPECT_NE(below.find("no --recompute level fits (full, the least memory, needs about " + train::format_bytes(full)),
+            std::string::npos)
+      << below;
+  EXPECT_EQ(refusal(e.peak() + 1), "");  // it fits: no refusal
 }
 
 // Peak resident bytes of `ttt train` (one thread, one step of one sequence of seq_len T, one validation window).

@@ -31,9 +31,17 @@ const char* activation_storage_name(ActivationStorage a) { return a == Activatio
 Recompute parse_recompute(const std::string& text, const std::string& what) {
   if (text == "full") return Recompute::Full;
   if (text == "save-attention") return Recompute::SaveAttention;
-  TTT_FAIL(what << " must be full or save-attention, got '" << text << "'");
+  if (text == "none") return Recompute::None;
+  TTT_FAIL(what << " must be full, save-attention or none, got '" << text << "'");
 }
 
-const char* recompute_name(Recompute r) { return r == Recompute::Full ? "full" : "save-attention"; }
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::Full: return "full";
+    case Recompute::SaveAttention: return "save-attention";
+    case Recompute::None: return "none";
+  }
+  return "?";
+}
 
 }  // namespace ttt::backend

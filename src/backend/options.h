@@ -18,8 +18,10 @@ enum class ActivationStorage { BF16, FP32 };
 // What the GPU backward recomputes of each layer's forward (the CPU keeps every activation on its tape): the
 // whole layer from its kept input (Full: the least memory), or all of it except the window attention, whose
 // output and log-sum-exp every layer keeps from the forward (SaveAttention, the default: rows x (dim + heads)
-// fp32 per layer more, and no second attention forward). Both give the same bits.
-enum class Recompute { Full, SaveAttention };
+// fp32 per layer more, and no second attention forward), or nothing (None: every layer keeps every activation
+// its backward reads, and its memory operator keeps its forward state; the most memory, no second forward).
+// All three give the same bits.
+enum class Recompute { Full, SaveAttention, None };
 
 struct EngineOptions {
   Precision precision = Precision::FP32;
@@ -34,7 +36,7 @@ const char* precision_name(Precision p);
 // "bf16" | "fp32"; anything else throws as parse_precision does.
 ActivationStorage parse_activation_storage(const std::string& text, const std::string& what);
 const char* activation_storage_name(ActivationStorage a);
-// "full" | "save-attention"; anything else throws as parse_precision does.
+// "full" | "save-attention" | "none"; anything else throws as parse_precision does.
 Recompute parse_recompute(const std::string& text, const std::string& what);
 const char* recompute_name(Recompute r);
 

@@ -87,7 +87,7 @@ int cmd_bench_step(const Argv& argv) {
   mr.device = device;
   mr.bf16 = engine_options.precision == backend::Precision::BF16;
   mr.bf16_activations = engine_options.bf16_activations();
-  mr.save_attention = engine_options.recompute == backend::Recompute::SaveAttention;
+  mr.recompute = engine_options.recompute;
   mr.threads = omp_get_max_threads();
   mr.train_steps = true;
   mr.batch = S;

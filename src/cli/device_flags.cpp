@@ -20,7 +20,9 @@ void declare_precision_flags(Args& a) {
       .value("recompute",
              "cuda, training: what the backward recomputes of each layer's forward: full (least memory) | "
              "save-attention (every layer keeps its attention output: rows x (dim + attention heads) fp32 more per "
-             "layer, one attention forward less)",
+             "layer, one attention forward less) | none (every layer keeps all its activations and its memory "
+             "operator's forward state: no second forward, the most memory); the same bits at every level. "
+             "--device cpu refuses the flag (the CPU keeps every activation on its tape)",
              "save-attention");
 }
 

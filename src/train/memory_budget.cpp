@@ -8,10 +8,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "backend/gpu_layer_activations.h"
 #include "backend/registry.h"
 #include "core/error.h"
 #include "data/tokens.h"
 #include "model/memory_spec.h"
+#include "ttt/lact_fused.h"
 
 namespace ttt::train {
 
@@ -76,6 +78,36 @@ double gpu_activation_bytes(const model::ModelConfig& cfg, double rows, bool bf1
   const double layer = rows * kGpuLayerFloatsPerDim * double(cfg.dim) * 4;
   const double logits = rows * double(cfg.vocab_size) * 4;
   return residual + layer + logits;
+}
+
+// --recompute none: the memory operator runners that keep `records` layers' forward state for `batch` sequences of
+// T tokens, what they hold from a forward to its backward and their work space. LaCT (cuda/lact_cuda.cu): one
+// runner with a record per layer, the buffers lact::Fused allocates for them (lact::workspace_elements, fp32) and a
+// 32 MiB cuBLAS workspace; with bf16 operands also a bf16 shadow of each of those buffers and bf16 copies of q, k, v
+// per record and of grad_o. Titans / TNT (cuda/tnt_cuda.cu): a runner per layer, each about the fast-weight states
+// at every chunk boundary (memory_versions_bytes) and, per memory, chunk work buffers (about 12 dh + 2 d floats per
+// token of a chunk) and five state-sized buffers.
+double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64_t T, bool bf16, int64_t records) {
+  const std::vector<model::MemorySpec> specs = model::memory_specs(cfg);
+  if (specs.empty() || batch <= 0 || T <= 0 || records <= 0) return 0;
+  const double B = double(batch) * double(cfg.n_mem_heads), d = double(cfg.head_dim_mem()),
+               dh = double(cfg.mem_hidden_dim());
+  double per_head = 0;
+  for (const auto& w : specs.front().weights) per_head += double(w.rows) * double(w.cols);
+  double about = double(batch) * memory_versions_bytes(cfg, T) / double(std::max<int64_t>(1, cfg.n_layers));
+  for (const auto& s : specs) {
+    const double chunk = double(std::min<int64_t>(std::max<int64_t>(s.chunk, 1), T));
+    about += 4.0 * B * (chunk * (12 * dh + 2 * d) + 5 * per_head);
+  }
+  // LaCT's own count, while its element counts stay far inside 64 bits (beyond, the run is absurd anyway).
+  if (cfg.arch != model::Arch::Lact || double(records) * about > 1e15) return double(records) * about;
+  const lact::Shape s = backend::gpu_lact_shape(cfg, batch, T);
+  const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records));
+  constexpr double kCublasWorkspace = double(32 << 20);
+  double bytes = 4 * elements + kCublasWorkspace;
+  if (backend::lact_on_bf16_operands(cfg, bf16))  // the shadows, and the copies of q, k, v (per record) and grad_o
+    bytes += 2 * elements + double(3 * records + 1) * 2.0 * double(s.B) * double(T) * double(s.d);
+  return bytes;
 }
 
 std::string model_drivers(const model::ModelConfig& cfg, double P) {
@@ -155,8 +187,9 @@ std::string format_bytes(double bytes) {
   return buf;
 }
 
-MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryRequest& req) {
-  model::validate(cfg);
+namespace {
+
+MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryRequest& req) {
   const bool gpu = req.device == "cuda";
   const double P = parameter_elements(cfg);
   MemoryEstimate e;
@@ -181,13 +214,29 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
                                                           std::to_string(req.seq_len) + ", n_layers " +
                                                           std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim),
                       gpu_activation_bytes(cfg, double(req.batch) * double(req.seq_len), req.bf16_activations)});
-      if (req.save_attention)
+      const std::string batch_drivers = "batch " + std::to_string(req.batch) + " x seq_len " +
+                                        std::to_string(req.seq_len) + ", n_layers " + std::to_string(cfg.n_layers);
+      if (req.recompute == backend::Recompute::SaveAttention)
         step.push_back({"attention outputs kept per layer (--recompute save-attention; 'full' saves this)",
-                        "batch " + std::to_string(req.batch) + " x seq_len " + std::to_string(req.seq_len) +
-                            ", n_layers " + std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim) +
-                            " + n_attn_heads " + std::to_string(cfg.n_attn_heads),
+                        batch_drivers + ", dim " + std::to_string(cfg.dim) + " + n_attn_heads " +
+                            std::to_string(cfg.n_attn_heads),
                         double(cfg.n_layers) * double(req.batch) * double(req.seq_len) *
                             double(cfg.dim + cfg.n_attn_heads) * 4.0});
+      if (req.recompute == backend::Recompute::None) {
+        // Every layer but the last (whose are the work buffers above) keeps its own; the kept table's sizes are
+        // linear in the sequences, so one sequence's times the batch.
+        const double others = double(std::max<int64_t>(0, cfg.n_layers - 1));
+        const backend::GpuLayerDims one =
+            backend::gpu_own_layer_dims(cfg, 1, req.seq_len, req.bf16, req.bf16_activations);
+        step.push_back({"activations kept per layer (--recompute none; 'save-attention' and 'full' recompute them)",
+                        batch_drivers + ", dim " + std::to_string(cfg.dim) + ", mlp hidden " +
+                            std::to_string(cfg.mlp_hidden_dim()),
+                        others * double(req.batch) * backend::gpu_kept_layer_bytes(one)});
+        step.push_back({"memory operator state kept per layer (--recompute none)",
+                        batch_drivers + ", n_mem_heads " + std::to_string(cfg.n_mem_heads) + ", chunk " +
+                            std::to_string(cfg.chunk),
+                        operator_runner_bytes(cfg, req.batch, req.seq_len, req.bf16, cfg.n_layers - 1)});
+      }
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
       // 256 MB of gradient buffers) and the partial sums its reduction tree keeps (at most ceil(log2 seqs) besides
@@ -225,6 +274,22 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
     }
     e.phases.push_back(ev);
   }
+  e.recompute = req.recompute;
+  return e;
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryRequest& req) {
+  model::validate(cfg);
+  MemoryEstimate e = estimate_one_level(cfg, req);
+  if (req.device == "cuda" && req.train_steps)
+    for (const backend::Recompute level :
+         {backend::Recompute::Full, backend::Recompute::SaveAttention, backend::Recompute::None}) {
+      MemoryRequest at = req;
+      at.recompute = level;
+      e.recompute_peaks.push_back({level, level == req.recompute ? e.peak() : estimate_one_level(cfg, at).peak()});
+    }
   return e;
 }
 
@@ -269,6 +334,19 @@ void require_memory(const std::string& command, const MemoryEstimate& e) {
      << format_bytes(need) << " but " << format_bytes(avail) << " is available (" << source << "). Largest parts:";
   for (size_t i = 0; i < terms.size() && i < 4; ++i)
     os << "\n  " << format_bytes(terms[i].bytes) << "  " << terms[i].what << " [" << terms[i].drivers << "]";
+  if (!e.recompute_peaks.empty()) {
+    // The backward's recomputation trades memory for time: name the levels that would fit.
+    std::string fit;
+    for (const auto& lp : e.recompute_peaks)
+      if (lp.peak <= avail)
+        fit += std::string(fit.empty() ? "" : ", ") + backend::recompute_name(lp.level) + " (about " +
+               format_bytes(lp.peak) + ")";
+    os << "\n--recompute " << backend::recompute_name(e.recompute) << " needs about " << format_bytes(need) << "; ";
+    if (fit.empty())
+      os << "no --recompute level fits (full, the least memory, needs about "
+         << format_bytes(e.recompute_peaks.front().peak) << ").";
+    else os << "the --recompute levels that fit: " << fit << ".";
+  }
   os << "\nReduce the fields named above (set TTT_MEMORY_LIMIT=off to skip this estimate).";
   TTT_FAIL(os.str());
 }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/options.h"
 #include "model/config.h"
 
 namespace ttt::train {
@@ -33,6 +34,14 @@ struct MemoryEstimate {
   std::string device;                           // "cpu" (host memory) | "cuda" (device memory)
   std::vector<MemoryTerm> resident;             // held for the whole run
   std::vector<std::vector<MemoryTerm>> phases;  // alternatives that never coexist (a step, a validation pass)
+  // cuda training: the peak of the same run at each --recompute level (require_memory's message names the levels
+  // that fit); empty otherwise.
+  struct LevelPeak {
+    backend::Recompute level;
+    double peak = 0;
+  };
+  std::vector<LevelPeak> recompute_peaks;
+  backend::Recompute recompute = backend::Recompute::Full;  // the level of this estimate
   double peak() const;                          // resident + the largest phase
   std::vector<MemoryTerm> peak_terms() const;   // resident + the terms of the largest phase
 };
@@ -42,7 +51,9 @@ struct MemoryRequest {
   std::string device = "cpu";      // "cpu" | "cuda"
   bool bf16 = false;               // cuda: bf16 products (bf16 weight copies)
   bool bf16_activations = false;   // cuda: activations stored in bf16
-  bool save_attention = false;     // cuda, training: every layer keeps its attention output (--recompute)
+  // cuda, training (--recompute): what every layer keeps for the backward beyond its input: nothing (Full), its
+  // attention output (SaveAttention), everything its backward reads and its memory operator's state (None).
+  backend::Recompute recompute = backend::Recompute::Full;
   int64_t threads = 1;             // cpu: OpenMP threads (sequences in flight at once)
   // Training (train_steps): micro-batch `batch` sequences of `seq_len`, `accum` micro-batches per step.
   bool train_steps = false;

@@ -492,7 +492,7 @@ TrainResult train(const TrainOptions& opt_in) {
     mr.device = opt.device;
     mr.bf16 = opt.engine.precision == backend::Precision::BF16;
     mr.bf16_activations = opt.engine.bf16_activations();
-    mr.save_attention = opt.engine.recompute == backend::Recompute::SaveAttention;
+    mr.recompute = opt.engine.recompute;
     mr.threads = omp_get_max_threads();
     mr.train_steps = true;
     mr.batch = tc.batch;

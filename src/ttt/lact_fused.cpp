@@ -304,10 +304,10 @@ struct CountOps {
 };
 }  // namespace
 
-int64_t workspace_elements(const Shape& s, bool with_grad) {
+int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records) {
   s.validate();
   CountOps ops{Geom{s.B, s.T, s.d, s.dh}};
-  Fused<CountOps> f(ops, s, with_grad);
+  Fused<CountOps> f(ops, s, with_grad, records);
   return ops.elems;
 }
 
@@ -322,6 +322,26 @@ void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const
   Fused<CpuOps<T>> f(ops, s, grad);
   f.forward(in, o);
   if (grad) f.backward(grad_o, *g);
+}
+
+template <class T>
+void fused_cpu_records(const Shape& s, const std::vector<Inputs<T>>& in, const std::vector<T*>& o,
+                       const std::vector<const T*>& grad_o, const std::vector<Grads<T>>& g) {
+  s.validate();
+  const int64_t n = int64_t(in.size());
+  TTT_CHECK(n >= 1 && int64_t(o.size()) == n && int64_t(grad_o.size()) == n && int64_t(g.size()) == n,
+            "fused_cpu_records: " << n << " inputs, " << o.size() << " outputs, " << grad_o.size()
+                                  << " output gradients, " << g.size() << " gradient sets");
+  CpuOps<T> ops(Geom{s.B, s.T, s.d, s.dh});
+  Fused<CpuOps<T>> f(ops, s, /*with_grad=*/true, n);
+  for (int64_t i = 0; i < n; ++i) {
+    f.use_record(i);
+    f.forward(in[size_t(i)], o[size_t(i)]);
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {
+    f.use_record(i);
+    f.backward(grad_o[size_t(i)], g[size_t(i)]);
+  }
 }
 
 template <class T>
@@ -370,5 +390,7 @@ template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const
                                bool);
 template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*,
                                 bool);
+template void fused_cpu_records<double>(const Shape&, const std::vector<Inputs<double>>&, const std::vector<double*>&,
+                                        const std::vector<const double*>&, const std::vector<Grads<double>>&);
 
 }  // namespace ttt::lact

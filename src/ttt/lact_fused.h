@@ -176,18 +176,27 @@ class Fused {
  public:
   using T = typename Ops::value_type;
 
-  // with_grad: keep every chunk-boundary state for backward(); otherwise two ping-pong states.
-  Fused(Ops& ops, const Shape& s, bool with_grad) : ops_(ops), s_(s), with_grad_(with_grad) {
+  // with_grad: keep every chunk-boundary state for backward(); otherwise two ping-pong states. records (with
+  // gradients): how many forwards are kept at once, each in a record of its own (its chunk-boundary states,
+  // weight-norm targets and inputs: everything backward() reads of its forward) until its backward, while the
+  // work buffers are shared; use_record picks the one forward() and backward() act on (record 0 at first).
+  Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1) : ops_(ops), s_(s), with_grad_(with_grad) {
     s_.validate();
+    TTT_CHECK(records >= 1 && (records == 1 || with_grad_),
+              "lact: " << records << " forward records (several need gradients on)");
     g_ = ops_.geom();
     const int64_t B = s_.B, P = s_.P(), C = std::min(s_.chunk, s_.T);
     const int64_t dh = s_.dh, d = s_.d;
     nver_ = with_grad_ ? s_.num_versions() : 2;
-    states_ = ops_.alloc(nver_ * B * 3 * P);
-    // With momentum the momentum states are the updates P_c (S_{c+1} = P_c); without it, backward still
-    // wants P_c (it spares recomputing the update's two weight-shaped products), so keep them alike.
-    if (s_.momentum || with_grad_) mstates_ = ops_.alloc(nver_ * B * 3 * P);
-    if (s_.norm != WeightNorm::None) tau_ = ops_.alloc(B * s_.state_rows());
+    records_.resize(size_t(records));
+    for (Record& r : records_) {
+      r.states = ops_.alloc(nver_ * B * 3 * P);
+      // With momentum the momentum states are the updates P_c (S_{c+1} = P_c); without it, backward still
+      // wants P_c (it spares recomputing the update's two weight-shaped products), so keep them alike.
+      if (s_.momentum || with_grad_) r.mstates = ops_.alloc(nver_ * B * 3 * P);
+      if (s_.norm != WeightNorm::None) r.tau = ops_.alloc(B * s_.state_rows());
+    }
+    states_ = records_[0].states, mstates_ = records_[0].mstates, tau_ = records_[0].tau;
     if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
     if (s_.momentum) mbar_ = ops_.alloc(B);
@@ -226,6 +235,17 @@ class Fused {
         nsdot_ = ops_.alloc(3 * B);
       }
     }
+  }
+
+  // The record forward() and backward() act on from now on (see the constructor).
+  void use_record(int64_t r) {
+    TTT_CHECK(r >= 0 && r < int64_t(records_.size()), "lact: forward record " << r << " of " << records_.size());
+    Record& from = records_[size_t(record_)];
+    from.in = in_, from.forward_done = forward_done_;
+    const Record& to = records_[size_t(r)];
+    states_ = to.states, mstates_ = to.mstates, tau_ = to.tau, in_ = to.in, forward_done_ = to.forward_done;
+    record_ = r;
+    cached_e_ = -1;
   }
 
   // o [B,T,d]. With gradients on, keeps the states for backward().
@@ -337,6 +357,14 @@ class Fused {
   int64_t nver_ = 0;
   int64_t cached_e_ = -1;  // version whose N(A) ebuf_ holds (pre-norm, backward)
   int64_t stream_slot_ = 0, stream_version_ = 0;  // streaming: the current state's slot and chunk number
+  // A kept forward (use_record): the current one's live in states_, mstates_, tau_, in_ and forward_done_.
+  struct Record {
+    T *states = nullptr, *mstates = nullptr, *tau = nullptr;
+    Inputs<T> in;
+    bool forward_done = false;
+  };
+  std::vector<Record> records_;
+  int64_t record_ = 0;
   T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
   T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
@@ -536,8 +564,9 @@ class Fused {
 };
 
 // Elements that Fused allocates for a shape (states and work buffers; not the inputs and outputs), e.g. to
-// check that memory stays linear in T/C. The CUDA backend adds a small reduction buffer.
-int64_t workspace_elements(const Shape& s, bool with_grad);
+// check that memory stays linear in T/C; with `records` forwards kept at once. The CUDA backend adds a small
+// reduction buffer.
+int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1);
 
 // The causal forward through the streaming API (Fused::stream_*), token by token as generation runs it: o must
 // equal fused_cpu's o. The reference usage of the streaming API (and its test). reset_every > 0: back to the
@@ -553,5 +582,12 @@ void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every =
 template <class T>
 void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr,
                bool round_operands_bf16 = false);
+
+// The CPU twin of several forwards kept at once (Fused's records), in the order the GPU model's --recompute none
+// runs its layers: every forward (input i into record i), then every backward in reverse order. Each run's o and
+// gradients must be what fused_cpu gives it alone.
+template <class T>
+void fused_cpu_records(const Shape& s, const std::vector<Inputs<T>>& in, const std::vector<T*>& o,
+                       const std::vector<const T*>& grad_o, const std::vector<Grads<T>>& g);
 
 }  // namespace ttt::lact

@@ -30,7 +30,7 @@ class CudaStepEngine final : public backend::StepEngine {
     GpuModelOptions go;
     go.math = options.precision;
     go.bf16_activations = options.activations == backend::ActivationStorage::BF16;
-    go.save_attention = options.recompute == backend::Recompute::SaveAttention;
+    go.recompute = options.recompute;
     model_ = std::make_unique<GpuModel>(cfg, go);
   }
 

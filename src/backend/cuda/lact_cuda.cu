@@ -158,7 +158,8 @@ class CudaOps {
 
   // ---- bf16 matrix inputs ------------------------------------------------------------------------------
   // Every matrix operand is read from a bf16 copy ("shadow"):
-  //  * the [B,T,d] inputs q, k, v, grad_o: mirrors, converted once per forward / backward;
+  //  * the [B,T,d] inputs q, k, v, grad_o: mirrors, converted once per forward / backward (q, k, v: one set per
+  //    forward record, kept until its backward);
   //  * every buffer the algorithm allocates (states, chunk buffers, NS5 iterates) has a shadow of the same
   //    layout, with the intervals where it holds bf16(the fp32 value) tracked on the host. Every step of
   //    this backend that writes fp32 invalidates what it writes; a product converts only what is not valid
@@ -168,13 +169,16 @@ class CudaOps {
   //    (a bookkeeping check on the host: it never happens with the algorithm of lact_fused.h);
   //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together.
   bool bf16() const { return bf16_; }
-  void init_bf16(int64_t chunk, bool with_grad) {
+  // records: forwards kept at once (lact::Fused's records), each with its own q, k, v mirrors.
+  void init_bf16(int64_t chunk, bool with_grad, int64_t records) {
     if (!bf16_) return;
     (void)chunk;
     const int64_t BTD = g_.B * g_.T * g_.d;
-    for (int i = 0; i < (with_grad ? 4 : 3); ++i) {
-      mirrors_[size_t(i)].copy = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(BTD)));
-      mirrors_[size_t(i)].n = BTD;
+    mirrors_.assign(size_t(3 * records + 1), Mirror{});
+    for (size_t i = 0; i < mirrors_.size(); ++i) {
+      if (i + 1 == mirrors_.size() && !with_grad) break;  // grad_o's: backward only
+      mirrors_[i].copy = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(BTD)));
+      mirrors_[i].n = BTD;
     }
     // Shadows of every buffer the algorithm allocated (it allocates all of them in its constructor).
     for (Region& r : regions_)
@@ -183,23 +187,25 @@ class CudaOps {
   // The host-side bookkeeping of the shadows (what a CUDA graph replay must leave behind as its capture did).
   struct Book {
     std::vector<std::pair<Ivals, Ivals>> regions;
-    std::array<const T*, 4> mirror_base{};
+    std::vector<const T*> mirror_base;
   };
   Book snapshot() const {
     Book b;
     for (const Region& r : regions_) b.regions.push_back({r.valid, r.stale});
-    for (size_t i = 0; i < mirrors_.size(); ++i) b.mirror_base[i] = mirrors_[i].base;
+    for (const Mirror& m : mirrors_) b.mirror_base.push_back(m.base);
     return b;
   }
   void restore(const Book& b) {
-    if (b.regions.size() != regions_.size()) return;
+    if (b.regions.size() != regions_.size() || b.mirror_base.size() != mirrors_.size()) return;
     for (size_t i = 0; i < regions_.size(); ++i) regions_[i].valid = b.regions[i].first, regions_[i].stale = b.regions[i].second;
     for (size_t i = 0; i < mirrors_.size(); ++i) mirrors_[i].base = b.mirror_base[i];
   }
-  // Mirror slot i (0 q, 1 k, 2 v, 3 grad_o) := bf16(base[0 .. B*T*d)).
+  // The forward record whose q, k, v mirrors set_mirror and the products use from now on.
+  void use_record(int64_t r) { record_ = r; }
+  // Mirror i (0 q, 1 k, 2 v of the current record, 3 grad_o) := bf16(base[0 .. B*T*d)).
   void set_mirror(int i, const T* base) {
     if (!bf16_) return;
-    Mirror& m = mirrors_[size_t(i)];
+    Mirror& m = mirrors_[mirror_index(i)];
     TTT_CHECK(m.copy, "lact cuda: bf16 mirror " << i << " not allocated");
     to_bf16(reinterpret_cast<const float*>(base), m.copy, m.n);
     m.base = base;
@@ -485,7 +491,9 @@ class CudaOps {
     Ivals stale;                  // where only sh holds the value (the fp32 buffer was not written)
   };
   bool bf16_ = false;
-  std::array<Mirror, 4> mirrors_{};
+  std::vector<Mirror> mirrors_;  // q, k, v of record 0, of record 1, ..., then grad_o
+  int64_t record_ = 0;
+  size_t mirror_index(int i) const { return i == 3 ? mirrors_.size() - 1 : size_t(3 * record_ + i); }
   std::vector<Region> regions_;
 
   Region* region_of(const T* p) {
@@ -533,7 +541,8 @@ class CudaOps {
   // after converting the parts of it that are not valid yet.
   const __nv_bfloat16* operand_bf16(const T* p, int64_t extent) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p), e = a + uintptr_t(extent) * sizeof(T);
-    for (const Mirror& m : mirrors_) {
+    for (int i = 0; i < 4; ++i) {  // the current record's (another record's q may share its address) and grad_o's
+      const Mirror& m = mirrors_[mirror_index(i)];
       if (!m.base) continue;
       const uintptr_t b = reinterpret_cast<uintptr_t>(m.base);
       if (a >= b && e <= b + uintptr_t(m.n) * sizeof(T)) return m.copy + (p - m.base);
@@ -588,14 +597,21 @@ struct LactRunner<T>::Impl {
     CachedGraph graph;
     typename CudaOps<T>::Book post;  // the host bookkeeping the capture left, restored after each replay
   };
-  GraphCall gf, gb;
+  std::vector<GraphCall> gf, gb;              // per forward record
   bool graphs = true;
-  std::vector<const void*> fkey;  // pointers of the last forward()
+  std::vector<std::vector<const void*>> fkey;  // per forward record: pointers of its last forward()
 
-  Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt)
-      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad) {
-    ops.init_bf16(s.chunk, with_grad);
+  Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt, int64_t records)
+      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records), gf(size_t(records)),
+        gb(size_t(records)), fkey(size_t(records)) {
+    ops.init_bf16(s.chunk, with_grad, records);
     graphs = opt.graphs && graphs_from_env() && !ops.prof().on();
+  }
+  // Host bookkeeping only (also before a graph replay): the record the next forward() / backward() act on.
+  void use_record(int64_t r) {
+    TTT_CHECK(r >= 0 && r < int64_t(gf.size()), "lact cuda: forward record " << r << " of " << gf.size());
+    fused.use_record(r);
+    ops.use_record(r);
   }
   ~Impl() {
     cudaStreamSynchronize(ops.stream());
@@ -625,9 +641,9 @@ struct LactRunner<T>::Impl {
 };
 
 template <class T>
-LactRunner<T>::LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt) {
+LactRunner<T>::LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt, int64_t records) {
   s.validate();
-  impl_ = std::make_unique<Impl>(s, with_grad, opt);
+  impl_ = std::make_unique<Impl>(s, with_grad, opt, records);
   TTT_CUDA_CHECK(cudaStreamSynchronize(impl_->ops.stream()));
 }
 template <class T>
@@ -647,11 +663,13 @@ void LactRunner<T>::stream_update(const lact::Inputs<T>& in, int64_t n) {
 }
 
 template <class T>
-void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o) {
+void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o, int64_t record) {
   Impl& m = *impl_;
+  m.use_record(record);
   m.ops.prof().call_begin('F');
-  m.fkey = {in.w0, in.w1, in.w2, in.q, in.k, in.v, in.lr0, in.lr1, in.lr2, in.mom, o};
-  m.run(m.gf, m.fkey, [&] {
+  std::vector<const void*>& fkey = m.fkey[size_t(record)];
+  fkey = {in.w0, in.w1, in.w2, in.q, in.k, in.v, in.lr0, in.lr1, in.lr2, in.mom, o};
+  m.run(m.gf[size_t(record)], fkey, [&] {
     if (m.ops.bf16()) {  // bf16 copies of the token inputs the chunk products read (backward reuses them)
       m.ops.set_mirror(0, in.q);
       m.ops.set_mirror(1, in.k);
@@ -662,12 +680,13 @@ void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o) {
   m.ops.prof().call_end();
 }
 template <class T>
-void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g) {
+void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g, int64_t record) {
   Impl& m = *impl_;
+  m.use_record(record);
   m.ops.prof().call_begin('B');
-  std::vector<const void*> key = m.fkey;
+  std::vector<const void*> key = m.fkey[size_t(record)];
   key.insert(key.end(), {grad_o, g.w0, g.w1, g.w2, g.q, g.k, g.v, g.lr0, g.lr1, g.lr2, g.mom});
-  m.run(m.gb, key, [&] {
+  m.run(m.gb[size_t(record)], key, [&] {
     if (m.ops.bf16()) m.ops.set_mirror(3, grad_o);
     m.fused.backward(grad_o, g);
   });

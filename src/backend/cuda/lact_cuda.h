@@ -3,9 +3,10 @@
 // sequence-heads, small fused element-wise / reduction kernels, one stream. Every buffer is allocated once
 // per runner with cudaMalloc (no managed memory); device memory is linear in T/C (the chunk-boundary states)
 // beyond the inputs and outputs themselves. Every CUDA and cuBLAS call is checked; failures throw
-// ttt::Error naming the call. A runner captures its forward() and its backward() into CUDA graphs on their
-// first call and replays them while they are called again on the same pointers (TTT_LACT_GRAPH=0 turns this
-// off); the work stays on the runner's stream, ordered with the legacy default stream as before.
+// ttt::Error naming the call. A runner captures its forward() and its backward() (of each forward record) into
+// CUDA graphs on their first call and replays them while they are called again on the same pointers
+// (TTT_LACT_GRAPH=0 turns this off); the work stays on the runner's stream, ordered with the legacy default
+// stream as before.
 //
 // This header needs no CUDA headers: host code (CLI, tests) includes it freely.
 #pragma once
@@ -51,15 +52,20 @@ LactOptions offered_precision_options(const std::string& what, const std::string
 
 // The operator on device pointers (layouts of lact_fused.h). Construction allocates everything a run needs;
 // forward() / backward() enqueue the work on the runner's stream and return (synchronize() waits).
+// records (with_grad): forwards kept at once, each in a record of its own until its backward (lact::Fused's
+// records: chunk-boundary states, weight-norm targets, inputs and, with bf16 operands, the bf16 copies of q, k, v;
+// the work buffers are shared), e.g. one per layer of a model that recomputes nothing; forward() / backward()
+// name the record (each has its own CUDA graphs). With bf16 operands the backward reads q and k only through the
+// copies its forward made, so the caller may reuse their fp32 buffers after forward().
 template <class T>
 class LactRunner {
  public:
-  LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt = {});
+  LactRunner(const lact::Shape& s, bool with_grad, const LactOptions& opt = {}, int64_t records = 1);
   ~LactRunner();
   LactRunner(const LactRunner&) = delete;
   LactRunner& operator=(const LactRunner&) = delete;
-  void forward(const lact::Inputs<T>& in, T* o);
-  void backward(const T* grad_o, const lact::Grads<T>& g);  // after forward() on the same inputs
+  void forward(const lact::Inputs<T>& in, T* o, int64_t record = 0);
+  void backward(const T* grad_o, const lact::Grads<T>& g, int64_t record = 0);  // after forward() of that record
   // Streaming (generation), as lact::Fused::stream_*: build with s.T == s.chunk, causal, with_grad false,
   // fp32 or tf32; the inputs are the unfinished chunk's [B, chunk, .] device buffers.
   void stream_init(const T* w0, const T* w1, const T* w2);

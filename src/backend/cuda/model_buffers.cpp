@@ -19,9 +19,18 @@ namespace ttt::cuda {
 
 LayerActivations ModelDims::grow(LayerActivationArrays& arrays, bool poison) const {
   LayerActivations view;
-  TTT_GPU_LAYER_ACTIVATIONS(TTT_GROW)
+  TTT_GPU_LAYER_KEPT(TTT_GROW)
+  TTT_GPU_LAYER_SCRATCH(TTT_GROW)
   return view;
 }
+// An entry of size 0 here is not kept by the layer: its view field stays (the work buffer's).
+#define TTT_GROW_OWN(name, type, elements) \
+  arrays.name.ensure(elements, poison);   \
+  if ((elements) > 0) view.name = arrays.name.p();
+void ModelDims::grow(LayerKeptArrays& arrays, bool poison, LayerActivations& view) const {
+  TTT_GPU_LAYER_KEPT(TTT_GROW_OWN)
+}
+#undef TTT_GROW_OWN
 LayerGradients ModelDims::grow(LayerGradientArrays& arrays, bool poison) const {
   LayerGradients view;
   TTT_GPU_LAYER_GRADIENTS(TTT_GROW)

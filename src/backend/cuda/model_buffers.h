@@ -20,6 +20,7 @@
 
 #include "core/dtype.h"
 #include "backend/cuda/device.h"
+#include "backend/gpu_layer_activations.h"
 #include "model/config.h"
 
 namespace ttt::cuda {
@@ -41,64 +42,30 @@ struct DeviceArray {
 
 // ---- the GPU model's work buffers (model_cuda.cpp) ------------------------------------------------------------
 // One layer's buffers, reused by every layer: the forward's activations (kept for that layer's backward) and the
-// backward's gradients; then the final norm, LM head and loss. Dimensions (ModelDims): rows = S*N tokens of the
-// batch, D model width, H memory heads, d memory head width, dh memory hidden width, Ha attention heads, F MLP
-// hidden width, V vocabulary, M memories of the branch, BHN = S*H*N rows of the per sequence-head layout,
-// W = S*H*dh*d (one fast-weight matrix per sequence-head), G = max(3, M)*H gate columns, attn_work floats of the
-// attention backward's workspace, act16 / act32 = 1 when activations are stored in bf16 / fp32 (else 0: the
+// backward's gradients; then the final norm, LM head and loss. Dimensions (ModelDims, backend::GpuLayerDims): rows =
+// S*N tokens of the batch, D model width, H memory heads, d memory head width, dh memory hidden width, Ha attention
+// heads, F MLP hidden width, V vocabulary, M memories of the branch, BHN = S*H*N rows of the per sequence-head
+// layout, W = S*H*dh*d (one fast-weight matrix per sequence-head), G = max(3, M)*H gate columns, attn_work floats
+// of the attention backward's workspace, act16 / act32 = 1 when activations are stored in bf16 / fp32 (else 0: the
 // buffer is not allocated). Names ending in T are in the per sequence-head layout [S*H, N, .] of the operators;
 // a "d" prefix is a gradient (dO: of the memory output o), a "g" prefix the memory operator's gradient output.
-#define TTT_GPU_LAYER_ACTIVATIONS(X)                                                                               \
-  X(rinv1, float, rows)               /* 1/rms of the attention norm */                                           \
-  X(qkv, float, rows * 3 * D)         /* h Wqkv: q | k | v */                                                     \
-  X(qa, float, rows * D)              /* attention q after RoPE */                                                \
-  X(ka, float, rows * D)              /* attention k after RoPE */                                                \
-  X(attn, float, rows * D)            /* attention output */                                                      \
-  X(lse, float, rows * Ha)            /* attention log-sum-exp */                                                 \
+//
+// A layer's activations are the entries its backward reads (TTT_GPU_LAYER_KEPT, backend/gpu_layer_activations.h:
+// with --recompute none every layer but the last keeps its own, LayerKeptArrays) and the forward's scratch below.
+#define TTT_GPU_LAYER_SCRATCH(X)                                                                                   \
   X(qh, float, rows * D)              /* memory queries (prepared, RoPE) */                                       \
   X(kh, float, rows * D)              /* memory keys */                                                           \
-  X(qnorm, float, rows * H)           /* per-head norms of the q preparation */                                   \
-  X(knorm, float, rows * H)                                                                                       \
   X(vm, float, rows * D)              /* silu(v) (v_silu) */                                                      \
-  X(zlr, float, rows * G)             /* rate / theta gate pre-activation */                                      \
-  X(rates, float, rows * G)                                                                                       \
-  X(zm, float, rows * G)              /* momentum / eta gate */                                                   \
+  X(rates, float, rows * G)           /* the gates' activations, before their per sequence-head copies */         \
   X(mom, float, rows * G)                                                                                         \
-  X(zd, float, rows * G)              /* decay / alpha gate (titans, tnt) */                                      \
   X(dec, float, rows * G)                                                                                         \
-  X(thT, float, M * BHN)              /* theta, eta, alpha per memory (titans, tnt) */                            \
-  X(etT, float, M * BHN)                                                                                          \
-  X(alT, float, M * BHN)                                                                                          \
-  X(tw1b, float, M * W)               /* Titans initial weights broadcast per sequence, per memory */             \
-  X(tw2b, float, M * W)                                                                                           \
-  X(qT, float, rows * D)              /* operator inputs */                                                       \
-  X(kT, float, rows * D)                                                                                          \
-  X(vT, float, rows * D)                                                                                          \
-  X(lrT, float, 3 * BHN)              /* LaCT rates, one [S*H, N] block per matrix */                             \
-  X(momT, float, BHN)                                                                                             \
-  X(w0b, float, W)                    /* LaCT initial weights broadcast per sequence */                           \
+  X(w0b, float, W)                    /* LaCT initial weights broadcast per sequence (the runner packs them) */   \
   X(w1b, float, W)                                                                                                \
   X(w2b, float, W)                                                                                                \
   X(w0f, float, H * dh * d)           /* low-rank w0 resolved (A B + 0.5 I) */                                    \
   X(w2f, float, H * dh * d)                                                                                       \
   X(oT, float, rows * D)              /* operator output */                                                       \
-  X(o, float, rows * D)                                                                                           \
-  X(normed, float, rows * D)          /* per-head RMSNorm of o */                                                 \
-  X(rinvo, float, rows * H)                                                                                       \
-  X(zs, float, rows * H)              /* output gate pre-activation */                                            \
-  X(gate, float, rows * H)                                                                                        \
-  X(sum, float, rows * D)             /* attn + gated memory output */                                            \
-  X(xmid, float, rows * D)            /* x + sum Wo */                                                            \
-  X(rinv2, float, rows)               /* 1/rms of the MLP norm */                                                 \
-  X(ga, float, rows * F)              /* h2 W_gate */                                                             \
-  X(up, float, rows * F)              /* h2 W_up */                                                               \
-  X(h, float, act32 * rows * D)       /* the product operands: fp32, or bf16 with bf16 activations */             \
-  X(h_bf16, bf16, act16 * rows * D)   /* RMSNorm(x) */                                                            \
-  X(h2, float, act32 * rows * D)                                                                                  \
-  X(h2_bf16, bf16, act16 * rows * D)  /* RMSNorm(xmid) */                                                         \
-  X(sum_bf16, bf16, act16 * rows * D) /* a bf16 copy of sum (sum stays fp32 work space) */                        \
-  X(mm, float, act32 * rows * F)                                                                                  \
-  X(mm_bf16, bf16, act16 * rows * F)  /* silu(ga) up */                                                           \
+  X(sum_work, float, act16 * rows * D) /* bf16 activations: the fp32 sum before its bf16 copy */                  \
   X(xin, float, act16 * rows * D)     /* the layer input widened from the kept bf16 residual stream */            \
   X(xout, float, act16 * rows * D)    /* the layer output before it is rounded into the kept stream */
 
@@ -197,10 +164,16 @@ struct DeviceArray {
 #define TTT_BUFFER_ARRAY(name, type, elements) DeviceArray<type> name;
 
 struct LayerActivations {
-  TTT_GPU_LAYER_ACTIVATIONS(TTT_BUFFER_POINTER)
+  TTT_GPU_LAYER_KEPT(TTT_BUFFER_POINTER)
+  TTT_GPU_LAYER_SCRATCH(TTT_BUFFER_POINTER)
 };
 struct LayerActivationArrays {
-  TTT_GPU_LAYER_ACTIVATIONS(TTT_BUFFER_ARRAY)
+  TTT_GPU_LAYER_KEPT(TTT_BUFFER_ARRAY)
+  TTT_GPU_LAYER_SCRATCH(TTT_BUFFER_ARRAY)
+};
+// One layer's own copy of what its backward reads (--recompute none).
+struct LayerKeptArrays {
+  TTT_GPU_LAYER_KEPT(TTT_BUFFER_ARRAY)
 };
 struct LayerGradients {
   TTT_GPU_LAYER_GRADIENTS(TTT_BUFFER_POINTER)
@@ -228,12 +201,13 @@ struct TitansTokenArrays {
 };
 
 // The dimensions the GPU model's tables are written in (see above).
-struct ModelDims {
-  int64_t rows = 0, D = 0, H = 0, d = 0, dh = 0, Ha = 0, F = 0, V = 0, M = 0, BHN = 0, W = 0, G = 0;
-  int64_t attn_work = 0, act16 = 0, act32 = 0;
+struct ModelDims : backend::GpuLayerDims {
   // Grow every array of a table to its entry's size (never shrinking; new allocations poisoned with NaN when
   // asked) and return the pointers.
   LayerActivations grow(LayerActivationArrays& arrays, bool poison) const;
+  // Grows a layer's kept arrays and points the kept fields of `view` at them (its scratch fields stay, and so do the
+  // kept fields whose entry has size 0 here: qk32, k32).
+  void grow(LayerKeptArrays& arrays, bool poison, LayerActivations& view) const;
   LayerGradients grow(LayerGradientArrays& arrays, bool poison) const;
   HeadBuffers grow(HeadArrays& arrays, bool poison) const;
 };

@@ -85,18 +85,33 @@ struct GpuModel::Impl {
   LayerActivationArrays act_arrays;
   LayerGradientArrays grad_arrays;
   HeadArrays head_arrays;
-  LayerActivations act;
+  ModelDims dims;          // the dimensions of the current batch (ensure_rows; the arrays fit the largest so far)
+  ModelDims own_dims;      // the same for a layer's own kept copy (--recompute none)
+  LayerActivations work;   // the work buffers of a layer's activations, shared by the layers
+  LayerActivations act;    // the layer being run: `work`, with the kept fields of that layer where it keeps its own
   LayerGradients grad;
   HeadBuffers head;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<LactRunner<float>>> lact;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
   DeviceBuffer ids_dev, tgt_dev, pos_dev, emb_order, emb_starts, emb_uniq;
   DeviceBuffer loss_dev, valid_dev;
-  // With opt.save_attention, while a batch runs forward and backward: each layer's attention output [rows, D]
+  // With --recompute save-attention, while a batch runs forward and backward: each layer's attention output [rows, D]
   // and log-sum-exp [rows, Ha], kept from the forward so that the backward's recomputation skips the attention;
-  // the layer's act.attn / act.lse point here (use_layer_attention). Allocated on the first training batch.
+  // the layer's act.attn / act.lse point here (select_layer). Allocated on the first training batch.
   std::vector<DeviceArray<float>> attn_kept, lse_kept;
-  bool attention_kept = false;  // this batch keeps them (training with save_attention)
+  bool attention_kept = false;  // this batch keeps them (training with --recompute save-attention)
+  // With --recompute none, while a batch runs forward and backward: every layer but the last keeps its own copy of
+  // what its backward reads (kept_layers: the TTT_GPU_LAYER_KEPT table) and its memory operator's forward state
+  // (chunk-boundary states, bf16 operand copies) until its backward: LaCT in forward record l of one runner
+  // (layer_lact: the records share its work buffers), Titans / TNT on a runner of its own (layer_tnt); so the
+  // backward recomputes nothing. The last layer's activations are still in the work buffers and its state in the
+  // shared runner when the backward starts. Grown on the first training batch (runners: made for the training
+  // batch shape, remade only when it changes), then reused.
+  std::vector<LayerKeptArrays> kept_layers;
+  std::unique_ptr<LactRunner<float>> layer_lact;
+  std::vector<std::unique_ptr<TntRunner<float>>> layer_tnt;
+  std::pair<int64_t, int64_t> layer_runner_shape{0, 0};
+  bool layers_kept = false;  // this batch keeps them (training with --recompute none)
   // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
   std::vector<DeviceArray<float>> xs;
   std::vector<DeviceArray<bf16>> xs16;
@@ -123,6 +138,17 @@ struct GpuModel::Impl {
   TntRunner<float>& tnt_runner(int64_t S, int64_t N) {
     return cached_runner(tnt, S, N, [&] { return make_tnt_runner(S, N); });
   }
+  // Whether layer l keeps its own activations and operator state (--recompute none, every layer but the last).
+  bool keeps_layer(int64_t l) const { return layers_kept && l < L - 1; }
+  // The memory operator runner of layer l: its own (keeps_layer) or the shared one of the batch shape; LaCT: the
+  // runner of the layers' records (keeps_layer, record l) or the shared one (record 0).
+  TntRunner<float>& tnt_runner_of(int64_t l, int64_t S, int64_t N) {
+    return keeps_layer(l) ? *layer_tnt[size_t(l)] : tnt_runner(S, N);
+  }
+  LactRunner<float>& lact_runner_of(int64_t l, int64_t S, int64_t N) {
+    return keeps_layer(l) ? *layer_lact : lact_runner(S, N);
+  }
+  int64_t lact_record_of(int64_t l) const { return keeps_layer(l) ? l : 0; }
   std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N) {
     titans::TntShape s;
     s.B = S * H;
@@ -196,39 +222,26 @@ struct GpuModel::Impl {
   LactRunner<float>& lact_runner(int64_t S, int64_t N) {
     return cached_runner(lact, S, N, [&] { return make_lact_runner(S, N); });
   }
-  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N) {
-    const model::MemorySpec& mem = branch.memories[0];
-    lact::Shape s;
-    s.B = S * H;
-    s.T = N;
-    s.d = mem.config.d;
-    s.dh = mem.config.dh;
-    s.chunk = mem.chunk;
-    s.causal = true;
-    s.momentum = mem.config.momentum;
-    s.muon = mem.config.muon;
-    s.norm = mem.config.weight_norm;
+  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N, int64_t records = 1) {
+    const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
     LactOptions lo;
-    if (opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && cfg.muon)) lo.tf32 = true;
-    else if (opt.math == MathMode::BF16) lo.bf16 = true;
+    lo.bf16 = backend::lact_on_bf16_operands(cfg, opt.math == MathMode::BF16);
+    lo.tf32 = opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && !lo.bf16);  // bf16 with Muon: tf32
     lo.poison_workspace = opt.poison;
-    return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo);
+    return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo, records);
   }
 
   // Grows the work buffers (model_buffers.h) and the kept residual stream to a batch of S sequences of N tokens.
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
     ModelDims s;
-    s.rows = rows, s.D = D, s.H = H, s.d = d, s.dh = dh, s.Ha = Ha, s.F = F, s.V = V;
-    s.M = int64_t(branch.memories.size());
-    s.BHN = S * H * N;  // = rows * H
-    s.W = S * H * dh * d;
-    s.G = std::max<int64_t>(3, s.M) * H;
+    static_cast<backend::GpuLayerDims&>(s) = backend::gpu_layer_dims(cfg, S, N, act16);
     const AttentionShape ashape{S, N, Ha, hd, cfg.window};
     s.attn_work = int64_t((attention_bf16() ? swa_backward_bf16_workspace(ashape) : swa_backward_workspace(ashape)) /
                           sizeof(float)) + 1;
-    s.act16 = act16 ? 1 : 0;
-    s.act32 = act16 ? 0 : 1;
-    act = s.grow(act_arrays, opt.poison);
+    dims = s;
+    static_cast<backend::GpuLayerDims&>(own_dims) =
+        backend::gpu_own_layer_dims(cfg, S, N, opt.math == MathMode::BF16, act16);
+    work = act = s.grow(act_arrays, opt.poison);
     grad = s.grow(grad_arrays, opt.poison);
     if (rows > cap_rows) {
       if (act16) {
@@ -243,7 +256,7 @@ struct GpuModel::Impl {
     head = s.grow(head_arrays, opt.poison);
   }
 
-  // Sizes the per-layer attention outputs for a training batch of `rows` (opt.save_attention).
+  // Sizes the per-layer attention outputs for a training batch of `rows` (--recompute save-attention).
   void ensure_kept_attention(int64_t rows) {
     attn_kept.resize(size_t(L));
     lse_kept.resize(size_t(L));
@@ -252,12 +265,31 @@ struct GpuModel::Impl {
       lse_kept[size_t(l)].ensure(rows * Ha, opt.poison);
     }
   }
-  // Points act.attn / act.lse at layer l's kept arrays when this batch keeps them (ensure_rows points them back at
-  // the shared buffers for the next batch).
-  void use_layer_attention(int64_t l) {
-    if (!attention_kept) return;
-    act.attn = attn_kept[size_t(l)].p();
-    act.lse = lse_kept[size_t(l)].p();
+  // Sizes every layer's own kept activations and runners but the last's for a training batch (--recompute none).
+  void ensure_kept_layers(int64_t S, int64_t N) {
+    kept_layers.resize(size_t(L - 1));
+    LayerActivations unused;
+    for (LayerKeptArrays& kept : kept_layers) own_dims.grow(kept, opt.poison, unused);
+    const auto shape = std::make_pair(S, N);
+    if (layer_runner_shape != shape) {  // another training batch shape: the old runners go first
+      layer_lact.reset();
+      layer_tnt.clear();
+      layer_runner_shape = shape;
+    }
+    if (L < 2) return;
+    if (!titans_like && !layer_lact) layer_lact = make_lact_runner(S, N, /*records=*/L - 1);
+    if (!titans_like) return;
+    for (int64_t l = int64_t(layer_tnt.size()); l + 1 < L; ++l) layer_tnt.push_back(make_tnt_runner(S, N));
+  }
+  // Points `act` at layer l's activations: the work buffers, with the fields the layer keeps of its own (its
+  // attention output with save-attention, everything its backward reads with none) at its own arrays.
+  void select_layer(int64_t l) {
+    act = work;
+    if (attention_kept) {
+      act.attn = attn_kept[size_t(l)].p();
+      act.lse = lse_kept[size_t(l)].p();
+    }
+    if (keeps_layer(l)) own_dims.grow(kept_layers[size_t(l)], opt.poison, act);  // sized already: sets the pointers
   }
 
   // The residual stream at layer l's input (l = L: the final norm's input) as fp32: the kept array, or (bf16
@@ -282,7 +314,7 @@ struct GpuModel::Impl {
   static constexpr AttentionBackward fp32_backward = &swa_backward;
   static constexpr AttentionBackward fp32_input_bf16_backward = &swa_backward_bf16;
   // The bf16 attention reads bf16 operands (16-byte rows: hd % 8 == 0); other head widths use its fp32-input form.
-  bool attention_bf16() const { return opt.math == MathMode::BF16 && hd % 8 == 0; }
+  bool attention_bf16() const { return backend::attention_on_bf16_operands(cfg, opt.math == MathMode::BF16); }
   // Where they live: q and v in the two halves of the fp32 qa buffer, k in the first half of ka (both unused as
   // fp32 in this mode), so the bf16 operands cost no memory.
   struct AttentionBf16 {
@@ -299,7 +331,7 @@ struct GpuModel::Impl {
   // `recompute`: the backward's second forward of the layer, which skips the attention when its output was kept.
   void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N, bool recompute) {
     const int64_t rows = S * N;
-    use_layer_attention(l);
+    select_layer(l);
     const LayerTensors& lw = P.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
     // h = RMSNorm(x); qkv = h Wqkv
@@ -355,12 +387,14 @@ struct GpuModel::Impl {
     rms_norm_heads_forward(act.o, memory_norm_weight(lw), act.normed, act.rinvo, rows, D, H, cfg.mem_norm_eps());
     gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
     mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
-    mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
+    // The sum in fp32: kept itself, or (bf16 activations) work space for its kept bf16 copy.
+    float* sum = act16 ? act.sum_work : act.sum;
+    mk::gate_heads_forward(act.normed, act.gate, sum, rows, H, d);
     // x + (attn + mem) Wo
-    mk::axpy(act.sum, act.attn, 1.0f, rows * D);
-    if (act16) mk::to_bf16(act.sum, D, act.sum_bf16, D, rows, D);
+    mk::axpy(sum, act.attn, 1.0f, rows * D);
+    if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
     mk::copy2d(x, D, act.xmid, D, rows, D);
-    gemm(false, false, rows, D, D, 1.0f, operand(act.sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
+    gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
     // MLP
     if (act16) rms_norm_forward(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, rows, D, D, cfg.norm_eps);
     else rms_norm_forward(act.xmid, lw.mlp_norm, act.h2, act.rinv2, rows, D, D, cfg.norm_eps);
@@ -423,7 +457,7 @@ struct GpuModel::Impl {
     in.q = act.qT, in.k = act.kT, in.v = act.vT;
     in.lr0 = act.lrT, in.lr1 = act.lrT + S * H * N, in.lr2 = act.lrT + 2 * S * H * N;
     in.mom = cfg.momentum ? act.momT : nullptr;
-    timed("lact", [&] { lact_runner(S, N).forward(in, act.oT); });
+    timed("lact", [&] { lact_runner_of(l, S, N).forward(in, act.oT, lact_record_of(l)); });
   }
   void lact_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N;
@@ -434,7 +468,7 @@ struct GpuModel::Impl {
     og.q = grad.gqT, og.k = grad.gkT, og.v = grad.gvT;
     og.lr0 = grad.glrT, og.lr1 = grad.glrT + S * H * N, og.lr2 = grad.glrT + 2 * S * H * N;
     og.mom = cfg.momentum ? grad.gmomT : nullptr;
-    timed("lact", [&] { lact_runner(S, N).backward(grad.doT, og); });
+    timed("lact", [&] { lact_runner_of(l, S, N).backward(grad.doT, og, lact_record_of(l)); });
     weight_grad(lw.memories[0][0], lg.memories[0][0], grad.gw0b, S);
     weight_grad(lw.memories[0][2], lg.memories[0][2], grad.gw2b, S);
     {
@@ -491,7 +525,7 @@ struct GpuModel::Impl {
       in.mems.push_back({act.tw1b + m * W, act.tw2b + m * W, act.thT + m * BHN, act.etT + m * BHN,
                          act.alT + m * BHN});
     }
-    timed("tnt", [&] { tnt_runner(S, N).forward(in, act.oT); });
+    timed("tnt", [&] { tnt_runner_of(l, S, N).forward(in, act.oT); });
   }
   void titans_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
@@ -503,7 +537,7 @@ struct GpuModel::Impl {
     for (int64_t m = 0; m < M; ++m)
       og.mems.push_back({grad.gtw1b + m * W, grad.gtw2b + m * W, grad.gthT + m * BHN, grad.getT + m * BHN,
                          grad.galT + m * BHN});
-    timed("tnt", [&] { tnt_runner(S, N).backward(grad.doT, og); });
+    timed("tnt", [&] { tnt_runner_of(l, S, N).backward(grad.doT, og); });
     const int64_t per = H * dh * d;
     for (int64_t m = 0; m < M; ++m) {
       const std::vector<MemoryWeight>& mg = lg.memories[size_t(m)];  // d w1, d w2
@@ -534,7 +568,7 @@ struct GpuModel::Impl {
   // d/d(x) on return. Parameter gradients are accumulated.
   void layer_backward(int64_t l, const float* x, int64_t S, int64_t N) {
     const int64_t rows = S * N;
-    use_layer_attention(l);
+    select_layer(l);
     const LayerTensors& lw = P.layers[size_t(l)];
     const LayerTensors& lg = G.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
@@ -735,8 +769,10 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.valid += y >= 0;
   }
   m.ensure_rows(rows, S, N);
-  m.attention_kept = backward && m.opt.save_attention;
+  m.attention_kept = backward && m.opt.recompute == backend::Recompute::SaveAttention;
+  m.layers_kept = backward && m.opt.recompute == backend::Recompute::None;
   if (m.attention_kept) m.ensure_kept_attention(rows);
+  if (m.layers_kept) m.ensure_kept_layers(S, N);
   // Token ids, targets, positions.
   auto upload = [](DeviceBuffer& dst, const void* src, size_t bytes) {
     if (dst.bytes() < bytes) dst = DeviceBuffer(std::max<size_t>(bytes, 8));
@@ -796,10 +832,11 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   };
   stage_done(0);  // the head's gradients are final
   for (int64_t l = m.L - 1; l >= 0; --l) {
-    // The work buffers hold the last layer's activations already; the others are recomputed from their input.
-    // The recomputation's output (layer_output) is not kept again: it equals what the forward kept.
+    // The work buffers hold the last layer's activations already; the others are recomputed from their input,
+    // unless every layer kept its own (--recompute none). The recomputation's output (layer_output) is not kept
+    // again: it equals what the forward kept.
     const float* x = m.layer_input(l, rows);
-    if (l != m.L - 1) m.layer_forward(l, x, m.layer_output(l), S, N, /*recompute=*/true);
+    if (l != m.L - 1 && !m.layers_kept) m.layer_forward(l, x, m.layer_output(l), S, N, /*recompute=*/true);
     m.layer_backward(l, x, S, N);
     stage_done(1 + (m.L - 1 - l));
   }

@@ -9,9 +9,11 @@
 // out layer by layer (no tape); it is the adjoint of exactly the forward that src/model/model.cpp records on
 // the CPU tape, and tests/test_cuda_model.cpp holds the two to each other (fp32 <= 1e-4 relative).
 //
-// Memory: the residual stream at every layer input is kept ([L+1] x rows x D); a layer's other activations
-// are recomputed from its input during the backward (one layer's worth of work buffers, reused by all layers),
-// so activation memory is ~ (L + 1) rows D + one layer, not L layers. The logits' gradient overwrites the logits.
+// Memory: the residual stream at every layer input is kept ([L+1] x rows x D); by default (GpuModelOptions::recompute
+// Full or SaveAttention) a layer's other activations are recomputed from its input during the backward (one layer's
+// worth of work buffers, reused by all layers), so activation memory is ~ (L + 1) rows D + one layer, not L layers;
+// with None every layer keeps what its backward reads (and its memory operator's forward state), and nothing is
+// recomputed. Every level gives the same bits. The logits' gradient overwrites the logits.
 //
 // Precision: `math` sets the products (fp32 | tf32 | bf16 operands, always fp32 accumulation); parameters,
 // gradients, optimizer moments and fast-weight state are fp32. With bf16 products, bf16_activations (the
@@ -30,6 +32,7 @@
 #include <vector>
 
 #include "backend/cuda/blas_cuda.h"
+#include "backend/options.h"
 #include "model/model.h"
 #include "train/optimizer.h"
 
@@ -38,8 +41,11 @@ namespace ttt::cuda {
 struct GpuModelOptions {
   MathMode math = MathMode::FP32;  // the model's matrix products and the LaCT operator's (bf16 + Muon: tf32 there)
   bool bf16_activations = true;    // with math BF16: store activations in bf16 (see above); ignored otherwise
-  bool save_attention = true;      // training: every layer keeps its attention output and log-sum-exp, so the
-                                   // backward's recomputation of the layer skips the attention (same bits)
+  // Training: what the backward recomputes (backend::Recompute): the whole layer from its kept input (Full); all
+  // but the attention, whose output and log-sum-exp every layer keeps (SaveAttention); nothing (None: every layer
+  // but the last keeps every activation its backward reads and its memory operator's forward state: a forward
+  // record of one LaCT runner, or a Titans / TNT runner of its own). The same bits at every level.
+  backend::Recompute recompute = backend::Recompute::SaveAttention;
   bool poison = false;             // fill every work buffer with NaN when allocated (tests)
 };
 
