@@ -177,17 +177,40 @@ MemoryEstimate estimate_memory(const model::ModelConfig& cfg, const MemoryReques
     drivers << "batch " << req.batch << " x accum " << req.accum << " sequences of seq_len " << req.seq_len;
     std::vector<MemoryTerm> step;
     if (gpu) {
-      step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x seq_len " +
-                                                          std::to_string(req.seq_len) + ", n_layers " +
-                                                          std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim),
-                      gpu_activation_bytes(cfg, double(req.batch) * double(req.seq_len), req.bf16_activations)});
+      // Context parallel: one span of each sequence per rank.
+      const int64_t cp = std::max<int64_t>(1, req.context_parallel);
+      const double span = double(req.seq_len) / double(cp);
+      const std::string tokens = cp > 1 ? "seq_len " + std::to_string(req.seq_len) + " / --context-parallel " +
+                                              std::to_string(cp)
+                                        : "seq_len " + std::to_string(req.seq_len);
+      const double rows = double(req.batch) * span;
+      step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x " + tokens +
+                                                          ", n_layers " + std::to_string(cfg.n_layers) + ", dim " +
+                                                          std::to_string(cfg.dim),
+                      gpu_activation_bytes(cfg, rows, req.bf16_activations)});
+      const double halo = cp > 1 ? double(req.batch) * double(cfg.window - 1) : 0;  // rows received before a span
       if (req.save_attention)
         step.push_back({"attention outputs kept per layer (--recompute save-attention; 'full' saves this)",
-                        "batch " + std::to_string(req.batch) + " x seq_len " + std::to_string(req.seq_len) +
-                            ", n_layers " + std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim) +
-                            " + n_attn_heads " + std::to_string(cfg.n_attn_heads),
-                        double(cfg.n_layers) * double(req.batch) * double(req.seq_len) *
-                            double(cfg.dim + cfg.n_attn_heads) * 4.0});
+                        "batch " + std::to_string(req.batch) + " x " + tokens + ", n_layers " +
+                            std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim) + " + n_attn_heads " +
+                            std::to_string(cfg.n_attn_heads),
+                        double(cfg.n_layers) * (rows + halo) * double(cfg.dim + cfg.n_attn_heads) * 4.0});
+      if (cp > 1) {
+        // The context buffers of cuda/model_buffers.h (TTT_GPU_CONTEXT_BUFFERS) on the last rank of a group, which
+        // holds the most: the attention's values over the halo and the span, the halo's rows in 7 work buffers sized
+        // for them (and its attention heads' log-sum-exp), the halo's send and receive buffers and each layer's
+        // received keys and values; for the global memory its packed inputs (3 rows (D + n_mem_heads) floats per
+        // span) sent and gathered over all cp spans, and its output over them.
+        const double D = double(cfg.dim), floats_per_span = 3.0 * rows * (D + double(cfg.n_mem_heads));
+        const double attention = (rows + halo) * D + 7.0 * halo * D + halo * double(cfg.n_attn_heads) + 4.0 * halo * D +
+                                 2.0 * double(cfg.n_layers) * halo * D;
+        const double global = cfg.use_global ? 2.0 * double(cp) * floats_per_span + double(cp) * rows * D : 0.0;
+        step.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
+                        "--context-parallel " + std::to_string(cp) + ", window " + std::to_string(cfg.window) +
+                            ", batch " + std::to_string(req.batch) + " x " + tokens + ", dim " + std::to_string(cfg.dim) +
+                            (cfg.use_global ? ", use_global" : ""),
+                        (attention + global) * 4.0});
+      }
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
       // 256 MB of gradient buffers) and the partial sums its reduction tree keeps (at most ceil(log2 seqs) besides
