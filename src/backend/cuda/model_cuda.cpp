@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -20,6 +21,7 @@
 #include "backend/cuda/loss_kernels.h"
 #include "backend/cuda/memory_kernels.h"
 #include "backend/cuda/model_buffers.h"
+#include "backend/cuda/nccl_communicator.h"
 #include "backend/cuda/norm_kernels.h"
 #include "backend/cuda/optimizer_kernels.h"
 #include "backend/cuda/reduction_kernels.h"
@@ -99,6 +101,24 @@ struct GpuModel::Impl {
   // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
   std::vector<DeviceArray<float>> xs;
   std::vector<DeviceArray<bf16>> xs16;
+
+  // TNT context parallelism (set_context_parallel; docs/CONTEXT_PARALLEL.md). split: the batch being run is this
+  // rank's span of every sequence (a training batch with a group of several ranks). halo: the window - 1 tail rows a
+  // rank sends the next one; halo_in: the rows it receives in front of its own (0 on CP rank 0). halo_kept[l]:
+  // layer l's received keys and values [k | v] x [S, halo, D] from the forward, which the backward's recomputation
+  // reuses (no second exchange). The global memory runs over the prefix of spans 0..cp_rank (cp_global: T =
+  // (cp_rank + 1) N), the local memories over the span (cp_local; none when the branch has no local memory).
+  NcclGroup* cp_group = nullptr;
+  int cp_rank = 0, cp_ranks = 1;
+  bool split = false;
+  int64_t halo = 0, halo_in = 0;
+  ContextArrays cp_arrays;
+  ContextBuffers cpb;
+  std::vector<DeviceArray<float>> halo_kept;
+  std::unique_ptr<TntRunner<float>> cp_local;
+  std::unique_ptr<TitansRunner<float>> cp_global;
+  std::pair<int64_t, int64_t> cp_key{0, 0};
+  bool global_split() const { return split && cfg.use_global; }
 
   Impl(const ModelConfig& c, const GpuModelOptions& o)
       : cfg(c), branch(model::branch_spec(c)), opt(o), blas(o.math),
@@ -212,7 +232,19 @@ struct GpuModel::Impl {
     s.BHN = S * H * N;  // = rows * H
     s.W = S * H * dh * d;
     s.G = std::max<int64_t>(3, s.M) * H;
-    const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+    s.arows = rows;
+    if (split) {  // context parallel: the attention's halo rows and the global memory's prefix
+      s.halo = S * halo;
+      s.xrows = halo_in > 0 ? S * (halo_in + N) : 0;
+      s.arows = halo_in > 0 ? s.xrows : rows;
+      if (cfg.use_global) {
+        s.Ncp = cp_ranks;
+        s.U = 3 * rows * D + 3 * s.BHN;
+        s.P = cp_rank + 1;
+        s.prefix = s.P * rows * D;
+      }
+    }
+    const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
     s.attn_work = int64_t((attention_bf16() ? swa_backward_bf16_workspace(ashape) : swa_backward_workspace(ashape)) /
                           sizeof(float)) + 1;
     s.act16 = act16 ? 1 : 0;
@@ -230,9 +262,14 @@ struct GpuModel::Impl {
       cap_rows = rows;
     }
     head = s.grow(head_arrays, opt.poison);
+    cpb = s.grow(cp_arrays, opt.poison);
+    if (split) {
+      halo_kept.resize(size_t(L));
+      for (auto& k : halo_kept) k.ensure(2 * S * halo * D, opt.poison);
+    }
   }
 
-  // Sizes the per-layer attention outputs for a training batch of `rows` (opt.save_attention).
+  // Sizes the per-layer attention outputs for a training batch of `rows` attention rows (opt.save_attention).
   void ensure_kept_attention(int64_t rows) {
     attn_kept.resize(size_t(L));
     lse_kept.resize(size_t(L));
@@ -271,7 +308,8 @@ struct GpuModel::Impl {
   static constexpr AttentionBackward fp32_backward = &swa_backward;
   static constexpr AttentionBackward fp32_input_bf16_backward = &swa_backward_bf16;
   // The bf16 attention reads bf16 operands (16-byte rows: hd % 8 == 0); other head widths use its fp32-input form.
-  bool attention_bf16() const { return opt.math == MathMode::BF16 && hd % 8 == 0; }
+  // Context parallel batches use the fp32-input form (the same bits), whose operands the halo rows extend.
+  bool attention_bf16() const { return opt.math == MathMode::BF16 && hd % 8 == 0 && !split; }
   // Where they live: q and v in the two halves of the fp32 qa buffer, k in the first half of ka (both unused as
   // fp32 in this mode), so the bf16 operands cost no memory.
   struct AttentionBf16 {
@@ -280,6 +318,182 @@ struct GpuModel::Impl {
   AttentionBf16 attention_operands(int64_t rows) {
     auto* qa16 = reinterpret_cast<bf16*>(act.qa);
     return {qa16, reinterpret_cast<bf16*>(act.ka), qa16 + rows * D};
+  }
+
+  // ---- context parallelism: the attention's halo ------------------------------------------------------------
+
+  // RoPE of the attention's q and k from qkv into qa, ka. With a halo (context parallel, halo_in > 0) each sequence
+  // takes X = halo_in + N rows there: halo_in placeholder queries (zeros; their outputs are never read) and the
+  // previous rank's keys in front of this rank's rows, so the unchanged attention kernel sees every key a query's
+  // window reaches (attention_values does the same for v). A layer's first forward exchanges the halo; the backward's
+  // recomputation reuses what it received (halo_kept).
+  void attention_rope(int64_t l, const float* q, const float* k, const float* v, const int64_t* pos, int64_t S,
+                      int64_t N, bool recompute) {
+    const int64_t rows = S * N;
+    if (halo_in == 0) {
+      rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
+      rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
+    } else {
+      const int64_t h = halo_in, X = h + N;
+      for (int64_t s = 0; s < S; ++s) {
+        rope_forward(q + s * N * 3 * D, 3 * D, act.qa + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
+        rope_forward(k + s * N * 3 * D, 3 * D, act.ka + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
+      }
+      TTT_CUDA_CHECK(cudaMemset2DAsync(act.qa, sizeof(float) * size_t(X * D), 0, sizeof(float) * size_t(h * D),
+                                       size_t(S), nullptr));
+    }
+    if (split && !recompute) exchange_halo(l, v, S, N);
+    if (halo_in > 0) mk::copy2d(halo_kept[size_t(l)].p(), halo_in * D, act.ka, (halo_in + N) * D, S, halo_in * D);
+  }
+  // The attention's v: qkv's (leading dimension 3 D), or with a halo the received values then this rank's in xv.
+  std::pair<const float*, int64_t> attention_values(int64_t l, const float* v, int64_t S, int64_t N) {
+    if (halo_in == 0) return {v, 3 * D};
+    const int64_t h = halo_in, X = h + N;
+    const float* kept = halo_kept[size_t(l)].p() + S * h * D;  // [S, h, D] after the keys
+    mk::copy2d(kept, h * D, cpb.xv, X * D, S, h * D);
+    for (int64_t s = 0; s < S; ++s) mk::copy2d(v + s * N * 3 * D, 3 * D, cpb.xv + (s * X + h) * D, D, N, D);
+    return {cpb.xv, D};
+  }
+  // Sends the last `halo` keys (after RoPE: at their global positions) and values of every sequence to the next
+  // CP rank and receives the previous rank's into halo_kept[l].
+  void exchange_halo(int64_t l, const float* v, int64_t S, int64_t N) {
+    const int64_t h = halo, X = halo_in + N;
+    if (h == 0) return;
+    mk::copy2d(act.ka + (X - h) * D, X * D, cpb.halo_send, h * D, S, h * D);
+    for (int64_t s = 0; s < S; ++s)
+      mk::copy2d(v + (s * N + N - h) * 3 * D, 3 * D, cpb.halo_send + (S + s) * h * D, D, h, D);
+    std::vector<NcclGroup::Transfer> sends, receives;
+    if (cp_rank + 1 < cp_ranks) sends.push_back({cp_rank + 1, cpb.halo_send, 2 * S * h * D});
+    if (cp_rank > 0) receives.push_back({cp_rank - 1, halo_kept[size_t(l)].p(), 2 * S * h * D});
+    cp_group->exchange(sends, receives, "halo exchange of the attention's keys and values");
+  }
+  // The backward's half: the halo rows' dk, dv go back to the previous rank; the next rank's are added to this
+  // rank's tail rows of dk (after RoPE, before its adjoint) and dv.
+  void return_halo_gradient(int64_t S, int64_t N, float* dqkv) {
+    const int64_t h = halo;
+    if (h == 0) return;
+    if (halo_in > 0) {  // the extended rows' dk, dv are in dz, dzx (layer_backward)
+      const int64_t X = halo_in + N;
+      mk::copy2d(grad.dz, X * D, cpb.halo_send, h * D, S, h * D);
+      mk::copy2d(grad.dzx, X * D, cpb.halo_send + S * h * D, h * D, S, h * D);
+    }
+    const bool from_next = cp_rank + 1 < cp_ranks;
+    std::vector<NcclGroup::Transfer> sends, receives;
+    if (cp_rank > 0) sends.push_back({cp_rank - 1, cpb.halo_send, 2 * S * h * D});
+    if (from_next) receives.push_back({cp_rank + 1, cpb.halo_recv, 2 * S * h * D});
+    cp_group->exchange(sends, receives, "return of the halo's key and value gradients");
+    if (!from_next) return;
+    mk::copy2d(cpb.halo_recv, h * D, grad.dka + (N - h) * D, N * D, S, h * D, /*accumulate=*/true);
+    for (int64_t s = 0; s < S; ++s)
+      mk::copy2d(cpb.halo_recv + (S + s) * h * D, D, dqkv + 2 * D + (s * N + N - h) * 3 * D, 3 * D, h, D,
+                 /*accumulate=*/true);
+  }
+
+  // ---- context parallelism: the global memory over the prefix -------------------------------------------------
+
+  // The runners of a split batch of S spans of N tokens: the global memory over P = cp_rank + 1 spans, the local
+  // memories (if any) over this span.
+  void split_runners(int64_t S, int64_t N) {
+    if (cp_global && cp_key == std::make_pair(S, N)) return;
+    TitansOptions to;
+    to.poison_workspace = opt.poison;
+    titans::TntShape base;
+    base.B = S * H;
+    base.d = d;
+    base.set_layout(branch.layout);
+    titans::TntShape global = base;  // the global memory alone (chunk C_G, never reset), over the prefix
+    global.T = int64_t(cp_rank + 1) * N;
+    global.local_chunks.clear();
+    global.dh = {branch.memories[0].config.dh};
+    cp_global = std::make_unique<TitansRunner<float>>(global.memory(0), /*with_grad=*/true, to);
+    cp_local.reset();
+    if (branch.memories.size() > 1) {
+      titans::TntShape local = base;
+      local.T = N;
+      local.use_global = false;
+      for (size_t m = 1; m < branch.memories.size(); ++m) local.dh.push_back(branch.memories[m].config.dh);
+      cp_local = std::make_unique<TntRunner<float>>(local, /*with_grad=*/true, to);
+    }
+    cp_key = {S, N};
+  }
+  // The six per-token quantities of the global memory [q | k | v | theta | eta | alpha] laid out one after the other
+  // from `base`, each [S*H, spans*N, .] (q, k, v of width d, the gates of width 1): a packed span (spans = 1) or
+  // the prefix (spans = P).
+  std::array<float*, 6> global_parts(float* base, int64_t spans, int64_t S, int64_t N) const {
+    std::array<float*, 6> parts{};
+    for (size_t i = 0; i < 6; ++i) {
+      parts[i] = base;
+      base += S * H * spans * N * (i < 3 ? d : 1);
+    }
+    return parts;
+  }
+  // Span j of the packed quantities at `packed` to the prefix at `prefix`, or back (to_prefix false).
+  void move_span(float* packed, float* prefix, int64_t j, int64_t S, int64_t N, bool to_prefix) {
+    const int64_t B = S * H, P = cp_rank + 1;
+    const std::array<float*, 6> span = global_parts(packed, 1, S, N), whole = global_parts(prefix, P, S, N);
+    for (size_t i = 0; i < 6; ++i) {
+      const int64_t c = i < 3 ? d : 1;
+      if (to_prefix) mk::copy2d(span[i], N * c, whole[i] + j * N * c, P * N * c, B, N * c);
+      else mk::copy2d(whole[i] + j * N * c, P * N * c, span[i], N * c, B, N * c);
+    }
+  }
+  // The branch's forward with the global memory's chain over the whole sequence: every rank's span of its inputs
+  // all-gathered, the chain run from the sequence's start through this span, its rows of the output kept and added
+  // to the local memories' output.
+  void global_split_forward(const titans::TntInputs<float>& in, int64_t S, int64_t N) {
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = 3 * RD + 3 * BHN, P = cp_rank + 1;
+    split_runners(S, N);
+    const std::array<const float*, 6> own = {in.q, in.k, in.v, in.mems[0].theta, in.mems[0].eta, in.mems[0].alpha};
+    const std::array<float*, 6> packed = global_parts(cpb.gsend, 1, S, N);
+    for (size_t i = 0; i < 6; ++i)
+      TTT_CUDA_CHECK(cudaMemcpyAsync(packed[i], own[i], sizeof(float) * size_t(i < 3 ? RD : BHN),
+                                     cudaMemcpyDeviceToDevice, nullptr));
+    cp_group->all_gather_from(cpb.gsend, cpb.gstage, U, "all-gather of the global memory's inputs");
+    // The prefix's inputs overwrite gsend (sent already), in place for the backward.
+    for (int64_t j = 0; j < P; ++j) move_span(cpb.gstage + j * U, cpb.gsend, j, S, N, true);
+    const std::array<float*, 6> p = global_parts(cpb.gsend, P, S, N);
+    titans::MemoryInputs<float> g{p[0], p[1], p[2], in.mems[0].w1, in.mems[0].w2, p[3], p[4], p[5]};
+    cp_global->forward(g, cpb.po);
+    if (cp_local) {
+      titans::TntInputs<float> local{in.q, in.k, in.v, {in.mems.begin() + 1, in.mems.end()}};
+      cp_local->forward(local, act.oT);
+    } else {
+      TTT_CUDA_CHECK(cudaMemsetAsync(act.oT, 0, sizeof(float) * size_t(RD), nullptr));
+    }
+    mk::copy2d(cpb.po + (P - 1) * N * d, P * N * d, act.oT, N * d, B, N * d, /*accumulate=*/true);
+  }
+  // Its adjoint: d(output) over the prefix is zero but this rank's rows; the gradient of every span's inputs goes
+  // to the span's owner, which sums what it receives in CP rank order (its own first: the ranks before it send
+  // nothing) and adds it to the local memories' q, k, v gradients.
+  void global_split_backward(const titans::TntGrads<float>& og, int64_t S, int64_t N) {
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = 3 * RD + 3 * BHN, P = cp_rank + 1;
+    TTT_CUDA_CHECK(cudaMemsetAsync(cpb.po, 0, sizeof(float) * size_t(P * RD), nullptr));
+    mk::copy2d(grad.doT, N * d, cpb.po + (P - 1) * N * d, P * N * d, B, N * d);
+    // The prefix's input gradients in gstage (free since the forward unpacked it); its inputs stay in gsend until
+    // the runner's backward is done, then gsend takes each span's gradient, packed.
+    const std::array<float*, 6> p = global_parts(cpb.gstage, P, S, N);
+    titans::MemoryGrads<float> g{p[0], p[1], p[2], og.mems[0].w1, og.mems[0].w2, p[3], p[4], p[5]};
+    cp_global->backward(cpb.po, g);
+    if (cp_local) {
+      titans::TntGrads<float> local{og.q, og.k, og.v, {og.mems.begin() + 1, og.mems.end()}};
+      cp_local->backward(grad.doT, local);
+    } else {
+      for (float* p : {og.q, og.k, og.v}) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * size_t(RD), nullptr));
+    }
+    for (int64_t j = 0; j < P; ++j) move_span(cpb.gsend + j * U, cpb.gstage, j, S, N, false);
+    std::vector<NcclGroup::Transfer> sends, receives;
+    for (int j = 0; j < cp_rank; ++j) sends.push_back({j, cpb.gsend + j * U, U});
+    for (int i = cp_rank + 1; i < cp_ranks; ++i) receives.push_back({i, cpb.gstage + i * U, U});
+    cp_group->exchange(sends, receives, "return of the global memory's input gradients");
+    float* mine = cpb.gsend + cp_rank * U;
+    for (int i = cp_rank + 1; i < cp_ranks; ++i) mk::axpy(mine, cpb.gstage + i * U, 1.0f, U);
+    mk::axpy(og.q, mine, 1.0f, RD);
+    mk::axpy(og.k, mine + RD, 1.0f, RD);
+    mk::axpy(og.v, mine + 2 * RD, 1.0f, RD);
+    const std::array<float*, 3> gates = {og.mems[0].theta, og.mems[0].eta, og.mems[0].alpha};
+    for (size_t i = 0; i < 3; ++i)
+      TTT_CUDA_CHECK(cudaMemcpyAsync(gates[i], mine + 3 * RD + int64_t(i) * BHN, sizeof(float) * size_t(BHN),
+                                     cudaMemcpyDeviceToDevice, nullptr));
   }
 
   // ---- one layer ---------------------------------------------------------------------------------------
@@ -298,8 +512,9 @@ struct GpuModel::Impl {
     const float* q = act.qkv;
     const float* k = act.qkv + D;
     const float* v = act.qkv + 2 * D;
-    // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention.
-    const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+    // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention (context
+    // parallel: over the previous rank's halo rows and this rank's, attention_inputs).
+    const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
     if (attention_bf16()) {
       // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
       // fp32-input form would round to, without the conversion work inside the attention kernels.
@@ -310,12 +525,12 @@ struct GpuModel::Impl {
       if (!(recompute && attention_kept))
         timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
     } else {
-      rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
-      rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
+      attention_rope(l, q, k, v, pos, S, N, recompute);
+      const auto [av, ldv] = attention_values(l, v, S, N);
       if (!(recompute && attention_kept))
         timed("attention", [&] {
-          if (opt.math == MathMode::BF16) swa_forward_bf16(ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse);
-          else swa_forward(ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse);
+          if (opt.math == MathMode::BF16) swa_forward_bf16(ashape, act.qa, D, act.ka, D, av, ldv, act.attn, D, act.lse);
+          else swa_forward(ashape, act.qa, D, act.ka, D, av, ldv, act.attn, D, act.lse);
         });
     }
     // Memory branch inputs (prepare_memory_inputs).
@@ -344,8 +559,9 @@ struct GpuModel::Impl {
     gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
     mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
     mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
-    // x + (attn + mem) Wo
-    mk::axpy(act.sum, act.attn, 1.0f, rows * D);
+    // x + (attn + mem) Wo (with a halo: this rank's rows of the attention output)
+    if (halo_in == 0) mk::axpy(act.sum, act.attn, 1.0f, rows * D);
+    else mk::copy2d(act.attn + halo_in * D, (halo_in + N) * D, act.sum, N * D, S, N * D, /*accumulate=*/true);
     if (act16) mk::to_bf16(act.sum, D, act.sum_bf16, D, rows, D);
     mk::copy2d(x, D, act.xmid, D, rows, D);
     gemm(false, false, rows, D, D, 1.0f, operand(act.sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
@@ -479,7 +695,10 @@ struct GpuModel::Impl {
       in.mems.push_back({act.tw1b + m * W, act.tw2b + m * W, act.thT + m * BHN, act.etT + m * BHN,
                          act.alT + m * BHN});
     }
-    timed("tnt", [&] { tnt_runner(S, N).forward(in, act.oT); });
+    timed("tnt", [&] {
+      if (global_split()) global_split_forward(in, S, N);
+      else tnt_runner(S, N).forward(in, act.oT);
+    });
   }
   void titans_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
@@ -491,7 +710,10 @@ struct GpuModel::Impl {
     for (int64_t m = 0; m < M; ++m)
       og.mems.push_back({grad.gtw1b + m * W, grad.gtw2b + m * W, grad.gthT + m * BHN, grad.getT + m * BHN,
                          grad.galT + m * BHN});
-    timed("tnt", [&] { tnt_runner(S, N).backward(grad.doT, og); });
+    timed("tnt", [&] {
+      if (global_split()) global_split_backward(og, S, N);
+      else tnt_runner(S, N).backward(grad.doT, og);
+    });
     const int64_t per = H * dh * d;
     for (int64_t m = 0; m < M; ++m) {
       const std::vector<MemoryWeight>& mg = lg.memories[size_t(m)];  // d w1, d w2
@@ -570,8 +792,22 @@ struct GpuModel::Impl {
     const float* v = act.qkv + 2 * D;
     float* dqkv = grad.dqkv;
     timed("attention", [&] {
-      const AttentionShape ashape{S, N, Ha, hd, cfg.window};
-      if (attention_bf16()) {
+      const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
+      if (halo_in > 0) {
+        // Over the extended rows, in buffers free until the q/k preparation's adjoint (sized for them): d(output)
+        // in dnormed, zero on the placeholder rows (their queries then add nothing to dk, dv); dq, dk, dv in dO, dz,
+        // dzx. This rank's rows go to dqa, dka and dv of dqkv; the halo rows' dk, dv to their owner (below).
+        const int64_t h = halo_in, X = h + N;
+        TTT_CUDA_CHECK(cudaMemsetAsync(grad.dnormed, 0, sizeof(float) * size_t(S * X * D), nullptr));
+        mk::copy2d(grad.dsum, N * D, grad.dnormed + h * D, X * D, S, N * D);
+        (opt.math == MathMode::BF16 ? fp32_input_bf16_backward : fp32_backward)(
+            ashape, act.qa, D, act.ka, D, cpb.xv, D, act.attn, D, act.lse, grad.dnormed, D, grad.dO, D, grad.dz, D,
+            grad.dzx, D, grad.attn_work, nullptr);
+        mk::copy2d(grad.dO + h * D, X * D, grad.dqa, N * D, S, N * D);
+        mk::copy2d(grad.dz + h * D, X * D, grad.dka, N * D, S, N * D);
+        for (int64_t s = 0; s < S; ++s)
+          mk::copy2d(grad.dzx + (s * X + h) * D, D, dqkv + 2 * D + s * N * 3 * D, 3 * D, N, D);
+      } else if (attention_bf16()) {
         const AttentionBf16 a = attention_operands(S * N);
         swa_backward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, grad.dsum, D, grad.dqa, D, grad.dka,
                           D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
@@ -581,6 +817,7 @@ struct GpuModel::Impl {
             dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
       }
     });
+    if (split) return_halo_gradient(S, N, dqkv);
     rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     // ---- memory q/k/v preparation
@@ -694,6 +931,17 @@ void GpuModel::scale_grads(float factor, int64_t begin, int64_t end) {
 
 void GpuModel::set_gradient_hook(std::function<void(int stage)> hook) { impl_->gradient_hook = std::move(hook); }
 
+void GpuModel::set_context_parallel(NcclGroup* group) {
+  Impl& m = *impl_;
+  TTT_CHECK(!group || group->size() == 1 || m.cfg.arch == model::Arch::Tnt,
+            "GPU model: context parallelism needs arch tnt, not " << model::arch_name(m.cfg.arch));
+  m.cp_group = group;
+  m.cp_rank = group ? group->rank() : 0;
+  m.cp_ranks = group ? group->size() : 1;
+  m.cp_local.reset();
+  m.cp_global.reset();
+}
+
 float* GpuModel::gradient_data() { return impl_->grads.p(); }
 int64_t GpuModel::gradient_size() const { return impl_->total; }
 
@@ -720,9 +968,14 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     TTT_CHECK(y < V, "cross_entropy: target " << y << " at row " << i << " out of range for vocabulary " << V);
     res.valid += y >= 0;
   }
+  // Context parallel: a training batch is this rank's span of every sequence (positions from cp_rank * N).
+  m.split = backward && m.cp_ranks > 1;
+  m.halo = m.split ? m.cfg.window - 1 : 0;
+  m.halo_in = m.split && m.cp_rank > 0 ? m.halo : 0;
+  TTT_CHECK(m.halo <= N, "context parallel: the attention's halo of " << m.halo << " rows exceeds the span of " << N);
   m.ensure_rows(rows, S, N);
   m.attention_kept = backward && m.opt.save_attention;
-  if (m.attention_kept) m.ensure_kept_attention(rows);
+  if (m.attention_kept) m.ensure_kept_attention(m.halo_in > 0 ? S * (m.halo_in + N) : rows);
   // Token ids, targets, positions.
   auto upload = [](DeviceBuffer& dst, const void* src, size_t bytes) {
     if (dst.bytes() < bytes) dst = DeviceBuffer(std::max<size_t>(bytes, 8));
@@ -732,7 +985,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   upload(m.tgt_dev, b.targets.data(), sizeof(int32_t) * size_t(rows));
   std::vector<int64_t> pos(static_cast<size_t>(rows));
   for (int64_t s = 0; s < S; ++s)
-    for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = i;
+    for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = (m.split ? int64_t(m.cp_rank) * N : 0) + i;
   upload(m.pos_dev, pos.data(), sizeof(int64_t) * size_t(rows));
 
   mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
@@ -759,7 +1012,8 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.logits.resize(size_t(rows * V));
     TTT_CUDA_CHECK(cudaMemcpy(res.logits.data(), m.head.logits, sizeof(float) * size_t(rows * V), cudaMemcpyDeviceToHost));
   }
-  if (!backward || res.valid == 0) return res;
+  // A span without valid targets still runs its backward: the group's exchanges need every rank.
+  if (!backward || (res.valid == 0 && !m.split)) return res;
 
   // ---- backward
   // The embedding's index arrays, sized for any batch of these rows before the backward starts: growing them later
