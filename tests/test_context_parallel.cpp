@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "backend/context_parallel_plan.h"
 #include "backend/registry.h"
 #include "cli_test_util.h"
 #include "core/rng.h"
@@ -181,6 +182,169 @@ TEST(ContextParallel, BadSetupsAreRefusedNamingTheFields) {
   model::ModelConfig wide = tnt;
   wide.window = 40;  // a halo of 39 rows reaches past a span of 32
   test::expect_error([&] { model::check_context_parallel(wide, 2, 2); }, "window - 1 must be at most the span");
+}
+
+// ---- the GPU's layout plans (backend/context_parallel_plan.h), on host arrays ----
+
+// copy_rows moves every row of the source block to the same row of the destination block, nothing else.
+TEST(ContextParallelPlan, CopyRowsMovesEveryRowOnce) {
+  const std::vector<std::pair<backend::RowBlock, backend::RowBlock>> cases = {
+      {{2, 5, 1, 3, 4, 4, 0}, {2, 7, 4, 3, 4, 4, 10}},  // dense on both sides: one copy
+      {{2, 5, 2, 3, 4, 12, 8}, {2, 3, 0, 3, 4, 4, 0}},  // a strided source (leading dimension 12, from element 8)
+      {{3, 4, 0, 4, 2, 2, 0}, {3, 6, 2, 4, 2, 6, 4}},   // a strided destination
+  };
+  for (const auto& [from, to] : cases) {
+    std::vector<float> src(200), dst(200, -1.0f), want(200, -1.0f);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = float(i);
+    for (int64_t s = 0; s < from.sequences; ++s)
+      for (int64_t i = 0; i < from.count; ++i)
+        for (int64_t c = 0; c < from.width; ++c)
+          want[size_t(to.base + (s * to.stride + to.first + i) * to.ld + c)] =
+              src[size_t(from.base + (s * from.stride + from.first + i) * from.ld + c)];
+    const std::vector<backend::BlockCopy> copies = backend::copy_rows(from, to);
+    EXPECT_EQ(copies.size(), from.ld == from.width && to.ld == to.width ? 1u : size_t(from.sequences));
+    backend::apply_on_host(copies, src.data(), dst.data());
+    EXPECT_EQ(dst, want);
+  }
+  test::expect_error([] { backend::copy_rows({2, 5, 0, 3, 4, 4, 0}, {2, 5, 0, 2, 4, 4, 0}); }, "copy_rows");
+  test::expect_error([] { backend::copy_rows({2, 5, 3, 3, 4, 4, 0}, {2, 5, 0, 3, 4, 4, 0}); }, "rows [3, 6)");
+}
+
+// The halo on 3 ranks (2 sequences of 6 tokens each, window 4: 3 rows): the forward's copies give every rank the
+// keys and values of the whole sequence's rows its queries see, in the attention's extended layout; the backward's
+// copies give every row's owner the sum of its gradients on both ranks that hold it.
+TEST(ContextParallelPlan, HaloGivesEveryRankTheWindowAndReturnsItsGradient) {
+  const int R = 3;
+  const int64_t S = 2, N = 6, D = 2, window = 4, T = R * N;
+  auto whole = [&](int64_t s, int64_t t, int64_t c, int part) { return float(1000 * part + 100 * s + 2 * t + c); };
+  std::vector<backend::HaloPlan> plan;
+  for (int r = 0; r < R; ++r) plan.emplace_back(S, N, D, window, r);
+  EXPECT_EQ(plan[0].halo_in, 0);
+  EXPECT_EQ(plan[1].halo_in, 3);
+  // Each rank's keys in the extended layout (RoPE writes its own rows there) and values in qkv (leading dimension
+  // 3 D, from element 2 D).
+  std::vector<std::vector<float>> ka(R), qkv(R), send(R);
+  for (int r = 0; r < R; ++r) {
+    const backend::HaloPlan& p = plan[size_t(r)];
+    ka[size_t(r)].assign(size_t(S * p.X() * D), -1.0f);
+    qkv[size_t(r)].assign(size_t(S * N * 3 * D), -1.0f);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t c = 0; c < D; ++c) {
+          ka[size_t(r)][size_t((s * p.X() + p.halo_in + i) * D + c)] = whole(s, r * N + i, c, 1);
+          qkv[size_t(r)][size_t((s * N + i) * 3 * D + 2 * D + c)] = whole(s, r * N + i, c, 2);
+        }
+    send[size_t(r)].assign(size_t(p.buffer_floats()), -1.0f);
+    backend::apply_on_host(backend::copy_rows(p.extended_tail(), p.buffer(p.halo)), ka[size_t(r)].data(),
+                           send[size_t(r)].data());
+    backend::apply_on_host(backend::copy_rows(p.plain_tail(3 * D, 2 * D), p.buffer(p.halo, S * p.halo * D)),
+                           qkv[size_t(r)].data(), send[size_t(r)].data());
+  }
+  for (int r = 1; r < R; ++r) {  // rank r receives rank r - 1's tails
+    const backend::HaloPlan& p = plan[size_t(r)];
+    const std::vector<float>& kept = send[size_t(r - 1)];
+    std::vector<float> xv(size_t(S * p.X() * D), -1.0f);
+    backend::apply_on_host(backend::copy_rows(p.buffer(p.halo_in), p.extended_halo()), kept.data(), ka[size_t(r)].data());
+    backend::apply_on_host(backend::copy_rows(p.buffer(p.halo_in, S * p.halo_in * D), p.extended_halo()), kept.data(),
+                           xv.data());
+    backend::apply_on_host(backend::copy_rows(p.plain(3 * D, 2 * D), p.extended()), qkv[size_t(r)].data(), xv.data());
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t e = 0; e < p.X(); ++e)
+        for (int64_t c = 0; c < D; ++c) {
+          const int64_t t = r * N - p.halo_in + e;  // the extended row's position in the whole sequence
+          EXPECT_EQ(ka[size_t(r)][size_t((s * p.X() + e) * D + c)], whole(s, t, c, 1)) << r << " " << s << " " << e;
+          EXPECT_EQ(xv[size_t((s * p.X() + e) * D + c)], whole(s, t, c, 2)) << r << " " << s << " " << e;
+        }
+  }
+  // Backward: every rank's gradient over its extended rows (integers: the sums are exact).
+  std::vector<std::vector<float>> dk_ext(R), dka(R), back(R);
+  std::vector<double> want(size_t(S * T * D), 0.0);
+  for (int r = 0; r < R; ++r) {
+    const backend::HaloPlan& p = plan[size_t(r)];
+    dk_ext[size_t(r)].resize(size_t(S * p.X() * D));
+    for (size_t i = 0; i < dk_ext[size_t(r)].size(); ++i) dk_ext[size_t(r)][i] = float((7 * i + 3 * size_t(r)) % 11);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t e = 0; e < p.X(); ++e)
+        for (int64_t c = 0; c < D; ++c)
+          want[size_t((s * T + r * N - p.halo_in + e) * D + c)] += dk_ext[size_t(r)][size_t((s * p.X() + e) * D + c)];
+    dka[size_t(r)].assign(size_t(S * N * D), -1.0f);
+    backend::apply_on_host(backend::copy_rows(p.extended(), p.plain(D)), dk_ext[size_t(r)].data(), dka[size_t(r)].data());
+    back[size_t(r)].assign(size_t(p.buffer_floats()), 0.0f);
+    if (p.halo_in > 0)
+      backend::apply_on_host(backend::copy_rows(p.extended_halo(), p.buffer(p.halo)), dk_ext[size_t(r)].data(),
+                             back[size_t(r)].data());
+  }
+  for (int r = 0; r + 1 < R; ++r) {  // rank r adds what rank r + 1 sends back to its tail
+    const backend::HaloPlan& p = plan[size_t(r)];
+    backend::apply_on_host(backend::copy_rows(p.buffer(p.halo), p.plain_tail(D)), back[size_t(r + 1)].data(),
+                           dka[size_t(r)].data(), /*accumulate=*/true);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t c = 0; c < D; ++c)
+          EXPECT_EQ(dka[size_t(r)][size_t((s * N + i) * D + c)], want[size_t((s * T + r * N + i) * D + c)])
+              << r << " " << s << " " << i;
+}
+
+// The global memory on 3 ranks (3 sequence-heads of 4 tokens each, width 2): the all-gathered packed spans, unpacked,
+// are the prefix of the whole sequence on every rank; the prefix's gradients packed per span and summed by their
+// owners in rank order are the sums of every rank's gradient of those rows.
+TEST(ContextParallelPlan, GlobalSpansGatherThePrefixAndReturnItsGradient) {
+  const int R = 3;
+  const int64_t B = 3, N = 4, d = 2, U = backend::global_floats(B, N, d, 1);
+  EXPECT_EQ(U, 3 * B * N * d + 3 * B * N);
+  auto whole = [&](int part, int64_t b, int64_t t, int64_t c) { return float(1000 * part + 100 * b + 3 * t + c); };
+  auto width = [&](int part) { return part < 3 ? d : int64_t(1); };
+  std::vector<float> gathered(size_t(R * U));  // every rank's packed span, in rank order
+  for (int r = 0; r < R; ++r) {
+    const std::array<int64_t, 6> at = backend::global_part_offsets(B, N, d, 1);
+    for (int part = 0; part < 6; ++part)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t c = 0; c < width(part); ++c)
+            gathered[size_t(r * U + at[size_t(part)] + (b * N + t) * width(part) + c)] = whole(part, b, r * N + t, c);
+  }
+  std::vector<std::vector<float>> grads(R);
+  for (int r = 0; r < R; ++r) {
+    const int64_t P = r + 1;
+    std::vector<float> prefix(size_t(backend::global_floats(B, N, d, P)), -1.0f);
+    for (int64_t j = 0; j < P; ++j)
+      backend::apply_on_host(backend::global_span_copies(B, N, d, P, j, true), gathered.data() + j * U, prefix.data());
+    const std::array<int64_t, 6> at = backend::global_part_offsets(B, N, d, P);
+    for (int part = 0; part < 6; ++part)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < P * N; ++t)
+          for (int64_t c = 0; c < width(part); ++c)
+            EXPECT_EQ(prefix[size_t(at[size_t(part)] + (b * P * N + t) * width(part) + c)], whole(part, b, t, c))
+                << "rank " << r << " part " << part << " item " << b << " token " << t;
+    grads[size_t(r)].resize(prefix.size());
+    for (size_t i = 0; i < prefix.size(); ++i) grads[size_t(r)][i] = float((5 * i + size_t(r)) % 13);
+  }
+  // Backward: rank i packs span j of its prefix gradient for rank j (j <= i); owner j sums its own, then ranks j+1..
+  std::vector<std::vector<float>> packed(R, std::vector<float>(size_t(R * U), 0.0f));
+  for (int i = 0; i < R; ++i)
+    for (int64_t j = 0; j <= i; ++j)
+      backend::apply_on_host(backend::global_span_copies(B, N, d, i + 1, j, false), grads[size_t(i)].data(),
+                             packed[size_t(i)].data() + j * U);
+  for (int j = 0; j < R; ++j) {
+    std::vector<float> sum(packed[size_t(j)].begin() + j * U, packed[size_t(j)].begin() + (j + 1) * U);
+    for (int i = j + 1; i < R; ++i)
+      for (int64_t e = 0; e < U; ++e) sum[size_t(e)] += packed[size_t(i)][size_t(j * U + e)];
+    const std::array<int64_t, 6> mine = backend::global_part_offsets(B, N, d, 1);
+    for (int part = 0; part < 6; ++part)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < N; ++t)
+          for (int64_t c = 0; c < width(part); ++c) {
+            float want = 0;
+            for (int i = j; i < R; ++i) {
+              const std::array<int64_t, 6> at = backend::global_part_offsets(B, N, d, i + 1);
+              want += grads[size_t(i)][size_t(at[size_t(part)] + (b * (i + 1) * N + j * N + t) * width(part) + c)];
+            }
+            EXPECT_EQ(sum[size_t(mine[size_t(part)] + (b * N + t) * width(part) + c)], want)
+                << "owner " << j << " part " << part << " item " << b << " token " << t;
+          }
+  }
 }
 
 // ---- ttt train --context-parallel ----

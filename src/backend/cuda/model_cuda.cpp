@@ -13,6 +13,7 @@
 #include <map>
 #include <numeric>
 
+#include "backend/context_parallel_plan.h"
 #include "backend/cuda/attention.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/elementwise_kernels.h"
@@ -103,14 +104,16 @@ struct GpuModel::Impl {
   std::vector<DeviceArray<bf16>> xs16;
 
   // TNT context parallelism (set_context_parallel; docs/CONTEXT_PARALLEL.md). split: the batch being run is this
-  // rank's span of every sequence (a training batch with a group of several ranks). halo: the window - 1 tail rows a
-  // rank sends the next one; halo_in: the rows it receives in front of its own (0 on CP rank 0). halo_kept[l]:
+  // rank's span of every sequence (a training batch with a group of several ranks). hp: the batch's attention rows
+  // (backend/context_parallel_plan.h); halo: the window - 1 tail rows a rank sends the next one; halo_in: the rows it
+  // receives in front of its own (0 on CP rank 0; both 0 without a split). halo_kept[l]:
   // layer l's received keys and values [k | v] x [S, halo, D] from the forward, which the backward's recomputation
   // reuses (no second exchange). The global memory runs over the prefix of spans 0..cp_rank (cp_global: T =
   // (cp_rank + 1) N), the local memories over the span (cp_local; none when the branch has no local memory).
   NcclGroup* cp_group = nullptr;
   int cp_rank = 0, cp_ranks = 1;
   bool split = false;
+  backend::HaloPlan hp{0, 0, 0, 1, 0};
   int64_t halo = 0, halo_in = 0;
   ContextArrays cp_arrays;
   ContextBuffers cpb;
@@ -322,11 +325,21 @@ struct GpuModel::Impl {
 
   // ---- context parallelism: the attention's halo ------------------------------------------------------------
 
+  // Host-planned block copies (backend/context_parallel_plan.h) on the device.
+  static void run_copies(const std::vector<backend::BlockCopy>& copies, const float* src, float* dst,
+                         bool accumulate = false) {
+    for (const backend::BlockCopy& c : copies)
+      mk::copy2d(src + c.src, c.lds, dst + c.dst, c.ldd, c.rows, c.cols, accumulate);
+  }
+  static std::vector<backend::BlockCopy> rows_to(const backend::RowBlock& from, const backend::RowBlock& to) {
+    return backend::copy_rows(from, to);
+  }
+
   // RoPE of the attention's q and k from qkv into qa, ka. With a halo (context parallel, halo_in > 0) each sequence
-  // takes X = halo_in + N rows there: halo_in placeholder queries (zeros; their outputs are never read) and the
-  // previous rank's keys in front of this rank's rows, so the unchanged attention kernel sees every key a query's
-  // window reaches (attention_values does the same for v). A layer's first forward exchanges the halo; the backward's
-  // recomputation reuses what it received (halo_kept).
+  // takes X = halo_in + N rows there (hp's extended layout): halo_in placeholder queries (zeros; their outputs are
+  // never read) and the previous rank's keys in front of this rank's rows, so the unchanged attention kernel sees
+  // every key a query's window reaches (attention_values does the same for v). A layer's first forward exchanges the
+  // halo; the backward's recomputation reuses what it received (halo_kept).
   void attention_rope(int64_t l, const float* q, const float* k, const float* v, const int64_t* pos, int64_t S,
                       int64_t N, bool recompute) {
     const int64_t rows = S * N;
@@ -334,7 +347,7 @@ struct GpuModel::Impl {
       rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
       rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
     } else {
-      const int64_t h = halo_in, X = h + N;
+      const int64_t h = halo_in, X = hp.X();
       for (int64_t s = 0; s < S; ++s) {
         rope_forward(q + s * N * 3 * D, 3 * D, act.qa + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
         rope_forward(k + s * N * 3 * D, 3 * D, act.ka + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
@@ -342,51 +355,47 @@ struct GpuModel::Impl {
       TTT_CUDA_CHECK(cudaMemset2DAsync(act.qa, sizeof(float) * size_t(X * D), 0, sizeof(float) * size_t(h * D),
                                        size_t(S), nullptr));
     }
-    if (split && !recompute) exchange_halo(l, v, S, N);
-    if (halo_in > 0) mk::copy2d(halo_kept[size_t(l)].p(), halo_in * D, act.ka, (halo_in + N) * D, S, halo_in * D);
+    if (split && !recompute) exchange_halo(l, v);
+    if (halo_in > 0) run_copies(rows_to(hp.buffer(halo_in), hp.extended_halo()), halo_kept[size_t(l)].p(), act.ka);
   }
   // The attention's v: qkv's (leading dimension 3 D), or with a halo the received values then this rank's in xv.
-  std::pair<const float*, int64_t> attention_values(int64_t l, const float* v, int64_t S, int64_t N) {
+  std::pair<const float*, int64_t> attention_values(int64_t l, const float* v) {
     if (halo_in == 0) return {v, 3 * D};
-    const int64_t h = halo_in, X = h + N;
-    const float* kept = halo_kept[size_t(l)].p() + S * h * D;  // [S, h, D] after the keys
-    mk::copy2d(kept, h * D, cpb.xv, X * D, S, h * D);
-    for (int64_t s = 0; s < S; ++s) mk::copy2d(v + s * N * 3 * D, 3 * D, cpb.xv + (s * X + h) * D, D, N, D);
+    const float* kept = halo_kept[size_t(l)].p();
+    run_copies(rows_to(hp.buffer(halo_in, hp.S * halo_in * D), hp.extended_halo()), kept, cpb.xv);
+    run_copies(rows_to(hp.plain(3 * D), hp.extended()), v, cpb.xv);
     return {cpb.xv, D};
   }
   // Sends the last `halo` keys (after RoPE: at their global positions) and values of every sequence to the next
   // CP rank and receives the previous rank's into halo_kept[l].
-  void exchange_halo(int64_t l, const float* v, int64_t S, int64_t N) {
-    const int64_t h = halo, X = halo_in + N;
+  void exchange_halo(int64_t l, const float* v) {
+    const int64_t h = halo, n = hp.buffer_floats();
     if (h == 0) return;
-    mk::copy2d(act.ka + (X - h) * D, X * D, cpb.halo_send, h * D, S, h * D);
-    for (int64_t s = 0; s < S; ++s)
-      mk::copy2d(v + (s * N + N - h) * 3 * D, 3 * D, cpb.halo_send + (S + s) * h * D, D, h, D);
+    run_copies(rows_to(hp.extended_tail(), hp.buffer(h)), act.ka, cpb.halo_send);
+    run_copies(rows_to(hp.plain_tail(3 * D), hp.buffer(h, hp.S * h * D)), v, cpb.halo_send);
     std::vector<NcclGroup::Transfer> sends, receives;
-    if (cp_rank + 1 < cp_ranks) sends.push_back({cp_rank + 1, cpb.halo_send, 2 * S * h * D});
-    if (cp_rank > 0) receives.push_back({cp_rank - 1, halo_kept[size_t(l)].p(), 2 * S * h * D});
+    if (cp_rank + 1 < cp_ranks) sends.push_back({cp_rank + 1, cpb.halo_send, n});
+    if (cp_rank > 0) receives.push_back({cp_rank - 1, halo_kept[size_t(l)].p(), n});
     cp_group->exchange(sends, receives, "halo exchange of the attention's keys and values");
   }
-  // The backward's half: the halo rows' dk, dv go back to the previous rank; the next rank's are added to this
-  // rank's tail rows of dk (after RoPE, before its adjoint) and dv.
-  void return_halo_gradient(int64_t S, int64_t N, float* dqkv) {
-    const int64_t h = halo;
+  // The backward's half: the halo rows' dk, dv (in dz, dzx: layer_backward) go back to the previous rank; the next
+  // rank's are added to this rank's tail rows of dk (after RoPE, before its adjoint) and dv.
+  void return_halo_gradient(float* dqkv) {
+    const int64_t h = halo, n = hp.buffer_floats();
     if (h == 0) return;
-    if (halo_in > 0) {  // the extended rows' dk, dv are in dz, dzx (layer_backward)
-      const int64_t X = halo_in + N;
-      mk::copy2d(grad.dz, X * D, cpb.halo_send, h * D, S, h * D);
-      mk::copy2d(grad.dzx, X * D, cpb.halo_send + S * h * D, h * D, S, h * D);
+    if (halo_in > 0) {
+      run_copies(rows_to(hp.extended_halo(), hp.buffer(h)), grad.dz, cpb.halo_send);
+      run_copies(rows_to(hp.extended_halo(), hp.buffer(h, hp.S * h * D)), grad.dzx, cpb.halo_send);
     }
     const bool from_next = cp_rank + 1 < cp_ranks;
     std::vector<NcclGroup::Transfer> sends, receives;
-    if (cp_rank > 0) sends.push_back({cp_rank - 1, cpb.halo_send, 2 * S * h * D});
-    if (from_next) receives.push_back({cp_rank + 1, cpb.halo_recv, 2 * S * h * D});
+    if (cp_rank > 0) sends.push_back({cp_rank - 1, cpb.halo_send, n});
+    if (from_next) receives.push_back({cp_rank + 1, cpb.halo_recv, n});
     cp_group->exchange(sends, receives, "return of the halo's key and value gradients");
     if (!from_next) return;
-    mk::copy2d(cpb.halo_recv, h * D, grad.dka + (N - h) * D, N * D, S, h * D, /*accumulate=*/true);
-    for (int64_t s = 0; s < S; ++s)
-      mk::copy2d(cpb.halo_recv + (S + s) * h * D, D, dqkv + 2 * D + (s * N + N - h) * 3 * D, 3 * D, h, D,
-                 /*accumulate=*/true);
+    run_copies(rows_to(hp.buffer(h), hp.plain_tail(D)), cpb.halo_recv, grad.dka, /*accumulate=*/true);
+    run_copies(rows_to(hp.buffer(h, hp.S * h * D), hp.plain_tail(3 * D)), cpb.halo_recv, dqkv + 2 * D,
+               /*accumulate=*/true);
   }
 
   // ---- context parallelism: the global memory over the prefix -------------------------------------------------
@@ -416,32 +425,19 @@ struct GpuModel::Impl {
     }
     cp_key = {S, N};
   }
-  // The six per-token quantities of the global memory [q | k | v | theta | eta | alpha] laid out one after the other
-  // from `base`, each [S*H, spans*N, .] (q, k, v of width d, the gates of width 1): a packed span (spans = 1) or
-  // the prefix (spans = P).
+  // The six parts [q | k | v | theta | eta | alpha] of the global memory's quantities at `base`, a packed span
+  // (spans = 1) or the prefix (spans = P): backend::global_part_offsets.
   std::array<float*, 6> global_parts(float* base, int64_t spans, int64_t S, int64_t N) const {
+    const std::array<int64_t, 6> at = backend::global_part_offsets(S * H, N, d, spans);
     std::array<float*, 6> parts{};
-    for (size_t i = 0; i < 6; ++i) {
-      parts[i] = base;
-      base += S * H * spans * N * (i < 3 ? d : 1);
-    }
+    for (size_t i = 0; i < 6; ++i) parts[i] = base + at[i];
     return parts;
-  }
-  // Span j of the packed quantities at `packed` to the prefix at `prefix`, or back (to_prefix false).
-  void move_span(float* packed, float* prefix, int64_t j, int64_t S, int64_t N, bool to_prefix) {
-    const int64_t B = S * H, P = cp_rank + 1;
-    const std::array<float*, 6> span = global_parts(packed, 1, S, N), whole = global_parts(prefix, P, S, N);
-    for (size_t i = 0; i < 6; ++i) {
-      const int64_t c = i < 3 ? d : 1;
-      if (to_prefix) mk::copy2d(span[i], N * c, whole[i] + j * N * c, P * N * c, B, N * c);
-      else mk::copy2d(whole[i] + j * N * c, P * N * c, span[i], N * c, B, N * c);
-    }
   }
   // The branch's forward with the global memory's chain over the whole sequence: every rank's span of its inputs
   // all-gathered, the chain run from the sequence's start through this span, its rows of the output kept and added
   // to the local memories' output.
   void global_split_forward(const titans::TntInputs<float>& in, int64_t S, int64_t N) {
-    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = 3 * RD + 3 * BHN, P = cp_rank + 1;
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = backend::global_floats(B, N, d, 1), P = cp_rank + 1;
     split_runners(S, N);
     const std::array<const float*, 6> own = {in.q, in.k, in.v, in.mems[0].theta, in.mems[0].eta, in.mems[0].alpha};
     const std::array<float*, 6> packed = global_parts(cpb.gsend, 1, S, N);
@@ -450,7 +446,7 @@ struct GpuModel::Impl {
                                      cudaMemcpyDeviceToDevice, nullptr));
     cp_group->all_gather_from(cpb.gsend, cpb.gstage, U, "all-gather of the global memory's inputs");
     // The prefix's inputs overwrite gsend (sent already), in place for the backward.
-    for (int64_t j = 0; j < P; ++j) move_span(cpb.gstage + j * U, cpb.gsend, j, S, N, true);
+    for (int64_t j = 0; j < P; ++j) run_copies(backend::global_span_copies(B, N, d, P, j, true), cpb.gstage + j * U, cpb.gsend);
     const std::array<float*, 6> p = global_parts(cpb.gsend, P, S, N);
     titans::MemoryInputs<float> g{p[0], p[1], p[2], in.mems[0].w1, in.mems[0].w2, p[3], p[4], p[5]};
     cp_global->forward(g, cpb.po);
@@ -460,15 +456,16 @@ struct GpuModel::Impl {
     } else {
       TTT_CUDA_CHECK(cudaMemsetAsync(act.oT, 0, sizeof(float) * size_t(RD), nullptr));
     }
-    mk::copy2d(cpb.po + (P - 1) * N * d, P * N * d, act.oT, N * d, B, N * d, /*accumulate=*/true);
+    // This rank's rows of the prefix's output: span P - 1 of the prefix [B, P N, d].
+    run_copies(rows_to({B, P * N, (P - 1) * N, N, d, d, 0}, {B, N, 0, N, d, d, 0}), cpb.po, act.oT, /*accumulate=*/true);
   }
   // Its adjoint: d(output) over the prefix is zero but this rank's rows; the gradient of every span's inputs goes
   // to the span's owner, which sums what it receives in CP rank order (its own first: the ranks before it send
   // nothing) and adds it to the local memories' q, k, v gradients.
   void global_split_backward(const titans::TntGrads<float>& og, int64_t S, int64_t N) {
-    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = 3 * RD + 3 * BHN, P = cp_rank + 1;
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = backend::global_floats(B, N, d, 1), P = cp_rank + 1;
     TTT_CUDA_CHECK(cudaMemsetAsync(cpb.po, 0, sizeof(float) * size_t(P * RD), nullptr));
-    mk::copy2d(grad.doT, N * d, cpb.po + (P - 1) * N * d, P * N * d, B, N * d);
+    run_copies(rows_to({B, N, 0, N, d, d, 0}, {B, P * N, (P - 1) * N, N, d, d, 0}), grad.doT, cpb.po);
     // The prefix's input gradients in gstage (free since the forward unpacked it); its inputs stay in gsend until
     // the runner's backward is done, then gsend takes each span's gradient, packed.
     const std::array<float*, 6> p = global_parts(cpb.gstage, P, S, N);
@@ -478,22 +475,22 @@ struct GpuModel::Impl {
       titans::TntGrads<float> local{og.q, og.k, og.v, {og.mems.begin() + 1, og.mems.end()}};
       cp_local->backward(grad.doT, local);
     } else {
-      for (float* p : {og.q, og.k, og.v}) TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * size_t(RD), nullptr));
+      for (float* x : {og.q, og.k, og.v}) TTT_CUDA_CHECK(cudaMemsetAsync(x, 0, sizeof(float) * size_t(RD), nullptr));
     }
-    for (int64_t j = 0; j < P; ++j) move_span(cpb.gsend + j * U, cpb.gstage, j, S, N, false);
+    for (int64_t j = 0; j < P; ++j) run_copies(backend::global_span_copies(B, N, d, P, j, false), cpb.gstage, cpb.gsend + j * U);
     std::vector<NcclGroup::Transfer> sends, receives;
     for (int j = 0; j < cp_rank; ++j) sends.push_back({j, cpb.gsend + j * U, U});
     for (int i = cp_rank + 1; i < cp_ranks; ++i) receives.push_back({i, cpb.gstage + i * U, U});
     cp_group->exchange(sends, receives, "return of the global memory's input gradients");
     float* mine = cpb.gsend + cp_rank * U;
     for (int i = cp_rank + 1; i < cp_ranks; ++i) mk::axpy(mine, cpb.gstage + i * U, 1.0f, U);
-    mk::axpy(og.q, mine, 1.0f, RD);
-    mk::axpy(og.k, mine + RD, 1.0f, RD);
-    mk::axpy(og.v, mine + 2 * RD, 1.0f, RD);
+    const std::array<float*, 6> sum = global_parts(mine, 1, S, N);
+    mk::axpy(og.q, sum[0], 1.0f, RD);
+    mk::axpy(og.k, sum[1], 1.0f, RD);
+    mk::axpy(og.v, sum[2], 1.0f, RD);
     const std::array<float*, 3> gates = {og.mems[0].theta, og.mems[0].eta, og.mems[0].alpha};
     for (size_t i = 0; i < 3; ++i)
-      TTT_CUDA_CHECK(cudaMemcpyAsync(gates[i], mine + 3 * RD + int64_t(i) * BHN, sizeof(float) * size_t(BHN),
-                                     cudaMemcpyDeviceToDevice, nullptr));
+      TTT_CUDA_CHECK(cudaMemcpyAsync(gates[i], sum[3 + i], sizeof(float) * size_t(BHN), cudaMemcpyDeviceToDevice, nullptr));
   }
 
   // ---- one layer ---------------------------------------------------------------------------------------
@@ -526,7 +523,7 @@ struct GpuModel::Impl {
         timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
     } else {
       attention_rope(l, q, k, v, pos, S, N, recompute);
-      const auto [av, ldv] = attention_values(l, v, S, N);
+      const auto [av, ldv] = attention_values(l, v);
       if (!(recompute && attention_kept))
         timed("attention", [&] {
           if (opt.math == MathMode::BF16) swa_forward_bf16(ashape, act.qa, D, act.ka, D, av, ldv, act.attn, D, act.lse);
@@ -561,7 +558,7 @@ struct GpuModel::Impl {
     mk::gate_heads_forward(act.normed, act.gate, act.sum, rows, H, d);
     // x + (attn + mem) Wo (with a halo: this rank's rows of the attention output)
     if (halo_in == 0) mk::axpy(act.sum, act.attn, 1.0f, rows * D);
-    else mk::copy2d(act.attn + halo_in * D, (halo_in + N) * D, act.sum, N * D, S, N * D, /*accumulate=*/true);
+    else run_copies(rows_to(hp.extended(), hp.plain(D)), act.attn, act.sum, /*accumulate=*/true);
     if (act16) mk::to_bf16(act.sum, D, act.sum_bf16, D, rows, D);
     mk::copy2d(x, D, act.xmid, D, rows, D);
     gemm(false, false, rows, D, D, 1.0f, operand(act.sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
@@ -797,16 +794,14 @@ struct GpuModel::Impl {
         // Over the extended rows, in buffers free until the q/k preparation's adjoint (sized for them): d(output)
         // in dnormed, zero on the placeholder rows (their queries then add nothing to dk, dv); dq, dk, dv in dO, dz,
         // dzx. This rank's rows go to dqa, dka and dv of dqkv; the halo rows' dk, dv to their owner (below).
-        const int64_t h = halo_in, X = h + N;
-        TTT_CUDA_CHECK(cudaMemsetAsync(grad.dnormed, 0, sizeof(float) * size_t(S * X * D), nullptr));
-        mk::copy2d(grad.dsum, N * D, grad.dnormed + h * D, X * D, S, N * D);
+        TTT_CUDA_CHECK(cudaMemsetAsync(grad.dnormed, 0, sizeof(float) * size_t(S * hp.X() * D), nullptr));
+        run_copies(rows_to(hp.plain(D), hp.extended()), grad.dsum, grad.dnormed);
         (opt.math == MathMode::BF16 ? fp32_input_bf16_backward : fp32_backward)(
             ashape, act.qa, D, act.ka, D, cpb.xv, D, act.attn, D, act.lse, grad.dnormed, D, grad.dO, D, grad.dz, D,
             grad.dzx, D, grad.attn_work, nullptr);
-        mk::copy2d(grad.dO + h * D, X * D, grad.dqa, N * D, S, N * D);
-        mk::copy2d(grad.dz + h * D, X * D, grad.dka, N * D, S, N * D);
-        for (int64_t s = 0; s < S; ++s)
-          mk::copy2d(grad.dzx + (s * X + h) * D, D, dqkv + 2 * D + s * N * 3 * D, 3 * D, N, D);
+        run_copies(rows_to(hp.extended(), hp.plain(D)), grad.dO, grad.dqa);
+        run_copies(rows_to(hp.extended(), hp.plain(D)), grad.dz, grad.dka);
+        run_copies(rows_to(hp.extended(), hp.plain(3 * D)), grad.dzx, dqkv + 2 * D);
       } else if (attention_bf16()) {
         const AttentionBf16 a = attention_operands(S * N);
         swa_backward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, grad.dsum, D, grad.dqa, D, grad.dka,
@@ -817,7 +812,7 @@ struct GpuModel::Impl {
             dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
       }
     });
-    if (split) return_halo_gradient(S, N, dqkv);
+    if (split) return_halo_gradient(dqkv);
     rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     // ---- memory q/k/v preparation
@@ -970,9 +965,9 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   }
   // Context parallel: a training batch is this rank's span of every sequence (positions from cp_rank * N).
   m.split = backward && m.cp_ranks > 1;
-  m.halo = m.split ? m.cfg.window - 1 : 0;
-  m.halo_in = m.split && m.cp_rank > 0 ? m.halo : 0;
-  TTT_CHECK(m.halo <= N, "context parallel: the attention's halo of " << m.halo << " rows exceeds the span of " << N);
+  m.hp = backend::HaloPlan(S, N, D, m.split ? m.cfg.window : 1, m.split ? m.cp_rank : 0);
+  m.halo = m.hp.halo;
+  m.halo_in = m.hp.halo_in;
   m.ensure_rows(rows, S, N);
   m.attention_kept = backward && m.opt.save_attention;
   if (m.attention_kept) m.ensure_kept_attention(m.halo_in > 0 ? S * (m.halo_in + N) : rows);
