@@ -242,9 +242,9 @@ struct GpuModel::Impl {
       s.arows = halo_in > 0 ? s.xrows : rows;
       if (cfg.use_global) {
         s.Ncp = cp_ranks;
-        s.U = 3 * rows * D + 3 * s.BHN;
+        s.U = backend::global_floats(S * H, N, d, 1);
         s.P = cp_rank + 1;
-        s.prefix = s.P * rows * D;
+        s.prefix = s.P * s.BHN * d;  // the global memory's output over the prefix
       }
     }
     const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
