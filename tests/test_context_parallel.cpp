@@ -29,6 +29,7 @@
 #include "model/context_parallel.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
+#include "train/evaluate.h"
 #include "train/trainer.h"
 #include "train_test_util.h"
 
@@ -183,6 +184,46 @@ TEST(ContextParallel, BadSetupsAreRefusedNamingTheFields) {
   model::ModelConfig wide = tnt;
   wide.window = 40;  // a halo of 39 rows reaches past a span of 32
   test::expect_error([&] { model::check_context_parallel(wide, 2, 2); }, "window - 1 must be at most the span");
+}
+
+// Evaluation in groups (a context-parallel engine's eval_group): 4 ranks in 2 groups of 2 get their group's windows,
+// the same on both ranks, in the same calls, and every rank ends with the one-process result.
+TEST(ContextParallel, EvaluationGroupsShareTheirWindows) {
+  std::vector<int32_t> tokens(3000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t((i * 37 + i / 7) % 250 + 1);
+  const data::TokenSplit split = data::TokenSplit::view(tokens, 256);
+  train::EvalOptions eo;
+  eo.batches = 3;
+  eo.batch = 3;  // 9 windows: 5 and 4 over the two groups, in calls of 2
+  // Per-token "losses" from the window's tokens, so that a window evaluated anywhere gives the same values.
+  auto losses = [](const model::Batch& b) {
+    std::vector<double> out;
+    for (size_t i = 0; i < b.inputs.size(); ++i) out.push_back(0.01 * double(b.inputs[i] % 13) + 1e-3 * double(i % 5));
+    return out;
+  };
+  const int64_t seq_len = 64;
+  const train::EvalResult one = train::evaluate_with(losses, 256, seq_len, split, eo, 2);
+  std::vector<std::vector<std::vector<int32_t>>> calls(4);  // every rank's calls: the first token of each window
+  std::vector<double> loss(4);
+  const std::vector<std::string> errors = on_ranks(4, 7, [&](dist::Communicator& c) {
+    const train::EvalResult r = train::evaluate_with(
+        [&](const model::Batch& b) {
+          std::vector<int32_t> firsts;
+          for (int64_t s = 0; s < b.sequences; ++s) firsts.push_back(b.inputs[size_t(s * b.len)]);
+          calls[size_t(c.rank())].push_back(firsts);
+          return losses(b);
+        },
+        256, seq_len, split, eo, 2, &c, 2);
+    loss[size_t(c.rank())] = r.loss;
+  });
+  for (const std::string& e : errors) EXPECT_EQ(e, "");
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(loss[size_t(r)], one.loss) << "rank " << r;
+  EXPECT_EQ(calls[0], calls[1]);
+  EXPECT_EQ(calls[2], calls[3]);
+  ASSERT_EQ(calls[0].size(), 3u);  // windows 0-4 in calls of 2, 2, 1
+  ASSERT_EQ(calls[2].size(), 2u);  // windows 5-8
+  EXPECT_NE(calls[0][0], calls[2][0]);
+  test::expect_error([&] { train::evaluate_with(losses, 256, seq_len, split, eo, 2, nullptr, 0); }, "groups of 0 ranks");
 }
 
 // ---- the GPU's layout plans (backend/context_parallel_plan.h), on host arrays ----

@@ -101,6 +101,23 @@ TEST(Dist, SpanMicroBatchesCutEverySequence) {
   test::expect_error([&] { dist::span_micro_batches(micro, 3, 3); }, "rank 3 of 3");
 }
 
+// join_spans puts every rank's span values back into whole sequences: the inverse of span_micro_batches.
+TEST(Dist, JoinSpansInvertsSpanMicroBatches) {
+  model::Batch b;
+  b.sequences = 2;
+  b.len = 6;
+  for (int32_t i = 0; i < 12; ++i) b.inputs.push_back(i), b.targets.push_back(i);
+  std::vector<double> by_rank;  // what an all-gather of every rank's span values gives
+  for (int r = 0; r < 3; ++r) {
+    const std::vector<model::Batch> span = dist::span_micro_batches({b}, r, 3);
+    for (int32_t x : span[0].inputs) by_rank.push_back(double(x));
+  }
+  EXPECT_EQ(by_rank, (std::vector<double>{0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11}));
+  const std::vector<double> whole = dist::join_spans(by_rank, 2, 2, 3);
+  EXPECT_EQ(whole, std::vector<double>(b.inputs.begin(), b.inputs.end()));
+  test::expect_error([&] { dist::join_spans(by_rank, 2, 3, 3); }, "join_spans: 12 values for 3 ranks");
+}
+
 TEST(Dist, TensorShardsAreContiguousAndBalanced) {
   const std::vector<int64_t> sizes = {10, 10, 10, 10, 40, 20};
   // Half of the 100 elements is 50: tensor 4 starts at 40 (10 away), tensor 5 at 80 (30 away).

@@ -187,7 +187,25 @@ TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
   ScopedEnv env("TTT_MEMORY_LIMIT", std::to_string(int64_t(1.2 * one.peak())));
   EXPECT_THROW(train::require_memory("ttt train", whole), Error);
   EXPECT_NO_THROW(train::require_memory("ttt train", split));
+  // Validation on the GPU evaluates a span of each window per rank too.
+  r.train_steps = false;
+  r.eval_windows = 4;
+  r.eval_batch = 1;
+  r.eval_context = 262144;
+  const train::MemoryEstimate eval_split = train::estimate_memory(cfg, r);
+  r.context_parallel = 1;
+  r.eval_context = 131072;
+  const train::MemoryEstimate eval_one = train::estimate_memory(cfg, r);
+  ASSERT_EQ(eval_split.phases.size(), 1u);
+  ASSERT_EQ(eval_split.phases[0].size(), eval_one.phases[0].size() + 1);
+  EXPECT_DOUBLE_EQ(eval_split.phases[0][1].bytes, eval_one.phases[0][1].bytes);  // the activations
+  EXPECT_NE(eval_split.phases[0][1].drivers.find("context 262144 / --context-parallel 2"), std::string::npos)
+      << eval_split.phases[0][1].drivers;
+  EXPECT_LT(eval_split.peak(), 1.25 * eval_one.peak());  // 1.23: no kept attention outputs to dilute the exchanges
   // The CPU sizes whole sequences (its tape holds the prefix's global branch): unchanged by the flag.
+  r.train_steps = true;
+  r.eval_windows = 0;
+  r.context_parallel = 2;
   r.device = "cpu";
   const double cpu_split = train::estimate_memory(cfg, r).peak();
   r.context_parallel = 1;

@@ -121,7 +121,7 @@ class CudaStepEngine final : public backend::StepEngine {
     for (size_t i = 0; i < micro.size(); ++i) {
       // The gradients are final in the last micro-batch's backward: its stages launch the buckets.
       if (overlap && i + 1 == micro.size()) model_->set_gradient_hook([this](int stage) { launch_ready_buckets(stage); });
-      r.loss += shares[i] * model_->forward(micro[i], true, shares[i]).loss;
+      r.loss += shares[i] * model_->forward(micro[i], true, shares[i], false, false, /*span=*/cp_ > 1).loss;
     }
     if (ranks_) {  // the step's loss: the ranks' parts summed in rank order; the gradient: NCCL's sum
       std::vector<double> parts(static_cast<size_t>(ranks_->size()));
@@ -154,9 +154,17 @@ class CudaStepEngine final : public backend::StepEngine {
     return r;
   }
 
+  // Context parallel: every rank of the group evaluates the same windows (eval_group), each its span of them; the
+  // group's span losses are gathered into whole windows.
   std::vector<double> token_losses(const model::Batch& batch) override {
-    return model_->forward(batch, false, 1.0, true).token_loss;
+    if (cp_ == 1) return model_->forward(batch, false, 1.0, true).token_loss;
+    const model::Batch span = dist::span_micro_batches({batch}, cp_host_->rank(), cp_).front();
+    const std::vector<double> mine = model_->forward(span, false, 1.0, true, false, /*span=*/true).token_loss;
+    std::vector<double> every(size_t(cp_) * mine.size());
+    cp_host_->all_gather(mine.data(), every.data(), std::vector<int64_t>(size_t(cp_), int64_t(mine.size())));
+    return dist::join_spans(every, batch.sequences, span.len, cp_);
   }
+  int eval_group() const override { return cp_; }
 
   void synchronize() override { stream_synchronize(); }
   double time_ms(const std::function<void()>& work) override { return elapsed_ms(work); }

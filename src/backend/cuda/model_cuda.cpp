@@ -950,7 +950,7 @@ void GpuModel::download_grads(std::vector<ag::Mat<float>>& g) const {
 }
 
 GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double grad_scale, bool want_token_loss,
-                                   bool want_logits) {
+                                   bool want_logits, bool span) {
   Impl& m = *impl_;
   const int64_t S = b.sequences, N = b.len, rows = S * N, D = m.D, V = m.V;
   TTT_CHECK(S > 0 && N > 0, "empty batch");
@@ -963,8 +963,9 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     TTT_CHECK(y < V, "cross_entropy: target " << y << " at row " << i << " out of range for vocabulary " << V);
     res.valid += y >= 0;
   }
-  // Context parallel: a training batch is this rank's span of every sequence (positions from cp_rank * N).
-  m.split = backward && m.cp_ranks > 1;
+  // Context parallel: the batch is this rank's span of every sequence (positions from cp_rank * N).
+  TTT_CHECK(!span || m.cp_group, "GPU model: a span without context parallelism (set_context_parallel)");
+  m.split = span && m.cp_ranks > 1;
   m.hp = backend::HaloPlan(S, N, D, m.split ? m.cfg.window : 1, m.split ? m.cp_rank : 0);
   m.halo = m.hp.halo;
   m.halo_in = m.hp.halo_in;
