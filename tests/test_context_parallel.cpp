@@ -497,6 +497,31 @@ TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
   expect_close_weights(w.dir / "four", w.dir / "one");
 }
 
+// `ttt bench step --context-parallel 2` (the step of `ttt train`, timed): its loss and gradient norm are one process's.
+TEST(ContextParallelMpi, BenchStepSplitsTheSequence) {
+  const std::string why = test_util::mpirun_missing();
+  if (!why.empty()) GTEST_SKIP() << "skipped: " << why;
+  CpWorkspace w("bench");
+  const std::string bench = "bench step --config tnt2.json --batch 2 --repeats 1 --warmup 1";
+  auto json_of = [](const test::RunResult& r) {
+    const size_t at = r.output.find("{\"arch\"");
+    EXPECT_NE(at, std::string::npos) << r.output;
+    return nlohmann::json::parse(r.output.substr(at, r.output.find('\n', at) - at));
+  };
+  const auto one = run_in(w, 0, bench);
+  ASSERT_EQ(exit_code(one), 0) << one.output;
+  const auto two = run_in(w, 2, bench + " --context-parallel 2");
+  ASSERT_EQ(exit_code(two), 0) << two.output;
+  const nlohmann::json a = json_of(one), b = json_of(two);
+  EXPECT_EQ(b["context_parallel"], 2);
+  EXPECT_TRUE(b["finite"].get<bool>());
+  EXPECT_NEAR(b["loss"].get<double>(), a["loss"].get<double>(), 1e-5);
+  EXPECT_NEAR(b["grad_norm"].get<double>(), a["grad_norm"].get<double>(), 1e-4 * a["grad_norm"].get<double>());
+  const auto lact = run_in(w, 2, "bench step --config lact.json --repeats 1 --warmup 0 --context-parallel 2");
+  EXPECT_NE(exit_code(lact), 0) << lact.output;
+  EXPECT_NE(lact.output.find("needs a TNT model"), std::string::npos) << lact.output;
+}
+
 // A context-parallel run resumes in one process and the other way round (checkpoints hold nothing of the split).
 TEST(ContextParallelMpi, ResumeWithAndWithoutContextParallel) {
   const std::string why = test_util::mpirun_missing();
@@ -660,7 +685,7 @@ TEST(ContextParallelGpu, BenchStepOnTwoGpus) {
   const auto two = run_ranks(w, 2, bench + " --context-parallel 2", kNcclEnv);
   ASSERT_EQ(exit_code(two), 0) << two.output;
   auto json_of = [](const std::string& out) {
-    const size_t at = out.find("{\"bench\"");
+    const size_t at = out.find("{\"arch\"");
     EXPECT_NE(at, std::string::npos) << out;
     return nlohmann::json::parse(out.substr(at, out.find('\n', at) - at));
   };

@@ -82,8 +82,10 @@ int cmd_bench_step(const Argv& argv) {
   const int dp_groups = ranks.size() / int(cp);  // the data-parallel groups share the global batch
   if (several) {
     TTT_CHECK(S % dp_groups == 0, "ttt bench step: --batch " << S << " (the global batch) cannot be split evenly over "
-                                                             << dp_groups << " data-parallel group(s) of " << cp
-                                                             << " rank(s): give a multiple of " << dp_groups);
+                                                             << dp_groups
+                                                             << (cp > 1 ? " data-parallel groups (ranks / --context-parallel)"
+                                                                        : " ranks")
+                                                             << ": give a multiple of " << dp_groups);
     backend::select_device_of_rank(device, ranks.local_rank(), ranks.rank());
   }
 
