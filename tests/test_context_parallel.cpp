@@ -614,10 +614,12 @@ std::string gpus_missing(int n) {
 
 // `np` ranks of `ttt ARGS` in `w`: under mpirun where it exists, else started torchrun-style (the TCP bootstrap; the
 // GPU machines have no mpirun), each launch on its own port. np = 0: one plain process.
-test::RunResult run_ranks(const CpWorkspace& w, int np, const std::string& args, const std::string& env = "") {
+// timeout_s: torchrun-style, how long a stuck rank may run before `timeout` ends it (as a launcher would).
+test::RunResult run_ranks(const CpWorkspace& w, int np, const std::string& args, const std::string& env = "",
+                          int timeout_s = 120) {
   if (np == 0 || test_util::mpirun_missing().empty()) return run_in(w, np, args, env);
   static int launches = 0;
-  return test::run_torchrun(w.dir.string(), np, test::test_port(60 + launches++), args, env, 120);
+  return test::run_torchrun(w.dir.string(), np, test::test_port(60 + launches++), args, env, timeout_s);
 }
 
 const std::string kGpuFp32 = "--device cuda --precision fp32";
@@ -711,7 +713,7 @@ TEST(ContextParallelGpu, RefusalsNameTheReason) {
     EXPECT_NE(r.output.find(words), std::string::npos) << "message lacks '" << words << "':\n" << r.output;
   }
   const auto hang = run_ranks(w, 2, train_args("tnt2.json", "hang", kGpuFp32 + " --context-parallel 2", 4),
-                              kNcclEnv + " TTT_DIST_TIMEOUT=5 TTT_TEST_RANK_FAULT=1:1:hang");
+                              kNcclEnv + " TTT_DIST_TIMEOUT=5 TTT_TEST_RANK_FAULT=1:1:hang", 60);
   ASSERT_TRUE(WIFEXITED(hang.status)) << hang.output;
   EXPECT_NE(exit_code(hang), 0) << hang.output;
   EXPECT_NE(hang.output.find("timed out"), std::string::npos) << hang.output;
