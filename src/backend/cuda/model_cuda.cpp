@@ -108,8 +108,9 @@ struct GpuModel::Impl {
   // (backend/context_parallel_plan.h); halo: the window - 1 tail rows a rank sends the next one; halo_in: the rows it
   // receives in front of its own (0 on CP rank 0; both 0 without a split). halo_kept[l]:
   // layer l's received keys and values [k | v] x [S, halo, D] from the forward, which the backward's recomputation
-  // reuses (no second exchange). The global memory runs over the prefix of spans 0..cp_rank (cp_global: T =
-  // (cp_rank + 1) N), the local memories over the span (cp_local; none when the branch has no local memory).
+  // reuses (no second exchange). The global memory runs over the prefix of spans 0..cp_rank (SplitRunners::global:
+  // T = (cp_rank + 1) N), the local memories over the span (SplitRunners::local; none when the branch has no local
+  // memory); one set per batch shape, at most two kept (training and validation shapes).
   NcclGroup* cp_group = nullptr;
   int cp_rank = 0, cp_ranks = 1;
   bool split = false;
@@ -118,9 +119,11 @@ struct GpuModel::Impl {
   ContextArrays cp_arrays;
   ContextBuffers cpb;
   std::vector<DeviceArray<float>> halo_kept;
-  std::unique_ptr<TntRunner<float>> cp_local;
-  std::unique_ptr<TitansRunner<float>> cp_global;
-  std::pair<int64_t, int64_t> cp_key{0, 0};
+  struct SplitRunners {
+    std::unique_ptr<TitansRunner<float>> global;
+    std::unique_ptr<TntRunner<float>> local;
+  };
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<SplitRunners>> split_cache;
   bool global_split() const { return split && cfg.use_global; }
 
   Impl(const ModelConfig& c, const GpuModelOptions& o)
@@ -402,8 +405,10 @@ struct GpuModel::Impl {
 
   // The runners of a split batch of S spans of N tokens: the global memory over P = cp_rank + 1 spans, the local
   // memories (if any) over this span.
-  void split_runners(int64_t S, int64_t N) {
-    if (cp_global && cp_key == std::make_pair(S, N)) return;
+  SplitRunners& split_runners(int64_t S, int64_t N) {
+    return cached_runner(split_cache, S, N, [&] { return make_split_runners(S, N); });
+  }
+  std::unique_ptr<SplitRunners> make_split_runners(int64_t S, int64_t N) {
     TitansOptions to;
     to.poison_workspace = opt.poison;
     titans::TntShape base;
@@ -414,16 +419,16 @@ struct GpuModel::Impl {
     global.T = int64_t(cp_rank + 1) * N;
     global.local_chunks.clear();
     global.dh = {branch.memories[0].config.dh};
-    cp_global = std::make_unique<TitansRunner<float>>(global.memory(0), /*with_grad=*/true, to);
-    cp_local.reset();
+    auto r = std::make_unique<SplitRunners>();
+    r->global = std::make_unique<TitansRunner<float>>(global.memory(0), /*with_grad=*/true, to);
     if (branch.memories.size() > 1) {
       titans::TntShape local = base;
       local.T = N;
       local.use_global = false;
       for (size_t m = 1; m < branch.memories.size(); ++m) local.dh.push_back(branch.memories[m].config.dh);
-      cp_local = std::make_unique<TntRunner<float>>(local, /*with_grad=*/true, to);
+      r->local = std::make_unique<TntRunner<float>>(local, /*with_grad=*/true, to);
     }
-    cp_key = {S, N};
+    return r;
   }
   // The six parts [q | k | v | theta | eta | alpha] of the global memory's quantities at `base`, a packed span
   // (spans = 1) or the prefix (spans = P): backend::global_part_offsets.
@@ -438,7 +443,7 @@ struct GpuModel::Impl {
   // to the local memories' output.
   void global_split_forward(const titans::TntInputs<float>& in, int64_t S, int64_t N) {
     const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = backend::global_floats(B, N, d, 1), P = cp_rank + 1;
-    split_runners(S, N);
+    SplitRunners& run = split_runners(S, N);
     const std::array<const float*, 6> own = {in.q, in.k, in.v, in.mems[0].theta, in.mems[0].eta, in.mems[0].alpha};
     const std::array<float*, 6> packed = global_parts(cpb.gsend, 1, S, N);
     for (size_t i = 0; i < 6; ++i)
@@ -449,10 +454,10 @@ struct GpuModel::Impl {
     for (int64_t j = 0; j < P; ++j) run_copies(backend::global_span_copies(B, N, d, P, j, true), cpb.gstage + j * U, cpb.gsend);
     const std::array<float*, 6> p = global_parts(cpb.gsend, P, S, N);
     titans::MemoryInputs<float> g{p[0], p[1], p[2], in.mems[0].w1, in.mems[0].w2, p[3], p[4], p[5]};
-    cp_global->forward(g, cpb.po);
-    if (cp_local) {
+    run.global->forward(g, cpb.po);
+    if (run.local) {
       titans::TntInputs<float> local{in.q, in.k, in.v, {in.mems.begin() + 1, in.mems.end()}};
-      cp_local->forward(local, act.oT);
+      run.local->forward(local, act.oT);
     } else {
       TTT_CUDA_CHECK(cudaMemsetAsync(act.oT, 0, sizeof(float) * size_t(RD), nullptr));
     }
@@ -464,16 +469,17 @@ struct GpuModel::Impl {
   // nothing) and adds it to the local memories' q, k, v gradients.
   void global_split_backward(const titans::TntGrads<float>& og, int64_t S, int64_t N) {
     const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = backend::global_floats(B, N, d, 1), P = cp_rank + 1;
+    SplitRunners& run = split_runners(S, N);
     TTT_CUDA_CHECK(cudaMemsetAsync(cpb.po, 0, sizeof(float) * size_t(P * RD), nullptr));
     run_copies(rows_to({B, N, 0, N, d, d, 0}, {B, P * N, (P - 1) * N, N, d, d, 0}), grad.doT, cpb.po);
     // The prefix's input gradients in gstage (free since the forward unpacked it); its inputs stay in gsend until
     // the runner's backward is done, then gsend takes each span's gradient, packed.
     const std::array<float*, 6> p = global_parts(cpb.gstage, P, S, N);
     titans::MemoryGrads<float> g{p[0], p[1], p[2], og.mems[0].w1, og.mems[0].w2, p[3], p[4], p[5]};
-    cp_global->backward(cpb.po, g);
-    if (cp_local) {
+    run.global->backward(cpb.po, g);
+    if (run.local) {
       titans::TntGrads<float> local{og.q, og.k, og.v, {og.mems.begin() + 1, og.mems.end()}};
-      cp_local->backward(grad.doT, local);
+      run.local->backward(grad.doT, local);
     } else {
       for (float* x : {og.q, og.k, og.v}) TTT_CUDA_CHECK(cudaMemsetAsync(x, 0, sizeof(float) * size_t(RD), nullptr));
     }
@@ -933,8 +939,7 @@ void GpuModel::set_context_parallel(NcclGroup* group) {
   m.cp_group = group;
   m.cp_rank = group ? group->rank() : 0;
   m.cp_ranks = group ? group->size() : 1;
-  m.cp_local.reset();
-  m.cp_global.reset();
+  m.split_cache.clear();
 }
 
 float* GpuModel::gradient_data() { return impl_->grads.p(); }
