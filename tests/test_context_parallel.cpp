@@ -423,7 +423,7 @@ std::string train_args(const std::string& config, const std::string& out, const 
 }
 
 // The losses and gradient norms of every step agree with the one-process run's (float32: the spans' sums round in
-// another order): losses to `loss_abs`, gradient norms to `norm_rel` relative.
+// another order): losses and validation losses to `loss_abs`, gradient norms to `norm_rel` relative.
 void expect_close_runs(const fs::path& a, const fs::path& b, double loss_abs = 1e-5, double norm_rel = 1e-4) {
   const auto ma = test_util::read_metrics(a.string()), mb = test_util::read_metrics(b.string());
   ASSERT_EQ(ma.size(), mb.size());
@@ -433,6 +433,10 @@ void expect_close_runs(const fs::path& a, const fs::path& b, double loss_abs = 1
     EXPECT_NEAR(ma[i]["grad_norm"].get<double>(), mb[i]["grad_norm"].get<double>(),
                 norm_rel * mb[i]["grad_norm"].get<double>())
         << "step " << ma[i]["step"];
+    // Validation (the GPU splits it too).
+    EXPECT_EQ(ma[i].contains("val_loss"), mb[i].contains("val_loss")) << "step " << ma[i]["step"];
+    if (ma[i].contains("val_loss") && mb[i].contains("val_loss"))
+      EXPECT_NEAR(ma[i]["val_loss"].get<double>(), mb[i]["val_loss"].get<double>(), loss_abs) << "step " << ma[i]["step"];
   }
 }
 
