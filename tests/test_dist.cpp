@@ -79,6 +79,45 @@ TEST(Dist, RankMicroBatchesArePartsOfTheStep) {
   EXPECT_EQ(dist::rank_micro_batches(micro, 0, 2)[0].inputs, (std::vector<int32_t>{0, 1, 2}));
 }
 
+// Context parallelism's spans: every sequence of every micro-batch cut to the rank's part, inputs and targets alike.
+TEST(Dist, SpanMicroBatchesCutEverySequence) {
+  model::Batch b;
+  b.sequences = 2;
+  b.len = 6;
+  for (int32_t i = 0; i < 12; ++i) b.inputs.push_back(i), b.targets.push_back(100 + i);
+  const std::vector<model::Batch> micro = {b, b};
+  const std::vector<model::Batch> last = dist::span_micro_batches(micro, 2, 3);
+  ASSERT_EQ(last.size(), 2u);
+  for (const model::Batch& part : last) {
+    EXPECT_EQ(part.sequences, 2);
+    EXPECT_EQ(part.len, 2);
+    EXPECT_EQ(part.inputs, (std::vector<int32_t>{4, 5, 10, 11}));
+    EXPECT_EQ(part.targets, (std::vector<int32_t>{104, 105, 110, 111}));
+  }
+  EXPECT_EQ(dist::span_micro_batches(micro, 0, 2)[1].inputs, (std::vector<int32_t>{0, 1, 2, 6, 7, 8}));
+  // One rank: the batch itself.
+  EXPECT_EQ(dist::span_micro_batches(micro, 0, 1)[0].inputs, b.inputs);
+  test::expect_error([&] { dist::span_micro_batches(micro, 0, 4); }, "sequences of 6 tokens do not split over 4 ranks");
+  test::expect_error([&] { dist::span_micro_batches(micro, 3, 3); }, "rank 3 of 3");
+}
+
+// join_spans puts every rank's span values back into whole sequences: the inverse of span_micro_batches.
+TEST(Dist, JoinSpansInvertsSpanMicroBatches) {
+  model::Batch b;
+  b.sequences = 2;
+  b.len = 6;
+  for (int32_t i = 0; i < 12; ++i) b.inputs.push_back(i), b.targets.push_back(i);
+  std::vector<double> by_rank;  // what an all-gather of every rank's span values gives
+  for (int r = 0; r < 3; ++r) {
+    const std::vector<model::Batch> span = dist::span_micro_batches({b}, r, 3);
+    for (int32_t x : span[0].inputs) by_rank.push_back(double(x));
+  }
+  EXPECT_EQ(by_rank, (std::vector<double>{0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11}));
+  const std::vector<double> whole = dist::join_spans(by_rank, 2, 2, 3);
+  EXPECT_EQ(whole, std::vector<double>(b.inputs.begin(), b.inputs.end()));
+  test::expect_error([&] { dist::join_spans(by_rank, 2, 3, 3); }, "join_spans: 12 values for 3 ranks");
+}
+
 TEST(Dist, TensorShardsAreContiguousAndBalanced) {
   const std::vector<int64_t> sizes = {10, 10, 10, 10, 40, 20};
   // Half of the 100 elements is 50: tensor 4 starts at 40 (10 away), tensor 5 at 80 (30 away).

@@ -220,6 +220,81 @@ TEST(MemoryBudget, RefusalNamesTheRecomputeLevelsThatFit) {
   EXPECT_EQ(refusal(e.peak() + 1), "");  // it fits: no refusal
 }
 
+// Context parallel on the GPU (--context-parallel N): a rank holds the activations of one span (seq_len / N tokens)
+// plus what crosses spans (the attention's halo, the global memory's inputs over the sequence), so a sequence twice
+// as long as one GPU's is sized at about one GPU's, not twice it. The 87M TNT config of bench/configs/tnt87m_l8.json.
+TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
+  model::ModelConfig cfg = model::preset("tnt");
+  cfg.vocab_size = 256;
+  cfg.dim = 768;
+  cfg.n_layers = 12;
+  cfg.n_attn_heads = cfg.n_mem_heads = 12;
+  cfg.window = 512;
+  cfg.global_chunk = cfg.shard = 2048;
+  cfg.local_chunks = {8};
+  cfg.seq_len = 131072;
+  train::MemoryRequest r;
+  r.device = "cuda";
+  r.bf16 = r.bf16_activations = true;
+  r.recompute = backend::Recompute::SaveAttention;
+  r.train_steps = true;
+  r.batch = 1;
+  r.seq_len = 131072;
+  const train::MemoryEstimate one = train::estimate_memory(cfg, r);  // the length one GPU holds
+  r.seq_len = 2 * 131072;
+  cfg.seq_len = r.seq_len;
+  const train::MemoryEstimate whole = train::estimate_memory(cfg, r);
+  r.context_parallel = 2;
+  const train::MemoryEstimate split = train::estimate_memory(cfg, r);
+  ASSERT_EQ(split.phases.size(), 1u);
+  ASSERT_EQ(split.phases[0].size(), one.phases[0].size() + 1);
+  // The span's activations are those of one GPU's sequence; the kept attention outputs add the halo's rows.
+  EXPECT_DOUBLE_EQ(split.phases[0][0].bytes, one.phases[0][0].bytes);
+  EXPECT_NE(split.phases[0][0].drivers.find("seq_len 262144 / --context-parallel 2"), std::string::npos)
+      << split.phases[0][0].drivers;
+  EXPECT_DOUBLE_EQ(split.phases[0][1].bytes - one.phases[0][1].bytes, 12.0 * 511 * (768 + 12) * 4);
+  // The exchanges' buffers (cuda/model_buffers.h): the values over the halo and the span, 7 work buffers' and the
+  // log-sum-exp's halo rows, the halo sent, received and kept per layer, and the global memory's inputs over 2 spans
+  // sent and gathered and its output.
+  const double rows = 131072, halo = 511, D = 768, H = 12;
+  const double exchanges = (rows + halo) * D + 7 * halo * D + halo * 12 + 4 * halo * D + 2 * 12 * halo * D +
+                           2 * 2 * 3 * rows * (D + H) + 2 * rows * D;
+  const train::MemoryTerm& extra = split.phases[0].back();
+  EXPECT_DOUBLE_EQ(extra.bytes, exchanges * 4);
+  EXPECT_NE(extra.what.find("context parallel"), std::string::npos) << extra.what;
+  EXPECT_NE(extra.drivers.find("window 512"), std::string::npos) << extra.drivers;
+  // Twice the tokens on two GPUs: far below the whole sequence on one, within a fifth of one GPU's own sequence.
+  EXPECT_LT(split.peak(), 0.7 * whole.peak());
+  EXPECT_LT(split.peak(), 1.2 * one.peak());  // 1.185: the global memory's prefix (docs/CONTEXT_PARALLEL.md)
+  // So with memory for 1.2 times one GPU's sequence, the doubled sequence is refused on one GPU and accepted on two.
+  ScopedEnv env("TTT_MEMORY_LIMIT", std::to_string(int64_t(1.2 * one.peak())));
+  EXPECT_THROW(train::require_memory("ttt train", whole), Error);
+  EXPECT_NO_THROW(train::require_memory("ttt train", split));
+  // Validation on the GPU evaluates a span of each window per rank too.
+  r.train_steps = false;
+  r.eval_windows = 4;
+  r.eval_batch = 1;
+  r.eval_context = 262144;
+  const train::MemoryEstimate eval_split = train::estimate_memory(cfg, r);
+  r.context_parallel = 1;
+  r.eval_context = 131072;
+  const train::MemoryEstimate eval_one = train::estimate_memory(cfg, r);
+  ASSERT_EQ(eval_split.phases.size(), 1u);
+  ASSERT_EQ(eval_split.phases[0].size(), eval_one.phases[0].size() + 1);
+  EXPECT_DOUBLE_EQ(eval_split.phases[0][1].bytes, eval_one.phases[0][1].bytes);  // the activations
+  EXPECT_NE(eval_split.phases[0][1].drivers.find("context 262144 / --context-parallel 2"), std::string::npos)
+      << eval_split.phases[0][1].drivers;
+  EXPECT_LT(eval_split.peak(), 1.25 * eval_one.peak());  // 1.23: no kept attention outputs to dilute the exchanges
+  // The CPU sizes whole sequences (its tape holds the prefix's global branch): unchanged by the flag.
+  r.train_steps = true;
+  r.eval_windows = 0;
+  r.context_parallel = 2;
+  r.device = "cpu";
+  const double cpu_split = train::estimate_memory(cfg, r).peak();
+  r.context_parallel = 1;
+  EXPECT_DOUBLE_EQ(cpu_split, train::estimate_memory(cfg, r).peak());
+}
+
 // Peak resident bytes of `ttt train` (one thread, one step of one sequence of seq_len T, one validation window).
 double measured_peak_bytes(const std::string& data, const std::string& out, int64_t T) {
   const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(TTT_CLI_PATH) + " train --steps 1 --batch 1 --seq-len " +

@@ -85,6 +85,10 @@ class StepEngine {
   // How many windows an evaluation hands token_losses at once when `batch` are asked per forward pass: a device
   // takes `batch` (its memory was sized for that); the CPU at least one per thread (one window per forward).
   virtual int64_t eval_windows_per_call(int64_t batch) const { return batch; }
+  // How many consecutive ranks evaluate the same windows together: 1, or with context parallelism on a device that
+  // also splits evaluation (cuda) the group's size, each rank then computing one span of every window; its
+  // token_losses calls are then collectives of the group (train::evaluate gives the group's ranks the same windows).
+  virtual int eval_group() const { return 1; }
 
   // Benchmarks. time_ms: milliseconds of `work` on the engine's clock (the default: the host's steady clock, with
   // synchronize() after the work); report(): device facts and memory figures to add to a benchmark's JSON (at

@@ -10,6 +10,7 @@ namespace ttt::backend {
 GpuLayerDims gpu_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_activations) {
   GpuLayerDims s;
   s.rows = S * N;
+  s.arows = s.rows;
   s.D = cfg.dim;
   s.H = cfg.n_mem_heads;
   s.d = cfg.head_dim_mem();
@@ -59,7 +60,8 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N) 
 
 double gpu_kept_layer_bytes(const GpuLayerDims& dims) {
   // The entries' sizes in doubles: an estimate of an absurd config stays finite instead of wrapping.
-  const double rows = double(dims.rows), D = double(dims.D), H = double(dims.H), Ha = double(dims.Ha),
+  const double rows = double(dims.rows), arows = double(dims.arows), D = double(dims.D), H = double(dims.H),
+               Ha = double(dims.Ha),
                F = double(dims.F), M = double(dims.M), BHN = double(dims.BHN), W = double(dims.W), G = double(dims.G),
                act16 = double(dims.act16), act32 = double(dims.act32), qk32 = double(dims.qk32),
                k32 = double(dims.k32);

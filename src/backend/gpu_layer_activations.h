@@ -7,7 +7,8 @@
 // Ha attention heads, F MLP hidden width, V vocabulary, M memories of the branch, BHN = S*H*N rows of the per
 // sequence-head layout, W = S*H*dh*d (one fast-weight matrix per sequence-head), G = max(3, M)*H gate columns,
 // attn_work floats of the attention backward's workspace, act16 / act32 = 1 when activations are stored in
-// bf16 / fp32 (else 0: the buffer is not allocated). Names ending in T are in the per sequence-head layout
+// bf16 / fp32 (else 0: the buffer is not allocated), arows the attention's rows (rows; more with a context-parallel
+// halo). Names ending in T are in the per sequence-head layout
 // [S*H, N, .] of the memory operators. Two more are 1 for the work buffers and may be 0 for a layer's own kept copy
 // (gpu_own_layer_dims): qk32, the memory operator's fp32 q and k inputs (its backward may read them only through
 // the bf16 copies its forward made), and k32, the attention's k after RoPE in fp32 (the bf16 attention reads
@@ -25,6 +26,7 @@ namespace ttt::backend {
 struct GpuLayerDims {
   int64_t rows = 0, D = 0, H = 0, d = 0, dh = 0, Ha = 0, F = 0, V = 0, M = 0, BHN = 0, W = 0, G = 0;
   int64_t attn_work = 0, act16 = 0, act32 = 0, qk32 = 1, k32 = 1;
+  int64_t arows = 0;  // rows of the attention's operands and output: rows, or with a context-parallel halo more
 };
 
 // The dimensions of the work buffers for a batch of S sequences of N tokens of `cfg` (attn_work left 0: the CUDA
@@ -48,10 +50,10 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 #define TTT_GPU_LAYER_KEPT(X)                                                                                      \
   X(rinv1, float, rows)               /* 1/rms of the attention norm */                                           \
   X(qkv, float, rows * 3 * D)         /* h Wqkv: q | k | v */                                                     \
-  X(qa, float, rows * D)              /* attention q after RoPE (bf16 attention: bf16 q and v) */                 \
-  X(ka, float, (1 + k32) * rows * D / 2) /* attention k after RoPE (bf16 attention: bf16 k) */                   \
-  X(attn, float, rows * D)            /* attention output */                                                      \
-  X(lse, float, rows * Ha)            /* attention log-sum-exp */                                                 \
+  X(qa, float, arows * D)             /* attention q after RoPE (bf16 attention: bf16 q and v) */                 \
+  X(ka, float, (1 + k32) * arows * D / 2) /* attention k after RoPE (bf16 attention: bf16 k) */                  \
+  X(attn, float, arows * D)           /* attention output (context parallel: with the halo's placeholder rows) */ \
+  X(lse, float, arows * Ha)           /* attention log-sum-exp */                                                 \
   X(qnorm, float, rows * H)           /* per-head norms of the q preparation */                                   \
   X(knorm, float, rows * H)                                                                                       \
   X(zlr, float, rows * G)             /* rate / theta gate pre-activation */                                      \

@@ -52,6 +52,8 @@ int cmd_bench_step(const Argv& argv) {
       .value("batch", "sequences per step", "1")
       .value("repeats", "timed steps", "3")
       .value("warmup", "untimed steps first", "1")
+      .value("context-parallel", "under mpirun, arch tnt: each sequence split over groups of this many ranks "
+                                 "(docs/CONTEXT_PARALLEL.md); ranks = data parallel x context parallel", "1")
       .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase");
   declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
   declare_precision_flags(a);
@@ -74,10 +76,16 @@ int cmd_bench_step(const Argv& argv) {
   // Under mpirun: one GPU per rank, chosen before anything is allocated; rank 0 alone reports.
   dist::Communicator& ranks = dist::world();
   const bool several = ranks.size() > 1, reporter = ranks.rank() == 0;
+  const int64_t cp = a.i64("context-parallel");
+  TTT_CHECK(cp >= 1 && cp <= 4096, "ttt bench step: --context-parallel must be a rank count from 1 to 4096, got " << cp);
+  model::check_context_parallel(cfg, int(cp), ranks.size());
+  const int dp_groups = ranks.size() / int(cp);  // the data-parallel groups share the global batch
   if (several) {
-    TTT_CHECK(S % ranks.size() == 0, "ttt bench step: --batch " << S << " (the global batch) cannot be split evenly over "
-                                                                << ranks.size() << " ranks: give a multiple of "
-                                                                << ranks.size());
+    TTT_CHECK(S % dp_groups == 0, "ttt bench step: --batch " << S << " (the global batch) cannot be split evenly over "
+                                                             << dp_groups
+                                                             << (cp > 1 ? " data-parallel groups (ranks / --context-parallel)"
+                                                                        : " ranks")
+                                                             << ": give a multiple of " << dp_groups);
     backend::select_device_of_rank(device, ranks.local_rank(), ranks.rank());
   }
 
@@ -90,8 +98,9 @@ int cmd_bench_step(const Argv& argv) {
   mr.recompute = engine_options.recompute;
   mr.threads = omp_get_max_threads();
   mr.train_steps = true;
-  mr.batch = S;
+  mr.batch = S;  // the global batch, as `ttt train` sizes it (conservative under data parallelism)
   mr.seq_len = N;
+  mr.context_parallel = cp;
   const train::MemoryEstimate estimate = train::estimate_memory(cfg, mr);
   train::require_memory("ttt bench step", estimate);
 
@@ -103,6 +112,7 @@ int cmd_bench_step(const Argv& argv) {
     engine->set_gradient_buckets(bucket_bytes);
     engine->set_data_parallel(ranks, a.on("shard-optimizer"));
   }
+  if (cp > 1) engine->set_context_parallel(int(cp));
   Rng rng(1234);  // every rank: the same weights and the same global batch
   if (reporter) std::fprintf(stderr, "bench step: initializing %lld parameters...\n", (long long)model::parameter_count(cfg));
   model::Params<float> p = model::make_params<float>(cfg);
@@ -151,6 +161,7 @@ int cmd_bench_step(const Argv& argv) {
   j["finite"] = std::isfinite(step.loss) && std::isfinite(step.grad_norm);
   if (several) {
     j["ranks"] = ranks.size();
+    j["context_parallel"] = cp;
     j["shard_optimizer"] = a.on("shard-optimizer");
     j["grad_bucket_bytes"] = bucket_bytes;
     j["comm_wait_ms"] = comm_ms;  // rank 0's, per timed step

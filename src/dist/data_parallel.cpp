@@ -36,6 +36,38 @@ std::vector<model::Batch> rank_micro_batches(const std::vector<model::Batch>& mi
   return out;
 }
 
+std::vector<model::Batch> span_micro_batches(const std::vector<model::Batch>& micro, int rank, int ranks) {
+  TTT_CHECK(ranks > 0 && 0 <= rank && rank < ranks, "span_micro_batches: rank " << rank << " of " << ranks);
+  std::vector<model::Batch> out;
+  for (const auto& mb : micro) {
+    const int64_t span = mb.len / ranks;
+    TTT_CHECK(span * ranks == mb.len, "context parallel: sequences of " << mb.len << " tokens do not split over "
+                                                                        << ranks << " ranks");
+    model::Batch part;
+    part.sequences = mb.sequences;
+    part.len = span;
+    for (int64_t s = 0; s < mb.sequences; ++s) {
+      const int64_t begin = s * mb.len + rank * span;
+      part.inputs.insert(part.inputs.end(), mb.inputs.begin() + begin, mb.inputs.begin() + begin + span);
+      part.targets.insert(part.targets.end(), mb.targets.begin() + begin, mb.targets.begin() + begin + span);
+    }
+    out.push_back(std::move(part));
+  }
+  return out;
+}
+
+std::vector<double> join_spans(const std::vector<double>& by_rank, int64_t sequences, int64_t span, int ranks) {
+  TTT_CHECK(int64_t(by_rank.size()) == int64_t(ranks) * sequences * span,
+            "join_spans: " << by_rank.size() << " values for " << ranks << " ranks x " << sequences << " sequences x "
+                           << span << " tokens");
+  std::vector<double> out(by_rank.size());
+  for (int r = 0; r < ranks; ++r)
+    for (int64_t s = 0; s < sequences; ++s)
+      std::copy_n(by_rank.begin() + (int64_t(r) * sequences + s) * span, span,
+                  out.begin() + s * ranks * span + int64_t(r) * span);
+  return out;
+}
+
 std::vector<size_t> tensor_shards(const std::vector<int64_t>& tensor_sizes, int ranks) {
   TTT_CHECK(ranks > 0, "tensor_shards: " << ranks << " ranks");
   // starts[i]: the first element of tensor i (starts[n]: the total).

@@ -26,6 +26,14 @@ std::vector<size_t> tensor_shards(const std::vector<int64_t>& tensor_sizes, int 
 // The sequences rank_sequences gives `rank`, as micro-batches: each micro-batch's part in the range (in order).
 std::vector<model::Batch> rank_micro_batches(const std::vector<model::Batch>& micro, int rank, int ranks);
 
+// TNT context parallelism: every sequence of every micro-batch cut to the span of `rank` of `ranks` (a context-parallel
+// group): tokens [rank * len / ranks, (rank + 1) * len / ranks) of each, inputs and targets alike. The ranks must
+// divide len (an error says so).
+std::vector<model::Batch> span_micro_batches(const std::vector<model::Batch>& micro, int rank, int ranks);
+// Its inverse for per-token values: `by_rank` holds each rank's spans in rank order ([rank][sequence][span tokens],
+// as an all-gather of span_micro_batches' values gives them); returns [sequence][ranks * span tokens].
+std::vector<double> join_spans(const std::vector<double>& by_rank, int64_t sequences, int64_t span, int ranks);
+
 // ---- gradient buckets (the GPU engine's all-reduce overlapped with the backward) ----
 //
 // The backward of the language model runs in stages, and a parameter's gradient is final after its stage: stage 0

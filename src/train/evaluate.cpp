@@ -186,31 +186,36 @@ EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens,
                     dist::Communicator* ranks) {
   const model::ModelConfig& cfg = engine.config();
   return evaluate_with([&](const model::Batch& b) { return engine.token_losses(b); }, cfg.vocab_size, cfg.seq_len,
-                       tokens, opt, engine.eval_windows_per_call(opt.batch), ranks);
+                       tokens, opt, engine.eval_windows_per_call(opt.batch), ranks, ranks ? engine.eval_group() : 1);
 }
 
 EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len, const data::TokenSplit& tokens,
-                         const EvalOptions& opt, int64_t windows_per_call, dist::Communicator* ranks) {
+                         const EvalOptions& opt, int64_t windows_per_call, dist::Communicator* ranks, int group) {
   const EvalPlan pl = plan_eval(vocab, seq_len, tokens, opt);
-  const int64_t group = windows_per_call > 0 ? windows_per_call : opt.batch;
+  const int64_t per_call = windows_per_call > 0 ? windows_per_call : opt.batch;
   std::vector<std::vector<double>> tl(static_cast<size_t>(pl.n_windows));
-  // This rank's windows [first, last): all of them in one process.
+  // This rank's group's windows [first, last): all of them in one process.
   const int n_ranks = ranks ? ranks->size() : 1;
-  const std::vector<int64_t> windows = dist::even_counts(pl.n_windows, n_ranks);
+  TTT_CHECK(group >= 1 && n_ranks % group == 0, "evaluation: groups of " << group << " ranks over " << n_ranks);
+  const int n_groups = n_ranks / group, my_group = (ranks ? ranks->rank() : 0) / group;
+  const std::vector<int64_t> windows = dist::even_counts(pl.n_windows, n_groups);
   int64_t first = 0;
-  for (int r = 0; r < (ranks ? ranks->rank() : 0); ++r) first += windows[size_t(r)];
-  const int64_t last = first + windows[size_t(ranks ? ranks->rank() : 0)];
-  for (int64_t w0 = first; w0 < last; w0 += group) {
-    const int64_t w1 = std::min(last, w0 + group);
+  for (int g = 0; g < my_group; ++g) first += windows[size_t(g)];
+  const int64_t last = first + windows[size_t(my_group)];
+  for (int64_t w0 = first; w0 < last; w0 += per_call) {
+    const int64_t w1 = std::min(last, w0 + per_call);
     const std::vector<double> all = batch_losses(losses, window_batch(pl, tokens, w0, w1));
     for (int64_t w = w0; w < w1; ++w)
       tl[size_t(w)].assign(all.begin() + (w - w0) * pl.L, all.begin() + (w - w0 + 1) * pl.L);
   }
   if (n_ranks > 1) {
+    // The first rank of each group contributes its group's windows (the others hold the same).
+    const bool leader = ranks->rank() % group == 0;
     std::vector<double> mine, every(size_t(pl.n_windows * pl.L));
-    for (int64_t w = first; w < last; ++w) mine.insert(mine.end(), tl[size_t(w)].begin(), tl[size_t(w)].end());
+    if (leader)
+      for (int64_t w = first; w < last; ++w) mine.insert(mine.end(), tl[size_t(w)].begin(), tl[size_t(w)].end());
     std::vector<int64_t> counts;
-    for (int64_t c : windows) counts.push_back(c * pl.L);
+    for (int r = 0; r < n_ranks; ++r) counts.push_back(r % group == 0 ? windows[size_t(r / group)] * pl.L : 0);
     ranks->all_gather(mine.data(), every.data(), counts);
     for (int64_t w = 0; w < pl.n_windows; ++w)
       tl[size_t(w)].assign(every.begin() + w * pl.L, every.begin() + (w + 1) * pl.L);

@@ -65,7 +65,8 @@ std::vector<int64_t> eval_offsets(int64_t n_tokens, int64_t n_windows, int64_t c
 // On any device: the step engine's token_losses, on groups of engine.eval_windows_per_call windows.
 // With `ranks` of more than one process (data-parallel training), each rank computes a contiguous share of the
 // windows (dist::even_counts) and the token losses are all-gathered: every rank gets the same result, equal to
-// one process's.
+// one process's. An engine that evaluates context parallel (engine.eval_group() ranks together) gets the same windows
+// on every rank of a group, whose token_losses calls are then collectives of the group.
 EvalResult evaluate(backend::StepEngine& engine, const data::TokenSplit& tokens, const EvalOptions& opt,
                     dist::Communicator* ranks = nullptr);
 
@@ -85,9 +86,12 @@ int64_t cpu_windows_per_call(int64_t batch);
 
 // The windows with the per-token losses computed by `losses`, called on batches of up to windows_per_call
 // windows (0: opt.batch); it returns the losses sequence-major (window by window).
+// With `ranks`, groups of `group` consecutive ranks (1: each rank alone) share the windows: each group a contiguous
+// share (dist::even_counts over ranks / group groups), every rank of a group the same windows, in the same calls.
 using BatchTokenLosses = std::function<std::vector<double>(const model::Batch&)>;
 EvalResult evaluate_with(const BatchTokenLosses& losses, int64_t vocab, int64_t seq_len, const data::TokenSplit& tokens,
-                         const EvalOptions& opt, int64_t windows_per_call = 0, dist::Communicator* ranks = nullptr);
+                         const EvalOptions& opt, int64_t windows_per_call = 0, dist::Communicator* ranks = nullptr,
+                         int group = 1);
 
 // CSV with header bucket_start,bucket_end,loss,bpb,tokens (loss in nats per token; bpb in bits per byte, empty
 // without a byte table).

@@ -110,6 +110,24 @@ double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64
   return bytes;
 }
 
+// TNT context parallelism on the GPU: the context buffers of cuda/model_buffers.h (TTT_GPU_CONTEXT_BUFFERS) on the
+// last rank of a group, which holds the most, for `rows` = sequences x span tokens and `halo` = sequences x (window -
+// 1): the attention's values over the halo and the span, the halo's rows in 7 work buffers sized for them (and its
+// attention heads' log-sum-exp), the halo's send and receive buffers and each layer's received keys and values; for
+// the global memory its packed inputs (3 rows (D + n_mem_heads) floats per span) sent and gathered over all cp spans,
+// and its output over them.
+double context_parallel_bytes(const model::ModelConfig& cfg, int64_t cp, double rows, double halo) {
+  const double D = double(cfg.dim), floats_per_span = 3.0 * rows * (D + double(cfg.n_mem_heads));
+  const double attention = (rows + halo) * D + 7.0 * halo * D + halo * double(cfg.n_attn_heads) + 4.0 * halo * D +
+                           2.0 * double(cfg.n_layers) * halo * D;
+  const double global = cfg.use_global ? 2.0 * double(cp) * floats_per_span + double(cp) * rows * D : 0.0;
+  return (attention + global) * 4.0;
+}
+std::string context_parallel_drivers(const model::ModelConfig& cfg, int64_t cp, int64_t batch, const std::string& tokens) {
+  return "--context-parallel " + std::to_string(cp) + ", window " + std::to_string(cfg.window) + ", batch " +
+         std::to_string(batch) + " x " + tokens + ", dim " + std::to_string(cfg.dim) + (cfg.use_global ? ", use_global" : "");
+}
+
 std::string model_drivers(const model::ModelConfig& cfg, double P) {
   std::ostringstream os;
   os << "n_layers " << cfg.n_layers << ", dim " << cfg.dim << ", vocab_size " << cfg.vocab_size << " ("
@@ -210,18 +228,26 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
     drivers << "batch " << req.batch << " x accum " << req.accum << " sequences of seq_len " << req.seq_len;
     std::vector<MemoryTerm> step;
     if (gpu) {
-      step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x seq_len " +
-                                                          std::to_string(req.seq_len) + ", n_layers " +
-                                                          std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim),
-                      gpu_activation_bytes(cfg, double(req.batch) * double(req.seq_len), req.bf16_activations)});
-      const std::string batch_drivers = "batch " + std::to_string(req.batch) + " x seq_len " +
-                                        std::to_string(req.seq_len) + ", n_layers " + std::to_string(cfg.n_layers);
+      // Context parallel: one span of each sequence per rank.
+      const int64_t cp = std::max<int64_t>(1, req.context_parallel);
+      const double span = double(req.seq_len) / double(cp);
+      const std::string tokens = cp > 1 ? "seq_len " + std::to_string(req.seq_len) + " / --context-parallel " +
+                                              std::to_string(cp)
+                                        : "seq_len " + std::to_string(req.seq_len);
+      const double rows = double(req.batch) * span;
+      step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x " + tokens +
+                                                          ", n_layers " + std::to_string(cfg.n_layers) + ", dim " +
+                                                          std::to_string(cfg.dim),
+                      gpu_activation_bytes(cfg, rows, req.bf16_activations)});
+      const double halo = cp > 1 ? double(req.batch) * double(cfg.window - 1) : 0;  // rows received before a span
       if (req.recompute == backend::Recompute::SaveAttention)
         step.push_back({"attention outputs kept per layer (--recompute save-attention; 'full' saves this)",
-                        batch_drivers + ", dim " + std::to_string(cfg.dim) + " + n_attn_heads " +
+                        "batch " + std::to_string(req.batch) + " x " + tokens + ", n_layers " +
+                            std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim) + " + n_attn_heads " +
                             std::to_string(cfg.n_attn_heads),
-                        double(cfg.n_layers) * double(req.batch) * double(req.seq_len) *
-                            double(cfg.dim + cfg.n_attn_heads) * 4.0});
+                        double(cfg.n_layers) * (rows + halo) * double(cfg.dim + cfg.n_attn_heads) * 4.0});
+      const std::string batch_drivers = "batch " + std::to_string(req.batch) + " x seq_len " +
+                                        std::to_string(req.seq_len) + ", n_layers " + std::to_string(cfg.n_layers);
       if (req.recompute == backend::Recompute::None) {
         // Every layer but the last (whose are the work buffers above) keeps its own; the kept table's sizes are
         // linear in the sequences, so one sequence's times the batch.
@@ -237,6 +263,10 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
                             std::to_string(cfg.chunk),
                         operator_runner_bytes(cfg, req.batch, req.seq_len, req.bf16, cfg.n_layers - 1)});
       }
+      if (cp > 1)
+        step.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
+                        context_parallel_drivers(cfg, cp, req.batch, tokens),
+                        context_parallel_bytes(cfg, cp, rows, halo)});
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
       // 256 MB of gradient buffers) and the partial sums its reduction tree keeps (at most ceil(log2 seqs) besides
@@ -261,10 +291,17 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
     std::vector<MemoryTerm> ev;
     ev.push_back({"per-token losses of the evaluation", drivers.str(), req.eval_windows * double(req.eval_context) * 8.0});
     if (gpu) {
-      const double rows = double(std::max<int64_t>(1, req.eval_batch)) * double(req.eval_context);
-      ev.push_back({"activations of an evaluation batch", "batch " + std::to_string(req.eval_batch) + " x context " +
-                                                              std::to_string(req.eval_context),
+      // Context parallel: the GPU evaluates a span of each window per rank too.
+      const int64_t cp = std::max<int64_t>(1, req.context_parallel), batch = std::max<int64_t>(1, req.eval_batch);
+      const double rows = double(batch) * double(req.eval_context) / double(cp);
+      const std::string context = "context " + std::to_string(req.eval_context) +
+                                  (cp > 1 ? " / --context-parallel " + std::to_string(cp) : "");
+      ev.push_back({"activations of an evaluation batch", "batch " + std::to_string(req.eval_batch) + " x " + context,
                     gpu_activation_bytes(cfg, rows, req.bf16_activations)});
+      if (cp > 1)
+        ev.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
+                      context_parallel_drivers(cfg, cp, batch, context),
+                      context_parallel_bytes(cfg, cp, rows, double(batch) * double(cfg.window - 1))});
     } else {
       const double in_flight = std::min(double(threads), req.eval_windows);
       ev.push_back({"activations (forward tape), one window per thread",

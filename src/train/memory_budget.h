@@ -58,6 +58,11 @@ struct MemoryRequest {
   // Training (train_steps): micro-batch `batch` sequences of `seq_len`, `accum` micro-batches per step.
   bool train_steps = false;
   int64_t batch = 0, accum = 1, seq_len = 0;
+  // TNT context parallelism (--context-parallel): on cuda each rank holds the activations of one span (seq_len /
+  // context_parallel tokens) of each sequence, in training and in evaluation, plus what crosses a span (the
+  // attention's halo rows, the global memory's inputs over the spans up to the last rank's); the CPU sizes whole
+  // sequences (its tape holds the prefix's global branch).
+  int64_t context_parallel = 1;
   // Evaluation: `eval_windows` windows of `eval_context` tokens, `eval_batch` per forward pass on cuda
   // (a double: the product of two flags, which may be absurd).
   double eval_windows = 0;

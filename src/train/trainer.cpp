@@ -498,6 +498,7 @@ TrainResult train(const TrainOptions& opt_in) {
     mr.batch = tc.batch;
     mr.accum = tc.accum;
     mr.seq_len = tc.seq_len;
+    mr.context_parallel = opt.context_parallel;
     mr.eval_windows = double(tc.eval_batches) * double(tc.batch);
     mr.eval_context = tc.seq_len;
     mr.eval_batch = tc.batch;

@@ -15,6 +15,7 @@
 #include "backend/cuda/op_backends.h"
 #include "dist/communicator.h"
 #include "dist/data_parallel.h"
+#include "model/context_parallel.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #include "core/tensor.h"
@@ -82,11 +83,26 @@ class CudaStepEngine final : public backend::StepEngine {
     }
   }
 
+  // TNT context parallelism (docs/CONTEXT_PARALLEL.md): world rank k is CP rank k % cp of data-parallel group k / cp;
+  // the group's ranks get an NCCL communicator of their own (a new one initialised within the group, bootstrapped
+  // over the host group of Communicator::split) for the halo exchanges and the global memory's all-gather, while
+  // the gradient is still summed over every rank of the job.
+  void set_context_parallel(int cp) override {
+    model::check_context_parallel(model_->config(), cp, ranks_ ? ranks_->size() : 1);
+    if (cp == 1) return;
+    cp_ = cp;
+    cp_host_ = ranks_->split(ranks_->rank() / cp);
+    cp_nccl_ = std::make_unique<NcclGroup>(*cp_host_);
+    model_->set_context_parallel(cp_nccl_.get());
+  }
+
   backend::StepResult train_step(const std::vector<model::Batch>& global_micro, double lr, double clip) override {
     TTT_CHECK(optimizer_, "CUDA engine: train_step before attach(params, optimizer)");
-    // One process: every micro-batch; several: this rank's part, weighted by its share of the whole step.
-    const std::vector<model::Batch> micro =
-        ranks_ ? dist::rank_micro_batches(global_micro, ranks_->rank(), ranks_->size()) : global_micro;
+    // One process: every micro-batch; several: this rank's part, weighted by its share of the whole step (context
+    // parallel: its data-parallel group's sequences, cut to this rank's span of each).
+    std::vector<model::Batch> micro =
+        ranks_ ? dist::rank_micro_batches(global_micro, ranks_->rank() / cp_, ranks_->size() / cp_) : global_micro;
+    if (cp_ > 1) micro = dist::span_micro_batches(micro, cp_host_->rank(), cp_);
     std::vector<int64_t> valid;
     for (const auto& b : micro) valid.push_back(train::valid_targets(b));
     int64_t step_valid = 0;
@@ -98,12 +114,14 @@ class CudaStepEngine final : public backend::StepEngine {
     backend::StepResult r;
     r.grad_norm = std::numeric_limits<double>::quiet_NaN();
     model_->zero_grad();
-    const bool overlap = ranks_ && !shard_;
+    // Context parallel: no overlap, the gradient is summed after the backward (the group's NCCL exchanges run on the
+    // default stream during the backward; two communicators' kernels in flight at once could wait on each other).
+    const bool overlap = ranks_ && !shard_ && cp_ == 1;
     launched_ = 0;
     for (size_t i = 0; i < micro.size(); ++i) {
       // The gradients are final in the last micro-batch's backward: its stages launch the buckets.
       if (overlap && i + 1 == micro.size()) model_->set_gradient_hook([this](int stage) { launch_ready_buckets(stage); });
-      r.loss += shares[i] * model_->forward(micro[i], true, shares[i]).loss;
+      r.loss += shares[i] * model_->forward(micro[i], true, shares[i], false, false, /*span=*/cp_ > 1).loss;
     }
     if (ranks_) {  // the step's loss: the ranks' parts summed in rank order; the gradient: NCCL's sum
       std::vector<double> parts(static_cast<size_t>(ranks_->size()));
@@ -117,7 +135,8 @@ class CudaStepEngine final : public backend::StepEngine {
         r.comm_wait_ms = nccl_->wait_overlap();
       } else {
         const double t0 = host_ms();
-        nccl_->reduce_scatter_sum(model_->gradient_data(), shards_.per_rank);
+        if (shard_) nccl_->reduce_scatter_sum(model_->gradient_data(), shards_.per_rank);
+        else nccl_->all_reduce_sum(model_->gradient_data(), model_->gradient_size());
         r.comm_wait_ms = host_ms() - t0;
       }
     }
@@ -135,9 +154,17 @@ class CudaStepEngine final : public backend::StepEngine {
     return r;
   }
 
+  // Context parallel: every rank of the group evaluates the same windows (eval_group), each its span of them; the
+  // group's span losses are gathered into whole windows.
   std::vector<double> token_losses(const model::Batch& batch) override {
-    return model_->forward(batch, false, 1.0, true).token_loss;
+    if (cp_ == 1) return model_->forward(batch, false, 1.0, true).token_loss;
+    const model::Batch span = dist::span_micro_batches({batch}, cp_host_->rank(), cp_).front();
+    const std::vector<double> mine = model_->forward(span, false, 1.0, true, false, /*span=*/true).token_loss;
+    std::vector<double> every(size_t(cp_) * mine.size());
+    cp_host_->all_gather(mine.data(), every.data(), std::vector<int64_t>(size_t(cp_), int64_t(mine.size())));
+    return dist::join_spans(every, batch.sequences, span.len, cp_);
   }
+  int eval_group() const override { return cp_; }
 
   void synchronize() override { stream_synchronize(); }
   double time_ms(const std::function<void()>& work) override { return elapsed_ms(work); }
@@ -170,6 +197,9 @@ class CudaStepEngine final : public backend::StepEngine {
   size_t launched_ = 0;                        // buckets of this step launched so far
   bool shard_ = false;
   dist::FlatShards shards_;  // with shard_
+  int cp_ = 1;                                   // context-parallel group size
+  std::unique_ptr<dist::Communicator> cp_host_;  // this rank's group (host side), with cp_ > 1
+  std::unique_ptr<NcclGroup> cp_nccl_;           // and its NCCL communicator
 
   static double host_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();

@@ -36,6 +36,11 @@ LayerGradients ModelDims::grow(LayerGradientArrays& arrays, bool poison) const {
   TTT_GPU_LAYER_GRADIENTS(TTT_GROW)
   return view;
 }
+ContextBuffers ModelDims::grow(ContextArrays& arrays, bool poison) const {
+  ContextBuffers view;
+  TTT_GPU_CONTEXT_BUFFERS(TTT_GROW)
+  return view;
+}
 HeadBuffers ModelDims::grow(HeadArrays& arrays, bool poison) const {
   HeadBuffers view;
   TTT_GPU_HEAD_BUFFERS(TTT_GROW)

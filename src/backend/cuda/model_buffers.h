@@ -81,8 +81,8 @@ struct DeviceArray {
   X(gop16, bf16, act16 * rows * 3 * D) /* a gradient operand of two products (dx, dxm, dqkv), rounded once */     \
   X(dh2, float, rows * D)                                                                                         \
   X(dsum, float, rows * D)                                                                                        \
-  X(dnormed, float, rows * D)                                                                                     \
-  X(dO, float, rows * D)                                                                                          \
+  X(dnormed, float, arows * D)                                                                                    \
+  X(dO, float, arows * D)                                                                                         \
   X(doT, float, rows * D)                                                                                         \
   X(dgate, float, rows * H)                                                                                       \
   X(dzs, float, rows * H)                                                                                         \
@@ -110,11 +110,27 @@ struct DeviceArray {
   X(dqa, float, rows * D)                                                                                         \
   X(dka, float, rows * D)                                                                                         \
   X(dh, float, rows * D)                                                                                          \
-  X(dz, float, rows * D)              /* q/k preparation: d z and d z * x */                                      \
-  X(dzx, float, rows * D)                                                                                         \
+  X(dz, float, arows * D)             /* q/k preparation: d z and d z * x (context parallel: the attention's */   \
+  X(dzx, float, arows * D)            /* dk, dv over the halo rows first, as dnormed and dO its d(out) and dq) */ \
   X(dwD, float, D)                    /* a per-channel weight's gradient */                                       \
   X(gwf, float, H * dh * d)           /* low-rank: d of the resolved weight, summed over sequences */             \
   X(attn_work, float, attn_work)      /* attention backward workspace */
+
+// TNT context parallelism (docs/CONTEXT_PARALLEL.md; sizes 0, nothing allocated, without it). A rank with a halo
+// (the previous rank's window - 1 rows of keys and values in front of each sequence) runs the attention over
+// arows = S*(halo + N) rows: qa, ka, attn, lse above, and in the backward dnormed, dO, dz, dzx, are sized for them
+// (model_cuda.cpp: attention_rope, layer_backward). xrows = arows with a halo (0 without); halo = S*h rows a rank
+// sends (h = window - 1); U floats of one span's global-memory inputs packed [q | k | v | theta | eta | alpha] (each
+// [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans of the prefix the global memory runs over (prefix
+// = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend once it has been sent (same six parts, P*U floats) and
+// their gradients in gstage once it has been unpacked (global_split_forward / backward).
+#define TTT_GPU_CONTEXT_BUFFERS(X)                                                                                 \
+  X(xv, float, xrows * D)             /* attention v: the received halo's values, then this rank's */             \
+  X(halo_send, float, 2 * halo * D)   /* [k | v] of the tail rows (forward), of the halo rows (backward) */       \
+  X(halo_recv, float, 2 * halo * D)   /* the next rank's halo gradient (backward) */                              \
+  X(gsend, float, P * U)              /* this rank's packed span; then the prefix inputs; the spans' gradients */ \
+  X(gstage, float, Ncp * U)           /* every rank's packed span; then the prefix's input gradients; received */ \
+  X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */
 
 #define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
   X(logits, float, rows * V)          /* and, in place, their gradient */                                         \
@@ -181,6 +197,12 @@ struct LayerGradients {
 struct LayerGradientArrays {
   TTT_GPU_LAYER_GRADIENTS(TTT_BUFFER_ARRAY)
 };
+struct ContextBuffers {
+  TTT_GPU_CONTEXT_BUFFERS(TTT_BUFFER_POINTER)
+};
+struct ContextArrays {
+  TTT_GPU_CONTEXT_BUFFERS(TTT_BUFFER_ARRAY)
+};
 struct HeadBuffers {
   TTT_GPU_HEAD_BUFFERS(TTT_BUFFER_POINTER)
 };
@@ -202,6 +224,8 @@ struct TitansTokenArrays {
 
 // The dimensions the GPU model's tables are written in (see above).
 struct ModelDims : backend::GpuLayerDims {
+  // Context parallelism (TTT_GPU_CONTEXT_BUFFERS; arows, the attention's rows, is in GpuLayerDims).
+  int64_t xrows = 0, halo = 0, U = 0, Ncp = 0, P = 0, prefix = 0;
   // Grow every array of a table to its entry's size (never shrinking; new allocations poisoned with NaN when
   // asked) and return the pointers.
   LayerActivations grow(LayerActivationArrays& arrays, bool poison) const;
@@ -209,6 +233,7 @@ struct ModelDims : backend::GpuLayerDims {
   // kept fields whose entry has size 0 here: qk32, k32).
   void grow(LayerKeptArrays& arrays, bool poison, LayerActivations& view) const;
   LayerGradients grow(LayerGradientArrays& arrays, bool poison) const;
+  ContextBuffers grow(ContextArrays& arrays, bool poison) const;
   HeadBuffers grow(HeadArrays& arrays, bool poison) const;
 };
 

@@ -7,11 +7,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <map>
 #include <numeric>
 
+#include "backend/context_parallel_plan.h"
 #include "backend/cuda/attention.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/elementwise_kernels.h"
@@ -20,6 +22,7 @@
 #include "backend/cuda/loss_kernels.h"
 #include "backend/cuda/memory_kernels.h"
 #include "backend/cuda/model_buffers.h"
+#include "backend/cuda/nccl_communicator.h"
 #include "backend/cuda/norm_kernels.h"
 #include "backend/cuda/optimizer_kernels.h"
 #include "backend/cuda/reduction_kernels.h"
@@ -115,6 +118,29 @@ struct GpuModel::Impl {
   // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
   std::vector<DeviceArray<float>> xs;
   std::vector<DeviceArray<bf16>> xs16;
+
+  // TNT context parallelism (set_context_parallel; docs/CONTEXT_PARALLEL.md). split: the batch being run is this
+  // rank's span of every sequence (a training batch with a group of several ranks). hp: the batch's attention rows
+  // (backend/context_parallel_plan.h); halo: the window - 1 tail rows a rank sends the next one; halo_in: the rows it
+  // receives in front of its own (0 on CP rank 0; both 0 without a split). halo_kept[l]:
+  // layer l's received keys and values [k | v] x [S, halo, D] from the forward, which the backward's recomputation
+  // reuses (no second exchange). The global memory runs over the prefix of spans 0..cp_rank (SplitRunners::global:
+  // T = (cp_rank + 1) N), the local memories over the span (SplitRunners::local; none when the branch has no local
+  // memory); one set per batch shape, at most two kept (training and validation shapes).
+  NcclGroup* cp_group = nullptr;
+  int cp_rank = 0, cp_ranks = 1;
+  bool split = false;
+  backend::HaloPlan hp{0, 0, 0, 1, 0};
+  int64_t halo = 0, halo_in = 0;
+  ContextArrays cp_arrays;
+  ContextBuffers cpb;
+  std::vector<DeviceArray<float>> halo_kept;
+  struct SplitRunners {
+    std::unique_ptr<TitansRunner<float>> global;
+    std::unique_ptr<TntRunner<float>> local;
+  };
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<SplitRunners>> split_cache;
+  bool global_split() const { return split && cfg.use_global; }
 
   Impl(const ModelConfig& c, const GpuModelOptions& o)
       : cfg(c), branch(model::branch_spec(c)), opt(o), blas(o.math),
@@ -235,7 +261,18 @@ struct GpuModel::Impl {
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
     ModelDims s;
     static_cast<backend::GpuLayerDims&>(s) = backend::gpu_layer_dims(cfg, S, N, act16);
-    const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+    if (split) {  // context parallel: the attention's halo rows and the global memory's prefix
+      s.halo = S * halo;
+      s.xrows = halo_in > 0 ? S * (halo_in + N) : 0;
+      s.arows = halo_in > 0 ? s.xrows : rows;
+      if (cfg.use_global) {
+        s.Ncp = cp_ranks;
+        s.U = backend::global_floats(S * H, N, d, 1);
+        s.P = cp_rank + 1;
+        s.prefix = s.P * s.BHN * d;  // the global memory's output over the prefix
+      }
+    }
+    const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
     s.attn_work = int64_t((attention_bf16() ? swa_backward_bf16_workspace(ashape) : swa_backward_workspace(ashape)) /
                           sizeof(float)) + 1;
     dims = s;
@@ -254,9 +291,15 @@ struct GpuModel::Impl {
       cap_rows = rows;
     }
     head = s.grow(head_arrays, opt.poison);
+    cpb = s.grow(cp_arrays, opt.poison);
+    if (split) {
+      halo_kept.resize(size_t(L));
+      for (auto& k : halo_kept) k.ensure(2 * S * halo * D, opt.poison);
+    }
   }
 
-  // Sizes the per-layer attention outputs for a training batch of `rows` (--recompute save-attention).
+  // Sizes the per-layer attention outputs for a training batch of `rows` attention rows (--recompute
+  // save-attention).
   void ensure_kept_attention(int64_t rows) {
     attn_kept.resize(size_t(L));
     lse_kept.resize(size_t(L));
@@ -314,7 +357,10 @@ struct GpuModel::Impl {
   static constexpr AttentionBackward fp32_backward = &swa_backward;
   static constexpr AttentionBackward fp32_input_bf16_backward = &swa_backward_bf16;
   // The bf16 attention reads bf16 operands (16-byte rows: hd % 8 == 0); other head widths use its fp32-input form.
-  bool attention_bf16() const { return backend::attention_on_bf16_operands(cfg, opt.math == MathMode::BF16); }
+  // Context parallel batches use the fp32-input form (the same bits), whose operands the halo rows extend.
+  bool attention_bf16() const {
+    return backend::attention_on_bf16_operands(cfg, opt.math == MathMode::BF16) && !split;
+  }
   // Where they live: q and v in the two halves of the fp32 qa buffer, k in the first half of ka (both unused as
   // fp32 in this mode), so the bf16 operands cost no memory.
   struct AttentionBf16 {
@@ -323,6 +369,179 @@ struct GpuModel::Impl {
   AttentionBf16 attention_operands(int64_t rows) {
     auto* qa16 = reinterpret_cast<bf16*>(act.qa);
     return {qa16, reinterpret_cast<bf16*>(act.ka), qa16 + rows * D};
+  }
+
+  // ---- context parallelism: the attention's halo ------------------------------------------------------------
+
+  // Host-planned block copies (backend/context_parallel_plan.h) on the device.
+  static void run_copies(const std::vector<backend::BlockCopy>& copies, const float* src, float* dst,
+                         bool accumulate = false) {
+    for (const backend::BlockCopy& c : copies)
+      mk::copy2d(src + c.src, c.lds, dst + c.dst, c.ldd, c.rows, c.cols, accumulate);
+  }
+  static std::vector<backend::BlockCopy> rows_to(const backend::RowBlock& from, const backend::RowBlock& to) {
+    return backend::copy_rows(from, to);
+  }
+
+  // RoPE of the attention's q and k from qkv into qa, ka. With a halo (context parallel, halo_in > 0) each sequence
+  // takes X = halo_in + N rows there (hp's extended layout): halo_in placeholder queries (zeros; their outputs are
+  // never read) and the previous rank's keys in front of this rank's rows, so the unchanged attention kernel sees
+  // every key a query's window reaches (attention_values does the same for v). A layer's first forward exchanges the
+  // halo; the backward's recomputation reuses what it received (halo_kept).
+  void attention_rope(int64_t l, const float* q, const float* k, const float* v, const int64_t* pos, int64_t S,
+                      int64_t N, bool recompute) {
+    const int64_t rows = S * N;
+    if (halo_in == 0) {
+      rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
+      rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
+    } else {
+      const int64_t h = halo_in, X = hp.X();
+      for (int64_t s = 0; s < S; ++s) {
+        rope_forward(q + s * N * 3 * D, 3 * D, act.qa + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
+        rope_forward(k + s * N * 3 * D, 3 * D, act.ka + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
+      }
+      TTT_CUDA_CHECK(cudaMemset2DAsync(act.qa, sizeof(float) * size_t(X * D), 0, sizeof(float) * size_t(h * D),
+                                       size_t(S), nullptr));
+    }
+    if (split && !recompute) exchange_halo(l, v);
+    if (halo_in > 0) run_copies(rows_to(hp.buffer(halo_in), hp.extended_halo()), halo_kept[size_t(l)].p(), act.ka);
+  }
+  // The attention's v: qkv's (leading dimension 3 D), or with a halo the received values then this rank's in xv.
+  std::pair<const float*, int64_t> attention_values(int64_t l, const float* v) {
+    if (halo_in == 0) return {v, 3 * D};
+    const float* kept = halo_kept[size_t(l)].p();
+    run_copies(rows_to(hp.buffer(halo_in, hp.S * halo_in * D), hp.extended_halo()), kept, cpb.xv);
+    run_copies(rows_to(hp.plain(3 * D), hp.extended()), v, cpb.xv);
+    return {cpb.xv, D};
+  }
+  // Sends the last `halo` keys (after RoPE: at their global positions) and values of every sequence to the next
+  // CP rank and receives the previous rank's into halo_kept[l].
+  void exchange_halo(int64_t l, const float* v) {
+    const int64_t h = halo, n = hp.buffer_floats();
+    if (h == 0) return;
+    run_copies(rows_to(hp.extended_tail(), hp.buffer(h)), act.ka, cpb.halo_send);
+    run_copies(rows_to(hp.plain_tail(3 * D), hp.buffer(h, hp.S * h * D)), v, cpb.halo_send);
+    std::vector<NcclGroup::Transfer> sends, receives;
+    if (cp_rank + 1 < cp_ranks) sends.push_back({cp_rank + 1, cpb.halo_send, n});
+    if (cp_rank > 0) receives.push_back({cp_rank - 1, halo_kept[size_t(l)].p(), n});
+    cp_group->exchange(sends, receives, "halo exchange of the attention's keys and values");
+  }
+  // The backward's half: the halo rows' dk, dv (in dz, dzx: layer_backward) go back to the previous rank; the next
+  // rank's are added to this rank's tail rows of dk (after RoPE, before its adjoint) and dv.
+  void return_halo_gradient(float* dqkv) {
+    const int64_t h = halo, n = hp.buffer_floats();
+    if (h == 0) return;
+    if (halo_in > 0) {
+      run_copies(rows_to(hp.extended_halo(), hp.buffer(h)), grad.dz, cpb.halo_send);
+      run_copies(rows_to(hp.extended_halo(), hp.buffer(h, hp.S * h * D)), grad.dzx, cpb.halo_send);
+    }
+    const bool from_next = cp_rank + 1 < cp_ranks;
+    std::vector<NcclGroup::Transfer> sends, receives;
+    if (cp_rank > 0) sends.push_back({cp_rank - 1, cpb.halo_send, n});
+    if (from_next) receives.push_back({cp_rank + 1, cpb.halo_recv, n});
+    cp_group->exchange(sends, receives, "return of the halo's key and value gradients");
+    if (!from_next) return;
+    run_copies(rows_to(hp.buffer(h), hp.plain_tail(D)), cpb.halo_recv, grad.dka, /*accumulate=*/true);
+    run_copies(rows_to(hp.buffer(h, hp.S * h * D), hp.plain_tail(3 * D)), cpb.halo_recv, dqkv + 2 * D,
+               /*accumulate=*/true);
+  }
+
+  // ---- context parallelism: the global memory over the prefix -------------------------------------------------
+
+  // The runners of a split batch of S spans of N tokens: the global memory over P = cp_rank + 1 spans, the local
+  // memories (if any) over this span.
+  SplitRunners& split_runners(int64_t S, int64_t N) {
+    return cached_runner(split_cache, S, N, [&] { return make_split_runners(S, N); });
+  }
+  std::unique_ptr<SplitRunners> make_split_runners(int64_t S, int64_t N) {
+    TitansOptions to;
+    to.poison_workspace = opt.poison;
+    titans::TntShape base;
+    base.B = S * H;
+    base.d = d;
+    base.set_layout(branch.layout);
+    titans::TntShape global = base;  // the global memory alone (chunk C_G, never reset), over the prefix
+    global.T = int64_t(cp_rank + 1) * N;
+    global.local_chunks.clear();
+    global.dh = {branch.memories[0].config.dh};
+    auto r = std::make_unique<SplitRunners>();
+    r->global = std::make_unique<TitansRunner<float>>(global.memory(0), /*with_grad=*/true, to);
+    if (branch.memories.size() > 1) {
+      titans::TntShape local = base;
+      local.T = N;
+      local.use_global = false;
+      for (size_t m = 1; m < branch.memories.size(); ++m) local.dh.push_back(branch.memories[m].config.dh);
+      r->local = std::make_unique<TntRunner<float>>(local, /*with_grad=*/true, to);
+    }
+    return r;
+  }
+  // The six parts [q | k | v | theta | eta | alpha] of the global memory's quantities at `base`, a packed span
+  // (spans = 1) or the prefix (spans = P): backend::global_part_offsets.
+  std::array<float*, 6> global_parts(float* base, int64_t spans, int64_t S, int64_t N) const {
+    const std::array<int64_t, 6> at = backend::global_part_offsets(S * H, N, d, spans);
+    std::array<float*, 6> parts{};
+    for (size_t i = 0; i < 6; ++i) parts[i] = base + at[i];
+    return parts;
+  }
+  // The branch's forward with the global memory's chain over the whole sequence: every rank's span of its inputs
+  // all-gathered, the chain run from the sequence's start through this span, its rows of the output kept and added
+  // to the local memories' output.
+  void global_split_forward(const titans::TntInputs<float>& in, int64_t S, int64_t N) {
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = backend::global_floats(B, N, d, 1), P = cp_rank + 1;
+    SplitRunners& run = split_runners(S, N);
+    const std::array<const float*, 6> own = {in.q, in.k, in.v, in.mems[0].theta, in.mems[0].eta, in.mems[0].alpha};
+    const std::array<float*, 6> packed = global_parts(cpb.gsend, 1, S, N);
+    for (size_t i = 0; i < 6; ++i)
+      TTT_CUDA_CHECK(cudaMemcpyAsync(packed[i], own[i], sizeof(float) * size_t(i < 3 ? RD : BHN),
+                                     cudaMemcpyDeviceToDevice, nullptr));
+    cp_group->all_gather_from(cpb.gsend, cpb.gstage, U, "all-gather of the global memory's inputs");
+    // The prefix's inputs overwrite gsend (sent already), in place for the backward.
+    for (int64_t j = 0; j < P; ++j) run_copies(backend::global_span_copies(B, N, d, P, j, true), cpb.gstage + j * U, cpb.gsend);
+    const std::array<float*, 6> p = global_parts(cpb.gsend, P, S, N);
+    titans::MemoryInputs<float> g{p[0], p[1], p[2], in.mems[0].w1, in.mems[0].w2, p[3], p[4], p[5]};
+    run.global->forward(g, cpb.po);
+    if (run.local) {
+      titans::TntInputs<float> local{in.q, in.k, in.v, {in.mems.begin() + 1, in.mems.end()}};
+      run.local->forward(local, act.oT);
+    } else {
+      TTT_CUDA_CHECK(cudaMemsetAsync(act.oT, 0, sizeof(float) * size_t(RD), nullptr));
+    }
+    // This rank's rows of the prefix's output: span P - 1 of the prefix [B, P N, d].
+    run_copies(rows_to({B, P * N, (P - 1) * N, N, d, d, 0}, {B, N, 0, N, d, d, 0}), cpb.po, act.oT, /*accumulate=*/true);
+  }
+  // Its adjoint: d(output) over the prefix is zero but this rank's rows; the gradient of every span's inputs goes
+  // to the span's owner, which sums what it receives in CP rank order (its own first: the ranks before it send
+  // nothing) and adds it to the local memories' q, k, v gradients.
+  void global_split_backward(const titans::TntGrads<float>& og, int64_t S, int64_t N) {
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, U = backend::global_floats(B, N, d, 1), P = cp_rank + 1;
+    SplitRunners& run = split_runners(S, N);
+    TTT_CUDA_CHECK(cudaMemsetAsync(cpb.po, 0, sizeof(float) * size_t(P * RD), nullptr));
+    run_copies(rows_to({B, N, 0, N, d, d, 0}, {B, P * N, (P - 1) * N, N, d, d, 0}), grad.doT, cpb.po);
+    // The prefix's input gradients in gstage (free since the forward unpacked it); its inputs stay in gsend until
+    // the runner's backward is done, then gsend takes each span's gradient, packed.
+    const std::array<float*, 6> p = global_parts(cpb.gstage, P, S, N);
+    titans::MemoryGrads<float> g{p[0], p[1], p[2], og.mems[0].w1, og.mems[0].w2, p[3], p[4], p[5]};
+    run.global->backward(cpb.po, g);
+    if (run.local) {
+      titans::TntGrads<float> local{og.q, og.k, og.v, {og.mems.begin() + 1, og.mems.end()}};
+      run.local->backward(grad.doT, local);
+    } else {
+      for (float* x : {og.q, og.k, og.v}) TTT_CUDA_CHECK(cudaMemsetAsync(x, 0, sizeof(float) * size_t(RD), nullptr));
+    }
+    for (int64_t j = 0; j < P; ++j) run_copies(backend::global_span_copies(B, N, d, P, j, false), cpb.gstage, cpb.gsend + j * U);
+    std::vector<NcclGroup::Transfer> sends, receives;
+    for (int j = 0; j < cp_rank; ++j) sends.push_back({j, cpb.gsend + j * U, U});
+    for (int i = cp_rank + 1; i < cp_ranks; ++i) receives.push_back({i, cpb.gstage + i * U, U});
+    cp_group->exchange(sends, receives, "return of the global memory's input gradients");
+    float* mine = cpb.gsend + cp_rank * U;
+    for (int i = cp_rank + 1; i < cp_ranks; ++i) mk::axpy(mine, cpb.gstage + i * U, 1.0f, U);
+    const std::array<float*, 6> sum = global_parts(mine, 1, S, N);
+    mk::axpy(og.q, sum[0], 1.0f, RD);
+    mk::axpy(og.k, sum[1], 1.0f, RD);
+    mk::axpy(og.v, sum[2], 1.0f, RD);
+    const std::array<float*, 3> gates = {og.mems[0].theta, og.mems[0].eta, og.mems[0].alpha};
+    for (size_t i = 0; i < 3; ++i)
+      TTT_CUDA_CHECK(cudaMemcpyAsync(gates[i], sum[3 + i], sizeof(float) * size_t(BHN), cudaMemcpyDeviceToDevice, nullptr));
   }
 
   // ---- one layer ---------------------------------------------------------------------------------------
@@ -341,8 +560,9 @@ struct GpuModel::Impl {
     const float* q = act.qkv;
     const float* k = act.qkv + D;
     const float* v = act.qkv + 2 * D;
-    // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention.
-    const AttentionShape ashape{S, N, Ha, hd, cfg.window};
+    // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention (context
+    // parallel: over the previous rank's halo rows and this rank's, attention_inputs).
+    const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
     if (attention_bf16()) {
       // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
       // fp32-input form would round to, without the conversion work inside the attention kernels.
@@ -353,12 +573,12 @@ struct GpuModel::Impl {
       if (!(recompute && attention_kept))
         timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
     } else {
-      rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
-      rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
+      attention_rope(l, q, k, v, pos, S, N, recompute);
+      const auto [av, ldv] = attention_values(l, v);
       if (!(recompute && attention_kept))
         timed("attention", [&] {
-          if (opt.math == MathMode::BF16) swa_forward_bf16(ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse);
-          else swa_forward(ashape, act.qa, D, act.ka, D, v, 3 * D, act.attn, D, act.lse);
+          if (opt.math == MathMode::BF16) swa_forward_bf16(ashape, act.qa, D, act.ka, D, av, ldv, act.attn, D, act.lse);
+          else swa_forward(ashape, act.qa, D, act.ka, D, av, ldv, act.attn, D, act.lse);
         });
     }
     // Memory branch inputs (prepare_memory_inputs).
@@ -390,8 +610,9 @@ struct GpuModel::Impl {
     // The sum in fp32: kept itself, or (bf16 activations) work space for its kept bf16 copy.
     float* sum = act16 ? act.sum_work : act.sum;
     mk::gate_heads_forward(act.normed, act.gate, sum, rows, H, d);
-    // x + (attn + mem) Wo
-    mk::axpy(sum, act.attn, 1.0f, rows * D);
+    // x + (attn + mem) Wo (with a halo: this rank's rows of the attention output)
+    if (halo_in == 0) mk::axpy(sum, act.attn, 1.0f, rows * D);
+    else run_copies(rows_to(hp.extended(), hp.plain(D)), act.attn, sum, /*accumulate=*/true);
     if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
     mk::copy2d(x, D, act.xmid, D, rows, D);
     gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
@@ -525,7 +746,10 @@ struct GpuModel::Impl {
       in.mems.push_back({act.tw1b + m * W, act.tw2b + m * W, act.thT + m * BHN, act.etT + m * BHN,
                          act.alT + m * BHN});
     }
-    timed("tnt", [&] { tnt_runner_of(l, S, N).forward(in, act.oT); });
+    timed("tnt", [&] {
+      if (global_split()) global_split_forward(in, S, N);
+      else tnt_runner_of(l, S, N).forward(in, act.oT);
+    });
   }
   void titans_backward(int64_t l, int64_t S, int64_t N) {
     const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
@@ -537,7 +761,10 @@ struct GpuModel::Impl {
     for (int64_t m = 0; m < M; ++m)
       og.mems.push_back({grad.gtw1b + m * W, grad.gtw2b + m * W, grad.gthT + m * BHN, grad.getT + m * BHN,
                          grad.galT + m * BHN});
-    timed("tnt", [&] { tnt_runner_of(l, S, N).backward(grad.doT, og); });
+    timed("tnt", [&] {
+      if (global_split()) global_split_backward(og, S, N);
+      else tnt_runner_of(l, S, N).backward(grad.doT, og);
+    });
     const int64_t per = H * dh * d;
     for (int64_t m = 0; m < M; ++m) {
       const std::vector<MemoryWeight>& mg = lg.memories[size_t(m)];  // d w1, d w2
@@ -617,8 +844,20 @@ struct GpuModel::Impl {
     const float* v = act.qkv + 2 * D;
     float* dqkv = grad.dqkv;
     timed("attention", [&] {
-      const AttentionShape ashape{S, N, Ha, hd, cfg.window};
-      if (attention_bf16()) {
+      const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
+      if (halo_in > 0) {
+        // Over the extended rows, in buffers free until the q/k preparation's adjoint (sized for them): d(output)
+        // in dnormed, zero on the placeholder rows (their queries then add nothing to dk, dv); dq, dk, dv in dO, dz,
+        // dzx. This rank's rows go to dqa, dka and dv of dqkv; the halo rows' dk, dv to their owner (below).
+        TTT_CUDA_CHECK(cudaMemsetAsync(grad.dnormed, 0, sizeof(float) * size_t(S * hp.X() * D), nullptr));
+        run_copies(rows_to(hp.plain(D), hp.extended()), grad.dsum, grad.dnormed);
+        (opt.math == MathMode::BF16 ? fp32_input_bf16_backward : fp32_backward)(
+            ashape, act.qa, D, act.ka, D, cpb.xv, D, act.attn, D, act.lse, grad.dnormed, D, grad.dO, D, grad.dz, D,
+            grad.dzx, D, grad.attn_work, nullptr);
+        run_copies(rows_to(hp.extended(), hp.plain(D)), grad.dO, grad.dqa);
+        run_copies(rows_to(hp.extended(), hp.plain(D)), grad.dz, grad.dka);
+        run_copies(rows_to(hp.extended(), hp.plain(3 * D)), grad.dzx, dqkv + 2 * D);
+      } else if (attention_bf16()) {
         const AttentionBf16 a = attention_operands(S * N);
         swa_backward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, grad.dsum, D, grad.dqa, D, grad.dka,
                           D, dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
@@ -628,6 +867,7 @@ struct GpuModel::Impl {
             dqkv + 2 * D, 3 * D, grad.attn_work, nullptr);
       }
     });
+    if (split) return_halo_gradient(dqkv);
     rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     // ---- memory q/k/v preparation
@@ -742,6 +982,16 @@ void GpuModel::scale_grads(float factor, int64_t begin, int64_t end) {
 
 void GpuModel::set_gradient_hook(std::function<void(int stage)> hook) { impl_->gradient_hook = std::move(hook); }
 
+void GpuModel::set_context_parallel(NcclGroup* group) {
+  Impl& m = *impl_;
+  TTT_CHECK(!group || group->size() == 1 || m.cfg.arch == model::Arch::Tnt,
+            "GPU model: context parallelism needs arch tnt, not " << model::arch_name(m.cfg.arch));
+  m.cp_group = group;
+  m.cp_rank = group ? group->rank() : 0;
+  m.cp_ranks = group ? group->size() : 1;
+  m.split_cache.clear();
+}
+
 float* GpuModel::gradient_data() { return impl_->grads.p(); }
 int64_t GpuModel::gradient_size() const { return impl_->total; }
 
@@ -755,7 +1005,7 @@ void GpuModel::download_grads(std::vector<ag::Mat<float>>& g) const {
 }
 
 GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double grad_scale, bool want_token_loss,
-                                   bool want_logits) {
+                                   bool want_logits, bool span) {
   Impl& m = *impl_;
   const int64_t S = b.sequences, N = b.len, rows = S * N, D = m.D, V = m.V;
   TTT_CHECK(S > 0 && N > 0, "empty batch");
@@ -768,10 +1018,18 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     TTT_CHECK(y < V, "cross_entropy: target " << y << " at row " << i << " out of range for vocabulary " << V);
     res.valid += y >= 0;
   }
+  // Context parallel: the batch is this rank's span of every sequence (positions from cp_rank * N).
+  TTT_CHECK(!span || m.cp_group, "GPU model: a span without context parallelism (set_context_parallel)");
+  m.split = span && m.cp_ranks > 1;
+  m.hp = backend::HaloPlan(S, N, D, m.split ? m.cfg.window : 1, m.split ? m.cp_rank : 0);
+  m.halo = m.hp.halo;
+  m.halo_in = m.hp.halo_in;
   m.ensure_rows(rows, S, N);
   m.attention_kept = backward && m.opt.recompute == backend::Recompute::SaveAttention;
   m.layers_kept = backward && m.opt.recompute == backend::Recompute::None;
-  if (m.attention_kept) m.ensure_kept_attention(rows);
+  TTT_CHECK(!(m.layers_kept && m.split), "GPU model: --recompute none is not implemented with --context-parallel "
+                                         "(use save-attention, the default, or full)");
+  if (m.attention_kept) m.ensure_kept_attention(m.halo_in > 0 ? S * (m.halo_in + N) : rows);
   if (m.layers_kept) m.ensure_kept_layers(S, N);
   // Token ids, targets, positions.
   auto upload = [](DeviceBuffer& dst, const void* src, size_t bytes) {
@@ -782,7 +1040,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   upload(m.tgt_dev, b.targets.data(), sizeof(int32_t) * size_t(rows));
   std::vector<int64_t> pos(static_cast<size_t>(rows));
   for (int64_t s = 0; s < S; ++s)
-    for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = i;
+    for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = (m.split ? int64_t(m.cp_rank) * N : 0) + i;
   upload(m.pos_dev, pos.data(), sizeof(int64_t) * size_t(rows));
 
   mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
@@ -809,7 +1067,8 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.logits.resize(size_t(rows * V));
     TTT_CUDA_CHECK(cudaMemcpy(res.logits.data(), m.head.logits, sizeof(float) * size_t(rows * V), cudaMemcpyDeviceToHost));
   }
-  if (!backward || res.valid == 0) return res;
+  // A span without valid targets still runs its backward: the group's exchanges need every rank.
+  if (!backward || (res.valid == 0 && !m.split)) return res;
 
   // ---- backward
   // The embedding's index arrays, sized for any batch of these rows before the backward starts: growing them later

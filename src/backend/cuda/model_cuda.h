@@ -38,6 +38,8 @@
 
 namespace ttt::cuda {
 
+class NcclGroup;
+
 struct GpuModelOptions {
   MathMode math = MathMode::FP32;  // the model's matrix products and the LaCT operator's (bf16 + Muon: tf32 there)
   bool bf16_activations = true;    // with math BF16: store activations in bf16 (see above); ignored otherwise
@@ -71,8 +73,10 @@ class GpuModel {
   };
   // Forward of a batch; with backward, adds grad_scale * d(loss)/d(parameters) into the gradient buffers
   // (zero_grad() first). Training with accumulation passes grad_scale = valid_of_this_batch / valid_total.
+  // span: the batch is this rank's span of every sequence of its context-parallel group (set_context_parallel),
+  // every rank of the group running the same call.
   Result forward(const model::Batch& b, bool backward, double grad_scale = 1.0, bool want_token_loss = false,
-                 bool want_logits = false);
+                 bool want_logits = false, bool span = false);
   void zero_grad();
   void download_grads(std::vector<ag::Mat<float>>& g) const;  // one matrix per parameter
   // Every parameter's gradient as one device array (layout order) and its length: what data parallelism sums over
@@ -85,6 +89,13 @@ class GpuModel {
   // waiting for the default stream only (not the whole device: what the hook put on other streams is its owner's to
   // wait for, with a timeout). Null (the default): no hook, and forward() waits for the device as before.
   void set_gradient_hook(std::function<void(int stage)> hook);
+  // TNT context parallelism (docs/CONTEXT_PARALLEL.md): `group` is this rank's context-parallel group (null or one
+  // rank: off). A forward with `span` then takes this rank's span of every sequence (len = seq_len / group size,
+  // positions from rank * len): it exchanges the attention's halo keys and values with the neighbouring ranks (NCCL
+  // send / receive; in the backward their gradients go back), all-gathers the global memory's inputs to run its
+  // chain from the sequence's start, and returns their gradients to their owners. Every rank of the group must run
+  // the same batch shapes in the same order; a span without valid targets still runs its backward.
+  void set_context_parallel(NcclGroup* group);
   // The sharded optimizer (ZeRO-1). pad_flat_arrays: the flat parameter and gradient arrays grow to `padded` (>= the
   // parameter count) elements, the padding's gradient zero (NCCL moves equal counts per rank); call before upload
   // (the weights are not kept). set_optimizer_range: the optimizer owns elements [begin, end) of the flat arrays

@@ -193,6 +193,34 @@ void NcclGroup::all_gather(float* device_data, int64_t per_rank) {
   m.wait("all-gather of weights", nullptr);
 }
 
+void NcclGroup::all_gather_from(const float* mine, float* all, int64_t count, const char* what) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  m.enqueued(ncclAllGather(mine, all, size_t(count), ncclFloat, m.comm, nullptr), what);
+  m.wait(what, nullptr);
+}
+
+void NcclGroup::exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives, const char* what) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  if (sends.empty() && receives.empty()) return;
+  for (const auto& list : {sends, receives})
+    for (const Transfer& t : list)
+      TTT_CHECK(t.peer >= 0 && t.peer < m.host->size() && t.peer != m.host->rank() && t.count >= 0,
+                m.host->describe() << ": NCCL " << what << ": a transfer with peer " << t.peer);
+  // One group: the sends and receives progress together, so two ranks sending to each other cannot deadlock.
+  m.enqueued(ncclGroupStart(), what);
+  for (const Transfer& t : sends)
+    if (t.count > 0) m.enqueued(ncclSend(t.data, size_t(t.count), ncclFloat, t.peer, m.comm, nullptr), what);
+  for (const Transfer& t : receives)
+    if (t.count > 0) m.enqueued(ncclRecv(t.data, size_t(t.count), ncclFloat, t.peer, m.comm, nullptr), what);
+  m.enqueued(ncclGroupEnd(), what);
+  m.wait(what, nullptr);
+}
+
+int NcclGroup::rank() const { return impl_->host->rank(); }
+int NcclGroup::size() const { return impl_->host->size(); }
+
 #else  // a toolkit without NCCL: the GPU engine trains in one process
 
 struct NcclGroup::Impl {};
@@ -209,6 +237,10 @@ void NcclGroup::finish_overlap() {}
 double NcclGroup::wait_overlap() { return 0; }
 void NcclGroup::reduce_scatter_sum(float*, int64_t) {}
 void NcclGroup::all_gather(float*, int64_t) {}
+void NcclGroup::all_gather_from(const float*, float*, int64_t, const char*) {}
+void NcclGroup::exchange(const std::vector<Transfer>&, const std::vector<Transfer>&, const char*) {}
+int NcclGroup::rank() const { return 0; }
+int NcclGroup::size() const { return 1; }
 
 #endif
 

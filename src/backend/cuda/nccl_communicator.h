@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace ttt::dist {
 class Communicator;
@@ -53,6 +54,20 @@ class NcclGroup {
   // becomes rank r's segment (in place).
   void reduce_scatter_sum(float* device_data, int64_t per_rank);
   void all_gather(float* device_data, int64_t per_rank);
+
+  // Context parallelism (model_cuda.cpp), on the default stream, each waited for as all_reduce_sum.
+  // all_gather_from: every rank's `count` floats of `mine` land in `all` (size() * count floats) in rank order.
+  // exchange: point-to-point transfers as one NCCL group (ncclSend / ncclRecv): every send must be met by the peer's
+  // receive of the same count in the same call on the peer (an empty list, or a count of 0, is fine).
+  struct Transfer {
+    int peer = 0;
+    float* data = nullptr;  // a send reads it, a receive writes it
+    int64_t count = 0;
+  };
+  void all_gather_from(const float* mine, float* all, int64_t count, const char* what);
+  void exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives, const char* what);
+  int rank() const;
+  int size() const;
 
  private:
   struct Impl;
