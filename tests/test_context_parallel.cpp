@@ -716,6 +716,12 @@ TEST(ContextParallelGpu, RefusalsNameTheReason) {
     EXPECT_NE(exit_code(r), 124) << "timed out (hang)\n" << r.output;
     EXPECT_NE(r.output.find(words), std::string::npos) << "message lacks '" << words << "':\n" << r.output;
   }
+  // --recompute none keeps per-layer operator runners; the split global memory has one: refused together.
+  const auto none = run_ranks(w, 2, train_args("tnt2.json", "none", kGpuFp32 + " --context-parallel 2 --recompute none"),
+                              kNcclEnv);
+  EXPECT_NE(exit_code(none), 0) << none.output;
+  EXPECT_NE(none.output.find("--recompute none is not implemented with --context-parallel"), std::string::npos)
+      << none.output;
   const auto hang = run_ranks(w, 2, train_args("tnt2.json", "hang", kGpuFp32 + " --context-parallel 2", 4),
                               kNcclEnv + " TTT_DIST_TIMEOUT=5 TTT_TEST_RANK_FAULT=1:1:hang", 60);
   ASSERT_TRUE(WIFEXITED(hang.status)) << hang.output;

@@ -90,6 +90,9 @@ class CudaStepEngine final : public backend::StepEngine {
   void set_context_parallel(int cp) override {
     model::check_context_parallel(model_->config(), cp, ranks_ ? ranks_->size() : 1);
     if (cp == 1) return;
+    TTT_CHECK(options_.recompute != backend::Recompute::None,
+              "--recompute none is not implemented with --context-parallel on --device cuda (use save-attention, the "
+              "default, or full)");
     cp_ = cp;
     cp_host_ = ranks_->split(ranks_->rank() / cp);
     cp_nccl_ = std::make_unique<NcclGroup>(*cp_host_);
