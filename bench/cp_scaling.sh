@@ -48,7 +48,10 @@ run() {
     "$TTT" "${args[@]}" > "$out" 2> "$err"
     rc=$?
   elif command -v mpirun > /dev/null 2>&1; then
-    mpirun -np "$ranks" --bind-to none -x NCCL_NVLS_ENABLE "$TTT" "${args[@]}" > "$out" 2> "$err"
+    # OpenMPI refuses to start as root unless told (containers often run as root).
+    local as_root=()
+    [ "$(id -u)" -eq 0 ] && as_root=(--allow-run-as-root)
+    mpirun ${as_root[@]+"${as_root[@]}"} -np "$ranks" --bind-to none -x NCCL_NVLS_ENABLE "$TTT" "${args[@]}" > "$out" 2> "$err"
     rc=$?
   else
     local pids=() r

@@ -18,6 +18,21 @@
   } while (0)
 #endif
 
+// Why a test that needs `n` GPUs cannot run here, or "": the CUDA runtime's count, which honours
+// CUDA_VISIBLE_DEVICES as the ranks such a test starts will (nvidia-smi lists every GPU of the machine).
+inline std::string gpus_missing(int n) {
+#ifdef TTT_HAVE_CUDA
+  std::string why;
+  const int count = ::ttt::cuda::device_count(&why);
+  if (count == 0) return "no usable CUDA device: " + why;
+  if (count < n) return "fewer than " + std::to_string(n) + " GPUs visible (" + std::to_string(count) + ")";
+  return "";
+#else
+  (void)n;
+  return "built without the CUDA toolkit";
+#endif
+}
+
 inline uint64_t fresh_seed() {
   std::random_device rd;
   return (uint64_t(rd()) << 32) ^ rd();

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "backend/context_parallel_plan.h"
 #include "backend/registry.h"
 #include "cli_test_util.h"
@@ -602,14 +603,7 @@ TEST(ContextParallelMpi, ARankDyingOrHangingEndsTheGroup) {
 
 // ---- the GPU engine (docs/CONTEXT_PARALLEL.md, "The GPU"): skipped, saying why, without enough GPUs ----
 
-// Why `n` GPUs are not here, or "".
-std::string gpus_missing(int n) {
-  if (!backend::device_available("cuda")) return "no CUDA device or no CUDA build";
-  const std::string count = "test \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\" -ge " + std::to_string(n);
-  if (std::system(count.c_str()) != 0) return "fewer than " + std::to_string(n) + " GPUs";
-  return "";
-}
-
+// Skips, saying why, where `n` GPUs are not visible (gpus_missing, cuda_test_util.h).
 #define SKIP_WITHOUT_GPUS(n)                              \
   do {                                                    \
     const std::string why = gpus_missing(n);              \

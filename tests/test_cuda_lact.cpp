@@ -620,35 +620,43 @@ TEST(CudaLact, OpBackendBf16) {
   }
 }
 
-// The OpBackend: cuda_backend() against cpu_backend() on the same named tensors, F64 and F32.
+// The OpBackend: cuda_backend() against cpu_backend() on the same named tensors, F64 and F32. Muon at chunk 8 is
+// ill-conditioned in float32 here (C < 4 min(d, dh) = 40: see ill_conditioned), so as in the parity tests above it
+// is compared in F64 only, and F32 at chunk 40.
 TEST(CudaLact, OpBackendMatchesCpuBackend) {
   REQUIRE_CUDA();
-  SafeTensors st = random_op_inputs(fresh_seed());
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  SafeTensors st = random_op_inputs(seed);
+  SafeTensors st32;
+  for (auto& [name, t] : st.tensors) st32.add(name, t.to(DType::F32));
   for (const char* program : {"causal", "bidirectional"}) {
     engine::LactOpOptions opt;
-    opt.chunk = 8;
     opt.program = program;
     opt.weight_norm = engine::WeightNorm::Pre;
     opt.muon = true;
-    SafeTensors ref = engine::cpu_backend().lact(st, opt);
-    SafeTensors got64 = engine::cuda_backend().lact(st, opt);
-    SafeTensors st32;
-    for (auto& [name, t] : st.tensors) st32.add(name, t.to(DType::F32));
-    SafeTensors got32 = engine::cuda_backend().lact(st32, opt);
-    ASSERT_EQ(got64.tensors.size(), ref.tensors.size());
-    ASSERT_EQ(got32.tensors.size(), ref.tensors.size());
-    for (auto& [name, t] : ref.tensors) {
-      const double* a = t.data<double>();
-      const double* b = got64.get(name).data<double>();
-      const float* f = got32.get(name).data<float>();
-      double num64 = 0, num32 = 0, den = 0;
-      for (int64_t i = 0; i < t.numel(); ++i) {
-        num64 += (b[i] - a[i]) * (b[i] - a[i]);
-        num32 += (double(f[i]) - a[i]) * (double(f[i]) - a[i]);
-        den += a[i] * a[i];
+    for (const int64_t chunk : {int64_t(8), int64_t(40)}) {
+      opt.chunk = chunk;
+      const bool fp32_conditioned = chunk >= 40;
+      SafeTensors ref = engine::cpu_backend().lact(st, opt);
+      SafeTensors got64 = engine::cuda_backend().lact(st, opt);
+      SafeTensors got32 = engine::cuda_backend().lact(st32, opt);
+      ASSERT_EQ(got64.tensors.size(), ref.tensors.size());
+      ASSERT_EQ(got32.tensors.size(), ref.tensors.size());
+      for (auto& [name, t] : ref.tensors) {
+        const double* a = t.data<double>();
+        const double* b = got64.get(name).data<double>();
+        const float* f = got32.get(name).data<float>();
+        double num64 = 0, num32 = 0, den = 0;
+        for (int64_t i = 0; i < t.numel(); ++i) {
+          num64 += (b[i] - a[i]) * (b[i] - a[i]);
+          num32 += (double(f[i]) - a[i]) * (double(f[i]) - a[i]);
+          den += a[i] * a[i];
+        }
+        EXPECT_LE(std::sqrt(num64 / den), 1e-10) << program << " C " << chunk << " " << name << " (F64)";
+        if (fp32_conditioned) EXPECT_LE(std::sqrt(num32 / den), 1e-4) << program << " C " << chunk << " " << name << " (F32)";
+        else EXPECT_TRUE(std::isfinite(num32)) << program << " C " << chunk << " " << name << " (F32)";
       }
-      EXPECT_LE(std::sqrt(num64 / den), 1e-10) << program << " " << name << " (F64)";
-      EXPECT_LE(std::sqrt(num32 / den), 1e-4) << program << " " << name << " (F32)";
     }
   }
 }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cli_test_util.h"
+#include "cuda_test_util.h"
 #include "backend/registry.h"
 #include "core/file_io.h"
 #include "dist/communicator.h"
@@ -497,18 +498,12 @@ TEST(DistMpi, BenchStepRunsDataParallel) {
       << bad.output;
 }
 
-// Why the two-GPU tests cannot run here, or "". They launch with mpirun where it exists, else torchrun-style (the GPU
-// machines they run on have no mpirun): run_gpu_ranks.
-std::string two_gpus_missing() {
-  if (!backend::device_available("cuda")) return "no CUDA device or no CUDA build";
-  if (std::system("test \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\" -ge 2") != 0) return "fewer than two GPUs";
-  return "";
-}
-
-#define SKIP_WITHOUT_TWO_GPUS()                               \
-  do {                                                        \
-    const std::string why = two_gpus_missing();               \
-    if (!why.empty()) GTEST_SKIP() << "skipped: " << why;     \
+// Skips a two-GPU test, saying why, where two GPUs are not visible (gpus_missing). They launch with mpirun where it
+// exists, else torchrun-style: run_gpu_ranks.
+#define SKIP_WITHOUT_TWO_GPUS()                           \
+  do {                                                    \
+    const std::string why = gpus_missing(2);              \
+    if (!why.empty()) GTEST_SKIP() << "skipped: " << why; \
   } while (0)
 
 // `np` ranks of `ttt ARGS` in `w`: under mpirun, or without it started torchrun-style (RANK, WORLD_SIZE, LOCAL_RANK,
