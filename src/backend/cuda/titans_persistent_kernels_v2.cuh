@@ -1,0 +1,555 @@
+// The second variant of the persistent Titans kernels (titans_persistent.h; titans::PersistentVariant::V2), built
+// on the block-level pieces of titans_persistent_kernels.cuh (v1) and written against the same small surface plus
+// two asynchronous-copy primitives (async_copy_element, async_wait_all: cp.async on the device, a copy deferred to
+// the wait in tests/block_emulation.h), so that the CPU emulation runs this source too.
+//
+// Why a second variant: v1 separates every two phases of a chunk step by a block barrier (6 per forward step, ~22
+// per backward step with 512 threads) and its products read the chunk's q / k / v rows from global memory inside
+// their reduction loops; ncu on an H200 showed 41% of the issue gaps waiting at barriers and 39 us per forward
+// step (docs/PERF.md). v2 cuts the latency of a step:
+//   - 256 threads per block (8 warps to wait for at a barrier instead of 16);
+//   - the chunk's rows (q, k, v, dO, θ, η, α) staged in shared memory one chunk ahead by asynchronous copies
+//     (two staging buffers), and the backward's next state W_{c-1} copied into a second state buffer while W_c is
+//     in use, so no product waits on global memory;
+//   - independent products of a step run in one phase (one barrier for all of them), consecutive products of a
+//     phase starting on different threads (Spread), element steps fused into the epilogue of the product whose
+//     element they need (the scalar cores of titans_elementwise.h), the backward's dS = η̄ G deferred into the next
+//     step's G = dW + dS, and the block dots reduced by every thread from the warps' partials (no extra barrier):
+//     forward 4 barriers per chunk step (Q-K projection included), backward 6 plus the recomputation's 4.
+// The math is v1's, term for term (the same products, the same element cores, sums in the same order inside a
+// product); only where a value is kept and which thread computes it differ.
+#pragma once
+#include "backend/cuda/titans_persistent_kernels.cuh"
+
+namespace ttt::cuda::persistent {
+
+#ifdef __CUDACC__
+// dst (shared memory, or global when the plan spilled the buffer) = *src (global), without waiting: cp.async into
+// shared memory; a plain copy otherwise. Visible to the issuing thread after async_wait_all, to the block after the
+// next barrier.
+template <class T>
+__device__ __forceinline__ void async_copy_element(T* dst, const T* src) {
+  if (__isShared(dst)) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(s), "l"(src), "n"(sizeof(T)) : "memory");
+  } else {
+    *dst = *src;
+  }
+}
+// Waits for every async_copy_element of the calling thread.
+__device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+#endif
+
+// Where the next product of a phase starts handing out its work (gemm_tiles' start).
+struct Spread {
+  int next = 0;
+  template <class T, bool TA, bool TB, class Store>
+  __device__ void operator()(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
+    next = (next + block_products(m, n, k, A, B, store, next)) % int(blockDim.x);
+  }
+};
+
+// One staging buffer: the rows of q, k, v, dO [C'][d], then θ, η, α [C'] (titans::stage_elements).
+template <class T>
+struct Stage {
+  T *q, *k, *v, *go, *theta, *eta, *alpha;
+};
+template <class T>
+__device__ Stage<T> stage_at(const Args<T>& a, T* base) {
+  const int64_t rows = int64_t(a.chunk_rows) * a.d;
+  T* gates = base + 4 * rows;
+  return {base, base + rows, base + 2 * rows, base + 3 * rows, gates, gates + a.chunk_rows, gates + 2 * a.chunk_rows};
+}
+
+// The two staging buffers and which chunk each holds (the same values in every thread: all threads take the same
+// branches). Chunk c goes to buffer c % 2, so a prefetch of c ± 1 never touches the buffer of c.
+template <class T>
+struct Stager {
+  Stage<T> buf[2];
+  int64_t held[2] = {-1, -1};  // 2 c + (rows of q and dO included)
+  const Args<T>* a;
+  const Group* g1;
+  const T* q;   // the rows staged as queries (null: none)
+  const T* go;  // the output gradient rows (null: none)
+
+  __device__ void issue(int64_t c, bool full) {
+    const Args<T>& x = *a;
+    const Stage<T>& st = buf[c % 2];
+    const int64_t c0 = c * x.C, row0 = g1->tok(0, c0);
+    const int n = int(imin(x.C, g1->len - c0)), nd = n * x.d;
+    const int64_t off = row0 * x.d;
+    for (int e = threadIdx.x; e < nd; e += blockDim.x) {
+      if (full && q) async_copy_element(st.q + e, q + off + e);
+      async_copy_element(st.k + e, x.k + off + e);
+      async_copy_element(st.v + e, x.v + off + e);
+      if (full && go) async_copy_element(st.go + e, go + off + e);
+    }
+    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+      async_copy_element(st.theta + r, x.theta + row0 + r);
+      if (x.momentum) async_copy_element(st.eta + r, x.eta + row0 + r);
+      if (x.decay) async_copy_element(st.alpha + r, x.alpha + row0 + r);
+    }
+    held[c % 2] = 2 * c + (full ? 1 : 0);
+  }
+  // Starts copying chunk c into its buffer; the caller waits (async_wait_all) before the barrier that precedes
+  // the first read.
+  __device__ void prefetch(int64_t c, bool full) { issue(c, full); }
+  // Chunk c in its buffer, readable by the block on return (copies it now, with a barrier, unless prefetched).
+  __device__ const Stage<T>& ensure(int64_t c, bool full) {
+    if (held[c % 2] != 2 * c + (full ? 1 : 0)) {
+      issue(c, full);
+      async_wait_all();
+      __syncthreads();
+    }
+    return buf[c % 2];
+  }
+};
+
+// The staged rows of chunk c0.. seen as a group of one item whose token c0 + r is row r (for the functors of
+// titans_elementwise.h that index tokens: ChunkMean).
+__device__ __forceinline__ Group staged_group(int64_t c0, int64_t len) { return Group{1, 0, 1, -c0, 0, len}; }
+
+// `f(second, row, col, index in W's layout L, flat index)` for every element of the state, a warp per row of W1
+// [dh][d] then of W2 [d][dh] (lanes along the row: no index division).
+template <class F>
+__device__ __forceinline__ void state_each(const StateLayout& L, const F& f) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t P = int64_t(L.d) * L.dh;
+  for (int h = warp; h < L.dh; h += warps)
+    for (int j = lane; j < L.d; j += 32) f(false, h, j, L.at_rc(false, h, j), int64_t(h) * L.d + j);
+  for (int j = warp; j < L.d; j += warps)
+    for (int h = lane; h < L.dh; h += 32) f(true, j, h, L.at_rc(true, j, h), P + int64_t(j) * L.dh + h);
+}
+
+// The context of one chunk step.
+template <class T>
+struct StepCtx {
+  const Args<T>& a;
+  const Block<T>& b;
+  const Group& g1;
+  int64_t c, c0;
+  int n;
+};
+
+// One forward chunk step of item g1 (MemoryGroup::apply_rows, then MemoryGroup::update when `update`), W_c on chip
+// in layout L (padded), updated in place to W_{c+1}; S: Sc read, Sn written in layout SL (may be the same; null:
+// no momentum); keepW / keepS (unpadded, may be null): copies of the new state. apply: Qa holds the chunk's
+// queries on chip (q̃ with the Q-K projection), o its output rows. qk (forward with the projection, update on):
+// M += KᵀK, z += Σ ||k||², and the next chunk's queries projected into Qt (on chip and a.qt), their raw rows in
+// `next`. `prefetch()` is called first in the step (it starts the next chunk's copies); the step waits for them
+// before its third barrier. Barriers: 2 without update, else 4; the block may read everything after return.
+template <class T, class Prefetch>
+__device__ void forward_step_v2(const StepCtx<T>& x, T* W, const T* Sc, T* Sn, const StateLayout& SL, T* keepW,
+                                T* keepS, const Stage<T>& cur, bool update, const T* Qa, T* o, T* M, T* Qt,
+                                const Stage<T>* next, const Prefetch& prefetch) {
+  using namespace titans;
+  const Args<T>& a = x.a;
+  const Block<T>& b = x.b;
+  const int d = a.d, dh = a.dh, n = x.n;
+  const int64_t P = int64_t(d) * dh;
+  const StateLayout L{d, dh, true};
+  T *Zq = b.buf[kZq], *Sgq = b.buf[kSgq], *Zk = b.buf[kZ], *Sgk = b.buf[kSg], *E = b.buf[kE], *Bm = b.buf[kBm];
+  T *A = b.buf[kA], *DZ = b.buf[kDZ];
+  const T* K = cur.k;
+  prefetch();
+  // Phase A: Zq = Qa W1ᵀ, Zk = K W1ᵀ, silu; the gate means; the chunk's key squares join z.
+  {
+    Spread sp;
+    const auto w1t = mat<true>(W, L.ld1());
+    if (Qa)
+      sp(n, dh, d, mat<false>(Qa, d), w1t, [&](int i, int h, T acc) {
+        Zq[i * dh + h] = acc;
+        Sgq[i * dh + h] = math::silu(acc);
+      });
+    if (update) {
+      sp(n, dh, d, mat<false>(K, d), w1t, [&](int i, int h, T acc) {
+        Zk[i * dh + h] = acc;
+        Sgk[i * dh + h] = math::silu(acc);
+      });
+      const Group gs = staged_group(x.c0, x.g1.len);
+      if (threadIdx.x == 0 && a.momentum) fn::ChunkMean<T>{cur.eta, b.ebar - x.c, gs, a.C}(x.c);
+      if (threadIdx.x == 1 && a.decay) fn::ChunkMean<T>{cur.alpha, b.abar - x.c, gs, a.C}(x.c);
+      if (M && threadIdx.x / 32 == blockDim.x / 32 - 1) {  // the last warp: z += Σ ||k||² (QkGroup::absorb)
+        double squares = 0;
+        for (int e = threadIdx.x % 32; e < n * d; e += 32) squares += double(K[e]) * double(K[e]);
+        squares = warp_sum(squares);
+        if (threadIdx.x % 32 == 0) *b.qz = *b.qz + T(squares);
+      }
+    }
+  }
+  __syncthreads();
+  // Phase B: o = [Qa] + Sgq W2ᵀ; E = Sgk W2ᵀ, then the MSE gradient E, Bm = θ E.
+  {
+    Spread sp;
+    const auto w2t = mat<true>(W + L.off2(), L.ld2());
+    if (Qa) {
+      T* orow = o + x.g1.tok(0, x.c0) * d;
+      sp(n, d, dh, mat<false>(Sgq, dh), w2t, [&](int i, int j, T acc) {
+        orow[i * d + j] = a.residual ? acc + Qa[i * d + j] : acc;
+      });
+    }
+    if (update)
+      sp(n, d, dh, mat<false>(Sgk, dh), w2t, [&](int i, int j, T acc) {
+        const T y = acc + (a.residual ? K[i * d + j] : T(0));
+        fn::mse_err_core(y, cur.v[i * d + j], cur.theta[i], E[i * d + j], Bm[i * d + j]);
+      });
+  }
+  __syncthreads();
+  if (!update) return;
+  // Phase C: DS = E W2, then DZ = DS silu'(Zk), A = θ DZ; M += KᵀK. The next chunk's rows land.
+  {
+    Spread sp;
+    sp(n, dh, d, mat<false>(E, d), mat<false>(W + L.off2(), L.ld2()), [&](int i, int h, T acc) {
+      fn::inner_a_core(acc, Zk[i * dh + h], cur.theta[i], DZ[i * dh + h], A[i * dh + h]);
+    });
+    if (M) sp(d, d, n, mat<true>(K, d), mat<false>(K, d), [&](int i, int j, T v) { M[i * d + j] = v + M[i * d + j]; });
+  }
+  async_wait_all();
+  __syncthreads();
+  // Phase D: D = -[Aᵀ K; Bmᵀ Sgk] meets the step (fn::step_core) where each element lands; the next chunk's
+  // queries through the Q-K projection with the new sums.
+  {
+    Spread sp;
+    auto step = [&](bool second, int row, int col, T acc) {
+      const int64_t w = L.at_rc(second, row, col), s = SL.at_rc(second, row, col);
+      T p;
+      const T wn = fn::step_core(W[w], Sc ? Sc + s : nullptr, -acc, Sc ? *b.ebar : T(0), a.decay ? b.abar : nullptr, &p);
+      W[w] = wn;
+      if (Sn) Sn[s] = p;
+      const int64_t e = second ? P + int64_t(row) * dh + col : int64_t(row) * d + col;
+      if (keepW) keepW[e] = wn;
+      if (keepS) keepS[e] = p;
+    };
+    sp(dh, d, n, mat<true>(A, dh), mat<false>(K, d), [&](int h, int j, T acc) { step(false, h, j, acc); });
+    sp(d, dh, n, mat<true>(Bm, d), mat<false>(Sgk, dh), [&](int j, int h, T acc) { step(true, j, h, acc); });
+    if (M) {
+      const int64_t c1 = x.c + 1, c10 = c1 * a.C;
+      const int n1 = int(imin(a.C, x.g1.len - c10));
+      const T z = *b.qz;
+      T* qt = a.qt + x.g1.tok(0, c10) * d;
+      const T* qraw = next->q;
+      if (threadIdx.x == 0) a.qk_z[int64_t(blockIdx.x) * num_chunks(x.g1.len, a.C) + c1] = z;
+      sp(n1, d, d, mat<false>(qraw, d), mat<false>(M, d), [&](int r, int j, T acc) {
+        const T v = fn::qk_finalize_core(acc, qraw[r * d + j], z);
+        Qt[r * d + j] = v;
+        qt[r * d + j] = v;
+      });
+    }
+  }
+  __syncthreads();
+}
+
+template <class T>
+__global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_fwd_v2(Args<T> a) {
+  using namespace titans;
+  TTT_DYNAMIC_SMEM(smem);
+  const Block<T> b = make_block(a, smem);
+  const Group g1 = item_group(a.g);
+  const int d = a.d, dh = a.dh;
+  const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C);
+  const StateLayout L{d, dh, true};
+  T* W = b.buf[kW];
+  T* S = a.momentum ? b.buf[kS] : nullptr;
+  T* ckW = a.save ? a.ckW + int64_t(blockIdx.x) * a.checkpoints * P2 : nullptr;
+  T* ckS = a.save && a.momentum ? a.ckS + int64_t(blockIdx.x) * a.checkpoints * P2 : nullptr;
+  T* M = a.qk ? b.buf[kQk] : nullptr;
+  T* Qt = a.qk ? b.buf[kQt] : nullptr;
+  // The raw queries are staged: q_in with the projection (projected on chip into Qt), else q itself.
+  Stager<T> stager{{stage_at(a, b.buf[kStage0]), stage_at(a, b.buf[kStage1])}, {-1, -1}, &a, &g1,
+                   a.qk ? a.q_in : a.q, nullptr};
+  // W := [W1⁰; W2⁰] of the item's sequence-head, S := 0, the Q-K sums := 0; chunk 0 staged.
+  state_each(L, [&](bool second, int row, int col, int64_t w, int64_t e) {
+    const T v = second ? a.w2[g1.b0 * (P2 / 2) + (e - P2 / 2)] : a.w1[g1.b0 * (P2 / 2) + e];
+    W[w] = v;
+    if (S) S[w] = T(0);
+    if (ckW) ckW[e] = v;
+    if (ckS) ckS[e] = T(0);
+  });
+  if (M)
+    for (int64_t e = threadIdx.x; e < int64_t(d) * d; e += blockDim.x) M[e] = T(0);
+  if (threadIdx.x == 0) *b.qz = T(0);
+  const Stage<T>& first = stager.ensure(0, true);
+  if (M) {  // chunk 0's queries: no key yet, q̃ = q (fn::qk_finalize_core with z = 0)
+    const int n0 = int(imin(a.C, g1.len));
+    T* qt = a.qt + g1.tok(0, 0) * d;
+    for (int e = threadIdx.x; e < n0 * d; e += blockDim.x) {
+      const T v = fn::qk_finalize_core(T(0), first.q[e], T(0));
+      Qt[e] = v;
+      qt[e] = v;
+    }
+    if (threadIdx.x == 0) a.qk_z[int64_t(blockIdx.x) * N] = T(0);
+    __syncthreads();
+  }
+  for (int64_t c = 0; c < N; ++c) {
+    const int64_t c0 = c * a.C;
+    const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
+    const Stage<T>& cur = stager.ensure(c, true);
+    const bool update = c + 1 < N;
+    const bool keep = ckW && update && (c + 1) % a.K == 0;
+    forward_step_v2(x, W, S, S, L, keep ? ckW + ((c + 1) / a.K) * P2 : nullptr,
+                    keep && ckS ? ckS + ((c + 1) / a.K) * P2 : nullptr, cur, update, M ? Qt : cur.q, a.o,
+                    update ? M : nullptr, Qt, update ? &stager.buf[(c + 1) % 2] : nullptr, [&] {
+                      if (update) stager.prefetch(c + 1, true);
+                    });
+  }
+}
+
+// The adjoints of chunk c's update (when c + 1 < N; MemoryGroup::update_bwd) and apply (MemoryGroup::apply_bwd)
+// with W_c on chip (padded), S_c at Sc (unpadded, global; momentum), the chunk's rows staged in `cur` (q̃ or q,
+// k, v, dO). dW holds dL/dW_{c+1} on entry and dL/dW_c on exit. G: with momentum the buffer of dS, holding the
+// pending G_{c+1} (dS_{c+1} = η̄_{c+1} G_{c+1}, η̄_{c+1} in b.eta_pending: the product is taken where G_c is formed,
+// so no phase waits for dS) on entry and G_c on exit; without momentum a cotangent buffer. `prefetch()` first
+// (the next chunk's rows, the next state); the step waits for those copies before its last barrier.
+// Barriers: 3 without update, else 6.
+template <class T, class Prefetch>
+__device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, const Stage<T>& cur, bool update,
+                                 const Prefetch& prefetch) {
+  using namespace titans;
+  const Args<T>& a = x.a;
+  const Block<T>& b = x.b;
+  const int d = a.d, dh = a.dh, n = x.n;
+  const StateLayout L{d, dh, true};
+  T* dW = b.buf[kGradW];
+  T* G = a.momentum ? b.buf[kGradS] : b.buf[kCot];
+  const T *G1 = G, *G2 = G + L.off2(), *W2 = W + L.off2();
+  T *Zq = b.buf[kZq], *Sgq = b.buf[kSgq], *Zk = b.buf[kZ], *Sgk = b.buf[kSg], *E = b.buf[kE], *Bm = b.buf[kBm];
+  T *A = b.buf[kA], *DZ = b.buf[kDZ], *dA = b.buf[kGradA], *dSg = b.buf[kGradSg], *dZq = b.buf[kGradZq];
+  T *dDS = b.buf[kGradDS], *dZ = b.buf[kGradZ], *dBm = b.buf[kGradB], *dE = b.buf[kGradE];
+  const T *Q = cur.q, *K = cur.k, *dO = cur.go, *th = cur.theta;
+  const int64_t row0 = x.g1.tok(0, x.c0) * d;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  prefetch();
+  // Phase 1: Zq = Q W1ᵀ, Zk = K W1ᵀ, silu; the gate means; G = dW' + dS' (fn::StepBwdPre) and the two block
+  // dots <dW', W>, <G, S_c> as the warps' partial sums.
+  {
+    Spread sp;
+    const auto w1t = mat<true>(W, L.ld1());
+    sp(n, dh, d, mat<false>(Q, d), w1t, [&](int i, int h, T acc) {
+      Zq[i * dh + h] = acc;
+      Sgq[i * dh + h] = math::silu(acc);
+    });
+    if (update) {
+      sp(n, dh, d, mat<false>(K, d), w1t, [&](int i, int h, T acc) {
+        Zk[i * dh + h] = acc;
+        Sgk[i * dh + h] = math::silu(acc);
+      });
+      const Group gs = staged_group(x.c0, x.g1.len);
+      if (threadIdx.x == 0 && a.momentum) fn::ChunkMean<T>{cur.eta, b.ebar - x.c, gs, a.C}(x.c);
+      if (threadIdx.x == 1 && a.decay) fn::ChunkMean<T>{cur.alpha, b.abar - x.c, gs, a.C}(x.c);
+      const T pending = a.momentum ? *b.eta_pending : T(0);
+      double keep = 0, eta = 0;
+      state_each(L, [&](bool, int, int, int64_t w, int64_t e) {
+        T dS;  // dS_{c+1} = η̄_{c+1} G_{c+1} (fn::StepBwdPost's), then G_c = dW' + dS (fn::StepBwdPre's)
+        if (a.momentum) fn::StepBwdPost<T>{nullptr, &dS, G + w, &pending, nullptr, 1}(0);
+        fn::StepBwdPre<T>{dW + w, a.momentum ? &dS : nullptr, G + w}(0);
+        if (a.decay) keep += double(dW[w]) * double(W[w]);
+        if (a.momentum) eta += double(G[w]) * double(Sc[e]);
+      });
+      keep = warp_sum(keep);
+      eta = warp_sum(eta);
+      if (lane == 0) b.red[2 * warp] = keep, b.red[2 * warp + 1] = eta;
+    }
+  }
+  __syncthreads();
+  // Phase 2: the dots (every thread sums the warps' partials in order); dW = (1 - ᾱ) dW'; the gates' gradients;
+  // E = Sgk W2ᵀ and the MSE gradient; dA = -K G1ᵀ; dBm = -Sgk G2ᵀ and dE = θ dBm (fn::InnerBwdD's); dZq = (dO W2)
+  // silu'(Zq).
+  {
+    Spread sp;
+    if (update) {
+      double keep = 0, eta = 0;
+      for (int w = 0; w < warps; ++w) keep += b.red[2 * w], eta += b.red[2 * w + 1];
+      const T keepdot = T(keep), etadot = T(eta);
+      if (a.decay)
+        state_each(L, [&](bool, int, int, int64_t w, int64_t) {
+          fn::StepBwdPost<T>{dW + w, nullptr, G + w, b.ebar, b.abar, 1}(0);
+        });
+      if (a.momentum || a.decay)
+        block_each(n, fn::FillGates<T>{a.momentum ? a.geta : nullptr, a.decay ? a.galpha : nullptr, &etadot, &keepdot,
+                                       x.g1, x.c0, n});
+      sp(n, d, dh, mat<false>(Sgk, dh), mat<true>(W2, L.ld2()), [&](int i, int j, T acc) {
+        const T y = acc + (a.residual ? K[i * d + j] : T(0));
+        fn::mse_err_core(y, cur.v[i * d + j], th[i], E[i * d + j], Bm[i * d + j]);
+      });
+      sp(n, dh, d, mat<false>(K, d), mat<true>(G1, L.ld1()), [&](int i, int h, T acc) { dA[i * dh + h] = -acc; });
+      sp(n, d, dh, mat<false>(Sgk, dh), mat<true>(G2, L.ld2()), [&](int i, int j, T acc) {
+        dBm[i * d + j] = -acc;
+        dE[i * d + j] = th[i] * -acc;
+      });
+    }
+    sp(n, dh, d, mat<false>(dO, d), mat<false>(W2, L.ld2()),
+       [&](int i, int h, T acc) { dZq[i * dh + h] = T(0) + acc * math::dsilu(Zq[i * dh + h]); });
+  }
+  __syncthreads();
+  // Phase 3: DS = E W2, then A, DZ (fn::inner_a_core) and dDS, dZ (fn::inner_bwd_h_core); dSg = -Bm G2; the
+  // apply's dW2 += dOᵀ Sgq, dW1 += dZqᵀ Q, gq = [dO] + dZq W1.
+  {
+    Spread sp;
+    if (update) {
+      sp(n, dh, d, mat<false>(E, d), mat<false>(W2, L.ld2()), [&](int i, int h, T acc) {
+        const int at = i * dh + h;
+        fn::inner_a_core(acc, Zk[at], th[i], DZ[at], A[at]);
+        fn::inner_bwd_h_core(Zk[at], acc, dA[at], th[i], dDS[at], dZ[at]);
+      });
+      sp(n, dh, d, mat<false>(Bm, d), mat<false>(G2, L.ld2()), [&](int i, int h, T acc) { dSg[i * dh + h] = -acc; });
+    }
+    sp(d, dh, n, mat<true>(dO, d), mat<false>(Sgq, dh), [&](int j, int h, T acc) {
+      T& w = dW[L.at_rc(true, j, h)];
+      w = acc + w;
+    });
+    sp(dh, d, n, mat<true>(dZq, dh), mat<false>(Q, d), [&](int h, int j, T acc) {
+      T& w = dW[L.at_rc(false, h, j)];
+      w = acc + w;
+    });
+    T* gq = a.gq + row0;
+    sp(n, d, dh, mat<false>(dZq, dh), mat<false>(W, L.ld1()), [&](int i, int j, T acc) {
+      gq[i * d + j] = acc + (a.residual ? dO[i * d + j] : T(0));
+    });
+  }
+  if (!update) {
+    async_wait_all();
+    __syncthreads();
+    return;
+  }
+  __syncthreads();
+  // Phase 4: dθ (the row dots <DZ_r, dA_r> + <E_r, dBm_r>, a warp per row); dY = 2 (dE + dDS W2ᵀ) with dv, dk
+  // (fn::inner_bwd2_core); dW2 += Eᵀ dDS.
+  {
+    Spread sp;
+    for (int r = warp; r < n; r += warps) {
+      double s1 = 0, s2 = 0;
+      for (int h = lane; h < dh; h += 32) s1 += double(DZ[r * dh + h]) * double(dA[r * dh + h]);
+      for (int j = lane; j < d; j += 32) s2 += double(E[r * d + j]) * double(dBm[r * d + j]);
+      s1 = warp_sum(s1);
+      s2 = warp_sum(s2);
+      if (lane == 0) {
+        b.rd1[r] = T(s1);
+        b.rd2[r] = T(s2);
+        fn::FillTheta<T>{b.rd1, b.rd2, a.gtheta, x.g1, x.c0, n}(r);
+      }
+    }
+    T *gk = a.gk + row0, *gv = a.gv + row0;
+    sp(n, d, dh, mat<false>(dDS, dh), mat<true>(W2, L.ld2()), [&](int i, int j, T acc) {
+      const int at = i * d + j;
+      dE[at] = fn::inner_bwd2_core(acc + dE[at], a.residual, gv[at], gk[at]);
+    });
+    sp(d, dh, n, mat<true>(E, d), mat<false>(dDS, dh), [&](int j, int h, T acc) {
+      T& w = dW[L.at_rc(true, j, h)];
+      w = acc + w;
+    });
+  }
+  __syncthreads();
+  // Phase 5: dSg += dY W2, dZ += dSg silu'(Zk) (fn::DsiluMul's); dW2 += dYᵀ Sgk.
+  {
+    Spread sp;
+    sp(n, dh, d, mat<false>(dE, d), mat<false>(W2, L.ld2()), [&](int i, int h, T acc) {
+      const int at = i * dh + h;
+      const T g = acc + dSg[at];
+      dZ[at] = dZ[at] + g * math::dsilu(Zk[at]);
+    });
+    sp(d, dh, n, mat<true>(dE, d), mat<false>(Sgk, dh), [&](int j, int h, T acc) {
+      T& w = dW[L.at_rc(true, j, h)];
+      w = acc + w;
+    });
+  }
+  __syncthreads();
+  // Phase 6: dW1 += dZᵀ K; dk += -A G1 + dZ W1 (both products on the same threads: the same spread start).
+  {
+    Spread sp;
+    sp(dh, d, n, mat<true>(dZ, dh), mat<false>(K, d), [&](int h, int j, T acc) {
+      T& w = dW[L.at_rc(false, h, j)];
+      w = acc + w;
+    });
+    T* gk = a.gk + row0;
+    const int start = sp.next;
+    sp(n, d, dh, mat<false>(A, dh), mat<false>(G1, L.ld1()), [&](int i, int j, T acc) { gk[i * d + j] = -acc + gk[i * d + j]; });
+    sp.next = start;
+    sp(n, d, dh, mat<false>(dZ, dh), mat<false>(W, L.ld1()), [&](int i, int j, T acc) { gk[i * d + j] = acc + gk[i * d + j]; });
+    if (a.momentum && threadIdx.x == 0) *b.eta_pending = *b.ebar;  // dS_c = η̄_c G_c, taken in the next step
+  }
+  async_wait_all();
+  __syncthreads();
+}
+
+template <class T>
+__global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_bwd_v2(Args<T> a) {
+  using namespace titans;
+  TTT_DYNAMIC_SMEM(smem);
+  const Block<T> b = make_block(a, smem);
+  const Group g1 = item_group(a.g);
+  const int d = a.d, dh = a.dh;
+  const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C), item = blockIdx.x;
+  const StateLayout L{d, dh, true}, flat{d, dh, false};
+  // Tokens of the last chunk take part in no update (MemoryGroup::backward).
+  const int64_t cl0 = (N - 1) * a.C, nl = g1.len - cl0;
+  block_each(nl * d, fn::CopyRows<T>{a.gk, nullptr, g1, cl0, nl, d});
+  block_each(nl * d, fn::CopyRows<T>{a.gv, nullptr, g1, cl0, nl, d});
+  block_each(nl, fn::CopyRows<T>{a.gtheta, nullptr, g1, cl0, nl, 1});
+  if (a.geta)
+    block_each(a.momentum ? nl : g1.len,
+               fn::CopyRows<T>{a.geta, nullptr, g1, a.momentum ? cl0 : 0, a.momentum ? nl : g1.len, 1});
+  if (a.galpha)
+    block_each(a.decay ? nl : g1.len,
+               fn::CopyRows<T>{a.galpha, nullptr, g1, a.decay ? cl0 : 0, a.decay ? nl : g1.len, 1});
+  T* Wbuf[2] = {b.buf[kW], b.buf[kWnext]};
+  int wcur = 0;
+  T* dW = b.buf[kGradW];
+  T* G = a.momentum ? b.buf[kGradS] : b.buf[kCot];
+  const int64_t padded = L.off2() + int64_t(d) * L.ld2();
+  for (int64_t e = threadIdx.x; e < padded; e += blockDim.x) dW[e] = G[e] = T(0);
+  if (threadIdx.x == 0) *b.eta_pending = T(0);
+  const T* ckW = a.ckW + item * a.checkpoints * P2;
+  const T* ckS = a.momentum ? a.ckS + item * a.checkpoints * P2 : nullptr;
+  T* slotW = a.slotW + item * a.K * P2;
+  T* slotS = a.momentum ? a.slotS + item * a.K * P2 : nullptr;
+  // The state of version c in segment j (lo = j K): the checkpoint at c = lo, else slot c - lo.
+  auto stateW = [&](int64_t j, int64_t lo, int64_t c) -> const T* { return c == lo ? ckW + j * P2 : slotW + (c - lo) * P2; };
+  auto stateS = [&](int64_t j, int64_t lo, int64_t c) -> T* {
+    if (!a.momentum) return nullptr;
+    return c == lo ? const_cast<T*>(ckS) + j * P2 : slotS + (c - lo) * P2;
+  };
+  // Copies of an unpadded state into a padded buffer: now (sync) or started (async, waited by the step).
+  auto load_state = [&](T* dst, const T* src) {
+    state_each(L, [&](bool, int, int, int64_t w, int64_t e) { async_copy_element(dst + w, src + e); });
+  };
+  // The walk stages q̃ (or q) and dO with the keys; the recomputation only what the update reads.
+  Stager<T> stager{{stage_at(a, b.buf[kStage0]), stage_at(a, b.buf[kStage1])}, {-1, -1}, &a, &g1, a.q, a.go};
+  __syncthreads();
+  const int64_t nseg = num_chunks(N, a.K);
+  for (int64_t j = nseg - 1; j >= 0; --j) {
+    const int64_t lo = j * a.K, hi = imin(N, lo + a.K);
+    load_state(Wbuf[wcur], ckW + j * P2);
+    async_wait_all();
+    __syncthreads();
+    // Recompute the segment's states (W on chip, in place; copies in the slots).
+    for (int64_t c = lo; c + 1 < hi; ++c) {
+      const int64_t c0 = c * a.C;
+      const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
+      const Stage<T>& cur = stager.ensure(c, false);
+      forward_step_v2(x, Wbuf[wcur], stateS(j, lo, c), stateS(j, lo, c + 1), flat, slotW + (c + 1 - lo) * P2,
+                      static_cast<T*>(nullptr), cur, true, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+                      static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<const Stage<T>*>(nullptr), [&] {
+                        if (c + 2 < hi) stager.prefetch(c + 1, false);
+                        else stager.prefetch(c + 1, true);  // the walk's first chunk
+                      });
+    }
+    // W holds version hi - 1; walk the segment back, the previous state copied in while a step runs.
+    for (int64_t c = hi - 1; c >= lo; --c) {
+      const int64_t c0 = c * a.C;
+      const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
+      const Stage<T>& cur = stager.ensure(c, true);
+      backward_step_v2(x, Wbuf[wcur], stateS(j, lo, c), cur, c + 1 < N, [&] {
+        if (c > lo) {
+          stager.prefetch(c - 1, true);
+          load_state(Wbuf[1 - wcur], stateW(j, lo, c - 1));
+        }
+      });
+      if (c > lo) wcur = 1 - wcur;
+    }
+  }
+  T* out = a.dW_items + item * P2;
+  state_each(L, [&](bool, int, int, int64_t w, int64_t e) { out[e] = dW[w]; });
+  if (a.qk) qk_backward(a, b, g1, N);
+}
+
+}  // namespace ttt::cuda::persistent
