@@ -471,6 +471,78 @@ __device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, c
   __syncthreads();
 }
 
+// The Q-K projection's backward (QkGroup::backward; v1's qk_backward, the same math) with two barriers per chunk
+// and sweep instead of four: the forward sweep takes the dot Σ dq·q in the projection's epilogue (the warps'
+// partials, summed by thread 0 after the barrier, next to the keys' absorption); the reverse sweep adds Ĝᵀ Q, Qᵀ Ĝ
+// and 2 dz I to P on one owner per element (the two products start on the same thread).
+template <class T>
+__device__ void qk_backward_v2(const Args<T>& a, const Block<T>& b, const Group& g1, int64_t N) {
+  const int d = a.d;
+  const int64_t dd = int64_t(d) * d;
+  const T* z = a.qk_z + int64_t(blockIdx.x) * N;
+  T* dz = a.qk_dz + int64_t(blockIdx.x) * N;
+  T* M = b.buf[titans::kQk];
+  T* acc = b.buf[titans::kE];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < dd; e += blockDim.x) M[e] = T(0);
+  __syncthreads();
+  for (int64_t c = 0; c < N; ++c) {  // forward sweep: the sums M grow as in the forward
+    const int64_t c0 = c * a.C, row0 = g1.tok(0, c0) * d;
+    const int n = int(imin(a.C, g1.len - c0));
+    const T *G = a.gq + row0, *q = a.q_in + row0;
+    T* dq = a.gq_final + row0;
+    if (c > 0) {  // dq = M G / z and the dot Σ dq·q
+      double dot = 0;
+      block_products(n, d, d, mat<false>(G, d), mat<false>(M, d), [&](int r, int j, T v) {
+        const T o = fn::qk_finalize_core(v, G[r * d + j], z[c]);
+        dq[r * d + j] = o;
+        dot += double(o) * double(q[r * d + j]);
+      });
+      dot = warp_sum(dot);
+      if (lane == 0) b.red[2 * warp] = dot;
+    } else {  // no key yet: dq = G
+      for (int e = threadIdx.x; e < n * d; e += blockDim.x) dq[e] = fn::qk_finalize_core(T(0), G[e], z[c]);
+    }
+    __syncthreads();
+    if (c > 0 && threadIdx.x == 0) {
+      double dot = 0;
+      for (int w = 0; w < warps; ++w) dot += b.red[2 * w];
+      const T t = T(dot);
+      fn::QkDz<T>{&t, z + c, dz + c}(0);
+    }
+    if (c + 1 < N) {
+      const T* Kr = a.k + row0;
+      block_products(d, d, n, mat<true>(Kr, d), mat<false>(Kr, d),
+                     [&](int i, int j, T v) { M[i * d + j] = v + M[i * d + j]; });
+    }
+    __syncthreads();
+  }
+  T* Pm = M;  // reverse sweep: P over the later chunks
+  for (int64_t e = threadIdx.x; e < dd; e += blockDim.x) Pm[e] = T(0);
+  __syncthreads();
+  for (int64_t c = N - 1; c >= 0; --c) {
+    const int64_t c0 = c * a.C, row0 = g1.tok(0, c0) * d;
+    const int n = int(imin(a.C, g1.len - c0));
+    const T* Kr = a.k + row0;
+    T* gk = a.gk + row0;
+    block_products(n, d, d, mat<false>(Kr, d), mat<false>(Pm, d),
+                   [&](int r, int j, T v) { gk[r * d + j] = gk[r * d + j] + v; });  // dk = K P, added
+    if (c > 0) block_each(int64_t(n) * d, fn::QkGhat<T>{a.gq, z + c, acc, g1, c0, n, d});
+    __syncthreads();
+    if (c > 0) {
+      const T* q = a.q_in + row0;
+      block_products(d, d, n, mat<true>(acc, d), mat<false>(q, d),
+                     [&](int i, int j, T v) { Pm[i * d + j] = v + Pm[i * d + j]; });  // P += Ĝᵀ Q
+      block_products(d, d, n, mat<true>(q, d), mat<false>(acc, d), [&](int i, int j, T v) {
+        Pm[i * d + j] = v + Pm[i * d + j];  // P += Qᵀ Ĝ
+        if (i == j) fn::AddDiag<T>{Pm, dz + c, d}(j);  // P += 2 dz I
+      });
+      __syncthreads();
+    }
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_bwd_v2(Args<T> a) {
   using namespace titans;
@@ -549,7 +621,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   }
   T* out = a.dW_items + item * P2;
   state_each(L, [&](bool, int, int, int64_t w, int64_t e) { out[e] = dW[w]; });
-  if (a.qk) qk_backward(a, b, g1, N);
+  if (a.qk) qk_backward_v2(a, b, g1, N);
 }
 
 }  // namespace ttt::cuda::persistent
