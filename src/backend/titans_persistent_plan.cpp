@@ -82,6 +82,7 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
       want(kWnext, P2);
       want(kGradW, P2);
       want(s.momentum ? kGradS : kCot, P2);
+      if (s.momentum) want(kS, P2);  // S_c: the recomputation's state, then each step's (copied in ahead)
     } else if (s.momentum) {
       want(kS, P2);
     }
@@ -121,7 +122,9 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
       want(kGradB, Cr * d);
     }
   }
-  const int states = (backward ? (variant == PersistentVariant::V2 ? 4 : 3) : (s.momentum ? 2 : 1)) + (s.qk ? 1 : 0);
+  const int v2_backward_states = 4 + (s.momentum ? 1 : 0);
+  const int states = (backward ? (variant == PersistentVariant::V2 ? v2_backward_states : 3) : (s.momentum ? 2 : 1)) +
+                     (s.qk ? 1 : 0);
   size_t shared = L.scalar_bytes;
   int64_t scratch = 0;
   bool spilled = false;

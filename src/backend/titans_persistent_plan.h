@@ -11,7 +11,8 @@
 //             forward plus dA, dSg [C', dh] and dB [C', d] (dDS, dZ and dE alias dA, DS and dB: their values
 //             are consumed element by element where they are produced)
 // with P = d * dh and C' = min(C, the longest item). The second variant (v2, PersistentVariant) adds, after the
-// states: the backward's second state buffer W' (the next state, prefetched while the current one is in use), two
+// states: the backward's second state buffer W' (the next state, prefetched while the current one is in use) and
+// its momentum S (the segment's recomputation runs on it, then each step's S_c is copied in ahead), two
 // staging buffers of the chunk rows (q, k, v, dO [C'][d] and θ, η, α [C'], copied asynchronously one chunk ahead),
 // and the chunk buffers of its merged phases (the queries' Zq, Sgq, dZq and the projected q̃ rows apart from the
 // keys', and dE, dDS, dZ apart from the buffers they alias in v1). A state buffer on chip is padded: W1 [dh][d+1], W2

@@ -295,15 +295,15 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
 }
 
 // The adjoints of chunk c's update (when c + 1 < N; MemoryGroup::update_bwd) and apply (MemoryGroup::apply_bwd)
-// with W_c on chip (padded), S_c at Sc (unpadded, global; momentum), the chunk's rows staged in `cur` (q̃ or q,
-// k, v, dO). dW holds dL/dW_{c+1} on entry and dL/dW_c on exit. G: with momentum the buffer of dS, holding the
+// with W_c and S_c (momentum; else null) on chip (padded), the chunk's rows staged in `cur` (q̃ or q, k, v, dO). dW holds dL/dW_{c+1} on entry and dL/dW_c on exit. G: with momentum the buffer of dS, holding the
 // pending G_{c+1} (dS_{c+1} = η̄_{c+1} G_{c+1}, η̄_{c+1} in b.eta_pending: the product is taken where G_c is formed,
 // so no phase waits for dS) on entry and G_c on exit; without momentum a cotangent buffer. `prefetch()` first
-// (the next chunk's rows, the next state); the step waits for those copies before its last barrier.
+// (the next chunk's rows, the next W), `prefetch_momentum()` once S_c is read no more (the next S, into S's
+// buffer); the step waits for those copies before its last barrier.
 // Barriers: 3 without update, else 6.
-template <class T, class Prefetch>
+template <class T, class Prefetch, class PrefetchMomentum>
 __device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, const Stage<T>& cur, bool update,
-                                 const Prefetch& prefetch) {
+                                 const Prefetch& prefetch, const PrefetchMomentum& prefetch_momentum) {
   using namespace titans;
   const Args<T>& a = x.a;
   const Block<T>& b = x.b;
@@ -338,12 +338,12 @@ __device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, c
       if (threadIdx.x == 1 && a.decay) fn::ChunkMean<T>{cur.alpha, b.abar - x.c, gs, a.C}(x.c);
       const T pending = a.momentum ? *b.eta_pending : T(0);
       double keep = 0, eta = 0;
-      state_each(L, [&](bool, int, int, int64_t w, int64_t e) {
+      state_each(L, [&](bool, int, int, int64_t w, int64_t) {
         T dS;  // dS_{c+1} = η̄_{c+1} G_{c+1} (fn::StepBwdPost's), then G_c = dW' + dS (fn::StepBwdPre's)
         if (a.momentum) fn::StepBwdPost<T>{nullptr, &dS, G + w, &pending, nullptr, 1}(0);
         fn::StepBwdPre<T>{dW + w, a.momentum ? &dS : nullptr, G + w}(0);
         if (a.decay) keep += double(dW[w]) * double(W[w]);
-        if (a.momentum) eta += double(G[w]) * double(Sc[e]);
+        if (a.momentum) eta += double(G[w]) * double(Sc[w]);
       });
       keep = warp_sum(keep);
       eta = warp_sum(eta);
@@ -354,6 +354,7 @@ __device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, c
   // Phase 2: the dots (every thread sums the warps' partials in order); dW = (1 - ᾱ) dW'; the gates' gradients;
   // E = Sgk W2ᵀ and the MSE gradient; dA = -K G1ᵀ; dBm = -Sgk G2ᵀ and dE = θ dBm (fn::InnerBwdD's); dZq = (dO W2)
   // silu'(Zq).
+  prefetch_momentum();
   {
     Spread sp;
     if (update) {
@@ -551,7 +552,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   const Group g1 = item_group(a.g);
   const int d = a.d, dh = a.dh;
   const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C), item = blockIdx.x;
-  const StateLayout L{d, dh, true}, flat{d, dh, false};
+  const StateLayout L{d, dh, true};
   // Tokens of the last chunk take part in no update (MemoryGroup::backward).
   const int64_t cl0 = (N - 1) * a.C, nl = g1.len - cl0;
   block_each(nl * d, fn::CopyRows<T>{a.gk, nullptr, g1, cl0, nl, d});
@@ -567,6 +568,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   int wcur = 0;
   T* dW = b.buf[kGradW];
   T* G = a.momentum ? b.buf[kGradS] : b.buf[kCot];
+  T* S = a.momentum ? b.buf[kS] : nullptr;  // S_c on chip
   const int64_t padded = L.off2() + int64_t(d) * L.ld2();
   for (int64_t e = threadIdx.x; e < padded; e += blockDim.x) dW[e] = G[e] = T(0);
   if (threadIdx.x == 0) *b.eta_pending = T(0);
@@ -576,10 +578,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   T* slotS = a.momentum ? a.slotS + item * a.K * P2 : nullptr;
   // The state of version c in segment j (lo = j K): the checkpoint at c = lo, else slot c - lo.
   auto stateW = [&](int64_t j, int64_t lo, int64_t c) -> const T* { return c == lo ? ckW + j * P2 : slotW + (c - lo) * P2; };
-  auto stateS = [&](int64_t j, int64_t lo, int64_t c) -> T* {
-    if (!a.momentum) return nullptr;
-    return c == lo ? const_cast<T*>(ckS) + j * P2 : slotS + (c - lo) * P2;
-  };
+  auto stateS = [&](int64_t j, int64_t lo, int64_t c) -> const T* { return c == lo ? ckS + j * P2 : slotS + (c - lo) * P2; };
   // Copies of an unpadded state into a padded buffer: now (sync) or started (async, waited by the step).
   auto load_state = [&](T* dst, const T* src) {
     state_each(L, [&](bool, int, int, int64_t w, int64_t e) { async_copy_element(dst + w, src + e); });
@@ -591,31 +590,37 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   for (int64_t j = nseg - 1; j >= 0; --j) {
     const int64_t lo = j * a.K, hi = imin(N, lo + a.K);
     load_state(Wbuf[wcur], ckW + j * P2);
+    if (S) load_state(S, ckS + j * P2);
     async_wait_all();
     __syncthreads();
-    // Recompute the segment's states (W on chip, in place; copies in the slots).
+    // Recompute the segment's states (W and S on chip, in place; copies in the slots).
     for (int64_t c = lo; c + 1 < hi; ++c) {
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
       const Stage<T>& cur = stager.ensure(c, false);
-      forward_step_v2(x, Wbuf[wcur], stateS(j, lo, c), stateS(j, lo, c + 1), flat, slotW + (c + 1 - lo) * P2,
-                      static_cast<T*>(nullptr), cur, true, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
+      forward_step_v2(x, Wbuf[wcur], S, S, L, slotW + (c + 1 - lo) * P2, S ? slotS + (c + 1 - lo) * P2 : nullptr, cur,
+                      true, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
                       static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<const Stage<T>*>(nullptr), [&] {
                         if (c + 2 < hi) stager.prefetch(c + 1, false);
                         else stager.prefetch(c + 1, true);  // the walk's first chunk
                       });
     }
-    // W holds version hi - 1; walk the segment back, the previous state copied in while a step runs.
+    // W, S hold version hi - 1; walk the segment back, the previous state copied in while a step runs.
     for (int64_t c = hi - 1; c >= lo; --c) {
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
       const Stage<T>& cur = stager.ensure(c, true);
-      backward_step_v2(x, Wbuf[wcur], stateS(j, lo, c), cur, c + 1 < N, [&] {
-        if (c > lo) {
-          stager.prefetch(c - 1, true);
-          load_state(Wbuf[1 - wcur], stateW(j, lo, c - 1));
-        }
-      });
+      backward_step_v2(
+          x, Wbuf[wcur], S, cur, c + 1 < N,
+          [&] {
+            if (c > lo) {
+              stager.prefetch(c - 1, true);
+              load_state(Wbuf[1 - wcur], stateW(j, lo, c - 1));
+            }
+          },
+          [&] {
+            if (c > lo && S) load_state(S, stateS(j, lo, c - 1));
+          });
       if (c > lo) wcur = 1 - wcur;
     }
   }
