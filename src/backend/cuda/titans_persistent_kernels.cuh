@@ -47,8 +47,9 @@ struct NoEpilogue {
 // memory serves one 32-lane access per clock), so larger tiles are faster while enough threads stay busy.
 // Sums run in l order from zero. No barrier: the caller separates phases. Work item w (a multiple of 32 per warp's
 // worth) goes to thread (w + start) mod blockDim (start a multiple of 32), so that products run one after another
-// in one phase can begin where the previous one's work ended; returns the number of work items.
-template <int TM, int TN, class T, bool TA, bool TB, class Store>
+// in one phase can begin where the previous one's work ended; returns the number of work items. Unroll: reduction
+// steps whose loads are issued together (v2's 8 warps have fewer other warps to hide a load's latency behind).
+template <int TM, int TN, int Unroll, class T, bool TA, bool TB, class Store>
 __device__ __forceinline__ int gemm_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B,
                                           const Store& store, int start) {
   const int row_tiles = (m + TM - 1) / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
@@ -62,7 +63,7 @@ __device__ __forceinline__ int gemm_tiles(int m, int n, int k, Operand<T, TA> A,
     for (int s = 0; s < TM; ++s)
 #pragma unroll
       for (int t = 0; t < TN; ++t) acc[s][t] = T(0);
-#pragma unroll 2
+#pragma unroll Unroll
     for (int l = 0; l < k; ++l) {
       T b[TN];
 #pragma unroll
@@ -85,15 +86,15 @@ __device__ __forceinline__ int gemm_tiles(int m, int n, int k, Operand<T, TA> A,
 
 // The tile for an m x n product: the largest of 4x2, 2x2, 1x2, 1x1 that still gives every one of at least
 // 128 threads (a warp per scheduler) a tile.
-// start: see gemm_tiles; returns the number of work items.
-template <class T, bool TA, bool TB, class Store>
+// start, Unroll: see gemm_tiles; returns the number of work items.
+template <int Unroll = 2, class T, bool TA, bool TB, class Store>
 __device__ int block_products(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store,
                               int start = 0) {
   const int outputs = m * n;
-  if (outputs >= 8 * 128 && m >= 4) return gemm_tiles<4, 2>(m, n, k, A, B, store, start);
-  if (outputs >= 4 * 128 && m >= 2) return gemm_tiles<2, 2>(m, n, k, A, B, store, start);
-  if (outputs >= 2 * 128 && n > 32) return gemm_tiles<1, 2>(m, n, k, A, B, store, start);
-  return gemm_tiles<1, 1>(m, n, k, A, B, store, start);
+  if (outputs >= 8 * 128 && m >= 4) return gemm_tiles<4, 2, Unroll>(m, n, k, A, B, store, start);
+  if (outputs >= 4 * 128 && m >= 2) return gemm_tiles<2, 2, Unroll>(m, n, k, A, B, store, start);
+  if (outputs >= 2 * 128 && n > 32) return gemm_tiles<1, 2, Unroll>(m, n, k, A, B, store, start);
+  return gemm_tiles<1, 1, Unroll>(m, n, k, A, B, store, start);
 }
 
 // C[m, n] (row stride ldc) = alpha op(A) op(B) + beta C (beta 0: C is not read), then epi(i, j) by the thread

@@ -40,12 +40,14 @@ __device__ __forceinline__ void async_copy_element(T* dst, const T* src) {
 __device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 #endif
 
-// Where the next product of a phase starts handing out its work (gemm_tiles' start).
+// Where the next product of a phase starts handing out its work (gemm_tiles' start); v2's products issue the
+// loads of 4 reduction steps together.
+inline constexpr int kUnrollV2 = 4;
 struct Spread {
   int next = 0;
   template <class T, bool TA, bool TB, class Store>
   __device__ void operator()(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
-    next = (next + block_products(m, n, k, A, B, store, next)) % int(blockDim.x);
+    next = (next + block_products<kUnrollV2>(m, n, k, A, B, store, next)) % int(blockDim.x);
   }
 };
 
@@ -62,46 +64,45 @@ __device__ Stage<T> stage_at(const Args<T>& a, T* base) {
 }
 
 // The two staging buffers and which chunk each holds (the same values in every thread: all threads take the same
-// branches). Chunk c goes to buffer c % 2, so a prefetch of c ± 1 never touches the buffer of c.
+// branches). Chunk c goes to buffer c % 2, so a prefetch of c ± 1 never touches the buffer of c. Selected, not
+// indexed, and the arguments passed to each call: so that nothing here (nor the kernel's Args) lives in local memory.
 template <class T>
 struct Stager {
-  Stage<T> buf[2];
-  int64_t held[2] = {-1, -1};  // 2 c + (rows of q and dO included)
-  const Args<T>* a;
-  const Group* g1;
+  T *base0, *base1;
+  int64_t held0 = -1, held1 = -1;  // 2 c + (rows of q and dO included)
   const T* q;   // the rows staged as queries (null: none)
   const T* go;  // the output gradient rows (null: none)
 
-  __device__ void issue(int64_t c, bool full) {
-    const Args<T>& x = *a;
-    const Stage<T>& st = buf[c % 2];
-    const int64_t c0 = c * x.C, row0 = g1->tok(0, c0);
-    const int n = int(imin(x.C, g1->len - c0)), nd = n * x.d;
-    const int64_t off = row0 * x.d;
+  __device__ Stage<T> at(const Args<T>& a, int64_t c) const { return stage_at(a, c % 2 ? base1 : base0); }
+  __device__ void issue(const Args<T>& a, const Group& g1, int64_t c, bool full) {
+    const Stage<T> st = at(a, c);
+    const int64_t c0 = c * a.C, row0 = g1.tok(0, c0);
+    const int n = int(imin(a.C, g1.len - c0)), nd = n * a.d;
+    const int64_t off = row0 * a.d;
     for (int e = threadIdx.x; e < nd; e += blockDim.x) {
       if (full && q) async_copy_element(st.q + e, q + off + e);
-      async_copy_element(st.k + e, x.k + off + e);
-      async_copy_element(st.v + e, x.v + off + e);
+      async_copy_element(st.k + e, a.k + off + e);
+      async_copy_element(st.v + e, a.v + off + e);
       if (full && go) async_copy_element(st.go + e, go + off + e);
     }
     for (int r = threadIdx.x; r < n; r += blockDim.x) {
-      async_copy_element(st.theta + r, x.theta + row0 + r);
-      if (x.momentum) async_copy_element(st.eta + r, x.eta + row0 + r);
-      if (x.decay) async_copy_element(st.alpha + r, x.alpha + row0 + r);
+      async_copy_element(st.theta + r, a.theta + row0 + r);
+      if (a.momentum) async_copy_element(st.eta + r, a.eta + row0 + r);
+      if (a.decay) async_copy_element(st.alpha + r, a.alpha + row0 + r);
     }
-    held[c % 2] = 2 * c + (full ? 1 : 0);
+    (c % 2 ? held1 : held0) = 2 * c + (full ? 1 : 0);
   }
   // Starts copying chunk c into its buffer; the caller waits (async_wait_all) before the barrier that precedes
   // the first read.
-  __device__ void prefetch(int64_t c, bool full) { issue(c, full); }
+  __device__ void prefetch(const Args<T>& a, const Group& g1, int64_t c, bool full) { issue(a, g1, c, full); }
   // Chunk c in its buffer, readable by the block on return (copies it now, with a barrier, unless prefetched).
-  __device__ const Stage<T>& ensure(int64_t c, bool full) {
-    if (held[c % 2] != 2 * c + (full ? 1 : 0)) {
-      issue(c, full);
+  __device__ Stage<T> ensure(const Args<T>& a, const Group& g1, int64_t c, bool full) {
+    if ((c % 2 ? held1 : held0) != 2 * c + (full ? 1 : 0)) {
+      issue(a, g1, c, full);
       async_wait_all();
       __syncthreads();
     }
-    return buf[c % 2];
+    return at(a, c);
   }
 };
 
@@ -139,7 +140,7 @@ struct StepCtx {
 // `next`. `prefetch()` is called first in the step (it starts the next chunk's copies); the step waits for them
 // before its third barrier. Barriers: 2 without update, else 4; the block may read everything after return.
 template <class T, class Prefetch>
-__device__ void forward_step_v2(const StepCtx<T>& x, T* W, const T* Sc, T* Sn, const StateLayout& SL, T* keepW,
+__device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const T* Sc, T* Sn, const StateLayout& SL, T* keepW,
                                 T* keepS, const Stage<T>& cur, bool update, const T* Qa, T* o, T* M, T* Qt,
                                 const Stage<T>* next, const Prefetch& prefetch) {
   using namespace titans;
@@ -255,8 +256,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   T* M = a.qk ? b.buf[kQk] : nullptr;
   T* Qt = a.qk ? b.buf[kQt] : nullptr;
   // The raw queries are staged: q_in with the projection (projected on chip into Qt), else q itself.
-  Stager<T> stager{{stage_at(a, b.buf[kStage0]), stage_at(a, b.buf[kStage1])}, {-1, -1}, &a, &g1,
-                   a.qk ? a.q_in : a.q, nullptr};
+  Stager<T> stager{b.buf[kStage0], b.buf[kStage1], -1, -1, a.qk ? a.q_in : a.q, nullptr};
   // W := [W1⁰; W2⁰] of the item's sequence-head, S := 0, the Q-K sums := 0; chunk 0 staged.
   state_each(L, [&](bool second, int row, int col, int64_t w, int64_t e) {
     const T v = second ? a.w2[g1.b0 * (P2 / 2) + (e - P2 / 2)] : a.w1[g1.b0 * (P2 / 2) + e];
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   if (M)
     for (int64_t e = threadIdx.x; e < int64_t(d) * d; e += blockDim.x) M[e] = T(0);
   if (threadIdx.x == 0) *b.qz = T(0);
-  const Stage<T>& first = stager.ensure(0, true);
+  const Stage<T> first = stager.ensure(a, g1, 0, true);
   if (M) {  // chunk 0's queries: no key yet, q̃ = q (fn::qk_finalize_core with z = 0)
     const int n0 = int(imin(a.C, g1.len));
     T* qt = a.qt + g1.tok(0, 0) * d;
@@ -283,13 +283,14 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   for (int64_t c = 0; c < N; ++c) {
     const int64_t c0 = c * a.C;
     const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
-    const Stage<T>& cur = stager.ensure(c, true);
+    const Stage<T> cur = stager.ensure(a, g1, c, true);
     const bool update = c + 1 < N;
+    const Stage<T> next = stager.at(a, c + 1);
     const bool keep = ckW && update && (c + 1) % a.K == 0;
     forward_step_v2(x, W, S, S, L, keep ? ckW + ((c + 1) / a.K) * P2 : nullptr,
                     keep && ckS ? ckS + ((c + 1) / a.K) * P2 : nullptr, cur, update, M ? Qt : cur.q, a.o,
-                    update ? M : nullptr, Qt, update ? &stager.buf[(c + 1) % 2] : nullptr, [&] {
-                      if (update) stager.prefetch(c + 1, true);
+                    update ? M : nullptr, Qt, update ? &next : nullptr, [&] {
+                      if (update) stager.prefetch(a, g1, c + 1, true);
                     });
   }
 }
@@ -302,7 +303,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
 // buffer); the step waits for those copies before its last barrier.
 // Barriers: 3 without update, else 6.
 template <class T, class Prefetch, class PrefetchMomentum>
-__device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, const Stage<T>& cur, bool update,
+__device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, const Stage<T>& cur, bool update,
                                  const Prefetch& prefetch, const PrefetchMomentum& prefetch_momentum) {
   using namespace titans;
   const Args<T>& a = x.a;
@@ -477,7 +478,7 @@ __device__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, c
 // partials, summed by thread 0 after the barrier, next to the keys' absorption); the reverse sweep adds Ĝᵀ Q, Qᵀ Ĝ
 // and 2 dz I to P on one owner per element (the two products start on the same thread).
 template <class T>
-__device__ void qk_backward_v2(const Args<T>& a, const Block<T>& b, const Group& g1, int64_t N) {
+__device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>& b, const Group& g1, int64_t N) {
   const int d = a.d;
   const int64_t dd = int64_t(d) * d;
   const T* z = a.qk_z + int64_t(blockIdx.x) * N;
@@ -495,7 +496,7 @@ __device__ void qk_backward_v2(const Args<T>& a, const Block<T>& b, const Group&
     T* dq = a.gq_final + row0;
     if (c > 0) {  // dq = M G / z and the dot Σ dq·q
       double dot = 0;
-      block_products(n, d, d, mat<false>(G, d), mat<false>(M, d), [&](int r, int j, T v) {
+      block_products<kUnrollV2>(n, d, d, mat<false>(G, d), mat<false>(M, d), [&](int r, int j, T v) {
         const T o = fn::qk_finalize_core(v, G[r * d + j], z[c]);
         dq[r * d + j] = o;
         dot += double(o) * double(q[r * d + j]);
@@ -514,7 +515,7 @@ __device__ void qk_backward_v2(const Args<T>& a, const Block<T>& b, const Group&
     }
     if (c + 1 < N) {
       const T* Kr = a.k + row0;
-      block_products(d, d, n, mat<true>(Kr, d), mat<false>(Kr, d),
+      block_products<kUnrollV2>(d, d, n, mat<true>(Kr, d), mat<false>(Kr, d),
                      [&](int i, int j, T v) { M[i * d + j] = v + M[i * d + j]; });
     }
     __syncthreads();
@@ -527,15 +528,15 @@ __device__ void qk_backward_v2(const Args<T>& a, const Block<T>& b, const Group&
     const int n = int(imin(a.C, g1.len - c0));
     const T* Kr = a.k + row0;
     T* gk = a.gk + row0;
-    block_products(n, d, d, mat<false>(Kr, d), mat<false>(Pm, d),
+    block_products<kUnrollV2>(n, d, d, mat<false>(Kr, d), mat<false>(Pm, d),
                    [&](int r, int j, T v) { gk[r * d + j] = gk[r * d + j] + v; });  // dk = K P, added
     if (c > 0) block_each(int64_t(n) * d, fn::QkGhat<T>{a.gq, z + c, acc, g1, c0, n, d});
     __syncthreads();
     if (c > 0) {
       const T* q = a.q_in + row0;
-      block_products(d, d, n, mat<true>(acc, d), mat<false>(q, d),
+      block_products<kUnrollV2>(d, d, n, mat<true>(acc, d), mat<false>(q, d),
                      [&](int i, int j, T v) { Pm[i * d + j] = v + Pm[i * d + j]; });  // P += Ĝᵀ Q
-      block_products(d, d, n, mat<true>(q, d), mat<false>(acc, d), [&](int i, int j, T v) {
+      block_products<kUnrollV2>(d, d, n, mat<true>(q, d), mat<false>(acc, d), [&](int i, int j, T v) {
         Pm[i * d + j] = v + Pm[i * d + j];  // P += Qᵀ Ĝ
         if (i == j) fn::AddDiag<T>{Pm, dz + c, d}(j);  // P += 2 dz I
       });
@@ -564,8 +565,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   if (a.galpha)
     block_each(a.decay ? nl : g1.len,
                fn::CopyRows<T>{a.galpha, nullptr, g1, a.decay ? cl0 : 0, a.decay ? nl : g1.len, 1});
-  T* Wbuf[2] = {b.buf[kW], b.buf[kWnext]};
-  int wcur = 0;
+  T *Wcur = b.buf[kW], *Wnext = b.buf[kWnext];  // swapped after each step that copied the next state in
   T* dW = b.buf[kGradW];
   T* G = a.momentum ? b.buf[kGradS] : b.buf[kCot];
   T* S = a.momentum ? b.buf[kS] : nullptr;  // S_c on chip
@@ -584,12 +584,12 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
     state_each(L, [&](bool, int, int, int64_t w, int64_t e) { async_copy_element(dst + w, src + e); });
   };
   // The walk stages q̃ (or q) and dO with the keys; the recomputation only what the update reads.
-  Stager<T> stager{{stage_at(a, b.buf[kStage0]), stage_at(a, b.buf[kStage1])}, {-1, -1}, &a, &g1, a.q, a.go};
+  Stager<T> stager{b.buf[kStage0], b.buf[kStage1], -1, -1, a.q, a.go};
   __syncthreads();
   const int64_t nseg = num_chunks(N, a.K);
   for (int64_t j = nseg - 1; j >= 0; --j) {
     const int64_t lo = j * a.K, hi = imin(N, lo + a.K);
-    load_state(Wbuf[wcur], ckW + j * P2);
+    load_state(Wcur, ckW + j * P2);
     if (S) load_state(S, ckS + j * P2);
     async_wait_all();
     __syncthreads();
@@ -597,31 +597,34 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
     for (int64_t c = lo; c + 1 < hi; ++c) {
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
-      const Stage<T>& cur = stager.ensure(c, false);
-      forward_step_v2(x, Wbuf[wcur], S, S, L, slotW + (c + 1 - lo) * P2, S ? slotS + (c + 1 - lo) * P2 : nullptr, cur,
+      const Stage<T> cur = stager.ensure(a, g1, c, false);
+      forward_step_v2(x, Wcur, S, S, L, slotW + (c + 1 - lo) * P2, S ? slotS + (c + 1 - lo) * P2 : nullptr, cur,
                       true, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
                       static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<const Stage<T>*>(nullptr), [&] {
-                        if (c + 2 < hi) stager.prefetch(c + 1, false);
-                        else stager.prefetch(c + 1, true);  // the walk's first chunk
+                        stager.prefetch(a, g1, c + 1, c + 2 >= hi);  // full: the walk's first chunk
                       });
     }
     // W, S hold version hi - 1; walk the segment back, the previous state copied in while a step runs.
     for (int64_t c = hi - 1; c >= lo; --c) {
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
-      const Stage<T>& cur = stager.ensure(c, true);
+      const Stage<T> cur = stager.ensure(a, g1, c, true);
       backward_step_v2(
-          x, Wbuf[wcur], S, cur, c + 1 < N,
+          x, Wcur, S, cur, c + 1 < N,
           [&] {
             if (c > lo) {
-              stager.prefetch(c - 1, true);
-              load_state(Wbuf[1 - wcur], stateW(j, lo, c - 1));
+              stager.prefetch(a, g1, c - 1, true);
+              load_state(Wnext, stateW(j, lo, c - 1));
             }
           },
           [&] {
             if (c > lo && S) load_state(S, stateS(j, lo, c - 1));
           });
-      if (c > lo) wcur = 1 - wcur;
+      if (c > lo) {
+        T* t = Wcur;
+        Wcur = Wnext;
+        Wnext = t;
+      }
     }
   }
   T* out = a.dW_items + item * P2;
