@@ -3,19 +3,22 @@
 // two asynchronous-copy primitives (async_copy_element, async_wait_all: cp.async on the device, a copy deferred to
 // the wait in tests/block_emulation.h), so that the CPU emulation runs this source too.
 //
-// Why a second variant: v1 separates every two phases of a chunk step by a block barrier (6 per forward step, ~22
-// per backward step with 512 threads) and its products read the chunk's q / k / v rows from global memory inside
-// their reduction loops; ncu on an H200 showed 41% of the issue gaps waiting at barriers and 39 us per forward
-// step (docs/PERF.md). v2 cuts the latency of a step:
+// Why a second variant: v1 separates every two phases of a chunk step by a block barrier (6 per forward step, 10
+// with the Q-K projection, 21 per backward step with 512 threads) and its products read the chunk's q / k / v rows
+// from global memory inside their reduction loops; ncu on an H200 showed 41% of the issue gaps waiting at barriers
+// and 39 us per forward step (docs/PERF.md). v2 cuts the latency of a step:
 //   - 256 threads per block (8 warps to wait for at a barrier instead of 16);
 //   - the chunk's rows (q, k, v, dO, θ, η, α) staged in shared memory one chunk ahead by asynchronous copies
-//     (two staging buffers), and the backward's next state W_{c-1} copied into a second state buffer while W_c is
-//     in use, so no product waits on global memory;
+//     (two staging buffers), and the backward's next state W_{c-1} (into a second state buffer) and S_{c-1} copied
+//     in while step c runs, so no product or dot waits on global memory;
 //   - independent products of a step run in one phase (one barrier for all of them), consecutive products of a
 //     phase starting on different threads (Spread), element steps fused into the epilogue of the product whose
 //     element they need (the scalar cores of titans_elementwise.h), the backward's dS = η̄ G deferred into the next
 //     step's G = dW + dS, and the block dots reduced by every thread from the warps' partials (no extra barrier):
-//     forward 4 barriers per chunk step (Q-K projection included), backward 6 plus the recomputation's 4.
+//     forward 4 barriers per chunk step (Q-K projection included), backward 6 plus the recomputation's 4, the Q-K
+//     projection's backward sweeps 2 + 2 per chunk (v1 4 + 4);
+//   - fewer shared-memory accesses per multiply-add: a chunk's rows products with a thread per column and A's rows
+//     as vector loads (gemm_chunk_rows), the d x dh products with Aᵀ's tile column as one vector (gemm_tiles_vector_a).
 // The math is v1's, term for term (the same products, the same element cores, sums in the same order inside a
 // product); only where a value is kept and which thread computes it differ.
 #pragma once
@@ -39,6 +42,9 @@ __device__ __forceinline__ void async_copy_element(T* dst, const T* src) {
 // Waits for every async_copy_element of the calling thread.
 __device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 #endif
+
+// v2's products issue the loads of this many reduction steps together (8 warps hide less latency than v1's 16).
+inline constexpr int kUnrollV2 = 4;
 
 // V consecutive elements of a row (16 bytes, aligned): one vector load on the device.
 template <int V, class T>
@@ -104,9 +110,59 @@ __device__ __forceinline__ int gemm_chunk_rows(int m, int n, int k, Operand<T, f
   return work;
 }
 
+// The d x dh products over a chunk (A transposed: op(A)[i, l] = A[l][i], k = C): gemm_tiles' 4 x 2 tiles with the
+// tile's 4 rows of op(A) loaded as one 16-byte vector (two for double) per reduction step instead of 4 broadcasts:
+// 3 shared-memory accesses per 8 multiply-adds instead of 6. Needs m a multiple of 4, A's row stride a multiple of
+// the vector and A aligned. The same sums in the same order as gemm_tiles.
+template <class T>
+__device__ __forceinline__ bool columns_product_fits(int m, int n, Operand<T, true> A) {
+  constexpr int V = 16 / int(sizeof(T));
+  return m % 4 == 0 && m * n >= 8 * 128 && A.ld % V == 0 && reinterpret_cast<uintptr_t>(A.p) % 16 == 0;
+}
+template <int Unroll, class T, bool TB, class Store>
+__device__ __forceinline__ int gemm_tiles_vector_a(int m, int n, int k, Operand<T, true> A, Operand<T, TB> B,
+                                                   const Store& store, int start) {
+  constexpr int TM = 4, TN = 2, V = 16 / int(sizeof(T));
+  const int row_tiles = m / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
+  const int work = row_tiles * col_groups * 32;
+  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
+  for (int idx = first; idx < work; idx += blockDim.x) {
+    const int lane = idx % 32, group = idx / 32, cg = group % col_groups, rt = group / col_groups;
+    const int i0 = rt * TM, j0 = cg * 32 * TN + lane;
+    T acc[TM][TN];
+#pragma unroll
+    for (int s = 0; s < TM; ++s)
+#pragma unroll
+      for (int t = 0; t < TN; ++t) acc[s][t] = T(0);
+#pragma unroll Unroll
+    for (int l = 0; l < k; ++l) {
+      T b[TN];
+#pragma unroll
+      for (int t = 0; t < TN; ++t) b[t] = j0 + 32 * t < n ? B(l, j0 + 32 * t) : T(0);
+      T a[TM];
+#pragma unroll
+      for (int v = 0; v < TM / V; ++v) {
+        T part[V];
+        load_row_vector<V>(A.p + l * A.ld + i0 + v * V, part);
+#pragma unroll
+        for (int u = 0; u < V; ++u) a[v * V + u] = part[u];
+      }
+#pragma unroll
+      for (int s = 0; s < TM; ++s)
+#pragma unroll
+        for (int t = 0; t < TN; ++t) acc[s][t] += a[s] * b[t];
+    }
+#pragma unroll
+    for (int s = 0; s < TM; ++s)
+#pragma unroll
+      for (int t = 0; t < TN; ++t)
+        if (j0 + 32 * t < n) store(i0 + s, j0 + 32 * t, acc[s][t]);
+  }
+  return work;
+}
+
 // Where the next product of a phase starts handing out its work (gemm_tiles' start); v2's products issue the
-// loads of 4 reduction steps together, and those over a chunk's rows take gemm_chunk_rows when they fit.
-inline constexpr int kUnrollV2 = 4;
+// loads of 4 reduction steps together, and take gemm_chunk_rows / gemm_tiles_vector_a when they fit.
 struct Spread {
   int next = 0;
   template <class T, bool TA, bool TB, class Store>
@@ -115,6 +171,12 @@ struct Spread {
     if constexpr (!TA) {
       if (rows_product_fits(m, k, A)) {
         work = gemm_chunk_rows(m, n, k, A, B, store, next);
+        next = (next + work) % int(blockDim.x);
+        return;
+      }
+    } else {
+      if (columns_product_fits(m, n, A)) {
+        work = gemm_tiles_vector_a<kUnrollV2>(m, n, k, A, B, store, next);
         next = (next + work) % int(blockDim.x);
         return;
       }
