@@ -54,7 +54,8 @@ __device__ __forceinline__ int gemm_tiles(int m, int n, int k, Operand<T, TA> A,
                                           const Store& store, int start) {
   const int row_tiles = (m + TM - 1) / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
   const int work = row_tiles * col_groups * 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
+  // (start 0, v1's calls: the thread's own index, as before the offset existed)
+  const int first = start == 0 ? int(threadIdx.x) : (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
   for (int idx = first; idx < work; idx += blockDim.x) {
     const int lane = idx % 32, group = idx / 32, cg = group % col_groups, rt = group / col_groups;
     const int i0 = rt * TM, j0 = cg * 32 * TN + lane;
