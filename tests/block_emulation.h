@@ -1,9 +1,11 @@
 // Runs CUDA block-level code on the CPU for tests: one std::thread per CUDA thread of a block, __syncthreads as a
 // barrier of the block, warp_sum as an exchange among the 32 threads of a warp, dynamic shared memory as a host
-// buffer (filled with NaN bytes, so a read of what nothing wrote shows), blocks one after another. Include it
+// buffer (filled with NaN bytes, so a read of what nothing wrote shows), asynchronous copies (async_copy_element,
+// async_wait_all) as copies deferred to the wait, blocks one after another. Include it
 // before a device-code header written for it (src/backend/cuda/titans_persistent_kernels.cuh), which then
 // compiles with the host compiler. Only what those kernels use is provided.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cstdint>
 #include <cstring>
@@ -34,6 +36,26 @@ inline thread_local block_emulation::Dim threadIdx;
 inline block_emulation::Dim blockIdx, blockDim, gridDim;
 
 inline void __syncthreads() { block_emulation::state->block->arrive_and_wait(); }
+
+// cp.async: the copy is queued by the issuing thread and made at its async_wait_all (the latest moment the device
+// may make it), so a read of the destination before the wait and the barrier sees the old contents and shows.
+namespace block_emulation {
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+inline thread_local std::vector<PendingCopy> pending_copies;
+inline std::atomic<int> unwaited_copies{0};  // threads that ended with copies never waited for
+}  // namespace block_emulation
+template <class T>
+inline void async_copy_element(T* dst, const T* src) {
+  block_emulation::pending_copies.push_back({dst, src, sizeof(T)});
+}
+inline void async_wait_all() {
+  for (const auto& p : block_emulation::pending_copies) std::memcpy(p.dst, p.src, p.bytes);
+  block_emulation::pending_copies.clear();
+}
 // The sum over the calling thread's warp, returned to every lane (lanes added in order: a different rounding
 // from the device's butterfly, well inside the tests' bounds).
 inline double warp_sum(double v) {
@@ -67,6 +89,10 @@ void launch(Kernel kernel, unsigned blocks, unsigned threads, size_t smem_bytes,
       team.emplace_back([&, t] {
         threadIdx.x = t;
         kernel(args);
+        if (!pending_copies.empty()) {
+          ++unwaited_copies;
+          pending_copies.clear();
+        }
       });
     for (auto& th : team) th.join();
     state = nullptr;

@@ -8,7 +8,9 @@
 // resets (TNT local memories: several shards per sequence, shards not dividing T), T not a multiple of C nor of
 // the segment length, forced segment lengths. Device outputs start as NaN and work buffers are poisoned with NaN,
 // so an element no kernel writes, or a read of one nothing wrote, shows. Fresh random inputs on every run, the
-// seed printed with every failure. Every test skips, saying why, without CUDA or without a usable device.
+// seed printed with every failure. Every test skips, saying why, without CUDA or without a usable device. Both
+// kernel variants (titans::PersistentVariant v1, v2: the V2* tests, and V2MatchesV1) are checked, whatever
+// TTT_PERSISTENT_VARIANT says.
 #include <gtest/gtest.h>
 
 #include "titans_test_util.h"
@@ -82,6 +84,13 @@ std::vector<std::vector<double>> make_inputs(const Case& c, uint64_t seed) {
 
 enum class Where { Cpu, Persistent, Batched };
 
+// The persistent kernels the tests run (each test sets it; TitansOptions::variant overrides the environment).
+titans::PersistentVariant tested_variant = titans::PersistentVariant::V1;
+void set_options(cuda::TitansOptions& o) {
+  o.variant_set = true;
+  o.variant = tested_variant;
+}
+
 template <class T>
 std::vector<std::vector<T>> run(const Case& c, const std::vector<std::vector<double>>& x, Where where) {
   std::vector<std::vector<T>> in;
@@ -103,9 +112,12 @@ std::vector<std::vector<T>> run(const Case& c, const std::vector<std::vector<dou
   cuda::TitansOptions o;
   o.poison_workspace = true;
   o.kernel = where == Where::Persistent ? titans::KernelChoice::Persistent : titans::KernelChoice::Batched;
+  set_options(o);
   {
     cuda::TitansRunner<T> probe(c.shape(), true, o);
     EXPECT_EQ(probe.persistent(), where == Where::Persistent) << c.name() << ": " << probe.path();
+    if (where == Where::Persistent)
+      EXPECT_NE(probe.path().find(titans::persistent_variant_name(tested_variant)), std::string::npos) << probe.path();
   }
   cuda::titans_host<T>(c.shape(), mi, out[0].data(), in[8].data(), &mg, o);
   return out;
@@ -161,11 +173,8 @@ void check(const std::vector<std::vector<A>>& got, const std::vector<std::vector
   }
 }
 
-}  // namespace
-
 // The float64 instantiation runs the twin's algorithm: agreement to rounding.
-TEST(CudaTitansPersistent, Float64MatchesCpuTwin) {
-  REQUIRE_CUDA();
+void float64_matches_twin() {
   const uint64_t seed0 = fresh_seed();
   Worst worst;
   int n = 0;
@@ -176,13 +185,12 @@ TEST(CudaTitansPersistent, Float64MatchesCpuTwin) {
     const auto got = run<double>(c, x, Where::Persistent);
     check(got, ref, 1e-12, false, c.name() + " fp64 (seed " + std::to_string(seed) + ")", worst);
   }
-  std::printf("titans persistent fp64 vs CPU twin: %d configs, worst relative error %.3g (%s)\n", n, worst.err,
-              worst.what.c_str());
+  std::printf("titans persistent %s fp64 vs CPU twin: %d configs, worst relative error %.3g (%s)\n",
+              titans::persistent_variant_name(tested_variant), n, worst.err, worst.what.c_str());
 }
 
 // The float32 instantiation against float64 on the CPU, with the bound of the batched path's tests.
-TEST(CudaTitansPersistent, Float32MatchesCpuReference) {
-  REQUIRE_CUDA();
+void float32_matches_reference() {
   const uint64_t seed0 = fresh_seed();
   Worst worst;
   int n = 0;
@@ -193,14 +201,13 @@ TEST(CudaTitansPersistent, Float32MatchesCpuReference) {
     const auto got = run<float>(c, x, Where::Persistent);
     check(got, ref, 1e-4, true, c.name() + " fp32 (seed " + std::to_string(seed) + ")", worst);
   }
-  std::printf("titans persistent fp32 vs CPU float64 (max abs diff / max abs ref): %d configs, worst %.3g (%s)\n", n,
-              worst.err, worst.what.c_str());
+  std::printf("titans persistent %s fp32 vs CPU float64 (max abs diff / max abs ref): %d configs, worst %.3g (%s)\n",
+              titans::persistent_variant_name(tested_variant), n, worst.err, worst.what.c_str());
 }
 
 // Persistent and batched paths on the same inputs, on the device: float64 to rounding, float32 within the fp32
 // bound (different summation orders).
-TEST(CudaTitansPersistent, MatchesBatchedPath) {
-  REQUIRE_CUDA();
+void matches_batched() {
   const uint64_t seed0 = fresh_seed();
   Worst w64, w32;
   int n = 0;
@@ -211,14 +218,13 @@ TEST(CudaTitansPersistent, MatchesBatchedPath) {
     check(run<double>(c, x, Where::Persistent), run<double>(c, x, Where::Batched), 1e-12, false, tag + " fp64", w64);
     check(run<float>(c, x, Where::Persistent), run<float>(c, x, Where::Batched), 1e-4, true, tag + " fp32", w32);
   }
-  std::printf("titans persistent vs batched: %d configs, worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n", n, w64.err,
-              w64.what.c_str(), w32.err, w32.what.c_str());
+  std::printf("titans persistent %s vs batched: %d configs, worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n",
+              titans::persistent_variant_name(tested_variant), n, w64.err, w64.what.c_str(), w32.err, w32.what.c_str());
 }
 
 // Width 128 (forced: the fp32 state does not fit one SM, so W / S / dW spill to the item's global scratch) and the
 // longest chunk at width 64 with a long sequence (many segments).
-TEST(CudaTitansPersistent, Width128AndLongSequence) {
-  REQUIRE_CUDA();
+void width128_and_long() {
   const uint64_t seed0 = fresh_seed();
   const std::vector<Case> big = {
       {1, 40, 128, 128, 8, 0, true, true, true, false, 0},
@@ -235,7 +241,77 @@ TEST(CudaTitansPersistent, Width128AndLongSequence) {
     check(run<double>(c, x, Where::Persistent), ref, 1e-12, false, tag + " fp64", w64);
     check(run<float>(c, x, Where::Persistent), ref, 1e-4, true, tag + " fp32", w32);
   }
-  std::printf("titans persistent width 128 / long: worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n", w64.err,
+  std::printf("titans persistent %s width 128 / long: worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n",
+              titans::persistent_variant_name(tested_variant), w64.err, w64.what.c_str(), w32.err, w32.what.c_str());
+}
+
+// Runs body with tested_variant = v (restored after).
+template <class F>
+void with_variant(titans::PersistentVariant v, F body) {
+  tested_variant = v;
+  body();
+  tested_variant = titans::PersistentVariant::V1;
+}
+
+}  // namespace
+
+TEST(CudaTitansPersistent, Float64MatchesCpuTwin) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V1, float64_matches_twin);
+}
+TEST(CudaTitansPersistent, Float32MatchesCpuReference) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V1, float32_matches_reference);
+}
+TEST(CudaTitansPersistent, MatchesBatchedPath) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V1, matches_batched);
+}
+TEST(CudaTitansPersistent, Width128AndLongSequence) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V1, width128_and_long);
+}
+TEST(CudaTitansPersistent, V2Float64MatchesCpuTwin) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V2, float64_matches_twin);
+}
+TEST(CudaTitansPersistent, V2Float32MatchesCpuReference) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V2, float32_matches_reference);
+}
+TEST(CudaTitansPersistent, V2MatchesBatchedPath) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V2, matches_batched);
+}
+TEST(CudaTitansPersistent, V2Width128AndLongSequence) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V2, width128_and_long);
+}
+
+// v2 against v1 on the same inputs on the device: float64 to rounding, float32 within the fp32 bound.
+TEST(CudaTitansPersistent, V2MatchesV1) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  Worst w64, w32;
+  int n = 0;
+  for (const Case& c : cases()) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    const auto x = make_inputs(c, seed);
+    const std::string tag = c.name() + " (seed " + std::to_string(seed) + ")";
+    std::vector<std::vector<double>> v1_64, v2_64;
+    std::vector<std::vector<float>> v1_32, v2_32;
+    with_variant(titans::PersistentVariant::V1, [&] {
+      v1_64 = run<double>(c, x, Where::Persistent);
+      v1_32 = run<float>(c, x, Where::Persistent);
+    });
+    with_variant(titans::PersistentVariant::V2, [&] {
+      v2_64 = run<double>(c, x, Where::Persistent);
+      v2_32 = run<float>(c, x, Where::Persistent);
+    });
+    check(v2_64, v1_64, 1e-12, false, tag + " fp64", w64);
+    check(v2_32, v1_32, 1e-4, true, tag + " fp32", w32);
+  }
+  std::printf("titans persistent v2 vs v1: %d configs, worst fp64 %.3g (%s), worst fp32 %.3g (%s)\n", n, w64.err,
               w64.what.c_str(), w32.err, w32.what.c_str());
 }
 
@@ -253,10 +329,11 @@ TEST(CudaTitansPersistent, AutomaticChoice) {
   std::printf("d = dh = 384: %s\n", wide.path().c_str());
 }
 
+namespace {
+
 // The TNT branch (global + local memories with resets and Q-K projection, every memory forced persistent, running
 // concurrently on their streams) against the twin on named tensors, in float64; and CUDA graph replay.
-TEST(CudaTitansPersistent, TntBranchMatchesTwin) {
-  REQUIRE_CUDA();
+void tnt_branch_matches_twin() {
   const uint64_t seed = fresh_seed();
   engine::TntOptions opt;
   opt.global_chunk = 32;
@@ -286,6 +363,7 @@ TEST(CudaTitansPersistent, TntBranchMatchesTwin) {
     cuda::TitansOptions o;
     o.poison_workspace = true;
     o.kernel = titans::KernelChoice::Persistent;
+    set_options(o);
     o.graphs = graphs;
     cuda::TntGpuRunner runner(o, graphs ? 3 : 1);
     const SafeTensors got = titans::tnt_op(st, opt, runner);
@@ -300,6 +378,17 @@ TEST(CudaTitansPersistent, TntBranchMatchesTwin) {
                                << e.worst_at;
     }
   }
+}
+
+}  // namespace
+
+TEST(CudaTitansPersistent, TntBranchMatchesTwin) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V1, tnt_branch_matches_twin);
+}
+TEST(CudaTitansPersistent, V2TntBranchMatchesTwin) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V2, tnt_branch_matches_twin);
 }
 
 #endif  // TTT_HAVE_CUDA

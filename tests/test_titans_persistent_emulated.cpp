@@ -6,7 +6,9 @@
 // float64 to <= 1e-4 (max abs difference / max abs reference), every output and gradient. This checks the
 // kernels' logic (indexing, phase order, aliasing, resets, segments, spilled buffers) on every build, without a
 // GPU; the GPU tests (test_cuda_titans_persistent.cpp) check the compiled kernels. Some memories read Q-K
-// projected queries (TNT's local memories), projected inside the kernels.
+// projected queries (TNT's local memories), projected inside the kernels. Both kernel variants (v1, v2) run; the
+// emulation makes v2's asynchronous copies at the issuing thread's wait, so a read before the wait shows, and
+// counts threads that end with copies never waited for (must be none).
 #include <gtest/gtest.h>
 
 #include "titans_test_util.h"
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "backend/cuda/titans_persistent_kernels.cuh"
+#include "backend/cuda/titans_persistent_kernels_v2.cuh"
 #include "core/rng.h"
 #include "ttt/titans_fused.h"
 
@@ -37,11 +40,16 @@ struct Case {
 };
 
 // The persistent path of one memory on host arrays, as PersistentMemory::forward / backward run it.
+titans::PersistentVariant emulated_variant = titans::PersistentVariant::V1;
+
 template <class T>
 void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T* o, const T* go,
              const titans::MemoryGrads<T>& g, size_t smem) {
-  const titans::PersistentPlan plan = titans::plan_persistent(s, sizeof(T), smem, titans::KernelChoice::Persistent);
+  const titans::PersistentPlan plan =
+      titans::plan_persistent(s, sizeof(T), smem, titans::KernelChoice::Persistent, emulated_variant);
   ASSERT_TRUE(plan.persistent) << plan.reason;
+  const bool v2 = emulated_variant == titans::PersistentVariant::V2;
+  const int unwaited_before = block_emulation::unwaited_copies.load();
   const int64_t P = s.P(), P2 = 2 * P;
   const T nan = T(std::nan(""));
   struct PerGroup {
@@ -112,8 +120,12 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   for (PerGroup& pg : groups) {
     cuda::persistent::Args<T> a = args(pg, plan.fwd, pg.scratch_fwd);
     a.o = o;
-    block_emulation::launch(cuda::persistent::k_titans_persistent_fwd<T>, unsigned(pg.g.items), emulated_threads,
-                            plan.fwd.shared_bytes, a);
+    if (v2)
+      block_emulation::launch(cuda::persistent::k_titans_persistent_fwd_v2<T>, unsigned(pg.g.items), emulated_threads,
+                              plan.fwd.shared_bytes, a);
+    else
+      block_emulation::launch(cuda::persistent::k_titans_persistent_fwd<T>, unsigned(pg.g.items), emulated_threads,
+                              plan.fwd.shared_bytes, a);
   }
   std::fill(g.w1, g.w1 + s.B * P, T(0));
   std::fill(g.w2, g.w2 + s.B * P, T(0));
@@ -127,11 +139,16 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    block_emulation::launch(cuda::persistent::k_titans_persistent_bwd<T>, unsigned(pg.g.items), emulated_threads,
-                            plan.bwd.shared_bytes, a);
+    if (v2)
+      block_emulation::launch(cuda::persistent::k_titans_persistent_bwd_v2<T>, unsigned(pg.g.items), emulated_threads,
+                              plan.bwd.shared_bytes, a);
+    else
+      block_emulation::launch(cuda::persistent::k_titans_persistent_bwd<T>, unsigned(pg.g.items), emulated_threads,
+                              plan.bwd.shared_bytes, a);
     const titans::fn::ReduceItems<T> reduce{pg.dW.data(), g.w1, g.w2, pg.g, P};
     for (int64_t i = 0; i < (pg.g.items / pg.g.per_b) * P2; ++i) reduce(i);
   }
+  EXPECT_EQ(block_emulation::unwaited_copies.load(), unwaited_before) << "threads ended with copies not waited for";
 }
 
 const char* kNames[9] = {"o", "grad_q", "grad_k", "grad_v", "grad_w1", "grad_w2", "grad_theta", "grad_eta",
@@ -208,10 +225,9 @@ std::vector<std::vector<double>> inputs(const Case& c, uint64_t seed) {
 
 constexpr size_t kBig = 232448;  // an H200's opt-in shared memory per block
 
-}  // namespace
-
-TEST(TitansPersistentEmulated, MatchesCpuTwin) {
-  const std::vector<Case> cases = {
+// The cases of both variants: every feature, odd widths, spilled buffers, widths 64 and 128.
+std::vector<Case> twin_cases() {
+  return {
       // B  T   d   dh  C   S   mom    decay  res    qk     seg smem
       {{2, 37, 5, 7, 3, 0, true, true, true, false, 0}, kBig},      // odd widths, T % C != 0
       {{2, 40, 6, 4, 8, 13, false, true, false, true, 2}, kBig},    // shards of 13 (tail), Q-K, no momentum, segments of 2
@@ -220,7 +236,14 @@ TEST(TitansPersistentEmulated, MatchesCpuTwin) {
       {{1, 50, 8, 12, 4, 0, true, true, true, true, 4}, 3000},      // buffers spill to the global scratch; Q-K, no reset
       {{2, 36, 64, 64, 8, 18, true, true, true, true, 0}, kBig},    // width 64 (the heads), shards of 18, Q-K
       {{1, 24, 64, 64, 8, 0, true, true, true, false, 0}, kBig},    // width 64 without Q-K
+      {{1, 20, 128, 128, 8, 12, true, true, false, true, 0}, kBig}, // width 128 (its state spills), shards, Q-K
   };
+}
+
+// Every case of twin_cases on the emulated kernels of `variant`, float64 and float32, against the CPU twin.
+void match_twin(titans::PersistentVariant variant) {
+  emulated_variant = variant;
+  const std::vector<Case> cases = twin_cases();
   double w64 = 0, w32 = 0;
   std::string what64, what32;
   uint64_t seed = 1234;
@@ -231,21 +254,36 @@ TEST(TitansPersistentEmulated, MatchesCpuTwin) {
     check(run<double>(c, x, true), ref, 1e-12, false, tag + " fp64", w64, what64);
     check(run<float>(c, x, true), ref, 1e-4, true, tag + " fp32", w32, what32);
   }
-  std::printf("persistent kernels emulated on the CPU vs CPU twin: %zu configs, worst fp64 relative error %.3g (%s), "
-              "worst fp32 max-abs relative error %.3g (%s)\n",
-              cases.size(), w64, what64.c_str(), w32, what32.c_str());
+  emulated_variant = titans::PersistentVariant::V1;
+  std::printf("persistent kernels %s emulated on the CPU vs CPU twin: %zu configs, worst fp64 relative error %.3g "
+              "(%s), worst fp32 max-abs relative error %.3g (%s)\n",
+              titans::persistent_variant_name(variant), cases.size(), w64, what64.c_str(), w32, what32.c_str());
 }
 
-// The device's block size (titans::kPersistentThreads threads, 16 warps) on one small case with every feature.
-TEST(TitansPersistentEmulated, FullBlock) {
+// One small case with every feature on the device's block size of `variant`.
+void full_block(titans::PersistentVariant variant) {
   const Case c{1, 20, 12, 10, 4, 9, true, true, true, true, 2, kBig};
-  emulated_threads = titans::kPersistentThreads;
+  emulated_variant = variant;
+  emulated_threads = unsigned(titans::persistent_threads(variant));
   const auto x = inputs(c, 99);
   const auto ref = run<double>(c, x, false);
   double worst = 0;
   std::string what;
-  check(run<double>(c, x, true), ref, 1e-12, false, c.name() + " fp64, 512 threads", worst, what);
+  check(run<double>(c, x, true), ref, 1e-12, false,
+        c.name() + " fp64, " + std::to_string(emulated_threads) + " threads", worst, what);
+  std::printf("persistent kernels %s emulated with %u threads: worst fp64 relative error %.3g (%s)\n",
+              titans::persistent_variant_name(variant), emulated_threads, worst, what.c_str());
   emulated_threads = 64;
-  std::printf("persistent kernels emulated with 512 threads: worst fp64 relative error %.3g (%s)\n", worst,
-              what.c_str());
+  emulated_variant = titans::PersistentVariant::V1;
 }
+
+}  // namespace
+
+TEST(TitansPersistentEmulated, MatchesCpuTwin) { match_twin(titans::PersistentVariant::V1); }
+
+// v2 (merged phases, staged rows, asynchronous copies, deferred momentum adjoint): the same cases and bounds.
+TEST(TitansPersistentEmulated, V2MatchesCpuTwin) { match_twin(titans::PersistentVariant::V2); }
+
+// The device's block sizes (v1: 512 threads, 16 warps; v2: 256, 8 warps).
+TEST(TitansPersistentEmulated, FullBlock) { full_block(titans::PersistentVariant::V1); }
+TEST(TitansPersistentEmulated, V2FullBlock) { full_block(titans::PersistentVariant::V2); }

@@ -37,7 +37,9 @@ titans::MemoryShape shape(int64_t d, int64_t dh, int64_t C, int64_t T = 8192, in
 // Every used buffer has its size; the shared ones lie inside the launch's shared memory after the scalars and do
 // not overlap, the spilled ones inside the scratch and do not overlap; once one spills, every later one does.
 void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, size_t elem, bool backward,
-                  size_t limit, const std::string& tag) {
+                  size_t limit, const std::string& tag,
+                  titans::PersistentVariant variant = titans::PersistentVariant::V1) {
+  const bool v2 = variant == titans::PersistentVariant::V2;
   const int64_t longest = s.period > 0 && s.period < s.T ? s.period : s.T;
   const int64_t Cr = std::min(s.chunk, longest), state = titans::padded_state_elements(s);
   std::vector<std::pair<int64_t, int64_t>> shared, global;
@@ -46,9 +48,15 @@ void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, si
     const std::string what = tag + " buffer " + titans::persistent_buffer_name(b);
     if (!p.used) continue;
     const bool is_state = b == titans::kW || b == titans::kS || b == titans::kGradW || b == titans::kGradS ||
-                          b == titans::kCot;
-    const bool rows_d = b == titans::kE || b == titans::kBm || b == titans::kGradB;
-    EXPECT_EQ(p.elements, b == titans::kQk ? s.d * s.d : is_state ? state : Cr * (rows_d ? s.d : s.dh)) << what;
+                          b == titans::kCot || b == titans::kWnext;
+    const bool rows_d = b == titans::kE || b == titans::kBm || b == titans::kGradB || b == titans::kGradE ||
+                        b == titans::kQt;
+    const bool stage = b == titans::kStage0 || b == titans::kStage1;
+    EXPECT_EQ(p.elements, b == titans::kQk ? s.d * s.d
+                          : is_state       ? state
+                          : stage          ? titans::stage_elements(Cr, s.d)
+                                           : Cr * (rows_d ? s.d : s.dh))
+        << what;
     (p.shared ? shared : global).push_back({p.offset, p.offset + p.elements});
     if (p.shared)
       EXPECT_LE(L.scalar_bytes + size_t(p.offset + p.elements) * elem, L.shared_bytes) << what;
@@ -65,7 +73,13 @@ void check_layout(const titans::BlockLayout& L, const titans::MemoryShape& s, si
   EXPECT_TRUE(L.buf[titans::kW].used && L.buf[titans::kZ].used && L.buf[titans::kA].used) << tag;
   EXPECT_EQ(L.buf[titans::kGradW].used, backward) << tag;
   EXPECT_EQ(L.buf[titans::kGradA].used, backward) << tag;
-  EXPECT_EQ(L.buf[titans::kS].used, !backward && s.momentum) << tag;  // the backward reads S from global memory
+  // v1's backward reads S from global memory; v2's keeps S_c on chip.
+  EXPECT_EQ(L.buf[titans::kS].used, (v2 || !backward) && s.momentum) << tag;
+  EXPECT_EQ(L.buf[titans::kWnext].used, v2 && backward) << tag;
+  EXPECT_EQ(L.buf[titans::kStage0].used && L.buf[titans::kStage1].used, v2) << tag;
+  EXPECT_EQ(L.buf[titans::kGradE].used, v2 && backward) << tag;
+  EXPECT_EQ(L.buf[titans::kQt].used, v2 && !backward && s.qk) << tag;
+  EXPECT_EQ(L.buf[titans::kDS].used, !v2) << tag;  // v2 consumes DS in its product's epilogue
   EXPECT_EQ(L.buf[titans::kGradS].used, backward && s.momentum) << tag;
   EXPECT_EQ(L.buf[titans::kCot].used, backward && !s.momentum) << tag;
   EXPECT_EQ(L.buf[titans::kQk].used, s.qk) << tag;
@@ -94,6 +108,57 @@ TEST(TitansPersistentPlan, Width64Float32RunsPersistent) {
     check_layout(p.fwd, s, 4, false, kH200Smem, "fwd " + tag);
     check_layout(p.bwd, s, 4, true, kH200Smem, "bwd " + tag);
   }
+}
+
+// v2 at the shapes (d = dh = 64, fp32, C = 8, momentum, with and without the Q-K sums): 256 threads, and
+// every buffer of both blocks on chip (the backward's five states, the staging buffers, the chunk buffers), so
+// the automatic choice takes it; at C = 16 its state stays on chip.
+TEST(TitansPersistentPlan, V2Width64Float32OnChip) {
+  const titans::PersistentVariant v2 = titans::PersistentVariant::V2;
+  for (int64_t C : {8, 16})
+    for (bool qk : {false, true}) {
+      titans::MemoryShape s = shape(64, 64, C, 8192, qk ? 2048 : 0);
+      s.qk = qk;
+      const titans::PersistentPlan p = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Persistent, v2);
+      const std::string tag = "C " + std::to_string(C) + (qk ? " qk: " : ": ") + p.reason;
+      EXPECT_TRUE(p.persistent) << tag;
+      EXPECT_EQ(p.variant, v2);
+      EXPECT_EQ(p.threads, titans::kPersistentThreadsV2);
+      EXPECT_NE(p.reason.find("v2"), std::string::npos) << tag;
+      EXPECT_TRUE(p.fwd.all_on_chip && p.bwd.state_on_chip) << tag;
+      if (C == 8) EXPECT_TRUE(p.bwd.all_on_chip) << tag;
+      EXPECT_EQ(titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Automatic, v2).persistent, C == 8) << tag;
+      check_layout(p.fwd, s, 4, false, kH200Smem, "fwd " + tag, v2);
+      check_layout(p.bwd, s, 4, true, kH200Smem, "bwd " + tag, v2);
+    }
+  // Spilled (a small limit, width 128): every buffer still placed, without overlap.
+  titans::MemoryShape s = shape(128, 128, 8, 64, 32);
+  s.qk = true;
+  const titans::PersistentPlan f = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Persistent, v2);
+  EXPECT_TRUE(f.persistent) << f.reason;
+  EXPECT_FALSE(f.bwd.state_on_chip);
+  check_layout(f.fwd, s, 4, false, kH200Smem, "v2 width 128 fwd", v2);
+  check_layout(f.bwd, s, 4, true, kH200Smem, "v2 width 128 bwd", v2);
+}
+
+// The variant switch: its parsing and the environment's TTT_PERSISTENT_VARIANT.
+TEST(TitansPersistentPlan, VariantParsing) {
+  EXPECT_EQ(titans::parse_persistent_variant("v1", "x"), titans::PersistentVariant::V1);
+  EXPECT_EQ(titans::parse_persistent_variant("v2", "x"), titans::PersistentVariant::V2);
+  for (titans::PersistentVariant v : {titans::PersistentVariant::V1, titans::PersistentVariant::V2})
+    EXPECT_EQ(titans::parse_persistent_variant(titans::persistent_variant_name(v), "x"), v);
+  test::expect_error([] { titans::parse_persistent_variant("v3", "TTT_PERSISTENT_VARIANT"); },
+                     {"TTT_PERSISTENT_VARIANT", "v3", "v1 | v2"});
+  const char* old = std::getenv("TTT_PERSISTENT_VARIANT");
+  const std::string saved = old ? old : "";
+  setenv("TTT_PERSISTENT_VARIANT", "v2", 1);
+  EXPECT_EQ(titans::persistent_variant_from_env(), titans::PersistentVariant::V2);
+  setenv("TTT_PERSISTENT_VARIANT", "", 1);
+  EXPECT_EQ(titans::persistent_variant_from_env(), titans::kDefaultPersistentVariant);
+  setenv("TTT_PERSISTENT_VARIANT", "fast", 1);
+  test::expect_error([] { titans::persistent_variant_from_env(); }, {"TTT_PERSISTENT_VARIANT", "fast"});
+  if (old) setenv("TTT_PERSISTENT_VARIANT", saved.c_str(), 1);
+  else unsetenv("TTT_PERSISTENT_VARIANT");
 }
 
 // float64 at d = 64 (the parity tests' instantiation) keeps its state on chip too.

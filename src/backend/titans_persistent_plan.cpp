@@ -32,9 +32,25 @@ KernelChoice kernel_choice_from_env() {
   return parse_kernel_choice(v, "TTT_TITANS_KERNEL");
 }
 
+PersistentVariant parse_persistent_variant(const std::string& text, const std::string& what) {
+  if (text == "v1") return PersistentVariant::V1;
+  if (text == "v2") return PersistentVariant::V2;
+  TTT_FAIL(what << ": '" << text << "' is not a persistent kernel variant (v1 | v2)");
+}
+
+const char* persistent_variant_name(PersistentVariant v) { return v == PersistentVariant::V2 ? "v2" : "v1"; }
+
+PersistentVariant persistent_variant_from_env() {
+  const char* v = std::getenv("TTT_PERSISTENT_VARIANT");
+  if (!v || !*v) return kDefaultPersistentVariant;
+  return parse_persistent_variant(v, "TTT_PERSISTENT_VARIANT");
+}
+
 const char* persistent_buffer_name(int b) {
-  static const char* names[kNumBuffers] = {"W", "S", "dW", "dS", "G", "M", "Z", "Sg", "E", "Bm", "DS", "A", "DZ",
-                                           "dA", "dSg", "dBm"};
+  static const char* names[kNumBuffers] = {"W",  "S",      "dW",     "dS",  "G",   "M",   "Z",   "Sg",
+                                           "E",  "Bm",     "DS",     "A",   "DZ",  "dA",  "dSg", "dBm",
+                                           "stage0", "stage1", "W'", "Zq", "Sgq", "dZq", "dE", "dDS",
+                                           "dZ", "q~"};
   return b >= 0 && b < kNumBuffers ? names[b] : "?";
 }
 
@@ -51,35 +67,64 @@ size_t round16(size_t n) { return (n + 15) / 16 * 16; }
 }  // namespace
 
 BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, bool backward,
-                              int threads) {
+                              int threads, PersistentVariant variant) {
   const int64_t P2 = padded_state_elements(s), Cr = std::min(s.chunk, longest_item(s)), d = s.d, dh = s.dh;
   BlockLayout L;
-  L.scalar_bytes = round16(sizeof(double) * size_t(2 * (threads / 32)) + elem_bytes * size_t(6 + 2 * Cr));
+  L.scalar_bytes = round16(sizeof(double) * size_t(2 * (threads / 32)) + elem_bytes * size_t(8 + 2 * Cr));
   // Placement order = priority (header comment).
   std::array<std::pair<int, int64_t>, kNumBuffers> order{};
   int n = 0;
   auto want = [&](int b, int64_t elements) { order[size_t(n++)] = {b, elements}; };
   want(kW, P2);
-  if (backward) {
-    want(kGradW, P2);
-    want(s.momentum ? kGradS : kCot, P2);
-  } else if (s.momentum) {
-    want(kS, P2);
+  if (variant == PersistentVariant::V2) {
+    // v2 (header comment): the states, then the staging buffers (read by every phase), then the chunk buffers.
+    if (backward) {
+      want(kWnext, P2);
+      want(kGradW, P2);
+      want(s.momentum ? kGradS : kCot, P2);
+      if (s.momentum) want(kS, P2);  // S_c: the recomputation's state, then each step's (copied in ahead)
+    } else if (s.momentum) {
+      want(kS, P2);
+    }
+    if (s.qk) want(kQk, d * d);
+    const int64_t stage = stage_elements(Cr, d);
+    want(kStage0, stage);
+    want(kStage1, stage);
+    if (s.qk && !backward) want(kQt, Cr * d);
+    for (int b : {kZq, kSgq, kZ, kSg}) want(b, Cr * dh);
+    want(kE, Cr * d);
+    want(kBm, Cr * d);
+    want(kA, Cr * dh);
+    want(kDZ, Cr * dh);
+    if (backward) {
+      for (int b : {kGradA, kGradSg, kGradZq, kGradDS, kGradZ}) want(b, Cr * dh);
+      want(kGradB, Cr * d);
+      want(kGradE, Cr * d);
+    }
+  } else {
+    if (backward) {
+      want(kGradW, P2);
+      want(s.momentum ? kGradS : kCot, P2);
+    } else if (s.momentum) {
+      want(kS, P2);
+    }
+    if (s.qk) want(kQk, d * d);
+    want(kA, Cr * dh);
+    want(kZ, Cr * dh);
+    want(kSg, Cr * dh);
+    want(kE, Cr * d);
+    want(kBm, Cr * d);
+    want(kDS, Cr * dh);
+    want(kDZ, Cr * dh);
+    if (backward) {
+      want(kGradA, Cr * dh);
+      want(kGradSg, Cr * dh);
+      want(kGradB, Cr * d);
+    }
   }
-  if (s.qk) want(kQk, d * d);
-  want(kA, Cr * dh);
-  want(kZ, Cr * dh);
-  want(kSg, Cr * dh);
-  want(kE, Cr * d);
-  want(kBm, Cr * d);
-  want(kDS, Cr * dh);
-  want(kDZ, Cr * dh);
-  if (backward) {
-    want(kGradA, Cr * dh);
-    want(kGradSg, Cr * dh);
-    want(kGradB, Cr * d);
-  }
-  const int states = (backward ? 3 : (s.momentum ? 2 : 1)) + (s.qk ? 1 : 0);
+  const int v2_backward_states = 4 + (s.momentum ? 1 : 0);
+  const int states = (backward ? (variant == PersistentVariant::V2 ? v2_backward_states : 3) : (s.momentum ? 2 : 1)) +
+                     (s.qk ? 1 : 0);
   size_t shared = L.scalar_bytes;
   int64_t scratch = 0;
   bool spilled = false;
@@ -109,16 +154,18 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
   return L;
 }
 
-PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice) {
+PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice,
+                               PersistentVariant variant) {
   s.validate();
   TTT_CHECK(elem_bytes == 4 || elem_bytes == 8, "titans: persistent plan of " << elem_bytes << "-byte elements");
   PersistentPlan p;
-  p.threads = kPersistentThreads;
+  p.variant = variant;
+  p.threads = persistent_threads(variant);
   p.chunk_rows = std::min(s.chunk, longest_item(s));
   const int64_t N = num_chunks(longest_item(s), s.chunk);
   p.segment = s.segment > 0 ? std::min(s.segment, N) : std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(N)))));
-  p.fwd = persistent_layout(s, elem_bytes, smem_limit, false, p.threads);
-  p.bwd = persistent_layout(s, elem_bytes, smem_limit, true, p.threads);
+  p.fwd = persistent_layout(s, elem_bytes, smem_limit, false, p.threads, variant);
+  p.bwd = persistent_layout(s, elem_bytes, smem_limit, true, p.threads, variant);
   std::ostringstream why;
   if (choice == KernelChoice::Batched) {
     why << "batched (forced)";
@@ -140,7 +187,7 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
     why << "persistent";
   }
   if (p.persistent)
-    why << " (shared memory " << p.fwd.shared_bytes << " / " << p.bwd.shared_bytes << " bytes forward / backward"
+    why << " " << persistent_variant_name(variant) << " (shared memory " << p.fwd.shared_bytes << " / " << p.bwd.shared_bytes << " bytes forward / backward"
         << (p.fwd.all_on_chip && p.bwd.all_on_chip ? "" : ", some chunk buffers in global scratch")
         << ", segments of " << p.segment << " chunks)";
   p.reason = why.str();

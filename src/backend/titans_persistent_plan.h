@@ -10,7 +10,12 @@
 //   backward: W [2P], dW [2P], dS [2P] (momentum; else a cotangent buffer G [2P]), M [d][d], then the chunk buffers of the
 //             forward plus dA, dSg [C', dh] and dB [C', d] (dDS, dZ and dE alias dA, DS and dB: their values
 //             are consumed element by element where they are produced)
-// with P = d * dh and C' = min(C, the longest item). A state buffer on chip is padded: W1 [dh][d+1], W2
+// with P = d * dh and C' = min(C, the longest item). The second variant (v2, PersistentVariant) adds, after the
+// states: the backward's second state buffer W' (the next state, prefetched while the current one is in use) and
+// its momentum S (the segment's recomputation runs on it, then each step's S_c is copied in ahead), two
+// staging buffers of the chunk rows (q, k, v, dO [C'][d] and θ, η, α [C'], copied asynchronously one chunk ahead),
+// and the chunk buffers of its merged phases (the queries' Zq, Sgq, dZq and the projected q̃ rows apart from the
+// keys', and dE, dDS, dZ apart from the buffers they alias in v1). A state buffer on chip is padded: W1 [dh][d+1], W2
 // [d][dh+1] (padded_state_elements), so that the products X W1ᵀ and X W2ᵀ, whose threads walk a column of W,
 // read distinct banks; checkpoints in global memory are unpadded [2P]. Buffers are placed in shared memory in that order while they
 // fit; the rest spill to a per-item global scratch (the kernels address both through generic pointers). The
@@ -34,13 +39,30 @@ const char* kernel_choice_name(KernelChoice k);
 // `ttt bench step` are forced onto either path for A/B timing.
 KernelChoice kernel_choice_from_env();
 
+// Which persistent kernels: v1, the first version (512 threads, a block barrier between any two phases: 6 per
+// forward chunk step, ~22 per backward step), or v2 (256 threads, the chunk's rows staged in shared memory one
+// chunk ahead by asynchronous copies, independent products merged into one phase: 4 per forward step, 10 per
+// backward step including the recomputation; docs/PERF.md). Both compute the same math in the same precision.
+enum class PersistentVariant { V1, V2 };
+// "v1" | "v2"; anything else is an error naming `what`.
+PersistentVariant parse_persistent_variant(const std::string& text, const std::string& what);
+const char* persistent_variant_name(PersistentVariant v);
+// The default until v2 is measured on a GPU (docs/PERF.md).
+inline constexpr PersistentVariant kDefaultPersistentVariant = PersistentVariant::V1;
+// The environment's TTT_PERSISTENT_VARIANT (unset or empty: kDefaultPersistentVariant): A/B timing of the two.
+PersistentVariant persistent_variant_from_env();
+
 // The on-chip buffers of one block (see the header comment).
 // kGradW / kGradS: the adjoints dW, dS; kCot: the cotangent G of the step (without momentum only: with it, G
 // lives in dS's buffer); kQk: the Q-K projection's running sums M = Σ k kᵀ [d][d] (with Q-K projected queries;
 // the backward's reverse sweep reuses it for its own sums); kDS: E W2 of the inner gradient; kGradA / kGradSg /
 // kGradB: dA, dSg, dBm.
 enum PersistentBuffer : int {
-  kW, kS, kGradW, kGradS, kCot, kQk, kZ, kSg, kE, kBm, kDS, kA, kDZ, kGradA, kGradSg, kGradB, kNumBuffers
+  kW, kS, kGradW, kGradS, kCot, kQk, kZ, kSg, kE, kBm, kDS, kA, kDZ, kGradA, kGradSg, kGradB,
+  // v2 only: the staged chunk rows (two buffers, stage_elements each), the backward's next state, the queries'
+  // Zq, Sgq, dZq [C', dh], dE [C', d], dDS, dZ [C', dh], and the forward's projected queries q̃ [C', d].
+  kStage0, kStage1, kWnext, kZq, kSgq, kGradZq, kGradE, kGradDS, kGradZ, kQt,
+  kNumBuffers
 };
 const char* persistent_buffer_name(int b);
 
@@ -53,8 +75,8 @@ struct BufferPlace {
 struct BlockLayout {
   std::array<BufferPlace, kNumBuffers> buf{};
   // Always shared, at the start: 2 * warps doubles (block reductions), then T values: the gate means η̄, ᾱ, the
-  // two block dots, the Q-K normalizer and a chunk's key squares, and the two row dots of every chunk row
-  // (6 + 2 C').
+  // two block dots, the Q-K normalizer and a chunk's key squares, v2's pending momentum gate and one spare, and
+  // the two row dots of every chunk row (8 + 2 C').
   size_t scalar_bytes = 0;
   size_t shared_bytes = 0;     // dynamic shared memory of the launch
   int64_t scratch_elements = 0;  // per item, global
@@ -64,6 +86,7 @@ struct BlockLayout {
 
 struct PersistentPlan {
   bool persistent = false;
+  PersistentVariant variant = PersistentVariant::V1;
   std::string reason;       // why this path (one line; the benches and tests print it)
   int threads = 0;          // per block
   int64_t chunk_rows = 0;   // C'
@@ -81,8 +104,15 @@ inline constexpr int64_t kPersistentMaxWidth = 128;
 // 87M configs, d = dh = 64, bf16 steps): C = 8 persistent 2.7x the batched path (titans) and 1.6x (tnt local 8);
 // C = 64 1.1x (titans) but 0.87x (tnt local 64); at the operator level with CUDA graphs C = 16 0.83x, C = 64 0.55x.
 inline constexpr int64_t kPersistentMaxAutoChunk = 8;
-// Threads per block of the persistent kernels.
+// Threads per block of the persistent kernels: v1 512, v2 256 (fewer warps to wait for at each barrier; the
+// products' tiles still give 128 or more threads work).
 inline constexpr int kPersistentThreads = 512;
+inline constexpr int kPersistentThreadsV2 = 256;
+inline int persistent_threads(PersistentVariant v) {
+  return v == PersistentVariant::V2 ? kPersistentThreadsV2 : kPersistentThreads;
+}
+// Elements of one v2 staging buffer: the rows of q, k, v, dO [C'][d], then θ, η, α [C'].
+inline int64_t stage_elements(int64_t chunk_rows, int64_t d) { return 4 * chunk_rows * d + 3 * chunk_rows; }
 
 // The plan of memory s with elements of elem_bytes (4: float, 8: double) on a device with smem_limit bytes of
 // opt-in shared memory per block. Automatic picks the persistent kernels when the widths are supported, C <=
@@ -90,9 +120,11 @@ inline constexpr int kPersistentThreads = 512;
 // may spill); Persistent forces them whenever the widths are supported (tests, A/B timing: buffers spill as
 // needed); Batched never. The segment length: s.segment when
 // set, else ceil(sqrt(chunks of the longest item)).
-PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice);
+// variant: which kernels (the plan's layout and threads are theirs).
+PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice,
+                               PersistentVariant variant = PersistentVariant::V1);
 // The layout alone (both directions), for the tests.
 BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, bool backward,
-                              int threads);
+                              int threads, PersistentVariant variant = PersistentVariant::V1);
 
 }  // namespace ttt::titans

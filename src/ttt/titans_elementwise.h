@@ -44,6 +44,50 @@ inline std::vector<Group> make_groups(int64_t B, int64_t T, int64_t period) {
 // ---- per-element math (one source of truth for the CPU twin and the CUDA kernels) ------------------------
 namespace fn {
 
+// The scalar cores of the element steps below: each functor maps its flat index to operands and calls its core;
+// the persistent kernels' fused epilogues (backend/cuda/titans_persistent_kernels.cuh), which already know the
+// row and column of an element, call the cores directly.
+// MseErr: e = 2 (y - v) with y = Y [+ k], bm = θ e.
+template <class T>
+TTT_HOST_DEVICE void mse_err_core(T y, T v, T theta, T& e, T& bm) {
+  e = T(2) * (y - v);
+  bm = theta * e;
+}
+// InnerA: dz = ds silu'(z), a = θ dz.
+template <class T>
+TTT_HOST_DEVICE void inner_a_core(T ds, T z, T theta, T& dz, T& a) {
+  dz = ds * math::dsilu(z);
+  a = theta * dz;
+}
+// Step: p = D + η̄ s (momentum), w' = (1 - ᾱ) w + p (decay); returns w', p in *p_out.
+template <class T>
+TTT_HOST_DEVICE T step_core(T w, const T* s, T D, T eta_bar, const T* alpha_bar, T* p_out) {
+  const T p = D + (s ? eta_bar * *s : T(0));
+  const T wd = alpha_bar ? (T(1) - *alpha_bar) * w : w;
+  *p_out = p;
+  return wd + p;
+}
+// InnerBwdH: dDS = θ dA silu'(z), dZ = θ dA DS silu''(z).
+template <class T>
+TTT_HOST_DEVICE void inner_bwd_h_core(T z, T ds, T da, T theta, T& dds, T& dz) {
+  const T s = math::sigmoid(z), d1 = math::dsilu_from(z, s), d2 = math::d2silu_from(z, s);
+  dds = theta * da * d1;
+  dz = theta * da * ds * d2;
+}
+// InnerBwd2: dY = 2 dE; dv = -dY; dk = dY (residual) or 0. Returns dY.
+template <class T>
+TTT_HOST_DEVICE T inner_bwd2_core(T de, bool residual, T& gv, T& gk) {
+  const T y = T(2) * de;
+  gv = -y;
+  gk = residual ? y : T(0);
+  return y;
+}
+// QkFinalize: the projected row element acc / z (z > 0), else x (identity before any key).
+template <class T>
+TTT_HOST_DEVICE T qk_finalize_core(T acc, T x, T z) {
+  return z > T(0) ? acc / z : x;
+}
+
 // W[i] = [W1⁰; W2⁰] of item i's sequence-head.                                        n = items * 2P
 template <class T>
 struct InitState {
@@ -154,9 +198,7 @@ struct MseErr {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t tok = g.tok(i, c0 + r);
     const T y = E[idx] + (residual ? k[tok * d + j] : T(0));
-    const T e = T(2) * (y - v[tok * d + j]);
-    E[idx] = e;
-    Bm[idx] = theta[tok] * e;
+    mse_err_core(y, v[tok * d + j], theta[tok], E[idx], Bm[idx]);
   }
 };
 // DZ = DS silu'(Z), A = θ DZ, DS = E W2.                                               n = items * n * dh
@@ -168,9 +210,7 @@ struct InnerA {
   int64_t c0, n, dh;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * dh), r = (idx / dh) % n;
-    const T dz = DS[idx] * math::dsilu(Z[idx]);
-    DZ[idx] = dz;
-    A[idx] = theta[g.tok(i, c0 + r)] * dz;
+    inner_a_core(DS[idx], Z[idx], theta[g.tok(i, c0 + r)], DZ[idx], A[idx]);
   }
 };
 // The update of one chunk: P = D + η̄ S (momentum), W' = (1 - ᾱ) W + P (decay), S' = P. eta_bar / alpha_bar
@@ -183,9 +223,10 @@ struct Step {
   int64_t P2;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / P2;
-    const T p = D[idx] + (S ? eta_bar[i] * S[idx] : T(0));
-    const T w = alpha_bar ? (T(1) - alpha_bar[i]) * W[idx] : W[idx];
-    Wn[idx] = w + p;
+    T p;
+    const T w = step_core(W[idx], S ? S + idx : nullptr, D[idx], S ? eta_bar[i] : T(0),
+                          alpha_bar ? alpha_bar + i : nullptr, &p);
+    Wn[idx] = w;
     if (Sn) Sn[idx] = p;
   }
 };
@@ -231,11 +272,10 @@ struct InnerBwdH {
   int64_t c0, n, dh;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * dh), r = (idx / dh) % n;
-    const T th = theta[g.tok(i, c0 + r)];
-    const T z = Z[idx], s = math::sigmoid(z), ds = math::dsilu_from(z, s), d2 = math::d2silu_from(z, s);
-    const T da = dA[idx];
-    dDS[idx] = th * da * ds;
-    dZ[idx] = th * da * DS[idx] * d2;
+    T dds, dz;
+    inner_bwd_h_core(Z[idx], DS[idx], dA[idx], theta[g.tok(i, c0 + r)], dds, dz);
+    dDS[idx] = dds;
+    dZ[idx] = dz;
   }
 };
 // Adjoint of Bm = θ E (the output side): dE = θ dBm.                                     n = items * n * d
@@ -269,10 +309,7 @@ struct InnerBwd2 {
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t off = g.tok(i, c0 + r) * d + j;
-    const T y = T(2) * dE[idx];
-    dE[idx] = y;
-    gv[off] = -y;
-    gk[off] = residual ? y : T(0);
+    dE[idx] = inner_bwd2_core(dE[idx], residual, gv[off], gk[off]);
   }
 };
 // dZ (+)= dS silu'(Z).
@@ -310,7 +347,7 @@ struct QkFinalize {
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / (n * d), r = (idx / d) % n, j = idx % d;
     const int64_t off = g.tok(i, c0 + r) * d + j;
-    out[off] = z[i] > T(0) ? acc[idx] / z[i] : x[off];
+    out[off] = qk_finalize_core(acc[idx], x[off], z[i]);
   }
 };
 // dz[i] = -dot[i] / z[i] (z > 0) else 0.                                                 n = items

@@ -175,7 +175,8 @@ struct TitansRunner<T>::Impl {
       : s(shape), with_grad(wg), ops(wg ? titans::max_dot_batch(shape) : 1, o), graphs(o.graphs) {
     const titans::KernelChoice choice =
         o.kernel == titans::KernelChoice::Automatic ? titans::kernel_choice_from_env() : o.kernel;
-    plan = titans::plan_persistent(s, sizeof(T), persistent_smem_limit(), choice);
+    const titans::PersistentVariant variant = o.variant_set ? o.variant : titans::persistent_variant_from_env();
+    plan = titans::plan_persistent(s, sizeof(T), persistent_smem_limit(), choice, variant);
     if (!plan.persistent) {
       memory();
       return;

@@ -31,6 +31,10 @@ struct TitansOptions {
   // environment's TTT_TITANS_KERNEL when set, else the persistent kernels (titans_persistent.h) when the plan
   // fits the device, else the batched path. Streaming (stream_*) always runs the batched path.
   titans::KernelChoice kernel = titans::KernelChoice::Automatic;
+  // Which persistent kernels (titans::PersistentVariant); unset: the environment's TTT_PERSISTENT_VARIANT, else
+  // titans::kDefaultPersistentVariant.
+  bool variant_set = false;
+  titans::PersistentVariant variant = titans::kDefaultPersistentVariant;
 };
 
 // One Titans memory (optional resets and Q-K projected queries) on device pointers (layouts of

@@ -11,6 +11,7 @@
 #include "backend/cuda/device.h"         // DeviceBuffer
 #include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, warp_sum
 #include "backend/cuda/titans_persistent_kernels.cuh"
+#include "backend/cuda/titans_persistent_kernels_v2.cuh"
 
 namespace ttt::cuda {
 
@@ -28,6 +29,8 @@ namespace fn = titans::fn;
 using persistent::Args;
 using persistent::k_titans_persistent_fwd;
 using persistent::k_titans_persistent_bwd;
+using persistent::k_titans_persistent_bwd_v2;
+using persistent::k_titans_persistent_fwd_v2;
 
 template <class F>
 __global__ void k_each(F f, int64_t n) {
@@ -58,7 +61,9 @@ struct PersistentMemory<T>::Impl {
   Impl(const titans::MemoryShape& shape, bool wg, const titans::PersistentPlan& p, cudaStream_t st, bool poi)
       : s(shape), with_grad(wg), plan(p), stream(st), poison(poi) {
     TTT_CHECK(plan.persistent, "titans persistent: a plan for the batched path (" << plan.reason << ")");
-    TTT_CHECK(plan.threads == titans::kPersistentThreads, "titans persistent: plan of " << plan.threads << " threads");
+    TTT_CHECK(plan.threads == titans::persistent_threads(plan.variant),
+              "titans persistent: plan of " << plan.threads << " threads for "
+                                            << titans::persistent_variant_name(plan.variant));
     const int64_t P2 = 2 * s.P();
     for (const Group& g : titans::make_groups(s.B, s.T, s.period)) {
       PerGroup pg;
@@ -96,8 +101,11 @@ struct PersistentMemory<T>::Impl {
     TTT_CHECK(plan.fwd.shared_bytes <= size_t(optin) && plan.bwd.shared_bytes <= size_t(optin),
               "titans persistent: the plan needs " << plan.fwd.shared_bytes << " / " << plan.bwd.shared_bytes
                                                    << " bytes of shared memory per block, the device allows " << optin);
-    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_fwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-    TTT_CUDA_CHECK(cudaFuncSetAttribute(k_titans_persistent_bwd<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    const bool v2 = plan.variant == titans::PersistentVariant::V2;
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(v2 ? k_titans_persistent_fwd_v2<T> : k_titans_persistent_fwd<T>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(v2 ? k_titans_persistent_bwd_v2<T> : k_titans_persistent_bwd<T>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   }
   DeviceBuffer alloc(int64_t n) {
     DeviceBuffer b(sizeof(T) * size_t(std::max<int64_t>(n, 1)));
@@ -164,7 +172,10 @@ void PersistentMemory<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
     a.eta = in.eta;
     a.alpha = in.alpha;
     a.o = o;
-    k_titans_persistent_fwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
+    if (x.plan.variant == titans::PersistentVariant::V2)
+      k_titans_persistent_fwd_v2<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
+    else
+      k_titans_persistent_fwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
     TTT_LAUNCH_CHECK("titans persistent forward");
   }
 }
@@ -194,7 +205,10 @@ void PersistentMemory<T>::backward(const T* go, const titans::MemoryGrads<T>& g)
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    k_titans_persistent_bwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
+    if (x.plan.variant == titans::PersistentVariant::V2)
+      k_titans_persistent_bwd_v2<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
+    else
+      k_titans_persistent_bwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
     TTT_LAUNCH_CHECK("titans persistent backward");
     const int64_t n = (pg.g.items / pg.g.per_b) * 2 * x.s.P();
     const fn::ReduceItems<T> reduce{pg.dW.template as<T>(), g.w1, g.w2, pg.g, x.s.P()};

@@ -45,13 +45,18 @@ struct NoEpilogue {
 // broadcast and B's row is read contiguously, transposed B being a padded state, see the plan). Per reduction
 // step a thread loads TM + TN operands for TM * TN multiply-adds: the products are bound by these loads (shared
 // memory serves one 32-lane access per clock), so larger tiles are faster while enough threads stay busy.
-// Sums run in l order from zero. No barrier: the caller separates phases.
-template <int TM, int TN, class T, bool TA, bool TB, class Store>
-__device__ __forceinline__ void gemm_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B,
-                                           const Store& store) {
+// Sums run in l order from zero. No barrier: the caller separates phases. Work item w (a multiple of 32 per warp's
+// worth) goes to thread (w + start) mod blockDim (start a multiple of 32), so that products run one after another
+// in one phase can begin where the previous one's work ended; returns the number of work items. Unroll: reduction
+// steps whose loads are issued together (v2's 8 warps have fewer other warps to hide a load's latency behind).
+template <int TM, int TN, int Unroll, class T, bool TA, bool TB, class Store>
+__device__ __forceinline__ int gemm_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B,
+                                          const Store& store, int start) {
   const int row_tiles = (m + TM - 1) / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
   const int work = row_tiles * col_groups * 32;
-  for (int idx = threadIdx.x; idx < work; idx += blockDim.x) {
+  // (start 0, v1's calls: the thread's own index, as before the offset existed)
+  const int first = start == 0 ? int(threadIdx.x) : (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
+  for (int idx = first; idx < work; idx += blockDim.x) {
     const int lane = idx % 32, group = idx / 32, cg = group % col_groups, rt = group / col_groups;
     const int i0 = rt * TM, j0 = cg * 32 * TN + lane;
     T acc[TM][TN];
@@ -59,7 +64,7 @@ __device__ __forceinline__ void gemm_tiles(int m, int n, int k, Operand<T, TA> A
     for (int s = 0; s < TM; ++s)
 #pragma unroll
       for (int t = 0; t < TN; ++t) acc[s][t] = T(0);
-#pragma unroll 2
+#pragma unroll Unroll
     for (int l = 0; l < k; ++l) {
       T b[TN];
 #pragma unroll
@@ -77,17 +82,20 @@ __device__ __forceinline__ void gemm_tiles(int m, int n, int k, Operand<T, TA> A
       for (int t = 0; t < TN; ++t)
         if (i0 + s < m && j0 + 32 * t < n) store(i0 + s, j0 + 32 * t, acc[s][t]);
   }
+  return work;
 }
 
 // The tile for an m x n product: the largest of 4x2, 2x2, 1x2, 1x1 that still gives every one of at least
 // 128 threads (a warp per scheduler) a tile.
-template <class T, bool TA, bool TB, class Store>
-__device__ void block_products(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
+// start, Unroll: see gemm_tiles; returns the number of work items.
+template <int Unroll = 2, class T, bool TA, bool TB, class Store>
+__device__ int block_products(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store,
+                              int start = 0) {
   const int outputs = m * n;
-  if (outputs >= 8 * 128 && m >= 4) gemm_tiles<4, 2>(m, n, k, A, B, store);
-  else if (outputs >= 4 * 128 && m >= 2) gemm_tiles<2, 2>(m, n, k, A, B, store);
-  else if (outputs >= 2 * 128 && n > 32) gemm_tiles<1, 2>(m, n, k, A, B, store);
-  else gemm_tiles<1, 1>(m, n, k, A, B, store);
+  if (outputs >= 8 * 128 && m >= 4) return gemm_tiles<4, 2, Unroll>(m, n, k, A, B, store, start);
+  if (outputs >= 4 * 128 && m >= 2) return gemm_tiles<2, 2, Unroll>(m, n, k, A, B, store, start);
+  if (outputs >= 2 * 128 && n > 32) return gemm_tiles<1, 2, Unroll>(m, n, k, A, B, store, start);
+  return gemm_tiles<1, 1, Unroll>(m, n, k, A, B, store, start);
 }
 
 // C[m, n] (row stride ldc) = alpha op(A) op(B) + beta C (beta 0: C is not read), then epi(i, j) by the thread
@@ -109,6 +117,10 @@ struct StateLayout {
   __device__ __forceinline__ int ld1() const { return padded ? d + 1 : d; }
   __device__ __forceinline__ int ld2() const { return padded ? dh + 1 : dh; }
   __device__ __forceinline__ int64_t off2() const { return int64_t(dh) * ld1(); }
+  // Where element (row, col) of W1 [dh][d] (second false) or W2 [d][dh] (second true) lives.
+  __device__ __forceinline__ int64_t at_rc(bool second, int row, int col) const {
+    return second ? off2() + int64_t(row) * ld2() + col : int64_t(row) * ld1() + col;
+  }
   // Where element e of the unpadded [2P] state lives.
   __device__ __forceinline__ int64_t at(int64_t e) const {
     if (!padded) return e;
@@ -149,7 +161,7 @@ template <class T>
 struct Block {
   T* buf[titans::kNumBuffers];
   double* red;  // [2 * warps]
-  T *ebar, *abar, *keepdot, *etadot, *qz, *qcs, *rd1, *rd2;
+  T *ebar, *abar, *keepdot, *etadot, *qz, *qcs, *eta_pending, *rd1, *rd2;
 };
 template <class T>
 __device__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
@@ -163,8 +175,9 @@ __device__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
   b.etadot = tv + 3;
   b.qz = tv + 4;
   b.qcs = tv + 5;
-  b.rd1 = tv + 6;
-  b.rd2 = tv + 6 + a.chunk_rows;
+  b.eta_pending = tv + 6;
+  b.rd1 = tv + 8;
+  b.rd2 = tv + 8 + a.chunk_rows;
   T* base = reinterpret_cast<T*>(smem + a.scalar_bytes);
   T* scr = a.scratch ? a.scratch + int64_t(blockIdx.x) * a.scratch_per_item : nullptr;
   for (int i = 0; i < titans::kNumBuffers; ++i) b.buf[i] = a.shared[i] ? base + a.offset[i] : scr + a.offset[i];
