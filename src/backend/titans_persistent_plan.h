@@ -47,8 +47,9 @@ enum class PersistentVariant { V1, V2 };
 // "v1" | "v2"; anything else is an error naming `what`.
 PersistentVariant parse_persistent_variant(const std::string& text, const std::string& what);
 const char* persistent_variant_name(PersistentVariant v);
-// The default until v2 is measured on a GPU (docs/PERF.md).
-inline constexpr PersistentVariant kDefaultPersistentVariant = PersistentVariant::V1;
+// v2: measured on an H200 (docs/PERF.md) 1.50x v1 on the titans87m_c8 step and 1.34x on tnt87m_l8, with the same
+// parity (fp64 vs the twin 3.8e-15; v2 vs v1 fp32 2.2e-7).
+inline constexpr PersistentVariant kDefaultPersistentVariant = PersistentVariant::V2;
 // The environment's TTT_PERSISTENT_VARIANT (unset or empty: kDefaultPersistentVariant): A/B timing of the two.
 PersistentVariant persistent_variant_from_env();
 
