@@ -1,6 +1,8 @@
-// The GPU model's per-layer activations that its backward reads, as one table in device-neutral code: the CUDA
-// model's buffers are made from it (backend/cuda/model_buffers.h), and the memory estimate sizes what
-// `--recompute none` keeps per layer from the same table (train/memory_budget.cpp), so the two cannot disagree.
+// The GPU model's training buffers as tables in device-neutral code (the per-layer activations its backward reads,
+// the forward's scratch, the gradients, the context-parallel exchanges, the head), with the dimensions of a batch and
+// the shapes of its memory operators' runners: the CUDA model's buffers are made from them
+// (backend/cuda/model_buffers.h), and the memory estimate sizes the same tables (train/memory_budget.cpp), so the
+// two cannot disagree.
 //
 // A table entry is X(name, element type, elements), the size written in terms of the members of GpuLayerDims:
 // rows = S*N tokens of the batch, D model width, H memory heads, d memory head width, dh memory hidden width,
