@@ -95,12 +95,12 @@ size_t titans_smem_limit() {
 }
 
 // A LaCT runner with `records` forward records for S sequences of N tokens (cuda/lact_cuda.cu): the buffers
-// lact::Fused allocates (lact::workspace_elements, fp32) and a 32 MiB cuBLAS workspace; with bf16 operands also a bf16
-// shadow of each of those buffers and bf16 copies of q, k, v per record and of grad_o.
+// lact::Fused allocates (lact::workspace_elements, fp32), its reductions' partials and cuBLAS workspace; with bf16
+// operands also a bf16 shadow of each of those buffers and bf16 copies of q, k, v per record and of grad_o.
 double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16, int64_t records) {
   const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
   const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records));
-  double bytes = 4 * elements + double(titans::kRunnerCublasWorkspace);
+  double bytes = 4 * elements + 8.0 * double(3 * s.B * lact::kDotSlices) + double(lact::kRunnerCublasWorkspace);
   if (backend::lact_on_bf16_operands(cfg, bf16))
     bytes += 2 * elements + double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);
   return bytes;
