@@ -25,6 +25,7 @@
 #include "ttt/tnt.h"
 #ifdef TTT_HAVE_CUDA
 #include "backend/cuda/lact_cuda.h"
+#include "backend/cuda/titans_persistent.h"  // persistent_smem_limit
 #include "backend/cuda/tnt_cuda.h"
 #endif
 
@@ -421,6 +422,32 @@ TEST(CudaTnt, CliOpTnt) {
   Worst worst;
   check_all(got, ref, 1e-4, true, "cli", worst);
   fs::remove_all(dir);
+}
+
+// A runner allocates exactly the bytes the host computes for it (titans::tnt_runner_bytes, which the memory estimate
+// sums): the persistent path (local chunk 8), the batched one (global chunk 512, local chunk 64), one memory and
+// several, with and without gradients.
+TEST(CudaTnt, RunnerAllocatesWhatTheHostPlans) {
+  REQUIRE_CUDA();
+  for (const std::vector<int64_t>& locals : {std::vector<int64_t>{8}, std::vector<int64_t>{64}, std::vector<int64_t>{8, 64},
+                                             std::vector<int64_t>{}})
+    for (bool with_grad : {true, false}) {
+      titans::TntShape s;
+      s.B = 8;
+      s.T = 4096;
+      s.d = 64;
+      s.global_chunk = 512;
+      s.local_chunks = locals;
+      s.shard = 1024;
+      s.dh.assign(size_t(s.num_memories()), 64);
+      SCOPED_TRACE("locals " + std::to_string(locals.size()) + (with_grad ? ", with gradients" : ""));
+      const size_t before = cuda::tracked_bytes();
+      cuda::TntRunner<float> runner(s, with_grad);
+      const size_t planned = titans::tnt_runner_bytes(s, with_grad, sizeof(float), cuda::persistent_smem_limit(),
+                                                      titans::KernelChoice::Automatic);
+      EXPECT_EQ(cuda::tracked_bytes() - before, planned) << runner.path();
+      EXPECT_EQ(runner.workspace_bytes(), planned);
+    }
 }
 
 #endif  // TTT_HAVE_CUDA

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "backend/attention_workspace.h"
+#include "backend/context_parallel_plan.h"  // global_floats
 #include "model/memory_spec.h"
 
 namespace ttt::backend {
@@ -43,6 +45,34 @@ bool lact_on_bf16_operands(const model::ModelConfig& cfg, bool bf16_products) {
   return cfg.arch == model::Arch::Lact && bf16_products && !cfg.muon;
 }
 
+titans::TntShape gpu_tnt_shape(const model::ModelConfig& cfg, int64_t S, int64_t N) {
+  const model::BranchSpec branch = model::branch_spec(cfg);
+  titans::TntShape s;
+  s.B = S * cfg.n_mem_heads;
+  s.T = N;
+  s.d = cfg.head_dim_mem();
+  s.set_layout(branch.layout);  // "titans": the global memory alone (chunk C, never reset)
+  for (const model::MemorySpec& mem : branch.memories) s.dh.push_back(mem.config.dh);
+  return s;
+}
+
+GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_t N, int rank) {
+  const titans::TntShape base = gpu_tnt_shape(cfg, S, N);
+  GpuSplitShapes out;
+  titans::TntShape global = base;  // the global memory alone (chunk C_G, never reset), over the prefix
+  global.T = int64_t(rank + 1) * N;
+  global.local_chunks.clear();
+  global.dh = {base.dh.at(0)};
+  out.global = global.memory(0);
+  out.has_local = base.num_memories() > 1;
+  if (out.has_local) {
+    out.local = base;  // the local memories alone, over the span
+    out.local.use_global = false;
+    out.local.dh.erase(out.local.dh.begin());
+  }
+  return out;
+}
+
 lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N) {
   const model::MemorySpec mem = model::branch_spec(cfg).memories.at(0);
   lact::Shape s;
@@ -58,18 +88,51 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N) 
   return s;
 }
 
-double gpu_kept_layer_bytes(const GpuLayerDims& dims) {
-  // The entries' sizes in doubles: an estimate of an absurd config stays finite instead of wrapping.
-  const double rows = double(dims.rows), arows = double(dims.arows), D = double(dims.D), H = double(dims.H),
-               Ha = double(dims.Ha),
-               F = double(dims.F), M = double(dims.M), BHN = double(dims.BHN), W = double(dims.W), G = double(dims.G),
-               act16 = double(dims.act16), act32 = double(dims.act32), qk32 = double(dims.qk32),
-               k32 = double(dims.k32);
-  double bytes = 0;
-#define TTT_ADD_BYTES(name, type, elements) bytes += double(elements) * double(sizeof(type));
-  TTT_GPU_LAYER_KEPT(TTT_ADD_BYTES)
-#undef TTT_ADD_BYTES
-  return bytes;
+GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,
+                            bool bf16_activations, const GpuSpan& span) {
+  GpuLayerDims s = gpu_layer_dims(cfg, S, N, bf16_activations);
+  if (span.split()) {  // context parallel: the attention's halo rows and the global memory's prefix
+    s.halo = S * span.halo;
+    s.xrows = span.halo_in > 0 ? S * (span.halo_in + N) : 0;
+    s.arows = span.halo_in > 0 ? s.xrows : s.rows;
+    if (cfg.use_global) {
+      s.Ncp = span.ranks;
+      s.U = global_floats(S * s.H, N, s.d, 1);
+      s.P = span.rank + 1;
+      s.prefix = s.P * s.BHN * s.d;  // the global memory's output over the prefix
+    }
+  }
+  // The bf16 attention kernels on bf16 operands (not with a split: the halo's rows are fp32).
+  const bool bf16_attention = attention_on_bf16_operands(cfg, bf16_products) && !span.split();
+  const int64_t attention_rows = span.halo_in + N;
+  const size_t work = bf16_attention ? swa_backward_bf16_workspace_bytes(S, attention_rows, s.Ha, cfg.head_dim_attn())
+                                     : swa_backward_workspace_bytes(S, attention_rows, s.Ha);
+  s.attn_work = int64_t(work / sizeof(float)) + 1;
+  return s;
 }
+
+// The dimensions as doubles under their table names, then the sum of a table's entries.
+#define TTT_TABLE_BYTES(function, TABLE)                                                                        \
+  double function(const GpuLayerDims& x) {                                                                      \
+    [[maybe_unused]] const double rows = double(x.rows), arows = double(x.arows), D = double(x.D),              \
+                                  H = double(x.H), d = double(x.d), dh = double(x.dh), Ha = double(x.Ha),       \
+                                  F = double(x.F), V = double(x.V), M = double(x.M), BHN = double(x.BHN),       \
+                                  W = double(x.W), G = double(x.G), attn_work = double(x.attn_work),            \
+                                  act16 = double(x.act16), act32 = double(x.act32), qk32 = double(x.qk32),      \
+                                  k32 = double(x.k32), xrows = double(x.xrows), halo = double(x.halo),          \
+                                  U = double(x.U), Ncp = double(x.Ncp), P = double(x.P),                        \
+                                  prefix = double(x.prefix);                                                    \
+    double bytes = 0;                                                                                           \
+    TABLE(TTT_ADD_BYTES)                                                                                        \
+    return bytes;                                                                                               \
+  }
+#define TTT_ADD_BYTES(name, type, elements) bytes += double(elements) * double(sizeof(type));
+TTT_TABLE_BYTES(gpu_kept_layer_bytes, TTT_GPU_LAYER_KEPT)
+TTT_TABLE_BYTES(gpu_layer_scratch_bytes, TTT_GPU_LAYER_SCRATCH)
+TTT_TABLE_BYTES(gpu_layer_gradient_bytes, TTT_GPU_LAYER_GRADIENTS)
+TTT_TABLE_BYTES(gpu_context_buffer_bytes, TTT_GPU_CONTEXT_BUFFERS)
+TTT_TABLE_BYTES(gpu_head_buffer_bytes, TTT_GPU_HEAD_BUFFERS)
+#undef TTT_ADD_BYTES
+#undef TTT_TABLE_BYTES
 
 }  // namespace ttt::backend

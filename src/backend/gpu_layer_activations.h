@@ -1,6 +1,8 @@
-// The GPU model's per-layer activations that its backward reads, as one table in device-neutral code: the CUDA
-// model's buffers are made from it (backend/cuda/model_buffers.h), and the memory estimate sizes what
-// `--recompute none` keeps per layer from the same table (train/memory_budget.cpp), so the two cannot disagree.
+// The GPU model's training buffers as tables in device-neutral code (the per-layer activations its backward reads,
+// the forward's scratch, the gradients, the context-parallel exchanges, the head), with the dimensions of a batch and
+// the shapes of its memory operators' runners: the CUDA model's buffers are made from them
+// (backend/cuda/model_buffers.h), and the memory estimate sizes the same tables (train/memory_budget.cpp), so the
+// two cannot disagree.
 //
 // A table entry is X(name, element type, elements), the size written in terms of the members of GpuLayerDims:
 // rows = S*N tokens of the batch, D model width, H memory heads, d memory head width, dh memory hidden width,
@@ -20,6 +22,7 @@
 #include "core/dtype.h"
 #include "model/config.h"
 #include "ttt/lact_fused.h"
+#include "ttt/titans_fused.h"
 
 namespace ttt::backend {
 
@@ -27,6 +30,17 @@ struct GpuLayerDims {
   int64_t rows = 0, D = 0, H = 0, d = 0, dh = 0, Ha = 0, F = 0, V = 0, M = 0, BHN = 0, W = 0, G = 0;
   int64_t attn_work = 0, act16 = 0, act32 = 0, qk32 = 1, k32 = 1;
   int64_t arows = 0;  // rows of the attention's operands and output: rows, or with a context-parallel halo more
+  // Context parallelism (TTT_GPU_CONTEXT_BUFFERS below; all 0 without it).
+  int64_t xrows = 0, halo = 0, U = 0, Ncp = 0, P = 0, prefix = 0;
+};
+
+// A rank's place in a context-parallel split of the batch (none: the defaults): `ranks` in the group, this rank's
+// index, the window - 1 tail rows a rank sends the next (halo) and the rows it receives in front of its own
+// (halo_in, 0 on the first rank), both per sequence (backend::HaloPlan).
+struct GpuSpan {
+  int ranks = 1, rank = 0;
+  int64_t halo = 0, halo_in = 0;
+  bool split() const { return ranks > 1; }
 };
 
 // The dimensions of the work buffers for a batch of S sequences of N tokens of `cfg` (attn_work left 0: the CUDA
@@ -36,11 +50,27 @@ GpuLayerDims gpu_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_t N,
 GpuLayerDims gpu_own_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,
                                 bool bf16_activations);
 
+// The dimensions of the GPU model's work buffers for a training or evaluation batch (model_cuda.cpp: ensure_rows):
+// gpu_layer_dims, the span's halo rows and global-memory prefix, and the attention backward's workspace.
+GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,
+                            bool bf16_activations, const GpuSpan& span = {});
+
 // With bf16 products, whether the window attention runs on bf16 operands (16-byte rows: head dim % 8 == 0).
 bool attention_on_bf16_operands(const model::ModelConfig& cfg, bool bf16_products);
 // With bf16 products, whether the LaCT operator takes bf16 product operands (LactOptions::bf16; with Muon it runs
 // tf32): then its backward reads q and k only through the bf16 copies its forward made.
 bool lact_on_bf16_operands(const model::ModelConfig& cfg, bool bf16_products);
+// The Titans / TNT branch's shape for a batch of S sequences of N tokens (arch "titans" / "tnt"): every memory of the
+// spec (global first) over [S * n_mem_heads, N, d].
+titans::TntShape gpu_tnt_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
+// TNT context parallelism (use_global) on rank `rank` of a split of S sequences into spans of N tokens: the global
+// memory runs over the prefix of spans 0..rank (T = (rank + 1) N), the local memories (if any) over the span.
+struct GpuSplitShapes {
+  titans::MemoryShape global;
+  bool has_local = false;
+  titans::TntShape local;
+};
+GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_t N, int rank);
 // The LaCT operator's shape for a batch of S sequences of N tokens (arch "lact").
 lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 
@@ -87,7 +117,103 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(mm, float, act32 * rows * F)                                                                                  \
   X(mm_bf16, bf16, act16 * rows * F)  /* silu(ga) up */
 
-// Bytes of one layer's entries of TTT_GPU_LAYER_KEPT.
+// The other tables of the GPU model's training buffers (cuda/model_buffers.h makes the buffers from them; the
+// dimensions are those above, and cuda/model_buffers.h says what the names mean). A layer's activations are the
+// entries its backward reads (TTT_GPU_LAYER_KEPT: with --recompute none every layer but the last keeps its own) and
+// the forward's scratch; then its gradients, the context-parallel exchanges' buffers and the head's.
+#define TTT_GPU_LAYER_SCRATCH(X)                                                                                   \
+  X(qh, float, rows * D)              /* memory queries (prepared, RoPE) */                                       \
+  X(kh, float, rows * D)              /* memory keys */                                                           \
+  X(vm, float, rows * D)              /* silu(v) (v_silu) */                                                      \
+  X(rates, float, rows * G)           /* the gates' activations, before their per sequence-head copies */         \
+  X(mom, float, rows * G)                                                                                         \
+  X(dec, float, rows * G)                                                                                         \
+  X(w0b, float, W)                    /* LaCT initial weights broadcast per sequence (the runner packs them) */   \
+  X(w1b, float, W)                                                                                                \
+  X(w2b, float, W)                                                                                                \
+  X(w0f, float, H * dh * d)           /* low-rank w0 resolved (A B + 0.5 I) */                                    \
+  X(w2f, float, H * dh * d)                                                                                       \
+  X(oT, float, rows * D)              /* operator output */                                                       \
+  X(sum_work, float, act16 * rows * D) /* bf16 activations: the fp32 sum before its bf16 copy */                  \
+  X(xin, float, act16 * rows * D)     /* the layer input widened from the kept bf16 residual stream */            \
+  X(xout, float, act16 * rows * D)    /* the layer output before it is rounded into the kept stream */
+
+#define TTT_GPU_LAYER_GRADIENTS(X)                                                                                 \
+  X(dx, float, rows * D)              /* d(layer output) in, d(layer input) out */                                \
+  X(dxm, float, rows * D)             /* d xmid */                                                                \
+  X(tmpD, float, rows * D)            /* an RMSNorm's dx */                                                       \
+  X(dmm, float, rows * F)                                                                                         \
+  X(dga, float, act32 * rows * F)     /* SwiGLU's input gradients: product operands only, so in bf16 with */      \
+  X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
+  X(dga_bf16, bf16, act16 * rows * F)                                                                             \
+  X(dup_bf16, bf16, act16 * rows * F)                                                                             \
+  X(gop16, bf16, act16 * rows * 3 * D) /* a gradient operand of two products (dx, dxm, dqkv), rounded once */     \
+  X(dh2, float, rows * D)                                                                                         \
+  X(dsum, float, rows * D)                                                                                        \
+  X(dnormed, float, arows * D)                                                                                    \
+  X(dO, float, arows * D)                                                                                         \
+  X(doT, float, rows * D)                                                                                         \
+  X(dgate, float, rows * H)                                                                                       \
+  X(dzs, float, rows * H)                                                                                         \
+  X(gw0b, float, W)                   /* LaCT operator gradients */                                               \
+  X(gw1b, float, W)                                                                                               \
+  X(gw2b, float, W)                                                                                               \
+  X(gqT, float, rows * D)                                                                                         \
+  X(gkT, float, rows * D)                                                                                         \
+  X(gvT, float, rows * D)                                                                                         \
+  X(glrT, float, 3 * BHN)                                                                                         \
+  X(gmomT, float, BHN)                                                                                            \
+  X(gthT, float, M * BHN)             /* Titans / TNT operator gradients */                                       \
+  X(getT, float, M * BHN)                                                                                         \
+  X(galT, float, M * BHN)                                                                                         \
+  X(gtw1b, float, M * W)                                                                                          \
+  X(gtw2b, float, M * W)                                                                                          \
+  X(dqh, float, rows * D)                                                                                         \
+  X(dkh, float, rows * D)                                                                                         \
+  X(dvm, float, rows * D)                                                                                         \
+  X(drates, float, rows * G)                                                                                      \
+  X(dzlr, float, rows * G)            /* d of a gate's pre-activation (each gate in turn) */                      \
+  X(dmom, float, rows * H)                                                                                        \
+  X(dzm, float, rows * H)                                                                                         \
+  X(dqkv, float, rows * 3 * D)                                                                                    \
+  X(dqa, float, rows * D)                                                                                         \
+  X(dka, float, rows * D)                                                                                         \
+  X(dh, float, rows * D)                                                                                          \
+  X(dz, float, arows * D)             /* q/k preparation: d z and d z * x (context parallel: the attention's */   \
+  X(dzx, float, arows * D)            /* dk, dv over the halo rows first, as dnormed and dO its d(out) and dq) */ \
+  X(dwD, float, D)                    /* a per-channel weight's gradient */                                       \
+  X(gwf, float, H * dh * d)           /* low-rank: d of the resolved weight, summed over sequences */             \
+  X(attn_work, float, attn_work)      /* attention backward workspace */
+
+// TNT context parallelism (docs/CONTEXT_PARALLEL.md; sizes 0, nothing allocated, without it). A rank with a halo
+// (the previous rank's window - 1 rows of keys and values in front of each sequence) runs the attention over
+// arows = S*(halo + N) rows: qa, ka, attn, lse above, and in the backward dnormed, dO, dz, dzx, are sized for them
+// (model_cuda.cpp: attention_rope, layer_backward). xrows = arows with a halo (0 without); halo = S*h rows a rank
+// sends (h = window - 1); U floats of one span's global-memory inputs packed [q | k | v | theta | eta | alpha] (each
+// [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans of the prefix the global memory runs over (prefix
+// = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend once it has been sent (same six parts, P*U floats) and
+// their gradients in gstage once it has been unpacked (global_split_forward / backward).
+#define TTT_GPU_CONTEXT_BUFFERS(X)                                                                                 \
+  X(xv, float, xrows * D)             /* attention v: the received halo's values, then this rank's */             \
+  X(halo_send, float, 2 * halo * D)   /* [k | v] of the tail rows (forward), of the halo rows (backward) */       \
+  X(halo_recv, float, 2 * halo * D)   /* the next rank's halo gradient (backward) */                              \
+  X(gsend, float, P * U)              /* this rank's packed span; then the prefix inputs; the spans' gradients */ \
+  X(gstage, float, Ncp * U)           /* every rank's packed span; then the prefix's input gradients; received */ \
+  X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */
+
+#define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
+  X(logits, float, rows * V)          /* and, in place, their gradient */                                         \
+  X(hf, float, rows * D)              /* final RMSNorm */                                                         \
+  X(rinvf, float, rows)                                                                                           \
+  X(row_loss, float, rows)                                                                                        \
+  X(lse_ce, float, rows)              /* cross-entropy log-sum-exp */
+
+// Bytes of the entries of a table (of one layer for the layer tables) at `dims`, in doubles (an estimate of an absurd
+// config stays finite instead of wrapping).
 double gpu_kept_layer_bytes(const GpuLayerDims& dims);
+double gpu_layer_scratch_bytes(const GpuLayerDims& dims);
+double gpu_layer_gradient_bytes(const GpuLayerDims& dims);
+double gpu_context_buffer_bytes(const GpuLayerDims& dims);
+double gpu_head_buffer_bytes(const GpuLayerDims& dims);
 
 }  // namespace ttt::backend

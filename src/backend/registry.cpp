@@ -12,6 +12,7 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/engine_cuda.h"
 #include "backend/cuda/nccl_communicator.h"
+#include "backend/cuda/titans_persistent.h"  // persistent_smem_limit
 #endif
 
 namespace ttt::backend {
@@ -85,6 +86,14 @@ double device_free_memory(const std::string& device, std::string* source) {
   }
 #endif
   return -1;
+}
+
+size_t device_shared_memory_per_block(const std::string& device) {
+#ifdef TTT_HAVE_CUDA
+  if (device == kCuda && cuda::device_count() > 0) return cuda::persistent_smem_limit();
+#endif
+  (void)device;
+  return 0;
 }
 
 void select_device_of_rank(const std::string& device, int local_rank, int rank) {

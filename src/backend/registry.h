@@ -4,6 +4,7 @@
 // registry.cpp is the only file there with #ifdef TTT_HAVE_CUDA. A new backend adds its name to device_names()
 // and one branch to each function of registry.cpp (docs/ARCHITECTURE.md, "Devices: the seam").
 #pragma once
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +30,9 @@ std::string device_description(const std::string& device);
 // Free memory of a device that is not the host (bytes; `source` says where the figure comes from), or < 0 when
 // it cannot be measured (no such device here). The host's memory is train::available_memory's business.
 double device_free_memory(const std::string& device, std::string* source);
+// The opt-in shared memory per thread block of a GPU device (bytes: what the Titans kernels' plan is made with), or 0
+// when it cannot be known here (no such device, the host).
+size_t device_shared_memory_per_block(const std::string& device);
 
 // The step engine of `device` for `cfg` (checks the device, then that it runs `cfg` and `options`), before
 // any weights: attach them next.

@@ -194,4 +194,70 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
   return p;
 }
 
+PersistentBuffers persistent_buffers(const MemoryShape& s, const PersistentPlan& plan, bool with_grad) {
+  PersistentBuffers out;
+  const int64_t P2 = 2 * s.P();
+  for (const Group& g : make_groups(s.B, s.T, s.period)) {
+    PersistentGroupBuffers b;
+    b.g = g;
+    const int64_t N = num_chunks(g.len, s.chunk);
+    b.K = std::min(plan.segment, N);
+    b.checkpoints = num_chunks(N, b.K);
+    b.scratch_fwd = g.items * plan.fwd.scratch_elements;
+    if (s.qk) {
+      b.qk_z = g.items * N;
+      if (with_grad) b.qk_dz = g.items * N;
+    }
+    if (with_grad) {
+      b.ckW = g.items * b.checkpoints * P2;
+      b.slotW = g.items * b.K * P2;
+      if (s.momentum) {
+        b.ckS = b.ckW;
+        b.slotS = b.slotW;
+      }
+      b.dW = g.items * P2;
+      b.scratch_bwd = g.items * plan.bwd.scratch_elements;
+    }
+    out.groups.push_back(b);
+  }
+  if (s.qk) {
+    out.qt = s.B * s.T * s.d;
+    if (with_grad) out.dqt = out.qt;
+  }
+  return out;
+}
+
+int64_t PersistentBuffers::elements() const {
+  int64_t n = qt + dqt;
+  for (const PersistentGroupBuffers& b : groups)
+    for (int64_t e : {b.ckW, b.ckS, b.slotW, b.slotS, b.dW, b.scratch_fwd, b.scratch_bwd, b.qk_z, b.qk_dz}) n += e;
+  return n;
+}
+
+size_t titans_runner_bytes(const MemoryShape& s, bool with_grad, size_t elem_bytes, const PersistentPlan& plan) {
+  const int64_t dot_batch = with_grad ? max_dot_batch(s) : 1;
+  const size_t fixed = sizeof(double) * size_t(dot_batch * kDotSlices) + kRunnerCublasWorkspace;
+  const int64_t elements =
+      plan.persistent ? persistent_buffers(s, plan, with_grad).elements() : memory_workspace_elements(s, with_grad);
+  return fixed + elem_bytes * size_t(elements);
+}
+
+int64_t tnt_branch_buffers(const TntShape& s, bool with_grad) {
+  if (s.num_memories() < 2) return 0;  // one memory writes the branch's outputs itself
+  return with_grad ? 4 : 1;            // o, and the q, k, v gradients
+}
+
+size_t tnt_runner_bytes(const TntShape& s, bool with_grad, size_t elem_bytes, size_t smem_limit, KernelChoice choice) {
+  s.validate();
+  const KernelChoice chosen = choice == KernelChoice::Automatic ? kernel_choice_from_env() : choice;
+  size_t bytes = 0;
+  for (size_t m = 0; m < size_t(s.num_memories()); ++m) {
+    const MemoryShape ms = s.memory(m);
+    bytes += titans_runner_bytes(ms, with_grad, elem_bytes,
+                                 plan_persistent(ms, elem_bytes, smem_limit, chosen, persistent_variant_from_env()));
+    bytes += elem_bytes * size_t(tnt_branch_buffers(s, with_grad) * s.B * s.T * s.d);
+  }
+  return bytes;
+}
+
 }  // namespace ttt::titans

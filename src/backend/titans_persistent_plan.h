@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ttt/titans_fused.h"
 
@@ -123,7 +124,40 @@ inline int64_t stage_elements(int64_t chunk_rows, int64_t d) { return 4 * chunk_
 // set, else ceil(sqrt(chunks of the longest item)).
 // variant: which kernels (the plan's layout and threads are theirs).
 PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice,
-                               PersistentVariant variant = PersistentVariant::V1);
+                               PersistentVariant variant = kDefaultPersistentVariant);
+// The global-memory buffers of the persistent path (titans_persistent.cu allocates exactly these), in elements; 0:
+// not allocated. Per group of items (titans::Group): the forward's saved states (every K-th chunk boundary:
+// `checkpoints` of them, W and, with momentum, S), the backward's segment slots (K states), the items' weight
+// gradients, the spilled chunk buffers (plan.fwd / plan.bwd scratch per item) and the Q-K normalizers of every
+// chunk (z, and its gradient); for the memory, q̃ and its gradient [B,T,d] (Q-K projected queries).
+struct PersistentGroupBuffers {
+  Group g;
+  int64_t K = 0, checkpoints = 0;
+  int64_t ckW = 0, ckS = 0, slotW = 0, slotS = 0, dW = 0, scratch_fwd = 0, scratch_bwd = 0, qk_z = 0, qk_dz = 0;
+};
+struct PersistentBuffers {
+  std::vector<PersistentGroupBuffers> groups;
+  int64_t qt = 0, dqt = 0;
+  int64_t elements() const;  // their sum
+};
+PersistentBuffers persistent_buffers(const MemoryShape& s, const PersistentPlan& plan, bool with_grad);
+
+// ---- a TitansRunner's device bytes (src/backend/cuda/titans_cuda.cu), on the host ---------------------------------
+// Its fixed buffers: the first stage of the batched dot products (kDotSlices doubles per batch item, batch up to
+// max_dot_batch(s) with gradients, else 1) and a cuBLAS workspace of its own; then the path's buffers: the batched
+// Memory's (memory_workspace_elements) or the persistent kernels' (persistent_buffers).
+inline constexpr int64_t kDotSlices = 128;                           // blocks per item of a batched dot's first stage
+inline constexpr size_t kRunnerCublasWorkspace = size_t(32) << 20;  // bytes
+// The opt-in shared memory per block that an estimate made without the device assumes: sm_90's (H100, H200).
+inline constexpr size_t kDefaultSharedMemoryPerBlock = 227 * 1024;
+size_t titans_runner_bytes(const MemoryShape& s, bool with_grad, size_t elem_bytes, const PersistentPlan& plan);
+// A TntRunner's (src/backend/cuda/tnt_cuda.cu): one TitansRunner per memory, each planned with smem_limit and
+// `choice` as the runner plans it, and with several memories each memory's output and q/k/v gradients [B,T,d]
+// (tnt_branch_buffers of them), summed on the main stream.
+int64_t tnt_branch_buffers(const TntShape& s, bool with_grad);  // [B,T,d] buffers per memory
+// The persistent kernels' variant is the runner's default, persistent_variant_from_env().
+size_t tnt_runner_bytes(const TntShape& s, bool with_grad, size_t elem_bytes, size_t smem_limit, KernelChoice choice);
+
 // The layout alone (both directions), for the tests.
 BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, bool backward,
                               int threads, PersistentVariant variant = PersistentVariant::V1);

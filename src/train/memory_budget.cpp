@@ -8,11 +8,13 @@
 #include <fstream>
 #include <sstream>
 
+#include "backend/context_parallel_plan.h"
 #include "backend/gpu_layer_activations.h"
 #include "backend/registry.h"
 #include "core/error.h"
 #include "data/tokens.h"
 #include "model/memory_spec.h"
+#include "backend/titans_persistent_plan.h"
 #include "ttt/lact_fused.h"
 
 namespace ttt::train {
@@ -25,7 +27,6 @@ constexpr double kTapeBytesPerHidden = 4 * 11.0;  // per token and layer, times 
 constexpr double kTapeBytesPerVocab = 8.0;        // per token, times V (logits and their gradient)
 constexpr double kTapeBytesPerToken = 2600.0;     // per token, the rest
 constexpr double kForwardOnlyShare = 0.5;         // a forward without gradients keeps about half the tape
-constexpr double kGpuLayerFloatsPerDim = 60.0;    // one layer's work buffers, floats per row, times D
 constexpr double kRuntimeBytes = 128e6;           // BLAS buffers, program, libraries
 
 std::string with_count(double n) {
@@ -72,60 +73,130 @@ double cpu_tape_bytes(const model::ModelConfig& cfg, int64_t T) {
   return double(T) * per_token + memory_versions_bytes(cfg, T);
 }
 
-// The GPU model's buffers for `rows` = sequences x tokens.
-double gpu_activation_bytes(const model::ModelConfig& cfg, double rows, bool bf16_activations) {
-  const double residual = double(cfg.n_layers + 1) * rows * double(cfg.dim) * (bf16_activations ? 2 : 4);
-  const double layer = rows * kGpuLayerFloatsPerDim * double(cfg.dim) * 4;
-  const double logits = rows * double(cfg.vocab_size) * 4;
-  return residual + layer + logits;
+// ---- the GPU model (backend/cuda/model_cuda.cpp): its device buffers for a batch, from the sizes its code allocates ----
+
+// The batch's buffers for S sequences of N tokens (a span of them with context parallelism), a training step's when
+// `backward`. Every figure is a size the CUDA code computes from the same host functions: the tables of
+// backend/gpu_layer_activations.h, the operator runners' sizes (titans_persistent_plan.h, lact::workspace_elements).
+struct GpuBatchBytes {
+  double residual = 0;    // the residual stream kept at every layer input
+  double work = 0;        // one layer's work buffers (activations, scratch, gradients), the head's, the batch's tokens
+  double attention = 0;   // save-attention: every layer's attention output and log-sum-exp
+  double runner = 0;      // the memory operator's runner of the batch shape (states kept for the backward, work space)
+  double kept = 0;        // none: the activations every layer but the last keeps of its own
+  double runners = 0;     // none: the operator state every layer but the last keeps (its own runners / records)
+  double context = 0;     // context parallel: the exchanges' buffers and each layer's received halo
+};
+
+// The opt-in shared memory per block the Titans kernels are planned with: the device's, else sm_90's.
+size_t titans_smem_limit() {
+  const size_t device = backend::device_shared_memory_per_block("cuda");
+  return device > 0 ? device : titans::kDefaultSharedMemoryPerBlock;
 }
 
-// --recompute none: the memory operator runners that keep `records` layers' forward state for `batch` sequences of
-// T tokens, what they hold from a forward to its backward and their work space. LaCT (cuda/lact_cuda.cu): one
-// runner with a record per layer, the buffers lact::Fused allocates for them (lact::workspace_elements, fp32) and a
-// 32 MiB cuBLAS workspace; with bf16 operands also a bf16 shadow of each of those buffers and bf16 copies of q, k, v
-// per record and of grad_o. Titans / TNT (cuda/tnt_cuda.cu): a runner per layer, each about the fast-weight states
-// at every chunk boundary (memory_versions_bytes) and, per memory, chunk work buffers (about 12 dh + 2 d floats per
-// token of a chunk) and five state-sized buffers.
-double operator_runner_bytes(const model::ModelConfig& cfg, int64_t batch, int64_t T, bool bf16, int64_t records) {
-  const std::vector<model::MemorySpec> specs = model::memory_specs(cfg);
-  if (specs.empty() || batch <= 0 || T <= 0 || records <= 0) return 0;
-  const double B = double(batch) * double(cfg.n_mem_heads), d = double(cfg.head_dim_mem()),
-               dh = double(cfg.mem_hidden_dim());
-  double per_head = 0;
-  for (const auto& w : specs.front().weights) per_head += double(w.rows) * double(w.cols);
-  double about = double(batch) * memory_versions_bytes(cfg, T) / double(std::max<int64_t>(1, cfg.n_layers));
-  for (const auto& s : specs) {
-    const double chunk = double(std::min<int64_t>(std::max<int64_t>(s.chunk, 1), T));
-    about += 4.0 * B * (chunk * (12 * dh + 2 * d) + 5 * per_head);
-  }
-  // LaCT's own count, while its element counts stay far inside 64 bits (beyond, the run is absurd anyway).
-  if (cfg.arch != model::Arch::Lact || double(records) * about > 1e15) return double(records) * about;
-  const lact::Shape s = backend::gpu_lact_shape(cfg, batch, T);
+// A LaCT runner with `records` forward records for S sequences of N tokens (cuda/lact_cuda.cu): the buffers
+// lact::Fused allocates (lact::workspace_elements, fp32), its reductions' partials and cuBLAS workspace; with bf16
+// operands also a bf16 shadow of each of those buffers and bf16 copies of q, k, v per record and of grad_o.
+double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16, int64_t records) {
+  const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
   const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records));
-  constexpr double kCublasWorkspace = double(32 << 20);
-  double bytes = 4 * elements + kCublasWorkspace;
-  if (backend::lact_on_bf16_operands(cfg, bf16))  // the shadows, and the copies of q, k, v (per record) and grad_o
-    bytes += 2 * elements + double(3 * records + 1) * 2.0 * double(s.B) * double(T) * double(s.d);
+  double bytes = 4 * elements + 8.0 * double(3 * s.B * lact::kDotSlices) + double(lact::kRunnerCublasWorkspace);
+  if (backend::lact_on_bf16_operands(cfg, bf16))
+    bytes += 2 * elements + double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);
   return bytes;
 }
 
-// TNT context parallelism on the GPU: the context buffers of cuda/model_buffers.h (TTT_GPU_CONTEXT_BUFFERS) on the
-// last rank of a group, which holds the most, for `rows` = sequences x span tokens and `halo` = sequences x (window -
-// 1): the attention's values over the halo and the span, the halo's rows in 7 work buffers sized for them (and its
-// attention heads' log-sum-exp), the halo's send and receive buffers and each layer's received keys and values; for
-// the global memory its packed inputs (3 rows (D + n_mem_heads) floats per span) sent and gathered over all cp spans,
-// and its output over them.
-double context_parallel_bytes(const model::ModelConfig& cfg, int64_t cp, double rows, double halo) {
-  const double D = double(cfg.dim), floats_per_span = 3.0 * rows * (D + double(cfg.n_mem_heads));
-  const double attention = (rows + halo) * D + 7.0 * halo * D + halo * double(cfg.n_attn_heads) + 4.0 * halo * D +
-                           2.0 * double(cfg.n_layers) * halo * D;
-  const double global = cfg.use_global ? 2.0 * double(cp) * floats_per_span + double(cp) * rows * D : 0.0;
-  return (attention + global) * 4.0;
+GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest& req, int64_t S, int64_t N, int64_t cp,
+                              bool backward) {
+  GpuBatchBytes b;
+  const double rows = double(S) * double(N), D = double(cfg.dim), L = double(cfg.n_layers);
+  const double F = double(cfg.mlp_hidden_dim()), V = double(cfg.vocab_size);
+  if (S <= 0 || N <= 0) return b;
+  // An absurd batch (petabytes): the sizes below are 64-bit counts that could wrap, so a lower bound of what it
+  // allocates (the residual stream, the SwiGLU products, the logits), which no device holds, is the answer.
+  if (rows * (L * D + F + V) > 1e15) {
+    b.residual = (L + 1) * rows * D * 2;
+    b.work = rows * (8 * F + 4 * V);
+    return b;
+  }
+  // Context parallel: the last rank of a group, which holds the most (a halo in front of its span, the longest prefix).
+  backend::GpuSpan span;
+  if (cp > 1) {
+    const backend::HaloPlan hp(S, N, cfg.dim, cfg.window, int(cp - 1));
+    span = {int(cp), int(cp - 1), hp.halo, hp.halo_in};
+  }
+  const backend::GpuLayerDims dims = backend::gpu_batch_dims(cfg, S, N, req.bf16, req.bf16_activations, span);
+  b.residual = (L + 1) * rows * D * (req.bf16_activations ? 2 : 4);
+  // The tokens: ids and targets (int32) and positions (int64), the loss and valid-target scalars; the backward's
+  // embedding index arrays (3 x rows + 1 int32), upstream-gradient scalar and the RMSNorm backward's work buffer (at
+  // most 128 row slices of D doubles).
+  const double tokens = rows * 16 + 8 + (backward ? 3 * (rows + 1) * 4 + 4 + 128 * D * 8 : 0);
+  b.work = backend::gpu_kept_layer_bytes(dims) + backend::gpu_layer_scratch_bytes(dims) +
+           backend::gpu_layer_gradient_bytes(dims) + backend::gpu_head_buffer_bytes(dims) + tokens;
+  if (backward && req.recompute == backend::Recompute::SaveAttention)
+    b.attention = L * double(dims.arows) * (D + double(cfg.n_attn_heads)) * 4;
+  const bool titans_like = cfg.arch != model::Arch::Lact;
+  const size_t smem = titans_like ? titans_smem_limit() : 0;
+  const titans::KernelChoice auto_choice = titans::KernelChoice::Automatic;
+  if (!titans_like) {
+    b.runner = lact_runner_bytes(cfg, S, N, req.bf16, 1);
+  } else if (cp > 1 && cfg.use_global) {  // the global memory over the prefix, the local ones over the span
+    const backend::GpuSplitShapes split = backend::gpu_split_shapes(cfg, S, N, int(cp - 1));
+    const titans::KernelChoice chosen = titans::kernel_choice_from_env();
+    b.runner = double(titans::titans_runner_bytes(split.global, true, sizeof(float),
+                                                  titans::plan_persistent(split.global, sizeof(float), smem, chosen,
+                                                                          titans::persistent_variant_from_env())));
+    if (split.has_local) b.runner += double(titans::tnt_runner_bytes(split.local, true, sizeof(float), smem, auto_choice));
+  } else {
+    b.runner = double(titans::tnt_runner_bytes(backend::gpu_tnt_shape(cfg, S, N), true, sizeof(float), smem, auto_choice));
+  }
+  if (backward && req.recompute == backend::Recompute::None && cfg.n_layers > 1) {
+    // Every layer but the last (whose are the work buffers and the shared runner) keeps its own; the kept table's
+    // sizes are linear in the sequences, so one sequence's times the batch.
+    const backend::GpuLayerDims one = backend::gpu_own_layer_dims(cfg, 1, N, req.bf16, req.bf16_activations);
+    b.kept = (L - 1) * double(S) * backend::gpu_kept_layer_bytes(one);
+    b.runners = titans_like ? (L - 1) * b.runner : lact_runner_bytes(cfg, S, N, req.bf16, cfg.n_layers - 1);
+  }
+  if (cp > 1)  // the exchanges' buffers, and every layer's received keys and values [k | v] of the halo
+    b.context = backend::gpu_context_buffer_bytes(dims) + L * 2 * double(S) * double(span.halo) * D * 4;
+  return b;
 }
+
 std::string context_parallel_drivers(const model::ModelConfig& cfg, int64_t cp, int64_t batch, const std::string& tokens) {
   return "--context-parallel " + std::to_string(cp) + ", window " + std::to_string(cfg.window) + ", batch " +
          std::to_string(batch) + " x " + tokens + ", dim " + std::to_string(cfg.dim) + (cfg.use_global ? ", use_global" : "");
+}
+
+// The terms of a GPU batch of S sequences of `length` tokens (`what`: "seq_len 4096"), each rank holding a span of
+// length / cp tokens of each.
+void push_gpu_terms(std::vector<MemoryTerm>& out, const model::ModelConfig& cfg, const MemoryRequest& req, int64_t S,
+                    int64_t length, int64_t cp, bool backward, const std::string& what) {
+  const int64_t N = length / cp;
+  const GpuBatchBytes b = gpu_batch_bytes(cfg, req, S, N, cp, backward);
+  const std::string tokens = what + (cp > 1 ? " / --context-parallel " + std::to_string(cp) : "");
+  const std::string batch = "batch " + std::to_string(S) + " x " + tokens;
+  const std::string layers = ", n_layers " + std::to_string(cfg.n_layers);
+  const std::string dim = ", dim " + std::to_string(cfg.dim);
+  std::string memories = ", n_mem_heads " + std::to_string(cfg.n_mem_heads) + ", chunk ";
+  for (const model::MemorySpec& m : model::memory_specs(cfg))
+    memories += (memories.back() == ' ' ? "" : "/") + std::to_string(m.chunk);
+  out.push_back({"residual stream kept at every layer input", batch + layers + dim, b.residual});
+  out.push_back({"one layer's work buffers, the logits and the batch's tokens",
+                 batch + dim + ", mlp hidden " + std::to_string(cfg.mlp_hidden_dim()) + ", vocab_size " +
+                     std::to_string(cfg.vocab_size),
+                 b.work});
+  out.push_back({"memory operator runner (chunk-boundary states, work space)", batch + memories, b.runner});
+  if (b.attention > 0)
+    out.push_back({"attention outputs kept per layer (--recompute save-attention; 'full' saves this)",
+                   batch + layers + dim + " + n_attn_heads " + std::to_string(cfg.n_attn_heads), b.attention});
+  if (backward && req.recompute == backend::Recompute::None) {
+    out.push_back({"activations kept per layer (--recompute none; 'save-attention' and 'full' recompute them)",
+                   batch + layers + dim + ", mlp hidden " + std::to_string(cfg.mlp_hidden_dim()), b.kept});
+    out.push_back({"memory operator state kept per layer (--recompute none)", batch + layers + memories, b.runners});
+  }
+  if (cp > 1)
+    out.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
+                   context_parallel_drivers(cfg, cp, S, tokens), b.context});
 }
 
 std::string model_drivers(const model::ModelConfig& cfg, double P) {
@@ -214,8 +285,13 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
   e.device = req.device;
   // On the GPU the model state lives on the device; the host keeps a copy of the weights and moments for checkpoints.
   if (gpu) {
-    e.resident.push_back({"parameters, gradients and AdamW moments (fp32)" + std::string(req.bf16 ? " and bf16 weight copies" : ""),
-                          model_drivers(cfg, P), P * (req.train_steps ? 16.0 : 4.0) + (req.bf16 ? 2 * P : 0.0)});
+    e.resident.push_back({req.train_steps ? "parameters, gradients and AdamW moments (fp32)" : "parameters (fp32)",
+                          model_drivers(cfg, P), P * (req.train_steps ? 16.0 : 4.0)});
+    // bf16 products round their fp32 operands (the weights among them) into cuBLAS-side scratch that DeviceBuffer
+    // does not track (cuda/blas_cuda.cu); an allowance, not a count.
+    if (req.bf16)
+      e.resident.push_back({"bf16 rounding scratch of the products (untracked; allowed 2 bytes per parameter)",
+                            model_drivers(cfg, P), 2 * P});
   } else {
     e.resident.push_back({req.train_steps ? "parameters, gradients and AdamW moments" : "parameters", model_drivers(cfg, P),
                           P * (req.train_steps ? 16.0 : 4.0)});
@@ -228,45 +304,9 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
     drivers << "batch " << req.batch << " x accum " << req.accum << " sequences of seq_len " << req.seq_len;
     std::vector<MemoryTerm> step;
     if (gpu) {
-      // Context parallel: one span of each sequence per rank.
-      const int64_t cp = std::max<int64_t>(1, req.context_parallel);
-      const double span = double(req.seq_len) / double(cp);
-      const std::string tokens = cp > 1 ? "seq_len " + std::to_string(req.seq_len) + " / --context-parallel " +
-                                              std::to_string(cp)
-                                        : "seq_len " + std::to_string(req.seq_len);
-      const double rows = double(req.batch) * span;
-      step.push_back({"activations of a micro-batch", "batch " + std::to_string(req.batch) + " x " + tokens +
-                                                          ", n_layers " + std::to_string(cfg.n_layers) + ", dim " +
-                                                          std::to_string(cfg.dim),
-                      gpu_activation_bytes(cfg, rows, req.bf16_activations)});
-      const double halo = cp > 1 ? double(req.batch) * double(cfg.window - 1) : 0;  // rows received before a span
-      if (req.recompute == backend::Recompute::SaveAttention)
-        step.push_back({"attention outputs kept per layer (--recompute save-attention; 'full' saves this)",
-                        "batch " + std::to_string(req.batch) + " x " + tokens + ", n_layers " +
-                            std::to_string(cfg.n_layers) + ", dim " + std::to_string(cfg.dim) + " + n_attn_heads " +
-                            std::to_string(cfg.n_attn_heads),
-                        double(cfg.n_layers) * (rows + halo) * double(cfg.dim + cfg.n_attn_heads) * 4.0});
-      const std::string batch_drivers = "batch " + std::to_string(req.batch) + " x seq_len " +
-                                        std::to_string(req.seq_len) + ", n_layers " + std::to_string(cfg.n_layers);
-      if (req.recompute == backend::Recompute::None) {
-        // Every layer but the last (whose are the work buffers above) keeps its own; the kept table's sizes are
-        // linear in the sequences, so one sequence's times the batch.
-        const double others = double(std::max<int64_t>(0, cfg.n_layers - 1));
-        const backend::GpuLayerDims one =
-            backend::gpu_own_layer_dims(cfg, 1, req.seq_len, req.bf16, req.bf16_activations);
-        step.push_back({"activations kept per layer (--recompute none; 'save-attention' and 'full' recompute them)",
-                        batch_drivers + ", dim " + std::to_string(cfg.dim) + ", mlp hidden " +
-                            std::to_string(cfg.mlp_hidden_dim()),
-                        others * double(req.batch) * backend::gpu_kept_layer_bytes(one)});
-        step.push_back({"memory operator state kept per layer (--recompute none)",
-                        batch_drivers + ", n_mem_heads " + std::to_string(cfg.n_mem_heads) + ", chunk " +
-                            std::to_string(cfg.chunk),
-                        operator_runner_bytes(cfg, req.batch, req.seq_len, req.bf16, cfg.n_layers - 1)});
-      }
-      if (cp > 1)
-        step.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
-                        context_parallel_drivers(cfg, cp, req.batch, tokens),
-                        context_parallel_bytes(cfg, cp, rows, halo)});
+      const int64_t cp = std::max<int64_t>(1, req.context_parallel);  // one span of each sequence per rank
+      push_gpu_terms(step, cfg, req, req.batch, req.seq_len, cp, /*backward=*/true,
+                     "seq_len " + std::to_string(req.seq_len));
     } else {
       // accumulate_gradients: one gradient buffer per sequence of a wave (at least one per thread; waves fill
       // 256 MB of gradient buffers) and the partial sums its reduction tree keeps (at most ceil(log2 seqs) besides
@@ -293,15 +333,8 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
     if (gpu) {
       // Context parallel: the GPU evaluates a span of each window per rank too.
       const int64_t cp = std::max<int64_t>(1, req.context_parallel), batch = std::max<int64_t>(1, req.eval_batch);
-      const double rows = double(batch) * double(req.eval_context) / double(cp);
-      const std::string context = "context " + std::to_string(req.eval_context) +
-                                  (cp > 1 ? " / --context-parallel " + std::to_string(cp) : "");
-      ev.push_back({"activations of an evaluation batch", "batch " + std::to_string(req.eval_batch) + " x " + context,
-                    gpu_activation_bytes(cfg, rows, req.bf16_activations)});
-      if (cp > 1)
-        ev.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
-                      context_parallel_drivers(cfg, cp, batch, context),
-                      context_parallel_bytes(cfg, cp, rows, double(batch) * double(cfg.window - 1))});
+      push_gpu_terms(ev, cfg, req, batch, req.eval_context, cp, /*backward=*/false,
+                     "context " + std::to_string(req.eval_context));
     } else {
       const double in_flight = std::min(double(threads), req.eval_windows);
       ev.push_back({"activations (forward tape), one window per thread",

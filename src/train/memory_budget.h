@@ -8,12 +8,14 @@
 // tokens, the per-token losses of an evaluation. Runs have phases that do not overlap
 // (a training step, a validation pass); the peak is the resident terms plus the largest phase.
 //
-// Activation sizes are calibrated, not derived: the CPU autograd tape keeps about 4 (70 D + 11 F) bytes per
-// token and layer plus 8 V + 2600 bytes per token (measured on the tiny preset and variants of D, L and V,
-// 2026-11-29: within 5%), a forward without gradients about half of that; the GPU model keeps the residual
-// stream of every layer, one layer's work buffers (~60 D floats per row, from the 760m measurement) and the
-// logits. They are estimates: the check refuses only when the estimate exceeds what is available, and
-// TTT_MEMORY_LIMIT overrides what is available ("off" disables the check; "8G", "512M", ... caps it).
+// On the CPU the activation sizes are calibrated, not derived: the autograd tape keeps about 4 (70 D + 11 F) bytes
+// per token and layer plus 8 V + 2600 bytes per token (measured on the tiny preset and variants of D, L and V,
+// 2026-11-29: within 5%), a forward without gradients about half of that. On the GPU they are counted: the CUDA
+// model's buffers come from the tables of backend/gpu_layer_activations.h and its memory operators' runners from
+// host-side size functions (titans::tnt_runner_bytes, lact::workspace_elements), which the estimate sums for the
+// batch shape, so it is the device memory the model tracks (DeviceBuffer) plus an allowance for the bf16 products'
+// untracked rounding scratch. They are estimates for the check: it refuses only when the estimate exceeds what is
+// available, and TTT_MEMORY_LIMIT overrides what is available ("off" disables the check; "8G", "512M", ... caps it).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -26,6 +26,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -567,6 +568,10 @@ class Fused {
 // check that memory stays linear in T/C; with `records` forwards kept at once. The CUDA backend adds a small
 // reduction buffer.
 int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1);
+// The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
+// first stage of its batched reductions (kDotSlices doubles per row of 3 B) and a cuBLAS workspace of its own (bytes).
+inline constexpr int64_t kDotSlices = 128;
+inline constexpr size_t kRunnerCublasWorkspace = size_t(32) << 20;
 
 // The causal forward through the streaming API (Fused::stream_*), token by token as generation runs it: o must
 // equal fused_cpu's o. The reference usage of the streaming API (and its test). reset_every > 0: back to the

@@ -264,6 +264,25 @@ SafeTensors tnt_op(const SafeTensors& inputs, const engine::TntOptions& opt, Tnt
   return c.get("q").dtype() == DType::F64 ? run_op<double>(c, opt, runner) : run_op<float>(c, opt, runner);
 }
 
+namespace {
+// Counts what Memory's constructors allocate (nothing is run).
+struct CountOps {
+  using value_type = float;
+  int64_t elems = 0;
+  float* alloc(int64_t n) {
+    elems += std::max<int64_t>(n, 1);
+    return nullptr;
+  }
+};
+}  // namespace
+
+int64_t memory_workspace_elements(const MemoryShape& s, bool with_grad) {
+  s.validate();
+  CountOps ops;
+  Memory<CountOps> m(ops, s, with_grad);
+  return ops.elems;
+}
+
 template void memory_cpu<float>(const MemoryShape&, const MemoryInputs<float>&, float*, const float*,
                                 const MemoryGrads<float>*);
 template void memory_cpu<double>(const MemoryShape&, const MemoryInputs<double>&, double*, const double*,

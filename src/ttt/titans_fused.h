@@ -697,6 +697,12 @@ class TntHostRunner {
 TntHostRunner& tnt_twin_runner();  // tnt_cpu
 SafeTensors tnt_op(const SafeTensors& inputs, const engine::TntOptions& opt, TntHostRunner& runner);
 
+// Elements a Memory allocates for a shape (states, chunk work buffers, Q-K buffers; not the inputs and outputs), as
+// its constructors request them from the backend (each request at least one element); with_grad as the Memory.
+// The CUDA runner's device bytes are this times the element size plus its own fixed buffers
+// (backend/titans_persistent_plan.h: titans_runner_bytes).
+int64_t memory_workspace_elements(const MemoryShape& s, bool with_grad);
+
 // FLOPs of the algorithm's matrix products (multiply-add = 2), forward and forward+backward, for a memory
 // (without the segment recomputation) and the whole branch: the "FLOP floor" of the benches.
 struct FlopCount {

@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/attention_workspace.h"
 #include "core/error.h"
 
 namespace ttt::cuda {
@@ -467,8 +468,7 @@ void swa_forward(const AttentionShape& s, const float* q, int64_t ldq, const flo
 }
 
 size_t swa_backward_workspace(const AttentionShape& s) {
-  return size_t(std::max<int64_t>(0, s.S) * std::max<int64_t>(0, s.N) * std::max<int64_t>(0, s.heads)) *
-         sizeof(float);
+  return backend::swa_backward_workspace_bytes(s.S, s.N, s.heads);  // the memory estimate's size too
 }
 
 void swa_backward(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v,

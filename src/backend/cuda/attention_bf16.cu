@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "backend/attention_workspace.h"
 #include "core/error.h"
 
 namespace ttt::cuda {
@@ -787,9 +788,7 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
 }
 
 size_t swa_backward_bf16_workspace(const AttentionShape& s) {
-  // delta, then bf16(dO) [S*N, heads*hd] on a 16-byte boundary.
-  const size_t delta = (swa_backward_workspace(s) + 15) / 16 * 16;
-  return delta + size_t(s.S * s.N * s.heads * s.hd) * 2;
+  return backend::swa_backward_bf16_workspace_bytes(s.S, s.N, s.heads, s.hd);  // the memory estimate's size too
 }
 
 void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,

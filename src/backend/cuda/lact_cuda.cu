@@ -475,7 +475,7 @@ class CudaOps {
   std::vector<std::pair<void*, size_t>> allocs_;
   Acc* partial_ = nullptr;
   size_t workspace_bytes_ = 0;
-  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  static constexpr size_t kCublasWorkspace = lact::kRunnerCublasWorkspace;
   void* cublas_ws_ = nullptr;
   // bf16 matrix inputs
   struct Mirror {

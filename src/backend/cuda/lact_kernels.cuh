@@ -15,7 +15,7 @@ namespace {
 
 using Acc = double;  // accumulator of every reduction
 constexpr int kThreads = 256;
-constexpr int kMaxSlices = 128;  // blocks per batch item in the first stage of a batched reduction
+constexpr int kMaxSlices = int(lact::kDotSlices);  // blocks per batch item in the first stage of a batched reduction
 
 int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
 int warp_grid(int64_t rows) { return int((rows * 32 + kThreads - 1) / kThreads); }

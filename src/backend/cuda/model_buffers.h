@@ -50,94 +50,8 @@ struct DeviceArray {
 // buffer is not allocated). Names ending in T are in the per sequence-head layout [S*H, N, .] of the operators;
 // a "d" prefix is a gradient (dO: of the memory output o), a "g" prefix the memory operator's gradient output.
 //
-// A layer's activations are the entries its backward reads (TTT_GPU_LAYER_KEPT, backend/gpu_layer_activations.h:
-// with --recompute none every layer but the last keeps its own, LayerKeptArrays) and the forward's scratch below.
-#define TTT_GPU_LAYER_SCRATCH(X)                                                                                   \
-  X(qh, float, rows * D)              /* memory queries (prepared, RoPE) */                                       \
-  X(kh, float, rows * D)              /* memory keys */                                                           \
-  X(vm, float, rows * D)              /* silu(v) (v_silu) */                                                      \
-  X(rates, float, rows * G)           /* the gates' activations, before their per sequence-head copies */         \
-  X(mom, float, rows * G)                                                                                         \
-  X(dec, float, rows * G)                                                                                         \
-  X(w0b, float, W)                    /* LaCT initial weights broadcast per sequence (the runner packs them) */   \
-  X(w1b, float, W)                                                                                                \
-  X(w2b, float, W)                                                                                                \
-  X(w0f, float, H * dh * d)           /* low-rank w0 resolved (A B + 0.5 I) */                                    \
-  X(w2f, float, H * dh * d)                                                                                       \
-  X(oT, float, rows * D)              /* operator output */                                                       \
-  X(sum_work, float, act16 * rows * D) /* bf16 activations: the fp32 sum before its bf16 copy */                  \
-  X(xin, float, act16 * rows * D)     /* the layer input widened from the kept bf16 residual stream */            \
-  X(xout, float, act16 * rows * D)    /* the layer output before it is rounded into the kept stream */
-
-#define TTT_GPU_LAYER_GRADIENTS(X)                                                                                 \
-  X(dx, float, rows * D)              /* d(layer output) in, d(layer input) out */                                \
-  X(dxm, float, rows * D)             /* d xmid */                                                                \
-  X(tmpD, float, rows * D)            /* an RMSNorm's dx */                                                       \
-  X(dmm, float, rows * F)                                                                                         \
-  X(dga, float, act32 * rows * F)     /* SwiGLU's input gradients: product operands only, so in bf16 with */      \
-  X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
-  X(dga_bf16, bf16, act16 * rows * F)                                                                             \
-  X(dup_bf16, bf16, act16 * rows * F)                                                                             \
-  X(gop16, bf16, act16 * rows * 3 * D) /* a gradient operand of two products (dx, dxm, dqkv), rounded once */     \
-  X(dh2, float, rows * D)                                                                                         \
-  X(dsum, float, rows * D)                                                                                        \
-  X(dnormed, float, arows * D)                                                                                    \
-  X(dO, float, arows * D)                                                                                         \
-  X(doT, float, rows * D)                                                                                         \
-  X(dgate, float, rows * H)                                                                                       \
-  X(dzs, float, rows * H)                                                                                         \
-  X(gw0b, float, W)                   /* LaCT operator gradients */                                               \
-  X(gw1b, float, W)                                                                                               \
-  X(gw2b, float, W)                                                                                               \
-  X(gqT, float, rows * D)                                                                                         \
-  X(gkT, float, rows * D)                                                                                         \
-  X(gvT, float, rows * D)                                                                                         \
-  X(glrT, float, 3 * BHN)                                                                                         \
-  X(gmomT, float, BHN)                                                                                            \
-  X(gthT, float, M * BHN)             /* Titans / TNT operator gradients */                                       \
-  X(getT, float, M * BHN)                                                                                         \
-  X(galT, float, M * BHN)                                                                                         \
-  X(gtw1b, float, M * W)                                                                                          \
-  X(gtw2b, float, M * W)                                                                                          \
-  X(dqh, float, rows * D)                                                                                         \
-  X(dkh, float, rows * D)                                                                                         \
-  X(dvm, float, rows * D)                                                                                         \
-  X(drates, float, rows * G)                                                                                      \
-  X(dzlr, float, rows * G)            /* d of a gate's pre-activation (each gate in turn) */                      \
-  X(dmom, float, rows * H)                                                                                        \
-  X(dzm, float, rows * H)                                                                                         \
-  X(dqkv, float, rows * 3 * D)                                                                                    \
-  X(dqa, float, rows * D)                                                                                         \
-  X(dka, float, rows * D)                                                                                         \
-  X(dh, float, rows * D)                                                                                          \
-  X(dz, float, arows * D)             /* q/k preparation: d z and d z * x (context parallel: the attention's */   \
-  X(dzx, float, arows * D)            /* dk, dv over the halo rows first, as dnormed and dO its d(out) and dq) */ \
-  X(dwD, float, D)                    /* a per-channel weight's gradient */                                       \
-  X(gwf, float, H * dh * d)           /* low-rank: d of the resolved weight, summed over sequences */             \
-  X(attn_work, float, attn_work)      /* attention backward workspace */
-
-// TNT context parallelism (docs/CONTEXT_PARALLEL.md; sizes 0, nothing allocated, without it). A rank with a halo
-// (the previous rank's window - 1 rows of keys and values in front of each sequence) runs the attention over
-// arows = S*(halo + N) rows: qa, ka, attn, lse above, and in the backward dnormed, dO, dz, dzx, are sized for them
-// (model_cuda.cpp: attention_rope, layer_backward). xrows = arows with a halo (0 without); halo = S*h rows a rank
-// sends (h = window - 1); U floats of one span's global-memory inputs packed [q | k | v | theta | eta | alpha] (each
-// [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans of the prefix the global memory runs over (prefix
-// = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend once it has been sent (same six parts, P*U floats) and
-// their gradients in gstage once it has been unpacked (global_split_forward / backward).
-#define TTT_GPU_CONTEXT_BUFFERS(X)                                                                                 \
-  X(xv, float, xrows * D)             /* attention v: the received halo's values, then this rank's */             \
-  X(halo_send, float, 2 * halo * D)   /* [k | v] of the tail rows (forward), of the halo rows (backward) */       \
-  X(halo_recv, float, 2 * halo * D)   /* the next rank's halo gradient (backward) */                              \
-  X(gsend, float, P * U)              /* this rank's packed span; then the prefix inputs; the spans' gradients */ \
-  X(gstage, float, Ncp * U)           /* every rank's packed span; then the prefix's input gradients; received */ \
-  X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */
-
-#define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
-  X(logits, float, rows * V)          /* and, in place, their gradient */                                         \
-  X(hf, float, rows * D)              /* final RMSNorm */                                                         \
-  X(rinvf, float, rows)                                                                                           \
-  X(row_loss, float, rows)                                                                                        \
-  X(lse_ce, float, rows)              /* cross-entropy log-sum-exp */
+// The tables of the training buffers (TTT_GPU_LAYER_KEPT, _SCRATCH, _GRADIENTS, _CONTEXT_BUFFERS, _HEAD_BUFFERS)
+// are in backend/gpu_layer_activations.h, device-neutral code, so that the memory estimate sizes them too.
 
 // ---- GPU generation's work buffers (generate_cuda.cpp): one token, allocated once and zeroed ----------------------
 // Dimensions (StreamDims): D, H, d, dh, F, V as above; MH = M*H gate columns of the Titans memories. Titans
@@ -224,8 +138,6 @@ struct TitansTokenArrays {
 
 // The dimensions the GPU model's tables are written in (see above).
 struct ModelDims : backend::GpuLayerDims {
-  // Context parallelism (TTT_GPU_CONTEXT_BUFFERS; arows, the attention's rows, is in GpuLayerDims).
-  int64_t xrows = 0, halo = 0, U = 0, Ncp = 0, P = 0, prefix = 0;
   // Grow every array of a table to its entry's size (never shrinking; new allocations poisoned with NaN when
   // asked) and return the pointers.
   LayerActivations grow(LayerActivationArrays& arrays, bool poison) const;

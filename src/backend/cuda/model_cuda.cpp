@@ -176,12 +176,7 @@ struct GpuModel::Impl {
   }
   int64_t lact_record_of(int64_t l) const { return keeps_layer(l) ? l : 0; }
   std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N) {
-    titans::TntShape s;
-    s.B = S * H;
-    s.T = N;
-    s.d = d;
-    s.set_layout(branch.layout);  // "titans": the global memory alone (chunk C, never reset)
-    for (const model::MemorySpec& mem : branch.memories) s.dh.push_back(mem.config.dh);
+    const titans::TntShape s = backend::gpu_tnt_shape(cfg, S, N);
     TitansOptions to;
     to.poison_workspace = opt.poison;
     return std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, to);
@@ -260,21 +255,10 @@ struct GpuModel::Impl {
   // Grows the work buffers (model_buffers.h) and the kept residual stream to a batch of S sequences of N tokens.
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
     ModelDims s;
-    static_cast<backend::GpuLayerDims&>(s) = backend::gpu_layer_dims(cfg, S, N, act16);
-    if (split) {  // context parallel: the attention's halo rows and the global memory's prefix
-      s.halo = S * halo;
-      s.xrows = halo_in > 0 ? S * (halo_in + N) : 0;
-      s.arows = halo_in > 0 ? s.xrows : rows;
-      if (cfg.use_global) {
-        s.Ncp = cp_ranks;
-        s.U = backend::global_floats(S * H, N, d, 1);
-        s.P = cp_rank + 1;
-        s.prefix = s.P * s.BHN * d;  // the global memory's output over the prefix
-      }
-    }
-    const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
-    s.attn_work = int64_t((attention_bf16() ? swa_backward_bf16_workspace(ashape) : swa_backward_workspace(ashape)) /
-                          sizeof(float)) + 1;
+    backend::GpuSpan span;
+    if (split) span = {cp_ranks, cp_rank, halo, halo_in};
+    static_cast<backend::GpuLayerDims&>(s) =
+        backend::gpu_batch_dims(cfg, S, N, opt.math == MathMode::BF16, act16, span);
     dims = s;
     static_cast<backend::GpuLayerDims&>(own_dims) =
         backend::gpu_own_layer_dims(cfg, S, N, opt.math == MathMode::BF16, act16);
@@ -456,23 +440,10 @@ struct GpuModel::Impl {
   std::unique_ptr<SplitRunners> make_split_runners(int64_t S, int64_t N) {
     TitansOptions to;
     to.poison_workspace = opt.poison;
-    titans::TntShape base;
-    base.B = S * H;
-    base.d = d;
-    base.set_layout(branch.layout);
-    titans::TntShape global = base;  // the global memory alone (chunk C_G, never reset), over the prefix
-    global.T = int64_t(cp_rank + 1) * N;
-    global.local_chunks.clear();
-    global.dh = {branch.memories[0].config.dh};
+    const backend::GpuSplitShapes shapes = backend::gpu_split_shapes(cfg, S, N, cp_rank);
     auto r = std::make_unique<SplitRunners>();
-    r->global = std::make_unique<TitansRunner<float>>(global.memory(0), /*with_grad=*/true, to);
-    if (branch.memories.size() > 1) {
-      titans::TntShape local = base;
-      local.T = N;
-      local.use_global = false;
-      for (size_t m = 1; m < branch.memories.size(); ++m) local.dh.push_back(branch.memories[m].config.dh);
-      r->local = std::make_unique<TntRunner<float>>(local, /*with_grad=*/true, to);
-    }
+    r->global = std::make_unique<TitansRunner<float>>(shapes.global, /*with_grad=*/true, to);
+    if (shapes.has_local) r->local = std::make_unique<TntRunner<float>>(shapes.local, /*with_grad=*/true, to);
     return r;
   }
   // The six parts [q | k | v | theta | eta | alpha] of the global memory's quantities at `base`, a packed span

@@ -23,7 +23,7 @@ namespace ttt::cuda {
 namespace {
 
 using Acc = double;  // accumulator of the batched dot products
-constexpr int kMaxSlices = 128;  // blocks per batch item in the first stage of a batched dot
+constexpr int kMaxSlices = int(titans::kDotSlices);  // blocks per batch item in the first stage of a batched dot
 
 template <class F>
 __global__ void k_each(F f, int64_t n) {
@@ -152,7 +152,7 @@ class TitansCudaOps {
   std::vector<DeviceBuffer> bufs_;
   DeviceBuffer partial_, cublas_ws_;
   size_t workspace_bytes_ = 0;
-  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  static constexpr size_t kCublasWorkspace = titans::kRunnerCublasWorkspace;
 };
 
 }  // namespace

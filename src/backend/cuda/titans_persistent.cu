@@ -64,34 +64,26 @@ struct PersistentMemory<T>::Impl {
     TTT_CHECK(plan.threads == titans::persistent_threads(plan.variant),
               "titans persistent: plan of " << plan.threads << " threads for "
                                             << titans::persistent_variant_name(plan.variant));
-    const int64_t P2 = 2 * s.P();
-    for (const Group& g : titans::make_groups(s.B, s.T, s.period)) {
+    // The sizes are the host's (titans::persistent_buffers), which the memory estimate sums too.
+    const titans::PersistentBuffers sizes = titans::persistent_buffers(s, plan, with_grad);
+    for (const titans::PersistentGroupBuffers& b : sizes.groups) {
       PerGroup pg;
-      pg.g = g;
-      const int64_t N = titans::num_chunks(g.len, s.chunk);
-      pg.K = std::min(plan.segment, N);
-      pg.checkpoints = titans::num_chunks(N, pg.K);
-      if (plan.fwd.scratch_elements > 0) pg.scratch_fwd = alloc(g.items * plan.fwd.scratch_elements);
-      if (s.qk) {
-        pg.qk_z = alloc(g.items * N);
-        if (with_grad) pg.qk_dz = alloc(g.items * N);
-      }
-      if (with_grad) {
-        pg.ckW = alloc(g.items * pg.checkpoints * P2);
-        pg.slotW = alloc(g.items * pg.K * P2);
-        if (s.momentum) {
-          pg.ckS = alloc(g.items * pg.checkpoints * P2);
-          pg.slotS = alloc(g.items * pg.K * P2);
-        }
-        pg.dW = alloc(g.items * P2);
-        if (plan.bwd.scratch_elements > 0) pg.scratch_bwd = alloc(g.items * plan.bwd.scratch_elements);
-      }
+      pg.g = b.g;
+      pg.K = b.K;
+      pg.checkpoints = b.checkpoints;
+      pg.scratch_fwd = alloc(b.scratch_fwd);
+      pg.qk_z = alloc(b.qk_z);
+      pg.qk_dz = alloc(b.qk_dz);
+      pg.ckW = alloc(b.ckW);
+      pg.slotW = alloc(b.slotW);
+      pg.ckS = alloc(b.ckS);
+      pg.slotS = alloc(b.slotS);
+      pg.dW = alloc(b.dW);
+      pg.scratch_bwd = alloc(b.scratch_bwd);
       groups.push_back(std::move(pg));
     }
-    if (s.qk) {
-      qt = alloc(s.B * s.T * s.d);
-      if (with_grad) dqt = alloc(s.B * s.T * s.d);
-    }
+    qt = alloc(sizes.qt);
+    dqt = alloc(sizes.dqt);
     // The attribute is a ceiling shared by every launch of the kernel, and runners of different sizes (TNT's
     // memories, each enqueued from its own host thread) use it concurrently: set it to the device's limit, never
     // to one runner's size (a smaller runner built later would refuse a larger one's launches).
@@ -107,8 +99,10 @@ struct PersistentMemory<T>::Impl {
     TTT_CUDA_CHECK(cudaFuncSetAttribute(v2 ? k_titans_persistent_bwd_v2<T> : k_titans_persistent_bwd<T>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   }
+  // n elements; none (an empty buffer, null pointer) for n = 0.
   DeviceBuffer alloc(int64_t n) {
-    DeviceBuffer b(sizeof(T) * size_t(std::max<int64_t>(n, 1)));
+    if (n <= 0) return DeviceBuffer();
+    DeviceBuffer b(sizeof(T) * size_t(n));
     if (poison) TTT_CUDA_CHECK(cudaMemsetAsync(b.template as<void>(), 0xFF, b.bytes(), stream));
     bytes += b.bytes();
     return b;

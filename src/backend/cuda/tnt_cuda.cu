@@ -52,15 +52,15 @@ struct TntRunner<T>::Impl {
       cudaEvent_t e;
       TTT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       done.push_back(e);
-      if (M > 1) {
-        o.emplace_back(BTd * sizeof(T));
-        if (with_grad) {
-          gq.emplace_back(BTd * sizeof(T));
-          gk.emplace_back(BTd * sizeof(T));
-          gv.emplace_back(BTd * sizeof(T));
-        }
-        bytes += BTd * sizeof(T) * (with_grad ? 4 : 1);
+      // Its output, then its q/k/v gradients (titans::tnt_branch_buffers: none for a single memory).
+      const int64_t parts = titans::tnt_branch_buffers(s, with_grad);
+      if (parts >= 1) o.emplace_back(BTd * sizeof(T));
+      if (parts >= 4) {
+        gq.emplace_back(BTd * sizeof(T));
+        gk.emplace_back(BTd * sizeof(T));
+        gv.emplace_back(BTd * sizeof(T));
       }
+      bytes += BTd * sizeof(T) * size_t(parts);
     }
   }
   ~Impl() {
