@@ -69,6 +69,19 @@ train::MemoryRequest cpu_training(int64_t batch, int64_t seq_len) {
   return r;
 }
 
+// A GPU training step of `batch` x `seq_len` with bf16 products and activations, at the --recompute level `level`.
+train::MemoryRequest gpu_bf16_training(int64_t batch, int64_t seq_len,
+                                       backend::Recompute level = backend::Recompute::Full) {
+  train::MemoryRequest r;
+  r.device = "cuda";
+  r.bf16 = r.bf16_activations = true;
+  r.recompute = level;
+  r.train_steps = true;
+  r.batch = batch;
+  r.seq_len = seq_len;
+  return r;
+}
+
 // A run directory with a checkpoint of the small lact model of train_test_util.h whose data is `data_dir`.
 void write_small_checkpoint(const std::string& run_dir, const std::string& data_dir) {
   test_util::write_initial_checkpoint(run_dir, test_util::small_lact_config(), data_dir);
@@ -122,12 +135,7 @@ TEST(MemoryBudget, TermsGrowWithTheirFields) {
 // log-sum-exp in fp32, L x rows x (dim + attention heads) x 4 bytes.
 TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
   const model::ModelConfig cfg = model::preset("760m");
-  train::MemoryRequest r;
-  r.device = "cuda";
-  r.bf16 = r.bf16_activations = true;
-  r.train_steps = true;
-  r.batch = 2;
-  r.seq_len = 4096;
+  train::MemoryRequest r = gpu_bf16_training(2, 4096);
   const train::MemoryEstimate full = train::estimate_memory(cfg, r);
   r.recompute = backend::Recompute::SaveAttention;
   const train::MemoryEstimate saved = train::estimate_memory(cfg, r);
@@ -143,12 +151,7 @@ TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
 // activations) and its own memory operator runner.
 TEST(MemoryBudget, KeptLayersAreTermsOfTheStep) {
   const model::ModelConfig cfg = model::preset("760m");
-  train::MemoryRequest r;
-  r.device = "cuda";
-  r.bf16 = r.bf16_activations = true;
-  r.train_steps = true;
-  r.batch = 2;
-  r.seq_len = 4096;
+  train::MemoryRequest r = gpu_bf16_training(2, 4096);
   const train::MemoryEstimate full = train::estimate_memory(cfg, r);
   r.recompute = backend::Recompute::None;
   const train::MemoryEstimate none = train::estimate_memory(cfg, r);
@@ -185,13 +188,7 @@ TEST(MemoryBudget, KeptLayersAreTermsOfTheStep) {
 // does).
 TEST(MemoryBudget, RefusalNamesTheRecomputeLevelsThatFit) {
   const model::ModelConfig cfg = model::preset("760m");
-  train::MemoryRequest r;
-  r.device = "cuda";
-  r.bf16 = r.bf16_activations = true;
-  r.train_steps = true;
-  r.batch = 1;
-  r.seq_len = 8192;
-  r.recompute = backend::Recompute::None;
+  train::MemoryRequest r = gpu_bf16_training(1, 8192, backend::Recompute::None);
   const train::MemoryEstimate e = train::estimate_memory(cfg, r);
   const double full = e.recompute_peaks[0].peak, saved = e.recompute_peaks[1].peak;
   ASSERT_LT(saved, e.peak());
@@ -233,13 +230,7 @@ TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
   cfg.global_chunk = cfg.shard = 2048;
   cfg.local_chunks = {8};
   cfg.seq_len = 131072;
-  train::MemoryRequest r;
-  r.device = "cuda";
-  r.bf16 = r.bf16_activations = true;
-  r.recompute = backend::Recompute::SaveAttention;
-  r.train_steps = true;
-  r.batch = 1;
-  r.seq_len = 131072;
+  train::MemoryRequest r = gpu_bf16_training(1, 131072, backend::Recompute::SaveAttention);
   const train::MemoryEstimate one = train::estimate_memory(cfg, r);  // the length one GPU holds
   r.seq_len = 2 * 131072;
   cfg.seq_len = r.seq_len;
