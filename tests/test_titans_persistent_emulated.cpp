@@ -8,7 +8,9 @@
 // GPU; the GPU tests (test_cuda_titans_persistent.cpp) check the compiled kernels. Some memories read Q-K
 // projected queries (TNT's local memories), projected inside the kernels. Both kernel variants (v1, v2) run; the
 // emulation makes v2's asynchronous copies at the issuing thread's wait, so a read before the wait shows, and
-// counts threads that end with copies never waited for (must be none).
+// counts threads that end with copies never waited for (must be none). v2's bf16 kernels (products on tensor
+// cores, mma_bf16's CPU twin in the emulation) are held to the suite's bf16 bound, 2e-2 relative (L2) to the
+// float64 twin, and their product (gemm_mma_bf16) to a direct sum of bf16-rounded products, bit for bit.
 #include <gtest/gtest.h>
 
 #include "titans_test_util.h"
@@ -22,6 +24,7 @@
 
 #include "backend/cuda/titans_persistent_kernels.cuh"
 #include "backend/cuda/titans_persistent_kernels_v2.cuh"
+#include "core/blas.h"  // BF16OperandsEmulation
 #include "core/rng.h"
 #include "ttt/titans_fused.h"
 
@@ -41,6 +44,18 @@ struct Case {
 
 // The persistent path of one memory on host arrays, as PersistentMemory::forward / backward run it.
 titans::PersistentVariant emulated_variant = titans::PersistentVariant::V1;
+bool emulated_bf16 = false;  // v2's float kernels with bf16 tensor-core products
+
+// The forward or backward kernel of the emulated variant (titans_persistent.cu's choice).
+template <class T>
+void (*emulated_kernel(bool backward))(cuda::persistent::Args<T>) {
+  using namespace cuda::persistent;
+  if (emulated_variant == titans::PersistentVariant::V1)
+    return backward ? k_titans_persistent_bwd<T> : k_titans_persistent_fwd<T>;
+  if constexpr (sizeof(T) == 4)
+    if (emulated_bf16) return backward ? k_titans_persistent_bwd_v2<T, true> : k_titans_persistent_fwd_v2<T, true>;
+  return backward ? k_titans_persistent_bwd_v2<T> : k_titans_persistent_fwd_v2<T>;
+}
 
 template <class T>
 void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T* o, const T* go,
@@ -48,7 +63,6 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   const titans::PersistentPlan plan =
       titans::plan_persistent(s, sizeof(T), smem, titans::KernelChoice::Persistent, emulated_variant);
   ASSERT_TRUE(plan.persistent) << plan.reason;
-  const bool v2 = emulated_variant == titans::PersistentVariant::V2;
   const int unwaited_before = block_emulation::unwaited_copies.load();
   const int64_t P = s.P(), P2 = 2 * P;
   const T nan = T(std::nan(""));
@@ -120,12 +134,7 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   for (PerGroup& pg : groups) {
     cuda::persistent::Args<T> a = args(pg, plan.fwd, pg.scratch_fwd);
     a.o = o;
-    if (v2)
-      block_emulation::launch(cuda::persistent::k_titans_persistent_fwd_v2<T>, unsigned(pg.g.items), emulated_threads,
-                              plan.fwd.shared_bytes, a);
-    else
-      block_emulation::launch(cuda::persistent::k_titans_persistent_fwd<T>, unsigned(pg.g.items), emulated_threads,
-                              plan.fwd.shared_bytes, a);
+    block_emulation::launch(emulated_kernel<T>(false), unsigned(pg.g.items), emulated_threads, plan.fwd.shared_bytes, a);
   }
   std::fill(g.w1, g.w1 + s.B * P, T(0));
   std::fill(g.w2, g.w2 + s.B * P, T(0));
@@ -139,12 +148,7 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    if (v2)
-      block_emulation::launch(cuda::persistent::k_titans_persistent_bwd_v2<T>, unsigned(pg.g.items), emulated_threads,
-                              plan.bwd.shared_bytes, a);
-    else
-      block_emulation::launch(cuda::persistent::k_titans_persistent_bwd<T>, unsigned(pg.g.items), emulated_threads,
-                              plan.bwd.shared_bytes, a);
+    block_emulation::launch(emulated_kernel<T>(true), unsigned(pg.g.items), emulated_threads, plan.bwd.shared_bytes, a);
     const titans::fn::ReduceItems<T> reduce{pg.dW.data(), g.w1, g.w2, pg.g, P};
     for (int64_t i = 0; i < (pg.g.items / pg.g.per_b) * P2; ++i) reduce(i);
   }
@@ -287,3 +291,110 @@ TEST(TitansPersistentEmulated, V2MatchesCpuTwin) { match_twin(titans::Persistent
 // The device's block sizes (v1: 512 threads, 16 warps; v2: 256, 8 warps).
 TEST(TitansPersistentEmulated, FullBlock) { full_block(titans::PersistentVariant::V1); }
 TEST(TitansPersistentEmulated, V2FullBlock) { full_block(titans::PersistentVariant::V2); }
+
+namespace {
+
+// gemm_mma_bf16 on one emulated block of `threads`: out (m x n, NaN first) and how often each element was stored.
+struct MmaProduct {
+  std::vector<float> out;
+  std::vector<int> stores;
+};
+template <bool TA, bool TB>
+MmaProduct mma_product(int m, int n, int k, const std::vector<float>& A, int lda, const std::vector<float>& B, int ldb,
+                       unsigned threads, int start) {
+  MmaProduct r{std::vector<float>(size_t(m) * n, std::nanf("")), std::vector<int>(size_t(m) * n, 0)};
+  std::vector<std::atomic<int>> stores(size_t(m) * n);
+  const auto kernel = [&](int) {
+    cuda::persistent::gemm_mma_bf16(m, n, k, cuda::persistent::mat<TA>(A.data(), lda),
+                                    cuda::persistent::mat<TB>(B.data(), ldb),
+                                    [&](int i, int j, float v) {
+                                      r.out[size_t(i) * n + j] = v;
+                                      ++stores[size_t(i) * n + j];
+                                    },
+                                    start);
+  };
+  block_emulation::launch(kernel, 1, threads, 0, 0);
+  for (size_t e = 0; e < stores.size(); ++e) r.stores[e] = stores[e].load();
+  return r;
+}
+
+}  // namespace
+
+// The tensor-core product's fragments (layout, padding of m, n, k to the tiles, the transposed tile for a chunk's
+// rows, transposed operands, vector and scalar loads, the start of its work): every element stored once, equal bit
+// for bit to the sum of round_to_bf16(op(A)[i, l]) * round_to_bf16(op(B)[l, j]) in float in the fragments' order
+// (the products are exact in float and mma_bf16's twin sums them slot by slot, the padding adding zeros).
+TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
+  Rng rng(7);
+  struct Shape {
+    int m, n, k;
+  };
+  int checked = 0;
+  for (const Shape sh : {Shape{8, 64, 64}, Shape{5, 7, 9}, Shape{64, 64, 8}, Shape{3, 64, 12}, Shape{64, 8, 64},
+                         Shape{17, 33, 40}, Shape{1, 1, 1}, Shape{8, 12, 10}})
+    for (const bool ta : {false, true})
+      for (const bool tb : {false, true})
+        for (const int start : {0, 32}) {
+          // Strides of 4k + 1 (scalar loads) and 4k on 16-byte aligned rows (vector loads where the rows run along
+          // the reduction), alternating with start.
+          const int pad = start ? 0 : 1;
+          const int lda = ((ta ? sh.m : sh.k) + 3) / 4 * 4 + pad, ldb = ((tb ? sh.k : sh.n) + 3) / 4 * 4 + pad * 3;
+          std::vector<float> A(size_t((ta ? sh.k : sh.m) * lda)), B(size_t((tb ? sh.n : sh.k) * ldb));
+          for (float& x : A) x = float(rng.normal());
+          for (float& x : B) x = float(rng.normal());
+          auto opA = [&](int i, int l) { return ta ? A[size_t(l * lda + i)] : A[size_t(i * lda + l)]; };
+          auto opB = [&](int l, int j) { return tb ? B[size_t(j * ldb + l)] : B[size_t(l * ldb + j)]; };
+          MmaProduct got;
+          if (ta && tb) got = mma_product<true, true>(sh.m, sh.n, sh.k, A, lda, B, ldb, 64, start);
+          if (ta && !tb) got = mma_product<true, false>(sh.m, sh.n, sh.k, A, lda, B, ldb, 64, start);
+          if (!ta && tb) got = mma_product<false, true>(sh.m, sh.n, sh.k, A, lda, B, ldb, 64, start);
+          if (!ta && !tb) got = mma_product<false, false>(sh.m, sh.n, sh.k, A, lda, B, ldb, 64, start);
+          for (int i = 0; i < sh.m; ++i)
+            for (int j = 0; j < sh.n; ++j) {
+              float want = 0.f;  // in the fragments' order: k16 steps, then slots (mma_slot_k)
+              for (int l0 = 0; l0 < sh.k; l0 += 16)
+                for (int slot = 0; slot < 16; ++slot) {
+                  const int l = l0 + cuda::persistent::mma_slot_k(slot);
+                  if (l < sh.k) want += round_to_bf16(opA(i, l)) * round_to_bf16(opB(l, j));
+                }
+              const size_t e = size_t(i) * sh.n + j;
+              ASSERT_EQ(got.stores[e], 1) << sh.m << "x" << sh.n << "x" << sh.k << " element " << i << "," << j;
+              ASSERT_EQ(got.out[e], want) << sh.m << "x" << sh.n << "x" << sh.k << " ta " << ta << " tb " << tb
+                                          << " element " << i << "," << j;
+            }
+          ++checked;
+        }
+  EXPECT_EQ(checked, 64);
+}
+
+// v2 with bf16 tensor-core products (the kernels `--precision bf16` runs): every case of twin_cases against the
+// float64 twin within the suite's bf16 bound (2e-2 relative, L2), at 64 threads and at the device's 256; and the
+// error shows the rounding (over 1e-4 somewhere: the fp32 kernels stay under 1e-6), so the bf16 path did run.
+TEST(TitansPersistentEmulated, V2Bf16MatchesCpuTwin) {
+  emulated_variant = titans::PersistentVariant::V2;
+  emulated_bf16 = true;
+  double worst = 0, twin_worst = 0;
+  std::string what, twin_what;
+  uint64_t seed = 4321;
+  std::vector<Case> cases = twin_cases();
+  cases.push_back({{1, 20, 12, 10, 4, 9, true, true, true, true, 2}, kBig});  // full block below
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    emulated_threads = i + 1 == cases.size() ? unsigned(titans::kPersistentThreadsV2) : 64u;
+    const auto x = inputs(c, ++seed);
+    const auto ref = run<double>(c, x, false);
+    check(run<float>(c, x, true), ref, 2e-2, false,
+          c.name() + " (seed " + std::to_string(seed) + ", " + std::to_string(emulated_threads) + " threads) bf16",
+          worst, what);
+    BF16OperandsEmulation emulate;  // the CPU twin with bf16-rounded product operands: the conditioning, printed
+    check(run<float>(c, x, false), ref, 1.0, false, c.name() + " CPU twin, bf16 operands", twin_worst, twin_what);
+  }
+  emulated_threads = 64;
+  emulated_bf16 = false;
+  emulated_variant = titans::PersistentVariant::V1;
+  EXPECT_GT(worst, 1e-4) << "no bf16 rounding visible: did the tensor-core products run?";
+  std::printf("persistent kernels v2 with bf16 tensor-core products emulated on the CPU vs the float64 twin: %zu "
+              "configs, worst relative (L2) error %.3g (%s); bound 2e-2; the CPU twin with bf16-rounded product "
+              "operands: worst %.3g (%s)\n",
+              cases.size(), worst, what.c_str(), twin_worst, twin_what.c_str());
+}

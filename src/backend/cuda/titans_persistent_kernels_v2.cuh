@@ -23,6 +23,9 @@
 // product); only where a value is kept and which thread computes it differ.
 #pragma once
 #include "backend/cuda/titans_persistent_kernels.cuh"
+#ifdef __CUDACC__
+#include "backend/cuda/mma_bf16.cuh"  // pack_bf16, mma_bf16 (the CPU emulation brings its twins)
+#endif
 
 namespace ttt::cuda::persistent {
 
@@ -161,28 +164,114 @@ __device__ __forceinline__ int gemm_tiles_vector_a(int m, int n, int k, Operand<
   return work;
 }
 
+// The reduction index, within a k16 step, that fragment slot s of gemm_mma_bf16 holds: lane t's slots 2t, 2t+1,
+// 2t+8, 2t+9 take l = 4t .. 4t+3 (a permutation of the reduction, the same for both operands, so the sums are
+// those of the product), so that a row's four values are one 16-byte vector load.
+__device__ __forceinline__ constexpr int mma_slot_k(int s) { return 4 * ((s % 8) / 2) + 2 * (s / 8) + s % 2; }
+
+// One warp's tiles of gemm_mma_bf16 (Swap: the mma computes the transposed product). Element (r, l) of the mma's
+// A and (l, c) of its B are zero outside the product (nothing is read there); an operand stored along the
+// reduction (a chunk's rows) is read as 16-byte vectors where its stride and alignment allow.
+template <bool Swap, class T, bool TA, bool TB, class Store>
+__device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store,
+                                          int start) {
+  const int R = Swap ? n : m, N = Swap ? m : n;
+  auto X = [&](int r, int l) -> float { return r < R && l < k ? float(Swap ? B(l, r) : A(r, l)) : 0.f; };
+  auto Y = [&](int l, int c) -> float { return c < N && l < k ? float(Swap ? A(c, l) : B(l, c)) : 0.f; };
+  // X's row r (Y's column c) at l .. l+3 is p[r ld + l ..] when that operand is stored along the reduction.
+  constexpr bool x_rows = Swap ? TB : !TA, y_rows = Swap ? !TA : TB;
+  const T* xp = Swap ? B.p : A.p;
+  const T* yp = Swap ? A.p : B.p;
+  const int xld = Swap ? B.ld : A.ld, yld = Swap ? A.ld : B.ld;
+  const bool xvec = x_rows && xld % 4 == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0;
+  const bool yvec = y_rows && yld % 4 == 0 && reinterpret_cast<uintptr_t>(yp) % 16 == 0;
+  auto fetch_x = [&](int r, int l, float (&v)[4]) {
+    if (xvec && r < R && l + 3 < k) {
+      load_row_vector<4>(xp + r * xld + l, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = X(r, l + j);
+    }
+  };
+  auto fetch_y = [&](int c, int l, float (&v)[4]) {
+    if (yvec && c < N && l + 3 < k) {
+      load_row_vector<4>(yp + c * yld + l, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = Y(l + j, c);
+    }
+  };
+  const int col_tiles = (N + 7) / 8, tiles = (R + 15) / 16 * col_tiles;
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4, warps = int(blockDim.x) / 32;
+  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x) / 32;
+  for (int tile = first; tile < tiles; tile += warps) {  // the same trip count on every lane: mma.sync converged
+    const int r0 = tile / col_tiles * 16 + g, cb = tile % col_tiles * 8;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int l0 = 0; l0 < k; l0 += 16) {
+      const int l = l0 + mma_slot_k(2 * t);
+      float x0[4], x8[4], y[4];  // X's rows r0 and r0 + 8, Y's column cb + g, at l .. l+3
+      fetch_x(r0, l, x0);
+      fetch_x(r0 + 8, l, x8);
+      fetch_y(cb + g, l, y);
+      const uint32_t a[4] = {pack_bf16(x0[0], x0[1]), pack_bf16(x8[0], x8[1]), pack_bf16(x0[2], x0[3]),
+                             pack_bf16(x8[2], x8[3])};
+      mma_bf16(acc, a, pack_bf16(y[0], y[1]), pack_bf16(y[2], y[3]));
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = r0 + (i >= 2 ? 8 : 0), c = cb + 2 * t + (i & 1);
+      if (r < R && c < N) {
+        if constexpr (Swap)
+          store(c, r, T(acc[i]));
+        else
+          store(r, c, T(acc[i]));
+      }
+    }
+  }
+}
+
+// The products on tensor cores (the kernels' Tc, bf16 products): mma.sync m16n8k16 (mma_bf16.cuh), every operand
+// element rounded to bf16 as it is loaded from the fp32 buffers into a fragment, fp32 accumulation; the result
+// goes to store as an fp32 sum, so the element steps and the state stay fp32. The mma's 16 rows take the wider of
+// the product's output dimensions: a chunk's rows (m <= 8) become its 8 columns (the tile computes the transposed
+// product, (op(A) op(B))ᵀ = op(B)ᵀ op(A)ᵀ, and stores it transposed), so the C x d products fill the tiles. A
+// warp owns 16 x 8 output tiles, tile t on the warp that work item 32 t goes to (gemm_tiles' start), and each of
+// its threads stores the four elements it holds: one owner per element, the same for two products of the same
+// shape and start. Returns the number of work items (32 per tile).
+template <class T, bool TA, bool TB, class Store>
+__device__ __forceinline__ int gemm_mma_bf16(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B,
+                                             const Store& store, int start) {
+  static_assert(sizeof(T) == 4, "bf16 products accumulate in fp32: float kernels only");
+  const bool swap = m <= 8 && n > m;
+  if (swap)
+    mma_tiles<true>(m, n, k, A, B, store, start);
+  else
+    mma_tiles<false>(m, n, k, A, B, store, start);
+  const int R = swap ? n : m, N = swap ? m : n;
+  return (R + 15) / 16 * ((N + 7) / 8) * 32;
+}
+
 // Where the next product of a phase starts handing out its work (gemm_tiles' start); v2's products issue the
-// loads of 4 reduction steps together, and take gemm_chunk_rows / gemm_tiles_vector_a when they fit.
+// loads of 4 reduction steps together, and take gemm_chunk_rows / gemm_tiles_vector_a when they fit. Tc: every
+// product on tensor cores (gemm_mma_bf16).
+template <bool Tc = false>
 struct Spread {
   int next = 0;
   template <class T, bool TA, bool TB, class Store>
   __device__ void operator()(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
-    int work;
-    if constexpr (!TA) {
-      if (rows_product_fits(m, k, A)) {
-        work = gemm_chunk_rows(m, n, k, A, B, store, next);
-        next = (next + work) % int(blockDim.x);
-        return;
-      }
+    next = (next + product(m, n, k, A, B, store)) % int(blockDim.x);
+  }
+  template <class T, bool TA, bool TB, class Store>
+  __device__ int product(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) const {
+    if constexpr (Tc) {
+      return gemm_mma_bf16(m, n, k, A, B, store, next);
+    } else if constexpr (!TA) {
+      if (rows_product_fits(m, k, A)) return gemm_chunk_rows(m, n, k, A, B, store, next);
     } else {
-      if (columns_product_fits(m, n, A)) {
-        work = gemm_tiles_vector_a<kUnrollV2>(m, n, k, A, B, store, next);
-        next = (next + work) % int(blockDim.x);
-        return;
-      }
+      if (columns_product_fits(m, n, A)) return gemm_tiles_vector_a<kUnrollV2>(m, n, k, A, B, store, next);
     }
-    work = block_products<kUnrollV2>(m, n, k, A, B, store, next);
-    next = (next + work) % int(blockDim.x);
+    return block_products<kUnrollV2>(m, n, k, A, B, store, next);
   }
 };
 
@@ -274,7 +363,7 @@ struct StepCtx {
 // M += KᵀK, z += Σ ||k||², and the next chunk's queries projected into Qt (on chip and a.qt), their raw rows in
 // `next`. `prefetch()` is called first in the step (it starts the next chunk's copies); the step waits for them
 // before its third barrier. Barriers: 2 without update, else 4; the block may read everything after return.
-template <class T, class Prefetch>
+template <bool Tc, class T, class Prefetch>
 __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const T* Sc, T* Sn, const StateLayout& SL, T* keepW,
                                 T* keepS, const Stage<T>& cur, bool update, const T* Qa, T* o, T* M, T* Qt,
                                 const Stage<T>* next, const Prefetch& prefetch) {
@@ -290,7 +379,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   prefetch();
   // Phase A: Zq = Qa W1ᵀ, Zk = K W1ᵀ, silu; the gate means; the chunk's key squares join z.
   {
-    Spread sp;
+    Spread<Tc> sp;
     const auto w1t = mat<true>(W, L.ld1());
     if (Qa)
       sp(n, dh, d, mat<false>(Qa, d), w1t, [&](int i, int h, T acc) {
@@ -316,7 +405,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   __syncthreads();
   // Phase B: o = [Qa] + Sgq W2ᵀ; E = Sgk W2ᵀ, then the MSE gradient E, Bm = θ E.
   {
-    Spread sp;
+    Spread<Tc> sp;
     const auto w2t = mat<true>(W + L.off2(), L.ld2());
     if (Qa) {
       T* orow = o + x.g1.tok(0, x.c0) * d;
@@ -334,7 +423,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   if (!update) return;
   // Phase C: DS = E W2, then DZ = DS silu'(Zk), A = θ DZ; M += KᵀK. The next chunk's rows land.
   {
-    Spread sp;
+    Spread<Tc> sp;
     sp(n, dh, d, mat<false>(E, d), mat<false>(W + L.off2(), L.ld2()), [&](int i, int h, T acc) {
       fn::inner_a_core(acc, Zk[i * dh + h], cur.theta[i], DZ[i * dh + h], A[i * dh + h]);
     });
@@ -345,7 +434,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   // Phase D: D = -[Aᵀ K; Bmᵀ Sgk] meets the step (fn::step_core) where each element lands; the next chunk's
   // queries through the Q-K projection with the new sums.
   {
-    Spread sp;
+    Spread<Tc> sp;
     auto step = [&](bool second, int row, int col, T acc) {
       const int64_t w = L.at_rc(second, row, col), s = SL.at_rc(second, row, col);
       T p;
@@ -375,7 +464,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   __syncthreads();
 }
 
-template <class T>
+template <class T, bool Tc = false>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_fwd_v2(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
@@ -422,7 +511,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
     const bool update = c + 1 < N;
     const Stage<T> next = stager.at(a, c + 1);
     const bool keep = ckW && update && (c + 1) % a.K == 0;
-    forward_step_v2(x, W, S, S, L, keep ? ckW + ((c + 1) / a.K) * P2 : nullptr,
+    forward_step_v2<Tc>(x, W, S, S, L, keep ? ckW + ((c + 1) / a.K) * P2 : nullptr,
                     keep && ckS ? ckS + ((c + 1) / a.K) * P2 : nullptr, cur, update, M ? Qt : cur.q, a.o,
                     update ? M : nullptr, Qt, update ? &next : nullptr, [&] {
                       if (update) stager.prefetch(a, g1, c + 1, true);
@@ -437,7 +526,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
 // (the next chunk's rows, the next W), `prefetch_momentum()` once S_c is read no more (the next S, into S's
 // buffer); the step waits for those copies before its last barrier.
 // Barriers: 3 without update, else 6.
-template <class T, class Prefetch, class PrefetchMomentum>
+template <bool Tc, class T, class Prefetch, class PrefetchMomentum>
 __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W, const T* Sc, const Stage<T>& cur, bool update,
                                  const Prefetch& prefetch, const PrefetchMomentum& prefetch_momentum) {
   using namespace titans;
@@ -458,7 +547,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   // Phase 1: Zq = Q W1ᵀ, Zk = K W1ᵀ, silu; the gate means; G = dW' + dS' (fn::StepBwdPre) and the two block
   // dots <dW', W>, <G, S_c> as the warps' partial sums.
   {
-    Spread sp;
+    Spread<Tc> sp;
     const auto w1t = mat<true>(W, L.ld1());
     sp(n, dh, d, mat<false>(Q, d), w1t, [&](int i, int h, T acc) {
       Zq[i * dh + h] = acc;
@@ -492,7 +581,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   // silu'(Zq).
   prefetch_momentum();
   {
-    Spread sp;
+    Spread<Tc> sp;
     if (update) {
       double keep = 0, eta = 0;
       for (int w = 0; w < warps; ++w) keep += b.red[2 * w], eta += b.red[2 * w + 1];
@@ -521,7 +610,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   // Phase 3: DS = E W2, then A, DZ (fn::inner_a_core) and dDS, dZ (fn::inner_bwd_h_core); dSg = -Bm G2; the
   // apply's dW2 += dOᵀ Sgq, dW1 += dZqᵀ Q, gq = [dO] + dZq W1.
   {
-    Spread sp;
+    Spread<Tc> sp;
     if (update) {
       sp(n, dh, d, mat<false>(E, d), mat<false>(W2, L.ld2()), [&](int i, int h, T acc) {
         const int at = i * dh + h;
@@ -552,7 +641,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   // Phase 4: dθ (the row dots <DZ_r, dA_r> + <E_r, dBm_r>, a warp per row); dY = 2 (dE + dDS W2ᵀ) with dv, dk
   // (fn::inner_bwd2_core); dW2 += Eᵀ dDS.
   {
-    Spread sp;
+    Spread<Tc> sp;
     for (int r = warp; r < n; r += warps) {
       double s1 = 0, s2 = 0;
       for (int h = lane; h < dh; h += 32) s1 += double(DZ[r * dh + h]) * double(dA[r * dh + h]);
@@ -578,7 +667,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   __syncthreads();
   // Phase 5: dSg += dY W2, dZ += dSg silu'(Zk) (fn::DsiluMul's); dW2 += dYᵀ Sgk.
   {
-    Spread sp;
+    Spread<Tc> sp;
     sp(n, dh, d, mat<false>(dE, d), mat<false>(W2, L.ld2()), [&](int i, int h, T acc) {
       const int at = i * dh + h;
       const T g = acc + dSg[at];
@@ -592,7 +681,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   __syncthreads();
   // Phase 6: dW1 += dZᵀ K; dk += -A G1 + dZ W1 (both products on the same threads: the same spread start).
   {
-    Spread sp;
+    Spread<Tc> sp;
     sp(dh, d, n, mat<true>(dZ, dh), mat<false>(K, d), [&](int h, int j, T acc) {
       T& w = dW[L.at_rc(false, h, j)];
       w = acc + w;
@@ -683,7 +772,7 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
   }
 }
 
-template <class T>
+template <class T, bool Tc = false>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_bwd_v2(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
@@ -736,7 +825,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
       const Stage<T> cur = stager.ensure(a, g1, c, false);
-      forward_step_v2(x, Wcur, S, S, L, slotW + (c + 1 - lo) * P2, S ? slotS + (c + 1 - lo) * P2 : nullptr, cur,
+      forward_step_v2<Tc>(x, Wcur, S, S, L, slotW + (c + 1 - lo) * P2, S ? slotS + (c + 1 - lo) * P2 : nullptr, cur,
                       true, static_cast<const T*>(nullptr), static_cast<T*>(nullptr),
                       static_cast<T*>(nullptr), static_cast<T*>(nullptr), static_cast<const Stage<T>*>(nullptr), [&] {
                         stager.prefetch(a, g1, c + 1, c + 2 >= hi);  // full: the walk's first chunk
@@ -747,7 +836,7 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
       const Stage<T> cur = stager.ensure(a, g1, c, true);
-      backward_step_v2(
+      backward_step_v2<Tc>(
           x, Wcur, S, cur, c + 1 < N,
           [&] {
             if (c > lo) {
