@@ -215,6 +215,33 @@ TEST(TitansPersistentPlan, WideHeadsAndForcedBatchedRunBatched) {
 
 // Without momentum: no S forward, the cotangent buffer G backward; the segment length forced by the shape; chunks
 // capped by the item length (shards shorter than C).
+// `--precision bf16` (titans::use_bf16_products): v2's float plans take the tensor-core products, with the same
+// buffers and shared memory; v1, float64 and batched plans keep their products, and the reason says which ran.
+TEST(TitansPersistentPlan, Bf16ProductsWhereTheKernelsHaveThem) {
+  const titans::MemoryShape s = shape(64, 64, 8, 8192, 2048);
+  const titans::PersistentPlan fp32 = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Automatic, titans::PersistentVariant::V2);
+  titans::PersistentPlan bf16 = fp32;
+  titans::use_bf16_products(bf16, 4);
+  EXPECT_TRUE(bf16.bf16_products);
+  EXPECT_FALSE(fp32.bf16_products);
+  EXPECT_EQ(bf16.reason, fp32.reason + ", bf16 tensor-core products");
+  EXPECT_EQ(bf16.fwd.shared_bytes, fp32.fwd.shared_bytes);
+  EXPECT_EQ(bf16.bwd.shared_bytes, fp32.bwd.shared_bytes);
+  titans::PersistentPlan v1 = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Automatic, kV1);
+  titans::use_bf16_products(v1, 4);
+  EXPECT_FALSE(v1.bf16_products);
+  EXPECT_NE(v1.reason.find("fp32 products (bf16 products need v2)"), std::string::npos) << v1.reason;
+  titans::PersistentPlan f64 = titans::plan_persistent(s, 8, kH200Smem, KernelChoice::Persistent, titans::PersistentVariant::V2);
+  titans::use_bf16_products(f64, 8);
+  EXPECT_FALSE(f64.bf16_products);
+  EXPECT_NE(f64.reason.find("float64 products"), std::string::npos) << f64.reason;
+  titans::PersistentPlan batched = titans::plan_persistent(s, 4, kH200Smem, KernelChoice::Batched, titans::PersistentVariant::V2);
+  const std::string why = batched.reason;
+  titans::use_bf16_products(batched, 4);
+  EXPECT_FALSE(batched.bf16_products);
+  EXPECT_EQ(batched.reason, why);
+}
+
 TEST(TitansPersistentPlan, LayoutVariants) {
   titans::MemoryShape s = shape(32, 48, 16, 100, 0, false);
   s.segment = 3;
@@ -262,5 +289,5 @@ TEST(TitansPersistentPlan, BenchTntFlags) {
   expect_clean_failure("bench tnt --T 16 --kernel fused", "--kernel: 'fused' is not a Titans kernel");
   expect_clean_failure("bench tnt --T 16 --kernel persistent", "needs --device cuda");
   expect_clean_failure("bench tnt --T 16 --precision fp16", "--precision must be fp32 or bf16");
-  expect_clean_failure("bench tnt --T 16 --precision bf16", "not implemented yet");
+  expect_clean_failure("bench tnt --T 16 --precision bf16", "--precision bf16 needs --device cuda");
 }

@@ -39,6 +39,9 @@ struct TntBenchSpec {
   bool graphs = true;  // devices that can: replay each forward / backward as a captured graph
   // cuda: the Titans memories' kernels (auto: persistent where the plan fits, backend/titans_persistent_plan.h).
   titans::KernelChoice kernel = titans::KernelChoice::Automatic;
+  // cuda: the persistent kernels' chunk products on tensor cores (bf16 operands, fp32 accumulation and state;
+  // `--precision bf16`); the batched path's products stay fp32.
+  bool bf16_products = false;
 };
 
 class OperatorBench {

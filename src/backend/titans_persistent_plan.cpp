@@ -194,6 +194,16 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
   return p;
 }
 
+void use_bf16_products(PersistentPlan& plan, size_t elem_bytes) {
+  if (!plan.persistent) return;
+  if (elem_bytes == 4 && plan.variant == PersistentVariant::V2) {
+    plan.bf16_products = true;
+    plan.reason += ", bf16 tensor-core products";
+  } else {
+    plan.reason += elem_bytes == 4 ? ", fp32 products (bf16 products need v2)" : ", float64 products";
+  }
+}
+
 PersistentBuffers persistent_buffers(const MemoryShape& s, const PersistentPlan& plan, bool with_grad) {
   PersistentBuffers out;
   const int64_t P2 = 2 * s.P();

@@ -94,6 +94,9 @@ struct PersistentPlan {
   int64_t chunk_rows = 0;   // C'
   int64_t segment = 0;      // K: the backward keeps every K-th state and recomputes the others
   BlockLayout fwd, bwd;
+  // The chunk products on tensor cores: bf16 operands (rounded as they are loaded), fp32 accumulation, fp32
+  // state and element steps (v2, float only; the runner sets it for `--precision bf16`); else fp32 / fp64 FMA.
+  bool bf16_products = false;
 };
 
 // Elements of a padded state buffer (W1 [dh][d+1] then W2 [d][dh+1]).
@@ -125,6 +128,10 @@ inline int64_t stage_elements(int64_t chunk_rows, int64_t d) { return 4 * chunk_
 // variant: which kernels (the plan's layout and threads are theirs).
 PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice,
                                PersistentVariant variant = kDefaultPersistentVariant);
+// `--precision bf16`: a persistent plan's chunk products on tensor cores where its kernels have them (v2, 4-byte
+// elements), said in the reason; elsewhere the products stay fp32 / float64 (the reason says so too). A plan
+// for the batched path is left as it is (its cuBLAS products are fp32).
+void use_bf16_products(PersistentPlan& plan, size_t elem_bytes);
 // The global-memory buffers of the persistent path (titans_persistent.cu allocates exactly these), in elements; 0:
 // not allocated. Per group of items (titans::Group): the forward's saved states (every K-th chunk boundary:
 // `checkpoints` of them, W and, with momentum, S), the backward's segment slots (K states), the items' weight

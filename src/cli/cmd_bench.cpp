@@ -66,7 +66,9 @@ int cmd_bench_tnt(const Argv& argv) {
                  std::to_string(titans::kPersistentMaxAutoChunk) +
                  " and d, dh <= 128 when they fit on chip; the JSON's titans_path says what ran)",
              "auto")
-      .value("precision", "cuda: fp32 (the memories' products and state in fp32; bf16 is not implemented yet)",
+      .value("precision",
+             "cuda: fp32 | bf16: the persistent kernels' chunk products in fp32, or on tensor cores with bf16 "
+             "operands (fp32 accumulation and state either way; the batched path stays fp32)",
              "fp32");
   a.parse();
   if (a.help_requested()) {
@@ -112,9 +114,8 @@ int cmd_bench_tnt(const Argv& argv) {
             "ttt bench tnt: --kernel " << a.str("kernel") << " needs --device cuda (the CPU has one path)");
   TTT_CHECK(a.str("precision") == "fp32" || a.str("precision") == "bf16",
             "ttt bench tnt: --precision must be fp32 or bf16, got '" << a.str("precision") << "'");
-  TTT_CHECK(a.str("precision") == "fp32",
-            "ttt bench tnt: --precision bf16 (tensor-core products in the persistent Titans kernels) is not "
-            "implemented yet; use --precision fp32");
+  spec.bf16_products = a.str("precision") == "bf16";
+  TTT_CHECK(gpu || !spec.bf16_products, "ttt bench tnt: --precision bf16 needs --device cuda (the CPU times fp32 / f64)");
   backend::OperatorBench& bench = backend::operator_backends(device).bench;
   for (int64_t n : parse_list(Ts)) {
     TTT_CHECK(n > 0, "--T values must be positive");

@@ -177,9 +177,15 @@ struct GpuModel::Impl {
   int64_t lact_record_of(int64_t l) const { return keeps_layer(l) ? l : 0; }
   std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N) {
     const titans::TntShape s = backend::gpu_tnt_shape(cfg, S, N);
+    return std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, titans_options());
+  }
+  // The Titans / TNT runners' options: with bf16 products the persistent kernels' chunk products run on tensor
+  // cores too (bf16 operands, fp32 accumulation and state).
+  TitansOptions titans_options() const {
     TitansOptions to;
     to.poison_workspace = opt.poison;
-    return std::make_unique<TntRunner<float>>(s, /*with_grad=*/true, to);
+    to.bf16_products = opt.math == MathMode::BF16;
+    return to;
   }
 
   // Phase timing (set_profiling): the device is synchronized around each timed call, so the phases add up to
@@ -438,8 +444,7 @@ struct GpuModel::Impl {
     return cached_runner(split_cache, S, N, [&] { return make_split_runners(S, N); });
   }
   std::unique_ptr<SplitRunners> make_split_runners(int64_t S, int64_t N) {
-    TitansOptions to;
-    to.poison_workspace = opt.poison;
+    const TitansOptions to = titans_options();
     const backend::GpuSplitShapes shapes = backend::gpu_split_shapes(cfg, S, N, cp_rank);
     auto r = std::make_unique<SplitRunners>();
     r->global = std::make_unique<TitansRunner<float>>(shapes.global, /*with_grad=*/true, to);

@@ -177,6 +177,7 @@ struct TitansRunner<T>::Impl {
         o.kernel == titans::KernelChoice::Automatic ? titans::kernel_choice_from_env() : o.kernel;
     const titans::PersistentVariant variant = o.variant_set ? o.variant : titans::persistent_variant_from_env();
     plan = titans::plan_persistent(s, sizeof(T), persistent_smem_limit(), choice, variant);
+    if (o.bf16_products) titans::use_bf16_products(plan, sizeof(T));
     if (!plan.persistent) {
       memory();
       return;

@@ -35,6 +35,9 @@ struct TitansOptions {
   // titans::kDefaultPersistentVariant.
   bool variant_set = false;
   titans::PersistentVariant variant = titans::kDefaultPersistentVariant;
+  // The persistent kernels' chunk products on tensor cores, bf16 operands and fp32 accumulation
+  // (titans::use_bf16_products: v2, float; `--precision bf16`). The batched path's products stay fp32.
+  bool bf16_products = false;
 };
 
 // One Titans memory (optional resets and Q-K projected queries) on device pointers (layouts of

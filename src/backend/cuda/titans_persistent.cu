@@ -32,6 +32,24 @@ using persistent::k_titans_persistent_bwd;
 using persistent::k_titans_persistent_bwd_v2;
 using persistent::k_titans_persistent_fwd_v2;
 
+// The kernels of a plan: v1, v2, or v2 with its products on tensor cores (float only).
+template <class T>
+using Kernel = void (*)(Args<T>);
+template <class T>
+Kernel<T> forward_kernel(const titans::PersistentPlan& p) {
+  if (p.variant == titans::PersistentVariant::V1) return k_titans_persistent_fwd<T>;
+  if constexpr (sizeof(T) == 4)
+    if (p.bf16_products) return k_titans_persistent_fwd_v2<T, true>;
+  return k_titans_persistent_fwd_v2<T>;
+}
+template <class T>
+Kernel<T> backward_kernel(const titans::PersistentPlan& p) {
+  if (p.variant == titans::PersistentVariant::V1) return k_titans_persistent_bwd<T>;
+  if constexpr (sizeof(T) == 4)
+    if (p.bf16_products) return k_titans_persistent_bwd_v2<T, true>;
+  return k_titans_persistent_bwd_v2<T>;
+}
+
 template <class F>
 __global__ void k_each(F f, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) f(i);
@@ -93,11 +111,10 @@ struct PersistentMemory<T>::Impl {
     TTT_CHECK(plan.fwd.shared_bytes <= size_t(optin) && plan.bwd.shared_bytes <= size_t(optin),
               "titans persistent: the plan needs " << plan.fwd.shared_bytes << " / " << plan.bwd.shared_bytes
                                                    << " bytes of shared memory per block, the device allows " << optin);
-    const bool v2 = plan.variant == titans::PersistentVariant::V2;
-    TTT_CUDA_CHECK(cudaFuncSetAttribute(v2 ? k_titans_persistent_fwd_v2<T> : k_titans_persistent_fwd<T>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-    TTT_CUDA_CHECK(cudaFuncSetAttribute(v2 ? k_titans_persistent_bwd_v2<T> : k_titans_persistent_bwd<T>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    TTT_CHECK(!plan.bf16_products || (sizeof(T) == 4 && plan.variant == titans::PersistentVariant::V2),
+              "titans persistent: bf16 products need the float kernels of v2");
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<T>(plan), cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    TTT_CUDA_CHECK(cudaFuncSetAttribute(backward_kernel<T>(plan), cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
   }
   // n elements; none (an empty buffer, null pointer) for n = 0.
   DeviceBuffer alloc(int64_t n) {
@@ -166,10 +183,7 @@ void PersistentMemory<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
     a.eta = in.eta;
     a.alpha = in.alpha;
     a.o = o;
-    if (x.plan.variant == titans::PersistentVariant::V2)
-      k_titans_persistent_fwd_v2<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
-    else
-      k_titans_persistent_fwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
+    forward_kernel<T>(x.plan)<<<unsigned(pg.g.items), x.plan.threads, x.plan.fwd.shared_bytes, x.stream>>>(a);
     TTT_LAUNCH_CHECK("titans persistent forward");
   }
 }
@@ -199,10 +213,7 @@ void PersistentMemory<T>::backward(const T* go, const titans::MemoryGrads<T>& g)
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    if (x.plan.variant == titans::PersistentVariant::V2)
-      k_titans_persistent_bwd_v2<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
-    else
-      k_titans_persistent_bwd<T><<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
+    backward_kernel<T>(x.plan)<<<unsigned(pg.g.items), x.plan.threads, x.plan.bwd.shared_bytes, x.stream>>>(a);
     TTT_LAUNCH_CHECK("titans persistent backward");
     const int64_t n = (pg.g.items / pg.g.per_b) * 2 * x.s.P();
     const fn::ReduceItems<T> reduce{pg.dW.template as<T>(), g.w1, g.w2, pg.g, x.s.P()};

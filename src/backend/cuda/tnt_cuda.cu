@@ -261,7 +261,8 @@ titans::TntHostRunner& tnt_gpu_runner() {
   return r;
 }
 
-TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs, titans::KernelChoice kernel) {
+TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs, titans::KernelChoice kernel,
+                         bool bf16_products) {
   using T = float;
   s.validate();
   TTT_CHECK(repeats > 0 && warmup >= 0, "bench_tnt: repeats must be positive");
@@ -314,6 +315,7 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
     TitansOptions opt;
     opt.graphs = graphs;
     opt.kernel = kernel;
+    opt.bf16_products = bf16_products;
     TntRunner<T> rf(s, false, opt);
     for (int i = 0; i < warmup; ++i) timed(rf, [&] { rf.forward(in, o); });
     for (int i = 0; i < repeats; ++i) res.fwd_ms.push_back(timed(rf, [&] { rf.forward(in, o); }));
@@ -325,6 +327,7 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
     TitansOptions opt;
     opt.graphs = graphs;
     opt.kernel = kernel;
+    opt.bf16_products = bf16_products;
     TntRunner<T> rb(s, true, opt);
     res.workspace_bytes += rb.workspace_bytes();
     auto run = [&] {

@@ -63,8 +63,9 @@ titans::TntHostRunner& tnt_gpu_runner();  // default options
 using TntBenchResult = OpBenchResult;
 // Times the forward alone (no states kept) and forward+backward, each `repeats` times after `warmup` untimed
 // runs; medians. float. graphs: TitansOptions::graphs (the warm-up captures, the timed runs replay).
-// kernel: TitansOptions::kernel of every memory (the result's kernel_path says what ran).
+// kernel: TitansOptions::kernel of every memory (the result's kernel_path says what ran); bf16_products:
+// TitansOptions::bf16_products.
 TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs = false,
-                         titans::KernelChoice kernel = titans::KernelChoice::Automatic);
+                         titans::KernelChoice kernel = titans::KernelChoice::Automatic, bool bf16_products = false);
 
 }  // namespace ttt::cuda
