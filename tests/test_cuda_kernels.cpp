@@ -162,6 +162,21 @@ void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) 
   const auto dx2 = down<float>(dxd2, ND), dw2 = down<float>(dwd2, size_t(D));
   EXPECT_EQ(0, std::memcmp(dx.data(), dx2.data(), ND * 4)) << name << ": dx not bit-reproducible";
   EXPECT_EQ(0, std::memcmp(dw.data(), dw2.data(), size_t(D) * 4)) << name << ": dw not bit-reproducible";
+  // With a residual (the GPU model's residual-stream gradient): dx = residual + the norm's dx, each element the
+  // float sum of the two (as a separate add), and its bf16 copy the host's rounding of it, bit for bit.
+  const std::vector<float> residual = normal(r, N * D, 1.0);
+  cuda::DeviceBuffer resd = up(residual), dxa = nan_buf(ND * 4), dx16 = nan_buf(ND * 2), dwa = nan_buf(size_t(D) * 4);
+  cuda::rms_norm_backward_add(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), resd.as<float>(),
+                              dxa.as<float>(), dx16.as<bf16>(), dwa.as<float>(), work.as<void>(), N, D, group);
+  const auto sum = down<float>(dxa, ND);
+  const auto sum16 = down<bf16>(dx16, ND);
+  for (size_t i = 0; i < ND; ++i) {
+    const float want = residual[i] + dx[i];
+    ASSERT_EQ(0, std::memcmp(&want, &sum[i], 4)) << name << ": residual + dx at " << i << ": " << sum[i] << " vs "
+                                                 << want;
+    ASSERT_EQ(float_to_bf16(want).bits, sum16[i].bits) << name << ": bf16 copy of residual + dx at " << i;
+  }
+  EXPECT_EQ(0, std::memcmp(dw.data(), down<float>(dwa, size_t(D)).data(), size_t(D) * 4)) << name << ": dw differs";
   ++worst.cases;
 }
 
@@ -310,6 +325,154 @@ TEST(CudaKernels, QkPrepMatchesFloat64) {
   }
 }
 
+// ---- the fused q/k preparation (mk::qk_prep_forward_fused / _backward_fused) ----------------------------------
+// Against the CPU model's ops on a float64 tape (src/model/memory_branch.cpp: silu(x * scale + offset), l2norm per
+// head, RoPE over heads of `width` channels) in the memory operators' layout [S*H, N, d]; and bit for bit against
+// the three GPU passes it replaces (qk_prep_forward, rope_forward in place, heads_to_batch; batch_to_heads,
+// rope_backward in place, qk_prep_backward), which the GPU model ran before. Cases: RoPE per memory head (the 760m
+// preset's 4 x 384 in small), per narrower heads (ttt_rope_attn_heads), no RoPE, the register walk and the
+// recomputing one (d > 512), odd d, several sequences.
+TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
+  REQUIRE_CUDA();
+  Worst worst{"qk_prep_fused"};
+  struct C {
+    int64_t S, N, H, d, width;
+  };
+  for (const C c : std::vector<C>{{1, 33, 4, 384, 384}, {2, 17, 4, 384, 64}, {3, 5, 3, 64, 0}, {2, 9, 2, 600, 600},
+                                  {1, 7, 3, 46, 138}, {2, 11, 1, 30, 10}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t rows = c.S * c.N, D = c.H * c.d, ld = 3 * D;
+    const double eps = 1e-5, theta = 1e6;
+    const std::string name = "qk_prep_fused S" + std::to_string(c.S) + " N" + std::to_string(c.N) + " H" +
+                             std::to_string(c.H) + " d" + std::to_string(c.d) + " rope width" + std::to_string(c.width);
+    const std::vector<float> x = normal(r, rows * ld, 1.0), scale = uniform(r, D, 0.5, 1.5),
+                             offset = normal(r, D, 0.3), dyT = normal(r, rows * D, 1.0), dx0 = normal(r, rows * ld, 1.0);
+    std::vector<int64_t> pos(static_cast<size_t>(rows));
+    for (auto& p : pos) p = int64_t(r.below(32768));
+    // [rows, D] (row s*N + n, column h*d + j) <-> [S*H, N, d].
+    auto batch_at = [&](int64_t row, int64_t col) {
+      const int64_t s = row / c.N, n = row % c.N, h = col / c.d;
+      return size_t(((s * c.H + h) * c.N + n) * c.d + col % c.d);
+    };
+    // The CPU reference on a float64 tape.
+    std::vector<float> xq(size_t(rows * D));
+    for (int64_t i = 0; i < rows; ++i) std::copy_n(x.begin() + i * ld, D, xq.begin() + i * D);
+    ag::Tape<double> t;
+    ag::Var xv = t.leaf(mat(xq, rows, D), true), sv = t.leaf(mat(scale, 1, D), true),
+            ov = t.leaf(mat(offset, 1, D), true);
+    ag::Var yv = nn::l2norm_heads(t, ag::silu(t, ag::add_row(t, ag::col_scale(t, xv, sv), ov)), c.H, eps);
+    if (c.width > 0) yv = nn::rope(t, yv, D / c.width, pos, theta);
+    std::vector<double> y_ref(size_t(rows * D)), dy(size_t(rows * D));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) {
+        y_ref[batch_at(i, j)] = t.val(yv).data[size_t(i * D + j)];
+        dy[size_t(i * D + j)] = dyT[batch_at(i, j)];
+      }
+    t.grad(yv) = ag::Mat<double>(rows, D);
+    t.grad(yv).data = dy;
+    t.backward();
+    std::vector<double> dx_ref(dx0.begin(), dx0.end());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) dx_ref[size_t(i * ld + j)] += t.grad(xv).data[size_t(i * D + j)];
+    // The GPU: fused, then the unfused passes.
+    cuda::DeviceBuffer xd = up(x), sd = up(scale), od = up(offset), dyTd = up(dyT), pd = up(pos);
+    const size_t ND = size_t(rows * D);
+    cuda::DeviceBuffer yTd = nan_buf(ND * 4), nd = nan_buf(size_t(rows * c.H) * 4), dxd = up(dx0),
+                       dzd = nan_buf(ND * 4), dzxd = nan_buf(ND * 4);
+    auto run_fused = [&] {
+      cuda::mk::qk_prep_forward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), pd.as<int64_t>(), theta,
+                                      c.width, yTd.as<float>(), nd.as<float>(), c.S, c.N, c.H, c.d, eps);
+      cuda::mk::qk_prep_backward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), nd.as<float>(),
+                                       pd.as<int64_t>(), theta, c.width, dyTd.as<float>(), dxd.as<float>(), ld,
+                                       dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, eps);
+    };
+    run_fused();
+    const auto yT = down<float>(yTd, ND), norm = down<float>(nd, size_t(rows * c.H)),
+               dx = down<float>(dxd, size_t(rows * ld)), dz = down<float>(dzd, ND), dzx = down<float>(dzxd, ND);
+    CHECK_ERR(worst, rel_err(yT, y_ref), kTol, name + " y");
+    CHECK_ERR(worst, rel_err(dx, dx_ref), kTol, name + " dx");
+    // dz and dz * x are the offset's and the scale's gradients per row: their column sums.
+    std::vector<double> doffset(size_t(D), 0.0), dscale(size_t(D), 0.0);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) {
+        doffset[size_t(j)] += dz[size_t(i * D + j)];
+        dscale[size_t(j)] += dzx[size_t(i * D + j)];
+      }
+    std::vector<float> doffset32(doffset.begin(), doffset.end()), dscale32(dscale.begin(), dscale.end());
+    CHECK_ERR(worst, rel_err(doffset32, t.grad(ov).data), kTol, name + " d offset");
+    CHECK_ERR(worst, rel_err(dscale32, t.grad(sv).data), kTol, name + " d scale");
+    // Run to run: the same bits.
+    dxd.upload(dx0.data(), size_t(rows * ld) * 4);
+    run_fused();
+    EXPECT_EQ(0, std::memcmp(yT.data(), down<float>(yTd, ND).data(), ND * 4)) << name << ": y differs run to run";
+    EXPECT_EQ(0, std::memcmp(dx.data(), down<float>(dxd, size_t(rows * ld)).data(), size_t(rows * ld) * 4))
+        << name << ": dx differs run to run";
+    // The unfused passes give the same bits.
+    cuda::DeviceBuffer yh = nan_buf(ND * 4), y2 = nan_buf(ND * 4), n2 = nan_buf(size_t(rows * c.H) * 4),
+                       dyh = nan_buf(ND * 4), dx2 = up(dx0), dz2 = nan_buf(ND * 4), dzx2 = nan_buf(ND * 4);
+    cuda::mk::qk_prep_forward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), yh.as<float>(), n2.as<float>(), rows,
+                              c.H, c.d, eps);
+    if (c.width > 0)
+      cuda::rope_forward(yh.as<float>(), yh.as<float>(), pd.as<int64_t>(), rows, D / c.width, c.width, theta);
+    cuda::mk::heads_to_batch(yh.as<float>(), D, y2.as<float>(), c.S, c.N, c.H, c.d);
+    cuda::mk::batch_to_heads(dyTd.as<float>(), dyh.as<float>(), D, c.S, c.N, c.H, c.d, false);
+    if (c.width > 0)
+      cuda::rope_backward(dyh.as<float>(), dyh.as<float>(), pd.as<int64_t>(), rows, D / c.width, c.width, theta);
+    cuda::mk::qk_prep_backward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), n2.as<float>(), dyh.as<float>(),
+                               dx2.as<float>(), ld, dz2.as<float>(), dzx2.as<float>(), rows, c.H, c.d, eps);
+    auto same = [&](const std::vector<float>& a, const cuda::DeviceBuffer& b, const char* what) {
+      const auto v = down<float>(b, a.size());
+      size_t first = a.size();
+      for (size_t i = 0; i < a.size() && first == a.size(); ++i)
+        if (std::memcmp(&a[i], &v[i], 4) != 0) first = i;
+      EXPECT_EQ(first, a.size()) << name << ": " << what << " differs from the unfused passes, first at " << first
+                                 << " (fused " << (first < a.size() ? a[first] : 0.f) << ", unfused "
+                                 << (first < a.size() ? v[first] : 0.f) << ")";
+    };
+    same(yT, y2, "y");
+    same(norm, n2, "norm");
+    same(dx, dx2, "dx");
+    same(dz, dz2, "dz");
+    same(dzx, dzx2, "dzx");
+    ++worst.cases;
+  }
+}
+
+// ---- the branch sum (mk::gate_heads_add_forward) ---------------------------------------------------------------
+// out = x * gate (per row and head) + addend: against float64 on the host, bit for bit against the two passes it
+// replaces (gate_heads_forward, axpy), and its bf16 form bit for bit against the host's rounding of the fp32 one.
+TEST(CudaKernels, GateHeadsAddMatchesFloat64AndTwoPassBits) {
+  REQUIRE_CUDA();
+  Worst worst{"gate_heads_add"};
+  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{{37, 4, 384}, {5, 3, 7}, {1, 1, 1}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t n = rows * H * d;
+    const std::string name = "gate_heads_add rows" + std::to_string(rows) + " H" + std::to_string(H) + " d" +
+                             std::to_string(d);
+    const std::vector<float> x = normal(r, n, 1.0), gate = normal(r, rows * H, 1.0), addend = normal(r, n, 1.0);
+    std::vector<double> ref(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) ref[size_t(i)] = double(x[size_t(i)]) * gate[size_t(i / d)] + addend[size_t(i)];
+    cuda::DeviceBuffer xd = up(x), gd = up(gate), ad = up(addend), out = nan_buf(size_t(n) * 4),
+                       out16 = nan_buf(size_t(n) * 2), two = nan_buf(size_t(n) * 4);
+    cuda::mk::gate_heads_add_forward(xd.as<float>(), gd.as<float>(), ad.as<float>(), out.as<float>(), rows, H, d);
+    cuda::mk::gate_heads_add_forward(xd.as<float>(), gd.as<float>(), ad.as<float>(), out16.as<bf16>(), rows, H, d);
+    cuda::mk::gate_heads_forward(xd.as<float>(), gd.as<float>(), two.as<float>(), rows, H, d);
+    cuda::mk::axpy(two.as<float>(), ad.as<float>(), 1.0f, n);
+    const auto got = down<float>(out, size_t(n)), want = down<float>(two, size_t(n));
+    const auto got16 = down<bf16>(out16, size_t(n));
+    CHECK_ERR(worst, rel_err(got, ref), kTol, name);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(0, std::memcmp(&got[size_t(i)], &want[size_t(i)], 4))
+          << name << ": differs from gate_heads_forward + axpy at " << i << " (" << got[size_t(i)] << " vs "
+          << want[size_t(i)] << ")";
+      ASSERT_EQ(float_to_bf16(got[size_t(i)]).bits, got16[size_t(i)].bits) << name << ": bf16 output at " << i;
+    }
+    ++worst.cases;
+  }
+}
+
 // ---- cross-entropy --------------------------------------------------------------------------------------------
 TEST(CudaKernels, CrossEntropyMatchesCpu) {
   REQUIRE_CUDA();
@@ -366,6 +529,16 @@ TEST(CudaKernels, CrossEntropyMatchesCpu) {
                                  dd.as<float>(), ld.as<float>(), c.N, c.V);
     const auto dlg_inplace = down<float>(ld, NV);
     EXPECT_EQ(0, std::memcmp(dlg.data(), dlg_inplace.data(), sizeof(float) * NV)) << name << ": in-place dlogits";
+    // The bf16 gradient in place over the logits (bf16 products): row r's values at the start of its fp32 row, each
+    // the fp32 gradient rounded to nearest even, bit for bit.
+    ld.upload(logits.data(), NV * 4);
+    cuda::cross_entropy_backward_bf16(ld.as<float>(), td.as<int32_t>(), lse.as<float>(), valid.as<int32_t>(),
+                                      dd.as<float>(), c.N, c.V);
+    const auto dl16 = down<bf16>(ld, 2 * NV);
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.V; ++j)
+        ASSERT_EQ(float_to_bf16(dlg[size_t(i * c.V + j)]).bits, dl16[size_t(i * 2 * c.V + j)].bits)
+            << name << ": bf16 dlogits at row " << i << " column " << j;
     ++worst.cases;
   }
 }

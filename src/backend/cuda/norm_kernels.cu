@@ -59,9 +59,12 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
 }
 
 // dx = r * (a - x * r^2 <a, x> / group),  a = dy ⊙ w
+// residual (may be null): dx = residual + the norm's dx, the sum rounded after the norm's dx (explicit _rn: the bits
+// of a separate add); dx16 (may be null): dx rounded to bf16 as well.
 __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __restrict__ w,
-                                  const float* __restrict__ rinv, const float* __restrict__ dy, float* __restrict__ dx,
-                                  int64_t segs, int64_t D, int64_t group) {
+                                  const float* __restrict__ rinv, const float* __restrict__ dy,
+                                  const float* __restrict__ residual, float* __restrict__ dx,
+                                  __nv_bfloat16* __restrict__ dx16, int64_t segs, int64_t D, int64_t group) {
   const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (seg >= segs) return;
@@ -75,7 +78,12 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   const float r = rinv[seg];
   const float c = float(double(r) * double(r) * dot / double(group));
   float* ds = dx + off;
-  for (int64_t j = lane; j < group; j += 32) ds[j] = r * (gs[j] * ws[j] - xs[j] * c);
+  for (int64_t j = lane; j < group; j += 32) {
+    const float v = r * (gs[j] * ws[j] - xs[j] * c);
+    const float out = residual ? __fadd_rn(residual[off + j], v) : v;
+    ds[j] = out;
+    if (dx16) dx16[off + j] = __float2bfloat16_rn(out);
+  }
 }
 
 // dw, pass 1: partial[s, c] = sum over the rows of slice s of dy * x * rinv (thread per column).
@@ -138,12 +146,19 @@ size_t rms_norm_backward_workspace(int64_t N, int64_t D) { return size_t(dw_slic
 
 void rms_norm_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx, float* dw,
                        void* work, int64_t N, int64_t D, int64_t group, void* stream) {
+  rms_norm_backward_add(x, w, rinv, dy, nullptr, dx, nullptr, dw, work, N, D, group, stream);
+}
+void rms_norm_backward_add(const float* x, const float* w, const float* rinv, const float* dy, const float* residual,
+                           float* dx, bf16* dx16, float* dw, void* work, int64_t N, int64_t D, int64_t group,
+                           void* stream) {
   check_group("rms_norm_backward", N, D, group);
+  TTT_CHECK(dx || (!residual && !dx16), "rms_norm_backward: a residual or a bf16 copy without dx");
   const cudaStream_t st = as_stream(stream);
   const int64_t segs = N * (D / group);
   if (dx && segs > 0) {
     const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    k_rms_norm_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, dx, segs, D, group);
+    k_rms_norm_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx,
+                                                   reinterpret_cast<__nv_bfloat16*>(dx16), segs, D, group);
     TTT_LAUNCH_CHECK("rms_norm_backward dx");
   }
   if (dw) {

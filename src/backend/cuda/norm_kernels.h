@@ -29,6 +29,12 @@ size_t rms_norm_backward_workspace(int64_t N, int64_t D);
 // dy [N,D] -> dx [N,D] (skipped when null) and dw [D] (skipped when null; then work may be null too).
 void rms_norm_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx, float* dw,
                        void* work, int64_t N, int64_t D, int64_t group, void* stream = nullptr);
+// The same with dx = residual + the norm's dx (residual [N,D] may be null: none; it must not be dx itself) and, when
+// dx16 is not null, dx rounded to bf16 (nearest even) beside it: the GPU model's residual-stream gradient and its
+// bf16 product operand in the pass that computes the norm's dx. The sum is rounded as a separate add would round it.
+void rms_norm_backward_add(const float* x, const float* w, const float* rinv, const float* dy, const float* residual,
+                           float* dx, bf16* dx16, float* dw, void* work, int64_t N, int64_t D, int64_t group,
+                           void* stream = nullptr);
 // The same per head: group = D / heads.
 void rms_norm_heads_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D,
                             int64_t heads, double eps, void* stream = nullptr);
