@@ -122,8 +122,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 // entries its backward reads (TTT_GPU_LAYER_KEPT: with --recompute none every layer but the last keeps its own) and
 // the forward's scratch; then its gradients, the context-parallel exchanges' buffers and the head's.
 #define TTT_GPU_LAYER_SCRATCH(X)                                                                                   \
-  X(qh, float, rows * D)              /* memory queries (prepared, RoPE) */                                       \
-  X(kh, float, rows * D)              /* memory keys */                                                           \
   X(vm, float, rows * D)              /* silu(v) (v_silu) */                                                      \
   X(rates, float, rows * G)           /* the gates' activations, before their per sequence-head copies */         \
   X(mom, float, rows * G)                                                                                         \
@@ -141,7 +139,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 #define TTT_GPU_LAYER_GRADIENTS(X)                                                                                 \
   X(dx, float, rows * D)              /* d(layer output) in, d(layer input) out */                                \
   X(dxm, float, rows * D)             /* d xmid */                                                                \
-  X(tmpD, float, rows * D)            /* an RMSNorm's dx */                                                       \
   X(dmm, float, rows * F)                                                                                         \
   X(dga, float, act32 * rows * F)     /* SwiGLU's input gradients: product operands only, so in bf16 with */      \
   X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
@@ -168,8 +165,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(galT, float, M * BHN)                                                                                         \
   X(gtw1b, float, M * W)                                                                                          \
   X(gtw2b, float, M * W)                                                                                          \
-  X(dqh, float, rows * D)                                                                                         \
-  X(dkh, float, rows * D)                                                                                         \
   X(dvm, float, rows * D)                                                                                         \
   X(drates, float, rows * G)                                                                                      \
   X(dzlr, float, rows * G)            /* d of a gate's pre-activation (each gate in turn) */                      \
@@ -202,8 +197,9 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */
 
 #define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
-  X(logits, float, rows * V)          /* and, in place, their gradient */                                         \
-  X(hf, float, rows * D)              /* final RMSNorm */                                                         \
+  X(logits, float, rows * V)          /* and, in place, their gradient (fp32, or bf16 with bf16 products) */      \
+  X(hf, float, act32 * rows * D)      /* final RMSNorm: a product operand, fp32 or bf16 like the layers' */       \
+  X(hf_bf16, bf16, act16 * rows * D)                                                                              \
   X(rinvf, float, rows)                                                                                           \
   X(row_loss, float, rows)                                                                                        \
   X(lse_ce, float, rows)              /* cross-entropy log-sum-exp */
