@@ -162,6 +162,22 @@ void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) 
   const auto dx2 = down<float>(dxd2, ND), dw2 = down<float>(dwd2, size_t(D));
   EXPECT_EQ(0, std::memcmp(dx.data(), dx2.data(), ND * 4)) << name << ": dx not bit-reproducible";
   EXPECT_EQ(0, std::memcmp(dw.data(), dw2.data(), size_t(D) * 4)) << name << ": dw not bit-reproducible";
+  // Whole rows with the copy of x (the GPU model's residual): the same y and rinv bits, and x copied exactly.
+  if (!per_head) {
+    cuda::DeviceBuffer yc = nan_buf(ND * 4), rc = nan_buf(NG * 4), xc = nan_buf(ND * 4), yc16 = nan_buf(ND * 2),
+                       y16 = nan_buf(ND * 2);
+    cuda::rms_norm_forward_copy(xd.as<float>(), wd.as<float>(), yc.as<float>(), rc.as<float>(), xc.as<float>(), N, D,
+                                eps);
+    EXPECT_EQ(0, std::memcmp(y.data(), down<float>(yc, ND).data(), ND * 4)) << name << ": y with the copy differs";
+    EXPECT_EQ(0, std::memcmp(rinv.data(), down<float>(rc, NG).data(), NG * 4)) << name << ": rinv with the copy differs";
+    EXPECT_EQ(0, std::memcmp(x.data(), down<float>(xc, ND).data(), ND * 4)) << name << ": the copy of x differs";
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), y16.as<bf16>(), rd.as<float>(), N, D, D, eps);
+    cuda::rms_norm_forward_copy(xd.as<float>(), wd.as<float>(), yc16.as<bf16>(), rc.as<float>(), xc.as<float>(), N, D,
+                                eps);
+    const auto a16 = down<bf16>(y16, ND), b16 = down<bf16>(yc16, ND);
+    for (size_t i = 0; i < ND; ++i) ASSERT_EQ(a16[i].bits, b16[i].bits) << name << ": bf16 y with the copy at " << i;
+    EXPECT_EQ(0, std::memcmp(x.data(), down<float>(xc, ND).data(), ND * 4)) << name << ": the copy of x (bf16 y)";
+  }
   // With a residual (the GPU model's residual-stream gradient): dx = residual + the norm's dx, each element the
   // float sum of the two (as a separate add), and its bf16 copy the host's rounding of it, bit for bit.
   const std::vector<float> residual = normal(r, N * D, 1.0);

@@ -530,9 +530,9 @@ struct GpuModel::Impl {
     select_layer(l);
     const LayerTensors& lw = P.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
-    // h = RMSNorm(x); qkv = h Wqkv
-    if (act16) rms_norm_forward(x, lw.attn_norm, act.h_bf16, act.rinv1, rows, D, D, cfg.norm_eps);
-    else rms_norm_forward(x, lw.attn_norm, act.h, act.rinv1, rows, D, D, cfg.norm_eps);
+    // h = RMSNorm(x), and xmid = x (the residual the Wo product accumulates into below); qkv = h Wqkv
+    if (act16) rms_norm_forward_copy(x, lw.attn_norm, act.h_bf16, act.rinv1, act.xmid, rows, D, cfg.norm_eps);
+    else rms_norm_forward_copy(x, lw.attn_norm, act.h, act.rinv1, act.xmid, rows, D, cfg.norm_eps);
     gemm(false, false, rows, 3 * D, D, 1.0f, operand(act.h, act.h_bf16), D, lw.wqkv, 3 * D, 0.0f, act.qkv, 3 * D);
     const float* q = act.qkv;
     const float* k = act.qkv + D;
@@ -591,16 +591,14 @@ struct GpuModel::Impl {
       run_copies(rows_to(hp.extended(), hp.plain(D)), act.attn, sum, /*accumulate=*/true);
       if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
     }
-    mk::copy2d(x, D, act.xmid, D, rows, D);
     gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
-    // MLP
-    if (act16) rms_norm_forward(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, rows, D, D, cfg.norm_eps);
-    else rms_norm_forward(act.xmid, lw.mlp_norm, act.h2, act.rinv2, rows, D, D, cfg.norm_eps);
+    // MLP: h2 = RMSNorm(xmid), and out = xmid (the residual the W_down product accumulates into)
+    if (act16) rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, out, rows, D, cfg.norm_eps);
+    else rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2, act.rinv2, out, rows, D, cfg.norm_eps);
     gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_gate, F, 0.0f, act.ga, F);
     gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_up, F, 0.0f, act.up, F);
     if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
     else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
-    mk::copy2d(act.xmid, D, out, D, rows, D);
     gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, lw.w_down, D, 1.0f, out, D);
   }
 

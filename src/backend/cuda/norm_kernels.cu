@@ -21,9 +21,11 @@ constexpr int kMaxSlices = 128;  // row slices of the first pass of dw
 
 // One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
 // (the GPU model's bf16 activations: the same float result, rounded once on the store).
+// x_copy (may be null): x itself stored there too (the GPU model's residual, which a product then accumulates into).
 template <bool kVec, class Out>
 __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restrict__ w, Out* __restrict__ y,
-                               float* __restrict__ rinv, int64_t segs, int64_t D, int64_t group, double eps) {
+                               float* __restrict__ rinv, float* __restrict__ x_copy, int64_t segs, int64_t D,
+                               int64_t group, double eps) {
   const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (seg >= segs) return;  // whole warps leave together
@@ -52,9 +54,13 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
       store_as(ys + 4 * j + 1, a.y * r * b.y);
       store_as(ys + 4 * j + 2, a.z * r * b.z);
       store_as(ys + 4 * j + 3, a.w * r * b.w);
+      if (x_copy) reinterpret_cast<float4*>(x_copy + off)[j] = a;
     }
   } else {
-    for (int64_t j = lane; j < group; j += 32) store_as(ys + j, xs[j] * r * ws[j]);
+    for (int64_t j = lane; j < group; j += 32) {
+      store_as(ys + j, xs[j] * r * ws[j]);
+      if (x_copy) x_copy[off + j] = xs[j];
+    }
   }
 }
 
@@ -117,17 +123,17 @@ void check_group(const char* op, int64_t N, int64_t D, int64_t group) {
 }
 
 template <class Out>
-void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, int64_t N, int64_t D, int64_t group,
-                     double eps, void* stream) {
+void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, float* x_copy, int64_t N, int64_t D,
+                     int64_t group, double eps, void* stream) {
   check_group("rms_norm_forward", N, D, group);
   const int64_t segs = N * (D / group);
   if (segs == 0) return;
   const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
+  const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y) && (!x_copy || aligned16(x_copy));
   if (vec)
-    k_rms_norm_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
+    k_rms_norm_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, x_copy, segs, D, group, eps);
   else
-    k_rms_norm_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
+    k_rms_norm_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, x_copy, segs, D, group, eps);
   TTT_LAUNCH_CHECK("rms_norm_forward");
 }
 
@@ -135,11 +141,19 @@ void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, int64_
 
 void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D, int64_t group,
                       double eps, void* stream) {
-  rms_norm_launch(x, w, y, rinv, N, D, group, eps, stream);
+  rms_norm_launch(x, w, y, rinv, nullptr, N, D, group, eps, stream);
 }
 void rms_norm_forward(const float* x, const float* w, bf16* y, float* rinv, int64_t N, int64_t D, int64_t group,
                       double eps, void* stream) {
-  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, N, D, group, eps, stream);
+  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, nullptr, N, D, group, eps, stream);
+}
+void rms_norm_forward_copy(const float* x, const float* w, float* y, float* rinv, float* x_copy, int64_t N,
+                           int64_t D, double eps) {
+  rms_norm_launch(x, w, y, rinv, x_copy, N, D, D, eps, nullptr);
+}
+void rms_norm_forward_copy(const float* x, const float* w, bf16* y, float* rinv, float* x_copy, int64_t N,
+                           int64_t D, double eps) {
+  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, x_copy, N, D, D, eps, nullptr);
 }
 
 size_t rms_norm_backward_workspace(int64_t N, int64_t D) { return size_t(dw_slices(N)) * size_t(D) * sizeof(double); }

@@ -24,6 +24,12 @@ void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int
 // The same with y stored in bf16 (the float result rounded to nearest even): the GPU model's bf16 activations.
 void rms_norm_forward(const float* x, const float* w, bf16* y, float* rinv, int64_t N, int64_t D, int64_t group,
                       double eps, void* stream = nullptr);
+// Whole rows (group = D) with x also copied into x_copy [N, D] (not x itself) in the same pass: the GPU model's
+// residual x + (...) W, which the product then accumulates into, without a separate copy pass.
+void rms_norm_forward_copy(const float* x, const float* w, float* y, float* rinv, float* x_copy, int64_t N,
+                           int64_t D, double eps);
+void rms_norm_forward_copy(const float* x, const float* w, bf16* y, float* rinv, float* x_copy, int64_t N,
+                           int64_t D, double eps);
 // Bytes of the work buffer rms_norm_backward needs for dw (deterministic two-pass reduction).
 size_t rms_norm_backward_workspace(int64_t N, int64_t D);
 // dy [N,D] -> dx [N,D] (skipped when null) and dw [D] (skipped when null; then work may be null too).
