@@ -525,6 +525,7 @@ struct GpuModel::Impl {
 
   // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
   // `recompute`: the backward's second forward of the layer, which skips the attention when its output was kept.
+  // x may be out itself: only the first RMSNorm reads x, before anything writes out.
   void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N, bool recompute) {
     const int64_t rows = S * N;
     select_layer(l);
@@ -1014,7 +1015,9 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
   m.keep_output(-1, rows);
   for (int64_t l = 0; l < m.L; ++l) {
-    m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N, /*recompute=*/false);
+    // The input is where the layer before left its output (in place: layer_forward): the kept array, or with bf16
+    // activations xout, which keep_output rounded to the kept bf16 copy's values (no widening pass).
+    m.layer_forward(l, m.layer_output(l - 1), m.layer_output(l), S, N, /*recompute=*/false);
     m.keep_output(l, rows);
   }
   // The final norm's input: the last layer's output as kept (rounded in place with bf16 activations).
