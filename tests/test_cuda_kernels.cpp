@@ -169,7 +169,8 @@ void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) 
     cuda::rms_norm_forward_copy(xd.as<float>(), wd.as<float>(), yc.as<float>(), rc.as<float>(), xc.as<float>(), N, D,
                                 eps);
     EXPECT_EQ(0, std::memcmp(y.data(), down<float>(yc, ND).data(), ND * 4)) << name << ": y with the copy differs";
-    EXPECT_EQ(0, std::memcmp(rinv.data(), down<float>(rc, NG).data(), NG * 4)) << name << ": rinv with the copy differs";
+    EXPECT_EQ(0, std::memcmp(rinv.data(), down<float>(rc, NG).data(), NG * 4))
+        << name << ": rinv with the copy differs";
     EXPECT_EQ(0, std::memcmp(x.data(), down<float>(xc, ND).data(), ND * 4)) << name << ": the copy of x differs";
     cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), y16.as<bf16>(), rd.as<float>(), N, D, D, eps);
     cuda::rms_norm_forward_copy(xd.as<float>(), wd.as<float>(), yc16.as<bf16>(), rc.as<float>(), xc.as<float>(), N, D,
@@ -178,6 +179,25 @@ void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) 
     for (size_t i = 0; i < ND; ++i) ASSERT_EQ(a16[i].bits, b16[i].bits) << name << ": bf16 y with the copy at " << i;
     EXPECT_EQ(0, std::memcmp(x.data(), down<float>(xc, ND).data(), ND * 4)) << name << ": the copy of x (bf16 y)";
   }
+  // Per head with x and dx in the memory operators' layout [S*heads, rows/S, group] (the GPU model's memory-output
+  // norm): the bits of the row-major calls, laid out.
+  if (per_head)
+    for (const int64_t S : {int64_t(1), N % 2 == 0 ? int64_t(2) : int64_t(1)}) {
+      const int64_t L = N / S;
+      cuda::DeviceBuffer xT = nan_buf(ND * 4), yb = nan_buf(ND * 4), rb = nan_buf(NG * 4), dxT = nan_buf(ND * 4),
+                         dxb = nan_buf(ND * 4), dwb = nan_buf(size_t(D) * 4);
+      cuda::mk::heads_to_batch(xd.as<float>(), D, xT.as<float>(), S, L, heads, group);
+      cuda::rms_norm_heads_forward_batch(xT.as<float>(), wd.as<float>(), yb.as<float>(), rb.as<float>(), S, L, D, heads,
+                                         eps);
+      cuda::rms_norm_heads_backward_batch(xT.as<float>(), wd.as<float>(), rb.as<float>(), dyd.as<float>(),
+                                          dxT.as<float>(), dwb.as<float>(), work.as<void>(), S, L, D, heads);
+      cuda::mk::batch_to_heads(dxT.as<float>(), dxb.as<float>(), D, S, L, heads, group, false);
+      const std::string lay = name + " in the layout of " + std::to_string(S) + " sequences";
+      EXPECT_EQ(0, std::memcmp(y.data(), down<float>(yb, ND).data(), ND * 4)) << lay << ": y differs";
+      EXPECT_EQ(0, std::memcmp(rinv.data(), down<float>(rb, NG).data(), NG * 4)) << lay << ": rinv differs";
+      EXPECT_EQ(0, std::memcmp(dx.data(), down<float>(dxb, ND).data(), ND * 4)) << lay << ": dx differs";
+      EXPECT_EQ(0, std::memcmp(dw.data(), down<float>(dwb, size_t(D)).data(), size_t(D) * 4)) << lay << ": dw differs";
+    }
   // With a residual (the GPU model's residual-stream gradient): dx = residual + the norm's dx, each element the
   // float sum of the two (as a separate add), and its bf16 copy the host's rounding of it, bit for bit.
   const std::vector<float> residual = normal(r, N * D, 1.0);
@@ -363,7 +383,8 @@ TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
     const std::string name = "qk_prep_fused S" + std::to_string(c.S) + " N" + std::to_string(c.N) + " H" +
                              std::to_string(c.H) + " d" + std::to_string(c.d) + " rope width" + std::to_string(c.width);
     const std::vector<float> x = normal(r, rows * ld, 1.0), scale = uniform(r, D, 0.5, 1.5),
-                             offset = normal(r, D, 0.3), dyT = normal(r, rows * D, 1.0), dx0 = normal(r, rows * ld, 1.0);
+                             offset = normal(r, D, 0.3), dyT = normal(r, rows * D, 1.0),
+                             dx0 = normal(r, rows * ld, 1.0);
     std::vector<int64_t> pos(static_cast<size_t>(rows));
     for (auto& p : pos) p = int64_t(r.below(32768));
     // [rows, D] (row s*N + n, column h*d + j) <-> [S*H, N, d].

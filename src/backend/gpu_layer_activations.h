@@ -99,7 +99,7 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(vT, float, rows * D)                                                                                          \
   X(lrT, float, 3 * BHN)              /* LaCT rates, one [S*H, N] block per matrix */                             \
   X(momT, float, BHN)                                                                                             \
-  X(o, float, rows * D)               /* memory output */                                                         \
+  X(oT, float, rows * D)              /* memory operator output [S*H, N, d] (its norm reads it in that layout) */ \
   X(normed, float, rows * D)          /* per-head RMSNorm of o */                                                 \
   X(rinvo, float, rows * H)                                                                                       \
   X(zs, float, rows * H)              /* output gate pre-activation */                                            \
@@ -131,7 +131,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(w2b, float, W)                                                                                                \
   X(w0f, float, H * dh * d)           /* low-rank w0 resolved (A B + 0.5 I) */                                    \
   X(w2f, float, H * dh * d)                                                                                       \
-  X(oT, float, rows * D)              /* operator output */                                                       \
   X(sum_work, float, act16 * rows * D) /* bf16 activations: the fp32 sum before its bf16 copy */                  \
   X(xin, float, act16 * rows * D)     /* the layer input widened from the kept bf16 residual stream */            \
   X(xout, float, act16 * rows * D)    /* the layer output before it is rounded into the kept stream */
@@ -148,7 +147,7 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(dh2, float, rows * D)                                                                                         \
   X(dsum, float, rows * D)                                                                                        \
   X(dnormed, float, arows * D)                                                                                    \
-  X(dO, float, arows * D)                                                                                         \
+  X(dO, float, arows * D)             /* context parallel: the attention's dq over the halo rows */               \
   X(doT, float, rows * D)                                                                                         \
   X(dgate, float, rows * H)                                                                                       \
   X(dzs, float, rows * H)                                                                                         \

@@ -257,7 +257,9 @@ void qk_prep_backward(const float* x, int64_t ldx, const float* scale, const flo
 }
 // Warps per block of the fused kernels: a row of D floats of shared memory each, within the default 48 KiB.
 constexpr size_t kFusedStageBytes = 48 * 1024;
-static int fused_warps(int64_t D) { return int(std::min<int64_t>(kWarpsPerBlock, int64_t(kFusedStageBytes) / (4 * D))); }
+static int fused_warps(int64_t D) {
+  return int(std::min<int64_t>(kWarpsPerBlock, int64_t(kFusedStageBytes) / (4 * D)));
+}
 static void check_fused(int64_t S, int64_t N, int64_t H, int64_t d, int64_t width, const char* name) {
   const int64_t D = H * d;
   TTT_CHECK(S >= 0 && N >= 0 && H >= 1 && d >= 1 && fused_warps(D) >= 1,
@@ -274,8 +276,8 @@ void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, cons
   const int blocks = int(std::min<int64_t>((S * N + warps - 1) / warps, 1 << 20));
   const size_t smem = sizeof(float) * size_t(warps * H * d);
   if (d <= 32 * kPerLane)
-    k_qk_prep_fwd_fused<true><<<blocks, 32 * warps, smem>>>(x, ldx, scale, offset, pos, theta, int(rope_width), yT, norm,
-                                                            S, N, H, int(d), float(eps));
+    k_qk_prep_fwd_fused<true><<<blocks, 32 * warps, smem>>>(x, ldx, scale, offset, pos, theta, int(rope_width), yT,
+                                                            norm, S, N, H, int(d), float(eps));
   else
     k_qk_prep_fwd_fused<false><<<blocks, 32 * warps, smem>>>(x, ldx, scale, offset, pos, theta, int(rope_width), yT,
                                                              norm, S, N, H, int(d), float(eps));

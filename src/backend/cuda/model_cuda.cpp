@@ -576,9 +576,9 @@ struct GpuModel::Impl {
     mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
     if (titans_like) titans_forward(l, S, N);
     else lact_forward(l, S, N);
-    mk::batch_to_heads(act.oT, act.o, D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
-    rms_norm_heads_forward(act.o, memory_norm_weight(lw), act.normed, act.rinvo, rows, D, H, cfg.mem_norm_eps());
+    rms_norm_heads_forward_batch(act.oT, memory_norm_weight(lw), act.normed, act.rinvo, S, N, D, H,
+                                 cfg.mem_norm_eps());
     gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
     mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
     // x + (attn + mem) Wo: the sum in fp32, or with bf16 activations only its bf16 copy, in one pass; with a halo
@@ -803,12 +803,12 @@ struct GpuModel::Impl {
     gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
     col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
     gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);
-    rms_norm_heads_backward(act.o, memory_norm_weight(lw), act.rinvo, grad.dnormed, grad.dO, grad.dwD,
-                            norm_work_for(rows, D), rows, D, H);
+    // The norm's input and dx in the operator's layout: dx is the operator's d(output).
+    rms_norm_heads_backward_batch(act.oT, memory_norm_weight(lw), act.rinvo, grad.dnormed, grad.doT, grad.dwD,
+                                  norm_work_for(rows, D), S, N, D, H);
     if (cfg.ttt_norm_shared) col_sum(grad.dwD, H, d, d, lg.o_norm, true);  // the shared [d] weight: sum over heads
     else mk::axpy(lg.o_norm, grad.dwD, 1.0f, D);
     // ---- the memory operator
-    mk::heads_to_batch(grad.dO, D, grad.doT, S, N, H, d);
     if (titans_like) titans_backward(l, S, N);
     else lact_backward(l, S, N);
     mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);

@@ -46,5 +46,12 @@ void rms_norm_heads_forward(const float* x, const float* w, float* y, float* rin
                             int64_t heads, double eps, void* stream = nullptr);
 void rms_norm_heads_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx,
                              float* dw, void* work, int64_t N, int64_t D, int64_t heads, void* stream = nullptr);
+// The same per head with x (and the backward's dx) in the memory operators' per sequence-head layout
+// [S*heads, N, D/heads] (rows S*N; y, rinv and dy [S*N, D] as above): the GPU model's memory-output norm reads the
+// operator's output and writes its gradient in the operator's layout, without the two layout passes. Same bits.
+void rms_norm_heads_forward_batch(const float* xT, const float* w, float* y, float* rinv, int64_t S, int64_t N,
+                                  int64_t D, int64_t heads, double eps);
+void rms_norm_heads_backward_batch(const float* xT, const float* w, const float* rinv, const float* dy, float* dxT,
+                                   float* dw, void* work, int64_t S, int64_t N, int64_t D, int64_t heads);
 
 }  // namespace ttt::cuda
