@@ -811,7 +811,6 @@ struct GpuModel::Impl {
     // ---- the memory operator
     if (titans_like) titans_backward(l, S, N);
     else lact_backward(l, S, N);
-    mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
     // ---- attention: overwrites dq, dk (via RoPE's adjoint) and dv of dqkv
     const float* q = act.qkv;
     const float* k = act.qkv + D;
@@ -853,8 +852,13 @@ struct GpuModel::Impl {
                                grad.gkT, dqkv + D, 3 * D, grad.dz, grad.dzx, S, N, H, d, 1e-5);
     col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
     col_sum(grad.dz, rows, D, D, lg.k_offset, true);
-    if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
-    else mk::copy2d(grad.dvm, D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
+    // dv += the operator's d(v) (through silu with v_silu), added from its layout.
+    if (cfg.v_silu) {
+      mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
+      mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
+    } else {
+      mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true);
+    }
     // ---- qkv = h Wqkv; h = RMSNorm(x)
     const Operand dqkv_op = rounded_once(dqkv, rows * 3 * D);
     gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv_op, 3 * D, 1.0f, lg.wqkv, 3 * D);
