@@ -510,6 +510,26 @@ TEST(CudaKernels, GateHeadsAddMatchesFloat64AndTwoPassBits) {
   }
 }
 
+// ---- gradient scaling (mk::scale, the clipping's pass) -----------------------------------------------------------
+// p *= a: each element the host's float product, bit for bit, at sizes around the kernel's elements per trip.
+TEST(CudaKernels, ScaleMatchesHostBits) {
+  REQUIRE_CUDA();
+  for (const int64_t n : {int64_t(1), int64_t(5), int64_t(1023), int64_t(1) << 20, (int64_t(1) << 22) + 3}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const std::vector<float> x = normal(r, n, 2.0);
+    const float a = float(r.uniform(0.1, 0.9));
+    cuda::DeviceBuffer xd = up(x);
+    cuda::mk::scale(xd.as<float>(), a, n);
+    const auto got = down<float>(xd, size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = x[size_t(i)] * a;
+      ASSERT_EQ(0, std::memcmp(&want, &got[size_t(i)], 4))
+          << "scale n " << n << " (seed " << seed << ") at " << i << ": " << got[size_t(i)] << " vs " << want;
+    }
+  }
+}
+
 // ---- cross-entropy --------------------------------------------------------------------------------------------
 TEST(CudaKernels, CrossEntropyMatchesCpu) {
   REQUIRE_CUDA();
