@@ -669,6 +669,29 @@ TEST(CudaKernels, AdamWMatchesCpu) {
 // one block with leading dimensions, strided batches into packed or strided destinations) gives the host's
 // round-to-nearest-even (core/dtype.h) bit for bit, ties and infinities included, and writes nothing outside the
 // elements it converts (the destination starts as all-ones bits).
+// The kept bf16 residual stream's two passes: round_store_bf16 (x rounded in place and its bf16 copy stored) and
+// from_bf16 (widened back), against the host's rounding bit for bit, at sizes around the elements per trip.
+TEST(CudaKernels, RoundStoreAndWidenBf16MatchHost) {
+  REQUIRE_CUDA();
+  for (const int64_t n : {int64_t(1), int64_t(7), int64_t(4096) + 5, (int64_t(1) << 22) + 1}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const std::vector<float> x = normal(r, n, 3.0);
+    cuda::DeviceBuffer xd = up(x), hd = nan_buf(size_t(n) * 2), wd = nan_buf(size_t(n) * 4);
+    cuda::mk::round_store_bf16(xd.as<float>(), hd.as<bf16>(), n);
+    cuda::mk::from_bf16(hd.as<bf16>(), wd.as<float>(), n);
+    const auto rounded = down<float>(xd, size_t(n)), widened = down<float>(wd, size_t(n));
+    const auto h = down<bf16>(hd, size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const bf16 want = float_to_bf16(x[size_t(i)]);
+      const float back = bf16_to_float(want);
+      ASSERT_EQ(want.bits, h[size_t(i)].bits) << "n " << n << " (seed " << seed << "): bf16 copy at " << i;
+      ASSERT_EQ(0, std::memcmp(&back, &rounded[size_t(i)], 4)) << "n " << n << ": x rounded in place at " << i;
+      ASSERT_EQ(0, std::memcmp(&back, &widened[size_t(i)], 4)) << "n " << n << ": widened at " << i;
+    }
+  }
+}
+
 TEST(CudaKernels, ToBf16MatchesHostRounding) {
   REQUIRE_CUDA();
   const uint64_t seed = fresh_seed();
