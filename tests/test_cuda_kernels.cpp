@@ -416,19 +416,27 @@ TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
     cuda::DeviceBuffer xd = up(x), sd = up(scale), od = up(offset), dyTd = up(dyT), pd = up(pos);
     const size_t ND = size_t(rows * D);
     cuda::DeviceBuffer yTd = nan_buf(ND * 4), nd = nan_buf(size_t(rows * c.H) * 4), dxd = up(dx0),
-                       dzd = nan_buf(ND * 4), dzxd = nan_buf(ND * 4);
+                       dzd = nan_buf(ND * 4), dzxd = nan_buf(ND * 4), dx16d = nan_buf(size_t(rows * ld) * 2);
     auto run_fused = [&] {
       cuda::mk::qk_prep_forward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), pd.as<int64_t>(), theta,
                                       c.width, yTd.as<float>(), nd.as<float>(), c.S, c.N, c.H, c.d, eps);
       cuda::mk::qk_prep_backward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), nd.as<float>(),
                                        pd.as<int64_t>(), theta, c.width, dyTd.as<float>(), dxd.as<float>(), ld,
-                                       dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, eps);
+                                       dx16d.as<bf16>(), dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, eps);
     };
     run_fused();
     const auto yT = down<float>(yTd, ND), norm = down<float>(nd, size_t(rows * c.H)),
                dx = down<float>(dxd, size_t(rows * ld)), dz = down<float>(dzd, ND), dzx = down<float>(dzxd, ND);
     CHECK_ERR(worst, rel_err(yT, y_ref), kTol, name + " y");
     CHECK_ERR(worst, rel_err(dx, dx_ref), kTol, name + " dx");
+    // The bf16 copy of the updated dx (the GPU model's dqkv operand): the host's rounding of dx, bit for bit.
+    {
+      const auto dx16 = down<bf16>(dx16d, size_t(rows * ld));
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < D; ++j)
+          ASSERT_EQ(float_to_bf16(dx[size_t(i * ld + j)]).bits, dx16[size_t(i * ld + j)].bits)
+              << name << ": bf16 dx at row " << i << " column " << j;
+    }
     // dz and dz * x are the offset's and the scale's gradients per row: their column sums.
     std::vector<double> doffset(size_t(D), 0.0), dscale(size_t(D), 0.0);
     for (int64_t i = 0; i < rows; ++i)

@@ -123,9 +123,10 @@ __global__ void k_qk_prep_fwd_fused(const float* __restrict__ x, int64_t ldx, co
 // channels per reduction, as written first: a version keeping x and dy in registers (like the forward) measured
 // 45% slower on the H200 (0.93 vs 0.64 ms per call at 32768 x 4 x 384, ncu, 2026-11-30), so the backward
 // recomputes silu instead.
+// dxr16 (may be null): the updated dx rounded to bf16 there too.
 __device__ __forceinline__ void qk_prep_bwd_item(const float* xr, const float* sc, const float* of, float nrm,
-                                                 const float* dyr, float* dxr, float* dzr, float* dzxr, int64_t d,
-                                                 float eps, int lane) {
+                                                 const float* dyr, float* dxr, __nv_bfloat16* dxr16, float* dzr,
+                                                 float* dzxr, int64_t d, float eps, int lane) {
   const float inv = 1.0f / (nrm + eps);
   double dot = 0;
   for (int64_t j = lane; j < d; j += 32) {
@@ -143,7 +144,9 @@ __device__ __forceinline__ void qk_prep_bwd_item(const float* xr, const float* s
     const float g = da * math::dsilu(z);
     dzr[j] = g;
     dzxr[j] = g * xv;
-    dxr[j] += g * sc[j];
+    const float dxj = dxr[j] + g * sc[j];
+    dxr[j] = dxj;
+    if (dxr16) dxr16[j] = __float2bfloat16_rn(dxj);
   }
 }
 __global__ void k_qk_prep_bwd(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
@@ -153,15 +156,16 @@ __global__ void k_qk_prep_bwd(const float* x, int64_t ldx, const float* scale, c
   WARP_STRIDE(item, rows * H) {
     const int64_t r = item / H, h = item % H, D = H * d, c = h * d;
     qk_prep_bwd_item(x + r * ldx + c, scale + c, offset + c, norm[r * H + h], dy + r * D + c, dx + r * lddx + c,
-                     dz + r * D + c, dzx + r * D + c, d, eps, lane);
+                     nullptr, dz + r * D + c, dzx + r * D + c, d, eps, lane);
   }
 }
 // The adjoint of k_qk_prep_fwd_fused: one warp per row gathers d(output) from the layout [S*H, N, d] into shared
 // memory, undoes RoPE there (the inverse rotation, as rope_backward) and runs every head's item.
 __global__ void k_qk_prep_bwd_fused(const float* x, int64_t ldx, const float* scale, const float* offset,
                                     const float* norm, const int64_t* __restrict__ pos, double theta, int width,
-                                    const float* __restrict__ dyT, float* dx, int64_t lddx, float* dz, float* dzx,
-                                    int64_t S, int64_t N, int64_t H, int d, float eps) {
+                                    const float* __restrict__ dyT, float* dx, int64_t lddx,
+                                    __nv_bfloat16* __restrict__ dx16, float* dz, float* dzx, int64_t S, int64_t N,
+                                    int64_t H, int d, float eps) {
   extern __shared__ float stage[];  // a row of D channels per warp
   const int lane = threadIdx.x % 32, D = int(H) * d;
   float* dys = stage + (threadIdx.x / 32) * D;
@@ -186,7 +190,7 @@ __global__ void k_qk_prep_bwd_fused(const float* x, int64_t ldx, const float* sc
     for (int64_t h = 0; h < H; ++h) {
       const int64_t c = h * d;
       qk_prep_bwd_item(x + r * ldx + c, scale + c, offset + c, norm[r * H + h], dys + c, dx + r * lddx + c,
-                       dz + r * D + c, dzx + r * D + c, d, eps, lane);
+                       dx16 ? dx16 + r * lddx + c : nullptr, dz + r * D + c, dzx + r * D + c, d, eps, lane);
     }
     __syncwarp();  // the row's stage is read before the next row overwrites it
   }
@@ -285,15 +289,16 @@ void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, cons
 }
 void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
                             const int64_t* pos, double theta, int64_t rope_width, const float* dyT, float* dx,
-                            int64_t lddx, float* dz, float* dzx, int64_t S, int64_t N, int64_t H, int64_t d,
-                            double eps) {
+                            int64_t lddx, bf16* dx16, float* dz, float* dzx, int64_t S, int64_t N, int64_t H,
+                            int64_t d, double eps) {
   check_fused(S, N, H, d, rope_width, "qk_prep_backward_fused");
   if (S * N == 0) return;
   const int warps = fused_warps(H * d);
   const int blocks = int(std::min<int64_t>((S * N + warps - 1) / warps, 1 << 20));
   const size_t smem = sizeof(float) * size_t(warps * H * d);
   k_qk_prep_bwd_fused<<<blocks, 32 * warps, smem>>>(x, ldx, scale, offset, norm, pos, theta, int(rope_width), dyT, dx,
-                                                    lddx, dz, dzx, S, N, H, int(d), float(eps));
+                                                    lddx, reinterpret_cast<__nv_bfloat16*>(dx16), dz, dzx, S, N, H,
+                                                    int(d), float(eps));
   TTT_LAUNCH_CHECK("qk_prep_backward_fused");
 }
 void gate_heads_forward(const float* x, const float* gate, float* out, int64_t rows, int64_t H, int64_t d) {

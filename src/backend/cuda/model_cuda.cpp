@@ -215,12 +215,11 @@ struct GpuModel::Impl {
 
   // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
   Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
-  // A contiguous fp32 gradient that is the operand of two products: with bf16 activations rounded once into
-  // grad.gop16 (the bits Blas would round it to in each product), else itself. Valid until the next call.
-  Operand rounded_once(const float* g, int64_t n) {
-    if (!act16) return Operand(g);
-    mk::to_bf16(g, grad.gop16, n);
-    return Operand(static_cast<const bf16*>(grad.gop16));
+  // A gradient that is the operand of two products (dx, dxm, dqkv): with bf16 activations its bf16 copy in
+  // grad.gop16, which the kernel that finishes the gradient writes beside it (the bits Blas would round it to in each
+  // product), else the fp32 gradient.
+  Operand gradient_operand(const float* g) const {
+    return act16 ? Operand(static_cast<const bf16*>(grad.gop16)) : Operand(g);
   }
 
   // The weight [D] of the memory output's per-head RMSNorm: the layer's own, or with ttt_norm_shared (one [d]
@@ -778,7 +777,7 @@ struct GpuModel::Impl {
     float* dx = grad.dx;
     // ---- MLP: out = xmid + swiglu(h2) Wd. With bf16 activations dx came with its bf16 copy in gop16 (written by
     // the RMSNorm backward that made dx: the head's or the layer above's), the operand of two products.
-    const Operand dx_op = act16 ? Operand(static_cast<const bf16*>(grad.gop16)) : Operand(dx);
+    const Operand dx_op = gradient_operand(dx);
     gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx_op, D, 1.0f, lg.w_down, D);
     gemm(false, true, rows, F, D, 1.0f, dx_op, D, lw.w_down, D, 0.0f, grad.dmm, F);
     if (act16) mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga_bf16, grad.dup_bf16, rows * F);
@@ -794,7 +793,7 @@ struct GpuModel::Impl {
                           norm_work_for(rows, D), rows, D, D);
     mk::axpy(lg.mlp_norm, grad.dwD, 1.0f, D);
     // ---- xmid = x + sum Wo
-    const Operand dxm_op = act16 ? Operand(static_cast<const bf16*>(grad.gop16)) : Operand(dxm);
+    const Operand dxm_op = gradient_operand(dxm);
     gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm_op, D, 1.0f, lg.wo, D);
     gemm(false, true, rows, D, D, 1.0f, dxm_op, D, lw.wo, D, 0.0f, grad.dsum, D);
     // ---- memory output: sum = attn + normed * gate
@@ -843,13 +842,17 @@ struct GpuModel::Impl {
     if (split) return_halo_gradient(dqkv);
     rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
-    // ---- memory q/k/v preparation (RoPE's adjoint and the layout fused in, from the operator's gradients)
+    // ---- memory q/k/v preparation (RoPE's adjoint and the layout fused in, from the operator's gradients). They
+    // write dqkv's final q and k parts, and with bf16 activations its bf16 operand copy in gop16 (dxm's there is read
+    // by the products above already); the v part's follows below.
+    bf16* dqkv16 = act16 ? grad.gop16 : nullptr;
     mk::qk_prep_backward_fused(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, pos, cfg.rope_theta, memory_rope_width(),
-                               grad.gqT, dqkv, 3 * D, grad.dz, grad.dzx, S, N, H, d, 1e-5);
+                               grad.gqT, dqkv, 3 * D, dqkv16, grad.dz, grad.dzx, S, N, H, d, 1e-5);
     col_sum(grad.dzx, rows, D, D, lg.q_scale, true);
     col_sum(grad.dz, rows, D, D, lg.q_offset, true);
     mk::qk_prep_backward_fused(k, 3 * D, lw.k_scale, lw.k_offset, act.knorm, pos, cfg.rope_theta, memory_rope_width(),
-                               grad.gkT, dqkv + D, 3 * D, grad.dz, grad.dzx, S, N, H, d, 1e-5);
+                               grad.gkT, dqkv + D, 3 * D, dqkv16 ? dqkv16 + D : nullptr, grad.dz, grad.dzx, S, N, H, d,
+                               1e-5);
     col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
     col_sum(grad.dz, rows, D, D, lg.k_offset, true);
     // dv += the operator's d(v) (through silu with v_silu), added from its layout.
@@ -859,8 +862,9 @@ struct GpuModel::Impl {
     } else {
       mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true);
     }
+    if (act16) mk::to_bf16(dqkv + 2 * D, 3 * D, dqkv16 + 2 * D, 3 * D, rows, D);
     // ---- qkv = h Wqkv; h = RMSNorm(x)
-    const Operand dqkv_op = rounded_once(dqkv, rows * 3 * D);
+    const Operand dqkv_op = gradient_operand(dqkv);
     gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv_op, 3 * D, 1.0f, lg.wqkv, 3 * D);
     gemm(false, true, rows, D, 3 * D, 1.0f, dqkv_op, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
     // dx = dxm + the norm's dx, with its bf16 copy in gop16 for the layer below (dqkv's there is read already).
