@@ -143,7 +143,7 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
   X(dga_bf16, bf16, act16 * rows * F)                                                                             \
   X(dup_bf16, bf16, act16 * rows * F)                                                                             \
-  X(gop16, bf16, act16 * rows * 3 * D) /* a gradient operand of two products (dx, dxm, dqkv), rounded once */     \
+  X(gop16, bf16, act16 * rows * 3 * D) /* dx, dxm or dqkv rounded: their kernels write it, two products read it */\
   X(dh2, float, rows * D)                                                                                         \
   X(dsum, float, rows * D)                                                                                        \
   X(dnormed, float, arows * D)                                                                                    \
