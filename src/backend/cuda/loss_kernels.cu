@@ -71,11 +71,28 @@ __global__ void k_cross_entropy_fwd_rows(const float* __restrict__ logits, const
     }
     return;
   }
+  // Each thread's columns j = threadIdx.x + k blockDim.x in order, kRowIlp loaded before any is used (more bytes in
+  // flight; the sum's order, hence its bits, is that of the one-at-a-time loop).
+  constexpr int kRowIlp = 8;
+  const int64_t step = blockDim.x;
   float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+  for (int64_t j0 = threadIdx.x; j0 < V; j0 += kRowIlp * step) {
+    float v[kRowIlp];
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u) v[u] = j0 + u * step < V ? x[j0 + u * step] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u) mx = fmaxf(mx, v[u]);
+  }
   mx = block_max(mx);
   double s = 0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += double(expf(x[j] - mx));
+  for (int64_t j0 = threadIdx.x; j0 < V; j0 += kRowIlp * step) {
+    float v[kRowIlp];
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u) v[u] = j0 + u * step < V ? x[j0 + u * step] : 0.f;
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u)
+      if (j0 + u * step < V) s += double(expf(v[u] - mx));
+  }
   s = block_sum(s);
   if (threadIdx.x == 0) {
     const double ls = double(mx) + log(s);
