@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -162,6 +163,57 @@ void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) 
   const auto dx2 = down<float>(dxd2, ND), dw2 = down<float>(dwd2, size_t(D));
   EXPECT_EQ(0, std::memcmp(dx.data(), dx2.data(), ND * 4)) << name << ": dx not bit-reproducible";
   EXPECT_EQ(0, std::memcmp(dw.data(), dw2.data(), size_t(D) * 4)) << name << ": dw not bit-reproducible";
+  // Whole rows with the copy of x (the GPU model's residual): the same y and rinv bits, and x copied exactly.
+  if (!per_head) {
+    cuda::DeviceBuffer yc = nan_buf(ND * 4), rc = nan_buf(NG * 4), xc = nan_buf(ND * 4), yc16 = nan_buf(ND * 2),
+                       y16 = nan_buf(ND * 2);
+    cuda::rms_norm_forward_copy(xd.as<float>(), wd.as<float>(), yc.as<float>(), rc.as<float>(), xc.as<float>(), N, D,
+                                eps);
+    EXPECT_EQ(0, std::memcmp(y.data(), down<float>(yc, ND).data(), ND * 4)) << name << ": y with the copy differs";
+    EXPECT_EQ(0, std::memcmp(rinv.data(), down<float>(rc, NG).data(), NG * 4))
+        << name << ": rinv with the copy differs";
+    EXPECT_EQ(0, std::memcmp(x.data(), down<float>(xc, ND).data(), ND * 4)) << name << ": the copy of x differs";
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), y16.as<bf16>(), rd.as<float>(), N, D, D, eps);
+    cuda::rms_norm_forward_copy(xd.as<float>(), wd.as<float>(), yc16.as<bf16>(), rc.as<float>(), xc.as<float>(), N, D,
+                                eps);
+    const auto a16 = down<bf16>(y16, ND), b16 = down<bf16>(yc16, ND);
+    for (size_t i = 0; i < ND; ++i) ASSERT_EQ(a16[i].bits, b16[i].bits) << name << ": bf16 y with the copy at " << i;
+    EXPECT_EQ(0, std::memcmp(x.data(), down<float>(xc, ND).data(), ND * 4)) << name << ": the copy of x (bf16 y)";
+  }
+  // Per head with x and dx in the memory operators' layout [S*heads, rows/S, group] (the GPU model's memory-output
+  // norm): the bits of the row-major calls, laid out.
+  if (per_head)
+    for (const int64_t S : {int64_t(1), N % 2 == 0 ? int64_t(2) : int64_t(1)}) {
+      const int64_t L = N / S;
+      cuda::DeviceBuffer xT = nan_buf(ND * 4), yb = nan_buf(ND * 4), rb = nan_buf(NG * 4), dxT = nan_buf(ND * 4),
+                         dxb = nan_buf(ND * 4), dwb = nan_buf(size_t(D) * 4);
+      cuda::mk::heads_to_batch(xd.as<float>(), D, xT.as<float>(), S, L, heads, group);
+      cuda::rms_norm_heads_forward_batch(xT.as<float>(), wd.as<float>(), yb.as<float>(), rb.as<float>(), S, L, D, heads,
+                                         eps);
+      cuda::rms_norm_heads_backward_batch(xT.as<float>(), wd.as<float>(), rb.as<float>(), dyd.as<float>(),
+                                          dxT.as<float>(), dwb.as<float>(), work.as<void>(), S, L, D, heads);
+      cuda::mk::batch_to_heads(dxT.as<float>(), dxb.as<float>(), D, S, L, heads, group, false);
+      const std::string lay = name + " in the layout of " + std::to_string(S) + " sequences";
+      EXPECT_EQ(0, std::memcmp(y.data(), down<float>(yb, ND).data(), ND * 4)) << lay << ": y differs";
+      EXPECT_EQ(0, std::memcmp(rinv.data(), down<float>(rb, NG).data(), NG * 4)) << lay << ": rinv differs";
+      EXPECT_EQ(0, std::memcmp(dx.data(), down<float>(dxb, ND).data(), ND * 4)) << lay << ": dx differs";
+      EXPECT_EQ(0, std::memcmp(dw.data(), down<float>(dwb, size_t(D)).data(), size_t(D) * 4)) << lay << ": dw differs";
+    }
+  // With a residual (the GPU model's residual-stream gradient): dx = residual + the norm's dx, each element the
+  // float sum of the two (as a separate add), and its bf16 copy the host's rounding of it, bit for bit.
+  const std::vector<float> residual = normal(r, N * D, 1.0);
+  cuda::DeviceBuffer resd = up(residual), dxa = nan_buf(ND * 4), dx16 = nan_buf(ND * 2), dwa = nan_buf(size_t(D) * 4);
+  cuda::rms_norm_backward_add(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), resd.as<float>(),
+                              dxa.as<float>(), dx16.as<bf16>(), dwa.as<float>(), work.as<void>(), N, D, group);
+  const auto sum = down<float>(dxa, ND);
+  const auto sum16 = down<bf16>(dx16, ND);
+  for (size_t i = 0; i < ND; ++i) {
+    const float want = residual[i] + dx[i];
+    ASSERT_EQ(0, std::memcmp(&want, &sum[i], 4)) << name << ": residual + dx at " << i << ": " << sum[i] << " vs "
+                                                 << want;
+    ASSERT_EQ(float_to_bf16(want).bits, sum16[i].bits) << name << ": bf16 copy of residual + dx at " << i;
+  }
+  EXPECT_EQ(0, std::memcmp(dw.data(), down<float>(dwa, size_t(D)).data(), size_t(D) * 4)) << name << ": dw differs";
   ++worst.cases;
 }
 
@@ -310,6 +362,183 @@ TEST(CudaKernels, QkPrepMatchesFloat64) {
   }
 }
 
+// ---- the fused q/k preparation (mk::qk_prep_forward_fused / _backward_fused) ----------------------------------
+// Against the CPU model's ops on a float64 tape (src/model/memory_branch.cpp: silu(x * scale + offset), l2norm per
+// head, RoPE over heads of `width` channels) in the memory operators' layout [S*H, N, d]; and bit for bit against
+// the three GPU passes it replaces (qk_prep_forward, rope_forward in place, heads_to_batch; batch_to_heads,
+// rope_backward in place, qk_prep_backward), which the GPU model ran before. Cases: RoPE per memory head (the 760m
+// preset's 4 x 384 in small), per narrower heads (ttt_rope_attn_heads), no RoPE, the register walk and the
+// recomputing one (d > 512), odd d, several sequences.
+TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
+  REQUIRE_CUDA();
+  Worst worst{"qk_prep_fused"};
+  struct C {
+    int64_t S, N, H, d, width;
+  };
+  for (const C c : std::vector<C>{{1, 33, 4, 384, 384}, {2, 17, 4, 384, 64}, {3, 5, 3, 64, 0}, {2, 9, 2, 600, 600},
+                                  {1, 7, 3, 46, 138}, {2, 11, 1, 30, 10}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t rows = c.S * c.N, D = c.H * c.d, ld = 3 * D;
+    const double eps = 1e-5, theta = 1e6;
+    const std::string name = "qk_prep_fused S" + std::to_string(c.S) + " N" + std::to_string(c.N) + " H" +
+                             std::to_string(c.H) + " d" + std::to_string(c.d) + " rope width" + std::to_string(c.width);
+    const std::vector<float> x = normal(r, rows * ld, 1.0), scale = uniform(r, D, 0.5, 1.5),
+                             offset = normal(r, D, 0.3), dyT = normal(r, rows * D, 1.0),
+                             dx0 = normal(r, rows * ld, 1.0);
+    std::vector<int64_t> pos(static_cast<size_t>(rows));
+    for (auto& p : pos) p = int64_t(r.below(32768));
+    // [rows, D] (row s*N + n, column h*d + j) <-> [S*H, N, d].
+    auto batch_at = [&](int64_t row, int64_t col) {
+      const int64_t s = row / c.N, n = row % c.N, h = col / c.d;
+      return size_t(((s * c.H + h) * c.N + n) * c.d + col % c.d);
+    };
+    // The CPU reference on a float64 tape.
+    std::vector<float> xq(size_t(rows * D));
+    for (int64_t i = 0; i < rows; ++i) std::copy_n(x.begin() + i * ld, D, xq.begin() + i * D);
+    ag::Tape<double> t;
+    ag::Var xv = t.leaf(mat(xq, rows, D), true), sv = t.leaf(mat(scale, 1, D), true),
+            ov = t.leaf(mat(offset, 1, D), true);
+    ag::Var yv = nn::l2norm_heads(t, ag::silu(t, ag::add_row(t, ag::col_scale(t, xv, sv), ov)), c.H, eps);
+    if (c.width > 0) yv = nn::rope(t, yv, D / c.width, pos, theta);
+    std::vector<double> y_ref(size_t(rows * D)), dy(size_t(rows * D));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) {
+        y_ref[batch_at(i, j)] = t.val(yv).data[size_t(i * D + j)];
+        dy[size_t(i * D + j)] = dyT[batch_at(i, j)];
+      }
+    t.grad(yv) = ag::Mat<double>(rows, D);
+    t.grad(yv).data = dy;
+    t.backward();
+    std::vector<double> dx_ref(dx0.begin(), dx0.end());
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) dx_ref[size_t(i * ld + j)] += t.grad(xv).data[size_t(i * D + j)];
+    // The GPU: fused, then the unfused passes.
+    cuda::DeviceBuffer xd = up(x), sd = up(scale), od = up(offset), dyTd = up(dyT), pd = up(pos);
+    const size_t ND = size_t(rows * D);
+    cuda::DeviceBuffer yTd = nan_buf(ND * 4), nd = nan_buf(size_t(rows * c.H) * 4), dxd = up(dx0),
+                       dzd = nan_buf(ND * 4), dzxd = nan_buf(ND * 4), dx16d = nan_buf(size_t(rows * ld) * 2);
+    auto run_fused = [&] {
+      cuda::mk::qk_prep_forward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), pd.as<int64_t>(), theta,
+                                      c.width, yTd.as<float>(), nd.as<float>(), c.S, c.N, c.H, c.d, eps);
+      cuda::mk::qk_prep_backward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), nd.as<float>(),
+                                       pd.as<int64_t>(), theta, c.width, dyTd.as<float>(), dxd.as<float>(), ld,
+                                       dx16d.as<bf16>(), dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, eps);
+    };
+    run_fused();
+    const auto yT = down<float>(yTd, ND), norm = down<float>(nd, size_t(rows * c.H)),
+               dx = down<float>(dxd, size_t(rows * ld)), dz = down<float>(dzd, ND), dzx = down<float>(dzxd, ND);
+    CHECK_ERR(worst, rel_err(yT, y_ref), kTol, name + " y");
+    CHECK_ERR(worst, rel_err(dx, dx_ref), kTol, name + " dx");
+    // The bf16 copy of the updated dx (the GPU model's dqkv operand): the host's rounding of dx, bit for bit.
+    {
+      const auto dx16 = down<bf16>(dx16d, size_t(rows * ld));
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < D; ++j)
+          ASSERT_EQ(float_to_bf16(dx[size_t(i * ld + j)]).bits, dx16[size_t(i * ld + j)].bits)
+              << name << ": bf16 dx at row " << i << " column " << j;
+    }
+    // dz and dz * x are the offset's and the scale's gradients per row: their column sums.
+    std::vector<double> doffset(size_t(D), 0.0), dscale(size_t(D), 0.0);
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) {
+        doffset[size_t(j)] += dz[size_t(i * D + j)];
+        dscale[size_t(j)] += dzx[size_t(i * D + j)];
+      }
+    std::vector<float> doffset32(doffset.begin(), doffset.end()), dscale32(dscale.begin(), dscale.end());
+    CHECK_ERR(worst, rel_err(doffset32, t.grad(ov).data), kTol, name + " d offset");
+    CHECK_ERR(worst, rel_err(dscale32, t.grad(sv).data), kTol, name + " d scale");
+    // Run to run: the same bits.
+    dxd.upload(dx0.data(), size_t(rows * ld) * 4);
+    run_fused();
+    EXPECT_EQ(0, std::memcmp(yT.data(), down<float>(yTd, ND).data(), ND * 4)) << name << ": y differs run to run";
+    EXPECT_EQ(0, std::memcmp(dx.data(), down<float>(dxd, size_t(rows * ld)).data(), size_t(rows * ld) * 4))
+        << name << ": dx differs run to run";
+    // The unfused passes give the same bits.
+    cuda::DeviceBuffer yh = nan_buf(ND * 4), y2 = nan_buf(ND * 4), n2 = nan_buf(size_t(rows * c.H) * 4),
+                       dyh = nan_buf(ND * 4), dx2 = up(dx0), dz2 = nan_buf(ND * 4), dzx2 = nan_buf(ND * 4);
+    cuda::mk::qk_prep_forward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), yh.as<float>(), n2.as<float>(), rows,
+                              c.H, c.d, eps);
+    if (c.width > 0)
+      cuda::rope_forward(yh.as<float>(), yh.as<float>(), pd.as<int64_t>(), rows, D / c.width, c.width, theta);
+    cuda::mk::heads_to_batch(yh.as<float>(), D, y2.as<float>(), c.S, c.N, c.H, c.d);
+    cuda::mk::batch_to_heads(dyTd.as<float>(), dyh.as<float>(), D, c.S, c.N, c.H, c.d, false);
+    if (c.width > 0)
+      cuda::rope_backward(dyh.as<float>(), dyh.as<float>(), pd.as<int64_t>(), rows, D / c.width, c.width, theta);
+    cuda::mk::qk_prep_backward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), n2.as<float>(), dyh.as<float>(),
+                               dx2.as<float>(), ld, dz2.as<float>(), dzx2.as<float>(), rows, c.H, c.d, eps);
+    auto same = [&](const std::vector<float>& a, const cuda::DeviceBuffer& b, const char* what) {
+      const auto v = down<float>(b, a.size());
+      size_t first = a.size();
+      for (size_t i = 0; i < a.size() && first == a.size(); ++i)
+        if (std::memcmp(&a[i], &v[i], 4) != 0) first = i;
+      EXPECT_EQ(first, a.size()) << name << ": " << what << " differs from the unfused passes, first at " << first
+                                 << " (fused " << (first < a.size() ? a[first] : 0.f) << ", unfused "
+                                 << (first < a.size() ? v[first] : 0.f) << ")";
+    };
+    same(yT, y2, "y");
+    same(norm, n2, "norm");
+    same(dx, dx2, "dx");
+    same(dz, dz2, "dz");
+    same(dzx, dzx2, "dzx");
+    ++worst.cases;
+  }
+}
+
+// ---- the branch sum (mk::gate_heads_add_forward) ---------------------------------------------------------------
+// out = x * gate (per row and head) + addend: against float64 on the host, bit for bit against the two passes it
+// replaces (gate_heads_forward, axpy), and its bf16 form bit for bit against the host's rounding of the fp32 one.
+TEST(CudaKernels, GateHeadsAddMatchesFloat64AndTwoPassBits) {
+  REQUIRE_CUDA();
+  Worst worst{"gate_heads_add"};
+  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{{37, 4, 384}, {5, 3, 7}, {1, 1, 1}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t n = rows * H * d;
+    const std::string name = "gate_heads_add rows" + std::to_string(rows) + " H" + std::to_string(H) + " d" +
+                             std::to_string(d);
+    const std::vector<float> x = normal(r, n, 1.0), gate = normal(r, rows * H, 1.0), addend = normal(r, n, 1.0);
+    std::vector<double> ref(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) ref[size_t(i)] = double(x[size_t(i)]) * gate[size_t(i / d)] + addend[size_t(i)];
+    cuda::DeviceBuffer xd = up(x), gd = up(gate), ad = up(addend), out = nan_buf(size_t(n) * 4),
+                       out16 = nan_buf(size_t(n) * 2), two = nan_buf(size_t(n) * 4);
+    cuda::mk::gate_heads_add_forward(xd.as<float>(), gd.as<float>(), ad.as<float>(), out.as<float>(), rows, H, d);
+    cuda::mk::gate_heads_add_forward(xd.as<float>(), gd.as<float>(), ad.as<float>(), out16.as<bf16>(), rows, H, d);
+    cuda::mk::gate_heads_forward(xd.as<float>(), gd.as<float>(), two.as<float>(), rows, H, d);
+    cuda::mk::axpy(two.as<float>(), ad.as<float>(), 1.0f, n);
+    const auto got = down<float>(out, size_t(n)), want = down<float>(two, size_t(n));
+    const auto got16 = down<bf16>(out16, size_t(n));
+    CHECK_ERR(worst, rel_err(got, ref), kTol, name);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(0, std::memcmp(&got[size_t(i)], &want[size_t(i)], 4))
+          << name << ": differs from gate_heads_forward + axpy at " << i << " (" << got[size_t(i)] << " vs "
+          << want[size_t(i)] << ")";
+      ASSERT_EQ(float_to_bf16(got[size_t(i)]).bits, got16[size_t(i)].bits) << name << ": bf16 output at " << i;
+    }
+    ++worst.cases;
+  }
+}
+
+// ---- gradient scaling (mk::scale, the clipping's pass) -----------------------------------------------------------
+// p *= a: each element the host's float product, bit for bit, at sizes around the kernel's elements per trip.
+TEST(CudaKernels, ScaleMatchesHostBits) {
+  REQUIRE_CUDA();
+  for (const int64_t n : {int64_t(1), int64_t(5), int64_t(1023), int64_t(1) << 20, (int64_t(1) << 22) + 3}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const std::vector<float> x = normal(r, n, 2.0);
+    const float a = float(r.uniform(0.1, 0.9));
+    cuda::DeviceBuffer xd = up(x);
+    cuda::mk::scale(xd.as<float>(), a, n);
+    const auto got = down<float>(xd, size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = x[size_t(i)] * a;
+      ASSERT_EQ(0, std::memcmp(&want, &got[size_t(i)], 4))
+          << "scale n " << n << " (seed " << seed << ") at " << i << ": " << got[size_t(i)] << " vs " << want;
+    }
+  }
+}
+
 // ---- cross-entropy --------------------------------------------------------------------------------------------
 TEST(CudaKernels, CrossEntropyMatchesCpu) {
   REQUIRE_CUDA();
@@ -366,6 +595,16 @@ TEST(CudaKernels, CrossEntropyMatchesCpu) {
                                  dd.as<float>(), ld.as<float>(), c.N, c.V);
     const auto dlg_inplace = down<float>(ld, NV);
     EXPECT_EQ(0, std::memcmp(dlg.data(), dlg_inplace.data(), sizeof(float) * NV)) << name << ": in-place dlogits";
+    // The bf16 gradient in place over the logits (bf16 products): row r's values at the start of its fp32 row, each
+    // the fp32 gradient rounded to nearest even, bit for bit.
+    ld.upload(logits.data(), NV * 4);
+    cuda::cross_entropy_backward_bf16(ld.as<float>(), td.as<int32_t>(), lse.as<float>(), valid.as<int32_t>(),
+                                      dd.as<float>(), c.N, c.V);
+    const auto dl16 = down<bf16>(ld, 2 * NV);
+    for (int64_t i = 0; i < c.N; ++i)
+      for (int64_t j = 0; j < c.V; ++j)
+        ASSERT_EQ(float_to_bf16(dlg[size_t(i * c.V + j)]).bits, dl16[size_t(i * 2 * c.V + j)].bits)
+            << name << ": bf16 dlogits at row " << i << " column " << j;
     ++worst.cases;
   }
 }
@@ -439,6 +678,29 @@ TEST(CudaKernels, AdamWMatchesCpu) {
 // one block with leading dimensions, strided batches into packed or strided destinations) gives the host's
 // round-to-nearest-even (core/dtype.h) bit for bit, ties and infinities included, and writes nothing outside the
 // elements it converts (the destination starts as all-ones bits).
+// The kept bf16 residual stream's two passes: round_store_bf16 (x rounded in place and its bf16 copy stored) and
+// from_bf16 (widened back), against the host's rounding bit for bit, at sizes around the elements per trip.
+TEST(CudaKernels, RoundStoreAndWidenBf16MatchHost) {
+  REQUIRE_CUDA();
+  for (const int64_t n : {int64_t(1), int64_t(7), int64_t(4096) + 5, (int64_t(1) << 22) + 1}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const std::vector<float> x = normal(r, n, 3.0);
+    cuda::DeviceBuffer xd = up(x), hd = nan_buf(size_t(n) * 2), wd = nan_buf(size_t(n) * 4);
+    cuda::mk::round_store_bf16(xd.as<float>(), hd.as<bf16>(), n);
+    cuda::mk::from_bf16(hd.as<bf16>(), wd.as<float>(), n);
+    const auto rounded = down<float>(xd, size_t(n)), widened = down<float>(wd, size_t(n));
+    const auto h = down<bf16>(hd, size_t(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const bf16 want = float_to_bf16(x[size_t(i)]);
+      const float back = bf16_to_float(want);
+      ASSERT_EQ(want.bits, h[size_t(i)].bits) << "n " << n << " (seed " << seed << "): bf16 copy at " << i;
+      ASSERT_EQ(0, std::memcmp(&back, &rounded[size_t(i)], 4)) << "n " << n << ": x rounded in place at " << i;
+      ASSERT_EQ(0, std::memcmp(&back, &widened[size_t(i)], 4)) << "n " << n << ": widened at " << i;
+    }
+  }
+}
+
 TEST(CudaKernels, ToBf16MatchesHostRounding) {
   REQUIRE_CUDA();
   const uint64_t seed = fresh_seed();
@@ -545,6 +807,160 @@ TEST(CudaKernels, LayoutCopiesMatchHost) {
             x_want[size_t((s * N + i) * ld + h * d + j)] += y_want[size_t(((s * H + h) * N + i) * d + j)];
     cuda::mk::batch_to_heads(yd.as<float>(), xd.as<float>(), ld, S, N, H, d, /*accumulate=*/true);
     EXPECT_TRUE(bits_equal(down<float>(xd, x_want.size()), x_want)) << "batch_to_heads, accumulate";
+  }
+}
+
+// ---- issue 12's fused passes at the 760m shape: times (nothing asserted on them) --------------------------------
+// T = 32768 rows, D = 1536, memory heads 4 x 384 (RoPE per memory head), F = 4608, V = 32000. Each fused call against
+// the passes it replaced in the GPU model, median of 5 CUDA-event timings, with the bytes each moves at that time.
+// Their bits are checked by the tests above; this one prints what one call costs.
+TEST(CudaKernels, FusedPassesShape760mTimes) {
+  REQUIRE_CUDA();
+  const int64_t T = 32768, D = 1536, H = 4, d = 384, V = 32000, TD = T * D;
+  const uint64_t seed = fresh_seed();
+  auto median_ms = [](const std::function<void()>& f) {
+    f();
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(f));
+    std::sort(t.begin(), t.end());
+    return t[2];
+  };
+  auto report = [](const char* what, double fused_ms, double fused_bytes, double old_ms) {
+    std::printf("[fused 760m] %-34s fused %7.3f ms (%5.2f TB/s of %6.3f GB)  replaced passes %7.3f ms  saved %7.3f ms\n",
+                what, fused_ms, fused_bytes / fused_ms * 1e-9, fused_bytes * 1e-9, old_ms, old_ms - fused_ms);
+  };
+  cuda::DeviceBuffer qkv(size_t(T * 3 * D) * 4), dqkv(size_t(T * 3 * D) * 4), sc(size_t(D) * 4), of(size_t(D) * 4),
+      yT(size_t(TD) * 4), yh(size_t(TD) * 4), nrm(size_t(T * H) * 4), dz(size_t(TD) * 4), dzx(size_t(TD) * 4),
+      g16(size_t(T * 3 * D) * 2), posd(size_t(T) * 8);
+  qkv.fill_random<float>(T * 3 * D, seed, 0, 1.0, true);
+  dqkv.fill_random<float>(T * 3 * D, seed + 1, 0, 1.0, true);
+  sc.fill_random<float>(D, seed + 2, 0.5, 1.5, false);
+  of.fill_random<float>(D, seed + 3, 0, 0.3, true);
+  yT.fill_random<float>(TD, seed + 4, 0, 1.0, true);
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  for (int64_t i = 0; i < T; ++i) pos[size_t(i)] = i;
+  posd.upload(pos.data(), pos.size() * 8);
+  const float* q = qkv.as<float>();
+  const int64_t* p = posd.as<int64_t>();
+  {  // q/k preparation forward: one fused pass against prep, RoPE in place, heads_to_batch.
+    const double fused = median_ms([&] {
+      cuda::mk::qk_prep_forward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), p, 1e6, d, yT.as<float>(),
+                                      nrm.as<float>(), 1, T, H, d, 1e-5);
+    });
+    const double old = median_ms([&] {
+      cuda::mk::qk_prep_forward(q, 3 * D, sc.as<float>(), of.as<float>(), yh.as<float>(), nrm.as<float>(), T, H, d,
+                                1e-5);
+      cuda::rope_forward(yh.as<float>(), yh.as<float>(), p, T, H, d, 1e6);
+      cuda::mk::heads_to_batch(yh.as<float>(), D, yT.as<float>(), 1, T, H, d);
+    });
+    report("q/k preparation forward", fused, 8.0 * TD, old);
+  }
+  {  // Its backward: one fused pass against batch_to_heads, RoPE's adjoint in place, the prep's adjoint.
+    const double fused = median_ms([&] {
+      cuda::mk::qk_prep_backward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), nrm.as<float>(), p, 1e6, d,
+                                       yT.as<float>(), dqkv.as<float>(), 3 * D, g16.as<bf16>(), dz.as<float>(),
+                                       dzx.as<float>(), 1, T, H, d, 1e-5);
+    });
+    const double old = median_ms([&] {
+      cuda::mk::batch_to_heads(yT.as<float>(), yh.as<float>(), D, 1, T, H, d, false);
+      cuda::rope_backward(yh.as<float>(), yh.as<float>(), p, T, H, d, 1e6);
+      cuda::mk::qk_prep_backward(q, 3 * D, sc.as<float>(), of.as<float>(), nrm.as<float>(), yh.as<float>(),
+                                 dqkv.as<float>(), 3 * D, dz.as<float>(), dzx.as<float>(), T, H, d, 1e-5);
+    });
+    report("q/k preparation backward", fused, 26.0 * TD, old);
+  }
+  {  // The branch sum in bf16: one pass against gate, axpy, conversion.
+    cuda::DeviceBuffer gate(size_t(T * H) * 4), attn(size_t(TD) * 4), sum(size_t(TD) * 4), sum16(size_t(TD) * 2);
+    gate.fill_random<float>(T * H, seed + 5, 0, 1.0, true);
+    attn.fill_random<float>(TD, seed + 6, 0, 1.0, true);
+    const double fused = median_ms([&] {
+      cuda::mk::gate_heads_add_forward(yh.as<float>(), gate.as<float>(), attn.as<float>(), sum16.as<bf16>(), T, H, d);
+    });
+    const double old = median_ms([&] {
+      cuda::mk::gate_heads_forward(yh.as<float>(), gate.as<float>(), sum.as<float>(), T, H, d);
+      cuda::mk::axpy(sum.as<float>(), attn.as<float>(), 1.0f, TD);
+      cuda::mk::to_bf16(sum.as<float>(), D, sum16.as<bf16>(), D, T, D);
+    });
+    report("branch sum (bf16)", fused, 10.0 * TD, old);
+  }
+  {  // The RMSNorm backward adding the residual with its bf16 copy, against norm, copy, axpy, conversion.
+    cuda::DeviceBuffer x(size_t(TD) * 4), w(size_t(D) * 4), rinv(size_t(T) * 4), dy(size_t(TD) * 4),
+        res(size_t(TD) * 4), dx(size_t(TD) * 4), tmp(size_t(TD) * 4), dw(size_t(D) * 4),
+        work(cuda::rms_norm_backward_workspace(T, D));
+    x.fill_random<float>(TD, seed + 7, 0, 1.0, true);
+    w.fill_random<float>(D, seed + 8, 0.5, 1.5, false);
+    dy.fill_random<float>(TD, seed + 9, 0, 1.0, true);
+    res.fill_random<float>(TD, seed + 10, 0, 1.0, true);
+    cuda::rms_norm_forward(x.as<float>(), w.as<float>(), yh.as<float>(), rinv.as<float>(), T, D, D, 1e-6);
+    const double fused = median_ms([&] {
+      cuda::rms_norm_backward_add(x.as<float>(), w.as<float>(), rinv.as<float>(), dy.as<float>(), res.as<float>(),
+                                  dx.as<float>(), g16.as<bf16>(), dw.as<float>(), work.as<void>(), T, D, D);
+    });
+    const double old = median_ms([&] {
+      cuda::rms_norm_backward(x.as<float>(), w.as<float>(), rinv.as<float>(), dy.as<float>(), tmp.as<float>(),
+                              dw.as<float>(), work.as<void>(), T, D, D);
+      cuda::mk::copy2d(res.as<float>(), D, dx.as<float>(), D, T, D);
+      cuda::mk::axpy(dx.as<float>(), tmp.as<float>(), 1.0f, TD);
+      cuda::mk::to_bf16(dx.as<float>(), g16.as<bf16>(), TD);
+    });
+    report("RMSNorm backward + residual + bf16", fused, 26.0 * TD, old);
+  }
+  {  // The LM head's gradient: the bf16 one in place, against the fp32 one and Blas's two conversions of it.
+    const size_t TV = size_t(T * V);
+    cuda::DeviceBuffer logits(TV * 4), lse(size_t(T) * 4), loss(4), valid(4), tgt(size_t(T) * 4), g16v(TV * 2);
+    std::vector<int32_t> targets(static_cast<size_t>(T));
+    Rng r(seed + 11);
+    for (auto& y : targets) y = int32_t(r.below(uint64_t(V)));
+    tgt.upload(targets.data(), targets.size() * 4);
+    auto refill = [&] { logits.fill_random<float>(int64_t(TV), seed + 12, 0, 2.0, true); };
+    refill();
+    const double fwd = median_ms([&] {
+      cuda::cross_entropy_forward(logits.as<float>(), tgt.as<int32_t>(), lse.as<float>(), nullptr, loss.as<float>(),
+                                  valid.as<int32_t>(), T, V);
+    });
+    std::printf("[fused 760m] %-34s %7.3f ms (%5.2f TB/s for two reads of %.3f GB)\n", "cross-entropy forward", fwd,
+                2.0 * 4 * double(TV) / fwd * 1e-9, 4 * double(TV) * 1e-9);
+    // Each timed call overwrites the logits: time one call per fresh fill, fill outside the timing.
+    std::vector<double> tf, to;
+    for (int i = 0; i < 3; ++i) {
+      refill();
+      tf.push_back(cuda::elapsed_ms([&] {
+        cuda::cross_entropy_backward_bf16(logits.as<float>(), tgt.as<int32_t>(), lse.as<float>(), valid.as<int32_t>(),
+                                          nullptr, T, V);
+      }));
+      refill();
+      to.push_back(cuda::elapsed_ms([&] {
+        cuda::cross_entropy_backward(logits.as<float>(), tgt.as<int32_t>(), lse.as<float>(), valid.as<int32_t>(),
+                                     nullptr, logits.as<float>(), T, V);
+        for (int k = 0; k < 2; ++k) cuda::mk::to_bf16(logits.as<float>(), g16v.as<bf16>(), int64_t(TV));
+      }));
+    }
+    std::sort(tf.begin(), tf.end());
+    std::sort(to.begin(), to.end());
+    report("cross-entropy backward (bf16)", tf[1], 6.0 * double(TV), to[1]);
+  }
+  {  // AdamW over the embedding's 49M parameters (one of the step's launches), and the clipping's scale.
+    const int64_t n = V * D;
+    cuda::DeviceBuffer pp(size_t(n) * 4), gg(size_t(n) * 4), mm(size_t(n) * 4), vv(size_t(n) * 4);
+    pp.fill_random<float>(n, seed + 13, 0, 1.0, true);
+    gg.fill_random<float>(n, seed + 14, 0, 1.0, true);
+    mm.fill_zero();
+    vv.fill_zero();
+    cuda::AdamWParams a;
+    a.lr = 1e-4;
+    a.beta1 = 0.9;
+    a.beta2 = 0.95;
+    a.eps = 1e-8;
+    a.weight_decay = 0.1;
+    a.step = 1;
+    a.decay = true;
+    const double adam = median_ms([&] {
+      cuda::adamw_step(pp.as<float>(), gg.as<float>(), mm.as<float>(), vv.as<float>(), nullptr, n, a);
+    });
+    const double scale = median_ms([&] { cuda::mk::scale(gg.as<float>(), 0.999f, n); });
+    std::printf("[fused 760m] %-34s %7.3f ms (%5.2f TB/s of %.3f GB); scale %.3f ms (%5.2f TB/s)\n",
+                "AdamW, 49M parameters", adam, 28.0 * double(n) / adam * 1e-9, 28.0 * double(n) * 1e-9, scale,
+                8.0 * double(n) / scale * 1e-9);
   }
 }
 

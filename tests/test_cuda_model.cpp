@@ -316,8 +316,8 @@ TEST(CudaModel, Bf16AndTf32ProductsWithin2e2) {
   check_against_cpu(tnt, "tnt", cuda::MathMode::BF16, 2e-2);
 }
 
-// bf16 activations store the kept residual stream ((L + 1) rows x D) and the product-operand activations h, h2
-// (rows x D) and the SwiGLU output (rows x F) in 2 bytes instead of 4; they add a bf16 copy of the branch sum
+// bf16 activations store the kept residual stream ((L + 1) rows x D) and the product-operand activations h, h2, the
+// final norm's output hf (rows x D) and the SwiGLU output (rows x F) in 2 bytes instead of 4; they add a bf16 copy of the branch sum
 // (rows x D; its fp32 array stays, as element-wise work space) and two fp32 rows x D arrays (the widened layer
 // input and the layer output). The device memory of a training step differs by exactly that.
 TEST(CudaModel, Bf16ActivationsHalveTheStoredActivations) {
@@ -341,9 +341,9 @@ TEST(CudaModel, Bf16ActivationsHalveTheStoredActivations) {
   double loss32 = 0, loss16 = 0;
   const int64_t with_fp32 = step_bytes(false, &loss32), with_bf16 = step_bytes(true, &loss16);
   const int64_t R = 2 * cfg.seq_len, D = cfg.dim, F = cfg.mlp_hidden_dim(), L = cfg.n_layers;
-  // The residual stream and h, h2, sum, mm in bf16 (the bf16 copy of sum and the fp32 xin/xout are extra); in
-  // the backward SwiGLU's input gradients in bf16, plus the once-rounded gradient operand (rows x 3D bf16).
-  const int64_t expected = (L + 1) * R * D * 2 + (2 * D + F) * R * 2 - R * D * 2 - 2 * R * D * 4 + 2 * R * F * 2 -
+  // The residual stream and h, h2, sum, mm, hf in bf16 (the bf16 copy of sum and the fp32 xin/xout are extra); in
+  // the backward SwiGLU's input gradients in bf16, plus the gradient operands' bf16 copy (rows x 3D bf16).
+  const int64_t expected = (L + 1) * R * D * 2 + (3 * D + F) * R * 2 - R * D * 2 - 2 * R * D * 4 + 2 * R * F * 2 -
                            3 * R * D * 2;
   EXPECT_EQ(with_fp32 - with_bf16, expected) << "device bytes: fp32 activations " << with_fp32 << ", bf16 " << with_bf16;
   // Both are the same model: the losses agree to bf16 rounding, and differ (the residual stream is rounded).

@@ -152,6 +152,15 @@ TEST(MemoryBudgetGpu, TntRunnerOfTheMeasuredCaseByHand) {
                    local_bytes + global_bytes + 2 * 4 * 4 * BTd);
 }
 
+// Tracked bytes the GPU model stopped allocating after the measurements below were taken (issue 12: the q/k
+// preparation fused with RoPE and the layout, the RMSNorm backward adding the residual, the memory output's norm
+// in the operator's layout): the work buffers qh, kh, dqh, dkh, tmpD and o (4 bytes x rows x D each), and with bf16
+// activations the head's hf stored in bf16 (2 bytes fewer per element). They were allocated for the whole step, so
+// the tracked peak falls by exactly these bytes; the next measurement replaces the constants and this correction.
+static double dropped_since_measured(int64_t rows, int64_t D, bool bf16_activations) {
+  return 6.0 * 4 * double(rows) * double(D) + (bf16_activations ? 2.0 * double(rows) * double(D) : 0.0);
+}
+
 // The measured case: `ttt bench step --device cuda --config bench/configs/tnt87m_l8.json --seq-len 131072 --batch 1`
 // (its defaults: fp32 products and activations, --recompute save-attention) held a tracked peak of 41.3 GB on an
 // H200; the estimate must be above it and close. The estimates of the other cases (bf16; two context-parallel
@@ -171,8 +180,9 @@ TEST(MemoryBudgetGpu, MeasuredTntCaseIsBounded) {
                     bf16 ? "bf16" : "fp32", e.peak() / 1e9);
         for (const train::MemoryTerm& t : e.peak_terms()) std::printf("  %8.3f GB  %s\n", t.bytes / 1e9, t.what.c_str());
         if (T == 131072 && cp == 1 && !bf16) {  // 41.3 GB as reported: between 41.25 and 41.35
-          EXPECT_GE(e.peak(), 41.25e9);
-          EXPECT_LE(e.peak(), 1.05 * 41.35e9);
+          const double dropped = dropped_since_measured(T, cfg.dim, false);
+          EXPECT_GE(e.peak(), 41.25e9 - dropped);
+          EXPECT_LE(e.peak(), 1.05 * (41.35e9 - dropped));
         }
       }
 }
@@ -184,10 +194,11 @@ TEST(MemoryBudgetGpu, MeasuredLactCasesAreBounded) {
   for (const auto& [level, measured] : {std::pair{backend::Recompute::SaveAttention, 37.49e9},
                                         std::pair{backend::Recompute::None, 130.04e9}}) {
     const double estimate = train::estimate_memory(cfg, step_request(1, cfg.seq_len, level)).peak();
-    std::printf("760m --recompute %s: estimate %.3f GB, measured %.2f GB\n", backend::recompute_name(level),
-                estimate / 1e9, measured / 1e9);
-    EXPECT_GE(estimate, measured - 0.005e9);
-    EXPECT_LE(estimate, 1.05 * measured);
+    const double now = measured - dropped_since_measured(cfg.seq_len, cfg.dim, true);
+    std::printf("760m --recompute %s: estimate %.3f GB, measured %.2f GB (%.3f GB with the buffers dropped since)\n",
+                backend::recompute_name(level), estimate / 1e9, measured / 1e9, now / 1e9);
+    EXPECT_GE(estimate, now - 0.005e9);
+    EXPECT_LE(estimate, 1.05 * now);
   }
 }
 

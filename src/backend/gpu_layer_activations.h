@@ -99,7 +99,7 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(vT, float, rows * D)                                                                                          \
   X(lrT, float, 3 * BHN)              /* LaCT rates, one [S*H, N] block per matrix */                             \
   X(momT, float, BHN)                                                                                             \
-  X(o, float, rows * D)               /* memory output */                                                         \
+  X(oT, float, rows * D)              /* memory operator output [S*H, N, d] (its norm reads it in that layout) */ \
   X(normed, float, rows * D)          /* per-head RMSNorm of o */                                                 \
   X(rinvo, float, rows * H)                                                                                       \
   X(zs, float, rows * H)              /* output gate pre-activation */                                            \
@@ -122,8 +122,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 // entries its backward reads (TTT_GPU_LAYER_KEPT: with --recompute none every layer but the last keeps its own) and
 // the forward's scratch; then its gradients, the context-parallel exchanges' buffers and the head's.
 #define TTT_GPU_LAYER_SCRATCH(X)                                                                                   \
-  X(qh, float, rows * D)              /* memory queries (prepared, RoPE) */                                       \
-  X(kh, float, rows * D)              /* memory keys */                                                           \
   X(vm, float, rows * D)              /* silu(v) (v_silu) */                                                      \
   X(rates, float, rows * G)           /* the gates' activations, before their per sequence-head copies */         \
   X(mom, float, rows * G)                                                                                         \
@@ -133,7 +131,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(w2b, float, W)                                                                                                \
   X(w0f, float, H * dh * d)           /* low-rank w0 resolved (A B + 0.5 I) */                                    \
   X(w2f, float, H * dh * d)                                                                                       \
-  X(oT, float, rows * D)              /* operator output */                                                       \
   X(sum_work, float, act16 * rows * D) /* bf16 activations: the fp32 sum before its bf16 copy */                  \
   X(xin, float, act16 * rows * D)     /* the layer input widened from the kept bf16 residual stream */            \
   X(xout, float, act16 * rows * D)    /* the layer output before it is rounded into the kept stream */
@@ -141,17 +138,16 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 #define TTT_GPU_LAYER_GRADIENTS(X)                                                                                 \
   X(dx, float, rows * D)              /* d(layer output) in, d(layer input) out */                                \
   X(dxm, float, rows * D)             /* d xmid */                                                                \
-  X(tmpD, float, rows * D)            /* an RMSNorm's dx */                                                       \
   X(dmm, float, rows * F)                                                                                         \
   X(dga, float, act32 * rows * F)     /* SwiGLU's input gradients: product operands only, so in bf16 with */      \
   X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
   X(dga_bf16, bf16, act16 * rows * F)                                                                             \
   X(dup_bf16, bf16, act16 * rows * F)                                                                             \
-  X(gop16, bf16, act16 * rows * 3 * D) /* a gradient operand of two products (dx, dxm, dqkv), rounded once */     \
+  X(gop16, bf16, act16 * rows * 3 * D) /* dx, dxm or dqkv rounded: their kernels write it, two products read it */\
   X(dh2, float, rows * D)                                                                                         \
   X(dsum, float, rows * D)                                                                                        \
   X(dnormed, float, arows * D)                                                                                    \
-  X(dO, float, arows * D)                                                                                         \
+  X(dO, float, arows * D)             /* context parallel: the attention's dq over the halo rows */               \
   X(doT, float, rows * D)                                                                                         \
   X(dgate, float, rows * H)                                                                                       \
   X(dzs, float, rows * H)                                                                                         \
@@ -168,8 +164,6 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(galT, float, M * BHN)                                                                                         \
   X(gtw1b, float, M * W)                                                                                          \
   X(gtw2b, float, M * W)                                                                                          \
-  X(dqh, float, rows * D)                                                                                         \
-  X(dkh, float, rows * D)                                                                                         \
   X(dvm, float, rows * D)                                                                                         \
   X(drates, float, rows * G)                                                                                      \
   X(dzlr, float, rows * G)            /* d of a gate's pre-activation (each gate in turn) */                      \
@@ -202,8 +196,9 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
   X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */
 
 #define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
-  X(logits, float, rows * V)          /* and, in place, their gradient */                                         \
-  X(hf, float, rows * D)              /* final RMSNorm */                                                         \
+  X(logits, float, rows * V)          /* and, in place, their gradient (fp32, or bf16 with bf16 products) */      \
+  X(hf, float, act32 * rows * D)      /* final RMSNorm: a product operand, fp32 or bf16 like the layers' */       \
+  X(hf_bf16, bf16, act16 * rows * D)                                                                              \
   X(rinvf, float, rows)                                                                                           \
   X(row_loss, float, rows)                                                                                        \
   X(lse_ce, float, rows)              /* cross-entropy log-sum-exp */

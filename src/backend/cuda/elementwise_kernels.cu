@@ -20,7 +20,10 @@ __global__ void k_axpy(float* __restrict__ y, const float* __restrict__ x, float
   const float* in[2] = {x, y};
   ilp_for_each(n, in, [&](int64_t i, const float(&v)[2]) { y[i] = v[1] + a * v[0]; });
 }
-__global__ void k_scale(float* p, float a, int64_t n) { GRID_STRIDE(i, n) p[i] *= a; }
+__global__ void k_scale(float* p, float a, int64_t n) {
+  const float* in[1] = {p};
+  ilp_for_each(n, in, [&](int64_t i, const float(&v)[1]) { p[i] = v[0] * a; });
+}
 __global__ void k_zero_where_masked(float* p, const uint8_t* mask, int64_t n) {
   GRID_STRIDE(i, n) if (!mask[i]) p[i] = 0.0f;
 }
@@ -79,7 +82,7 @@ void axpy(float* y, const float* x, float a, int64_t n) {
 }
 void scale(float* p, float a, int64_t n) {
   if (n <= 0) return;
-  k_scale<<<grid_for(n), kThreads>>>(p, a, n);
+  k_scale<<<grid_ilp(n), kThreads>>>(p, a, n);
   TTT_LAUNCH_CHECK("scale");
 }
 void zero_where_masked(float* p, const uint8_t* mask, int64_t n) {

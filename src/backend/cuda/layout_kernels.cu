@@ -169,15 +169,26 @@ __global__ void k_embedding_bwd(const float* dout, const int32_t* order, const i
   }
 }
 
-__global__ void k_from_bf16(const __nv_bfloat16* src, float* dst, int64_t n) {
-  GRID_STRIDE(i, n) dst[i] = __bfloat162float(src[i]);
+// Both with kIlp elements per thread and trip, loaded before any is stored (kernel_util.cuh; ncu had the
+// one-element forms at 1.7 and 2.6 TB/s, 2026-11-30).
+__global__ void k_from_bf16(const __nv_bfloat16* __restrict__ src, float* __restrict__ dst, int64_t n) {
+  ILP_STRIDE(base, n) {
+    __nv_bfloat16 h[kIlp];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t)
+      if (ILP_INDEX(base, t) < n) h[t] = src[ILP_INDEX(base, t)];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t)
+      if (ILP_INDEX(base, t) < n) dst[ILP_INDEX(base, t)] = __bfloat162float(h[t]);
+  }
 }
-__global__ void k_round_store_bf16(float* x, __nv_bfloat16* dst, int64_t n) {
-  GRID_STRIDE(i, n) {
-    const __nv_bfloat16 h = __float2bfloat16(x[i]);
+__global__ void k_round_store_bf16(float* x, __nv_bfloat16* __restrict__ dst, int64_t n) {
+  const float* in[1] = {x};
+  ilp_for_each(n, in, [&](int64_t i, const float(&v)[1]) {
+    const __nv_bfloat16 h = __float2bfloat16(v[0]);
     dst[i] = h;
     x[i] = __bfloat162float(h);
-  }
+  });
 }
 
 }  // namespace
@@ -249,12 +260,12 @@ void to_bf16(const float* src, int64_t lds, int64_t src_stride, bf16* dst, int64
 }
 void from_bf16(const bf16* src, float* dst, int64_t n) {
   if (n <= 0) return;
-  k_from_bf16<<<grid_for(n), kThreads>>>(reinterpret_cast<const __nv_bfloat16*>(src), dst, n);
+  k_from_bf16<<<grid_ilp(n), kThreads>>>(reinterpret_cast<const __nv_bfloat16*>(src), dst, n);
   TTT_LAUNCH_CHECK("from_bf16");
 }
 void round_store_bf16(float* x, bf16* dst, int64_t n) {
   if (n <= 0) return;
-  k_round_store_bf16<<<grid_for(n), kThreads>>>(x, reinterpret_cast<__nv_bfloat16*>(dst), n);
+  k_round_store_bf16<<<grid_ilp(n), kThreads>>>(x, reinterpret_cast<__nv_bfloat16*>(dst), n);
   TTT_LAUNCH_CHECK("round_store_bf16");
 }
 

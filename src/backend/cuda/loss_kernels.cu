@@ -3,6 +3,7 @@
 // memory), so results are deterministic. Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/loss_kernels.h"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -70,11 +71,28 @@ __global__ void k_cross_entropy_fwd_rows(const float* __restrict__ logits, const
     }
     return;
   }
+  // Each thread's columns j = threadIdx.x + k blockDim.x in order, kRowIlp loaded before any is used (more bytes in
+  // flight; the sum's order, hence its bits, is that of the one-at-a-time loop).
+  constexpr int kRowIlp = 8;
+  const int64_t step = blockDim.x;
   float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+  for (int64_t j0 = threadIdx.x; j0 < V; j0 += kRowIlp * step) {
+    float v[kRowIlp];
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u) v[u] = j0 + u * step < V ? x[j0 + u * step] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u) mx = fmaxf(mx, v[u]);
+  }
   mx = block_max(mx);
   double s = 0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += double(expf(x[j] - mx));
+  for (int64_t j0 = threadIdx.x; j0 < V; j0 += kRowIlp * step) {
+    float v[kRowIlp];
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u) v[u] = j0 + u * step < V ? x[j0 + u * step] : 0.f;
+#pragma unroll
+    for (int u = 0; u < kRowIlp; ++u)
+      if (j0 + u * step < V) s += double(expf(v[u] - mx));
+  }
   s = block_sum(s);
   if (threadIdx.x == 0) {
     const double ls = double(mx) + log(s);
@@ -100,6 +118,17 @@ __global__ void k_cross_entropy_fwd_mean(const float* __restrict__ logits, const
     *valid = int32_t(cnt);
   }
 }
+// The gradient of logit x in column j of a row with target t and log-sum-exp l, c = dloss / valid: written once for
+// both backward kernels (the expression the fp32 kernel always had, inlined the same way into each), so the bf16
+// gradient is the fp32 one rounded.
+__device__ __forceinline__ float cross_entropy_grad(float x, int64_t j, int32_t t, float l, float c, int32_t cnt) {
+  float g = 0.f;
+  if (t >= 0 && cnt > 0) {
+    g = c * expf(x - l);
+    if (j == t) g -= c;
+  }
+  return g;
+}
 // logits and dlogits may be the same array (each element is read, then written, by one thread): no __restrict__.
 __global__ void k_cross_entropy_bwd(const float* logits, const int32_t* __restrict__ targets,
                                     const float* __restrict__ lse, const int32_t* __restrict__ valid,
@@ -108,13 +137,36 @@ __global__ void k_cross_entropy_bwd(const float* logits, const int32_t* __restri
   const float c = cnt > 0 ? (dloss ? *dloss : 1.f) / float(cnt) : 0.f;
   GRID_STRIDE(e, N * V) {
     const int64_t r = e / V, j = e % V;
-    const int32_t t = targets[r];
-    float g = 0.f;
-    if (t >= 0 && cnt > 0) {
-      g = c * expf(logits[e] - lse[r]);
-      if (j == t) g -= c;
+    dlogits[e] = cross_entropy_grad(logits[e], j, targets[r], lse[r], c, cnt);
+  }
+}
+// Block per row, in chunks of blockDim.x * kIlp columns: a chunk is read (fp32), then, after the block's barrier,
+// its gradient is written in bf16 over the row's own first bytes (bf16 column j at byte 2j of the row). What a
+// chunk writes covers only fp32 columns of it and of the chunks before (byte 2j < 4j'), all read already, so the
+// gradient replaces the logits in place: [N, V] bf16 with leading dimension 2V.
+__global__ void k_cross_entropy_bwd_bf16(float* logits, const int32_t* __restrict__ targets,
+                                         const float* __restrict__ lse, const int32_t* __restrict__ valid,
+                                         const float* __restrict__ dloss, int64_t V) {
+  const int32_t cnt = *valid;
+  const float c = cnt > 0 ? (dloss ? *dloss : 1.f) / float(cnt) : 0.f;
+  const int64_t r = blockIdx.x;
+  const int32_t t = targets[r];
+  const float l = lse[r];
+  float* row = logits + r * V;
+  __nv_bfloat16* out = reinterpret_cast<__nv_bfloat16*>(row);
+  for (int64_t base = threadIdx.x; base - threadIdx.x < V; base += int64_t(kIlp) * blockDim.x) {
+    float x[kIlp];
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) {
+      const int64_t j = base + int64_t(u) * blockDim.x;
+      x[u] = j < V ? row[j] : 0.f;
     }
-    dlogits[e] = g;
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) {
+      const int64_t j = base + int64_t(u) * blockDim.x;
+      if (j < V) out[j] = __float2bfloat16_rn(cross_entropy_grad(x[u], j, t, l, c, cnt));
+    }
   }
 }
 
@@ -140,6 +192,19 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, const f
   k_cross_entropy_bwd<<<grid_for(N * V), kThreads, 0, as_stream(stream)>>>(logits, targets, lse, valid, dloss,
                                                                            dlogits, N, V);
   TTT_LAUNCH_CHECK("cross_entropy_backward");
+}
+
+}  // namespace ttt::cuda
+
+namespace ttt::cuda {
+
+void cross_entropy_backward_bf16(float* logits, const int32_t* targets, const float* lse, const int32_t* valid,
+                                 const float* dloss, int64_t N, int64_t V, void* stream) {
+  TTT_CHECK(N >= 0 && V > 0, "cross_entropy_backward_bf16: logits [" << N << "," << V << "]");
+  if (N == 0) return;
+  TTT_CHECK(N < (int64_t(1) << 31), "cross_entropy_backward_bf16: " << N << " rows");
+  k_cross_entropy_bwd_bf16<<<unsigned(N), kThreads, 0, as_stream(stream)>>>(logits, targets, lse, valid, dloss, V);
+  TTT_LAUNCH_CHECK("cross_entropy_backward_bf16");
 }
 
 }  // namespace ttt::cuda

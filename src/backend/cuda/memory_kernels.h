@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace ttt::cuda::mk {
 
 // Memory-branch query/key preparation per (row, head): z = x * scale + offset (per channel), a = silu(z),
@@ -17,9 +19,30 @@ void qk_prep_forward(const float* x, int64_t ldx, const float* scale, const floa
 void qk_prep_backward(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
                       const float* dy, float* dx, int64_t lddx, float* dz, float* dzx, int64_t rows, int64_t H,
                       int64_t d, double eps);
+// The two above fused with what the GPU model does next, for rows of S sequences of N tokens (rows = S*N): the
+// forward's y gets RoPE (rope_width > 0: at positions pos[row], over heads of rope_width channels of the row's
+// H*d; 0: none) and is written in the memory operators' per sequence-head layout yT [S*H, N, d] (heads_to_batch);
+// the backward reads d(yT) in that layout and undoes RoPE before the adjoint, and (dx16 not null) writes the updated
+// dx rounded to bf16 at the same place of dx16 (leading dimension lddx too). Same bits as qk_prep_forward,
+// rope_forward, heads_to_batch (and batch_to_heads, rope_backward, qk_prep_backward) in turn, in one pass over
+// the rows. Needs rope_width even and dividing H*d, and H*d <= 12288.
+void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const int64_t* pos,
+                           double theta, int64_t rope_width, float* yT, float* norm, int64_t S, int64_t N, int64_t H,
+                           int64_t d, double eps);
+void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
+                            const int64_t* pos, double theta, int64_t rope_width, const float* dyT, float* dx,
+                            int64_t lddx, bf16* dx16, float* dz, float* dzx, int64_t S, int64_t N, int64_t H,
+                            int64_t d, double eps);
 
 // out[r, h*d + j] = x[r, h*d + j] * gate[r, h].  Backward: dx = dout * gate, dgate[r, h] = sum_j dout * x.
 void gate_heads_forward(const float* x, const float* gate, float* out, int64_t rows, int64_t H, int64_t d);
+// out[r, h*d + j] = x[r, h*d + j] * gate[r, h] + addend[r, h*d + j] (the product rounded first: the bits of
+// gate_heads_forward then axpy), stored in fp32 or rounded to bf16 (nearest even): one pass for the GPU model's
+// branch sum and its bf16 product operand.
+void gate_heads_add_forward(const float* x, const float* gate, const float* addend, float* out, int64_t rows,
+                            int64_t H, int64_t d);
+void gate_heads_add_forward(const float* x, const float* gate, const float* addend, bf16* out, int64_t rows,
+                            int64_t H, int64_t d);
 void gate_heads_backward(const float* x, const float* gate, const float* dout, float* dx, float* dgate,
                          int64_t rows, int64_t H, int64_t d);
 

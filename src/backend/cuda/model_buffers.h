@@ -48,7 +48,8 @@ struct DeviceArray {
 // layout, W = S*H*dh*d (one fast-weight matrix per sequence-head), G = max(3, M)*H gate columns, attn_work floats
 // of the attention backward's workspace, act16 / act32 = 1 when activations are stored in bf16 / fp32 (else 0: the
 // buffer is not allocated). Names ending in T are in the per sequence-head layout [S*H, N, .] of the operators;
-// a "d" prefix is a gradient (dO: of the memory output o), a "g" prefix the memory operator's gradient output.
+// a "d" prefix is a gradient (dnormed: of the memory output's norm), a "g" prefix the memory operator's gradient
+// output.
 //
 // The tables of the training buffers (TTT_GPU_LAYER_KEPT, _SCRATCH, _GRADIENTS, _CONTEXT_BUFFERS, _HEAD_BUFFERS)
 // are in backend/gpu_layer_activations.h, device-neutral code, so that the memory estimate sizes them too.

@@ -40,6 +40,8 @@ bool gpu_supports(const ModelConfig& cfg, std::string* why) {
     return false;
   };
   if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
+  // The fused q/k preparation (mk::qk_prep_forward_fused) stages a row of D floats per warp in shared memory.
+  if (cfg.dim > 12288) return no("dim " + std::to_string(cfg.dim) + " > 12288");
   if (cfg.arch == model::Arch::Lact) {
     if (cfg.memory != engine::Family::SwiGLU) return no("LaCT needs memory \"swiglu\"");
     return true;
@@ -219,12 +221,11 @@ struct GpuModel::Impl {
 
   // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
   Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
-  // A contiguous fp32 gradient that is the operand of two products: with bf16 activations rounded once into
-  // grad.gop16 (the bits Blas would round it to in each product), else itself. Valid until the next call.
-  Operand rounded_once(const float* g, int64_t n) {
-    if (!act16) return Operand(g);
-    mk::to_bf16(g, grad.gop16, n);
-    return Operand(static_cast<const bf16*>(grad.gop16));
+  // A gradient that is the operand of two products (dx, dxm, dqkv): with bf16 activations its bf16 copy in
+  // grad.gop16, which the kernel that finishes the gradient writes beside it (the bits Blas would round it to in each
+  // product), else the fp32 gradient.
+  Operand gradient_operand(const float* g) const {
+    return act16 ? Operand(static_cast<const bf16*>(grad.gop16)) : Operand(g);
   }
 
   // The weight [D] of the memory output's per-head RMSNorm: the layer's own, or with ttt_norm_shared (one [d]
@@ -236,6 +237,10 @@ struct GpuModel::Impl {
     mk::tile_row(lw.o_norm, o_norm_tiled.p(), H, d);
     return o_norm_tiled.p();
   }
+
+  // The width of the memory q/k's RoPE heads (per memory head, or with ttt_rope_attn_heads per attention head);
+  // 0 without ttt_rope.
+  int64_t memory_rope_width() const { return cfg.ttt_rope ? D / cfg.mem_rope_heads() : 0; }
 
   void* norm_work_for(int64_t rows, int64_t cols) {
     const size_t want = rms_norm_backward_workspace(rows, cols);
@@ -524,14 +529,15 @@ struct GpuModel::Impl {
 
   // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
   // `recompute`: the backward's second forward of the layer, which skips the attention when its output was kept.
+  // x may be out itself: only the first RMSNorm reads x, before anything writes out.
   void layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N, bool recompute) {
     const int64_t rows = S * N;
     select_layer(l);
     const LayerTensors& lw = P.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
-    // h = RMSNorm(x); qkv = h Wqkv
-    if (act16) rms_norm_forward(x, lw.attn_norm, act.h_bf16, act.rinv1, rows, D, D, cfg.norm_eps);
-    else rms_norm_forward(x, lw.attn_norm, act.h, act.rinv1, rows, D, D, cfg.norm_eps);
+    // h = RMSNorm(x), and xmid = x (the residual the Wo product accumulates into below); qkv = h Wqkv
+    if (act16) rms_norm_forward_copy(x, lw.attn_norm, act.h_bf16, act.rinv1, act.xmid, rows, D, cfg.norm_eps);
+    else rms_norm_forward_copy(x, lw.attn_norm, act.h, act.rinv1, act.xmid, rows, D, cfg.norm_eps);
     gemm(false, false, rows, 3 * D, D, 1.0f, operand(act.h, act.h_bf16), D, lw.wqkv, 3 * D, 0.0f, act.qkv, 3 * D);
     const float* q = act.qkv;
     const float* k = act.qkv + D;
@@ -557,14 +563,12 @@ struct GpuModel::Impl {
           else swa_forward(ashape, act.qa, D, act.ka, D, av, ldv, act.attn, D, act.lse);
         });
     }
-    // Memory branch inputs (prepare_memory_inputs).
-    mk::qk_prep_forward(q, 3 * D, lw.q_scale, lw.q_offset, act.qh, act.qnorm, rows, H, d, 1e-5);
-    mk::qk_prep_forward(k, 3 * D, lw.k_scale, lw.k_offset, act.kh, act.knorm, rows, H, d, 1e-5);
-    if (cfg.ttt_rope) {  // per memory head, or (ttt_rope_attn_heads) per attention head
-      const int64_t rh = cfg.mem_rope_heads();
-      rope_forward(act.qh, act.qh, pos, rows, rh, D / rh, cfg.rope_theta);
-      rope_forward(act.kh, act.kh, pos, rows, rh, D / rh, cfg.rope_theta);
-    }
+    // Memory branch inputs (prepare_memory_inputs): q and k prepared, RoPE'd and laid out per sequence-head in one
+    // pass each.
+    mk::qk_prep_forward_fused(q, 3 * D, lw.q_scale, lw.q_offset, pos, cfg.rope_theta, memory_rope_width(), act.qT,
+                              act.qnorm, S, N, H, d, 1e-5);
+    mk::qk_prep_forward_fused(k, 3 * D, lw.k_scale, lw.k_offset, pos, cfg.rope_theta, memory_rope_width(), act.kT,
+                              act.knorm, S, N, H, d, 1e-5);
     const float* vm = v;
     int64_t ldvm = 3 * D;
     if (cfg.v_silu) {
@@ -573,33 +577,33 @@ struct GpuModel::Impl {
       ldvm = D;
     }
     // Per sequence-head layout of the memory operators.
-    mk::heads_to_batch(act.qh, D, act.qT, S, N, H, d);
-    mk::heads_to_batch(act.kh, D, act.kT, S, N, H, d);
     mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
     if (titans_like) titans_forward(l, S, N);
     else lact_forward(l, S, N);
-    mk::batch_to_heads(act.oT, act.o, D, S, N, H, d, false);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
-    rms_norm_heads_forward(act.o, memory_norm_weight(lw), act.normed, act.rinvo, rows, D, H, cfg.mem_norm_eps());
+    rms_norm_heads_forward_batch(act.oT, memory_norm_weight(lw), act.normed, act.rinvo, S, N, D, H,
+                                 cfg.mem_norm_eps());
     gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
     mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
-    // The sum in fp32: kept itself, or (bf16 activations) work space for its kept bf16 copy.
+    // x + (attn + mem) Wo: the sum in fp32, or with bf16 activations only its bf16 copy, in one pass; with a halo
+    // (this rank's rows of the attention output) in fp32 first (sum_work), then rounded.
     float* sum = act16 ? act.sum_work : act.sum;
-    mk::gate_heads_forward(act.normed, act.gate, sum, rows, H, d);
-    // x + (attn + mem) Wo (with a halo: this rank's rows of the attention output)
-    if (halo_in == 0) mk::axpy(sum, act.attn, 1.0f, rows * D);
-    else run_copies(rows_to(hp.extended(), hp.plain(D)), act.attn, sum, /*accumulate=*/true);
-    if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
-    mk::copy2d(x, D, act.xmid, D, rows, D);
+    if (halo_in == 0) {
+      if (act16) mk::gate_heads_add_forward(act.normed, act.gate, act.attn, act.sum_bf16, rows, H, d);
+      else mk::gate_heads_add_forward(act.normed, act.gate, act.attn, sum, rows, H, d);
+    } else {
+      mk::gate_heads_forward(act.normed, act.gate, sum, rows, H, d);
+      run_copies(rows_to(hp.extended(), hp.plain(D)), act.attn, sum, /*accumulate=*/true);
+      if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
+    }
     gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
-    // MLP
-    if (act16) rms_norm_forward(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, rows, D, D, cfg.norm_eps);
-    else rms_norm_forward(act.xmid, lw.mlp_norm, act.h2, act.rinv2, rows, D, D, cfg.norm_eps);
+    // MLP: h2 = RMSNorm(xmid), and out = xmid (the residual the W_down product accumulates into)
+    if (act16) rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, out, rows, D, cfg.norm_eps);
+    else rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2, act.rinv2, out, rows, D, cfg.norm_eps);
     gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_gate, F, 0.0f, act.ga, F);
     gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_up, F, 0.0f, act.up, F);
     if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
     else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
-    mk::copy2d(act.xmid, D, out, D, rows, D);
     gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, lw.w_down, D, 1.0f, out, D);
   }
 
@@ -776,8 +780,9 @@ struct GpuModel::Impl {
     const LayerTensors& lg = G.layers[size_t(l)];
     const int64_t* pos = pos_dev.as<int64_t>();
     float* dx = grad.dx;
-    // ---- MLP: out = xmid + swiglu(h2) Wd
-    const Operand dx_op = rounded_once(dx, rows * D);
+    // ---- MLP: out = xmid + swiglu(h2) Wd. With bf16 activations dx came with its bf16 copy in gop16 (written by
+    // the RMSNorm backward that made dx: the head's or the layer above's), the operand of two products.
+    const Operand dx_op = gradient_operand(dx);
     gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx_op, D, 1.0f, lg.w_down, D);
     gemm(false, true, rows, F, D, 1.0f, dx_op, D, lw.w_down, D, 0.0f, grad.dmm, F);
     if (act16) mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga_bf16, grad.dup_bf16, rows * F);
@@ -787,14 +792,13 @@ struct GpuModel::Impl {
     gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, dup, F, 1.0f, lg.w_up, F);
     gemm(false, true, rows, D, F, 1.0f, dga, F, lw.w_gate, F, 0.0f, grad.dh2, D);
     gemm(false, true, rows, D, F, 1.0f, dup, F, lw.w_up, F, 1.0f, grad.dh2, D);
-    rms_norm_backward(act.xmid, lw.mlp_norm, act.rinv2, grad.dh2, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D,
-                      D);
-    mk::axpy(lg.mlp_norm, grad.dwD, 1.0f, D);
+    // dxm = dx + the norm's dx, with its bf16 copy in gop16 (dx's there is read by the products above already).
     float* dxm = grad.dxm;
-    mk::copy2d(dx, D, dxm, D, rows, D);
-    mk::axpy(dxm, grad.tmpD, 1.0f, rows * D);
+    rms_norm_backward_add(act.xmid, lw.mlp_norm, act.rinv2, grad.dh2, dx, dxm, act16 ? grad.gop16 : nullptr, grad.dwD,
+                          norm_work_for(rows, D), rows, D, D);
+    mk::axpy(lg.mlp_norm, grad.dwD, 1.0f, D);
     // ---- xmid = x + sum Wo
-    const Operand dxm_op = rounded_once(dxm, rows * D);
+    const Operand dxm_op = gradient_operand(dxm);
     gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm_op, D, 1.0f, lg.wo, D);
     gemm(false, true, rows, D, D, 1.0f, dxm_op, D, lw.wo, D, 0.0f, grad.dsum, D);
     // ---- memory output: sum = attn + normed * gate
@@ -803,17 +807,14 @@ struct GpuModel::Impl {
     gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
     col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
     gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);
-    rms_norm_heads_backward(act.o, memory_norm_weight(lw), act.rinvo, grad.dnormed, grad.dO, grad.dwD,
-                            norm_work_for(rows, D), rows, D, H);
+    // The norm's input and dx in the operator's layout: dx is the operator's d(output).
+    rms_norm_heads_backward_batch(act.oT, memory_norm_weight(lw), act.rinvo, grad.dnormed, grad.doT, grad.dwD,
+                                  norm_work_for(rows, D), S, N, D, H);
     if (cfg.ttt_norm_shared) col_sum(grad.dwD, H, d, d, lg.o_norm, true);  // the shared [d] weight: sum over heads
     else mk::axpy(lg.o_norm, grad.dwD, 1.0f, D);
     // ---- the memory operator
-    mk::heads_to_batch(grad.dO, D, grad.doT, S, N, H, d);
     if (titans_like) titans_backward(l, S, N);
     else lact_backward(l, S, N);
-    mk::batch_to_heads(grad.gqT, grad.dqh, D, S, N, H, d, false);
-    mk::batch_to_heads(grad.gkT, grad.dkh, D, S, N, H, d, false);
-    mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
     // ---- attention: overwrites dq, dk (via RoPE's adjoint) and dv of dqkv
     const float* q = act.qkv;
     const float* k = act.qkv + D;
@@ -846,30 +847,35 @@ struct GpuModel::Impl {
     if (split) return_halo_gradient(dqkv);
     rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
-    // ---- memory q/k/v preparation
-    if (cfg.ttt_rope) {
-      const int64_t rh = cfg.mem_rope_heads();
-      rope_backward(grad.dqh, grad.dqh, pos, rows, rh, D / rh, cfg.rope_theta);
-      rope_backward(grad.dkh, grad.dkh, pos, rows, rh, D / rh, cfg.rope_theta);
-    }
-    mk::qk_prep_backward(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, grad.dqh, dqkv, 3 * D, grad.dz, grad.dzx, rows,
-                         H, d, 1e-5);
+    // ---- memory q/k/v preparation (RoPE's adjoint and the layout fused in, from the operator's gradients). They
+    // write dqkv's final q and k parts, and with bf16 activations its bf16 operand copy in gop16 (dxm's there is read
+    // by the products above already); the v part's follows below.
+    bf16* dqkv16 = act16 ? grad.gop16 : nullptr;
+    mk::qk_prep_backward_fused(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, pos, cfg.rope_theta, memory_rope_width(),
+                               grad.gqT, dqkv, 3 * D, dqkv16, grad.dz, grad.dzx, S, N, H, d, 1e-5);
     col_sum(grad.dzx, rows, D, D, lg.q_scale, true);
     col_sum(grad.dz, rows, D, D, lg.q_offset, true);
-    mk::qk_prep_backward(k, 3 * D, lw.k_scale, lw.k_offset, act.knorm, grad.dkh, dqkv + D, 3 * D, grad.dz, grad.dzx,
-                         rows, H, d, 1e-5);
+    mk::qk_prep_backward_fused(k, 3 * D, lw.k_scale, lw.k_offset, act.knorm, pos, cfg.rope_theta, memory_rope_width(),
+                               grad.gkT, dqkv + D, 3 * D, dqkv16 ? dqkv16 + D : nullptr, grad.dz, grad.dzx, S, N, H, d,
+                               1e-5);
     col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
     col_sum(grad.dz, rows, D, D, lg.k_offset, true);
-    if (cfg.v_silu) mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
-    else mk::copy2d(grad.dvm, D, dqkv + 2 * D, 3 * D, rows, D, /*accumulate=*/true);
+    // dv += the operator's d(v) (through silu with v_silu), added from its layout.
+    if (cfg.v_silu) {
+      mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
+      mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
+    } else {
+      mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true);
+    }
+    if (act16) mk::to_bf16(dqkv + 2 * D, 3 * D, dqkv16 + 2 * D, 3 * D, rows, D);
     // ---- qkv = h Wqkv; h = RMSNorm(x)
-    const Operand dqkv_op = rounded_once(dqkv, rows * 3 * D);
+    const Operand dqkv_op = gradient_operand(dqkv);
     gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv_op, 3 * D, 1.0f, lg.wqkv, 3 * D);
     gemm(false, true, rows, D, 3 * D, 1.0f, dqkv_op, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
-    rms_norm_backward(x, lw.attn_norm, act.rinv1, grad.dh, grad.tmpD, grad.dwD, norm_work_for(rows, D), rows, D, D);
+    // dx = dxm + the norm's dx, with its bf16 copy in gop16 for the layer below (dqkv's there is read already).
+    rms_norm_backward_add(x, lw.attn_norm, act.rinv1, grad.dh, dxm, dx, act16 ? grad.gop16 : nullptr, grad.dwD,
+                          norm_work_for(rows, D), rows, D, D);
     mk::axpy(lg.attn_norm, grad.dwD, 1.0f, D);
-    mk::copy2d(dxm, D, dx, D, rows, D);
-    mk::axpy(dx, grad.tmpD, 1.0f, rows * D);
   }
 };
 GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
@@ -1022,13 +1028,17 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
   m.keep_output(-1, rows);
   for (int64_t l = 0; l < m.L; ++l) {
-    m.layer_forward(l, m.layer_input(l, rows), m.layer_output(l), S, N, /*recompute=*/false);
+    // The input is where the layer before left its output (in place: layer_forward): the kept array, or with bf16
+    // activations xout, which keep_output rounded to the kept bf16 copy's values (no widening pass).
+    m.layer_forward(l, m.layer_output(l - 1), m.layer_output(l), S, N, /*recompute=*/false);
     m.keep_output(l, rows);
   }
   // The final norm's input: the last layer's output as kept (rounded in place with bf16 activations).
   const float* x_final = m.layer_output(m.L - 1);
-  rms_norm_forward(x_final, m.P.final_norm, m.head.hf, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
-  m.gemm(false, false, rows, V, D, 1.0f, m.head.hf, D, m.P.lm_head, V, 0.0f, m.head.logits, V);
+  if (m.act16) rms_norm_forward(x_final, m.P.final_norm, m.head.hf_bf16, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
+  else rms_norm_forward(x_final, m.P.final_norm, m.head.hf, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
+  const Operand hf = m.operand(m.head.hf, m.head.hf_bf16);
+  m.gemm(false, false, rows, V, D, 1.0f, hf, D, m.P.lm_head, V, 0.0f, m.head.logits, V);
   cross_entropy_forward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.head.row_loss, m.loss_dev.as<float>(),
                         m.valid_dev.as<int32_t>(), rows, V);
   float loss = 0;
@@ -1054,13 +1064,22 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     if (index->bytes() < sizeof(int32_t) * size_t(rows + 1)) *index = DeviceBuffer(sizeof(int32_t) * size_t(rows + 1));
   const float ds = float(grad_scale);
   TTT_CUDA_CHECK(cudaMemcpy(m.dloss.as<float>(), &ds, sizeof(float), cudaMemcpyHostToDevice));
-  float* dlogits = m.head.logits;  // in place: the logits are not needed after this
-  cross_entropy_backward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.valid_dev.as<int32_t>(),
-                         m.dloss.as<float>(), dlogits, rows, V);
-  m.gemm(true, false, D, V, rows, 1.0f, m.head.hf, D, dlogits, V, 1.0f, m.G.lm_head, V);
-  m.gemm(false, true, rows, D, V, 1.0f, dlogits, V, m.P.lm_head, V, 0.0f, m.grad.dh, D);
-  rms_norm_backward(x_final, m.P.final_norm, m.head.rinvf, m.grad.dh, m.grad.dx, m.grad.dwD,
-                    m.norm_work_for(rows, D), rows, D, D);
+  // The logits' gradient in place (the logits are not needed after this): with bf16 products the bf16 operand
+  // itself, each row's at the start of its fp32 row (leading dimension 2V), so no pass rounds it for the products.
+  const bool dlogits16 = m.opt.math == MathMode::BF16;
+  if (dlogits16)
+    cross_entropy_backward_bf16(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.valid_dev.as<int32_t>(),
+                                m.dloss.as<float>(), rows, V);
+  else
+    cross_entropy_backward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.valid_dev.as<int32_t>(),
+                           m.dloss.as<float>(), m.head.logits, rows, V);
+  const Operand dlogits = dlogits16 ? Operand(reinterpret_cast<const bf16*>(m.head.logits)) : Operand(m.head.logits);
+  const int64_t ld_dlogits = dlogits16 ? 2 * V : V;
+  m.gemm(true, false, D, V, rows, 1.0f, hf, D, dlogits, ld_dlogits, 1.0f, m.G.lm_head, V);
+  m.gemm(false, true, rows, D, V, 1.0f, dlogits, ld_dlogits, m.P.lm_head, V, 0.0f, m.grad.dh, D);
+  // d(last layer's output), with its bf16 copy for that layer's products (layer_backward).
+  rms_norm_backward_add(x_final, m.P.final_norm, m.head.rinvf, m.grad.dh, nullptr, m.grad.dx,
+                        m.act16 ? m.grad.gop16 : nullptr, m.grad.dwD, m.norm_work_for(rows, D), rows, D, D);
   mk::axpy(m.G.final_norm, m.grad.dwD, 1.0f, D);
   const auto stage_done = [&](int64_t stage) {
     if (m.gradient_hook) m.gradient_hook(int(stage));

@@ -19,17 +19,28 @@ namespace {
 
 constexpr int kMaxSlices = 128;  // row slices of the first pass of dw
 
+// Where segment `seg` (row seg / G, group seg % G of the G = D / group groups of a row) starts in x: row-major
+// (seq_len 0), or in the memory operators' per sequence-head layout [S*G, seq_len, group] (row = s*seq_len + n).
+__device__ __forceinline__ int64_t x_segment_offset(int64_t seg, int64_t G, int64_t group, int64_t seq_len) {
+  if (seq_len == 0) return seg * group;
+  const int64_t r = seg / G, g = seg % G, s = r / seq_len, n = r % seq_len;
+  return ((s * G + g) * seq_len + n) * group;
+}
+
 // One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
 // (the GPU model's bf16 activations: the same float result, rounded once on the store).
+// x_copy (may be null): x itself stored there too (the GPU model's residual, which a product then accumulates into).
+// x in the layout of seq_len (x_segment_offset); y, rinv and x_copy row-major.
 template <bool kVec, class Out>
 __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restrict__ w, Out* __restrict__ y,
-                               float* __restrict__ rinv, int64_t segs, int64_t D, int64_t group, double eps) {
+                               float* __restrict__ rinv, float* __restrict__ x_copy, int64_t segs, int64_t D,
+                               int64_t group, int64_t seq_len, double eps) {
   const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (seg >= segs) return;  // whole warps leave together
   const int64_t off = seg * group;
   const int64_t c0 = off % D;
-  const float* xs = x + off;
+  const float* xs = x + x_segment_offset(seg, D / group, group, seq_len);
   double ss = 0;
   if (kVec) {
     for (int64_t j = lane; j < group / 4; j += 32) {
@@ -52,21 +63,30 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
       store_as(ys + 4 * j + 1, a.y * r * b.y);
       store_as(ys + 4 * j + 2, a.z * r * b.z);
       store_as(ys + 4 * j + 3, a.w * r * b.w);
+      if (x_copy) reinterpret_cast<float4*>(x_copy + off)[j] = a;
     }
   } else {
-    for (int64_t j = lane; j < group; j += 32) store_as(ys + j, xs[j] * r * ws[j]);
+    for (int64_t j = lane; j < group; j += 32) {
+      store_as(ys + j, xs[j] * r * ws[j]);
+      if (x_copy) x_copy[off + j] = xs[j];
+    }
   }
 }
 
 // dx = r * (a - x * r^2 <a, x> / group),  a = dy ⊙ w
+// residual (may be null): dx = residual + the norm's dx, the sum rounded after the norm's dx (explicit _rn: the bits
+// of a separate add); dx16 (may be null): dx rounded to bf16 as well. x and dx in the layout of seq_len
+// (x_segment_offset; residual and dx16 only with the row-major one), dy row-major.
 __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __restrict__ w,
-                                  const float* __restrict__ rinv, const float* __restrict__ dy, float* __restrict__ dx,
-                                  int64_t segs, int64_t D, int64_t group) {
+                                  const float* __restrict__ rinv, const float* __restrict__ dy,
+                                  const float* __restrict__ residual, float* __restrict__ dx,
+                                  __nv_bfloat16* __restrict__ dx16, int64_t segs, int64_t D, int64_t group,
+                                  int64_t seq_len) {
   const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (seg >= segs) return;
-  const int64_t off = seg * group, c0 = off % D;
-  const float* xs = x + off;
+  const int64_t off = seg * group, c0 = off % D, x_off = x_segment_offset(seg, D / group, group, seq_len);
+  const float* xs = x + x_off;
   const float* gs = dy + off;
   const float* ws = w + c0;
   double dot = 0;
@@ -74,21 +94,32 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   dot = warp_sum(dot);
   const float r = rinv[seg];
   const float c = float(double(r) * double(r) * dot / double(group));
-  float* ds = dx + off;
-  for (int64_t j = lane; j < group; j += 32) ds[j] = r * (gs[j] * ws[j] - xs[j] * c);
+  float* ds = dx + x_off;
+  for (int64_t j = lane; j < group; j += 32) {
+    const float v = r * (gs[j] * ws[j] - xs[j] * c);
+    const float out = residual ? __fadd_rn(residual[off + j], v) : v;
+    ds[j] = out;
+    if (dx16) dx16[off + j] = __float2bfloat16_rn(out);
+  }
 }
 
 // dw, pass 1: partial[s, c] = sum over the rows of slice s of dy * x * rinv (thread per column).
 __global__ void k_rms_norm_bwd_dw_partial(const float* __restrict__ x, const float* __restrict__ rinv,
                                           const float* __restrict__ dy, double* __restrict__ partial, int64_t N,
-                                          int64_t D, int64_t group, int64_t rows_per_slice) {
+                                          int64_t D, int64_t group, int64_t seq_len, int64_t rows_per_slice) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t s = blockIdx.y;
   if (c >= D) return;
   const int64_t r0 = s * rows_per_slice, r1 = r0 + rows_per_slice < N ? r0 + rows_per_slice : N;
-  const int64_t ng = D / group, gi = c / group;
+  const int64_t ng = D / group, gi = c / group, j = c % group;
+  // x's index of (r, c), stepped along the rows (x_segment_offset without a division per row).
+  int64_t seq = seq_len ? r0 / seq_len : 0, n = seq_len ? r0 % seq_len : 0;
   double acc = 0;
-  for (int64_t r = r0; r < r1; ++r) acc += double(dy[r * D + c]) * double(x[r * D + c]) * double(rinv[r * ng + gi]);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t xi = seq_len ? ((seq * ng + gi) * seq_len + n) * group + j : r * D + c;
+    acc += double(dy[r * D + c]) * double(x[xi]) * double(rinv[r * ng + gi]);
+    if (seq_len && ++n == seq_len) n = 0, ++seq;
+  }
   partial[s * D + c] = acc;
 }
 // dw, pass 2: dw[c] = sum over slices in order.
@@ -109,17 +140,19 @@ void check_group(const char* op, int64_t N, int64_t D, int64_t group) {
 }
 
 template <class Out>
-void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, int64_t N, int64_t D, int64_t group,
-                     double eps, void* stream) {
+void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, float* x_copy, int64_t N, int64_t D,
+                     int64_t group, int64_t seq_len, double eps, void* stream) {
   check_group("rms_norm_forward", N, D, group);
   const int64_t segs = N * (D / group);
   if (segs == 0) return;
   const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
+  const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y) && (!x_copy || aligned16(x_copy));
   if (vec)
-    k_rms_norm_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
+    k_rms_norm_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len,
+                                                                      eps);
   else
-    k_rms_norm_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, segs, D, group, eps);
+    k_rms_norm_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len,
+                                                                       eps);
   TTT_LAUNCH_CHECK("rms_norm_forward");
 }
 
@@ -127,23 +160,37 @@ void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, int64_
 
 void rms_norm_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D, int64_t group,
                       double eps, void* stream) {
-  rms_norm_launch(x, w, y, rinv, N, D, group, eps, stream);
+  rms_norm_launch(x, w, y, rinv, nullptr, N, D, group, 0, eps, stream);
 }
 void rms_norm_forward(const float* x, const float* w, bf16* y, float* rinv, int64_t N, int64_t D, int64_t group,
                       double eps, void* stream) {
-  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, N, D, group, eps, stream);
+  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, nullptr, N, D, group, 0, eps, stream);
+}
+void rms_norm_forward_copy(const float* x, const float* w, float* y, float* rinv, float* x_copy, int64_t N,
+                           int64_t D, double eps) {
+  rms_norm_launch(x, w, y, rinv, x_copy, N, D, D, 0, eps, nullptr);
+}
+void rms_norm_forward_copy(const float* x, const float* w, bf16* y, float* rinv, float* x_copy, int64_t N,
+                           int64_t D, double eps) {
+  rms_norm_launch(x, w, reinterpret_cast<__nv_bfloat16*>(y), rinv, x_copy, N, D, D, 0, eps, nullptr);
 }
 
 size_t rms_norm_backward_workspace(int64_t N, int64_t D) { return size_t(dw_slices(N)) * size_t(D) * sizeof(double); }
 
-void rms_norm_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx, float* dw,
-                       void* work, int64_t N, int64_t D, int64_t group, void* stream) {
+namespace {
+
+// The backward with x and dx in the layout of seq_len (x_segment_offset).
+void rms_norm_backward_impl(const float* x, const float* w, const float* rinv, const float* dy, const float* residual,
+                            float* dx, bf16* dx16, float* dw, void* work, int64_t N, int64_t D, int64_t group,
+                            int64_t seq_len, void* stream) {
   check_group("rms_norm_backward", N, D, group);
+  TTT_CHECK(dx || (!residual && !dx16), "rms_norm_backward: a residual or a bf16 copy without dx");
   const cudaStream_t st = as_stream(stream);
   const int64_t segs = N * (D / group);
   if (dx && segs > 0) {
     const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    k_rms_norm_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, dx, segs, D, group);
+    k_rms_norm_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx,
+                                                   reinterpret_cast<__nv_bfloat16*>(dx16), segs, D, group, seq_len);
     TTT_LAUNCH_CHECK("rms_norm_backward dx");
   }
   if (dw) {
@@ -154,11 +201,38 @@ void rms_norm_backward(const float* x, const float* w, const float* rinv, const 
     }
     const int64_t slices = dw_slices(N), rows = (N + slices - 1) / slices;
     const dim3 grid(unsigned((D + kThreads - 1) / kThreads), unsigned(slices));
-    k_rms_norm_bwd_dw_partial<<<grid, kThreads, 0, st>>>(x, rinv, dy, static_cast<double*>(work), N, D, group, rows);
+    k_rms_norm_bwd_dw_partial<<<grid, kThreads, 0, st>>>(x, rinv, dy, static_cast<double*>(work), N, D, group, seq_len,
+                                                         rows);
     TTT_LAUNCH_CHECK("rms_norm_backward dw partial");
     k_rms_norm_bwd_dw_final<<<grid_for(D), kThreads, 0, st>>>(static_cast<const double*>(work), dw, D, slices);
     TTT_LAUNCH_CHECK("rms_norm_backward dw final");
   }
+}
+
+}  // namespace
+
+void rms_norm_backward(const float* x, const float* w, const float* rinv, const float* dy, float* dx, float* dw,
+                       void* work, int64_t N, int64_t D, int64_t group, void* stream) {
+  rms_norm_backward_impl(x, w, rinv, dy, nullptr, dx, nullptr, dw, work, N, D, group, 0, stream);
+}
+void rms_norm_backward_add(const float* x, const float* w, const float* rinv, const float* dy, const float* residual,
+                           float* dx, bf16* dx16, float* dw, void* work, int64_t N, int64_t D, int64_t group,
+                           void* stream) {
+  rms_norm_backward_impl(x, w, rinv, dy, residual, dx, dx16, dw, work, N, D, group, 0, stream);
+}
+
+void rms_norm_heads_forward_batch(const float* xT, const float* w, float* y, float* rinv, int64_t S, int64_t N,
+                                  int64_t D, int64_t heads, double eps) {
+  TTT_CHECK(heads >= 1 && D % heads == 0 && S >= 1 && N >= 1,
+            "rms_norm_heads_forward_batch: " << D << " columns, " << heads << " heads, " << S << " x " << N << " rows");
+  rms_norm_launch(xT, w, y, rinv, nullptr, S * N, D, D / heads, N, eps, nullptr);
+}
+void rms_norm_heads_backward_batch(const float* xT, const float* w, const float* rinv, const float* dy, float* dxT,
+                                   float* dw, void* work, int64_t S, int64_t N, int64_t D, int64_t heads) {
+  TTT_CHECK(heads >= 1 && D % heads == 0 && S >= 1 && N >= 1,
+            "rms_norm_heads_backward_batch: " << D << " columns, " << heads << " heads, " << S << " x " << N
+                                              << " rows");
+  rms_norm_backward_impl(xT, w, rinv, dy, nullptr, dxT, nullptr, dw, work, S * N, D, D / heads, N, nullptr);
 }
 
 void rms_norm_heads_forward(const float* x, const float* w, float* y, float* rinv, int64_t N, int64_t D,

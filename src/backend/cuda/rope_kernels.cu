@@ -1,5 +1,5 @@
-// RoPE kernel (rope_kernels.h): one thread per (row, pair index), looping over the heads; angles, cos and sin in
-// double. Naming and launch conventions: kernel_util.cuh.
+// RoPE kernel (rope_kernels.h): one thread per (row, pair index), looping over the heads; the rotation of a pair:
+// rope_math.cuh. Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/rope_kernels.h"
 
 #include <cuda_bf16.h>
@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/kernel_util.cuh"
+#include "backend/cuda/rope_math.cuh"
 
 namespace ttt::cuda {
 
@@ -25,18 +26,14 @@ __global__ void k_rope(const float* x, int64_t ldx, Y* y, int64_t ldy, const int
   const int64_t half = hd / 2;
   GRID_STRIDE(e, N * half) {
     const int64_t r = e / half, i = e % half;
-    const double inv_freq = pow(theta, -2.0 * double(i) / double(hd));
-    const double a = double(pos[r]) * inv_freq;
-    double sd, cd;
-    sincos(a, &sd, &cd);
-    const float c = float(cd), s = sign * float(sd);
+    const RopeRotation rot = rope_rotation(pos[r], i, hd, theta, sign);
     const float* xr = x + r * ldx;
     Y* yr = y + r * ldy;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t c0 = h * hd;
-      const float x1 = xr[c0 + i], x2 = xr[c0 + half + i];
-      store(yr + c0 + i, x1 * c - x2 * s);
-      store(yr + c0 + half + i, x2 * c + x1 * s);
+      const float2 out = rope_rotate(xr[c0 + i], xr[c0 + half + i], rot);
+      store(yr + c0 + i, out.x);
+      store(yr + c0 + half + i, out.y);
     }
   }
 }
