@@ -390,6 +390,36 @@ TEST(CudaLact, Deterministic) {
   for (int i = 0; i < 11; ++i) EXPECT_TRUE(a.r[size_t(i)] == b.r[size_t(i)]) << kNames[i] << " differs between runs";
 }
 
+// Kept products (LactOptions::keep_products: the backward reads each chunk's [g|h] of q and k and V W1 from the
+// forward instead of recomputing them) give the bits of the recomputation, in fp64, fp32 and with bf16 operands,
+// over every program, weight norm, momentum and Muon combination (bf16: without Muon), chunks that divide T or not.
+TEST(CudaLact, KeptProductsGiveTheRecomputedBits) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  int n = 0, compared = 0;
+  for (const Case& c : all_cases(2, 70, 12, 20, {16, 24})) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    SCOPED_TRACE(c.name() + " seed " + std::to_string(seed));
+    const Data<double> x = make_data(c, seed, true);
+    const Data<float> xf = cast<float>(x);
+    auto same = [&](const auto& a, const auto& b, const char* what) {
+      for (int i = 0; i < 11; ++i)
+        EXPECT_TRUE(a.r[size_t(i)] == b.r[size_t(i)]) << what << ": " << kNames[i] << " differs when kept";
+      ++compared;
+    };
+    cuda::LactOptions recompute, keep;
+    keep.keep_products = true;
+    same(run<double>(c, x, true, recompute), run<double>(c, x, true, keep), "fp64");
+    same(run<float>(c, xf, true, recompute), run<float>(c, xf, true, keep), "fp32");
+    if (!c.muon) {
+      recompute.bf16 = keep.bf16 = true;
+      same(run<float>(c, xf, true, recompute), run<float>(c, xf, true, keep), "bf16");
+    }
+  }
+  std::printf("cuda lact kept products: %d runs compared bit for bit with the recomputation\n", compared);
+  EXPECT_EQ(compared, 48 + 48 + 24);
+}
+
 // TF32 tensor-core products (an option): reported, and held to the TF32 regime (~1e-3), not to fp32's.
 TEST(CudaLact, Tf32Option) {
   REQUIRE_CUDA();

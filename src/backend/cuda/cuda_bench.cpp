@@ -19,7 +19,8 @@ nlohmann::json bench_json_fields(const OpBenchResult& r) {
 nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, backend::Precision precision) {
   std::string why;
   TTT_CHECK(device_count(&why) > 0, "ttt bench op --device cuda: no usable CUDA device (" << why << ")");
-  const LactOptions opt = precision_options(precision);
+  LactOptions opt = precision_options(precision);
+  opt.keep_products = true;  // as `ttt op lact` runs it
   LactBenchResult r = bench_lact(s, repeats, warmup, opt);
   const double fwd = r.fwd_ms_median / 1e3, fwdbwd = r.fwdbwd_ms_median / 1e3;
   // FLOPs as the LaCT code counts them (docs/ALGORITHMS.md §5.5): forward 18*d*dh*T per head; training 3x.

@@ -142,10 +142,11 @@ class CudaOps {
   cudaStream_t stream() const { return stream_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
 
-  T* alloc(int64_t n) {
+  // operand false: never a product operand, so no bf16 shadow (init_bf16).
+  T* alloc(int64_t n, bool operand = true) {
     n = std::max<int64_t>(n, 1);
     T* p = static_cast<T*>(alloc_bytes(sizeof(T) * size_t(n)));
-    if (bf16_) regions_.push_back(Region{p, n});
+    if (bf16_) regions_.push_back(Region{p, n, operand});
     return p;
   }
   void* alloc_bytes(size_t bytes) {
@@ -182,7 +183,7 @@ class CudaOps {
     }
     // Shadows of every buffer the algorithm allocated (it allocates all of them in its constructor).
     for (Region& r : regions_)
-      r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(r.n)));
+      if (r.operand) r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(r.n)));
   }
   // The host-side bookkeeping of the shadows (what a CUDA graph replay must leave behind as its capture did).
   struct Book {
@@ -282,37 +283,58 @@ class CudaOps {
                                                 int(batch), compute_, CUBLAS_GEMM_DEFAULT));
   }
 
+  // The second reduction stage: out[b] = scale * (the sum of row b's `slices` partial sums, in a fixed order).
+  void dot_final(int slices, int64_t batch, T scale, T* out) {
+    auto ps_ = prof_->scope("dot_final");
+    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
+    TTT_LAUNCH_CHECK("dot_final");
+  }
+  // Slices of the first reduction stage over `per` elements (k_dot_partial, k_momentum_bwd).
+  static int dot_slices(int64_t per) {
+    return int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+  }
   void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T scale, T* out) {
     TTT_CHECK(batch <= 3 * g_.B, "batched_dot: batch " << batch << " exceeds the reduction buffer");
     reads(x, (batch - 1) * stride + per);
     if (y) reads(y, (batch - 1) * stride + per);
     wrote(out, batch);
-    const int slices = int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+    const int slices = dot_slices(per);
     {
       auto ps_ = prof_->scope("dot_partial");
       k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, stream_>>>(x, y, per, stride, partial_);
       TTT_LAUNCH_CHECK("dot_partial");
     }
-    auto ps2_ = prof_->scope("dot_final");
-    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
-    TTT_LAUNCH_CHECK("dot_final");
+    dot_final(slices, batch, scale, out);
   }
-  void axpy_batched(T* D, const T* S, const T* s, int64_t per) {
+  void axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per) {
     const int64_t n = g_.B * per;
-    reads(S, n);
     reads(D, n);
-    wrote(D, n);
+    reads(S, n);
+    wrote(dst, n);
     auto ps_ = prof_->scope("axpy_batched");
-    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(D, S, s, per, n);
+    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, D, S, s, per, n);
     TTT_LAUNCH_CHECK("axpy_batched");
   }
-  void scale_batched(T* dst, const T* src, const T* s, int64_t per) {
-    const int64_t n = g_.B * per;
-    reads(src, n);
-    wrote(dst, n);
-    auto ps_ = prof_->scope("scale_batched");
-    k_scale_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, s, per, n);
-    TTT_LAUNCH_CHECK("scale_batched");
+  void momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, T* dmbar) {
+    const int64_t per = 3 * g_.P(), n = g_.B * per;
+    reads(dM, n);
+    reads(dS, n);
+    reads(S, n);
+    wrote(dS, n);
+    wrote(dmbar, g_.B);
+    // With bf16 operands dP feeds products only: its bf16 copy alone is written (unless dP is dM, which stays fp32).
+    __nv_bfloat16* dP16 = nullptr;
+    if (bf16_ && dP != dM) dP16 = shadow_out(dP, n, false);
+    else wrote(dP, n);
+    const int slices = dot_slices(per);
+    {
+      auto ps_ = prof_->scope("momentum_bwd");
+      k_momentum_bwd<<<dim3(unsigned(slices), unsigned(g_.B)), kThreads, 0, stream_>>>(dM, dS, S, mbar,
+                                                                                      dP16 ? nullptr : dP, dP16, per,
+                                                                                      partial_);
+      TTT_LAUNCH_CHECK("momentum_bwd");
+    }
+    dot_final(slices, g_.B, T(1), dmbar);
   }
   void fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t n) {
     const int64_t total = g_.B * n;
@@ -486,6 +508,7 @@ class CudaOps {
   struct Region {
     T* base = nullptr;
     int64_t n = 0;
+    bool operand = true;          // read by products: has a shadow
     __nv_bfloat16* sh = nullptr;  // the shadow
     Ivals valid;                  // where sh = bf16(fp32 value)
     Ivals stale;                  // where only sh holds the value (the fp32 buffer was not written)
@@ -602,7 +625,8 @@ struct LactRunner<T>::Impl {
   std::vector<std::vector<const void*>> fkey;  // per forward record: pointers of its last forward()
 
   Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt, int64_t records)
-      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records), gf(size_t(records)),
+      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records, opt.keep_products),
+        gf(size_t(records)),
         gb(size_t(records)), fkey(size_t(records)) {
     ops.init_bf16(s.chunk, with_grad, records);
     graphs = opt.graphs && graphs_from_env() && !ops.prof().on();

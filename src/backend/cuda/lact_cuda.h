@@ -36,6 +36,11 @@ struct LactOptions {
   bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
+  // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k and V W1 (fp32,
+  // B T 5 dh elements a record) and the backward reads them instead of recomputing them (same bits). On for the
+  // operator's own runs (lact_host, bench_lact: one record); the GPU model's runners leave it off (their memory
+  // estimate does not count it).
+  bool keep_products = false;
   // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
   // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
   bool graphs = true;

@@ -38,12 +38,8 @@ __global__ void k_sqrt(T* x, int64_t n) {
   GRID_STRIDE(i, n) x[i] = math::sqrt(x[i]);
 }
 template <class T>
-__global__ void k_axpy_batched(T* D, const T* S, const T* s, int64_t per, int64_t n) {
-  GRID_STRIDE(i, n) D[i] += s[i / per] * S[i];
-}
-template <class T>
-__global__ void k_scale_batched(T* dst, const T* src, const T* s, int64_t per, int64_t n) {
-  GRID_STRIDE(i, n) dst[i] = s[i / per] * src[i];
+__global__ void k_axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = D[i] + s[i / per] * S[i];
 }
 template <class T>
 __global__ void k_fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t len, int64_t T_, int64_t n) {
@@ -310,6 +306,33 @@ __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t strid
   Acc acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
     acc += yb ? Acc(xb[i]) * yb[i] : Acc(xb[i]);
+  __shared__ Acc sh[kThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
+    acc = warp_sum(acc);
+    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
+  }
+}
+// The momentum mix's adjoint (CpuOps::momentum_bwd), grid (slices, B) as k_dot_partial, whose partial sums of
+// <dP, S> it writes in the same order: dP = dM + dS (fp32, and/or its bf16 operand copy dP16 when only
+// products read it), dS = mbar dP.
+template <class T>
+__global__ void k_momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, __nv_bfloat16* dP16,
+                               int64_t per, Acc* partial) {
+  const int64_t b = blockIdx.y, off = b * per;
+  const int slices = gridDim.x;
+  const T m = mbar[b];
+  Acc acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x) {
+    const T p = dM[off + i] + dS[off + i];
+    if (dP) dP[off + i] = p;
+    if (dP16) dP16[off + i] = __float2bfloat16(float(p));
+    dS[off + i] = m * p;
+    acc += Acc(p) * S[off + i];
+  }
   __shared__ Acc sh[kThreads / 32];
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
