@@ -406,8 +406,8 @@ TEST(CudaLact, Deterministic) {
   }
 }
 
-// Kept products (LactOptions::keep_products: the backward reads each chunk's [g|h] of q and k and V W1 from the
-// forward instead of recomputing them) give the bits of the recomputation, in fp64, fp32 and with bf16 operands,
+// Kept products (LactOptions::keep_products: the backward reads each chunk's [g|h] of q and k, V W1 and the
+// update's a, R, lr1 v from the forward instead of recomputing them) give the bits of the recomputation, in fp64, fp32 and with bf16 operands,
 // over every program, weight norm, momentum and Muon combination (bf16: without Muon), chunks that divide T or not.
 TEST(CudaLact, KeptProductsGiveTheRecomputedBits) {
   REQUIRE_CUDA();

@@ -184,9 +184,10 @@ class Fused {
   // gradients): how many forwards are kept at once, each in a record of its own (its chunk-boundary states,
   // weight-norm targets and inputs: everything backward() reads of its forward) until its backward, while the
   // work buffers are shared; use_record picks the one forward() and backward() act on (record 0 at first).
-  // keep_products (with gradients): each record also keeps every chunk's [g|h] of q and of k and V W1, which the
-  // forward computes anyway, so that the backward reads them instead of recomputing them (the same products on
-  // the same operands: the same bits); costs B T (5 dh) elements per record.
+  // keep_products (with gradients): each record also keeps what the forward computes of every chunk anyway --
+  // [g|h] of q and of k, V W1 and the update's token terms a, R, lr1 v -- so that the backward reads them instead
+  // of recomputing them (the same steps on the same operands: the same bits); costs B T (8 dh + d) elements per
+  // record (a, R, lr1 v are product operands only: a backend with bf16 operands needs only their bf16 copies).
   Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false)
       : ops_(ops), s_(s), with_grad_(with_grad), keep_(with_grad && keep_products) {
     s_.validate();
@@ -203,14 +204,18 @@ class Fused {
       // wants P_c (it spares recomputing the update's two weight-shaped products), so keep them alike.
       if (s_.momentum || with_grad_) r.mstates = ops_.alloc(nver_ * B * 3 * P);
       if (s_.norm != WeightNorm::None) r.tau = ops_.alloc(B * s_.state_rows());
-      if (keep_) {  // read by element-wise steps only
-        r.ghq = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);
+      if (keep_) {
+        r.ghq = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);  // read by element-wise steps only
         r.ghk = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);
         r.u = ops_.alloc(B * s_.T * dh, /*operand=*/false);
+        r.a = ops_.alloc(B * s_.T * dh);  // read by products only
+        r.r = ops_.alloc(B * s_.T * 2 * dh);
+        r.vl = ops_.alloc(B * s_.T * d);
       }
     }
     states_ = records_[0].states, mstates_ = records_[0].mstates, tau_ = records_[0].tau;
     ghq_ = records_[0].ghq, ghk_ = records_[0].ghk, ukept_ = records_[0].u;
+    akept_ = records_[0].a, rkept_ = records_[0].r, vlkept_ = records_[0].vl;
     if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
     if (s_.momentum) mbar_ = ops_.alloc(B);
@@ -219,8 +224,10 @@ class Fused {
       U_ = ops_.alloc(B * C * dh);
     }
     Ak_ = ops_.alloc(B * C * dh);
-    R_ = ops_.alloc(B * C * 2 * dh);
-    Vl_ = ops_.alloc(B * C * d);
+    if (!keep_) {
+      R_ = ops_.alloc(B * C * 2 * dh);
+      Vl_ = ops_.alloc(B * C * d);
+    }
     if (s_.muon) {
       const int64_t p = g_.p();
       nrm_ = ops_.alloc(3 * B);
@@ -261,6 +268,7 @@ class Fused {
     const Record& to = records_[size_t(r)];
     states_ = to.states, mstates_ = to.mstates, tau_ = to.tau, in_ = to.in, forward_done_ = to.forward_done;
     ghq_ = to.ghq, ghk_ = to.ghk, ukept_ = to.u;
+    akept_ = to.a, rkept_ = to.r, vlkept_ = to.vl;
     record_ = r;
     cached_e_ = -1;
   }
@@ -379,6 +387,7 @@ class Fused {
   struct Record {
     T *states = nullptr, *mstates = nullptr, *tau = nullptr;
     T *ghq = nullptr, *ghk = nullptr, *u = nullptr;  // keep_products: every chunk's [g|h] of q, of k, V W1
+    T *a = nullptr, *r = nullptr, *vl = nullptr;     // and its update's terms a, R, lr1 v
     Inputs<T> in;
     bool forward_done = false;
   };
@@ -387,6 +396,7 @@ class Fused {
   T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
   T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
   T *ghq_ = nullptr, *ghk_ = nullptr, *ukept_ = nullptr;  // the current record's (keep_products)
+  T *akept_ = nullptr, *rkept_ = nullptr, *vlkept_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
   T *dA_ = nullptr, *dE_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
   T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr, *dVl_ = nullptr;
@@ -428,6 +438,10 @@ class Fused {
   T* gh_q(int64_t c0) const { return keep_ ? ghq_ + s_.B * c0 * 2 * s_.dh : GH_; }
   T* gh_k(int64_t c0) const { return keep_ ? ghk_ + s_.B * c0 * 2 * s_.dh : GH_; }
   T* vw1(int64_t c0) const { return keep_ ? ukept_ + s_.B * c0 * s_.dh : U_; }
+  // The chunk's update terms a ([B][n][dh]; the apply's a stays in Ak_), R ([B][n][2dh]), lr1 v ([B][n][d]).
+  T* upd_a(int64_t c0) const { return keep_ ? akept_ + s_.B * c0 * s_.dh : Ak_; }
+  T* upd_r(int64_t c0) const { return keep_ ? rkept_ + s_.B * c0 * 2 * s_.dh : R_; }
+  T* upd_vl(int64_t c0) const { return keep_ ? vlkept_ + s_.B * c0 * s_.d : Vl_; }
 
   // [g|h] = X [W0;W2]^T for the chunk rows X of x: GH [B][n][2dh].
   void gh(const T* E, const T* x, int64_t c0, int64_t n, T* GH) {
@@ -445,18 +459,17 @@ class Fused {
          s_.B);  // o = a W1^T
   }
 
-  // The chunk's token-side terms of the inner gradient: GH = K [W0;W2]^T, U = V W1 (gh_k, vw1; the backward's
-  // call with kept products reads the forward's), then a = silu(g) h (Ak_), R = [lr0 u h silu'(g) | lr2 u
-  // silu(g)] (R_), Vl = lr1 v (Vl_).
+  // The chunk's token-side terms of the inner gradient: GH = K [W0;W2]^T, U = V W1 (gh_k, vw1), then
+  // a = silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)], Vl = lr1 v (upd_a, upd_r, upd_vl). With kept products
+  // the backward's call has nothing to do: it reads the forward's.
   void update_terms(const T* E, int64_t c0, int64_t n, bool in_backward) {
+    if (keep_ && in_backward) return;
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
     T *GH = gh_k(c0), *U = vw1(c0);
-    if (!(keep_ && in_backward)) {
-      gh(E, in_.k, c0, n, GH);
-      gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), U, dh,
-           n * dh, B);  // u = V W1
-    }
-    ops_.update_terms(GH, U, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, Ak_, R_, Vl_);
+    gh(E, in_.k, c0, n, GH);
+    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), U, dh, n * dh,
+         B);  // u = V W1
+    ops_.update_terms(GH, U, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, upd_a(c0), upd_r(c0), upd_vl(c0));
   }
 
   // The update of chunk c from its start state: Pn := the inner step mixed with momentum (P_c), mbar_, and
@@ -467,9 +480,9 @@ class Fused {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
     update_terms(E, c0, n, /*in_backward=*/false);
     T* dW = s_.momentum ? D_ : Pn;
-    gemm(true, false, 2 * dh, d, n, T(1), R_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0), dW, d,
-         wstride(), B);  // [dW0; dW2] = R^T K
-    gemm(true, false, d, dh, n, T(1), Vl_, d, n * d, Ak_, dh, n * dh, T(0), w1(dW), dh, wstride(),
+    gemm(true, false, 2 * dh, d, n, T(1), upd_r(c0), 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0),
+         dW, d, wstride(), B);  // [dW0; dW2] = R^T K
+    gemm(true, false, d, dh, n, T(1), upd_vl(c0), d, n * d, upd_a(c0), dh, n * dh, T(0), w1(dW), dh, wstride(),
          B);  // dW1 = (lr1 V)^T a
     if (s_.momentum) {
       ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
@@ -553,14 +566,14 @@ class Fused {
     // The inner gradient: D02 = R^T K, D1 = Vl^T a, with cotangent dD.
     gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), dD, d, wstride(), T(0), dR_, 2 * dh,
          n * 2 * dh, B);  // dR = K dD02^T
-    gemm(false, true, n, d, dh, T(1), Ak_, dh, n * dh, w1(dD), dh, wstride(), T(0), dVl_, d, n * d,
+    gemm(false, true, n, d, dh, T(1), upd_a(c0), dh, n * dh, w1(dD), dh, wstride(), T(0), dVl_, d, n * d,
          B);  // dVl = a dD1^T
-    gemm(false, false, n, dh, d, T(1), Vl_, d, n * d, w1(dD), dh, wstride(), T(0), da_, dh, n * dh,
+    gemm(false, false, n, dh, d, T(1), upd_vl(c0), d, n * d, w1(dD), dh, wstride(), T(0), da_, dh, n * dh,
          B);  // da = Vl dD1
     ops_.update_terms_bwd(gh_k(c0), vw1(c0), in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, dVl_, da_, dGH_, dU_,
                           g.lr0, g.lr1, g.lr2, g.v);
-    gemm(false, false, n, d, 2 * dh, T(1), R_, 2 * dh, n * 2 * dh, dD, d, wstride(), T(0), rows_of(g.k, c0), d,
-         seq_stride(), B);  // dK = R dD02
+    gemm(false, false, n, d, 2 * dh, T(1), upd_r(c0), 2 * dh, n * 2 * dh, dD, d, wstride(), T(0), rows_of(g.k, c0),
+         d, seq_stride(), B);  // dK = R dD02
     gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(1), rows_of(g.k, c0), d,
          seq_stride(), B);  // dK += dGH [W0;W2]
     gemm(false, true, n, d, dh, T(1), dU_, dh, n * dh, w1(E), dh, wstride(), T(1), rows_of(g.v, c0), d, seq_stride(),
@@ -619,7 +632,7 @@ void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every =
 // round_operands_bf16: every element of op(A) and op(B) of every matrix product is first rounded to bf16
 // (round_bf16 of its float value), the products still accumulate in T and everything else is unchanged -- an
 // emulation of the CUDA backend's bf16 option (LactOptions::bf16), e.g. as a yardstick for its error.
-// keep_products: Fused's keep_products (the backward reads the forward's [g|h] and V W1: the same bits).
+// keep_products: Fused's keep_products (the backward reads the forward's chunk products and terms: the same bits).
 template <class T>
 void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr,
                bool round_operands_bf16 = false, bool keep_products = false);

@@ -34,7 +34,7 @@ SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
   const DType dt = dtype_of<T>::value;
   cuda::LactOptions copt = cuda::offered_precision_options("ttt op lact --device cuda: --precision", opt.precision,
                                                             std::is_same<T, float>::value, opt.muon);
-  copt.keep_products = true;  // one run, one record: the backward reads the forward's [g|h] and V W1
+  copt.keep_products = true;  // one run, one record: the backward reads the forward's chunk products
   SafeTensors out;
   Tensor o = Tensor::empty({B, T_, d}, dt);
   if (!want_grad) {
