@@ -36,8 +36,8 @@ struct LactOptions {
   bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
-  // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1 and the update's
-  // a, R, lr1 v (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their fp32 unused
+  // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1, the update's
+  // a, R, lr1 v and gate mean (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their fp32 unused
   // with bf16 operands) and the backward reads them instead of recomputing them (same bits). Set by the
   // operator's own entry points (ttt op lact, ttt bench op: one record); the GPU model's and PyTorch's runners
   // leave it off (the memory estimate does not count it).
