@@ -625,6 +625,18 @@ LactOptions precision_options(const std::string& precision) {
 }
 const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
 
+size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt) {
+  const int64_t extra = lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true, 1, false);
+  // fp32 elements, and with bf16 operands (at most) a bf16 shadow of each.
+  return size_t(std::max<int64_t>(extra, 0)) * (opt.bf16 ? 6 : 4);
+}
+LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt) {
+  size_t used = 0, total = 0;
+  device_memory(&used, &total);
+  opt.keep_products = kept_products_bytes(s, opt) <= (total - used) / 4;
+  return opt;
+}
+
 
 namespace {
 // CUDA graphs: each forward() / backward() is captured into a graph on its first call and replayed while it
