@@ -269,13 +269,16 @@ class CpuOps {
       }
   }
   // Post-norm step adjoint: dA (in: dL/dA_next, out: dL/dZ), dtau += .
-  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+  // dA_add (or null) is added to dA first: dA := the adjoint of dA + dA_add.
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau) {
     std::vector<T> z, dz;
     for (int64_t b = 0; b < g_.B; ++b)
       for (int64_t r = 0; r < g_.rows(); ++r) {
         const int64_t len = row_len(r), o = b * 3 * g_.P() + row_off(r);
         row_sum(A, M, ns, b, r, z);
         dz.assign(size_t(len), T(0));
+        if (dA_add)
+          for (int64_t j = 0; j < len; ++j) dA[o + j] += dA_add[o + j];
         row_norm_bwd(z.data(), len, tau[b * g_.rows() + r], dA + o, dz.data(), dtau[b * g_.rows() + r]);
         std::copy(dz.begin(), dz.end(), dA + o);
       }

@@ -174,7 +174,8 @@ struct Geom {
 //   update_terms(GH, U, v, lr0, lr1, lr2, c0, n, a, R, Vl)
 //   update_terms_bwd(GH, U, v, lr0, lr1, lr2, c0, n, dR, dVl, da, dGH, dU, g_lr0, g_lr1, g_lr2, g_v)
 //   to_ns(src, dst, nrm|null); ns_norm_bwd(dX0, Pm, nrm, dot, dP)
-//   step(A, M, M_in_ns_layout, tau|null, A_next); step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dtau (+=))
+//   step(A, M, M_in_ns_layout, tau|null, A_next)
+//   step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dA_add|null, dtau (+=))   dA := the adjoint of dA + dA_add
 template <class Ops>
 class Fused {
  public:
@@ -357,14 +358,14 @@ class Fused {
       const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
       if (s_.causal) {
         if (c + 1 < N) {
-          flush(cur);  // version c+1 complete
+          if (!flush_in_step()) flush(cur);  // version c+1 complete
           update_bwd(c, c0, n, g);
           cur = c;
         }
         apply_bwd(effective(c, c), c0, n, g);
       } else {
         apply_bwd(effective(c + 1, c + 1), c0, n, g);
-        flush(cur);
+        if (!flush_in_step()) flush(cur);
         update_bwd(c, c0, n, g);
         cur = c;
       }
@@ -518,6 +519,9 @@ class Fused {
   }
 
   // ---- backward pieces ------------------------------------------------------------------------------
+  // With post weight norm the flush before an update adjoint is its step adjoint's first step (dA + dE_ read
+  // in the same pass: the same sum, one pass less).
+  bool flush_in_step() const { return s_.norm == WeightNorm::Post; }
   // Moves dE_ into dA_. dE_ is left as it is: the update adjoint that follows every flush but the last
   // overwrites all of it (its products write dE_ with beta 0) before anything accumulates into it.
   void flush(int64_t version) {
@@ -554,8 +558,9 @@ class Fused {
     if (s_.momentum && !keep_) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
     if (s_.muon) ns5_forward(Pc);
     const T* M = s_.muon ? X_[5] : Pc;
-    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ becomes dZ = dL/dA_c (direct) = dL/dM.
-    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dtau_);
+    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ + dE_ (version c+1's flush: flush_in_step) becomes
+    // dZ = dL/dA_c (direct) = dL/dM in dA_.
+    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dE_, dtau_);
     // Muon: dP from dM through NS5 (into dP_); without Muon dM is dA_ itself.
     if (s_.muon) ns5_backward(Pc);
     const T* dM = s_.muon ? dP_ : dA_;

@@ -500,15 +500,16 @@ class CudaOps {
     k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, An, An16, g_);
     TTT_LAUNCH_CHECK("step");
   }
-  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau) {
     const int64_t n = g_.B * 3 * g_.P();
     reads(A, n);
     reads(M, n);
     reads(dA, n);
+    if (dA_add) reads(dA_add, n);
     wrote(dA, n);
     wrote(dtau, g_.B * g_.rows());
     auto ps_ = prof_->scope("step_bwd");
-    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dtau, g_);
+    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dA_add, dtau, g_);
     TTT_LAUNCH_CHECK("step_bwd");
   }
 
