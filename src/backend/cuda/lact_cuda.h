@@ -58,8 +58,8 @@ LactOptions precision_options(backend::Precision precision);
 LactOptions precision_options(const std::string& precision);
 const char* precision_name(const LactOptions& opt);
 // opt with keep_products on when the kept products of one record (kept_products_bytes) take at most a quarter
-// of the device's free memory (the operator's own runs: ttt op lact, ttt bench op). Either way the results are
-// the same bits; the choice only trades memory for the backward's recomputation.
+// of the device's free memory (the operator's own runs: ttt op lact, ttt bench op), unless TTT_LACT_KEEP=0.
+// Either way the results are the same bits; the choice only trades memory for the backward's recomputation.
 size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt);
 LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt);
 // precision_options(precision) for inputs of F32 (f32) or F64, refusing what is not offered: tf32 or bf16 on F64
