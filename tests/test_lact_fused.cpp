@@ -177,7 +177,7 @@ lact::Inputs<double> inputs_of(const Case& c, const Data& x) {
           x.v.data(),  x.lr0.data(), x.lr1.data(), x.lr2.data(), c.momentum ? x.mom.data() : nullptr};
 }
 
-std::vector<std::vector<double>> fused_result(const Case& c, const Data& x) {
+std::vector<std::vector<double>> fused_result(const Case& c, const Data& x, bool keep_products = false) {
   const lact::Shape s = shape_of(c);
   const lact::Inputs<double> in = inputs_of(c, x);
   const double nan = std::nan("");
@@ -197,7 +197,7 @@ std::vector<std::vector<double>> fused_result(const Case& c, const Data& x) {
   g.lr1 = out[8].data();
   g.lr2 = out[9].data();
   if (c.momentum) g.mom = out[10].data();
-  lact::fused_cpu<double>(s, in, out[0].data(), x.go.data(), &g);
+  lact::fused_cpu<double>(s, in, out[0].data(), x.go.data(), &g, /*round_operands_bf16=*/false, keep_products);
   return out;
 }
 
@@ -564,6 +564,34 @@ TEST(LactFused, RecordsKeepSeveralForwards) {
   const int64_t per_record =
       2 * s.num_versions() * s.B * 3 * s.P() + (s.norm != engine::WeightNorm::None ? s.B * s.state_rows() : 0);
   EXPECT_EQ(two - one, per_record);
+}
+
+// Kept products (Fused's keep_products: the backward reads each chunk's [g|h] of q and k, V W1 and the update's
+// a, R, lr1 v and momentum gate mean from the forward) give the bits of the recomputation, in every program, weight
+// norm, momentum and Muon combination; they cost B T (8 dh + d) (+ B chunks) elements and spare the shared [g|h],
+// V W1, R, lr1 v and gate-mean buffers.
+TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
+  int checked = 0;
+  for (const Case& c : all_cases()) {
+    SCOPED_TRACE("case " + std::to_string(checked));
+    const Data x = make_data(c, 7000 + uint64_t(checked));
+    const std::vector<std::vector<double>> recomputed = fused_result(c, x), kept = fused_result(c, x, true);
+    for (int i = 0; i < 11; ++i) {
+      if (i == 10 && !c.momentum) continue;
+      ASSERT_EQ(recomputed[size_t(i)].size(), kept[size_t(i)].size());
+      EXPECT_EQ(0, std::memcmp(recomputed[size_t(i)].data(), kept[size_t(i)].data(),
+                               sizeof(double) * kept[size_t(i)].size()))
+          << kNames[i];
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 96);
+  const lact::Shape s = shape_of(all_cases().front());
+  const int64_t C = std::min(s.chunk, s.T);
+  EXPECT_EQ(lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true),
+            s.B * s.T * (8 * s.dh + s.d) - s.B * C * (5 * s.dh + s.d) +
+                (s.momentum ? s.B * s.num_chunks() - s.B : 0));
+  EXPECT_EQ(lact::workspace_elements(s, false, 1, true), lact::workspace_elements(s, false));  // nothing to keep
 }
 
 // round_bf16 (the twin's emulation of the CUDA backend's bf16 operands): round to nearest, ties to even, as

@@ -23,7 +23,7 @@ class CpuOps {
   Geom geom() const { return g_; }
 
   // Storage starts as NaN, so that a step reading what no step wrote shows in the results.
-  T* alloc(int64_t n) {
+  T* alloc(int64_t n, bool /*operand*/ = true) {
     store_.emplace_back(new T[size_t(std::max<int64_t>(n, 1))]);
     std::fill(store_.back().get(), store_.back().get() + n, std::numeric_limits<T>::quiet_NaN());
     return store_.back().get();
@@ -77,10 +77,18 @@ class CpuOps {
       out[b] = scale * acc;
     }
   }
-  // D[b] += s[b] * S[b] (per elements a head).
-  void axpy_batched(T* D, const T* S, const T* s, int64_t per) {
+  // dst[b] = D[b] + s[b] * S[b] (per elements a head; dst may be D).
+  void axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per) {
     for (int64_t b = 0; b < g_.B; ++b)
-      for (int64_t i = 0; i < per; ++i) D[b * per + i] += s[b] * S[b * per + i];
+      for (int64_t i = 0; i < per; ++i) dst[b * per + i] = D[b * per + i] + s[b] * S[b * per + i];
+  }
+  // The momentum mix's adjoint over a state [B][3P]: dP = dM + dS (dP may be dM); dmbar[b] = <dP[b], S[b]>
+  // (batched_dot's sum); dS = mbar[b] dP.
+  void momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, T* dmbar) {
+    const int64_t per = 3 * g_.P(), n = g_.B * per;
+    for (int64_t i = 0; i < n; ++i) dP[i] = dM[i] + dS[i];
+    batched_dot(dP, S, per, per, g_.B, T(1), dmbar);
+    scale_batched(dS, dP, mbar, per);
   }
   // dst[b] = s[b] * src[b].
   void scale_batched(T* dst, const T* src, const T* s, int64_t per) {
@@ -261,13 +269,16 @@ class CpuOps {
       }
   }
   // Post-norm step adjoint: dA (in: dL/dA_next, out: dL/dZ), dtau += .
-  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+  // dA_add (or null) is added to dA first: dA := the adjoint of dA + dA_add.
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau) {
     std::vector<T> z, dz;
     for (int64_t b = 0; b < g_.B; ++b)
       for (int64_t r = 0; r < g_.rows(); ++r) {
         const int64_t len = row_len(r), o = b * 3 * g_.P() + row_off(r);
         row_sum(A, M, ns, b, r, z);
         dz.assign(size_t(len), T(0));
+        if (dA_add)
+          for (int64_t j = 0; j < len; ++j) dA[o + j] += dA_add[o + j];
         row_norm_bwd(z.data(), len, tau[b * g_.rows() + r], dA + o, dz.data(), dtau[b * g_.rows() + r]);
         std::copy(dz.begin(), dz.end(), dA + o);
       }
@@ -297,29 +308,29 @@ struct CountOps {
   Geom g;
   int64_t elems = 0;
   Geom geom() const { return g; }
-  float* alloc(int64_t n) {
+  float* alloc(int64_t n, bool /*operand*/ = true) {
     elems += std::max<int64_t>(n, 1);
     return nullptr;
   }
 };
 }  // namespace
 
-int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records) {
+int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
   s.validate();
   CountOps ops{Geom{s.B, s.T, s.d, s.dh}};
-  Fused<CountOps> f(ops, s, with_grad, records);
+  Fused<CountOps> f(ops, s, with_grad, records, keep_products);
   return ops.elems;
 }
 
 template <class T>
 void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const Grads<T>* g,
-               bool round_operands_bf16) {
+               bool round_operands_bf16, bool keep_products) {
   s.validate();
   Geom geom{s.B, s.T, s.d, s.dh};
   CpuOps<T> ops(geom, round_operands_bf16);
   const bool grad = grad_o != nullptr;
   TTT_CHECK(!grad || g, "fused_cpu: grad_o given without gradient outputs");
-  Fused<CpuOps<T>> f(ops, s, grad);
+  Fused<CpuOps<T>> f(ops, s, grad, /*records=*/1, keep_products);
   f.forward(in, o);
   if (grad) f.backward(grad_o, *g);
 }
@@ -387,9 +398,9 @@ template void stream_cpu<float>(const Shape&, const Inputs<float>&, float*, int6
 template void stream_cpu<double>(const Shape&, const Inputs<double>&, double*, int64_t);
 
 template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*,
-                               bool);
+                               bool, bool);
 template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*,
-                                bool);
+                                bool, bool);
 template void fused_cpu_records<double>(const Shape&, const std::vector<Inputs<double>>&, const std::vector<double*>&,
                                         const std::vector<const double*>&, const std::vector<Grads<double>>&);
 

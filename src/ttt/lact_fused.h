@@ -157,13 +157,16 @@ struct Geom {
 // semantics written out; CudaOps (src/backend/cuda/lact_cuda.cu) implements the same with cuBLAS and kernels.
 //
 //   using value_type = T;   Geom geom() const;
-//   T* alloc(int64_t n)      storage owned by the backend until it is destroyed
+//   T* alloc(int64_t n, bool operand = true)   storage owned by the backend until it is destroyed; operand false:
+//                            never a matrix product's operand (a backend may then skip what it keeps for operands)
 //   zero(p, n); copy(dst, src, n); add(dst, src, n) (dst += src); sqrt_inplace(x, n)
 //   zero_rows(p, cols, r0, nr)                    rows [r0,r0+nr) of every head of a [B,T,cols] tensor
 //   gemm(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch)
 //        row-major C[m,n] = alpha op(A) op(B) + beta C for each of `batch` matrices (strides sA, sB, sC)
 //   batched_dot(x, y|null, per, stride, batch, scale, out)   out[b] = scale sum_i x[b stride+i] y[b stride+i]
-//   axpy_batched(D, S, s, per)   D[b] += s[b] S[b];   scale_batched(dst, src, s, per)   dst[b] = s[b] src[b]
+//   axpy_batched(dst, D, S, s, per)   dst[b] = D[b] + s[b] S[b] (dst may be D)
+//   momentum_bwd(dM, dS, S, mbar, dP, dmbar)   per head b, over its 3P elements: dP = dM + dS (dP may be dM),
+//        dmbar[b] = sum dP S (a batched_dot of dP and S), then dS = mbar[b] dP
 //   fill_chunk(g, val, scale, c0, n)               g[b, c0+i] = val[b] scale for a [B,T] tensor
 //   pack_state(w0, w1, w2, A); unpack_grad(dA, tau|null, dtau, A0, g_w0, g_w1, g_w2)
 //   row_norms(A, tau); weight_norm(A, tau, E); weight_norm_bwd(A, tau, dE, dA (+=), dtau (+=))
@@ -171,7 +174,8 @@ struct Geom {
 //   update_terms(GH, U, v, lr0, lr1, lr2, c0, n, a, R, Vl)
 //   update_terms_bwd(GH, U, v, lr0, lr1, lr2, c0, n, dR, dVl, da, dGH, dU, g_lr0, g_lr1, g_lr2, g_v)
 //   to_ns(src, dst, nrm|null); ns_norm_bwd(dX0, Pm, nrm, dot, dP)
-//   step(A, M, M_in_ns_layout, tau|null, A_next); step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dtau (+=))
+//   step(A, M, M_in_ns_layout, tau|null, A_next)
+//   step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dA_add|null, dtau (+=))   dA := the adjoint of dA + dA_add
 template <class Ops>
 class Fused {
  public:
@@ -181,7 +185,13 @@ class Fused {
   // gradients): how many forwards are kept at once, each in a record of its own (its chunk-boundary states,
   // weight-norm targets and inputs: everything backward() reads of its forward) until its backward, while the
   // work buffers are shared; use_record picks the one forward() and backward() act on (record 0 at first).
-  Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1) : ops_(ops), s_(s), with_grad_(with_grad) {
+  // keep_products (with gradients): each record also keeps what the forward computes of every chunk anyway --
+  // [g|h] of q and of k, V W1, the update's token terms a, R, lr1 v and momentum gate mean -- so that the backward
+  // reads them instead of recomputing them (the same steps on the same operands: the same bits); costs
+  // B T (8 dh + d) (+ B chunks) elements per record (a, R, lr1 v are product operands only: a backend with bf16
+  // operands needs only their bf16 copies).
+  Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false)
+      : ops_(ops), s_(s), with_grad_(with_grad), keep_(with_grad && keep_products) {
     s_.validate();
     TTT_CHECK(records >= 1 && (records == 1 || with_grad_),
               "lact: " << records << " forward records (several need gradients on)");
@@ -196,16 +206,31 @@ class Fused {
       // wants P_c (it spares recomputing the update's two weight-shaped products), so keep them alike.
       if (s_.momentum || with_grad_) r.mstates = ops_.alloc(nver_ * B * 3 * P);
       if (s_.norm != WeightNorm::None) r.tau = ops_.alloc(B * s_.state_rows());
+      if (keep_) {
+        r.ghq = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);  // read by element-wise steps only
+        r.ghk = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);
+        r.u = ops_.alloc(B * s_.T * dh, /*operand=*/false);
+        r.a = ops_.alloc(B * s_.T * dh);  // read by products only
+        r.r = ops_.alloc(B * s_.T * 2 * dh);
+        r.vl = ops_.alloc(B * s_.T * d);
+        if (s_.momentum) r.mbar = ops_.alloc(B * s_.num_chunks(), /*operand=*/false);
+      }
     }
     states_ = records_[0].states, mstates_ = records_[0].mstates, tau_ = records_[0].tau;
+    ghq_ = records_[0].ghq, ghk_ = records_[0].ghk, ukept_ = records_[0].u;
+    akept_ = records_[0].a, rkept_ = records_[0].r, vlkept_ = records_[0].vl, mbarkept_ = records_[0].mbar;
     if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
-    if (s_.momentum) mbar_ = ops_.alloc(B);
-    GH_ = ops_.alloc(B * C * 2 * dh);
-    U_ = ops_.alloc(B * C * dh);
+    if (s_.momentum && !keep_) mbar_ = ops_.alloc(B);
+    if (!keep_) {
+      GH_ = ops_.alloc(B * C * 2 * dh);
+      U_ = ops_.alloc(B * C * dh);
+    }
     Ak_ = ops_.alloc(B * C * dh);
-    R_ = ops_.alloc(B * C * 2 * dh);
-    Vl_ = ops_.alloc(B * C * d);
+    if (!keep_) {
+      R_ = ops_.alloc(B * C * 2 * dh);
+      Vl_ = ops_.alloc(B * C * d);
+    }
     if (s_.muon) {
       const int64_t p = g_.p();
       nrm_ = ops_.alloc(3 * B);
@@ -245,6 +270,8 @@ class Fused {
     from.in = in_, from.forward_done = forward_done_;
     const Record& to = records_[size_t(r)];
     states_ = to.states, mstates_ = to.mstates, tau_ = to.tau, in_ = to.in, forward_done_ = to.forward_done;
+    ghq_ = to.ghq, ghk_ = to.ghk, ukept_ = to.u;
+    akept_ = to.a, rkept_ = to.r, vlkept_ = to.vl, mbarkept_ = to.mbar;
     record_ = r;
     cached_e_ = -1;
   }
@@ -331,14 +358,14 @@ class Fused {
       const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
       if (s_.causal) {
         if (c + 1 < N) {
-          flush(cur);  // version c+1 complete
+          if (!flush_in_step()) flush(cur);  // version c+1 complete
           update_bwd(c, c0, n, g);
           cur = c;
         }
         apply_bwd(effective(c, c), c0, n, g);
       } else {
         apply_bwd(effective(c + 1, c + 1), c0, n, g);
-        flush(cur);
+        if (!flush_in_step()) flush(cur);
         update_bwd(c, c0, n, g);
         cur = c;
       }
@@ -352,6 +379,7 @@ class Fused {
   Shape s_;
   Geom g_;
   bool with_grad_;
+  bool keep_;  // keep_products (see the constructor)
   bool forward_done_ = false;
   Inputs<T> in_;
   const T* go_ = nullptr;
@@ -361,6 +389,9 @@ class Fused {
   // A kept forward (use_record): the current one's live in states_, mstates_, tau_, in_ and forward_done_.
   struct Record {
     T *states = nullptr, *mstates = nullptr, *tau = nullptr;
+    T *ghq = nullptr, *ghk = nullptr, *u = nullptr;  // keep_products: every chunk's [g|h] of q, of k, V W1
+    T *a = nullptr, *r = nullptr, *vl = nullptr;     // and its update's terms a, R, lr1 v
+    T* mbar = nullptr;                               // and momentum gate mean [chunks][B]
     Inputs<T> in;
     bool forward_done = false;
   };
@@ -368,6 +399,8 @@ class Fused {
   int64_t record_ = 0;
   T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
   T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
+  T *ghq_ = nullptr, *ghk_ = nullptr, *ukept_ = nullptr;  // the current record's (keep_products)
+  T *akept_ = nullptr, *rkept_ = nullptr, *vlkept_ = nullptr, *mbarkept_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
   T *dA_ = nullptr, *dE_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
   T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr, *dVl_ = nullptr;
@@ -404,6 +437,16 @@ class Fused {
   static const T* w02(const T* E) { return E; }
   const T* w1(const T* E) const { return E + 2 * s_.P(); }
   T* w1(T* E) const { return E + 2 * s_.P(); }
+  // The chunk from row c0's [g|h] of q / of k ([B][n][2dh]) and V W1 ([B][n][dh]): a record's kept slot (the
+  // chunks lie one after another, B c0 rows in) or the shared work buffer.
+  T* gh_q(int64_t c0) const { return keep_ ? ghq_ + s_.B * c0 * 2 * s_.dh : GH_; }
+  T* gh_k(int64_t c0) const { return keep_ ? ghk_ + s_.B * c0 * 2 * s_.dh : GH_; }
+  T* vw1(int64_t c0) const { return keep_ ? ukept_ + s_.B * c0 * s_.dh : U_; }
+  // The chunk's update terms a ([B][n][dh]; the apply's a stays in Ak_), R ([B][n][2dh]), lr1 v ([B][n][d]).
+  T* upd_a(int64_t c0) const { return keep_ ? akept_ + s_.B * c0 * s_.dh : Ak_; }
+  T* upd_r(int64_t c0) const { return keep_ ? rkept_ + s_.B * c0 * 2 * s_.dh : R_; }
+  T* upd_vl(int64_t c0) const { return keep_ ? vlkept_ + s_.B * c0 * s_.d : Vl_; }
+  T* mbar_of(int64_t c0) const { return keep_ ? mbarkept_ + s_.B * (c0 / s_.chunk) : mbar_; }  // [B]
 
   // [g|h] = X [W0;W2]^T for the chunk rows X of x: GH [B][n][2dh].
   void gh(const T* E, const T* x, int64_t c0, int64_t n, T* GH) {
@@ -414,37 +457,44 @@ class Fused {
 
   void apply_fwd(const T* E, int64_t c0, int64_t n, T* o) {
     const int64_t d = s_.d, dh = s_.dh;
-    gh(E, in_.q, c0, n, GH_);
-    ops_.swiglu(GH_, Ak_, n);  // a = silu(g) * h
+    T* GH = gh_q(c0);
+    gh(E, in_.q, c0, n, GH);
+    ops_.swiglu(GH, Ak_, n);  // a = silu(g) * h
     gemm(false, true, n, d, dh, T(1), Ak_, dh, n * dh, w1(E), dh, wstride(), T(0), rows_of(o, c0), d, seq_stride(),
          s_.B);  // o = a W1^T
   }
 
-  // The chunk's token-side terms of the inner gradient: GH_ = K [W0;W2]^T, U_ = V W1, then
-  // a = silu(g) h (Ak_), R = [lr0 u h silu'(g) | lr2 u silu(g)] (R_), Vl = lr1 v (Vl_).
-  void update_terms(const T* E, int64_t c0, int64_t n) {
+  // The chunk's token-side terms of the inner gradient: GH = K [W0;W2]^T, U = V W1 (gh_k, vw1), then
+  // a = silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)], Vl = lr1 v (upd_a, upd_r, upd_vl). With kept products
+  // the backward's call has nothing to do: it reads the forward's.
+  void update_terms(const T* E, int64_t c0, int64_t n, bool in_backward) {
+    if (keep_ && in_backward) return;
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
-    gh(E, in_.k, c0, n, GH_);
-    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh,
-         wstride(), T(0), U_, dh, n * dh, B);  // u = V W1
-    ops_.update_terms(GH_, U_, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, Ak_, R_, Vl_);
+    T *GH = gh_k(c0), *U = vw1(c0);
+    gh(E, in_.k, c0, n, GH);
+    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), U, dh, n * dh,
+         B);  // u = V W1
+    ops_.update_terms(GH, U, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, upd_a(c0), upd_r(c0), upd_vl(c0));
   }
 
-  // The update of chunk c from its start state: D_ = the inner step mixed with momentum (P_c), mbar_, and
-  // with Muon the NS5 iterates. Returns what the step adds (D_ or X_[5]).
-  const T* update_direction(int64_t v, const T* E, int64_t c0, int64_t n) {
+  // The update of chunk c from its start state: Pn := the inner step mixed with momentum (P_c), mbar_of(c0), and
+  // with Muon the NS5 iterates. Pn is where P_c is kept (the next momentum state, or D_ when nothing keeps it):
+  // the inner step's products write it directly unless momentum mixes it first (then they write D_). Returns
+  // what the step adds (Pn or X_[5]).
+  const T* update_direction(int64_t v, const T* E, int64_t c0, int64_t n, T* Pn) {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
-    update_terms(E, c0, n);
-    gemm(true, false, 2 * dh, d, n, T(1), R_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0), D_, d,
-         wstride(), B);  // [dW0; dW2] = R^T K
-    gemm(true, false, d, dh, n, T(1), Vl_, d, n * d, Ak_, dh, n * dh, T(0), w1(D_), dh, wstride(),
+    update_terms(E, c0, n, /*in_backward=*/false);
+    T* dW = s_.momentum ? D_ : Pn;
+    gemm(true, false, 2 * dh, d, n, T(1), upd_r(c0), 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0),
+         dW, d, wstride(), B);  // [dW0; dW2] = R^T K
+    gemm(true, false, d, dh, n, T(1), upd_vl(c0), d, n * d, upd_a(c0), dh, n * dh, T(0), w1(dW), dh, wstride(),
          B);  // dW1 = (lr1 V)^T a
     if (s_.momentum) {
-      ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
-      ops_.axpy_batched(D_, mstate(v), mbar_, 3 * P);  // P = dW + mbar S
+      ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_of(c0));
+      ops_.axpy_batched(Pn, D_, mstate(v), mbar_of(c0), 3 * P);  // P = dW + mbar S
     }
-    if (!s_.muon) return D_;
-    ns5_forward(D_);
+    if (!s_.muon) return Pn;
+    ns5_forward(Pn);
     return X_[5];
   }
 
@@ -464,26 +514,30 @@ class Fused {
   }
 
   void update_fwd(int64_t v, int64_t vn, const T* E, int64_t c0, int64_t n) {
-    const T* M = update_direction(v, E, c0, n);
-    if (mstates_) ops_.copy(mstate(vn), D_, s_.B * 3 * s_.P());
+    const T* M = update_direction(v, E, c0, n, mstates_ ? mstate(vn) : D_);
     ops_.step(state(v), M, s_.muon, s_.norm == WeightNorm::Post ? tau_ : nullptr, state(vn));
   }
 
   // ---- backward pieces ------------------------------------------------------------------------------
+  // With post weight norm the flush before an update adjoint is its step adjoint's first step (dA + dE_ read
+  // in the same pass: the same sum, one pass less).
+  bool flush_in_step() const { return s_.norm == WeightNorm::Post; }
+  // Moves dE_ into dA_. dE_ is left as it is: the update adjoint that follows every flush but the last
+  // overwrites all of it (its products write dE_ with beta 0) before anything accumulates into it.
   void flush(int64_t version) {
     const int64_t n = s_.B * 3 * s_.P();
     if (normalized(version)) ops_.weight_norm_bwd(state(version), tau_, dE_, dA_, dtau_);
     else ops_.add(dA_, dE_, n);
-    ops_.zero(dE_, n);
   }
 
   // Cotangents through apply(c) with weights E (dE_ +=), grad_q rows written.
   void apply_bwd(const T* E, int64_t c0, int64_t n, const Grads<T>& g) {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
-    gh(E, in_.q, c0, n, GH_);
+    T* GH = gh_q(c0);
+    if (!keep_) gh(E, in_.q, c0, n, GH);
     gemm(false, false, n, dh, d, T(1), rows_of(go_, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), da_, dh,
          n * dh, B);                      // da = dO W1
-    ops_.swiglu_bwd(GH_, da_, n, dGH_, Ak_);  // dGH = [da h silu'(g) | da silu(g)], a = silu(g) h
+    ops_.swiglu_bwd(GH, da_, n, dGH_, Ak_);  // dGH = [da h silu'(g) | da silu(g)], a = silu(g) h
     gemm(true, false, d, dh, n, T(1), rows_of(go_, c0), d, seq_stride(), Ak_, dh, n * dh, T(1), w1(dE_), dh,
          wstride(), B);  // dW1 += dO^T a
     gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.q, c0), d, seq_stride(), T(1), dE_,
@@ -495,46 +549,49 @@ class Fused {
   // Update of chunk c (version c -> c+1): dA_ holds dL/dA_{c+1} on entry and dL/dA_c (the direct path; the
   // path through the effective weights goes to dE_) on exit; dS_ likewise for the momentum state.
   void update_bwd(int64_t c, int64_t c0, int64_t n, const Grads<T>& g) {
-    const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
+    const int64_t d = s_.d, dh = s_.dh, B = s_.B;
     const T* E = effective(c, c);
-    // Recompute the token-side terms; the update P_c itself was kept by forward (as the state c+1 momentum).
-    update_terms(E, c0, n);
+    // Recompute the token-side terms (from the kept products, if kept); the update P_c itself was kept by
+    // forward (as the state c+1 momentum).
+    update_terms(E, c0, n, /*in_backward=*/true);
     const T* Pc = mstate(c + 1);
-    if (s_.momentum) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
+    if (s_.momentum && !keep_) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
     if (s_.muon) ns5_forward(Pc);
     const T* M = s_.muon ? X_[5] : Pc;
-    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ becomes dZ = dL/dA_c (direct) = dL/dM.
-    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dtau_);
-    // Muon: dP from dM through NS5.
+    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ + dE_ (version c+1's flush: flush_in_step) becomes
+    // dZ = dL/dA_c (direct) = dL/dM in dA_.
+    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dE_, dtau_);
+    // Muon: dP from dM through NS5 (into dP_); without Muon dM is dA_ itself.
     if (s_.muon) ns5_backward(Pc);
-    else ops_.copy(dP_, dA_, B * 3 * P);
-    // Momentum: P = D + mbar S_c is also the next momentum state.
+    const T* dM = s_.muon ? dP_ : dA_;
+    // Momentum: P = D + mbar S_c is also the next momentum state: dP = dM + dS, dmbar = <dP, S_c>,
+    // dS_c = mbar dP (one pass). Without momentum dD is dM as it is.
+    const T* dD = dM;
     if (s_.momentum) {
-      ops_.add(dP_, dS_, B * 3 * P);
-      ops_.batched_dot(dP_, mstate(c), 3 * P, 3 * P, B, T(1), dmbar_);
-      ops_.scale_batched(dS_, dP_, mbar_, 3 * P);  // dS_c = mbar dP
+      ops_.momentum_bwd(dM, dS_, mstate(c), mbar_of(c0), dP_, dmbar_);
       ops_.fill_chunk(g.mom, dmbar_, T(1) / T(n), c0, n);
+      dD = dP_;
     }
-    // The inner gradient: D02 = R^T K, D1 = Vl^T a, with dD = dP_.
-    gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), dP_, d, wstride(), T(0), dR_, 2 * dh,
+    // The inner gradient: D02 = R^T K, D1 = Vl^T a, with cotangent dD.
+    gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), dD, d, wstride(), T(0), dR_, 2 * dh,
          n * 2 * dh, B);  // dR = K dD02^T
-    gemm(false, true, n, d, dh, T(1), Ak_, dh, n * dh, w1(dP_), dh, wstride(), T(0), dVl_, d, n * d,
+    gemm(false, true, n, d, dh, T(1), upd_a(c0), dh, n * dh, w1(dD), dh, wstride(), T(0), dVl_, d, n * d,
          B);  // dVl = a dD1^T
-    gemm(false, false, n, dh, d, T(1), Vl_, d, n * d, w1(dP_), dh, wstride(), T(0), da_, dh, n * dh,
+    gemm(false, false, n, dh, d, T(1), upd_vl(c0), d, n * d, w1(dD), dh, wstride(), T(0), da_, dh, n * dh,
          B);  // da = Vl dD1
-    ops_.update_terms_bwd(GH_, U_, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, dVl_, da_, dGH_, dU_, g.lr0, g.lr1,
-                          g.lr2, g.v);
-    gemm(false, false, n, d, 2 * dh, T(1), R_, 2 * dh, n * 2 * dh, dP_, d, wstride(), T(0), rows_of(g.k, c0), d,
-         seq_stride(), B);  // dK = R dD02
+    ops_.update_terms_bwd(gh_k(c0), vw1(c0), in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, dVl_, da_, dGH_, dU_,
+                          g.lr0, g.lr1, g.lr2, g.v);
+    gemm(false, false, n, d, 2 * dh, T(1), upd_r(c0), 2 * dh, n * 2 * dh, dD, d, wstride(), T(0), rows_of(g.k, c0),
+         d, seq_stride(), B);  // dK = R dD02
     gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(1), rows_of(g.k, c0), d,
          seq_stride(), B);  // dK += dGH [W0;W2]
     gemm(false, true, n, d, dh, T(1), dU_, dh, n * dh, w1(E), dh, wstride(), T(1), rows_of(g.v, c0), d, seq_stride(),
          B);  // dV += dU W1^T
-    // dE_ is zero here (flushed before this update); these are the first contributions of version c.
-    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(1), dE_, d,
-         wstride(), B);  // d[W0;W2] += dGH^T K
-    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), dU_, dh, n * dh, T(1), w1(dE_), dh,
-         wstride(), B);  // dW1 += V^T dU
+    // The first contributions of version c (flushed before this update): they overwrite dE_ (beta 0).
+    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0), dE_, d,
+         wstride(), B);  // d[W0;W2] = dGH^T K
+    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), dU_, dh, n * dh, T(0), w1(dE_), dh,
+         wstride(), B);  // dW1 = V^T dU
   }
 
   // dM (= dA_, state layout) -> dP_ (state layout) through the five NS steps and the Frobenius scaling.
@@ -567,7 +624,7 @@ class Fused {
 // Elements that Fused allocates for a shape (states and work buffers; not the inputs and outputs), e.g. to
 // check that memory stays linear in T/C; with `records` forwards kept at once. The CUDA backend adds a small
 // reduction buffer.
-int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1);
+int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false);
 // The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
 // first stage of its batched reductions (kDotSlices doubles per row of 3 B) and a cuBLAS workspace of its own (bytes).
 inline constexpr int64_t kDotSlices = 128;
@@ -584,9 +641,10 @@ void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every =
 // round_operands_bf16: every element of op(A) and op(B) of every matrix product is first rounded to bf16
 // (round_bf16 of its float value), the products still accumulate in T and everything else is unchanged -- an
 // emulation of the CUDA backend's bf16 option (LactOptions::bf16), e.g. as a yardstick for its error.
+// keep_products: Fused's keep_products (the backward reads the forward's chunk products and terms: the same bits).
 template <class T>
 void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr,
-               bool round_operands_bf16 = false);
+               bool round_operands_bf16 = false, bool keep_products = false);
 
 // The CPU twin of several forwards kept at once (Fused's records), in the order the GPU model's --recompute none
 // runs its layers: every forward (input i into record i), then every backward in reverse order. Each run's o and

@@ -32,8 +32,9 @@ SafeTensors run_lact_cuda(const SafeTensors& st, const LactOpOptions& opt) {
   lact::Inputs<T> in{ptr("w0"), ptr("w1"), ptr("w2"), ptr("q"), ptr("k"), ptr("v"), ptr("lr0"), ptr("lr1"), ptr("lr2"),
                      momentum ? ptr("momentum") : nullptr};
   const DType dt = dtype_of<T>::value;
-  const cuda::LactOptions copt = cuda::offered_precision_options("ttt op lact --device cuda: --precision",
-                                                                  opt.precision, std::is_same<T, float>::value, opt.muon);
+  const cuda::LactOptions copt = cuda::with_kept_products_if_room(
+      s, cuda::offered_precision_options("ttt op lact --device cuda: --precision", opt.precision,
+                                         std::is_same<T, float>::value, opt.muon));
   SafeTensors out;
   Tensor o = Tensor::empty({B, T_, d}, dt);
   if (!want_grad) {

@@ -19,7 +19,7 @@ nlohmann::json bench_json_fields(const OpBenchResult& r) {
 nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, backend::Precision precision) {
   std::string why;
   TTT_CHECK(device_count(&why) > 0, "ttt bench op --device cuda: no usable CUDA device (" << why << ")");
-  const LactOptions opt = precision_options(precision);
+  const LactOptions opt = with_kept_products_if_room(s, precision_options(precision));  // as `ttt op lact` runs
   LactBenchResult r = bench_lact(s, repeats, warmup, opt);
   const double fwd = r.fwd_ms_median / 1e3, fwdbwd = r.fwdbwd_ms_median / 1e3;
   // FLOPs as the LaCT code counts them (docs/ALGORITHMS.md §5.5): forward 18*d*dh*T per head; training 3x.

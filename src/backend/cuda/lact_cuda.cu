@@ -4,10 +4,12 @@
 // code of lact_fused.h and core/scalar_math.h. Reductions accumulate in double and are deterministic (fixed
 // two-stage trees).
 //
-// Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every buffer has a bf16
+// Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every operand buffer has a bf16
 // shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels
 // whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs.
-// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
+// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_SPLITK=0 (no split-K products, split_k_gemm.h), TTT_LACT_KEEP=0
+// (ttt op lact / bench op recompute rather than keep products: with_kept_products_if_room),
+// TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
 // TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh (and
 // the backend's float -> bf16 conversion, layout_kernels.h); the optional profile: lact_profile.cuh; host-array
 // entry point and bench: lact_host.cu.
@@ -17,6 +19,7 @@
 #include "backend/cuda/lact_kernels.cuh"
 #include "backend/cuda/layout_kernels.h"
 #include "backend/cuda/lact_profile.cuh"
+#include "backend/cuda/split_k_gemm.h"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -37,6 +40,12 @@
 namespace ttt::cuda {
 
 namespace {
+
+// TTT_LACT_SPLITK=0 turns the split-K products off (LactOptions::split_k), e.g. to time them against the plain ones.
+bool split_k_from_env() {
+  const char* e = std::getenv("TTT_LACT_SPLITK");
+  return !(e && std::string(e) == "0");
+}
 
 // ---- the backend --------------------------------------------------------------------------------------
 template <class T>
@@ -125,10 +134,19 @@ class CudaOps {
     // captured into a CUDA graph without cuBLAS allocating during the capture.
     cublas_ws_ = alloc_bytes(kCublasWorkspace);
     TTT_CUBLAS_CHECK(cublasSetWorkspace(handle_, cublas_ws_, kCublasWorkspace));
+    // bf16 products with a small output and a long reduction split it (split_k_gemm.h); the partial products
+    // share the cuBLAS workspace (one stream: its uses never overlap).
+    if (bf16_ && opt_.split_k && split_k_from_env()) {
+      int dev = 0;
+      TTT_CUDA_CHECK(cudaGetDevice(&dev));
+      TTT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, dev));
+      split_k_ = std::make_unique<SplitKGemm>(stream_, cublas_ws_, kCublasWorkspace);
+    }
   }
   ~CudaOps() {
     if (stream_) cudaStreamSynchronize(stream_);
     prof_.reset();
+    split_k_.reset();
     for (auto& [p, bytes] : allocs_) device_free(p, bytes);
     device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
     if (handle_) cublasDestroy(handle_);
@@ -142,10 +160,11 @@ class CudaOps {
   cudaStream_t stream() const { return stream_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
 
-  T* alloc(int64_t n) {
+  // operand false: never a product operand, so no bf16 shadow (init_bf16).
+  T* alloc(int64_t n, bool operand = true) {
     n = std::max<int64_t>(n, 1);
     T* p = static_cast<T*>(alloc_bytes(sizeof(T) * size_t(n)));
-    if (bf16_) regions_.push_back(Region{p, n});
+    if (bf16_) regions_.push_back(Region{p, n, operand});
     return p;
   }
   void* alloc_bytes(size_t bytes) {
@@ -182,7 +201,7 @@ class CudaOps {
     }
     // Shadows of every buffer the algorithm allocated (it allocates all of them in its constructor).
     for (Region& r : regions_)
-      r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(r.n)));
+      if (r.operand) r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(r.n)));
   }
   // The host-side bookkeeping of the shadows (what a CUDA graph replay must leave behind as its capture did).
   struct Book {
@@ -224,6 +243,14 @@ class CudaOps {
       if (beta != T(0)) reads(C, ec);
       wrote(C, ec);
       const float fa = float(alpha), fb = float(beta);
+      const int parts = split_k_ ? split_k_parts(m, n, k, batch, sms_) : 1;
+      if (parts > 1) {
+        auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch) + " split" + std::to_string(parts))
+                               : Prof::Scope{};
+        if (split_k_->gemm(ta, tb, m, n, k, fa, a16, lda, sA, b16, ldb, sB, fb, reinterpret_cast<float*>(C), ldc, sC,
+                           batch, parts))
+          return;
+      }
       auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
       TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
           handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa, b16,
@@ -282,37 +309,58 @@ class CudaOps {
                                                 int(batch), compute_, CUBLAS_GEMM_DEFAULT));
   }
 
+  // The second reduction stage: out[b] = scale * (the sum of row b's `slices` partial sums, in a fixed order).
+  void dot_final(int slices, int64_t batch, T scale, T* out) {
+    auto ps_ = prof_->scope("dot_final");
+    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
+    TTT_LAUNCH_CHECK("dot_final");
+  }
+  // Slices of the first reduction stage over `per` elements (k_dot_partial, k_momentum_bwd).
+  static int dot_slices(int64_t per) {
+    return int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+  }
   void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T scale, T* out) {
     TTT_CHECK(batch <= 3 * g_.B, "batched_dot: batch " << batch << " exceeds the reduction buffer");
     reads(x, (batch - 1) * stride + per);
     if (y) reads(y, (batch - 1) * stride + per);
     wrote(out, batch);
-    const int slices = int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+    const int slices = dot_slices(per);
     {
       auto ps_ = prof_->scope("dot_partial");
       k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, stream_>>>(x, y, per, stride, partial_);
       TTT_LAUNCH_CHECK("dot_partial");
     }
-    auto ps2_ = prof_->scope("dot_final");
-    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
-    TTT_LAUNCH_CHECK("dot_final");
+    dot_final(slices, batch, scale, out);
   }
-  void axpy_batched(T* D, const T* S, const T* s, int64_t per) {
+  void axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per) {
     const int64_t n = g_.B * per;
-    reads(S, n);
     reads(D, n);
-    wrote(D, n);
+    reads(S, n);
+    wrote(dst, n);
     auto ps_ = prof_->scope("axpy_batched");
-    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(D, S, s, per, n);
+    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, D, S, s, per, n);
     TTT_LAUNCH_CHECK("axpy_batched");
   }
-  void scale_batched(T* dst, const T* src, const T* s, int64_t per) {
-    const int64_t n = g_.B * per;
-    reads(src, n);
-    wrote(dst, n);
-    auto ps_ = prof_->scope("scale_batched");
-    k_scale_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, s, per, n);
-    TTT_LAUNCH_CHECK("scale_batched");
+  void momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, T* dmbar) {
+    const int64_t per = 3 * g_.P(), n = g_.B * per;
+    reads(dM, n);
+    reads(dS, n);
+    reads(S, n);
+    wrote(dS, n);
+    wrote(dmbar, g_.B);
+    // With bf16 operands dP feeds products only: its bf16 copy alone is written (unless dP is dM, which stays fp32).
+    __nv_bfloat16* dP16 = nullptr;
+    if (bf16_ && dP != dM) dP16 = shadow_out(dP, n, false);
+    else wrote(dP, n);
+    const int slices = dot_slices(per);
+    {
+      auto ps_ = prof_->scope("momentum_bwd");
+      k_momentum_bwd<<<dim3(unsigned(slices), unsigned(g_.B)), kThreads, 0, stream_>>>(dM, dS, S, mbar,
+                                                                                      dP16 ? nullptr : dP, dP16, per,
+                                                                                      partial_);
+      TTT_LAUNCH_CHECK("momentum_bwd");
+    }
+    dot_final(slices, g_.B, T(1), dmbar);
   }
   void fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t n) {
     const int64_t total = g_.B * n;
@@ -453,15 +501,16 @@ class CudaOps {
     k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, An, An16, g_);
     TTT_LAUNCH_CHECK("step");
   }
-  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau) {
+  void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau) {
     const int64_t n = g_.B * 3 * g_.P();
     reads(A, n);
     reads(M, n);
     reads(dA, n);
+    if (dA_add) reads(dA_add, n);
     wrote(dA, n);
     wrote(dtau, g_.B * g_.rows());
     auto ps_ = prof_->scope("step_bwd");
-    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dtau, g_);
+    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dA_add, dtau, g_);
     TTT_LAUNCH_CHECK("step_bwd");
   }
 
@@ -477,6 +526,8 @@ class CudaOps {
   size_t workspace_bytes_ = 0;
   static constexpr size_t kCublasWorkspace = lact::kRunnerCublasWorkspace;
   void* cublas_ws_ = nullptr;
+  std::unique_ptr<SplitKGemm> split_k_;  // bf16 with LactOptions::split_k (and not TTT_LACT_SPLITK=0)
+  int sms_ = 0;
   // bf16 matrix inputs
   struct Mirror {
     const T* base = nullptr;
@@ -486,6 +537,7 @@ class CudaOps {
   struct Region {
     T* base = nullptr;
     int64_t n = 0;
+    bool operand = true;          // read by products: has a shadow
     __nv_bfloat16* sh = nullptr;  // the shadow
     Ivals valid;                  // where sh = bf16(fp32 value)
     Ivals stale;                  // where only sh holds the value (the fp32 buffer was not written)
@@ -575,6 +627,19 @@ LactOptions precision_options(const std::string& precision) {
 }
 const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
 
+size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt) {
+  const int64_t extra = lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true, 1, false);
+  // fp32 elements, and with bf16 operands (at most) a bf16 shadow of each.
+  return size_t(std::max<int64_t>(extra, 0)) * (opt.bf16 ? 6 : 4);
+}
+LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt) {
+  const char* e = std::getenv("TTT_LACT_KEEP");
+  size_t used = 0, total = 0;
+  device_memory(&used, &total);
+  opt.keep_products = !(e && std::string(e) == "0") && kept_products_bytes(s, opt) <= (total - used) / 4;
+  return opt;
+}
+
 
 namespace {
 // CUDA graphs: each forward() / backward() is captured into a graph on its first call and replayed while it
@@ -602,7 +667,8 @@ struct LactRunner<T>::Impl {
   std::vector<std::vector<const void*>> fkey;  // per forward record: pointers of its last forward()
 
   Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt, int64_t records)
-      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records), gf(size_t(records)),
+      : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records, opt.keep_products),
+        gf(size_t(records)),
         gb(size_t(records)), fkey(size_t(records)) {
     ops.init_bf16(s.chunk, with_grad, records);
     graphs = opt.graphs && graphs_from_env() && !ops.prof().on();

@@ -36,6 +36,17 @@ struct LactOptions {
   bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
+  // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1, the update's
+  // a, R, lr1 v and gate mean (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their
+  // fp32 unused with bf16 operands) and the backward reads them instead of recomputing them (same bits). The
+  // operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
+  // (with_kept_products_if_room); the GPU model's and PyTorch's runners leave it off (the memory estimate does
+  // not count it).
+  bool keep_products = false;
+  // bf16 products with a small output and a long reduction (the weight-shaped R^T K, V^T dU, ... of few heads and
+  // long chunks) split the reduction over more SMs (split_k_gemm.h: a fixed rule of the shape and SM count, a
+  // deterministic fp32 reduction); also off with TTT_LACT_SPLITK=0.
+  bool split_k = true;
   // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
   // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
   bool graphs = true;
@@ -46,6 +57,11 @@ struct LactOptions {
 LactOptions precision_options(backend::Precision precision);
 LactOptions precision_options(const std::string& precision);
 const char* precision_name(const LactOptions& opt);
+// opt with keep_products on when the kept products of one record (kept_products_bytes) take at most a quarter
+// of the device's free memory (the operator's own runs: ttt op lact, ttt bench op), unless TTT_LACT_KEEP=0.
+// Either way the results are the same bits; the choice only trades memory for the backward's recomputation.
+size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt);
+LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt);
 // precision_options(precision) for inputs of F32 (f32) or F64, refusing what is not offered: tf32 or bf16 on F64
 // inputs, bf16 with Muon; `what` starts the message (the command and flag, or the caller).
 LactOptions offered_precision_options(const std::string& what, const std::string& precision, bool f32, bool muon);

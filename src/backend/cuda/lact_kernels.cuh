@@ -38,12 +38,8 @@ __global__ void k_sqrt(T* x, int64_t n) {
   GRID_STRIDE(i, n) x[i] = math::sqrt(x[i]);
 }
 template <class T>
-__global__ void k_axpy_batched(T* D, const T* S, const T* s, int64_t per, int64_t n) {
-  GRID_STRIDE(i, n) D[i] += s[i / per] * S[i];
-}
-template <class T>
-__global__ void k_scale_batched(T* dst, const T* src, const T* s, int64_t per, int64_t n) {
-  GRID_STRIDE(i, n) dst[i] = s[i / per] * src[i];
+__global__ void k_axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = D[i] + s[i / per] * S[i];
 }
 template <class T>
 __global__ void k_fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t len, int64_t T_, int64_t n) {
@@ -208,15 +204,15 @@ __global__ void k_weight_norm(const T* A, const T* tau, T* E, __nv_bfloat16* E16
     if (E16) E16[rr.off + j] = __float2bfloat16_rn(float(y));
   }
 }
-// Row adjoint of y = x tau/(n+eps) (see CpuOps::row_norm_bwd); x is given by a functor of the column.
-template <class T, class X>
-__device__ __forceinline__ void row_norm_bwd_warp(X x, int64_t len, int lane, T tau, const T* dy, T* dx, bool inplace,
+// Row adjoint of y = x tau/(n+eps) (see CpuOps::row_norm_bwd); x and dy are given by functors of the column.
+template <class T, class X, class DY>
+__device__ __forceinline__ void row_norm_bwd_warp(X x, int64_t len, int lane, T tau, DY dy, T* dx, bool inplace,
                                                   T* dtau) {
   Acc ss = 0, dot = 0;
   for (int64_t j = lane; j < len; j += 32) {
     const T xj = x(j);
     ss += Acc(xj) * xj;
-    dot += Acc(dy[j]) * xj;
+    dot += Acc(dy(j)) * xj;
   }
   ss = warp_sum(ss);
   dot = warp_sum(dot);
@@ -224,7 +220,7 @@ __device__ __forceinline__ void row_norm_bwd_warp(X x, int64_t len, int lane, T 
   const T f = tau / den;
   const T h = n == T(0) ? T(0) : T(dot) * tau / (den * den) / n;
   for (int64_t j = lane; j < len; j += 32) {
-    const T v = f * dy[j] - h * x(j);
+    const T v = f * dy(j) - h * x(j);
     if (inplace) dx[j] = v;
     else dx[j] += v;
   }
@@ -236,8 +232,9 @@ __global__ void k_weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, 
   int lane;
   if (!row_ref(g, rr, lane)) return;
   const T* x = A + rr.off;
-  row_norm_bwd_warp<T>([x](int64_t j) { return x[j]; }, rr.len, lane, tau[rr.b * g.rows() + rr.r], dE + rr.off,
-                       dA + rr.off, false, dtau + rr.b * g.rows() + rr.r);
+  const T* dy = dE + rr.off;
+  row_norm_bwd_warp<T>([x](int64_t j) { return x[j]; }, rr.len, lane, tau[rr.b * g.rows() + rr.r],
+                       [dy](int64_t j) { return dy[j]; }, dA + rr.off, false, dtau + rr.b * g.rows() + rr.r);
 }
 template <class T>
 __global__ void k_step(const T* A, const T* M, bool ns, const T* tau, T* An, __nv_bfloat16* An16, lact::Geom g) {
@@ -262,7 +259,8 @@ __global__ void k_step(const T* A, const T* M, bool ns, const T* tau, T* An, __n
   }
 }
 template <class T>
-__global__ void k_step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, T* dtau, lact::Geom g) {
+__global__ void k_step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau,
+                           lact::Geom g) {
   RowRef rr;
   int lane;
   if (!row_ref(g, rr, lane)) return;
@@ -271,8 +269,11 @@ __global__ void k_step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA,
   const lact::Geom gg = g;
   const RowRef r2 = rr;
   auto z = [a, M, ns, gg, m, r2](int64_t j) { return a[j] + m_at(M, ns, gg, m, r2.s, r2.row, j); };
-  // dA holds dL/dA_next on entry and dL/dZ on exit (each lane reads its own columns before writing them).
-  row_norm_bwd_warp<T>(z, rr.len, lane, tau[rr.b * g.rows() + rr.r], dA + rr.off, dA + rr.off, true,
+  // dA (+ dA_add) holds dL/dA_next on entry, dA dL/dZ on exit (each lane reads its own columns before writing them).
+  const T* dy = dA + rr.off;
+  const T* add = dA_add ? dA_add + rr.off : nullptr;
+  row_norm_bwd_warp<T>(z, rr.len, lane, tau[rr.b * g.rows() + rr.r],
+                       [dy, add](int64_t j) { return add ? dy[j] + add[j] : dy[j]; }, dA + rr.off, true,
                        dtau + rr.b * g.rows() + rr.r);
 }
 
@@ -310,6 +311,33 @@ __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t strid
   Acc acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
     acc += yb ? Acc(xb[i]) * yb[i] : Acc(xb[i]);
+  __shared__ Acc sh[kThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
+    acc = warp_sum(acc);
+    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
+  }
+}
+// The momentum mix's adjoint (CpuOps::momentum_bwd), grid (slices, B) as k_dot_partial, whose partial sums of
+// <dP, S> it writes in the same order: dP = dM + dS (fp32, and/or its bf16 operand copy dP16 when only
+// products read it), dS = mbar dP.
+template <class T>
+__global__ void k_momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, __nv_bfloat16* dP16,
+                               int64_t per, Acc* partial) {
+  const int64_t b = blockIdx.y, off = b * per;
+  const int slices = gridDim.x;
+  const T m = mbar[b];
+  Acc acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x) {
+    const T p = dM[off + i] + dS[off + i];
+    if (dP) dP[off + i] = p;
+    if (dP16) dP16[off + i] = __float2bfloat16(float(p));
+    dS[off + i] = m * p;
+    acc += Acc(p) * S[off + i];
+  }
   __shared__ Acc sh[kThreads / 32];
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
