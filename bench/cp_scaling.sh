@@ -16,6 +16,7 @@
 # Settings (environment): CONFIG (bench/configs/tnt87m_l8.json; window, shard and global_chunk must divide the spans),
 # SEQ (131072), LONG (786432), REPEATS (3), WARMUP (1), PRECISION (the engine's default when empty), MASTER_PORT,
 # CP_GLOBAL ("gather state"), LIMIT (1: search one GPU's longest sequence and run twice it on two; 0: skip).
+# SEQ=0 or LONG=0 skips that part (each part fits a 10-minute call on its own).
 set -u
 
 TTT=${1:-${TTT:-build/ttt}}
@@ -83,6 +84,7 @@ run() {
     "$(awk -v b="$(field "$out" tracked_peak_bytes)" 'BEGIN { print b / 1e9 }')"
 }
 
+if [ "$SEQ" != "0" ]; then
 echo
 echo "== one sequence of $SEQ tokens =="
 run "1 GPU, seq $SEQ" 1 "$SEQ"
@@ -96,7 +98,9 @@ for mode in $CP_GLOBAL; do
     echo "speed-up (--cp-global $mode): not measured (a run failed)"
   fi
 done
+fi
 
+if [ "$LONG" != "0" ]; then
 echo
 echo "== one sequence of $LONG tokens: beyond one GPU's memory estimate =="
 if run "1 GPU, seq $LONG" 1 "$LONG"; then
@@ -106,6 +110,7 @@ elif grep -q "not enough GPU memory" "$LOGS/1 GPU, seq $LONG.log"; then
   grep -m1 "not enough GPU memory" "$LOGS/1 GPU, seq $LONG.log" | sed 's/^/    /'
 fi
 for mode in $CP_GLOBAL; do run "2 GPUs CP 2 $mode, seq $LONG" 2 "$LONG" --context-parallel 2 --cp-global "$mode"; done
+fi
 
 [ "$LIMIT" = "1" ] || exit 0
 echo
@@ -116,11 +121,12 @@ fits() {
     > "$LOGS/estimate_$1.json" 2> "$LOGS/estimate_$1.log"
 }
 # Multiples of 4096 (twice one is a length two ranks split into spans of whole 2048-token shards and chunks):
-# doubling from SEQ to the first refusal, then bisection.
+# doubling from 131072 to the first refusal, then bisection.
 step=4096
-lo=$((SEQ / step))
+start=131072  # where the search starts: a length one GPU holds
+lo=$((start / step))
 if ! fits $((lo * step)); then
-  echo "one GPU refuses even $SEQ tokens:"; tail -n 3 "$LOGS/estimate_$((lo * step)).log" | sed 's/^/    /'; exit 1
+  echo "one GPU refuses even $start tokens:"; tail -n 3 "$LOGS/estimate_$((lo * step)).log" | sed 's/^/    /'; exit 1
 fi
 hi=$((2 * lo))
 while fits $((hi * step)); do lo=$hi; hi=$((2 * hi)); done
