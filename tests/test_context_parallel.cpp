@@ -730,7 +730,8 @@ TEST(ContextParallelGpu, TwoGpusEqualTwoCpuRanks) {
   expect_close_weights(w.dir / "gpu_state", w.dir / "cpu_state");
 }
 
-// Data x context parallel on four GPUs (world rank k: CP rank k % 2 of DP group k / 2), with the sharded optimizer.
+// Data x context parallel on four GPUs (world rank k: CP rank k % 2 of DP group k / 2), with the sharded optimizer;
+// both ways of crossing the global memory's chain.
 TEST(ContextParallelGpu, FourGpusDataTimesContextParallelEqualOneGpu) {
   SKIP_WITHOUT_GPUS(4);
   CpWorkspace w("gpu4");
@@ -742,6 +743,12 @@ TEST(ContextParallelGpu, FourGpusDataTimesContextParallelEqualOneGpu) {
   EXPECT_NE(four.output.find("data parallel over 2 groups"), std::string::npos) << four.output;
   expect_close_runs(w.dir / "four", w.dir / "one");
   expect_close_weights(w.dir / "four", w.dir / "one");
+  const auto state = run_ranks(
+      w, 4, train_args("tnt2.json", "four_state", kGpuFp32 + " --context-parallel 2 --shard-optimizer --cp-global state"),
+      kNcclEnv);
+  ASSERT_EQ(exit_code(state), 0) << state.output;
+  expect_close_runs(w.dir / "four_state", w.dir / "one");
+  expect_close_weights(w.dir / "four_state", w.dir / "one");
 }
 
 // `ttt bench step --context-parallel 2` on two GPUs with the default precision (bf16 products and activations):
