@@ -103,8 +103,9 @@ void expect_near_all(const ag::Mat<double>& got, const ag::Mat<double>& want, co
 }
 
 // `ranks` ranks in groups of `cp` (data parallel over ranks / cp groups) compute a step of 4 sequences; their
-// gradients and loss terms summed equal one rank's.
-void expect_context_parallel_equals_one_rank(int ranks, int cp, int port_offset) {
+// gradients and loss terms summed equal one rank's. Returns the summed gradients.
+std::vector<ag::Mat<double>> expect_context_parallel_equals_one_rank(int ranks, int cp, int port_offset,
+                                                                     model::CpGlobal global = model::CpGlobal::Gather) {
   const model::ModelConfig cfg = cp_config();
   model::Params<double> p = model::make_params<double>(cfg);
   model::init_params(cfg, p, 5);
@@ -116,37 +117,63 @@ void expect_context_parallel_equals_one_rank(int ranks, int cp, int port_offset)
   std::vector<std::vector<double>> terms(static_cast<size_t>(ranks));
   const std::vector<std::string> errors = on_ranks(ranks, port_offset, [&](dist::Communicator& c) {
     const std::unique_ptr<dist::Communicator> group = c.split(c.rank() / cp);
-    const model::ContextSpan span = model::context_span(*group, cfg.seq_len);
+    model::ContextSpan span = model::context_span(*group, cfg.seq_len);
+    span.global = global;
     const dist::SequenceRange mine = dist::rank_sequences(4, c.rank() / cp, ranks / cp);
     terms[size_t(c.rank())] =
         train::accumulate_gradient_range(cfg, p, micro, mine.first, mine.last, parts[size_t(c.rank())], &span);
   });
-  for (int r = 0; r < ranks; ++r) ASSERT_EQ(errors[size_t(r)], "") << "rank " << r;
+  for (int r = 0; r < ranks; ++r) EXPECT_EQ(errors[size_t(r)], "") << "rank " << r;
+  if (!errors[0].empty()) return {};
   double cp_loss = 0;
   for (const auto& t : terms) cp_loss += train::sum_loss_terms(t);
   EXPECT_NEAR(cp_loss, loss, 1e-10 * loss);
+  std::vector<ag::Mat<double>> sums;
   for (size_t i = 0; i < whole.size(); ++i) {
     ag::Mat<double> sum = parts[0][i];
     for (int r = 1; r < ranks; ++r)
       for (size_t e = 0; e < sum.data.size(); ++e) sum.data[e] += parts[size_t(r)][i].data[e];
     expect_near_all(sum, whole[i], p.names[i]);
+    sums.push_back(std::move(sum));
   }
+  return sums;
 }
 
 TEST(ContextParallel, TwoRanksEqualOneRankInFloat64) { expect_context_parallel_equals_one_rank(2, 2, 1); }
 
 TEST(ContextParallel, DataTimesContextParallelTwoByTwoEqualsOneRank) { expect_context_parallel_equals_one_rank(4, 2, 2); }
 
-// Every output of the span: each token's loss on its rank is the one-rank forward's at the same position.
-TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) {
+// --cp-global state: the global memory's state passed from rank to rank (and its adjoint back) instead of its
+// inputs gathered; the same loss and gradients as one rank, and as the all-gather.
+TEST(ContextParallel, PassingTheGlobalStateTwoRanksEqualOneRankAndTheGather) {
+  const auto state = expect_context_parallel_equals_one_rank(2, 2, 5, model::CpGlobal::State);
+  const auto gather = expect_context_parallel_equals_one_rank(2, 2, 6, model::CpGlobal::Gather);
+  ASSERT_EQ(state.size(), gather.size());
+  for (size_t i = 0; i < state.size(); ++i) expect_near_all(state[i], gather[i], "state vs gather, tensor " + std::to_string(i));
+}
+
+TEST(ContextParallel, PassingTheGlobalStateDataTimesContextParallelTwoByTwoEqualsOneRank) {
+  expect_context_parallel_equals_one_rank(4, 2, 7, model::CpGlobal::State);
+}
+
+// Four spans of 16 tokens (one global chunk each): the state crosses three boundaries, rank 3's entry state having
+// passed through ranks 1 and 2, and the adjoint back the same way.
+TEST(ContextParallel, PassingTheGlobalStateOverFourRanksEqualsOneRank) {
+  expect_context_parallel_equals_one_rank(4, 4, 8, model::CpGlobal::State);
+}
+
+// Every output of the span: each token's loss on its rank is the one-rank forward's at the same position, with
+// either way of crossing the global memory's chain.
+void expect_per_token_losses_equal_one_rank(model::CpGlobal global, int port_offset) {
   const model::ModelConfig cfg = cp_config();
   model::Params<double> p = model::make_params<double>(cfg);
   model::init_params(cfg, p, 3);
   const model::Batch batch = test_util::random_micro_batches(cfg, 2, 2, 4)[1];
   const auto ref = model::forward<double>(cfg, p, batch, nullptr, true, false);
   std::vector<std::vector<double>> token_loss(2);
-  const std::vector<std::string> errors = on_ranks(2, 3, [&](dist::Communicator& c) {
-    const model::ContextSpan span = model::context_span(c, cfg.seq_len);
+  const std::vector<std::string> errors = on_ranks(2, port_offset, [&](dist::Communicator& c) {
+    model::ContextSpan span = model::context_span(c, cfg.seq_len);
+    span.global = global;
     model::Batch mine;
     mine.sequences = batch.sequences;
     mine.len = span.span;
@@ -165,6 +192,12 @@ TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) {
         EXPECT_NEAR(token_loss[size_t(r)][size_t(s * span + i)], ref.token_loss[size_t(s * cfg.seq_len + r * span + i)],
                     1e-10)
             << "sequence " << s << ", rank " << r << ", token " << i;
+}
+
+TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) { expect_per_token_losses_equal_one_rank(model::CpGlobal::Gather, 3); }
+
+TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRankPassingTheGlobalState) {
+  expect_per_token_losses_equal_one_rank(model::CpGlobal::State, 9);
 }
 
 TEST(ContextParallel, BadSetupsAreRefusedNamingTheFields) {
@@ -429,7 +462,11 @@ void expect_close_runs(const fs::path& a, const fs::path& b, double loss_abs = 1
   const auto ma = test_util::read_metrics(a.string()), mb = test_util::read_metrics(b.string());
   ASSERT_EQ(ma.size(), mb.size());
   ASSERT_FALSE(ma.empty());
+  double loss_diff = 0, norm_diff = 0;  // printed: the measured agreement, beside the bounds
   for (size_t i = 0; i < ma.size(); ++i) {
+    loss_diff = std::max(loss_diff, std::abs(ma[i]["loss"].get<double>() - mb[i]["loss"].get<double>()));
+    norm_diff = std::max(norm_diff, std::abs(ma[i]["grad_norm"].get<double>() - mb[i]["grad_norm"].get<double>()) /
+                                        mb[i]["grad_norm"].get<double>());
     EXPECT_NEAR(ma[i]["loss"].get<double>(), mb[i]["loss"].get<double>(), loss_abs) << "step " << ma[i]["step"];
     EXPECT_NEAR(ma[i]["grad_norm"].get<double>(), mb[i]["grad_norm"].get<double>(),
                 norm_rel * mb[i]["grad_norm"].get<double>())
@@ -439,6 +476,10 @@ void expect_close_runs(const fs::path& a, const fs::path& b, double loss_abs = 1
     if (ma[i].contains("val_loss") && mb[i].contains("val_loss"))
       EXPECT_NEAR(ma[i]["val_loss"].get<double>(), mb[i]["val_loss"].get<double>(), loss_abs) << "step " << ma[i]["step"];
   }
+  std::printf("  %s vs %s: %zu steps, loss differs by at most %.3g (bound %.3g), gradient norm by %.3g relative (bound "
+              "%.3g)\n",
+              a.filename().string().c_str(), b.filename().string().c_str(), ma.size(), loss_diff, loss_abs, norm_diff,
+              norm_rel);
 }
 
 // Every weight of the two runs' final checkpoints agrees with run b's to 1e-4 of its tensor's largest weight (the
@@ -500,6 +541,15 @@ TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
   EXPECT_NE(four.output.find("data parallel over 2 groups"), std::string::npos) << four.output;
   expect_close_runs(w.dir / "four", w.dir / "one");
   expect_close_weights(w.dir / "four", w.dir / "one");
+  // Passing the global memory's state instead of all-gathering its inputs.
+  const auto state = run_in(w, 2, train_args("tnt.json", "state", "--context-parallel 2 --cp-global state"));
+  ASSERT_EQ(exit_code(state), 0) << state.output;
+  EXPECT_NE(state.output.find("global memory by state passing"), std::string::npos) << state.output;
+  expect_close_runs(w.dir / "state", w.dir / "one");
+  expect_close_weights(w.dir / "state", w.dir / "one");
+  const auto bad = run_in(w, 2, train_args("tnt.json", "bad", "--context-parallel 2 --cp-global scatter"));
+  EXPECT_NE(exit_code(bad), 0) << bad.output;
+  EXPECT_NE(bad.output.find("--cp-global must be gather"), std::string::npos) << bad.output;
 }
 
 // `ttt bench step --context-parallel 2` (the step of `ttt train`, timed): its loss and gradient norm are one process's.
@@ -624,9 +674,10 @@ const std::string kGpuFp32 = "--device cuda --precision fp32";
 const std::string kNcclEnv = "NCCL_NVLS_ENABLE=0";  // NVLink multicast stays off on the test machines
 
 // Two GPUs, each one span of every sequence (the halo over NCCL send / receive, the global memory's inputs
-// all-gathered), train what one GPU trains: losses to 1e-5, gradient norms to 1e-4 relative, weights after 3 steps.
-// Two layers (the first is recomputed in the backward), 2 sequences per micro-batch; with the attention outputs kept
-// (the default) and recomputed (--recompute full).
+// all-gathered, or with --cp-global state its state passed), train what one GPU trains: losses to 1e-5, gradient
+// norms to 1e-4 relative, weights after 3 steps. Two layers (the first is recomputed in the backward), 2 sequences
+// per micro-batch; with the attention outputs kept (the default) and recomputed (--recompute full), both ways of
+// crossing the global memory's chain.
 TEST(ContextParallelGpu, TwoGpusEqualOneGpu) {
   SKIP_WITHOUT_GPUS(2);
   CpWorkspace w("gpu2");
@@ -643,6 +694,17 @@ TEST(ContextParallelGpu, TwoGpusEqualOneGpu) {
   ASSERT_EQ(exit_code(full), 0) << full.output;
   expect_close_runs(w.dir / "full", w.dir / "one");
   expect_close_weights(w.dir / "full", w.dir / "one");
+  for (const std::string recompute : {"save-attention", "full"}) {
+    const std::string name = "state_" + recompute;
+    const auto state = run_ranks(
+        w, 2, train_args("tnt2.json", name, kGpuFp32 + " --context-parallel 2 --cp-global state --recompute " + recompute),
+        kNcclEnv);
+    ASSERT_EQ(exit_code(state), 0) << state.output;
+    EXPECT_NE(state.output.find("global memory by state passing"), std::string::npos) << state.output;
+    std::printf("--cp-global state, --recompute %s: two GPUs against one\n", recompute.c_str());
+    expect_close_runs(w.dir / name, w.dir / "one");
+    expect_close_weights(w.dir / name, w.dir / "one");
+  }
 }
 
 // The GPU's context parallelism equals the CPU's (the reference implementation of the same split): two GPUs against
@@ -658,9 +720,18 @@ TEST(ContextParallelGpu, TwoGpusEqualTwoCpuRanks) {
   const double loss = test_util::read_metrics((w.dir / "cpu").string()).front()["loss"].get<double>();
   expect_close_runs(w.dir / "gpu", w.dir / "cpu", 1e-4 * loss, 1e-4);
   expect_close_weights(w.dir / "gpu", w.dir / "cpu");
+  // Passing the global memory's state: the GPU's against the CPU's.
+  const auto cpu_state = run_ranks(w, 2, train_args("tnt2.json", "cpu_state", "--context-parallel 2 --cp-global state"));
+  ASSERT_EQ(exit_code(cpu_state), 0) << cpu_state.output;
+  const auto gpu_state = run_ranks(
+      w, 2, train_args("tnt2.json", "gpu_state", kGpuFp32 + " --context-parallel 2 --cp-global state"), kNcclEnv);
+  ASSERT_EQ(exit_code(gpu_state), 0) << gpu_state.output;
+  expect_close_runs(w.dir / "gpu_state", w.dir / "cpu_state", 1e-4 * loss, 1e-4);
+  expect_close_weights(w.dir / "gpu_state", w.dir / "cpu_state");
 }
 
-// Data x context parallel on four GPUs (world rank k: CP rank k % 2 of DP group k / 2), with the sharded optimizer.
+// Data x context parallel on four GPUs (world rank k: CP rank k % 2 of DP group k / 2), with the sharded optimizer;
+// both ways of crossing the global memory's chain.
 TEST(ContextParallelGpu, FourGpusDataTimesContextParallelEqualOneGpu) {
   SKIP_WITHOUT_GPUS(4);
   CpWorkspace w("gpu4");
@@ -672,10 +743,17 @@ TEST(ContextParallelGpu, FourGpusDataTimesContextParallelEqualOneGpu) {
   EXPECT_NE(four.output.find("data parallel over 2 groups"), std::string::npos) << four.output;
   expect_close_runs(w.dir / "four", w.dir / "one");
   expect_close_weights(w.dir / "four", w.dir / "one");
+  const auto state = run_ranks(
+      w, 4, train_args("tnt2.json", "four_state", kGpuFp32 + " --context-parallel 2 --shard-optimizer --cp-global state"),
+      kNcclEnv);
+  ASSERT_EQ(exit_code(state), 0) << state.output;
+  expect_close_runs(w.dir / "four_state", w.dir / "one");
+  expect_close_weights(w.dir / "four_state", w.dir / "one");
 }
 
 // `ttt bench step --context-parallel 2` on two GPUs with the default precision (bf16 products and activations):
-// finite, and its loss (the same weights and batch) that of one GPU to bf16's accuracy.
+// finite, and its loss (the same weights and batch) that of one GPU to bf16's accuracy; with --cp-global gather (the
+// default) and state.
 TEST(ContextParallelGpu, BenchStepOnTwoGpus) {
   SKIP_WITHOUT_GPUS(2);
   CpWorkspace w("gpu_bench");
@@ -694,6 +772,15 @@ TEST(ContextParallelGpu, BenchStepOnTwoGpus) {
   EXPECT_EQ(b["context_parallel"], 2);
   EXPECT_NEAR(b["loss"].get<double>(), a["loss"].get<double>(), 2e-2 * a["loss"].get<double>());
   EXPECT_NEAR(b["grad_norm"].get<double>(), a["grad_norm"].get<double>(), 5e-2 * a["grad_norm"].get<double>());
+  const auto state = run_ranks(w, 2, bench + " --context-parallel 2 --cp-global state", kNcclEnv);
+  ASSERT_EQ(exit_code(state), 0) << state.output;
+  const nlohmann::json c = json_of(state.output);
+  EXPECT_TRUE(c["finite"].get<bool>()) << state.output;
+  EXPECT_EQ(c["cp_global"], "state");
+  std::printf("  bench step bf16: loss one GPU %.6f, two gather %.6f, two state %.6f\n", a["loss"].get<double>(),
+              b["loss"].get<double>(), c["loss"].get<double>());
+  EXPECT_NEAR(c["loss"].get<double>(), a["loss"].get<double>(), 2e-2 * a["loss"].get<double>());
+  EXPECT_NEAR(c["grad_norm"].get<double>(), a["grad_norm"].get<double>(), 5e-2 * a["grad_norm"].get<double>());
 }
 
 // What the GPU cannot split ends every rank with the reason: a model other than TNT, a Titans memory the GPU does not

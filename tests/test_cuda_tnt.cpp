@@ -196,6 +196,40 @@ TEST(CudaTnt, Float64MatchesCpuTwin) {
               worst.err, worst.what.c_str());
 }
 
+// The GPU TitansRunner's chain ends (context parallelism's --cp-global state: entry state in, exit state out, and
+// their adjoints) against the CPU twin's, in fp64 on the batched path: a chain cut in two parts with the state
+// passed, every output, gradient, exit state and entry adjoint to <= 1e-10 relative; and the parts' results equal
+// the whole chain's on the GPU.
+TEST(CudaTnt, ChainStateAndAdjointsMatchCpuTwinFloat64) {
+  REQUIRE_CUDA();
+  const test::ChainData x = test::make_chain_data(fresh_seed());
+  const test::MemoryRun twin = [](const titans::MemoryShape& s, const titans::MemoryInputs<double>& in, double* o,
+                                  const double* go, const titans::MemoryGrads<double>* g) {
+    titans::memory_cpu<double>(s, in, o, go, g);
+  };
+  const test::MemoryRun gpu_run = [](const titans::MemoryShape& s, const titans::MemoryInputs<double>& in, double* o,
+                                     const double* go, const titans::MemoryGrads<double>* g) {
+    cuda::TitansOptions opt;
+    opt.poison_workspace = true;
+    opt.kernel = titans::KernelChoice::Batched;
+    cuda::titans_host<double>(s, in, o, go, g, opt);
+  };
+  const test::ChainSplit whole = test::run_whole_chain(gpu_run, x);
+  for (int64_t cut : {4, 12, 20})
+    for (int64_t segment : {0, 2}) {
+      const test::ChainSplit ref = test::run_chain_in_two(twin, x, cut, segment);
+      const test::ChainSplit got = test::run_chain_in_two(gpu_run, x, cut, segment);
+      std::string what, what_whole;
+      const double err = test::chain_split_error(got, ref, &what, /*crossing=*/true);
+      const double err_whole = test::chain_split_error(got, whole, &what_whole);
+      std::printf("cuda titans chain in two (cut %lld, segment %lld): GPU vs CPU twin %.3g (%s), GPU parts vs GPU "
+                  "whole %.3g (%s)\n",
+                  (long long)cut, (long long)segment, err, what.c_str(), err_whole, what_whole.c_str());
+      EXPECT_LE(err, 1e-10) << "cut " << cut << ", segment " << segment << ": " << what;
+      EXPECT_LE(err_whole, 1e-10) << "cut " << cut << ", segment " << segment << ": " << what_whole;
+    }
+}
+
 // fp64 on the GPU against the tape engine itself (tnt_cpu_backend).
 TEST(CudaTnt, Float64MatchesTapeEngine) {
   REQUIRE_CUDA();

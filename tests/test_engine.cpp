@@ -7,6 +7,7 @@
 
 #include "core/rng.h"
 #include "ttt/runner.h"
+#include "ttt/tnt.h"
 
 using namespace ttt;
 using namespace ttt::engine;
@@ -330,5 +331,158 @@ TEST(EngineErrors, BadShapesAreNamed) {
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("k is [5,4]"), std::string::npos) << e.what();
+  }
+}
+
+// A chain that starts from a passed state (context parallelism's --cp-global state): the entry state's adjoint
+// (w0's gradient and momentum0's) with the exit state's adjoint seeded, against float64 central differences of
+// L = sum(o * R) + <exit state, E> over the entry weights, the entry momentum and every per-token input.
+TEST(EngineChainEnds, EntryStateAdjointMatchesFiniteDifferences) {
+  const MemoryConfig cfg = titans_memory_config(4, 6);  // TNT's global memory: momentum and decay
+  const Program p = chain_span_program(8, 2, /*continues=*/true);  // every chunk updates: the exit state has all
+  SequenceInputs<double> in = make_inputs(cfg, 8, 31);
+  Rng r(77);
+  for (auto [rows, cols] : cfg.weight_shapes()) in.momentum0.push_back(randn<double>(r, rows, cols, 0.3));
+  const Mat<double> go = randn<double>(r, 8, cfg.d, 1.0);
+  MemoryState<double> exit_adjoint;
+  for (auto [rows, cols] : cfg.weight_shapes()) exit_adjoint.weights.push_back(randn<double>(r, rows, cols, 1.0));
+  for (auto [rows, cols] : cfg.weight_shapes()) exit_adjoint.momentum.push_back(randn<double>(r, rows, cols, 1.0));
+  auto chain_loss = [&](const SequenceInputs<double>& x) {
+    SavedStates<double> saved;
+    double l = loss(cfg, p, x, go);
+    run_forward(cfg, p, x, &saved);
+    const MemoryState<double>& e = exit_state(saved);
+    for (size_t j = 0; j < e.weights.size(); ++j)
+      for (size_t i = 0; i < e.weights[j].data.size(); ++i)
+        l += e.weights[j].data[i] * exit_adjoint.weights[j].data[i] + e.momentum[j].data[i] * exit_adjoint.momentum[j].data[i];
+    return l;
+  };
+  SavedStates<double> saved;
+  run_forward(cfg, p, in, &saved);
+  SequenceGrads<double> g = run_backward(cfg, p, in, saved, go, &exit_adjoint);
+  auto inf = fields(in);
+  auto gf = fields(g);
+  for (size_t j = 0; j < in.momentum0.size(); ++j) {
+    inf.push_back({"momentum0[" + std::to_string(j) + "]", &in.momentum0[j]});
+    gf.push_back({"momentum0[" + std::to_string(j) + "]", &g.momentum0[j]});
+  }
+  ASSERT_EQ(inf.size(), gf.size());
+  const double h = 1e-6;
+  for (size_t f = 0; f < inf.size(); ++f) {
+    Mat<double>& x = *inf[f].second;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.data.size(); ++i) {
+      const double x0 = x.data[i];
+      x.data[i] = x0 + h;
+      const double lp = chain_loss(in);
+      x.data[i] = x0 - h;
+      const double lm = chain_loss(in);
+      x.data[i] = x0;
+      const double fd = (lp - lm) / (2 * h), an = gf[f].second->data[i];
+      num += (an - fd) * (an - fd);
+      den += fd * fd;
+    }
+    const double rel = std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
+    std::printf("  %-12s |analytic - fd| / |fd| = %.2e\n", inf[f].first.c_str(), rel);
+    EXPECT_LT(rel, 1e-6) << inf[f].first;
+    EXPECT_GT(den, 0.0) << inf[f].first << ": the loss does not depend on it";
+  }
+}
+
+// The chain over 12 tokens equals the chain over the first 4 followed by the chain over the last 8 from its exit
+// state: outputs and exit state in the forward; in the backward the second part's entry-state adjoint, fed to the
+// first part as its exit adjoint, gives the whole chain's gradients.
+TEST(EngineChainEnds, TwoPartsFromThePassedStateEqualTheWholeChain) {
+  const MemoryConfig cfg = titans_memory_config(4, 6);
+  const int64_t n = 12, cut = 4;
+  const Program whole_p = causal_program(n, 2), second_p = causal_program(n - cut, 2);
+  const Program first_p = chain_span_program(cut, 2, /*continues=*/true);  // its last chunk's update goes on
+  const SequenceInputs<double> whole = make_inputs(cfg, n, 5);
+  Rng r(6);
+  const Mat<double> go = randn<double>(r, n, cfg.d, 1.0);
+  auto part = [&](int64_t b, int64_t e) {
+    SequenceInputs<double> x;
+    x.w0 = whole.w0;
+    x.q = Mat<double>(e - b, cfg.d);
+    x.k = x.q;
+    x.v = x.q;
+    x.rates = Mat<double>(e - b, 1);
+    x.momentum_gate = x.rates;
+    x.decay_gate = x.rates;
+    for (int64_t i = b; i < e; ++i) {
+      std::copy_n(whole.q.row(i), cfg.d, x.q.row(i - b));
+      std::copy_n(whole.k.row(i), cfg.d, x.k.row(i - b));
+      std::copy_n(whole.v.row(i), cfg.d, x.v.row(i - b));
+      x.rates(i - b, 0) = whole.rates(i, 0);
+      x.momentum_gate(i - b, 0) = whole.momentum_gate(i, 0);
+      x.decay_gate(i - b, 0) = whole.decay_gate(i, 0);
+    }
+    return x;
+  };
+  auto go_rows = [&](int64_t b, int64_t e) {
+    Mat<double> m(e - b, cfg.d);
+    std::copy(go.row(b), go.row(e), m.data.begin());
+    return m;
+  };
+  SavedStates<double> sw, s1, s2;
+  const Mat<double> ow = run_forward(cfg, whole_p, whole, &sw);
+  SequenceInputs<double> first = part(0, cut), second = part(cut, n);
+  const Mat<double> o1 = run_forward(cfg, first_p, first, &s1);
+  second.w0 = exit_state(s1).weights;
+  second.momentum0 = exit_state(s1).momentum;
+  const Mat<double> o2 = run_forward(cfg, second_p, second, &s2);
+  double worst = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cfg.d; ++c)
+      worst = std::max(worst, std::abs((i < cut ? o1(i, c) : o2(i - cut, c)) - ow(i, c)));
+  for (size_t j = 0; j < 2; ++j)
+    for (size_t e = 0; e < exit_state(sw).weights[j].data.size(); ++e)
+      worst = std::max(worst, std::abs(exit_state(s2).weights[j].data[e] - exit_state(sw).weights[j].data[e]));
+  EXPECT_LT(worst, 1e-13) << "forward";
+
+  const SequenceGrads<double> gw = run_backward(cfg, whole_p, whole, sw, go);
+  const SequenceGrads<double> g2 = run_backward(cfg, second_p, second, s2, go_rows(cut, n));
+  MemoryState<double> handed;
+  handed.weights = g2.w0;
+  handed.momentum = g2.momentum0;
+  const SequenceGrads<double> g1 = run_backward(cfg, first_p, first, s1, go_rows(0, cut), &handed);
+  double gworst = 0;
+  for (size_t j = 0; j < gw.w0.size(); ++j)
+    for (size_t e = 0; e < gw.w0[j].data.size(); ++e) gworst = std::max(gworst, std::abs(g1.w0[j].data[e] - gw.w0[j].data[e]));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cfg.d; ++c) {
+      const SequenceGrads<double>& g = i < cut ? g1 : g2;
+      const int64_t at = i < cut ? i : i - cut;
+      gworst = std::max({gworst, std::abs(g.q(at, c) - gw.q(i, c)), std::abs(g.k(at, c) - gw.k(i, c)),
+                         std::abs(g.v(at, c) - gw.v(i, c))});
+    }
+  for (int64_t i = 0; i < n; ++i) {
+    const SequenceGrads<double>& g = i < cut ? g1 : g2;
+    const int64_t at = i < cut ? i : i - cut;
+    gworst = std::max({gworst, std::abs(g.rates(at, 0) - gw.rates(i, 0)),
+                       std::abs(g.momentum_gate(at, 0) - gw.momentum_gate(i, 0)),
+                       std::abs(g.decay_gate(at, 0) - gw.decay_gate(i, 0))});
+  }
+  std::printf("  two parts vs whole chain: outputs %.2e, gradients %.2e\n", worst, gworst);
+  EXPECT_LT(gworst, 1e-12) << "backward";
+}
+
+// A passed state needs a chain without resets and without weight norm; both are refused naming why.
+TEST(EngineChainEnds, ResetsAndWeightNormAreRefused) {
+  MemoryConfig cfg = titans_memory_config(4, 6);
+  SequenceInputs<double> in = make_inputs(cfg, 8, 3);
+  for (auto [rows, cols] : cfg.weight_shapes()) in.momentum0.emplace_back(rows, cols);
+  try {
+    run_forward(cfg, causal_program(8, 2, 4), in);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot have resets"), std::string::npos) << e.what();
+  }
+  cfg.weight_norm = WeightNorm::Post;
+  try {
+    run_forward(cfg, causal_program(8, 2), in);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no weight norm"), std::string::npos) << e.what();
   }
 }

@@ -17,6 +17,7 @@
 #include "core/safetensors.h"
 #include "data/tokens.h"
 #include "model/config.h"
+#include "model/memory_spec.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/memory_budget.h"
@@ -290,6 +291,54 @@ TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
   const double cpu_split = train::estimate_memory(cfg, r).peak();
   r.context_parallel = 1;
   EXPECT_DOUBLE_EQ(cpu_split, train::estimate_memory(cfg, r).peak());
+}
+
+// --cp-global state on the GPU: no prefix of the global memory's inputs and output, its runner over the span (from
+// the passed state, the last chunk updating too), plus the state sent and received and every layer's kept entry
+// state. Against the all-gather at 2 x 131072 tokens on two GPUs of the 87M TNT config: exactly those differences.
+TEST(MemoryBudget, ContextParallelPassingTheStateKeepsNoPrefix) {
+  model::ModelConfig cfg = model::preset("tnt");
+  cfg.vocab_size = 256;
+  cfg.dim = 768;
+  cfg.n_layers = 12;
+  cfg.n_attn_heads = cfg.n_mem_heads = 12;
+  cfg.window = 512;
+  cfg.global_chunk = cfg.shard = 2048;
+  cfg.local_chunks = {8};
+  cfg.seq_len = 2 * 131072;
+  train::MemoryRequest r = gpu_bf16_training(1, 131072, backend::Recompute::SaveAttention);
+  const train::MemoryEstimate one = train::estimate_memory(cfg, r);  // 131072 tokens on one GPU
+  r.seq_len = cfg.seq_len;
+  r.context_parallel = 2;
+  const train::MemoryEstimate gather = train::estimate_memory(cfg, r);
+  r.cp_pass_state = true;
+  const train::MemoryEstimate state = train::estimate_memory(cfg, r);
+  ASSERT_EQ(state.phases.size(), 1u);
+  ASSERT_EQ(state.phases[0].size(), gather.phases[0].size());
+  ASSERT_EQ(state.phases[0].size(), 5u);  // residual stream, work buffers, runner, kept attention, exchanges
+  for (size_t i : {0, 1, 3}) EXPECT_DOUBLE_EQ(state.phases[0][i].bytes, gather.phases[0][i].bytes) << i;
+  // The exchanges: the values over the halo and the span, the halo sent and received, the span's global-memory
+  // input gradients (q, k, v, theta, eta, alpha; its output goes to the layer's o); the state ([W1 | W2] and the
+  // momentum of 12 sequence-heads) sent and received; per layer the halo and the entry state kept.
+  const double rows = 131072, halo = 511, D = 768, H = 12, L = 12;
+  const engine::MemoryConfig global = model::branch_spec(cfg).memories.at(0).config;
+  ASSERT_TRUE(global.momentum);
+  const double chain_state = H * 2 * double(global.d * global.dh) * 2;
+  const double exchanges = (rows + halo) * D + 4 * halo * D + 3 * rows * (D + H) + 2 * chain_state +
+                           2 * L * halo * D + L * chain_state;
+  const train::MemoryTerm& extra = state.phases[0].back();
+  EXPECT_DOUBLE_EQ(extra.bytes, exchanges * 4);
+  EXPECT_NE(extra.what.find("state passed"), std::string::npos) << extra.what;
+  // The all-gather's prefix (inputs over 2 spans sent and gathered, output over 2 spans) against the span's.
+  EXPECT_DOUBLE_EQ(gather.phases[0].back().bytes - extra.bytes,
+                   4 * (3 * 3 * rows * (D + H) + 2 * rows * D - 2 * chain_state - L * chain_state));
+  // The global memory's runner over one span instead of two.
+  EXPECT_LT(state.phases[0][2].bytes, gather.phases[0][2].bytes);
+  std::printf("  87M TNT, bf16, 262144 tokens on two GPUs: per rank %.2f GB passing the state, %.2f GB gathering; "
+              "131072 on one GPU %.2f GB\n",
+              state.peak() / 1e9, gather.peak() / 1e9, one.peak() / 1e9);
+  EXPECT_LT(state.peak(), gather.peak());
+  EXPECT_LT(state.peak(), one.peak());  // a span and its exchanges: less than one GPU's own sequence
 }
 
 // Peak resident bytes of `ttt train` (one thread, one step of one sequence of seq_len T, one validation window).

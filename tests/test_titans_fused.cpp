@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "titans_test_util.h"
+#include "backend/titans_persistent_plan.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "ttt/runner.h"
@@ -359,4 +360,38 @@ TEST(TitansFused, StreamingMatchesForward) {
   }
   std::printf("titans streaming vs forward (float64): %d configs, worst relative error %.3g (%s)\n", n, worst,
               what.c_str());
+}
+
+// The chain passed between two spans (context parallelism's --cp-global state): the first part with
+// MemoryShape::continues hands its exit state (weights and momentum) to the second, whose entry adjoint comes back
+// as the first part's exit adjoint. Equal to the whole chain in float64: outputs and every gradient; cuts after
+// 1, 3 and 5 chunks of 6, the first part keeping every state or recomputing segments of 2 (the exit state then
+// in a checkpoint slot or a segment slot).
+TEST(TitansFused, ChainInTwoPartsEqualsTheWholeChainFloat64) {
+  const test::ChainData x = test::make_chain_data(17);
+  const test::MemoryRun twin = [](const titans::MemoryShape& s, const titans::MemoryInputs<double>& in, double* o,
+                                  const double* go, const titans::MemoryGrads<double>* g) {
+    titans::memory_cpu<double>(s, in, o, go, g);
+  };
+  const test::ChainSplit whole = test::run_whole_chain(twin, x);
+  for (int64_t cut : {4, 12, 20})
+    for (int64_t segment : {0, 2}) {
+      const test::ChainSplit two = test::run_chain_in_two(twin, x, cut, segment);
+      std::string what;
+      const double err = test::chain_split_error(two, whole, &what);
+      std::printf("  cut %2lld, segment %lld: worst %.2e (%s)\n", (long long)cut, (long long)segment, err, what.c_str());
+      EXPECT_LT(err, 1e-12) << "cut " << cut << ", segment " << segment << ": " << what;
+      double moved = 0;  // the state that crossed is not the initial one (the test would be idle otherwise)
+      for (double e : two.exit_S) moved = std::max(moved, std::abs(e));
+      EXPECT_GT(moved, 1e-3);
+    }
+}
+
+// The persistent kernels' plan never takes a chain that hands its state on.
+TEST(TitansFused, ChainThatContinuesIsPlannedOnTheBatchedPath) {
+  titans::MemoryShape s = test::make_chain_data(1).shape(16, true);
+  const titans::PersistentPlan p =
+      titans::plan_persistent(s, sizeof(float), 227 * 1024, titans::KernelChoice::Persistent, titans::kDefaultPersistentVariant);
+  EXPECT_FALSE(p.persistent) << p.reason;
+  EXPECT_NE(p.reason.find("hands its state on"), std::string::npos) << p.reason;
 }

@@ -23,7 +23,8 @@ void StepEngine::set_data_parallel(dist::Communicator& ranks, bool shard_optimiz
   (void)shard_optimizer;  // one rank: its shard is the whole optimizer
 }
 
-void StepEngine::set_context_parallel(int cp) {
+void StepEngine::set_context_parallel(int cp, model::CpGlobal global) {
+  (void)global;
   TTT_CHECK(cp == 1, "--context-parallel " << cp << " is not implemented on --device " << device()
                                            << "; TNT context parallelism runs on --device cpu");
 }

@@ -77,8 +77,9 @@ class StepEngine {
   // TNT context parallelism (`--context-parallel cp`, model/context_parallel.h; after set_data_parallel, before
   // attach): the ranks form groups of cp consecutive ranks; each group computes the sequences data parallelism gives
   // it (dist::rank_sequences over ranks / cp groups), each of its ranks one span of every sequence. The default
-  // accepts cp = 1 only (a device without context parallelism says so).
-  virtual void set_context_parallel(int cp);
+  // accepts cp = 1 only (a device without context parallelism says so). `global`: how the global memory's chain
+  // crosses the spans (`--cp-global`, model::CpGlobal).
+  virtual void set_context_parallel(int cp, model::CpGlobal global = model::CpGlobal::Gather);
 
   // Per-token losses of a batch of windows without gradients (sequence-major; 0 at ignored targets): evaluation.
   virtual std::vector<double> token_losses(const model::Batch& batch) = 0;

@@ -56,14 +56,16 @@ titans::TntShape gpu_tnt_shape(const model::ModelConfig& cfg, int64_t S, int64_t
   return s;
 }
 
-GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_t N, int rank) {
+GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_t N, int rank, int ranks,
+                                bool pass_state) {
   const titans::TntShape base = gpu_tnt_shape(cfg, S, N);
   GpuSplitShapes out;
-  titans::TntShape global = base;  // the global memory alone (chunk C_G, never reset), over the prefix
-  global.T = int64_t(rank + 1) * N;
+  titans::TntShape global = base;  // the global memory alone (chunk C_G, never reset), over the prefix or the span
+  global.T = pass_state ? N : int64_t(rank + 1) * N;
   global.local_chunks.clear();
   global.dh = {base.dh.at(0)};
   out.global = global.memory(0);
+  out.global.continues = pass_state && rank + 1 < ranks;
   out.has_local = base.num_memories() > 1;
   if (out.has_local) {
     out.local = base;  // the local memories alone, over the span
@@ -71,6 +73,12 @@ GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_
     out.local.dh.erase(out.local.dh.begin());
   }
   return out;
+}
+
+int64_t gpu_global_state_floats(const model::ModelConfig& cfg, int64_t S) {
+  const model::MemorySpec global = model::branch_spec(cfg).memories.at(0);
+  const int64_t P2 = 2 * global.config.d * global.config.dh;
+  return S * cfg.n_mem_heads * P2 * (global.config.momentum ? 2 : 1);
 }
 
 lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N) {
@@ -95,7 +103,11 @@ GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N,
     s.halo = S * span.halo;
     s.xrows = span.halo_in > 0 ? S * (span.halo_in + N) : 0;
     s.arows = span.halo_in > 0 ? s.xrows : s.rows;
-    if (cfg.use_global) {
+    if (cfg.use_global && span.pass_state) {  // the span's global input gradients, the state (its output: in o)
+      s.U = global_floats(S * s.H, N, s.d, 1);
+      s.P = 1;
+      s.state = gpu_global_state_floats(cfg, S);
+    } else if (cfg.use_global) {
       s.Ncp = span.ranks;
       s.U = global_floats(S * s.H, N, s.d, 1);
       s.P = span.rank + 1;
@@ -121,7 +133,7 @@ GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N,
                                   act16 = double(x.act16), act32 = double(x.act32), qk32 = double(x.qk32),      \
                                   k32 = double(x.k32), xrows = double(x.xrows), halo = double(x.halo),          \
                                   U = double(x.U), Ncp = double(x.Ncp), P = double(x.P),                        \
-                                  prefix = double(x.prefix);                                                    \
+                                  prefix = double(x.prefix), state = double(x.state);                           \
     double bytes = 0;                                                                                           \
     TABLE(TTT_ADD_BYTES)                                                                                        \
     return bytes;                                                                                               \

@@ -32,6 +32,7 @@ struct GpuLayerDims {
   int64_t arows = 0;  // rows of the attention's operands and output: rows, or with a context-parallel halo more
   // Context parallelism (TTT_GPU_CONTEXT_BUFFERS below; all 0 without it).
   int64_t xrows = 0, halo = 0, U = 0, Ncp = 0, P = 0, prefix = 0;
+  int64_t state = 0;  // --cp-global state: floats of the global memory's chain state (S*H x [W1 | W2] and momentum)
 };
 
 // A rank's place in a context-parallel split of the batch (none: the defaults): `ranks` in the group, this rank's
@@ -40,6 +41,7 @@ struct GpuLayerDims {
 struct GpuSpan {
   int ranks = 1, rank = 0;
   int64_t halo = 0, halo_in = 0;
+  bool pass_state = false;  // the global memory's state passed from rank to rank (--cp-global state), not gathered
   bool split() const { return ranks > 1; }
 };
 
@@ -70,7 +72,12 @@ struct GpuSplitShapes {
   bool has_local = false;
   titans::TntShape local;
 };
-GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_t N, int rank);
+// With `pass_state` (--cp-global state) the global memory runs over the span alone, from the previous rank's state,
+// its last chunk updating too unless this is the last of `ranks` ranks (MemoryShape::continues).
+GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_t N, int rank, int ranks = 1,
+                                bool pass_state = false);
+// Floats of the global memory's chain state for S sequences ([W1 | W2] per sequence-head, and the momentum).
+int64_t gpu_global_state_floats(const model::ModelConfig& cfg, int64_t S);
 // The LaCT operator's shape for a batch of S sequences of N tokens (arch "lact").
 lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 
@@ -186,14 +193,21 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 // sends (h = window - 1); U floats of one span's global-memory inputs packed [q | k | v | theta | eta | alpha] (each
 // [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans of the prefix the global memory runs over (prefix
 // = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend once it has been sent (same six parts, P*U floats) and
-// their gradients in gstage once it has been unpacked (global_split_forward / backward).
+// their gradients in gstage once it has been unpacked (global_split_forward / backward). Passing the state instead
+// (--cp-global state, GpuSpan::pass_state: global_state_forward / backward): no prefix (P = 1, Ncp = 0, prefix = 0:
+// the global output over the span goes to the layer's o, free until the branch's output is written there), gsend
+// holds the span's global-memory input gradients (U), and `state` floats of the
+// chain's state (the global memory's [W1 | W2] per sequence-head, and its momentum) are sent and received; every
+// layer keeps the entry state it received (model_cuda.cpp: state_kept, L x state) for the backward's recomputation.
 #define TTT_GPU_CONTEXT_BUFFERS(X)                                                                                 \
   X(xv, float, xrows * D)             /* attention v: the received halo's values, then this rank's */             \
   X(halo_send, float, 2 * halo * D)   /* [k | v] of the tail rows (forward), of the halo rows (backward) */       \
   X(halo_recv, float, 2 * halo * D)   /* the next rank's halo gradient (backward) */                              \
   X(gsend, float, P * U)              /* this rank's packed span; then the prefix inputs; the spans' gradients */ \
   X(gstage, float, Ncp * U)           /* every rank's packed span; then the prefix's input gradients; received */ \
-  X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */
+  X(po, float, prefix)                /* global output over the prefix; in the backward its gradient */          \
+  X(state_send, float, state)         /* --cp-global state: the exit state sent on; the entry adjoint sent back */ \
+  X(state_recv, float, state)         /* --cp-global state: the exit state's adjoint from the next rank */
 
 #define TTT_GPU_HEAD_BUFFERS(X)                                                                                    \
   X(logits, float, rows * V)          /* and, in place, their gradient (fp32, or bf16 with bf16 products) */      \

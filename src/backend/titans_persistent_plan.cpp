@@ -169,6 +169,8 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
   std::ostringstream why;
   if (choice == KernelChoice::Batched) {
     why << "batched (forced)";
+  } else if (s.continues) {
+    why << "batched: a chain that hands its state on (context parallelism's --cp-global state) runs the batched path";
   } else if (s.d > kPersistentMaxWidth || s.dh > kPersistentMaxWidth) {
     why << "batched: widths d " << s.d << ", dh " << s.dh << " exceed the persistent kernels' " << kPersistentMaxWidth;
   } else if (p.fwd.scalar_bytes > smem_limit) {

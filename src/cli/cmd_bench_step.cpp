@@ -54,7 +54,11 @@ int cmd_bench_step(const Argv& argv) {
       .value("warmup", "untimed steps first", "1")
       .value("context-parallel", "under mpirun, arch tnt: each sequence split over groups of this many ranks "
                                  "(docs/CONTEXT_PARALLEL.md); ranks = data parallel x context parallel", "1")
-      .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase");
+      .value("cp-global", "with --context-parallel: gather (all-gather the global memory's inputs) or state (pass "
+                          "its state from rank to rank)", model::kDefaultCpGlobal)
+      .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase")
+      .flag("estimate-only", "the memory check alone: print the estimate and whether it fits this device, allocate "
+                             "nothing, run nothing (exit 1 with the refusal when it does not fit)");
   declare_device_flag(a, "cuda: one NVIDIA GPU, every arch (lact, titans, tnt)");
   declare_precision_flags(a);
   declare_data_parallel_flags(a);
@@ -79,6 +83,7 @@ int cmd_bench_step(const Argv& argv) {
   const int64_t cp = a.i64("context-parallel");
   TTT_CHECK(cp >= 1 && cp <= 4096, "ttt bench step: --context-parallel must be a rank count from 1 to 4096, got " << cp);
   model::check_context_parallel(cfg, int(cp), ranks.size());
+  const model::CpGlobal cp_global = model::parse_cp_global(a.str("cp-global"));
   const int dp_groups = ranks.size() / int(cp);  // the data-parallel groups share the global batch
   if (several) {
     TTT_CHECK(S % dp_groups == 0, "ttt bench step: --batch " << S << " (the global batch) cannot be split evenly over "
@@ -101,8 +106,18 @@ int cmd_bench_step(const Argv& argv) {
   mr.batch = S;  // the global batch, as `ttt train` sizes it (conservative under data parallelism)
   mr.seq_len = N;
   mr.context_parallel = cp;
+  mr.cp_pass_state = cp_global == model::CpGlobal::State;
   const train::MemoryEstimate estimate = train::estimate_memory(cfg, mr);
   train::require_memory("ttt bench step", estimate);
+  if (a.on("estimate-only")) {  // passed the check: the length fits (bench/cp_scaling.sh searches the limit with it)
+    if (reporter)
+      std::printf("%s\n", nlohmann::json{{"seq_len", N}, {"batch", S}, {"context_parallel", cp},
+                                         {"cp_global", model::cp_global_name(cp_global)},
+                                         {"memory_estimate_bytes", estimate.peak()}, {"fits", true}}
+                              .dump()
+                              .c_str());
+    return 0;
+  }
 
   // The step of `ttt train`: the device's step engine, its train_step timed (clip 1, lr 1e-4).
   const std::unique_ptr<backend::StepEngine> engine = backend::make_step_engine(device, cfg, engine_options);
@@ -112,7 +127,7 @@ int cmd_bench_step(const Argv& argv) {
     engine->set_gradient_buckets(bucket_bytes);
     engine->set_data_parallel(ranks, a.on("shard-optimizer"));
   }
-  if (cp > 1) engine->set_context_parallel(int(cp));
+  if (cp > 1) engine->set_context_parallel(int(cp), cp_global);
   Rng rng(1234);  // every rank: the same weights and the same global batch
   if (reporter) std::fprintf(stderr, "bench step: initializing %lld parameters...\n", (long long)model::parameter_count(cfg));
   model::Params<float> p = model::make_params<float>(cfg);
@@ -162,6 +177,7 @@ int cmd_bench_step(const Argv& argv) {
   if (several) {
     j["ranks"] = ranks.size();
     j["context_parallel"] = cp;
+    j["cp_global"] = model::cp_global_name(cp_global);
     j["shard_optimizer"] = a.on("shard-optimizer");
     j["grad_bucket_bytes"] = bucket_bytes;
     j["comm_wait_ms"] = comm_ms;  // rank 0's, per timed step

@@ -139,7 +139,10 @@ int cmd_train(const Argv& argv) {
       .value("stage2-fraction", "stage 2: steps as a fraction of the stage-1 run's steps (unless --steps)", "0.05")
       .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0")
       .value("context-parallel", "TNT under mpirun: split each sequence over this many ranks (spans of whole shards "
-                                 "and global chunks); ranks = data parallel x this", "1");
+                                 "and global chunks); ranks = data parallel x this", "1")
+      .value("cp-global", "with --context-parallel: gather (all-gather the global memory's inputs; each rank runs "
+                          "its chain over the prefix) or state (pass its state from rank to rank)",
+             model::kDefaultCpGlobal);
   declare_data_parallel_flags(a);
   a.parse();
   if (a.help_requested()) {
@@ -272,6 +275,7 @@ int cmd_train(const Argv& argv) {
   TTT_CHECK(context_parallel >= 1 && context_parallel <= 4096,
             "--context-parallel must be a rank count from 1 to 4096, got " << context_parallel);
   opt.context_parallel = int(context_parallel);
+  opt.cp_global = model::parse_cp_global(a.str("cp-global"));
   set_fault_hook(opt);
   const bool writer = ranks.rank() == 0;
 

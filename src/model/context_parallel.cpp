@@ -13,6 +13,15 @@ using ag::Mat;
 using ag::Tape;
 using ag::Var;
 
+CpGlobal parse_cp_global(const std::string& s) {
+  if (s == "gather") return CpGlobal::Gather;
+  if (s == "state") return CpGlobal::State;
+  TTT_FAIL("--cp-global must be gather (all-gather the global memory's inputs) or state (pass its state from rank "
+           "to rank), got '" << s << "'");
+}
+
+const char* cp_global_name(CpGlobal g) { return g == CpGlobal::State ? "state" : "gather"; }
+
 ContextSpan context_span(dist::Communicator& group, int64_t seq_len) {
   ContextSpan s;
   s.comm = &group;
@@ -144,7 +153,44 @@ Var own_rows(Tape<T>& t, Var prefix, int64_t S, const ContextSpan& cp) {
   return S == 1 ? parts[0] : ag::concat_rows(t, parts);
 }
 
+template <class T>
+engine::StateLink<T> state_link(const ContextSpan& cp) {
+  engine::StateLink<T> link;
+  const int r = cp.rank, N = cp.ranks;
+  link.has_entry = r > 0;
+  link.has_exit = r + 1 < N;
+  // Round `from`: rank `from` contributes `mine` (the others zeros); returns what rank `from` sent.
+  auto round = [cp](int from, const std::vector<T>* mine, int64_t count) {
+    std::vector<T> part = mine ? *mine : std::vector<T>(size_t(count), T(0));
+    TTT_CHECK(int64_t(part.size()) == count, "global memory state exchange: " << part.size() << " values, expected "
+                                                                               << count);
+    const std::vector<T> all = group_gather(cp, part);
+    return std::vector<T>(all.begin() + int64_t(from) * count, all.begin() + int64_t(from + 1) * count);
+  };
+  // Forward: rounds 0 .. N - 2, round j from rank j to rank j + 1. Rank r takes rounds 0 .. r - 1 before its span
+  // (keeping round r - 1's) and sends in round r, then joins the rest.
+  link.receive_entry = [round, r](int64_t count) {
+    std::vector<T> got;
+    for (int j = 0; j < r; ++j) got = round(j, nullptr, count);
+    return got;
+  };
+  link.send_exit = [round, r, N](const std::vector<T>& exit) {
+    for (int j = r; j < N - 1; ++j) round(j, j == r ? &exit : nullptr, int64_t(exit.size()));
+  };
+  // Backward: rounds N - 1 .. 1, round j from rank j to rank j - 1.
+  link.receive_exit_adjoint = [round, r, N](int64_t count) {
+    std::vector<T> got;
+    for (int j = N - 1; j > r; --j) got = round(j, nullptr, count);
+    return got;
+  };
+  link.send_entry_adjoint = [round, r](const std::vector<T>& adjoint) {
+    for (int j = r; j > 0; --j) round(j, j == r ? &adjoint : nullptr, int64_t(adjoint.size()));
+  };
+  return link;
+}
+
 #define TTT_INSTANTIATE(T)                                                                 \
+  template engine::StateLink<T> state_link<T>(const ContextSpan&);                        \
   template Var with_halo<T>(Tape<T>&, Var, int64_t, int64_t, const ContextSpan&);         \
   template Var gather_prefix<T>(Tape<T>&, Var, int64_t, const ContextSpan&);              \
   template Var own_rows<T>(Tape<T>&, Var, int64_t, const ContextSpan&);

@@ -3,9 +3,12 @@
 // through the tape ops below, whose forward and backward exchange rows with the other ranks of the group:
 //   - the sliding-window attention's keys and values: with_halo puts the previous rank's last window - 1 rows in
 //     front of this rank's (the halo); its backward sends the halo's gradient back to its owner;
-//   - the global memory's chain: gather_prefix gives this rank its inputs of every span up to and including its
-//     own, so the rank runs the chain from the sequence's start (model.cpp, memory_branch.cpp); its backward
-//     returns the gradient of every gathered row to the rank that owns it.
+//   - the global memory's chain, two ways (CpGlobal, `--cp-global`):
+//     gather: gather_prefix gives this rank its inputs of every span up to and including its own, so the rank runs
+//       the chain from the sequence's start (model.cpp, memory_branch.cpp); its backward returns the gradient of
+//       every gathered row to the rank that owns it;
+//     state: the chain's state at the span's start comes from the previous rank and its exit state goes to the
+//       next (state_link: the memory engine's StateLink); the backward passes their adjoints the other way.
 // Local memories reset at every shard, so they run on their span alone.
 //
 // Ranks: world rank k is CP rank k % N of data-parallel group k / N; each group has its own communicator
@@ -20,12 +23,21 @@
 
 #include "autograd/tape.h"
 #include "model/config.h"
+#include "ttt/memory_op.h"
 
 namespace ttt::dist {
 class Communicator;
 }
 
 namespace ttt::model {
+
+// How the global memory's chain crosses the spans (`--cp-global`): all-gather its inputs (each rank runs the chain
+// over its prefix) or pass its state from rank to rank.
+enum class CpGlobal { Gather, State };
+CpGlobal parse_cp_global(const std::string& s);  // "gather" | "state"; throws naming --cp-global
+// --cp-global's default in `ttt train` and `ttt bench step` (one place to flip it).
+inline constexpr const char* kDefaultCpGlobal = "gather";
+const char* cp_global_name(CpGlobal g);
 
 struct ContextSpan {
   dist::Communicator* comm = nullptr;  // the CP group
@@ -35,6 +47,7 @@ struct ContextSpan {
   // step's valid targets). It weights the loss before the backward, because gradients flow between ranks: a
   // weight applied afterwards would scale the other ranks' contributions with this rank's share.
   double loss_weight = 1.0;
+  CpGlobal global = CpGlobal::Gather;
   int64_t offset() const { return int64_t(rank) * span; }  // global position of the span's first token
 };
 
@@ -59,5 +72,12 @@ ag::Var gather_prefix(ag::Tape<T>& t, ag::Var x, int64_t S, const ContextSpan& c
 // Rows [r*n, (r+1)*n) of each of the S sequences of a prefix [S*(r+1)*n, c]: this rank's own rows.
 template <class T>
 ag::Var own_rows(ag::Tape<T>& t, ag::Var prefix, int64_t S, const ContextSpan& cp);
+
+// The global memory's state passing over the group: rank r's chain starts from rank r - 1's exit state and hands its
+// own to rank r + 1; the adjoints go the other way. Over the host communicator as N - 1 rounds of all-gathers per
+// direction (round j: rank j's state, kept by its neighbour; the others send zeros): N times the bytes of a
+// neighbour exchange, and every rank calls every round, so no rank waits on a collective another never calls.
+template <class T>
+engine::StateLink<T> state_link(const ContextSpan& cp);
 
 }  // namespace ttt::model

@@ -114,6 +114,14 @@ Var record_memory_branch(Tape<T>& t, const ModelConfig& cfg, const LayerParams& 
     Var om;
     if (on_span) {
       om = engine::branch_sum(t, S, H, in.q, in.k, in.v, {places[m]}, {mems[m]});
+    } else if (cp->global == CpGlobal::State) {
+      // The chain over this span from the state the previous rank hands over (state_link).
+      TTT_CHECK(!places[m].qk_proj, "--cp-global state: a chained memory read with Q-K projected queries would need "
+                                    "the projection's sums passed too; use --cp-global gather");
+      const engine::StateLink<T> link = state_link<T>(*cp);
+      const engine::TntMemoryVars& mv = mems[m];
+      om = engine::memory_op(t, mv.cfg, engine::chain_span_program(cp->span, places[m].chunk, link.has_exit), S, H, in.q, in.k, in.v,
+                             mv.rates, mv.momentum_gate, mv.decay_gate, mv.w0, {}, &link);
     } else {
       if (!prefix_q.valid()) {  // shared by every chained memory
         prefix_q = gathered(in.q);

@@ -41,7 +41,8 @@ ag::Var finish_memory_output(ag::Tape<T>& t, const ModelConfig& cfg, const Layer
 // spec through the engine (engine::branch_sum), outputs summed, then finish_memory_output. With `cp` (context
 // parallelism, context_parallel.h) the rows are this rank's span of each sequence (positions: global): a memory
 // that resets at span boundaries runs on the span; one that does not (the global memory) runs on the gathered
-// inputs of the spans up to this one (gather_prefix) and keeps its outputs of this span.
+// inputs of the spans up to this one (gather_prefix) and keeps its outputs of this span, or with
+// cp->global == CpGlobal::State on the span from the state the previous rank passes (state_link).
 template <class T>
 ag::Var record_memory_branch(ag::Tape<T>& t, const ModelConfig& cfg, const LayerParams& L, ag::Var x, ag::Var q,
                              ag::Var k, ag::Var v, const std::vector<int64_t>& positions, int64_t S,

@@ -123,7 +123,7 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
   backend::GpuSpan span;
   if (cp > 1) {
     const backend::HaloPlan hp(S, N, cfg.dim, cfg.window, int(cp - 1));
-    span = {int(cp), int(cp - 1), hp.halo, hp.halo_in};
+    span = {int(cp), int(cp - 1), hp.halo, hp.halo_in, req.cp_pass_state};
   }
   const backend::GpuLayerDims dims = backend::gpu_batch_dims(cfg, S, N, req.bf16, req.bf16_activations, span);
   b.residual = (L + 1) * rows * D * (req.bf16_activations ? 2 : 4);
@@ -141,8 +141,13 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
   if (!titans_like) {
     b.runner = lact_runner_bytes(cfg, S, N, req.bf16, 1);
   } else if (cp > 1 && cfg.use_global) {  // the global memory over the prefix, the local ones over the span
-    const backend::GpuSplitShapes split = backend::gpu_split_shapes(cfg, S, N, int(cp - 1));
-    const titans::KernelChoice chosen = titans::kernel_choice_from_env();
+    // Passing the state: the global memory over the span, on the batched path; sized for a rank that hands its state
+    // on (its last chunk's update keeps one more state than the last rank's).
+    const backend::GpuSplitShapes split =
+        req.cp_pass_state ? backend::gpu_split_shapes(cfg, S, N, 0, int(cp), true)
+                          : backend::gpu_split_shapes(cfg, S, N, int(cp - 1));
+    const titans::KernelChoice chosen =
+        req.cp_pass_state ? titans::KernelChoice::Batched : titans::kernel_choice_from_env();
     b.runner = double(titans::titans_runner_bytes(split.global, true, sizeof(float),
                                                   titans::plan_persistent(split.global, sizeof(float), smem, chosen,
                                                                           titans::persistent_variant_from_env())));
@@ -157,8 +162,10 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
     b.kept = (L - 1) * double(S) * backend::gpu_kept_layer_bytes(one);
     b.runners = titans_like ? (L - 1) * b.runner : lact_runner_bytes(cfg, S, N, req.bf16, cfg.n_layers - 1);
   }
-  if (cp > 1)  // the exchanges' buffers, and every layer's received keys and values [k | v] of the halo
-    b.context = backend::gpu_context_buffer_bytes(dims) + L * 2 * double(S) * double(span.halo) * D * 4;
+  if (cp > 1)  // the exchanges' buffers, and every layer's received keys and values [k | v] of the halo (and with
+               // --cp-global state the global memory's entry state)
+    b.context = backend::gpu_context_buffer_bytes(dims) + L * 2 * double(S) * double(span.halo) * D * 4 +
+                L * double(dims.state) * 4;
   return b;
 }
 
@@ -195,7 +202,9 @@ void push_gpu_terms(std::vector<MemoryTerm>& out, const model::ModelConfig& cfg,
     out.push_back({"memory operator state kept per layer (--recompute none)", batch + layers + memories, b.runners});
   }
   if (cp > 1)
-    out.push_back({"context parallel: the attention's halo and the global memory's inputs over the sequence",
+    out.push_back({req.cp_pass_state
+                       ? "context parallel: the attention's halo and the global memory's state passed (--cp-global state)"
+                       : "context parallel: the attention's halo and the global memory's inputs over the sequence",
                    context_parallel_drivers(cfg, cp, S, tokens), b.context});
 }
 

@@ -65,6 +65,9 @@ struct MemoryRequest {
   // attention's halo rows, the global memory's inputs over the spans up to the last rank's); the CPU sizes whole
   // sequences (its tape holds the prefix's global branch).
   int64_t context_parallel = 1;
+  // --cp-global state: the global memory's state is passed between the ranks instead of its inputs gathered (cuda:
+  // no prefix buffers, the kept entry states instead).
+  bool cp_pass_state = false;
   // Evaluation: `eval_windows` windows of `eval_context` tokens, `eval_batch` per forward pass on cuda
   // (a double: the product of two flags, which may be absurd).
   double eval_windows = 0;

@@ -499,6 +499,7 @@ TrainResult train(const TrainOptions& opt_in) {
     mr.accum = tc.accum;
     mr.seq_len = tc.seq_len;
     mr.context_parallel = opt.context_parallel;
+    mr.cp_pass_state = opt.cp_global == model::CpGlobal::State;
     mr.eval_windows = double(tc.eval_batches) * double(tc.batch);
     mr.eval_context = tc.seq_len;
     mr.eval_batch = tc.batch;
@@ -533,7 +534,7 @@ TrainResult train(const TrainOptions& opt_in) {
     engine->set_gradient_buckets(opt.grad_bucket_bytes);
     engine->set_data_parallel(*ranks, opt.shard_optimizer);
   }
-  if (opt.context_parallel > 1) engine->set_context_parallel(opt.context_parallel);
+  if (opt.context_parallel > 1) engine->set_context_parallel(opt.context_parallel, opt.cp_global);
 
   Rng data_rng(tc.seed ^ kDataSeedMix);
   if (!resuming && !writer) {
@@ -622,6 +623,7 @@ TrainResult train(const TrainOptions& opt_in) {
     if (ranks && opt.context_parallel > 1)
       os << "\ncontext parallel over " << opt.context_parallel << " ranks x data parallel over " << dp_groups
          << " groups (" << ranks->backend() << "): spans of " << tc.seq_len / opt.context_parallel << " tokens, "
+         << "global memory by " << (opt.cp_global == model::CpGlobal::State ? "state passing" : "all-gather") << ", "
          << tc.batch * tc.accum / dp_groups << " sequences per group and step"
          << (opt.shard_optimizer ? ", optimizer sharded (ZeRO-1)" : "");
     else if (ranks)

@@ -81,6 +81,7 @@ struct TrainOptions {
   // TNT context parallelism (model/context_parallel.h): each sequence split over groups of this many consecutive
   // ranks (ranks = data parallel x context parallel); validation stays data parallel over all ranks, whole windows.
   int context_parallel = 1;
+  model::CpGlobal cp_global = model::CpGlobal::Gather;  // how the global memory's chain crosses the spans
   // Test hook of the failure tests: rank `fault_rank` exits (fault "exit", status 3, without a word), stops
   // responding (fault "hang") or receives SIGTERM (fault "term") when it is about to run step `fault_step` + 1.
   int fault_rank = -1;

@@ -52,6 +52,12 @@ Program causal_program(int64_t n, int64_t chunk, int64_t reset_every) {
   return p;
 }
 
+Program chain_span_program(int64_t n, int64_t chunk, bool continues) {
+  Program p = causal_program(n, chunk);
+  if (continues) p.ops.push_back({OpKind::Update, (n - 1) / chunk * chunk, n});
+  return p;
+}
+
 Program bidirectional_program(int64_t n, int64_t chunk) {
   TTT_CHECK(n > 0, "bidirectional program over " << n << " tokens");
   TTT_CHECK(chunk > 0, "chunk size must be positive, got " << chunk);

@@ -90,6 +90,23 @@ void check_inputs(const MemoryConfig& cfg, const Program& prog, const SequenceIn
   check(in.rates, cfg.rate_columns, "rates");
   if (cfg.momentum) check(in.momentum_gate, 1, "momentum gate");
   if (cfg.decay) check(in.decay_gate, 1, "decay gate");
+  if (in.momentum0.empty()) return;
+  TTT_CHECK(cfg.momentum, "an entry momentum was given to a memory without momentum");
+  TTT_CHECK(in.momentum0.size() == shapes.size(), "entry momentum: " << in.momentum0.size() << " matrices, expected "
+                                                                    << shapes.size());
+  for (size_t i = 0; i < shapes.size(); ++i)
+    TTT_CHECK(in.momentum0[i].rows == shapes[i].first && in.momentum0[i].cols == shapes[i].second,
+              "entry momentum " << names[i] << " is " << in.momentum0[i].shape() << ", expected [" << shapes[i].first
+                                << "," << shapes[i].second << "]");
+  check_chain_entry(cfg, prog);
+}
+
+void check_chain_entry(const MemoryConfig& cfg, const Program& prog) {
+  // A reset returns to W0 and zero momentum, and a weight norm reads W0 in every update: either would need the
+  // learned W0 besides the entry state.
+  TTT_CHECK(cfg.weight_norm == WeightNorm::None, "a memory chain that starts from a passed state needs no weight norm");
+  for (const auto& op : prog.ops)
+    TTT_CHECK(op.kind != OpKind::Reset, "a memory chain that starts from a passed state cannot have resets");
 }
 
 template <class T>
@@ -99,6 +116,19 @@ MemoryState<T> initial_state(const MemoryConfig& cfg, const std::vector<Mat<T>>&
   if (cfg.momentum)
     for (auto& w : w0) s.momentum.emplace_back(w.rows, w.cols);
   return s;
+}
+
+template <class T>
+MemoryState<T> entry_state(const MemoryConfig& cfg, const SequenceInputs<T>& in) {
+  MemoryState<T> s = initial_state(cfg, in.w0);
+  if (!in.momentum0.empty()) s.momentum = in.momentum0;
+  return s;
+}
+
+template <class T>
+const MemoryState<T>& exit_state(const SavedStates<T>& saved) {
+  TTT_CHECK(!saved.versions.empty(), "exit state: the forward saved no states");
+  return saved.versions.back();
 }
 
 template <class T>
@@ -126,7 +156,7 @@ template <class T>
 Mat<T> run_forward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in, SavedStates<T>* saved) {
   check_inputs(cfg, prog, in);
   Mat<T> o(prog.num_tokens, cfg.d);
-  MemoryState<T> s = initial_state(cfg, in.w0);
+  MemoryState<T> s = entry_state(cfg, in);
   if (saved) saved->versions = {s};
   for (const auto& op : prog.ops) {
     switch (op.kind) {
@@ -156,7 +186,8 @@ namespace {
 // The reverse pass over the saved states versions[0 .. prog.num_updates()] (a range of a SavedStates).
 template <class T>
 SequenceGrads<T> backward_impl(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
-                               const MemoryState<T>* versions, int64_t num_versions, const Mat<T>& grad_o) {
+                               const MemoryState<T>* versions, int64_t num_versions, const Mat<T>& grad_o,
+                               const MemoryState<T>* grad_exit) {
   check_inputs(cfg, prog, in);
   TTT_CHECK(grad_o.rows == prog.num_tokens && grad_o.cols == cfg.d,
             "grad_o is " << grad_o.shape() << ", expected [" << prog.num_tokens << "," << cfg.d << "]");
@@ -183,6 +214,23 @@ SequenceGrads<T> backward_impl(const MemoryConfig& cfg, const Program& prog, con
   // Cotangents of the current state (after the op being processed).
   MemoryState<T> ds = initial_state(cfg, in.w0);
   for (auto& w : ds.weights) std::fill(w.data.begin(), w.data.end(), T(0));
+  if (grad_exit) {
+    check_chain_entry(cfg, prog);
+    TTT_CHECK(grad_exit->weights.size() == ds.weights.size() && grad_exit->momentum.size() == ds.momentum.size(),
+              "exit state adjoint: " << grad_exit->weights.size() << " weights and " << grad_exit->momentum.size()
+                                     << " momentum matrices, expected " << ds.weights.size() << " and "
+                                     << ds.momentum.size());
+    for (size_t j = 0; j < ds.weights.size(); ++j) {
+      TTT_CHECK(grad_exit->weights[j].same_shape(ds.weights[j]), "exit state adjoint: weight " << j << " is "
+                                                                     << grad_exit->weights[j].shape());
+      ds.weights[j] = grad_exit->weights[j];
+    }
+    for (size_t j = 0; j < ds.momentum.size(); ++j) {
+      TTT_CHECK(grad_exit->momentum[j].same_shape(ds.momentum[j]), "exit state adjoint: momentum " << j << " is "
+                                                                       << grad_exit->momentum[j].shape());
+      ds.momentum[j] = grad_exit->momentum[j];
+    }
+  }
   std::vector<char> claimed(size_t(n), 0);  // a later apply already owns this token's output
 
   for (int64_t i = int64_t(prog.ops.size()) - 1; i >= 0; --i) {
@@ -233,8 +281,9 @@ SequenceGrads<T> backward_impl(const MemoryConfig& cfg, const Program& prog, con
     }
     for (size_t j = 0; j < wi.size(); ++j) add_into(g.w0[j], grad_or_zero(t, wi[j]));
   }
-  // The initial state is W0 itself.
+  // The initial state is W0 itself (the entry weights), with the entry momentum.
   for (size_t j = 0; j < ds.weights.size(); ++j) add_into(g.w0[j], ds.weights[j]);
+  g.momentum0 = std::move(ds.momentum);
   return g;
 }
 
@@ -276,8 +325,8 @@ void raise_errors(const std::vector<std::string>& errors, int64_t per_item, int6
 
 template <class T>
 SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
-                              const SavedStates<T>& saved, const Mat<T>& grad_o) {
-  return backward_impl(cfg, prog, in, saved.versions.data(), int64_t(saved.versions.size()), grad_o);
+                              const SavedStates<T>& saved, const Mat<T>& grad_o, const MemoryState<T>* grad_exit) {
+  return backward_impl(cfg, prog, in, saved.versions.data(), int64_t(saved.versions.size()), grad_o, grad_exit);
 }
 
 std::vector<ProgramShard> split_shards(const Program& prog) {
@@ -396,9 +445,11 @@ template <class T>
 std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const Program& prog,
                                                  const std::vector<SequenceInputs<T>>& in,
                                                  const std::vector<SavedStates<T>>& saved,
-                                                 const std::vector<Mat<T>>& grad_o, const BatchOptions& opt) {
+                                                 const std::vector<Mat<T>>& grad_o, const BatchOptions& opt,
+                                                 const std::vector<MemoryState<T>>* grad_exit) {
   const int64_t nb = int64_t(in.size());
-  TTT_CHECK(saved.size() == in.size() && grad_o.size() == in.size(), "batched backward: batch sizes differ");
+  TTT_CHECK(saved.size() == in.size() && grad_o.size() == in.size() && (!grad_exit || grad_exit->size() == in.size()),
+            "batched backward: batch sizes differ");
   std::vector<SequenceGrads<T>> out(static_cast<size_t>(nb));
   const std::vector<ProgramShard> shards = opt.split_shards ? split_shards(prog) : std::vector<ProgramShard>();
   if (shards.empty()) {
@@ -407,7 +458,8 @@ std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const 
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int64_t b = 0; b < nb; ++b) {
       try {
-        out[size_t(b)] = run_backward(cfg, prog, in[size_t(b)], saved[size_t(b)], grad_o[size_t(b)]);
+        out[size_t(b)] = run_backward(cfg, prog, in[size_t(b)], saved[size_t(b)], grad_o[size_t(b)],
+                                      grad_exit ? &(*grad_exit)[size_t(b)] : nullptr);
       } catch (const std::exception& e) {
         errors[size_t(b)] = e.what();
       }
@@ -416,6 +468,7 @@ std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const 
     return out;
   }
   const int64_t ns = int64_t(shards.size());
+  if (grad_exit) check_chain_entry(cfg, prog);  // shards come from resets, which a passed state excludes
   {
     std::vector<std::string> errors(static_cast<size_t>(nb));
     for (int64_t b = 0; b < nb; ++b) {
@@ -443,7 +496,7 @@ std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const 
     try {
       part[size_t(i)] = backward_impl(cfg, sh.program, slice_inputs(cfg, in[size_t(b)], sh.begin, sh.end),
                                       saved[size_t(b)].versions.data() + sh.first_version, sh.num_versions,
-                                      rows(grad_o[size_t(b)], sh.begin, sh.end));
+                                      rows(grad_o[size_t(b)], sh.begin, sh.end), static_cast<const MemoryState<T>*>(nullptr));
     } catch (const std::exception& e) {
       errors[size_t(i)] = e.what();
     }
@@ -480,19 +533,22 @@ std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const 
 #define TTT_INSTANTIATE(T)                                                                                         \
   template void check_inputs<T>(const MemoryConfig&, const Program&, const SequenceInputs<T>&);                    \
   template MemoryState<T> initial_state<T>(const MemoryConfig&, const std::vector<Mat<T>>&);                       \
+  template MemoryState<T> entry_state<T>(const MemoryConfig&, const SequenceInputs<T>&);                           \
+  template const MemoryState<T>& exit_state<T>(const SavedStates<T>&);                                             \
   template Mat<T> state_apply<T>(const MemoryConfig&, const MemoryState<T>&, const std::vector<Mat<T>>&,          \
                                  const Mat<T>&);                                                                   \
   template void state_update<T>(const MemoryConfig&, MemoryState<T>&, const std::vector<Mat<T>>&, const Mat<T>&,  \
                                 const Mat<T>&, const Mat<T>&, const Mat<T>&, const Mat<T>&);                       \
   template Mat<T> run_forward<T>(const MemoryConfig&, const Program&, const SequenceInputs<T>&, SavedStates<T>*);  \
   template SequenceGrads<T> run_backward<T>(const MemoryConfig&, const Program&, const SequenceInputs<T>&,         \
-                                            const SavedStates<T>&, const Mat<T>&);                                 \
+                                            const SavedStates<T>&, const Mat<T>&, const MemoryState<T>*);          \
   template std::vector<Mat<T>> run_forward_batch<T>(const MemoryConfig&, const Program&,                           \
                                                     const std::vector<SequenceInputs<T>>&,                         \
                                                     std::vector<SavedStates<T>>*, const BatchOptions&);            \
   template std::vector<SequenceGrads<T>> run_backward_batch<T>(                                                    \
       const MemoryConfig&, const Program&, const std::vector<SequenceInputs<T>>&,                                  \
-      const std::vector<SavedStates<T>>&, const std::vector<Mat<T>>&, const BatchOptions&);
+      const std::vector<SavedStates<T>>&, const std::vector<Mat<T>>&, const BatchOptions&,                        \
+      const std::vector<MemoryState<T>>*);
 TTT_INSTANTIATE(float)
 TTT_INSTANTIATE(double)
 #undef TTT_INSTANTIATE

@@ -22,8 +22,13 @@ struct SequenceInputs {
   ag::Mat<T> rates;             // [T,rate_columns]
   ag::Mat<T> momentum_gate;     // [T,1] when cfg.momentum
   ag::Mat<T> decay_gate;        // [T,1] when cfg.decay
+  // The chain's entry momentum (MemoryConfig::weight_shapes() order) when it starts mid-sequence (context
+  // parallelism: the state passed from the previous span, whose weights are w0); empty: zero momentum. Needs a
+  // program without resets and no weight norm (then w0 enters the chain only as its entry weights).
+  std::vector<ag::Mat<T>> momentum0;
 };
-// Gradients have the same layout as the inputs.
+// Gradients have the same layout as the inputs; momentum0 is the entry momentum's adjoint when cfg.momentum, and
+// w0's gradient is the entry weights' adjoint.
 template <class T>
 using SequenceGrads = SequenceInputs<T>;
 
@@ -40,11 +45,22 @@ struct SavedStates {
   std::vector<MemoryState<T>> versions;  // versions[0] = initial; one more per update or reset
 };
 
+// A chain that starts from a passed state (SequenceInputs::momentum0, run_backward's grad_exit) needs a program
+// without resets and a memory without weight norm; throws naming which.
+void check_chain_entry(const MemoryConfig& cfg, const Program& prog);
+
 template <class T>
 void check_inputs(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in);
 
 template <class T>
 MemoryState<T> initial_state(const MemoryConfig& cfg, const std::vector<ag::Mat<T>>& w0);
+// The state the chain starts from: w0 and momentum0 (zero when empty).
+template <class T>
+MemoryState<T> entry_state(const MemoryConfig& cfg, const SequenceInputs<T>& in);
+// The state after the program's last operation (its exit state: what a chain continuing on the next span starts
+// from), from the states the forward saved.
+template <class T>
+const MemoryState<T>& exit_state(const SavedStates<T>& saved);
 
 // Streaming primitives; the program runner is built from exactly these.
 template <class T>
@@ -59,9 +75,12 @@ void state_update(const MemoryConfig& cfg, MemoryState<T>& s, const std::vector<
 template <class T>
 ag::Mat<T> run_forward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
                        SavedStates<T>* saved = nullptr);
+// grad_exit: the adjoint of the exit state (the loss's gradient with respect to it, from the chain's continuation
+// on the next span); nullptr: zero.
 template <class T>
 SequenceGrads<T> run_backward(const MemoryConfig& cfg, const Program& prog, const SequenceInputs<T>& in,
-                              const SavedStates<T>& saved, const ag::Mat<T>& grad_o);
+                              const SavedStates<T>& saved, const ag::Mat<T>& grad_o,
+                              const MemoryState<T>* grad_exit = nullptr);
 
 // One shard of a program: the operations between two resets, over the tokens [begin, end) they touch,
 // rebased so that `program` covers end - begin tokens. A shard starts from the initial state (W⁰, zero
@@ -98,6 +117,7 @@ std::vector<SequenceGrads<T>> run_backward_batch(const MemoryConfig& cfg, const 
                                                  const std::vector<SequenceInputs<T>>& in,
                                                  const std::vector<SavedStates<T>>& saved,
                                                  const std::vector<ag::Mat<T>>& grad_o,
-                                                 const BatchOptions& opt = {});
+                                                 const BatchOptions& opt = {},
+                                                 const std::vector<MemoryState<T>>* grad_exit = nullptr);
 
 }  // namespace ttt::engine

@@ -61,6 +61,10 @@ struct MemoryShape {
   int64_t period = 0;  // S: reset every S tokens; 0: never
   bool momentum = true, decay = true, residual = true;
   bool qk = false;     // read with Q-K projected queries (chunk granularity C, reset with the period)
+  // The chain goes on after these T tokens (context parallelism's global memory on a span that is not the
+  // sequence's last): the last chunk updates the state too, so that the exit state (MemoryInputs::exit_W) is the
+  // state the next span starts from (engine::chain_span_program). Needs no period and no qk.
+  bool continues = false;
   // Backward keeps every state when they fit in this many bytes (per group), else every K-th, K ~ sqrt(chunks).
   double state_budget_bytes = double(int64_t(2) << 30);
   int64_t segment = 0;  // > 0: force K (tests)
@@ -71,23 +75,36 @@ struct MemoryShape {
               "titans: sizes must be positive (B=" << B << ", T=" << T << ", d=" << d << ", dh=" << dh << ")");
     TTT_CHECK(chunk > 0, "titans: chunk size must be positive, got " << chunk);
     TTT_CHECK(period >= 0, "titans: reset period must be >= 0, got " << period);
+    TTT_CHECK(!continues || (period == 0 && !qk), "titans: a chain that continues past its tokens needs no reset "
+                                                  "period and no Q-K projection");
   }
 };
 
 // Pointers in the backend's memory space. eta / alpha only with momentum / decay.
+//
+// A chain passed between spans (context parallelism's --cp-global state; no period, no qk), in the state layout
+// [B][2P] (W1 at offset 0, W2 at offset P; the momentum likewise): entry_W / entry_S, when given, are the state
+// the chain starts from instead of (w1, w2) and zero momentum; exit_W / exit_S, when given, receive the state
+// after the last update (with MemoryShape::continues: after every chunk).
 template <class T>
 struct MemoryInputs {
   const T *q = nullptr, *k = nullptr, *v = nullptr;
   const T *w1 = nullptr, *w2 = nullptr;
   const T *theta = nullptr, *eta = nullptr, *alpha = nullptr;
+  const T *entry_W = nullptr, *entry_S = nullptr;
+  T *exit_W = nullptr, *exit_S = nullptr;
 };
-// Gradients of L = sum(o * grad_o), every one written in full (eta / alpha: zeros when the gate is off, if
-// given).
+// Gradients of L = sum(o * grad_o) [+ <exit state, exit adjoint>], every one written in full (eta / alpha: zeros
+// when the gate is off, if given). w1 / w2: the gradient of the initial weights, which are the entry state's when
+// the forward had entry_W. The chain's ends, in the state layout: exit_dW / exit_dS (inputs, null: zero) the
+// adjoint of the exit state; entry_dW / entry_dS (outputs, if given) the adjoint of the entry state.
 template <class T>
 struct MemoryGrads {
   T *q = nullptr, *k = nullptr, *v = nullptr;
   T *w1 = nullptr, *w2 = nullptr;
   T *theta = nullptr, *eta = nullptr, *alpha = nullptr;
+  const T *exit_dW = nullptr, *exit_dS = nullptr;
+  T *entry_dW = nullptr, *entry_dS = nullptr;
 };
 
 // ---- streaming (generation) -------------------------------------------------------------------------------
@@ -136,7 +153,7 @@ TTT_HOST_DEVICE int64_t num_chunks(int64_t len, int64_t C) { return (len + C - 1
 // Backward keeps the state of every K-th chunk boundary (K = chunks: all of them): all when they fit in
 // s.state_budget_bytes, else K = ceil(sqrt(chunks)); s.segment > 0 forces K.
 inline int64_t segment_length(const MemoryShape& s, const Group& g, size_t elem_bytes) {
-  const int64_t N = num_chunks(g.len, s.chunk);
+  const int64_t N = num_chunks(g.len, s.chunk) + (s.continues ? 1 : 0);  // states kept: one per chunk (+ the exit)
   if (s.segment > 0) return std::min(s.segment, N);
   const double per_version = double(g.items) * double(2 * s.P()) * (s.momentum ? 2.0 : 1.0) * double(elem_bytes);
   if (per_version * double(N) <= s.state_budget_bytes) return N;
@@ -262,10 +279,11 @@ class MemoryGroup {
     N_ = num_chunks(g_.len, C_);
     P_ = s_.P();
     P2_ = 2 * P_;
-    K_ = with_grad_ ? segment_length(s_, g_, sizeof(T)) : N_;
+    U_ = s_.continues ? N_ : N_ - 1;
+    K_ = with_grad_ ? segment_length(s_, g_, sizeof(T)) : U_ + 1;
     const int64_t Cn = std::min(C_, g_.len);
     if (with_grad_) {
-      const int64_t nck = num_chunks(N_, K_);
+      const int64_t nck = num_chunks(U_ + 1, K_);  // states 0 .. U_
       ckW_ = ops_.alloc(nck * nI * P2_);
       if (s_.momentum) ckS_ = ops_.alloc(nck * nI * P2_);
       if (K_ > 1) {
@@ -273,7 +291,7 @@ class MemoryGroup {
         if (s_.momentum) segS_ = ops_.alloc(K_ * nI * P2_);
       }
     } else {  // ping-pong (one state when there is no update)
-      const int64_t slots = std::min<int64_t>(N_, 2);
+      const int64_t slots = std::min<int64_t>(U_ + 1, 2);
       segW_ = ops_.alloc(slots * nI * P2_);
       if (s_.momentum) segS_ = ops_.alloc(slots * nI * P2_);
     }
@@ -311,16 +329,24 @@ class MemoryGroup {
     q_ = query;
     in_ = in;
     const int64_t nI = g_.items;
-    ops_.each(nI * P2_, fn::InitState<T>{in.w1, in.w2, W(0), g_, P_});
+    TTT_CHECK(!(in.entry_W || in.entry_S || in.exit_W || in.exit_S) || (s_.period == 0 && !s_.qk),
+              "titans: a passed chain state needs a memory without resets and without Q-K projection");
+    TTT_CHECK(!(in.exit_W || in.exit_S) || s_.continues,
+              "titans: the exit state needs MemoryShape::continues (the last chunk's update)");
+    if (in.entry_W) ops_.copy(W(0), in.entry_W, nI * P2_);  // no period: items are the sequence-heads
+    else ops_.each(nI * P2_, fn::InitState<T>{in.w1, in.w2, W(0), g_, P_});
     if (s_.momentum) {
-      ops_.zero(S(0), nI * P2_);
+      if (in.entry_S) ops_.copy(S(0), in.entry_S, nI * P2_);
+      else ops_.zero(S(0), nI * P2_);
       ops_.each(N_ * nI, fn::ChunkMean<T>{in.eta, ebar_, g_, C_});
     }
     if (s_.decay) ops_.each(N_ * nI, fn::ChunkMean<T>{in.alpha, abar_, g_, C_});
     for (int64_t c = 0; c < N_; ++c) {
       apply_fwd(c, o);
-      if (c + 1 < N_) update_fwd(c);
+      if (c < U_) update_fwd(c);
     }
+    if (in.exit_W) ops_.copy(in.exit_W, W(U_), nI * P2_);
+    if (in.exit_S && s_.momentum) ops_.copy(in.exit_S, S(U_), nI * P2_);
     forward_done_ = true;
   }
 
@@ -357,7 +383,8 @@ class MemoryGroup {
     TTT_CHECK(with_grad_ && forward_done_, "titans: backward() needs a forward() with gradients on first");
     go_ = go;
     const int64_t nI = g_.items;
-    // Tokens of each item's last chunk take part in no update.
+    // Tokens of each item's last chunk take part in no update (unless the chain continues: then update_bwd
+    // assigns them below).
     const int64_t cl0 = (N_ - 1) * C_, nl = g_.len - cl0;
     ops_.each(nI * nl * s_.d, fn::CopyRows<T>{g.k, nullptr, g_, cl0, nl, s_.d});
     ops_.each(nI * nl * s_.d, fn::CopyRows<T>{g.v, nullptr, g_, cl0, nl, s_.d});
@@ -366,8 +393,16 @@ class MemoryGroup {
                                                                            s_.momentum ? nl : g_.len, 1});
     if (g.alpha) ops_.each(nI * (s_.decay ? nl : g_.len), fn::CopyRows<T>{g.alpha, nullptr, g_, s_.decay ? cl0 : 0,
                                                                            s_.decay ? nl : g_.len, 1});
-    ops_.zero(dW_, nI * P2_);
-    if (s_.momentum) ops_.zero(dS_, nI * P2_);
+    TTT_CHECK(!(g.exit_dW || g.exit_dS || g.entry_dW || g.entry_dS) || (s_.period == 0 && !s_.qk),
+              "titans: a passed chain state needs a memory without resets and without Q-K projection");
+    TTT_CHECK(!(g.exit_dW || g.exit_dS) || s_.continues, "titans: an exit adjoint needs MemoryShape::continues");
+    if (g.exit_dW) ops_.copy(dW_, g.exit_dW, nI * P2_);
+    else ops_.zero(dW_, nI * P2_);
+    if (s_.momentum) {
+      if (g.exit_dS) ops_.copy(dS_, g.exit_dS, nI * P2_);
+      else ops_.zero(dS_, nI * P2_);
+    }
+    // Segments of K chunks; chunk c's state W(c) is kept (c % K == 0) or recomputed from its segment's first.
     const int64_t nseg = num_chunks(N_, K_);
     for (int64_t j = nseg - 1; j >= 0; --j) {
       const int64_t lo = j * K_, hi = std::min(N_, lo + K_);
@@ -375,10 +410,12 @@ class MemoryGroup {
       if (j < nseg - 1)
         for (int64_t c = lo; c + 1 < hi; ++c) update_fwd(c);
       for (int64_t c = hi - 1; c >= lo; --c) {
-        if (c + 1 < N_) update_bwd(c, g);
+        if (c < U_) update_bwd(c, g);
         apply_bwd(c, gquery);
       }
     }
+    if (g.entry_dW) ops_.copy(g.entry_dW, dW_, nI * P2_);
+    if (g.entry_dS && s_.momentum) ops_.copy(g.entry_dS, dS_, nI * P2_);
     ops_.each((nI / g_.per_b) * P2_, fn::ReduceItems<T>{dW_, g.w1, g.w2, g_, P_});
   }
 
@@ -389,6 +426,7 @@ class MemoryGroup {
   bool with_grad_;
   bool forward_done_ = false;
   int64_t C_ = 0, N_ = 0, P_ = 0, P2_ = 0, K_ = 0;
+  int64_t U_ = 0;  // chunk updates: N_ - 1, or N_ when the chain continues
   const T* q_ = nullptr;
   const T* go_ = nullptr;
   MemoryInputs<T> in_;

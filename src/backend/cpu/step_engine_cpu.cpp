@@ -99,10 +99,11 @@ class CpuStepEngine final : public StepEngine {
     ranks_ = ranks.size() > 1 ? &ranks : nullptr;
     shard_ = ranks_ && shard_optimizer;
   }
-  void set_context_parallel(int cp) override {
+  void set_context_parallel(int cp, model::CpGlobal global) override {
     TTT_CHECK(cp == 1 || (ranks_ && ranks_->size() % cp == 0),
               "--context-parallel " << cp << " needs a multiple of " << cp << " ranks");
     cp_ = cp;
+    cp_global_ = global;
     if (cp > 1) cp_group_ = ranks_->split(ranks_->rank() / cp);  // ranks k with the same k / cp
   }
 
@@ -119,7 +120,10 @@ class CpuStepEngine final : public StepEngine {
       const int64_t n = train::step_sequences(micro);
       const dist::SequenceRange mine = dist::rank_sequences(n, ranks_->rank() / cp_, ranks_->size() / cp_);
       model::ContextSpan span;
-      if (cp_group_) span = model::context_span(*cp_group_, micro.front().len);
+      if (cp_group_) {
+        span = model::context_span(*cp_group_, micro.front().len);
+        span.global = cp_global_;
+      }
       const std::vector<double> terms =
           train::accumulate_gradient_range(cfg_, *params_, micro, mine.first, mine.last, grads_, cp_group_ ? &span : nullptr);
       std::vector<double> all_terms(static_cast<size_t>(n * cp_));
@@ -215,6 +219,7 @@ class CpuStepEngine final : public StepEngine {
   dist::Communicator* ranks_ = nullptr;  // more than one rank, or null
   bool shard_ = false;
   int cp_ = 1;                  // context-parallel group size
+  model::CpGlobal cp_global_ = model::CpGlobal::Gather;
   std::unique_ptr<dist::Communicator> cp_group_;  // this rank's context-parallel group, with cp_ > 1
   std::vector<size_t> shards_;  // tensor_shards bounds, with shard_
   std::vector<float> flat_;     // the gradient, then the weights, as one vector

@@ -87,7 +87,7 @@ class CudaStepEngine final : public backend::StepEngine {
   // the group's ranks get an NCCL communicator of their own (a new one initialised within the group, bootstrapped
   // over the host group of Communicator::split) for the halo exchanges and the global memory's all-gather, while
   // the gradient is still summed over every rank of the job.
-  void set_context_parallel(int cp) override {
+  void set_context_parallel(int cp, model::CpGlobal global) override {
     model::check_context_parallel(model_->config(), cp, ranks_ ? ranks_->size() : 1);
     if (cp == 1) return;
     TTT_CHECK(options_.recompute != backend::Recompute::None,
@@ -96,7 +96,7 @@ class CudaStepEngine final : public backend::StepEngine {
     cp_ = cp;
     cp_host_ = ranks_->split(ranks_->rank() / cp);
     cp_nccl_ = std::make_unique<NcclGroup>(*cp_host_);
-    model_->set_context_parallel(cp_nccl_.get());
+    model_->set_context_parallel(cp_nccl_.get(), global == model::CpGlobal::State);
   }
 
   backend::StepResult train_step(const std::vector<model::Batch>& global_micro, double lr, double clip) override {

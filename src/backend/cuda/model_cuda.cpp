@@ -137,6 +137,11 @@ struct GpuModel::Impl {
   ContextArrays cp_arrays;
   ContextBuffers cpb;
   std::vector<DeviceArray<float>> halo_kept;
+  // --cp-global state (pass_state): the global memory runs over the span from the previous rank's exit state
+  // instead of over the prefix (global_state_forward / backward); state_kept[l]: the entry state layer l received in
+  // the forward ([W1 | W2] per sequence-head, then the momentum: dims.state floats), reused by the recomputation.
+  bool pass_state = false;
+  std::vector<DeviceArray<float>> state_kept;
   struct SplitRunners {
     std::unique_ptr<TitansRunner<float>> global;
     std::unique_ptr<TntRunner<float>> local;
@@ -267,7 +272,7 @@ struct GpuModel::Impl {
   void ensure_rows(int64_t rows, int64_t S, int64_t N) {
     ModelDims s;
     backend::GpuSpan span;
-    if (split) span = {cp_ranks, cp_rank, halo, halo_in};
+    if (split) span = {cp_ranks, cp_rank, halo, halo_in, pass_state && cfg.use_global};
     static_cast<backend::GpuLayerDims&>(s) =
         backend::gpu_batch_dims(cfg, S, N, opt.math == MathMode::BF16, act16, span);
     dims = s;
@@ -290,6 +295,10 @@ struct GpuModel::Impl {
     if (split) {
       halo_kept.resize(size_t(L));
       for (auto& k : halo_kept) k.ensure(2 * S * halo * D, opt.poison);
+    }
+    if (split && s.state > 0) {
+      state_kept.resize(size_t(L));
+      for (auto& k : state_kept) k.ensure(s.state, opt.poison);
     }
   }
 
@@ -450,9 +459,11 @@ struct GpuModel::Impl {
   }
   std::unique_ptr<SplitRunners> make_split_runners(int64_t S, int64_t N) {
     const TitansOptions to = titans_options();
-    const backend::GpuSplitShapes shapes = backend::gpu_split_shapes(cfg, S, N, cp_rank);
+    const backend::GpuSplitShapes shapes = backend::gpu_split_shapes(cfg, S, N, cp_rank, cp_ranks, pass_state);
     auto r = std::make_unique<SplitRunners>();
-    r->global = std::make_unique<TitansRunner<float>>(shapes.global, /*with_grad=*/true, to);
+    TitansOptions global_options = to;
+    if (pass_state) global_options.kernel = titans::KernelChoice::Batched;  // the persistent kernels take no state
+    r->global = std::make_unique<TitansRunner<float>>(shapes.global, /*with_grad=*/true, global_options);
     if (shapes.has_local) r->local = std::make_unique<TntRunner<float>>(shapes.local, /*with_grad=*/true, to);
     return r;
   }
@@ -525,6 +536,89 @@ struct GpuModel::Impl {
       TTT_CUDA_CHECK(cudaMemcpyAsync(gates[i], sum[3 + i], sizeof(float) * size_t(BHN), cudaMemcpyDeviceToDevice, nullptr));
   }
 
+  // ---- context parallelism: the global memory's state passed from rank to rank (--cp-global state) ---------------
+
+  // The branch's forward with the global memory's chain over this span from the state rank cp_rank - 1 hands over
+  // (rank 0: the learned W0 and zero momentum); its exit state goes to rank cp_rank + 1 at once. The chain orders
+  // the ranks, so a rank that waits for a state runs its local memories first and one that sends runs its global
+  // memory first. The recomputation starts from the kept entry state (state_kept[l]) and exchanges nothing.
+  void global_state_forward(int64_t l, const titans::TntInputs<float>& in, int64_t S, int64_t N, bool recompute) {
+    const int64_t RD = S * H * N * d, state = dims.state;
+    const bool momentum = branch.memories[0].config.momentum;
+    const int64_t weights = momentum ? state / 2 : state;  // [W1 | W2] per sequence-head, then the momentum
+    SplitRunners& run = split_runners(S, N);
+    const bool receives = cp_rank > 0, sends = cp_rank + 1 < cp_ranks;
+    float* entry = receives ? state_kept[size_t(l)].p() : nullptr;
+    cp_group->wait_sends();  // state_send may still be on its way (the previous layer's)
+    bool locals_done = false;
+    auto run_locals = [&] {
+      if (run.local) {
+        titans::TntInputs<float> local{in.q, in.k, in.v, {in.mems.begin() + 1, in.mems.end()}};
+        run.local->forward(local, act.oT);
+      } else {
+        TTT_CUDA_CHECK(cudaMemsetAsync(act.oT, 0, sizeof(float) * size_t(RD), nullptr));
+      }
+      locals_done = true;
+    };
+    if (receives && !recompute) {
+      run_locals();
+      cp_group->exchange({}, {{cp_rank - 1, entry, state}}, "receive of the global memory's state from the previous rank");
+    }
+    titans::MemoryInputs<float> g{in.q, in.k, in.v, in.mems[0].w1, in.mems[0].w2, in.mems[0].theta, in.mems[0].eta,
+                                  in.mems[0].alpha};
+    if (receives) g.entry_W = entry, g.entry_S = momentum ? entry + weights : nullptr;
+    if (sends) g.exit_W = cpb.state_send, g.exit_S = momentum ? cpb.state_send + weights : nullptr;
+    run.global->forward(g, act.o);  // o is free until batch_to_heads writes the branch's output there
+    // Sent without holding this rank up: the next rank wants it after its own local memories.
+    if (sends && !recompute) cp_group->send_async({cp_rank + 1, cpb.state_send, state}, "pass of the global memory's state to the next rank");
+    if (!locals_done) run_locals();
+    mk::axpy(act.oT, act.o, 1.0f, RD);
+  }
+  // Its adjoint, mirrored: the exit state's adjoint comes from rank cp_rank + 1 (zero on the last rank), the entry
+  // state's goes to rank cp_rank - 1; on rank 0 it is the gradient of W0 (the runner's w1 / w2 gradient), which the
+  // other ranks do not add to (their initial state is the received one). The input gradients go to the locals'.
+  void global_state_backward(const titans::TntGrads<float>& og, int64_t S, int64_t N) {
+    const int64_t B = S * H, BHN = B * N, RD = BHN * d, state = dims.state;
+    const bool momentum = branch.memories[0].config.momentum;
+    const int64_t weights = momentum ? state / 2 : state;
+    SplitRunners& run = split_runners(S, N);
+    const bool receives = cp_rank + 1 < cp_ranks, sends = cp_rank > 0;
+    cp_group->wait_sends();
+    bool locals_done = false;
+    auto run_locals = [&] {
+      if (run.local) {
+        titans::TntGrads<float> local{og.q, og.k, og.v, {og.mems.begin() + 1, og.mems.end()}};
+        run.local->backward(grad.doT, local);
+      } else {
+        for (float* x : {og.q, og.k, og.v}) TTT_CUDA_CHECK(cudaMemsetAsync(x, 0, sizeof(float) * size_t(RD), nullptr));
+      }
+      locals_done = true;
+    };
+    if (receives) {
+      run_locals();
+      cp_group->exchange({}, {{cp_rank + 1, cpb.state_recv, state}},
+                         "receive of the global memory's state adjoint from the next rank");
+    }
+    const std::array<float*, 6> p = global_parts(cpb.gsend, 1, S, N);  // q, k, v gradients of the span
+    titans::MemoryGrads<float> g{p[0], p[1], p[2], og.mems[0].w1, og.mems[0].w2, og.mems[0].theta, og.mems[0].eta,
+                                 og.mems[0].alpha};
+    if (receives) g.exit_dW = cpb.state_recv, g.exit_dS = momentum ? cpb.state_recv + weights : nullptr;
+    if (sends) g.entry_dW = cpb.state_send, g.entry_dS = momentum ? cpb.state_send + weights : nullptr;
+    run.global->backward(grad.doT, g);
+    if (sends) {
+      cp_group->send_async({cp_rank - 1, cpb.state_send, state},
+                           "return of the global memory's state adjoint to the previous rank");
+      // W0 entered this rank's chain only through the previous ranks: its gradient is theirs.
+      const int64_t W = B * dh * d;
+      TTT_CUDA_CHECK(cudaMemsetAsync(og.mems[0].w1, 0, sizeof(float) * size_t(W), nullptr));
+      TTT_CUDA_CHECK(cudaMemsetAsync(og.mems[0].w2, 0, sizeof(float) * size_t(W), nullptr));
+    }
+    if (!locals_done) run_locals();
+    mk::axpy(og.q, p[0], 1.0f, RD);
+    mk::axpy(og.k, p[1], 1.0f, RD);
+    mk::axpy(og.v, p[2], 1.0f, RD);
+  }
+
   // ---- one layer ---------------------------------------------------------------------------------------
 
   // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
@@ -578,7 +672,7 @@ struct GpuModel::Impl {
     }
     // Per sequence-head layout of the memory operators.
     mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
-    if (titans_like) titans_forward(l, S, N);
+    if (titans_like) titans_forward(l, S, N, recompute);
     else lact_forward(l, S, N);
     // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
     rms_norm_heads_forward_batch(act.oT, memory_norm_weight(lw), act.normed, act.rinvo, S, N, D, H,
@@ -695,7 +789,7 @@ struct GpuModel::Impl {
   // (theta = titans_base_lr * sigmoid(h W_lr + b), eta = sigmoid(h W_m + b), alpha = sigmoid(h W_d + b)), in the
   // memory spec's columns (m*H + h for memory m, head h); the branch through TntRunner (tnt_cuda.h), which sums
   // the memories.
-  void titans_forward(int64_t l, int64_t S, int64_t N) {
+  void titans_forward(int64_t l, int64_t S, int64_t N, bool recompute) {
     const int64_t rows = S * N, M = int64_t(branch.memories.size()), MH = M * H, BHN = S * H * N;
     const int64_t W = S * H * dh * d;
     const LayerTensors& lw = P.layers[size_t(l)];
@@ -727,7 +821,8 @@ struct GpuModel::Impl {
                          act.alT + m * BHN});
     }
     timed("tnt", [&] {
-      if (global_split()) global_split_forward(in, S, N);
+      if (global_split() && pass_state) global_state_forward(l, in, S, N, recompute);
+      else if (global_split()) global_split_forward(in, S, N);
       else tnt_runner_of(l, S, N).forward(in, act.oT);
     });
   }
@@ -742,7 +837,8 @@ struct GpuModel::Impl {
       og.mems.push_back({grad.gtw1b + m * W, grad.gtw2b + m * W, grad.gthT + m * BHN, grad.getT + m * BHN,
                          grad.galT + m * BHN});
     timed("tnt", [&] {
-      if (global_split()) global_split_backward(og, S, N);
+      if (global_split() && pass_state) global_state_backward(og, S, N);
+      else if (global_split()) global_split_backward(og, S, N);
       else tnt_runner_of(l, S, N).backward(grad.doT, og);
     });
     const int64_t per = H * dh * d;
@@ -964,11 +1060,12 @@ void GpuModel::scale_grads(float factor, int64_t begin, int64_t end) {
 
 void GpuModel::set_gradient_hook(std::function<void(int stage)> hook) { impl_->gradient_hook = std::move(hook); }
 
-void GpuModel::set_context_parallel(NcclGroup* group) {
+void GpuModel::set_context_parallel(NcclGroup* group, bool pass_state) {
   Impl& m = *impl_;
   TTT_CHECK(!group || group->size() == 1 || m.cfg.arch == model::Arch::Tnt,
             "GPU model: context parallelism needs arch tnt, not " << model::arch_name(m.cfg.arch));
   m.cp_group = group;
+  m.pass_state = pass_state;
   m.cp_rank = group ? group->rank() : 0;
   m.cp_ranks = group ? group->size() : 1;
   m.split_cache.clear();
@@ -1053,6 +1150,8 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
     res.logits.resize(size_t(rows * V));
     TTT_CUDA_CHECK(cudaMemcpy(res.logits.data(), m.head.logits, sizeof(float) * size_t(rows * V), cudaMemcpyDeviceToHost));
   }
+  // The last layer's state sent on (--cp-global state) is done before the batch is (its buffer is reused).
+  if (!backward && m.split) m.cp_group->wait_sends();
   // A span without valid targets still runs its backward: the group's exchanges need every rank.
   if (!backward || (res.valid == 0 && !m.split)) return res;
 
@@ -1113,6 +1212,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   mk::embedding_backward(m.grad.dx, m.emb_order.as<int32_t>(), m.emb_starts.as<int32_t>(), m.emb_uniq.as<int32_t>(),
                          int64_t(uniq.size()), m.G.embed, D);
   stage_done(m.L + 1);
+  if (m.split) m.cp_group->wait_sends();  // the first layer's state adjoint returned (--cp-global state)
   // With a hook, collectives may be running on another stream: wait for the model's own work only.
   TTT_CUDA_CHECK(m.gradient_hook ? cudaStreamSynchronize(nullptr) : cudaDeviceSynchronize());
   return res;

@@ -93,9 +93,12 @@ class GpuModel {
   // rank: off). A forward with `span` then takes this rank's span of every sequence (len = seq_len / group size,
   // positions from rank * len): it exchanges the attention's halo keys and values with the neighbouring ranks (NCCL
   // send / receive; in the backward their gradients go back), all-gathers the global memory's inputs to run its
-  // chain from the sequence's start, and returns their gradients to their owners. Every rank of the group must run
+  // chain from the sequence's start, and returns their gradients to their owners (with pass_state: receives the
+  // global memory's state from the previous rank and sends its exit state to the next; their adjoints the other way). Every rank of the group must run
   // the same batch shapes in the same order; a span without valid targets still runs its backward.
-  void set_context_parallel(NcclGroup* group);
+  // pass_state: the global memory's state is passed from rank to rank (--cp-global state) instead of its inputs
+  // all-gathered.
+  void set_context_parallel(NcclGroup* group, bool pass_state = false);
   // The sharded optimizer (ZeRO-1). pad_flat_arrays: the flat parameter and gradient arrays grow to `padded` (>= the
   // parameter count) elements, the padding's gradient zero (NCCL moves equal counts per rank); call before upload
   // (the weights are not kept). set_optimizer_range: the optimizer owns elements [begin, end) of the flat arrays

@@ -55,6 +55,7 @@ struct NcclGroup::Impl {
   // events that measure the communication left after the compute.
   cudaStream_t comm_stream = nullptr;
   cudaEvent_t ready = nullptr, compute_done = nullptr, comm_done = nullptr;
+  const char* send_in_flight = nullptr;  // send_async's, until wait_sends
 
   using Clock = std::chrono::steady_clock;
 
@@ -196,13 +197,37 @@ void NcclGroup::all_gather(float* device_data, int64_t per_rank) {
 void NcclGroup::all_gather_from(const float* mine, float* all, int64_t count, const char* what) {
   Impl& m = *impl_;
   TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  wait_sends();
   m.enqueued(ncclAllGather(mine, all, size_t(count), ncclFloat, m.comm, nullptr), what);
   m.wait(what, nullptr);
+}
+
+void NcclGroup::send_async(const Transfer& t, const char* what) {
+  Impl& m = *impl_;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  wait_sends();
+  TTT_CHECK(t.peer >= 0 && t.peer < m.host->size() && t.peer != m.host->rank() && t.count >= 0,
+            m.host->describe() << ": NCCL " << what << ": a transfer with peer " << t.peer);
+  if (t.count == 0) return;
+  check_cuda(cudaEventRecord(m.ready, nullptr), "cudaEventRecord");
+  check_cuda(cudaStreamWaitEvent(m.comm_stream, m.ready, 0), "cudaStreamWaitEvent");
+  m.enqueued(ncclSend(t.data, size_t(t.count), ncclFloat, t.peer, m.comm, m.comm_stream), what);
+  m.send_in_flight = what;
+}
+
+void NcclGroup::wait_sends() {
+  Impl& m = *impl_;
+  if (!m.send_in_flight) return;
+  const char* what = m.send_in_flight;
+  m.send_in_flight = nullptr;
+  TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  m.wait(what, m.comm_stream);
 }
 
 void NcclGroup::exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives, const char* what) {
   Impl& m = *impl_;
   TTT_CHECK(m.comm, "NCCL communicator was aborted");
+  wait_sends();
   if (sends.empty() && receives.empty()) return;
   for (const auto& list : {sends, receives})
     for (const Transfer& t : list)
@@ -239,6 +264,8 @@ void NcclGroup::reduce_scatter_sum(float*, int64_t) {}
 void NcclGroup::all_gather(float*, int64_t) {}
 void NcclGroup::all_gather_from(const float*, float*, int64_t, const char*) {}
 void NcclGroup::exchange(const std::vector<Transfer>&, const std::vector<Transfer>&, const char*) {}
+void NcclGroup::send_async(const Transfer&, const char*) {}
+void NcclGroup::wait_sends() {}
 int NcclGroup::rank() const { return 0; }
 int NcclGroup::size() const { return 1; }
 

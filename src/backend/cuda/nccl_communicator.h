@@ -66,6 +66,13 @@ class NcclGroup {
   };
   void all_gather_from(const float* mine, float* all, int64_t count, const char* what);
   void exchange(const std::vector<Transfer>& sends, const std::vector<Transfer>& receives, const char* what);
+  // A send that does not hold the sender up (--cp-global state: the global memory's state to the next rank, which
+  // wants it only after its own local memories): on the communication stream, ordered after everything the default
+  // stream has been given so far (an event), returning at once; t.data must stay unchanged until wait_sends().
+  // wait_sends: waits (at most the timeout, naming the send) for it. Every other operation of the group waits for
+  // a send in flight first, so that the group runs one NCCL operation at a time.
+  void send_async(const Transfer& t, const char* what);
+  void wait_sends();
   int rank() const;
   int size() const;
 

@@ -192,10 +192,16 @@ struct TitansRunner<T>::Impl {
     return *mem;
   }
   void forward(const titans::MemoryInputs<T>& in, T* o) {
+    TTT_CHECK(!fused || !(in.entry_W || in.entry_S || in.exit_W || in.exit_S),
+              "titans cuda: the persistent kernels take no passed chain state (" << plan.reason
+                                                                                 << "); run the batched path");
     if (fused) fused->forward(in, o);
     else memory().forward(in, o);
   }
   void backward(const T* go, const titans::MemoryGrads<T>& g) {
+    TTT_CHECK(!fused || !(g.exit_dW || g.exit_dS || g.entry_dW || g.entry_dS),
+              "titans cuda: the persistent kernels take no passed chain state (" << plan.reason
+                                                                                 << "); run the batched path");
     if (fused) fused->backward(go, g);
     else memory().backward(go, g);
   }
@@ -228,7 +234,7 @@ template <class T>
 TitansRunner<T>::~TitansRunner() = default;
 template <class T>
 void TitansRunner<T>::forward(const titans::MemoryInputs<T>& in, T* o) {
-  impl_->fkey = {in.q, in.k, in.v, in.w1, in.w2, in.theta, in.eta, in.alpha, o};
+  impl_->fkey = {in.q, in.k, in.v, in.w1, in.w2, in.theta, in.eta, in.alpha, o, in.entry_W, in.entry_S, in.exit_W, in.exit_S};
   impl_->run(impl_->fwd, impl_->fkey, [&] { impl_->forward(in, o); });
 }
 template <class T>
@@ -238,7 +244,9 @@ void TitansRunner<T>::backward(const T* grad_o, const titans::MemoryGrads<T>& g)
   for (const void* p : {static_cast<const void*>(grad_o), static_cast<const void*>(g.q), static_cast<const void*>(g.k),
                         static_cast<const void*>(g.v), static_cast<const void*>(g.w1), static_cast<const void*>(g.w2),
                         static_cast<const void*>(g.theta), static_cast<const void*>(g.eta),
-                        static_cast<const void*>(g.alpha)})
+                        static_cast<const void*>(g.alpha), static_cast<const void*>(g.exit_dW),
+                        static_cast<const void*>(g.exit_dS), static_cast<const void*>(g.entry_dW),
+                        static_cast<const void*>(g.entry_dS)})
     key.push_back(p);
   impl_->run(impl_->bwd, key, [&] { impl_->backward(grad_o, g); });
 }
@@ -310,6 +318,19 @@ void titans_host(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in
   }
   titans::MemoryInputs<T> din{q.as<T>(),  k.as<T>(),  v.as<T>(), w1.as<T>(), w2.as<T>(), th.as<T>(),
                               s.momentum ? et.as<T>() : nullptr, s.decay ? al.as<T>() : nullptr};
+  // The chain's ends (state layout [B][2P]): given host arrays travel, outputs come back.
+  const size_t SW = 2 * W;
+  DeviceBuffer eW, eS, xW, xS, xdW, xdS, edW, edS;
+  if (in.entry_W) eW = up(in.entry_W, SW), din.entry_W = eW.as<T>();
+  if (in.entry_S) eS = up(in.entry_S, SW), din.entry_S = eS.as<T>();
+  if (in.exit_W) xW = out(SW), din.exit_W = xW.as<T>();
+  if (in.exit_S) xS = out(SW), din.exit_S = xS.as<T>();
+  if (grad) {
+    if (g->exit_dW) xdW = up(g->exit_dW, SW), gd.exit_dW = xdW.as<T>();
+    if (g->exit_dS) xdS = up(g->exit_dS, SW), gd.exit_dS = xdS.as<T>();
+    if (g->entry_dW) edW = out(SW), gd.entry_dW = edW.as<T>();
+    if (g->entry_dS) edS = out(SW), gd.entry_dS = edS.as<T>();
+  }
   {
     TitansRunner<T> r(s, grad, opt);
     r.forward(din, od.as<T>());
@@ -317,7 +338,11 @@ void titans_host(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in
     r.synchronize();
   }
   od.download(o, BTD * sizeof(T));
+  if (in.exit_W) xW.download(in.exit_W, SW * sizeof(T));
+  if (in.exit_S) xS.download(in.exit_S, SW * sizeof(T));
   if (!grad) return;
+  if (g->entry_dW) edW.download(g->entry_dW, SW * sizeof(T));
+  if (g->entry_dS) edS.download(g->entry_dS, SW * sizeof(T));
   gq.download(g->q, BTD * sizeof(T));
   gk.download(g->k, BTD * sizeof(T));
   gv.download(g->v, BTD * sizeof(T));

@@ -70,7 +70,8 @@ class TitansRunner {
 };
 
 // Host arrays in, host arrays out (device outputs filled with NaN first, so an element no kernel writes comes
-// back as NaN). Forward only when grad_o is null.
+// back as NaN). Forward only when grad_o is null. The chain's ends (MemoryInputs::entry_* / exit_*, MemoryGrads::
+// exit_d* / entry_d*) are host arrays too: the given inputs are uploaded, the given outputs written back.
 template <class T>
 void titans_host(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T* o, const T* grad_o,
                  const titans::MemoryGrads<T>* g, const TitansOptions& opt = {});
