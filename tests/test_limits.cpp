@@ -318,20 +318,20 @@ TEST(MemoryBudget, ContextParallelPassingTheStateKeepsNoPrefix) {
   ASSERT_EQ(state.phases[0].size(), 5u);  // residual stream, work buffers, runner, kept attention, exchanges
   for (size_t i : {0, 1, 3}) EXPECT_DOUBLE_EQ(state.phases[0][i].bytes, gather.phases[0][i].bytes) << i;
   // The exchanges: the values over the halo and the span, the halo sent and received, the span's global-memory
-  // input gradients (q, k, v, theta, eta, alpha; its output goes to the layer's o); the state ([W1 | W2] and the
+  // input gradients (q, k, v, theta, eta, alpha) and its output over the span; the state ([W1 | W2] and the
   // momentum of 12 sequence-heads) sent and received; per layer the halo and the entry state kept.
   const double rows = 131072, halo = 511, D = 768, H = 12, L = 12;
   const engine::MemoryConfig global = model::branch_spec(cfg).memories.at(0).config;
   ASSERT_TRUE(global.momentum);
   const double chain_state = H * 2 * double(global.d * global.dh) * 2;
-  const double exchanges = (rows + halo) * D + 4 * halo * D + 3 * rows * (D + H) + 2 * chain_state +
+  const double exchanges = (rows + halo) * D + 4 * halo * D + 3 * rows * (D + H) + rows * D + 2 * chain_state +
                            2 * L * halo * D + L * chain_state;
   const train::MemoryTerm& extra = state.phases[0].back();
   EXPECT_DOUBLE_EQ(extra.bytes, exchanges * 4);
   EXPECT_NE(extra.what.find("state passed"), std::string::npos) << extra.what;
   // The all-gather's prefix (inputs over 2 spans sent and gathered, output over 2 spans) against the span's.
   EXPECT_DOUBLE_EQ(gather.phases[0].back().bytes - extra.bytes,
-                   4 * (3 * 3 * rows * (D + H) + 2 * rows * D - 2 * chain_state - L * chain_state));
+                   4 * (3 * 3 * rows * (D + H) + rows * D - 2 * chain_state - L * chain_state));
   // The global memory's runner over one span instead of two.
   EXPECT_LT(state.phases[0][2].bytes, gather.phases[0][2].bytes);
   std::printf("  87M TNT, bf16, 262144 tokens on two GPUs: per rank %.2f GB passing the state, %.2f GB gathering; "

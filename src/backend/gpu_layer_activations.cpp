@@ -103,9 +103,10 @@ GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N,
     s.halo = S * span.halo;
     s.xrows = span.halo_in > 0 ? S * (span.halo_in + N) : 0;
     s.arows = span.halo_in > 0 ? s.xrows : s.rows;
-    if (cfg.use_global && span.pass_state) {  // the span's global input gradients, the state (its output: in o)
+    if (cfg.use_global && span.pass_state) {  // the span's global input gradients, the state, its output over the span
       s.U = global_floats(S * s.H, N, s.d, 1);
       s.P = 1;
+      s.prefix = s.BHN * s.d;
       s.state = gpu_global_state_floats(cfg, S);
     } else if (cfg.use_global) {
       s.Ncp = span.ranks;

@@ -194,8 +194,8 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 // [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans of the prefix the global memory runs over (prefix
 // = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend once it has been sent (same six parts, P*U floats) and
 // their gradients in gstage once it has been unpacked (global_split_forward / backward). Passing the state instead
-// (--cp-global state, GpuSpan::pass_state: global_state_forward / backward): no prefix (P = 1, Ncp = 0, prefix = 0:
-// the global output over the span goes to the layer's o, free until the branch's output is written there), gsend
+// (--cp-global state, GpuSpan::pass_state: global_state_forward / backward): no prefix (P = 1, Ncp = 0; po holds
+// the global memory's output over the span alone, prefix = rows*D, before it is added to the locals'), gsend
 // holds the span's global-memory input gradients (U), and `state` floats of the
 // chain's state (the global memory's [W1 | W2] per sequence-head, and its momentum) are sent and received; every
 // layer keeps the entry state it received (model_cuda.cpp: state_kept, L x state) for the backward's recomputation.

@@ -568,11 +568,11 @@ struct GpuModel::Impl {
                                   in.mems[0].alpha};
     if (receives) g.entry_W = entry, g.entry_S = momentum ? entry + weights : nullptr;
     if (sends) g.exit_W = cpb.state_send, g.exit_S = momentum ? cpb.state_send + weights : nullptr;
-    run.global->forward(g, act.o);  // o is free until batch_to_heads writes the branch's output there
+    run.global->forward(g, cpb.po);
     // Sent without holding this rank up: the next rank wants it after its own local memories.
     if (sends && !recompute) cp_group->send_async({cp_rank + 1, cpb.state_send, state}, "pass of the global memory's state to the next rank");
     if (!locals_done) run_locals();
-    mk::axpy(act.oT, act.o, 1.0f, RD);
+    mk::axpy(act.oT, cpb.po, 1.0f, RD);
   }
   // Its adjoint, mirrored: the exit state's adjoint comes from rank cp_rank + 1 (zero on the last rank), the entry
   // state's goes to rank cp_rank - 1; on rank 0 it is the gradient of W0 (the runner's w1 / w2 gradient), which the
