@@ -567,9 +567,8 @@ TEST(LactFused, RecordsKeepSeveralForwards) {
 }
 
 // Kept products (Fused's keep_products: the backward reads each chunk's [g|h] of q and k, V W1 and the update's
-// a, R, lr1 v and momentum gate mean from the forward) give the bits of the recomputation, in every program, weight
-// norm, momentum and Muon combination; they cost B T (8 dh + d) (+ B chunks) elements and spare the shared [g|h],
-// V W1, R, lr1 v and gate-mean buffers.
+// a, R, lr1 v from the forward) give the bits of the recomputation, in every program, weight norm, momentum and
+// Muon combination; they cost B T (8 dh + d) elements and spare the shared [g|h], V W1, R and lr1 v chunk buffers.
 TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
   int checked = 0;
   for (const Case& c : all_cases()) {
@@ -589,8 +588,7 @@ TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
   const lact::Shape s = shape_of(all_cases().front());
   const int64_t C = std::min(s.chunk, s.T);
   EXPECT_EQ(lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true),
-            s.B * s.T * (8 * s.dh + s.d) - s.B * C * (5 * s.dh + s.d) +
-                (s.momentum ? s.B * s.num_chunks() - s.B : 0));
+            s.B * s.T * (8 * s.dh + s.d) - s.B * C * (5 * s.dh + s.d));
   EXPECT_EQ(lact::workspace_elements(s, false, 1, true), lact::workspace_elements(s, false));  // nothing to keep
 }
 

@@ -186,10 +186,9 @@ class Fused {
   // weight-norm targets and inputs: everything backward() reads of its forward) until its backward, while the
   // work buffers are shared; use_record picks the one forward() and backward() act on (record 0 at first).
   // keep_products (with gradients): each record also keeps what the forward computes of every chunk anyway --
-  // [g|h] of q and of k, V W1, the update's token terms a, R, lr1 v and momentum gate mean -- so that the backward
-  // reads them instead of recomputing them (the same steps on the same operands: the same bits); costs
-  // B T (8 dh + d) (+ B chunks) elements per record (a, R, lr1 v are product operands only: a backend with bf16
-  // operands needs only their bf16 copies).
+  // [g|h] of q and of k, V W1 and the update's token terms a, R, lr1 v -- so that the backward reads them instead
+  // of recomputing them (the same steps on the same operands: the same bits); costs B T (8 dh + d) elements per
+  // record (a, R, lr1 v are product operands only: a backend with bf16 operands needs only their bf16 copies).
   Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false)
       : ops_(ops), s_(s), with_grad_(with_grad), keep_(with_grad && keep_products) {
     s_.validate();
@@ -213,15 +212,14 @@ class Fused {
         r.a = ops_.alloc(B * s_.T * dh);  // read by products only
         r.r = ops_.alloc(B * s_.T * 2 * dh);
         r.vl = ops_.alloc(B * s_.T * d);
-        if (s_.momentum) r.mbar = ops_.alloc(B * s_.num_chunks(), /*operand=*/false);
       }
     }
     states_ = records_[0].states, mstates_ = records_[0].mstates, tau_ = records_[0].tau;
     ghq_ = records_[0].ghq, ghk_ = records_[0].ghk, ukept_ = records_[0].u;
-    akept_ = records_[0].a, rkept_ = records_[0].r, vlkept_ = records_[0].vl, mbarkept_ = records_[0].mbar;
+    akept_ = records_[0].a, rkept_ = records_[0].r, vlkept_ = records_[0].vl;
     if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
-    if (s_.momentum && !keep_) mbar_ = ops_.alloc(B);
+    if (s_.momentum) mbar_ = ops_.alloc(B);
     if (!keep_) {
       GH_ = ops_.alloc(B * C * 2 * dh);
       U_ = ops_.alloc(B * C * dh);
@@ -271,7 +269,7 @@ class Fused {
     const Record& to = records_[size_t(r)];
     states_ = to.states, mstates_ = to.mstates, tau_ = to.tau, in_ = to.in, forward_done_ = to.forward_done;
     ghq_ = to.ghq, ghk_ = to.ghk, ukept_ = to.u;
-    akept_ = to.a, rkept_ = to.r, vlkept_ = to.vl, mbarkept_ = to.mbar;
+    akept_ = to.a, rkept_ = to.r, vlkept_ = to.vl;
     record_ = r;
     cached_e_ = -1;
   }
@@ -391,7 +389,6 @@ class Fused {
     T *states = nullptr, *mstates = nullptr, *tau = nullptr;
     T *ghq = nullptr, *ghk = nullptr, *u = nullptr;  // keep_products: every chunk's [g|h] of q, of k, V W1
     T *a = nullptr, *r = nullptr, *vl = nullptr;     // and its update's terms a, R, lr1 v
-    T* mbar = nullptr;                               // and momentum gate mean [chunks][B]
     Inputs<T> in;
     bool forward_done = false;
   };
@@ -400,7 +397,7 @@ class Fused {
   T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
   T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
   T *ghq_ = nullptr, *ghk_ = nullptr, *ukept_ = nullptr;  // the current record's (keep_products)
-  T *akept_ = nullptr, *rkept_ = nullptr, *vlkept_ = nullptr, *mbarkept_ = nullptr;
+  T *akept_ = nullptr, *rkept_ = nullptr, *vlkept_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
   T *dA_ = nullptr, *dE_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
   T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr, *dVl_ = nullptr;
@@ -446,7 +443,6 @@ class Fused {
   T* upd_a(int64_t c0) const { return keep_ ? akept_ + s_.B * c0 * s_.dh : Ak_; }
   T* upd_r(int64_t c0) const { return keep_ ? rkept_ + s_.B * c0 * 2 * s_.dh : R_; }
   T* upd_vl(int64_t c0) const { return keep_ ? vlkept_ + s_.B * c0 * s_.d : Vl_; }
-  T* mbar_of(int64_t c0) const { return keep_ ? mbarkept_ + s_.B * (c0 / s_.chunk) : mbar_; }  // [B]
 
   // [g|h] = X [W0;W2]^T for the chunk rows X of x: GH [B][n][2dh].
   void gh(const T* E, const T* x, int64_t c0, int64_t n, T* GH) {
@@ -477,7 +473,7 @@ class Fused {
     ops_.update_terms(GH, U, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, upd_a(c0), upd_r(c0), upd_vl(c0));
   }
 
-  // The update of chunk c from its start state: Pn := the inner step mixed with momentum (P_c), mbar_of(c0), and
+  // The update of chunk c from its start state: Pn := the inner step mixed with momentum (P_c), mbar_, and
   // with Muon the NS5 iterates. Pn is where P_c is kept (the next momentum state, or D_ when nothing keeps it):
   // the inner step's products write it directly unless momentum mixes it first (then they write D_). Returns
   // what the step adds (Pn or X_[5]).
@@ -490,8 +486,8 @@ class Fused {
     gemm(true, false, d, dh, n, T(1), upd_vl(c0), d, n * d, upd_a(c0), dh, n * dh, T(0), w1(dW), dh, wstride(),
          B);  // dW1 = (lr1 V)^T a
     if (s_.momentum) {
-      ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_of(c0));
-      ops_.axpy_batched(Pn, D_, mstate(v), mbar_of(c0), 3 * P);  // P = dW + mbar S
+      ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
+      ops_.axpy_batched(Pn, D_, mstate(v), mbar_, 3 * P);  // P = dW + mbar S
     }
     if (!s_.muon) return Pn;
     ns5_forward(Pn);
@@ -555,7 +551,7 @@ class Fused {
     // forward (as the state c+1 momentum).
     update_terms(E, c0, n, /*in_backward=*/true);
     const T* Pc = mstate(c + 1);
-    if (s_.momentum && !keep_) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
+    if (s_.momentum) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
     if (s_.muon) ns5_forward(Pc);
     const T* M = s_.muon ? X_[5] : Pc;
     // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ + dE_ (version c+1's flush: flush_in_step) becomes
@@ -568,7 +564,7 @@ class Fused {
     // dS_c = mbar dP (one pass). Without momentum dD is dM as it is.
     const T* dD = dM;
     if (s_.momentum) {
-      ops_.momentum_bwd(dM, dS_, mstate(c), mbar_of(c0), dP_, dmbar_);
+      ops_.momentum_bwd(dM, dS_, mstate(c), mbar_, dP_, dmbar_);
       ops_.fill_chunk(g.mom, dmbar_, T(1) / T(n), c0, n);
       dD = dP_;
     }

@@ -37,7 +37,7 @@ struct LactOptions {
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
   // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1, the update's
-  // a, R, lr1 v and gate mean (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their
+  // a, R, lr1 v (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their
   // fp32 unused with bf16 operands) and the backward reads them instead of recomputing them (same bits). The
   // operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
   // (with_kept_products_if_room); the GPU model's and PyTorch's runners leave it off (the memory estimate does
