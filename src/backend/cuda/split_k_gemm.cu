@@ -159,15 +159,10 @@ bool SplitKGemm::gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
   if (it == impl_->plans.end())
     it = impl_->plans.emplace(key, impl_->make_plan(ta, tb, m, n, k, lda, sA, ldb, sB, ldc, sC, batch, parts, align))
              .first;
-  Plan& p = it->second;
+  const Plan& p = it->second;
   if (!p.usable) return false;
-  // cuBLASLt checks its arguments before it enqueues anything: a refusal (which AlgoCheck should have caught)
-  // leaves the shape to the plain product from now on, the same choice on every run.
-  if (cublasLtMatmul(impl_->lt, p.op, &alpha, B, p.la, A, p.lb, &beta, C, p.lc, C, p.lc, &p.algo, impl_->ws,
-                     impl_->ws_bytes, impl_->stream) != CUBLAS_STATUS_SUCCESS) {
-    p.usable = false;
-    return false;
-  }
+  TTT_CUBLAS_CHECK(cublasLtMatmul(impl_->lt, p.op, &alpha, B, p.la, A, p.lb, &beta, C, p.lc, C, p.lc, &p.algo, impl_->ws,
+                              impl_->ws_bytes, impl_->stream));
   return true;
 }
 
