@@ -24,9 +24,7 @@
 #include "ttt/lact_op.h"
 #include "ttt/runner.h"
 #ifdef TTT_HAVE_CUDA
-#include "backend/cuda/blas_cuda.h"
 #include "backend/cuda/lact_cuda.h"
-#include "backend/cuda/split_k_gemm.h"
 #endif
 
 using namespace ttt;
@@ -390,20 +388,6 @@ TEST(CudaLact, Deterministic) {
   Data<float> x = cast<float>(make_data(c, fresh_seed(), true));
   Results<float> a = run<float>(c, x, true), b = run<float>(c, x, true);
   for (int i = 0; i < 11; ++i) EXPECT_TRUE(a.r[size_t(i)] == b.r[size_t(i)]) << kNames[i] << " differs between runs";
-  // bf16 operands with chunks of 1024: the weight products split their reduction in 2 (split_k_parts), kept
-  // products on and off.
-  Case s{2, 2100, 32, 48, 1024, true, true, false, engine::WeightNorm::Post};
-  ASSERT_EQ(cuda::split_k_parts(2 * 48, 32, 1024, 2, 132), 2);
-  Data<float> xs = cast<float>(make_data(s, fresh_seed(), true));
-  for (const bool keep : {false, true}) {
-    cuda::LactOptions opt;
-    opt.bf16 = true;
-    opt.keep_products = keep;
-    Results<float> p = run<float>(s, xs, true, opt), r = run<float>(s, xs, true, opt);
-    for (int i = 0; i < 11; ++i)
-      EXPECT_TRUE(p.r[size_t(i)] == r.r[size_t(i)]) << "bf16 split-K, keep " << keep << ": " << kNames[i]
-                                                    << " differs between runs";
-  }
 }
 
 // Kept products (LactOptions::keep_products: the backward reads each chunk's [g|h] of q and k, V W1 and the
@@ -434,125 +418,6 @@ TEST(CudaLact, KeptProductsGiveTheRecomputedBits) {
   }
   std::printf("cuda lact kept products: %d runs compared bit for bit with the recomputation\n", compared);
   EXPECT_EQ(compared, 48 + 48 + 24);
-}
-
-// The split-K rule: a fixed function of the shape and the SM count (H200 / H100: 132 SMs). At the 760m operator
-// shape (4 heads, 2048-token chunks, d = dh = 384) only the [384 x 384] weight products split (in 3); the
-// [768 x 384] ones (72 tiles) and every token-shaped product do not.
-TEST(CudaLact, SplitKRule) {
-  EXPECT_EQ(cuda::split_k_parts(384, 384, 2048, 4, 132), 3);
-  EXPECT_EQ(cuda::split_k_parts(768, 384, 2048, 4, 132), 1);
-  EXPECT_EQ(cuda::split_k_parts(2048, 384, 768, 4, 132), 1);
-  EXPECT_EQ(cuda::split_k_parts(384, 384, 1000, 4, 132), 1);  // too short to split
-  EXPECT_EQ(cuda::split_k_parts(32, 32, 4096, 2, 132), 4);     // at most 4 parts
-  EXPECT_EQ(cuda::split_k_parts(32, 32, 1024, 2, 132), 2);     // parts of >= 512
-  EXPECT_EQ(cuda::split_k_parts(384, 384, 2048, 4, 0), 1);
-}
-
-// Split-K products (split_k_gemm.h) against the plain cuBLAS product (Blas, bf16 operands) and a float64 reference
-// on the same bf16 operands: both within the fp32 accumulation bound k 2^-24 sum|a b| (+ 2^-24 |beta c|) of every
-// element, with beta 0 and 1, transposed or not; two split runs give the same bits. The operator's shape (TN
-// 384 x 384 x 2048, 4 heads, 3 parts) must find a split algorithm (else the option does nothing: the test says so);
-// its times against the plain product are printed (CUDA events, median of 20).
-TEST(CudaLact, SplitKProductsMatchThePlainProduct) {
-  REQUIRE_CUDA();
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  struct Shape {
-    bool ta, tb;
-    int64_t m, n, k, batch;
-    int parts;
-    float beta;
-    bool must_split;
-  };
-  const Shape shapes[] = {{true, false, 384, 384, 2048, 4, 3, 0.0f, true},  // the operator's V^T dU, R^T K ...
-                          {true, false, 384, 384, 2048, 4, 3, 1.0f, true},
-                          {true, false, 768, 384, 2048, 4, 2, 1.0f, false},
-                          {false, true, 20, 12, 1500, 3, 2, 1.0f, false},
-                          {true, true, 33, 17, 1029, 2, 4, 0.0f, false}};
-  cuda::DeviceBuffer ws(lact::kRunnerCublasWorkspace);
-  cuda::SplitKGemm split(nullptr, ws.as<void>(), lact::kRunnerCublasWorkspace);
-  cuda::Blas plain(cuda::MathMode::BF16);
-  std::mt19937_64 gen(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (const Shape& sh : shapes) {
-    const std::string what = std::string(sh.ta ? "T" : "N") + (sh.tb ? "T " : "N ") + std::to_string(sh.m) + "x" +
-                             std::to_string(sh.n) + "x" + std::to_string(sh.k) + " b" + std::to_string(sh.batch) +
-                             " parts " + std::to_string(sh.parts) + " beta " + std::to_string(int(sh.beta));
-    SCOPED_TRACE(what);
-    // Dense stored operands: A [m,k] (or [k,m] when ta), B [k,n] (or [n,k] when tb).
-    const int64_t lda = sh.ta ? sh.m : sh.k, ldb = sh.tb ? sh.k : sh.n, ldc = sh.n;
-    const int64_t sA = sh.m * sh.k, sB = sh.k * sh.n, sC = sh.m * sh.n;
-    std::vector<bf16> a(size_t(sA * sh.batch)), b(size_t(sB * sh.batch));
-    std::vector<float> c0(size_t(sC * sh.batch));
-    for (bf16& x : a) x = float_to_bf16(normal(gen));
-    for (bf16& x : b) x = float_to_bf16(normal(gen));
-    for (float& x : c0) x = normal(gen);
-    cuda::DeviceBuffer da(sizeof(bf16) * a.size()), db(sizeof(bf16) * b.size()), dc(sizeof(float) * c0.size());
-    da.upload(a.data(), sizeof(bf16) * a.size());
-    db.upload(b.data(), sizeof(bf16) * b.size());
-    auto run = [&](bool use_split) {
-      dc.upload(c0.data(), sizeof(float) * c0.size());
-      bool ran = true;
-      if (use_split)
-        ran = split.gemm(sh.ta, sh.tb, sh.m, sh.n, sh.k, 1.0f, da.as<void>(), lda, sA, db.as<void>(), ldb, sB,
-                         sh.beta, dc.as<float>(), ldc, sC, sh.batch, sh.parts);
-      else
-        plain.gemm_batched(sh.ta, sh.tb, sh.m, sh.n, sh.k, 1.0f, da.as<bf16>(), lda, sA, db.as<bf16>(), ldb, sB,
-                           sh.beta, dc.as<float>(), ldc, sC, sh.batch);
-      cuda::stream_synchronize();
-      std::vector<float> out(c0.size());
-      dc.download(out.data(), sizeof(float) * out.size());
-      return std::make_pair(ran, out);
-    };
-    const auto [ran, got] = run(true);
-    if (sh.must_split) EXPECT_TRUE(ran) << "cuBLASLt offers no split-K algorithm at the operator's shape";
-    if (!ran) {
-      std::printf("split-K %s: no algorithm takes the split here (the plain product runs)\n", what.c_str());
-      continue;
-    }
-    const auto [ran2, again] = run(true);
-    EXPECT_TRUE(ran2);
-    EXPECT_TRUE(got == again) << "two split-K runs differ";
-    const std::vector<float> ref_plain = run(false).second;
-    double worst_split = 0, worst_plain = 0;  // error / bound
-    for (int64_t bi = 0; bi < sh.batch; ++bi)
-      for (int64_t i = 0; i < sh.m; ++i)
-        for (int64_t j = 0; j < sh.n; ++j) {
-          double exact = 0, mag = 0;
-          for (int64_t t = 0; t < sh.k; ++t) {
-            const double x = bf16_to_float(a[size_t(bi * sA + (sh.ta ? t * lda + i : i * lda + t))]);
-            const double y = bf16_to_float(b[size_t(bi * sB + (sh.tb ? j * ldb + t : t * ldb + j))]);
-            exact += x * y, mag += std::abs(x * y);
-          }
-          const size_t e = size_t(bi * sC + i * ldc + j);
-          exact += double(sh.beta) * c0[e];
-          const double bound = (double(sh.k) * mag + std::abs(double(sh.beta) * c0[e])) * std::ldexp(1.0, -24) + 1e-30;
-          worst_split = std::max(worst_split, std::abs(double(got[e]) - exact) / bound);
-          worst_plain = std::max(worst_plain, std::abs(double(ref_plain[e]) - exact) / bound);
-        }
-    EXPECT_LE(worst_split, 1.0) << "split-K beyond the fp32 accumulation bound";
-    EXPECT_LE(worst_plain, 1.0) << "the plain product beyond the fp32 accumulation bound";
-    // Times (median of 20 after 3 warm-ups), enqueue on the default stream as both products run.
-    auto median_ms = [&](bool use_split) {
-      std::vector<double> t;
-      for (int r = 0; r < 23; ++r) {
-        const double ms = cuda::elapsed_ms([&] {
-          if (use_split)
-            split.gemm(sh.ta, sh.tb, sh.m, sh.n, sh.k, 1.0f, da.as<void>(), lda, sA, db.as<void>(), ldb, sB, sh.beta,
-                       dc.as<float>(), ldc, sC, sh.batch, sh.parts);
-          else
-            plain.gemm_batched(sh.ta, sh.tb, sh.m, sh.n, sh.k, 1.0f, da.as<bf16>(), lda, sA, db.as<bf16>(), ldb, sB,
-                               sh.beta, dc.as<float>(), ldc, sC, sh.batch);
-        });
-        if (r >= 3) t.push_back(ms);
-      }
-      std::sort(t.begin(), t.end());
-      return t[t.size() / 2];
-    };
-    std::printf("split-K %s: error / fp32 bound %.3g (plain %.3g); %.1f us (plain %.1f us)\n", what.c_str(),
-                worst_split, worst_plain, 1e3 * median_ms(true), 1e3 * median_ms(false));
-  }
 }
 
 // TF32 tensor-core products (an option): reported, and held to the TF32 regime (~1e-3), not to fp32's.
@@ -713,25 +578,20 @@ TEST(CudaLact, RecordsGiveEachForwardItsOwnBits) {
 TEST(CudaLact, Bf16MatchesCpuReferenceAtWidth384) {
   REQUIRE_CUDA();
   const uint64_t seed0 = fresh_seed();
-  // Chunks of 2048 at 2 heads split the weight products' reduction (TN 384x384x2048 in 4 parts, 768x384x2048 in
-  // 3: split_k_parts); chunks of 512 do not. Both with the split and without it.
-  for (const bool split : {true, false}) {
-    cuda::LactOptions opt;
-    opt.bf16 = true;
-    opt.split_k = split;
-    Worst worst;
-    int n = 0;
-    for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre})
-      for (int64_t chunk : {512, 2048}) {
-        Case c{2, 4096, 384, 384, chunk, true, true, false, norm};
-        const uint64_t seed = seed0 + uint64_t(n++);
-        Data<double> x = make_data(c, seed, true);
-        compare(c, run<float>(c, cast<float>(x), true, opt), run<double>(c, x, false), 2e-2, worst, seed);
-      }
-    std::printf("cuda lact parity bf16 matrix inputs at d=dh=384 (GPU vs CPU float64), split-K %s: %d configs, "
-                "worst relative error %.3g (%s)\n",
-                split ? "on" : "off", worst.configs, worst.err, worst.what.c_str());
-  }
+  cuda::LactOptions opt;
+  opt.bf16 = true;
+  Worst worst;
+  int n = 0;
+  for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre})
+    for (int64_t chunk : {512, 2048}) {
+      Case c{2, 4096, 384, 384, chunk, true, true, false, norm};
+      const uint64_t seed = seed0 + uint64_t(n++);
+      Data<double> x = make_data(c, seed, true);
+      compare(c, run<float>(c, cast<float>(x), true, opt), run<double>(c, x, false), 2e-2, worst, seed);
+    }
+  std::printf("cuda lact parity bf16 matrix inputs at d=dh=384 (GPU vs CPU float64): %d configs, worst relative "
+              "error %.3g (%s)\n",
+              worst.configs, worst.err, worst.what.c_str());
 }
 
 // Named F64 inputs of the op (B = 2, T = 41, d = 10, dh = 14), momentum and grad_o included.

@@ -19,7 +19,6 @@
 #include "backend/cuda/lact_kernels.cuh"
 #include "backend/cuda/layout_kernels.h"
 #include "backend/cuda/lact_profile.cuh"
-#include "backend/cuda/split_k_gemm.h"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -40,12 +39,6 @@
 namespace ttt::cuda {
 
 namespace {
-
-// TTT_LACT_SPLITK=0 turns the split-K products off (LactOptions::split_k), e.g. to time them against the plain ones.
-bool split_k_from_env() {
-  const char* e = std::getenv("TTT_LACT_SPLITK");
-  return !(e && std::string(e) == "0");
-}
 
 // ---- the backend --------------------------------------------------------------------------------------
 template <class T>
@@ -134,19 +127,10 @@ class CudaOps {
     // captured into a CUDA graph without cuBLAS allocating during the capture.
     cublas_ws_ = alloc_bytes(kCublasWorkspace);
     TTT_CUBLAS_CHECK(cublasSetWorkspace(handle_, cublas_ws_, kCublasWorkspace));
-    // bf16 products with a small output and a long reduction split it (split_k_gemm.h); the partial products
-    // share the cuBLAS workspace (one stream: its uses never overlap).
-    if (bf16_ && opt_.split_k && split_k_from_env()) {
-      int dev = 0;
-      TTT_CUDA_CHECK(cudaGetDevice(&dev));
-      TTT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, dev));
-      split_k_ = std::make_unique<SplitKGemm>(stream_, cublas_ws_, kCublasWorkspace);
-    }
   }
   ~CudaOps() {
     if (stream_) cudaStreamSynchronize(stream_);
     prof_.reset();
-    split_k_.reset();
     for (auto& [p, bytes] : allocs_) device_free(p, bytes);
     device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
     if (handle_) cublasDestroy(handle_);
@@ -243,14 +227,6 @@ class CudaOps {
       if (beta != T(0)) reads(C, ec);
       wrote(C, ec);
       const float fa = float(alpha), fb = float(beta);
-      const int parts = split_k_ ? split_k_parts(m, n, k, batch, sms_) : 1;
-      if (parts > 1) {
-        auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch) + " split" + std::to_string(parts))
-                               : Prof::Scope{};
-        if (split_k_->gemm(ta, tb, m, n, k, fa, a16, lda, sA, b16, ldb, sB, fb, reinterpret_cast<float*>(C), ldc, sC,
-                           batch, parts))
-          return;
-      }
       auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
       TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
           handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa, b16,
@@ -526,8 +502,6 @@ class CudaOps {
   size_t workspace_bytes_ = 0;
   static constexpr size_t kCublasWorkspace = lact::kRunnerCublasWorkspace;
   void* cublas_ws_ = nullptr;
-  std::unique_ptr<SplitKGemm> split_k_;  // bf16 with LactOptions::split_k (and not TTT_LACT_SPLITK=0)
-  int sms_ = 0;
   // bf16 matrix inputs
   struct Mirror {
     const T* base = nullptr;

@@ -43,10 +43,6 @@ struct LactOptions {
   // (with_kept_products_if_room); the GPU model's and PyTorch's runners leave it off (the memory estimate does
   // not count it).
   bool keep_products = false;
-  // bf16 products with a small output and a long reduction (the weight-shaped R^T K, V^T dU, ... of few heads and
-  // long chunks) split the reduction over more SMs (split_k_gemm.h: a fixed rule of the shape and SM count, a
-  // deterministic fp32 reduction); also off with TTT_LACT_SPLITK=0.
-  bool split_k = true;
   // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
   // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
   bool graphs = true;
