@@ -7,7 +7,7 @@
 // Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every operand buffer has a bf16
 // shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels
 // whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs.
-// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_SPLITK=0 (no split-K products, split_k_gemm.h), TTT_LACT_KEEP=0
+// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_KEEP=0
 // (ttt op lact / bench op recompute rather than keep products: with_kept_products_if_room),
 // TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
 // TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh (and
