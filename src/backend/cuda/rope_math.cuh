@@ -13,13 +13,20 @@ namespace ttt::cuda {
 struct RopeRotation {
   float c, s;  // cos, and sin times the direction (+1 rotation, -1 its inverse)
 };
-__device__ __forceinline__ RopeRotation rope_rotation(int64_t pos, int64_t i, int64_t width, double theta,
-                                                      float sign) {
-  const double inv_freq = pow(theta, -2.0 * double(i) / double(width));
+// The pair's frequency theta^(-2i/w): a function of i alone, so the fused q/k kernels compute it once per block
+// (a double pow costs more than the rest of a rotation) and rotate every row with the same bits.
+__device__ __forceinline__ double rope_inv_freq(int64_t i, int64_t width, double theta) {
+  return pow(theta, -2.0 * double(i) / double(width));
+}
+__device__ __forceinline__ RopeRotation rope_rotation_at(int64_t pos, double inv_freq, float sign) {
   const double a = double(pos) * inv_freq;
   double sd, cd;
   sincos(a, &sd, &cd);
   return {float(cd), sign * float(sd)};
+}
+__device__ __forceinline__ RopeRotation rope_rotation(int64_t pos, int64_t i, int64_t width, double theta,
+                                                      float sign) {
+  return rope_rotation_at(pos, rope_inv_freq(i, width, theta), sign);
 }
 // (x1, x2) = channels i and i + w/2 of a head -> the rotated pair.
 __device__ __forceinline__ float2 rope_rotate(float x1, float x2, RopeRotation r) {
