@@ -40,7 +40,7 @@ bool gpu_supports(const ModelConfig& cfg, std::string* why) {
     return false;
   };
   if (cfg.head_dim_attn() > 128) return no("attention head dim " + std::to_string(cfg.head_dim_attn()) + " > 128");
-  // The fused q/k preparation (mk::qk_prep_forward_fused) stages a row of D floats per warp in shared memory.
+  // The fused q/k preparation (mk::qk_prep_forward_fused) stages rows of D floats in 48 KiB of shared memory.
   if (cfg.dim > 12288) return no("dim " + std::to_string(cfg.dim) + " > 12288");
   if (cfg.arch == model::Arch::Lact) {
     if (cfg.memory != engine::Family::SwiGLU) return no("LaCT needs memory \"swiglu\"");
