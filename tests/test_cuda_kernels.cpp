@@ -485,6 +485,88 @@ TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
   }
 }
 
+// The fused kernels walk row groups (2 rows of 4 x 384 per 256-thread block, 1 row when H exceeds the block's 8
+// warps, 5 rows of 2400) with as many blocks as are resident, and take RoPE's frequencies from a table of at most
+// 1024 pairs. Shapes with more groups than an H200 holds blocks (132 SMs x 8), a partial last group, more heads
+// than warps, no table (1200 pairs), no RoPE: every bit of y, norm, dx, its bf16 copy, dz and dz * x against the
+// unfused passes (themselves checked against the CPU above), and run to run.
+TEST(CudaKernels, QkPrepFusedRowGroupWalkKeepsTheUnfusedBits) {
+  REQUIRE_CUDA();
+  struct C {
+    int64_t S, N, H, d, width;
+  };
+  for (const C c : std::vector<C>{{1, 3001, 4, 384, 384}, {2, 700, 12, 64, 128}, {1, 5303, 1, 2400, 2400},
+                                  {3, 1201, 3, 64, 0}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t rows = c.S * c.N, D = c.H * c.d, ld = 3 * D;
+    const size_t ND = size_t(rows * D), NX = size_t(rows * ld);
+    const double eps = 1e-5, theta = 1e6;
+    const std::string name = "qk_prep_fused walk S" + std::to_string(c.S) + " N" + std::to_string(c.N) + " H" +
+                             std::to_string(c.H) + " d" + std::to_string(c.d) + " rope width" +
+                             std::to_string(c.width) + " seed " + std::to_string(seed);
+    const std::vector<float> x = normal(r, rows * ld, 1.0), scale = uniform(r, D, 0.5, 1.5),
+                             offset = normal(r, D, 0.3), dyT = normal(r, rows * D, 1.0),
+                             dx0 = normal(r, rows * ld, 1.0);
+    std::vector<int64_t> pos(static_cast<size_t>(rows));
+    for (auto& p : pos) p = int64_t(r.below(32768));
+    cuda::DeviceBuffer xd = up(x), sd = up(scale), od = up(offset), dyTd = up(dyT), pd = up(pos);
+    cuda::DeviceBuffer yTd = nan_buf(ND * 4), nd = nan_buf(size_t(rows * c.H) * 4), dxd = up(dx0),
+                       dzd = nan_buf(ND * 4), dzxd = nan_buf(ND * 4), dx16d = nan_buf(NX * 2);
+    auto run_fused = [&] {
+      dxd.upload(dx0.data(), NX * 4);
+      cuda::mk::qk_prep_forward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), pd.as<int64_t>(), theta,
+                                      c.width, yTd.as<float>(), nd.as<float>(), c.S, c.N, c.H, c.d, eps);
+      cuda::mk::qk_prep_backward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), nd.as<float>(),
+                                       pd.as<int64_t>(), theta, c.width, dyTd.as<float>(), dxd.as<float>(), ld,
+                                       dx16d.as<bf16>(), dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, eps);
+    };
+    run_fused();
+    const auto yT = down<float>(yTd, ND), norm = down<float>(nd, size_t(rows * c.H)), dx = down<float>(dxd, NX),
+               dz = down<float>(dzd, ND), dzx = down<float>(dzxd, ND);
+    const auto dx16 = down<bf16>(dx16d, NX);
+    size_t bf16_wrong = 0, first_bf16_wrong = NX;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < D; ++j) {
+        const size_t at = size_t(i * ld + j);
+        if (float_to_bf16(dx[at]).bits != dx16[at].bits && bf16_wrong++ == 0) first_bf16_wrong = at;
+      }
+    EXPECT_EQ(bf16_wrong, 0u) << name << ": bf16 dx differs from the rounding of dx, first at " << first_bf16_wrong;
+    cuda::DeviceBuffer yh = nan_buf(ND * 4), y2 = nan_buf(ND * 4), n2 = nan_buf(size_t(rows * c.H) * 4),
+                       dyh = nan_buf(ND * 4), dx2 = up(dx0), dz2 = nan_buf(ND * 4), dzx2 = nan_buf(ND * 4);
+    cuda::mk::qk_prep_forward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), yh.as<float>(), n2.as<float>(), rows,
+                              c.H, c.d, eps);
+    if (c.width > 0)
+      cuda::rope_forward(yh.as<float>(), yh.as<float>(), pd.as<int64_t>(), rows, D / c.width, c.width, theta);
+    cuda::mk::heads_to_batch(yh.as<float>(), D, y2.as<float>(), c.S, c.N, c.H, c.d);
+    cuda::mk::batch_to_heads(dyTd.as<float>(), dyh.as<float>(), D, c.S, c.N, c.H, c.d, false);
+    if (c.width > 0)
+      cuda::rope_backward(dyh.as<float>(), dyh.as<float>(), pd.as<int64_t>(), rows, D / c.width, c.width, theta);
+    cuda::mk::qk_prep_backward(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), n2.as<float>(), dyh.as<float>(),
+                               dx2.as<float>(), ld, dz2.as<float>(), dzx2.as<float>(), rows, c.H, c.d, eps);
+    // Every differing element counted, the first one printed.
+    auto same = [&](const std::vector<float>& a, const std::vector<float>& v, const char* what) {
+      size_t wrong = 0, first = a.size();
+      for (size_t i = 0; i < a.size(); ++i)
+        if (std::memcmp(&a[i], &v[i], 4) != 0 && wrong++ == 0) first = i;
+      EXPECT_EQ(wrong, 0u) << name << ": " << what << " differs in " << wrong << " of " << a.size()
+                           << " elements, first at " << first << " (this " << (first < a.size() ? a[first] : 0.f)
+                           << ", want " << (first < a.size() ? v[first] : 0.f) << ")";
+    };
+    same(yT, down<float>(y2, ND), "y (fused against unfused)");
+    same(norm, down<float>(n2, size_t(rows * c.H)), "norm (fused against unfused)");
+    same(dx, down<float>(dx2, NX), "dx (fused against unfused)");
+    same(dz, down<float>(dz2, ND), "dz (fused against unfused)");
+    same(dzx, down<float>(dzx2, ND), "dzx (fused against unfused)");
+    run_fused();
+    same(yT, down<float>(yTd, ND), "y (run to run)");
+    same(dx, down<float>(dxd, NX), "dx (run to run)");
+    same(dz, down<float>(dzd, ND), "dz (run to run)");
+    std::printf("[qk_prep_fused walk] %s: %lld rows, bits equal to the unfused passes: %s\n", name.c_str(),
+                (long long)rows, ::testing::Test::HasFailure() ? "NO" : "yes");
+  }
+}
+
 // ---- the branch sum (mk::gate_heads_add_forward) ---------------------------------------------------------------
 // out = x * gate (per row and head) + addend: against float64 on the host, bit for bit against the two passes it
 // replaces (gate_heads_forward, axpy), and its bf16 form bit for bit against the host's rounding of the fp32 one.
