@@ -196,6 +196,25 @@ void expect_per_token_losses_equal_one_rank(model::CpGlobal global, int port_off
 
 TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) { expect_per_token_losses_equal_one_rank(model::CpGlobal::Gather, 3); }
 
+// --cp-global auto (the default) passes the state where the global memory can start from one (no weight norm) and
+// all-gathers otherwise; state is refused for a global memory with a weight norm, naming the way out.
+TEST(ContextParallel, AutoPassesTheStateWhereTheGlobalMemoryAllowsIt) {
+  model::ModelConfig cfg = model::preset("tnt");
+  ASSERT_EQ(model::parse_cp_global(model::kDefaultCpGlobal), model::CpGlobal::Auto);
+  EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::Auto, cfg), model::CpGlobal::State);
+  EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::Gather, cfg), model::CpGlobal::Gather);
+  EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::State, cfg), model::CpGlobal::State);
+  cfg.weight_norm = engine::WeightNorm::Post;
+  EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::Auto, cfg), model::CpGlobal::Gather);
+  try {
+    model::resolve_cp_global(model::CpGlobal::State, cfg);
+    FAIL() << "--cp-global state with a weight-normed global memory was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--cp-global gather"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(model::parse_cp_global("both"), Error);
+}
+
 TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRankPassingTheGlobalState) {
   expect_per_token_losses_equal_one_rank(model::CpGlobal::State, 9);
 }

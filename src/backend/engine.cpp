@@ -24,7 +24,7 @@ void StepEngine::set_data_parallel(dist::Communicator& ranks, bool shard_optimiz
 }
 
 void StepEngine::set_context_parallel(int cp, model::CpGlobal global) {
-  (void)global;
+  TTT_CHECK(global != model::CpGlobal::Auto, "set_context_parallel: resolve --cp-global auto first (resolve_cp_global)");
   TTT_CHECK(cp == 1, "--context-parallel " << cp << " is not implemented on --device " << device()
                                            << "; TNT context parallelism runs on --device cpu");
 }

@@ -54,8 +54,8 @@ int cmd_bench_step(const Argv& argv) {
       .value("warmup", "untimed steps first", "1")
       .value("context-parallel", "under mpirun, arch tnt: each sequence split over groups of this many ranks "
                                  "(docs/CONTEXT_PARALLEL.md); ranks = data parallel x context parallel", "1")
-      .value("cp-global", "with --context-parallel: gather (all-gather the global memory's inputs) or state (pass "
-                          "its state from rank to rank)", model::kDefaultCpGlobal)
+      .value("cp-global", "with --context-parallel: auto (state where the global memory allows it, else gather), "
+                          "gather (all-gather the global memory's inputs) or state (pass its state from rank to rank)", model::kDefaultCpGlobal)
       .flag("profile", "cuda: one extra step, synchronized around products / attention / LaCT, timed by phase")
       .flag("estimate-only", "the memory check alone: print the estimate and whether it fits this device, allocate "
                              "nothing, run nothing (exit 1 with the refusal when it does not fit)");
@@ -83,7 +83,7 @@ int cmd_bench_step(const Argv& argv) {
   const int64_t cp = a.i64("context-parallel");
   TTT_CHECK(cp >= 1 && cp <= 4096, "ttt bench step: --context-parallel must be a rank count from 1 to 4096, got " << cp);
   model::check_context_parallel(cfg, int(cp), ranks.size());
-  const model::CpGlobal cp_global = model::parse_cp_global(a.str("cp-global"));
+  const model::CpGlobal cp_global = model::resolve_cp_global(model::parse_cp_global(a.str("cp-global")), cfg);
   const int dp_groups = ranks.size() / int(cp);  // the data-parallel groups share the global batch
   if (several) {
     TTT_CHECK(S % dp_groups == 0, "ttt bench step: --batch " << S << " (the global batch) cannot be split evenly over "

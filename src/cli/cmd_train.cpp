@@ -140,8 +140,9 @@ int cmd_train(const Argv& argv) {
       .value("time-budget", "stop (validate, checkpoint) after this many seconds; 0: no limit", "0")
       .value("context-parallel", "TNT under mpirun: split each sequence over this many ranks (spans of whole shards "
                                  "and global chunks); ranks = data parallel x this", "1")
-      .value("cp-global", "with --context-parallel: gather (all-gather the global memory's inputs; each rank runs "
-                          "its chain over the prefix) or state (pass its state from rank to rank)",
+      .value("cp-global", "with --context-parallel: auto (state where the global memory allows it, else gather), "
+                          "gather (all-gather the global memory's inputs; each rank runs its chain over the prefix) "
+                          "or state (pass its state from rank to rank)",
              model::kDefaultCpGlobal);
   declare_data_parallel_flags(a);
   a.parse();

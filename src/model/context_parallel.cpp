@@ -16,11 +16,24 @@ using ag::Var;
 CpGlobal parse_cp_global(const std::string& s) {
   if (s == "gather") return CpGlobal::Gather;
   if (s == "state") return CpGlobal::State;
-  TTT_FAIL("--cp-global must be gather (all-gather the global memory's inputs) or state (pass its state from rank "
-           "to rank), got '" << s << "'");
+  if (s == "auto") return CpGlobal::Auto;
+  TTT_FAIL("--cp-global must be auto (state where the global memory allows it, else gather), gather (all-gather the "
+           "global memory's inputs) or state (pass its state from rank to rank), got '" << s << "'");
 }
 
-const char* cp_global_name(CpGlobal g) { return g == CpGlobal::State ? "state" : "gather"; }
+CpGlobal resolve_cp_global(CpGlobal requested, const ModelConfig& cfg) {
+  const bool global = cfg.arch == Arch::Tnt && cfg.use_global;
+  const bool can_pass = global && branch_spec(cfg).memories.at(0).config.weight_norm == engine::WeightNorm::None;
+  if (requested == CpGlobal::Auto) return can_pass ? CpGlobal::State : CpGlobal::Gather;
+  TTT_CHECK(requested != CpGlobal::State || !global || can_pass,
+            "--cp-global state: the global memory has a weight norm (weight_norm), which reads its learned initial "
+            "weights in every update, so its chain cannot start from a passed state; use --cp-global gather");
+  return requested;
+}
+
+const char* cp_global_name(CpGlobal g) {
+  return g == CpGlobal::State ? "state" : g == CpGlobal::Gather ? "gather" : "auto";
+}
 
 ContextSpan context_span(dist::Communicator& group, int64_t seq_len) {
   ContextSpan s;

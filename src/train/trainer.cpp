@@ -487,6 +487,7 @@ TrainResult train(const TrainOptions& opt_in) {
   if (ranks) backend::select_device_of_rank(opt.device, ranks->local_rank(), ranks->rank());
 
   // Memory next: a config or flags that cannot fit fail here, naming the fields, before anything large is allocated.
+  if (opt.context_parallel > 1) opt.cp_global = model::resolve_cp_global(opt.cp_global, cfg);
   {
     MemoryRequest mr;
     mr.device = opt.device;
