@@ -402,9 +402,16 @@ TEST(CudaLact, KeptProductsGiveTheRecomputedBits) {
     SCOPED_TRACE(c.name() + " seed " + std::to_string(seed));
     const Data<double> x = make_data(c, seed, true);
     const Data<float> xf = cast<float>(x);
+    // Bit for bit (memcmp: vector == is false on the NaN that poisons an unwritten output, e.g. grad_momentum
+    // without momentum, which made this test fail in every config without momentum), unwritten outputs skipped.
     auto same = [&](const auto& a, const auto& b, const char* what) {
-      for (int i = 0; i < 11; ++i)
-        EXPECT_TRUE(a.r[size_t(i)] == b.r[size_t(i)]) << what << ": " << kNames[i] << " differs when kept";
+      for (int i = 0; i < 11; ++i) {
+        if (i == 10 && !c.momentum) continue;
+        const auto &x = a.r[size_t(i)], &y = b.r[size_t(i)];
+        ASSERT_EQ(x.size(), y.size()) << what << ": " << kNames[i];
+        EXPECT_EQ(0, std::memcmp(x.data(), y.data(), sizeof(x[0]) * x.size()))
+            << what << ": " << kNames[i] << " differs when kept";
+      }
       ++compared;
     };
     cuda::LactOptions recompute, keep;

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <cstring>
 #include <filesystem>
@@ -543,6 +544,86 @@ TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
     const int64_t rows = 2 * cfg.seq_len;
     EXPECT_EQ(bytes_saved - bytes_full, cfg.n_layers * rows * (cfg.dim + cfg.n_attn_heads) * 4);
   }
+}
+
+// The shared LaCT runner of a training batch keeps each chunk's products for the backward
+// (backend::gpu_lact_keeps_products; TTT_LACT_KEEP=0 turns it off): the backward reads the very values it would
+// recompute, so the loss and every gradient are the same bits with and without, at every --recompute level (none:
+// the last layer's, on the shared runner; its per-layer records never keep), in fp32 and with bf16 products (bf16
+// operands), with momentum and post norm or neither and pre norm, over two micro-batches. The memory it costs is
+// exactly what the estimate adds for it: the kept [g|h] of q and k, V W1, a, R and lr1 v (B T (8 dh + d) fp32, with
+// bf16 operands a bf16 shadow of a, R, lr1 v: B T (3 dh + d)) less the chunk buffers that keeping replaces
+// (B C (5 dh + d), each with a bf16 shadow with bf16 operands).
+TEST(CudaModel, KeptLactProductsGiveTheSameBits) {
+  REQUIRE_CUDA();
+  model::ModelConfig plain = small_config();
+  plain.n_layers = 3;
+  model::ModelConfig pre = plain;
+  pre.momentum = false;
+  pre.weight_norm = engine::WeightNorm::Pre;
+  const std::pair<const char*, model::ModelConfig> configs[] = {{"momentum post", plain}, {"pre", pre}};
+  int compared = 0;
+  for (const auto& [name, cfg] : configs)
+    for (const cuda::MathMode math : {cuda::MathMode::FP32, cuda::MathMode::BF16})
+      for (const backend::Recompute level :
+           {backend::Recompute::Full, backend::Recompute::SaveAttention, backend::Recompute::None}) {
+        const uint64_t seed = fresh_seed();
+        SCOPED_TRACE(std::string(name) + " " + cuda::math_mode_name(math) + " --recompute " +
+                     backend::recompute_name(level) + " (seed " + std::to_string(seed) + ")");
+        const model::Params<float> p = random_params(cfg, seed);
+        const std::vector<model::Batch> micro = {random_batch(cfg, 2, cfg.seq_len, seed + 3, false),
+                                                 random_batch(cfg, 2, cfg.seq_len, seed + 4, true)};
+        std::vector<double> losses[2];
+        std::vector<ag::Mat<float>> grads[2];
+        int64_t bytes[2] = {};
+        double estimated[2] = {};
+        for (int keep = 0; keep < 2; ++keep) {
+          if (!keep) ::setenv("TTT_LACT_KEEP", "0", 1);
+          EXPECT_EQ(backend::gpu_lact_keeps_products(true), keep == 1);
+          train::MemoryRequest r;
+          r.device = "cuda";
+          r.bf16 = r.bf16_activations = math == cuda::MathMode::BF16;
+          r.recompute = level;
+          r.train_steps = true;
+          r.batch = 2;
+          r.seq_len = cfg.seq_len;
+          estimated[keep] = train::estimate_memory(cfg, r).peak();
+          const size_t before = cuda::tracked_bytes();
+          cuda::GpuModelOptions o;
+          o.math = math;
+          o.recompute = level;
+          o.poison = true;
+          cuda::GpuModel gm(cfg, o);
+          gm.upload(p);
+          gm.zero_grad();
+          for (const model::Batch& b : micro) losses[keep].push_back(gm.forward(b, true, 0.5).loss);
+          bytes[keep] = int64_t(cuda::tracked_bytes() - before);
+          gm.download_grads(grads[keep]);
+          ::unsetenv("TTT_LACT_KEEP");
+        }
+        ASSERT_EQ(losses[1].size(), losses[0].size());
+        for (size_t k = 0; k < losses[0].size(); ++k)
+          EXPECT_EQ(0, std::memcmp(&losses[0][k], &losses[1][k], sizeof(double)))
+              << losses[0][k] << " recomputing vs " << losses[1][k] << " keeping";
+        ASSERT_EQ(grads[1].size(), grads[0].size());
+        for (size_t t = 0; t < grads[0].size(); ++t)
+          EXPECT_EQ(0, std::memcmp(grads[0][t].data.data(), grads[1][t].data.data(),
+                                   sizeof(float) * grads[0][t].data.size()))
+              << p.names[t] << " differs when kept";
+        const lact::Shape s = backend::gpu_lact_shape(cfg, 2, cfg.seq_len);
+        const int64_t C = std::min(s.chunk, s.T);
+        const bool bf16_operands = math == cuda::MathMode::BF16;  // the small config has no Muon
+        const int64_t kept = s.B * s.T * (8 * s.dh + s.d) * 4 + (bf16_operands ? s.B * s.T * (3 * s.dh + s.d) * 2 : 0);
+        const int64_t replaced = s.B * C * (5 * s.dh + s.d) * (bf16_operands ? 6 : 4);
+        std::printf("%s %s --recompute %s: keeping the LaCT products holds %lld bytes more (by hand %lld; the "
+                    "estimate %.0f)\n",
+                    name, cuda::math_mode_name(math), backend::recompute_name(level),
+                    (long long)(bytes[1] - bytes[0]), (long long)(kept - replaced), estimated[1] - estimated[0]);
+        EXPECT_EQ(bytes[1] - bytes[0], kept - replaced);
+        EXPECT_DOUBLE_EQ(estimated[1] - estimated[0], double(kept - replaced));
+        ++compared;
+      }
+  EXPECT_EQ(compared, 12);
 }
 
 // --recompute none keeps every layer's activations and its memory operator's forward state (LaCT: a forward record

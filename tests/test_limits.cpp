@@ -147,6 +147,45 @@ TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
   EXPECT_DOUBLE_EQ(saved.peak() - full.peak(), saved.phases[0].back().bytes);
 }
 
+// A GPU training step's shared LaCT runner keeps each chunk's products for the backward (backend::
+// gpu_lact_keeps_products; TTT_LACT_KEEP=0 turns it off), and its term of the estimate counts them: for the 760m
+// preset with bf16 products (bf16 operands), one sequence of 32768 tokens (B = 4 sequence-heads, d = dh = 384, chunk
+// 2048), the kept [g|h] of q and k, V W1, a, R and lr1 v, B T (8 dh + d) fp32 with a bf16 shadow of a, R, lr1 v
+// (B T (3 dh + d)), less the chunk buffers they replace, B C (5 dh + d) with their shadows: 2.10 GB, at every
+// --recompute level (none: the last layer's on the shared runner; the per-layer records do not keep). A forward-only
+// batch (the evaluation phase) does not keep them.
+TEST(MemoryBudget, KeptLactProductsAreCountedInTheStepsRunner) {
+  const model::ModelConfig cfg = model::preset("760m");
+  const double B = 4, T = 32768, d = 384, dh = 384, C = 2048;
+  const double kept = B * T * (8 * dh + d) * 4 + B * T * (3 * dh + d) * 2 - B * C * (5 * dh + d) * (4 + 2);
+  EXPECT_DOUBLE_EQ(kept, 2101346304.0);
+  auto runner_term = [](const train::MemoryEstimate& e, size_t phase) {
+    for (const train::MemoryTerm& t : e.phases.at(phase))
+      if (t.what.find("memory operator runner") != std::string::npos) return t.bytes;
+    ADD_FAILURE() << "no runner term";
+    return 0.0;
+  };
+  for (const backend::Recompute level :
+       {backend::Recompute::Full, backend::Recompute::SaveAttention, backend::Recompute::None}) {
+    SCOPED_TRACE(backend::recompute_name(level));
+    train::MemoryRequest r = gpu_bf16_training(1, 32768, level);
+    r.eval_windows = 1;
+    r.eval_context = 32768;
+    r.eval_batch = 1;
+    const train::MemoryEstimate keeping = train::estimate_memory(cfg, r);
+    ::setenv("TTT_LACT_KEEP", "0", 1);
+    const train::MemoryEstimate recomputing = train::estimate_memory(cfg, r);
+    ::unsetenv("TTT_LACT_KEEP");
+    ASSERT_EQ(keeping.phases.size(), 2u);  // the step, the evaluation
+    EXPECT_DOUBLE_EQ(runner_term(keeping, 0) - runner_term(recomputing, 0), kept);
+    EXPECT_DOUBLE_EQ(keeping.peak() - recomputing.peak(), kept);
+    EXPECT_DOUBLE_EQ(runner_term(keeping, 1), runner_term(recomputing, 1));
+    std::printf("760m bf16, 1 x 32768, --recompute %s: step estimate %s keeping the LaCT products, %s recomputing\n",
+                backend::recompute_name(level), train::format_bytes(keeping.peak()).c_str(),
+                train::format_bytes(recomputing.peak()).c_str());
+  }
+}
+
 // --recompute none adds two terms to the step: every layer but the last keeps what its backward reads (the kept
 // table of backend/gpu_layer_activations.h, sized here by hand for the 760m preset with bf16 products and
 // activations) and its own memory operator runner.

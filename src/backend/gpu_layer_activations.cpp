@@ -2,6 +2,8 @@
 #include "backend/gpu_layer_activations.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "backend/attention_workspace.h"
 #include "backend/context_parallel_plan.h"  // global_floats
@@ -94,6 +96,11 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N) 
   s.muon = mem.config.muon;
   s.norm = mem.config.weight_norm;
   return s;
+}
+
+bool gpu_lact_keeps_products(bool backward) {
+  const char* e = std::getenv("TTT_LACT_KEEP");
+  return backward && !(e && std::string(e) == "0");
 }
 
 GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,

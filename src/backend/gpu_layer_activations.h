@@ -80,6 +80,12 @@ GpuSplitShapes gpu_split_shapes(const model::ModelConfig& cfg, int64_t S, int64_
 int64_t gpu_global_state_floats(const model::ModelConfig& cfg, int64_t S);
 // The LaCT operator's shape for a batch of S sequences of N tokens (arch "lact").
 lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
+// Whether the GPU model's shared LaCT runner of a batch (the one every layer's forward and backward use with
+// --recompute full and save-attention, the last layer's with none) keeps each chunk's products for the backward
+// (lact::Fused's keep_products: the same bits, the backward does not recompute them): for a training batch
+// (`backward`), unless TTT_LACT_KEEP=0. The per-layer records of --recompute none never keep them (one set per
+// layer would cost L x the kept bytes). The model and its memory estimate both ask this.
+bool gpu_lact_keeps_products(bool backward);
 
 // What a layer's backward reads of its forward (layer_backward and the memory operators' backward in
 // model_cuda.cpp). The full and save-attention levels hold one layer of these (recomputed per layer); level none

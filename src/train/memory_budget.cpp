@@ -94,15 +94,18 @@ size_t titans_smem_limit() {
   return device > 0 ? device : titans::kDefaultSharedMemoryPerBlock;
 }
 
-// A LaCT runner with `records` forward records for S sequences of N tokens (cuda/lact_cuda.cu): the buffers
-// lact::Fused allocates (lact::workspace_elements, fp32), its reductions' partials and cuBLAS workspace; with bf16
-// operands also a bf16 shadow of each of those buffers and bf16 copies of q, k, v per record and of grad_o.
-double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16, int64_t records) {
+// A LaCT runner with `records` forward records for S sequences of N tokens (cuda/lact_cuda.cu), keeping the chunks'
+// products or not (keep_products): the buffers lact::Fused allocates (lact::workspace_elements, fp32), its
+// reductions' partials and cuBLAS workspace; with bf16 operands also a bf16 shadow of each of its product-operand
+// buffers (lact::workspace_operand_elements) and bf16 copies of q, k, v per record and of grad_o.
+double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16, int64_t records,
+                         bool keep_products) {
   const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
-  const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records));
+  const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records, keep_products));
   double bytes = 4 * elements + 8.0 * double(3 * s.B * lact::kDotSlices) + double(lact::kRunnerCublasWorkspace);
   if (backend::lact_on_bf16_operands(cfg, bf16))
-    bytes += 2 * elements + double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);
+    bytes += 2 * double(lact::workspace_operand_elements(s, /*with_grad=*/true, records, keep_products)) +
+             double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);
   return bytes;
 }
 
@@ -139,7 +142,7 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
   const size_t smem = titans_like ? titans_smem_limit() : 0;
   const titans::KernelChoice auto_choice = titans::KernelChoice::Automatic;
   if (!titans_like) {
-    b.runner = lact_runner_bytes(cfg, S, N, req.bf16, 1);
+    b.runner = lact_runner_bytes(cfg, S, N, req.bf16, 1, backend::gpu_lact_keeps_products(backward));
   } else if (cp > 1 && cfg.use_global) {  // the global memory over the prefix, the local ones over the span
     // Passing the state: the global memory over the span, on the batched path; sized for a rank that hands its state
     // on (its last chunk's update keeps one more state than the last rank's).
@@ -160,7 +163,7 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
     // sizes are linear in the sequences, so one sequence's times the batch.
     const backend::GpuLayerDims one = backend::gpu_own_layer_dims(cfg, 1, N, req.bf16, req.bf16_activations);
     b.kept = (L - 1) * double(S) * backend::gpu_kept_layer_bytes(one);
-    b.runners = titans_like ? (L - 1) * b.runner : lact_runner_bytes(cfg, S, N, req.bf16, cfg.n_layers - 1);
+    b.runners = titans_like ? (L - 1) * b.runner : lact_runner_bytes(cfg, S, N, req.bf16, cfg.n_layers - 1, false);
   }
   if (cp > 1)  // the exchanges' buffers, and every layer's received keys and values [k | v] of the halo (and with
                // --cp-global state the global memory's entry state)

@@ -307,19 +307,27 @@ struct CountOps {
   using value_type = float;
   Geom g;
   int64_t elems = 0;
+  int64_t operand_elems = 0;  // of those, in buffers allocated as product operands
   Geom geom() const { return g; }
-  float* alloc(int64_t n, bool /*operand*/ = true) {
+  float* alloc(int64_t n, bool operand = true) {
     elems += std::max<int64_t>(n, 1);
+    if (operand) operand_elems += std::max<int64_t>(n, 1);
     return nullptr;
   }
 };
-}  // namespace
-
-int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
+CountOps count_allocations(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
   s.validate();
   CountOps ops{Geom{s.B, s.T, s.d, s.dh}};
   Fused<CountOps> f(ops, s, with_grad, records, keep_products);
-  return ops.elems;
+  return ops;
+}
+}  // namespace
+
+int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
+  return count_allocations(s, with_grad, records, keep_products).elems;
+}
+int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
+  return count_allocations(s, with_grad, records, keep_products).operand_elems;
 }
 
 template <class T>

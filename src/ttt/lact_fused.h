@@ -621,6 +621,9 @@ class Fused {
 // check that memory stays linear in T/C; with `records` forwards kept at once. The CUDA backend adds a small
 // reduction buffer.
 int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false);
+// Of those, the elements of the buffers Fused allocates as matrix-product operands (Ops::alloc's operand): a
+// backend with bf16 operands keeps a bf16 shadow of each (all of them but the kept [g|h] and V W1).
+int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false);
 // The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
 // first stage of its batched reductions (kDotSlices doubles per row of 3 B) and a cuBLAS workspace of its own (bytes).
 inline constexpr int64_t kDotSlices = 128;

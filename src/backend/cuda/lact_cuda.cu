@@ -603,8 +603,11 @@ const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : 
 
 size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt) {
   const int64_t extra = lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true, 1, false);
-  // fp32 elements, and with bf16 operands (at most) a bf16 shadow of each.
-  return size_t(std::max<int64_t>(extra, 0)) * (opt.bf16 ? 6 : 4);
+  // fp32 elements, and with bf16 operands a bf16 shadow of each product operand.
+  const int64_t extra_operands =
+      lact::workspace_operand_elements(s, true, 1, true) - lact::workspace_operand_elements(s, true, 1, false);
+  const int64_t bytes = 4 * extra + (opt.bf16 ? 2 * extra_operands : 0);
+  return size_t(std::max<int64_t>(bytes, 0));
 }
 LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt) {
   const char* e = std::getenv("TTT_LACT_KEEP");
@@ -639,11 +642,12 @@ struct LactRunner<T>::Impl {
   std::vector<GraphCall> gf, gb;              // per forward record
   bool graphs = true;
   std::vector<std::vector<const void*>> fkey;  // per forward record: pointers of its last forward()
+  bool keeps_products = false;
 
   Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt, int64_t records)
       : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records, opt.keep_products),
         gf(size_t(records)),
-        gb(size_t(records)), fkey(size_t(records)) {
+        gb(size_t(records)), fkey(size_t(records)), keeps_products(with_grad && opt.keep_products) {
     ops.init_bf16(s.chunk, with_grad, records);
     graphs = opt.graphs && graphs_from_env() && !ops.prof().on();
   }
@@ -740,6 +744,10 @@ void LactRunner<T>::synchronize() {
 template <class T>
 size_t LactRunner<T>::workspace_bytes() const {
   return impl_->ops.workspace_bytes();
+}
+template <class T>
+bool LactRunner<T>::keeps_products() const {
+  return impl_->keeps_products;
 }
 template <class T>
 void* LactRunner<T>::stream() const {

@@ -40,8 +40,9 @@ struct LactOptions {
   // a, R, lr1 v (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their
   // fp32 unused with bf16 operands) and the backward reads them instead of recomputing them (same bits). The
   // operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
-  // (with_kept_products_if_room); the GPU model's and PyTorch's runners leave it off (the memory estimate does
-  // not count it).
+  // (with_kept_products_if_room); the GPU model's shared runner sets it for training batches
+  // (backend::gpu_lact_keeps_products, which its memory estimate counts too), its per-layer records of
+  // --recompute none and PyTorch's runners leave it off.
   bool keep_products = false;
   // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
   // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
@@ -85,6 +86,7 @@ class LactRunner {
   void stream_update(const lact::Inputs<T>& in, int64_t n);
   void synchronize();
   size_t workspace_bytes() const;
+  bool keeps_products() const;  // its records keep the chunks' products (LactOptions::keep_products, with gradients)
   void* stream() const;  // cudaStream_t
 
  private:

@@ -117,6 +117,7 @@ struct GpuModel::Impl {
   std::vector<std::unique_ptr<TntRunner<float>>> layer_tnt;
   std::pair<int64_t, int64_t> layer_runner_shape{0, 0};
   bool layers_kept = false;  // this batch keeps them (training with --recompute none)
+  bool batch_backward = false;  // the batch being run has a backward (a training batch)
   // Residual stream at the layer inputs, [L+1] arrays of rows x D: fp32 (xs), or bf16 (xs16) with bf16 activations.
   std::vector<DeviceArray<float>> xs;
   std::vector<DeviceArray<bf16>> xs16;
@@ -256,15 +257,23 @@ struct GpuModel::Impl {
     return norm_work.as<void>();
   }
 
+  // The shared runner of the batch shape. A training batch's keeps the chunks' products for the backward
+  // (gpu_lact_keeps_products); one made for a forward-only batch of that shape is then made anew (once), and a
+  // keeping one serves forward-only batches as it is (the same bits either way).
   LactRunner<float>& lact_runner(int64_t S, int64_t N) {
-    return cached_runner(lact, S, N, [&] { return make_lact_runner(S, N); });
+    const bool keep = backend::gpu_lact_keeps_products(batch_backward);
+    const auto it = lact.find(std::make_pair(S, N));
+    if (it != lact.end() && keep && !it->second->keeps_products()) lact.erase(it);
+    return cached_runner(lact, S, N, [&] { return make_lact_runner(S, N, 1, keep); });
   }
-  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N, int64_t records = 1) {
+  std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N, int64_t records = 1,
+                                                      bool keep_products = false) {
     const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
     LactOptions lo;
     lo.bf16 = backend::lact_on_bf16_operands(cfg, opt.math == MathMode::BF16);
     lo.tf32 = opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && !lo.bf16);  // bf16 with Muon: tf32
     lo.poison_workspace = opt.poison;
+    lo.keep_products = keep_products;
     return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo, records);
   }
 
@@ -1104,6 +1113,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   m.halo = m.hp.halo;
   m.halo_in = m.hp.halo_in;
   m.ensure_rows(rows, S, N);
+  m.batch_backward = backward;
   m.attention_kept = backward && m.opt.recompute == backend::Recompute::SaveAttention;
   m.layers_kept = backward && m.opt.recompute == backend::Recompute::None;
   TTT_CHECK(!(m.layers_kept && m.split), "GPU model: --recompute none is not implemented with --context-parallel "
