@@ -196,22 +196,16 @@ void expect_per_token_losses_equal_one_rank(model::CpGlobal global, int port_off
 
 TEST(ContextParallel, PerTokenLossesOfEverySpanEqualOneRank) { expect_per_token_losses_equal_one_rank(model::CpGlobal::Gather, 3); }
 
-// --cp-global auto (the default) passes the state where the global memory can start from one (no weight norm) and
-// all-gathers otherwise; state is refused for a global memory with a weight norm, naming the way out.
+// --cp-global auto (the default) passes the global memory's state (a TNT global memory has no weight norm, so its
+// chain can start from a passed state) and gathers where there is no global memory to pass.
 TEST(ContextParallel, AutoPassesTheStateWhereTheGlobalMemoryAllowsIt) {
   model::ModelConfig cfg = model::preset("tnt");
   ASSERT_EQ(model::parse_cp_global(model::kDefaultCpGlobal), model::CpGlobal::Auto);
   EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::Auto, cfg), model::CpGlobal::State);
   EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::Gather, cfg), model::CpGlobal::Gather);
   EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::State, cfg), model::CpGlobal::State);
-  cfg.weight_norm = engine::WeightNorm::Post;
+  cfg.use_global = false;
   EXPECT_EQ(model::resolve_cp_global(model::CpGlobal::Auto, cfg), model::CpGlobal::Gather);
-  try {
-    model::resolve_cp_global(model::CpGlobal::State, cfg);
-    FAIL() << "--cp-global state with a weight-normed global memory was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--cp-global gather"), std::string::npos) << e.what();
-  }
   EXPECT_THROW(model::parse_cp_global("both"), Error);
 }
 
@@ -568,7 +562,7 @@ TEST(ContextParallelMpi, TrainOnTwoAndFourRanksEqualsOneProcess) {
   expect_close_weights(w.dir / "state", w.dir / "one");
   const auto bad = run_in(w, 2, train_args("tnt.json", "bad", "--context-parallel 2 --cp-global scatter"));
   EXPECT_NE(exit_code(bad), 0) << bad.output;
-  EXPECT_NE(bad.output.find("--cp-global must be gather"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("--cp-global must be auto"), std::string::npos) << bad.output;
 }
 
 // `ttt bench step --context-parallel 2` (the step of `ttt train`, timed): its loss and gradient norm are one process's.

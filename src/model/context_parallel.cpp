@@ -17,8 +17,8 @@ CpGlobal parse_cp_global(const std::string& s) {
   if (s == "gather") return CpGlobal::Gather;
   if (s == "state") return CpGlobal::State;
   if (s == "auto") return CpGlobal::Auto;
-  TTT_FAIL("--cp-global must be auto (state where the global memory allows it, else gather), gather (all-gather the "
-           "global memory's inputs) or state (pass its state from rank to rank), got '" << s << "'");
+  TTT_FAIL("--cp-global must be auto (state where the model's global memory allows it, else gather), gather "
+           "(all-gather the global memory's inputs) or state (pass its state from rank to rank), got '" << s << "'");
 }
 
 CpGlobal resolve_cp_global(CpGlobal requested, const ModelConfig& cfg) {

@@ -33,9 +33,10 @@ namespace ttt::model {
 
 // How the global memory's chain crosses the spans (`--cp-global`): all-gather its inputs (each rank runs the chain
 // over its prefix) or pass its state from rank to rank.
-// Auto (the default) is State where the model's global memory can start from a passed state (no weight norm:
-// a weight norm reads the learned W0 in every update), else Gather: measured on two H200s, passing the state is
-// the faster (1.92x against 1.64x one GPU at 131072 tokens of the 87M TNT config) and leaner one.
+// Auto (the default) is State where the model has a global memory whose chain can start from a passed state (no
+// weight norm, which would read the learned W0 in every update: true of every TNT global memory today), else
+// Gather: measured on two H200s, passing the state is the faster (1.92x against 1.64x one GPU at 131072 tokens of
+// the 87M TNT config) and the leaner one.
 enum class CpGlobal { Gather, State, Auto };
 CpGlobal parse_cp_global(const std::string& s);  // "auto" | "gather" | "state"; throws naming --cp-global
 // Auto resolved for `cfg` (Gather and State as they are); State for a global memory that cannot take a passed
