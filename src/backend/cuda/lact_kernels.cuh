@@ -302,6 +302,18 @@ __global__ void k_ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* 
 }
 
 // ---- batched reductions (two fixed stages: deterministic) ----------------------------------------------
+// The block's sum of every thread's `acc` (warps first, then the warp sums in warp order: a fixed order) into *out.
+__device__ __forceinline__ void store_block_partial(Acc acc, Acc* out) {
+  __shared__ Acc sh[kThreads / 32];
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
+    acc = warp_sum(acc);
+    if (threadIdx.x == 0) *out = acc;
+  }
+}
 template <class T>
 __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {
   const int64_t b = blockIdx.y;
@@ -311,15 +323,7 @@ __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t strid
   Acc acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
     acc += yb ? Acc(xb[i]) * yb[i] : Acc(xb[i]);
-  __shared__ Acc sh[kThreads / 32];
-  acc = warp_sum(acc);
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
-    acc = warp_sum(acc);
-    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
-  }
+  store_block_partial(acc, partial + b * slices + blockIdx.x);
 }
 // The momentum mix's adjoint (CpuOps::momentum_bwd), grid (slices, B) as k_dot_partial, whose partial sums of
 // <dP, S> it writes in the same order: dP = dM + dS (fp32, and/or its bf16 operand copy dP16 when only
@@ -338,15 +342,7 @@ __global__ void k_momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T*
     dS[off + i] = m * p;
     acc += Acc(p) * S[off + i];
   }
-  __shared__ Acc sh[kThreads / 32];
-  acc = warp_sum(acc);
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
-    acc = warp_sum(acc);
-    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
-  }
+  store_block_partial(acc, partial + b * slices + blockIdx.x);
 }
 template <class T>
 __global__ void k_dot_final(const Acc* partial, int slices, T scale, T* out) {
