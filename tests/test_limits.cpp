@@ -21,6 +21,7 @@
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/memory_budget.h"
+#include "memory_request_util.h"
 #include "train_test_util.h"
 #ifdef TTT_HAVE_CUDA
 #include "backend/cuda/device.h"
@@ -70,17 +71,19 @@ train::MemoryRequest cpu_training(int64_t batch, int64_t seq_len) {
   return r;
 }
 
-// A GPU training step of `batch` x `seq_len` with bf16 products and activations, at the --recompute level `level`.
-train::MemoryRequest gpu_bf16_training(int64_t batch, int64_t seq_len,
-                                       backend::Recompute level = backend::Recompute::Full) {
-  train::MemoryRequest r;
-  r.device = "cuda";
-  r.bf16 = r.bf16_activations = true;
-  r.recompute = level;
-  r.train_steps = true;
-  r.batch = batch;
-  r.seq_len = seq_len;
-  return r;
+using test_util::gpu_bf16_training;
+
+// The 87M TNT config of bench/configs/tnt87m_l8.json (seq_len left to the test).
+model::ModelConfig tnt87m_config() {
+  model::ModelConfig cfg = model::preset("tnt");
+  cfg.vocab_size = 256;
+  cfg.dim = 768;
+  cfg.n_layers = 12;
+  cfg.n_attn_heads = cfg.n_mem_heads = 12;
+  cfg.window = 512;
+  cfg.global_chunk = cfg.shard = 2048;
+  cfg.local_chunks = {8};
+  return cfg;
 }
 
 // A run directory with a checkpoint of the small lact model of train_test_util.h whose data is `data_dir`.
@@ -261,14 +264,7 @@ TEST(MemoryBudget, RefusalNamesTheRecomputeLevelsThatFit) {
 // plus what crosses spans (the attention's halo, the global memory's inputs over the sequence), so a sequence twice
 // as long as one GPU's is sized at about one GPU's, not twice it. The 87M TNT config of bench/configs/tnt87m_l8.json.
 TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
-  model::ModelConfig cfg = model::preset("tnt");
-  cfg.vocab_size = 256;
-  cfg.dim = 768;
-  cfg.n_layers = 12;
-  cfg.n_attn_heads = cfg.n_mem_heads = 12;
-  cfg.window = 512;
-  cfg.global_chunk = cfg.shard = 2048;
-  cfg.local_chunks = {8};
+  model::ModelConfig cfg = tnt87m_config();
   cfg.seq_len = 131072;
   train::MemoryRequest r = gpu_bf16_training(1, 131072, backend::Recompute::SaveAttention);
   const train::MemoryEstimate one = train::estimate_memory(cfg, r);  // the length one GPU holds
@@ -336,14 +332,7 @@ TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
 // the passed state, the last chunk updating too), plus the state sent and received and every layer's kept entry
 // state. Against the all-gather at 2 x 131072 tokens on two GPUs of the 87M TNT config: exactly those differences.
 TEST(MemoryBudget, ContextParallelPassingTheStateKeepsNoPrefix) {
-  model::ModelConfig cfg = model::preset("tnt");
-  cfg.vocab_size = 256;
-  cfg.dim = 768;
-  cfg.n_layers = 12;
-  cfg.n_attn_heads = cfg.n_mem_heads = 12;
-  cfg.window = 512;
-  cfg.global_chunk = cfg.shard = 2048;
-  cfg.local_chunks = {8};
+  model::ModelConfig cfg = tnt87m_config();
   cfg.seq_len = 2 * 131072;
   train::MemoryRequest r = gpu_bf16_training(1, 131072, backend::Recompute::SaveAttention);
   const train::MemoryEstimate one = train::estimate_memory(cfg, r);  // 131072 tokens on one GPU

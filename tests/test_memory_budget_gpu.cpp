@@ -15,6 +15,7 @@
 #include "backend/gpu_layer_activations.h"
 #include "backend/registry.h"
 #include "backend/titans_persistent_plan.h"
+#include "memory_request_util.h"
 #include "model/config.h"
 #include "train/memory_budget.h"
 #include "ttt/lact_fused.h"
@@ -86,16 +87,6 @@ double untracked(const train::MemoryEstimate& e) {
   return bytes;
 }
 
-train::MemoryRequest step_request(int64_t batch, int64_t T, backend::Recompute level) {
-  train::MemoryRequest r;
-  r.device = "cuda";
-  r.bf16 = r.bf16_activations = true;
-  r.recompute = level;
-  r.train_steps = true;
-  r.batch = batch;
-  r.seq_len = T;
-  return r;
-}
 
 }  // namespace
 
@@ -114,7 +105,7 @@ TEST(MemoryBudgetGpu, EstimateBoundsThePlannedAllocations) {
           model::ModelConfig cfg = bench_config(name);
           cfg.seq_len = T;
           const double planned = planned_step(cfg, batch, T, level);
-          const train::MemoryEstimate e = train::estimate_memory(cfg, step_request(batch, T, level));
+          const train::MemoryEstimate e = train::estimate_memory(cfg, test_util::gpu_bf16_training(batch, T, level));
           EXPECT_GE(e.peak(), planned);
           EXPECT_LE(e.peak() - untracked(e), 1.05 * planned);
         }
@@ -174,7 +165,7 @@ TEST(MemoryBudgetGpu, MeasuredTntCaseIsBounded) {
       for (bool bf16 : {false, true}) {
         if (T == 786432 && cp == 1) continue;
         cfg.seq_len = T;
-        train::MemoryRequest r = step_request(1, T, backend::Recompute::SaveAttention);
+        train::MemoryRequest r = test_util::gpu_bf16_training(1, T, backend::Recompute::SaveAttention);
         r.bf16 = r.bf16_activations = bf16;
         r.context_parallel = cp;
         const train::MemoryEstimate e = train::estimate_memory(cfg, r);
@@ -203,9 +194,9 @@ TEST(MemoryBudgetGpu, MeasuredLactCasesAreBounded) {
   EXPECT_GT(kept, 2.0e9);
   for (const auto& [level, measured] : {std::pair{backend::Recompute::SaveAttention, 37.49e9},
                                         std::pair{backend::Recompute::None, 130.04e9}}) {
-    const double keeping = train::estimate_memory(cfg, step_request(1, cfg.seq_len, level)).peak();
+    const double keeping = train::estimate_memory(cfg, test_util::gpu_bf16_training(1, cfg.seq_len, level)).peak();
     ::setenv("TTT_LACT_KEEP", "0", 1);
-    const double estimate = train::estimate_memory(cfg, step_request(1, cfg.seq_len, level)).peak();
+    const double estimate = train::estimate_memory(cfg, test_util::gpu_bf16_training(1, cfg.seq_len, level)).peak();
     ::unsetenv("TTT_LACT_KEEP");
     const double now = measured - dropped_since_measured(cfg.seq_len, cfg.dim, true);
     std::printf("760m --recompute %s: estimate %.3f GB (%.3f GB keeping the LaCT products), measured %.2f GB (%.3f GB "
@@ -222,7 +213,7 @@ TEST(MemoryBudgetGpu, AbsurdBatchIsRefusedNotWrapped) {
   model::ModelConfig cfg = bench_config("tnt87m_l8");
   cfg.seq_len = 131072;
   const train::MemoryEstimate e =
-      train::estimate_memory(cfg, step_request(int64_t(1) << 40, 131072, backend::Recompute::None));
+      train::estimate_memory(cfg, test_util::gpu_bf16_training(int64_t(1) << 40, 131072, backend::Recompute::None));
   EXPECT_TRUE(std::isfinite(e.peak()));
   EXPECT_GT(e.peak(), 1e18);
 }
