@@ -34,6 +34,12 @@ void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, con
                             int64_t lddx, bf16* dx16, float* dz, float* dzx, int64_t S, int64_t N, int64_t H,
                             int64_t d, double eps);
 
+// The lanes per row of the fused kernels' register walk at head width d with that RoPE width: 8 (d = 64), 16
+// (d = 128) or 32 (d = 256, 384, 512, 768), or 0 where they take the general walk (row groups staged in shared
+// memory). The register walk needs d = 64, 128, 256, 384, 512 or 768 and a RoPE width of 0, d, 64 or 128 that
+// divides d (and vector-aligned pointers: the GPU model's always are); both walks give the same bits.
+int64_t qk_prep_fused_team_lanes(int64_t d, int64_t rope_width);
+
 // out[r, h*d + j] = x[r, h*d + j] * gate[r, h].  Backward: dx = dout * gate, dgate[r, h] = sum_j dout * x.
 void gate_heads_forward(const float* x, const float* gate, float* out, int64_t rows, int64_t H, int64_t d);
 // out[r, h*d + j] = x[r, h*d + j] * gate[r, h] + addend[r, h*d + j] (the product rounded first: the bits of
