@@ -367,8 +367,9 @@ TEST(CudaKernels, QkPrepMatchesFloat64) {
 // head, RoPE over heads of `width` channels) in the memory operators' layout [S*H, N, d]; and bit for bit against
 // the three GPU passes it replaces (qk_prep_forward, rope_forward in place, heads_to_batch; batch_to_heads,
 // rope_backward in place, qk_prep_backward), which the GPU model ran before. Cases: RoPE per memory head (the 760m
-// preset's 4 x 384 in small), per narrower heads (ttt_rope_attn_heads), no RoPE, the register walk and the
-// recomputing one (d > 512), odd d, several sequences.
+// preset's 4 x 384 and the 87M configs' 12 x 64 in small), per narrower heads (ttt_rope_attn_heads), no RoPE, the
+// register walk and the recomputing one (d > 512), odd d, several sequences; the fused kernels' team walk
+// (mk::qk_prep_fused_team_lanes: teams of 8, 16 and 32 lanes, with and without prefetch) and their row-group walk.
 TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
   REQUIRE_CUDA();
   Worst worst{"qk_prep_fused"};
@@ -376,7 +377,8 @@ TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
     int64_t S, N, H, d, width;
   };
   for (const C c : std::vector<C>{{1, 33, 4, 384, 384}, {2, 17, 4, 384, 64}, {3, 5, 3, 64, 0}, {2, 9, 2, 600, 600},
-                                  {1, 7, 3, 46, 138}, {2, 11, 1, 30, 10}}) {
+                                  {1, 7, 3, 46, 138}, {2, 11, 1, 30, 10}, {2, 13, 12, 64, 64}, {1, 9, 3, 128, 128},
+                                  {2, 5, 2, 128, 64}, {1, 5, 1, 256, 0}, {1, 6, 2, 768, 128}}) {
     const uint64_t seed = fresh_seed();
     Rng r(seed);
     const int64_t rows = c.S * c.N, D = c.H * c.d, ld = 3 * D;
@@ -485,18 +487,45 @@ TEST(CudaKernels, QkPrepFusedMatchesCpuAndUnfusedBits) {
   }
 }
 
+// Which walk the fused q/k kernels take (host logic, no GPU needed): the team walk at every preset's memory heads
+// (64: tiny, titans, tnt and the 87M configs; 384: 760m; 768: 3b) with their own RoPE, the public model's RoPE
+// over 64- or 128-wide attention heads, and none; the row-group walk elsewhere.
+TEST(CudaKernels, QkPrepFusedTakesTheTeamWalkAtTheModelShapes) {
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(64, 64), 8);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(64, 0), 8);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(128, 128), 16);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(128, 64), 16);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(256, 0), 32);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(384, 384), 32);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(384, 64), 32);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(768, 768), 32);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(768, 128), 32);
+  // RoPE heads wider than a memory head, of other widths, or heads of other widths: the row groups.
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(64, 128), 0);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(384, 96), 0);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(384, 192), 0);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(46, 138), 0);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(600, 600), 0);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(2400, 2400), 0);
+  EXPECT_EQ(cuda::mk::qk_prep_fused_team_lanes(32, 0), 0);
+}
+
 // The fused kernels walk row groups (2 rows of 4 x 384 per 256-thread block, 1 row when H exceeds the block's 8
 // warps, 5 rows of 2400) with as many blocks as are resident, and take RoPE's frequencies from a table of at most
 // 1024 pairs. Shapes with more groups than an H200 holds blocks (132 SMs x 8), a partial last group, more heads
 // than warps, no table (1200 pairs), no RoPE: every bit of y, norm, dx, its bf16 copy, dz and dz * x against the
-// unfused passes (themselves checked against the CPU above), and run to run.
+// unfused passes (themselves checked against the CPU above), and run to run. The model's shapes take the team walk
+// (a team of lanes per row, its heads in turn, the next item's loads in flight): the 87M configs' 12 x 64 with more
+// rows than an H200's resident teams hold (several rows per team, a partial last warp), the 760m preset's 4 x 384
+// with its own RoPE and the public model's 64-wide one, the 3b preset's 768 (no prefetch).
 TEST(CudaKernels, QkPrepFusedRowGroupWalkKeepsTheUnfusedBits) {
   REQUIRE_CUDA();
   struct C {
     int64_t S, N, H, d, width;
   };
   for (const C c : std::vector<C>{{1, 3001, 4, 384, 384}, {2, 700, 12, 64, 128}, {1, 5303, 1, 2400, 2400},
-                                  {3, 1201, 3, 64, 0}}) {
+                                  {3, 1201, 3, 64, 0}, {1, 20011, 12, 64, 64}, {2, 4001, 4, 384, 384},
+                                  {1, 3001, 4, 384, 64}, {1, 2999, 2, 768, 768}}) {
     const uint64_t seed = fresh_seed();
     Rng r(seed);
     const int64_t rows = c.S * c.N, D = c.H * c.d, ld = 3 * D;
@@ -562,8 +591,10 @@ TEST(CudaKernels, QkPrepFusedRowGroupWalkKeepsTheUnfusedBits) {
     same(yT, down<float>(yTd, ND), "y (run to run)");
     same(dx, down<float>(dxd, NX), "dx (run to run)");
     same(dz, down<float>(dzd, ND), "dz (run to run)");
-    std::printf("[qk_prep_fused walk] %s: %lld rows, bits equal to the unfused passes: %s\n", name.c_str(),
-                (long long)rows, ::testing::Test::HasFailure() ? "NO" : "yes");
+    const int64_t lanes = cuda::mk::qk_prep_fused_team_lanes(c.d, c.width);
+    std::printf("[qk_prep_fused walk] %s: %lld rows, %s, bits equal to the unfused passes: %s\n", name.c_str(),
+                (long long)rows, lanes > 0 ? ("teams of " + std::to_string(lanes) + " lanes").c_str() : "row groups",
+                ::testing::Test::HasFailure() ? "NO" : "yes");
   }
 }
 
@@ -892,14 +923,12 @@ TEST(CudaKernels, LayoutCopiesMatchHost) {
   }
 }
 
-// ---- issue 12's fused passes at the 760m shape: times (nothing asserted on them) --------------------------------
-// T = 32768 rows, D = 1536, memory heads 4 x 384 (RoPE per memory head), F = 4608, V = 32000. Each fused call against
-// the passes it replaced in the GPU model, median of 5 CUDA-event timings, with the bytes each moves at that time.
-// Their bits are checked by the tests above; this one prints what one call costs.
-TEST(CudaKernels, FusedPassesShape760mTimes) {
-  REQUIRE_CUDA();
-  const int64_t T = 32768, D = 1536, H = 4, d = 384, V = 32000, TD = T * D;
-  const uint64_t seed = fresh_seed();
+// ---- the fused q/k preparation at a model's shape: times (nothing asserted on them) ------------------------------
+// T rows of H memory heads of d channels (RoPE per memory head, positions 0..T-1, theta 1e6): each fused call against
+// the passes it replaced in the GPU model, median of 5 CUDA-event timings, with its compulsory bytes (forward: x in,
+// y out, 8 bytes per element; backward: x, d(y), dx in, dx, its bf16 copy, dz, dz x out, 26) at that time.
+static void time_qk_prep_fused(const char* shape, int64_t T, int64_t H, int64_t d, uint64_t seed) {
+  const int64_t D = H * d, TD = T * D;
   auto median_ms = [](const std::function<void()>& f) {
     f();
     std::vector<double> t;
@@ -907,10 +936,15 @@ TEST(CudaKernels, FusedPassesShape760mTimes) {
     std::sort(t.begin(), t.end());
     return t[2];
   };
-  auto report = [](const char* what, double fused_ms, double fused_bytes, double old_ms) {
-    std::printf("[fused 760m] %-34s fused %7.3f ms (%5.2f TB/s of %6.3f GB)  replaced passes %7.3f ms  saved %7.3f ms\n",
-                what, fused_ms, fused_bytes / fused_ms * 1e-9, fused_bytes * 1e-9, old_ms, old_ms - fused_ms);
+  auto report = [&](const char* what, double fused_ms, double fused_bytes, double old_ms) {
+    std::printf("[fused %s] %-34s fused %7.3f ms (%5.2f TB/s of %6.3f GB)  replaced passes %7.3f ms  saved %7.3f ms\n",
+                shape, what, fused_ms, fused_bytes / fused_ms * 1e-9, fused_bytes * 1e-9, old_ms, old_ms - fused_ms);
   };
+  std::printf("[fused %s] q/k preparation: %lld rows, %lld heads of %lld, %s\n", shape, (long long)T, (long long)H,
+              (long long)d,
+              cuda::mk::qk_prep_fused_team_lanes(d, d) > 0
+                  ? ("teams of " + std::to_string(cuda::mk::qk_prep_fused_team_lanes(d, d)) + " lanes").c_str()
+                  : "row groups");
   cuda::DeviceBuffer qkv(size_t(T * 3 * D) * 4), dqkv(size_t(T * 3 * D) * 4), sc(size_t(D) * 4), of(size_t(D) * 4),
       yT(size_t(TD) * 4), yh(size_t(TD) * 4), nrm(size_t(T * H) * 4), dz(size_t(TD) * 4), dzx(size_t(TD) * 4),
       g16(size_t(T * 3 * D) * 2), posd(size_t(T) * 8);
@@ -951,6 +985,36 @@ TEST(CudaKernels, FusedPassesShape760mTimes) {
     });
     report("q/k preparation backward", fused, 26.0 * TD, old);
   }
+}
+
+// The 87M configs' memory branch (D 768, 12 memory heads of 64, RoPE per head; batch 4 x 8192 = 32768 rows).
+TEST(CudaKernels, FusedQkPrepShape87mTimes) {
+  REQUIRE_CUDA();
+  time_qk_prep_fused("87M", 32768, 12, 64, fresh_seed());
+}
+
+// ---- issue 12's fused passes at the 760m shape: times (nothing asserted on them) --------------------------------
+// T = 32768 rows, D = 1536, memory heads 4 x 384 (RoPE per memory head), F = 4608, V = 32000. Each fused call against
+// the passes it replaced in the GPU model, median of 5 CUDA-event timings, with the bytes each moves at that time.
+// Their bits are checked by the tests above; this one prints what one call costs.
+TEST(CudaKernels, FusedPassesShape760mTimes) {
+  REQUIRE_CUDA();
+  const int64_t T = 32768, D = 1536, H = 4, d = 384, V = 32000, TD = T * D;
+  const uint64_t seed = fresh_seed();
+  auto median_ms = [](const std::function<void()>& f) {
+    f();
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(f));
+    std::sort(t.begin(), t.end());
+    return t[2];
+  };
+  auto report = [](const char* what, double fused_ms, double fused_bytes, double old_ms) {
+    std::printf("[fused 760m] %-34s fused %7.3f ms (%5.2f TB/s of %6.3f GB)  replaced passes %7.3f ms  saved %7.3f ms\n",
+                what, fused_ms, fused_bytes / fused_ms * 1e-9, fused_bytes * 1e-9, old_ms, old_ms - fused_ms);
+  };
+  time_qk_prep_fused("760m", T, H, d, seed);  // the q/k preparation forward and backward
+  cuda::DeviceBuffer yh(size_t(TD) * 4), g16(size_t(T * 3 * D) * 2);
+  yh.fill_random<float>(TD, seed + 13, 0, 1.0, true);
   {  // The branch sum in bf16: one pass against gate, axpy, conversion.
     cuda::DeviceBuffer gate(size_t(T * H) * 4), attn(size_t(TD) * 4), sum(size_t(TD) * 4), sum16(size_t(TD) * 2);
     gate.fill_random<float>(T * H, seed + 5, 0, 1.0, true);
