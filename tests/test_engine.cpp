@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "expect_error.h"
 #include "ttt/runner.h"
 #include "ttt/tnt.h"
 
@@ -28,6 +29,13 @@ Mat<T> randu(Rng& r, int64_t rows, int64_t cols, double lo, double hi) {
   return m;
 }
 
+// One random matrix per weight of the memory (normal, times scale).
+std::vector<Mat<double>> random_weights(const MemoryConfig& cfg, Rng& r, double scale) {
+  std::vector<Mat<double>> w;
+  for (auto [rows, cols] : cfg.weight_shapes()) w.push_back(randn<double>(r, rows, cols, scale));
+  return w;
+}
+
 SequenceInputs<double> make_inputs(const MemoryConfig& cfg, int64_t n, uint64_t seed) {
   Rng r(seed);
   SequenceInputs<double> in;
@@ -39,6 +47,13 @@ SequenceInputs<double> make_inputs(const MemoryConfig& cfg, int64_t n, uint64_t 
   if (cfg.momentum) in.momentum_gate = randu<double>(r, n, 1, 0.3, 0.9);
   if (cfg.decay) in.decay_gate = randu<double>(r, n, 1, 0.02, 0.2);
   return in;
+}
+
+// SiLU and its derivative, written out for the online references (independent of the engine's scalar math).
+double reference_silu(double z) { return z / (1 + std::exp(-z)); }
+double reference_dsilu(double z) {
+  double s = 1 / (1 + std::exp(-z));
+  return s * (1 + z * (1 - s));
 }
 
 // All input matrices of a sequence, in a fixed order, for perturbation.
@@ -61,6 +76,28 @@ double loss(const MemoryConfig& cfg, const Program& p, const SequenceInputs<doub
   return l;
 }
 
+// ||analytic - fd|| / ||fd|| over the elements of x, fd the float64 central differences (step 1e-6) of loss() as each
+// element of x moves; fd_norm2 (if given) receives ||fd||^2 (0: the loss does not depend on x).
+template <class LossFn>
+double central_difference_error(Mat<double>& x, const Mat<double>& analytic, LossFn&& loss,
+                                double* fd_norm2 = nullptr) {
+  const double h = 1e-6;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.data.size(); ++i) {
+    const double x0 = x.data[i];
+    x.data[i] = x0 + h;
+    const double lp = loss();
+    x.data[i] = x0 - h;
+    const double lm = loss();
+    x.data[i] = x0;
+    const double fd = (lp - lm) / (2 * h), an = analytic.data[i];
+    num += (an - fd) * (an - fd);
+    den += fd * fd;
+  }
+  if (fd_norm2) *fd_norm2 = den;
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
+}
+
 // Worst relative error ||g - fd|| / ||fd|| over the input tensors.
 double gradient_error(const MemoryConfig& cfg, const Program& p, uint64_t seed, std::string* worst_name = nullptr) {
   const int64_t n = p.num_tokens;
@@ -73,23 +110,9 @@ double gradient_error(const MemoryConfig& cfg, const Program& p, uint64_t seed, 
   auto gf = fields(g);
   auto inf = fields(in);
   double worst = 0;
-  const double h = 1e-6;
   for (size_t f = 0; f < inf.size(); ++f) {
-    Mat<double>& x = *inf[f].second;
-    double num = 0, den = 0;
-    for (size_t i = 0; i < x.data.size(); ++i) {
-      const double x0 = x.data[i];
-      x.data[i] = x0 + h;
-      const double lp = loss(cfg, p, in, go);
-      x.data[i] = x0 - h;
-      const double lm = loss(cfg, p, in, go);
-      x.data[i] = x0;
-      const double fd = (lp - lm) / (2 * h);
-      const double an = gf[f].second->data[i];
-      num += (an - fd) * (an - fd);
-      den += fd * fd;
-    }
-    const double rel = std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
+    const double rel =
+        central_difference_error(*inf[f].second, *gf[f].second, [&] { return loss(cfg, p, in, go); });
     if (rel > worst) {
       worst = rel;
       if (worst_name) *worst_name = inf[f].first;
@@ -207,8 +230,6 @@ TEST(EngineOnline, ChunkOneEqualsPerTokenOnlineGD) {
   const int64_t n = 12, d = cfg.d, dh = cfg.dh;
   SequenceInputs<double> in = make_inputs(cfg, n, 21);
   Mat<double> o = run_forward(cfg, causal_program(n, 1), in);
-  auto silu = [](double z) { return z / (1 + std::exp(-z)); };
-  auto dsilu = [](double z) { double s = 1 / (1 + std::exp(-z)); return s * (1 + z * (1 - s)); };
   Mat<double> W0 = in.w0[0], W1 = in.w0[1], W2 = in.w0[2];
   double max_err = 0, max_ref = 0;
   for (int64_t t = 0; t < n; ++t) {
@@ -217,7 +238,7 @@ TEST(EngineOnline, ChunkOneEqualsPerTokenOnlineGD) {
     for (int64_t i = 0; i < dh; ++i) {
       g[i] = h[i] = 0;
       for (int64_t j = 0; j < d; ++j) g[i] += W0(i, j) * in.q(t, j), h[i] += W2(i, j) * in.q(t, j);
-      a[i] = silu(g[i]) * h[i];
+      a[i] = reference_silu(g[i]) * h[i];
     }
     for (int64_t j = 0; j < d; ++j) {
       double y = 0;
@@ -229,7 +250,7 @@ TEST(EngineOnline, ChunkOneEqualsPerTokenOnlineGD) {
     for (int64_t i = 0; i < dh; ++i) {
       g[i] = h[i] = 0;
       for (int64_t j = 0; j < d; ++j) g[i] += W0(i, j) * in.k(t, j), h[i] += W2(i, j) * in.k(t, j);
-      a[i] = silu(g[i]) * h[i];
+      a[i] = reference_silu(g[i]) * h[i];
     }
     std::vector<double> u(dh, 0);
     for (int64_t i = 0; i < dh; ++i)
@@ -237,8 +258,8 @@ TEST(EngineOnline, ChunkOneEqualsPerTokenOnlineGD) {
     Mat<double> N0 = W0, N1 = W1, N2 = W2;
     for (int64_t i = 0; i < dh; ++i)
       for (int64_t j = 0; j < d; ++j) {
-        N0(i, j) += in.rates(t, 0) * u[i] * h[i] * dsilu(g[i]) * in.k(t, j);
-        N2(i, j) += in.rates(t, 2) * u[i] * silu(g[i]) * in.k(t, j);
+        N0(i, j) += in.rates(t, 0) * u[i] * h[i] * reference_dsilu(g[i]) * in.k(t, j);
+        N2(i, j) += in.rates(t, 2) * u[i] * reference_silu(g[i]) * in.k(t, j);
         N1(j, i) += in.rates(t, 1) * in.v(t, j) * a[i];
       }
     W0 = N0, W1 = N1, W2 = N2;
@@ -251,8 +272,6 @@ TEST(EngineOnline, MSEMlpChunkOneEqualsPerTokenOnlineGD) {
   const int64_t n = 9, d = cfg.d, dh = cfg.dh;
   SequenceInputs<double> in = make_inputs(cfg, n, 5);
   Mat<double> o = run_forward(cfg, causal_program(n, 1), in);
-  auto silu = [](double z) { return z / (1 + std::exp(-z)); };
-  auto dsilu = [](double z) { double s = 1 / (1 + std::exp(-z)); return s * (1 + z * (1 - s)); };
   Mat<double> W1 = in.w0[0], W2 = in.w0[1];
   auto f = [&](const double* x, std::vector<double>& z, std::vector<double>& y) {
     z.assign(dh, 0);
@@ -261,7 +280,7 @@ TEST(EngineOnline, MSEMlpChunkOneEqualsPerTokenOnlineGD) {
       for (int64_t j = 0; j < d; ++j) z[i] += W1(i, j) * x[j];
     for (int64_t j = 0; j < d; ++j) {
       y[j] = x[j];
-      for (int64_t i = 0; i < dh; ++i) y[j] += W2(j, i) * silu(z[i]);
+      for (int64_t i = 0; i < dh; ++i) y[j] += W2(j, i) * reference_silu(z[i]);
     }
   };
   double max_err = 0;
@@ -276,9 +295,9 @@ TEST(EngineOnline, MSEMlpChunkOneEqualsPerTokenOnlineGD) {
       for (int64_t j = 0; j < d; ++j) ds[i] += W2(j, i) * e[j];
     const double th = in.rates(t, 0);
     for (int64_t j = 0; j < d; ++j)
-      for (int64_t i = 0; i < dh; ++i) W2(j, i) -= th * e[j] * silu(z[i]);
+      for (int64_t i = 0; i < dh; ++i) W2(j, i) -= th * e[j] * reference_silu(z[i]);
     for (int64_t i = 0; i < dh; ++i)
-      for (int64_t j = 0; j < d; ++j) W1(i, j) -= th * ds[i] * dsilu(z[i]) * in.k(t, j);
+      for (int64_t j = 0; j < d; ++j) W1(i, j) -= th * ds[i] * reference_dsilu(z[i]) * in.k(t, j);
   }
   EXPECT_LE(max_err, 1e-12);
 }
@@ -326,12 +345,7 @@ TEST(EngineErrors, BadShapesAreNamed) {
   MemoryConfig cfg = config_of({"", Family::SwiGLU, Loss::Dot, true, false, false, WeightNorm::None, 0});
   SequenceInputs<double> in = make_inputs(cfg, 6, 1);
   in.k = Mat<double>(5, 4);
-  try {
-    run_forward(cfg, causal_program(6, 2), in);
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("k is [5,4]"), std::string::npos) << e.what();
-  }
+  test::expect_error([&] { run_forward(cfg, causal_program(6, 2), in); }, "k is [5,4]");
 }
 
 // A chain that starts from a passed state (context parallelism's --cp-global state): the entry state's adjoint
@@ -342,11 +356,11 @@ TEST(EngineChainEnds, EntryStateAdjointMatchesFiniteDifferences) {
   const Program p = chain_span_program(8, 2, /*continues=*/true);  // every chunk updates: the exit state has all
   SequenceInputs<double> in = make_inputs(cfg, 8, 31);
   Rng r(77);
-  for (auto [rows, cols] : cfg.weight_shapes()) in.momentum0.push_back(randn<double>(r, rows, cols, 0.3));
+  in.momentum0 = random_weights(cfg, r, 0.3);
   const Mat<double> go = randn<double>(r, 8, cfg.d, 1.0);
   MemoryState<double> exit_adjoint;
-  for (auto [rows, cols] : cfg.weight_shapes()) exit_adjoint.weights.push_back(randn<double>(r, rows, cols, 1.0));
-  for (auto [rows, cols] : cfg.weight_shapes()) exit_adjoint.momentum.push_back(randn<double>(r, rows, cols, 1.0));
+  exit_adjoint.weights = random_weights(cfg, r, 1.0);
+  exit_adjoint.momentum = random_weights(cfg, r, 1.0);
   auto chain_loss = [&](const SequenceInputs<double>& x) {
     SavedStates<double> saved;
     double l = loss(cfg, p, x, go);
@@ -367,22 +381,9 @@ TEST(EngineChainEnds, EntryStateAdjointMatchesFiniteDifferences) {
     gf.push_back({"momentum0[" + std::to_string(j) + "]", &g.momentum0[j]});
   }
   ASSERT_EQ(inf.size(), gf.size());
-  const double h = 1e-6;
   for (size_t f = 0; f < inf.size(); ++f) {
-    Mat<double>& x = *inf[f].second;
-    double num = 0, den = 0;
-    for (size_t i = 0; i < x.data.size(); ++i) {
-      const double x0 = x.data[i];
-      x.data[i] = x0 + h;
-      const double lp = chain_loss(in);
-      x.data[i] = x0 - h;
-      const double lm = chain_loss(in);
-      x.data[i] = x0;
-      const double fd = (lp - lm) / (2 * h), an = gf[f].second->data[i];
-      num += (an - fd) * (an - fd);
-      den += fd * fd;
-    }
-    const double rel = std::sqrt(num) / std::max(std::sqrt(den), 1e-12);
+    double den = 0;
+    const double rel = central_difference_error(*inf[f].second, *gf[f].second, [&] { return chain_loss(in); }, &den);
     std::printf("  %-12s |analytic - fd| / |fd| = %.2e\n", inf[f].first.c_str(), rel);
     EXPECT_LT(rel, 1e-6) << inf[f].first;
     EXPECT_GT(den, 0.0) << inf[f].first << ": the loss does not depend on it";
@@ -472,17 +473,7 @@ TEST(EngineChainEnds, ResetsAndWeightNormAreRefused) {
   MemoryConfig cfg = titans_memory_config(4, 6);
   SequenceInputs<double> in = make_inputs(cfg, 8, 3);
   for (auto [rows, cols] : cfg.weight_shapes()) in.momentum0.emplace_back(rows, cols);
-  try {
-    run_forward(cfg, causal_program(8, 2, 4), in);
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("cannot have resets"), std::string::npos) << e.what();
-  }
+  test::expect_error([&] { run_forward(cfg, causal_program(8, 2, 4), in); }, "cannot have resets");
   cfg.weight_norm = WeightNorm::Post;
-  try {
-    run_forward(cfg, causal_program(8, 2), in);
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no weight norm"), std::string::npos) << e.what();
-  }
+  test::expect_error([&] { run_forward(cfg, causal_program(8, 2), in); }, "no weight norm");
 }

@@ -1,9 +1,9 @@
 // The memory estimate of a GPU training step (train::estimate_memory, device "cuda") against the allocations the CUDA
-// model makes: listed here allocation site by allocation site as backend/cuda/model_cuda.cpp, tnt_cuda.cu,
-// titans_cuda.cu and titans_persistent.cu make them, from the host functions their sizes come from. The estimate is
-// the check that refuses a run before anything is allocated, so it must be at least what the model allocates, and
-// close to it (the measured case: the 87M TNT config at 131072 tokens held 41.3 GB of tracked device memory on an
-// H200, which an earlier estimate put at 35.9 GB). CPU only: nothing here touches a device.
+// model makes: listed here allocation site by allocation site as backend/cuda/model_cuda.cpp, model_cuda_buffers.cpp,
+// tnt_cuda.cu, titans_cuda.cu and titans_persistent.cu make them, from the host functions their sizes come from. The
+// estimate is the check that refuses a run before anything is allocated, so it must be at least what the model
+// allocates, and close to it (the measured case: the 87M TNT config at 131072 tokens held 41.3 GB of tracked device
+// memory on an H200, which an earlier estimate put at 35.9 GB). CPU only: nothing here touches a device.
 #include <gtest/gtest.h>
 
 #include <cmath>

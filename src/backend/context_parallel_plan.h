@@ -1,8 +1,8 @@
-// Host-side layout planning of TNT context parallelism on the GPU (cuda/model_cuda.cpp, docs/CONTEXT_PARALLEL.md):
-// every move of rows between a rank's own layout and the layouts of the exchanges (the attention's halo in front of
-// each sequence, the global memory's packed spans and its prefix over the spans) as a list of strided 2-D block
-// copies, which the GPU runs with mk::copy2d. Plain host code, compiled in every build, so that the CPU tests check
-// the index math by running the same copies on host arrays (apply_on_host).
+// Host-side layout planning of TNT context parallelism on the GPU (cuda/model_cuda_context_parallel.cpp,
+// docs/CONTEXT_PARALLEL.md): every move of rows between a rank's own layout and the layouts of the exchanges (the
+// attention's halo in front of each sequence, the global memory's packed spans and its prefix over the spans) as a list
+// of strided 2-D block copies, which the GPU runs with mk::copy2d. Plain host code, compiled in every build, so that
+// the CPU tests check the index math by running the same copies on host arrays (apply_on_host).
 #pragma once
 #include <array>
 #include <cstdint>

@@ -52,8 +52,8 @@ GpuLayerDims gpu_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_t N,
 GpuLayerDims gpu_own_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,
                                 bool bf16_activations);
 
-// The dimensions of the GPU model's work buffers for a training or evaluation batch (model_cuda.cpp: ensure_rows):
-// gpu_layer_dims, the span's halo rows and global-memory prefix, and the attention backward's workspace.
+// The dimensions of the GPU model's work buffers for a training or evaluation batch (model_cuda_buffers.cpp:
+// ensure_rows): gpu_layer_dims, the span's halo rows and global-memory prefix, and the attention backward's workspace.
 GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,
                             bool bf16_activations, const GpuSpan& span = {});
 
@@ -88,7 +88,7 @@ lact::Shape gpu_lact_shape(const model::ModelConfig& cfg, int64_t S, int64_t N);
 bool gpu_lact_keeps_products(bool backward);
 
 // What a layer's backward reads of its forward (layer_backward and the memory operators' backward in
-// model_cuda.cpp). The full and save-attention levels hold one layer of these (recomputed per layer); level none
+// model_cuda_layer.cpp). The full and save-attention levels hold one layer of these (recomputed per layer); level none
 // holds one per layer.
 #define TTT_GPU_LAYER_KEPT(X)                                                                                      \
   X(rinv1, float, rows)               /* 1/rms of the attention norm */                                           \
@@ -195,16 +195,17 @@ bool gpu_lact_keeps_products(bool backward);
 // TNT context parallelism (docs/CONTEXT_PARALLEL.md; sizes 0, nothing allocated, without it). A rank with a halo
 // (the previous rank's window - 1 rows of keys and values in front of each sequence) runs the attention over
 // arows = S*(halo + N) rows: qa, ka, attn, lse above, and in the backward dnormed, dO, dz, dzx, are sized for them
-// (model_cuda.cpp: attention_rope, layer_backward). xrows = arows with a halo (0 without); halo = S*h rows a rank
-// sends (h = window - 1); U floats of one span's global-memory inputs packed [q | k | v | theta | eta | alpha] (each
-// [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans of the prefix the global memory runs over (prefix
-// = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend once it has been sent (same six parts, P*U floats) and
-// their gradients in gstage once it has been unpacked (global_split_forward / backward). Passing the state instead
-// (--cp-global state, GpuSpan::pass_state: global_state_forward / backward): no prefix (P = 1, Ncp = 0; po holds
-// the global memory's output over the span alone, prefix = rows*D, before it is added to the locals'), gsend
-// holds the span's global-memory input gradients (U), and `state` floats of the
-// chain's state (the global memory's [W1 | W2] per sequence-head, and its momentum) are sent and received; every
-// layer keeps the entry state it received (model_cuda.cpp: state_kept, L x state) for the backward's recomputation.
+// (model_cuda_context_parallel.cpp: attention_rope; model_cuda_layer.cpp: layer_backward). xrows = arows with a
+// halo (0 without); halo = S*h rows a rank sends (h = window - 1); U floats of one span's global-memory inputs
+// packed [q | k | v | theta | eta | alpha] (each [S*H, N, .]: 3*rows*D + 3*BHN), Ncp ranks, P = cp_rank + 1 spans
+// of the prefix the global memory runs over (prefix = P*rows*D). The prefix's inputs [S*H, P*N, .] live in gsend
+// once it has been sent (same six parts, P*U floats) and their gradients in gstage once it has been unpacked
+// (global_split_forward / backward). Passing the state instead (--cp-global state, GpuSpan::pass_state:
+// global_state_forward / backward): no prefix (P = 1, Ncp = 0; po holds the global memory's output over the span
+// alone, prefix = rows*D, before it is added to the locals'), gsend holds the span's global-memory input gradients
+// (U), and `state` floats of the chain's state (the global memory's [W1 | W2] per sequence-head, and its momentum)
+// are sent and received; every layer keeps the entry state it received (model_cuda_impl.h: state_kept, L x state)
+// for the backward's recomputation.
 #define TTT_GPU_CONTEXT_BUFFERS(X)                                                                                 \
   X(xv, float, xrows * D)             /* attention v: the received halo's values, then this rank's */             \
   X(halo_send, float, 2 * halo * D)   /* [k | v] of the tail rows (forward), of the halo rows (backward) */       \

@@ -4,8 +4,8 @@
 // program; for the branch: the gate projections and the rule that makes the rates.
 //
 // Every consumer reads it instead of mapping the config itself: the parameter layout (config.cpp), the tape model
-// (memory_branch.cpp), the streaming model (infer/stream.cpp), the GPU model (cuda/model_cuda.cpp), GPU generation
-// (cuda/generate_cuda.cpp) and the memory estimates (train/memory_budget.cpp).
+// (memory_branch.cpp), the streaming model (infer/stream.cpp), the GPU model (cuda/model_cuda_layer.cpp), GPU
+// generation (cuda/generate_cuda.cpp) and the memory estimates (train/memory_budget.cpp).
 #pragma once
 #include <cstdint>
 #include <string>

@@ -73,7 +73,7 @@ double cpu_tape_bytes(const model::ModelConfig& cfg, int64_t T) {
   return double(T) * per_token + memory_versions_bytes(cfg, T);
 }
 
-// ---- the GPU model (backend/cuda/model_cuda.cpp): its device buffers for a batch, from the sizes its code allocates ----
+// ---- the GPU model (backend/cuda/model_cuda_buffers.cpp): a batch's device buffers, from the sizes its code allocates
 
 // The batch's buffers for S sequences of N tokens (a span of them with context parallelism), a training step's when
 // `backward`. Every figure is a size the CUDA code computes from the same host functions: the tables of

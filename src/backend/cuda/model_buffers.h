@@ -1,5 +1,5 @@
-// The device buffers of the GPU model (model_cuda.cpp) and of GPU generation (generate_cuda.cpp): structs with a
-// named field per buffer, each struct sized from one table, and typed views of the parameters built once.
+// The device buffers of the GPU model (model_cuda_impl.h) and of GPU generation (generate_cuda.cpp): structs with
+// a named field per buffer, each struct sized from one table, and typed views of the parameters built once.
 //
 // A table lists, per buffer, its name (the field), its element type and its size in elements, written in terms of
 // the dimensions of a Dims struct (ModelDims, StreamDims below). The table expands (X-macro) into
@@ -40,7 +40,7 @@ struct DeviceArray {
   }
 };
 
-// ---- the GPU model's work buffers (model_cuda.cpp) ------------------------------------------------------------
+// ---- the GPU model's work buffers (model_cuda_buffers.cpp) ----------------------------------------------------
 // One layer's buffers, reused by every layer: the forward's activations (kept for that layer's backward) and the
 // backward's gradients; then the final norm, LM head and loss. Dimensions (ModelDims, backend::GpuLayerDims): rows =
 // S*N tokens of the batch, D model width, H memory heads, d memory head width, dh memory hidden width, Ha attention

@@ -55,7 +55,7 @@ class NcclGroup {
   void reduce_scatter_sum(float* device_data, int64_t per_rank);
   void all_gather(float* device_data, int64_t per_rank);
 
-  // Context parallelism (model_cuda.cpp), on the default stream, each waited for as all_reduce_sum.
+  // Context parallelism (model_cuda_context_parallel.cpp), on the default stream, each waited for as all_reduce_sum.
   // all_gather_from: every rank's `count` floats of `mine` land in `all` (size() * count floats) in rank order.
   // exchange: point-to-point transfers as one NCCL group (ncclSend / ncclRecv): every send must be met by the peer's
   // receive of the same count in the same call on the peer (an empty list, or a count of 0, is fine).
