@@ -71,6 +71,14 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
 // hd % 8 == 0, leading dimensions % 8 == 0 and 16-byte aligned pointers (checked; ttt::Error otherwise).
 void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
                       int64_t ldv, float* o, int64_t ldo, float* lse, void* stream = nullptr);
+// On Hopper the bf16-operand forward with hd = 64 runs a warpgroup (wgmma, sm_90a) kernel instead of the
+// mma.sync one: same contract, outputs and lse (the backward consumes them unchanged), not bit-identical to the
+// mma.sync kernel (fp32 sums inside the tensor cores run in another order). swa_forward_bf16_uses_wgmma says
+// which one a call with shape s runs on the current device: the wgmma kernel when the build has sm_90a code, the
+// device is cc 9.0, hd == 64, and the environment does not set TTT_ATTN_WGMMA=0 (read once).
+bool swa_forward_bf16_uses_wgmma(const AttentionShape& s);
+// Tests and benchmarks: forbid (false) or allow again (true, the default) the wgmma forward in this process.
+void swa_forward_bf16_allow_wgmma(bool allow);
 size_t swa_backward_bf16_workspace(const AttentionShape& s);
 void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
                        const bf16* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
