@@ -66,7 +66,8 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
 
 // The same kernels on bf16 operands (q, k, v as bf16 bits, e.g. written by the layer that produces them): the
 // values the fp32-input calls above round to on the way into the tiles, copied straight into shared memory
-// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv. The backward rounds
+// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv (except the forward
+// where it runs the Hopper wgmma kernel below: o, lse equal to fp32 rounding, not bits). The backward rounds
 // dO into its workspace (swa_backward_bf16_workspace bytes, 16-byte aligned) next to delta. bf16 operands need
 // hd % 8 == 0, leading dimensions % 8 == 0 and 16-byte aligned pointers (checked; ttt::Error otherwise).
 void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,

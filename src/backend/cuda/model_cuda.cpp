@@ -370,7 +370,8 @@ struct GpuModel::Impl {
   static constexpr AttentionBackward fp32_backward = &swa_backward;
   static constexpr AttentionBackward fp32_input_bf16_backward = &swa_backward_bf16;
   // The bf16 attention reads bf16 operands (16-byte rows: hd % 8 == 0); other head widths use its fp32-input form.
-  // Context parallel batches use the fp32-input form (the same bits), whose operands the halo rows extend.
+  // Context parallel batches use the fp32-input form (the same bits, except where the bf16-operand forward is the
+  // Hopper wgmma kernel: then equal to fp32 rounding), whose operands the halo rows extend.
   bool attention_bf16() const {
     return backend::attention_on_bf16_operands(cfg, opt.math == MathMode::BF16) && !split;
   }
@@ -650,7 +651,8 @@ struct GpuModel::Impl {
     const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
     if (attention_bf16()) {
       // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
-      // fp32-input form would round to, without the conversion work inside the attention kernels.
+      // fp32-input form would round to, without the conversion work inside the attention kernels (on Hopper with
+      // hd 64 the forward is the wgmma kernel instead: equal to fp32 rounding, not bits; attention.h).
       const AttentionBf16 a = attention_operands(rows);
       rope_forward(q, 3 * D, a.q, D, pos, rows, Ha, hd, cfg.rope_theta);
       rope_forward(k, 3 * D, a.k, D, pos, rows, Ha, hd, cfg.rope_theta);
