@@ -1017,8 +1017,12 @@ bool wgmma_device_ok() {
   TTT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   TTT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   cudaFuncAttributes attr{};
-  const bool ok = major == 9 && minor == 0 && cudaFuncGetAttributes(&attr, k_wgmma_built) == cudaSuccess &&
-                  attr.sharedSizeBytes >= 4 * sizeof(int);
+  bool ok = false;
+  if (major == 9 && minor == 0) {
+    const cudaError_t e = cudaFuncGetAttributes(&attr, k_wgmma_built);
+    if (e != cudaSuccess) (void)cudaGetLastError();  // no loadable image: not this kernel's error to report later
+    ok = e == cudaSuccess && attr.sharedSizeBytes >= 4 * sizeof(int);
+  }
   if (dev < kMaxDevices) known[dev].store(ok ? 1 : -1, std::memory_order_relaxed);
   return ok;
 }
