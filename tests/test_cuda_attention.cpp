@@ -53,12 +53,13 @@ constexpr double kTolBf16 = 2e-2;  // bf16 kernels: relative L2 error ||gpu - re
 // bf16 products with fp32 sums in another order differ by ~1e-6; a layout or masking error by O(1).
 constexpr double kTolWgmmaVsMma = 1e-3;
 
-// While alive, swa_forward_bf16 runs the mma.sync kernel even where the wgmma one would run.
-struct WgmmaForbidden {
-  WgmmaForbidden() { cuda::swa_forward_bf16_allow_wgmma(false); }
-  ~WgmmaForbidden() { cuda::swa_forward_bf16_allow_wgmma(true); }
-  WgmmaForbidden(const WgmmaForbidden&) = delete;
-  WgmmaForbidden& operator=(const WgmmaForbidden&) = delete;
+// While alive, swa_forward_bf16's wgmma kernel uses `warpgroups` (0: the mma.sync kernel runs instead); then back
+// to the environment's choice.
+struct WgmmaSetting {
+  explicit WgmmaSetting(int warpgroups) { cuda::swa_forward_bf16_set_wgmma(warpgroups); }
+  ~WgmmaSetting() { cuda::swa_forward_bf16_set_wgmma(-1); }
+  WgmmaSetting(const WgmmaSetting&) = delete;
+  WgmmaSetting& operator=(const WgmmaSetting&) = delete;
 };
 
 // Which kernels a test runs: the fp32 ones (max-abs relative error <= kTol) or the bf16 tensor-core ones
@@ -378,15 +379,15 @@ void attention_case(const Impl& impl, Worst& worst, const Case& c) {
               nullptr);
     const auto o_mma = down(o2, size_t(rows * os.ld)), lse_mma = down(lse2, size_t(rows * c.heads));
     std::vector<float> o_bits = o_all, lse_bits = lse;
-    if (cuda::swa_forward_bf16_uses_wgmma(shape)) {
+    if (const int wgs = cuda::swa_forward_bf16_uses_wgmma(shape)) {
       const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
       const double e_o = rel_l2(os.gather(o_all), as_double(os.gather(o_mma)));
       const double e_lse = rel_l2(lse, as_double(lse_mma), 1.0, score_size);
       EXPECT_LE(e_o, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma o vs the mma.sync kernel's";
       EXPECT_LE(e_lse, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma lse vs the mma.sync kernel's";
-      std::printf("[attention wgmma] %s: relative L2 vs the mma.sync forward: o %.2e, lse %.2e\n", name.c_str(), e_o,
-                  e_lse);
-      const WgmmaForbidden mma_only;
+      std::printf("[attention wgmma x%d] %s: relative L2 vs the mma.sync forward: o %.2e, lse %.2e\n", wgs,
+                  name.c_str(), e_o, e_lse);
+      const WgmmaSetting mma_only(0);
       cuda::DeviceBuffer o3 = nan_buf(size_t(rows * os.ld)), lse3 = nan_buf(size_t(rows * c.heads));
       impl.fwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, o3.as<float>(), os.ld,
                lse3.as<float>(), nullptr);
@@ -484,18 +485,21 @@ const std::vector<Case>& wgmma_cases() {
   return all;
 }
 
-// The wgmma forward (where it runs: an sm_90a build on a cc 9.0 device) on those shapes through every check of the
-// bf16-input kernels: o and lse against float64, the backward fed by its o and lse against float64, closeness to
-// the mma.sync forward, padding untouched.
+// The wgmma forward (where it runs: an sm_90a build on a cc 9.0 device), with 2 and with 3 warpgroups per block,
+// on those shapes through every check of the bf16-input kernels: o and lse against float64, the backward fed by
+// its o and lse against float64, closeness to the mma.sync forward, padding untouched.
 TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
   REQUIRE_CUDA();
-  if (!cuda::swa_forward_bf16_uses_wgmma({1, 128, 1, 64, 128}))
-    GTEST_SKIP() << "the wgmma forward does not run here (needs an sm_90a build, a cc 9.0 device, TTT_ATTN_WGMMA != 0)";
-  Worst worst;
-  worst.kind = "relative L2 error (bf16 inputs, wgmma forward)";
-  for (const Case& c : wgmma_cases()) {
-    ASSERT_TRUE(cuda::swa_forward_bf16_uses_wgmma({c.S, c.N, c.heads, c.hd, c.window})) << c.name();
-    attention_case(kBf16Inputs, worst, c);
+  for (const int warpgroups : {2, 3}) {
+    const WgmmaSetting setting(warpgroups);
+    if (cuda::swa_forward_bf16_uses_wgmma({1, 128, 1, 64, 128}) != warpgroups)
+      GTEST_SKIP() << "the wgmma forward does not run here (needs an sm_90a build and a cc 9.0 device)";
+    Worst worst;
+    worst.kind = "relative L2 error (bf16 inputs, wgmma forward x" + std::to_string(warpgroups) + ")";
+    for (const Case& c : wgmma_cases()) {
+      ASSERT_EQ(cuda::swa_forward_bf16_uses_wgmma({c.S, c.N, c.heads, c.hd, c.window}), warpgroups) << c.name();
+      attention_case(kBf16Inputs, worst, c);
+    }
   }
 }
 
@@ -725,9 +729,9 @@ void shape760m(const Impl& impl) {
   for (float x : Oh) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite output";
 }
 
-// The two bf16-input forwards at the 760m shape (fused bf16 qkv, 24 heads of 64, window 2048): the wgmma one (where
-// it runs) and the mma.sync one, median of 5 each, with TFLOP/s at the nominal 4 N W hd H flops; their o and lse
-// agree (relative L2 <= kTolWgmmaVsMma). Asserts nothing on time.
+// The bf16-input forwards at the 760m shape (fused bf16 qkv, 24 heads of 64, window 2048): the wgmma one with 2
+// and with 3 warpgroups per block (where it runs) and the mma.sync one, median of 5 each, with TFLOP/s at the
+// nominal 4 N W hd H flops; their o and lse agree (relative L2 <= kTolWgmmaVsMma). Asserts nothing on time.
 TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
   REQUIRE_CUDA();
   const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
@@ -737,34 +741,38 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
   const Bf16Twin qkv16 = bf16_twin(qkv.as<float>(), ld, rows, ld);
   const bf16* q16 = qkv16.p();
   const double gflop = 4.0 * double(s.N) * double(s.window) * double(s.hd) * double(s.heads) * 1e-9;
-  const auto run = [&](bool allow_wgmma, std::vector<float>& o_out, std::vector<float>& lse_out) {
-    cuda::swa_forward_bf16_allow_wgmma(allow_wgmma);
+  const auto run = [&](int warpgroups, std::vector<float>& o_out, std::vector<float>& lse_out) {
+    const WgmmaSetting setting(warpgroups);
     cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
     const auto fwd = [&] {
       cuda::swa_forward_bf16(s, q16, qkv16.ld, q16 + D, qkv16.ld, q16 + 2 * D, qkv16.ld, o.as<float>(), D,
                              lse.as<float>(), nullptr);
     };
-    const bool wgmma = cuda::swa_forward_bf16_uses_wgmma(s);
+    const int wgmma = cuda::swa_forward_bf16_uses_wgmma(s);
     fwd();
     std::vector<double> t;
     for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(fwd));
     std::sort(t.begin(), t.end());
     std::printf("[attention 760m forward] %s kernel: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s\n",
-                wgmma ? "wgmma" : "mma.sync", t[2], t[0], t[4], gflop / t[2]);
+                wgmma == 3 ? "wgmma x3" : wgmma == 2 ? "wgmma x2" : "mma.sync", t[2], t[0], t[4], gflop / t[2]);
     o_out = down(o, size_t(rows * D)), lse_out = down(lse, size_t(rows * s.heads));
-    cuda::swa_forward_bf16_allow_wgmma(true);
     return wgmma;
   };
-  std::vector<float> o_new, lse_new, o_old, lse_old;
-  const bool ran_wgmma = run(true, o_new, lse_new);
-  run(false, o_old, lse_old);
-  if (!ran_wgmma) GTEST_SKIP() << "the wgmma forward does not run here: timed the mma.sync kernel only";
-  for (float x : o_new) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite output";
+  std::vector<float> o_old, lse_old;
+  run(0, o_old, lse_old);
   const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
-  const double e_o = rel_l2(o_new, as_double(o_old)), e_lse = rel_l2(lse_new, as_double(lse_old));
-  std::printf("[attention 760m forward] wgmma vs mma.sync: relative L2 o %.2e, lse %.2e\n", e_o, e_lse);
-  EXPECT_LE(e_o, kTolWgmmaVsMma);
-  EXPECT_LE(e_lse, kTolWgmmaVsMma);
+  const std::vector<double> o_ref = as_double(o_old), lse_ref = as_double(lse_old);
+  for (const int warpgroups : {2, 3}) {
+    std::vector<float> o_new, lse_new;
+    if (run(warpgroups, o_new, lse_new) != warpgroups)
+      GTEST_SKIP() << "the wgmma forward does not run here: timed the mma.sync kernel only";
+    for (float x : o_new) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite output";
+    const double e_o = rel_l2(o_new, o_ref), e_lse = rel_l2(lse_new, lse_ref);
+    std::printf("[attention 760m forward] wgmma x%d vs mma.sync: relative L2 o %.2e, lse %.2e\n", warpgroups, e_o,
+                e_lse);
+    EXPECT_LE(e_o, kTolWgmmaVsMma) << "wgmma x" << warpgroups;
+    EXPECT_LE(e_lse, kTolWgmmaVsMma) << "wgmma x" << warpgroups;
+  }
 }
 
 TEST(CudaAttention, Shape760mTimingAndSpotCheck) {

@@ -447,10 +447,11 @@ __global__ void __launch_bounds__(kThreads, kFwdBlocks<T, HD>)
 
 // ---- forward on Hopper: wgmma (sm_90a) --------------------------------------------------------------------
 // The bf16-input forward for hd = 64 as warpgroup products (wgmma.mma_async, FlashAttention-3's instruction):
-// block = (128 queries, head, sequence), 2 warpgroups of 64 query rows; 128-key K/V tiles stream through
-// double-buffered shared memory by cp.async (the next tile's copy in flight during the current tile's math), and
-// two blocks share an SM (80 KB of shared memory, <= 128 registers a thread), so one block's softmax overlaps the
-// other's products. Per tile and warpgroup: S [64 x 128] = Q K^T (4 x m64n128k16, both operands in shared
+// block = (64 WGS queries, head, sequence), WGS = 2 or 3 warpgroups of 64 query rows; 128-key K/V tiles stream
+// through double-buffered shared memory by cp.async (the next tile's copy in flight during the current tile's
+// math). WGS = 2 (the default): two blocks share an SM (81 KB of shared memory, <= 128 registers a thread), so one
+// block's softmax overlaps the other's products; WGS = 3: one block per SM (<= 168 registers), each K/V tile
+// serves 192 queries. Per tile and warpgroup: S [64 x 128] = Q K^T (4 x m64n128k16, both operands in shared
 // memory), the online softmax of the mma.sync kernel (softmax_step) on S in registers, O [64 x 64] += P V
 // (8 x m64n64k16, P from registers). Same semantics, masks, outputs and lse as k_swa_fwd_bf16, same products up to
 // the order of the fp32 sums inside the tensor cores (not bit-identical).
@@ -479,14 +480,19 @@ __global__ void __launch_bounds__(kThreads, kFwdBlocks<T, HD>)
 // (its accumulator / A registers were written by ordinary instructions), commit + wait 0 ends it, and
 // wg_pin keeps the compiler from touching those registers across the asynchronous window.
 namespace wg {
-constexpr int kThreads = 256;         // 2 warpgroups
-constexpr int kRows = 128;            // queries per block
-constexpr int kKeys = 128;            // keys per streamed tile
-constexpr int kHd = 64;               // head width (one 128-byte row)
-constexpr int kRowB = kHd * 2;        // bytes of a tile row
-constexpr int kTileB = kKeys * kRowB;  // bytes of a K or V tile (= the Q tile: kRows == kKeys)
-constexpr size_t kSmem = 1024 + size_t(5) * kTileB;  // alignment slack, Q, K[2], V[2]
-static_assert(kRows == kKeys, "Q shares the tile loader of K and V");
+constexpr int kKeys = 128;             // keys per streamed tile
+constexpr int kHd = 64;                // head width (one 128-byte row)
+constexpr int kRowB = kHd * 2;         // bytes of a tile row
+constexpr int kTileB = kKeys * kRowB;  // bytes of a K or V tile
+// WGS warpgroups (64 query rows each) per block: 2 (two blocks per SM, <= 128 registers) or 3 (one block per SM,
+// <= 168 registers, 1.5x fewer K/V tile reads per query).
+template <int WGS>
+struct Shape {
+  static constexpr int kThreads = 128 * WGS;
+  static constexpr int kRows = 64 * WGS;  // queries per block
+  static constexpr int kBlocksPerSm = WGS == 2 ? 2 : 1;
+  static constexpr size_t kSmem = 1024 + size_t(kRows) * kRowB + 4 * size_t(kTileB);  // slack, Q, K[2], V[2]
+};
 }  // namespace wg
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -556,31 +562,35 @@ __device__ __forceinline__ void wgmma_n64_rs(float (&d)[8][4], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
-// cp.async of 128 rows x 64 bf16 (rows row0.., zero past rows_valid) of g (leading dimension ld, 16-byte aligned
-// rows) into the 128-byte-swizzled tile at dst.
+// cp.async of ROWS rows x 64 bf16 (rows row0.., zero past rows_valid) of g (leading dimension ld, 16-byte aligned
+// rows) into the 128-byte-swizzled tile at dst, by the block's THREADS threads.
+template <int ROWS, int THREADS>
 __device__ __forceinline__ void wg_load_tile(unsigned char* dst, const __nv_bfloat16* __restrict__ g, int64_t ld,
                                              int row0, int rows_valid) {
-  constexpr int kChunks = wg::kKeys * (wg::kRowB / 16);
+  constexpr int kChunks = ROWS * (wg::kRowB / 16);
 #pragma unroll
-  for (int i = 0; i < kChunks / wg::kThreads; ++i) {
-    const int e = threadIdx.x + i * wg::kThreads, r = e / 8, c = e % 8;
+  for (int i = 0; i < (kChunks + THREADS - 1) / THREADS; ++i) {
+    const int e = threadIdx.x + i * THREADS, r = e / 8, c = e % 8;
+    if (kChunks % THREADS != 0 && e >= kChunks) break;
     const bool ok = r < rows_valid;
     cp_async16(dst + r * wg::kRowB + ((c ^ (r % 8)) * 16), ok ? g + int64_t(row0 + r) * ld + c * 8 : g, ok ? 16 : 0);
   }
 }
 #endif
 
-__global__ void __launch_bounds__(wg::kThreads, 2)
+template <int WGS>
+__global__ void __launch_bounds__(wg::Shape<WGS>::kThreads, wg::Shape<WGS>::kBlocksPerSm)
     k_swa_fwd_wgmma(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq, const __nv_bfloat16* __restrict__ k,
                     int64_t ldk, const __nv_bfloat16* __restrict__ v, int64_t ldv, float* __restrict__ o, int64_t ldo,
                     float* __restrict__ lse) {
 #ifdef TTT_ATTN_WGMMA_DEVICE
-  using namespace wg;
+  using wg::kKeys, wg::kHd, wg::kRowB, wg::kTileB;
+  constexpr int kRows = wg::Shape<WGS>::kRows, kThreadsB = wg::Shape<WGS>::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  unsigned char* Qs = smem;
-  unsigned char* Ks = smem + kTileB;      // [2]
-  unsigned char* Vs = smem + 3 * kTileB;  // [2]
+  unsigned char* Qs = smem;                   // kRows rows
+  unsigned char* Ks = Qs + kRows * kRowB;     // [2] (kRows * 128 bytes: a multiple of 8 KB, 1024-aligned)
+  unsigned char* Vs = Ks + 2 * kTileB;        // [2]
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32;
   const int q0 = blockIdx.x * kRows, h = blockIdx.y;
   const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * kHd;
@@ -588,9 +598,9 @@ __global__ void __launch_bounds__(wg::kThreads, 2)
   const __nv_bfloat16* vg = v + base * ldv + col;
   const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kRows);
   const int ntiles = (k_end - k_begin + kKeys - 1) / kKeys;
-  wg_load_tile(Qs, q + base * ldq + col, ldq, q0, min(kRows, g.N - q0));
-  wg_load_tile(Ks, kg, ldk, k_begin, min(kKeys, g.N - k_begin));
-  wg_load_tile(Vs, vg, ldv, k_begin, min(kKeys, g.N - k_begin));
+  wg_load_tile<kRows, kThreadsB>(Qs, q + base * ldq + col, ldq, q0, min(kRows, g.N - q0));
+  wg_load_tile<kKeys, kThreadsB>(Ks, kg, ldk, k_begin, min(kKeys, g.N - k_begin));
+  wg_load_tile<kKeys, kThreadsB>(Vs, vg, ldv, k_begin, min(kKeys, g.N - k_begin));
   cp_async_commit();
 
   const int r0 = q0 + warpgroup * 64;  // the warpgroup's first query row
@@ -605,8 +615,8 @@ __global__ void __launch_bounds__(wg::kThreads, 2)
     const int k0 = k_begin + it * kKeys, buf = it & 1;
     if (it + 1 < ntiles) {  // the next tile into the other buffer (free: the last iteration ended in a barrier)
       const int k1 = k0 + kKeys;
-      wg_load_tile(Ks + (buf ^ 1) * kTileB, kg, ldk, k1, min(kKeys, g.N - k1));
-      wg_load_tile(Vs + (buf ^ 1) * kTileB, vg, ldv, k1, min(kKeys, g.N - k1));
+      wg_load_tile<kKeys, kThreadsB>(Ks + (buf ^ 1) * kTileB, kg, ldk, k1, min(kKeys, g.N - k1));
+      wg_load_tile<kKeys, kThreadsB>(Vs + (buf ^ 1) * kTileB, vg, ldv, k1, min(kKeys, g.N - k1));
       cp_async_commit();
       cp_async_wait_group<1>();  // this tile's group (and Q's) has landed, the next one may still fly
     } else {
@@ -997,17 +1007,22 @@ void backward(const AttentionShape& s, Operands<T> x, const float* o, int64_t ld
   else bwd_launch<128>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
 }
 
-// The wgmma forward runs where its sm_90a code exists and can run: a cc 9.0 device whose loaded image has it
-// (k_wgmma_built), unless TTT_ATTN_WGMMA=0. Checked once per device (cudaFuncGetAttributes enqueues nothing: safe while a stream is being captured); tests may
-// forbid it (swa_forward_bf16_allow_wgmma).
-std::atomic<bool> g_wgmma_allowed{true};  // swa_forward_bf16_allow_wgmma
+// swa_forward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA decides (0: off, 3: 3 warpgroups, else 2).
+std::atomic<int> g_wgmma_warpgroups{-1};
 
-bool wgmma_device_ok() {
-  static const bool enabled = [] {
+int wgmma_warpgroups() {
+  static const int from_env = [] {
     const char* e = std::getenv("TTT_ATTN_WGMMA");
-    return !(e && std::string(e) == "0");
+    return e && std::string(e) == "0" ? 0 : e && std::string(e) == "3" ? 3 : 2;
   }();
-  if (!enabled || !g_wgmma_allowed.load(std::memory_order_relaxed)) return false;
+  const int set = g_wgmma_warpgroups.load(std::memory_order_relaxed);
+  return set >= 0 ? set : from_env;
+}
+
+// The wgmma forward can run where its sm_90a code exists: a cc 9.0 device whose loaded image has it
+// (k_wgmma_built). Checked once per device (cudaFuncGetAttributes enqueues nothing: safe while a stream is being
+// captured).
+bool wgmma_device_ok() {
   constexpr int kMaxDevices = 64;
   static std::atomic<signed char> known[kMaxDevices] = {};  // 0 unknown, 1 yes, -1 no
   int dev = 0;
@@ -1027,12 +1042,14 @@ bool wgmma_device_ok() {
   return ok;
 }
 
+template <int WGS>
 void fwd_wgmma_launch(const AttentionShape& s, const Geo& g, const __nv_bfloat16* q, int64_t ldq,
                       const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv, float* o, int64_t ldo,
                       float* lse, cudaStream_t st) {
-  static_assert(wg::kRows == kBlk, "grid_of: one block per 128 queries");
-  set_smem(k_swa_fwd_wgmma, wg::kSmem);
-  k_swa_fwd_wgmma<<<grid_of(s), wg::kThreads, wg::kSmem, st>>>(g, q, ldq, k, ldk, v, ldv, o, ldo, lse);
+  using Sh = wg::Shape<WGS>;
+  set_smem(k_swa_fwd_wgmma<WGS>, Sh::kSmem);
+  const dim3 grid(unsigned((s.N + Sh::kRows - 1) / Sh::kRows), unsigned(s.heads), unsigned(s.S));
+  k_swa_fwd_wgmma<WGS><<<grid, Sh::kThreads, Sh::kSmem, st>>>(g, q, ldq, k, ldk, v, ldv, o, ldo, lse);
   TTT_LAUNCH_CHECK("k_swa_fwd_wgmma");
 }
 
@@ -1064,15 +1081,25 @@ void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const
                       int64_t ldv, float* o, int64_t ldo, float* lse, void* stream) {
   if (!check_forward("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse)) return;
   check_bf16_operands("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv);
-  if (swa_forward_bf16_uses_wgmma(s))
-    fwd_wgmma_launch(s, make_geo(s), as_nv(q), ldq, as_nv(k), ldk, as_nv(v), ldv, o, ldo, lse, as_stream(stream));
+  const int warpgroups = swa_forward_bf16_uses_wgmma(s);
+  if (warpgroups == 3)
+    fwd_wgmma_launch<3>(s, make_geo(s), as_nv(q), ldq, as_nv(k), ldk, as_nv(v), ldv, o, ldo, lse, as_stream(stream));
+  else if (warpgroups == 2)
+    fwd_wgmma_launch<2>(s, make_geo(s), as_nv(q), ldq, as_nv(k), ldk, as_nv(v), ldv, o, ldo, lse, as_stream(stream));
   else
     forward<__nv_bfloat16>(s, {as_nv(q), as_nv(k), as_nv(v), nullptr, ldq, ldk, ldv, 0}, o, ldo, lse, 0, stream);
 }
 
-bool swa_forward_bf16_uses_wgmma(const AttentionShape& s) { return s.hd == wg::kHd && wgmma_device_ok(); }
+int swa_forward_bf16_uses_wgmma(const AttentionShape& s) {
+  const int warpgroups = wgmma_warpgroups();
+  return warpgroups != 0 && s.hd == wg::kHd && wgmma_device_ok() ? warpgroups : 0;
+}
 
-void swa_forward_bf16_allow_wgmma(bool allow) { g_wgmma_allowed.store(allow, std::memory_order_relaxed); }
+void swa_forward_bf16_set_wgmma(int warpgroups) {
+  TTT_CHECK(warpgroups == -1 || warpgroups == 0 || warpgroups == 2 || warpgroups == 3,
+            "swa_forward_bf16_set_wgmma: warpgroups must be -1, 0, 2 or 3, got " << warpgroups);
+  g_wgmma_warpgroups.store(warpgroups, std::memory_order_relaxed);
+}
 
 void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
                        const float* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
