@@ -11,7 +11,9 @@
 // (swa_forward_bf16 / swa_backward_bf16) go through the same cases and checks with relative L2 error
 // ||gpu - ref|| / ||ref|| <= 2e-2 per output instead (their worst max-abs relative error is printed, not checked; lse errors are taken relative to at least the
 // typical score size, scale |q| |k| / sqrt(hd), since a one-token lse is a single, possibly cancelling, dot product). A 760m-shape test times
-// forward and backward (CUDA events, median of 5) and spot-checks sampled rows against float64. Every test skips,
+// forward and backward (CUDA events, median of 5) and spot-checks sampled rows against float64. On Hopper the
+// bf16-operand forward with hd 64 is the wgmma kernel: checked against float64 on its own shapes, against the
+// mma.sync forward (close, not bits) and timed beside it at the 760m shape. Every test skips,
 // saying why, without CUDA in the build or a usable device.
 #include <gtest/gtest.h>
 
@@ -47,6 +49,18 @@ namespace {
 
 constexpr double kTol = 1e-4;
 constexpr double kTolBf16 = 2e-2;  // bf16 kernels: relative L2 error ||gpu - ref|| / ||ref|| per output
+// The wgmma forward against the mma.sync one on the same bf16 operands (relative L2 of o, of lse): the same
+// bf16 products with fp32 sums in another order differ by ~1e-6; a layout or masking error by O(1).
+constexpr double kTolWgmmaVsMma = 1e-3;
+
+// While alive, swa_forward_bf16's wgmma kernel uses `warpgroups` (0: the mma.sync kernel runs instead); then back
+// to the environment's choice.
+struct WgmmaSetting {
+  explicit WgmmaSetting(int warpgroups) { cuda::swa_forward_bf16_set_wgmma(warpgroups); }
+  ~WgmmaSetting() { cuda::swa_forward_bf16_set_wgmma(-1); }
+  WgmmaSetting(const WgmmaSetting&) = delete;
+  WgmmaSetting& operator=(const WgmmaSetting&) = delete;
+};
 
 // Which kernels a test runs: the fp32 ones (max-abs relative error <= kTol) or the bf16 tensor-core ones
 // (relative L2 error <= kTolBf16; the max-abs relative error is reported beside it).
@@ -356,14 +370,32 @@ void attention_case(const Impl& impl, Worst& worst, const Case& c) {
   CHECK_IMPL(impl, worst, dk, dk_ref, terms, name + " dk");
   CHECK_IMPL(impl, worst, dv, dv_ref, 1.0, name + " dv");
   // bf16 operands: the same bits as the fp32-input bf16 kernels (both round to the same bf16 values, then run one
-  // kernel template).
+  // kernel template). Where the forward ran the wgmma kernel instead (Hopper, hd 64): its o and lse close to the
+  // mma.sync kernel's (the same bf16 products, fp32 sums in another order: not bits), and the mma.sync kernel on
+  // bf16 operands, forced, still gives the fp32-input bits.
   if (impl.bf16_inputs) {
     cuda::DeviceBuffer o2 = nan_buf(size_t(rows * os.ld)), lse2 = nan_buf(size_t(rows * c.heads));
     kBf16.fwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, o2.as<float>(), os.ld, lse2.as<float>(),
               nullptr);
-    EXPECT_EQ(0, std::memcmp(o_all.data(), down(o2, size_t(rows * os.ld)).data(), o_all.size() * 4))
+    const auto o_mma = down(o2, size_t(rows * os.ld)), lse_mma = down(lse2, size_t(rows * c.heads));
+    std::vector<float> o_bits = o_all, lse_bits = lse;
+    if (const int wgs = cuda::swa_forward_bf16_uses_wgmma(shape)) {
+      const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+      const double e_o = rel_l2(os.gather(o_all), as_double(os.gather(o_mma)));
+      const double e_lse = rel_l2(lse, as_double(lse_mma), 1.0, score_size);
+      EXPECT_LE(e_o, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma o vs the mma.sync kernel's";
+      EXPECT_LE(e_lse, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma lse vs the mma.sync kernel's";
+      std::printf("[attention wgmma x%d] %s: relative L2 vs the mma.sync forward: o %.2e, lse %.2e\n", wgs,
+                  name.c_str(), e_o, e_lse);
+      const WgmmaSetting mma_only(0);
+      cuda::DeviceBuffer o3 = nan_buf(size_t(rows * os.ld)), lse3 = nan_buf(size_t(rows * c.heads));
+      impl.fwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, o3.as<float>(), os.ld,
+               lse3.as<float>(), nullptr);
+      o_bits = down(o3, size_t(rows * os.ld)), lse_bits = down(lse3, size_t(rows * c.heads));
+    }
+    EXPECT_EQ(0, std::memcmp(o_bits.data(), o_mma.data(), o_bits.size() * 4))
         << name << ": o differs from the fp32-input bf16 kernel";
-    EXPECT_EQ(0, std::memcmp(lse.data(), down(lse2, size_t(rows * c.heads)).data(), lse.size() * 4))
+    EXPECT_EQ(0, std::memcmp(lse_bits.data(), lse_mma.data(), lse_bits.size() * 4))
         << name << ": lse differs from the fp32-input bf16 kernel";
     cuda::DeviceBuffer bq = nan_buf(gsz), bk = nan_buf(gsz), bv = nan_buf(gsz);
     kBf16.bwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld, lsed.as<float>(),
@@ -436,6 +468,39 @@ TEST(CudaAttention, Bf16InputsMatchCpuAndFp32Inputs) {
   for (const Case& c : cases())
     if (c.hd % 8 == 0) attention_case(kBf16Inputs, worst, c), ++run;
   EXPECT_GE(run, 8) << "too few cases with hd % 8 == 0";
+}
+
+// Shapes for the Hopper wgmma forward (bf16 operands, hd 64; 128 query rows and 128 keys per tile): sequence
+// lengths that are not multiples of the tile, windows 1, 37, 512 and >= N, 1..4 heads, fused qkv views (ld 3D)
+// and padded leading dimensions.
+const std::vector<Case>& wgmma_cases() {
+  static const std::vector<Case> all{
+      {1, 1000, 2, 64, 512, true, 0},  // several key tiles, fused, N % 128 != 0
+      {2, 333, 3, 64, 37, false, 8},   // window inside one tile, two sequences, padded rows
+      {1, 200, 1, 64, 1, false, 0},    // window 1: each row only itself
+      {2, 190, 4, 64, 4096, true, 0},  // window >= N: full causal
+      {1, 129, 4, 64, 128, false, 16}, // one row past the tile, window = the tile
+      {1, 700, 2, 64, 300, true, 0},   // window edge crossing tiles
+      {1, 1, 1, 64, 5, false, 0}};     // a single token
+  return all;
+}
+
+// The wgmma forward (where it runs: an sm_90a build on a cc 9.0 device), with 2 and with 3 warpgroups per block,
+// on those shapes through every check of the bf16-input kernels: o and lse against float64, the backward fed by
+// its o and lse against float64, closeness to the mma.sync forward, padding untouched.
+TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
+  REQUIRE_CUDA();
+  for (const int warpgroups : {2, 3}) {
+    const WgmmaSetting setting(warpgroups);
+    if (cuda::swa_forward_bf16_uses_wgmma({1, 128, 1, 64, 128}) != warpgroups)
+      GTEST_SKIP() << "the wgmma forward does not run here (needs an sm_90a build and a cc 9.0 device)";
+    Worst worst;
+    worst.kind = "relative L2 error (bf16 inputs, wgmma forward x" + std::to_string(warpgroups) + ")";
+    for (const Case& c : wgmma_cases()) {
+      ASSERT_EQ(cuda::swa_forward_bf16_uses_wgmma({c.S, c.N, c.heads, c.hd, c.window}), warpgroups) << c.name();
+      attention_case(kBf16Inputs, worst, c);
+    }
+  }
 }
 
 TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
@@ -662,6 +727,52 @@ void shape760m(const Impl& impl) {
   worst.cases = 1;
   for (float x : G) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite gradient";
   for (float x : Oh) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite output";
+}
+
+// The bf16-input forwards at the 760m shape (fused bf16 qkv, 24 heads of 64, window 2048): the wgmma one with 2
+// and with 3 warpgroups per block (where it runs) and the mma.sync one, median of 5 each, with TFLOP/s at the
+// nominal 4 N W hd H flops; their o and lse agree (relative L2 <= kTolWgmmaVsMma). Asserts nothing on time.
+TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
+  REQUIRE_CUDA();
+  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
+  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
+  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4);
+  qkv.fill_random<float>(rows * ld, fresh_seed(), 0, 1.0, true);
+  const Bf16Twin qkv16 = bf16_twin(qkv.as<float>(), ld, rows, ld);
+  const bf16* q16 = qkv16.p();
+  const double gflop = 4.0 * double(s.N) * double(s.window) * double(s.hd) * double(s.heads) * 1e-9;
+  const auto run = [&](int warpgroups, std::vector<float>& o_out, std::vector<float>& lse_out) {
+    const WgmmaSetting setting(warpgroups);
+    cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
+    const auto fwd = [&] {
+      cuda::swa_forward_bf16(s, q16, qkv16.ld, q16 + D, qkv16.ld, q16 + 2 * D, qkv16.ld, o.as<float>(), D,
+                             lse.as<float>(), nullptr);
+    };
+    const int wgmma = cuda::swa_forward_bf16_uses_wgmma(s);
+    fwd();
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(fwd));
+    std::sort(t.begin(), t.end());
+    std::printf("[attention 760m forward] %s kernel: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s\n",
+                wgmma == 3 ? "wgmma x3" : wgmma == 2 ? "wgmma x2" : "mma.sync", t[2], t[0], t[4], gflop / t[2]);
+    o_out = down(o, size_t(rows * D)), lse_out = down(lse, size_t(rows * s.heads));
+    return wgmma;
+  };
+  std::vector<float> o_old, lse_old;
+  run(0, o_old, lse_old);
+  const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  const std::vector<double> o_ref = as_double(o_old), lse_ref = as_double(lse_old);
+  for (const int warpgroups : {2, 3}) {
+    std::vector<float> o_new, lse_new;
+    if (run(warpgroups, o_new, lse_new) != warpgroups)
+      GTEST_SKIP() << "the wgmma forward does not run here: timed the mma.sync kernel only";
+    for (float x : o_new) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite output";
+    const double e_o = rel_l2(o_new, o_ref), e_lse = rel_l2(lse_new, lse_ref);
+    std::printf("[attention 760m forward] wgmma x%d vs mma.sync: relative L2 o %.2e, lse %.2e\n", warpgroups, e_o,
+                e_lse);
+    EXPECT_LE(e_o, kTolWgmmaVsMma) << "wgmma x" << warpgroups;
+    EXPECT_LE(e_lse, kTolWgmmaVsMma) << "wgmma x" << warpgroups;
+  }
 }
 
 TEST(CudaAttention, Shape760mTimingAndSpotCheck) {

@@ -66,11 +66,23 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
 
 // The same kernels on bf16 operands (q, k, v as bf16 bits, e.g. written by the layer that produces them): the
 // values the fp32-input calls above round to on the way into the tiles, copied straight into shared memory
-// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv. The backward rounds
+// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv (except the forward
+// where it runs the Hopper wgmma kernel below: o, lse equal to fp32 rounding, not bits). The backward rounds
 // dO into its workspace (swa_backward_bf16_workspace bytes, 16-byte aligned) next to delta. bf16 operands need
 // hd % 8 == 0, leading dimensions % 8 == 0 and 16-byte aligned pointers (checked; ttt::Error otherwise).
 void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
                       int64_t ldv, float* o, int64_t ldo, float* lse, void* stream = nullptr);
+// On Hopper the bf16-operand forward with hd = 64 runs a warpgroup (wgmma, sm_90a) kernel instead of the
+// mma.sync one: same contract, outputs and lse (the backward consumes them unchanged), not bit-identical to the
+// mma.sync kernel (fp32 sums inside the tensor cores run in another order). swa_forward_bf16_uses_wgmma says
+// which one a call with shape s runs on the current device: 0 the mma.sync kernel, 2 or 3 the wgmma kernel with
+// that many warpgroups (64 query rows each) per block. The wgmma kernel runs when the build has sm_90a code, the
+// device is cc 9.0 and hd == 64, with 2 warpgroups unless the environment sets TTT_ATTN_WGMMA=3 (3 warpgroups) or
+// TTT_ATTN_WGMMA=0 (off; read once).
+int swa_forward_bf16_uses_wgmma(const AttentionShape& s);
+// Tests and benchmarks: the warpgroups the wgmma forward may use in this process (0: never, 2 or 3), or -1 for
+// the environment's choice (the default).
+void swa_forward_bf16_set_wgmma(int warpgroups);
 size_t swa_backward_bf16_workspace(const AttentionShape& s);
 void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
                        const bf16* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
