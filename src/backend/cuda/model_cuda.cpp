@@ -193,6 +193,7 @@ struct GpuModel::Impl {
     TitansOptions to;
     to.poison_workspace = opt.poison;
     to.bf16_products = opt.math == MathMode::BF16;
+    to.tf32_products = opt.math == MathMode::TF32;
     return to;
   }
 
