@@ -12,7 +12,8 @@
 // kernel variants (titans::PersistentVariant v1, v2: the V2* tests, and V2MatchesV1) are checked, whatever
 // TTT_PERSISTENT_VARIANT says. v2's bf16 kernels (TitansOptions::bf16_products: the chunk products on tensor
 // cores, bf16 operands, fp32 accumulation and state; `--precision bf16`) are held to the suite's bf16 bound,
-// 2e-2 relative (L2) to float64 on the CPU (test_cuda_lact.cpp's), fwd and bwd, Titans and TNT.
+// 2e-2 relative (L2) to float64 on the CPU (test_cuda_lact.cpp's), fwd and bwd, Titans and TNT; so is the batched
+// path with its cuBLAS products on tensor cores (bf16 or tf32 operands: BatchedTensorCores*).
 #include <gtest/gtest.h>
 
 #include "titans_test_util.h"
@@ -89,11 +90,13 @@ enum class Where { Cpu, Persistent, Batched };
 
 // The persistent kernels the tests run (each test sets it; TitansOptions::variant overrides the environment).
 titans::PersistentVariant tested_variant = titans::PersistentVariant::V1;
-bool tested_bf16 = false;  // float runs with bf16 tensor-core products (v2)
+bool tested_bf16 = false;  // float runs with bf16 tensor-core products (v2; the batched path's cuBLAS products)
+bool tested_tf32 = false;  // float runs with tf32 tensor-core products (the batched path's)
 void set_options(cuda::TitansOptions& o) {
   o.variant_set = true;
   o.variant = tested_variant;
   o.bf16_products = tested_bf16;
+  o.tf32_products = tested_tf32;
 }
 const char* kBf16Path = "bf16 tensor-core products";  // what the path of a bf16 plan says
 
@@ -126,6 +129,12 @@ std::vector<std::vector<T>> run(const Case& c, const std::vector<std::vector<dou
       EXPECT_NE(probe.path().find(titans::persistent_variant_name(tested_variant)), std::string::npos) << probe.path();
     if (where == Where::Persistent && tested_bf16 && sizeof(T) == 4)
       EXPECT_NE(probe.path().find(kBf16Path), std::string::npos) << probe.path();
+    if (where == Where::Batched && sizeof(T) == 4)
+      EXPECT_NE(probe.path().find(tested_bf16   ? kBf16Path
+                                  : tested_tf32 ? "tf32 tensor-core products"
+                                                : "fp32 products"),
+                std::string::npos)
+          << probe.path();
   }
   cuda::titans_host<T>(c.shape(), mi, out[0].data(), in[8].data(), &mg, o);
   return out;
@@ -301,6 +310,48 @@ void bf16_matches_reference() {
               w32.what.c_str());
 }
 
+// The batched path (cuBLAS products, element kernels) with its products on tensor cores, against float64 on the
+// CPU: bf16 operands (CUBLAS_COMPUTE_32F_FAST_16BF) held as the persistent bf16 kernels are (2e-2 relative L2, or
+// 2x the CPU bf16-operand twin's error where larger), tf32 operands (CUBLAS_COMPUTE_32F_FAST_TF32) to 2e-2 alone;
+// on the cases, the chunk sizes of the 87M configs (C = 64, TNT local 64 with shards and Q-K projection, and a long
+// chunk as TNT's global memory) and a long sequence. The rounding must show (fp32 products stay < 1e-6).
+void batched_tensor_cores_match_reference() {
+  const uint64_t seed0 = fresh_seed();
+  std::vector<Case> all = cases();
+  //              B   T    d   dh  C    S    mom   decay res   qk    seg
+  all.push_back({2, 640, 64, 64, 64, 0, true, true, true, false, 0});     // Titans C = 64, 10 chunks
+  all.push_back({2, 600, 64, 64, 64, 256, true, true, true, true, 0});    // TNT local 64: shards of 256, Q-K
+  all.push_back({2, 600, 64, 64, 256, 0, true, true, true, false, 0});    // a long chunk (TNT global)
+  all.push_back({1, 2000, 64, 64, 16, 0, true, true, true, false, 0});    // 125 chunks
+  Worst w16, wtf, w32;
+  int n = 0, by_yardstick = 0;
+  for (const Case& c : all) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    const auto x = make_inputs(c, seed);
+    const auto ref = run<double>(c, x, Where::Cpu);
+    const std::string tag = c.name() + " (seed " + std::to_string(seed) + ")";
+    std::vector<std::vector<float>> yardstick;
+    {
+      BF16OperandsEmulation emulate;
+      yardstick = run<float>(c, x, Where::Cpu);
+    }
+    tested_bf16 = true;
+    check(run<float>(c, x, Where::Batched), ref, 2e-2, false, tag + " batched bf16", w16, &yardstick, &by_yardstick);
+    tested_bf16 = false;
+    tested_tf32 = true;
+    check(run<float>(c, x, Where::Batched), ref, 2e-2, false, tag + " batched tf32", wtf);
+    tested_tf32 = false;
+    check(run<float>(c, x, Where::Batched), ref, 1e-4, false, tag + " batched fp32", w32);
+  }
+  EXPECT_GT(w16.err, 1e-4) << "no bf16 rounding visible: did the tensor-core products run?";
+  EXPECT_GT(wtf.err, 1e-6) << "no tf32 rounding visible: did the tensor-core products run?";
+  EXPECT_LT(w32.err, 1e-5);
+  std::printf("titans batched path vs CPU float64 (relative L2, bound 2e-2): %d configs; bf16 products worst %.3g (%s), "
+              "%d outputs over 2e-2 held to 2x the CPU bf16-operand twin's error; tf32 products worst %.3g (%s); fp32 "
+              "products worst %.3g (%s)\n",
+              n, w16.err, w16.what.c_str(), by_yardstick, wtf.err, wtf.what.c_str(), w32.err, w32.what.c_str());
+}
+
 // Runs body with tested_variant = v (restored after).
 template <class F>
 void with_variant(titans::PersistentVariant v, F body) {
@@ -308,6 +359,7 @@ void with_variant(titans::PersistentVariant v, F body) {
   body();
   tested_variant = titans::PersistentVariant::V1;
   tested_bf16 = false;
+  tested_tf32 = false;
 }
 
 }  // namespace
@@ -348,6 +400,10 @@ TEST(CudaTitansPersistent, V2Width128AndLongSequence) {
 TEST(CudaTitansPersistent, V2Bf16MatchesCpuReference) {
   REQUIRE_CUDA();
   with_variant(titans::PersistentVariant::V2, bf16_matches_reference);
+}
+TEST(CudaTitansPersistent, BatchedTensorCoresMatchCpuReference) {
+  REQUIRE_CUDA();
+  with_variant(titans::PersistentVariant::V2, batched_tensor_cores_match_reference);
 }
 
 // The bf16 request where the kernels have no tensor-core products: v1 and float64 keep their exact products and
@@ -414,6 +470,7 @@ namespace {
 // concurrently on their streams) against the twin on named tensors, in float64; and CUDA graph replay. With
 // tested_bf16: float tensors, bf16 products, within 2e-2 (relative L2) of the float64 twin, or 2x the error of the
 // twin in float with bf16-rounded product operands where that is larger (as check's yardstick).
+titans::KernelChoice tnt_kernel = titans::KernelChoice::Persistent;  // every memory's (restored by the tests)
 void tnt_branch_matches_twin() {
   const uint64_t seed = fresh_seed();
   engine::TntOptions opt;
@@ -441,9 +498,9 @@ void tnt_branch_matches_twin() {
   add("grad_o", {B, T, d}, 0, 1.0, true);
   const SafeTensors ref = titans::tnt_op(st, opt, titans::tnt_twin_runner());
   SafeTensors in = st;
-  if (tested_bf16)
+  if (tested_bf16 || tested_tf32)
     for (auto& [name, t] : in.tensors) t = t.to(DType::F32);
-  const double tol = tested_bf16 ? 2e-2 : 1e-12;
+  const double tol = tested_bf16 || tested_tf32 ? 2e-2 : 1e-12;
   SafeTensors yardstick;  // bf16: the twin in float with bf16-rounded product operands (see check)
   if (tested_bf16) {
     BF16OperandsEmulation emulate;
@@ -453,7 +510,7 @@ void tnt_branch_matches_twin() {
   for (bool graphs : {false, true}) {
     cuda::TitansOptions o;
     o.poison_workspace = true;
-    o.kernel = titans::KernelChoice::Persistent;
+    o.kernel = tnt_kernel;
     set_options(o);
     o.graphs = graphs;
     cuda::TntGpuRunner runner(o, graphs ? 3 : 1);
@@ -477,8 +534,10 @@ void tnt_branch_matches_twin() {
     }
   }
   if (tested_bf16) EXPECT_GT(worst, 1e-4) << "no bf16 rounding visible: did the tensor-core products run?";
-  std::printf("tnt branch (persistent %s%s) vs twin float64: worst relative error %.3g (bound %.0e)\n",
-              titans::persistent_variant_name(tested_variant), tested_bf16 ? ", bf16 products" : "", worst, tol);
+  if (tested_tf32) EXPECT_GT(worst, 1e-6) << "no tf32 rounding visible: did the tensor-core products run?";
+  std::printf("tnt branch (%s %s%s) vs twin float64: worst relative error %.3g (bound %.0e)\n",
+              titans::kernel_choice_name(tnt_kernel), titans::persistent_variant_name(tested_variant),
+              tested_bf16 ? ", bf16 products" : tested_tf32 ? ", tf32 products" : "", worst, tol);
 }
 
 }  // namespace
@@ -497,6 +556,20 @@ TEST(CudaTitansPersistent, V2Bf16TntBranchMatchesTwin) {
     tested_bf16 = true;
     tnt_branch_matches_twin();
   });
+}
+// Every memory of the branch on the batched path with its products on tensor cores (bf16, then tf32 operands).
+TEST(CudaTitansPersistent, BatchedTensorCoresTntBranchMatchesTwin) {
+  REQUIRE_CUDA();
+  tnt_kernel = titans::KernelChoice::Batched;
+  with_variant(titans::PersistentVariant::V2, [] {
+    tested_bf16 = true;
+    tnt_branch_matches_twin();
+  });
+  with_variant(titans::PersistentVariant::V2, [] {
+    tested_tf32 = true;
+    tnt_branch_matches_twin();
+  });
+  tnt_kernel = titans::KernelChoice::Persistent;
 }
 
 #endif  // TTT_HAVE_CUDA

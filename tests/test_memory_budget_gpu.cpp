@@ -130,16 +130,16 @@ TEST(MemoryBudgetGpu, TntRunnerOfTheMeasuredCaseByHand) {
   EXPECT_DOUBLE_EQ(local_bytes, 8 * dots * 128 + 32.0 * (1 << 20) +
                                     4 * (4 * items * 16 * P2 + items * P2 + 2 * items * 256 + 2 * BTd));
   // The global memory (chunk 2048, never reset): 12 items of 64 chunks on the batched path, every state kept (64
-  // versions of W and S fit the 2 GiB budget): one checkpoint and 64 slots of each, the gate means, the chunk
-  // buffers (7 + 6 of [2048, 64] per item: Z, Sg, DS, A, DZ, E, Bm and the backward's dA, dSg, dDS, dZ, dB, dE),
-  // the step's D, dW, dS, G and the row dots.
+  // versions of W and S fit the 2 GiB budget): one checkpoint and 64 slots of each, the gate means and their block
+  // sums (η and α: 2048 / 32 = 64 blocks per chunk and item), the chunk buffers (7 + 6 of [2048, 64] per item: Z,
+  // Sg, DS, A, DZ, E, Bm and the backward's dA, dSg, dDS, dZ, dB, dE), the step's D, dW, dS, G and the row dots.
   const titans::MemoryShape global = s.memory(0);
   const double global_bytes = planned_titans_runner(global, &persistent);
   EXPECT_FALSE(persistent);
   const double chunk = B * 2048 * 64;
   EXPECT_DOUBLE_EQ(global_bytes, 8 * (B * 2048) * 128 + 32.0 * (1 << 20) +
-                                     4 * (2 * (1 + 64) * B * P2 + 2 * 64 * B + 13 * chunk + 4 * B * P2 + 2 * B +
-                                          2 * B * 2048));
+                                     4 * (2 * (1 + 64) * B * P2 + 2 * 64 * B + 2 * 64 * B * 64 + 13 * chunk +
+                                          4 * B * P2 + 2 * B + 2 * B * 2048));
   // The branch: both runners and, per memory, its output and q, k, v gradients.
   EXPECT_DOUBLE_EQ(double(titans::tnt_runner_bytes(s, true, 4, smem_limit(), titans::KernelChoice::Automatic)),
                    local_bytes + global_bytes + 2 * 4 * 4 * BTd);

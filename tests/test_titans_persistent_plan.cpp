@@ -288,6 +288,7 @@ TEST(TitansPersistentPlan, BenchTntFlags) {
   using ttt::test::expect_clean_failure;
   expect_clean_failure("bench tnt --T 16 --kernel fused", "--kernel: 'fused' is not a Titans kernel");
   expect_clean_failure("bench tnt --T 16 --kernel persistent", "needs --device cuda");
-  expect_clean_failure("bench tnt --T 16 --precision fp16", "--precision must be fp32 or bf16");
+  expect_clean_failure("bench tnt --T 16 --precision fp16", "--precision must be fp32, tf32 or bf16");
   expect_clean_failure("bench tnt --T 16 --precision bf16", "--precision bf16 needs --device cuda");
+  expect_clean_failure("bench tnt --T 16 --precision tf32", "--precision tf32 needs --device cuda");
 }

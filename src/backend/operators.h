@@ -39,9 +39,10 @@ struct TntBenchSpec {
   bool graphs = true;  // devices that can: replay each forward / backward as a captured graph
   // cuda: the Titans memories' kernels (auto: persistent where the plan fits, backend/titans_persistent_plan.h).
   titans::KernelChoice kernel = titans::KernelChoice::Automatic;
-  // cuda: the persistent kernels' chunk products on tensor cores (bf16 operands, fp32 accumulation and state;
-  // `--precision bf16`); the batched path's products stay fp32.
-  bool bf16_products = false;
+  // cuda: the memories' matrix products (`--precision`): FP32 exact; BF16 on tensor cores with bf16 operands (the
+  // persistent kernels' v2 and the batched path's cuBLAS products); TF32 the batched path's on tensor cores with
+  // tf32 operands (the persistent kernels stay fp32). Accumulation and state stay fp32 (TitansOptions).
+  Precision precision = Precision::FP32;
 };
 
 class OperatorBench {

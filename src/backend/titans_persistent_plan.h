@@ -130,7 +130,8 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
                                PersistentVariant variant = kDefaultPersistentVariant);
 // `--precision bf16`: a persistent plan's chunk products on tensor cores where its kernels have them (v2, 4-byte
 // elements), said in the reason; elsewhere the products stay fp32 / float64 (the reason says so too). A plan
-// for the batched path is left as it is (its cuBLAS products are fp32).
+// for the batched path is left as it is (the runner puts its cuBLAS products on tensor cores itself and appends
+// what ran to the reason: TitansOptions in backend/cuda/titans_cuda.h).
 void use_bf16_products(PersistentPlan& plan, size_t elem_bytes);
 // The global-memory buffers of the persistent path (titans_persistent.cu allocates exactly these), in elements; 0:
 // not allocated. Per group of items (titans::Group): the forward's saved states (every K-th chunk boundary:

@@ -67,8 +67,9 @@ int cmd_bench_tnt(const Argv& argv) {
                  " and d, dh <= 128 when they fit on chip; the JSON's titans_path says what ran)",
              "auto")
       .value("precision",
-             "cuda: fp32 | bf16: the persistent kernels' chunk products in fp32, or on tensor cores with bf16 "
-             "operands (fp32 accumulation and state either way; the batched path stays fp32)",
+             "cuda: fp32 | tf32 | bf16: the memories' matrix products exact fp32, or on tensor cores with tf32 "
+             "operands (the batched path's; the persistent kernels stay fp32) or bf16 operands (both paths); fp32 "
+             "accumulation and state either way (the JSON's titans_path says what ran)",
              "fp32");
   a.parse();
   if (a.help_requested()) {
@@ -112,10 +113,9 @@ int cmd_bench_tnt(const Argv& argv) {
   spec.kernel = titans::parse_kernel_choice(a.str("kernel"), "ttt bench tnt: --kernel");
   TTT_CHECK(gpu || spec.kernel == titans::KernelChoice::Automatic,
             "ttt bench tnt: --kernel " << a.str("kernel") << " needs --device cuda (the CPU has one path)");
-  TTT_CHECK(a.str("precision") == "fp32" || a.str("precision") == "bf16",
-            "ttt bench tnt: --precision must be fp32 or bf16, got '" << a.str("precision") << "'");
-  spec.bf16_products = a.str("precision") == "bf16";
-  TTT_CHECK(gpu || !spec.bf16_products, "ttt bench tnt: --precision bf16 needs --device cuda (the CPU times fp32 / f64)");
+  spec.precision = backend::parse_precision(a.str("precision"), "ttt bench tnt: --precision");
+  TTT_CHECK(gpu || spec.precision == backend::Precision::FP32,
+            "ttt bench tnt: --precision " << a.str("precision") << " needs --device cuda (the CPU times fp32 / f64)");
   backend::OperatorBench& bench = backend::operator_backends(device).bench;
   for (int64_t n : parse_list(Ts)) {
     TTT_CHECK(n > 0, "--T values must be positive");

@@ -116,14 +116,57 @@ struct ChunkMean {
     out[idx] = acc / T(n);
   }
 };
-// Sum of ||k_t||² over rows c0..c0+n of item i (the Q-K normalizer's share of one chunk).
+// The batched engine's chunk means, in two steps so that the GPU sums a long chunk with many threads: sums of
+// blocks of kMeanBlock tokens (ChunkBlockSums), then the blocks' sums in order over the chunk's length
+// (ChunkMeanOfBlocks). The persistent kernels take fn::ChunkMean (one running sum) instead: the same mean, in
+// another order.
+inline constexpr int64_t kMeanBlock = 32;
+TTT_HOST_DEVICE int64_t mean_blocks(int64_t C) { return (C + kMeanBlock - 1) / kMeanBlock; }
+// part[(c * items + i) * nb + b] = sum of x over tokens b kMeanBlock .. (b + 1) kMeanBlock of chunk c of item i
+// (0 past the chunk's end); nb = mean_blocks(min(C, g.len)).                            n = N * items * nb
+template <class T>
+struct ChunkBlockSums {
+  const T* x;
+  T* part;
+  Group g;
+  int64_t C, nb;
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
+    const int64_t b = idx % nb, ci = idx / nb, c = ci / g.items, i = ci % g.items, c0 = c * C;
+    const int64_t n = g.len - c0 < C ? g.len - c0 : C;
+    const int64_t t0 = b * kMeanBlock, t1 = t0 + kMeanBlock < n ? t0 + kMeanBlock : n;
+    T acc = 0;
+    for (int64_t t = t0; t < t1; ++t) acc += x[g.tok(i, c0 + t)];
+    part[idx] = acc;
+  }
+};
+// out[c * items + i] = the mean of x over chunk c of item i from ChunkBlockSums' part (its blocks in order).
+//                                                                                       n = N * items
+template <class T>
+struct ChunkMeanOfBlocks {
+  const T* part;
+  T* out;
+  Group g;
+  int64_t C, nb;
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
+    const int64_t c0 = (idx / g.items) * C, n = g.len - c0 < C ? g.len - c0 : C;
+    T acc = 0;
+    for (int64_t b = 0; b < mean_blocks(n); ++b) acc += part[idx * nb + b];
+    out[idx] = acc / T(n);
+  }
+};
+// ||row||² of one key row (d elements, in order).
+template <class T>
+TTT_HOST_DEVICE T row_squares(const T* row, int64_t d) {
+  T acc = 0;
+  for (int64_t j = 0; j < d; ++j) acc += row[j] * row[j];
+  return acc;
+}
+// Sum of ||k_t||² over rows c0..c0+n of item i (the Q-K normalizer's share of one chunk): the rows' row_squares
+// added in row order (training computes the rows' in parallel first: RowSquares, ChunkKeySquares).
 template <class T>
 TTT_HOST_DEVICE T key_squares(const T* k, const Group& g, int64_t i, int64_t c0, int64_t n, int64_t d) {
   T acc = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    const T* row = k + g.tok(i, c0 + t) * d;
-    for (int64_t j = 0; j < d; ++j) acc += row[j] * row[j];
-  }
+  for (int64_t t = 0; t < n; ++t) acc += row_squares(k + g.tok(i, c0 + t) * d, d);
   return acc;
 }
 // The Q-K normalizer after one chunk (streaming): z_to[i] = z_from[i] + key_squares of the chunk. z_to may be
@@ -137,16 +180,31 @@ struct AddKeySquares {
   int64_t c0, n, d;
   TTT_HOST_DEVICE void operator()(int64_t i) const { z_to[i] = z_from[i] + key_squares(k, g, i, c0, n, d); }
 };
-// Every chunk's key_squares at once (training): cs[c * items + i].                       n = items * N
+// rs[i * len + t] = row_squares of row t of item i (training's first step of key_squares).  n = items * len
+template <class T>
+struct RowSquares {
+  const T* k;
+  T* rs;
+  Group g;
+  int64_t d;
+  TTT_HOST_DEVICE void operator()(int64_t idx) const {
+    rs[idx] = row_squares(k + g.tok(idx / g.len, idx % g.len) * d, d);
+  }
+};
+// Every chunk's key_squares at once (training) from RowSquares' rs, the same additions in the same order:
+// cs[c * items + i].                                                                      n = items * N
 template <class T>
 struct ChunkKeySquares {
-  const T* k;
+  const T* rs;
   T* cs;
   Group g;
-  int64_t C, N, d;
+  int64_t C;
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t c = idx / g.items, i = idx % g.items, c0 = c * C;
-    cs[idx] = key_squares(k, g, i, c0, g.len - c0 < C ? g.len - c0 : C, d);
+    const int64_t n = g.len - c0 < C ? g.len - c0 : C;
+    T acc = 0;
+    for (int64_t t = 0; t < n; ++t) acc += rs[i * g.len + c0 + t];
+    cs[idx] = acc;
   }
 };
 // z[c * items + i] = the sum of cs over the chunks before c, added in chunk order (the same additions as
@@ -378,6 +436,19 @@ struct AddDiag {
   TTT_HOST_DEVICE void operator()(int64_t idx) const {
     const int64_t i = idx / d, j = idx % d;
     P[i * d * d + j * d + j] += T(2) * dz[i];
+  }
+};
+// Two independent steps as one functor: f1(i) for every i, f2(i) for i < n2 (n2 <= the functor's n); they write
+// disjoint outputs and read none of each other's, so running them element by element equals running them one after
+// the other.
+template <class F1, class F2>
+struct Both {
+  F1 f1;
+  F2 f2;
+  int64_t n2;
+  TTT_HOST_DEVICE void operator()(int64_t i) const {
+    f1(i);
+    if (i < n2) f2(i);
   }
 };
 template <class T>

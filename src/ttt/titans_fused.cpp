@@ -44,6 +44,11 @@ class CpuOps {
   void each(int64_t n, const F& f) {
     for (int64_t i = 0; i < n; ++i) f(i);
   }
+  template <class F1, class F2>
+  void each2(int64_t n1, const F1& f1, int64_t n2, const F2& f2) {
+    each(n1, f1);
+    each(n2, f2);
+  }
 
  private:
   std::vector<std::unique_ptr<T[]>> store_;

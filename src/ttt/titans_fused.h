@@ -146,6 +146,8 @@ inline MemoryShape stream_shape(const MemoryShape& s) {
 //   batched_dot(x, y, per, stride, batch, out)   out[b] = sum_i x[b stride + i] y[b stride + i], i < per
 //        (batch up to max_dot_batch(shape): the items, or the token rows of a chunk)
 //   each(n, f)                               f(i) for every i < n (f: a functor of namespace fn)
+//   each2(n1, f1, n2, f2)                    each(n1, f1) and each(n2, f2), in one launch on the GPU: only for two
+//                                            steps that write disjoint outputs and read none of each other's
 
 // Chunks of one item of length len with chunk C.
 TTT_HOST_DEVICE int64_t num_chunks(int64_t len, int64_t C) { return (len + C - 1) / C; }
@@ -181,6 +183,7 @@ class QkGroup {
     M_ = ops_.alloc(nI * d * d);
     z_ = ops_.alloc(N_ * nI);
     cs_ = ops_.alloc(N_ * nI);
+    rs_ = ops_.alloc(nI * g_.len);
     acc_ = ops_.alloc(nI * Cn * d);
     if (with_grad) {
       dz_ = ops_.alloc(N_ * nI);
@@ -210,7 +213,8 @@ class QkGroup {
   // arithmetic at small chunks); the Gram sums M grow chunk by chunk as in absorb().
   void forward(const T* q, const T* k, T* out) {
     const int64_t nI = g_.items;
-    ops_.each(nI * N_, fn::ChunkKeySquares<T>{k, cs_, g_, C_, N_, d_});
+    ops_.each(nI * g_.len, fn::RowSquares<T>{k, rs_, g_, d_});
+    ops_.each(nI * N_, fn::ChunkKeySquares<T>{rs_, cs_, g_, C_});
     ops_.each(nI, fn::ExclusivePrefix<T>{cs_, z_, N_, nI});
     ops_.zero(M_, nI * d_ * d_);
     for (int64_t c = 0; c < N_; ++c) {
@@ -254,7 +258,7 @@ class QkGroup {
   Ops& ops_;
   Group g_;
   int64_t d_, C_, N_;
-  T *M_ = nullptr, *z_ = nullptr, *cs_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
+  T *M_ = nullptr, *z_ = nullptr, *cs_ = nullptr, *rs_ = nullptr, *acc_ = nullptr, *dz_ = nullptr, *dot_ = nullptr;
   T* z(int64_t c) const { return z_ + c * g_.items; }  // [N][items]: z before chunk c
   const T* rows(const T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
   T* rows(T* x, int64_t c0) const { return x + g_.tok(0, c0) * d_; }
@@ -297,6 +301,8 @@ class MemoryGroup {
     }
     if (s_.momentum) ebar_ = ops_.alloc(N_ * nI);
     if (s_.decay) abar_ = ops_.alloc(N_ * nI);
+    nb_ = fn::mean_blocks(std::min(C_, g_.len));
+    if (s_.momentum || s_.decay) part_ = ops_.alloc(2 * N_ * nI * nb_);
     Z_ = ops_.alloc(nI * Cn * dh);
     Sg_ = ops_.alloc(nI * Cn * dh);
     DS_ = ops_.alloc(nI * Cn * dh);
@@ -338,9 +344,8 @@ class MemoryGroup {
     if (s_.momentum) {
       if (in.entry_S) ops_.copy(S(0), in.entry_S, nI * P2_);
       else ops_.zero(S(0), nI * P2_);
-      ops_.each(N_ * nI, fn::ChunkMean<T>{in.eta, ebar_, g_, C_});
     }
-    if (s_.decay) ops_.each(N_ * nI, fn::ChunkMean<T>{in.alpha, abar_, g_, C_});
+    chunk_means(g_, N_, in.eta, in.alpha);
     for (int64_t c = 0; c < N_; ++c) {
       apply_fwd(c, o);
       if (c < U_) update_fwd(c);
@@ -362,8 +367,7 @@ class MemoryGroup {
     in_ = chunk;
     Group rows = g_;
     rows.len = n;  // one chunk of n tokens
-    if (s_.momentum) ops_.each(g_.items, fn::ChunkMean<T>{chunk.eta, ebar_, rows, C_});
-    if (s_.decay) ops_.each(g_.items, fn::ChunkMean<T>{chunk.alpha, abar_, rows, C_});
+    chunk_means(rows, 1, chunk.eta, chunk.alpha);
     update(W, S, W, S, 0, n, ebar_, abar_);
   }
 
@@ -371,9 +375,9 @@ class MemoryGroup {
   // Wc [items][2P].
   void apply_rows(const Group& g, const T* Wc, const T* q, int64_t c0, int64_t n, T* o) {
     const int64_t d = s_.d, dh = s_.dh, nI = g_.items, sq = g.stride * d;
-    ops_.each(nI * n * d, fn::CopyRows<T>{o, s_.residual ? q : nullptr, g, c0, n, d});
     gemm(false, true, n, dh, d, T(1), q + g.tok(0, c0) * d, d, sq, Wc, d, P2_, T(0), Z_, dh, n * dh);
-    ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
+    // o rows := q [residual] or 0, beside Sg = silu(Z); then o += Sg W2ᵀ.
+    ops_.each2(nI * n * dh, fn::Silu<T>{Z_, Sg_}, nI * n * d, fn::CopyRows<T>{o, s_.residual ? q : nullptr, g, c0, n, d});
     gemm(false, true, n, d, dh, T(1), Sg_, dh, n * dh, Wc + P_, dh, P2_, T(1), o + g.tok(0, c0) * d, d, sq);
   }
 
@@ -431,6 +435,8 @@ class MemoryGroup {
   const T* go_ = nullptr;
   MemoryInputs<T> in_;
   T *ckW_ = nullptr, *ckS_ = nullptr, *segW_ = nullptr, *segS_ = nullptr, *ebar_ = nullptr, *abar_ = nullptr;
+  T* part_ = nullptr;  // the gate means' block sums: [2][N][items][nb_] (η, then α)
+  int64_t nb_ = 0;
   T *Z_ = nullptr, *Sg_ = nullptr, *DS_ = nullptr, *A_ = nullptr, *DZ_ = nullptr, *E_ = nullptr, *Bm_ = nullptr;
   T *D_ = nullptr, *rd1_ = nullptr, *rd2_ = nullptr;
   T *dW_ = nullptr, *dS_ = nullptr, *G_ = nullptr, *dA_ = nullptr, *dSg_ = nullptr, *dDS_ = nullptr, *dZ_ = nullptr;
@@ -453,6 +459,18 @@ class MemoryGroup {
   T* rows(T* x, int64_t c0) const { return x + g_.tok(0, c0) * s_.d; }
   int64_t sx() const { return g_.stride * s_.d; }
   int64_t chunk_len(int64_t c) const { return std::min(C_, g_.len - c * C_); }
+
+  // ebar_ / abar_ [N][items] = the means of eta (with momentum) / alpha (with decay) over the N chunks of layout g
+  // (this group's items; N chunks of C_ tokens, the last one up to g.len): block sums, then their sums.
+  void chunk_means(const Group& g, int64_t N, const T* eta, const T* alpha) {
+    if (!s_.momentum && !s_.decay) return;
+    const int64_t nI = g_.items, nb = fn::mean_blocks(std::min(C_, g.len)), half = N_ * nI * nb_;
+    const int64_t ne = s_.momentum ? N * nI : 0, na = s_.decay ? N * nI : 0;
+    ops_.each2(ne * nb, fn::ChunkBlockSums<T>{eta, part_, g, C_, nb}, na * nb,
+               fn::ChunkBlockSums<T>{alpha, part_ + half, g, C_, nb});
+    ops_.each2(ne, fn::ChunkMeanOfBlocks<T>{part_, ebar_, g, C_, nb}, na,
+               fn::ChunkMeanOfBlocks<T>{part_ + half, abar_, g, C_, nb});
+  }
 
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
             const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC) {
@@ -498,10 +516,10 @@ class MemoryGroup {
     ops_.each(nI * P2_, fn::StepBwdPre<T>{dW_, dS_, G_});
     if (s_.decay) ops_.batched_dot(dW_, Wc, P2_, P2_, nI, keepdot_);
     if (s_.momentum) ops_.batched_dot(G_, S(c), P2_, P2_, nI, etadot_);
-    ops_.each(nI * P2_, fn::StepBwdPost<T>{dW_, dS_, G_, eta_bar(c), alpha_bar(c), P2_});
-    if (s_.momentum || s_.decay)
-      ops_.each(nI * n, fn::FillGates<T>{s_.momentum ? g.eta : nullptr, s_.decay ? g.alpha : nullptr, etadot_,
-                                         keepdot_, g_, c0, n});
+    ops_.each2(nI * P2_, fn::StepBwdPost<T>{dW_, dS_, G_, eta_bar(c), alpha_bar(c), P2_},
+               s_.momentum || s_.decay ? nI * n : 0,
+               fn::FillGates<T>{s_.momentum ? g.eta : nullptr, s_.decay ? g.alpha : nullptr, etadot_, keepdot_, g_, c0,
+                                n});
     // The inner gradient D1 = -Aᵀ K, D2 = -Bmᵀ Sg with cotangents G1 = G_, G2 = G_ + P.
     const T* K = rows(in_.k, c0);
     const T* G1 = G_;
@@ -511,9 +529,9 @@ class MemoryGroup {
     gemm(false, false, n, dh, d, T(-1), Bm_, d, n * d, G2, dh, P2_, T(0), dSg_, dh, n * dh);  // dSg = -Bm G2
     ops_.batched_dot(DZ_, dA_, dh, dh, nI * n, rd1_);  // dθ: row dots
     ops_.batched_dot(E_, dB_, d, d, nI * n, rd2_);
-    ops_.each(nI * n, fn::FillTheta<T>{rd1_, rd2_, g.theta, g_, c0, n});
-    ops_.each(nI * n * dh, fn::InnerBwdH<T>{Z_, DS_, dA_, in_.theta, dDS_, dZ_, g_, c0, n, dh});
-    ops_.each(nI * n * d, fn::InnerBwdD<T>{dB_, in_.theta, dE_, g_, c0, n, d});
+    ops_.each2(nI * n * dh, fn::InnerBwdH<T>{Z_, DS_, dA_, in_.theta, dDS_, dZ_, g_, c0, n, dh}, nI * n * d,
+               fn::Both<fn::InnerBwdD<T>, fn::FillTheta<T>>{{dB_, in_.theta, dE_, g_, c0, n, d},
+                                                            {rd1_, rd2_, g.theta, g_, c0, n}, nI * n});
     gemm(false, true, n, d, dh, T(1), dDS_, dh, n * dh, Wc + P_, dh, P2_, T(1), dE_, d, n * d);    // dE += dDS W2ᵀ
     gemm(true, false, d, dh, n, T(1), E_, d, n * d, dDS_, dh, n * dh, T(1), dW_ + P_, dh, P2_);    // dW2 += Eᵀ dDS
     ops_.each(nI * n * d, fn::InnerBwd2<T>{dE_, g.k, g.v, g_, c0, n, d, s_.residual});             // dY; dv; dk
@@ -535,9 +553,9 @@ class MemoryGroup {
     ops_.each(nI * n * dh, fn::Silu<T>{Z_, Sg_});
     gemm(false, false, n, dh, d, T(1), dO, d, sx(), Wc + P_, dh, P2_, T(0), dSg_, dh, n * dh);   // dSg = dO W2
     gemm(true, false, d, dh, n, T(1), dO, d, sx(), Sg_, dh, n * dh, T(1), dW_ + P_, dh, P2_);    // dW2 += dOᵀ Sg
-    ops_.each(nI * n * dh, fn::DsiluMul<T>{dSg_, Z_, dZ_, false});                               // dZ = dSg silu'
+    ops_.each2(nI * n * dh, fn::DsiluMul<T>{dSg_, Z_, dZ_, false},                               // dZ = dSg silu'
+               nI * n * d, fn::CopyRows<T>{gquery, s_.residual ? go_ : nullptr, g_, c0, n, d});  // dQ = dO [residual]
     gemm(true, false, dh, d, n, T(1), dZ_, dh, n * dh, Q, d, sx(), T(1), dW_, d, P2_);           // dW1 += dZᵀ Q
-    ops_.each(nI * n * d, fn::CopyRows<T>{gquery, s_.residual ? go_ : nullptr, g_, c0, n, d});
     gemm(false, false, n, d, dh, T(1), dZ_, dh, n * dh, Wc, d, P2_, T(1), rows(gquery, c0), d, sx());  // dQ += dZ W1
   }
 };

@@ -32,6 +32,7 @@ TitansOptions GpuModel::Impl::titans_options() const {
   TitansOptions to;
   to.poison_workspace = opt.poison;
   to.bf16_products = opt.math == MathMode::BF16;
+  to.tf32_products = opt.math == MathMode::TF32;
   return to;
 }
 

@@ -219,7 +219,8 @@ struct GpuModel::Impl {
   static constexpr AttentionBackward fp32_backward = &swa_backward;
   static constexpr AttentionBackward fp32_input_bf16_backward = &swa_backward_bf16;
   // The bf16 attention reads bf16 operands (16-byte rows: hd % 8 == 0); other head widths use its fp32-input form.
-  // Context parallel batches use the fp32-input form (the same bits), whose operands the halo rows extend.
+  // Context parallel batches use the fp32-input form (the same bits, except where the bf16-operand forward is the
+  // Hopper wgmma kernel: then equal to fp32 rounding), whose operands the halo rows extend.
   bool attention_bf16() const {
     return backend::attention_on_bf16_operands(cfg, opt.math == MathMode::BF16) && !split;
   }

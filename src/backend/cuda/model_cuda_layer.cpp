@@ -41,7 +41,8 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
   const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
   if (attention_bf16()) {
     // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
-    // fp32-input form would round to, without the conversion work inside the attention kernels.
+    // fp32-input form would round to, without the conversion work inside the attention kernels (on Hopper with
+    // hd 64 the forward is the wgmma kernel instead: equal to fp32 rounding, not bits; attention.h).
     const AttentionBf16 a = attention_operands(rows);
     rope_forward(q, 3 * D, a.q, D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_forward(k, 3 * D, a.k, D, pos, rows, Ha, hd, cfg.rope_theta);

@@ -46,14 +46,14 @@ class CudaOperatorBench final : public backend::OperatorBench {
     };
     const double tokens = double(spec.bh) * double(spec.T);
     auto run = [&](const char* op, const titans::TntShape& s) {
-      const TntBenchResult r = bench_tnt(s, spec.repeats, spec.warmup, spec.graphs, spec.kernel, spec.bf16_products);
+      const TntBenchResult r = bench_tnt(s, spec.repeats, spec.warmup, spec.graphs, spec.kernel, spec.precision);
       const titans::FlopCount f = titans::tnt_flops(s);
       const double fwd = r.fwd_ms_median / 1e3, fwdbwd = r.fwdbwd_ms_median / 1e3;
       nlohmann::json j{{"op", op},
                        {"device", "cuda"},
                        {"gpu", r.device},
                        {"dtype", "f32"},
-                       {"math", spec.bf16_products ? "bf16" : "fp32"},
+                       {"math", backend::precision_name(spec.precision)},
                        {"cuda_graphs", spec.graphs},
                        {"titans_kernel", titans::kernel_choice_name(spec.kernel)},
                        {"titans_path", r.kernel_path},

@@ -1,7 +1,8 @@
 // CUDA backend of the Titans memory: TitansCudaOps implements the backend contract of ttt/titans_fused.h with
-// cuBLAS strided-batched GEMMs, a grid-stride kernel per element functor and deterministic two-stage batched
-// dot products, so that titans::Memory<TitansCudaOps<T>> runs on the GPU exactly the sequence of steps that the
-// CPU twin (titans_fused.cpp) specifies.
+// cuBLAS strided-batched GEMMs (exact fp32 / fp64, or on tensor cores with tf32 or bf16 operands: TitansOptions), a
+// grid-stride kernel per element functor (or per pair of independent ones: each2) and deterministic one-launch
+// batched dot products, so that titans::Memory<TitansCudaOps<T>> runs on the GPU exactly the sequence of steps
+// that the CPU twin (titans_fused.cpp) specifies.
 #include "backend/cuda/titans_cuda.h"
 
 #include <cublas_v2.h>
@@ -30,32 +31,75 @@ __global__ void k_each(F f, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) f(i);
 }
 
+// The batched dot products, one launch each, deterministic (a fixed summation order, whatever the scheduling),
+// accumulated in double. Short items (per <= kDotWarpMax, e.g. the dθ row dots of d or dh elements): one warp per
+// item, lane l summing elements l, l + 32, ... in order, then the warp's xor tree. Long items (the state dots of
+// 2P elements, the Q-K chunk dots): `slices` blocks per item each sum a strided share (block tree), store it in the
+// item's row of partial, and the item's last block to finish (a counter per item, reset by that block, so that
+// graph replays find it zero) sums the slices in slice order.
+constexpr int64_t kDotWarpMax = 4 * kThreads;
+// Row b of partial holds slices <= kMaxSlices - 1 partial sums; its last double is the item's counter.
+constexpr int kDotSlicesUsed = kMaxSlices - 1;
+
 template <class T>
-__global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {
+__global__ void k_dot_warp(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T* out) {
+  const int lane = threadIdx.x & 31;
+  WARP_STRIDE(b, batch) {
+    const T* xb = x + b * stride;
+    const T* yb = y + b * stride;
+    Acc acc = 0;
+    for (int64_t i = lane; i < per; i += 32) acc += Acc(xb[i]) * Acc(yb[i]);
+    acc = warp_sum(acc);
+    if (lane == 0) out[b] = T(acc);
+  }
+}
+template <class T>
+__global__ void k_dot_blocks(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial, T* out) {
   const int64_t b = blockIdx.y;
   const int slices = gridDim.x;
   const T* xb = x + b * stride;
   const T* yb = y + b * stride;
+  Acc* row = partial + b * kMaxSlices;
+  unsigned* count = reinterpret_cast<unsigned*>(row + kDotSlicesUsed);
   Acc acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
     acc += Acc(xb[i]) * Acc(yb[i]);
   __shared__ Acc sh[kThreads / 32];
+  __shared__ bool last;
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
   __syncthreads();
   if (threadIdx.x < 32) {
     acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
     acc = warp_sum(acc);
-    if (threadIdx.x == 0) partial[b * slices + blockIdx.x] = acc;
+    if (threadIdx.x == 0) {
+      row[blockIdx.x] = acc;
+      __threadfence();  // the partial is visible device-wide before the count says so
+      last = atomicAdd(count, 1u) == unsigned(slices - 1);
+    }
+  }
+  __syncthreads();
+  if (last && threadIdx.x < 32) {
+    __threadfence();
+    acc = 0;
+    for (int i = threadIdx.x; i < slices; i += 32) acc += __ldcg(row + i);  // past L1: other SMs wrote them
+    acc = warp_sum(acc);
+    if (threadIdx.x == 0) {
+      out[b] = T(acc);
+      *count = 0;
+    }
   }
 }
-template <class T>
-__global__ void k_dot_final(const Acc* partial, int slices, T* out) {
-  const int64_t b = blockIdx.x;
-  Acc acc = 0;
-  for (int i = threadIdx.x; i < slices; i += 32) acc += partial[b * slices + i];
-  acc = warp_sum(acc);
-  if (threadIdx.x == 0) out[b] = T(acc);
+
+// Two independent element steps in one launch: f1(i) for i < n1 and f2(i) for i < n2 (they touch disjoint outputs
+// and neither reads what the other writes, so the order between them is free).
+template <class F1, class F2>
+__global__ void k_each2(F1 f1, int64_t n1, F2 f2, int64_t n2) {
+  const int64_t n = n1 > n2 ? n1 : n2;
+  GRID_STRIDE(i, n) {
+    if (i < n1) f1(i);
+    if (i < n2) f2(i);
+  }
 }
 
 template <class T>
@@ -71,11 +115,38 @@ struct CublasType<double> {
   static constexpr cublasComputeType_t compute = CUBLAS_COMPUTE_64F;
 };
 
+// The batched path's products: exact (fp32 / fp64 FMA, CUBLAS_COMPUTE_32F / 64F), or, for float, tensor cores on
+// fp32 buffers with tf32 or bf16 operands rounded as they are loaded, fp32 accumulation (TitansOptions).
+enum class ProductMath { Exact, Tf32, Bf16 };
+template <class T>
+ProductMath product_math(const TitansOptions& o) {
+  if (sizeof(T) != 4) return ProductMath::Exact;
+  return o.bf16_products ? ProductMath::Bf16 : o.tf32_products ? ProductMath::Tf32 : ProductMath::Exact;
+}
+template <class T>
+cublasComputeType_t compute_type(ProductMath m) {
+  switch (m) {
+    case ProductMath::Tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case ProductMath::Bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+    default: return CublasType<T>::compute;
+  }
+}
+// What the path string says of the batched products.
+template <class T>
+const char* product_math_name(ProductMath m) {
+  switch (m) {
+    case ProductMath::Tf32: return "tf32 tensor-core products";
+    case ProductMath::Bf16: return "bf16 tensor-core products";
+    default: return sizeof(T) == 4 ? "fp32 products" : "float64 products";
+  }
+}
+
 template <class T>
 class TitansCudaOps {
  public:
   using value_type = T;
-  TitansCudaOps(int64_t max_batch, const TitansOptions& opt) : opt_(opt), max_batch_(max_batch) {
+  TitansCudaOps(int64_t max_batch, const TitansOptions& opt)
+      : opt_(opt), max_batch_(max_batch), math_(product_math<T>(opt)), compute_(compute_type<T>(math_)) {
     TTT_CUDA_CHECK(cudaStreamCreate(&stream_));
     TTT_CUBLAS_CHECK(cublasCreate(&handle_));
     TTT_CUBLAS_CHECK(cublasSetStream(handle_, stream_));
@@ -84,6 +155,8 @@ class TitansCudaOps {
     cublas_ws_ = DeviceBuffer(kCublasWorkspace);
     TTT_CUBLAS_CHECK(cublasSetWorkspace(handle_, cublas_ws_.as<void>(), kCublasWorkspace));
     partial_ = DeviceBuffer(sizeof(Acc) * size_t(max_batch_ * kMaxSlices));
+    // The block dots' counters (the last double of each row) start at zero and are left at zero.
+    TTT_CUDA_CHECK(cudaMemsetAsync(partial_.as<void>(), 0, partial_.bytes(), stream_));
     workspace_bytes_ += partial_.bytes() + kCublasWorkspace;
   }
   ~TitansCudaOps() {
@@ -122,19 +195,23 @@ class TitansCudaOps {
     TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                 int(n), int(m), int(k), &alpha, B, dt, int(ldb), (long long)sB, A, dt,
                                                 int(lda), (long long)sA, &beta, C, dt, int(ldc), (long long)sC,
-                                                int(batch), CublasType<T>::compute, CUBLAS_GEMM_DEFAULT));
+                                                int(batch), compute_, CUBLAS_GEMM_DEFAULT));
   }
   void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T* out) {
     TTT_CHECK(batch <= max_batch_, "titans cuda: batched_dot of " << batch << " items exceeds " << max_batch_);
+    if (batch <= 0) return;
+    if (per <= kDotWarpMax) {
+      k_dot_warp<T><<<warp_grid(batch), kThreads, 0, stream_>>>(x, y, per, stride, batch, out);
+      TTT_LAUNCH_CHECK("titans dot (warps)");
+      return;
+    }
     const int slices =
-        int(std::max<int64_t>(1, std::min<int64_t>(kMaxSlices, (per + 4 * kThreads - 1) / (4 * kThreads))));
+        int(std::max<int64_t>(1, std::min<int64_t>(kDotSlicesUsed, (per + 4 * kThreads - 1) / (4 * kThreads))));
     for (int64_t b0 = 0; b0 < batch; b0 += 65535) {  // the grid's y extent
       const int64_t nb = std::min<int64_t>(65535, batch - b0);
-      k_dot_partial<T><<<dim3(unsigned(slices), unsigned(nb)), kThreads, 0, stream_>>>(
-          x + b0 * stride, y + b0 * stride, per, stride, partial_.as<Acc>());
-      TTT_LAUNCH_CHECK("titans dot_partial");
-      k_dot_final<T><<<unsigned(nb), 32, 0, stream_>>>(partial_.as<Acc>(), slices, out + b0);
-      TTT_LAUNCH_CHECK("titans dot_final");
+      k_dot_blocks<T><<<dim3(unsigned(slices), unsigned(nb)), kThreads, 0, stream_>>>(
+          x + b0 * stride, y + b0 * stride, per, stride, partial_.as<Acc>(), out + b0);
+      TTT_LAUNCH_CHECK("titans dot (blocks)");
     }
   }
   template <class F>
@@ -143,10 +220,21 @@ class TitansCudaOps {
     k_each<F><<<grid_for(n), kThreads, 0, stream_>>>(f, n);
     TTT_LAUNCH_CHECK("titans element step");
   }
+  // f1 over n1 and f2 over n2 in one launch (titans_fused.h: each2).
+  template <class F1, class F2>
+  void each2(int64_t n1, const F1& f1, int64_t n2, const F2& f2) {
+    const int64_t n = std::max(n1, n2);
+    if (n <= 0) return;
+    k_each2<F1, F2><<<grid_for(n), kThreads, 0, stream_>>>(f1, std::max<int64_t>(n1, 0), f2, std::max<int64_t>(n2, 0));
+    TTT_LAUNCH_CHECK("titans element steps");
+  }
+  const char* products() const { return product_math_name<T>(math_); }
 
  private:
   TitansOptions opt_;
   int64_t max_batch_;
+  ProductMath math_;
+  cublasComputeType_t compute_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;
   std::vector<DeviceBuffer> bufs_;
@@ -178,7 +266,9 @@ struct TitansRunner<T>::Impl {
     const titans::PersistentVariant variant = o.variant_set ? o.variant : titans::persistent_variant_from_env();
     plan = titans::plan_persistent(s, sizeof(T), persistent_smem_limit(), choice, variant);
     if (o.bf16_products) titans::use_bf16_products(plan, sizeof(T));
+    else if (o.tf32_products && plan.persistent) plan.reason += ", fp32 products (tf32 products are the batched path's)";
     if (!plan.persistent) {
+      plan.reason += std::string(", ") + ops.products();
       memory();
       return;
     }

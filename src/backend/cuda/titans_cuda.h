@@ -1,7 +1,8 @@
 // The Titans memory of TNT on an NVIDIA GPU: the algorithm of ttt/titans_fused.h (the CPU twin is its
 // specification) run by a CUDA backend: fp32 (or fp64) state and math, cuBLAS strided-batched GEMMs over the
-// items (sequence-head x shard) of each group, the shared element functors of titans_fused.h as grid-stride
-// kernels, deterministic two-stage batched dot products, one stream per runner. Every buffer is allocated once
+// items (sequence-head x shard) of each group (fp32 / fp64, or tensor cores with `--precision tf32 | bf16`), the
+// shared element functors of titans_fused.h as grid-stride kernels, deterministic batched dot products (one launch
+// each), one stream per runner. Every buffer is allocated once
 // per runner (cudaMalloc through DeviceBuffer, tracked); device memory beyond the inputs and outputs is linear in
 // the number of kept chunk-boundary states (all of them, or every K-th with segment recomputation). Every CUDA
 // and cuBLAS call is checked; failures throw ttt::Error naming the call. Small chunks run instead on the persistent
@@ -15,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "backend/options.h"                  // backend::Precision
 #include "backend/titans_persistent_plan.h"  // titans::KernelChoice
 #include "ttt/titans_fused.h"
 
@@ -35,10 +37,23 @@ struct TitansOptions {
   // titans::kDefaultPersistentVariant.
   bool variant_set = false;
   titans::PersistentVariant variant = titans::kDefaultPersistentVariant;
-  // The persistent kernels' chunk products on tensor cores, bf16 operands and fp32 accumulation
-  // (titans::use_bf16_products: v2, float; `--precision bf16`). The batched path's products stay fp32.
+  // `--precision bf16`: the chunk products on tensor cores with bf16 operands and fp32 accumulation, state and
+  // element steps (float only): the persistent kernels' (titans::use_bf16_products: v2) and the batched path's
+  // cuBLAS products (CUBLAS_COMPUTE_32F_FAST_16BF: fp32 buffers, rounded to bf16 as the tensor cores load them, no
+  // conversion pass).
   bool bf16_products = false;
+  // `--precision tf32`: the batched path's products on tensor cores with tf32 operands and fp32 accumulation
+  // (CUBLAS_COMPUTE_32F_FAST_TF32; float only); the persistent kernels keep fp32 products. bf16_products wins
+  // when both are set. Neither: the batched path's products are exact fp32 (CUBLAS_COMPUTE_32F), as before.
+  bool tf32_products = false;
 };
+// The options of a `--precision` (bf16_products / tf32_products; the rest default).
+inline TitansOptions titans_options_for(backend::Precision p) {
+  TitansOptions o;
+  o.bf16_products = p == backend::Precision::BF16;
+  o.tf32_products = p == backend::Precision::TF32;
+  return o;
+}
 
 // One Titans memory (optional resets and Q-K projected queries) on device pointers (layouts of
 // titans_fused.h). Construction allocates everything a run needs; forward() / backward() enqueue the work on

@@ -262,7 +262,7 @@ titans::TntHostRunner& tnt_gpu_runner() {
 }
 
 TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs, titans::KernelChoice kernel,
-                         bool bf16_products) {
+                         backend::Precision precision) {
   using T = float;
   s.validate();
   TTT_CHECK(repeats > 0 && warmup >= 0, "bench_tnt: repeats must be positive");
@@ -312,10 +312,9 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
     return v[v.size() / 2];
   };
   {
-    TitansOptions opt;
+    TitansOptions opt = titans_options_for(precision);
     opt.graphs = graphs;
     opt.kernel = kernel;
-    opt.bf16_products = bf16_products;
     TntRunner<T> rf(s, false, opt);
     for (int i = 0; i < warmup; ++i) timed(rf, [&] { rf.forward(in, o); });
     for (int i = 0; i < repeats; ++i) res.fwd_ms.push_back(timed(rf, [&] { rf.forward(in, o); }));
@@ -324,10 +323,9 @@ TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, boo
     res.kernel_path = rf.path();
   }
   {
-    TitansOptions opt;
+    TitansOptions opt = titans_options_for(precision);
     opt.graphs = graphs;
     opt.kernel = kernel;
-    opt.bf16_products = bf16_products;
     TntRunner<T> rb(s, true, opt);
     res.workspace_bytes += rb.workspace_bytes();
     auto run = [&] {

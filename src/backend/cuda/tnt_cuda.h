@@ -63,9 +63,10 @@ titans::TntHostRunner& tnt_gpu_runner();  // default options
 using TntBenchResult = OpBenchResult;
 // Times the forward alone (no states kept) and forward+backward, each `repeats` times after `warmup` untimed
 // runs; medians. float. graphs: TitansOptions::graphs (the warm-up captures, the timed runs replay).
-// kernel: TitansOptions::kernel of every memory (the result's kernel_path says what ran); bf16_products:
-// TitansOptions::bf16_products.
+// kernel: TitansOptions::kernel of every memory (the result's kernel_path says what ran); precision: the products'
+// (titans_options_for).
 TntBenchResult bench_tnt(const titans::TntShape& s, int repeats, int warmup, bool graphs = false,
-                         titans::KernelChoice kernel = titans::KernelChoice::Automatic, bool bf16_products = false);
+                         titans::KernelChoice kernel = titans::KernelChoice::Automatic,
+                         backend::Precision precision = backend::Precision::FP32);
 
 }  // namespace ttt::cuda
