@@ -1,5 +1,5 @@
 // Softmax cross-entropy on the GPU, forward and backward (fp32 logits, sums in double; the gradient in fp32 or
-// bf16), as the CPU's nn::cross_entropy (src/nn/layers.cpp); tests/test_cuda_kernels.cpp checks it. Every pointer is
+// bf16), as the CPU's nn::cross_entropy (src/nn/layers.cpp); tests/test_cuda_kernels_loss_optim.cpp checks it. Every pointer is
 // a DEVICE pointer; every call enqueues on the given stream (a cudaStream_t, null: the default stream) and returns;
 // launches are checked and failures throw ttt::Error.
 //

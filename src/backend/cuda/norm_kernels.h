@@ -1,6 +1,6 @@
 // RMSNorm on the GPU, forward and backward (fp32; the forward can store its output in bf16): whole rows or per
 // head. Each computes what its CPU reference computes (nn::rms_norm / nn::rms_norm_heads, src/nn/layers.cpp);
-// tests/test_cuda_kernels.cpp checks them on fresh random inputs. Every pointer is a DEVICE pointer; every call
+// tests/test_cuda_kernels_norm.cpp checks them on fresh random inputs. Every pointer is a DEVICE pointer; every call
 // enqueues on the given stream (a cudaStream_t, null: the default stream) and returns; launches are checked and
 // failures throw ttt::Error.
 //

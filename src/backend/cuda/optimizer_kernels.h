@@ -1,4 +1,4 @@
-// The AdamW step on the GPU (src/train/optimizer.h's arithmetic); tests/test_cuda_kernels.cpp checks it against
+// The AdamW step on the GPU (src/train/optimizer.h's arithmetic); tests/test_cuda_kernels_loss_optim.cpp checks it against
 // the CPU optimizer. Every pointer is a DEVICE pointer; the call enqueues on the given stream (a cudaStream_t,
 // null: the default stream) and returns; the launch is checked and failures throw ttt::Error. The GPU model's
 // other optimizer pieces are the gradient mask (mk::zero_where_masked, elementwise_kernels.h) and clipping

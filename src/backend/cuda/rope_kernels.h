@@ -1,5 +1,5 @@
 // Rotary position embedding ("rotate_half" per head) on the GPU, forward and backward (fp32), as the CPU's
-// nn::rope (src/nn/layers.cpp); tests/test_cuda_kernels.cpp checks it. Every pointer is a DEVICE pointer; every
+// nn::rope (src/nn/layers.cpp); tests/test_cuda_kernels_rope.cpp checks it. Every pointer is a DEVICE pointer; every
 // call enqueues on the given stream (a cudaStream_t, null: the default stream) and returns; launches are checked
 // and failures throw ttt::Error. This header needs no CUDA headers.
 #pragma once
