@@ -56,8 +56,11 @@ constexpr double kTolWgmmaVsMma = 1e-3;
 // While alive, swa_forward_bf16's wgmma kernel uses `warpgroups` (0: the mma.sync kernel runs instead); then back
 // to the environment's choice.
 struct WgmmaSetting {
-  explicit WgmmaSetting(int warpgroups) { cuda::swa_forward_bf16_set_wgmma(warpgroups); }
-  ~WgmmaSetting() { cuda::swa_forward_bf16_set_wgmma(-1); }
+  // Restores the setting it replaced, so that a nested scope (attention_case's mma.sync-only comparison) hands
+  // the enclosing test's variant back.
+  explicit WgmmaSetting(int warpgroups) : previous(cuda::swa_forward_bf16_set_wgmma(warpgroups)) {}
+  ~WgmmaSetting() { cuda::swa_forward_bf16_set_wgmma(previous); }
+  const int previous;
   WgmmaSetting(const WgmmaSetting&) = delete;
   WgmmaSetting& operator=(const WgmmaSetting&) = delete;
 };

@@ -81,8 +81,8 @@ void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const
 // TTT_ATTN_WGMMA=0 (off; read once).
 int swa_forward_bf16_uses_wgmma(const AttentionShape& s);
 // Tests and benchmarks: the warpgroups the wgmma forward may use in this process (0: never, 2 or 3), or -1 for
-// the environment's choice (the default).
-void swa_forward_bf16_set_wgmma(int warpgroups);
+// the environment's choice (the default). Returns the setting it replaced (so that a scope can restore it).
+int swa_forward_bf16_set_wgmma(int warpgroups);
 size_t swa_backward_bf16_workspace(const AttentionShape& s);
 void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
                        const bf16* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,

@@ -1095,10 +1095,10 @@ int swa_forward_bf16_uses_wgmma(const AttentionShape& s) {
   return warpgroups != 0 && s.hd == wg::kHd && wgmma_device_ok() ? warpgroups : 0;
 }
 
-void swa_forward_bf16_set_wgmma(int warpgroups) {
+int swa_forward_bf16_set_wgmma(int warpgroups) {
   TTT_CHECK(warpgroups == -1 || warpgroups == 0 || warpgroups == 2 || warpgroups == 3,
             "swa_forward_bf16_set_wgmma: warpgroups must be -1, 0, 2 or 3, got " << warpgroups);
-  g_wgmma_warpgroups.store(warpgroups, std::memory_order_relaxed);
+  return g_wgmma_warpgroups.exchange(warpgroups, std::memory_order_relaxed);
 }
 
 void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
