@@ -107,8 +107,11 @@ inline constexpr int64_t kPersistentMaxWidth = 128;
 // The longest chunk the automatic choice runs persistent: one block per item does the products of a chunk step on
 // one SM with FMA loops, which pays only while chunk steps are latency-bound. Measured on an H200 (docs/PERF.md,
 // 87M configs, d = dh = 64, bf16 steps): C = 8 persistent 2.7x the batched path (titans) and 1.6x (tnt local 8);
-// C = 64 1.1x (titans) but 0.87x (tnt local 64); at the operator level with CUDA graphs C = 16 0.83x, C = 64 0.55x.
-inline constexpr int64_t kPersistentMaxAutoChunk = 8;
+// C = 64 1.1x (titans) but 0.87x (tnt local 64); at the operator level with CUDA graphs C = 16 0.83x, C = 64 0.55x
+// with v1. With v2 (2026-11-30, `ttt bench tnt --bh 48 --d 64 --dh 64 --T 8192`, fwd+bwd): C = 16 persistent
+// 60.7 ms fp32 / 54.4 ms bf16 against the batched path's 81.2 / 80.8 ms, so C <= 16 runs persistent; C = 64 stays
+// batched (persistent 41.1 ms against 21.2 ms with the batched path's tensor cores).
+inline constexpr int64_t kPersistentMaxAutoChunk = 16;
 // Threads per block of the persistent kernels: v1 512, v2 256 (fewer warps to wait for at each barrier; the
 // products' tiles still give 128 or more threads work).
 inline constexpr int kPersistentThreads = 512;
