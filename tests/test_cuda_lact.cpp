@@ -427,6 +427,66 @@ TEST(CudaLact, KeptProductsGiveTheRecomputedBits) {
   EXPECT_EQ(compared, 48 + 48 + 24);
 }
 
+// The steps of a call on several streams (LactOptions::streams, lact_sched.cuh: each step after the steps whose
+// memory it shares) give the bits of one stream, in fp64, fp32 and with bf16 operands, kept products or not,
+// eager and replayed from a CUDA graph, over every program, weight norm, momentum and Muon combination (bf16:
+// without Muon), chunks that divide T or not: a missing dependency would show as a race here.
+TEST(CudaLact, StreamsGiveTheOneStreamBits) {
+  REQUIRE_CUDA();
+  const uint64_t seed0 = fresh_seed();
+  int n = 0, compared = 0;
+  for (const Case& c : all_cases(2, 70, 12, 20, {16, 24})) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    SCOPED_TRACE(c.name() + " seed " + std::to_string(seed));
+    const Data<double> x = make_data(c, seed, true);
+    const Data<float> xf = cast<float>(x);
+    auto same = [&](const auto& a, const auto& b, const char* what) {
+      for (int i = 0; i < 11; ++i) {
+        if (i == 10 && !c.momentum) continue;
+        const auto &x = a.r[size_t(i)], &y = b.r[size_t(i)];
+        ASSERT_EQ(x.size(), y.size()) << what << ": " << kNames[i];
+        EXPECT_EQ(0, std::memcmp(x.data(), y.data(), sizeof(x[0]) * x.size()))
+            << what << ": " << kNames[i] << " differs on several streams";
+      }
+      ++compared;
+    };
+    for (bool keep : {false, true}) {
+      cuda::LactOptions one, several;
+      one.streams = 1;
+      several.streams = n % 2 ? 4 : 3;
+      one.keep_products = several.keep_products = keep;
+      one.graphs = several.graphs = n % 3 != 0;
+      same(run<double>(c, x, true, one), run<double>(c, x, true, several), "fp64");
+      same(run<float>(c, xf, true, one), run<float>(c, xf, true, several), "fp32");
+      if (!c.muon) {
+        one.bf16 = several.bf16 = true;
+        same(run<float>(c, xf, true, one), run<float>(c, xf, true, several), "bf16");
+      }
+    }
+  }
+  // Kernels large enough to run side by side for a while (a race shows where they overlap).
+  for (const Case& c : {Case{2, 4196, 128, 128, 1024, true, true, false, engine::WeightNorm::Post},
+                        Case{2, 4196, 96, 128, 1024, false, true, false, engine::WeightNorm::Pre}}) {
+    const uint64_t seed = seed0 + uint64_t(n++);
+    SCOPED_TRACE(c.name() + " seed " + std::to_string(seed));
+    const Data<float> xf = cast<float>(make_data(c, seed, true));
+    for (bool bf16 : {false, true}) {
+      cuda::LactOptions one, several;
+      one.streams = 1;
+      several.streams = 4;
+      one.keep_products = several.keep_products = true;
+      one.bf16 = several.bf16 = bf16;
+      const Results<float> a = run<float>(c, xf, true, one), b = run<float>(c, xf, true, several);
+      for (int i = 0; i < 11; ++i)
+        EXPECT_EQ(0, std::memcmp(a.r[size_t(i)].data(), b.r[size_t(i)].data(), sizeof(float) * a.r[size_t(i)].size()))
+            << (bf16 ? "bf16: " : "fp32: ") << kNames[i] << " differs on several streams";
+      ++compared;
+    }
+  }
+  std::printf("cuda lact streams: %d runs on several streams compared bit for bit with one stream\n", compared);
+  EXPECT_EQ(compared, 2 * (48 + 48 + 24) + 4);
+}
+
 // TF32 tensor-core products (an option): reported, and held to the TF32 regime (~1e-3), not to fp32's.
 TEST(CudaLact, Tf32Option) {
   REQUIRE_CUDA();

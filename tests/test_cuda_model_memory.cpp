@@ -98,9 +98,9 @@ TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
 // recompute, so the loss and every gradient are the same bits with and without, at every --recompute level (none:
 // the last layer's, on the shared runner; its per-layer records never keep), in fp32 and with bf16 products (bf16
 // operands), with momentum and post norm or neither and pre norm, over two micro-batches. The memory it costs is
-// exactly what the estimate adds for it: the kept [g|h] of q and k, V W1, a, R and lr1 v (B T (8 dh + d) fp32, with
-// bf16 operands a bf16 shadow of a, R, lr1 v: B T (3 dh + d)) less the chunk buffers that keeping replaces
-// (B C (5 dh + d), each with a bf16 shadow with bf16 operands).
+// exactly what the estimate adds for it: the kept [g|h] of q and k, V W1, lr1 a and R (B T 8 dh fp32, with
+// bf16 operands a bf16 shadow of lr1 a and R: B T 3 dh) less the chunk buffers that keeping replaces
+// (B C 8 dh, and with bf16 operands the shadows of the update's lr1 a and R, B C 3 dh).
 TEST(CudaModel, KeptLactProductsGiveTheSameBits) {
   REQUIRE_CUDA();
   model::ModelConfig plain = small_config();
@@ -141,8 +141,8 @@ TEST(CudaModel, KeptLactProductsGiveTheSameBits) {
         const lact::Shape s = backend::gpu_lact_shape(cfg, 2, cfg.seq_len);
         const int64_t C = std::min(s.chunk, s.T);
         const bool bf16_operands = math == cuda::MathMode::BF16;  // the small config has no Muon
-        const int64_t kept = s.B * s.T * (8 * s.dh + s.d) * 4 + (bf16_operands ? s.B * s.T * (3 * s.dh + s.d) * 2 : 0);
-        const int64_t replaced = s.B * C * (5 * s.dh + s.d) * (bf16_operands ? 6 : 4);
+        const int64_t kept = s.B * s.T * 8 * s.dh * 4 + (bf16_operands ? s.B * s.T * 3 * s.dh * 2 : 0);
+        const int64_t replaced = s.B * C * 8 * s.dh * 4 + (bf16_operands ? s.B * C * 3 * s.dh * 2 : 0);
         std::printf("%s %s --recompute %s: keeping the LaCT products holds %lld bytes more (by hand %lld; the "
                     "estimate %.0f)\n",
                     name, cuda::math_mode_name(math), backend::recompute_name(level),

@@ -500,17 +500,17 @@ TEST(LactFused, WorkspaceLinearInChunks) {
   s.T = int64_t(1) << 21;
   const int64_t w2m = lact::workspace_elements(s, true);
   const int64_t per_state = 2 * 4 * 3 * 384 * 384;  // weights + momentum, 4 heads
-  EXPECT_EQ(w2m - w1m, 512 * per_state);
+  EXPECT_EQ(w2m - w1m, 512 * (per_state + 4));  // and the 4 heads' momentum gate means of a chunk
   const double bytes_1m = double(w1m) * 4;
   std::printf("lact workspace at bh=4 d=dh=384 C=2048 T=1M, momentum+Muon, fwd+bwd: %.3f GB\n", bytes_1m / 1e9);
   EXPECT_LT(bytes_1m, 8.0e9);
   const double io = 8.0 * 4 * double(int64_t(1) << 20) * 384 * 4 + 9.0 * 4 * double(int64_t(1) << 20) * 4;
   EXPECT_LT(bytes_1m + io, 78.0 * double(1ull << 30));
-  // Forward only: two states, independent of T.
+  // Forward only: two states, independent of T, and the gate means (4 heads a chunk).
   s.T = int64_t(1) << 20;
   const int64_t f1m = lact::workspace_elements(s, false);
   s.T = int64_t(1) << 21;
-  EXPECT_EQ(lact::workspace_elements(s, false), f1m);
+  EXPECT_EQ(lact::workspace_elements(s, false), f1m + 512 * 4);
 }
 
 // Several forwards kept at once in records of one Fused (the GPU model's --recompute none: every layer's forward,
@@ -567,8 +567,9 @@ TEST(LactFused, RecordsKeepSeveralForwards) {
 }
 
 // Kept products (Fused's keep_products: the backward reads each chunk's [g|h] of q and k, V W1 and the update's
-// a, R, lr1 v from the forward) give the bits of the recomputation, in every program, weight norm, momentum and
-// Muon combination; they cost B T (8 dh + d) elements and spare the shared [g|h], V W1, R and lr1 v chunk buffers.
+// lr1 a, R from the forward) give the bits of the recomputation, in every program, weight norm, momentum and
+// Muon combination; they cost B T 8 dh elements and spare the chunk buffers of the apply's and the update's
+// [g|h], V W1, the update's lr1 a and R.
 TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
   int checked = 0;
   for (const Case& c : all_cases()) {
@@ -588,7 +589,7 @@ TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
   const lact::Shape s = shape_of(all_cases().front());
   const int64_t C = std::min(s.chunk, s.T);
   EXPECT_EQ(lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true),
-            s.B * s.T * (8 * s.dh + s.d) - s.B * C * (5 * s.dh + s.d));
+            s.B * s.T * 8 * s.dh - s.B * C * 8 * s.dh);
   EXPECT_EQ(lact::workspace_elements(s, false, 1, true), lact::workspace_elements(s, false));  // nothing to keep
 }
 

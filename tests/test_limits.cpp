@@ -153,15 +153,15 @@ TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
 // A GPU training step's shared LaCT runner keeps each chunk's products for the backward (backend::
 // gpu_lact_keeps_products; TTT_LACT_KEEP=0 turns it off), and its term of the estimate counts them: for the 760m
 // preset with bf16 products (bf16 operands), one sequence of 32768 tokens (B = 4 sequence-heads, d = dh = 384, chunk
-// 2048), the kept [g|h] of q and k, V W1, a, R and lr1 v, B T (8 dh + d) fp32 with a bf16 shadow of a, R, lr1 v
-// (B T (3 dh + d)), less the chunk buffers they replace, B C (5 dh + d) with their shadows: 2.10 GB, at every
+// 2048), the kept [g|h] of q and k, V W1, lr1 a and R, B T 8 dh fp32 with a bf16 shadow of lr1 a and R (B T 3 dh),
+// less the chunk buffers they replace, B C 8 dh with the shadows of the update's lr1 a and R: 1.79 GB, at every
 // --recompute level (none: the last layer's on the shared runner; the per-layer records do not keep). A forward-only
 // batch (the evaluation phase) does not keep them.
 TEST(MemoryBudget, KeptLactProductsAreCountedInTheStepsRunner) {
   const model::ModelConfig cfg = model::preset("760m");
   const double B = 4, T = 32768, d = 384, dh = 384, C = 2048;
-  const double kept = B * T * (8 * dh + d) * 4 + B * T * (3 * dh + d) * 2 - B * C * (5 * dh + d) * (4 + 2);
-  EXPECT_DOUBLE_EQ(kept, 2101346304.0);
+  const double kept = B * T * 8 * dh * 4 + B * T * 3 * dh * 2 - B * C * (8 * dh * 4 + 3 * dh * 2);
+  EXPECT_DOUBLE_EQ(kept, 1793064960.0);
   auto runner_term = [](const train::MemoryEstimate& e, size_t phase) {
     for (const train::MemoryTerm& t : e.phases.at(phase))
       if (t.what.find("memory operator runner") != std::string::npos) return t.bytes;

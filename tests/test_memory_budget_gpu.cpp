@@ -191,7 +191,7 @@ TEST(MemoryBudgetGpu, MeasuredLactCasesAreBounded) {
       4.0 * double(lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true, 1, false)) +
       2.0 * double(lact::workspace_operand_elements(s, true, 1, true) -
                    lact::workspace_operand_elements(s, true, 1, false));  // bf16 shadows of the operands
-  EXPECT_GT(kept, 2.0e9);
+  EXPECT_GT(kept, 1.7e9);  // 1.79 GB: B T 8 dh fp32 and the bf16 shadows of lr1 a and R, less the chunk buffers
   for (const auto& [level, measured] : {std::pair{backend::Recompute::SaveAttention, 37.49e9},
                                         std::pair{backend::Recompute::None, 130.04e9}}) {
     const double keeping = train::estimate_memory(cfg, test_util::gpu_bf16_training(1, cfg.seq_len, level)).peak();

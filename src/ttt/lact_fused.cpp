@@ -77,6 +77,13 @@ class CpuOps {
       out[b] = scale * acc;
     }
   }
+  // out[c B + b] = the mean of x[b, c chunk ..] over chunk c's tokens, for every chunk of a [B,T] tensor.
+  void chunk_means(const T* x, int64_t chunk, T* out) {
+    for (int64_t c0 = 0, c = 0; c0 < g_.T; c0 += chunk, ++c) {
+      const int64_t n = std::min(chunk, g_.T - c0);
+      batched_dot(x + c0, nullptr, n, g_.T, g_.B, T(1) / T(n), out + c * g_.B);
+    }
+  }
   // dst[b] = D[b] + s[b] * S[b] (per elements a head; dst may be D).
   void axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per) {
     for (int64_t b = 0; b < g_.B; ++b)
@@ -173,7 +180,7 @@ class CpuOps {
       }
   }
 
-  // Chunk buffers: GH [B][n][2dh] = [g | h]; a, U [B][n][dh]; R [B][n][2dh]; Vl [B][n][d].
+  // Chunk buffers: GH [B][n][2dh] = [g | h]; a, lr1 a, U [B][n][dh]; R [B][n][2dh].
   void swiglu(const T* GH, T* a, int64_t n) {
     const int64_t dh = g_.dh;
     for (int64_t r = 0; r < g_.B * n; ++r)
@@ -186,37 +193,36 @@ class CpuOps {
         swiglu_elem_bwd(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], da[r * dh + j], a[r * dh + j],
                         dGH[r * 2 * dh + j], dGH[r * 2 * dh + dh + j]);
   }
-  // a = silu(g) h; R = [lr0 u h silu'(g) | lr2 u silu(g)]; Vl = lr1 v, for the chunk's tokens c0 + i.
-  void update_terms(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
-                    int64_t n, T* a, T* R, T* Vl) {
-    const int64_t d = g_.d, dh = g_.dh;
+  // Al = lr1 silu(g) h; R = [lr0 u h silu'(g) | lr2 u silu(g)], for the chunk's tokens c0 + i.
+  void update_terms(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n, T* Al,
+                    T* R) {
+    const int64_t dh = g_.dh;
     for (int64_t r = 0; r < g_.B * n; ++r) {
       const int64_t b = r / n, t = c0 + r % n, tok = b * g_.T + t;
-      for (int64_t j = 0; j < dh; ++j)
-        update_elem(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[r * dh + j], lr0[tok], lr2[tok], a[r * dh + j],
+      for (int64_t j = 0; j < dh; ++j) {
+        T a;
+        update_elem(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[r * dh + j], lr0[tok], lr2[tok], a,
                     R[r * 2 * dh + j], R[r * 2 * dh + dh + j]);
-      for (int64_t j = 0; j < d; ++j) Vl[r * d + j] = lr1[tok] * v[tok * d + j];
+        Al[r * dh + j] = lr1[tok] * a;
+      }
     }
   }
-  // Adjoint of update_terms: dGH, dU; g_lr0/1/2 and g_v (= lr1 dVl) of the chunk's tokens are written.
-  void update_terms_bwd(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
-                        int64_t n, const T* dR, const T* dVl, const T* da, T* dGH, T* dU, T* glr0, T* glr1, T* glr2,
-                        T* gv) {
-    const int64_t d = g_.d, dh = g_.dh;
+  // Adjoint of update_terms, given Y (the cotangent of Al) and dR: dGH, dU; g_lr0, g_lr1 = <a, Y> and g_lr2 of the
+  // chunk's tokens are written (a = silu(g) h, as update_terms computes it).
+  void update_terms_bwd(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n,
+                        const T* dR, const T* Y, T* dGH, T* dU, T* glr0, T* glr1, T* glr2) {
+    const int64_t dh = g_.dh;
     for (int64_t r = 0; r < g_.B * n; ++r) {
       const int64_t b = r / n, t = c0 + r % n, tok = b * g_.T + t;
-      T s0 = 0, s2 = 0, s1 = 0;
+      T s0 = 0, s1 = 0, s2 = 0;
       for (int64_t j = 0; j < dh; ++j) {
+        const T g = GH[r * 2 * dh + j], h = GH[r * 2 * dh + dh + j], y = Y[r * dh + j];
         T t0, t2;
-        update_elem_bwd(GH[r * 2 * dh + j], GH[r * 2 * dh + dh + j], U[r * dh + j], lr0[tok], lr2[tok],
-                        dR[r * 2 * dh + j], dR[r * 2 * dh + dh + j], da[r * dh + j], dGH[r * 2 * dh + j],
-                        dGH[r * 2 * dh + dh + j], dU[r * dh + j], t0, t2);
+        update_elem_bwd(g, h, U[r * dh + j], lr0[tok], lr2[tok], dR[r * 2 * dh + j], dR[r * 2 * dh + dh + j],
+                        lr1[tok] * y, dGH[r * 2 * dh + j], dGH[r * 2 * dh + dh + j], dU[r * dh + j], t0, t2);
         s0 += t0;
+        s1 += swiglu_elem(g, h) * y;
         s2 += t2;
-      }
-      for (int64_t j = 0; j < d; ++j) {
-        s1 += v[tok * d + j] * dVl[r * d + j];
-        gv[tok * d + j] = lr1[tok] * dVl[r * d + j];
       }
       glr0[tok] = s0;
       glr1[tok] = s1;
@@ -267,6 +273,11 @@ class CpuOps {
         if (tau) f = tau[b * g_.rows() + r] / (norm_of(z.data(), len) + T(kRowEps));
         for (int64_t j = 0; j < len; ++j) An[o + j] = z[size_t(j)] * f;
       }
+  }
+  // P = D + mbar S (axpy_batched), then step(A, P, state layout, tau, An).
+  void momentum_step(const T* A, const T* D, const T* S, const T* mbar, T* P, const T* tau, T* An) {
+    axpy_batched(P, D, S, mbar, 3 * g_.P());
+    step(A, P, false, tau, An);
   }
   // Post-norm step adjoint: dA (in: dL/dA_next, out: dL/dZ), dtau += .
   // dA_add (or null) is added to dA first: dA := the adjoint of dA + dA_add.

@@ -168,13 +168,16 @@ struct Geom {
 //   momentum_bwd(dM, dS, S, mbar, dP, dmbar)   per head b, over its 3P elements: dP = dM + dS (dP may be dM),
 //        dmbar[b] = sum dP S (a batched_dot of dP and S), then dS = mbar[b] dP
 //   fill_chunk(g, val, scale, c0, n)               g[b, c0+i] = val[b] scale for a [B,T] tensor
+//   chunk_means(x, chunk, out)   out[c B + b] = (1/n_c) sum_i x[b, c chunk + i] over every chunk c of a [B,T] tensor
+//        (n_c its length): batched_dot(x + c chunk, null, n_c, T, B, 1/n_c, out + c B) for every c at once
 //   pack_state(w0, w1, w2, A); unpack_grad(dA, tau|null, dtau, A0, g_w0, g_w1, g_w2)
 //   row_norms(A, tau); weight_norm(A, tau, E); weight_norm_bwd(A, tau, dE, dA (+=), dtau (+=))
 //   swiglu(GH, a, n); swiglu_bwd(GH, da, n, dGH, a)
-//   update_terms(GH, U, v, lr0, lr1, lr2, c0, n, a, R, Vl)
-//   update_terms_bwd(GH, U, v, lr0, lr1, lr2, c0, n, dR, dVl, da, dGH, dU, g_lr0, g_lr1, g_lr2, g_v)
+//   update_terms(GH, U, lr0, lr1, lr2, c0, n, Al, R)   Al = lr1 silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)]
+//   update_terms_bwd(GH, U, lr0, lr1, lr2, c0, n, dR, Y, dGH, dU, g_lr0, g_lr1, g_lr2)   Y: the cotangent of Al
 //   to_ns(src, dst, nrm|null); ns_norm_bwd(dX0, Pm, nrm, dot, dP)
 //   step(A, M, M_in_ns_layout, tau|null, A_next)
+//   momentum_step(A, D, S, mbar, P, tau|null, A_next)   P = axpy_batched(D, S, mbar), then step(A, P, false, tau, A_next)
 //   step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dA_add|null, dtau (+=))   dA := the adjoint of dA + dA_add
 template <class Ops>
 class Fused {
@@ -186,9 +189,9 @@ class Fused {
   // weight-norm targets and inputs: everything backward() reads of its forward) until its backward, while the
   // work buffers are shared; use_record picks the one forward() and backward() act on (record 0 at first).
   // keep_products (with gradients): each record also keeps what the forward computes of every chunk anyway --
-  // [g|h] of q and of k, V W1 and the update's token terms a, R, lr1 v -- so that the backward reads them instead
-  // of recomputing them (the same steps on the same operands: the same bits); costs B T (8 dh + d) elements per
-  // record (a, R, lr1 v are product operands only: a backend with bf16 operands needs only their bf16 copies).
+  // [g|h] of q and of k, V W1 and the update's token terms lr1 a, R -- so that the backward reads them instead
+  // of recomputing them (the same steps on the same operands: the same bits); costs B T 8 dh elements per
+  // record (lr1 a, R are product operands only: a backend with bf16 operands needs only their bf16 copies).
   Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false)
       : ops_(ops), s_(s), with_grad_(with_grad), keep_(with_grad && keep_products) {
     s_.validate();
@@ -196,7 +199,7 @@ class Fused {
               "lact: " << records << " forward records (several need gradients on)");
     g_ = ops_.geom();
     const int64_t B = s_.B, P = s_.P(), C = std::min(s_.chunk, s_.T);
-    const int64_t dh = s_.dh, d = s_.d;
+    const int64_t dh = s_.dh;
     nver_ = with_grad_ ? s_.num_versions() : 2;
     records_.resize(size_t(records));
     for (Record& r : records_) {
@@ -211,23 +214,28 @@ class Fused {
         r.u = ops_.alloc(B * s_.T * dh, /*operand=*/false);
         r.a = ops_.alloc(B * s_.T * dh);  // read by products only
         r.r = ops_.alloc(B * s_.T * 2 * dh);
-        r.vl = ops_.alloc(B * s_.T * d);
       }
     }
     states_ = records_[0].states, mstates_ = records_[0].mstates, tau_ = records_[0].tau;
     ghq_ = records_[0].ghq, ghk_ = records_[0].ghk, ukept_ = records_[0].u;
-    akept_ = records_[0].a, rkept_ = records_[0].r, vlkept_ = records_[0].vl;
+    akept_ = records_[0].a, rkept_ = records_[0].r;
     if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
-    if (s_.momentum) mbar_ = ops_.alloc(B);
+    if (s_.momentum) {
+      mbar_ = ops_.alloc(B);
+      mbar_all_ = ops_.alloc(B * s_.num_chunks());
+    }
     if (!keep_) {
-      GH_ = ops_.alloc(B * C * 2 * dh);
-      U_ = ops_.alloc(B * C * dh);
+      GH_ = ops_.alloc(B * C * 2 * dh, /*operand=*/false);  // read by element-wise steps only
+      U_ = ops_.alloc(B * C * dh, /*operand=*/false);
     }
     Ak_ = ops_.alloc(B * C * dh);
     if (!keep_) {
       R_ = ops_.alloc(B * C * 2 * dh);
-      Vl_ = ops_.alloc(B * C * d);
+      // The apply's [g|h] and the update's a apart from the update's [g|h] and the apply's a: a chunk's apply and
+      // update share no buffer, so a backend may run them at the same time.
+      GHq_ = ops_.alloc(B * C * 2 * dh, /*operand=*/false);
+      Au_ = ops_.alloc(B * C * dh);
     }
     if (s_.muon) {
       const int64_t p = g_.p();
@@ -238,7 +246,8 @@ class Fused {
     }
     if (with_grad_) {
       dA_ = ops_.alloc(B * 3 * P);
-      dE_ = ops_.alloc(B * 3 * P);
+      dEv_[0] = ops_.alloc(B * 3 * P);
+      dEv_[1] = ops_.alloc(B * 3 * P);
       dP_ = ops_.alloc(B * 3 * P);
       if (s_.momentum) {
         dS_ = ops_.alloc(B * 3 * P);
@@ -249,7 +258,9 @@ class Fused {
       dR_ = ops_.alloc(B * C * 2 * dh);
       dU_ = ops_.alloc(B * C * dh);
       da_ = ops_.alloc(B * C * dh);
-      dVl_ = ops_.alloc(B * C * d);
+      // The apply adjoint's own da and dGH (apart from the update adjoint's: see GHq_).
+      dGHq_ = ops_.alloc(B * C * 2 * dh);
+      daq_ = ops_.alloc(B * C * dh, /*operand=*/false);
       if (s_.muon) {
         const int64_t p = g_.p();
         dXa_ = ops_.alloc(3 * B * P);
@@ -269,7 +280,7 @@ class Fused {
     const Record& to = records_[size_t(r)];
     states_ = to.states, mstates_ = to.mstates, tau_ = to.tau, in_ = to.in, forward_done_ = to.forward_done;
     ghq_ = to.ghq, ghk_ = to.ghk, ukept_ = to.u;
-    akept_ = to.a, rkept_ = to.r, vlkept_ = to.vl;
+    akept_ = to.a, rkept_ = to.r;
     record_ = r;
     cached_e_ = -1;
   }
@@ -282,6 +293,8 @@ class Fused {
     ops_.pack_state(in.w0, in.w1, in.w2, state(0));
     if (s_.norm != WeightNorm::None) ops_.row_norms(state(0), tau_);
     if (s_.momentum) ops_.zero(mstate(0), s_.B * 3 * s_.P());
+    means_ready_ = s_.momentum;
+    if (s_.momentum) ops_.chunk_means(in.mom, s_.chunk, mbar_all_);
     for (int64_t c = 0; c < N; ++c) {
       const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
       const int64_t v = slot(c), vn = slot(c + 1);
@@ -323,6 +336,7 @@ class Fused {
   void stream_update(const Inputs<T>& in, int64_t n) {
     TTT_CHECK(n > 0 && n <= s_.chunk, "lact: stream_update of " << n << " rows (chunk " << s_.chunk << ")");
     in_ = in;
+    means_ready_ = false;  // the unfinished chunk's n rows: its own mean
     const int64_t next = 1 - stream_slot_;
     update_fwd(stream_slot_, next, effective(stream_slot_, stream_version_), 0, n);
     stream_slot_ = next;
@@ -338,6 +352,8 @@ class Fused {
     if (s_.momentum) ops_.zero(dS_, B * 3 * P);
     if (dtau_) ops_.zero(dtau_, B * s_.state_rows());
     cached_e_ = -1;
+    means_ready_ = s_.momentum;
+    if (s_.momentum) ops_.chunk_means(in_.mom, s_.chunk, mbar_all_);
     // Tokens of the causal last chunk take part in no update.
     if (s_.causal) {
       const int64_t c0 = (N - 1) * s_.chunk, n = s_.T - c0;
@@ -348,27 +364,26 @@ class Fused {
       ops_.zero_rows(g.lr2, 1, c0, n);
       if (s_.momentum) ops_.zero_rows(g.mom, 1, c0, n);
     }
-    // dE_ collects the cotangent of the effective weights of version cur (pre-norm after an update: of N(A_cur));
-    // flush() moves it into dA_, the cotangent of A_cur.
-    int64_t cur = s_.num_versions() - 1;
-    ops_.zero(dE_, B * 3 * P);
+    // dE_of(v) collects the cotangent of the effective weights of version v (pre-norm after an update: of N(A_v));
+    // flush() moves it into dA_, the cotangent of A_v. Causal: the apply adjoint of chunk c comes first (it
+    // depends on nothing the update adjoints compute, so a backend may run it beside them) and its products write
+    // version c's dE with beta 0; the update adjoint's add to them (the same sums: a + b = b + a).
+    dE_started_[0] = dE_started_[1] = false;
     for (int64_t c = N - 1; c >= 0; --c) {
       const int64_t c0 = c * s_.chunk, n = std::min(s_.chunk, s_.T - c0);
       if (s_.causal) {
+        apply_bwd(effective(c, c), c, c0, n, g);
         if (c + 1 < N) {
-          if (!flush_in_step()) flush(cur);  // version c+1 complete
+          if (!flush_in_step()) flush(c + 1);  // version c+1 complete
           update_bwd(c, c0, n, g);
-          cur = c;
         }
-        apply_bwd(effective(c, c), c0, n, g);
       } else {
-        apply_bwd(effective(c + 1, c + 1), c0, n, g);
-        if (!flush_in_step()) flush(cur);
+        apply_bwd(effective(c + 1, c + 1), c + 1, c0, n, g);
+        if (!flush_in_step()) flush(c + 1);
         update_bwd(c, c0, n, g);
-        cur = c;
       }
     }
-    flush(cur);
+    flush(0);
     ops_.unpack_grad(dA_, s_.norm != WeightNorm::None ? tau_ : nullptr, dtau_, state(0), g.w0, g.w1, g.w2);
   }
 
@@ -388,19 +403,24 @@ class Fused {
   struct Record {
     T *states = nullptr, *mstates = nullptr, *tau = nullptr;
     T *ghq = nullptr, *ghk = nullptr, *u = nullptr;  // keep_products: every chunk's [g|h] of q, of k, V W1
-    T *a = nullptr, *r = nullptr, *vl = nullptr;     // and its update's terms a, R, lr1 v
+    T *a = nullptr, *r = nullptr;                    // and its update's terms lr1 a, R
     Inputs<T> in;
     bool forward_done = false;
   };
   std::vector<Record> records_;
   int64_t record_ = 0;
   T *states_ = nullptr, *mstates_ = nullptr, *tau_ = nullptr, *ebuf_ = nullptr, *D_ = nullptr, *mbar_ = nullptr;
-  T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *Vl_ = nullptr;
+  T* mbar_all_ = nullptr;     // every chunk's momentum gate mean [N][B] (chunk_means), once per forward / backward
+  bool means_ready_ = false;  // mbar_all_ holds this call's means (not while streaming)
+  T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *GHq_ = nullptr, *Au_ = nullptr;
   T *ghq_ = nullptr, *ghk_ = nullptr, *ukept_ = nullptr;  // the current record's (keep_products)
-  T *akept_ = nullptr, *rkept_ = nullptr, *vlkept_ = nullptr;
+  T *akept_ = nullptr, *rkept_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
-  T *dA_ = nullptr, *dE_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
-  T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr, *dVl_ = nullptr;
+  T *dA_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
+  T* dEv_[2] = {};              // dE_of(v): version v's in dEv_[v % 2]
+  bool dE_started_[2] = {};     // whether its version has a contribution yet
+  T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr;
+  T *dGHq_ = nullptr, *daq_ = nullptr;
   T *dXa_ = nullptr, *dXb_ = nullptr, *dBm_ = nullptr, *dAm_ = nullptr, *nsdot_ = nullptr;
 
   int64_t slot(int64_t version) const { return with_grad_ ? version : version % 2; }
@@ -436,13 +456,12 @@ class Fused {
   T* w1(T* E) const { return E + 2 * s_.P(); }
   // The chunk from row c0's [g|h] of q / of k ([B][n][2dh]) and V W1 ([B][n][dh]): a record's kept slot (the
   // chunks lie one after another, B c0 rows in) or the shared work buffer.
-  T* gh_q(int64_t c0) const { return keep_ ? ghq_ + s_.B * c0 * 2 * s_.dh : GH_; }
+  T* gh_q(int64_t c0) const { return keep_ ? ghq_ + s_.B * c0 * 2 * s_.dh : GHq_; }
   T* gh_k(int64_t c0) const { return keep_ ? ghk_ + s_.B * c0 * 2 * s_.dh : GH_; }
   T* vw1(int64_t c0) const { return keep_ ? ukept_ + s_.B * c0 * s_.dh : U_; }
-  // The chunk's update terms a ([B][n][dh]; the apply's a stays in Ak_), R ([B][n][2dh]), lr1 v ([B][n][d]).
-  T* upd_a(int64_t c0) const { return keep_ ? akept_ + s_.B * c0 * s_.dh : Ak_; }
+  // The chunk's update terms lr1 a ([B][n][dh]; the apply's a is Ak_) and R ([B][n][2dh]).
+  T* upd_a(int64_t c0) const { return keep_ ? akept_ + s_.B * c0 * s_.dh : Au_; }
   T* upd_r(int64_t c0) const { return keep_ ? rkept_ + s_.B * c0 * 2 * s_.dh : R_; }
-  T* upd_vl(int64_t c0) const { return keep_ ? vlkept_ + s_.B * c0 * s_.d : Vl_; }
 
   // [g|h] = X [W0;W2]^T for the chunk rows X of x: GH [B][n][2dh].
   void gh(const T* E, const T* x, int64_t c0, int64_t n, T* GH) {
@@ -461,8 +480,9 @@ class Fused {
   }
 
   // The chunk's token-side terms of the inner gradient: GH = K [W0;W2]^T, U = V W1 (gh_k, vw1), then
-  // a = silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)], Vl = lr1 v (upd_a, upd_r, upd_vl). With kept products
-  // the backward's call has nothing to do: it reads the forward's.
+  // lr1 a = lr1 silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)] (upd_a, upd_r). The rate lr1 goes with a rather
+  // than with v: dW1 = (lr1 V)^T a = V^T (lr1 a), so no pass scales the values. With kept products the backward's
+  // call has nothing to do: it reads the forward's.
   void update_terms(const T* E, int64_t c0, int64_t n, bool in_backward) {
     if (keep_ && in_backward) return;
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
@@ -470,25 +490,31 @@ class Fused {
     gh(E, in_.k, c0, n, GH);
     gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), U, dh, n * dh,
          B);  // u = V W1
-    ops_.update_terms(GH, U, in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, upd_a(c0), upd_r(c0), upd_vl(c0));
+    ops_.update_terms(GH, U, in_.lr0, in_.lr1, in_.lr2, c0, n, upd_a(c0), upd_r(c0));
   }
 
-  // The update of chunk c from its start state: Pn := the inner step mixed with momentum (P_c), mbar_, and
+  // The momentum gate's mean over the chunk's n tokens from c0: from this call's chunk_means, or (streaming)
+  // computed into mbar_.
+  const T* mbar_for(int64_t c0, int64_t n) {
+    if (means_ready_) return mbar_all_ + (c0 / s_.chunk) * s_.B;
+    ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, s_.B, T(1) / T(n), mbar_);
+    return mbar_;
+  }
+
+  // The update of chunk c from its start state: Pn := the inner step mixed with momentum (P_c), mbar, and
   // with Muon the NS5 iterates. Pn is where P_c is kept (the next momentum state, or D_ when nothing keeps it):
   // the inner step's products write it directly unless momentum mixes it first (then they write D_). Returns
-  // what the step adds (Pn or X_[5]).
-  const T* update_direction(int64_t v, const T* E, int64_t c0, int64_t n, T* Pn) {
+  // what the step adds (Pn or X_[5]). mix false (momentum without Muon): the mix is left to the step's pass
+  // (momentum_step), D_ and mbar_ hold its operands.
+  const T* update_direction(int64_t v, const T* E, int64_t c0, int64_t n, T* Pn, bool mix = true) {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
     update_terms(E, c0, n, /*in_backward=*/false);
     T* dW = s_.momentum ? D_ : Pn;
     gemm(true, false, 2 * dh, d, n, T(1), upd_r(c0), 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0),
          dW, d, wstride(), B);  // [dW0; dW2] = R^T K
-    gemm(true, false, d, dh, n, T(1), upd_vl(c0), d, n * d, upd_a(c0), dh, n * dh, T(0), w1(dW), dh, wstride(),
-         B);  // dW1 = (lr1 V)^T a
-    if (s_.momentum) {
-      ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
-      ops_.axpy_batched(Pn, D_, mstate(v), mbar_, 3 * P);  // P = dW + mbar S
-    }
+    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), upd_a(c0), dh, n * dh, T(0), w1(dW), dh,
+         wstride(), B);  // dW1 = V^T (lr1 a)
+    if (s_.momentum && mix) ops_.axpy_batched(Pn, D_, mstate(v), mbar_for(c0, n), 3 * P);  // P = dW + mbar S
     if (!s_.muon) return Pn;
     ns5_forward(Pn);
     return X_[5];
@@ -510,40 +536,64 @@ class Fused {
   }
 
   void update_fwd(int64_t v, int64_t vn, const T* E, int64_t c0, int64_t n) {
-    const T* M = update_direction(v, E, c0, n, mstates_ ? mstate(vn) : D_);
-    ops_.step(state(v), M, s_.muon, s_.norm == WeightNorm::Post ? tau_ : nullptr, state(vn));
+    T* Pn = mstates_ ? mstate(vn) : D_;
+    const T* tau = s_.norm == WeightNorm::Post ? tau_ : nullptr;
+    if (s_.momentum && !s_.muon) {  // P = dW + mbar S and the step in one pass
+      update_direction(v, E, c0, n, Pn, /*mix=*/false);
+      ops_.momentum_step(state(v), D_, mstate(v), mbar_for(c0, n), Pn, tau, state(vn));
+      return;
+    }
+    const T* M = update_direction(v, E, c0, n, Pn);
+    ops_.step(state(v), M, s_.muon, tau, state(vn));
   }
 
   // ---- backward pieces ------------------------------------------------------------------------------
-  // With post weight norm the flush before an update adjoint is its step adjoint's first step (dA + dE_ read
+  // With post weight norm the flush before an update adjoint is its step adjoint's first step (dA + dE read
   // in the same pass: the same sum, one pass less).
   bool flush_in_step() const { return s_.norm == WeightNorm::Post; }
-  // Moves dE_ into dA_. dE_ is left as it is: the update adjoint that follows every flush but the last
-  // overwrites all of it (its products write dE_ with beta 0) before anything accumulates into it.
+  // Version v's dE buffer, and the beta of the products of a contribution to it: 0 for the first (the buffer
+  // holds version v - 2's, already moved into dA_), 1 after.
+  T* dE_of(int64_t v) const { return dEv_[v & 1]; }
+  T dE_begin(int64_t v) {
+    const T beta = dE_started_[v & 1] ? T(1) : T(0);
+    dE_started_[v & 1] = true;
+    return beta;
+  }
+  // Version v's dE, complete, for the step that moves it into dA_ (zeros if nothing contributed); its buffer is
+  // then free for version v - 2.
+  const T* dE_take(int64_t v) {
+    if (!dE_started_[v & 1]) ops_.zero(dE_of(v), s_.B * 3 * s_.P());
+    dE_started_[v & 1] = false;
+    return dE_of(v);
+  }
+  // Moves version v's dE into dA_.
   void flush(int64_t version) {
     const int64_t n = s_.B * 3 * s_.P();
-    if (normalized(version)) ops_.weight_norm_bwd(state(version), tau_, dE_, dA_, dtau_);
-    else ops_.add(dA_, dE_, n);
+    const T* dE = dE_take(version);
+    if (normalized(version)) ops_.weight_norm_bwd(state(version), tau_, dE, dA_, dtau_);
+    else ops_.add(dA_, dE, n);
   }
 
-  // Cotangents through apply(c) with weights E (dE_ +=), grad_q rows written.
-  void apply_bwd(const T* E, int64_t c0, int64_t n, const Grads<T>& g) {
+  // Cotangents through apply(c) with the weights E of version v (into dE_of(v)), grad_q rows written.
+  void apply_bwd(const T* E, int64_t v, int64_t c0, int64_t n, const Grads<T>& g) {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
     T* GH = gh_q(c0);
     if (!keep_) gh(E, in_.q, c0, n, GH);
-    gemm(false, false, n, dh, d, T(1), rows_of(go_, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), da_, dh,
-         n * dh, B);                      // da = dO W1
-    ops_.swiglu_bwd(GH, da_, n, dGH_, Ak_);  // dGH = [da h silu'(g) | da silu(g)], a = silu(g) h
-    gemm(true, false, d, dh, n, T(1), rows_of(go_, c0), d, seq_stride(), Ak_, dh, n * dh, T(1), w1(dE_), dh,
-         wstride(), B);  // dW1 += dO^T a
-    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.q, c0), d, seq_stride(), T(1), dE_,
-         d, wstride(), B);  // d[W0;W2] += dGH^T Q
-    gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(0), rows_of(g.q, c0), d,
+    gemm(false, false, n, dh, d, T(1), rows_of(go_, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), daq_, dh,
+         n * dh, B);                          // da = dO W1
+    ops_.swiglu_bwd(GH, daq_, n, dGHq_, Ak_);  // dGH = [da h silu'(g) | da silu(g)], a = silu(g) h
+    gemm(false, false, n, d, 2 * dh, T(1), dGHq_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(0), rows_of(g.q, c0), d,
          seq_stride(), B);  // dQ = dGH [W0;W2]
+    T* dE = dE_of(v);
+    const T beta = dE_begin(v);
+    gemm(true, false, d, dh, n, T(1), rows_of(go_, c0), d, seq_stride(), Ak_, dh, n * dh, beta, w1(dE), dh, wstride(),
+         B);  // dW1 (+)= dO^T a
+    gemm(true, false, 2 * dh, d, n, T(1), dGHq_, 2 * dh, n * 2 * dh, rows_of(in_.q, c0), d, seq_stride(), beta, dE, d,
+         wstride(), B);  // d[W0;W2] (+)= dGH^T Q
   }
 
   // Update of chunk c (version c -> c+1): dA_ holds dL/dA_{c+1} on entry and dL/dA_c (the direct path; the
-  // path through the effective weights goes to dE_) on exit; dS_ likewise for the momentum state.
+  // path through the effective weights goes to dE_of(c)) on exit; dS_ likewise for the momentum state.
   void update_bwd(int64_t c, int64_t c0, int64_t n, const Grads<T>& g) {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
     const T* E = effective(c, c);
@@ -551,12 +601,11 @@ class Fused {
     // forward (as the state c+1 momentum).
     update_terms(E, c0, n, /*in_backward=*/true);
     const T* Pc = mstate(c + 1);
-    if (s_.momentum) ops_.batched_dot(in_.mom + c0, nullptr, n, s_.T, B, T(1) / T(n), mbar_);
     if (s_.muon) ns5_forward(Pc);
     const T* M = s_.muon ? X_[5] : Pc;
-    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ + dE_ (version c+1's flush: flush_in_step) becomes
+    // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ + dE (version c+1's flush: flush_in_step) becomes
     // dZ = dL/dA_c (direct) = dL/dM in dA_.
-    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dE_, dtau_);
+    if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dE_take(c + 1), dtau_);
     // Muon: dP from dM through NS5 (into dP_); without Muon dM is dA_ itself.
     if (s_.muon) ns5_backward(Pc);
     const T* dM = s_.muon ? dP_ : dA_;
@@ -564,30 +613,32 @@ class Fused {
     // dS_c = mbar dP (one pass). Without momentum dD is dM as it is.
     const T* dD = dM;
     if (s_.momentum) {
-      ops_.momentum_bwd(dM, dS_, mstate(c), mbar_, dP_, dmbar_);
+      ops_.momentum_bwd(dM, dS_, mstate(c), mbar_for(c0, n), dP_, dmbar_);
       ops_.fill_chunk(g.mom, dmbar_, T(1) / T(n), c0, n);
       dD = dP_;
     }
-    // The inner gradient: D02 = R^T K, D1 = Vl^T a, with cotangent dD.
+    // The inner gradient: D02 = R^T K, D1 = V^T (lr1 a), with cotangent dD.
     gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), dD, d, wstride(), T(0), dR_, 2 * dh,
          n * 2 * dh, B);  // dR = K dD02^T
-    gemm(false, true, n, d, dh, T(1), upd_a(c0), dh, n * dh, w1(dD), dh, wstride(), T(0), dVl_, d, n * d,
-         B);  // dVl = a dD1^T
-    gemm(false, false, n, dh, d, T(1), upd_vl(c0), d, n * d, w1(dD), dh, wstride(), T(0), da_, dh, n * dh,
-         B);  // da = Vl dD1
-    ops_.update_terms_bwd(gh_k(c0), vw1(c0), in_.v, in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, dVl_, da_, dGH_, dU_,
-                          g.lr0, g.lr1, g.lr2, g.v);
+    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(dD), dh, wstride(), T(0), da_, dh,
+         n * dh, B);  // Y = V dD1 (the cotangent of lr1 a)
+    ops_.update_terms_bwd(gh_k(c0), vw1(c0), in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, da_, dGH_, dU_, g.lr0, g.lr1,
+                          g.lr2);
+    gemm(false, true, n, d, dh, T(1), upd_a(c0), dh, n * dh, w1(dD), dh, wstride(), T(0), rows_of(g.v, c0), d,
+         seq_stride(), B);  // dV = (lr1 a) dD1^T
     gemm(false, false, n, d, 2 * dh, T(1), upd_r(c0), 2 * dh, n * 2 * dh, dD, d, wstride(), T(0), rows_of(g.k, c0),
          d, seq_stride(), B);  // dK = R dD02
     gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(1), rows_of(g.k, c0), d,
          seq_stride(), B);  // dK += dGH [W0;W2]
     gemm(false, true, n, d, dh, T(1), dU_, dh, n * dh, w1(E), dh, wstride(), T(1), rows_of(g.v, c0), d, seq_stride(),
          B);  // dV += dU W1^T
-    // The first contributions of version c (flushed before this update): they overwrite dE_ (beta 0).
-    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0), dE_, d,
-         wstride(), B);  // d[W0;W2] = dGH^T K
-    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), dU_, dh, n * dh, T(0), w1(dE_), dh,
-         wstride(), B);  // dW1 = V^T dU
+    // Version c's contributions through the update (beta 1 after the causal apply adjoint's).
+    T* dE = dE_of(c);
+    const T beta = dE_begin(c);
+    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), beta, dE, d,
+         wstride(), B);  // d[W0;W2] (+)= dGH^T K
+    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), dU_, dh, n * dh, beta, w1(dE), dh,
+         wstride(), B);  // dW1 (+)= V^T dU
   }
 
   // dM (= dA_, state layout) -> dP_ (state layout) through the five NS steps and the Frobenius scaling.
@@ -625,9 +676,12 @@ int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1, 
 // backend with bf16 operands keeps a bf16 shadow of each (all of them but the kept [g|h] and V W1).
 int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false);
 // The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
-// first stage of its batched reductions (kDotSlices doubles per row of 3 B) and a cuBLAS workspace of its own (bytes).
+// first stage of its batched reductions (kDotSlices doubles per row of 3 B) and cuBLAS workspaces of its own (bytes:
+// one of kRunnerStreamWorkspace per stream of its kRunnerStreams, together kRunnerCublasWorkspace).
 inline constexpr int64_t kDotSlices = 128;
-inline constexpr size_t kRunnerCublasWorkspace = size_t(32) << 20;
+inline constexpr int kRunnerStreams = 6;
+inline constexpr size_t kRunnerStreamWorkspace = size_t(8) << 20;
+inline constexpr size_t kRunnerCublasWorkspace = kRunnerStreamWorkspace * size_t(kRunnerStreams);
 
 // The causal forward through the streaming API (Fused::stream_*), token by token as generation runs it: o must
 // equal fused_cpu's o. The reference usage of the streaming API (and its test). reset_every > 0: back to the

@@ -6,8 +6,10 @@
 //
 // Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every operand buffer has a bf16
 // shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels
-// whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs.
-// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_KEEP=0
+// whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs; the
+// steps of a call run on several streams, each after the steps it depends on ("GPU: several streams, fewer
+// passes"; lact_sched.cuh).
+// Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_STREAMS=n (streams; 1: all on the runner's stream), TTT_LACT_KEEP=0
 // (ttt op lact / bench op recompute rather than keep products: with_kept_products_if_room),
 // TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
 // TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh (and
@@ -19,6 +21,7 @@
 #include "backend/cuda/lact_kernels.cuh"
 #include "backend/cuda/layout_kernels.h"
 #include "backend/cuda/lact_profile.cuh"
+#include "backend/cuda/lact_sched.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -106,6 +109,15 @@ Ivals iv_gaps(const Ivals& v, int64_t a, int64_t b) {
   return g;
 }
 
+// Streams a runner's calls run on (lact_sched.cuh): LactOptions::streams, else TTT_LACT_STREAMS, else
+// lact::kRunnerStreams (1: everything on the main stream).
+int streams_of(const LactOptions& opt) {
+  if (opt.streams > 0) return std::min(opt.streams, kMaxStreams);
+  const char* e = std::getenv("TTT_LACT_STREAMS");
+  if (!e || !*e) return lact::kRunnerStreams;
+  return std::max(1, std::min(std::atoi(e), kMaxStreams));
+}
+
 template <class T>
 class CudaOps {
  public:
@@ -113,9 +125,9 @@ class CudaOps {
   CudaOps(const lact::Geom& g, const LactOptions& opt) : g_(g), opt_(opt) {
     TTT_CUDA_CHECK(cudaStreamCreate(&stream_));
     prof_ = std::make_unique<Prof>(stream_);
-    TTT_CUBLAS_CHECK(cublasCreate(&handle_));
-    TTT_CUBLAS_CHECK(cublasSetStream(handle_, stream_));
-    TTT_CUBLAS_CHECK(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST));
+    // Several streams (lact_sched.cuh) unless profiling (the profile times each step alone on the main stream).
+    sched_ = std::make_unique<Sched>();
+    sched_->init(stream_, prof_->on() ? 1 : streams_of(opt_));
     TTT_CHECK(!(opt_.tf32 && opt_.bf16), "lact cuda: the tf32 and bf16 options exclude each other");
     TTT_CHECK(!opt_.bf16 || (std::is_same<T, float>::value), "lact cuda: bf16 matrix inputs need float data");
     if (std::is_same<T, double>::value) compute_ = CUBLAS_COMPUTE_64F;
@@ -123,17 +135,28 @@ class CudaOps {
     bf16_ = opt_.bf16 && std::is_same<T, float>::value;
     partial_ = static_cast<Acc*>(device_malloc(sizeof(Acc) * size_t(3 * g_.B * kMaxSlices)));
     workspace_bytes_ += sizeof(Acc) * size_t(3 * g_.B * kMaxSlices);
-    // A cuBLAS workspace of our own (the size cuBLAS uses by default on Hopper), so that the products can be
-    // captured into a CUDA graph without cuBLAS allocating during the capture.
-    cublas_ws_ = alloc_bytes(kCublasWorkspace);
-    TTT_CUBLAS_CHECK(cublasSetWorkspace(handle_, cublas_ws_, kCublasWorkspace));
+    // A cuBLAS handle per stream, each with a workspace of its own, so that the products can be captured into a
+    // CUDA graph without cuBLAS allocating during the capture, and products on different streams never share a
+    // workspace. The same size per handle on any number of streams: cuBLAS picks the same algorithms, the same bits.
+    const size_t per = lact::kRunnerStreamWorkspace;
+    cublas_ws_ = alloc_bytes(per * size_t(sched_->size()));
+    handles_.assign(size_t(sched_->size()), nullptr);
+    for (int i = 0; i < sched_->size(); ++i) {
+      cublasHandle_t& h = handles_[size_t(i)];
+      TTT_CUBLAS_CHECK(cublasCreate(&h));
+      TTT_CUBLAS_CHECK(cublasSetStream(h, sched_->stream(i)));
+      TTT_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+      TTT_CUBLAS_CHECK(cublasSetWorkspace(h, static_cast<char*>(cublas_ws_) + size_t(i) * per, per));
+    }
   }
   ~CudaOps() {
     if (stream_) cudaStreamSynchronize(stream_);
     prof_.reset();
     for (auto& [p, bytes] : allocs_) device_free(p, bytes);
     device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
-    if (handle_) cublasDestroy(handle_);
+    for (cublasHandle_t h : handles_)
+      if (h) cublasDestroy(h);
+    sched_.reset();  // its streams and events, before the main stream
     if (stream_) cudaStreamDestroy(stream_);
   }
   CudaOps(const CudaOps&) = delete;
@@ -167,7 +190,7 @@ class CudaOps {
   //    layout, with the intervals where it holds bf16(the fp32 value) tracked on the host. Every step of
   //    this backend that writes fp32 invalidates what it writes; a product converts only what is not valid
   //    yet (so a state or an update is converted once, however many products read it);
-  //  * the kernels whose outputs feed nothing but matrix products (a, R, Vl, dGH, dU) write the bf16 shadow
+  //  * the kernels whose outputs feed nothing but matrix products (a, lr1 a, R, dGH, dU) write the bf16 shadow
   //    alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
   //    (a bookkeeping check on the host: it never happens with the algorithm of lact_fused.h);
   //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together.
@@ -214,27 +237,82 @@ class CudaOps {
     m.base = base;
   }
 
+  // ---- the scheduler (lact_sched.cuh): each step below names the memory it reads and writes ---------------
+  using Use = Sched::Use;
+  // `count` blocks of `len` elements, `stride` elements apart (one block: a plain range).
+  template <class E>
+  static Use span_of(const E* p, int64_t len, int64_t stride, int64_t count, bool w) {
+    if (!p || len <= 0 || count <= 0) return Use{};
+    if (count == 1) stride = len;
+    return Use{Span{reinterpret_cast<uintptr_t>(p), len * int64_t(sizeof(E)), stride * int64_t(sizeof(E)), count}, w};
+  }
+  template <class E>
+  static Use rd(const E* p, int64_t n) { return span_of(p, n, n, 1, false); }
+  template <class E>
+  static Use wr(const E* p, int64_t n) { return span_of(p, n, n, 1, true); }
+  // Rows [c0, c0+n) of every head of a [B, T, cols] tensor.
+  template <class E>
+  Use rows_span(const E* p, int64_t cols, int64_t c0, int64_t n, bool w) const {
+    return span_of(p ? p + c0 * cols : p, n * cols, g_.T * cols, g_.B, w);
+  }
+  // One step: it runs on the stream the scheduler picks (after the steps it depends on); its completion is
+  // recorded when the scope ends.
+  class Step {
+   public:
+    Step(CudaOps& o, std::initializer_list<Use> uses) : o_(o) {
+      si_ = o_.sched_->begin_op(uses.begin(), int(uses.size()));
+      st = o_.sched_->stream(si_);
+    }
+    ~Step() { o_.sched_->end_op(); }
+    Step(const Step&) = delete;
+    Step& operator=(const Step&) = delete;
+    cublasHandle_t handle() const { return o_.handles_[size_t(si_)]; }
+    cudaStream_t st;
+
+   private:
+    CudaOps& o_;
+    int si_ = 0;
+  };
+  // The kernels' 4-wide paths (lact_kernels.cuh): float data, d and dh multiples of 4, every row pointer aligned to
+  // 4 elements.
+  template <class... P>
+  bool v4_ok(const P*... ps) const {
+    if (!std::is_same<T, float>::value || g_.d % 4 != 0 || g_.dh % 4 != 0) return false;
+    return (... && (!ps || reinterpret_cast<uintptr_t>(ps) % (4 * sizeof(P)) == 0));
+  }
+  // A call (forward or backward) forks from the main stream and joins back into it.
+  void begin_call() { sched_->begin_call(); }
+  void end_call() { sched_->end_call(); }
+
   // Row-major C = alpha op(A) op(B) + beta C is column-major C^T = alpha op(B)^T op(A)^T + beta C^T.
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
             const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
+    // Each operand: `batch` blocks (strides sA, sB, sC), each one stored matrix ([rows, cols] with its leading dim).
+    const int64_t ra = ta ? k : m, ca = ta ? m : k, rb = tb ? n : k, cb = tb ? k : n;
+    const int64_t la = (ra - 1) * lda + ca, lb = (rb - 1) * ldb + cb, lc = (m - 1) * ldc + n;
+    const int64_t ea = (batch - 1) * sA + la, eb = (batch - 1) * sB + lb, ec = (batch - 1) * sC + lc;
     if (bf16_) {
-      // Elements each operand spans: (batch-1) strides plus one stored matrix ([rows, cols] with leading dim).
-      const int64_t ra = ta ? k : m, ca = ta ? m : k, rb = tb ? n : k, cb = tb ? k : n;
-      const int64_t ea = (batch - 1) * sA + (ra - 1) * lda + ca, eb = (batch - 1) * sB + (rb - 1) * ldb + cb;
-      const int64_t ec = (batch - 1) * sC + (m - 1) * ldc + n;
       const __nv_bfloat16* a16 = operand_bf16(A, ea);
       const __nv_bfloat16* b16 = (B == A && eb == ea) ? a16 : operand_bf16(B, eb);
       if (beta != T(0)) reads(C, ec);
       wrote(C, ec);
       const float fa = float(alpha), fb = float(beta);
+      Step op(*this, {span_of(a16, la, sA, batch, false), span_of(b16, lb, sB, batch, false),
+                      span_of(C, lc, sC, batch, true)});
       auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
       TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-          handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa, b16,
-          CUDA_R_16BF, int(ldb), (long long)sB, a16, CUDA_R_16BF, int(lda), (long long)sA, &fb, C, CUDA_R_32F,
+          op.handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa,
+          b16, CUDA_R_16BF, int(ldb), (long long)sB, a16, CUDA_R_16BF, int(lda), (long long)sA, &fb, C, CUDA_R_32F,
           int(ldc), (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       return;
     }
-    gemm_native(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
+    Step op(*this, {span_of(A, la, sA, batch, false), span_of(B, lb, sB, batch, false), span_of(C, lc, sC, batch, true)});
+    const cudaDataType_t dt = CublasType<T>::data;
+    auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
+    TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(op.handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha, B, dt,
+                                                int(ldb), (long long)sB, A, dt, int(lda), (long long)sA, &beta, C, dt,
+                                                int(ldc), (long long)sC, int(batch), compute_, CUBLAS_GEMM_DEFAULT));
   }
   std::string gemm_name(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t batch) const {
     char buf[96];
@@ -244,51 +322,47 @@ class CudaOps {
   }
   void zero(T* p, int64_t n) {
     wrote(p, n);
+    Step op(*this, {wr(p, n)});
     auto ps_ = prof_->scope("memset");
-    TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), stream_));
+    TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), op.st));
   }
   void copy(T* dst, const T* src, int64_t n) {
     reads(src, n);
     wrote(dst, n);
+    Step op(*this, {rd(src, n), wr(dst, n)});
     auto ps_ = prof_->scope("memcpy");
-    TTT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * size_t(n), cudaMemcpyDeviceToDevice, stream_));
+    TTT_CUDA_CHECK(cudaMemcpyAsync(dst, src, sizeof(T) * size_t(n), cudaMemcpyDeviceToDevice, op.st));
   }
   void add(T* dst, const T* src, int64_t n) {
     reads(src, n);
     reads(dst, n);
     wrote(dst, n);
+    Step op(*this, {rd(src, n), wr(dst, n)});
     auto ps_ = prof_->scope("add");
-    k_add<<<grid_for(n), kThreads, 0, stream_>>>(dst, src, n);
+    k_add<<<grid_for(n), kThreads, 0, op.st>>>(dst, src, n);
     TTT_LAUNCH_CHECK("add");
   }
   void sqrt_inplace(T* x, int64_t n) {
     reads(x, n);
     wrote(x, n);
+    Step op(*this, {wr(x, n)});
     auto ps_ = prof_->scope("sqrt");
-    k_sqrt<<<grid_for(n), kThreads, 0, stream_>>>(x, n);
+    k_sqrt<<<grid_for(n), kThreads, 0, op.st>>>(x, n);
     TTT_LAUNCH_CHECK("sqrt");
   }
   void zero_rows(T* p, int64_t cols, int64_t r0, int64_t nr) {
     if (!p) return;
+    Step op(*this, {rows_span(p, cols, r0, nr, true)});
     auto ps_ = prof_->scope("memset2d");
     TTT_CUDA_CHECK(cudaMemset2DAsync(p + r0 * cols, sizeof(T) * size_t(g_.T * cols), 0, sizeof(T) * size_t(nr * cols),
-                                     size_t(g_.B), stream_));
-  }
-
-  void gemm_native(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
-                   const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
-    const cudaDataType_t dt = CublasType<T>::data;
-    auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
-    TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                                int(n), int(m), int(k), &alpha, B, dt, int(ldb), (long long)sB, A, dt,
-                                                int(lda), (long long)sA, &beta, C, dt, int(ldc), (long long)sC,
-                                                int(batch), compute_, CUBLAS_GEMM_DEFAULT));
+                                     size_t(g_.B), op.st));
   }
 
   // The second reduction stage: out[b] = scale * (the sum of row b's `slices` partial sums, in a fixed order).
   void dot_final(int slices, int64_t batch, T scale, T* out) {
+    Step op(*this, {rd(partial_, batch * slices), wr(out, batch)});
     auto ps_ = prof_->scope("dot_final");
-    k_dot_final<<<unsigned(batch), 32, 0, stream_>>>(partial_, slices, scale, out);
+    k_dot_final<<<unsigned(batch), 32, 0, op.st>>>(partial_, slices, scale, out);
     TTT_LAUNCH_CHECK("dot_final");
   }
   // Slices of the first reduction stage over `per` elements (k_dot_partial, k_momentum_bwd).
@@ -302,19 +376,30 @@ class CudaOps {
     wrote(out, batch);
     const int slices = dot_slices(per);
     {
+      Step op(*this, {span_of(x, per, stride, batch, false), span_of(y, per, stride, batch, false),
+                      wr(partial_, batch * slices)});
       auto ps_ = prof_->scope("dot_partial");
-      k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, stream_>>>(x, y, per, stride, partial_);
+      k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, op.st>>>(x, y, per, stride, partial_);
       TTT_LAUNCH_CHECK("dot_partial");
     }
     dot_final(slices, batch, scale, out);
+  }
+  void chunk_means(const T* x, int64_t chunk, T* out) {
+    const int64_t N = (g_.T + chunk - 1) / chunk;
+    wrote(out, N * g_.B);
+    Step op(*this, {rd(x, g_.B * g_.T), wr(out, N * g_.B)});
+    auto ps_ = prof_->scope("chunk_means");
+    k_chunk_means<<<dim3(unsigned(N), unsigned(g_.B)), kThreads, 0, op.st>>>(x, g_.T, chunk, out);
+    TTT_LAUNCH_CHECK("chunk_means");
   }
   void axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per) {
     const int64_t n = g_.B * per;
     reads(D, n);
     reads(S, n);
     wrote(dst, n);
+    Step op(*this, {rd(D, n), rd(S, n), rd(s, g_.B), wr(dst, n)});
     auto ps_ = prof_->scope("axpy_batched");
-    k_axpy_batched<<<grid_for(n), kThreads, 0, stream_>>>(dst, D, S, s, per, n);
+    k_axpy_batched<<<grid_for(n), kThreads, 0, op.st>>>(dst, D, S, s, per, n);
     TTT_LAUNCH_CHECK("axpy_batched");
   }
   void momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, T* dmbar) {
@@ -330,47 +415,55 @@ class CudaOps {
     else wrote(dP, n);
     const int slices = dot_slices(per);
     {
+      Step op(*this, {rd(dM, n), rd(S, n), rd(mbar, g_.B), wr(dS, n), dP16 ? wr(dP16, n) : wr(dP, n),
+                      wr(partial_, g_.B * slices)});
       auto ps_ = prof_->scope("momentum_bwd");
-      k_momentum_bwd<<<dim3(unsigned(slices), unsigned(g_.B)), kThreads, 0, stream_>>>(dM, dS, S, mbar,
-                                                                                      dP16 ? nullptr : dP, dP16, per,
-                                                                                      partial_);
+      T* dP32 = dP16 ? nullptr : dP;
+      k_momentum_bwd<<<dim3(unsigned(slices), unsigned(g_.B)), kThreads, 0, op.st>>>(
+          dM, dS, S, mbar, dP32, dP16, per, partial_, v4_ok(dM, (const T*)dS, S, (const T*)dP32, (const __nv_bfloat16*)dP16));
       TTT_LAUNCH_CHECK("momentum_bwd");
     }
     dot_final(slices, g_.B, T(1), dmbar);
   }
   void fill_chunk(T* g, const T* val, T scale, int64_t c0, int64_t n) {
     const int64_t total = g_.B * n;
+    Step op(*this, {rd(val, g_.B), rows_span(g, 1, c0, n, true)});
     auto ps_ = prof_->scope("fill_chunk");
-    k_fill_chunk<<<grid_for(total), kThreads, 0, stream_>>>(g, val, scale, c0, n, g_.T, total);
+    k_fill_chunk<<<grid_for(total), kThreads, 0, op.st>>>(g, val, scale, c0, n, g_.T, total);
     TTT_LAUNCH_CHECK("fill_chunk");
   }
   void pack_state(const T* w0, const T* w1, const T* w2, T* A) {
-    const int64_t n = g_.B * 3 * g_.P();
+    const int64_t n = g_.B * 3 * g_.P(), W = g_.B * g_.P();
     wrote(A, n);
+    Step op(*this, {rd(w0, W), rd(w1, W), rd(w2, W), wr(A, n)});
     auto ps_ = prof_->scope("pack_state");
-    k_pack_state<<<grid_for(n), kThreads, 0, stream_>>>(w0, w1, w2, A, g_.P(), n);
+    k_pack_state<<<grid_for(n), kThreads, 0, op.st>>>(w0, w1, w2, A, g_.P(), n);
     TTT_LAUNCH_CHECK("pack_state");
   }
   void unpack_grad(const T* dA, const T* tau, const T* dtau, const T* A0, T* gw0, T* gw1, T* gw2) {
-    const int64_t n = g_.B * 3 * g_.P();
+    const int64_t n = g_.B * 3 * g_.P(), W = g_.B * g_.P(), R = g_.B * g_.rows();
     reads(dA, n);
+    Step op(*this, {rd(dA, n), rd(tau, R), rd(tau ? dtau : nullptr, R), rd(tau ? A0 : nullptr, n), wr(gw0, W),
+                    wr(gw1, W), wr(gw2, W)});
     auto ps_ = prof_->scope("unpack_grad");
-    k_unpack_grad<<<grid_for(n), kThreads, 0, stream_>>>(dA, tau, dtau, A0, gw0, gw1, gw2, g_, n);
+    k_unpack_grad<<<grid_for(n), kThreads, 0, op.st>>>(dA, tau, dtau, A0, gw0, gw1, gw2, g_, n);
     TTT_LAUNCH_CHECK("unpack_grad");
   }
   void row_norms(const T* A, T* tau) {
     reads(A, g_.B * 3 * g_.P());
     wrote(tau, g_.B * g_.rows());
+    Step op(*this, {rd(A, g_.B * 3 * g_.P()), wr(tau, g_.B * g_.rows())});
     auto ps_ = prof_->scope("row_norms");
-    k_row_norms<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, g_);
+    k_row_norms<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, g_);
     TTT_LAUNCH_CHECK("row_norms");
   }
   void weight_norm(const T* A, const T* tau, T* E) {
     const int64_t n = g_.B * 3 * g_.P();
     reads(A, n);
     __nv_bfloat16* E16 = shadow_out(E, n, true);  // E in fp32 and bf16
+    Step op(*this, {rd(A, n), rd(tau, g_.B * g_.rows()), wr(E, n), wr(E16, n)});
     auto ps_ = prof_->scope("weight_norm");
-    k_weight_norm<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, E, E16, g_);
+    k_weight_norm<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, E, E16, g_);
     TTT_LAUNCH_CHECK("weight_norm");
   }
   void weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, T* dtau) {
@@ -380,83 +473,91 @@ class CudaOps {
     reads(dA, n);
     wrote(dA, n);
     wrote(dtau, g_.B * g_.rows());
+    Step op(*this, {rd(A, n), rd(tau, g_.B * g_.rows()), rd(dE, n), wr(dA, n), wr(dtau, g_.B * g_.rows())});
     auto ps_ = prof_->scope("weight_norm_bwd");
-    k_weight_norm_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, tau, dE, dA, dtau, g_);
+    k_weight_norm_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, dE, dA, dtau, g_);
     TTT_LAUNCH_CHECK("weight_norm_bwd");
   }
   void swiglu(const T* GH, T* a, int64_t n) {
     const int64_t rows = g_.B * n;
     reads(GH, rows * 2 * g_.dh);
+    __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * g_.dh, false) : nullptr;
+    Step op(*this, {rd(GH, rows * 2 * g_.dh), a16 ? wr(a16, rows * g_.dh) : wr(a, rows * g_.dh)});
     auto ps_ = prof_->scope("swiglu");
-    if (bf16_) {
-      __nv_bfloat16* a16 = shadow_out(a, rows * g_.dh, false);
-      k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, a16, int(g_.dh));
-    } else {
-      k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, a, int(g_.dh));
-    }
+    if (a16) k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, a16, int(g_.dh), v4_ok(GH, (const __nv_bfloat16*)a16));
+    else k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, a, int(g_.dh), v4_ok(GH, (const T*)a));
     TTT_LAUNCH_CHECK("swiglu");
   }
   void swiglu_bwd(const T* GH, const T* da, int64_t n, T* dGH, T* a) {
     const int64_t rows = g_.B * n;
     reads(GH, rows * 2 * g_.dh);
     reads(da, rows * g_.dh);
+    __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * g_.dh, false) : nullptr;
+    __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * g_.dh, false) : nullptr;
+    Step op(*this, {rd(GH, rows * 2 * g_.dh), rd(da, rows * g_.dh),
+                    dgh16 ? wr(dgh16, rows * 2 * g_.dh) : wr(dGH, rows * 2 * g_.dh),
+                    a16 ? wr(a16, rows * g_.dh) : wr(a, rows * g_.dh)});
     auto ps_ = prof_->scope("swiglu_bwd");
-    if (bf16_) {
-      __nv_bfloat16* dgh16 = shadow_out(dGH, rows * 2 * g_.dh, false);
-      __nv_bfloat16* a16 = shadow_out(a, rows * g_.dh, false);
-      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, da, dgh16, a16, int(g_.dh));
-    } else {
-      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, da, dGH, a, int(g_.dh));
-    }
+    if (bf16_)
+      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(
+          GH, da, dgh16, a16, int(g_.dh), v4_ok(GH, da, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)a16));
+    else
+      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, da, dGH, a, int(g_.dh),
+                                                                    v4_ok(GH, da, (const T*)dGH, (const T*)a));
     TTT_LAUNCH_CHECK("swiglu_bwd");
   }
-  void update_terms(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
-                    int64_t n, T* a, T* R, T* Vl) {
-    const int64_t rows = g_.B * n, d = g_.d, dh = g_.dh;
+  void update_terms(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n, T* Al,
+                    T* R) {
+    const int64_t rows = g_.B * n, dh = g_.dh;
     reads(GH, rows * 2 * dh);
     reads(U, rows * dh);
+    __nv_bfloat16* a16 = bf16_ ? shadow_out(Al, rows * dh, false) : nullptr;
+    __nv_bfloat16* r16 = bf16_ ? shadow_out(R, rows * 2 * dh, false) : nullptr;
+    Step op(*this, {rd(GH, rows * 2 * dh), rd(U, rows * dh), rows_span(lr0, 1, c0, n, false),
+                    rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false),
+                    bf16_ ? wr(a16, rows * dh) : wr(Al, rows * dh), bf16_ ? wr(r16, rows * 2 * dh) : wr(R, rows * 2 * dh)});
     auto ps_ = prof_->scope("update_terms");
-    if (bf16_) {
-      __nv_bfloat16* a16 = shadow_out(a, rows * dh, false);
-      __nv_bfloat16* r16 = shadow_out(R, rows * 2 * dh, false);
-      __nv_bfloat16* v16 = shadow_out(Vl, rows * d, false);
-      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, int(n), g_.T,
-                                                                      int(d), int(dh), a16, r16, v16);
-    } else {
-      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, int(n), g_.T,
-                                                                      int(d), int(dh), a, R, Vl);
-    }
+    if (bf16_)
+      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(
+          GH, U, lr0, lr1, lr2, c0, int(n), g_.T, int(dh), a16, r16,
+          v4_ok(GH, U, (const __nv_bfloat16*)a16, (const __nv_bfloat16*)r16));
+    else
+      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, U, lr0, lr1, lr2, c0, int(n), g_.T, int(dh),
+                                                                      Al, R, v4_ok(GH, U, (const T*)Al, (const T*)R));
     TTT_LAUNCH_CHECK("update_terms");
   }
-  void update_terms_bwd(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
-                        int64_t n, const T* dR, const T* dVl, const T* da, T* dGH, T* dU, T* glr0, T* glr1, T* glr2,
-                        T* gv) {
-    const int64_t rows = g_.B * n, d = g_.d, dh = g_.dh;
+  void update_terms_bwd(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n,
+                        const T* dR, const T* Y, T* dGH, T* dU, T* glr0, T* glr1, T* glr2) {
+    const int64_t rows = g_.B * n, dh = g_.dh;
     reads(GH, rows * 2 * dh);
     reads(U, rows * dh);
     reads(dR, rows * 2 * dh);
-    reads(dVl, rows * d);
-    reads(da, rows * dh);
+    reads(Y, rows * dh);
+    __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * dh, false) : nullptr;
+    __nv_bfloat16* du16 = bf16_ ? shadow_out(dU, rows * dh, false) : nullptr;
+    Step op(*this, {rd(GH, rows * 2 * dh), rd(U, rows * dh), rows_span(lr0, 1, c0, n, false),
+                    rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false), rd(dR, rows * 2 * dh),
+                    rd(Y, rows * dh), bf16_ ? wr(dgh16, rows * 2 * dh) : wr(dGH, rows * 2 * dh),
+                    bf16_ ? wr(du16, rows * dh) : wr(dU, rows * dh), rows_span(glr0, 1, c0, n, true),
+                    rows_span(glr1, 1, c0, n, true), rows_span(glr2, 1, c0, n, true)});
     auto ps_ = prof_->scope("update_terms_bwd");
-    if (bf16_) {
-      __nv_bfloat16* dgh16 = shadow_out(dGH, rows * 2 * dh, false);
-      __nv_bfloat16* du16 = shadow_out(dU, rows * dh, false);
-      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, n, g_.T, int(d),
-                                                                        int(dh), dR, dVl, da, dgh16, du16, glr0, glr1,
-                                                                        glr2, gv, rows);
-    } else {
-      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, stream_>>>(GH, U, v, lr0, lr1, lr2, c0, n, g_.T, int(d),
-                                                                        int(dh), dR, dVl, da, dGH, dU, glr0, glr1,
-                                                                        glr2, gv, rows);
-    }
+    if (bf16_)
+      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, op.st>>>(
+          GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dgh16, du16, glr0, glr1, glr2, rows,
+          v4_ok(GH, U, dR, Y, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)du16));
+    else
+      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, op.st>>>(
+          GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dGH, dU, glr0, glr1, glr2, rows,
+          v4_ok(GH, U, dR, Y, (const T*)dGH, (const T*)dU));
     TTT_LAUNCH_CHECK("update_terms_bwd");
   }
   void to_ns(const T* src, T* dst, const T* nrm) {
     const int64_t n = 3 * g_.B * g_.P();
     reads(src, n);
     wrote(dst, n);
+    Step op(*this, {rd(src, n), rd(nrm, 3 * g_.B), wr(dst, n)});
     auto ps_ = prof_->scope("to_ns");
-    k_to_ns<<<grid_for(n), kThreads, 0, stream_>>>(src, dst, nrm, g_, n);
+    k_to_ns<<<grid_for(n), kThreads, 0, op.st>>>(src, dst, nrm, g_, n);
     TTT_LAUNCH_CHECK("to_ns");
   }
   void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP) {
@@ -464,8 +565,9 @@ class CudaOps {
     reads(dX0, n);
     reads(Pm, n);
     wrote(dP, n);
+    Step op(*this, {rd(dX0, n), rd(Pm, n), rd(nrm, 3 * g_.B), rd(dot, 3 * g_.B), wr(dP, n)});
     auto ps_ = prof_->scope("ns_norm_bwd");
-    k_ns_norm_bwd<<<grid_for(n), kThreads, 0, stream_>>>(dX0, Pm, nrm, dot, dP, g_, n);
+    k_ns_norm_bwd<<<grid_for(n), kThreads, 0, op.st>>>(dX0, Pm, nrm, dot, dP, g_, n);
     TTT_LAUNCH_CHECK("ns_norm_bwd");
   }
   void step(const T* A, const T* M, bool ns, const T* tau, T* An) {
@@ -473,9 +575,24 @@ class CudaOps {
     reads(A, n);
     reads(M, n);
     __nv_bfloat16* An16 = shadow_out(An, n, true);  // the next state in fp32 and bf16
+    Step op(*this, {rd(A, n), rd(M, n), rd(tau, g_.B * g_.rows()), wr(An, n), wr(An16, n)});
     auto ps_ = prof_->scope("step");
-    k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, An, An16, g_);
+    k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, M, ns, tau, An, An16, g_);
     TTT_LAUNCH_CHECK("step");
+  }
+  void momentum_step(const T* A, const T* D, const T* S, const T* mbar, T* P, const T* tau, T* An) {
+    const int64_t n = g_.B * 3 * g_.P();
+    reads(A, n);
+    reads(D, n);
+    reads(S, n);
+    wrote(P, n);
+    __nv_bfloat16* An16 = shadow_out(An, n, true);  // the next state in fp32 and bf16
+    Step op(*this, {rd(A, n), rd(D, n), rd(S, n), rd(mbar, g_.B), rd(tau, g_.B * g_.rows()), wr(P, n), wr(An, n),
+                    wr(An16, n)});
+    auto ps_ = prof_->scope("momentum_step");
+    k_momentum_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(
+        A, D, S, mbar, P, tau, An, An16, g_, v4_ok(A, D, S, (const T*)P, (const T*)An, (const __nv_bfloat16*)An16));
+    TTT_LAUNCH_CHECK("momentum_step");
   }
   void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau) {
     const int64_t n = g_.B * 3 * g_.P();
@@ -485,8 +602,10 @@ class CudaOps {
     if (dA_add) reads(dA_add, n);
     wrote(dA, n);
     wrote(dtau, g_.B * g_.rows());
+    Step op(*this, {rd(A, n), rd(M, n), rd(tau, g_.B * g_.rows()), rd(dA_add, n), wr(dA, n),
+                    wr(dtau, g_.B * g_.rows())});
     auto ps_ = prof_->scope("step_bwd");
-    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, stream_>>>(A, M, ns, tau, dA, dA_add, dtau, g_);
+    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, M, ns, tau, dA, dA_add, dtau, g_);
     TTT_LAUNCH_CHECK("step_bwd");
   }
 
@@ -495,12 +614,12 @@ class CudaOps {
   LactOptions opt_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Prof> prof_;
-  cublasHandle_t handle_ = nullptr;
+  std::unique_ptr<Sched> sched_;
+  std::vector<cublasHandle_t> handles_;  // per stream of sched_
   cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
   std::vector<std::pair<void*, size_t>> allocs_;
   Acc* partial_ = nullptr;
   size_t workspace_bytes_ = 0;
-  static constexpr size_t kCublasWorkspace = lact::kRunnerCublasWorkspace;
   void* cublas_ws_ = nullptr;
   // bf16 matrix inputs
   struct Mirror {
@@ -560,8 +679,9 @@ class CudaOps {
 
   // bf16 copies of fp32 matrix operands (doubles are never converted).
   void to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
+    Step op(*this, {rd(src, n), wr(dst, n)});
     auto ps_ = prof_->scope("to_bf16");
-    mk::to_bf16(src, reinterpret_cast<ttt::bf16*>(dst), n, stream_);
+    mk::to_bf16(src, reinterpret_cast<ttt::bf16*>(dst), n, op.st);
   }
   // The bf16 operand for the `extent` elements from p: inside a mirror, its copy; else the buffer's shadow,
   // after converting the parts of it that are not valid yet.
@@ -714,12 +834,14 @@ void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o, int64_t record) {
   std::vector<const void*>& fkey = m.fkey[size_t(record)];
   fkey = {in.w0, in.w1, in.w2, in.q, in.k, in.v, in.lr0, in.lr1, in.lr2, in.mom, o};
   m.run(m.gf[size_t(record)], fkey, [&] {
+    m.ops.begin_call();
     if (m.ops.bf16()) {  // bf16 copies of the token inputs the chunk products read (backward reuses them)
       m.ops.set_mirror(0, in.q);
       m.ops.set_mirror(1, in.k);
       m.ops.set_mirror(2, in.v);
     }
     m.fused.forward(in, o);
+    m.ops.end_call();
   });
   m.ops.prof().call_end();
 }
@@ -731,8 +853,10 @@ void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g, int64_t r
   std::vector<const void*> key = m.fkey[size_t(record)];
   key.insert(key.end(), {grad_o, g.w0, g.w1, g.w2, g.q, g.k, g.v, g.lr0, g.lr1, g.lr2, g.mom});
   m.run(m.gb[size_t(record)], key, [&] {
+    m.ops.begin_call();
     if (m.ops.bf16()) m.ops.set_mirror(3, grad_o);
     m.fused.backward(grad_o, g);
+    m.ops.end_call();
   });
   m.ops.prof().call_end();
 }

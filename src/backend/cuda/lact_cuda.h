@@ -1,12 +1,13 @@
 // The LaCT operator on an NVIDIA GPU: the algorithm of ttt/lact_fused.h (the CPU twin is its specification)
 // run by a CUDA backend: fp32 (or fp64) fast-weight state and math, cuBLAS strided-batched GEMMs over the B
-// sequence-heads, small fused element-wise / reduction kernels, one stream. Every buffer is allocated once
+// sequence-heads, small fused element-wise / reduction kernels, on several streams (each step after the steps it
+// depends on; lact_sched.cuh). Every buffer is allocated once
 // per runner with cudaMalloc (no managed memory); device memory is linear in T/C (the chunk-boundary states)
 // beyond the inputs and outputs themselves. Every CUDA and cuBLAS call is checked; failures throw
 // ttt::Error naming the call. A runner captures its forward() and its backward() (of each forward record) into
 // CUDA graphs on their first call and replays them while they are called again on the same pointers
-// (TTT_LACT_GRAPH=0 turns this off); the work stays on the runner's stream, ordered with the legacy default
-// stream as before.
+// (TTT_LACT_GRAPH=0 turns this off); every call forks from the runner's stream and joins back into it, so to the
+// caller the work stays on the runner's stream, ordered with the legacy default stream as before.
 //
 // This header needs no CUDA headers: host code (CLI, tests) includes it freely.
 #pragma once
@@ -31,13 +32,13 @@ struct LactOptions {
   // weights, states and NS5 iterates) is rounded to bf16 and the products accumulate in fp32
   // (cublasGemmStridedBatchedEx, CUDA_R_16BF inputs, CUBLAS_COMPUTE_32F, fp32 outputs). The fast-weight state,
   // momentum, weight-norm math, NS5 accumulation and every reduction and element-wise step stay fp32; the
-  // element-wise values that only feed products (a, R, lr1 v, their cotangents) are computed in fp32 and
+  // element-wise values that only feed products (a, lr1 a, R, their cotangents) are computed in fp32 and
   // stored only as their bf16 operands. Exclusive with tf32.
   bool bf16 = false;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
   // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1, the update's
-  // a, R, lr1 v (B T (8 dh + d) elements a record, fp32; a, R, lr1 v also have bf16 shadows, their
+  // lr1 a, R (B T 8 dh elements a record, fp32; lr1 a, R also have bf16 shadows, their
   // fp32 unused with bf16 operands) and the backward reads them instead of recomputing them (same bits). The
   // operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
   // (with_kept_products_if_room); the GPU model's shared runner sets it for training batches
@@ -47,6 +48,10 @@ struct LactOptions {
   // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
   // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
   bool graphs = true;
+  // Streams a call's steps run on, each step after exactly the steps it depends on (lact_sched.cuh; the same
+  // bits on any number): 0 = lact::kRunnerStreams or TTT_LACT_STREAMS; 1 = all on the runner's stream (so does
+  // TTT_LACT_PROFILE=1).
+  int streams = 0;
 };
 
 // The options of a precision; its text "fp32" | "tf32" | "bf16" (backend::parse_precision: throws on anything

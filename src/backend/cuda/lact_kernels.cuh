@@ -82,17 +82,62 @@ __device__ __forceinline__ void st_(O* p, T v) {
   else *p = O(v);
 }
 constexpr int kRowThreads = 128;
+// 4-wide access (v4 in the kernels below: float data, row lengths and offsets multiples of 4, 16-byte aligned fp32
+// rows): four consecutive elements a thread, one 16-byte load per fp32 operand and one 16-byte (fp32) or 8-byte
+// (bf16) store per output, the same per-element math.
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void st4(float* p, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void st4(__nv_bfloat16* p, const float (&v)[4]) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t*>(&lo);
+  u.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = u;
+}
+__device__ __forceinline__ void to_arr(float4 v, float (&x)[4]) { x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w; }
+template <class T>
+constexpr bool kIsFloat = std::is_same<T, float>::value;
+
 template <class T, class O>
-__global__ void k_swiglu_rows(const T* __restrict__ GH, O* __restrict__ a, int dh) {
+__global__ void k_swiglu_rows(const T* __restrict__ GH, O* __restrict__ a, int dh, bool v4) {
   const int64_t r = blockIdx.x;
   const T* gh = GH + r * 2 * dh;
+  if constexpr (kIsFloat<T>) {
+    if (v4) {
+      for (int j = 4 * threadIdx.x; j < dh; j += 4 * blockDim.x) {
+        float g[4], h[4], y[4];
+        to_arr(ld4(gh + j), g);
+        to_arr(ld4(gh + dh + j), h);
+        for (int e = 0; e < 4; ++e) y[e] = lact::swiglu_elem(g[e], h[e]);
+        st4(a + r * dh + j, y);
+      }
+      return;
+    }
+  }
   for (int j = threadIdx.x; j < dh; j += blockDim.x) st_(a + r * dh + j, lact::swiglu_elem(gh[j], gh[dh + j]));
 }
 template <class T, class O>
 __global__ void k_swiglu_bwd_rows(const T* __restrict__ GH, const T* __restrict__ da, O* __restrict__ dGH,
-                                  O* __restrict__ a, int dh) {
+                                  O* __restrict__ a, int dh, bool v4) {
   const int64_t r = blockIdx.x;
   const T* gh = GH + r * 2 * dh;
+  if constexpr (kIsFloat<T>) {
+    if (v4) {
+      for (int j = 4 * threadIdx.x; j < dh; j += 4 * blockDim.x) {
+        float g[4], h[4], d[4], av[4], dg[4], dhv[4];
+        to_arr(ld4(gh + j), g);
+        to_arr(ld4(gh + dh + j), h);
+        to_arr(ld4(da + r * dh + j), d);
+        for (int e = 0; e < 4; ++e) lact::swiglu_elem_bwd(g[e], h[e], d[e], av[e], dg[e], dhv[e]);
+        st4(a + r * dh + j, av);
+        st4(dGH + r * 2 * dh + j, dg);
+        st4(dGH + r * 2 * dh + dh + j, dhv);
+      }
+      return;
+    }
+  }
   for (int j = threadIdx.x; j < dh; j += blockDim.x) {
     T av, dg, dhv;
     lact::swiglu_elem_bwd(gh[j], gh[dh + j], da[r * dh + j], av, dg, dhv);
@@ -101,30 +146,47 @@ __global__ void k_swiglu_bwd_rows(const T* __restrict__ GH, const T* __restrict_
     st_(dGH + r * 2 * dh + dh + j, dhv);
   }
 }
-// update_terms and the lr1-scaled values in one pass: a, R = [r0 | r2], Vl = lr1 v.
+// The update's token terms in one pass: Al = lr1 a, R = [r0 | r2].
 template <class T, class O>
-__global__ void k_update_terms_rows(const T* __restrict__ GH, const T* __restrict__ U, const T* __restrict__ v,
-                                    const T* __restrict__ lr0, const T* __restrict__ lr1, const T* __restrict__ lr2,
-                                    int64_t c0, int len, int64_t T_, int d, int dh, O* __restrict__ a,
-                                    O* __restrict__ R, O* __restrict__ Vl) {
+__global__ void k_update_terms_rows(const T* __restrict__ GH, const T* __restrict__ U, const T* __restrict__ lr0,
+                                    const T* __restrict__ lr1, const T* __restrict__ lr2, int64_t c0, int len,
+                                    int64_t T_, int dh, O* __restrict__ Al, O* __restrict__ R, bool v4) {
   const int64_t r = blockIdx.x, tok = (r / len) * T_ + c0 + r % len;
   const T l0 = lr0[tok], l1 = lr1[tok], l2 = lr2[tok];
   const T* gh = GH + r * 2 * dh;
+  if constexpr (kIsFloat<T>) {
+    if (v4) {
+      for (int j = 4 * threadIdx.x; j < dh; j += 4 * blockDim.x) {
+        float g[4], h[4], u[4], al[4], r0[4], r2[4];
+        to_arr(ld4(gh + j), g);
+        to_arr(ld4(gh + dh + j), h);
+        to_arr(ld4(U + r * dh + j), u);
+        for (int e = 0; e < 4; ++e) {
+          float av;
+          lact::update_elem(g[e], h[e], u[e], l0, l2, av, r0[e], r2[e]);
+          al[e] = l1 * av;
+        }
+        st4(Al + r * dh + j, al);
+        st4(R + r * 2 * dh + j, r0);
+        st4(R + r * 2 * dh + dh + j, r2);
+      }
+      return;
+    }
+  }
   for (int j = threadIdx.x; j < dh; j += blockDim.x) {
     T av, r0, r2;
     lact::update_elem(gh[j], gh[dh + j], U[r * dh + j], l0, l2, av, r0, r2);
-    st_(a + r * dh + j, av);
+    st_(Al + r * dh + j, l1 * av);
     st_(R + r * 2 * dh + j, r0);
     st_(R + r * 2 * dh + dh + j, r2);
   }
-  for (int j = threadIdx.x; j < d; j += blockDim.x) st_(Vl + r * d + j, l1 * v[tok * d + j]);
 }
-// One warp per token row of the chunk (the three rate gradients are warp sums, accumulated in double).
+// Its adjoint from Y (the cotangent of Al) and dR: dGH, dU and the rate gradients (g_lr1 = <a, Y>), one warp per
+// token row of the chunk (the rate gradients are warp sums, accumulated in double).
 template <class T, class O>
-__global__ void k_update_terms_bwd_rows(const T* GH, const T* U, const T* v, const T* lr0, const T* lr1,
-                                        const T* lr2, int64_t c0, int64_t len, int64_t T_, int d, int dh,
-                                        const T* dR, const T* dVl, const T* da, O* dGH, O* dU, T* glr0, T* glr1,
-                                        T* glr2, T* gv, int64_t rows) {
+__global__ void k_update_terms_bwd_rows(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                                        int64_t len, int64_t T_, int dh, const T* dR, const T* Y, O* dGH, O* dU,
+                                        T* glr0, T* glr1, T* glr2, int64_t rows, bool v4) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;
@@ -132,20 +194,41 @@ __global__ void k_update_terms_bwd_rows(const T* GH, const T* U, const T* v, con
   const T l0 = lr0[tok], l1 = lr1[tok], l2 = lr2[tok];
   const T *gh = GH + r * 2 * dh, *dr = dR + r * 2 * dh;
   Acc s0 = 0, s1 = 0, s2 = 0;
-  for (int j = lane; j < dh; j += 32) {
+  bool done = false;
+  if constexpr (kIsFloat<T>) {
+    if (v4) {  // lane: elements 4 lane .. 4 lane + 3, then 128 further on
+      for (int j = 4 * lane; j < dh; j += 128) {
+        float g[4], h[4], u[4], d0[4], d2[4], y[4], dg[4], dhv[4], du[4];
+        to_arr(ld4(gh + j), g);
+        to_arr(ld4(gh + dh + j), h);
+        to_arr(ld4(U + r * dh + j), u);
+        to_arr(ld4(dr + j), d0);
+        to_arr(ld4(dr + dh + j), d2);
+        to_arr(ld4(Y + r * dh + j), y);
+        for (int e = 0; e < 4; ++e) {
+          float t0, t2;
+          lact::update_elem_bwd(g[e], h[e], u[e], l0, l2, d0[e], d2[e], l1 * y[e], dg[e], dhv[e], du[e], t0, t2);
+          s0 += t0;
+          s1 += Acc(lact::swiglu_elem(g[e], h[e])) * y[e];
+          s2 += t2;
+        }
+        st4(dGH + r * 2 * dh + j, dg);
+        st4(dGH + r * 2 * dh + dh + j, dhv);
+        st4(dU + r * dh + j, du);
+      }
+      done = true;
+    }
+  }
+  for (int j = lane; j < dh && !done; j += 32) {
+    const T g = gh[j], h = gh[dh + j], y = Y[r * dh + j];
     T t0, t2, dg, dhv, du;
-    lact::update_elem_bwd(gh[j], gh[dh + j], U[r * dh + j], l0, l2, dr[j], dr[dh + j], da[r * dh + j], dg, dhv, du,
-                          t0, t2);
+    lact::update_elem_bwd(g, h, U[r * dh + j], l0, l2, dr[j], dr[dh + j], l1 * y, dg, dhv, du, t0, t2);
     st_(dGH + r * 2 * dh + j, dg);
     st_(dGH + r * 2 * dh + dh + j, dhv);
     st_(dU + r * dh + j, du);
     s0 += t0;
+    s1 += Acc(lact::swiglu_elem(g, h)) * y;
     s2 += t2;
-  }
-  for (int j = lane; j < d; j += 32) {
-    const T dv = dVl[r * d + j];
-    s1 += Acc(v[tok * d + j]) * dv;
-    gv[tok * d + j] = l1 * dv;
   }
   s0 = warp_sum(s0);
   s1 = warp_sum(s1);
@@ -258,6 +341,70 @@ __global__ void k_step(const T* A, const T* M, bool ns, const T* tau, T* An, __n
     if (An16) An16[rr.off + j] = __float2bfloat16_rn(float(y));
   }
 }
+// The momentum mix and the step in one pass: P = D + mbar S (k_axpy_batched's arithmetic, written: the next
+// momentum state), then k_step's with M = P in state layout.
+template <class T>
+__global__ void k_momentum_step(const T* A, const T* D, const T* S, const T* mbar, T* P, const T* tau, T* An,
+                                __nv_bfloat16* An16, lact::Geom g, bool v4) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  const T m = mbar[rr.b];
+  const int64_t o = rr.off;
+  if constexpr (kIsFloat<T>) {
+    if (v4) {  // lane: elements 4 lane .. 4 lane + 3, then 128 further on
+      float f = 1.0f;
+      if (tau) {
+        Acc ss = 0;
+        for (int64_t j = 4 * lane; j < rr.len; j += 128) {
+          float a[4], d[4], sv[4];
+          to_arr(ld4(A + o + j), a);
+          to_arr(ld4(D + o + j), d);
+          to_arr(ld4(S + o + j), sv);
+          for (int e = 0; e < 4; ++e) {
+            const float p = d[e] + m * sv[e];
+            const float z = a[e] + p;
+            ss += Acc(z) * z;
+          }
+        }
+        ss = warp_sum(ss);
+        f = tau[rr.b * g.rows() + rr.r] / (float(sqrt(ss)) + float(lact::kRowEps));
+      }
+      for (int64_t j = 4 * lane; j < rr.len; j += 128) {
+        float a[4], d[4], sv[4], p[4], y[4];
+        to_arr(ld4(A + o + j), a);
+        to_arr(ld4(D + o + j), d);
+        to_arr(ld4(S + o + j), sv);
+        for (int e = 0; e < 4; ++e) {
+          p[e] = d[e] + m * sv[e];
+          y[e] = (a[e] + p[e]) * f;
+        }
+        st4(P + o + j, p);
+        st4(An + o + j, y);
+        if (An16) st4(An16 + o + j, y);
+      }
+      return;
+    }
+  }
+  T f = T(1);
+  if (tau) {
+    Acc ss = 0;
+    for (int64_t j = lane; j < rr.len; j += 32) {
+      const T p = D[o + j] + m * S[o + j];
+      const T z = A[o + j] + p;
+      ss += Acc(z) * z;
+    }
+    ss = warp_sum(ss);
+    f = tau[rr.b * g.rows() + rr.r] / (T(sqrt(ss)) + T(lact::kRowEps));
+  }
+  for (int64_t j = lane; j < rr.len; j += 32) {
+    const T p = D[o + j] + m * S[o + j];
+    P[o + j] = p;
+    const T y = (A[o + j] + p) * f;
+    An[o + j] = y;
+    if (An16) An16[o + j] = __float2bfloat16_rn(float(y));
+  }
+}
 template <class T>
 __global__ void k_step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau,
                            lact::Geom g) {
@@ -330,11 +477,32 @@ __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t strid
 // products read it), dS = mbar dP.
 template <class T>
 __global__ void k_momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T* dP, __nv_bfloat16* dP16,
-                               int64_t per, Acc* partial) {
+                               int64_t per, Acc* partial, bool v4) {
   const int64_t b = blockIdx.y, off = b * per;
   const int slices = gridDim.x;
   const T m = mbar[b];
   Acc acc = 0;
+  if constexpr (kIsFloat<T>) {
+    if (v4) {  // a thread: 4 consecutive elements, then slices * blockDim * 4 further on
+      for (int64_t i = 4 * (int64_t(blockIdx.x) * blockDim.x + threadIdx.x); i < per;
+           i += 4 * int64_t(slices) * blockDim.x) {
+        float dm[4], ds[4], sv[4], p[4], dsn[4];
+        to_arr(ld4(dM + off + i), dm);
+        to_arr(ld4(dS + off + i), ds);
+        to_arr(ld4(S + off + i), sv);
+        for (int e = 0; e < 4; ++e) {
+          p[e] = dm[e] + ds[e];
+          dsn[e] = m * p[e];
+          acc += Acc(p[e]) * sv[e];
+        }
+        if (dP) st4(dP + off + i, p);
+        if (dP16) st4(dP16 + off + i, p);
+        st4(dS + off + i, dsn);
+      }
+      store_block_partial(acc, partial + b * slices + blockIdx.x);
+      return;
+    }
+  }
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x) {
     const T p = dM[off + i] + dS[off + i];
     if (dP) dP[off + i] = p;
@@ -343,6 +511,17 @@ __global__ void k_momentum_bwd(const T* dM, T* dS, const T* S, const T* mbar, T*
     acc += Acc(p) * S[off + i];
   }
   store_block_partial(acc, partial + b * slices + blockIdx.x);
+}
+// Every chunk's mean of a [B,T] tensor: block (c, b) sums chunk c of head b (double, fixed order) into out[c B + b].
+template <class T>
+__global__ void k_chunk_means(const T* x, int64_t T_, int64_t chunk, T* out) {
+  const int64_t c = blockIdx.x, b = blockIdx.y, c0 = c * chunk, n = T_ - c0 < chunk ? T_ - c0 : chunk;
+  const T* xb = x + b * T_ + c0;
+  Acc acc = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += Acc(xb[i]);
+  __shared__ Acc total;
+  store_block_partial(acc, &total);
+  if (threadIdx.x == 0) out[c * gridDim.y + b] = T(Acc(T(1) / T(n)) * total);
 }
 template <class T>
 __global__ void k_dot_final(const Acc* partial, int slices, T scale, T* out) {
