@@ -454,7 +454,7 @@ class CudaOps {
     wrote(tau, g_.B * g_.rows());
     Step op(*this, {rd(A, g_.B * 3 * g_.P()), wr(tau, g_.B * g_.rows())});
     auto ps_ = prof_->scope("row_norms");
-    k_row_norms<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, g_);
+    k_row_norms<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, g_);
     TTT_LAUNCH_CHECK("row_norms");
   }
   void weight_norm(const T* A, const T* tau, T* E) {
@@ -463,7 +463,7 @@ class CudaOps {
     __nv_bfloat16* E16 = shadow_out(E, n, true);  // E in fp32 and bf16
     Step op(*this, {rd(A, n), rd(tau, g_.B * g_.rows()), wr(E, n), wr(E16, n)});
     auto ps_ = prof_->scope("weight_norm");
-    k_weight_norm<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, E, E16, g_);
+    k_weight_norm<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, E, E16, g_);
     TTT_LAUNCH_CHECK("weight_norm");
   }
   void weight_norm_bwd(const T* A, const T* tau, const T* dE, T* dA, T* dtau) {
@@ -475,7 +475,7 @@ class CudaOps {
     wrote(dtau, g_.B * g_.rows());
     Step op(*this, {rd(A, n), rd(tau, g_.B * g_.rows()), rd(dE, n), wr(dA, n), wr(dtau, g_.B * g_.rows())});
     auto ps_ = prof_->scope("weight_norm_bwd");
-    k_weight_norm_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, dE, dA, dtau, g_);
+    k_weight_norm_bwd<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, dE, dA, dtau, g_);
     TTT_LAUNCH_CHECK("weight_norm_bwd");
   }
   void swiglu(const T* GH, T* a, int64_t n) {
@@ -542,11 +542,11 @@ class CudaOps {
                     rows_span(glr1, 1, c0, n, true), rows_span(glr2, 1, c0, n, true)});
     auto ps_ = prof_->scope("update_terms_bwd");
     if (bf16_)
-      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, op.st>>>(
+      k_update_terms_bwd_rows<<<row_warp_grid(rows), kThreads, 0, op.st>>>(
           GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dgh16, du16, glr0, glr1, glr2, rows,
           v4_ok(GH, U, dR, Y, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)du16));
     else
-      k_update_terms_bwd_rows<<<warp_grid(rows), kThreads, 0, op.st>>>(
+      k_update_terms_bwd_rows<<<row_warp_grid(rows), kThreads, 0, op.st>>>(
           GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dGH, dU, glr0, glr1, glr2, rows,
           v4_ok(GH, U, dR, Y, (const T*)dGH, (const T*)dU));
     TTT_LAUNCH_CHECK("update_terms_bwd");
@@ -577,7 +577,7 @@ class CudaOps {
     __nv_bfloat16* An16 = shadow_out(An, n, true);  // the next state in fp32 and bf16
     Step op(*this, {rd(A, n), rd(M, n), rd(tau, g_.B * g_.rows()), wr(An, n), wr(An16, n)});
     auto ps_ = prof_->scope("step");
-    k_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, M, ns, tau, An, An16, g_);
+    k_step<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, M, ns, tau, An, An16, g_);
     TTT_LAUNCH_CHECK("step");
   }
   void momentum_step(const T* A, const T* D, const T* S, const T* mbar, T* P, const T* tau, T* An) {
@@ -590,7 +590,7 @@ class CudaOps {
     Step op(*this, {rd(A, n), rd(D, n), rd(S, n), rd(mbar, g_.B), rd(tau, g_.B * g_.rows()), wr(P, n), wr(An, n),
                     wr(An16, n)});
     auto ps_ = prof_->scope("momentum_step");
-    k_momentum_step<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(
+    k_momentum_step<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(
         A, D, S, mbar, P, tau, An, An16, g_, v4_ok(A, D, S, (const T*)P, (const T*)An, (const __nv_bfloat16*)An16));
     TTT_LAUNCH_CHECK("momentum_step");
   }
@@ -605,7 +605,7 @@ class CudaOps {
     Step op(*this, {rd(A, n), rd(M, n), rd(tau, g_.B * g_.rows()), rd(dA_add, n), wr(dA, n),
                     wr(dtau, g_.B * g_.rows())});
     auto ps_ = prof_->scope("step_bwd");
-    k_step_bwd<<<warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, M, ns, tau, dA, dA_add, dtau, g_);
+    k_step_bwd<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, M, ns, tau, dA, dA_add, dtau, g_);
     TTT_LAUNCH_CHECK("step_bwd");
   }
 

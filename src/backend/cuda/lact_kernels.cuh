@@ -8,25 +8,18 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, GRID_STRIDE, warp_sum
 #include "ttt/lact_fused.h"
 
 namespace ttt::cuda {
 namespace {
 
-using Acc = double;  // accumulator of every reduction
-constexpr int kThreads = 256;
+using Acc = double;  // accumulator of every reduction (kernel_util.cuh's warp_sum)
 constexpr int kMaxSlices = int(lact::kDotSlices);  // blocks per batch item in the first stage of a batched reduction
 
-int grid_for(int64_t n) { return int(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 20))); }
-int warp_grid(int64_t rows) { return int((rows * 32 + kThreads - 1) / kThreads); }
-
-#define GRID_STRIDE(i, n) \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
-__device__ __forceinline__ Acc warp_sum(Acc v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+// Blocks for one warp per row, every row its own warp (the row kernels index rows by warp, with no stride loop:
+// unlike kernel_util.cuh's warp_grid, no cap on the block count).
+int row_warp_grid(int64_t rows) { return int((rows * 32 + kThreads - 1) / kThreads); }
 
 // ---- element-wise kernels -----------------------------------------------------------------------------
 template <class T>
