@@ -71,6 +71,21 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;
 }
 
+// The sum of every thread's v over a kThreads-thread block in a fixed order (each warp's xor tree, then warp 0
+// sums the warp sums in warp order), handed to at_thread0(sum) in thread 0. Every thread of the block must call it.
+template <class F>
+__device__ __forceinline__ void block_sum(double v, F&& at_thread0) {
+  __shared__ double warp_sums[kWarpsPerBlock];
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < kWarpsPerBlock ? warp_sums[threadIdx.x] : 0.0;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) at_thread0(v);
+  }
+}
+
 // Stores a float result: as it is, or rounded to bf16 (nearest even) for the GPU model's bf16 activations.
 __device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, GRID_STRIDE, warp_sum
+#include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, GRID_STRIDE, warp_sum, block_sum
 #include "ttt/lact_fused.h"
 
 namespace ttt::cuda {
@@ -444,15 +444,7 @@ __global__ void k_ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* 
 // ---- batched reductions (two fixed stages: deterministic) ----------------------------------------------
 // The block's sum of every thread's `acc` (warps first, then the warp sums in warp order: a fixed order) into *out.
 __device__ __forceinline__ void store_block_partial(Acc acc, Acc* out) {
-  __shared__ Acc sh[kThreads / 32];
-  acc = warp_sum(acc);
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
-    acc = warp_sum(acc);
-    if (threadIdx.x == 0) *out = acc;
-  }
+  block_sum(acc, [out](Acc sum) { *out = sum; });
 }
 template <class T>
 __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {

@@ -64,20 +64,12 @@ __global__ void k_dot_blocks(const T* x, const T* y, int64_t per, int64_t stride
   Acc acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
     acc += Acc(xb[i]) * Acc(yb[i]);
-  __shared__ Acc sh[kThreads / 32];
   __shared__ bool last;
-  acc = warp_sum(acc);
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = acc;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    acc = threadIdx.x < kThreads / 32 ? sh[threadIdx.x] : Acc(0);
-    acc = warp_sum(acc);
-    if (threadIdx.x == 0) {
-      row[blockIdx.x] = acc;
-      __threadfence();  // the partial is visible device-wide before the count says so
-      last = atomicAdd(count, 1u) == unsigned(slices - 1);
-    }
-  }
+  block_sum(acc, [&](Acc sum) {
+    row[blockIdx.x] = sum;
+    __threadfence();  // the partial is visible device-wide before the count says so
+    last = atomicAdd(count, 1u) == unsigned(slices - 1);
+  });
   __syncthreads();
   if (last && threadIdx.x < 32) {
     __threadfence();
