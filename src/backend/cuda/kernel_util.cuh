@@ -1,5 +1,6 @@
-// What the model's kernel files (*_kernels.cu, attention_one.cu) share: launch geometry, the grid-stride and
-// warp-per-item loops and the warp reduction (the per-element math: core/scalar_math.h). Included only by .cu files.
+// What the CUDA kernel files (*_kernels.cu, attention_one.cu, the LaCT and Titans operators) share: launch
+// geometry, the grid-stride and warp-per-item loops, the warp and block reductions (the per-element math:
+// core/scalar_math.h). Included only by .cu files.
 //
 // Naming convention of every kernel file: a host launcher is named for what it computes (`op`, or `op_forward`
 // / `op_backward` for a layer and its adjoint) and checks its arguments, then launches kernels named `k_op`
