@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -36,6 +37,49 @@ TEST(CudaModel, GradientsAreBitReproducible) {
   gm.upload(p);
   const TrainingOutcome first = run_training_batches(gm, {b});
   expect_same_bits(first, run_training_batches(gm, {b}), p.names);
+}
+
+// GpuModelOptions::memory_graphs: every layer's memory operator replayed from CUDA graphs (captured on the first
+// batch, one per layer and direction of the shared runner) gives the eager bits, batch after batch (the later ones
+// replay). LaCT, Titans on the batched path (chunk 32 > the persistent kernels' automatic 16), Titans on the
+// persistent kernels, TNT; fp32 and bf16 products; three layers, so that the graph cache holds several keys.
+TEST(CudaModel, MemoryGraphsGiveTheEagerBits) {
+  REQUIRE_CUDA();
+  model::ModelConfig lact = small_config();
+  lact.n_layers = 3;
+  model::ModelConfig batched = with_titans_memory(lact);
+  batched.chunk = 32;
+  batched.seq_len = 70;
+  const model::ModelConfig persistent = with_titans_memory(lact), tnt = with_small_tnt(lact);
+  const std::pair<const char*, model::ModelConfig> archs[] = {
+      {"lact", lact}, {"titans batched", batched}, {"titans persistent", persistent}, {"tnt", tnt}};
+  for (const auto& [arch, cfg] : archs)
+    for (const cuda::MathMode math : {cuda::MathMode::FP32, cuda::MathMode::BF16}) {
+      const uint64_t seed = fresh_seed();
+      SCOPED_TRACE(std::string(arch) + " " + cuda::math_mode_name(math) + " (seed " + std::to_string(seed) + ")");
+      const model::Params<float> p = random_params(cfg, seed);
+      const std::vector<std::vector<model::Batch>> rounds = {
+          {random_batch(cfg, 2, cfg.seq_len, seed + 3, false), random_batch(cfg, 2, cfg.seq_len, seed + 4, true)},
+          {random_batch(cfg, 2, cfg.seq_len, seed + 5, false)},
+          {random_batch(cfg, 2, cfg.seq_len, seed + 6, true)}};
+      cuda::GpuModelOptions eager_opt, graph_opt;
+      eager_opt.math = graph_opt.math = math;
+      eager_opt.memory_graphs = false;
+      graph_opt.memory_graphs = true;
+      cuda::GpuModel eager(cfg, eager_opt), graphed(cfg, graph_opt);
+      eager.upload(p);
+      graphed.upload(p);
+      for (size_t r = 0; r < std::size(rounds); ++r) {
+        SCOPED_TRACE("round " + std::to_string(r));
+        const TrainingOutcome want = run_training_batches(eager, rounds[r]);
+        // A capture that fails falls back to the eager path with a message: then nothing here tested the graphs.
+        testing::internal::CaptureStderr();
+        const TrainingOutcome got = run_training_batches(graphed, rounds[r]);
+        const std::string said = testing::internal::GetCapturedStderr();
+        EXPECT_EQ(said.find("graph capture failed"), std::string::npos) << said;
+        expect_same_bits(want, got, p.names);
+      }
+    }
 }
 
 // Data parallelism's hook (GpuModel::set_gradient_hook): called once per backward stage in order (the head, the

@@ -32,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 #include <cstdint>
@@ -756,18 +757,23 @@ struct LactRunner<T>::Impl {
   CudaOps<T> ops;
   lact::Fused<CudaOps<T>> fused;
   struct GraphCall {
+    explicit GraphCall(size_t capacity) : graph(capacity) {}
     CachedGraph graph;
-    typename CudaOps<T>::Book post;  // the host bookkeeping the capture left, restored after each replay
+    // The host bookkeeping each key's capture left, restored after each replay of it.
+    std::map<std::vector<const void*>, typename CudaOps<T>::Book> post;
   };
-  std::vector<GraphCall> gf, gb;              // per forward record
+  std::vector<std::unique_ptr<GraphCall>> gf, gb;  // per forward record
   bool graphs = true;
   std::vector<std::vector<const void*>> fkey;  // per forward record: pointers of its last forward()
   bool keeps_products = false;
 
   Impl(const lact::Shape& s, bool with_grad, const LactOptions& opt, int64_t records)
       : ops(lact::Geom{s.B, s.T, s.d, s.dh}, opt), fused(ops, s, with_grad, records, opt.keep_products),
-        gf(size_t(records)),
-        gb(size_t(records)), fkey(size_t(records)), keeps_products(with_grad && opt.keep_products) {
+        fkey(size_t(records)), keeps_products(with_grad && opt.keep_products) {
+    for (int64_t r = 0; r < records; ++r) {
+      gf.push_back(std::make_unique<GraphCall>(size_t(std::max(1, opt.graph_cache))));
+      gb.push_back(std::make_unique<GraphCall>(size_t(std::max(1, opt.graph_cache))));
+    }
     ops.init_bf16(s.chunk, with_grad, records);
     graphs = opt.graphs && graphs_from_env() && !ops.prof().on();
   }
@@ -788,7 +794,7 @@ struct LactRunner<T>::Impl {
       return;
     }
     if (gc.graph.replay(st, key)) {
-      ops.restore(gc.post);
+      ops.restore(gc.post.at(key));
       return;
     }
     const auto pre = ops.snapshot();
@@ -800,7 +806,7 @@ struct LactRunner<T>::Impl {
       body();
       return;
     }
-    gc.post = ops.snapshot();
+    gc.post[key] = ops.snapshot();
   }
 };
 
@@ -833,7 +839,7 @@ void LactRunner<T>::forward(const lact::Inputs<T>& in, T* o, int64_t record) {
   m.ops.prof().call_begin('F');
   std::vector<const void*>& fkey = m.fkey[size_t(record)];
   fkey = {in.w0, in.w1, in.w2, in.q, in.k, in.v, in.lr0, in.lr1, in.lr2, in.mom, o};
-  m.run(m.gf[size_t(record)], fkey, [&] {
+  m.run(*m.gf[size_t(record)], fkey, [&] {
     m.ops.begin_call();
     if (m.ops.bf16()) {  // bf16 copies of the token inputs the chunk products read (backward reuses them)
       m.ops.set_mirror(0, in.q);
@@ -852,7 +858,7 @@ void LactRunner<T>::backward(const T* grad_o, const lact::Grads<T>& g, int64_t r
   m.ops.prof().call_begin('B');
   std::vector<const void*> key = m.fkey[size_t(record)];
   key.insert(key.end(), {grad_o, g.w0, g.w1, g.w2, g.q, g.k, g.v, g.lr0, g.lr1, g.lr2, g.mom});
-  m.run(m.gb[size_t(record)], key, [&] {
+  m.run(*m.gb[size_t(record)], key, [&] {
     m.ops.begin_call();
     if (m.ops.bf16()) m.ops.set_mirror(3, grad_o);
     m.fused.backward(grad_o, g);

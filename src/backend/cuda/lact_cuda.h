@@ -48,6 +48,10 @@ struct LactOptions {
   // Replay forward() / backward() as CUDA graphs after their first call (also off with TTT_LACT_GRAPH=0 and
   // TTT_LACT_PROFILE=1); bench_lact's eager reference turns it off.
   bool graphs = true;
+  // How many graphs per direction and record are kept, one per distinct set of pointers (the least recently used
+  // is dropped): the GPU model calls one shared runner for every layer, each on its own weights, so it keeps
+  // a graph per layer; 1 suits a caller that repeats one call.
+  int graph_cache = 1;
   // Streams a call's steps run on, each step after exactly the steps it depends on (lact_sched.cuh; the same
   // bits on any number): 0 = lact::kRunnerStreams or TTT_LACT_STREAMS; 1 = all on the runner's stream (so does
   // TTT_LACT_PROFILE=1).

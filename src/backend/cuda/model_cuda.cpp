@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -52,6 +53,7 @@ GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
   TTT_CHECK(device_count(&why) > 0, "GPU model: no CUDA device (" << why << ")");
   impl_ = std::make_unique<Impl>(cfg, opt);
   Impl& m = *impl_;
+  if (const char* e = std::getenv("TTT_MEMORY_GRAPHS"); e && std::string(e) == "0") m.opt.memory_graphs = false;
   m.layout = model::make_params<float>(cfg);
   for (auto& v : m.layout.values) {
     m.offset.push_back(m.total);

@@ -49,6 +49,11 @@ struct GpuModelOptions {
   // record of one LaCT runner, or a Titans / TNT runner of its own). The same bits at every level.
   backend::Recompute recompute = backend::Recompute::SaveAttention;
   bool poison = false;             // fill every work buffer with NaN when allocated (tests)
+  // Replay each layer's memory operator (LaCT, Titans / TNT) as CUDA graphs captured on the first step, one per
+  // layer and direction (its launches enqueued once, not per step; the batched Titans path launches tens of
+  // kernels per chunk step). Off (or TTT_MEMORY_GRAPHS=0): every call enqueued eagerly (the same bits).
+  // Context-parallel batches run eagerly.
+  bool memory_graphs = true;
 };
 
 // Whether `cfg` can run on the GPU; if not, why (e.g. arch "tnt" / "titans", not on the GPU yet).

@@ -33,6 +33,8 @@ TitansOptions GpuModel::Impl::titans_options() const {
   to.poison_workspace = opt.poison;
   to.bf16_products = opt.math == MathMode::BF16;
   to.tf32_products = opt.math == MathMode::TF32;
+  to.graphs = opt.memory_graphs && !split;
+  to.graph_cache = int(cfg.n_layers) + 1;  // the shared runner: a graph per layer
   return to;
 }
 
@@ -62,6 +64,8 @@ std::unique_ptr<LactRunner<float>> GpuModel::Impl::make_lact_runner(int64_t S, i
   lo.tf32 = opt.math == MathMode::TF32 || (opt.math == MathMode::BF16 && !lo.bf16);  // bf16 with Muon: tf32
   lo.poison_workspace = opt.poison;
   lo.keep_products = keep_products;
+  lo.graphs = opt.memory_graphs && !split;
+  lo.graph_cache = records == 1 ? int(cfg.n_layers) + 1 : 1;  // the shared runner: a graph per layer
   return std::make_unique<LactRunner<float>>(s, /*with_grad=*/true, lo, records);
 }
 

@@ -252,7 +252,8 @@ struct TitansRunner<T>::Impl {
   std::vector<const void*> fkey;  // pointers of the last forward()
   // Only backward() takes batched dot products.
   Impl(const titans::MemoryShape& shape, bool wg, const TitansOptions& o)
-      : s(shape), with_grad(wg), ops(wg ? titans::max_dot_batch(shape) : 1, o), graphs(o.graphs) {
+      : s(shape), with_grad(wg), ops(wg ? titans::max_dot_batch(shape) : 1, o), graphs(o.graphs),
+        fwd(size_t(std::max(1, o.graph_cache))), bwd(size_t(std::max(1, o.graph_cache))) {
     const titans::KernelChoice choice =
         o.kernel == titans::KernelChoice::Automatic ? titans::kernel_choice_from_env() : o.kernel;
     const titans::PersistentVariant variant = o.variant_set ? o.variant : titans::persistent_variant_from_env();

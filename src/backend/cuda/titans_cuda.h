@@ -29,6 +29,9 @@ struct TitansOptions {
   // same (cuts the launch overhead of the many small steps of small chunks; a call with other pointers
   // captures anew). The graph runs exactly the kernels and products of the eager path.
   bool graphs = false;
+  // How many graphs per direction are kept, one per distinct set of pointers (the least recently used is
+  // dropped): the GPU model keeps one per layer (its runner is shared by the layers).
+  int graph_cache = 1;
   // Which implementation runs forward() / backward() (backend/titans_persistent_plan.h): Automatic takes the
   // environment's TTT_TITANS_KERNEL when set, else the persistent kernels (titans_persistent.h) when the plan
   // fits the device, else the batched path. Streaming (stream_*) always runs the batched path.
