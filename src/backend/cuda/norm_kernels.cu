@@ -76,7 +76,9 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
 // dx = r * (a - x * r^2 <a, x> / group),  a = dy ⊙ w
 // residual (may be null): dx = residual + the norm's dx, the sum rounded after the norm's dx (explicit _rn: the bits
 // of a separate add); dx16 (may be null): dx rounded to bf16 as well. x and dx in the layout of seq_len
-// (x_segment_offset; residual and dx16 only with the row-major one), dy row-major.
+// (x_segment_offset; residual and dx16 only with the row-major one), dy row-major. kVec: four consecutive columns a
+// lane (16-byte loads and stores; group a multiple of 4, every row 16-byte aligned), the same per-element math.
+template <bool kVec>
 __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __restrict__ w,
                                   const float* __restrict__ rinv, const float* __restrict__ dy,
                                   const float* __restrict__ residual, float* __restrict__ dx,
@@ -89,17 +91,43 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   const float* xs = x + x_off;
   const float* gs = dy + off;
   const float* ws = w + c0;
+  float* ds = dx + x_off;
   double dot = 0;
-  for (int64_t j = lane; j < group; j += 32) dot += double(gs[j]) * double(ws[j]) * double(xs[j]);
+  if (kVec) {
+    for (int64_t j = lane; j < group / 4; j += 32) {
+      const float4 g = reinterpret_cast<const float4*>(gs)[j], v = reinterpret_cast<const float4*>(ws)[j],
+                   a = reinterpret_cast<const float4*>(xs)[j];
+      dot += double(g.x) * double(v.x) * double(a.x) + double(g.y) * double(v.y) * double(a.y) +
+             double(g.z) * double(v.z) * double(a.z) + double(g.w) * double(v.w) * double(a.w);
+    }
+  } else {
+    for (int64_t j = lane; j < group; j += 32) dot += double(gs[j]) * double(ws[j]) * double(xs[j]);
+  }
   dot = warp_sum(dot);
   const float r = rinv[seg];
   const float c = float(double(r) * double(r) * dot / double(group));
-  float* ds = dx + x_off;
-  for (int64_t j = lane; j < group; j += 32) {
-    const float v = r * (gs[j] * ws[j] - xs[j] * c);
-    const float out = residual ? __fadd_rn(residual[off + j], v) : v;
-    ds[j] = out;
-    if (dx16) dx16[off + j] = __float2bfloat16_rn(out);
+  auto out_of = [&](float g, float v, float a, int64_t j) {
+    const float d = r * (g * v - a * c);
+    return residual ? __fadd_rn(residual[off + j], d) : d;
+  };
+  if (kVec) {
+    for (int64_t j = lane; j < group / 4; j += 32) {
+      const float4 g = reinterpret_cast<const float4*>(gs)[j], v = reinterpret_cast<const float4*>(ws)[j],
+                   a = reinterpret_cast<const float4*>(xs)[j];
+      const float4 o = make_float4(out_of(g.x, v.x, a.x, 4 * j), out_of(g.y, v.y, a.y, 4 * j + 1),
+                                   out_of(g.z, v.z, a.z, 4 * j + 2), out_of(g.w, v.w, a.w, 4 * j + 3));
+      reinterpret_cast<float4*>(ds)[j] = o;
+      if (dx16) {
+        reinterpret_cast<__nv_bfloat162*>(dx16 + off)[2 * j] = __floats2bfloat162_rn(o.x, o.y);
+        reinterpret_cast<__nv_bfloat162*>(dx16 + off)[2 * j + 1] = __floats2bfloat162_rn(o.z, o.w);
+      }
+    }
+  } else {
+    for (int64_t j = lane; j < group; j += 32) {
+      const float out = out_of(gs[j], ws[j], xs[j], j);
+      ds[j] = out;
+      if (dx16) dx16[off + j] = __float2bfloat16_rn(out);
+    }
   }
 }
 
@@ -189,8 +217,14 @@ void rms_norm_backward_impl(const float* x, const float* w, const float* rinv, c
   const int64_t segs = N * (D / group);
   if (dx && segs > 0) {
     const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    k_rms_norm_bwd_dx<<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx,
-                                                   reinterpret_cast<__nv_bfloat16*>(dx16), segs, D, group, seq_len);
+    // The vector path needs every segment's rows 16-byte aligned: group a multiple of 4 and aligned bases.
+    const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
+                     (!residual || aligned16(residual)) && (!dx16 || reinterpret_cast<uintptr_t>(dx16) % 8 == 0);
+    auto* d16 = reinterpret_cast<__nv_bfloat16*>(dx16);
+    if (vec)
+      k_rms_norm_bwd_dx<true><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group, seq_len);
+    else
+      k_rms_norm_bwd_dx<false><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group, seq_len);
     TTT_LAUNCH_CHECK("rms_norm_backward dx");
   }
   if (dw) {
