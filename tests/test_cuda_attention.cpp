@@ -13,7 +13,8 @@
 // typical score size, scale |q| |k| / sqrt(hd), since a one-token lse is a single, possibly cancelling, dot product). A 760m-shape test times
 // forward and backward (CUDA events, median of 5) and spot-checks sampled rows against float64. On Hopper the
 // bf16-operand forward with hd 64 is the wgmma kernel: checked against float64 on its own shapes, against the
-// mma.sync forward (close, not bits) and timed beside it at the 760m shape. Every test skips,
+// mma.sync forward (close, not bits) and timed beside it at the 760m shape; so is its wgmma backward (dk/dv, and dq),
+// which must also be bit-reproducible. Every test skips,
 // saying why, without CUDA in the build or a usable device.
 #include <gtest/gtest.h>
 
@@ -64,6 +65,18 @@ struct WgmmaSetting {
   WgmmaSetting(const WgmmaSetting&) = delete;
   WgmmaSetting& operator=(const WgmmaSetting&) = delete;
 };
+
+// While alive, swa_backward_bf16's wgmma kernels run in `mode` (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma
+// dk/dv and dq); then back to the setting it replaced.
+struct WgmmaBwdSetting {
+  explicit WgmmaBwdSetting(int mode) : previous(cuda::swa_backward_bf16_set_wgmma(mode)) {}
+  ~WgmmaBwdSetting() { cuda::swa_backward_bf16_set_wgmma(previous); }
+  const int previous;
+  WgmmaBwdSetting(const WgmmaBwdSetting&) = delete;
+  WgmmaBwdSetting& operator=(const WgmmaBwdSetting&) = delete;
+};
+
+std::vector<double> as_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
 // Which kernels a test runs: the fp32 ones (max-abs relative error <= kTol) or the bf16 tensor-core ones
 // (relative L2 error <= kTolBf16; the max-abs relative error is reported beside it).
@@ -150,6 +163,21 @@ double rel_l2(const std::vector<float>& a, const std::vector<double>& ref, doubl
   }
   return mref <= 1e-9 * zero_scale ? mx / zero_scale
                                     : std::sqrt(num) / std::max(std::sqrt(den), floor * std::sqrt(double(a.size())));
+}
+
+// A wgmma gradient a against the mma.sync one b: relative L2. Where the exact gradient is zero (max |exact| <=
+// 1e-9 zero_scale: window 1, one token) both are fp32 rounding residues of dP - delta, summed in other orders:
+// max |a - b| / zero_scale instead (as rel_l2 against float64).
+double wgmma_vs_mma(const std::vector<float>& a, const std::vector<float>& b, const std::vector<double>& exact,
+                    double zero_scale) {
+  double mref = 0, mx = 0;
+  for (double x : exact) mref = std::max(mref, std::abs(x));
+  if (mref > 1e-9 * zero_scale) return rel_l2(a, as_double(b));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(double(a[i]))) return INFINITY;
+    mx = std::max(mx, std::abs(double(a[i]) - double(b[i])));
+  }
+  return mx / zero_scale;
 }
 
 cuda::DeviceBuffer up(const std::vector<float>& v) {
@@ -383,7 +411,6 @@ void attention_case(const Impl& impl, Worst& worst, const Case& c) {
     const auto o_mma = down(o2, size_t(rows * os.ld)), lse_mma = down(lse2, size_t(rows * c.heads));
     std::vector<float> o_bits = o_all, lse_bits = lse;
     if (const int wgs = cuda::swa_forward_bf16_uses_wgmma(shape)) {
-      const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
       const double e_o = rel_l2(os.gather(o_all), as_double(os.gather(o_mma)));
       const double e_lse = rel_l2(lse, as_double(lse_mma), 1.0, score_size);
       EXPECT_LE(e_o, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma o vs the mma.sync kernel's";
@@ -404,9 +431,27 @@ void attention_case(const Impl& impl, Worst& worst, const Case& c) {
     kBf16.bwd(shape, qs.ptr(qb), qs.ld, ks.ptr(kb), ks.ld, vs.ptr(vb), vs.ld, od.as<float>(), os.ld, lsed.as<float>(),
               dod.as<float>(), dos.ld, dqs.ptr(bq), dqs.ld, dks.ptr(bk), dks.ld, dvs.ptr(bv), dvs.ld, work.as<void>(),
               nullptr);
-    EXPECT_EQ(dq, dqs.gather(down(bq, gsz))) << name << ": dq differs from the fp32-input bf16 kernel";
-    EXPECT_EQ(dk, dks.gather(down(bk, gsz))) << name << ": dk differs from the fp32-input bf16 kernel";
-    EXPECT_EQ(dv, dvs.gather(down(bv, gsz))) << name << ": dv differs from the fp32-input bf16 kernel";
+    const auto dq_mma = dqs.gather(down(bq, gsz)), dk_mma = dks.gather(down(bk, gsz)),
+               dv_mma = dvs.gather(down(bv, gsz));
+    std::vector<float> dq_bits = dq, dk_bits = dk, dv_bits = dv;
+    // Where the backward ran the wgmma kernels (Hopper, hd 64): close to the mma.sync ones (the same bf16 products,
+    // fp32 sums in another order), and the mma.sync kernels on bf16 operands, forced, give the fp32-input bits.
+    if (const int mode = cuda::swa_backward_bf16_uses_wgmma(shape)) {
+      const double e_dq = wgmma_vs_mma(dq, dq_mma, dq_ref, terms), e_dk = wgmma_vs_mma(dk, dk_mma, dk_ref, terms),
+                   e_dv = wgmma_vs_mma(dv, dv_mma, dv_ref, 1.0);
+      EXPECT_LE(e_dq, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma backward dq vs the mma.sync kernel's";
+      EXPECT_LE(e_dk, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma backward dk vs the mma.sync kernel's";
+      EXPECT_LE(e_dv, kTolWgmmaVsMma) << name << " (seed " << seed << "): wgmma backward dv vs the mma.sync kernel's";
+      std::printf("[attention wgmma backward mode %d] %s: relative L2 vs the mma.sync backward: dq %.2e, dk %.2e, "
+                  "dv %.2e\n",
+                  mode, name.c_str(), e_dq, e_dk, e_dv);
+      const WgmmaBwdSetting mma_only(0);
+      const Grads forced = run_bwd(7);
+      dq_bits = dqs.gather(forced.dq), dk_bits = dks.gather(forced.dk), dv_bits = dvs.gather(forced.dv);
+    }
+    EXPECT_EQ(dq_bits, dq_mma) << name << ": dq differs from the fp32-input bf16 kernel";
+    EXPECT_EQ(dk_bits, dk_mma) << name << ": dk differs from the fp32-input bf16 kernel";
+    EXPECT_EQ(dv_bits, dv_mma) << name << ": dv differs from the fp32-input bf16 kernel";
   }
   // Nothing written outside the operands: the pad columns of o and of separate gradient buffers stay NaN.
   if (c.pad > 0) {
@@ -506,6 +551,25 @@ TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
   }
 }
 
+// The wgmma backward (where it runs: an sm_90a build on a cc 9.0 device), dk/dv only (mode 1, dq by the mma.sync
+// kernel) and dk/dv and dq (mode 2), on the wgmma shapes through every check of the bf16-input kernels: dq, dk, dv
+// against float64, against the mma.sync backward (relative L2 <= kTolWgmmaVsMma), bit-reproducible, each gradient
+// alone equal to the one computed with the others, padding untouched.
+TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
+  REQUIRE_CUDA();
+  for (const int mode : {1, 2}) {
+    const WgmmaBwdSetting setting(mode);
+    if (cuda::swa_backward_bf16_uses_wgmma({1, 128, 1, 64, 128}) != mode)
+      GTEST_SKIP() << "the wgmma backward does not run here (needs an sm_90a build and a cc 9.0 device)";
+    Worst worst;
+    worst.kind = "relative L2 error (bf16 inputs, wgmma backward mode " + std::to_string(mode) + ")";
+    for (const Case& c : wgmma_cases()) {
+      ASSERT_EQ(cuda::swa_backward_bf16_uses_wgmma({c.S, c.N, c.heads, c.hd, c.window}), mode) << c.name();
+      attention_case(kBf16Inputs, worst, c);
+    }
+  }
+}
+
 TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
   REQUIRE_CUDA();
   cuda::DeviceBuffer b(1 << 16);
@@ -550,6 +614,13 @@ TEST(CudaAttention, BackwardBitIdentical) {
 TEST(CudaAttention, Bf16BackwardBitIdentical) {
   REQUIRE_CUDA();
   backward_bit_identical(kBf16);
+}
+
+// The bf16-operand backward, with the wgmma dk/dv and dq kernels where they run (hd 64): three runs, the same bits.
+TEST(CudaAttention, Bf16InputsBackwardBitIdentical) {
+  REQUIRE_CUDA();
+  const WgmmaBwdSetting setting(2);
+  backward_bit_identical(kBf16Inputs);
 }
 
 TEST(CudaAttention, RejectsBadInput) {
@@ -763,7 +834,6 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
   };
   std::vector<float> o_old, lse_old;
   run(0, o_old, lse_old);
-  const auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   const std::vector<double> o_ref = as_double(o_old), lse_ref = as_double(lse_old);
   for (const int warpgroups : {2, 3}) {
     std::vector<float> o_new, lse_new;
@@ -775,6 +845,62 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
                 e_lse);
     EXPECT_LE(e_o, kTolWgmmaVsMma) << "wgmma x" << warpgroups;
     EXPECT_LE(e_lse, kTolWgmmaVsMma) << "wgmma x" << warpgroups;
+  }
+}
+
+// The bf16-input backward at the 760m shape (fused bf16 qkv and gradients, 24 heads of 64, window 2048), fed the
+// forward's o and lse: the mma.sync kernels, wgmma dk/dv with the mma.sync dq (mode 1) and wgmma dk/dv and dq
+// (mode 2), median of 5 each (delta kernel included), with TFLOP/s at the nominal 2.5 x 4 N W hd H flops (five
+// products per visible score); the wgmma gradients agree with the mma.sync ones (relative L2 <= kTolWgmmaVsMma).
+// Asserts nothing on time.
+TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
+  REQUIRE_CUDA();
+  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
+  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
+  const uint64_t seed = fresh_seed();
+  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4), dO(size_t(rows * D) * 4);
+  qkv.fill_random<float>(rows * ld, seed, 0, 1.0, true);
+  dO.fill_random<float>(rows * D, seed + 1, 0, 1.0, true);
+  const Bf16Twin qkv16 = bf16_twin(qkv.as<float>(), ld, rows, ld);
+  const bf16* q16 = qkv16.p();
+  cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
+  cuda::DeviceBuffer work(cuda::swa_backward_bf16_workspace(s));
+  cuda::swa_forward_bf16(s, q16, qkv16.ld, q16 + D, qkv16.ld, q16 + 2 * D, qkv16.ld, o.as<float>(), D,
+                         lse.as<float>(), nullptr);
+  const double gflop = 2.5 * 4.0 * double(s.N) * double(s.window) * double(s.hd) * double(s.heads) * 1e-9;
+  const auto run = [&](int mode, std::vector<float>& g_out) {
+    const WgmmaBwdSetting setting(mode);
+    cuda::DeviceBuffer g = nan_buf(size_t(rows * ld));
+    float* gp = g.as<float>();
+    const auto bwd = [&] {
+      cuda::swa_backward_bf16(s, q16, qkv16.ld, q16 + D, qkv16.ld, q16 + 2 * D, qkv16.ld, o.as<float>(), D,
+                              lse.as<float>(), dO.as<float>(), D, gp, ld, gp + D, ld, gp + 2 * D, ld,
+                              work.as<void>(), nullptr);
+    };
+    const int used = cuda::swa_backward_bf16_uses_wgmma(s);
+    bwd();
+    std::vector<double> t;
+    for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(bwd));
+    std::sort(t.begin(), t.end());
+    std::printf("[attention 760m backward] %s: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s nominal\n",
+                used == 2 ? "wgmma dk/dv + wgmma dq" : used == 1 ? "wgmma dk/dv + mma.sync dq" : "mma.sync", t[2],
+                t[0], t[4], gflop / t[2]);
+    g_out = down(g, size_t(rows * ld));
+    return used;
+  };
+  std::vector<float> g_old;
+  run(0, g_old);
+  const Strided parts[3] = {{rows, ld, 0, D}, {rows, ld, D, D}, {rows, ld, 2 * D, D}};
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (const int mode : {1, 2}) {
+    std::vector<float> g_new;
+    if (run(mode, g_new) != mode) GTEST_SKIP() << "the wgmma backward does not run here: timed the mma.sync kernels";
+    for (float x : g_new) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite gradient";
+    for (int p = 0; p < 3; ++p) {
+      const double e = rel_l2(parts[p].gather(g_new), as_double(parts[p].gather(g_old)));
+      std::printf("[attention 760m backward] mode %d vs mma.sync: relative L2 %s %.2e\n", mode, names[p], e);
+      EXPECT_LE(e, kTolWgmmaVsMma) << "mode " << mode << " " << names[p];
+    }
   }
 }
 

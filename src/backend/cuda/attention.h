@@ -66,8 +66,8 @@ void swa_backward_bf16(const AttentionShape& s, const float* q, int64_t ldq, con
 
 // The same kernels on bf16 operands (q, k, v as bf16 bits, e.g. written by the layer that produces them): the
 // values the fp32-input calls above round to on the way into the tiles, copied straight into shared memory
-// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv (except the forward
-// where it runs the Hopper wgmma kernel below: o, lse equal to fp32 rounding, not bits). The backward rounds
+// (cp.async), so that for the same bf16 values both give bit-identical o, lse, dq, dk, dv (except where they run
+// the Hopper wgmma kernels below: equal up to fp32 rounding, not bits). The backward rounds
 // dO into its workspace (swa_backward_bf16_workspace bytes, 16-byte aligned) next to delta. bf16 operands need
 // hd % 8 == 0, leading dimensions % 8 == 0 and 16-byte aligned pointers (checked; ttt::Error otherwise).
 void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk, const bf16* v,
@@ -84,6 +84,17 @@ int swa_forward_bf16_uses_wgmma(const AttentionShape& s);
 // the environment's choice (the default). Returns the setting it replaced (so that a scope can restore it).
 int swa_forward_bf16_set_wgmma(int warpgroups);
 size_t swa_backward_bf16_workspace(const AttentionShape& s);
+// On Hopper the bf16-operand backward with hd = 64 runs warpgroup (wgmma, sm_90a) kernels after its delta kernel:
+// same contract, outputs, determinism (no atomics, bit-reproducible) and workspace, not bit-identical to the
+// mma.sync kernels (fp32 sums in another order). swa_backward_bf16_uses_wgmma says which a call with shape s runs
+// on the current device: 0 the mma.sync kernels, 1 wgmma dk/dv with the mma.sync dq, 2 wgmma dk/dv and dq. The
+// wgmma kernels run when the build has sm_90a code, the device is cc 9.0, hd == 64 and the mode is not 0: the
+// environment's TTT_ATTN_WGMMA_BWD (0, 1 or 2; read once), else the default, 0 (off) until they have been measured
+// on a Hopper device.
+int swa_backward_bf16_uses_wgmma(const AttentionShape& s);
+// Tests and benchmarks: the mode (0, 1, 2 as above) the wgmma backward may use in this process, or -1 for the
+// environment's choice (the default). Returns the setting it replaced.
+int swa_backward_bf16_set_wgmma(int mode);
 void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,
                        const bf16* v, int64_t ldv, const float* o, int64_t ldo, const float* lse, const float* dO,
                        int64_t lddo, float* dq, int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv,

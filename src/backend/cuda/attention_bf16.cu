@@ -1,8 +1,9 @@
 // Sliding-window attention with bf16 tensor-core products (see attention.h, swa_forward_bf16 /
 // swa_backward_bf16): the semantics, layouts and checks of the fp32 kernels in attention.cu, with every tile
 // product an mma.sync m16n8k16 (bf16 operands, fp32 accumulation), flash-attention-2 style; on Hopper the
-// bf16-operand forward with hd = 64 is k_swa_fwd_wgmma instead (warpgroup products, attention_wgmma.cu); the tile
-// machinery both use is attention_bf16_tiles.cuh.
+// bf16-operand forward with hd = 64 is k_swa_fwd_wgmma instead (warpgroup products, attention_wgmma.cu), and its
+// backward k_swa_bwd_dkdv_wgmma / k_swa_bwd_dq_wgmma (attention_wgmma_bwd.cu, after the delta kernel here); the tile
+// machinery all use is attention_bf16_tiles.cuh.
 //
 //   forward   block = (128 queries, head, sequence), 8 warps of 16 query rows each. The Q tile is converted to
 //             bf16 once and kept in registers as A fragments (hd <= 64; wider heads re-read it from shared
@@ -46,6 +47,11 @@ namespace ttt::cuda {
 void swa_forward_bf16_wgmma(int warpgroups, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq,
                             const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv, float* o,
                             int64_t ldo, float* lse, cudaStream_t stream);
+// attention_wgmma_bwd.cu: the Hopper backward kernels (launched where swa_backward_bf16_uses_wgmma says).
+void swa_backward_bf16_wgmma(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq,
+                             const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv,
+                             const __nv_bfloat16* dO, int64_t lddo, const float* lse, const float* delta, float* dq,
+                             int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, cudaStream_t st);
 
 namespace {
 
@@ -449,7 +455,15 @@ void backward(const AttentionShape& s, Operands<T> x, const float* o, int64_t ld
   k_swa_delta_bf16<<<unsigned((warps + per_block - 1) / per_block), kThreads, 0, st>>>(
       o, ldo, dO, lddo, delta, dO16, D, rows, int(s.heads), int(s.hd));
   TTT_LAUNCH_CHECK("k_swa_delta_bf16");
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) x.dO = dO16, x.lddo = D;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    x.dO = dO16, x.lddo = D;
+    if (const int mode = swa_backward_bf16_uses_wgmma(s)) {  // Hopper, hd 64: dk/dv (mode 1) and dq (mode 2)
+      swa_backward_bf16_wgmma(mode, s, x.q, x.ldq, x.k, x.ldk, x.v, x.ldv, x.dO, x.lddo, lse, delta, dq, lddq, dk,
+                              lddk, dv, lddv, st);
+      if (mode == 2 || !dq) return;
+      dk = dv = nullptr;  // mode 1: dq by the mma.sync kernel below
+    }
+  }
   if (s.hd <= 32) bwd_launch<32>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
   else if (s.hd <= 64) bwd_launch<64>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);
   else bwd_launch<128>(s, g, x, lse, delta, dq, lddq, dk, lddk, dv, lddv, vec, st);

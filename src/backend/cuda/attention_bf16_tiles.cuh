@@ -1,7 +1,8 @@
 // The machinery the bf16 attention kernels share (attention_bf16.cu: the mma.sync forward and backward;
-// attention_wgmma.cu: the Hopper forward): tile shapes, fragment loads, the operand streams, the online softmax
-// step and the output/lse write, and the host's shared-memory opt-in. Internal to those two files (everything is
-// in an anonymous namespace: each includes its own copy).
+// attention_wgmma.cu / attention_wgmma_bwd.cu: the Hopper forward and backward, through attention_wgmma.cuh): tile
+// shapes, fragment loads, the operand streams, the online softmax step and the output/lse write, and the host's
+// shared-memory opt-in. Internal to those files (everything is in an anonymous namespace: each includes its own
+// copy).
 #pragma once
 #include "backend/cuda/attention.h"
 #include "backend/cuda/attention_host.cuh"

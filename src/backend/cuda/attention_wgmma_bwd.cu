@@ -1,0 +1,376 @@
+// The sliding-window attention backward on Hopper (sm_90a): warpgroup products (wgmma) for bf16 operands with
+// hd = 64, launched by swa_backward_bf16 (attention_bf16.cu, after its delta kernel) where
+// swa_backward_bf16_uses_wgmma says so; its contract is that of swa_backward_bf16 (attention.h). The warpgroup
+// machinery (swizzled tiles, descriptors, wgmma wrappers, fences) is attention_wgmma.cuh, shared with the forward.
+//
+//   dk/dv  block = (128 keys, head, sequence) = 2 warpgroups of 64 keys (variant: 1 warpgroup, 2 blocks per SM);
+//          K and V stay in shared memory, the 64-query tiles of Q, dO (and their lse, delta) that see those keys
+//          stream through double-buffered shared memory by cp.async. Per tile and warpgroup: S^T [64 keys x 64
+//          queries] = K Q^T and dP^T = V dO^T (8 x m64n64k16, operands by descriptor), P^T = exp2(S^T scale log2e -
+//          lse log2e) and dS^T = P^T (dP^T - delta) in registers (lse and delta belong to the column: the query),
+//          then dV += P^T dO and dK += dS^T Q (8 x m64n64k16, P^T / dS^T from registers, dO / Q by transposed
+//          descriptors).
+//   dq     block = (128 queries, head, sequence) = 2 warpgroups of 64 queries (variant: 1 warpgroup, 4 blocks per
+//          SM); Q and dO stay, 64-key K/V tiles stream: S = Q K^T, dP = dO V^T (8 x m64n64k16), P and dS in
+//          registers (lse, delta per row), dQ += dS K (4 x m64n64k16, dS from registers, K by a transposed
+//          descriptor).
+// The same products as the mma.sync kernels (attention_bf16.cu: bf16 operands, P and dS rounded to bf16, fp32
+// accumulation), the fp32 sums inside the tensor cores in another order: close to them, not bit-identical. Every
+// output row belongs to one warp and is summed in a fixed order: no atomics, repeated runs are bit-identical.
+#include "backend/cuda/attention_wgmma.cuh"
+
+namespace ttt::cuda {
+
+namespace {
+
+namespace wgb {
+constexpr int kStream = 64;                    // rows of a streamed tile (queries: dk/dv; keys: dq)
+constexpr int kStreamB = kStream * wg::kRowB;  // bytes of a streamed tile
+// WGS warpgroups of 64 owned rows (keys: dk/dv; queries: dq) per block: 2 (the default; each streamed tile serves
+// 128 rows) or 1 (twice the blocks per SM, independent of each other, twice the streamed tile reads).
+template <int WGS>
+struct Shape {
+  static constexpr int kThreads = 128 * WGS;
+  static constexpr int kOwn = 64 * WGS;             // rows a block owns
+  static constexpr int kOwnB = kOwn * wg::kRowB;    // bytes of an owned tile (a multiple of 1024)
+  // slack for the 1024-byte alignment, two owned tiles, two double-buffered streamed tiles (+ lse, delta [2][64])
+  static constexpr size_t kSmemDkdv = 1024 + 2 * size_t(kOwnB) + 4 * size_t(kStreamB) + 4 * kStream * sizeof(float);
+  static constexpr size_t kSmemDq = 1024 + 2 * size_t(kOwnB) + 4 * size_t(kStreamB);
+  // dk/dv needs ~200 registers a thread: 256 threads per SM; dq half its accumulators: 512 (<= 128 registers).
+  static constexpr int kDkdvBlocksPerSm = 2 / WGS;
+  static constexpr int kDqBlocksPerSm = 4 / WGS;
+};
+}  // namespace wgb
+
+// dk, dv of 64 WGS keys (warpgroup: 64 keys); streams the 64-query tiles that see them.
+template <int WGS>
+__global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kDkdvBlocksPerSm)
+    k_swa_bwd_dkdv_wgmma(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq, const __nv_bfloat16* __restrict__ k,
+                         int64_t ldk, const __nv_bfloat16* __restrict__ v, int64_t ldv,
+                         const __nv_bfloat16* __restrict__ dO, int64_t lddo, const float* __restrict__ lse,
+                         const float* __restrict__ delta, float* __restrict__ dk, int64_t lddk,
+                         float* __restrict__ dv, int64_t lddv) {
+#ifdef TTT_ATTN_WGMMA_DEVICE
+  using wg::kHd, wg::kRowB, wgb::kStream, wgb::kStreamB;
+  constexpr int kOwn = wgb::Shape<WGS>::kOwn, kOwnB = wgb::Shape<WGS>::kOwnB, kThreads = wgb::Shape<WGS>::kThreads;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  unsigned char* Ks = smem;                // kOwn rows
+  unsigned char* Vs = Ks + kOwnB;          // kOwn rows
+  unsigned char* Qs = Vs + kOwnB;          // [2] x kStream rows
+  unsigned char* dOs = Qs + 2 * kStreamB;  // [2]
+  float* Ls = reinterpret_cast<float*>(dOs + 2 * kStreamB);  // [2][kStream] lse of the tile's queries
+  float* Ds = Ls + 2 * kStream;                              // [2][kStream] delta
+  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  const int g4 = lane / 4, t4 = lane % 4;
+  const int k0 = blockIdx.x * kOwn, h = blockIdx.y;
+  const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * kHd;
+  const __nv_bfloat16* qg = q + base * ldq + col;
+  const __nv_bfloat16* dg = dO + base * lddo + col;
+  const float* lse_h = lse + base * g.heads + h;
+  const float* delta_h = delta + base * g.heads + h;
+  // Q, dO, lse and delta of the queries q0.. into buffer buf, one cp.async group with whatever was issued before.
+  const auto issue_queries = [&](int q0, int buf) {
+    const int rows = min(kStream, g.N - q0);
+    wg_load_tile<kStream, kThreads>(Qs + buf * kStreamB, qg, ldq, q0, rows);
+    wg_load_tile<kStream, kThreads>(dOs + buf * kStreamB, dg, lddo, q0, rows);
+    if (threadIdx.x < kStream) {
+      const int t = threadIdx.x;
+      const int64_t at = int64_t(t < rows ? q0 + t : 0) * g.heads;
+      cp_async4(Ls + buf * kStream + t, lse_h + at, t < rows);
+      cp_async4(Ds + buf * kStream + t, delta_h + at, t < rows);
+    }
+    cp_async_commit();
+  };
+  wg_load_tile<kOwn, kThreads>(Ks, k + base * ldk + col, ldk, k0, min(kOwn, g.N - k0));
+  wg_load_tile<kOwn, kThreads>(Vs, v + base * ldv + col, ldv, k0, min(kOwn, g.N - k0));
+  issue_queries(k0, 0);  // the first query tile that can see a key of the block starts at its first key
+  const int64_t q_lim = int64_t(k0) + kOwn - 1 + g.window;
+  const int q_end = q_lim < g.N ? int(q_lim) : g.N;
+  const int ntiles = (q_end - k0 + kStream - 1) / kStream;
+
+  const int j0 = k0 + warpgroup * 64;  // the warpgroup's first key
+  const int jw = j0 + warp * 16;       // the warp's
+  const uint64_t k_desc = sw128_desc(smem_u32(Ks + warpgroup * 64 * kRowB));
+  const uint64_t v_desc = sw128_desc(smem_u32(Vs + warpgroup * 64 * kRowB));
+  float adk[kHd / 8][4], adv[kHd / 8][4];
+#pragma unroll
+  for (int n = 0; n < kHd / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) adk[n][e] = 0.f, adv[n][e] = 0.f;
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int q0 = k0 + it * kStream, buf = it & 1;
+    if (it + 1 < ntiles) {  // the next tile into the other buffer (free: the last iteration ended in a barrier)
+      issue_queries(q0 + kStream, buf ^ 1);
+      cp_async_wait_group<1>();  // this tile's group (and K's, V's) has landed, the next one may still fly
+    } else {
+      cp_async_wait_group<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    // Warpgroup-uniform: wgmma needs all 128 threads of the warpgroup.
+    const bool active = j0 < g.N && q0 + kStream - 1 >= j0 && q0 <= j0 + 63 + g.window - 1;
+    if (active) {
+      const auto tile = [&](auto masked) {
+        const uint64_t q_desc = sw128_desc(smem_u32(Qs + buf * kStreamB));
+        const uint64_t do_desc = sw128_desc(smem_u32(dOs + buf * kStreamB));
+        float st[kStream / 8][4], dpt[kStream / 8][4];  // S^T, dP^T: rows keys, columns queries
+        // Four batches, each overlapping the register work that follows it: S^T | dP^T while P^T is formed, dV
+        // while dS^T is, then dK.
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(st, k_desc + 2 * kk, q_desc + 2 * kk, kk);  // +32 B
+        wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(dpt, v_desc + 2 * kk, do_desc + 2 * kk, kk);
+        wg_commit();
+        wg_wait<1>();  // S^T has landed
+        wg_pin(st);
+        const float* lb = Ls + buf * kStream;
+        const float* db = Ds + buf * kStream;
+#pragma unroll
+        for (int n = 0; n < kStream / 8; ++n) {
+          const float2 lc = *reinterpret_cast<const float2*>(lb + n * 8 + 2 * t4);
+          const float l2[2] = {lc.x * kLog2e, lc.y * kLog2e};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float p = ex2(fmaf(st[n][e], g.scale_log2, -l2[e % 2]));
+            if constexpr (decltype(masked)::value) {
+              if (!visible(q0 + n * 8 + 2 * t4 + (e % 2), jw + g4 + (e / 2) * 8, g)) p = 0.f;
+            }
+            st[n][e] = p;
+          }
+        }
+        uint32_t pa[kStream / 16][4], dsa[kStream / 16][4];  // P^T, dS^T as A fragments (k: the queries)
+#pragma unroll
+        for (int kk = 0; kk < kStream / 16; ++kk) p_fragment(st, kk, pa[kk]);
+        wg_pin(adv);  // the packing happens before the fence
+        wg_pin(pa);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kStream / 16; ++kk) wgmma_n64_rs(adv, pa[kk], do_desc + desc_rows(16 * kk));
+        wg_commit();
+        wg_wait<1>();  // dP^T has landed (dV may still run)
+        wg_pin(dpt);
+#pragma unroll
+        for (int n = 0; n < kStream / 8; ++n) {
+          const float2 dc = *reinterpret_cast<const float2*>(db + n * 8 + 2 * t4);
+          const float dl[2] = {dc.x, dc.y};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dpt[n][e] = st[n][e] * (dpt[n][e] - dl[e % 2]);
+        }
+#pragma unroll
+        for (int kk = 0; kk < kStream / 16; ++kk) p_fragment(dpt, kk, dsa[kk]);
+        wg_pin(adk);
+        wg_pin(dsa);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kStream / 16; ++kk) wgmma_n64_rs(adk, dsa[kk], q_desc + desc_rows(16 * kk));
+        wg_commit();
+        wg_wait<0>();
+        wg_pin(adv);
+        wg_pin(adk);
+        wg_pin(pa);
+        wg_pin(dsa);
+      };
+      // Tiles whose 64 queries all see all 64 keys (below the diagonal, inside the window and the sequence) need no
+      // element mask.
+      masked_if(!(q0 >= j0 + 63 && q0 + kStream - 1 < j0 + g.window && q0 + kStream - 1 < g.N), tile);
+    }
+    __syncthreads();  // every warpgroup is done with this buffer before the next iteration refills it
+  }
+  if (dv) store_rows<kHd>(dv + base * lddv + col, lddv, jw, g, adv, 1.f, 1.f);
+  if (dk) store_rows<kHd>(dk + base * lddk + col, lddk, jw, g, adk, g.scale, g.scale);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // never launched: swa_wgmma_device_ok tells the host this image has no wgmma code
+#endif
+}
+
+// dq of 64 WGS queries (warpgroup: 64 queries); streams the 64-key tiles of their windows.
+template <int WGS>
+__global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kDqBlocksPerSm)
+    k_swa_bwd_dq_wgmma(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq, const __nv_bfloat16* __restrict__ k,
+                       int64_t ldk, const __nv_bfloat16* __restrict__ v, int64_t ldv,
+                       const __nv_bfloat16* __restrict__ dO, int64_t lddo, const float* __restrict__ lse,
+                       const float* __restrict__ delta, float* __restrict__ dq, int64_t lddq) {
+#ifdef TTT_ATTN_WGMMA_DEVICE
+  using wg::kHd, wg::kRowB, wgb::kStream, wgb::kStreamB;
+  constexpr int kOwn = wgb::Shape<WGS>::kOwn, kOwnB = wgb::Shape<WGS>::kOwnB, kThreads = wgb::Shape<WGS>::kThreads;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  unsigned char* Qs = smem;                // kOwn rows
+  unsigned char* dOs = Qs + kOwnB;         // kOwn rows
+  unsigned char* Ks = dOs + kOwnB;         // [2] x kStream rows
+  unsigned char* Vs = Ks + 2 * kStreamB;   // [2]
+  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  const int g4 = lane / 4, t4 = lane % 4;
+  const int q0 = blockIdx.x * kOwn, h = blockIdx.y;
+  const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * kHd;
+  const __nv_bfloat16* kg = k + base * ldk + col;
+  const __nv_bfloat16* vg = v + base * ldv + col;
+  const auto issue_keys = [&](int k0, int buf) {
+    wg_load_tile<kStream, kThreads>(Ks + buf * kStreamB, kg, ldk, k0, min(kStream, g.N - k0));
+    wg_load_tile<kStream, kThreads>(Vs + buf * kStreamB, vg, ldv, k0, min(kStream, g.N - k0));
+    cp_async_commit();
+  };
+  wg_load_tile<kOwn, kThreads>(Qs, q + base * ldq + col, ldq, q0, min(kOwn, g.N - q0));
+  wg_load_tile<kOwn, kThreads>(dOs, dO + base * lddo + col, lddo, q0, min(kOwn, g.N - q0));
+  const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kOwn);
+  const int ntiles = (k_end - k_begin + kStream - 1) / kStream;
+  issue_keys(k_begin, 0);
+
+  const int r0 = q0 + warpgroup * 64;  // the warpgroup's first query
+  const int rw = r0 + warp * 16;       // the warp's
+  float rl[2], rd[2];                  // lse log2e, delta of the rows rw + g4, rw + g4 + 8
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = rw + g4 + 8 * r;
+    rl[r] = i < g.N ? lse[(base + i) * g.heads + h] * kLog2e : 0.f;
+    rd[r] = i < g.N ? delta[(base + i) * g.heads + h] : 0.f;
+  }
+  const uint64_t q_desc = sw128_desc(smem_u32(Qs + warpgroup * 64 * kRowB));
+  const uint64_t do_desc = sw128_desc(smem_u32(dOs + warpgroup * 64 * kRowB));
+  float adq[kHd / 8][4];
+#pragma unroll
+  for (int n = 0; n < kHd / 8; ++n) adq[n][0] = adq[n][1] = adq[n][2] = adq[n][3] = 0.f;
+
+  for (int it = 0; it < ntiles; ++it) {
+    const int k0 = k_begin + it * kStream, buf = it & 1;
+    if (it + 1 < ntiles) {
+      issue_keys(k0 + kStream, buf ^ 1);
+      cp_async_wait_group<1>();
+    } else {
+      cp_async_wait_group<0>();
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const bool active = r0 < g.N && k0 <= r0 + 63 && k0 + kStream - 1 > r0 - g.window;
+    if (active) {
+      const auto tile = [&](auto masked) {
+        const uint64_t k_desc = sw128_desc(smem_u32(Ks + buf * kStreamB));
+        const uint64_t v_desc = sw128_desc(smem_u32(Vs + buf * kStreamB));
+        float s[kStream / 8][4], dp[kStream / 8][4];  // rows queries, columns keys
+        // S | dP: P is formed while dP runs.
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(s, q_desc + 2 * kk, k_desc + 2 * kk, kk);
+        wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(dp, do_desc + 2 * kk, v_desc + 2 * kk, kk);
+        wg_commit();
+        wg_wait<1>();  // S has landed
+        wg_pin(s);
+#pragma unroll
+        for (int n = 0; n < kStream / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float p = ex2(fmaf(s[n][e], g.scale_log2, -rl[e / 2]));
+            if constexpr (decltype(masked)::value) {
+              if (!visible(rw + g4 + (e / 2) * 8, k0 + n * 8 + 2 * t4 + (e % 2), g)) p = 0.f;
+            }
+            s[n][e] = p;
+          }
+        wg_wait<0>();
+        wg_pin(dp);
+#pragma unroll
+        for (int n = 0; n < kStream / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dp[n][e] = s[n][e] * (dp[n][e] - rd[e / 2]);
+        uint32_t dsa[kStream / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < kStream / 16; ++kk) p_fragment(dp, kk, dsa[kk]);
+        wg_pin(adq);
+        wg_pin(dsa);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < kStream / 16; ++kk) wgmma_n64_rs(adq, dsa[kk], k_desc + desc_rows(16 * kk));
+        wg_commit();
+        wg_wait<0>();
+        wg_pin(adq);
+        wg_pin(dsa);
+      };
+      masked_if(!(k0 + kStream - 1 <= r0 && k0 > r0 + 63 - g.window && r0 + 63 < g.N), tile);
+    }
+    __syncthreads();
+  }
+  store_rows<kHd>(dq + base * lddq + col, lddq, rw, g, adq, g.scale, g.scale);
+#elif defined(__CUDA_ARCH__)
+  __trap();
+#endif
+}
+
+// The mode where neither swa_backward_bf16_set_wgmma nor TTT_ATTN_WGMMA_BWD says: off until the kernels have been
+// measured and checked on a Hopper device (docs/PERF.md, "The Hopper backward: wgmma"); 2 turns them on.
+constexpr int kBwdWgmmaDefaultMode = 0;
+
+// swa_backward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA_BWD decides (0: off, 1: dk/dv only, 2: both).
+std::atomic<int> g_bwd_wgmma_mode{-1};
+
+int bwd_wgmma_mode() {
+  static const int from_env = [] {
+    const char* e = std::getenv("TTT_ATTN_WGMMA_BWD");
+    const std::string v = e ? e : "";
+    return v == "0" ? 0 : v == "1" ? 1 : v == "2" ? 2 : kBwdWgmmaDefaultMode;
+  }();
+  const int set = g_bwd_wgmma_mode.load(std::memory_order_relaxed);
+  return set >= 0 ? set : from_env;
+}
+
+// Warpgroups per block of both kernels: TTT_ATTN_WGMMA_BWD_WGS=1 (two blocks per SM for dk/dv, four for dq),
+// else 2 (read once; a measurement knob).
+int bwd_warpgroups() {
+  static const int wgs = [] {
+    const char* e = std::getenv("TTT_ATTN_WGMMA_BWD_WGS");
+    return e && std::string(e) == "1" ? 1 : 2;
+  }();
+  return wgs;
+}
+
+template <int WGS>
+void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq, const __nv_bfloat16* k,
+                      int64_t ldk, const __nv_bfloat16* v, int64_t ldv, const __nv_bfloat16* dO, int64_t lddo,
+                      const float* lse, const float* delta, float* dq, int64_t lddq, float* dk, int64_t lddk,
+                      float* dv, int64_t lddv, cudaStream_t st) {
+  using Sh = wgb::Shape<WGS>;
+  const Geo g = make_geo(s);
+  const dim3 grid(unsigned((s.N + Sh::kOwn - 1) / Sh::kOwn), unsigned(s.heads), unsigned(s.S));
+  if (dk || dv) {
+    set_smem(k_swa_bwd_dkdv_wgmma<WGS>, Sh::kSmemDkdv);
+    k_swa_bwd_dkdv_wgmma<WGS><<<grid, Sh::kThreads, Sh::kSmemDkdv, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse,
+                                                                         delta, dk, lddk, dv, lddv);
+    TTT_LAUNCH_CHECK("k_swa_bwd_dkdv_wgmma");
+  }
+  if (dq && mode == 2) {
+    set_smem(k_swa_bwd_dq_wgmma<WGS>, Sh::kSmemDq);
+    k_swa_bwd_dq_wgmma<WGS><<<grid, Sh::kThreads, Sh::kSmemDq, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta,
+                                                                     dq, lddq);
+    TTT_LAUNCH_CHECK("k_swa_bwd_dq_wgmma");
+  }
+}
+
+}  // namespace
+
+// The wgmma backward kernels of mode (1: dk/dv; 2: dk/dv and dq) for swa_backward_bf16, after its delta kernel
+// (delta and bf16(dO) in its workspace). Null gradients are not wanted.
+void swa_backward_bf16_wgmma(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq,
+                             const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv,
+                             const __nv_bfloat16* dO, int64_t lddo, const float* lse, const float* delta, float* dq,
+                             int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, cudaStream_t st) {
+  if (bwd_warpgroups() == 1)
+    bwd_wgmma_launch<1>(mode, s, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, st);
+  else
+    bwd_wgmma_launch<2>(mode, s, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, st);
+}
+
+int swa_backward_bf16_uses_wgmma(const AttentionShape& s) {
+  const int mode = bwd_wgmma_mode();
+  return mode != 0 && s.hd == wg::kHd && swa_wgmma_device_ok() ? mode : 0;
+}
+
+int swa_backward_bf16_set_wgmma(int mode) {
+  TTT_CHECK(mode >= -1 && mode <= 2, "swa_backward_bf16_set_wgmma: mode must be -1, 0, 1 or 2, got " << mode);
+  return g_bwd_wgmma_mode.exchange(mode, std::memory_order_relaxed);
+}
+
+}  // namespace ttt::cuda
