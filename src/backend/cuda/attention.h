@@ -85,12 +85,12 @@ int swa_forward_bf16_uses_wgmma(const AttentionShape& s);
 int swa_forward_bf16_set_wgmma(int warpgroups);
 size_t swa_backward_bf16_workspace(const AttentionShape& s);
 // On Hopper the bf16-operand backward with hd = 64 runs warpgroup (wgmma, sm_90a) kernels after its delta kernel:
-// same contract, outputs, determinism (no atomics, bit-reproducible) and workspace, not bit-identical to the
-// mma.sync kernels (fp32 sums in another order). swa_backward_bf16_uses_wgmma says which a call with shape s runs
-// on the current device: 0 the mma.sync kernels, 1 wgmma dk/dv with the mma.sync dq, 2 wgmma dk/dv and dq. The
-// wgmma kernels run when the build has sm_90a code, the device is cc 9.0, hd == 64 and the mode is not 0: the
-// environment's TTT_ATTN_WGMMA_BWD (0, 1 or 2; read once), else the default, 0 (off) until they have been measured
-// on a Hopper device.
+// same contract, outputs, determinism (no atomics, bit-reproducible) and workspace (on an H200 they gave the
+// mma.sync kernels' bits on every shape tested: the same products summed in the same order; not a guarantee).
+// swa_backward_bf16_uses_wgmma says which a call with shape s runs on the current device: 0 the mma.sync kernels,
+// 1 wgmma dk/dv with the mma.sync dq, 2 wgmma dk/dv and dq. The wgmma kernels run when the build has sm_90a code,
+// the device is cc 9.0, hd == 64 and the mode is not 0: the environment's TTT_ATTN_WGMMA_BWD (0, 1 or 2; read
+// once), else the default, 2.
 int swa_backward_bf16_uses_wgmma(const AttentionShape& s);
 // Tests and benchmarks: the mode (0, 1, 2 as above) the wgmma backward may use in this process, or -1 for the
 // environment's choice (the default). Returns the setting it replaced.

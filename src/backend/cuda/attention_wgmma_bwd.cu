@@ -26,8 +26,8 @@ namespace {
 namespace wgb {
 constexpr int kStream = 64;                    // rows of a streamed tile (queries: dk/dv; keys: dq)
 constexpr int kStreamB = kStream * wg::kRowB;  // bytes of a streamed tile
-// WGS warpgroups of 64 owned rows (keys: dk/dv; queries: dq) per block: 2 (the default; each streamed tile serves
-// 128 rows) or 1 (twice the blocks per SM, independent of each other, twice the streamed tile reads).
+// WGS warpgroups of 64 owned rows (keys: dk/dv; queries: dq) per block: 1 (the default: twice the blocks per SM,
+// independent of each other) or 2 (each streamed tile serves 128 rows: half the streamed tile reads).
 template <int WGS>
 struct Shape {
   static constexpr int kThreads = 128 * WGS;
@@ -300,9 +300,9 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
 #endif
 }
 
-// The mode where neither swa_backward_bf16_set_wgmma nor TTT_ATTN_WGMMA_BWD says: off until the kernels have been
-// measured and checked on a Hopper device (docs/PERF.md, "The Hopper backward: wgmma"); 2 turns them on.
-constexpr int kBwdWgmmaDefaultMode = 0;
+// The mode where neither swa_backward_bf16_set_wgmma nor TTT_ATTN_WGMMA_BWD says: both wgmma kernels (measured on
+// an H200: the bits of the mma.sync backward at 1.4x its speed, docs/PERF.md "The Hopper backward: wgmma").
+constexpr int kBwdWgmmaDefaultMode = 2;
 
 // swa_backward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA_BWD decides (0: off, 1: dk/dv only, 2: both).
 std::atomic<int> g_bwd_wgmma_mode{-1};
@@ -317,12 +317,12 @@ int bwd_wgmma_mode() {
   return set >= 0 ? set : from_env;
 }
 
-// Warpgroups per block of both kernels: TTT_ATTN_WGMMA_BWD_WGS=1 (two blocks per SM for dk/dv, four for dq),
-// else 2 (read once; a measurement knob).
+// Warpgroups per block of both kernels: 1 (two blocks per SM for dk/dv, four for dq: 3.70 against 3.90 ms for 2 at
+// the 760m shape on an H200), or TTT_ATTN_WGMMA_BWD_WGS=2 (read once; a measurement knob).
 int bwd_warpgroups() {
   static const int wgs = [] {
     const char* e = std::getenv("TTT_ATTN_WGMMA_BWD_WGS");
-    return e && std::string(e) == "1" ? 1 : 2;
+    return e && std::string(e) == "2" ? 2 : 1;
   }();
   return wgs;
 }
