@@ -533,22 +533,29 @@ const std::vector<Case>& wgmma_cases() {
   return all;
 }
 
+// Every wgmma shape through every check of the bf16-input kernels, once per variant: `Setting(v)` selects variant
+// v for its scope, `uses(shape)` says which variant a call of that shape runs (skipped where none runs here).
+template <class Setting, class Uses>
+void wgmma_variants(std::initializer_list<int> variants, Uses uses, const std::string& what) {
+  for (const int v : variants) {
+    const Setting setting(v);
+    if (uses(cuda::AttentionShape{1, 128, 1, 64, 128}) != v)
+      GTEST_SKIP() << "the wgmma " << what << " does not run here (needs an sm_90a build and a cc 9.0 device)";
+    Worst worst;
+    worst.kind = "relative L2 error (bf16 inputs, wgmma " + what + " " + std::to_string(v) + ")";
+    for (const Case& c : wgmma_cases()) {
+      ASSERT_EQ(uses(cuda::AttentionShape{c.S, c.N, c.heads, c.hd, c.window}), v) << c.name();
+      attention_case(kBf16Inputs, worst, c);
+    }
+  }
+}
+
 // The wgmma forward (where it runs: an sm_90a build on a cc 9.0 device), with 2 and with 3 warpgroups per block,
 // on those shapes through every check of the bf16-input kernels: o and lse against float64, the backward fed by
 // its o and lse against float64, closeness to the mma.sync forward, padding untouched.
 TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
   REQUIRE_CUDA();
-  for (const int warpgroups : {2, 3}) {
-    const WgmmaSetting setting(warpgroups);
-    if (cuda::swa_forward_bf16_uses_wgmma({1, 128, 1, 64, 128}) != warpgroups)
-      GTEST_SKIP() << "the wgmma forward does not run here (needs an sm_90a build and a cc 9.0 device)";
-    Worst worst;
-    worst.kind = "relative L2 error (bf16 inputs, wgmma forward x" + std::to_string(warpgroups) + ")";
-    for (const Case& c : wgmma_cases()) {
-      ASSERT_EQ(cuda::swa_forward_bf16_uses_wgmma({c.S, c.N, c.heads, c.hd, c.window}), warpgroups) << c.name();
-      attention_case(kBf16Inputs, worst, c);
-    }
-  }
+  wgmma_variants<WgmmaSetting>({2, 3}, cuda::swa_forward_bf16_uses_wgmma, "forward x");
 }
 
 // The wgmma backward (where it runs: an sm_90a build on a cc 9.0 device), dk/dv only (mode 1, dq by the mma.sync
@@ -557,17 +564,7 @@ TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
 // alone equal to the one computed with the others, padding untouched.
 TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
   REQUIRE_CUDA();
-  for (const int mode : {1, 2}) {
-    const WgmmaBwdSetting setting(mode);
-    if (cuda::swa_backward_bf16_uses_wgmma({1, 128, 1, 64, 128}) != mode)
-      GTEST_SKIP() << "the wgmma backward does not run here (needs an sm_90a build and a cc 9.0 device)";
-    Worst worst;
-    worst.kind = "relative L2 error (bf16 inputs, wgmma backward mode " + std::to_string(mode) + ")";
-    for (const Case& c : wgmma_cases()) {
-      ASSERT_EQ(cuda::swa_backward_bf16_uses_wgmma({c.S, c.N, c.heads, c.hd, c.window}), mode) << c.name();
-      attention_case(kBf16Inputs, worst, c);
-    }
-  }
+  wgmma_variants<WgmmaBwdSetting>({1, 2}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
 }
 
 TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
