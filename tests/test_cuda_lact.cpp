@@ -131,7 +131,8 @@ Results<T> run(const Case& c, const Data<T>& x, bool gpu, const cuda::LactOption
     o.poison_workspace = true;
     cuda::lact_host<T>(s, in, out.r[0].data(), x.go.data(), &g, o);
   } else {
-    lact::fused_cpu<T>(s, in, out.r[0].data(), x.go.data(), &g, lact::Bf16Emulation{opt.bf16, cuda::bf16_outputs_of(opt)});
+    const lact::Bf16Emulation bf16{opt.bf16, cuda::bf16_outputs_of(opt)};
+    lact::fused_cpu<T>(s, in, out.r[0].data(), x.go.data(), &g, bf16);
   }
   return out;
 }

@@ -648,7 +648,8 @@ std::vector<std::vector<double>> twin(const Case& c, const Data& xd, bool bf16, 
   lact::Grads<T> g{out[1].data(), out[2].data(), out[3].data(), out[4].data(), out[5].data(),
                    out[6].data(), out[7].data(), out[8].data(), out[9].data(),
                    c.momentum ? out[10].data() : nullptr};
-  if (bf16 || explicit_flag) lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g, lact::Bf16Emulation{bf16, outputs});
+  if (bf16 || explicit_flag)
+    lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g, lact::Bf16Emulation{bf16, outputs});
   else lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g);
   std::vector<std::vector<double>> r(11);
   for (size_t i = 0; i < 11; ++i) r[i].assign(out[i].begin(), out[i].end());
@@ -737,7 +738,8 @@ TEST(LactFused, Bf16OutputsEmulation) {
           for (int i = 0; i < 11; ++i) {
             if (i == 10 && !c.momentum) continue;
             const double e_ops = rel_err(ops[size_t(i)], ref[size_t(i)]), e = rel_err(out[size_t(i)], ref[size_t(i)]);
-            EXPECT_LE(e, std::max(2e-2, 2 * e_ops)) << c.name() << " " << kNames[i] << " (operands only: " << e_ops << ")";
+            EXPECT_LE(e, std::max(2e-2, 2 * e_ops))
+                << c.name() << " " << kNames[i] << " (operands only: " << e_ops << ")";
             changed = changed || ops[size_t(i)] != out[size_t(i)];
             worst_ops = std::max(worst_ops, e_ops);
             worst = std::max(worst, e);

@@ -508,7 +508,8 @@ class CudaOps {
     const int64_t rows = g_.B * n, dh = g_.dh;
     const __nv_bfloat16* gh16 = product_output_in(GH, rows * 2 * dh);
     __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * dh, false) : nullptr;
-    Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), a16 ? wr(a16, rows * dh) : wr(a, rows * dh)});
+    Step op(*this,
+            {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), a16 ? wr(a16, rows * dh) : wr(a, rows * dh)});
     auto ps_ = prof_->scope("swiglu");
     const unsigned grid = unsigned(rows);
     if constexpr (kIsFloat<T>) {
@@ -528,7 +529,8 @@ class CudaOps {
     const __nv_bfloat16* da16 = product_output_in(da, rows * dh);
     __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * dh, false) : nullptr;
     __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * dh, false) : nullptr;
-    Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), da16 ? rd(da16, rows * dh) : rd(da, rows * dh),
+    Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh),
+                    da16 ? rd(da16, rows * dh) : rd(da, rows * dh),
                     dgh16 ? wr(dgh16, rows * 2 * dh) : wr(dGH, rows * 2 * dh),
                     a16 ? wr(a16, rows * dh) : wr(a, rows * dh)});
     auto ps_ = prof_->scope("swiglu_bwd");
@@ -833,7 +835,8 @@ size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt) {
       lact::workspace_operand_elements(s, true, 1, true) - lact::workspace_operand_elements(s, true, 1, false);
   const int64_t extra_outputs = lact::workspace_product_output_elements(s, true, 1, true) -
                                 lact::workspace_product_output_elements(s, true, 1, false);
-  const int64_t bytes = 4 * extra + (opt.bf16 ? 2 * extra_operands : 0) - (bf16_outputs_of(opt) ? 2 * extra_outputs : 0);
+  const int64_t bytes =
+      4 * extra + (opt.bf16 ? 2 * extra_operands : 0) - (bf16_outputs_of(opt) ? 2 * extra_outputs : 0);
   return size_t(std::max<int64_t>(bytes, 0));
 }
 LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt) {
