@@ -110,7 +110,8 @@ Data<T> cast(const Data<double>& x) {
 }
 
 // Runs the operator (GPU when gpu, else the CPU twin), outputs poisoned with NaN first. On the CPU, opt.bf16
-// runs the twin with its bf16-operand emulation (fused_cpu's round_operands_bf16); other options are GPU-only.
+// runs the twin with its emulation of the bf16 mode (lact::Bf16Emulation: bf16 operands, and bf16 product outputs
+// where the GPU writes them, cuda::bf16_outputs_of); other options are GPU-only.
 template <class T>
 Results<T> run(const Case& c, const Data<T>& x, bool gpu, const cuda::LactOptions& opt = {}) {
   const lact::Shape s = c.shape();
@@ -130,7 +131,8 @@ Results<T> run(const Case& c, const Data<T>& x, bool gpu, const cuda::LactOption
     o.poison_workspace = true;
     cuda::lact_host<T>(s, in, out.r[0].data(), x.go.data(), &g, o);
   } else {
-    lact::fused_cpu<T>(s, in, out.r[0].data(), x.go.data(), &g, opt.bf16);
+    const lact::Bf16Emulation bf16{opt.bf16, cuda::bf16_outputs_of(opt)};
+    lact::fused_cpu<T>(s, in, out.r[0].data(), x.go.data(), &g, bf16);
   }
   return out;
 }
@@ -514,36 +516,67 @@ TEST(CudaLact, Tf32Option) {
 // bidirectional momentum configs with C = 48 or 60 is a sum of cancelling terms, and about 3% of random seeds
 // put it over 2e-2 (e.g. 0.0210 for bidir_B3_T96_d12_dh20_C60_mom_post, seed 48100932244088824), so the test
 // failed about one run in six. The CPU twin with every product operand rounded to bf16 (fused_cpu's
-// round_operands_bf16, in float) lands on exactly the same 0.0210: the conditioning of that gradient, not a GPU
+// Bf16Emulation::operands, in float) lands on exactly the same 0.0210: the conditioning of that gradient, not a GPU
 // defect. That emulation is therefore the yardstick: each output is held to max(2e-2, 2x the emulation's own
 // error against float64); how many outputs needed the yardstick, and the worst GPU / emulation ratio, are
-// printed.
+// printed. Both with the bf16 product outputs (LactOptions::bf16_outputs, the default; the emulation rounds them
+// too) and without (fp32 product outputs, the emulation rounding only the operands).
 TEST(CudaLact, Bf16MatchesCpuReference) {
   REQUIRE_CUDA();
   const uint64_t seed0 = fresh_seed();
-  cuda::LactOptions opt;
-  opt.bf16 = true;
-  Worst worst;
-  int n = 0, skipped = 0;
-  for (const Case& c : all_cases(3, 96, 12, 20, {48, 60, 1, 128})) {
-    const uint64_t seed = seed0 + uint64_t(n++);
-    if (c.muon) {
-      ++skipped;
-      continue;
+  for (const bool outputs : {true, false}) {
+    SCOPED_TRACE(outputs ? "bf16 product outputs" : "fp32 product outputs");
+    cuda::LactOptions opt;
+    opt.bf16 = true;
+    opt.bf16_outputs = outputs;
+    if (outputs && !cuda::bf16_outputs_of(opt)) GTEST_SKIP() << "TTT_LACT_B16_OUTPUTS=0 in the environment";
+    Worst worst;
+    int n = 0, skipped = 0;
+    for (const Case& c : all_cases(3, 96, 12, 20, {48, 60, 1, 128})) {
+      const uint64_t seed = seed0 + uint64_t(n++);
+      if (c.muon) {
+        ++skipped;
+        continue;
+      }
+      Data<double> x = make_data(c, seed, true);
+      const Data<float> xf = cast<float>(x);
+      const Results<float> yardstick = run<float>(c, xf, false, opt);  // the twin, the bf16 mode emulated
+      compare(c, run<float>(c, xf, true, opt), run<double>(c, x, false), 2e-2, worst, seed, &yardstick, 2.0);
     }
-    Data<double> x = make_data(c, seed, true);
-    const Data<float> xf = cast<float>(x);
-    const Results<float> yardstick = run<float>(c, xf, false, opt);  // the twin, bf16 operands emulated
-    compare(c, run<float>(c, xf, true, opt), run<double>(c, x, false), 2e-2, worst, seed, &yardstick, 2.0);
+    std::printf("cuda lact parity bf16 matrix inputs, %s product outputs (GPU vs CPU float64): %d configs, worst "
+                "relative error %.3g (%s); %d Muon configs not run (bf16 with Muon is refused)\n",
+                outputs ? "bf16" : "fp32", worst.configs, worst.err, worst.what.c_str(), skipped);
+    std::printf("cuda lact parity bf16: %d outputs over 2e-2 held to 2x the CPU bf16 emulation's error; worst GPU / "
+                "emulation error ratio %.3g\n",
+                worst.by_yardstick, worst.ratio);
+    EXPECT_EQ(worst.configs + skipped, 96);
+    EXPECT_EQ(worst.configs, 48);
   }
-  std::printf("cuda lact parity bf16 matrix inputs (GPU vs CPU float64): %d configs, worst relative error %.3g (%s); "
-              "%d Muon configs not run (bf16 with Muon is refused)\n",
-              worst.configs, worst.err, worst.what.c_str(), skipped);
-  std::printf("cuda lact parity bf16: %d outputs over 2e-2 held to 2x the CPU bf16 emulation's error; worst GPU / "
-              "emulation error ratio %.3g\n",
-              worst.by_yardstick, worst.ratio);
-  EXPECT_EQ(worst.configs + skipped, 96);
-  EXPECT_EQ(worst.configs, 48);
+}
+
+// The bf16 product outputs store every lact::Buffer::ProductOutput in bf16 alone: a runner's device bytes are those
+// of the fp32 product outputs less 2 bytes an element of them (what kept_products_bytes and the memory estimate
+// count), kept products or not; and with them off, the bytes are the fp32 mode's plus the operands' shadows.
+TEST(CudaLact, Bf16OutputsHalveTheProductOutputs) {
+  REQUIRE_CUDA();
+  cuda::LactOptions on;
+  on.bf16 = true;
+  if (!cuda::bf16_outputs_of(on)) GTEST_SKIP() << "TTT_LACT_B16_OUTPUTS=0 in the environment";
+  cuda::LactOptions off = on;
+  off.bf16_outputs = false;
+  const Case c{2, 96, 12, 20, 48, true, true, false, engine::WeightNorm::Post};
+  const lact::Shape s = c.shape();
+  for (const bool keep : {false, true}) {
+    on.keep_products = off.keep_products = keep;
+    const size_t bytes_on = cuda::LactRunner<float>(s, true, on).workspace_bytes();
+    const size_t bytes_off = cuda::LactRunner<float>(s, true, off).workspace_bytes();
+    const int64_t outputs = lact::workspace_product_output_elements(s, true, 1, keep);
+    EXPECT_GT(outputs, 0);
+    EXPECT_EQ(bytes_off - bytes_on, size_t(2 * outputs)) << (keep ? "kept products" : "recomputed");
+    if (keep)
+      EXPECT_EQ(cuda::kept_products_bytes(s, off) - cuda::kept_products_bytes(s, on),
+                size_t(2 * (outputs - lact::workspace_product_output_elements(s, true, 1, false))));
+  }
 }
 
 // Forward records (LactRunner with records, what --recompute none keeps one per layer in): three forwards kept at
@@ -649,16 +682,23 @@ TEST(CudaLact, Bf16MatchesCpuReferenceAtWidth384) {
   opt.bf16 = true;
   Worst worst;
   int n = 0;
+  cuda::LactOptions fp32_outputs = opt;  // the products' outputs in fp32 (LactOptions::bf16_outputs off)
+  fp32_outputs.bf16_outputs = false;
+  Worst worst32;
   for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::Pre})
     for (int64_t chunk : {512, 2048}) {
       Case c{2, 4096, 384, 384, chunk, true, true, false, norm};
       const uint64_t seed = seed0 + uint64_t(n++);
       Data<double> x = make_data(c, seed, true);
-      compare(c, run<float>(c, cast<float>(x), true, opt), run<double>(c, x, false), 2e-2, worst, seed);
+      const Results<double> ref = run<double>(c, x, false);
+      const Data<float> xf = cast<float>(x);
+      compare(c, run<float>(c, xf, true, opt), ref, 2e-2, worst, seed);
+      compare(c, run<float>(c, xf, true, fp32_outputs), ref, 2e-2, worst32, seed);
     }
   std::printf("cuda lact parity bf16 matrix inputs at d=dh=384 (GPU vs CPU float64): %d configs, worst relative "
-              "error %.3g (%s)\n",
-              worst.configs, worst.err, worst.what.c_str());
+              "error %.3g (%s) with the default (%s) product outputs, %.3g (%s) with fp32 product outputs\n",
+              worst.configs, worst.err, worst.what.c_str(), cuda::bf16_outputs_of(opt) ? "bf16" : "fp32",
+              worst32.err, worst32.what.c_str());
 }
 
 // Named F64 inputs of the op (B = 2, T = 41, d = 10, dh = 14), momentum and grad_o included.

@@ -97,15 +97,20 @@ size_t titans_smem_limit() {
 // A LaCT runner with `records` forward records for S sequences of N tokens (cuda/lact_cuda.cu), keeping the chunks'
 // products or not (keep_products): the buffers lact::Fused allocates (lact::workspace_elements, fp32), its
 // reductions' partials and cuBLAS workspace; with bf16 operands also a bf16 shadow of each of its product-operand
-// buffers (lact::workspace_operand_elements) and bf16 copies of q, k, v per record and of grad_o.
+// buffers (lact::workspace_operand_elements) and bf16 copies of q, k, v per record and of grad_o, and its product
+// outputs in bf16 rather than fp32 (lact::workspace_product_output_elements; LactOptions::bf16_outputs, on unless
+// TTT_LACT_B16_OUTPUTS=0).
 double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16, int64_t records,
                          bool keep_products) {
   const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
   const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records, keep_products));
   double bytes = 4 * elements + 8.0 * double(3 * s.B * lact::kDotSlices) + double(lact::kRunnerCublasWorkspace);
-  if (backend::lact_on_bf16_operands(cfg, bf16))
+  if (backend::lact_on_bf16_operands(cfg, bf16)) {
     bytes += 2 * double(lact::workspace_operand_elements(s, /*with_grad=*/true, records, keep_products)) +
              double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);
+    if (lact::bf16_outputs_from_env())
+      bytes -= 2 * double(lact::workspace_product_output_elements(s, /*with_grad=*/true, records, keep_products));
+  }
   return bytes;
 }
 

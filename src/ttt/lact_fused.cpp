@@ -4,8 +4,10 @@
 #include "ttt/lact_fused.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/blas.h"
@@ -18,14 +20,18 @@ template <class T>
 class CpuOps {
  public:
   using value_type = T;
-  // round_operands_bf16: gemm rounds every element of op(A) and op(B) to bf16 first (see fused_cpu).
-  explicit CpuOps(const Geom& g, bool round_operands_bf16 = false) : g_(g), round_bf16_(round_operands_bf16) {}
+  // bf16: gemm rounds every element of op(A) and op(B) to bf16 first, and with outputs its result into a
+  // Buffer::ProductOutput buffer too (see Bf16Emulation).
+  explicit CpuOps(const Geom& g, Bf16Emulation bf16 = {})
+      : g_(g), round_bf16_(bf16.operands), round_outputs_bf16_(bf16.operands && bf16.outputs) {}
   Geom geom() const { return g_; }
 
   // Storage starts as NaN, so that a step reading what no step wrote shows in the results.
-  T* alloc(int64_t n, bool /*operand*/ = true) {
-    store_.emplace_back(new T[size_t(std::max<int64_t>(n, 1))]);
+  T* alloc(int64_t n, Buffer kind = Buffer::Operand) {
+    const int64_t len = std::max<int64_t>(n, 1);
+    store_.emplace_back(new T[size_t(len)]);
     std::fill(store_.back().get(), store_.back().get() + n, std::numeric_limits<T>::quiet_NaN());
+    if (kind == Buffer::ProductOutput) product_outputs_.push_back({store_.back().get(), len});
     return store_.back().get();
   }
   void zero(T* p, int64_t n) { std::fill(p, p + n, T(0)); }
@@ -55,11 +61,17 @@ class CpuOps {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c) dst[size_t(r * cols + c)] = T(round_bf16(float(src[r * ld + c])));
     };
+    const bool round_out = round_outputs_bf16_ && is_product_output(C);
+    TTT_CHECK(!round_out || beta == T(0), "lact cpu: a bf16 product output accumulated into (beta " << beta << ")");
     for (int64_t i = 0; i < batch; ++i) {
       rounded(A + i * sA, ar, ac, lda, a16);
       rounded(B + i * sB, br, bc, ldb, b16);
+      T* Ci = C + i * sC;
       ttt::gemm<T>(ta, tb, m, n, k, alpha, a16.data(), std::max<int64_t>(ac, 1), b16.data(),
-                   std::max<int64_t>(bc, 1), beta, C + i * sC, ldc);
+                   std::max<int64_t>(bc, 1), beta, Ci, ldc);
+      if (round_out)
+        for (int64_t r = 0; r < m; ++r)
+          for (int64_t c = 0; c < n; ++c) Ci[r * ldc + c] = T(round_bf16(float(Ci[r * ldc + c])));
     }
   }
 
@@ -298,7 +310,19 @@ class CpuOps {
  private:
   Geom g_;
   bool round_bf16_ = false;
+  bool round_outputs_bf16_ = false;
   std::vector<std::unique_ptr<T[]>> store_;
+  struct Range {
+    const T* base;
+    int64_t n;
+  };
+  std::vector<Range> product_outputs_;  // the Buffer::ProductOutput allocations
+
+  bool is_product_output(const T* p) const {
+    for (const Range& r : product_outputs_)
+      if (p >= r.base && p < r.base + r.n) return true;
+    return false;
+  }
 
   // z = A[row] + M[row] for state row r of head b.
   void row_sum(const T* A, const T* M, bool ns, int64_t b, int64_t r, std::vector<T>& z) const {
@@ -318,11 +342,12 @@ struct CountOps {
   using value_type = float;
   Geom g;
   int64_t elems = 0;
-  int64_t operand_elems = 0;  // of those, in buffers allocated as product operands
+  int64_t operand_elems = 0;         // of those, in Buffer::Operand buffers
+  int64_t product_output_elems = 0;  // and in Buffer::ProductOutput buffers
   Geom geom() const { return g; }
-  float* alloc(int64_t n, bool operand = true) {
+  float* alloc(int64_t n, Buffer kind = Buffer::Operand) {
     elems += std::max<int64_t>(n, 1);
-    if (operand) operand_elems += std::max<int64_t>(n, 1);
+    (kind == Buffer::Operand ? operand_elems : product_output_elems) += std::max<int64_t>(n, 1);
     return nullptr;
   }
 };
@@ -334,19 +359,27 @@ CountOps count_allocations(const Shape& s, bool with_grad, int64_t records, bool
 }
 }  // namespace
 
+bool bf16_outputs_from_env() {
+  const char* e = std::getenv("TTT_LACT_B16_OUTPUTS");
+  return !(e && std::string(e) == "0");
+}
+
 int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
   return count_allocations(s, with_grad, records, keep_products).elems;
 }
 int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
   return count_allocations(s, with_grad, records, keep_products).operand_elems;
 }
+int64_t workspace_product_output_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
+  return count_allocations(s, with_grad, records, keep_products).product_output_elems;
+}
 
 template <class T>
 void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o, const Grads<T>* g,
-               bool round_operands_bf16, bool keep_products) {
+               Bf16Emulation bf16, bool keep_products) {
   s.validate();
   Geom geom{s.B, s.T, s.d, s.dh};
-  CpuOps<T> ops(geom, round_operands_bf16);
+  CpuOps<T> ops(geom, bf16);
   const bool grad = grad_o != nullptr;
   TTT_CHECK(!grad || g, "fused_cpu: grad_o given without gradient outputs");
   Fused<CpuOps<T>> f(ops, s, grad, /*records=*/1, keep_products);
@@ -417,9 +450,9 @@ template void stream_cpu<float>(const Shape&, const Inputs<float>&, float*, int6
 template void stream_cpu<double>(const Shape&, const Inputs<double>&, double*, int64_t);
 
 template void fused_cpu<float>(const Shape&, const Inputs<float>&, float*, const float*, const Grads<float>*,
-                               bool, bool);
+                               Bf16Emulation, bool);
 template void fused_cpu<double>(const Shape&, const Inputs<double>&, double*, const double*, const Grads<double>*,
-                                bool, bool);
+                                Bf16Emulation, bool);
 template void fused_cpu_records<double>(const Shape&, const std::vector<Inputs<double>>&, const std::vector<double*>&,
                                         const std::vector<const double*>&, const std::vector<Grads<double>>&);
 

@@ -124,7 +124,7 @@ TTT_HOST_DEVICE void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
 
 // x rounded to the nearest bfloat16 (ties to even), returned as a float: the value __float2bfloat16 gives,
 // without CUDA. NaN stays NaN (quiet), +-Inf stays, overflow rounds to +-Inf. Host only: the CPU twin's
-// emulation of the CUDA backend's bf16 matrix operands (fused_cpu's round_operands_bf16).
+// emulation of the CUDA backend's bf16 matrix operands (fused_cpu's Bf16Emulation).
 inline float round_bf16(float x) { return ttt::round_to_bf16(x); }
 
 // Geometry the element-wise kernels need.
@@ -153,12 +153,21 @@ struct Geom {
   }
 };
 
+// What a buffer Fused allocates is for. Operand: anything else, possibly a matrix product's operand (a backend
+// with bf16 operands keeps a bf16 shadow of it). ProductOutput: written only as the output C of matrix products
+// (beta 0) and read only by element-wise steps ([g|h] of q and k, V W1, dR, V dD1, dO W1), never a product's
+// operand: a backend may store it in bf16 (the CUDA backend's LactOptions::bf16_outputs; the CPU twin emulates
+// that by rounding those outputs), and the pointer Fused holds is then a key the backend maps to that storage:
+// Fused only hands it (and offsets into it) to the backend's gemm as C and to its element-wise steps.
+enum class Buffer { Operand, ProductOutput };
+
 // The backend contract. CpuOps (lact_fused.cpp) is its reference implementation, with each step's exact
 // semantics written out; CudaOps (src/backend/cuda/lact_cuda.cu) implements the same with cuBLAS and kernels.
 //
 //   using value_type = T;   Geom geom() const;
-//   T* alloc(int64_t n, bool operand = true)   storage owned by the backend until it is destroyed; operand false:
-//                            never a matrix product's operand (a backend may then skip what it keeps for operands)
+//   T* alloc(int64_t n, Buffer kind = Buffer::Operand)   storage owned by the backend until it is destroyed; the
+//                            kind says who reads it (Buffer above): a backend may then skip what it keeps for
+//                            operands, or store a product's output in a narrower type
 //   zero(p, n); copy(dst, src, n); add(dst, src, n) (dst += src); sqrt_inplace(x, n)
 //   zero_rows(p, cols, r0, nr)                    rows [r0,r0+nr) of every head of a [B,T,cols] tensor
 //   gemm(ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch)
@@ -191,7 +200,8 @@ class Fused {
   // keep_products (with gradients): each record also keeps what the forward computes of every chunk anyway --
   // [g|h] of q and of k, V W1 and the update's token terms lr1 a, R -- so that the backward reads them instead
   // of recomputing them (the same steps on the same operands: the same bits); costs B T 8 dh elements per
-  // record (lr1 a, R are product operands only: a backend with bf16 operands needs only their bf16 copies).
+  // record (lr1 a, R are product operands only: a backend with bf16 operands needs only their bf16 copies; [g|h]
+  // and V W1 are Buffer::ProductOutput: bf16 alone with a backend's bf16 product outputs).
   Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false)
       : ops_(ops), s_(s), with_grad_(with_grad), keep_(with_grad && keep_products) {
     s_.validate();
@@ -209,9 +219,9 @@ class Fused {
       if (s_.momentum || with_grad_) r.mstates = ops_.alloc(nver_ * B * 3 * P);
       if (s_.norm != WeightNorm::None) r.tau = ops_.alloc(B * s_.state_rows());
       if (keep_) {
-        r.ghq = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);  // read by element-wise steps only
-        r.ghk = ops_.alloc(B * s_.T * 2 * dh, /*operand=*/false);
-        r.u = ops_.alloc(B * s_.T * dh, /*operand=*/false);
+        r.ghq = ops_.alloc(B * s_.T * 2 * dh, Buffer::ProductOutput);
+        r.ghk = ops_.alloc(B * s_.T * 2 * dh, Buffer::ProductOutput);
+        r.u = ops_.alloc(B * s_.T * dh, Buffer::ProductOutput);
         r.a = ops_.alloc(B * s_.T * dh);  // read by products only
         r.r = ops_.alloc(B * s_.T * 2 * dh);
       }
@@ -226,15 +236,15 @@ class Fused {
       mbar_all_ = ops_.alloc(B * s_.num_chunks());
     }
     if (!keep_) {
-      GH_ = ops_.alloc(B * C * 2 * dh, /*operand=*/false);  // read by element-wise steps only
-      U_ = ops_.alloc(B * C * dh, /*operand=*/false);
+      GH_ = ops_.alloc(B * C * 2 * dh, Buffer::ProductOutput);
+      U_ = ops_.alloc(B * C * dh, Buffer::ProductOutput);
     }
     Ak_ = ops_.alloc(B * C * dh);
     if (!keep_) {
       R_ = ops_.alloc(B * C * 2 * dh);
       // The apply's [g|h] and the update's a apart from the update's [g|h] and the apply's a: a chunk's apply and
       // update share no buffer, so a backend may run them at the same time.
-      GHq_ = ops_.alloc(B * C * 2 * dh, /*operand=*/false);
+      GHq_ = ops_.alloc(B * C * 2 * dh, Buffer::ProductOutput);
       Au_ = ops_.alloc(B * C * dh);
     }
     if (s_.muon) {
@@ -255,12 +265,12 @@ class Fused {
       }
       if (s_.norm != WeightNorm::None) dtau_ = ops_.alloc(B * s_.state_rows());
       dGH_ = ops_.alloc(B * C * 2 * dh);
-      dR_ = ops_.alloc(B * C * 2 * dh);
+      dR_ = ops_.alloc(B * C * 2 * dh, Buffer::ProductOutput);
       dU_ = ops_.alloc(B * C * dh);
-      da_ = ops_.alloc(B * C * dh);
+      da_ = ops_.alloc(B * C * dh, Buffer::ProductOutput);
       // The apply adjoint's own da and dGH (apart from the update adjoint's: see GHq_).
       dGHq_ = ops_.alloc(B * C * 2 * dh);
-      daq_ = ops_.alloc(B * C * dh, /*operand=*/false);
+      daq_ = ops_.alloc(B * C * dh, Buffer::ProductOutput);
       if (s_.muon) {
         const int64_t p = g_.p();
         dXa_ = ops_.alloc(3 * B * P);
@@ -672,9 +682,13 @@ class Fused {
 // check that memory stays linear in T/C; with `records` forwards kept at once. The CUDA backend adds a small
 // reduction buffer.
 int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false);
-// Of those, the elements of the buffers Fused allocates as matrix-product operands (Ops::alloc's operand): a
-// backend with bf16 operands keeps a bf16 shadow of each (all of them but the kept [g|h] and V W1).
+// Of those, the elements of the buffers Fused allocates as Buffer::Operand: a backend with bf16 operands keeps a
+// bf16 shadow of each.
 int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false);
+// The rest, the elements of its Buffer::ProductOutput buffers: a backend with bf16 product outputs stores them in
+// bf16 alone (2 bytes an element instead of 4).
+int64_t workspace_product_output_elements(const Shape& s, bool with_grad, int64_t records = 1,
+                                          bool keep_products = false);
 // The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
 // first stage of its batched reductions (kDotSlices doubles per row of 3 B) and cuBLAS workspaces of its own (bytes:
 // one of kRunnerStreamWorkspace per stream of its kRunnerStreams, together kRunnerCublasWorkspace).
@@ -690,14 +704,25 @@ inline constexpr size_t kRunnerCublasWorkspace = kRunnerStreamWorkspace * size_t
 template <class T>
 void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every = 0);
 
+// The CPU twin's emulation of the CUDA backend's bf16 mode (LactOptions::bf16, bf16_outputs). operands: every
+// element of op(A) and op(B) of every matrix product is first rounded to bf16 (round_bf16 of its float value), the
+// products still accumulate in T. outputs (with operands): the products' outputs into Buffer::ProductOutput
+// buffers are rounded to bf16 as well (the fp32 sum rounded once, as cuBLAS writes a bf16 C), so the element-wise
+// steps read bf16 values and compute in T. Everything else is unchanged.
+struct Bf16Emulation {
+  bool operands = false;
+  bool outputs = false;
+};
+// The bf16 mode's product outputs in bf16 (the CUDA backend's LactOptions::bf16_outputs, the memory estimate's
+// count of them) unless the environment says TTT_LACT_B16_OUTPUTS=0.
+bool bf16_outputs_from_env();
+
 // The CPU twin: Fused<CpuOps<T>> on host arrays (T = float or double). Forward only when grad_o is null.
-// round_operands_bf16: every element of op(A) and op(B) of every matrix product is first rounded to bf16
-// (round_bf16 of its float value), the products still accumulate in T and everything else is unchanged -- an
-// emulation of the CUDA backend's bf16 option (LactOptions::bf16), e.g. as a yardstick for its error.
+// bf16: the emulation above, e.g. as a yardstick for the CUDA bf16 mode's error.
 // keep_products: Fused's keep_products (the backward reads the forward's chunk products and terms: the same bits).
 template <class T>
 void fused_cpu(const Shape& s, const Inputs<T>& in, T* o, const T* grad_o = nullptr, const Grads<T>* g = nullptr,
-               bool round_operands_bf16 = false, bool keep_products = false);
+               Bf16Emulation bf16 = {}, bool keep_products = false);
 
 // The CPU twin of several forwards kept at once (Fused's records), in the order the GPU model's --recompute none
 // runs its layers: every forward (input i into record i), then every backward in reverse order. Each run's o and

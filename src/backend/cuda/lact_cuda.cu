@@ -6,12 +6,14 @@
 //
 // Speed (docs/PERF.md, "GPU: fused bf16 operands and CUDA graphs"): in the bf16 mode every operand buffer has a bf16
 // shadow kept up to date on the host's bookkeeping, so that no operand is converted twice and the kernels
-// whose outputs only feed products write bf16 directly; forward() and backward() are replayed as CUDA graphs; the
+// whose outputs only feed products write bf16 directly, and the products whose outputs only feed element-wise steps
+// write bf16 ("GPU: bf16 product outputs"); forward() and backward() are replayed as CUDA graphs; the
 // steps of a call run on several streams, each after the steps it depends on ("GPU: several streams, fewer
 // passes"; lact_sched.cuh).
 // Env: TTT_LACT_GRAPH=0 (no graphs), TTT_LACT_STREAMS=n (streams; 1: all on the runner's stream), TTT_LACT_KEEP=0
 // (ttt op lact / bench op recompute rather than keep products: with_kept_products_if_room),
-// TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr),
+// TTT_LACT_PROFILE=1 (per-step CUDA-event profile on stderr), TTT_LACT_B16_OUTPUTS=0 (bf16 mode: fp32 outputs of the
+// products that only element-wise steps read, LactOptions::bf16_outputs),
 // TTT_LACT_CHECK_GRAPH=1 (bench_lact compares a graph replay with an eager run). Kernels: lact_kernels.cuh (and
 // the backend's float -> bf16 conversion, layout_kernels.h); the optional profile: lact_profile.cuh; host-array
 // entry point and bench: lact_host.cu.
@@ -26,6 +28,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <array>
@@ -134,6 +137,7 @@ class CudaOps {
     if (std::is_same<T, double>::value) compute_ = CUBLAS_COMPUTE_64F;
     else compute_ = opt_.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     bf16_ = opt_.bf16 && std::is_same<T, float>::value;
+    narrow_ = bf16_ && bf16_outputs_of(opt_);
     partial_ = static_cast<Acc*>(device_malloc(sizeof(Acc) * size_t(3 * g_.B * kMaxSlices)));
     workspace_bytes_ += sizeof(Acc) * size_t(3 * g_.B * kMaxSlices);
     // A cuBLAS handle per stream, each with a workspace of its own, so that the products can be captured into a
@@ -154,6 +158,7 @@ class CudaOps {
     if (stream_) cudaStreamSynchronize(stream_);
     prof_.reset();
     for (auto& [p, bytes] : allocs_) device_free(p, bytes);
+    for (auto& [p, bytes] : keys_) munmap(p, bytes);
     device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
     for (cublasHandle_t h : handles_)
       if (h) cublasDestroy(h);
@@ -168,11 +173,19 @@ class CudaOps {
   cudaStream_t stream() const { return stream_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
 
-  // operand false: never a product operand, so no bf16 shadow (init_bf16).
-  T* alloc(int64_t n, bool operand = true) {
+  // Buffer::ProductOutput: never a product operand, so no bf16 shadow (init_bf16); with bf16 product outputs
+  // (narrow_) stored in bf16 alone, behind a key (see Region::narrow).
+  T* alloc(int64_t n, lact::Buffer kind = lact::Buffer::Operand) {
     n = std::max<int64_t>(n, 1);
+    if (narrow_ && kind == lact::Buffer::ProductOutput) {
+      Region r{reserve_key(n), n, false};
+      r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(n)));
+      r.narrow = true;
+      regions_.push_back(r);
+      return r.base;
+    }
     T* p = static_cast<T*>(alloc_bytes(sizeof(T) * size_t(n)));
-    if (bf16_) regions_.push_back(Region{p, n, operand});
+    if (bf16_) regions_.push_back(Region{p, n, kind == lact::Buffer::Operand});
     return p;
   }
   void* alloc_bytes(size_t bytes) {
@@ -194,7 +207,9 @@ class CudaOps {
   //  * the kernels whose outputs feed nothing but matrix products (a, lr1 a, R, dGH, dU) write the bf16 shadow
   //    alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
   //    (a bookkeeping check on the host: it never happens with the algorithm of lact_fused.h);
-  //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together.
+  //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together;
+  //  * with bf16 product outputs (narrow_, LactOptions::bf16_outputs) every lact::Buffer::ProductOutput is bf16
+  //    storage alone (Region::narrow): the products write it as a bf16 C, the element-wise steps read it.
   bool bf16() const { return bf16_; }
   // records: forwards kept at once (lact::Fused's records), each with its own q, k, v mirrors.
   void init_bf16(int64_t chunk, bool with_grad, int64_t records) {
@@ -295,16 +310,24 @@ class CudaOps {
     if (bf16_) {
       const __nv_bfloat16* a16 = operand_bf16(A, ea);
       const __nv_bfloat16* b16 = (B == A && eb == ea) ? a16 : operand_bf16(B, eb);
-      if (beta != T(0)) reads(C, ec);
-      wrote(C, ec);
+      // A product output kept in bf16 (narrow_): cuBLAS rounds the fp32 sums once into the bf16 C.
+      __nv_bfloat16* c16 = product_output_bf16(C, ec);
+      if (c16) {
+        TTT_CHECK(beta == T(0), "lact cuda bf16: a bf16 product output accumulated into (beta " << beta << ")");
+      } else {
+        if (beta != T(0)) reads(C, ec);
+        wrote(C, ec);
+      }
       const float fa = float(alpha), fb = float(beta);
       Step op(*this, {span_of(a16, la, sA, batch, false), span_of(b16, lb, sB, batch, false),
-                      span_of(C, lc, sC, batch, true)});
-      auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
+                      c16 ? span_of(c16, lc, sC, batch, true) : span_of(C, lc, sC, batch, true)});
+      auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch) + (c16 ? " bf16 out" : ""))
+                             : Prof::Scope{};
       TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
           op.handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa,
-          b16, CUDA_R_16BF, int(ldb), (long long)sB, a16, CUDA_R_16BF, int(lda), (long long)sA, &fb, C, CUDA_R_32F,
-          int(ldc), (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+          b16, CUDA_R_16BF, int(ldb), (long long)sB, a16, CUDA_R_16BF, int(lda), (long long)sA, &fb,
+          c16 ? static_cast<void*>(c16) : static_cast<void*>(C), c16 ? CUDA_R_16BF : CUDA_R_32F, int(ldc),
+          (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       return;
     }
     Step op(*this, {span_of(A, la, sA, batch, false), span_of(B, lb, sB, batch, false), span_of(C, lc, sC, batch, true)});
@@ -479,75 +502,118 @@ class CudaOps {
     k_weight_norm_bwd<<<row_warp_grid(g_.B * g_.rows()), kThreads, 0, op.st>>>(A, tau, dE, dA, dtau, g_);
     TTT_LAUNCH_CHECK("weight_norm_bwd");
   }
+  // The chunk steps below read products' outputs ([g|h], V W1, dR, Y, da): fp32, or with bf16 product outputs
+  // (narrow_) their bf16 storage (product_output_in), the kernels computing in fp32 either way. Their outputs that
+  // only feed products are written as bf16 operands alone in the bf16 mode (shadow_out).
   void swiglu(const T* GH, T* a, int64_t n) {
-    const int64_t rows = g_.B * n;
-    reads(GH, rows * 2 * g_.dh);
-    __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * g_.dh, false) : nullptr;
-    Step op(*this, {rd(GH, rows * 2 * g_.dh), a16 ? wr(a16, rows * g_.dh) : wr(a, rows * g_.dh)});
+    const int64_t rows = g_.B * n, dh = g_.dh;
+    const __nv_bfloat16* gh16 = product_output_in(GH, rows * 2 * dh);
+    __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * dh, false) : nullptr;
+    Step op(*this,
+            {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), a16 ? wr(a16, rows * dh) : wr(a, rows * dh)});
     auto ps_ = prof_->scope("swiglu");
-    if (a16) k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, a16, int(g_.dh), v4_ok(GH, (const __nv_bfloat16*)a16));
-    else k_swiglu_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, a, int(g_.dh), v4_ok(GH, (const T*)a));
+    const unsigned grid = unsigned(rows);
+    if constexpr (kIsFloat<T>) {
+      if (gh16) {
+        k_swiglu_rows<T><<<grid, kRowThreads, 0, op.st>>>(gh16, a16, int(dh), v4_ok(gh16, (const __nv_bfloat16*)a16));
+        TTT_LAUNCH_CHECK("swiglu");
+        return;
+      }
+    }
+    if (a16) k_swiglu_rows<T><<<grid, kRowThreads, 0, op.st>>>(GH, a16, int(dh), v4_ok(GH, (const __nv_bfloat16*)a16));
+    else k_swiglu_rows<T><<<grid, kRowThreads, 0, op.st>>>(GH, a, int(dh), v4_ok(GH, (const T*)a));
     TTT_LAUNCH_CHECK("swiglu");
   }
   void swiglu_bwd(const T* GH, const T* da, int64_t n, T* dGH, T* a) {
-    const int64_t rows = g_.B * n;
-    reads(GH, rows * 2 * g_.dh);
-    reads(da, rows * g_.dh);
-    __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * g_.dh, false) : nullptr;
-    __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * g_.dh, false) : nullptr;
-    Step op(*this, {rd(GH, rows * 2 * g_.dh), rd(da, rows * g_.dh),
-                    dgh16 ? wr(dgh16, rows * 2 * g_.dh) : wr(dGH, rows * 2 * g_.dh),
-                    a16 ? wr(a16, rows * g_.dh) : wr(a, rows * g_.dh)});
+    const int64_t rows = g_.B * n, dh = g_.dh;
+    const __nv_bfloat16* gh16 = product_output_in(GH, rows * 2 * dh);
+    const __nv_bfloat16* da16 = product_output_in(da, rows * dh);
+    __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * dh, false) : nullptr;
+    __nv_bfloat16* a16 = bf16_ ? shadow_out(a, rows * dh, false) : nullptr;
+    Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh),
+                    da16 ? rd(da16, rows * dh) : rd(da, rows * dh),
+                    dgh16 ? wr(dgh16, rows * 2 * dh) : wr(dGH, rows * 2 * dh),
+                    a16 ? wr(a16, rows * dh) : wr(a, rows * dh)});
     auto ps_ = prof_->scope("swiglu_bwd");
+    const unsigned grid = unsigned(rows);
+    if constexpr (kIsFloat<T>) {
+      if (gh16) {
+        k_swiglu_bwd_rows<T><<<grid, kRowThreads, 0, op.st>>>(
+            gh16, da16, dgh16, a16, int(dh), v4_ok(gh16, da16, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)a16));
+        TTT_LAUNCH_CHECK("swiglu_bwd");
+        return;
+      }
+    }
     if (bf16_)
-      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(
-          GH, da, dgh16, a16, int(g_.dh), v4_ok(GH, da, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)a16));
+      k_swiglu_bwd_rows<T><<<grid, kRowThreads, 0, op.st>>>(
+          GH, da, dgh16, a16, int(dh), v4_ok(GH, da, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)a16));
     else
-      k_swiglu_bwd_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, da, dGH, a, int(g_.dh),
-                                                                    v4_ok(GH, da, (const T*)dGH, (const T*)a));
+      k_swiglu_bwd_rows<T><<<grid, kRowThreads, 0, op.st>>>(GH, da, dGH, a, int(dh),
+                                                              v4_ok(GH, da, (const T*)dGH, (const T*)a));
     TTT_LAUNCH_CHECK("swiglu_bwd");
   }
   void update_terms(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n, T* Al,
                     T* R) {
     const int64_t rows = g_.B * n, dh = g_.dh;
-    reads(GH, rows * 2 * dh);
-    reads(U, rows * dh);
+    const __nv_bfloat16* gh16 = product_output_in(GH, rows * 2 * dh);
+    const __nv_bfloat16* u16 = product_output_in(U, rows * dh);
     __nv_bfloat16* a16 = bf16_ ? shadow_out(Al, rows * dh, false) : nullptr;
     __nv_bfloat16* r16 = bf16_ ? shadow_out(R, rows * 2 * dh, false) : nullptr;
-    Step op(*this, {rd(GH, rows * 2 * dh), rd(U, rows * dh), rows_span(lr0, 1, c0, n, false),
-                    rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false),
+    Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), u16 ? rd(u16, rows * dh) : rd(U, rows * dh),
+                    rows_span(lr0, 1, c0, n, false), rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false),
                     bf16_ ? wr(a16, rows * dh) : wr(Al, rows * dh), bf16_ ? wr(r16, rows * 2 * dh) : wr(R, rows * 2 * dh)});
     auto ps_ = prof_->scope("update_terms");
+    const unsigned grid = unsigned(rows);
+    if constexpr (kIsFloat<T>) {
+      if (gh16) {
+        k_update_terms_rows<<<grid, kRowThreads, 0, op.st>>>(
+            gh16, u16, lr0, lr1, lr2, c0, int(n), g_.T, int(dh), a16, r16,
+            v4_ok(gh16, u16, (const __nv_bfloat16*)a16, (const __nv_bfloat16*)r16));
+        TTT_LAUNCH_CHECK("update_terms");
+        return;
+      }
+    }
     if (bf16_)
-      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(
+      k_update_terms_rows<<<grid, kRowThreads, 0, op.st>>>(
           GH, U, lr0, lr1, lr2, c0, int(n), g_.T, int(dh), a16, r16,
           v4_ok(GH, U, (const __nv_bfloat16*)a16, (const __nv_bfloat16*)r16));
     else
-      k_update_terms_rows<<<unsigned(rows), kRowThreads, 0, op.st>>>(GH, U, lr0, lr1, lr2, c0, int(n), g_.T, int(dh),
-                                                                      Al, R, v4_ok(GH, U, (const T*)Al, (const T*)R));
+      k_update_terms_rows<<<grid, kRowThreads, 0, op.st>>>(GH, U, lr0, lr1, lr2, c0, int(n), g_.T, int(dh), Al, R,
+                                                           v4_ok(GH, U, (const T*)Al, (const T*)R));
     TTT_LAUNCH_CHECK("update_terms");
   }
   void update_terms_bwd(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n,
                         const T* dR, const T* Y, T* dGH, T* dU, T* glr0, T* glr1, T* glr2) {
     const int64_t rows = g_.B * n, dh = g_.dh;
-    reads(GH, rows * 2 * dh);
-    reads(U, rows * dh);
-    reads(dR, rows * 2 * dh);
-    reads(Y, rows * dh);
+    const __nv_bfloat16* gh16 = product_output_in(GH, rows * 2 * dh);
+    const __nv_bfloat16* u16 = product_output_in(U, rows * dh);
+    const __nv_bfloat16* dr16 = product_output_in(dR, rows * 2 * dh);
+    const __nv_bfloat16* y16 = product_output_in(Y, rows * dh);
     __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * dh, false) : nullptr;
     __nv_bfloat16* du16 = bf16_ ? shadow_out(dU, rows * dh, false) : nullptr;
-    Step op(*this, {rd(GH, rows * 2 * dh), rd(U, rows * dh), rows_span(lr0, 1, c0, n, false),
-                    rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false), rd(dR, rows * 2 * dh),
-                    rd(Y, rows * dh), bf16_ ? wr(dgh16, rows * 2 * dh) : wr(dGH, rows * 2 * dh),
+    Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), u16 ? rd(u16, rows * dh) : rd(U, rows * dh),
+                    rows_span(lr0, 1, c0, n, false), rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false),
+                    dr16 ? rd(dr16, rows * 2 * dh) : rd(dR, rows * 2 * dh), y16 ? rd(y16, rows * dh) : rd(Y, rows * dh),
+                    bf16_ ? wr(dgh16, rows * 2 * dh) : wr(dGH, rows * 2 * dh),
                     bf16_ ? wr(du16, rows * dh) : wr(dU, rows * dh), rows_span(glr0, 1, c0, n, true),
                     rows_span(glr1, 1, c0, n, true), rows_span(glr2, 1, c0, n, true)});
     auto ps_ = prof_->scope("update_terms_bwd");
+    const unsigned grid = unsigned(row_warp_grid(rows));
+    if constexpr (kIsFloat<T>) {
+      if (gh16) {
+        k_update_terms_bwd_rows<<<grid, kThreads, 0, op.st>>>(
+            gh16, u16, lr0, lr1, lr2, c0, n, g_.T, int(dh), dr16, y16, dgh16, du16, glr0, glr1, glr2, rows,
+            v4_ok(gh16, u16, dr16, y16, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)du16));
+        TTT_LAUNCH_CHECK("update_terms_bwd");
+        return;
+      }
+    }
     if (bf16_)
-      k_update_terms_bwd_rows<<<row_warp_grid(rows), kThreads, 0, op.st>>>(
+      k_update_terms_bwd_rows<<<grid, kThreads, 0, op.st>>>(
           GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dgh16, du16, glr0, glr1, glr2, rows,
           v4_ok(GH, U, dR, Y, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)du16));
     else
-      k_update_terms_bwd_rows<<<row_warp_grid(rows), kThreads, 0, op.st>>>(
+      k_update_terms_bwd_rows<<<grid, kThreads, 0, op.st>>>(
           GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dGH, dU, glr0, glr1, glr2, rows,
           v4_ok(GH, U, dR, Y, (const T*)dGH, (const T*)dU));
     TTT_LAUNCH_CHECK("update_terms_bwd");
@@ -635,8 +701,13 @@ class CudaOps {
     __nv_bfloat16* sh = nullptr;  // the shadow
     Ivals valid;                  // where sh = bf16(fp32 value)
     Ivals stale;                  // where only sh holds the value (the fp32 buffer was not written)
+    // A Buffer::ProductOutput kept in bf16 alone (narrow_): sh is its storage, written by products and read by
+    // element-wise steps; base is a key (reserve_key), no fp32 buffer.
+    bool narrow = false;
   };
   bool bf16_ = false;
+  bool narrow_ = false;  // bf16 product outputs (bf16_outputs_of)
+  std::vector<std::pair<void*, size_t>> keys_;  // reserve_key's address ranges
   std::vector<Mirror> mirrors_;  // q, k, v of record 0, of record 1, ..., then grad_o
   int64_t record_ = 0;
   size_t mirror_index(int i) const { return i == 3 ? mirrors_.size() - 1 : size_t(3 * record_ + i); }
@@ -647,10 +718,42 @@ class CudaOps {
       if (p >= r.base && p < r.base + r.n) return &r;
     return nullptr;
   }
+  // The pointer a narrow region hands to lact::Fused: the start of n elements of T of host address space reserved
+  // without access (so it can be no device buffer's address and faults if anything dereferences it), which
+  // region_of maps to the region.
+  T* reserve_key(int64_t n) {
+    const size_t bytes = sizeof(T) * size_t(n);
+    void* p = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    TTT_CHECK(p != MAP_FAILED, "lact cuda: could not reserve " << bytes << " bytes of address space");
+    keys_.push_back({p, bytes});
+    return static_cast<T*>(p);
+  }
+  // The bf16 storage of [p, p+n) if it is a narrow region's, else null.
+  __nv_bfloat16* narrow_at(const T* p, int64_t n) {
+    if (!narrow_) return nullptr;
+    Region* r = region_of(p);
+    if (!r || !r->narrow) return nullptr;
+    TTT_CHECK(p - r->base + n <= r->n, "lact cuda bf16: a product output runs past its buffer");
+    return r->sh + (p - r->base);
+  }
+  // A product's output C: its bf16 storage where it is kept in bf16, else null (the product writes fp32 C).
+  __nv_bfloat16* product_output_bf16(T* C, int64_t n) { return narrow_at(C, n); }
+  // A product's output that an element-wise step reads: its bf16 storage with bf16 product outputs (every
+  // Buffer::ProductOutput is then narrow), else null after checking that the fp32 values exist.
+  const __nv_bfloat16* product_output_in(const T* p, int64_t n) {
+    if (!narrow_) {
+      reads(p, n);
+      return nullptr;
+    }
+    const __nv_bfloat16* h = narrow_at(p, n);
+    TTT_CHECK(h, "lact cuda bf16: an element-wise step reads a product output that is not kept in bf16");
+    return h;
+  }
   // fp32 [p, p+n) was (or is about to be) written: its shadow is out of date there.
   void wrote(const T* p, int64_t n) {
     if (!bf16_) return;
     if (Region* r = region_of(p)) {
+      TTT_CHECK(!r->narrow, "lact cuda bf16: an fp32 write into a product output kept in bf16");
       const int64_t a = p - r->base, b = std::min(a + n, r->n);
       iv_sub(r->valid, a, b);
       iv_sub(r->stale, a, b);
@@ -660,7 +763,7 @@ class CudaOps {
   __nv_bfloat16* shadow_out(T* p, int64_t n, bool fp32_too) {
     if (!bf16_) return nullptr;
     Region* r = region_of(p);
-    TTT_CHECK(r && r->sh, "lact cuda bf16: no shadow for a buffer written in bf16");
+    TTT_CHECK(r && r->sh && !r->narrow, "lact cuda bf16: no shadow for a buffer written in bf16");
     const int64_t a = p - r->base, b = a + n;
     TTT_CHECK(b <= r->n, "lact cuda bf16: a bf16 output runs past its buffer");
     iv_add(r->valid, a, b);
@@ -672,6 +775,7 @@ class CudaOps {
   void reads(const T* p, int64_t n) {
     if (!bf16_) return;
     if (Region* r = region_of(p)) {
+      TTT_CHECK(!r->narrow, "lact cuda bf16: an fp32 read of a product output kept in bf16");
       const int64_t a = p - r->base, b = std::min(a + n, r->n);
       TTT_CHECK(!iv_overlaps(r->stale, a, b),
                 "lact cuda bf16: an element-wise step reads a value that exists only as bf16 (bookkeeping bug)");
@@ -696,6 +800,7 @@ class CudaOps {
     }
     Region* r = region_of(p);
     TTT_CHECK(r && r->sh, "lact cuda bf16: a matrix operand outside every known buffer");
+    TTT_CHECK(!r->narrow, "lact cuda bf16: a product output kept in bf16 as a matrix operand");
     const int64_t lo = p - r->base, hi = lo + extent;
     TTT_CHECK(hi <= r->n, "lact cuda bf16: a matrix operand runs past its buffer");
     for (const Ival& gap : iv_gaps(r->valid, lo, hi)) {
@@ -721,13 +826,18 @@ LactOptions precision_options(const std::string& precision) {
   return precision_options(backend::parse_precision(precision, "the LaCT operator's precision"));
 }
 const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
+bool bf16_outputs_of(const LactOptions& opt) { return opt.bf16 && opt.bf16_outputs && lact::bf16_outputs_from_env(); }
 
 size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt) {
   const int64_t extra = lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true, 1, false);
-  // fp32 elements, and with bf16 operands a bf16 shadow of each product operand.
+  // fp32 elements, with bf16 operands a bf16 shadow of each product operand, with bf16 product outputs 2 bytes
+  // rather than 4 for each of those.
   const int64_t extra_operands =
       lact::workspace_operand_elements(s, true, 1, true) - lact::workspace_operand_elements(s, true, 1, false);
-  const int64_t bytes = 4 * extra + (opt.bf16 ? 2 * extra_operands : 0);
+  const int64_t extra_outputs = lact::workspace_product_output_elements(s, true, 1, true) -
+                                lact::workspace_product_output_elements(s, true, 1, false);
+  const int64_t bytes =
+      4 * extra + (opt.bf16 ? 2 * extra_operands : 0) - (bf16_outputs_of(opt) ? 2 * extra_outputs : 0);
   return size_t(std::max<int64_t>(bytes, 0));
 }
 LactOptions with_kept_products_if_room(const lact::Shape& s, LactOptions opt) {

@@ -35,12 +35,18 @@ struct LactOptions {
   // element-wise values that only feed products (a, lr1 a, R, their cotangents) are computed in fp32 and
   // stored only as their bf16 operands. Exclusive with tf32.
   bool bf16 = false;
+  // With bf16: the products whose output only an element-wise step reads ([g|h] of q and k, V W1, dR, V dD1,
+  // dO W1: lact::Buffer::ProductOutput) write it in bf16 (cuBLAS's bf16 C, the fp32 sum rounded once; half the
+  // bytes written and read back, half the memory, also of the kept [g|h] and V W1), and those element-wise steps
+  // read bf16 and compute in fp32. The state, momentum, weight gradients and every accumulation stay fp32. The CPU
+  // twin emulates it (lact::Bf16Emulation::outputs). Off with TTT_LACT_B16_OUTPUTS=0 (bf16_outputs_of).
+  bool bf16_outputs = true;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
   // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1, the update's
-  // lr1 a, R (B T 8 dh elements a record, fp32; lr1 a, R also have bf16 shadows, their
-  // fp32 unused with bf16 operands) and the backward reads them instead of recomputing them (same bits). The
-  // operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
+  // lr1 a, R (B T 8 dh elements a record, fp32; lr1 a, R also have bf16 shadows, their fp32 unused with bf16
+  // operands; [g|h] and V W1 bf16 alone with bf16_outputs) and the backward reads them instead of recomputing them
+  // (same bits). The operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
   // (with_kept_products_if_room); the GPU model's shared runner sets it for training batches
   // (backend::gpu_lact_keeps_products, which its memory estimate counts too), its per-layer records of
   // --recompute none and PyTorch's runners leave it off.
@@ -63,6 +69,9 @@ struct LactOptions {
 LactOptions precision_options(backend::Precision precision);
 LactOptions precision_options(const std::string& precision);
 const char* precision_name(const LactOptions& opt);
+// Whether a runner with opt writes bf16 product outputs: opt.bf16 and opt.bf16_outputs, unless TTT_LACT_B16_OUTPUTS=0
+// (lact::bf16_outputs_from_env).
+bool bf16_outputs_of(const LactOptions& opt);
 // opt with keep_products on when the kept products of one record (kept_products_bytes) take at most a quarter
 // of the device's free memory (the operator's own runs: ttt op lact, ttt bench op), unless TTT_LACT_KEEP=0.
 // Either way the results are the same bits; the choice only trades memory for the backward's recomputation.

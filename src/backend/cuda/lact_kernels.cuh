@@ -92,37 +92,52 @@ __device__ __forceinline__ void st4(__nv_bfloat16* p, const float (&v)[4]) {
 __device__ __forceinline__ void to_arr(float4 v, float (&x)[4]) { x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w; }
 template <class T>
 constexpr bool kIsFloat = std::is_same<T, float>::value;
+// The products' outputs the chunk kernels read ([g|h], V W1, dR, Y, da) are I: the compute type T, or bf16 where the
+// products write bf16 (LactOptions::bf16_outputs); the kernels compute in T from the loaded values.
+template <class T, class I>
+__device__ __forceinline__ T ld_(const I* p) {
+  if constexpr (std::is_same<I, __nv_bfloat16>::value) return T(__bfloat162float(*p));
+  else return T(*p);
+}
+__device__ __forceinline__ void load4(const float* p, float (&x)[4]) { to_arr(ld4(p), x); }
+__device__ __forceinline__ void load4(const __nv_bfloat16* p, float (&x)[4]) {  // one 8-byte load
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  x[0] = lo.x, x[1] = lo.y, x[2] = hi.x, x[3] = hi.y;
+}
 
-template <class T, class O>
-__global__ void k_swiglu_rows(const T* __restrict__ GH, O* __restrict__ a, int dh, bool v4) {
+template <class T, class I, class O>
+__global__ void k_swiglu_rows(const I* __restrict__ GH, O* __restrict__ a, int dh, bool v4) {
   const int64_t r = blockIdx.x;
-  const T* gh = GH + r * 2 * dh;
+  const I* gh = GH + r * 2 * dh;
   if constexpr (kIsFloat<T>) {
     if (v4) {
       for (int j = 4 * threadIdx.x; j < dh; j += 4 * blockDim.x) {
         float g[4], h[4], y[4];
-        to_arr(ld4(gh + j), g);
-        to_arr(ld4(gh + dh + j), h);
+        load4(gh + j, g);
+        load4(gh + dh + j, h);
         for (int e = 0; e < 4; ++e) y[e] = lact::swiglu_elem(g[e], h[e]);
         st4(a + r * dh + j, y);
       }
       return;
     }
   }
-  for (int j = threadIdx.x; j < dh; j += blockDim.x) st_(a + r * dh + j, lact::swiglu_elem(gh[j], gh[dh + j]));
+  for (int j = threadIdx.x; j < dh; j += blockDim.x)
+    st_(a + r * dh + j, lact::swiglu_elem(ld_<T>(gh + j), ld_<T>(gh + dh + j)));
 }
-template <class T, class O>
-__global__ void k_swiglu_bwd_rows(const T* __restrict__ GH, const T* __restrict__ da, O* __restrict__ dGH,
+template <class T, class I, class O>
+__global__ void k_swiglu_bwd_rows(const I* __restrict__ GH, const I* __restrict__ da, O* __restrict__ dGH,
                                   O* __restrict__ a, int dh, bool v4) {
   const int64_t r = blockIdx.x;
-  const T* gh = GH + r * 2 * dh;
+  const I* gh = GH + r * 2 * dh;
   if constexpr (kIsFloat<T>) {
     if (v4) {
       for (int j = 4 * threadIdx.x; j < dh; j += 4 * blockDim.x) {
         float g[4], h[4], d[4], av[4], dg[4], dhv[4];
-        to_arr(ld4(gh + j), g);
-        to_arr(ld4(gh + dh + j), h);
-        to_arr(ld4(da + r * dh + j), d);
+        load4(gh + j, g);
+        load4(gh + dh + j, h);
+        load4(da + r * dh + j, d);
         for (int e = 0; e < 4; ++e) lact::swiglu_elem_bwd(g[e], h[e], d[e], av[e], dg[e], dhv[e]);
         st4(a + r * dh + j, av);
         st4(dGH + r * 2 * dh + j, dg);
@@ -133,27 +148,27 @@ __global__ void k_swiglu_bwd_rows(const T* __restrict__ GH, const T* __restrict_
   }
   for (int j = threadIdx.x; j < dh; j += blockDim.x) {
     T av, dg, dhv;
-    lact::swiglu_elem_bwd(gh[j], gh[dh + j], da[r * dh + j], av, dg, dhv);
+    lact::swiglu_elem_bwd(ld_<T>(gh + j), ld_<T>(gh + dh + j), ld_<T>(da + r * dh + j), av, dg, dhv);
     st_(a + r * dh + j, av);
     st_(dGH + r * 2 * dh + j, dg);
     st_(dGH + r * 2 * dh + dh + j, dhv);
   }
 }
 // The update's token terms in one pass: Al = lr1 a, R = [r0 | r2].
-template <class T, class O>
-__global__ void k_update_terms_rows(const T* __restrict__ GH, const T* __restrict__ U, const T* __restrict__ lr0,
+template <class T, class I, class O>
+__global__ void k_update_terms_rows(const I* __restrict__ GH, const I* __restrict__ U, const T* __restrict__ lr0,
                                     const T* __restrict__ lr1, const T* __restrict__ lr2, int64_t c0, int len,
                                     int64_t T_, int dh, O* __restrict__ Al, O* __restrict__ R, bool v4) {
   const int64_t r = blockIdx.x, tok = (r / len) * T_ + c0 + r % len;
   const T l0 = lr0[tok], l1 = lr1[tok], l2 = lr2[tok];
-  const T* gh = GH + r * 2 * dh;
+  const I* gh = GH + r * 2 * dh;
   if constexpr (kIsFloat<T>) {
     if (v4) {
       for (int j = 4 * threadIdx.x; j < dh; j += 4 * blockDim.x) {
         float g[4], h[4], u[4], al[4], r0[4], r2[4];
-        to_arr(ld4(gh + j), g);
-        to_arr(ld4(gh + dh + j), h);
-        to_arr(ld4(U + r * dh + j), u);
+        load4(gh + j, g);
+        load4(gh + dh + j, h);
+        load4(U + r * dh + j, u);
         for (int e = 0; e < 4; ++e) {
           float av;
           lact::update_elem(g[e], h[e], u[e], l0, l2, av, r0[e], r2[e]);
@@ -168,7 +183,7 @@ __global__ void k_update_terms_rows(const T* __restrict__ GH, const T* __restric
   }
   for (int j = threadIdx.x; j < dh; j += blockDim.x) {
     T av, r0, r2;
-    lact::update_elem(gh[j], gh[dh + j], U[r * dh + j], l0, l2, av, r0, r2);
+    lact::update_elem(ld_<T>(gh + j), ld_<T>(gh + dh + j), ld_<T>(U + r * dh + j), l0, l2, av, r0, r2);
     st_(Al + r * dh + j, l1 * av);
     st_(R + r * 2 * dh + j, r0);
     st_(R + r * 2 * dh + dh + j, r2);
@@ -176,28 +191,28 @@ __global__ void k_update_terms_rows(const T* __restrict__ GH, const T* __restric
 }
 // Its adjoint from Y (the cotangent of Al) and dR: dGH, dU and the rate gradients (g_lr1 = <a, Y>), one warp per
 // token row of the chunk (the rate gradients are warp sums, accumulated in double).
-template <class T, class O>
-__global__ void k_update_terms_bwd_rows(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
-                                        int64_t len, int64_t T_, int dh, const T* dR, const T* Y, O* dGH, O* dU,
+template <class T, class I, class O>
+__global__ void k_update_terms_bwd_rows(const I* GH, const I* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
+                                        int64_t len, int64_t T_, int dh, const I* dR, const I* Y, O* dGH, O* dU,
                                         T* glr0, T* glr1, T* glr2, int64_t rows, bool v4) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;
   const int64_t tok = (r / len) * T_ + c0 + r % len;
   const T l0 = lr0[tok], l1 = lr1[tok], l2 = lr2[tok];
-  const T *gh = GH + r * 2 * dh, *dr = dR + r * 2 * dh;
+  const I *gh = GH + r * 2 * dh, *dr = dR + r * 2 * dh;
   Acc s0 = 0, s1 = 0, s2 = 0;
   bool done = false;
   if constexpr (kIsFloat<T>) {
     if (v4) {  // lane: elements 4 lane .. 4 lane + 3, then 128 further on
       for (int j = 4 * lane; j < dh; j += 128) {
         float g[4], h[4], u[4], d0[4], d2[4], y[4], dg[4], dhv[4], du[4];
-        to_arr(ld4(gh + j), g);
-        to_arr(ld4(gh + dh + j), h);
-        to_arr(ld4(U + r * dh + j), u);
-        to_arr(ld4(dr + j), d0);
-        to_arr(ld4(dr + dh + j), d2);
-        to_arr(ld4(Y + r * dh + j), y);
+        load4(gh + j, g);
+        load4(gh + dh + j, h);
+        load4(U + r * dh + j, u);
+        load4(dr + j, d0);
+        load4(dr + dh + j, d2);
+        load4(Y + r * dh + j, y);
         for (int e = 0; e < 4; ++e) {
           float t0, t2;
           lact::update_elem_bwd(g[e], h[e], u[e], l0, l2, d0[e], d2[e], l1 * y[e], dg[e], dhv[e], du[e], t0, t2);
@@ -213,9 +228,10 @@ __global__ void k_update_terms_bwd_rows(const T* GH, const T* U, const T* lr0, c
     }
   }
   for (int j = lane; j < dh && !done; j += 32) {
-    const T g = gh[j], h = gh[dh + j], y = Y[r * dh + j];
+    const T g = ld_<T>(gh + j), h = ld_<T>(gh + dh + j), y = ld_<T>(Y + r * dh + j);
     T t0, t2, dg, dhv, du;
-    lact::update_elem_bwd(g, h, U[r * dh + j], l0, l2, dr[j], dr[dh + j], l1 * y, dg, dhv, du, t0, t2);
+    lact::update_elem_bwd(g, h, ld_<T>(U + r * dh + j), l0, l2, ld_<T>(dr + j), ld_<T>(dr + dh + j), l1 * y, dg, dhv,
+                          du, t0, t2);
     st_(dGH + r * 2 * dh + j, dg);
     st_(dGH + r * 2 * dh + dh + j, dhv);
     st_(dU + r * dh + j, du);
