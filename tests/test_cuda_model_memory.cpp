@@ -141,8 +141,11 @@ TEST(CudaModel, KeptLactProductsGiveTheSameBits) {
         const lact::Shape s = backend::gpu_lact_shape(cfg, 2, cfg.seq_len);
         const int64_t C = std::min(s.chunk, s.T);
         const bool bf16_operands = math == cuda::MathMode::BF16;  // the small config has no Muon
-        const int64_t kept = s.B * s.T * 8 * s.dh * 4 + (bf16_operands ? s.B * s.T * 3 * s.dh * 2 : 0);
-        const int64_t replaced = s.B * C * 8 * s.dh * 4 + (bf16_operands ? s.B * C * 3 * s.dh * 2 : 0);
+        // Per token: [g|h] of q and k and V W1 (5 dh, product outputs: bf16 alone with bf16 product outputs), lr1 a
+        // and R (3 dh, fp32, and with bf16 operands their bf16 shadows).
+        const int64_t out_bytes = bf16_operands && lact::bf16_outputs_from_env() ? 2 : 4;
+        const int64_t per_token = 5 * s.dh * out_bytes + 3 * s.dh * 4 + (bf16_operands ? 3 * s.dh * 2 : 0);
+        const int64_t kept = s.B * s.T * per_token, replaced = s.B * C * per_token;
         std::printf("%s %s --recompute %s: keeping the LaCT products holds %lld bytes more (by hand %lld; the "
                     "estimate %.0f)\n",
                     name, cuda::math_mode_name(math), backend::recompute_name(level),
