@@ -39,6 +39,9 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
   // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention (context
   // parallel: over the previous rank's halo rows and this rank's, attention_inputs).
   const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
+  // Without v_silu the memory branch's v is v itself: its per sequence-head layout and the bf16 attention's v operand
+  // in one pass (heads_to_batch with the bf16 copy), before the attention.
+  const bool v_layout_with_operand = attention_bf16() && !cfg.v_silu;
   if (attention_bf16()) {
     // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
     // fp32-input form would round to, without the conversion work inside the attention kernels (on Hopper with
@@ -46,7 +49,8 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     const AttentionBf16 a = attention_operands(rows);
     rope_forward(q, 3 * D, a.q, D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_forward(k, 3 * D, a.k, D, pos, rows, Ha, hd, cfg.rope_theta);
-    mk::to_bf16(v, 3 * D, a.v, D, rows, D);
+    if (v_layout_with_operand) mk::heads_to_batch(v, 3 * D, act.vT, S, N, H, d, a.v, D);
+    else mk::to_bf16(v, 3 * D, a.v, D, rows, D);
     if (!(recompute && attention_kept))
       timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
   } else {
@@ -71,8 +75,8 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     vm = act.vm;
     ldvm = D;
   }
-  // Per sequence-head layout of the memory operators.
-  mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
+  // Per sequence-head layout of the memory operators (v's: above, with its bf16 operand, where it could).
+  if (!v_layout_with_operand) mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
   if (titans_like) titans_forward(l, S, N, recompute);
   else lact_forward(l, S, N);
   // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
@@ -359,14 +363,16 @@ void GpuModel::Impl::layer_backward(int64_t l, const float* x, int64_t S, int64_
                              1e-5);
   col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
   col_sum(grad.dz, rows, D, D, lg.k_offset, true);
-  // dv += the operator's d(v) (through silu with v_silu), added from its layout.
+  // dv += the operator's d(v) (through silu with v_silu), added from its layout; without v_silu the same pass writes
+  // the v part's bf16 operand copy.
   if (cfg.v_silu) {
     mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
     mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
+    if (act16) mk::to_bf16(dqkv + 2 * D, 3 * D, dqkv16 + 2 * D, 3 * D, rows, D);
   } else {
-    mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true);
+    mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true,
+                       act16 ? dqkv16 + 2 * D : nullptr, 3 * D);
   }
-  if (act16) mk::to_bf16(dqkv + 2 * D, 3 * D, dqkv16 + 2 * D, 3 * D, rows, D);
   // ---- qkv = h Wqkv; h = RMSNorm(x)
   const Operand dqkv_op = gradient_operand(dqkv);
   gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv_op, 3 * D, 1.0f, lg.wqkv, 3 * D);
