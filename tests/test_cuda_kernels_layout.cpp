@@ -149,6 +149,34 @@ TEST(CudaKernels, LayoutCopiesMatchHost) {
             x_want[size_t((s * N + i) * ld + h * d + j)] += y_want[size_t(((s * H + h) * N + i) * d + j)];
     cuda::mk::batch_to_heads(yd.as<float>(), xd.as<float>(), ld, S, N, H, d, /*accumulate=*/true);
     expect_same_bits(down<float>(xd, x_want.size()), x_want, "batch_to_heads, accumulate");
+    // The same two passes with the multi-head side rounded to bf16 in [S*N, ld16] as well (the GPU model's v and
+    // dv operands): the fp32 results the same bits, the copy the host's rounding of x (of x + y, accumulating),
+    // its other elements untouched; ld16 a multiple of 4 (16-byte walk where d and ld allow) or not.
+    for (const int64_t ld16 : {H * d + 4, H * d + 1}) {
+      SCOPED_TRACE("bf16 copy, ld16 " + std::to_string(ld16));
+      const size_t n16 = size_t(S * N * ld16);
+      auto copy_want = [&](const std::vector<float>& heads) {
+        std::vector<uint16_t> want(n16, 0xFFFF);  // nan_buf's fill
+        for (int64_t t = 0; t < S * N; ++t)
+          for (int64_t c = 0; c < H * d; ++c) want[size_t(t * ld16 + c)] = float_to_bf16(heads[size_t(t * ld + c)]).bits;
+        return want;
+      };
+      auto copy_got = [&](const cuda::DeviceBuffer& b) {
+        const std::vector<bf16> got = down<bf16>(b, n16);
+        std::vector<uint16_t> bits(n16);
+        for (size_t e = 0; e < n16; ++e) bits[e] = got[e].bits;
+        return bits;
+      };
+      cuda::DeviceBuffer xc = up(x), yc = nan_buf(y_want.size() * sizeof(float)), x16 = nan_buf(n16 * sizeof(bf16));
+      cuda::mk::heads_to_batch(xc.as<float>(), ld, yc.as<float>(), S, N, H, d, x16.as<bf16>(), ld16);
+      expect_same_bits(down<float>(yc, y_want.size()), y_want, "heads_to_batch with the bf16 copy");
+      EXPECT_TRUE(copy_got(x16) == copy_want(x)) << "heads_to_batch's bf16 copy";
+      cuda::DeviceBuffer s16 = nan_buf(n16 * sizeof(bf16));
+      cuda::mk::batch_to_heads(yc.as<float>(), xc.as<float>(), ld, S, N, H, d, /*accumulate=*/true, s16.as<bf16>(),
+                               ld16);
+      expect_same_bits(down<float>(xc, x_want.size()), x_want, "batch_to_heads, accumulate, with the bf16 copy");
+      EXPECT_TRUE(copy_got(s16) == copy_want(x_want)) << "batch_to_heads's bf16 copy of the sums";
+    }
   }
 }
 

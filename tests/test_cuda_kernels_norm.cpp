@@ -70,6 +70,19 @@ void rms_case(Worst& worst, int64_t N, int64_t D, int64_t heads, bool per_head) 
   const auto dx2 = down<float>(dxd2, ND), dw2 = down<float>(dwd2, size_t(D));
   expect_same_bits(dx2, dx, name + ": dx run again (not bit-reproducible)");
   expect_same_bits(dw2, dw, name + ": dw run again (not bit-reproducible)");
+  // dw's second pass: the work buffer's per-slice partials [slices, D] added in slice order in double, then rounded
+  // to float, bit for bit (the host's additions are the kernel's: plain double adds in the same order).
+  if (N > 0) {
+    const size_t slices = cuda::rms_norm_backward_workspace(N, D) / (size_t(D) * sizeof(double));
+    const auto partial = down<double>(work, slices * size_t(D));
+    std::vector<float> dw_want(static_cast<size_t>(D));
+    for (int64_t c = 0; c < D; ++c) {
+      double acc = 0;
+      for (size_t sl = 0; sl < slices; ++sl) acc += partial[sl * size_t(D) + size_t(c)];
+      dw_want[size_t(c)] = float(acc);
+    }
+    expect_same_bits(dw2, dw_want, name + ": dw against the in-order sum of the partials");
+  }
   // Whole rows with the copy of x (the GPU model's residual): the same y and rinv bits, and x copied exactly.
   if (!per_head) {
     cuda::DeviceBuffer yc = nan_buf(ND * 4), rc = nan_buf(NG * 4), xc = nan_buf(ND * 4), yc16 = nan_buf(ND * 2),

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -91,6 +92,60 @@ TEST(CudaModel, SavedAttentionGivesTheBitsOfTheFullRecompute) {
     const int64_t rows = 2 * cfg.seq_len;
     EXPECT_EQ(saved.bytes - full.bytes, cfg.n_layers * rows * (cfg.dim + cfg.n_attn_heads) * 4);
   }
+}
+
+// With bf16 products a training batch rounds the product weights into bf16 copies once (weight_copies in
+// model_cuda_impl.h; TTT_WEIGHT_COPIES=0 turns them off, and Blas rounds each weight before each product): the same
+// bf16 values in the same products, so the loss and every gradient are the same bits with and without, for LaCT and
+// Titans (whose decay gate is a product weight too), with bf16 or fp32 activations, at every --recompute level, over
+// two micro-batches. The copies follow the parameters: after new parameters are uploaded, a training batch and a
+// forward-only batch on the same model give the bits of a model that never had copies.
+TEST(CudaModel, WeightCopiesGiveTheBitsOfRoundingPerProduct) {
+  REQUIRE_CUDA();
+  model::ModelConfig lact = small_config();
+  lact.n_layers = 3;
+  model::ModelConfig titans = with_titans_memory(lact);
+  titans.momentum = titans.decay = true;
+  const std::pair<const char*, model::ModelConfig> configs[] = {{"lact", lact}, {"titans", titans}};
+  int compared = 0;
+  for (const auto& [name, cfg] : configs)
+    for (const bool act16 : {false, true})
+      for (const backend::Recompute level :
+           {backend::Recompute::Full, backend::Recompute::SaveAttention, backend::Recompute::None}) {
+        const uint64_t seed = fresh_seed();
+        SCOPED_TRACE(std::string(name) + (act16 ? " bf16" : " fp32") + " activations --recompute " +
+                     backend::recompute_name(level) + " (seed " + std::to_string(seed) + ")");
+        const model::Params<float> p = random_params(cfg, seed), p2 = random_params(cfg, seed + 9);
+        const std::vector<model::Batch> micro = {random_batch(cfg, 2, cfg.seq_len, seed + 3, false),
+                                                 random_batch(cfg, 2, cfg.seq_len, seed + 4, true)};
+        cuda::GpuModelOptions o;
+        o.math = cuda::MathMode::BF16;
+        o.bf16_activations = act16;
+        o.recompute = level;
+        o.poison = true;
+        ::setenv("TTT_WEIGHT_COPIES", "0", 1);
+        const TrainingOutcome per_product = run_on_fresh_model(cfg, o, p, micro, 0.5);
+        const TrainingOutcome per_product2 = run_on_fresh_model(cfg, o, p2, micro, 0.5);
+        double eval_per_product = 0;
+        {
+          cuda::GpuModel gm(cfg, o);
+          gm.upload(p2);
+          eval_per_product = gm.forward(micro[0], false).loss;
+        }
+        ::unsetenv("TTT_WEIGHT_COPIES");
+        cuda::GpuModel gm(cfg, o);
+        gm.upload(p);
+        const TrainingOutcome copies = run_training_batches(gm, micro, 0.5);
+        expect_same_bits(per_product, copies, p.names);
+        gm.upload(p2);
+        const TrainingOutcome copies2 = run_training_batches(gm, micro, 0.5);
+        expect_same_bits(per_product2, copies2, p.names);
+        const double eval_copies = gm.forward(micro[0], false).loss;
+        EXPECT_EQ(0, std::memcmp(&eval_per_product, &eval_copies, sizeof(double)))
+            << "forward-only loss " << eval_per_product << " vs " << eval_copies;
+        ++compared;
+      }
+  std::printf("[ GPU model ] weight copies: %d configurations, the bits of rounding per product\n", compared);
 }
 
 // The shared LaCT runner of a training batch keeps each chunk's products for the backward

@@ -304,8 +304,9 @@ MemoryEstimate estimate_one_level(const model::ModelConfig& cfg, const MemoryReq
   if (gpu) {
     e.resident.push_back({req.train_steps ? "parameters, gradients and AdamW moments (fp32)" : "parameters (fp32)",
                           model_drivers(cfg, P), P * (req.train_steps ? 16.0 : 4.0)});
-    // bf16 products round their fp32 operands (the weights among them) into cuBLAS-side scratch that DeviceBuffer
-    // does not track (cuda/blas_cuda.cu); an allowance, not a count.
+    // bf16 products round their fp32 operands into cuBLAS-side scratch that DeviceBuffer does not track
+    // (cuda/blas_cuda.cu), and a training batch its product weights into bf16 copies, untracked too (weight_copies,
+    // cuda/model_cuda_impl.h: at most 2 bytes a parameter); an allowance, not a count.
     if (req.bf16)
       e.resident.push_back({"bf16 rounding scratch of the products (untracked; allowed 2 bytes per parameter)",
                             model_drivers(cfg, P), 2 * P});

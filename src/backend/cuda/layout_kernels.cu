@@ -28,11 +28,13 @@ struct RowsMap {  // copy2d: segment = row
   __device__ int64_t dst(int64_t e) const { return e * ldd; }
 };
 // Segment e = (s*N + i)*H + h: head h of token i of sequence s; [S*N, ldx] columns h*d.. <-> [S*H, N, d].
+// ld16: the leading dimension of the multi-head side's bf16 copy (heads_to_batch / batch_to_heads with x16).
 template <class Index>
 struct HeadsMap {
-  int64_t ldx;
+  int64_t ldx, ld16 = 0;
   Index N, H, d;
   __device__ int64_t heads(Index e) const { return int64_t(e / H) * ldx + int64_t(e % H) * d; }
+  __device__ int64_t heads16(Index e) const { return int64_t(e / H) * ld16 + int64_t(e % H) * d; }
   __device__ int64_t batch(Index e) const {
     const Index h = e % H, t = e / H, i = t % N, s = t / N;
     return (int64_t(s * H + h) * N + i) * d;
@@ -42,11 +44,13 @@ template <class Index>
 struct HeadsToBatchMap : HeadsMap<Index> {
   __device__ int64_t src(Index e) const { return this->heads(e); }
   __device__ int64_t dst(Index e) const { return this->batch(e); }
+  __device__ int64_t copy16(Index e) const { return this->heads16(e); }
 };
 template <class Index>
 struct BatchToHeadsMap : HeadsMap<Index> {
   __device__ int64_t src(Index e) const { return this->batch(e); }
   __device__ int64_t dst(Index e) const { return this->heads(e); }
+  __device__ int64_t copy16(Index e) const { return this->heads16(e); }
 };
 
 template <int kVec>
@@ -87,37 +91,57 @@ __device__ void store_vec(__nv_bfloat16* p, const float (&v)[kVec], bool) {
   }
 }
 
-template <class Index, int kVec, class Map, class Out>
+// copy16 (kCopy16; fp32 destinations, maps with copy16()): the value the copy stores, rounded to bf16 there too
+// (with acc the sum: the bits of the copy and then to_bf16 of its result).
+template <class Index, int kVec, class Map, class Out, bool kCopy16 = false>
 __global__ void k_segments(const float* __restrict__ src, Out* __restrict__ dst, Map map, Index n_seg, Index w,
-                           bool acc) {
+                           bool acc, __nv_bfloat16* __restrict__ copy16 = nullptr) {
   const Index per = w / kVec, total = n_seg * per;
   for (Index t = Index(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += Index(gridDim.x) * blockDim.x) {
     const Index e = t / per, c = (t - e * per) * kVec;
     float v[kVec];
     VecOf<kVec>::load(src + map.src(e) + c, v);
-    store_vec<kVec>(dst + map.dst(e) + c, v, acc);
+    if constexpr (kCopy16) {
+      if (acc) {  // the one addition of store_vec's accumulate, kept for the copy
+        float o[kVec];
+        VecOf<kVec>::load(dst + map.dst(e) + c, o);
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) v[k] = o[k] + v[k];
+      }
+      store_vec<kVec>(dst + map.dst(e) + c, v, false);
+      store_vec<kVec>(copy16 + map.copy16(e) + c, v, false);
+    } else {
+      store_vec<kVec>(dst + map.dst(e) + c, v, acc);
+    }
   }
 }
 
 // Launches k_segments with 16-byte accesses when `vec4` (w, every segment offset and both pointers allow it)
 // and 32-bit indices when the element count fits.
-template <template <class> class MapT, class Out, class Fill>
+// kCopy16: with the bf16 copy of each stored value at copy16 (k_segments).
+template <template <class> class MapT, bool kCopy16 = false, class Out, class Fill>
 void launch_segments(const float* src, Out* dst, int64_t n_seg, int64_t w, bool vec4, bool acc, Fill fill,
-                     cudaStream_t st, const char* what) {
+                     cudaStream_t st, const char* what, __nv_bfloat16* copy16 = nullptr) {
   if (n_seg <= 0 || w <= 0) return;
   const int64_t n = n_seg * w;
   const int64_t threads = vec4 ? n / 4 : n;
   const int grid = grid_for(threads);
   if (n < (int64_t(1) << 31)) {
-    MapT<uint32_t> map;
+    using I = uint32_t;
+    MapT<I> map;
     fill(map);
-    if (vec4) k_segments<uint32_t, 4><<<grid, kThreads, 0, st>>>(src, dst, map, uint32_t(n_seg), uint32_t(w), acc);
-    else k_segments<uint32_t, 1><<<grid, kThreads, 0, st>>>(src, dst, map, uint32_t(n_seg), uint32_t(w), acc);
+    if (vec4)
+      k_segments<I, 4, MapT<I>, Out, kCopy16><<<grid, kThreads, 0, st>>>(src, dst, map, I(n_seg), I(w), acc, copy16);
+    else
+      k_segments<I, 1, MapT<I>, Out, kCopy16><<<grid, kThreads, 0, st>>>(src, dst, map, I(n_seg), I(w), acc, copy16);
   } else {
-    MapT<int64_t> map;
+    using I = int64_t;
+    MapT<I> map;
     fill(map);
-    if (vec4) k_segments<int64_t, 4><<<grid, kThreads, 0, st>>>(src, dst, map, n_seg, w, acc);
-    else k_segments<int64_t, 1><<<grid, kThreads, 0, st>>>(src, dst, map, n_seg, w, acc);
+    if (vec4)
+      k_segments<I, 4, MapT<I>, Out, kCopy16><<<grid, kThreads, 0, st>>>(src, dst, map, n_seg, w, acc, copy16);
+    else
+      k_segments<I, 1, MapT<I>, Out, kCopy16><<<grid, kThreads, 0, st>>>(src, dst, map, n_seg, w, acc, copy16);
   }
   TTT_LAUNCH_CHECK(what);
 }
@@ -200,19 +224,27 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
 void tile_row(const float* row, float* out, int64_t copies, int64_t n) { copy2d(row, 0, out, n, copies, n); }
 template <template <class> class MapT>
 void heads_layout(const float* src, float* dst, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d, bool acc,
-                  const char* what) {
-  launch_segments<MapT>(src, dst, S * N * H, d, vec4_ok(src, dst, 16, {d, ldx}), acc,
-                        [&](auto& m) {
-                          using I = decltype(m.N);
-                          m.ldx = ldx, m.N = I(N), m.H = I(H), m.d = I(d);
-                        },
-                        nullptr, what);
+                  bf16* x16, int64_t ld16, const char* what) {
+  auto fill = [&](auto& m) {
+    using I = decltype(m.N);
+    m.ldx = ldx, m.ld16 = ld16, m.N = I(N), m.H = I(H), m.d = I(d);
+  };
+  if (!x16) {
+    launch_segments<MapT>(src, dst, S * N * H, d, vec4_ok(src, dst, 16, {d, ldx}), acc, fill, nullptr, what);
+    return;
+  }
+  // The copy's 4 bf16 a thread: 8-byte aligned rows.
+  const bool vec4 = vec4_ok(src, dst, 16, {d, ldx, ld16}) && reinterpret_cast<uintptr_t>(x16) % 8 == 0;
+  launch_segments<MapT, true>(src, dst, S * N * H, d, vec4, acc, fill, nullptr, what,
+                              reinterpret_cast<__nv_bfloat16*>(x16));
 }
-void heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d) {
-  heads_layout<HeadsToBatchMap>(x, y, ldx, S, N, H, d, false, "heads_to_batch");
+void heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d, bf16* x16,
+                    int64_t ld16) {
+  heads_layout<HeadsToBatchMap>(x, y, ldx, S, N, H, d, false, x16, ld16, "heads_to_batch");
 }
-void batch_to_heads(const float* y, float* x, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d, bool accumulate) {
-  heads_layout<BatchToHeadsMap>(y, x, ldx, S, N, H, d, accumulate, "batch_to_heads");
+void batch_to_heads(const float* y, float* x, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d, bool accumulate,
+                    bf16* x16, int64_t ld16) {
+  heads_layout<BatchToHeadsMap>(y, x, ldx, S, N, H, d, accumulate, x16, ld16, "batch_to_heads");
 }
 void cols_to_batch(const float* x, int64_t ldx, int64_t col0, float* y, int64_t S, int64_t N, int64_t H) {
   k_cols_to_batch<<<grid_for(S * N * H), kThreads>>>(x, ldx, col0, y, S, N, H);

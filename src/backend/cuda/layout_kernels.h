@@ -15,9 +15,12 @@ void copy2d(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows
 void tile_row(const float* row, float* out, int64_t copies, int64_t n);
 
 // Multi-head activations [S*N, ld] (head h = columns [h*d, (h+1)*d)) <-> per sequence-head [S*H, N, d].
-void heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d);
+// x16 (may be null): the multi-head side's values (heads_to_batch: x; batch_to_heads: x as stored, after the
+// accumulation) rounded to bf16 into x16 [S*N, ld16] in the same pass: the bits of a to_bf16 of them after it.
+void heads_to_batch(const float* x, int64_t ldx, float* y, int64_t S, int64_t N, int64_t H, int64_t d,
+                    bf16* x16 = nullptr, int64_t ld16 = 0);
 void batch_to_heads(const float* y, float* x, int64_t ldx, int64_t S, int64_t N, int64_t H, int64_t d,
-                    bool accumulate);
+                    bool accumulate, bf16* x16 = nullptr, int64_t ld16 = 0);
 // Per-head columns col0 + h of [S*N, ldx] <-> [S*H, N].
 void cols_to_batch(const float* x, int64_t ldx, int64_t col0, float* y, int64_t S, int64_t N, int64_t H);
 void batch_to_cols(const float* y, float* x, int64_t ldx, int64_t col0, int64_t S, int64_t N, int64_t H);

@@ -54,6 +54,7 @@ GpuModel::GpuModel(const ModelConfig& cfg, const GpuModelOptions& opt) {
   impl_ = std::make_unique<Impl>(cfg, opt);
   Impl& m = *impl_;
   if (const char* e = std::getenv("TTT_MEMORY_GRAPHS"); e && std::string(e) == "0") m.opt.memory_graphs = false;
+  if (const char* e = std::getenv("TTT_WEIGHT_COPIES"); e && std::string(e) == "0") m.weight_copies.enabled = false;
   m.layout = model::make_params<float>(cfg);
   for (auto& v : m.layout.values) {
     m.offset.push_back(m.total);
@@ -178,6 +179,13 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   m.halo_in = m.hp.halo_in;
   m.ensure_rows(rows, S, N);
   m.batch_backward = backward;
+  // A training batch's products read bf16 copies of the weights, rounded here once; they are stale once forward()
+  // returns (the optimizer steps after it).
+  struct WeightCopiesOfThisBatch {
+    GpuModel::Impl& m;
+    ~WeightCopiesOfThisBatch() { m.weight_copies.valid = false; }
+  } weight_copies_scope{m};
+  if (backward) m.round_product_weights();
   m.attention_kept = backward && m.opt.recompute == backend::Recompute::SaveAttention;
   m.layers_kept = backward && m.opt.recompute == backend::Recompute::None;
   TTT_CHECK(!(m.layers_kept && m.split), "GPU model: --recompute none is not implemented with --context-parallel "
@@ -209,7 +217,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   if (m.act16) rms_norm_forward(x_final, m.P.final_norm, m.head.hf_bf16, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
   else rms_norm_forward(x_final, m.P.final_norm, m.head.hf, m.head.rinvf, rows, D, D, m.cfg.norm_eps);
   const Operand hf = m.operand(m.head.hf, m.head.hf_bf16);
-  m.gemm(false, false, rows, V, D, 1.0f, hf, D, m.P.lm_head, V, 0.0f, m.head.logits, V);
+  m.gemm(false, false, rows, V, D, 1.0f, hf, D, m.weight(m.P.lm_head), V, 0.0f, m.head.logits, V);
   cross_entropy_forward(m.head.logits, m.tgt_dev.as<int32_t>(), m.head.lse_ce, m.head.row_loss, m.loss_dev.as<float>(),
                         m.valid_dev.as<int32_t>(), rows, V);
   float loss = 0;
@@ -249,7 +257,7 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   const Operand dlogits = dlogits16 ? Operand(reinterpret_cast<const bf16*>(m.head.logits)) : Operand(m.head.logits);
   const int64_t ld_dlogits = dlogits16 ? 2 * V : V;
   m.gemm(true, false, D, V, rows, 1.0f, hf, D, dlogits, ld_dlogits, 1.0f, m.G.lm_head, V);
-  m.gemm(false, true, rows, D, V, 1.0f, dlogits, ld_dlogits, m.P.lm_head, V, 0.0f, m.grad.dh, D);
+  m.gemm(false, true, rows, D, V, 1.0f, dlogits, ld_dlogits, m.weight(m.P.lm_head), V, 0.0f, m.grad.dh, D);
   // d(last layer's output), with its bf16 copy for that layer's products (layer_backward).
   rms_norm_backward_add(x_final, m.P.final_norm, m.head.rinvf, m.grad.dh, nullptr, m.grad.dx,
                         m.act16 ? m.grad.gop16 : nullptr, m.grad.dwD, m.norm_work_for(rows, D), rows, D, D);

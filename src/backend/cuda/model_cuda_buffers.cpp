@@ -4,6 +4,8 @@
 // operators' runners, one per batch shape (at most two kept), and the layer they serve.
 #include "backend/cuda/model_cuda_impl.h"
 
+#include <algorithm>
+
 #include "backend/cuda/layout_kernels.h"
 #include "backend/cuda/norm_kernels.h"
 
@@ -45,6 +47,49 @@ void* GpuModel::Impl::norm_work_for(int64_t rows, int64_t cols) {
     norm_work_bytes = want;
   }
   return norm_work.as<void>();
+}
+
+// The bf16 copies of the product weights for the training batch that starts (weight_copies): the slots are laid
+// out and allocated on the first such batch (the layout is fixed; the pointers are looked up anew each batch, as
+// pad_flat_arrays may move the parameters), then every weight is rounded into its slot, one pass over them.
+void GpuModel::Impl::round_product_weights() {
+  weight_copies.valid = false;
+  weight_copies.of.clear();
+  if (!weight_copies.enabled || opt.math != MathMode::BF16) return;
+  std::vector<const float*> weights;
+  for (const LayerTensors& lw : P.layers)
+    for (const float* w : {lw.wqkv, lw.lr_weight, lw.momentum_weight, lw.decay_weight, lw.scale_weight, lw.wo,
+                           lw.w_gate, lw.w_up, lw.w_down})
+      if (w) weights.push_back(w);
+  weights.push_back(P.lm_head);
+  // Each weight's elements from the layout; its slot at a 256-byte boundary (as a fresh cudaMalloc of Blas's).
+  auto elements = [&](const float* w) {
+    const int64_t at = w - params.p();
+    const auto it = std::find(offset.begin(), offset.end(), at);
+    TTT_CHECK(it != offset.end(), "GPU model: a product weight that is no parameter tensor");
+    const auto i = size_t(it - offset.begin());
+    return (i + 1 < offset.size() ? offset[i + 1] : total) - at;
+  };
+  constexpr size_t kAlign = 256;
+  std::vector<std::pair<size_t, int64_t>> slots;  // (byte offset, elements) of each weight
+  size_t bytes = 0;
+  for (const float* w : weights) {
+    const int64_t n = elements(w);
+    slots.push_back({bytes, n});
+    bytes += (sizeof(bf16) * size_t(n) + kAlign - 1) / kAlign * kAlign;
+  }
+  if (bytes > weight_copies.bytes) {
+    if (weight_copies.base) TTT_CUDA_CHECK(cudaFree(weight_copies.base));
+    weight_copies.base = nullptr;
+    TTT_CUDA_CHECK(cudaMalloc(&weight_copies.base, bytes));
+    weight_copies.bytes = bytes;
+  }
+  for (size_t i = 0; i < weights.size(); ++i) {
+    auto* slot = reinterpret_cast<bf16*>(static_cast<char*>(weight_copies.base) + slots[i].first);
+    mk::to_bf16(weights[i], slot, slots[i].second);
+    weight_copies.of[weights[i]] = slot;
+  }
+  weight_copies.valid = true;
 }
 
 // The shared runner of the batch shape. A training batch's keeps the chunks' products for the backward

@@ -147,6 +147,27 @@ struct GpuModel::Impl {
     return runner;
   }
 
+  // bf16 copies of the product weights (the layers' matrices and the LM head) for one training batch with bf16
+  // products: rounded once as the batch starts (round_product_weights), read by the forward, the recomputed forward
+  // and the backward, where Blas rounded each weight into its scratch before each of its products (2 or 3 times a
+  // step). The same bf16 values in 256-byte aligned slots, as Blas's scratch: the same products, bit for bit.
+  // Valid only during that batch's forward() call (the parameters cannot change within it). Untracked, like Blas's
+  // scratch: the memory estimate's allowance for bf16 rounding scratch (2 bytes a parameter) covers them.
+  // TTT_WEIGHT_COPIES=0 turns them off (Blas rounds per product).
+  struct WeightCopies {
+    bool enabled = true;
+    bool valid = false;
+    void* base = nullptr;  // one cudaMalloc of `bytes`, grown never (the layout is fixed)
+    size_t bytes = 0;
+    std::map<const float*, const bf16*> of;
+    WeightCopies() = default;
+    WeightCopies(const WeightCopies&) = delete;
+    WeightCopies& operator=(const WeightCopies&) = delete;
+    ~WeightCopies() {
+      if (base) cudaFree(base);
+    }
+  } weight_copies;
+
   // ---- what a batch holds on the device (model_cuda_buffers.cpp) ----------------------------------------------
 
   // Whether layer l keeps its own activations and operator state (--recompute none, every layer but the last).
@@ -159,6 +180,7 @@ struct GpuModel::Impl {
   std::unique_ptr<TntRunner<float>> make_tnt_runner(int64_t S, int64_t N);
   TitansOptions titans_options() const;
   void* norm_work_for(int64_t rows, int64_t cols);
+  void round_product_weights();
   LactRunner<float>& lact_runner(int64_t S, int64_t N);
   std::unique_ptr<LactRunner<float>> make_lact_runner(int64_t S, int64_t N, int64_t records = 1,
                                                       bool keep_products = false);
@@ -201,6 +223,13 @@ struct GpuModel::Impl {
 
   // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
   Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
+  // A product's weight (a matrix of the parameters): its bf16 copy while a training batch has them (weight_copies),
+  // else the fp32 parameter, which Blas rounds into its scratch for that product.
+  Operand weight(const float* w) const {
+    if (!weight_copies.valid) return Operand(w);
+    const auto it = weight_copies.of.find(w);
+    return it == weight_copies.of.end() ? Operand(w) : Operand(it->second);
+  }
   // A gradient that is the operand of two products (dx, dxm, dqkv): with bf16 activations its bf16 copy in
   // grad.gop16, which the kernel that finishes the gradient writes beside it (the bits Blas would round it to in each
   // product), else the fp32 gradient.

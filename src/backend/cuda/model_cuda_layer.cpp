@@ -32,13 +32,16 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
   // h = RMSNorm(x), and xmid = x (the residual the Wo product accumulates into below); qkv = h Wqkv
   if (act16) rms_norm_forward_copy(x, lw.attn_norm, act.h_bf16, act.rinv1, act.xmid, rows, D, cfg.norm_eps);
   else rms_norm_forward_copy(x, lw.attn_norm, act.h, act.rinv1, act.xmid, rows, D, cfg.norm_eps);
-  gemm(false, false, rows, 3 * D, D, 1.0f, operand(act.h, act.h_bf16), D, lw.wqkv, 3 * D, 0.0f, act.qkv, 3 * D);
+  gemm(false, false, rows, 3 * D, D, 1.0f, operand(act.h, act.h_bf16), D, weight(lw.wqkv), 3 * D, 0.0f, act.qkv, 3 * D);
   const float* q = act.qkv;
   const float* k = act.qkv + D;
   const float* v = act.qkv + 2 * D;
   // Attention branch: RoPE from the strided q, k of qkv into qa, ka; flash sliding-window attention (context
   // parallel: over the previous rank's halo rows and this rank's, attention_inputs).
   const AttentionShape ashape{S, halo_in + N, Ha, hd, cfg.window};
+  // Without v_silu the memory branch's v is v itself: its per sequence-head layout and the bf16 attention's v operand
+  // in one pass (heads_to_batch with the bf16 copy), before the attention.
+  const bool v_layout_with_operand = attention_bf16() && !cfg.v_silu;
   if (attention_bf16()) {
     // The tensor-core attention on bf16 operands written by RoPE (and one conversion of v): the bits its
     // fp32-input form would round to, without the conversion work inside the attention kernels (on Hopper with
@@ -46,7 +49,8 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     const AttentionBf16 a = attention_operands(rows);
     rope_forward(q, 3 * D, a.q, D, pos, rows, Ha, hd, cfg.rope_theta);
     rope_forward(k, 3 * D, a.k, D, pos, rows, Ha, hd, cfg.rope_theta);
-    mk::to_bf16(v, 3 * D, a.v, D, rows, D);
+    if (v_layout_with_operand) mk::heads_to_batch(v, 3 * D, act.vT, S, N, H, d, a.v, D);
+    else mk::to_bf16(v, 3 * D, a.v, D, rows, D);
     if (!(recompute && attention_kept))
       timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
   } else {
@@ -71,14 +75,14 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     vm = act.vm;
     ldvm = D;
   }
-  // Per sequence-head layout of the memory operators.
-  mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
+  // Per sequence-head layout of the memory operators (v's: above, with its bf16 operand, where it could).
+  if (!v_layout_with_operand) mk::heads_to_batch(vm, ldvm, act.vT, S, N, H, d);
   if (titans_like) titans_forward(l, S, N, recompute);
   else lact_forward(l, S, N);
   // finish_memory_output: per-head RMSNorm, times silu(h W_s + b_s) per head.
   rms_norm_heads_forward_batch(act.oT, memory_norm_weight(lw), act.normed, act.rinvo, S, N, D, H,
                                cfg.mem_norm_eps());
-  gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.scale_weight, H, 0.0f, act.zs, H);
+  gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, weight(lw.scale_weight), H, 0.0f, act.zs, H);
   mk::bias_act_forward(act.zs, lw.scale_bias, act.gate, rows, H, 0.0, math::Activation::Silu);
   // x + (attn + mem) Wo: the sum in fp32, or with bf16 activations only its bf16 copy, in one pass; with a halo
   // (this rank's rows of the attention output) in fp32 first (sum_work), then rounded.
@@ -91,15 +95,15 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     run_copies(rows_to(hp.extended(), hp.plain(D)), act.attn, sum, /*accumulate=*/true);
     if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
   }
-  gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, lw.wo, D, 1.0f, act.xmid, D);
+  gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, weight(lw.wo), D, 1.0f, act.xmid, D);
   // MLP: h2 = RMSNorm(xmid), and out = xmid (the residual the W_down product accumulates into)
   if (act16) rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, out, rows, D, cfg.norm_eps);
   else rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2, act.rinv2, out, rows, D, cfg.norm_eps);
-  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_gate, F, 0.0f, act.ga, F);
-  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, lw.w_up, F, 0.0f, act.up, F);
+  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_gate), F, 0.0f, act.ga, F);
+  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_up), F, 0.0f, act.up, F);
   if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
   else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
-  gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, lw.w_down, D, 1.0f, out, D);
+  gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, weight(lw.w_down), D, 1.0f, out, D);
 }
 
 // ttt.w0 / ttt.w2 of a layer: the parameter itself, or (low rank) A B + 0.5 I per head into buffer `tmp`.
@@ -129,10 +133,11 @@ void GpuModel::Impl::weight_grad(const MemoryWeight& w, const MemoryWeight& gw, 
 void GpuModel::Impl::lact_forward(int64_t l, int64_t S, int64_t N) {
   const int64_t rows = S * N;
   const LayerTensors& lw = P.layers[size_t(l)];
-  gemm(false, false, rows, 3 * H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.lr_weight, 3 * H, 0.0f, act.zlr, 3 * H);
+  gemm(false, false, rows, 3 * H, D, 1.0f, operand(act.h, act.h_bf16), D, weight(lw.lr_weight), 3 * H, 0.0f, act.zlr,
+       3 * H);
   mk::gate_forward(act.zlr, lw.lr_bias, act.rates, rows, 3 * H, branch.rate);
   if (cfg.momentum) {
-    gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, lw.momentum_weight, H, 0.0f, act.zm, H);
+    gemm(false, false, rows, H, D, 1.0f, operand(act.h, act.h_bf16), D, weight(lw.momentum_weight), H, 0.0f, act.zm, H);
     mk::gate_forward(act.zm, lw.momentum_bias, act.mom, rows, H, branch.gate);
   }
   for (int r = 0; r < 3; ++r) mk::cols_to_batch(act.rates, 3 * H, r * H, act.lrT + r * S * H * N, S, N, H);
@@ -176,13 +181,13 @@ void GpuModel::Impl::lact_backward(int64_t l, int64_t S, int64_t N) {
   mk::gate_backward(act.zlr, grad.drates, grad.dzlr, rows * 3 * H, branch.rate);
   gemm(true, false, D, 3 * H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, 3 * H, 1.0f, lg.lr_weight, 3 * H);
   col_sum(grad.dzlr, rows, 3 * H, 3 * H, lg.lr_bias, true);
-  gemm(false, true, rows, D, 3 * H, 1.0f, grad.dzlr, 3 * H, lw.lr_weight, 3 * H, 1.0f, grad.dh, D);
+  gemm(false, true, rows, D, 3 * H, 1.0f, grad.dzlr, 3 * H, weight(lw.lr_weight), 3 * H, 1.0f, grad.dh, D);
   if (cfg.momentum) {
     mk::batch_to_cols(grad.gmomT, grad.dmom, H, 0, S, N, H);
     mk::gate_backward(act.zm, grad.dmom, grad.dzm, rows * H, branch.gate);
     gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzm, H, 1.0f, lg.momentum_weight, H);
     col_sum(grad.dzm, rows, H, H, lg.momentum_bias, true);
-    gemm(false, true, rows, D, H, 1.0f, grad.dzm, H, lw.momentum_weight, H, 1.0f, grad.dh, D);
+    gemm(false, true, rows, D, H, 1.0f, grad.dzm, H, weight(lw.momentum_weight), H, 1.0f, grad.dh, D);
   }
 }
 
@@ -201,7 +206,8 @@ void GpuModel::Impl::titans_forward(int64_t l, int64_t S, int64_t N, bool recomp
   float* gate_y[3] = {act.rates, act.mom, act.dec};
   float* per_batch[3] = {act.thT, act.etT, act.alT};
   for (int gi = 0; gi < 3; ++gi) {
-    gemm(false, false, rows, MH, D, 1.0f, operand(act.h, act.h_bf16), D, gate_weight[gi], MH, 0.0f, gate_z[gi], MH);
+    gemm(false, false, rows, MH, D, 1.0f, operand(act.h, act.h_bf16), D, weight(gate_weight[gi]), MH, 0.0f,
+         gate_z[gi], MH);
     mk::gate_forward(gate_z[gi], gate_bias[gi], gate_y[gi], rows, MH, gi == 0 ? branch.rate : branch.gate);
     for (const model::MemorySpec& mem : branch.memories)
       mk::cols_to_batch(gate_y[gi], MH, gi == 0 ? mem.rate_col0 : mem.gate_col0, per_batch[gi] + mem.index * BHN, S,
@@ -264,7 +270,7 @@ void GpuModel::Impl::titans_backward(int64_t l, int64_t S, int64_t N) {
     gemm(true, false, D, MH, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzlr, MH, 1.0f, gate_weight_grad[gi],
          MH);
     col_sum(grad.dzlr, rows, MH, MH, gate_bias_grad[gi], true);
-    gemm(false, true, rows, D, MH, 1.0f, grad.dzlr, MH, gate_weight[gi], MH, 1.0f, grad.dh, D);
+    gemm(false, true, rows, D, MH, 1.0f, grad.dzlr, MH, weight(gate_weight[gi]), MH, 1.0f, grad.dh, D);
   }
 }
 
@@ -281,14 +287,14 @@ void GpuModel::Impl::layer_backward(int64_t l, const float* x, int64_t S, int64_
   // the RMSNorm backward that made dx: the head's or the layer above's), the operand of two products.
   const Operand dx_op = gradient_operand(dx);
   gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx_op, D, 1.0f, lg.w_down, D);
-  gemm(false, true, rows, F, D, 1.0f, dx_op, D, lw.w_down, D, 0.0f, grad.dmm, F);
+  gemm(false, true, rows, F, D, 1.0f, dx_op, D, weight(lw.w_down), D, 0.0f, grad.dmm, F);
   if (act16) mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga_bf16, grad.dup_bf16, rows * F);
   else mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga, grad.dup, rows * F);
   const Operand dga = operand(grad.dga, grad.dga_bf16), dup = operand(grad.dup, grad.dup_bf16);
   gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, dga, F, 1.0f, lg.w_gate, F);
   gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, dup, F, 1.0f, lg.w_up, F);
-  gemm(false, true, rows, D, F, 1.0f, dga, F, lw.w_gate, F, 0.0f, grad.dh2, D);
-  gemm(false, true, rows, D, F, 1.0f, dup, F, lw.w_up, F, 1.0f, grad.dh2, D);
+  gemm(false, true, rows, D, F, 1.0f, dga, F, weight(lw.w_gate), F, 0.0f, grad.dh2, D);
+  gemm(false, true, rows, D, F, 1.0f, dup, F, weight(lw.w_up), F, 1.0f, grad.dh2, D);
   // dxm = dx + the norm's dx, with its bf16 copy in gop16 (dx's there is read by the products above already).
   float* dxm = grad.dxm;
   rms_norm_backward_add(act.xmid, lw.mlp_norm, act.rinv2, grad.dh2, dx, dxm, act16 ? grad.gop16 : nullptr, grad.dwD,
@@ -297,13 +303,13 @@ void GpuModel::Impl::layer_backward(int64_t l, const float* x, int64_t S, int64_
   // ---- xmid = x + sum Wo
   const Operand dxm_op = gradient_operand(dxm);
   gemm(true, false, D, D, rows, 1.0f, operand(act.sum, act.sum_bf16), D, dxm_op, D, 1.0f, lg.wo, D);
-  gemm(false, true, rows, D, D, 1.0f, dxm_op, D, lw.wo, D, 0.0f, grad.dsum, D);
+  gemm(false, true, rows, D, D, 1.0f, dxm_op, D, weight(lw.wo), D, 0.0f, grad.dsum, D);
   // ---- memory output: sum = attn + normed * gate
   mk::gate_heads_backward(act.normed, act.gate, grad.dsum, grad.dnormed, grad.dgate, rows, H, d);
   mk::act_backward(act.zs, grad.dgate, grad.dzs, rows * H, 0.0, math::Activation::Silu);
   gemm(true, false, D, H, rows, 1.0f, operand(act.h, act.h_bf16), D, grad.dzs, H, 1.0f, lg.scale_weight, H);
   col_sum(grad.dzs, rows, H, H, lg.scale_bias, true);
-  gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, lw.scale_weight, H, 0.0f, grad.dh, D);
+  gemm(false, true, rows, D, H, 1.0f, grad.dzs, H, weight(lw.scale_weight), H, 0.0f, grad.dh, D);
   // The norm's input and dx in the operator's layout: dx is the operator's d(output).
   rms_norm_heads_backward_batch(act.oT, memory_norm_weight(lw), act.rinvo, grad.dnormed, grad.doT, grad.dwD,
                                 norm_work_for(rows, D), S, N, D, H);
@@ -357,18 +363,20 @@ void GpuModel::Impl::layer_backward(int64_t l, const float* x, int64_t S, int64_
                              1e-5);
   col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
   col_sum(grad.dz, rows, D, D, lg.k_offset, true);
-  // dv += the operator's d(v) (through silu with v_silu), added from its layout.
+  // dv += the operator's d(v) (through silu with v_silu), added from its layout; without v_silu the same pass writes
+  // the v part's bf16 operand copy.
   if (cfg.v_silu) {
     mk::batch_to_heads(grad.gvT, grad.dvm, D, S, N, H, d, false);
     mk::silu_strided_backward(v, 3 * D, grad.dvm, dqkv + 2 * D, 3 * D, rows, D);
+    if (act16) mk::to_bf16(dqkv + 2 * D, 3 * D, dqkv16 + 2 * D, 3 * D, rows, D);
   } else {
-    mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true);
+    mk::batch_to_heads(grad.gvT, dqkv + 2 * D, 3 * D, S, N, H, d, /*accumulate=*/true,
+                       act16 ? dqkv16 + 2 * D : nullptr, 3 * D);
   }
-  if (act16) mk::to_bf16(dqkv + 2 * D, 3 * D, dqkv16 + 2 * D, 3 * D, rows, D);
   // ---- qkv = h Wqkv; h = RMSNorm(x)
   const Operand dqkv_op = gradient_operand(dqkv);
   gemm(true, false, D, 3 * D, rows, 1.0f, operand(act.h, act.h_bf16), D, dqkv_op, 3 * D, 1.0f, lg.wqkv, 3 * D);
-  gemm(false, true, rows, D, 3 * D, 1.0f, dqkv_op, 3 * D, lw.wqkv, 3 * D, 1.0f, grad.dh, D);
+  gemm(false, true, rows, D, 3 * D, 1.0f, dqkv_op, 3 * D, weight(lw.wqkv), 3 * D, 1.0f, grad.dh, D);
   // dx = dxm + the norm's dx, with its bf16 copy in gop16 for the layer below (dqkv's there is read already).
   rms_norm_backward_add(x, lw.attn_norm, act.rinv1, grad.dh, dxm, dx, act16 ? grad.gop16 : nullptr, grad.dwD,
                         norm_work_for(rows, D), rows, D, D);
