@@ -46,6 +46,23 @@ __device__ __forceinline__ void async_copy_element(T* dst, const T* src) {
 __device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 #endif
 
+// v2's block size: a compile-time constant on the device, so that work is handed out with shifts and masks instead
+// of a runtime division by blockDim.x (the kernels are launched with it, titans::persistent_threads); on the CPU the
+// emulated block's, which runs these pieces at 64 threads too.
+static_assert(titans::kPersistentThreadsV2 % 32 == 0 &&
+                  (titans::kPersistentThreadsV2 & (titans::kPersistentThreadsV2 - 1)) == 0,
+              "v2's block: a power of two of whole warps");
+#ifdef __CUDACC__
+__device__ __forceinline__ constexpr unsigned v2_threads() { return unsigned(titans::kPersistentThreadsV2); }
+#else
+inline unsigned v2_threads() { return blockDim.x; }
+#endif
+__device__ __forceinline__ int v2_warps() { return int(v2_threads() / 32); }
+// The first work item of the calling thread when a product's work starts at thread `start` (0 <= start < threads).
+__device__ __forceinline__ int first_item(int start) {
+  return int((threadIdx.x + (v2_threads() - unsigned(start))) % v2_threads());
+}
+
 // v2's products issue the loads of this many reduction steps together (8 warps hide less latency than v1's 16).
 inline constexpr int kUnrollV2 = 4;
 
@@ -81,8 +98,7 @@ __device__ __forceinline__ int gemm_chunk_rows(int m, int n, int k, Operand<T, f
                                                const Store& store, int start) {
   constexpr int TM = kChunkRowsTile, V = 16 / int(sizeof(T));
   const int work = (n + 31) / 32 * 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
-  for (int j = first; j < work; j += blockDim.x) {
+  for (int j = first_item(start); j < work; j += int(v2_threads())) {
     T acc[TM];
 #pragma unroll
     for (int s = 0; s < TM; ++s) acc[s] = T(0);
@@ -128,8 +144,7 @@ __device__ __forceinline__ int gemm_tiles_vector_a(int m, int n, int k, Operand<
   constexpr int TM = 4, TN = 2, V = 16 / int(sizeof(T));
   const int row_tiles = m / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
   const int work = row_tiles * col_groups * 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
-  for (int idx = first; idx < work; idx += blockDim.x) {
+  for (int idx = first_item(start); idx < work; idx += int(v2_threads())) {
     const int lane = idx % 32, group = idx / 32, cg = group % col_groups, rt = group / col_groups;
     const int i0 = rt * TM, j0 = cg * 32 * TN + lane;
     T acc[TM][TN];
@@ -202,9 +217,9 @@ __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A,
     }
   };
   const int col_tiles = (N + 7) / 8, tiles = (R + 15) / 16 * col_tiles;
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4, warps = int(blockDim.x) / 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x) / 32;
-  for (int tile = first; tile < tiles; tile += warps) {  // the same trip count on every lane: mma.sync converged
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  // The same trip count on every lane: mma.sync converged.
+  for (int tile = first_item(start) / 32; tile < tiles; tile += v2_warps()) {
     const int r0 = tile / col_tiles * 16 + g, cb = tile % col_tiles * 8;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
@@ -260,7 +275,7 @@ struct Spread {
   int next = 0;
   template <class T, bool TA, bool TB, class Store>
   __device__ void operator()(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
-    next = (next + product(m, n, k, A, B, store)) % int(blockDim.x);
+    next = int(unsigned(next + product(m, n, k, A, B, store)) % v2_threads());
   }
   template <class T, bool TA, bool TB, class Store>
   __device__ int product(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) const {
@@ -303,13 +318,13 @@ struct Stager {
     const int64_t c0 = c * a.C, row0 = g1.tok(0, c0);
     const int n = int(imin(a.C, g1.len - c0)), nd = n * a.d;
     const int64_t off = row0 * a.d;
-    for (int e = threadIdx.x; e < nd; e += blockDim.x) {
+    for (int e = threadIdx.x; e < nd; e += int(v2_threads())) {
       if (full && q) async_copy_element(st.q + e, q + off + e);
       async_copy_element(st.k + e, a.k + off + e);
       async_copy_element(st.v + e, a.v + off + e);
       if (full && go) async_copy_element(st.go + e, go + off + e);
     }
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+    for (int r = threadIdx.x; r < n; r += int(v2_threads())) {
       async_copy_element(st.theta + r, a.theta + row0 + r);
       if (a.momentum) async_copy_element(st.eta + r, a.eta + row0 + r);
       if (a.decay) async_copy_element(st.alpha + r, a.alpha + row0 + r);
@@ -338,7 +353,7 @@ __device__ __forceinline__ Group staged_group(int64_t c0, int64_t len) { return 
 // [dh][d] then of W2 [d][dh] (lanes along the row: no index division).
 template <class F>
 __device__ __forceinline__ void state_each(const StateLayout& L, const F& f) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = v2_warps();
   const int64_t P = int64_t(L.d) * L.dh;
   for (int h = warp; h < L.dh; h += warps)
     for (int j = lane; j < L.d; j += 32) f(false, h, j, L.at_rc(false, h, j), int64_t(h) * L.d + j);
@@ -394,7 +409,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
       const Group gs = staged_group(x.c0, x.g1.len);
       if (threadIdx.x == 0 && a.momentum) fn::ChunkMean<T>{cur.eta, b.ebar - x.c, gs, a.C}(x.c);
       if (threadIdx.x == 1 && a.decay) fn::ChunkMean<T>{cur.alpha, b.abar - x.c, gs, a.C}(x.c);
-      if (M && threadIdx.x / 32 == blockDim.x / 32 - 1) {  // the last warp: z += Σ ||k||² (QkGroup::absorb)
+      if (M && int(threadIdx.x / 32) == v2_warps() - 1) {  // the last warp: z += Σ ||k||² (QkGroup::absorb)
         double squares = 0;
         for (int e = threadIdx.x % 32; e < n * d; e += 32) squares += double(K[e]) * double(K[e]);
         squares = warp_sum(squares);
@@ -542,7 +557,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   T *dDS = b.buf[kGradDS], *dZ = b.buf[kGradZ], *dBm = b.buf[kGradB], *dE = b.buf[kGradE];
   const T *Q = cur.q, *K = cur.k, *dO = cur.go, *th = cur.theta;
   const int64_t row0 = x.g1.tok(0, x.c0) * d;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = v2_warps();
   prefetch();
   // Phase 1: Zq = Q W1ᵀ, Zk = K W1ᵀ, silu; the gate means; G = dW' + dS' (fn::StepBwdPre) and the two block
   // dots <dW', W>, <G, S_c> as the warps' partial sums.
@@ -712,7 +727,7 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
   T* dz = a.qk_dz + int64_t(blockIdx.x) * N;
   T* M = b.buf[titans::kQk];
   T* acc = b.buf[titans::kE];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = v2_warps();
   __syncthreads();
   for (int64_t e = threadIdx.x; e < dd; e += blockDim.x) M[e] = T(0);
   __syncthreads();
@@ -731,7 +746,7 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
       dot = warp_sum(dot);
       if (lane == 0) b.red[2 * warp] = dot;
     } else {  // no key yet: dq = G
-      for (int e = threadIdx.x; e < n * d; e += blockDim.x) dq[e] = fn::qk_finalize_core(T(0), G[e], z[c]);
+      for (int e = threadIdx.x; e < n * d; e += int(v2_threads())) dq[e] = fn::qk_finalize_core(T(0), G[e], z[c]);
     }
     __syncthreads();
     if (c > 0 && threadIdx.x == 0) {
