@@ -323,7 +323,9 @@ MmaProduct mma_product(int m, int n, int k, const std::vector<float>& A, int lda
 // The tensor-core product's fragments (layout, padding of m, n, k to the tiles, the transposed tile for a chunk's
 // rows, transposed operands, vector and scalar loads, the start of its work): every element stored once, equal bit
 // for bit to the sum of round_to_bf16(op(A)[i, l]) * round_to_bf16(op(B)[l, j]) in float in the fragments' order
-// (the products are exact in float and mma_bf16's twin sums them slot by slot, the padding adding zeros).
+// (the products are exact in float and mma_bf16's twin sums them slot by slot, the padding adding zeros). The
+// shapes of the chunk steps at d = dh = 64 with C = 8 and 16 take mma_full_tiles (no bounds tests; k = 8 zeroes the
+// upper half of its k16 step), the others the tested path.
 TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
   Rng rng(7);
   struct Shape {
@@ -331,7 +333,7 @@ TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
   };
   int checked = 0;
   for (const Shape sh : {Shape{8, 64, 64}, Shape{5, 7, 9}, Shape{64, 64, 8}, Shape{3, 64, 12}, Shape{64, 8, 64},
-                         Shape{17, 33, 40}, Shape{1, 1, 1}, Shape{8, 12, 10}})
+                         Shape{17, 33, 40}, Shape{1, 1, 1}, Shape{8, 12, 10}, Shape{16, 64, 64}, Shape{64, 64, 16}})
     for (const bool ta : {false, true})
       for (const bool tb : {false, true})
         for (const int start : {0, 32}) {
@@ -364,7 +366,7 @@ TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
             }
           ++checked;
         }
-  EXPECT_EQ(checked, 64);
+  EXPECT_EQ(checked, 80);
 }
 
 // v2 with bf16 tensor-core products (the kernels `--precision bf16` runs): every case of twin_cases against the

@@ -184,9 +184,61 @@ __device__ __forceinline__ int gemm_tiles_vector_a(int m, int n, int k, Operand<
 // those of the product), so that a row's four values are one 16-byte vector load.
 __device__ __forceinline__ constexpr int mma_slot_k(int s) { return 4 * ((s % 8) / 2) + 2 * (s / 8) + s % 2; }
 
+// gemm_mma_bf16's tiles when they are full (R a multiple of 16, N of 8, k of 16 or k = 8, as at d, dh multiples of
+// 16 and C = 8 or 16): no element of a tile lies outside the product, so no load is tested. X's rows r0, r0 + 8 and
+// Y's column c at l .. l+3 are four elements `step` apart (1 for an operand stored along the reduction: a 16-byte
+// vector when vec; else its row stride) from a 32-bit offset fixed per tile; at k = 8 the upper half of the k16
+// step (lanes t >= 2, l >= 8) is zero. The same fragments, hence the same sums, as mma_tiles' tested path.
+template <bool Swap, bool XRows, bool YRows, class T, class Store>
+__device__ __forceinline__ void mma_full_tiles(int R, int N, int k, const T* xp, int xld, bool xvec, const T* yp,
+                                               int yld, bool yvec, const Store& store, int start) {
+  const int col_tiles = N / 8, tiles = R / 16 * col_tiles;
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  // Lanes whose reduction indices do not exist (k = 8, l >= 8) load those of l - 8 and zero them: no branch.
+  const bool live = k != 8 || t < 2;
+  const int xstep = XRows ? 1 : xld, ystep = YRows ? 1 : yld, x8 = XRows ? 8 * xld : 8;
+  const int kl = live ? mma_slot_k(2 * t) : mma_slot_k(2 * t) - 8;
+  auto fetch = [&](const T* p, int step, bool vec, float (&v)[4]) {
+    if (vec) {
+      load_row_vector<4>(p, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = float(p[j * step]);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = live ? v[j] : 0.f;
+  };
+  for (int tile = first_item(start) / 32; tile < tiles; tile += v2_warps()) {
+    const int r0 = tile / col_tiles * 16 + g, c = tile % col_tiles * 8 + g;
+    const T* xq = xp + (XRows ? r0 * xld + kl : kl * xld + r0);
+    const T* yq = yp + (YRows ? c * yld + kl : kl * yld + c);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int l0 = 0; l0 < k; l0 += 16) {
+      float x0[4], x1[4], y[4];  // X's rows r0 and r0 + 8, Y's column c, at l0 + kl ..
+      fetch(xq + l0 * xstep, xstep, xvec, x0);
+      fetch(xq + l0 * xstep + x8, xstep, xvec, x1);
+      fetch(yq + l0 * ystep, ystep, yvec, y);
+      const uint32_t a[4] = {pack_bf16(x0[0], x0[1]), pack_bf16(x1[0], x1[1]), pack_bf16(x0[2], x0[3]),
+                             pack_bf16(x1[2], x1[3])};
+      mma_bf16(acc, a, pack_bf16(y[0], y[1]), pack_bf16(y[2], y[3]));
+    }
+    const int cs = c - g + 2 * t;  // the output columns this lane holds: cs, cs + 1
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = r0 + (i >= 2 ? 8 : 0), cc = cs + (i & 1);
+      if constexpr (Swap)
+        store(cc, r, T(acc[i]));
+      else
+        store(r, cc, T(acc[i]));
+    }
+  }
+}
+
 // One warp's tiles of gemm_mma_bf16 (Swap: the mma computes the transposed product). Element (r, l) of the mma's
 // A and (l, c) of its B are zero outside the product (nothing is read there); an operand stored along the
-// reduction (a chunk's rows) is read as 16-byte vectors where its stride and alignment allow.
+// reduction (a chunk's rows) is read as 16-byte vectors where its stride and alignment allow. Full tiles take
+// mma_full_tiles.
 template <bool Swap, class T, bool TA, bool TB, class Store>
 __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store,
                                           int start) {
@@ -200,6 +252,10 @@ __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A,
   const int xld = Swap ? B.ld : A.ld, yld = Swap ? A.ld : B.ld;
   const bool xvec = x_rows && xld % 4 == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0;
   const bool yvec = y_rows && yld % 4 == 0 && reinterpret_cast<uintptr_t>(yp) % 16 == 0;
+  if (R % 16 == 0 && N % 8 == 0 && (k % 16 == 0 || k == 8)) {
+    mma_full_tiles<Swap, x_rows, y_rows>(R, N, k, xp, xld, xvec, yp, yld, yvec, store, start);
+    return;
+  }
   auto fetch_x = [&](int r, int l, float (&v)[4]) {
     if (xvec && r < R && l + 3 < k) {
       load_row_vector<4>(xp + r * xld + l, v);
