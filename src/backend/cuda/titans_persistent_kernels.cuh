@@ -117,9 +117,10 @@ struct StateLayout {
   __device__ __forceinline__ int ld1() const { return padded ? d + 1 : d; }
   __device__ __forceinline__ int ld2() const { return padded ? dh + 1 : dh; }
   __device__ __forceinline__ int64_t off2() const { return int64_t(dh) * ld1(); }
-  // Where element (row, col) of W1 [dh][d] (second false) or W2 [d][dh] (second true) lives.
-  __device__ __forceinline__ int64_t at_rc(bool second, int row, int col) const {
-    return second ? off2() + int64_t(row) * ld2() + col : int64_t(row) * ld1() + col;
+  // Where element (row, col) of W1 [dh][d] (second false) or W2 [d][dh] (second true) lives (32-bit index math: a
+  // state has at most 2 (kPersistentMaxWidth + 1)² elements).
+  __device__ __forceinline__ int at_rc(bool second, int row, int col) const {
+    return second ? dh * ld1() + row * ld2() + col : row * ld1() + col;
   }
   // Where element e of the unpadded [2P] state lives.
   __device__ __forceinline__ int64_t at(int64_t e) const {
