@@ -46,14 +46,19 @@ struct Case {
 titans::PersistentVariant emulated_variant = titans::PersistentVariant::V1;
 bool emulated_bf16 = false;  // v2's float kernels with bf16 tensor-core products
 
-// The forward or backward kernel of the emulated variant (titans_persistent.cu's choice).
+// The forward or backward kernel of the emulated variant (titans_persistent.cu's choice; on_chip: the block
+// layout's all_on_chip).
 template <class T>
-void (*emulated_kernel(bool backward))(cuda::persistent::Args<T>) {
+void (*emulated_kernel(bool backward, bool on_chip))(cuda::persistent::Args<T>) {
   using namespace cuda::persistent;
   if (emulated_variant == titans::PersistentVariant::V1)
     return backward ? k_titans_persistent_bwd<T> : k_titans_persistent_fwd<T>;
   if constexpr (sizeof(T) == 4)
-    if (emulated_bf16) return backward ? k_titans_persistent_bwd_v2<T, true> : k_titans_persistent_fwd_v2<T, true>;
+    if (emulated_bf16) {
+      if (on_chip)
+        return backward ? k_titans_persistent_bwd_v2<T, true, true> : k_titans_persistent_fwd_v2<T, true, true>;
+      return backward ? k_titans_persistent_bwd_v2<T, true> : k_titans_persistent_fwd_v2<T, true>;
+    }
   return backward ? k_titans_persistent_bwd_v2<T> : k_titans_persistent_fwd_v2<T>;
 }
 
@@ -134,7 +139,8 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   for (PerGroup& pg : groups) {
     cuda::persistent::Args<T> a = args(pg, plan.fwd, pg.scratch_fwd);
     a.o = o;
-    block_emulation::launch(emulated_kernel<T>(false), unsigned(pg.g.items), emulated_threads, plan.fwd.shared_bytes, a);
+    block_emulation::launch(emulated_kernel<T>(false, plan.fwd.all_on_chip), unsigned(pg.g.items), emulated_threads,
+                            plan.fwd.shared_bytes, a);
   }
   std::fill(g.w1, g.w1 + s.B * P, T(0));
   std::fill(g.w2, g.w2 + s.B * P, T(0));
@@ -148,7 +154,8 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    block_emulation::launch(emulated_kernel<T>(true), unsigned(pg.g.items), emulated_threads, plan.bwd.shared_bytes, a);
+    block_emulation::launch(emulated_kernel<T>(true, plan.bwd.all_on_chip), unsigned(pg.g.items), emulated_threads,
+                            plan.bwd.shared_bytes, a);
     const titans::fn::ReduceItems<T> reduce{pg.dW.data(), g.w1, g.w2, pg.g, P};
     for (int64_t i = 0; i < (pg.g.items / pg.g.per_b) * P2; ++i) reduce(i);
   }

@@ -536,11 +536,11 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   __syncthreads();
 }
 
-template <class T, bool Tc = false>
+template <class T, bool Tc = false, bool OnChip = false>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_fwd_v2(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
-  const Block<T> b = make_block(a, smem);
+  const Block<T> b = make_block<OnChip>(a, smem);
   const Group g1 = item_group(a.g);
   const int d = a.d, dh = a.dh;
   const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C);
@@ -844,11 +844,11 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
   }
 }
 
-template <class T, bool Tc = false>
+template <class T, bool Tc = false, bool OnChip = false>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_bwd_v2(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
-  const Block<T> b = make_block(a, smem);
+  const Block<T> b = make_block<OnChip>(a, smem);
   const Group g1 = item_group(a.g);
   const int d = a.d, dh = a.dh;
   const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C), item = blockIdx.x;
