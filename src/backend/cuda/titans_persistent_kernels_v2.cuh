@@ -188,14 +188,15 @@ __device__ __forceinline__ constexpr int mma_slot_k(int s) { return 4 * ((s % 8)
 // 16 and C = 8 or 16): no element of a tile lies outside the product, so no load is tested. X's rows r0, r0 + 8 and
 // Y's column c at l .. l+3 are four elements `step` apart (1 for an operand stored along the reduction: a 16-byte
 // vector when vec; else its row stride) from a 32-bit offset fixed per tile; at k = 8 the upper half of the k16
-// step (lanes t >= 2, l >= 8) is zero. The same fragments, hence the same sums, as mma_tiles' tested path.
-template <bool Swap, bool XRows, bool YRows, class T, class Store>
+// step (lanes t >= 2, l >= 8) is zero (Half: k = 8, a separate instantiation, so the k16 steps of the others
+// select nothing). The same fragments, hence the same sums, as mma_tiles' tested path.
+template <bool Swap, bool XRows, bool YRows, bool Half, class T, class Store>
 __device__ __forceinline__ void mma_full_tiles(int R, int N, int k, const T* xp, int xld, bool xvec, const T* yp,
                                                int yld, bool yvec, const Store& store, int start) {
   const int col_tiles = N / 8, tiles = R / 16 * col_tiles;
   const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
   // Lanes whose reduction indices do not exist (k = 8, l >= 8) load those of l - 8 and zero them: no branch.
-  const bool live = k != 8 || t < 2;
+  const bool live = !Half || t < 2;
   const int xstep = XRows ? 1 : xld, ystep = YRows ? 1 : yld, x8 = XRows ? 8 * xld : 8;
   const int kl = live ? mma_slot_k(2 * t) : mma_slot_k(2 * t) - 8;
   auto fetch = [&](const T* p, int step, bool vec, float (&v)[4]) {
@@ -205,16 +206,19 @@ __device__ __forceinline__ void mma_full_tiles(int R, int N, int k, const T* xp,
 #pragma unroll
       for (int j = 0; j < 4; ++j) v[j] = float(p[j * step]);
     }
+    if constexpr (Half) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = live ? v[j] : 0.f;
+      for (int j = 0; j < 4; ++j) v[j] = live ? v[j] : 0.f;
+    }
   };
+  const int steps_k = Half ? 8 : k;  // Half: one k16 step, known to the compiler
   for (int tile = first_item(start) / 32; tile < tiles; tile += v2_warps()) {
     const int r0 = tile / col_tiles * 16 + g, c = tile % col_tiles * 8 + g;
     const T* xq = xp + (XRows ? r0 * xld + kl : kl * xld + r0);
     const T* yq = yp + (YRows ? c * yld + kl : kl * yld + c);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
-    for (int l0 = 0; l0 < k; l0 += 16) {
+    for (int l0 = 0; l0 < steps_k; l0 += 16) {
       float x0[4], x1[4], y[4];  // X's rows r0 and r0 + 8, Y's column c, at l0 + kl ..
       fetch(xq + l0 * xstep, xstep, xvec, x0);
       fetch(xq + l0 * xstep + x8, xstep, xvec, x1);
@@ -253,7 +257,10 @@ __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A,
   const bool xvec = x_rows && xld % 4 == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0;
   const bool yvec = y_rows && yld % 4 == 0 && reinterpret_cast<uintptr_t>(yp) % 16 == 0;
   if (R % 16 == 0 && N % 8 == 0 && (k % 16 == 0 || k == 8)) {
-    mma_full_tiles<Swap, x_rows, y_rows>(R, N, k, xp, xld, xvec, yp, yld, yvec, store, start);
+    if (k == 8)
+      mma_full_tiles<Swap, x_rows, y_rows, true>(R, N, k, xp, xld, xvec, yp, yld, yvec, store, start);
+    else
+      mma_full_tiles<Swap, x_rows, y_rows, false>(R, N, k, xp, xld, xvec, yp, yld, yvec, store, start);
     return;
   }
   auto fetch_x = [&](int r, int l, float (&v)[4]) {
