@@ -213,7 +213,8 @@ __device__ __forceinline__ void mma_full_tiles(int R, int N, int k, const T* xp,
   };
   const int steps_k = Half ? 8 : k;  // Half: one k16 step, known to the compiler
   for (int tile = first_item(start) / 32; tile < tiles; tile += v2_warps()) {
-    const int r0 = tile / col_tiles * 16 + g, c = tile % col_tiles * 8 + g;
+    const unsigned row_tile = unsigned(tile) / unsigned(col_tiles);  // unsigned: no sign fix-up in the division
+    const int r0 = int(row_tile) * 16 + g, c = (tile - int(row_tile) * col_tiles) * 8 + g;
     const T* xq = xp + (XRows ? r0 * xld + kl : kl * xld + r0);
     const T* yq = yp + (YRows ? c * yld + kl : kl * yld + c);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
