@@ -21,6 +21,7 @@
 #include "cuda_test_util.h"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -53,6 +54,17 @@ constexpr double kTolBf16 = 2e-2;  // bf16 kernels: relative L2 error ||gpu - re
 // The wgmma forward against the mma.sync one on the same bf16 operands (relative L2 of o, of lse): the same
 // bf16 products with fp32 sums in another order differ by ~1e-6; a layout or masking error by O(1).
 constexpr double kTolWgmmaVsMma = 1e-3;
+
+// Five CUDA-event-timed runs of `enqueue` (after the caller's warm-up): their median, min and max in ms.
+struct FiveRuns {
+  double median, min, max;
+};
+FiveRuns time_five(const std::function<void()>& enqueue) {
+  std::vector<double> t;
+  for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(enqueue));
+  std::sort(t.begin(), t.end());
+  return {t[2], t[0], t[4]};
+}
 
 // While alive, swa_forward_bf16's wgmma kernel uses `warpgroups` (0: the mma.sync kernel runs instead); then back
 // to the environment's choice.
@@ -692,26 +704,22 @@ void shape760m(const Impl& impl) {
   };
   fwd();
   bwd();
-  std::vector<double> tf, tb;
-  for (int i = 0; i < 5; ++i) tf.push_back(cuda::elapsed_ms(fwd));
-  for (int i = 0; i < 5; ++i) tb.push_back(cuda::elapsed_ms(bwd));
-  std::sort(tf.begin(), tf.end());
-  std::sort(tb.begin(), tb.end());
+  const FiveRuns tf = time_five(fwd), tb = time_five(bwd);
   std::printf("[attention 760m %s] S1 N32768 H24 hd64 W2048 on %s: forward %.2f ms, backward %.2f ms (median of "
               "5; forward min %.2f max %.2f, backward min %.2f max %.2f)\n",
-              impl.name(), cuda::device_description().c_str(), tf[2], tb[2], tf[0], tf[4], tb[0], tb[4]);
+              impl.name(), cuda::device_description().c_str(), tf.median, tb.median, tf.min, tf.max, tb.min, tb.max);
   if (impl.bf16_inputs) {
     if (g_bf16_fwd_ms > 0)
       std::printf("[attention 760m] bf16 inputs vs fp32 inputs (bf16 kernels): forward %.2f vs %.2f ms (x%.2f), "
                   "backward %.2f vs %.2f ms (x%.2f)\n",
-                  tf[2], g_bf16_fwd_ms, g_bf16_fwd_ms / tf[2], tb[2], g_bf16_bwd_ms, g_bf16_bwd_ms / tb[2]);
+                  tf.median, g_bf16_fwd_ms, g_bf16_fwd_ms / tf.median, tb.median, g_bf16_bwd_ms, g_bf16_bwd_ms / tb.median);
   } else if (impl.bf16) {
-    g_bf16_fwd_ms = tf[2], g_bf16_bwd_ms = tb[2];
+    g_bf16_fwd_ms = tf.median, g_bf16_bwd_ms = tb.median;
     if (g_fp32_fwd_ms > 0)
       std::printf("[attention 760m] bf16 vs fp32: forward %.2f vs %.2f ms (x%.2f), backward %.2f vs %.2f ms (x%.2f)\n",
-                  tf[2], g_fp32_fwd_ms, g_fp32_fwd_ms / tf[2], tb[2], g_fp32_bwd_ms, g_fp32_bwd_ms / tb[2]);
+                  tf.median, g_fp32_fwd_ms, g_fp32_fwd_ms / tf.median, tb.median, g_fp32_bwd_ms, g_fp32_bwd_ms / tb.median);
   } else {
-    g_fp32_fwd_ms = tf[2], g_fp32_bwd_ms = tb[2];
+    g_fp32_fwd_ms = tf.median, g_fp32_bwd_ms = tb.median;
   }
 
   // Spot checks in float64.
@@ -821,11 +829,10 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
     };
     const int wgmma = cuda::swa_forward_bf16_uses_wgmma(s);
     fwd();
-    std::vector<double> t;
-    for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(fwd));
-    std::sort(t.begin(), t.end());
+    const FiveRuns t = time_five(fwd);
     std::printf("[attention 760m forward] %s kernel: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s\n",
-                wgmma == 3 ? "wgmma x3" : wgmma == 2 ? "wgmma x2" : "mma.sync", t[2], t[0], t[4], gflop / t[2]);
+                wgmma == 3 ? "wgmma x3" : wgmma == 2 ? "wgmma x2" : "mma.sync", t.median, t.min, t.max,
+                gflop / t.median);
     o_out = down(o, size_t(rows * D)), lse_out = down(lse, size_t(rows * s.heads));
     return wgmma;
   };
@@ -876,12 +883,10 @@ TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
     };
     const int used = cuda::swa_backward_bf16_uses_wgmma(s);
     bwd();
-    std::vector<double> t;
-    for (int i = 0; i < 5; ++i) t.push_back(cuda::elapsed_ms(bwd));
-    std::sort(t.begin(), t.end());
+    const FiveRuns t = time_five(bwd);
     std::printf("[attention 760m backward] %s: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s nominal\n",
-                used == 2 ? "wgmma dk/dv + wgmma dq" : used == 1 ? "wgmma dk/dv + mma.sync dq" : "mma.sync", t[2],
-                t[0], t[4], gflop / t[2]);
+                used == 2 ? "wgmma dk/dv + wgmma dq" : used == 1 ? "wgmma dk/dv + mma.sync dq" : "mma.sync",
+                t.median, t.min, t.max, gflop / t.median);
     g_out = down(g, size_t(rows * ld));
     return used;
   };
