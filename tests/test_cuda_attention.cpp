@@ -66,27 +66,21 @@ FiveRuns time_five(const std::function<void()>& enqueue) {
   return {t[2], t[0], t[4]};
 }
 
-// While alive, swa_forward_bf16's wgmma kernel uses `warpgroups` (0: the mma.sync kernel runs instead); then back
-// to the environment's choice.
-struct WgmmaSetting {
-  // Restores the setting it replaced, so that a nested scope (attention_case's mma.sync-only comparison) hands
-  // the enclosing test's variant back.
-  explicit WgmmaSetting(int warpgroups) : previous(cuda::swa_forward_bf16_set_wgmma(warpgroups)) {}
-  ~WgmmaSetting() { cuda::swa_forward_bf16_set_wgmma(previous); }
+// While alive, the wgmma variant that Set selects (swa_forward_bf16_set_wgmma, swa_backward_bf16_set_wgmma) is
+// `value`; then the setting it replaced, so that a nested scope (attention_case's mma.sync-only comparison) hands
+// the enclosing test's variant back.
+template <int (*Set)(int)>
+struct ScopedWgmma {
+  explicit ScopedWgmma(int value) : previous(Set(value)) {}
+  ~ScopedWgmma() { Set(previous); }
   const int previous;
-  WgmmaSetting(const WgmmaSetting&) = delete;
-  WgmmaSetting& operator=(const WgmmaSetting&) = delete;
+  ScopedWgmma(const ScopedWgmma&) = delete;
+  ScopedWgmma& operator=(const ScopedWgmma&) = delete;
 };
-
-// While alive, swa_backward_bf16's wgmma kernels run in `mode` (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma
-// dk/dv and dq); then back to the setting it replaced.
-struct WgmmaBwdSetting {
-  explicit WgmmaBwdSetting(int mode) : previous(cuda::swa_backward_bf16_set_wgmma(mode)) {}
-  ~WgmmaBwdSetting() { cuda::swa_backward_bf16_set_wgmma(previous); }
-  const int previous;
-  WgmmaBwdSetting(const WgmmaBwdSetting&) = delete;
-  WgmmaBwdSetting& operator=(const WgmmaBwdSetting&) = delete;
-};
+// The forward's warpgroups (0: the mma.sync kernel runs instead).
+using WgmmaSetting = ScopedWgmma<cuda::swa_forward_bf16_set_wgmma>;
+// The backward's mode (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma dk/dv and dq).
+using WgmmaBwdSetting = ScopedWgmma<cuda::swa_backward_bf16_set_wgmma>;
 
 std::vector<double> as_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
