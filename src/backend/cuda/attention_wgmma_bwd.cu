@@ -14,6 +14,8 @@
 //          SM); Q and dO stay, 64-key K/V tiles stream: S = Q K^T, dP = dO V^T (8 x m64n64k16), P and dS in
 //          registers (lse, delta per row), dQ += dS K (4 x m64n64k16, dS from registers, K by a transposed
 //          descriptor).
+// REG_A (modes 3, 4): the owned rows that are the A operand (K, V of S^T, dP^T; Q, dO of S, dP) stay in registers
+// as A fragments, read once from global memory, instead of in shared memory (wgb::Shape).
 // The same products as the mma.sync kernels (attention_bf16.cu: bf16 operands, P and dS rounded to bf16, fp32
 // accumulation), the fp32 sums inside the tensor cores in another order: close to them, not bit-identical. Every
 // output row belongs to one warp and is summed in a fixed order: no atomics, repeated runs are bit-identical.
@@ -28,23 +30,30 @@ constexpr int kStream = 64;                    // rows of a streamed tile (queri
 constexpr int kStreamB = kStream * wg::kRowB;  // bytes of a streamed tile
 // WGS warpgroups of 64 owned rows (keys: dk/dv; queries: dq) per block: 1 (the default: twice the blocks per SM,
 // independent of each other) or 2 (each streamed tile serves 128 rows: half the streamed tile reads).
-template <int WGS>
+// REG_A: the owned rows (K, V: dk/dv; Q, dO: dq) are the A operand of the products that read them, so they can
+// stay in registers as A fragments (16 registers a thread each) instead of in shared memory, which every wgmma
+// with A by descriptor reads again (2 KB an m64n64k16, as much as its B): half the shared-memory reads of those
+// products.
+template <int WGS, bool REG_A = false>
 struct Shape {
   static constexpr int kThreads = 128 * WGS;
   static constexpr int kOwn = 64 * WGS;             // rows a block owns
   static constexpr int kOwnB = kOwn * wg::kRowB;    // bytes of an owned tile (a multiple of 1024)
-  // slack for the 1024-byte alignment, two owned tiles, two double-buffered streamed tiles (+ lse, delta [2][64])
-  static constexpr size_t kSmemDkdv = 1024 + 2 * size_t(kOwnB) + 4 * size_t(kStreamB) + 4 * kStream * sizeof(float);
-  static constexpr size_t kSmemDq = 1024 + 2 * size_t(kOwnB) + 4 * size_t(kStreamB);
-  // dk/dv needs ~200 registers a thread: 256 threads per SM; dq half its accumulators: 512 (<= 128 registers).
+  static constexpr size_t kOwnSmem = REG_A ? 0 : 2 * size_t(kOwnB);  // the two owned tiles (REG_A: in registers)
+  // slack for the 1024-byte alignment, the owned tiles, two double-buffered streamed tiles (+ lse, delta [2][64])
+  static constexpr size_t kSmemDkdv = 1024 + kOwnSmem + 4 * size_t(kStreamB) + 4 * kStream * sizeof(float);
+  static constexpr size_t kSmemDq = 1024 + kOwnSmem + 4 * size_t(kStreamB);
+  // dk/dv needs ~200 registers a thread (REG_A: ~235): 256 threads per SM; dq half its accumulators: 512 (<= 128
+  // registers), REG_A 384 (<= 168: its 32 registers of fragments).
   static constexpr int kDkdvBlocksPerSm = 2 / WGS;
-  static constexpr int kDqBlocksPerSm = 4 / WGS;
+  static constexpr int kDqBlocksPerSm = (REG_A ? 3 : 4) / WGS;
 };
 }  // namespace wgb
 
-// dk, dv of 64 WGS keys (warpgroup: 64 keys); streams the 64-query tiles that see them.
-template <int WGS>
-__global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kDkdvBlocksPerSm)
+// dk, dv of 64 WGS keys (warpgroup: 64 keys); streams the 64-query tiles that see them. REG_A: K, V as register
+// A fragments (wgb::Shape), the same products.
+template <int WGS, bool REG_A>
+__global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<WGS, REG_A>::kDkdvBlocksPerSm)
     k_swa_bwd_dkdv_wgmma(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq, const __nv_bfloat16* __restrict__ k,
                          int64_t ldk, const __nv_bfloat16* __restrict__ v, int64_t ldv,
                          const __nv_bfloat16* __restrict__ dO, int64_t lddo, const float* __restrict__ lse,
@@ -52,12 +61,13 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
                          float* __restrict__ dv, int64_t lddv) {
 #ifdef TTT_ATTN_WGMMA_DEVICE
   using wg::kHd, wg::kRowB, wgb::kStream, wgb::kStreamB;
-  constexpr int kOwn = wgb::Shape<WGS>::kOwn, kOwnB = wgb::Shape<WGS>::kOwnB, kThreads = wgb::Shape<WGS>::kThreads;
+  using Sh = wgb::Shape<WGS, REG_A>;
+  constexpr int kOwn = Sh::kOwn, kOwnB = Sh::kOwnB, kThreads = Sh::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  unsigned char* Ks = smem;                // kOwn rows
-  unsigned char* Vs = Ks + kOwnB;          // kOwn rows
-  unsigned char* Qs = Vs + kOwnB;          // [2] x kStream rows
+  unsigned char* Ks = smem;                             // kOwn rows (REG_A: none)
+  unsigned char* Vs = Ks + (REG_A ? 0 : kOwnB);         // kOwn rows (REG_A: none)
+  unsigned char* Qs = Vs + (REG_A ? 0 : kOwnB);         // [2] x kStream rows
   unsigned char* dOs = Qs + 2 * kStreamB;  // [2]
   float* Ls = reinterpret_cast<float*>(dOs + 2 * kStreamB);  // [2][kStream] lse of the tile's queries
   float* Ds = Ls + 2 * kStream;                              // [2][kStream] delta
@@ -82,8 +92,10 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
     }
     cp_async_commit();
   };
-  wg_load_tile<kOwn, kThreads>(Ks, k + base * ldk + col, ldk, k0, min(kOwn, g.N - k0));
-  wg_load_tile<kOwn, kThreads>(Vs, v + base * ldv + col, ldv, k0, min(kOwn, g.N - k0));
+  if constexpr (!REG_A) {
+    wg_load_tile<kOwn, kThreads>(Ks, k + base * ldk + col, ldk, k0, min(kOwn, g.N - k0));
+    wg_load_tile<kOwn, kThreads>(Vs, v + base * ldv + col, ldv, k0, min(kOwn, g.N - k0));
+  }
   issue_queries(k0, 0);  // the first query tile that can see a key of the block starts at its first key
   const int64_t q_lim = int64_t(k0) + kOwn - 1 + g.window;
   const int q_end = q_lim < g.N ? int(q_lim) : g.N;
@@ -91,8 +103,13 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
 
   const int j0 = k0 + warpgroup * 64;  // the warpgroup's first key
   const int jw = j0 + warp * 16;       // the warp's
-  const uint64_t k_desc = sw128_desc(smem_u32(Ks + warpgroup * 64 * kRowB));
+  const uint64_t k_desc = sw128_desc(smem_u32(Ks + warpgroup * 64 * kRowB));  // (REG_A: unused)
   const uint64_t v_desc = sw128_desc(smem_u32(Vs + warpgroup * 64 * kRowB));
+  uint32_t ka[kHd / 16][4], va[kHd / 16][4];  // REG_A: the warp's 16 keys of K, V as A fragments
+  if constexpr (REG_A) {
+    wg_load_a_fragments(ka, k + base * ldk + col, ldk, jw, g.N);
+    wg_load_a_fragments(va, v + base * ldv + col, ldv, jw, g.N);
+  }
   float adk[kHd / 8][4], adv[kHd / 8][4];
 #pragma unroll
   for (int n = 0; n < kHd / 8; ++n)
@@ -120,10 +137,16 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
         // while dS^T is, then dK.
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(st, k_desc + 2 * kk, q_desc + 2 * kk, kk);  // +32 B
+        for (int kk = 0; kk < kHd / 16; ++kk) {  // B (and A by descriptor): +32 bytes a k16 step
+          if constexpr (REG_A) wgmma_n64_rs_kmajor(st, ka[kk], q_desc + 2 * kk, kk);
+          else wgmma_n64_ss(st, k_desc + 2 * kk, q_desc + 2 * kk, kk);
+        }
         wg_commit();
 #pragma unroll
-        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(dpt, v_desc + 2 * kk, do_desc + 2 * kk, kk);
+        for (int kk = 0; kk < kHd / 16; ++kk) {
+          if constexpr (REG_A) wgmma_n64_rs_kmajor(dpt, va[kk], do_desc + 2 * kk, kk);
+          else wgmma_n64_ss(dpt, v_desc + 2 * kk, do_desc + 2 * kk, kk);
+        }
         wg_commit();
         wg_wait<1>();  // S^T has landed
         wg_pin(st);
@@ -173,6 +196,7 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
         wg_pin(adk);
         wg_pin(pa);
         wg_pin(dsa);
+        if constexpr (REG_A) wg_pin(ka), wg_pin(va);  // read by the products until here
       };
       // Tiles whose 64 queries all see all 64 keys (below the diagonal, inside the window and the sequence) need no
       // element mask.
@@ -187,21 +211,23 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
 #endif
 }
 
-// dq of 64 WGS queries (warpgroup: 64 queries); streams the 64-key tiles of their windows.
-template <int WGS>
-__global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kDqBlocksPerSm)
+// dq of 64 WGS queries (warpgroup: 64 queries); streams the 64-key tiles of their windows. REG_A: Q, dO as register
+// A fragments (wgb::Shape), the same products.
+template <int WGS, bool REG_A>
+__global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<WGS, REG_A>::kDqBlocksPerSm)
     k_swa_bwd_dq_wgmma(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq, const __nv_bfloat16* __restrict__ k,
                        int64_t ldk, const __nv_bfloat16* __restrict__ v, int64_t ldv,
                        const __nv_bfloat16* __restrict__ dO, int64_t lddo, const float* __restrict__ lse,
                        const float* __restrict__ delta, float* __restrict__ dq, int64_t lddq) {
 #ifdef TTT_ATTN_WGMMA_DEVICE
   using wg::kHd, wg::kRowB, wgb::kStream, wgb::kStreamB;
-  constexpr int kOwn = wgb::Shape<WGS>::kOwn, kOwnB = wgb::Shape<WGS>::kOwnB, kThreads = wgb::Shape<WGS>::kThreads;
+  using Sh = wgb::Shape<WGS, REG_A>;
+  constexpr int kOwn = Sh::kOwn, kOwnB = Sh::kOwnB, kThreads = Sh::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  unsigned char* Qs = smem;                // kOwn rows
-  unsigned char* dOs = Qs + kOwnB;         // kOwn rows
-  unsigned char* Ks = dOs + kOwnB;         // [2] x kStream rows
+  unsigned char* Qs = smem;                               // kOwn rows (REG_A: none)
+  unsigned char* dOs = Qs + (REG_A ? 0 : kOwnB);          // kOwn rows (REG_A: none)
+  unsigned char* Ks = dOs + (REG_A ? 0 : kOwnB);          // [2] x kStream rows
   unsigned char* Vs = Ks + 2 * kStreamB;   // [2]
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int g4 = lane / 4, t4 = lane % 4;
@@ -214,8 +240,10 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
     wg_load_tile<kStream, kThreads>(Vs + buf * kStreamB, vg, ldv, k0, min(kStream, g.N - k0));
     cp_async_commit();
   };
-  wg_load_tile<kOwn, kThreads>(Qs, q + base * ldq + col, ldq, q0, min(kOwn, g.N - q0));
-  wg_load_tile<kOwn, kThreads>(dOs, dO + base * lddo + col, lddo, q0, min(kOwn, g.N - q0));
+  if constexpr (!REG_A) {
+    wg_load_tile<kOwn, kThreads>(Qs, q + base * ldq + col, ldq, q0, min(kOwn, g.N - q0));
+    wg_load_tile<kOwn, kThreads>(dOs, dO + base * lddo + col, lddo, q0, min(kOwn, g.N - q0));
+  }
   const int k_begin = max(0, q0 - g.window + 1), k_end = min(g.N, q0 + kOwn);
   const int ntiles = (k_end - k_begin + kStream - 1) / kStream;
   issue_keys(k_begin, 0);
@@ -229,8 +257,13 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
     rl[r] = i < g.N ? lse[(base + i) * g.heads + h] * kLog2e : 0.f;
     rd[r] = i < g.N ? delta[(base + i) * g.heads + h] : 0.f;
   }
-  const uint64_t q_desc = sw128_desc(smem_u32(Qs + warpgroup * 64 * kRowB));
+  const uint64_t q_desc = sw128_desc(smem_u32(Qs + warpgroup * 64 * kRowB));  // (REG_A: unused)
   const uint64_t do_desc = sw128_desc(smem_u32(dOs + warpgroup * 64 * kRowB));
+  uint32_t qa[kHd / 16][4], doa[kHd / 16][4];  // REG_A: the warp's 16 queries of Q, dO as A fragments
+  if constexpr (REG_A) {
+    wg_load_a_fragments(qa, q + base * ldq + col, ldq, rw, g.N);
+    wg_load_a_fragments(doa, dO + base * lddo + col, lddo, rw, g.N);
+  }
   float adq[kHd / 8][4];
 #pragma unroll
   for (int n = 0; n < kHd / 8; ++n) adq[n][0] = adq[n][1] = adq[n][2] = adq[n][3] = 0.f;
@@ -254,10 +287,16 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
         // S | dP: P is formed while dP runs.
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(s, q_desc + 2 * kk, k_desc + 2 * kk, kk);
+        for (int kk = 0; kk < kHd / 16; ++kk) {
+          if constexpr (REG_A) wgmma_n64_rs_kmajor(s, qa[kk], k_desc + 2 * kk, kk);
+          else wgmma_n64_ss(s, q_desc + 2 * kk, k_desc + 2 * kk, kk);
+        }
         wg_commit();
 #pragma unroll
-        for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_ss(dp, do_desc + 2 * kk, v_desc + 2 * kk, kk);
+        for (int kk = 0; kk < kHd / 16; ++kk) {
+          if constexpr (REG_A) wgmma_n64_rs_kmajor(dp, doa[kk], v_desc + 2 * kk, kk);
+          else wgmma_n64_ss(dp, do_desc + 2 * kk, v_desc + 2 * kk, kk);
+        }
         wg_commit();
         wg_wait<1>();  // S has landed
         wg_pin(s);
@@ -289,6 +328,7 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
         wg_wait<0>();
         wg_pin(adq);
         wg_pin(dsa);
+        if constexpr (REG_A) wg_pin(qa), wg_pin(doa);  // read by the products until here
       };
       masked_if(!(k0 + kStream - 1 <= r0 && k0 > r0 + 63 - g.window && r0 + 63 < g.N), tile);
     }
@@ -304,14 +344,16 @@ __global__ void __launch_bounds__(wgb::Shape<WGS>::kThreads, wgb::Shape<WGS>::kD
 // an H200: the bits of the mma.sync backward at 1.4x its speed, docs/PERF.md "The Hopper backward: wgmma").
 constexpr int kBwdWgmmaDefaultMode = 2;
 
-// swa_backward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA_BWD decides (0: off, 1: dk/dv only, 2: both).
+// swa_backward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA_BWD decides (0: off, 1: dk/dv only, 2: both, 3: both
+// with K, V of dk/dv as register A fragments, 4: both with those of both kernels).
 std::atomic<int> g_bwd_wgmma_mode{-1};
+constexpr int kBwdWgmmaModes = 5;
 
 int bwd_wgmma_mode() {
   static const int from_env = [] {
     const char* e = std::getenv("TTT_ATTN_WGMMA_BWD");
     const std::string v = e ? e : "";
-    return v == "0" ? 0 : v == "1" ? 1 : v == "2" ? 2 : kBwdWgmmaDefaultMode;
+    return v.size() == 1 && v[0] >= '0' && v[0] < '0' + kBwdWgmmaModes ? v[0] - '0' : kBwdWgmmaDefaultMode;
   }();
   const int set = g_bwd_wgmma_mode.load(std::memory_order_relaxed);
   return set >= 0 ? set : from_env;
@@ -327,31 +369,45 @@ int bwd_warpgroups() {
   return wgs;
 }
 
+// Mode 1: the dk/dv kernel; 2: and the dq kernel; 3: the dk/dv kernel with K, V as register A fragments (REG_A)
+// and mode 2's dq kernel; 4: both kernels REG_A.
 template <int WGS>
 void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq, const __nv_bfloat16* k,
                       int64_t ldk, const __nv_bfloat16* v, int64_t ldv, const __nv_bfloat16* dO, int64_t lddo,
                       const float* lse, const float* delta, float* dq, int64_t lddq, float* dk, int64_t lddk,
                       float* dv, int64_t lddv, cudaStream_t st) {
-  using Sh = wgb::Shape<WGS>;
   const Geo g = make_geo(s);
-  const dim3 grid(unsigned((s.N + Sh::kOwn - 1) / Sh::kOwn), unsigned(s.heads), unsigned(s.S));
-  if (dk || dv) {
-    set_smem(k_swa_bwd_dkdv_wgmma<WGS>, Sh::kSmemDkdv);
-    k_swa_bwd_dkdv_wgmma<WGS><<<grid, Sh::kThreads, Sh::kSmemDkdv, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse,
-                                                                         delta, dk, lddk, dv, lddv);
+  const dim3 grid(unsigned((s.N + 64 * WGS - 1) / (64 * WGS)), unsigned(s.heads), unsigned(s.S));
+  const auto dkdv = [&](auto reg_a) {
+    constexpr bool kRegA = decltype(reg_a)::value;
+    using Sh = wgb::Shape<WGS, kRegA>;
+    set_smem(k_swa_bwd_dkdv_wgmma<WGS, kRegA>, Sh::kSmemDkdv);
+    k_swa_bwd_dkdv_wgmma<WGS, kRegA><<<grid, Sh::kThreads, Sh::kSmemDkdv, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo,
+                                                                                lse, delta, dk, lddk, dv, lddv);
     TTT_LAUNCH_CHECK("k_swa_bwd_dkdv_wgmma");
-  }
-  if (dq && mode == 2) {
-    set_smem(k_swa_bwd_dq_wgmma<WGS>, Sh::kSmemDq);
-    k_swa_bwd_dq_wgmma<WGS><<<grid, Sh::kThreads, Sh::kSmemDq, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta,
-                                                                     dq, lddq);
+  };
+  const auto dq_kernel = [&](auto reg_a) {
+    constexpr bool kRegA = decltype(reg_a)::value;
+    using Sh = wgb::Shape<WGS, kRegA>;
+    set_smem(k_swa_bwd_dq_wgmma<WGS, kRegA>, Sh::kSmemDq);
+    k_swa_bwd_dq_wgmma<WGS, kRegA><<<grid, Sh::kThreads, Sh::kSmemDq, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo, lse,
+                                                                            delta, dq, lddq);
     TTT_LAUNCH_CHECK("k_swa_bwd_dq_wgmma");
+  };
+  if (dk || dv) {
+    if (mode >= 3) dkdv(std::true_type{});
+    else dkdv(std::false_type{});
+  }
+  if (dq && mode >= 2) {
+    if (mode == 4) dq_kernel(std::true_type{});
+    else dq_kernel(std::false_type{});
   }
 }
 
 }  // namespace
 
-// The wgmma backward kernels of mode (1: dk/dv; 2: dk/dv and dq) for swa_backward_bf16, after its delta kernel
+// The wgmma backward kernels of mode (1: dk/dv; 2: dk/dv and dq; 3, 4: those with register A operands, see
+// bwd_wgmma_launch) for swa_backward_bf16, after its delta kernel
 // (delta and bf16(dO) in its workspace). Null gradients are not wanted.
 void swa_backward_bf16_wgmma(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq,
                              const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv,
@@ -369,7 +425,8 @@ int swa_backward_bf16_uses_wgmma(const AttentionShape& s) {
 }
 
 int swa_backward_bf16_set_wgmma(int mode) {
-  TTT_CHECK(mode >= -1 && mode <= 2, "swa_backward_bf16_set_wgmma: mode must be -1, 0, 1 or 2, got " << mode);
+  TTT_CHECK(mode >= -1 && mode < kBwdWgmmaModes,
+            "swa_backward_bf16_set_wgmma: mode must be -1 or 0.." << kBwdWgmmaModes - 1 << ", got " << mode);
   return g_bwd_wgmma_mode.exchange(mode, std::memory_order_relaxed);
 }
 
