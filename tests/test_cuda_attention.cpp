@@ -80,7 +80,7 @@ struct ScopedWgmma {
 // The forward's warpgroups (0: the mma.sync kernel runs instead).
 using WgmmaSetting = ScopedWgmma<cuda::swa_forward_bf16_set_wgmma>;
 // The backward's mode (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma dk/dv and dq, 3: 2 with dk/dv's K, V in
-// registers, 4: 2 with both kernels' resident operands in registers).
+// registers, 4: 2 with both kernels' resident operands in registers, 5 and 6: 3 and 4 with the pipelined dk/dv).
 using WgmmaBwdSetting = ScopedWgmma<cuda::swa_backward_bf16_set_wgmma>;
 
 std::vector<double> as_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
@@ -566,13 +566,14 @@ TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
 }
 
 // The wgmma backward (where it runs: an sm_90a build on a cc 9.0 device), dk/dv only (mode 1, dq by the mma.sync
-// kernel), dk/dv and dq (mode 2) and those with register A operands (modes 3, 4), on the wgmma shapes through every
+// kernel), dk/dv and dq (mode 2) and those with register A operands (modes 3, 4; 5, 6 with the pipelined dk/dv
+// kernel), on the wgmma shapes through every
 // check of the bf16-input kernels: dq, dk, dv against float64, against the mma.sync backward (relative L2 <=
 // kTolWgmmaVsMma), bit-reproducible, each gradient alone equal to the one computed with the others, padding
 // untouched.
 TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
   REQUIRE_CUDA();
-  wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
+  wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4, 5, 6}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
 }
 
 TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
@@ -631,24 +632,26 @@ TEST(CudaAttention, Bf16BackwardBitIdentical) {
 }
 
 // The bf16-operand backward, with the wgmma dk/dv and dq kernels where they run (hd 64): three runs each of modes
-// 2, 3 and 4, the same bits.
+// 2 to 6, the same bits.
 TEST(CudaAttention, Bf16InputsBackwardBitIdentical) {
   REQUIRE_CUDA();
-  backward_bit_identical(kBf16Inputs, {2, 1000, 3, 64, 333}, {2, 3, 4});
+  backward_bit_identical(kBf16Inputs, {2, 1000, 3, 64, 333}, {2, 3, 4, 5, 6});
 }
 
-// The register-operand wgmma backward (modes 3, 4: K, V / Q, dO as register A fragments instead of shared-memory
-// descriptors) gives the bits of mode 2 on every wgmma shape (tile edges, windows 1..>= N, one token): the same
-// bf16 products, in the same order.
+// The register-operand and pipelined wgmma backward (modes 3 to 6: K, V / Q, dO as register A fragments instead of
+// shared-memory descriptors; the dk/dv kernel pipelined across query tiles) gives the bits of mode 2 on every wgmma
+// shape (tile edges, windows 1..>= N, one token) and on one long enough for many tiles a block: the same bf16
+// products, in the same order.
 TEST(CudaAttention, Bf16InputsWgmmaBackwardRegisterOperandsSameBits) {
   REQUIRE_CUDA();
   {
-    const WgmmaBwdSetting setting(4);
-    if (cuda::swa_backward_bf16_uses_wgmma(cuda::AttentionShape{1, 128, 1, 64, 128}) != 4)
+    const WgmmaBwdSetting setting(6);
+    if (cuda::swa_backward_bf16_uses_wgmma(cuda::AttentionShape{1, 128, 1, 64, 128}) != 6)
       GTEST_SKIP() << "the wgmma backward does not run here (needs an sm_90a build and a cc 9.0 device)";
   }
   for (const Case& c : wgmma_cases())
-    backward_bit_identical(kBf16Inputs, cuda::AttentionShape{c.S, c.N, c.heads, c.hd, c.window}, {2, 3, 4});
+    backward_bit_identical(kBf16Inputs, cuda::AttentionShape{c.S, c.N, c.heads, c.hd, c.window}, {2, 3, 4, 5, 6});
+  backward_bit_identical(kBf16Inputs, cuda::AttentionShape{1, 3000, 2, 64, 1000}, {2, 3, 4, 5, 6});
 }
 
 TEST(CudaAttention, RejectsBadInput) {
@@ -873,10 +876,10 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
 
 // The bf16-input backward at the 760m shape (fused bf16 qkv and gradients, 24 heads of 64, window 2048), fed the
 // forward's o and lse: the mma.sync kernels, wgmma dk/dv with the mma.sync dq (mode 1), wgmma dk/dv and dq (mode
-// 2) and those with register A operands (3: dk/dv's, 4: both kernels'), median of 5 each (delta kernel included),
-// with TFLOP/s at the nominal 2.5 x 4 N W hd H flops (five products per visible score); the wgmma gradients agree
-// with the mma.sync ones (relative L2 <= kTolWgmmaVsMma), and modes 3 and 4 give mode 2's bits. Asserts nothing on
-// time.
+// 2), those with register A operands (3: dk/dv's, 4: both kernels') and with the pipelined dk/dv kernel (5, 6),
+// median of 5 each (delta kernel included), with TFLOP/s at the nominal 2.5 x 4 N W hd H flops (five products per
+// visible score); the wgmma gradients agree with the mma.sync ones (relative L2 <= kTolWgmmaVsMma), and modes 3 to
+// 6 give mode 2's bits. Asserts nothing on time.
 TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
   REQUIRE_CUDA();
   const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
@@ -904,9 +907,11 @@ TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
     const int used = cuda::swa_backward_bf16_uses_wgmma(s);
     bwd();
     const FiveRuns t = time_five(bwd);
-    const char* mode_names[5] = {"mma.sync", "wgmma dk/dv + mma.sync dq", "wgmma dk/dv + wgmma dq",
+    const char* mode_names[7] = {"mma.sync", "wgmma dk/dv + mma.sync dq", "wgmma dk/dv + wgmma dq",
                                  "wgmma dk/dv (K, V in registers) + wgmma dq",
-                                 "wgmma dk/dv (K, V in registers) + wgmma dq (Q, dO in registers)"};
+                                 "wgmma dk/dv (K, V in registers) + wgmma dq (Q, dO in registers)",
+                                 "pipelined wgmma dk/dv (K, V in registers) + wgmma dq",
+                                 "pipelined wgmma dk/dv (K, V in registers) + wgmma dq (Q, dO in registers)"};
     std::printf("[attention 760m backward] mode %d, %s: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s "
                 "nominal\n",
                 used, mode_names[used], t.median, t.min, t.max, gflop / t.median);
@@ -918,7 +923,7 @@ TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
   const Strided parts[3] = {{rows, ld, 0, D}, {rows, ld, D, D}, {rows, ld, 2 * D, D}};
   const char* names[3] = {"dq", "dk", "dv"};
   std::vector<float> g_mode2;
-  for (const int mode : {1, 2, 3, 4}) {
+  for (const int mode : {1, 2, 3, 4, 5, 6}) {
     std::vector<float> g_new;
     if (run(mode, g_new) != mode) GTEST_SKIP() << "the wgmma backward does not run here: timed the mma.sync kernels";
     for (float x : g_new) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite gradient";
