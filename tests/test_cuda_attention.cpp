@@ -567,10 +567,9 @@ TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
 
 // The wgmma backward (where it runs: an sm_90a build on a cc 9.0 device), dk/dv only (mode 1, dq by the mma.sync
 // kernel), dk/dv and dq (mode 2) and those with register A operands (modes 3, 4; 5, 6 with the pipelined dk/dv
-// kernel), on the wgmma shapes through every
-// check of the bf16-input kernels: dq, dk, dv against float64, against the mma.sync backward (relative L2 <=
-// kTolWgmmaVsMma), bit-reproducible, each gradient alone equal to the one computed with the others, padding
-// untouched.
+// kernel), on the wgmma shapes through every check of the bf16-input kernels: dq, dk, dv against float64, against
+// the mma.sync backward (relative L2 <= kTolWgmmaVsMma), bit-reproducible, each gradient alone equal to the one
+// computed with the others, padding untouched.
 TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
   REQUIRE_CUDA();
   wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4, 5, 6}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
