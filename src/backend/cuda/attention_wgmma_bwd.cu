@@ -57,27 +57,6 @@ struct Shape {
 }  // namespace wgb
 
 #ifdef TTT_ATTN_WGMMA_DEVICE
-// The element-wise steps of a dk/dv tile (the warp's 16 keys jw.. as rows, the 64 queries q0.. as columns, in the
-// accumulator layout), shared by both dk/dv kernels. P^T = exp2(S^T scale log2e - lse log2e) in place of S^T (lse of
-// the columns at lb), zero where MASKED and the query does not see the key.
-template <bool MASKED>
-__device__ __forceinline__ void dkdv_probabilities(float (&st)[wgb::kStream / 8][4], const float* lb, int q0, int jw,
-                                                   const Geo& g) {
-  const int lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
-#pragma unroll
-  for (int n = 0; n < wgb::kStream / 8; ++n) {
-    const float2 lc = *reinterpret_cast<const float2*>(lb + n * 8 + 2 * t4);
-    const float l2[2] = {lc.x * kLog2e, lc.y * kLog2e};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float p = ex2(fmaf(st[n][e], g.scale_log2, -l2[e % 2]));
-      if constexpr (MASKED) {
-        if (!visible(q0 + n * 8 + 2 * t4 + (e % 2), jw + g4 + (e / 2) * 8, g)) p = 0.f;
-      }
-      st[n][e] = p;
-    }
-  }
-}
 // The streamed operands of a dk/dv block (its head and sequence): Q, dO rows and lse, delta per query.
 struct DkdvStream {
   const __nv_bfloat16* q;
@@ -103,6 +82,27 @@ __device__ __forceinline__ void dkdv_issue_queries(const DkdvStream& in, int q0,
     cp_async4(Ds + t, in.delta + at, t < rows);
   }
   cp_async_commit();
+}
+// The element-wise steps of a dk/dv tile (the warp's 16 keys jw.. as rows, the 64 queries q0.. as columns, in the
+// accumulator layout), shared by both dk/dv kernels. P^T = exp2(S^T scale log2e - lse log2e) in place of S^T (lse of
+// the columns at lb), zero where MASKED and the query does not see the key.
+template <bool MASKED>
+__device__ __forceinline__ void dkdv_probabilities(float (&st)[wgb::kStream / 8][4], const float* lb, int q0, int jw,
+                                                   const Geo& g) {
+  const int lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int n = 0; n < wgb::kStream / 8; ++n) {
+    const float2 lc = *reinterpret_cast<const float2*>(lb + n * 8 + 2 * t4);
+    const float l2[2] = {lc.x * kLog2e, lc.y * kLog2e};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float p = ex2(fmaf(st[n][e], g.scale_log2, -l2[e % 2]));
+      if constexpr (MASKED) {
+        if (!visible(q0 + n * 8 + 2 * t4 + (e % 2), jw + g4 + (e / 2) * 8, g)) p = 0.f;
+      }
+      st[n][e] = p;
+    }
+  }
 }
 // dS^T = P^T (dP^T - delta) in place of dP^T (delta of the columns at db).
 __device__ __forceinline__ void dkdv_score_grads(const float (&pt)[wgb::kStream / 8][4],
@@ -133,10 +133,10 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
   constexpr int kOwn = Sh::kOwn, kOwnB = Sh::kOwnB, kThreads = Sh::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  unsigned char* Ks = smem;                             // kOwn rows (REG_A: none)
-  unsigned char* Vs = Ks + (REG_A ? 0 : kOwnB);         // kOwn rows (REG_A: none)
-  unsigned char* Qs = Vs + (REG_A ? 0 : kOwnB);         // [2] x kStream rows
-  unsigned char* dOs = Qs + 2 * kStreamB;  // [2]
+  unsigned char* Ks = smem;                      // kOwn rows (REG_A: none)
+  unsigned char* Vs = Ks + (REG_A ? 0 : kOwnB);  // kOwn rows (REG_A: none)
+  unsigned char* Qs = Vs + (REG_A ? 0 : kOwnB);  // [2] x kStream rows
+  unsigned char* dOs = Qs + 2 * kStreamB;        // [2]
   float* Ls = reinterpret_cast<float*>(dOs + 2 * kStreamB);  // [2][kStream] lse of the tile's queries
   float* Ds = Ls + 2 * kStream;                              // [2][kStream] delta
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32;
@@ -419,10 +419,10 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
   constexpr int kOwn = Sh::kOwn, kOwnB = Sh::kOwnB, kThreads = Sh::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  unsigned char* Qs = smem;                               // kOwn rows (REG_A: none)
-  unsigned char* dOs = Qs + (REG_A ? 0 : kOwnB);          // kOwn rows (REG_A: none)
-  unsigned char* Ks = dOs + (REG_A ? 0 : kOwnB);          // [2] x kStream rows
-  unsigned char* Vs = Ks + 2 * kStreamB;   // [2]
+  unsigned char* Qs = smem;                       // kOwn rows (REG_A: none)
+  unsigned char* dOs = Qs + (REG_A ? 0 : kOwnB);  // kOwn rows (REG_A: none)
+  unsigned char* Ks = dOs + (REG_A ? 0 : kOwnB);  // [2] x kStream rows
+  unsigned char* Vs = Ks + 2 * kStreamB;          // [2]
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const int g4 = lane / 4, t4 = lane % 4;
   const int q0 = blockIdx.x * kOwn, h = blockIdx.y;
