@@ -79,7 +79,8 @@ struct ScopedWgmma {
 };
 // The forward's warpgroups (0: the mma.sync kernel runs instead).
 using WgmmaSetting = ScopedWgmma<cuda::swa_forward_bf16_set_wgmma>;
-// The backward's mode (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma dk/dv and dq).
+// The backward's mode (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma dk/dv and dq, 3: 2 with dk/dv's K, V in
+// registers, 4: 2 with both kernels' resident operands in registers, 5 and 6: 3 and 4 with the pipelined dk/dv).
 using WgmmaBwdSetting = ScopedWgmma<cuda::swa_backward_bf16_set_wgmma>;
 
 std::vector<double> as_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
@@ -565,12 +566,13 @@ TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
 }
 
 // The wgmma backward (where it runs: an sm_90a build on a cc 9.0 device), dk/dv only (mode 1, dq by the mma.sync
-// kernel) and dk/dv and dq (mode 2), on the wgmma shapes through every check of the bf16-input kernels: dq, dk, dv
-// against float64, against the mma.sync backward (relative L2 <= kTolWgmmaVsMma), bit-reproducible, each gradient
-// alone equal to the one computed with the others, padding untouched.
+// kernel), dk/dv and dq (mode 2) and those with register A operands (modes 3, 4; 5, 6 with the pipelined dk/dv
+// kernel), on the wgmma shapes through every check of the bf16-input kernels: dq, dk, dv against float64, against
+// the mma.sync backward (relative L2 <= kTolWgmmaVsMma), bit-reproducible, each gradient alone equal to the one
+// computed with the others, padding untouched.
 TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
   REQUIRE_CUDA();
-  wgmma_variants<WgmmaBwdSetting>({1, 2}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
+  wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4, 5, 6}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
 }
 
 TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
@@ -586,10 +588,13 @@ TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
                Error);  // no workspace
 }
 
-void backward_bit_identical(const Impl& impl) {
+// Three backwards of impl on random inputs of shape s (fused qkv and gradients) per wgmma backward mode in `modes`
+// (-1: the process's setting; the bf16-input kernels only): every run must give the first one's bits, run to run
+// and from one mode to the next (modes that claim the same products summed in the same order).
+void backward_bit_identical(const Impl& impl, const cuda::AttentionShape& s = {2, 1000, 3, 64, 333},
+                            std::initializer_list<int> modes = {-1}) {
   const uint64_t seed = fresh_seed();
   Rng r(seed);
-  const cuda::AttentionShape s{2, 1000, 3, 64, 333};
   const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
   cuda::DeviceBuffer qkv = up(normal(r, size_t(rows * ld), 1.0)), dO = up(normal(r, size_t(rows * D), 1.0));
   cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
@@ -597,15 +602,21 @@ void backward_bit_identical(const Impl& impl) {
   const float* q = qkv.as<float>();
   impl.fwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
   std::vector<float> first;
-  for (int run = 0; run < 3; ++run) {
-    cuda::DeviceBuffer g = nan_buf(size_t(rows * ld));
-    float* gp = g.as<float>();
-    impl.bwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp, ld,
-             gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
-    const auto got = down(g, size_t(rows * ld));
-    for (float x : got) ASSERT_TRUE(std::isfinite(x)) << impl.name() << " seed " << seed << ": unwritten or non-finite gradient";
-    if (run == 0) first = got;
-    else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4)) << impl.name() << " run " << run << " differs";
+  for (const int mode : modes) {
+    const WgmmaBwdSetting setting(mode);
+    for (int run = 0; run < 3; ++run) {
+      cuda::DeviceBuffer g = nan_buf(size_t(rows * ld));
+      float* gp = g.as<float>();
+      impl.bwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), dO.as<float>(), D, gp, ld,
+               gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
+      const auto got = down(g, size_t(rows * ld));
+      for (float x : got) ASSERT_TRUE(std::isfinite(x)) << impl.name() << " seed " << seed << ": unwritten or non-finite gradient";
+      if (first.empty()) first = got;
+      else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4))
+          << impl.name() << " (S " << s.S << ", N " << s.N << ", heads " << s.heads << ", window " << s.window
+          << ") wgmma backward mode " << mode << " run " << run << " differs from the first run (mode "
+          << *modes.begin() << ")";
+    }
   }
 }
 
@@ -619,11 +630,27 @@ TEST(CudaAttention, Bf16BackwardBitIdentical) {
   backward_bit_identical(kBf16);
 }
 
-// The bf16-operand backward, with the wgmma dk/dv and dq kernels where they run (hd 64): three runs, the same bits.
+// The bf16-operand backward, with the wgmma dk/dv and dq kernels where they run (hd 64): three runs each of modes
+// 2 to 6, the same bits.
 TEST(CudaAttention, Bf16InputsBackwardBitIdentical) {
   REQUIRE_CUDA();
-  const WgmmaBwdSetting setting(2);
-  backward_bit_identical(kBf16Inputs);
+  backward_bit_identical(kBf16Inputs, {2, 1000, 3, 64, 333}, {2, 3, 4, 5, 6});
+}
+
+// The register-operand and pipelined wgmma backward (modes 3 to 6: K, V / Q, dO as register A fragments instead of
+// shared-memory descriptors; the dk/dv kernel pipelined across query tiles) gives the bits of mode 2 on every wgmma
+// shape (tile edges, windows 1..>= N, one token) and on one long enough for many tiles a block: the same bf16
+// products, in the same order.
+TEST(CudaAttention, Bf16InputsWgmmaBackwardRegisterOperandsSameBits) {
+  REQUIRE_CUDA();
+  {
+    const WgmmaBwdSetting setting(6);
+    if (cuda::swa_backward_bf16_uses_wgmma(cuda::AttentionShape{1, 128, 1, 64, 128}) != 6)
+      GTEST_SKIP() << "the wgmma backward does not run here (needs an sm_90a build and a cc 9.0 device)";
+  }
+  for (const Case& c : wgmma_cases())
+    backward_bit_identical(kBf16Inputs, cuda::AttentionShape{c.S, c.N, c.heads, c.hd, c.window}, {2, 3, 4, 5, 6});
+  backward_bit_identical(kBf16Inputs, cuda::AttentionShape{1, 3000, 2, 64, 1000}, {2, 3, 4, 5, 6});
 }
 
 TEST(CudaAttention, RejectsBadInput) {
@@ -847,10 +874,11 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
 }
 
 // The bf16-input backward at the 760m shape (fused bf16 qkv and gradients, 24 heads of 64, window 2048), fed the
-// forward's o and lse: the mma.sync kernels, wgmma dk/dv with the mma.sync dq (mode 1) and wgmma dk/dv and dq
-// (mode 2), median of 5 each (delta kernel included), with TFLOP/s at the nominal 2.5 x 4 N W hd H flops (five
-// products per visible score); the wgmma gradients agree with the mma.sync ones (relative L2 <= kTolWgmmaVsMma).
-// Asserts nothing on time.
+// forward's o and lse: the mma.sync kernels, wgmma dk/dv with the mma.sync dq (mode 1), wgmma dk/dv and dq (mode
+// 2), those with register A operands (3: dk/dv's, 4: both kernels') and with the pipelined dk/dv kernel (5, 6),
+// median of 5 each (delta kernel included), with TFLOP/s at the nominal 2.5 x 4 N W hd H flops (five products per
+// visible score); the wgmma gradients agree with the mma.sync ones (relative L2 <= kTolWgmmaVsMma), and modes 3 to
+// 6 give mode 2's bits. Asserts nothing on time.
 TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
   REQUIRE_CUDA();
   const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
@@ -878,9 +906,14 @@ TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
     const int used = cuda::swa_backward_bf16_uses_wgmma(s);
     bwd();
     const FiveRuns t = time_five(bwd);
-    std::printf("[attention 760m backward] %s: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s nominal\n",
-                used == 2 ? "wgmma dk/dv + wgmma dq" : used == 1 ? "wgmma dk/dv + mma.sync dq" : "mma.sync",
-                t.median, t.min, t.max, gflop / t.median);
+    const char* mode_names[7] = {"mma.sync", "wgmma dk/dv + mma.sync dq", "wgmma dk/dv + wgmma dq",
+                                 "wgmma dk/dv (K, V in registers) + wgmma dq",
+                                 "wgmma dk/dv (K, V in registers) + wgmma dq (Q, dO in registers)",
+                                 "pipelined wgmma dk/dv (K, V in registers) + wgmma dq",
+                                 "pipelined wgmma dk/dv (K, V in registers) + wgmma dq (Q, dO in registers)"};
+    std::printf("[attention 760m backward] mode %d, %s: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s "
+                "nominal\n",
+                used, mode_names[used], t.median, t.min, t.max, gflop / t.median);
     g_out = down(g, size_t(rows * ld));
     return used;
   };
@@ -888,7 +921,8 @@ TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
   run(0, g_old);
   const Strided parts[3] = {{rows, ld, 0, D}, {rows, ld, D, D}, {rows, ld, 2 * D, D}};
   const char* names[3] = {"dq", "dk", "dv"};
-  for (const int mode : {1, 2}) {
+  std::vector<float> g_mode2;
+  for (const int mode : {1, 2, 3, 4, 5, 6}) {
     std::vector<float> g_new;
     if (run(mode, g_new) != mode) GTEST_SKIP() << "the wgmma backward does not run here: timed the mma.sync kernels";
     for (float x : g_new) ASSERT_TRUE(std::isfinite(x)) << "unwritten or non-finite gradient";
@@ -896,6 +930,12 @@ TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
       const double e = rel_l2(parts[p].gather(g_new), as_double(parts[p].gather(g_old)));
       std::printf("[attention 760m backward] mode %d vs mma.sync: relative L2 %s %.2e\n", mode, names[p], e);
       EXPECT_LE(e, kTolWgmmaVsMma) << "mode " << mode << " " << names[p];
+    }
+    if (mode == 2) g_mode2 = g_new;
+    if (mode > 2) {
+      const bool same = std::memcmp(g_new.data(), g_mode2.data(), g_new.size() * 4) == 0;
+      std::printf("[attention 760m backward] mode %d vs mode 2: %s\n", mode, same ? "bit-identical" : "bits differ");
+      EXPECT_TRUE(same) << "mode " << mode << " (register operands) differs from mode 2";
     }
   }
 }

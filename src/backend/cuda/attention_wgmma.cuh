@@ -137,6 +137,43 @@ __device__ __forceinline__ void wgmma_n64_rs(float (&d)[8][4], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
+// d [64 x 64] = (accumulate ? d : 0) + A (registers, one k16 step) x B (desc b, K-major: tnsp-b = 0): the products
+// whose A operand stays for a whole block (the backward's K, V of dk/dv and Q, dO of dq), read once into registers
+// instead of from shared memory by every instruction.
+__device__ __forceinline__ void wgmma_n64_rs_kmajor(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b,
+                                                    int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,"
+      "%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+        "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+// The A fragments (m64k16 from registers, one per k16 step of hd; layout in the notes above) of the warp's 16 rows
+// row0.. of a [rows, 64] bf16 head slice g (leading dimension ld, a multiple of 2; zero from row n on): the same
+// bf16 values a 128-byte-swizzled tile of those rows would hold, read once straight from global memory.
+__device__ __forceinline__ void wg_load_a_fragments(uint32_t (&a)[wg::kHd / 16][4],
+                                                    const __nv_bfloat16* __restrict__ g, int64_t ld, int row0,
+                                                    int n) {
+  const int lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {  // rows g4, g4 + 8 of the warp's 16
+    const int row = row0 + g4 + 8 * r;
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(g + int64_t(row < n ? row : 0) * ld);
+#pragma unroll
+    for (int kk = 0; kk < wg::kHd / 16; ++kk) {
+      a[kk][r] = row < n ? __ldg(p + (kk * 16 + 2 * t4) / 2) : 0u;          // columns 16 kk + 2 t4, +1
+      a[kk][2 + r] = row < n ? __ldg(p + (kk * 16 + 2 * t4 + 8) / 2) : 0u;  // columns 16 kk + 2 t4 + 8, +9
+    }
+  }
+}
+
 // cp.async of ROWS rows x 64 bf16 (rows row0.., zero past rows_valid) of g (leading dimension ld, 16-byte aligned
 // rows) into the 128-byte-swizzled tile at dst, by the block's THREADS threads.
 template <int ROWS, int THREADS>
