@@ -92,7 +92,7 @@ size_t swa_backward_bf16_workspace(const AttentionShape& s);
 // 4 as 2 with both kernels' resident operands in registers (K, V; Q, dO), 5 and 6 as 3 and 4 with the dk/dv kernel
 // software-pipelined across query tiles (all modes: the same products in the same order). The wgmma kernels run
 // when the build has sm_90a code, the device is cc 9.0, hd == 64 and the mode is not 0: the environment's
-// TTT_ATTN_WGMMA_BWD (0..6; read once), else the default, 2.
+// TTT_ATTN_WGMMA_BWD (0..6; read once), else the default, 6 (measured fastest).
 int swa_backward_bf16_uses_wgmma(const AttentionShape& s);
 // Tests and benchmarks: the mode (0..6 as above) the wgmma backward may use in this process, or -1 for the
 // environment's choice (the default). Returns the setting it replaced.

@@ -534,9 +534,10 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
 #endif
 }
 
-// The mode where neither swa_backward_bf16_set_wgmma nor TTT_ATTN_WGMMA_BWD says: both wgmma kernels (measured on
-// an H200: the bits of the mma.sync backward at 1.4x its speed, docs/PERF.md "The Hopper backward: wgmma").
-constexpr int kBwdWgmmaDefaultMode = 2;
+// The mode where neither swa_backward_bf16_set_wgmma nor TTT_ATTN_WGMMA_BWD says: the pipelined dk/dv kernel and the
+// register-operand dq (measured on an H200: the bits of the mma.sync backward at 1.5x its speed, 3.5% faster than
+// mode 2; docs/PERF.md "The Hopper backward: register operands and a pipelined dk/dv").
+constexpr int kBwdWgmmaDefaultMode = 6;
 
 // swa_backward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA_BWD decides (0: off, 1: dk/dv only, 2: both, 3: both
 // with K, V of dk/dv as register A fragments, 4: both with those of both kernels, 5 and 6: 3 and 4 with the
