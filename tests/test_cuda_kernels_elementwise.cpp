@@ -23,10 +23,13 @@ using namespace ttt::cuda_kernels_test;
 // ---- the branch sum (mk::gate_heads_add_forward) ---------------------------------------------------------------
 // out = x * gate (per row and head) + addend: against float64 on the host, bit for bit against the two passes it
 // replaces (gate_heads_forward, axpy), and its bf16 form bit for bit against the host's rounding of the fp32 one.
+// d a multiple of 4 takes the four-wide kernel (also at 4099 x 4 x 384, the 760m heads), the others the
+// element-wise one.
 TEST(CudaKernels, GateHeadsAddMatchesFloat64AndTwoPassBits) {
   REQUIRE_CUDA();
   Worst worst{"gate_heads_add"};
-  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{{37, 4, 384}, {5, 3, 7}, {1, 1, 1}}) {
+  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{
+           {37, 4, 384}, {5, 3, 7}, {1, 1, 1}, {4099, 4, 384}, {9, 2, 4}, {3, 5, 12}}) {
     const uint64_t seed = fresh_seed();
     Rng r(seed);
     const int64_t n = rows * H * d;

@@ -154,4 +154,60 @@ TEST(CudaKernels, RmsNormHeadsMatchesCpu) {
     rms_case(worst, N, heads * hd, heads, true);
 }
 
+// The forward's exact arithmetic on the host, for groups that are a multiple of 4 in 16-byte aligned rows (the
+// register kernel up to 1536 columns, the loop above it): lane l of a segment's warp adds the squares of its
+// four-column slices l, l + 32, ... in order (ss + fma(x3, x3, fma(x2, x2, fma(x0, x0, x1 * x1)))), the 32 lane sums
+// meet along the xor tree, rinv = 1 / sqrt(ss / group + eps) in double rounded to float, y = x * r * w in float.
+// Every y (fp32 and bf16) and rinv bit for bit: the bits of the loop kernel, whatever path the launcher takes.
+TEST(CudaKernels, RmsNormForwardMatchesHostBits) {
+  REQUIRE_CUDA();
+  for (auto [N, D, heads] : std::vector<std::array<int64_t, 3>>{{300, 1536, 1},
+                                                                {300, 1536, 4},
+                                                                {64, 768, 1},
+                                                                {9, 48, 4},
+                                                                {5, 1532, 1},
+                                                                {17, 1540, 1},
+                                                                {33, 2048, 1},
+                                                                {7, 3072, 4},
+                                                                {3, 3072, 1}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const double eps = 1e-6;
+    const int64_t group = D / heads, segs = N * heads;
+    const std::string name = "rms_norm forward N" + std::to_string(N) + " D" + std::to_string(D) + " group" +
+                             std::to_string(group) + " (seed " + std::to_string(seed) + ")";
+    const std::vector<float> x = normal(r, N * D, r.uniform(0.1, 3.0)), w = uniform(r, D, 0.5, 1.5);
+    std::vector<float> y_want(size_t(N * D)), rinv_want(static_cast<size_t>(segs));
+    for (int64_t seg = 0; seg < segs; ++seg) {
+      const float* xs = x.data() + seg * group;
+      std::array<double, 32> lane{};
+      for (int l = 0; l < 32; ++l)
+        for (int64_t j = l; j < group / 4; j += 32) {
+          const double x0 = xs[4 * j], x1 = xs[4 * j + 1], x2 = xs[4 * j + 2], x3 = xs[4 * j + 3];
+          lane[size_t(l)] = lane[size_t(l)] + std::fma(x3, x3, std::fma(x2, x2, std::fma(x0, x0, x1 * x1)));
+        }
+      for (int o = 16; o > 0; o >>= 1) {
+        std::array<double, 32> next{};
+        for (int l = 0; l < 32; ++l) next[size_t(l)] = lane[size_t(l)] + lane[size_t(l ^ o)];
+        lane = next;
+      }
+      const float rs = float(1.0 / std::sqrt(lane[0] / double(group) + eps));
+      rinv_want[size_t(seg)] = rs;
+      const int64_t c0 = (seg * group) % D;
+      for (int64_t j = 0; j < group; ++j) y_want[size_t(seg * group + j)] = xs[j] * rs * w[size_t(c0 + j)];
+    }
+    const size_t ND = size_t(N * D);
+    cuda::DeviceBuffer xd = up(x), wd = up(w), yd = nan_buf(ND * 4), y16 = nan_buf(ND * 2),
+                       rd = nan_buf(size_t(segs) * 4), r16 = nan_buf(size_t(segs) * 4);
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), yd.as<float>(), rd.as<float>(), N, D, group, eps);
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), y16.as<bf16>(), r16.as<float>(), N, D, group, eps);
+    expect_same_bits(down<float>(yd, ND), y_want, name + ": y");
+    expect_same_bits(down<float>(rd, size_t(segs)), rinv_want, name + ": rinv");
+    expect_same_bits(down<float>(r16, size_t(segs)), rinv_want, name + ": rinv (bf16 y)");
+    const auto got16 = down<bf16>(y16, ND);
+    for (size_t i = 0; i < ND; ++i)
+      ASSERT_EQ(float_to_bf16(y_want[i]).bits, got16[i].bits) << name << ": bf16 y at " << i;
+  }
+}
+
 #endif  // TTT_HAVE_CUDA
