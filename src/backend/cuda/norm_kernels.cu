@@ -38,15 +38,6 @@ __device__ __forceinline__ double add_squares4(double ss, float4 a) {
 __device__ __forceinline__ float4 rms_scaled4(float4 a, float r, float4 w) {
   return make_float4(a.x * r * w.x, a.y * r * w.y, a.z * r * w.z, a.w * r * w.w);
 }
-// Four results stored with one instruction: 16 bytes of fp32, or 8 of bf16 (each rounded to nearest even).
-__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
-__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-  uint2 u;
-  u.x = *reinterpret_cast<const uint32_t*>(&lo);
-  u.y = *reinterpret_cast<const uint32_t*>(&hi);
-  *reinterpret_cast<uint2*>(p) = u;
-}
 
 // One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
 // (the GPU model's bf16 activations: the same float result, rounded once on the store).
