@@ -39,6 +39,26 @@ __device__ __forceinline__ float4 rms_scaled4(float4 a, float r, float4 w) {
   return make_float4(a.x * r * w.x, a.y * r * w.y, a.z * r * w.z, a.w * r * w.w);
 }
 
+// The backward's per-lane dot <dy ⊙ w, x>, four columns at a time, and a column's dx = r (dy w - x c): the
+// contraction ptxas gave the loop kernel's expressions (SASS, CUDA 13, sm_90a: DMUL g v for each column, DMUL of
+// column 1's product by x, DFMA columns 0, 2, 3 in turn, DADD; FMUL x c, FFMA g v - ., FMUL r), written out so that
+// both vector kernels of the backward get those bits.
+__device__ __forceinline__ double add_dot4(double dot, float4 g, float4 v, float4 a) {
+  const double p0 = __dmul_rn(g.x, v.x), p1 = __dmul_rn(g.y, v.y), p2 = __dmul_rn(g.z, v.z), p3 = __dmul_rn(g.w, v.w);
+  return __dadd_rn(dot, __fma_rn(p3, a.w, __fma_rn(p2, a.z, __fma_rn(p0, a.x, __dmul_rn(p1, a.y)))));
+}
+__device__ __forceinline__ float rms_dx(float g, float v, float a, float r, float c) {
+  return __fmul_rn(r, __fmaf_rn(g, v, -__fmul_rn(a, c)));
+}
+// dx of four columns, plus the residual's four where there is one (the sum rounded after the norm's dx).
+__device__ __forceinline__ float4 rms_dx4(float4 g, float4 v, float4 a, float r, float c, const float4* res) {
+  float4 o = make_float4(rms_dx(g.x, v.x, a.x, r, c), rms_dx(g.y, v.y, a.y, r, c), rms_dx(g.z, v.z, a.z, r, c),
+                         rms_dx(g.w, v.w, a.w, r, c));
+  if (res)
+    o = make_float4(__fadd_rn(res->x, o.x), __fadd_rn(res->y, o.y), __fadd_rn(res->z, o.z), __fadd_rn(res->w, o.w));
+  return o;
+}
+
 // One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
 // (the GPU model's bf16 activations: the same float result, rounded once on the store).
 // x_copy (may be null): x itself stored there too (the GPU model's residual, which a product then accumulates into).
@@ -134,12 +154,9 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   float* ds = dx + x_off;
   double dot = 0;
   if (kVec) {
-    for (int64_t j = lane; j < group / 4; j += 32) {
-      const float4 g = reinterpret_cast<const float4*>(gs)[j], v = reinterpret_cast<const float4*>(ws)[j],
-                   a = reinterpret_cast<const float4*>(xs)[j];
-      dot += double(g.x) * double(v.x) * double(a.x) + double(g.y) * double(v.y) * double(a.y) +
-             double(g.z) * double(v.z) * double(a.z) + double(g.w) * double(v.w) * double(a.w);
-    }
+    for (int64_t j = lane; j < group / 4; j += 32)
+      dot = add_dot4(dot, reinterpret_cast<const float4*>(gs)[j], reinterpret_cast<const float4*>(ws)[j],
+                     reinterpret_cast<const float4*>(xs)[j]);
   } else {
     for (int64_t j = lane; j < group; j += 32) dot += double(gs[j]) * double(ws[j]) * double(xs[j]);
   }
@@ -152,15 +169,11 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   };
   if (kVec) {
     for (int64_t j = lane; j < group / 4; j += 32) {
-      const float4 g = reinterpret_cast<const float4*>(gs)[j], v = reinterpret_cast<const float4*>(ws)[j],
-                   a = reinterpret_cast<const float4*>(xs)[j];
-      const float4 o = make_float4(out_of(g.x, v.x, a.x, 4 * j), out_of(g.y, v.y, a.y, 4 * j + 1),
-                                   out_of(g.z, v.z, a.z, 4 * j + 2), out_of(g.w, v.w, a.w, 4 * j + 3));
+      const float4 o = rms_dx4(reinterpret_cast<const float4*>(gs)[j], reinterpret_cast<const float4*>(ws)[j],
+                               reinterpret_cast<const float4*>(xs)[j], r, c,
+                               residual ? reinterpret_cast<const float4*>(residual + off) + j : nullptr);
       reinterpret_cast<float4*>(ds)[j] = o;
-      if (dx16) {
-        reinterpret_cast<__nv_bfloat162*>(dx16 + off)[2 * j] = __floats2bfloat162_rn(o.x, o.y);
-        reinterpret_cast<__nv_bfloat162*>(dx16 + off)[2 * j + 1] = __floats2bfloat162_rn(o.z, o.w);
-      }
+      if (dx16) store4(dx16 + off + 4 * j, o);
     }
   } else {
     for (int64_t j = lane; j < group; j += 32) {
@@ -168,6 +181,50 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
       ds[j] = out;
       if (dx16) dx16[off + j] = __float2bfloat16_rn(out);
     }
+  }
+}
+
+// k_rms_norm_bwd_dx<true> with the segment's dy and x in registers (group <= 128 kVecPerLane): every load of the
+// dot's pass in flight at once, and dy and x read from memory once (the loop kernel's second pass reads them again,
+// from L2). w (at most 6 KB a row, in L1) and the residual are loaded in the second pass. The same dot in the same
+// order (add_dot4, then the xor tree) and the same dx (rms_dx4): the same bits.
+template <int kVecPerLane>
+__global__ void __launch_bounds__(kThreads, 2)  // two blocks per SM: at most 128 registers
+    k_rms_norm_bwd_dx_regs(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rinv,
+                           const float* __restrict__ dy, const float* __restrict__ residual, float* __restrict__ dx,
+                           __nv_bfloat16* __restrict__ dx16, int64_t segs, int64_t D, int64_t group, int64_t seq_len) {
+  const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (seg >= segs) return;
+  const int64_t off = seg * group, c0 = off % D, x_off = x_segment_offset(seg, D / group, group, seq_len),
+                n4 = group / 4;
+  const float4* xs = reinterpret_cast<const float4*>(x + x_off);
+  const float4* gs = reinterpret_cast<const float4*>(dy + off);
+  const float4* ws = reinterpret_cast<const float4*>(w + c0);
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 g[kVecPerLane], a[kVecPerLane];
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k) {
+    const bool in = lane + 32 * k < n4;
+    g[k] = in ? gs[lane + 32 * k] : zero;
+    a[k] = in ? xs[lane + 32 * k] : zero;
+  }
+  double dot = 0;
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k)
+    if (lane + 32 * k < n4) dot = add_dot4(dot, g[k], ws[lane + 32 * k], a[k]);
+  dot = warp_sum(dot);
+  const float r = rinv[seg];
+  const float c = float(double(r) * double(r) * dot / double(group));
+  float4* ds = reinterpret_cast<float4*>(dx + x_off);
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k) {
+    const int64_t j = lane + 32 * k;
+    if (j >= n4) break;
+    const float4 o =
+        rms_dx4(g[k], ws[j], a[k], r, c, residual ? reinterpret_cast<const float4*>(residual + off) + j : nullptr);
+    ds[j] = o;
+    if (dx16) store4(dx16 + off + 4 * j, o);
   }
 }
 
@@ -277,7 +334,16 @@ void rms_norm_backward_impl(const float* x, const float* w, const float* rinv, c
     const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
                      (!residual || aligned16(residual)) && (!dx16 || reinterpret_cast<uintptr_t>(dx16) % 8 == 0);
     auto* d16 = reinterpret_cast<__nv_bfloat16*>(dx16);
-    if (vec)
+    if (vec && group <= 4 * 32 * 4)
+      k_rms_norm_bwd_dx_regs<4><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group,
+                                                             seq_len);
+    else if (vec && group <= 4 * 32 * 8)
+      k_rms_norm_bwd_dx_regs<8><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group,
+                                                             seq_len);
+    else if (vec && group <= 4 * 32 * 12)
+      k_rms_norm_bwd_dx_regs<12><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group,
+                                                              seq_len);
+    else if (vec)
       k_rms_norm_bwd_dx<true><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group, seq_len);
     else
       k_rms_norm_bwd_dx<false><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group, seq_len);
