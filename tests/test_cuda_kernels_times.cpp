@@ -229,6 +229,21 @@ TEST(CudaKernels, BandwidthPassesShape760mTimes) {
          cuda::rms_norm_heads_forward_batch(a.as<float>(), w.as<float>(), o32.as<float>(), rinv.as<float>(), 1, T, D,
                                             H, 1e-6);
        }), 8.0 * TD);
+  {
+    cuda::DeviceBuffer res(size_t(TD) * 4), dx(size_t(TD) * 4);
+    res.fill_random<float>(TD, seed + 8, 0, 1.0, true);
+    cuda::rms_norm_forward(a.as<float>(), w.as<float>(), o32.as<float>(), rinv.as<float>(), T, D, D, 1e-6);
+    line("RMSNorm backward dx, residual and bf16", median_ms([&] {
+           cuda::rms_norm_backward_add(a.as<float>(), w.as<float>(), rinv.as<float>(), b.as<float>(), res.as<float>(),
+                                       dx.as<float>(), o16.as<bf16>(), nullptr, nullptr, T, D, D);
+         }), 18.0 * TD);
+    cuda::rms_norm_heads_forward_batch(a.as<float>(), w.as<float>(), o32.as<float>(), rinv.as<float>(), 1, T, D, H,
+                                       1e-6);
+    line("RMSNorm backward dx per head, layout", median_ms([&] {
+           cuda::rms_norm_heads_backward_batch(a.as<float>(), w.as<float>(), rinv.as<float>(), b.as<float>(),
+                                               dx.as<float>(), nullptr, nullptr, 1, T, D, H);
+         }), 12.0 * TD);
+  }
   for (const int off : {0, 1}) {
     cuda::DeviceBuffer gate(size_t(T * H) * 4);
     gate.fill_random<float>(T * H, seed + 5, 0, 1.0, true);
