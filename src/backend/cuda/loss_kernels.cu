@@ -1,6 +1,8 @@
-// Cross-entropy kernels (loss_kernels.h): one block per row for the log-sum-exp, one block for the mean, a
-// grid-stride pass for the gradient. Sums accumulate in double along fixed trees (warp shuffles, then shared
-// memory), so results are deterministic. Naming and launch conventions: kernel_util.cuh.
+// Cross-entropy kernels (loss_kernels.h): one block per row for the log-sum-exp (vocabularies up to 32768: the row
+// held in registers, resident blocks walking rows; larger ones: two passes over the row), one block for the mean, a
+// grid-stride pass (fp32) or a block per row (bf16 in place) for the gradient. Sums accumulate in double along fixed
+// trees (warp shuffles, then shared memory), so results are deterministic. Naming and launch conventions:
+// kernel_util.cuh.
 #include "backend/cuda/loss_kernels.h"
 
 #include <cuda_bf16.h>

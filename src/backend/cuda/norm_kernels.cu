@@ -1,5 +1,5 @@
-// RMSNorm kernels (norm_kernels.h): one warp per (row, group) segment for the forward and dx, a two-pass
-// column reduction for dw. Every sum accumulates in double along a fixed tree, so results are deterministic.
+// RMSNorm kernels (norm_kernels.h): one warp per (row, group) segment for the forward and dx (segments of up to
+// 1536 columns held in registers, longer ones walked twice), a two-pass column reduction for dw. Every sum accumulates in double along a fixed tree, so results are deterministic.
 // Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/norm_kernels.h"
 
