@@ -1,6 +1,7 @@
 // Element-wise kernels: the memory branch's sum (memory_kernels.h: mk::gate_heads_add_forward, against float64 and
-// bit for bit against the two passes it replaces) and the gradient clipping's scale (elementwise_kernels.h: mk::scale,
-// bit for bit against the host). Conventions: cuda_kernels_test_util.h.
+// bit for bit against the two passes it replaces), SwiGLU's forward (its two kernels bit for bit) and the gradient
+// clipping's scale (elementwise_kernels.h: mk::scale, bit for bit against the host). Conventions:
+// cuda_kernels_test_util.h.
 #include <gtest/gtest.h>
 
 #include "cuda_kernels_test_util.h"
@@ -12,7 +13,9 @@ TEST(CudaKernels, SkippedWithoutCuda) { GTEST_SKIP() << "built without the CUDA 
 
 #else
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -23,10 +26,13 @@ using namespace ttt::cuda_kernels_test;
 // ---- the branch sum (mk::gate_heads_add_forward) ---------------------------------------------------------------
 // out = x * gate (per row and head) + addend: against float64 on the host, bit for bit against the two passes it
 // replaces (gate_heads_forward, axpy), and its bf16 form bit for bit against the host's rounding of the fp32 one.
+// d a multiple of 4 takes the four-wide kernel (also at 4099 x 4 x 384, the 760m heads), the others the
+// element-wise one.
 TEST(CudaKernels, GateHeadsAddMatchesFloat64AndTwoPassBits) {
   REQUIRE_CUDA();
   Worst worst{"gate_heads_add"};
-  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{{37, 4, 384}, {5, 3, 7}, {1, 1, 1}}) {
+  for (const auto& [rows, H, d] : std::vector<std::array<int64_t, 3>>{
+           {37, 4, 384}, {5, 3, 7}, {1, 1, 1}, {4099, 4, 384}, {9, 2, 4}, {3, 5, 12}}) {
     const uint64_t seed = fresh_seed();
     Rng r(seed);
     const int64_t n = rows * H * d;
@@ -49,6 +55,45 @@ TEST(CudaKernels, GateHeadsAddMatchesFloat64AndTwoPassBits) {
                               << " elements, first at " << diff.first;
     ASSERT_EQ(diff16.count, 0u) << name << ": bf16 output differs from the rounding of the fp32 one in "
                                 << diff16.count << " elements, first at " << diff16.first;
+    ++worst.cases;
+  }
+}
+
+// ---- SwiGLU's forward (mk::swiglu_forward) ----------------------------------------------------------------------
+// m = silu(a) * u: against float64 on the host, and the four-wide kernel (16-byte aligned arrays, n a multiple of 4)
+// bit for bit against the element-wise one (the same data one float further on, so not 16-byte aligned), in fp32
+// and in bf16.
+TEST(CudaKernels, SwigluForwardFourWideKeepsTheElementwiseBits) {
+  REQUIRE_CUDA();
+  Worst worst{"swiglu_forward"};
+  for (const int64_t n : {int64_t(4), int64_t(4096) * 37, (int64_t(1) << 22) + 8}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const std::string name = "swiglu_forward n" + std::to_string(n) + " (seed " + std::to_string(seed) + ")";
+    const std::vector<float> a = normal(r, n, 3.0), u = normal(r, n, 1.0);
+    std::vector<double> ref(static_cast<size_t>(n));
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] = double(a[i]) / (1.0 + std::exp(-double(a[i]))) * u[i];
+    // The same values at element 0 (aligned) and at element 1 (not) of one-longer buffers.
+    std::vector<float> a1(size_t(n) + 1, 0.f), u1(size_t(n) + 1, 0.f);
+    std::copy(a.begin(), a.end(), a1.begin() + 1);
+    std::copy(u.begin(), u.end(), u1.begin() + 1);
+    cuda::DeviceBuffer ad = up(a), ud = up(u), ad1 = up(a1), ud1 = up(u1), m = nan_buf(size_t(n) * 4),
+                       m1 = nan_buf(size_t(n + 1) * 4), m16 = nan_buf(size_t(n) * 2), m16b = nan_buf(size_t(n + 1) * 2);
+    cuda::mk::swiglu_forward(ad.as<float>(), ud.as<float>(), m.as<float>(), n);
+    cuda::mk::swiglu_forward(ad1.as<float>() + 1, ud1.as<float>() + 1, m1.as<float>() + 1, n);
+    cuda::mk::swiglu_forward(ad.as<float>(), ud.as<float>(), m16.as<bf16>(), n);
+    cuda::mk::swiglu_forward(ad1.as<float>() + 1, ud1.as<float>() + 1, m16b.as<bf16>() + 1, n);
+    const auto got = down<float>(m, size_t(n)), wide1 = down<float>(m1, size_t(n) + 1);
+    const std::vector<float> elementwise(wide1.begin() + 1, wide1.end());
+    CHECK_ERR(worst, rel_err(got, ref), kTol, name);
+    const BitDiff diff = bit_diff(got, elementwise);
+    ASSERT_EQ(diff.count, 0u) << name << ": the four-wide kernel differs from the element-wise one in " << diff.count
+                              << " elements, first at " << diff.first;
+    const auto got16 = down<bf16>(m16, size_t(n)), b16 = down<bf16>(m16b, size_t(n) + 1);
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(got16[size_t(i)].bits, b16[size_t(i) + 1].bits) << name << ": bf16, the two kernels at " << i;
+      ASSERT_EQ(got16[size_t(i)].bits, float_to_bf16(got[size_t(i)]).bits) << name << ": bf16 rounding at " << i;
+    }
     ++worst.cases;
   }
 }

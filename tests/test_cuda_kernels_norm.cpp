@@ -154,4 +154,117 @@ TEST(CudaKernels, RmsNormHeadsMatchesCpu) {
     rms_case(worst, N, heads * hd, heads, true);
 }
 
+// The forward's exact arithmetic on the host, for groups that are a multiple of 4 in 16-byte aligned rows (the
+// register kernel up to 1536 columns, the loop above it): lane l of a segment's warp adds the squares of its
+// four-column slices l, l + 32, ... in order (ss + fma(x3, x3, fma(x2, x2, fma(x0, x0, x1 * x1)))), the 32 lane sums
+// meet along the xor tree, rinv = 1 / sqrt(ss / group + eps) in double rounded to float, y = x * r * w in float.
+// Every y (fp32 and bf16) and rinv bit for bit: the bits of the loop kernel, whatever path the launcher takes.
+TEST(CudaKernels, RmsNormForwardMatchesHostBits) {
+  REQUIRE_CUDA();
+  for (auto [N, D, heads] : std::vector<std::array<int64_t, 3>>{{300, 1536, 1},
+                                                                {300, 1536, 4},
+                                                                {64, 768, 1},
+                                                                {9, 48, 4},
+                                                                {5, 1532, 1},
+                                                                {17, 1540, 1},
+                                                                {33, 2048, 1},
+                                                                {7, 3072, 4},
+                                                                {3, 3072, 1}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const double eps = 1e-6;
+    const int64_t group = D / heads, segs = N * heads;
+    const std::string name = "rms_norm forward N" + std::to_string(N) + " D" + std::to_string(D) + " group" +
+                             std::to_string(group) + " (seed " + std::to_string(seed) + ")";
+    const std::vector<float> x = normal(r, N * D, r.uniform(0.1, 3.0)), w = uniform(r, D, 0.5, 1.5);
+    std::vector<float> y_want(size_t(N * D)), rinv_want(static_cast<size_t>(segs));
+    for (int64_t seg = 0; seg < segs; ++seg) {
+      const float* xs = x.data() + seg * group;
+      std::array<double, 32> lane{};
+      for (int l = 0; l < 32; ++l)
+        for (int64_t j = l; j < group / 4; j += 32) {
+          const double x0 = xs[4 * j], x1 = xs[4 * j + 1], x2 = xs[4 * j + 2], x3 = xs[4 * j + 3];
+          lane[size_t(l)] = lane[size_t(l)] + std::fma(x3, x3, std::fma(x2, x2, std::fma(x0, x0, x1 * x1)));
+        }
+      for (int o = 16; o > 0; o >>= 1) {
+        std::array<double, 32> next{};
+        for (int l = 0; l < 32; ++l) next[size_t(l)] = lane[size_t(l)] + lane[size_t(l ^ o)];
+        lane = next;
+      }
+      const float rs = float(1.0 / std::sqrt(lane[0] / double(group) + eps));
+      rinv_want[size_t(seg)] = rs;
+      const int64_t c0 = (seg * group) % D;
+      for (int64_t j = 0; j < group; ++j) y_want[size_t(seg * group + j)] = xs[j] * rs * w[size_t(c0 + j)];
+    }
+    const size_t ND = size_t(N * D);
+    cuda::DeviceBuffer xd = up(x), wd = up(w), yd = nan_buf(ND * 4), y16 = nan_buf(ND * 2),
+                       rd = nan_buf(size_t(segs) * 4), r16 = nan_buf(size_t(segs) * 4);
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), yd.as<float>(), rd.as<float>(), N, D, group, eps);
+    cuda::rms_norm_forward(xd.as<float>(), wd.as<float>(), y16.as<bf16>(), r16.as<float>(), N, D, group, eps);
+    expect_same_bits(down<float>(yd, ND), y_want, name + ": y");
+    expect_same_bits(down<float>(rd, size_t(segs)), rinv_want, name + ": rinv");
+    expect_same_bits(down<float>(r16, size_t(segs)), rinv_want, name + ": rinv (bf16 y)");
+    const auto got16 = down<bf16>(y16, ND);
+    for (size_t i = 0; i < ND; ++i)
+      ASSERT_EQ(float_to_bf16(y_want[i]).bits, got16[i].bits) << name << ": bf16 y at " << i;
+  }
+}
+
+// The backward's dx by the same exact arithmetic on the host (groups a multiple of 4, aligned rows: the register
+// kernel up to 1536 columns, the loop above it): lane l's dot over its four-column slices l, l + 32, ... (the
+// products dy w in double, column 1's times x, then fma of columns 0, 2, 3, added to the lane's sum), the xor tree,
+// c = r² dot / group in double rounded to float, dx = r (dy w - x c) as fma(dy, w, -(x c)) times r, plus the
+// residual (rounded after) and its bf16 copy: bit for bit, as the loop kernel computed them before.
+TEST(CudaKernels, RmsNormBackwardDxMatchesHostBits) {
+  REQUIRE_CUDA();
+  for (auto [N, D, heads] : std::vector<std::array<int64_t, 3>>{
+           {300, 1536, 1}, {300, 1536, 4}, {64, 768, 1}, {9, 48, 4}, {5, 1532, 1}, {17, 1540, 1}, {7, 3072, 4}}) {
+    const uint64_t seed = fresh_seed();
+    Rng r(seed);
+    const int64_t group = D / heads, segs = N * heads;
+    const std::string name = "rms_norm backward N" + std::to_string(N) + " D" + std::to_string(D) + " group" +
+                             std::to_string(group) + " (seed " + std::to_string(seed) + ")";
+    const std::vector<float> x = normal(r, N * D, 1.0), w = uniform(r, D, 0.5, 1.5), dy = normal(r, N * D, 1.0),
+                             rinv = uniform(r, segs, 0.3, 3.0), residual = normal(r, N * D, 1.0);
+    std::vector<float> dx_want(size_t(N * D)), sum_want(size_t(N * D));
+    for (int64_t seg = 0; seg < segs; ++seg) {
+      const size_t o = size_t(seg * group), c0 = size_t((seg * group) % D);
+      std::array<double, 32> lane{};
+      for (int l = 0; l < 32; ++l)
+        for (int64_t j = l; j < group / 4; j += 32) {
+          double p[4];
+          for (int k = 0; k < 4; ++k) p[k] = double(dy[o + size_t(4 * j + k)]) * double(w[c0 + size_t(4 * j + k)]);
+          auto xa = [&](int k) { return double(x[o + size_t(4 * j + k)]); };
+          lane[size_t(l)] =
+              lane[size_t(l)] + std::fma(p[3], xa(3), std::fma(p[2], xa(2), std::fma(p[0], xa(0), p[1] * xa(1))));
+        }
+      for (int o2 = 16; o2 > 0; o2 >>= 1) {
+        std::array<double, 32> next{};
+        for (int l = 0; l < 32; ++l) next[size_t(l)] = lane[size_t(l)] + lane[size_t(l ^ o2)];
+        lane = next;
+      }
+      const float rs = rinv[size_t(seg)];
+      const float c = float(double(rs) * double(rs) * lane[0] / double(group));
+      for (int64_t j = 0; j < group; ++j) {
+        const size_t i = o + size_t(j);
+        const float d = rs * std::fmaf(dy[i], w[c0 + size_t(j)], -(x[i] * c));
+        dx_want[i] = d;
+        sum_want[i] = residual[i] + d;
+      }
+    }
+    const size_t ND = size_t(N * D);
+    cuda::DeviceBuffer xd = up(x), wd = up(w), dyd = up(dy), rd = up(rinv), resd = up(residual), dxd = nan_buf(ND * 4),
+                       sumd = nan_buf(ND * 4), sum16 = nan_buf(ND * 2);
+    cuda::rms_norm_backward(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), dxd.as<float>(), nullptr,
+                            nullptr, N, D, group);
+    cuda::rms_norm_backward_add(xd.as<float>(), wd.as<float>(), rd.as<float>(), dyd.as<float>(), resd.as<float>(),
+                                sumd.as<float>(), sum16.as<bf16>(), nullptr, nullptr, N, D, group);
+    expect_same_bits(down<float>(dxd, ND), dx_want, name + ": dx");
+    expect_same_bits(down<float>(sumd, ND), sum_want, name + ": residual + dx");
+    const auto got16 = down<bf16>(sum16, ND);
+    for (size_t i = 0; i < ND; ++i)
+      ASSERT_EQ(float_to_bf16(sum_want[i]).bits, got16[i].bits) << name << ": bf16 residual + dx at " << i;
+  }
+}
+
 #endif  // TTT_HAVE_CUDA

@@ -24,7 +24,9 @@ TEST(CudaKernels, RopeMatchesCpu) {
     int64_t max_pos;
   };
   for (const C c : std::vector<C>{{7, 2, 8, 1e4, 16}, {100, 4, 64, 1e4, 8192}, {64, 3, 130, 1e4, 100000},
-                                  {256, 8, 128, 5e5, 32768}, {9, 1, 2, 10.0, 50}}) {
+                                  {256, 8, 128, 5e5, 32768}, {9, 1, 2, 10.0, 50},
+                                  // more heads than one group of loads, and a partial last group (760m: 24 x 64)
+                                  {40, 24, 64, 1e4, 32768}, {33, 11, 16, 1e4, 4096}}) {
     const uint64_t seed = fresh_seed();
     Rng r(seed);
     const int64_t D = c.heads * c.hd;

@@ -150,8 +150,8 @@ TEST(CudaKernels, FusedPassesShape760mTimes) {
       cuda::cross_entropy_forward(logits.as<float>(), tgt.as<int32_t>(), lse.as<float>(), nullptr, loss.as<float>(),
                                   valid.as<int32_t>(), T, V);
     });
-    std::printf("[fused 760m] %-34s %7.3f ms (%5.2f TB/s for two reads of %.3f GB)\n", "cross-entropy forward", fwd,
-                2.0 * 4 * double(TV) / fwd * 1e-9, 4 * double(TV) * 1e-9);
+    std::printf("[fused 760m] %-34s %7.3f ms (%5.2f TB/s for one read of %.3f GB)\n", "cross-entropy forward", fwd,
+                4 * double(TV) / fwd * 1e-9, 4 * double(TV) * 1e-9);
     // Each timed call overwrites the logits: time one call per fresh fill, fill outside the timing.
     std::vector<double> tf, to;
     for (int i = 0; i < 3; ++i) {
@@ -193,6 +193,74 @@ TEST(CudaKernels, FusedPassesShape760mTimes) {
     std::printf("[fused 760m] %-34s %7.3f ms (%5.2f TB/s of %.3f GB); scale %.3f ms (%5.2f TB/s)\n",
                 "AdamW, 49M parameters", adam, 28.0 * double(n) / adam * 1e-9, 28.0 * double(n) * 1e-9, scale,
                 8.0 * double(n) / scale * 1e-9);
+  }
+}
+// ---- the memory-bound passes of the 760m step at their shapes: times (nothing asserted on them) -----------------
+// Each call's time, its compulsory bytes and what they would take at 4.5 TB/s (about what an H200 reaches); the
+// branch sum and SwiGLU's forward also one float off 16-byte alignment, which takes their element-wise kernels.
+TEST(CudaKernels, BandwidthPassesShape760mTimes) {
+  REQUIRE_CUDA();
+  const int64_t T = 32768, D = 1536, H = 4, d = 384, Ha = 24, hd = 64, F = 4096, TD = T * D;
+  const uint64_t seed = fresh_seed();
+  auto line = [](const char* what, double ms, double bytes) {
+    std::printf("[bandwidth 760m] %-40s %7.3f ms (%5.2f TB/s of %6.3f GB; %7.3f ms at 4.5 TB/s)\n", what, ms,
+                bytes / ms * 1e-9, bytes * 1e-9, bytes / 4.5e12 * 1e3);
+  };
+  cuda::DeviceBuffer qkv(size_t(3 * TD) * 4 + 16), a(size_t(TD) * 4 + 16), b(size_t(TD) * 4 + 16),
+      o16(size_t(TD) * 2 + 16), o32(size_t(TD) * 4 + 16), w(size_t(D) * 4), rinv(size_t(T) * 4 * H), pos(size_t(T) * 8);
+  qkv.fill_random<float>(3 * TD, seed + 1, 0, 1.0, true);
+  a.fill_random<float>(TD + 4, seed + 2, 0, 1.0, true);
+  b.fill_random<float>(TD + 4, seed + 3, 0, 1.0, true);
+  w.fill_random<float>(D, seed + 4, 0.5, 1.5, false);
+  std::vector<int64_t> positions(static_cast<size_t>(T));
+  for (int64_t i = 0; i < T; ++i) positions[size_t(i)] = i;
+  pos.upload(positions.data(), positions.size() * 8);
+  line("attention RoPE forward, q into bf16", median_ms([&] {
+         cuda::rope_forward(qkv.as<float>(), 3 * D, o16.as<bf16>(), D, pos.as<int64_t>(), T, Ha, hd, 1e4);
+       }), 6.0 * TD);
+  line("attention RoPE backward, dq into dqkv", median_ms([&] {
+         cuda::rope_backward(a.as<float>(), D, qkv.as<float>(), 3 * D, pos.as<int64_t>(), T, Ha, hd, 1e4);
+       }), 8.0 * TD);
+  line("RMSNorm forward, bf16 y and the copy", median_ms([&] {
+         cuda::rms_norm_forward_copy(a.as<float>(), w.as<float>(), o16.as<bf16>(), rinv.as<float>(), b.as<float>(), T,
+                                     D, 1e-6);
+       }), 10.0 * TD);
+  line("RMSNorm per head, operator layout", median_ms([&] {
+         cuda::rms_norm_heads_forward_batch(a.as<float>(), w.as<float>(), o32.as<float>(), rinv.as<float>(), 1, T, D,
+                                            H, 1e-6);
+       }), 8.0 * TD);
+  {
+    cuda::DeviceBuffer res(size_t(TD) * 4), dx(size_t(TD) * 4);
+    res.fill_random<float>(TD, seed + 8, 0, 1.0, true);
+    cuda::rms_norm_forward(a.as<float>(), w.as<float>(), o32.as<float>(), rinv.as<float>(), T, D, D, 1e-6);
+    line("RMSNorm backward dx, residual and bf16", median_ms([&] {
+           cuda::rms_norm_backward_add(a.as<float>(), w.as<float>(), rinv.as<float>(), b.as<float>(), res.as<float>(),
+                                       dx.as<float>(), o16.as<bf16>(), nullptr, nullptr, T, D, D);
+         }), 18.0 * TD);
+    cuda::rms_norm_heads_forward_batch(a.as<float>(), w.as<float>(), o32.as<float>(), rinv.as<float>(), 1, T, D, H,
+                                       1e-6);
+    line("RMSNorm backward dx per head, layout", median_ms([&] {
+           cuda::rms_norm_heads_backward_batch(a.as<float>(), w.as<float>(), rinv.as<float>(), b.as<float>(),
+                                               dx.as<float>(), nullptr, nullptr, 1, T, D, H);
+         }), 12.0 * TD);
+  }
+  for (const int off : {0, 1}) {
+    cuda::DeviceBuffer gate(size_t(T * H) * 4);
+    gate.fill_random<float>(T * H, seed + 5, 0, 1.0, true);
+    line(off ? "branch sum (bf16), element-wise kernel" : "branch sum (bf16)", median_ms([&] {
+           cuda::mk::gate_heads_add_forward(a.as<float>() + off, gate.as<float>(), b.as<float>() + off,
+                                            o16.as<bf16>() + off, T, H, d);
+         }), 10.0 * TD);
+  }
+  {
+    const int64_t n = T * F;
+    cuda::DeviceBuffer ga(size_t(n) * 4 + 16), u(size_t(n) * 4 + 16), m16(size_t(n) * 2 + 16);
+    ga.fill_random<float>(n, seed + 6, 0, 2.0, true);
+    u.fill_random<float>(n, seed + 7, 0, 1.0, true);
+    for (const int off : {0, 1})
+      line(off ? "SwiGLU forward (bf16), element-wise kernel" : "SwiGLU forward (bf16)", median_ms([&] {
+             cuda::mk::swiglu_forward(ga.as<float>() + off, u.as<float>() + off, m16.as<bf16>() + off, n - 4);
+           }), 10.0 * double(n));
   }
 }
 #endif  // TTT_HAVE_CUDA

@@ -1,5 +1,6 @@
-// Element-wise kernels (elementwise_kernels.h): grid-stride loops, one thread per element; the per-element math
-// is core/scalar_math.h's, as on the CPU. Naming and launch conventions: kernel_util.cuh.
+// Element-wise kernels (elementwise_kernels.h): grid-stride loops, one thread per element (SwiGLU's forward four
+// where the arrays allow); the per-element math is core/scalar_math.h's, as on the CPU. Naming and launch
+// conventions: kernel_util.cuh.
 #include "backend/cuda/elementwise_kernels.h"
 
 #include <cuda_bf16.h>
@@ -56,6 +57,29 @@ __global__ void k_swiglu_fwd(const float* __restrict__ a, const float* __restric
                              int64_t n) {
   const float* in[2] = {a, u};
   ilp_for_each(n, in, [&](int64_t i, const float(&v)[2]) { store_as(m + i, math::silu(v[0]) * v[1]); });
+}
+// k_swiglu_fwd four consecutive elements a lane (16-byte aligned arrays): 16-byte loads, one 16- or 8-byte store,
+// kIlp groups of four a trip (the element-wise kernel's 2-byte bf16 stores and 4-byte loads: ncu, H200, 760m step,
+// ~355 µs a call for 1.34 GB, 3.8 TB/s). The same operations per element: the same bits.
+template <class Out>
+__global__ void k_swiglu_fwd_vec4(const float4* __restrict__ a, const float4* __restrict__ u, Out* __restrict__ m,
+                                  int64_t n4) {
+  ILP_STRIDE(base, n4) {
+    float4 av[kIlp], uv[kIlp];
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      if (i < n4) av[t] = a[i], uv[t] = u[i];
+    }
+#pragma unroll
+    for (int t = 0; t < kIlp; ++t) {
+      const int64_t i = ILP_INDEX(base, t);
+      if (i >= n4) continue;
+      const float4 o = make_float4(math::silu(av[t].x) * uv[t].x, math::silu(av[t].y) * uv[t].y,
+                                   math::silu(av[t].z) * uv[t].z, math::silu(av[t].w) * uv[t].w);
+      store4(m + 4 * i, o);
+    }
+  }
 }
 template <class Out>
 __global__ void k_swiglu_bwd(const float* __restrict__ a, const float* __restrict__ u, const float* __restrict__ dm,
@@ -116,13 +140,23 @@ void silu_strided_backward(const float* x, int64_t ldx, const float* dy, float* 
   k_silu_strided_bwd<<<grid_for(rows * cols), kThreads>>>(x, ldx, dy, dx, lddx, rows, cols);
   TTT_LAUNCH_CHECK("silu_strided_backward");
 }
-void swiglu_forward(const float* a, const float* u, float* m, int64_t n) {
-  k_swiglu_fwd<<<grid_ilp(n), kThreads>>>(a, u, m, n);
+namespace {
+// The four-wide kernel where every array is 16-byte aligned (n a multiple of 4), else the element-wise one.
+template <class Out>
+void swiglu_forward_launch(const float* a, const float* u, Out* m, int64_t n) {
+  if (n <= 0) return;
+  if (n % 4 == 0 && aligned16(a) && aligned16(u) && aligned16(m))
+    k_swiglu_fwd_vec4<<<grid_ilp(n / 4), kThreads>>>(reinterpret_cast<const float4*>(a),
+                                                      reinterpret_cast<const float4*>(u), m, n / 4);
+  else
+    k_swiglu_fwd<<<grid_ilp(n), kThreads>>>(a, u, m, n);
   TTT_LAUNCH_CHECK("swiglu_forward");
 }
+}  // namespace
+
+void swiglu_forward(const float* a, const float* u, float* m, int64_t n) { swiglu_forward_launch(a, u, m, n); }
 void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n) {
-  k_swiglu_fwd<<<grid_ilp(n), kThreads>>>(a, u, reinterpret_cast<__nv_bfloat16*>(m), n);
-  TTT_LAUNCH_CHECK("swiglu_forward bf16");
+  swiglu_forward_launch(a, u, reinterpret_cast<__nv_bfloat16*>(m), n);
 }
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n) {
   k_swiglu_bwd<<<grid_ilp(n), kThreads>>>(a, u, dm, da, du, n);

@@ -90,5 +90,15 @@ __device__ __forceinline__ void block_sum(double v, F&& at_thread0) {
 // Stores a float result: as it is, or rounded to bf16 (nearest even) for the GPU model's bf16 activations.
 __device__ __forceinline__ void store_as(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_as(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+// Four results stored with one instruction (p 16-byte aligned for fp32, 8-byte for bf16): 16 bytes of fp32, or 8
+// of bf16, each rounded to nearest even (store_as's rounding).
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t*>(&lo);
+  u.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = u;
+}
 
 }  // namespace ttt::cuda

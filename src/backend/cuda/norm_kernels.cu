@@ -1,5 +1,5 @@
-// RMSNorm kernels (norm_kernels.h): one warp per (row, group) segment for the forward and dx, a two-pass
-// column reduction for dw. Every sum accumulates in double along a fixed tree, so results are deterministic.
+// RMSNorm kernels (norm_kernels.h): one warp per (row, group) segment for the forward and dx (segments of up to
+// 1536 columns held in registers, longer ones walked twice), a two-pass column reduction for dw. Every sum accumulates in double along a fixed tree, so results are deterministic.
 // Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/norm_kernels.h"
 
@@ -27,6 +27,38 @@ __device__ __forceinline__ int64_t x_segment_offset(int64_t seg, int64_t G, int6
   return ((s * G + g) * seq_len + n) * group;
 }
 
+// The forward's per-lane sum of squares, four columns at a time: ss + (((x0² + x1²) + x2²) + x3²) in double, with
+// the contraction NVVM chose for the expression this kernel file always had (PTX: mul x1², then fma x0, x2, x3 in
+// turn, then add), written out so that every forward kernel gets those bits (rope_math.cuh tells why).
+__device__ __forceinline__ double add_squares4(double ss, float4 a) {
+  const double x0 = a.x, x1 = a.y, x2 = a.z, x3 = a.w;
+  return __dadd_rn(ss, __fma_rn(x3, x3, __fma_rn(x2, x2, __fma_rn(x0, x0, __dmul_rn(x1, x1)))));
+}
+// y = x * r * w for four columns (two float products, rounded in that order).
+__device__ __forceinline__ float4 rms_scaled4(float4 a, float r, float4 w) {
+  return make_float4(a.x * r * w.x, a.y * r * w.y, a.z * r * w.z, a.w * r * w.w);
+}
+
+// The backward's per-lane dot <dy ⊙ w, x>, four columns at a time, and a column's dx = r (dy w - x c): the
+// contraction ptxas gave the loop kernel's expressions (SASS, CUDA 13, sm_90a: DMUL g v for each column, DMUL of
+// column 1's product by x, DFMA columns 0, 2, 3 in turn, DADD; FMUL x c, FFMA g v - ., FMUL r), written out so that
+// both vector kernels of the backward get those bits.
+__device__ __forceinline__ double add_dot4(double dot, float4 g, float4 v, float4 a) {
+  const double p0 = __dmul_rn(g.x, v.x), p1 = __dmul_rn(g.y, v.y), p2 = __dmul_rn(g.z, v.z), p3 = __dmul_rn(g.w, v.w);
+  return __dadd_rn(dot, __fma_rn(p3, a.w, __fma_rn(p2, a.z, __fma_rn(p0, a.x, __dmul_rn(p1, a.y)))));
+}
+__device__ __forceinline__ float rms_dx(float g, float v, float a, float r, float c) {
+  return __fmul_rn(r, __fmaf_rn(g, v, -__fmul_rn(a, c)));
+}
+// dx of four columns, plus the residual's four where there is one (the sum rounded after the norm's dx).
+__device__ __forceinline__ float4 rms_dx4(float4 g, float4 v, float4 a, float r, float c, const float4* res) {
+  float4 o = make_float4(rms_dx(g.x, v.x, a.x, r, c), rms_dx(g.y, v.y, a.y, r, c), rms_dx(g.z, v.z, a.z, r, c),
+                         rms_dx(g.w, v.w, a.w, r, c));
+  if (res)
+    o = make_float4(__fadd_rn(res->x, o.x), __fadd_rn(res->y, o.y), __fadd_rn(res->z, o.z), __fadd_rn(res->w, o.w));
+  return o;
+}
+
 // One warp per segment (row, group) of `group` columns starting at seg * group. Out: float, or __nv_bfloat16
 // (the GPU model's bf16 activations: the same float result, rounded once on the store).
 // x_copy (may be null): x itself stored there too (the GPU model's residual, which a product then accumulates into).
@@ -43,10 +75,7 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
   const float* xs = x + x_segment_offset(seg, D / group, group, seq_len);
   double ss = 0;
   if (kVec) {
-    for (int64_t j = lane; j < group / 4; j += 32) {
-      const float4 a = reinterpret_cast<const float4*>(xs)[j];
-      ss += double(a.x) * a.x + double(a.y) * a.y + double(a.z) * a.z + double(a.w) * a.w;
-    }
+    for (int64_t j = lane; j < group / 4; j += 32) ss = add_squares4(ss, reinterpret_cast<const float4*>(xs)[j]);
   } else {
     for (int64_t j = lane; j < group; j += 32) ss += double(xs[j]) * double(xs[j]);
   }
@@ -58,11 +87,7 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
   if (kVec) {
     for (int64_t j = lane; j < group / 4; j += 32) {
       const float4 a = reinterpret_cast<const float4*>(xs)[j];
-      const float4 b = reinterpret_cast<const float4*>(ws)[j];
-      store_as(ys + 4 * j, a.x * r * b.x);
-      store_as(ys + 4 * j + 1, a.y * r * b.y);
-      store_as(ys + 4 * j + 2, a.z * r * b.z);
-      store_as(ys + 4 * j + 3, a.w * r * b.w);
+      store4(ys + 4 * j, rms_scaled4(a, r, reinterpret_cast<const float4*>(ws)[j]));
       if (x_copy) reinterpret_cast<float4*>(x_copy + off)[j] = a;
     }
   } else {
@@ -70,6 +95,41 @@ __global__ void k_rms_norm_fwd(const float* __restrict__ x, const float* __restr
       store_as(ys + j, xs[j] * r * ws[j]);
       if (x_copy) x_copy[off + j] = xs[j];
     }
+  }
+}
+
+// k_rms_norm_fwd<true> with the whole segment in registers (group <= 128 kVecPerLane, a multiple of 4; every row
+// 16-byte aligned): lane l holds the 16-byte columns l, l + 32, ... of its segment, all loaded before the first is
+// used, and x is read from memory once. The loop form keeps one or a few 16-byte loads per lane in flight and
+// reads x twice (ncu, H200, 760m step: ~151 µs a call for the bf16 form with the copy, 503 MB, 3.3 TB/s). The same
+// sum in the same order (add_squares4, lane by lane, then the xor tree) and the same products: the same bits.
+template <int kVecPerLane, class Out>
+__global__ void __launch_bounds__(kThreads)
+    k_rms_norm_fwd_regs(const float* __restrict__ x, const float* __restrict__ w, Out* __restrict__ y,
+                        float* __restrict__ rinv, float* __restrict__ x_copy, int64_t segs, int64_t D, int64_t group,
+                        int64_t seq_len, double eps) {
+  const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (seg >= segs) return;  // whole warps leave together
+  const int64_t off = seg * group, c0 = off % D, n4 = group / 4;
+  const float4* xs = reinterpret_cast<const float4*>(x + x_segment_offset(seg, D / group, group, seq_len));
+  float4 a[kVecPerLane];
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k) a[k] = lane + 32 * k < n4 ? xs[lane + 32 * k] : make_float4(0.f, 0.f, 0.f, 0.f);
+  double ss = 0;
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k)
+    if (lane + 32 * k < n4) ss = add_squares4(ss, a[k]);
+  ss = warp_sum(ss);
+  const float r = float(1.0 / sqrt(ss / double(group) + eps));
+  if (lane == 0) rinv[seg] = r;
+  const float4* ws = reinterpret_cast<const float4*>(w + c0);
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k) {
+    const int64_t j = lane + 32 * k;
+    if (j >= n4) break;
+    store4(y + off + 4 * j, rms_scaled4(a[k], r, ws[j]));
+    if (x_copy) reinterpret_cast<float4*>(x_copy + off)[j] = a[k];
   }
 }
 
@@ -94,12 +154,9 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   float* ds = dx + x_off;
   double dot = 0;
   if (kVec) {
-    for (int64_t j = lane; j < group / 4; j += 32) {
-      const float4 g = reinterpret_cast<const float4*>(gs)[j], v = reinterpret_cast<const float4*>(ws)[j],
-                   a = reinterpret_cast<const float4*>(xs)[j];
-      dot += double(g.x) * double(v.x) * double(a.x) + double(g.y) * double(v.y) * double(a.y) +
-             double(g.z) * double(v.z) * double(a.z) + double(g.w) * double(v.w) * double(a.w);
-    }
+    for (int64_t j = lane; j < group / 4; j += 32)
+      dot = add_dot4(dot, reinterpret_cast<const float4*>(gs)[j], reinterpret_cast<const float4*>(ws)[j],
+                     reinterpret_cast<const float4*>(xs)[j]);
   } else {
     for (int64_t j = lane; j < group; j += 32) dot += double(gs[j]) * double(ws[j]) * double(xs[j]);
   }
@@ -112,15 +169,11 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
   };
   if (kVec) {
     for (int64_t j = lane; j < group / 4; j += 32) {
-      const float4 g = reinterpret_cast<const float4*>(gs)[j], v = reinterpret_cast<const float4*>(ws)[j],
-                   a = reinterpret_cast<const float4*>(xs)[j];
-      const float4 o = make_float4(out_of(g.x, v.x, a.x, 4 * j), out_of(g.y, v.y, a.y, 4 * j + 1),
-                                   out_of(g.z, v.z, a.z, 4 * j + 2), out_of(g.w, v.w, a.w, 4 * j + 3));
+      const float4 o = rms_dx4(reinterpret_cast<const float4*>(gs)[j], reinterpret_cast<const float4*>(ws)[j],
+                               reinterpret_cast<const float4*>(xs)[j], r, c,
+                               residual ? reinterpret_cast<const float4*>(residual + off) + j : nullptr);
       reinterpret_cast<float4*>(ds)[j] = o;
-      if (dx16) {
-        reinterpret_cast<__nv_bfloat162*>(dx16 + off)[2 * j] = __floats2bfloat162_rn(o.x, o.y);
-        reinterpret_cast<__nv_bfloat162*>(dx16 + off)[2 * j + 1] = __floats2bfloat162_rn(o.z, o.w);
-      }
+      if (dx16) store4(dx16 + off + 4 * j, o);
     }
   } else {
     for (int64_t j = lane; j < group; j += 32) {
@@ -128,6 +181,50 @@ __global__ void k_rms_norm_bwd_dx(const float* __restrict__ x, const float* __re
       ds[j] = out;
       if (dx16) dx16[off + j] = __float2bfloat16_rn(out);
     }
+  }
+}
+
+// k_rms_norm_bwd_dx<true> with the segment's dy and x in registers (group <= 128 kVecPerLane): every load of the
+// dot's pass in flight at once, and dy and x read from memory once (the loop kernel's second pass reads them again,
+// from L2). w (at most 6 KB a row, in L1) and the residual are loaded in the second pass. The same dot in the same
+// order (add_dot4, then the xor tree) and the same dx (rms_dx4): the same bits.
+template <int kVecPerLane>
+__global__ void __launch_bounds__(kThreads, 2)  // two blocks per SM: at most 128 registers
+    k_rms_norm_bwd_dx_regs(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ rinv,
+                           const float* __restrict__ dy, const float* __restrict__ residual, float* __restrict__ dx,
+                           __nv_bfloat16* __restrict__ dx16, int64_t segs, int64_t D, int64_t group, int64_t seq_len) {
+  const int64_t seg = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (seg >= segs) return;
+  const int64_t off = seg * group, c0 = off % D, x_off = x_segment_offset(seg, D / group, group, seq_len),
+                n4 = group / 4;
+  const float4* xs = reinterpret_cast<const float4*>(x + x_off);
+  const float4* gs = reinterpret_cast<const float4*>(dy + off);
+  const float4* ws = reinterpret_cast<const float4*>(w + c0);
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 g[kVecPerLane], a[kVecPerLane];
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k) {
+    const bool in = lane + 32 * k < n4;
+    g[k] = in ? gs[lane + 32 * k] : zero;
+    a[k] = in ? xs[lane + 32 * k] : zero;
+  }
+  double dot = 0;
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k)
+    if (lane + 32 * k < n4) dot = add_dot4(dot, g[k], ws[lane + 32 * k], a[k]);
+  dot = warp_sum(dot);
+  const float r = rinv[seg];
+  const float c = float(double(r) * double(r) * dot / double(group));
+  float4* ds = reinterpret_cast<float4*>(dx + x_off);
+#pragma unroll
+  for (int k = 0; k < kVecPerLane; ++k) {
+    const int64_t j = lane + 32 * k;
+    if (j >= n4) break;
+    const float4 o =
+        rms_dx4(g[k], ws[j], a[k], r, c, residual ? reinterpret_cast<const float4*>(residual + off) + j : nullptr);
+    ds[j] = o;
+    if (dx16) store4(dx16 + off + 4 * j, o);
   }
 }
 
@@ -186,12 +283,17 @@ void rms_norm_launch(const float* x, const float* w, Out* y, float* rinv, float*
   if (segs == 0) return;
   const int blocks = int((segs + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y) && (!x_copy || aligned16(x_copy));
-  if (vec)
-    k_rms_norm_fwd<true><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len,
-                                                                      eps);
+  const cudaStream_t st = as_stream(stream);
+  if (vec && group <= 4 * 32 * 4)
+    k_rms_norm_fwd_regs<4><<<blocks, kThreads, 0, st>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len, eps);
+  else if (vec && group <= 4 * 32 * 8)
+    k_rms_norm_fwd_regs<8><<<blocks, kThreads, 0, st>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len, eps);
+  else if (vec && group <= 4 * 32 * 12)
+    k_rms_norm_fwd_regs<12><<<blocks, kThreads, 0, st>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len, eps);
+  else if (vec)
+    k_rms_norm_fwd<true><<<blocks, kThreads, 0, st>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len, eps);
   else
-    k_rms_norm_fwd<false><<<blocks, kThreads, 0, as_stream(stream)>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len,
-                                                                       eps);
+    k_rms_norm_fwd<false><<<blocks, kThreads, 0, st>>>(x, w, y, rinv, x_copy, segs, D, group, seq_len, eps);
   TTT_LAUNCH_CHECK("rms_norm_forward");
 }
 
@@ -232,7 +334,16 @@ void rms_norm_backward_impl(const float* x, const float* w, const float* rinv, c
     const bool vec = group % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
                      (!residual || aligned16(residual)) && (!dx16 || reinterpret_cast<uintptr_t>(dx16) % 8 == 0);
     auto* d16 = reinterpret_cast<__nv_bfloat16*>(dx16);
-    if (vec)
+    if (vec && group <= 4 * 32 * 4)
+      k_rms_norm_bwd_dx_regs<4><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group,
+                                                             seq_len);
+    else if (vec && group <= 4 * 32 * 8)
+      k_rms_norm_bwd_dx_regs<8><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group,
+                                                             seq_len);
+    else if (vec && group <= 4 * 32 * 12)
+      k_rms_norm_bwd_dx_regs<12><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group,
+                                                              seq_len);
+    else if (vec)
       k_rms_norm_bwd_dx<true><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group, seq_len);
     else
       k_rms_norm_bwd_dx<false><<<blocks, kThreads, 0, st>>>(x, w, rinv, dy, residual, dx, d16, segs, D, group, seq_len);

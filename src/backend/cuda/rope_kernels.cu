@@ -1,5 +1,5 @@
-// RoPE kernel (rope_kernels.h): one thread per (row, pair index), looping over the heads; the rotation of a pair:
-// rope_math.cuh. Naming and launch conventions: kernel_util.cuh.
+// RoPE kernel (rope_kernels.h): one thread per (row, pair index), looping over the heads (several loaded at once);
+// the rotation of a pair: rope_math.cuh. Naming and launch conventions: kernel_util.cuh.
 #include "backend/cuda/rope_kernels.h"
 
 #include <cuda_bf16.h>
@@ -20,6 +20,11 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // sign = +1: rotation, -1: inverse rotation. Y: float, or bf16 (the fp32 result rounded to nearest even).
+// A thread's heads in groups of kHeadsInFlight: the group's 2 * kHeadsInFlight loads are issued before any rotation
+// or store (one head at a time kept 2 loads of 4 bytes in flight per thread: ncu, H200, 760m step: k_rope<bf16>
+// ~105 µs a call for 302 MB, 2.9 TB/s). In place (x == y) stays safe: a thread reads exactly the elements it writes.
+// Each element's arithmetic is unchanged (the same rotation, the same rounding on the store): the same bits.
+constexpr int kHeadsInFlight = 8;
 template <class Y>
 __global__ void k_rope(const float* x, int64_t ldx, Y* y, int64_t ldy, const int64_t* __restrict__ pos, int64_t N,
                        int64_t heads, int64_t hd, double theta, float sign) {
@@ -27,13 +32,24 @@ __global__ void k_rope(const float* x, int64_t ldx, Y* y, int64_t ldy, const int
   GRID_STRIDE(e, N * half) {
     const int64_t r = e / half, i = e % half;
     const RopeRotation rot = rope_rotation(pos[r], i, hd, theta, sign);
-    const float* xr = x + r * ldx;
-    Y* yr = y + r * ldy;
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t c0 = h * hd;
-      const float2 out = rope_rotate(xr[c0 + i], xr[c0 + half + i], rot);
-      store(yr + c0 + i, out.x);
-      store(yr + c0 + half + i, out.y);
+    const float* xr = x + r * ldx + i;
+    Y* yr = y + r * ldy + i;
+    for (int64_t h0 = 0; h0 < heads; h0 += kHeadsInFlight) {
+      float x1[kHeadsInFlight], x2[kHeadsInFlight];
+#pragma unroll
+      for (int u = 0; u < kHeadsInFlight; ++u) {
+        const int64_t c0 = (h0 + u) * hd;
+        x1[u] = h0 + u < heads ? xr[c0] : 0.f;
+        x2[u] = h0 + u < heads ? xr[c0 + half] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kHeadsInFlight; ++u) {
+        if (h0 + u >= heads) break;
+        const int64_t c0 = (h0 + u) * hd;
+        const float2 out = rope_rotate(x1[u], x2[u], rot);
+        store(yr + c0, out.x);
+        store(yr + c0 + half, out.y);
+      }
     }
   }
 }
