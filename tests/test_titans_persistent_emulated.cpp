@@ -407,3 +407,26 @@ TEST(TitansPersistentEmulated, V2Bf16MatchesCpuTwin) {
               "operands: worst %.3g (%s)\n",
               cases.size(), worst, what.c_str(), twin_worst, twin_what.c_str());
 }
+
+// The GPU suite's float64 parity cases (test::persistent_gpu_cases: chunks of 16 and 64, forced segments, plans
+// whose chunk buffers spill to the global scratch at d = dh = 64) on v2 at the device's block size (256 threads,
+// the compile-time v2_threads() of the device code) and the H200's shared memory, against the float64 twin. The
+// device crashed on these (CudaTitansPersistent.V2Float64MatchesCpuTwin, cudaErrorIllegalAddress, branch
+// h-pers-wip); this shows the kernels' indexing at that block size in range and correct on the CPU.
+TEST(TitansPersistentEmulated, V2GpuCasesAtFullBlock) {
+  emulated_variant = titans::PersistentVariant::V2;
+  emulated_threads = unsigned(titans::kPersistentThreadsV2);
+  double worst = 0;
+  std::string what;
+  uint64_t seed = 777;
+  for (const test::TitansCase& m : test::persistent_gpu_cases()) {
+    const Case c{m, kBig};
+    const auto x = inputs(c, ++seed);
+    check(run<double>(c, x, true), run<double>(c, x, false), 1e-12, false,
+          c.name() + " (seed " + std::to_string(seed) + ") fp64, 256 threads", worst, what);
+  }
+  emulated_threads = 64;
+  emulated_variant = titans::PersistentVariant::V1;
+  std::printf("persistent kernels v2 emulated with 256 threads on the GPU suite's cases: worst fp64 relative error "
+              "%.3g (%s)\n", worst, what.c_str());
+}
