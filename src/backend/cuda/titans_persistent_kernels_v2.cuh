@@ -514,14 +514,16 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   // queries through the Q-K projection with the new sums.
   {
     Spread<Tc> sp;
-    const T ebar = Sc ? *b.ebar : T(0), abar = a.decay ? *b.abar : T(0);  // the step's gate means, read once
+    // The step as it was before the instruction cuts (64-bit indices, the gate means read where used): the cut
+    // version (32-bit indices, the means copied to locals whose address step_core took) read address 0 inside
+    // step_core on the H200 (compute-sanitizer, 2026-11-30) though the CPU emulation of the same code was clean.
     auto step = [&](bool second, int row, int col, T acc) {
-      const int w = L.at_rc(second, row, col), s = SL.at_rc(second, row, col);
+      const int64_t w = L.at_rc(second, row, col), s = SL.at_rc(second, row, col);
       T p;
-      const T wn = fn::step_core(W[w], Sc ? Sc + s : nullptr, -acc, ebar, a.decay ? &abar : nullptr, &p);
+      const T wn = fn::step_core(W[w], Sc ? Sc + s : nullptr, -acc, Sc ? *b.ebar : T(0), a.decay ? b.abar : nullptr, &p);
       W[w] = wn;
       if (Sn) Sn[s] = p;
-      const int e = second ? int(P) + row * dh + col : row * d + col;
+      const int64_t e = second ? P + int64_t(row) * dh + col : int64_t(row) * d + col;
       if (keepW) keepW[e] = wn;
       if (keepS) keepS[e] = p;
     };
