@@ -46,14 +46,19 @@ struct Case {
 titans::PersistentVariant emulated_variant = titans::PersistentVariant::V1;
 bool emulated_bf16 = false;  // v2's float kernels with bf16 tensor-core products
 
-// The forward or backward kernel of the emulated variant (titans_persistent.cu's choice).
+// The forward or backward kernel of the emulated variant (titans_persistent.cu's choice; on_chip: the block
+// layout's all_on_chip).
 template <class T>
-void (*emulated_kernel(bool backward))(cuda::persistent::Args<T>) {
+void (*emulated_kernel(bool backward, bool on_chip))(cuda::persistent::Args<T>) {
   using namespace cuda::persistent;
   if (emulated_variant == titans::PersistentVariant::V1)
     return backward ? k_titans_persistent_bwd<T> : k_titans_persistent_fwd<T>;
   if constexpr (sizeof(T) == 4)
-    if (emulated_bf16) return backward ? k_titans_persistent_bwd_v2<T, true> : k_titans_persistent_fwd_v2<T, true>;
+    if (emulated_bf16) {
+      if (on_chip)
+        return backward ? k_titans_persistent_bwd_v2<T, true, true> : k_titans_persistent_fwd_v2<T, true, true>;
+      return backward ? k_titans_persistent_bwd_v2<T, true> : k_titans_persistent_fwd_v2<T, true>;
+    }
   return backward ? k_titans_persistent_bwd_v2<T> : k_titans_persistent_fwd_v2<T>;
 }
 
@@ -134,7 +139,8 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
   for (PerGroup& pg : groups) {
     cuda::persistent::Args<T> a = args(pg, plan.fwd, pg.scratch_fwd);
     a.o = o;
-    block_emulation::launch(emulated_kernel<T>(false), unsigned(pg.g.items), emulated_threads, plan.fwd.shared_bytes, a);
+    block_emulation::launch(emulated_kernel<T>(false, plan.fwd.all_on_chip), unsigned(pg.g.items), emulated_threads,
+                            plan.fwd.shared_bytes, a);
   }
   std::fill(g.w1, g.w1 + s.B * P, T(0));
   std::fill(g.w2, g.w2 + s.B * P, T(0));
@@ -148,7 +154,8 @@ void emulate(const titans::MemoryShape& s, const titans::MemoryInputs<T>& in, T*
     a.gtheta = g.theta;
     a.geta = g.eta;
     a.galpha = g.alpha;
-    block_emulation::launch(emulated_kernel<T>(true), unsigned(pg.g.items), emulated_threads, plan.bwd.shared_bytes, a);
+    block_emulation::launch(emulated_kernel<T>(true, plan.bwd.all_on_chip), unsigned(pg.g.items), emulated_threads,
+                            plan.bwd.shared_bytes, a);
     const titans::fn::ReduceItems<T> reduce{pg.dW.data(), g.w1, g.w2, pg.g, P};
     for (int64_t i = 0; i < (pg.g.items / pg.g.per_b) * P2; ++i) reduce(i);
   }
@@ -323,7 +330,9 @@ MmaProduct mma_product(int m, int n, int k, const std::vector<float>& A, int lda
 // The tensor-core product's fragments (layout, padding of m, n, k to the tiles, the transposed tile for a chunk's
 // rows, transposed operands, vector and scalar loads, the start of its work): every element stored once, equal bit
 // for bit to the sum of round_to_bf16(op(A)[i, l]) * round_to_bf16(op(B)[l, j]) in float in the fragments' order
-// (the products are exact in float and mma_bf16's twin sums them slot by slot, the padding adding zeros).
+// (the products are exact in float and mma_bf16's twin sums them slot by slot, the padding adding zeros). The
+// shapes of the chunk steps at d = dh = 64 with C = 8 and 16 take mma_full_tiles (no bounds tests; k = 8 zeroes the
+// upper half of its k16 step), the others the tested path.
 TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
   Rng rng(7);
   struct Shape {
@@ -331,7 +340,7 @@ TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
   };
   int checked = 0;
   for (const Shape sh : {Shape{8, 64, 64}, Shape{5, 7, 9}, Shape{64, 64, 8}, Shape{3, 64, 12}, Shape{64, 8, 64},
-                         Shape{17, 33, 40}, Shape{1, 1, 1}, Shape{8, 12, 10}})
+                         Shape{17, 33, 40}, Shape{1, 1, 1}, Shape{8, 12, 10}, Shape{16, 64, 64}, Shape{64, 64, 16}})
     for (const bool ta : {false, true})
       for (const bool tb : {false, true})
         for (const int start : {0, 32}) {
@@ -364,7 +373,7 @@ TEST(TitansPersistentEmulated, MmaProductMatchesBf16Sum) {
             }
           ++checked;
         }
-  EXPECT_EQ(checked, 64);
+  EXPECT_EQ(checked, 80);
 }
 
 // v2 with bf16 tensor-core products (the kernels `--precision bf16` runs): every case of twin_cases against the
@@ -397,4 +406,27 @@ TEST(TitansPersistentEmulated, V2Bf16MatchesCpuTwin) {
               "configs, worst relative (L2) error %.3g (%s); bound 2e-2; the CPU twin with bf16-rounded product "
               "operands: worst %.3g (%s)\n",
               cases.size(), worst, what.c_str(), twin_worst, twin_what.c_str());
+}
+
+// The GPU suite's float64 parity cases (test::persistent_gpu_cases: chunks of 16 and 64, forced segments, plans
+// whose chunk buffers spill to the global scratch at d = dh = 64) on v2 at the device's block size (256 threads,
+// the compile-time v2_threads() of the device code) and the H200's shared memory, against the float64 twin. The
+// device crashed on these (CudaTitansPersistent.V2Float64MatchesCpuTwin, cudaErrorIllegalAddress, branch
+// h-pers-wip); this shows the kernels' indexing at that block size in range and correct on the CPU.
+TEST(TitansPersistentEmulated, V2GpuCasesAtFullBlock) {
+  emulated_variant = titans::PersistentVariant::V2;
+  emulated_threads = unsigned(titans::kPersistentThreadsV2);
+  double worst = 0;
+  std::string what;
+  uint64_t seed = 777;
+  for (const test::TitansCase& m : test::persistent_gpu_cases()) {
+    const Case c{m, kBig};
+    const auto x = inputs(c, ++seed);
+    check(run<double>(c, x, true), run<double>(c, x, false), 1e-12, false,
+          c.name() + " (seed " + std::to_string(seed) + ") fp64, 256 threads", worst, what);
+  }
+  emulated_threads = 64;
+  emulated_variant = titans::PersistentVariant::V1;
+  std::printf("persistent kernels v2 emulated with 256 threads on the GPU suite's cases: worst fp64 relative error "
+              "%.3g (%s)\n", worst, what.c_str());
 }

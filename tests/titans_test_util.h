@@ -188,4 +188,22 @@ inline double chain_split_error(const ChainSplit& a, const ChainSplit& b, std::s
   return worst;
 }
 
+// The persistent kernels' GPU parity cases (test_cuda_titans_persistent.cpp), which the CPU emulation runs at the
+// device's block size too: width 64 (the heads) and small odd shapes that exercise the generic paths.
+inline std::vector<TitansCase> persistent_gpu_cases() {
+  return {
+      // B   T   d   dh  C   S   mom    decay  res    qk     seg
+      {2, 100, 64, 64, 8, 0, true, true, true, false, 0},     // Titans C = 8; T % C != 0; 13 chunks, K = 4
+      {2, 150, 64, 64, 16, 0, false, true, true, false, 0},   // no momentum
+      {2, 200, 64, 64, 64, 0, true, false, true, false, 0},   // C = 64, no decay
+      {2, 150, 64, 64, 8, 48, true, true, true, true, 0},     // TNT local: shards of 48 (tail of 6), Q-K
+      {3, 96, 64, 64, 16, 32, true, true, true, true, 0},     // shards dividing T, Q-K
+      {2, 130, 64, 64, 8, 64, true, true, false, false, 3},   // residual off; forced segments of 3 (8 chunks)
+      {2, 90, 64, 64, 8, 0, false, false, true, false, 5},    // no gates at all; 12 chunks, segments of 5
+      {2, 37, 5, 7, 3, 0, true, true, true, false, 0},        // odd widths
+      {3, 40, 6, 4, 8, 13, false, true, false, true, 2},      // shard not a multiple of C, Q-K, segments of 2
+      {2, 50, 32, 48, 3, 24, true, true, true, true, 1},      // d != dh; every state recomputed from itself
+  };
+}
+
 }  // namespace ttt::test

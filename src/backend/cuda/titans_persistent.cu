@@ -32,21 +32,24 @@ using persistent::k_titans_persistent_bwd;
 using persistent::k_titans_persistent_bwd_v2;
 using persistent::k_titans_persistent_fwd_v2;
 
-// The kernels of a plan: v1, v2, or v2 with its products on tensor cores (float only).
+// The kernels of a plan: v1, v2, or v2 with its products on tensor cores (float only; when every buffer is on chip,
+// the instantiation that addresses them as shared memory).
 template <class T>
 using Kernel = void (*)(Args<T>);
 template <class T>
 Kernel<T> forward_kernel(const titans::PersistentPlan& p) {
   if (p.variant == titans::PersistentVariant::V1) return k_titans_persistent_fwd<T>;
   if constexpr (sizeof(T) == 4)
-    if (p.bf16_products) return k_titans_persistent_fwd_v2<T, true>;
+    if (p.bf16_products)
+      return p.fwd.all_on_chip ? k_titans_persistent_fwd_v2<T, true, true> : k_titans_persistent_fwd_v2<T, true>;
   return k_titans_persistent_fwd_v2<T>;
 }
 template <class T>
 Kernel<T> backward_kernel(const titans::PersistentPlan& p) {
   if (p.variant == titans::PersistentVariant::V1) return k_titans_persistent_bwd<T>;
   if constexpr (sizeof(T) == 4)
-    if (p.bf16_products) return k_titans_persistent_bwd_v2<T, true>;
+    if (p.bf16_products)
+      return p.bwd.all_on_chip ? k_titans_persistent_bwd_v2<T, true, true> : k_titans_persistent_bwd_v2<T, true>;
   return k_titans_persistent_bwd_v2<T>;
 }
 

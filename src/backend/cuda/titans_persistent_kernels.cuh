@@ -117,9 +117,10 @@ struct StateLayout {
   __device__ __forceinline__ int ld1() const { return padded ? d + 1 : d; }
   __device__ __forceinline__ int ld2() const { return padded ? dh + 1 : dh; }
   __device__ __forceinline__ int64_t off2() const { return int64_t(dh) * ld1(); }
-  // Where element (row, col) of W1 [dh][d] (second false) or W2 [d][dh] (second true) lives.
-  __device__ __forceinline__ int64_t at_rc(bool second, int row, int col) const {
-    return second ? off2() + int64_t(row) * ld2() + col : int64_t(row) * ld1() + col;
+  // Where element (row, col) of W1 [dh][d] (second false) or W2 [d][dh] (second true) lives (32-bit index math: a
+  // state has at most 2 (kPersistentMaxWidth + 1)² elements).
+  __device__ __forceinline__ int at_rc(bool second, int row, int col) const {
+    return second ? dh * ld1() + row * ld2() + col : row * ld1() + col;
   }
   // Where element e of the unpadded [2P] state lives.
   __device__ __forceinline__ int64_t at(int64_t e) const {
@@ -163,8 +164,11 @@ struct Block {
   double* red;  // [2 * warps]
   T *ebar, *abar, *keepdot, *etadot, *qz, *qcs, *eta_pending, *rd1, *rd2;
 };
-template <class T>
-__device__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
+// OnChip: the plan put every buffer in shared memory (BlockLayout::all_on_chip), so each pointer is derived from
+// the shared array alone and the compiler can address the buffers as shared memory (ld.shared, no generic
+// address-space tests) where it sees that derivation.
+template <bool OnChip = false, class T>
+__device__ __forceinline__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
   Block<T> b;
   const int warps = blockDim.x / 32;
   b.red = reinterpret_cast<double*>(smem);
@@ -180,7 +184,8 @@ __device__ Block<T> make_block(const Args<T>& a, unsigned char* smem) {
   b.rd2 = tv + 8 + a.chunk_rows;
   T* base = reinterpret_cast<T*>(smem + a.scalar_bytes);
   T* scr = a.scratch ? a.scratch + int64_t(blockIdx.x) * a.scratch_per_item : nullptr;
-  for (int i = 0; i < titans::kNumBuffers; ++i) b.buf[i] = a.shared[i] ? base + a.offset[i] : scr + a.offset[i];
+  for (int i = 0; i < titans::kNumBuffers; ++i)
+    b.buf[i] = OnChip || a.shared[i] ? base + a.offset[i] : scr + a.offset[i];
   return b;
 }
 

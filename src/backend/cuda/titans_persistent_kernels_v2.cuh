@@ -46,6 +46,23 @@ __device__ __forceinline__ void async_copy_element(T* dst, const T* src) {
 __device__ __forceinline__ void async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 #endif
 
+// v2's block size: a compile-time constant on the device, so that work is handed out with shifts and masks instead
+// of a runtime division by blockDim.x (the kernels are launched with it, titans::persistent_threads); on the CPU the
+// emulated block's, which runs these pieces at 64 threads too.
+static_assert(titans::kPersistentThreadsV2 % 32 == 0 &&
+                  (titans::kPersistentThreadsV2 & (titans::kPersistentThreadsV2 - 1)) == 0,
+              "v2's block: a power of two of whole warps");
+#ifdef __CUDACC__
+__device__ __forceinline__ constexpr unsigned v2_threads() { return unsigned(titans::kPersistentThreadsV2); }
+#else
+inline unsigned v2_threads() { return blockDim.x; }
+#endif
+__device__ __forceinline__ int v2_warps() { return int(v2_threads() / 32); }
+// The first work item of the calling thread when a product's work starts at thread `start` (0 <= start < threads).
+__device__ __forceinline__ int first_item(int start) {
+  return int((threadIdx.x + (v2_threads() - unsigned(start))) % v2_threads());
+}
+
 // v2's products issue the loads of this many reduction steps together (8 warps hide less latency than v1's 16).
 inline constexpr int kUnrollV2 = 4;
 
@@ -81,8 +98,7 @@ __device__ __forceinline__ int gemm_chunk_rows(int m, int n, int k, Operand<T, f
                                                const Store& store, int start) {
   constexpr int TM = kChunkRowsTile, V = 16 / int(sizeof(T));
   const int work = (n + 31) / 32 * 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
-  for (int j = first; j < work; j += blockDim.x) {
+  for (int j = first_item(start); j < work; j += int(v2_threads())) {
     T acc[TM];
 #pragma unroll
     for (int s = 0; s < TM; ++s) acc[s] = T(0);
@@ -128,8 +144,7 @@ __device__ __forceinline__ int gemm_tiles_vector_a(int m, int n, int k, Operand<
   constexpr int TM = 4, TN = 2, V = 16 / int(sizeof(T));
   const int row_tiles = m / TM, col_groups = (n + 32 * TN - 1) / (32 * TN);
   const int work = row_tiles * col_groups * 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x);
-  for (int idx = first; idx < work; idx += blockDim.x) {
+  for (int idx = first_item(start); idx < work; idx += int(v2_threads())) {
     const int lane = idx % 32, group = idx / 32, cg = group % col_groups, rt = group / col_groups;
     const int i0 = rt * TM, j0 = cg * 32 * TN + lane;
     T acc[TM][TN];
@@ -169,9 +184,66 @@ __device__ __forceinline__ int gemm_tiles_vector_a(int m, int n, int k, Operand<
 // those of the product), so that a row's four values are one 16-byte vector load.
 __device__ __forceinline__ constexpr int mma_slot_k(int s) { return 4 * ((s % 8) / 2) + 2 * (s / 8) + s % 2; }
 
+// gemm_mma_bf16's tiles when they are full (R a multiple of 16, N of 8, k of 16 or k = 8, as at d, dh multiples of
+// 16 and C = 8 or 16): no element of a tile lies outside the product, so no load is tested. X's rows r0, r0 + 8 and
+// Y's column c at l .. l+3 are four elements `step` apart (1 for an operand stored along the reduction: a 16-byte
+// vector when vec; else its row stride) from a 32-bit offset fixed per tile; at k = 8 the upper half of the k16
+// step (lanes t >= 2, l >= 8) is zero (Half: k = 8, a separate instantiation, so the k16 steps of the others
+// select nothing). The same fragments, hence the same sums, as mma_tiles' tested path.
+template <bool Swap, bool XRows, bool YRows, bool Half, class T, class Store>
+__device__ __forceinline__ void mma_full_tiles(int R, int N, int k, const T* xp, int xld, bool xvec, const T* yp,
+                                               int yld, bool yvec, const Store& store, int start) {
+  const int col_tiles = N / 8, tiles = R / 16 * col_tiles;
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  // Lanes whose reduction indices do not exist (k = 8, l >= 8) load those of l - 8 and zero them: no branch.
+  const bool live = !Half || t < 2;
+  const int xstep = XRows ? 1 : xld, ystep = YRows ? 1 : yld, x8 = XRows ? 8 * xld : 8;
+  const int kl = live ? mma_slot_k(2 * t) : mma_slot_k(2 * t) - 8;
+  auto fetch = [&](const T* p, int step, bool vec, float (&v)[4]) {
+    if (vec) {
+      load_row_vector<4>(p, v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = float(p[j * step]);
+    }
+    if constexpr (Half) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = live ? v[j] : 0.f;
+    }
+  };
+  const int steps_k = Half ? 8 : k;  // Half: one k16 step, known to the compiler
+  for (int tile = first_item(start) / 32; tile < tiles; tile += v2_warps()) {
+    const unsigned row_tile = unsigned(tile) / unsigned(col_tiles);  // unsigned: no sign fix-up in the division
+    const int r0 = int(row_tile) * 16 + g, c = (tile - int(row_tile) * col_tiles) * 8 + g;
+    const T* xq = xp + (XRows ? r0 * xld + kl : kl * xld + r0);
+    const T* yq = yp + (YRows ? c * yld + kl : kl * yld + c);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int l0 = 0; l0 < steps_k; l0 += 16) {
+      float x0[4], x1[4], y[4];  // X's rows r0 and r0 + 8, Y's column c, at l0 + kl ..
+      fetch(xq + l0 * xstep, xstep, xvec, x0);
+      fetch(xq + l0 * xstep + x8, xstep, xvec, x1);
+      fetch(yq + l0 * ystep, ystep, yvec, y);
+      const uint32_t a[4] = {pack_bf16(x0[0], x0[1]), pack_bf16(x1[0], x1[1]), pack_bf16(x0[2], x0[3]),
+                             pack_bf16(x1[2], x1[3])};
+      mma_bf16(acc, a, pack_bf16(y[0], y[1]), pack_bf16(y[2], y[3]));
+    }
+    const int cs = c - g + 2 * t;  // the output columns this lane holds: cs, cs + 1
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = r0 + (i >= 2 ? 8 : 0), cc = cs + (i & 1);
+      if constexpr (Swap)
+        store(cc, r, T(acc[i]));
+      else
+        store(r, cc, T(acc[i]));
+    }
+  }
+}
+
 // One warp's tiles of gemm_mma_bf16 (Swap: the mma computes the transposed product). Element (r, l) of the mma's
 // A and (l, c) of its B are zero outside the product (nothing is read there); an operand stored along the
-// reduction (a chunk's rows) is read as 16-byte vectors where its stride and alignment allow.
+// reduction (a chunk's rows) is read as 16-byte vectors where its stride and alignment allow. Full tiles take
+// mma_full_tiles.
 template <bool Swap, class T, bool TA, bool TB, class Store>
 __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store,
                                           int start) {
@@ -185,6 +257,13 @@ __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A,
   const int xld = Swap ? B.ld : A.ld, yld = Swap ? A.ld : B.ld;
   const bool xvec = x_rows && xld % 4 == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0;
   const bool yvec = y_rows && yld % 4 == 0 && reinterpret_cast<uintptr_t>(yp) % 16 == 0;
+  if (R % 16 == 0 && N % 8 == 0 && (k % 16 == 0 || k == 8)) {
+    if (k == 8)
+      mma_full_tiles<Swap, x_rows, y_rows, true>(R, N, k, xp, xld, xvec, yp, yld, yvec, store, start);
+    else
+      mma_full_tiles<Swap, x_rows, y_rows, false>(R, N, k, xp, xld, xvec, yp, yld, yvec, store, start);
+    return;
+  }
   auto fetch_x = [&](int r, int l, float (&v)[4]) {
     if (xvec && r < R && l + 3 < k) {
       load_row_vector<4>(xp + r * xld + l, v);
@@ -202,9 +281,9 @@ __device__ __forceinline__ void mma_tiles(int m, int n, int k, Operand<T, TA> A,
     }
   };
   const int col_tiles = (N + 7) / 8, tiles = (R + 15) / 16 * col_tiles;
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4, warps = int(blockDim.x) / 32;
-  const int first = (int(threadIdx.x) + int(blockDim.x) - start) % int(blockDim.x) / 32;
-  for (int tile = first; tile < tiles; tile += warps) {  // the same trip count on every lane: mma.sync converged
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  // The same trip count on every lane: mma.sync converged.
+  for (int tile = first_item(start) / 32; tile < tiles; tile += v2_warps()) {
     const int r0 = tile / col_tiles * 16 + g, cb = tile % col_tiles * 8;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
@@ -260,7 +339,7 @@ struct Spread {
   int next = 0;
   template <class T, bool TA, bool TB, class Store>
   __device__ void operator()(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) {
-    next = (next + product(m, n, k, A, B, store)) % int(blockDim.x);
+    next = int(unsigned(next + product(m, n, k, A, B, store)) % v2_threads());
   }
   template <class T, bool TA, bool TB, class Store>
   __device__ int product(int m, int n, int k, Operand<T, TA> A, Operand<T, TB> B, const Store& store) const {
@@ -303,13 +382,13 @@ struct Stager {
     const int64_t c0 = c * a.C, row0 = g1.tok(0, c0);
     const int n = int(imin(a.C, g1.len - c0)), nd = n * a.d;
     const int64_t off = row0 * a.d;
-    for (int e = threadIdx.x; e < nd; e += blockDim.x) {
+    for (int e = threadIdx.x; e < nd; e += int(v2_threads())) {
       if (full && q) async_copy_element(st.q + e, q + off + e);
       async_copy_element(st.k + e, a.k + off + e);
       async_copy_element(st.v + e, a.v + off + e);
       if (full && go) async_copy_element(st.go + e, go + off + e);
     }
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
+    for (int r = threadIdx.x; r < n; r += int(v2_threads())) {
       async_copy_element(st.theta + r, a.theta + row0 + r);
       if (a.momentum) async_copy_element(st.eta + r, a.eta + row0 + r);
       if (a.decay) async_copy_element(st.alpha + r, a.alpha + row0 + r);
@@ -338,7 +417,7 @@ __device__ __forceinline__ Group staged_group(int64_t c0, int64_t len) { return 
 // [dh][d] then of W2 [d][dh] (lanes along the row: no index division).
 template <class F>
 __device__ __forceinline__ void state_each(const StateLayout& L, const F& f) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = v2_warps();
   const int64_t P = int64_t(L.d) * L.dh;
   for (int h = warp; h < L.dh; h += warps)
     for (int j = lane; j < L.d; j += 32) f(false, h, j, L.at_rc(false, h, j), int64_t(h) * L.d + j);
@@ -394,7 +473,7 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
       const Group gs = staged_group(x.c0, x.g1.len);
       if (threadIdx.x == 0 && a.momentum) fn::ChunkMean<T>{cur.eta, b.ebar - x.c, gs, a.C}(x.c);
       if (threadIdx.x == 1 && a.decay) fn::ChunkMean<T>{cur.alpha, b.abar - x.c, gs, a.C}(x.c);
-      if (M && threadIdx.x / 32 == blockDim.x / 32 - 1) {  // the last warp: z += Σ ||k||² (QkGroup::absorb)
+      if (M && int(threadIdx.x / 32) == v2_warps() - 1) {  // the last warp: z += Σ ||k||² (QkGroup::absorb)
         double squares = 0;
         for (int e = threadIdx.x % 32; e < n * d; e += 32) squares += double(K[e]) * double(K[e]);
         squares = warp_sum(squares);
@@ -435,6 +514,9 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   // queries through the Q-K projection with the new sums.
   {
     Spread<Tc> sp;
+    // The step as it was before the instruction cuts (64-bit indices, the gate means read where used): the cut
+    // version (32-bit indices, the means copied to locals whose address step_core took) read address 0 inside
+    // step_core on the H200 (compute-sanitizer, 2026-11-30) though the CPU emulation of the same code was clean.
     auto step = [&](bool second, int row, int col, T acc) {
       const int64_t w = L.at_rc(second, row, col), s = SL.at_rc(second, row, col);
       T p;
@@ -464,11 +546,11 @@ __device__ __forceinline__ void forward_step_v2(const StepCtx<T>& x, T* W, const
   __syncthreads();
 }
 
-template <class T, bool Tc = false>
+template <class T, bool Tc = false, bool OnChip = false>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_fwd_v2(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
-  const Block<T> b = make_block(a, smem);
+  const Block<T> b = make_block<OnChip>(a, smem);
   const Group g1 = item_group(a.g);
   const int d = a.d, dh = a.dh;
   const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C);
@@ -542,7 +624,7 @@ __device__ __forceinline__ void backward_step_v2(const StepCtx<T>& x, const T* W
   T *dDS = b.buf[kGradDS], *dZ = b.buf[kGradZ], *dBm = b.buf[kGradB], *dE = b.buf[kGradE];
   const T *Q = cur.q, *K = cur.k, *dO = cur.go, *th = cur.theta;
   const int64_t row0 = x.g1.tok(0, x.c0) * d;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = v2_warps();
   prefetch();
   // Phase 1: Zq = Q W1ᵀ, Zk = K W1ᵀ, silu; the gate means; G = dW' + dS' (fn::StepBwdPre) and the two block
   // dots <dW', W>, <G, S_c> as the warps' partial sums.
@@ -712,7 +794,7 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
   T* dz = a.qk_dz + int64_t(blockIdx.x) * N;
   T* M = b.buf[titans::kQk];
   T* acc = b.buf[titans::kE];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = v2_warps();
   __syncthreads();
   for (int64_t e = threadIdx.x; e < dd; e += blockDim.x) M[e] = T(0);
   __syncthreads();
@@ -731,7 +813,7 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
       dot = warp_sum(dot);
       if (lane == 0) b.red[2 * warp] = dot;
     } else {  // no key yet: dq = G
-      for (int e = threadIdx.x; e < n * d; e += blockDim.x) dq[e] = fn::qk_finalize_core(T(0), G[e], z[c]);
+      for (int e = threadIdx.x; e < n * d; e += int(v2_threads())) dq[e] = fn::qk_finalize_core(T(0), G[e], z[c]);
     }
     __syncthreads();
     if (c > 0 && threadIdx.x == 0) {
@@ -772,11 +854,11 @@ __device__ __forceinline__ void qk_backward_v2(const Args<T>& a, const Block<T>&
   }
 }
 
-template <class T, bool Tc = false>
+template <class T, bool Tc = false, bool OnChip = false>
 __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_persistent_bwd_v2(Args<T> a) {
   using namespace titans;
   TTT_DYNAMIC_SMEM(smem);
-  const Block<T> b = make_block(a, smem);
+  const Block<T> b = make_block<OnChip>(a, smem);
   const Group g1 = item_group(a.g);
   const int d = a.d, dh = a.dh;
   const int64_t P2 = 2 * int64_t(d) * dh, N = num_chunks(g1.len, a.C), item = blockIdx.x;
