@@ -283,8 +283,9 @@ __global__ void __launch_bounds__(kThreads, kFusedBwdMinBlocksPerSm)
 //   rotations once per row (the double sincos of rope_rotation_at: the same bits as k_rope) and uses them for all
 //   H heads: one sincos per (row, pair), as the unfused k_rope, spread over all lanes;
 // - no block barrier after the frequency table's: a team's rows are its own.
-// The team takes the next item's loads before it computes the current one (two in flight per lane). d = 64 uses
-// teams of 8 lanes (4 rows per warp, 16-byte loads and stores), d = 128 teams of 16, wider heads the whole warp.
+// The team takes later items' loads before it computes the current one (the forward up to 4 items ahead:
+// team_fwd_ahead; the backward one). d = 64 uses teams of 8 lanes (4 rows per warp, 16-byte loads and stores),
+// d = 128 teams of 16, wider heads the whole warp.
 template <int kT>
 __host__ __device__ constexpr int team_vec() {
   return kT <= 2 ? 4 : kT <= 4 ? 2 : 1;
@@ -431,14 +432,17 @@ __device__ __forceinline__ float qk_prep_fwd_team_item(float (&a)[kT][kV],
 }
 // The items a forward team has loaded ahead of the one it computes: a ring of kAhead items' x (and their rows'
 // positions) in registers, refilled with item i + kAhead as item i starts. One item ahead (1.5 KB a warp at
-// d = 384) kept a 760m call at 212 µs against a 90 µs floor (ncu, H200; 24 warps per SM): up to 48 floats a lane
-// (a whole row of 4 x 384 ahead). The same items, each with the same operations: every depth gives the same bits.
+// d = 384) kept a 760m call at 212 µs against a 90 µs floor (ncu, H200; 24 warps per SM): 4 items where one is at
+// most 12 floats a lane (d <= 384; at 760m a whole row of 4 x 384 ahead, 128 registers: 16 warps per SM). Wider
+// heads stay one ahead (a ring of 2-3 took 134-156 registers: 8 warps per SM, no more bytes in flight per SM).
+// The same items, each with the same operations: every depth gives the same bits.
 template <int kT>
 __host__ __device__ constexpr int team_fwd_ahead() {
-  return kT * team_vec<kT>() <= 12 ? 4 : kT * team_vec<kT>() <= 16 ? 3 : 2;
+  return kT * team_vec<kT>() <= 12 ? 4 : 1;
 }
 
-// qk_prep_fwd_item (kCached) per (row, head), then RoPE as k_rope and the store as heads_to_batch.
+// qk_prep_fwd_item (kCached) per (row, head), then RoPE as k_rope and the store as heads_to_batch, with kAhead
+// items' loads in flight (team_fwd_ahead; 1 the walk before the ring, also the fallback of wider heads).
 template <int kT, int kW, int kAhead>
 __global__ void __launch_bounds__(kThreads)
     k_qk_prep_fwd_teams(const float* __restrict__ x, int64_t ldx, const float* __restrict__ scale,
@@ -452,38 +456,58 @@ __global__ void __launch_bounds__(kThreads)
   const unsigned mask = team_mask<kTL>();
   const int64_t teams = int64_t(gridDim.x) * (blockDim.x / kTL);
   TeamWalk it{(int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kTL, 0};
-  TeamWalk ahead = it;  // the next item to load
-  float ring[kAhead][kT][kV];
-  int64_t at_ring[kAhead] = {};  // the ring items' positions (RoPE; read at a row's first head)
-  auto load_ahead = [&](float(&xs)[kT][kV], int64_t& at) {
-    if (ahead.r < rows) {
-      load_slots<kT, kV>(x + ahead.r * ldx + ahead.h * d + p * kV, xs);
-      if (kW > 0 && ahead.h == 0) at = pos[ahead.r];
-    }
-    ahead.next(H, teams);
-  };
-#pragma unroll
-  for (int s = 0; s < kAhead; ++s) load_ahead(ring[s], at_ring[s]);
   RopeRotation rot[kW > 0 ? kW / 2 : 1][kV];
-  while (it.r < rows) {
+  // The item `cur` from its x in a: rotations at its row's first head (position at), the math, the stores.
+  auto compute_store = [&](const TeamWalk& cur, int64_t at, float(&a)[kT][kV]) {
+    if (kW > 0 && cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, at, p, 1.f);
+    const float nrm = qk_prep_fwd_team_item<kT, kV, kTL, kW>(a, rot, scale, offset, cur.h * d + p * kV, eps, mask);
+    float* yr = yT + batch_row(cur.r, cur.h, N, H, d) + p * kV;
 #pragma unroll
-    for (int s = 0; s < kAhead; ++s) {
-      if (it.r < rows) {
-        const TeamWalk cur = it;
-        const int64_t at = at_ring[s];
-        float a[kT][kV];
+    for (int t = 0; t < kT; ++t) store_vec<kV>(yr + 32 * t, a[t]);
+    if (p == 0) norm[cur.r * H + cur.h] = nrm;
+  };
+  if constexpr (kAhead == 1) {  // one walker; the position read where it is used (fewer registers)
+    float xn[kT][kV];
+    if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + p * kV, xn);
+    while (it.r < rows) {
+      const TeamWalk cur = it;
+      float a[kT][kV];
 #pragma unroll
-        for (int t = 0; t < kT; ++t)
+      for (int t = 0; t < kT; ++t)
 #pragma unroll
-          for (int k = 0; k < kV; ++k) a[t][k] = ring[s][t][k];
-        load_ahead(ring[s], at_ring[s]);
-        it.next(H, teams);
-        if (kW > 0 && cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, at, p, 1.f);
-        const float nrm = qk_prep_fwd_team_item<kT, kV, kTL, kW>(a, rot, scale, offset, cur.h * d + p * kV, eps, mask);
-        float* yr = yT + batch_row(cur.r, cur.h, N, H, d) + p * kV;
+        for (int k = 0; k < kV; ++k) a[t][k] = xn[t][k];
+      it.next(H, teams);
+      if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + it.h * d + p * kV, xn);
+      compute_store(cur, kW > 0 && cur.h == 0 ? pos[cur.r] : 0, a);
+    }
+  } else {
+    TeamWalk ahead = it;  // the next item to load
+    float ring[kAhead][kT][kV];
+    int64_t at_ring[kAhead] = {};  // the ring items' positions (RoPE; read for a row's first head)
+    auto load_ahead = [&](float(&xs)[kT][kV], int64_t& at) {
+      if (ahead.r < rows) {
+        load_slots<kT, kV>(x + ahead.r * ldx + ahead.h * d + p * kV, xs);
+        if (kW > 0 && ahead.h == 0) at = pos[ahead.r];
+      }
+      ahead.next(H, teams);
+    };
 #pragma unroll
-        for (int t = 0; t < kT; ++t) store_vec<kV>(yr + 32 * t, a[t]);
-        if (p == 0) norm[cur.r * H + cur.h] = nrm;
+    for (int s = 0; s < kAhead; ++s) load_ahead(ring[s], at_ring[s]);
+    while (it.r < rows) {
+#pragma unroll
+      for (int s = 0; s < kAhead; ++s) {
+        if (it.r < rows) {
+          const TeamWalk cur = it;
+          const int64_t at = at_ring[s];
+          float a[kT][kV];
+#pragma unroll
+          for (int t = 0; t < kT; ++t)
+#pragma unroll
+            for (int k = 0; k < kV; ++k) a[t][k] = ring[s][t][k];
+          load_ahead(ring[s], at_ring[s]);
+          it.next(H, teams);
+          compute_store(cur, at, a);
+        }
       }
     }
   }

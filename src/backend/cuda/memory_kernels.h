@@ -40,8 +40,8 @@ void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, con
 // divides d (and vector-aligned pointers: the GPU model's always are); both walks give the same bits.
 int64_t qk_prep_fused_team_lanes(int64_t d, int64_t rope_width);
 // Tests and benchmarks: the items a team of the forward's register walk loads ahead of the one it computes, in
-// this process: 0 the shape's default (a ring of 2-4 items), 1 one item (the walk before the ring). Both give the
-// same bits. Returns the setting it replaced (so that a scope can restore it).
+// this process: 0 the shape's default (a ring of 4 items where d <= 384, else 1), 1 one item (the walk before the
+// ring). Both give the same bits. Returns the setting it replaced (so that a scope can restore it).
 int qk_prep_fused_set_forward_ahead(int items);
 
 // out[r, h*d + j] = x[r, h*d + j] * gate[r, h].  Backward: dx = dout * gate, dgate[r, h] = sum_j dout * x.
