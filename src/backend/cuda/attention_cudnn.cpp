@@ -13,10 +13,13 @@
 #include "core/error.h"
 
 #ifdef TTT_HAVE_CUDNN
+#include "backend/cuda/device.h"  // device_malloc
+
 #include <cuda_runtime.h>
 #include <cudnn_graph.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -141,6 +144,15 @@ void check(cudnnStatus_t status, const char* what) {
 
 void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw CudnnFailure(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Device memory through the backend's tracker (device_malloc: counted with the rest), failures as CudnnFailure.
+void* allocate(size_t bytes, const char* what) {
+  try {
+    return device_malloc(std::max<size_t>(bytes, 16));
+  } catch (const Error& e) {
+    throw CudnnFailure(std::string(what) + ": " + e.what());
+  }
 }
 
 // Fixed unique ids of the graph's real tensors (the variant pack names them); virtual ones count up from 100.
@@ -384,10 +396,9 @@ CachedPlan build(const PlanKey& key, cudnnHandle_t handle) {
   int64_t workspace = 0, n = 0;
   check(cudnn().GetAttribute(c.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &workspace),
         "plan workspace size");
-  check_cuda(cudaMalloc(&c.workspace, size_t(std::max<int64_t>(workspace, 16))), "cudaMalloc(cuDNN workspace)");
-  check_cuda(cudaMalloc(reinterpret_cast<void**>(&c.o16), size_t(S * N * D) * sizeof(bf16)), "cudaMalloc(o bf16)");
-  check_cuda(cudaMalloc(reinterpret_cast<void**>(&c.stats), size_t(S * N * H) * sizeof(float)),
-             "cudaMalloc(statistics)");
+  c.workspace = allocate(size_t(workspace), "cuDNN workspace");
+  c.o16 = static_cast<bf16*>(allocate(size_t(S * N * D) * sizeof(bf16), "cuDNN o (bf16)"));
+  c.stats = static_cast<float*>(allocate(size_t(S * N * H) * sizeof(float), "cuDNN statistics"));
   c.scale = float(1.0 / std::sqrt(double(hd)));
   // cuDNN before 9.10 expects the lowest float, not -inf, as the masked score (as cuDNN's frontend passes it).
   c.neg_inf = cudnn().version < 91000 ? std::numeric_limits<float>::lowest() : -std::numeric_limits<float>::infinity();
