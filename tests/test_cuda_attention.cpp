@@ -35,6 +35,7 @@
 #include "nn/layers.h"
 #ifdef TTT_HAVE_CUDA
 #include "backend/cuda/attention.h"
+#include "backend/cuda/attention_cudnn.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/lact_cuda.h"
 #endif
@@ -95,7 +96,8 @@ struct Impl {
               const float*, int64_t, const float*, const float*, int64_t, float*, int64_t, float*, int64_t, float*,
               int64_t, void*, void*);
   bool bf16_inputs = false;  // the bf16-operand entry points (hd % 8 == 0 only)
-  const char* name() const { return bf16_inputs ? "bf16-inputs" : bf16 ? "bf16" : "fp32"; }
+  const char* label = nullptr;  // a name other than the default one below
+  const char* name() const { return label ? label : bf16_inputs ? "bf16-inputs" : bf16 ? "bf16" : "fp32"; }
 };
 // bf16 twins of fp32 operands for the bf16-input kernels: the operand's rows rounded to bf16 (what the
 // fp32-input kernels round them to on load), with the same column offsets and a leading dimension rounded up to 8.
@@ -132,10 +134,25 @@ void bwd_bf16_inputs(const cuda::AttentionShape& s, const float* q, int64_t ldq,
   cuda::stream_synchronize();
 }
 
+// cuDNN's fused attention forward (attention_cudnn.h) on the bf16 twins of the operands, called directly (not
+// through swa_forward_bf16's switch, so that a fallback cannot pass for it). Fails the test where it declines.
+void fwd_cudnn(const cuda::AttentionShape& s, const float* q, int64_t ldq, const float* k, int64_t ldk,
+               const float* v, int64_t ldv, float* o, int64_t ldo, float* lse, void* st) {
+  const int64_t rows = s.S * s.N, D = s.heads * s.hd;
+  const Bf16Twin tq = bf16_twin(q, ldq, rows, D), tk = bf16_twin(k, ldk, rows, D), tv = bf16_twin(v, ldv, rows, D);
+  std::string why;
+  if (!cuda::swa_forward_cudnn(s, tq.p(), tq.ld, tk.p(), tk.ld, tv.p(), tv.ld, o, ldo, lse, st, &why))
+    ADD_FAILURE() << "cuDNN declined the shape: " << why;
+  cuda::stream_synchronize();
+}
+
 const Impl kFp32{false, &cuda::swa_forward, &cuda::swa_backward};
 const Impl kBf16{true, &cuda::swa_forward_bf16, &cuda::swa_backward_bf16};
 // bf16 kernels fed bf16 operands (cp.async tiles); must give the bits of kBf16 for the same rounded values.
 const Impl kBf16Inputs{true, &fwd_bf16_inputs, &bwd_bf16_inputs, true};
+// cuDNN's forward (o rounded to bf16 by cuDNN, then widened), our bf16 backward fed its o and lse: the bf16 error
+// bounds against float64 for all five outputs (the backward's check is also one of lse's convention).
+const Impl kCudnn{true, &fwd_cudnn, &cuda::swa_backward_bf16, false, "cudnn"};
 
 std::vector<float> normal(Rng& r, size_t n, double s) {
   std::vector<float> x(n);
@@ -575,6 +592,84 @@ TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
   wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4, 5, 6}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
 }
 
+// While alive, swa_forward_bf16 tries cuDNN (1) or never does (0); then the setting it replaced.
+using CudnnSetting = ScopedWgmma<cuda::swa_forward_bf16_set_cudnn>;
+
+// Why cuDNN's attention cannot run here ("" where it can): not built in, libcudnn.so.9 not loadable, or no engine
+// for a small hd-64 banded shape.
+std::string cudnn_missing() {
+  std::string why;
+  if (cuda::cudnn_runtime_version(&why) == 0) return why;
+  const cuda::AttentionShape s{1, 128, 1, 64, 37};
+  cuda::DeviceBuffer qkv32(size_t(s.N * 3 * s.hd) * 4), o = nan_buf(size_t(s.N * s.hd)), lse = nan_buf(size_t(s.N));
+  qkv32.fill_random<float>(s.N * 3 * s.hd, fresh_seed(), 0, 1.0, true);
+  const Bf16Twin qkv = bf16_twin(qkv32.as<float>(), 3 * s.hd, s.N, 3 * s.hd);
+  const bf16* q = qkv.p();
+  if (!cuda::swa_forward_cudnn(s, q, 3 * s.hd, q + s.hd, 3 * s.hd, q + 2 * s.hd, 3 * s.hd, o.as<float>(), s.hd,
+                               lse.as<float>(), nullptr, &why))
+    return why;
+  cuda::stream_synchronize();
+  return "";
+}
+
+// Skips the test where cuDNN's attention cannot run, saying why; fails instead where TTT_REQUIRE_CUDNN=1 is set
+// (the H200 runs, where it must).
+#define REQUIRE_CUDNN()                                                                     \
+  do {                                                                                      \
+    const std::string why_ = cudnn_missing();                                               \
+    if (!why_.empty()) {                                                                    \
+      const char* req_ = std::getenv("TTT_REQUIRE_CUDNN");                                  \
+      if (req_ && std::string(req_) == "1") FAIL() << "TTT_REQUIRE_CUDNN=1: " << why_;      \
+      GTEST_SKIP() << "cuDNN attention unavailable: " << why_;                              \
+    }                                                                                       \
+  } while (0)
+
+// cuDNN's fused attention forward on the wgmma shapes (hd 64; windows 1, 37, 128, 300, 512 and >= N; N not a
+// multiple of any tile; fused qkv views and padded leading dimensions; a single token) through every check of
+// attention_case: o and lse against float64 (relative L2 <= kTolBf16, as the wgmma forward), our backward fed its
+// o and lse against float64, o's padding columns untouched. Then swa_forward_bf16 with cuDNN switched on gives the
+// direct call's bits (the switch reaches it), and the direct call is bit-reproducible.
+TEST(CudaAttention, CudnnForwardMatchesCpu) {
+  REQUIRE_CUDA();
+  REQUIRE_CUDNN();
+  std::printf("[attention cudnn] cuDNN runtime version %d\n", cuda::cudnn_runtime_version());
+  {
+    Worst worst;
+    worst.kind = "relative L2 error (cuDNN forward)";
+    for (const Case& c : wgmma_cases())  // one query with a causal mask: cuDNN 9.9 and older decline (fallback)
+      if (c.N > 1 || cuda::cudnn_runtime_version() > 90900) attention_case(kCudnn, worst, c);
+  }
+  const cuda::AttentionShape s{2, 333, 3, 64, 37};
+  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
+  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4);
+  qkv.fill_random<float>(rows * ld, fresh_seed(), 0, 1.0, true);
+  const Bf16Twin t = bf16_twin(qkv.as<float>(), ld, rows, ld);
+  const auto run = [&](bool direct) {
+    cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
+    if (direct) {
+      EXPECT_TRUE(cuda::swa_forward_cudnn(s, t.p(), t.ld, t.p() + D, t.ld, t.p() + 2 * D, t.ld, o.as<float>(), D,
+                                          lse.as<float>(), nullptr));
+    } else {
+      const CudnnSetting on(1);
+      EXPECT_TRUE(cuda::swa_forward_bf16_uses_cudnn_setting());
+      cuda::swa_forward_bf16(s, t.p(), t.ld, t.p() + D, t.ld, t.p() + 2 * D, t.ld, o.as<float>(), D, lse.as<float>(),
+                             nullptr);
+    }
+    std::vector<float> out = down(o, size_t(rows * D)), l = down(lse, size_t(rows * s.heads));
+    out.insert(out.end(), l.begin(), l.end());
+    return out;
+  };
+  const std::vector<float> first = run(true), again = run(true), switched = run(false);
+  ASSERT_EQ(first.size(), switched.size());
+  EXPECT_EQ(0, std::memcmp(first.data(), again.data(), first.size() * 4)) << "cuDNN forward not bit-reproducible";
+  EXPECT_EQ(0, std::memcmp(first.data(), switched.data(), first.size() * 4))
+      << "swa_forward_bf16 with cuDNN switched on differs from the direct cuDNN call";
+  {
+    const CudnnSetting off(0);
+    EXPECT_FALSE(cuda::swa_forward_bf16_uses_cudnn_setting());
+  }
+}
+
 TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
   REQUIRE_CUDA();
   cuda::DeviceBuffer b(1 << 16);
@@ -831,7 +926,8 @@ void shape760m(const Impl& impl) {
 
 // The bf16-input forwards at the 760m shape (fused bf16 qkv, 24 heads of 64, window 2048): the wgmma one with 2
 // and with 3 warpgroups per block (where it runs) and the mma.sync one, median of 5 each, with TFLOP/s at the
-// nominal 4 N W hd H flops; their o and lse agree (relative L2 <= kTolWgmmaVsMma). Asserts nothing on time.
+// nominal 4 N W hd H flops; their o and lse agree (relative L2 <= kTolWgmmaVsMma). cuDNN's fused attention too,
+// where it runs (relative L2 to the mma.sync kernel <= kTolBf16: its o is rounded to bf16). Asserts nothing on time.
 TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
   REQUIRE_CUDA();
   const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
@@ -860,6 +956,31 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
   std::vector<float> o_old, lse_old;
   run(0, o_old, lse_old);
   const std::vector<double> o_ref = as_double(o_old), lse_ref = as_double(lse_old);
+  // cuDNN's fused attention beside our kernels, where it runs (its o is bf16 widened to fp32 by a small kernel,
+  // timed with it): time, TFLOP/s, and closeness to the mma.sync kernel (the bf16 bound: cuDNN rounds o to bf16).
+  {
+    cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));
+    std::string why;
+    bool ran = true;
+    const auto fwd = [&] {
+      ran = cuda::swa_forward_cudnn(s, q16, qkv16.ld, q16 + D, qkv16.ld, q16 + 2 * D, qkv16.ld, o.as<float>(), D,
+                                    lse.as<float>(), nullptr, &why) &&
+            ran;
+    };
+    fwd();
+    if (ran) {
+      const FiveRuns t = time_five(fwd);
+      std::printf("[attention 760m forward] cuDNN %d: %.3f ms median of 5 (min %.3f, max %.3f), %.0f TFLOP/s\n",
+                  cuda::cudnn_runtime_version(), t.median, t.min, t.max, gflop / t.median);
+      const std::vector<float> o_cudnn = down(o, size_t(rows * D)), lse_cudnn = down(lse, size_t(rows * s.heads));
+      const double e_o = rel_l2(o_cudnn, o_ref), e_lse = rel_l2(lse_cudnn, lse_ref);
+      std::printf("[attention 760m forward] cuDNN vs mma.sync: relative L2 o %.2e, lse %.2e\n", e_o, e_lse);
+      EXPECT_LE(e_o, kTolBf16) << "cuDNN o";
+      EXPECT_LE(e_lse, kTolBf16) << "cuDNN lse";
+    } else {
+      std::printf("[attention 760m forward] cuDNN: not run (%s)\n", why.c_str());
+    }
+  }
   for (const int warpgroups : {2, 3}) {
     std::vector<float> o_new, lse_new;
     if (run(warpgroups, o_new, lse_new) != warpgroups)

@@ -79,6 +79,8 @@ void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const
 // that many warpgroups (64 query rows each) per block. The wgmma kernel runs when the build has sm_90a code, the
 // device is cc 9.0 and hd == 64, with 2 warpgroups unless the environment sets TTT_ATTN_WGMMA=3 (3 warpgroups) or
 // TTT_ATTN_WGMMA=0 (off; read once).
+// With TTT_ATTN_CUDNN=1 (off by default) the bf16-operand forward first tries cuDNN's fused attention where the
+// build has it and it can run the shape (attention_cudnn.h: same contract, o rounded to bf16 by cuDNN).
 int swa_forward_bf16_uses_wgmma(const AttentionShape& s);
 // Tests and benchmarks: the warpgroups the wgmma forward may use in this process (0: never, 2 or 3), or -1 for
 // the environment's choice (the default). Returns the setting it replaced (so that a scope can restore it).

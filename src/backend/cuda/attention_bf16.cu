@@ -39,6 +39,7 @@
 #include <cstdint>
 
 #include "backend/attention_workspace.h"
+#include "backend/cuda/attention_cudnn.h"
 #include "core/error.h"
 
 namespace ttt::cuda {
@@ -497,6 +498,9 @@ void swa_forward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const
                       int64_t ldv, float* o, int64_t ldo, float* lse, void* stream) {
   if (!check_forward("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv, o, ldo, lse)) return;
   check_bf16_operands("swa_forward_bf16", s, q, ldq, k, ldk, v, ldv);
+  // cuDNN's fused attention where selected (TTT_ATTN_CUDNN=1) and able to run this shape; else our kernels.
+  if (swa_forward_bf16_uses_cudnn_setting() && swa_forward_cudnn(s, q, ldq, k, ldk, v, ldv, o, ldo, lse, stream))
+    return;
   if (const int warpgroups = swa_forward_bf16_uses_wgmma(s))
     swa_forward_bf16_wgmma(warpgroups, s, as_nv(q), ldq, as_nv(k), ldk, as_nv(v), ldv, o, ldo, lse, as_stream(stream));
   else
