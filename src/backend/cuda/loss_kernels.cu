@@ -1,8 +1,7 @@
-// Cross-entropy kernels (loss_kernels.h): one block per row for the log-sum-exp (vocabularies up to 32768: the row
-// held in registers, resident blocks walking rows; larger ones: two passes over the row), one block for the mean, a
-// grid-stride pass (fp32) or a block per row (bf16 in place) for the gradient. Sums accumulate in double along fixed
-// trees (warp shuffles, then shared memory), so results are deterministic. Naming and launch conventions:
-// kernel_util.cuh.
+// Cross-entropy kernels (loss_kernels.h): one block per row for the log-sum-exp (two passes over the row), one block
+// for the mean, a grid-stride pass (fp32) or a block per row (bf16 in place) for the gradient. Sums accumulate in
+// double along fixed trees (warp shuffles, then shared memory), so results are deterministic. Naming and launch
+// conventions: kernel_util.cuh.
 #include "backend/cuda/loss_kernels.h"
 
 #include <cuda_bf16.h>
@@ -103,47 +102,6 @@ __global__ void k_cross_entropy_fwd_rows(const float* __restrict__ logits, const
     if (row_loss) row_loss[r] = float(ls - double(x[t]));
   }
 }
-// k_cross_entropy_fwd_rows with the whole row in registers (V <= kThreads * kPerThread): thread t holds columns
-// t + k kThreads, all loaded before the first is used, so the logits are read from memory once instead of twice
-// (ncu, H200, 760m step: 1.88 ms for the two reads of the fp32 [32768, 32000] logits, 8.4 GB at 4.5 TB/s). The
-// same columns per thread in the same order, the same block trees: the same bits. One 256-thread block per SM
-// (the row takes most of the registers); its loads, up to 128 KB a block, keep the memory busy.
-template <int kPerThread>
-__global__ void __launch_bounds__(kThreads, 1)
-    k_cross_entropy_fwd_rows_regs(const float* __restrict__ logits, const int32_t* __restrict__ targets,
-                                  float* __restrict__ lse, float* __restrict__ row_loss, int64_t V, int64_t N) {
-  for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
-    const int32_t t = targets[r];
-    const float* x = logits + r * V;
-    if (t < 0) {
-      if (threadIdx.x == 0) {
-        lse[r] = 0.f;
-        if (row_loss) row_loss[r] = 0.f;
-      }
-      continue;  // the whole block skips the row (t is the same for every thread)
-    }
-    float v[kPerThread];
-#pragma unroll
-    for (int k = 0; k < kPerThread; ++k) {
-      const int64_t j = threadIdx.x + int64_t(k) * kThreads;
-      v[k] = j < V ? x[j] : -INFINITY;
-    }
-    float mx = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < kPerThread; ++k) mx = fmaxf(mx, v[k]);
-    mx = block_max(mx);
-    double s = 0;
-#pragma unroll
-    for (int k = 0; k < kPerThread; ++k)
-      if (threadIdx.x + int64_t(k) * kThreads < V) s += double(expf(v[k] - mx));
-    s = block_sum(s);
-    if (threadIdx.x == 0) {
-      const double ls = double(mx) + log(s);
-      lse[r] = float(ls);
-      if (row_loss) row_loss[r] = float(ls - double(x[t]));
-    }
-  }
-}
 // One block: mean over the valid rows of lse - x[target], fixed order.
 __global__ void k_cross_entropy_fwd_mean(const float* __restrict__ logits, const int32_t* __restrict__ targets,
                                          const float* __restrict__ lse, float* __restrict__ loss,
@@ -214,9 +172,6 @@ __global__ void k_cross_entropy_bwd_bf16(float* logits, const int32_t* __restric
   }
 }
 
-// Columns a thread holds in k_cross_entropy_fwd_rows_regs: vocabularies up to 32768.
-constexpr int kRowRegs = 128;
-
 }  // namespace
 
 void cross_entropy_forward(const float* logits, const int32_t* targets, float* lse, float* row_loss, float* loss,
@@ -225,23 +180,10 @@ void cross_entropy_forward(const float* logits, const int32_t* targets, float* l
   const cudaStream_t st = as_stream(stream);
   if (N > 0) {
     TTT_CHECK(N < (int64_t(1) << 31), "cross_entropy_forward: " << N << " rows");
-    if (V <= int64_t(kThreads) * kRowRegs) {
-      // As many blocks as are resident (one per SM), each walking rows.
-      static const int blocks_per_sm = [] {
-        int b = 0;
-        TTT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, k_cross_entropy_fwd_rows_regs<kRowRegs>,
-                                                                     kThreads, 0));
-        return std::max(b, 1);
-      }();
-      int device = 0, sms = 0;
-      TTT_CUDA_CHECK(cudaGetDevice(&device));
-      TTT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-      const int64_t blocks = std::min<int64_t>(N, int64_t(sms) * blocks_per_sm);
-      k_cross_entropy_fwd_rows_regs<kRowRegs><<<unsigned(blocks), kThreads, 0, st>>>(logits, targets, lse, row_loss,
-                                                                                      V, N);
-    } else {
-      k_cross_entropy_fwd_rows<<<unsigned(N), kThreads, 0, st>>>(logits, targets, lse, row_loss, V);
-    }
+    // One block per row, two reads of the row (max, then the sum; the second mostly from L2). A variant that held
+    // the row in registers (one read, one 256-thread block per SM) measured slower on the H200: 2.87 against
+    // 1.88 ms at the 760m shape (docs/PERF.md "Memory-bound passes of the 760m step").
+    k_cross_entropy_fwd_rows<<<unsigned(N), kThreads, 0, st>>>(logits, targets, lse, row_loss, V);
     TTT_LAUNCH_CHECK("cross_entropy_forward rows");
   }
   k_cross_entropy_fwd_mean<<<1, 1024, 0, st>>>(logits, targets, lse, loss, valid, N, V);
