@@ -11,7 +11,6 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "nn/layers.h"
@@ -308,43 +307,6 @@ TEST(CudaKernels, QkPrepFusedRowGroupWalkKeepsTheUnfusedBits) {
     std::printf("[qk_prep_fused walk] %s: %lld rows, %s, bits equal to the unfused passes: %s\n", name.c_str(),
                 (long long)q.rows, lanes > 0 ? ("teams of " + std::to_string(lanes) + " lanes").c_str() : "row groups",
                 ::testing::Test::HasFailure() ? "NO" : "yes");
-  }
-}
-
-// The forward's register walk with its ring of items loaded ahead (4 items a team where d <= 384:
-// mk::qk_prep_fused_set_forward_ahead 0, the default) against the walk one item ahead (1, the kernel before the
-// ring): y and the norms bit for bit, each fresh into NaN-filled buffers. Shapes: the 760m preset's 4 x 384 (a row
-// ahead) with more rows than an H200's resident teams hold and with fewer, and with its public model's 64-wide
-// RoPE; the 87M configs' 12 x 64; 3 x 128 (rows of 3 items in a ring of 4: walks end mid-ring), 1 x 256 (the ring
-// spans 4 rows), 3 x 256 with its RoPE over 18 rows in 2 sequences.
-TEST(CudaKernels, QkPrepFusedForwardRingKeepsTheOneAheadBits) {
-  REQUIRE_CUDA();
-  struct AheadScope {
-    int before = cuda::mk::qk_prep_fused_set_forward_ahead(0);
-    ~AheadScope() { cuda::mk::qk_prep_fused_set_forward_ahead(before); }
-  } restore;
-  for (const QkShape c : std::vector<QkShape>{{1, 8002, 4, 384, 384}, {2, 33, 4, 384, 384}, {1, 3001, 4, 384, 64},
-                                              {1, 20011, 12, 64, 64}, {3, 101, 3, 128, 64}, {1, 2003, 1, 256, 0},
-                                              {2, 9, 3, 256, 256}}) {
-    const uint64_t seed = fresh_seed();
-    Rng r(seed);
-    const std::string name = shape_name("qk_prep_fused forward ring", c) + " seed " + std::to_string(seed);
-    ASSERT_GT(cuda::mk::qk_prep_fused_team_lanes(c.d, c.width), 0) << name << ": not the team walk";
-    QkPrepCase q(c, r);
-    auto forward = [&](int ahead) {
-      cuda::mk::qk_prep_fused_set_forward_ahead(ahead);
-      cuda::DeviceBuffer y = nan_buf(q.ND * 4), n = nan_buf(size_t(q.rows * c.H) * 4);
-      cuda::mk::qk_prep_forward_fused(q.xd.as<float>(), q.ld, q.sd.as<float>(), q.od.as<float>(), q.pd.as<int64_t>(),
-                                      q.kTheta, c.width, y.as<float>(), n.as<float>(), c.S, c.N, c.H, c.d, q.kEps);
-      return std::make_pair(down<float>(y, q.ND), down<float>(n, size_t(q.rows * c.H)));
-    };
-    const auto ring = forward(0), one = forward(1);
-    EXPECT_EQ(std::count_if(ring.first.begin(), ring.first.end(), [](float v) { return std::isnan(v); }), 0)
-        << name << ": y not written everywhere";
-    expect_same_bits(ring.first, one.first, name + ": y");
-    expect_same_bits(ring.second, one.second, name + ": norm");
-    std::printf("[qk_prep_fused forward ring] %s: %lld rows, bits equal to one item ahead: %s\n", name.c_str(),
-                (long long)q.rows, ::testing::Test::HasFailure() ? "NO" : "yes");
   }
 }
 

@@ -68,15 +68,6 @@ static void time_qk_prep_fused(const char* shape, int64_t T, int64_t H, int64_t 
                               nrm.as<float>(), 1, T, H, d, 1e-5);
     });
     report(shape, "q/k preparation forward", fused, 8.0 * TD, old);
-    // The same call with its register walk one item ahead (the kernel before the ring of items ahead).
-    const int before = cuda::mk::qk_prep_fused_set_forward_ahead(1);
-    const double one_ahead = median_ms([&] {
-      cuda::mk::qk_prep_forward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), p, 1e6, d, yT.as<float>(),
-                                      nrm.as<float>(), 1, T, H, d, 1e-5);
-    });
-    cuda::mk::qk_prep_fused_set_forward_ahead(before);
-    std::printf("[fused %s] %-34s %7.3f ms (%5.2f TB/s); floor %.3f ms at 4.5 TB/s\n", shape,
-                "  the forward one item ahead", one_ahead, 8.0 * TD / one_ahead * 1e-9, 8.0 * TD / 4.5e12 * 1e3);
   }
   {  // Its backward: one fused pass against batch_to_heads, RoPE's adjoint in place, the prep's adjoint.
     const double fused = median_ms([&] {

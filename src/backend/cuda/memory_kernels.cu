@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -283,9 +282,8 @@ __global__ void __launch_bounds__(kThreads, kFusedBwdMinBlocksPerSm)
 //   rotations once per row (the double sincos of rope_rotation_at: the same bits as k_rope) and uses them for all
 //   H heads: one sincos per (row, pair), as the unfused k_rope, spread over all lanes;
 // - no block barrier after the frequency table's: a team's rows are its own.
-// The team takes later items' loads before it computes the current one (the forward up to 4 items ahead:
-// team_fwd_ahead; the backward one). d = 64 uses teams of 8 lanes (4 rows per warp, 16-byte loads and stores),
-// d = 128 teams of 16, wider heads the whole warp.
+// The team takes the next item's loads before it computes the current one (two in flight per lane). d = 64 uses
+// teams of 8 lanes (4 rows per warp, 16-byte loads and stores), d = 128 teams of 16, wider heads the whole warp.
 template <int kT>
 __host__ __device__ constexpr int team_vec() {
   return kT <= 2 ? 4 : kT <= 4 ? 2 : 1;
@@ -399,51 +397,8 @@ __device__ __forceinline__ int64_t batch_row(int64_t r, int h, int64_t N, int H,
   return ((s * H + h) * N + (r - s * N)) * d;
 }
 
-// The forward of one (row, head) item by its team: qk_prep_fwd_item (kCached) on the lane's slots a (x in, y out,
-// in place), RoPE as k_rope with the row's rotations, the store as heads_to_batch; returns the norm.
-template <int kT, int kV, int kTL, int kW>
-__device__ __forceinline__ float qk_prep_fwd_team_item(float (&a)[kT][kV],
-                                                       const RopeRotation (&rot)[kW > 0 ? kW / 2 : 1][kV],
-                                                       const float* __restrict__ scale,
-                                                       const float* __restrict__ offset, int c, float eps,
-                                                       unsigned mask) {
-  double ss[kV];
-#pragma unroll
-  for (int k = 0; k < kV; ++k) ss[k] = 0;
-#pragma unroll
-  for (int t = 0; t < kT; ++t) {
-    float sc[kV], of[kV];
-    load_vec<kV>(scale + c + 32 * t, sc);
-    load_vec<kV>(offset + c + 32 * t, of);
-#pragma unroll
-    for (int k = 0; k < kV; ++k) {
-      a[t][k] = math::silu(a[t][k] * sc[k] + of[k]);
-      ss[k] += double(a[t][k]) * double(a[t][k]);
-    }
-  }
-  const float nrm = float(sqrt(team_tree_sum<kV, kTL>(ss, mask)));
-  const float inv = 1.0f / (nrm + eps);
-#pragma unroll
-  for (int t = 0; t < kT; ++t)
-#pragma unroll
-    for (int k = 0; k < kV; ++k) a[t][k] = a[t][k] * inv;
-  team_rotate<kT, kV, kW>(a, rot);
-  return nrm;
-}
-// The items a forward team has loaded ahead of the one it computes: a ring of kAhead items' x (and their rows'
-// positions) in registers, refilled with item i + kAhead as item i starts. One item ahead (1.5 KB a warp at
-// d = 384) kept a 760m call at 212 µs against a 90 µs floor (ncu, H200; 24 warps per SM): 4 items where one is at
-// most 12 floats a lane (d <= 384; at 760m a whole row of 4 x 384 ahead, 128 registers: 16 warps per SM). Wider
-// heads stay one ahead (a ring of 2-3 took 134-156 registers: 8 warps per SM, no more bytes in flight per SM).
-// The same items, each with the same operations: every depth gives the same bits.
-template <int kT>
-__host__ __device__ constexpr int team_fwd_ahead() {
-  return kT * team_vec<kT>() <= 12 ? 4 : 1;
-}
-
-// qk_prep_fwd_item (kCached) per (row, head), then RoPE as k_rope and the store as heads_to_batch, with kAhead
-// items' loads in flight (team_fwd_ahead; 1 the walk before the ring, also the fallback of wider heads).
-template <int kT, int kW, int kAhead>
+// qk_prep_fwd_item (kCached) per (row, head), then RoPE as k_rope and the store as heads_to_batch.
+template <int kT, int kW>
 __global__ void __launch_bounds__(kThreads)
     k_qk_prep_fwd_teams(const float* __restrict__ x, int64_t ldx, const float* __restrict__ scale,
                         const float* __restrict__ offset, const int64_t* __restrict__ pos, double theta,
@@ -456,60 +411,45 @@ __global__ void __launch_bounds__(kThreads)
   const unsigned mask = team_mask<kTL>();
   const int64_t teams = int64_t(gridDim.x) * (blockDim.x / kTL);
   TeamWalk it{(int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kTL, 0};
+  float xn[kT][kV];
+  if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + p * kV, xn);
   RopeRotation rot[kW > 0 ? kW / 2 : 1][kV];
-  // The item `cur` from its x in a: rotations at its row's first head (position at), the math, the stores.
-  auto compute_store = [&](const TeamWalk& cur, int64_t at, float(&a)[kT][kV]) {
-    if (kW > 0 && cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, at, p, 1.f);
-    const float nrm = qk_prep_fwd_team_item<kT, kV, kTL, kW>(a, rot, scale, offset, cur.h * d + p * kV, eps, mask);
+  while (it.r < rows) {
+    const TeamWalk cur = it;
+    float a[kT][kV];
+#pragma unroll
+    for (int t = 0; t < kT; ++t)
+#pragma unroll
+      for (int k = 0; k < kV; ++k) a[t][k] = xn[t][k];
+    it.next(H, teams);
+    if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + it.h * d + p * kV, xn);
+    if (kW > 0 && cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, pos[cur.r], p, 1.f);
+    const int c = cur.h * d + p * kV;
+    double ss[kV];
+#pragma unroll
+    for (int k = 0; k < kV; ++k) ss[k] = 0;
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+      float sc[kV], of[kV];
+      load_vec<kV>(scale + c + 32 * t, sc);
+      load_vec<kV>(offset + c + 32 * t, of);
+#pragma unroll
+      for (int k = 0; k < kV; ++k) {
+        a[t][k] = math::silu(a[t][k] * sc[k] + of[k]);
+        ss[k] += double(a[t][k]) * double(a[t][k]);
+      }
+    }
+    const float nrm = float(sqrt(team_tree_sum<kV, kTL>(ss, mask)));
+    const float inv = 1.0f / (nrm + eps);
+#pragma unroll
+    for (int t = 0; t < kT; ++t)
+#pragma unroll
+      for (int k = 0; k < kV; ++k) a[t][k] = a[t][k] * inv;
+    team_rotate<kT, kV, kW>(a, rot);
     float* yr = yT + batch_row(cur.r, cur.h, N, H, d) + p * kV;
 #pragma unroll
     for (int t = 0; t < kT; ++t) store_vec<kV>(yr + 32 * t, a[t]);
     if (p == 0) norm[cur.r * H + cur.h] = nrm;
-  };
-  if constexpr (kAhead == 1) {  // one walker; the position read where it is used (fewer registers)
-    float xn[kT][kV];
-    if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + p * kV, xn);
-    while (it.r < rows) {
-      const TeamWalk cur = it;
-      float a[kT][kV];
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-#pragma unroll
-        for (int k = 0; k < kV; ++k) a[t][k] = xn[t][k];
-      it.next(H, teams);
-      if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + it.h * d + p * kV, xn);
-      compute_store(cur, kW > 0 && cur.h == 0 ? pos[cur.r] : 0, a);
-    }
-  } else {
-    TeamWalk ahead = it;  // the next item to load
-    float ring[kAhead][kT][kV];
-    int64_t at_ring[kAhead] = {};  // the ring items' positions (RoPE; read for a row's first head)
-    auto load_ahead = [&](float(&xs)[kT][kV], int64_t& at) {
-      if (ahead.r < rows) {
-        load_slots<kT, kV>(x + ahead.r * ldx + ahead.h * d + p * kV, xs);
-        if (kW > 0 && ahead.h == 0) at = pos[ahead.r];
-      }
-      ahead.next(H, teams);
-    };
-#pragma unroll
-    for (int s = 0; s < kAhead; ++s) load_ahead(ring[s], at_ring[s]);
-    while (it.r < rows) {
-#pragma unroll
-      for (int s = 0; s < kAhead; ++s) {
-        if (it.r < rows) {
-          const TeamWalk cur = it;
-          const int64_t at = at_ring[s];
-          float a[kT][kV];
-#pragma unroll
-          for (int t = 0; t < kT; ++t)
-#pragma unroll
-            for (int k = 0; k < kV; ++k) a[t][k] = ring[s][t][k];
-          load_ahead(ring[s], at_ring[s]);
-          it.next(H, teams);
-          compute_store(cur, at, a);
-        }
-      }
-    }
   }
 }
 
@@ -818,16 +758,11 @@ struct TeamFwd {
   int64_t rows, N;
   int H;
   float eps;
-  bool one_ahead;  // qk_prep_fused_set_forward_ahead(1)
   template <int kT, int kW>
   void run() const {
-    if (one_ahead) launch(k_qk_prep_fwd_teams<kT, kW, 1>, 32 * kT);
-    else launch(k_qk_prep_fwd_teams<kT, kW, team_fwd_ahead<kT>()>, 32 * kT);
-  }
-  template <class Kernel>
-  void launch(Kernel kernel, int64_t d) const {
-    kernel<<<team_blocks(kernel, kThreads, rows, d), kThreads>>>(x, ldx, scale, offset, pos, theta, yT, norm, rows, N,
-                                                                 H, eps);
+    const auto kernel = k_qk_prep_fwd_teams<kT, kW>;
+    kernel<<<team_blocks(kernel, kThreads, rows, 32 * kT), kThreads>>>(x, ldx, scale, offset, pos, theta, yT, norm,
+                                                                       rows, N, H, eps);
   }
 };
 struct TeamBwd {
@@ -856,12 +791,6 @@ struct TeamShapeOnly {  // team_walk's answer alone
   void run() const {}
 };
 
-// The forward's items ahead (qk_prep_fused_set_forward_ahead): 0 the shape's default, 1 one item.
-static std::atomic<int> forward_ahead_setting{0};
-int qk_prep_fused_set_forward_ahead(int items) {
-  TTT_CHECK(items == 0 || items == 1, "qk_prep_fused_set_forward_ahead: items must be 0 or 1, got " << items);
-  return forward_ahead_setting.exchange(items);
-}
 int64_t qk_prep_fused_team_lanes(int64_t d, int64_t rope_width) {
   return team_walk(d, rope_width, TeamShapeOnly{}) ? team_lanes(d) : 0;
 }
@@ -871,8 +800,7 @@ void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, cons
   check_fused(S, N, H, d, rope_width, "qk_prep_forward_fused");
   if (S * N == 0) return;
   if (!(qk_prep_fused_team_lanes(d, rope_width) > 0 && team_aligned(d, {x, scale, offset, yT}, {ldx}) &&
-        team_walk(d, rope_width, TeamFwd{x, scale, offset, ldx, pos, theta, yT, norm, S * N, N, int(H), float(eps),
-                                         forward_ahead_setting.load() == 1}))) {
+        team_walk(d, rope_width, TeamFwd{x, scale, offset, ldx, pos, theta, yT, norm, S * N, N, int(H), float(eps)}))) {
     const auto kernel = d <= 32 * kPerLane ? k_qk_prep_fwd_fused<true> : k_qk_prep_fwd_fused<false>;
     const FusedLaunch l = fused_launch(kernel, S * N, H, d, rope_width);
     kernel<<<l.blocks, kThreads, l.smem>>>(x, ldx, scale, offset, pos, theta, int(rope_width), yT, norm, S, N, H,

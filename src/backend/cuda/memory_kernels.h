@@ -39,10 +39,6 @@ void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, con
 // memory). The register walk needs d = 64, 128, 256, 384, 512 or 768 and a RoPE width of 0, d, 64 or 128 that
 // divides d (and vector-aligned pointers: the GPU model's always are); both walks give the same bits.
 int64_t qk_prep_fused_team_lanes(int64_t d, int64_t rope_width);
-// Tests and benchmarks: the items a team of the forward's register walk loads ahead of the one it computes, in
-// this process: 0 the shape's default (a ring of 4 items where d <= 384, else 1), 1 one item (the walk before the
-// ring). Both give the same bits. Returns the setting it replaced (so that a scope can restore it).
-int qk_prep_fused_set_forward_ahead(int items);
 
 // out[r, h*d + j] = x[r, h*d + j] * gate[r, h].  Backward: dx = dout * gate, dgate[r, h] = sum_j dout * x.
 void gate_heads_forward(const float* x, const float* gate, float* out, int64_t rows, int64_t H, int64_t d);
