@@ -67,6 +67,19 @@ FiveRuns time_five(const std::function<void()>& enqueue) {
   return {t[2], t[0], t[4]};
 }
 
+// The 760m model's attention (T 32768, 24 heads of 64, window 2048) and random fp32 inputs for it, from one fresh
+// seed: the fused q|k|v rows [N][3D] and dO [N][D].
+struct Inputs760m {
+  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
+  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
+  const uint64_t seed = fresh_seed();
+  cuda::DeviceBuffer qkv{size_t(rows * ld) * 4}, dO{size_t(rows * D) * 4};
+  Inputs760m() {
+    qkv.fill_random<float>(rows * ld, seed, 0, 1.0, true);
+    dO.fill_random<float>(rows * D, seed + 1, 0, 1.0, true);
+  }
+};
+
 // While alive, the wgmma variant that Set selects (swa_forward_bf16_set_wgmma, swa_backward_bf16_set_wgmma) is
 // `value`; then the setting it replaced, so that a nested scope (attention_case's mma.sync-only comparison) hands
 // the enclosing test's variant back.
@@ -786,12 +799,11 @@ TEST(CudaAttention, RejectsBadInput) {
 double g_fp32_fwd_ms = 0, g_fp32_bwd_ms = 0, g_bf16_fwd_ms = 0, g_bf16_bwd_ms = 0;
 
 void shape760m(const Impl& impl) {
-  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
-  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
-  const uint64_t seed = fresh_seed();
-  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4), dO(size_t(rows * D) * 4);
-  qkv.fill_random<float>(rows * ld, seed, 0, 1.0, true);
-  dO.fill_random<float>(rows * D, seed + 1, 0, 1.0, true);
+  Inputs760m in;
+  const cuda::AttentionShape& s = in.s;
+  const int64_t D = in.D, rows = in.rows, ld = in.ld;
+  const uint64_t seed = in.seed;
+  cuda::DeviceBuffer &qkv = in.qkv, &dO = in.dO;
   cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads)),
                      g = nan_buf(size_t(rows * ld)), work = nan_buf(cuda::swa_backward_workspace(s) / 4);
   const float* q = qkv.as<float>();
@@ -930,10 +942,10 @@ void shape760m(const Impl& impl) {
 // where it runs (relative L2 to the mma.sync kernel <= kTolBf16: its o is rounded to bf16). Asserts nothing on time.
 TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
   REQUIRE_CUDA();
-  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
-  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
-  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4);
-  qkv.fill_random<float>(rows * ld, fresh_seed(), 0, 1.0, true);
+  Inputs760m in;
+  const cuda::AttentionShape& s = in.s;
+  const int64_t D = in.D, rows = in.rows, ld = in.ld;
+  const cuda::DeviceBuffer& qkv = in.qkv;
   const Bf16Twin qkv16 = bf16_twin(qkv.as<float>(), ld, rows, ld);
   const bf16* q16 = qkv16.p();
   const double gflop = 4.0 * double(s.N) * double(s.window) * double(s.hd) * double(s.heads) * 1e-9;
@@ -1002,12 +1014,10 @@ TEST(CudaAttention, Bf16InputsWgmmaForward760mTiming) {
 // 6 give mode 2's bits. Asserts nothing on time.
 TEST(CudaAttention, Bf16InputsWgmmaBackward760mTiming) {
   REQUIRE_CUDA();
-  const cuda::AttentionShape s{1, 32768, 24, 64, 2048};
-  const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
-  const uint64_t seed = fresh_seed();
-  cuda::DeviceBuffer qkv(size_t(rows * ld) * 4), dO(size_t(rows * D) * 4);
-  qkv.fill_random<float>(rows * ld, seed, 0, 1.0, true);
-  dO.fill_random<float>(rows * D, seed + 1, 0, 1.0, true);
+  Inputs760m in;
+  const cuda::AttentionShape& s = in.s;
+  const int64_t D = in.D, rows = in.rows, ld = in.ld;
+  const cuda::DeviceBuffer &qkv = in.qkv, &dO = in.dO;
   const Bf16Twin qkv16 = bf16_twin(qkv.as<float>(), ld, rows, ld);
   const bf16* q16 = qkv16.p();
   cuda::DeviceBuffer o = nan_buf(size_t(rows * D)), lse = nan_buf(size_t(rows * s.heads));

@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(wg::Shape<WGS>::kThreads, wg::Shape<WGS>::kBlo
   using wg::kKeys, wg::kHd, wg::kRowB, wg::kTileB;
   constexpr int kRows = wg::Shape<WGS>::kRows, kThreadsB = wg::Shape<WGS>::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  unsigned char* smem = smem_raw + smem_pad_to_1024(smem_raw);
   unsigned char* Qs = smem;                   // kRows rows
   unsigned char* Ks = Qs + kRows * kRowB;     // [2] (kRows * 128 bytes: a multiple of 8 KB, 1024-aligned)
   unsigned char* Vs = Ks + 2 * kTileB;        // [2]
@@ -63,8 +63,7 @@ __global__ void __launch_bounds__(wg::Shape<WGS>::kThreads, wg::Shape<WGS>::kBlo
   const int rw = r0 + warp * 16;       // the warp's
   const uint64_t q_desc = sw128_desc(smem_u32(Qs + warpgroup * 64 * kRowB));
   float acc[kHd / 8][4];
-#pragma unroll
-  for (int n = 0; n < kHd / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  wg_zero(acc);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // as in k_swa_fwd_bf16
 
   for (int it = 0; it < ntiles; ++it) {

@@ -47,6 +47,15 @@ constexpr int kRowB = kHd * 2;  // bytes of a tile row
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TTT_ATTN_WGMMA_DEVICE 1
 
+// The bytes that round the dynamic shared memory up to 1024 (the 128-byte swizzle's tile alignment; the launch
+// requests 1 KB more than the tiles use).
+__device__ __forceinline__ uint32_t smem_pad_to_1024(const void* raw) { return (1024 - (smem_u32(raw) & 1023)) & 1023; }
+// An accumulator's fragments set to zero (the first product of a tile loop adds into them).
+template <int N>
+__device__ __forceinline__ void wg_zero(float (&acc)[N][4]) {
+#pragma unroll
+  for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }

@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
   using Sh = wgb::Shape<WGS, REG_A>;
   constexpr int kOwn = Sh::kOwn, kOwnB = Sh::kOwnB, kThreads = Sh::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  unsigned char* smem = smem_raw + smem_pad_to_1024(smem_raw);
   unsigned char* Ks = smem;                      // kOwn rows (REG_A: none)
   unsigned char* Vs = Ks + (REG_A ? 0 : kOwnB);  // kOwn rows (REG_A: none)
   unsigned char* Qs = Vs + (REG_A ? 0 : kOwnB);  // [2] x kStream rows
@@ -168,10 +168,7 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
     wg_load_a_fragments(va, v + base * ldv + col, ldv, jw, g.N);
   }
   float adk[kHd / 8][4], adv[kHd / 8][4];
-#pragma unroll
-  for (int n = 0; n < kHd / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) adk[n][e] = 0.f, adv[n][e] = 0.f;
+  wg_zero(adk), wg_zero(adv);
 
   for (int it = 0; it < ntiles; ++it) {
     const int q0 = k0 + it * kStream, buf = it & 1;
@@ -268,7 +265,7 @@ __global__ void __launch_bounds__(128, 2)
 #ifdef TTT_ATTN_WGMMA_DEVICE
   using wg::kHd, wgb::kStream, wgb::kStreamB, wgb::kPipeStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  unsigned char* smem = smem_raw + smem_pad_to_1024(smem_raw);
   unsigned char* Qs = smem;                                            // [kPipeStages] x kStream rows
   unsigned char* dOs = Qs + kPipeStages * kStreamB;                    // [kPipeStages]
   float* Ls = reinterpret_cast<float*>(dOs + kPipeStages * kStreamB);  // [kPipeStages][kStream] lse
@@ -297,10 +294,7 @@ __global__ void __launch_bounds__(128, 2)
   wg_load_a_fragments(ka, k + base * ldk + col, ldk, jw, g.N);
   wg_load_a_fragments(va, v + base * ldv + col, ldv, jw, g.N);
   float adk[kHd / 8][4], adv[kHd / 8][4];
-#pragma unroll
-  for (int n = 0; n < kHd / 8; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) adk[n][e] = 0.f, adv[n][e] = 0.f;
+  wg_zero(adk), wg_zero(adv);
   float st[kStream / 8][4], dpt[kStream / 8][4];     // S^T / P^T, dP^T / dS^T: rows keys, columns queries
   uint32_t pa[kStream / 16][4], dsa[kStream / 16][4];  // P^T, dS^T as A fragments (k: the queries)
   const auto tile_desc = [&](const unsigned char* tiles, int it) {
@@ -418,7 +412,7 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
   using Sh = wgb::Shape<WGS, REG_A>;
   constexpr int kOwn = Sh::kOwn, kOwnB = Sh::kOwnB, kThreads = Sh::kThreads;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  unsigned char* smem = smem_raw + smem_pad_to_1024(smem_raw);
   unsigned char* Qs = smem;                       // kOwn rows (REG_A: none)
   unsigned char* dOs = Qs + (REG_A ? 0 : kOwnB);  // kOwn rows (REG_A: none)
   unsigned char* Ks = dOs + (REG_A ? 0 : kOwnB);  // [2] x kStream rows
@@ -459,8 +453,7 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
     wg_load_a_fragments(doa, dO + base * lddo + col, lddo, rw, g.N);
   }
   float adq[kHd / 8][4];
-#pragma unroll
-  for (int n = 0; n < kHd / 8; ++n) adq[n][0] = adq[n][1] = adq[n][2] = adq[n][3] = 0.f;
+  wg_zero(adq);
 
   for (int it = 0; it < ntiles; ++it) {
     const int k0 = k_begin + it * kStream, buf = it & 1;
