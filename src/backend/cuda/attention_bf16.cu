@@ -458,7 +458,7 @@ void backward(const AttentionShape& s, Operands<T> x, const float* o, int64_t ld
   TTT_LAUNCH_CHECK("k_swa_delta_bf16");
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     x.dO = dO16, x.lddo = D;
-    if (const int mode = swa_backward_bf16_uses_wgmma(s)) {  // Hopper, hd 64: dk/dv (mode 1) and dq (modes 2-4)
+    if (const int mode = swa_backward_bf16_uses_wgmma(s)) {  // Hopper, hd 64: dk/dv (mode 1) and dq (modes 2-6)
       swa_backward_bf16_wgmma(mode, s, x.q, x.ldq, x.k, x.ldk, x.v, x.ldv, x.dO, x.lddo, lse, delta, dq, lddq, dk,
                               lddk, dv, lddv, st);
       if (mode >= 2 || !dq) return;
