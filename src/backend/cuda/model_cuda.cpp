@@ -268,10 +268,10 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   stage_done(0);  // the head's gradients are final
   for (int64_t l = m.L - 1; l >= 0; --l) {
     // The work buffers hold the last layer's activations already; the others are recomputed from their input,
-    // unless every layer kept its own (--recompute none). The recomputation's output (layer_output) is not kept
-    // again: it equals what the forward kept.
+    // unless every layer kept its own (--recompute none). The recomputation has no output: the layer's output is
+    // the next layer's kept input, and its backward needs only the activations up to the MLP's SwiGLU.
     const float* x = m.layer_input(l, rows);
-    if (l != m.L - 1 && !m.layers_kept) m.layer_forward(l, x, m.layer_output(l), S, N, /*recompute=*/true);
+    if (l != m.L - 1 && !m.layers_kept) m.layer_forward(l, x, /*out=*/nullptr, S, N, /*recompute=*/true);
     m.layer_backward(l, x, S, N);
     stage_done(1 + (m.L - 1 - l));
   }

@@ -22,8 +22,9 @@ const float* GpuModel::Impl::memory_norm_weight(const LayerTensors& lw) {
 }
 
 // Forward of layer l from x (rows x D) into out; every activation the backward needs stays in the buffers.
-// `recompute`: the backward's second forward of the layer, which skips the attention when its output was kept.
-// x may be out itself: only the first RMSNorm reads x, before anything writes out.
+// `recompute`: the backward's second forward of the layer, which skips the attention when its output was kept and
+// stops at the MLP's SwiGLU (out unused: may be null). x may be out itself: only the first RMSNorm reads x, before
+// anything writes out.
 void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_t S, int64_t N, bool recompute) {
   const int64_t rows = S * N;
   select_layer(l);
@@ -96,14 +97,18 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     if (act16) mk::to_bf16(sum, D, act.sum_bf16, D, rows, D);
   }
   gemm(false, false, rows, D, D, 1.0f, operand(sum, act.sum_bf16), D, weight(lw.wo), D, 1.0f, act.xmid, D);
-  // MLP: h2 = RMSNorm(xmid), and out = xmid (the residual the W_down product accumulates into)
-  if (act16) rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, out, rows, D, cfg.norm_eps);
-  else rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2, act.rinv2, out, rows, D, cfg.norm_eps);
+  // MLP: h2 = RMSNorm(xmid), and out = xmid (the residual the W_down product accumulates into). The backward's
+  // recomputation stops at the SwiGLU: the layer's backward reads h2, its gate and up values and their product, not
+  // the layer's output (kept already as the next layer's input), so the W_down product and the copy are skipped.
+  float* residual_out = recompute ? nullptr : out;
+  TTT_CHECK(recompute || out, "layer_forward: no output buffer");
+  if (act16) rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, residual_out, rows, D, cfg.norm_eps);
+  else rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2, act.rinv2, residual_out, rows, D, cfg.norm_eps);
   gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_gate), F, 0.0f, act.ga, F);
   gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_up), F, 0.0f, act.up, F);
   if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
   else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
-  gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, weight(lw.w_down), D, 1.0f, out, D);
+  if (!recompute) gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, weight(lw.w_down), D, 1.0f, out, D);
 }
 
 // ttt.w0 / ttt.w2 of a layer: the parameter itself, or (low rank) A B + 0.5 I per head into buffer `tmp`.
