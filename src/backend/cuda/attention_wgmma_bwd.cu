@@ -385,6 +385,7 @@ __global__ void __launch_bounds__(128, 2)
 
   wg_pin(adk);  // zeroed before the first batch (ptxas serializes every wgmma where an accumulator is written by
   wg_pin(adv);  // other instructions while batches are in flight)
+  if constexpr (FUSED_DQ) wg_pin(adq);
   cp_async_wait_group<1>();  // tile 0 has landed (tile 1 may still fly)
   fence_proxy_async();
   __syncthreads();
