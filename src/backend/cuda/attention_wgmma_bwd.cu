@@ -693,8 +693,8 @@ void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q,
     if (mode >= 3) dkdv(std::true_type{});
     else dkdv(std::false_type{});
   }
-  if (dq && mode >= 2) {  // (mode 7 with dq returned above)
-    if (mode == 4 || mode == 6) dq_kernel(std::true_type{});
+  if (dq && mode >= 2) {  // (mode 7: here only with dq rows that are not 8-byte aligned, as mode 6)
+    if (mode == 4 || mode >= 6) dq_kernel(std::true_type{});
     else dq_kernel(std::false_type{});
   }
 }
