@@ -310,9 +310,10 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
 // S^T(it+1) and dK(it) (A: dS^T read transposed, B: the block's K tile, both MN-major descriptors); it lands with
 // S^T(it+1), and the block adds it to dq at the end of tile it, while dK(it) runs, in the fixed order of
 // dq_add_in_turn (there rather than behind dP^T(it+1) at the start of tile it+1: dQ's 32 accumulator registers
-// then overlap fewer live ones; ptxas: 254 registers, no spills, else it spills). Blocks take key tiles in reverse
-// (block x: key tile ntiles - 1 - x), so that a block waits only for blocks dispatched before it. dk, dv: mode 6's
-// products in its order (its bits).
+// then overlap fewer live ones), and S^T takes K by descriptor from that tile (ptxas: 239 registers, no spills; 254
+// with K in registers, which a small change tips into spills or serialized wgmma). Blocks take key tiles in
+// reverse (block x: key tile ntiles - 1 - x), so that a block waits only for blocks dispatched before it. dk, dv:
+// mode 6's products in its order (its bits).
 template <bool FUSED_DQ>
 __global__ void __launch_bounds__(128, 2)
     k_swa_bwd_dkdv_wgmma_pipelined(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq,
@@ -357,8 +358,10 @@ __global__ void __launch_bounds__(128, 2)
   if (ntiles > 1) issue_queries(1);
   else cp_async_commit();  // an empty group: the group counts below stay those of two tiles in flight
 
-  uint32_t ka[kHd / 16][4], va[kHd / 16][4];  // the warp's 16 keys of K, V as A fragments
-  wg_load_a_fragments(ka, k + base * ldk + col, ldk, jw, g.N);
+  // The warp's 16 keys of K, V as A fragments. FUSED_DQ: K by descriptor from its shared tile instead (dQ's B
+  // needs it there anyway; the same products): 16 registers a thread of headroom for dQ's accumulator.
+  uint32_t ka[kHd / 16][4], va[kHd / 16][4];
+  if constexpr (!FUSED_DQ) wg_load_a_fragments(ka, k + base * ldk + col, ldk, jw, g.N);
   wg_load_a_fragments(va, v + base * ldv + col, ldv, jw, g.N);
   float adk[kHd / 8][4], adv[kHd / 8][4];
   wg_zero(adk), wg_zero(adv);
@@ -371,9 +374,12 @@ __global__ void __launch_bounds__(128, 2)
     return sw128_desc(smem_u32(tiles + (it % kPipeStages) * kStreamB));
   };
   const auto issue_st = [&](int it) {  // S^T(it) = K Q(it)^T into st, one batch
-    const uint64_t q_desc = tile_desc(Qs, it);
+    const uint64_t q_desc = tile_desc(Qs, it), k_desc = sw128_desc(smem_u32(Kt));
 #pragma unroll
-    for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_rs_kmajor(st, ka[kk], q_desc + 2 * kk, kk);
+    for (int kk = 0; kk < kHd / 16; ++kk) {
+      if constexpr (FUSED_DQ) wgmma_n64_ss(st, k_desc + 2 * kk, q_desc + 2 * kk, kk);
+      else wgmma_n64_rs_kmajor(st, ka[kk], q_desc + 2 * kk, kk);
+    }
     wg_commit();
   };
   const auto issue_dpt = [&](int it) {  // dP^T(it) = V dO(it)^T into dpt, one batch
@@ -465,7 +471,7 @@ __global__ void __launch_bounds__(128, 2)
       wg_pin(adk);
       wg_pin(pa);
       wg_pin(dsa);
-      wg_pin(ka);
+      if constexpr (!FUSED_DQ) wg_pin(ka);
       wg_pin(va);
     }
     if constexpr (FUSED_DQ) {  // dQ(it) has landed: into dq in its turn (dK(it) may still run)
