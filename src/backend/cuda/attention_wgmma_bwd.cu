@@ -457,12 +457,14 @@ __global__ void __launch_bounds__(128, 2)
 #pragma unroll
     for (int kk = 0; kk < kStream / 16; ++kk) wgmma_n64_rs(adk, dsa[kk], q_desc + desc_rows(16 * kk));
     wg_commit();
-    [[maybe_unused]] unsigned turn_seen = 0;  // FUSED_DQ: thread 0's first look at dQ(it)'s turn, in flight while
-    if constexpr (FUSED_DQ)                   // the products land
+    // FUSED_DQ: thread 0's first look at dQ(it)'s turn, in flight while the products land.
+    [[maybe_unused]] unsigned turn_seen = 0;
+    if constexpr (FUSED_DQ)
       if (threadIdx.x == 0 && it > 0) turn_seen = ld_acquire_gpu(turns + key_tile + it);
     if constexpr (kHasNext) {
-      wg_wait<1>();  // S^T(it+1) has landed, and dV(it) before it (pa, adv free), FUSED_DQ: and dQ(it); dK(it) may
-      wg_pin(st);    // run on
+      // S^T(it+1) has landed, and dV(it) before it (pa, adv free), FUSED_DQ: and dQ(it); dK(it) may run on.
+      wg_wait<1>();
+      wg_pin(st);
       wg_pin(pa);
       wg_pin(adv);
     } else {  // the last tile
