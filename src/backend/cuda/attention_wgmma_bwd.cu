@@ -312,7 +312,9 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
 // dq_add_in_turn (there rather than behind dP^T(it+1) at the start of tile it+1: dQ's 32 accumulator registers
 // then overlap fewer live ones), and S^T takes K by descriptor from that tile (ptxas: 239 registers, no spills; 254
 // with K in registers, which a small change tips into spills or serialized wgmma). Blocks take key tiles in
-// reverse (block x: key tile ntiles - 1 - x), so that a block waits only for blocks dispatched before it. dk, dv:
+// reverse, so that a block waits only for blocks dispatched before it, and heads first (grid (heads, sequences,
+// key tiles)): a wave of resident blocks holds a few key tiles of every head instead of one head's consecutive key
+// tiles, whose chain of turns would delay each block by one more link's latency than the block before it. dk, dv:
 // mode 6's products in its order (its bits).
 template <bool FUSED_DQ>
 __global__ void __launch_bounds__(128, 2)
@@ -334,14 +336,21 @@ __global__ void __launch_bounds__(128, 2)
   float* Ls = reinterpret_cast<float*>(dOs + kPipeStages * kStreamB);  // [kPipeStages][kStream] lse
   float* Ds = Ls + kPipeStages * kStream;                              // [kPipeStages][kStream] delta
   const int warp = threadIdx.x / 32;
-  const int key_tile = FUSED_DQ ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
-  const int k0 = key_tile * 64, h = blockIdx.y;
+  // FUSED_DQ: the grid is (heads, sequences, key tiles), the key tiles in reverse, so that blocks are dispatched
+  // head after head for each key tile: the block a block waits for (one key tile up, same head and sequence) was
+  // dispatched S * heads blocks earlier, not just before it (see the kernel's comment). Else (key tiles, heads,
+  // sequences).
+  const int n_key_tiles = FUSED_DQ ? int(gridDim.z) : int(gridDim.x);
+  const int key_tile = FUSED_DQ ? n_key_tiles - 1 - int(blockIdx.z) : int(blockIdx.x);
+  const int h = FUSED_DQ ? int(blockIdx.x) : int(blockIdx.y);
+  const int64_t seq = FUSED_DQ ? int64_t(blockIdx.y) : int64_t(blockIdx.z);
+  const int k0 = key_tile * 64;
   const int jw = k0 + warp * 16;  // the warp's first key
-  const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * kHd;
+  const int64_t base = seq * g.N, col = int64_t(h) * kHd;
   const DkdvStream in{q + base * ldq + col, ldq, dO + base * lddo + col, lddo, lse + base * g.heads + h,
                       delta + base * g.heads + h, g.heads, g.N};
   // FUSED_DQ: the turns of the head's query tiles (query tile i: dq_turns[i]; the query tiles are the key tiles).
-  unsigned* const turns = FUSED_DQ ? dq_turns + (int64_t(blockIdx.z) * g.heads + h) * gridDim.x : nullptr;
+  unsigned* const turns = FUSED_DQ ? dq_turns + (seq * g.heads + h) * n_key_tiles : nullptr;
   if constexpr (FUSED_DQ)  // K for dQ: in the cp.async group of query tile 0
     wg_load_tile<64, 128>(Kt, k + base * ldk + col, ldk, k0, min(64, g.N - k0));
   const auto issue_queries = [&](int it) {  // query tile it into buffer it % kPipeStages
@@ -667,10 +676,12 @@ void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q,
   const Geo g = make_geo(s);
   const dim3 grid64(unsigned((s.N + 63) / 64), unsigned(s.heads), unsigned(s.S));
   const bool dq_pairs = ((reinterpret_cast<uintptr_t>(dq) | uintptr_t(lddq) * sizeof(float)) & 7) == 0;
-  if (mode == 7 && dq && dq_pairs) {
+  const int64_t key_tiles = (s.N + 63) / 64;
+  if (mode == 7 && dq && dq_pairs && key_tiles <= 65535 && s.S <= 65535) {
     TTT_CUDA_CHECK(cudaMemsetAsync(dq_turns, 0, backend::swa_backward_dq_turns_bytes(s.S, s.N, s.heads), st));
     set_smem(k_swa_bwd_dkdv_wgmma_pipelined<true>, wgb::kSmemDkdvPipelinedFusedDq);
-    k_swa_bwd_dkdv_wgmma_pipelined<true><<<grid64, 128, wgb::kSmemDkdvPipelinedFusedDq, st>>>(
+    const dim3 grid_heads_first(unsigned(s.heads), unsigned(s.S), unsigned(key_tiles));
+    k_swa_bwd_dkdv_wgmma_pipelined<true><<<grid_heads_first, 128, wgb::kSmemDkdvPipelinedFusedDq, st>>>(
         g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dk, lddk, dv, lddv, dq, lddq, dq_turns);
     TTT_LAUNCH_CHECK("k_swa_bwd_dkdv_wgmma_pipelined<fused dq>");
     return;
