@@ -10,7 +10,8 @@
 namespace ttt::cuda {
 
 // The rotation of one channel pair at one position: cos, and sin times the direction (+1 rotation, -1 its inverse).
-struct RopeRotation {
+// 8-byte aligned: a table entry is one load.
+struct alignas(8) RopeRotation {
   float c, s;
 };
 
