@@ -79,4 +79,58 @@ TEST(CudaKernels, RopeMatchesCpu) {
   }
 }
 
+// The rotations read from a table (cuda::rope_rotations) give the bits of the rotations computed from the positions,
+// in the strided fp32 forward and backward and the bf16 forward: head widths 2 .. 384 (the attention's 64, the 760m
+// memory heads' 384), random positions, a context-parallel rank's (rank * N + i) and large ones (up to 2^24), and a
+// part of the table from row s N on with the positions from there (the GPU model's per-sequence calls with a halo).
+TEST(CudaKernels, RopeTableKeepsTheComputedBits) {
+  REQUIRE_CUDA();
+  struct C {
+    int64_t N, heads, hd;
+    double theta;
+  };
+  for (const C c : std::vector<C>{{301, 24, 64, 1e6}, {97, 4, 384, 1e6}, {64, 3, 130, 1e4}, {33, 11, 16, 1e4},
+                                  {9, 1, 2, 10.0}, {200, 8, 128, 5e5}}) {
+    for (const int kind : {0, 1, 2}) {
+      const uint64_t seed = fresh_seed();
+      Rng r(seed);
+      const int64_t D = c.heads * c.hd, ND = c.N * D, half = c.hd / 2;
+      const char* kinds[] = {"random positions", "rank 5 positions", "positions up to 2^24"};
+      const std::string name = "rope table N" + std::to_string(c.N) + " H" + std::to_string(c.heads) + " hd" +
+                               std::to_string(c.hd) + ", " + kinds[kind] + " seed " + std::to_string(seed);
+      std::vector<int64_t> pos = random_positions(r, c.N, kind == 2 ? (uint64_t(1) << 24) : 32768);
+      if (kind == 1)
+        for (int64_t i = 0; i < c.N; ++i) pos[size_t(i)] = 5 * c.N + i;
+      const std::vector<float> x = normal(r, 3 * ND, 1.0), dy = normal(r, ND, 1.0);
+      cuda::DeviceBuffer xd = up(x), dyd = up(dy), pd = up(pos);
+      cuda::DeviceBuffer table(size_t(c.N * half) * sizeof(cuda::RopeRotation));
+      cuda::rope_rotations(pd.as<int64_t>(), c.N, c.hd, c.theta, table.as<cuda::RopeRotation>());
+      const cuda::RopeRotation* rot = table.as<cuda::RopeRotation>();
+      // The model's calls: q from columns [D, 2D) of [N, 3D] into [N, D]; the backward into columns [D, 2D).
+      cuda::DeviceBuffer y1 = nan_buf(size_t(ND) * 4), y2 = nan_buf(size_t(ND) * 4);
+      cuda::rope_forward(xd.as<float>() + D, 3 * D, y1.as<float>(), D, pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+      cuda::rope_forward(xd.as<float>() + D, 3 * D, y2.as<float>(), D, rot, c.N, c.heads, c.hd);
+      expect_same_bits(down<float>(y2, size_t(ND)), down<float>(y1, size_t(ND)), name + ": forward");
+      cuda::DeviceBuffer dx1 = up(x), dx2 = up(x);
+      cuda::rope_backward(dyd.as<float>(), D, dx1.as<float>() + D, 3 * D, pd.as<int64_t>(), c.N, c.heads, c.hd,
+                          c.theta);
+      cuda::rope_backward(dyd.as<float>(), D, dx2.as<float>() + D, 3 * D, rot, c.N, c.heads, c.hd);
+      expect_same_bits(down<float>(dx2, size_t(3 * ND)), down<float>(dx1, size_t(3 * ND)), name + ": backward");
+      cuda::DeviceBuffer h1(size_t(ND) * 2), h2(size_t(ND) * 2);
+      cuda::rope_forward(xd.as<float>(), 3 * D, h1.as<bf16>(), D, pd.as<int64_t>(), c.N, c.heads, c.hd, c.theta);
+      cuda::rope_forward(xd.as<float>(), 3 * D, h2.as<bf16>(), D, rot, c.N, c.heads, c.hd);
+      const BitDiff d16 = bit_diff(down<bf16>(h2, size_t(ND)), down<bf16>(h1, size_t(ND)));
+      EXPECT_EQ(d16.count, 0u) << name << ": bf16 forward differs in " << d16.count << " elements, first at "
+                               << d16.first;
+      // Rows [s, N) alone, from the table's row s and the positions from there.
+      const int64_t s = c.N / 3, rest = c.N - s;
+      cuda::DeviceBuffer p1 = nan_buf(size_t(rest * D) * 4), p2 = nan_buf(size_t(rest * D) * 4);
+      cuda::rope_forward(xd.as<float>() + s * 3 * D, 3 * D, p1.as<float>(), D, pd.as<int64_t>() + s, rest, c.heads,
+                         c.hd, c.theta);
+      cuda::rope_forward(xd.as<float>() + s * 3 * D, 3 * D, p2.as<float>(), D, rot + s * half, rest, c.heads, c.hd);
+      expect_same_bits(down<float>(p2, size_t(rest * D)), down<float>(p1, size_t(rest * D)), name + ": rows from s");
+    }
+  }
+}
+
 #endif  // TTT_HAVE_CUDA

@@ -24,10 +24,16 @@ TTT_HOST_DEVICE double log1p(double x) { return ::log1p(x); }
 TTT_HOST_DEVICE float sqrt(float x) { return ::sqrtf(x); }
 TTT_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
 
-// sigmoid(z) = 1 / (1 + e^-z), without overflow for either sign of z.
+// sigmoid(z) = 1 / (1 + e^-z), without overflow for either sign of z: with t = e^-|z| (e^-z for z >= 0, e^z
+// below), 1 / (1 + t) or t / (1 + t). Written without a branch: the numerator is chosen, then one division. The
+// same bits as the two-branch form `z >= 0 ? 1 / (1 + exp(-z)) : exp(z) / (1 + exp(z))` (-|z| is -z or z exactly,
+// exp is a function of its argument, and a division is correctly rounded whatever the numerator, so 1 / x and
+// 1.0 / x agree with the reciprocal); in a CUDA warp whose lanes hold z of both signs the branch ran both paths,
+// each with its own exp and division (tests: SigmoidBranchFreeKeepsTheTwoBranchBits, on the host and the device).
 template <class T>
 TTT_HOST_DEVICE T sigmoid(T z) {
-  return z >= T(0) ? T(1) / (T(1) + exp(-z)) : exp(z) / (T(1) + exp(z));
+  const T t = exp(-std::fabs(z));
+  return (z >= T(0) ? T(1) : t) / (T(1) + t);
 }
 // silu, silu' and silu'' at z from s = sigmoid(z) (callers that need several of them compute s once).
 template <class T>
