@@ -74,8 +74,7 @@ struct ScopedWgmma {
 // The forward's warpgroups (0: the mma.sync kernel runs instead).
 using WgmmaSetting = ScopedWgmma<cuda::swa_forward_bf16_set_wgmma>;
 // The backward's mode (0: the mma.sync kernels, 1: wgmma dk/dv, 2: wgmma dk/dv and dq, 3: 2 with dk/dv's K, V in
-// registers, 4: 2 with both kernels' resident operands in registers, 5 and 6: 3 and 4 with the pipelined dk/dv,
-// 7: dq inside the pipelined dk/dv kernel).
+// registers, 4: 2 with both kernels' resident operands in registers, 5 and 6: 3 and 4 with the pipelined dk/dv).
 using WgmmaBwdSetting = ScopedWgmma<cuda::swa_backward_bf16_set_wgmma>;
 
 inline std::vector<double> as_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }

@@ -112,13 +112,13 @@ TEST(CudaAttention, Bf16InputsWgmmaForwardMatchesCpu) {
 }
 
 // The wgmma backward (where it runs: an sm_90a build on a cc 9.0 device), dk/dv only (mode 1, dq by the mma.sync
-// kernel), dk/dv and dq (mode 2), those with register A operands (modes 3, 4; 5, 6 with the pipelined dk/dv
-// kernel) and dq inside the pipelined dk/dv kernel (mode 7), on the wgmma shapes through every check of the bf16-input kernels: dq, dk, dv against float64, against
+// kernel), dk/dv and dq (mode 2) and those with register A operands (modes 3, 4; 5, 6 with the pipelined dk/dv
+// kernel), on the wgmma shapes through every check of the bf16-input kernels: dq, dk, dv against float64, against
 // the mma.sync backward (relative L2 <= kTolWgmmaVsMma), bit-reproducible, each gradient alone equal to the one
 // computed with the others, padding untouched.
 TEST(CudaAttention, Bf16InputsWgmmaBackwardMatchesCpu) {
   REQUIRE_CUDA();
-  wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4, 5, 6, 7}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
+  wgmma_variants<WgmmaBwdSetting>({1, 2, 3, 4, 5, 6}, cuda::swa_backward_bf16_uses_wgmma, "backward mode");
 }
 
 // While alive, swa_forward_bf16 tries cuDNN (1) or never does (0); then the setting it replaced.
@@ -214,10 +214,9 @@ TEST(CudaAttention, Bf16InputsRejectUnalignedOperands) {
 
 // Three backwards of impl on random inputs of shape s (fused qkv and gradients) per wgmma backward mode in `modes`
 // (-1: the process's setting; the bf16-input kernels only): every run must give the first one's bits, run to run
-// and from one mode to the next (modes that claim the same products summed in the same order; only dk and dv
-// from one mode to the next where !dq_across_modes).
+// and from one mode to the next (modes that claim the same products summed in the same order).
 void backward_bit_identical(const Impl& impl, const cuda::AttentionShape& s = {2, 1000, 3, 64, 333},
-                            std::initializer_list<int> modes = {-1}, bool dq_across_modes = true) {
+                            std::initializer_list<int> modes = {-1}) {
   const uint64_t seed = fresh_seed();
   Rng r(seed);
   const int64_t D = s.heads * s.hd, rows = s.S * s.N, ld = 3 * D;
@@ -226,10 +225,9 @@ void backward_bit_identical(const Impl& impl, const cuda::AttentionShape& s = {2
   cuda::DeviceBuffer work = nan_buf(cuda::swa_backward_workspace(s) / 4);
   const float* q = qkv.as<float>();
   impl.fwd(s, q, ld, q + D, ld, q + 2 * D, ld, o.as<float>(), D, lse.as<float>(), nullptr);
-  std::vector<float> first, first_of_mode;
+  std::vector<float> first;
   for (const int mode : modes) {
     const WgmmaBwdSetting setting(mode);
-    first_of_mode.clear();
     for (int run = 0; run < 3; ++run) {
       cuda::DeviceBuffer g = nan_buf(size_t(rows * ld));
       float* gp = g.as<float>();
@@ -237,25 +235,11 @@ void backward_bit_identical(const Impl& impl, const cuda::AttentionShape& s = {2
                gp + D, ld, gp + 2 * D, ld, work.as<void>(), nullptr);
       const auto got = down(g, size_t(rows * ld));
       for (float x : got) ASSERT_TRUE(std::isfinite(x)) << impl.name() << " seed " << seed << ": unwritten or non-finite gradient";
-      const auto where = [&] {
-        return std::string(impl.name()) + " (S " + std::to_string(s.S) + ", N " + std::to_string(s.N) + ", heads " +
-               std::to_string(s.heads) + ", window " + std::to_string(s.window) + ") wgmma backward mode " +
-               std::to_string(mode) + " run " + std::to_string(run);
-      };
-      if (first_of_mode.empty()) first_of_mode = got;
-      else EXPECT_EQ(0, std::memcmp(first_of_mode.data(), got.data(), got.size() * 4))
-          << where() << " differs from the mode's first run";
-      if (first.empty()) {
-        first = got;
-      } else if (dq_across_modes) {
-        EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4))
-            << where() << " differs from the first run (mode " << *modes.begin() << ")";
-      } else {  // dk, dv: columns D.. of each row
-        bool same = true;
-        for (int64_t i = 0; i < rows && same; ++i)
-          same = std::memcmp(&first[size_t(i * ld + D)], &got[size_t(i * ld + D)], size_t(2 * D) * 4) == 0;
-        EXPECT_TRUE(same) << where() << ": dk, dv differ from the first run (mode " << *modes.begin() << ")";
-      }
+      if (first.empty()) first = got;
+      else EXPECT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * 4))
+          << impl.name() << " (S " << s.S << ", N " << s.N << ", heads " << s.heads << ", window " << s.window
+          << ") wgmma backward mode " << mode << " run " << run << " differs from the first run (mode "
+          << *modes.begin() << ")";
     }
   }
 }
@@ -291,23 +275,6 @@ TEST(CudaAttention, Bf16InputsWgmmaBackwardRegisterOperandsSameBits) {
   for (const Case& c : wgmma_cases())
     backward_bit_identical(kBf16Inputs, cuda::AttentionShape{c.S, c.N, c.heads, c.hd, c.window}, {2, 3, 4, 5, 6});
   backward_bit_identical(kBf16Inputs, cuda::AttentionShape{1, 3000, 2, 64, 1000}, {2, 3, 4, 5, 6});
-}
-
-// dq inside the pipelined dk/dv kernel (mode 7: the key tiles' dq contributions added in a fixed order): three runs,
-// one set of bits, on every wgmma shape and on ones with many query tiles a block, band edges and two sequences
-// (several blocks waiting for each other's turns); dk and dv keep the bits of mode 6 (the same products in the same
-// order), dq (summed in another order) is checked against float64 by Bf16InputsWgmmaBackwardMatchesCpu.
-TEST(CudaAttention, Bf16InputsWgmmaBackwardFusedDqSameBits) {
-  REQUIRE_CUDA();
-  {
-    const WgmmaBwdSetting setting(7);
-    if (cuda::swa_backward_bf16_uses_wgmma(cuda::AttentionShape{1, 128, 1, 64, 128}) != 7)
-      GTEST_SKIP() << "the wgmma backward does not run here (needs an sm_90a build and a cc 9.0 device)";
-  }
-  for (const Case& c : wgmma_cases())
-    backward_bit_identical(kBf16Inputs, cuda::AttentionShape{c.S, c.N, c.heads, c.hd, c.window}, {6, 7}, false);
-  backward_bit_identical(kBf16Inputs, cuda::AttentionShape{1, 3000, 2, 64, 1000}, {6, 7}, false);
-  backward_bit_identical(kBf16Inputs, cuda::AttentionShape{2, 3000, 2, 64, 1000}, {6, 7}, false);
 }
 
 TEST(CudaAttention, RejectsBadInput) {

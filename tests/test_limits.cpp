@@ -294,10 +294,9 @@ TEST(MemoryBudget, ContextParallelSizesOneSpanAndItsExchanges) {
   const double rows = 131072, halo = 511, D = 768, H = 12;
   // Work buffers (backend/gpu_layer_activations.h): the halo's rows of qa, ka, attn, dnormed, dO, dz, dzx and lse;
   // the attention backward's workspace, fp32 kernels with a halo (delta over the halo and the span) against the bf16
-  // ones of one GPU (delta and bf16(dO): 12 + 12 x 64 / 2 floats per row; the Hopper backward's dq turns: 12 per
-  // 64 rows).
+  // ones of one GPU (delta and bf16(dO): 12 + 12 x 64 / 2 floats per row).
   EXPECT_DOUBLE_EQ(split.phases[0][1].bytes - one.phases[0][1].bytes,
-                   4 * (7 * halo * D + halo * 12 + (rows + halo) * 12 - rows * (12 + 384) - 12 * rows / 64));
+                   4 * (7 * halo * D + halo * 12 + (rows + halo) * 12 - rows * (12 + 384)));
   EXPECT_DOUBLE_EQ(split.phases[0][3].bytes - one.phases[0][3].bytes, 12.0 * 511 * (768 + 12) * 4);
   // The exchanges' buffers (TTT_GPU_CONTEXT_BUFFERS): the values over the halo and the span, the halo sent and
   // received, the global memory's inputs over 2 spans sent and gathered and its output; the halo kept per layer.

@@ -92,13 +92,11 @@ size_t swa_backward_bf16_workspace(const AttentionShape& s);
 // swa_backward_bf16_uses_wgmma says which a call with shape s runs on the current device: 0 the mma.sync kernels,
 // 1 wgmma dk/dv with the mma.sync dq, 2 wgmma dk/dv and dq, 3 as 2 with the dk/dv kernel's K, V in registers,
 // 4 as 2 with both kernels' resident operands in registers (K, V; Q, dO), 5 and 6 as 3 and 4 with the dk/dv kernel
-// software-pipelined across query tiles (all modes: the same products in the same order), 7 one kernel for dq, dk
-// and dv (the pipelined dk/dv kernel adds each key tile's dq contributions in a fixed order, by atomics that a
-// per-tile turn counter in the workspace serializes: still bit-reproducible; dk, dv mode 6's bits, dq summed in
-// another order). The wgmma kernels run when the build has sm_90a code, the device is cc 9.0, hd == 64 and the
-// mode is not 0: the environment's TTT_ATTN_WGMMA_BWD (0..7; read once), else the default, 6 (measured fastest).
+// software-pipelined across query tiles (all modes: the same products in the same order). The wgmma kernels run
+// when the build has sm_90a code, the device is cc 9.0, hd == 64 and the mode is not 0: the environment's
+// TTT_ATTN_WGMMA_BWD (0..6; read once), else the default, 6 (measured fastest).
 int swa_backward_bf16_uses_wgmma(const AttentionShape& s);
-// Tests and benchmarks: the mode (0..7 as above) the wgmma backward may use in this process, or -1 for the
+// Tests and benchmarks: the mode (0..6 as above) the wgmma backward may use in this process, or -1 for the
 // environment's choice (the default). Returns the setting it replaced.
 int swa_backward_bf16_set_wgmma(int mode);
 void swa_backward_bf16(const AttentionShape& s, const bf16* q, int64_t ldq, const bf16* k, int64_t ldk,

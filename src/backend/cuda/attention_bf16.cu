@@ -2,8 +2,7 @@
 // swa_backward_bf16): the semantics, layouts and checks of the fp32 kernels in attention.cu, with every tile
 // product an mma.sync m16n8k16 (bf16 operands, fp32 accumulation), flash-attention-2 style; on Hopper the
 // bf16-operand forward with hd = 64 is k_swa_fwd_wgmma instead (warpgroup products, attention_wgmma.cu), and its
-// backward k_swa_bwd_dkdv_wgmma / k_swa_bwd_dq_wgmma (attention_wgmma_bwd.cu, after the delta kernel here; mode 7:
-// one kernel for the three gradients, its dq turn counters in this backward's workspace behind bf16(dO)); the tile
+// backward k_swa_bwd_dkdv_wgmma / k_swa_bwd_dq_wgmma (attention_wgmma_bwd.cu, after the delta kernel here); the tile
 // machinery all use is attention_bf16_tiles.cuh.
 //
 //   forward   block = (128 queries, head, sequence), 8 warps of 16 query rows each. The Q tile is converted to
@@ -53,8 +52,7 @@ void swa_forward_bf16_wgmma(int warpgroups, const AttentionShape& s, const __nv_
 void swa_backward_bf16_wgmma(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq,
                              const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv,
                              const __nv_bfloat16* dO, int64_t lddo, const float* lse, const float* delta, float* dq,
-                             int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, unsigned* dq_turns,
-                             cudaStream_t st);
+                             int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, cudaStream_t st);
 
 namespace {
 
@@ -460,10 +458,9 @@ void backward(const AttentionShape& s, Operands<T> x, const float* o, int64_t ld
   TTT_LAUNCH_CHECK("k_swa_delta_bf16");
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     x.dO = dO16, x.lddo = D;
-    if (const int mode = swa_backward_bf16_uses_wgmma(s)) {  // Hopper, hd 64: dk/dv (mode 1) and dq (modes 2-7)
-      auto* dq_turns = reinterpret_cast<unsigned*>(dO16 + rows * D);  // the workspace's last part
+    if (const int mode = swa_backward_bf16_uses_wgmma(s)) {  // Hopper, hd 64: dk/dv (mode 1) and dq (modes 2-6)
       swa_backward_bf16_wgmma(mode, s, x.q, x.ldq, x.k, x.ldk, x.v, x.ldv, x.dO, x.lddo, lse, delta, dq, lddq, dk,
-                              lddk, dv, lddv, dq_turns, st);
+                              lddk, dv, lddv, st);
       if (mode >= 2 || !dq) return;
       dk = dv = nullptr;  // mode 1: dq by the mma.sync kernel below
     }

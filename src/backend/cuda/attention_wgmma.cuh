@@ -29,8 +29,6 @@ namespace {
 //    key row 16 kk (kk * 2048 bytes). The backward's transposed products take their operands the same way: K, V
 //    (A of S^T = K Q^T, dP^T = V dO^T) and Q, dO (B) K-major; dO, Q as B of dV += P^T dO, dK += dS^T Q MN-major
 //    like V (the reduction index, the query, runs down the rows); K as B of dQ += dS K MN-major likewise.
-//    The fused backward's dQ += dS K (mode 7) reads A = dS from a stored dS^T tile [keys, queries] MN-major too
-//    (tnsp-a = 1, the same descriptor as an MN-major B: the m index along the rows, the k16 step 16 rows down).
 //  * Accumulator of m64nNk16 (f32): warp w of the warpgroup owns rows 16w..16w+15; its n8 block j is
 //    d[4j..4j+3] = (row g, col 8j + 2t, +1), (row g + 8, col 8j + 2t, +1) with g = lane / 4, t = lane % 4: per warp
 //    the C layout of mma.sync m16n8k16, so softmax_step, scale_rows and finish_rows apply unchanged.
@@ -133,23 +131,6 @@ __device__ __forceinline__ void wgmma_n64_ss(float (&d)[8][4], uint64_t a, uint6
       : "l"(a), "l"(b), "r"(accumulate));
 }
 
-// d [64 x 64] = (accumulate ? d : 0) + A (desc a, MN-major: tnsp-a = 1) x B (desc b, MN-major: tnsp-b = 1), one
-// k16 step: the backward's fused dQ += dS K, dS read from the dS^T tile that the dk/dv loop stores (its rows keys,
-// the reduction index) and K from the block's key tile (likewise).
-__device__ __forceinline__ void wgmma_n64_ss_mn(float (&d)[8][4], uint64_t a, uint64_t b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,"
-      "%29,%30,%31}, %32, %33, p, 1, 1, 1, 1;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
-        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
-        "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
-        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-      : "l"(a), "l"(b), "r"(accumulate));
-}
-
 // d [64 x 64] += A (registers, one k16 step) x B (desc b, MN-major: tnsp-b = 1).
 __device__ __forceinline__ void wgmma_n64_rs(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b) {
   asm volatile(
@@ -198,23 +179,6 @@ __device__ __forceinline__ void wg_load_a_fragments(uint32_t (&a)[wg::kHd / 16][
     for (int kk = 0; kk < wg::kHd / 16; ++kk) {
       a[kk][r] = row < n ? __ldg(p + (kk * 16 + 2 * t4) / 2) : 0u;          // columns 16 kk + 2 t4, +1
       a[kk][2 + r] = row < n ? __ldg(p + (kk * 16 + 2 * t4 + 8) / 2) : 0u;  // columns 16 kk + 2 t4 + 8, +9
-    }
-  }
-}
-
-// The inverse of wg_load_a_fragments for one warp's A fragments a (k16 steps along the 64 columns) of the rows
-// row0.. (a multiple of 16): their bf16 values into the 128-byte-swizzled [64, 64] tile at dst (the layout
-// wg_load_tile writes), e.g. for a product that reads them transposed by an MN-major descriptor.
-__device__ __forceinline__ void wg_store_a_fragments(unsigned char* dst, const uint32_t (&a)[wg::kHd / 16][4],
-                                                     int row0) {
-  const int lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {  // rows g4, g4 + 8 of the warp's 16 (both at swizzle phase g4)
-    unsigned char* row = dst + (row0 + g4 + 8 * r) * wg::kRowB + t4 * 4;
-#pragma unroll
-    for (int kk = 0; kk < wg::kHd / 16; ++kk) {
-      *reinterpret_cast<uint32_t*>(row + ((2 * kk) ^ g4) * 16) = a[kk][r];          // columns 16 kk + 2 t4, +1
-      *reinterpret_cast<uint32_t*>(row + ((2 * kk + 1) ^ g4) * 16) = a[kk][2 + r];  // columns 16 kk + 2 t4 + 8, +9
     }
   }
 }

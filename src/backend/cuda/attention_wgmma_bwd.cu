@@ -19,12 +19,9 @@
 // k_swa_bwd_dkdv_wgmma_pipelined (modes 5, 6): dk/dv REG_A with one warpgroup of 64 keys a block, the next query
 // tile's S^T and dP^T issued among this tile's dV and dK (three query buffers), so that the tensor cores work while
 // the warpgroup computes P^T and dS^T.
-// k_swa_bwd_dkdv_wgmma_pipelined<true> (mode 7): that kernel computes dq too, dQ = dS K from its dS^T tile, and adds
-// each key tile's contribution to dq in a fixed order (dq_add_in_turn): no dq kernel recomputing S and dP.
 // The same products as the mma.sync kernels (attention_bf16.cu: bf16 operands, P and dS rounded to bf16, fp32
 // accumulation), the fp32 sums inside the tensor cores in another order: close to them, not bit-identical. Every
-// output row belongs to one warp and is summed in a fixed order: no atomics (mode 7's dq: atomics serialized in a
-// fixed order), repeated runs are bit-identical.
+// output row belongs to one warp and is summed in a fixed order: no atomics, repeated runs are bit-identical.
 #include "backend/cuda/attention_wgmma.cuh"
 
 namespace ttt::cuda {
@@ -37,8 +34,6 @@ constexpr int kStreamB = kStream * wg::kRowB;  // bytes of a streamed tile
 constexpr int kPipeStages = 3;                 // query buffers of the pipelined dk/dv kernel (tiles it-1.. it+1)
 // shared memory of the pipelined dk/dv kernel: alignment slack, Q and dO tiles, lse and delta of each buffer
 constexpr size_t kSmemDkdvPipelined = 1024 + kPipeStages * (2 * size_t(kStreamB) + 2 * kStream * sizeof(float));
-// the fused kernel (mode 7) adds the block's K tile and the dS^T tile of the current query tile (the operands of dQ)
-constexpr size_t kSmemDkdvPipelinedFusedDq = kSmemDkdvPipelined + 2 * size_t(kStreamB);
 // WGS warpgroups of 64 owned rows (keys: dk/dv; queries: dq) per block: 1 (the default: twice the blocks per SM,
 // independent of each other) or 2 (each streamed tile serves 128 rows: half the streamed tile reads).
 // REG_A: the owned rows (K, V: dk/dv; Q, dO: dq) are the A operand of the products that read them, so they can
@@ -119,51 +114,6 @@ __device__ __forceinline__ void dkdv_score_grads(const float (&pt)[wgb::kStream 
     const float dl[2] = {dc.x, dc.y};
 #pragma unroll
     for (int e = 0; e < 4; ++e) dpt[n][e] = pt[n][e] * (dpt[n][e] - dl[e % 2]);
-  }
-}
-#endif
-
-#ifdef TTT_ATTN_WGMMA_DEVICE
-__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-// The fused kernel's (mode 7) dQ contribution acc (accumulator layout: the warp's 16 queries as rows, hd as columns)
-// of the 64 keys of key tile j to the 64 queries of query tile i = j + it, added to dq (rows i * 64.., the head's
-// columns; times scale) in a fixed order: the key tiles of query tile i add one after the other by decreasing j,
-// the diagonal tile (it = 0) first, which stores instead of adding. *turn counts the key tiles that have added so
-// far: tile j's turn comes when it reaches it (the tiles j + 1 .. i before it). Blocks wait only for blocks of
-// larger j, which the reversed block order dispatched earlier: no deadlock. Repeated runs sum in the same order:
-// bit-identical. The scale (1/8 for hd 64) is a power of two: each term scaled or the sum, the same bits (barring
-// subnormals). 128 threads (the block); every thread must call it. dq 8-byte aligned and lddq even: pairs of floats
-// (the host checks). seen: thread 0's first look at *turn, loaded earlier (its latency hidden behind other waits).
-__device__ __forceinline__ void dq_add_in_turn(float* __restrict__ dq, int64_t lddq, int q0, int it, const Geo& g,
-                                               const float (&acc)[wg::kHd / 8][4], unsigned* turn, unsigned seen) {
-  const int lane = threadIdx.x % 32, g4 = lane / 4, t4 = lane % 4, warp = threadIdx.x / 32;
-  if (it > 0) {
-    if (threadIdx.x == 0)
-      while (seen != unsigned(it)) seen = ld_acquire_gpu(turn);
-    __syncthreads();  // the previous tiles' additions are visible to every thread of the block
-  }
-#pragma unroll
-  for (int h2 = 0; h2 < 2; ++h2) {
-    const int i = q0 + warp * 16 + g4 + 8 * h2;
-    if (i >= g.N) continue;
-    float* row = dq + int64_t(i) * lddq;
-#pragma unroll
-    for (int n = 0; n < wg::kHd / 8; ++n) {
-      float* at = row + n * 8 + 2 * t4;
-      const float x = acc[n][2 * h2] * g.scale, y = acc[n][2 * h2 + 1] * g.scale;
-      if (it == 0) *reinterpret_cast<float2*>(at) = make_float2(x, y);
-      else atomicAdd(reinterpret_cast<float2*>(at), make_float2(x, y));  // serialized by the turn: a fixed order
-    }
-  }
-  __threadfence();  // this block's additions are visible on the device before its turn passes on
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();  // (the release pattern: a fence, then the flag, by the thread that passes the turn on)
-    atomicAdd(turn, 1u);
   }
 }
 #endif
@@ -305,54 +255,27 @@ __global__ void __launch_bounds__(wgb::Shape<WGS, REG_A>::kThreads, wgb::Shape<W
 // S^T(it+1) reads tile it+1 while dV(it), dK(it) still read tile it: three query buffers, tile it+2 loaded into
 // the one of tile it-1 once dK(it-1) is done. The same products, in the same order, and the same element-wise
 // steps as k_swa_bwd_dkdv_wgmma<1, true> (its bits); as many registers live at once (ptxas: 234, no spills).
-// FUSED_DQ (mode 7): dq too, with no second kernel that recomputes S and dP. dS^T(it) goes to shared memory as bf16
-// (the values of dK's A fragments) and dQ(it) = dS(it) K [64 queries x hd] is one more batch, issued between
-// S^T(it+1) and dK(it) (A: dS^T read transposed, B: the block's K tile, both MN-major descriptors); it lands with
-// S^T(it+1), and the block adds it to dq at the end of tile it, while dK(it) runs, in the fixed order of
-// dq_add_in_turn (there rather than behind dP^T(it+1) at the start of tile it+1: dQ's 32 accumulator registers
-// then overlap fewer live ones), and S^T takes K by descriptor from that tile (ptxas: 239 registers, no spills; 254
-// with K in registers, which a small change tips into spills or serialized wgmma). Blocks take key tiles in
-// reverse, so that a block waits only for blocks dispatched before it, and heads first (grid (heads, sequences,
-// key tiles)): a wave of resident blocks holds a few key tiles of every head instead of one head's consecutive key
-// tiles, whose chain of turns would delay each block by one more link's latency than the block before it. dk, dv:
-// mode 6's products in its order (its bits).
-template <bool FUSED_DQ>
 __global__ void __launch_bounds__(128, 2)
     k_swa_bwd_dkdv_wgmma_pipelined(Geo g, const __nv_bfloat16* __restrict__ q, int64_t ldq,
                                    const __nv_bfloat16* __restrict__ k, int64_t ldk,
                                    const __nv_bfloat16* __restrict__ v, int64_t ldv,
                                    const __nv_bfloat16* __restrict__ dO, int64_t lddo, const float* __restrict__ lse,
                                    const float* __restrict__ delta, float* __restrict__ dk, int64_t lddk,
-                                   float* __restrict__ dv, int64_t lddv, float* __restrict__ dq, int64_t lddq,
-                                   unsigned* __restrict__ dq_turns) {
+                                   float* __restrict__ dv, int64_t lddv) {
 #ifdef TTT_ATTN_WGMMA_DEVICE
   using wg::kHd, wgb::kStream, wgb::kStreamB, wgb::kPipeStages;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + smem_pad_to_1024(smem_raw);
-  unsigned char* Kt = smem;                                            // FUSED_DQ: the block's 64 keys (B of dQ)
-  unsigned char* dSt = Kt + (FUSED_DQ ? kStreamB : 0);                 // FUSED_DQ: dS^T of the query tile (A of dQ)
-  unsigned char* Qs = dSt + (FUSED_DQ ? kStreamB : 0);                 // [kPipeStages] x kStream rows
+  unsigned char* Qs = smem;                                            // [kPipeStages] x kStream rows
   unsigned char* dOs = Qs + kPipeStages * kStreamB;                    // [kPipeStages]
   float* Ls = reinterpret_cast<float*>(dOs + kPipeStages * kStreamB);  // [kPipeStages][kStream] lse
   float* Ds = Ls + kPipeStages * kStream;                              // [kPipeStages][kStream] delta
   const int warp = threadIdx.x / 32;
-  // FUSED_DQ: the grid is (heads, sequences, key tiles), the key tiles in reverse, so that blocks are dispatched
-  // head after head for each key tile: the block a block waits for (one key tile up, same head and sequence) was
-  // dispatched S * heads blocks earlier, not just before it (see the kernel's comment). Else (key tiles, heads,
-  // sequences).
-  const int n_key_tiles = FUSED_DQ ? int(gridDim.z) : int(gridDim.x);
-  const int key_tile = FUSED_DQ ? n_key_tiles - 1 - int(blockIdx.z) : int(blockIdx.x);
-  const int h = FUSED_DQ ? int(blockIdx.x) : int(blockIdx.y);
-  const int64_t seq = FUSED_DQ ? int64_t(blockIdx.y) : int64_t(blockIdx.z);
-  const int k0 = key_tile * 64;
+  const int k0 = blockIdx.x * 64, h = blockIdx.y;
   const int jw = k0 + warp * 16;  // the warp's first key
-  const int64_t base = seq * g.N, col = int64_t(h) * kHd;
+  const int64_t base = int64_t(blockIdx.z) * g.N, col = int64_t(h) * kHd;
   const DkdvStream in{q + base * ldq + col, ldq, dO + base * lddo + col, lddo, lse + base * g.heads + h,
                       delta + base * g.heads + h, g.heads, g.N};
-  // FUSED_DQ: the turns of the head's query tiles (query tile i: dq_turns[i]; the query tiles are the key tiles).
-  unsigned* const turns = FUSED_DQ ? dq_turns + (seq * g.heads + h) * n_key_tiles : nullptr;
-  if constexpr (FUSED_DQ)  // K for dQ: in the cp.async group of query tile 0
-    wg_load_tile<64, 128>(Kt, k + base * ldk + col, ldk, k0, min(64, g.N - k0));
   const auto issue_queries = [&](int it) {  // query tile it into buffer it % kPipeStages
     const int buf = it % kPipeStages;
     dkdv_issue_queries<128>(in, k0 + it * kStream, Qs + buf * kStreamB, dOs + buf * kStreamB, Ls + buf * kStream,
@@ -367,28 +290,20 @@ __global__ void __launch_bounds__(128, 2)
   if (ntiles > 1) issue_queries(1);
   else cp_async_commit();  // an empty group: the group counts below stay those of two tiles in flight
 
-  // The warp's 16 keys of K, V as A fragments. FUSED_DQ: K by descriptor from its shared tile instead (dQ's B
-  // needs it there anyway; the same products): 16 registers a thread of headroom for dQ's accumulator.
-  uint32_t ka[kHd / 16][4], va[kHd / 16][4];
-  if constexpr (!FUSED_DQ) wg_load_a_fragments(ka, k + base * ldk + col, ldk, jw, g.N);
+  uint32_t ka[kHd / 16][4], va[kHd / 16][4];  // the warp's 16 keys of K, V as A fragments
+  wg_load_a_fragments(ka, k + base * ldk + col, ldk, jw, g.N);
   wg_load_a_fragments(va, v + base * ldv + col, ldv, jw, g.N);
   float adk[kHd / 8][4], adv[kHd / 8][4];
   wg_zero(adk), wg_zero(adv);
   float st[kStream / 8][4], dpt[kStream / 8][4];     // S^T / P^T, dP^T / dS^T: rows keys, columns queries
   uint32_t pa[kStream / 16][4], dsa[kStream / 16][4];  // P^T, dS^T as A fragments (k: the queries)
-  float adq[kHd / 8][4];  // FUSED_DQ: dQ of the current query tile (rows queries, columns hd)
-  if constexpr (FUSED_DQ) wg_zero(adq);  // (each tile's first product overwrites it)
-  float* const dq_head = FUSED_DQ ? dq + base * lddq + col : nullptr;
   const auto tile_desc = [&](const unsigned char* tiles, int it) {
     return sw128_desc(smem_u32(tiles + (it % kPipeStages) * kStreamB));
   };
   const auto issue_st = [&](int it) {  // S^T(it) = K Q(it)^T into st, one batch
-    const uint64_t q_desc = tile_desc(Qs, it), k_desc = sw128_desc(smem_u32(Kt));
+    const uint64_t q_desc = tile_desc(Qs, it);
 #pragma unroll
-    for (int kk = 0; kk < kHd / 16; ++kk) {
-      if constexpr (FUSED_DQ) wgmma_n64_ss(st, k_desc + 2 * kk, q_desc + 2 * kk, kk);
-      else wgmma_n64_rs_kmajor(st, ka[kk], q_desc + 2 * kk, kk);
-    }
+    for (int kk = 0; kk < kHd / 16; ++kk) wgmma_n64_rs_kmajor(st, ka[kk], q_desc + 2 * kk, kk);
     wg_commit();
   };
   const auto issue_dpt = [&](int it) {  // dP^T(it) = V dO(it)^T into dpt, one batch
@@ -400,7 +315,6 @@ __global__ void __launch_bounds__(128, 2)
 
   wg_pin(adk);  // zeroed before the first batch (ptxas serializes every wgmma where an accumulator is written by
   wg_pin(adv);  // other instructions while batches are in flight)
-  if constexpr (FUSED_DQ) wg_pin(adq);
   cp_async_wait_group<1>();  // tile 0 has landed (tile 1 may still fly)
   fence_proxy_async();
   __syncthreads();
@@ -439,8 +353,6 @@ __global__ void __launch_bounds__(128, 2)
     dkdv_score_grads(st, dpt, Ds + buf * kStream);
 #pragma unroll
     for (int kk = 0; kk < kStream / 16; ++kk) p_fragment(dpt, kk, dsa[kk]);
-    // FUSED_DQ: dS^T for dQ (its last reader, dQ(it-1), is done); read after the fence and barrier below.
-    if constexpr (FUSED_DQ) wg_store_a_fragments(dSt, dsa, warp * 16);
     // Tile it+1 into view; tile it+2 into the buffer of tile it-1, whose last reader, dK(it-1), every warp has
     // waited for (the barrier).
     __syncthreads();
@@ -452,27 +364,14 @@ __global__ void __launch_bounds__(128, 2)
     wg_pin(st);
     wg_pin(dpt);
     wg_pin(dsa);
-    if constexpr (FUSED_DQ) wg_pin(adq);
     wg_fence();
     if constexpr (kHasNext) issue_st(it + 1);
-    if constexpr (FUSED_DQ) {  // dQ(it) = dS(it) K, one batch
-      const uint64_t ds_desc = sw128_desc(smem_u32(dSt)), kt_desc = sw128_desc(smem_u32(Kt));
-#pragma unroll
-      for (int kk = 0; kk < kStream / 16; ++kk)
-        wgmma_n64_ss_mn(adq, ds_desc + desc_rows(16 * kk), kt_desc + desc_rows(16 * kk), kk);
-      wg_commit();
-    }
     const uint64_t q_desc = tile_desc(Qs, it);
 #pragma unroll
     for (int kk = 0; kk < kStream / 16; ++kk) wgmma_n64_rs(adk, dsa[kk], q_desc + desc_rows(16 * kk));
     wg_commit();
-    // FUSED_DQ: thread 0's first look at dQ(it)'s turn, in flight while the products land.
-    [[maybe_unused]] unsigned turn_seen = 0;
-    if constexpr (FUSED_DQ)
-      if (threadIdx.x == 0 && it > 0) turn_seen = ld_acquire_gpu(turns + key_tile + it);
     if constexpr (kHasNext) {
-      // S^T(it+1) has landed, and dV(it) before it (pa, adv free), FUSED_DQ: and dQ(it); dK(it) may run on.
-      wg_wait<1>();
+      wg_wait<1>();  // S^T(it+1) has landed, and dV(it) before it (pa, adv free); dK(it) may run on
       wg_pin(st);
       wg_pin(pa);
       wg_pin(adv);
@@ -482,12 +381,8 @@ __global__ void __launch_bounds__(128, 2)
       wg_pin(adk);
       wg_pin(pa);
       wg_pin(dsa);
-      if constexpr (!FUSED_DQ) wg_pin(ka);
+      wg_pin(ka);
       wg_pin(va);
-    }
-    if constexpr (FUSED_DQ) {  // dQ(it) has landed: into dq in its turn (dK(it) may still run)
-      wg_pin(adq);
-      dq_add_in_turn(dq_head, lddq, q0, it, g, adq, turns + key_tile + it, turn_seen);
     }
   };
   if (ntiles == 1) {
@@ -639,9 +534,9 @@ constexpr int kBwdWgmmaDefaultMode = 6;
 
 // swa_backward_bf16_set_wgmma; -1: not set, TTT_ATTN_WGMMA_BWD decides (0: off, 1: dk/dv only, 2: both, 3: both
 // with K, V of dk/dv as register A fragments, 4: both with those of both kernels, 5 and 6: 3 and 4 with the
-// pipelined dk/dv kernel, 7: the pipelined kernel computing dq too; bwd_wgmma_launch).
+// pipelined dk/dv kernel; bwd_wgmma_launch).
 std::atomic<int> g_bwd_wgmma_mode{-1};
-constexpr int kBwdWgmmaModes = 8;
+constexpr int kBwdWgmmaModes = 7;
 
 int bwd_wgmma_mode() {
   static const int from_env = [] {
@@ -665,27 +560,13 @@ int bwd_warpgroups() {
 
 // Mode 1: the dk/dv kernel; 2: and the dq kernel; 3: the dk/dv kernel with K, V as register A fragments (REG_A)
 // and mode 2's dq kernel; 4: both kernels REG_A; 5: the pipelined dk/dv kernel (REG_A, one warpgroup a block
-// whatever WGS) and mode 2's dq kernel; 6: the pipelined dk/dv kernel and the REG_A dq kernel; 7: where dq is
-// wanted (8-byte aligned rows), the pipelined kernel computing dq too (FUSED_DQ; its dq turns zeroed first), else
-// mode 6.
+// whatever WGS) and mode 2's dq kernel; 6: the pipelined dk/dv kernel and the REG_A dq kernel.
 template <int WGS>
 void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq, const __nv_bfloat16* k,
                       int64_t ldk, const __nv_bfloat16* v, int64_t ldv, const __nv_bfloat16* dO, int64_t lddo,
                       const float* lse, const float* delta, float* dq, int64_t lddq, float* dk, int64_t lddk,
-                      float* dv, int64_t lddv, unsigned* dq_turns, cudaStream_t st) {
+                      float* dv, int64_t lddv, cudaStream_t st) {
   const Geo g = make_geo(s);
-  const dim3 grid64(unsigned((s.N + 63) / 64), unsigned(s.heads), unsigned(s.S));
-  const bool dq_pairs = ((reinterpret_cast<uintptr_t>(dq) | uintptr_t(lddq) * sizeof(float)) & 7) == 0;
-  const int64_t key_tiles = (s.N + 63) / 64;
-  if (mode == 7 && dq && dq_pairs && key_tiles <= 65535 && s.S <= 65535) {
-    TTT_CUDA_CHECK(cudaMemsetAsync(dq_turns, 0, backend::swa_backward_dq_turns_bytes(s.S, s.N, s.heads), st));
-    set_smem(k_swa_bwd_dkdv_wgmma_pipelined<true>, wgb::kSmemDkdvPipelinedFusedDq);
-    const dim3 grid_heads_first(unsigned(s.heads), unsigned(s.S), unsigned(key_tiles));
-    k_swa_bwd_dkdv_wgmma_pipelined<true><<<grid_heads_first, 128, wgb::kSmemDkdvPipelinedFusedDq, st>>>(
-        g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dk, lddk, dv, lddv, dq, lddq, dq_turns);
-    TTT_LAUNCH_CHECK("k_swa_bwd_dkdv_wgmma_pipelined<fused dq>");
-    return;
-  }
   const dim3 grid(unsigned((s.N + 64 * WGS - 1) / (64 * WGS)), unsigned(s.heads), unsigned(s.S));
   const auto dkdv = [&](auto reg_a) {
     constexpr bool kRegA = decltype(reg_a)::value;
@@ -704,16 +585,17 @@ void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q,
     TTT_LAUNCH_CHECK("k_swa_bwd_dq_wgmma");
   };
   if ((dk || dv) && mode >= 5) {
-    set_smem(k_swa_bwd_dkdv_wgmma_pipelined<false>, wgb::kSmemDkdvPipelined);
-    k_swa_bwd_dkdv_wgmma_pipelined<false><<<grid64, 128, wgb::kSmemDkdvPipelined, st>>>(
-        g, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dk, lddk, dv, lddv, nullptr, 0, nullptr);
+    const dim3 grid64(unsigned((s.N + 63) / 64), unsigned(s.heads), unsigned(s.S));
+    set_smem(k_swa_bwd_dkdv_wgmma_pipelined, wgb::kSmemDkdvPipelined);
+    k_swa_bwd_dkdv_wgmma_pipelined<<<grid64, 128, wgb::kSmemDkdvPipelined, st>>>(g, q, ldq, k, ldk, v, ldv, dO, lddo,
+                                                                                 lse, delta, dk, lddk, dv, lddv);
     TTT_LAUNCH_CHECK("k_swa_bwd_dkdv_wgmma_pipelined");
   } else if (dk || dv) {
     if (mode >= 3) dkdv(std::true_type{});
     else dkdv(std::false_type{});
   }
-  if (dq && mode >= 2) {  // (mode 7: here only with dq rows that are not 8-byte aligned, as mode 6)
-    if (mode == 4 || mode >= 6) dq_kernel(std::true_type{});
+  if (dq && mode >= 2) {
+    if (mode == 4 || mode == 6) dq_kernel(std::true_type{});
     else dq_kernel(std::false_type{});
   }
 }
@@ -721,19 +603,16 @@ void bwd_wgmma_launch(int mode, const AttentionShape& s, const __nv_bfloat16* q,
 }  // namespace
 
 // The wgmma backward kernels of mode (1: dk/dv; 2: dk/dv and dq; 3..6: those with register A operands and
-// pipelined; 7: one kernel for all three, see bwd_wgmma_launch) for swa_backward_bf16, after its delta kernel
-// (delta, bf16(dO) and mode 7's dq turns in its workspace). Null gradients are not wanted.
+// pipelined, see bwd_wgmma_launch) for swa_backward_bf16, after its delta kernel
+// (delta and bf16(dO) in its workspace). Null gradients are not wanted.
 void swa_backward_bf16_wgmma(int mode, const AttentionShape& s, const __nv_bfloat16* q, int64_t ldq,
                              const __nv_bfloat16* k, int64_t ldk, const __nv_bfloat16* v, int64_t ldv,
                              const __nv_bfloat16* dO, int64_t lddo, const float* lse, const float* delta, float* dq,
-                             int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, unsigned* dq_turns,
-                             cudaStream_t st) {
+                             int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, cudaStream_t st) {
   if (bwd_warpgroups() == 1)
-    bwd_wgmma_launch<1>(mode, s, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, dq_turns,
-                        st);
+    bwd_wgmma_launch<1>(mode, s, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, st);
   else
-    bwd_wgmma_launch<2>(mode, s, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, dq_turns,
-                        st);
+    bwd_wgmma_launch<2>(mode, s, q, ldq, k, ldk, v, ldv, dO, lddo, lse, delta, dq, lddq, dk, lddk, dv, lddv, st);
 }
 
 int swa_backward_bf16_uses_wgmma(const AttentionShape& s) {
