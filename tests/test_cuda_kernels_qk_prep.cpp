@@ -129,21 +129,14 @@ struct QkPrepCase {
         dzxd(nan_buf(ND * 4)),
         dx16d(nan_buf(NX * 2)) {}
 
-  // The fused forward and backward, dx accumulated from dx0; with the positions' rotation table where given.
-  void run_fused(const cuda::RopeRotation* rotations = nullptr) {
+  // The fused forward and backward, dx accumulated from dx0.
+  void run_fused() {
     dxd.upload(dx0.data(), NX * 4);
     cuda::mk::qk_prep_forward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), pd.as<int64_t>(), kTheta,
-                                    c.width, yTd.as<float>(), nd.as<float>(), c.S, c.N, c.H, c.d, kEps, rotations);
+                                    c.width, yTd.as<float>(), nd.as<float>(), c.S, c.N, c.H, c.d, kEps);
     cuda::mk::qk_prep_backward_fused(xd.as<float>(), ld, sd.as<float>(), od.as<float>(), nd.as<float>(),
                                      pd.as<int64_t>(), kTheta, c.width, dyTd.as<float>(), dxd.as<float>(), ld,
-                                     dx16d.as<bf16>(), dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, kEps,
-                                     rotations);
-  }
-  // The positions of a context-parallel rank: rank * N + i in every sequence (the GPU model's, split or not).
-  void set_rank_positions(int64_t rank) {
-    for (int64_t s = 0; s < c.S; ++s)
-      for (int64_t i = 0; i < c.N; ++i) pos[size_t(s * c.N + i)] = rank * c.N + i;
-    pd.upload(pos.data(), pos.size() * sizeof(int64_t));
+                                     dx16d.as<bf16>(), dzd.as<float>(), dzxd.as<float>(), c.S, c.N, c.H, c.d, kEps);
   }
   Outputs fused_outputs() const {
     return {down<float>(yTd, ND), down<float>(nd, size_t(rows * c.H)), down<float>(dxd, NX), down<float>(dzd, ND),
@@ -314,40 +307,6 @@ TEST(CudaKernels, QkPrepFusedRowGroupWalkKeepsTheUnfusedBits) {
     std::printf("[qk_prep_fused walk] %s: %lld rows, %s, bits equal to the unfused passes: %s\n", name.c_str(),
                 (long long)q.rows, lanes > 0 ? ("teams of " + std::to_string(lanes) + " lanes").c_str() : "row groups",
                 ::testing::Test::HasFailure() ? "NO" : "yes");
-  }
-}
-
-// The rotations read from the batch's table (cuda::rope_rotations, as the GPU model builds it once per batch) give
-// the bits of the rotations computed in the kernels, in every output of the team walk's forward and backward (the
-// bf16 dx too): the model's shapes (760m's 4 x 384 with its own RoPE and the public model's 64-wide one, the 87M
-// configs' 12 x 64, 2 x 768 without the backward's prefetch), the other team widths (128, 256, 512) and RoPE heads
-// of 64 and 128 channels over wider memory heads, at random positions and at a context-parallel rank's (rank * N + i,
-// up to 8 N); a table given without RoPE is ignored.
-TEST(CudaKernels, QkPrepFusedRotationTableKeepsTheComputedBits) {
-  REQUIRE_CUDA();
-  for (const QkShape c : std::vector<QkShape>{{1, 3001, 4, 384, 384}, {2, 700, 12, 64, 64}, {1, 3001, 4, 384, 64},
-                                              {1, 2999, 2, 768, 768}, {3, 401, 3, 128, 128}, {2, 517, 2, 256, 256},
-                                              {2, 333, 4, 256, 64}, {1, 1201, 2, 512, 128}, {2, 300, 3, 64, 0}}) {
-    for (const int64_t rank : {int64_t(-1), int64_t(7)}) {
-      const uint64_t seed = fresh_seed();
-      Rng r(seed);
-      const std::string name = shape_name("qk_prep_fused rotation table", c) +
-                               (rank < 0 ? ", random positions" : ", rank " + std::to_string(rank)) + " seed " +
-                               std::to_string(seed);
-      QkPrepCase q(c, r);
-      if (rank >= 0) q.set_rank_positions(rank);
-      const int64_t width = c.width > 0 ? c.width : 64;  // a table without RoPE: built, and ignored
-      cuda::DeviceBuffer table(size_t(q.rows * (width / 2)) * sizeof(cuda::RopeRotation));
-      cuda::rope_rotations(q.pd.as<int64_t>(), q.rows, width, QkPrepCase::kTheta, table.as<cuda::RopeRotation>());
-      q.run_fused();
-      const QkPrepCase::Outputs computed = q.fused_outputs();
-      const std::vector<bf16> computed16 = q.fused_dx16();
-      q.run_fused(table.as<cuda::RopeRotation>());
-      expect_same_outputs(q.fused_outputs(), computed, name + ": table against computed");
-      const BitDiff diff16 = bit_diff(q.fused_dx16(), computed16);
-      EXPECT_EQ(diff16.count, 0u) << name << ": bf16 dx differs in " << diff16.count << " elements";
-      ASSERT_GT(cuda::mk::qk_prep_fused_team_lanes(c.d, c.width), 0) << name << ": not the team walk";
-    }
   }
 }
 

@@ -69,22 +69,6 @@ static void time_qk_prep_fused(const char* shape, int64_t T, int64_t H, int64_t 
     });
     report(shape, "q/k preparation forward", fused, 8.0 * TD, old);
   }
-  // The positions' rotation table (the GPU model's, built once a batch): 8 more bytes per (row, pair) read.
-  cuda::DeviceBuffer table(size_t(T * (d / 2)) * sizeof(cuda::RopeRotation));
-  cuda::rope_rotations(p, T, d, 1e6, table.as<cuda::RopeRotation>());
-  const cuda::RopeRotation* rot = table.as<cuda::RopeRotation>();
-  const double table_bytes = 8.0 * double(T * (d / 2));
-  {
-    const double computed = median_ms([&] {
-      cuda::mk::qk_prep_forward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), p, 1e6, d, yT.as<float>(),
-                                      nrm.as<float>(), 1, T, H, d, 1e-5);
-    });
-    const double read = median_ms([&] {
-      cuda::mk::qk_prep_forward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), p, 1e6, d, yT.as<float>(),
-                                      nrm.as<float>(), 1, T, H, d, 1e-5, rot);
-    });
-    report(shape, "q/k forward, rotation table", read, 8.0 * TD + table_bytes, computed);
-  }
   {  // Its backward: one fused pass against batch_to_heads, RoPE's adjoint in place, the prep's adjoint.
     const double fused = median_ms([&] {
       cuda::mk::qk_prep_backward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), nrm.as<float>(), p, 1e6, d,
@@ -97,12 +81,6 @@ static void time_qk_prep_fused(const char* shape, int64_t T, int64_t H, int64_t 
                                1e-5);
     });
     report(shape, "q/k preparation backward", fused, 26.0 * TD, old);
-    const double read = median_ms([&] {
-      cuda::mk::qk_prep_backward_fused(q, 3 * D, sc.as<float>(), of.as<float>(), nrm.as<float>(), p, 1e6, d,
-                                       yT.as<float>(), dqkv.as<float>(), 3 * D, g16.as<bf16>(), dz.as<float>(),
-                                       dzx.as<float>(), 1, T, H, d, 1e-5, rot);
-    });
-    report(shape, "q/k backward, rotation table", read, 26.0 * TD + table_bytes, fused);
   }
 }
 
@@ -243,20 +221,6 @@ TEST(CudaKernels, BandwidthPassesShape760mTimes) {
   line("attention RoPE backward, dq into dqkv", median_ms([&] {
          cuda::rope_backward(a.as<float>(), D, qkv.as<float>(), 3 * D, pos.as<int64_t>(), T, Ha, hd, 1e4);
        }), 8.0 * TD);
-  {  // The same two from the positions' rotation table (the GPU model's): 8 more bytes per (row, pair).
-    cuda::DeviceBuffer table(size_t(T * (hd / 2)) * sizeof(cuda::RopeRotation));
-    cuda::rope_rotations(pos.as<int64_t>(), T, hd, 1e4, table.as<cuda::RopeRotation>());
-    const cuda::RopeRotation* rot = table.as<cuda::RopeRotation>();
-    line("  q into bf16, rotation table", median_ms([&] {
-           cuda::rope_forward(qkv.as<float>(), 3 * D, o16.as<bf16>(), D, rot, T, Ha, hd);
-         }), 6.0 * TD + 8.0 * T * (hd / 2));
-    line("  dq into dqkv, rotation table", median_ms([&] {
-           cuda::rope_backward(a.as<float>(), D, qkv.as<float>(), 3 * D, rot, T, Ha, hd);
-         }), 8.0 * TD + 8.0 * T * (hd / 2));
-    line("rope_rotations (the table, once a batch)", median_ms([&] {
-           cuda::rope_rotations(pos.as<int64_t>(), T, hd, 1e4, table.as<cuda::RopeRotation>());
-         }), 8.0 * T + 8.0 * T * (hd / 2));
-  }
   line("RMSNorm forward, bf16 y and the copy", median_ms([&] {
          cuda::rms_norm_forward_copy(a.as<float>(), w.as<float>(), o16.as<bf16>(), rinv.as<float>(), b.as<float>(), T,
                                      D, 1e-6);

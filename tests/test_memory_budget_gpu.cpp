@@ -71,7 +71,6 @@ double planned_step(const model::ModelConfig& cfg, int64_t batch, int64_t T, bac
   bytes += backend::gpu_kept_layer_bytes(dims) + backend::gpu_layer_scratch_bytes(dims);  // act_arrays
   bytes += backend::gpu_layer_gradient_bytes(dims) + backend::gpu_head_buffer_bytes(dims);
   bytes += rows * (4 + 4 + 8) + 3 * (rows + 1) * 4;  // ids, targets, positions; the embedding's index arrays
-  bytes += backend::gpu_rope_table_bytes(cfg, batch * T);  // the positions' RoPE rotations
   const double runner = planned_tnt_runner(backend::gpu_tnt_shape(cfg, batch, T));
   bytes += runner;                            // the shared runner of the batch shape
   if (level == backend::Recompute::SaveAttention) bytes += L * rows * (D + double(cfg.n_attn_heads)) * 4;

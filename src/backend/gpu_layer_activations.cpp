@@ -39,19 +39,6 @@ GpuLayerDims gpu_own_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_
   return s;
 }
 
-GpuRopeWidths gpu_rope_widths(const model::ModelConfig& cfg) {
-  GpuRopeWidths w;
-  w.attention = cfg.head_dim_attn();
-  const int64_t memory = cfg.ttt_rope ? cfg.dim / cfg.mem_rope_heads() : 0;  // GpuModel's memory_rope_width()
-  if (memory != w.attention) w.memory = memory;
-  return w;
-}
-
-double gpu_rope_table_bytes(const model::ModelConfig& cfg, int64_t rows) {
-  const GpuRopeWidths w = gpu_rope_widths(cfg);
-  return double(rows) * double(w.attention / 2 + w.memory / 2) * 8;
-}
-
 bool attention_on_bf16_operands(const model::ModelConfig& cfg, bool bf16_products) {
   return bf16_products && cfg.head_dim_attn() % 8 == 0;
 }

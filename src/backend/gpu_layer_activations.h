@@ -57,16 +57,6 @@ GpuLayerDims gpu_own_layer_dims(const model::ModelConfig& cfg, int64_t S, int64_
 GpuLayerDims gpu_batch_dims(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16_products,
                             bool bf16_activations, const GpuSpan& span = {});
 
-// The RoPE rotation tables of a batch (cuda::rope_rotations; the GPU model builds them when it uploads the batch's
-// positions, and every layer's RoPE reads them): one for the attention heads' width and, where the memory q/k get
-// RoPE of another width, one for theirs (memory 0: none, or the attention's table serves). rows of width/2 pairs
-// of 8 bytes each.
-struct GpuRopeWidths {
-  int64_t attention = 0, memory = 0;
-};
-GpuRopeWidths gpu_rope_widths(const model::ModelConfig& cfg);
-double gpu_rope_table_bytes(const model::ModelConfig& cfg, int64_t rows);
-
 // With bf16 products, whether the window attention runs on bf16 operands (16-byte rows: head dim % 8 == 0).
 bool attention_on_bf16_operands(const model::ModelConfig& cfg, bool bf16_products);
 // With bf16 products, whether the LaCT operator takes bf16 product operands (LactOptions::bf16; with Muon it runs

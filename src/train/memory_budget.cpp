@@ -135,11 +135,10 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
   }
   const backend::GpuLayerDims dims = backend::gpu_batch_dims(cfg, S, N, req.bf16, req.bf16_activations, span);
   b.residual = (L + 1) * rows * D * (req.bf16_activations ? 2 : 4);
-  // The tokens: ids and targets (int32) and positions (int64) with their RoPE rotation tables, the loss and
-  // valid-target scalars; the backward's embedding index arrays (3 x rows + 1 int32), upstream-gradient scalar and
-  // the RMSNorm backward's work buffer (at most 128 row slices of D doubles).
-  const double tokens = rows * 16 + backend::gpu_rope_table_bytes(cfg, S * N) + 8 +
-                        (backward ? 3 * (rows + 1) * 4 + 4 + 128 * D * 8 : 0);
+  // The tokens: ids and targets (int32) and positions (int64), the loss and valid-target scalars; the backward's
+  // embedding index arrays (3 x rows + 1 int32), upstream-gradient scalar and the RMSNorm backward's work buffer (at
+  // most 128 row slices of D doubles).
+  const double tokens = rows * 16 + 8 + (backward ? 3 * (rows + 1) * 4 + 4 + 128 * D * 8 : 0);
   b.work = backend::gpu_kept_layer_bytes(dims) + backend::gpu_layer_scratch_bytes(dims) +
            backend::gpu_layer_gradient_bytes(dims) + backend::gpu_head_buffer_bytes(dims) + tokens;
   if (backward && req.recompute == backend::Recompute::SaveAttention)

@@ -371,31 +371,6 @@ __device__ __forceinline__ void team_rotations(RopeRotation (&rot)[kW > 0 ? kW /
 #pragma unroll
     for (int k = 0; k < kV; ++k) rot[u][k] = rope_rotation_at(at, inv_freq[32 * u + p * kV + k], sign);
 }
-// The same rotations read from the batch's table (rope_rotations: 16 kW pairs a row, built with sign +1), in the
-// direction sign: one 8-byte (kV = 1) or 16-byte (kV = 2, 4) load per kV pairs instead of kV double sincos.
-template <int kV, int kW>
-__device__ __forceinline__ void team_rotations_from(RopeRotation (&rot)[kW > 0 ? kW / 2 : 1][kV],
-                                                    const RopeRotation* __restrict__ rotations, int64_t r, int p,
-                                                    float sign) {
-  static_assert(kW > 0, "a table is read only with RoPE");
-  const RopeRotation* row = rotations + r * (16 * kW) + p * kV;
-#pragma unroll
-  for (int u = 0; u < kW / 2; ++u) {
-    float v[2 * kV];
-    if constexpr (kV == 1) {
-      const float2 q = *reinterpret_cast<const float2*>(row + 32 * u);
-      v[0] = q.x, v[1] = q.y;
-    } else {
-#pragma unroll
-      for (int k = 0; k < kV; k += 2) {
-        const float4 q = *reinterpret_cast<const float4*>(row + 32 * u + k);
-        v[2 * k] = q.x, v[2 * k + 1] = q.y, v[2 * k + 2] = q.z, v[2 * k + 3] = q.w;
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kV; ++k) rot[u][k] = rope_rotation_signed({v[2 * k], v[2 * k + 1]}, sign);
-  }
-}
 // RoPE over the lane's slots in place: slots t and t + kW/2 of each RoPE head (t mod kW < kW/2) are a pair.
 template <int kT, int kV, int kW>
 __device__ __forceinline__ void team_rotate(float (&v)[kT][kV], const RopeRotation (&rot)[kW > 0 ? kW / 2 : 1][kV]) {
@@ -423,19 +398,15 @@ __device__ __forceinline__ int64_t batch_row(int64_t r, int h, int64_t N, int H,
 }
 
 // qk_prep_fwd_item (kCached) per (row, head), then RoPE as k_rope and the store as heads_to_batch.
-// kTable (kW > 0): the rotations read from the batch's table (rotations; pos and theta unused) as the row's first
-// item starts (used at its end, after the item's sum: no need to load them an item ahead, which cost a register and
-// a select per rotation and item); else computed from pos there. The same bits.
-template <int kT, int kW, bool kTable>
+template <int kT, int kW>
 __global__ void __launch_bounds__(kThreads)
     k_qk_prep_fwd_teams(const float* __restrict__ x, int64_t ldx, const float* __restrict__ scale,
                         const float* __restrict__ offset, const int64_t* __restrict__ pos, double theta,
-                        const RopeRotation* __restrict__ rotations, float* __restrict__ yT,
-                        float* __restrict__ norm, int64_t rows, int64_t N, int H, float eps) {
+                        float* __restrict__ yT, float* __restrict__ norm, int64_t rows, int64_t N, int H,
+                        float eps) {
   constexpr int kV = team_vec<kT>(), kTL = 32 / kV, d = 32 * kT;
-  constexpr bool kComputeRotations = kW > 0 && !kTable, kReadRotations = kW > 0 && kTable;
-  __shared__ double inv_freq[kComputeRotations ? 16 * kW : 1];
-  if constexpr (kComputeRotations) fill_team_inv_freq<kW>(inv_freq, theta);
+  __shared__ double inv_freq[kW > 0 ? 16 * kW : 1];
+  fill_team_inv_freq<kW>(inv_freq, theta);
   const int p = threadIdx.x % kTL;
   const unsigned mask = team_mask<kTL>();
   const int64_t teams = int64_t(gridDim.x) * (blockDim.x / kTL);
@@ -452,10 +423,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = 0; k < kV; ++k) a[t][k] = xn[t][k];
     it.next(H, teams);
     if (it.r < rows) load_slots<kT, kV>(x + it.r * ldx + it.h * d + p * kV, xn);
-    if (kW > 0 && cur.h == 0) {
-      if constexpr (kReadRotations) team_rotations_from<kV, kW>(rot, rotations, cur.r, p, 1.f);
-      if constexpr (kComputeRotations) team_rotations<kV, kW>(rot, inv_freq, pos[cur.r], p, 1.f);
-    }
+    if (kW > 0 && cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, pos[cur.r], p, 1.f);
     const int c = cur.h * d + p * kV;
     double ss[kV];
 #pragma unroll
@@ -493,59 +461,43 @@ __global__ void __launch_bounds__(kThreads)
 // 128-thread blocks: at 110-160 registers (d = 64 .. 384, no spills), 16 or 12 warps per SM against 16 or 8 with
 // 256-thread ones.
 constexpr int kTeamBwdThreads = 128;
-// kTable (kW > 0): the rotations read from the batch's table (rotations; pos and theta unused) with the loads of
-// the row's first item (one item ahead where those are); else computed from pos. The same bits.
-template <int kT, int kW, bool kTable>
+template <int kT, int kW>
 __global__ void __launch_bounds__(kTeamBwdThreads)
     k_qk_prep_bwd_teams(const float* __restrict__ x, int64_t ldx, const float* __restrict__ scale,
                         const float* __restrict__ offset, const float* __restrict__ norm,
-                        const int64_t* __restrict__ pos, double theta, const RopeRotation* __restrict__ rotations,
-                        const float* __restrict__ dyT, float* __restrict__ dx, int64_t lddx,
-                        __nv_bfloat16* __restrict__ dx16, float* __restrict__ dz, float* __restrict__ dzx,
-                        int64_t rows, int64_t N, int H, float eps) {
+                        const int64_t* __restrict__ pos, double theta, const float* __restrict__ dyT,
+                        float* __restrict__ dx, int64_t lddx, __nv_bfloat16* __restrict__ dx16,
+                        float* __restrict__ dz, float* __restrict__ dzx, int64_t rows, int64_t N, int H, float eps) {
   constexpr int kV = team_vec<kT>(), kTL = 32 / kV, d = 32 * kT;
   constexpr bool kPrefetch = kT * kV <= 16;
-  constexpr bool kComputeRotations = kW > 0 && !kTable, kReadRotations = kW > 0 && kTable;
-  __shared__ double inv_freq[kComputeRotations ? 16 * kW : 1];
-  if constexpr (kComputeRotations) fill_team_inv_freq<kW>(inv_freq, theta);
+  __shared__ double inv_freq[kW > 0 ? 16 * kW : 1];
+  fill_team_inv_freq<kW>(inv_freq, theta);
   const int p = threadIdx.x % kTL;
   const unsigned mask = team_mask<kTL>();
   const int64_t teams = int64_t(gridDim.x) * (blockDim.x / kTL), D = int64_t(H) * d;
-  RopeRotation rot[kW > 0 ? kW / 2 : 1][kV];
-  RopeRotation rot_next[kReadRotations && kPrefetch ? kW / 2 : 1][kV];  // the next item's row, where it starts one
   auto load_x_dy = [&](const TeamWalk& w, float(&xs)[kT][kV], float(&dys)[kT][kV], float& nrm) {
     load_slots<kT, kV>(x + w.r * ldx + w.h * d + p * kV, xs);
     load_slots<kT, kV>(dyT + batch_row(w.r, w.h, N, H, d) + p * kV, dys);
     nrm = norm[w.r * H + w.h];
-    if constexpr (kReadRotations && kPrefetch)
-      if (w.h == 0) team_rotations_from<kV, kW>(rot_next, rotations, w.r, p, -1.f);
   };
   TeamWalk it{(int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kTL, 0};
   float xv[kT][kV], dy[kT][kV], nrm = 0;  // the current item's x, d(y) and norm
   if (kPrefetch && it.r < rows) load_x_dy(it, xv, dy, nrm);
+  RopeRotation rot[kW > 0 ? kW / 2 : 1][kV];
   while (it.r < rows) {
     const TeamWalk cur = it;
-    if constexpr (kReadRotations && kPrefetch)
-      if (cur.h == 0)
-#pragma unroll
-        for (int u = 0; u < kW / 2; ++u)
-#pragma unroll
-          for (int k = 0; k < kV; ++k) rot[u][k] = rot_next[u][k];
     it.next(H, teams);
     float xn[kT][kV], dyn[kT][kV], nrm_next = 0;
     if constexpr (kPrefetch) {
       if (it.r < rows) load_x_dy(it, xn, dyn, nrm_next);
     } else {
       load_x_dy(cur, xv, dy, nrm);
-      if constexpr (kReadRotations)
-        if (cur.h == 0) team_rotations_from<kV, kW>(rot, rotations, cur.r, p, -1.f);
     }
     const int c = cur.h * d + p * kV;
     const int64_t at = cur.r * D + c, atx = cur.r * lddx + c;
     float dxv[kT][kV];
     load_slots<kT, kV>(dx + atx, dxv);
-    if constexpr (kComputeRotations)
-      if (cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, pos[cur.r], p, -1.f);
+    if (kW > 0 && cur.h == 0) team_rotations<kV, kW>(rot, inv_freq, pos[cur.r], p, -1.f);
     team_rotate<kT, kV, kW>(dy, rot);
     const float inv = 1.0f / (nrm + eps);
     float sg[kT][kV];  // sigmoid(z)
@@ -797,24 +749,20 @@ static bool team_aligned(int64_t d, std::initializer_list<const void*> pointers,
     if (ld % floats != 0) return false;
   return true;
 }
-// The kernels read the rotations from the table where one is given (with RoPE: kW > 0), else compute them.
 struct TeamFwd {
   const float *x, *scale, *offset;
   int64_t ldx;
   const int64_t* pos;
   double theta;
-  const RopeRotation* rotations;
   float *yT, *norm;
   int64_t rows, N;
   int H;
   float eps;
   template <int kT, int kW>
   void run() const {
-    auto kernel = k_qk_prep_fwd_teams<kT, kW, false>;
-    if constexpr (kW > 0)
-      if (rotations) kernel = k_qk_prep_fwd_teams<kT, kW, true>;
-    kernel<<<team_blocks(kernel, kThreads, rows, 32 * kT), kThreads>>>(x, ldx, scale, offset, pos, theta, rotations,
-                                                                       yT, norm, rows, N, H, eps);
+    const auto kernel = k_qk_prep_fwd_teams<kT, kW>;
+    kernel<<<team_blocks(kernel, kThreads, rows, 32 * kT), kThreads>>>(x, ldx, scale, offset, pos, theta, yT, norm,
+                                                                       rows, N, H, eps);
   }
 };
 struct TeamBwd {
@@ -822,7 +770,6 @@ struct TeamBwd {
   int64_t ldx;
   const int64_t* pos;
   double theta;
-  const RopeRotation* rotations;
   const float* dyT;
   float* dx;
   int64_t lddx;
@@ -833,11 +780,9 @@ struct TeamBwd {
   float eps;
   template <int kT, int kW>
   void run() const {
-    auto kernel = k_qk_prep_bwd_teams<kT, kW, false>;
-    if constexpr (kW > 0)
-      if (rotations) kernel = k_qk_prep_bwd_teams<kT, kW, true>;
+    const auto kernel = k_qk_prep_bwd_teams<kT, kW>;
     kernel<<<team_blocks(kernel, kTeamBwdThreads, rows, 32 * kT), kTeamBwdThreads>>>(
-        x, ldx, scale, offset, norm, pos, theta, rotations, dyT, dx, lddx, dx16, dz, dzx, rows, N, H, eps);
+        x, ldx, scale, offset, norm, pos, theta, dyT, dx, lddx, dx16, dz, dzx, rows, N, H, eps);
   }
 };
 
@@ -851,12 +796,11 @@ int64_t qk_prep_fused_team_lanes(int64_t d, int64_t rope_width) {
 }
 void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const int64_t* pos,
                            double theta, int64_t rope_width, float* yT, float* norm, int64_t S, int64_t N, int64_t H,
-                           int64_t d, double eps, const RopeRotation* rotations) {
+                           int64_t d, double eps) {
   check_fused(S, N, H, d, rope_width, "qk_prep_forward_fused");
   if (S * N == 0) return;
   if (!(qk_prep_fused_team_lanes(d, rope_width) > 0 && team_aligned(d, {x, scale, offset, yT}, {ldx}) &&
-        team_walk(d, rope_width,
-                  TeamFwd{x, scale, offset, ldx, pos, theta, rotations, yT, norm, S * N, N, int(H), float(eps)}))) {
+        team_walk(d, rope_width, TeamFwd{x, scale, offset, ldx, pos, theta, yT, norm, S * N, N, int(H), float(eps)}))) {
     const auto kernel = d <= 32 * kPerLane ? k_qk_prep_fwd_fused<true> : k_qk_prep_fwd_fused<false>;
     const FusedLaunch l = fused_launch(kernel, S * N, H, d, rope_width);
     kernel<<<l.blocks, kThreads, l.smem>>>(x, ldx, scale, offset, pos, theta, int(rope_width), yT, norm, S, N, H,
@@ -867,7 +811,7 @@ void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, cons
 void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
                             const int64_t* pos, double theta, int64_t rope_width, const float* dyT, float* dx,
                             int64_t lddx, bf16* dx16, float* dz, float* dzx, int64_t S, int64_t N, int64_t H,
-                            int64_t d, double eps, const RopeRotation* rotations) {
+                            int64_t d, double eps) {
   check_fused(S, N, H, d, rope_width, "qk_prep_backward_fused");
   if (S * N == 0) return;
   auto* dx16b = reinterpret_cast<__nv_bfloat16*>(dx16);
@@ -875,8 +819,8 @@ void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, con
   const bool dx16_aligned = !dx16 || reinterpret_cast<uintptr_t>(dx16) % uintptr_t(2 * 32 / team_lanes(d)) == 0;
   if (!(qk_prep_fused_team_lanes(d, rope_width) > 0 && dx16_aligned &&
         team_aligned(d, {x, scale, offset, dyT, dx, dz, dzx}, {ldx, lddx}) &&
-        team_walk(d, rope_width, TeamBwd{x, scale, offset, norm, ldx, pos, theta, rotations, dyT, dx, lddx, dx16b, dz,
-                                         dzx, S * N, N, int(H), float(eps)}))) {
+        team_walk(d, rope_width, TeamBwd{x, scale, offset, norm, ldx, pos, theta, dyT, dx, lddx, dx16b, dz, dzx,
+                                         S * N, N, int(H), float(eps)}))) {
     const FusedLaunch l = fused_launch(k_qk_prep_bwd_fused, S * N, H, d, rope_width);
     k_qk_prep_bwd_fused<<<l.blocks, kThreads, l.smem>>>(x, ldx, scale, offset, norm, pos, theta, int(rope_width), dyT,
                                                         dx, lddx, dx16b, dz, dzx, S, N, H, int(d), float(eps),

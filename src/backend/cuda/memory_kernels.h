@@ -6,7 +6,6 @@
 #pragma once
 #include <cstdint>
 
-#include "backend/cuda/rope_kernels.h"  // RopeRotation
 #include "core/dtype.h"
 
 namespace ttt::cuda::mk {
@@ -26,16 +25,14 @@ void qk_prep_backward(const float* x, int64_t ldx, const float* scale, const flo
 // the backward reads d(yT) in that layout and undoes RoPE before the adjoint, and (dx16 not null) writes the updated
 // dx rounded to bf16 at the same place of dx16 (leading dimension lddx too). Same bits as qk_prep_forward,
 // rope_forward, heads_to_batch (and batch_to_heads, rope_backward, qk_prep_backward) in turn, in one pass over
-// the rows. Needs rope_width even and dividing H*d, and H*d <= 12288. rotations (may be null): the rotations of
-// pos for heads of rope_width channels (rope_rotations: S*N rows of rope_width/2 pairs), read instead of computed
-// where the register walk runs (the same bits either way).
+// the rows. Needs rope_width even and dividing H*d, and H*d <= 12288.
 void qk_prep_forward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const int64_t* pos,
                            double theta, int64_t rope_width, float* yT, float* norm, int64_t S, int64_t N, int64_t H,
-                           int64_t d, double eps, const RopeRotation* rotations = nullptr);
+                           int64_t d, double eps);
 void qk_prep_backward_fused(const float* x, int64_t ldx, const float* scale, const float* offset, const float* norm,
                             const int64_t* pos, double theta, int64_t rope_width, const float* dyT, float* dx,
                             int64_t lddx, bf16* dx16, float* dz, float* dzx, int64_t S, int64_t N, int64_t H,
-                            int64_t d, double eps, const RopeRotation* rotations = nullptr);
+                            int64_t d, double eps);
 
 // The lanes per row of the fused kernels' register walk at head width d with that RoPE width: 8 (d = 64), 16
 // (d = 128) or 32 (d = 256, 384, 512, 768), or 0 where they take the general walk (row groups staged in shared

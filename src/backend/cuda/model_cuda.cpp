@@ -21,7 +21,6 @@
 #include "backend/cuda/norm_kernels.h"
 #include "backend/cuda/optimizer_kernels.h"
 #include "backend/cuda/reduction_kernels.h"
-#include "backend/cuda/rope_kernels.h"
 
 namespace ttt::cuda {
 
@@ -204,15 +203,6 @@ GpuModel::Result GpuModel::forward(const model::Batch& b, bool backward, double 
   for (int64_t s = 0; s < S; ++s)
     for (int64_t i = 0; i < N; ++i) pos[size_t(s * N + i)] = (m.split ? int64_t(m.cp_rank) * N : 0) + i;
   upload(m.pos_dev, pos.data(), sizeof(int64_t) * size_t(rows));
-  // Their RoPE rotations, once for every layer's RoPE of this batch (forward, recomputation, backward).
-  const backend::GpuRopeWidths rope = backend::gpu_rope_widths(m.cfg);
-  for (const auto& [table, width] :
-       {std::pair{&m.rope_attention, rope.attention}, std::pair{&m.rope_memory, rope.memory}}) {
-    const size_t bytes = sizeof(RopeRotation) * size_t(rows * (width / 2));
-    if (width == 0) *table = DeviceBuffer();
-    else if (table->bytes() < bytes) *table = DeviceBuffer(bytes);
-    if (width > 0) rope_rotations(m.pos_dev.as<int64_t>(), rows, width, m.cfg.rope_theta, table->as<RopeRotation>());
-  }
 
   mk::embedding_forward(m.P.embed, m.ids_dev.as<int32_t>(), m.layer_output(-1), rows, D);
   m.keep_output(-1, rows);

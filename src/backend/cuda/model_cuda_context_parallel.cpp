@@ -28,18 +28,17 @@ std::vector<backend::BlockCopy> GpuModel::Impl::rows_to(const backend::RowBlock&
 // never read) and the previous rank's keys in front of this rank's rows, so the unchanged attention kernel sees
 // every key a query's window reaches (attention_values does the same for v). A layer's first forward exchanges the
 // halo; the backward's recomputation reuses what it received (halo_kept).
-void GpuModel::Impl::attention_rope(int64_t l, const float* q, const float* k, const float* v, int64_t S, int64_t N,
-                                    bool recompute) {
+void GpuModel::Impl::attention_rope(int64_t l, const float* q, const float* k, const float* v, const int64_t* pos,
+                                    int64_t S, int64_t N, bool recompute) {
   const int64_t rows = S * N;
   if (halo_in == 0) {
-    rope_forward(q, 3 * D, act.qa, D, attention_rotations(), rows, Ha, hd);
-    rope_forward(k, 3 * D, act.ka, D, attention_rotations(), rows, Ha, hd);
+    rope_forward(q, 3 * D, act.qa, D, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_forward(k, 3 * D, act.ka, D, pos, rows, Ha, hd, cfg.rope_theta);
   } else {
     const int64_t h = halo_in, X = hp.X();
     for (int64_t s = 0; s < S; ++s) {
-      const RopeRotation* rotations = attention_rotations() + s * N * (hd / 2);  // rows s N .. of the batch
-      rope_forward(q + s * N * 3 * D, 3 * D, act.qa + (s * X + h) * D, D, rotations, N, Ha, hd);
-      rope_forward(k + s * N * 3 * D, 3 * D, act.ka + (s * X + h) * D, D, rotations, N, Ha, hd);
+      rope_forward(q + s * N * 3 * D, 3 * D, act.qa + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
+      rope_forward(k + s * N * 3 * D, 3 * D, act.ka + (s * X + h) * D, D, pos + s * N, N, Ha, hd, cfg.rope_theta);
     }
     TTT_CUDA_CHECK(cudaMemset2DAsync(act.qa, sizeof(float) * size_t(X * D), 0, sizeof(float) * size_t(h * D),
                                      size_t(S), nullptr));

@@ -27,7 +27,6 @@
 #include "backend/cuda/lact_cuda.h"
 #include "backend/cuda/model_buffers.h"
 #include "backend/cuda/model_cuda.h"
-#include "backend/cuda/rope_kernels.h"
 #include "backend/cuda/tnt_cuda.h"
 #include "model/memory_spec.h"
 
@@ -78,13 +77,6 @@ struct GpuModel::Impl {
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<LactRunner<float>>> lact;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TntRunner<float>>> tnt;
   DeviceBuffer ids_dev, tgt_dev, pos_dev, emb_order, emb_starts, emb_uniq;
-  // The RoPE rotations of the batch's positions (rope_rotations, built with pos_dev; backend::gpu_rope_widths): the
-  // attention heads' width, and the memory q/k's where it is another one (else empty: the attention's serves).
-  DeviceBuffer rope_attention, rope_memory;
-  const RopeRotation* attention_rotations() const { return rope_attention.as<RopeRotation>(); }
-  const RopeRotation* memory_rotations() const {
-    return rope_memory.bytes() > 0 ? rope_memory.as<RopeRotation>() : attention_rotations();
-  }
   DeviceBuffer loss_dev, valid_dev;
   // With --recompute save-attention, while a batch runs forward and backward: each layer's attention output [rows, D]
   // and log-sum-exp [rows, Ha], kept from the forward so that the backward's recomputation skips the attention;
@@ -276,8 +268,8 @@ struct GpuModel::Impl {
   static void run_copies(const std::vector<backend::BlockCopy>& copies, const float* src, float* dst,
                          bool accumulate = false);
   static std::vector<backend::BlockCopy> rows_to(const backend::RowBlock& from, const backend::RowBlock& to);
-  void attention_rope(int64_t l, const float* q, const float* k, const float* v, int64_t S, int64_t N,
-                      bool recompute);
+  void attention_rope(int64_t l, const float* q, const float* k, const float* v, const int64_t* pos, int64_t S,
+                      int64_t N, bool recompute);
   std::pair<const float*, int64_t> attention_values(int64_t l, const float* v);
   void exchange_halo(int64_t l, const float* v);
   void return_halo_gradient(float* dqkv);

@@ -48,14 +48,14 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
     // fp32-input form would round to, without the conversion work inside the attention kernels (on Hopper with
     // hd 64 the forward is the wgmma kernel instead: equal to fp32 rounding, not bits; attention.h).
     const AttentionBf16 a = attention_operands(rows);
-    rope_forward(q, 3 * D, a.q, D, attention_rotations(), rows, Ha, hd);
-    rope_forward(k, 3 * D, a.k, D, attention_rotations(), rows, Ha, hd);
+    rope_forward(q, 3 * D, a.q, D, pos, rows, Ha, hd, cfg.rope_theta);
+    rope_forward(k, 3 * D, a.k, D, pos, rows, Ha, hd, cfg.rope_theta);
     if (v_layout_with_operand) mk::heads_to_batch(v, 3 * D, act.vT, S, N, H, d, a.v, D);
     else mk::to_bf16(v, 3 * D, a.v, D, rows, D);
     if (!(recompute && attention_kept))
       timed("attention", [&] { swa_forward_bf16(ashape, a.q, D, a.k, D, a.v, D, act.attn, D, act.lse, nullptr); });
   } else {
-    attention_rope(l, q, k, v, S, N, recompute);
+    attention_rope(l, q, k, v, pos, S, N, recompute);
     const auto [av, ldv] = attention_values(l, v);
     if (!(recompute && attention_kept))
       timed("attention", [&] {
@@ -66,9 +66,9 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
   // Memory branch inputs (prepare_memory_inputs): q and k prepared, RoPE'd and laid out per sequence-head in one
   // pass each.
   mk::qk_prep_forward_fused(q, 3 * D, lw.q_scale, lw.q_offset, pos, cfg.rope_theta, memory_rope_width(), act.qT,
-                            act.qnorm, S, N, H, d, 1e-5, memory_rotations());
+                            act.qnorm, S, N, H, d, 1e-5);
   mk::qk_prep_forward_fused(k, 3 * D, lw.k_scale, lw.k_offset, pos, cfg.rope_theta, memory_rope_width(), act.kT,
-                            act.knorm, S, N, H, d, 1e-5, memory_rotations());
+                            act.knorm, S, N, H, d, 1e-5);
   const float* vm = v;
   int64_t ldvm = 3 * D;
   if (cfg.v_silu) {
@@ -353,19 +353,19 @@ void GpuModel::Impl::layer_backward(int64_t l, const float* x, int64_t S, int64_
     }
   });
   if (split) return_halo_gradient(dqkv);
-  rope_backward(grad.dqa, D, dqkv, 3 * D, attention_rotations(), rows, Ha, hd);
-  rope_backward(grad.dka, D, dqkv + D, 3 * D, attention_rotations(), rows, Ha, hd);
+  rope_backward(grad.dqa, D, dqkv, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
+  rope_backward(grad.dka, D, dqkv + D, 3 * D, pos, rows, Ha, hd, cfg.rope_theta);
   // ---- memory q/k/v preparation (RoPE's adjoint and the layout fused in, from the operator's gradients). They
   // write dqkv's final q and k parts, and with bf16 activations its bf16 operand copy in gop16 (dxm's there is read
   // by the products above already); the v part's follows below.
   bf16* dqkv16 = act16 ? grad.gop16 : nullptr;
   mk::qk_prep_backward_fused(q, 3 * D, lw.q_scale, lw.q_offset, act.qnorm, pos, cfg.rope_theta, memory_rope_width(),
-                             grad.gqT, dqkv, 3 * D, dqkv16, grad.dz, grad.dzx, S, N, H, d, 1e-5, memory_rotations());
+                             grad.gqT, dqkv, 3 * D, dqkv16, grad.dz, grad.dzx, S, N, H, d, 1e-5);
   col_sum(grad.dzx, rows, D, D, lg.q_scale, true);
   col_sum(grad.dz, rows, D, D, lg.q_offset, true);
   mk::qk_prep_backward_fused(k, 3 * D, lw.k_scale, lw.k_offset, act.knorm, pos, cfg.rope_theta, memory_rope_width(),
                              grad.gkT, dqkv + D, 3 * D, dqkv16 ? dqkv16 + D : nullptr, grad.dz, grad.dzx, S, N, H, d,
-                             1e-5, memory_rotations());
+                             1e-5);
   col_sum(grad.dzx, rows, D, D, lg.k_scale, true);
   col_sum(grad.dz, rows, D, D, lg.k_offset, true);
   // dv += the operator's d(v) (through silu with v_silu), added from its layout; without v_silu the same pass writes

@@ -24,18 +24,14 @@ __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2
 // or store (one head at a time kept 2 loads of 4 bytes in flight per thread: ncu, H200, 760m step: k_rope<bf16>
 // ~105 µs a call for 302 MB, 2.9 TB/s). In place (x == y) stays safe: a thread reads exactly the elements it writes.
 // Each element's arithmetic is unchanged (the same rotation, the same rounding on the store): the same bits.
-// kTable: the rotation read from rotations[e] (rope_rotations' table: e = r * half + i is its index) instead of
-// computed from pos (a double pow and sincos per (row, pair)): the same bits.
 constexpr int kHeadsInFlight = 8;
-template <class Y, bool kTable>
-__global__ void k_rope(const float* x, int64_t ldx, Y* y, int64_t ldy, const int64_t* __restrict__ pos,
-                       const RopeRotation* __restrict__ rotations, int64_t N, int64_t heads, int64_t hd, double theta,
-                       float sign) {
+template <class Y>
+__global__ void k_rope(const float* x, int64_t ldx, Y* y, int64_t ldy, const int64_t* __restrict__ pos, int64_t N,
+                       int64_t heads, int64_t hd, double theta, float sign) {
   const int64_t half = hd / 2;
   GRID_STRIDE(e, N * half) {
     const int64_t r = e / half, i = e % half;
-    const RopeRotation rot =
-        kTable ? rope_rotation_signed(rotations[e], sign) : rope_rotation(pos[r], i, hd, theta, sign);
+    const RopeRotation rot = rope_rotation(pos[r], i, hd, theta, sign);
     const float* xr = x + r * ldx + i;
     Y* yr = y + r * ldy + i;
     for (int64_t h0 = 0; h0 < heads; h0 += kHeadsInFlight) {
@@ -58,75 +54,42 @@ __global__ void k_rope(const float* x, int64_t ldx, Y* y, int64_t ldy, const int
   }
 }
 
-// The rotation of pair i < width/2 at pos[r] into table[r * width/2 + i], one thread each.
-__global__ void k_rope_rotations(const int64_t* __restrict__ pos, int64_t N, int64_t width, double theta,
-                                 RopeRotation* __restrict__ table) {
-  const int64_t half = width / 2;
-  GRID_STRIDE(e, N * half) table[e] = rope_rotation(pos[e / half], e % half, width, theta, 1.f);
-}
-
-// rotations not null: read from that table (pos and theta unused).
 template <class Y>
-void rope_launch(const float* x, int64_t ldx, Y* y, int64_t ldy, const int64_t* pos, const RopeRotation* rotations,
-                 int64_t N, int64_t heads, int64_t hd, double theta, float sign, void* stream, const char* name) {
+void rope_launch(const float* x, int64_t ldx, Y* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
+                 int64_t hd, double theta, float sign, void* stream, const char* name) {
   TTT_CHECK(N >= 0 && heads >= 1 && hd >= 2 && hd % 2 == 0, name << ": head width " << hd << " must be even and > 0, "
                                                                  << heads << " heads");
-  TTT_CHECK(rotations || theta > 0, name << ": theta must be positive, got " << theta);
+  TTT_CHECK(theta > 0, name << ": theta must be positive, got " << theta);
   TTT_CHECK(ldx >= heads * hd && ldy >= heads * hd && (static_cast<const void*>(x) != y || ldx == ldy),
             name << ": leading dimensions " << ldx << ", " << ldy << " for " << heads << " heads of " << hd
                  << " (in place needs equal ones)");
   if (N == 0) return;
-  const auto kernel = rotations ? k_rope<Y, true> : k_rope<Y, false>;
-  kernel<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(x, ldx, y, ldy, pos, rotations, N, heads, hd,
-                                                                     theta, sign);
+  k_rope<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(x, ldx, y, ldy, pos, N, heads, hd, theta, sign);
   TTT_LAUNCH_CHECK(name);
 }
 
 }  // namespace
 
-void rope_rotations(const int64_t* pos, int64_t N, int64_t hd, double theta, RopeRotation* table, void* stream) {
-  TTT_CHECK(N >= 0 && hd >= 2 && hd % 2 == 0, "rope_rotations: head width " << hd << " must be even and > 0");
-  TTT_CHECK(theta > 0, "rope_rotations: theta must be positive, got " << theta);
-  if (N == 0) return;
-  k_rope_rotations<<<grid_for(N * (hd / 2)), kThreads, 0, as_stream(stream)>>>(pos, N, hd, theta, table);
-  TTT_LAUNCH_CHECK("rope_rotations");
-}
-
 void rope_forward(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd, double theta,
                   void* stream) {
-  rope_launch(x, heads * hd, y, heads * hd, pos, nullptr, N, heads, hd, theta, 1.f, stream, "rope_forward");
+  rope_launch(x, heads * hd, y, heads * hd, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
 }
 void rope_backward(const float* dy, float* dx, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
                    double theta, void* stream) {
-  rope_launch(dy, heads * hd, dx, heads * hd, pos, nullptr, N, heads, hd, theta, -1.f, stream, "rope_backward");
+  rope_launch(dy, heads * hd, dx, heads * hd, pos, N, heads, hd, theta, -1.f, stream, "rope_backward");
 }
 void rope_forward(const float* x, int64_t ldx, float* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
                   int64_t hd, double theta, void* stream) {
-  rope_launch(x, ldx, y, ldy, pos, nullptr, N, heads, hd, theta, 1.f, stream, "rope_forward");
+  rope_launch(x, ldx, y, ldy, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
 }
 void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const int64_t* pos, int64_t N,
                    int64_t heads, int64_t hd, double theta, void* stream) {
-  rope_launch(dy, lddy, dx, lddx, pos, nullptr, N, heads, hd, theta, -1.f, stream, "rope_backward");
+  rope_launch(dy, lddy, dx, lddx, pos, N, heads, hd, theta, -1.f, stream, "rope_backward");
 }
 
 void rope_forward(const float* x, int64_t ldx, bf16* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
                   int64_t hd, double theta, void* stream) {
-  rope_launch(x, ldx, reinterpret_cast<__nv_bfloat16*>(y), ldy, pos, nullptr, N, heads, hd, theta, 1.f, stream,
-              "rope_forward");
-}
-
-void rope_forward(const float* x, int64_t ldx, float* y, int64_t ldy, const RopeRotation* rotations, int64_t N,
-                  int64_t heads, int64_t hd, void* stream) {
-  rope_launch(x, ldx, y, ldy, nullptr, rotations, N, heads, hd, 0.0, 1.f, stream, "rope_forward");
-}
-void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const RopeRotation* rotations, int64_t N,
-                   int64_t heads, int64_t hd, void* stream) {
-  rope_launch(dy, lddy, dx, lddx, nullptr, rotations, N, heads, hd, 0.0, -1.f, stream, "rope_backward");
-}
-void rope_forward(const float* x, int64_t ldx, bf16* y, int64_t ldy, const RopeRotation* rotations, int64_t N,
-                  int64_t heads, int64_t hd, void* stream) {
-  rope_launch(x, ldx, reinterpret_cast<__nv_bfloat16*>(y), ldy, nullptr, rotations, N, heads, hd, 0.0, 1.f, stream,
-              "rope_forward");
+  rope_launch(x, ldx, reinterpret_cast<__nv_bfloat16*>(y), ldy, pos, N, heads, hd, theta, 1.f, stream, "rope_forward");
 }
 
 }  // namespace ttt::cuda

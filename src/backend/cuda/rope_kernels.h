@@ -9,19 +9,6 @@
 
 namespace ttt::cuda {
 
-// The rotation of one channel pair at one position: cos, and sin times the direction (+1 rotation, -1 its inverse).
-// 8-byte aligned: a table entry is one load.
-struct alignas(8) RopeRotation {
-  float c, s;
-};
-
-// The rotations of a batch's positions, once for every kernel that rotates at them: table[r * (hd/2) + i] = the
-// rotation (+1) of pair i of a head of hd channels at pos[r] (r < N), computed as the kernels below compute it
-// (rope_math.cuh: the same bits). The GPU model builds one per RoPE width when it uploads a batch's positions; the
-// overloads taking `rotations` read it instead of computing cos and sin in double per (row, pair) and call.
-void rope_rotations(const int64_t* pos, int64_t N, int64_t hd, double theta, RopeRotation* table,
-                    void* stream = nullptr);
-
 // x, y [N, heads*hd], hd even; channel i < hd/2 pairs with i + hd/2, angle pos[r] * theta^(-2i/hd) (angles,
 // cos and sin in double). pos: N int64 positions on the device. In place (x == y) is allowed.
 void rope_forward(const float* x, float* y, const int64_t* pos, int64_t N, int64_t heads, int64_t hd,
@@ -37,13 +24,5 @@ void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const
 // The forward rotation stored in bf16 (the fp32 result rounded to nearest even): the bf16 attention's q and k.
 void rope_forward(const float* x, int64_t ldx, bf16* y, int64_t ldy, const int64_t* pos, int64_t N, int64_t heads,
                   int64_t hd, double theta, void* stream = nullptr);
-// The strided forms with the rotations of rope_rotations (N rows of hd/2 pairs) in place of the positions: the same
-// bits.
-void rope_forward(const float* x, int64_t ldx, float* y, int64_t ldy, const RopeRotation* rotations, int64_t N,
-                  int64_t heads, int64_t hd, void* stream = nullptr);
-void rope_backward(const float* dy, int64_t lddy, float* dx, int64_t lddx, const RopeRotation* rotations, int64_t N,
-                   int64_t heads, int64_t hd, void* stream = nullptr);
-void rope_forward(const float* x, int64_t ldx, bf16* y, int64_t ldy, const RopeRotation* rotations, int64_t N,
-                  int64_t heads, int64_t hd, void* stream = nullptr);
 
 }  // namespace ttt::cuda

@@ -8,10 +8,11 @@
 
 #include <cstdint>
 
-#include "backend/cuda/rope_kernels.h"  // RopeRotation
-
 namespace ttt::cuda {
 
+struct RopeRotation {
+  float c, s;  // cos, and sin times the direction (+1 rotation, -1 its inverse)
+};
 // The pair's frequency theta^(-2i/w): a function of i alone, so the fused q/k kernels compute it once per block
 // (a double pow costs more than the rest of a rotation) and rotate every row with the same bits.
 __device__ __forceinline__ double rope_inv_freq(int64_t i, int64_t width, double theta) {
@@ -26,11 +27,6 @@ __device__ __forceinline__ RopeRotation rope_rotation_at(int64_t pos, double inv
 __device__ __forceinline__ RopeRotation rope_rotation(int64_t pos, int64_t i, int64_t width, double theta,
                                                       float sign) {
   return rope_rotation_at(pos, rope_inv_freq(i, width, theta), sign);
-}
-// A rotation of a table (rope_rotations: built with sign +1) in the direction sign: sign * s is what
-// rope_rotation_at computes (a product by +-1 is exact), so the bits are those of computing it here.
-__device__ __forceinline__ RopeRotation rope_rotation_signed(RopeRotation r, float sign) {
-  return {r.c, sign * r.s};
 }
 // (x1, x2) = channels i and i + w/2 of a head -> the rotated pair (x1 c - x2 s, x2 c + x1 s), with the FMA
 // contraction written out: in both outputs the x2 product is rounded first and the x1 product fused with it.
