@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -294,6 +295,47 @@ TEST(TitansPersistentEmulated, MatchesCpuTwin) { match_twin(titans::PersistentVa
 
 // v2 (merged phases, staged rows, asynchronous copies, deferred momentum adjoint): the same cases and bounds.
 TEST(TitansPersistentEmulated, V2MatchesCpuTwin) { match_twin(titans::PersistentVariant::V2); }
+
+// The backward's two ways to its states: every state kept by the forward (K = 1, the default when they fit in
+// MemoryShape::persistent_state_budget_bytes: one walk, no recomputation) and segments (every K-th kept, the
+// others recomputed from it). The recomputation runs the forward's own step on the same values, so both give the
+// same bits, in fp32 and with bf16 products, both variants; a segmented run must differ from nothing else.
+TEST(TitansPersistentEmulated, KeptStatesGiveTheSegmentsBits) {
+  const std::vector<test::TitansCase> shapes = {
+      {2, 40, 6, 5, 4, 0, true, true, true, false},  // momentum: S walks back too
+      {2, 36, 8, 8, 3, 18, false, true, true, true},  // no momentum, shards, Q-K projection
+  };
+  int compared = 0;
+  for (const auto variant : {titans::PersistentVariant::V1, titans::PersistentVariant::V2}) {
+    for (const bool bf16 : {false, true}) {
+      if (bf16 && variant == titans::PersistentVariant::V1) continue;
+      emulated_variant = variant;
+      emulated_bf16 = bf16;
+      for (const test::TitansCase& m : shapes) {
+        Case kept{m, kBig}, segments{m, kBig};
+        kept.m.segment = 1;
+        segments.m.segment = 3;
+        Case automatic{m, kBig};  // tiny states: under the default budget, so every state is kept
+        ASSERT_EQ(titans::plan_persistent(automatic.shape(), 4, kBig, titans::KernelChoice::Persistent, variant).segment, 1);
+        const auto x = inputs(kept, 77);
+        const auto a = run<float>(kept, x, true), b = run<float>(segments, x, true), c = run<float>(automatic, x, true);
+        const std::string tag = kept.name() + " " + titans::persistent_variant_name(variant) + (bf16 ? " bf16" : " fp32");
+        for (int t = 0; t < 9; ++t) {
+          ASSERT_EQ(a[size_t(t)].size(), b[size_t(t)].size());
+          for (size_t i = 0; i < a[size_t(t)].size(); ++i) ASSERT_TRUE(std::isfinite(a[size_t(t)][i])) << tag;
+          EXPECT_EQ(0, std::memcmp(a[size_t(t)].data(), b[size_t(t)].data(), a[size_t(t)].size() * sizeof(float)))
+              << tag << " " << kNames[t] << ": kept states and segments of 3 differ";
+          EXPECT_EQ(0, std::memcmp(a[size_t(t)].data(), c[size_t(t)].data(), a[size_t(t)].size() * sizeof(float)))
+              << tag << " " << kNames[t] << ": the default plan and K = 1 differ";
+        }
+        ++compared;
+      }
+    }
+  }
+  emulated_variant = titans::PersistentVariant::V1;
+  emulated_bf16 = false;
+  std::printf("persistent kernels emulated: kept states vs segments of 3, %d cases bit for bit\n", compared);
+}
 
 // The device's block sizes (v1: 512 threads, 16 warps; v2: 256, 8 warps).
 TEST(TitansPersistentEmulated, FullBlock) { full_block(titans::PersistentVariant::V1); }

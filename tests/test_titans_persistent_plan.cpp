@@ -105,8 +105,16 @@ TEST(TitansPersistentPlan, Width64Float32RunsPersistent) {
     EXPECT_NE(p.reason.find("persistent"), std::string::npos) << tag;
     EXPECT_EQ(p.threads, titans::kPersistentThreads);
     EXPECT_EQ(p.chunk_rows, C);
+    // 48 items x 8192 / C chunks x (W, S) of 32 KB: 3.2 GB at C = 8, under the 4 GiB default: every state kept.
+    EXPECT_EQ(p.segment, 1) << tag;
+    EXPECT_NE(p.reason.find("every state kept"), std::string::npos) << tag;
     const int64_t N = (8192 + C - 1) / C;
-    EXPECT_EQ(p.segment, int64_t(std::ceil(std::sqrt(double(N))))) << tag;
+    EXPECT_DOUBLE_EQ(titans::persistent_kept_state_bytes(s, 4), 48.0 * double(N) * 2 * 64 * 64 * 2 * 4) << tag;
+    titans::MemoryShape tight = s;  // a budget of 1 GB: C = 8 and 16 recompute segments of sqrt(chunks)
+    tight.persistent_state_budget_bytes = 1e9;
+    EXPECT_EQ(titans::plan_persistent(tight, 4, kH200Smem, KernelChoice::Persistent, kV1).segment,
+              C <= 16 ? int64_t(std::ceil(std::sqrt(double(N)))) : 1)
+        << tag;
     EXPECT_TRUE(p.fwd.all_on_chip && p.bwd.state_on_chip) << tag;
     if (C <= 16) EXPECT_TRUE(p.fwd.all_on_chip && p.bwd.all_on_chip) << tag;
     check_layout(p.fwd, s, 4, false, kH200Smem, "fwd " + tag);

@@ -154,6 +154,32 @@ BlockLayout persistent_layout(const MemoryShape& s, size_t elem_bytes, size_t sm
   return L;
 }
 
+double persistent_kept_state_bytes(const MemoryShape& s, size_t elem_bytes) {
+  double bytes = 0;
+  for (const Group& g : make_groups(s.B, s.T, s.period))
+    bytes += double(g.items) * double(num_chunks(g.len, s.chunk)) * double(2 * s.P()) * (s.momentum ? 2.0 : 1.0) *
+             double(elem_bytes);
+  return bytes;
+}
+
+int64_t segment_from_env() {
+  const char* v = std::getenv("TTT_TITANS_SEGMENT");
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  const long long k = std::strtoll(v, &end, 10);
+  TTT_CHECK(end && *end == '\0' && k >= 0,
+            "TTT_TITANS_SEGMENT must be a non-negative integer (0: automatic), got '" << v << "'");
+  return int64_t(k);
+}
+
+int64_t persistent_segment(const MemoryShape& s, size_t elem_bytes) {
+  const int64_t N = num_chunks(longest_item(s), s.chunk);
+  if (s.segment > 0) return std::min(s.segment, N);
+  if (const int64_t forced = segment_from_env(); forced > 0) return std::min(forced, N);
+  if (persistent_kept_state_bytes(s, elem_bytes) <= s.persistent_state_budget_bytes) return 1;
+  return std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(N)))));
+}
+
 PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice,
                                PersistentVariant variant) {
   s.validate();
@@ -163,7 +189,7 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
   p.threads = persistent_threads(variant);
   p.chunk_rows = std::min(s.chunk, longest_item(s));
   const int64_t N = num_chunks(longest_item(s), s.chunk);
-  p.segment = s.segment > 0 ? std::min(s.segment, N) : std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(N)))));
+  p.segment = persistent_segment(s, elem_bytes);
   p.fwd = persistent_layout(s, elem_bytes, smem_limit, false, p.threads, variant);
   p.bwd = persistent_layout(s, elem_bytes, smem_limit, true, p.threads, variant);
   std::ostringstream why;
@@ -191,7 +217,7 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
   if (p.persistent)
     why << " " << persistent_variant_name(variant) << " (shared memory " << p.fwd.shared_bytes << " / " << p.bwd.shared_bytes << " bytes forward / backward"
         << (p.fwd.all_on_chip && p.bwd.all_on_chip ? "" : ", some chunk buffers in global scratch")
-        << ", segments of " << p.segment << " chunks)";
+        << (p.segment == 1 ? ", every state kept" : ", segments of " + std::to_string(p.segment) + " chunks") << ")";
   p.reason = why.str();
   return p;
 }

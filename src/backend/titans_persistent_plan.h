@@ -92,7 +92,7 @@ struct PersistentPlan {
   std::string reason;       // why this path (one line; the benches and tests print it)
   int threads = 0;          // per block
   int64_t chunk_rows = 0;   // C'
-  int64_t segment = 0;      // K: the backward keeps every K-th state and recomputes the others
+  int64_t segment = 0;      // K: the backward keeps every K-th state and recomputes the others (1: none)
   BlockLayout fwd, bwd;
   // The chunk products on tensor cores: bf16 operands (rounded as they are loaded), fp32 accumulation, fp32
   // state and element steps (v2, float only; the runner sets it for `--precision bf16`); else fp32 / fp64 FMA.
@@ -122,12 +122,19 @@ inline int persistent_threads(PersistentVariant v) {
 // Elements of one v2 staging buffer: the rows of q, k, v, dO [C'][d], then θ, η, α [C'].
 inline int64_t stage_elements(int64_t chunk_rows, int64_t d) { return 4 * chunk_rows * d + 3 * chunk_rows; }
 
+// The backward's segment length K: s.segment when set; else 1 (the forward keeps every chunk's state, the backward
+// recomputes none) when those states fit in s.persistent_state_budget_bytes (persistent_kept_state_bytes, all
+// groups), else ceil(sqrt(chunks of the longest item)) (K - 1 of every K states recomputed: about one more forward).
+// TTT_TITANS_SEGMENT (a positive K; unset, empty or 0: automatic) forces K where s.segment does not: A/B timing
+// of kept states against segments (`ttt bench tnt`, `ttt bench step`); anything else is an error.
+double persistent_kept_state_bytes(const MemoryShape& s, size_t elem_bytes);
+int64_t segment_from_env();
+int64_t persistent_segment(const MemoryShape& s, size_t elem_bytes);
 // The plan of memory s with elements of elem_bytes (4: float, 8: double) on a device with smem_limit bytes of
 // opt-in shared memory per block. Automatic picks the persistent kernels when the widths are supported, C <=
 // kPersistentMaxAutoChunk, the forward block fits on chip and so does the backward's state (its chunk buffers
 // may spill); Persistent forces them whenever the widths are supported (tests, A/B timing: buffers spill as
-// needed); Batched never. The segment length: s.segment when
-// set, else ceil(sqrt(chunks of the longest item)).
+// needed); Batched never. The segment length: persistent_segment.
 // variant: which kernels (the plan's layout and threads are theirs).
 PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t smem_limit, KernelChoice choice,
                                PersistentVariant variant = kDefaultPersistentVariant);

@@ -67,6 +67,9 @@ struct MemoryShape {
   bool continues = false;
   // Backward keeps every state when they fit in this many bytes (per group), else every K-th, K ~ sqrt(chunks).
   double state_budget_bytes = double(int64_t(2) << 30);
+  // The persistent kernels' backward (backend/titans_persistent_plan.h) keeps every chunk's state, saved by the
+  // forward, when they fit in this many bytes (all groups): no segment recomputation; else every K-th one.
+  double persistent_state_budget_bytes = double(int64_t(4) << 30);
   int64_t segment = 0;  // > 0: force K (tests)
 
   int64_t P() const { return d * dh; }
@@ -668,6 +671,7 @@ struct TntShape {
   bool qk_proj = true;
   std::vector<int64_t> dh;  // hidden width of every memory (global first)
   double state_budget_bytes = double(int64_t(2) << 30);
+  double persistent_state_budget_bytes = double(int64_t(4) << 30);  // MemoryShape's, per memory
   int64_t segment = 0;
 
   engine::BranchLayout layout() const { return {use_global, global_chunk, local_chunks, shard, qk_proj}; }
@@ -691,6 +695,7 @@ struct TntShape {
     s.qk = place.qk_proj;
     s.momentum = s.decay = s.residual = true;
     s.state_budget_bytes = state_budget_bytes;
+    s.persistent_state_budget_bytes = persistent_state_budget_bytes;
     s.segment = segment;
     return s;
   }

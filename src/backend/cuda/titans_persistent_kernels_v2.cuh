@@ -895,15 +895,20 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
   // The walk stages q̃ (or q) and dO with the keys; the recomputation only what the update reads.
   Stager<T> stager{b.buf[kStage0], b.buf[kStage1], -1, -1, a.q, a.go};
   __syncthreads();
-  const int64_t nseg = num_chunks(N, a.K);
+  // K = 1: the forward kept every state (checkpoint c is version c), so one walk over all N chunks recomputes
+  // nothing and copies each previous state in from its checkpoint while a step runs; else segments of K chunks,
+  // each recomputed from its checkpoint into the slots, then walked back.
+  const bool kept_all = a.K == 1;
+  const int64_t nseg = kept_all ? 1 : num_chunks(N, a.K);
   for (int64_t j = nseg - 1; j >= 0; --j) {
-    const int64_t lo = j * a.K, hi = imin(N, lo + a.K);
-    load_state(Wcur, ckW + j * P2);
-    if (S) load_state(S, ckS + j * P2);
+    const int64_t lo = kept_all ? 0 : j * a.K, hi = kept_all ? N : imin(N, lo + a.K);
+    const int64_t first = kept_all ? hi - 1 : j;  // the checkpoint the walk starts from
+    load_state(Wcur, ckW + first * P2);
+    if (S) load_state(S, ckS + first * P2);
     async_wait_all();
     __syncthreads();
     // Recompute the segment's states (W and S on chip, in place; copies in the slots).
-    for (int64_t c = lo; c + 1 < hi; ++c) {
+    for (int64_t c = lo; !kept_all && c + 1 < hi; ++c) {
       const int64_t c0 = c * a.C;
       const StepCtx<T> x{a, b, g1, c, c0, int(imin(a.C, g1.len - c0))};
       const Stage<T> cur = stager.ensure(a, g1, c, false);
@@ -923,11 +928,11 @@ __global__ void __launch_bounds__(titans::kPersistentThreadsV2, 1) k_titans_pers
           [&] {
             if (c > lo) {
               stager.prefetch(a, g1, c - 1, true);
-              load_state(Wnext, stateW(j, lo, c - 1));
+              load_state(Wnext, kept_all ? ckW + (c - 1) * P2 : stateW(j, lo, c - 1));
             }
           },
           [&] {
-            if (c > lo && S) load_state(S, stateS(j, lo, c - 1));
+            if (c > lo && S) load_state(S, kept_all ? ckS + (c - 1) * P2 : stateS(j, lo, c - 1));
           });
       if (c > lo) {
         T* t = Wcur;
