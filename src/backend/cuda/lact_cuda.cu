@@ -204,8 +204,8 @@ class CudaOps {
   //    layout, with the intervals where it holds bf16(the fp32 value) tracked on the host. Every step of
   //    this backend that writes fp32 invalidates what it writes; a product converts only what is not valid
   //    yet (so a state or an update is converted once, however many products read it);
-  //  * the kernels whose outputs feed nothing but matrix products (a, lr1 a, R, dGH, dU) write the bf16 shadow
-  //    alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
+  //  * the kernels whose outputs feed nothing but matrix products (a, lr1 a, R, [R | dGH], [lr1 a | dU], DW) write
+  //    the bf16 shadow alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
   //    (a bookkeeping check on the host: it never happens with the algorithm of lact_fused.h);
   //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together;
   //  * with bf16 product outputs (narrow_, LactOptions::bf16_outputs) every lact::Buffer::ProductOutput is bf16
