@@ -153,9 +153,8 @@ TEST(CudaModel, WeightCopiesGiveTheBitsOfRoundingPerProduct) {
 // recompute, so the loss and every gradient are the same bits with and without, at every --recompute level (none:
 // the last layer's, on the shared runner; its per-layer records never keep), in fp32 and with bf16 products (bf16
 // operands), with momentum and post norm or neither and pre norm, over two micro-batches. The memory it costs is
-// exactly what the estimate adds for it: the kept [g|h] of q and k, V W1, lr1 a and R (B T 8 dh fp32, with
-// bf16 operands a bf16 shadow of lr1 a and R: B T 3 dh) less the chunk buffers that keeping replaces
-// (B C 8 dh, and with bf16 operands the shadows of the update's lr1 a and R, B C 3 dh).
+// exactly what the estimate adds for it: the kept [g|h] of q and k and V W1 (B T 5 dh product outputs: fp32, or
+// bf16 alone with bf16 product outputs) less the chunk buffers that keeping replaces (B C 5 dh of the same).
 TEST(CudaModel, KeptLactProductsGiveTheSameBits) {
   REQUIRE_CUDA();
   model::ModelConfig plain = small_config();
@@ -196,10 +195,9 @@ TEST(CudaModel, KeptLactProductsGiveTheSameBits) {
         const lact::Shape s = backend::gpu_lact_shape(cfg, 2, cfg.seq_len);
         const int64_t C = std::min(s.chunk, s.T);
         const bool bf16_operands = math == cuda::MathMode::BF16;  // the small config has no Muon
-        // Per token: [g|h] of q and k and V W1 (5 dh, product outputs: bf16 alone with bf16 product outputs), lr1 a
-        // and R (3 dh, fp32, and with bf16 operands their bf16 shadows).
+        // Per token: [g|h] of q and k and V W1 (5 dh, product outputs: bf16 alone with bf16 product outputs).
         const int64_t out_bytes = bf16_operands && lact::bf16_outputs_from_env() ? 2 : 4;
-        const int64_t per_token = 5 * s.dh * out_bytes + 3 * s.dh * 4 + (bf16_operands ? 3 * s.dh * 2 : 0);
+        const int64_t per_token = 5 * s.dh * out_bytes;
         const int64_t kept = s.B * s.T * per_token, replaced = s.B * C * per_token;
         std::printf("%s %s --recompute %s: keeping the LaCT products holds %lld bytes more (by hand %lld; the "
                     "estimate %.0f)\n",

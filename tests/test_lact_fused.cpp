@@ -567,10 +567,10 @@ TEST(LactFused, RecordsKeepSeveralForwards) {
   EXPECT_EQ(two - one, per_record);
 }
 
-// Kept products (Fused's keep_products: the backward reads each chunk's [g|h] of q and k, V W1 and the update's
-// lr1 a, R from the forward) give the bits of the recomputation, in every program, weight norm, momentum and
-// Muon combination; they cost B T 8 dh elements and spare the chunk buffers of the apply's and the update's
-// [g|h], V W1, the update's lr1 a and R.
+// Kept products (Fused's keep_products: the backward reads each chunk's [g|h] of q and k and V W1 from the
+// forward; the update's lr1 a and R it recomputes beside their cotangents either way) give the bits of the
+// recomputation, in every program, weight norm, momentum and Muon combination; they cost B T 5 dh elements and
+// spare the chunk buffers of the apply's and the update's [g|h] and V W1.
 TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
   int checked = 0;
   for (const Case& c : all_cases()) {
@@ -590,7 +590,7 @@ TEST(LactFused, KeptProductsGiveTheRecomputedBits) {
   const lact::Shape s = shape_of(all_cases().front());
   const int64_t C = std::min(s.chunk, s.T);
   EXPECT_EQ(lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true),
-            s.B * s.T * 8 * s.dh - s.B * C * 8 * s.dh);
+            s.B * s.T * 5 * s.dh - s.B * C * 5 * s.dh);
   EXPECT_EQ(lact::workspace_elements(s, false, 1, true), lact::workspace_elements(s, false));  // nothing to keep
 }
 

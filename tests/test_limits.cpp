@@ -153,18 +153,18 @@ TEST(MemoryBudget, SavedAttentionIsOneTermOfTheStep) {
 // A GPU training step's shared LaCT runner keeps each chunk's products for the backward (backend::
 // gpu_lact_keeps_products; TTT_LACT_KEEP=0 turns it off), and its term of the estimate counts them: for the 760m
 // preset with bf16 products (bf16 operands), one sequence of 32768 tokens (B = 4 sequence-heads, d = dh = 384, chunk
-// 2048), the kept [g|h] of q and k and V W1 in bf16 (the bf16 product outputs, B T 5 dh), lr1 a and R in fp32 with a
-// bf16 shadow (B T 3 dh), less the chunk buffers they replace (B C, the same per token): 1.32 GB, at every
-// --recompute level (none: the last layer's on the shared runner; the per-layer records do not keep). With
-// TTT_LACT_B16_OUTPUTS=0 the [g|h] and V W1 are fp32: 1.79 GB. A forward-only batch (the evaluation phase) does not
-// keep them.
+// 2048), the kept [g|h] of q and k and V W1 in bf16 (the bf16 product outputs, B T 5 dh) less the chunk buffers they
+// replace (B C, the same per token): 0.47 GB, at every --recompute level (none: the last layer's on the shared runner;
+// the per-layer records do not keep). lr1 a and R are not kept (the backward recomputes them beside their
+// cotangents). With TTT_LACT_B16_OUTPUTS=0 the [g|h] and V W1 are fp32: 0.94 GB. A forward-only batch (the
+// evaluation phase) does not keep them.
 TEST(MemoryBudget, KeptLactProductsAreCountedInTheStepsRunner) {
   const model::ModelConfig cfg = model::preset("760m");
-  const double B = 4, T = 32768, d = 384, dh = 384, C = 2048;
-  const double kept = B * (T - C) * (5 * dh * 2 + 3 * dh * 4 + 3 * dh * 2);
-  const double kept_fp32_outputs = B * T * 8 * dh * 4 + B * T * 3 * dh * 2 - B * C * (8 * dh * 4 + 3 * dh * 2);
-  EXPECT_DOUBLE_EQ(kept, 1321205760.0);
-  EXPECT_DOUBLE_EQ(kept_fp32_outputs, 1793064960.0);
+  const double B = 4, T = 32768, dh = 384, C = 2048;
+  const double kept = B * (T - C) * 5 * dh * 2;
+  const double kept_fp32_outputs = B * (T - C) * 5 * dh * 4;
+  EXPECT_DOUBLE_EQ(kept, 471859200.0);
+  EXPECT_DOUBLE_EQ(kept_fp32_outputs, 943718400.0);
   auto runner_term = [](const train::MemoryEstimate& e, size_t phase) {
     for (const train::MemoryTerm& t : e.phases.at(phase))
       if (t.what.find("memory operator runner") != std::string::npos) return t.bytes;

@@ -104,7 +104,8 @@ double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bo
                          bool keep_products) {
   const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
   const double elements = double(lact::workspace_elements(s, /*with_grad=*/true, records, keep_products));
-  double bytes = 4 * elements + 8.0 * double(3 * s.B * lact::kDotSlices) + double(lact::kRunnerCublasWorkspace);
+  double bytes = 4 * elements + 8.0 * double(lact::runner_partial_doubles(s.B, s.d, s.dh)) +
+                 double(lact::kRunnerCublasWorkspace);
   if (backend::lact_on_bf16_operands(cfg, bf16)) {
     bytes += 2 * double(lact::workspace_operand_elements(s, /*with_grad=*/true, records, keep_products)) +
              double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);

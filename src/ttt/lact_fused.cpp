@@ -219,19 +219,24 @@ class CpuOps {
       }
     }
   }
-  // Adjoint of update_terms, given Y (the cotangent of Al) and dR: dGH, dU; g_lr0, g_lr1 = <a, Y> and g_lr2 of the
-  // chunk's tokens are written (a = silu(g) h, as update_terms computes it).
+  // Adjoint of update_terms, given Y (the cotangent of Al) and dR: per token row RdGH = [R | dGH] (4 dh) and
+  // AldU = [Al | dU] (2 dh), R and Al as update_terms computes them (the operands of dK and dV beside the
+  // cotangents); g_lr0, g_lr1 = <a, Y> and g_lr2 of the chunk's tokens are written (a = silu(g) h).
   void update_terms_bwd(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n,
-                        const T* dR, const T* Y, T* dGH, T* dU, T* glr0, T* glr1, T* glr2) {
+                        const T* dR, const T* Y, T* RdGH, T* AldU, T* glr0, T* glr1, T* glr2) {
     const int64_t dh = g_.dh;
     for (int64_t r = 0; r < g_.B * n; ++r) {
       const int64_t b = r / n, t = c0 + r % n, tok = b * g_.T + t;
+      T* rdgh = RdGH + r * 4 * dh;
+      T* aldu = AldU + r * 2 * dh;
       T s0 = 0, s1 = 0, s2 = 0;
       for (int64_t j = 0; j < dh; ++j) {
-        const T g = GH[r * 2 * dh + j], h = GH[r * 2 * dh + dh + j], y = Y[r * dh + j];
-        T t0, t2;
-        update_elem_bwd(g, h, U[r * dh + j], lr0[tok], lr2[tok], dR[r * 2 * dh + j], dR[r * 2 * dh + dh + j],
-                        lr1[tok] * y, dGH[r * 2 * dh + j], dGH[r * 2 * dh + dh + j], dU[r * dh + j], t0, t2);
+        const T g = GH[r * 2 * dh + j], h = GH[r * 2 * dh + dh + j], u = U[r * dh + j], y = Y[r * dh + j];
+        T a, t0, t2;
+        update_elem(g, h, u, lr0[tok], lr2[tok], a, rdgh[j], rdgh[dh + j]);
+        aldu[j] = lr1[tok] * a;
+        update_elem_bwd(g, h, u, lr0[tok], lr2[tok], dR[r * 2 * dh + j], dR[r * 2 * dh + dh + j], lr1[tok] * y,
+                        rdgh[2 * dh + j], rdgh[3 * dh + j], aldu[dh + j], t0, t2);
         s0 += t0;
         s1 += swiglu_elem(g, h) * y;
         s2 += t2;
@@ -239,6 +244,21 @@ class CpuOps {
       glr0[tok] = s0;
       glr1[tok] = s1;
       glr2[tok] = s2;
+    }
+  }
+  // Per head: DW = [dD02; E02] ([4dh, d]: the first 2dh rows of dD, then of E), then [dD1 | E1] ([d, 2dh]: row i
+  // is dD1's row i, then E1's).
+  void stack_bwd_operands(const T* dD, const T* E, T* DW) {
+    const int64_t P = g_.P(), d = g_.d, dh = g_.dh;
+    for (int64_t b = 0; b < g_.B; ++b) {
+      const T *dDb = dD + b * 3 * P, *Eb = E + b * 3 * P;
+      T* W = DW + b * 6 * P;
+      copy(W, dDb, 2 * P);
+      copy(W + 2 * P, Eb, 2 * P);
+      for (int64_t i = 0; i < d; ++i) {
+        copy(W + 4 * P + i * 2 * dh, dDb + 2 * P + i * dh, dh);
+        copy(W + 4 * P + i * 2 * dh + dh, Eb + 2 * P + i * dh, dh);
+      }
     }
   }
 
@@ -305,6 +325,16 @@ class CpuOps {
         row_norm_bwd(z.data(), len, tau[b * g_.rows() + r], dA + o, dz.data(), dtau[b * g_.rows() + r]);
         std::copy(dz.begin(), dz.end(), dA + o);
       }
+  }
+
+  // Post norm with momentum: the step's adjoint, the momentum's and the stacking of dP with A (the effective weights)
+  // for the update's products, as the three steps (the CUDA backend does them in one pass).
+  void step_momentum_bwd(const T* A, const T* M, const T* tau, T* dA, const T* dA_add, T* dtau, T* dS, const T* S,
+                         const T* mbar, T* DW, T* dmbar) {
+    step_bwd(A, M, false, tau, dA, dA_add, dtau);
+    std::vector<T> dP(size_t(g_.B * 3 * g_.P()));
+    momentum_bwd(dA, dS, S, mbar, dP.data(), dmbar);
+    stack_bwd_operands(dP.data(), A, DW);
   }
 
  private:

@@ -183,11 +183,18 @@ enum class Buffer { Operand, ProductOutput };
 //   row_norms(A, tau); weight_norm(A, tau, E); weight_norm_bwd(A, tau, dE, dA (+=), dtau (+=))
 //   swiglu(GH, a, n); swiglu_bwd(GH, da, n, dGH, a)
 //   update_terms(GH, U, lr0, lr1, lr2, c0, n, Al, R)   Al = lr1 silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)]
-//   update_terms_bwd(GH, U, lr0, lr1, lr2, c0, n, dR, Y, dGH, dU, g_lr0, g_lr1, g_lr2)   Y: the cotangent of Al
+//   update_terms_bwd(GH, U, lr0, lr1, lr2, c0, n, dR, Y, RdGH, AldU, g_lr0, g_lr1, g_lr2)   Y: the cotangent of Al;
+//        writes per token row RdGH [R | dGH] (4 dh) and AldU [Al | dU] (2 dh): R and Al as update_terms computes
+//        them, beside the cotangents, so that dK and dV are one product each (the inner dimension concatenated)
+//   stack_bwd_operands(dD, E, DW)   per head b, DW[b] (6P) = [dD02; E02] ([4dh, d]), then [dD1 | E1] ([d, 2dh]):
+//        the right operands of those two products
 //   to_ns(src, dst, nrm|null); ns_norm_bwd(dX0, Pm, nrm, dot, dP)
 //   step(A, M, M_in_ns_layout, tau|null, A_next)
 //   momentum_step(A, D, S, mbar, P, tau|null, A_next)   P = axpy_batched(D, S, mbar), then step(A, P, false, tau, A_next)
 //   step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dA_add|null, dtau (+=))   dA := the adjoint of dA + dA_add
+//   step_momentum_bwd(A, M, tau, dA, dA_add|null, dtau, dS, S, mbar, DW, dmbar)   post norm with momentum, M in state
+//        layout: step_bwd(A, M, false, tau, dA, dA_add, dtau), then momentum_bwd(dA, dS, S, mbar, dP, dmbar) and
+//        stack_bwd_operands(dP, A, DW) in one pass (dP itself is not kept: only DW's products read it)
 template <class Ops>
 class Fused {
  public:
@@ -198,10 +205,10 @@ class Fused {
   // weight-norm targets and inputs: everything backward() reads of its forward) until its backward, while the
   // work buffers are shared; use_record picks the one forward() and backward() act on (record 0 at first).
   // keep_products (with gradients): each record also keeps what the forward computes of every chunk anyway --
-  // [g|h] of q and of k, V W1 and the update's token terms lr1 a, R -- so that the backward reads them instead
-  // of recomputing them (the same steps on the same operands: the same bits); costs B T 8 dh elements per
-  // record (lr1 a, R are product operands only: a backend with bf16 operands needs only their bf16 copies; [g|h]
-  // and V W1 are Buffer::ProductOutput: bf16 alone with a backend's bf16 product outputs).
+  // [g|h] of q and of k and V W1 -- so that the backward reads them instead of recomputing them (the same steps on
+  // the same operands: the same bits); costs B T 5 dh elements per record (Buffer::ProductOutput: bf16 alone with
+  // a backend's bf16 product outputs). The update's token terms lr1 a and R are not kept: the backward's
+  // update_terms_bwd recomputes them from [g|h] and V W1 beside the cotangents it writes (see update_bwd).
   Fused(Ops& ops, const Shape& s, bool with_grad, int64_t records = 1, bool keep_products = false)
       : ops_(ops), s_(s), with_grad_(with_grad), keep_(with_grad && keep_products) {
     s_.validate();
@@ -222,13 +229,10 @@ class Fused {
         r.ghq = ops_.alloc(B * s_.T * 2 * dh, Buffer::ProductOutput);
         r.ghk = ops_.alloc(B * s_.T * 2 * dh, Buffer::ProductOutput);
         r.u = ops_.alloc(B * s_.T * dh, Buffer::ProductOutput);
-        r.a = ops_.alloc(B * s_.T * dh);  // read by products only
-        r.r = ops_.alloc(B * s_.T * 2 * dh);
       }
     }
     states_ = records_[0].states, mstates_ = records_[0].mstates, tau_ = records_[0].tau;
     ghq_ = records_[0].ghq, ghk_ = records_[0].ghk, ukept_ = records_[0].u;
-    akept_ = records_[0].a, rkept_ = records_[0].r;
     if (s_.norm == WeightNorm::Pre) ebuf_ = ops_.alloc(B * 3 * P);
     D_ = ops_.alloc(B * 3 * P);
     if (s_.momentum) {
@@ -240,13 +244,12 @@ class Fused {
       U_ = ops_.alloc(B * C * dh, Buffer::ProductOutput);
     }
     Ak_ = ops_.alloc(B * C * dh);
-    if (!keep_) {
-      R_ = ops_.alloc(B * C * 2 * dh);
-      // The apply's [g|h] and the update's a apart from the update's [g|h] and the apply's a: a chunk's apply and
-      // update share no buffer, so a backend may run them at the same time.
-      GHq_ = ops_.alloc(B * C * 2 * dh, Buffer::ProductOutput);
-      Au_ = ops_.alloc(B * C * dh);
-    }
+    // The forward's update terms (the backward recomputes its own: update_terms_bwd).
+    R_ = ops_.alloc(B * C * 2 * dh);
+    Au_ = ops_.alloc(B * C * dh);
+    // The apply's [g|h] and the update's a apart from the update's [g|h] and the apply's a: a chunk's apply and
+    // update share no buffer, so a backend may run them at the same time.
+    if (!keep_) GHq_ = ops_.alloc(B * C * 2 * dh, Buffer::ProductOutput);
     if (s_.muon) {
       const int64_t p = g_.p();
       nrm_ = ops_.alloc(3 * B);
@@ -258,15 +261,17 @@ class Fused {
       dA_ = ops_.alloc(B * 3 * P);
       dEv_[0] = ops_.alloc(B * 3 * P);
       dEv_[1] = ops_.alloc(B * 3 * P);
-      dP_ = ops_.alloc(B * 3 * P);
+      if (s_.muon || (s_.momentum && !state_bwd_in_one_pass())) dP_ = ops_.alloc(B * 3 * P);
       if (s_.momentum) {
         dS_ = ops_.alloc(B * 3 * P);
         dmbar_ = ops_.alloc(B);
       }
       if (s_.norm != WeightNorm::None) dtau_ = ops_.alloc(B * s_.state_rows());
-      dGH_ = ops_.alloc(B * C * 2 * dh);
+      // [R | dGH] and [lr1 a | dU] per token row, and [dD02; E02], [dD1 | E1] per head: dK and dV one product each.
+      RdGH_ = ops_.alloc(B * C * 4 * dh);
       dR_ = ops_.alloc(B * C * 2 * dh, Buffer::ProductOutput);
-      dU_ = ops_.alloc(B * C * dh);
+      AldU_ = ops_.alloc(B * C * 2 * dh);
+      DW_ = ops_.alloc(B * 6 * P);
       da_ = ops_.alloc(B * C * dh, Buffer::ProductOutput);
       // The apply adjoint's own da and dGH (apart from the update adjoint's: see GHq_).
       dGHq_ = ops_.alloc(B * C * 2 * dh);
@@ -290,7 +295,6 @@ class Fused {
     const Record& to = records_[size_t(r)];
     states_ = to.states, mstates_ = to.mstates, tau_ = to.tau, in_ = to.in, forward_done_ = to.forward_done;
     ghq_ = to.ghq, ghk_ = to.ghk, ukept_ = to.u;
-    akept_ = to.a, rkept_ = to.r;
     record_ = r;
     cached_e_ = -1;
   }
@@ -413,7 +417,6 @@ class Fused {
   struct Record {
     T *states = nullptr, *mstates = nullptr, *tau = nullptr;
     T *ghq = nullptr, *ghk = nullptr, *u = nullptr;  // keep_products: every chunk's [g|h] of q, of k, V W1
-    T *a = nullptr, *r = nullptr;                    // and its update's terms lr1 a, R
     Inputs<T> in;
     bool forward_done = false;
   };
@@ -424,12 +427,11 @@ class Fused {
   bool means_ready_ = false;  // mbar_all_ holds this call's means (not while streaming)
   T *GH_ = nullptr, *U_ = nullptr, *Ak_ = nullptr, *R_ = nullptr, *GHq_ = nullptr, *Au_ = nullptr;
   T *ghq_ = nullptr, *ghk_ = nullptr, *ukept_ = nullptr;  // the current record's (keep_products)
-  T *akept_ = nullptr, *rkept_ = nullptr;
   T *nrm_ = nullptr, *X_[6] = {}, *Am_[5] = {}, *Bm_[5] = {};
   T *dA_ = nullptr, *dP_ = nullptr, *dS_ = nullptr, *dmbar_ = nullptr, *dtau_ = nullptr;
   T* dEv_[2] = {};              // dE_of(v): version v's in dEv_[v % 2]
   bool dE_started_[2] = {};     // whether its version has a contribution yet
-  T *dGH_ = nullptr, *dR_ = nullptr, *dU_ = nullptr, *da_ = nullptr;
+  T *RdGH_ = nullptr, *dR_ = nullptr, *AldU_ = nullptr, *da_ = nullptr, *DW_ = nullptr;
   T *dGHq_ = nullptr, *daq_ = nullptr;
   T *dXa_ = nullptr, *dXb_ = nullptr, *dBm_ = nullptr, *dAm_ = nullptr, *nsdot_ = nullptr;
 
@@ -469,9 +471,6 @@ class Fused {
   T* gh_q(int64_t c0) const { return keep_ ? ghq_ + s_.B * c0 * 2 * s_.dh : GHq_; }
   T* gh_k(int64_t c0) const { return keep_ ? ghk_ + s_.B * c0 * 2 * s_.dh : GH_; }
   T* vw1(int64_t c0) const { return keep_ ? ukept_ + s_.B * c0 * s_.dh : U_; }
-  // The chunk's update terms lr1 a ([B][n][dh]; the apply's a is Ak_) and R ([B][n][2dh]).
-  T* upd_a(int64_t c0) const { return keep_ ? akept_ + s_.B * c0 * s_.dh : Au_; }
-  T* upd_r(int64_t c0) const { return keep_ ? rkept_ + s_.B * c0 * 2 * s_.dh : R_; }
 
   // [g|h] = X [W0;W2]^T for the chunk rows X of x: GH [B][n][2dh].
   void gh(const T* E, const T* x, int64_t c0, int64_t n, T* GH) {
@@ -489,10 +488,10 @@ class Fused {
          s_.B);  // o = a W1^T
   }
 
-  // The chunk's token-side terms of the inner gradient: GH = K [W0;W2]^T, U = V W1 (gh_k, vw1), then
-  // lr1 a = lr1 silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)] (upd_a, upd_r). The rate lr1 goes with a rather
-  // than with v: dW1 = (lr1 V)^T a = V^T (lr1 a), so no pass scales the values. With kept products the backward's
-  // call has nothing to do: it reads the forward's.
+  // The chunk's token-side terms of the inner gradient: GH = K [W0;W2]^T, U = V W1 (gh_k, vw1), then (forward)
+  // lr1 a = lr1 silu(g) h, R = [lr0 u h silu'(g) | lr2 u silu(g)] (Au_, R_). The rate lr1 goes with a rather
+  // than with v: dW1 = (lr1 V)^T a = V^T (lr1 a), so no pass scales the values. The backward wants GH and U only
+  // (update_terms_bwd computes lr1 a and R itself), and with kept products reads the forward's.
   void update_terms(const T* E, int64_t c0, int64_t n, bool in_backward) {
     if (keep_ && in_backward) return;
     const int64_t d = s_.d, dh = s_.dh, B = s_.B;
@@ -500,7 +499,7 @@ class Fused {
     gh(E, in_.k, c0, n, GH);
     gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(E), dh, wstride(), T(0), U, dh, n * dh,
          B);  // u = V W1
-    ops_.update_terms(GH, U, in_.lr0, in_.lr1, in_.lr2, c0, n, upd_a(c0), upd_r(c0));
+    if (!in_backward) ops_.update_terms(GH, U, in_.lr0, in_.lr1, in_.lr2, c0, n, Au_, R_);
   }
 
   // The momentum gate's mean over the chunk's n tokens from c0: from this call's chunk_means, or (streaming)
@@ -520,9 +519,9 @@ class Fused {
     const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P();
     update_terms(E, c0, n, /*in_backward=*/false);
     T* dW = s_.momentum ? D_ : Pn;
-    gemm(true, false, 2 * dh, d, n, T(1), upd_r(c0), 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0),
-         dW, d, wstride(), B);  // [dW0; dW2] = R^T K
-    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), upd_a(c0), dh, n * dh, T(0), w1(dW), dh,
+    gemm(true, false, 2 * dh, d, n, T(1), R_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), T(0), dW, d,
+         wstride(), B);  // [dW0; dW2] = R^T K
+    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), Au_, dh, n * dh, T(0), w1(dW), dh,
          wstride(), B);  // dW1 = V^T (lr1 a)
     if (s_.momentum && mix) ops_.axpy_batched(Pn, D_, mstate(v), mbar_for(c0, n), 3 * P);  // P = dW + mbar S
     if (!s_.muon) return Pn;
@@ -561,6 +560,8 @@ class Fused {
   // With post weight norm the flush before an update adjoint is its step adjoint's first step (dA + dE read
   // in the same pass: the same sum, one pass less).
   bool flush_in_step() const { return s_.norm == WeightNorm::Post; }
+  // Post norm with momentum and no Muon: the step's and the momentum's adjoints are one pass (step_momentum_bwd).
+  bool state_bwd_in_one_pass() const { return s_.norm == WeightNorm::Post && s_.momentum && !s_.muon; }
   // Version v's dE buffer, and the beta of the products of a contribution to it: 0 for the first (the buffer
   // holds version v - 2's, already moved into dA_), 1 after.
   T* dE_of(int64_t v) const { return dEv_[v & 1]; }
@@ -605,7 +606,6 @@ class Fused {
   // Update of chunk c (version c -> c+1): dA_ holds dL/dA_{c+1} on entry and dL/dA_c (the direct path; the
   // path through the effective weights goes to dE_of(c)) on exit; dS_ likewise for the momentum state.
   void update_bwd(int64_t c, int64_t c0, int64_t n, const Grads<T>& g) {
-    const int64_t d = s_.d, dh = s_.dh, B = s_.B;
     const T* E = effective(c, c);
     // Recompute the token-side terms (from the kept products, if kept); the update P_c itself was kept by
     // forward (as the state c+1 momentum).
@@ -613,6 +613,16 @@ class Fused {
     const T* Pc = mstate(c + 1);
     if (s_.muon) ns5_forward(Pc);
     const T* M = s_.muon ? X_[5] : Pc;
+    if (state_bwd_in_one_pass()) {
+      // The step's and the momentum's adjoints below and the stacking of dD = dP with E = A_c (post norm: the
+      // effective weights are the state) in one pass over the state: dA_ := dZ, dS_ := mbar dP,
+      // DW_ := [dP02; A02], [dP1 | A1].
+      ops_.step_momentum_bwd(state(c), Pc, tau_, dA_, dE_take(c + 1), dtau_, dS_, mstate(c), mbar_for(c0, n), DW_,
+                             dmbar_);
+      ops_.fill_chunk(g.mom, dmbar_, T(1) / T(n), c0, n);
+      update_bwd_products(c, c0, n, g);
+      return;
+    }
     // Step (and post weight norm): Z = A + M; A' = N(Z). dA_ + dE (version c+1's flush: flush_in_step) becomes
     // dZ = dL/dA_c (direct) = dL/dM in dA_.
     if (s_.norm == WeightNorm::Post) ops_.step_bwd(state(c), M, s_.muon, tau_, dA_, dE_take(c + 1), dtau_);
@@ -627,28 +637,34 @@ class Fused {
       ops_.fill_chunk(g.mom, dmbar_, T(1) / T(n), c0, n);
       dD = dP_;
     }
-    // The inner gradient: D02 = R^T K, D1 = V^T (lr1 a), with cotangent dD.
-    gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), dD, d, wstride(), T(0), dR_, 2 * dh,
+    ops_.stack_bwd_operands(dD, E, DW_);
+    update_bwd_products(c, c0, n, g);
+  }
+
+  // The inner gradient: D02 = R^T K, D1 = V^T (lr1 a), with cotangent dD. Its products read dD and E from DW_,
+  // where [dD02; E02] and [dD1 | E1] lie side by side, so that dK = [R | dGH] [dD02; E02] and
+  // dV = [lr1 a | dU] [dD1 | E1]^T are one product each (no second product accumulating into dK, dV).
+  void update_bwd_products(int64_t c, int64_t c0, int64_t n, const Grads<T>& g) {
+    const int64_t d = s_.d, dh = s_.dh, B = s_.B, P = s_.P(), sW = 6 * P;
+    const T* DW02 = DW_;         // [4dh, d]: dD02 rows, then E02 rows
+    const T* DW1 = DW_ + 4 * P;  // [d, 2dh]: row i = [dD1 row i | E1 row i]
+    gemm(false, true, n, 2 * dh, d, T(1), rows_of(in_.k, c0), d, seq_stride(), DW02, d, sW, T(0), dR_, 2 * dh,
          n * 2 * dh, B);  // dR = K dD02^T
-    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), w1(dD), dh, wstride(), T(0), da_, dh,
-         n * dh, B);  // Y = V dD1 (the cotangent of lr1 a)
-    ops_.update_terms_bwd(gh_k(c0), vw1(c0), in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, da_, dGH_, dU_, g.lr0, g.lr1,
+    gemm(false, false, n, dh, d, T(1), rows_of(in_.v, c0), d, seq_stride(), DW1, 2 * dh, sW, T(0), da_, dh, n * dh,
+         B);  // Y = V dD1 (the cotangent of lr1 a)
+    ops_.update_terms_bwd(gh_k(c0), vw1(c0), in_.lr0, in_.lr1, in_.lr2, c0, n, dR_, da_, RdGH_, AldU_, g.lr0, g.lr1,
                           g.lr2);
-    gemm(false, true, n, d, dh, T(1), upd_a(c0), dh, n * dh, w1(dD), dh, wstride(), T(0), rows_of(g.v, c0), d,
-         seq_stride(), B);  // dV = (lr1 a) dD1^T
-    gemm(false, false, n, d, 2 * dh, T(1), upd_r(c0), 2 * dh, n * 2 * dh, dD, d, wstride(), T(0), rows_of(g.k, c0),
-         d, seq_stride(), B);  // dK = R dD02
-    gemm(false, false, n, d, 2 * dh, T(1), dGH_, 2 * dh, n * 2 * dh, w02(E), d, wstride(), T(1), rows_of(g.k, c0), d,
-         seq_stride(), B);  // dK += dGH [W0;W2]
-    gemm(false, true, n, d, dh, T(1), dU_, dh, n * dh, w1(E), dh, wstride(), T(1), rows_of(g.v, c0), d, seq_stride(),
-         B);  // dV += dU W1^T
+    gemm(false, true, n, d, 2 * dh, T(1), AldU_, 2 * dh, n * 2 * dh, DW1, 2 * dh, sW, T(0), rows_of(g.v, c0), d,
+         seq_stride(), B);  // dV = (lr1 a) dD1^T + dU W1^T
+    gemm(false, false, n, d, 4 * dh, T(1), RdGH_, 4 * dh, n * 4 * dh, DW02, d, sW, T(0), rows_of(g.k, c0), d,
+         seq_stride(), B);  // dK = R dD02 + dGH [W0;W2]
     // Version c's contributions through the update (beta 1 after the causal apply adjoint's).
     T* dE = dE_of(c);
     const T beta = dE_begin(c);
-    gemm(true, false, 2 * dh, d, n, T(1), dGH_, 2 * dh, n * 2 * dh, rows_of(in_.k, c0), d, seq_stride(), beta, dE, d,
-         wstride(), B);  // d[W0;W2] (+)= dGH^T K
-    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), dU_, dh, n * dh, beta, w1(dE), dh,
-         wstride(), B);  // dW1 (+)= V^T dU
+    gemm(true, false, 2 * dh, d, n, T(1), RdGH_ + 2 * dh, 4 * dh, n * 4 * dh, rows_of(in_.k, c0), d, seq_stride(),
+         beta, dE, d, wstride(), B);  // d[W0;W2] (+)= dGH^T K
+    gemm(true, false, d, dh, n, T(1), rows_of(in_.v, c0), d, seq_stride(), AldU_ + dh, 2 * dh, n * 2 * dh, beta,
+         w1(dE), dh, wstride(), B);  // dW1 (+)= V^T dU
   }
 
   // dM (= dA_, state layout) -> dP_ (state layout) through the five NS steps and the Frobenius scaling.
@@ -690,9 +706,14 @@ int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t recor
 int64_t workspace_product_output_elements(const Shape& s, bool with_grad, int64_t records = 1,
                                           bool keep_products = false);
 // The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
-// first stage of its batched reductions (kDotSlices doubles per row of 3 B) and cuBLAS workspaces of its own (bytes:
+// first stage of its batched reductions (runner_partial_doubles) and cuBLAS workspaces of its own (bytes:
 // one of kRunnerStreamWorkspace per stream of its kRunnerStreams, together kRunnerCublasWorkspace).
 inline constexpr int64_t kDotSlices = 128;
+// Doubles of that first stage: kDotSlices per row of 3 B, or one per state row of every head (step_momentum_bwd's
+// per-row sums of the gate's gradient), whichever is more.
+inline int64_t runner_partial_doubles(int64_t B, int64_t d, int64_t dh) {
+  return std::max<int64_t>(3 * B * kDotSlices, B * (2 * dh + d));
+}
 inline constexpr int kRunnerStreams = 6;
 inline constexpr size_t kRunnerStreamWorkspace = size_t(8) << 20;
 inline constexpr size_t kRunnerCublasWorkspace = kRunnerStreamWorkspace * size_t(kRunnerStreams);

@@ -138,8 +138,8 @@ class CudaOps {
     else compute_ = opt_.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     bf16_ = opt_.bf16 && std::is_same<T, float>::value;
     narrow_ = bf16_ && bf16_outputs_of(opt_);
-    partial_ = static_cast<Acc*>(device_malloc(sizeof(Acc) * size_t(3 * g_.B * kMaxSlices)));
-    workspace_bytes_ += sizeof(Acc) * size_t(3 * g_.B * kMaxSlices);
+    partial_ = static_cast<Acc*>(device_malloc(partial_bytes()));
+    workspace_bytes_ += partial_bytes();
     // A cuBLAS handle per stream, each with a workspace of its own, so that the products can be captured into a
     // CUDA graph without cuBLAS allocating during the capture, and products on different streams never share a
     // workspace. The same size per handle on any number of streams: cuBLAS picks the same algorithms, the same bits.
@@ -159,7 +159,7 @@ class CudaOps {
     prof_.reset();
     for (auto& [p, bytes] : allocs_) device_free(p, bytes);
     for (auto& [p, bytes] : keys_) munmap(p, bytes);
-    device_free(partial_, sizeof(Acc) * size_t(3 * g_.B * kMaxSlices));
+    device_free(partial_, partial_bytes());
     for (cublasHandle_t h : handles_)
       if (h) cublasDestroy(h);
     sched_.reset();  // its streams and events, before the main stream
@@ -204,8 +204,8 @@ class CudaOps {
   //    layout, with the intervals where it holds bf16(the fp32 value) tracked on the host. Every step of
   //    this backend that writes fp32 invalidates what it writes; a product converts only what is not valid
   //    yet (so a state or an update is converted once, however many products read it);
-  //  * the kernels whose outputs feed nothing but matrix products (a, lr1 a, R, dGH, dU) write the bf16 shadow
-  //    alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
+  //  * the kernels whose outputs feed nothing but matrix products (a, lr1 a, R, [R | dGH], [lr1 a | dU], DW) write
+  //    the bf16 shadow alone: their fp32 buffers are then "stale", and a step that would read a stale fp32 value throws
   //    (a bookkeeping check on the host: it never happens with the algorithm of lact_fused.h);
   //  * the step (and the pre-norm weight norm) write the new state in fp32 and its shadow together;
   //  * with bf16 product outputs (narrow_, LactOptions::bf16_outputs) every lact::Buffer::ProductOutput is bf16
@@ -582,41 +582,62 @@ class CudaOps {
                                                            v4_ok(GH, U, (const T*)Al, (const T*)R));
     TTT_LAUNCH_CHECK("update_terms");
   }
+  // Writes [R | dGH] (RdGH, 4 dh a row) and [lr1 a | dU] (AldU, 2 dh a row): product operands only, so in the bf16
+  // mode their bf16 shadows alone.
   void update_terms_bwd(const T* GH, const T* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0, int64_t n,
-                        const T* dR, const T* Y, T* dGH, T* dU, T* glr0, T* glr1, T* glr2) {
+                        const T* dR, const T* Y, T* RdGH, T* AldU, T* glr0, T* glr1, T* glr2) {
     const int64_t rows = g_.B * n, dh = g_.dh;
     const __nv_bfloat16* gh16 = product_output_in(GH, rows * 2 * dh);
     const __nv_bfloat16* u16 = product_output_in(U, rows * dh);
     const __nv_bfloat16* dr16 = product_output_in(dR, rows * 2 * dh);
     const __nv_bfloat16* y16 = product_output_in(Y, rows * dh);
-    __nv_bfloat16* dgh16 = bf16_ ? shadow_out(dGH, rows * 2 * dh, false) : nullptr;
-    __nv_bfloat16* du16 = bf16_ ? shadow_out(dU, rows * dh, false) : nullptr;
+    __nv_bfloat16* rdgh16 = bf16_ ? shadow_out(RdGH, rows * 4 * dh, false) : nullptr;
+    __nv_bfloat16* aldu16 = bf16_ ? shadow_out(AldU, rows * 2 * dh, false) : nullptr;
     Step op(*this, {gh16 ? rd(gh16, rows * 2 * dh) : rd(GH, rows * 2 * dh), u16 ? rd(u16, rows * dh) : rd(U, rows * dh),
                     rows_span(lr0, 1, c0, n, false), rows_span(lr1, 1, c0, n, false), rows_span(lr2, 1, c0, n, false),
                     dr16 ? rd(dr16, rows * 2 * dh) : rd(dR, rows * 2 * dh), y16 ? rd(y16, rows * dh) : rd(Y, rows * dh),
-                    bf16_ ? wr(dgh16, rows * 2 * dh) : wr(dGH, rows * 2 * dh),
-                    bf16_ ? wr(du16, rows * dh) : wr(dU, rows * dh), rows_span(glr0, 1, c0, n, true),
+                    bf16_ ? wr(rdgh16, rows * 4 * dh) : wr(RdGH, rows * 4 * dh),
+                    bf16_ ? wr(aldu16, rows * 2 * dh) : wr(AldU, rows * 2 * dh), rows_span(glr0, 1, c0, n, true),
                     rows_span(glr1, 1, c0, n, true), rows_span(glr2, 1, c0, n, true)});
     auto ps_ = prof_->scope("update_terms_bwd");
     const unsigned grid = unsigned(row_warp_grid(rows));
     if constexpr (kIsFloat<T>) {
       if (gh16) {
         k_update_terms_bwd_rows<<<grid, kThreads, 0, op.st>>>(
-            gh16, u16, lr0, lr1, lr2, c0, n, g_.T, int(dh), dr16, y16, dgh16, du16, glr0, glr1, glr2, rows,
-            v4_ok(gh16, u16, dr16, y16, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)du16));
+            gh16, u16, lr0, lr1, lr2, c0, n, g_.T, int(dh), dr16, y16, rdgh16, aldu16, glr0, glr1, glr2, rows,
+            v4_ok(gh16, u16, dr16, y16, (const __nv_bfloat16*)rdgh16, (const __nv_bfloat16*)aldu16));
         TTT_LAUNCH_CHECK("update_terms_bwd");
         return;
       }
     }
     if (bf16_)
       k_update_terms_bwd_rows<<<grid, kThreads, 0, op.st>>>(
-          GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dgh16, du16, glr0, glr1, glr2, rows,
-          v4_ok(GH, U, dR, Y, (const __nv_bfloat16*)dgh16, (const __nv_bfloat16*)du16));
+          GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, rdgh16, aldu16, glr0, glr1, glr2, rows,
+          v4_ok(GH, U, dR, Y, (const __nv_bfloat16*)rdgh16, (const __nv_bfloat16*)aldu16));
     else
       k_update_terms_bwd_rows<<<grid, kThreads, 0, op.st>>>(
-          GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, dGH, dU, glr0, glr1, glr2, rows,
-          v4_ok(GH, U, dR, Y, (const T*)dGH, (const T*)dU));
+          GH, U, lr0, lr1, lr2, c0, n, g_.T, int(dh), dR, Y, RdGH, AldU, glr0, glr1, glr2, rows,
+          v4_ok(GH, U, dR, Y, (const T*)RdGH, (const T*)AldU));
     TTT_LAUNCH_CHECK("update_terms_bwd");
+  }
+  // DW = [dD02; E02], [dD1 | E1] per head (CpuOps::stack_bwd_operands). In the bf16 mode a copy of the bf16 shadows
+  // of dD and E (converting what is not valid yet, as a product would) into DW's shadow alone: DW feeds products only.
+  void stack_bwd_operands(const T* dD, const T* E, T* DW) {
+    const int64_t per = 3 * g_.P(), n = 2 * g_.B * per;
+    if (bf16_) {
+      const __nv_bfloat16* dD16 = operand_bf16(dD, g_.B * per);
+      const __nv_bfloat16* E16 = operand_bf16(E, g_.B * per);
+      __nv_bfloat16* DW16 = shadow_out(DW, n, false);
+      Step op(*this, {rd(dD16, g_.B * per), rd(E16, g_.B * per), wr(DW16, n)});
+      auto ps_ = prof_->scope("stack_bwd_operands");
+      k_stack_bwd_operands<<<grid_for(n), kThreads, 0, op.st>>>(dD16, E16, DW16, g_, n);
+      TTT_LAUNCH_CHECK("stack_bwd_operands");
+      return;
+    }
+    Step op(*this, {rd(dD, g_.B * per), rd(E, g_.B * per), wr(DW, n)});
+    auto ps_ = prof_->scope("stack_bwd_operands");
+    k_stack_bwd_operands<<<grid_for(n), kThreads, 0, op.st>>>(dD, E, DW, g_, n);
+    TTT_LAUNCH_CHECK("stack_bwd_operands");
   }
   void to_ns(const T* src, T* dst, const T* nrm) {
     const int64_t n = 3 * g_.B * g_.P();
@@ -661,6 +682,37 @@ class CudaOps {
         A, D, S, mbar, P, tau, An, An16, g_, v4_ok(A, D, S, (const T*)P, (const T*)An, (const __nv_bfloat16*)An16));
     TTT_LAUNCH_CHECK("momentum_step");
   }
+  // step_bwd, momentum_bwd and stack_bwd_operands (dP with A) in one pass (CpuOps::step_momentum_bwd): one warp per
+  // state row; the gate's gradient <dP, S> from per-row partial sums (a fixed order: deterministic).
+  void step_momentum_bwd(const T* A, const T* M, const T* tau, T* dA, const T* dA_add, T* dtau, T* dS, const T* S,
+                         const T* mbar, T* DW, T* dmbar) {
+    const int64_t n = g_.B * 3 * g_.P(), rows = g_.B * g_.rows();
+    reads(A, n);
+    reads(M, n);
+    reads(dA, n);
+    if (dA_add) reads(dA_add, n);
+    reads(dS, n);
+    reads(S, n);
+    wrote(dA, n);
+    wrote(dtau, rows);
+    wrote(dS, n);
+    wrote(dmbar, g_.B);
+    // DW feeds products only: in the bf16 mode its bf16 shadow alone.
+    __nv_bfloat16* DW16 = bf16_ ? shadow_out(DW, 2 * n, false) : nullptr;
+    {
+      Step op(*this, {rd(A, n), rd(M, n), rd(tau, rows), rd(dA_add, n), rd(S, n), rd(mbar, g_.B), wr(dA, n),
+                      wr(dtau, rows), wr(dS, n), DW16 ? wr(DW16, 2 * n) : wr(DW, 2 * n), wr(partial_, rows)});
+      auto ps_ = prof_->scope("step_momentum_bwd");
+      if (DW16)
+        k_step_momentum_bwd<<<row_warp_grid(rows), kThreads, 0, op.st>>>(A, M, tau, dA, dA_add, dtau, dS, S, mbar,
+                                                                         DW16, partial_, g_);
+      else
+        k_step_momentum_bwd<<<row_warp_grid(rows), kThreads, 0, op.st>>>(A, M, tau, dA, dA_add, dtau, dS, S, mbar, DW,
+                                                                         partial_, g_);
+      TTT_LAUNCH_CHECK("step_momentum_bwd");
+    }
+    dot_final(int(g_.rows()), g_.B, T(1), dmbar);
+  }
   void step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA, const T* dA_add, T* dtau) {
     const int64_t n = g_.B * 3 * g_.P();
     reads(A, n);
@@ -685,7 +737,8 @@ class CudaOps {
   std::vector<cublasHandle_t> handles_;  // per stream of sched_
   cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
   std::vector<std::pair<void*, size_t>> allocs_;
-  Acc* partial_ = nullptr;
+  Acc* partial_ = nullptr;  // the first stage of the reductions (lact::runner_partial_doubles)
+  size_t partial_bytes() const { return sizeof(Acc) * size_t(lact::runner_partial_doubles(g_.B, g_.d, g_.dh)); }
   size_t workspace_bytes_ = 0;
   void* cublas_ws_ = nullptr;
   // bf16 matrix inputs

@@ -43,9 +43,8 @@ struct LactOptions {
   bool bf16_outputs = true;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
-  // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k, V W1, the update's
-  // lr1 a, R (B T 8 dh elements a record, fp32; lr1 a, R also have bf16 shadows, their fp32 unused with bf16
-  // operands; [g|h] and V W1 bf16 alone with bf16_outputs) and the backward reads them instead of recomputing them
+  // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k and V W1 (B T 5 dh
+  // elements a record, fp32, or bf16 alone with bf16_outputs) and the backward reads them instead of recomputing them
   // (same bits). The operator's own entry points (ttt op lact, ttt bench op: one record) set it where there is room
   // (with_kept_products_if_room); the GPU model's shared runner sets it for training batches
   // (backend::gpu_lact_keeps_products, which its memory estimate counts too), its per-layer records of

@@ -189,11 +189,13 @@ __global__ void k_update_terms_rows(const I* __restrict__ GH, const I* __restric
     st_(R + r * 2 * dh + dh + j, r2);
   }
 }
-// Its adjoint from Y (the cotangent of Al) and dR: dGH, dU and the rate gradients (g_lr1 = <a, Y>), one warp per
-// token row of the chunk (the rate gradients are warp sums, accumulated in double).
+// Its adjoint from Y (the cotangent of Al) and dR: per token row RdGH = [R | dGH] (4 dh) and AldU = [Al | dU]
+// (2 dh), R and Al recomputed as k_update_terms_rows computes them (the same bits: the operands of the one-product
+// dK and dV), and the rate gradients (g_lr1 = <a, Y>), one warp per token row of the chunk (the rate gradients are
+// warp sums, accumulated in double).
 template <class T, class I, class O>
 __global__ void k_update_terms_bwd_rows(const I* GH, const I* U, const T* lr0, const T* lr1, const T* lr2, int64_t c0,
-                                        int64_t len, int64_t T_, int dh, const I* dR, const I* Y, O* dGH, O* dU,
+                                        int64_t len, int64_t T_, int dh, const I* dR, const I* Y, O* RdGH, O* AldU,
                                         T* glr0, T* glr1, T* glr2, int64_t rows, bool v4) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -201,12 +203,13 @@ __global__ void k_update_terms_bwd_rows(const I* GH, const I* U, const T* lr0, c
   const int64_t tok = (r / len) * T_ + c0 + r % len;
   const T l0 = lr0[tok], l1 = lr1[tok], l2 = lr2[tok];
   const I *gh = GH + r * 2 * dh, *dr = dR + r * 2 * dh;
+  O *rdgh = RdGH + r * 4 * dh, *aldu = AldU + r * 2 * dh;
   Acc s0 = 0, s1 = 0, s2 = 0;
   bool done = false;
   if constexpr (kIsFloat<T>) {
     if (v4) {  // lane: elements 4 lane .. 4 lane + 3, then 128 further on
       for (int j = 4 * lane; j < dh; j += 128) {
-        float g[4], h[4], u[4], d0[4], d2[4], y[4], dg[4], dhv[4], du[4];
+        float g[4], h[4], u[4], d0[4], d2[4], y[4], dg[4], dhv[4], du[4], al[4], r0[4], r2[4];
         load4(gh + j, g);
         load4(gh + dh + j, h);
         load4(U + r * dh + j, u);
@@ -214,27 +217,35 @@ __global__ void k_update_terms_bwd_rows(const I* GH, const I* U, const T* lr0, c
         load4(dr + dh + j, d2);
         load4(Y + r * dh + j, y);
         for (int e = 0; e < 4; ++e) {
-          float t0, t2;
+          float av, t0, t2;
+          lact::update_elem(g[e], h[e], u[e], l0, l2, av, r0[e], r2[e]);
+          al[e] = l1 * av;
           lact::update_elem_bwd(g[e], h[e], u[e], l0, l2, d0[e], d2[e], l1 * y[e], dg[e], dhv[e], du[e], t0, t2);
           s0 += t0;
           s1 += Acc(lact::swiglu_elem(g[e], h[e])) * y[e];
           s2 += t2;
         }
-        st4(dGH + r * 2 * dh + j, dg);
-        st4(dGH + r * 2 * dh + dh + j, dhv);
-        st4(dU + r * dh + j, du);
+        st4(rdgh + j, r0);
+        st4(rdgh + dh + j, r2);
+        st4(rdgh + 2 * dh + j, dg);
+        st4(rdgh + 3 * dh + j, dhv);
+        st4(aldu + j, al);
+        st4(aldu + dh + j, du);
       }
       done = true;
     }
   }
   for (int j = lane; j < dh && !done; j += 32) {
-    const T g = ld_<T>(gh + j), h = ld_<T>(gh + dh + j), y = ld_<T>(Y + r * dh + j);
-    T t0, t2, dg, dhv, du;
-    lact::update_elem_bwd(g, h, ld_<T>(U + r * dh + j), l0, l2, ld_<T>(dr + j), ld_<T>(dr + dh + j), l1 * y, dg, dhv,
-                          du, t0, t2);
-    st_(dGH + r * 2 * dh + j, dg);
-    st_(dGH + r * 2 * dh + dh + j, dhv);
-    st_(dU + r * dh + j, du);
+    const T g = ld_<T>(gh + j), h = ld_<T>(gh + dh + j), u = ld_<T>(U + r * dh + j), y = ld_<T>(Y + r * dh + j);
+    T av, r0, r2, t0, t2, dg, dhv, du;
+    lact::update_elem(g, h, u, l0, l2, av, r0, r2);
+    lact::update_elem_bwd(g, h, u, l0, l2, ld_<T>(dr + j), ld_<T>(dr + dh + j), l1 * y, dg, dhv, du, t0, t2);
+    st_(rdgh + j, r0);
+    st_(rdgh + dh + j, r2);
+    st_(rdgh + 2 * dh + j, dg);
+    st_(rdgh + 3 * dh + j, dhv);
+    st_(aldu + j, l1 * av);
+    st_(aldu + dh + j, du);
     s0 += t0;
     s1 += Acc(lact::swiglu_elem(g, h)) * y;
     s2 += t2;
@@ -246,6 +257,24 @@ __global__ void k_update_terms_bwd_rows(const I* GH, const I* U, const T* lr0, c
     glr0[tok] = T(s0);
     glr1[tok] = T(s1);
     glr2[tok] = T(s2);
+  }
+}
+// The right operands of the backward's one-product dK and dV (CpuOps::stack_bwd_operands): per head, DW (6P) =
+// [dD02; E02] ([4dh, d]) then [dD1 | E1] ([d, 2dh]), from dD and E in state layout ([B][3P]). V: the element type
+// (T, or bf16 copying the operands' bf16 shadows); one thread per destination element.
+template <class V>
+__global__ void k_stack_bwd_operands(const V* dD, const V* E, V* DW, lact::Geom g, int64_t n) {
+  const int64_t P = g.P(), dh = g.dh;
+  GRID_STRIDE(i, n) {
+    const int64_t b = i / (6 * P), e = i % (6 * P);
+    const V* src;
+    if (e < 4 * P) {
+      src = e < 2 * P ? dD + b * 3 * P + e : E + b * 3 * P + (e - 2 * P);
+    } else {
+      const int64_t f = e - 4 * P, row = f / (2 * dh), col = f % (2 * dh);
+      src = (col < dh ? dD : E) + b * 3 * P + 2 * P + row * dh + (col < dh ? col : col - dh);
+    }
+    DW[i] = *src;
   }
 }
 
@@ -431,6 +460,45 @@ __global__ void k_step_bwd(const T* A, const T* M, bool ns, const T* tau, T* dA,
   row_norm_bwd_warp<T>(z, rr.len, lane, tau[rr.b * g.rows() + rr.r],
                        [dy, add](int64_t j) { return add ? dy[j] + add[j] : dy[j]; }, dA + rr.off, true,
                        dtau + rr.b * g.rows() + rr.r);
+}
+// The step's adjoint (k_step_bwd's, M in state layout), then the momentum's (k_momentum_bwd's arithmetic) and the
+// stacking of dP and A into DW (k_stack_bwd_operands' layout), one warp per state row: O is T, or bf16 where DW
+// is a bf16 operand alone. row_dot[b rows + r] = <dP, S> over row r of head b (k_dot_final sums a head's rows).
+template <class T, class O>
+__global__ void k_step_momentum_bwd(const T* A, const T* M, const T* tau, T* dA, const T* dA_add, T* dtau, T* dS,
+                                    const T* S, const T* mbar, O* DW, Acc* row_dot, lact::Geom g) {
+  RowRef rr;
+  int lane;
+  if (!row_ref(g, rr, lane)) return;
+  const int64_t o = rr.off;
+  const T *a = A + o, *mm = M + o;
+  auto z = [a, mm](int64_t j) { return a[j] + mm[j]; };
+  const T* dy = dA + o;
+  const T* add = dA_add ? dA_add + o : nullptr;
+  row_norm_bwd_warp<T>(z, rr.len, lane, tau[rr.b * g.rows() + rr.r],
+                       [dy, add](int64_t j) { return add ? dy[j] + add[j] : dy[j]; }, dA + o, true,
+                       dtau + rr.b * g.rows() + rr.r);
+  // Each lane reads back the columns it wrote (lane, lane + 32, ...): no exchange between lanes.
+  const int64_t P = g.P(), head = rr.b * 6 * P;
+  O *dwD, *dwE;  // this row's dP and A in DW
+  if (rr.r < 2 * g.dh) {
+    dwD = DW + head + rr.r * g.d;
+    dwE = dwD + 2 * P;
+  } else {
+    dwD = DW + head + 4 * P + (rr.r - 2 * g.dh) * 2 * g.dh;
+    dwE = dwD + g.dh;
+  }
+  const T m = mbar[rr.b];
+  Acc dot = 0;
+  for (int64_t j = lane; j < rr.len; j += 32) {
+    const T p = dA[o + j] + dS[o + j];
+    dS[o + j] = m * p;
+    dot += Acc(p) * S[o + j];
+    st_(dwD + j, p);
+    st_(dwE + j, a[j]);
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) row_dot[rr.b * g.rows() + rr.r] = dot;
 }
 
 // ---- Newton-Schulz layout ------------------------------------------------------------------------------
