@@ -70,7 +70,8 @@ model::Params<double> to_double(const model::Params<float>& p) {
 //        10 seeds on the H100 (2 of 10 above 2e-2), so, as for LaCT's bf16 test, the CPU model is run in float
 //        with every matrix-product operand rounded to bf16 (BF16OperandsEmulation; its attention loops are not
 //        rounded) and the GPU is held to max(tol, 2 x that emulation's own whole-gradient error). With bf16
-//        activations (the default) the emulation also rounds the residual stream (BF16ActivationsEmulation).
+//        activations (the default) the emulation also rounds the residual stream and the MLP's gate and up products
+//        and d(silu(gate) up) (BF16ActivationsEmulation), which the GPU stores in bf16.
 void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, cuda::MathMode math, double tol,
                        bool bf16_activations = true) {
   const bool fp32 = math == cuda::MathMode::FP32;

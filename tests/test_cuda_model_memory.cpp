@@ -35,7 +35,7 @@ using namespace ttt::cuda_model_test;
 #ifdef TTT_HAVE_CUDA  // without the toolkit test_cuda_model.cpp's CudaModel.SkippedWithoutCuda says so
 
 // bf16 activations store the kept residual stream ((L + 1) rows x D) and the product-operand activations h, h2, the
-// final norm's output hf (rows x D) and the SwiGLU output (rows x F) in 2 bytes instead of 4; they add a bf16 copy of the branch sum
+// final norm's output hf (rows x D), the SwiGLU output and its inputs (gate, up) and d(mm) (rows x F) in 2 bytes instead of 4; they add a bf16 copy of the branch sum
 // (rows x D; its fp32 array stays, as element-wise work space) and two fp32 rows x D arrays (the widened layer
 // input and the layer output). The device memory of a training step differs by exactly that.
 TEST(CudaModel, Bf16ActivationsHalveTheStoredActivations) {
@@ -56,9 +56,10 @@ TEST(CudaModel, Bf16ActivationsHalveTheStoredActivations) {
   const int64_t with_fp32 = fp32.bytes, with_bf16 = bf16.bytes;
   const int64_t R = 2 * cfg.seq_len, D = cfg.dim, F = cfg.mlp_hidden_dim(), L = cfg.n_layers;
   // The residual stream and h, h2, sum, mm, hf in bf16 (the bf16 copy of sum and the fp32 xin/xout are extra); in
-  // the backward SwiGLU's input gradients in bf16, plus the gradient operands' bf16 copy (rows x 3D bf16).
+  // the backward SwiGLU's input gradients in bf16, plus the gradient operands' bf16 copy (rows x 3D bf16); the
+  // MLP's gate and up products and d(mm) written in bf16 by their products (rows x F each).
   const int64_t expected = (L + 1) * R * D * 2 + (3 * D + F) * R * 2 - R * D * 2 - 2 * R * D * 4 + 2 * R * F * 2 -
-                           3 * R * D * 2;
+                           3 * R * D * 2 + 3 * R * F * 2;
   EXPECT_EQ(with_fp32 - with_bf16, expected) << "device bytes: fp32 activations " << with_fp32 << ", bf16 " << with_bf16;
   // Both are the same model: the losses agree to bf16 rounding, and differ (the residual stream is rounded).
   EXPECT_LT(std::fabs(loss16 - loss32) / loss32, 1e-2);

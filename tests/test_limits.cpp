@@ -213,10 +213,11 @@ TEST(MemoryBudget, KeptLayersAreTermsOfTheStep) {
   const train::MemoryTerm& runners = none.phases[0].back();
   // Per token of a layer, D 1536, F 4096, 4 memory heads, 24 attention heads, 12 gate columns, one memory:
   // fp32 9.5 D (qkv 3, qa 1 (bf16 q and v), ka 0.5 (bf16 k), attn, vT, o, normed, xmid: the LaCT operator with bf16
-  // operands reads q and k only as its own bf16 copies) + 2 F (ga, up) + 24 (lse) + 3 x 12 (three gate
-  // pre-activations) + 12 x 4 (qnorm, knorm, theta/eta/alpha, 3 rates, momentum, rinvo, zs, gate) + 2 (the two
-  // norms' 1/rms); bf16 3 D (h, h2, sum) + F (mm). Per sequence: the Titans weight copies, 2 x 4 x 384 x 384 fp32.
-  const double per_token = 4.0 * (9.5 * 1536 + 2 * 4096 + 24 + 3 * 12 + 12 * 4 + 2) + 2.0 * (3 * 1536 + 4096);
+  // operands reads q and k only as its own bf16 copies) + 24 (lse) + 3 x 12 (three gate pre-activations) + 12 x 4
+  // (qnorm, knorm, theta/eta/alpha, 3 rates, momentum, rinvo, zs, gate) + 2 (the two norms' 1/rms); bf16 3 D (h, h2,
+  // sum) + 3 F (ga, up: stored in bf16 by their products; mm). Per sequence: the Titans weight copies, 2 x 4 x 384 x
+  // 384 fp32.
+  const double per_token = 4.0 * (9.5 * 1536 + 24 + 3 * 12 + 12 * 4 + 2) + 2.0 * (3 * 1536 + 3 * 4096);
   const double per_sequence = 4096 * per_token + 4.0 * 2 * 4 * 384 * 384;
   EXPECT_DOUBLE_EQ(kept.bytes, 23 * 2 * per_sequence);
   EXPECT_NE(kept.what.find("--recompute none"), std::string::npos) << kept.what;

@@ -149,10 +149,16 @@ TEST(MemoryBudgetGpu, TntRunnerOfTheMeasuredCaseByHand) {
 // Tracked bytes the GPU model stopped allocating after the measurements below were taken (issue 12: the q/k
 // preparation fused with RoPE and the layout, the RMSNorm backward adding the residual, the memory output's norm
 // in the operator's layout): the work buffers qh, kh, dqh, dkh, tmpD and o (4 bytes x rows x D each), and with bf16
-// activations the head's hf stored in bf16 (2 bytes fewer per element). They were allocated for the whole step, so
-// the tracked peak falls by exactly these bytes; the next measurement replaces the constants and this correction.
-static double dropped_since_measured(int64_t rows, int64_t D, bool bf16_activations) {
-  return 6.0 * 4 * double(rows) * double(D) + (bf16_activations ? 2.0 * double(rows) * double(D) : 0.0);
+// activations the head's hf stored in bf16 (2 bytes fewer per element); and (issue 12, the MLP's products stored in
+// bf16) with bf16 activations 2 bytes fewer per element of the work buffers' ga, up and dmm (rows x F each) and of
+// ga and up in each of `kept_layers` layers' own copies (--recompute none: every layer but the last). They were
+// allocated for the whole step, so the tracked peak falls by exactly these bytes; the next measurement replaces the
+// constants and this correction.
+static double dropped_since_measured(int64_t rows, int64_t D, bool bf16_activations, int64_t F = 0,
+                                     int64_t kept_layers = 0) {
+  const double mlp_products = 2.0 * double(rows) * double(F) * double(3 + 2 * kept_layers);
+  return 6.0 * 4 * double(rows) * double(D) +
+         (bf16_activations ? 2.0 * double(rows) * double(D) + mlp_products : 0.0);
 }
 
 // The measured case: `ttt bench step --device cuda --config bench/configs/tnt87m_l8.json --seq-len 131072 --batch 1`
@@ -204,7 +210,8 @@ TEST(MemoryBudgetGpu, MeasuredLactCasesAreBounded) {
     ::setenv("TTT_LACT_KEEP", "0", 1);
     const double estimate = train::estimate_memory(cfg, test_util::gpu_bf16_training(1, cfg.seq_len, level)).peak();
     ::unsetenv("TTT_LACT_KEEP");
-    const double now = measured - dropped_since_measured(cfg.seq_len, cfg.dim, true);
+    const int64_t kept_layers = level == backend::Recompute::None ? cfg.n_layers - 1 : 0;
+    const double now = measured - dropped_since_measured(cfg.seq_len, cfg.dim, true, cfg.mlp_hidden_dim(), kept_layers);
     std::printf("760m --recompute %s: estimate %.3f GB (%.3f GB keeping the LaCT products), measured %.2f GB (%.3f GB "
                 "with the buffers dropped since)\n",
                 backend::recompute_name(level), estimate / 1e9, keeping / 1e9, measured / 1e9, now / 1e9);

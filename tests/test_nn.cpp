@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include "core/dtype.h"
+#include "core/scalar_math.h"
 #include "gradcheck.h"
 #include "nn/layers.h"
 
@@ -368,6 +370,54 @@ TEST(NnLayers, SwigluMlpGradient) {
                          [](Tape<double>& t, const Leaves& v) { return nn::swiglu_mlp(t, v[0], v[1], v[2], v[3]); });
   Tape<double> t;
   EXPECT_THROW(nn::swiglu_mlp(t, t.leaf(x), t.leaf(wg), t.leaf(wu), t.leaf(random_mat(f, d + 1, rng))), Error);
+}
+
+// swiglu_mlp's bf16_stored (the CPU emulation of the GPU model's bf16 activations): x Wg and x Wu rounded to bf16
+// in the forward (straight-through: their gradients unrounded), d(silu(x Wg) (x Wu)) rounded to bf16 in the
+// backward; against those formulas written out, and away from the unrounded layer (the roundings are there).
+TEST(NnLayers, SwigluMlpBf16StoredRoundsGateUpAndTheirGradient) {
+  Rng rng(43);
+  const int64_t n = 9, d = 16, f = 24;
+  const Mat<double> x = random_mat(n, d, rng), wg = random_mat(d, f, rng), wu = random_mat(d, f, rng),
+                    wd = random_mat(f, d, rng), g = random_mat(n, d, rng);
+  auto run = [&](bool bf16_stored) {
+    Tape<double> t;
+    std::vector<Var> v{t.leaf(x, true), t.leaf(wg, true), t.leaf(wu, true), t.leaf(wd, true)};
+    const Var y = nn::swiglu_mlp(t, v[0], v[1], v[2], v[3], bf16_stored);
+    t.grad(y) = g;
+    t.backward();
+    std::vector<Mat<double>> out{t.val(y)};
+    for (const Var& leaf : v) out.push_back(t.grad(leaf));
+    return out;  // y, dx, dwg, dwu, dwd
+  };
+  auto round = [](Mat<double> m) {
+    for (double& e : m.data) e = double(round_to_bf16(float(e)));
+    return m;
+  };
+  using ag::detail::mm;
+  const Mat<double> a = round(mm(x, wg, false, false)), u = round(mm(x, wu, false, false));
+  Mat<double> h(n, f), da(n, f), du(n, f);
+  for (size_t i = 0; i < h.data.size(); ++i) h.data[i] = math::silu(a.data[i]) * u.data[i];
+  const Mat<double> dh = round(mm(g, wd, false, true));
+  for (size_t i = 0; i < h.data.size(); ++i) {
+    da.data[i] = dh.data[i] * u.data[i] * math::dsilu(a.data[i]);
+    du.data[i] = dh.data[i] * math::silu(a.data[i]);
+  }
+  Mat<double> dx = mm(da, wg, false, true);
+  const Mat<double> dx_up = mm(du, wu, false, true);
+  for (size_t i = 0; i < dx.data.size(); ++i) dx.data[i] += dx_up.data[i];
+  const std::vector<Mat<double>> want{mm(h, wd, false, false), dx, mm(x, da, true, false), mm(x, du, true, false),
+                                      mm(h, g, true, false)};
+  const char* names[] = {"y", "dx", "dw_gate", "dw_up", "dw_down"};
+  const std::vector<Mat<double>> got = run(true), unrounded = run(false);
+  double unrounded_err = 0;
+  for (size_t k = 0; k < want.size(); ++k) {
+    double scale = 0;
+    for (double e : want[k].data) scale = std::max(scale, std::abs(e));
+    EXPECT_LE(max_abs_diff(got[k], want[k]), 1e-12 * scale) << names[k];
+    unrounded_err = std::max(unrounded_err, max_abs_diff(unrounded[k], want[k]) / scale);
+  }
+  EXPECT_GT(unrounded_err, 1e-4) << "the roundings changed nothing";
 }
 
 TEST(NnLayers, LinearGradient) {

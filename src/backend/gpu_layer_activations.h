@@ -119,8 +119,10 @@ bool gpu_lact_keeps_products(bool backward);
   X(gate, float, rows * H)                                                                                        \
   X(xmid, float, rows * D)            /* x + sum Wo */                                                            \
   X(rinv2, float, rows)               /* 1/rms of the MLP norm */                                                 \
-  X(ga, float, rows * F)              /* h2 W_gate */                                                             \
-  X(up, float, rows * F)              /* h2 W_up */                                                               \
+  X(ga, float, act32 * rows * F)      /* h2 W_gate: the SwiGLU's inputs, fp32 or (bf16 activations) stored in */  \
+  X(ga_bf16, bf16, act16 * rows * F)  /* bf16 by their products */                                                \
+  X(up, float, act32 * rows * F)      /* h2 W_up */                                                               \
+  X(up_bf16, bf16, act16 * rows * F)                                                                              \
   X(h, float, act32 * rows * D)       /* the product operands: fp32, or bf16 with bf16 activations */             \
   X(h_bf16, bf16, act16 * rows * D)   /* RMSNorm(x) */                                                            \
   X(h2, float, act32 * rows * D)                                                                                  \
@@ -151,7 +153,8 @@ bool gpu_lact_keeps_products(bool backward);
 #define TTT_GPU_LAYER_GRADIENTS(X)                                                                                 \
   X(dx, float, rows * D)              /* d(layer output) in, d(layer input) out */                                \
   X(dxm, float, rows * D)             /* d xmid */                                                                \
-  X(dmm, float, rows * F)                                                                                         \
+  X(dmm, float, act32 * rows * F)     /* d(silu(ga) up): fp32, or stored in bf16 by its product */                \
+  X(dmm_bf16, bf16, act16 * rows * F)                                                                             \
   X(dga, float, act32 * rows * F)     /* SwiGLU's input gradients: product operands only, so in bf16 with */      \
   X(dup, float, act32 * rows * F)     /* bf16 activations */                                                      \
   X(dga_bf16, bf16, act16 * rows * F)                                                                             \

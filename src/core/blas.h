@@ -22,7 +22,8 @@ struct BF16OperandsEmulation {
 
 // CPU emulation of the GPU model's bf16 stored activations (GpuModelOptions::bf16_activations): while on,
 // model::forward<float> rounds the residual stream to bf16 where the GPU stores it (the embedding output and
-// every layer output), with a straight-through gradient, as the GPU's fp32 backward does. Off by default.
+// every layer output), with a straight-through gradient, as the GPU's fp32 backward does, and the MLP's gate and up
+// products and d(silu(gate) up), which the GPU stores in bf16 too (nn::swiglu_mlp's bf16_stored). Off by default.
 void set_emulate_bf16_activations(bool on);
 bool emulate_bf16_activations();
 struct BF16ActivationsEmulation {

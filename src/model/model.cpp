@@ -15,17 +15,6 @@ using ag::Mat;
 using ag::Tape;
 using ag::Var;
 
-namespace {
-// x rounded to bf16 with a straight-through gradient: x + (round(x) - x), the difference a constant
-// (emulate_bf16_activations: the GPU stores the residual stream in bf16, its backward flows in fp32).
-template <class T>
-Var round_residual_bf16(Tape<T>& t, Var x) {
-  Mat<T> delta = t.val(x);
-  for (auto& e : delta.data) e = T(round_to_bf16(float(e))) - e;
-  return ag::add(t, x, t.leaf(std::move(delta)));
-}
-}  // namespace
-
 template <class T>
 const Mat<T>& Params<T>::at(const std::string& name) const {
   auto it = index.find(name);
@@ -116,9 +105,11 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
   for (int64_t s = 0; s < S; ++s)
     for (int64_t i = 0; i < N; ++i) positions[size_t(s * N + i)] = (cp ? cp->offset() : 0) + i;
 
+  // emulate_bf16_activations: the GPU stores the residual stream in bf16 (its backward flows in fp32), and the MLP's
+  // gate and up products and d(silu(gate) up) (swiglu_mlp's bf16_stored).
   const bool bf16_residual = emulate_bf16_activations();
   Var x = nn::embedding(t, P("embed.weight"), batch.inputs);
-  if (bf16_residual) x = round_residual_bf16(t, x);
+  if (bf16_residual) x = nn::bf16_stored_value(t, x);
   for (int64_t l = 0; l < cfg.n_layers; ++l) {
     const std::string pre = "layers." + std::to_string(l) + ".";
     auto L = [&](const std::string& name) { return P(pre + name); };
@@ -152,8 +143,8 @@ ForwardResult<T> forward(const ModelConfig& cfg, const Params<T>& p, const Batch
     Var o_mem = record_memory_branch(t, cfg, lp, h, q, k, v, positions, S, cp);
     x = ag::add(t, x, nn::linear(t, ag::add(t, o_attn, o_mem), L("wo")));
     Var h2 = nn::rms_norm(t, x, L("mlp_norm.weight"), cfg.norm_eps);
-    x = ag::add(t, x, nn::swiglu_mlp(t, h2, L("mlp.w_gate"), L("mlp.w_up"), L("mlp.w_down")));
-    if (bf16_residual) x = round_residual_bf16(t, x);
+    x = ag::add(t, x, nn::swiglu_mlp(t, h2, L("mlp.w_gate"), L("mlp.w_up"), L("mlp.w_down"), bf16_residual));
+    if (bf16_residual) x = nn::bf16_stored_value(t, x);
   }
   Var hf = nn::rms_norm(t, x, P("final_norm.weight"), cfg.norm_eps);
   Var logits = nn::linear(t, hf, P("lm_head.weight"));

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/blas.h"
+#include "core/dtype.h"
 
 namespace ttt::nn {
 
@@ -480,7 +481,22 @@ Var linear_bias(Tape<T>& t, Var x, Var w, Var b) {
 }
 
 template <class T>
-Var swiglu_mlp(Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down) {
+Var bf16_stored_value(Tape<T>& t, Var x) {
+  Mat<T> delta = t.val(x);
+  for (auto& e : delta.data) e = T(round_to_bf16(float(e))) - e;
+  return ag::add(t, x, t.leaf(std::move(delta)));
+}
+
+template <class T>
+Var bf16_stored_gradient(Tape<T>& t, Var x) {
+  return t.make(t.val(x), {x}, [x](Tape<T>& t, const Mat<T>& g) {
+    Mat<T>& gx = t.grad(x);
+    for (size_t i = 0; i < g.data.size(); ++i) gx.data[i] += T(round_to_bf16(float(g.data[i])));
+  });
+}
+
+template <class T>
+Var swiglu_mlp(Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down, bool bf16_stored) {
   const Mat<T>& X = t.val(x);
   const Mat<T>& G = t.val(w_gate);
   const Mat<T>& U = t.val(w_up);
@@ -490,7 +506,9 @@ Var swiglu_mlp(Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down) {
                              << Dn.shape() << " (need [D,F], [D,F], [F,D])");
   Var a = ag::matmul(t, x, w_gate);
   Var u = ag::matmul(t, x, w_up);
+  if (bf16_stored) a = bf16_stored_value(t, a), u = bf16_stored_value(t, u);
   Var h = ag::mul(t, ag::silu(t, a), u);
+  if (bf16_stored) h = bf16_stored_gradient(t, h);
   return ag::matmul(t, h, w_down);
 }
 
@@ -504,7 +522,9 @@ Var swiglu_mlp(Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down) {
   template Var rope<T>(Tape<T>&, Var, int64_t, const std::vector<int64_t>&, double);                            \
   template Var sliding_window_attention<T>(Tape<T>&, Var, Var, Var, int64_t, int64_t, AttentionBlocks);         \
   template Var cross_entropy<T>(Tape<T>&, Var, const std::vector<int32_t>&, std::vector<double>*);              \
-  template Var swiglu_mlp<T>(Tape<T>&, Var, Var, Var, Var);                                                     \
+  template Var swiglu_mlp<T>(Tape<T>&, Var, Var, Var, Var, bool);                                               \
+  template Var bf16_stored_value<T>(Tape<T>&, Var);                                                             \
+  template Var bf16_stored_gradient<T>(Tape<T>&, Var);                                                          \
   template Var linear<T>(Tape<T>&, Var, Var);                                                                   \
   template Var linear_bias<T>(Tape<T>&, Var, Var, Var);
 

@@ -63,9 +63,19 @@ template <class T>
 Var cross_entropy(ag::Tape<T>& t, Var logits, const std::vector<int32_t>& targets,
                   std::vector<double>* per_token_loss = nullptr);
 
-// (silu(x Wg) ⊙ (x Wu)) Wd with x [N,D], w_gate/w_up [D,F], w_down [F,D].
+// (silu(x Wg) ⊙ (x Wu)) Wd with x [N,D], w_gate/w_up [D,F], w_down [F,D]. bf16_stored: the CPU emulation of the
+// GPU model's bf16 activations (emulate_bf16_activations), which stores x Wg and x Wu in bf16 (bf16_stored_value)
+// and d(silu(x Wg) ⊙ (x Wu)) too (bf16_stored_gradient).
 template <class T>
-Var swiglu_mlp(ag::Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down);
+Var swiglu_mlp(ag::Tape<T>& t, Var x, Var w_gate, Var w_up, Var w_down, bool bf16_stored = false);
+
+// x rounded to bf16 (nearest even) with a straight-through gradient: x + (round(x) - x), the difference a
+// constant (a GPU activation stored in bf16, its gradient flowing on unrounded).
+template <class T>
+Var bf16_stored_value(ag::Tape<T>& t, Var x);
+// x itself, its gradient rounded to bf16 on the way back (a GPU gradient stored in bf16).
+template <class T>
+Var bf16_stored_gradient(ag::Tape<T>& t, Var x);
 
 // x @ w with x [N,in], w [in,out].
 template <class T>

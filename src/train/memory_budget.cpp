@@ -125,7 +125,7 @@ GpuBatchBytes gpu_batch_bytes(const model::ModelConfig& cfg, const MemoryRequest
   // allocates (the residual stream, the SwiGLU products, the logits), which no device holds, is the answer.
   if (rows * (L * D + F + V) > 1e15) {
     b.residual = (L + 1) * rows * D * 2;
-    b.work = rows * (8 * F + 4 * V);
+    b.work = rows * ((req.bf16_activations ? 4 : 8) * F + 4 * V);
     return b;
   }
   // Context parallel: the last rank of a group, which holds the most (a halo in front of its span, the longest prefix).

@@ -47,25 +47,29 @@ Blas::~Blas() {
 }
 
 void Blas::gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, Operand A, int64_t lda, Operand B,
-                int64_t ldb, float beta, float* C, int64_t ldc) {
+                int64_t ldb, float beta, Output C, int64_t ldc) {
   gemm_batched(ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
 void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, Operand A, int64_t lda,
-                        int64_t sA, Operand B, int64_t ldb, int64_t sB, float beta, float* C, int64_t ldc, int64_t sC,
+                        int64_t sA, Operand B, int64_t ldb, int64_t sB, float beta, Output C, int64_t ldc, int64_t sC,
                         int64_t batch) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   TTT_CHECK(k >= 0, "gemm: negative inner size " << k);
+  TTT_CHECK(mode_ == MathMode::BF16 || !C.is_bf16,
+            "gemm: a bf16 output in " << math_mode_name(mode_) << " mode (bf16 outputs need MathMode::BF16)");
+  const size_t c_bytes = C.is_bf16 ? sizeof(bf16) : sizeof(float);  // of one element of C
   if (k == 0) {  // C = beta C
     TTT_CHECK(beta == 0.0f || beta == 1.0f, "gemm: k = 0 with beta " << beta);
     if (beta == 0.0f)
       for (int64_t b = 0; b < batch; ++b)
-        TTT_CUDA_CHECK(cudaMemset2DAsync(C + b * sC, size_t(ldc) * sizeof(float), 0, size_t(n) * sizeof(float),
-                                         size_t(m), nullptr));
+        TTT_CUDA_CHECK(cudaMemset2DAsync(static_cast<char*>(C.p) + size_t(b * sC) * c_bytes, size_t(ldc) * c_bytes,
+                                         0, size_t(n) * c_bytes, size_t(m), nullptr));
     return;
   }
   TTT_CHECK(mode_ == MathMode::BF16 || (!A.is_bf16 && !B.is_bf16),
             "gemm: a bf16 operand in " << math_mode_name(mode_) << " mode (bf16 operands need MathMode::BF16)");
+  const cudaDataType_t c_type = C.is_bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const cublasOperation_t opA = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opB = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const void* pa = A.p;
   const void* pb = B.p;
@@ -91,10 +95,10 @@ void Blas::gemm_batched(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float
   }
   if (batch == 1) {
     TTT_CUBLAS_CHECK(cublasGemmEx(impl_->handle, opB, opA, int(n), int(m), int(k), &alpha, pb, type, int(lb), pa, type,
-                                  int(la), &beta, C, CUDA_R_32F, int(ldc), compute, CUBLAS_GEMM_DEFAULT));
+                                  int(la), &beta, C.p, c_type, int(ldc), compute, CUBLAS_GEMM_DEFAULT));
   } else {
     TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(impl_->handle, opB, opA, int(n), int(m), int(k), &alpha, pb, type,
-                                                int(lb), sb, pa, type, int(la), sa, &beta, C, CUDA_R_32F, int(ldc), sC,
+                                                int(lb), sb, pa, type, int(la), sa, &beta, C.p, c_type, int(ldc), sC,
                                                 int(batch), compute, CUBLAS_GEMM_DEFAULT));
   }
 }

@@ -37,5 +37,9 @@ void swiglu_forward(const float* a, const float* u, bf16* m, int64_t n);  // m s
 void swiglu_backward(const float* a, const float* u, const float* dm, float* da, float* du, int64_t n);
 // da, du stored in bf16 (the GPU model's bf16 activations: they are product operands only).
 void swiglu_backward(const float* a, const float* u, const float* dm, bf16* da, bf16* du, int64_t n);
+// Every array in bf16 (the GPU model's bf16 activations: ga, up and d(m) stored in bf16 by their products), fp32
+// math per element (lact::swiglu_elem, swiglu_elem_bwd), each output rounded to nearest even.
+void swiglu_forward(const bf16* a, const bf16* u, bf16* m, int64_t n);
+void swiglu_backward(const bf16* a, const bf16* u, const bf16* dm, bf16* da, bf16* du, int64_t n);
 
 }  // namespace ttt::cuda::mk

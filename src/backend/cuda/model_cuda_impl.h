@@ -59,7 +59,8 @@ struct GpuModel::Impl {
 
   // bf16 activations (GpuModelOptions::bf16_activations with bf16 products): the residual stream kept for the
   // backward and the activations that are matrix-product operands (h, h2, sum, mm) are stored in bf16 (the
-  // *_bf16 fields); element-wise work reads and writes fp32.
+  // *_bf16 fields), and so are the MLP's gate and up products and d(mm), which their products write in bf16 and only
+  // the SwiGLU kernels read; other element-wise work reads and writes fp32.
   const bool act16;
   bool titans_like;  // arch "titans" / "tnt": the memory branch runs through TntRunner
 
@@ -223,6 +224,9 @@ struct GpuModel::Impl {
 
   // A product-operand activation: its bf16 copy with bf16 activations, else the fp32 buffer.
   Operand operand(const float* f32, const bf16* b16) const { return act16 ? Operand(b16) : Operand(f32); }
+  // A product's output that is stored in bf16 with bf16 activations (cuBLAS rounds its fp32 accumulation as it
+  // stores it), else in the fp32 buffer.
+  Output stored(float* f32, bf16* b16) const { return act16 ? Output(b16) : Output(f32); }
   // A product's weight (a matrix of the parameters): its bf16 copy while a training batch has them (weight_copies),
   // else the fp32 parameter, which Blas rounds into its scratch for that product.
   Operand weight(const float* w) const {

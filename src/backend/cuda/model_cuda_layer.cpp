@@ -104,9 +104,13 @@ void GpuModel::Impl::layer_forward(int64_t l, const float* x, float* out, int64_
   TTT_CHECK(recompute || out, "layer_forward: no output buffer");
   if (act16) rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2_bf16, act.rinv2, residual_out, rows, D, cfg.norm_eps);
   else rms_norm_forward_copy(act.xmid, lw.mlp_norm, act.h2, act.rinv2, residual_out, rows, D, cfg.norm_eps);
-  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_gate), F, 0.0f, act.ga, F);
-  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_up), F, 0.0f, act.up, F);
-  if (act16) mk::swiglu_forward(act.ga, act.up, act.mm_bf16, rows * F);
+  // ga = h2 W_gate, up = h2 W_up: with bf16 activations stored in bf16 by the products themselves (the SwiGLU
+  // kernels are their only readers; half the bytes written here and read there and in the backward).
+  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_gate), F, 0.0f,
+       stored(act.ga, act.ga_bf16), F);
+  gemm(false, false, rows, F, D, 1.0f, operand(act.h2, act.h2_bf16), D, weight(lw.w_up), F, 0.0f,
+       stored(act.up, act.up_bf16), F);
+  if (act16) mk::swiglu_forward(act.ga_bf16, act.up_bf16, act.mm_bf16, rows * F);
   else mk::swiglu_forward(act.ga, act.up, act.mm, rows * F);
   if (!recompute) gemm(false, false, rows, D, F, 1.0f, operand(act.mm, act.mm_bf16), F, weight(lw.w_down), D, 1.0f, out, D);
 }
@@ -292,8 +296,9 @@ void GpuModel::Impl::layer_backward(int64_t l, const float* x, int64_t S, int64_
   // the RMSNorm backward that made dx: the head's or the layer above's), the operand of two products.
   const Operand dx_op = gradient_operand(dx);
   gemm(true, false, F, D, rows, 1.0f, operand(act.mm, act.mm_bf16), F, dx_op, D, 1.0f, lg.w_down, D);
-  gemm(false, true, rows, F, D, 1.0f, dx_op, D, weight(lw.w_down), D, 0.0f, grad.dmm, F);
-  if (act16) mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga_bf16, grad.dup_bf16, rows * F);
+  // d(mm) = dx W_down^T: with bf16 activations stored in bf16 by its product, like ga and up (the SwiGLU's inputs).
+  gemm(false, true, rows, F, D, 1.0f, dx_op, D, weight(lw.w_down), D, 0.0f, stored(grad.dmm, grad.dmm_bf16), F);
+  if (act16) mk::swiglu_backward(act.ga_bf16, act.up_bf16, grad.dmm_bf16, grad.dga_bf16, grad.dup_bf16, rows * F);
   else mk::swiglu_backward(act.ga, act.up, grad.dmm, grad.dga, grad.dup, rows * F);
   const Operand dga = operand(grad.dga, grad.dga_bf16), dup = operand(grad.dup, grad.dup_bf16);
   gemm(true, false, D, F, rows, 1.0f, operand(act.h2, act.h2_bf16), D, dga, F, 1.0f, lg.w_gate, F);
