@@ -82,8 +82,22 @@ void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, c
   const model::Batch b = random_batch(cfg, 2, cfg.seq_len, seed + 1, true);
   std::vector<ag::Mat<double>> gref;
   auto ref = model::forward<double>(cfg, to_double(p), b, &gref, true, true);
-  std::vector<ag::Mat<float>> g32;  // the CPU's own float32, the yardstick of float32's conditioning
-  if (fp32) model::forward<float>(cfg, p, b, &g32);
+  // The CPU's own float32, the yardstick of float32's conditioning: three runs, the parameters as they are and moved
+  // by one ulp at random (twice), so the bound follows the spread float32 has on this problem, not one draw of it
+  // (one draw put the Muon case's GPU error above 3x the CPU's on ~5% of seeds; docs/PERF.md).
+  std::vector<std::vector<ag::Mat<float>>> g32(fp32 ? 3 : 0);
+  for (size_t run = 0; run < g32.size(); ++run) {
+    model::Params<float> q = p;
+    if (run > 0) {
+      uint64_t state = seed * 0x9E3779B97F4A7C15ull + run;
+      for (auto& m : q.values)
+        for (float& x : m.data) {
+          state = state * 6364136223846793005ull + 1442695040888963407ull;
+          x = std::nextafter(x, (state >> 63) ? INFINITY : -INFINITY);
+        }
+    }
+    model::forward<float>(cfg, q, b, &g32[run]);
+  }
   std::vector<ag::Mat<float>> g16;  // the CPU in float with bf16-rounded product operands (bf16's yardstick)
   if (math == cuda::MathMode::BF16) {
     BF16OperandsEmulation emulate;
@@ -112,7 +126,8 @@ void check_against_cpu(const model::ModelConfig& cfg, const std::string& what, c
   for (size_t i = 0; i < g.size(); ++i) {
     const double e = err(g[i].data, gref[i].data);
     if (fp32) {
-      const double e32 = rel_err(g32[i].data, gref[i].data);
+      double e32 = 0;
+      for (const auto& run : g32) e32 = std::max(e32, rel_err(run[i].data, gref[i].data));
       EXPECT_LE(e, std::max(tol, 3 * e32)) << what << ": gradient of " << p.names[i] << " (CPU float32: " << e32 << ")";
       if (e > worst) worst_cpu32 = e32;
     } else {

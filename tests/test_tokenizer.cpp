@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/file_io.h"
+#include "data/bpe_tables.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "data/tokens.h"
@@ -236,6 +237,89 @@ TEST(Tokenizer, HfBpeRoundTripsArbitraryBytes) {
       }
     }
   }
+}
+
+// The encoder's flat tables: every key found with its own ids (short keys compared in the slot, long ones in
+// the arena; one id held in the slot, several in the arena), strings that differ only where the packed head
+// does not look kept apart, growth keeping every entry, a full cache emptied and refilled.
+TEST(BpeTables, PieceCacheFindsWhatWasInserted) {
+  using ttt::data::detail::PieceCache;
+  using ttt::data::detail::hash_bytes;
+  using ttt::data::detail::pack_head;
+  PieceCache cache(5000, 256);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 3000; ++i) {
+    std::string k = std::to_string(i * 7919);
+    k = std::string(size_t(i % 23), 'x') + k;  // lengths 1..30: both sides of the 8-byte head
+    keys.push_back(k);
+  }
+  // Same length and same packed bytes positions differ: "abcXe" vs "abcYe" (n = 5 packs bytes 0-3 and 1-4).
+  keys.push_back("abcXe");
+  keys.push_back("abcYe");
+  keys.push_back("aXc");
+  keys.push_back("aYc");
+  keys.push_back("0123456789abcdefQ");
+  keys.push_back("0123456789abcdefR");
+  auto ids_of = [](const std::string& k, size_t j) {
+    std::vector<int32_t> ids;
+    for (size_t c = 0; c <= j % 4; ++c) ids.push_back(int32_t(j * 10 + c));
+    (void)k;
+    return ids;
+  };
+  auto insert = [&](size_t j) {
+    const std::string& k = keys[j];
+    const auto ids = ids_of(k, j);
+    cache.insert(k, pack_head(k), hash_bytes(k), ids.data(), ids.size());
+  };
+  auto expect_found = [&](size_t j) {
+    const std::string& k = keys[j];
+    size_t count = 0;
+    const int32_t* got = cache.find(k, pack_head(k), hash_bytes(k), count);
+    ASSERT_NE(got, nullptr) << "key '" << k << "'";
+    EXPECT_EQ(std::vector<int32_t>(got, got + count), ids_of(k, j)) << "key '" << k << "'";
+  };
+  for (size_t j = 0; j < keys.size(); ++j) {
+    size_t count = 0;
+    EXPECT_EQ(cache.find(keys[j], pack_head(keys[j]), hash_bytes(keys[j]), count), nullptr) << keys[j];
+    insert(j);
+  }
+  EXPECT_EQ(cache.size(), keys.size());
+  EXPECT_GE(cache.capacity(), 2 * keys.size());  // grew, at most half full
+  for (size_t j = 0; j < keys.size(); ++j) expect_found(j);
+  // Too long for the cache: not stored.
+  const std::string long_key(300, 'z');
+  const int32_t one = 7;
+  cache.insert(long_key, pack_head(long_key), hash_bytes(long_key), &one, 1);
+  size_t count = 0;
+  EXPECT_EQ(cache.find(long_key, pack_head(long_key), hash_bytes(long_key), count), nullptr);
+  // A full cache starts over: the 5001st insertion empties it first.
+  for (int i = 0; cache.size() < 5000; ++i) {
+    const std::string k = "fill" + std::to_string(i);
+    cache.insert(k, pack_head(k), hash_bytes(k), &one, 1);
+  }
+  const std::string last = "the last one";
+  cache.insert(last, pack_head(last), hash_bytes(last), &one, 1);
+  EXPECT_EQ(cache.size(), 1u);
+  EXPECT_EQ(cache.find(keys[0], pack_head(keys[0]), hash_bytes(keys[0]), count), nullptr);
+  ASSERT_NE(cache.find(last, pack_head(last), hash_bytes(last), count), nullptr);
+  EXPECT_EQ(count, 1u);
+}
+
+TEST(BpeTables, PairRankTableKeepsTheFirstMergeOfAPair) {
+  ttt::data::detail::PairRankTable t;
+  EXPECT_EQ(t.find(1, 2), nullptr);  // empty, never sized
+  t.reserve(4);
+  for (int32_t i = 0; i < 20000; ++i) t.insert(i % 997, i / 997, {i, 100000 + i});  // grows past its reserve
+  t.insert(5, 0, {99999, 1});                                                      // a later duplicate: ignored
+  EXPECT_EQ(t.size(), 20000u);
+  for (int32_t i = 0; i < 20000; ++i) {
+    const auto* m = t.find(i % 997, i / 997);
+    ASSERT_NE(m, nullptr) << i;
+    EXPECT_EQ(m->rank, i);
+    EXPECT_EQ(m->id, 100000 + i);
+  }
+  EXPECT_EQ(t.find(0, 21), nullptr);
+  EXPECT_EQ(t.find(-1, 0), nullptr);
 }
 
 TEST(Tokenizer, HfBpeGpt2MatchesReference) { compare_with_hf("gpt2"); }

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <array>
+#include <span>
 #include <unordered_map>
 
 #include "core/error.h"
+#include "data/bpe_tables.h"
 #include "data/tokenizer_impl.h"
 
 namespace ttt::data::detail {
@@ -64,18 +66,20 @@ struct Char {
   uint32_t cp;
 };
 
-// Decodes UTF-8; an invalid byte becomes a one-byte character of class "other" (the reference refuses
-// non-UTF-8 text; we keep every byte so that encoding never loses one).
-void decode_chars(std::string_view s, std::vector<Char>& out) {
-  out.clear();
+// Decodes UTF-8 into `out` (grown as needed, never shrunk: the buffer is reused across calls) and returns the
+// characters; an invalid byte becomes a one-byte character of class "other" (the reference refuses non-UTF-8
+// text; we keep every byte so that encoding never loses one).
+std::span<const Char> decode_chars(std::string_view s, std::vector<Char>& out) {
   const auto& ascii = ascii_classes();
   const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
+  if (out.size() < n) out.resize(n);
+  Char* o = out.data();
   size_t i = 0;
   while (i < n) {
     const unsigned char c = p[i];
     if (c < 0x80) {
-      out.push_back({uint32_t(i), 1, ascii[c], c});
+      *o++ = {uint32_t(i), 1, ascii[c], c};
       ++i;
       continue;
     }
@@ -90,19 +94,20 @@ void decode_chars(std::string_view s, std::vector<Char>& out) {
                (len == 2 && cp < 0x80)))
       ok = false;
     if (!ok) {
-      out.push_back({uint32_t(i), 1, kOther, 0xfffd});
+      *o++ = {uint32_t(i), 1, kOther, 0xfffd};
       ++i;
       continue;
     }
-    out.push_back({uint32_t(i), uint8_t(len), classify_codepoint(cp), cp});
+    *o++ = {uint32_t(i), uint8_t(len), classify_codepoint(cp), cp};
     i += len;
   }
+  return {out.data(), size_t(o - out.data())};
 }
 
 bool is_cr_lf(const Char& c) { return c.cp == '\r' || c.cp == '\n'; }
 
 // Length (in characters) of the contraction at chars[i] ('s 't 're 've 'm 'll 'd), or 0.
-size_t contraction(const std::vector<Char>& ch, size_t i, bool ignore_case) {
+size_t contraction(std::span<const Char> ch, size_t i, bool ignore_case) {
   const size_t n = ch.size();
   if (ch[i].cp != '\'' || i + 1 >= n) return 0;
   auto low = [&](size_t k) -> uint32_t {
@@ -118,7 +123,7 @@ size_t contraction(const std::vector<Char>& ch, size_t i, bool ignore_case) {
   return 0;
 }
 
-size_t run_of(const std::vector<Char>& ch, size_t i, CharClass cls) {
+size_t run_of(std::span<const Char> ch, size_t i, CharClass cls) {
   size_t j = i;
   while (j < ch.size() && ch[j].cls == cls) ++j;
   return j;
@@ -126,14 +131,14 @@ size_t run_of(const std::vector<Char>& ch, size_t i, CharClass cls) {
 
 // \s+(?!\S) then \s+ : the whitespace run, less its last character when a non-space follows and the run is longer
 // than one.
-size_t whitespace_piece(const std::vector<Char>& ch, size_t i) {
+size_t whitespace_piece(std::span<const Char> ch, size_t i) {
   const size_t j = run_of(ch, i, kSpace);
   if (j == ch.size() || j - i == 1) return j;
   return j - 1;
 }
 
 // End (character index) of the piece that starts at chars[i] under the GPT-2 pattern.
-size_t gpt2_piece(const std::vector<Char>& ch, size_t i) {
+size_t gpt2_piece(std::span<const Char> ch, size_t i) {
   const size_t n = ch.size();
   if (size_t c = contraction(ch, i, false)) return i + c;
   const size_t s = ch[i].cp == ' ' && i + 1 < n && ch[i + 1].cls != kSpace ? i + 1 : i;
@@ -143,7 +148,7 @@ size_t gpt2_piece(const std::vector<Char>& ch, size_t i) {
 }
 
 // End of the piece that starts at chars[i] under the Llama-3 pattern.
-size_t llama3_piece(const std::vector<Char>& ch, size_t i) {
+size_t llama3_piece(std::span<const Char> ch, size_t i) {
   const size_t n = ch.size();
   if (size_t c = contraction(ch, i, true)) return i + c;
   // [^\r\n\p{L}\p{N}]?\p{L}+
@@ -223,7 +228,7 @@ class HfBpeTokenizer final : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool parse_special) const override {
     std::vector<int32_t> out;
     out.reserve(text.size() / 3 + 1);
-    std::vector<Char> chars;
+    std::vector<Char>& chars = scratch_chars_;
     size_t start = 0;
     if (parse_special && !added_.empty()) {
       for (size_t i = 0; i < text.size();) {
@@ -251,9 +256,6 @@ class HfBpeTokenizer final : public Tokenizer {
     int32_t id;
     std::string content;
     bool special;
-  };
-  struct Merge {
-    int32_t rank, id;
   };
 
   void load(const nlohmann::json& j, const std::string& where) {
@@ -293,9 +295,8 @@ class HfBpeTokenizer final : public Tokenizer {
     for (const auto& [piece, idj] : vocab.items()) {
       const int64_t id = idj.get<int64_t>();
       TTT_CHECK(id >= 0, where << ": vocabulary entry '" << piece << "' has a negative id " << id);
-      decode_chars(piece, chars);
       std::string bytes;
-      for (const Char& c : chars) {
+      for (const Char& c : decode_chars(piece, chars)) {
         auto it = cp_to_byte.find(c.cp);
         TTT_CHECK(it != cp_to_byte.end(),
                   where << ": vocabulary entry '" << piece << "' (id " << id << ") is not in the byte-level alphabet");
@@ -310,6 +311,7 @@ class HfBpeTokenizer final : public Tokenizer {
 
     const nlohmann::json& merges = m.at("merges");
     TTT_CHECK(merges.is_array(), where << ": model.merges must be an array");
+    merges_.reserve(merges.size());
     int32_t rank = 0;
     for (const auto& mj : merges) {
       std::string a, b;
@@ -327,7 +329,7 @@ class HfBpeTokenizer final : public Tokenizer {
       }
       const int32_t ia = vocab_id(vocab, a, where, rank), ib = vocab_id(vocab, b, where, rank);
       const int32_t im = vocab_id(vocab, a + b, where, rank);
-      merges_.emplace(pair_key(ia, ib), Merge{rank, im});
+      merges_.insert(ia, ib, {rank, im});
       ++rank;
     }
 
@@ -382,8 +384,6 @@ class HfBpeTokenizer final : public Tokenizer {
     }
   }
 
-  static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
-
   void encode_section(std::string_view text, std::vector<Char>& chars, std::vector<int32_t>& out) const {
     if (text.empty()) return;
     std::string prefixed;
@@ -395,34 +395,38 @@ class HfBpeTokenizer final : public Tokenizer {
       encode_piece(text, out);
       return;
     }
-    chars.reserve(text.size());
-    decode_chars(text, chars);
-    const size_t n = chars.size();
+    const std::span<const Char> chars_of_text = decode_chars(text, chars);
+    const std::span<const Char> ch = chars_of_text;
+    const size_t n = ch.size();
     for (size_t i = 0; i < n;) {
-      const size_t e = pattern_ == Pattern::gpt2 ? gpt2_piece(chars, i) : llama3_piece(chars, i);
-      const size_t b0 = chars[i].offset, b1 = e < n ? chars[e].offset : text.size();
+      const size_t e = pattern_ == Pattern::gpt2 ? gpt2_piece(ch, i) : llama3_piece(ch, i);
+      const size_t b0 = ch[i].offset, b1 = e < n ? ch[e].offset : text.size();
       encode_piece(text.substr(b0, b1 - b0), out);
       i = e;
     }
   }
 
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
-    if (auto it = cache_.find(piece); it != cache_.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
+    const uint64_t head = pack_head(piece), h = hash_bytes(piece, head);
+    size_t count = 0;
+    if (const int32_t* cached = cache_.find(piece, head, h, count)) {
+      if (count == 1)
+        out.push_back(*cached);
+      else
+        out.insert(out.end(), cached, cached + count);
       return;
     }
-    std::vector<int32_t> ids;
+    std::vector<int32_t>& ids = scratch_ids_;
+    ids.clear();
     auto direct = ignore_merges_ ? piece_id_.find(piece) : piece_id_.end();
     if (direct != piece_id_.end()) {
       ids.push_back(direct->second);
     } else {
-      ids.reserve(piece.size());
       for (char c : piece) ids.push_back(byte_id_[static_cast<unsigned char>(c)]);
       merge(ids);
     }
     out.insert(out.end(), ids.begin(), ids.end());
-    if (cache_.size() >= kCacheEntries) cache_.clear();
-    if (piece.size() <= kCachedPieceBytes) cache_.emplace(std::string(piece), std::move(ids));
+    cache_.insert(piece, head, h, ids.data(), ids.size());
   }
 
   // Applies the merges: the pair of lowest rank first, the leftmost of equal ones. The rank of each adjacent
@@ -430,15 +434,16 @@ class HfBpeTokenizer final : public Tokenizer {
   void merge(std::vector<int32_t>& ids) const {
     constexpr int32_t kNone = INT32_MAX;
     auto lookup = [&](size_t i) {
-      auto it = merges_.find(pair_key(ids[i], ids[i + 1]));
-      return it == merges_.end() ? kNone : it->second.rank;
+      const PairRankTable::Merge* m = merges_.find(ids[i], ids[i + 1]);
+      return m ? m->rank : kNone;
     };
-    std::vector<int32_t> rank(ids.size() > 1 ? ids.size() - 1 : 0);
+    std::vector<int32_t>& rank = scratch_ranks_;
+    rank.resize(ids.size() > 1 ? ids.size() - 1 : 0);
     for (size_t i = 0; i < rank.size(); ++i) rank[i] = lookup(i);
     while (!rank.empty()) {
       const size_t pos = size_t(std::min_element(rank.begin(), rank.end()) - rank.begin());
       if (rank[pos] == kNone) return;
-      ids[pos] = merges_.find(pair_key(ids[pos], ids[pos + 1]))->second.id;
+      ids[pos] = merges_.find(ids[pos], ids[pos + 1])->id;
       ids.erase(ids.begin() + std::ptrdiff_t(pos) + 1);
       rank.erase(rank.begin() + std::ptrdiff_t(pos));
       if (pos < rank.size()) rank[pos] = lookup(pos);
@@ -459,11 +464,13 @@ class HfBpeTokenizer final : public Tokenizer {
   std::vector<char> special_;
   std::array<int32_t, 256> byte_id_{};
   std::unordered_map<std::string, int32_t, SvHash, std::equal_to<>> piece_id_;
-  std::unordered_map<uint64_t, Merge> merges_;
+  PairRankTable merges_;
   std::vector<AddedToken> added_;
   std::array<bool, 256> added_first_byte_{};
-  // Pieces already encoded (an encoder object is used by one thread at a time).
-  mutable std::unordered_map<std::string, std::vector<int32_t>, SvHash, std::equal_to<>> cache_;
+  // Pieces already encoded, and scratch of the merges (an encoder object is used by one thread at a time).
+  mutable PieceCache cache_{kCacheEntries, kCachedPieceBytes};
+  mutable std::vector<int32_t> scratch_ids_, scratch_ranks_;
+  mutable std::vector<Char> scratch_chars_;
 };
 
 }  // namespace

@@ -76,6 +76,11 @@ int device_count(std::string* why) {
   return n;
 }
 
+namespace {
+// An empty kernel: whether the runtime can load it says whether this build has machine code for the device.
+__global__ void k_probe_build_targets() {}
+}  // namespace
+
 void select_device(int index) {
   std::string why;
   const int count = device_count(&why);
@@ -84,6 +89,18 @@ void select_device(int index) {
             "CUDA device " << index << " does not exist: this process sees " << count << " GPU(s), 0.." << count - 1);
   const cudaError_t e = cudaSetDevice(index);
   TTT_CHECK(e == cudaSuccess, "cudaSetDevice(" << index << ") failed: " << cudaGetErrorString(e));
+  cudaFuncAttributes attributes{};
+  const cudaError_t k = cudaFuncGetAttributes(&attributes, k_probe_build_targets);
+  if (k != cudaSuccess) {
+    cudaGetLastError();
+    cudaDeviceProp p{};
+    TTT_CUDA_CHECK(cudaGetDeviceProperties(&p, index));
+    const std::string sm = std::to_string(p.major) + std::to_string(p.minor) + (p.major == 9 && p.minor == 0 ? "a" : "");
+    TTT_FAIL("this build of ttt has no machine code for CUDA device " << index << " (" << p.name << ", compute capability "
+             << p.major << "." << p.minor << "; " << cudaGetErrorString(k) << "): rebuild on a machine with this GPU "
+             << "(CMake targets the GPUs it sees) or configure with -DTTT_CUDA_GENCODE=\"-gencode=arch=compute_" << sm
+             << ",code=sm_" << sm << "\"");
+  }
 }
 
 std::string device_description() {

@@ -10,8 +10,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/device.h"         // DeviceBuffer
 #include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, warp_sum
-#include "backend/cuda/titans_persistent_kernels.cuh"
-#include "backend/cuda/titans_persistent_kernels_v2.cuh"
+#include "backend/cuda/titans_persistent_instances.cuh"
 
 namespace ttt::cuda {
 
@@ -27,30 +26,26 @@ namespace {
 using titans::Group;
 namespace fn = titans::fn;
 using persistent::Args;
-using persistent::k_titans_persistent_fwd;
-using persistent::k_titans_persistent_bwd;
-using persistent::k_titans_persistent_bwd_v2;
-using persistent::k_titans_persistent_fwd_v2;
+using persistent::Kernel;
+using persistent::KernelPair;
 
-// The kernels of a plan: v1, v2, or v2 with its products on tensor cores (float only; when every buffer is on chip,
-// the instantiation that addresses them as shared memory).
-template <class T>
-using Kernel = void (*)(Args<T>);
+// The kernels of a plan: v1, v2, or v2 with its products on tensor cores in bf16 (float only), whose on-chip
+// instantiation addresses every buffer as shared memory (`on_chip`: the forward's or the backward's own layout).
+KernelPair<float> kernels(const titans::PersistentPlan& p, bool on_chip, float) {
+  if (p.variant == titans::PersistentVariant::V1) return persistent::kernels_f32_v1();
+  if (p.bf16_products) return on_chip ? persistent::kernels_f32_v2_bf16_on_chip() : persistent::kernels_f32_v2_bf16();
+  return persistent::kernels_f32_v2();
+}
+KernelPair<double> kernels(const titans::PersistentPlan& p, bool, double) {
+  return p.variant == titans::PersistentVariant::V1 ? persistent::kernels_f64_v1() : persistent::kernels_f64_v2();
+}
 template <class T>
 Kernel<T> forward_kernel(const titans::PersistentPlan& p) {
-  if (p.variant == titans::PersistentVariant::V1) return k_titans_persistent_fwd<T>;
-  if constexpr (sizeof(T) == 4)
-    if (p.bf16_products)
-      return p.fwd.all_on_chip ? k_titans_persistent_fwd_v2<T, true, true> : k_titans_persistent_fwd_v2<T, true>;
-  return k_titans_persistent_fwd_v2<T>;
+  return kernels(p, p.fwd.all_on_chip, T()).forward;
 }
 template <class T>
 Kernel<T> backward_kernel(const titans::PersistentPlan& p) {
-  if (p.variant == titans::PersistentVariant::V1) return k_titans_persistent_bwd<T>;
-  if constexpr (sizeof(T) == 4)
-    if (p.bf16_products)
-      return p.bwd.all_on_chip ? k_titans_persistent_bwd_v2<T, true, true> : k_titans_persistent_bwd_v2<T, true>;
-  return k_titans_persistent_bwd_v2<T>;
+  return kernels(p, p.bwd.all_on_chip, T()).backward;
 }
 
 template <class F>
