@@ -291,6 +291,27 @@ TEST(TitansPersistentPlan, KernelChoiceParsing) {
   if (old) setenv("TTT_TITANS_KERNEL", saved.c_str(), 1);
 }
 
+// TTT_TITANS_SEGMENT forces the persistent backward's segment length K; anything but a non-negative integer is refused,
+// naming the variable and the value.
+TEST(TitansPersistentPlan, SegmentFromEnvironment) {
+  const char* old = std::getenv("TTT_TITANS_SEGMENT");
+  const std::string saved = old ? old : "";
+  unsetenv("TTT_TITANS_SEGMENT");
+  EXPECT_EQ(titans::segment_from_env(), 0);
+  setenv("TTT_TITANS_SEGMENT", "32", 1);
+  EXPECT_EQ(titans::segment_from_env(), 32);
+  setenv("TTT_TITANS_SEGMENT", "0", 1);
+  EXPECT_EQ(titans::segment_from_env(), 0);
+  for (const char* bad : {"-3", "12abc", "eight", " ", "99999999999999999999999"}) {
+    setenv("TTT_TITANS_SEGMENT", bad, 1);
+    test::expect_error([] { titans::segment_from_env(); }, {"TTT_TITANS_SEGMENT", bad});
+  }
+  if (old)
+    setenv("TTT_TITANS_SEGMENT", saved.c_str(), 1);
+  else
+    unsetenv("TTT_TITANS_SEGMENT");
+}
+
 // `ttt bench tnt`'s kernel and precision flags: a clear message and a non-zero exit for what it cannot do.
 TEST(TitansPersistentPlan, BenchTntFlags) {
   using ttt::test::expect_clean_failure;

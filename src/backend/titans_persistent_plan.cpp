@@ -2,6 +2,7 @@
 #include "backend/titans_persistent_plan.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -166,8 +167,9 @@ int64_t segment_from_env() {
   const char* v = std::getenv("TTT_TITANS_SEGMENT");
   if (!v || !*v) return 0;
   char* end = nullptr;
+  errno = 0;
   const long long k = std::strtoll(v, &end, 10);
-  TTT_CHECK(end && *end == '\0' && k >= 0,
+  TTT_CHECK(end && end != v && *end == '\0' && k >= 0 && errno == 0,
             "TTT_TITANS_SEGMENT must be a non-negative integer (0: automatic), got '" << v << "'");
   return int64_t(k);
 }
@@ -188,7 +190,6 @@ PersistentPlan plan_persistent(const MemoryShape& s, size_t elem_bytes, size_t s
   p.variant = variant;
   p.threads = persistent_threads(variant);
   p.chunk_rows = std::min(s.chunk, longest_item(s));
-  const int64_t N = num_chunks(longest_item(s), s.chunk);
   p.segment = persistent_segment(s, elem_bytes);
   p.fwd = persistent_layout(s, elem_bytes, smem_limit, false, p.threads, variant);
   p.bwd = persistent_layout(s, elem_bytes, smem_limit, true, p.threads, variant);
