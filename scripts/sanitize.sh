@@ -13,7 +13,7 @@ SANITIZE="-fsanitize=address,undefined -fno-sanitize-recover=all"
 # the mpirun tests run in scripts/test.sh.
 # No libttt_capi.so (TTT_BUILD_CAPI off): an instrumented library cannot be loaded into the uninstrumented Python
 # of the ttt_torch.ops test, which is then skipped here (its C ABI is still tested: CApi.* in ttt_tests).
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DTTT_ENABLE_CUDA=OFF -DTTT_ENABLE_MPI=OFF -DTTT_BUILD_CAPI=OFF \
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DTTT_CXX_OPT=-O1 -DTTT_ENABLE_CUDA=OFF -DTTT_ENABLE_MPI=OFF -DTTT_BUILD_CAPI=OFF \
   -DCMAKE_CXX_FLAGS="$SANITIZE -fno-omit-frame-pointer -g1" -DCMAKE_EXE_LINKER_FLAGS="$SANITIZE"
 cmake --build "$BUILD_DIR" -j "$(nproc)"
 # abort_on_error: a report ends the process with SIGABRT, so a `ttt` child that hits one can never pass for a
