@@ -33,7 +33,7 @@ cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
 
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="abort_on_error=1:halt_on_error=1:print_stacktrace=1"
-# One target per core at a time (each is one process; 60 s each, six targets: 3 min on 2 cores instead of 6).
+# One target per core at a time (each is one process; 60 s each, five targets: 3 min on 2 cores instead of 5).
 fuzz_one() {
   local t=$1 work="$BUILD_DIR/corpus/$1" artifacts="$BUILD_DIR/artifacts/$1"
   mkdir -p "$work" "$artifacts"
