@@ -395,8 +395,7 @@ class HfBpeTokenizer final : public Tokenizer {
       encode_piece(text, out);
       return;
     }
-    const std::span<const Char> chars_of_text = decode_chars(text, chars);
-    const std::span<const Char> ch = chars_of_text;
+    const std::span<const Char> ch = decode_chars(text, chars);
     const size_t n = ch.size();
     for (size_t i = 0; i < n;) {
       const size_t e = pattern_ == Pattern::gpt2 ? gpt2_piece(ch, i) : llama3_piece(ch, i);

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, GRID_STRIDE
@@ -89,6 +91,12 @@ void select_device(int index) {
             "CUDA device " << index << " does not exist: this process sees " << count << " GPU(s), 0.." << count - 1);
   const cudaError_t e = cudaSetDevice(index);
   TTT_CHECK(e == cudaSuccess, "cudaSetDevice(" << index << ") failed: " << cudaGetErrorString(e));
+  // Once per device and process: the C ABI selects the device on every operator call.
+  static std::mutex probed_mutex;
+  static std::vector<char> probed;
+  std::lock_guard<std::mutex> lock(probed_mutex);
+  if (probed.size() <= size_t(index)) probed.resize(size_t(index) + 1, 0);
+  if (probed[size_t(index)]) return;
   cudaFuncAttributes attributes{};
   const cudaError_t k = cudaFuncGetAttributes(&attributes, k_probe_build_targets);
   if (k != cudaSuccess) {
@@ -101,6 +109,7 @@ void select_device(int index) {
              << "(CMake targets the GPUs it sees) or configure with -DTTT_CUDA_GENCODE=\"-gencode=arch=compute_" << sm
              << ",code=sm_" << sm << "\"");
   }
+  probed[size_t(index)] = 1;
 }
 
 std::string device_description() {
