@@ -633,7 +633,7 @@ namespace {
 // with the default argument).
 template <class T>
 std::vector<std::vector<double>> twin(const Case& c, const Data& xd, bool bf16, bool explicit_flag,
-                                      bool outputs = false) {
+                                      bool outputs = false, bool ns5_fp16 = false, bool ns5_tf32 = false) {
   auto f = [](const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); };
   std::vector<T> w0 = f(xd.w0), w1 = f(xd.w1), w2 = f(xd.w2), q = f(xd.q), k = f(xd.k), v = f(xd.v),
                  lr0 = f(xd.lr0), lr1 = f(xd.lr1), lr2 = f(xd.lr2), mom = f(xd.mom), go = f(xd.go);
@@ -648,8 +648,8 @@ std::vector<std::vector<double>> twin(const Case& c, const Data& xd, bool bf16, 
   lact::Grads<T> g{out[1].data(), out[2].data(), out[3].data(), out[4].data(), out[5].data(),
                    out[6].data(), out[7].data(), out[8].data(), out[9].data(),
                    c.momentum ? out[10].data() : nullptr};
-  if (bf16 || explicit_flag)
-    lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g, lact::Bf16Emulation{bf16, outputs});
+  if (bf16 || explicit_flag || ns5_fp16 || ns5_tf32)
+    lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g, lact::Bf16Emulation{bf16, outputs, ns5_fp16, ns5_tf32});
   else lact::fused_cpu<T>(s, in, out[0].data(), go.data(), &g);
   std::vector<std::vector<double>> r(11);
   for (size_t i = 0; i < 11; ++i) r[i].assign(out[i].begin(), out[i].end());
@@ -772,9 +772,19 @@ TEST(LactFused, Bf16OutputsSwitchAndCounts) {
   const int64_t C = std::min(s.chunk, s.T);
   for (const bool keep : {false, true}) {
     EXPECT_EQ(lact::workspace_operand_elements(s, true, 1, keep) +
-                  lact::workspace_product_output_elements(s, true, 1, keep),
+                  lact::workspace_product_output_elements(s, true, 1, keep) + lact::workspace_ns5_elements(s, true),
               lact::workspace_elements(s, true, 1, keep));
   }
+  // Muon's NS5 buffers (lact::Buffer::Ns5): X_0..X_4, A_0..A_4, B_0..B_4, and with gradients dX (two), dA, dB; X_5
+  // (the update) is an operand.
+  lact::Shape m = s;
+  m.muon = true;
+  const int64_t P = m.d * m.dh, p = std::min(m.d, m.dh);
+  EXPECT_EQ(lact::workspace_ns5_elements(m, false), 3 * m.B * (5 * P + 10 * p * p));
+  EXPECT_EQ(lact::workspace_ns5_elements(m, true), 3 * m.B * (7 * P + 12 * p * p));
+  EXPECT_EQ(lact::workspace_operand_elements(m, true) + lact::workspace_product_output_elements(m, true) +
+                lact::workspace_ns5_elements(m, true),
+            lact::workspace_elements(m, true));
   // Recomputed: the apply's and the update's [g|h], V W1, dR, V dD1, dO W1 of a chunk; kept: [g|h] of q and k and
   // V W1 of every token instead of the first three.
   EXPECT_EQ(lact::workspace_product_output_elements(s, true), s.B * C * (2 + 2 + 1 + 2 + 1 + 1) * s.dh);
@@ -782,3 +792,98 @@ TEST(LactFused, Bf16OutputsSwitchAndCounts) {
   EXPECT_EQ(lact::workspace_product_output_elements(s, false), s.B * C * 5 * s.dh);
 }
 
+
+TEST(LactFused, RoundFp16KnownValues) {
+  const float u = std::ldexp(1.0f, -10);  // ulp of fp16 at 1
+  EXPECT_EQ(round_to_fp16(1.0f), 1.0f);
+  EXPECT_EQ(round_to_fp16(1.0f + std::ldexp(1.0f, -11)), 1.0f);                // tie, to even (down)
+  EXPECT_EQ(round_to_fp16(1.0f + 3 * std::ldexp(1.0f, -11)), 1.0f + 2 * u);    // tie, to even (up)
+  EXPECT_EQ(round_to_fp16(1.0f + 3 * std::ldexp(1.0f, -12)), 1.0f + u);        // above the tie
+  EXPECT_EQ(round_to_fp16(-(1.0f + 3 * std::ldexp(1.0f, -12))), -(1.0f + u));  // symmetric
+  EXPECT_EQ(round_to_fp16(3.14159265f), 3.140625f);
+  EXPECT_EQ(round_to_fp16(65504.0f), 65504.0f);  // the largest finite
+  EXPECT_EQ(round_to_fp16(65519.0f), 65504.0f);  // below the midpoint to 2^16
+  EXPECT_EQ(round_to_fp16(65520.0f), INFINITY);  // the midpoint: to even, which is 2^16, out of range
+  EXPECT_EQ(round_to_fp16(-1e6f), -INFINITY);
+  EXPECT_EQ(round_to_fp16(std::ldexp(1.0f, -14)), std::ldexp(1.0f, -14));  // the smallest normal
+  EXPECT_EQ(round_to_fp16(std::ldexp(1.0f, -24)), std::ldexp(1.0f, -24));  // the smallest subnormal
+  EXPECT_EQ(round_to_fp16(std::ldexp(1.0f, -25)), 0.0f);                    // a tie with 0: to even
+  EXPECT_EQ(round_to_fp16(std::ldexp(3.0f, -26)), std::ldexp(1.0f, -24));  // above it
+  EXPECT_EQ(round_to_fp16(std::ldexp(5.0f, -25)), std::ldexp(2.0f, -24));  // 2.5 quanta: to even
+  EXPECT_EQ(round_to_fp16(0.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(round_to_fp16(-0.0f)));
+  EXPECT_EQ(round_to_fp16(INFINITY), INFINITY);
+  EXPECT_TRUE(std::isnan(round_to_fp16(std::nanf(""))));
+  // On random floats: idempotent; normals within half an ulp (2^-11 relative) with 11 significant bits kept;
+  // subnormals on the grid of 2^-24 within half of it.
+  Rng r(13);
+  for (int i = 0; i < 100000; ++i) {
+    const float x = float(r.normal() * std::exp(r.uniform(-20, 10)));
+    const float y = round_to_fp16(x);
+    EXPECT_EQ(round_to_fp16(y), y);
+    const double ax = std::fabs(double(x));
+    if (ax >= std::ldexp(1.0, -14)) {
+      EXPECT_LE(std::fabs(double(y) - double(x)), std::ldexp(ax, -11) * (1 + 1e-12)) << x;
+      int e = 0;
+      const double m = std::frexp(std::fabs(double(y)), &e);
+      EXPECT_EQ(std::ldexp(m, 11), std::floor(std::ldexp(m, 11))) << x;
+    } else {
+      EXPECT_LE(std::fabs(double(y) - double(x)), std::ldexp(1.0, -25)) << x;
+      EXPECT_EQ(std::ldexp(double(y), 24), std::floor(std::ldexp(double(y), 24))) << x;
+    }
+  }
+}
+
+// fp16 NS5 storage (Bf16Emulation::ns5_fp16, the CUDA backend's LactOptions::ns5_fp16 with tf32 products) against
+// its yardstick, tf32 NS5 (Bf16Emulation::ns5_tf32: the NS5 products' operands rounded to tf32, as the CUDA tf32 mode
+// ran them), with Muon on configs that are well-conditioned in float32 (C >= 4 min(d, dh)): every output within 3x
+// the yardstick's error where that is over 1e-3 (fp16 keeps tf32's 11 significant bits and also rounds each stored
+// iterate once, half an ulp; measured: at most 1.2x), within 5e-2 of float64 (at d = 12, dh = 20 NS5 in either mode
+// lands 1e-3..2e-2 from float64 on the bidirectional configs), and moved by the rounding (more than 10x float32's
+// error). The adjoint runs scaled by a power of two (Fused::ns5_backward), so a loss gradient 2^40
+// times larger or smaller gives the same bits divided by 2^40: unscaled, 2^40 would overflow fp16's 65504 and 2^-40
+// flush to zero.
+TEST(LactFused, Ns5Fp16Emulation) {
+  double worst = 0, worst_tf32 = 0, worst_ratio = 0;
+  int configs = 0;
+  for (bool causal : {true, false})
+    for (bool momentum : {false, true})
+      for (engine::WeightNorm norm : {engine::WeightNorm::Post, engine::WeightNorm::None}) {
+        Case c{2, 96, 12, 20, 48, causal, momentum, true, norm};
+        Data x = make_data(c, 700 + uint64_t(configs));
+        const auto ref = twin<double>(c, x, false, false);
+        const auto f32 = twin<float>(c, x, false, false);
+        const auto on = twin<float>(c, x, false, false, false, /*ns5_fp16=*/true);
+        const auto tf32 = twin<float>(c, x, false, false, false, false, /*ns5_tf32=*/true);
+        for (int i = 0; i < 11; ++i) {
+          if (i == 10 && !momentum) continue;
+          const double e32 = rel_err(f32[size_t(i)], ref[size_t(i)]), e = rel_err(on[size_t(i)], ref[size_t(i)]);
+          const double et = rel_err(tf32[size_t(i)], ref[size_t(i)]);
+          EXPECT_LE(e32, 1e-4) << c.name() << " " << kNames[i];
+          EXPECT_LE(e, 5e-2) << c.name() << " " << kNames[i] << " (fp16 NS5)";
+          EXPECT_LE(e, std::max(1e-3, 3 * et)) << c.name() << " " << kNames[i] << " (fp16 NS5; tf32 NS5: " << et << ")";
+          if (::norm(ref[size_t(i)]) > 0)  // (grad_lr2 of the causal momentum configs is exactly 0 here)
+            EXPECT_GT(e, 10 * e32) << c.name() << " " << kNames[i] << " (no effect)";
+          worst = std::max(worst, e);
+          worst_tf32 = std::max(worst_tf32, et);
+          if (et > 0) worst_ratio = std::max(worst_ratio, e / et);
+        }
+        for (const double scale : {std::ldexp(1.0, 40), std::ldexp(1.0, -40)}) {
+          Data xs = x;
+          for (double& g : xs.go) g *= scale;
+          const auto s_on = twin<float>(c, xs, false, false, false, true);
+          for (int i = 1; i < 11; ++i) {
+            if (i == 10 && !momentum) continue;
+            std::vector<double> unscaled = s_on[size_t(i)];
+            for (double& g : unscaled) g /= scale;
+            EXPECT_TRUE(unscaled == on[size_t(i)]) << c.name() << " " << kNames[i] << " (loss gradient x " << scale
+                                                   << ": relative error " << rel_err(unscaled, ref[size_t(i)]) << ")";
+          }
+        }
+        ++configs;
+      }
+  EXPECT_EQ(configs, 8);
+  std::printf("lact twin, NS5 in fp16 storage (float) vs float64: worst relative error %.3g; with tf32 NS5 operands "
+              "%.3g; worst ratio %.3g\n",
+              worst, worst_tf32, worst_ratio);
+}

@@ -50,6 +50,14 @@ inline bf16 float_to_bf16(float f) {
 // The nearest bf16 value of f as a float (CPU emulations of the GPU's bf16 matrix inputs).
 inline float round_to_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
 
+// The nearest IEEE binary16 (fp16) value of f as a float, ties to even, as CUDA's __float2half_rn: 11 significant
+// bits, subnormals down to 2^-24, |f| >= 65520 to +-Inf, NaN stays NaN (CPU emulation of fp16 storage on the GPU).
+// Exact: x / quantum is a scaling by a power of two, rounded once by nearbyint (the default mode rounds to even).
+float round_to_fp16(float f);
+// The nearest TF32 value of f (10 fraction bits, float's exponent range; ties away from zero, as cvt.rna.tf32.f32,
+// the conversion of tensor-core tf32 operands), as a float.
+float round_to_tf32(float f);
+
 template <class T> struct dtype_of;
 template <> struct dtype_of<float> { static constexpr DType value = DType::F32; };
 template <> struct dtype_of<double> { static constexpr DType value = DType::F64; };

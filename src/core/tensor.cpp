@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -7,6 +8,27 @@
 #include "core/checked.h"
 
 namespace ttt {
+
+float round_to_fp16(float f) {
+  if (!std::isfinite(f) || f == 0.0f) return f;
+  const float a = std::fabs(f);
+  if (a >= 65520.0f) return std::copysign(INFINITY, f);
+  int e = 0;
+  std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1): the leading bit is 2^(e-1)
+  // 10 fraction bits below the leading one; below 2^-14 the subnormals' fixed quantum 2^-24.
+  const int qexp = std::max(e - 1, -14) - 10;
+  return std::ldexp(std::nearbyint(std::ldexp(f, -qexp)), qexp);
+}
+
+float round_to_tf32(float f) {
+  if (!std::isfinite(f)) return f;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u = (u + 0x1000u) & ~0x1fffu;  // add half of the 13 dropped bits' unit (ties away), then drop them
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
 
 std::string shape_str(const Shape& s) {
   std::ostringstream os;

@@ -99,7 +99,7 @@ size_t titans_smem_limit() {
 // reductions' partials and cuBLAS workspace; with bf16 operands also a bf16 shadow of each of its product-operand
 // buffers (lact::workspace_operand_elements) and bf16 copies of q, k, v per record and of grad_o, and its product
 // outputs in bf16 rather than fp32 (lact::workspace_product_output_elements; LactOptions::bf16_outputs, on unless
-// TTT_LACT_B16_OUTPUTS=0).
+// TTT_LACT_B16_OUTPUTS=0); with bf16 and Muon its NS5 buffers in fp16 (lact::workspace_ns5_elements).
 double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bool bf16, int64_t records,
                          bool keep_products) {
   const lact::Shape s = backend::gpu_lact_shape(cfg, S, N);
@@ -111,6 +111,10 @@ double lact_runner_bytes(const model::ModelConfig& cfg, int64_t S, int64_t N, bo
              double(3 * records + 1) * 2.0 * double(s.B) * double(N) * double(s.d);
     if (lact::bf16_outputs_from_env())
       bytes -= 2 * double(lact::workspace_product_output_elements(s, /*with_grad=*/true, records, keep_products));
+  } else if (bf16 && cfg.muon && lact::ns5_fp16_from_env()) {
+    // bf16 with Muon: the operator's products run in tf32, and NS5 in fp16 (LactOptions::ns5_fp16): its buffers take
+    // 2 bytes an element. (With --precision tf32 they do too, counted here at 4: an overestimate of < 1%.)
+    bytes -= 2 * double(lact::workspace_ns5_elements(s, /*with_grad=*/true, records));
   }
   return bytes;
 }

@@ -22,8 +22,13 @@ class CpuOps {
   using value_type = T;
   // bf16: gemm rounds every element of op(A) and op(B) to bf16 first, and with outputs its result into a
   // Buffer::ProductOutput buffer too (see Bf16Emulation).
+  // ns5_fp16: every value written into a Buffer::Ns5 buffer is rounded to fp16 (Bf16Emulation::ns5_fp16).
   explicit CpuOps(const Geom& g, Bf16Emulation bf16 = {})
-      : g_(g), round_bf16_(bf16.operands), round_outputs_bf16_(bf16.operands && bf16.outputs) {}
+      : g_(g),
+        round_bf16_(bf16.operands),
+        round_outputs_bf16_(bf16.operands && bf16.outputs),
+        round_ns5_fp16_(bf16.ns5_fp16),
+        round_ns5_tf32_(bf16.ns5_tf32) {}
   Geom geom() const { return g_; }
 
   // Storage starts as NaN, so that a step reading what no step wrote shows in the results.
@@ -32,15 +37,22 @@ class CpuOps {
     store_.emplace_back(new T[size_t(len)]);
     std::fill(store_.back().get(), store_.back().get() + n, std::numeric_limits<T>::quiet_NaN());
     if (kind == Buffer::ProductOutput) product_outputs_.push_back({store_.back().get(), len});
+    if (kind == Buffer::Ns5) ns5_.push_back({store_.back().get(), len});
     return store_.back().get();
   }
   void zero(T* p, int64_t n) { std::fill(p, p + n, T(0)); }
-  void copy(T* dst, const T* src, int64_t n) { std::copy(src, src + n, dst); }
+  void copy(T* dst, const T* src, int64_t n) {
+    std::copy(src, src + n, dst);
+    round_if_ns5(dst, n);
+  }
   void add(T* dst, const T* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
   void sqrt_inplace(T* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) x[i] = std::sqrt(x[i]);
+  }
+  void round_up_pow2(T* x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = pow2_at_least(x[i]);
   }
   // Rows [r0, r0+nr) of every head of a [B,T,cols] tensor.
   void zero_rows(T* p, int64_t cols, int64_t r0, int64_t nr) {
@@ -49,17 +61,24 @@ class CpuOps {
 
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, int64_t sA,
             const T* B, int64_t ldb, int64_t sB, T beta, T* C, int64_t ldc, int64_t sC, int64_t batch) {
-    if (!round_bf16_) {
-      for (int64_t i = 0; i < batch; ++i)
+    const bool tf32 = round_ns5_tf32_ && in_ns5(A);
+    if (!round_bf16_ && !tf32) {
+      for (int64_t i = 0; i < batch; ++i) {
         ttt::gemm<T>(ta, tb, m, n, k, alpha, A + i * sA, lda, B + i * sB, ldb, beta, C + i * sC, ldc);
+        if (round_ns5_fp16_ && in_ns5(C))
+          for (int64_t r = 0; r < m; ++r) round_if_ns5(C + i * sC + r * ldc, n);
+      }
       return;
     }
     // bf16 operands: dense rounded copies of the stored matrices (A is [m,k], or [k,m] when transposed).
     const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
     std::vector<T> a16(size_t(std::max<int64_t>(ar * ac, 1))), b16(size_t(std::max<int64_t>(br * bc, 1)));
-    auto rounded = [](const T* src, int64_t rows, int64_t cols, int64_t ld, std::vector<T>& dst) {
+    auto rounded = [tf32](const T* src, int64_t rows, int64_t cols, int64_t ld, std::vector<T>& dst) {
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) dst[size_t(r * cols + c)] = T(round_bf16(float(src[r * ld + c])));
+        for (int64_t c = 0; c < cols; ++c) {
+          const float x = float(src[r * ld + c]);
+          dst[size_t(r * cols + c)] = T(tf32 ? round_to_tf32(x) : round_bf16(x));
+        }
     };
     const bool round_out = round_outputs_bf16_ && is_product_output(C);
     TTT_CHECK(!round_out || beta == T(0), "lact cpu: a bf16 product output accumulated into (beta " << beta << ")");
@@ -264,28 +283,31 @@ class CpuOps {
 
   // NS layout: matrix m = (b, slot s) as [p,q]; element (i,j) is state (j,i) where the slot is transposed.
   int64_t ns_to_state(int s, int64_t i, int64_t j) const { return g_.ns_to_state(s, i, j); }
-  // dst (NS layout) = src (state layout), times 1/(nrm[m] + 1e-7) when nrm is given.
-  void to_ns(const T* src, T* dst, const T* nrm) {
+  // dst (NS layout) = src (state layout), times 1/(nrm[m] + 1e-7) when nrm is given (exact: 1/nrm[m], a power
+  // of two).
+  void to_ns(const T* src, T* dst, const T* nrm, bool exact = false) {
     const int64_t P = g_.P(), p = g_.p(), q = g_.q();
     for (int64_t m = 0; m < 3 * g_.B; ++m) {
       const int s = int(m % 3);
-      const T f = nrm ? T(1) / (nrm[m] + T(kNsEps)) : T(1);
+      const T f = nrm ? T(1) / (exact ? nrm[m] : nrm[m] + T(kNsEps)) : T(1);
       for (int64_t i = 0; i < p; ++i)
         for (int64_t j = 0; j < q; ++j) dst[m * P + i * q + j] = src[m * P + ns_to_state(s, i, j)] * f;
     }
+    round_if_ns5(dst, 3 * g_.B * P);
   }
   // X0 = Pm r, r = 1/(||Pm|| + eps): dPm = r dX0 - r dot Pm / ||Pm|| with dot = <dX0, X0> (NS layout in,
-  // state layout out).
-  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP) {
+  // state layout out), times scale[m] when the adjoint ran scaled by 1 / scale[m] (ns5_backward).
+  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, const T* scale, T* dP) {
     const int64_t P = g_.P(), p = g_.p(), q = g_.q();
     for (int64_t m = 0; m < 3 * g_.B; ++m) {
       const int s = int(m % 3);
       const T r = T(1) / (nrm[m] + T(kNsEps));
       const T h = nrm[m] == T(0) ? T(0) : r * dot[m] / nrm[m];
+      const T f = scale ? scale[m] : T(1);
       for (int64_t i = 0; i < p; ++i)
         for (int64_t j = 0; j < q; ++j) {
           const int64_t e = m * P + ns_to_state(s, i, j);
-          dP[e] = r * dX0[m * P + i * q + j] - h * Pm[e];
+          dP[e] = (r * dX0[m * P + i * q + j] - h * Pm[e]) * f;
         }
     }
   }
@@ -341,12 +363,26 @@ class CpuOps {
   Geom g_;
   bool round_bf16_ = false;
   bool round_outputs_bf16_ = false;
+  bool round_ns5_fp16_ = false;
+  bool round_ns5_tf32_ = false;
   std::vector<std::unique_ptr<T[]>> store_;
   struct Range {
     const T* base;
     int64_t n;
   };
   std::vector<Range> product_outputs_;  // the Buffer::ProductOutput allocations
+  std::vector<Range> ns5_;              // the Buffer::Ns5 allocations
+
+  bool in_ns5(const T* p) const {
+    for (const Range& r : ns5_)
+      if (p >= r.base && p < r.base + r.n) return true;
+    return false;
+  }
+  // [p, p+n) rounded to fp16 where it lies in a Buffer::Ns5 buffer and the emulation is on.
+  void round_if_ns5(T* p, int64_t n) const {
+    if (!round_ns5_fp16_ || !in_ns5(p)) return;
+    for (int64_t i = 0; i < n; ++i) p[i] = T(round_to_fp16(float(p[i])));
+  }
 
   bool is_product_output(const T* p) const {
     for (const Range& r : product_outputs_)
@@ -374,10 +410,13 @@ struct CountOps {
   int64_t elems = 0;
   int64_t operand_elems = 0;         // of those, in Buffer::Operand buffers
   int64_t product_output_elems = 0;  // and in Buffer::ProductOutput buffers
+  int64_t ns5_elems = 0;             // and in Buffer::Ns5 buffers
   Geom geom() const { return g; }
   float* alloc(int64_t n, Buffer kind = Buffer::Operand) {
-    elems += std::max<int64_t>(n, 1);
-    (kind == Buffer::Operand ? operand_elems : product_output_elems) += std::max<int64_t>(n, 1);
+    const int64_t len = std::max<int64_t>(n, 1);
+    elems += len;
+    (kind == Buffer::Operand ? operand_elems : kind == Buffer::ProductOutput ? product_output_elems : ns5_elems) +=
+        len;
     return nullptr;
   }
 };
@@ -394,6 +433,14 @@ bool bf16_outputs_from_env() {
   return !(e && std::string(e) == "0");
 }
 
+bool ns5_fp16_from_env() {
+  const char* e = std::getenv("TTT_LACT_NS5");
+  if (!e || !*e) return true;
+  const std::string v(e);
+  TTT_CHECK(v == "fp16" || v == "tf32", "TTT_LACT_NS5=" << v << ": expected fp16 or tf32");
+  return v == "fp16";
+}
+
 int64_t workspace_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
   return count_allocations(s, with_grad, records, keep_products).elems;
 }
@@ -402,6 +449,9 @@ int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t recor
 }
 int64_t workspace_product_output_elements(const Shape& s, bool with_grad, int64_t records, bool keep_products) {
   return count_allocations(s, with_grad, records, keep_products).product_output_elems;
+}
+int64_t workspace_ns5_elements(const Shape& s, bool with_grad, int64_t records) {
+  return count_allocations(s, with_grad, records, false).ns5_elems;
 }
 
 template <class T>

@@ -127,6 +127,23 @@ TTT_HOST_DEVICE void swiglu_elem_bwd(T g, T h, T da, T& a, T& dg, T& dh) {
 // emulation of the CUDA backend's bf16 matrix operands (fused_cpu's Bf16Emulation).
 inline float round_bf16(float x) { return ttt::round_to_bf16(x); }
 
+// The least power of two >= x, for x > 0 and finite; 1 otherwise, and where it would leave T's normal range (the
+// adjoint's scale of Fused::ns5_backward: dividing by it and multiplying back are exact).
+TTT_HOST_DEVICE float pow2_at_least(float x) {
+  if (!(x > 0.0f) || !(x <= 3.40282346638528859812e38f)) return 1.0f;
+  int e = 0;
+  const float m = ::frexpf(x, &e);  // x = m 2^e, m in [0.5, 1)
+  if (m == 0.5f) --e;               // x is a power of two itself
+  return e > 126 || e < -126 ? 1.0f : ::ldexpf(1.0f, e);
+}
+TTT_HOST_DEVICE double pow2_at_least(double x) {
+  if (!(x > 0.0) || !(x <= 1.7976931348623157e308)) return 1.0;
+  int e = 0;
+  const double m = ::frexp(x, &e);
+  if (m == 0.5) --e;
+  return e > 1022 || e < -1022 ? 1.0 : ::ldexp(1.0, e);
+}
+
 // Geometry the element-wise kernels need.
 struct Geom {
   int64_t B = 0, T = 0, d = 0, dh = 0;
@@ -159,7 +176,12 @@ struct Geom {
 // operand: a backend may store it in bf16 (the CUDA backend's LactOptions::bf16_outputs; the CPU twin emulates
 // that by rounding those outputs), and the pointer Fused holds is then a key the backend maps to that storage:
 // Fused only hands it (and offsets into it) to the backend's gemm as C and to its element-wise steps.
-enum class Buffer { Operand, ProductOutput };
+// Ns5: Newton-Schulz's iterates X_0..X_4, A_i, B_i and their adjoints, a closed world: written and read only by
+// gemm (every operand and C of the NS5 products is one, except X_5 = the update, an Operand), copy, to_ns (as dst),
+// batched_dot and ns_norm_bwd. Their magnitudes are bounded (X_0 = P / ||P||, singular values <= 1.3 after; the
+// adjoint is scaled to unit norm, ns5_backward), so a backend may store them in fp16 (the CUDA backend's
+// LactOptions::ns5_fp16), the pointer Fused holds then a key to that storage as for ProductOutput.
+enum class Buffer { Operand, ProductOutput, Ns5 };
 
 // The backend contract. CpuOps (lact_fused.cpp) is its reference implementation, with each step's exact
 // semantics written out; CudaOps (src/backend/cuda/lact_cuda.cu) implements the same with cuBLAS and kernels.
@@ -188,7 +210,11 @@ enum class Buffer { Operand, ProductOutput };
 //        them, beside the cotangents, so that dK and dV are one product each (the inner dimension concatenated)
 //   stack_bwd_operands(dD, E, DW)   per head b, DW[b] (6P) = [dD02; E02] ([4dh, d]), then [dD1 | E1] ([d, 2dh]):
 //        the right operands of those two products
-//   to_ns(src, dst, nrm|null); ns_norm_bwd(dX0, Pm, nrm, dot, dP)
+//   to_ns(src, dst, nrm|null, exact = false)   dst = src / (nrm[m] + eps) in NS layout (src itself without nrm);
+//        exact: dst = src / nrm[m] (nrm holds powers of two: exact)
+//   round_up_pow2(x, n)   x[i] = the least power of two >= x[i] (1 where x[i] is 0, not finite or out of range)
+//   ns_norm_bwd(dX0, Pm, nrm, dot, scale|null, dP)   dP = s (r dX0 - r dot P / ||P||), r = 1 / (nrm[m] + eps), s =
+//        scale[m] (the adjoint's power of two that to_ns divided out) or 1
 //   step(A, M, M_in_ns_layout, tau|null, A_next)
 //   momentum_step(A, D, S, mbar, P, tau|null, A_next)   P = axpy_batched(D, S, mbar), then step(A, P, false, tau, A_next)
 //   step_bwd(A, M, M_in_ns_layout, tau, dA (in/out), dA_add|null, dtau (+=))   dA := the adjoint of dA + dA_add
@@ -253,9 +279,10 @@ class Fused {
     if (s_.muon) {
       const int64_t p = g_.p();
       nrm_ = ops_.alloc(3 * B);
-      for (int i = 0; i < 6; ++i) X_[i] = ops_.alloc(3 * B * P);
-      for (int i = 0; i < 5; ++i) Am_[i] = ops_.alloc(3 * B * p * p);
-      for (int i = 0; i < 5; ++i) Bm_[i] = ops_.alloc(3 * B * p * p);
+      for (int i = 0; i < 5; ++i) X_[i] = ops_.alloc(3 * B * P, Buffer::Ns5);
+      X_[5] = ops_.alloc(3 * B * P);  // the update the step reads
+      for (int i = 0; i < 5; ++i) Am_[i] = ops_.alloc(3 * B * p * p, Buffer::Ns5);
+      for (int i = 0; i < 5; ++i) Bm_[i] = ops_.alloc(3 * B * p * p, Buffer::Ns5);
     }
     if (with_grad_) {
       dA_ = ops_.alloc(B * 3 * P);
@@ -278,11 +305,12 @@ class Fused {
       daq_ = ops_.alloc(B * C * dh, Buffer::ProductOutput);
       if (s_.muon) {
         const int64_t p = g_.p();
-        dXa_ = ops_.alloc(3 * B * P);
-        dXb_ = ops_.alloc(3 * B * P);
-        dBm_ = ops_.alloc(3 * B * p * p);
-        dAm_ = ops_.alloc(3 * B * p * p);
+        dXa_ = ops_.alloc(3 * B * P, Buffer::Ns5);
+        dXb_ = ops_.alloc(3 * B * P, Buffer::Ns5);
+        dBm_ = ops_.alloc(3 * B * p * p, Buffer::Ns5);
+        dAm_ = ops_.alloc(3 * B * p * p, Buffer::Ns5);
         nsdot_ = ops_.alloc(3 * B);
+        adjn_ = ops_.alloc(3 * B);
       }
     }
   }
@@ -433,7 +461,7 @@ class Fused {
   bool dE_started_[2] = {};     // whether its version has a contribution yet
   T *RdGH_ = nullptr, *dR_ = nullptr, *AldU_ = nullptr, *da_ = nullptr, *DW_ = nullptr;
   T *dGHq_ = nullptr, *daq_ = nullptr;
-  T *dXa_ = nullptr, *dXb_ = nullptr, *dBm_ = nullptr, *dAm_ = nullptr, *nsdot_ = nullptr;
+  T *dXa_ = nullptr, *dXb_ = nullptr, *dBm_ = nullptr, *dAm_ = nullptr, *nsdot_ = nullptr, *adjn_ = nullptr;
 
   int64_t slot(int64_t version) const { return with_grad_ ? version : version % 2; }
   T* state(int64_t slot_index) const { return states_ + slot_index * s_.B * 3 * s_.P(); }
@@ -672,7 +700,13 @@ class Fused {
     const int64_t P = s_.P(), p = g_.p(), q = g_.q(), nb = 3 * s_.B;
     T* dX = dXa_;   // dL/dX_{i+1}
     T* dXn = dXb_;  // dL/dX_i
-    ops_.to_ns(dA_, dX, nullptr);
+    // The adjoint is linear in dM: it runs on dM / s, s the least power of two >= ||dM|| (exact: the same bits in
+    // float and double), and ns_norm_bwd multiplies s back, so that its magnitude does not follow the loss's
+    // (Buffer::Ns5 may be fp16, whose range is 6e-8 .. 65504).
+    ops_.batched_dot(dA_, dA_, P, P, nb, T(1), adjn_);
+    ops_.sqrt_inplace(adjn_, nb);
+    ops_.round_up_pow2(adjn_, nb);
+    ops_.to_ns(dA_, dX, adjn_, /*exact=*/true);
     for (int i = 4; i >= 0; --i) {
       const T a = T(kNs5[i][0]), b = T(kNs5[i][1]), c = T(kNs5[i][2]);
       // X' = a X + Bm X
@@ -690,7 +724,7 @@ class Fused {
     }
     // X0 = P r, r = 1/(||P|| + eps): dP = r dX0 - r <dX0, X0> P / ||P||
     ops_.batched_dot(dX, X_[0], P, P, nb, T(1), nsdot_);
-    ops_.ns_norm_bwd(dX, Pc, nrm_, nsdot_, dP_);
+    ops_.ns_norm_bwd(dX, Pc, nrm_, nsdot_, adjn_, dP_);
   }
 };
 
@@ -705,6 +739,9 @@ int64_t workspace_operand_elements(const Shape& s, bool with_grad, int64_t recor
 // bf16 alone (2 bytes an element instead of 4).
 int64_t workspace_product_output_elements(const Shape& s, bool with_grad, int64_t records = 1,
                                           bool keep_products = false);
+// Of those, the elements of its Buffer::Ns5 buffers (counted with neither above): a backend with fp16 NS5 storage
+// stores them in 2 bytes an element.
+int64_t workspace_ns5_elements(const Shape& s, bool with_grad, int64_t records = 1);
 // The CUDA runner's fixed buffers beside them (src/backend/cuda/lact_cuda.cu), shared with the memory estimate: the
 // first stage of its batched reductions (runner_partial_doubles) and cuBLAS workspaces of its own (bytes:
 // one of kRunnerStreamWorkspace per stream of its kRunnerStreams, together kRunnerCublasWorkspace).
@@ -730,13 +767,22 @@ void stream_cpu(const Shape& s, const Inputs<T>& in, T* o, int64_t reset_every =
 // products still accumulate in T. outputs (with operands): the products' outputs into Buffer::ProductOutput
 // buffers are rounded to bf16 as well (the fp32 sum rounded once, as cuBLAS writes a bf16 C), so the element-wise
 // steps read bf16 values and compute in T. Everything else is unchanged.
+// ns5_fp16 (not bf16: the CUDA backend's LactOptions::ns5_fp16): every value written into a Buffer::Ns5 buffer is
+// rounded to fp16 (round_to_fp16), as that backend stores them; independent of the two above. ns5_tf32 (the
+// yardstick for it: the CUDA tf32 mode's NS5): the operands of the NS5 products rounded to tf32 (round_to_tf32),
+// their outputs kept in T.
 struct Bf16Emulation {
   bool operands = false;
   bool outputs = false;
+  bool ns5_fp16 = false;
+  bool ns5_tf32 = false;
 };
 // The bf16 mode's product outputs in bf16 (the CUDA backend's LactOptions::bf16_outputs, the memory estimate's
 // count of them) unless the environment says TTT_LACT_B16_OUTPUTS=0.
 bool bf16_outputs_from_env();
+// NS5 on fp16 where the CUDA backend's products are tf32 (LactOptions::ns5_fp16) unless the environment says
+// TTT_LACT_NS5=tf32 (anything else but empty is refused: a typo must not time the wrong mode).
+bool ns5_fp16_from_env();
 
 // The CPU twin: Fused<CpuOps<T>> on host arrays (T = float or double). Forward only when grad_o is null.
 // bf16: the emulation above, e.g. as a yardstick for the CUDA bf16 mode's error.

@@ -39,6 +39,8 @@ nlohmann::json bench_lact_json(const lact::Shape& s, int repeats, int warmup, ba
                    {"program", s.causal ? "causal" : "bidirectional"},
                    {"momentum", s.momentum},
                    {"muon", s.muon},
+                   // Muon's NS5 on fp16 (LactOptions::ns5_fp16) or in the products' own precision.
+                   {"ns5", !s.muon ? "none" : ns5_fp16_of(opt) ? "fp16" : precision_name(opt)},
                    {"weight_norm", engine::weight_norm_name(s.norm)},
                    {"repeats", repeats},
                    {"warmup", warmup},

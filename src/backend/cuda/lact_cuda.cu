@@ -138,6 +138,7 @@ class CudaOps {
     else compute_ = opt_.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     bf16_ = opt_.bf16 && std::is_same<T, float>::value;
     narrow_ = bf16_ && bf16_outputs_of(opt_);
+    ns5_half_ = std::is_same<T, float>::value && ns5_fp16_of(opt_);
     partial_ = static_cast<Acc*>(device_malloc(partial_bytes()));
     workspace_bytes_ += partial_bytes();
     // A cuBLAS handle per stream, each with a workspace of its own, so that the products can be captured into a
@@ -177,6 +178,14 @@ class CudaOps {
   // (narrow_) stored in bf16 alone, behind a key (see Region::narrow).
   T* alloc(int64_t n, lact::Buffer kind = lact::Buffer::Operand) {
     n = std::max<int64_t>(n, 1);
+    if (kind == lact::Buffer::Ns5) {
+      if (ns5_half_) {  // fp16 alone, behind a key (as a narrow region)
+        Ns5Region r{reserve_key(n), n, static_cast<__half*>(alloc_bytes(sizeof(__half) * size_t(n)))};
+        ns5_.push_back(r);
+        return r.key;
+      }
+      kind = lact::Buffer::Operand;
+    }
     if (narrow_ && kind == lact::Buffer::ProductOutput) {
       Region r{reserve_key(n), n, false};
       r.sh = static_cast<__nv_bfloat16*>(alloc_bytes(sizeof(__nv_bfloat16) * size_t(n)));
@@ -307,6 +316,22 @@ class CudaOps {
     const int64_t ra = ta ? k : m, ca = ta ? m : k, rb = tb ? n : k, cb = tb ? k : n;
     const int64_t la = (ra - 1) * lda + ca, lb = (rb - 1) * ldb + cb, lc = (m - 1) * ldc + n;
     const int64_t ea = (batch - 1) * sA + la, eb = (batch - 1) * sB + lb, ec = (batch - 1) * sC + lc;
+    if (const __half* a16 = ns5_at(A, ea)) {
+      // An NS5 product: fp16 operands (and C, except for X_5, the update, in fp32), fp32 accumulation.
+      const __half* b16 = ns5_at(B, eb);
+      TTT_CHECK(b16, "lact cuda: an NS5 product with an operand outside NS5's fp16 buffers");
+      __half* c16 = ns5_at(C, ec);
+      const float fa = float(alpha), fb = float(beta);
+      Step op(*this, {span_of(a16, la, sA, batch, false), span_of(b16, lb, sB, batch, false),
+                      c16 ? span_of(c16, lc, sC, batch, true) : span_of(C, lc, sC, batch, true)});
+      auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch) + " fp16") : Prof::Scope{};
+      TTT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          op.handle(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &fa,
+          b16, CUDA_R_16F, int(ldb), (long long)sB, a16, CUDA_R_16F, int(lda), (long long)sA, &fb,
+          c16 ? static_cast<void*>(c16) : static_cast<void*>(C), c16 ? CUDA_R_16F : CUDA_R_32F, int(ldc),
+          (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
     if (bf16_) {
       const __nv_bfloat16* a16 = operand_bf16(A, ea);
       const __nv_bfloat16* b16 = (B == A && eb == ea) ? a16 : operand_bf16(B, eb);
@@ -330,6 +355,7 @@ class CudaOps {
           (long long)sC, int(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       return;
     }
+    TTT_CHECK(!ns5_at(B, eb) && !ns5_at(C, ec), "lact cuda: a product mixes NS5's fp16 buffers with others");
     Step op(*this, {span_of(A, la, sA, batch, false), span_of(B, lb, sB, batch, false), span_of(C, lc, sC, batch, true)});
     const cudaDataType_t dt = CublasType<T>::data;
     auto ps_ = prof_->on() ? prof_->scope_str(gemm_name(ta, tb, m, n, k, batch)) : Prof::Scope{};
@@ -351,6 +377,19 @@ class CudaOps {
     TTT_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(T) * size_t(n), op.st));
   }
   void copy(T* dst, const T* src, int64_t n) {
+    const __half* s16 = ns5_at(src, n);
+    if (__half* d16 = ns5_at(dst, n); d16 || s16) {  // within NS5's fp16 storage, or across its edge (X_5 := X_4)
+      Step op(*this, {s16 ? rd(s16, n) : rd(src, n), d16 ? wr(d16, n) : wr(dst, n)});
+      auto ps_ = prof_->scope(d16 && s16 ? "memcpy fp16" : "convert fp16");
+      if (d16 && s16) {
+        TTT_CUDA_CHECK(cudaMemcpyAsync(d16, s16, sizeof(__half) * size_t(n), cudaMemcpyDeviceToDevice, op.st));
+        return;
+      }
+      if (s16) k_convert<<<grid_for(n), kThreads, 0, op.st>>>(s16, dst, n);
+      else k_convert<<<grid_for(n), kThreads, 0, op.st>>>(src, d16, n);
+      TTT_LAUNCH_CHECK("convert fp16");
+      return;
+    }
     reads(src, n);
     wrote(dst, n);
     Step op(*this, {rd(src, n), wr(dst, n)});
@@ -374,6 +413,12 @@ class CudaOps {
     k_sqrt<<<grid_for(n), kThreads, 0, op.st>>>(x, n);
     TTT_LAUNCH_CHECK("sqrt");
   }
+  void round_up_pow2(T* x, int64_t n) {
+    Step op(*this, {wr(x, n)});
+    auto ps_ = prof_->scope("round_up_pow2");
+    k_round_up_pow2<<<grid_for(n), kThreads, 0, op.st>>>(x, n);
+    TTT_LAUNCH_CHECK("round_up_pow2");
+  }
   void zero_rows(T* p, int64_t cols, int64_t r0, int64_t nr) {
     if (!p) return;
     Step op(*this, {rows_span(p, cols, r0, nr, true)});
@@ -395,10 +440,25 @@ class CudaOps {
   }
   void batched_dot(const T* x, const T* y, int64_t per, int64_t stride, int64_t batch, T scale, T* out) {
     TTT_CHECK(batch <= 3 * g_.B, "batched_dot: batch " << batch << " exceeds the reduction buffer");
-    reads(x, (batch - 1) * stride + per);
-    if (y) reads(y, (batch - 1) * stride + per);
-    wrote(out, batch);
+    const int64_t ext = (batch - 1) * stride + per;
     const int slices = dot_slices(per);
+    if (const __half* x16 = ns5_at(x, ext)) {  // <dX_0, X_0> in NS5's fp16 storage
+      const __half* y16 = y ? ns5_at(y, ext) : nullptr;
+      TTT_CHECK(!y || y16, "lact cuda: a dot of an NS5 buffer with one outside NS5's fp16 storage");
+      {
+        Step op(*this, {span_of(x16, per, stride, batch, false), span_of(y16, per, stride, batch, false),
+                        wr(partial_, batch * slices)});
+        auto ps_ = prof_->scope("dot_partial fp16");
+        k_dot_partial<<<dim3(unsigned(slices), unsigned(batch)), kThreads, 0, op.st>>>(x16, y16, per, stride,
+                                                                                      partial_);
+        TTT_LAUNCH_CHECK("dot_partial");
+      }
+      dot_final(slices, batch, scale, out);
+      return;
+    }
+    reads(x, ext);
+    if (y) reads(y, ext);
+    wrote(out, batch);
     {
       Step op(*this, {span_of(x, per, stride, batch, false), span_of(y, per, stride, batch, false),
                       wr(partial_, batch * slices)});
@@ -639,23 +699,28 @@ class CudaOps {
     k_stack_bwd_operands<<<grid_for(n), kThreads, 0, op.st>>>(dD, E, DW, g_, n);
     TTT_LAUNCH_CHECK("stack_bwd_operands");
   }
-  void to_ns(const T* src, T* dst, const T* nrm) {
+  void to_ns(const T* src, T* dst, const T* nrm, bool exact = false) {
     const int64_t n = 3 * g_.B * g_.P();
     reads(src, n);
-    wrote(dst, n);
-    Step op(*this, {rd(src, n), rd(nrm, 3 * g_.B), wr(dst, n)});
+    __half* d16 = ns5_at(dst, n);
+    if (!d16) wrote(dst, n);
+    Step op(*this, {rd(src, n), rd(nrm, 3 * g_.B), d16 ? wr(d16, n) : wr(dst, n)});
     auto ps_ = prof_->scope("to_ns");
-    k_to_ns<<<grid_for(n), kThreads, 0, op.st>>>(src, dst, nrm, g_, n);
+    if (d16) k_to_ns<<<grid_for(n), kThreads, 0, op.st>>>(src, d16, nrm, exact, g_, n);
+    else k_to_ns<<<grid_for(n), kThreads, 0, op.st>>>(src, dst, nrm, exact, g_, n);
     TTT_LAUNCH_CHECK("to_ns");
   }
-  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP) {
+  void ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, const T* scale, T* dP) {
     const int64_t n = 3 * g_.B * g_.P();
-    reads(dX0, n);
+    const __half* x16 = ns5_at(dX0, n);
+    if (!x16) reads(dX0, n);
     reads(Pm, n);
     wrote(dP, n);
-    Step op(*this, {rd(dX0, n), rd(Pm, n), rd(nrm, 3 * g_.B), rd(dot, 3 * g_.B), wr(dP, n)});
+    Step op(*this, {x16 ? rd(x16, n) : rd(dX0, n), rd(Pm, n), rd(nrm, 3 * g_.B), rd(dot, 3 * g_.B),
+                    rd(scale, 3 * g_.B), wr(dP, n)});
     auto ps_ = prof_->scope("ns_norm_bwd");
-    k_ns_norm_bwd<<<grid_for(n), kThreads, 0, op.st>>>(dX0, Pm, nrm, dot, dP, g_, n);
+    if (x16) k_ns_norm_bwd<<<grid_for(n), kThreads, 0, op.st>>>(x16, Pm, nrm, dot, scale, dP, g_, n);
+    else k_ns_norm_bwd<<<grid_for(n), kThreads, 0, op.st>>>(dX0, Pm, nrm, dot, scale, dP, g_, n);
     TTT_LAUNCH_CHECK("ns_norm_bwd");
   }
   void step(const T* A, const T* M, bool ns, const T* tau, T* An) {
@@ -760,6 +825,23 @@ class CudaOps {
   };
   bool bf16_ = false;
   bool narrow_ = false;  // bf16 product outputs (bf16_outputs_of)
+  // fp16 NS5 (ns5_fp16_of): every lact::Buffer::Ns5 is fp16 storage `h` alone behind a key (reserve_key).
+  struct Ns5Region {
+    T* key = nullptr;
+    int64_t n = 0;
+    __half* h = nullptr;
+  };
+  bool ns5_half_ = false;
+  std::vector<Ns5Region> ns5_;
+  // The fp16 storage of [p, p+n) if it lies in an NS5 buffer kept in fp16, else null.
+  __half* ns5_at(const T* p, int64_t n) {
+    for (const Ns5Region& r : ns5_)
+      if (p >= r.key && p < r.key + r.n) {
+        TTT_CHECK(p - r.key + n <= r.n, "lact cuda: an access runs past an NS5 buffer");
+        return r.h + (p - r.key);
+      }
+    return nullptr;
+  }
   std::vector<std::pair<void*, size_t>> keys_;  // reserve_key's address ranges
   std::vector<Mirror> mirrors_;  // q, k, v of record 0, of record 1, ..., then grad_o
   int64_t record_ = 0;
@@ -880,6 +962,7 @@ LactOptions precision_options(const std::string& precision) {
 }
 const char* precision_name(const LactOptions& opt) { return opt.bf16 ? "bf16" : opt.tf32 ? "tf32" : "fp32"; }
 bool bf16_outputs_of(const LactOptions& opt) { return opt.bf16 && opt.bf16_outputs && lact::bf16_outputs_from_env(); }
+bool ns5_fp16_of(const LactOptions& opt) { return opt.tf32 && opt.ns5_fp16 && lact::ns5_fp16_from_env(); }
 
 size_t kept_products_bytes(const lact::Shape& s, const LactOptions& opt) {
   const int64_t extra = lact::workspace_elements(s, true, 1, true) - lact::workspace_elements(s, true, 1, false);

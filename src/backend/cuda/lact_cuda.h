@@ -41,6 +41,13 @@ struct LactOptions {
   // read bf16 and compute in fp32. The state, momentum, weight gradients and every accumulation stay fp32. The CPU
   // twin emulates it (lact::Bf16Emulation::outputs). Off with TTT_LACT_B16_OUTPUTS=0 (bf16_outputs_of).
   bool bf16_outputs = true;
+  // With tf32 (float): Newton-Schulz (Muon) on fp16 instead of tf32. Its iterates, their products and adjoints
+  // (lact::Buffer::Ns5) are stored in fp16 and multiplied on fp16 tensor cores with fp32 accumulation: fp16 has
+  // tf32's 10-bit mantissa at twice its tensor-core rate (H200: 12 x 768^3 products 22 against 44 us), and NS5's
+  // values stay inside its range (X_0 = P / ||P||, singular values <= 1.3 after; the adjoint scaled to unit norm by
+  // lact::Fused). The update X_5 and everything outside NS5 stay as they were. The CPU twin emulates the storage
+  // (lact::Bf16Emulation::ns5_fp16). Off with TTT_LACT_NS5=tf32 (ns5_fp16_of).
+  bool ns5_fp16 = true;
   // Fill every work buffer with NaN when allocated (tests: catches reads of what nothing wrote).
   bool poison_workspace = false;
   // lact::Fused's keep_products: each forward record keeps every chunk's [g|h] of q and k and V W1 (B T 5 dh
@@ -71,6 +78,9 @@ const char* precision_name(const LactOptions& opt);
 // Whether a runner with opt writes bf16 product outputs: opt.bf16 and opt.bf16_outputs, unless TTT_LACT_B16_OUTPUTS=0
 // (lact::bf16_outputs_from_env).
 bool bf16_outputs_of(const LactOptions& opt);
+// Whether a float runner with opt runs NS5 on fp16: opt.tf32 and opt.ns5_fp16, unless TTT_LACT_NS5=tf32
+// (lact::ns5_fp16_from_env).
+bool ns5_fp16_of(const LactOptions& opt);
 // opt with keep_products on when the kept products of one record (kept_products_bytes) take at most a quarter
 // of the device's free memory (the operator's own runs: ttt op lact, ttt bench op), unless TTT_LACT_KEEP=0.
 // Either way the results are the same bits; the choice only trades memory for the backward's recomputation.

@@ -3,10 +3,12 @@
 // Newton-Schulz layout, and batched reductions in two fixed stages (double accumulators: deterministic).
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/kernel_util.cuh"  // kThreads, grid_for, GRID_STRIDE, warp_sum, block_sum
 #include "ttt/lact_fused.h"
@@ -21,7 +23,27 @@ constexpr int kMaxSlices = int(lact::kDotSlices);  // blocks per batch item in t
 // unlike kernel_util.cuh's warp_grid, no cap on the block count).
 int row_warp_grid(int64_t rows) { return int((rows * 32 + kThreads - 1) / kThreads); }
 
+// Values of fp16 storage (LactOptions::ns5_fp16) in the kernels' arithmetic, and back (round to nearest even).
+__device__ __forceinline__ float ld_val(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ld_val(float x) { return x; }
+__device__ __forceinline__ double ld_val(double x) { return x; }
+template <class D>
+__device__ __forceinline__ D st_val(float x) {
+  if constexpr (std::is_same<D, __half>::value) return __float2half_rn(x);
+  else return D(x);
+}
+template <class D>
+__device__ __forceinline__ D st_val(double x) {
+  if constexpr (std::is_same<D, __half>::value) return __float2half_rn(float(x));
+  else return D(x);
+}
+
 // ---- element-wise kernels -----------------------------------------------------------------------------
+// dst = src converted (fp16 storage <-> float).
+template <class S, class D>
+__global__ void k_convert(const S* src, D* dst, int64_t n) {
+  GRID_STRIDE(i, n) dst[i] = st_val<D>(ld_val(src[i]));
+}
 template <class T>
 __global__ void k_add(T* dst, const T* src, int64_t n) {
   GRID_STRIDE(i, n) dst[i] += src[i];
@@ -29,6 +51,10 @@ __global__ void k_add(T* dst, const T* src, int64_t n) {
 template <class T>
 __global__ void k_sqrt(T* x, int64_t n) {
   GRID_STRIDE(i, n) x[i] = math::sqrt(x[i]);
+}
+template <class T>
+__global__ void k_round_up_pow2(T* x, int64_t n) {
+  GRID_STRIDE(i, n) x[i] = lact::pow2_at_least(x[i]);
 }
 template <class T>
 __global__ void k_axpy_batched(T* dst, const T* D, const T* S, const T* s, int64_t per, int64_t n) {
@@ -502,18 +528,21 @@ __global__ void k_step_momentum_bwd(const T* A, const T* M, const T* tau, T* dA,
 }
 
 // ---- Newton-Schulz layout ------------------------------------------------------------------------------
-template <class T>
-__global__ void k_to_ns(const T* src, T* dst, const T* nrm, lact::Geom g, int64_t n) {
+// D: T, or __half for fp16 NS5 storage (LactOptions::ns5_fp16).
+template <class T, class D>
+__global__ void k_to_ns(const T* src, D* dst, const T* nrm, bool exact, lact::Geom g, int64_t n) {
   const int64_t P = g.P(), q = g.q();
   GRID_STRIDE(i, n) {
     const int64_t m = i / P, e = i % P;
     const int s = int(m % 3);
-    const T f = nrm ? T(1) / (nrm[m] + T(lact::kNsEps)) : T(1);
-    dst[i] = src[m * P + g.ns_to_state(s, e / q, e % q)] * f;
+    const T f = nrm ? T(1) / (exact ? nrm[m] : nrm[m] + T(lact::kNsEps)) : T(1);
+    dst[i] = st_val<D>(src[m * P + g.ns_to_state(s, e / q, e % q)] * f);
   }
 }
-template <class T>
-__global__ void k_ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* dot, T* dP, lact::Geom g, int64_t n) {
+// X: T, or __half (fp16 NS5 storage). scale: the adjoint's scale that to_ns divided out (lact_fused.h's contract).
+template <class T, class X>
+__global__ void k_ns_norm_bwd(const X* dX0, const T* Pm, const T* nrm, const T* dot, const T* scale, T* dP,
+                              lact::Geom g, int64_t n) {
   const int64_t P = g.P();
   GRID_STRIDE(i, n) {
     const int64_t m = i / P, e = i % P;
@@ -521,7 +550,8 @@ __global__ void k_ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* 
     const int64_t cols = g.slot_cols(s);
     const T r = T(1) / (nrm[m] + T(lact::kNsEps));
     const T h = nrm[m] == T(0) ? T(0) : r * dot[m] / nrm[m];
-    dP[i] = r * dX0[m * P + g.state_to_ns(s, e / cols, e % cols)] - h * Pm[i];
+    const T f = scale ? scale[m] : T(1);
+    dP[i] = (r * T(ld_val(dX0[m * P + g.state_to_ns(s, e / cols, e % cols)])) - h * Pm[i]) * f;
   }
 }
 
@@ -530,6 +560,7 @@ __global__ void k_ns_norm_bwd(const T* dX0, const T* Pm, const T* nrm, const T* 
 __device__ __forceinline__ void store_block_partial(Acc acc, Acc* out) {
   block_sum(acc, [out](Acc sum) { *out = sum; });
 }
+// T: float, double, or __half (fp16 NS5 storage).
 template <class T>
 __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t stride, Acc* partial) {
   const int64_t b = blockIdx.y;
@@ -538,7 +569,7 @@ __global__ void k_dot_partial(const T* x, const T* y, int64_t per, int64_t strid
   const T* yb = y ? y + b * stride : nullptr;
   Acc acc = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < per; i += int64_t(slices) * blockDim.x)
-    acc += yb ? Acc(xb[i]) * yb[i] : Acc(xb[i]);
+    acc += yb ? Acc(ld_val(xb[i])) * Acc(ld_val(yb[i])) : Acc(ld_val(xb[i]));
   store_block_partial(acc, partial + b * slices + blockIdx.x);
 }
 // The momentum mix's adjoint (CpuOps::momentum_bwd), grid (slices, B) as k_dot_partial, whose partial sums of
